@@ -1,0 +1,3 @@
+from uid2_operator.cli import main
+
+main()

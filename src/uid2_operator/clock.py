@@ -1,0 +1,46 @@
+"""The real clock and the real random source, for the composition root to hand down.
+
+``wire/`` and ``domain/`` never read time or entropy themselves; they take ``now`` values and a
+``RandomBytes`` callable from their caller. This module is where the real ones come from, and where
+tests find deterministic stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+RandomBytes = Callable[[int], bytes]
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the Unix epoch, UTC."""
+        ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass
+class FixedClock:
+    """A clock that only moves when told to (tests, replays)."""
+
+    at_ms: int = 1_700_000_000_000
+    steps: list[int] = field(default_factory=list)
+
+    def now_ms(self) -> int:
+        return self.at_ms
+
+    def advance(self, ms: int) -> None:
+        self.at_ms += ms
+
+
+def system_random(n: int) -> bytes:
+    """Cryptographically secure random bytes from the operating system."""
+    return os.urandom(n)

@@ -1,0 +1,210 @@
+"""Every error the service raises on purpose, as data.
+
+Each class carries a stable machine ``code`` (never renamed: logs, metrics and clients match on it)
+and a human ``message``. Where the UID2 protocol fixes the text a client sees, the message is that
+text verbatim. Mapping to HTTP statuses happens in exactly one table at the web edge, looked up by
+the class's MRO, so a handler for a base class covers its subclasses.
+
+The tree::
+
+    UID2Error                               code "error"
+    ├── WireError                           malformed or unauthentic bytes on the wire
+    │   ├── EnvelopeError                   the v2 request envelope (operator-api §2.3)
+    │   │   ├── BodyMissing
+    │   │   ├── UnencryptedJson
+    │   │   ├── NotBase64
+    │   │   ├── BodyTooShort
+    │   │   ├── UnsupportedEnvelopeVersion
+    │   │   ├── EnvelopeDecryptionFailed
+    │   │   ├── StaleTimestamp
+    │   │   └── InvalidPayload
+    │   ├── ResponseEnvelopeError           a response envelope that does not open or match
+    │   ├── IdentityInputError              identity input (operator-api §3)
+    │   │   ├── MissingIdentity
+    │   │   └── InvalidIdentifier
+    │   ├── TokenError                      advertising and refresh tokens (operator-api §5)
+    │   │   ├── MalformedToken
+    │   │   ├── UnsupportedTokenVersion
+    │   │   ├── UnknownTokenKey
+    │   │   ├── TokenDecryptionFailed
+    │   │   └── IdentityMismatch
+    │   └── RefreshEnvelopeError            the 388-character refresh envelope (operator-api §5.5)
+    │       ├── RefreshNotBase64
+    │       ├── RefreshKeyUnknown
+    │       ├── RefreshDecryptionFailed
+    │       └── RefreshPayloadInvalid
+    ├── KeySelectionError
+    │   └── NoActiveKey                     no key of a keyset is active at the given time
+    └── SaltError                           salt material that cannot serve a derivation
+
+A subclass may override ``code`` and ``message``; instances may pass a more specific message.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class UID2Error(Exception):
+    """Root of every deliberate error in the service."""
+
+    code: ClassVar[str] = "error"
+    message: ClassVar[str] = "Unexpected error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.detail = message if message is not None else type(self).message
+        super().__init__(self.detail)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.detail!r})"
+
+
+# --------------------------------------------------------------------------------------- wire
+
+
+class WireError(UID2Error):
+    """Bytes or text from the wire that are malformed, unauthentic or of an unknown version."""
+
+    code = "wire_error"
+    message = "Invalid wire data"
+
+
+class EnvelopeError(WireError):
+    code = "envelope_invalid"
+    message = "Invalid body"
+
+
+class BodyMissing(EnvelopeError):
+    code = "envelope_body_missing"
+    message = "Invalid body: Body is missing."
+
+
+class UnencryptedJson(EnvelopeError):
+    code = "envelope_unencrypted_json"
+    message = "Invalid body: The request body is unencrypted JSON."
+
+
+class NotBase64(EnvelopeError):
+    code = "envelope_not_base64"
+    message = "Invalid body: Body is not valid base64."
+
+
+class BodyTooShort(EnvelopeError):
+    code = "envelope_too_short"
+    message = "Invalid body: Body too short. Check encryption method."
+
+
+class UnsupportedEnvelopeVersion(EnvelopeError):
+    code = "envelope_version_unsupported"
+    message = "Invalid body: Invalid request envelope format version."
+
+
+class EnvelopeDecryptionFailed(EnvelopeError):
+    code = "envelope_decryption_failed"
+    message = "Invalid body: Check encryption key (ClientSecret)."
+
+
+class StaleTimestamp(EnvelopeError):
+    code = "envelope_stale_timestamp"
+    message = "Invalid timestamp: Request too old or client time drift."
+
+
+class InvalidPayload(EnvelopeError):
+    code = "envelope_invalid_payload"
+    message = "Invalid payload in body: Data is not valid json string."
+
+
+class ResponseEnvelopeError(WireError):
+    code = "response_envelope_invalid"
+    message = "Invalid response envelope"
+
+
+class IdentityInputError(WireError):
+    code = "identity_input_invalid"
+    message = "Invalid Identifier"
+
+
+class MissingIdentity(IdentityInputError):
+    code = "identity_missing"
+    message = (
+        "Required Parameter Missing: exactly one of [email, email_hash, phone, phone_hash] "
+        "must be specified"
+    )
+
+
+class InvalidIdentifier(IdentityInputError):
+    code = "identity_invalid"
+    message = "Invalid Identifier"
+
+
+class TokenError(WireError):
+    code = "token_invalid"
+    message = "Invalid token"
+
+
+class MalformedToken(TokenError):
+    code = "token_malformed"
+    message = "Invalid token"
+
+
+class UnsupportedTokenVersion(TokenError):
+    code = "token_version_unsupported"
+    message = "Invalid token version"
+
+
+class UnknownTokenKey(TokenError):
+    code = "token_key_unknown"
+    message = "Token was encrypted with an unknown key"
+
+
+class TokenDecryptionFailed(TokenError):
+    code = "token_decryption_failed"
+    message = "Token did not decrypt"
+
+
+class IdentityMismatch(TokenError):
+    code = "token_identity_mismatch"
+    message = "Token identity type does not match its raw UID"
+
+
+class RefreshEnvelopeError(WireError):
+    code = "refresh_envelope_invalid"
+    message = "Invalid refresh token"
+
+
+class RefreshNotBase64(RefreshEnvelopeError):
+    code = "refresh_not_base64"
+    message = "Invalid body: Body is not valid base64."
+
+
+class RefreshKeyUnknown(RefreshEnvelopeError):
+    code = "refresh_key_unknown"
+    message = "Invalid key: Generator of this token does not exist."
+
+
+class RefreshDecryptionFailed(RefreshEnvelopeError):
+    code = "refresh_decryption_failed"
+    message = "Invalid data: Check encryption method and encryption key."
+
+
+class RefreshPayloadInvalid(RefreshEnvelopeError):
+    code = "refresh_payload_invalid"
+    message = "Invalid format: Payload is not valid json or missing required data."
+
+
+# ----------------------------------------------------------------------------------- keys/salts
+
+
+class KeySelectionError(UID2Error):
+    code = "key_selection_error"
+    message = "No suitable key"
+
+
+class NoActiveKey(KeySelectionError):
+    code = "no_active_key"
+    message = "No active encryption key available"
+
+
+class SaltError(UID2Error):
+    code = "salt_error"
+    message = "Salt data cannot serve this identity"

@@ -1,0 +1,1 @@
+"""The public operator API (``/v2/*``, ``/v3/*``, ``/ops/*``)."""
