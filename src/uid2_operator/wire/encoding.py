@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from typing import Any
 
 _I32 = struct.Struct(">i")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _I64 = struct.Struct(">q")
 
 
@@ -46,7 +48,9 @@ def _decode(text: str | bytes, altchars: bytes | None) -> bytes:
     except UnicodeEncodeError as exc:
         raise Base64Error("not ASCII") from exc
     stripped = raw.rstrip(b"=")
-    if len(raw) - len(stripped) > 2 or len(stripped) % 4 == 1:
+    pads = len(raw) - len(stripped)
+    # Like Java's decoder: padding may be left out, but when present it must complete the quantum.
+    if pads > 2 or len(stripped) % 4 == 1 or (pads and len(raw) % 4):
         raise Base64Error("bad length or padding")
     padded = stripped + b"=" * (-len(stripped) % 4)
     try:
@@ -60,8 +64,16 @@ def _decode(text: str | bytes, altchars: bytes | None) -> bytes:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, the way the reference operator writes it."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON, the way the reference operator writes it.
+
+    A lone surrogate (legal as a JSON escape in a request, not encodable as UTF-8) is written as
+    U+FFFD, as a Java encoder would, rather than failing the response.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def pack_i32(value: int) -> bytes:
