@@ -35,7 +35,31 @@ The tree::
     │       └── RefreshPayloadInvalid
     ├── KeySelectionError
     │   └── NoActiveKey                     no key of a keyset is active at the given time
-    └── SaltError                           salt material that cannot serve a derivation
+    ├── SaltError                           salt material that cannot serve a derivation
+    ├── StoreError                          the database failed or refused an operation
+    │   ├── StoreUnavailable                unreachable, or locked for longer than the timeout
+    │   ├── SchemaOutOfDate                 not migrated to this code's schema (run db upgrade)
+    │   └── UnsupportedDatabaseUrl          neither sqlite:/// nor postgresql(+psycopg)://
+    ├── RequestError                        an HTTP request the admin API refuses as sent
+    │   ├── MalformedBody                   not JSON, or not a JSON object
+    │   ├── BodyTooLarge
+    │   ├── UnsupportedMediaType            a body that is not application/json
+    │   └── MethodNotAllowed
+    └── DomainError                         a control-plane rule refused the request
+        ├── NotFound
+        ├── AlreadyExists
+        ├── InvalidInput
+        ├── InvalidTransition               e.g. any change to a revoked key
+        ├── PermissionDenied
+        ├── CredentialError                 a presented API key or admin token
+        │   ├── MalformedCredential         wrong shape or checksum (refused before any lookup)
+        │   ├── WrongEnvironment            minted for another environment
+        │   ├── CredentialRejected          unknown id or hash mismatch
+        │   └── CredentialMissing           no credential presented at all
+        └── KeyringError                    key-encryption keys and the hashing pepper
+            ├── KeyringMissing
+            ├── PlaceholderKeyring          a development keyring where prod needs a real one
+            └── SealedSecretUnreadable      a sealed client secret that does not open
 
 A subclass may override ``code`` and ``message``; instances may pass a more specific message.
 """
@@ -208,3 +232,140 @@ class NoActiveKey(KeySelectionError):
 class SaltError(UID2Error):
     code = "salt_error"
     message = "Salt data cannot serve this identity"
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+class StoreError(UID2Error):
+    """The database failed or refused an operation (missing records raise NotFound instead)."""
+
+    code = "store_error"
+    message = "The store failed"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"
+    message = "The store is unavailable"
+
+
+class SchemaOutOfDate(StoreError):
+    code = "store_schema_out_of_date"
+    message = "The database schema is not at this version's head; run the database upgrade"
+
+
+class UnsupportedDatabaseUrl(StoreError):
+    code = "store_url_unsupported"
+    message = "Unsupported database URL"
+
+
+# ------------------------------------------------------------------------------------ requests
+
+
+class RequestError(UID2Error):
+    """An HTTP request refused for its form (body, media type, method), before any rule runs."""
+
+    code = "request_invalid"
+    message = "The request cannot be processed as sent"
+
+
+class MalformedBody(RequestError):
+    code = "malformed_body"
+    message = "The request body must be a JSON object"
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    message = "The request body is too large"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    message = "The request body must be sent as application/json"
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+    message = "This method is not allowed on this path"
+
+
+# ------------------------------------------------------------------------------------- domain
+
+
+class DomainError(UID2Error):
+    """A control-plane rule (participants, credentials, keyring, audit) refused the request."""
+
+    code = "domain_error"
+    message = "The request breaks a rule"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    message = "Not found"
+
+
+class AlreadyExists(DomainError):
+    code = "already_exists"
+    message = "Already exists"
+
+
+class InvalidInput(DomainError):
+    code = "invalid_input"
+    message = "Invalid input"
+
+
+class InvalidTransition(DomainError):
+    code = "invalid_transition"
+    message = "This change is not allowed in the current state"
+
+
+class PermissionDenied(DomainError):
+    code = "permission_denied"
+    message = "Permission denied"
+
+
+class CredentialError(DomainError):
+    """A presented credential was refused. Messages never echo the presented text."""
+
+    code = "credential_invalid"
+    message = "Invalid credential"
+
+
+class MalformedCredential(CredentialError):
+    code = "credential_malformed"
+    message = "The credential is malformed"
+
+
+class WrongEnvironment(CredentialError):
+    code = "credential_wrong_environment"
+    message = "The credential belongs to another environment"
+
+
+class CredentialRejected(CredentialError):
+    code = "credential_rejected"
+    message = "The credential is not valid"
+
+
+class CredentialMissing(CredentialError):
+    code = "credential_missing"
+    message = "A credential is required"
+
+
+class KeyringError(DomainError):
+    code = "keyring_invalid"
+    message = "The keyring is invalid"
+
+
+class KeyringMissing(KeyringError):
+    code = "keyring_missing"
+    message = "No keyring is configured"
+
+
+class PlaceholderKeyring(KeyringError):
+    code = "keyring_placeholder"
+    message = "A development or placeholder keyring cannot be used in prod"
+
+
+class SealedSecretUnreadable(KeyringError):
+    code = "sealed_secret_unreadable"
+    message = "A sealed client secret does not open with this keyring"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, is_dataclass
+from enum import Enum, StrEnum
 from typing import Any
+
+from uid2_operator.errors import InvalidInput
 
 
 class Outcome(StrEnum):
@@ -29,3 +36,212 @@ class AuditEvent:
     outcome: Outcome
     prev_hash: bytes
     hash: bytes
+
+
+GENESIS_HASH = bytes(32)
+
+# Field names (compared case-insensitively) whose values are secret material or derived from it.
+SECRET_FIELD_NAMES = frozenset(
+    {
+        "key", "api_key", "key_text", "plaintext_key", "text", "secret", "client_secret",
+        "secret_text", "hash", "key_hash", "token_hash", "salt", "key_salt", "ciphertext",
+        "pepper", "kek", "keks", "token", "password", "authorization",
+    }
+)  # fmt: skip
+SECRET_FIELD_SUFFIXES = ("_hash", "_secret", "_ciphertext", "_salt", "_pepper", "_token")
+# A full credential (key id, '.', tail) appearing inside any string value.
+_CREDENTIAL_TEXT = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.[A-Za-z0-9+/=]{20,}")
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_FIELD_NAMES or lowered.endswith(SECRET_FIELD_SUFFIXES)
+
+
+def _is_secret_value(value: object) -> bool:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return True
+    return isinstance(value, str) and _CREDENTIAL_TEXT.search(value) is not None
+
+
+def redact(value: Any) -> Any:
+    """Drop secret-bearing entries at any depth and turn the rest into plain JSON values.
+
+    Removed: entries whose name is secret-bearing (``key_hash``, ``secret``, ``ciphertext``...),
+    any bytes, and any string holding a full API key or admin token. Sets become sorted lists,
+    tuples lists, enums their values, dataclass records dicts of their fields. Floats and other
+    types are refused: the result is hashed, and must hash the same after a database round trip.
+    """
+    if is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise InvalidInput("audit field names must be strings")
+            if not _is_secret_name(name) and not _is_secret_value(item):
+                out[name] = redact(item)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [redact(item) for item in value if not _is_secret_value(item)]
+        if isinstance(value, set | frozenset):
+            items.sort(key=_canonical_json)
+        return items
+    if isinstance(value, Enum):
+        return redact(value.value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    raise InvalidInput(f"audit values cannot hold {type(value).__name__}")
+
+
+def _canonical_json(value: Any) -> bytes:
+    """Sorted keys, no whitespace, ASCII only: one byte string per value, on every database."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """An event before the store gives it a place in the chain (``seq`` and ``prev_hash``)."""
+
+    at_ms: int
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    site_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    source: str | None
+    outcome: Outcome
+
+
+def draft_event(
+    *,
+    at_ms: int,
+    actor: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    site_id: int | None = None,
+    before: object = None,
+    after: object = None,
+    request_id: str | None = None,
+    source: str | None = None,
+    outcome: Outcome = Outcome.SUCCESS,
+) -> AuditDraft:
+    """A redacted event. ``before``/``after`` may be records (dataclasses) or dicts."""
+    return AuditDraft(
+        at_ms=at_ms,
+        actor=actor,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        site_id=site_id,
+        before=_snapshot(before),
+        after=_snapshot(after),
+        request_id=request_id,
+        source=source,
+        outcome=outcome,
+    )
+
+
+def _snapshot(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    redacted = redact(value)
+    if not isinstance(redacted, dict):
+        raise InvalidInput("audit before/after must be a record or a mapping")
+    return redacted
+
+
+def canonical_event_bytes(seq: int, event: AuditDraft | AuditEvent) -> bytes:
+    """The canonical JSON of every field except ``prev_hash`` and ``hash``."""
+    return _canonical_json(
+        {
+            "seq": seq,
+            "at_ms": event.at_ms,
+            "actor": event.actor,
+            "action": event.action,
+            "target_type": event.target_type,
+            "target_id": event.target_id,
+            "site_id": event.site_id,
+            "before": redact(event.before),
+            "after": redact(event.after),
+            "request_id": event.request_id,
+            "source": event.source,
+            "outcome": event.outcome.value,
+        }
+    )
+
+
+def event_hash(prev_hash: bytes, seq: int, event: AuditDraft | AuditEvent) -> bytes:
+    """``SHA-256(prev_hash || canonical JSON of the other fields)``."""
+    return hashlib.sha256(prev_hash + canonical_event_bytes(seq, event)).digest()
+
+
+def link_event(draft: AuditDraft, *, seq: int, prev_hash: bytes) -> AuditEvent:
+    """Place a draft after the event whose hash is ``prev_hash`` (``GENESIS_HASH`` for seq 1)."""
+    return AuditEvent(
+        seq=seq,
+        at_ms=draft.at_ms,
+        actor=draft.actor,
+        action=draft.action,
+        target_type=draft.target_type,
+        target_id=draft.target_id,
+        site_id=draft.site_id,
+        before=draft.before,
+        after=draft.after,
+        request_id=draft.request_id,
+        source=draft.source,
+        outcome=draft.outcome,
+        prev_hash=prev_hash,
+        hash=event_hash(prev_hash, seq, draft),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerdict:
+    """``ok``, or the first seq where the chain breaks and why. ``head_*`` is the last good link:
+    record it outside the database to also detect a truncated or rewritten tail later."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None
+    problem: str | None
+    head_seq: int
+    head_hash: bytes
+
+
+def verify_chain(
+    events: Iterable[AuditEvent],
+    *,
+    start_seq: int = 1,
+    start_prev_hash: bytes = GENESIS_HASH,
+) -> ChainVerdict:
+    """Walk events in the order given (ascending seq). Detects a modified row (its hash no longer
+    matches), a deleted or inserted row (seq not gap-free, or a broken ``prev_hash`` link), a
+    reordered row and a forged hash. To check from the middle, pass the seq and hash of a trusted
+    earlier event as ``start_seq - 1`` / ``start_prev_hash``."""
+    expected_seq = start_seq
+    prev_hash = start_prev_hash
+    checked = 0
+
+    def broken(seq: int, problem: str) -> ChainVerdict:
+        return ChainVerdict(False, checked, seq, problem, expected_seq - 1, prev_hash)
+
+    for event in events:
+        if event.seq != expected_seq:
+            return broken(expected_seq, f"expected seq {expected_seq}, found {event.seq}")
+        if not hmac.compare_digest(event.prev_hash, prev_hash):
+            return broken(event.seq, "prev_hash does not match the previous event's hash")
+        if not hmac.compare_digest(event.hash, event_hash(prev_hash, event.seq, event)):
+            return broken(event.seq, "hash does not match the event's content")
+        prev_hash = event.hash
+        expected_seq += 1
+        checked += 1
+    return ChainVerdict(True, checked, None, None, expected_seq - 1, prev_hash)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from uid2_operator.domain.authorization import (
+    ALLOWED,
+    Decision,
+    Denied,
+    DenyReason,
+    authorize_endpoint,
+)
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.key_format import CredentialKind, MintedCredential, verify
+from uid2_operator.domain.participants import Participant, validate_name
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.errors import InvalidInput, InvalidTransition
 
 
 class KeyState(StrEnum):
@@ -51,3 +63,121 @@ class SealedSecret:
     ciphertext: bytes = field(repr=False)
     created_at_ms: int
     retires_at_ms: int | None = None  # set when a newer secret replaced this one
+
+
+def validate_key_roles(
+    roles: Iterable[ClientRole], participant: Participant
+) -> frozenset[ClientRole]:
+    """A key's roles: a non-empty subset of what its participant may grant."""
+    wanted = frozenset(roles)
+    if not wanted:
+        raise InvalidInput("An API key needs at least one role")
+    not_allowed = wanted - participant.allowed_roles
+    if not_allowed:
+        names = ", ".join(sorted(not_allowed))
+        raise InvalidInput(f"Role(s) not allowed for participant {participant.site_id}: {names}")
+    return wanted
+
+
+def effective_roles(key: ApiKey, participant: Participant) -> frozenset[ClientRole]:
+    """The roles a request may use: the key's, narrowed to what the participant may hold *now*.
+
+    Taking a role away from a participant therefore takes it away from every key at once.
+    """
+    return key.roles & participant.allowed_roles
+
+
+def issue_api_key(
+    minted: MintedCredential,
+    participant: Participant,
+    *,
+    name: str,
+    roles: Iterable[ClientRole],
+    now_ms: int,
+    created_by: str,
+    expires_at_ms: int | None = None,
+) -> ApiKey:
+    """The record for a newly minted key (its text and secret go to the holder, once)."""
+    if minted.kind is not CredentialKind.CLIENT or minted.site_id != participant.site_id:
+        raise InvalidInput("The minted key does not belong to this participant")
+    if not participant.enabled:
+        raise InvalidTransition(f"Participant {participant.site_id} is disabled")
+    if expires_at_ms is not None and expires_at_ms <= now_ms:
+        raise InvalidInput("expires_at must be in the future")
+    return ApiKey(
+        key_id=minted.key_id,
+        site_id=participant.site_id,
+        name=validate_name(name),
+        roles=validate_key_roles(roles, participant),
+        state=KeyState.ACTIVE,
+        key_hash=minted.key_hash,
+        created_at_ms=now_ms,
+        created_by=created_by,
+        updated_at_ms=now_ms,
+        expires_at_ms=expires_at_ms,
+    )
+
+
+def verify_api_key(
+    text: str,
+    *,
+    environment: Environment,
+    pepper: bytes,
+    lookup: Callable[[str], ApiKey | None],
+) -> ApiKey:
+    """Shape, checksum and environment first; then one lookup by key id; then a constant-time
+    compare of keyed hashes. The record's state is judged by ``authenticate``."""
+    return verify(
+        text,
+        kind=CredentialKind.CLIENT,
+        environment=environment,
+        pepper=pepper,
+        lookup=lookup,
+        stored_hash=_key_hash,
+    )
+
+
+def _key_hash(key: ApiKey) -> bytes:
+    return key.key_hash
+
+
+def authenticate(key: ApiKey, participant: Participant, now_ms: int) -> Decision:
+    """May this (hash-verified) key be used at ``now_ms``? Checks the participant too."""
+    checks = (
+        (key.site_id != participant.site_id, DenyReason.PARTICIPANT_MISMATCH),
+        (key.state is KeyState.REVOKED, DenyReason.KEY_REVOKED),
+        (key.state is KeyState.DISABLED, DenyReason.KEY_DISABLED),
+        (not participant.enabled, DenyReason.PARTICIPANT_DISABLED),
+        (key.expires_at_ms is not None and key.expires_at_ms <= now_ms, DenyReason.KEY_EXPIRED),
+        (key.retires_at_ms is not None and key.retires_at_ms <= now_ms, DenyReason.KEY_RETIRED),
+    )
+    for failed, reason in checks:
+        if failed:
+            return Denied(reason)
+    return ALLOWED
+
+
+def authorize_request(key: ApiKey, participant: Participant, path: str, now_ms: int) -> Decision:
+    """``authenticate``, then the endpoint table with the key's effective roles."""
+    decision = authenticate(key, participant, now_ms)
+    if isinstance(decision, Denied):
+        return decision
+    return authorize_endpoint(path, effective_roles(key, participant))
+
+
+def current_secret(secrets: Iterable[SealedSecret]) -> SealedSecret | None:
+    """The newest secret not replaced yet (highest ``secret_id`` without ``retires_at_ms``)."""
+    live = [s for s in secrets if s.retires_at_ms is None]
+    return max(live, key=lambda s: s.secret_id, default=None)
+
+
+def accepted_secrets(secrets: Iterable[SealedSecret], now_ms: int) -> list[SealedSecret]:
+    """Secrets a request may be sealed with at ``now_ms``, newest first: the current one and
+    replaced ones still inside their overlap window (``retires_at_ms`` in the future)."""
+    live = [s for s in secrets if s.retires_at_ms is None or s.retires_at_ms > now_ms]
+    return sorted(live, key=lambda s: s.secret_id, reverse=True)
+
+
+def purgeable_secrets(secrets: Iterable[SealedSecret], now_ms: int) -> list[SealedSecret]:
+    """Secrets past their overlap window: never accepted again, safe to delete."""
+    return [s for s in secrets if s.retires_at_ms is not None and s.retires_at_ms <= now_ms]

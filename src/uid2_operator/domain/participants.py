@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.errors import InvalidInput, InvalidTransition
 
 
 class ParticipantType(StrEnum):
@@ -25,3 +29,99 @@ class Participant:
     contacts: tuple[str, ...]
     created_at_ms: int
     updated_at_ms: int
+
+
+# Site ids 0-2 are reserved by the protocol (and -1/-2 name keysets); ids travel as signed 32-bit
+# integers in tokens.
+MIN_SITE_ID = 3
+MAX_SITE_ID = 2**31 - 1
+MAX_NAME_LENGTH = 200
+MAX_CONTACTS = 20
+MAX_CONTACT_LENGTH = 254
+# Deliberately loose: one '@', no whitespace, a dot in the domain. Delivery proves the rest.
+_CONTACT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def validate_site_id(site_id: int) -> int:
+    if isinstance(site_id, bool) or not MIN_SITE_ID <= site_id <= MAX_SITE_ID:
+        raise InvalidInput(f"site_id must be between {MIN_SITE_ID} and {MAX_SITE_ID}")
+    return site_id
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Trimmed, 1..200 characters, no control characters (names end up in logs and audit rows)."""
+    cleaned = name.strip()
+    if not 1 <= len(cleaned) <= MAX_NAME_LENGTH:
+        raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in cleaned):
+        raise InvalidInput(f"{what} must not contain control characters")
+    return cleaned
+
+
+def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:
+    """Trimmed e-mail-like addresses, duplicates (ignoring case) dropped, order kept."""
+    cleaned: list[str] = []
+    seen: set[str] = set()
+    for raw in contacts:
+        contact = raw.strip()
+        if len(contact) > MAX_CONTACT_LENGTH or not _CONTACT.fullmatch(contact):
+            raise InvalidInput("contacts must be e-mail addresses")
+        if contact.casefold() not in seen:
+            seen.add(contact.casefold())
+            cleaned.append(contact)
+    if len(cleaned) > MAX_CONTACTS:
+        raise InvalidInput(f"at most {MAX_CONTACTS} contacts")
+    return tuple(cleaned)
+
+
+def new_participant(
+    *,
+    site_id: int,
+    name: str,
+    type: ParticipantType,
+    allowed_roles: Iterable[ClientRole],
+    contacts: Iterable[str],
+    now_ms: int,
+    enabled: bool = True,
+) -> Participant:
+    return Participant(
+        site_id=validate_site_id(site_id),
+        name=validate_name(name),
+        type=type,
+        allowed_roles=frozenset(allowed_roles),
+        enabled=enabled,
+        contacts=validate_contacts(contacts),
+        created_at_ms=now_ms,
+        updated_at_ms=now_ms,
+    )
+
+
+def update_participant(
+    participant: Participant,
+    *,
+    now_ms: int,
+    name: str | None = None,
+    type: ParticipantType | None = None,
+    allowed_roles: Iterable[ClientRole] | None = None,
+    contacts: Iterable[str] | None = None,
+) -> Participant:
+    """Change the given fields. Narrowing ``allowed_roles`` takes effect on existing keys at once:
+    a key's effective roles are always intersected with its participant's (see credentials)."""
+    return replace(
+        participant,
+        name=participant.name if name is None else validate_name(name),
+        type=participant.type if type is None else type,
+        allowed_roles=(
+            participant.allowed_roles if allowed_roles is None else frozenset(allowed_roles)
+        ),
+        contacts=participant.contacts if contacts is None else validate_contacts(contacts),
+        updated_at_ms=now_ms,
+    )
+
+
+def set_participant_enabled(participant: Participant, enabled: bool, now_ms: int) -> Participant:
+    """Enable or disable a participant. Disabling stops every key of the participant at once."""
+    if participant.enabled == enabled:
+        state = "enabled" if enabled else "disabled"
+        raise InvalidTransition(f"participant {participant.site_id} is already {state}")
+    return replace(participant, enabled=enabled, updated_at_ms=now_ms)

@@ -6,7 +6,11 @@ credential type has its own enum, so no admin or operator role can ever be grant
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import TypeVar
+
+from uid2_operator.errors import InvalidInput
 
 
 class ClientRole(StrEnum):
@@ -21,3 +25,35 @@ class AdminRole(StrEnum):
     SUPER_USER = "SUPER_USER"
     MAINTAINER = "MAINTAINER"
     READ_ONLY = "READ_ONLY"
+
+
+_R = TypeVar("_R", ClientRole, AdminRole)
+
+# How people see client roles (the portal and the docs call ID_READER "Bidder").
+CLIENT_ROLE_LABELS: dict[ClientRole, str] = {
+    ClientRole.GENERATOR: "Generator",
+    ClientRole.MAPPER: "Mapper",
+    ClientRole.ID_READER: "Bidder",
+    ClientRole.SHARER: "Sharer",
+    ClientRole.OPTOUT: "Opt-Out",
+}
+
+
+def parse_client_roles(names: Iterable[str]) -> frozenset[ClientRole]:
+    """Role names (trimmed, any case) to client roles; unknown names are refused by name.
+
+    Only the client enum is consulted, so an admin or operator role name can never reach a key.
+    """
+    return frozenset(_parse(ClientRole, names))
+
+
+def parse_admin_roles(names: Iterable[str]) -> frozenset[AdminRole]:
+    return frozenset(_parse(AdminRole, names))
+
+
+def _parse(enum: type[_R], names: Iterable[str]) -> list[_R]:
+    cleaned = [name.strip().upper() for name in names]
+    unknown = sorted({name for name in cleaned if name not in enum.__members__})
+    if unknown:
+        raise InvalidInput(f"Unknown role(s): {', '.join(unknown)}")
+    return [enum[name] for name in cleaned]

@@ -1,0 +1,289 @@
+"""The keyring, and client secrets sealed at rest under its key-encryption keys (KEKs).
+
+A client secret is the AES-256-GCM key of the v2 request envelope, so the server must be able to
+read it: it cannot be hashed like an API key. It is sealed with AES-256-GCM under the active KEK
+version, with the owning ``key_id`` as associated data, so a ciphertext copied onto another key's
+row does not open. KEKs are versioned: a new version becomes active for new seals while older
+versions stay in the keyring until every secret has been re-sealed, then they can be dropped.
+
+The keyring also holds the pepper for the keyed hash of API keys and admin tokens. It is loaded
+from settings (a file or an environment variable), never from the database, so a stolen database
+alone yields neither secrets nor a way to test key guesses. Nothing here prints key bytes: the
+reprs name versions only.
+
+Keyring JSON::
+
+    {"active_kek_version": 2,
+     "keks": {"1": "<base64 of 32 bytes>", "2": "<base64 of 32 bytes>"},
+     "pepper": "<base64 of 32 bytes>",
+     "development": false}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from uid2_operator.domain.credentials import SealedSecret
+from uid2_operator.domain.environments import Environment
+from uid2_operator.errors import (
+    KeyringError,
+    KeyringMissing,
+    PlaceholderKeyring,
+    SealedSecretUnreadable,
+)
+from uid2_operator.wire import aead
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.encoding import Base64Error, b64decode, b64encode
+
+KEK_SIZE = aead.KEY_SIZE
+PEPPER_SIZE = 32
+SECRET_SIZE = 32
+# The store assigns secret ids; a freshly sealed secret carries this until it is added.
+UNASSIGNED_SECRET_ID = 0
+
+
+class Keyring:
+    """KEK versions, the active version, and the credential-hashing pepper. Immutable."""
+
+    __slots__ = ("_active", "_development", "_keks", "_pepper")
+
+    def __init__(
+        self,
+        keks: Mapping[int, bytes],
+        active_version: int,
+        pepper: bytes,
+        *,
+        development: bool = False,
+    ) -> None:
+        if not keks:
+            raise KeyringError("The keyring holds no key-encryption key")
+        for version, kek in keks.items():
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise KeyringError("Key-encryption key versions are positive integers")
+            if len(kek) != KEK_SIZE:
+                raise KeyringError(f"Key-encryption key version {version} is not {KEK_SIZE} bytes")
+        if active_version not in keks:
+            raise KeyringError(f"The active key-encryption key version {active_version} is absent")
+        if len(pepper) != PEPPER_SIZE:
+            raise KeyringError(f"The pepper is not {PEPPER_SIZE} bytes")
+        self._keks: Mapping[int, bytes] = MappingProxyType({v: bytes(k) for v, k in keks.items()})
+        self._active = active_version
+        self._pepper = bytes(pepper)
+        self._development = development
+
+    @property
+    def active_version(self) -> int:
+        return self._active
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted(self._keks))
+
+    @property
+    def pepper(self) -> bytes:
+        return self._pepper
+
+    @property
+    def development(self) -> bool:
+        return self._development
+
+    @property
+    def is_placeholder(self) -> bool:
+        """Marked for development, or holding an all-zero key: never acceptable in prod."""
+        zero = bytes(KEK_SIZE)
+        return self._development or self._pepper == zero or zero in self._keks.values()
+
+    def kek(self, version: int) -> bytes:
+        try:
+            return self._keks[version]
+        except KeyError:
+            raise KeyringError(f"The keyring has no key-encryption key version {version}") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"Keyring(active_version={self._active}, versions={list(self.versions)}, "
+            f"development={self._development})"
+        )
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Keyring):
+            return NotImplemented
+        return (self._keks, self._active, self._pepper, self._development) == (
+            other._keks,
+            other._active,
+            other._pepper,
+            other._development,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._active, self.versions))
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_json(self) -> str:
+        """The keyring file's content (holds every key: write it with mode 0600)."""
+        doc = {
+            "active_kek_version": self._active,
+            "keks": {str(v): b64encode(self._keks[v]) for v in self.versions},
+            "pepper": b64encode(self._pepper),
+            "development": self._development,
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Keyring:
+        """Parse the keyring JSON; any defect raises ``KeyringError`` (never key bytes in it)."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            raise KeyringError("The keyring is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise KeyringError("The keyring must be a JSON object")
+        keks_doc = doc.get("keks")
+        active = doc.get("active_kek_version")
+        development = doc.get("development", False)
+        if not isinstance(keks_doc, dict):
+            raise KeyringError('The keyring needs "keks": {"<version>": "<base64>"}')
+        if isinstance(active, bool) or not isinstance(active, int):
+            raise KeyringError('The keyring needs an integer "active_kek_version"')
+        if not isinstance(development, bool):
+            raise KeyringError('"development" must be true or false')
+        keks = {_parse_version(v): _decode_key(k, f"keks.{v}") for v, k in keks_doc.items()}
+        return cls(keks, active, _decode_key(doc.get("pepper"), "pepper"), development=development)
+
+
+def _parse_version(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or text.startswith("0") or len(text) > 9:
+        raise KeyringError("Key-encryption key versions are positive integers")
+    return int(text)
+
+
+def _decode_key(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise KeyringError(f'The keyring needs "{name}" as base64 text')
+    try:
+        return b64decode(value)
+    except Base64Error:
+        raise KeyringError(f'"{name}" is not valid base64') from None
+
+
+def generate_keyring(random: RandomBytes, *, development: bool = False) -> Keyring:
+    """A fresh keyring with KEK version 1 active."""
+    return Keyring({1: random(KEK_SIZE)}, 1, random(PEPPER_SIZE), development=development)
+
+
+def add_kek_version(keyring: Keyring, random: RandomBytes) -> Keyring:
+    """KEK rotation, step 1: a new version becomes active; older ones stay to open old seals."""
+    version = max(keyring.versions) + 1
+    keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
+    return Keyring(keks, version, keyring.pepper, development=keyring.development)
+
+
+def drop_kek_version(keyring: Keyring, version: int) -> Keyring:
+    """KEK rotation, last step, once nothing is sealed under ``version`` any more."""
+    if version == keyring.active_version:
+        raise KeyringError("The active key-encryption key cannot be dropped")
+    keyring.kek(version)
+    keks = {v: keyring.kek(v) for v in keyring.versions if v != version}
+    return Keyring(keks, keyring.active_version, keyring.pepper, development=keyring.development)
+
+
+def require_keyring(keyring: Keyring | None, environment: Environment) -> Keyring:
+    """The startup check: a keyring must exist, and prod refuses a placeholder one."""
+    if keyring is None:
+        raise KeyringMissing(
+            "No keyring: set UID2_KEYRING or UID2_KEYRING_FILE, or run init to create one"
+        )
+    if environment is Environment.PROD and keyring.is_placeholder:
+        raise PlaceholderKeyring(
+            "The keyring is a development or placeholder keyring; prod needs a generated one"
+        )
+    return keyring
+
+
+class ClientSecret:
+    """A client secret in the clear: 32 bytes, shown to its holder as standard base64."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != SECRET_SIZE:
+            raise SealedSecretUnreadable(f"A client secret is {SECRET_SIZE} bytes")
+        self._raw = bytes(raw)
+
+    @property
+    def raw(self) -> bytes:
+        """The AES-256-GCM key of the request envelope."""
+        return self._raw
+
+    @property
+    def text(self) -> str:
+        """Standard padded base64, the form every UID2 SDK takes."""
+        return b64encode(self._raw)
+
+    def __repr__(self) -> str:
+        return "ClientSecret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientSecret):
+            return NotImplemented
+        return self._raw == other._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+
+def new_client_secret(random: RandomBytes) -> ClientSecret:
+    return ClientSecret(random(SECRET_SIZE))
+
+
+def seal_secret(
+    keyring: Keyring, key_id: str, secret: ClientSecret, random: RandomBytes, now_ms: int
+) -> SealedSecret:
+    """Seal under the active KEK with ``key_id`` as AAD. The store assigns ``secret_id``."""
+    version = keyring.active_version
+    return SealedSecret(
+        secret_id=UNASSIGNED_SECRET_ID,
+        key_id=key_id,
+        kek_version=version,
+        ciphertext=aead.seal(keyring.kek(version), secret.raw, random, key_id.encode("utf-8")),
+        created_at_ms=now_ms,
+    )
+
+
+def open_secret(keyring: Keyring, sealed: SealedSecret) -> ClientSecret:
+    """Open a sealed secret; a wrong key id, KEK version or tampered ciphertext does not open."""
+    try:
+        kek = keyring.kek(sealed.kek_version)
+    except KeyringError as exc:
+        raise SealedSecretUnreadable(exc.detail) from None
+    try:
+        raw = aead.open_(kek, sealed.ciphertext, sealed.key_id.encode("utf-8"))
+    except aead.AeadFailure:
+        raise SealedSecretUnreadable(
+            f"The sealed secret {sealed.secret_id} of {sealed.key_id} does not open"
+        ) from None
+    return ClientSecret(raw)
+
+
+def needs_reseal(keyring: Keyring, sealed: SealedSecret) -> bool:
+    return sealed.kek_version != keyring.active_version
+
+
+def reseal_secret(keyring: Keyring, sealed: SealedSecret, random: RandomBytes) -> SealedSecret:
+    """KEK rotation, step 2: the same secret sealed again under the active version."""
+    secret = open_secret(keyring, sealed)
+    version = keyring.active_version
+    return replace(
+        sealed,
+        kek_version=version,
+        ciphertext=aead.seal(keyring.kek(version), secret.raw, random, sealed.key_id.encode()),
+    )

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from uid2_operator.domain.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    Outcome,
+    canonical_event_bytes,
+    draft_event,
+    event_hash,
+    link_event,
+    redact,
+    verify_chain,
+)
+from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.roles import ClientRole
+from uid2_operator.errors import InvalidInput
+
+MakeKey = Callable[..., tuple[str, ApiKey]]
+T0 = 1_700_000_000_000
+KEY_TEXT = "UID2-C-L-1001-fCXrMM." + "a" * 38
+
+
+def test_redaction_removes_secret_bearing_fields_at_any_depth() -> None:
+    before = {
+        "key_id": "UID2-C-L-1001-fCXrMM",
+        "name": "web",
+        "key_hash": "deadbeef",
+        "Secret": "c2VjcmV0",
+        "client_secret": "x",
+        "ciphertext": "y",
+        "plaintext_key": "z",
+        "nested": {
+            "token_hash": "t",
+            "kept": 1,
+            "deeper": [{"refresh_token": "r", "pepper": "p", "ok": True}],
+        },
+        "raw": b"\x00\x01",
+        "note": f"pasted {KEY_TEXT} by mistake",
+        "list": ["plain", KEY_TEXT, b"bytes", {"salt": "s", "v": None}],
+    }
+    assert redact(before) == {
+        "key_id": "UID2-C-L-1001-fCXrMM",
+        "name": "web",
+        "nested": {"kept": 1, "deeper": [{"ok": True}]},
+        "list": ["plain", {"v": None}],
+    }
+
+
+def test_records_are_described_without_hashes_or_ciphertext(make_key: MakeKey) -> None:
+    text, key = make_key(roles=frozenset({ClientRole.MAPPER, ClientRole.GENERATOR}))
+    described = redact(key)
+    assert "key_hash" not in described
+    assert described["roles"] == ["GENERATOR", "MAPPER"]  # sets sorted
+    assert described["state"] == "active"
+    assert type(described["state"]) is str
+    assert described["key_id"] == key.key_id
+    sealed = SealedSecret(3, key.key_id, 1, b"\x01" * 60, T0)
+    assert redact(sealed) == {
+        "secret_id": 3, "key_id": key.key_id, "kek_version": 1, "created_at_ms": T0,
+        "retires_at_ms": None,
+    }  # fmt: skip
+    dumped = json.dumps(redact({"before": key, "after": sealed, "t": (1, 2)}))
+    assert text not in dumped
+    assert key.key_hash.hex() not in dumped
+
+
+def test_redaction_refuses_values_that_do_not_hash_stably() -> None:
+    with pytest.raises(InvalidInput, match="float"):
+        redact({"ratio": 0.5})
+    with pytest.raises(InvalidInput, match="strings"):
+        redact({1: "x"})
+    with pytest.raises(InvalidInput, match="before/after"):
+        draft_event(at_ms=T0, actor="a", action="x", target_type="t", target_id="i", after=[1])
+
+
+def _chain(n: int) -> list[AuditEvent]:
+    events: list[AuditEvent] = []
+    prev = GENESIS_HASH
+    for seq in range(1, n + 1):
+        draft = draft_event(
+            at_ms=T0 + seq,
+            actor="admin:UID2-A-L-0-abcdef",
+            action="key.create",
+            target_type="api_key",
+            target_id=f"UID2-C-L-1001-key{seq:03d}",
+            site_id=1001,
+            before=None if seq == 1 else {"name": f"n{seq - 1}", "secret": "s"},
+            after={"name": f"n{seq}", "roles": {"MAPPER", "GENERATOR"}},
+            request_id=f"req-{seq}",
+            source="203.0.113.7",
+            outcome=Outcome.SUCCESS,
+        )
+        event = link_event(draft, seq=seq, prev_hash=prev)
+        events.append(event)
+        prev = event.hash
+    return events
+
+
+def test_linking_and_hash_definition() -> None:
+    events = _chain(3)
+    first = events[0]
+    assert first.prev_hash == GENESIS_HASH == bytes(32)
+    assert first.before is None
+    assert events[1].before == {"name": "n1"}
+    assert first.after == {"name": "n1", "roles": ["GENERATOR", "MAPPER"]}
+    canonical = canonical_event_bytes(1, first)
+    assert json.loads(canonical) == {
+        "seq": 1, "at_ms": T0 + 1, "actor": "admin:UID2-A-L-0-abcdef", "action": "key.create",
+        "target_type": "api_key", "target_id": "UID2-C-L-1001-key001", "site_id": 1001,
+        "before": None, "after": {"name": "n1", "roles": ["GENERATOR", "MAPPER"]},
+        "request_id": "req-1", "source": "203.0.113.7", "outcome": "success",
+    }  # fmt: skip
+    assert canonical.startswith(b'{"action":"key.create","actor":')  # sorted, compact
+    assert first.hash == hashlib.sha256(bytes(32) + canonical).digest()
+    assert events[1].prev_hash == first.hash
+    assert event_hash(first.hash, 2, events[1]) == events[1].hash
+
+
+def test_canonical_bytes_are_ascii_and_stable_across_a_json_round_trip() -> None:
+    draft = draft_event(
+        at_ms=T0, actor="admin:é", action="participant.update", target_type="participant",
+        target_id="1001", after={"name": "Zürich \ud800 ünïcode", "b": {"z": 1, "a": 2}},
+    )  # fmt: skip
+    event = link_event(draft, seq=1, prev_hash=GENESIS_HASH)
+    canonical = canonical_event_bytes(1, event)
+    canonical.decode("ascii")
+    assert draft.outcome is Outcome.SUCCESS
+    reloaded = replace(event, after=json.loads(json.dumps(event.after)))
+    assert verify_chain([reloaded]).ok
+
+
+def test_an_intact_chain_verifies() -> None:
+    events = _chain(5)
+    verdict = verify_chain(events)
+    assert verdict.ok
+    assert (verdict.checked, verdict.first_bad_seq, verdict.problem) == (5, None, None)
+    assert (verdict.head_seq, verdict.head_hash) == (5, events[-1].hash)
+    assert verify_chain([]).ok
+    assert verify_chain([]).head_hash == GENESIS_HASH
+    # From the middle, anchored on a trusted earlier event.
+    assert verify_chain(events[2:], start_seq=3, start_prev_hash=events[1].hash).ok
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("actor", "admin:someone-else"),
+        ("after", {"name": "changed", "roles": ["GENERATOR", "MAPPER"]}),
+        ("outcome", Outcome.DENIED),
+        ("at_ms", T0),
+        ("site_id", None),
+    ],
+)
+def test_a_modified_row_is_detected(field: str, value: Any) -> None:
+    events = _chain(5)
+    events[2] = replace(events[2], **{field: value})
+    verdict = verify_chain(events)
+    assert not verdict.ok
+    assert verdict.first_bad_seq == 3
+    assert verdict.problem == "hash does not match the event's content"
+    assert (verdict.checked, verdict.head_seq, verdict.head_hash) == (2, 2, events[1].hash)
+
+
+def test_a_modified_row_with_a_recomputed_hash_breaks_the_next_link() -> None:
+    events = _chain(5)
+    forged = replace(events[2], actor="admin:intruder")
+    events[2] = replace(forged, hash=event_hash(forged.prev_hash, 3, forged))
+    verdict = verify_chain(events)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 4)
+    assert verdict.problem == "prev_hash does not match the previous event's hash"
+
+
+def test_a_deleted_row_is_detected() -> None:
+    events = _chain(5)
+    del events[2]
+    verdict = verify_chain(events)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 3)
+    assert verdict.problem == "expected seq 3, found 4"
+
+
+def test_a_reordered_row_is_detected() -> None:
+    events = _chain(5)
+    events[2], events[3] = events[3], events[2]
+    verdict = verify_chain(events)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 3)
+
+
+def test_an_inserted_row_is_detected() -> None:
+    events = _chain(5)
+    intruder = link_event(
+        draft_event(at_ms=T0, actor="x", action="key.revoke", target_type="api_key", target_id="k"),
+        seq=3,
+        prev_hash=events[1].hash,
+    )
+    tampered = [*events[:2], intruder, *[replace(e, seq=e.seq + 1) for e in events[2:]]]
+    verdict = verify_chain(tampered)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 4)
+
+
+def test_a_forged_hash_is_detected() -> None:
+    events = _chain(5)
+    events[4] = replace(events[4], hash=bytes(32))
+    assert verify_chain(events).first_bad_seq == 5
+    events = _chain(5)
+    events[0] = replace(events[0], prev_hash=b"\x01" * 32)
+    verdict = verify_chain(events)
+    assert (verdict.first_bad_seq, verdict.problem) == (
+        1,
+        "prev_hash does not match the previous event's hash",
+    )

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from uid2_operator.domain.participants import (
+    MAX_SITE_ID,
+    Participant,
+    ParticipantType,
+    new_participant,
+    set_participant_enabled,
+    update_participant,
+    validate_contacts,
+    validate_name,
+    validate_site_id,
+)
+from uid2_operator.domain.roles import (
+    CLIENT_ROLE_LABELS,
+    AdminRole,
+    ClientRole,
+    parse_admin_roles,
+    parse_client_roles,
+)
+from uid2_operator.errors import InvalidInput, InvalidTransition
+
+MakeParticipant = Callable[..., Participant]
+T0 = 1_700_000_000_000
+
+
+@pytest.mark.parametrize("site_id", [3, 1001, MAX_SITE_ID])
+def test_valid_site_ids(site_id: int) -> None:
+    assert validate_site_id(site_id) == site_id
+
+
+@pytest.mark.parametrize("site_id", [-2, -1, 0, 1, 2, MAX_SITE_ID + 1, True])
+def test_reserved_and_out_of_range_site_ids(site_id: int) -> None:
+    with pytest.raises(InvalidInput, match="site_id"):
+        validate_site_id(site_id)
+
+
+def test_names() -> None:
+    assert validate_name("  Acme  ") == "Acme"
+    assert validate_name("x" * 200) == "x" * 200
+    for bad in ("", "   ", "x" * 201):
+        with pytest.raises(InvalidInput, match="1 to 200"):
+            validate_name(bad)
+    with pytest.raises(InvalidInput, match="reason must not contain control"):
+        validate_name("evil\nline", "reason")
+
+
+def test_contacts() -> None:
+    assert validate_contacts([" a@b.co ", "A@B.co", "c@d.org"]) == ("a@b.co", "c@d.org")
+    assert validate_contacts([]) == ()
+    for bad in (["nope"], ["a@b"], ["a b@c.d"], ["a@@b.c"], ["x" * 250 + "@b.co"]):
+        with pytest.raises(InvalidInput, match="e-mail"):
+            validate_contacts(bad)
+    with pytest.raises(InvalidInput, match="at most 20"):
+        validate_contacts([f"u{i}@example.com" for i in range(21)])
+
+
+def test_new_participant() -> None:
+    p = new_participant(
+        site_id=1001, name=" Acme ", type=ParticipantType.DSP,
+        allowed_roles=[ClientRole.ID_READER], contacts=["ops@acme.com"], now_ms=T0,
+    )  # fmt: skip
+    assert p == Participant(
+        1001, "Acme", ParticipantType.DSP, frozenset({ClientRole.ID_READER}), True,
+        ("ops@acme.com",), T0, T0,
+    )  # fmt: skip
+    with pytest.raises(InvalidInput):
+        new_participant(
+            site_id=2, name="x", type=ParticipantType.DSP, allowed_roles=[], contacts=[], now_ms=T0
+        )
+
+
+def test_update_participant(make_participant: MakeParticipant) -> None:
+    p = make_participant()
+    assert update_participant(p, now_ms=T0 + 1) == Participant(
+        p.site_id, p.name, p.type, p.allowed_roles, p.enabled, p.contacts, T0, T0 + 1
+    )
+    changed = update_participant(
+        p, now_ms=T0 + 2, name="New", type=ParticipantType.ADVERTISER,
+        allowed_roles=[ClientRole.MAPPER], contacts=["x@y.zz"],
+    )  # fmt: skip
+    assert (changed.name, changed.type, changed.allowed_roles, changed.contacts) == (
+        "New", ParticipantType.ADVERTISER, {ClientRole.MAPPER}, ("x@y.zz",),
+    )  # fmt: skip
+    with pytest.raises(InvalidInput):
+        update_participant(p, now_ms=T0, name="")
+
+
+def test_enable_disable_participant(make_participant: MakeParticipant) -> None:
+    p = make_participant()
+    disabled = set_participant_enabled(p, False, T0 + 1)
+    assert (disabled.enabled, disabled.updated_at_ms) == (False, T0 + 1)
+    with pytest.raises(InvalidTransition, match="already disabled"):
+        set_participant_enabled(disabled, False, T0)
+    with pytest.raises(InvalidTransition, match="already enabled"):
+        set_participant_enabled(p, True, T0)
+    assert set_participant_enabled(disabled, True, T0 + 2).enabled
+
+
+def test_parse_roles() -> None:
+    assert parse_client_roles([" generator", "ID_READER "]) == {
+        ClientRole.GENERATOR,
+        ClientRole.ID_READER,
+    }
+    assert parse_admin_roles(["read_only"]) == {AdminRole.READ_ONLY}
+    with pytest.raises(InvalidInput, match="Unknown role\\(s\\): OPERATOR, SUPER_USER"):
+        parse_client_roles(["SUPER_USER", "operator", "MAPPER"])
+    with pytest.raises(InvalidInput, match="GENERATOR"):
+        parse_admin_roles(["GENERATOR"])
+
+
+def test_role_labels() -> None:
+    assert set(CLIENT_ROLE_LABELS) == set(ClientRole)
+    assert CLIENT_ROLE_LABELS[ClientRole.ID_READER] == "Bidder"
