@@ -1,0 +1,176 @@
+"""Database URLs, engines, and the few places where SQLite and PostgreSQL differ.
+
+Every dialect difference the store depends on lives in a ``Flavour``: how a connection is set up,
+how a write transaction takes the store-wide write lock, how a read transaction gets one
+consistent snapshot, and how a counter is upserted.
+
+Why the write lock is store-wide: the audit chain assigns ``seq`` and ``prev_hash`` from the last
+row, and use cases read-decide-write records; both are only race-free if writers run one at a
+time. Control-plane writes are rare and short, so one lock costs nothing measurable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.schema import Table
+
+from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
+from uid2_operator.storage.schema import CHANGE_SEQ, store_meta
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite writer waits for the write lock before giving up (StoreUnavailable)."""
+
+_BEGIN_OPTION = "uid2_sqlite_begin"
+_MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Accepts ``sqlite:///<path>`` and ``postgresql[+psycopg]://...`` (``postgres://`` too).
+
+    PostgreSQL is always driven by psycopg 3, whatever driver the URL names by default. An
+    in-memory SQLite database is refused: each pooled connection would get its own empty one.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise UnsupportedDatabaseUrl("Unsupported database URL: cannot parse it") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
+            raise UnsupportedDatabaseUrl(
+                f"Unsupported database URL {shown}: SQLite needs a file path, sqlite:///<path>"
+            )
+        return parsed.set(drivername="sqlite+pysqlite")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise UnsupportedDatabaseUrl(
+        f"Unsupported database URL {shown}: use sqlite:///<path> or postgresql+psycopg://..."
+    )
+
+
+class Flavour(Protocol):
+    name: str
+
+    def begin_write(self, conn: Connection) -> None:
+        """Starts a write transaction on a fresh connection and takes the store-wide lock."""
+        ...
+
+    def begin_migration(self, conn: Connection) -> None:
+        """Starts the transaction a schema upgrade runs in, serialising concurrent upgrades."""
+        ...
+
+    def begin_read(self, conn: Connection) -> Connection:
+        """Starts a read-only transaction over one consistent snapshot."""
+        ...
+
+    def upsert_insert(self, table: Table) -> Any:
+        """An INSERT construct of this dialect, supporting ``on_conflict_do_update``."""
+        ...
+
+    def greatest(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The larger of two non-null values."""
+        ...
+
+
+class SqliteFlavour:
+    """SQLite in WAL mode: readers never block the writer; ``BEGIN IMMEDIATE`` serialises writers.
+
+    The stdlib driver's own transaction handling is switched off (``isolation_level=None``) so that
+    the store decides exactly when and how a transaction begins.
+    """
+
+    name = "sqlite"
+
+    def begin_write(self, conn: Connection) -> None:
+        conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        conn.begin()
+
+    def begin_migration(self, conn: Connection) -> None:
+        self.begin_write(conn)  # BEGIN IMMEDIATE works on an empty file too
+
+    def begin_read(self, conn: Connection) -> Connection:
+        conn.begin()
+        return conn
+
+    def upsert_insert(self, table: Table) -> Any:
+        return sqlite.insert(table)
+
+    def greatest(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.max(a, b)  # the two-argument scalar max()
+
+    @staticmethod
+    def configure(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL mode
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class PostgresFlavour:
+    """PostgreSQL: writers lock the ``change_seq`` row FOR UPDATE first thing; readers use a
+    REPEATABLE READ, READ ONLY transaction so that several SELECTs see one snapshot."""
+
+    name = "postgresql"
+
+    def begin_write(self, conn: Connection) -> None:
+        conn.begin()
+        conn.execute(
+            select(store_meta.c.value).where(store_meta.c.name == CHANGE_SEQ).with_for_update()
+        )
+
+    def begin_migration(self, conn: Connection) -> None:
+        conn.begin()
+        conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+
+    def begin_read(self, conn: Connection) -> Connection:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        conn.begin()
+        return conn
+
+    def upsert_insert(self, table: Table) -> Any:
+        return postgresql.insert(table)
+
+    def greatest(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[Any]:
+        return func.greatest(a, b)
+
+
+def make_engine(url: str | URL) -> tuple[Engine, Flavour]:
+    """An engine for ``url`` (normalised first) and the flavour that goes with it."""
+    parsed = normalise_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        SqliteFlavour.configure(engine)
+        return engine, SqliteFlavour()
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return engine, PostgresFlavour()
+
+
+@contextmanager
+def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
+    """Maps "cannot reach, or cannot lock, the database" to StoreUnavailable (password hidden)."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        shown = engine.url.render_as_string(hide_password=True)
+        raise StoreUnavailable(f"The store at {shown} is unavailable: {exc.orig}") from exc

@@ -1,0 +1,336 @@
+"""What the rest of the service may ask of a store, as typing Protocols.
+
+A use case opens exactly one unit of work, ``with store.transaction() as tx:``, reads and writes
+through the repositories hanging off ``tx``, and the unit of work commits once when the block ends
+(or rolls back, leaving nothing behind, when it raises). Repositories never commit.
+
+Write transactions are serialised across every process sharing the database. That is what makes
+the audit chain's ``seq``/``prev_hash`` assignment race-free, and what lets a use case read a
+record, decide, and write it back without a lost update. Read-only work goes through
+``store.read()``, which sees one consistent snapshot and takes no write lock.
+
+Storage adds, gets, lists, updates and appends; it does not decide whether a change is allowed
+(role subsets, lifecycle transitions): the service layer does, with the rules in ``domain/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from uid2_operator.domain.admin_tokens import AdminToken
+from uid2_operator.domain.audit import AuditEvent, Outcome
+from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.participants import Participant
+
+GENESIS_PREV_HASH = bytes(32)
+"""The ``prev_hash`` of the first audit event of a store."""
+
+EventHasher = Callable[[bytes, int, AuditEvent], bytes]
+"""Computes an audit event's ``hash`` from ``(prev_hash, seq, event)``.
+
+The store calls it while it holds the write lock, with the event as it will be stored (``seq``
+and ``prev_hash`` assigned, ``hash`` still empty), so the caller never has to guess the chain
+position. ``domain.audit.event_hash`` has exactly this shape.
+"""
+
+UsageEntry = tuple[str, str, int, int]
+"""One usage observation to record: ``(key_id, endpoint, count, last_used_at_ms)``."""
+
+
+class AuditFields(Protocol):
+    """An audit event before the store places it in the chain: no seq, prev_hash or hash yet.
+
+    ``domain.audit.AuditDraft`` is one. ``before`` and ``after`` must be JSON-serialisable and
+    already redacted; they are stored as JSON text, and the event handed to the hasher carries them
+    exactly as they will read back (so a stored chain verifies against what is read).
+    """
+
+    @property
+    def at_ms(self) -> int: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def target_type(self) -> str: ...
+    @property
+    def target_id(self) -> str: ...
+    @property
+    def site_id(self) -> int | None: ...
+    @property
+    def before(self) -> dict[str, Any] | None: ...
+    @property
+    def after(self) -> dict[str, Any] | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def outcome(self) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """Per-key, per-endpoint request counter and the coarse time it was last seen."""
+
+    key_id: str
+    endpoint: str
+    count: int
+    last_used_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the operator serves from, read in one consistent read transaction.
+
+    ``keys`` holds every key, revoked tombstones included; ``secrets`` holds the sealed secrets
+    that are still live at the time asked for (no ``retires_at_ms``, or one in the future).
+    """
+
+    change_seq: int
+    participants: tuple[Participant, ...]
+    keys: tuple[ApiKey, ...]
+    secrets: tuple[SealedSecret, ...]
+
+
+# ----------------------------------------------------------------------------- repositories
+
+
+class ParticipantReader(Protocol):
+    def get(self, site_id: int) -> Participant | None: ...
+
+    def list_all(self) -> list[Participant]:
+        """Every participant, by site id."""
+        ...
+
+
+class ParticipantRepository(ParticipantReader, Protocol):
+    def add(self, participant: Participant) -> None:
+        """Raises AlreadyExists if the site id is taken."""
+        ...
+
+    def update(self, participant: Participant) -> None:
+        """Writes every field but ``site_id`` and ``created_at_ms``; raises NotFound."""
+        ...
+
+
+class ApiKeyReader(Protocol):
+    def get(self, key_id: str) -> ApiKey | None:
+        """Primary-key lookup."""
+        ...
+
+    def list_for_site(self, site_id: int) -> list[ApiKey]:
+        """A participant's keys, oldest first."""
+        ...
+
+    def list_all(self) -> list[ApiKey]:
+        """Every key of every participant, by site then age."""
+        ...
+
+
+class ApiKeyRepository(ApiKeyReader, Protocol):
+    def add(self, key: ApiKey) -> None:
+        """Raises AlreadyExists for a taken key id, NotFound for an unknown site."""
+        ...
+
+    def update(self, key: ApiKey) -> None:
+        """Writes the mutable fields; raises NotFound.
+
+        Immutable and store-owned fields are left as stored: ``site_id`` and ``key_hash`` (the key
+        text embeds the site and is fixed at creation), ``created_at_ms``, ``created_by``, and
+        ``last_used_at_ms`` (maintained by usage recording only).
+        """
+        ...
+
+
+class SecretReader(Protocol):
+    def get(self, secret_id: int) -> SealedSecret | None: ...
+
+    def list_for_key(self, key_id: str) -> list[SealedSecret]:
+        """A key's secrets, oldest (lowest secret id) first, expired ones included."""
+        ...
+
+    def list_live(self, now_ms: int) -> list[SealedSecret]:
+        """Every secret with no ``retires_at_ms`` or one after ``now_ms``, by secret id."""
+        ...
+
+
+class SecretRepository(SecretReader, Protocol):
+    def add(
+        self,
+        key_id: str,
+        *,
+        kek_version: int,
+        ciphertext: bytes,
+        created_at_ms: int,
+        retires_at_ms: int | None = None,
+    ) -> SealedSecret:
+        """Stores a sealed secret and returns it with its store-assigned, increasing secret id.
+
+        Raises NotFound for an unknown key id.
+        """
+        ...
+
+    def update(self, secret: SealedSecret) -> None:
+        """Writes ``kek_version``, ``ciphertext`` (re-sealing) and ``retires_at_ms``; NotFound."""
+        ...
+
+    def purge_retired(self, now_ms: int) -> int:
+        """Deletes secrets whose ``retires_at_ms`` is at or before ``now_ms``; returns how many."""
+        ...
+
+
+class AdminTokenReader(Protocol):
+    def get(self, token_id: str) -> AdminToken | None:
+        """Primary-key lookup."""
+        ...
+
+    def list_all(self) -> list[AdminToken]:
+        """Every token, oldest first."""
+        ...
+
+
+class AdminTokenRepository(AdminTokenReader, Protocol):
+    def add(self, token: AdminToken) -> None:
+        """Raises AlreadyExists if the token id is taken."""
+        ...
+
+    def update(self, token: AdminToken) -> None:
+        """Writes ``name``, ``roles``, ``revoked_at_ms`` and ``revoked_by``; raises NotFound."""
+        ...
+
+
+class AuditReader(Protocol):
+    def last(self) -> AuditEvent | None:
+        """The event with the highest seq."""
+        ...
+
+    def list_events(
+        self,
+        *,
+        since_seq: int | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        action: str | None = None,
+        site_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        """Events with ``seq > since_seq`` matching every filter given, in seq order."""
+        ...
+
+
+class AuditRepository(AuditReader, Protocol):
+    def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
+        """Places ``event`` at the end of the chain and returns it as stored.
+
+        Assigns ``seq`` = last seq + 1 (1 for the first event) and ``prev_hash`` = the last
+        event's hash (``GENESIS_PREV_HASH`` for the first), then asks ``hasher`` for ``hash``.
+        """
+        ...
+
+
+class UsageReader(Protocol):
+    def list_for_key(self, key_id: str) -> list[KeyUsage]:
+        """A key's counters, by endpoint."""
+        ...
+
+    def list_all(self) -> list[KeyUsage]:
+        """Every counter, by key id then endpoint."""
+        ...
+
+
+class UsageRepository(UsageReader, Protocol):
+    def record(self, batch: Sequence[UsageEntry]) -> None:
+        """Adds each entry's count to its (key, endpoint) counter and raises the counter's and the
+        key's ``last_used_at_ms`` to the entry's value when that is later.
+
+        Duplicate (key, endpoint) pairs in one batch are summed. Raises NotFound (recording
+        nothing) if a key id is unknown.
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------- units of work
+
+
+class ReadTx(Protocol):
+    """A read-only unit of work: every read sees the same committed state."""
+
+    @property
+    def participants(self) -> ParticipantReader: ...
+
+    @property
+    def api_keys(self) -> ApiKeyReader: ...
+
+    @property
+    def secrets(self) -> SecretReader: ...
+
+    @property
+    def admin_tokens(self) -> AdminTokenReader: ...
+
+    @property
+    def audit(self) -> AuditReader: ...
+
+    @property
+    def usage(self) -> UsageReader: ...
+
+
+class Tx(ReadTx, Protocol):
+    """A write unit of work, holding the store's write lock from its start to its end."""
+
+    @property
+    def participants(self) -> ParticipantRepository: ...
+
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def secrets(self) -> SecretRepository: ...
+
+    @property
+    def admin_tokens(self) -> AdminTokenRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+    @property
+    def usage(self) -> UsageRepository: ...
+
+
+class Store(Protocol):
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write unit of work; commits at the end of the ``with`` block, rolls back on error.
+
+        A commit that changed any control-plane record bumps ``change_seq`` by exactly one.
+        Usage counters are telemetry, not configuration: recording them alone does not bump it
+        (otherwise every usage flush would make every operator reload its snapshot).
+        """
+        ...
+
+    def read(self) -> AbstractContextManager[ReadTx]:
+        """A read-only unit of work over one consistent snapshot; never bumps ``change_seq``."""
+        ...
+
+    def change_seq(self) -> int:
+        """The current change sequence: one cheap read, meant for frequent polling."""
+        ...
+
+    def snapshot(self, now_ms: int) -> Snapshot:
+        """Participants, keys and live secrets with the change sequence they correspond to."""
+        ...
+
+    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+        """``usage.record(batch)`` in a transaction of its own."""
+        ...
+
+    def close(self) -> None:
+        """Releases every pooled connection."""
+        ...

@@ -1,0 +1,141 @@
+"""The tables, as SQLAlchemy Core metadata: one schema for SQLite and PostgreSQL.
+
+This is the schema the code expects; the Alembic revisions in ``migrations/`` must produce exactly
+this (a test compares them on both backends). Conventions:
+
+- times are epoch milliseconds in BIGINT columns (``*_ms``);
+- hashes, sealed secrets and audit chain links are raw bytes (LargeBinary: BLOB / BYTEA);
+- role sets are stored as their sorted names joined by ',' (stable, greppable, diffable);
+- JSON documents (contacts, audit before/after) are compact JSON text with sorted keys;
+- no table carries plaintext credentials: only keyed hashes and sealed (encrypted) secrets.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+CHANGE_SEQ = "change_seq"
+"""The ``store_meta`` row counting committed control-plane changes."""
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("site_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("allowed_roles", String(200), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("contacts", Text, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("site_id", Integer, ForeignKey("participants.site_id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("roles", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("key_hash", LargeBinary, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger),
+    Column("retires_at_ms", BigInteger),
+    Column("rotated_from", String(64), ForeignKey("api_keys.key_id")),
+    Column("rotated_to", String(64), ForeignKey("api_keys.key_id")),
+    Column("revoked_at_ms", BigInteger),
+    Column("revoked_by", String(200)),
+    Column("revoked_reason", Text),
+    Column("last_used_at_ms", BigInteger),
+    Index(None, "site_id", "created_at_ms"),
+)
+
+client_secrets = Table(
+    "client_secrets",
+    metadata,
+    # AUTOINCREMENT on SQLite: ids are never reused after a purge, so "highest is newest" holds.
+    Column("secret_id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(64), ForeignKey("api_keys.key_id"), nullable=False, index=True),
+    Column("kek_version", Integer, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("retires_at_ms", BigInteger),
+    sqlite_autoincrement=True,
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("roles", String(200), nullable=False),
+    Column("token_hash", LargeBinary, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("revoked_at_ms", BigInteger),
+    Column("revoked_by", String(200)),
+)
+
+# No foreign keys: the trail must outlive (and be able to name) anything it refers to.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target_type", String(32), nullable=False),
+    Column("target_id", String(200), nullable=False),
+    Column("site_id", Integer),
+    Column("before", Text),
+    Column("after", Text),
+    Column("request_id", String(128)),
+    Column("source", String(200)),
+    Column("outcome", String(16), nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Index(None, "target_type", "target_id"),
+    Index(None, "action"),
+    Index(None, "site_id"),
+)
+
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", String(64), ForeignKey("api_keys.key_id"), primary_key=True),
+    Column("endpoint", String(200), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("last_used_at_ms", BigInteger, nullable=False),
+)

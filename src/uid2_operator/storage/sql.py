@@ -1,0 +1,691 @@
+"""The store on a SQL database (SQLite file or PostgreSQL), in SQLAlchemy Core.
+
+Units of work own one pooled connection each. A write unit takes the store-wide write lock as its
+first statement (see ``engines``), so every read it makes afterwards is current and every
+read-decide-write sequence inside it is race-free. Repositories only run statements on that
+connection and mark the unit dirty; the unit commits once, bumping ``change_seq`` in the same
+transaction when anything but usage counters changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Row, and_, case, delete, insert, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.sql.elements import ColumnElement
+
+from uid2_operator.domain.admin_tokens import AdminToken
+from uid2_operator.domain.audit import AuditEvent, Outcome
+from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
+from uid2_operator.domain.participants import Participant, ParticipantType
+from uid2_operator.domain.roles import AdminRole, ClientRole
+from uid2_operator.errors import AlreadyExists, NotFound, SchemaOutOfDate, StoreError
+from uid2_operator.storage import schema as t
+from uid2_operator.storage.engines import Flavour, make_engine, unavailable_as_store_error
+from uid2_operator.storage.interface import (
+    GENESIS_PREV_HASH,
+    AuditFields,
+    EventHasher,
+    KeyUsage,
+    ReadTx,
+    Snapshot,
+    Store,
+    Tx,
+    UsageEntry,
+)
+from uid2_operator.storage.migrate import head_revision, revision_of
+
+_R = TypeVar("_R", ClientRole, AdminRole)
+
+
+# -------------------------------------------------------------------------- column encodings
+
+
+def _roles_text(roles: Iterable[ClientRole | AdminRole]) -> str:
+    return ",".join(sorted(role.value for role in roles))
+
+
+def _roles(text: str, enum: type[_R]) -> frozenset[_R]:
+    return frozenset(enum(name) for name in text.split(",") if name)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _participant(row: Row[Any]) -> Participant:
+    return Participant(
+        site_id=row.site_id,
+        name=row.name,
+        type=ParticipantType(row.type),
+        allowed_roles=_roles(row.allowed_roles, ClientRole),
+        enabled=bool(row.enabled),
+        contacts=tuple(json.loads(row.contacts)),
+        created_at_ms=row.created_at_ms,
+        updated_at_ms=row.updated_at_ms,
+    )
+
+
+def _api_key(row: Row[Any]) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        site_id=row.site_id,
+        name=row.name,
+        roles=_roles(row.roles, ClientRole),
+        state=KeyState(row.state),
+        key_hash=bytes(row.key_hash),
+        created_at_ms=row.created_at_ms,
+        created_by=row.created_by,
+        updated_at_ms=row.updated_at_ms,
+        expires_at_ms=row.expires_at_ms,
+        retires_at_ms=row.retires_at_ms,
+        rotated_from=row.rotated_from,
+        rotated_to=row.rotated_to,
+        revoked_at_ms=row.revoked_at_ms,
+        revoked_by=row.revoked_by,
+        revoked_reason=row.revoked_reason,
+        last_used_at_ms=row.last_used_at_ms,
+    )
+
+
+def _secret(row: Row[Any]) -> SealedSecret:
+    return SealedSecret(
+        secret_id=row.secret_id,
+        key_id=row.key_id,
+        kek_version=row.kek_version,
+        ciphertext=bytes(row.ciphertext),
+        created_at_ms=row.created_at_ms,
+        retires_at_ms=row.retires_at_ms,
+    )
+
+
+def _admin_token(row: Row[Any]) -> AdminToken:
+    return AdminToken(
+        token_id=row.token_id,
+        name=row.name,
+        roles=_roles(row.roles, AdminRole),
+        token_hash=bytes(row.token_hash),
+        created_at_ms=row.created_at_ms,
+        created_by=row.created_by,
+        revoked_at_ms=row.revoked_at_ms,
+        revoked_by=row.revoked_by,
+    )
+
+
+def _audit_event(row: Row[Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=row.seq,
+        at_ms=row.at_ms,
+        actor=row.actor,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        site_id=row.site_id,
+        before=_json_or_none(row.before),
+        after=_json_or_none(row.after),
+        request_id=row.request_id,
+        source=row.source,
+        outcome=Outcome(row.outcome),
+        prev_hash=bytes(row.prev_hash),
+        hash=bytes(row.hash),
+    )
+
+
+def _usage(row: Row[Any]) -> KeyUsage:
+    values = row._mapping  # ``row.count`` would be the tuple method
+    return KeyUsage(
+        key_id=values["key_id"],
+        endpoint=values["endpoint"],
+        count=values["count"],
+        last_used_at_ms=values["last_used_at_ms"],
+    )
+
+
+def _participant_values(p: Participant) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "type": p.type.value,
+        "allowed_roles": _roles_text(p.allowed_roles),
+        "enabled": p.enabled,
+        "contacts": _json_text(list(p.contacts)),
+        "updated_at_ms": p.updated_at_ms,
+    }
+
+
+def _key_values(k: ApiKey) -> dict[str, Any]:
+    return {
+        "name": k.name,
+        "roles": _roles_text(k.roles),
+        "state": k.state.value,
+        "updated_at_ms": k.updated_at_ms,
+        "expires_at_ms": k.expires_at_ms,
+        "retires_at_ms": k.retires_at_ms,
+        "rotated_from": k.rotated_from,
+        "rotated_to": k.rotated_to,
+        "revoked_at_ms": k.revoked_at_ms,
+        "revoked_by": k.revoked_by,
+        "revoked_reason": k.revoked_reason,
+    }
+
+
+def _token_values(token: AdminToken) -> dict[str, Any]:
+    return {
+        "name": token.name,
+        "roles": _roles_text(token.roles),
+        "revoked_at_ms": token.revoked_at_ms,
+        "revoked_by": token.revoked_by,
+    }
+
+
+# ----------------------------------------------------------------------------- the unit of work
+
+
+class _Unit:
+    """The connection of one unit of work, and whether it changed control-plane records."""
+
+    def __init__(self, conn: Connection, flavour: Flavour, *, writable: bool) -> None:
+        self.conn = conn
+        self.flavour = flavour
+        self.writable = writable
+        self.dirty = False
+
+    def writing(self, *, control_plane: bool = True) -> Connection:
+        if not self.writable:
+            raise StoreError("A read-only unit of work cannot change the store")
+        if control_plane:
+            self.dirty = True
+        return self.conn
+
+    def exists(self, column: ColumnElement[Any], value: object) -> bool:
+        return self.conn.execute(select(column).where(column == value)).first() is not None
+
+
+def _check_updated(rowcount: int, what: str) -> None:
+    if rowcount == 0:
+        raise NotFound(f"No {what}")
+
+
+class _Participants:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, site_id: int) -> Participant | None:
+        row = self._u.conn.execute(
+            select(t.participants).where(t.participants.c.site_id == site_id)
+        ).first()
+        return None if row is None else _participant(row)
+
+    def list_all(self) -> list[Participant]:
+        rows = self._u.conn.execute(select(t.participants).order_by(t.participants.c.site_id))
+        return [_participant(row) for row in rows]
+
+    def add(self, participant: Participant) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.participants.c.site_id, participant.site_id):
+            raise AlreadyExists(f"Participant {participant.site_id} already exists")
+        conn.execute(
+            insert(t.participants).values(
+                site_id=participant.site_id,
+                created_at_ms=participant.created_at_ms,
+                **_participant_values(participant),
+            )
+        )
+
+    def update(self, participant: Participant) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.participants)
+            .where(t.participants.c.site_id == participant.site_id)
+            .values(**_participant_values(participant))
+        )
+        _check_updated(result.rowcount, f"participant {participant.site_id}")
+
+
+class _ApiKeys:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, key_id: str) -> ApiKey | None:
+        row = self._u.conn.execute(select(t.api_keys).where(t.api_keys.c.key_id == key_id)).first()
+        return None if row is None else _api_key(row)
+
+    def list_for_site(self, site_id: int) -> list[ApiKey]:
+        c = t.api_keys.c
+        rows = self._u.conn.execute(
+            select(t.api_keys).where(c.site_id == site_id).order_by(c.created_at_ms, c.key_id)
+        )
+        return [_api_key(row) for row in rows]
+
+    def list_all(self) -> list[ApiKey]:
+        c = t.api_keys.c
+        rows = self._u.conn.execute(
+            select(t.api_keys).order_by(c.site_id, c.created_at_ms, c.key_id)
+        )
+        return [_api_key(row) for row in rows]
+
+    def add(self, key: ApiKey) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.api_keys.c.key_id, key.key_id):
+            raise AlreadyExists(f"API key {key.key_id} already exists")
+        if not self._u.exists(t.participants.c.site_id, key.site_id):
+            raise NotFound(f"No participant {key.site_id}")
+        conn.execute(
+            insert(t.api_keys).values(
+                key_id=key.key_id,
+                site_id=key.site_id,
+                key_hash=key.key_hash,
+                created_at_ms=key.created_at_ms,
+                created_by=key.created_by,
+                last_used_at_ms=key.last_used_at_ms,
+                **_key_values(key),
+            )
+        )
+
+    def update(self, key: ApiKey) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.api_keys).where(t.api_keys.c.key_id == key.key_id).values(**_key_values(key))
+        )
+        _check_updated(result.rowcount, f"API key {key.key_id}")
+
+
+class _Secrets:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, secret_id: int) -> SealedSecret | None:
+        c = t.client_secrets.c
+        row = self._u.conn.execute(select(t.client_secrets).where(c.secret_id == secret_id)).first()
+        return None if row is None else _secret(row)
+
+    def list_for_key(self, key_id: str) -> list[SealedSecret]:
+        c = t.client_secrets.c
+        rows = self._u.conn.execute(
+            select(t.client_secrets).where(c.key_id == key_id).order_by(c.secret_id)
+        )
+        return [_secret(row) for row in rows]
+
+    def list_live(self, now_ms: int) -> list[SealedSecret]:
+        c = t.client_secrets.c
+        rows = self._u.conn.execute(
+            select(t.client_secrets)
+            .where(c.retires_at_ms.is_(None) | (c.retires_at_ms > now_ms))
+            .order_by(c.secret_id)
+        )
+        return [_secret(row) for row in rows]
+
+    def add(
+        self,
+        key_id: str,
+        *,
+        kek_version: int,
+        ciphertext: bytes,
+        created_at_ms: int,
+        retires_at_ms: int | None = None,
+    ) -> SealedSecret:
+        conn = self._u.writing()
+        if not self._u.exists(t.api_keys.c.key_id, key_id):
+            raise NotFound(f"No API key {key_id}")
+        secret_id = conn.execute(
+            insert(t.client_secrets)
+            .values(
+                key_id=key_id,
+                kek_version=kek_version,
+                ciphertext=ciphertext,
+                created_at_ms=created_at_ms,
+                retires_at_ms=retires_at_ms,
+            )
+            .returning(t.client_secrets.c.secret_id)
+        ).scalar_one()
+        return SealedSecret(
+            secret_id=int(secret_id),
+            key_id=key_id,
+            kek_version=kek_version,
+            ciphertext=ciphertext,
+            created_at_ms=created_at_ms,
+            retires_at_ms=retires_at_ms,
+        )
+
+    def update(self, secret: SealedSecret) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.client_secrets)
+            .where(t.client_secrets.c.secret_id == secret.secret_id)
+            .values(
+                kek_version=secret.kek_version,
+                ciphertext=secret.ciphertext,
+                retires_at_ms=secret.retires_at_ms,
+            )
+        )
+        _check_updated(result.rowcount, f"secret {secret.secret_id}")
+
+    def purge_retired(self, now_ms: int) -> int:
+        c = t.client_secrets.c
+        self._u.writing(control_plane=False)
+        result = self._u.conn.execute(
+            delete(t.client_secrets).where(c.retires_at_ms.is_not(None), c.retires_at_ms <= now_ms)
+        )
+        if result.rowcount:
+            self._u.dirty = True
+        return result.rowcount
+
+
+class _AdminTokens:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, token_id: str) -> AdminToken | None:
+        c = t.admin_tokens.c
+        row = self._u.conn.execute(select(t.admin_tokens).where(c.token_id == token_id)).first()
+        return None if row is None else _admin_token(row)
+
+    def list_all(self) -> list[AdminToken]:
+        c = t.admin_tokens.c
+        rows = self._u.conn.execute(select(t.admin_tokens).order_by(c.created_at_ms, c.token_id))
+        return [_admin_token(row) for row in rows]
+
+    def add(self, token: AdminToken) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.admin_tokens.c.token_id, token.token_id):
+            raise AlreadyExists(f"Admin token {token.token_id} already exists")
+        conn.execute(
+            insert(t.admin_tokens).values(
+                token_id=token.token_id,
+                token_hash=token.token_hash,
+                created_at_ms=token.created_at_ms,
+                created_by=token.created_by,
+                **_token_values(token),
+            )
+        )
+
+    def update(self, token: AdminToken) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.admin_tokens)
+            .where(t.admin_tokens.c.token_id == token.token_id)
+            .values(**_token_values(token))
+        )
+        _check_updated(result.rowcount, f"admin token {token.token_id}")
+
+
+class _Audit:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def last(self) -> AuditEvent | None:
+        c = t.audit_events.c
+        row = self._u.conn.execute(select(t.audit_events).order_by(c.seq.desc()).limit(1)).first()
+        return None if row is None else _audit_event(row)
+
+    def list_events(
+        self,
+        *,
+        since_seq: int | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        action: str | None = None,
+        site_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        c = t.audit_events.c
+        filters = [
+            column == value
+            for column, value in (
+                (c.target_type, target_type),
+                (c.target_id, target_id),
+                (c.action, action),
+                (c.site_id, site_id),
+            )
+            if value is not None
+        ]
+        if since_seq is not None:
+            filters.append(c.seq > since_seq)
+        query = select(t.audit_events).where(and_(True, *filters)).order_by(c.seq).limit(limit)
+        return [_audit_event(row) for row in self._u.conn.execute(query)]
+
+    def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
+        conn = self._u.writing()
+        c = t.audit_events.c
+        last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
+        before = None if event.before is None else _json_text(event.before)
+        after = None if event.after is None else _json_text(event.after)
+        placed = AuditEvent(
+            seq=1 if last is None else last.seq + 1,
+            at_ms=event.at_ms,
+            actor=event.actor,
+            action=event.action,
+            target_type=event.target_type,
+            target_id=event.target_id,
+            site_id=event.site_id,
+            # As they will read back, so the hash verifies against the stored row.
+            before=_json_or_none(before),
+            after=_json_or_none(after),
+            request_id=event.request_id,
+            source=event.source,
+            outcome=event.outcome,
+            prev_hash=GENESIS_PREV_HASH if last is None else bytes(last.hash),
+            hash=b"",
+        )
+        placed = replace(placed, hash=hasher(placed.prev_hash, placed.seq, placed))
+        conn.execute(
+            insert(t.audit_events).values(
+                seq=placed.seq,
+                at_ms=placed.at_ms,
+                actor=placed.actor,
+                action=placed.action,
+                target_type=placed.target_type,
+                target_id=placed.target_id,
+                site_id=placed.site_id,
+                before=before,
+                after=after,
+                request_id=placed.request_id,
+                source=placed.source,
+                outcome=placed.outcome.value,
+                prev_hash=placed.prev_hash,
+                hash=placed.hash,
+            )
+        )
+        return placed
+
+
+class _Usage:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def list_for_key(self, key_id: str) -> list[KeyUsage]:
+        c = t.key_usage.c
+        rows = self._u.conn.execute(
+            select(t.key_usage).where(c.key_id == key_id).order_by(c.endpoint)
+        )
+        return [_usage(row) for row in rows]
+
+    def list_all(self) -> list[KeyUsage]:
+        c = t.key_usage.c
+        rows = self._u.conn.execute(select(t.key_usage).order_by(c.key_id, c.endpoint))
+        return [_usage(row) for row in rows]
+
+    def record(self, batch: Sequence[UsageEntry]) -> None:
+        conn = self._u.writing(control_plane=False)
+        totals: dict[tuple[str, str], list[int]] = {}
+        for key_id, endpoint, count, last_used_at_ms in batch:
+            seen = totals.setdefault((key_id, endpoint), [0, last_used_at_ms])
+            seen[0] += count
+            seen[1] = max(seen[1], last_used_at_ms)
+        if not totals:
+            return
+        key_ids = sorted({key_id for key_id, _ in totals})
+        known = set(
+            conn.execute(select(t.api_keys.c.key_id).where(t.api_keys.c.key_id.in_(key_ids)))
+            .scalars()
+            .all()
+        )
+        missing = [key_id for key_id in key_ids if key_id not in known]
+        if missing:
+            raise NotFound(f"No API key {', '.join(missing)}")
+
+        u = t.key_usage.c
+        stmt = self._u.flavour.upsert_insert(t.key_usage)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[u.key_id, u.endpoint],
+            set_={
+                "count": u.count + stmt.excluded.count,
+                "last_used_at_ms": self._u.flavour.greatest(
+                    u.last_used_at_ms, stmt.excluded.last_used_at_ms
+                ),
+            },
+        )
+        conn.execute(
+            stmt,
+            [
+                {"key_id": k, "endpoint": e, "count": n, "last_used_at_ms": at}
+                for (k, e), (n, at) in sorted(totals.items())
+            ],
+        )
+
+        latest: dict[str, int] = {}
+        for (key_id, _), (_, at) in totals.items():
+            latest[key_id] = max(latest.get(key_id, at), at)
+        k = t.api_keys.c
+        for key_id, at in sorted(latest.items()):
+            conn.execute(
+                update(t.api_keys)
+                .where(k.key_id == key_id)
+                .values(
+                    last_used_at_ms=case(
+                        (k.last_used_at_ms.is_(None), at),
+                        (k.last_used_at_ms < at, at),
+                        else_=k.last_used_at_ms,
+                    )
+                )
+            )
+
+
+class SqlTx:
+    """One unit of work; satisfies both ``Tx`` and ``ReadTx`` (a read unit refuses writes)."""
+
+    def __init__(self, unit: _Unit) -> None:
+        self._unit = unit
+        self.participants = _Participants(unit)
+        self.api_keys = _ApiKeys(unit)
+        self.secrets = _Secrets(unit)
+        self.admin_tokens = _AdminTokens(unit)
+        self.audit = _Audit(unit)
+        self.usage = _Usage(unit)
+
+
+# ---------------------------------------------------------------------------------- the store
+
+
+class SqlStore:
+    """A Store on SQLite or PostgreSQL; build it with ``open_store``."""
+
+    def __init__(self, engine: Engine, flavour: Flavour) -> None:
+        self._engine = engine
+        self._flavour = flavour
+
+    @property
+    def backend(self) -> str:
+        return self._flavour.name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        with unavailable_as_store_error(self._engine), self._engine.connect() as conn:
+            self._flavour.begin_write(conn)
+            unit = _Unit(conn, self._flavour, writable=True)
+            try:
+                yield SqlTx(unit)
+                if unit.dirty:
+                    conn.execute(
+                        update(t.store_meta)
+                        .where(t.store_meta.c.name == t.CHANGE_SEQ)
+                        .values(value=t.store_meta.c.value + 1)
+                    )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+    @contextmanager
+    def read(self) -> Iterator[SqlTx]:
+        with unavailable_as_store_error(self._engine), self._engine.connect() as conn:
+            unit = _Unit(self._flavour.begin_read(conn), self._flavour, writable=False)
+            try:
+                yield SqlTx(unit)
+            finally:
+                conn.rollback()
+
+    def change_seq(self) -> int:
+        with self.read() as tx:
+            return _change_seq(tx)
+
+    def snapshot(self, now_ms: int) -> Snapshot:
+        with self.read() as tx:
+            return Snapshot(
+                change_seq=_change_seq(tx),
+                participants=tuple(tx.participants.list_all()),
+                keys=tuple(tx.api_keys.list_all()),
+                secrets=tuple(tx.secrets.list_live(now_ms)),
+            )
+
+    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+        with self.transaction() as tx:
+            tx.usage.record(batch)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _change_seq(tx: SqlTx) -> int:
+    conn = tx._unit.conn
+    value = conn.execute(
+        select(t.store_meta.c.value).where(t.store_meta.c.name == t.CHANGE_SEQ)
+    ).scalar_one()
+    return int(value)
+
+
+def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
+    """Opens the store at ``url`` (``sqlite:///<path>`` or ``postgresql[+psycopg]://...``).
+
+    Refuses (SchemaOutOfDate) a database that is not at the head revision this code ships, so a
+    forgotten ``db upgrade`` fails at startup rather than on the first write; raises
+    StoreUnavailable when the database cannot be reached.
+    """
+    engine, flavour = make_engine(url)
+    if check_schema:
+        try:
+            found = revision_of(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        if found != head_revision():
+            engine.dispose()
+            raise SchemaOutOfDate(
+                f"The database is at schema revision {found or 'none'}, this version needs "
+                f"{head_revision()}; run the database upgrade"
+            )
+    return SqlStore(engine, flavour)
+
+
+if TYPE_CHECKING:  # the backend satisfies the protocols it is used through
+
+    def _is_a_store(store: SqlStore) -> Store:
+        return store
+
+    def _is_a_tx(tx: SqlTx) -> Tx:
+        return tx
+
+    def _is_a_read_tx(tx: SqlTx) -> ReadTx:
+        return tx

@@ -1,0 +1,103 @@
+"""Database URLs, SQLite connection settings, and how an unreachable database is reported."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from store_records import participant
+
+from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
+from uid2_operator.storage import engines, open_store, upgrade
+from uid2_operator.storage.engines import normalise_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///data/uid2.db", "sqlite+pysqlite:///data/uid2.db"),
+        ("sqlite:////abs/uid2.db", "sqlite+pysqlite:////abs/uid2.db"),
+        ("sqlite+pysqlite:///uid2.db", "sqlite+pysqlite:///uid2.db"),
+        ("postgresql://u@db:5432/uid2", "postgresql+psycopg://u@db:5432/uid2"),
+        ("postgres://u@db/uid2", "postgresql+psycopg://u@db/uid2"),
+        (
+            "postgresql+psycopg://u@db/uid2?sslmode=require",
+            "postgresql+psycopg://u@db/uid2?sslmode=require",
+        ),
+    ],
+)
+def test_supported_urls_are_normalised(url: str, expected: str) -> None:
+    assert normalise_url(url).render_as_string(hide_password=False) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file:uid2?mode=memory",
+        "postgresql+psycopg2://u:hunter2@db/uid2",
+        "mysql://u@db/uid2",
+        "not a url",
+    ],
+)
+def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> None:
+    with pytest.raises(UnsupportedDatabaseUrl) as caught:
+        normalise_url(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'uid2.db'}"
+    upgrade(url)
+    store = open_store(url)
+    try:
+        with store.engine.connect() as conn:
+            pragma = conn.exec_driver_sql
+            assert pragma("PRAGMA journal_mode").scalar() == "wal"
+            assert pragma("PRAGMA foreign_keys").scalar() == 1
+            assert pragma("PRAGMA busy_timeout").scalar() == engines.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        store.close()
+
+
+def test_a_sqlite_writer_that_cannot_get_the_lock_reports_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    url = f"sqlite:///{tmp_path / 'uid2.db'}"
+    upgrade(url)
+    store = open_store(url)
+    outcome: list[BaseException] = []
+
+    def second_writer() -> None:
+        try:
+            with store.transaction() as tx:
+                tx.participants.add(participant(2002))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        with store.transaction() as tx:  # holds the write lock while another writer tries
+            tx.participants.add(participant(1001))
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            thread.join()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], StoreUnavailable)
+        assert "locked" in str(outcome[0])
+        with store.read() as rx:
+            assert [p.site_id for p in rx.participants.list_all()] == [1001]
+    finally:
+        store.close()
+
+
+def test_an_unreachable_postgresql_is_reported_without_its_password() -> None:
+    url = "postgresql://postgres:hunter2@127.0.0.1:1/uid2"
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(url)
+    assert "***" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(StoreUnavailable):
+        upgrade(url)
