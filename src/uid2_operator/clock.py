@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 RandomBytes = Callable[[int], bytes]
@@ -32,7 +32,6 @@ class FixedClock:
     """A clock that only moves when told to (tests, replays)."""
 
     at_ms: int = 1_700_000_000_000
-    steps: list[int] = field(default_factory=list)
 
     def now_ms(self) -> int:
         return self.at_ms

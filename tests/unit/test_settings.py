@@ -1,0 +1,66 @@
+"""Settings are read once from an explicit mapping, with loud errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uid2_operator.clock import FixedClock, SystemClock, system_random
+from uid2_operator.domain.environments import Environment
+from uid2_operator.settings import Settings, SettingsError
+from uid2_operator.wire.scope import IdentityScope
+
+
+def test_defaults_use_embedded_sqlite_under_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, data_dir=str(tmp_path))
+    assert settings.environment is Environment.LOCAL
+    assert settings.identity_scope is IdentityScope.UID2
+    assert settings.store_url == f"sqlite:///{(tmp_path / 'uid2.db').resolve()}"
+    assert settings.keyring_path == tmp_path / "keyring.json"
+
+
+def test_environment_variables_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "UID2_DATA_DIR": "/srv/uid2",
+            "UID2_DATABASE_URL": "postgresql://db/uid2",
+            "UID2_ENVIRONMENT": "PROD",
+            "UID2_IDENTITY_SCOPE": "euid",
+            "UID2_KEYRING_FILE": "/etc/uid2/keyring.json",
+        }
+    )
+    assert settings.data_dir == Path("/srv/uid2")
+    assert settings.store_url == "postgresql://db/uid2"
+    assert settings.environment is Environment.PROD
+    assert settings.identity_scope is IdentityScope.EUID
+    assert settings.keyring_path == Path("/etc/uid2/keyring.json")
+
+
+def test_explicit_arguments_win_over_the_environment() -> None:
+    settings = Settings.from_env(
+        {"UID2_ENVIRONMENT": "prod", "UID2_DATA_DIR": "/a"}, data_dir="/b", environment="integ"
+    )
+    assert settings.environment is Environment.INTEG
+    assert settings.data_dir == Path("/b")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"UID2_ENVIRONMENT": "staging"}, "UID2_ENVIRONMENT"),
+        ({"UID2_IDENTITY_SCOPE": "other"}, "UID2_IDENTITY_SCOPE"),
+    ],
+)
+def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ)
+
+
+def test_clocks_and_random() -> None:
+    clock = FixedClock(at_ms=1_000)
+    clock.advance(500)
+    assert clock.now_ms() == 1_500
+    assert SystemClock().now_ms() > 1_700_000_000_000
+    assert len(system_random(12)) == 12
+    assert system_random(16) != system_random(16)
