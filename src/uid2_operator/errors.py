@@ -45,6 +45,13 @@ The tree::
     │   ├── BodyTooLarge
     │   ├── UnsupportedMediaType            a body that is not application/json
     │   └── MethodNotAllowed
+    ├── OperatorError                       an operator API request refused by a protocol rule
+    │   ├── ReplayedRequest                 same key and nonce again inside the timestamp window
+    │   ├── InvalidRequest                  400 client_error with the endpoint's own message
+    │   ├── InvalidTokenPresented           400 invalid_token (refresh, logout)
+    │   ├── ExpiredTokenPresented           400 expired_token (refresh)
+    │   ├── RefreshFailed                   400 error: any refresh failure of an anonymous caller
+    │   └── InvalidClientSite               401 invalid_client: a reserved caller site id
     └── DomainError                         a control-plane rule refused the request
         ├── NotFound
         ├── AlreadyExists
@@ -287,6 +294,46 @@ class UnsupportedMediaType(RequestError):
 class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
     message = "This method is not allowed on this path"
+
+
+# ----------------------------------------------------------------------------------- operator
+
+
+class OperatorError(UID2Error):
+    """An operator API request refused by one of the protocol's rules (operator-api §6)."""
+
+    code = "operator_error"
+    message = "request body contains invalid argument(s)"
+
+
+class ReplayedRequest(OperatorError):
+    code = "request_replayed"
+    message = "Invalid nonce: Request already received."
+
+
+class InvalidRequest(OperatorError):
+    code = "invalid_request"
+    message = "request body contains invalid argument(s)"
+
+
+class InvalidTokenPresented(OperatorError):
+    code = "invalid_token"
+    message = "Invalid Token presented"
+
+
+class ExpiredTokenPresented(OperatorError):
+    code = "expired_token"
+    message = "Expired Token presented"
+
+
+class RefreshFailed(OperatorError):
+    code = "refresh_failed"
+    message = "Error refreshing token"
+
+
+class InvalidClientSite(OperatorError):
+    code = "invalid_client_site"
+    message = "Unexpected client site id"
 
 
 # ------------------------------------------------------------------------------------- domain

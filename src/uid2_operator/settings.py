@@ -24,6 +24,10 @@ class SettingsError(UID2Error):
 
 DB_FILE = "uid2.db"
 KEYRING_FILE = "keyring.json"
+# Written by ``init --environment``: later commands on the same data directory default to it, so a
+# directory initialised for integ cannot mint local keys by accident.
+ENVIRONMENT_FILE = "environment"
+DEFAULT_ROTATION_AGE_DAYS = 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,7 @@ class Settings:
     identity_scope: IdentityScope = IdentityScope.UID2
     keyring_json: str | None = None  # the keyring itself (UID2_KEYRING); wins over the file
     keyring_file: Path | None = None  # UID2_KEYRING_FILE; default <data_dir>/keyring.json
+    rotation_age_days: int = DEFAULT_ROTATION_AGE_DAYS  # keys older than this are due for rotation
 
     @property
     def store_url(self) -> str:
@@ -45,6 +50,10 @@ class Settings:
     @property
     def keyring_path(self) -> Path:
         return self.keyring_file or self.data_dir / KEYRING_FILE
+
+    @property
+    def environment_path(self) -> Path:
+        return self.data_dir / ENVIRONMENT_FILE
 
     @classmethod
     def from_env(
@@ -58,10 +67,13 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``); explicit arguments win.
 
         Variables: UID2_DATA_DIR, UID2_DATABASE_URL, UID2_ENVIRONMENT (local|integ|prod),
-        UID2_IDENTITY_SCOPE (uid2|euid), UID2_KEYRING, UID2_KEYRING_FILE.
+        UID2_IDENTITY_SCOPE (uid2|euid), UID2_KEYRING, UID2_KEYRING_FILE,
+        UID2_KEY_ROTATION_AGE_DAYS (default 365). Without UID2_ENVIRONMENT, the environment the
+        data directory was initialised for (its ``environment`` file) applies, else ``local``.
         """
         env = os.environ if environ is None else environ
-        env_name = environment or env.get("UID2_ENVIRONMENT", "local")
+        root = Path(data_dir or env.get("UID2_DATA_DIR", "./data"))
+        env_name = environment or env.get("UID2_ENVIRONMENT") or _recorded_environment(root)
         try:
             deployment = Environment(env_name.lower())
         except ValueError:
@@ -72,11 +84,24 @@ class Settings:
         if scope_name not in IdentityScope.__members__:
             raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_name!r})")
         keyring_file = env.get("UID2_KEYRING_FILE")
+        age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
+        if not (age_text.isascii() and age_text.isdigit()) or not 1 <= int(age_text) <= 36500:
+            raise SettingsError("UID2_KEY_ROTATION_AGE_DAYS must be a whole number of days >= 1")
         return cls(
-            data_dir=Path(data_dir or env.get("UID2_DATA_DIR", "./data")),
+            data_dir=root,
             database_url=database_url or env.get("UID2_DATABASE_URL") or None,
             environment=deployment,
             identity_scope=IdentityScope[scope_name],
             keyring_json=env.get("UID2_KEYRING") or None,
             keyring_file=Path(keyring_file) if keyring_file else None,
+            rotation_age_days=int(age_text),
         )
+
+
+def _recorded_environment(data_dir: Path) -> str:
+    try:
+        return (data_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8").strip() or "local"
+    except FileNotFoundError:
+        return "local"
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"Cannot read {data_dir / ENVIRONMENT_FILE}: {exc}") from None

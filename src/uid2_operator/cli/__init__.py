@@ -1,14 +1,85 @@
-"""The ``uid2-operator`` command line. Commands are registered explicitly below."""
+"""The ``uid2-operator`` command line. Commands are registered explicitly below.
+
+Every failure ends the same way (see ``OperatorGroup.main``): one line on stderr, with ``--json``
+also an ``{"error": ...}`` document on stdout, exit status 2 for usage and input errors and 1
+otherwise, and never a traceback.
+"""
 
 from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from uid2_operator import __version__
+from uid2_operator.cli.admin_tokens import admin_token
+from uid2_operator.cli.audit import audit
+from uid2_operator.cli.database import db, init
+from uid2_operator.cli.keys import key
+from uid2_operator.cli.output import (
+    FAILURE_EXIT,
+    USAGE_EXIT,
+    error_document,
+    exit_code_for,
+    print_json,
+    safe_message,
+)
+from uid2_operator.cli.participants import participant
+from uid2_operator.cli.runtime import GlobalOptions
 from uid2_operator.cli.serve import serve
+from uid2_operator.errors import UID2Error
+
+logger = logging.getLogger(__name__)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OperatorGroup(click.Group):
+    """A group whose errors are always one clean line (and a JSON document under ``--json``)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
+            click.echo(error.format_message(), err=True)
+            code = USAGE_EXIT
+        except click.exceptions.Abort:
+            click.echo("Error: aborted", err=True)
+            code = FAILURE_EXIT
+        except (click.ClickException, UID2Error) as error:
+            code = _report(error, argv)
+        except Exception as error:  # never a traceback; the type is enough to triage
+            logger.debug("unexpected error", exc_info=True)
+            code = _report(error, argv, f"internal error ({type(error).__name__})")
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _report(error: BaseException, argv: list[str], text: str | None = None) -> int:
+    if text is None:
+        text = error.format_message() if isinstance(error, click.ClickException) else str(error)
+    message = safe_message(text)
+    code = exit_code_for(error)
+    if isinstance(error, click.ClickException) and not isinstance(error, click.UsageError):
+        code = error.exit_code
+    if "--json" in argv:
+        print_json(error_document(error, message))
+    click.echo(f"Error: {message}", err=True)
+    return code
+
+
+@click.group(cls=OperatorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uid2-operator")
 @click.option(
     "--data-dir",
@@ -24,10 +95,19 @@ from uid2_operator.cli.serve import serve
     default=None,
     help="PostgreSQL URL; the embedded SQLite file under --data-dir is used when absent.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document (any command accepts it)."
+)
 @click.pass_context
-def main(ctx: click.Context, data_dir: str, database_url: str | None) -> None:
+def main(ctx: click.Context, data_dir: str, database_url: str | None, as_json: bool) -> None:
     """UID2 Operator Service and credential administration."""
-    ctx.obj = {"data_dir": data_dir, "database_url": database_url}
+    ctx.obj = GlobalOptions(data_dir=data_dir, database_url=database_url, json=as_json)
 
 
 main.add_command(serve)
+main.add_command(init)
+main.add_command(db)
+main.add_command(participant)
+main.add_command(key)
+main.add_command(audit)
+main.add_command(admin_token)

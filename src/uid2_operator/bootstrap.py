@@ -1,0 +1,146 @@
+"""The composition root: the one place that reads the keyring, opens the store and wires services.
+
+Nothing here runs on import. Entry points (the CLI, the admin and operator apps) call these
+functions with a ``Settings`` and own the lifetime of what they get back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from uid2_operator.clock import Clock, SystemClock, system_random
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.lifecycle import DAY_MS
+from uid2_operator.domain.sealing import Keyring, generate_keyring, require_keyring
+from uid2_operator.errors import InvalidInput, KeyringError
+from uid2_operator.services.admin import AdminService
+from uid2_operator.services.credentials import CredentialService
+from uid2_operator.settings import Settings
+from uid2_operator.storage import open_store, upgrade
+from uid2_operator.storage.interface import Store
+from uid2_operator.wire.aead import RandomBytes
+
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIR = 0o700
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The wired use cases over one open store. ``close()`` releases its connections."""
+
+    store: Store
+    credentials: CredentialService
+    admin: AdminService
+    settings: Settings
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    """The keyring from UID2_KEYRING (the JSON itself), else from the keyring file.
+
+    Refuses a missing keyring everywhere, and a development or placeholder one in prod.
+    """
+    keyring: Keyring | None
+    if settings.keyring_json is not None:
+        keyring = Keyring.from_json(settings.keyring_json)
+    else:
+        path = settings.keyring_path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            keyring = None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise KeyringError(f"The keyring file {path} cannot be read: {reason}") from None
+        else:
+            keyring = Keyring.from_json(text)
+    return require_keyring(keyring, settings.environment)
+
+
+def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> Keyring:
+    """For ``init``: the configured keyring, or a new development one written with mode 0600.
+
+    Never creates one in prod (a generated production keyring is provisioned on purpose, kept
+    outside the data directory's backups), and never overwrites an existing file.
+    """
+    if settings.environment is Environment.PROD or settings.keyring_json is not None:
+        return load_keyring(settings)
+    path = settings.keyring_path
+    if not path.exists():
+        keyring = generate_keyring(random, development=True)
+        try:
+            _write_private(path, keyring.to_json())
+        except FileExistsError:  # another init won the race; use its keyring
+            pass
+        else:
+            return keyring
+    return load_keyring(settings)
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Create ``path`` exclusively with owner-only permissions, then write and sync it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
+    try:
+        os.fchmod(fd, _PRIVATE_FILE)  # whatever the umask
+        os.write(fd, content.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def record_environment(settings: Settings) -> None:
+    """Remember which environment a data directory serves; refuse to change it afterwards."""
+    path = settings.environment_path
+    if path.exists():
+        recorded = path.read_text(encoding="utf-8").strip()
+        if recorded != settings.environment.value:
+            raise InvalidInput(
+                f"The data directory was initialised for the {recorded} environment, "
+                f"not {settings.environment.value}"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+    path.write_text(settings.environment.value + "\n", encoding="utf-8")
+
+
+def upgrade_database(settings: Settings) -> str:
+    """Apply the shipped migrations to the configured database; returns the schema revision."""
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+    return upgrade(settings.store_url)
+
+
+def open_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    random: RandomBytes | None = None,
+    keyring: Keyring | None = None,
+) -> Services:
+    """Load the keyring, open the store (refusing an out-of-date schema) and wire the services."""
+    ring = (
+        load_keyring(settings)
+        if keyring is None
+        else require_keyring(keyring, settings.environment)
+    )
+    store = open_store(settings.store_url)
+    now = SystemClock() if clock is None else clock
+    rand = system_random if random is None else random
+    return Services(
+        store=store,
+        credentials=CredentialService(
+            store,
+            ring,
+            settings.environment,
+            now,
+            rand,
+            rotation_age_ms=settings.rotation_age_days * DAY_MS,
+        ),
+        admin=AdminService(store, ring, settings.environment, now, rand),
+        settings=settings,
+    )

@@ -1,0 +1,67 @@
+"""``audit ...``: reading and verifying the hash-chained audit trail."""
+
+from __future__ import annotations
+
+import click
+
+from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.runtime import actor, json_option, services, wants_json
+from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
+
+
+@click.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("list")
+@click.option("--limit", type=click.IntRange(1, MAX_AUDIT_LIMIT), default=100, show_default=True)
+@click.option(
+    "--since",
+    "since_seq",
+    type=click.IntRange(0),
+    default=None,
+    help="Only events after this sequence number (to page).",
+)
+@click.option("--target", "target_id", default=None, help="Only events about this id.")
+@click.option("--action", default=None, help="Only this action, e.g. key.rotate.")
+@json_option
+def list_(
+    limit: int, since_seq: int | None, target_id: str | None, action: str | None, as_json: bool
+) -> None:
+    """List audit events, oldest first."""
+    with services() as svc:
+        events = svc.credentials.list_audit(
+            actor(), since_seq=since_seq, target_id=target_id, action=action, limit=limit
+        )
+    emit(
+        wants_json(as_json),
+        [e.to_json() for e in events],
+        lambda: table(
+            ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME"],
+            [[e.seq, when(e.at_ms), e.actor, e.action, e.target_id, e.outcome] for e in events],
+        ),
+    )
+
+
+@audit.command("verify")
+@json_option
+def verify(as_json: bool) -> None:
+    """Check the hash chain; exits 1 when a row was edited, inserted or deleted."""
+    with services() as svc:
+        verdict = svc.credentials.verify_audit(actor())
+
+    def human() -> None:
+        fields(
+            [
+                ("chain", "intact" if verdict.ok else "BROKEN"),
+                ("events checked", verdict.checked),
+                ("first bad seq", verdict.first_bad_seq),
+                ("reason", verdict.reason),
+            ]
+        )
+
+    emit(wants_json(as_json), verdict.to_json(), human)
+    if not verdict.ok:
+        click.echo(f"Error: the audit chain is broken at seq {verdict.first_bad_seq}", err=True)
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,93 @@
+"""``init`` and ``db upgrade``: preparing a data directory and its database."""
+
+from __future__ import annotations
+
+import click
+
+from uid2_operator.bootstrap import (
+    ensure_keyring,
+    open_services,
+    record_environment,
+    upgrade_database,
+)
+from uid2_operator.cli.output import emit, fields, show_once_warning
+from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
+from uid2_operator.domain.environments import Environment
+
+
+@click.command()
+@click.option(
+    "--environment",
+    type=click.Choice([e.value for e in Environment]),
+    default=None,
+    help="The deployment environment this data directory serves (default: UID2_ENVIRONMENT, "
+    "else the one recorded at the first init, else local).",
+)
+@json_option
+def init(environment: str | None, as_json: bool) -> None:
+    """Prepare the data directory, keyring and database; safe to run again.
+
+    The first run prints a bootstrap admin token (SUPER_USER) once. Outside prod it also creates a
+    development keyring (mode 0600); prod needs a provisioned keyring (UID2_KEYRING or
+    UID2_KEYRING_FILE).
+    """
+    settings = load_settings(environment)
+    record_environment(settings)
+    keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
+    keyring = ensure_keyring(settings)
+    revision = upgrade_database(settings)
+    opened = open_services(settings, keyring=keyring)
+    try:
+        issued = opened.admin.bootstrap_token(actor())
+        backend = opened.store.backend
+    finally:
+        opened.close()
+    document: dict[str, object] = {
+        "data_dir": str(settings.data_dir),
+        "database": backend,
+        "environment": settings.environment.value,
+        "schema_revision": revision,
+        "keyring_created": not keyring_present,
+    }
+    if issued is not None:
+        document["admin_token_id"] = issued.token_id
+        document["admin_token"] = issued.token
+
+    def human() -> None:
+        fields(
+            [
+                ("data directory", settings.data_dir),
+                ("database", backend),
+                ("environment", settings.environment.value),
+                ("schema revision", revision),
+                ("keyring", "created (development)" if not keyring_present else "present"),
+            ]
+        )
+        if issued is not None:
+            click.echo(f"bootstrap admin token ({issued.token_id}, SUPER_USER):")
+            click.echo(issued.token)
+        else:
+            click.echo("already initialised; no new admin token")
+
+    emit(wants_json(as_json), document, human)
+    if issued is not None:
+        show_once_warning()
+
+
+@click.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@json_option
+def db_upgrade(as_json: bool) -> None:
+    """Apply the shipped migrations (a no-op when the schema is current)."""
+    settings = load_settings()
+    revision = upgrade_database(settings)
+    backend = "postgresql" if settings.database_url else "sqlite"
+    emit(
+        wants_json(as_json),
+        {"schema_revision": revision, "database": backend},
+        lambda: click.echo(f"{backend} schema at revision {revision}"),
+    )

@@ -1,0 +1,113 @@
+"""How commands print: one JSON document with ``--json``, readable text otherwise, and errors.
+
+Errors are one line on stderr (and, with ``--json``, an ``{"error": ...}`` document on stdout),
+with exit status 2 for usage and input errors and 1 for everything else; never a traceback.
+Error text passes through ``safe_message`` first: it is one bounded line, and anything shaped like
+a credential or a base64/hex secret is masked, because the offending input may be a pasted key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from uid2_operator.errors import InvalidInput, MalformedCredential, UID2Error
+
+USAGE_EXIT = 2
+FAILURE_EXIT = 1
+MAX_MESSAGE_LENGTH = 300
+
+_CREDENTIAL = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.\S*")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")
+_REDACTED = "<redacted>"
+
+
+def safe_message(text: str) -> str:
+    """One line, at most ``MAX_MESSAGE_LENGTH`` characters, credential-like runs masked."""
+    line = " ".join(text.split())
+    line = _CREDENTIAL.sub(_REDACTED, line)
+    line = _LONG_TOKEN.sub(_mask_random_looking, line)
+    if len(line) > MAX_MESSAGE_LENGTH:
+        line = line[: MAX_MESSAGE_LENGTH - 3] + "..."
+    return line
+
+
+def _mask_random_looking(match: re.Match[str]) -> str:
+    """Mask a long run mixing upper case, lower case and digits (base64 of random bytes always
+    does; file paths and identifiers rarely do)."""
+    run = match.group(0)
+    mixed = (
+        any(c.isupper() for c in run)
+        and any(c.islower() for c in run)
+        and any(c.isdigit() for c in run)
+    )
+    return _REDACTED if mixed else run
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, click.UsageError | InvalidInput | MalformedCredential):
+        return USAGE_EXIT
+    return FAILURE_EXIT
+
+
+def error_document(error: BaseException, message: str) -> dict[str, Any]:
+    if isinstance(error, UID2Error):
+        code = error.code
+    elif isinstance(error, click.UsageError):
+        code = "usage"
+    else:
+        code = "internal_error"
+    return {"error": {"code": code, "message": message}}
+
+
+def print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
+    """Print ``document`` as JSON, or call ``human`` to print the readable form."""
+    if as_json:
+        print_json(document)
+    else:
+        human()
+
+
+def when(ms: int | None) -> str:
+    """Epoch milliseconds as an ISO-8601 UTC time, or '-'."""
+    if ms is None:
+        return "-"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A plain left-aligned table; an empty one prints only '(none)'."""
+    cells = [[str(c) for c in row] for row in rows]
+    if not cells:
+        click.echo("(none)")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fields(pairs: Iterable[tuple[str, object]]) -> None:
+    """``label: value`` lines, labels aligned."""
+    items = [(label, "-" if value is None else str(value)) for label, value in pairs]
+    width = max((len(label) for label, _ in items), default=0)
+    for label, value in items:
+        click.echo(f"{label.ljust(width)}  {value}")
+
+
+def show_once_warning() -> None:
+    click.echo(
+        "Store these now: they are shown only this once and cannot be retrieved later.",
+        err=True,
+    )

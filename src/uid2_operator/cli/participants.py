@@ -1,0 +1,124 @@
+"""``participant ...``: the sites that hold API keys, and the roles they may grant."""
+
+from __future__ import annotations
+
+import click
+
+from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
+from uid2_operator.domain.participants import ParticipantType
+from uid2_operator.services.views import ParticipantView
+
+_TYPES = ", ".join(t.value for t in ParticipantType)
+
+
+def _show(view: ParticipantView) -> None:
+    fields(
+        [
+            ("site id", view.site_id),
+            ("name", view.name),
+            ("type", view.type),
+            ("roles", ",".join(view.roles) or "-"),
+            ("enabled", "yes" if view.enabled else "no"),
+            ("contacts", ", ".join(view.contacts) or "-"),
+            ("created", when(view.created_at_ms)),
+            ("updated", when(view.updated_at_ms)),
+        ]
+    )
+
+
+def _emit(as_json: bool, view: ParticipantView) -> None:
+    emit(wants_json(as_json), view.to_json(), lambda: _show(view))
+
+
+@click.group()
+def participant() -> None:
+    """Participants (sites)."""
+
+
+@participant.command("create")
+@click.option("--name", required=True, help="Display name, 1 to 200 characters.")
+@click.option("--type", "type_", required=True, help=f"One of: {_TYPES}.")
+@click.option("--site-id", type=int, default=None, help="Default: the next free id above 2.")
+@click.option("--roles", default=None, help="Roles its keys may hold, comma-separated.")
+@click.option("--contact", "contacts", multiple=True, help="Contact e-mail (repeatable).")
+@json_option
+def create(  # noqa: PLR0917 (click passes every option positionally)
+    name: str,
+    type_: str,
+    site_id: int | None,
+    roles: str | None,
+    contacts: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create a participant."""
+    with services() as svc:
+        view = svc.credentials.create_participant(
+            actor(),
+            name=name,
+            type=type_,
+            site_id=site_id,
+            roles=parse_list(roles),
+            contacts=list(contacts),
+        )
+    _emit(as_json, view)
+
+
+@participant.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List participants."""
+    with services() as svc:
+        views = svc.credentials.list_participants(actor())
+    emit(
+        wants_json(as_json),
+        [v.to_json() for v in views],
+        lambda: table(
+            ["SITE", "NAME", "TYPE", "ROLES", "ENABLED"],
+            [
+                [v.site_id, v.name, v.type, ",".join(v.roles) or "-", "yes" if v.enabled else "no"]
+                for v in views
+            ],
+        ),
+    )
+
+
+@participant.command("show")
+@click.argument("site_id", type=int)
+@json_option
+def show(site_id: int, as_json: bool) -> None:
+    """Show one participant."""
+    with services() as svc:
+        view = svc.credentials.get_participant(actor(), site_id)
+    _emit(as_json, view)
+
+
+@participant.command("disable")
+@click.argument("site_id", type=int)
+@json_option
+def disable(site_id: int, as_json: bool) -> None:
+    """Disable a participant: every one of its keys stops working at once."""
+    with services() as svc:
+        view = svc.credentials.set_participant_enabled(actor(), site_id, False)
+    _emit(as_json, view)
+
+
+@participant.command("enable")
+@click.argument("site_id", type=int)
+@json_option
+def enable(site_id: int, as_json: bool) -> None:
+    """Enable a participant again."""
+    with services() as svc:
+        view = svc.credentials.set_participant_enabled(actor(), site_id, True)
+    _emit(as_json, view)
+
+
+@participant.command("set-roles")
+@click.argument("site_id", type=int)
+@click.option("--roles", required=True, help="Roles its keys may hold, comma-separated.")
+@json_option
+def set_roles(site_id: int, roles: str, as_json: bool) -> None:
+    """Change the roles a participant may grant (refused while a live key holds a removed one)."""
+    with services() as svc:
+        view = svc.credentials.set_participant_roles(actor(), site_id, parse_list(roles))
+    _emit(as_json, view)

@@ -1,0 +1,179 @@
+"""Use cases for administrators' tokens: issue, list, revoke, authenticate, and the bootstrap token.
+
+Admin tokens are minted, hashed and verified by the same machinery as API keys (kind letter ``A``,
+site 0), so the same guarantees hold: the token text is shown once, stored only as a keyed hash,
+looked up by its public id and compared in constant time, with the same work for an unknown id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from uid2_operator.clock import Clock
+from uid2_operator.domain.admin_tokens import (
+    AdminToken,
+    authenticate_admin_token,
+    issue_admin_token,
+    revoke_admin_token,
+    verify_admin_token,
+)
+from uid2_operator.domain.authorization import Denied
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.key_format import MintedCredential, mint_admin_token
+from uid2_operator.domain.roles import AdminRole, parse_admin_roles
+from uid2_operator.domain.sealing import Keyring
+from uid2_operator.errors import AlreadyExists, CredentialRejected, MalformedCredential, NotFound
+from uid2_operator.services import inputs
+from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.context import Actor
+from uid2_operator.services.views import AdminTokenView, IssuedAdminToken
+from uid2_operator.storage.interface import ReadTx, Store, Tx
+from uid2_operator.wire.aead import RandomBytes
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_TOKEN_NAME = "bootstrap"  # noqa: S105 (a display name, not a secret)
+_MINT_ATTEMPTS = 8
+
+
+class AdminService:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        environment: Environment,
+        clock: Clock,
+        random: RandomBytes,
+    ) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._environment = environment
+        self._clock = clock
+        self._random = random
+
+    def create_admin_token(self, actor: Actor, *, name: Any, roles: Any) -> IssuedAdminToken:
+        """A new admin token, shown once (audited as a disclosure)."""
+        clean_name = inputs.text(name, "name")
+        wanted = parse_admin_roles(inputs.names(roles, "roles"))
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            minted, token = self._issue(tx, actor, clean_name, wanted, now)
+        logger.info("admin token created token_id=%s actor=%s", token.token_id, actor.id)
+        return _issued(minted, token)
+
+    def list_admin_tokens(self, actor: Actor) -> list[AdminTokenView]:
+        del actor
+        with self._store.read() as tx:
+            return [AdminTokenView.of(t) for t in tx.admin_tokens.list_all()]
+
+    def revoke_admin_token(self, actor: Actor, token_id: Any) -> AdminTokenView:
+        """Terminal. The token stops working with the next request that presents it."""
+        tid = inputs.credential_id(token_id, "token_id")
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            before = _token(tx, tid)
+            after = revoke_admin_token(before, now_ms=now, by=actor.id)
+            tx.admin_tokens.update(after)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action="admin_token.revoke",
+                target_type="admin_token",
+                target_id=tid,
+                before=before,
+                after=after,
+            )
+        logger.info("admin token revoked token_id=%s actor=%s", tid, actor.id)
+        return AdminTokenView.of(after)
+
+    def authenticate(self, token_text: Any) -> AdminTokenView:
+        """The token's view if it may be used now; otherwise a ``CredentialError``.
+
+        Malformed text and a token of another environment are refused before any lookup
+        (``MalformedCredential``, ``WrongEnvironment``: the latter names the environment); an
+        unknown id, a wrong tail and a revoked token raise ``CredentialRejected``.
+        """
+        if not isinstance(token_text, str):
+            raise MalformedCredential("The admin token is malformed")
+        with self._store.read() as tx:
+            token = verify_admin_token(
+                token_text,
+                environment=self._environment,
+                pepper=self._keyring.pepper,
+                lookup=tx.admin_tokens.get,
+            )
+        decision = authenticate_admin_token(token)
+        if isinstance(decision, Denied):
+            logger.info(
+                "admin token refused token_id=%s reason=%s", token.token_id, decision.reason
+            )
+            raise CredentialRejected("The admin token is not valid")
+        return AdminTokenView.of(token)
+
+    def bootstrap_token(self, actor: Actor) -> IssuedAdminToken | None:
+        """The first SUPER_USER token, only while no admin token exists (``init`` shows it once).
+
+        Checked and created in one write transaction, so two concurrent first runs cannot both
+        get one.
+        """
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            if tx.admin_tokens.list_all():
+                return None
+            minted, token = self._issue(
+                tx, actor, BOOTSTRAP_TOKEN_NAME, frozenset({AdminRole.SUPER_USER}), now
+            )
+        logger.info("bootstrap admin token created token_id=%s", token.token_id)
+        return _issued(minted, token)
+
+    def _issue(
+        self,
+        tx: Tx,
+        actor: Actor,
+        name: str,
+        roles: frozenset[AdminRole],
+        now: int,
+    ) -> tuple[MintedCredential, AdminToken]:
+        minted = self._mint(tx)
+        token = issue_admin_token(minted, name=name, roles=roles, now_ms=now, created_by=actor.id)
+        tx.admin_tokens.add(token)
+        record_event(
+            tx,
+            actor,
+            at_ms=now,
+            action="admin_token.create",
+            target_type="admin_token",
+            target_id=token.token_id,
+            after={
+                "token_id": token.token_id,
+                "name": token.name,
+                "roles": sorted(r.value for r in token.roles),
+                "secret_disclosed": True,
+            },
+        )
+        return minted, token
+
+    def _mint(self, tx: Tx) -> MintedCredential:
+        for _ in range(_MINT_ATTEMPTS):
+            minted = mint_admin_token(self._environment, self._keyring.pepper, self._random)
+            if tx.admin_tokens.get(minted.key_id) is None:
+                return minted
+        raise AlreadyExists("Could not draw an unused token id; try again")
+
+
+def _token(tx: ReadTx, token_id: str) -> AdminToken:
+    token = tx.admin_tokens.get(token_id)
+    if token is None:
+        raise NotFound(f"No admin token {token_id}")
+    return token
+
+
+def _issued(minted: MintedCredential, token: AdminToken) -> IssuedAdminToken:
+    return IssuedAdminToken(
+        token_id=token.token_id,
+        token=minted.text,
+        roles=sorted(r.value for r in token.roles),
+        name=token.name,
+    )

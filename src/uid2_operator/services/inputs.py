@@ -1,0 +1,88 @@
+"""Type checks for arguments that arrive from outside (decoded JSON, command-line text).
+
+The admin API hands use cases whatever a JSON body held, so a name may be a number and a role list
+may be a bare string (which would iterate as characters). These checks turn every wrong type into
+``InvalidInput`` before a domain rule sees it. Messages name the argument, never echo its value: a
+caller may have pasted a credential into the wrong field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from uid2_operator.domain.participants import ParticipantType
+from uid2_operator.errors import InvalidInput
+
+# A key or token id: the public prefix of a credential, never the part after the '.'.
+_CREDENTIAL_ID = re.compile(r"UID2-[A-Z]-[A-Z]-(0|[1-9][0-9]{0,9})-[A-Za-z0-9]{6}")
+MAX_ITEMS = 100
+MAX_DAYS = 3650
+MAX_TEXT = 1000
+MAX_NAME_TEXT = 64
+
+
+def text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str:
+    """A string without NUL characters (PostgreSQL text cannot hold them), of bounded length."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    if len(value) > max_length:
+        raise InvalidInput(f"{what} must be at most {max_length} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+    return value
+
+
+def optional_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str | None:
+    return None if value is None else text(value, what, max_length=max_length)
+
+
+def integer(value: Any, what: str, *, low: int, high: int) -> int:
+    """An int (not a bool) within ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be an integer")
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} must be between {low} and {high}")
+    return value
+
+
+def optional_integer(value: Any, what: str, *, low: int, high: int) -> int | None:
+    return None if value is None else integer(value, what, low=low, high=high)
+
+
+def names(value: Any, what: str, *, max_length: int = MAX_NAME_TEXT) -> list[str]:
+    """A list, tuple or set of strings (a bare string is refused: it is not a list of names)."""
+    if isinstance(value, str | bytes | dict) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{what} must be a list of strings")
+    items = list(value)
+    if len(items) > MAX_ITEMS:
+        raise InvalidInput(f"{what} may hold at most {MAX_ITEMS} entries")
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidInput(f"{what} must be a list of strings")
+        text(item, f"each of {what}", max_length=max_length)
+    return items
+
+
+def participant_type(value: Any) -> ParticipantType:
+    if isinstance(value, ParticipantType):
+        return value
+    raw = text(value, "type").strip().lower()
+    try:
+        return ParticipantType(raw)
+    except ValueError:
+        allowed = ", ".join(t.value for t in ParticipantType)
+        raise InvalidInput(f"type must be one of {allowed}") from None
+
+
+def credential_id(value: Any, what: str) -> str:
+    """A key or token id (the part before the '.'); full credential text is refused unechoed."""
+    raw = text(value, what).strip()
+    if "." in raw:
+        raise InvalidInput(
+            f"{what} is the public part before the '.'; never pass the full credential"
+        )
+    if _CREDENTIAL_ID.fullmatch(raw) is None:
+        raise InvalidInput(f"{what} is not a valid id")
+    return raw

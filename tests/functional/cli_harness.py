@@ -1,0 +1,101 @@
+"""Driving the CLI and the services against SQLite files and PostgreSQL schemas.
+
+PostgreSQL comes from ``UID2_TEST_POSTGRES_URL`` (default a local trust-auth server); each test
+gets a fresh schema, dropped afterwards. Unreachable: its cases skip, except under ``CI=true``.
+Test modules build their fixtures from ``database_for`` and ``Cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy.engine import make_url
+
+from uid2_operator.cli import main
+
+POSTGRES_URL = os.environ.get("UID2_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Settings the surrounding shell may carry; every run starts without them.
+_AMBIENT = ("UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL")
+
+
+def libpq_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def postgres_url() -> str:
+    try:
+        with psycopg.connect(libpq_dsn(POSTGRES_URL), connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is unreachable: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a test's store lives: a SQLite file under ``data_dir``, or a PostgreSQL schema."""
+
+    backend: str
+    data_dir: Path
+    url: str | None  # --database-url; None for the embedded SQLite file
+    schema: str | None = None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "uid2.db"
+
+    def cli_args(self) -> list[str]:
+        args = ["--data-dir", str(self.data_dir)]
+        if self.url is not None:
+            args += ["--database-url", self.url]
+        return args
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def database_for(backend: str, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database on ``backend``: a SQLite file to be, or a new PostgreSQL schema."""
+    data_dir = tmp_path / "data"
+    if backend == "sqlite":
+        yield Database("sqlite", data_dir, None)
+        return
+    base = postgres_url()
+    schema = f"functional_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(libpq_dsn(base), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield Database("postgresql", data_dir, url.render_as_string(hide_password=False), schema)
+    finally:
+        with psycopg.connect(libpq_dsn(base), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class Cli:
+    """Runs ``uid2-operator`` in-process against one database, recording every result."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.runner = CliRunner()
+        self.results: list[tuple[list[str], Result]] = []
+
+    def __call__(self, *args: str, env: dict[str, str | None] | None = None) -> Result:
+        full = [*self.database.cli_args(), *args]
+        environment: dict[str, str | None] = dict.fromkeys(_AMBIENT)
+        environment.update(env or {})
+        result = self.runner.invoke(main, full, env=environment, catch_exceptions=False)
+        self.results.append((full, result))
+        return result
