@@ -1,0 +1,272 @@
+"""The admin API application: ``create_admin_app(services)`` builds it; nothing exists at import.
+
+Each request goes through the same steps, in this order, so no route can skip one:
+
+1. the request id (``RequestContext``);
+2. the bearer admin token, authenticated by ``AdminService.authenticate`` (401 otherwise), and the
+   route's declared ``AdminAction`` checked against the token's roles (403 otherwise). This happens
+   before the body is read: an unauthenticated caller cannot make the server buffer or parse
+   anything;
+3. the query string and the JSON body, checked against the route's declarations (4xx);
+4. the service call, in a worker thread (the services and the store are synchronous), as an
+   ``Actor`` named ``admin:<token_id>`` carrying the request id and the client address;
+5. the result as JSON, or the error through the one error table (``errors.py``).
+
+An unexpected exception becomes a bare 500 ``internal_error``. It is logged with its class and
+stack frames only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
+never logged or sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from uid2_operator import __version__
+from uid2_operator.clock import Clock, RandomBytes, SystemClock, system_random
+from uid2_operator.errors import (
+    BodyTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    StoreUnavailable,
+    UnsupportedMediaType,
+)
+from uid2_operator.services.context import MAX_SOURCE_LENGTH, Actor
+from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants
+from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
+from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
+from uid2_operator.web.admin_api.errors import error_body, render_error
+from uid2_operator.web.admin_api.openapi import build_document
+from uid2_operator.web.admin_api.request_context import RequestContext, request_id_source
+from uid2_operator.web.admin_api.routing import (
+    PUBLIC,
+    AdminServices,
+    Call,
+    Operation,
+    Public,
+    Reply,
+    check_operations,
+)
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+Endpoint = Callable[[Request], Awaitable[Response]]
+JSON_MEDIA_TYPE = "application/json"
+
+
+def create_admin_app(
+    services: AdminServices,
+    *,
+    clock: Clock | None = None,
+    random: RandomBytes = system_random,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Starlette:
+    """The admin API as an ASGI app, every route under ``/admin/api``.
+
+    ``random`` is where generated request ids come from; ``clock`` times requests for the access
+    log. ``app.state.operations`` holds the checked route table (the OpenAPI document is built
+    from it, and tests enumerate it).
+    """
+    timer = clock or SystemClock()
+    document: dict[str, Any] = {}
+
+    def serve_document(call: Call) -> Reply:
+        del call
+        return Reply(document)
+
+    operations = check_operations(
+        (
+            *participants.OPERATIONS,
+            *keys.OPERATIONS,
+            *audit.OPERATIONS,
+            *admin_tokens.OPERATIONS,
+            Operation(
+                "GET",
+                "/health",
+                PUBLIC,
+                health,
+                operation_id="health",
+                summary="Liveness, and whether the store answers",
+                response="Health",
+                tag="service",
+                errors=(503,),
+            ),
+            Operation(
+                "GET",
+                "/openapi.json",
+                PUBLIC,
+                serve_document,
+                operation_id="openapi",
+                summary="This API's OpenAPI 3.1 document",
+                response="OpenApiDocument",
+                tag="service",
+            ),
+        )
+    )
+    document.update(build_document(operations, version=__version__))
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for op in operations:
+        by_path.setdefault(op.full_path, {})[op.method] = _endpoint(
+            op, services, timer, max_body_bytes
+        )
+    # One route per path, so a wrong method gets a 405 listing every method the path has.
+    routes = [
+        Route(path, _by_method(endpoints), methods=sorted(endpoints))
+        for path, endpoints in by_path.items()
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, new_request_id=request_id_source(random))],
+        exception_handlers={HTTPException: _routing_error, Exception: _last_resort},
+    )
+    app.state.operations = operations
+    return app
+
+
+def health(call: Call) -> Reply:
+    try:
+        call.services.store.change_seq()
+    except Exception as exc:
+        logger.warning("admin health check: the store did not answer (%s)", type(exc).__name__)
+        raise StoreUnavailable from None
+    return Reply({"status": "ok"})
+
+
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return dispatch
+
+
+def _endpoint(
+    op: Operation, services: AdminServices, clock: Clock, max_body_bytes: int
+) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        started = clock.now_ms()
+        request_id: str = request.state.request_id
+        actor = Actor(ANONYMOUS, request_id, _source(request))
+        try:
+            actor = await _authorised_actor(op, services, request, actor)
+            query = parse_query(request.query_params.multi_items(), op.query)
+            body = EMPTY
+            if op.body is not None:
+                body = op.body.parse(await _read_json(request, max_body_bytes))
+            call = Call(services, actor, dict(request.path_params), body, query)
+            reply = await run_in_threadpool(op.handler, call)
+            response: Response = JSONResponse(reply.payload, status_code=reply.status)
+        except Exception as exc:  # every failure leaves through the error table
+            response = _error_response(exc, op, request_id)
+        logger.info(
+            "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
+            op.method,
+            op.full_path,
+            response.status_code,
+            actor.id,
+            request_id,
+            clock.now_ms() - started,
+        )
+        return response
+
+    return endpoint
+
+
+async def _authorised_actor(
+    op: Operation, services: AdminServices, request: Request, anonymous: Actor
+) -> Actor:
+    if isinstance(op.access, Public):
+        return anonymous
+    text = bearer_token(request.headers)
+    token = await run_in_threadpool(services.admin.authenticate, text)
+    require(op.access, token_roles(token.roles))
+    return Actor(f"admin:{token.token_id}", anonymous.request_id, anonymous.source)
+
+
+def _source(request: Request) -> str | None:
+    """The peer address. Forwarded-for headers are not trusted: no proxy is configured."""
+    if request.client is None or not request.client.host:
+        return None
+    return request.client.host[:MAX_SOURCE_LENGTH]
+
+
+async def _read_json(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond), sent as application/json (415 otherwise)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or len(declared) > 12):
+        raise BodyTooLarge("The Content-Length header is not a valid size")
+    if declared is not None and int(declared) > limit:
+        raise BodyTooLarge(f"The request body must be at most {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise BodyTooLarge(f"The request body must be at most {limit} bytes")
+    if raw.strip():
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != JSON_MEDIA_TYPE:
+            raise UnsupportedMediaType
+    return bytes(raw)
+
+
+def _error_response(
+    error: Exception, op: Operation | None, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    reply = render_error(error)
+    where = f"{op.method} {op.full_path}" if op is not None else "(no route)"
+    if not reply.expected:
+        # Where it failed, not what it said: frames as file:line in function, no source text.
+        frames = "\n".join(
+            f"  {frame.filename}:{frame.lineno} in {frame.name}"
+            for frame in traceback.extract_tb(error.__traceback__)
+        )
+        logger.error(
+            "admin %s failed with %s request_id=%s\n%s",
+            where,
+            type(error).__qualname__,
+            request_id,
+            frames,
+        )
+    elif reply.status in (401, 403):
+        logger.info(
+            "admin %s refused %s request_id=%s",
+            where,
+            reply.body["error"]["code"],
+            request_id,
+        )
+    extra = dict(headers or {})
+    if reply.status == 401:
+        extra["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return JSONResponse(reply.body, status_code=reply.status, headers=extra)
+
+
+def _request_id(request: Request) -> str:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else "-"
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 from the router, in the API's error format."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        return _error_response(NotFound("No such admin API route"), None, _request_id(request))
+    if status == 405 and isinstance(exc, HTTPException):
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(f"This path accepts: {allow}" if allow else None)
+        return _error_response(error, None, _request_id(request), {"Allow": allow})
+    return JSONResponse(error_body("http_error", "The request failed"), status_code=status)
+
+
+async def _last_resort(request: Request, exc: Exception) -> Response:
+    return _error_response(exc, None, _request_id(request))

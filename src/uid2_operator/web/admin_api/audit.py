@@ -1,0 +1,75 @@
+"""The audit trail: read it page by page, and verify its hash chain."""
+
+from __future__ import annotations
+
+from uid2_operator.domain.authorization import AdminAction
+from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
+from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
+from uid2_operator.web.admin_api.routing import Call, Operation, Reply
+
+TAG = "audit"
+DEFAULT_LIMIT = 100
+
+LIST_QUERY = (
+    Field(
+        "since_seq",
+        Kind.INTEGER,
+        "Only events after this sequence number (page with the last seq seen)",
+        minimum=0,
+        maximum=2**62,
+    ),
+    Field("target_id", Kind.STRING, "Only events about this key, token or site", max_length=200),
+    Field("action", Kind.STRING, "Only events of this action, e.g. key.rotate", max_length=64),
+    Field(
+        "limit",
+        Kind.INTEGER,
+        f"At most this many events (default {DEFAULT_LIMIT})",
+        minimum=1,
+        maximum=MAX_AUDIT_LIMIT,
+    ),
+)
+
+
+def list_audit(call: Call) -> Reply:
+    query = call.query
+    limit = query.optional_integer("limit")
+    events = call.services.credentials.list_audit(
+        call.actor,
+        since_seq=query.optional_integer("since_seq"),
+        target_id=query.optional_text("target_id"),
+        action=query.optional_text("action"),
+        limit=DEFAULT_LIMIT if limit is None else limit,
+    )
+    return Reply({"events": [event.to_json() for event in events]})
+
+
+def verify_audit(call: Call) -> Reply:
+    return Reply(call.services.credentials.verify_audit(call.actor).to_json())
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/audit",
+        AdminAction.AUDIT_LIST,
+        list_audit,
+        operation_id="listAuditEvents",
+        summary="List audit events, oldest first",
+        response="AuditEventList",
+        tag=TAG,
+        query=LIST_QUERY,
+        errors=(422,),
+    ),
+    Operation(
+        "POST",
+        "/audit/verify",
+        AdminAction.AUDIT_VERIFY,
+        verify_audit,
+        operation_id="verifyAuditChain",
+        summary="Verify the audit hash chain (detects edited, inserted and deleted rows)",
+        response="AuditVerdict",
+        tag=TAG,
+        body=BodySpec(),
+        errors=(400, 413, 415, 422),
+    ),
+)

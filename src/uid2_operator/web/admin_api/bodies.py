@@ -1,0 +1,252 @@
+"""Request bodies and query strings: declared field by field, checked before any service runs.
+
+Each route declares the fields it accepts (``BodySpec`` for a JSON body, a tuple of ``Field`` for
+its query string). Anything else is refused with a 4xx naming the problem: a body that is not a
+JSON object (400), a field of the wrong type, out of range, too long, unknown or missing (422).
+The same declarations produce the route's JSON Schema in the OpenAPI document, so the document and
+the checks cannot drift apart.
+
+Why so strict:
+
+* unknown fields are refused, so a misspelt optional field is an error instead of a silent no-op;
+* values are never echoed in messages (a caller may paste a secret into the wrong field);
+* every string must encode as UTF-8 and carry no control characters (lone surrogates and NUL would
+  otherwise fail deep inside a database driver, as a 500, or end up in logs);
+* integers are bounded here, before they reach a 64-bit database column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from uid2_operator.errors import InvalidInput, MalformedBody
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_LENGTH = 1000
+DEFAULT_MAX_ITEMS = 32
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
+
+Value: TypeAlias = str | int | tuple[str, ...]
+
+
+class Kind(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    STRING_LIST = "string_list"
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One accepted field (of a body or a query string) and its limits."""
+
+    name: str
+    kind: Kind
+    description: str
+    required: bool = False
+    max_length: int = DEFAULT_MAX_LENGTH  # strings, and each item of a string list
+    max_items: int = DEFAULT_MAX_ITEMS
+    minimum: int = 0  # integers are always bounded: they end up in 32- and 64-bit columns
+    maximum: int = 2**31 - 1
+    choices: tuple[str, ...] = ()  # strings only
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any]
+        if self.kind is Kind.STRING:
+            schema = {"type": "string", "maxLength": self.max_length}
+            if self.choices:
+                schema["enum"] = list(self.choices)
+        elif self.kind is Kind.INTEGER:
+            schema = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+        else:
+            # Role names are matched by the domain (trimmed, any case), so no enum here.
+            item = {"type": "string", "maxLength": self.max_length}
+            schema = {"type": "array", "items": item, "maxItems": self.max_items}
+        schema["description"] = self.description
+        return schema
+
+    def check(self, value: object) -> Value:
+        """``value`` as decoded from JSON, checked against this field; never echoes it."""
+        if self.kind is Kind.STRING:
+            if not isinstance(value, str):
+                raise InvalidInput(f"Field '{self.name}' must be a string")
+            return self._text(value, f"Field '{self.name}'")
+        if self.kind is Kind.INTEGER:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInput(f"Field '{self.name}' must be an integer")
+            return self._bounded(value)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise InvalidInput(f"Field '{self.name}' must be a list of strings")
+        if len(value) > self.max_items:
+            raise InvalidInput(f"Field '{self.name}' takes at most {self.max_items} items")
+        return tuple(self._text(item, f"Each item of '{self.name}'") for item in value)
+
+    def check_text(self, text: str) -> Value:
+        """A query-string value (always text), converted to this field's kind."""
+        if self.kind is Kind.INTEGER:
+            if not _INTEGER_TEXT.fullmatch(text):
+                raise InvalidInput(f"Query parameter '{self.name}' must be an integer")
+            return self._bounded(int(text))
+        if self.kind is Kind.STRING:
+            return self._text(text, f"Query parameter '{self.name}'")
+        raise AssertionError(f"query parameters are strings or integers, not {self.kind}")
+
+    def _bounded(self, value: int) -> int:
+        if not self.minimum <= value <= self.maximum:
+            raise InvalidInput(
+                f"'{self.name}' must be an integer between {self.minimum} and {self.maximum}"
+            )
+        return value
+
+    def _text(self, value: str, what: str) -> str:
+        if len(value) > self.max_length:
+            raise InvalidInput(f"{what} must be at most {self.max_length} characters")
+        check_clean_text(value, what)
+        if self.choices and value not in self.choices:
+            raise InvalidInput(f"{what} must be one of: {', '.join(self.choices)}")
+        return value
+
+
+def check_clean_text(value: str, what: str) -> None:
+    """Refuse text that cannot be stored or logged safely: lone surrogates, control characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text") from None
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidInput(f"{what} must not contain control characters")
+
+
+class Values:
+    """Checked values by field name, with typed accessors for handlers."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Value]) -> None:
+        self._values = dict(values)
+
+    def text(self, name: str) -> str:
+        value = self._values[name]
+        if not isinstance(value, str):
+            raise AssertionError(f"{name} is declared as another kind")
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        return self.text(name) if name in self._values else None
+
+    def integer(self, name: str) -> int:
+        value = self._values[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AssertionError(f"{name} is declared as another kind")
+        return value
+
+    def optional_integer(self, name: str) -> int | None:
+        return self.integer(name) if name in self._values else None
+
+    def texts(self, name: str) -> tuple[str, ...]:
+        value = self._values[name]
+        if not isinstance(value, tuple):
+            raise AssertionError(f"{name} is declared as another kind")
+        return value
+
+    def optional_texts(self, name: str) -> tuple[str, ...] | None:
+        return self.texts(name) if name in self._values else None
+
+
+EMPTY = Values({})
+
+
+@dataclass(frozen=True, slots=True)
+class BodySpec:
+    """The JSON object a route accepts. An empty spec accepts only no body or ``{}``."""
+
+    fields: tuple[Field, ...] = ()
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {f.name: f.json_schema() for f in self.fields},
+        }
+        required = [f.name for f in self.fields if f.required]
+        if required:
+            schema["required"] = required
+        return schema
+
+    def parse(self, raw: bytes) -> Values:
+        return check_fields(decode_object(raw), self.fields)
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise MalformedBody("The request body repeats a field")
+        result[name] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedBody("The request body is not valid JSON (NaN and Infinity are not JSON)")
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object. An empty body is ``{}`` (routes whose fields are optional)."""
+    if not raw.strip():
+        return {}
+    try:
+        document = json.loads(
+            raw, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except (ValueError, RecursionError):
+        # Also covers invalid UTF-8 and integers longer than Python's conversion limit.
+        raise MalformedBody("The request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        kind = "an array" if isinstance(document, list) else "a JSON scalar"
+        raise MalformedBody(f"The request body must be a JSON object, not {kind}")
+    return document
+
+
+def describe_name(name: str) -> str:
+    """A field name fit to repeat in a message: a plain identifier, never pasted text."""
+    return f"'{name}'" if _PLAIN_NAME.fullmatch(name) else "(a field with an unexpected name)"
+
+
+def check_fields(document: Mapping[str, Any], fields: Iterable[Field]) -> Values:
+    declared = {f.name: f for f in fields}
+    unknown = sorted(describe_name(name) for name in document if name not in declared)
+    if unknown:
+        allowed = ", ".join(declared) or "none"
+        raise InvalidInput(f"Unknown field(s): {', '.join(unknown)} (allowed: {allowed})")
+    missing = [name for name, f in declared.items() if f.required and document.get(name) is None]
+    if missing:
+        raise InvalidInput(f"Missing required field(s): {', '.join(missing)}")
+    return Values(
+        {
+            name: declared[name].check(value)
+            for name, value in document.items()
+            if value is not None  # an explicit null means "not given" for optional fields
+        }
+    )
+
+
+def parse_query(items: Iterable[tuple[str, str]], fields: Iterable[Field]) -> Values:
+    declared = {f.name: f for f in fields}
+    values: dict[str, Value] = {}
+    for name, text in items:
+        field = declared.get(name)
+        if field is None:
+            allowed = ", ".join(declared) or "none"
+            raise InvalidInput(
+                f"Unknown query parameter {describe_name(name)} (allowed: {allowed})"
+            )
+        if name in values:
+            raise InvalidInput(f"Query parameter '{name}' is given more than once")
+        values[name] = field.check_text(text)
+    return Values(values)

@@ -1,0 +1,179 @@
+"""Participants (sites): list, show, create, enable/disable, and the roles they may grant."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from uid2_operator.domain.authorization import AdminAction
+from uid2_operator.domain.participants import (
+    MAX_CONTACT_LENGTH,
+    MAX_CONTACTS,
+    MAX_NAME_LENGTH,
+    MAX_SITE_ID,
+    MIN_SITE_ID,
+    ParticipantType,
+)
+from uid2_operator.domain.roles import ClientRole
+from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
+from uid2_operator.web.admin_api.routing import Call, Operation, Reply
+
+TAG = "participants"
+SITE_ID_PARAM = (("site_id", "The participant's site id"),)
+MAX_ROLE_NAMES = 2 * len(ClientRole)
+ROLE_NAME_LENGTH = 32
+
+ROLES_FIELD = Field(
+    "roles",
+    Kind.STRING_LIST,
+    "Client roles the participant may grant to its keys: " + ", ".join(r.value for r in ClientRole),
+    max_items=MAX_ROLE_NAMES,
+    max_length=ROLE_NAME_LENGTH,
+)
+
+CREATE_BODY = BodySpec(
+    (
+        Field("name", Kind.STRING, "Display name", required=True, max_length=MAX_NAME_LENGTH),
+        Field(
+            "type",
+            Kind.STRING,
+            "Participant type",
+            required=True,
+            max_length=32,
+            choices=tuple(t.value for t in ParticipantType),
+        ),
+        Field(
+            "site_id",
+            Kind.INTEGER,
+            "Site id to use; the next free one when absent",
+            minimum=MIN_SITE_ID,
+            maximum=MAX_SITE_ID,
+        ),
+        ROLES_FIELD,
+        Field(
+            "contacts",
+            Kind.STRING_LIST,
+            "Contact e-mail addresses",
+            max_items=MAX_CONTACTS,
+            max_length=MAX_CONTACT_LENGTH,
+        ),
+    )
+)
+ROLES_BODY = BodySpec((replace(ROLES_FIELD, required=True),))
+NO_BODY = BodySpec()
+
+
+def list_participants(call: Call) -> Reply:
+    views = call.services.credentials.list_participants(call.actor)
+    return Reply({"participants": [view.to_json() for view in views]})
+
+
+def get_participant(call: Call) -> Reply:
+    return Reply(call.services.credentials.get_participant(call.actor, call.site_id()).to_json())
+
+
+def create_participant(call: Call) -> Reply:
+    body = call.body
+    view = call.services.credentials.create_participant(
+        call.actor,
+        name=body.text("name"),
+        type=body.text("type"),
+        site_id=body.optional_integer("site_id"),
+        roles=body.optional_texts("roles") or (),
+        contacts=body.optional_texts("contacts") or (),
+    )
+    return Reply(view.to_json(), status=201)
+
+
+def disable_participant(call: Call) -> Reply:
+    credentials = call.services.credentials
+    return Reply(credentials.set_participant_enabled(call.actor, call.site_id(), False).to_json())
+
+
+def enable_participant(call: Call) -> Reply:
+    credentials = call.services.credentials
+    return Reply(credentials.set_participant_enabled(call.actor, call.site_id(), True).to_json())
+
+
+def set_participant_roles(call: Call) -> Reply:
+    view = call.services.credentials.set_participant_roles(
+        call.actor, call.site_id(), call.body.texts("roles")
+    )
+    return Reply(view.to_json())
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/participants",
+        AdminAction.PARTICIPANT_LIST,
+        list_participants,
+        operation_id="listParticipants",
+        summary="List participants",
+        response="ParticipantList",
+        tag=TAG,
+    ),
+    Operation(
+        "POST",
+        "/participants",
+        AdminAction.PARTICIPANT_CREATE,
+        create_participant,
+        operation_id="createParticipant",
+        summary="Create a participant",
+        response="Participant",
+        tag=TAG,
+        status=201,
+        body=CREATE_BODY,
+        errors=(400, 409, 413, 415, 422),
+    ),
+    Operation(
+        "GET",
+        "/participants/{site_id}",
+        AdminAction.PARTICIPANT_GET,
+        get_participant,
+        operation_id="getParticipant",
+        summary="Show a participant",
+        response="Participant",
+        tag=TAG,
+        errors=(404, 422),
+        path_params=SITE_ID_PARAM,
+    ),
+    Operation(
+        "POST",
+        "/participants/{site_id}/disable",
+        AdminAction.PARTICIPANT_DISABLE,
+        disable_participant,
+        operation_id="disableParticipant",
+        summary="Disable a participant (stops all of its keys at once)",
+        response="Participant",
+        tag=TAG,
+        body=NO_BODY,
+        errors=(400, 404, 409, 413, 415, 422),
+        path_params=SITE_ID_PARAM,
+    ),
+    Operation(
+        "POST",
+        "/participants/{site_id}/enable",
+        AdminAction.PARTICIPANT_ENABLE,
+        enable_participant,
+        operation_id="enableParticipant",
+        summary="Enable a participant",
+        response="Participant",
+        tag=TAG,
+        body=NO_BODY,
+        errors=(400, 404, 409, 413, 415, 422),
+        path_params=SITE_ID_PARAM,
+    ),
+    Operation(
+        "PUT",
+        "/participants/{site_id}/roles",
+        AdminAction.PARTICIPANT_UPDATE,
+        set_participant_roles,
+        operation_id="setParticipantRoles",
+        summary="Replace the roles a participant may grant",
+        response="Participant",
+        tag=TAG,
+        body=ROLES_BODY,
+        errors=(400, 404, 409, 413, 415, 422),
+        path_params=SITE_ID_PARAM,
+    ),
+)

@@ -1,0 +1,65 @@
+"""Per-request context: the request id, and the headers every admin API response carries.
+
+The caller's ``X-Request-ID`` is kept when it is a short token of safe characters (it is written to
+logs and audit rows, so anything that could forge a log line is replaced); otherwise a new id is
+drawn from the random source the app was built with. The id is echoed in the response.
+
+Every response also gets ``Cache-Control: no-store`` (any admin response may name credentials, and
+the ones that issue them carry a secret that must never sit in a cache) and
+``X-Content-Type-Options: nosniff``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from uid2_operator.clock import RandomBytes
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+REQUEST_ID_BYTES = 16
+
+
+def request_id_source(random: RandomBytes) -> Callable[[], str]:
+    """New request ids: 128 random bits as hex."""
+
+    def new_request_id() -> str:
+        return random(REQUEST_ID_BYTES).hex()
+
+    return new_request_id
+
+
+def accepted_request_id(value: str | None) -> str | None:
+    if value is not None and _ACCEPTED_REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+class RequestContext:
+    """ASGI middleware: assigns ``scope["state"]["request_id"]`` and sets the common headers."""
+
+    def __init__(self, app: ASGIApp, *, new_request_id: Callable[[], str]) -> None:
+        self._app = app
+        self._new_request_id = new_request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        presented = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        request_id = accepted_request_id(presented) or self._new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                headers["Cache-Control"] = "no-store"
+                headers["X-Content-Type-Options"] = "nosniff"
+            await send(message)
+
+        await self._app(scope, receive, send_with_headers)
