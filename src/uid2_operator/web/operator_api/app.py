@@ -2,33 +2,202 @@
 
 The hot path of the operator does a few microseconds of cryptography per request; a framework
 router and request object would cost more than the work, so requests are dispatched here directly.
+
+Every request goes through the same pipeline, in the reference operator's order (operator-api
+§1.2), so the same error wins as there:
+
+1. CORS: any origin, pre-flight ``OPTIONS`` answered 204 (§1.7).
+2. Routing: unknown path 404, wrong method 405 (plain-text reason phrases).
+3. Body, at most 1 MiB, checked against ``Content-Length`` and again while reading, before
+   anything else is looked at: 413.
+4. API key: bearer header, the key format's shape/checksum/environment check, one lookup by key id
+   in the snapshot, a constant-time keyed-hash compare, then the key's and its participant's state
+   and the endpoint -> roles table: 401 ``{"status":"unauthorized"}`` for every failure alike.
+5. Envelope: opened with each secret the key currently accepts (newest first, so a client may
+   switch to a rotated secret during the overlap): 400 ``client_error``.
+6. Replay: the same key and nonce again while the envelope could still pass the timestamp check:
+   400 ``client_error``.
+7. The endpoint, against the snapshot taken at the start of the request.
+8. The answer sealed under the secret that opened the request, echoing its nonce, framed like the
+   request (raw bytes for ``application/octet-stream``, base64 text otherwise).
+
+``/v2/token/refresh`` skips 4-6: the refresh token is the credential; a valid API key only makes
+error answers more specific.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from uid2_operator.clock import Clock, SystemClock, system_random
+from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS, Denied
+from uid2_operator.domain.credentials import authorize_request, effective_roles, verify_api_key
+from uid2_operator.errors import (
+    BodyTooLarge,
+    CredentialMissing,
+    CredentialRejected,
+    EnvelopeDecryptionFailed,
+    MethodNotAllowed,
+    NotFound,
+    ReplayedRequest,
+    UID2Error,
+)
+from uid2_operator.services import data_plane
+from uid2_operator.services.data_plane import Caller, OptOutSink
+from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
+from uid2_operator.services.snapshot import ClientRecord, OptOutRecord, Snapshot
+from uid2_operator.web.operator_api.errors import JSON, TEXT, render
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.encoding import b64decode
+from uid2_operator.wire.envelope import (
+    DEFAULT_TIMESTAMP_WINDOW,
+    OCTET_STREAM,
+    RequestEnvelope,
+    TimestampWindow,
+    frame_response,
+    parse_request,
+    seal_response,
+)
+from uid2_operator.wire.refresh import encrypt_refresh_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
-_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+BODY_LIMIT: Final = 1 << 20
+HEALTHCHECK: Final = "/ops/healthcheck"
+REFRESH: Final = "/v2/token/refresh"
+VALIDATE: Final = "/v2/token/validate"
+_BEARER: Final = "bearer "
+_CORS_HEADERS: Final = (
+    "X-UID2-Client-Version, Access-Control-Request-Method, Access-Control-Allow-Credentials, "
+    "Access-Control-Allow-Origin, Access-Control-Allow-Headers, Content-Type"
+)
+_CORS_METHODS: Final = b"GET, POST, OPTIONS"
+_TEXT_HEADERS: Final = [(b"content-type", TEXT)]
+
+log = logging.getLogger(__name__)
 
 
-async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
+class ClientGone(Exception):
+    """The client disconnected before its body was read; nothing is answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorApiConfig:
+    """Knobs of the request pipeline (the protocol's defaults)."""
+
+    body_limit: int = BODY_LIMIT
+    window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
+    replay_cache_entries: int = DEFAULT_MAX_ENTRIES
+
+
+def _discard_optout(record: OptOutRecord) -> None:
+    """Without an opt-out store a logout is acknowledged and dropped (no store wired yet)."""
+    del record
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def create_operator_app() -> ASGIApp:
-    """Build the operator application. Only the health check exists so far."""
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = _header(scope["headers"], b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+
+def _bearer(headers: Headers) -> str | None:
+    value = _header(headers, b"authorization")
+    if value is None:
+        return None
+    value = value.strip()
+    if value[: len(_BEARER)].lower() != _BEARER:
+        return None
+    return value[len(_BEARER) :]
+
+
+def _verify_key(snapshot: Snapshot, text: str | None) -> ClientRecord:
+    """The client record whose key ``text`` is (shape, one lookup, constant-time compare)."""
+    if text is None:
+        raise CredentialMissing
+
+    def lookup(key_id: str) -> Any:
+        record = snapshot.client(key_id)
+        return None if record is None else record.key
+
+    key = verify_api_key(
+        text, environment=snapshot.identity.environment, pepper=snapshot.pepper, lookup=lookup
+    )
+    return snapshot.clients[key.key_id]
+
+
+def _authorize(snapshot: Snapshot, headers: Headers, path: str, now_ms: int) -> ClientRecord:
+    record = _verify_key(snapshot, _bearer(headers))
+    decision = authorize_request(record.key, record.participant, path, now_ms)
+    if isinstance(decision, Denied):
+        # The reason is for logs and metrics only; the caller sees the same 401 for all.
+        raise CredentialRejected(decision.reason.value)
+    return record
+
+
+class OperatorApi:
+    """The ASGI application object; one per process, holding the replay cache."""
+
+    def __init__(
+        self,
+        *,
+        snapshot_provider: Callable[[], Snapshot | None] | None = None,
+        clock: Clock | None = None,
+        random: RandomBytes = system_random,
+        record_optout: OptOutSink = _discard_optout,
+        config: OperatorApiConfig | None = None,
+    ) -> None:
+        self._settings = config or OperatorApiConfig()
+        self._now = (clock or SystemClock()).now_ms
+        self._provider = snapshot_provider or _no_snapshot
+        self._random = random
+        self._replay = ReplayCache(
+            max_past_ms=self._settings.window.max_past_ms,
+            max_entries=self._settings.replay_cache_entries,
+        )
+        self._endpoints: Mapping[str, data_plane.EndpointHandler] = data_plane.enveloped_endpoints(
+            record_optout
+        )
+        unlisted = set(self._endpoints) - set(OPERATOR_ENDPOINTS)
+        if unlisted:
+            raise AssertionError(f"routes without a roles entry: {sorted(unlisted)}")
+        self._post_routes = frozenset({*self._endpoints, REFRESH})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -39,12 +208,155 @@ def create_operator_app() -> ASGIApp:
                     return
         if scope["type"] != "http":
             return
-        if scope["path"] == "/ops/healthcheck":
-            if scope["method"] in ("GET", "HEAD"):
-                await _respond(send, 200, b"OK", _TEXT)
-            else:
-                await _respond(send, 405, b"Method Not Allowed", _TEXT)
-            return
-        await _respond(send, 404, b"Not Found", _TEXT)
+        await self._handle(scope, receive, send)
 
-    return app
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers: Headers = scope["headers"]
+        if method == "OPTIONS":
+            await _respond(send, 204, b"", _cors(headers, path, preflight=True))
+            return
+        extra = _cors(headers, path, preflight=False)
+        try:
+            status, body, response_headers = await self._dispatch(scope, receive, path, method)
+        except ClientGone:
+            return
+        except Exception as exc:  # every failure leaves through the one error table
+            if not isinstance(exc, UID2Error):
+                log.exception("operator request failed", extra={"path": path})
+            status, body, content_type = render(exc)
+            response_headers = [(b"content-type", content_type)]
+        await _respond(send, status, body, response_headers + extra)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, path: str, method: str
+    ) -> tuple[int, bytes, Headers]:
+        headers: Headers = scope["headers"]
+        if path == HEALTHCHECK:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed
+            return 200, b"OK", list(_TEXT_HEADERS)
+        if path not in self._post_routes:
+            raise NotFound
+        if method != "POST":
+            raise MethodNotAllowed
+        body = await _read_body(scope, receive, self._settings.body_limit)
+        snapshot = self._provider()
+        if snapshot is None:
+            return 503, b"Service Unavailable", list(_TEXT_HEADERS)
+        now_ms = self._now()
+        if path == REFRESH:
+            return self._refresh(snapshot, headers, body, now_ms)
+        return self._enveloped(snapshot, path, headers, body, now_ms)
+
+    def _enveloped(
+        self, snapshot: Snapshot, path: str, headers: Headers, body: bytes, now_ms: int
+    ) -> tuple[int, bytes, Headers]:
+        record = _authorize(snapshot, headers, path, now_ms)
+        octet = (_header(headers, b"content-type") or "").lower() == OCTET_STREAM
+        envelope, secret = self._open(snapshot, record, body, octet, now_ms)
+        if not self._replay.first_use(
+            record.key.key_id, envelope.nonce, envelope.timestamp_ms, now_ms
+        ):
+            raise ReplayedRequest
+        caller = Caller(
+            key_id=record.key.key_id,
+            site_id=record.key.site_id,
+            roles=effective_roles(record.key, record.participant),
+        )
+        reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
+        sealed = seal_response(
+            reply.to_json(), secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
+        )
+        out, content_type = frame_response(sealed, envelope.binary)
+        response_headers = [(b"content-type", content_type.encode())]
+        trace = _header(headers, b"x-amzn-trace-id")
+        if trace is not None:
+            response_headers.append((b"x-amzn-trace-id", trace.encode("latin-1")))
+        return 200, out, response_headers
+
+    def _open(
+        self, snapshot: Snapshot, record: ClientRecord, body: bytes, octet: bool, now_ms: int
+    ) -> tuple[RequestEnvelope, bytes]:
+        """Open the envelope with each accepted secret, newest first."""
+        failure: EnvelopeDecryptionFailed | None = None
+        for secret in record.accepted_secrets(now_ms):
+            try:
+                envelope = parse_request(
+                    body,
+                    octet_stream=octet,
+                    secret=secret,
+                    now_ms=now_ms,
+                    window=self._settings.window,
+                    scope=snapshot.identity.scope,
+                )
+            except EnvelopeDecryptionFailed as exc:
+                failure = exc
+                continue
+            return envelope, secret
+        if failure is None:
+            raise CredentialRejected("no live client secret")
+        raise failure
+
+    def _refresh(
+        self, snapshot: Snapshot, headers: Headers, body: bytes, now_ms: int
+    ) -> tuple[int, bytes, Headers]:
+        try:
+            _verify_key(snapshot, _bearer(headers))
+            authenticated = True
+        except UID2Error:
+            authenticated = False
+        outcome = data_plane.refresh(
+            snapshot, body, authenticated=authenticated, now_ms=now_ms, random=self._random
+        )
+        if outcome.response_key is None:
+            return 200, outcome.reply.to_json(), [(b"content-type", JSON)]
+        text = encrypt_refresh_response(
+            outcome.response_key, outcome.reply.to_mapping(), self._random
+        )
+        if (_header(headers, b"content-type") or "").lower() == OCTET_STREAM:
+            return 200, b64decode(text), [(b"content-type", OCTET_STREAM.encode())]
+        return 200, text.encode("ascii"), [(b"content-type", b"text/plain")]
+
+
+def _no_snapshot() -> Snapshot | None:
+    return None
+
+
+def _cors(headers: Headers, path: str, *, preflight: bool) -> Headers:
+    """Any origin is echoed; credentials are not allowed; pre-flight lists methods and headers."""
+    origin = _header(headers, b"origin")
+    if origin is None:
+        return []
+    out = [(b"access-control-allow-origin", origin.encode("latin-1"))]
+    if preflight:
+        allowed = _CORS_HEADERS + (", Authorization" if path == VALIDATE else "")
+        out += [
+            (b"access-control-allow-methods", _CORS_METHODS),
+            (b"access-control-allow-headers", allowed.encode()),
+        ]
+    return out
+
+
+def create_operator_app(
+    *,
+    snapshot_provider: Callable[[], Snapshot | None] | None = None,
+    clock: Clock | None = None,
+    random: RandomBytes = system_random,
+    record_optout: OptOutSink = _discard_optout,
+    config: OperatorApiConfig | None = None,
+) -> ASGIApp:
+    """Build the operator application.
+
+    ``snapshot_provider`` is called once per request and returns the current snapshot (whoever
+    keeps it fresh swaps what it returns); with none, or while it returns None, every API route
+    answers 503 and only the health check works.
+    """
+    return OperatorApi(
+        snapshot_provider=snapshot_provider,
+        clock=clock,
+        random=random,
+        record_optout=record_optout,
+        config=config,
+    )

@@ -1,0 +1,629 @@
+"""The operator's endpoints as functions of a snapshot, an opened request and the time.
+
+Each function takes the ``Snapshot`` the request started with, the caller (already authenticated
+and authorised for the endpoint), the decrypted JSON payload (``None`` when the envelope carried
+none) and ``now_ms``, and returns a ``Reply`` (what goes into the sealed 200 response) or raises a
+``UID2Error`` that the web edge's one error table turns into a status and body. Nothing here reads
+the clock, the network or the database, so every outcome is reproducible in a test.
+
+Messages, statuses and field types follow the reference operator (operator-api §6, sdk-compat §2,
+§6); the deliberate differences are documented where they occur.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from uid2_operator.domain.roles import ClientRole
+from uid2_operator.errors import (
+    ExpiredTokenPresented,
+    IdentityInputError,
+    InvalidClientSite,
+    InvalidIdentifier,
+    InvalidRequest,
+    InvalidTokenPresented,
+    MissingIdentity,
+    RefreshFailed,
+    TokenError,
+    UID2Error,
+)
+from uid2_operator.services.snapshot import (
+    ALLOW_CLOCK_SKEW_SECONDS,
+    OLDEST_REFRESHABLE_ESTABLISHED_MS,
+    OPTOUT_STATUS_MAX_REQUEST_SIZE,
+    TOKEN_LIFETIME_TOLERANCE_SECONDS,
+    Keyset,
+    OptOutRecord,
+    Snapshot,
+)
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.encoding import b64encode, dumps
+from uid2_operator.wire.identity import InputKind, identity_from_request, input_kinds
+from uid2_operator.wire.keys import (
+    MASTER_KEYSET_ID,
+    MASTER_KEYSET_ID_IN_KEY_JSON,
+    MAX_RESERVED_SITE_ID,
+    REFRESH_KEYSET_ID,
+    SERVER_GENERATED_PRIVACY_BITS,
+    EncryptionKey,
+)
+from uid2_operator.wire.raw_uid import (
+    SaltBucket,
+    bucket_id,
+    current_raw_uid,
+    previous_raw_uid,
+    refresh_from_seconds,
+)
+from uid2_operator.wire.refresh import (
+    ENVELOPE_LENGTH,
+    IdentityResponseBody,
+    issue_identity,
+    unwrap_refresh_envelope,
+)
+from uid2_operator.wire.scope import IdentityType
+from uid2_operator.wire.tokens import decode_advertising_token, decode_refresh_token
+
+JsonObject = dict[str, Any]
+OptOutSink = Callable[[OptOutRecord], None]
+"""Where ``/v2/token/logout`` records an opt-out (the opt-out store; in memory for now)."""
+
+MISSING_ANY_IDENTITY: Final = (
+    "Required Parameter Missing: one or more of [email, email_hash, phone, phone_hash] "
+    "must be specified"
+)
+INCORRECT_FORMAT: Final = "Incorrect request format"
+INVALID_IDENTIFIER: Final = "invalid identifier"
+OPTOUT: Final = "optout"
+_ISO_LOCAL = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?", re.ASCII
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent an authenticated request: the key's public id, its site, its effective roles."""
+
+    key_id: str
+    site_id: int
+    roles: frozenset[ClientRole]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A 200 outcome: ``{"status": status}`` plus ``body`` when the status is success."""
+
+    status: str
+    body: Any = None
+
+    def to_mapping(self) -> JsonObject:
+        if self.status == "success":
+            return {"status": "success", "body": self.body}
+        return {"status": self.status}
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_mapping())
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReply:
+    """A refresh outcome and the key to encrypt it with (``None``: a legacy, plain answer)."""
+
+    reply: Reply
+    response_key: bytes | None
+
+
+SUCCESS_OPTOUT: Final = Reply(OPTOUT)
+
+
+# ----------------------------------------------------------------------------------- identity
+
+
+def _flh(snapshot: Snapshot, digest: bytes) -> bytes:
+    return snapshot.salts.first_level_hash(digest)
+
+
+def _bucket(snapshot: Snapshot, flh: bytes) -> SaltBucket:
+    return snapshot.salts.bucket(snapshot.salts.index_of(flh))
+
+
+def _current_uid(snapshot: Snapshot, bucket: SaltBucket, flh: bytes, kind: IdentityType) -> bytes:
+    ident = snapshot.identity
+    return current_raw_uid(
+        bucket,
+        flh,
+        scope=ident.scope,
+        kind=kind,
+        environment=ident.identity_environment,
+        identity_v3=ident.identity_v3,
+    )
+
+
+def _issue(
+    snapshot: Snapshot,
+    *,
+    now_ms: int,
+    kind: IdentityType,
+    flh: bytes,
+    site_id: int,
+    privacy_bits: int,
+    established_ms: int,
+    random: RandomBytes,
+) -> IdentityResponseBody:
+    """Token generation (operator-api §5.9) for an identity already checked against opt-outs."""
+    master = snapshot.master_key(now_ms)
+    site = snapshot.site_key(site_id, now_ms)
+    refresh = snapshot.refresh_key(now_ms)
+    raw_uid = _current_uid(snapshot, _bucket(snapshot, flh), flh, kind)
+    life = snapshot.lifetimes
+    return issue_identity(
+        now_ms=now_ms,
+        identity_lifetime_s=life.identity_token_s,
+        refresh_lifetime_s=life.refresh_token_s,
+        refresh_after_s=life.refresh_identity_after_s,
+        master_key=master,
+        site_key=site,
+        refresh_key=refresh,
+        site_id=site_id,
+        privacy_bits=privacy_bits,
+        established_ms=established_ms,
+        raw_uid=raw_uid,
+        first_level_hash=flh,
+        scope=snapshot.identity.scope,
+        identity_type=kind,
+        random=random,
+    )
+
+
+# ----------------------------------------------------------------------------------- tokens
+
+
+def generate(
+    snapshot: Snapshot,
+    caller: Caller,
+    payload: JsonObject | None,
+    now_ms: int,
+    random: RandomBytes,
+) -> Reply:
+    """``/v2/token/generate``. Legacy ``policy`` / ``optout_check`` fields are ignored."""
+    identity = identity_from_request(payload or {}, phone_support=snapshot.identity.phone_support)
+    flh = _flh(snapshot, identity.digest)
+    if snapshot.optouts.opted_out(identity.kind, flh):
+        return SUCCESS_OPTOUT
+    body = _issue(
+        snapshot,
+        now_ms=now_ms,
+        kind=identity.kind,
+        flh=flh,
+        site_id=caller.site_id,
+        privacy_bits=SERVER_GENERATED_PRIVACY_BITS,
+        established_ms=now_ms,
+        random=random,
+    )
+    return Reply("success", body)
+
+
+def refresh(
+    snapshot: Snapshot,
+    body: bytes,
+    *,
+    authenticated: bool,
+    now_ms: int,
+    random: RandomBytes,
+) -> RefreshReply:
+    """``/v2/token/refresh``: a 388-character envelope, or (legacy) a bare inner refresh token.
+
+    Both the envelope and the inner token must be sealed with a refresh key (keyset -2); the
+    reference accepts any key id, which would let a holder of a shared site key forge refresh
+    tokens. Failures of the inner token are ``invalid_token`` / ``expired_token`` for a caller
+    that sent a valid API key and a bare ``error`` for anyone else, as in the reference.
+    """
+    lookup = snapshot.lookup_in(REFRESH_KEYSET_ID)
+    invalid: UID2Error = InvalidTokenPresented() if authenticated else RefreshFailed()
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise invalid from None
+    response_key: bytes | None = None
+    inner = text
+    if len(text) == ENVELOPE_LENGTH:
+        response_key, inner = unwrap_refresh_envelope(text, lookup)
+    try:
+        token = decode_refresh_token(inner, key_lookup=lookup)
+    except TokenError:
+        raise invalid from None
+    if token.scope is not snapshot.identity.scope:
+        raise invalid
+    if token.established_ms < OLDEST_REFRESHABLE_ESTABLISHED_MS:
+        return RefreshReply(SUCCESS_OPTOUT, response_key)
+    if token.expires_ms < now_ms:
+        raise ExpiredTokenPresented() if authenticated else RefreshFailed()
+    flh = token.first_level_hash
+    if snapshot.optouts.opted_out_at_refresh(token.identity_type, flh):
+        return RefreshReply(SUCCESS_OPTOUT, response_key)
+    issued = _issue(
+        snapshot,
+        now_ms=now_ms,
+        kind=token.identity_type,
+        flh=flh,
+        site_id=token.site_id,
+        privacy_bits=token.privacy_bits,
+        established_ms=token.established_ms,
+        random=random,
+    )
+    return RefreshReply(Reply("success", issued), response_key)
+
+
+def validate(snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now_ms: int) -> Reply:
+    """``/v2/token/validate``: does the token carry this identity's current raw UID?
+
+    Only tokens whose site key belongs to one of the caller's own keysets may be checked.
+    """
+    payload = payload or {}
+    identity = identity_from_request(payload, phone_support=snapshot.identity.phone_support)
+    text = payload.get("token")
+    if not isinstance(text, str):
+        raise InvalidRequest("Invalid token")
+    try:
+        token = decode_advertising_token(
+            text,
+            master_key=snapshot.lookup_in(MASTER_KEYSET_ID),
+            site_key=snapshot.site_key_lookup,
+        )
+    except TokenError:
+        raise InvalidRequest("Invalid token") from None
+    site_key = snapshot.keys_by_id[token.site_key_id]
+    keyset = snapshot.keysets.get(site_key.keyset_id)
+    if keyset is None or keyset.site_id != caller.site_id:
+        raise InvalidRequest("Unauthorised to validate token")
+    flh = _flh(snapshot, identity.digest)
+    expected = _current_uid(snapshot, _bucket(snapshot, flh), flh, identity.kind)
+    return Reply("success", expected == token.raw_uid)
+
+
+def logout(
+    snapshot: Snapshot,
+    caller: Caller,
+    payload: JsonObject | None,
+    now_ms: int,
+    record: OptOutSink,
+) -> Reply:
+    """``/v2/token/logout`` (OPTOUT role): record an opt-out for the identity.
+
+    Bad input is answered ``invalid_token`` as in the reference, but without echoing the input:
+    it is personal data and would end up in logs.
+    """
+    try:
+        identity = identity_from_request(
+            payload or {}, phone_support=snapshot.identity.phone_support
+        )
+    except IdentityInputError:
+        raise InvalidTokenPresented from None
+    flh = _flh(snapshot, identity.digest)
+    raw_uid = _current_uid(snapshot, _bucket(snapshot, flh), flh, identity.kind)
+    record(OptOutRecord(flh, b64encode(raw_uid), now_ms))
+    return Reply("success", {"optout": "OK"})
+
+
+# ----------------------------------------------------------------------------------- maps
+
+
+def _scalar_text(value: object) -> str | None:
+    """A JSON scalar as the reference's lenient string read gives it; None for null/containers."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def _map_one(
+    snapshot: Snapshot, kind: InputKind, value: str, now_ms: int
+) -> tuple[bytes, SaltBucket, IdentityType] | str:
+    """``(flh, bucket, type)`` for a mappable identity, else the unmapped reason."""
+    try:
+        digest = kind.digest(value)
+    except InvalidIdentifier:
+        return INVALID_IDENTIFIER
+    flh = _flh(snapshot, digest)
+    identity_type = kind.identity_type
+    if snapshot.optouts.opted_out(identity_type, flh):
+        return OPTOUT
+    return flh, _bucket(snapshot, flh), identity_type
+
+
+def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
+    """``/v2/identity/map`` (deprecated): exactly one non-empty array of one input kind.
+
+    A ``null`` element is refused with 400 (the reference fails with 500).
+    """
+    payload = payload or {}
+    present: list[tuple[InputKind, list[Any]]] = []
+    for kind in input_kinds(phone_support=snapshot.identity.phone_support):
+        value = payload.get(kind.value)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise InvalidRequest(f"{kind.value} must be an array")
+        present.append((kind, value))
+    if not present:
+        raise MissingIdentity
+    non_empty = [(kind, values) for kind, values in present if values]
+    if len(non_empty) > 1:
+        raise MissingIdentity
+    mapped: list[JsonObject] = []
+    unmapped: list[JsonObject] = []
+    for kind, values in non_empty:
+        for value in values:
+            text = _scalar_text(value)
+            if text is None:
+                raise InvalidRequest
+            outcome = _map_one(snapshot, kind, text, now_ms)
+            if isinstance(outcome, str):
+                unmapped.append({"identifier": text, "reason": outcome})
+                continue
+            flh, bucket, identity_type = outcome
+            mapped.append(
+                {
+                    "identifier": text,
+                    "advertising_id": b64encode(_current_uid(snapshot, bucket, flh, identity_type)),
+                    "bucket_id": bucket_id(
+                        bucket.index,
+                        id_prefix=snapshot.salts.id_prefix,
+                        id_secret=snapshot.salts.id_secret,
+                    ),
+                }
+            )
+    body: JsonObject = {"mapped": mapped}
+    if unmapped:
+        body["unmapped"] = unmapped
+    return Reply("success", body)
+
+
+def map_v3(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
+    """``/v3/identity/map``: any of the four arrays, strictly typed; output aligned with input.
+
+    Unknown fields, non-array values and ``null`` or container elements are refused with
+    ``Incorrect request format``; other scalars are read as text (and then fail as invalid).
+    """
+    if not payload:
+        raise InvalidRequest(MISSING_ANY_IDENTITY)
+    kinds = {kind.value: kind for kind in input_kinds(phone_support=True)}
+    if any(name not in kinds for name in payload):
+        raise InvalidRequest(INCORRECT_FORMAT)
+    phone_support = snapshot.identity.phone_support
+    body: JsonObject = {}
+    for name, kind in kinds.items():
+        values = payload.get(name)
+        if values is None:
+            values = []
+        if not isinstance(values, list):
+            raise InvalidRequest(INCORRECT_FORMAT)
+        texts = [_scalar_text(v) for v in values]
+        if any(t is None for t in texts):
+            raise InvalidRequest(INCORRECT_FORMAT)
+        usable = phone_support or kind.identity_type is IdentityType.EMAIL
+        body[name] = [
+            _map_v3_entry(snapshot, kind, t, now_ms) if usable else {"e": INVALID_IDENTIFIER}
+            for t in texts
+            if t is not None
+        ]
+    return Reply("success", body)
+
+
+def _map_v3_entry(snapshot: Snapshot, kind: InputKind, value: str, now_ms: int) -> JsonObject:
+    outcome = _map_one(snapshot, kind, value, now_ms)
+    if isinstance(outcome, str):
+        return {"e": outcome}
+    flh, bucket, identity_type = outcome
+    ident = snapshot.identity
+    previous = previous_raw_uid(
+        bucket,
+        flh,
+        now_ms=now_ms,
+        scope=ident.scope,
+        kind=identity_type,
+        environment=ident.identity_environment,
+        identity_v3=ident.identity_v3,
+    )
+    return {
+        "u": b64encode(_current_uid(snapshot, bucket, flh, identity_type)),
+        "p": None if previous is None else b64encode(previous),
+        "r": refresh_from_seconds(bucket, now_ms),
+    }
+
+
+def _parse_local_datetime_ms(text: str) -> int | None:
+    """An ISO-8601 local date-time (``YYYY-MM-DDThh:mm[:ss[.f…]]``) read as UTC, in epoch ms."""
+    match = _ISO_LOCAL.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC
+        )
+    except ValueError:
+        return None
+    millis = int((fraction or "0").ljust(3, "0")[:3])
+    return int(moment.timestamp()) * 1000 + millis
+
+
+def _format_ms(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}"
+
+
+def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
+    """``/v2/identity/buckets``: buckets whose salt changed at or after ``since_timestamp``."""
+    raw = (payload or {}).get("since_timestamp")
+    if raw is None:
+        raise InvalidRequest("missing parameter since_timestamp")
+    text = _scalar_text(raw)
+    since = None if text is None else _parse_local_datetime_ms(text)
+    if since is None:
+        raise InvalidRequest("invalid date, must conform to ISO 8601")
+    salts = snapshot.salts
+    return Reply(
+        "success",
+        [
+            {
+                "bucket_id": bucket_id(index, id_prefix=salts.id_prefix, id_secret=salts.id_secret),
+                "last_updated": _format_ms(updated),
+            }
+            for index, updated in salts.updated_since(since)
+        ],
+    )
+
+
+def optout_status(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
+    """``/v2/optout/status``: which of these raw UIDs are opted out, and since when (ms)."""
+    if payload is None:
+        raise InvalidRequest("Invalid request body")
+    ids = payload.get("advertising_ids")
+    if ids is None:
+        raise InvalidRequest("Required Parameter Missing: advertising_ids")
+    if not isinstance(ids, list):
+        raise InvalidRequest
+    if len(ids) > OPTOUT_STATUS_MAX_REQUEST_SIZE:
+        raise InvalidRequest("Request payload is too large")
+    index = snapshot.optouts.by_advertising_id
+    opted: list[JsonObject] = []
+    for value in ids:
+        since = index.get(value) if isinstance(value, str) and value else None
+        if since is not None:
+            opted.append({"advertising_id": value, "opted_out_since": since // 1000 * 1000})
+    return Reply("success", {"opted_out": opted})
+
+
+# ----------------------------------------------------------------------------------- keys
+
+
+def _check_caller_site(caller: Caller) -> None:
+    if caller.site_id <= MAX_RESERVED_SITE_ID:
+        raise InvalidClientSite(f"Unexpected client site id {caller.site_id}")
+
+
+def _key_json(key: EncryptionKey) -> JsonObject:
+    return {
+        "id": key.id,
+        "created": key.created,
+        "activates": key.activates,
+        "expires": key.expires,
+        "secret": b64encode(key.secret),
+    }
+
+
+def _published(snapshot: Snapshot, caller: Caller) -> list[tuple[EncryptionKey, Keyset]]:
+    """Visible keys ordered so that every keyset's keys ascend by activation (SDKs bisect)."""
+    keys = snapshot.visible_keys(caller.site_id, caller.roles)
+    keys.sort(key=lambda pair: (pair[0].activates, pair[0].id))
+    return keys
+
+
+def key_latest(snapshot: Snapshot, caller: Caller) -> Reply:
+    """``/v2/key/latest`` (legacy): every visible key with its owning site, by id."""
+    _check_caller_site(caller)
+    keys = sorted(snapshot.visible_keys(caller.site_id, caller.roles), key=lambda p: p[0].id)
+    return Reply("success", [{**_key_json(k), "site_id": ks.site_id} for k, ks in keys])
+
+
+def key_sharing(snapshot: Snapshot, caller: Caller) -> Reply:
+    """``/v2/key/sharing``: keys plus what an SDK needs to encrypt as the caller."""
+    _check_caller_site(caller)
+    life = snapshot.lifetimes
+    body: JsonObject = {
+        "caller_site_id": caller.site_id,
+        "master_keyset_id": MASTER_KEYSET_ID_IN_KEY_JSON,
+    }
+    default = snapshot.default_keysets.get(caller.site_id)
+    if default is not None:
+        body["default_keyset_id"] = default
+    body["token_expiry_seconds"] = str(life.sharing_token_expiry_s)
+    if ClientRole.SHARER in caller.roles:
+        max_sharing = life.max_sharing_lifetime_s or life.sharing_token_expiry_s
+        body["max_sharing_lifetime_seconds"] = max_sharing + TOKEN_LIFETIME_TOLERANCE_SECONDS
+    body["identity_scope"] = snapshot.identity.scope.name
+    body["allow_clock_skew_seconds"] = ALLOW_CLOCK_SKEW_SECONDS
+    keys: list[JsonObject] = []
+    for key, keyset in _published(snapshot, caller):
+        entry = _key_json(key)
+        if keyset.keyset_id == MASTER_KEYSET_ID:
+            entry["keyset_id"] = MASTER_KEYSET_ID_IN_KEY_JSON
+        elif keyset.site_id == caller.site_id:
+            entry["keyset_id"] = keyset.keyset_id
+        keys.append(entry)
+    body["keys"] = keys
+    return Reply("success", body)
+
+
+def key_bidstream(snapshot: Snapshot, caller: Caller) -> Reply:
+    """``/v2/key/bidstream``: keys and the lifetime cap a DSP checks tokens against."""
+    _check_caller_site(caller)
+    life = snapshot.lifetimes
+    max_bidstream = life.max_bidstream_lifetime_s or life.identity_token_s
+    return Reply(
+        "success",
+        {
+            "max_bidstream_lifetime_seconds": max_bidstream + TOKEN_LIFETIME_TOLERANCE_SECONDS,
+            "identity_scope": snapshot.identity.scope.name,
+            "allow_clock_skew_seconds": ALLOW_CLOCK_SKEW_SECONDS,
+            "keys": [_key_json(key) for key, _ in _published(snapshot, caller)],
+        },
+    )
+
+
+EndpointHandler = Callable[[Snapshot, Caller, "JsonObject | None", int, RandomBytes], Reply]
+
+
+def _ignore_random(
+    fn: Callable[[Snapshot, JsonObject | None, int], Reply],
+) -> EndpointHandler:
+    def handler(
+        snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
+    ) -> Reply:
+        return fn(snapshot, payload, now)
+
+    return handler
+
+
+def _keys_only(fn: Callable[[Snapshot, Caller], Reply]) -> EndpointHandler:
+    def handler(
+        snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
+    ) -> Reply:
+        return fn(snapshot, caller)
+
+    return handler
+
+
+def _validate(
+    snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
+) -> Reply:
+    return validate(snapshot, caller, payload, now)
+
+
+def enveloped_endpoints(record_optout: OptOutSink) -> Mapping[str, EndpointHandler]:
+    """Every API-key endpoint, by path, in one uniform signature for the web edge."""
+
+    def _logout(
+        snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
+    ) -> Reply:
+        return logout(snapshot, caller, payload, now, record_optout)
+
+    return {
+        "/v2/token/generate": generate,
+        "/v2/token/validate": _validate,
+        "/v2/token/logout": _logout,
+        "/v2/identity/map": _ignore_random(map_v2),
+        "/v3/identity/map": _ignore_random(map_v3),
+        "/v2/identity/buckets": _ignore_random(buckets),
+        "/v2/optout/status": _ignore_random(optout_status),
+        "/v2/key/latest": _keys_only(key_latest),
+        "/v2/key/sharing": _keys_only(key_sharing),
+        "/v2/key/bidstream": _keys_only(key_bidstream),
+    }

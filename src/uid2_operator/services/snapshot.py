@@ -1,0 +1,503 @@
+"""The operator's view of the world: one immutable, in-memory snapshot per generation of the store.
+
+Every request is answered from a ``Snapshot`` and nothing else: credentials (with their client
+secrets already opened), participants, keysets and encryption keys, salt buckets, opt-outs and the
+token lifetimes. A snapshot is built by ``build_snapshot`` from plain records (whoever loads them:
+the store poller, a test fixture) and never changes afterwards, so a request that picked one up at
+its start sees a consistent world until it ends, and replacing the whole object is the only way
+anything changes (an atomic reference swap, no locks on the hot path).
+
+Salts are the bulk of the data (the reference uses 2^20 buckets). They are held as a few flat
+buffers rather than one Python object per bucket: fixed-width salt strings packed into one
+``bytes`` blob each for current and previous salts, and ``array('q')`` columns for the
+timestamps. A million buckets of 44-character salts cost about 120 MB this way instead of several
+hundred MB as dicts of strings.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+from uid2_operator.domain.credentials import ApiKey
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.participants import Participant
+from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.sealing import ClientSecret
+from uid2_operator.errors import NoActiveKey, SaltError
+from uid2_operator.wire.identity import hash_identity, normalize_email
+from uid2_operator.wire.keys import (
+    FALLBACK_PUBLISHER_SITE_ID,
+    MASTER_KEYSET_ID,
+    REFRESH_KEYSET_ID,
+    EncryptionKey,
+    active_key,
+)
+from uid2_operator.wire.raw_uid import (
+    IdentityEnvironment,
+    SaltBucket,
+    bucket_index,
+    first_level_hash,
+)
+from uid2_operator.wire.scope import IdentityScope, IdentityType
+
+ALLOW_CLOCK_SKEW_SECONDS: Final = 1800
+TOKEN_LIFETIME_TOLERANCE_SECONDS: Final = 10
+"""Added to the published maximum token lifetimes, as the reference operator does."""
+OPTOUT_STATUS_MAX_REQUEST_SIZE: Final = 5000
+OLDEST_REFRESHABLE_ESTABLISHED_MS: Final = 1_615_222_800_000
+"""2021-03-08T17:00:00Z: identities established earlier are answered as opted out on refresh."""
+
+# Built-in test identities (operator-api §7.3), matched on type + first-level hash.
+ALWAYS_OPTED_OUT_EMAIL: Final = "optout@example.com"
+ALWAYS_OPTED_OUT_PHONE: Final = "+00000000000"
+REFRESH_OPTED_OUT_EMAIL: Final = "refresh-optout@example.com"
+REFRESH_OPTED_OUT_PHONE: Final = "+00000000002"
+NEVER_OPTED_OUT_EMAIL: Final = "validate@example.com"
+NEVER_OPTED_OUT_PHONE: Final = "+12345678901"
+_ALL_ZERO_FLH: Final = bytes(32)
+_ALL_ONES_FLH: Final = b"\xff" * 32
+
+
+# ----------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSecret:
+    """A client secret in the clear, held only in memory, and when it stops being accepted."""
+
+    secret_id: int
+    secret: ClientSecret
+    retires_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """An API key as the operator needs it: the record, its participant, its opened secrets."""
+
+    key: ApiKey
+    participant: Participant
+    secrets: tuple[LiveSecret, ...]
+
+    def accepted_secrets(self, now_ms: int) -> list[bytes]:
+        """Secrets a request may be sealed with now, newest first (rotation overlap)."""
+        live = [s for s in self.secrets if s.retires_at_ms is None or s.retires_at_ms > now_ms]
+        live.sort(key=lambda s: s.secret_id, reverse=True)
+        return [s.secret.raw for s in live]
+
+
+class SharingMode(StrEnum):
+    """Who besides the owning site may decrypt with a keyset's keys (operator-api §6.15).
+
+    ``BIDDERS`` is the reference's ``allowed_sites: null``: every ID_READER (DSP) caller may, no
+    other SHARER. ``LIST`` names the sites. ``OWNER_ONLY`` is an empty list.
+    """
+
+    OWNER_ONLY = "owner_only"
+    BIDDERS = "bidders"
+    LIST = "list"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyset:
+    keyset_id: int
+    site_id: int
+    enabled: bool = True
+    default: bool = True
+    sharing: SharingMode = SharingMode.BIDDERS
+    allowed_sites: frozenset[int] = frozenset()
+
+    def visible_to(self, site_id: int, roles: frozenset[ClientRole]) -> bool:
+        """The access rule of key/latest, key/sharing and key/bidstream (refresh keyset aside)."""
+        if self.keyset_id == MASTER_KEYSET_ID:
+            return True
+        if not self.enabled:
+            return False
+        if self.site_id == site_id:
+            return True
+        if self.sharing is SharingMode.BIDDERS:
+            return ClientRole.ID_READER in roles
+        return self.sharing is SharingMode.LIST and site_id in self.allowed_sites
+
+
+@dataclass(frozen=True, slots=True)
+class SaltRecord:
+    """One salt bucket as loaded; ``index`` is its line position and its public id."""
+
+    index: int
+    last_updated_ms: int
+    refresh_from_ms: int
+    current_salt: str
+    previous_salt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutRecord:
+    """An opt-out: the first-level hash, the raw UID it had then (base64), and when (ms)."""
+
+    first_level_hash: bytes = field(repr=False)
+    advertising_id: str = field(repr=False)
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """Token lifetimes in seconds (operator-api §5.8)."""
+
+    identity_token_s: int = 259_200
+    refresh_token_s: int = 2_592_000
+    refresh_identity_after_s: int = 3_600
+    sharing_token_expiry_s: int = 2_592_000
+    max_bidstream_lifetime_s: int | None = None
+    max_sharing_lifetime_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 < self.refresh_identity_after_s <= self.identity_token_s <= self.refresh_token_s):
+            raise ValueError("lifetimes must satisfy refresh-after <= identity <= refresh")
+
+
+# ----------------------------------------------------------------------------------- salts
+
+
+class SaltTable:
+    """Salt buckets in flat, fixed-width columns.
+
+    ``salt_width`` is the length of every salt string (ASCII); a bucket without a previous salt
+    has a zero flag in ``_has_previous``.
+    """
+
+    __slots__ = (
+        "_current",
+        "_has_previous",
+        "_last_updated",
+        "_previous",
+        "_refresh_from",
+        "bucket_count",
+        "first_level_salt",
+        "id_prefix",
+        "id_secret",
+        "salt_width",
+    )
+
+    def __init__(
+        self,
+        *,
+        first_level_salt: str,
+        id_prefix: str,
+        id_secret: str,
+        salt_width: int,
+        current: bytes,
+        previous: bytes,
+        has_previous: bytes,
+        last_updated: array[int],
+        refresh_from: array[int],
+    ) -> None:
+        count = len(last_updated)
+        if count == 0:
+            raise SaltError("Salt file has no buckets")
+        if not (
+            len(current) == len(previous) == count * salt_width
+            and len(has_previous) == len(refresh_from) == count
+        ):
+            raise SaltError("Salt columns disagree in length")
+        self.first_level_salt = first_level_salt
+        self.id_prefix = id_prefix
+        self.id_secret = id_secret
+        self.salt_width = salt_width
+        self.bucket_count = count
+        self._current = current
+        self._previous = previous
+        self._has_previous = has_previous
+        self._last_updated = last_updated
+        self._refresh_from = refresh_from
+
+    @classmethod
+    def build(
+        cls,
+        records: Iterable[SaltRecord],
+        *,
+        first_level_salt: str,
+        id_prefix: str = "",
+        id_secret: str = "",
+    ) -> SaltTable:
+        """Pack records (indices 0..n-1, each once, equal-width ASCII salts) into columns."""
+        ordered = sorted(records, key=lambda r: r.index)
+        if not ordered:
+            raise SaltError("Salt file has no buckets")
+        width = len(ordered[0].current_salt)
+        current, previous = bytearray(), bytearray()
+        has_previous = bytearray(len(ordered))
+        last_updated, refresh_from = array("q"), array("q")
+        for position, record in enumerate(ordered):
+            if record.index != position:
+                raise SaltError("Salt bucket indices must be 0..n-1, each once")
+            current += _salt_bytes(record.current_salt, width)
+            if record.previous_salt is None:
+                previous += bytes(width)
+            else:
+                previous += _salt_bytes(record.previous_salt, width)
+                has_previous[position] = 1
+            last_updated.append(record.last_updated_ms)
+            refresh_from.append(record.refresh_from_ms)
+        return cls(
+            first_level_salt=first_level_salt,
+            id_prefix=id_prefix,
+            id_secret=id_secret,
+            salt_width=width,
+            current=bytes(current),
+            previous=bytes(previous),
+            has_previous=bytes(has_previous),
+            last_updated=last_updated,
+            refresh_from=refresh_from,
+        )
+
+    def first_level_hash(self, identity_hash: bytes) -> bytes:
+        return first_level_hash(identity_hash, self.first_level_salt)
+
+    def index_of(self, flh: bytes) -> int:
+        return bucket_index(flh, self.bucket_count)
+
+    def bucket(self, index: int) -> SaltBucket:
+        """The bucket at ``index`` as the wire layer's value (made on demand, not stored)."""
+        start, end = index * self.salt_width, (index + 1) * self.salt_width
+        previous = self._previous[start:end].decode("ascii") if self._has_previous[index] else None
+        return SaltBucket(
+            index=index,
+            last_updated_ms=self._last_updated[index],
+            current_salt=self._current[start:end].decode("ascii"),
+            refresh_from_ms=self._refresh_from[index],
+            previous_salt=previous,
+        )
+
+    def updated_since(self, since_ms: int) -> list[tuple[int, int]]:
+        """``(index, last_updated_ms)`` of every bucket updated at or after ``since_ms``."""
+        return [(i, ts) for i, ts in enumerate(self._last_updated) if ts >= since_ms]
+
+
+def _salt_bytes(salt: str, width: int) -> bytes:
+    try:
+        data = salt.encode("ascii")
+    except UnicodeEncodeError:
+        raise SaltError("Salts must be ASCII") from None
+    if len(data) != width:
+        raise SaltError("Salts must all have the same length")
+    return data
+
+
+# ----------------------------------------------------------------------------------- opt-outs
+
+
+@dataclass(frozen=True, slots=True)
+class OptOuts:
+    """Opt-outs by first-level hash (for tokens and maps) and by raw UID (for optout/status)."""
+
+    by_flh: Mapping[bytes, int]
+    by_advertising_id: Mapping[str, int]
+    always: frozenset[tuple[IdentityType, bytes]]
+    at_refresh: frozenset[tuple[IdentityType, bytes]]
+    never: frozenset[tuple[IdentityType, bytes]]
+
+    def opted_out(self, kind: IdentityType, flh: bytes) -> bool:
+        """Token generate and identity map: any record, or a built-in opted-out identity."""
+        if (kind, flh) in self.never or flh == _ALL_ONES_FLH:
+            return False
+        return flh in self.by_flh or (kind, flh) in self.always or flh == _ALL_ZERO_FLH
+
+    def opted_out_at_refresh(self, kind: IdentityType, flh: bytes) -> bool:
+        return (kind, flh) in self.at_refresh or self.opted_out(kind, flh)
+
+
+def _test_identity(salts: SaltTable, kind: IdentityType, text: str) -> tuple[IdentityType, bytes]:
+    normalised = normalize_email(text) if kind is IdentityType.EMAIL else text
+    return kind, salts.first_level_hash(hash_identity(normalised))
+
+
+def _merge(
+    by_flh: dict[bytes, int], by_id: dict[str, int], records: Iterable[OptOutRecord]
+) -> None:
+    """Add records, keeping the latest timestamp per first-level hash and per raw UID."""
+    for record in records:
+        flh, ad_id, ts = record.first_level_hash, record.advertising_id, record.timestamp_ms
+        by_flh[flh] = max(ts, by_flh.get(flh, ts))
+        by_id[ad_id] = max(ts, by_id.get(ad_id, ts))
+
+
+def build_optouts(records: Iterable[OptOutRecord], salts: SaltTable) -> OptOuts:
+    by_flh: dict[bytes, int] = {}
+    by_id: dict[str, int] = {}
+    _merge(by_flh, by_id, records)
+    email, phone = IdentityType.EMAIL, IdentityType.PHONE
+    return OptOuts(
+        by_flh=MappingProxyType(by_flh),
+        by_advertising_id=MappingProxyType(by_id),
+        always=frozenset(
+            {
+                _test_identity(salts, email, ALWAYS_OPTED_OUT_EMAIL),
+                _test_identity(salts, phone, ALWAYS_OPTED_OUT_PHONE),
+            }
+        ),
+        at_refresh=frozenset(
+            {
+                _test_identity(salts, email, REFRESH_OPTED_OUT_EMAIL),
+                _test_identity(salts, phone, REFRESH_OPTED_OUT_PHONE),
+            }
+        ),
+        never=frozenset(
+            {
+                _test_identity(salts, email, NEVER_OPTED_OUT_EMAIL),
+                _test_identity(salts, phone, NEVER_OPTED_OUT_PHONE),
+            }
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorIdentity:
+    """Deployment-wide facts the endpoints need."""
+
+    environment: Environment = Environment.LOCAL
+    scope: IdentityScope = IdentityScope.UID2
+    identity_environment: IdentityEnvironment = IdentityEnvironment.TEST
+    identity_v3: bool = False
+    phone_support: bool = True
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """Everything a request may read. Build it with ``build_snapshot``; never mutate it."""
+
+    generation: int
+    built_at_ms: int
+    identity: OperatorIdentity
+    lifetimes: Lifetimes
+    pepper: bytes = field(repr=False)
+    clients: Mapping[str, ClientRecord] = field(repr=False)
+    keysets: Mapping[int, Keyset] = field(repr=False)
+    keys_by_id: Mapping[int, EncryptionKey] = field(repr=False)
+    keys_by_keyset: Mapping[int, tuple[EncryptionKey, ...]] = field(repr=False)
+    default_keysets: Mapping[int, int] = field(repr=False)
+    salts: SaltTable = field(repr=False)
+    optouts: OptOuts = field(repr=False)
+
+    # ------------------------------------------------------------------------ credentials
+
+    def client(self, key_id: str) -> ClientRecord | None:
+        return self.clients.get(key_id)
+
+    # ------------------------------------------------------------------------ keys
+
+    def active_key(self, keyset_id: int, now_ms: int) -> EncryptionKey:
+        return active_key(self.keys_by_keyset.get(keyset_id, ()), now_ms)
+
+    def master_key(self, now_ms: int) -> EncryptionKey:
+        return self.active_key(MASTER_KEYSET_ID, now_ms)
+
+    def refresh_key(self, now_ms: int) -> EncryptionKey:
+        return self.active_key(REFRESH_KEYSET_ID, now_ms)
+
+    def site_key(self, site_id: int, now_ms: int) -> EncryptionKey:
+        """The active key of the site's default keyset, else of the fallback publisher site."""
+        for site in (site_id, FALLBACK_PUBLISHER_SITE_ID):
+            keyset_id = self.default_keysets.get(site)
+            if keyset_id is not None:
+                try:
+                    return self.active_key(keyset_id, now_ms)
+                except NoActiveKey:
+                    continue
+        raise NoActiveKey
+
+    def lookup_in(self, *keyset_ids: int) -> Callable[[int], EncryptionKey | None]:
+        """A key lookup that only finds keys of the given keysets (token layers are scoped)."""
+        allowed = frozenset(keyset_ids)
+
+        def lookup(key_id: int) -> EncryptionKey | None:
+            key = self.keys_by_id.get(key_id)
+            return key if key is not None and key.keyset_id in allowed else None
+
+        return lookup
+
+    def site_key_lookup(self, key_id: int) -> EncryptionKey | None:
+        """Site layer of an advertising token: any key except the master and refresh keys."""
+        key = self.keys_by_id.get(key_id)
+        if key is None or key.keyset_id in (MASTER_KEYSET_ID, REFRESH_KEYSET_ID):
+            return None
+        return key
+
+    def visible_keys(
+        self, site_id: int, roles: frozenset[ClientRole]
+    ) -> list[tuple[EncryptionKey, Keyset]]:
+        """Keys a caller may download (never the refresh keyset's)."""
+        out: list[tuple[EncryptionKey, Keyset]] = []
+        for key in self.keys_by_id.values():
+            keyset = self.keysets.get(key.keyset_id)
+            if keyset is None or keyset.keyset_id == REFRESH_KEYSET_ID:
+                continue
+            if keyset.visible_to(site_id, roles):
+                out.append((key, keyset))
+        return out
+
+    def with_optouts(self, records: Iterable[OptOutRecord]) -> Snapshot:
+        """A new snapshot, one generation on, with these opt-outs added to the current ones."""
+        by_flh, by_id = dict(self.optouts.by_flh), dict(self.optouts.by_advertising_id)
+        _merge(by_flh, by_id, records)
+        optouts = replace(
+            self.optouts,
+            by_flh=MappingProxyType(by_flh),
+            by_advertising_id=MappingProxyType(by_id),
+        )
+        return replace(self, generation=self.generation + 1, optouts=optouts)
+
+
+def build_snapshot(
+    *,
+    generation: int,
+    built_at_ms: int,
+    identity: OperatorIdentity,
+    lifetimes: Lifetimes,
+    pepper: bytes,
+    clients: Iterable[ClientRecord],
+    keysets: Iterable[Keyset],
+    keys: Iterable[EncryptionKey],
+    salts: SaltTable,
+    optouts: Iterable[OptOutRecord] = (),
+) -> Snapshot:
+    """Index plain records into a snapshot. Pure: no clock, no I/O."""
+    keyset_map = {k.keyset_id: k for k in keysets}
+    keys_by_id: dict[int, EncryptionKey] = {}
+    for key in sorted(keys, key=lambda k: k.id):
+        if key.id in keys_by_id:
+            raise ValueError(f"duplicate encryption key id {key.id}")
+        keys_by_id[key.id] = key
+    grouped: dict[int, list[EncryptionKey]] = {}
+    for key in keys_by_id.values():
+        grouped.setdefault(key.keyset_id, []).append(key)
+    by_keyset = {
+        ks: tuple(sorted(group, key=lambda k: (k.activates, k.id))) for ks, group in grouped.items()
+    }
+    defaults: dict[int, int] = {}
+    for keyset in keyset_map.values():
+        if keyset.enabled and keyset.default and keyset.keyset_id > 0:
+            if keyset.site_id in defaults:
+                raise ValueError(f"site {keyset.site_id} has more than one default keyset")
+            defaults[keyset.site_id] = keyset.keyset_id
+    return Snapshot(
+        generation=generation,
+        built_at_ms=built_at_ms,
+        identity=identity,
+        lifetimes=lifetimes,
+        pepper=bytes(pepper),
+        clients=MappingProxyType({c.key.key_id: c for c in clients}),
+        keysets=MappingProxyType(keyset_map),
+        keys_by_id=MappingProxyType(keys_by_id),
+        keys_by_keyset=MappingProxyType(by_keyset),
+        default_keysets=MappingProxyType(defaults),
+        salts=salts,
+        optouts=build_optouts(optouts, salts),
+    )

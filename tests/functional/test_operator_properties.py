@@ -1,0 +1,99 @@
+"""No input makes the operator answer 5xx: random bodies, headers and sealed JSON to every route."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from operator_harness import (
+    World,
+    world_fixture,  # noqa: F401 (fixture)
+)
+
+from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
+
+pytestmark = pytest.mark.functional
+
+ROUTES = sorted({*OPERATOR_ENDPOINTS, "/v2/token/refresh", "/ops/healthcheck"})
+SETTINGS = settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+header_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80
+).map(str.strip)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    ["email", "email_hash", "phone", "phone_hash", "token", "since_timestamp", "advertising_ids",
+     "policy", "optout_check", "tcf_consent_string"]
+) | st.text(max_size=12)  # fmt: skip
+payloads = st.dictionaries(field_names, json_values, max_size=5)
+
+
+@SETTINGS
+@given(
+    route=st.sampled_from(ROUTES),
+    method=st.sampled_from(["POST", "GET", "PUT", "OPTIONS", "DELETE"]),
+    body=st.binary(max_size=600) | st.text(max_size=600).map(str.encode),
+    content_type=st.sampled_from(["application/octet-stream", "text/plain", "application/json"])
+    | header_values,
+    authorization=st.none() | header_values | st.just("Bearer ").map(lambda p: p + "x"),
+    with_key=st.booleans(),
+)
+def test_random_requests_never_get_a_5xx(  # noqa: PLR0917 (one argument per strategy)
+    world: World,
+    route: str,
+    method: str,
+    body: bytes,
+    content_type: str,
+    authorization: str | None,
+    with_key: bool,
+) -> None:
+    headers = {"content-type": content_type}
+    if with_key:
+        headers["authorization"] = f"Bearer {world['A'].key}"
+    elif authorization is not None:
+        headers["authorization"] = authorization
+    response = httpx.request(method, world.base_url + route, content=body, headers=headers)
+    assert response.status_code < 500, (route, response.status_code, response.text)
+
+
+@SETTINGS
+@given(
+    route=st.sampled_from(sorted(OPERATOR_ENDPOINTS)),
+    payload=payloads,
+    binary=st.booleans(),
+)
+def test_random_sealed_payloads_never_get_a_5xx(
+    world: World, route: str, payload: dict[str, Any], binary: bool
+) -> None:
+    name = "O" if route == "/v2/token/logout" else "A"
+    response, opened = world.call(route, payload, world[name], binary=binary)
+    assert response.status_code < 500, (route, response.status_code, response.text)
+    if response.status_code == 200:
+        assert opened is not None
+        assert opened["status"] in {"success", "optout"}
+    else:
+        assert response.json()["status"] in {"client_error", "invalid_token", "unauthorized"}
+
+
+@SETTINGS
+@given(
+    text=st.text(max_size=400) | st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode())
+)
+def test_random_refresh_bodies_get_4xx(world: World, text: str) -> None:
+    response = world.post("/v2/token/refresh", text.encode("utf-8", "surrogatepass"))
+    assert 400 <= response.status_code < 500
+    assert json.loads(response.content)["status"] in {"client_error", "error"}
