@@ -15,7 +15,7 @@ Storage adds, gets, lists, updates and appends; it does not decide whether a cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,7 +23,10 @@ from typing import Any, Protocol
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.keysets import Keyset, SealedKey
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant
+from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
 
 GENESIS_PREV_HASH = bytes(32)
 """The ``prev_hash`` of the first audit event of a store."""
@@ -253,6 +256,88 @@ class UsageRepository(UsageReader, Protocol):
         ...
 
 
+class KeysetReader(Protocol):
+    def get(self, keyset_id: int) -> Keyset | None: ...
+
+    def list_all(self) -> list[Keyset]:
+        """Every keyset, by keyset id."""
+        ...
+
+
+class KeysetRepository(KeysetReader, Protocol):
+    def add(self, keyset: Keyset) -> None:
+        """Raises AlreadyExists if the keyset id is taken."""
+        ...
+
+    def update(self, keyset: Keyset) -> None:
+        """Writes every field but ``keyset_id``, ``site_id`` and ``created_at_ms``; NotFound."""
+        ...
+
+
+class EncryptionKeyReader(Protocol):
+    def get(self, key_id: int) -> SealedKey | None: ...
+
+    def list_all(self) -> list[SealedKey]:
+        """Every key of every keyset, expired ones included, by key id."""
+        ...
+
+    def list_for_keyset(self, keyset_id: int) -> list[SealedKey]:
+        """A keyset's keys by key id."""
+        ...
+
+
+class EncryptionKeyRepository(EncryptionKeyReader, Protocol):
+    def allocate_ids(self, count: int) -> list[int]:
+        """``count`` new key ids from the store's sequence, above every id handed out by a
+        committed transaction and every id stored: increasing, never reused. (Ids of a unit of
+        work that rolled back were never stored or published, so they may come round again.)"""
+        ...
+
+    def add(self, key: SealedKey) -> None:
+        """Raises AlreadyExists for a taken key id, NotFound for an unknown keyset."""
+        ...
+
+
+class SaltReader(Protocol):
+    def header(self) -> SaltHeader | None:
+        """The salt table's header, or None before the table is created."""
+        ...
+
+    def get_chunk(self, number: int) -> SealedSaltChunk | None: ...
+
+    def iter_chunks(self) -> Iterator[SealedSaltChunk]:
+        """Every chunk by number, fetched a few rows at a time (a production table is ~80 MB);
+        consume it inside the unit of work."""
+        ...
+
+
+class SaltRepository(SaltReader, Protocol):
+    def put_header(self, header: SaltHeader) -> None:
+        """Creates or replaces the header."""
+        ...
+
+    def put_chunks(self, chunks: Iterable[SealedSaltChunk]) -> None:
+        """Creates or replaces each chunk, by number."""
+        ...
+
+
+class OptOutReader(Protocol):
+    def get(self, first_level_hash: bytes) -> OptOutRecord | None: ...
+
+    def list_all(self) -> list[OptOutRecord]:
+        """Every record, by first-level hash."""
+        ...
+
+    def count(self) -> int: ...
+
+
+class OptOutRepository(OptOutReader, Protocol):
+    def put(self, record: OptOutRecord) -> None:
+        """Creates or replaces the record of ``record.first_level_hash`` (the caller decides what
+        to keep, see ``domain.optout.latest``)."""
+        ...
+
+
 # ---------------------------------------------------------------------------- units of work
 
 
@@ -277,6 +362,22 @@ class ReadTx(Protocol):
     @property
     def usage(self) -> UsageReader: ...
 
+    @property
+    def keysets(self) -> KeysetReader: ...
+
+    @property
+    def encryption_keys(self) -> EncryptionKeyReader: ...
+
+    @property
+    def salts(self) -> SaltReader: ...
+
+    @property
+    def optouts(self) -> OptOutReader: ...
+
+    def change_seq(self) -> int:
+        """The change sequence as this unit of work sees it (a read unit: the state it reads)."""
+        ...
+
 
 class Tx(ReadTx, Protocol):
     """A write unit of work, holding the store's write lock from its start to its end."""
@@ -298,6 +399,18 @@ class Tx(ReadTx, Protocol):
 
     @property
     def usage(self) -> UsageRepository: ...
+
+    @property
+    def keysets(self) -> KeysetRepository: ...
+
+    @property
+    def encryption_keys(self) -> EncryptionKeyRepository: ...
+
+    @property
+    def salts(self) -> SaltRepository: ...
+
+    @property
+    def optouts(self) -> OptOutRepository: ...
 
 
 class Store(Protocol):

@@ -139,3 +139,74 @@ key_usage = Table(
     Column("count", BigInteger, nullable=False),
     Column("last_used_at_ms", BigInteger, nullable=False),
 )
+
+# ------------------------------------------------------------ encryption keys, salts, opt-outs
+
+KEY_ID_SEQ = "encryption_key_id"
+"""The ``store_meta`` row holding the last encryption key id handed out (ids are never reused)."""
+
+# Site ids here include the service's own (-1, -2, 2), which are not participants: no foreign key.
+keysets = Table(
+    "keysets",
+    metadata,
+    Column("keyset_id", Integer, primary_key=True, autoincrement=False),
+    Column("site_id", Integer, nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("sharing", String(16), nullable=False),
+    Column("allowed_sites", Text, nullable=False),  # JSON list of site ids, sorted
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+# Times are whole seconds (the keys' own unit) stored as milliseconds, like every other time.
+encryption_keys = Table(
+    "encryption_keys",
+    metadata,
+    Column("key_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("keyset_id", Integer, ForeignKey("keysets.keyset_id"), nullable=False, index=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("activates_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("kek_version", Integer, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+)
+
+# One row: the salt table's layout and version, its first-level salt and bucket-id secret sealed.
+salt_tables = Table(
+    "salt_tables",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("bucket_count", Integer, nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("id_prefix", String(32), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("first_level_salt_kek_version", Integer, nullable=False),
+    Column("first_level_salt_ciphertext", LargeBinary, nullable=False),
+    Column("id_secret_kek_version", Integer, nullable=False),
+    Column("id_secret_ciphertext", LargeBinary, nullable=False),
+)
+
+# ``chunk_size`` consecutive buckets per row: salts sealed, int64 columns little-endian.
+salt_chunks = Table(
+    "salt_chunks",
+    metadata,
+    Column("chunk", Integer, primary_key=True, autoincrement=False),
+    Column("first_bucket", Integer, nullable=False),
+    Column("bucket_count", Integer, nullable=False),
+    Column("kek_version", Integer, nullable=False),
+    Column("salts", LargeBinary, nullable=False),
+    Column("has_previous", LargeBinary, nullable=False),
+    Column("last_updated", LargeBinary, nullable=False),
+    Column("refresh_from", LargeBinary, nullable=False),
+)
+
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("first_level_hash", LargeBinary, primary_key=True),
+    Column("advertising_id", String(64)),
+    Column("timestamp_ms", BigInteger, nullable=False),
+)

@@ -15,15 +15,19 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, case, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, case, delete, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.elements import ColumnElement
 
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
+from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
+from uid2_operator.domain.material_sealing import SealedMaterial
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import AdminRole, ClientRole
+from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
 from uid2_operator.errors import AlreadyExists, NotFound, SchemaOutOfDate, StoreError
 from uid2_operator.storage import schema as t
 from uid2_operator.storage.engines import Flavour, make_engine, unavailable_as_store_error
@@ -569,6 +573,264 @@ class _Usage:
             )
 
 
+# ------------------------------------------------------------ encryption keys, salts, opt-outs
+
+_SALT_TABLE_NAME = "current"
+_CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
+
+
+def _keyset(row: Row[Any]) -> Keyset:
+    return Keyset(
+        keyset_id=row.keyset_id,
+        site_id=row.site_id,
+        name=row.name,
+        enabled=bool(row.enabled),
+        is_default=bool(row.is_default),
+        created_at_ms=row.created_at_ms,
+        sharing=SharingMode(row.sharing),
+        allowed_sites=frozenset(json.loads(row.allowed_sites)),
+    )
+
+
+def _keyset_values(k: Keyset) -> dict[str, Any]:
+    return {
+        "name": k.name,
+        "enabled": k.enabled,
+        "is_default": k.is_default,
+        "sharing": k.sharing.value,
+        "allowed_sites": _json_text(sorted(k.allowed_sites)),
+    }
+
+
+def _sealed_key(row: Row[Any]) -> SealedKey:
+    return SealedKey(
+        id=row.key_id,
+        keyset_id=row.keyset_id,
+        created=row.created_at_ms // 1000,
+        activates=row.activates_at_ms // 1000,
+        expires=row.expires_at_ms // 1000,
+        secret=SealedMaterial(row.kek_version, bytes(row.ciphertext)),
+    )
+
+
+def _salt_header(row: Row[Any]) -> SaltHeader:
+    return SaltHeader(
+        bucket_count=row.bucket_count,
+        chunk_size=row.chunk_size,
+        id_prefix=row.id_prefix,
+        version=row.version,
+        created_at_ms=row.created_at_ms,
+        updated_at_ms=row.updated_at_ms,
+        first_level_salt=SealedMaterial(
+            row.first_level_salt_kek_version, bytes(row.first_level_salt_ciphertext)
+        ),
+        id_secret=SealedMaterial(row.id_secret_kek_version, bytes(row.id_secret_ciphertext)),
+    )
+
+
+def _salt_chunk(row: Row[Any]) -> SealedSaltChunk:
+    return SealedSaltChunk(
+        number=row.chunk,
+        first_bucket=row.first_bucket,
+        bucket_count=row.bucket_count,
+        salts=SealedMaterial(row.kek_version, bytes(row.salts)),
+        has_previous=bytes(row.has_previous),
+        last_updated=bytes(row.last_updated),
+        refresh_from=bytes(row.refresh_from),
+    )
+
+
+def _optout(row: Row[Any]) -> OptOutRecord:
+    return OptOutRecord(
+        first_level_hash=bytes(row.first_level_hash),
+        timestamp_ms=row.timestamp_ms,
+        advertising_id=row.advertising_id,
+    )
+
+
+class _Keysets:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, keyset_id: int) -> Keyset | None:
+        row = self._u.conn.execute(
+            select(t.keysets).where(t.keysets.c.keyset_id == keyset_id)
+        ).first()
+        return None if row is None else _keyset(row)
+
+    def list_all(self) -> list[Keyset]:
+        rows = self._u.conn.execute(select(t.keysets).order_by(t.keysets.c.keyset_id))
+        return [_keyset(row) for row in rows]
+
+    def add(self, keyset: Keyset) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.keysets.c.keyset_id, keyset.keyset_id):
+            raise AlreadyExists(f"Keyset {keyset.keyset_id} already exists")
+        conn.execute(
+            insert(t.keysets).values(
+                keyset_id=keyset.keyset_id,
+                site_id=keyset.site_id,
+                created_at_ms=keyset.created_at_ms,
+                **_keyset_values(keyset),
+            )
+        )
+
+    def update(self, keyset: Keyset) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.keysets)
+            .where(t.keysets.c.keyset_id == keyset.keyset_id)
+            .values(**_keyset_values(keyset))
+        )
+        _check_updated(result.rowcount, f"keyset {keyset.keyset_id}")
+
+
+class _EncryptionKeys:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, key_id: int) -> SealedKey | None:
+        c = t.encryption_keys.c
+        row = self._u.conn.execute(select(t.encryption_keys).where(c.key_id == key_id)).first()
+        return None if row is None else _sealed_key(row)
+
+    def list_all(self) -> list[SealedKey]:
+        rows = self._u.conn.execute(select(t.encryption_keys).order_by(t.encryption_keys.c.key_id))
+        return [_sealed_key(row) for row in rows]
+
+    def list_for_keyset(self, keyset_id: int) -> list[SealedKey]:
+        c = t.encryption_keys.c
+        rows = self._u.conn.execute(
+            select(t.encryption_keys).where(c.keyset_id == keyset_id).order_by(c.key_id)
+        )
+        return [_sealed_key(row) for row in rows]
+
+    def allocate_ids(self, count: int) -> list[int]:
+        if count < 0:
+            raise StoreError("Cannot allocate a negative number of key ids")
+        if count == 0:
+            return []
+        conn = self._u.writing()
+        m = t.store_meta.c
+        last = conn.execute(select(m.value).where(m.name == t.KEY_ID_SEQ)).scalar_one_or_none()
+        if last is None:  # a schema made from the metadata rather than by the migrations
+            last = 0
+            conn.execute(insert(t.store_meta).values(name=t.KEY_ID_SEQ, value=0))
+        # Never below an id already in the table, whatever the sequence says.
+        highest = conn.execute(select(func.max(t.encryption_keys.c.key_id))).scalar_one()
+        start = max(int(last), int(highest or 0))
+        conn.execute(update(t.store_meta).where(m.name == t.KEY_ID_SEQ).values(value=start + count))
+        return list(range(start + 1, start + count + 1))
+
+    def add(self, key: SealedKey) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.encryption_keys.c.key_id, key.id):
+            raise AlreadyExists(f"Encryption key {key.id} already exists")
+        if not self._u.exists(t.keysets.c.keyset_id, key.keyset_id):
+            raise NotFound(f"No keyset {key.keyset_id}")
+        conn.execute(
+            insert(t.encryption_keys).values(
+                key_id=key.id,
+                keyset_id=key.keyset_id,
+                created_at_ms=key.created * 1000,
+                activates_at_ms=key.activates * 1000,
+                expires_at_ms=key.expires * 1000,
+                kek_version=key.secret.kek_version,
+                ciphertext=key.secret.ciphertext,
+            )
+        )
+
+
+class _Salts:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def header(self) -> SaltHeader | None:
+        c = t.salt_tables.c
+        row = self._u.conn.execute(select(t.salt_tables).where(c.name == _SALT_TABLE_NAME)).first()
+        return None if row is None else _salt_header(row)
+
+    def get_chunk(self, number: int) -> SealedSaltChunk | None:
+        c = t.salt_chunks.c
+        row = self._u.conn.execute(select(t.salt_chunks).where(c.chunk == number)).first()
+        return None if row is None else _salt_chunk(row)
+
+    def iter_chunks(self) -> Iterator[SealedSaltChunk]:
+        query = (
+            select(t.salt_chunks)
+            .order_by(t.salt_chunks.c.chunk)
+            .execution_options(stream_results=True, yield_per=_CHUNK_ROWS_PER_FETCH)
+        )
+        result = self._u.conn.execute(query)
+        try:
+            for row in result:
+                yield _salt_chunk(row)
+        finally:
+            result.close()
+
+    def put_header(self, header: SaltHeader) -> None:
+        conn = self._u.writing()
+        values = {
+            "bucket_count": header.bucket_count,
+            "chunk_size": header.chunk_size,
+            "id_prefix": header.id_prefix,
+            "version": header.version,
+            "created_at_ms": header.created_at_ms,
+            "updated_at_ms": header.updated_at_ms,
+            "first_level_salt_kek_version": header.first_level_salt.kek_version,
+            "first_level_salt_ciphertext": header.first_level_salt.ciphertext,
+            "id_secret_kek_version": header.id_secret.kek_version,
+            "id_secret_ciphertext": header.id_secret.ciphertext,
+        }
+        stmt = self._u.flavour.upsert_insert(t.salt_tables).values(name=_SALT_TABLE_NAME, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[t.salt_tables.c.name], set_=values))
+
+    def put_chunks(self, chunks: Iterable[SealedSaltChunk]) -> None:
+        conn = self._u.writing()
+        c = t.salt_chunks.c
+        for chunk in chunks:
+            values = {
+                "first_bucket": chunk.first_bucket,
+                "bucket_count": chunk.bucket_count,
+                "kek_version": chunk.salts.kek_version,
+                "salts": chunk.salts.ciphertext,
+                "has_previous": chunk.has_previous,
+                "last_updated": chunk.last_updated,
+                "refresh_from": chunk.refresh_from,
+            }
+            stmt = self._u.flavour.upsert_insert(t.salt_chunks).values(chunk=chunk.number, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[c.chunk], set_=values))
+
+
+class _OptOuts:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, first_level_hash: bytes) -> OptOutRecord | None:
+        c = t.optouts.c
+        row = self._u.conn.execute(
+            select(t.optouts).where(c.first_level_hash == first_level_hash)
+        ).first()
+        return None if row is None else _optout(row)
+
+    def list_all(self) -> list[OptOutRecord]:
+        rows = self._u.conn.execute(select(t.optouts).order_by(t.optouts.c.first_level_hash))
+        return [_optout(row) for row in rows]
+
+    def count(self) -> int:
+        return int(self._u.conn.execute(select(func.count()).select_from(t.optouts)).scalar_one())
+
+    def put(self, record: OptOutRecord) -> None:
+        conn = self._u.writing()
+        values = {"advertising_id": record.advertising_id, "timestamp_ms": record.timestamp_ms}
+        stmt = self._u.flavour.upsert_insert(t.optouts).values(
+            first_level_hash=record.first_level_hash, **values
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=[t.optouts.c.first_level_hash], set_=values)
+        )
+
+
 class SqlTx:
     """One unit of work; satisfies both ``Tx`` and ``ReadTx`` (a read unit refuses writes)."""
 
@@ -580,6 +842,13 @@ class SqlTx:
         self.admin_tokens = _AdminTokens(unit)
         self.audit = _Audit(unit)
         self.usage = _Usage(unit)
+        self.keysets = _Keysets(unit)
+        self.encryption_keys = _EncryptionKeys(unit)
+        self.salts = _Salts(unit)
+        self.optouts = _OptOuts(unit)
+
+    def change_seq(self) -> int:
+        return _change_seq(self)
 
 
 # ---------------------------------------------------------------------------------- the store

@@ -1,0 +1,217 @@
+"""``keys rotate``, ``salts rotate`` and ``optout add``: the service-held material.
+
+Each command first creates whatever material is still missing (as ``init`` does; a no-op once it
+exists), then does its one change in its own unit of work. Errors end as one line on stderr (and an
+``{"error": ...}`` document under ``--json``) with a non-zero status, whether these groups run
+under the main command or on their own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from uid2_operator.bootstrap import load_keyring
+from uid2_operator.cli.output import (
+    emit,
+    error_document,
+    exit_code_for,
+    fields,
+    print_json,
+    safe_message,
+    table,
+    when,
+)
+from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
+from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.errors import UID2Error
+from uid2_operator.services.material import (
+    DEFAULT_SALT_FRACTION,
+    InitialiseResult,
+    MaterialConfig,
+    MaterialService,
+)
+from uid2_operator.storage import open_store
+from uid2_operator.wire.identity import InputKind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def material_service() -> Iterator[MaterialService]:
+    settings = load_settings()
+    keyring = load_keyring(settings)
+    store = open_store(settings.store_url)
+    try:
+        config = MaterialConfig.for_environment(
+            settings.environment, identity_scope=settings.identity_scope
+        )
+        yield MaterialService(store, keyring, config, SystemClock(), system_random)
+    finally:
+        store.close()
+
+
+def reported(command: F) -> F:
+    """Turn a service refusal into the CLI's error form (one safe line, exit status 2 or 1)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UID2Error as error:
+            message = safe_message(str(error))
+            if wants_json(bool(kwargs.get("as_json"))):
+                print_json(error_document(error, message))
+            click.echo(f"Error: {message}", err=True)
+            raise click.exceptions.Exit(exit_code_for(error)) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _initialised(result: InitialiseResult) -> dict[str, Any] | None:
+    return result.to_json() if result.changed else None
+
+
+def _echo_initialised(result: InitialiseResult) -> None:
+    if result.changed:
+        click.echo(
+            f"initialised: {len(result.keysets_created)} keysets, "
+            f"{len(result.keys_created)} keys, "
+            f"salts {'created' if result.salts_created else 'present'} "
+            f"({result.bucket_count} buckets)"
+        )
+
+
+# ------------------------------------------------------------------------------------ keys
+
+
+@click.group("keys")
+def keys() -> None:
+    """Encryption keys (master, refresh and site keysets) that seal tokens."""
+
+
+@keys.command("rotate")
+@json_option
+@reported
+def rotate_keys(as_json: bool) -> None:
+    """Create the keys the rotation schedule asks for now (run it at least daily)."""
+    who = actor()
+    with material_service() as service:
+        setup = service.initialise(who)
+        result = service.rotate_keys(actor=who)
+    created = [*setup.keys_created, *result.created]
+
+    def human() -> None:
+        _echo_initialised(setup)
+        if not created:
+            click.echo("No key was due for rotation.")
+            return
+        table(
+            ("key id", "keyset", "site", "activates", "expires"),
+            [
+                (k.key_id, k.keyset_id, k.site_id, when(k.activates * 1000), when(k.expires * 1000))
+                for k in created
+            ],
+        )
+
+    document = result.to_json() | {"created": [k.to_json() for k in created]}
+    emit(wants_json(as_json), document | {"initialised": _initialised(setup)}, human)
+
+
+# ----------------------------------------------------------------------------------- salts
+
+
+@click.group("salts")
+def salts() -> None:
+    """The salt buckets raw UIDs are derived with."""
+
+
+@salts.command("rotate")
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_SALT_FRACTION,
+    show_default=True,
+    help="Share of the buckets to rotate (only buckets whose refresh time has come rotate).",
+)
+@json_option
+@reported
+def rotate_salts(fraction: float, as_json: bool) -> None:
+    """Give a random share of the buckets new salts, keeping the old ones as previous."""
+    who = actor()
+    with material_service() as service:
+        setup = service.initialise(who)
+        result = service.rotate_salts(fraction, who)
+
+    def human() -> None:
+        _echo_initialised(setup)
+        fields(
+            [
+                ("rotated", f"{result.rotated} of {result.bucket_count} buckets"),
+                ("version", result.version),
+                ("at", when(result.at_ms)),
+            ]
+        )
+
+    emit(wants_json(as_json), result.to_json() | {"initialised": _initialised(setup)}, human)
+
+
+# ---------------------------------------------------------------------------------- optout
+
+_KIND_OPTIONS = (
+    ("email", InputKind.EMAIL),
+    ("phone", InputKind.PHONE),
+    ("email_hash", InputKind.EMAIL_HASH),
+    ("phone_hash", InputKind.PHONE_HASH),
+)
+
+
+@click.group("optout")
+def optout() -> None:
+    """Opt-out records."""
+
+
+@optout.command("add")
+@click.option("--email", default=None, help="An email address.")
+@click.option("--phone", default=None, help="A phone number in E.164 form (+ and digits).")
+@click.option("--email-hash", default=None, help="SHA-256 of a normalised email (base64 or hex).")
+@click.option("--phone-hash", default=None, help="SHA-256 of a phone number (base64 or hex).")
+@json_option
+@reported
+def add_optout(
+    email: str | None,
+    phone: str | None,
+    email_hash: str | None,
+    phone_hash: str | None,
+    as_json: bool,
+) -> None:
+    """Opt an identity out: tokens and mappings for it stop at the next snapshot."""
+    given = {"email": email, "phone": phone, "email_hash": email_hash, "phone_hash": phone_hash}
+    chosen = [(kind, given[name]) for name, kind in _KIND_OPTIONS if given[name] is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("Give exactly one of --email, --phone, --email-hash, --phone-hash")
+    kind, value = chosen[0]
+    who = actor()
+    with material_service() as service:
+        setup = service.initialise(who)
+        result = service.add_optout(kind, value, who)
+
+    def human() -> None:
+        _echo_initialised(setup)
+        fields(
+            [
+                ("identity type", result.identity_type),
+                ("opted out since", when(result.timestamp_ms)),
+                ("already opted out", "yes" if result.already_opted_out else "no"),
+            ]
+        )
+
+    emit(wants_json(as_json), result.to_json() | {"initialised": _initialised(setup)}, human)
+
+
+COMMANDS = (keys, salts, optout)
+"""The groups to register on the main command."""

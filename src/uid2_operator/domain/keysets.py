@@ -1,0 +1,287 @@
+"""Keysets, encryption keys at rest, and the key rotation schedule (operator-api §5.6).
+
+The service generates and rotates the keys that seal advertising tokens (master keyset -1 and the
+publishers' site keysets), refresh tokens (keyset -2), and the fallback keyset of site 2 used for
+publishers without a usable keyset of their own. Key ids are handed out by a store sequence: they
+are globally unique, increase with every key, and are never reused, because an SDK that sees one
+id with two different secrets raises instead of answering (sdk-compat §6.11).
+
+Times: key records use epoch **seconds** (``created``/``activates``/``expires``, as the wire layer
+and the key endpoints do); every "now" is epoch **milliseconds**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import pairwise
+from typing import Final, Protocol
+
+from uid2_operator.domain.material_sealing import (
+    ENCRYPTION_KEY_LABEL,
+    SealedMaterial,
+    open_material,
+    seal_material,
+)
+from uid2_operator.domain.sealing import Keyring
+from uid2_operator.errors import InvalidInput, SealedSecretUnreadable
+from uid2_operator.wire.aead import KEY_SIZE, RandomBytes
+from uid2_operator.wire.keys import (
+    FALLBACK_PUBLISHER_KEYSET_ID,
+    FALLBACK_PUBLISHER_SITE_ID,
+    MASTER_KEYSET_ID,
+    MASTER_KEYSET_ID_IN_KEY_JSON,
+    MASTER_SITE_ID,
+    MAX_RESERVED_SITE_ID,
+    REFRESH_KEYSET_ID,
+    REFRESH_SITE_ID,
+    EncryptionKey,
+)
+
+HOUR_S: Final = 3_600
+DAY_S: Final = 86_400
+MAX_KEYSET_NAME: Final = 200
+LAST_RESERVED_KEYSET_ID: Final = 3
+"""Keyset ids up to 3 are kept for the service's own keysets; site keysets start above."""
+MAX_KEYSET_ID: Final = MASTER_KEYSET_ID_IN_KEY_JSON - 1
+"""Keyset ids must stay below the stand-in the key endpoints publish for the master keyset."""
+
+
+class SharingMode(StrEnum):
+    """Who besides the owning site may download a keyset's keys (operator-api §6.15).
+
+    ``OWNER_ONLY`` is the reference's empty ``allowed_sites`` list, ``BIDDERS`` its
+    ``allowed_sites: null`` (every ID_READER caller, i.e. every DSP), ``LIST`` names the sites.
+    """
+
+    OWNER_ONLY = "owner_only"
+    BIDDERS = "bidders"
+    LIST = "list"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyset:
+    """A set of keys owned by one site. ``is_default``: the site's keyset for new tokens."""
+
+    keyset_id: int
+    site_id: int
+    name: str
+    enabled: bool
+    is_default: bool
+    created_at_ms: int
+    sharing: SharingMode = SharingMode.OWNER_ONLY
+    allowed_sites: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if len(self.name) > MAX_KEYSET_NAME:
+            raise InvalidInput(f"A keyset name is at most {MAX_KEYSET_NAME} characters")
+        if self.allowed_sites and self.sharing is not SharingMode.LIST:
+            raise InvalidInput("Only a keyset shared with a list of sites names sites")
+
+
+def reserved_keysets(now_ms: int) -> tuple[Keyset, ...]:
+    """The service's own keysets: master (-1), refresh (-2) and the fallback publisher (2).
+
+    The fallback keyset is shared with bidders: tokens minted with it must open in the bid stream
+    like any publisher's. The refresh keyset is never published (the key endpoints skip it), and
+    the master keyset is visible to every caller by rule, so their sharing mode is moot.
+    """
+    return (
+        Keyset(MASTER_KEYSET_ID, MASTER_SITE_ID, "Master", True, True, now_ms),
+        Keyset(REFRESH_KEYSET_ID, REFRESH_SITE_ID, "Refresh", True, True, now_ms),
+        Keyset(
+            FALLBACK_PUBLISHER_KEYSET_ID,
+            FALLBACK_PUBLISHER_SITE_ID,
+            "Fallback publisher",
+            True,
+            True,
+            now_ms,
+            sharing=SharingMode.BIDDERS,
+        ),
+    )
+
+
+def next_keyset_id(existing: Iterable[int]) -> int:
+    """One above the highest keyset id in use, and never one of the reserved ids."""
+    candidate = max([LAST_RESERVED_KEYSET_ID, *existing]) + 1
+    if candidate > MAX_KEYSET_ID:
+        raise InvalidInput("No keyset id is left")
+    return candidate
+
+
+def new_site_keyset(keyset_id: int, site_id: int, now_ms: int, name: str | None = None) -> Keyset:
+    """A participant's default keyset.
+
+    Shared with bidders, as the reference creates it (``allowed_sites: null``): DSPs must be able
+    to open the publisher's tokens in the bid stream. Narrowing it is a sharing decision made later.
+    """
+    if site_id <= MAX_RESERVED_SITE_ID:
+        raise InvalidInput(f"Site id {site_id} is reserved and cannot own a keyset")
+    if keyset_id <= LAST_RESERVED_KEYSET_ID or keyset_id > MAX_KEYSET_ID:
+        raise InvalidInput(f"Keyset id {keyset_id} is reserved")
+    return Keyset(
+        keyset_id=keyset_id,
+        site_id=site_id,
+        name=f"Site {site_id}" if name is None else name,
+        enabled=True,
+        is_default=True,
+        created_at_ms=now_ms,
+        sharing=SharingMode.BIDDERS,
+    )
+
+
+def site_default_keyset(keysets: Iterable[Keyset], site_id: int) -> Keyset | None:
+    """The site's default keyset, enabled or not (a disabled one is an administrator's choice
+    and is not silently replaced). More than one is refused: the choice would be arbitrary."""
+    found = [k for k in keysets if k.site_id == site_id and k.is_default]
+    if len(found) > 1:
+        raise InvalidInput(f"Site {site_id} has more than one default keyset")
+    return found[0] if found else None
+
+
+# ------------------------------------------------------------------------------ rotation
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """How long keys live and how early successors are made (seconds).
+
+    ``renew_before_s``: once the newest key of a keyset has this little life left, a successor is
+    created; it activates ``activation_lead_s`` later, so caches that poll the key endpoints have
+    fetched it before tokens are minted with it, and it is active before the old key expires as
+    long as rotation runs at least every ``renew_before_s - activation_lead_s``.
+    """
+
+    lifetime_s: int = 30 * DAY_S
+    activation_lead_s: int = HOUR_S
+    renew_before_s: int = 7 * DAY_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.activation_lead_s < self.renew_before_s < self.lifetime_s:
+            raise InvalidInput("Key policy needs 0 < activation lead < renew before < lifetime")
+
+    @property
+    def run_interval_s(self) -> int:
+        """The longest gap between two rotation runs that still leaves no key gap."""
+        return self.renew_before_s - self.activation_lead_s
+
+
+class KeyTimes(Protocol):
+    """What the schedule reads of a key: ``EncryptionKey`` and ``SealedKey`` both qualify, so
+    planning never needs a key's secret."""
+
+    @property
+    def keyset_id(self) -> int: ...
+
+    @property
+    def expires(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedKey:
+    """A key the schedule wants created (seconds); the store gives it an id."""
+
+    keyset_id: int
+    created: int
+    activates: int
+    expires: int
+
+
+def plan_rotation(
+    keysets: Iterable[Keyset],
+    keys: Iterable[KeyTimes],
+    now_ms: int,
+    policy: KeyPolicy,
+) -> list[PlannedKey]:
+    """The keys to create now, at most one per enabled keyset, in keyset id order.
+
+    A keyset without any unexpired key gets one active immediately (nothing else could serve
+    it). Otherwise the keyset's horizon is the latest expiry among its unexpired keys; when that
+    is ``renew_before_s`` or less away, a successor activates ``activation_lead_s`` from now, or
+    at the horizon if that comes first, so coverage never has a gap.
+    """
+    now_s = now_ms // 1000
+    by_keyset: dict[int, list[KeyTimes]] = {}
+    for key in keys:
+        by_keyset.setdefault(key.keyset_id, []).append(key)
+    planned: list[PlannedKey] = []
+    for keyset in sorted(keysets, key=lambda k: k.keyset_id):
+        if not keyset.enabled:
+            continue
+        live = [k for k in by_keyset.get(keyset.keyset_id, ()) if k.expires * 1000 > now_ms]
+        if not live:
+            activates = now_s
+        else:
+            horizon = max(k.expires for k in live)
+            if horizon - now_s > policy.renew_before_s:
+                continue
+            activates = min(now_s + policy.activation_lead_s, horizon)
+        planned.append(
+            PlannedKey(keyset.keyset_id, now_s, activates, activates + policy.lifetime_s)
+        )
+    return planned
+
+
+def mint_keys(
+    plans: Sequence[PlannedKey], ids: Sequence[int], random: RandomBytes
+) -> list[EncryptionKey]:
+    """Turn plans into keys with the store-issued ``ids`` (positive, strictly increasing) and
+    fresh 32-byte secrets drawn from ``random``."""
+    if len(ids) != len(plans):
+        raise ValueError("one key id per planned key")
+    if any(i <= 0 for i in ids) or any(b <= a for a, b in pairwise(ids)):
+        raise ValueError("key ids must be positive and strictly increasing")
+    return [
+        EncryptionKey(
+            id=key_id,
+            keyset_id=plan.keyset_id,
+            created=plan.created,
+            activates=plan.activates,
+            expires=plan.expires,
+            secret=random(KEY_SIZE),
+        )
+        for plan, key_id in zip(plans, ids, strict=True)
+    ]
+
+
+# ------------------------------------------------------------------------------ at rest
+
+
+@dataclass(frozen=True, slots=True)
+class SealedKey:
+    """An encryption key as stored: its times (seconds) and its sealed secret."""
+
+    id: int
+    keyset_id: int
+    created: int
+    activates: int
+    expires: int
+    secret: SealedMaterial = field(repr=False)
+
+
+def seal_key(keyring: Keyring, key: EncryptionKey, random: RandomBytes) -> SealedKey:
+    """Seal the key's secret under the active KEK, bound to the key id."""
+    return SealedKey(
+        id=key.id,
+        keyset_id=key.keyset_id,
+        created=key.created,
+        activates=key.activates,
+        expires=key.expires,
+        secret=seal_material(keyring, ENCRYPTION_KEY_LABEL, key.id, key.secret, random),
+    )
+
+
+def open_key(keyring: Keyring, sealed: SealedKey) -> EncryptionKey:
+    """The key with its secret in the clear (for the in-memory snapshot only)."""
+    secret = open_material(keyring, ENCRYPTION_KEY_LABEL, sealed.id, sealed.secret)
+    if len(secret) != KEY_SIZE:
+        raise SealedSecretUnreadable(f"The sealed encryption key {sealed.id} is not a key")
+    return EncryptionKey(
+        id=sealed.id,
+        keyset_id=sealed.keyset_id,
+        created=sealed.created,
+        activates=sealed.activates,
+        expires=sealed.expires,
+        secret=secret,
+    )

@@ -1,0 +1,537 @@
+"""Salt buckets held compactly, generated and rotated by the service (operator-api §4, §6.8).
+
+The production table has 2^20 buckets. One Python object per bucket (a record with two 44-char
+strings and two ints) would cost several hundred megabytes per worker, so a ``SaltTable`` holds
+flat columns instead and makes a wire ``SaltBucket`` only when a request asks for one:
+
+- ``salts``: one blob of raw 32-byte salts, bucket ``i`` at ``[32*i, 32*i+32)``; the salt string
+  that derivations use is its standard base64 (44 characters, the shape of the reference salts);
+- ``previous``: the same layout for the salt each bucket had before its last rotation, plus a
+  presence bitmap (bit ``i & 7`` of byte ``i >> 3``). A table that never rotated keeps an empty
+  blob instead of 32 zero bytes per bucket;
+- ``last_updated`` / ``refresh_from``: ``array('q')`` columns of epoch milliseconds.
+
+That is about 80 bytes per bucket (~80 MB for 2^20 once every bucket has a previous salt).
+
+At rest the table is split into chunks of ``chunk_size`` consecutive buckets (one row each), so
+loading it is a few large reads and a rotation rewrites only the chunks it touched. The salts of a
+chunk are sealed under the keyring (``domain.material_sealing``); the timestamps are not secret.
+
+Rotation keeps the promise that ``refresh_from`` makes to mappers (§4.5: "this bucket's salt
+stays until then"): only buckets whose ``refresh_from`` has passed may rotate, and a rotated
+bucket's ``refresh_from`` becomes the next UTC midnight, so a bucket changes at most once a day.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from uid2_operator.domain.material_sealing import (
+    FIRST_LEVEL_SALT_LABEL,
+    ID_SECRET_LABEL,
+    SALT_CHUNK_LABEL,
+    SealedMaterial,
+    open_material,
+    seal_material,
+)
+from uid2_operator.domain.sealing import Keyring
+from uid2_operator.errors import InvalidInput, SaltError
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.raw_uid import (
+    DAY_MS,
+    PRODUCTION_BUCKET_COUNT,
+    SaltBucket,
+    bucket_index,
+    first_level_hash,
+)
+
+SALT_SIZE: Final = 32
+SECRET_SIZE: Final = 32
+DEFAULT_CHUNK_SIZE: Final = 1 << 14
+"""Buckets per stored chunk: 64 rows of ~1.3 MB for a production table."""
+LOCAL_BUCKET_COUNT: Final = 1 << 16
+"""A size for local development: fast to create and load, same code paths as production."""
+MAX_BUCKET_COUNT: Final = PRODUCTION_BUCKET_COUNT
+MAX_ID_PREFIX: Final = 32
+_I64: Final = 8
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+
+
+# ------------------------------------------------------------------------ column encodings
+
+
+def int64_column(data: bytes, *, swap: bool = _BIG_ENDIAN) -> array[int]:
+    """Little-endian int64 bytes (the stored form, on every platform) as an ``array('q')``."""
+    if len(data) % _I64:
+        raise SaltError("A timestamp column is not a whole number of int64 values")
+    column = array("q")
+    column.frombytes(data)
+    if swap:
+        column.byteswap()
+    return column
+
+
+def int64_bytes(column: array[int], *, swap: bool = _BIG_ENDIAN) -> bytes:
+    """An ``array('q')`` as little-endian bytes."""
+    if not swap:
+        return column.tobytes()
+    copy = array("q", column)
+    copy.byteswap()
+    return copy.tobytes()
+
+
+def _bit(bitmap: bytes | bytearray, index: int) -> bool:
+    return bool(bitmap[index >> 3] & (1 << (index & 7)))
+
+
+def _bitmap_size(count: int) -> int:
+    return (count + 7) // 8
+
+
+def _check_bucket_count(count: int) -> None:
+    if not 1 <= count <= MAX_BUCKET_COUNT:
+        raise InvalidInput(f"The bucket count must be between 1 and {MAX_BUCKET_COUNT}")
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size <= 0 or chunk_size % 8:
+        raise InvalidInput("The chunk size must be a positive multiple of 8")
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+class SaltTable:
+    """The salt buckets, the first-level salt and the bucket-id parameters. Immutable.
+
+    Build one with ``generate_salt_table``, ``rotate`` or ``assemble``; the columns are private
+    and never handed out, so a table shared by every request of a snapshot cannot change.
+    """
+
+    __slots__ = (
+        "_last_updated",
+        "_present",
+        "_previous",
+        "_refresh_from",
+        "_salts",
+        "first_level_salt",
+        "id_prefix",
+        "id_secret",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        first_level_salt: str,
+        id_prefix: str,
+        id_secret: str,
+        salts: bytes | bytearray,
+        previous: bytes | bytearray,
+        has_previous: bytes | bytearray,
+        last_updated: array[int],
+        refresh_from: array[int],
+        version: int = 1,
+    ) -> None:
+        count = len(last_updated)
+        _check_bucket_count(count)
+        if len(salts) != count * SALT_SIZE or len(refresh_from) != count:
+            raise SaltError("Salt columns disagree in length")
+        if len(has_previous) != _bitmap_size(count):
+            raise SaltError("The previous-salt bitmap does not match the bucket count")
+        if len(previous) not in (0, count * SALT_SIZE):
+            raise SaltError("Previous salts disagree in length")
+        if not previous and any(has_previous):
+            raise SaltError("Previous salts are flagged but absent")
+        self.first_level_salt = first_level_salt
+        self.id_prefix = id_prefix
+        self.id_secret = id_secret
+        self.version = version
+        self._salts = salts
+        self._previous = previous
+        self._present = has_previous
+        self._last_updated = last_updated
+        self._refresh_from = refresh_from
+
+    def __repr__(self) -> str:
+        return f"SaltTable(buckets={self.bucket_count}, version={self.version})"
+
+    __str__ = __repr__
+
+    @property
+    def bucket_count(self) -> int:
+        return len(self._last_updated)
+
+    # -------------------------------------------------------------------- derivations
+
+    def first_level_hash(self, identity_hash: bytes) -> bytes:
+        return first_level_hash(identity_hash, self.first_level_salt)
+
+    def index_of(self, flh: bytes) -> int:
+        return bucket_index(flh, self.bucket_count)
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.bucket_count:
+            raise SaltError("No such salt bucket")
+
+    def salt(self, index: int) -> str:
+        """The current salt of a bucket as the derivations use it (standard base64)."""
+        self._check(index)
+        return b64encode(bytes(self._salts[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
+
+    def previous_salt(self, index: int) -> str | None:
+        self._check(index)
+        if not _bit(self._present, index):
+            return None
+        return b64encode(bytes(self._previous[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
+
+    def last_updated_ms(self, index: int) -> int:
+        self._check(index)
+        return self._last_updated[index]
+
+    def refresh_from_ms(self, index: int) -> int:
+        self._check(index)
+        return self._refresh_from[index]
+
+    def bucket(self, index: int) -> SaltBucket:
+        """The bucket at ``index`` as the wire layer's value, made on demand."""
+        return SaltBucket(
+            index=index,
+            last_updated_ms=self.last_updated_ms(index),
+            current_salt=self.salt(index),
+            refresh_from_ms=self._refresh_from[index],
+            previous_salt=self.previous_salt(index),
+        )
+
+    def updated_since(self, since_ms: int) -> list[tuple[int, int]]:
+        """``(index, last_updated_ms)`` of every bucket updated at or after ``since_ms``."""
+        return [(i, ts) for i, ts in enumerate(self._last_updated) if ts >= since_ms]
+
+    # -------------------------------------------------------------------- chunks
+
+    def chunk_count(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+        _check_chunk_size(chunk_size)
+        return -(-self.bucket_count // chunk_size)
+
+    def chunk(self, number: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SaltChunk:
+        """Buckets ``[number*chunk_size, ...)`` in their stored layout."""
+        if not 0 <= number < self.chunk_count(chunk_size):
+            raise SaltError("No such salt chunk")
+        start = number * chunk_size
+        end = min(start + chunk_size, self.bucket_count)
+        present = bytes(self._present[start >> 3 : _bitmap_size(end)])
+        previous = b""
+        if any(present):
+            previous = bytes(self._previous[start * SALT_SIZE : end * SALT_SIZE])
+        return SaltChunk(
+            number=number,
+            first_bucket=start,
+            salts=bytes(self._salts[start * SALT_SIZE : end * SALT_SIZE]),
+            previous=previous,
+            has_previous=present,
+            last_updated=int64_bytes(self._last_updated[start:end]),
+            refresh_from=int64_bytes(self._refresh_from[start:end]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SaltChunk:
+    """Consecutive buckets in the stored layout (columns as bytes, int64 little-endian)."""
+
+    number: int
+    first_bucket: int
+    salts: bytes = field(repr=False)
+    previous: bytes = field(repr=False)
+    has_previous: bytes
+    last_updated: bytes
+    refresh_from: bytes
+
+    def __post_init__(self) -> None:
+        count = len(self.salts) // SALT_SIZE
+        if (
+            count == 0
+            or len(self.salts) != count * SALT_SIZE
+            or len(self.previous) not in (0, count * SALT_SIZE)
+            or len(self.has_previous) != _bitmap_size(count)
+            or len(self.last_updated) != count * _I64
+            or len(self.refresh_from) != count * _I64
+        ):
+            raise SaltError(f"Salt chunk {self.number} has inconsistent columns")
+        if not self.previous and any(self.has_previous):
+            raise SaltError(f"Salt chunk {self.number} flags previous salts it does not hold")
+
+    @property
+    def bucket_count(self) -> int:
+        return len(self.salts) // SALT_SIZE
+
+    def bucket(self, index: int) -> SaltBucket:
+        """One bucket of this chunk, by its table-wide index (no need to load the table)."""
+        offset = index - self.first_bucket
+        if not 0 <= offset < self.bucket_count:
+            raise SaltError("The bucket is not in this chunk")
+        salt = slice(offset * SALT_SIZE, (offset + 1) * SALT_SIZE)
+        times = slice(offset * _I64, (offset + 1) * _I64)
+        return SaltBucket(
+            index=index,
+            last_updated_ms=int.from_bytes(self.last_updated[times], "little", signed=True),
+            current_salt=b64encode(self.salts[salt]),
+            refresh_from_ms=int.from_bytes(self.refresh_from[times], "little", signed=True),
+            previous_salt=(
+                b64encode(self.previous[salt]) if _bit(self.has_previous, offset) else None
+            ),
+        )
+
+
+# ------------------------------------------------------------------------- generation
+
+
+def generate_salt_table(
+    bucket_count: int, now_ms: int, random: RandomBytes, *, id_prefix: str = ""
+) -> SaltTable:
+    """A new table: fresh salts, a first-level salt and a bucket-id secret (32 random bytes each,
+    as base64 text). Every bucket counts as updated now and may rotate from now on."""
+    _check_bucket_count(bucket_count)
+    if len(id_prefix) > MAX_ID_PREFIX or not id_prefix.isascii():
+        raise InvalidInput(f"The bucket id prefix is at most {MAX_ID_PREFIX} ASCII characters")
+    times = array("q", [now_ms]) * bucket_count
+    return SaltTable(
+        first_level_salt=b64encode(random(SECRET_SIZE)),
+        id_prefix=id_prefix,
+        id_secret=b64encode(random(SECRET_SIZE)),
+        salts=random(SALT_SIZE * bucket_count),
+        previous=b"",
+        has_previous=bytes(_bitmap_size(bucket_count)),
+        last_updated=times,
+        refresh_from=array("q", times),
+    )
+
+
+def next_utc_midnight(now_ms: int) -> int:
+    return (now_ms // DAY_MS + 1) * DAY_MS
+
+
+class _Below:
+    """Unbiased integers below a bound from a random byte source (rejection sampling)."""
+
+    def __init__(self, random: RandomBytes) -> None:
+        self._random = random
+
+    def __call__(self, bound: int) -> int:
+        bits = (bound - 1).bit_length()
+        size = max(1, (bits + 7) // 8)
+        mask = (1 << bits) - 1
+        while True:
+            value = int.from_bytes(self._random(size), "big") & mask
+            if value < bound:
+                return value
+
+
+@dataclass(frozen=True, slots=True)
+class SaltRotation:
+    """A rotated table and the bucket indices that changed (ascending)."""
+
+    table: SaltTable
+    rotated: tuple[int, ...]
+
+    def touched_chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[int]:
+        _check_chunk_size(chunk_size)
+        return sorted({index // chunk_size for index in self.rotated})
+
+
+def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) -> SaltRotation:
+    """Rotate ``round(fraction * bucket_count)`` buckets (at least one), picked uniformly among
+    those whose ``refresh_from`` has passed; fewer if fewer are eligible.
+
+    A rotated bucket keeps its old salt as previous, gets a fresh random salt, ``last_updated``
+    = now and ``refresh_from`` = the next UTC midnight. The result is a new table one version on;
+    ``table`` is left as it was (requests may still be reading it).
+    """
+    if not 0 < fraction <= 1:
+        raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
+    count = table.bucket_count
+    eligible = array("q", (i for i, r in enumerate(table._refresh_from) if r <= now_ms))
+    wanted = min(max(1, round(fraction * count)), len(eligible))
+    below = _Below(random)
+    for position in range(wanted):  # partial Fisher-Yates: the first ``wanted`` are the sample
+        pick = position + below(len(eligible) - position)
+        eligible[position], eligible[pick] = eligible[pick], eligible[position]
+    chosen = sorted(eligible[:wanted])
+
+    salts = bytearray(table._salts)
+    previous = bytearray(table._previous) if table._previous else bytearray(count * SALT_SIZE)
+    present = bytearray(table._present)
+    last_updated = array("q", table._last_updated)
+    refresh_from = array("q", table._refresh_from)
+    fresh = random(SALT_SIZE * wanted)
+    midnight = next_utc_midnight(now_ms)
+    for n, index in enumerate(chosen):
+        at = index * SALT_SIZE
+        previous[at : at + SALT_SIZE] = salts[at : at + SALT_SIZE]
+        salts[at : at + SALT_SIZE] = fresh[n * SALT_SIZE : (n + 1) * SALT_SIZE]
+        present[index >> 3] |= 1 << (index & 7)
+        last_updated[index] = now_ms
+        refresh_from[index] = midnight
+    rotated = SaltTable(
+        first_level_salt=table.first_level_salt,
+        id_prefix=table.id_prefix,
+        id_secret=table.id_secret,
+        salts=salts if chosen else table._salts,
+        previous=previous if chosen else table._previous,
+        has_previous=present,
+        last_updated=last_updated,
+        refresh_from=refresh_from,
+        version=table.version + 1,
+    )
+    return SaltRotation(rotated, tuple(chosen))
+
+
+def assemble(
+    *,
+    bucket_count: int,
+    chunk_size: int,
+    chunks: Iterable[SaltChunk],
+    first_level_salt: str,
+    id_prefix: str,
+    id_secret: str,
+    version: int,
+) -> SaltTable:
+    """Put stored chunks (any order, each exactly once) back together into one table.
+
+    Consumes ``chunks`` one at a time into preallocated columns, so loading a production table
+    never holds a second copy of it.
+    """
+    _check_bucket_count(bucket_count)
+    _check_chunk_size(chunk_size)
+    expected = -(-bucket_count // chunk_size)
+    salts = bytearray(bucket_count * SALT_SIZE)
+    previous = bytearray()
+    present = bytearray(_bitmap_size(bucket_count))
+    last_updated = array("q", bytes(bucket_count * _I64))
+    refresh_from = array("q", bytes(bucket_count * _I64))
+    seen: set[int] = set()
+    for chunk in chunks:
+        start = chunk.number * chunk_size
+        end = min(start + chunk_size, bucket_count)
+        if chunk.number in seen or chunk.first_bucket != start or chunk.bucket_count != end - start:
+            raise SaltError(f"Salt chunk {chunk.number} does not fit the table")
+        seen.add(chunk.number)
+        salts[start * SALT_SIZE : end * SALT_SIZE] = chunk.salts
+        if chunk.previous:
+            if not previous:
+                previous = bytearray(bucket_count * SALT_SIZE)
+            previous[start * SALT_SIZE : end * SALT_SIZE] = chunk.previous
+            present[start >> 3 : _bitmap_size(end)] = chunk.has_previous
+        last_updated[start:end] = int64_column(chunk.last_updated)
+        refresh_from[start:end] = int64_column(chunk.refresh_from)
+    if len(seen) != expected:
+        raise SaltError(f"The salt table has {len(seen)} of its {expected} chunks")
+    return SaltTable(
+        first_level_salt=first_level_salt,
+        id_prefix=id_prefix,
+        id_secret=id_secret,
+        salts=salts,
+        previous=previous,
+        has_previous=present,
+        last_updated=last_updated,
+        refresh_from=refresh_from,
+        version=version,
+    )
+
+
+# ------------------------------------------------------------------------------ at rest
+
+
+@dataclass(frozen=True, slots=True)
+class SaltHeader:
+    """The stored description of the table: size, layout, version and its sealed secrets."""
+
+    bucket_count: int
+    chunk_size: int
+    id_prefix: str
+    version: int
+    created_at_ms: int
+    updated_at_ms: int
+    first_level_salt: SealedMaterial = field(repr=False)
+    id_secret: SealedMaterial = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSaltChunk:
+    """A chunk as stored: the salts (current, then previous if any) sealed, the rest plain."""
+
+    number: int
+    first_bucket: int
+    bucket_count: int
+    salts: SealedMaterial = field(repr=False)
+    has_previous: bytes
+    last_updated: bytes
+    refresh_from: bytes
+
+
+def seal_header(
+    keyring: Keyring,
+    table: SaltTable,
+    *,
+    chunk_size: int,
+    created_at_ms: int,
+    updated_at_ms: int,
+    random: RandomBytes,
+) -> SaltHeader:
+    _check_chunk_size(chunk_size)
+    return SaltHeader(
+        bucket_count=table.bucket_count,
+        chunk_size=chunk_size,
+        id_prefix=table.id_prefix,
+        version=table.version,
+        created_at_ms=created_at_ms,
+        updated_at_ms=updated_at_ms,
+        first_level_salt=seal_material(
+            keyring, FIRST_LEVEL_SALT_LABEL, 0, table.first_level_salt.encode(), random
+        ),
+        id_secret=seal_material(keyring, ID_SECRET_LABEL, 0, table.id_secret.encode(), random),
+    )
+
+
+def open_header_secrets(keyring: Keyring, header: SaltHeader) -> tuple[str, str]:
+    """``(first_level_salt, id_secret)`` in the clear."""
+    try:
+        first_level = open_material(keyring, FIRST_LEVEL_SALT_LABEL, 0, header.first_level_salt)
+        id_secret = open_material(keyring, ID_SECRET_LABEL, 0, header.id_secret)
+        return first_level.decode("ascii"), id_secret.decode("ascii")
+    except UnicodeDecodeError:
+        raise SaltError("A sealed salt secret is not text") from None
+
+
+def seal_chunk(keyring: Keyring, chunk: SaltChunk, random: RandomBytes) -> SealedSaltChunk:
+    return SealedSaltChunk(
+        number=chunk.number,
+        first_bucket=chunk.first_bucket,
+        bucket_count=chunk.bucket_count,
+        salts=seal_material(
+            keyring, SALT_CHUNK_LABEL, chunk.number, chunk.salts + chunk.previous, random
+        ),
+        has_previous=chunk.has_previous,
+        last_updated=chunk.last_updated,
+        refresh_from=chunk.refresh_from,
+    )
+
+
+def open_chunk(keyring: Keyring, sealed: SealedSaltChunk) -> SaltChunk:
+    plain = open_material(keyring, SALT_CHUNK_LABEL, sealed.number, sealed.salts)
+    size = sealed.bucket_count * SALT_SIZE
+    if len(plain) not in (size, 2 * size):
+        raise SaltError(f"Salt chunk {sealed.number} holds the wrong number of salts")
+    return SaltChunk(
+        number=sealed.number,
+        first_bucket=sealed.first_bucket,
+        salts=plain[:size],
+        previous=plain[size:],
+        has_previous=sealed.has_previous,
+        last_updated=sealed.last_updated,
+        refresh_from=sealed.refresh_from,
+    )

@@ -1,0 +1,584 @@
+"""Use cases for the service-held material: keysets and encryption keys, salts, opt-outs.
+
+Like the credential use cases, each public method is one unit of work: the change and its audit
+event commit together, and a refusal leaves nothing behind. Secrets (key secrets, salts, the
+first-level salt, the bucket-id secret) are sealed under the keyring before they reach the store
+and are opened only by ``load_material``, for the operator's in-memory snapshot.
+
+Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets, 2^20 in integ and prod (as the
+reference operator), 2^16 in local (quick to create; every code path is the same). The count is
+fixed when the table is created; a store keeps the size it was initialised with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from uid2_operator.clock import Clock
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.keysets import (
+    KeyPolicy,
+    Keyset,
+    mint_keys,
+    new_site_keyset,
+    next_keyset_id,
+    open_key,
+    plan_rotation,
+    reserved_keysets,
+    seal_key,
+    site_default_keyset,
+)
+from uid2_operator.domain.optout import (
+    BuiltInIdentities,
+    OptOutRecord,
+    builtin_identities,
+    identity_first_level_hash,
+    latest,
+)
+from uid2_operator.domain.salts import (
+    DEFAULT_CHUNK_SIZE,
+    LOCAL_BUCKET_COUNT,
+    SaltHeader,
+    SaltTable,
+    assemble,
+    generate_salt_table,
+    open_chunk,
+    open_header_secrets,
+    rotate,
+    seal_chunk,
+    seal_header,
+)
+from uid2_operator.domain.sealing import Keyring
+from uid2_operator.errors import IdentityInputError, InvalidInput, NotFound
+from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.context import SYSTEM, Actor
+from uid2_operator.storage.interface import ReadTx, Store, Tx
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.identity import InputKind
+from uid2_operator.wire.keys import MASTER_KEYSET_ID, EncryptionKey
+from uid2_operator.wire.raw_uid import (
+    PRODUCTION_BUCKET_COUNT,
+    IdentityEnvironment,
+    bucket_index,
+    current_raw_uid,
+)
+from uid2_operator.wire.scope import IdentityScope
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SALT_FRACTION = 0.05
+NOT_INITIALISED = "The encryption material is not initialised; run init"
+_ENVIRONMENT_BUCKETS = {
+    Environment.LOCAL: LOCAL_BUCKET_COUNT,
+    Environment.INTEG: PRODUCTION_BUCKET_COUNT,
+    Environment.PROD: PRODUCTION_BUCKET_COUNT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MaterialConfig:
+    """How much material to make and how to rotate it (see the module docstring for sizes)."""
+
+    bucket_count: int = PRODUCTION_BUCKET_COUNT
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    key_policy: KeyPolicy = field(default_factory=KeyPolicy)
+    id_prefix: str = ""
+    identity_scope: IdentityScope = IdentityScope.UID2
+    identity_v3: bool = False
+
+    @classmethod
+    def for_environment(
+        cls, environment: Environment, *, identity_scope: IdentityScope = IdentityScope.UID2
+    ) -> MaterialConfig:
+        return cls(bucket_count=_ENVIRONMENT_BUCKETS[environment], identity_scope=identity_scope)
+
+
+# ------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A created encryption key, without its secret (times in epoch seconds)."""
+
+    key_id: int
+    keyset_id: int
+    site_id: int
+    created: int
+    activates: int
+    expires: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "keyset_id": self.keyset_id,
+            "site_id": self.site_id,
+            "created": self.created,
+            "activates": self.activates,
+            "expires": self.expires,
+        }
+
+
+def _keyset_json(keyset: Keyset) -> dict[str, Any]:
+    return {
+        "keyset_id": keyset.keyset_id,
+        "site_id": keyset.site_id,
+        "name": keyset.name,
+        "enabled": keyset.enabled,
+        "is_default": keyset.is_default,
+        "sharing": keyset.sharing.value,
+        "allowed_sites": sorted(keyset.allowed_sites),
+        "created_at_ms": keyset.created_at_ms,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotationResult:
+    at_ms: int
+    created: tuple[KeyInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at_ms": self.at_ms, "created": [k.to_json() for k in self.created]}
+
+
+@dataclass(frozen=True, slots=True)
+class InitialiseResult:
+    """What ``initialise`` had to create; all empty (and ``salts_created`` False) on a rerun."""
+
+    at_ms: int
+    keysets_created: tuple[Keyset, ...]
+    keys_created: tuple[KeyInfo, ...]
+    salts_created: bool
+    bucket_count: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.keysets_created or self.keys_created or self.salts_created)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "keysets_created": [_keyset_json(k) for k in self.keysets_created],
+            "keys_created": [k.to_json() for k in self.keys_created],
+            "salts_created": self.salts_created,
+            "bucket_count": self.bucket_count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SaltRotationResult:
+    at_ms: int
+    fraction: float
+    rotated: int
+    bucket_count: int
+    version: int
+    chunks_rewritten: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "fraction": self.fraction,
+            "rotated": self.rotated,
+            "bucket_count": self.bucket_count,
+            "version": self.version,
+            "chunks_rewritten": self.chunks_rewritten,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutResult:
+    """A recorded opt-out. ``advertising_id`` is the raw UID the identity had (base64)."""
+
+    identity_type: str
+    timestamp_ms: int
+    advertising_id: str | None = field(repr=False)
+    already_opted_out: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity_type": self.identity_type,
+            "timestamp_ms": self.timestamp_ms,
+            "advertising_id": self.advertising_id,
+            "already_opted_out": self.already_opted_out,
+        }
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Material:
+    """Everything the operator snapshot needs of the material, read in one unit of work.
+
+    ``keys`` hold their secrets in the clear: this object lives in memory only and is never
+    logged (its repr shows counts and versions).
+    """
+
+    change_seq: int
+    keysets: tuple[Keyset, ...]
+    keys: tuple[EncryptionKey, ...]
+    salts: SaltTable
+    optouts: tuple[OptOutRecord, ...]
+    builtins: BuiltInIdentities
+
+    def __repr__(self) -> str:
+        return (
+            f"Material(change_seq={self.change_seq}, keysets={len(self.keysets)}, "
+            f"keys={len(self.keys)}, salts={self.salts!r}, optouts={len(self.optouts)})"
+        )
+
+    __str__ = __repr__
+
+
+# ------------------------------------------------------------------------------- service
+
+
+class MaterialService:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        config: MaterialConfig,
+        clock: Clock,
+        random: RandomBytes,
+    ) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._config = config
+        self._clock = clock
+        self._random = random
+
+    @property
+    def config(self) -> MaterialConfig:
+        return self._config
+
+    # ------------------------------------------------------------------------ set-up
+
+    def initialise(self, actor: Actor = SYSTEM) -> InitialiseResult:
+        """Create whatever is missing, idempotently: the master (-1), refresh (-2) and fallback
+        publisher (2) keysets, a default keyset for every participant without one, the salt
+        table with its first-level salt and bucket-id secret, and an active key in every keyset.
+        """
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            known = {k.keyset_id for k in tx.keysets.list_all()}
+            created: list[Keyset] = []
+            for keyset in reserved_keysets(now):
+                if keyset.keyset_id not in known:
+                    created.append(self._add_keyset(tx, keyset, actor, now))
+            for participant in tx.participants.list_all():
+                keyset, is_new = self._site_keyset(tx, participant.site_id, actor, now)
+                if is_new:
+                    created.append(keyset)
+            header = tx.salts.header()
+            salts_created = header is None
+            if header is None:
+                table = generate_salt_table(
+                    self._config.bucket_count, now, self._random, id_prefix=self._config.id_prefix
+                )
+                size = self._config.chunk_size
+                self._write_table(
+                    tx,
+                    table,
+                    chunk_size=size,
+                    chunks=range(table.chunk_count(size)),
+                    created_at_ms=now,
+                    updated_at_ms=now,
+                )
+                record_event(
+                    tx,
+                    actor,
+                    at_ms=now,
+                    action="salts.create",
+                    target_type="salt_table",
+                    target_id="current",
+                    after={"bucket_count": table.bucket_count, "version": table.version},
+                )
+                bucket_count = table.bucket_count
+            else:
+                bucket_count = header.bucket_count
+            keys = self._rotate(tx, now, actor)
+        if created or keys or salts_created:
+            logger.info(
+                "material initialised keysets=%d keys=%d salts_created=%s actor=%s",
+                len(created),
+                len(keys),
+                salts_created,
+                actor.id,
+            )
+        return InitialiseResult(now, tuple(created), tuple(keys), salts_created, bucket_count)
+
+    def ensure_site_keyset(self, site_id: int, actor: Actor = SYSTEM) -> Keyset:
+        """The participant's default keyset, created (with an active key) if it has none."""
+        if isinstance(site_id, bool) or not isinstance(site_id, int):
+            raise InvalidInput("site_id must be an integer")
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            if tx.participants.get(site_id) is None:
+                raise NotFound(f"No participant {site_id}")
+            keyset, is_new = self._site_keyset(tx, site_id, actor, now)
+            if is_new:
+                self._rotate(tx, now, actor, only=keyset.keyset_id)
+        return keyset
+
+    # ------------------------------------------------------------------------ keys
+
+    def rotate_keys(self, now_ms: int | None = None, actor: Actor = SYSTEM) -> KeyRotationResult:
+        """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now)."""
+        now = self._clock.now_ms() if now_ms is None else now_ms
+        with self._store.transaction() as tx:
+            if tx.keysets.get(MASTER_KEYSET_ID) is None:
+                raise NotFound(NOT_INITIALISED)
+            created = self._rotate(tx, now, actor)
+        logger.info("encryption keys rotated created=%d actor=%s", len(created), actor.id)
+        return KeyRotationResult(now, tuple(created))
+
+    def _rotate(self, tx: Tx, now: int, actor: Actor, *, only: int | None = None) -> list[KeyInfo]:
+        keysets = {k.keyset_id: k for k in tx.keysets.list_all()}
+        if only is not None:
+            keysets = {only: keysets[only]}
+        plans = plan_rotation(
+            keysets.values(), tx.encryption_keys.list_all(), now, self._config.key_policy
+        )
+        ids = tx.encryption_keys.allocate_ids(len(plans))
+        created: list[KeyInfo] = []
+        for key in mint_keys(plans, ids, self._random):
+            tx.encryption_keys.add(seal_key(self._keyring, key, self._random))
+            site_id = keysets[key.keyset_id].site_id
+            info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action="encryption_key.create",
+                target_type="keyset",
+                target_id=str(key.keyset_id),
+                site_id=site_id,
+                after=info.to_json(),
+            )
+            created.append(info)
+        return created
+
+    def _add_keyset(self, tx: Tx, keyset: Keyset, actor: Actor, now: int) -> Keyset:
+        tx.keysets.add(keyset)
+        record_event(
+            tx,
+            actor,
+            at_ms=now,
+            action="keyset.create",
+            target_type="keyset",
+            target_id=str(keyset.keyset_id),
+            site_id=keyset.site_id,
+            after=_keyset_json(keyset),
+        )
+        return keyset
+
+    def _site_keyset(self, tx: Tx, site_id: int, actor: Actor, now: int) -> tuple[Keyset, bool]:
+        """The site's default keyset, and whether it was created just now."""
+        keysets = tx.keysets.list_all()
+        existing = site_default_keyset(keysets, site_id)
+        if existing is not None:
+            return existing, False
+        keyset_id = next_keyset_id(k.keyset_id for k in keysets)
+        return self._add_keyset(tx, new_site_keyset(keyset_id, site_id, now), actor, now), True
+
+    # ------------------------------------------------------------------------ salts
+
+    def rotate_salts(
+        self, fraction: Any = DEFAULT_SALT_FRACTION, actor: Actor = SYSTEM
+    ) -> SaltRotationResult:
+        """Rotate a random ``fraction`` of the buckets (those whose refresh time has come)."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise InvalidInput("The fraction must be a number")
+        share = float(fraction)
+        if not 0 < share <= 1:
+            raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            header = self._header(tx)
+            table = self._read_table(tx, header)
+            rotation = rotate(table, share, now, self._random)
+            touched = rotation.touched_chunks(header.chunk_size)
+            if rotation.rotated:
+                self._write_table(
+                    tx,
+                    rotation.table,
+                    chunk_size=header.chunk_size,
+                    chunks=touched,
+                    created_at_ms=header.created_at_ms,
+                    updated_at_ms=now,
+                )
+                record_event(
+                    tx,
+                    actor,
+                    at_ms=now,
+                    action="salts.rotate",
+                    target_type="salt_table",
+                    target_id="current",
+                    after={
+                        "rotated": len(rotation.rotated),
+                        "bucket_count": table.bucket_count,
+                        "version": rotation.table.version,
+                        "fraction": repr(share),
+                    },
+                )
+        logger.info("salts rotated buckets=%d actor=%s", len(rotation.rotated), actor.id)
+        return SaltRotationResult(
+            at_ms=now,
+            fraction=share,
+            rotated=len(rotation.rotated),
+            bucket_count=table.bucket_count,
+            version=rotation.table.version if rotation.rotated else table.version,
+            chunks_rewritten=len(touched),
+        )
+
+    def _header(self, tx: ReadTx) -> SaltHeader:
+        header = tx.salts.header()
+        if header is None:
+            raise NotFound(NOT_INITIALISED)
+        return header
+
+    def _read_table(self, tx: ReadTx, header: SaltHeader) -> SaltTable:
+        first_level_salt, id_secret = open_header_secrets(self._keyring, header)
+        return assemble(
+            bucket_count=header.bucket_count,
+            chunk_size=header.chunk_size,
+            chunks=(open_chunk(self._keyring, c) for c in tx.salts.iter_chunks()),
+            first_level_salt=first_level_salt,
+            id_prefix=header.id_prefix,
+            id_secret=id_secret,
+            version=header.version,
+        )
+
+    def _write_table(
+        self,
+        tx: Tx,
+        table: SaltTable,
+        *,
+        chunk_size: int,
+        chunks: Iterable[int],
+        created_at_ms: int,
+        updated_at_ms: int,
+    ) -> None:
+        """Write the header and the given chunks (each sealed just before it is written)."""
+        tx.salts.put_header(
+            seal_header(
+                self._keyring,
+                table,
+                chunk_size=chunk_size,
+                created_at_ms=created_at_ms,
+                updated_at_ms=updated_at_ms,
+                random=self._random,
+            )
+        )
+        tx.salts.put_chunks(
+            seal_chunk(self._keyring, table.chunk(number, chunk_size), self._random)
+            for number in chunks
+        )
+
+    # ------------------------------------------------------------------------ opt-outs
+
+    def add_optout(self, kind: Any, value: Any, actor: Actor = SYSTEM) -> OptOutResult:
+        """Record an opt-out for an email, phone, or their hashes (as requests accept them).
+
+        The stored record holds the first-level hash, the time, and the raw UID the identity
+        has now (read from the one salt chunk its bucket is in). Invalid input is refused without
+        echoing it: it is personal data.
+        """
+        input_kind = _input_kind(kind)
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            header = self._header(tx)
+            first_level_salt, _ = open_header_secrets(self._keyring, header)
+            try:
+                flh = identity_first_level_hash(input_kind, value, first_level_salt)
+            except IdentityInputError:
+                raise InvalidInput(f"Invalid {input_kind.value}") from None
+            index = bucket_index(flh, header.bucket_count)
+            sealed = tx.salts.get_chunk(index // header.chunk_size)
+            if sealed is None:
+                raise NotFound(NOT_INITIALISED)
+            bucket = open_chunk(self._keyring, sealed).bucket(index)
+            raw_uid = current_raw_uid(
+                bucket,
+                flh,
+                scope=self._config.identity_scope,
+                kind=input_kind.identity_type,
+                environment=IdentityEnvironment.TEST,  # only v4 raw UIDs carry it; salts are v2/v3
+                identity_v3=self._config.identity_v3,
+            )
+            existing = tx.optouts.get(flh)
+            record = latest(existing, OptOutRecord(flh, now, b64encode(raw_uid)))
+            tx.optouts.put(record)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action="optout.add",
+                target_type="optout",
+                target_id=b64encode(flh),
+                after={
+                    "identity_type": input_kind.identity_type.name.lower(),
+                    "timestamp_ms": record.timestamp_ms,
+                },
+            )
+        logger.info("opt-out recorded type=%s actor=%s", input_kind.value, actor.id)
+        return OptOutResult(
+            identity_type=input_kind.identity_type.name.lower(),
+            timestamp_ms=record.timestamp_ms,
+            advertising_id=record.advertising_id,
+            already_opted_out=existing is not None,
+        )
+
+    # ------------------------------------------------------------------------ loading
+
+    def load_material(self, previous: Material | None = None) -> Material:
+        """Keysets, keys (secrets opened), the salt table, opt-outs and the change sequence,
+        from one read transaction.
+
+        With ``previous``, its salt table is reused when the stored one has not changed (same
+        version and secrets): a reload after a key rotation or an opt-out then costs no salt
+        reads and no second copy of the table in memory.
+        """
+        with self._store.read() as tx:
+            change_seq = tx.change_seq()
+            header = self._header(tx)
+            first_level_salt, id_secret = open_header_secrets(self._keyring, header)
+            salts: SaltTable
+            if previous is not None and _same_table(
+                previous.salts, header, first_level_salt, id_secret
+            ):
+                salts = previous.salts
+            else:
+                salts = self._read_table(tx, header)
+            keysets = tuple(tx.keysets.list_all())
+            keys = tuple(open_key(self._keyring, k) for k in tx.encryption_keys.list_all())
+            optouts = tuple(tx.optouts.list_all())
+        builtins = (
+            previous.builtins
+            if previous is not None and previous.salts.first_level_salt == first_level_salt
+            else builtin_identities(first_level_salt)
+        )
+        return Material(change_seq, keysets, keys, salts, optouts, builtins)
+
+
+def _same_table(
+    table: SaltTable, header: SaltHeader, first_level_salt: str, id_secret: str
+) -> bool:
+    return (
+        table.version == header.version
+        and table.bucket_count == header.bucket_count
+        and table.first_level_salt == first_level_salt
+        and table.id_secret == id_secret
+        and table.id_prefix == header.id_prefix
+    )
+
+
+def _input_kind(kind: Any) -> InputKind:
+    if isinstance(kind, InputKind):
+        return kind
+    try:
+        return InputKind(kind)
+    except ValueError:
+        names = ", ".join(k.value for k in InputKind)
+        raise InvalidInput(f"The identity kind must be one of {names}") from None
