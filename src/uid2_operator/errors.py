@@ -28,11 +28,28 @@ The tree::
     │   │   ├── UnknownTokenKey
     │   │   ├── TokenDecryptionFailed
     │   │   └── IdentityMismatch
-    │   └── RefreshEnvelopeError            the 388-character refresh envelope (operator-api §5.5)
-    │       ├── RefreshNotBase64
-    │       ├── RefreshKeyUnknown
-    │       ├── RefreshDecryptionFailed
-    │       └── RefreshPayloadInvalid
+    │   ├── RefreshEnvelopeError            the 388-character refresh envelope (operator-api §5.5)
+    │   │   ├── RefreshNotBase64
+    │   │   ├── RefreshKeyUnknown
+    │   │   ├── RefreshDecryptionFailed
+    │   │   └── RefreshPayloadInvalid
+    │   └── CstgError                       /v2/token/client-generate (operator-api §8)
+    │       ├── CstgClientError             400 client_error
+    │       │   ├── CstgJsonInvalid
+    │       │   ├── CstgJsonMissing
+    │       │   ├── CstgBadSubscription
+    │       │   ├── CstgMissingParameters
+    │       │   ├── CstgBadPublicKey
+    │       │   ├── CstgBadIv
+    │       │   ├── CstgDecryptionFailed
+    │       │   ├── CstgStaleTimestamp      a request timestamp outside the window
+    │       │   ├── CstgPayloadJsonInvalid
+    │       │   ├── CstgPhoneNotSupported
+    │       │   ├── CstgIdentityMissing
+    │       │   └── CstgInvalidIdentifier
+    │       ├── CstgKeypairDisabled         401 unauthorized
+    │       ├── CstgInvalidOrigin           403 invalid_http_origin
+    │       └── CstgInvalidAppName          403 invalid_app_name
     ├── KeySelectionError
     │   └── NoActiveKey                     no key of a keyset is active at the given time
     ├── SaltError                           salt material that cannot serve a derivation
@@ -221,6 +238,101 @@ class RefreshDecryptionFailed(RefreshEnvelopeError):
 class RefreshPayloadInvalid(RefreshEnvelopeError):
     code = "refresh_payload_invalid"
     message = "Invalid format: Payload is not valid json or missing required data."
+
+
+class CstgError(WireError):
+    """A client-side token generate request refused; the message is the reference's text.
+
+    The subclass decides the response: ``CstgClientError`` 400 ``client_error``,
+    ``CstgKeypairDisabled`` 401 ``unauthorized``, ``CstgInvalidOrigin`` 403 ``invalid_http_origin``,
+    ``CstgInvalidAppName`` 403 ``invalid_app_name`` (``status`` holds the JSON status string).
+    """
+
+    code = "cstg_invalid"
+    message = "client side token generate request refused"
+    status: ClassVar[str] = "client_error"
+
+
+class CstgClientError(CstgError):
+    code = "cstg_client_error"
+
+
+class CstgJsonInvalid(CstgClientError):
+    code = "cstg_json_invalid"
+    message = "json payload is not valid"
+
+
+class CstgJsonMissing(CstgClientError):
+    code = "cstg_json_missing"
+    message = "json payload expected but not found"
+
+
+class CstgBadSubscription(CstgClientError):
+    code = "cstg_bad_subscription"
+    message = "bad subscription_id"
+
+
+class CstgMissingParameters(CstgClientError):
+    code = "cstg_missing_parameters"
+    message = "required parameters: payload, iv, public_key"
+
+
+class CstgBadPublicKey(CstgClientError):
+    code = "cstg_bad_public_key"
+    message = "bad public key"
+
+
+class CstgBadIv(CstgClientError):
+    code = "cstg_bad_iv"
+    message = "bad iv"
+
+
+class CstgDecryptionFailed(CstgClientError):
+    code = "cstg_decryption_failed"
+    message = "payload decryption failed"
+
+
+class CstgStaleTimestamp(CstgClientError):
+    code = "cstg_stale_timestamp"
+    message = "invalid timestamp: request too old or client clock drift"
+
+
+class CstgPayloadJsonInvalid(CstgClientError):
+    code = "cstg_payload_json_invalid"
+    message = "encrypted payload contains invalid json"
+
+
+class CstgPhoneNotSupported(CstgClientError):
+    code = "cstg_phone_not_supported"
+    message = "phone support not enabled"
+
+
+class CstgIdentityMissing(CstgClientError):
+    code = "cstg_identity_missing"
+    message = "please provide exactly one of: email_hash, phone_hash"
+
+
+class CstgInvalidIdentifier(CstgClientError):
+    code = "cstg_invalid_identifier"
+    message = "Invalid Identifier"
+
+
+class CstgKeypairDisabled(CstgError):
+    code = "cstg_keypair_disabled"
+    message = "Unauthorized"
+    status = "unauthorized"
+
+
+class CstgInvalidOrigin(CstgError):
+    code = "cstg_invalid_origin"
+    message = "unexpected http origin"
+    status = "invalid_http_origin"
+
+
+class CstgInvalidAppName(CstgError):
+    code = "cstg_invalid_app_name"
+    message = "unexpected app name"
+    status = "invalid_app_name"
 
 
 # ----------------------------------------------------------------------------------- keys/salts
