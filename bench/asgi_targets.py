@@ -1,0 +1,53 @@
+"""The ASGI applications the throughput benchmark serves, importable by any ASGI server.
+
+``hello`` is the floor: the least an ASGI application can do per request (a fixed two-byte
+answer, like the operator's health check). ``operator_app`` is a factory that builds the real
+operator application over the deterministic benchmark world named by the environment (see
+``operator_world``), so the server process holds its own snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from operator_world import world_from_environment
+from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.web.operator_api.app import create_operator_app
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
+}
+_BODY = {"type": "http.response.body", "body": b"OK"}
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    """A bare ASGI hello-world (lifespan acknowledged, every HTTP request answered ``OK``)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    await send(dict(_START))
+    await send(dict(_BODY))
+
+
+def operator_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The operator application over the benchmark world (an ASGI factory)."""
+    world = world_from_environment()
+    snapshot = world.snapshot
+    return create_operator_app(
+        snapshot_provider=lambda: snapshot, clock=SystemClock(), random=system_random
+    )
