@@ -2,11 +2,21 @@
 
 This is the only module that touches the AEAD primitive. ``open_`` raises ``AeadFailure`` (a
 plain exception local to the wire layer) so each caller can turn it into its own typed error.
+
+Cipher objects are cached per key (``cipher``): building one runs the AES key schedule and costs
+about as much as sealing a token layer, and every request seals or opens several layers under the
+same few keys. The cache is bounded and least-recently-used, holds nothing but the cipher objects
+(the key bytes are its lookup keys, which the caller already keeps in memory), and shows neither
+in any ``repr``. A key that leaves the snapshot (rotated out, secret revoked) is no longer looked
+up and ages out of the cache; what the cache retains is never more than process memory already
+held.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,9 +28,28 @@ TAG_SIZE = 16
 KEY_SIZE = 32
 OVERHEAD = IV_SIZE + TAG_SIZE
 
+CIPHER_CACHE_SIZE: Final = 4096
+"""How many keys keep a ready cipher: every token key and client secret of a large deployment."""
+
 
 class AeadFailure(Exception):
     """The blob is too short, the key has the wrong size, or authentication failed."""
+
+
+@lru_cache(maxsize=CIPHER_CACHE_SIZE)
+def _cached_cipher(key: bytes) -> AESGCM:
+    return AESGCM(key)
+
+
+def cipher(key: bytes | bytearray | memoryview) -> AESGCM:
+    """A ready AES-GCM cipher for ``key`` (16, 24 or 32 bytes), shared by every caller.
+
+    ``ValueError`` for a key of any other size. Keys that are not ``bytes`` (a ``bytearray``, a
+    ``memoryview``) are copied to ``bytes`` first, since only immutable keys can be cached.
+    """
+    if type(key) is not bytes:
+        key = bytes(key)
+    return _cached_cipher(key)
 
 
 def seal(key: bytes, plaintext: bytes, random: RandomBytes, aad: bytes | None = None) -> bytes:
@@ -31,7 +60,7 @@ def seal(key: bytes, plaintext: bytes, random: RandomBytes, aad: bytes | None = 
 def seal_with_iv(key: bytes, iv: bytes, plaintext: bytes, aad: bytes | None = None) -> bytes:
     if len(iv) != IV_SIZE:
         raise ValueError(f"IV must be {IV_SIZE} bytes")
-    return iv + AESGCM(key).encrypt(iv, plaintext, aad)
+    return iv + cipher(key).encrypt(iv, plaintext, aad)
 
 
 def open_(key: bytes, blob: bytes, aad: bytes | None = None) -> bytes:
@@ -39,6 +68,6 @@ def open_(key: bytes, blob: bytes, aad: bytes | None = None) -> bytes:
     if len(key) != KEY_SIZE or len(blob) < OVERHEAD:
         raise AeadFailure
     try:
-        return AESGCM(key).decrypt(blob[:IV_SIZE], blob[IV_SIZE:], aad)
+        return cipher(key).decrypt(blob[:IV_SIZE], blob[IV_SIZE:], aad)
     except InvalidTag as exc:
         raise AeadFailure from exc

@@ -19,6 +19,8 @@ decodes base64 once, decrypts once, and parses the JSON payload once.
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -39,10 +41,9 @@ from uid2_operator.wire.aead import AeadFailure, RandomBytes
 from uid2_operator.wire.encoding import (
     Base64Error,
     b64decode,
-    b64encode,
+    b64encode_ascii,
     dumps,
     pack_i64,
-    unpack_i64,
 )
 from uid2_operator.wire.scope import IdentityScope
 
@@ -68,6 +69,10 @@ def _reject_constant(name: str) -> NoReturn:
 # The reference parser (Jackson) refuses NaN and Infinity; Python's accepts them unless told not to.
 # One shared decoder keeps ``decode`` as cheap as ``json.loads`` with default arguments.
 _JSON: Final = json.JSONDecoder(parse_constant=_reject_constant)
+# Its scanner alone decides a text that starts with ``{`` and ends with ``}`` (no whitespace to
+# skip around the value), about twice as fast as ``decode``.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = vars(_JSON)["scan_once"]
+_INNER_HEADER: Final = struct.Struct(">q8s")  # timestamp_ms, nonce
 
 
 # ------------------------------------------------------------------------------ timestamp window
@@ -222,13 +227,13 @@ def _open(
     except AeadFailure:
         raise EnvelopeDecryptionFailed(messages.decryption_failed) from None
 
-    timestamp_ms = unpack_i64(plaintext)
-    if not window.accepts(timestamp_ms, now_ms):
+    timestamp_ms, nonce = _INNER_HEADER.unpack_from(plaintext)
+    if not -window.max_future_ms <= now_ms - timestamp_ms <= window.max_past_ms:
         raise StaleTimestamp
     payload = _payload(plaintext) if len(plaintext) > INNER_HEADER_SIZE else None
     return RequestEnvelope(
         timestamp_ms=timestamp_ms,
-        nonce=plaintext[TIMESTAMP_SIZE:INNER_HEADER_SIZE],
+        nonce=nonce,
         payload=payload,
         binary=binary,
     )
@@ -266,7 +271,13 @@ def _is_json_object(data: bytes) -> bool:
 def _json_object(data: bytes, errors: str = "strict") -> JsonObject | None:
     """``data`` as a JSON object, or None when it is not UTF-8, not JSON, or not an object."""
     try:
-        value = _JSON.decode(data.decode("utf-8", errors))
+        text = data.decode("utf-8", errors)
+        if text[:1] == "{" and text[-1:] == "}":
+            value, end = _SCAN(text, 0)
+            if end != len(text):
+                return None
+        else:
+            value = _JSON.decode(text)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -304,7 +315,7 @@ def seal_response(
 ) -> bytes:
     """Seal a response's JSON for the client that sent ``nonce``: ``IV || GCM(...) || tag``."""
     _check_nonce(nonce)
-    return aead.seal(secret, b"".join((pack_i64(now_ms), nonce, body_json)), random)
+    return aead.seal_with_iv(secret, random(aead.IV_SIZE), pack_i64(now_ms) + nonce + body_json)
 
 
 def frame_response(sealed: bytes, binary: bool) -> tuple[bytes, str]:
@@ -315,7 +326,7 @@ def frame_response(sealed: bytes, binary: bool) -> tuple[bytes, str]:
     """
     if binary:
         return sealed, OCTET_STREAM
-    return b64encode(sealed).encode("ascii"), TEXT_PLAIN
+    return b64encode_ascii(sealed), TEXT_PLAIN
 
 
 def unframe_response(body: bytes, binary: bool) -> bytes:

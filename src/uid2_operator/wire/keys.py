@@ -80,14 +80,20 @@ def active_key(
     ``keys`` should be the keys of a single keyset; pass ``keyset_id`` to filter a mixed list.
     Raises ``NoActiveKey`` when no key qualifies.
     """
-    candidates = [k for k in keys if keyset_id is None or k.keyset_id == keyset_id]
-    started = [
-        k for k in sorted(candidates, key=lambda k: k.activates) if k.activates * 1000 <= now_ms
-    ]
-    for key in reversed(started):
-        if not key.is_expired(now_ms):
-            return key
-    raise NoActiveKey
+    # One pass, no sort: among the started, unexpired keys the one that activates last wins,
+    # and among equals the last in the caller's order (what the stable sort and the backward walk
+    # pick). Every request selects three keys this way.
+    chosen: EncryptionKey | None = None
+    for key in keys:
+        if (
+            (keyset_id is None or key.keyset_id == keyset_id)
+            and key.activates * 1000 <= now_ms < key.expires * 1000
+            and (chosen is None or key.activates >= chosen.activates)
+        ):
+            chosen = key
+    if chosen is None:
+        raise NoActiveKey
+    return chosen
 
 
 class PrivacyBit(IntFlag):

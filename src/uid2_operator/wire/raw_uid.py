@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hashids import Hashids  # type: ignore[import-untyped]
 
 from uid2_operator.errors import SaltError, WireError
-from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.encoding import b64encode_ascii
 from uid2_operator.wire.identity import java_utf8
 from uid2_operator.wire.scope import IdentityScope, IdentityType
 
@@ -57,9 +57,7 @@ class IdentityEnvironment(IntEnum):
 
 def first_level_hash(identity_hash: bytes, first_level_salt: str) -> bytes:
     """``SHA256(base64(H) || first_level_salt)``: ``H`` is salted as base64 *text* (§4.2)."""
-    return hashlib.sha256(
-        b64encode(identity_hash).encode("ascii") + java_utf8(first_level_salt)
-    ).digest()
+    return hashlib.sha256(b64encode_ascii(identity_hash) + java_utf8(first_level_salt)).digest()
 
 
 def bucket_index(flh: bytes, bucket_count: int) -> int:
@@ -81,7 +79,7 @@ def bucket_index(flh: bytes, bucket_count: int) -> int:
 
 def raw_uid_v2(flh: bytes, salt: str) -> bytes:
     """``SHA256(base64(FLH) || salt)`` (32 bytes)."""
-    return hashlib.sha256(b64encode(flh).encode("ascii") + java_utf8(salt)).digest()
+    return hashlib.sha256(b64encode_ascii(flh) + java_utf8(salt)).digest()
 
 
 def v3_metadata(scope: IdentityScope, kind: IdentityType) -> int:

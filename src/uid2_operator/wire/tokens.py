@@ -21,9 +21,11 @@ denying holders of a shared site key the ability to forge either.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import attrgetter
 from typing import Final
 
 from cryptography.hazmat.primitives import padding
@@ -36,15 +38,20 @@ from uid2_operator.errors import (
     UnknownTokenKey,
     UnsupportedTokenVersion,
 )
-from uid2_operator.wire.aead import IV_SIZE, OVERHEAD, AeadFailure, RandomBytes, open_, seal_with_iv
+from uid2_operator.wire.aead import (
+    IV_SIZE,
+    OVERHEAD,
+    AeadFailure,
+    RandomBytes,
+    cipher,
+    open_,
+)
 from uid2_operator.wire.encoding import (
     Base64Error,
     b64decode,
     b64encode,
     b64url_decode,
     b64url_encode,
-    pack_i32,
-    pack_i64,
     unpack_i32,
     unpack_i64,
 )
@@ -98,12 +105,43 @@ _AD_RANGES: Final = (
 )  # fmt: skip
 _REFRESH_RANGES: Final = (*_SHARED_RANGES, ("key_id", _I32))
 
+# Big-endian layouts, one ``struct`` call each. ``struct`` refuses a value its field cannot carry
+# with exactly the bounds of the ranges above, so packing doubles as the range check.
+_TOKEN_HEADER: Final = struct.Struct(">BBi")  # identity byte, version, key id
+_MASTER_PREFIX: Final = struct.Struct(">qqiBiii")  # expires .. operator key id, site key id
+_SITE_PREFIX: Final = struct.Struct(">iqiiqq")  # site id .. refreshed
+_REFRESH_PREFIX: Final = struct.Struct(">qqiBiiiqiiqB")  # expires .. established, identity byte
+_FORMAT_OF_RANGE: Final = {_I32: "i", _I64: "q", _U8: "B"}
 
-def _check_ranges(obj: object, ranges: tuple[tuple[str, tuple[int, int]], ...]) -> None:
-    """Reject values the fixed-width fields cannot carry, so a bad token is unrepresentable."""
-    for name, (low, high) in ranges:
-        if not low <= getattr(obj, name) < high:
-            raise ValueError(f"{name} does not fit its field")
+
+class _RangeCheck:
+    """Reads the range-checked fields of a token in one call and packs them in one more."""
+
+    __slots__ = ("fields", "layout", "ranges")
+
+    def __init__(self, ranges: tuple[tuple[str, tuple[int, int]], ...]) -> None:
+        self.ranges = ranges
+        self.fields = attrgetter(*(name for name, _ in ranges))
+        self.layout = struct.Struct(">" + "".join(_FORMAT_OF_RANGE[r] for _, r in ranges))
+
+
+_AD_CHECK: Final = _RangeCheck(_AD_RANGES)
+_REFRESH_CHECK: Final = _RangeCheck(_REFRESH_RANGES)
+
+
+def _check_ranges(obj: object, check: _RangeCheck) -> None:
+    """Reject values the fixed-width fields cannot carry, so a bad token is unrepresentable.
+
+    The common case (everything fits) costs one ``struct`` call; only a refusal walks the fields
+    one by one, to name the first that does not fit.
+    """
+    try:
+        check.layout.pack(*check.fields(obj))
+    except struct.error:
+        for name, (low, high) in check.ranges:
+            if not low <= getattr(obj, name) < high:
+                raise ValueError(f"{name} does not fit its field") from None
+        raise ValueError("token fields must be integers") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +178,7 @@ class AdvertisingToken:
     client_key_id: int = 0
 
     def __post_init__(self) -> None:
-        _check_ranges(self, _AD_RANGES)
+        _check_ranges(self, _AD_CHECK)
         if len(self.raw_uid) not in RAW_UID_SIZES:
             raise ValueError("raw UID must be 32 or 33 bytes")
 
@@ -173,7 +211,7 @@ class RefreshToken:
     client_key_id: int = 0
 
     def __post_init__(self) -> None:
-        _check_ranges(self, _REFRESH_RANGES)
+        _check_ranges(self, _REFRESH_CHECK)
         if len(self.first_level_hash) != FIRST_LEVEL_HASH_SIZE:
             raise ValueError("first-level hash must be 32 bytes")
 
@@ -207,8 +245,17 @@ def encode_advertising_token_v4(
     random: RandomBytes,
 ) -> str:
     """The format the operator issues: ``token`` sealed as v4 whatever its ``version`` says."""
-    v4 = replace(token, version=TokenVersion.V4)
-    return encode_advertising_token(v4, master_key=master_key, site_key=site_key, random=random)
+    site_iv = random(IV_SIZE)
+    master_iv = random(IV_SIZE)
+    return _encode_advertising(
+        token,
+        TokenVersion.V4,
+        master_key=master_key,
+        site_key=site_key,
+        master_iv=master_iv,
+        site_iv=site_iv,
+        identity_byte=None,
+    )
 
 
 def encode_advertising_token_with_ivs(
@@ -225,47 +272,115 @@ def encode_advertising_token_with_ivs(
     ``identity_byte`` overrides header byte 0 (normally ``scope<<4 | type<<2 | 3``) so tokens made
     by peers that omit the low bits can be reproduced byte for byte.
     """
-    if token.version is TokenVersion.V2:
+    return _encode_advertising(
+        token,
+        token.version,
+        master_key=master_key,
+        site_key=site_key,
+        master_iv=master_iv,
+        site_iv=site_iv,
+        identity_byte=identity_byte,
+    )
+
+
+def _encode_advertising(
+    token: AdvertisingToken,
+    version: TokenVersion,
+    *,
+    master_key: EncryptionKey,
+    site_key: EncryptionKey,
+    master_iv: bytes,
+    site_iv: bytes,
+    identity_byte: int | None,
+) -> str:
+    if version is TokenVersion.V2:
         raise ValueError("v2 advertising tokens are decode-only")
     if master_key.id != token.master_key_id or site_key.id != token.site_key_id:
         raise ValueError("the keys do not match the token's key ids")
-    if len(token.raw_uid) == 33 and (
-        token.raw_uid[0] & _IDENTITY_MASK
-        != identity_type_byte(token.scope, token.identity_type) & _IDENTITY_MASK
-    ):
+    identity = identity_type_byte(token.scope, token.identity_type)
+    raw_uid = token.raw_uid
+    if len(raw_uid) == 33 and (raw_uid[0] ^ identity) & _IDENTITY_MASK:
         raise ValueError("the raw UID's scope/type differ from the token's")
-    site_payload = (
-        pack_i32(token.site_id)
-        + pack_i64(token.publisher_id)
-        + pack_i32(token.client_key_id)
-        + pack_i32(token.privacy_bits)
-        + pack_i64(token.established_ms)
-        + pack_i64(token.refreshed_ms)
-        + token.raw_uid
+    data = seal_advertising_token(
+        identity_byte=identity if identity_byte is None else identity_byte,
+        version=version,
+        master_key=master_key,
+        site_key=site_key,
+        master_iv=master_iv,
+        site_iv=site_iv,
+        expires_ms=token.expires_ms,
+        created_ms=token.created_ms,
+        operator_site_id=token.operator_site_id,
+        operator_type=token.operator_type,
+        operator_version=token.operator_version,
+        operator_key_id=token.operator_key_id,
+        site_id=token.site_id,
+        publisher_id=token.publisher_id,
+        client_key_id=token.client_key_id,
+        privacy_bits=token.privacy_bits,
+        established_ms=token.established_ms,
+        refreshed_ms=token.refreshed_ms,
+        raw_uid=raw_uid,
     )
-    master_payload = (
-        pack_i64(token.expires_ms)
-        + pack_i64(token.created_ms)
-        + _operator_identity(token.operator_site_id, token.operator_type, token.operator_version)
-        + pack_i32(token.operator_key_id)
-        + pack_i32(site_key.id)
-        + seal_with_iv(site_key.secret, site_iv, site_payload)
-    )
-    first = (
-        identity_type_byte(token.scope, token.identity_type)
-        if identity_byte is None
-        else identity_byte
-    )
-    data = (
-        bytes([first, token.version])
-        + pack_i32(master_key.id)
-        + seal_with_iv(master_key.secret, master_iv, master_payload)
-    )
-    return b64url_encode(data) if token.version is TokenVersion.V4 else b64encode(data)
+    return b64url_encode(data) if version is TokenVersion.V4 else b64encode(data)
 
 
-def _operator_identity(site_id: int, operator_type: int, version: int) -> bytes:
-    return pack_i32(site_id) + bytes([operator_type]) + pack_i32(version)
+def seal_advertising_token(
+    *,
+    identity_byte: int,
+    version: int,
+    master_key: EncryptionKey,
+    site_key: EncryptionKey,
+    master_iv: bytes,
+    site_iv: bytes,
+    expires_ms: int,
+    created_ms: int,
+    site_id: int,
+    privacy_bits: int,
+    established_ms: int,
+    refreshed_ms: int,
+    raw_uid: bytes,
+    operator_site_id: int = 0,
+    operator_type: int = OPERATOR_TYPE_SERVICE,
+    operator_version: int = 0,
+    operator_key_id: int = 0,
+    publisher_id: int = 0,
+    client_key_id: int = 0,
+) -> bytes:
+    """The binary v3/v4 advertising token (before base64), built straight from its fields.
+
+    The layout of ``encode_advertising_token_with_ivs`` without an ``AdvertisingToken`` in
+    between, for callers that issue tokens on every request. Each layer is packed in one
+    ``struct`` call and sealed with the key's cached cipher. A value its field cannot carry, or
+    an IV that is not 12 bytes, raises ``ValueError``; the caller vouches for the rest (the raw
+    UID's size and its agreement with ``identity_byte``, a non-v2 ``version``).
+    """
+    if len(master_iv) != IV_SIZE or len(site_iv) != IV_SIZE:
+        raise ValueError(f"IV must be {IV_SIZE} bytes")
+    try:
+        site_plain = (
+            _SITE_PREFIX.pack(
+                site_id, publisher_id, client_key_id, privacy_bits, established_ms, refreshed_ms
+            )
+            + raw_uid
+        )
+        master_plain = (
+            _MASTER_PREFIX.pack(
+                expires_ms,
+                created_ms,
+                operator_site_id,
+                operator_type,
+                operator_version,
+                operator_key_id,
+                site_key.id,
+            )
+            + site_iv
+            + cipher(site_key.secret).encrypt(site_iv, site_plain, None)
+        )
+        header = _TOKEN_HEADER.pack(identity_byte, version, master_key.id)
+    except struct.error as exc:
+        raise ValueError(f"a token field does not fit: {exc}") from None
+    return header + master_iv + cipher(master_key.secret).encrypt(master_iv, master_plain, None)
 
 
 def decode_advertising_token(
@@ -388,26 +503,74 @@ def encode_refresh_token_with_iv(token: RefreshToken, *, key: EncryptionKey, iv:
         raise ValueError("only v3 refresh tokens are issued")
     if key.id != token.key_id:
         raise ValueError("the key does not match the token's key id")
-    identity = identity_type_byte(token.scope, token.identity_type)
-    payload = (
-        pack_i64(token.expires_ms)
-        + pack_i64(token.created_ms)
-        + _operator_identity(token.operator_site_id, token.operator_type, token.operator_version)
-        + pack_i32(token.operator_key_id)
-        + pack_i32(token.site_id)
-        + pack_i64(token.publisher_id)
-        + pack_i32(token.client_key_id)
-        + pack_i32(token.privacy_bits)
-        + pack_i64(token.established_ms)
-        + bytes([identity])
-        + token.first_level_hash
-    )
-    data = (
-        bytes([identity, TokenVersion.V3])
-        + pack_i32(key.id)
-        + seal_with_iv(key.secret, iv, payload)
+    data = seal_refresh_token(
+        identity_byte=identity_type_byte(token.scope, token.identity_type),
+        key=key,
+        iv=iv,
+        expires_ms=token.expires_ms,
+        created_ms=token.created_ms,
+        operator_site_id=token.operator_site_id,
+        operator_type=token.operator_type,
+        operator_version=token.operator_version,
+        operator_key_id=token.operator_key_id,
+        site_id=token.site_id,
+        publisher_id=token.publisher_id,
+        client_key_id=token.client_key_id,
+        privacy_bits=token.privacy_bits,
+        established_ms=token.established_ms,
+        first_level_hash=token.first_level_hash,
     )
     return b64encode(data)
+
+
+def seal_refresh_token(
+    *,
+    identity_byte: int,
+    key: EncryptionKey,
+    iv: bytes,
+    expires_ms: int,
+    created_ms: int,
+    site_id: int,
+    privacy_bits: int,
+    established_ms: int,
+    first_level_hash: bytes,
+    operator_site_id: int = 0,
+    operator_type: int = OPERATOR_TYPE_SERVICE,
+    operator_version: int = 0,
+    operator_key_id: int = 0,
+    publisher_id: int = 0,
+    client_key_id: int = 0,
+) -> bytes:
+    """The 124-byte v3 refresh token (before base64), built straight from its fields.
+
+    The layout of ``encode_refresh_token_with_iv`` without a ``RefreshToken`` in between: one
+    ``struct`` call and the key's cached cipher. A value its field cannot carry, or an IV that is
+    not 12 bytes, raises ``ValueError``; the caller vouches for the 32-byte first-level hash.
+    """
+    if len(iv) != IV_SIZE:
+        raise ValueError(f"IV must be {IV_SIZE} bytes")
+    try:
+        header = _TOKEN_HEADER.pack(identity_byte, TokenVersion.V3, key.id)
+        plain = (
+            _REFRESH_PREFIX.pack(
+                expires_ms,
+                created_ms,
+                operator_site_id,
+                operator_type,
+                operator_version,
+                operator_key_id,
+                site_id,
+                publisher_id,
+                client_key_id,
+                privacy_bits,
+                established_ms,
+                identity_byte,
+            )
+            + first_level_hash
+        )
+    except struct.error as exc:
+        raise ValueError(f"a token field does not fit: {exc}") from None
+    return header + iv + cipher(key.secret).encrypt(iv, plain, None)
 
 
 def decode_refresh_token(text: str, *, key_lookup: KeyLookup) -> RefreshToken:
