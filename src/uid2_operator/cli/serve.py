@@ -1,19 +1,345 @@
-"""``uid2-operator serve``: run the operator API."""
+"""``uid2-operator serve``: the operator API in N worker processes and the admin API beside them.
+
+Process layout (docs/operator.md has the operator's view):
+
+- the **serving process** (this command) checks the data directory (running ``init`` first with
+  ``--init-if-new``), makes sure the encryption material exists, serves the admin API on
+  ``--admin-port`` from a thread, and runs the material upkeep: the key rotation schedule every
+  ``UID2_KEY_ROTATION_INTERVAL_S``, and, whenever the store changed, the creation of a default
+  keyset for any participant that has none yet;
+- **N worker processes** (``--workers``) each serve the operator API on ``--port`` from their own
+  snapshot (``web.operator_api.server.create_worker_app``). On Linux every worker listens on its
+  own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly across workers; elsewhere
+  they share one listening socket. A worker that dies is restarted.
+
+SIGINT or SIGTERM stops the workers (each flushes its pending usage and opt-outs) and then the
+admin API.
+"""
 
 from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any, Final
 
 import click
 import uvicorn
 
-from uid2_operator.web.operator_api.app import create_operator_app
+from uid2_operator.bootstrap import Services, load_keyring, open_services
+from uid2_operator.cli.database import init
+from uid2_operator.cli.runtime import load_settings
+from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.errors import SchemaOutOfDate, StoreUnavailable, UID2Error
+from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.services.material import MaterialConfig, MaterialService
+from uid2_operator.settings import Settings
+from uid2_operator.storage import open_store
+from uid2_operator.web.admin_api.app import create_admin_app
+
+log = logging.getLogger(__name__)
+
+WORKER_APP: Final = "uid2_operator.web.operator_api.server:create_worker_app"
+_REUSE_PORT: Final = hasattr(socket, "SO_REUSEPORT")
+_RESTART_PAUSE_S: Final = 1.0
+_STOP_TIMEOUT_S: Final = 10.0
+_QUICK_EXIT_S: Final = 10.0
+_QUICK_EXIT_LIMIT: Final = 3
+
+
+def _needs_init(settings: Settings) -> bool:
+    """True for a data directory (or database) that was never initialised."""
+    if settings.keyring_json is None and not settings.keyring_path.exists():
+        return True
+    if settings.database_url is None and not (settings.data_dir / "uid2.db").exists():
+        return True
+    try:
+        open_store(settings.store_url).close()
+    except SchemaOutOfDate:
+        return True
+    return False
+
+
+def _next_steps(settings: Settings, admin_url: str) -> str:
+    data = f" --data-dir {settings.data_dir}" if str(settings.data_dir) != "data" else ""
+    cli = f"uid2-operator{data}"
+    return "\n".join(
+        [
+            "Next steps (in another terminal; with `.venv/bin/` in front if the venv is not on",
+            "your PATH):",
+            "  1. create a participant (prints its site id):",
+            f'       {cli} participant create --name "Example publisher" --type publisher \\',
+            "           --roles GENERATOR,MAPPER,ID_READER,SHARER",
+            "  2. create an API key for it (prints the key and its secret once):",
+            f'       {cli} key create --site-id <site id> --name "first key" \\',
+            "           --roles GENERATOR,MAPPER,ID_READER,SHARER",
+            f"  The admin API ({admin_url}) does the same with the admin token above.",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------- sockets
+
+
+def _bind(host: str, port: int, *, reuse_port: bool, listen: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    if listen:
+        sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _reserve_operator_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """A socket holding the operator port for this process tree, and the port (for ``0``).
+
+    A plain bind first proves the port is free (a second ``serve`` sharing it through
+    ``SO_REUSEPORT`` would silently split the traffic); then, on Linux, a bound but not
+    listening ``SO_REUSEPORT`` socket keeps it while the workers bind their own.
+    """
+    probe = _bind(host, port, reuse_port=False, listen=not _REUSE_PORT)
+    if not _REUSE_PORT:
+        return probe, probe.getsockname()[1]
+    chosen = int(probe.getsockname()[1])
+    probe.close()
+    return _bind(host, chosen, reuse_port=True, listen=False), chosen
+
+
+# --------------------------------------------------------------------------------- workers
+
+
+def _worker_main(host: str, port: int, shared: socket.socket | None, log_level: str) -> None:
+    """A worker process: one uvicorn server over the worker app, on its own socket."""
+    config = uvicorn.Config(
+        WORKER_APP,
+        factory=True,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+    )
+    sock = shared if shared is not None else _bind(host, port, reuse_port=True, listen=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@dataclass
+class _Workers:
+    host: str
+    port: int
+    count: int
+    shared: socket.socket | None
+    log_level: str
+
+    def __post_init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self.processes: list[SpawnProcess] = []
+        self._started: dict[int, float] = {}
+        self._quick_exits = 0
+
+    def _start_one(self) -> SpawnProcess:
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self.host, self.port, self.shared, self.log_level),
+            name="uid2-operator-worker",
+            daemon=False,
+        )
+        process.start()
+        self._started[id(process)] = time.monotonic()
+        return process
+
+    def start(self) -> None:
+        self.processes = [self._start_one() for _ in range(self.count)]
+
+    def keep_alive(self) -> None:
+        """Restart workers that exited; give up when they keep dying right after starting (a
+        configuration problem, such as an unreadable keyring, that restarts cannot fix)."""
+        for index, process in enumerate(self.processes):
+            if process.is_alive():
+                continue
+            lived = time.monotonic() - self._started.pop(id(process), 0.0)
+            self._quick_exits = self._quick_exits + 1 if lived < _QUICK_EXIT_S else 0
+            if self._quick_exits >= _QUICK_EXIT_LIMIT:
+                raise click.ClickException(
+                    f"workers keep exiting at startup (last exit status {process.exitcode}); "
+                    "see the messages above"
+                )
+            log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+            time.sleep(_RESTART_PAUSE_S)
+            self.processes[index] = self._start_one()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+# --------------------------------------------------------------------------------- upkeep
+
+
+class _Upkeep:
+    """Material upkeep in the serving process (see the module docstring)."""
+
+    def __init__(self, services: Services, material: MaterialService, serve: ServeSettings):
+        self._services = services
+        self._material = material
+        self._serve = serve
+        self._seen_seq: int | None = None
+        self._next_rotation = time.monotonic() + serve.key_rotation_interval_s
+        self._next_poll = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        try:
+            if now >= self._next_poll:
+                self._next_poll = now + self._serve.poll_interval_s
+                seq = self._services.store.change_seq()
+                if seq != self._seen_seq:
+                    # New participants get their default keyset (and its first key) here.
+                    self._material.initialise()
+                    self._seen_seq = self._services.store.change_seq()
+            if now >= self._next_rotation:
+                self._next_rotation = now + self._serve.key_rotation_interval_s
+                result = self._material.rotate_keys()
+                log.info("scheduled key rotation created %d keys", len(result.created))
+        except StoreUnavailable as exc:
+            log.warning("material upkeep skipped: %s", exc.detail)
+        except UID2Error as exc:
+            log.error("material upkeep failed: %s", exc.detail)
+
+
+def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_admin_app(services),
+        lifespan="off",
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="admin-api", daemon=True
+    )
+    thread.start()
+    return server
+
+
+def _export_settings(settings: Settings) -> None:
+    """What worker processes read back through ``Settings.from_env``."""
+    os.environ["UID2_DATA_DIR"] = str(settings.data_dir.resolve())
+    os.environ["UID2_ENVIRONMENT"] = settings.environment.value
+    if settings.database_url is not None:
+        os.environ["UID2_DATABASE_URL"] = settings.database_url
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--init-if-new", is_flag=True, help="Initialise the data directory when it is new.")
-def serve(host: str, port: int, init_if_new: bool) -> None:
-    """Serve the operator API."""
-    del init_if_new  # nothing to initialise until the credential store exists
-    click.echo(f"uid2-operator listening on http://{host}:{port} (health: /ops/healthcheck)")
-    uvicorn.run(create_operator_app(), host=host, port=port, log_level="warning")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--admin-port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Operator API processes; each holds its own snapshot.",
+)
+@click.option("--init-if-new", is_flag=True, help="Run init first when the data directory is new.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.pass_context
+def serve(  # noqa: PLR0917 (click passes every option positionally)
+    ctx: click.Context,
+    host: str,
+    port: int,
+    admin_port: int,
+    workers: int,
+    init_if_new: bool,
+    log_level: str,
+) -> None:
+    """Serve the operator API (--port) and the admin API (--admin-port)."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    serve_settings = ServeSettings.from_env()
+    initialised = False
+    if init_if_new and _needs_init(settings):
+        ctx.invoke(init, environment=None, as_json=False)
+        initialised = True
+        settings = load_settings()
+    services = open_services(settings)
+    keyring = load_keyring(settings)
+    material = MaterialService(
+        services.store,
+        keyring,
+        MaterialConfig.for_environment(
+            settings.environment, identity_scope=settings.identity_scope
+        ),
+        SystemClock(),
+        system_random,
+    )
+    material.initialise()  # idempotent: creates what is missing, keys included
+    _export_settings(settings)
+
+    reserve, operator_port = _reserve_operator_port(host, port)
+    admin_sock = _bind(host, admin_port, reuse_port=False, listen=True)
+    admin_url = f"http://{_url_host(host)}:{admin_sock.getsockname()[1]}/admin/api"
+    admin = _run_admin(services, admin_sock, log_level)
+    pool = _Workers(host, operator_port, workers, None if _REUSE_PORT else reserve, log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        del signum, frame
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    pool.start()
+    click.echo(
+        f"operator API: http://{_url_host(host)}:{operator_port} ({workers} worker"
+        f"{'s' if workers != 1 else ''}; health: /ops/healthcheck, metrics: /metrics)"
+    )
+    click.echo(f"admin API: {admin_url}")
+    if initialised:
+        click.echo(_next_steps(settings, admin_url))
+    click.echo("press Ctrl-C to stop", err=True)
+    upkeep = _Upkeep(services, material, serve_settings)
+    try:
+        while not stop.wait(0.2):
+            pool.keep_alive()
+            upkeep.tick()
+    finally:
+        pool.stop()
+        admin.should_exit = True
+        reserve.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        time.sleep(0.1)
+        services.close()
+    click.echo("stopped", err=True)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,165 @@
+"""Loading the operator's snapshot from the store: credentials and material, secrets opened.
+
+Three reads make a snapshot: the credentials (participants, API keys and the client secrets
+that are still live, ``Store.snapshot``), the service-held material (keysets, encryption keys,
+the salt table and opt-outs, ``MaterialService.load_material``) and the client-side state
+(sharing choices, participants' domain and app names, keypairs with their private keys opened,
+``sharing.read_client_side_state``), each one consistent read transaction. The snapshot is
+tagged with the *lowest* of their change sequences: if anything committed between the reads,
+the store's sequence is already past the tag, and the next poll loads again. So a snapshot may
+briefly be a mix of two adjacent states, never a stale one that the poller would keep.
+
+Secrets are opened with the keyring here and exist in the clear only in the returned snapshot,
+in memory. Salts stay in the store's compact table (``domain.salts.SaltTable``): the snapshot
+reads them through ``SaltSource`` and no per-bucket object is ever made; a reload whose salt table
+has not changed reuses the previous table object instead of reading it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from uid2_operator.domain import keysets as domain_keysets
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.optout import OptOutRecord as StoredOptOut
+from uid2_operator.domain.sealing import Keyring, open_secret
+from uid2_operator.services.material import Material, MaterialService
+from uid2_operator.services.sharing import read_client_side_state
+from uid2_operator.services.snapshot import (
+    ClientRecord,
+    Keyset,
+    Lifetimes,
+    LiveSecret,
+    OperatorIdentity,
+    OptOutRecord,
+    SharingMode,
+    Snapshot,
+    build_snapshot,
+)
+from uid2_operator.storage.interface import Snapshot as StoredCredentials
+from uid2_operator.storage.interface import Store
+from uid2_operator.wire.raw_uid import IdentityEnvironment
+from uid2_operator.wire.scope import IdentityScope
+
+# Token lifetimes per deployment environment (operator-api §5.8): the reference's production
+# values in prod; shorter ones in integ and local, so integrations see refreshes within a session.
+PROD_LIFETIMES = Lifetimes()
+INTEG_LIFETIMES = Lifetimes(
+    identity_token_s=3_600, refresh_token_s=86_400, refresh_identity_after_s=900
+)
+_LIFETIMES = {
+    Environment.PROD: PROD_LIFETIMES,
+    Environment.INTEG: INTEG_LIFETIMES,
+    Environment.LOCAL: INTEG_LIFETIMES,
+}
+_IDENTITY_ENVIRONMENTS = {
+    Environment.PROD: IdentityEnvironment.PROD,
+    Environment.INTEG: IdentityEnvironment.INTEG,
+    Environment.LOCAL: IdentityEnvironment.TEST,
+}
+
+
+def lifetimes_for(environment: Environment) -> Lifetimes:
+    return _LIFETIMES[environment]
+
+
+def operator_identity(
+    environment: Environment, scope: IdentityScope = IdentityScope.UID2
+) -> OperatorIdentity:
+    return OperatorIdentity(
+        environment=environment,
+        scope=scope,
+        identity_environment=_IDENTITY_ENVIRONMENTS[environment],
+        phone_support=True,
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Loaded:
+    """A snapshot and the material it was built from (kept to make the next reload cheaper)."""
+
+    snapshot: Snapshot
+    material: Material
+
+    def __repr__(self) -> str:
+        return f"Loaded(generation={self.snapshot.generation}, {self.material!r})"
+
+
+def read_material(service: MaterialService, previous: Material | None) -> Material:
+    """The one place that asks the material service for its part of the snapshot."""
+    return service.load_material(previous)
+
+
+def load_snapshot(
+    store: Store,
+    keyring: Keyring,
+    material: MaterialService,
+    *,
+    identity: OperatorIdentity,
+    lifetimes: Lifetimes,
+    generation: int,
+    now_ms: int,
+    previous: Loaded | None = None,
+) -> Loaded:
+    """Read the store and build an immutable snapshot (see the module docstring)."""
+    credentials = store.snapshot(now_ms)
+    loaded = read_material(material, None if previous is None else previous.material)
+    client_side = read_client_side_state(store, keyring)
+    snapshot = build_snapshot(
+        generation=generation,
+        built_at_ms=now_ms,
+        identity=identity,
+        lifetimes=lifetimes,
+        pepper=keyring.pepper,
+        clients=client_records(credentials, keyring),
+        keysets=[client_side.with_sharing(snapshot_keyset(k)) for k in loaded.keysets],
+        keys=loaded.keys,
+        salts=loaded.salts,
+        optouts=snapshot_optouts(loaded.optouts),
+        change_seq=min(credentials.change_seq, loaded.change_seq, client_side.change_seq),
+        sites=client_side.snapshot_sites(),
+        keypairs=client_side.snapshot_keypairs(),
+    )
+    return Loaded(snapshot, loaded)
+
+
+def client_records(credentials: StoredCredentials, keyring: Keyring) -> list[ClientRecord]:
+    """Every API key with its participant and its live secrets opened.
+
+    Revoked, disabled and expired keys are kept: the request path refuses them by their state
+    with the same 401 as an unknown key, and keeping them costs a few hundred bytes each.
+    """
+    participants = {p.site_id: p for p in credentials.participants}
+    secrets: dict[str, list[LiveSecret]] = {}
+    for sealed in credentials.secrets:
+        secrets.setdefault(sealed.key_id, []).append(
+            LiveSecret(sealed.secret_id, open_secret(keyring, sealed), sealed.retires_at_ms)
+        )
+    records: list[ClientRecord] = []
+    for key in credentials.keys:
+        participant = participants.get(key.site_id)
+        if participant is None:  # the store's foreign key makes this impossible; be safe
+            continue
+        records.append(ClientRecord(key, participant, tuple(secrets.get(key.key_id, ()))))
+    return records
+
+
+def snapshot_keyset(keyset: domain_keysets.Keyset) -> Keyset:
+    return Keyset(
+        keyset_id=keyset.keyset_id,
+        site_id=keyset.site_id,
+        enabled=keyset.enabled,
+        default=keyset.is_default,
+        sharing=SharingMode(keyset.sharing.value),
+        allowed_sites=keyset.allowed_sites,
+    )
+
+
+def snapshot_optouts(records: Iterable[StoredOptOut]) -> list[OptOutRecord]:
+    return [OptOutRecord(r.first_level_hash, r.advertising_id, r.timestamp_ms) for r in records]
+
+
+def stored_optout(record: OptOutRecord) -> StoredOptOut:
+    """An opt-out made by the request path, in the store's form."""
+    return StoredOptOut(record.first_level_hash, record.timestamp_ms, record.advertising_id)

@@ -1,0 +1,222 @@
+"""Keeping a worker's snapshot current: poll the store, reload on change, swap atomically.
+
+The request path reads exactly one attribute, ``SnapshotSource.current``: a ``Snapshot`` or
+``None`` (not loaded yet, or too old to serve). Everything else happens off the request path,
+in ``run``: every ``poll_interval_s`` it asks the store for its change sequence (one cheap
+read), and when that moved past the snapshot's, it loads a new snapshot in a worker thread and
+replaces ``current`` with it in one assignment. A request that already picked up the old snapshot
+finishes with it; no lock is ever taken.
+
+When the store cannot be reached the worker keeps serving the last snapshot and reports
+``problem`` (the health check answers 503 with it), because refusing every request over a
+database outage that has not changed any credential would turn it into a full outage. That
+holds for ``max_snapshot_age_s`` after the last poll that confirmed the snapshot: beyond that,
+a revoked key might still be accepted, so ``current`` becomes ``None`` and every API request is
+refused (503) until the store answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Final
+
+from uid2_operator.clock import Clock
+from uid2_operator.errors import UID2Error
+from uid2_operator.services.snapshot import OptOutRecord, Snapshot
+from uid2_operator.services.snapshot_loader import Loaded
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Loaded | None, int], Loaded]
+"""``(previous, generation) -> Loaded``: reads the store and builds a snapshot."""
+ChangeSeq = Callable[[], int]
+LOCAL_OPTOUT_LIMIT: Final = 50_000
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SnapshotSource:
+    """One worker's current snapshot and the loop that keeps it fresh (see the module doc)."""
+
+    def __init__(
+        self,
+        load: Loader,
+        change_seq: ChangeSeq,
+        clock: Clock,
+        *,
+        poll_interval_s: float,
+        max_snapshot_age_s: float,
+    ) -> None:
+        self.current: Snapshot | None = None
+        self._load = load
+        self._change_seq = change_seq
+        self._clock = clock
+        self._poll_interval_s = poll_interval_s
+        self._max_age_ms = int(max_snapshot_age_s * 1000)
+        self._loaded: Loaded | None = None
+        self._generation = 0
+        self._confirmed_at_ms: int | None = None
+        self._failing_since_ms: int | None = None
+        self._failure: str | None = None
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self.loads = 0
+
+    # ------------------------------------------------------------------------ state
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last snapshot loaded, served or not."""
+        return None if self._loaded is None else self._loaded.snapshot
+
+    @property
+    def confirmed_at_ms(self) -> int | None:
+        """When a poll last confirmed the snapshot matches the store."""
+        return self._confirmed_at_ms
+
+    @property
+    def store_reachable(self) -> bool:
+        return self._failure is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why this worker is not healthy (a plain-text line), or None when it is."""
+        if self._loaded is None:
+            reason = self._failure or "not loaded yet"
+            return f"No snapshot loaded: {reason}"
+        if self._failure is None:
+            return None
+        age_s = (self._clock.now_ms() - (self._confirmed_at_ms or 0)) // 1000
+        since = _when(self._failing_since_ms or 0)
+        if self.current is None:
+            return (
+                f"Snapshot is stale ({age_s} s since last confirmed; the bound is "
+                f"{self._max_age_ms // 1000} s): refusing API requests. Store unreachable since "
+                f"{since}: {self._failure}"
+            )
+        return (
+            f"Degraded: store unreachable since {since}: {self._failure}; serving the last "
+            f"snapshot, confirmed {age_s} s ago"
+        )
+
+    # ------------------------------------------------------------------------ loading
+
+    def refresh(self) -> bool:
+        """Poll once, synchronously (startup and tests): reload if the store moved.
+
+        Returns True when a new snapshot was installed. Store failures are recorded, not raised.
+        """
+        now = self._clock.now_ms()
+        try:
+            outcome: Loaded | BaseException | None = self._fetch()
+        except Exception as exc:  # recorded and reported on the health check, never raised
+            outcome = exc
+        return self._apply(now, outcome)
+
+    def _fetch(self) -> Loaded | None:
+        """The store's side of a poll (any thread): a new snapshot, or None if nothing moved."""
+        seq = self._change_seq()
+        loaded = self._loaded
+        if loaded is not None and loaded.snapshot.change_seq == seq:
+            return None
+        return self._load(loaded, self._generation + 1)
+
+    def _apply(self, polled_at_ms: int, outcome: Loaded | BaseException | None) -> bool:
+        """The state side of a poll, on the thread that owns ``current``."""
+        if isinstance(outcome, BaseException):
+            self._record_failure(polled_at_ms, outcome)
+            return False
+        if outcome is not None:
+            self._install(outcome)
+        self._confirmed_at_ms = polled_at_ms
+        if self._failure is not None:
+            self._failure = None
+            self._failing_since_ms = None
+            log.warning("store reachable again")
+        if self.current is None and self._loaded is not None:
+            self.current = self._loaded.snapshot
+        return outcome is not None
+
+    def _install(self, loaded: Loaded) -> None:
+        self._generation = loaded.snapshot.generation
+        self._loaded = loaded
+        self.current = loaded.snapshot
+        self.loads += 1
+        log.info(
+            "snapshot %d loaded at change_seq %s",
+            loaded.snapshot.generation,
+            loaded.snapshot.change_seq,
+        )
+
+    def _record_failure(self, now: int, exc: BaseException) -> None:
+        if isinstance(exc, UID2Error):
+            message = exc.detail
+        else:
+            log.warning("snapshot refresh raised", exc_info=exc)
+            message = f"{type(exc).__name__}: {exc}"
+        if self._failure is None:
+            log.warning("snapshot refresh failed: %s", message)
+            self._failing_since_ms = now
+        self._failure = message.splitlines()[0][:300] if message else type(exc).__name__
+        self.check_age(now)
+
+    def check_age(self, now_ms: int) -> None:
+        """Stop serving a snapshot no poll has confirmed for longer than the bound."""
+        if self.current is None or self._failure is None:
+            return
+        confirmed = self._confirmed_at_ms or 0
+        if now_ms - confirmed > self._max_age_ms:
+            log.error("snapshot older than %d ms; refusing API requests", self._max_age_ms)
+            self.current = None
+
+    def add_optouts(self, records: list[OptOutRecord]) -> None:
+        """Apply opt-outs this worker just recorded, so its next answers already reflect them.
+
+        Applying copies the opt-out index, so it is skipped once that holds more than
+        ``LOCAL_OPTOUT_LIMIT`` records (the copy would stall the event loop); the records then
+        take effect with the reload that follows their write, like on every other worker.
+        """
+        snapshot = self.current
+        if snapshot is not None and records and len(snapshot.optouts.by_flh) <= LOCAL_OPTOUT_LIMIT:
+            updated = snapshot.with_optouts(records)
+            self._generation = updated.generation
+            if self._loaded is not None:
+                self._loaded = Loaded(updated, self._loaded.material)
+            self.current = updated
+
+    # ------------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Poll until ``stop``. The store is read in a worker thread; the outcome is applied
+        here, on the event loop that serves requests, so ``current`` has a single writer. A slow
+        store keeps one poll in flight (never a queue of them) while the age is still checked."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self._poll_interval_s)
+            if self._stop.is_set():
+                return
+            started_at = self._clock.now_ms()
+            self.check_age(started_at)
+            pending = loop.run_in_executor(self._executor, self._fetch)
+            while not pending.done():
+                await asyncio.wait({pending}, timeout=self._poll_interval_s)
+                self.check_age(self._clock.now_ms())
+                if self._stop.is_set():
+                    pending.cancel()
+                    return
+            error = pending.exception()
+            self._apply(started_at, error if error is not None else pending.result())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

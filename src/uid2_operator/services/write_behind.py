@@ -1,0 +1,203 @@
+"""What the request path writes, collected in memory and written to the store in batches.
+
+Two things change because requests arrive: each API key's usage (per-endpoint counts and when
+it was last used) and the opt-outs recorded by ``/v2/token/logout``. Neither may make a request
+wait for the database, so the request path only touches plain dicts and lists (a few hundred
+nanoseconds), and ``WriteBehind.flush`` writes what accumulated in one short transaction each,
+off the request path: every ``flush_interval_s`` from a background task, and once more at
+shutdown.
+
+Everything here runs on the worker's event loop except the store calls, which ``run`` hands to a
+thread after swapping the pending batch out on the loop, so an increment can never land in a
+batch that is being written. A failed write puts its batch back (counts are added, times are
+maxed) and is retried on the next flush; the opt-out queue is bounded so an unreachable store
+cannot grow it without limit.
+
+``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
+request (``UsageMeter.now_ms``), not a clock read per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+from uid2_operator.clock import Clock
+from uid2_operator.domain.optout import latest
+from uid2_operator.errors import NotFound
+from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.context import Actor
+from uid2_operator.services.snapshot import OptOutRecord
+from uid2_operator.services.snapshot_loader import stored_optout
+from uid2_operator.storage.interface import Store, UsageEntry
+from uid2_operator.wire.encoding import b64encode
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_OPTOUTS: Final = 100_000
+OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
+"""Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
+
+
+class UsageMeter:
+    """Per-(key id, endpoint) request counts and the coarse time of the last one."""
+
+    __slots__ = ("_pending", "now_ms")
+
+    def __init__(self, now_ms: int = 0) -> None:
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self.now_ms = now_ms
+
+    def add(self, key_id: str, endpoint: str) -> None:
+        entry = self._pending.get((key_id, endpoint))
+        if entry is None:
+            self._pending[(key_id, endpoint)] = [1, self.now_ms]
+        else:
+            entry[0] += 1
+            entry[1] = self.now_ms
+
+    def take(self) -> list[UsageEntry]:
+        """Everything counted since the last take, as store entries; the meter starts over."""
+        pending, self._pending = self._pending, {}
+        return [(k, e, n, at) for (k, e), (n, at) in pending.items()]
+
+    def restore(self, batch: Sequence[UsageEntry]) -> None:
+        """Put back a batch that could not be written (added to what came in since)."""
+        for key_id, endpoint, count, at in batch:
+            entry = self._pending.setdefault((key_id, endpoint), [0, at])
+            entry[0] += count
+            entry[1] = max(entry[1], at)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class OptOutQueue:
+    """Opt-outs received by this worker and not yet in the store."""
+
+    __slots__ = ("_pending", "dropped")
+
+    def __init__(self) -> None:
+        self._pending: list[OptOutRecord] = []
+        self.dropped = 0
+
+    def add(self, record: OptOutRecord) -> None:
+        if len(self._pending) >= MAX_PENDING_OPTOUTS:
+            self.dropped += 1
+            return
+        self._pending.append(record)
+
+    def take(self) -> list[OptOutRecord]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def restore(self, records: Sequence[OptOutRecord]) -> None:
+        room = MAX_PENDING_OPTOUTS - len(self._pending)
+        self.dropped += max(0, len(records) - room)
+        self._pending[:0] = records[: max(room, 0)]
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
+    """Record opt-outs in one transaction, each with its audit event, keeping the latest time."""
+    with store.transaction() as tx:
+        for record in records:
+            stored = stored_optout(record)
+            tx.optouts.put(latest(tx.optouts.get(stored.first_level_hash), stored))
+            record_event(
+                tx,
+                OPERATOR_ACTOR,
+                at_ms=now_ms,
+                action="optout.add",
+                target_type="optout",
+                target_id=b64encode(stored.first_level_hash),
+                after={"timestamp_ms": stored.timestamp_ms, "via": "/v2/token/logout"},
+            )
+
+
+class WriteBehind:
+    """The usage meter and the opt-out queue of one worker, and the loop that flushes them."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        flush_interval_s: float,
+        on_optouts: Callable[[list[OptOutRecord]], None] | None = None,
+    ) -> None:
+        self.usage = UsageMeter(clock.now_ms())
+        self.optouts = OptOutQueue()
+        self._store = store
+        self._clock = clock
+        self._interval_s = flush_interval_s
+        self._on_optouts = on_optouts
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self.failures = 0
+
+    def record_optout(self, record: OptOutRecord) -> None:
+        """The logout endpoint's sink: queue it for the store and apply it locally at once."""
+        self.optouts.add(record)
+        if self._on_optouts is not None:
+            self._on_optouts([record])
+
+    def tick(self) -> None:
+        """Advance the coarse usage clock (cheap; called every poll interval)."""
+        self.usage.now_ms = self._clock.now_ms()
+
+    def _write(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
+        if optouts:
+            write_optouts(self._store, optouts, self._clock.now_ms())
+        if usage:
+            try:
+                self._store.record_usage(usage)
+            except NotFound as exc:  # keys are never deleted; a restored backup could do it
+                log.warning("usage batch dropped: %s", exc.detail)
+
+    def flush(self) -> None:
+        """Write everything pending now, synchronously (shutdown, tests)."""
+        usage, optouts = self.usage.take(), self.optouts.take()
+        try:
+            self._write(usage, optouts)
+        except Exception:
+            self._failed(usage, optouts)
+
+    def _failed(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
+        self.failures += 1
+        log.warning("write-behind flush failed; keeping %d usage rows", len(usage), exc_info=True)
+        self.usage.restore(usage)
+        self.optouts.restore(optouts)
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval_s`` until ``stop``; opt-outs are flushed on every
+        poll-sized tick (they change what other workers answer), usage on the interval."""
+        loop = asyncio.get_running_loop()
+        last_usage_flush = loop.time()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
+            self.tick()
+            usage_due = loop.time() - last_usage_flush >= self._interval_s
+            if not usage_due and not len(self.optouts):
+                continue
+            usage = self.usage.take() if usage_due else []
+            if usage_due:
+                last_usage_flush = loop.time()
+            optouts = self.optouts.take()
+            try:
+                await loop.run_in_executor(self._executor, self._write, usage, optouts)
+            except Exception:
+                self._failed(usage, optouts)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

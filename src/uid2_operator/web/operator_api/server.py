@@ -1,0 +1,268 @@
+"""One operator worker process: the API over a store-backed snapshot, with health and metrics.
+
+``create_worker_app`` is the import-string factory ``uid2-operator serve`` starts in every worker
+process. It wires, per process:
+
+- a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes;
+- the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
+- a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches;
+- ``RequestMetrics`` counted on the request path and exported at ``/metrics``.
+
+``OperatorServer`` sits in front of the API and answers two paths itself: ``GET /metrics``
+(Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
+reason as plain text, operator-api §6.13); a healthy health check goes to the API (200 ``OK``).
+Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from uid2_operator.bootstrap import load_keyring
+from uid2_operator.clock import Clock, SystemClock, system_random
+from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
+from uid2_operator.domain.sealing import Keyring
+from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.services.material import MaterialConfig, MaterialService
+from uid2_operator.services.snapshot_loader import (
+    Loaded,
+    lifetimes_for,
+    load_snapshot,
+    operator_identity,
+)
+from uid2_operator.services.snapshot_source import SnapshotSource
+from uid2_operator.services.write_behind import WriteBehind
+from uid2_operator.settings import Settings
+from uid2_operator.storage import open_store
+from uid2_operator.storage.interface import Store
+from uid2_operator.web.operator_api.app import (
+    HEALTHCHECK,
+    REFRESH,
+    OperatorApi,
+    Receive,
+    Scope,
+    Send,
+)
+from uid2_operator.web.operator_api.errors import TEXT
+from uid2_operator.web.operator_api.metrics import Gauge, MetricsCollector, RequestMetrics
+from uid2_operator.wire.aead import RandomBytes
+
+log = logging.getLogger(__name__)
+
+METRICS: Final = "/metrics"
+ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, REFRESH, HEALTHCHECK, METRICS})
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """The parts of a worker, for the server and for tests."""
+
+    store: Store
+    source: SnapshotSource
+    write_behind: WriteBehind
+    metrics: RequestMetrics
+    registry: CollectorRegistry
+
+
+class OperatorServer:
+    """The ASGI application of one worker process (see the module docstring)."""
+
+    def __init__(self, api: OperatorApi, worker: Worker) -> None:
+        self._api = api
+        self.worker = worker
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path == HEALTHCHECK:
+                problem = self.worker.source.problem
+                if problem is not None and scope["method"] in ("GET", "HEAD"):
+                    await _answer(send, 503, problem.encode(), TEXT)
+                    return
+            elif path == METRICS and scope["method"] in ("GET", "HEAD"):
+                body = generate_latest(self.worker.registry)
+                await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
+                return
+            await self._api(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        """Load the first snapshot (a failure is reported on the health check and retried by
+        the poller), then start the poller and the flusher."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.worker.source.refresh)
+        self._tasks = [
+            asyncio.create_task(self.worker.source.run(), name="snapshot-poller"),
+            asyncio.create_task(self.worker.write_behind.run(), name="write-behind"),
+        ]
+
+    async def stop(self) -> None:
+        self.worker.source.stop()
+        self.worker.write_behind.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.worker.write_behind.flush)
+        self.worker.write_behind.close()
+        self.worker.source.close()
+        self.worker.store.close()
+
+
+async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_worker(
+    settings: Settings,
+    serve: ServeSettings,
+    *,
+    store: Store | None = None,
+    keyring: Keyring | None = None,
+    clock: Clock | None = None,
+    random: RandomBytes = system_random,
+) -> OperatorServer:
+    """Wire one worker over ``store`` (default: the configured one, opened lazily)."""
+    now = clock or SystemClock()
+    ring = keyring or load_keyring(settings)
+    # The parent checked the schema before starting workers; a worker must start (and report
+    # degraded) even while the store is unreachable, so nothing connects here.
+    db = store or open_store(settings.store_url, check_schema=False)
+    material = MaterialService(
+        db,
+        ring,
+        MaterialConfig.for_environment(
+            settings.environment, identity_scope=settings.identity_scope
+        ),
+        now,
+        random,
+    )
+    identity = replace(
+        operator_identity(settings.environment, settings.identity_scope),
+        client_side_generate=serve.client_side_generate,
+    )
+    lifetimes = lifetimes_for(settings.environment)
+
+    def load(previous: Loaded | None, generation: int) -> Loaded:
+        return load_snapshot(
+            db,
+            ring,
+            material,
+            identity=identity,
+            lifetimes=lifetimes,
+            generation=generation,
+            now_ms=now.now_ms(),
+            previous=previous,
+        )
+
+    source = SnapshotSource(
+        load,
+        db.change_seq,
+        now,
+        poll_interval_s=serve.poll_interval_s,
+        max_snapshot_age_s=serve.max_snapshot_age_s,
+    )
+    write_behind = WriteBehind(
+        db, now, flush_interval_s=serve.flush_interval_s, on_optouts=source.add_optouts
+    )
+    metrics = RequestMetrics(ROUTES)
+    usage = write_behind.usage
+
+    def observe(path: str, key_id: str | None, status: int, seconds: float) -> None:
+        metrics.observe(path, key_id, status, seconds)
+        if key_id is not None:
+            usage.add(key_id, path)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(metrics, _gauges(source, write_behind, now)))
+    ProcessCollector(registry=registry)
+    api = OperatorApi(
+        snapshot_provider=lambda: source.current,
+        clock=now,
+        random=random,
+        record_optout=write_behind.record_optout,
+        observer=observe,
+    )
+    return OperatorServer(api, Worker(db, source, write_behind, metrics, registry))
+
+
+def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> list[Gauge]:
+    def generation() -> float | None:
+        snapshot = source.snapshot
+        return None if snapshot is None else float(snapshot.generation)
+
+    def change_seq() -> float | None:
+        snapshot = source.snapshot
+        return (
+            None if snapshot is None or snapshot.change_seq is None else float(snapshot.change_seq)
+        )
+
+    def confirmed_age() -> float | None:
+        at = source.confirmed_at_ms
+        return None if at is None else (clock.now_ms() - at) / 1000
+
+    return [
+        ("uid2_operator_snapshot_generation", "Generation of the loaded snapshot.", generation),
+        ("uid2_operator_snapshot_change_seq", "Store change sequence of the snapshot.", change_seq),
+        (
+            "uid2_operator_snapshot_confirmed_age_seconds",
+            "Seconds since a poll last confirmed the snapshot is current.",
+            confirmed_age,
+        ),
+        (
+            "uid2_operator_store_reachable",
+            "1 when the last poll of the store succeeded.",
+            lambda: 1.0 if source.store_reachable else 0.0,
+        ),
+        (
+            "uid2_operator_serving",
+            "1 when API requests are answered (a snapshot is loaded and fresh enough).",
+            lambda: 0.0 if source.current is None else 1.0,
+        ),
+        (
+            "uid2_operator_pending_usage_rows",
+            "Usage counters not yet written to the store.",
+            lambda: float(len(write_behind.usage)),
+        ),
+        (
+            "uid2_operator_pending_optouts",
+            "Logout opt-outs not yet written to the store.",
+            lambda: float(len(write_behind.optouts)),
+        ),
+        (
+            "uid2_operator_snapshot_loads",
+            "Snapshots loaded by this worker.",
+            lambda: float(source.loads),
+        ),
+    ]
+
+
+def create_worker_app() -> OperatorServer:
+    """The worker factory ``uid2-operator serve`` names by import string: settings come from
+    the environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...)."""
+    return build_worker(Settings.from_env(), ServeSettings.from_env())

@@ -1,0 +1,243 @@
+"""A real ``uid2-operator serve`` process tree over a data directory prepared with the real CLI.
+
+``prepare`` runs ``init``, ``participant create`` and ``key create`` as subprocesses of the
+installed ``uid2-operator`` command; ``Served`` starts ``serve`` on ephemeral ports, reads the
+ports it prints, waits until every worker answers, and stops it with SIGTERM (the graceful path:
+workers flush usage and opt-outs). ``call`` seals an envelope and posts it on a fresh connection,
+so with several workers the kernel spreads the calls over all of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cli_harness import Database
+
+from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+
+UID2_OPERATOR = str(Path(sys.executable).with_name("uid2-operator"))
+ALL_ROLES = "GENERATOR,MAPPER,ID_READER,SHARER"
+_AMBIENT = (
+    "UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL", "UID2_DATA_DIR",
+    "UID2_POLL_INTERVAL_S", "UID2_MAX_SNAPSHOT_AGE_S", "UID2_FLUSH_INTERVAL_S",
+    "UID2_KEY_ROTATION_INTERVAL_S",
+)  # fmt: skip
+_STARTUP_TIMEOUT_S = 60.0
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _AMBIENT}
+    env.update(extra or {})
+    return env
+
+
+def cli(database: Database, *args: str) -> Any:
+    """Run ``uid2-operator --json <args>`` and return its JSON document (fails on non-zero)."""
+    result = subprocess.run(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, *database.cli_args(), "--json", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+@dataclass(frozen=True)
+class Credential:
+    key_id: str
+    key: str
+    secret: str
+    site_id: int
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return base64.b64decode(self.secret)
+
+
+def create_key(database: Database, site_id: int, name: str, roles: str = ALL_ROLES) -> Credential:
+    issued = cli(database, "key", "create", "--site-id", str(site_id), "--name", name,
+                 "--roles", roles)  # fmt: skip
+    return Credential(issued["key_id"], issued["key"], issued["secret"], site_id)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    database: Database
+    admin_token: str
+    site_id: int
+    key: Credential
+
+
+def prepare(database: Database, *, name: str = "Example publisher") -> Prepared:
+    """``init``, one publisher participant holding every client role, and one all-roles key."""
+    initialised = cli(database, "init")
+    participant = cli(database, "participant", "create", "--name", name, "--type", "publisher",
+                      "--roles", ALL_ROLES)  # fmt: skip
+    site_id = int(participant["site_id"])
+    key = create_key(database, site_id, "all roles")
+    return Prepared(database, initialised["admin_token"], site_id, key)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+@dataclass
+class Served:
+    """A running ``serve`` tree: its URLs and everything it printed."""
+
+    process: subprocess.Popen[str]
+    base_url: str = ""
+    admin_url: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """One request on a new connection (``http.client``: a fresh ``httpx`` client per request
+        costs tens of milliseconds; a new connection is what spreads requests over the workers)."""
+        url = urlsplit(self.base_url)
+        connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, response.read())
+        finally:
+            connection.close()
+
+    def post(self, path: str, body: bytes, key: str | None, content_type: str) -> Reply:
+        headers = {"content-type": content_type}
+        if key is not None:
+            headers["authorization"] = f"Bearer {key}"
+        return self.request("POST", path, body, headers)
+
+    def call(
+        self, path: str, payload: Any, cred: Credential
+    ) -> tuple[Reply, dict[str, Any] | None]:
+        """Seal ``payload``, post it (base64 text) and open a 200 answer (None otherwise)."""
+        nonce = os.urandom(8)
+        sealed = seal_request(
+            None if payload is None else json.dumps(payload).encode(),
+            secret=cred.secret_bytes,
+            now_ms=int(time.time() * 1000),
+            nonce=nonce,
+            random=os.urandom,
+        )
+        response = self.post(path, base64.b64encode(sealed), cred.key, "text/plain")
+        if response.status_code != 200:
+            return response, None
+        blob = unframe_response(response.content, False)
+        return response, open_response(blob, secret=cred.secret_bytes, nonce=nonce)
+
+    def admin(self, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
+        return httpx.request(
+            method,
+            self.admin_url + path,
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics").text
+
+
+def _reader(process: subprocess.Popen[str], lines: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+
+
+@contextmanager
+def served(
+    database: Database,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Served]:
+    """Start ``serve`` on ephemeral ports and wait until every worker answers its health check."""
+    process = subprocess.Popen(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, *database.cli_args(), "serve", "--port", "0", "--admin-port", "0",
+         "--workers", str(workers), *extra_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(env),
+    )  # fmt: skip
+    server = Served(process)
+    reader = threading.Thread(target=_reader, args=(process, server.lines), daemon=True)
+    reader.start()
+    try:
+        _wait_ready(server, workers)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _wait_ready(server: Served, workers: int) -> None:
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while not (server.base_url and server.admin_url):
+        assert server.process.poll() is None, "\n".join(server.lines)
+        assert time.monotonic() < deadline, "\n".join(server.lines)
+        for line in list(server.lines):
+            found = re.match(r"operator API: (http://[^ ]+) ", line)
+            if found:
+                server.base_url = found.group(1)
+            found = re.match(r"admin API: (http://\S+)", line)
+            if found:
+                server.admin_url = found.group(1)
+        time.sleep(0.05)
+    ready: set[str] = set()
+    while len(ready) < workers:
+        assert server.process.poll() is None, "\n".join(server.lines)
+        assert time.monotonic() < deadline, (ready, "\n".join(server.lines))
+        try:
+            if server.request("GET", "/ops/healthcheck").status_code == 200:
+                ready |= worker_ids(server.metrics())
+        except OSError:
+            pass
+        time.sleep(0.05)
+
+
+def worker_ids(metrics_text: str) -> set[str]:
+    """The workers a scrape came from (each worker labels its own series)."""
+    return set(re.findall(r'uid2_operator_serving\{worker="(\d+)"\} 1\.0', metrics_text))
