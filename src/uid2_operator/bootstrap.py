@@ -17,6 +17,8 @@ from uid2_operator.domain.sealing import Keyring, generate_keyring, require_keyr
 from uid2_operator.errors import InvalidInput, KeyringError
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.material import MaterialConfig, MaterialService
+from uid2_operator.services.sharing import SharingService
 from uid2_operator.settings import Settings
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.interface import Store
@@ -34,6 +36,7 @@ class Services:
     credentials: CredentialService
     admin: AdminService
     settings: Settings
+    sharing: SharingService | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -143,4 +146,20 @@ def open_services(
         ),
         admin=AdminService(store, ring, settings.environment, now, rand),
         settings=settings,
+        sharing=SharingService(
+            store,
+            ring,
+            settings.environment,
+            now,
+            rand,
+            material=MaterialService(
+                store,
+                ring,
+                MaterialConfig.for_environment(
+                    settings.environment, identity_scope=settings.identity_scope
+                ),
+                now,
+                rand,
+            ),
+        ),
     )

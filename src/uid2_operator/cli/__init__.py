@@ -18,7 +18,9 @@ from uid2_operator import __version__
 from uid2_operator.cli.admin_tokens import admin_token
 from uid2_operator.cli.audit import audit
 from uid2_operator.cli.database import db, init
+from uid2_operator.cli.keypairs import PARTICIPANT_COMMANDS, keypair
 from uid2_operator.cli.keys import key
+from uid2_operator.cli.material import keys, optout, salts
 from uid2_operator.cli.output import (
     FAILURE_EXIT,
     USAGE_EXIT,
@@ -30,6 +32,7 @@ from uid2_operator.cli.output import (
 from uid2_operator.cli.participants import participant
 from uid2_operator.cli.runtime import GlobalOptions
 from uid2_operator.cli.serve import serve
+from uid2_operator.cli.sharing import sharing
 from uid2_operator.errors import UID2Error
 
 logger = logging.getLogger(__name__)
@@ -111,3 +114,10 @@ main.add_command(participant)
 main.add_command(key)
 main.add_command(audit)
 main.add_command(admin_token)
+main.add_command(keys)
+main.add_command(salts)
+main.add_command(optout)
+main.add_command(sharing)
+main.add_command(keypair)
+for _command in PARTICIPANT_COMMANDS:
+    participant.add_command(_command)

@@ -107,6 +107,14 @@ class AdminAction(StrEnum):
     ADMIN_TOKEN_REVOKE = "admin_token.revoke"  # noqa: S105 (a name, not a secret)
     AUDIT_LIST = "audit.list"
     AUDIT_VERIFY = "audit.verify"
+    SHARING_GET = "sharing.get"
+    SHARING_SET = "sharing.set"
+    KEYPAIR_LIST = "keypair.list"
+    KEYPAIR_GET = "keypair.get"
+    KEYPAIR_CREATE = "keypair.create"
+    KEYPAIR_DISABLE = "keypair.disable"
+    KEYPAIR_ENABLE = "keypair.enable"
+    KEYPAIR_DELETE = "keypair.delete"
 
 
 _READERS = frozenset({AdminRole.READ_ONLY, AdminRole.MAINTAINER, AdminRole.SUPER_USER})
@@ -123,6 +131,9 @@ ADMIN_ACTIONS: Mapping[str, frozenset[AdminRole]] = MappingProxyType(
         _A.KEY_GET: _READERS,
         _A.KEY_USAGE: _READERS,
         _A.AUDIT_LIST: _READERS,
+        _A.SHARING_GET: _READERS,
+        _A.KEYPAIR_LIST: _READERS,
+        _A.KEYPAIR_GET: _READERS,
         _A.PARTICIPANT_CREATE: _WRITERS,
         _A.PARTICIPANT_UPDATE: _WRITERS,
         _A.PARTICIPANT_ENABLE: _WRITERS,
@@ -135,6 +146,11 @@ ADMIN_ACTIONS: Mapping[str, frozenset[AdminRole]] = MappingProxyType(
         _A.KEY_ROTATE: _WRITERS,
         _A.KEY_ROTATE_SECRET: _WRITERS,
         _A.KEY_RETIRE_NOW: _WRITERS,
+        _A.SHARING_SET: _WRITERS,
+        _A.KEYPAIR_CREATE: _WRITERS,
+        _A.KEYPAIR_DISABLE: _WRITERS,
+        _A.KEYPAIR_ENABLE: _WRITERS,
+        _A.KEYPAIR_DELETE: _WRITERS,
         _A.ADMIN_TOKEN_LIST: _SUPER,
         _A.ADMIN_TOKEN_CREATE: _SUPER,
         _A.ADMIN_TOKEN_REVOKE: _SUPER,

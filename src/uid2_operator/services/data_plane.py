@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import (
+    CstgBadSubscription,
+    CstgKeypairDisabled,
     ExpiredTokenPresented,
     IdentityInputError,
     InvalidClientSite,
@@ -41,9 +44,15 @@ from uid2_operator.services.snapshot import (
     Snapshot,
 )
 from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
+from uid2_operator.wire.cstg import open_request as open_cstg_request
+from uid2_operator.wire.cstg import parse_request as parse_cstg_request
+from uid2_operator.wire.cstg import seal_response as seal_cstg_response
 from uid2_operator.wire.encoding import b64encode, dumps
+from uid2_operator.wire.envelope import TimestampWindow
 from uid2_operator.wire.identity import InputKind, identity_from_request, input_kinds
 from uid2_operator.wire.keys import (
+    CLIENT_GENERATED_PRIVACY_BITS,
     MASTER_KEYSET_ID,
     MASTER_KEYSET_ID_IN_KEY_JSON,
     MAX_RESERVED_SITE_ID,
@@ -551,7 +560,8 @@ def key_sharing(snapshot: Snapshot, caller: Caller) -> Reply:
     body["identity_scope"] = snapshot.identity.scope.name
     body["allow_clock_skew_seconds"] = ALLOW_CLOCK_SKEW_SECONDS
     keys: list[JsonObject] = []
-    for key, keyset in _published(snapshot, caller):
+    published = _published(snapshot, caller)
+    for key, keyset in published:
         entry = _key_json(key)
         if keyset.keyset_id == MASTER_KEYSET_ID:
             entry["keyset_id"] = MASTER_KEYSET_ID_IN_KEY_JSON
@@ -559,6 +569,7 @@ def key_sharing(snapshot: Snapshot, caller: Caller) -> Reply:
             entry["keyset_id"] = keyset.keyset_id
         keys.append(entry)
     body["keys"] = keys
+    _add_site_data(snapshot, body, published)
     return Reply("success", body)
 
 
@@ -567,15 +578,93 @@ def key_bidstream(snapshot: Snapshot, caller: Caller) -> Reply:
     _check_caller_site(caller)
     life = snapshot.lifetimes
     max_bidstream = life.max_bidstream_lifetime_s or life.identity_token_s
-    return Reply(
-        "success",
-        {
-            "max_bidstream_lifetime_seconds": max_bidstream + TOKEN_LIFETIME_TOLERANCE_SECONDS,
-            "identity_scope": snapshot.identity.scope.name,
-            "allow_clock_skew_seconds": ALLOW_CLOCK_SKEW_SECONDS,
-            "keys": [_key_json(key) for key, _ in _published(snapshot, caller)],
-        },
+    published = _published(snapshot, caller)
+    body: JsonObject = {
+        "max_bidstream_lifetime_seconds": max_bidstream + TOKEN_LIFETIME_TOLERANCE_SECONDS,
+        "identity_scope": snapshot.identity.scope.name,
+        "allow_clock_skew_seconds": ALLOW_CLOCK_SKEW_SECONDS,
+        "keys": [_key_json(key) for key, _ in published],
+    }
+    _add_site_data(snapshot, body, published)
+    return Reply("success", body)
+
+
+def _add_site_data(
+    snapshot: Snapshot, body: JsonObject, published: list[tuple[EncryptionKey, Keyset]]
+) -> None:
+    """``site_data`` when client-side generation is on (operator-api §6.11): the sites owning
+    a published key, ascending, each with its domain names; sites without names are left out.
+    A DSP checks the domain a client-side token claims against it."""
+    if not snapshot.identity.client_side_generate:
+        return
+    entries: list[JsonObject] = []
+    for site_id in sorted({keyset.site_id for _, keyset in published}):
+        site = snapshot.sites.get(site_id)
+        if site is not None and site.domain_names:
+            entries.append({"id": site_id, "domain_names": sorted(site.domain_names)})
+    body["site_data"] = entries
+
+
+# ----------------------------------------------------------------------------- client-side
+
+
+def client_generate(
+    snapshot: Snapshot,
+    body: bytes,
+    *,
+    origin: str | None,
+    now_ms: int,
+    random: RandomBytes,
+    registrable_domain: RegistrableDomain,
+    window: TimestampWindow | None = DEFAULT_CSTG_TIMESTAMP_WINDOW,
+) -> str:
+    """``/v2/token/client-generate`` (operator-api §8): the sealed response, base64 text.
+
+    Checks run in the reference's order (body, subscription, disabled, origin or app name, then
+    the request's cryptography and identity); each failure is a ``CstgError`` whose class gives
+    the status. A disabled participant counts as a disabled keypair (401). The timestamp must
+    fall inside ``window`` (the reference does not check it; ``None`` turns the check off).
+    """
+    request = parse_cstg_request(body)
+    keypair = (
+        None if request.subscription_id is None else snapshot.keypairs.get(request.subscription_id)
     )
+    if keypair is None:
+        raise CstgBadSubscription
+    site = snapshot.sites.get(keypair.site_id)
+    if keypair.disabled or site is None or not site.enabled:
+        raise CstgKeypairDisabled
+    check_origin_or_app(
+        origin=origin,
+        app_name=request.app_name,
+        domain_names=site.domain_names,
+        app_names=site.app_names,
+        registrable_domain=registrable_domain,
+    )
+    opened = open_cstg_request(
+        request,
+        keypair.private_key,
+        now_ms=now_ms,
+        phone_support=snapshot.identity.phone_support,
+        window=window,
+    )
+    kind = opened.identity.kind
+    flh = _flh(snapshot, opened.identity.digest)
+    if snapshot.optouts.opted_out(kind, flh):
+        reply = SUCCESS_OPTOUT
+    else:
+        issued = _issue(
+            snapshot,
+            now_ms=now_ms,
+            kind=kind,
+            flh=flh,
+            site_id=keypair.site_id,
+            privacy_bits=CLIENT_GENERATED_PRIVACY_BITS,
+            established_ms=now_ms,
+            random=random,
+        )
+        reply = Reply("success", issued)
+    return seal_cstg_response(opened.secret, reply.to_mapping(), random)
 
 
 EndpointHandler = Callable[[Snapshot, Caller, "JsonObject | None", int, RandomBytes], Reply]

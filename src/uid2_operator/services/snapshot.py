@@ -11,7 +11,9 @@ Salts are the bulk of the data (the reference uses 2^20 buckets). They are held 
 buffers rather than one Python object per bucket: fixed-width salt strings packed into one
 ``bytes`` blob each for current and previous salts, and ``array('q')`` columns for the
 timestamps. A million buckets of 44-character salts cost about 120 MB this way instead of several
-hundred MB as dicts of strings.
+hundred MB as dicts of strings. The snapshot only needs the ``SaltSource`` protocol, so the
+service's own stored table (``domain.salts.SaltTable``, raw 32-byte salts, ~80 bytes a bucket) is
+used as loaded, without a per-bucket copy.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.domain.credentials import ApiKey
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.participants import Participant
+from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.errors import NoActiveKey, SaltError
@@ -110,9 +114,16 @@ class Keyset:
     default: bool = True
     sharing: SharingMode = SharingMode.BIDDERS
     allowed_sites: frozenset[int] = frozenset()
+    allowed_types: frozenset[ParticipantType] = frozenset()
 
-    def visible_to(self, site_id: int, roles: frozenset[ClientRole]) -> bool:
-        """The access rule of key/latest, key/sharing and key/bidstream (refresh keyset aside)."""
+    def visible_to(
+        self,
+        site_id: int,
+        roles: frozenset[ClientRole],
+        participant_type: ParticipantType | None = None,
+    ) -> bool:
+        """The access rule of key/latest, key/sharing and key/bidstream (refresh keyset aside);
+        ``domain.sharing.may_read_keyset`` states the same rule for stored keysets."""
         if self.keyset_id == MASTER_KEYSET_ID:
             return True
         if not self.enabled:
@@ -121,7 +132,30 @@ class Keyset:
             return True
         if self.sharing is SharingMode.BIDDERS:
             return ClientRole.ID_READER in roles
-        return self.sharing is SharingMode.LIST and site_id in self.allowed_sites
+        return self.sharing is SharingMode.LIST and (
+            site_id in self.allowed_sites or participant_type in self.allowed_types
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SiteData:
+    """A participant as the key endpoints and client-side generation need it."""
+
+    site_id: int
+    type: ParticipantType | None = None
+    enabled: bool = True
+    domain_names: tuple[str, ...] = ()
+    app_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CstgKeypair:
+    """A client-side keypair with its private key opened (in memory only, never in repr)."""
+
+    subscription_id: str
+    site_id: int
+    disabled: bool
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +171,12 @@ class SaltRecord:
 
 @dataclass(frozen=True, slots=True)
 class OptOutRecord:
-    """An opt-out: the first-level hash, the raw UID it had then (base64), and when (ms)."""
+    """An opt-out: the first-level hash, the raw UID it had then (base64; None when the record
+    does not know it: such a record counts for tokens and maps, not for ``optout/status``), and
+    when (ms)."""
 
     first_level_hash: bytes = field(repr=False)
-    advertising_id: str = field(repr=False)
+    advertising_id: str | None = field(repr=False)
     timestamp_ms: int
 
 
@@ -161,6 +197,30 @@ class Lifetimes:
 
 
 # ----------------------------------------------------------------------------------- salts
+
+
+class SaltSource(Protocol):
+    """What requests read from a salt table; every bucket value is made on demand."""
+
+    @property
+    def bucket_count(self) -> int: ...
+
+    @property
+    def first_level_salt(self) -> str: ...
+
+    @property
+    def id_prefix(self) -> str: ...
+
+    @property
+    def id_secret(self) -> str: ...
+
+    def first_level_hash(self, identity_hash: bytes) -> bytes: ...
+
+    def index_of(self, flh: bytes) -> int: ...
+
+    def bucket(self, index: int) -> SaltBucket: ...
+
+    def updated_since(self, since_ms: int) -> list[tuple[int, int]]: ...
 
 
 class SaltTable:
@@ -311,7 +371,7 @@ class OptOuts:
         return (kind, flh) in self.at_refresh or self.opted_out(kind, flh)
 
 
-def _test_identity(salts: SaltTable, kind: IdentityType, text: str) -> tuple[IdentityType, bytes]:
+def _test_identity(salts: SaltSource, kind: IdentityType, text: str) -> tuple[IdentityType, bytes]:
     normalised = normalize_email(text) if kind is IdentityType.EMAIL else text
     return kind, salts.first_level_hash(hash_identity(normalised))
 
@@ -323,10 +383,11 @@ def _merge(
     for record in records:
         flh, ad_id, ts = record.first_level_hash, record.advertising_id, record.timestamp_ms
         by_flh[flh] = max(ts, by_flh.get(flh, ts))
-        by_id[ad_id] = max(ts, by_id.get(ad_id, ts))
+        if ad_id is not None:
+            by_id[ad_id] = max(ts, by_id.get(ad_id, ts))
 
 
-def build_optouts(records: Iterable[OptOutRecord], salts: SaltTable) -> OptOuts:
+def build_optouts(records: Iterable[OptOutRecord], salts: SaltSource) -> OptOuts:
     by_flh: dict[bytes, int] = {}
     by_id: dict[str, int] = {}
     _merge(by_flh, by_id, records)
@@ -367,6 +428,8 @@ class OperatorIdentity:
     identity_environment: IdentityEnvironment = IdentityEnvironment.TEST
     identity_v3: bool = False
     phone_support: bool = True
+    client_side_generate: bool = True
+    """``/v2/token/client-generate`` and ``site_data`` in key responses (operator-api §8)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -383,8 +446,12 @@ class Snapshot:
     keys_by_id: Mapping[int, EncryptionKey] = field(repr=False)
     keys_by_keyset: Mapping[int, tuple[EncryptionKey, ...]] = field(repr=False)
     default_keysets: Mapping[int, int] = field(repr=False)
-    salts: SaltTable = field(repr=False)
+    salts: SaltSource = field(repr=False)
     optouts: OptOuts = field(repr=False)
+    change_seq: int | None = None
+    """The store's change sequence this snapshot was loaded at (None: not from a store)."""
+    sites: Mapping[int, SiteData] = field(default_factory=dict, repr=False)
+    keypairs: Mapping[str, CstgKeypair] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------------ credentials
 
@@ -430,6 +497,10 @@ class Snapshot:
             return None
         return key
 
+    def site_type(self, site_id: int) -> ParticipantType | None:
+        site = self.sites.get(site_id)
+        return None if site is None else site.type
+
     def visible_keys(
         self, site_id: int, roles: frozenset[ClientRole]
     ) -> list[tuple[EncryptionKey, Keyset]]:
@@ -439,7 +510,7 @@ class Snapshot:
             keyset = self.keysets.get(key.keyset_id)
             if keyset is None or keyset.keyset_id == REFRESH_KEYSET_ID:
                 continue
-            if keyset.visible_to(site_id, roles):
+            if keyset.visible_to(site_id, roles, self.site_type(site_id)):
                 out.append((key, keyset))
         return out
 
@@ -465,8 +536,11 @@ def build_snapshot(
     clients: Iterable[ClientRecord],
     keysets: Iterable[Keyset],
     keys: Iterable[EncryptionKey],
-    salts: SaltTable,
+    salts: SaltSource,
     optouts: Iterable[OptOutRecord] = (),
+    change_seq: int | None = None,
+    sites: Iterable[SiteData] = (),
+    keypairs: Iterable[CstgKeypair] = (),
 ) -> Snapshot:
     """Index plain records into a snapshot. Pure: no clock, no I/O."""
     keyset_map = {k.keyset_id: k for k in keysets}
@@ -500,4 +574,7 @@ def build_snapshot(
         default_keysets=MappingProxyType(defaults),
         salts=salts,
         optouts=build_optouts(optouts, salts),
+        change_seq=change_seq,
+        sites=MappingProxyType({s.site_id: s for s in sites}),
+        keypairs=MappingProxyType({k.subscription_id: k for k in keypairs}),
     )

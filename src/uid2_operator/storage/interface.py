@@ -23,10 +23,12 @@ from typing import Any, Protocol
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
+from uid2_operator.domain.sharing import SharingPolicy
 
 GENESIS_PREV_HASH = bytes(32)
 """The ``prev_hash`` of the first audit event of a store."""
@@ -83,6 +85,15 @@ class KeyUsage:
     endpoint: str
     count: int
     last_used_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SiteOrigins:
+    """Where a participant's client-side token requests may come from (``domain.origins``)."""
+
+    site_id: int
+    domain_names: tuple[str, ...] = ()
+    app_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +349,66 @@ class OptOutRepository(OptOutReader, Protocol):
         ...
 
 
+class KeysetSharingReader(Protocol):
+    def get(self, keyset_id: int) -> SharingPolicy | None:
+        """The keyset's sharing choice (mode, sites and types); None for an unknown keyset."""
+        ...
+
+    def list_all(self) -> dict[int, SharingPolicy]:
+        """Every keyset's sharing choice, by keyset id."""
+        ...
+
+
+class KeysetSharingRepository(KeysetSharingReader, Protocol):
+    def put(self, keyset_id: int, policy: SharingPolicy) -> None:
+        """Writes the keyset's mode, sites and types together; raises NotFound."""
+        ...
+
+
+class SiteOriginsReader(Protocol):
+    def get(self, site_id: int) -> SiteOrigins | None:
+        """A participant's domain and app names; None for an unknown participant."""
+        ...
+
+    def list_all(self) -> list[SiteOrigins]:
+        """Every participant's names, by site id (participants without names included)."""
+        ...
+
+
+class SiteOriginsRepository(SiteOriginsReader, Protocol):
+    def put(self, origins: SiteOrigins) -> None:
+        """Replaces both lists of the participant; raises NotFound."""
+        ...
+
+
+class KeypairReader(Protocol):
+    def get(self, subscription_id: str) -> ClientKeypair | None:
+        """Primary-key lookup."""
+        ...
+
+    def list_for_site(self, site_id: int) -> list[ClientKeypair]:
+        """A participant's keypairs, oldest first."""
+        ...
+
+    def list_all(self) -> list[ClientKeypair]:
+        """Every keypair, by site then age."""
+        ...
+
+
+class KeypairRepository(KeypairReader, Protocol):
+    def add(self, keypair: ClientKeypair) -> None:
+        """Raises AlreadyExists for a taken subscription id, NotFound for an unknown site."""
+        ...
+
+    def update(self, keypair: ClientKeypair) -> None:
+        """Writes ``name``, ``contact`` and ``disabled`` (key material never changes); NotFound."""
+        ...
+
+    def delete(self, subscription_id: str) -> None:
+        """Removes the row, its sealed private key with it; raises NotFound."""
+        ...
+
+
 # ---------------------------------------------------------------------------- units of work
 
 
@@ -373,6 +444,15 @@ class ReadTx(Protocol):
 
     @property
     def optouts(self) -> OptOutReader: ...
+
+    @property
+    def keyset_sharing(self) -> KeysetSharingReader: ...
+
+    @property
+    def site_origins(self) -> SiteOriginsReader: ...
+
+    @property
+    def keypairs(self) -> KeypairReader: ...
 
     def change_seq(self) -> int:
         """The change sequence as this unit of work sees it (a read unit: the state it reads)."""
@@ -411,6 +491,15 @@ class Tx(ReadTx, Protocol):
 
     @property
     def optouts(self) -> OptOutRepository: ...
+
+    @property
+    def keyset_sharing(self) -> KeysetSharingRepository: ...
+
+    @property
+    def site_origins(self) -> SiteOriginsRepository: ...
+
+    @property
+    def keypairs(self) -> KeypairRepository: ...
 
 
 class Store(Protocol):

@@ -57,6 +57,9 @@ participants = Table(
     Column("contacts", Text, nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
+    # Where client-side token requests may come from: JSON lists, sorted (domain.origins rules).
+    Column("domain_names", Text, nullable=False, server_default="[]"),
+    Column("app_names", Text, nullable=False, server_default="[]"),
 )
 
 api_keys = Table(
@@ -157,6 +160,8 @@ keysets = Table(
     Column("sharing", String(16), nullable=False),
     Column("allowed_sites", Text, nullable=False),  # JSON list of site ids, sorted
     Column("created_at_ms", BigInteger, nullable=False),
+    # Participant types a ``list`` keyset is shared with: JSON list of type names, sorted.
+    Column("allowed_types", Text, nullable=False, server_default="[]"),
 )
 
 # Times are whole seconds (the keys' own unit) stored as milliseconds, like every other time.
@@ -209,4 +214,23 @@ optouts = Table(
     Column("first_level_hash", LargeBinary, primary_key=True),
     Column("advertising_id", String(64)),
     Column("timestamp_ms", BigInteger, nullable=False),
+)
+
+# ------------------------------------------------------------------ client-side keypairs
+
+# A deleted keypair's row is removed (its sealed private key with it); the audit trail keeps its
+# subscription id and public key. The private key is sealed exactly like other material
+# (``domain.material_sealing``, label ``cstg_private_key``, bound to the subscription id).
+client_side_keypairs = Table(
+    "client_side_keypairs",
+    metadata,
+    Column("subscription_id", String(32), primary_key=True),
+    Column("site_id", Integer, ForeignKey("participants.site_id"), nullable=False, index=True),
+    Column("public_key", LargeBinary, nullable=False),  # SubjectPublicKeyInfo DER
+    Column("kek_version", Integer, nullable=False),
+    Column("private_key_ciphertext", LargeBinary, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("contact", String(254), nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
 )

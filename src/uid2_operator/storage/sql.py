@@ -22,12 +22,14 @@ from sqlalchemy.sql.elements import ColumnElement
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
+from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
 from uid2_operator.domain.material_sealing import SealedMaterial
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import AdminRole, ClientRole
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
+from uid2_operator.domain.sharing import SharingPolicy
 from uid2_operator.errors import AlreadyExists, NotFound, SchemaOutOfDate, StoreError
 from uid2_operator.storage import schema as t
 from uid2_operator.storage.engines import Flavour, make_engine, unavailable_as_store_error
@@ -37,6 +39,7 @@ from uid2_operator.storage.interface import (
     EventHasher,
     KeyUsage,
     ReadTx,
+    SiteOrigins,
     Snapshot,
     Store,
     Tx,
@@ -831,6 +834,172 @@ class _OptOuts:
         )
 
 
+# ------------------------------------------------------------- sharing and client-side keypairs
+
+
+def _sharing_policy(row: Row[*tuple[Any, ...]]) -> SharingPolicy:
+    mode = SharingMode(row.sharing)
+    if mode is not SharingMode.LIST:  # sites and types only mean something for a list
+        return SharingPolicy(mode)
+    return SharingPolicy(
+        mode,
+        frozenset(json.loads(row.allowed_sites)),
+        frozenset(ParticipantType(name) for name in json.loads(row.allowed_types)),
+    )
+
+
+def _site_origins(row: Row[*tuple[Any, ...]]) -> SiteOrigins:
+    return SiteOrigins(
+        site_id=row.site_id,
+        domain_names=tuple(json.loads(row.domain_names)),
+        app_names=tuple(json.loads(row.app_names)),
+    )
+
+
+def _keypair(row: Row[Any]) -> ClientKeypair:
+    return ClientKeypair(
+        subscription_id=row.subscription_id,
+        site_id=row.site_id,
+        public_key=bytes(row.public_key),
+        sealed_private_key=SealedMaterial(row.kek_version, bytes(row.private_key_ciphertext)),
+        name=row.name,
+        contact=row.contact,
+        disabled=bool(row.disabled),
+        created_at_ms=row.created_at_ms,
+    )
+
+
+class _KeysetSharing:
+    """The sharing columns of ``keysets``: mode, sites and participant types, written together."""
+
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, keyset_id: int) -> SharingPolicy | None:
+        c = t.keysets.c
+        row = self._u.conn.execute(
+            select(c.sharing, c.allowed_sites, c.allowed_types).where(c.keyset_id == keyset_id)
+        ).first()
+        return None if row is None else _sharing_policy(row)
+
+    def list_all(self) -> dict[int, SharingPolicy]:
+        c = t.keysets.c
+        rows = self._u.conn.execute(
+            select(c.keyset_id, c.sharing, c.allowed_sites, c.allowed_types).order_by(c.keyset_id)
+        )
+        return {row.keyset_id: _sharing_policy(row) for row in rows}
+
+    def put(self, keyset_id: int, policy: SharingPolicy) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.keysets)
+            .where(t.keysets.c.keyset_id == keyset_id)
+            .values(
+                sharing=policy.mode.value,
+                allowed_sites=_json_text(policy.sorted_sites),
+                allowed_types=_json_text(policy.sorted_types),
+            )
+        )
+        _check_updated(result.rowcount, f"keyset {keyset_id}")
+
+
+class _SiteOrigins:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, site_id: int) -> SiteOrigins | None:
+        c = t.participants.c
+        row = self._u.conn.execute(
+            select(c.site_id, c.domain_names, c.app_names).where(c.site_id == site_id)
+        ).first()
+        return None if row is None else _site_origins(row)
+
+    def list_all(self) -> list[SiteOrigins]:
+        c = t.participants.c
+        rows = self._u.conn.execute(
+            select(c.site_id, c.domain_names, c.app_names).order_by(c.site_id)
+        )
+        return [_site_origins(row) for row in rows]
+
+    def put(self, origins: SiteOrigins) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.participants)
+            .where(t.participants.c.site_id == origins.site_id)
+            .values(
+                domain_names=_json_text(sorted(origins.domain_names)),
+                app_names=_json_text(sorted(origins.app_names)),
+            )
+        )
+        _check_updated(result.rowcount, f"participant {origins.site_id}")
+
+
+class _Keypairs:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def get(self, subscription_id: str) -> ClientKeypair | None:
+        c = t.client_side_keypairs.c
+        row = self._u.conn.execute(
+            select(t.client_side_keypairs).where(c.subscription_id == subscription_id)
+        ).first()
+        return None if row is None else _keypair(row)
+
+    def list_for_site(self, site_id: int) -> list[ClientKeypair]:
+        c = t.client_side_keypairs.c
+        rows = self._u.conn.execute(
+            select(t.client_side_keypairs)
+            .where(c.site_id == site_id)
+            .order_by(c.created_at_ms, c.subscription_id)
+        )
+        return [_keypair(row) for row in rows]
+
+    def list_all(self) -> list[ClientKeypair]:
+        c = t.client_side_keypairs.c
+        rows = self._u.conn.execute(
+            select(t.client_side_keypairs).order_by(c.site_id, c.created_at_ms, c.subscription_id)
+        )
+        return [_keypair(row) for row in rows]
+
+    def add(self, keypair: ClientKeypair) -> None:
+        conn = self._u.writing()
+        if self._u.exists(t.client_side_keypairs.c.subscription_id, keypair.subscription_id):
+            raise AlreadyExists(f"Keypair {keypair.subscription_id} already exists")
+        if not self._u.exists(t.participants.c.site_id, keypair.site_id):
+            raise NotFound(f"No participant {keypair.site_id}")
+        conn.execute(
+            insert(t.client_side_keypairs).values(
+                subscription_id=keypair.subscription_id,
+                site_id=keypair.site_id,
+                public_key=keypair.public_key,
+                kek_version=keypair.sealed_private_key.kek_version,
+                private_key_ciphertext=keypair.sealed_private_key.ciphertext,
+                name=keypair.name,
+                contact=keypair.contact,
+                disabled=keypair.disabled,
+                created_at_ms=keypair.created_at_ms,
+            )
+        )
+
+    def update(self, keypair: ClientKeypair) -> None:
+        conn = self._u.writing()
+        c = t.client_side_keypairs.c
+        result = conn.execute(
+            update(t.client_side_keypairs)
+            .where(c.subscription_id == keypair.subscription_id)
+            .values(name=keypair.name, contact=keypair.contact, disabled=keypair.disabled)
+        )
+        _check_updated(result.rowcount, f"keypair {keypair.subscription_id}")
+
+    def delete(self, subscription_id: str) -> None:
+        conn = self._u.writing()
+        c = t.client_side_keypairs.c
+        result = conn.execute(
+            delete(t.client_side_keypairs).where(c.subscription_id == subscription_id)
+        )
+        _check_updated(result.rowcount, f"keypair {subscription_id}")
+
+
 class SqlTx:
     """One unit of work; satisfies both ``Tx`` and ``ReadTx`` (a read unit refuses writes)."""
 
@@ -846,6 +1015,9 @@ class SqlTx:
         self.encryption_keys = _EncryptionKeys(unit)
         self.salts = _Salts(unit)
         self.optouts = _OptOuts(unit)
+        self.keyset_sharing = _KeysetSharing(unit)
+        self.site_origins = _SiteOrigins(unit)
+        self.keypairs = _Keypairs(unit)
 
     def change_seq(self) -> int:
         return _change_seq(self)

@@ -70,6 +70,7 @@ def test_keyless_endpoints() -> None:
 
 
 READS = {"participant.list", "participant.get", "key.list", "key.get", "key.usage", "audit.list"}
+READS |= {"sharing.get", "keypair.list", "keypair.get"}
 SUPER_ONLY = {"admin_token.list", "admin_token.create", "admin_token.revoke", "audit.verify"}
 
 

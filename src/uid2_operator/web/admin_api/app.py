@@ -42,7 +42,7 @@ from uid2_operator.errors import (
     UnsupportedMediaType,
 )
 from uid2_operator.services.context import MAX_SOURCE_LENGTH, Actor
-from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants
+from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants, sharing
 from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
 from uid2_operator.web.admin_api.errors import error_body, render_error
@@ -91,6 +91,7 @@ def create_admin_app(
             *keys.OPERATIONS,
             *audit.OPERATIONS,
             *admin_tokens.OPERATIONS,
+            *sharing.OPERATIONS,
             Operation(
                 "GET",
                 "/health",

@@ -144,6 +144,38 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "A newly issued admin token. Sent once, with Cache-Control: no-store.",
     ),
+    "Sharing": _record(
+        {
+            "site_id": _INT,
+            "keyset_id": _INT,
+            "mode": {"type": "string", "enum": ["owner_only", "bidders", "list"]},
+            "sites": {"type": "array", "items": _INT},
+            "types": {"type": "array", "items": _STR},
+            "changed": _BOOL,
+            "rotated_key_ids": {"type": "array", "items": _INT},
+        },
+        "Who besides the owner may download the keys of the participant's default keyset",
+    ),
+    "Keypair": _record(
+        {
+            "subscription_id": _STR,
+            "site_id": _INT,
+            "public_key": {"type": "string", "description": "UID2-X-<env>-<base64 SPKI DER>"},
+            "name": _STR,
+            "contact": _STR,
+            "disabled": _BOOL,
+            "created_at_ms": _INT,
+        },
+        "A client-side keypair: public parts only, never the private key",
+    ),
+    "KeypairList": _list_of("keypairs", "Keypair"),
+    "SiteOrigins": _record(
+        {
+            "site_id": _INT,
+            "domain_names": {"type": "array", "items": _STR},
+            "app_names": {"type": "array", "items": _STR},
+        }
+    ),
     "AuditEvent": _record(
         {
             "seq": _INT,

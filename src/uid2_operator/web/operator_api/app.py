@@ -28,6 +28,7 @@ error answers more specific.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,10 +48,12 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import Caller, OptOutSink
+from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.snapshot import ClientRecord, OptOutRecord, Snapshot
 from uid2_operator.web.operator_api.errors import JSON, TEXT, render
 from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
 from uid2_operator.wire.encoding import b64decode
 from uid2_operator.wire.envelope import (
     DEFAULT_TIMESTAMP_WINDOW,
@@ -69,10 +72,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+RequestObserver = Callable[[str, "str | None", int, float], None]
+"""Told of every answered request: ``(path, key id or None, HTTP status, seconds)``."""
 
 BODY_LIMIT: Final = 1 << 20
 HEALTHCHECK: Final = "/ops/healthcheck"
 REFRESH: Final = "/v2/token/refresh"
+CLIENT_GENERATE: Final = "/v2/token/client-generate"
 VALIDATE: Final = "/v2/token/validate"
 _BEARER: Final = "bearer "
 _CORS_HEADERS: Final = (
@@ -81,6 +87,8 @@ _CORS_HEADERS: Final = (
 )
 _CORS_METHODS: Final = b"GET, POST, OPTIONS"
 _TEXT_HEADERS: Final = [(b"content-type", TEXT)]
+KEY_ID_SCOPE: Final = "uid2.key_id"
+"""Where a request's ASGI scope records the id of the API key that authenticated it."""
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,8 @@ class OperatorApiConfig:
     body_limit: int = BODY_LIMIT
     window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
     replay_cache_entries: int = DEFAULT_MAX_ENTRIES
+    cstg_window: TimestampWindow | None = DEFAULT_CSTG_TIMESTAMP_WINDOW
+    """Client-side requests' timestamp window (None: unchecked, as the reference)."""
 
 
 def _discard_optout(record: OptOutRecord) -> None:
@@ -180,8 +190,10 @@ class OperatorApi:
         random: RandomBytes = system_random,
         record_optout: OptOutSink = _discard_optout,
         config: OperatorApiConfig | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._settings = config or OperatorApiConfig()
+        self._observer = observer
         self._now = (clock or SystemClock()).now_ms
         self._provider = snapshot_provider or _no_snapshot
         self._random = random
@@ -195,7 +207,8 @@ class OperatorApi:
         unlisted = set(self._endpoints) - set(OPERATOR_ENDPOINTS)
         if unlisted:
             raise AssertionError(f"routes without a roles entry: {sorted(unlisted)}")
-        self._post_routes = frozenset({*self._endpoints, REFRESH})
+        self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
+        self._registrable_domain = registrable_domain_lookup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -211,6 +224,7 @@ class OperatorApi:
         await self._handle(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
         headers: Headers = scope["headers"]
@@ -228,11 +242,12 @@ class OperatorApi:
             status, body, content_type = render(exc)
             response_headers = [(b"content-type", content_type)]
         await _respond(send, status, body, response_headers + extra)
+        if self._observer is not None:
+            self._observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, path: str, method: str
     ) -> tuple[int, bytes, Headers]:
-        headers: Headers = scope["headers"]
         if path == HEALTHCHECK:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed
@@ -246,14 +261,18 @@ class OperatorApi:
         if snapshot is None:
             return 503, b"Service Unavailable", list(_TEXT_HEADERS)
         now_ms = self._now()
+        if path == CLIENT_GENERATE:
+            return self._client_generate(snapshot, scope, body, now_ms)
         if path == REFRESH:
-            return self._refresh(snapshot, headers, body, now_ms)
-        return self._enveloped(snapshot, path, headers, body, now_ms)
+            return self._refresh(snapshot, scope, body, now_ms)
+        return self._enveloped(snapshot, path, scope, body, now_ms)
 
     def _enveloped(
-        self, snapshot: Snapshot, path: str, headers: Headers, body: bytes, now_ms: int
+        self, snapshot: Snapshot, path: str, scope: Scope, body: bytes, now_ms: int
     ) -> tuple[int, bytes, Headers]:
+        headers: Headers = scope["headers"]
         record = _authorize(snapshot, headers, path, now_ms)
+        scope[KEY_ID_SCOPE] = record.key.key_id
         octet = (_header(headers, b"content-type") or "").lower() == OCTET_STREAM
         envelope, secret = self._open(snapshot, record, body, octet, now_ms)
         if not self._replay.first_use(
@@ -299,11 +318,30 @@ class OperatorApi:
             raise CredentialRejected("no live client secret")
         raise failure
 
-    def _refresh(
-        self, snapshot: Snapshot, headers: Headers, body: bytes, now_ms: int
+    def _client_generate(
+        self, snapshot: Snapshot, scope: Scope, body: bytes, now_ms: int
     ) -> tuple[int, bytes, Headers]:
+        """No API key: the subscription id and the request's origin or app name decide. The
+        answer is base64 text with no Content-Type header, as the reference sends it (§1.6)."""
+        if not snapshot.identity.client_side_generate:
+            raise NotFound
+        sealed = data_plane.client_generate(
+            snapshot,
+            body,
+            origin=_header(scope["headers"], b"origin"),
+            now_ms=now_ms,
+            random=self._random,
+            registrable_domain=self._registrable_domain,
+            window=self._settings.cstg_window,
+        )
+        return 200, sealed.encode("ascii"), []
+
+    def _refresh(
+        self, snapshot: Snapshot, scope: Scope, body: bytes, now_ms: int
+    ) -> tuple[int, bytes, Headers]:
+        headers: Headers = scope["headers"]
         try:
-            _verify_key(snapshot, _bearer(headers))
+            scope[KEY_ID_SCOPE] = _verify_key(snapshot, _bearer(headers)).key.key_id
             authenticated = True
         except UID2Error:
             authenticated = False
@@ -346,12 +384,14 @@ def create_operator_app(
     random: RandomBytes = system_random,
     record_optout: OptOutSink = _discard_optout,
     config: OperatorApiConfig | None = None,
+    observer: RequestObserver | None = None,
 ) -> ASGIApp:
     """Build the operator application.
 
     ``snapshot_provider`` is called once per request and returns the current snapshot (whoever
     keeps it fresh swaps what it returns); with none, or while it returns None, every API route
-    answers 503 and only the health check works.
+    answers 503 and only the health check works. ``observer``, when given, is called after
+    every answered request (metrics and usage; it must be cheap: it runs on the request path).
     """
     return OperatorApi(
         snapshot_provider=snapshot_provider,
@@ -359,4 +399,5 @@ def create_operator_app(
         random=random,
         record_optout=record_optout,
         config=config,
+        observer=observer,
     )

@@ -1,0 +1,430 @@
+"""Sharing permissions and client-side token generation against a real ``uid2-operator serve``.
+
+Everything is set up the way an administrator would: ``init`` and a publisher A (every client
+role) with the CLI, then participants B and C (SHARER) and D (a DSP, ID_READER), their keys,
+A's sharing choice (site B and every DSP), a keypair and A's domain and app names through the
+admin API of the running server. The official ``uid2_client`` SDK then exercises sdk-compat §3
+scenarios 12-17, and raw requests built with ``cryptography`` (as a browser SDK would) exercise
+``/v2/token/client-generate``. Changes reach the operator through its store poll, so every check
+that follows a change waits for it (within a few poll intervals).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from cli_harness import database_for
+from serve_harness import Credential, Prepared, Served, prepare, served
+from uid2_client import (
+    BidstreamClient,
+    DecryptionStatus,
+    EncryptionStatus,
+    IdentityScope,
+    SharingClient,
+    TokenGenerateInput,
+    Uid2PublisherClient,
+)
+
+from uid2_operator.bootstrap import load_keyring
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.keypairs import open_private_key, parse_public_key
+from uid2_operator.settings import Settings
+from uid2_operator.storage import open_store
+from uid2_operator.wire.cstg import BuiltRequest, build_request, open_response, private_key_der
+from uid2_operator.wire.keys import CLIENT_GENERATED_PRIVACY_BITS, EncryptionKey
+from uid2_operator.wire.tokens import decode_advertising_token
+
+pytestmark = pytest.mark.functional
+
+POLL_S = "0.2"
+WAIT_S = 15.0
+RAW_UID = base64.b64encode(bytes([0]) + bytes(range(32))).decode()
+EMAIL_HASH = base64.b64encode(os.urandom(32)).decode()
+ORIGIN = "https://www.publisher-a.com"
+APP = "com.publisher.app"
+CSTG = "/v2/token/client-generate"
+T = TypeVar("T")
+
+
+@dataclass
+class World:
+    running: Served
+    prepared: Prepared
+    creds: dict[str, Credential]
+    subscription_id: str
+    public_key: str
+    disabled_subscription_id: str
+    admin_texts: list[str]
+
+    @property
+    def token(self) -> str:
+        return self.prepared.admin_token
+
+    def admin(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        response = self.running.admin(method, path, self.token, body)
+        self.admin_texts.append(response.text)
+        assert response.status_code < 300, (method, path, response.text)
+        return response
+
+    def sharing(self, name: str) -> SharingClient:
+        client = SharingClient(self.running.base_url, self.creds[name].key, self.creds[name].secret)
+        assert client.refresh().success
+        return client
+
+    def bidstream(self, name: str) -> BidstreamClient:
+        cred = self.creds[name]
+        client = BidstreamClient(self.running.base_url, cred.key, cred.secret)
+        assert client.refresh().success
+        return client
+
+    def cstg(
+        self,
+        *,
+        subscription_id: str | None = None,
+        timestamp: int | None = None,
+        app_name: str | None = None,
+        origin: str | None = ORIGIN,
+        change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[httpx.Response, BuiltRequest]:
+        built = build_request(
+            parse_public_key(self.public_key, Environment.LOCAL),
+            {"email_hash": EMAIL_HASH},
+            timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
+            subscription_id=subscription_id or self.subscription_id,
+            random=os.urandom,
+            app_name=app_name,
+        )
+        body = dict(built.body)
+        if change is not None:
+            change(body)
+        headers = {"content-type": "application/json"}
+        if origin is not None:
+            headers["origin"] = origin
+        response = httpx.post(
+            self.running.base_url + CSTG, content=json.dumps(body), headers=headers, timeout=30
+        )
+        return response, built
+
+
+def eventually(check: Callable[[], T | None], what: str) -> T:
+    """Poll ``check`` until it returns a value (the operator's snapshot catching up)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _readable_by(world: World, reader: str, token: str) -> bool | None:
+    status = world.sharing(reader).decrypt_token_into_raw_uid(token).status
+    if status == DecryptionStatus.SUCCESS:
+        return True
+    return False if status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY else None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with database_for("sqlite", tmp_path_factory.mktemp("sharing-serve")) as database:
+        prepared = prepare(database, name="Publisher A")
+        env = {"UID2_POLL_INTERVAL_S": POLL_S}
+        with served(database, env=env) as running:
+            texts: list[str] = []
+            world = World(running, prepared, {"A": prepared.key}, "", "", "", texts)
+            for name, kind, roles in (
+                ("B", "publisher", ["SHARER"]),
+                ("C", "publisher", ["SHARER"]),
+                ("D", "dsp", ["ID_READER"]),
+            ):
+                site = world.admin(
+                    "POST", "/participants", {"name": name, "type": kind, "roles": roles}
+                ).json()["site_id"]
+                issued = world.admin(
+                    "POST", "/keys", {"site_id": site, "name": name, "roles": roles}
+                ).json()
+                world.creds[name] = Credential(
+                    issued["key_id"], issued["key"], issued["secret"], site
+                )
+            a, b = prepared.site_id, world.creds["B"].site_id
+            # The serving process gives new participants their keysets; wait for B's.
+            eventually(
+                lambda: (
+                    running.admin("GET", f"/participants/{b}/sharing", world.token)
+                    .json()
+                    .get("keyset_id")
+                ),
+                "B's keyset",
+            )
+            world.admin(
+                "PUT",
+                f"/participants/{a}/sharing",
+                {"mode": "list", "sites": [b], "types": ["dsp"]},
+            )
+            world.admin("PUT", f"/participants/{b}/sharing", {"mode": "owner_only"})
+            world.admin(
+                "PUT", f"/participants/{a}/domain-names", {"domain_names": ["publisher-a.com"]}
+            )
+            world.admin("PUT", f"/participants/{a}/app-names", {"app_names": [APP]})
+            pair = world.admin("POST", "/keypairs", {"site_id": a, "name": "web"}).json()
+            world.subscription_id, world.public_key = pair["subscription_id"], pair["public_key"]
+            off = world.admin("POST", "/keypairs", {"site_id": a, "name": "retired"}).json()
+            world.disabled_subscription_id = off["subscription_id"]
+            world.admin("POST", f"/keypairs/{off['subscription_id']}/disable", {})
+            token = world.sharing("A").encrypt_raw_uid_into_token(RAW_UID).encrypted_data
+            eventually(lambda: _readable_by(world, "B", token) or None, "B reading A's tokens")
+            eventually(
+                lambda: (
+                    world.cstg(subscription_id=off["subscription_id"])[0].status_code == 401 or None
+                ),
+                "the keypairs in the snapshot",
+            )
+            yield world
+
+
+# ---------------------------------------------------------------- 12-14 sharing, SDK
+
+
+def test_same_site_encrypt_then_decrypt(world: World) -> None:
+    client = world.sharing("A")
+    encrypted = client.encrypt_raw_uid_into_token(RAW_UID)
+    assert encrypted.status == EncryptionStatus.SUCCESS
+    assert encrypted.encrypted_data.startswith("A4")
+    decrypted = client.decrypt_token_into_raw_uid(encrypted.encrypted_data)
+    assert decrypted.status == DecryptionStatus.SUCCESS
+    assert decrypted.uid == RAW_UID
+    assert decrypted.site_id == world.prepared.site_id
+
+
+def test_a_list_admits_b_and_excludes_c_in_both_directions(world: World) -> None:
+    from_a = world.sharing("A").encrypt_raw_uid_into_token(RAW_UID).encrypted_data
+    allowed = world.sharing("B").decrypt_token_into_raw_uid(from_a)
+    assert allowed.status == DecryptionStatus.SUCCESS
+    assert allowed.uid == RAW_UID
+    refused = world.sharing("C").decrypt_token_into_raw_uid(from_a)
+    assert refused.status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    assert refused.uid is None
+    # B shares with nobody: A cannot read what B encrypts, though B can read A's.
+    from_b = world.sharing("B").encrypt_raw_uid_into_token(RAW_UID)
+    assert from_b.status == EncryptionStatus.SUCCESS
+    back = world.sharing("A").decrypt_token_into_raw_uid(from_b.encrypted_data)
+    assert back.status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+
+
+def test_sharing_negatives(world: World) -> None:
+    client = world.sharing("A")
+    assert client.encrypt_raw_uid_into_token("invalid_raw_uid").status == (
+        EncryptionStatus.ENCRYPTION_FAILURE
+    )
+    assert not client.decrypt_token_into_raw_uid("invalid-token").success
+    fresh = SharingClient(world.running.base_url, world.creds["A"].key, world.creds["A"].secret)
+    assert fresh.encrypt_raw_uid_into_token(RAW_UID).status == EncryptionStatus.NOT_INITIALIZED
+
+
+# ---------------------------------------------------------------- 16-17 expiry, payloads
+# (15, sharing token expiry, is in test_sharing_expiry_sdk.py: a 30-day sharing token outlives
+# the 30-day keys this server makes, and past the last key's expiry the SDK answers
+# KEYS_NOT_SYNCED before it looks at the token.)
+
+
+def test_advertising_token_expiry_for_a_dsp_admitted_by_type(world: World) -> None:
+    cred = world.creds["A"]
+    response = Uid2PublisherClient(world.running.base_url, cred.key, cred.secret).generate_token(
+        TokenGenerateInput.from_email("sharing-expiry@example.com")
+    )
+    identity = response.get_identity()
+    assert identity is not None
+    token = identity.get_advertising_token()
+    expires = datetime.fromtimestamp(identity.get_identity_expires() / 1000, UTC)
+    dsp = world.bidstream("D")
+    early = dsp._decrypt_token_into_raw_uid(token, None, now=expires - timedelta(seconds=1))
+    assert early.status == DecryptionStatus.SUCCESS
+    assert early.site_id == world.prepared.site_id
+    late = dsp._decrypt_token_into_raw_uid(token, None, now=expires + timedelta(seconds=1))
+    assert late.status == DecryptionStatus.EXPIRED_TOKEN
+    assert late.expiry == expires
+
+
+def test_key_payload_contract(world: World) -> None:
+    keys = world.sharing("A")._keys
+    assert keys.get_caller_site_id() == world.prepared.site_id
+    assert keys.get_identity_scope() == IdentityScope.UID2
+    now = datetime.now(UTC)
+    master, default = keys.get_master_key(now), keys.get_default_keyset_key(now)
+    assert master is not None
+    assert default is not None
+    assert master.is_active(now)
+    assert default.is_active(now)
+    assert isinstance(keys.get_max_sharing_lifetime_seconds(), int)
+    dsp_keys = world.bidstream("D")._keys
+    assert isinstance(dsp_keys.get_max_bidstream_lifetime_seconds(), int)
+    ids = {k.key_id for k in dsp_keys.values()}
+    assert {master.key_id, default.key_id} <= ids
+    # C is neither listed nor a DSP: it sees the master keys and its own, not A's.
+    assert default.key_id not in {k.key_id for k in world.sharing("C")._keys.values()}
+    reply, body = world.running.call("/v2/key/bidstream", None, world.creds["D"])
+    assert reply.status_code == 200
+    assert body is not None
+    assert {"id": world.prepared.site_id, "domain_names": ["publisher-a.com"]} in (
+        body["body"]["site_data"]
+    )
+    per_keyset: dict[int, list[int]] = {}
+    _, sharing_body = world.running.call("/v2/key/sharing", None, world.creds["A"])
+    assert sharing_body is not None
+    for key in sharing_body["body"]["keys"]:
+        per_keyset.setdefault(key.get("keyset_id", 0), []).append(key["activates"])
+    assert all(times == sorted(times) for times in per_keyset.values())
+
+
+# ---------------------------------------------------------------- client-side generation
+
+
+def test_a_client_side_request_yields_a_token_a_dsp_decrypts(world: World) -> None:
+    response, built = world.cstg()
+    assert response.status_code == 200, response.text
+    assert "content-type" not in response.headers
+    reply = open_response(built.secret, response.content)
+    assert reply["status"] == "success"
+    token = reply["body"]["advertising_token"]
+    dsp = world.bidstream("D")
+    decrypted = dsp.decrypt_token_into_raw_uid(token, "publisher-a.com")
+    assert decrypted.status == DecryptionStatus.SUCCESS
+    assert decrypted.site_id == world.prepared.site_id
+    assert decrypted.uid is not None
+    # The SDK reads bit 30 for "client side generated" while the operator sets bit 1, so it
+    # reports False (sdk-compat §2.5); the privacy bits themselves are 3, read with the DSP's keys.
+    assert decrypted.is_client_side_generated is False
+    keys = {k.key_id: k.secret for k in dsp._keys.values()}
+
+    def lookup(key_id: int) -> EncryptionKey | None:
+        secret = keys.get(key_id)
+        return None if secret is None else EncryptionKey(key_id, 0, 0, 0, 2**40, secret)
+
+    parsed = decode_advertising_token(token, master_key=lookup, site_key=lookup)
+    assert parsed.privacy_bits == CLIENT_GENERATED_PRIVACY_BITS == 3
+    assert len(reply["body"]["refresh_token"]) == 388
+    by_app, built_app = world.cstg(app_name=APP.upper(), origin=None)
+    assert by_app.status_code == 200
+    assert open_response(built_app.secret, by_app.content)["status"] == "success"
+
+
+def _refusal(response: httpx.Response) -> tuple[int, str, str]:
+    document = response.json()
+    return response.status_code, document["status"], document.get("message", "")
+
+
+def _tamper(body: dict[str, Any]) -> None:
+    raw = bytearray(base64.b64decode(body["payload"]))
+    raw[0] ^= 1
+    body["payload"] = base64.b64encode(bytes(raw)).decode()
+
+
+def _bad_key(body: dict[str, Any]) -> None:
+    body["public_key"] = base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"origin": "https://evil.example"},
+            (403, "invalid_http_origin", "unexpected http origin"),
+        ),
+        ({"origin": None}, (403, "invalid_http_origin", "unexpected http origin")),
+        ({"app_name": "com.other.app"}, (403, "invalid_app_name", "unexpected app name")),
+        ({"subscription_id": "Zz9Zz9Zz9Z"}, (400, "client_error", "bad subscription_id")),
+        (
+            {"timestamp": int(time.time() * 1000) - 2 * 3600 * 1000},
+            (400, "client_error", "invalid timestamp: request too old or client clock drift"),
+        ),
+        ({"change": _tamper}, (400, "client_error", "payload decryption failed")),
+        ({"change": _bad_key}, (400, "client_error", "bad public key")),
+    ],
+)
+def test_client_side_refusals_have_the_reference_status(
+    world: World, kwargs: dict[str, Any], expected: tuple[int, str, str]
+) -> None:
+    response, _ = world.cstg(**kwargs)
+    assert _refusal(response) == expected
+
+
+def test_a_disabled_keypair_and_a_malformed_body_are_refused(world: World) -> None:
+    response, _ = world.cstg(subscription_id=world.disabled_subscription_id)
+    assert _refusal(response) == (401, "unauthorized", "Unauthorized")
+    for body in (b"", b"{", b"[1]", b'{"timestamp": "soon"}'):
+        raw = httpx.post(world.running.base_url + CSTG, content=body, timeout=30)
+        assert raw.status_code == 400, body
+        assert raw.json()["status"] == "client_error"
+
+
+# ---------------------------------------------------------------- a change through the API
+
+
+def test_a_permission_change_through_the_admin_api_reaches_the_next_key_refresh(
+    world: World,
+) -> None:
+    a, c = world.prepared.site_id, world.creds["C"].site_id
+    before_b = world.sharing("B")  # keys fetched while B is still allowed
+    changed = world.admin(
+        "PUT", f"/participants/{a}/sharing", {"mode": "list", "sites": [c], "types": ["dsp"]}
+    ).json()
+    assert changed["changed"] is True
+    assert changed["rotated_key_ids"]  # B was removed: A's keys were rotated
+
+    rotated = set(changed["rotated_key_ids"])
+
+    def switched() -> SharingClient | None:
+        client = world.sharing("A")
+        return client if rotated & {k.key_id for k in client._keys.values()} else None
+
+    sender = eventually(switched, "the rotated keys in the operator's snapshot")
+    token = sender.encrypt_raw_uid_into_token(RAW_UID).encrypted_data
+    assert _readable_by(world, "C", token) is True
+    # B, refreshed or not, cannot read tokens sealed with the rotated key.
+    assert world.sharing("B").decrypt_token_into_raw_uid(token).status == (
+        DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    )
+    assert before_b.decrypt_token_into_raw_uid(token).status == (
+        DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    )
+    audit = world.admin("GET", "/audit?action=keyset.sharing").json()["events"]
+    assert audit[-1]["before"]["sites"] == [world.creds["B"].site_id]
+    assert audit[-1]["after"]["sites"] == [c]
+
+
+def test_the_private_key_is_in_no_response_log_or_database_file(world: World) -> None:
+    database = world.prepared.database
+    settings = Settings(data_dir=database.data_dir)
+    store = open_store(settings.store_url)
+    try:
+        with store.read() as rx:
+            stored = rx.keypairs.get(world.subscription_id)
+    finally:
+        store.close()
+    assert stored is not None
+    key = open_private_key(load_keyring(settings), stored)
+    der = private_key_der(key)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    forms = [
+        base64.b64encode(der).decode(),
+        der.hex(),
+        scalar.hex(),
+        base64.b64encode(scalar).decode(),
+    ]
+    listed = world.admin("GET", "/keypairs").text + world.admin("GET", "/audit").text
+    texts = "\n".join([*world.admin_texts, listed, *world.running.lines])
+    assert not [form for form in forms if form in texts]
+    raw = b"".join(p.read_bytes() for p in Path(database.data_dir).glob("uid2.db*"))
+    assert der not in raw
+    assert scalar not in raw
+    assert stored.public_key in raw  # the search does find what is there
