@@ -221,7 +221,8 @@ def test_full_key_flow_on_every_backend(
 
     verdict = env.call("POST", "/audit/verify", SUPER)
     assert verdict.json() == {"ok": True, "checked": len(events), "first_bad_seq": None,
-                              "reason": None}  # fmt: skip
+                              "reason": None, "head_seq": events[-1]["seq"],
+                              "head_hash": events[-1]["hash"]}  # fmt: skip
 
     _assert_no_secret_leaked(env, issued_keys, issued_secrets, caplog)
 

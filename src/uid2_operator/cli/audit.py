@@ -58,6 +58,8 @@ def verify(as_json: bool) -> None:
                 ("events checked", verdict.checked),
                 ("first bad seq", verdict.first_bad_seq),
                 ("reason", verdict.reason),
+                ("head seq", verdict.head_seq),
+                ("head hash", verdict.head_hash),
             ]
         )
 

@@ -205,9 +205,28 @@ def link_event(draft: AuditDraft, *, seq: int, prev_hash: bytes) -> AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The position of a chain's last event: its ``seq`` and ``hash``.
+
+    The store records it in the same transaction as every append, so a deleted or truncated tail
+    (which leaves an internally consistent, shorter chain) no longer matches. Someone able to write
+    the whole database can rewrite the record as well; a copy kept outside the database (printed by
+    ``audit verify``) is the defence against that.
+    """
+
+    seq: int
+    hash: bytes
+
+
+EMPTY_HEAD = ChainHead(0, GENESIS_HASH)
+"""The head of a chain without events (and what a store with no recorded head compares against)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChainVerdict:
     """``ok``, or the first seq where the chain breaks and why. ``head_*`` is the last good link:
-    record it outside the database to also detect a truncated or rewritten tail later."""
+    record it outside the database to also detect a truncated or rewritten tail later.
+    ``recorded_head`` is the head the walk was compared against, if any."""
 
     ok: bool
     checked: int
@@ -215,6 +234,7 @@ class ChainVerdict:
     problem: str | None
     head_seq: int
     head_hash: bytes
+    recorded_head: ChainHead | None = None
 
 
 def verify_chain(
@@ -222,17 +242,27 @@ def verify_chain(
     *,
     start_seq: int = 1,
     start_prev_hash: bytes = GENESIS_HASH,
+    recorded_head: ChainHead | None = None,
 ) -> ChainVerdict:
     """Walk events in the order given (ascending seq). Detects a modified row (its hash no longer
     matches), a deleted or inserted row (seq not gap-free, or a broken ``prev_hash`` link), a
     reordered row and a forged hash. To check from the middle, pass the seq and hash of a trusted
-    earlier event as ``start_seq - 1`` / ``start_prev_hash``."""
+    earlier event as ``start_seq - 1`` / ``start_prev_hash``.
+
+    With ``recorded_head`` (the head the store recorded, or one kept elsewhere; ``EMPTY_HEAD`` when
+    none was recorded) the walk must also end exactly there: a chain that ends early (its last rows
+    deleted), goes past it (rows appended behind the store's back) or whose last event differs
+    from it (a rewritten head) is reported, since each of those is a consistent chain by itself.
+    """
     expected_seq = start_seq
     prev_hash = start_prev_hash
+    link_before_last = prev_hash
     checked = 0
 
     def broken(seq: int, problem: str) -> ChainVerdict:
-        return ChainVerdict(False, checked, seq, problem, expected_seq - 1, prev_hash)
+        return ChainVerdict(
+            False, checked, seq, problem, expected_seq - 1, prev_hash, recorded_head
+        )
 
     for event in events:
         if event.seq != expected_seq:
@@ -241,7 +271,36 @@ def verify_chain(
             return broken(event.seq, "prev_hash does not match the previous event's hash")
         if not hmac.compare_digest(event.hash, event_hash(prev_hash, event.seq, event)):
             return broken(event.seq, "hash does not match the event's content")
+        link_before_last = prev_hash
         prev_hash = event.hash
         expected_seq += 1
         checked += 1
-    return ChainVerdict(True, checked, None, None, expected_seq - 1, prev_hash)
+    last_seq = expected_seq - 1
+    mismatch = None if recorded_head is None else _head_mismatch(last_seq, prev_hash, recorded_head)
+    if recorded_head is not None and mismatch is not None:
+        bad_seq, problem = mismatch
+        if last_seq == recorded_head.seq and checked:
+            # The last event itself is in doubt: the good chain ends one link earlier.
+            checked -= 1
+            expected_seq -= 1
+            prev_hash = link_before_last
+        return broken(bad_seq, problem)
+    return ChainVerdict(True, checked, None, None, last_seq, prev_hash, recorded_head)
+
+
+def _head_mismatch(last_seq: int, last_hash: bytes, recorded: ChainHead) -> tuple[int, str] | None:
+    """Where and why a chain ending at ``(last_seq, last_hash)`` does not end at ``recorded``."""
+    if last_seq < recorded.seq:
+        return last_seq + 1, (
+            f"the chain ends at seq {last_seq} but the recorded head is seq {recorded.seq}: "
+            "its last events were deleted"
+        )
+    if last_seq > recorded.seq:
+        if recorded.seq == 0:
+            return 1, f"no chain head is recorded, yet the chain reaches seq {last_seq}"
+        return recorded.seq + 1, (
+            f"the chain goes on past the recorded head (seq {recorded.seq}) to seq {last_seq}"
+        )
+    if not hmac.compare_digest(last_hash, recorded.hash):
+        return last_seq, "the last event's hash does not match the recorded head"
+    return None

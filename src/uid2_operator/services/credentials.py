@@ -19,7 +19,7 @@ from typing import Any
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain import lifecycle
-from uid2_operator.domain.audit import verify_chain
+from uid2_operator.domain.audit import EMPTY_HEAD, verify_chain
 from uid2_operator.domain.authorization import Denied
 from uid2_operator.domain.credentials import (
     ApiKey,
@@ -500,11 +500,15 @@ class CredentialService:
         return [AuditEventView.of(e) for e in events]
 
     def verify_audit(self, actor: Actor) -> AuditVerdictView:
-        """Walks the whole chain: an edited, inserted, reordered or deleted row breaks it."""
+        """Walks the whole chain: an edited, inserted, reordered or deleted row breaks it, and so
+        does a chain that does not end at the head the store recorded with its last append (a
+        deleted or truncated tail, a rewritten last event). The verdict carries the head so that
+        operators can keep a copy outside the database, which also survives a rewrite of both."""
         del actor
         with self._store.read() as tx:
             events = tx.audit.list_events()
-        verdict = verify_chain(events)
+            recorded = tx.audit.head()
+        verdict = verify_chain(events, recorded_head=EMPTY_HEAD if recorded is None else recorded)
         if not verdict.ok:
             logger.warning(
                 "audit chain broken first_bad_seq=%s problem=%s",

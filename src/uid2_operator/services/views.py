@@ -294,10 +294,16 @@ class AuditEventView:
 
 @dataclass(frozen=True, slots=True)
 class AuditVerdictView:
+    """The verdict, and the chain's head (the last good event's seq and hex hash) for operators
+    to record outside the database: whoever can write the whole database can rewrite the events
+    and the recorded head together, but not a copy kept elsewhere."""
+
     ok: bool
     checked: int
     first_bad_seq: int | None
     reason: str | None
+    head_seq: int
+    head_hash: str  # hex
 
     @classmethod
     def of(cls, verdict: ChainVerdict) -> AuditVerdictView:
@@ -306,6 +312,8 @@ class AuditVerdictView:
             checked=verdict.checked,
             first_bad_seq=verdict.first_bad_seq,
             reason=verdict.problem,
+            head_seq=verdict.head_seq,
+            head_hash=verdict.head_hash.hex(),
         )
 
     def to_json(self) -> JsonDict:
@@ -314,4 +322,6 @@ class AuditVerdictView:
             "checked": self.checked,
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
         }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from uid2_operator.domain.admin_tokens import AdminToken
-from uid2_operator.domain.audit import AuditEvent, Outcome
+from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey
@@ -222,6 +222,14 @@ class AuditReader(Protocol):
         """The event with the highest seq."""
         ...
 
+    def head(self) -> ChainHead | None:
+        """The chain head recorded by the last append (None if nothing was ever recorded).
+
+        Kept apart from the events so that deleting the last events shows: the chain then ends
+        before the recorded head.
+        """
+        ...
+
     def list_events(
         self,
         *,
@@ -240,8 +248,12 @@ class AuditRepository(AuditReader, Protocol):
     def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
         """Places ``event`` at the end of the chain and returns it as stored.
 
-        Assigns ``seq`` = last seq + 1 (1 for the first event) and ``prev_hash`` = the last
-        event's hash (``GENESIS_PREV_HASH`` for the first), then asks ``hasher`` for ``hash``.
+        Assigns ``seq`` = recorded head seq + 1 (1 for the first event) and ``prev_hash`` = the
+        recorded head's hash (``GENESIS_PREV_HASH`` for the first), then asks ``hasher`` for
+        ``hash``, and records the new event as the head in the same transaction. Building on the
+        recorded head rather than on the last row keeps a deleted tail visible after later appends
+        (a gap) instead of papering over it; a store with no recorded head (made before heads were
+        recorded) builds on its last row.
         """
         ...
 

@@ -134,6 +134,13 @@ audit_events = Table(
     Index(None, "site_id"),
 )
 
+AUDIT_HEAD_SEQ = "audit_head_seq"
+"""The ``store_meta`` row holding the seq of the audit chain's last event, written with it."""
+
+AUDIT_HEAD_HASH = tuple(f"audit_head_hash_{i}" for i in range(4))
+"""The ``store_meta`` rows holding that event's 32-byte hash, as four signed 64-bit big-endian
+words (``store_meta`` holds integers). With ``AUDIT_HEAD_SEQ`` they anchor the chain's end."""
+
 key_usage = Table(
     "key_usage",
     metadata,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.elements import ColumnElement
 
 from uid2_operator.domain.admin_tokens import AdminToken
-from uid2_operator.domain.audit import AuditEvent, Outcome
+from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
@@ -459,14 +459,49 @@ class _Audit:
         query = select(t.audit_events).where(and_(True, *filters)).order_by(c.seq).limit(limit)
         return [_audit_event(row) for row in self._u.conn.execute(query)]
 
-    def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
-        conn = self._u.writing()
+    def head(self) -> ChainHead | None:
+        m = t.store_meta.c
+        names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
+        rows = self._u.conn.execute(select(m.name, m.value).where(m.name.in_(names))).all()
+        values = {row.name: int(row.value) for row in rows}
+        if t.AUDIT_HEAD_SEQ not in values:
+            return None
+        # A missing hash word reads as zero: the comparison then fails, as it should.
+        words = [values.get(name, 0) for name in t.AUDIT_HEAD_HASH]
+        digest = b"".join(w.to_bytes(8, "big", signed=True) for w in words)
+        return ChainHead(values[t.AUDIT_HEAD_SEQ], digest)
+
+    def _record_head(self, conn: Connection, head: ChainHead) -> None:
+        words = [
+            int.from_bytes(head.hash[i : i + 8], "big", signed=True)
+            for i in range(0, len(t.AUDIT_HEAD_HASH) * 8, 8)
+        ]
+        m = t.store_meta.c
+        for name, value in (
+            (t.AUDIT_HEAD_SEQ, head.seq),
+            *zip(t.AUDIT_HEAD_HASH, words, strict=True),
+        ):
+            updated = conn.execute(update(t.store_meta).where(m.name == name).values(value=value))
+            if updated.rowcount == 0:  # first append (the write lock is held: no race)
+                conn.execute(insert(t.store_meta).values(name=name, value=value))
+
+    def _chain_end(self, conn: Connection) -> ChainHead:
+        recorded = self.head()
+        if recorded is not None:
+            return recorded
         c = t.audit_events.c
         last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
+        if last is None:
+            return ChainHead(0, GENESIS_PREV_HASH)
+        return ChainHead(last.seq, bytes(last.hash))
+
+    def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
+        conn = self._u.writing()
+        end = self._chain_end(conn)
         before = None if event.before is None else _json_text(event.before)
         after = None if event.after is None else _json_text(event.after)
         placed = AuditEvent(
-            seq=1 if last is None else last.seq + 1,
+            seq=end.seq + 1,
             at_ms=event.at_ms,
             actor=event.actor,
             action=event.action,
@@ -479,7 +514,7 @@ class _Audit:
             request_id=event.request_id,
             source=event.source,
             outcome=event.outcome,
-            prev_hash=GENESIS_PREV_HASH if last is None else bytes(last.hash),
+            prev_hash=end.hash,
             hash=b"",
         )
         placed = replace(placed, hash=hasher(placed.prev_hash, placed.seq, placed))
@@ -501,6 +536,7 @@ class _Audit:
                 hash=placed.hash,
             )
         )
+        self._record_head(conn, ChainHead(placed.seq, placed.hash))
         return placed
 
 

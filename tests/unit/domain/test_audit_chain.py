@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from uid2_operator.domain.audit import (
+    EMPTY_HEAD,
     GENESIS_HASH,
     AuditEvent,
+    ChainHead,
     Outcome,
     canonical_event_bytes,
     draft_event,
@@ -216,3 +218,63 @@ def test_a_forged_hash_is_detected() -> None:
         1,
         "prev_hash does not match the previous event's hash",
     )
+
+
+# -------------------------------------------------------------------- the recorded chain head
+
+
+def _head_of(event: AuditEvent) -> ChainHead:
+    return ChainHead(event.seq, event.hash)
+
+
+def test_a_chain_ending_at_its_recorded_head_verifies() -> None:
+    events = _chain(5)
+    verdict = verify_chain(events, recorded_head=_head_of(events[-1]))
+    assert (verdict.ok, verdict.checked, verdict.head_seq) == (True, 5, 5)
+    assert verdict.recorded_head == _head_of(events[-1])
+    assert verify_chain([], recorded_head=EMPTY_HEAD).ok
+    assert verify_chain(events[2:], start_seq=3, start_prev_hash=events[1].hash,
+                        recorded_head=_head_of(events[-1])).ok  # fmt: skip
+
+
+@pytest.mark.parametrize("deleted", [1, 2, 5])
+def test_a_deleted_tail_is_detected_against_the_recorded_head(deleted: int) -> None:
+    events = _chain(5)
+    head = _head_of(events[-1])
+    kept = events[:-deleted]
+    assert verify_chain(kept).ok  # consistent by itself: only the head gives it away
+    verdict = verify_chain(kept, recorded_head=head)
+    assert not verdict.ok
+    assert verdict.first_bad_seq == 6 - deleted
+    assert verdict.problem == (
+        f"the chain ends at seq {5 - deleted} but the recorded head is seq 5: "
+        "its last events were deleted"
+    )
+    assert (verdict.checked, verdict.head_seq) == (5 - deleted, 5 - deleted)
+
+
+def test_a_rewritten_last_event_is_detected_against_the_recorded_head() -> None:
+    events = _chain(5)
+    head = _head_of(events[-1])
+    forged = replace(events[-1], actor="admin:intruder")
+    events[-1] = replace(forged, hash=event_hash(forged.prev_hash, 5, forged))
+    assert verify_chain(events).ok
+    verdict = verify_chain(events, recorded_head=head)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 5)
+    assert verdict.problem == "the last event's hash does not match the recorded head"
+    assert (verdict.checked, verdict.head_seq, verdict.head_hash) == (4, 4, events[3].hash)
+
+
+def test_events_past_the_recorded_head_are_detected() -> None:
+    events = _chain(5)
+    verdict = verify_chain(events, recorded_head=_head_of(events[2]))
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 4)
+    assert verdict.problem == "the chain goes on past the recorded head (seq 3) to seq 5"
+    missing = verify_chain(events, recorded_head=EMPTY_HEAD)
+    assert (missing.ok, missing.first_bad_seq) == (False, 1)
+    assert missing.problem == "no chain head is recorded, yet the chain reaches seq 5"
+
+
+def test_a_recorded_head_with_a_wrong_hash_and_no_events_is_detected() -> None:
+    verdict = verify_chain([], recorded_head=ChainHead(0, b"\x01" * 32))
+    assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 0, 0)

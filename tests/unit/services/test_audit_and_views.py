@@ -11,6 +11,7 @@ import pytest
 from service_fixtures import ACTOR, KEYRING
 
 from uid2_operator.clock import FixedClock
+from uid2_operator.domain.audit import event_hash
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import checksum, mint_api_key
 from uid2_operator.domain.participants import ParticipantType
@@ -69,6 +70,8 @@ def test_every_change_writes_one_event_with_the_change(svc: CredentialService) -
         "checked": 13,
         "first_bad_seq": None,
         "reason": None,
+        "head_seq": 13,
+        "head_hash": events[-1].hash,
     }
 
 
@@ -180,3 +183,39 @@ def test_admin_token_views_are_json_ready(admin: AdminService) -> None:
 def test_a_participant_type_may_be_the_enum(svc: CredentialService) -> None:
     view = svc.create_participant(ACTOR, name="P", type=ParticipantType.DATA_PROVIDER)
     assert view.type == "data_provider"
+
+
+def test_verify_reports_a_rewritten_last_event(
+    svc: CredentialService, store: SqlStore, db_path: Path
+) -> None:
+    """A last event rewritten with a recomputed hash is a consistent chain by itself: only the
+    head recorded with the original append gives it away."""
+    svc.create_participant(ACTOR, name="P", type="publisher")
+    svc.create_participant(ACTOR, name="Q", type="publisher")
+    intact = svc.verify_audit(ACTOR)
+    with store.read() as rx:
+        last = rx.audit.last()
+    assert last is not None
+    assert (intact.ok, intact.head_seq, intact.head_hash) == (True, 2, last.hash.hex())
+    forged = replace(last, actor="cli:mallory")
+    forged_hash = event_hash(forged.prev_hash, forged.seq, forged)
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(
+            "UPDATE audit_events SET actor = ?, hash = ? WHERE seq = ?",
+            (forged.actor, forged_hash, forged.seq),
+        )
+    verdict = svc.verify_audit(ACTOR)
+    assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 2, 1)
+    assert verdict.reason == "the last event's hash does not match the recorded head"
+    assert verdict.head_seq == 1
+
+
+def test_verify_reports_a_chain_without_its_recorded_head(
+    svc: CredentialService, db_path: Path
+) -> None:
+    svc.create_participant(ACTOR, name="P", type="publisher")
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DELETE FROM store_meta WHERE name LIKE 'audit_head_%'")
+    verdict = svc.verify_audit(ACTOR)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 1)
+    assert verdict.reason == "no chain head is recorded, yet the chain reaches seq 1"

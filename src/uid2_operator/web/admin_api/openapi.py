@@ -200,6 +200,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "checked": _INT,
             "first_bad_seq": _nullable("integer"),
             "reason": _nullable("string"),
+            "head_seq": {"type": "integer", "description": "seq of the last good event"},
+            "head_hash": {
+                "type": "string",
+                "description": "hash of the last good event, hex: keep a copy outside the "
+                "database, since whoever can write all of it can rewrite the chain and its head",
+            },
         }
     ),
 }

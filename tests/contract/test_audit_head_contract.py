@@ -1,0 +1,117 @@
+"""The recorded audit chain head, on every backend: written with each append, read back exactly,
+and the base of the next append, so that a deleted tail stays visible."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, func, select
+from store_records import Draft, simple_hash
+
+from uid2_operator.domain.audit import ChainHead, event_hash, verify_chain
+from uid2_operator.storage import SqlStore
+from uid2_operator.storage import schema as t
+from uid2_operator.storage.interface import GENESIS_PREV_HASH
+
+
+def _append(store: SqlStore, target_id: str) -> ChainHead:
+    with store.transaction() as tx:
+        placed = tx.audit.append(Draft(target_id=target_id), event_hash)
+    return ChainHead(placed.seq, placed.hash)
+
+
+def _delete_events_from(store: SqlStore, seq: int) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.audit_events).where(t.audit_events.c.seq >= seq))
+
+
+def test_a_new_store_records_no_head(store: SqlStore) -> None:
+    with store.read() as rx:
+        assert rx.audit.head() is None
+
+
+def test_every_append_records_its_event_as_the_head(store: SqlStore) -> None:
+    heads = [_append(store, f"t{i}") for i in range(3)]
+    assert [h.seq for h in heads] == [1, 2, 3]
+    with store.read() as rx:
+        assert rx.audit.head() == heads[-1]
+        assert verify_chain(rx.audit.list_events(), recorded_head=rx.audit.head()).ok
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        b"\xff" * 32,
+        b"\x80" + bytes(31),
+        bytes(range(0x70, 0x90)),
+        b"\x7f" + b"\xff" * 7 + bytes(8) + b"\x80" + bytes(7) + b"\x01" * 8,
+    ],
+    ids=["all ones", "sign bit", "ascending", "mixed words"],
+)
+def test_the_head_hash_round_trips_every_bit(store: SqlStore, digest: bytes) -> None:
+    """The hash is held as four signed 64-bit words: sign bits and zero words must survive."""
+    with store.transaction() as tx:
+        tx.audit.append(Draft(), lambda _prev, _seq, _event: digest)
+    with store.read() as rx:
+        assert rx.audit.head() == ChainHead(1, digest)
+    with store.transaction() as tx:
+        assert tx.audit.append(Draft(target_id="next"), simple_hash).prev_hash == digest
+
+
+def test_a_rolled_back_append_leaves_the_head_alone(store: SqlStore) -> None:
+    kept = _append(store, "kept")
+
+    def failing_use_case() -> None:
+        with store.transaction() as tx:
+            tx.audit.append(Draft(target_id="lost"), event_hash)
+            raise RuntimeError("the use case failed after writing its audit row")
+
+    with pytest.raises(RuntimeError):
+        failing_use_case()
+    with store.read() as rx:
+        assert rx.audit.head() == kept
+
+
+def test_a_deleted_tail_stays_detectable_after_later_appends(store: SqlStore) -> None:
+    heads = [_append(store, f"t{i}") for i in range(4)]
+    _delete_events_from(store, 3)
+    with store.read() as rx:
+        assert rx.audit.head() == heads[-1]
+        verdict = verify_chain(rx.audit.list_events(), recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 3)
+
+    # The next append builds on the recorded head, not on the last surviving row: a gap remains.
+    assert _append(store, "after").seq == 5
+    with store.read() as rx:
+        events = rx.audit.list_events()
+        assert [e.seq for e in events] == [1, 2, 5]
+        assert events[-1].prev_hash == heads[-1].hash
+        verdict = verify_chain(events, recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.first_bad_seq, verdict.problem) == (
+        False,
+        3,
+        "expected seq 3, found 5",
+    )
+
+
+def test_a_store_without_a_recorded_head_builds_on_its_last_row(store: SqlStore) -> None:
+    """A chain written before heads were recorded: the first append records one."""
+    heads = [_append(store, f"t{i}") for i in range(2)]
+    names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.store_meta).where(t.store_meta.c.name.in_(names)))
+    with store.read() as rx:
+        assert rx.audit.head() is None
+        events = rx.audit.list_events()
+    assert not verify_chain(events, recorded_head=ChainHead(0, GENESIS_PREV_HASH)).ok
+    placed = _append(store, "next")
+    assert placed.seq == 3
+    with store.read() as rx:
+        assert rx.audit.head() == placed
+        events = rx.audit.list_events()
+        assert events[-1].prev_hash == heads[-1].hash
+        assert verify_chain(events, recorded_head=rx.audit.head()).ok
+    with store.engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(t.store_meta).where(t.store_meta.c.name.in_(names))
+        ).scalar_one()
+    assert count == len(names)
