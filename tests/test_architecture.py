@@ -2,6 +2,11 @@
 
 ``wire/`` and ``domain/`` are pure: no web framework, no database driver, no storage, services or
 web code, and no clock or entropy of their own (``now`` and a random source are passed in).
+
+Only ``bootstrap.py`` picks and opens a storage backend: ``web/``, ``cli/`` and ``services/`` see
+the store through ``storage.interface`` alone. Relative imports are resolved against the importing
+module before any rule is applied, so ``from ..storage import open_store`` counts like the
+absolute spelling.
 """
 
 from __future__ import annotations
@@ -29,21 +34,75 @@ FORBIDDEN_CALLS = {
 }  # fmt: skip
 
 
+# Layers that reach the store only through its interface (bootstrap wires the backend in).
+INTERFACE_ONLY_LAYERS = ("web", "cli", "services")
+STORAGE = "uid2_operator.storage"
+STORAGE_INTERFACE = "uid2_operator.storage.interface"
+
+
 def _pure_files() -> list[Path]:
     return sorted(p for layer in PURE_LAYERS for p in (PACKAGE / layer).rglob("*.py"))
 
 
-def _violations(source: str) -> list[str]:
-    found: list[str] = []
+def _interface_only_files() -> list[Path]:
+    return sorted(p for layer in INTERFACE_ONLY_LAYERS for p in (PACKAGE / layer).rglob("*.py"))
+
+
+def _module_of(path: Path) -> str:
+    """``.../src/uid2_operator/web/app.py`` -> ``uid2_operator.web.app`` (a package: itself)."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a ``from ... import`` names, relative levels resolved."""
+    if node.level == 0:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    drop = node.level - 1
+    if drop >= len(package):
+        raise AssertionError(f"relative import beyond the top package in {module}")
+    base = package[: len(package) - drop]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _imports(source: str, module: str, is_package: bool = False) -> list[tuple[str, list[str]]]:
+    """Per import statement: the module it loads and the names it binds, absolute."""
+    found: list[tuple[str, list[str]]] = []
     for node in ast.walk(ast.parse(source)):
-        names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            found.extend((alias.name, [alias.name]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            origin = _absolute(node, module, is_package)
+            found.append((origin, [f"{origin}.{alias.name}" for alias in node.names]))
+    return found
+
+
+def _storage_violations(
+    source: str, module: str = "uid2_operator.web.example", *, is_package: bool = False
+) -> list[str]:
+    """Imports of the storage package other than ``storage.interface``."""
+    found: list[str] = []
+    for _origin, names in _imports(source, module, is_package):
         for name in names:
+            inside = name == STORAGE or name.startswith(STORAGE + ".")
+            allowed = name == STORAGE_INTERFACE or name.startswith(STORAGE_INTERFACE + ".")
+            if inside and not allowed:
+                found.append(f"imports {name}")
+    return found
+
+
+def _violations(
+    source: str, module: str = "uid2_operator.wire.example", *, is_package: bool = False
+) -> list[str]:
+    found: list[str] = []
+    for origin, bound in _imports(source, module, is_package):
+        for name in dict.fromkeys([origin, *bound]):
             if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN_MODULES):
                 found.append(f"imports {name}")
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute):
             owner = node.value
             left = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
@@ -58,7 +117,15 @@ def _violations(source: str) -> list[str]:
 
 @pytest.mark.parametrize("path", _pure_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_pure_layers_stay_pure(path: Path) -> None:
-    assert _violations(path.read_text()) == []
+    found = _violations(path.read_text(), _module_of(path), is_package=path.name == "__init__.py")
+    assert found == []
+
+
+@pytest.mark.parametrize("path", _interface_only_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_bootstrap_opens_storage_backends(path: Path) -> None:
+    module = _module_of(path)
+    found = _storage_violations(path.read_text(), module, is_package=path.name == "__init__.py")
+    assert found == [], f"{module} must reach the store through bootstrap and storage.interface"
 
 
 @pytest.mark.parametrize(
@@ -82,5 +149,77 @@ def test_the_checker_catches_each_rule(source: str) -> None:
     assert _violations(source), source
 
 
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from ..storage import open_store", "uid2_operator.wire.envelope"),
+        ("from ..services.keys import create", "uid2_operator.domain.keysets"),
+        ("from .. import web", "uid2_operator.domain.keysets"),
+        ("from ...storage.sql import SqlStore", "uid2_operator.domain.sub.rules"),
+    ],
+)
+def test_the_checker_resolves_relative_imports(source: str, module: str) -> None:
+    assert _violations(source, module), source
+
+
+def test_relative_imports_inside_the_layer_are_allowed() -> None:
+    assert _violations("from . import encoding", "uid2_operator.wire.envelope") == []
+    assert _violations("from .aead import seal", "uid2_operator.wire.envelope") == []
+    assert _violations("from .encoding import b64", "uid2_operator.wire", is_package=True) == []
+    assert _absolute_of("from . import x", "uid2_operator.wire", is_package=True) == (
+        "uid2_operator.wire"
+    )
+    assert _absolute_of("from .. import x", "uid2_operator.wire.aead") == "uid2_operator"
+
+
+def _absolute_of(source: str, module: str, *, is_package: bool = False) -> str:
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.ImportFrom)
+    return _absolute(node, module, is_package)
+
+
+def test_a_relative_import_beyond_the_package_is_an_error() -> None:
+    with pytest.raises(AssertionError, match="beyond the top package"):
+        _violations("from .... import x", "uid2_operator.wire.envelope")
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from uid2_operator.storage import open_store", "uid2_operator.cli.material"),
+        ("from uid2_operator.storage.sql import SqlStore", "uid2_operator.services.sharing"),
+        ("import uid2_operator.storage.engines", "uid2_operator.web.operator_api.server"),
+        ("from uid2_operator import storage", "uid2_operator.cli.serve"),
+        ("import uid2_operator.storage", "uid2_operator.cli.serve"),
+        ("from ..storage import open_store", "uid2_operator.cli.material"),
+        ("from ...storage.migrate import upgrade", "uid2_operator.web.operator_api.server"),
+        ("from .. import storage", "uid2_operator.services.material"),
+    ],
+)
+def test_the_checker_catches_each_storage_import(source: str, module: str) -> None:
+    assert _storage_violations(source, module), source
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from uid2_operator.storage.interface import Store", "uid2_operator.cli.material"),
+        ("from uid2_operator.storage import interface", "uid2_operator.services.sharing"),
+        ("import uid2_operator.storage.interface", "uid2_operator.web.operator_api.server"),
+        ("from ..storage.interface import Tx", "uid2_operator.services.material"),
+        ("from ...storage.interface import Store", "uid2_operator.web.operator_api.server"),
+        ("from uid2_operator.bootstrap import open_services", "uid2_operator.cli.runtime"),
+    ],
+)
+def test_the_storage_interface_is_allowed(source: str, module: str) -> None:
+    assert _storage_violations(source, module) == []
+
+
+def test_module_names_follow_the_files() -> None:
+    assert _module_of(PACKAGE / "wire" / "aead.py") == "uid2_operator.wire.aead"
+    assert _module_of(PACKAGE / "cli" / "__init__.py") == "uid2_operator.cli"
+
+
 def test_the_pure_layers_exist() -> None:
     assert len(_pure_files()) >= 2
+    assert {p.parent.name for p in _interface_only_files()} >= {"web", "cli", "services"}

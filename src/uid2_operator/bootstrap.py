@@ -1,7 +1,9 @@
 """The composition root: the one place that reads the keyring, opens the store and wires services.
 
 Nothing here runs on import. Entry points (the CLI, the admin and operator apps) call these
-functions with a ``Settings`` and own the lifetime of what they get back.
+functions with a ``Settings`` and own the lifetime of what they get back. Only this module picks
+and opens a storage backend (``open_configured_store``); everything else types against
+``storage.interface``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.lifecycle import DAY_MS
 from uid2_operator.domain.sealing import Keyring, generate_keyring, require_keyring
-from uid2_operator.errors import InvalidInput, KeyringError
+from uid2_operator.errors import InvalidInput, KeyringError, SchemaOutOfDate
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.material import MaterialConfig, MaterialService
@@ -36,7 +38,8 @@ class Services:
     credentials: CredentialService
     admin: AdminService
     settings: Settings
-    sharing: SharingService | None = None
+    material: MaterialService
+    sharing: SharingService
 
     def close(self) -> None:
         self.store.close()
@@ -118,6 +121,48 @@ def upgrade_database(settings: Settings) -> str:
     return upgrade(settings.store_url)
 
 
+def open_configured_store(settings: Settings, *, check_schema: bool = True) -> Store:
+    """The configured store (PostgreSQL when a database URL is set, else the SQLite file).
+
+    ``check_schema`` (default) refuses a database not at this code's schema revision
+    (SchemaOutOfDate); without it nothing connects until the store is first used.
+    """
+    return open_store(settings.store_url, check_schema=check_schema)
+
+
+def schema_is_current(settings: Settings) -> bool:
+    """True when the configured database exists at this code's schema revision."""
+    try:
+        open_configured_store(settings).close()
+    except SchemaOutOfDate:
+        return False
+    return True
+
+
+def material_config(settings: Settings) -> MaterialConfig:
+    """The material configuration every command and process uses for ``settings``."""
+    return MaterialConfig(
+        bucket_count=settings.salt_bucket_count, identity_scope=settings.identity_scope
+    )
+
+
+def material_service(
+    settings: Settings,
+    store: Store,
+    keyring: Keyring,
+    clock: Clock | None = None,
+    random: RandomBytes | None = None,
+) -> MaterialService:
+    """The material use cases over ``store`` with ``material_config(settings)``."""
+    return MaterialService(
+        store,
+        keyring,
+        material_config(settings),
+        SystemClock() if clock is None else clock,
+        system_random if random is None else random,
+    )
+
+
 def open_services(
     settings: Settings,
     *,
@@ -131,9 +176,10 @@ def open_services(
         if keyring is None
         else require_keyring(keyring, settings.environment)
     )
-    store = open_store(settings.store_url)
+    store = open_configured_store(settings)
     now = SystemClock() if clock is None else clock
     rand = system_random if random is None else random
+    material = material_service(settings, store, ring, now, rand)
     return Services(
         store=store,
         credentials=CredentialService(
@@ -146,20 +192,6 @@ def open_services(
         ),
         admin=AdminService(store, ring, settings.environment, now, rand),
         settings=settings,
-        sharing=SharingService(
-            store,
-            ring,
-            settings.environment,
-            now,
-            rand,
-            material=MaterialService(
-                store,
-                ring,
-                MaterialConfig.for_environment(
-                    settings.environment, identity_scope=settings.identity_scope
-                ),
-                now,
-                rand,
-            ),
-        ),
+        material=material,
+        sharing=SharingService(store, ring, settings.environment, now, rand, material=material),
     )

@@ -10,14 +10,95 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from uid2_operator.domain.environments import Environment
+from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.settings import SettingsError
+from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
+from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW, TimestampWindow
 
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_MAX_SNAPSHOT_AGE_S = 300.0
 DEFAULT_FLUSH_INTERVAL_S = 5.0
 DEFAULT_KEY_ROTATION_INTERVAL_S = 3600.0
+
+# Token lifetimes per deployment environment (operator-api §5.8): the reference's production
+# values in prod (identity 3 days, refresh 30 days, refresh after 1 hour, sharing tokens 30 days);
+# shorter ones in integ and local (1 hour, 24 hours, 15 minutes), so that an integration sees
+# refreshes and expiries within a working session. Each can be overridden (see ``from_env``).
+PROD_LIFETIMES = Lifetimes()
+INTEG_LIFETIMES = Lifetimes(
+    identity_token_s=3_600, refresh_token_s=86_400, refresh_identity_after_s=900
+)
+DEFAULT_LIFETIMES = {
+    Environment.PROD: PROD_LIFETIMES,
+    Environment.INTEG: INTEG_LIFETIMES,
+    Environment.LOCAL: INTEG_LIFETIMES,
+}
+MAX_LIFETIME_S = 10 * 366 * 86_400
+# The v2 envelope window sizes the replay cache (a nonce is remembered while a request carrying it
+# can still pass), so it is capped at an hour; client-side requests come from end-user clocks.
+MAX_REQUEST_WINDOW_MS = 3_600_000
+MAX_CSTG_WINDOW_MS = 86_400_000
+_LIFETIME_VARIABLES = (
+    ("identity_token_s", "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S"),
+    ("refresh_token_s", "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S"),
+    ("refresh_identity_after_s", "UID2_REFRESH_IDENTITY_AFTER_S"),
+    ("sharing_token_expiry_s", "UID2_SHARING_TOKEN_EXPIRY_S"),
+    ("max_bidstream_lifetime_s", "UID2_MAX_BIDSTREAM_LIFETIME_S"),
+    ("max_sharing_lifetime_s", "UID2_MAX_SHARING_LIFETIME_S"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LifetimeOverrides:
+    """Token lifetimes set explicitly (seconds); None keeps the environment's default."""
+
+    identity_token_s: int | None = None
+    refresh_token_s: int | None = None
+    refresh_identity_after_s: int | None = None
+    sharing_token_expiry_s: int | None = None
+    max_bidstream_lifetime_s: int | None = None
+    max_sharing_lifetime_s: int | None = None
+
+    def apply(self, environment: Environment) -> Lifetimes:
+        """The environment's defaults with these overrides, checked as a whole.
+
+        Refused (SettingsError): a value that is not positive, a refresh token that expires before
+        its identity token, an identity token that expires before it is due for refresh, and a
+        maximum bidstream (sharing) lifetime shorter than the tokens it must admit.
+        """
+        given = {name: getattr(self, name) for name, _ in _LIFETIME_VARIABLES}
+        for name, variable in _LIFETIME_VARIABLES:
+            value = given[name]
+            if value is not None and (isinstance(value, bool) or not 0 < value <= MAX_LIFETIME_S):
+                raise SettingsError(f"{variable} must be from 1 to {MAX_LIFETIME_S} seconds")
+        base = DEFAULT_LIFETIMES[environment]
+        value = {name: getattr(base, name) for name, _ in _LIFETIME_VARIABLES}
+        value.update((name, v) for name, v in given.items() if v is not None)
+        if not (
+            value["refresh_identity_after_s"]
+            <= value["identity_token_s"]
+            <= value["refresh_token_s"]
+        ):
+            raise SettingsError(
+                "Token lifetimes must satisfy UID2_REFRESH_IDENTITY_AFTER_S "
+                f"({value['refresh_identity_after_s']}) <= UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S "
+                f"({value['identity_token_s']}) <= UID2_REFRESH_TOKEN_EXPIRES_AFTER_S "
+                f"({value['refresh_token_s']})"
+            )
+        bidstream = value["max_bidstream_lifetime_s"]
+        if bidstream is not None and bidstream < value["identity_token_s"]:
+            raise SettingsError(
+                "UID2_MAX_BIDSTREAM_LIFETIME_S must not be shorter than the identity token lifetime"
+            )
+        sharing = value["max_sharing_lifetime_s"]
+        if sharing is not None and sharing < value["sharing_token_expiry_s"]:
+            raise SettingsError(
+                "UID2_MAX_SHARING_LIFETIME_S must not be shorter than UID2_SHARING_TOKEN_EXPIRY_S"
+            )
+        return replace(base, **value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +112,13 @@ class ServeSettings:
     ``client_side_generate``: serve ``/v2/token/client-generate`` and ``site_data`` in key
     responses (operator-api §8). On by default in every environment (the reference ships it off
     but public operators turn it on); without keypairs every such request is refused anyway.
+    ``lifetimes``: token lifetime overrides (``token_lifetimes`` merges them with the
+    environment's defaults). ``request_window``: how far a v2 envelope's timestamp may lie behind
+    or ahead of the operator's clock (the reference-compatible 119 999 / 119 000 ms by default; it
+    also bounds how long a nonce is remembered against replay). ``cstg_window``: the same for
+    ``/v2/token/client-generate`` (30 minutes either way by default).
+
+    Nothing here is secret, so the default repr is safe to log.
     """
 
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
@@ -38,20 +126,57 @@ class ServeSettings:
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     key_rotation_interval_s: float = DEFAULT_KEY_ROTATION_INTERVAL_S
     client_side_generate: bool = True
+    lifetimes: LifetimeOverrides = LifetimeOverrides()
+    request_window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
+    cstg_window: TimestampWindow = DEFAULT_CSTG_TIMESTAMP_WINDOW
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
             raise SettingsError("Need 0 < poll interval < maximum snapshot age")
         if self.flush_interval_s <= 0 or self.key_rotation_interval_s <= 0:
             raise SettingsError("Flush and key rotation intervals must be positive")
+        for window, limit in (
+            (self.request_window, MAX_REQUEST_WINDOW_MS),
+            (self.cstg_window, MAX_CSTG_WINDOW_MS),
+        ):
+            if max(window.max_past_ms, window.max_future_ms) > limit:
+                raise SettingsError(f"A timestamp window may reach at most {limit} ms either way")
+
+    def token_lifetimes(self, environment: Environment) -> Lifetimes:
+        """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
+        return self.lifetimes.apply(environment)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
         """Variables (seconds, decimals allowed): UID2_POLL_INTERVAL_S (default 1),
         UID2_MAX_SNAPSHOT_AGE_S (300), UID2_FLUSH_INTERVAL_S (5), UID2_KEY_ROTATION_INTERVAL_S
-        (3600); UID2_CLIENT_SIDE_GENERATE ("true" or "false", default true)."""
+        (3600); UID2_CLIENT_SIDE_GENERATE ("true" or "false", default true).
+
+        Token lifetimes (whole seconds; default per environment, see ``DEFAULT_LIFETIMES``):
+        UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S, UID2_REFRESH_TOKEN_EXPIRES_AFTER_S,
+        UID2_REFRESH_IDENTITY_AFTER_S, UID2_SHARING_TOKEN_EXPIRY_S (30 days),
+        UID2_MAX_BIDSTREAM_LIFETIME_S (default: the identity token lifetime),
+        UID2_MAX_SHARING_LIFETIME_S (default: the sharing token expiry).
+
+        Timestamp windows (whole milliseconds): UID2_REQUEST_MAX_AGE_MS (119999),
+        UID2_REQUEST_MAX_FUTURE_MS (119000), UID2_CSTG_MAX_AGE_MS (1800000),
+        UID2_CSTG_MAX_FUTURE_MS (1800000)."""
         env = os.environ if environ is None else environ
+        lifetimes = LifetimeOverrides(
+            **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
+        )
+        request = DEFAULT_TIMESTAMP_WINDOW
+        cstg = DEFAULT_CSTG_TIMESTAMP_WINDOW
         return cls(
+            lifetimes=lifetimes,
+            request_window=TimestampWindow(
+                max_past_ms=_whole(env, "UID2_REQUEST_MAX_AGE_MS", request.max_past_ms),
+                max_future_ms=_whole(env, "UID2_REQUEST_MAX_FUTURE_MS", request.max_future_ms),
+            ),
+            cstg_window=TimestampWindow(
+                max_past_ms=_whole(env, "UID2_CSTG_MAX_AGE_MS", cstg.max_past_ms),
+                max_future_ms=_whole(env, "UID2_CSTG_MAX_FUTURE_MS", cstg.max_future_ms),
+            ),
             poll_interval_s=_seconds(env, "UID2_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S),
             max_snapshot_age_s=_seconds(env, "UID2_MAX_SNAPSHOT_AGE_S", DEFAULT_MAX_SNAPSHOT_AGE_S),
             flush_interval_s=_seconds(env, "UID2_FLUSH_INTERVAL_S", DEFAULT_FLUSH_INTERVAL_S),
@@ -82,3 +207,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number of seconds")
     return value
+
+
+def _optional_whole(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number (>= 0) from ``env``; None when unset or blank."""
+    text = env.get(name)
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise SettingsError(f"{name} must be a whole number (got {text!r})")
+    return int(text)
+
+
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _optional_whole(env, name)
+    return default if value is None else value

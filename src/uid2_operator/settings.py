@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
 from uid2_operator.errors import UID2Error
+from uid2_operator.wire.raw_uid import PRODUCTION_BUCKET_COUNT
 from uid2_operator.wire.scope import IdentityScope
 
 
@@ -28,17 +30,42 @@ KEYRING_FILE = "keyring.json"
 # directory initialised for integ cannot mint local keys by accident.
 ENVIRONMENT_FILE = "environment"
 DEFAULT_ROTATION_AGE_DAYS = 365
+# Salt buckets: the reference's 2^20 in integ and prod; 2^16 in local (quick to create, the same
+# code paths). A power of two, so the 20 bits a bucket index is taken from spread evenly over the
+# buckets; at most 2^20, the bits there are. Fixed once the salt table exists.
+MAX_SALT_BUCKETS = PRODUCTION_BUCKET_COUNT
+DEFAULT_SALT_BUCKETS = {
+    Environment.LOCAL: LOCAL_BUCKET_COUNT,
+    Environment.INTEG: MAX_SALT_BUCKETS,
+    Environment.PROD: MAX_SALT_BUCKETS,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """``database_url`` (it may carry a password) and ``keyring_json`` (every key-encryption key)
+    are left out of the repr, so a logged or printed settings object discloses neither."""
+
     data_dir: Path
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     environment: Environment = Environment.LOCAL
     identity_scope: IdentityScope = IdentityScope.UID2
-    keyring_json: str | None = None  # the keyring itself (UID2_KEYRING); wins over the file
+    # the keyring itself (UID2_KEYRING); wins over the file
+    keyring_json: str | None = field(default=None, repr=False)
     keyring_file: Path | None = None  # UID2_KEYRING_FILE; default <data_dir>/keyring.json
     rotation_age_days: int = DEFAULT_ROTATION_AGE_DAYS  # keys older than this are due for rotation
+    salt_buckets: int | None = None  # UID2_SALT_BUCKETS; None: the environment's default
+
+    def __post_init__(self) -> None:
+        if self.salt_buckets is not None:
+            _check_salt_buckets(self.salt_buckets)
+
+    @property
+    def salt_bucket_count(self) -> int:
+        """The salt bucket count a new salt table gets (see ``DEFAULT_SALT_BUCKETS``)."""
+        if self.salt_buckets is not None:
+            return self.salt_buckets
+        return DEFAULT_SALT_BUCKETS[self.environment]
 
     @property
     def store_url(self) -> str:
@@ -68,8 +95,10 @@ class Settings:
 
         Variables: UID2_DATA_DIR, UID2_DATABASE_URL, UID2_ENVIRONMENT (local|integ|prod),
         UID2_IDENTITY_SCOPE (uid2|euid), UID2_KEYRING, UID2_KEYRING_FILE,
-        UID2_KEY_ROTATION_AGE_DAYS (default 365). Without UID2_ENVIRONMENT, the environment the
-        data directory was initialised for (its ``environment`` file) applies, else ``local``.
+        UID2_KEY_ROTATION_AGE_DAYS (default 365), UID2_SALT_BUCKETS (a power of two up to 2^20;
+        default 2^16 in local, 2^20 in integ and prod; fixed once the salt table exists).
+        Without UID2_ENVIRONMENT, the environment the data directory was initialised for (its
+        ``environment`` file) applies, else ``local``.
         """
         env = os.environ if environ is None else environ
         root = Path(data_dir or env.get("UID2_DATA_DIR", "./data"))
@@ -87,6 +116,11 @@ class Settings:
         age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
         if not (age_text.isascii() and age_text.isdigit()) or not 1 <= int(age_text) <= 36500:
             raise SettingsError("UID2_KEY_ROTATION_AGE_DAYS must be a whole number of days >= 1")
+        buckets_text = env.get("UID2_SALT_BUCKETS", "").strip()
+        if buckets_text and not (
+            buckets_text.isascii() and buckets_text.isdigit() and len(buckets_text) <= 8
+        ):
+            raise SettingsError(f"UID2_SALT_BUCKETS must be a whole number (got {buckets_text!r})")
         return cls(
             data_dir=root,
             database_url=database_url or env.get("UID2_DATABASE_URL") or None,
@@ -95,6 +129,14 @@ class Settings:
             keyring_json=env.get("UID2_KEYRING") or None,
             keyring_file=Path(keyring_file) if keyring_file else None,
             rotation_age_days=int(age_text),
+            salt_buckets=int(buckets_text) if buckets_text else None,
+        )
+
+
+def _check_salt_buckets(count: int) -> None:
+    if isinstance(count, bool) or not 1 <= count <= MAX_SALT_BUCKETS or count & (count - 1):
+        raise SettingsError(
+            f"UID2_SALT_BUCKETS must be a power of two from 1 to {MAX_SALT_BUCKETS} (got {count})"
         )
 
 

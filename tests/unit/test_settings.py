@@ -64,3 +64,50 @@ def test_clocks_and_random() -> None:
     assert SystemClock().now_ms() > 1_700_000_000_000
     assert len(system_random(12)) == 12
     assert system_random(16) != system_random(16)
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    keyring = '{"keys": {"1": "c2VjcmV0LWtleS1lbmNyeXB0aW9uLWtleQ=="}, "pepper": "cGVwcGVy"}'
+    settings = Settings.from_env(
+        {
+            "UID2_DATABASE_URL": "postgresql://uid2:hunter2-db-password@db/uid2",
+            "UID2_KEYRING": keyring,
+        },
+        data_dir="/srv/uid2",
+    )
+    assert settings.keyring_json == keyring
+    assert settings.database_url is not None
+    for shown in (repr(settings), str(settings), f"{settings}"):
+        assert "hunter2-db-password" not in shown
+        assert "c2VjcmV0LWtleS1lbmNyeXB0aW9uLWtleQ" not in shown
+        assert "pepper" not in shown
+        assert "data_dir=PosixPath('/srv/uid2')" in shown
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [("local", 1 << 16), ("integ", 1 << 20), ("prod", 1 << 20)],
+)
+def test_salt_buckets_default_per_environment(environment: str, expected: int) -> None:
+    settings = Settings.from_env({"UID2_ENVIRONMENT": environment}, data_dir="/d")
+    assert settings.salt_buckets is None
+    assert settings.salt_bucket_count == expected
+
+
+@pytest.mark.parametrize("value", ["1", "1024", "1048576", " 4096 "])
+def test_salt_buckets_accept_powers_of_two_up_to_two_to_the_twenty(value: str) -> None:
+    settings = Settings.from_env({"UID2_SALT_BUCKETS": value, "UID2_ENVIRONMENT": "prod"})
+    assert settings.salt_bucket_count == int(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "1000", "2097152", "-1024", "1e3", "many", "1" * 40, "\uff11\uff10\uff12\uff14"]
+)
+def test_salt_buckets_refuse_anything_else(value: str) -> None:
+    with pytest.raises(SettingsError, match="UID2_SALT_BUCKETS"):
+        Settings.from_env({"UID2_SALT_BUCKETS": value})
+
+
+def test_salt_buckets_are_checked_when_built_directly() -> None:
+    with pytest.raises(SettingsError, match="power of two"):
+        Settings(data_dir=Path("/d"), salt_buckets=3)

@@ -25,11 +25,13 @@ from uid2_operator.domain.environments import Environment
 )
 @json_option
 def init(environment: str | None, as_json: bool) -> None:
-    """Prepare the data directory, keyring and database; safe to run again.
+    """Prepare the data directory, keyring, database and encryption material; safe to run again.
 
     The first run prints a bootstrap admin token (SUPER_USER) once. Outside prod it also creates a
     development keyring (mode 0600); prod needs a provisioned keyring (UID2_KEYRING or
-    UID2_KEYRING_FILE).
+    UID2_KEYRING_FILE). The encryption material (master, refresh and site keysets with their
+    keys, the salt table of UID2_SALT_BUCKETS buckets and the first-level salt) is created as
+    ``serve`` would create it; a rerun creates only what is missing.
     """
     settings = load_settings(environment)
     record_environment(settings)
@@ -38,7 +40,9 @@ def init(environment: str | None, as_json: bool) -> None:
     revision = upgrade_database(settings)
     opened = open_services(settings, keyring=keyring)
     try:
-        issued = opened.admin.bootstrap_token(actor())
+        who = actor()
+        issued = opened.admin.bootstrap_token(who)
+        material = opened.material.initialise(who)
         backend = opened.store.backend
     finally:
         opened.close()
@@ -48,6 +52,8 @@ def init(environment: str | None, as_json: bool) -> None:
         "environment": settings.environment.value,
         "schema_revision": revision,
         "keyring_created": not keyring_present,
+        "material_created": material.changed,
+        "salt_buckets": material.bucket_count,
     }
     if issued is not None:
         document["admin_token_id"] = issued.token_id
@@ -61,6 +67,11 @@ def init(environment: str | None, as_json: bool) -> None:
                 ("environment", settings.environment.value),
                 ("schema revision", revision),
                 ("keyring", "created (development)" if not keyring_present else "present"),
+                (
+                    "encryption material",
+                    f"{'created' if material.salts_created else 'present'} "
+                    f"({material.bucket_count} salt buckets)",
+                ),
             ]
         )
         if issued is not None:

@@ -8,6 +8,7 @@ import click
 
 from uid2_operator.cli.output import emit, fields, show_once_warning, table, when
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
+from uid2_operator.domain.participants import MAX_NAME_LENGTH
 from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS
 from uid2_operator.services.views import IssuedKey, IssuedSecret, KeyView
 
@@ -85,7 +86,7 @@ def key() -> None:
 
 @key.command("create")
 @click.option("--site-id", type=int, required=True)
-@click.option("--name", required=True, help="Display name, 1 to 200 characters.")
+@click.option("--name", required=True, help=f"Display name, 1 to {MAX_NAME_LENGTH} characters.")
 @click.option("--roles", required=True, help="Comma-separated subset of the participant's roles.")
 @click.option("--expires-in-days", type=int, default=None, help="Optional hard expiry.")
 @json_option
@@ -142,7 +143,7 @@ def show(key_id: str, as_json: bool) -> None:
 
 @key.command("rename")
 @click.argument("key_id")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help=f"New name, 1 to {MAX_NAME_LENGTH} characters.")
 @json_option
 def rename(key_id: str, name: str, as_json: bool) -> None:
     """Rename an API key."""

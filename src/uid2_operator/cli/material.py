@@ -1,7 +1,7 @@
 """``keys rotate``, ``salts rotate`` and ``optout add``: the service-held material.
 
-Each command first creates whatever material is still missing (as ``init`` does; a no-op once it
-exists), then does its one change in its own unit of work. Errors end as one line on stderr (and an
+``init`` creates the material; each command here does its one change in one unit of work and
+refuses, cleanly, a store where ``init`` never ran. Errors end as one line on stderr (and an
 ``{"error": ...}`` document under ``--json``) with a non-zero status, whether these groups run
 under the main command or on their own.
 """
@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 
-from uid2_operator.bootstrap import load_keyring
 from uid2_operator.cli.output import (
     emit,
     error_document,
@@ -26,16 +25,9 @@ from uid2_operator.cli.output import (
     table,
     when,
 )
-from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
-from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.cli.runtime import actor, json_option, services, wants_json
 from uid2_operator.errors import UID2Error
-from uid2_operator.services.material import (
-    DEFAULT_SALT_FRACTION,
-    InitialiseResult,
-    MaterialConfig,
-    MaterialService,
-)
-from uid2_operator.storage import open_store
+from uid2_operator.services.material import DEFAULT_SALT_FRACTION, MaterialService
 from uid2_operator.wire.identity import InputKind
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,16 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @contextmanager
 def material_service() -> Iterator[MaterialService]:
-    settings = load_settings()
-    keyring = load_keyring(settings)
-    store = open_store(settings.store_url)
-    try:
-        config = MaterialConfig.for_environment(
-            settings.environment, identity_scope=settings.identity_scope
-        )
-        yield MaterialService(store, keyring, config, SystemClock(), system_random)
-    finally:
-        store.close()
+    with services() as opened:
+        yield opened.material
 
 
 def reported(command: F) -> F:
@@ -72,20 +56,6 @@ def reported(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _initialised(result: InitialiseResult) -> dict[str, Any] | None:
-    return result.to_json() if result.changed else None
-
-
-def _echo_initialised(result: InitialiseResult) -> None:
-    if result.changed:
-        click.echo(
-            f"initialised: {len(result.keysets_created)} keysets, "
-            f"{len(result.keys_created)} keys, "
-            f"salts {'created' if result.salts_created else 'present'} "
-            f"({result.bucket_count} buckets)"
-        )
-
-
 # ------------------------------------------------------------------------------------ keys
 
 
@@ -98,15 +68,18 @@ def keys() -> None:
 @json_option
 @reported
 def rotate_keys(as_json: bool) -> None:
-    """Create the keys the rotation schedule asks for now (run it at least daily)."""
-    who = actor()
+    """Create the keys the rotation schedule asks for now (run it at least daily).
+
+    A participant created since the last run gets its default keyset and first key in the same
+    transaction. Refused before ``init``.
+    """
     with material_service() as service:
-        setup = service.initialise(who)
-        result = service.rotate_keys(actor=who)
-    created = [*setup.keys_created, *result.created]
+        result = service.rotate_keys(actor=actor())
+    created = result.created
 
     def human() -> None:
-        _echo_initialised(setup)
+        for keyset in result.keysets_created:
+            click.echo(f"created keyset {keyset.keyset_id} for site {keyset.site_id}")
         if not created:
             click.echo("No key was due for rotation.")
             return
@@ -118,8 +91,7 @@ def rotate_keys(as_json: bool) -> None:
             ],
         )
 
-    document = result.to_json() | {"created": [k.to_json() for k in created]}
-    emit(wants_json(as_json), document | {"initialised": _initialised(setup)}, human)
+    emit(wants_json(as_json), result.to_json(), human)
 
 
 # ----------------------------------------------------------------------------------- salts
@@ -142,13 +114,10 @@ def salts() -> None:
 @reported
 def rotate_salts(fraction: float, as_json: bool) -> None:
     """Give a random share of the buckets new salts, keeping the old ones as previous."""
-    who = actor()
     with material_service() as service:
-        setup = service.initialise(who)
-        result = service.rotate_salts(fraction, who)
+        result = service.rotate_salts(fraction, actor())
 
     def human() -> None:
-        _echo_initialised(setup)
         fields(
             [
                 ("rotated", f"{result.rotated} of {result.bucket_count} buckets"),
@@ -157,7 +126,7 @@ def rotate_salts(fraction: float, as_json: bool) -> None:
             ]
         )
 
-    emit(wants_json(as_json), result.to_json() | {"initialised": _initialised(setup)}, human)
+    emit(wants_json(as_json), result.to_json(), human)
 
 
 # ---------------------------------------------------------------------------------- optout
@@ -195,13 +164,10 @@ def add_optout(
     if len(chosen) != 1:
         raise click.UsageError("Give exactly one of --email, --phone, --email-hash, --phone-hash")
     kind, value = chosen[0]
-    who = actor()
     with material_service() as service:
-        setup = service.initialise(who)
-        result = service.add_optout(kind, value, who)
+        result = service.add_optout(kind, value, actor())
 
     def human() -> None:
-        _echo_initialised(setup)
         fields(
             [
                 ("identity type", result.identity_type),
@@ -210,7 +176,7 @@ def add_optout(
             ]
         )
 
-    emit(wants_json(as_json), result.to_json() | {"initialised": _initialised(setup)}, human)
+    emit(wants_json(as_json), result.to_json(), human)
 
 
 COMMANDS = (keys, salts, optout)

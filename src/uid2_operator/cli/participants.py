@@ -6,7 +6,7 @@ import click
 
 from uid2_operator.cli.output import emit, fields, table, when
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
-from uid2_operator.domain.participants import ParticipantType
+from uid2_operator.domain.participants import MAX_NAME_LENGTH, ParticipantType
 from uid2_operator.services.views import ParticipantView
 
 _TYPES = ", ".join(t.value for t in ParticipantType)
@@ -37,7 +37,7 @@ def participant() -> None:
 
 
 @participant.command("create")
-@click.option("--name", required=True, help="Display name, 1 to 200 characters.")
+@click.option("--name", required=True, help=f"Display name, 1 to {MAX_NAME_LENGTH} characters.")
 @click.option("--type", "type_", required=True, help=f"One of: {_TYPES}.")
 @click.option("--site-id", type=int, default=None, help="Default: the next free id above 2.")
 @click.option("--roles", default=None, help="Roles its keys may hold, comma-separated.")

@@ -32,15 +32,13 @@ from typing import Any, Final
 import click
 import uvicorn
 
-from uid2_operator.bootstrap import Services, load_keyring, open_services
+from uid2_operator.bootstrap import Services, open_services, schema_is_current
 from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
-from uid2_operator.clock import SystemClock, system_random
-from uid2_operator.errors import SchemaOutOfDate, StoreUnavailable, UID2Error
+from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.services.material import MaterialConfig, MaterialService
-from uid2_operator.settings import Settings
-from uid2_operator.storage import open_store
+from uid2_operator.services.material import MaterialService
+from uid2_operator.settings import DB_FILE, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
 
 log = logging.getLogger(__name__)
@@ -57,13 +55,9 @@ def _needs_init(settings: Settings) -> bool:
     """True for a data directory (or database) that was never initialised."""
     if settings.keyring_json is None and not settings.keyring_path.exists():
         return True
-    if settings.database_url is None and not (settings.data_dir / "uid2.db").exists():
+    if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
         return True
-    try:
-        open_store(settings.store_url).close()
-    except SchemaOutOfDate:
-        return True
-    return False
+    return not schema_is_current(settings)
 
 
 def _next_steps(settings: Settings, admin_url: str) -> str:
@@ -285,23 +279,19 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
+    serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
     initialised = False
     if init_if_new and _needs_init(settings):
         ctx.invoke(init, environment=None, as_json=False)
         initialised = True
         settings = load_settings()
     services = open_services(settings)
-    keyring = load_keyring(settings)
-    material = MaterialService(
-        services.store,
-        keyring,
-        MaterialConfig.for_environment(
-            settings.environment, identity_scope=settings.identity_scope
-        ),
-        SystemClock(),
-        system_random,
-    )
-    material.initialise()  # idempotent: creates what is missing, keys included
+    material = services.material
+    try:
+        material.initialise()  # idempotent: creates what is missing, keys included
+    except BaseException:
+        services.close()
+        raise
     _export_settings(settings)
 
     reserve, operator_port = _reserve_operator_port(host, port)

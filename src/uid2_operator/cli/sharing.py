@@ -13,34 +13,18 @@ from contextlib import contextmanager
 
 import click
 
-from uid2_operator.bootstrap import load_keyring
 from uid2_operator.cli.output import emit, fields
-from uid2_operator.cli.runtime import actor, json_option, load_settings, parse_list, wants_json
-from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.keysets import SharingMode
 from uid2_operator.errors import InvalidInput
-from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService, SharingView
-from uid2_operator.storage import open_store
 
 
 @contextmanager
 def sharing_service() -> Iterator[SharingService]:
     """The sharing use cases over the configured store (closed afterwards)."""
-    settings = load_settings()
-    keyring = load_keyring(settings)
-    store = open_store(settings.store_url)
-    try:
-        clock = SystemClock()
-        config = MaterialConfig.for_environment(
-            settings.environment, identity_scope=settings.identity_scope
-        )
-        material = MaterialService(store, keyring, config, clock, system_random)
-        yield SharingService(
-            store, keyring, settings.environment, clock, system_random, material=material
-        )
-    finally:
-        store.close()
+    with services() as opened:
+        yield opened.sharing
 
 
 def _site_ids(text: str | None) -> list[int]:

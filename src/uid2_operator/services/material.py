@@ -5,9 +5,11 @@ event commit together, and a refusal leaves nothing behind. Secrets (key secrets
 first-level salt, the bucket-id secret) are sealed under the keyring before they reach the store
 and are opened only by ``load_material``, for the operator's in-memory snapshot.
 
-Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets, 2^20 in integ and prod (as the
-reference operator), 2^16 in local (quick to create; every code path is the same). The count is
-fixed when the table is created; a store keeps the size it was initialised with.
+Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets (the ``UID2_SALT_BUCKETS``
+setting: 2^20 in integ and prod, as the reference operator, 2^16 in local, quick to create with
+every code path the same). The count is fixed when the table is created: every raw UID depends on
+it, so ``initialise`` refuses a configuration asking for another count rather than silently
+serving the stored one or re-deriving every identity.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uid2_operator.clock import Clock
-from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keysets import (
     KeyPolicy,
     Keyset,
@@ -40,7 +41,6 @@ from uid2_operator.domain.optout import (
 )
 from uid2_operator.domain.salts import (
     DEFAULT_CHUNK_SIZE,
-    LOCAL_BUCKET_COUNT,
     SaltHeader,
     SaltTable,
     assemble,
@@ -71,12 +71,7 @@ from uid2_operator.wire.scope import IdentityScope
 logger = logging.getLogger(__name__)
 
 DEFAULT_SALT_FRACTION = 0.05
-NOT_INITIALISED = "The encryption material is not initialised; run init"
-_ENVIRONMENT_BUCKETS = {
-    Environment.LOCAL: LOCAL_BUCKET_COUNT,
-    Environment.INTEG: PRODUCTION_BUCKET_COUNT,
-    Environment.PROD: PRODUCTION_BUCKET_COUNT,
-}
+NOT_INITIALISED = "The encryption material is not initialised; run uid2-operator init first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +84,6 @@ class MaterialConfig:
     id_prefix: str = ""
     identity_scope: IdentityScope = IdentityScope.UID2
     identity_v3: bool = False
-
-    @classmethod
-    def for_environment(
-        cls, environment: Environment, *, identity_scope: IdentityScope = IdentityScope.UID2
-    ) -> MaterialConfig:
-        return cls(bucket_count=_ENVIRONMENT_BUCKETS[environment], identity_scope=identity_scope)
 
 
 # ------------------------------------------------------------------------------- results
@@ -139,9 +128,14 @@ def _keyset_json(keyset: Keyset) -> dict[str, Any]:
 class KeyRotationResult:
     at_ms: int
     created: tuple[KeyInfo, ...]
+    keysets_created: tuple[Keyset, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"at_ms": self.at_ms, "created": [k.to_json() for k in self.created]}
+        return {
+            "at_ms": self.at_ms,
+            "created": [k.to_json() for k in self.created],
+            "keysets_created": [_keyset_json(k) for k in self.keysets_created],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,10 +260,7 @@ class MaterialService:
             for keyset in reserved_keysets(now):
                 if keyset.keyset_id not in known:
                     created.append(self._add_keyset(tx, keyset, actor, now))
-            for participant in tx.participants.list_all():
-                keyset, is_new = self._site_keyset(tx, participant.site_id, actor, now)
-                if is_new:
-                    created.append(keyset)
+            created.extend(self._missing_site_keysets(tx, actor, now))
             header = tx.salts.header()
             salts_created = header is None
             if header is None:
@@ -297,6 +288,12 @@ class MaterialService:
                 bucket_count = table.bucket_count
             else:
                 bucket_count = header.bucket_count
+                if bucket_count != self._config.bucket_count:
+                    raise InvalidInput(
+                        f"The salt table was created with {bucket_count} buckets; the configured "
+                        f"count (UID2_SALT_BUCKETS) is {self._config.bucket_count}. The count is "
+                        f"fixed once the table exists: set it back to {bucket_count}"
+                    )
             keys = self._rotate(tx, now, actor)
         if created or keys or salts_created:
             logger.info(
@@ -314,24 +311,48 @@ class MaterialService:
             raise InvalidInput("site_id must be an integer")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            if tx.participants.get(site_id) is None:
-                raise NotFound(f"No participant {site_id}")
-            keyset, is_new = self._site_keyset(tx, site_id, actor, now)
-            if is_new:
-                self._rotate(tx, now, actor, only=keyset.keyset_id)
+            return self.ensure_site_keyset_in(tx, site_id, actor, now)
+
+    def ensure_site_keyset_in(self, tx: Tx, site_id: int, actor: Actor, now_ms: int) -> Keyset:
+        """``ensure_site_keyset`` inside the caller's transaction, for a use case that needs the
+        keyset as part of its own unit of work (the keyset commits, or not, with its change)."""
+        if tx.participants.get(site_id) is None:
+            raise NotFound(f"No participant {site_id}")
+        keyset, is_new = self._site_keyset(tx, site_id, actor, now_ms)
+        if is_new:
+            self._rotate(tx, now_ms, actor, only=keyset.keyset_id)
         return keyset
 
     # ------------------------------------------------------------------------ keys
 
     def rotate_keys(self, now_ms: int | None = None, actor: Actor = SYSTEM) -> KeyRotationResult:
-        """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now)."""
+        """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now).
+
+        In the same transaction, a participant created since the last run gets its default
+        keyset (and so its first key). Refused, changing nothing, before ``initialise``.
+        """
         now = self._clock.now_ms() if now_ms is None else now_ms
         with self._store.transaction() as tx:
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
+            keysets = self._missing_site_keysets(tx, actor, now)
             created = self._rotate(tx, now, actor)
-        logger.info("encryption keys rotated created=%d actor=%s", len(created), actor.id)
-        return KeyRotationResult(now, tuple(created))
+        logger.info(
+            "encryption keys rotated keysets=%d created=%d actor=%s",
+            len(keysets),
+            len(created),
+            actor.id,
+        )
+        return KeyRotationResult(now, tuple(created), tuple(keysets))
+
+    def _missing_site_keysets(self, tx: Tx, actor: Actor, now: int) -> list[Keyset]:
+        """A default keyset for every participant that has none yet (their keys come after)."""
+        created: list[Keyset] = []
+        for participant in tx.participants.list_all():
+            keyset, is_new = self._site_keyset(tx, participant.site_id, actor, now)
+            if is_new:
+                created.append(keyset)
+        return created
 
     def _rotate(self, tx: Tx, now: int, actor: Actor, *, only: int | None = None) -> list[KeyInfo]:
         keysets = {k.keyset_id: k for k in tx.keysets.list_all()}

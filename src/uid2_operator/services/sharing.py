@@ -256,8 +256,9 @@ class SharingService:
         material: MaterialService | None = None,
         key_policy: KeyPolicy | None = None,
     ) -> None:
-        """``material``, when given, creates a participant's default keyset when a sharing
-        change finds none; ``registrable_domain`` defaults to the bundled Public Suffix List."""
+        """``material``, when given, creates a participant's default keyset (in the sharing
+        change's own transaction) when a sharing change finds none; ``registrable_domain``
+        defaults to the bundled Public Suffix List."""
         self._store = store
         self._keyring = keyring
         self._environment = environment
@@ -314,19 +315,15 @@ class SharingService:
         if not isinstance(rotate, bool):
             raise InvalidInput("rotate must be true or false")
         policy = parse_sharing(site, mode_name, site_list, type_names)
-        if self._material is not None:
-            with self._store.read() as rx:
-                missing = rx.participants.get(site) is not None and (
-                    site_default_keyset(rx.keysets.list_all(), site) is None
-                )
-            if missing:
-                self._material.ensure_site_keyset(site, actor)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
                 raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
+            if self._material is not None:
+                # A participant without a keyset yet gets one here, committed with the change.
+                self._material.ensure_site_keyset_in(tx, site, actor, now)
             keyset = _default_keyset(tx, site)
             before = tx.keyset_sharing.get(keyset.keyset_id)
             if before is None:  # pragma: no cover - the keyset was just read

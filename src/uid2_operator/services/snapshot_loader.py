@@ -42,26 +42,11 @@ from uid2_operator.storage.interface import Store
 from uid2_operator.wire.raw_uid import IdentityEnvironment
 from uid2_operator.wire.scope import IdentityScope
 
-# Token lifetimes per deployment environment (operator-api §5.8): the reference's production
-# values in prod; shorter ones in integ and local, so integrations see refreshes within a session.
-PROD_LIFETIMES = Lifetimes()
-INTEG_LIFETIMES = Lifetimes(
-    identity_token_s=3_600, refresh_token_s=86_400, refresh_identity_after_s=900
-)
-_LIFETIMES = {
-    Environment.PROD: PROD_LIFETIMES,
-    Environment.INTEG: INTEG_LIFETIMES,
-    Environment.LOCAL: INTEG_LIFETIMES,
-}
 _IDENTITY_ENVIRONMENTS = {
     Environment.PROD: IdentityEnvironment.PROD,
     Environment.INTEG: IdentityEnvironment.INTEG,
     Environment.LOCAL: IdentityEnvironment.TEST,
 }
-
-
-def lifetimes_for(environment: Environment) -> Lifetimes:
-    return _LIFETIMES[environment]
 
 
 def operator_identity(

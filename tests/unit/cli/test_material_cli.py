@@ -9,7 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from uid2_operator.bootstrap import ensure_keyring, upgrade_database
+from uid2_operator.bootstrap import ensure_keyring, open_services, upgrade_database
 from uid2_operator.cli.material import COMMANDS, keys, optout, salts
 from uid2_operator.cli.runtime import GlobalOptions
 from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
@@ -17,22 +17,47 @@ from uid2_operator.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory after ``init`` (keyring and migrated database), copied per test."""
-    root = tmp_path_factory.mktemp("cli-template")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with a keyring and a migrated database, but no material yet."""
+    root = tmp_path_factory.mktemp("cli-migrated")
     settings = Settings.from_env({}, data_dir=str(root))
     ensure_keyring(settings)
     upgrade_database(settings)
     return root
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Path:
+    """A data directory after ``init`` (keyring, migrated database, material), copied per test."""
+    root = tmp_path_factory.mktemp("cli-template")
+    _copy(migrated_template, root)
+    opened = open_services(Settings.from_env({}, data_dir=str(root)))
+    try:
+        opened.material.initialise()
+    finally:
+        opened.close()
+    return root
+
+
+def _copy(source: Path, target: Path) -> None:
+    for item in source.iterdir():
+        if item.is_file():
+            (target / item.name).write_bytes(item.read_bytes())
+
+
 @pytest.fixture
 def data_dir(template: Path, tmp_path: Path) -> Path:
     target = tmp_path / "data"
     target.mkdir()
-    for item in template.iterdir():
-        if item.is_file():
-            (target / item.name).write_bytes(item.read_bytes())
+    _copy(template, target)
+    return target
+
+
+@pytest.fixture
+def bare_dir(migrated_template: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bare"
+    target.mkdir()
+    _copy(migrated_template, target)
     return target
 
 
@@ -63,34 +88,55 @@ def test_the_groups_are_exported_for_registration() -> None:
     assert set(optout.commands) == {"add"}
 
 
-def test_keys_rotate_initialises_then_has_nothing_due(invoke: CliRunner, data_dir: Path) -> None:
+def test_keys_rotate_after_init_has_nothing_due(invoke: CliRunner, data_dir: Path) -> None:
     first = run(invoke, data_dir, keys, "rotate")
     assert first.exit_code == 0, first.output
-    assert "initialised: 3 keysets, 3 keys, salts created" in first.stdout
-    assert f"({LOCAL_BUCKET_COUNT} buckets)" in first.stdout
-    assert "-1" in first.stdout
+    assert "No key was due for rotation." in first.stdout
     second = run(invoke, data_dir, keys, "rotate", "--json")
     assert second.exit_code == 0, second.output
     body = document(second)
     assert body["created"] == []
-    assert body["initialised"] is None
-    third = run(invoke, data_dir, keys, "rotate")
-    assert "No key was due for rotation." in third.stdout
+    assert "initialised" not in body
 
 
-def test_keys_rotate_json_on_a_new_directory_lists_the_first_keys(
-    invoke: CliRunner, data_dir: Path
+def _stored_state(data_dir: Path) -> tuple[int, int, bool, int]:
+    """Keysets, encryption keys, whether a salt table exists, and the change sequence."""
+    opened = open_services(Settings.from_env({}, data_dir=str(data_dir)))
+    try:
+        with opened.store.read() as tx:
+            return (
+                len(tx.keysets.list_all()),
+                len(tx.encryption_keys.list_all()),
+                tx.salts.header() is not None,
+                tx.change_seq(),
+            )
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize(
+    ("group", "args"),
+    [
+        (keys, ["rotate"]),
+        (salts, ["rotate"]),
+        (optout, ["add", "--email", "someone@example.com"]),
+    ],
+    ids=["keys", "salts", "optout"],
+)
+def test_material_commands_before_init_refuse_and_create_nothing(
+    invoke: CliRunner, bare_dir: Path, group: click.Group, args: list[str]
 ) -> None:
-    result = run(invoke, data_dir, keys, "rotate", json_global=True)
-    assert result.exit_code == 0, result.output
-    body = document(result)
-    created = body["created"]
-    assert isinstance(created, list)
-    assert [k["keyset_id"] for k in created] == [-2, -1, 2]
-    assert all("secret" not in k for k in created)
-    initialised = body["initialised"]
-    assert isinstance(initialised, dict)
-    assert initialised["salts_created"] is True
+    before = _stored_state(bare_dir)
+    assert before[:3] == (0, 0, False)
+    result = run(invoke, bare_dir, group, *args, "--json")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (
+        "Error: The encryption material is not initialised; run uid2-operator init first\n"
+    )
+    error = document(result)["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "not_found"
+    assert _stored_state(bare_dir) == before
 
 
 def test_salts_rotate(invoke: CliRunner, data_dir: Path) -> None:

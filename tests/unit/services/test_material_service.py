@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import base64
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from service_fixtures import ACTOR, KEYRING
 from sqlalchemy import delete
 
+from uid2_operator.bootstrap import material_config
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.audit import verify_chain
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.keysets import DAY_S, HOUR_S, KeyPolicy, SharingMode, reserved_keysets
+from uid2_operator.domain.keysets import (
+    DAY_S,
+    HOUR_S,
+    KeyPolicy,
+    SharingMode,
+    reserved_keysets,
+    site_default_keyset,
+)
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT, generate_salt_table
@@ -24,6 +33,7 @@ from uid2_operator.services.material import (
     MaterialConfig,
     MaterialService,
 )
+from uid2_operator.settings import Settings
 from uid2_operator.storage import SqlStore, schema
 from uid2_operator.wire.identity import InputKind, hash_identity
 from uid2_operator.wire.keys import (
@@ -143,7 +153,7 @@ def test_ensure_site_keyset_needs_a_participant(material: MaterialService) -> No
 
 
 def test_rotate_keys_needs_initialised_material(material: MaterialService) -> None:
-    with pytest.raises(NotFound, match="run init"):
+    with pytest.raises(NotFound, match="run uid2-operator init first"):
         material.rotate_keys()
 
 
@@ -166,6 +176,21 @@ def test_rotate_keys_follows_the_schedule(
     loaded = material.load_material()
     assert active_key(loaded.keys, clock.now_ms(), keyset_id=-1).id == 2  # still the old one
     assert active_key(loaded.keys, (now_s + HOUR_S) * 1000, keyset_id=-1).id == 5
+
+
+def test_rotate_keys_gives_a_new_participant_its_keyset_in_the_same_commit(
+    material: MaterialService, store: SqlStore
+) -> None:
+    material.initialise()
+    add_participant(store, 1001)
+    seq = store.change_seq()
+    result = material.rotate_keys(actor=ACTOR)
+    assert store.change_seq() == seq + 1
+    [keyset] = result.keysets_created
+    assert keyset.site_id == 1001
+    assert [k.keyset_id for k in result.created] == [keyset.keyset_id]
+    assert result.to_json()["keysets_created"][0]["site_id"] == 1001
+    assert material.rotate_keys().keysets_created == ()
 
 
 def test_rotate_keys_at_a_given_time(material: MaterialService) -> None:
@@ -195,7 +220,7 @@ def test_a_short_policy_rotates_often(store: SqlStore, clock: FixedClock) -> Non
 
 
 def test_rotate_salts_needs_initialised_material(material: MaterialService) -> None:
-    with pytest.raises(NotFound, match="run init"):
+    with pytest.raises(NotFound, match="run uid2-operator init first"):
         material.rotate_salts(0.1)
 
 
@@ -243,7 +268,8 @@ def test_salts_keep_the_size_they_were_created_with(store: SqlStore, clock: Fixe
     bigger = MaterialService(
         store, KEYRING, MaterialConfig(bucket_count=512, chunk_size=128), clock, os.urandom
     )
-    assert bigger.initialise().bucket_count == BUCKETS
+    with pytest.raises(InvalidInput, match="fixed once the table exists: set it back to 256"):
+        bigger.initialise()
     bigger.rotate_salts(0.5)
     assert bigger.load_material().salts.bucket_count == BUCKETS
 
@@ -252,7 +278,7 @@ def test_salts_keep_the_size_they_were_created_with(store: SqlStore, clock: Fixe
 
 
 def test_add_optout_needs_initialised_material(material: MaterialService) -> None:
-    with pytest.raises(NotFound, match="run init"):
+    with pytest.raises(NotFound, match="run uid2-operator init first"):
         material.add_optout("email", "someone@example.com")
 
 
@@ -339,7 +365,7 @@ def test_optout_raw_uids_follow_the_identity_v3_setting(store: SqlStore, clock: 
 
 
 def test_load_material_needs_initialised_material(material: MaterialService) -> None:
-    with pytest.raises(NotFound, match="run init"):
+    with pytest.raises(NotFound, match="run uid2-operator init first"):
         material.load_material()
 
 
@@ -390,7 +416,7 @@ def test_a_missing_salt_chunk_is_reported(material: MaterialService, store: SqlS
     material.initialise()
     with store.engine.begin() as conn:
         conn.execute(delete(schema.salt_chunks))
-    with pytest.raises(NotFound, match="run init"):
+    with pytest.raises(NotFound, match="run uid2-operator init first"):
         material.add_optout("email", "a@example.com")
 
 
@@ -419,13 +445,40 @@ def test_no_secret_reaches_the_database_file_or_a_repr(
     assert all(text not in shown for text in texts)
 
 
-def test_environment_sizes() -> None:
-    assert MaterialConfig.for_environment(Environment.LOCAL).bucket_count == LOCAL_BUCKET_COUNT
+def test_environment_sizes(tmp_path: Path) -> None:
+    local = Settings.from_env({}, data_dir=str(tmp_path))
+    assert material_config(local).bucket_count == LOCAL_BUCKET_COUNT
     for environment in (Environment.INTEG, Environment.PROD):
-        config = MaterialConfig.for_environment(environment, identity_scope=IdentityScope.EUID)
+        settings = Settings.from_env(
+            {"UID2_IDENTITY_SCOPE": "euid"}, data_dir=str(tmp_path), environment=environment.value
+        )
+        config = material_config(settings)
         assert config.bucket_count == PRODUCTION_BUCKET_COUNT
         assert config.identity_scope is IdentityScope.EUID
+    tuned = Settings.from_env({"UID2_SALT_BUCKETS": "4096"}, data_dir=str(tmp_path))
+    assert material_config(tuned).bucket_count == 4096
     assert MaterialService(None, KEYRING, CONFIG, FixedClock(), os.urandom).config is CONFIG  # type: ignore[arg-type]
+
+
+def test_the_bucket_count_is_fixed_once_the_salt_table_exists(
+    material: MaterialService, store: SqlStore, clock: FixedClock
+) -> None:
+    material.initialise(ACTOR)
+    other = MaterialService(
+        store, KEYRING, replace(CONFIG, bucket_count=CONFIG.bucket_count * 2), clock, os.urandom
+    )
+    add_participant(store, 1001)  # something for a rerun to create, were it allowed
+    with store.read() as rx:
+        seq = rx.change_seq()
+    with pytest.raises(InvalidInput, match=f"created with {CONFIG.bucket_count} buckets"):
+        other.initialise(ACTOR)
+    with store.read() as rx:
+        assert rx.change_seq() == seq
+        assert site_default_keyset(rx.keysets.list_all(), 1001) is None
+        header = rx.salts.header()
+    assert header is not None
+    assert header.bucket_count == CONFIG.bucket_count
+    assert material.initialise(ACTOR).bucket_count == CONFIG.bucket_count
 
 
 def test_the_audit_chain_of_material_changes_verifies(

@@ -173,6 +173,36 @@ def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
         sharing.show_sharing(ACTOR, 4242)
 
 
+def test_a_missing_keyset_is_created_in_the_sharing_change_s_own_transaction(
+    store: SqlStore, clock: FixedClock, sharing: SharingService
+) -> None:
+    with store.transaction() as tx:
+        tx.participants.add(
+            new_participant(
+                site_id=1010,
+                name="late",
+                type=ParticipantType.PUBLISHER,
+                allowed_roles=frozenset(),
+                contacts=[],
+                now_ms=1,
+            )
+        )
+    seq = store.change_seq()
+    # A refused change leaves nothing behind, not even the keyset it would have needed.
+    with pytest.raises(InvalidInput, match="No participant with site id 4242"):
+        sharing.set_sharing(ACTOR, 1010, mode="list", sites=[4242])
+    assert store.change_seq() == seq
+    with store.read() as rx:
+        assert all(k.site_id != 1010 for k in rx.keysets.list_all())
+    # An accepted one creates the keyset, its first key, and the choice in one commit.
+    view = sharing.set_sharing(ACTOR, 1010, mode="list", sites=[A])
+    assert store.change_seq() == seq + 1
+    with store.read() as rx:
+        [keyset] = [k for k in rx.keysets.list_all() if k.site_id == 1010]
+        assert rx.encryption_keys.list_for_keyset(keyset.keyset_id)
+    assert view.keyset_id == keyset.keyset_id
+
+
 def test_keypairs_are_created_sealed_listed_disabled_and_deleted(
     sharing: SharingService, store: SqlStore
 ) -> None:

@@ -1,0 +1,94 @@
+"""``init`` creates the encryption material ``serve`` needs, with the configured bucket count."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_harness import BACKENDS, Cli, Database, database_for
+
+from uid2_operator.bootstrap import open_services
+from uid2_operator.domain.keysets import site_default_keyset
+from uid2_operator.settings import Settings
+from uid2_operator.wire.keys import MASTER_KEYSET_ID
+
+pytestmark = pytest.mark.functional
+
+REFRESH_KEYSET_ID = -2
+FALLBACK_SITE_ID = 2
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with database_for(request.param, tmp_path) as db:
+        yield db
+
+
+def _settings(database: Database) -> Settings:
+    return Settings.from_env({}, data_dir=str(database.data_dir), database_url=database.url)
+
+
+def test_init_creates_keysets_keys_and_salts(database: Database) -> None:
+    cli = Cli(database)
+    result = cli("init", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["material_created"] is True
+    assert document["salt_buckets"] == 1 << 16
+    opened = open_services(_settings(database))
+    try:
+        with opened.store.read() as tx:
+            keysets = tx.keysets.list_all()
+            keys = tx.encryption_keys.list_all()
+            header = tx.salts.header()
+            chunks = list(tx.salts.iter_chunks())
+        loaded = opened.material.load_material()
+    finally:
+        opened.close()
+    ids = {k.keyset_id for k in keysets}
+    assert {MASTER_KEYSET_ID, REFRESH_KEYSET_ID} <= ids
+    assert site_default_keyset(keysets, FALLBACK_SITE_ID) is not None
+    assert {k.keyset_id for k in keys} == ids  # every keyset has a key
+    assert header is not None
+    assert header.bucket_count == 1 << 16
+    assert chunks
+    assert loaded.salts.first_level_salt
+    # A rerun creates nothing more.
+    again = json.loads(cli("init", "--json").stdout)
+    assert again["material_created"] is False
+
+
+def test_material_commands_work_right_after_init(database: Database) -> None:
+    cli = Cli(database)
+    assert cli("init").exit_code == 0
+    rotated = cli("--json", "salts", "rotate", "--fraction", "0.5")
+    assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.stdout)["bucket_count"] == 1 << 16
+    added = cli("--json", "optout", "add", "--email", "someone@example.com")
+    assert added.exit_code == 0, added.output
+
+
+def test_the_salt_bucket_count_is_a_setting_fixed_at_creation(tmp_path: Path) -> None:
+    cli = Cli(Database("sqlite", tmp_path / "data", None))
+    first = cli("init", "--json", env={"UID2_SALT_BUCKETS": "1024"})
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["salt_buckets"] == 1024
+    changed = cli("init", "--json", env={"UID2_SALT_BUCKETS": "4096"})
+    assert changed.exit_code == 2
+    message = json.loads(changed.stdout)["error"]["message"]
+    assert "created with 1024 buckets" in message
+    assert "set it back to 1024" in message
+    same = cli("init", "--json", env={"UID2_SALT_BUCKETS": "1024"})
+    assert same.exit_code == 0, same.output
+
+
+@pytest.mark.parametrize("value", ["1000", "0", "2097152", "many", "-4"])
+def test_a_bad_salt_bucket_count_is_refused(tmp_path: Path, value: str) -> None:
+    cli = Cli(Database("sqlite", tmp_path / "data", None))
+    result = cli("init", env={"UID2_SALT_BUCKETS": value})
+    assert result.exit_code != 0
+    assert "UID2_SALT_BUCKETS" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "data" / "uid2.db").exists()

@@ -1,0 +1,129 @@
+"""The serving settings: token lifetimes and timestamp windows, read from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from uid2_operator.domain.environments import Environment
+from uid2_operator.serve_settings import (
+    INTEG_LIFETIMES,
+    PROD_LIFETIMES,
+    LifetimeOverrides,
+    ServeSettings,
+)
+from uid2_operator.services.snapshot import Lifetimes
+from uid2_operator.settings import SettingsError
+from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
+from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW, TimestampWindow
+
+HOUR = 3_600
+DAY = 86_400
+
+
+def test_lifetime_defaults_per_environment() -> None:
+    settings = ServeSettings.from_env({})
+    prod = settings.token_lifetimes(Environment.PROD)
+    assert prod == PROD_LIFETIMES
+    assert (prod.identity_token_s, prod.refresh_token_s) == (3 * DAY, 30 * DAY)
+    assert (prod.refresh_identity_after_s, prod.sharing_token_expiry_s) == (HOUR, 30 * DAY)
+    for environment in (Environment.INTEG, Environment.LOCAL):
+        short = settings.token_lifetimes(environment)
+        assert short == INTEG_LIFETIMES
+        assert (short.identity_token_s, short.refresh_token_s) == (HOUR, DAY)
+        assert short.refresh_identity_after_s == 15 * 60
+
+
+def test_lifetime_overrides_apply_over_the_environment_defaults() -> None:
+    settings = ServeSettings.from_env(
+        {
+            "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "7200",
+            "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": "172800",
+            "UID2_REFRESH_IDENTITY_AFTER_S": " 1800 ",
+            "UID2_SHARING_TOKEN_EXPIRY_S": "600",
+            "UID2_MAX_BIDSTREAM_LIFETIME_S": "7200",
+            "UID2_MAX_SHARING_LIFETIME_S": "900",
+        }
+    )
+    assert settings.lifetimes == LifetimeOverrides(7200, 172800, 1800, 600, 7200, 900)
+    assert settings.token_lifetimes(Environment.PROD) == Lifetimes(
+        identity_token_s=7200,
+        refresh_token_s=172800,
+        refresh_identity_after_s=1800,
+        sharing_token_expiry_s=600,
+        max_bidstream_lifetime_s=7200,
+        max_sharing_lifetime_s=900,
+    )
+    partial = ServeSettings.from_env({"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1200"})
+    assert partial.token_lifetimes(Environment.LOCAL).identity_token_s == 1200
+    assert partial.token_lifetimes(Environment.LOCAL).refresh_token_s == DAY
+
+
+@pytest.mark.parametrize(
+    ("env", "environment", "message"),
+    [
+        ({"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1200"}, Environment.PROD, "<="),
+        ({"UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": "60"}, Environment.LOCAL, "<="),
+        ({"UID2_REFRESH_IDENTITY_AFTER_S": "7200"}, Environment.INTEG, "<="),
+        ({"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "0"}, Environment.PROD, "from 1 to"),
+        ({"UID2_SHARING_TOKEN_EXPIRY_S": "0"}, Environment.PROD, "UID2_SHARING_TOKEN_EXPIRY_S"),
+        (
+            {"UID2_MAX_BIDSTREAM_LIFETIME_S": "60"},
+            Environment.PROD,
+            "UID2_MAX_BIDSTREAM_LIFETIME_S",
+        ),
+        ({"UID2_MAX_SHARING_LIFETIME_S": "60"}, Environment.PROD, "UID2_MAX_SHARING_LIFETIME_S"),
+        ({"UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": "999999999999"}, Environment.PROD, "from 1 to"),
+    ],
+)
+def test_inconsistent_or_non_positive_lifetimes_are_refused(
+    env: dict[str, str], environment: Environment, message: str
+) -> None:
+    settings = ServeSettings.from_env(env)
+    with pytest.raises(SettingsError, match=message):
+        settings.token_lifetimes(environment)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "-5"},
+        {"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1.5"},
+        {"UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": "a day"},
+        {"UID2_REQUEST_MAX_AGE_MS": "-1"},
+        {"UID2_REQUEST_MAX_FUTURE_MS": "soon"},
+        {"UID2_REQUEST_MAX_AGE_MS": "3600001"},
+        {"UID2_CSTG_MAX_AGE_MS": "86400001"},
+        {"UID2_CSTG_MAX_FUTURE_MS": "9" * 20},
+    ],
+)
+def test_malformed_values_are_refused_by_name(env: dict[str, str]) -> None:
+    (name,) = env
+    pattern = f"{name}|timestamp window"
+    with pytest.raises(SettingsError, match=pattern):
+        ServeSettings.from_env(env)
+
+
+def test_timestamp_windows_default_to_the_reference_and_can_be_set() -> None:
+    default = ServeSettings.from_env({})
+    assert default.request_window == DEFAULT_TIMESTAMP_WINDOW
+    assert (default.request_window.max_past_ms, default.request_window.max_future_ms) == (
+        119_999,
+        119_000,
+    )
+    assert default.cstg_window == DEFAULT_CSTG_TIMESTAMP_WINDOW
+    tuned = ServeSettings.from_env(
+        {
+            "UID2_REQUEST_MAX_AGE_MS": "30000",
+            "UID2_REQUEST_MAX_FUTURE_MS": "5000",
+            "UID2_CSTG_MAX_AGE_MS": "60000",
+            "UID2_CSTG_MAX_FUTURE_MS": "0",
+        }
+    )
+    assert tuned.request_window == TimestampWindow(max_past_ms=30_000, max_future_ms=5_000)
+    assert tuned.cstg_window == TimestampWindow(max_past_ms=60_000, max_future_ms=0)
+
+
+def test_serve_settings_have_nothing_to_hide_in_their_repr() -> None:
+    shown = repr(ServeSettings.from_env({"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1200"}))
+    assert "identity_token_s=1200" in shown
+    assert "request_window=TimestampWindow(max_past_ms=119999" in shown
