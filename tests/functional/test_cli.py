@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,60 @@ BAD_COMMANDS: list[tuple[list[str], int]] = [
     (["admin-token", "revoke", "{token}"], 2),
     (["no-such-command"], 2),
     (["key", "create", "--site-id", "{site}", "--name", "k"], 2),
+    # sharing
+    (["sharing", "set", "--site-id", "999", "--owner-only"], 1),
+    (["sharing", "set", "--site-id", "abc", "--owner-only"], 2),
+    (["sharing", "set", "--site-id", "{site}"], 2),
+    (["sharing", "set", "--site-id", "{site}", "--owner-only", "--all-bidders"], 2),
+    (["sharing", "set", "--site-id", "{site}", "--owner-only", "--allow", "{site}"], 2),
+    (["sharing", "set", "--site-id", "{site}", "--allow", "abc"], 2),
+    (["sharing", "set", "--site-id", "{site}", "--allow", "999"], 2),
+    (["sharing", "set", "--site-id", "{site}", "--allow-types", "bank"], 2),
+    (["sharing", "show", "--site-id", "999"], 1),
+    (["sharing", "show", "--site-id", "abc"], 2),
+    (["sharing", "show"], 2),
+    # client-side keypairs
+    (["keypair", "create", "--site-id", "999"], 1),
+    (["keypair", "create", "--site-id", "abc"], 2),
+    (["keypair", "create", "--site-id", "{site}", "--name", HUGE], 2),
+    (["keypair", "create", "--site-id", "{site}", "--contact", HUGE], 2),
+    (["keypair", "list", "--site-id", "999"], 1),
+    (["keypair", "list", "--site-id", "abc"], 2),
+    (["keypair", "disable", "nope"], 1),
+    (["keypair", "disable", ""], 1),
+    (["keypair", "disable", HUGE], 2),
+    (["keypair", "disable"], 2),
+    # client-side origins
+    (["participant", "set-domains", "--site-id", "999", "--domains", "example.com"], 1),
+    (["participant", "set-domains", "--site-id", "{site}", "--domains", "not a domain"], 2),
+    (["participant", "set-domains", "--site-id", "{site}", "--domains", "co.uk"], 2),
+    (["participant", "set-domains", "--site-id", "{site}", "--domains", "https://a.com/x"], 2),
+    (["participant", "set-domains", "--site-id", "{site}", "--domains", HUGE + ".com"], 2),
+    (["participant", "set-domains", "--site-id", "{site}"], 2),
+    (["participant", "set-app-names", "--site-id", "999", "--app-names", "com.example"], 1),
+    (["participant", "set-app-names", "--site-id", "{site}", "--app-names", "an app"], 2),
+    (["participant", "set-app-names", "--site-id", "{site}", "--app-names", HUGE], 2),
+    (["participant", "set-app-names", "--site-id", "abc", "--app-names", "com.example"], 2),
+    # encryption keys and salts
+    (["keys", "rotate", "now"], 2),
+    (["keys", "rotate", "--fraction", "1"], 2),
+    (["salts", "rotate", "--fraction", "0"], 2),
+    (["salts", "rotate", "--fraction", "1.5"], 2),
+    (["salts", "rotate", "--fraction", "-1"], 2),
+    (["salts", "rotate", "--fraction", "nan"], 2),
+    (["salts", "rotate", "--fraction", "inf"], 2),
+    (["salts", "rotate", "--fraction", "abc"], 2),
+    (["salts", "rotate", "--fraction", ""], 2),
+    # opt-outs
+    (["optout", "add"], 2),
+    (["optout", "add", "--email", "a@example.com", "--phone", "+12345678901"], 2),
+    (["optout", "add", "--email", "not-an-email"], 2),
+    (["optout", "add", "--email", HUGE], 2),
+    (["optout", "add", "--phone", "12345678901"], 2),
+    (["optout", "add", "--phone", "+1abc"], 2),
+    (["optout", "add", "--email-hash", "zz"], 2),
+    (["optout", "add", "--email-hash", "AAAA"], 2),
+    (["optout", "add", "--phone-hash", "0" * 63], 2),
 ]
 
 
@@ -383,35 +437,67 @@ def _audit_rows(db: Database) -> int:
         return int(conn.execute("SELECT count(*) FROM audit_events").fetchone()[0])
 
 
+# (SQL with {last} for the last seq, the first bad seq as a function of the last seq)
+TAMPERING: list[tuple[str, Callable[[int], int]]] = [
+    ("UPDATE audit_events SET actor = 'cli:mallory' WHERE seq = 3", lambda _last: 3),
+    ("UPDATE audit_events SET after = replace(after, 'GENERATOR', 'SHARER') WHERE seq = {last}",
+     lambda last: last),
+    ("DELETE FROM audit_events WHERE seq = 3", lambda _last: 3),
+    ("DELETE FROM audit_events WHERE seq = {last}", lambda last: last),
+    ("DELETE FROM audit_events WHERE seq >= {last} - 1", lambda last: last - 1),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "tamper",
-    [
-        "UPDATE audit_events SET actor = 'cli:mallory' WHERE seq = 3",
-        "UPDATE audit_events SET after = replace(after, 'GENERATOR', 'SHARER') WHERE seq = 3",
-        "DELETE FROM audit_events WHERE seq = 3",
-    ],
-    ids=["edited actor", "edited after", "deleted row"],
+    ("tamper", "bad_seq"),
+    TAMPERING,
+    ids=["edited actor", "edited after", "deleted row", "deleted last row", "deleted last two"],
 )
-def test_audit_verify_detects_tampering(sqlite_cli: Cli, tamper: str) -> None:
+def test_audit_verify_detects_tampering(
+    sqlite_cli: Cli, tamper: str, bad_seq: Callable[[int], int]
+) -> None:
     key_id = seeded(sqlite_cli)["key"]["key_id"]
-    ok(sqlite_cli, "key", "disable", key_id)
-    assert ok(sqlite_cli, "audit", "verify") == {
-        "ok": True, "checked": 4, "first_bad_seq": None, "reason": None,
+    ok(sqlite_cli, "key", "set-roles", key_id, "--roles", "GENERATOR,MAPPER")
+    intact = ok(sqlite_cli, "audit", "verify")
+    events = ok(sqlite_cli, "audit", "list", "--limit", "1000")
+    last = events[-1]
+    assert last["action"] == "key.set_roles"
+    assert [e["seq"] for e in events] == list(range(1, last["seq"] + 1))
+    assert intact == {
+        "ok": True, "checked": last["seq"], "first_bad_seq": None, "reason": None,
+        "head_seq": last["seq"], "head_hash": last["hash"],
     }  # fmt: skip
     rows = _audit_rows(sqlite_cli.database)
     with closing(sqlite3.connect(sqlite_cli.database.sqlite_path)) as conn, conn:
-        changed = conn.execute(tamper).rowcount
-    assert changed == 1
-    assert _audit_rows(sqlite_cli.database) in (rows, rows - 1)
+        changed = conn.execute(tamper.format(last=last["seq"])).rowcount
+    assert changed >= 1
+    assert _audit_rows(sqlite_cli.database) in (rows, rows - changed)
+    expected = bad_seq(last["seq"])
 
     result = sqlite_cli("audit", "verify", "--json")
     assert result.exit_code == 1
     verdict = json.loads(result.stdout)
-    assert (verdict["ok"], verdict["first_bad_seq"]) == (False, 3)
-    assert "broken at seq 3" in result.stderr
+    assert (verdict["ok"], verdict["first_bad_seq"]) == (False, expected)
+    assert verdict["head_seq"] == expected - 1
+    assert verdict["head_hash"] == events[expected - 2]["hash"]
+    assert f"broken at seq {expected}" in result.stderr
     human = sqlite_cli("audit", "verify")
     assert human.exit_code == 1
     assert "BROKEN" in human.stdout
+
+
+def test_a_deleted_tail_stays_reported_after_later_changes(sqlite_cli: Cli) -> None:
+    key_id = seeded(sqlite_cli)["key"]["key_id"]
+    ok(sqlite_cli, "key", "disable", key_id)
+    last = ok(sqlite_cli, "audit", "list", "--limit", "1000")[-1]["seq"]
+    with closing(sqlite3.connect(sqlite_cli.database.sqlite_path)) as conn, conn:
+        conn.execute("DELETE FROM audit_events WHERE seq = ?", (last,))
+    ok(sqlite_cli, "key", "enable", key_id)
+    seqs = [e["seq"] for e in ok(sqlite_cli, "audit", "list", "--limit", "1000")]
+    assert seqs[-2:] == [last - 1, last + 1]
+    result = sqlite_cli("audit", "verify", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["reason"] == f"expected seq {last}, found {last + 1}"
 
 
 # ------------------------------------------------------------------ the installed program

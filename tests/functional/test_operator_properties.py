@@ -15,11 +15,43 @@ from operator_harness import (
     world_fixture,  # noqa: F401 (fixture)
 )
 
-from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
+from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
+from uid2_operator.services.data_plane import enveloped_endpoints
+from uid2_operator.web.operator_api import app as operator_app
 
 pytestmark = pytest.mark.functional
 
-ROUTES = sorted({*OPERATOR_ENDPOINTS, "/v2/token/refresh", "/ops/healthcheck"})
+
+def _app_routes() -> tuple[list[str], list[str]]:
+    """The routes as the app defines them, not as listed here: the enveloped endpoints it
+    mounts, and the paths it answers itself (its module-level path constants)."""
+    enveloped = sorted(enveloped_endpoints(lambda _record: None))
+    own = sorted(
+        value
+        for name, value in vars(operator_app).items()
+        if name.isupper() and isinstance(value, str) and value.startswith("/")
+    )
+    return enveloped, own
+
+
+ENVELOPED_ROUTES, OWN_ROUTES = _app_routes()
+ROUTES = sorted({*ENVELOPED_ROUTES, *OWN_ROUTES})
+
+
+def test_the_route_list_is_the_apps_route_table() -> None:
+    assert "/v2/token/client-generate" in ROUTES
+    assert set(ROUTES) == {*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS}
+    assert set(ENVELOPED_ROUTES) == set(OPERATOR_ENDPOINTS)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_listed_route_is_served(world: World, route: str) -> None:
+    method = "GET" if route == operator_app.HEALTHCHECK else "POST"
+    response = httpx.request(method, world.base_url + route, content=b"{}")
+    assert response.status_code != 404, route
+    assert httpx.post(world.base_url + route + "/nope", content=b"{}").status_code == 404
+
+
 SETTINGS = settings(
     deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -72,7 +104,7 @@ def test_random_requests_never_get_a_5xx(  # noqa: PLR0917 (one argument per str
 
 @SETTINGS
 @given(
-    route=st.sampled_from(sorted(OPERATOR_ENDPOINTS)),
+    route=st.sampled_from(ENVELOPED_ROUTES),
     payload=payloads,
     binary=st.booleans(),
 )

@@ -1,4 +1,9 @@
-"""The official ``uid2_client`` SDK against a real operator server (sdk-compat §3 scenarios)."""
+"""The official ``uid2_client`` SDK against a real ``uid2-operator serve`` process (sdk-compat §3).
+
+One server per module, over a world built with the real CLI and admin API (see ``sdk_world``).
+The expired-refresh-token scenario needs one-second token lifetimes, a serve setting, so it runs
+on a second server over its own world.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,18 @@ import json
 import random
 import time
 import urllib.error
-from dataclasses import replace
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from operator_harness import (
+from sdk_world import (
+    BUCKET_COUNT,
     RECORDED_OPTOUT_EMAIL,
-    SITE_A,
     WRONG_SECRET,
-    World,
-    swap_snapshot_fixture,  # noqa: F401 (fixture)
-    world_fixture,  # noqa: F401 (fixture)
+    SdkWorld,
+    sdk_world,
+    served_again,
 )
 from uid2_client import (
     AdvertisingTokenVersion,
@@ -40,9 +46,16 @@ from uid2_client import (
     UnmappedIdentityReason,
 )
 
-from uid2_operator.services.snapshot import Lifetimes
-
 pytestmark = pytest.mark.functional
+
+World = SdkWorld
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SdkWorld]:
+    with sdk_world(tmp_path_factory.mktemp("sdk")) as built:
+        yield built
+
 
 OK_EMAIL = "hopefully-not-opted-out@example.com"
 
@@ -56,7 +69,7 @@ def publisher(world: World, name: str = "A", secret: str | None = None) -> Uid2P
     return Uid2PublisherClient(world.base_url, cred.key, secret or cred.secret)
 
 
-def generate(world: World, tgi: TokenGenerateInput, name: str = "A") -> object:
+def generate(world: World, tgi: TokenGenerateInput, name: str = "A") -> Any:
     return publisher(world, name).generate_token(tgi)
 
 
@@ -113,7 +126,7 @@ def test_bidstream_client_decrypts_a_generated_token(world: World, dsp: str) -> 
     )
     assert decrypted.status == DecryptionStatus.SUCCESS
     assert len(decrypted.uid) == 44
-    assert decrypted.site_id == SITE_A
+    assert decrypted.site_id == world.sites["A"]
     assert decrypted.established is not None
     assert decrypted.identity_type == IdentityType.Email
     assert decrypted.advertising_token_version == AdvertisingTokenVersion.ADVERTISING_TOKEN_V4
@@ -330,8 +343,13 @@ def test_identity_buckets(world: World) -> None:
     assert all(isinstance(b.get_bucket_id(), str) for b in recent.buckets)
     assert all(isinstance(b.get_last_updated(), str) for b in recent.buckets)
     everything = client.get_identity_buckets(datetime.fromisoformat("2024-08-18T14:30:15+00:00"))
-    assert len(everything.buckets) == 1024
-    assert len(recent.buckets) < 1024
+    assert len(everything.buckets) == BUCKET_COUNT
+    assert len(recent.buckets) == BUCKET_COUNT  # init wrote every bucket moments ago
+    rotated = client.get_identity_buckets(world.rotated_since)
+    assert 0 < len(rotated.buckets) < BUCKET_COUNT
+    assert {b.get_bucket_id() for b in rotated.buckets} < {
+        b.get_bucket_id() for b in everything.buckets
+    }
     future = client.get_identity_buckets(datetime.now(UTC) + timedelta(days=1))
     assert future.is_success()
     assert future.buckets == []
@@ -346,7 +364,7 @@ def test_key_payload_contract(world: World) -> None:
     sharing = SharingClient(world.base_url, world["A"].key, world["A"].secret)
     assert sharing.refresh().success
     keys = sharing._keys
-    assert keys.get_caller_site_id() == SITE_A
+    assert keys.get_caller_site_id() == world.sites["A"]
     assert keys.get_identity_scope() == IdentityScope.UID2
     now = datetime.now(UTC)
     master = keys.get_master_key(now)
@@ -509,14 +527,23 @@ def test_garbage_refresh_tokens_are_400(world: World) -> None:
         assert _http_status(lambda identity=identity: client.refresh_token(identity)) == 400
 
 
-def test_expired_refresh_token_is_400(world: World, swap_snapshot: object) -> None:
-    client = publisher(world)
-    short = replace(
-        world.snapshot,
-        lifetimes=Lifetimes(identity_token_s=1, refresh_token_s=1, refresh_identity_after_s=1),
-    )
-    swap_snapshot(short)  # type: ignore[operator]
+@pytest.fixture(scope="module")
+def short_lived(world: SdkWorld) -> Iterator[SdkWorld]:
+    """A second server over the same data directory whose tokens live one second."""
+    lifetimes = {
+        "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1",
+        "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": "1",
+        "UID2_REFRESH_IDENTITY_AFTER_S": "1",
+    }
+    with served_again(world, lifetimes) as again:
+        yield again
+
+
+def test_expired_refresh_token_is_400(short_lived: SdkWorld) -> None:
+    client = publisher(short_lived)
     identity = client.generate_token(TokenGenerateInput.from_email(OK_EMAIL)).get_identity()
+    parsed = json.loads(identity.get_json_string())
+    assert parsed["refresh_expires"] - parsed["identity_expires"] <= 1000
     time.sleep(1.1)
     status, body = _http_error(lambda: client.refresh_token(identity))
     assert status == 400
