@@ -3,7 +3,9 @@
 ``hello`` is the floor: the least an ASGI application can do per request (a fixed two-byte
 answer, like the operator's health check). ``operator_app`` is a factory that builds the real
 operator application over the deterministic benchmark world named by the environment (see
-``operator_world``), so the server process holds its own snapshot.
+``operator_world``), so the server process holds its own snapshot. It is wired as
+``uid2-operator serve`` wires a worker's API: the request observer counts Prometheus metrics and
+per-key usage on every request (``serve_like_app``); only the store behind them is absent.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from typing import Any
 
 from operator_world import world_from_environment
 from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.services.snapshot import Snapshot
+from uid2_operator.services.write_behind import UsageMeter
 from uid2_operator.web.operator_api.app import create_operator_app
+from uid2_operator.web.operator_api.metrics import RequestMetrics
+from uid2_operator.web.operator_api.server import ROUTES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,10 +50,25 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await send(dict(_BODY))
 
 
+def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The operator API over ``snapshot`` with the observer a served worker has (metrics and
+    usage counted per request, as ``web.operator_api.server.build_worker`` wires them)."""
+    metrics = RequestMetrics(ROUTES)
+    usage = UsageMeter()
+
+    def observe(path: str, key_id: str | None, status: int, seconds: float) -> None:
+        metrics.observe(path, key_id, status, seconds)
+        if key_id is not None:
+            usage.add(key_id, path)
+
+    return create_operator_app(
+        snapshot_provider=lambda: snapshot,
+        clock=SystemClock(),
+        random=system_random,
+        observer=observe,
+    )
+
+
 def operator_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The operator application over the benchmark world (an ASGI factory)."""
-    world = world_from_environment()
-    snapshot = world.snapshot
-    return create_operator_app(
-        snapshot_provider=lambda: snapshot, clock=SystemClock(), random=system_random
-    )
+    return serve_like_app(world_from_environment().snapshot)

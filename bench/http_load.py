@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, cast
@@ -402,6 +402,7 @@ def run_asyncio(
     """The same bounded run as ``run_wrk``, from this process (uvloop when available)."""
     if not requests:
         raise ValueError("no requests to send")
+    factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop  # noqa: PLC0415 (optional accelerator)
 

@@ -42,6 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+from asgi_targets import serve_like_app
 from http_load import (
     WRK_INSTALL_HINT,
     LoadResult,
@@ -53,11 +54,9 @@ from http_load import (
     wrk_path,
 )
 from operator_world import DEFAULT_BUCKETS, BenchWorld, build_world, world_environment
-from uid2_operator.clock import SystemClock, system_random
 from uid2_operator.domain.credentials import effective_roles
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import Caller
-from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.wire.envelope import (
     DEFAULT_TIMESTAMP_WINDOW,
     OCTET_STREAM,
@@ -198,10 +197,79 @@ def _healthy(port: int, path: str) -> bool:
     return status == 200
 
 
+@dataclass(frozen=True)
+class ServerCpu:
+    """CPU time a server process spent (seconds, all its threads), from ``/proc``."""
+
+    user_s: float
+    system_s: float
+
+
+def process_cpu(group: int) -> ServerCpu | None:
+    """User and system CPU seconds so far of every live process in process group ``group``
+    (the server and any worker it forked); None where ``/proc`` cannot tell."""
+    user = system = 0
+    found = False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:
+            found = True
+            user += int(fields[11])
+            system += int(fields[12])
+    if not found:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ServerCpu(user / ticks, system / ticks)
+
+
+@dataclass(frozen=True)
+class CpuPerRequest:
+    """The server process's CPU per answered request during one measurement, in µs."""
+
+    user_us: float
+    system_us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.user_us + self.system_us
+
+
+@contextlib.contextmanager
+def cpu_of(
+    group: int, result: Callable[[], LoadResult | None], out: dict[str, CpuPerRequest], name: str
+) -> Iterator[None]:
+    """Record in ``out[name]`` the CPU the server spent per 2xx answer while the block ran."""
+    before = process_cpu(group)
+    yield
+    done = result()
+    used = per_request(before, process_cpu(group), 0 if done is None else done.ok)
+    if used is not None:
+        out[name] = used
+
+
+def per_request(before: ServerCpu | None, after: ServerCpu | None, ok: int) -> CpuPerRequest | None:
+    if before is None or after is None or ok == 0:
+        return None
+    return CpuPerRequest(
+        (after.user_s - before.user_s) / ok * 1e6, (after.system_s - before.system_s) / ok * 1e6
+    )
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    target: Target
+    pid: int
+
+
 @contextlib.contextmanager
 def running_server(
     kind: ServerKind, app: str, *, factory: bool, env: dict[str, str], cpu: int | None
-) -> Iterator[Target]:
+) -> Iterator[RunningServer]:
     """Start ``app`` under ``kind`` on a free loopback port; stop its process group on exit."""
     port = _free_port()
     command = [sys.executable, *kind.args(port, app, factory)]
@@ -223,7 +291,8 @@ def running_server(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{kind.name} did not start; see {log}:\n{log.read_text()}")
             time.sleep(0.1)
-        yield Target(HOST, port)
+        # A new session: the server and every process it forks share the process group proc.pid.
+        yield RunningServer(Target(HOST, port), proc.pid)
         log.unlink(missing_ok=True)  # kept only when something went wrong
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -387,6 +456,7 @@ def measure_enveloped(
     connections: int,
     first_guess_rps: float,
     request_size: int,
+    cpu: tuple[int, dict[str, CpuPerRequest], str] | None = None,
 ) -> LoadResult:
     """Warm-up (which also estimates the rate), then a run with enough fresh envelopes.
 
@@ -400,9 +470,14 @@ def measure_enveloped(
         count = min(cap, int(rate * duration * 1.5) + connections * 4)
         for _attempt in range(3):
             requests = [build(i) for i in range(count)]
+            before = process_cpu(cpu[0]) if cpu is not None else None
             result = run_load(
                 settings.tool, requests, target, connections=connections, duration_s=duration
             )
+            if keep and cpu is not None:
+                used = per_request(before, process_cpu(cpu[0]), result.ok)
+                if used is not None:
+                    cpu[1][cpu[2]] = used
             if not result.exhausted or count >= cap:
                 break
             count = min(cap, count * 2)
@@ -421,6 +496,8 @@ class ServerFigures:
     generate: LoadResult | None = None
     map_v3: LoadResult | None = None
     skipped: list[str] = field(default_factory=list)
+    cpu: dict[str, CpuPerRequest] = field(default_factory=dict)
+    """The operator process's CPU per answered request, by measurement."""
 
 
 def run_server(
@@ -431,12 +508,18 @@ def run_server(
     with (
         running_server(
             kind, "asgi_targets:hello", factory=False, env={}, cpu=settings.server_cpu
-        ) as hello_target,
+        ) as hello_server,
         running_server(
             kind, "asgi_targets:operator_app", factory=True, env=world_env, cpu=settings.server_cpu
-        ) as t,
+        ) as operator_server,
     ):
-        figures.hello, figures.healthcheck = measure_interleaved(settings, [hello_target, t])
+        t = operator_server.target
+        group = operator_server.pid
+        # Only the operator's process is accounted: during the hello-world's slices it idles.
+        with cpu_of(group, lambda: figures.healthcheck, figures.cpu, "healthcheck"):
+            figures.hello, figures.healthcheck = measure_interleaved(
+                settings, [hello_server.target, t]
+            )
         print(f"  (a) hello-world         {figures.hello.summary()}", flush=True)
         print(f"  (b) /ops/healthcheck    {figures.healthcheck.summary()}", flush=True)
         envelopes = Envelopes(world, t)
@@ -452,6 +535,7 @@ def run_server(
                 connections=settings.connections,
                 first_guess_rps=floor,
                 request_size=len(sample),
+                cpu=(group, figures.cpu, "generate"),
             )
             print(f"  (c) /v2/token/generate  {figures.generate.summary()}", flush=True)
         else:
@@ -469,6 +553,7 @@ def run_server(
                 connections=settings.map_connections,
                 first_guess_rps=floor / settings.map_batch * 20,
                 request_size=len(sample),
+                cpu=(group, figures.cpu, "map_v3"),
             )
             print(
                 f"  (d) /v3/identity/map    {figures.map_v3.summary()}"
@@ -502,10 +587,7 @@ def measure_app_direct(
     Health check and generate (fresh envelopes, so replay protection and everything else on the
     request path run): what is left of a request's cost over HTTP is the server's.
     """
-    snapshot = world.snapshot
-    app = create_operator_app(
-        snapshot_provider=lambda: snapshot, clock=SystemClock(), random=system_random
-    )
+    app = serve_like_app(world.snapshot)
     envelopes = [
         _b64(
             seal_request(
@@ -726,6 +808,12 @@ def print_report(
                 verdict = "meets" if value >= target else "below"
                 shown = f"{value:.2f}"
             print(f"      {name:<26} {shown:>6}  (target >= {target}: {verdict})")
+        if figures.cpu:
+            shown = ", ".join(
+                f"{name} {c.total_us:.1f} ({c.user_us:.1f} user + {c.system_us:.1f} sys)"
+                for name, c in figures.cpu.items()
+            )
+            print(f"      operator process CPU per answered request, us: {shown}")
         for note in figures.skipped:
             print(f"      {note}")
         report["servers"][figures.kind.name] = {
@@ -750,6 +838,9 @@ def print_report(
                 )
             },
             "ratios": server_ratios,
+            "server_cpu_us_per_request": {
+                name: {"user": c.user_us, "system": c.system_us} for name, c in figures.cpu.items()
+            },
             "skipped": figures.skipped,
         }
     return report

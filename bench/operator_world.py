@@ -6,13 +6,13 @@ seed instead: every random byte below comes from a SHAKE-256 stream of the seed,
 learns the API key and client secret the server's snapshot accepts without anything secret
 crossing a process boundary.
 
-The salt table is packed straight into the snapshot's columns (no per-bucket Python objects), so
-a world with the reference's 2^20 buckets builds in well under a second.
+The salt table is the one a served operator loads (``domain.salts.SaltTable``: raw 32-byte salts
+in flat columns, no per-bucket Python objects), packed straight from the seed, so a world with the
+reference's 2^20 buckets builds in well under a second.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 from array import array
@@ -24,6 +24,7 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_api_key
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SALT_SIZE, SaltTable
 from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.services.snapshot import (
     ClientRecord,
@@ -31,7 +32,6 @@ from uid2_operator.services.snapshot import (
     Lifetimes,
     LiveSecret,
     OperatorIdentity,
-    SaltTable,
     Snapshot,
     build_snapshot,
 )
@@ -41,8 +41,6 @@ SITE_ID: Final = 1001
 SITE_KEYSET_ID: Final = 11
 DEFAULT_BUCKETS: Final = 1 << 20
 DAY_S: Final = 86_400
-# base64 of 33 random bytes is 44 characters with no padding: fixed-width ASCII salts.
-_SALT_RAW: Final = 33
 
 ENV_SEED: Final = "UID2_BENCH_SEED"
 ENV_NOW_MS: Final = "UID2_BENCH_NOW_MS"
@@ -73,32 +71,23 @@ class BenchWorld:
 
 
 def _salt_column(seed: bytes, label: bytes, count: int) -> bytes:
-    raw = hashlib.shake_256(seed + label).digest(count * _SALT_RAW)
-    return base64.b64encode(raw)
+    return hashlib.shake_256(seed + label).digest(count * SALT_SIZE)
 
 
 def build_salts(seed: bytes, now_ms: int, count: int) -> SaltTable:
     """``count`` buckets; every third rotated ten days ago and still holding its previous salt."""
-    current = _salt_column(seed, b"current", count)
-    previous = bytearray(_salt_column(seed, b"previous", count))
-    width = len(current) // count
-    has_previous = bytearray(count)
+    has_previous = bytearray((count + 7) // 8)
     last_updated = array("q", [now_ms - 200 * DAY_S * 1000]) * count
     refresh_from = array("q", [now_ms + 20 * DAY_S * 1000]) * count
     for index in range(0, count, 3):
-        has_previous[index] = 1
+        has_previous[index >> 3] |= 1 << (index & 7)
         last_updated[index] = now_ms - 10 * DAY_S * 1000
-    for index in range(1, count, 3):
-        previous[index * width : (index + 1) * width] = bytes(width)
-    for index in range(2, count, 3):
-        previous[index * width : (index + 1) * width] = bytes(width)
     return SaltTable(
         first_level_salt="bench-first-level-salt",
         id_prefix="a",
         id_secret=hashlib.sha256(seed + b"bucket-id").hexdigest(),
-        salt_width=width,
-        current=current,
-        previous=bytes(previous),
+        salts=_salt_column(seed, b"current", count),
+        previous=_salt_column(seed, b"previous", count),
         has_previous=bytes(has_previous),
         last_updated=last_updated,
         refresh_from=refresh_from,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -65,12 +65,15 @@ from uid2_operator.wire.raw_uid import (
     bucket_id,
     current_raw_uid,
     previous_raw_uid,
+    raw_uid_v2,
+    raw_uid_v3,
     refresh_from_seconds,
 )
 from uid2_operator.wire.refresh import (
     ENVELOPE_LENGTH,
     IdentityResponseBody,
     issue_identity,
+    success_identity_json,
     unwrap_refresh_envelope,
 )
 from uid2_operator.wire.scope import IdentityType
@@ -103,10 +106,20 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A 200 outcome: ``{"status": status}`` plus ``body`` when the status is success."""
+    """A 200 outcome: ``{"status": status}`` plus ``body`` when the status is success.
+
+    ``rendered``, when set, is ``to_json()`` computed ahead (``Reply.identity``, and constant
+    replies): the answers of generate and refresh are formatted without the JSON encoder.
+    """
 
     status: str
     body: Any = None
+    rendered: bytes | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def identity(cls, body: IdentityResponseBody) -> Reply:
+        """The success answer of generate and refresh, its JSON rendered by the wire layer."""
+        return cls("success", body, success_identity_json(body))
 
     def to_mapping(self) -> JsonObject:
         if self.status == "success":
@@ -114,6 +127,9 @@ class Reply:
         return {"status": self.status}
 
     def to_json(self) -> bytes:
+        rendered = self.rendered
+        if rendered is not None:
+            return rendered
         return dumps(self.to_mapping())
 
 
@@ -125,7 +141,7 @@ class RefreshReply:
     response_key: bytes | None
 
 
-SUCCESS_OPTOUT: Final = Reply(OPTOUT)
+SUCCESS_OPTOUT: Final = Reply(OPTOUT, rendered=dumps({"status": OPTOUT}))
 
 
 # ----------------------------------------------------------------------------------- identity
@@ -151,6 +167,23 @@ def _current_uid(snapshot: Snapshot, bucket: SaltBucket, flh: bytes, kind: Ident
     )
 
 
+def _current_uid_of(snapshot: Snapshot, flh: bytes, kind: IdentityType) -> bytes:
+    """``_current_uid`` of ``flh``'s bucket, reading only the bucket's current salt.
+
+    Token issuance, validate and logout need nothing else of the bucket, so no ``SaltBucket``
+    is made (and no previous salt decoded) unless the bucket holds v4 key material only.
+    """
+    salts = snapshot.salts
+    index = salts.index_of(flh)
+    salt = salts.salt(index)
+    if salt is None:
+        return _current_uid(snapshot, salts.bucket(index), flh, kind)
+    ident = snapshot.identity
+    if ident.identity_v3:
+        return raw_uid_v3(flh, salt, ident.scope, kind)
+    return raw_uid_v2(flh, salt)
+
+
 def _issue(
     snapshot: Snapshot,
     *,
@@ -166,7 +199,7 @@ def _issue(
     master = snapshot.master_key(now_ms)
     site = snapshot.site_key(site_id, now_ms)
     refresh = snapshot.refresh_key(now_ms)
-    raw_uid = _current_uid(snapshot, _bucket(snapshot, flh), flh, kind)
+    raw_uid = _current_uid_of(snapshot, flh, kind)
     life = snapshot.lifetimes
     return issue_identity(
         now_ms=now_ms,
@@ -184,6 +217,7 @@ def _issue(
         scope=snapshot.identity.scope,
         identity_type=kind,
         random=random,
+        draw_once=True,
     )
 
 
@@ -212,7 +246,7 @@ def generate(
         established_ms=now_ms,
         random=random,
     )
-    return Reply("success", body)
+    return Reply.identity(body)
 
 
 def refresh(
@@ -263,7 +297,7 @@ def refresh(
         established_ms=token.established_ms,
         random=random,
     )
-    return RefreshReply(Reply("success", issued), response_key)
+    return RefreshReply(Reply.identity(issued), response_key)
 
 
 def validate(snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now_ms: int) -> Reply:
@@ -289,7 +323,7 @@ def validate(snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now
     if keyset is None or keyset.site_id != caller.site_id:
         raise InvalidRequest("Unauthorised to validate token")
     flh = _flh(snapshot, identity.digest)
-    expected = _current_uid(snapshot, _bucket(snapshot, flh), flh, identity.kind)
+    expected = _current_uid_of(snapshot, flh, identity.kind)
     return Reply("success", expected == token.raw_uid)
 
 
@@ -312,7 +346,7 @@ def logout(
     except IdentityInputError:
         raise InvalidTokenPresented from None
     flh = _flh(snapshot, identity.digest)
-    raw_uid = _current_uid(snapshot, _bucket(snapshot, flh), flh, identity.kind)
+    raw_uid = _current_uid_of(snapshot, flh, identity.kind)
     record(OptOutRecord(flh, b64encode(raw_uid), now_ms))
     return Reply("success", {"optout": "OK"})
 
@@ -663,7 +697,7 @@ def client_generate(
             established_ms=now_ms,
             random=random,
         )
-        reply = Reply("success", issued)
+        reply = Reply.identity(issued)
     return seal_cstg_response(opened.secret, reply.to_mapping(), random)
 
 

@@ -19,15 +19,17 @@ used as loaded, without a per-bucket copy.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from hashlib import blake2b
 from types import MappingProxyType
 from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from uid2_operator.domain.credentials import ApiKey
+from uid2_operator.domain.credentials import ApiKey, effective_roles
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import ClientRole
@@ -86,10 +88,24 @@ class ClientRecord:
     key: ApiKey
     participant: Participant
     secrets: tuple[LiveSecret, ...]
+    roles: frozenset[ClientRole] = field(init=False, repr=False, compare=False)
+    """``effective_roles(key, participant)``, computed once: both are fixed for the record."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", effective_roles(self.key, self.participant))
 
     def accepted_secrets(self, now_ms: int) -> list[bytes]:
-        """Secrets a request may be sealed with now, newest first (rotation overlap)."""
-        live = [s for s in self.secrets if s.retires_at_ms is None or s.retires_at_ms > now_ms]
+        """Secrets a request may be sealed with now, newest first (rotation overlap).
+
+        The very ``bytes`` object each ``ClientSecret`` holds is returned every time, so the
+        cipher cache (``wire.aead``, keyed by those bytes) finds it by its cached hash.
+        """
+        secrets = self.secrets
+        if len(secrets) == 1:  # the usual case: no rotation under way, nothing to order
+            only = secrets[0]
+            retires = only.retires_at_ms
+            return [only.secret.raw] if retires is None or retires > now_ms else []
+        live = [s for s in secrets if s.retires_at_ms is None or s.retires_at_ms > now_ms]
         live.sort(key=lambda s: s.secret_id, reverse=True)
         return [s.secret.raw for s in live]
 
@@ -218,6 +234,10 @@ class SaltSource(Protocol):
 
     def index_of(self, flh: bytes) -> int: ...
 
+    def salt(self, index: int) -> str | None:
+        """The bucket's current salt (None: the bucket only holds v4 key material)."""
+        ...
+
     def bucket(self, index: int) -> SaltBucket: ...
 
     def updated_since(self, since_ms: int) -> list[tuple[int, int]]: ...
@@ -320,6 +340,13 @@ class SaltTable:
 
     def index_of(self, flh: bytes) -> int:
         return bucket_index(flh, self.bucket_count)
+
+    def salt(self, index: int) -> str:
+        """The current salt of bucket ``index`` alone (what token generation needs)."""
+        if not 0 <= index < self.bucket_count:
+            raise SaltError("No such salt bucket")
+        width = self.salt_width
+        return self._current[index * width : (index + 1) * width].decode("ascii")
 
     def bucket(self, index: int) -> SaltBucket:
         """The bucket at ``index`` as the wire layer's value (made on demand, not stored)."""
@@ -432,6 +459,147 @@ class OperatorIdentity:
     """``/v2/token/client-generate`` and ``site_data`` in key responses (operator-api §8)."""
 
 
+_NO_KEY: Final = None
+MAX_VERIFIED_KEYS: Final = 10_000
+_EARLIEST: Final = -(1 << 63)
+_LATEST: Final = 1 << 63
+MAX_CACHED_SITES: Final = 65_536
+"""Bound on the site keys one ``ActiveKeys`` remembers (site ids come from authenticated
+callers and tokens, so this is only a guard)."""
+
+
+@dataclass(slots=True)
+class ActiveKeys:
+    """The keys token issuance uses, valid for ``starts_ms <= now < ends_ms``.
+
+    Between two consecutive activation or expiry instants of the snapshot's keys, whether a key
+    is started and unexpired cannot change, so neither can ``active_key``'s choice: the choice is
+    made once per such interval instead of three times per request. ``None`` records that no key
+    qualified (the caller raises ``NoActiveKey``, as the uncached selection does).
+    """
+
+    starts_ms: int
+    ends_ms: int
+    master: EncryptionKey | None
+    refresh: EncryptionKey | None
+    sites: dict[int, EncryptionKey | None]
+
+
+class ActiveKeyCache:
+    """The ``ActiveKeys`` of the interval holding the last ``now_ms`` asked about.
+
+    The interval bounds are every ``activates`` and ``expires`` instant (ms) of the keys, sorted;
+    a time outside the cached interval (later, or earlier after a clock step back) starts a new
+    interval. It holds the snapshot's key maps, not the snapshot (no reference cycle keeps an old
+    snapshot and its salts alive after a swap). Only the event loop's thread uses a snapshot; if
+    two threads ever raced here, each would compute the same answer.
+    """
+
+    __slots__ = ("_by_keyset", "_current", "_defaults", "_times")
+
+    def __init__(
+        self,
+        keys_by_keyset: Mapping[int, tuple[EncryptionKey, ...]],
+        default_keysets: Mapping[int, int],
+    ) -> None:
+        self._by_keyset = keys_by_keyset
+        self._defaults = default_keysets
+        self._times = sorted(
+            {
+                instant * 1000
+                for keys in keys_by_keyset.values()
+                for key in keys
+                for instant in (key.activates, key.expires)
+            }
+        )
+        self._current: ActiveKeys | None = None
+
+    def select(self, keyset_id: int, now_ms: int) -> EncryptionKey | None:
+        """``active_key`` of one keyset, uncached; None when no key qualifies."""
+        try:
+            return active_key(self._by_keyset.get(keyset_id, ()), now_ms)
+        except NoActiveKey:
+            return _NO_KEY
+
+    def at(self, now_ms: int) -> ActiveKeys:
+        current = self._current
+        if current is not None and current.starts_ms <= now_ms < current.ends_ms:
+            return current
+        times = self._times
+        after = bisect_right(times, now_ms)
+        current = ActiveKeys(
+            starts_ms=times[after - 1] if after else _EARLIEST,
+            ends_ms=times[after] if after < len(times) else _LATEST,
+            master=self.select(MASTER_KEYSET_ID, now_ms),
+            refresh=self.select(REFRESH_KEYSET_ID, now_ms),
+            sites={},
+        )
+        self._current = current
+        return current
+
+    def site(self, site_id: int, now_ms: int) -> EncryptionKey | None:
+        """The active key of the site's default keyset, else of the fallback publisher site."""
+        sites = self.at(now_ms).sites
+        try:
+            return sites[site_id]
+        except KeyError:
+            pass
+        key: EncryptionKey | None = _NO_KEY
+        for site in (site_id, FALLBACK_PUBLISHER_SITE_ID):
+            keyset_id = self._defaults.get(site)
+            if keyset_id is not None:
+                key = self.select(keyset_id, now_ms)
+                if key is not None:
+                    break
+        if len(sites) >= MAX_CACHED_SITES:
+            sites.clear()
+        sites[site_id] = key
+        return key
+
+
+class VerifiedKeys:
+    """API keys that passed the full check against one snapshot, by digest of their text.
+
+    Passing the check (shape, checksum, environment, the constant-time compare of the keyed hash)
+    depends only on the text, the pepper and the stored hash, none of which changes during a
+    snapshot's life, so a later request presenting the same text may skip it; the key's state,
+    expiry and roles are still judged on every request. Only texts that passed are kept, so
+    guesses cannot fill the map, and the map is bounded (cleared when full).
+
+    The plaintext is not kept: entries are keyed by an unkeyed 128-bit BLAKE2b of the text, so
+    the process holds a key's text no longer than the request that presented it. A digest does
+    not reveal an API key (its secret part is far too random to search for), and a different text
+    reaching the same entry would take a BLAKE2b second preimage (2^128 work), so a hit still
+    proves possession of the whole key.
+    """
+
+    __slots__ = ("_records",)
+
+    def __init__(self) -> None:
+        self._records: dict[bytes, ClientRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, text: str) -> ClientRecord | None:
+        """The record ``text`` verified as before, or None."""
+        return self._records.get(_key_digest(text))
+
+    def remember(self, text: str, record: ClientRecord) -> None:
+        records = self._records
+        if len(records) >= MAX_VERIFIED_KEYS:
+            records.clear()
+        records[_key_digest(text)] = record
+
+    def entries(self) -> dict[bytes, ClientRecord]:
+        """A copy of the map (digest -> record), for inspection."""
+        return dict(self._records)
+
+
+def _key_digest(text: str) -> bytes:
+    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Snapshot:
     """Everything a request may read. Build it with ``build_snapshot``; never mutate it."""
@@ -452,11 +620,26 @@ class Snapshot:
     """The store's change sequence this snapshot was loaded at (None: not from a store)."""
     sites: Mapping[int, SiteData] = field(default_factory=dict, repr=False)
     keypairs: Mapping[str, CstgKeypair] = field(default_factory=dict, repr=False)
+    active_keys: ActiveKeyCache = field(init=False, repr=False, compare=False)
+    """The selections of ``master_key``, ``refresh_key`` and ``site_key``, by time interval."""
+    verified_keys: VerifiedKeys = field(
+        init=False, default_factory=VerifiedKeys, repr=False, compare=False
+    )
+    """API keys that passed the full check against this snapshot (``remember_verified``)."""
+
+    def __post_init__(self) -> None:
+        cache = ActiveKeyCache(self.keys_by_keyset, self.default_keysets)
+        object.__setattr__(self, "active_keys", cache)  # frozen: set once, at construction
 
     # ------------------------------------------------------------------------ credentials
 
     def client(self, key_id: str) -> ClientRecord | None:
         return self.clients.get(key_id)
+
+    def remember_verified(self, text: str, record: ClientRecord) -> None:
+        """Remember that the API key ``text`` verified as ``record`` (see ``VerifiedKeys``: by
+        digest, never the text; state, expiry and roles are still judged on every request)."""
+        self.verified_keys.remember(text, record)
 
     # ------------------------------------------------------------------------ keys
 
@@ -464,21 +647,23 @@ class Snapshot:
         return active_key(self.keys_by_keyset.get(keyset_id, ()), now_ms)
 
     def master_key(self, now_ms: int) -> EncryptionKey:
-        return self.active_key(MASTER_KEYSET_ID, now_ms)
+        key = self.active_keys.at(now_ms).master
+        if key is None:
+            raise NoActiveKey
+        return key
 
     def refresh_key(self, now_ms: int) -> EncryptionKey:
-        return self.active_key(REFRESH_KEYSET_ID, now_ms)
+        key = self.active_keys.at(now_ms).refresh
+        if key is None:
+            raise NoActiveKey
+        return key
 
     def site_key(self, site_id: int, now_ms: int) -> EncryptionKey:
         """The active key of the site's default keyset, else of the fallback publisher site."""
-        for site in (site_id, FALLBACK_PUBLISHER_SITE_ID):
-            keyset_id = self.default_keysets.get(site)
-            if keyset_id is not None:
-                try:
-                    return self.active_key(keyset_id, now_ms)
-                except NoActiveKey:
-                    continue
-        raise NoActiveKey
+        key = self.active_keys.site(site_id, now_ms)
+        if key is None:
+            raise NoActiveKey
+        return key
 
     def lookup_in(self, *keyset_ids: int) -> Callable[[int], EncryptionKey | None]:
         """A key lookup that only finds keys of the given keysets (token layers are scoped)."""

@@ -18,7 +18,7 @@ from uid2_operator.errors import (
     StaleTimestamp,
     StoreUnavailable,
 )
-from uid2_operator.services.replay import ReplayCache
+from uid2_operator.services.replay import SLICE_MS, ReplayCache
 from uid2_operator.services.snapshot import Keyset, SaltRecord, SaltTable, SharingMode
 from uid2_operator.web.operator_api.errors import render
 
@@ -108,11 +108,15 @@ def test_replay_cache_refuses_repeats_until_the_window_passes() -> None:
 
 
 def test_replay_cache_is_bounded() -> None:
-    cache = ReplayCache(max_past_ms=10_000, max_entries=3)
-    for i in range(10):
-        assert cache.first_use("k", bytes([i]) * 8, T0 + i, T0 + i)
+    cache = ReplayCache(max_past_ms=100_000, max_entries=3)
+    now = T0 + 10 * SLICE_MS
+    for i in range(10):  # one entry per timestamp slice
+        assert cache.first_use("k", bytes([i]) * 8, T0 + i * SLICE_MS, now)
     assert len(cache) == 3
-    assert not cache.first_use("k", bytes([9]) * 8, T0 + 9, T0 + 10)
+    assert not cache.first_use("k", bytes([9]) * 8, T0 + 9 * SLICE_MS, now)
+    # The oldest timestamps (closest to expiry) were forgotten first.
+    assert cache.first_use("k", bytes([0]) * 8, T0, now)
+    assert not cache.first_use("k", bytes([8]) * 8, T0 + 8 * SLICE_MS, now)
 
 
 @pytest.mark.parametrize(

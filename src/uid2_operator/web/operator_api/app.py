@@ -11,8 +11,10 @@ Every request goes through the same pipeline, in the reference operator's order 
 3. Body, at most 1 MiB, checked against ``Content-Length`` and again while reading, before
    anything else is looked at: 413.
 4. API key: bearer header, the key format's shape/checksum/environment check, one lookup by key id
-   in the snapshot, a constant-time keyed-hash compare, then the key's and its participant's state
-   and the endpoint -> roles table: 401 ``{"status":"unauthorized"}`` for every failure alike.
+   in the snapshot, a constant-time keyed-hash compare (a text that passed is remembered by the
+   snapshot, ``Snapshot.remember_verified``), then the key's and its participant's state and the
+   endpoint -> roles table, on every request: 401 ``{"status":"unauthorized"}`` for every failure
+   alike.
 5. Envelope: opened with each secret the key currently accepts (newest first, so a client may
    switch to a rotated secret during the overlap): 400 ``client_error``.
 6. Replay: the same key and nonce again while the envelope could still pass the timestamp check:
@@ -23,6 +25,10 @@ Every request goes through the same pipeline, in the reference operator's order 
 
 ``/v2/token/refresh`` skips 4-6: the refresh token is the credential; a valid API key only makes
 error answers more specific.
+
+Every answer but a 204 carries ``Content-Length`` (so a server need not chunk it; for ``HEAD``
+the length of the body a ``GET`` would get, which the server does not send). The request's
+headers are read in one pass into a map, the first occurrence of a name winning, as before.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from uid2_operator.clock import Clock, SystemClock, system_random
-from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS, Denied
-from uid2_operator.domain.credentials import authorize_request, effective_roles, verify_api_key
+from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS, Denied, authorize_endpoint
+from uid2_operator.domain.credentials import authenticate, verify_api_key
 from uid2_operator.errors import (
     BodyTooLarge,
     CredentialMissing,
@@ -52,19 +58,19 @@ from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.snapshot import ClientRecord, OptOutRecord, Snapshot
 from uid2_operator.web.operator_api.errors import JSON, TEXT, render
-from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.aead import IV_SIZE, RandomBytes, seal_with_iv
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
-from uid2_operator.wire.encoding import b64decode
+from uid2_operator.wire.encoding import b64encode_ascii
 from uid2_operator.wire.envelope import (
     DEFAULT_TIMESTAMP_WINDOW,
     OCTET_STREAM,
+    TEXT_PLAIN,
     RequestEnvelope,
     TimestampWindow,
     frame_response,
     parse_request,
     seal_response,
 )
-from uid2_operator.wire.refresh import encrypt_refresh_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,6 +78,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+Fields = dict[bytes, bytes]
+"""A request's headers by (lower-case) name, the first occurrence of each."""
 RequestObserver = Callable[[str, "str | None", int, float], None]
 """Told of every answered request: ``(path, key id or None, HTTP status, seconds)``."""
 
@@ -86,7 +94,20 @@ _CORS_HEADERS: Final = (
     "Access-Control-Allow-Origin, Access-Control-Allow-Headers, Content-Type"
 )
 _CORS_METHODS: Final = b"GET, POST, OPTIONS"
-_TEXT_HEADERS: Final = [(b"content-type", TEXT)]
+_CONTENT_TYPE: Final = b"content-type"
+_CONTENT_LENGTH: Final = b"content-length"
+_AUTHORIZATION: Final = b"authorization"
+_ORIGIN: Final = b"origin"
+_TRACE_ID: Final = b"x-amzn-trace-id"
+_TEXT_TYPE: Final = (_CONTENT_TYPE, TEXT)
+_JSON_TYPE: Final = (_CONTENT_TYPE, JSON)
+_OCTET_TYPE: Final = (_CONTENT_TYPE, OCTET_STREAM.encode())
+_FRAMED_TYPES: Final = {
+    OCTET_STREAM: _OCTET_TYPE,
+    TEXT_PLAIN: (_CONTENT_TYPE, TEXT_PLAIN.encode()),
+}
+_HEALTH_BODY: Final = b"OK"
+_OCTET_BYTES: Final = OCTET_STREAM.encode()
 KEY_ID_SCOPE: Final = "uid2.key_id"
 """Where a request's ASGI scope records the id of the API key that authenticated it."""
 
@@ -120,18 +141,44 @@ def _header(headers: Headers, name: bytes) -> str | None:
     return None
 
 
+def _fields(headers: Headers) -> Fields:
+    """The headers by name; built from the end so that the first occurrence of a name wins."""
+    return dict(reversed(headers))
+
+
+def _text(fields: Fields, name: bytes) -> str | None:
+    value = fields.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _is_octet_stream(fields: Fields) -> bool:
+    value = fields.get(_CONTENT_TYPE)
+    return value is not None and value.lower() == _OCTET_BYTES
+
+
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    """Send one whole answer; ``headers`` is the caller's own list and gets Content-Length."""
+    if status != 204:  # a 204 has no body and must not announce one
+        headers.append((_CONTENT_LENGTH, b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def _read_body(fields: Fields, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
-    declared = _header(scope["headers"], b"content-length")
+    declared = _text(fields, _CONTENT_LENGTH)
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    chunk: bytes = message.get("body", b"")
+    if len(chunk) > limit:
+        raise BodyTooLarge
+    if not message.get("more_body", False):
+        return chunk  # the usual case: the whole body in one message
+    chunks = [chunk]
+    size = len(chunk)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -145,8 +192,8 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _bearer(headers: Headers) -> str | None:
-    value = _header(headers, b"authorization")
+def _bearer(fields: Fields) -> str | None:
+    value = _text(fields, _AUTHORIZATION)
     if value is None:
         return None
     value = value.strip()
@@ -159,6 +206,9 @@ def _verify_key(snapshot: Snapshot, text: str | None) -> ClientRecord:
     """The client record whose key ``text`` is (shape, one lookup, constant-time compare)."""
     if text is None:
         raise CredentialMissing
+    known = snapshot.verified_keys.get(text)
+    if known is not None:
+        return known
 
     def lookup(key_id: str) -> Any:
         record = snapshot.client(key_id)
@@ -167,12 +217,18 @@ def _verify_key(snapshot: Snapshot, text: str | None) -> ClientRecord:
     key = verify_api_key(
         text, environment=snapshot.identity.environment, pepper=snapshot.pepper, lookup=lookup
     )
-    return snapshot.clients[key.key_id]
+    record = snapshot.clients[key.key_id]
+    snapshot.remember_verified(text, record)
+    return record
 
 
-def _authorize(snapshot: Snapshot, headers: Headers, path: str, now_ms: int) -> ClientRecord:
-    record = _verify_key(snapshot, _bearer(headers))
-    decision = authorize_request(record.key, record.participant, path, now_ms)
+def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> ClientRecord:
+    """``verify_api_key``, then ``authorize_request`` (the key's and its participant's state
+    at ``now_ms``, then the endpoint table with the record's effective roles)."""
+    record = _verify_key(snapshot, _bearer(fields))
+    decision = authenticate(record.key, record.participant, now_ms)
+    if not isinstance(decision, Denied):
+        decision = authorize_endpoint(path, record.roles)
     if isinstance(decision, Denied):
         # The reason is for logs and metrics only; the caller sees the same 401 for all.
         raise CredentialRejected(decision.reason.value)
@@ -224,75 +280,90 @@ class OperatorApi:
         await self._handle(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
         path: str = scope["path"]
         method: str = scope["method"]
         headers: Headers = scope["headers"]
-        if method == "OPTIONS":
-            await _respond(send, 204, b"", _cors(headers, path, preflight=True))
+        if path == HEALTHCHECK and method in {"GET", "HEAD"}:
+            # The floor of every request: one scan for Origin, nothing else.
+            origin = _header(headers, _ORIGIN)
+            health = [_TEXT_TYPE] if origin is None else [_TEXT_TYPE, *_cors(origin, path, False)]
+            await _respond(send, 200, _HEALTH_BODY, health)
+            if observer is not None:
+                observer(path, None, 200, time.perf_counter() - started)
             return
-        extra = _cors(headers, path, preflight=False)
+        fields = _fields(headers)
+        origin = _text(fields, _ORIGIN)
+        if method == "OPTIONS":
+            await _respond(send, 204, b"", [] if origin is None else _cors(origin, path, True))
+            return
         try:
-            status, body, response_headers = await self._dispatch(scope, receive, path, method)
+            status, body, response_headers = await self._dispatch(
+                scope, fields, receive, path, method
+            )
         except ClientGone:
             return
         except Exception as exc:  # every failure leaves through the one error table
             if not isinstance(exc, UID2Error):
                 log.exception("operator request failed", extra={"path": path})
             status, body, content_type = render(exc)
-            response_headers = [(b"content-type", content_type)]
-        await _respond(send, status, body, response_headers + extra)
-        if self._observer is not None:
-            self._observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
+            response_headers = [(_CONTENT_TYPE, content_type)]
+        if origin is not None:
+            response_headers += _cors(origin, path, False)
+        await _respond(send, status, body, response_headers)
+        if observer is not None:
+            observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, path: str, method: str
+        self, scope: Scope, fields: Fields, receive: Receive, path: str, method: str
     ) -> tuple[int, bytes, Headers]:
-        if path == HEALTHCHECK:
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed
-            return 200, b"OK", list(_TEXT_HEADERS)
+        if path == HEALTHCHECK:  # GET and HEAD were answered before
+            raise MethodNotAllowed
         if path not in self._post_routes:
             raise NotFound
         if method != "POST":
             raise MethodNotAllowed
-        body = await _read_body(scope, receive, self._settings.body_limit)
+        body = await _read_body(fields, receive, self._settings.body_limit)
         snapshot = self._provider()
         if snapshot is None:
-            return 503, b"Service Unavailable", list(_TEXT_HEADERS)
+            return 503, b"Service Unavailable", [_TEXT_TYPE]
         now_ms = self._now()
         if path == CLIENT_GENERATE:
-            return self._client_generate(snapshot, scope, body, now_ms)
+            return self._client_generate(snapshot, fields, body, now_ms)
         if path == REFRESH:
-            return self._refresh(snapshot, scope, body, now_ms)
-        return self._enveloped(snapshot, path, scope, body, now_ms)
+            return self._refresh(snapshot, scope, fields, body, now_ms)
+        return self._enveloped(snapshot, path, scope, fields, body, now_ms=now_ms)
 
     def _enveloped(
-        self, snapshot: Snapshot, path: str, scope: Scope, body: bytes, now_ms: int
+        self,
+        snapshot: Snapshot,
+        path: str,
+        scope: Scope,
+        fields: Fields,
+        body: bytes,
+        *,
+        now_ms: int,
     ) -> tuple[int, bytes, Headers]:
-        headers: Headers = scope["headers"]
-        record = _authorize(snapshot, headers, path, now_ms)
-        scope[KEY_ID_SCOPE] = record.key.key_id
-        octet = (_header(headers, b"content-type") or "").lower() == OCTET_STREAM
-        envelope, secret = self._open(snapshot, record, body, octet, now_ms)
-        if not self._replay.first_use(
-            record.key.key_id, envelope.nonce, envelope.timestamp_ms, now_ms
-        ):
+        record = _authorize(snapshot, fields, path, now_ms)
+        key = record.key
+        key_id = key.key_id
+        scope[KEY_ID_SCOPE] = key_id
+        envelope, secret = self._open(snapshot, record, body, _is_octet_stream(fields), now_ms)
+        if not self._replay.first_use(key_id, envelope.nonce, envelope.timestamp_ms, now_ms):
             raise ReplayedRequest
-        caller = Caller(
-            key_id=record.key.key_id,
-            site_id=record.key.site_id,
-            roles=effective_roles(record.key, record.participant),
-        )
+        caller = Caller(key_id=key_id, site_id=key.site_id, roles=record.roles)
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
         sealed = seal_response(
             reply.to_json(), secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
         )
         out, content_type = frame_response(sealed, envelope.binary)
-        response_headers = [(b"content-type", content_type.encode())]
-        trace = _header(headers, b"x-amzn-trace-id")
+        response_headers = [
+            _FRAMED_TYPES.get(content_type) or (_CONTENT_TYPE, content_type.encode())
+        ]
+        trace = fields.get(_TRACE_ID)
         if trace is not None:
-            response_headers.append((b"x-amzn-trace-id", trace.encode("latin-1")))
+            response_headers.append((_TRACE_ID, trace))
         return 200, out, response_headers
 
     def _open(
@@ -319,7 +390,7 @@ class OperatorApi:
         raise failure
 
     def _client_generate(
-        self, snapshot: Snapshot, scope: Scope, body: bytes, now_ms: int
+        self, snapshot: Snapshot, fields: Fields, body: bytes, now_ms: int
     ) -> tuple[int, bytes, Headers]:
         """No API key: the subscription id and the request's origin or app name decide. The
         answer is base64 text with no Content-Type header, as the reference sends it (§1.6)."""
@@ -328,7 +399,7 @@ class OperatorApi:
         sealed = data_plane.client_generate(
             snapshot,
             body,
-            origin=_header(scope["headers"], b"origin"),
+            origin=_text(fields, _ORIGIN),
             now_ms=now_ms,
             random=self._random,
             registrable_domain=self._registrable_domain,
@@ -337,11 +408,10 @@ class OperatorApi:
         return 200, sealed.encode("ascii"), []
 
     def _refresh(
-        self, snapshot: Snapshot, scope: Scope, body: bytes, now_ms: int
+        self, snapshot: Snapshot, scope: Scope, fields: Fields, body: bytes, now_ms: int
     ) -> tuple[int, bytes, Headers]:
-        headers: Headers = scope["headers"]
         try:
-            scope[KEY_ID_SCOPE] = _verify_key(snapshot, _bearer(headers)).key.key_id
+            scope[KEY_ID_SCOPE] = _verify_key(snapshot, _bearer(fields)).key.key_id
             authenticated = True
         except UID2Error:
             authenticated = False
@@ -349,24 +419,21 @@ class OperatorApi:
             snapshot, body, authenticated=authenticated, now_ms=now_ms, random=self._random
         )
         if outcome.response_key is None:
-            return 200, outcome.reply.to_json(), [(b"content-type", JSON)]
-        text = encrypt_refresh_response(
-            outcome.response_key, outcome.reply.to_mapping(), self._random
-        )
-        if (_header(headers, b"content-type") or "").lower() == OCTET_STREAM:
-            return 200, b64decode(text), [(b"content-type", OCTET_STREAM.encode())]
-        return 200, text.encode("ascii"), [(b"content-type", b"text/plain")]
+            return 200, outcome.reply.to_json(), [_JSON_TYPE]
+        # ``wire.refresh.encrypt_refresh_response`` (base64 of IV || GCM(JSON) || tag, no
+        # nonce), over the JSON the reply already holds; octet-stream clients get the raw bytes.
+        sealed = seal_with_iv(outcome.response_key, self._random(IV_SIZE), outcome.reply.to_json())
+        if _is_octet_stream(fields):
+            return 200, sealed, [_OCTET_TYPE]
+        return 200, b64encode_ascii(sealed), [(_CONTENT_TYPE, b"text/plain")]
 
 
 def _no_snapshot() -> Snapshot | None:
     return None
 
 
-def _cors(headers: Headers, path: str, *, preflight: bool) -> Headers:
+def _cors(origin: str, path: str, preflight: bool) -> Headers:
     """Any origin is echoed; credentials are not allowed; pre-flight lists methods and headers."""
-    origin = _header(headers, b"origin")
-    if origin is None:
-        return []
     out = [(b"access-control-allow-origin", origin.encode("latin-1"))]
     if preflight:
         allowed = _CORS_HEADERS + (", Authorization" if path == VALIDATE else "")

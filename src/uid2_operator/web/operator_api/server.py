@@ -6,7 +6,8 @@ process. It wires, per process:
 - a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes;
 - the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
 - a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches;
-- ``RequestMetrics`` counted on the request path and exported at ``/metrics``.
+- ``RequestMetrics`` counted on the request path and exported at ``/metrics``;
+- the serve settings' token lifetimes and timestamp windows (``ServeSettings``).
 
 ``OperatorServer`` sits in front of the API and answers two paths itself: ``GET /metrics``
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
@@ -24,27 +25,20 @@ from typing import Final
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from uid2_operator.bootstrap import load_keyring
+from uid2_operator.bootstrap import load_keyring, material_service, open_configured_store
 from uid2_operator.clock import Clock, SystemClock, system_random
-from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
+from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.services.material import MaterialConfig, MaterialService
-from uid2_operator.services.snapshot_loader import (
-    Loaded,
-    lifetimes_for,
-    load_snapshot,
-    operator_identity,
-)
+from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import WriteBehind
 from uid2_operator.settings import Settings
-from uid2_operator.storage import open_store
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.operator_api.app import (
     HEALTHCHECK,
-    REFRESH,
     OperatorApi,
+    OperatorApiConfig,
     Receive,
     Scope,
     Send,
@@ -56,7 +50,7 @@ from uid2_operator.wire.aead import RandomBytes
 log = logging.getLogger(__name__)
 
 METRICS: Final = "/metrics"
-ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, REFRESH, HEALTHCHECK, METRICS})
+ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS, METRICS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +122,13 @@ class OperatorServer:
 
 
 async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    """One whole answer with its ``Content-Length``, so the server need not chunk it (for ``HEAD``
+    the length a ``GET`` gets; the server does not send the body)."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type)],
+            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -152,21 +148,13 @@ def build_worker(
     ring = keyring or load_keyring(settings)
     # The parent checked the schema before starting workers; a worker must start (and report
     # degraded) even while the store is unreachable, so nothing connects here.
-    db = store or open_store(settings.store_url, check_schema=False)
-    material = MaterialService(
-        db,
-        ring,
-        MaterialConfig.for_environment(
-            settings.environment, identity_scope=settings.identity_scope
-        ),
-        now,
-        random,
-    )
+    lifetimes = serve.token_lifetimes(settings.environment)
+    db = store or open_configured_store(settings, check_schema=False)
+    material = material_service(settings, db, ring, now, random)
     identity = replace(
         operator_identity(settings.environment, settings.identity_scope),
         client_side_generate=serve.client_side_generate,
     )
-    lifetimes = lifetimes_for(settings.environment)
 
     def load(previous: Loaded | None, generation: int) -> Loaded:
         return load_snapshot(
@@ -206,6 +194,7 @@ def build_worker(
         clock=now,
         random=random,
         record_optout=write_behind.record_optout,
+        config=OperatorApiConfig(window=serve.request_window, cstg_window=serve.cstg_window),
         observer=observe,
     )
     return OperatorServer(api, Worker(db, source, write_behind, metrics, registry))

@@ -1,0 +1,218 @@
+"""Memory of a real ``uid2-operator serve --workers 1`` worker with 2^20 salt buckets, warmed up.
+
+    .venv/bin/python bench/serve_memory.py [--buckets 1048576] [--requests 5000] [--json out.json]
+
+In a temporary data directory (``UID2_ENVIRONMENT=integ``, whose default is the reference's 2^20
+buckets; ``--buckets`` sets ``UID2_SALT_BUCKETS``): ``init``, ``salts rotate --fraction 1`` (every
+bucket then holds a previous salt too: the largest steady-state table), a publisher with a
+GENERATOR + MAPPER key; then ``serve --workers 1`` on free loopback ports. Once the health check
+answers, it warms the worker up with ``--requests`` token generates (each its own envelope) and
+v3 maps of 1,000 emails (one per 50 generates), then reads, for the worker process and for the
+parent (which runs the admin API and supervises), the resident set size (``VmRSS``), its peak
+(``VmHWM``), and the proportional and unique set sizes (``Pss``, ``Private_*`` of
+``/proc/PID/smaps_rollup``; the worker is spawned, so it shares little with the parent).
+
+Nothing is asserted; the target is a worker under 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+
+VENV_BIN: Final = Path(sys.executable).parent
+CLI: Final = str(VENV_BIN / "uid2-operator")
+HOST: Final = "127.0.0.1"
+MB: Final = 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _cli(env: dict[str, str], *args: str) -> Any:
+    done = subprocess.run(  # noqa: S603 (fixed argument list)
+        [CLI, "--json", *args], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection(HOST, port, timeout=2)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+    except OSError:
+        return 0
+    return status
+
+
+def _memory(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM (status) and Pss, private pages (smaps_rollup) of ``pid``, in MB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0]) * 1024 / MB
+    private = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "Pss":
+                out["Pss"] = int(value.split()[0]) * 1024 / MB
+            elif name in ("Private_Clean", "Private_Dirty"):
+                private += int(value.split()[0]) * 1024
+    out["USS"] = private / MB
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+class Caller:
+    """Sends enveloped requests with one API key over one keep-alive connection."""
+
+    def __init__(self, port: int, key: str, secret: str) -> None:
+        self._conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        self._key = key
+        self._secret = base64.b64decode(secret)
+
+    def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        nonce = os.urandom(8)
+        sealed = seal_request(
+            json.dumps(payload).encode(),
+            secret=self._secret,
+            now_ms=time.time_ns() // 1_000_000,
+            nonce=nonce,
+            random=os.urandom,
+        )
+        self._conn.request(
+            "POST",
+            path,
+            body=base64.b64encode(sealed),
+            headers={"Authorization": f"Bearer {self._key}", "Content-Type": "text/plain"},
+        )
+        response = self._conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {body[:200]!r}")
+        return open_response(unframe_response(body, False), secret=self._secret, nonce=nonce)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def prepare(env: dict[str, str]) -> dict[str, Any]:
+    """A new data directory with a rotated salt table and one publisher key (as issued)."""
+    _cli(env, "init")
+    _cli(env, "salts", "rotate", "--fraction", "1")
+    site = _cli(
+        env,
+        "participant", "create", "--name", "bench publisher", "--type", "publisher",
+        "--roles", "GENERATOR,MAPPER", "--contact", "ops@example.com",
+    )["site_id"]  # fmt: skip
+    issued: dict[str, Any] = _cli(
+        env, "key", "create", "--site-id", str(site), "--name", "bench key",
+        "--roles", "GENERATOR,MAPPER",
+    )  # fmt: skip
+    return issued
+
+
+def warm_up(port: int, issued: dict[str, Any], requests: int) -> float:
+    """``requests`` generates and a 1,000-email v3 map every 50; seconds taken."""
+    caller = Caller(port, issued["key"], issued["secret"])
+    emails = [f"mapped.user{i}@example.com" for i in range(1000)]
+    started = time.perf_counter()
+    try:
+        for n in range(requests):
+            answer = caller.call("/v2/token/generate", {"email": f"user{n}@example.com"})
+            if answer["status"] != "success":
+                raise RuntimeError(f"generate answered {answer['status']}")
+            if n % 50 == 0:
+                caller.call("/v3/identity/map", {"email": emails})
+    finally:
+        caller.close()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--buckets", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--json", dest="json_path", type=Path, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "UID2_DATA_DIR": tmp, "UID2_ENVIRONMENT": "integ"}
+        if args.buckets is not None:
+            env["UID2_SALT_BUCKETS"] = str(args.buckets)
+        started = time.perf_counter()
+        issued = prepare(env)
+        prepared_s = time.perf_counter() - started
+
+        port, admin_port = _free_port(), _free_port()
+        command = [CLI, "serve", "--workers", "1", "--port", str(port)]
+        command += ["--admin-port", str(admin_port)]
+        parent = subprocess.Popen(  # noqa: S603 (fixed argument list)
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            started = time.perf_counter()
+            while _status(port, "/ops/healthcheck") != 200:
+                if parent.poll() is not None or time.perf_counter() - started > 120:
+                    raise RuntimeError("serve did not become healthy")
+                time.sleep(0.2)
+            ready_s = time.perf_counter() - started
+            workers = _children(parent.pid)
+            at_start = {pid: _memory(pid) for pid in workers}
+
+            warm_s = warm_up(port, issued, args.requests)
+            after = {pid: _memory(pid) for pid in workers}
+            figures: dict[str, Any] = {
+                "buckets": args.buckets or 1 << 20,
+                "prepare_s": round(prepared_s, 1),
+                "ready_s": round(ready_s, 1),
+                "warm_up_requests": args.requests + -(-args.requests // 50),
+                "warm_up_s": round(warm_s, 1),
+                "parent": _memory(parent.pid),
+                "workers_at_start": list(at_start.values()),
+                "workers_after_warm_up": list(after.values()),
+            }
+        finally:
+            parent.send_signal(signal.SIGTERM)
+            try:
+                parent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                parent.kill()
+                parent.wait()
+    for name, value in figures.items():
+        print(f"{name:24}{value}")
+    if args.json_path is not None:
+        args.json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
