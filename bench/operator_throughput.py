@@ -56,7 +56,7 @@ from http_load import (
 from operator_world import DEFAULT_BUCKETS, BenchWorld, build_world, world_environment
 from uid2_operator.domain.credentials import effective_roles
 from uid2_operator.services import data_plane
-from uid2_operator.services.data_plane import Caller
+from uid2_operator.services.snapshot import Caller
 from uid2_operator.wire.envelope import (
     DEFAULT_TIMESTAMP_WINDOW,
     OCTET_STREAM,

@@ -39,6 +39,7 @@ from uid2_operator.services.snapshot import (
     OLDEST_REFRESHABLE_ESTABLISHED_MS,
     OPTOUT_STATUS_MAX_REQUEST_SIZE,
     TOKEN_LIFETIME_TOLERANCE_SECONDS,
+    Caller,
     Keyset,
     OptOutRecord,
     Snapshot,
@@ -93,15 +94,6 @@ OPTOUT: Final = "optout"
 _ISO_LOCAL = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?", re.ASCII
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent an authenticated request: the key's public id, its site, its effective roles."""
-
-    key_id: str
-    site_id: int
-    roles: frozenset[ClientRole]
 
 
 @dataclass(frozen=True, slots=True)

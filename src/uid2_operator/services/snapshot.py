@@ -29,7 +29,8 @@ from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from uid2_operator.domain.credentials import ApiKey, effective_roles
+from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
+from uid2_operator.domain.credentials import ApiKey, KeyState, effective_roles
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import ClientRole
@@ -82,17 +83,61 @@ class LiveSecret:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent an authenticated request: the key's public id, its site, its effective roles."""
+
+    key_id: str
+    site_id: int
+    roles: frozenset[ClientRole]
+
+
+_NEVER: Final = 1 << 63
+"""Later than any epoch millisecond a request can carry: "no expiry"."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRecord:
-    """An API key as the operator needs it: the record, its participant, its opened secrets."""
+    """An API key as the operator needs it: the record, its participant, its opened secrets.
+
+    What the request path would otherwise rebuild on every request is derived once here, since
+    key and participant are fixed for the record: the effective roles, the ``Caller`` handed to
+    the endpoints, the endpoints those roles unlock, and until when the key may be used. The last
+    two only let an allowed request skip the full checks (``authenticate``, then
+    ``authorize_endpoint``); anything else still goes through them, so a refusal and its reason
+    come from the same code as before.
+    """
 
     key: ApiKey
     participant: Participant
     secrets: tuple[LiveSecret, ...]
     roles: frozenset[ClientRole] = field(init=False, repr=False, compare=False)
     """``effective_roles(key, participant)``, computed once: both are fixed for the record."""
+    caller: Caller = field(init=False, repr=False, compare=False)
+    allowed_paths: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The operator endpoints whose roles (``OPERATOR_ENDPOINTS``) ``roles`` meets."""
+    usable_before_ms: int = field(init=False, repr=False, compare=False)
+    """``authenticate`` allows the key exactly at instants before this (0: never)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "roles", effective_roles(self.key, self.participant))
+        key, participant = self.key, self.participant
+        roles = effective_roles(key, participant)
+        object.__setattr__(self, "roles", roles)
+        object.__setattr__(self, "caller", Caller(key.key_id, key.site_id, roles))
+        allowed = frozenset(
+            path for path, needed in OPERATOR_ENDPOINTS.items() if not needed.isdisjoint(roles)
+        )
+        object.__setattr__(self, "allowed_paths", allowed)
+        usable = (
+            key.site_id == participant.site_id
+            and key.state is not KeyState.REVOKED
+            and key.state is not KeyState.DISABLED
+            and participant.enabled
+        )
+        before = _NEVER if usable else 0
+        for bound in (key.expires_at_ms, key.retires_at_ms):
+            if bound is not None:
+                before = min(before, bound)
+        object.__setattr__(self, "usable_before_ms", before)
 
     def accepted_secrets(self, now_ms: int) -> list[bytes]:
         """Secrets a request may be sealed with now, newest first (rotation overlap).

@@ -109,7 +109,7 @@ def parse_identity_hash(text: str) -> bytes:
     raise InvalidIdentifier
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HashedIdentity:
     """The identity hash ``H`` and the type it was derived from; the digest stays out of logs."""
 

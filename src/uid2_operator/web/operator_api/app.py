@@ -53,7 +53,7 @@ from uid2_operator.errors import (
     UID2Error,
 )
 from uid2_operator.services import data_plane
-from uid2_operator.services.data_plane import Caller, OptOutSink
+from uid2_operator.services.data_plane import OptOutSink
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.snapshot import ClientRecord, OptOutRecord, Snapshot
@@ -226,6 +226,8 @@ def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> Cl
     """``verify_api_key``, then ``authorize_request`` (the key's and its participant's state
     at ``now_ms``, then the endpoint table with the record's effective roles)."""
     record = _verify_key(snapshot, _bearer(fields))
+    if now_ms < record.usable_before_ms and path in record.allowed_paths:
+        return record  # what the checks below would allow (see ``ClientRecord``), precomputed
     decision = authenticate(record.key, record.participant, now_ms)
     if not isinstance(decision, Denied):
         decision = authorize_endpoint(path, record.roles)
@@ -249,6 +251,7 @@ class OperatorApi:
         observer: RequestObserver | None = None,
     ) -> None:
         self._settings = config or OperatorApiConfig()
+        self._body_limit = self._settings.body_limit
         self._observer = observer
         self._now = (clock or SystemClock()).now_ms
         self._provider = snapshot_provider or _no_snapshot
@@ -299,9 +302,14 @@ class OperatorApi:
             await _respond(send, 204, b"", [] if origin is None else _cors(origin, path, True))
             return
         try:
-            status, body, response_headers = await self._dispatch(
-                scope, fields, receive, path, method
-            )
+            if method == "POST" and path in self._post_routes:  # every API call: no extra await
+                status, body, response_headers = self._route(
+                    scope, fields, await _read_body(fields, receive, self._body_limit), path
+                )
+            elif path == HEALTHCHECK or path in self._post_routes:  # GET/HEAD answered before
+                raise MethodNotAllowed
+            else:
+                raise NotFound
         except ClientGone:
             return
         except Exception as exc:  # every failure leaves through the one error table
@@ -315,16 +323,10 @@ class OperatorApi:
         if observer is not None:
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
-    async def _dispatch(
-        self, scope: Scope, fields: Fields, receive: Receive, path: str, method: str
+    def _route(
+        self, scope: Scope, fields: Fields, body: bytes, path: str
     ) -> tuple[int, bytes, Headers]:
-        if path == HEALTHCHECK:  # GET and HEAD were answered before
-            raise MethodNotAllowed
-        if path not in self._post_routes:
-            raise NotFound
-        if method != "POST":
-            raise MethodNotAllowed
-        body = await _read_body(fields, receive, self._settings.body_limit)
+        """A POST to one of the API routes, its body read."""
         snapshot = self._provider()
         if snapshot is None:
             return 503, b"Service Unavailable", [_TEXT_TYPE]
@@ -346,13 +348,12 @@ class OperatorApi:
         now_ms: int,
     ) -> tuple[int, bytes, Headers]:
         record = _authorize(snapshot, fields, path, now_ms)
-        key = record.key
-        key_id = key.key_id
+        caller = record.caller
+        key_id = caller.key_id
         scope[KEY_ID_SCOPE] = key_id
         envelope, secret = self._open(snapshot, record, body, _is_octet_stream(fields), now_ms)
         if not self._replay.first_use(key_id, envelope.nonce, envelope.timestamp_ms, now_ms):
             raise ReplayedRequest
-        caller = Caller(key_id=key_id, site_id=key.site_id, roles=record.roles)
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
         sealed = seal_response(
             reply.to_json(), secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
@@ -370,8 +371,20 @@ class OperatorApi:
         self, snapshot: Snapshot, record: ClientRecord, body: bytes, octet: bool, now_ms: int
     ) -> tuple[RequestEnvelope, bytes]:
         """Open the envelope with each accepted secret, newest first."""
+        secrets = record.accepted_secrets(now_ms)
+        if len(secrets) == 1:  # the usual case: its failure, if any, is the one reported
+            secret = secrets[0]
+            envelope = parse_request(
+                body,
+                octet_stream=octet,
+                secret=secret,
+                now_ms=now_ms,
+                window=self._settings.window,
+                scope=snapshot.identity.scope,
+            )
+            return envelope, secret
         failure: EnvelopeDecryptionFailed | None = None
-        for secret in record.accepted_secrets(now_ms):
+        for secret in secrets:
             try:
                 envelope = parse_request(
                     body,
