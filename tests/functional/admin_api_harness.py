@@ -295,7 +295,7 @@ def raw_asgi_request(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
         "client": client,
         "server": ("admin.test", 80),
     }

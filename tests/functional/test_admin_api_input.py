@@ -284,7 +284,7 @@ def test_a_chunked_body_over_the_limit_is_413(env: AdminEnv) -> None:
     assert env.change_seq() == before
 
 
-@pytest.mark.parametrize("declared", ["abc", "-1", "9" * 30, "1e3"])
+@pytest.mark.parametrize("declared", ["abc", "-1", "9" * 30, "1e3", "\u00b2", " 12"])
 def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared: str) -> None:
     before = env.change_seq()
     status, _, body = raw_asgi_request(

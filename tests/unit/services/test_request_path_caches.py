@@ -542,3 +542,12 @@ def test_a_sealed_answer_announces_its_length_and_opens(binary: bool) -> None:
     opened = open_response(unframe_response(answer, binary), secret=secret, nonce=nonce)
     assert opened["status"] == "success"
     assert set(opened["body"]) >= {"advertising_token", "refresh_token"}
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "\u0661\u0662", " 12\u00b3 "])
+def test_a_content_length_of_non_ascii_digits_is_not_a_server_error(declared: str) -> None:
+    snapshot, _ = _generate_world()
+    app = create_operator_app(snapshot_provider=lambda: snapshot, clock=_Clock())
+    headers = [(b"content-length", declared.encode("latin-1", "replace"))]
+    status, _, _ = _call(app, "POST", "/v2/token/generate", headers, b"x")
+    assert status < 500

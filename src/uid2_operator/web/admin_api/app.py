@@ -205,7 +205,9 @@ def _source(request: Request) -> str | None:
 async def _read_json(request: Request, limit: int) -> bytes:
     """The body, at most ``limit`` bytes (413 beyond), sent as application/json (415 otherwise)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or len(declared) > 12):
+    if declared is not None and (
+        not (declared.isascii() and declared.isdigit()) or len(declared) > 12
+    ):
         raise BodyTooLarge("The Content-Length header is not a valid size")
     if declared is not None and int(declared) > limit:
         raise BodyTooLarge(f"The request body must be at most {limit} bytes")

@@ -167,7 +167,12 @@ async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> No
 async def _read_body(fields: Fields, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = _text(fields, _CONTENT_LENGTH)
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    if (
+        declared is not None
+        and declared.strip().isascii()
+        and declared.strip().isdigit()
+        and int(declared) > limit
+    ):
         raise BodyTooLarge
     message = await receive()
     if message["type"] == "http.disconnect":
