@@ -123,6 +123,10 @@ def _worker_main(host: str, port: int, shared: socket.socket | None, log_level: 
         factory=True,
         host=host,
         port=port,
+        # Named, not left to uvicorn's "auto": a missing uvloop or httptools must fail loudly
+        # rather than quietly fall back to the slower pure-Python loop and parser.
+        loop="uvloop",
+        http="httptools",
         lifespan="on",
         log_level=log_level,
         access_log=False,
