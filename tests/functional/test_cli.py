@@ -484,6 +484,8 @@ def test_audit_verify_detects_tampering(
     human = sqlite_cli("audit", "verify")
     assert human.exit_code == 1
     assert "BROKEN" in human.stdout
+    # The head is printed so an operator can keep a copy outside the database.
+    assert verdict["head_hash"] in human.stdout
 
 
 def test_a_deleted_tail_stays_reported_after_later_changes(sqlite_cli: Cli) -> None:
