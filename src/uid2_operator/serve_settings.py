@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Final
 
 from uid2_operator.domain.environments import Environment
 from uid2_operator.services.snapshot import Lifetimes
@@ -49,6 +50,11 @@ _LIFETIME_VARIABLES = (
     ("max_bidstream_lifetime_s", "UID2_MAX_BIDSTREAM_LIFETIME_S"),
     ("max_sharing_lifetime_s", "UID2_MAX_SHARING_LIFETIME_S"),
 )
+
+
+RUNTIME_DIR_VARIABLE: Final = "UID2_RUNTIME_DIR"
+"""Set by ``uid2-operator serve`` for its workers, not by operators: the private directory (mode
+0700) that the workers of one serve share, removed when it stops."""
 
 
 @dataclass(frozen=True, slots=True)

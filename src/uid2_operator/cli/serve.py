@@ -21,12 +21,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -36,7 +39,7 @@ from uid2_operator.bootstrap import Services, open_services, schema_is_current
 from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
 from uid2_operator.errors import StoreUnavailable, UID2Error
-from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
@@ -243,6 +246,17 @@ def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvico
     return server
 
 
+def _share_runtime_dir() -> Path:
+    """Create a directory private to this serve (mode 0700) and name it to the workers it will
+    start: state that must be the same on every worker, or outlive one worker, lives there. It
+    is in memory (``/dev/shm``) where the machine has it, and removed when serve stops."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a new 0700 directory with a random name)
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    runtime_dir = Path(tempfile.mkdtemp(prefix="uid2-operator-", dir=parent))
+    os.environ[RUNTIME_DIR_VARIABLE] = str(runtime_dir)
+    return runtime_dir
+
+
 def _export_settings(settings: Settings) -> None:
     """What worker processes read back through ``Settings.from_env``."""
     os.environ["UID2_DATA_DIR"] = str(settings.data_dir.resolve())
@@ -310,17 +324,18 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    pool.start()
-    click.echo(
-        f"operator API: http://{_url_host(host)}:{operator_port} ({workers} worker"
-        f"{'s' if workers != 1 else ''}; health: /ops/healthcheck, metrics: /metrics)"
-    )
-    click.echo(f"admin API: {admin_url}")
-    if initialised:
-        click.echo(_next_steps(settings, admin_url))
-    click.echo("press Ctrl-C to stop", err=True)
+    runtime_dir = _share_runtime_dir()
     upkeep = _Upkeep(services, material, serve_settings)
     try:
+        pool.start()
+        click.echo(
+            f"operator API: http://{_url_host(host)}:{operator_port} ({workers} worker"
+            f"{'s' if workers != 1 else ''}; health: /ops/healthcheck, metrics: /metrics)"
+        )
+        click.echo(f"admin API: {admin_url}")
+        if initialised:
+            click.echo(_next_steps(settings, admin_url))
+        click.echo("press Ctrl-C to stop", err=True)
         while not stop.wait(0.2):
             pool.keep_alive()
             upkeep.tick()
@@ -332,6 +347,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
             signal.signal(signum, handler)
         time.sleep(0.1)
         services.close()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
     click.echo("stopped", err=True)
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,7 +31,7 @@ from uid2_operator.bootstrap import load_keyring, material_service, open_configu
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
 from uid2_operator.domain.sealing import Keyring
-from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import WriteBehind
@@ -142,8 +144,12 @@ def build_worker(
     keyring: Keyring | None = None,
     clock: Clock | None = None,
     random: RandomBytes = system_random,
+    runtime_dir: Path | None = None,
 ) -> OperatorServer:
-    """Wire one worker over ``store`` (default: the configured one, opened lazily)."""
+    """Wire one worker over ``store`` (default: the configured one, opened lazily).
+
+    ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
+    None for a worker on its own (tests, benchmarks)."""
     now = clock or SystemClock()
     ring = keyring or load_keyring(settings)
     # The parent checked the schema before starting workers; a worker must start (and report
@@ -254,4 +260,9 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> 
 def create_worker_app() -> OperatorServer:
     """The worker factory ``uid2-operator serve`` names by import string: settings come from
     the environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...)."""
-    return build_worker(Settings.from_env(), ServeSettings.from_env())
+    runtime_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
+    return build_worker(
+        Settings.from_env(),
+        ServeSettings.from_env(),
+        runtime_dir=Path(runtime_dir) if runtime_dir else None,
+    )
