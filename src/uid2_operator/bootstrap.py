@@ -1,4 +1,5 @@
-"""The composition root: the one place that reads the keyring, opens the store and wires services.
+"""The composition root: the one place that reads (and writes) the keyring, opens the store and
+wires services.
 
 Nothing here runs on import. Entry points (the CLI, the admin and operator apps) call these
 functions with a ``Settings`` and own the lifetime of what they get back. Only this module picks
@@ -9,8 +10,10 @@ and opens a storage backend (``open_configured_store``); everything else types a
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.environments import Environment
@@ -19,6 +22,7 @@ from uid2_operator.domain.sealing import Keyring, generate_keyring, require_keyr
 from uid2_operator.errors import InvalidInput, KeyringError, SchemaOutOfDate
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.keyring_rotation import KeyringRotationService
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.settings import Settings
@@ -28,6 +32,9 @@ from uid2_operator.wire.aead import RandomBytes
 
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
+
+KEYRING_FROM_ENVIRONMENT: Final = "environment"
+"""What ``keyring_source`` names a keyring given as UID2_KEYRING."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,85 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
         else:
             return keyring
     return load_keyring(settings)
+
+
+def keyring_source(settings: Settings) -> str:
+    """Where ``load_keyring`` reads the keyring: ``"environment"``, or the file's absolute path."""
+    if settings.keyring_json is not None:
+        return KEYRING_FROM_ENVIRONMENT
+    return str(settings.keyring_path.absolute())
+
+
+def save_keyring(settings: Settings, keyring: Keyring) -> None:
+    """Replace the keyring file with ``keyring`` (KEK rotation's ``add-version``/``drop-version``).
+
+    Atomic: the new content goes to a temporary file beside the keyring (mode 0600 whatever the
+    umask), is synced, and replaces the keyring with ``os.replace``; then the directory is synced
+    so the rename survives a crash. Whatever happens, the file holds the old keyring or the new
+    one, never a torn mix: a keyring that no longer parses would strand everything sealed under
+    it. A symbolic link is followed, so the keyring it points at is replaced and the link stays.
+
+    Refused (InvalidInput) for a keyring given as UID2_KEYRING: that comes from whatever started
+    the process, which no command can rewrite. The rules of ``load_keyring`` apply to what is
+    written too: in prod, never a development or placeholder keyring. A file that cannot be
+    written raises ``KeyringError`` naming it, with the keyring left as it was.
+    """
+    if settings.keyring_json is not None:
+        raise InvalidInput(
+            "The keyring comes from the UID2_KEYRING environment variable and cannot be written; "
+            "provision the new keyring JSON there"
+        )
+    require_keyring(keyring, settings.environment)
+    path = settings.keyring_path.resolve()
+    try:
+        _replace_private(path, keyring.to_json())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise KeyringError(f"The keyring file {path} cannot be written: {reason}") from None
+
+
+def _replace_private(path: Path, content: str) -> None:
+    """Atomically replace ``path`` with ``content``, owner-only (see ``save_keyring``)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, _PRIVATE_FILE)
+            data = memoryview(content.encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredKeyring:
+    """The keyring ``settings`` name, as the KEK rotation use cases read and write it."""
+
+    settings: Settings
+
+    @property
+    def source(self) -> str:
+        return keyring_source(self.settings)
+
+    @property
+    def writable(self) -> bool:
+        return self.settings.keyring_json is None
+
+    def load(self) -> Keyring:
+        return load_keyring(self.settings)
+
+    def save(self, keyring: Keyring) -> None:
+        save_keyring(self.settings, keyring)
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -194,4 +280,20 @@ def open_services(
         settings=settings,
         material=material,
         sharing=SharingService(store, ring, settings.environment, now, rand, material=material),
+    )
+
+
+def keyring_rotation_service(
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock | None = None,
+    random: RandomBytes | None = None,
+) -> KeyringRotationService:
+    """The KEK rotation use cases over ``store`` and the keyring ``settings`` name."""
+    return KeyringRotationService(
+        store,
+        ConfiguredKeyring(settings),
+        SystemClock() if clock is None else clock,
+        system_random if random is None else random,
     )

@@ -19,6 +19,7 @@ from uid2_operator.cli.admin_tokens import admin_token
 from uid2_operator.cli.audit import audit
 from uid2_operator.cli.database import db, init
 from uid2_operator.cli.keypairs import PARTICIPANT_COMMANDS, keypair
+from uid2_operator.cli.keyring import keyring
 from uid2_operator.cli.keys import key
 from uid2_operator.cli.material import keys, optout, salts
 from uid2_operator.cli.output import (
@@ -119,5 +120,6 @@ main.add_command(salts)
 main.add_command(optout)
 main.add_command(sharing)
 main.add_command(keypair)
+main.add_command(keyring)
 for _command in PARTICIPANT_COMMANDS:
     participant.add_command(_command)

@@ -58,3 +58,16 @@ def open_material(keyring: Keyring, label: str, ident: int | str, sealed: Sealed
         return aead.open_(kek, sealed.ciphertext, material_aad(label, ident))
     except aead.AeadFailure:
         raise SealedSecretUnreadable(f"The sealed {label} {ident} does not open") from None
+
+
+def reseal_material(
+    keyring: Keyring, label: str, ident: int | str, sealed: SealedMaterial, random: RandomBytes
+) -> SealedMaterial:
+    """KEK rotation, step 2, for material: the same plaintext sealed again under the active version.
+
+    The associated data stays ``material_aad(label, ident)``, so the new blob is bound to the same
+    row and kind as the old one. A blob that does not open raises ``SealedSecretUnreadable`` and
+    nothing is sealed.
+    """
+    plaintext = open_material(keyring, label, ident, sealed)
+    return seal_material(keyring, label, ident, plaintext, random)

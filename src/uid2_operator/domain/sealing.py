@@ -287,3 +287,18 @@ def reseal_secret(keyring: Keyring, sealed: SealedSecret, random: RandomBytes) -
         kek_version=version,
         ciphertext=aead.seal(keyring.kek(version), secret.raw, random, sealed.key_id.encode()),
     )
+
+
+def add_kek_version_numbered(keyring: Keyring, version: int, random: RandomBytes) -> Keyring:
+    """``add_kek_version`` with the caller choosing the new version's number.
+
+    The number must be above every version the keyring holds. The caller picks one above every
+    version sealed items in the store still name as well: a version that went missing from the
+    keyring must never come back with another key, or the items sealed under it would stop
+    showing as "sealed under a version the keyring lacks" and fail as if tampered with instead.
+    """
+    highest = max(keyring.versions)
+    if isinstance(version, bool) or not isinstance(version, int) or version <= highest:
+        raise KeyringError(f"A new key-encryption key version must be above {highest}")
+    keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
+    return Keyring(keks, version, keyring.pepper, development=keyring.development)

@@ -25,6 +25,7 @@ from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey
+from uid2_operator.domain.material_sealing import SealedMaterial
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
@@ -43,6 +44,10 @@ position. ``domain.audit.event_hash`` has exactly this shape.
 
 UsageEntry = tuple[str, str, int, int]
 """One usage observation to record: ``(key_id, endpoint, count, last_used_at_ms)``."""
+
+KekVersionCounts = dict[int, int]
+"""How many sealed items name each key-encryption key version: ``{version: count}``, ascending,
+versions with no item left out."""
 
 
 class AuditFields(Protocol):
@@ -169,6 +174,14 @@ class SecretReader(Protocol):
 
     def list_live(self, now_ms: int) -> list[SealedSecret]:
         """Every secret with no ``retires_at_ms`` or one after ``now_ms``, by secret id."""
+        ...
+
+    def count_by_kek_version(self) -> KekVersionCounts:
+        """Every stored secret (retired ones not yet purged included), counted by KEK version."""
+        ...
+
+    def list_not_sealed_under(self, kek_version: int) -> list[SealedSecret]:
+        """Every stored secret sealed under another KEK version than ``kek_version``, by id."""
         ...
 
 
@@ -308,6 +321,15 @@ class EncryptionKeyReader(Protocol):
         """A keyset's keys by key id."""
         ...
 
+    def count_by_kek_version(self) -> KekVersionCounts:
+        """Every key (expired ones included), counted by the KEK version its secret is under."""
+        ...
+
+    def list_not_sealed_under(self, kek_version: int) -> list[SealedKey]:
+        """Every key whose secret is sealed under another KEK version than ``kek_version``, by
+        key id."""
+        ...
+
 
 class EncryptionKeyRepository(EncryptionKeyReader, Protocol):
     def allocate_ids(self, count: int) -> list[int]:
@@ -318,6 +340,14 @@ class EncryptionKeyRepository(EncryptionKeyReader, Protocol):
 
     def add(self, key: SealedKey) -> None:
         """Raises AlreadyExists for a taken key id, NotFound for an unknown keyset."""
+        ...
+
+    def reseal(self, key_id: int, secret: SealedMaterial) -> None:
+        """Writes the key's sealed secret and its KEK version, nothing else; raises NotFound.
+
+        For KEK rotation: the secret is the same, sealed again, so the key's times and keyset
+        stay as they are.
+        """
         ...
 
 
@@ -331,6 +361,15 @@ class SaltReader(Protocol):
     def iter_chunks(self) -> Iterator[SealedSaltChunk]:
         """Every chunk by number, fetched a few rows at a time (a production table is ~80 MB);
         consume it inside the unit of work."""
+        ...
+
+    def count_chunks_by_kek_version(self) -> KekVersionCounts:
+        """Every chunk, counted by the KEK version its salts are sealed under."""
+        ...
+
+    def chunk_numbers_not_sealed_under(self, kek_version: int) -> list[int]:
+        """The numbers of the chunks sealed under another KEK version than ``kek_version``,
+        ascending (numbers only: a caller re-sealing them reads one chunk at a time)."""
         ...
 
 
@@ -406,6 +445,14 @@ class KeypairReader(Protocol):
         """Every keypair, by site then age."""
         ...
 
+    def count_by_kek_version(self) -> KekVersionCounts:
+        """Every keypair, counted by the KEK version its private key is sealed under."""
+        ...
+
+    def list_not_sealed_under(self, kek_version: int) -> list[ClientKeypair]:
+        """Every keypair whose private key is sealed under another KEK version, by site then age."""
+        ...
+
 
 class KeypairRepository(KeypairReader, Protocol):
     def add(self, keypair: ClientKeypair) -> None:
@@ -418,6 +465,13 @@ class KeypairRepository(KeypairReader, Protocol):
 
     def delete(self, subscription_id: str) -> None:
         """Removes the row, its sealed private key with it; raises NotFound."""
+        ...
+
+    def reseal(self, subscription_id: str, private_key: SealedMaterial) -> None:
+        """Writes the sealed private key and its KEK version, nothing else; raises NotFound.
+
+        For KEK rotation: the key pair itself never changes (``update`` cannot touch it).
+        """
         ...
 
 

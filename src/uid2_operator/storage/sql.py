@@ -37,6 +37,7 @@ from uid2_operator.storage.interface import (
     GENESIS_PREV_HASH,
     AuditFields,
     EventHasher,
+    KekVersionCounts,
     KeyUsage,
     ReadTx,
     SiteOrigins,
@@ -221,6 +222,12 @@ def _check_updated(rowcount: int, what: str) -> None:
         raise NotFound(f"No {what}")
 
 
+def _count_by_kek_version(conn: Connection, column: ColumnElement[Any]) -> KekVersionCounts:
+    """``{kek_version: rows}`` for one table's KEK version column, ascending."""
+    rows = conn.execute(select(column, func.count()).group_by(column).order_by(column))
+    return {int(version): int(count) for version, count in rows}
+
+
 class _Participants:
     def __init__(self, unit: _Unit) -> None:
         self._u = unit
@@ -327,6 +334,16 @@ class _Secrets:
             select(t.client_secrets)
             .where(c.retires_at_ms.is_(None) | (c.retires_at_ms > now_ms))
             .order_by(c.secret_id)
+        )
+        return [_secret(row) for row in rows]
+
+    def count_by_kek_version(self) -> KekVersionCounts:
+        return _count_by_kek_version(self._u.conn, t.client_secrets.c.kek_version)
+
+    def list_not_sealed_under(self, kek_version: int) -> list[SealedSecret]:
+        c = t.client_secrets.c
+        rows = self._u.conn.execute(
+            select(t.client_secrets).where(c.kek_version != kek_version).order_by(c.secret_id)
         )
         return [_secret(row) for row in rows]
 
@@ -744,6 +761,25 @@ class _EncryptionKeys:
         )
         return [_sealed_key(row) for row in rows]
 
+    def count_by_kek_version(self) -> KekVersionCounts:
+        return _count_by_kek_version(self._u.conn, t.encryption_keys.c.kek_version)
+
+    def list_not_sealed_under(self, kek_version: int) -> list[SealedKey]:
+        c = t.encryption_keys.c
+        rows = self._u.conn.execute(
+            select(t.encryption_keys).where(c.kek_version != kek_version).order_by(c.key_id)
+        )
+        return [_sealed_key(row) for row in rows]
+
+    def reseal(self, key_id: int, secret: SealedMaterial) -> None:
+        conn = self._u.writing()
+        result = conn.execute(
+            update(t.encryption_keys)
+            .where(t.encryption_keys.c.key_id == key_id)
+            .values(kek_version=secret.kek_version, ciphertext=secret.ciphertext)
+        )
+        _check_updated(result.rowcount, f"encryption key {key_id}")
+
     def allocate_ids(self, count: int) -> list[int]:
         if count < 0:
             raise StoreError("Cannot allocate a negative number of key ids")
@@ -806,6 +842,16 @@ class _Salts:
                 yield _salt_chunk(row)
         finally:
             result.close()
+
+    def count_chunks_by_kek_version(self) -> KekVersionCounts:
+        return _count_by_kek_version(self._u.conn, t.salt_chunks.c.kek_version)
+
+    def chunk_numbers_not_sealed_under(self, kek_version: int) -> list[int]:
+        c = t.salt_chunks.c
+        rows = self._u.conn.execute(
+            select(c.chunk).where(c.kek_version != kek_version).order_by(c.chunk)
+        )
+        return [int(number) for number in rows.scalars()]
 
     def put_header(self, header: SaltHeader) -> None:
         conn = self._u.writing()
@@ -997,6 +1043,18 @@ class _Keypairs:
         )
         return [_keypair(row) for row in rows]
 
+    def count_by_kek_version(self) -> KekVersionCounts:
+        return _count_by_kek_version(self._u.conn, t.client_side_keypairs.c.kek_version)
+
+    def list_not_sealed_under(self, kek_version: int) -> list[ClientKeypair]:
+        c = t.client_side_keypairs.c
+        rows = self._u.conn.execute(
+            select(t.client_side_keypairs)
+            .where(c.kek_version != kek_version)
+            .order_by(c.site_id, c.created_at_ms, c.subscription_id)
+        )
+        return [_keypair(row) for row in rows]
+
     def add(self, keypair: ClientKeypair) -> None:
         conn = self._u.writing()
         if self._u.exists(t.client_side_keypairs.c.subscription_id, keypair.subscription_id):
@@ -1032,6 +1090,19 @@ class _Keypairs:
         c = t.client_side_keypairs.c
         result = conn.execute(
             delete(t.client_side_keypairs).where(c.subscription_id == subscription_id)
+        )
+        _check_updated(result.rowcount, f"keypair {subscription_id}")
+
+    def reseal(self, subscription_id: str, private_key: SealedMaterial) -> None:
+        conn = self._u.writing()
+        c = t.client_side_keypairs.c
+        result = conn.execute(
+            update(t.client_side_keypairs)
+            .where(c.subscription_id == subscription_id)
+            .values(
+                kek_version=private_key.kek_version,
+                private_key_ciphertext=private_key.ciphertext,
+            )
         )
         _check_updated(result.rowcount, f"keypair {subscription_id}")
 

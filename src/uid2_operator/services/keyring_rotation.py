@@ -1,0 +1,495 @@
+"""KEK rotation as an administrator runs it: see what is sealed under which key-encryption key
+version, add a version, re-seal everything under the active one, drop a version nothing needs.
+
+Everything secret at rest is sealed under a versioned key-encryption key (KEK) from the keyring:
+client secrets (``domain.sealing``), and the material of ``domain.material_sealing`` (encryption
+keys, the salt table's first-level salt and bucket-id secret, the salt chunks, client-side private
+keys). The keyring lives outside the store, in a file or in the UID2_KEYRING variable, so the two
+can drift apart, and one drift loses data for good: a version removed from the keyring while
+items are still sealed under it. Nothing opens those items again, and every snapshot load fails
+on them. So the use cases here count the store before they change the keyring, and do both in one
+write unit of work: the store's write lock is held from the count to the keyring write, and no
+other writer can seal anything in between. (A running ``serve`` keeps sealing with the keyring it
+started with; that is why the documented procedure restarts it after ``add_version``.)
+
+- ``status``: the keyring's versions (numbers only, never key bytes or the pepper) and, for every
+  version the keyring holds or the store names, how many items of each kind are sealed under it.
+  A version the store names but the keyring lacks is shown as such: it is the error condition.
+- ``add_version``: a new random version becomes active. It is numbered above every version the
+  keyring holds *and* every version the store still names, so a version lost from the keyring is
+  never issued again with another key (its items would then fail to open as if tampered with,
+  instead of showing as sealed under a missing version). Older versions stay, so old seals open.
+- ``reseal``: every item not under the active version is opened and sealed again under it, all
+  in one unit of work: either every item moves or none does. The plaintexts do not change: API
+  keys keep their secrets, issued tokens keep decrypting, raw UIDs stay the same. The store's
+  change sequence moves once, as after any change, and workers reload; a reload finds the same
+  secrets, salts and keys. A second run finds nothing to do and changes nothing.
+- ``drop_version``: refused while anything is sealed under the version, and for the active one.
+
+Each change writes one audit event in its unit of work, with version numbers and counts only.
+Reading and writing the keyring belong to the composition root (``bootstrap``); the use cases see
+it through a ``KeyringHolder``. A keyring given in the environment cannot be written: adding or
+dropping a version is then refused with what to provision instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Protocol
+
+from uid2_operator.clock import Clock
+from uid2_operator.domain.keypairs import PRIVATE_KEY_LABEL
+from uid2_operator.domain.material_sealing import (
+    ENCRYPTION_KEY_LABEL,
+    FIRST_LEVEL_SALT_LABEL,
+    ID_SECRET_LABEL,
+    SALT_CHUNK_LABEL,
+    reseal_material,
+)
+from uid2_operator.domain.salts import SaltHeader
+from uid2_operator.domain.sealing import (
+    Keyring,
+    add_kek_version_numbered,
+    drop_kek_version,
+    reseal_secret,
+)
+from uid2_operator.errors import InvalidInput, KeyringError, StoreError
+from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.context import SYSTEM, Actor
+from uid2_operator.storage.interface import KekVersionCounts, ReadTx, Store, Tx
+from uid2_operator.wire.aead import RandomBytes
+
+logger = logging.getLogger(__name__)
+
+KEYRING_TARGET: Final = "keyring"
+"""The audit target type of the keyring's events (the target id is a version number)."""
+ADD_VERSION_ACTION: Final = "keyring.version.add"
+RESEAL_ACTION: Final = "keyring.reseal"
+DROP_VERSION_ACTION: Final = "keyring.version.drop"
+RESEAL_COMMAND: Final = "uid2-operator keyring reseal"
+
+
+class KeyringHolder(Protocol):
+    """Where the keyring is read from and written to (``bootstrap.ConfiguredKeyring``)."""
+
+    @property
+    def source(self) -> str:
+        """The keyring file's path, or ``"environment"`` for one given as UID2_KEYRING."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False for a keyring from the environment: no command can rewrite it."""
+        ...
+
+    def load(self) -> Keyring:
+        """The keyring as it is now, under the same rules as every other command."""
+        ...
+
+    def save(self, keyring: Keyring) -> None:
+        """Replace the keyring, atomically."""
+        ...
+
+
+# ------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class SealedCounts:
+    """How many items of each kind are sealed under one KEK version (or were just re-sealed).
+
+    The field names are the kinds, as ``to_json`` prints them: ``client_secrets`` (rows of
+    ``client_secrets``, retired ones not yet purged included), ``encryption_keys`` (every key,
+    expired ones included), ``salt_table`` (the first-level salt and the bucket-id secret: two
+    items), ``salt_chunks`` and ``keypairs`` (client-side private keys).
+    """
+
+    client_secrets: int = 0
+    encryption_keys: int = 0
+    salt_table: int = 0
+    salt_chunks: int = 0
+    keypairs: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.to_json().values())
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> str:
+        """``"5 items (client_secrets 3, salt_table 2)"``: the total and the kinds with items."""
+        parts = ", ".join(f"{kind} {count}" for kind, count in self.to_json().items() if count)
+        total = self.total
+        return f"{total} item{'' if total == 1 else 's'}" + (f" ({parts})" if parts else "")
+
+
+SEALED_KINDS: Final = tuple(f.name for f in fields(SealedCounts))
+"""The kinds of sealed item, in the order every output lists them."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionUse:
+    """One KEK version: whether the keyring holds it, whether it is active, what it seals."""
+
+    version: int
+    in_keyring: bool
+    active: bool
+    sealed: SealedCounts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "in_keyring": self.in_keyring,
+            "active": self.active,
+            "sealed": self.sealed.to_json(),
+            "total": self.sealed.total,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringStatus:
+    """The keyring (versions only) beside what the store has sealed under each version.
+
+    ``versions`` lists every version the keyring holds or the store names, ascending.
+    """
+
+    source: str
+    development: bool
+    active_version: int
+    keyring_versions: tuple[int, ...]
+    versions: tuple[VersionUse, ...]
+
+    @property
+    def unknown_versions(self) -> tuple[int, ...]:
+        """Versions items are sealed under that the keyring lacks: those items cannot open."""
+        return tuple(use.version for use in self.versions if not use.in_keyring)
+
+    @property
+    def to_reseal(self) -> int:
+        """Items not under the active version: what ``reseal`` would move."""
+        return sum(use.sealed.total for use in self.versions if not use.active)
+
+    def use_of(self, version: int) -> VersionUse | None:
+        return next((use for use in self.versions if use.version == version), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "development": self.development,
+            "active_version": self.active_version,
+            "keyring_versions": list(self.keyring_versions),
+            "versions": [use.to_json() for use in self.versions],
+            "unknown_versions": list(self.unknown_versions),
+            "to_reseal": self.to_reseal,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResealResult:
+    """What one ``reseal`` moved: counts per kind, and the versions they moved from."""
+
+    at_ms: int
+    active_version: int
+    from_versions: tuple[int, ...]
+    resealed: SealedCounts = field(default_factory=SealedCounts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "active_version": self.active_version,
+            "from_versions": list(self.from_versions),
+            "resealed": self.resealed.to_json(),
+            "total": self.resealed.total,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChange:
+    """A version added to or dropped from the keyring, and the keyring's versions after."""
+
+    at_ms: int
+    version: int
+    active_version: int
+    keyring_versions: tuple[int, ...]
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "version": self.version,
+            "active_version": self.active_version,
+            "keyring_versions": list(self.keyring_versions),
+            "source": self.source,
+        }
+
+
+# ------------------------------------------------------------------------------- counting
+
+
+def _header_counts(header: SaltHeader | None) -> KekVersionCounts:
+    if header is None:
+        return {}
+    return dict(Counter((header.first_level_salt.kek_version, header.id_secret.kek_version)))
+
+
+def sealed_inventory(tx: ReadTx) -> dict[int, SealedCounts]:
+    """``{kek_version: SealedCounts}`` for every version the store names, ascending."""
+    per_kind: dict[str, KekVersionCounts] = {
+        "client_secrets": tx.secrets.count_by_kek_version(),
+        "encryption_keys": tx.encryption_keys.count_by_kek_version(),
+        "salt_table": _header_counts(tx.salts.header()),
+        "salt_chunks": tx.salts.count_chunks_by_kek_version(),
+        "keypairs": tx.keypairs.count_by_kek_version(),
+    }
+    versions = sorted({version for counts in per_kind.values() for version in counts})
+    return {
+        version: SealedCounts(**{kind: counts.get(version, 0) for kind, counts in per_kind.items()})
+        for version in versions
+    }
+
+
+def keyring_status(
+    keyring: Keyring, source: str, inventory: dict[int, SealedCounts]
+) -> KeyringStatus:
+    versions = sorted(set(keyring.versions) | set(inventory))
+    return KeyringStatus(
+        source=source,
+        development=keyring.development,
+        active_version=keyring.active_version,
+        keyring_versions=keyring.versions,
+        versions=tuple(
+            VersionUse(
+                version=version,
+                in_keyring=version in keyring.versions,
+                active=version == keyring.active_version,
+                sealed=inventory.get(version, SealedCounts()),
+            )
+            for version in versions
+        ),
+    )
+
+
+def _missing_versions(keyring: Keyring, inventory: dict[int, SealedCounts]) -> str | None:
+    """``"version 3: 2 items (client_secrets 2)"`` for each version the keyring lacks that items
+    are sealed under; None when there is none."""
+    missing = [
+        f"version {version}: {counts.describe()}"
+        for version, counts in inventory.items()
+        if version not in keyring.versions and counts.total
+    ]
+    return "; ".join(missing) or None
+
+
+# ------------------------------------------------------------------------------- service
+
+
+class KeyringRotationService:
+    """The three steps of KEK rotation and the status that guides them (see the module doc)."""
+
+    def __init__(
+        self, store: Store, keyring: KeyringHolder, clock: Clock, random: RandomBytes
+    ) -> None:
+        self._store = store
+        self._holder = keyring
+        self._clock = clock
+        self._random = random
+
+    def status(self) -> KeyringStatus:
+        """The keyring's versions and what is sealed under each, from one read unit of work."""
+        keyring = self._holder.load()
+        with self._store.read() as rx:
+            inventory = sealed_inventory(rx)
+        return keyring_status(keyring, self._holder.source, inventory)
+
+    def add_version(self, actor: Actor = SYSTEM) -> VersionChange:
+        """Step 1: a new random version, active at once, written to the keyring file."""
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            keyring = self._holder.load()
+            inventory = sealed_inventory(tx)
+            version = max((*keyring.versions, *inventory)) + 1
+            if not self._holder.writable:
+                raise InvalidInput(
+                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
+                    f"keyring JSON there with version {version} added (32 random bytes, base64) "
+                    f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
+                )
+            updated = add_kek_version_numbered(keyring, version, self._random)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action=ADD_VERSION_ACTION,
+                target_type=KEYRING_TARGET,
+                target_id=str(version),
+                after={"kek_version": version},
+            )
+            # Last, so a refusal of the write rolls the audit event back with everything else.
+            self._holder.save(updated)
+        logger.info("keyring version added version=%d actor=%s", version, actor.id)
+        return VersionChange(now, version, version, updated.versions, self._holder.source)
+
+    def reseal(self, actor: Actor = SYSTEM) -> ResealResult:
+        """Step 2: every item not under the active version, sealed again under it, all at once.
+
+        Refused, changing nothing, while items are sealed under a version the keyring lacks
+        (they cannot be opened; the message names the versions and what they seal).
+        """
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            keyring = self._holder.load()
+            inventory = sealed_inventory(tx)
+            missing = _missing_versions(keyring, inventory)
+            if missing is not None:
+                raise KeyringError(
+                    f"Items are sealed under key-encryption key versions the keyring lacks "
+                    f"({missing}); put those versions back into the keyring, then re-seal"
+                )
+            active = keyring.active_version
+            from_versions = tuple(
+                version
+                for version, counts in inventory.items()
+                if version != active and counts.total
+            )
+            if not from_versions:
+                return ResealResult(now, active, ())
+            resealed = self._reseal_all(tx, keyring)
+            expected = SealedCounts(
+                **{
+                    kind: sum(getattr(inventory[v], kind) for v in from_versions)
+                    for kind in SEALED_KINDS
+                }
+            )
+            if resealed != expected:  # the write lock is held: the store cannot have moved
+                raise StoreError(
+                    f"Re-sealing moved {resealed.describe()}, not the {expected.describe()} "
+                    "counted; nothing was changed"
+                )
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action=RESEAL_ACTION,
+                target_type=KEYRING_TARGET,
+                target_id=str(active),
+                after={
+                    "kek_version": active,
+                    "from_versions": list(from_versions),
+                    "resealed": resealed.to_json(),
+                    "total": resealed.total,
+                },
+            )
+        logger.info(
+            "sealed items moved to keyring version=%d items=%d from=%s actor=%s",
+            active,
+            resealed.total,
+            ",".join(str(v) for v in from_versions),
+            actor.id,
+        )
+        return ResealResult(now, active, from_versions, resealed)
+
+    def _reseal_all(self, tx: Tx, keyring: Keyring) -> SealedCounts:
+        active = keyring.active_version
+        rand = self._random
+        secrets = 0
+        for secret in tx.secrets.list_not_sealed_under(active):
+            tx.secrets.update(reseal_secret(keyring, secret, rand))
+            secrets += 1
+        keys = 0
+        for key in tx.encryption_keys.list_not_sealed_under(active):
+            tx.encryption_keys.reseal(
+                key.id, reseal_material(keyring, ENCRYPTION_KEY_LABEL, key.id, key.secret, rand)
+            )
+            keys += 1
+        header_items = 0
+        header = tx.salts.header()
+        if header is not None:
+            first_level_salt, id_secret = header.first_level_salt, header.id_secret
+            if first_level_salt.kek_version != active:
+                first_level_salt = reseal_material(
+                    keyring, FIRST_LEVEL_SALT_LABEL, 0, first_level_salt, rand
+                )
+                header_items += 1
+            if id_secret.kek_version != active:
+                id_secret = reseal_material(keyring, ID_SECRET_LABEL, 0, id_secret, rand)
+                header_items += 1
+            if header_items:
+                # Same version and times: the salts did not change, only how they are sealed.
+                tx.salts.put_header(
+                    replace(header, first_level_salt=first_level_salt, id_secret=id_secret)
+                )
+        chunks = 0
+        for number in tx.salts.chunk_numbers_not_sealed_under(active):
+            # One chunk in memory at a time: a production chunk is over a megabyte.
+            chunk = tx.salts.get_chunk(number)
+            if chunk is None:  # listed a moment ago under the same write lock
+                raise StoreError(f"Salt chunk {number} vanished while re-sealing")
+            salts = reseal_material(keyring, SALT_CHUNK_LABEL, number, chunk.salts, rand)
+            tx.salts.put_chunks([replace(chunk, salts=salts)])
+            chunks += 1
+        keypairs = 0
+        for keypair in tx.keypairs.list_not_sealed_under(active):
+            tx.keypairs.reseal(
+                keypair.subscription_id,
+                reseal_material(
+                    keyring,
+                    PRIVATE_KEY_LABEL,
+                    keypair.subscription_id,
+                    keypair.sealed_private_key,
+                    rand,
+                ),
+            )
+            keypairs += 1
+        return SealedCounts(secrets, keys, header_items, chunks, keypairs)
+
+    def drop_version(self, version: int, actor: Actor = SYSTEM) -> VersionChange:
+        """Step 3: remove ``version`` from the keyring file once nothing is sealed under it.
+
+        Refused (InvalidInput, changing nothing) for a version the keyring does not hold, for the
+        active version, while anything in the store is sealed under it (the message names what,
+        and says to re-seal first), and for a keyring from the environment.
+        """
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InvalidInput("The version must be an integer")
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            keyring = self._holder.load()
+            held = ", ".join(str(v) for v in keyring.versions)
+            if version not in keyring.versions:
+                raise InvalidInput(
+                    f"The keyring has no key-encryption key version {version} (it holds {held})"
+                )
+            if version == keyring.active_version:
+                raise InvalidInput(
+                    f"Version {version} is the active key-encryption key version and cannot be "
+                    "dropped: add a new version, re-seal, then drop this one"
+                )
+            sealed = sealed_inventory(tx).get(version, SealedCounts())
+            if sealed.total:
+                raise InvalidInput(
+                    f"Version {version} still seals {sealed.describe()}; dropping it would make "
+                    f"them unreadable. Run {RESEAL_COMMAND} first"
+                )
+            if not self._holder.writable:
+                raise InvalidInput(
+                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
+                    f"keyring JSON there without version {version}, then restart"
+                )
+            updated = drop_kek_version(keyring, version)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action=DROP_VERSION_ACTION,
+                target_type=KEYRING_TARGET,
+                target_id=str(version),
+                before={"kek_version": version},
+            )
+            self._holder.save(updated)
+        logger.info("keyring version dropped version=%d actor=%s", version, actor.id)
+        return VersionChange(
+            now, version, updated.active_version, updated.versions, self._holder.source
+        )
