@@ -22,13 +22,13 @@ from typing import Final
 from uid2_operator.domain.credentials import issue_api_key
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_api_key
+from uid2_operator.domain.keysets import new_site_keyset, reserved_keysets
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SALT_SIZE, SaltTable
 from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.services.snapshot import (
     ClientRecord,
-    Keyset,
     Lifetimes,
     LiveSecret,
     OperatorIdentity,
@@ -128,12 +128,7 @@ def build_world(seed: bytes, now_ms: int, bucket_count: int = DEFAULT_BUCKETS) -
         created_by="bench",
     )
     secret = ClientSecret(random(32))
-    keysets = [
-        Keyset(-1, -1, default=False),
-        Keyset(-2, -2, default=False),
-        Keyset(2, 2),
-        Keyset(SITE_KEYSET_ID, SITE_ID),
-    ]
+    keysets = [*reserved_keysets(now_ms), new_site_keyset(SITE_KEYSET_ID, SITE_ID, now_ms)]
     keys = [
         _keys(-1, 1, now_s, random),
         _keys(-2, 2, now_s, random),

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,19 +30,17 @@ from uid2_operator.clock import SystemClock, system_random
 from uid2_operator.domain.credentials import ApiKey, KeyState, issue_api_key
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_api_key
+from uid2_operator.domain.keysets import SharingMode, new_site_keyset, reserved_keysets
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import Participant, ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SALT_SIZE, SaltTable
 from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.services.snapshot import (
     ClientRecord,
-    Keyset,
     Lifetimes,
     LiveSecret,
     OperatorIdentity,
-    OptOutRecord,
-    SaltRecord,
-    SaltTable,
-    SharingMode,
     Snapshot,
     build_snapshot,
 )
@@ -207,25 +206,29 @@ def _keys(keyset_id: int, first_id: int, now_s: int) -> list[EncryptionKey]:
 
 
 def _salts(now_ms: int) -> SaltTable:
-    records = []
+    """The table ``serve`` loads, in its column layout: every third bucket rotated ten days ago
+    and still holding its previous salt; odd buckets may not rotate again for 20 days."""
+    salts, previous = bytearray(), bytearray(BUCKET_COUNT * SALT_SIZE)
+    has_previous = bytearray(BUCKET_COUNT // 8)
+    last_updated, refresh_from = array("q"), array("q")
     for i in range(BUCKET_COUNT):
-        salt = b64encode(hashlib.sha256(f"salt-{i}".encode()).digest())
+        salts += hashlib.sha256(f"salt-{i}".encode()).digest()
         rotated = i % 3 == 0
-        records.append(
-            SaltRecord(
-                index=i,
-                last_updated_ms=now_ms - (10 if rotated else 200) * DAY_S * 1000,
-                refresh_from_ms=now_ms + (20 * DAY_S * 1000 if i % 2 else -DAY_S * 1000),
-                current_salt=salt,
-                previous_salt=(
-                    b64encode(hashlib.sha256(f"old-salt-{i}".encode()).digest())
-                    if rotated
-                    else None
-                ),
-            )
-        )
-    return SaltTable.build(
-        records, first_level_salt=FIRST_LEVEL_SALT, id_prefix="a", id_secret="bucket-id-secret"
+        if rotated:
+            at = i * SALT_SIZE
+            previous[at : at + SALT_SIZE] = hashlib.sha256(f"old-salt-{i}".encode()).digest()
+            has_previous[i >> 3] |= 1 << (i & 7)
+        last_updated.append(now_ms - (10 if rotated else 200) * DAY_S * 1000)
+        refresh_from.append(now_ms + (20 * DAY_S * 1000 if i % 2 else -DAY_S * 1000))
+    return SaltTable(
+        first_level_salt=FIRST_LEVEL_SALT,
+        id_prefix="a",
+        id_secret="bucket-id-secret",
+        salts=bytes(salts),
+        previous=bytes(previous),
+        has_previous=bytes(has_previous),
+        last_updated=last_updated,
+        refresh_from=refresh_from,
     )
 
 
@@ -301,15 +304,15 @@ def build_world_snapshot(now_ms: int) -> tuple[Snapshot, dict[str, Credential]]:
         credentials[name] = Credential(minted.text, secret.text, minted.key_id, site)
 
     keysets = [
-        Keyset(-1, -1, default=False),
-        Keyset(-2, -2, default=False),
-        Keyset(2, 2),
-        Keyset(
-            KEYSET_A, SITE_A, sharing=SharingMode.LIST, allowed_sites=frozenset({SITE_B, SITE_D})
+        *reserved_keysets(now_ms),
+        replace(
+            new_site_keyset(KEYSET_A, SITE_A, now_ms),
+            sharing=SharingMode.LIST,
+            allowed_sites=frozenset({SITE_B, SITE_D}),
         ),
-        Keyset(KEYSET_B, SITE_B, sharing=SharingMode.OWNER_ONLY),
-        Keyset(KEYSET_C, SITE_C),
-        Keyset(KEYSET_E, SITE_E),
+        replace(new_site_keyset(KEYSET_B, SITE_B, now_ms), sharing=SharingMode.OWNER_ONLY),
+        new_site_keyset(KEYSET_C, SITE_C, now_ms),
+        new_site_keyset(KEYSET_E, SITE_E, now_ms),
     ]
     keys = [
         *_keys(-1, 1, now_s),
@@ -332,7 +335,7 @@ def build_world_snapshot(now_ms: int) -> tuple[Snapshot, dict[str, Credential]]:
         keysets=keysets,
         keys=keys,
         salts=salts,
-        optouts=[OptOutRecord(flh, "recorded-raw-uid", now_ms - 5 * DAY_S * 1000)],
+        optouts=[OptOutRecord(flh, now_ms - 5 * DAY_S * 1000, "recorded-raw-uid")],
     )
     return snapshot, credentials
 

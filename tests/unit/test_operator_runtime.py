@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from uid2_operator.clock import FixedClock
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.services.snapshot import OptOutRecord
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import MAX_PENDING_OPTOUTS, OptOutQueue, UsageMeter
@@ -92,7 +92,7 @@ def test_usage_meter_aggregates_and_restores() -> None:
 
 def test_optout_queue_is_bounded() -> None:
     queue = OptOutQueue()
-    record = OptOutRecord(bytes(32), "AA==", 1)
+    record = OptOutRecord(bytes(32), 1, "AA==")
     for _ in range(MAX_PENDING_OPTOUTS + 2):
         queue.add(record)
     assert (len(queue), queue.dropped) == (MAX_PENDING_OPTOUTS, 2)

@@ -62,7 +62,12 @@ class SharingMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Keyset:
-    """A set of keys owned by one site. ``is_default``: the site's keyset for new tokens."""
+    """A set of keys owned by one site. ``is_default``: the site's keyset for new tokens.
+
+    ``sharing`` and ``allowed_sites`` are the stored mode and sites. The participant types a list
+    may name live only in the keyset's ``domain.sharing.SharingPolicy``, which is why the
+    operator's snapshot keeps that policy beside each keyset rather than a keyset type of its own.
+    """
 
     keyset_id: int
     site_id: int

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from uid2_operator.domain.keysets import Keyset
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import (
@@ -40,8 +42,6 @@ from uid2_operator.services.snapshot import (
     OPTOUT_STATUS_MAX_REQUEST_SIZE,
     TOKEN_LIFETIME_TOLERANCE_SECONDS,
     Caller,
-    Keyset,
-    OptOutRecord,
     Snapshot,
 )
 from uid2_operator.wire.aead import RandomBytes
@@ -163,13 +163,10 @@ def _current_uid_of(snapshot: Snapshot, flh: bytes, kind: IdentityType) -> bytes
     """``_current_uid`` of ``flh``'s bucket, reading only the bucket's current salt.
 
     Token issuance, validate and logout need nothing else of the bucket, so no ``SaltBucket``
-    is made (and no previous salt decoded) unless the bucket holds v4 key material only.
+    is made (and no previous salt decoded).
     """
     salts = snapshot.salts
-    index = salts.index_of(flh)
-    salt = salts.salt(index)
-    if salt is None:
-        return _current_uid(snapshot, salts.bucket(index), flh, kind)
+    salt = salts.salt(salts.index_of(flh))
     ident = snapshot.identity
     if ident.identity_v3:
         return raw_uid_v3(flh, salt, ident.scope, kind)
@@ -339,7 +336,7 @@ def logout(
         raise InvalidTokenPresented from None
     flh = _flh(snapshot, identity.digest)
     raw_uid = _current_uid_of(snapshot, flh, identity.kind)
-    record(OptOutRecord(flh, b64encode(raw_uid), now_ms))
+    record(OptOutRecord(flh, now_ms, b64encode(raw_uid)))
     return Reply("success", {"optout": "OK"})
 
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
-
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.environments import Environment
@@ -78,8 +76,6 @@ from uid2_operator.services.context import Actor
 from uid2_operator.services.material import MaterialService
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.snapshot import CstgKeypair, SiteData
-from uid2_operator.services.snapshot import Keyset as SnapshotKeyset
-from uid2_operator.services.snapshot import SharingMode as SnapshotSharingMode
 from uid2_operator.storage.interface import ReadTx, SiteOrigins, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
 
@@ -157,28 +153,21 @@ class SiteOriginsView:
 # --------------------------------------------------------------------- the snapshot's part
 
 
-@dataclass(frozen=True, slots=True)
-class OpenedKeypair:
-    """A keypair with its private key opened: held in the operator's memory only."""
-
-    subscription_id: str
-    site_id: int
-    disabled: bool
-    public_key: bytes
-    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class ClientSideState:
     """Sharing choices by keyset, every participant's type and names, and the keypairs opened,
-    read in one unit of work (``change_seq`` is the state it reflects)."""
+    read in one unit of work (``change_seq`` is the state it reflects).
+
+    ``sharing`` (every keyset's choice, participant types included) and ``keypairs`` go into the
+    snapshot as they are; ``snapshot_sites`` joins the participants' facts into one record each.
+    """
 
     change_seq: int
     sharing: dict[int, SharingPolicy]
     site_types: dict[int, ParticipantType]
     site_enabled: dict[int, bool]
     origins: tuple[SiteOrigins, ...]
-    keypairs: tuple[OpenedKeypair, ...] = field(repr=False)
+    keypairs: tuple[CstgKeypair, ...] = field(repr=False)
 
     def snapshot_sites(self) -> list[SiteData]:
         """Every participant with its type, state and names, for the operator snapshot."""
@@ -193,24 +182,6 @@ class ClientSideState:
             )
             for site, kind in sorted(self.site_types.items())
         ]
-
-    def snapshot_keypairs(self) -> list[CstgKeypair]:
-        return [
-            CstgKeypair(k.subscription_id, k.site_id, k.disabled, k.private_key)
-            for k in self.keypairs
-        ]
-
-    def with_sharing(self, keyset: SnapshotKeyset) -> SnapshotKeyset:
-        """The snapshot keyset with the stored sharing choice (participant types included)."""
-        policy = self.sharing.get(keyset.keyset_id)
-        if policy is None:
-            return keyset
-        return replace(
-            keyset,
-            sharing=SnapshotSharingMode(policy.mode.value),
-            allowed_sites=policy.sites,
-            allowed_types=policy.types,
-        )
 
 
 def read_client_side_state(store: Store, keyring: Keyring) -> ClientSideState:
@@ -228,13 +199,7 @@ def read_client_side_state(store: Store, keyring: Keyring) -> ClientSideState:
         origins = tuple(tx.site_origins.list_all())
         stored = tx.keypairs.list_all()
     opened = tuple(
-        OpenedKeypair(
-            subscription_id=k.subscription_id,
-            site_id=k.site_id,
-            disabled=k.disabled,
-            public_key=k.public_key,
-            private_key=open_private_key(keyring, k),
-        )
+        CstgKeypair(k.subscription_id, k.site_id, k.disabled, open_private_key(keyring, k))
         for k in stored
     )
     return ClientSideState(change_seq, sharing, site_types, site_enabled, origins, opened)

@@ -7,36 +7,49 @@ the store poller, a test fixture) and never changes afterwards, so a request tha
 its start sees a consistent world until it ends, and replacing the whole object is the only way
 anything changes (an atomic reference swap, no locks on the hot path).
 
-Salts are the bulk of the data (the reference uses 2^20 buckets). They are held as a few flat
-buffers rather than one Python object per bucket: fixed-width salt strings packed into one
-``bytes`` blob each for current and previous salts, and ``array('q')`` columns for the
-timestamps. A million buckets of 44-character salts cost about 120 MB this way instead of several
-hundred MB as dicts of strings. The snapshot only needs the ``SaltSource`` protocol, so the
-service's own stored table (``domain.salts.SaltTable``, raw 32-byte salts, ~80 bytes a bucket) is
-used as loaded, without a per-bucket copy.
+The snapshot holds the domain's own values wherever they serve the request path as they are, so a
+snapshot that a test or a benchmark builds is made of exactly the types ``serve`` loads, and there
+is no second definition of a keyset, a salt table or an opt-out to drift from the first:
+
+- salts: ``domain.salts.SaltTable``, the table the material service loads, used as loaded. Salts
+  are the bulk of the data (2^20 buckets in production); that table keeps them in flat columns
+  (raw 32-byte salts, about 80 bytes a bucket) and makes a bucket's value only when a request
+  asks for it, so neither loading nor serving makes one Python object per bucket;
+- keysets: ``domain.keysets.Keyset``, each with its ``domain.sharing.SharingPolicy`` beside it
+  (the policy is the stored sharing choice in full, participant types included, which the keyset
+  record does not carry); who may download a key is ``domain.sharing.may_read``;
+- opt-outs: ``domain.optout.OptOutRecord``, whether loaded from the store or made by
+  ``/v2/token/logout`` (re-exported here, as the type ``build_snapshot`` and ``with_optouts``
+  take); whether an identity is opted out is ``domain.optout.is_opted_out``.
+
+What is the snapshot's own is what only the request path needs: client records with their secrets
+opened and their authorisation precomputed, opt-outs indexed by first-level hash and by raw UID,
+and the caches of active keys and verified API keys.
 """
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from hashlib import blake2b
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
 from uid2_operator.domain.credentials import ApiKey, KeyState, effective_roles
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.keysets import Keyset
+from uid2_operator.domain.optout import BuiltInIdentities, builtin_identities, is_opted_out
+from uid2_operator.domain.optout import OptOutRecord as OptOutRecord  # noqa: PLC0414 re-export
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SaltTable
 from uid2_operator.domain.sealing import ClientSecret
-from uid2_operator.errors import NoActiveKey, SaltError
-from uid2_operator.wire.identity import hash_identity, normalize_email
+from uid2_operator.domain.sharing import KeyReader, SharingPolicy, keyset_sharing, may_read
+from uid2_operator.errors import NoActiveKey
 from uid2_operator.wire.keys import (
     FALLBACK_PUBLISHER_SITE_ID,
     MASTER_KEYSET_ID,
@@ -44,12 +57,7 @@ from uid2_operator.wire.keys import (
     EncryptionKey,
     active_key,
 )
-from uid2_operator.wire.raw_uid import (
-    IdentityEnvironment,
-    SaltBucket,
-    bucket_index,
-    first_level_hash,
-)
+from uid2_operator.wire.raw_uid import IdentityEnvironment
 from uid2_operator.wire.scope import IdentityScope, IdentityType
 
 ALLOW_CLOCK_SKEW_SECONDS: Final = 1800
@@ -58,16 +66,6 @@ TOKEN_LIFETIME_TOLERANCE_SECONDS: Final = 10
 OPTOUT_STATUS_MAX_REQUEST_SIZE: Final = 5000
 OLDEST_REFRESHABLE_ESTABLISHED_MS: Final = 1_615_222_800_000
 """2021-03-08T17:00:00Z: identities established earlier are answered as opted out on refresh."""
-
-# Built-in test identities (operator-api §7.3), matched on type + first-level hash.
-ALWAYS_OPTED_OUT_EMAIL: Final = "optout@example.com"
-ALWAYS_OPTED_OUT_PHONE: Final = "+00000000000"
-REFRESH_OPTED_OUT_EMAIL: Final = "refresh-optout@example.com"
-REFRESH_OPTED_OUT_PHONE: Final = "+00000000002"
-NEVER_OPTED_OUT_EMAIL: Final = "validate@example.com"
-NEVER_OPTED_OUT_PHONE: Final = "+12345678901"
-_ALL_ZERO_FLH: Final = bytes(32)
-_ALL_ONES_FLH: Final = b"\xff" * 32
 
 
 # ----------------------------------------------------------------------------------- records
@@ -155,49 +153,6 @@ class ClientRecord:
         return [s.secret.raw for s in live]
 
 
-class SharingMode(StrEnum):
-    """Who besides the owning site may decrypt with a keyset's keys (operator-api §6.15).
-
-    ``BIDDERS`` is the reference's ``allowed_sites: null``: every ID_READER (DSP) caller may, no
-    other SHARER. ``LIST`` names the sites. ``OWNER_ONLY`` is an empty list.
-    """
-
-    OWNER_ONLY = "owner_only"
-    BIDDERS = "bidders"
-    LIST = "list"
-
-
-@dataclass(frozen=True, slots=True)
-class Keyset:
-    keyset_id: int
-    site_id: int
-    enabled: bool = True
-    default: bool = True
-    sharing: SharingMode = SharingMode.BIDDERS
-    allowed_sites: frozenset[int] = frozenset()
-    allowed_types: frozenset[ParticipantType] = frozenset()
-
-    def visible_to(
-        self,
-        site_id: int,
-        roles: frozenset[ClientRole],
-        participant_type: ParticipantType | None = None,
-    ) -> bool:
-        """The access rule of key/latest, key/sharing and key/bidstream (refresh keyset aside);
-        ``domain.sharing.may_read_keyset`` states the same rule for stored keysets."""
-        if self.keyset_id == MASTER_KEYSET_ID:
-            return True
-        if not self.enabled:
-            return False
-        if self.site_id == site_id:
-            return True
-        if self.sharing is SharingMode.BIDDERS:
-            return ClientRole.ID_READER in roles
-        return self.sharing is SharingMode.LIST and (
-            site_id in self.allowed_sites or participant_type in self.allowed_types
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class SiteData:
     """A participant as the key endpoints and client-side generation need it."""
@@ -220,28 +175,6 @@ class CstgKeypair:
 
 
 @dataclass(frozen=True, slots=True)
-class SaltRecord:
-    """One salt bucket as loaded; ``index`` is its line position and its public id."""
-
-    index: int
-    last_updated_ms: int
-    refresh_from_ms: int
-    current_salt: str
-    previous_salt: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OptOutRecord:
-    """An opt-out: the first-level hash, the raw UID it had then (base64; None when the record
-    does not know it: such a record counts for tokens and maps, not for ``optout/status``), and
-    when (ms)."""
-
-    first_level_hash: bytes = field(repr=False)
-    advertising_id: str | None = field(repr=False)
-    timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class Lifetimes:
     """Token lifetimes in seconds (operator-api §5.8)."""
 
@@ -257,195 +190,27 @@ class Lifetimes:
             raise ValueError("lifetimes must satisfy refresh-after <= identity <= refresh")
 
 
-# ----------------------------------------------------------------------------------- salts
-
-
-class SaltSource(Protocol):
-    """What requests read from a salt table; every bucket value is made on demand."""
-
-    @property
-    def bucket_count(self) -> int: ...
-
-    @property
-    def first_level_salt(self) -> str: ...
-
-    @property
-    def id_prefix(self) -> str: ...
-
-    @property
-    def id_secret(self) -> str: ...
-
-    def first_level_hash(self, identity_hash: bytes) -> bytes: ...
-
-    def index_of(self, flh: bytes) -> int: ...
-
-    def salt(self, index: int) -> str | None:
-        """The bucket's current salt (None: the bucket only holds v4 key material)."""
-        ...
-
-    def bucket(self, index: int) -> SaltBucket: ...
-
-    def updated_since(self, since_ms: int) -> list[tuple[int, int]]: ...
-
-
-class SaltTable:
-    """Salt buckets in flat, fixed-width columns.
-
-    ``salt_width`` is the length of every salt string (ASCII); a bucket without a previous salt
-    has a zero flag in ``_has_previous``.
-    """
-
-    __slots__ = (
-        "_current",
-        "_has_previous",
-        "_last_updated",
-        "_previous",
-        "_refresh_from",
-        "bucket_count",
-        "first_level_salt",
-        "id_prefix",
-        "id_secret",
-        "salt_width",
-    )
-
-    def __init__(
-        self,
-        *,
-        first_level_salt: str,
-        id_prefix: str,
-        id_secret: str,
-        salt_width: int,
-        current: bytes,
-        previous: bytes,
-        has_previous: bytes,
-        last_updated: array[int],
-        refresh_from: array[int],
-    ) -> None:
-        count = len(last_updated)
-        if count == 0:
-            raise SaltError("Salt file has no buckets")
-        if not (
-            len(current) == len(previous) == count * salt_width
-            and len(has_previous) == len(refresh_from) == count
-        ):
-            raise SaltError("Salt columns disagree in length")
-        self.first_level_salt = first_level_salt
-        self.id_prefix = id_prefix
-        self.id_secret = id_secret
-        self.salt_width = salt_width
-        self.bucket_count = count
-        self._current = current
-        self._previous = previous
-        self._has_previous = has_previous
-        self._last_updated = last_updated
-        self._refresh_from = refresh_from
-
-    @classmethod
-    def build(
-        cls,
-        records: Iterable[SaltRecord],
-        *,
-        first_level_salt: str,
-        id_prefix: str = "",
-        id_secret: str = "",
-    ) -> SaltTable:
-        """Pack records (indices 0..n-1, each once, equal-width ASCII salts) into columns."""
-        ordered = sorted(records, key=lambda r: r.index)
-        if not ordered:
-            raise SaltError("Salt file has no buckets")
-        width = len(ordered[0].current_salt)
-        current, previous = bytearray(), bytearray()
-        has_previous = bytearray(len(ordered))
-        last_updated, refresh_from = array("q"), array("q")
-        for position, record in enumerate(ordered):
-            if record.index != position:
-                raise SaltError("Salt bucket indices must be 0..n-1, each once")
-            current += _salt_bytes(record.current_salt, width)
-            if record.previous_salt is None:
-                previous += bytes(width)
-            else:
-                previous += _salt_bytes(record.previous_salt, width)
-                has_previous[position] = 1
-            last_updated.append(record.last_updated_ms)
-            refresh_from.append(record.refresh_from_ms)
-        return cls(
-            first_level_salt=first_level_salt,
-            id_prefix=id_prefix,
-            id_secret=id_secret,
-            salt_width=width,
-            current=bytes(current),
-            previous=bytes(previous),
-            has_previous=bytes(has_previous),
-            last_updated=last_updated,
-            refresh_from=refresh_from,
-        )
-
-    def first_level_hash(self, identity_hash: bytes) -> bytes:
-        return first_level_hash(identity_hash, self.first_level_salt)
-
-    def index_of(self, flh: bytes) -> int:
-        return bucket_index(flh, self.bucket_count)
-
-    def salt(self, index: int) -> str:
-        """The current salt of bucket ``index`` alone (what token generation needs)."""
-        if not 0 <= index < self.bucket_count:
-            raise SaltError("No such salt bucket")
-        width = self.salt_width
-        return self._current[index * width : (index + 1) * width].decode("ascii")
-
-    def bucket(self, index: int) -> SaltBucket:
-        """The bucket at ``index`` as the wire layer's value (made on demand, not stored)."""
-        start, end = index * self.salt_width, (index + 1) * self.salt_width
-        previous = self._previous[start:end].decode("ascii") if self._has_previous[index] else None
-        return SaltBucket(
-            index=index,
-            last_updated_ms=self._last_updated[index],
-            current_salt=self._current[start:end].decode("ascii"),
-            refresh_from_ms=self._refresh_from[index],
-            previous_salt=previous,
-        )
-
-    def updated_since(self, since_ms: int) -> list[tuple[int, int]]:
-        """``(index, last_updated_ms)`` of every bucket updated at or after ``since_ms``."""
-        return [(i, ts) for i, ts in enumerate(self._last_updated) if ts >= since_ms]
-
-
-def _salt_bytes(salt: str, width: int) -> bytes:
-    try:
-        data = salt.encode("ascii")
-    except UnicodeEncodeError:
-        raise SaltError("Salts must be ASCII") from None
-    if len(data) != width:
-        raise SaltError("Salts must all have the same length")
-    return data
-
-
 # ----------------------------------------------------------------------------------- opt-outs
 
 
 @dataclass(frozen=True, slots=True)
 class OptOuts:
-    """Opt-outs by first-level hash (for tokens and maps) and by raw UID (for optout/status)."""
+    """Opt-outs by first-level hash (for tokens and maps) and by raw UID (for optout/status).
+
+    ``builtins`` are the built-in test identities under the snapshot's first-level salt; the
+    decisions are ``domain.optout.is_opted_out`` over ``by_flh`` and them.
+    """
 
     by_flh: Mapping[bytes, int]
     by_advertising_id: Mapping[str, int]
-    always: frozenset[tuple[IdentityType, bytes]]
-    at_refresh: frozenset[tuple[IdentityType, bytes]]
-    never: frozenset[tuple[IdentityType, bytes]]
+    builtins: BuiltInIdentities
 
     def opted_out(self, kind: IdentityType, flh: bytes) -> bool:
         """Token generate and identity map: any record, or a built-in opted-out identity."""
-        if (kind, flh) in self.never or flh == _ALL_ONES_FLH:
-            return False
-        return flh in self.by_flh or (kind, flh) in self.always or flh == _ALL_ZERO_FLH
+        return is_opted_out(kind, flh, self.by_flh, self.builtins)
 
     def opted_out_at_refresh(self, kind: IdentityType, flh: bytes) -> bool:
-        return (kind, flh) in self.at_refresh or self.opted_out(kind, flh)
-
-
-def _test_identity(salts: SaltSource, kind: IdentityType, text: str) -> tuple[IdentityType, bytes]:
-    normalised = normalize_email(text) if kind is IdentityType.EMAIL else text
-    return kind, salts.first_level_hash(hash_identity(normalised))
+        return is_opted_out(kind, flh, self.by_flh, self.builtins, at_refresh=True)
 
 
 def _merge(
@@ -459,32 +224,14 @@ def _merge(
             by_id[ad_id] = max(ts, by_id.get(ad_id, ts))
 
 
-def build_optouts(records: Iterable[OptOutRecord], salts: SaltSource) -> OptOuts:
+def build_optouts(records: Iterable[OptOutRecord], first_level_salt: str) -> OptOuts:
     by_flh: dict[bytes, int] = {}
     by_id: dict[str, int] = {}
     _merge(by_flh, by_id, records)
-    email, phone = IdentityType.EMAIL, IdentityType.PHONE
     return OptOuts(
         by_flh=MappingProxyType(by_flh),
         by_advertising_id=MappingProxyType(by_id),
-        always=frozenset(
-            {
-                _test_identity(salts, email, ALWAYS_OPTED_OUT_EMAIL),
-                _test_identity(salts, phone, ALWAYS_OPTED_OUT_PHONE),
-            }
-        ),
-        at_refresh=frozenset(
-            {
-                _test_identity(salts, email, REFRESH_OPTED_OUT_EMAIL),
-                _test_identity(salts, phone, REFRESH_OPTED_OUT_PHONE),
-            }
-        ),
-        never=frozenset(
-            {
-                _test_identity(salts, email, NEVER_OPTED_OUT_EMAIL),
-                _test_identity(salts, phone, NEVER_OPTED_OUT_PHONE),
-            }
-        ),
+        builtins=builtin_identities(first_level_salt),
     )
 
 
@@ -656,10 +403,12 @@ class Snapshot:
     pepper: bytes = field(repr=False)
     clients: Mapping[str, ClientRecord] = field(repr=False)
     keysets: Mapping[int, Keyset] = field(repr=False)
+    sharing: Mapping[int, SharingPolicy] = field(repr=False)
+    """Every keyset's sharing choice, by keyset id (one entry per entry of ``keysets``)."""
     keys_by_id: Mapping[int, EncryptionKey] = field(repr=False)
     keys_by_keyset: Mapping[int, tuple[EncryptionKey, ...]] = field(repr=False)
     default_keysets: Mapping[int, int] = field(repr=False)
-    salts: SaltSource = field(repr=False)
+    salts: SaltTable = field(repr=False)
     optouts: OptOuts = field(repr=False)
     change_seq: int | None = None
     """The store's change sequence this snapshot was loaded at (None: not from a store)."""
@@ -734,13 +483,14 @@ class Snapshot:
     def visible_keys(
         self, site_id: int, roles: frozenset[ClientRole]
     ) -> list[tuple[EncryptionKey, Keyset]]:
-        """Keys a caller may download (never the refresh keyset's)."""
+        """Keys a caller may download: ``domain.sharing.may_read`` of their keyset (which never
+        admits the refresh keyset's)."""
+        reader = KeyReader(site_id, roles, self.site_type(site_id))
+        keysets, sharing = self.keysets, self.sharing
         out: list[tuple[EncryptionKey, Keyset]] = []
         for key in self.keys_by_id.values():
-            keyset = self.keysets.get(key.keyset_id)
-            if keyset is None or keyset.keyset_id == REFRESH_KEYSET_ID:
-                continue
-            if keyset.visible_to(site_id, roles, self.site_type(site_id)):
+            keyset = keysets.get(key.keyset_id)
+            if keyset is not None and may_read(reader, keyset, sharing[keyset.keyset_id]):
                 out.append((key, keyset))
         return out
 
@@ -765,15 +515,27 @@ def build_snapshot(
     pepper: bytes,
     clients: Iterable[ClientRecord],
     keysets: Iterable[Keyset],
+    sharing: Mapping[int, SharingPolicy] | None = None,
     keys: Iterable[EncryptionKey],
-    salts: SaltSource,
+    salts: SaltTable,
     optouts: Iterable[OptOutRecord] = (),
     change_seq: int | None = None,
     sites: Iterable[SiteData] = (),
     keypairs: Iterable[CstgKeypair] = (),
 ) -> Snapshot:
-    """Index plain records into a snapshot. Pure: no clock, no I/O."""
+    """Index plain records into a snapshot. Pure: no clock, no I/O.
+
+    ``sharing``: the stored sharing choices by keyset id, participant types included (what the
+    store's ``keyset_sharing`` lists). A keyset it does not name is shared as its own record says
+    (``domain.sharing.keyset_sharing``). This is the one place where the request path's sharing
+    choice of a keyset is settled.
+    """
     keyset_map = {k.keyset_id: k for k in keysets}
+    stored = {} if sharing is None else sharing
+    policies: dict[int, SharingPolicy] = {}
+    for keyset_id, keyset in keyset_map.items():
+        policy = stored.get(keyset_id)
+        policies[keyset_id] = keyset_sharing(keyset) if policy is None else policy
     keys_by_id: dict[int, EncryptionKey] = {}
     for key in sorted(keys, key=lambda k: k.id):
         if key.id in keys_by_id:
@@ -787,7 +549,7 @@ def build_snapshot(
     }
     defaults: dict[int, int] = {}
     for keyset in keyset_map.values():
-        if keyset.enabled and keyset.default and keyset.keyset_id > 0:
+        if keyset.enabled and keyset.is_default and keyset.keyset_id > 0:
             if keyset.site_id in defaults:
                 raise ValueError(f"site {keyset.site_id} has more than one default keyset")
             defaults[keyset.site_id] = keyset.keyset_id
@@ -799,11 +561,12 @@ def build_snapshot(
         pepper=bytes(pepper),
         clients=MappingProxyType({c.key.key_id: c for c in clients}),
         keysets=MappingProxyType(keyset_map),
+        sharing=MappingProxyType(policies),
         keys_by_id=MappingProxyType(keys_by_id),
         keys_by_keyset=MappingProxyType(by_keyset),
         default_keysets=MappingProxyType(defaults),
         salts=salts,
-        optouts=build_optouts(optouts, salts),
+        optouts=build_optouts(optouts, salts.first_level_salt),
         change_seq=change_seq,
         sites=MappingProxyType({s.site_id: s for s in sites}),
         keypairs=MappingProxyType({k.subscription_id: k for k in keypairs}),

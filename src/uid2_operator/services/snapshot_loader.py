@@ -10,30 +10,25 @@ the store's sequence is already past the tag, and the next poll loads again. So 
 briefly be a mix of two adjacent states, never a stale one that the poller would keep.
 
 Secrets are opened with the keyring here and exist in the clear only in the returned snapshot,
-in memory. Salts stay in the store's compact table (``domain.salts.SaltTable``): the snapshot
-reads them through ``SaltSource`` and no per-bucket object is ever made; a reload whose salt table
-has not changed reuses the previous table object instead of reading it again.
+in memory. Nothing is converted on the way: the snapshot holds the material's own keysets,
+opt-outs and compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever made),
+with the stored sharing choices beside the keysets; a reload whose salt table has not changed
+reuses the previous table object instead of reading it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from uid2_operator.domain import keysets as domain_keysets
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.optout import OptOutRecord as StoredOptOut
 from uid2_operator.domain.sealing import Keyring, open_secret
 from uid2_operator.services.material import Material, MaterialService
 from uid2_operator.services.sharing import read_client_side_state
 from uid2_operator.services.snapshot import (
     ClientRecord,
-    Keyset,
     Lifetimes,
     LiveSecret,
     OperatorIdentity,
-    OptOutRecord,
-    SharingMode,
     Snapshot,
     build_snapshot,
 )
@@ -98,13 +93,14 @@ def load_snapshot(
         lifetimes=lifetimes,
         pepper=keyring.pepper,
         clients=client_records(credentials, keyring),
-        keysets=[client_side.with_sharing(snapshot_keyset(k)) for k in loaded.keysets],
+        keysets=loaded.keysets,
+        sharing=client_side.sharing,
         keys=loaded.keys,
         salts=loaded.salts,
-        optouts=snapshot_optouts(loaded.optouts),
+        optouts=loaded.optouts,
         change_seq=min(credentials.change_seq, loaded.change_seq, client_side.change_seq),
         sites=client_side.snapshot_sites(),
-        keypairs=client_side.snapshot_keypairs(),
+        keypairs=client_side.keypairs,
     )
     return Loaded(snapshot, loaded)
 
@@ -128,23 +124,3 @@ def client_records(credentials: StoredCredentials, keyring: Keyring) -> list[Cli
             continue
         records.append(ClientRecord(key, participant, tuple(secrets.get(key.key_id, ()))))
     return records
-
-
-def snapshot_keyset(keyset: domain_keysets.Keyset) -> Keyset:
-    return Keyset(
-        keyset_id=keyset.keyset_id,
-        site_id=keyset.site_id,
-        enabled=keyset.enabled,
-        default=keyset.is_default,
-        sharing=SharingMode(keyset.sharing.value),
-        allowed_sites=keyset.allowed_sites,
-    )
-
-
-def snapshot_optouts(records: Iterable[StoredOptOut]) -> list[OptOutRecord]:
-    return [OptOutRecord(r.first_level_hash, r.advertising_id, r.timestamp_ms) for r in records]
-
-
-def stored_optout(record: OptOutRecord) -> StoredOptOut:
-    """An opt-out made by the request path, in the store's form."""
-    return StoredOptOut(record.first_level_hash, record.timestamp_ms, record.advertising_id)

@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from typing import Final
 
 from uid2_operator.clock import Clock
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import UID2Error
-from uid2_operator.services.snapshot import OptOutRecord, Snapshot
+from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_loader import Loaded
 
 log = logging.getLogger(__name__)

@@ -27,12 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from uid2_operator.clock import Clock
-from uid2_operator.domain.optout import latest
+from uid2_operator.domain.optout import OptOutRecord, latest
 from uid2_operator.errors import NotFound
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import Actor
-from uid2_operator.services.snapshot import OptOutRecord
-from uid2_operator.services.snapshot_loader import stored_optout
 from uid2_operator.storage.interface import Store, UsageEntry
 from uid2_operator.wire.encoding import b64encode
 
@@ -108,16 +106,15 @@ def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) ->
     """Record opt-outs in one transaction, each with its audit event, keeping the latest time."""
     with store.transaction() as tx:
         for record in records:
-            stored = stored_optout(record)
-            tx.optouts.put(latest(tx.optouts.get(stored.first_level_hash), stored))
+            tx.optouts.put(latest(tx.optouts.get(record.first_level_hash), record))
             record_event(
                 tx,
                 OPERATOR_ACTOR,
                 at_ms=now_ms,
                 action="optout.add",
                 target_type="optout",
-                target_id=b64encode(stored.first_level_hash),
-                after={"timestamp_ms": stored.timestamp_ms, "via": "/v2/token/logout"},
+                target_id=b64encode(record.first_level_hash),
+                after={"timestamp_ms": record.timestamp_ms, "via": "/v2/token/logout"},
             )
 
 

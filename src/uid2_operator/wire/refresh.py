@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any, Final, NamedTuple, NoReturn, TypedDict
+from typing import Any, Final, NamedTuple, TypedDict
 
 from uid2_operator.errors import (
     RefreshDecryptionFailed,
@@ -304,23 +304,35 @@ def issue_identity(
             refreshed_ms=now_ms,
             raw_uid=raw_uid,
         )
-    except ValueError as exc:
-        _explain_refusal(
-            exc,
-            now_ms=now_ms,
-            identity_expires=identity_expires,
-            refresh_expires=refresh_expires,
-            master_key=master_key,
-            site_key=site_key,
-            refresh_key=refresh_key,
+    except ValueError:
+        # Only reached when issuing fails: raise what building the two token values raises
+        # first (naming the field), else the packing's own error, so a refusal reads exactly as
+        # it did when the tokens were built as values before being encoded.
+        AdvertisingToken(
+            scope=scope,
+            identity_type=identity_type,
+            master_key_id=master_key.id,
+            site_key_id=site_key.id,
+            expires_ms=identity_expires,
+            created_ms=now_ms,
             site_id=site_id,
             privacy_bits=privacy_bits,
             established_ms=established_ms,
+            refreshed_ms=now_ms,
             raw_uid=raw_uid,
-            first_level_hash=first_level_hash,
+        )
+        RefreshToken(
             scope=scope,
             identity_type=identity_type,
+            key_id=refresh_key.id,
+            expires_ms=refresh_expires,
+            created_ms=now_ms,
+            site_id=site_id,
+            privacy_bits=privacy_bits,
+            established_ms=established_ms,
+            first_level_hash=first_level_hash,
         )
+        raise
     response_key_b64 = b64encode_ascii(response_key)
     return {
         "advertising_token": b64url_encode(advertising),
@@ -346,55 +358,6 @@ def _check_issuable(raw_uid: bytes, first_level_hash: bytes, identity: int) -> N
         raise ValueError("first-level hash must be 32 bytes")
     if len(raw_uid) == 33 and (raw_uid[0] ^ identity) & _IDENTITY_MASK:
         raise ValueError("the raw UID's scope/type differ from the token's")
-
-
-def _explain_refusal(
-    cause: ValueError,
-    *,
-    now_ms: int,
-    identity_expires: int,
-    refresh_expires: int,
-    master_key: EncryptionKey,
-    site_key: EncryptionKey,
-    refresh_key: EncryptionKey,
-    site_id: int,
-    privacy_bits: int,
-    established_ms: int,
-    raw_uid: bytes,
-    first_level_hash: bytes,
-    scope: IdentityScope,
-    identity_type: IdentityType,
-) -> NoReturn:
-    """Raise what building the two token values raises first (naming the field), else ``cause``.
-
-    Only reached when issuing fails, so a refusal reads exactly as it did when the tokens were
-    built as values before being encoded.
-    """
-    AdvertisingToken(
-        scope=scope,
-        identity_type=identity_type,
-        master_key_id=master_key.id,
-        site_key_id=site_key.id,
-        expires_ms=identity_expires,
-        created_ms=now_ms,
-        site_id=site_id,
-        privacy_bits=privacy_bits,
-        established_ms=established_ms,
-        refreshed_ms=now_ms,
-        raw_uid=raw_uid,
-    )
-    RefreshToken(
-        scope=scope,
-        identity_type=identity_type,
-        key_id=refresh_key.id,
-        expires_ms=refresh_expires,
-        created_ms=now_ms,
-        site_id=site_id,
-        privacy_bits=privacy_bits,
-        established_ms=established_ms,
-        first_level_hash=first_level_hash,
-    )
-    raise cause
 
 
 def success_identity_json(body: IdentityResponseBody) -> bytes:

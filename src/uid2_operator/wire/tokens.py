@@ -145,7 +145,27 @@ def _check_ranges(obj: object, check: _RangeCheck) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AdvertisingToken:
+class _TokenFields:
+    """The fields both kinds of token carry (``_SHARED_RANGES``): what the token stands for, its
+    times, the site it was issued to and the operator that issued it."""
+
+    scope: IdentityScope
+    identity_type: IdentityType
+    expires_ms: int
+    created_ms: int
+    site_id: int
+    privacy_bits: int
+    established_ms: int
+    operator_site_id: int = 0
+    operator_type: int = OPERATOR_TYPE_SERVICE
+    operator_version: int = 0
+    operator_key_id: int = 0
+    publisher_id: int = 0
+    client_key_id: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdvertisingToken(_TokenFields):
     """Every field of an advertising token (§5.2); timestamps in epoch milliseconds.
 
     ``scope`` and ``identity_type`` are what the token stands for. A 33-byte raw UID states them
@@ -158,24 +178,11 @@ class AdvertisingToken:
     that reach a log line do not carry it.
     """
 
-    scope: IdentityScope
-    identity_type: IdentityType
     master_key_id: int
     site_key_id: int
-    expires_ms: int
-    created_ms: int
-    site_id: int
-    privacy_bits: int
-    established_ms: int
     refreshed_ms: int
     raw_uid: bytes = field(repr=False)
     version: TokenVersion = TokenVersion.V4
-    operator_site_id: int = 0
-    operator_type: int = OPERATOR_TYPE_SERVICE
-    operator_version: int = 0
-    operator_key_id: int = 0
-    publisher_id: int = 0
-    client_key_id: int = 0
 
     def __post_init__(self) -> None:
         _check_ranges(self, _AD_CHECK)
@@ -184,7 +191,7 @@ class AdvertisingToken:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RefreshToken:
+class RefreshToken(_TokenFields):
     """Every field of a refresh token (§5.4); timestamps in epoch milliseconds.
 
     ``key_id`` is the refresh key that sealed it. ``first_level_hash`` is the salted hash of the
@@ -193,22 +200,9 @@ class RefreshToken:
     ``expires_ms`` is the "valid till" field (expiry plus 60 s).
     """
 
-    scope: IdentityScope
-    identity_type: IdentityType
     key_id: int
-    expires_ms: int
-    created_ms: int
-    site_id: int
-    privacy_bits: int
-    established_ms: int
     first_level_hash: bytes = field(repr=False)
     version: TokenVersion = TokenVersion.V3
-    operator_site_id: int = 0
-    operator_type: int = OPERATOR_TYPE_SERVICE
-    operator_version: int = 0
-    operator_key_id: int = 0
-    publisher_id: int = 0
-    client_key_id: int = 0
 
     def __post_init__(self) -> None:
         _check_ranges(self, _REFRESH_CHECK)

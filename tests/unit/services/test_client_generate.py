@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -19,8 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uid2_operator.clock import FixedClock
+from uid2_operator.domain.keysets import SharingMode, new_site_keyset, reserved_keysets
 from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import generate_salt_table
+from uid2_operator.domain.sharing import allow_list
 from uid2_operator.errors import CstgError
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services import data_plane
@@ -28,12 +32,8 @@ from uid2_operator.services.data_plane import Caller
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.snapshot import (
     CstgKeypair,
-    Keyset,
     Lifetimes,
     OperatorIdentity,
-    SaltRecord,
-    SaltTable,
-    SharingMode,
     SiteData,
     Snapshot,
     build_snapshot,
@@ -65,9 +65,15 @@ def _key(key_id: int, keyset_id: int) -> EncryptionKey:
 
 
 def _snapshot(*, cstg: bool = True, phone: bool = True) -> Snapshot:
-    salts = SaltTable.build(
-        [SaltRecord(i, NOW - 1, NOW + 1, f"salt{i:040d}") for i in range(16)],
-        first_level_salt="fls",
+    draws = iter(range(100))
+    salts = generate_salt_table(
+        16, NOW - 1, lambda n: hashlib.shake_256(b"salts %d" % next(draws)).digest(n)
+    )
+    # Keyset 11 is PUB's, shared with READER and every DSP; the store keeps the mode and sites
+    # on the keyset and the whole choice, types included, as its sharing policy.
+    shared = allow_list(PUB, [READER], [ParticipantType.DSP])
+    keyset = replace(
+        new_site_keyset(11, PUB, NOW), sharing=SharingMode.LIST, allowed_sites=shared.sites
     )
     return build_snapshot(
         generation=1,
@@ -76,17 +82,8 @@ def _snapshot(*, cstg: bool = True, phone: bool = True) -> Snapshot:
         lifetimes=Lifetimes(),
         pepper=bytes(32),
         clients=[],
-        keysets=[
-            Keyset(-1, -1, default=False),
-            Keyset(-2, -2, default=False),
-            Keyset(
-                11,
-                PUB,
-                sharing=SharingMode.LIST,
-                allowed_sites=frozenset({READER}),
-                allowed_types=frozenset({ParticipantType.DSP}),
-            ),
-        ],
+        keysets=[*reserved_keysets(NOW), keyset],
+        sharing={keyset.keyset_id: shared},
         keys=[_key(1, -1), _key(2, -2), _key(3, 11)],
         salts=salts,
         sites=[

@@ -1,12 +1,17 @@
-"""The snapshot's compact salts, keyset visibility, opt-outs, the replay cache and error table."""
+"""The snapshot's salts and keyset visibility, the replay cache and the error table."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
 import pytest
 
+from uid2_operator.domain.keysets import Keyset, SharingMode
+from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SaltTable, generate_salt_table, rotate
+from uid2_operator.domain.sharing import SharingPolicy, allow_list
 from uid2_operator.errors import (
     BodyTooLarge,
     CredentialRejected,
@@ -14,87 +19,109 @@ from uid2_operator.errors import (
     InvalidIdentifier,
     NoActiveKey,
     RefreshFailed,
-    SaltError,
     StaleTimestamp,
     StoreUnavailable,
 )
 from uid2_operator.services.replay import SLICE_MS, ReplayCache
-from uid2_operator.services.snapshot import Keyset, SaltRecord, SaltTable, SharingMode
+from uid2_operator.services.snapshot import (
+    Lifetimes,
+    OperatorIdentity,
+    SiteData,
+    Snapshot,
+    build_snapshot,
+)
 from uid2_operator.web.operator_api.errors import render
+from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.keys import EncryptionKey
 
 T0 = 1_700_000_000_000
 
 
-def _table(count: int, width: int = 44) -> SaltTable:
-    return SaltTable.build(
-        [
-            SaltRecord(
-                index=i,
-                last_updated_ms=T0 + i,
-                refresh_from_ms=T0 + 2 * i,
-                current_salt=f"{i:0{width}d}",
-                previous_salt=None if i % 2 else f"p{i:0{width - 1}d}",
-            )
-            for i in reversed(range(count))
-        ],
-        first_level_salt="fls",
-    )
+def _random(label: bytes) -> RandomBytes:
+    draws = iter(range(1_000_000))
+    return lambda n: hashlib.shake_256(label + b" %d" % next(draws)).digest(n)
 
 
-def test_salt_table_round_trips_buckets() -> None:
-    table = _table(8)
-    bucket = table.bucket(4)
-    assert (bucket.index, bucket.last_updated_ms, bucket.refresh_from_ms) == (4, T0 + 4, T0 + 8)
-    assert bucket.current_salt == f"{4:044d}"
-    assert bucket.previous_salt == f"p{4:043d}"
-    assert table.bucket(5).previous_salt is None
-    assert table.updated_since(T0 + 6) == [(6, T0 + 6), (7, T0 + 7)]
+def _table(count: int) -> SaltTable:
+    random = _random(b"salts")
+    return rotate(generate_salt_table(count, T0, random), 1.0, T0, random).table
 
 
-def test_salt_table_is_compact() -> None:
+def test_the_snapshot_salts_cost_about_80_bytes_a_bucket() -> None:
+    """Every bucket holding a previous salt too: two raw salts, two int64s, a bit of flag."""
     table = _table(4096)
     columns = sum(
         sys.getsizeof(getattr(table, name))
-        for name in ("_current", "_previous", "_has_previous", "_last_updated", "_refresh_from")
+        for name in ("_salts", "_previous", "_present", "_last_updated", "_refresh_from")
     )
-    assert columns < 4096 * (44 * 2 + 1 + 16 + 64)
-
-
-@pytest.mark.parametrize(
-    "records",
-    [
-        [],
-        [SaltRecord(1, 0, 0, "a")],
-        [SaltRecord(0, 0, 0, "a"), SaltRecord(1, 0, 0, "bb")],
-        [SaltRecord(0, 0, 0, "é")],
-    ],
-)
-def test_salt_table_refuses_bad_files(records: list[SaltRecord]) -> None:
-    with pytest.raises(SaltError):
-        SaltTable.build(records, first_level_salt="fls")
+    assert all(table.previous_salt(i) is not None for i in range(table.bucket_count))
+    assert columns < 4096 * 96
 
 
 BIDDER = frozenset({ClientRole.ID_READER})
 SHARER = frozenset({ClientRole.SHARER})
+OWNER, LISTED, OTHER = 5, 6, 7
+
+
+def _keyset(
+    keyset_id: int = 10,
+    site_id: int = OWNER,
+    *,
+    enabled: bool = True,
+    sharing: SharingMode = SharingMode.BIDDERS,
+    sites: frozenset[int] = frozenset(),
+) -> Keyset:
+    return Keyset(keyset_id, site_id, "k", enabled, True, T0, sharing, sites)
+
+
+def _snapshot(keyset: Keyset, sharing: dict[int, SharingPolicy] | None = None) -> Snapshot:
+    s = T0 // 1000
+    return build_snapshot(
+        generation=1,
+        built_at_ms=T0,
+        identity=OperatorIdentity(),
+        lifetimes=Lifetimes(),
+        pepper=bytes(32),
+        clients=[],
+        keysets=[keyset],
+        sharing=sharing,
+        keys=[EncryptionKey(1, keyset.keyset_id, s, s, s + 100, bytes(32))],
+        salts=_table(8),
+        sites=[SiteData(OTHER, ParticipantType.DSP)],
+    )
 
 
 @pytest.mark.parametrize(
     ("keyset", "site", "roles", "visible"),
     [
-        (Keyset(-1, -1), 5, SHARER, True),
-        (Keyset(10, 5), 5, SHARER, True),
-        (Keyset(10, 5, enabled=False), 5, SHARER, False),
-        (Keyset(10, 5), 6, BIDDER, True),
-        (Keyset(10, 5), 6, SHARER, False),
-        (Keyset(10, 5, sharing=SharingMode.OWNER_ONLY), 6, BIDDER, False),
-        (Keyset(10, 5, sharing=SharingMode.LIST, allowed_sites=frozenset({6})), 6, SHARER, True),
-        (Keyset(10, 5, sharing=SharingMode.LIST, allowed_sites=frozenset({6})), 7, BIDDER, False),
+        (_keyset(-1, -1), OWNER, SHARER, True),
+        (_keyset(-2, -2), -2, BIDDER | SHARER, False),
+        (_keyset(), OWNER, SHARER, True),
+        (_keyset(enabled=False), OWNER, SHARER, False),
+        (_keyset(), LISTED, BIDDER, True),
+        (_keyset(), LISTED, SHARER, False),
+        (_keyset(sharing=SharingMode.OWNER_ONLY), LISTED, BIDDER, False),
+        (_keyset(sharing=SharingMode.LIST, sites=frozenset({LISTED})), LISTED, SHARER, True),
+        (_keyset(sharing=SharingMode.LIST, sites=frozenset({LISTED})), OTHER, BIDDER, False),
     ],
 )
 def test_keyset_visibility(
     keyset: Keyset, site: int, roles: frozenset[ClientRole], visible: bool
 ) -> None:
-    assert keyset.visible_to(site, roles) is visible
+    """Without a stored policy, a keyset is shared as its own record says."""
+    assert bool(_snapshot(keyset).visible_keys(site, roles)) is visible
+
+
+def test_the_stored_policy_decides_with_the_participant_types_it_lists() -> None:
+    keyset = _keyset(sharing=SharingMode.LIST, sites=frozenset({LISTED}))
+    policy = allow_list(OWNER, [LISTED], [ParticipantType.DSP])
+    snapshot = _snapshot(keyset, {keyset.keyset_id: policy})
+    assert snapshot.sharing == {keyset.keyset_id: policy}
+    assert snapshot.visible_keys(OTHER, SHARER)  # a DSP, through the listed type
+    assert not _snapshot(keyset).visible_keys(OTHER, SHARER)  # the record alone lists no type
+    assert snapshot.visible_keys(LISTED, SHARER)
+    narrowed = _snapshot(keyset, {keyset.keyset_id: SharingPolicy(SharingMode.OWNER_ONLY)})
+    assert not narrowed.visible_keys(LISTED, SHARER)  # the policy, not the record, decides
 
 
 def test_replay_cache_refuses_repeats_until_the_window_passes() -> None:

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from uid2_operator.domain.credentials import ApiKey, KeyState, effective_roles, issue_api_key
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_api_key
+from uid2_operator.domain.keysets import new_site_keyset, reserved_keysets
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SaltTable, generate_salt_table, rotate
 from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.errors import CredentialRejected, MalformedCredential, NoActiveKey, SaltError
 from uid2_operator.services import data_plane
@@ -32,12 +34,9 @@ from uid2_operator.services.data_plane import Caller, Reply
 from uid2_operator.services.snapshot import (
     MAX_VERIFIED_KEYS,
     ClientRecord,
-    Keyset,
     Lifetimes,
     LiveSecret,
     OperatorIdentity,
-    SaltRecord,
-    SaltTable,
     Snapshot,
     VerifiedKeys,
     build_snapshot,
@@ -47,7 +46,7 @@ from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.wire.encoding import dumps
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 from uid2_operator.wire.keys import FALLBACK_PUBLISHER_SITE_ID, EncryptionKey, active_key
-from uid2_operator.wire.raw_uid import IdentityEnvironment, KeyMaterial, SaltBucket, current_raw_uid
+from uid2_operator.wire.raw_uid import IdentityEnvironment, current_raw_uid
 from uid2_operator.wire.scope import IdentityScope, IdentityType
 
 NOW = 1_700_000_000_000
@@ -67,10 +66,14 @@ def _key(key_id: int, keyset_id: int, activates: int, expires: int) -> Encryptio
 
 
 def _salts(count: int = 16) -> SaltTable:
-    return SaltTable.build(
-        [SaltRecord(i, NOW - 1, NOW + 1, f"salt{i:040d}", f"prev{i:040d}") for i in range(count)],
-        first_level_salt="fls",
-    )
+    """A table as the material service makes one, every bucket rotated once (so it holds a
+    previous salt), from a fixed random source."""
+    counter = iter(range(1_000_000))
+
+    def random(n: int) -> bytes:
+        return hashlib.shake_256(b"salts %d" % next(counter)).digest(n)
+
+    return rotate(generate_salt_table(count, NOW - 1, random), 1.0, NOW - 1, random).table
 
 
 def _snapshot(
@@ -83,12 +86,7 @@ def _snapshot(
         lifetimes=Lifetimes(),
         pepper=PEPPER,
         clients=clients or [],
-        keysets=[
-            Keyset(-1, -1, default=False),
-            Keyset(-2, -2, default=False),
-            Keyset(2, FALLBACK_PUBLISHER_SITE_ID),
-            Keyset(SITE_KEYSET, SITE),
-        ],
+        keysets=[*reserved_keysets(NOW), new_site_keyset(SITE_KEYSET, SITE, NOW)],
         keys=keys,
         salts=_salts(),
     )
@@ -221,61 +219,6 @@ def test_the_current_salt_alone_gives_the_bucket_raw_uid() -> None:
     for outside in (-1, snapshot.salts.bucket_count):
         with pytest.raises(SaltError):
             snapshot.salts.salt(outside)
-
-
-class _KeyMaterialOnly:
-    """A salt source whose buckets hold v4 key material and no salt."""
-
-    def __init__(self, table: SaltTable) -> None:
-        self._table = table
-        self.bucket_count = table.bucket_count
-        self.first_level_salt = table.first_level_salt
-        self.id_prefix = table.id_prefix
-        self.id_secret = table.id_secret
-
-    def first_level_hash(self, identity_hash: bytes) -> bytes:
-        return self._table.first_level_hash(identity_hash)
-
-    def index_of(self, flh: bytes) -> int:
-        return self._table.index_of(flh)
-
-    def salt(self, index: int) -> str | None:
-        del index
-        return None
-
-    def bucket(self, index: int) -> SaltBucket:
-        material = KeyMaterial(key_id=7, key="k" * 32, salt="key-salt")
-        return SaltBucket(index, NOW - 1, None, NOW + 1, current_key=material)
-
-    def updated_since(self, since_ms: int) -> list[tuple[int, int]]:
-        return self._table.updated_since(since_ms)
-
-
-def test_a_bucket_without_salt_falls_back_to_its_key_material() -> None:
-    base = _snapshot([])
-    snapshot = build_snapshot(
-        generation=1,
-        built_at_ms=NOW,
-        identity=OperatorIdentity(),
-        lifetimes=Lifetimes(),
-        pepper=PEPPER,
-        clients=[],
-        keysets=[],
-        keys=[],
-        salts=_KeyMaterialOnly(base.salts),  # type: ignore[arg-type]
-    )
-    flh = hashlib.sha256(b"someone").digest()
-    raw = data_plane._current_uid_of(snapshot, flh, IdentityType.EMAIL)
-    expected = current_raw_uid(
-        snapshot.salts.bucket(0),
-        flh,
-        scope=IdentityScope.UID2,
-        kind=IdentityType.EMAIL,
-        environment=IdentityEnvironment.TEST,
-        identity_v3=False,
-    )
-    assert raw == expected
-    assert len(raw) == 33
 
 
 def test_generate_and_refresh_answers_are_the_general_json_byte_for_byte() -> None:
