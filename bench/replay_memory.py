@@ -1,6 +1,8 @@
-"""Memory per entry and time per request of the replay cache, against the previous design.
+"""Memory per entry and time per request of the replay cache, against the previous design, and
+of the replay table that the workers of one serve share.
 
-    .venv/bin/python bench/replay_memory.py [--entries 1000000] [--rate 8500] [--json out.json]
+    .venv/bin/python bench/replay_memory.py [--entries 1000000] [--rate 8500] [--slots 2097152]
+                                            [--json out.json]
 
 The previous design (a dict of ``(key id, nonce) -> expiry`` plus a heap of expiries) is kept
 below as ``HeapReplayCache``, as the baseline. Both caches are fed the same stream of requests,
@@ -23,6 +25,21 @@ design keeps alive). Time is the wall time of ``first_use`` per request (tracing
 ``--repeat``, on a second stream twice the window long: its first half fills the window untimed,
 its second half is timed (the steady state: every request also ages older entries out). It
 includes the loop, equally for both designs. Nothing is asserted.
+
+The shared table (``services.replay_table``, ``--slots`` home slots, the served default unless
+given) is fed the same streams, in a file in ``/dev/shm`` (where the machine has it), through
+the same ``first_use`` and the same loop. Its memory is that file, mapped by every worker, not
+Python heap: the figures are the file's bytes per slot and per entry held (entries still live
+at the end of the stream), and the entries evicted before their expiry. Its time is measured
+twice on the same streams: alone, and with a second process (spawned) inserting fresh envelopes
+into the same table at ``--rate`` a second (wall clock) for the whole timed half, as another
+worker would, each insert taking the same lock. The second process's envelopes carry timestamps
+that, seen from the timed stream's clock, have already expired, so they contend for the lock and
+the memory without filling the table for the timed stream (from its own clock every entry looks
+live, so the evictions it counts are its own, not reported). A third time, the loop alone (a
+``first_use`` that does nothing), is printed so that it can be subtracted. Last, how often a
+full probe window evicts a live entry: steady streams of ``--eviction-seconds`` (default 250)
+at each of ``--eviction-rates`` into a new table, counted over each stream's second half.
 """
 
 from __future__ import annotations
@@ -31,15 +48,21 @@ import argparse
 import gc
 import heapq
 import json
+import multiprocessing
 import os
 import random
+import tempfile
 import time
 import tracemalloc
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any, Protocol
 
 from uid2_operator.services.replay import ReplayCache
+from uid2_operator.services.replay_table import DEFAULT_SLOTS, PROBE, ReplayTable, table_size
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
 
 MB = 1024 * 1024
@@ -141,11 +164,149 @@ def ns_per_request(make: Callable[[], Cache], stream: Stream, repeat: int) -> fl
     return best / (len(stream[3]) - half)
 
 
+class Idle:
+    """A guard that does nothing: the cost of the loop alone."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def first_use(self, key_id: str, nonce: bytes, timestamp_ms: int, now_ms: int) -> bool:
+        del key_id, nonce, timestamp_ms, now_ms
+        return True
+
+
+def _shm_dir() -> str | None:
+    shm = Path("/dev/shm")  # noqa: S108 (a private temporary directory is made inside)
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+@contextmanager
+def new_table(slots: int) -> Iterator[Path]:
+    """The path of a new, empty table in a temporary directory (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="replay-bench-", dir=_shm_dir()) as directory:
+        path = Path(directory) / "replay-table"
+        ReplayTable.create(path, max_past_ms=MAX_PAST_MS, slots=slots)
+        yield path
+
+
+def _insert_until(
+    path: Path, *, ready: Event, stop: Event, stamp_ms: int, rate: int, done: Any
+) -> None:
+    """A second worker: ``rate`` fresh envelopes a second (in bursts of 100) into the table at
+    ``path`` until ``stop``; counts them in ``done``."""
+    with ReplayTable.open(path) as table:
+        ready.set()
+        first_use = table.first_use
+        started = time.monotonic()
+        count = 0
+        while not stop.is_set():
+            nonces = os.urandom(8 * 100)
+            for i in range(100):
+                first_use("other-worker", nonces[8 * i : 8 * i + 8], stamp_ms, stamp_ms)
+            count += 100
+            done.value = count
+            ahead = started + count / rate - time.monotonic()
+            if ahead > 0:
+                stop.wait(ahead)
+
+
+def table_figures(
+    stream: Stream, timed: Stream, slots: int, repeat: int, rate: int
+) -> dict[str, Any]:
+    """Entries held, file size, evictions and ns per request (alone and beside a second
+    process inserting) of the shared table over the same streams as the caches."""
+    with new_table(slots) as path, ReplayTable.open(path) as table:
+        feed(table, stream)
+        held = table.live_entries(stream[3][-1])
+        size = path.stat().st_size
+        evictions = table.evictions
+    half = len(timed[3]) // 2
+    # Seen from the timed half's clock, the second process's envelopes have expired.
+    stale_ms = timed[3][half] - MAX_PAST_MS - 2_000
+    context = multiprocessing.get_context("spawn")
+    alone = beside = float("inf")
+    inserted = 0
+    for _ in range(repeat):
+        with new_table(slots) as path, ReplayTable.open(path) as table:
+            feed(table, timed, 0, half)
+            gc.collect()
+            started = time.perf_counter_ns()
+            feed(table, timed, half)
+            alone = min(alone, time.perf_counter_ns() - started)
+        with new_table(slots) as path, ReplayTable.open(path) as table:
+            feed(table, timed, 0, half)
+            gc.collect()
+            ready, stop, done = context.Event(), context.Event(), context.Value("q", 0)
+            other = context.Process(
+                target=_insert_until,
+                args=(path,),
+                kwargs={
+                    "ready": ready,
+                    "stop": stop,
+                    "stamp_ms": stale_ms,
+                    "rate": rate,
+                    "done": done,
+                },
+                daemon=True,
+            )
+            other.start()
+            try:
+                if not ready.wait(60):
+                    raise RuntimeError("the second process did not start")
+                started = time.perf_counter_ns()
+                feed(table, timed, half)
+                beside = min(beside, time.perf_counter_ns() - started)
+            finally:
+                stop.set()
+                other.join(60)
+            inserted = done.value
+    timed_requests = len(timed[3]) - half
+    return {
+        "entries_held": held,
+        "slots": slots,
+        "file_mb": round(size / MB, 1),
+        "bytes_per_slot": round(size / slots, 2),
+        "bytes_per_entry": round(size / held, 1),
+        "evictions": evictions,
+        "ns_per_request": round(alone / timed_requests),
+        "ns_per_request_beside_a_second_process": round(beside / timed_requests),
+        "second_process_inserts_per_s": round(inserted / (beside / 1e9)),
+    }
+
+
+def eviction_sweep(slots: int, rates: list[int], seconds: int) -> list[dict[str, Any]]:
+    """Per rate: a steady stream of ``seconds`` into a new table; how full it is at the end and
+    the share of the second half's inserts that evicted a live entry."""
+    rows = []
+    for rate in rates:
+        stream = make_stream(rate * seconds, rate, "steady", seed=3)
+        half = len(stream[3]) // 2
+        with new_table(slots) as path, ReplayTable.open(path) as table:
+            feed(table, stream, 0, half)
+            before = table.evictions
+            feed(table, stream, half)
+            evicted = table.evictions - before
+            live = table.live_entries(stream[3][-1])
+        rows.append(
+            {
+                "rate_per_s": rate,
+                "fill": round(live / slots, 2),
+                "evictions": evicted,
+                "inserts": len(stream[3]) - half,
+                "evicted_share": round(evicted / (len(stream[3]) - half), 6),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=8_500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS)
+    parser.add_argument("--eviction-rates", default="8000,12000,15000")
+    parser.add_argument("--eviction-seconds", type=int, default=250)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
 
@@ -153,7 +314,11 @@ def main() -> None:
         "before": lambda: HeapReplayCache(max_past_ms=MAX_PAST_MS),
         "after": lambda: ReplayCache(max_past_ms=MAX_PAST_MS, mask_key=os.urandom(16)),
     }
-    figures: dict[str, Any] = {"entries_fed": args.entries, "rate_per_s": args.rate}
+    figures: dict[str, Any] = {
+        "entries_fed": args.entries,
+        "rate_per_s": args.rate,
+        "table_bytes_per_slot": round(table_size(args.slots, PROBE) / args.slots, 2),
+    }
     timed_requests = 2 * args.rate * (MAX_PAST_MS // 1000 + 2)
     for pattern in ("steady", "scattered"):
         stream = make_stream(args.entries, args.rate, pattern, seed=1)
@@ -173,6 +338,11 @@ def main() -> None:
         row["time_ratio_after_over_before"] = round(
             row["after"]["ns_per_request"] / row["before"]["ns_per_request"], 2
         )
+        row["table"] = table_figures(stream, timed, args.slots, args.repeat, args.rate)
+        row["loop_ns_per_request"] = round(ns_per_request(Idle, timed, args.repeat))
+        row["time_ratio_table_over_after"] = round(
+            row["table"]["ns_per_request"] / row["after"]["ns_per_request"], 2
+        )
         figures[pattern] = row
         del stream, timed
 
@@ -185,9 +355,27 @@ def main() -> None:
                 f"  {name:6} {r['entries_held']:>9,} entries  {r['heap_mb']:7.1f} MB  "
                 f"{r['bytes_per_entry']:6.1f} B/entry  {r['ns_per_request']:5} ns/request"
             )
+        t = row["table"]
+        print(
+            f"  {'table':6} {t['entries_held']:>9,} entries  {t['file_mb']:7.1f} MB  "
+            f"{t['bytes_per_entry']:6.1f} B/entry  {t['ns_per_request']:5} ns/request "
+            f"({t['ns_per_request_beside_a_second_process']} beside a second process; "
+            f"{t['slots']:,} slots of {figures['table_bytes_per_slot']} B, "
+            f"{t['evictions']:,} evictions)"
+        )
+        print(f"  the loop alone: {row['loop_ns_per_request']} ns/request")
         print(
             f"  memory before/after: {row['memory_ratio_before_over_after']}x, "
-            f"time after/before: {row['time_ratio_after_over_before']}"
+            f"time after/before: {row['time_ratio_after_over_before']}, "
+            f"time table/after: {row['time_ratio_table_over_after']}"
+        )
+    rates = [int(rate) for rate in args.eviction_rates.split(",") if rate]
+    figures["table_evictions"] = eviction_sweep(args.slots, rates, args.eviction_seconds)
+    print(f"table of {args.slots:,} slots, steady streams of {args.eviction_seconds} s:")
+    for row in figures["table_evictions"]:
+        print(
+            f"  {row['rate_per_s']:>6,}/s  {row['fill']:.0%} full  {row['evictions']:>8,} of "
+            f"{row['inserts']:,} inserts evicted ({row['evicted_share']:.4%})"
         )
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as out:

@@ -39,8 +39,11 @@ When the cap is reached the oldest slice (the timestamps closest to expiry) is d
 That briefly weakens replay protection for the oldest nonces instead of refusing legitimate
 traffic; the cap is sized so that this only happens under a flood.
 
-The cache is per process. Several workers each hold their own, so a replay sent to a different
-worker is only caught by the timestamp window.
+The cache lives in one process's memory and dies with it. That suits an operator application
+on its own (tests, benchmarks, an embedding with one process), not ``uid2-operator serve``:
+with several workers each would hold its own cache, so a replay sent on a new connection to
+another worker would be accepted there, and a restarted worker would forget every nonce. Served
+workers therefore share ``replay_table.ReplayTable`` instead, a table in a file they all map.
 """
 
 from __future__ import annotations
