@@ -5,21 +5,29 @@ answer, like the operator's health check). ``operator_app`` is a factory that bu
 operator application over the deterministic benchmark world named by the environment (see
 ``operator_world``), so the server process holds its own snapshot. It is wired as
 ``uid2-operator serve`` wires a worker's API: the request observer counts Prometheus metrics and
-per-key usage on every request (``serve_like_app``); only the store behind them is absent.
+per-key usage on every request, and replays are refused through a shared replay table (the
+default size) in a file mapped from a temporary directory (``serve_like_app``); only the store
+behind them is absent.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from operator_world import world_from_environment
 from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.write_behind import UsageMeter
 from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.web.operator_api.metrics import RequestMetrics
 from uid2_operator.web.operator_api.server import ROUTES
+from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,9 +58,25 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await send(dict(_BODY))
 
 
+def shared_replay_table(max_past_ms: int) -> ReplayTable:
+    """A new replay table of the served default size, as ``serve`` makes one for its workers:
+    created in a private temporary directory (in ``/dev/shm`` where the machine has it) and
+    mapped; the directory is removed at once (the mapping and the lock live on with the open
+    file), so nothing is left behind however the benchmark ends."""
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a new 0700 directory with a random name)
+    parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    directory = Path(tempfile.mkdtemp(prefix="uid2-bench-", dir=parent))
+    try:
+        ReplayTable.create(directory / TABLE_FILE, max_past_ms=max_past_ms)
+        return ReplayTable.open(directory / TABLE_FILE)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The operator API over ``snapshot`` with the observer a served worker has (metrics and
-    usage counted per request, as ``web.operator_api.server.build_worker`` wires them)."""
+    usage counted per request) and its replay guard, a shared replay table, as
+    ``web.operator_api.server.build_worker`` wires them."""
     metrics = RequestMetrics(ROUTES)
     usage = UsageMeter()
 
@@ -66,6 +90,7 @@ def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Await
         clock=SystemClock(),
         random=system_random,
         observer=observe,
+        replay=shared_replay_table(DEFAULT_TIMESTAMP_WINDOW.max_past_ms),
     )
 
 

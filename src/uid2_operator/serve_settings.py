@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from uid2_operator.domain.environments import Environment
+from uid2_operator.services.replay_table import DEFAULT_SLOTS, MAX_SLOTS
 from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.settings import SettingsError
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
@@ -42,6 +43,7 @@ MAX_LIFETIME_S = 10 * 366 * 86_400
 # can still pass), so it is capped at an hour; client-side requests come from end-user clocks.
 MAX_REQUEST_WINDOW_MS = 3_600_000
 MAX_CSTG_WINDOW_MS = 86_400_000
+MIN_REPLAY_TABLE_ENTRIES: Final = 1_024
 _LIFETIME_VARIABLES = (
     ("identity_token_s", "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S"),
     ("refresh_token_s", "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S"),
@@ -122,7 +124,10 @@ class ServeSettings:
     environment's defaults). ``request_window``: how far a v2 envelope's timestamp may lie behind
     or ahead of the operator's clock (the reference-compatible 119 999 / 119 000 ms by default; it
     also bounds how long a nonce is remembered against replay). ``cstg_window``: the same for
-    ``/v2/token/client-generate`` (30 minutes either way by default).
+    ``/v2/token/client-generate`` (30 minutes either way by default). ``replay_table_entries``:
+    the slots of the replay table the workers share (``services.replay_table``), 12 bytes each;
+    keep it at about twice the envelopes the whole serve answers over ``request_window``'s past
+    side, or the table evicts entries before they expire.
 
     Nothing here is secret, so the default repr is safe to log.
     """
@@ -135,6 +140,7 @@ class ServeSettings:
     lifetimes: LifetimeOverrides = LifetimeOverrides()
     request_window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
     cstg_window: TimestampWindow = DEFAULT_CSTG_TIMESTAMP_WINDOW
+    replay_table_entries: int = DEFAULT_SLOTS
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
@@ -147,6 +153,10 @@ class ServeSettings:
         ):
             if max(window.max_past_ms, window.max_future_ms) > limit:
                 raise SettingsError(f"A timestamp window may reach at most {limit} ms either way")
+        if not MIN_REPLAY_TABLE_ENTRIES <= self.replay_table_entries <= MAX_SLOTS:
+            raise SettingsError(
+                f"UID2_REPLAY_TABLE_ENTRIES must be from {MIN_REPLAY_TABLE_ENTRIES} to {MAX_SLOTS}"
+            )
 
     def token_lifetimes(self, environment: Environment) -> Lifetimes:
         """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
@@ -166,7 +176,11 @@ class ServeSettings:
 
         Timestamp windows (whole milliseconds): UID2_REQUEST_MAX_AGE_MS (119999),
         UID2_REQUEST_MAX_FUTURE_MS (119000), UID2_CSTG_MAX_AGE_MS (1800000),
-        UID2_CSTG_MAX_FUTURE_MS (1800000)."""
+        UID2_CSTG_MAX_FUTURE_MS (1800000).
+
+        Replay protection: UID2_REPLAY_TABLE_ENTRIES, the slots of the table of seen envelopes
+        that the workers of one serve share (whole number, 1024 to 2^27; default 2097152, 24 MiB
+        in memory; read by the serving process, which creates the table)."""
         env = os.environ if environ is None else environ
         lifetimes = LifetimeOverrides(
             **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
@@ -190,6 +204,7 @@ class ServeSettings:
                 env, "UID2_KEY_ROTATION_INTERVAL_S", DEFAULT_KEY_ROTATION_INTERVAL_S
             ),
             client_side_generate=_flag(env, "UID2_CLIENT_SIDE_GENERATE", default=True),
+            replay_table_entries=_whole(env, "UID2_REPLAY_TABLE_ENTRIES", DEFAULT_SLOTS),
         )
 
 

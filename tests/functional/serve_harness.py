@@ -239,5 +239,6 @@ def _wait_ready(server: Served, workers: int) -> None:
 
 
 def worker_ids(metrics_text: str) -> set[str]:
-    """The workers a scrape came from (each worker labels its own series)."""
-    return set(re.findall(r'uid2_operator_serving\{worker="(\d+)"\} 1\.0', metrics_text))
+    """The worker that answered a scrape. A scrape lists every worker's series, each under its
+    own ``worker`` label; only the answering worker labels ``uid2_operator_metrics_workers``."""
+    return set(re.findall(r'uid2_operator_metrics_workers\{worker="(\d+)"\}', metrics_text))

@@ -40,9 +40,11 @@ from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
+from uid2_operator.services import replay_table
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
+from uid2_operator.web.operator_api.metrics_files import remove_worker_files
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,14 @@ def _worker_main(host: str, port: int, shared: socket.socket | None, log_level: 
 
 @dataclass
 class _Workers:
+    """The worker processes: started, restarted when they exit, stopped.
+
+    A worker that exited without stopping cleanly leaves its metrics file in the runtime
+    directory, and every other worker would keep reporting its figures as current; so the file of
+    a worker is removed here when it is restarted or stopped. The runtime directory is the one
+    named in the environment the workers inherit (``RUNTIME_DIR_VARIABLE``), read at ``start``.
+    """
+
     host: str
     port: int
     count: int
@@ -152,6 +162,7 @@ class _Workers:
         self.processes: list[SpawnProcess] = []
         self._started: dict[int, float] = {}
         self._quick_exits = 0
+        self._runtime_dir: Path | None = None
 
     def _start_one(self) -> SpawnProcess:
         process = self._context.Process(
@@ -165,7 +176,14 @@ class _Workers:
         return process
 
     def start(self) -> None:
+        shared_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
+        self._runtime_dir = Path(shared_dir) if shared_dir else None
         self.processes = [self._start_one() for _ in range(self.count)]
+
+    def _forget(self, process: SpawnProcess) -> None:
+        """Remove what an exited worker published for the others (its metrics file)."""
+        if self._runtime_dir is not None and process.pid is not None:
+            remove_worker_files(self._runtime_dir, process.pid)
 
     def keep_alive(self) -> None:
         """Restart workers that exited; give up when they keep dying right after starting (a
@@ -181,6 +199,7 @@ class _Workers:
                     "see the messages above"
                 )
             log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+            self._forget(process)
             time.sleep(_RESTART_PAUSE_S)
             self.processes[index] = self._start_one()
 
@@ -194,6 +213,7 @@ class _Workers:
             if process.is_alive():
                 process.kill()
                 process.join()
+            self._forget(process)
 
 
 # --------------------------------------------------------------------------------- upkeep
@@ -249,10 +269,29 @@ def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvico
 def _share_runtime_dir() -> Path:
     """Create a directory private to this serve (mode 0700) and name it to the workers it will
     start: state that must be the same on every worker, or outlive one worker, lives there. It
-    is in memory (``/dev/shm``) where the machine has it, and removed when serve stops."""
+    is in memory (``/dev/shm``) where the machine has it, and removed when serve stops.
+
+    It starts with the replay table (``services.replay_table``), sized by
+    ``UID2_REPLAY_TABLE_ENTRIES`` and made for the request window, so that every worker, the
+    first one and any restarted later, opens the same table. Creating it reserves its memory: a
+    ``/dev/shm`` too small for it stops serve here, with the directory removed."""
     shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a new 0700 directory with a random name)
     parent = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
     runtime_dir = Path(tempfile.mkdtemp(prefix="uid2-operator-", dir=parent))
+    serve_settings = ServeSettings.from_env()
+    try:
+        replay_table.ReplayTable.create(
+            runtime_dir / replay_table.TABLE_FILE,
+            max_past_ms=serve_settings.request_window.max_past_ms,
+            slots=serve_settings.replay_table_entries,
+        )
+    except OSError as exc:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        size = replay_table.table_size(serve_settings.replay_table_entries, replay_table.PROBE)
+        raise click.ClickException(
+            f"cannot create the replay table ({size // (1 << 20)} MiB, UID2_REPLAY_TABLE_ENTRIES)"
+            f" in {runtime_dir.parent}: {exc.strerror or exc}"
+        ) from None
     os.environ[RUNTIME_DIR_VARIABLE] = str(runtime_dir)
     return runtime_dir
 

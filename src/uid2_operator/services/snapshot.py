@@ -42,8 +42,12 @@ from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS
 from uid2_operator.domain.credentials import ApiKey, KeyState, effective_roles
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keysets import Keyset
-from uid2_operator.domain.optout import BuiltInIdentities, builtin_identities, is_opted_out
-from uid2_operator.domain.optout import OptOutRecord as OptOutRecord  # noqa: PLC0414 re-export
+from uid2_operator.domain.optout import (
+    BuiltInIdentities,
+    OptOutRecord,
+    builtin_identities,
+    is_opted_out,
+)
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SaltTable

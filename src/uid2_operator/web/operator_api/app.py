@@ -42,6 +42,7 @@ from typing import Any, Final
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS, Denied, authorize_endpoint
 from uid2_operator.domain.credentials import authenticate, verify_api_key
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import (
     BodyTooLarge,
     CredentialMissing,
@@ -56,7 +57,8 @@ from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import OptOutSink
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
-from uid2_operator.services.snapshot import ClientRecord, OptOutRecord, Snapshot
+from uid2_operator.services.replay_table import ReplayGuard
+from uid2_operator.services.snapshot import ClientRecord, Snapshot
 from uid2_operator.web.operator_api.errors import JSON, TEXT, render
 from uid2_operator.wire.aead import IV_SIZE, RandomBytes, seal_with_iv
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
@@ -243,7 +245,14 @@ def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> Cl
 
 
 class OperatorApi:
-    """The ASGI application object; one per process, holding the replay cache."""
+    """The ASGI application object; one per process, holding its replay guard.
+
+    ``replay`` remembers the envelopes seen, to refuse them again: ``uid2-operator serve`` hands
+    every worker the table they all share (``services.replay_table``); without one, the
+    application keeps its own ``ReplayCache`` (sized by ``config.replay_cache_entries``), which
+    is right for a lone application (tests, benchmarks) and wrong for several processes behind
+    one port.
+    """
 
     def __init__(
         self,
@@ -254,6 +263,7 @@ class OperatorApi:
         record_optout: OptOutSink = _discard_optout,
         config: OperatorApiConfig | None = None,
         observer: RequestObserver | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self._settings = config or OperatorApiConfig()
         self._body_limit = self._settings.body_limit
@@ -261,10 +271,12 @@ class OperatorApi:
         self._now = (clock or SystemClock()).now_ms
         self._provider = snapshot_provider or _no_snapshot
         self._random = random
-        self._replay = ReplayCache(
-            max_past_ms=self._settings.window.max_past_ms,
-            max_entries=self._settings.replay_cache_entries,
-        )
+        if replay is None:  # not ``or``: an empty cache has a length of 0
+            replay = ReplayCache(
+                max_past_ms=self._settings.window.max_past_ms,
+                max_entries=self._settings.replay_cache_entries,
+            )
+        self._replay = replay
         self._endpoints: Mapping[str, data_plane.EndpointHandler] = data_plane.enveloped_endpoints(
             record_optout
         )
@@ -470,6 +482,7 @@ def create_operator_app(
     record_optout: OptOutSink = _discard_optout,
     config: OperatorApiConfig | None = None,
     observer: RequestObserver | None = None,
+    replay: ReplayGuard | None = None,
 ) -> ASGIApp:
     """Build the operator application.
 
@@ -477,6 +490,7 @@ def create_operator_app(
     keeps it fresh swaps what it returns); with none, or while it returns None, every API route
     answers 503 and only the health check works. ``observer``, when given, is called after
     every answered request (metrics and usage; it must be cheap: it runs on the request path).
+    ``replay``: the replay guard (default: a cache of the application's own, see ``OperatorApi``).
     """
     return OperatorApi(
         snapshot_provider=snapshot_provider,
@@ -485,4 +499,5 @@ def create_operator_app(
         record_optout=record_optout,
         config=config,
         observer=observer,
+        replay=replay,
     )

@@ -6,18 +6,29 @@ cache: more than the cryptography of some endpoints. Here a request costs two di
 turns the dicts into metric families only when ``/metrics`` is scraped (also on the loop thread,
 so nothing is shared across threads and no lock is needed).
 
-Series: ``uid2_operator_requests_total{endpoint, key_id, status}`` and the histogram
-``uid2_operator_request_duration_seconds{endpoint, key_id}``. ``endpoint`` is the route, or
-``other`` for a path the operator does not serve (a scanner cannot create series); ``key_id`` is
-the public id of the API key that authenticated the request, or empty. Snapshot gauges describe
-the worker that answered the scrape; each worker keeps its own counters (``worker`` label).
+Series: ``uid2_operator_requests_total{endpoint, key_id, status, worker}`` and the histogram
+``uid2_operator_request_duration_seconds{endpoint, key_id, worker}``. ``endpoint`` is the route,
+or ``other`` for a path the operator does not serve (a scanner cannot create series); ``key_id``
+is the public id of the API key that authenticated the request, or empty; ``worker`` is the
+process id of the worker that counted it. Each worker keeps its own counters, and its gauges
+(snapshot generation, store reachable, ...) describe that worker alone.
+
+A scrape lands on one worker of a serve. So that it still reports the whole serve, every worker
+publishes its figures (``WorkerFigures``) to a file that the others read when they are scraped
+(``metrics_files``): the collector is then given a ``peers`` source, and renders the answering
+worker's own figures, live, beside every other worker's last published ones, each under its own
+``worker`` label. It also reports ``uid2_operator_metrics_workers``: how many workers the answer
+covers, labelled with the worker that gave it. Without a ``peers`` source (a lone worker) the
+output is the answering worker's alone, as it always was. ``process_*`` metrics come from a
+separate collector and stay the answering worker's own.
 """
 
 from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client.core import (
@@ -32,6 +43,7 @@ LATENCY_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 OTHER: Final = "other"
+WORKERS_GAUGE: Final = "uid2_operator_metrics_workers"
 
 
 class RequestMetrics:
@@ -71,22 +83,63 @@ Gauge = tuple[str, str, Callable[[], float | None]]
 """``(name, help, read)``: a gauge of the worker, omitted while ``read`` returns None."""
 
 
-class MetricsCollector(Collector):
-    """Exports a ``RequestMetrics`` and a few worker gauges at scrape time."""
+@dataclass(frozen=True, slots=True)
+class WorkerFigures:
+    """What one worker reports, copied at one instant: the unit a worker publishes and a scrape
+    renders.
 
-    def __init__(self, metrics: RequestMetrics, gauges: Iterable[Gauge] = ()) -> None:
+    ``latency`` holds, per (endpoint, key id), the count of each of ``LATENCY_BUCKETS``, the
+    count above the last bound, then the sum of the observed seconds (``RequestMetrics``'s own
+    layout, not cumulative). ``gauges`` holds the gauges that had a value, by name.
+    """
+
+    worker: str
+    counts: Mapping[tuple[str, str, int], int]
+    latency: Mapping[tuple[str, str], Sequence[float]]
+    gauges: Mapping[str, float]
+
+
+class MetricsCollector(Collector):
+    """Exports a ``RequestMetrics`` and a few worker gauges at scrape time, beside the figures
+    ``peers`` returns for the other workers of the same serve (see the module docstring)."""
+
+    def __init__(
+        self,
+        metrics: RequestMetrics,
+        gauges: Iterable[Gauge] = (),
+        *,
+        worker: str | None = None,
+        peers: Callable[[], Sequence[WorkerFigures]] | None = None,
+    ) -> None:
         self._metrics = metrics
         self._gauges = tuple(gauges)
-        self._worker = str(os.getpid())
+        self._worker = worker if worker is not None else str(os.getpid())
+        self._peers = peers
+
+    def figures(self) -> WorkerFigures:
+        """This worker's figures now (copies: the caller may keep them)."""
+        gauges: dict[str, float] = {}
+        for name, _text, read in self._gauges:
+            value = read()
+            if value is not None:
+                gauges[name] = value
+        return WorkerFigures(self._worker, self._metrics.counts(), self._metrics.latency(), gauges)
 
     def collect(self) -> Iterator[Metric]:
-        worker = self._worker
+        everyone = [self.figures()]
+        if self._peers is not None:
+            everyone.extend(peer for peer in self._peers() if peer.worker != self._worker)
         requests = CounterMetricFamily(
             "uid2_operator_requests",
             "Operator API requests by endpoint, API key id and HTTP status.",
             labels=["endpoint", "key_id", "status", "worker"],
         )
-        for (endpoint, key_id, status), count in sorted(self._metrics.counts().items()):
+        counted = sorted(
+            (label, figures.worker, count)
+            for figures in everyone
+            for label, count in figures.counts.items()
+        )
+        for (endpoint, key_id, status), worker, count in counted:
             requests.add_metric([endpoint, key_id, str(status), worker], count)
         yield requests
         latency = HistogramMetricFamily(
@@ -94,7 +147,12 @@ class MetricsCollector(Collector):
             "Operator API request latency by endpoint and API key id.",
             labels=["endpoint", "key_id", "worker"],
         )
-        for (endpoint, key_id), series in sorted(self._metrics.latency().items()):
+        timed = sorted(
+            (label, figures.worker, series)
+            for figures in everyone
+            for label, series in figures.latency.items()
+        )
+        for (endpoint, key_id), worker, series in timed:
             cumulative = 0.0
             buckets: list[tuple[str, float]] = []
             for bound, observed in zip((*LATENCY_BUCKETS, float("inf")), series, strict=False):
@@ -102,12 +160,22 @@ class MetricsCollector(Collector):
                 buckets.append((_bound(bound), cumulative))
             latency.add_metric([endpoint, key_id, worker], buckets, series[-1])
         yield latency
-        for name, text, read in self._gauges:
-            value = read()
-            if value is not None:
+        for name, text, _read in self._gauges:
+            values = [(f.worker, f.gauges[name]) for f in everyone if name in f.gauges]
+            if values:
                 gauge = GaugeMetricFamily(name, text, labels=["worker"])
-                gauge.add_metric([worker], value)
+                for worker, value in values:
+                    gauge.add_metric([worker], value)
                 yield gauge
+        if self._peers is not None:
+            covered = GaugeMetricFamily(
+                WORKERS_GAUGE,
+                "Workers this answer reports: the answering worker (its label) and every other "
+                "worker whose published figures could be read.",
+                labels=["worker"],
+            )
+            covered.add_metric([self._worker], float(len(everyone)))
+            yield covered
 
 
 def _bound(value: float) -> str:

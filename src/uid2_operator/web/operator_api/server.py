@@ -6,13 +6,17 @@ process. It wires, per process:
 - a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes;
 - the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
 - a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches;
-- ``RequestMetrics`` counted on the request path and exported at ``/metrics``;
+- ``RequestMetrics`` counted on the request path and exported at ``/metrics``; under ``serve``
+  (a runtime directory) a ``MetricsPublisher`` that writes them to this worker's metrics file,
+  and a collector that reads the other workers' files, so any scrape reports every worker
+  (``metrics_files`` explains why and how);
 - the serve settings' token lifetimes and timestamp windows (``ServeSettings``).
 
 ``OperatorServer`` sits in front of the API and answers two paths itself: ``GET /metrics``
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
 reason as plain text, operator-api §6.13); a healthy health check goes to the API (200 ``OK``).
-Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending.
+Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending, then
+removes this worker's metrics file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
+from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import WriteBehind
@@ -47,6 +52,7 @@ from uid2_operator.web.operator_api.app import (
 )
 from uid2_operator.web.operator_api.errors import TEXT
 from uid2_operator.web.operator_api.metrics import Gauge, MetricsCollector, RequestMetrics
+from uid2_operator.web.operator_api.metrics_files import MetricsFiles, MetricsPublisher
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ class Worker:
     write_behind: WriteBehind
     metrics: RequestMetrics
     registry: CollectorRegistry
+    publisher: MetricsPublisher | None = None
 
 
 class OperatorServer:
@@ -84,6 +91,10 @@ class OperatorServer:
                     await _answer(send, 503, problem.encode(), TEXT)
                     return
             elif path == METRICS and scope["method"] in ("GET", "HEAD"):
+                publisher = self.worker.publisher
+                if publisher is not None:
+                    # what this answer reports as ours is then in our file too (metrics_files)
+                    publisher.publish()
                 body = generate_latest(self.worker.registry)
                 await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
                 return
@@ -104,23 +115,36 @@ class OperatorServer:
 
     async def start(self) -> None:
         """Load the first snapshot (a failure is reported on the health check and retried by
-        the poller), then start the poller and the flusher."""
+        the poller), then start the poller, the flusher and the metrics publisher."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.worker.source.refresh)
         self._tasks = [
             asyncio.create_task(self.worker.source.run(), name="snapshot-poller"),
             asyncio.create_task(self.worker.write_behind.run(), name="write-behind"),
         ]
+        if self.worker.publisher is not None:
+            self._tasks.append(
+                asyncio.create_task(self.worker.publisher.run(), name="metrics-publisher")
+            )
 
     async def stop(self) -> None:
+        """Stop the loops, publish the final metrics (the other workers report them while this
+        one flushes), flush, close, and remove the metrics file."""
+        publisher = self.worker.publisher
         self.worker.source.stop()
         self.worker.write_behind.stop()
+        if publisher is not None:
+            publisher.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if publisher is not None:
+            publisher.publish()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.worker.write_behind.flush)
         self.worker.write_behind.close()
         self.worker.source.close()
         self.worker.store.close()
+        if publisher is not None:
+            publisher.close()
 
 
 async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
@@ -149,7 +173,9 @@ def build_worker(
     """Wire one worker over ``store`` (default: the configured one, opened lazily).
 
     ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
-    None for a worker on its own (tests, benchmarks)."""
+    None for a worker on its own (tests, benchmarks). A worker with one refuses replays through
+    the table the serving process created there (every worker's, and any restarted one's); a
+    worker on its own keeps a replay cache of its own."""
     now = clock or SystemClock()
     ring = keyring or load_keyring(settings)
     # The parent checked the schema before starting workers; a worker must start (and report
@@ -192,9 +218,14 @@ def build_worker(
         if key_id is not None:
             usage.add(key_id, path)
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MetricsCollector(metrics, _gauges(source, write_behind, now)))
-    ProcessCollector(registry=registry)
+    registry, publisher = _registry(metrics, _gauges(source, write_behind, now), runtime_dir)
+    replay = (
+        None
+        if runtime_dir is None
+        else ReplayTable.open(
+            runtime_dir / TABLE_FILE, max_past_ms=serve.request_window.max_past_ms
+        )
+    )
     api = OperatorApi(
         snapshot_provider=lambda: source.current,
         clock=now,
@@ -202,8 +233,26 @@ def build_worker(
         record_optout=write_behind.record_optout,
         config=OperatorApiConfig(window=serve.request_window, cstg_window=serve.cstg_window),
         observer=observe,
+        replay=replay,
     )
-    return OperatorServer(api, Worker(db, source, write_behind, metrics, registry))
+    return OperatorServer(api, Worker(db, source, write_behind, metrics, registry, publisher))
+
+
+def _registry(
+    metrics: RequestMetrics, gauges: list[Gauge], runtime_dir: Path | None
+) -> tuple[CollectorRegistry, MetricsPublisher | None]:
+    """The worker's ``/metrics`` registry and, when it shares a runtime directory with other
+    workers, the publisher of its figures (its collector then reads theirs)."""
+    registry = CollectorRegistry(auto_describe=False)
+    worker = str(os.getpid())
+    files = None if runtime_dir is None else MetricsFiles(runtime_dir, worker)
+    collector = MetricsCollector(
+        metrics, gauges, worker=worker, peers=None if files is None else files.peers
+    )
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    publisher = None if files is None else MetricsPublisher(files, collector.figures)
+    return registry, publisher
 
 
 def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> list[Gauge]:

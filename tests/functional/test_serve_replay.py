@@ -1,0 +1,136 @@
+"""A replayed envelope is refused by every worker of a real ``serve``, and after they restart.
+
+A real ``uid2-operator serve --workers 3``; every request goes on a fresh connection, so the
+kernel spreads them over the workers' ``SO_REUSEPORT`` sockets. An envelope is answered once;
+the very same bytes sent again on 20 new connections must all get the replay error, whichever
+worker takes them (were each worker to remember only its own envelopes, all 20 would have to
+land on the one worker that answered: (1/3)^20, about 3e-10). Then every worker is killed with
+SIGKILL and restarted by serve, and an envelope answered before the kill is still refused by
+the new workers, which have never seen it.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_harness import database_for
+from serve_harness import Credential, Prepared, Reply, Served, prepare, served, worker_ids
+
+from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+
+pytestmark = pytest.mark.functional
+
+WORKERS = 3
+REPLAYS = 20
+GENERATE = "/v2/token/generate"
+REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
+DEADLINE_S = 90.0
+# serve gives up on workers that keep dying within this many seconds of their start.
+QUICK_EXIT_S: float = importlib.import_module("uid2_operator.cli.serve")._QUICK_EXIT_S
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared, Served]]:
+    with database_for("sqlite", tmp_path_factory.mktemp("replay")) as database:
+        prepared = prepare(database)
+        with served(database, workers=WORKERS) as server:
+            yield prepared, server
+
+
+def _envelope(cred: Credential, email: str) -> tuple[bytes, bytes]:
+    """A sealed generate request (base64 text, as sent) and its nonce."""
+    nonce = os.urandom(8)
+    sealed = seal_request(
+        json.dumps({"email": email}).encode(),
+        secret=cred.secret_bytes,
+        now_ms=time.time_ns() // 1_000_000,
+        nonce=nonce,
+        random=os.urandom,
+    )
+    return base64.b64encode(sealed), nonce
+
+
+def _send(server: Served, cred: Credential, body: bytes) -> Reply:
+    return server.post(GENERATE, body, cred.key, "text/plain")
+
+
+def _answered(reply: Reply, cred: Credential, nonce: bytes) -> None:
+    assert reply.status_code == 200, reply.text
+    opened = open_response(
+        unframe_response(reply.content, False), secret=cred.secret_bytes, nonce=nonce
+    )
+    assert opened["status"] == "success"
+
+
+def _refused_as_replays(server: Served, cred: Credential, body: bytes) -> None:
+    replies = [_send(server, cred, body) for _ in range(REPLAYS)]
+    got = [(reply.status_code, json.loads(reply.content)) for reply in replies]
+    assert got == [(400, REPLAY_ERROR)] * REPLAYS
+
+
+def _workers(server: Served, *, excluding: frozenset[str] = frozenset()) -> set[str]:
+    """The ids (process ids) of all ``WORKERS`` serving workers, none of them in ``excluding``;
+    waits until fresh connections have reached that many."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        assert server.process.poll() is None, "\n".join(server.lines)
+        assert time.monotonic() < deadline, (seen, "\n".join(server.lines))
+        try:
+            seen = {w for w in seen | worker_ids(server.metrics()) if w not in excluding}
+        except OSError:  # between a worker's death and its successor's start
+            time.sleep(0.05)
+            continue
+        seen = {w for w in seen if Path(f"/proc/{w}").exists()}
+        if len(seen) == WORKERS:
+            return seen
+
+
+def _age_s(pid: str) -> float:
+    """Seconds since process ``pid`` started (``/proc``: serve's ``SO_REUSEPORT`` layout is
+    Linux's anyway)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return float(Path("/proc/uptime").read_text().split()[0]) - started
+
+
+def test_a_replay_is_refused_by_every_worker(serving: tuple[Prepared, Served]) -> None:
+    prepared, server = serving
+    cred = prepared.key
+    _workers(server)
+    body, nonce = _envelope(cred, "replayed@example.com")
+    _answered(_send(server, cred, body), cred, nonce)
+    _refused_as_replays(server, cred, body)
+    # Fresh envelopes of the same key are still answered, by every worker.
+    for n in range(10):
+        fresh, fresh_nonce = _envelope(cred, f"fresh{n}@example.com")
+        _answered(_send(server, cred, fresh), cred, fresh_nonce)
+
+
+def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(
+    serving: tuple[Prepared, Served],
+) -> None:
+    prepared, server = serving
+    cred = prepared.key
+    old = _workers(server)
+    # Workers that die young count towards serve giving up; these have lived long enough.
+    deadline = time.monotonic() + DEADLINE_S
+    while min(_age_s(pid) for pid in old) < QUICK_EXIT_S + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    body, nonce = _envelope(cred, "before-the-kill@example.com")
+    _answered(_send(server, cred, body), cred, nonce)
+    for pid in old:
+        os.kill(int(pid), signal.SIGKILL)
+    new = _workers(server, excluding=frozenset(old))
+    assert not new & old
+    _refused_as_replays(server, cred, body)
+    assert any("restarting" in line for line in server.lines)
