@@ -33,6 +33,7 @@ REPLAYS = 20
 GENERATE = "/v2/token/generate"
 REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
 DEADLINE_S = 90.0
+TABLE_SLOTS = 65_536
 # serve gives up on workers that keep dying within this many seconds of their start.
 QUICK_EXIT_S: float = importlib.import_module("uid2_operator.cli.serve")._QUICK_EXIT_S
 
@@ -41,7 +42,9 @@ QUICK_EXIT_S: float = importlib.import_module("uid2_operator.cli.serve")._QUICK_
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared, Served]]:
     with database_for("sqlite", tmp_path_factory.mktemp("replay")) as database:
         prepared = prepare(database)
-        with served(database, workers=WORKERS) as server:
+        with served(
+            database, workers=WORKERS, env={"UID2_REPLAY_TABLE_ENTRIES": str(TABLE_SLOTS)}
+        ) as server:
             yield prepared, server
 
 
@@ -113,6 +116,10 @@ def test_a_replay_is_refused_by_every_worker(serving: tuple[Prepared, Served]) -
     for n in range(10):
         fresh, fresh_nonce = _envelope(cred, f"fresh{n}@example.com")
         _answered(_send(server, cred, fresh), cred, fresh_nonce)
+    # The table's figures describe the whole serve: one unlabelled series, the configured size.
+    metrics = server.metrics()
+    assert f"uid2_operator_replay_table_slots {TABLE_SLOTS:.1f}" in metrics
+    assert "uid2_operator_replay_evictions_total 0.0" in metrics
 
 
 def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(

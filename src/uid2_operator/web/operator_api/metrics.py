@@ -29,7 +29,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -180,3 +180,39 @@ class MetricsCollector(Collector):
 
 def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
+
+
+class ReplayTableFigures(Protocol):
+    """What ``ReplayTableCollector`` reads of the replay table the workers share."""
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def evictions(self) -> int: ...
+
+
+class ReplayTableCollector(Collector):
+    """Figures of the replay table that every worker of one serve shares, read from the table
+    itself at scrape time. They describe the whole serve, not a worker, so they carry no
+    ``worker`` label and are not published to the metrics files (summing them over workers
+    would multiply them)."""
+
+    def __init__(self, table: ReplayTableFigures) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        evictions = CounterMetricFamily(
+            "uid2_operator_replay_evictions",
+            "Remembered request envelopes dropped before their timestamps left the window, "
+            "because their part of the replay table was full (whole serve). Growing: raise "
+            "UID2_REPLAY_TABLE_ENTRIES.",
+        )
+        evictions.add_metric([], self._table.evictions)
+        yield evictions
+        slots = GaugeMetricFamily(
+            "uid2_operator_replay_table_slots",
+            "Slots of the replay table the workers share (UID2_REPLAY_TABLE_ENTRIES).",
+        )
+        slots.add_metric([], self._table.slots)
+        yield slots

@@ -51,7 +51,12 @@ from uid2_operator.web.operator_api.app import (
     Send,
 )
 from uid2_operator.web.operator_api.errors import TEXT
-from uid2_operator.web.operator_api.metrics import Gauge, MetricsCollector, RequestMetrics
+from uid2_operator.web.operator_api.metrics import (
+    Gauge,
+    MetricsCollector,
+    ReplayTableCollector,
+    RequestMetrics,
+)
 from uid2_operator.web.operator_api.metrics_files import MetricsFiles, MetricsPublisher
 from uid2_operator.wire.aead import RandomBytes
 
@@ -226,6 +231,8 @@ def build_worker(
             runtime_dir / TABLE_FILE, max_past_ms=serve.request_window.max_past_ms
         )
     )
+    if replay is not None:
+        registry.register(ReplayTableCollector(replay))
     api = OperatorApi(
         snapshot_provider=lambda: source.current,
         clock=now,
