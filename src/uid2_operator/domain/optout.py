@@ -10,13 +10,19 @@ Decisions, in order (operator-api §7.2-§7.3):
 1. the all-0xFF FLH and the "never opted out" test identities are never opted out;
 2. a recorded FLH, the all-zero FLH and the "always opted out" test identities are opted out;
 3. at refresh only, the "refresh opt-out" test identities are opted out too.
+
+The records are indexed by ``OptOutIndex`` for the request path. Opt-outs only grow (the
+reference service holds hundreds of millions) and arrive a few thousand at a time, so the index
+is changed by the records that changed rather than rebuilt: its maps are ``LayeredMap``s, a
+frozen base shared from one index to the next plus a small overlay of later changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from enum import Enum
+from typing import Final, Generic, TypeVar, overload
 
 from uid2_operator.errors import InvalidInput
 from uid2_operator.wire.identity import InputKind, hash_identity, normalize_email
@@ -135,3 +141,208 @@ def is_opted_out(
     if flh in records or flh == ALWAYS_OPTED_OUT_FLH or identity in builtins.always:
         return True
     return at_refresh and identity in builtins.at_refresh
+
+
+# ------------------------------------------------------------------------------ the index
+
+K = TypeVar("K", bytes, str)
+V = TypeVar("V", int, str)
+_T = TypeVar("_T")
+
+
+class _Gone(Enum):
+    """An overlay entry that hides its key in the base (the key was removed since the fold)."""
+
+    GONE = 0
+
+
+_GONE: Final = _Gone.GONE
+
+FOLD_DIVISOR: Final = 16
+"""An overlay is folded into its base once it holds more than a sixteenth of the base..."""
+FOLD_MINIMUM: Final = 8192
+"""...and more than this many entries (so a small index is not re-copied on every change)."""
+
+
+class LayeredMap(Mapping[K, V], Generic[K, V]):
+    """An immutable map made of a large frozen base and a small overlay of later changes.
+
+    Opt-outs only grow, by a few thousand between two loads of a store that holds millions, and
+    every load must hand the request path a new immutable map while the previous one may still
+    be in use. Copying a dict of a million entries costs about 30 ms (and two of them a load);
+    so a change copies only the overlay and leaves the base shared between the old map and the
+    new one. Lookups stay two dict probes. When the overlay outgrows ``FOLD_DIVISOR`` of the base
+    (and ``FOLD_MINIMUM``), ``updated`` folds it into a fresh base: one full copy, amortised over
+    the many changes that filled the overlay, so each change costs what it adds and no more than
+    a fixed fraction of the base. A removed key is a ``_GONE`` entry in the overlay until then.
+
+    Neither dict is ever written after the map is made: whoever holds a map may read it from
+    any thread while the next one is built.
+    """
+
+    __slots__ = ("_base", "_overlay", "_size")
+
+    def __init__(
+        self,
+        base: dict[K, V] | None = None,
+        overlay: dict[K, V | _Gone] | None = None,
+        size: int | None = None,
+    ) -> None:
+        self._base: dict[K, V] = {} if base is None else base
+        self._overlay: dict[K, V | _Gone] = {} if overlay is None else overlay
+        self._size = len(self._base) if size is None else size
+
+    def __getitem__(self, key: K) -> V:
+        value = self._overlay.get(key)
+        if value is None:
+            return self._base[key]
+        if value is _GONE:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        overlay = self._overlay
+        if key in overlay:
+            return overlay[key] is not _GONE
+        return key in self._base
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, /, default: V | _T) -> V | _T: ...
+    def get(self, key: K, /, default: object = None) -> object:
+        value = self._overlay.get(key)
+        if value is None:
+            return self._base.get(key, default)
+        return default if value is _GONE else value
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[K]:
+        overlay = self._overlay
+        for key, value in overlay.items():
+            if value is not _GONE:
+                yield key
+        for key in self._base:
+            if key not in overlay:
+                yield key
+
+    @property
+    def layer_sizes(self) -> tuple[int, int]:
+        """``(base entries, overlay entries)``, removals included: what the next change copies."""
+        return len(self._base), len(self._overlay)
+
+    def updated(self, changes: Mapping[K, V | _Gone], *, fold: bool = True) -> LayeredMap[K, V]:
+        """A new map with ``changes`` applied (``_GONE`` removes a key); this one is unchanged.
+
+        ``fold=False`` never folds, so the cost is the overlay's size whatever the base's: for
+        a caller on a latency-sensitive thread, which leaves the fold to the next ``updated``.
+        """
+        base = self._base
+        overlay = dict(self._overlay)
+        size = self._size
+        for key, value in changes.items():
+            present = key in self
+            if value is _GONE:
+                if key in base:
+                    overlay[key] = _GONE
+                else:
+                    overlay.pop(key, None)
+                size -= present
+            else:
+                overlay[key] = value
+                size += not present
+        if fold and len(overlay) > max(FOLD_MINIMUM, len(base) // FOLD_DIVISOR):
+            return LayeredMap(_folded(base, overlay), None, size)
+        return LayeredMap(base, overlay, size)
+
+
+def _folded(base: dict[K, V], overlay: dict[K, V | _Gone]) -> dict[K, V]:
+    if not base:  # a first build: the overlay (a fresh dict, never shared) holds no removal
+        return {key: value for key, value in overlay.items() if not isinstance(value, _Gone)}
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, _Gone):
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutIndex:
+    """Every opt-out record, indexed for the request path, and changed by the records that
+    changed: iterating it gives the records back (rebuilt, by no particular order).
+
+    - ``by_flh``: first-level hash -> opt-out time (token generate, refresh, identity map);
+    - ``by_advertising_id``: raw UID -> opt-out time (``/v2/optout/status``);
+    - ``advertising_ids``: first-level hash -> its current raw UID, so that a record whose raw
+      UID changed (the same person opting out again after their salt bucket rotated) takes the
+      old raw UID out of ``by_advertising_id``, as a full rebuild from the records would.
+
+    A raw UID is derived from its first-level hash, so two records never share one; were they
+    to, the raw UID would answer with the time of the record written last.
+    """
+
+    by_flh: LayeredMap[bytes, int]
+    by_advertising_id: LayeredMap[str, int]
+    advertising_ids: LayeredMap[bytes, str]
+
+    @classmethod
+    def empty(cls) -> OptOutIndex:
+        return cls(LayeredMap(), LayeredMap(), LayeredMap())
+
+    @classmethod
+    def of(cls, records: Iterable[OptOutRecord]) -> OptOutIndex:
+        """The index of stored records (one per first-level hash)."""
+        return cls.empty().replaced(records)
+
+    def __len__(self) -> int:
+        return len(self.by_flh)
+
+    def __iter__(self) -> Iterator[OptOutRecord]:
+        ads = self.advertising_ids
+        for flh, timestamp_ms in self.by_flh.items():
+            yield OptOutRecord(flh, timestamp_ms, ads.get(flh))
+
+    def record(self, flh: bytes) -> OptOutRecord | None:
+        timestamp_ms = self.by_flh.get(flh)
+        if timestamp_ms is None:
+            return None
+        return OptOutRecord(flh, timestamp_ms, self.advertising_ids.get(flh))
+
+    def replaced(self, records: Iterable[OptOutRecord], *, fold: bool = True) -> OptOutIndex:
+        """A new index where each record replaces the one of its first-level hash, as the store
+        holds them now: the result equals ``of`` over the store's records whatever order the
+        changes came in, which is what lets a reload read only what changed."""
+        times: dict[bytes, int | _Gone] = {}
+        ids: dict[str, int | _Gone] = {}
+        owners: dict[bytes, str | _Gone] = {}
+        current = self.advertising_ids
+        for record in records:
+            flh, ad_id = record.first_level_hash, record.advertising_id
+            times[flh] = record.timestamp_ms
+            old = owners[flh] if flh in owners else current.get(flh)
+            if isinstance(old, str) and old != ad_id:
+                ids[old] = _GONE
+            if ad_id is not None:
+                ids[ad_id] = record.timestamp_ms
+                owners[flh] = ad_id
+            elif old is not None:
+                owners[flh] = _GONE
+        return OptOutIndex(
+            self.by_flh.updated(times, fold=fold),
+            self.by_advertising_id.updated(ids, fold=fold),
+            self.advertising_ids.updated(owners, fold=fold),
+        )
+
+    def merged(self, records: Iterable[OptOutRecord], *, fold: bool = True) -> OptOutIndex:
+        """A new index with new opt-outs added as a store keeps them (``latest``): what the
+        store will hold once they are written, so a reload that reads them changes nothing."""
+        pending: dict[bytes, OptOutRecord] = {}
+        for record in records:
+            flh = record.first_level_hash
+            known = pending.get(flh) or self.record(flh)
+            pending[flh] = latest(known, record)
+        return self.replaced(pending.values(), fold=fold)

@@ -34,6 +34,7 @@ from uid2_operator.domain.keysets import (
 )
 from uid2_operator.domain.optout import (
     BuiltInIdentities,
+    OptOutIndex,
     OptOutRecord,
     builtin_identities,
     identity_first_level_hash,
@@ -212,13 +213,19 @@ class Material:
     keysets: tuple[Keyset, ...]
     keys: tuple[EncryptionKey, ...]
     salts: SaltTable
-    optouts: tuple[OptOutRecord, ...]
+    optouts: OptOutIndex
+    """Every stored opt-out, indexed (iterating it gives the records)."""
     builtins: BuiltInIdentities
+    optout_cursor: int = 0
+    """Where the next load reads opt-outs from (``OptOutReader.since``); 0: from nothing."""
+    optouts_read: int = 0
+    """How many opt-out records this load read from the store."""
 
     def __repr__(self) -> str:
         return (
             f"Material(change_seq={self.change_seq}, keysets={len(self.keysets)}, "
-            f"keys={len(self.keys)}, salts={self.salts!r}, optouts={len(self.optouts)})"
+            f"keys={len(self.keys)}, salts={self.salts!r}, optouts={len(self.optouts)}, "
+            f"optouts_read={self.optouts_read})"
         )
 
     __str__ = __repr__
@@ -559,7 +566,13 @@ class MaterialService:
 
         With ``previous``, its salt table is reused when the stored one has not changed (same
         version and secrets): a reload after a key rotation or an opt-out then costs no salt
-        reads and no second copy of the table in memory.
+        reads and no second copy of the table in memory. Its opt-outs are reused too: only the
+        records written since its cursor are read, in the same read transaction, and replace
+        theirs in a new index that shares the previous one's frozen base
+        (``domain.optout.OptOutIndex``), so a reload costs the opt-outs that changed, not the
+        ones that exist. All of them are read again when there is no previous load, when the
+        first-level salt changed (another store, or a re-created one: every hash would differ)
+        or when the store's sequence is behind the cursor (a store restored from a backup).
         """
         with self._store.read() as tx:
             change_seq = tx.change_seq()
@@ -574,13 +587,29 @@ class MaterialService:
                 salts = self._read_table(tx, header)
             keysets = tuple(tx.keysets.list_all())
             keys = tuple(open_key(self._keyring, k) for k in tx.encryption_keys.list_all())
-            optouts = tuple(tx.optouts.list_all())
-        builtins = (
-            previous.builtins
-            if previous is not None and previous.salts.first_level_salt == first_level_salt
-            else builtin_identities(first_level_salt)
+            incremental = (
+                previous is not None
+                and previous.salts.first_level_salt == first_level_salt
+                and previous.optout_cursor <= change_seq
+            )
+            since = previous.optout_cursor if previous is not None and incremental else 0
+            changes = tx.optouts.since(since)
+        if previous is not None and incremental:
+            optouts = previous.optouts.replaced(changes.records)
+            builtins = previous.builtins
+        else:
+            optouts = OptOutIndex.of(changes.records)
+            builtins = builtin_identities(first_level_salt)
+        return Material(
+            change_seq,
+            keysets,
+            keys,
+            salts,
+            optouts,
+            builtins,
+            optout_cursor=changes.cursor,
+            optouts_read=len(changes.records),
         )
-        return Material(change_seq, keysets, keys, salts, optouts, builtins)
 
 
 def _same_table(

@@ -20,7 +20,9 @@ is no second definition of a keyset, a salt table or an opt-out to drift from th
   record does not carry); who may download a key is ``domain.sharing.may_read``;
 - opt-outs: ``domain.optout.OptOutRecord``, whether loaded from the store or made by
   ``/v2/token/logout`` (re-exported here, as the type ``build_snapshot`` and ``with_optouts``
-  take); whether an identity is opted out is ``domain.optout.is_opted_out``.
+  take), indexed by ``domain.optout.OptOutIndex``, the material's own index, which a reload
+  extends by the records that changed instead of rebuilding; whether an identity is opted out
+  is ``domain.optout.is_opted_out``.
 
 What is the snapshot's own is what only the request path needs: client records with their secrets
 opened and their authorisation precomputed, opt-outs indexed by first-level hash and by raw UID,
@@ -44,6 +46,7 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keysets import Keyset
 from uid2_operator.domain.optout import (
     BuiltInIdentities,
+    OptOutIndex,
     OptOutRecord,
     builtin_identities,
     is_opted_out,
@@ -201,13 +204,21 @@ class Lifetimes:
 class OptOuts:
     """Opt-outs by first-level hash (for tokens and maps) and by raw UID (for optout/status).
 
-    ``builtins`` are the built-in test identities under the snapshot's first-level salt; the
-    decisions are ``domain.optout.is_opted_out`` over ``by_flh`` and them.
+    ``index`` is the material's ``domain.optout.OptOutIndex`` as loaded (a reload changes it by
+    the records that changed, see ``snapshot_loader``); ``by_flh`` and ``by_advertising_id`` are
+    its maps, kept as plain attributes for the request path. ``builtins`` are the built-in test
+    identities under the snapshot's first-level salt; the decisions are
+    ``domain.optout.is_opted_out`` over ``by_flh`` and them.
     """
 
-    by_flh: Mapping[bytes, int]
-    by_advertising_id: Mapping[str, int]
-    builtins: BuiltInIdentities
+    index: OptOutIndex = field(repr=False)
+    builtins: BuiltInIdentities = field(repr=False)
+    by_flh: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
+    by_advertising_id: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_flh", self.index.by_flh)
+        object.__setattr__(self, "by_advertising_id", self.index.by_advertising_id)
 
     def opted_out(self, kind: IdentityType, flh: bytes) -> bool:
         """Token generate and identity map: any record, or a built-in opted-out identity."""
@@ -217,26 +228,10 @@ class OptOuts:
         return is_opted_out(kind, flh, self.by_flh, self.builtins, at_refresh=True)
 
 
-def _merge(
-    by_flh: dict[bytes, int], by_id: dict[str, int], records: Iterable[OptOutRecord]
-) -> None:
-    """Add records, keeping the latest timestamp per first-level hash and per raw UID."""
-    for record in records:
-        flh, ad_id, ts = record.first_level_hash, record.advertising_id, record.timestamp_ms
-        by_flh[flh] = max(ts, by_flh.get(flh, ts))
-        if ad_id is not None:
-            by_id[ad_id] = max(ts, by_id.get(ad_id, ts))
-
-
 def build_optouts(records: Iterable[OptOutRecord], first_level_salt: str) -> OptOuts:
-    by_flh: dict[bytes, int] = {}
-    by_id: dict[str, int] = {}
-    _merge(by_flh, by_id, records)
-    return OptOuts(
-        by_flh=MappingProxyType(by_flh),
-        by_advertising_id=MappingProxyType(by_id),
-        builtins=builtin_identities(first_level_salt),
-    )
+    """The opt-outs of a snapshot built from plain records (one per first-level hash, as a
+    store holds them; several for one hash are kept as the store would, ``latest``)."""
+    return OptOuts(OptOutIndex.empty().merged(records), builtin_identities(first_level_salt))
 
 
 # ----------------------------------------------------------------------------------- snapshot
@@ -499,14 +494,15 @@ class Snapshot:
         return out
 
     def with_optouts(self, records: Iterable[OptOutRecord]) -> Snapshot:
-        """A new snapshot, one generation on, with these opt-outs added to the current ones."""
-        by_flh, by_id = dict(self.optouts.by_flh), dict(self.optouts.by_advertising_id)
-        _merge(by_flh, by_id, records)
-        optouts = replace(
-            self.optouts,
-            by_flh=MappingProxyType(by_flh),
-            by_advertising_id=MappingProxyType(by_id),
-        )
+        """A new snapshot, one generation on, with these opt-outs added to the current ones as
+        the store will keep them (``domain.optout.latest``).
+
+        The index's overlay is copied, never its base, and no fold happens here (the caller is
+        the event loop): the cost is that of the records and the overlay, whatever the number
+        of opt-outs; the next reload folds if the overlay has grown past its share.
+        """
+        index = self.optouts.index.merged(records, fold=False)
+        optouts = OptOuts(index, self.optouts.builtins)
         return replace(self, generation=self.generation + 1, optouts=optouts)
 
 
@@ -522,7 +518,8 @@ def build_snapshot(
     sharing: Mapping[int, SharingPolicy] | None = None,
     keys: Iterable[EncryptionKey],
     salts: SaltTable,
-    optouts: Iterable[OptOutRecord] = (),
+    optouts: Iterable[OptOutRecord] | OptOutIndex = (),
+    builtins: BuiltInIdentities | None = None,
     change_seq: int | None = None,
     sites: Iterable[SiteData] = (),
     keypairs: Iterable[CstgKeypair] = (),
@@ -533,6 +530,9 @@ def build_snapshot(
     store's ``keyset_sharing`` lists). A keyset it does not name is shared as its own record says
     (``domain.sharing.keyset_sharing``). This is the one place where the request path's sharing
     choice of a keyset is settled.
+
+    ``optouts``: records, or an ``OptOutIndex`` already made (the material's, used as it is);
+    ``builtins``: the built-in identities of ``salts``' first-level salt, when already made.
     """
     keyset_map = {k.keyset_id: k for k in keysets}
     stored = {} if sharing is None else sharing
@@ -570,8 +570,19 @@ def build_snapshot(
         keys_by_keyset=MappingProxyType(by_keyset),
         default_keysets=MappingProxyType(defaults),
         salts=salts,
-        optouts=build_optouts(optouts, salts.first_level_salt),
+        optouts=_optouts(optouts, builtins, salts.first_level_salt),
         change_seq=change_seq,
         sites=MappingProxyType({s.site_id: s for s in sites}),
         keypairs=MappingProxyType({k.subscription_id: k for k in keypairs}),
     )
+
+
+def _optouts(
+    optouts: Iterable[OptOutRecord] | OptOutIndex,
+    builtins: BuiltInIdentities | None,
+    first_level_salt: str,
+) -> OptOuts:
+    if not isinstance(optouts, OptOutIndex):
+        built = build_optouts(optouts, first_level_salt)
+        return built if builtins is None else OptOuts(built.index, builtins)
+    return OptOuts(optouts, builtin_identities(first_level_salt) if builtins is None else builtins)

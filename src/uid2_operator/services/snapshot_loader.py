@@ -14,6 +14,13 @@ in memory. Nothing is converted on the way: the snapshot holds the material's ow
 opt-outs and compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever made),
 with the stored sharing choices beside the keysets; a reload whose salt table has not changed
 reuses the previous table object instead of reading it again.
+
+Opt-outs follow the same rule: a reload reads only the records written since the previous
+load's cursor and builds the new index from the previous one (``MaterialService.load_material``,
+``domain.optout.OptOutIndex``). The previous index is the *material's*, the store's records
+alone: opt-outs a worker applied to its snapshot before writing them
+(``SnapshotSource.add_optouts``) are not carried over, so a reload gives exactly what a full
+load would, and they return with the reload that reads them back from the store.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ def load_snapshot(
         keys=loaded.keys,
         salts=loaded.salts,
         optouts=loaded.optouts,
+        builtins=loaded.builtins,
         change_seq=min(credentials.change_seq, loaded.change_seq, client_side.change_seq),
         sites=client_side.snapshot_sites(),
         keypairs=client_side.keypairs,

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Loaded | None, int], Loaded]
 """``(previous, generation) -> Loaded``: reads the store and builds a snapshot."""
 ChangeSeq = Callable[[], int]
-LOCAL_OPTOUT_LIMIT: Final = 50_000
 
 
 def _when(ms: int) -> str:
@@ -180,12 +178,13 @@ class SnapshotSource:
     def add_optouts(self, records: list[OptOutRecord]) -> None:
         """Apply opt-outs this worker just recorded, so its next answers already reflect them.
 
-        Applying copies the opt-out index, so it is skipped once that holds more than
-        ``LOCAL_OPTOUT_LIMIT`` records (the copy would stall the event loop); the records then
-        take effect with the reload that follows their write, like on every other worker.
+        Applying copies only the small overlay of the opt-out index, never its base, and never
+        folds it (``Snapshot.with_optouts``): it costs what is applied, whatever the number of
+        opt-outs, so it is always done. The material (the store's records) is left as it was:
+        the next reload builds on it and reads these records back once they are written.
         """
         snapshot = self.current
-        if snapshot is not None and records and len(snapshot.optouts.by_flh) <= LOCAL_OPTOUT_LIMIT:
+        if snapshot is not None and records:
             updated = snapshot.with_optouts(records)
             self._generation = updated.generation
             if self._loaded is not None:

@@ -102,6 +102,19 @@ class SiteOrigins:
 
 
 @dataclass(frozen=True, slots=True)
+class OptOutChanges:
+    """The opt-out records written after a cursor, and the cursor to read from next time.
+
+    ``cursor`` is the highest change sequence among ``records`` (the cursor asked from when
+    there are none): every record committed later carries a higher one, so asking from it again
+    misses nothing and reads nothing twice.
+    """
+
+    records: tuple[OptOutRecord, ...]
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the operator serves from, read in one consistent read transaction.
 
@@ -392,11 +405,22 @@ class OptOutReader(Protocol):
 
     def count(self) -> int: ...
 
+    def since(self, cursor: int) -> OptOutChanges:
+        """The records (re)written by commits after change sequence ``cursor``, in the order
+        they were written, with the cursor to ask from next; ``since(0)`` reads every record.
+
+        Every ``put`` stamps its row with the change sequence its commit brings the store to;
+        writes are serialised, so those stamps grow in commit order. Called in the same read
+        unit as the other reads of a snapshot, it sees exactly the records of that state.
+        """
+        ...
+
 
 class OptOutRepository(OptOutReader, Protocol):
     def put(self, record: OptOutRecord) -> None:
         """Creates or replaces the record of ``record.first_level_hash`` (the caller decides what
-        to keep, see ``domain.optout.latest``)."""
+        to keep, see ``domain.optout.latest``), stamping it with this unit's change sequence so
+        that ``since`` finds it again, whether it was new or made newer."""
         ...
 
 

@@ -215,12 +215,17 @@ salt_chunks = Table(
     Column("refresh_from", LargeBinary, nullable=False),
 )
 
+# ``change_seq``: the store's change sequence as the commit that last wrote the row left it.
+# Writes are serialised and bump the sequence as they commit, so a reader that has seen every
+# row up to sequence N finds everything written since by ``change_seq > N`` (``optouts.since``).
 optouts = Table(
     "optouts",
     metadata,
     Column("first_level_hash", LargeBinary, primary_key=True),
     Column("advertising_id", String(64)),
     Column("timestamp_ms", BigInteger, nullable=False),
+    Column("change_seq", BigInteger, nullable=False),
+    Index(None, "change_seq"),
 )
 
 # ------------------------------------------------------------------ client-side keypairs

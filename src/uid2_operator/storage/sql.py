@@ -39,6 +39,7 @@ from uid2_operator.storage.interface import (
     EventHasher,
     KekVersionCounts,
     KeyUsage,
+    OptOutChanges,
     ReadTx,
     SiteOrigins,
     Snapshot,
@@ -205,6 +206,7 @@ class _Unit:
         self.flavour = flavour
         self.writable = writable
         self.dirty = False
+        self._committing_seq: int | None = None
 
     def writing(self, *, control_plane: bool = True) -> Connection:
         if not self.writable:
@@ -212,6 +214,16 @@ class _Unit:
         if control_plane:
             self.dirty = True
         return self.conn
+
+    def committing_seq(self) -> int:
+        """The change sequence this write unit will commit at (read once, under the write
+        lock: no other writer can move it before this unit commits and bumps it by one)."""
+        if self._committing_seq is None:
+            current = self.conn.execute(
+                select(t.store_meta.c.value).where(t.store_meta.c.name == t.CHANGE_SEQ)
+            ).scalar_one()
+            self._committing_seq = int(current) + 1
+        return self._committing_seq
 
     def exists(self, column: ColumnElement[Any], value: object) -> bool:
         return self.conn.execute(select(column).where(column == value)).first() is not None
@@ -905,9 +917,25 @@ class _OptOuts:
     def count(self) -> int:
         return int(self._u.conn.execute(select(func.count()).select_from(t.optouts)).scalar_one())
 
+    def since(self, cursor: int) -> OptOutChanges:
+        c = t.optouts.c
+        query = select(c.first_level_hash, c.advertising_id, c.timestamp_ms, c.change_seq)
+        if cursor > 0:  # from nothing: a plain scan, not a walk of the whole index
+            query = query.where(c.change_seq > cursor).order_by(c.change_seq)
+        records: list[OptOutRecord] = []
+        highest = cursor
+        for flh, ad_id, timestamp_ms, seq in self._u.conn.execute(query):
+            records.append(OptOutRecord(bytes(flh), timestamp_ms, ad_id))
+            highest = max(highest, seq)
+        return OptOutChanges(tuple(records), highest)
+
     def put(self, record: OptOutRecord) -> None:
         conn = self._u.writing()
-        values = {"advertising_id": record.advertising_id, "timestamp_ms": record.timestamp_ms}
+        values = {
+            "advertising_id": record.advertising_id,
+            "timestamp_ms": record.timestamp_ms,
+            "change_seq": self._u.committing_seq(),
+        }
         stmt = self._u.flavour.upsert_insert(t.optouts).values(
             first_level_hash=record.first_level_hash, **values
         )
