@@ -33,23 +33,24 @@ The tree::
     │   │   ├── RefreshKeyUnknown
     │   │   ├── RefreshDecryptionFailed
     │   │   └── RefreshPayloadInvalid
-    │   └── CstgError                       /v2/token/client-generate (operator-api §8)
-    │       ├── CstgClientError             400 client_error
-    │       │   ├── CstgJsonInvalid
-    │       │   ├── CstgJsonMissing
-    │       │   ├── CstgBadSubscription
-    │       │   ├── CstgMissingParameters
-    │       │   ├── CstgBadPublicKey
-    │       │   ├── CstgBadIv
-    │       │   ├── CstgDecryptionFailed
-    │       │   ├── CstgStaleTimestamp      a request timestamp outside the window
-    │       │   ├── CstgPayloadJsonInvalid
-    │       │   ├── CstgPhoneNotSupported
-    │       │   ├── CstgIdentityMissing
-    │       │   └── CstgInvalidIdentifier
-    │       ├── CstgKeypairDisabled         401 unauthorized
-    │       ├── CstgInvalidOrigin           403 invalid_http_origin
-    │       └── CstgInvalidAppName          403 invalid_app_name
+    │   ├── CstgError                       /v2/token/client-generate (operator-api §8)
+    │   │   ├── CstgClientError             400 client_error
+    │   │   │   ├── CstgJsonInvalid
+    │   │   │   ├── CstgJsonMissing
+    │   │   │   ├── CstgBadSubscription
+    │   │   │   ├── CstgMissingParameters
+    │   │   │   ├── CstgBadPublicKey
+    │   │   │   ├── CstgBadIv
+    │   │   │   ├── CstgDecryptionFailed
+    │   │   │   ├── CstgStaleTimestamp      a request timestamp outside the window
+    │   │   │   ├── CstgPayloadJsonInvalid
+    │   │   │   ├── CstgPhoneNotSupported
+    │   │   │   ├── CstgIdentityMissing
+    │   │   │   └── CstgInvalidIdentifier
+    │   │   ├── CstgKeypairDisabled         401 unauthorized
+    │   │   ├── CstgInvalidOrigin           403 invalid_http_origin
+    │   │   └── CstgInvalidAppName          403 invalid_app_name
+    │   └── InvalidConsentString            an IAB TCF v2 TC string that does not parse (EUID)
     ├── KeySelectionError
     │   └── NoActiveKey                     no key of a keyset is active at the given time
     ├── SaltError                           salt material that cannot serve a derivation
@@ -333,6 +334,18 @@ class CstgInvalidAppName(CstgError):
     code = "cstg_invalid_app_name"
     message = "unexpected app name"
     status = "invalid_app_name"
+
+
+class InvalidConsentString(WireError):
+    """A ``tcf_consent_string`` that is not a well-formed TCF v2 TC string (``wire.tcf``).
+
+    The client sees only the protocol's fixed text (``message``); the instance's ``detail`` says
+    precisely what was wrong (which field, which bit), for tests and diagnostics, and the web
+    edge's table sends the fixed text rather than that detail.
+    """
+
+    code = "tcf_consent_invalid"
+    message = "User consent is invalid"
 
 
 # ----------------------------------------------------------------------------------- keys/salts

@@ -19,6 +19,7 @@ from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.settings import SettingsError
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW, TimestampWindow
+from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID, MAX_VENDOR_ID
 
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_MAX_SNAPSHOT_AGE_S = 300.0
@@ -127,7 +128,9 @@ class ServeSettings:
     ``/v2/token/client-generate`` (30 minutes either way by default). ``replay_table_entries``:
     the slots of the replay table the workers share (``services.replay_table``), 12 bytes each;
     keep it at about twice the envelopes the whole serve answers over ``request_window``'s past
-    side, or the table evicts entries before they expire.
+    side, or the table evicts entries before they expire. ``tcf_vendor_id``: in the EUID scope,
+    the IAB vendor whose consent a token generate request's TC string must grant (operator-api
+    §6.1; ``wire.tcf``); the UID2 scope ignores it.
 
     Nothing here is secret, so the default repr is safe to log.
     """
@@ -141,6 +144,7 @@ class ServeSettings:
     request_window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
     cstg_window: TimestampWindow = DEFAULT_CSTG_TIMESTAMP_WINDOW
     replay_table_entries: int = DEFAULT_SLOTS
+    tcf_vendor_id: int = DEFAULT_VENDOR_ID
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
@@ -157,6 +161,8 @@ class ServeSettings:
             raise SettingsError(
                 f"UID2_REPLAY_TABLE_ENTRIES must be from {MIN_REPLAY_TABLE_ENTRIES} to {MAX_SLOTS}"
             )
+        if not 1 <= self.tcf_vendor_id <= MAX_VENDOR_ID:
+            raise SettingsError(f"UID2_TCF_VENDOR_ID must be from 1 to {MAX_VENDOR_ID}")
 
     def token_lifetimes(self, environment: Environment) -> Lifetimes:
         """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
@@ -180,7 +186,11 @@ class ServeSettings:
 
         Replay protection: UID2_REPLAY_TABLE_ENTRIES, the slots of the table of seen envelopes
         that the workers of one serve share (whole number, 1024 to 2^27; default 2097152, 24 MiB
-        in memory; read by the serving process, which creates the table)."""
+        in memory; read by the serving process, which creates the table).
+
+        User consent (EUID scope only): UID2_TCF_VENDOR_ID, the IAB TCF vendor id whose consent
+        to purposes 1, 2, 3, 4, 7 and 10 a ``tcf_consent_string`` must grant before
+        ``/v2/token/generate`` issues tokens (whole number, 1 to 65535; default 21)."""
         env = os.environ if environ is None else environ
         lifetimes = LifetimeOverrides(
             **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
@@ -205,6 +215,7 @@ class ServeSettings:
             ),
             client_side_generate=_flag(env, "UID2_CLIENT_SIDE_GENERATE", default=True),
             replay_table_entries=_whole(env, "UID2_REPLAY_TABLE_ENTRIES", DEFAULT_SLOTS),
+            tcf_vendor_id=_whole(env, "UID2_TCF_VENDOR_ID", DEFAULT_VENDOR_ID),
         )
 
 

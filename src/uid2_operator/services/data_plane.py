@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 from uid2_operator.domain.keysets import Keyset
@@ -28,6 +29,7 @@ from uid2_operator.errors import (
     ExpiredTokenPresented,
     IdentityInputError,
     InvalidClientSite,
+    InvalidConsentString,
     InvalidIdentifier,
     InvalidRequest,
     InvalidTokenPresented,
@@ -77,7 +79,8 @@ from uid2_operator.wire.refresh import (
     success_identity_json,
     unwrap_refresh_envelope,
 )
-from uid2_operator.wire.scope import IdentityType
+from uid2_operator.wire.scope import IdentityScope, IdentityType
+from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID, EUID_REQUIRED_PURPOSES, parse_tc_string
 from uid2_operator.wire.tokens import decode_advertising_token, decode_refresh_token
 
 JsonObject = dict[str, Any]
@@ -91,6 +94,10 @@ MISSING_ANY_IDENTITY: Final = (
 INCORRECT_FORMAT: Final = "Incorrect request format"
 INVALID_IDENTIFIER: Final = "invalid identifier"
 OPTOUT: Final = "optout"
+INSUFFICIENT_USER_CONSENT: Final = "insufficient_user_consent"
+TCF_CONSENT_STRING: Final = "tcf_consent_string"
+_EUID: Final = IdentityScope.EUID
+"""Held here: reading an enum member through its class costs more than the comparison itself."""
 _ISO_LOCAL = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?", re.ASCII
 )
@@ -134,6 +141,9 @@ class RefreshReply:
 
 
 SUCCESS_OPTOUT: Final = Reply(OPTOUT, rendered=dumps({"status": OPTOUT}))
+NO_USER_CONSENT: Final = Reply(
+    INSUFFICIENT_USER_CONSENT, rendered=dumps({"status": INSUFFICIENT_USER_CONSENT})
+)
 
 
 # ----------------------------------------------------------------------------------- identity
@@ -219,9 +229,23 @@ def generate(
     payload: JsonObject | None,
     now_ms: int,
     random: RandomBytes,
+    *,
+    tcf_vendor_id: int = DEFAULT_VENDOR_ID,
 ) -> Reply:
-    """``/v2/token/generate``. Legacy ``policy`` / ``optout_check`` fields are ignored."""
-    identity = identity_from_request(payload or {}, phone_support=snapshot.identity.phone_support)
+    """``/v2/token/generate``. Legacy ``policy`` / ``optout_check`` fields are ignored.
+
+    In the EUID scope, the identity checks are followed by the user-consent check (operator-api
+    §6.1): without a ``tcf_consent_string`` granting ``tcf_vendor_id`` the EUID purposes, the
+    answer is ``insufficient_user_consent`` and nothing is looked up or issued. It comes before
+    the opt-out check, so that answer says nothing about whether the identity opted out. The
+    UID2 scope never reads the field, even a malformed one, and pays one comparison for it.
+    """
+    payload = payload or {}
+    identity = identity_from_request(payload, phone_support=snapshot.identity.phone_support)
+    if snapshot.identity.scope is _EUID and not _user_consents(
+        payload.get(TCF_CONSENT_STRING), tcf_vendor_id
+    ):
+        return NO_USER_CONSENT
     flh = _flh(snapshot, identity.digest)
     if snapshot.optouts.opted_out(identity.kind, flh):
         return SUCCESS_OPTOUT
@@ -236,6 +260,19 @@ def generate(
         random=random,
     )
     return Reply.identity(body)
+
+
+def _user_consents(consent: object, vendor_id: int) -> bool:
+    """Whether an EUID generate request's ``tcf_consent_string`` lets ``vendor_id`` issue.
+
+    Absent (or ``null``): no consent. Present but not a parsable TC string, a non-string value
+    included: ``InvalidConsentString`` (400 ``User consent is invalid``).
+    """
+    if consent is None:
+        return False
+    if not isinstance(consent, str):
+        raise InvalidConsentString(f"{TCF_CONSENT_STRING} is a {type(consent).__name__}")
+    return parse_tc_string(consent).has_consent(vendor_id, EUID_REQUIRED_PURPOSES)
 
 
 def refresh(
@@ -719,8 +756,21 @@ def _validate(
     return validate(snapshot, caller, payload, now)
 
 
-def enveloped_endpoints(record_optout: OptOutSink) -> Mapping[str, EndpointHandler]:
-    """Every API-key endpoint, by path, in one uniform signature for the web edge."""
+def _generate_for(tcf_vendor_id: int) -> EndpointHandler:
+    """``generate`` for ``tcf_vendor_id``: the function itself for the default vendor, so the
+    hot path makes no extra call; else a ``partial`` (a keyword merge, about 0.1 µs a request)."""
+    if tcf_vendor_id == DEFAULT_VENDOR_ID:
+        return generate
+    return partial(generate, tcf_vendor_id=tcf_vendor_id)
+
+
+def enveloped_endpoints(
+    record_optout: OptOutSink, *, tcf_vendor_id: int = DEFAULT_VENDOR_ID
+) -> Mapping[str, EndpointHandler]:
+    """Every API-key endpoint, by path, in one uniform signature for the web edge.
+
+    ``tcf_vendor_id``: the vendor whose consent EUID token generation requires.
+    """
 
     def _logout(
         snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
@@ -728,7 +778,7 @@ def enveloped_endpoints(record_optout: OptOutSink) -> Mapping[str, EndpointHandl
         return logout(snapshot, caller, payload, now, record_optout)
 
     return {
-        "/v2/token/generate": generate,
+        "/v2/token/generate": _generate_for(tcf_vendor_id),
         "/v2/token/validate": _validate,
         "/v2/token/logout": _logout,
         "/v2/identity/map": _ignore_random(map_v2),

@@ -73,6 +73,7 @@ from uid2_operator.wire.envelope import (
     parse_request,
     seal_response,
 )
+from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -122,12 +123,16 @@ class ClientGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OperatorApiConfig:
-    """Knobs of the request pipeline (the protocol's defaults)."""
+    """Knobs of the request pipeline (the protocol's defaults).
+
+    ``tcf_vendor_id``: the vendor whose TCF consent EUID token generation requires.
+    """
 
     body_limit: int = BODY_LIMIT
     window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
     replay_cache_entries: int = DEFAULT_MAX_ENTRIES
     cstg_window: TimestampWindow | None = DEFAULT_CSTG_TIMESTAMP_WINDOW
+    tcf_vendor_id: int = DEFAULT_VENDOR_ID
     """Client-side requests' timestamp window (None: unchecked, as the reference)."""
 
 
@@ -278,7 +283,7 @@ class OperatorApi:
             )
         self._replay = replay
         self._endpoints: Mapping[str, data_plane.EndpointHandler] = data_plane.enveloped_endpoints(
-            record_optout
+            record_optout, tcf_vendor_id=self._settings.tcf_vendor_id
         )
         unlisted = set(self._endpoints) - set(OPERATOR_ENDPOINTS)
         if unlisted:

@@ -27,6 +27,7 @@ from uid2_operator.errors import (
     ExpiredTokenPresented,
     IdentityInputError,
     InvalidClientSite,
+    InvalidConsentString,
     InvalidRequest,
     InvalidTokenPresented,
     KeySelectionError,
@@ -70,6 +71,10 @@ OPERATOR_ERROR_TABLE: Mapping[type[UID2Error], OperatorErrorMapping] = MappingPr
         IdentityInputError: OperatorErrorMapping(400, "client_error"),
         WireError: OperatorErrorMapping(400, "client_error"),
         CstgClientError: OperatorErrorMapping(400, "client_error"),
+        # The fixed text only: the instance's detail names the field that failed, for tests.
+        InvalidConsentString: OperatorErrorMapping(
+            400, "client_error", detail=False, message=InvalidConsentString.message
+        ),
         CstgKeypairDisabled: OperatorErrorMapping(401, "unauthorized"),
         CstgInvalidOrigin: OperatorErrorMapping(403, "invalid_http_origin"),
         CstgInvalidAppName: OperatorErrorMapping(403, "invalid_app_name"),

@@ -238,7 +238,11 @@ def build_worker(
         clock=now,
         random=random,
         record_optout=write_behind.record_optout,
-        config=OperatorApiConfig(window=serve.request_window, cstg_window=serve.cstg_window),
+        config=OperatorApiConfig(
+            window=serve.request_window,
+            cstg_window=serve.cstg_window,
+            tcf_vendor_id=serve.tcf_vendor_id,
+        ),
         observer=observe,
         replay=replay,
     )

@@ -1,0 +1,187 @@
+"""EUID user consent against a real ``uid2-operator serve`` in the EUID scope, with the SDK.
+
+The serve runs with ``UID2_IDENTITY_SCOPE=euid`` over a data directory prepared with the real
+CLI (one publisher, one key holding every client role). Through the SDK: a sufficient TC string
+yields a token that the SDK's bidstream and legacy EUID clients decrypt as EUID; an insufficient
+or missing one is the HTTP 200 ``insufficient_user_consent`` that the SDK turns into
+``ValueError``; an unparsable one is a 400. The same requests sealed by hand show the exact
+answers. A second serve with ``UID2_TCF_VENDOR_ID=22`` shows the setting reaching its workers.
+Last, the SDK's own EUID integration class (skipped by the UID2 suite for want of ``EUID_*``
+variables) runs unchanged against the EUID serve.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_harness import database_for
+from serve_harness import Prepared, Served, clean_env, prepare, served
+from test_sdk_integration_suite import _sdist
+from uid2_client import (
+    BidstreamClient,
+    DecryptionStatus,
+    EuidClientFactory,
+    IdentityScope,
+    TokenGenerateInput,
+    Uid2PublisherClient,
+)
+
+pytestmark = pytest.mark.functional
+
+GENERATE = "/v2/token/generate"
+SUFFICIENT = "CPehNtWPehNtWABAMBFRACBoALAAAEJAAIYgAKwAQAKgArABAAqAAA"
+LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
+INVALID = "invalid_consent_string"
+EMAIL = "consenting.user@example.com"
+NO_CONSENT = {"status": "insufficient_user_consent"}
+INVALID_ANSWER = b'{"status":"client_error","message":"User consent is invalid"}'
+EUID_CLASS = "PublisherEuidIntegrationTests"
+EUID_TESTS = 3
+
+
+@pytest.fixture(scope="module")
+def euid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared, Served]]:
+    with database_for("sqlite", tmp_path_factory.mktemp("euid")) as database:
+        prepared = prepare(database)
+        with served(database, env={"UID2_IDENTITY_SCOPE": "euid"}) as server:
+            yield prepared, server
+
+
+def _publisher(prepared: Prepared, server: Served) -> Uid2PublisherClient:
+    return Uid2PublisherClient(server.base_url, prepared.key.key, prepared.key.secret)
+
+
+def _with_consent(consent: str) -> TokenGenerateInput:
+    return TokenGenerateInput.from_email(EMAIL).with_transparency_and_consent_string(consent)
+
+
+def test_sufficient_consent_gives_a_token_the_sdk_decrypts_as_euid(
+    euid: tuple[Prepared, Served],
+) -> None:
+    prepared, server = euid
+    cred = prepared.key
+    response = _publisher(prepared, server).generate_token(_with_consent(SUFFICIENT))
+    assert response.is_success()
+    token = response.get_identity().get_advertising_token()
+    assert token.startswith("E4")
+
+    bidstream = BidstreamClient(server.base_url, cred.key, cred.secret)
+    assert bidstream.refresh().success
+    decrypted = bidstream.decrypt_token_into_raw_uid(token, "example.com")
+    assert decrypted.status == DecryptionStatus.SUCCESS
+    assert decrypted.identity_scope == IdentityScope.EUID
+    assert decrypted.site_id == prepared.site_id
+
+    legacy = EuidClientFactory.create(server.base_url, cred.key, cred.secret)
+    legacy.refresh_keys()
+    assert legacy.decrypt(token).uid == decrypted.uid
+
+
+@pytest.mark.parametrize(
+    "tgi",
+    [
+        pytest.param(_with_consent(LACKS_PURPOSE_1), id="insufficient"),
+        pytest.param(TokenGenerateInput.from_email(EMAIL), id="missing"),
+    ],
+)
+def test_without_consent_the_sdk_raises_value_error(
+    euid: tuple[Prepared, Served], tgi: TokenGenerateInput
+) -> None:
+    prepared, server = euid
+    with pytest.raises(ValueError, match="insufficient_user_consent"):
+        _publisher(prepared, server).generate_token(tgi)
+
+
+def test_an_unparsable_string_is_an_http_400_for_the_sdk(euid: tuple[Prepared, Served]) -> None:
+    prepared, server = euid
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        _publisher(prepared, server).generate_token(_with_consent(INVALID))
+    with caught.value as error:  # closed, so no socket is left open
+        assert (error.code, error.read()) == (400, INVALID_ANSWER)
+
+
+def test_the_exact_answers_on_the_wire(euid: tuple[Prepared, Served]) -> None:
+    prepared, server = euid
+    cred = prepared.key
+    reply, opened = server.call(GENERATE, {"email": EMAIL}, cred)
+    assert (reply.status_code, opened) == (200, NO_CONSENT)
+    reply, opened = server.call(GENERATE, {"email": EMAIL, "tcf_consent_string": None}, cred)
+    assert (reply.status_code, opened) == (200, NO_CONSENT)
+    payload = {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1}
+    reply, opened = server.call(GENERATE, payload, cred)
+    assert (reply.status_code, opened) == (200, NO_CONSENT)
+    for invalid in (INVALID, "", 7):
+        payload = {"email": EMAIL, "tcf_consent_string": invalid}
+        reply, opened = server.call(GENERATE, payload, cred)
+        assert opened is None
+        assert (reply.status_code, reply.content) == (400, INVALID_ANSWER)
+    payload = {"email": EMAIL, "tcf_consent_string": SUFFICIENT, "policy": 1}
+    reply, opened = server.call(GENERATE, payload, cred)
+    assert reply.status_code == 200
+    assert opened is not None
+    assert opened["status"] == "success"
+    assert opened["body"]["advertising_token"].startswith("E4")
+
+
+def test_the_vendor_id_setting_reaches_the_workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env = {"UID2_IDENTITY_SCOPE": "euid", "UID2_TCF_VENDOR_ID": "22"}
+    with database_for("sqlite", tmp_path_factory.mktemp("euid-vendor")) as database:
+        prepared = prepare(database)
+        with served(database, env=env) as server:
+            payload = {"email": EMAIL, "tcf_consent_string": SUFFICIENT}
+            reply, opened = server.call(GENERATE, payload, prepared.key)
+            assert (reply.status_code, opened) == (200, NO_CONSENT)
+
+
+@pytest.fixture(scope="module")
+def sdk_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    base = cache.mkdir("uid2-client-sdist") if cache is not None else tmp_path_factory.mktemp("sdk")
+    return _sdist(base)
+
+
+def test_the_sdks_own_euid_integration_tests_pass(
+    sdk_source: Path, euid: tuple[Prepared, Served]
+) -> None:
+    prepared, server = euid
+    env = clean_env(
+        {
+            "EUID_BASE_URL": server.base_url,
+            "EUID_API_KEY": prepared.key.key,
+            "EUID_SECRET_KEY": prepared.key.secret,
+        }
+    )
+    for name in ("UID2_BASE_URL", "UID2_API_KEY", "UID2_SECRET_KEY"):
+        env.pop(name, None)
+    result = subprocess.run(  # noqa: S603 (the venv's python, fixed arguments)
+        [
+            sys.executable,
+            "-m",
+            "unittest",
+            "-v",
+            "-k",
+            EUID_CLASS,
+            "tests/test_publisher_client.py",
+        ],
+        cwd=sdk_source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = result.stderr + result.stdout
+    assert result.returncode == 0, output[-4000:]
+    ran = re.search(r"^Ran (\d+) tests?", output, re.M)
+    assert ran is not None, output[-3000:]
+    assert int(ran.group(1)) == EUID_TESTS, output[-3000:]
+    assert re.search(r"^OK$", output, re.M), output[-3000:]  # no skips, failures or errors
+    assert len(set(re.findall(rf"\.{EUID_CLASS}\.(test_\w+)\)", output))) == EUID_TESTS
