@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.optout import OptOutRecord
-from uid2_operator.errors import StoreUnavailable
+from uid2_operator.errors import KeyringError, StoreUnavailable
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
@@ -126,6 +126,32 @@ class FakeStore:
         del previous
         self.loads += 1
         return Loaded(FakeSnapshot(generation, self.seq), None)  # type: ignore[arg-type]
+
+
+def test_a_reload_failing_with_the_store_up_is_not_called_an_unreachable_store() -> None:
+    store, clock = FakeStore(), FixedClock()
+    broken = False
+
+    def load(previous: Loaded | None, generation: int) -> Any:
+        if broken:
+            raise KeyringError("Key-encryption key version 3 is absent from the keyring")
+        return store.load(previous, generation)
+
+    source = SnapshotSource(load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=10)
+    assert source.refresh() is True
+    broken, store.seq = True, 2
+    assert source.refresh() is False
+    assert source.problem is not None
+    assert source.problem.startswith("Degraded: snapshot reload failing since")
+    assert "version 3 is absent" in source.problem
+    clock.advance(11_000)
+    source.check_age(clock.now_ms())
+    assert source.problem.startswith("Snapshot is stale")
+    assert "Snapshot reload failing since" in source.problem
+    # The store going down afterwards is reported as what it is.
+    store.down = True
+    assert source.refresh() is False
+    assert "Store unreachable since" in source.problem
 
 
 def test_snapshot_source_reloads_only_on_change_and_goes_stale() -> None:

@@ -23,10 +23,11 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord
-from uid2_operator.errors import UID2Error
+from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_loader import Loaded
 
@@ -39,6 +40,10 @@ ChangeSeq = Callable[[], int]
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_STORE_DOWN: Final = "store unreachable"
+_RELOAD_FAILING: Final = "snapshot reload failing"
 
 
 class SnapshotSource:
@@ -64,6 +69,9 @@ class SnapshotSource:
         self._confirmed_at_ms: int | None = None
         self._failing_since_ms: int | None = None
         self._failure: str | None = None
+        self._failing: str = _STORE_DOWN
+        """What the failure was: the store out of reach, or the reload failing with the store up
+        (a keyring that lacks a version the store names, say)."""
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
         self.loads = 0
@@ -97,11 +105,11 @@ class SnapshotSource:
         if self.current is None:
             return (
                 f"Snapshot is stale ({age_s} s since last confirmed; the bound is "
-                f"{self._max_age_ms // 1000} s): refusing API requests. Store unreachable since "
-                f"{since}: {self._failure}"
+                f"{self._max_age_ms // 1000} s): refusing API requests. "
+                f"{self._failing.capitalize()} since {since}: {self._failure}"
             )
         return (
-            f"Degraded: store unreachable since {since}: {self._failure}; serving the last "
+            f"Degraded: {self._failing} since {since}: {self._failure}; serving the last "
             f"snapshot, confirmed {age_s} s ago"
         )
 
@@ -163,6 +171,7 @@ class SnapshotSource:
         if self._failure is None:
             log.warning("snapshot refresh failed: %s", message)
             self._failing_since_ms = now
+        self._failing = _STORE_DOWN if isinstance(exc, StoreUnavailable) else _RELOAD_FAILING
         self._failure = message.splitlines()[0][:300] if message else type(exc).__name__
         self.check_age(now)
 
