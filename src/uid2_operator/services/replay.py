@@ -69,6 +69,26 @@ _MAX_MASKS: Final = 65_536
 """Bound on remembered key masks (key ids come from authenticated callers: only a guard)."""
 
 
+class KeyMasks:
+    """The 64-bit mask of each key id: a BLAKE2b of the id keyed with ``mask_key`` (see
+    "Fingerprint" above). ``known`` is read on the request path; ``compute`` fills it on a miss,
+    forgetting everything past a bound (key ids come from authenticated callers: only a guard)."""
+
+    __slots__ = ("_mask_key", "known")
+
+    def __init__(self, mask_key: bytes) -> None:
+        self._mask_key = mask_key
+        self.known: dict[str, int] = {}
+
+    def compute(self, key_id: str) -> int:
+        digest = blake2b(key_id.encode(), digest_size=8, key=self._mask_key).digest()
+        mask = int.from_bytes(digest, "big")
+        if len(self.known) >= _MAX_MASKS:
+            self.known.clear()
+        self.known[key_id] = mask
+        return mask
+
+
 class _Slice:
     """The fingerprints of the envelopes whose timestamps fall in one slice."""
 
@@ -98,7 +118,6 @@ class ReplayCache:
         "_cold_through",
         "_count",
         "_hot_through",
-        "_mask_key",
         "_masks",
         "_max_entries",
         "_max_past_ms",
@@ -117,8 +136,7 @@ class ReplayCache:
             raise ValueError("max_entries must be positive")
         self._max_past_ms = max_past_ms
         self._max_entries = max_entries
-        self._mask_key = os.urandom(16) if mask_key is None else mask_key
-        self._masks: dict[str, int] = {}
+        self._masks = KeyMasks(os.urandom(16) if mask_key is None else mask_key)
         self._slices: dict[int, _Slice] = {}
         self._count = 0
         self._next_tick_ms = _NEVER
@@ -143,9 +161,9 @@ class ReplayCache:
             self._advance(now_ms)
         if timestamp_ms + self._max_past_ms < now_ms:
             return True
-        mask = self._masks.get(key_id)
+        mask = self._masks.known.get(key_id)
         if mask is None:
-            mask = self._mask(key_id)
+            mask = self._masks.compute(key_id)
         fingerprint = int.from_bytes(nonce, "big") ^ mask
         index = timestamp_ms // SLICE_MS
         where = self._slices.get(index)
@@ -175,14 +193,6 @@ class ReplayCache:
         where.recent.add(fingerprint)
         self._count += 1
         return True
-
-    def _mask(self, key_id: str) -> int:
-        digest = blake2b(key_id.encode(), digest_size=8, key=self._mask_key).digest()
-        mask = int.from_bytes(digest, "big")
-        if len(self._masks) >= _MAX_MASKS:
-            self._masks.clear()
-        self._masks[key_id] = mask
-        return mask
 
     def _advance(self, now_ms: int) -> None:
         """Once per slice of the clock: drop expired slices, pack the ones turned cold."""

@@ -91,6 +91,7 @@ from types import TracebackType
 from typing import Final, Protocol
 
 from uid2_operator.clock import RandomBytes, system_random
+from uid2_operator.services.replay import KeyMasks
 
 
 class ReplayGuard(Protocol):
@@ -133,8 +134,6 @@ _M64: Final = (1 << 64) - 1
 _MIX1: Final = 0xFF51AFD7ED558CCD
 _MIX2: Final = 0xC4CEB9FE1A85EC53
 """The multipliers of the MurmurHash3 64-bit finalizer (see ``first_use``)."""
-_MAX_MASKS: Final = 65_536
-"""Bound on remembered key masks (key ids come from authenticated callers: only a guard)."""
 
 
 def table_size(slots: int, probe: int) -> int:
@@ -161,7 +160,6 @@ class ReplayTable:
         "_fd",
         "_home_key",
         "_map",
-        "_mask_key",
         "_masks",
         "_max_past_ms",
         "_path",
@@ -180,8 +178,7 @@ class ReplayTable:
         self._map = mapped
         self._max_past_ms = header.max_past_ms
         self._home_key = header.home_key
-        self._mask_key = header.mask_key
-        self._masks: dict[str, int] = {}
+        self._masks = KeyMasks(header.mask_key)
         with memoryview(mapped) as view:
             self._evictions = view[_EVICTIONS_AT : _EVICTIONS_AT + 8].cast("Q")
         self._window_size = _SLOT_SIZE * probe
@@ -314,9 +311,9 @@ class ReplayTable:
         expires_ms = timestamp_ms + self._max_past_ms
         if expires_ms < now_ms:
             return True
-        mask = self._masks.get(key_id)
+        mask = self._masks.known.get(key_id)
         if mask is None:
-            mask = self._mask(key_id)
+            mask = self._masks.compute(key_id)
         fingerprint = int.from_bytes(nonce, "big") ^ mask
         # The home: the fingerprint XOR the table's home key, through the MurmurHash3 finalizer
         # (xor-shift-multiply rounds: every input bit moves every output bit), scaled to slots.
@@ -353,14 +350,6 @@ class ReplayTable:
             return True
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _mask(self, key_id: str) -> int:
-        digest = blake2b(key_id.encode(), digest_size=8, key=self._mask_key).digest()
-        mask = int.from_bytes(digest, "big")
-        if len(self._masks) >= _MAX_MASKS:
-            self._masks.clear()
-        self._masks[key_id] = mask
-        return mask
 
     @contextmanager
     def locked(self) -> Iterator[None]:

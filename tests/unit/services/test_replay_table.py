@@ -49,7 +49,7 @@ def _zeros(n: int) -> bytes:
 
 def _fingerprint_nonce(table: ReplayTable, key_id: str, fingerprint: int) -> bytes:
     """The nonce that gives ``fingerprint`` under ``key_id`` in ``table``."""
-    mask = table._mask(key_id)
+    mask = table._masks.compute(key_id)
     return (fingerprint ^ mask).to_bytes(8, "big")
 
 
