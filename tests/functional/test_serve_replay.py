@@ -6,7 +6,8 @@ the very same bytes sent again on 20 new connections must all get the replay err
 worker takes them (were each worker to remember only its own envelopes, all 20 would have to
 land on the one worker that answered: (1/3)^20, about 3e-10). Then every worker is killed with
 SIGKILL and restarted by serve, and an envelope answered before the kill is still refused by
-the new workers, which have never seen it.
+the new workers, which have never seen it; and a whole serve stopped cleanly and started again
+still refuses an envelope answered before.
 """
 
 from __future__ import annotations
@@ -141,3 +142,19 @@ def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(
     assert not new & old
     _refused_as_replays(server, cred, body)
     assert any("restarting" in line for line in server.lines)
+
+
+def test_a_serve_stopped_cleanly_and_started_again_still_refuses_an_earlier_envelope(
+    tmp_path: Path,
+) -> None:
+    """serve keeps the table in its data directory when it stops and takes it back at start."""
+    with database_for("sqlite", tmp_path) as database:
+        prepared = prepare(database)
+        cred = prepared.key
+        with served(database, workers=2) as server:
+            body, nonce = _envelope(cred, "before-the-restart@example.com")
+            _answered(_send(server, cred, body), cred, nonce)
+        with served(database, workers=2) as server:
+            _refused_as_replays(server, cred, body)
+            fresh, fresh_nonce = _envelope(cred, "after-the-restart@example.com")
+            _answered(_send(server, cred, fresh), cred, fresh_nonce)

@@ -266,25 +266,37 @@ def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvico
     return server
 
 
-def _share_runtime_dir() -> Path:
+def _share_runtime_dir(data_dir: Path) -> Path:
     """Create a directory private to this serve (mode 0700) and name it to the workers it will
     start: state that must be the same on every worker, or outlive one worker, lives there. It
     is in memory (``/dev/shm``) where the machine has it, and removed when serve stops.
 
     It starts with the replay table (``services.replay_table``), sized by
     ``UID2_REPLAY_TABLE_ENTRIES`` and made for the request window, so that every worker, the
-    first one and any restarted later, opens the same table. Creating it reserves its memory: a
-    ``/dev/shm`` too small for it stops serve here, with the directory removed."""
+    first one and any restarted later, opens the same table: the one the previous serve kept in
+    ``data_dir`` when it stopped cleanly (``_retire_runtime_dir``), when there is one of the same
+    size and window, else a new one. Creating it reserves its memory: a ``/dev/shm`` too small
+    for it stops serve here, with the directory removed."""
     shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a new 0700 directory with a random name)
     parent = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
     runtime_dir = Path(tempfile.mkdtemp(prefix="uid2-operator-", dir=parent))
     serve_settings = ServeSettings.from_env()
+    table = runtime_dir / replay_table.TABLE_FILE
+    max_past_ms = serve_settings.request_window.max_past_ms
     try:
-        replay_table.ReplayTable.create(
-            runtime_dir / replay_table.TABLE_FILE,
-            max_past_ms=serve_settings.request_window.max_past_ms,
+        not_restored = replay_table.restore(
+            data_dir / replay_table.KEPT_FILE,
+            table,
+            max_past_ms=max_past_ms,
             slots=serve_settings.replay_table_entries,
         )
+        if not_restored is None:
+            log.info("replay table restored from the previous serve")
+        else:
+            log.info("new replay table (%s)", not_restored)
+            replay_table.ReplayTable.create(
+                table, max_past_ms=max_past_ms, slots=serve_settings.replay_table_entries
+            )
     except OSError as exc:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         size = replay_table.table_size(serve_settings.replay_table_entries, replay_table.PROBE)
@@ -294,6 +306,17 @@ def _share_runtime_dir() -> Path:
         ) from None
     os.environ[RUNTIME_DIR_VARIABLE] = str(runtime_dir)
     return runtime_dir
+
+
+def _retire_runtime_dir(runtime_dir: Path, data_dir: Path) -> None:
+    """After every worker has stopped: keep the replay table in ``data_dir`` for the next serve
+    (a failure to is logged, not raised: it only shortens replay protection across the
+    restart), then remove the runtime directory."""
+    try:
+        replay_table.keep(runtime_dir / replay_table.TABLE_FILE, data_dir / replay_table.KEPT_FILE)
+    except OSError as exc:
+        log.warning("replay table not kept for the next serve: %s", exc.strerror or exc)
+    shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def _export_settings(settings: Settings) -> None:
@@ -363,7 +386,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    runtime_dir = _share_runtime_dir()
+    runtime_dir = _share_runtime_dir(settings.data_dir)
     upkeep = _Upkeep(services, material, serve_settings)
     try:
         pool.start()
@@ -386,7 +409,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
             signal.signal(signum, handler)
         time.sleep(0.1)
         services.close()
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        _retire_runtime_dir(runtime_dir, settings.data_dir)
     click.echo("stopped", err=True)
 
 

@@ -8,7 +8,9 @@ worker that has not seen it yet, and a worker that is restarted forgets every no
 one serve share one record of what was seen: this table, a file in the serve's private runtime
 directory (``/dev/shm`` where the machine has it) that every worker maps into memory. The serving
 process creates it before it starts any worker and removes it when it stops; a restarted worker
-maps the same file and still refuses what any worker accepted before.
+maps the same file and still refuses what any worker accepted before. A serve that stops
+cleanly keeps a copy in its data directory (``keep``) that the next one takes back (``restore``),
+so a restart of the whole serve does not open a window for replays either.
 
 Entries. An entry is the envelope's 64-bit fingerprint, made as ``ReplayCache`` makes it
 (``int(nonce) XOR mask(key id)``, the mask a BLAKE2b of the key id keyed with 16 random bytes;
@@ -80,6 +82,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import shutil
 import struct
 import sys
 from collections.abc import Iterator
@@ -108,6 +111,8 @@ class ReplayTableError(ValueError):
 
 TABLE_FILE: Final = "replay-table"
 """The table's name inside the serve's runtime directory."""
+KEPT_FILE: Final = "replay-table.kept"
+"""The table's name in the data directory between a clean stop of serve and its next start."""
 DEFAULT_SLOTS: Final = 2_097_152
 """2^21 home slots (24 MiB): about 2.2 times the entries of a worker answering 8,000 envelopes a
 second over the default two-minute window."""
@@ -396,3 +401,58 @@ def _read_header(fd: int, path: Path) -> _Header:
             f"{table_size(slots, probe)}"
         )
     return _Header(slots, probe, max_past_ms, home_key, key)
+
+
+# ------------------------------------------------------------------------------ across restarts
+
+
+def keep(table_path: Path, kept_path: Path) -> None:
+    """Copy a table that no process writes any more (every worker has stopped) to ``kept_path``,
+    mode 0600, whole under a temporary name and then renamed: a reader never sees half of it.
+
+    ``serve`` does this when it stops cleanly, into its data directory, so that the next
+    ``serve`` still refuses the envelopes seen in the last minutes (``restore``)."""
+    temporary = kept_path.with_name(f".{kept_path.name}.{os.getpid()}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with table_path.open("rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
+            os.fsync(fd)
+        os.replace(temporary, kept_path)
+    finally:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+
+
+def restore(kept_path: Path, table_path: Path, *, max_past_ms: int, slots: int) -> str | None:
+    """Put the table ``keep`` left at ``kept_path`` in place at ``table_path`` (which must not
+    exist yet), when it is one this code wrote for the same window, size and probe window.
+
+    Returns None when it was restored, else why not (no table kept, or one of another geometry
+    or window, or a file that is not a table: the caller then creates a fresh one). The kept
+    file is removed either way: its entries matter for minutes, and a copy restored once must
+    not come back after a later crash. The table is copied (the data directory and the runtime
+    directory are usually on different file systems), under a temporary name, then linked into
+    place, like ``ReplayTable.create``."""
+    if not kept_path.exists():
+        return "no table kept"
+    try:
+        with ReplayTable.open(kept_path, max_past_ms=max_past_ms) as kept:
+            geometry = (kept.slots, kept.probe)
+        if geometry != (slots, PROBE):
+            return f"the kept table has {geometry[0]} slots (probe {geometry[1]}), not {slots}"
+        temporary = table_path.with_name(f".{table_path.name}.{os.getpid()}.new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with kept_path.open("rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            os.link(temporary, table_path)
+        finally:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+    except ReplayTableError as exc:
+        return str(exc)
+    finally:
+        kept_path.unlink(missing_ok=True)
+    return None
