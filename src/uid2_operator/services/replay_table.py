@@ -111,6 +111,8 @@ class ReplayTableError(ValueError):
 
 TABLE_FILE: Final = "replay-table"
 """The table's name inside the serve's runtime directory."""
+_COPY_CHUNK: Final = 1 << 16
+_ZEROS: Final = bytes(_COPY_CHUNK)
 KEPT_FILE: Final = "replay-table.kept"
 """The table's name in the data directory between a clean stop of serve and its next start."""
 DEFAULT_SLOTS: Final = 2_097_152
@@ -415,10 +417,16 @@ def keep(table_path: Path, kept_path: Path) -> None:
     temporary = kept_path.with_name(f".{kept_path.name}.{os.getpid()}.new")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with table_path.open("rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-            target.flush()
-            os.fsync(fd)
+        # Runs of free slots are zeros: they are skipped (a hole where the file system has them),
+        # so a quiet serve does not leave tens of MiB of zeros in its data directory.
+        with table_path.open("rb") as source:
+            offset = 0
+            while chunk := source.read(_COPY_CHUNK):
+                if chunk != _ZEROS[: len(chunk)]:
+                    os.pwrite(fd, chunk, offset)
+                offset += len(chunk)
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
         os.replace(temporary, kept_path)
     finally:
         os.close(fd)

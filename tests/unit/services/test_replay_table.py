@@ -28,6 +28,8 @@ from uid2_operator.services.replay_table import (
     ReplayGuard,
     ReplayTable,
     ReplayTableError,
+    keep,
+    restore,
     table_size,
 )
 
@@ -411,3 +413,34 @@ def test_a_new_process_still_refuses_what_an_earlier_one_recorded(path: Path) ->
     with SPAWN.Pool(1) as pool:
         answers = pool.apply(_offer, (path, [*range(100), 100]))
     assert answers == [False] * 100 + [True]
+
+
+@pytest.mark.parametrize("nonces", [[], [1], list(range(0, 40_000, 997)), [2**63 + 5, 17]])
+def test_a_kept_table_is_the_same_bytes_and_restores_the_same_answers(
+    tmp_path: Path, nonces: list[int]
+) -> None:
+    table_path, kept_path = tmp_path / "table", tmp_path / "kept"
+    ReplayTable.create(table_path, max_past_ms=MAX_PAST_MS, slots=20_000)
+    with ReplayTable.open(table_path, max_past_ms=MAX_PAST_MS) as table:
+        for nonce in nonces:
+            assert table.first_use("k", nonce.to_bytes(8, "big"), T0, T0)
+        # the very last slot of the file too, so a skipped run of zeros at the end is not cut
+        table._map[-1] = 1
+    keep(table_path, kept_path)
+    assert kept_path.read_bytes() == table_path.read_bytes()
+    assert kept_path.stat().st_mode & 0o777 == 0o600
+    restored_path = tmp_path / "restored"
+    assert restore(kept_path, restored_path, max_past_ms=MAX_PAST_MS, slots=20_000) is None
+    assert not kept_path.exists()
+    assert restored_path.read_bytes() == table_path.read_bytes()
+    with ReplayTable.open(restored_path, max_past_ms=MAX_PAST_MS) as table:
+        for nonce in nonces:
+            assert not table.first_use("k", nonce.to_bytes(8, "big"), T0, T0 + 1)
+
+
+def test_an_empty_table_is_kept_whole_though_its_zeros_are_skipped(tmp_path: Path) -> None:
+    table_path, kept_path = tmp_path / "table", tmp_path / "kept"
+    ReplayTable.create(table_path, max_past_ms=MAX_PAST_MS, slots=200_000)
+    keep(table_path, kept_path)
+    assert kept_path.stat().st_size == table_size(200_000, PROBE)
+    assert kept_path.read_bytes() == table_path.read_bytes()
