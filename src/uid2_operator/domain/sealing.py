@@ -178,9 +178,22 @@ def generate_keyring(random: RandomBytes, *, development: bool = False) -> Keyri
     return Keyring({1: random(KEK_SIZE)}, 1, random(PEPPER_SIZE), development=development)
 
 
-def add_kek_version(keyring: Keyring, random: RandomBytes) -> Keyring:
-    """KEK rotation, step 1: a new version becomes active; older ones stay to open old seals."""
-    version = max(keyring.versions) + 1
+def add_kek_version(
+    keyring: Keyring, random: RandomBytes, *, version: int | None = None
+) -> Keyring:
+    """KEK rotation, step 1: a new version becomes active; older ones stay to open old seals.
+
+    ``version`` (default: one above the keyring's highest) must be above every version the
+    keyring holds. A caller that knows the store should pick one above every version sealed
+    items still name as well: a version that went missing from the keyring must never come back
+    with another key, or the items sealed under it would stop showing as "sealed under a
+    version the keyring lacks" and fail as if tampered with instead.
+    """
+    highest = max(keyring.versions)
+    if version is None:
+        version = highest + 1
+    elif isinstance(version, bool) or not isinstance(version, int) or version <= highest:
+        raise KeyringError(f"A new key-encryption key version must be above {highest}")
     keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
     return Keyring(keks, version, keyring.pepper, development=keyring.development)
 
@@ -287,18 +300,3 @@ def reseal_secret(keyring: Keyring, sealed: SealedSecret, random: RandomBytes) -
         kek_version=version,
         ciphertext=aead.seal(keyring.kek(version), secret.raw, random, sealed.key_id.encode()),
     )
-
-
-def add_kek_version_numbered(keyring: Keyring, version: int, random: RandomBytes) -> Keyring:
-    """``add_kek_version`` with the caller choosing the new version's number.
-
-    The number must be above every version the keyring holds. The caller picks one above every
-    version sealed items in the store still name as well: a version that went missing from the
-    keyring must never come back with another key, or the items sealed under it would stop
-    showing as "sealed under a version the keyring lacks" and fail as if tampered with instead.
-    """
-    highest = max(keyring.versions)
-    if isinstance(version, bool) or not isinstance(version, int) or version <= highest:
-        raise KeyringError(f"A new key-encryption key version must be above {highest}")
-    keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
-    return Keyring(keks, version, keyring.pepper, development=keyring.development)

@@ -51,7 +51,7 @@ from uid2_operator.domain.material_sealing import (
 from uid2_operator.domain.salts import SaltHeader
 from uid2_operator.domain.sealing import (
     Keyring,
-    add_kek_version_numbered,
+    add_kek_version,
     drop_kek_version,
     reseal_secret,
 )
@@ -317,7 +317,7 @@ class KeyringRotationService:
                     f"keyring JSON there with version {version} added (32 random bytes, base64) "
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
                 )
-            updated = add_kek_version_numbered(keyring, version, self._random)
+            updated = add_kek_version(keyring, self._random, version=version)
             record_event(
                 tx,
                 actor,

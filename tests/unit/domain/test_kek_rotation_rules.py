@@ -13,7 +13,7 @@ from uid2_operator.domain.material_sealing import (
     reseal_material,
     seal_material,
 )
-from uid2_operator.domain.sealing import Keyring, add_kek_version, add_kek_version_numbered
+from uid2_operator.domain.sealing import Keyring, add_kek_version
 from uid2_operator.errors import KeyringError, SealedSecretUnreadable
 
 PLAINTEXT = bytes(range(100, 132))
@@ -22,7 +22,7 @@ PLAINTEXT = bytes(range(100, 132))
 def test_a_numbered_version_is_added_and_made_active(
     keyring: Keyring, random: Callable[[int], bytes]
 ) -> None:
-    rotated = add_kek_version_numbered(keyring, 5, random)
+    rotated = add_kek_version(keyring, random, version=5)
     assert rotated.versions == (1, 5)
     assert rotated.active_version == 5
     assert rotated.kek(1) == keyring.kek(1)
@@ -33,7 +33,7 @@ def test_a_numbered_version_is_added_and_made_active(
 
 def test_a_numbered_version_keeps_the_development_flag(random: Callable[[int], bytes]) -> None:
     development = Keyring({1: bytes(range(32))}, 1, bytes(range(1, 33)), development=True)
-    assert add_kek_version_numbered(development, 2, random).development
+    assert add_kek_version(development, random, version=2).development
 
 
 @pytest.mark.parametrize("version", [1, 0, -3, True])
@@ -41,15 +41,15 @@ def test_a_numbered_version_must_be_above_every_held_version(
     keyring: Keyring, random: Callable[[int], bytes], version: int
 ) -> None:
     with pytest.raises(KeyringError, match="above 1"):
-        add_kek_version_numbered(keyring, version, random)
+        add_kek_version(keyring, random, version=version)
 
 
 def test_a_number_below_a_held_version_is_refused_too(
     keyring: Keyring, random: Callable[[int], bytes]
 ) -> None:
-    three = add_kek_version_numbered(keyring, 3, random)
+    three = add_kek_version(keyring, random, version=3)
     with pytest.raises(KeyringError, match="above 3"):
-        add_kek_version_numbered(three, 2, random)
+        add_kek_version(three, random, version=2)
 
 
 def test_reseal_material_moves_a_blob_to_the_active_version_with_the_same_plaintext(
