@@ -14,14 +14,12 @@ import os
 import random
 
 import pytest
-from service_fixtures import ACTOR, KEYRING
+from service_fixtures import ACTOR, KEYRING, load_local_snapshot
 
 from uid2_operator.clock import FixedClock
-from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.services.material import MaterialConfig, MaterialService
-from uid2_operator.services.snapshot import Lifetimes, Snapshot
-from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
+from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import write_optouts
 from uid2_operator.storage import SqlStore
@@ -35,21 +33,6 @@ def material(store: SqlStore, clock: FixedClock) -> MaterialService:
     )
     service.initialise(ACTOR)
     return service
-
-
-def _load(
-    store: SqlStore, material: MaterialService, clock: FixedClock, previous: Loaded | None = None
-) -> Loaded:
-    return load_snapshot(
-        store,
-        KEYRING,
-        material,
-        identity=operator_identity(Environment.LOCAL),
-        lifetimes=Lifetimes(),
-        generation=1 if previous is None else previous.snapshot.generation + 1,
-        now_ms=clock.now_ms(),
-        previous=previous,
-    )
 
 
 def flh(n: int) -> bytes:
@@ -79,7 +62,7 @@ def test_a_reload_reads_what_changed_and_answers_as_a_full_load(
 ) -> None:
     rng = random.Random(seed)  # noqa: S311 (reproducible test data, not secrets)
     people = 30
-    loaded = _load(store, material, clock)
+    loaded = load_local_snapshot(store, material, clock)
     ids: set[str] = set()
     for _ in range(8):
         batch = []
@@ -92,8 +75,8 @@ def test_a_reload_reads_what_changed_and_answers_as_a_full_load(
         if rng.random() < 0.3:
             material.add_optout("email", f"person{rng.randrange(people)}@example.com", ACTOR)
         clock.advance(1000)
-        reloaded = _load(store, material, clock, loaded)
-        full = _load(store, material, clock)
+        reloaded = load_local_snapshot(store, material, clock, loaded)
+        full = load_local_snapshot(store, material, clock)
         assert reloaded.material.optouts_read <= len(batch) + 1
         assert full.material.optouts_read == len(full.material.optouts)
         assert _answers(reloaded.snapshot, people, ids) == _answers(full.snapshot, people, ids)
@@ -108,10 +91,10 @@ def test_a_reload_with_nothing_new_reads_no_opt_out(
     store: SqlStore, material: MaterialService, clock: FixedClock
 ) -> None:
     write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(50)], clock.now_ms())
-    first = _load(store, material, clock)
+    first = load_local_snapshot(store, material, clock)
     assert first.material.optouts_read == 50
     material.rotate_keys()
-    second = _load(store, material, clock, first)
+    second = load_local_snapshot(store, material, clock, first)
     assert second.material.optouts_read == 0
     assert second.material.optouts.by_flh is first.material.optouts.by_flh or dict(
         second.material.optouts.by_flh
@@ -137,9 +120,9 @@ def test_a_worker_s_own_opt_outs_apply_at_once_however_many_exist(
     with store.transaction() as tx:
         for n in range(many):
             tx.optouts.put(OptOutRecord(flh(n), clock.now_ms()))
-    loaded = _load(store, material, clock)
+    loaded = load_local_snapshot(store, material, clock)
     source = SnapshotSource(
-        lambda previous, _generation: _load(store, material, clock, previous),
+        lambda previous, _generation: load_local_snapshot(store, material, clock, previous),
         store.change_seq,
         clock,
         poll_interval_s=1,

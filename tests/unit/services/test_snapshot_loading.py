@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from service_fixtures import ACTOR, KEYRING
+from service_fixtures import ACTOR, KEYRING, load_local_snapshot
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
@@ -24,8 +24,7 @@ from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.services.snapshot import CstgKeypair, Lifetimes
-from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
+from uid2_operator.services.snapshot import CstgKeypair
 from uid2_operator.services.write_behind import write_optouts
 from uid2_operator.storage import SqlStore
 from uid2_operator.wire.identity import hash_identity
@@ -99,26 +98,11 @@ def sharing(store: SqlStore, clock: FixedClock, material: MaterialService) -> Sh
     return SharingService(store, KEYRING, Environment.LOCAL, clock, os.urandom, material=material)
 
 
-def _load(
-    store: SqlStore, material: MaterialService, clock: FixedClock, previous: Loaded | None = None
-) -> Loaded:
-    return load_snapshot(
-        store,
-        KEYRING,
-        material,
-        identity=operator_identity(Environment.LOCAL),
-        lifetimes=Lifetimes(),
-        generation=1 if previous is None else previous.snapshot.generation + 1,
-        now_ms=clock.now_ms(),
-        previous=previous,
-    )
-
-
 def test_the_snapshot_holds_the_loaded_keysets_salts_and_keypairs_themselves(
     store: SqlStore, material: MaterialService, sharing: SharingService, clock: FixedClock
 ) -> None:
     keypair = sharing.create_keypair(ACTOR, site_id=PUBLISHER)
-    loaded = _load(store, material, clock)
+    loaded = load_local_snapshot(store, material, clock)
     snapshot = loaded.snapshot
     assert snapshot.salts is loaded.material.salts
     assert loaded.material.keysets
@@ -129,14 +113,14 @@ def test_the_snapshot_holds_the_loaded_keysets_salts_and_keypairs_themselves(
     assert isinstance(opened, CstgKeypair)
     assert (opened.site_id, opened.disabled) == (PUBLISHER, False)
     # A reload over an unchanged salt table keeps the very same table object.
-    assert _load(store, material, clock, loaded).snapshot.salts is snapshot.salts
+    assert load_local_snapshot(store, material, clock, loaded).snapshot.salts is snapshot.salts
 
 
 def test_the_stored_sharing_choice_with_its_types_decides_who_sees_the_keys(
     store: SqlStore, material: MaterialService, sharing: SharingService, clock: FixedClock
 ) -> None:
     view = sharing.set_sharing(ACTOR, PUBLISHER, mode="list", types=["dsp"], rotate=False)
-    snapshot = _load(store, material, clock).snapshot
+    snapshot = load_local_snapshot(store, material, clock).snapshot
     keyset = snapshot.keysets[view.keyset_id]
     assert keyset.sharing is SharingMode.LIST
     assert snapshot.sharing[view.keyset_id] == view.policy
@@ -154,7 +138,7 @@ def test_opt_outs_are_the_stored_records_both_ways(
 ) -> None:
     del sharing  # the world only needs to exist
     material.add_optout("email", "someone@example.com")
-    loaded = _load(store, material, clock)
+    loaded = load_local_snapshot(store, material, clock)
     [stored] = loaded.material.optouts
     optouts = loaded.snapshot.optouts
     assert optouts.by_flh == {stored.first_level_hash: stored.timestamp_ms}
