@@ -5,12 +5,20 @@ Nothing here runs on import. Entry points (the CLI, the admin and operator apps)
 functions with a ``Settings`` and own the lifetime of what they get back. Only this module picks
 and opens a storage backend (``open_configured_store``); everything else types against
 ``storage.interface``.
+
+A command reads the keyring once (``load_keyring``). A long-lived process (``serve`` and its
+workers) follows the keyring file instead (``follow_keyring``, ``KeyringFile``): KEK rotation
+rewrites the file, and every process uses the new keyring within about a second, no restart.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,8 +26,13 @@ from typing import Final
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.lifecycle import DAY_MS
-from uid2_operator.domain.sealing import Keyring, generate_keyring, require_keyring
-from uid2_operator.errors import InvalidInput, KeyringError, SchemaOutOfDate
+from uid2_operator.domain.sealing import (
+    Keyring,
+    KeyringSource,
+    generate_keyring,
+    require_keyring,
+)
+from uid2_operator.errors import InvalidInput, KeyringError, SchemaOutOfDate, UID2Error
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService
@@ -30,11 +43,15 @@ from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.interface import Store
 from uid2_operator.wire.aead import RandomBytes
 
+log = logging.getLogger(__name__)
+
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
 
 KEYRING_FROM_ENVIRONMENT: Final = "environment"
 """What ``keyring_source`` names a keyring given as UID2_KEYRING."""
+KEYRING_CHECK_INTERVAL_S: Final = 0.5
+"""How often, at most, a ``KeyringFile`` looks at its file (one ``stat``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +74,138 @@ def load_keyring(settings: Settings) -> Keyring:
 
     Refuses a missing keyring everywhere, and a development or placeholder one in prod.
     """
-    keyring: Keyring | None
     if settings.keyring_json is not None:
-        keyring = Keyring.from_json(settings.keyring_json)
+        return require_keyring(Keyring.from_json(settings.keyring_json), settings.environment)
+    keyring, _ = _read_keyring_file(settings.keyring_path, settings.environment)
+    return keyring
+
+
+_FileSignature = tuple[int, int, int, int, int]
+"""What tells one keyring file from the next: device, inode, mtime and ctime in ns, size.
+``save_keyring`` replaces the file (a new inode), so every rotation step changes it; an edit in
+place changes the times, a ``chmod`` the ctime."""
+_NO_FILE: Final[_FileSignature] = (-1, -1, -1, -1, -1)
+
+
+def _signature(status: os.stat_result) -> _FileSignature:
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+        status.st_size,
+    )
+
+
+def _read_keyring_file(path: Path, environment: Environment) -> tuple[Keyring, _FileSignature]:
+    """The keyring in ``path`` under ``load_keyring``'s rules, and the signature of the file it
+    was read from (taken from the open file, so the two always match)."""
+    keyring: Keyring | None
+    signature = _NO_FILE
+    try:
+        with path.open("rb") as handle:
+            signature = _signature(os.fstat(handle.fileno()))
+            text = handle.read().decode("utf-8")
+    except FileNotFoundError:
+        keyring = None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise KeyringError(f"The keyring file {path} cannot be read: {reason}") from None
     else:
-        path = settings.keyring_path
+        keyring = Keyring.from_json(text)
+    return require_keyring(keyring, environment), signature
+
+
+class KeyringFile:
+    """The keyring file as it is now: the ``KeyringSource`` of a long-lived process.
+
+    ``current()`` looks at the file (one ``stat``) at most every ``check_interval_s`` on the
+    ``monotonic`` clock, and reads it again only when the file changed (see ``_FileSignature``:
+    ``save_keyring`` replaces it). The new content must pass ``load_keyring``'s rules (in
+    prod, no development or placeholder keyring). Content that does not (a file cut short,
+    edited by hand into invalid JSON, removed, a development keyring in prod) is logged once as
+    an error naming the file and why, never a key byte, and the keyring read before stays in use
+    until the next good write. The first read, at construction, raises as ``load_keyring`` does.
+
+    Safe to share between threads: a use case takes one keyring from ``current()`` and uses it
+    to its end, whatever the file does meanwhile.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        check_interval_s: float = KEYRING_CHECK_INTERVAL_S,
+    ) -> None:
+        self._path = settings.keyring_path.absolute()
+        self._environment = settings.environment
+        self._monotonic = monotonic
+        self._interval = check_interval_s
+        self._lock = threading.Lock()
+        self._keyring, self._loaded = _read_keyring_file(self._path, self._environment)
+        self._refused: _FileSignature | None = None
+        self._next_check = monotonic() + check_interval_s
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"KeyringFile({str(self._path)!r}, {self._keyring!r})"
+
+    def current(self) -> Keyring:
+        if self._monotonic() < self._next_check:
+            return self._keyring
+        with self._lock:
+            now = self._monotonic()
+            if now >= self._next_check:
+                self._follow()
+                self._next_check = self._monotonic() + self._interval
+            return self._keyring
+
+    def _follow(self) -> None:
+        """Take up the file's new content, if it changed and can be used (see the class doc)."""
         try:
-            text = path.read_text(encoding="utf-8")
+            seen = _signature(os.stat(self._path))
         except FileNotFoundError:
-            keyring = None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise KeyringError(f"The keyring file {path} cannot be read: {reason}") from None
-        else:
-            keyring = Keyring.from_json(text)
-    return require_keyring(keyring, settings.environment)
+            seen = _NO_FILE
+        except OSError as exc:  # the directory cannot be searched, say: reading says why
+            seen = (-2, exc.errno or 0, -2, -2, -2)
+        if seen in (self._loaded, self._refused):
+            return
+        try:
+            keyring, signature = _read_keyring_file(self._path, self._environment)
+        except UID2Error as exc:
+            log.error(
+                "the keyring file %s changed but cannot be used (%s); still using the keyring "
+                "read before (active version %d)",
+                self._path,
+                exc.detail,
+                self._keyring.active_version,
+            )
+            self._refused = seen
+            return
+        self._loaded, self._refused = signature, None
+        if keyring != self._keyring:
+            log.warning(
+                "keyring reloaded from %s: active version %d, versions %s",
+                self._path,
+                keyring.active_version,
+                ", ".join(map(str, keyring.versions)),
+            )
+            self._keyring = keyring
+
+
+def follow_keyring(
+    settings: Settings, *, monotonic: Callable[[], float] = time.monotonic
+) -> KeyringSource:
+    """The keyring a long-lived process uses: it follows the keyring file (``KeyringFile``); a
+    keyring given as UID2_KEYRING is fixed (the environment of a running process cannot change:
+    a new one there takes a restart)."""
+    if settings.keyring_json is not None:
+        return load_keyring(settings)
+    return KeyringFile(settings, monotonic=monotonic)
 
 
 def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> Keyring:
@@ -235,7 +369,7 @@ def material_config(settings: Settings) -> MaterialConfig:
 def material_service(
     settings: Settings,
     store: Store,
-    keyring: Keyring,
+    keyring: KeyringSource,
     clock: Clock | None = None,
     random: RandomBytes | None = None,
 ) -> MaterialService:
@@ -254,14 +388,15 @@ def open_services(
     *,
     clock: Clock | None = None,
     random: RandomBytes | None = None,
-    keyring: Keyring | None = None,
+    keyring: KeyringSource | None = None,
 ) -> Services:
-    """Load the keyring, open the store (refusing an out-of-date schema) and wire the services."""
-    ring = (
-        load_keyring(settings)
-        if keyring is None
-        else require_keyring(keyring, settings.environment)
-    )
+    """Load the keyring, open the store (refusing an out-of-date schema) and wire the services.
+
+    ``keyring`` (default: the configured keyring, read once) may be a source that follows the
+    keyring file (``follow_keyring``), as ``serve`` passes; every service then asks it once per
+    use case."""
+    ring: KeyringSource = load_keyring(settings) if keyring is None else keyring
+    require_keyring(ring.current(), settings.environment)
     store = open_configured_store(settings)
     now = SystemClock() if clock is None else clock
     rand = system_random if random is None else random

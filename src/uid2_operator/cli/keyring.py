@@ -1,12 +1,13 @@
 """``keyring status|add-version|reseal|drop-version``: rotating the key-encryption keys.
 
 Everything secret at rest is sealed under a key-encryption key (KEK) version of the keyring. The
-rotation is three commands with restarts between them (docs/credentials.md, "KEK rotation"):
-``add-version``, restart every ``serve``, ``reseal``, ``drop-version`` of the old version, restart
-again. ``status`` shows, before and after each step, what is sealed under which version. No
-command prints key bytes or the pepper: versions and counts only. Refusals end like every other
-command's errors (one line on stderr, exit status 2); ``drop-version`` is refused while anything
-is still sealed under the version, so the keyring never loses a key the store needs.
+rotation is three commands (docs/credentials.md, "KEK rotation"): ``add-version``, ``reseal``,
+``drop-version`` of the old version. A running ``serve`` follows the keyring file, so nothing is
+restarted between them. ``status`` shows, before and after each step, what is sealed under which
+version. No command prints key bytes or the pepper: versions and counts only. Refusals end like
+every other command's errors (one line on stderr, exit status 2); ``drop-version`` is refused
+while anything is still sealed under the version, so the keyring never loses a key the store
+needs.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def _versions(versions: tuple[int, ...]) -> str:
     return ", ".join(str(v) for v in versions)
 
 
-def _restart_serve(reason: str) -> None:
-    click.echo(f"Restart every running `uid2-operator serve` {reason}.")
+def _serve_follows(what: str) -> None:
+    click.echo(
+        f"Running `uid2-operator serve` processes that read this keyring file {what} within "
+        "about a second (copy the file to any other machine serving this store)."
+    )
 
 
 @click.group("keyring")
@@ -113,8 +117,8 @@ def _show_status(found: KeyringStatus) -> None:
 def add_version(as_json: bool) -> None:
     """Add a new random version and make it active (written to the keyring file).
 
-    Older versions stay, so everything sealed under them still opens. Then restart every
-    running serve, so new items are sealed under the new version, and run ``keyring reseal``.
+    Older versions stay, so everything sealed under them still opens. A running serve seals new
+    items under the new version within about a second; then run ``keyring reseal``.
     """
     with rotation_service() as service:
         change = service.add_version(actor())
@@ -124,7 +128,8 @@ def add_version(as_json: bool) -> None:
             f"Added key-encryption key version {change.version}; it is now active "
             f"(versions {_versions(change.keyring_versions)})."
         )
-        _restart_serve(f"so it seals with version {change.version}, then run `{RESEAL_COMMAND}`")
+        _serve_follows(f"seal with version {change.version}")
+        click.echo(f"Then run `{RESEAL_COMMAND}`.")
 
     emit(wants_json(as_json), change.to_json(), human)
 
@@ -166,7 +171,7 @@ def drop_version(version: int, as_json: bool) -> None:
     """Remove VERSION from the keyring file.
 
     Refused while anything is sealed under it (run ``keyring reseal`` first) and for the active
-    version. Restart every running serve afterwards.
+    version. A running serve forgets it within about a second.
     """
     with rotation_service() as service:
         change = service.drop_version(version, actor())
@@ -176,6 +181,6 @@ def drop_version(version: int, as_json: bool) -> None:
             f"Dropped key-encryption key version {change.version} "
             f"(versions now {_versions(change.keyring_versions)})."
         )
-        _restart_serve("so none keeps the dropped version in memory")
+        _serve_follows(f"forget version {change.version}")
 
     emit(wants_json(as_json), change.to_json(), human)

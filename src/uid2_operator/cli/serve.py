@@ -35,7 +35,7 @@ from typing import Any, Final
 import click
 import uvicorn
 
-from uid2_operator.bootstrap import Services, open_services, schema_is_current
+from uid2_operator.bootstrap import Services, follow_keyring, open_services, schema_is_current
 from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
 from uid2_operator.errors import StoreUnavailable, UID2Error
@@ -365,7 +365,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
         ctx.invoke(init, environment=None, as_json=False)
         initialised = True
         settings = load_settings()
-    services = open_services(settings)
+    services = open_services(settings, keyring=follow_keyring(settings))
     material = services.material
     try:
         material.initialise()  # idempotent: creates what is missing, keys included

@@ -17,6 +17,10 @@ Keyring JSON::
      "keks": {"1": "<base64 of 32 bytes>", "2": "<base64 of 32 bytes>"},
      "pepper": "<base64 of 32 bytes>",
      "development": false}
+
+A long-lived process follows the keyring where it is kept (``bootstrap.KeyringFile``): its use
+cases take a ``KeyringSource`` and ask it for the ``current()`` keyring once, at their start, so
+one unit of work never mixes two keyrings. A ``Keyring`` is its own source, fixed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from uid2_operator.domain.credentials import SealedSecret
 from uid2_operator.domain.environments import Environment
@@ -97,6 +101,10 @@ class Keyring:
         zero = bytes(KEK_SIZE)
         return self._development or self._pepper == zero or zero in self._keks.values()
 
+    def current(self) -> Keyring:
+        """A keyring is a ``KeyringSource`` that never changes."""
+        return self
+
     def kek(self, version: int) -> bytes:
         try:
             return self._keks[version]
@@ -156,6 +164,14 @@ class Keyring:
             raise KeyringError('"development" must be true or false')
         keks = {_parse_version(v): _decode_key(k, f"keks.{v}") for v, k in keks_doc.items()}
         return cls(keks, active, _decode_key(doc.get("pepper"), "pepper"), development=development)
+
+
+class KeyringSource(Protocol):
+    """Where a use case gets its keyring: a fixed ``Keyring``, or one that follows a file."""
+
+    def current(self) -> Keyring:
+        """The keyring to use for one unit of work, from its start to its end."""
+        ...
 
 
 def _parse_version(text: str) -> int:

@@ -3,6 +3,7 @@
 Admin tokens are minted, hashed and verified by the same machinery as API keys (kind letter ``A``,
 site 0), so the same guarantees hold: the token text is shown once, stored only as a keyed hash,
 looked up by its public id and compared in constant time, with the same work for an unknown id.
+The pepper comes from a ``KeyringSource``, asked once at the start of each use case.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from uid2_operator.domain.authorization import Denied
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import MintedCredential, mint_admin_token
 from uid2_operator.domain.roles import AdminRole, parse_admin_roles
-from uid2_operator.domain.sealing import Keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import AlreadyExists, CredentialRejected, MalformedCredential, NotFound
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event
@@ -41,13 +42,13 @@ class AdminService:
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        keyring: KeyringSource,
         environment: Environment,
         clock: Clock,
         random: RandomBytes,
     ) -> None:
         self._store = store
-        self._keyring = keyring
+        self._keyrings = keyring
         self._environment = environment
         self._clock = clock
         self._random = random
@@ -57,8 +58,9 @@ class AdminService:
         clean_name = inputs.text(name, "name")
         wanted = parse_admin_roles(inputs.names(roles, "roles"))
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
-            minted, token = self._issue(tx, actor, clean_name, wanted, now)
+            minted, token = self._issue(tx, actor, clean_name, wanted, now, keyring=keyring)
         logger.info("admin token created token_id=%s actor=%s", token.token_id, actor.id)
         return _issued(minted, token)
 
@@ -97,11 +99,12 @@ class AdminService:
         """
         if not isinstance(token_text, str):
             raise MalformedCredential("The admin token is malformed")
+        pepper = self._keyrings.current().pepper
         with self._store.read() as tx:
             token = verify_admin_token(
                 token_text,
                 environment=self._environment,
-                pepper=self._keyring.pepper,
+                pepper=pepper,
                 lookup=tx.admin_tokens.get,
             )
         decision = authenticate_admin_token(token)
@@ -119,11 +122,17 @@ class AdminService:
         get one.
         """
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             if tx.admin_tokens.list_all():
                 return None
             minted, token = self._issue(
-                tx, actor, BOOTSTRAP_TOKEN_NAME, frozenset({AdminRole.SUPER_USER}), now
+                tx,
+                actor,
+                BOOTSTRAP_TOKEN_NAME,
+                frozenset({AdminRole.SUPER_USER}),
+                now,
+                keyring=keyring,
             )
         logger.info("bootstrap admin token created token_id=%s", token.token_id)
         return _issued(minted, token)
@@ -135,8 +144,10 @@ class AdminService:
         name: str,
         roles: frozenset[AdminRole],
         now: int,
+        *,
+        keyring: Keyring,
     ) -> tuple[MintedCredential, AdminToken]:
-        minted = self._mint(tx)
+        minted = self._mint(tx, keyring)
         token = issue_admin_token(minted, name=name, roles=roles, now_ms=now, created_by=actor.id)
         tx.admin_tokens.add(token)
         record_event(
@@ -155,9 +166,9 @@ class AdminService:
         )
         return minted, token
 
-    def _mint(self, tx: Tx) -> MintedCredential:
+    def _mint(self, tx: Tx, keyring: Keyring) -> MintedCredential:
         for _ in range(_MINT_ATTEMPTS):
-            minted = mint_admin_token(self._environment, self._keyring.pepper, self._random)
+            minted = mint_admin_token(self._environment, keyring.pepper, self._random)
             if tx.admin_tokens.get(minted.key_id) is None:
                 return minted
         raise AlreadyExists("Could not draw an unused token id; try again")

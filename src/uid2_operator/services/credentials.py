@@ -5,6 +5,10 @@ JSON body), then one ``store.transaction()`` (or ``store.read()`` for reads) run
 writes the change and its audit event, and commits them together. A refusal anywhere rolls back
 everything, so a failed call leaves no trace but its error.
 
+The keyring comes from a ``KeyringSource``, asked once at the start of each use case that needs
+it: a running service follows a keyring file that changes (KEK rotation) without mixing two
+keyrings inside one unit of work.
+
 Plaintext keys and secrets exist only in the ``Issued*`` results of create and rotate (recorded in
 the audit trail as disclosures) and in the raw secrets ``resolve_client`` hands the request path.
 Logs name keys by ``key_id`` only.
@@ -45,6 +49,7 @@ from uid2_operator.domain.roles import ClientRole, parse_client_roles
 from uid2_operator.domain.sealing import (
     ClientSecret,
     Keyring,
+    KeyringSource,
     new_client_secret,
     open_secret,
     seal_secret,
@@ -102,7 +107,7 @@ class CredentialService:
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        keyring: KeyringSource,
         environment: Environment,
         clock: Clock,
         random: RandomBytes,
@@ -110,7 +115,7 @@ class CredentialService:
         rotation_age_ms: int = lifecycle.DEFAULT_ROTATION_AGE_MS,
     ) -> None:
         self._store = store
-        self._keyring = keyring
+        self._keyrings = keyring
         self._environment = environment
         self._clock = clock
         self._random = random
@@ -254,9 +259,10 @@ class CredentialService:
             expires_in_days, "expires_in_days", low=1, high=inputs.MAX_DAYS
         )
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             participant = self._participant(tx, site)
-            minted = self._mint(tx, site)
+            minted = self._mint(tx, keyring, site)
             key = issue_api_key(
                 minted,
                 participant,
@@ -267,7 +273,7 @@ class CredentialService:
                 expires_at_ms=None if days is None else now + days * lifecycle.DAY_MS,
             )
             tx.api_keys.add(key)
-            secret = self._add_secret(tx, key.key_id, now)
+            secret = self._add_secret(tx, keyring, key.key_id, now)
             record_event(
                 tx,
                 actor,
@@ -357,6 +363,7 @@ class CredentialService:
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             old = self._key(tx, kid)
             participant = self._participant(tx, old.site_id)
@@ -364,7 +371,7 @@ class CredentialService:
                 raise InvalidTransition(f"Participant {participant.site_id} is disabled")
             if old.rotated_to is not None:  # checked before minting, for a clear message
                 raise InvalidTransition(f"API key {kid} was already rotated to {old.rotated_to}")
-            minted = self._mint(tx, old.site_id)
+            minted = self._mint(tx, keyring, old.site_id)
             rotation = lifecycle.rotate_key(
                 old,
                 minted,
@@ -376,7 +383,7 @@ class CredentialService:
             # The successor first: the old row's ``rotated_to`` refers to it.
             tx.api_keys.add(rotation.successor)
             tx.api_keys.update(rotation.old)
-            secret = self._add_secret(tx, rotation.successor.key_id, now)
+            secret = self._add_secret(tx, keyring, rotation.successor.key_id, now)
             record_event(
                 tx,
                 actor,
@@ -414,6 +421,7 @@ class CredentialService:
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             key = self._key(tx, kid)
             retiring = lifecycle.rotate_secret(
@@ -421,7 +429,7 @@ class CredentialService:
             )
             for previous in retiring:
                 tx.secrets.update(previous)
-            secret = self._add_secret(tx, kid, now)
+            secret = self._add_secret(tx, keyring, kid, now)
             retires_at = max((s.retires_at_ms or now for s in retiring), default=None)
             record_event(
                 tx,
@@ -455,11 +463,12 @@ class CredentialService:
         if not isinstance(key_text, str):
             raise MalformedCredential("The API key is malformed")
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.read() as tx:
             key = verify_api_key(
                 key_text,
                 environment=self._environment,
-                pepper=self._keyring.pepper,
+                pepper=keyring.pepper,
                 lookup=tx.api_keys.get,
             )
             participant = self._participant(tx, key.site_id)
@@ -468,7 +477,7 @@ class CredentialService:
                 logger.info("api key refused key_id=%s reason=%s", key.key_id, decision.reason)
                 raise CredentialRejected(f"The API key is not usable: {decision.reason.value}")
             sealed = accepted_secrets(tx.secrets.list_for_key(key.key_id), now)
-            secrets = tuple(open_secret(self._keyring, s).raw for s in sealed)
+            secrets = tuple(open_secret(keyring, s).raw for s in sealed)
             view = self._view(key, now, self._usage(tx, key.key_id))
         if not secrets:
             logger.warning("api key has no live client secret key_id=%s", key.key_id)
@@ -570,16 +579,16 @@ class CredentialService:
             raise InvalidInput("No free site id is left above the highest one; give one")
         return max(highest + 1, MIN_SITE_ID)
 
-    def _mint(self, tx: Tx, site_id: int) -> MintedCredential:
+    def _mint(self, tx: Tx, keyring: Keyring, site_id: int) -> MintedCredential:
         for _ in range(_MINT_ATTEMPTS):
-            minted = mint_api_key(self._environment, site_id, self._keyring.pepper, self._random)
+            minted = mint_api_key(self._environment, site_id, keyring.pepper, self._random)
             if tx.api_keys.get(minted.key_id) is None:
                 return minted
         raise AlreadyExists("Could not draw an unused key id; try again")
 
-    def _add_secret(self, tx: Tx, key_id: str, now: int) -> ClientSecret:
+    def _add_secret(self, tx: Tx, keyring: Keyring, key_id: str, now: int) -> ClientSecret:
         secret = new_client_secret(self._random)
-        sealed = seal_secret(self._keyring, key_id, secret, self._random, now)
+        sealed = seal_secret(keyring, key_id, secret, self._random, now)
         tx.secrets.add(
             key_id,
             kek_version=sealed.kek_version,

@@ -9,8 +9,10 @@ can drift apart, and one drift loses data for good: a version removed from the k
 items are still sealed under it. Nothing opens those items again, and every snapshot load fails
 on them. So the use cases here count the store before they change the keyring, and do both in one
 write unit of work: the store's write lock is held from the count to the keyring write, and no
-other writer can seal anything in between. (A running ``serve`` keeps sealing with the keyring it
-started with; that is why the documented procedure restarts it after ``add_version``.)
+other writer can seal anything in between. (A running ``serve`` follows the keyring file: each of
+its processes takes up the new keyring within about a second and seals under the new active
+version from then on. Whatever it sealed under the old one just before is still counted, so
+``drop_version`` refuses until ``reseal`` has moved that too.)
 
 - ``status``: the keyring's versions (numbers only, never key bytes or the pepper) and, for every
   version the keyring holds or the store names, how many items of each kind are sealed under it.

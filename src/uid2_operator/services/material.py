@@ -3,7 +3,9 @@
 Like the credential use cases, each public method is one unit of work: the change and its audit
 event commit together, and a refusal leaves nothing behind. Secrets (key secrets, salts, the
 first-level salt, the bucket-id secret) are sealed under the keyring before they reach the store
-and are opened only by ``load_material``, for the operator's in-memory snapshot.
+and are opened only by ``load_material``, for the operator's in-memory snapshot. The keyring comes
+from a ``KeyringSource``, asked once at the start of each use case (or given by the use case that
+calls in, so that one unit of work seals and opens with one keyring).
 
 Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets (the ``UID2_SALT_BUCKETS``
 setting: 2^20 in integ and prod, as the reference operator, 2^16 in local, quick to create with
@@ -52,7 +54,7 @@ from uid2_operator.domain.salts import (
     seal_chunk,
     seal_header,
 )
-from uid2_operator.domain.sealing import Keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import IdentityInputError, InvalidInput, NotFound
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
@@ -238,13 +240,13 @@ class MaterialService:
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        keyring: KeyringSource,
         config: MaterialConfig,
         clock: Clock,
         random: RandomBytes,
     ) -> None:
         self._store = store
-        self._keyring = keyring
+        self._keyrings = keyring
         self._config = config
         self._clock = clock
         self._random = random
@@ -261,6 +263,7 @@ class MaterialService:
         table with its first-level salt and bucket-id secret, and an active key in every keyset.
         """
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             known = {k.keyset_id for k in tx.keysets.list_all()}
             created: list[Keyset] = []
@@ -277,6 +280,7 @@ class MaterialService:
                 size = self._config.chunk_size
                 self._write_table(
                     tx,
+                    keyring,
                     table,
                     chunk_size=size,
                     chunks=range(table.chunk_count(size)),
@@ -301,7 +305,7 @@ class MaterialService:
                         f"count (UID2_SALT_BUCKETS) is {self._config.bucket_count}. The count is "
                         f"fixed once the table exists: set it back to {bucket_count}"
                     )
-            keys = self._rotate(tx, now, actor)
+            keys = self._rotate(tx, keyring, now, actor)
         if created or keys or salts_created:
             logger.info(
                 "material initialised keysets=%d keys=%d salts_created=%s actor=%s",
@@ -317,17 +321,21 @@ class MaterialService:
         if isinstance(site_id, bool) or not isinstance(site_id, int):
             raise InvalidInput("site_id must be an integer")
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
-            return self.ensure_site_keyset_in(tx, site_id, actor, now)
+            return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)
 
-    def ensure_site_keyset_in(self, tx: Tx, site_id: int, actor: Actor, now_ms: int) -> Keyset:
+    def ensure_site_keyset_in(
+        self, tx: Tx, site_id: int, actor: Actor, now_ms: int, keyring: Keyring
+    ) -> Keyset:
         """``ensure_site_keyset`` inside the caller's transaction, for a use case that needs the
-        keyset as part of its own unit of work (the keyset commits, or not, with its change)."""
+        keyset as part of its own unit of work (the keyset commits, or not, with its change; its
+        first key is sealed with the caller's ``keyring``)."""
         if tx.participants.get(site_id) is None:
             raise NotFound(f"No participant {site_id}")
         keyset, is_new = self._site_keyset(tx, site_id, actor, now_ms)
         if is_new:
-            self._rotate(tx, now_ms, actor, only=keyset.keyset_id)
+            self._rotate(tx, keyring, now_ms, actor, only=keyset.keyset_id)
         return keyset
 
     # ------------------------------------------------------------------------ keys
@@ -339,11 +347,12 @@ class MaterialService:
         keyset (and so its first key). Refused, changing nothing, before ``initialise``.
         """
         now = self._clock.now_ms() if now_ms is None else now_ms
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
             keysets = self._missing_site_keysets(tx, actor, now)
-            created = self._rotate(tx, now, actor)
+            created = self._rotate(tx, keyring, now, actor)
         logger.info(
             "encryption keys rotated keysets=%d created=%d actor=%s",
             len(keysets),
@@ -361,7 +370,9 @@ class MaterialService:
                 created.append(keyset)
         return created
 
-    def _rotate(self, tx: Tx, now: int, actor: Actor, *, only: int | None = None) -> list[KeyInfo]:
+    def _rotate(
+        self, tx: Tx, keyring: Keyring, now: int, actor: Actor, *, only: int | None = None
+    ) -> list[KeyInfo]:
         keysets = {k.keyset_id: k for k in tx.keysets.list_all()}
         if only is not None:
             keysets = {only: keysets[only]}
@@ -371,7 +382,7 @@ class MaterialService:
         ids = tx.encryption_keys.allocate_ids(len(plans))
         created: list[KeyInfo] = []
         for key in mint_keys(plans, ids, self._random):
-            tx.encryption_keys.add(seal_key(self._keyring, key, self._random))
+            tx.encryption_keys.add(seal_key(keyring, key, self._random))
             site_id = keysets[key.keyset_id].site_id
             info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
             record_event(
@@ -422,14 +433,16 @@ class MaterialService:
         if not 0 < share <= 1:
             raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             header = self._header(tx)
-            table = self._read_table(tx, header)
+            table = self._read_table(tx, keyring, header)
             rotation = rotate(table, share, now, self._random)
             touched = rotation.touched_chunks(header.chunk_size)
             if rotation.rotated:
                 self._write_table(
                     tx,
+                    keyring,
                     rotation.table,
                     chunk_size=header.chunk_size,
                     chunks=touched,
@@ -466,12 +479,12 @@ class MaterialService:
             raise NotFound(NOT_INITIALISED)
         return header
 
-    def _read_table(self, tx: ReadTx, header: SaltHeader) -> SaltTable:
-        first_level_salt, id_secret = open_header_secrets(self._keyring, header)
+    def _read_table(self, tx: ReadTx, keyring: Keyring, header: SaltHeader) -> SaltTable:
+        first_level_salt, id_secret = open_header_secrets(keyring, header)
         return assemble(
             bucket_count=header.bucket_count,
             chunk_size=header.chunk_size,
-            chunks=(open_chunk(self._keyring, c) for c in tx.salts.iter_chunks()),
+            chunks=(open_chunk(keyring, c) for c in tx.salts.iter_chunks()),
             first_level_salt=first_level_salt,
             id_prefix=header.id_prefix,
             id_secret=id_secret,
@@ -481,6 +494,7 @@ class MaterialService:
     def _write_table(
         self,
         tx: Tx,
+        keyring: Keyring,
         table: SaltTable,
         *,
         chunk_size: int,
@@ -491,7 +505,7 @@ class MaterialService:
         """Write the header and the given chunks (each sealed just before it is written)."""
         tx.salts.put_header(
             seal_header(
-                self._keyring,
+                keyring,
                 table,
                 chunk_size=chunk_size,
                 created_at_ms=created_at_ms,
@@ -500,8 +514,7 @@ class MaterialService:
             )
         )
         tx.salts.put_chunks(
-            seal_chunk(self._keyring, table.chunk(number, chunk_size), self._random)
-            for number in chunks
+            seal_chunk(keyring, table.chunk(number, chunk_size), self._random) for number in chunks
         )
 
     # ------------------------------------------------------------------------ opt-outs
@@ -515,9 +528,10 @@ class MaterialService:
         """
         input_kind = _input_kind(kind)
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             header = self._header(tx)
-            first_level_salt, _ = open_header_secrets(self._keyring, header)
+            first_level_salt, _ = open_header_secrets(keyring, header)
             try:
                 flh = identity_first_level_hash(input_kind, value, first_level_salt)
             except IdentityInputError:
@@ -526,7 +540,7 @@ class MaterialService:
             sealed = tx.salts.get_chunk(index // header.chunk_size)
             if sealed is None:
                 raise NotFound(NOT_INITIALISED)
-            bucket = open_chunk(self._keyring, sealed).bucket(index)
+            bucket = open_chunk(keyring, sealed).bucket(index)
             raw_uid = current_raw_uid(
                 bucket,
                 flh,
@@ -560,9 +574,12 @@ class MaterialService:
 
     # ------------------------------------------------------------------------ loading
 
-    def load_material(self, previous: Material | None = None) -> Material:
+    def load_material(
+        self, previous: Material | None = None, keyring: Keyring | None = None
+    ) -> Material:
         """Keysets, keys (secrets opened), the salt table, opt-outs and the change sequence,
-        from one read transaction.
+        from one read transaction, opened with ``keyring`` (default: the source's current one;
+        a snapshot load passes the one it opens everything else with).
 
         With ``previous``, its salt table is reused when the stored one has not changed (same
         version and secrets): a reload after a key rotation or an opt-out then costs no salt
@@ -574,19 +591,20 @@ class MaterialService:
         first-level salt changed (another store, or a re-created one: every hash would differ)
         or when the store's sequence is behind the cursor (a store restored from a backup).
         """
+        ring = self._keyrings.current() if keyring is None else keyring
         with self._store.read() as tx:
             change_seq = tx.change_seq()
             header = self._header(tx)
-            first_level_salt, id_secret = open_header_secrets(self._keyring, header)
+            first_level_salt, id_secret = open_header_secrets(ring, header)
             salts: SaltTable
             if previous is not None and _same_table(
                 previous.salts, header, first_level_salt, id_secret
             ):
                 salts = previous.salts
             else:
-                salts = self._read_table(tx, header)
+                salts = self._read_table(tx, ring, header)
             keysets = tuple(tx.keysets.list_all())
-            keys = tuple(open_key(self._keyring, k) for k in tx.encryption_keys.list_all())
+            keys = tuple(open_key(ring, k) for k in tx.encryption_keys.list_all())
             incremental = (
                 previous is not None
                 and previous.salts.first_level_salt == first_level_salt

@@ -19,7 +19,8 @@ tokens (the price of closing the gap at once rather than at the next scheduled r
 A keypair's private key is generated here, sealed at once, and opened only by
 ``read_client_side_state`` for the operator's in-memory snapshot. No view, audit row or log line
 carries it. Deleting a keypair removes its row, sealed private key included (the audit trail keeps
-its subscription id and public key); disabling is the reversible way to stop it.
+its subscription id and public key); disabling is the reversible way to stop it. The keyring comes
+from a ``KeyringSource``, asked once at the start of each use case that seals.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from uid2_operator.domain.participants import (
     Participant,
     ParticipantType,
 )
-from uid2_operator.domain.sealing import Keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.domain.sharing import (
     MAX_LISTED_SITES,
     SharingPolicy,
@@ -212,7 +213,7 @@ class SharingService:
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        keyring: KeyringSource,
         environment: Environment,
         clock: Clock,
         random: RandomBytes,
@@ -225,7 +226,7 @@ class SharingService:
         change's own transaction) when a sharing change finds none; ``registrable_domain``
         defaults to the bundled Public Suffix List."""
         self._store = store
-        self._keyring = keyring
+        self._keyrings = keyring
         self._environment = environment
         self._clock = clock
         self._random = random
@@ -281,6 +282,7 @@ class SharingService:
             raise InvalidInput("rotate must be true or false")
         policy = parse_sharing(site, mode_name, site_list, type_names)
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
@@ -288,7 +290,7 @@ class SharingService:
                 raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
             if self._material is not None:
                 # A participant without a keyset yet gets one here, committed with the change.
-                self._material.ensure_site_keyset_in(tx, site, actor, now)
+                self._material.ensure_site_keyset_in(tx, site, actor, now, keyring)
             keyset = _default_keyset(tx, site)
             before = tx.keyset_sharing.get(keyset.keyset_id)
             if before is None:  # pragma: no cover - the keyset was just read
@@ -298,7 +300,9 @@ class SharingService:
             types_by_site = {p.site_id: p.type for p in tx.participants.list_all()}
             needed = revocation_requires_rotation(before, policy, types_by_site.get)
             tx.keyset_sharing.put(keyset.keyset_id, policy)
-            created = self._rotate_keyset(tx, keyset, now, actor) if needed and rotate else []
+            created = (
+                self._rotate_keyset(tx, keyring, keyset, now, actor) if needed and rotate else []
+            )
             record_event(
                 tx,
                 actor,
@@ -324,7 +328,9 @@ class SharingService:
         )
         return SharingView(site, keyset.keyset_id, policy, True, tuple(created))
 
-    def _rotate_keyset(self, tx: Tx, keyset: Keyset, now_ms: int, actor: Actor) -> list[int]:
+    def _rotate_keyset(
+        self, tx: Tx, keyring: Keyring, keyset: Keyset, now_ms: int, actor: Actor
+    ) -> list[int]:
         """A key active now, and a twin of each key not active yet (see the module docstring)."""
         now_s = now_ms // 1000
         plans = [PlannedKey(keyset.keyset_id, now_s, now_s, now_s + self._key_policy.lifetime_s)]
@@ -334,7 +340,7 @@ class SharingService:
         ids = tx.encryption_keys.allocate_ids(len(plans))
         created: list[int] = []
         for key in mint_keys(plans, ids, self._random):
-            tx.encryption_keys.add(seal_key(self._keyring, key, self._random))
+            tx.encryption_keys.add(seal_key(keyring, key, self._random))
             record_event(
                 tx,
                 actor,
@@ -366,13 +372,14 @@ class SharingService:
         clean_name = inputs.text(name, "name", max_length=inputs.MAX_TEXT)
         clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
         now = self._clock.now_ms()
+        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
             _participant(tx, site)
             taken = _TakenIds(tx)
             created = generate_keypair(
                 site_id=site,
                 environment=self._environment,
-                keyring=self._keyring,
+                keyring=keyring,
                 random=self._random,
                 now_ms=now,
                 taken=taken,

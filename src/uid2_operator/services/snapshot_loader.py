@@ -10,10 +10,12 @@ the store's sequence is already past the tag, and the next poll loads again. So 
 briefly be a mix of two adjacent states, never a stale one that the poller would keep.
 
 Secrets are opened with the keyring here and exist in the clear only in the returned snapshot,
-in memory. Nothing is converted on the way: the snapshot holds the material's own keysets,
-opt-outs and compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever made),
-with the stored sharing choices beside the keysets; a reload whose salt table has not changed
-reuses the previous table object instead of reading it again.
+in memory. The keyring source is asked once per load, and that one keyring opens all three reads:
+a worker that follows a keyring file (KEK rotation) never builds a snapshot from two keyrings.
+Nothing is converted on the way: the snapshot holds the material's own keysets, opt-outs and
+compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever made), with the
+stored sharing choices beside the keysets; a reload whose salt table has not changed reuses the
+previous table object instead of reading it again.
 
 Opt-outs follow the same rule: a reload reads only the records written since the previous
 load's cursor and builds the new index from the previous one (``MaterialService.load_material``,
@@ -28,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.sealing import Keyring, open_secret
+from uid2_operator.domain.sealing import Keyring, KeyringSource, open_secret
 from uid2_operator.services.material import Material, MaterialService
 from uid2_operator.services.sharing import read_client_side_state
 from uid2_operator.services.snapshot import (
@@ -73,14 +75,16 @@ class Loaded:
         return f"Loaded(generation={self.snapshot.generation}, {self.material!r})"
 
 
-def read_material(service: MaterialService, previous: Material | None) -> Material:
+def read_material(
+    service: MaterialService, previous: Material | None, keyring: Keyring
+) -> Material:
     """The one place that asks the material service for its part of the snapshot."""
-    return service.load_material(previous)
+    return service.load_material(previous, keyring)
 
 
 def load_snapshot(
     store: Store,
-    keyring: Keyring,
+    keyring: KeyringSource,
     material: MaterialService,
     *,
     identity: OperatorIdentity,
@@ -90,16 +94,17 @@ def load_snapshot(
     previous: Loaded | None = None,
 ) -> Loaded:
     """Read the store and build an immutable snapshot (see the module docstring)."""
+    ring = keyring.current()
     credentials = store.snapshot(now_ms)
-    loaded = read_material(material, None if previous is None else previous.material)
-    client_side = read_client_side_state(store, keyring)
+    loaded = read_material(material, None if previous is None else previous.material, ring)
+    client_side = read_client_side_state(store, ring)
     snapshot = build_snapshot(
         generation=generation,
         built_at_ms=now_ms,
         identity=identity,
         lifetimes=lifetimes,
-        pepper=keyring.pepper,
-        clients=client_records(credentials, keyring),
+        pepper=ring.pepper,
+        clients=client_records(credentials, ring),
         keysets=loaded.keysets,
         sharing=client_side.sharing,
         keys=loaded.keys,

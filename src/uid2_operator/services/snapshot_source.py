@@ -13,6 +13,11 @@ database outage that has not changed any credential would turn it into a full ou
 holds for ``max_snapshot_age_s`` after the last poll that confirmed the snapshot: beyond that,
 a revoked key might still be accepted, so ``current`` becomes ``None`` and every API request is
 refused (503) until the store answers again.
+
+A reload that fails with the store reachable (a keyring that lacks a KEK version the store names,
+say) is reported the same way and retried at every poll: the store's sequence is still past the
+snapshot's, so the worker recovers as soon as the cause is gone (its keyring file holds the
+version), whether or not anything changes in the store meanwhile.
 """
 
 from __future__ import annotations

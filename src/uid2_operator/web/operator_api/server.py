@@ -3,7 +3,9 @@
 ``create_worker_app`` is the import-string factory ``uid2-operator serve`` starts in every worker
 process. It wires, per process:
 
-- a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes;
+- a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes,
+  opening it with the keyring file as it is at each load (``bootstrap.follow_keyring``), so a KEK
+  rotation reaches the worker without a restart;
 - the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
 - a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches;
 - ``RequestMetrics`` counted on the request path and exported at ``/metrics``; under ``serve``
@@ -31,10 +33,10 @@ from typing import Final
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from uid2_operator.bootstrap import load_keyring, material_service, open_configured_store
+from uid2_operator.bootstrap import follow_keyring, material_service, open_configured_store
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
-from uid2_operator.domain.sealing import Keyring
+from uid2_operator.domain.sealing import KeyringSource
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
@@ -170,7 +172,7 @@ def build_worker(
     serve: ServeSettings,
     *,
     store: Store | None = None,
-    keyring: Keyring | None = None,
+    keyring: KeyringSource | None = None,
     clock: Clock | None = None,
     random: RandomBytes = system_random,
     runtime_dir: Path | None = None,
@@ -180,9 +182,14 @@ def build_worker(
     ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
     None for a worker on its own (tests, benchmarks). A worker with one refuses replays through
     the table the serving process created there (every worker's, and any restarted one's); a
-    worker on its own keeps a replay cache of its own."""
+    worker on its own keeps a replay cache of its own.
+
+    ``keyring`` defaults to the configured one, followed (``bootstrap.follow_keyring``): each
+    snapshot load opens everything with the keyring file as it is then. A reload that failed
+    for want of a KEK version is retried at every poll (the store's sequence is still past the
+    snapshot's), so the worker recovers as soon as the file holds that version."""
     now = clock or SystemClock()
-    ring = keyring or load_keyring(settings)
+    ring = follow_keyring(settings) if keyring is None else keyring
     # The parent checked the schema before starting workers; a worker must start (and report
     # degraded) even while the store is unreachable, so nothing connects here.
     lifetimes = serve.token_lifetimes(settings.environment)

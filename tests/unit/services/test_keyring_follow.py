@@ -1,0 +1,384 @@
+"""A long-lived process follows the keyring file (``bootstrap.KeyringFile``): it takes up a new
+keyring without a restart, keeps the one it has when the new file cannot be used, and its use
+cases and snapshot loads each open and seal with one keyring from start to end."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from service_fixtures import ACTOR
+
+from uid2_operator import bootstrap
+from uid2_operator.bootstrap import (
+    KEYRING_CHECK_INTERVAL_S,
+    KeyringFile,
+    Services,
+    ensure_keyring,
+    follow_keyring,
+    keyring_rotation_service,
+    load_keyring,
+    open_services,
+    save_keyring,
+    upgrade_database,
+)
+from uid2_operator.clock import FixedClock
+from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.sealing import Keyring, add_kek_version, generate_keyring
+from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.snapshot import Lifetimes
+from uid2_operator.services.snapshot_loader import load_snapshot, operator_identity
+from uid2_operator.settings import Settings
+from uid2_operator.storage import SqlStore
+from uid2_operator.web.operator_api.server import build_worker
+
+BUCKETS = "1024"
+
+
+@dataclass
+class Monotonic:
+    """A monotonic clock that moves only when told to."""
+
+    at: float = 100.0
+
+    def __call__(self) -> float:
+        return self.at
+
+    def pass_interval(self) -> None:
+        self.at += KEYRING_CHECK_INTERVAL_S
+
+
+def _settings(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env(
+        {"UID2_DATA_DIR": str(tmp_path / "data"), "UID2_SALT_BUCKETS": BUCKETS, **env}
+    )
+
+
+def _replace_file(path: Path, content: str) -> None:
+    """Replace the file the way an editor or a deployment tool would: a new file renamed over."""
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text(content, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _secret_forms(keyring: Keyring) -> list[str]:
+    raw = [keyring.kek(v) for v in keyring.versions] + [keyring.pepper]
+    return [form for r in raw for form in (base64.b64encode(r).decode(), r.hex())]
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def clock() -> Monotonic:
+    return Monotonic()
+
+
+# ------------------------------------------------------------------------------ the file source
+
+
+def test_the_new_keyring_is_used_once_the_file_is_replaced(
+    tmp_path: Path, clock: Monotonic
+) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=clock)
+    assert source.current() == first
+
+    second = add_kek_version(first, os.urandom)
+    save_keyring(settings, second)
+    assert source.current() == first  # looked at the file less than an interval ago
+    clock.pass_interval()
+    assert source.current() == second
+    assert (source.current().active_version, source.current().versions) == (2, (1, 2))
+    shown = repr(source)
+    assert "active_version=2, versions=[1, 2]" in shown
+    assert [form for form in _secret_forms(second) if form in shown] == []
+
+
+def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
+    tmp_path: Path, clock: Monotonic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=clock)
+    reads: list[Path] = []
+    looks: list[str] = []
+    real_read, real_stat = bootstrap._read_keyring_file, os.stat
+
+    def read(path: Path, environment: Environment) -> tuple[Keyring, tuple[int, ...]]:
+        reads.append(path)
+        return real_read(path, environment)
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path) == str(source.path):
+            looks.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(bootstrap, "_read_keyring_file", read)
+    monkeypatch.setattr(bootstrap.os, "stat", stat)
+    held = source.current()
+    assert held == first
+    for _ in range(1000):  # a burst of use cases within one interval
+        assert source.current() is held
+    assert looks == []
+    for _ in range(3):
+        clock.pass_interval()
+        assert source.current() is held
+    assert (len(looks), reads) == (3, [])
+
+    save_keyring(settings, add_kek_version(first, os.urandom))
+    clock.pass_interval()
+    assert source.current().active_version == 2
+    assert reads == [source.path]
+
+
+def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is_used(
+    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=clock)
+    second = add_kek_version(first, os.urandom)
+    # cut short: the keyring's JSON with its end missing, every key still in it
+    _replace_file(settings.keyring_path, second.to_json()[:-40])
+    for _ in range(3):
+        clock.pass_interval()
+        assert source.current() == first
+    errors = _errors(caplog)
+    assert errors == [
+        f"the keyring file {source.path} changed but cannot be used (The keyring is not valid "
+        "JSON); still using the keyring read before (active version 1)"
+    ]
+
+    _replace_file(settings.keyring_path, "[]")  # another bad write is reported too
+    clock.pass_interval()
+    assert source.current() == first
+    assert len(_errors(caplog)) == 2
+    assert "must be a JSON object" in _errors(caplog)[1]
+
+    save_keyring(settings, second)
+    clock.pass_interval()
+    assert source.current() == second
+    assert any("keyring reloaded" in r.getMessage() for r in caplog.records)
+    logged = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert [form for form in _secret_forms(second) if form in logged] == []
+
+
+def test_a_removed_file_keeps_the_previous_keyring_until_it_is_back(
+    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=clock)
+    settings.keyring_path.unlink()
+    clock.pass_interval()
+    assert source.current() == first
+    clock.pass_interval()
+    assert source.current() == first
+    assert len(_errors(caplog)) == 1
+    assert "No keyring" in _errors(caplog)[0]
+
+    second = add_kek_version(first, os.urandom)
+    _replace_file(settings.keyring_path, second.to_json())
+    clock.pass_interval()
+    assert source.current() == second
+
+
+def test_prod_keeps_its_keyring_when_the_file_becomes_a_development_keyring(
+    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path, UID2_ENVIRONMENT="prod")
+    settings.data_dir.mkdir(parents=True)
+    provisioned = generate_keyring(os.urandom)
+    save_keyring(settings, provisioned)
+    source = KeyringFile(settings, monotonic=clock)
+
+    development = add_kek_version(generate_keyring(os.urandom, development=True), os.urandom)
+    _replace_file(settings.keyring_path, development.to_json())
+    clock.pass_interval()
+    assert source.current() == provisioned
+    errors = _errors(caplog)
+    assert len(errors) == 1
+    assert "development or placeholder keyring" in errors[0]
+    assert [form for form in _secret_forms(development) if form in caplog.text] == []
+
+    rotated = add_kek_version(provisioned, os.urandom)
+    save_keyring(settings, rotated)
+    clock.pass_interval()
+    assert source.current() == rotated
+
+
+def test_a_keyring_from_the_environment_stays_fixed(tmp_path: Path, clock: Monotonic) -> None:
+    given = generate_keyring(os.urandom)
+    settings = _settings(tmp_path, UID2_KEYRING=given.to_json())
+    settings.data_dir.mkdir(parents=True)
+    other = generate_keyring(os.urandom)
+    settings.keyring_path.write_text(other.to_json(), encoding="utf-8")
+    source = follow_keyring(settings, monotonic=clock)
+    assert source.current() == given
+    _replace_file(settings.keyring_path, add_kek_version(other, os.urandom).to_json())
+    clock.pass_interval()
+    assert source.current() == given
+    assert isinstance(source, Keyring)
+
+
+# ------------------------------------------------------------------------------ use cases
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Settings, Services]]:
+    """A data directory as ``init`` leaves it, with one participant; services on a fixed
+    keyring (what a separate command would use)."""
+    settings = _settings(tmp_path)
+    ensure_keyring(settings)
+    upgrade_database(settings)
+    services = open_services(settings)
+    services.material.initialise()
+    try:
+        yield settings, services
+    finally:
+        services.close()
+
+
+def _site(services: Services) -> int:
+    return services.credentials.create_participant(
+        ACTOR, name="Publisher", type="publisher", roles=["GENERATOR"]
+    ).site_id
+
+
+def _sealed_versions(store: SqlStore, key_id: str) -> list[int]:
+    with store.read() as tx:
+        return [s.kek_version for s in tx.secrets.list_for_key(key_id)]
+
+
+def test_a_credential_service_seals_under_the_added_version_without_being_rebuilt(
+    served: tuple[Settings, Services], clock: Monotonic
+) -> None:
+    settings, services = served
+    site = _site(services)
+    store = services.store
+    assert isinstance(store, SqlStore)
+    follows = CredentialService(
+        store, KeyringFile(settings, monotonic=clock), Environment.LOCAL, FixedClock(), os.urandom
+    )
+    before = follows.create_key(ACTOR, site_id=site, name="before", roles=["GENERATOR"])
+    assert _sealed_versions(store, before.key_id) == [1]
+
+    save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
+    clock.pass_interval()
+    after = follows.create_key(ACTOR, site_id=site, name="after", roles=["GENERATOR"])
+    assert _sealed_versions(store, after.key_id) == [2]
+    for issued in (before, after):
+        resolved = follows.resolve_client(issued.key)
+        assert resolved.secrets == (base64.b64decode(issued.secret),)
+
+
+class _Changing:
+    """A source that gives ``first`` once and ``then`` on every later call: a use case that
+    asked twice would mix two keyrings."""
+
+    def __init__(self, first: Keyring, then: Keyring) -> None:
+        self._rings = [first]
+        self._then = then
+
+    def current(self) -> Keyring:
+        return self._rings.pop() if self._rings else self._then
+
+
+def test_a_use_case_seals_and_hashes_with_one_keyring(
+    served: tuple[Settings, Services],
+) -> None:
+    settings, services = served
+    site = _site(services)
+    ring = load_keyring(settings)
+    stranger = generate_keyring(os.urandom, development=True)  # same version 1, other bytes
+    mixing = CredentialService(
+        services.store, _Changing(ring, stranger), Environment.LOCAL, FixedClock(), os.urandom
+    )
+    issued = mixing.create_key(ACTOR, site_id=site, name="one ring", roles=["GENERATOR"])
+    resolved = services.credentials.resolve_client(issued.key)  # over ``ring`` alone
+    assert resolved.secrets == (base64.b64decode(issued.secret),)
+
+
+def test_a_snapshot_load_opens_everything_with_one_keyring(
+    served: tuple[Settings, Services],
+) -> None:
+    settings, services = served
+    site = _site(services)
+    issued = services.credentials.create_key(ACTOR, site_id=site, name="k", roles=["GENERATOR"])
+    ring = load_keyring(settings)
+    stranger = generate_keyring(os.urandom, development=True)
+    loaded = load_snapshot(
+        services.store,
+        _Changing(ring, stranger),
+        services.material,
+        identity=operator_identity(Environment.LOCAL),
+        lifetimes=Lifetimes(),
+        generation=1,
+        now_ms=FixedClock().now_ms(),
+    )
+    record = loaded.snapshot.client(issued.key_id)
+    assert record is not None
+    assert record.accepted_secrets(FixedClock().now_ms()) == [base64.b64decode(issued.secret)]
+    assert loaded.snapshot.pepper == ring.pepper
+
+
+def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change(
+    served: tuple[Settings, Services], clock: Monotonic
+) -> None:
+    settings, services = served
+    site = _site(services)
+    store = services.store
+    first = services.credentials.create_key(ACTOR, site_id=site, name="v1", roles=["GENERATOR"])
+    server = build_worker(
+        settings,
+        ServeSettings.from_env({}),
+        store=store,
+        keyring=KeyringFile(settings, monotonic=clock),
+    )
+    source = server.worker.source
+    try:
+        assert source.refresh()
+        assert source.problem is None
+
+        # Another process adds version 2, re-seals, and issues a key under it, all before this
+        # worker looks at its keyring file again.
+        save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
+        rotation = keyring_rotation_service(settings, store)
+        assert rotation.reseal(ACTOR).resealed.total > 0
+        others = open_services(settings)
+        try:
+            second = others.credentials.create_key(
+                ACTOR, site_id=site, name="v2", roles=["GENERATOR"]
+            )
+        finally:
+            others.close()
+        assert not source.refresh()
+        assert source.problem is not None
+        assert "snapshot reload failing" in source.problem
+        assert "no key-encryption key version 2" in source.problem
+        seq = store.change_seq()
+
+        clock.pass_interval()
+        assert source.refresh()
+        assert store.change_seq() == seq  # nothing moved the store in between
+        assert source.problem is None
+        snapshot = source.current
+        assert snapshot is not None
+        now = FixedClock().now_ms()
+        for issued in (first, second):
+            record = snapshot.client(issued.key_id)
+            assert record is not None
+            assert record.accepted_secrets(now) == [base64.b64decode(issued.secret)]
+    finally:
+        source.close()
