@@ -39,7 +39,7 @@ from uid2_operator.bootstrap import open_services
 from uid2_operator.domain.salts import SaltTable
 from uid2_operator.services.snapshot import OperatorIdentity
 from uid2_operator.services.snapshot_loader import operator_identity
-from uid2_operator.settings import Settings
+from uid2_operator.settings import DB_FILE, KEYRING_FILE, Settings
 from uid2_operator.storage import open_store
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.identity import hash_identity, normalize_email
@@ -233,9 +233,15 @@ def sdk_world(tmp_path: Path, *, env: dict[str, str] | None = None) -> Iterator[
 
 @contextmanager
 def served_again(world: SdkWorld, env: dict[str, str]) -> Iterator[SdkWorld]:
-    """The same world (same data directory) served by a second process with other settings."""
-    serve_env = {**_COMMON_ENV, "UID2_POLL_INTERVAL_S": POLL_S, **env}
-    with served(world.database, env=serve_env) as running:
+    """The same world (same store) served by a second process with other settings. A data
+    directory belongs to one serve at a time, so this one gets its own beside the first, and
+    reaches the first's SQLite file and keyring through ``--database-url`` and
+    ``UID2_KEYRING_FILE``."""
+    data = world.database.data_dir
+    own = Database("sqlite", data.with_name(f"{data.name}-again"), f"sqlite:///{data / DB_FILE}")
+    keyring = {"UID2_KEYRING_FILE": str(data / KEYRING_FILE)}
+    serve_env = {**_COMMON_ENV, "UID2_POLL_INTERVAL_S": POLL_S, **keyring, **env}
+    with served(own, env=serve_env) as running:
         again = replace(world, running=running)
         wait_for_snapshot(again)
         yield again

@@ -10,10 +10,15 @@ Process layout (docs/operator.md has the operator's view):
 - **N worker processes** (``--workers``) each serve the operator API on ``--port`` from their own
   snapshot (``web.operator_api.server.create_worker_app``). On Linux every worker listens on its
   own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly across workers; elsewhere
-  they share one listening socket. A worker that dies is restarted.
+  they share one listening socket. A worker that dies is restarted. A worker whose serving
+  process is gone (killed without stopping it) stops by itself, as on SIGTERM.
 
 SIGINT or SIGTERM stops the workers (each flushes its pending usage and opt-outs) and then the
 admin API.
+
+The data directory belongs to one serve at a time (``cli.serve_lock``): a second one on it stops
+before it binds a port, and the one after a crash takes over the runtime directory the crashed
+one left (its replay table serves on; the directory is removed).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import uvicorn
 from uid2_operator.bootstrap import Services, follow_keyring, open_services, schema_is_current
 from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
+from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services import replay_table
@@ -54,6 +60,7 @@ _RESTART_PAUSE_S: Final = 1.0
 _STOP_TIMEOUT_S: Final = 10.0
 _QUICK_EXIT_S: Final = 10.0
 _QUICK_EXIT_LIMIT: Final = 3
+_PARENT_CHECK_S: Final = 0.25
 
 
 def _needs_init(settings: Settings) -> bool:
@@ -121,8 +128,11 @@ def _reserve_operator_port(host: str, port: int) -> tuple[socket.socket, int]:
 # --------------------------------------------------------------------------------- workers
 
 
-def _worker_main(host: str, port: int, shared: socket.socket | None, log_level: str) -> None:
-    """A worker process: one uvicorn server over the worker app, on its own socket."""
+def _worker_main(
+    host: str, port: int, shared: socket.socket | None, log_level: str, parent: int
+) -> None:
+    """A worker process: one uvicorn server over the worker app, on its own socket, that stops
+    when its serving process (``parent``) is gone."""
     config = uvicorn.Config(
         WORKER_APP,
         factory=True,
@@ -138,7 +148,27 @@ def _worker_main(host: str, port: int, shared: socket.socket | None, log_level: 
         server_header=False,
     )
     sock = shared if shared is not None else _bind(host, port, reuse_port=True, listen=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    watch = threading.Thread(
+        target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
+    )
+    watch.start()
+    server.run(sockets=[sock])
+
+
+def _exit_with_parent(server: uvicorn.Server, parent: int) -> None:
+    """Stop ``server`` gracefully once the serving process ``parent`` is gone.
+
+    A serve killed without stopping (SIGKILL, the OOM killer) cannot stop its workers; left
+    alone they would keep serving the port, so that a new serve could not bind it. The kernel
+    gives an orphan another parent, so the worker's parent pid no longer being serve's means
+    serve is gone (checked every ``_PARENT_CHECK_S``; a worker whose serve died before it
+    started stops at once). ``should_exit`` is what uvicorn's SIGTERM handler sets: the worker
+    stops as on SIGTERM, writes what is pending and removes its metrics file."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    server.should_exit = True
+    log.warning("worker %d: serve (pid %d) is gone; stopping", os.getpid(), parent)
 
 
 @dataclass
@@ -167,7 +197,7 @@ class _Workers:
     def _start_one(self) -> SpawnProcess:
         process = self._context.Process(
             target=_worker_main,
-            args=(self.host, self.port, self.shared, self.log_level),
+            args=(self.host, self.port, self.shared, self.log_level, os.getpid()),
             name="uid2-operator-worker",
             daemon=False,
         )
@@ -266,37 +296,39 @@ def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvico
     return server
 
 
-def _share_runtime_dir(data_dir: Path) -> Path:
+def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     """Create a directory private to this serve (mode 0700) and name it to the workers it will
     start: state that must be the same on every worker, or outlive one worker, lives there. It
-    is in memory (``/dev/shm``) where the machine has it, and removed when serve stops.
+    is in memory (``/dev/shm``) where the machine has it, and removed when serve stops. ``lock``
+    (the data directory's, None in tests) records it before anything is put in it, so that the
+    next serve takes it over should this one die (``serve_lock``).
 
     It starts with the replay table (``services.replay_table``), sized by
     ``UID2_REPLAY_TABLE_ENTRIES`` and made for the request window, so that every worker, the
-    first one and any restarted later, opens the same table: the one the previous serve kept in
-    ``data_dir`` when it stopped cleanly (``_retire_runtime_dir``), when there is one of the same
-    size and window, else a new one. Creating it reserves its memory: a ``/dev/shm`` too small
-    for it stops serve here, with the directory removed."""
-    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a new 0700 directory with a random name)
-    parent = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
-    runtime_dir = Path(tempfile.mkdtemp(prefix="uid2-operator-", dir=parent))
+    first one and any restarted later, opens the same table: the one a serve that died without
+    stopping left in the runtime directory ``lock`` names (taken over, and that directory
+    removed: ``serve_lock.take_over``), else the one the previous serve kept in ``data_dir``
+    when it stopped cleanly (``_retire_runtime_dir``), each when it has the same size and
+    window, else a new one. Creating it reserves its memory: a ``/dev/shm`` too small for it
+    stops serve here, with the directory removed."""
+    parent = runtime_parent()
+    runtime_dir = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir=parent))
+    _record(lock, [*lock.left_behind, runtime_dir] if lock is not None else [])
     serve_settings = ServeSettings.from_env()
     table = runtime_dir / replay_table.TABLE_FILE
     max_past_ms = serve_settings.request_window.max_past_ms
+    slots = serve_settings.replay_table_entries
+    kept = data_dir / replay_table.KEPT_FILE
     try:
-        not_restored = replay_table.restore(
-            data_dir / replay_table.KEPT_FILE,
-            table,
-            max_past_ms=max_past_ms,
-            slots=serve_settings.replay_table_entries,
-        )
-        if not_restored is None:
-            log.info("replay table restored from the previous serve")
+        if _take_over(lock, table, parent, max_past_ms=max_past_ms, slots=slots):
+            kept.unlink(missing_ok=True)  # older than the table taken over
         else:
-            log.info("new replay table (%s)", not_restored)
-            replay_table.ReplayTable.create(
-                table, max_past_ms=max_past_ms, slots=serve_settings.replay_table_entries
-            )
+            not_restored = replay_table.restore(kept, table, max_past_ms=max_past_ms, slots=slots)
+            if not_restored is None:
+                log.info("replay table restored from the previous serve")
+            else:
+                log.info("new replay table (%s)", not_restored)
+                replay_table.ReplayTable.create(table, max_past_ms=max_past_ms, slots=slots)
     except OSError as exc:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         size = replay_table.table_size(serve_settings.replay_table_entries, replay_table.PROBE)
@@ -304,19 +336,52 @@ def _share_runtime_dir(data_dir: Path) -> Path:
             f"cannot create the replay table ({size // (1 << 20)} MiB, UID2_REPLAY_TABLE_ENTRIES)"
             f" in {runtime_dir.parent}: {exc.strerror or exc}"
         ) from None
+    _record(lock, [runtime_dir])
     os.environ[RUNTIME_DIR_VARIABLE] = str(runtime_dir)
     return runtime_dir
 
 
-def _retire_runtime_dir(runtime_dir: Path, data_dir: Path) -> None:
+def _take_over(
+    lock: ServeLock | None, table: Path, parent: Path, *, max_past_ms: int, slots: int
+) -> bool:
+    """Take over what a serve that died left (``serve_lock.take_over``); True when its replay
+    table is now at ``table``."""
+    if lock is None or not lock.left_behind:
+        return False
+    result = take_over(lock.left_behind, table, parent=parent, max_past_ms=max_past_ms, slots=slots)
+    for reason in result.left_alone:
+        log.warning("runtime directory recorded in %s: %s", lock.path, reason)
+    if result.removed:
+        log.warning(
+            "the previous serve stopped without cleaning up: %s its replay table; removed %s",
+            "took over" if result.adopted is not None else "did not take over",
+            ", ".join(str(path) for path in result.removed),
+        )
+    return result.adopted is not None
+
+
+def _retire_runtime_dir(runtime_dir: Path, data_dir: Path, lock: ServeLock | None = None) -> None:
     """After every worker has stopped: keep the replay table in ``data_dir`` for the next serve
     (a failure to is logged, not raised: it only shortens replay protection across the
-    restart), then remove the runtime directory."""
+    restart), then remove the runtime directory, and with it its name from ``lock``'s record."""
     try:
         replay_table.keep(runtime_dir / replay_table.TABLE_FILE, data_dir / replay_table.KEPT_FILE)
     except OSError as exc:
         log.warning("replay table not kept for the next serve: %s", exc.strerror or exc)
     shutil.rmtree(runtime_dir, ignore_errors=True)
+    if not runtime_dir.exists():
+        _record(lock, [])
+
+
+def _record(lock: ServeLock | None, runtime_dirs: list[Path | str]) -> None:
+    """Record ``runtime_dirs`` in ``lock`` (when there is one); a failure only costs the
+    takeover after a crash, so it is logged, not raised."""
+    if lock is None:
+        return
+    try:
+        lock.record(runtime_dirs)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", lock.path, exc.strerror or exc)
 
 
 def _export_settings(settings: Settings) -> None:
@@ -346,7 +411,7 @@ def _export_settings(settings: Settings) -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.pass_context
-def serve(  # noqa: PLR0917 (click passes every option positionally)
+def serve(  # noqa: PLR0915, PLR0917 (start-up in order; click passes options positionally)
     ctx: click.Context,
     host: str,
     port: int,
@@ -360,6 +425,8 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
     serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
+    # Before anything is bound or written: a second serve on this data directory stops here.
+    lock = ctx.with_resource(ServeLock.take(settings.data_dir))
     initialised = False
     if init_if_new and _needs_init(settings):
         ctx.invoke(init, environment=None, as_json=False)
@@ -386,7 +453,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    runtime_dir = _share_runtime_dir(settings.data_dir)
+    runtime_dir = _share_runtime_dir(settings.data_dir, lock)
     upkeep = _Upkeep(services, material, serve_settings)
     try:
         pool.start()
@@ -409,7 +476,7 @@ def serve(  # noqa: PLR0917 (click passes every option positionally)
             signal.signal(signum, handler)
         time.sleep(0.1)
         services.close()
-        _retire_runtime_dir(runtime_dir, settings.data_dir)
+        _retire_runtime_dir(runtime_dir, settings.data_dir, lock)
     click.echo("stopped", err=True)
 
 

@@ -10,7 +10,9 @@ directory (``/dev/shm`` where the machine has it) that every worker maps into me
 process creates it before it starts any worker and removes it when it stops; a restarted worker
 maps the same file and still refuses what any worker accepted before. A serve that stops
 cleanly keeps a copy in its data directory (``keep``) that the next one takes back (``restore``),
-so a restart of the whole serve does not open a window for replays either.
+and the next serve after one that died without stopping takes over the table it left in its
+runtime directory (``adopt``), so a restart of the whole serve does not open a window for
+replays either.
 
 Entries. An entry is the envelope's 64-bit fingerprint, made as ``ReplayCache`` makes it
 (``int(nonce) XOR mask(key id)``, the mask a BLAKE2b of the key id keyed with 16 random bytes;
@@ -83,6 +85,7 @@ import fcntl
 import mmap
 import os
 import shutil
+import stat
 import struct
 import sys
 from collections.abc import Iterator
@@ -433,6 +436,19 @@ def keep(table_path: Path, kept_path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def _unusable(path: Path, *, max_past_ms: int, slots: int) -> str | None:
+    """Why the table file at ``path`` cannot serve a serve with this window and size (not one
+    this code wrote, a corrupt header, another window, size or probe window), or None."""
+    try:
+        with ReplayTable.open(path, max_past_ms=max_past_ms) as table:
+            geometry = (table.slots, table.probe)
+    except ReplayTableError as exc:
+        return str(exc)
+    if geometry != (slots, PROBE):
+        return f"{path} has {geometry[0]} slots (probe {geometry[1]}), not {slots}"
+    return None
+
+
 def restore(kept_path: Path, table_path: Path, *, max_past_ms: int, slots: int) -> str | None:
     """Put the table ``keep`` left at ``kept_path`` in place at ``table_path`` (which must not
     exist yet), when it is one this code wrote for the same window, size and probe window.
@@ -446,10 +462,9 @@ def restore(kept_path: Path, table_path: Path, *, max_past_ms: int, slots: int) 
     if not kept_path.exists():
         return "no table kept"
     try:
-        with ReplayTable.open(kept_path, max_past_ms=max_past_ms) as kept:
-            geometry = (kept.slots, kept.probe)
-        if geometry != (slots, PROBE):
-            return f"the kept table has {geometry[0]} slots (probe {geometry[1]}), not {slots}"
+        reason = _unusable(kept_path, max_past_ms=max_past_ms, slots=slots)
+        if reason is not None:
+            return reason
         temporary = table_path.with_name(f".{table_path.name}.{os.getpid()}.new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -459,8 +474,29 @@ def restore(kept_path: Path, table_path: Path, *, max_past_ms: int, slots: int) 
         finally:
             os.close(fd)
             temporary.unlink(missing_ok=True)
-    except ReplayTableError as exc:
-        return str(exc)
     finally:
         kept_path.unlink(missing_ok=True)
+    return None
+
+
+def adopt(left_path: Path, table_path: Path, *, max_past_ms: int, slots: int) -> str | None:
+    """Put the table a serve that died without stopping left in its runtime directory
+    (``left_path``) in place at ``table_path`` (which must not exist yet), when ``restore``
+    would take it: a regular file of this user that is a table this code wrote for the same
+    window, size and probe window.
+
+    Returns None when it was adopted, else why not. Both runtime directories share one parent,
+    so the table is linked, not copied: nothing is copied or reserved again, and a worker of the
+    dead serve still finishing a request records its envelope in the very table that is now in
+    use. The caller removes the old runtime directory (which unlinks the old name only)."""
+    try:
+        found = os.lstat(left_path)
+    except FileNotFoundError:
+        return f"no table in {left_path.parent}"
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.getuid():
+        return f"{left_path} is not a table file of this user"
+    reason = _unusable(left_path, max_past_ms=max_past_ms, slots=slots)
+    if reason is not None:
+        return reason
+    os.link(left_path, table_path, follow_symlinks=False)
     return None

@@ -1,0 +1,240 @@
+"""A serve that dies without stopping, and two serves on one data directory, with real processes.
+
+``serve --workers 2`` is killed with SIGKILL, so it can neither stop its workers nor clean up.
+Its workers must then stop by themselves, gracefully: each writes its pending usage (the flush
+interval here is an hour, so only a graceful stop writes it) and the port is free again, so a new
+serve can listen on the very same port. That new serve, on the same data directory, takes over
+what the dead one left: the runtime directory in ``/dev/shm`` is removed, its own is the only one
+recorded for the data directory, and the replay table comes with it, so an envelope answered
+just before the kill is refused after it.
+
+A second serve on a data directory in use stops at once with a message naming the directory and
+the pid of the serve holding it, before binding anything (it is given the first one's ports, so
+a bind would fail with another message), and the first one serves on with the same table.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from cli_harness import Database, database_for
+from serve_harness import (
+    UID2_OPERATOR,
+    Credential,
+    Prepared,
+    Served,
+    clean_env,
+    cli,
+    prepare,
+    served,
+    worker_ids,
+)
+
+from uid2_operator.cli.serve_lock import LOCK_FILE
+from uid2_operator.services.replay_table import TABLE_FILE
+from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+
+pytestmark = pytest.mark.functional
+
+WORKERS = 2
+GENERATE = "/v2/token/generate"
+REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
+REPLAYS = 10
+DEADLINE_S = 60.0
+# A small table, and usage written only when a worker stops.
+ENV = {"UID2_REPLAY_TABLE_ENTRIES": "65536", "UID2_FLUSH_INTERVAL_S": "3600"}
+
+
+def _envelope(cred: Credential, email: str) -> tuple[bytes, bytes]:
+    """A sealed generate request (base64 text, as sent) and its nonce."""
+    nonce = os.urandom(8)
+    sealed = seal_request(
+        json.dumps({"email": email}).encode(),
+        secret=cred.secret_bytes,
+        now_ms=time.time_ns() // 1_000_000,
+        nonce=nonce,
+        random=os.urandom,
+    )
+    return base64.b64encode(sealed), nonce
+
+
+def _answered(server: Served, cred: Credential, body: bytes, nonce: bytes) -> None:
+    reply = server.post(GENERATE, body, cred.key, "text/plain")
+    assert reply.status_code == 200, reply.text
+    opened = open_response(
+        unframe_response(reply.content, False), secret=cred.secret_bytes, nonce=nonce
+    )
+    assert opened["status"] == "success"
+
+
+def _refused_as_replays(server: Served, cred: Credential, body: bytes) -> None:
+    replies = [server.post(GENERATE, body, cred.key, "text/plain") for _ in range(REPLAYS)]
+    got = [
+        (reply.status_code, json.loads(reply.content) if reply.status_code == 400 else reply.text)
+        for reply in replies
+    ]
+    assert got == [(400, REPLAY_ERROR)] * REPLAYS
+
+
+def _record(database: Database) -> dict[str, Any]:
+    """What the data directory's lock file says: the serve holding it and its runtime dirs."""
+    document = json.loads((database.data_dir / LOCK_FILE).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has exited: nobody may be there to reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _workers(server: Served) -> set[int]:
+    """The process ids of all ``WORKERS`` workers (fresh connections reach each in turn)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + DEADLINE_S
+    while len(seen) < WORKERS:
+        assert server.process.poll() is None, "\n".join(server.lines)
+        assert time.monotonic() < deadline, (seen, "\n".join(server.lines))
+        seen = {pid for pid in seen | set(map(int, worker_ids(server.metrics()))) if _alive(pid)}
+    return seen
+
+
+def _runtime_dir_of(pid: int) -> str:
+    """The runtime directory worker ``pid`` was started with."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (named,) = [v for v in environ if v.startswith(b"UID2_RUNTIME_DIR=")]
+    return named.split(b"=", 1)[1].decode()
+
+
+@dataclass
+class Crash:
+    prepared: Prepared
+    killed: Served
+    workers: set[int]
+    survivors: set[int]  # workers still running when the wait ended (killed then)
+    runtime_dir: Path  # the killed serve's
+    port: int
+    usage_before: int
+    body: bytes  # an envelope answered just before the kill
+    again: Served  # the serve started afterwards on the same data directory and port
+
+
+@pytest.fixture(scope="module")
+def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
+    with database_for("sqlite", tmp_path_factory.mktemp("crash")) as database:
+        prepared = prepare(database)
+        cred = prepared.key
+        usage_before = cli(database, "key", "show", cred.key_id)["usage"].get(GENERATE, 0)
+        with served(database, workers=WORKERS, env=ENV) as killed:
+            workers = _workers(killed)
+            record = _record(database)
+            assert record["pid"] == killed.process.pid
+            (runtime_dir,) = map(Path, record["runtime_dirs"])
+            assert runtime_dir.is_dir()
+            body, nonce = _envelope(cred, "before-the-kill@example.com")
+            _answered(killed, cred, body, nonce)
+            os.kill(killed.process.pid, signal.SIGKILL)
+            killed.process.wait()
+            deadline = time.monotonic() + DEADLINE_S
+            while any(map(_alive, workers)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            survivors = set(filter(_alive, workers))
+            for pid in survivors:  # a failure here must not leave them serving the port
+                os.kill(pid, signal.SIGKILL)
+        port = urlsplit(killed.base_url).port
+        assert port is not None
+        with served(database, workers=WORKERS, env=ENV, extra_args=("--port", str(port))) as again:
+            yield Crash(
+                prepared,
+                killed,
+                workers,
+                survivors,
+                runtime_dir,
+                port,
+                usage_before,
+                body,
+                again,
+            )
+
+
+def test_the_workers_of_a_killed_serve_stop_by_themselves_gracefully(crash: Crash) -> None:
+    assert crash.survivors == set()
+    stopping = [line for line in crash.killed.lines if "is gone; stopping" in line]
+    assert len(stopping) == WORKERS, crash.killed.lines
+    # Only a graceful stop writes the usage of the request answered just before the kill.
+    cred = crash.prepared.key
+    usage = cli(crash.prepared.database, "key", "show", cred.key_id)["usage"].get(GENERATE, 0)
+    assert usage >= crash.usage_before + 1
+
+
+def test_the_next_serve_listens_on_the_same_port_and_takes_over_the_runtime_directory(
+    crash: Crash,
+) -> None:
+    assert urlsplit(crash.again.base_url).port == crash.port
+    assert not crash.runtime_dir.exists()
+    record = _record(crash.prepared.database)
+    assert record["pid"] == crash.again.process.pid
+    (runtime_dir,) = record["runtime_dirs"]
+    assert Path(runtime_dir) != crash.runtime_dir
+    assert (Path(runtime_dir) / TABLE_FILE).is_file()
+    assert {_runtime_dir_of(pid) for pid in _workers(crash.again)} == {runtime_dir}
+    assert any("stopped without cleaning up: took over" in x for x in crash.again.lines)
+
+
+def test_an_envelope_answered_before_the_kill_is_refused_after_it(crash: Crash) -> None:
+    cred = crash.prepared.key
+    _refused_as_replays(crash.again, cred, crash.body)
+    fresh, nonce = _envelope(cred, "after-the-kill@example.com")
+    _answered(crash.again, cred, fresh, nonce)
+
+
+def test_a_second_serve_on_a_data_directory_in_use_stops_and_the_first_serves_on(
+    tmp_path: Path,
+) -> None:
+    with database_for("sqlite", tmp_path) as database:
+        prepared = prepare(database)
+        cred = prepared.key
+        with served(database, env=ENV) as first:
+            record = _record(database)
+            (runtime_dir,) = map(Path, record["runtime_dirs"])
+            table = (runtime_dir / TABLE_FILE).stat()
+            body, nonce = _envelope(cred, "before-the-second@example.com")
+            _answered(first, cred, body, nonce)
+            ports = [str(urlsplit(url).port) for url in (first.base_url, first.admin_url)]
+            second = subprocess.run(  # noqa: S603 (our own command)
+                [UID2_OPERATOR, *database.cli_args(), "serve", "--port", ports[0],
+                 "--admin-port", ports[1]],
+                capture_output=True,
+                text=True,
+                env=clean_env(ENV),
+                timeout=DEADLINE_S,
+                check=False,
+            )  # fmt: skip
+            assert second.returncode == 1, (second.stdout, second.stderr)
+            assert (
+                f"the data directory {database.data_dir} is in use by another uid2-operator "
+                f"serve (pid {first.process.pid})"
+            ) in second.stderr
+            assert "Traceback" not in second.stderr
+            # The first one: same record, same table file, same port, still refusing replays.
+            assert first.process.poll() is None
+            assert _record(database) == record
+            assert (runtime_dir / TABLE_FILE).stat().st_ino == table.st_ino
+            _refused_as_replays(first, cred, body)
+            fresh, fresh_nonce = _envelope(cred, "after-the-second@example.com")
+            _answered(first, cred, fresh, fresh_nonce)
