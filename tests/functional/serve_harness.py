@@ -33,16 +33,19 @@ from uid2_operator.wire.envelope import open_response, seal_request, unframe_res
 
 UID2_OPERATOR = str(Path(sys.executable).with_name("uid2-operator"))
 ALL_ROLES = "GENERATOR,MAPPER,ID_READER,SHARER"
-_AMBIENT = (
-    "UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL", "UID2_DATA_DIR",
-    "UID2_POLL_INTERVAL_S", "UID2_MAX_SNAPSHOT_AGE_S", "UID2_FLUSH_INTERVAL_S",
-    "UID2_KEY_ROTATION_INTERVAL_S",
-)  # fmt: skip
+_AMBIENT_PREFIX = "UID2_"
+"""Settings of the machine running the tests (a developer's shell, say) never reach the processes
+under test; only the tests' own (``UID2_TEST_*``) pass."""
+_TEST_PREFIX = "UID2_TEST_"
 _STARTUP_TIMEOUT_S = 60.0
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _AMBIENT}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_AMBIENT_PREFIX) or k.startswith(_TEST_PREFIX)
+    }
     env.update(extra or {})
     return env
 
