@@ -359,10 +359,19 @@ def schema_is_current(settings: Settings) -> bool:
     return True
 
 
-def material_config(settings: Settings) -> MaterialConfig:
-    """The material configuration every command and process uses for ``settings``."""
+def material_config(
+    settings: Settings, *, expired_key_retention_s: int | None = None
+) -> MaterialConfig:
+    """The material configuration every command and process uses for ``settings``.
+
+    ``expired_key_retention_s`` (``ServeSettings.key_retention_s``, read by the commands that
+    run the key rotation schedule: ``serve`` and ``keys rotate``) lets ``rotate_keys`` delete
+    keys expired that long ago; None (every other command) keeps every key.
+    """
     return MaterialConfig(
-        bucket_count=settings.salt_bucket_count, identity_scope=settings.identity_scope
+        bucket_count=settings.salt_bucket_count,
+        identity_scope=settings.identity_scope,
+        expired_key_retention_s=expired_key_retention_s,
     )
 
 
@@ -372,12 +381,14 @@ def material_service(
     keyring: KeyringSource,
     clock: Clock | None = None,
     random: RandomBytes | None = None,
+    *,
+    expired_key_retention_s: int | None = None,
 ) -> MaterialService:
-    """The material use cases over ``store`` with ``material_config(settings)``."""
+    """The material use cases over ``store`` with ``material_config(settings, ...)``."""
     return MaterialService(
         store,
         keyring,
-        material_config(settings),
+        material_config(settings, expired_key_retention_s=expired_key_retention_s),
         SystemClock() if clock is None else clock,
         system_random if random is None else random,
     )
@@ -389,18 +400,21 @@ def open_services(
     clock: Clock | None = None,
     random: RandomBytes | None = None,
     keyring: KeyringSource | None = None,
+    expired_key_retention_s: int | None = None,
 ) -> Services:
     """Load the keyring, open the store (refusing an out-of-date schema) and wire the services.
 
     ``keyring`` (default: the configured keyring, read once) may be a source that follows the
     keyring file (``follow_keyring``), as ``serve`` passes; every service then asks it once per
-    use case."""
+    use case. ``expired_key_retention_s``: see ``material_config``."""
     ring: KeyringSource = load_keyring(settings) if keyring is None else keyring
     require_keyring(ring.current(), settings.environment)
     store = open_configured_store(settings)
     now = SystemClock() if clock is None else clock
     rand = system_random if random is None else random
-    material = material_service(settings, store, ring, now, rand)
+    material = material_service(
+        settings, store, ring, now, rand, expired_key_retention_s=expired_key_retention_s
+    )
     return Services(
         store=store,
         credentials=CredentialService(

@@ -55,6 +55,34 @@ _LIFETIME_VARIABLES = (
 )
 
 
+KEY_RETENTION_MARGIN_S: Final = 86_400
+"""What the expired key retention adds to the longest token lifetime: a day for clocks that
+disagree and for caches (SDKs, workers) that see a key's expiry late."""
+KEY_RETENTION_VARIABLE: Final = "UID2_EXPIRED_KEY_RETENTION_S"
+
+
+def minimum_key_retention_s(lifetimes: Lifetimes) -> int:
+    """How long after its expiry a key may still be needed, plus the margin (seconds).
+
+    A token is decrypted with the keys it was sealed with until its own expiry, and it may have
+    been sealed just before one of them expired; so a key is kept for the longest lifetime any
+    token gets (identity, refresh, sharing token expiry, the maximum bidstream and sharing
+    lifetimes) past its expiry, and ``KEY_RETENTION_MARGIN_S`` more.
+    """
+    longest = max(
+        value
+        for value in (
+            lifetimes.identity_token_s,
+            lifetimes.refresh_token_s,
+            lifetimes.sharing_token_expiry_s,
+            lifetimes.max_bidstream_lifetime_s,
+            lifetimes.max_sharing_lifetime_s,
+        )
+        if value is not None
+    )
+    return longest + KEY_RETENTION_MARGIN_S
+
+
 RUNTIME_DIR_VARIABLE: Final = "UID2_RUNTIME_DIR"
 """Set by ``uid2-operator serve`` for its workers, not by operators: the private directory (mode
 0700) that the workers of one serve share, removed when it stops."""
@@ -130,7 +158,9 @@ class ServeSettings:
     keep it at about twice the envelopes the whole serve answers over ``request_window``'s past
     side, or the table evicts entries before they expire. ``tcf_vendor_id``: in the EUID scope,
     the IAB vendor whose consent a token generate request's TC string must grant (operator-api
-    §6.1; ``wire.tcf``); the UID2 scope ignores it.
+    §6.1; ``wire.tcf``); the UID2 scope ignores it. ``expired_key_retention_s``: how long past
+    its expiry an encryption key is kept before the key rotation schedule deletes it, as set
+    (None: the minimum; ``key_retention_s`` checks it against the environment's lifetimes).
 
     Nothing here is secret, so the default repr is safe to log.
     """
@@ -145,6 +175,7 @@ class ServeSettings:
     cstg_window: TimestampWindow = DEFAULT_CSTG_TIMESTAMP_WINDOW
     replay_table_entries: int = DEFAULT_SLOTS
     tcf_vendor_id: int = DEFAULT_VENDOR_ID
+    expired_key_retention_s: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
@@ -168,6 +199,23 @@ class ServeSettings:
         """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
         return self.lifetimes.apply(environment)
 
+    def key_retention_s(self, environment: Environment) -> int:
+        """How long past its expiry a key is kept in ``environment`` (seconds): the minimum
+        (``minimum_key_retention_s`` of ``token_lifetimes``) unless UID2_EXPIRED_KEY_RETENTION_S
+        raises it. A setting below the minimum is refused (SettingsError) rather than raised to
+        it: keys deleted too early break tokens still in use, with no way back."""
+        minimum = minimum_key_retention_s(self.token_lifetimes(environment))
+        retention = self.expired_key_retention_s
+        if retention is None:
+            return minimum
+        if retention < minimum:
+            raise SettingsError(
+                f"{KEY_RETENTION_VARIABLE} ({retention}) is below the minimum of {minimum} seconds "
+                f"in the {environment.value} environment (the longest token lifetime plus one "
+                "day): it may only raise the retention"
+            )
+        return retention
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
         """Variables (seconds, decimals allowed): UID2_POLL_INTERVAL_S (default 1),
@@ -190,7 +238,11 @@ class ServeSettings:
 
         User consent (EUID scope only): UID2_TCF_VENDOR_ID, the IAB TCF vendor id whose consent
         to purposes 1, 2, 3, 4, 7 and 10 a ``tcf_consent_string`` must grant before
-        ``/v2/token/generate`` issues tokens (whole number, 1 to 65535; default 21)."""
+        ``/v2/token/generate`` issues tokens (whole number, 1 to 65535; default 21).
+
+        Key purge: UID2_EXPIRED_KEY_RETENTION_S, how long past its expiry an encryption key is
+        kept (whole seconds; default and minimum: the longest token lifetime plus one day, see
+        ``key_retention_s``)."""
         env = os.environ if environ is None else environ
         lifetimes = LifetimeOverrides(
             **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
@@ -216,6 +268,7 @@ class ServeSettings:
             client_side_generate=_flag(env, "UID2_CLIENT_SIDE_GENERATE", default=True),
             replay_table_entries=_whole(env, "UID2_REPLAY_TABLE_ENTRIES", DEFAULT_SLOTS),
             tcf_vendor_id=_whole(env, "UID2_TCF_VENDOR_ID", DEFAULT_VENDOR_ID),
+            expired_key_retention_s=_optional_whole(env, KEY_RETENTION_VARIABLE),
         )
 
 

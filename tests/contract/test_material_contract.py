@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from store_records import T0
 
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
@@ -213,6 +213,93 @@ def test_allocating_nothing_changes_nothing(store: SqlStore) -> None:
         tx.encryption_keys.allocate_ids(-1)
 
 
+def test_keys_are_deleted_by_id_with_their_sealed_secrets(store: SqlStore) -> None:
+    _with_keyset(store, keyset(-1, -1), keyset(4), keyset(5, 1002, enabled=False))
+    keys = [sealed_key(1, -1), sealed_key(2, 4), sealed_key(3, 5), sealed_key(4, 4)]
+    with store.transaction() as tx:
+        for record in keys:
+            tx.encryption_keys.add(record)
+    seq = store.change_seq()
+    with store.transaction() as tx:
+        tx.encryption_keys.delete(iter([3, 2, 3]))  # any iterable; a repeated id is one key
+    assert store.change_seq() == seq + 1
+    with store.read() as rx:
+        assert rx.encryption_keys.list_all() == [keys[0], keys[3]]
+        assert rx.encryption_keys.get(2) is None
+        assert rx.encryption_keys.list_for_keyset(5) == []
+        assert rx.encryption_keys.count_by_kek_version() == {1: 2}
+        assert [k.keyset_id for k in rx.keysets.list_all()] == [-1, 4, 5]  # keysets stay
+    with store.engine.connect() as conn:  # the sealed secrets went with the rows
+        ciphertexts = conn.execute(select(t.encryption_keys.c.ciphertext)).scalars().all()
+    assert sorted(ciphertexts) == sorted(k.secret.ciphertext for k in (keys[0], keys[3]))
+
+
+def test_deleting_no_key_changes_nothing(store: SqlStore) -> None:
+    _with_keyset(store)
+    with store.transaction() as tx:
+        tx.encryption_keys.add(sealed_key(1))
+    seq = store.change_seq()
+    with store.transaction() as tx:
+        tx.encryption_keys.delete([])
+    assert store.change_seq() == seq
+    with store.read() as rx:
+        assert [k.id for k in rx.encryption_keys.list_all()] == [1]
+
+
+def test_deleting_a_missing_key_is_refused_and_deletes_nothing(store: SqlStore) -> None:
+    _with_keyset(store)
+    with store.transaction() as tx:
+        tx.encryption_keys.add(sealed_key(1))
+        tx.encryption_keys.add(sealed_key(2))
+    seq = store.change_seq()
+    with pytest.raises(NotFound, match=r"No encryption key 7, 9$"), store.transaction() as tx:
+        tx.encryption_keys.delete([1, 9, 7, 2])
+    assert store.change_seq() == seq
+    with store.read() as rx:
+        assert [k.id for k in rx.encryption_keys.list_all()] == [1, 2]
+
+
+def test_many_keys_are_deleted_at_once(store: SqlStore) -> None:
+    _with_keyset(store)
+    count = 1_100  # more than one statement's worth of ids
+    with store.transaction() as tx:
+        ids = tx.encryption_keys.allocate_ids(count)
+        for key_id in ids:
+            tx.encryption_keys.add(sealed_key(key_id))
+    with store.transaction() as tx:
+        tx.encryption_keys.delete(ids[1:])
+    with store.read() as rx:
+        assert [k.id for k in rx.encryption_keys.list_all()] == [1]
+
+
+def test_deleted_key_ids_are_never_handed_out_again(store: SqlStore) -> None:
+    _with_keyset(store)
+    with store.transaction() as tx:
+        ids = tx.encryption_keys.allocate_ids(3)
+        for key_id in ids:
+            tx.encryption_keys.add(sealed_key(key_id))
+    with store.transaction() as tx:
+        tx.encryption_keys.delete(ids)  # the table is empty again
+    with store.transaction() as tx:
+        assert tx.encryption_keys.allocate_ids(2) == [4, 5]
+    # A key added with an id of its own, the highest there is, then deleted: still never reused.
+    with store.transaction() as tx:
+        tx.encryption_keys.add(sealed_key(40))
+    with store.transaction() as tx:
+        tx.encryption_keys.delete([40])
+    with store.transaction() as tx:
+        assert tx.encryption_keys.allocate_ids(1) == [41]
+    # The same with the sequence row gone (a schema made from the metadata).
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.store_meta).where(t.store_meta.c.name == t.KEY_ID_SEQ))
+    with store.transaction() as tx:
+        tx.encryption_keys.add(sealed_key(60))
+    with store.transaction() as tx:
+        tx.encryption_keys.delete([60])
+    with store.transaction() as tx:
+        assert tx.encryption_keys.allocate_ids(1) == [61]
+
+
 # ------------------------------------------------------------------------------- salts
 
 
@@ -299,6 +386,7 @@ def test_a_read_unit_refuses_material_writes(store: SqlStore) -> None:
         lambda rx: rx.keysets.update(keyset()),
         lambda rx: rx.encryption_keys.add(sealed_key(1)),
         lambda rx: rx.encryption_keys.allocate_ids(1),
+        lambda rx: rx.encryption_keys.delete([1]),
         lambda rx: rx.salts.put_header(header()),
         lambda rx: rx.salts.put_chunks([chunk(0)]),
         lambda rx: rx.optouts.put(OptOutRecord(bytes(32), T0)),

@@ -7,9 +7,11 @@ import pytest
 from uid2_operator.domain.environments import Environment
 from uid2_operator.serve_settings import (
     INTEG_LIFETIMES,
+    KEY_RETENTION_MARGIN_S,
     PROD_LIFETIMES,
     LifetimeOverrides,
     ServeSettings,
+    minimum_key_retention_s,
 )
 from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.settings import SettingsError
@@ -127,3 +129,75 @@ def test_serve_settings_have_nothing_to_hide_in_their_repr() -> None:
     shown = repr(ServeSettings.from_env({"UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "1200"}))
     assert "identity_token_s=1200" in shown
     assert "request_window=TimestampWindow(max_past_ms=119999" in shown
+
+
+# ------------------------------------------------------------------------- expired key retention
+
+
+def test_the_key_retention_defaults_to_the_longest_token_lifetime_plus_a_day() -> None:
+    settings = ServeSettings.from_env({})
+    assert settings.expired_key_retention_s is None
+    # prod: refresh tokens and sharing tokens live 30 days; integ and local: sharing tokens do.
+    for environment in Environment:
+        assert settings.key_retention_s(environment) == 31 * DAY
+    assert minimum_key_retention_s(PROD_LIFETIMES) == 31 * DAY
+    assert minimum_key_retention_s(INTEG_LIFETIMES) == 31 * DAY
+
+
+@pytest.mark.parametrize(
+    ("env", "longest"),
+    [
+        ({"UID2_SHARING_TOKEN_EXPIRY_S": "3600"}, DAY),  # integ: the refresh token is next
+        ({"UID2_SHARING_TOKEN_EXPIRY_S": "3600", "UID2_MAX_SHARING_LIFETIME_S": "900000"}, 900_000),
+        (
+            {
+                "UID2_SHARING_TOKEN_EXPIRY_S": "60",
+                "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S": "3600",
+                "UID2_MAX_BIDSTREAM_LIFETIME_S": "500000",
+            },
+            500_000,
+        ),
+        ({"UID2_REFRESH_TOKEN_EXPIRES_AFTER_S": str(90 * DAY)}, 90 * DAY),
+    ],
+)
+def test_the_key_retention_follows_every_token_lifetime(env: dict[str, str], longest: int) -> None:
+    settings = ServeSettings.from_env(env)
+    assert settings.key_retention_s(Environment.INTEG) == longest + KEY_RETENTION_MARGIN_S
+    assert KEY_RETENTION_MARGIN_S == DAY
+
+
+def test_a_key_retention_below_the_minimum_is_refused_naming_the_minimum() -> None:
+    settings = ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": str(31 * DAY - 1)})
+    with pytest.raises(SettingsError) as refused:
+        settings.key_retention_s(Environment.PROD)
+    assert str(refused.value) == (
+        "UID2_EXPIRED_KEY_RETENTION_S (2678399) is below the minimum of 2678400 seconds in the "
+        "prod environment (the longest token lifetime plus one day): it may only raise the "
+        "retention"
+    )
+    zero = ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": "0"})
+    with pytest.raises(SettingsError, match="minimum of 2678400 seconds in the local"):
+        zero.key_retention_s(Environment.LOCAL)
+    # The minimum moves with the lifetimes: what was enough is not once a lifetime grows.
+    longer = ServeSettings.from_env(
+        {
+            "UID2_EXPIRED_KEY_RETENTION_S": str(40 * DAY),
+            "UID2_SHARING_TOKEN_EXPIRY_S": str(45 * DAY),
+        }
+    )
+    with pytest.raises(SettingsError, match=f"minimum of {46 * DAY} seconds"):
+        longer.key_retention_s(Environment.PROD)
+
+
+def test_a_key_retention_at_or_above_the_minimum_is_kept() -> None:
+    exact = ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": str(31 * DAY)})
+    assert exact.key_retention_s(Environment.PROD) == 31 * DAY
+    longer = ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": " 8000000 "})
+    assert longer.expired_key_retention_s == 8_000_000
+    assert longer.key_retention_s(Environment.INTEG) == 8_000_000
+
+
+@pytest.mark.parametrize("text", ["-1", "31d", "1.5", "9" * 13])
+def test_a_malformed_key_retention_is_refused_by_name(text: str) -> None:
+    with pytest.raises(SettingsError, match="UID2_EXPIRED_KEY_RETENTION_S"):
+        ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": text})

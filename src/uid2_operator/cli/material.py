@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from uid2_operator.bootstrap import open_services
 from uid2_operator.cli.output import (
     emit,
     error_document,
@@ -25,8 +26,10 @@ from uid2_operator.cli.output import (
     table,
     when,
 )
-from uid2_operator.cli.runtime import actor, json_option, services, wants_json
+from uid2_operator.cli.runtime import actor, json_option, load_settings, services, wants_json
+from uid2_operator.domain.keysets import DAY_S
 from uid2_operator.errors import UID2Error
+from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.material import DEFAULT_SALT_FRACTION, MaterialService
 from uid2_operator.wire.identity import InputKind
 
@@ -68,30 +71,56 @@ def keys() -> None:
 @json_option
 @reported
 def rotate_keys(as_json: bool) -> None:
-    """Create the keys the rotation schedule asks for now (run it at least daily).
+    """Create the keys the rotation schedule asks for now (run it at least daily), then delete
+    the keys that expired longer ago than UID2_EXPIRED_KEY_RETENTION_S (default: the longest
+    token lifetime plus a day; give it, and the token lifetimes, as serve has them).
 
     A participant created since the last run gets its default keyset and first key in the same
     transaction. Refused before ``init``.
     """
-    with material_service() as service:
-        result = service.rotate_keys(actor=actor())
+    settings = load_settings()
+    retention = ServeSettings.from_env().key_retention_s(settings.environment)
+    opened = open_services(settings, expired_key_retention_s=retention)
+    try:
+        result = opened.material.rotate_keys(actor=actor())
+    finally:
+        opened.close()
     created = result.created
 
     def human() -> None:
         for keyset in result.keysets_created:
             click.echo(f"created keyset {keyset.keyset_id} for site {keyset.site_id}")
-        if not created:
+        if created:
+            table(
+                ("key id", "keyset", "site", "activates", "expires"),
+                [
+                    (
+                        k.key_id,
+                        k.keyset_id,
+                        k.site_id,
+                        when(k.activates * 1000),
+                        when(k.expires * 1000),
+                    )
+                    for k in created
+                ],
+            )
+        else:
             click.echo("No key was due for rotation.")
-            return
-        table(
-            ("key id", "keyset", "site", "activates", "expires"),
-            [
-                (k.key_id, k.keyset_id, k.site_id, when(k.activates * 1000), when(k.expires * 1000))
-                for k in created
-            ],
+        count = len(result.purged)
+        click.echo(
+            f"Purged {count} key{'' if count == 1 else 's'} that expired at least "
+            f"{_duration(retention)} ago."
         )
 
     emit(wants_json(as_json), result.to_json(), human)
+
+
+def _duration(seconds: int) -> str:
+    """Whole days as days, anything else in seconds."""
+    if seconds % DAY_S == 0:
+        days = seconds // DAY_S
+        return f"{days} day{'' if days == 1 else 's'}"
+    return f"{seconds} s"
 
 
 # ----------------------------------------------------------------------------------- salts

@@ -5,8 +5,9 @@ Process layout (docs/operator.md has the operator's view):
 - the **serving process** (this command) checks the data directory (running ``init`` first with
   ``--init-if-new``), makes sure the encryption material exists, serves the admin API on
   ``--admin-port`` from a thread, and runs the material upkeep: the key rotation schedule every
-  ``UID2_KEY_ROTATION_INTERVAL_S``, and, whenever the store changed, the creation of a default
-  keyset for any participant that has none yet;
+  ``UID2_KEY_ROTATION_INTERVAL_S`` (which also purges keys expired longer than the retention),
+  and, whenever the store changed, the creation of a default keyset for any participant that has
+  none yet;
 - **N worker processes** (``--workers``) each serve the operator API on ``--port`` from their own
   snapshot (``web.operator_api.server.create_worker_app``). On Linux every worker listens on its
   own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly across workers; elsewhere
@@ -273,7 +274,11 @@ class _Upkeep:
             if now >= self._next_rotation:
                 self._next_rotation = now + self._serve.key_rotation_interval_s
                 result = self._material.rotate_keys()
-                log.info("scheduled key rotation created %d keys", len(result.created))
+                log.info(
+                    "scheduled key rotation created %d keys, purged %d expired keys",
+                    len(result.created),
+                    len(result.purged),
+                )
         except StoreUnavailable as exc:
             log.warning("material upkeep skipped: %s", exc.detail)
         except UID2Error as exc:
@@ -425,6 +430,7 @@ def serve(  # noqa: PLR0915, PLR0917 (start-up in order; click passes options po
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
     serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
+    serve_settings.key_retention_s(settings.environment)  # and a key retention below them
     # Before anything is bound or written: a second serve on this data directory stops here.
     lock = ctx.with_resource(ServeLock.take(settings.data_dir))
     initialised = False
@@ -432,7 +438,11 @@ def serve(  # noqa: PLR0915, PLR0917 (start-up in order; click passes options po
         ctx.invoke(init, environment=None, as_json=False)
         initialised = True
         settings = load_settings()
-    services = open_services(settings, keyring=follow_keyring(settings))
+    services = open_services(
+        settings,
+        keyring=follow_keyring(settings),
+        expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
+    )
     material = services.material
     try:
         material.initialise()  # idempotent: creates what is missing, keys included

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import pairwise
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from uid2_operator.domain.material_sealing import (
     ENCRYPTION_KEY_LABEL,
@@ -177,6 +177,9 @@ class KeyTimes(Protocol):
     planning never needs a key's secret."""
 
     @property
+    def id(self) -> int: ...
+
+    @property
     def keyset_id(self) -> int: ...
 
     @property
@@ -226,6 +229,25 @@ def plan_rotation(
             PlannedKey(keyset.keyset_id, now_s, activates, activates + policy.lifetime_s)
         )
     return planned
+
+
+_K = TypeVar("_K", bound=KeyTimes)
+
+
+def plan_purge(keys: Iterable[_K], now_ms: int, retention_s: int) -> list[_K]:
+    """The keys nothing can still need at ``now_ms``, by key id: those whose expiry lies
+    ``retention_s`` or more in the past (``(expires + retention_s) * 1000 <= now_ms``).
+
+    A token is decrypted with the keys it was sealed with until its own expiry, and the last
+    token sealed with a key may be made just before the key expires; so the retention must be
+    at least the longest token lifetime (the settings add a margin). A negative retention is
+    refused, so a key that has not expired is never chosen. Every keyset follows the same rule,
+    a disabled one included: this looks at the keys' times only.
+    """
+    if isinstance(retention_s, bool) or not isinstance(retention_s, int) or retention_s < 0:
+        raise InvalidInput("The expired key retention must be a whole number of seconds, >= 0")
+    chosen = [key for key in keys if (key.expires + retention_s) * 1000 <= now_ms]
+    return sorted(chosen, key=lambda k: k.id)
 
 
 def mint_keys(

@@ -29,6 +29,7 @@ from uid2_operator.domain.keysets import (
     new_site_keyset,
     next_keyset_id,
     open_key,
+    plan_purge,
     plan_rotation,
     reserved_keysets,
     seal_key,
@@ -79,7 +80,12 @@ NOT_INITIALISED = "The encryption material is not initialised; run uid2-operator
 
 @dataclass(frozen=True, slots=True)
 class MaterialConfig:
-    """How much material to make and how to rotate it (see the module docstring for sizes)."""
+    """How much material to make and how to rotate it (see the module docstring for sizes).
+
+    ``expired_key_retention_s``: how long past its expiry ``rotate_keys`` keeps a key before
+    deleting it (``domain.keysets.plan_purge``); None keeps every key. The settings compute it
+    from the token lifetimes (``ServeSettings.key_retention_s``), which only they know.
+    """
 
     bucket_count: int = PRODUCTION_BUCKET_COUNT
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -87,6 +93,14 @@ class MaterialConfig:
     id_prefix: str = ""
     identity_scope: IdentityScope = IdentityScope.UID2
     identity_v3: bool = False
+    expired_key_retention_s: int | None = None
+
+    def __post_init__(self) -> None:
+        retention = self.expired_key_retention_s
+        if retention is not None and (
+            isinstance(retention, bool) or not isinstance(retention, int) or retention < 0
+        ):
+            raise InvalidInput("The expired key retention must be a whole number of seconds")
 
 
 # ------------------------------------------------------------------------------- results
@@ -129,15 +143,20 @@ def _keyset_json(keyset: Keyset) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class KeyRotationResult:
+    """What a rotation run did: keys created, keysets created, and keys purged (deleted long
+    past their expiry, see ``MaterialConfig.expired_key_retention_s``)."""
+
     at_ms: int
     created: tuple[KeyInfo, ...]
     keysets_created: tuple[Keyset, ...] = ()
+    purged: tuple[KeyInfo, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "at_ms": self.at_ms,
             "created": [k.to_json() for k in self.created],
             "keysets_created": [_keyset_json(k) for k in self.keysets_created],
+            "purged": [k.to_json() for k in self.purged],
         }
 
 
@@ -341,10 +360,13 @@ class MaterialService:
     # ------------------------------------------------------------------------ keys
 
     def rotate_keys(self, now_ms: int | None = None, actor: Actor = SYSTEM) -> KeyRotationResult:
-        """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now).
+        """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now), then
+        delete the keys expired ``MaterialConfig.expired_key_retention_s`` or longer ago.
 
         In the same transaction, a participant created since the last run gets its default
-        keyset (and so its first key). Refused, changing nothing, before ``initialise``.
+        keyset (and so its first key). Successors are created before anything is purged, and
+        each purged key gets its own ``encryption_key.delete`` audit event. Refused, changing
+        nothing, before ``initialise``.
         """
         now = self._clock.now_ms() if now_ms is None else now_ms
         keyring = self._keyrings.current()
@@ -353,13 +375,42 @@ class MaterialService:
                 raise NotFound(NOT_INITIALISED)
             keysets = self._missing_site_keysets(tx, actor, now)
             created = self._rotate(tx, keyring, now, actor)
+            purged = self._purge(tx, now, actor)
         logger.info(
-            "encryption keys rotated keysets=%d created=%d actor=%s",
+            "encryption keys rotated keysets=%d created=%d purged=%d actor=%s",
             len(keysets),
             len(created),
+            len(purged),
             actor.id,
         )
-        return KeyRotationResult(now, tuple(created), tuple(keysets))
+        return KeyRotationResult(now, tuple(created), tuple(keysets), tuple(purged))
+
+    def _purge(self, tx: Tx, now: int, actor: Actor) -> list[KeyInfo]:
+        """Delete the keys nothing can still need (``plan_purge``), one audit event each."""
+        retention = self._config.expired_key_retention_s
+        if retention is None:
+            return []
+        doomed = plan_purge(tx.encryption_keys.list_all(), now, retention)
+        if not doomed:
+            return []
+        site_of = {k.keyset_id: k.site_id for k in tx.keysets.list_all()}
+        tx.encryption_keys.delete(key.id for key in doomed)
+        purged: list[KeyInfo] = []
+        for key in doomed:
+            site_id = site_of[key.keyset_id]
+            info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action="encryption_key.delete",
+                target_type="keyset",
+                target_id=str(key.keyset_id),
+                site_id=site_id,
+                before=info.to_json(),
+            )
+            purged.append(info)
+        return purged
 
     def _missing_site_keysets(self, tx: Tx, actor: Actor, now: int) -> list[Keyset]:
         """A default keyset for every participant that has none yet (their keys come after)."""

@@ -355,6 +355,15 @@ class EncryptionKeyRepository(EncryptionKeyReader, Protocol):
         """Raises AlreadyExists for a taken key id, NotFound for an unknown keyset."""
         ...
 
+    def delete(self, key_ids: Iterable[int]) -> None:
+        """Removes these keys, their sealed secrets with them; nothing for an empty list.
+
+        Raises NotFound, naming the missing ids, before deleting anything when one of them is
+        not stored. A deleted id is never handed out again: ``allocate_ids`` stays above every
+        id deleted here, however the key was added.
+        """
+        ...
+
     def reseal(self, key_id: int, secret: SealedMaterial) -> None:
         """Writes the key's sealed secret and its KEK version, nothing else; raises NotFound.
 

@@ -644,6 +644,7 @@ class _Usage:
 # ------------------------------------------------------------ encryption keys, salts, opt-outs
 
 _SALT_TABLE_NAME = "current"
+_ID_BATCH = 500  # ids per IN list: far below SQLite's and PostgreSQL's bound on parameters
 _CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
 
 
@@ -798,16 +799,46 @@ class _EncryptionKeys:
         if count == 0:
             return []
         conn = self._u.writing()
+        # Never below an id already in the table, whatever the sequence says.
+        highest = conn.execute(select(func.max(t.encryption_keys.c.key_id))).scalar_one()
+        start = max(self._last_id(conn), int(highest or 0))
+        self._set_last_id(conn, start + count)
+        return list(range(start + 1, start + count + 1))
+
+    def delete(self, key_ids: Iterable[int]) -> None:
+        wanted = sorted(set(key_ids))
+        if not wanted:
+            return
+        conn = self._u.writing(control_plane=False)  # refuses a read unit before anything else
+        c = t.encryption_keys.c
+        batches = [wanted[i : i + _ID_BATCH] for i in range(0, len(wanted), _ID_BATCH)]
+        found: set[int] = set()
+        for batch in batches:
+            found.update(conn.execute(select(c.key_id).where(c.key_id.in_(batch))).scalars())
+        missing = [key_id for key_id in wanted if key_id not in found]
+        if missing:
+            shown = ", ".join(str(key_id) for key_id in missing[:10])
+            raise NotFound(f"No encryption key {shown}{' ...' if len(missing) > 10 else ''}")
+        self._u.writing()
+        # The sequence keeps the highest id deleted, so it is never handed out again even when
+        # the key was added with an id of its own rather than one from ``allocate_ids``.
+        if self._last_id(conn) < wanted[-1]:
+            self._set_last_id(conn, wanted[-1])
+        for batch in batches:
+            conn.execute(delete(t.encryption_keys).where(c.key_id.in_(batch)))
+
+    def _last_id(self, conn: Connection) -> int:
+        """The last key id handed out, per the sequence row (created at 0 when missing)."""
         m = t.store_meta.c
         last = conn.execute(select(m.value).where(m.name == t.KEY_ID_SEQ)).scalar_one_or_none()
         if last is None:  # a schema made from the metadata rather than by the migrations
-            last = 0
             conn.execute(insert(t.store_meta).values(name=t.KEY_ID_SEQ, value=0))
-        # Never below an id already in the table, whatever the sequence says.
-        highest = conn.execute(select(func.max(t.encryption_keys.c.key_id))).scalar_one()
-        start = max(int(last), int(highest or 0))
-        conn.execute(update(t.store_meta).where(m.name == t.KEY_ID_SEQ).values(value=start + count))
-        return list(range(start + 1, start + count + 1))
+            return 0
+        return int(last)
+
+    def _set_last_id(self, conn: Connection, value: int) -> None:
+        m = t.store_meta.c
+        conn.execute(update(t.store_meta).where(m.name == t.KEY_ID_SEQ).values(value=value))
 
     def add(self, key: SealedKey) -> None:
         conn = self._u.writing()

@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from uid2_operator.bootstrap import ensure_keyring, open_services, upgrade_database
 from uid2_operator.cli.material import COMMANDS, keys, optout, salts
 from uid2_operator.cli.runtime import GlobalOptions
+from uid2_operator.clock import FixedClock, SystemClock
 from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
 from uid2_operator.settings import Settings
 
@@ -61,9 +62,21 @@ def bare_dir(migrated_template: Path, tmp_path: Path) -> Path:
     return target
 
 
+_LIFETIME_VARIABLES = (
+    "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S",
+    "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S",
+    "UID2_REFRESH_IDENTITY_AFTER_S",
+    "UID2_SHARING_TOKEN_EXPIRY_S",
+    "UID2_MAX_BIDSTREAM_LIFETIME_S",
+    "UID2_MAX_SHARING_LIFETIME_S",
+)
+
+
 @pytest.fixture
 def invoke(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> click.testing.CliRunner:
     for name in ("UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("UID2_EXPIRED_KEY_RETENTION_S", *_LIFETIME_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     return CliRunner()
 
@@ -223,3 +236,103 @@ def test_a_database_never_migrated_fails_cleanly(invoke: CliRunner, tmp_path: Pa
     result = run(invoke, empty, salts, "rotate")
     assert result.exit_code == 1
     assert "schema revision" in result.stderr
+
+
+# ------------------------------------------------------------------------- expired key purge
+
+DAY_MS = 86_400_000
+
+
+def _material_made_days_ago(directory: Path, days: int) -> set[int]:
+    """Initialise the material as if ``init`` had run ``days`` ago; the ids of its keys."""
+    settings = Settings.from_env({}, data_dir=str(directory))
+    opened = open_services(settings, clock=FixedClock(SystemClock().now_ms() - days * DAY_MS))
+    try:
+        return {k.key_id for k in opened.material.initialise().keys_created}
+    finally:
+        opened.close()
+
+
+def test_keys_rotate_purges_keys_long_past_their_expiry(invoke: CliRunner, bare_dir: Path) -> None:
+    old = _material_made_days_ago(bare_dir, 100)  # 30-day keys, expired 70 days ago
+    result = run(invoke, bare_dir, keys, "rotate", "--json")
+    assert result.exit_code == 0, result.output
+    body = document(result)
+    purged = body["purged"]
+    assert isinstance(purged, list)
+    assert {k["key_id"] for k in purged} == old
+    assert set(purged[0]) == {"key_id", "keyset_id", "site_id", "created", "activates", "expires"}
+    assert "secret" not in result.stdout
+    created = body["created"]
+    assert isinstance(created, list)
+    assert len(created) == len(old)  # successors first: no keyset is left without a key
+    assert _stored_state(bare_dir)[1] == len(old)
+    again = run(invoke, bare_dir, keys, "rotate")
+    assert again.exit_code == 0, again.output
+    assert "No key was due for rotation.\nPurged 0 keys that expired at least 31 days ago.\n" in (
+        again.stdout
+    )
+
+
+def test_keys_rotate_says_how_many_it_purged(invoke: CliRunner, bare_dir: Path) -> None:
+    old = _material_made_days_ago(bare_dir, 100)
+    result = run(invoke, bare_dir, keys, "rotate")
+    assert result.exit_code == 0, result.output
+    assert f"Purged {len(old)} keys that expired at least 31 days ago." in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("retention", "shown"), [(80 * 86_400, "80 days"), (80 * 86_400 + 1, "6912001 s")]
+)
+def test_keys_rotate_keeps_keys_within_a_raised_retention(
+    invoke: CliRunner,
+    bare_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retention: int,
+    shown: str,
+) -> None:
+    _material_made_days_ago(bare_dir, 100)  # expired 70 days ago: kept for 80
+    monkeypatch.setenv("UID2_EXPIRED_KEY_RETENTION_S", str(retention))
+    result = run(invoke, bare_dir, keys, "rotate", "--json")
+    assert result.exit_code == 0, result.output
+    assert document(result)["purged"] == []
+    human = run(invoke, bare_dir, keys, "rotate")
+    assert f"Purged 0 keys that expired at least {shown} ago." in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "minimum"),
+    [
+        ({"UID2_EXPIRED_KEY_RETENTION_S": "86400"}, 31 * 86_400),
+        (
+            {
+                "UID2_EXPIRED_KEY_RETENTION_S": str(31 * 86_400),
+                "UID2_SHARING_TOKEN_EXPIRY_S": str(40 * 86_400),
+            },
+            41 * 86_400,
+        ),
+    ],
+)
+def test_keys_rotate_refuses_a_retention_below_the_minimum_and_changes_nothing(
+    invoke: CliRunner,
+    bare_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    minimum: int,
+) -> None:
+    _material_made_days_ago(bare_dir, 100)
+    before = _stored_state(bare_dir)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run(invoke, bare_dir, keys, "rotate", "--json")
+    assert result.exit_code == 1, result.output
+    given = env["UID2_EXPIRED_KEY_RETENTION_S"]
+    assert result.stderr == (
+        f"Error: UID2_EXPIRED_KEY_RETENTION_S ({given}) is below the minimum of {minimum} "
+        "seconds in the local environment (the longest token lifetime plus one day): it may "
+        "only raise the retention\n"
+    )
+    error = document(result)["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "settings_invalid"
+    assert _stored_state(bare_dir) == before

@@ -22,6 +22,7 @@ from uid2_operator.domain.keysets import (
     new_site_keyset,
     next_keyset_id,
     open_key,
+    plan_purge,
     plan_rotation,
     reserved_keysets,
     seal_key,
@@ -233,6 +234,78 @@ def test_without_any_run_the_keyset_eventually_has_no_active_key() -> None:
     minted = mint_keys([plan], [1], Drbg())
     with pytest.raises(NoActiveKey):
         active_key(minted, (plan.expires + 1) * 1000)
+
+
+# ----------------------------------------------------------------------------- purging
+
+RETENTION = 31 * DAY_S
+
+
+def test_a_key_is_purged_exactly_retention_after_its_expiry() -> None:
+    expired = key(1, 10, NOW_S - 40 * DAY_S, NOW_S - 10 * DAY_S)
+    boundary_ms = (expired.expires + RETENTION) * 1000
+    assert plan_purge([expired], boundary_ms - 1, RETENTION) == []
+    assert plan_purge([expired], boundary_ms, RETENTION) == [expired]
+    assert plan_purge([expired], boundary_ms + 1, RETENTION) == [expired]
+
+
+def test_an_unexpired_key_is_never_purged_whatever_the_retention() -> None:
+    live = key(1, 10, NOW_S - DAY_S, NOW_S + 1)
+    pending = key(2, 10, NOW_S + HOUR_S, NOW_S + 30 * DAY_S)
+    assert plan_purge([live, pending], T0, 0) == []
+    assert plan_purge([live, pending], T0 + 999, 0) == []
+    # With no retention at all, a key goes the millisecond it expires, not before.
+    assert plan_purge([live], (live.expires * 1000) - 1, 0) == []
+    assert plan_purge([live], live.expires * 1000, 0) == [live]
+
+
+def test_keys_of_every_keyset_follow_the_same_rule_and_come_back_by_id() -> None:
+    old = NOW_S - RETENTION - DAY_S
+    keysets = [
+        keyset(MASTER_KEYSET_ID, -1),
+        keyset(REFRESH_KEYSET_ID, -2),
+        keyset(FALLBACK_PUBLISHER_KEYSET_ID, 2),
+        keyset(10),
+        keyset(11, 1002, enabled=False, is_default=False),
+    ]
+    doomed = [key(9 - n, ks.keyset_id, old - 30 * DAY_S, old) for n, ks in enumerate(keysets)]
+    kept = [key(20 + n, ks.keyset_id, old, NOW_S + DAY_S) for n, ks in enumerate(keysets)]
+    assert [k.id for k in plan_purge([*kept, *doomed], T0, RETENTION)] == [5, 6, 7, 8, 9]
+
+
+def test_sealed_keys_can_be_purged_without_their_secrets(keyring: Keyring, random: Drbg) -> None:
+    sealed = seal_key(keyring, key(3, 10, NOW_S - 90 * DAY_S, NOW_S - 60 * DAY_S), random)
+    assert plan_purge([sealed], T0, RETENTION) == [sealed]
+
+
+@pytest.mark.parametrize("retention", [-1, True, 1.5, "31"])
+def test_a_retention_must_be_whole_seconds_and_not_negative(retention: object) -> None:
+    with pytest.raises(InvalidInput, match="retention"):
+        plan_purge([], T0, retention)  # type: ignore[arg-type]
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    times=st.lists(
+        st.tuples(
+            st.integers(min_value=-120 * DAY_S, max_value=60 * DAY_S),
+            st.integers(min_value=1, max_value=40 * DAY_S),
+        ),
+        max_size=12,
+    ),
+    retention=st.integers(min_value=0, max_value=60 * DAY_S),
+)
+def test_purged_keys_are_exactly_those_past_expiry_plus_retention(
+    times: list[tuple[int, int]], retention: int
+) -> None:
+    keys = [
+        key(n + 1, 10 + n % 3, NOW_S + start, NOW_S + start + life)
+        for n, (start, life) in enumerate(times)
+    ]
+    purged = plan_purge(keys, T0, retention)
+    assert {k.id for k in purged} == {k.id for k in keys if k.expires + retention <= NOW_S}
+    assert all(k.expires <= NOW_S for k in purged)
+    assert [k.id for k in purged] == sorted(k.id for k in purged)
 
 
 # ----------------------------------------------------------------------------- minting

@@ -460,6 +460,14 @@ def test_environment_sizes(tmp_path: Path) -> None:
     assert MaterialService(None, KEYRING, CONFIG, FixedClock(), os.urandom).config is CONFIG  # type: ignore[arg-type]
 
 
+def test_only_the_rotation_commands_set_an_expired_key_retention(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, data_dir=str(tmp_path))
+    assert material_config(settings).expired_key_retention_s is None  # every other command
+    chosen = material_config(settings, expired_key_retention_s=40 * DAY_S)
+    assert chosen.expired_key_retention_s == 40 * DAY_S
+    assert chosen.bucket_count == material_config(settings).bucket_count
+
+
 def test_the_bucket_count_is_fixed_once_the_salt_table_exists(
     material: MaterialService, store: SqlStore, clock: FixedClock
 ) -> None:
