@@ -121,9 +121,10 @@ def run(size: int, new: int) -> dict[str, Any]:
             records = [OptOutRecord(flh(size + n), now, raw_uid(size + n)) for n in range(new)]
             write_optouts(store, records, now)
             full_s, full_mb, full = measure(material.load_material)
-            # The first reload after the full one pays a one-time cost (about 0.13 s at a million
-            # rows here, whatever the cause: allocator, SQLite's cache of the index); a worker
-            # reloads over and over, so the steady figure is a later call's.
+            # The first reload right after the traced full one pays a one-time cost (about 0.15 s
+            # of user CPU at a million rows, in the connection checkout; absent after an untraced
+            # full reload: docs/benchmarks.md, run 9); a worker reloads over and over, so the
+            # steady figure is a later call's.
             gc.collect()
             started = time.perf_counter()
             material.load_material(previous)
