@@ -399,16 +399,7 @@ class MaterialService:
         for key in doomed:
             site_id = site_of[key.keyset_id]
             info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
-            record_event(
-                tx,
-                actor,
-                at_ms=now,
-                action="encryption_key.delete",
-                target_type="keyset",
-                target_id=str(key.keyset_id),
-                site_id=site_id,
-                before=info.to_json(),
-            )
+            _record_key_event(tx, actor, now, info, created=False)
             purged.append(info)
         return purged
 
@@ -436,16 +427,7 @@ class MaterialService:
             tx.encryption_keys.add(seal_key(keyring, key, self._random))
             site_id = keysets[key.keyset_id].site_id
             info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
-            record_event(
-                tx,
-                actor,
-                at_ms=now,
-                action="encryption_key.create",
-                target_type="keyset",
-                target_id=str(key.keyset_id),
-                site_id=site_id,
-                after=info.to_json(),
-            )
+            _record_key_event(tx, actor, now, info, created=True)
             created.append(info)
         return created
 
@@ -701,3 +683,19 @@ def _input_kind(kind: Any) -> InputKind:
     except ValueError:
         names = ", ".join(k.value for k in InputKind)
         raise InvalidInput(f"The identity kind must be one of {names}") from None
+
+
+def _record_key_event(tx: Tx, actor: Actor, now: int, info: KeyInfo, *, created: bool) -> None:
+    """The audit event of a key made (its times as ``after``) or purged (as ``before``); a key's
+    secret never reaches an event."""
+    record_event(
+        tx,
+        actor,
+        at_ms=now,
+        action="encryption_key.create" if created else "encryption_key.delete",
+        target_type="keyset",
+        target_id=str(info.keyset_id),
+        site_id=info.site_id,
+        before=None if created else info.to_json(),
+        after=info.to_json() if created else None,
+    )
