@@ -110,6 +110,37 @@ class Reply:
         return self.content.decode("utf-8", "replace")
 
 
+REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
+"""What the operator answers to an envelope it has seen before."""
+
+
+@dataclass(frozen=True)
+class SealedRequest:
+    """An enveloped request as sent (base64 text) and the nonce its answer is sealed with."""
+
+    body: bytes
+    nonce: bytes
+
+    @classmethod
+    def of(cls, payload: Any, cred: Credential) -> SealedRequest:
+        nonce = os.urandom(8)
+        sealed = seal_request(
+            None if payload is None else json.dumps(payload).encode(),
+            secret=cred.secret_bytes,
+            now_ms=time.time_ns() // 1_000_000,
+            nonce=nonce,
+            random=os.urandom,
+        )
+        return cls(base64.b64encode(sealed), nonce)
+
+    def opened(self, reply: Reply, cred: Credential) -> dict[str, Any] | None:
+        """The answer to this request opened, for a 200 (None otherwise)."""
+        if reply.status_code != 200:
+            return None
+        blob = unframe_response(reply.content, False)
+        return open_response(blob, secret=cred.secret_bytes, nonce=self.nonce)
+
+
 @dataclass
 class Served:
     """A running ``serve`` tree: its URLs and everything it printed."""
@@ -147,19 +178,31 @@ class Served:
         self, path: str, payload: Any, cred: Credential
     ) -> tuple[Reply, dict[str, Any] | None]:
         """Seal ``payload``, post it (base64 text) and open a 200 answer (None otherwise)."""
-        nonce = os.urandom(8)
-        sealed = seal_request(
-            None if payload is None else json.dumps(payload).encode(),
-            secret=cred.secret_bytes,
-            now_ms=int(time.time() * 1000),
-            nonce=nonce,
-            random=os.urandom,
-        )
-        response = self.post(path, base64.b64encode(sealed), cred.key, "text/plain")
-        if response.status_code != 200:
-            return response, None
-        blob = unframe_response(response.content, False)
-        return response, open_response(blob, secret=cred.secret_bytes, nonce=nonce)
+        request = SealedRequest.of(payload, cred)
+        response = self.post(path, request.body, cred.key, "text/plain")
+        return response, request.opened(response, cred)
+
+    def answered(self, path: str, request: SealedRequest, cred: Credential) -> dict[str, Any]:
+        """Post ``request``: it must be answered 200 with a ``success`` envelope, returned."""
+        reply = self.post(path, request.body, cred.key, "text/plain")
+        assert reply.status_code == 200, reply.text
+        opened = request.opened(reply, cred)
+        assert opened is not None
+        assert opened["status"] == "success", opened
+        return opened
+
+    def replayed(self, path: str, request: SealedRequest, cred: Credential, times: int) -> None:
+        """Post the very same ``request`` ``times`` times, on fresh connections: every one must
+        be refused as a replay."""
+        replies = [self.post(path, request.body, cred.key, "text/plain") for _ in range(times)]
+        got = [
+            (
+                reply.status_code,
+                json.loads(reply.content) if reply.status_code == 400 else reply.text,
+            )
+            for reply in replies
+        ]
+        assert got == [(400, REPLAY_ERROR)] * times
 
     def admin(self, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
         return httpx.request(

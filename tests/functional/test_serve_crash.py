@@ -15,7 +15,6 @@ a bind would fail with another message), and the first one serves on with the sa
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -31,8 +30,8 @@ import pytest
 from cli_harness import Database, database_for
 from serve_harness import (
     UID2_OPERATOR,
-    Credential,
     Prepared,
+    SealedRequest,
     Served,
     clean_env,
     cli,
@@ -43,48 +42,15 @@ from serve_harness import (
 
 from uid2_operator.cli.serve_lock import LOCK_FILE
 from uid2_operator.services.replay_table import TABLE_FILE
-from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 
 pytestmark = pytest.mark.functional
 
 WORKERS = 2
 GENERATE = "/v2/token/generate"
-REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
 REPLAYS = 10
 DEADLINE_S = 60.0
 # A small table, and usage written only when a worker stops.
 ENV = {"UID2_REPLAY_TABLE_ENTRIES": "65536", "UID2_FLUSH_INTERVAL_S": "3600"}
-
-
-def _envelope(cred: Credential, email: str) -> tuple[bytes, bytes]:
-    """A sealed generate request (base64 text, as sent) and its nonce."""
-    nonce = os.urandom(8)
-    sealed = seal_request(
-        json.dumps({"email": email}).encode(),
-        secret=cred.secret_bytes,
-        now_ms=time.time_ns() // 1_000_000,
-        nonce=nonce,
-        random=os.urandom,
-    )
-    return base64.b64encode(sealed), nonce
-
-
-def _answered(server: Served, cred: Credential, body: bytes, nonce: bytes) -> None:
-    reply = server.post(GENERATE, body, cred.key, "text/plain")
-    assert reply.status_code == 200, reply.text
-    opened = open_response(
-        unframe_response(reply.content, False), secret=cred.secret_bytes, nonce=nonce
-    )
-    assert opened["status"] == "success"
-
-
-def _refused_as_replays(server: Served, cred: Credential, body: bytes) -> None:
-    replies = [server.post(GENERATE, body, cred.key, "text/plain") for _ in range(REPLAYS)]
-    got = [
-        (reply.status_code, json.loads(reply.content) if reply.status_code == 400 else reply.text)
-        for reply in replies
-    ]
-    assert got == [(400, REPLAY_ERROR)] * REPLAYS
 
 
 def _record(database: Database) -> dict[str, Any]:
@@ -130,7 +96,7 @@ class Crash:
     runtime_dir: Path  # the killed serve's
     port: int
     usage_before: int
-    body: bytes  # an envelope answered just before the kill
+    request: SealedRequest  # an envelope answered just before the kill
     again: Served  # the serve started afterwards on the same data directory and port
 
 
@@ -146,8 +112,8 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
             assert record["pid"] == killed.process.pid
             (runtime_dir,) = map(Path, record["runtime_dirs"])
             assert runtime_dir.is_dir()
-            body, nonce = _envelope(cred, "before-the-kill@example.com")
-            _answered(killed, cred, body, nonce)
+            request = SealedRequest.of({"email": "before-the-kill@example.com"}, cred)
+            killed.answered(GENERATE, request, cred)
             os.kill(killed.process.pid, signal.SIGKILL)
             killed.process.wait()
             deadline = time.monotonic() + DEADLINE_S
@@ -167,7 +133,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
                 runtime_dir,
                 port,
                 usage_before,
-                body,
+                request,
                 again,
             )
 
@@ -198,9 +164,9 @@ def test_the_next_serve_listens_on_the_same_port_and_takes_over_the_runtime_dire
 
 def test_an_envelope_answered_before_the_kill_is_refused_after_it(crash: Crash) -> None:
     cred = crash.prepared.key
-    _refused_as_replays(crash.again, cred, crash.body)
-    fresh, nonce = _envelope(cred, "after-the-kill@example.com")
-    _answered(crash.again, cred, fresh, nonce)
+    crash.again.replayed(GENERATE, crash.request, cred, REPLAYS)
+    fresh = SealedRequest.of({"email": "after-the-kill@example.com"}, cred)
+    crash.again.answered(GENERATE, fresh, cred)
 
 
 def test_a_second_serve_on_a_data_directory_in_use_stops_and_the_first_serves_on(
@@ -213,8 +179,8 @@ def test_a_second_serve_on_a_data_directory_in_use_stops_and_the_first_serves_on
             record = _record(database)
             (runtime_dir,) = map(Path, record["runtime_dirs"])
             table = (runtime_dir / TABLE_FILE).stat()
-            body, nonce = _envelope(cred, "before-the-second@example.com")
-            _answered(first, cred, body, nonce)
+            request = SealedRequest.of({"email": "before-the-second@example.com"}, cred)
+            first.answered(GENERATE, request, cred)
             ports = [str(urlsplit(url).port) for url in (first.base_url, first.admin_url)]
             second = subprocess.run(  # noqa: S603 (our own command)
                 [UID2_OPERATOR, *database.cli_args(), "serve", "--port", ports[0],
@@ -235,6 +201,6 @@ def test_a_second_serve_on_a_data_directory_in_use_stops_and_the_first_serves_on
             assert first.process.poll() is None
             assert _record(database) == record
             assert (runtime_dir / TABLE_FILE).stat().st_ino == table.st_ino
-            _refused_as_replays(first, cred, body)
-            fresh, fresh_nonce = _envelope(cred, "after-the-second@example.com")
-            _answered(first, cred, fresh, fresh_nonce)
+            first.replayed(GENERATE, request, cred, REPLAYS)
+            fresh = SealedRequest.of({"email": "after-the-second@example.com"}, cred)
+            first.answered(GENERATE, fresh, cred)

@@ -12,9 +12,7 @@ still refuses an envelope answered before.
 
 from __future__ import annotations
 
-import base64
 import importlib
-import json
 import os
 import signal
 import time
@@ -23,16 +21,13 @@ from pathlib import Path
 
 import pytest
 from cli_harness import database_for
-from serve_harness import Credential, Prepared, Reply, Served, prepare, served, worker_ids
-
-from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+from serve_harness import Prepared, SealedRequest, Served, prepare, served, worker_ids
 
 pytestmark = pytest.mark.functional
 
 WORKERS = 3
 REPLAYS = 20
 GENERATE = "/v2/token/generate"
-REPLAY_ERROR = {"status": "client_error", "message": "Invalid nonce: Request already received."}
 DEADLINE_S = 90.0
 TABLE_SLOTS = 65_536
 # serve gives up on workers that keep dying within this many seconds of their start.
@@ -47,37 +42,6 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared
             database, workers=WORKERS, env={"UID2_REPLAY_TABLE_ENTRIES": str(TABLE_SLOTS)}
         ) as server:
             yield prepared, server
-
-
-def _envelope(cred: Credential, email: str) -> tuple[bytes, bytes]:
-    """A sealed generate request (base64 text, as sent) and its nonce."""
-    nonce = os.urandom(8)
-    sealed = seal_request(
-        json.dumps({"email": email}).encode(),
-        secret=cred.secret_bytes,
-        now_ms=time.time_ns() // 1_000_000,
-        nonce=nonce,
-        random=os.urandom,
-    )
-    return base64.b64encode(sealed), nonce
-
-
-def _send(server: Served, cred: Credential, body: bytes) -> Reply:
-    return server.post(GENERATE, body, cred.key, "text/plain")
-
-
-def _answered(reply: Reply, cred: Credential, nonce: bytes) -> None:
-    assert reply.status_code == 200, reply.text
-    opened = open_response(
-        unframe_response(reply.content, False), secret=cred.secret_bytes, nonce=nonce
-    )
-    assert opened["status"] == "success"
-
-
-def _refused_as_replays(server: Served, cred: Credential, body: bytes) -> None:
-    replies = [_send(server, cred, body) for _ in range(REPLAYS)]
-    got = [(reply.status_code, json.loads(reply.content)) for reply in replies]
-    assert got == [(400, REPLAY_ERROR)] * REPLAYS
 
 
 def _workers(server: Served, *, excluding: frozenset[str] = frozenset()) -> set[str]:
@@ -110,13 +74,13 @@ def test_a_replay_is_refused_by_every_worker(serving: tuple[Prepared, Served]) -
     prepared, server = serving
     cred = prepared.key
     _workers(server)
-    body, nonce = _envelope(cred, "replayed@example.com")
-    _answered(_send(server, cred, body), cred, nonce)
-    _refused_as_replays(server, cred, body)
+    request = SealedRequest.of({"email": "replayed@example.com"}, cred)
+    server.answered(GENERATE, request, cred)
+    server.replayed(GENERATE, request, cred, REPLAYS)
     # Fresh envelopes of the same key are still answered, by every worker.
     for n in range(10):
-        fresh, fresh_nonce = _envelope(cred, f"fresh{n}@example.com")
-        _answered(_send(server, cred, fresh), cred, fresh_nonce)
+        fresh = SealedRequest.of({"email": f"fresh{n}@example.com"}, cred)
+        server.answered(GENERATE, fresh, cred)
     # The table's figures describe the whole serve: one unlabelled series, the configured size.
     metrics = server.metrics()
     assert f"uid2_operator_replay_table_slots {TABLE_SLOTS:.1f}" in metrics
@@ -134,13 +98,13 @@ def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(
     while min(_age_s(pid) for pid in old) < QUICK_EXIT_S + 1:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    body, nonce = _envelope(cred, "before-the-kill@example.com")
-    _answered(_send(server, cred, body), cred, nonce)
+    request = SealedRequest.of({"email": "before-the-kill@example.com"}, cred)
+    server.answered(GENERATE, request, cred)
     for pid in old:
         os.kill(int(pid), signal.SIGKILL)
     new = _workers(server, excluding=frozenset(old))
     assert not new & old
-    _refused_as_replays(server, cred, body)
+    server.replayed(GENERATE, request, cred, REPLAYS)
     assert any("restarting" in line for line in server.lines)
 
 
@@ -152,9 +116,9 @@ def test_a_serve_stopped_cleanly_and_started_again_still_refuses_an_earlier_enve
         prepared = prepare(database)
         cred = prepared.key
         with served(database, workers=2) as server:
-            body, nonce = _envelope(cred, "before-the-restart@example.com")
-            _answered(_send(server, cred, body), cred, nonce)
+            request = SealedRequest.of({"email": "before-the-restart@example.com"}, cred)
+            server.answered(GENERATE, request, cred)
         with served(database, workers=2) as server:
-            _refused_as_replays(server, cred, body)
-            fresh, fresh_nonce = _envelope(cred, "after-the-restart@example.com")
-            _answered(_send(server, cred, fresh), cred, fresh_nonce)
+            server.replayed(GENERATE, request, cred, REPLAYS)
+            fresh = SealedRequest.of({"email": "after-the-restart@example.com"}, cred)
+            server.answered(GENERATE, fresh, cred)
