@@ -366,7 +366,8 @@ def material_config(
 
     ``expired_key_retention_s`` (``ServeSettings.key_retention_s``, read by the commands that
     run the key rotation schedule: ``serve`` and ``keys rotate``) lets ``rotate_keys`` delete
-    keys expired that long ago; None (every other command) keeps every key.
+    keys expired at least that long ago (longer when a serve recorded a longer token lifetime in
+    the store); None (every other command) keeps every key.
     """
     return MaterialConfig(
         bucket_count=settings.salt_bucket_count,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.keysets import KEY_RETENTION_MARGIN_S
 from uid2_operator.services.replay_table import DEFAULT_SLOTS, MAX_SLOTS
 from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.settings import SettingsError
@@ -55,21 +56,14 @@ _LIFETIME_VARIABLES = (
 )
 
 
-KEY_RETENTION_MARGIN_S: Final = 86_400
-"""What the expired key retention adds to the longest token lifetime: a day for clocks that
-disagree and for caches (SDKs, workers) that see a key's expiry late."""
 KEY_RETENTION_VARIABLE: Final = "UID2_EXPIRED_KEY_RETENTION_S"
 
 
-def minimum_key_retention_s(lifetimes: Lifetimes) -> int:
-    """How long after its expiry a key may still be needed, plus the margin (seconds).
-
-    A token is decrypted with the keys it was sealed with until its own expiry, and it may have
-    been sealed just before one of them expired; so a key is kept for the longest lifetime any
-    token gets (identity, refresh, sharing token expiry, the maximum bidstream and sharing
-    lifetimes) past its expiry, and ``KEY_RETENTION_MARGIN_S`` more.
-    """
-    longest = max(
+def longest_token_lifetime_s(lifetimes: Lifetimes) -> int:
+    """The longest lifetime any token gets with ``lifetimes`` (seconds): identity, refresh,
+    sharing token expiry, the maximum bidstream and sharing lifetimes. ``serve`` records it in
+    the store at start-up (``MaterialService.record_token_lifetime``)."""
+    return max(
         value
         for value in (
             lifetimes.identity_token_s,
@@ -80,7 +74,18 @@ def minimum_key_retention_s(lifetimes: Lifetimes) -> int:
         )
         if value is not None
     )
-    return longest + KEY_RETENTION_MARGIN_S
+
+
+def minimum_key_retention_s(lifetimes: Lifetimes) -> int:
+    """How long after its expiry a key may still be needed, plus the margin (seconds).
+
+    A token is decrypted with the keys it was sealed with until its own expiry, and it may have
+    been sealed just before one of them expired; so a key is kept for the longest lifetime any
+    token gets (``longest_token_lifetime_s``) past its expiry, and ``KEY_RETENTION_MARGIN_S``
+    more. Every purge also honours the longest lifetime a serve recorded in the store
+    (``domain.keysets.purge_retention_s``).
+    """
+    return longest_token_lifetime_s(lifetimes) + KEY_RETENTION_MARGIN_S
 
 
 RUNTIME_DIR_VARIABLE: Final = "UID2_RUNTIME_DIR"

@@ -11,6 +11,7 @@ from uid2_operator.serve_settings import (
     PROD_LIFETIMES,
     LifetimeOverrides,
     ServeSettings,
+    longest_token_lifetime_s,
     minimum_key_retention_s,
 )
 from uid2_operator.services.snapshot import Lifetimes
@@ -164,6 +165,8 @@ def test_the_key_retention_follows_every_token_lifetime(env: dict[str, str], lon
     settings = ServeSettings.from_env(env)
     assert settings.key_retention_s(Environment.INTEG) == longest + KEY_RETENTION_MARGIN_S
     assert KEY_RETENTION_MARGIN_S == DAY
+    # what serve records in the store: the same longest lifetime, without the margin
+    assert longest_token_lifetime_s(settings.token_lifetimes(Environment.INTEG)) == longest
 
 
 def test_a_key_retention_below_the_minimum_is_refused_naming_the_minimum() -> None:

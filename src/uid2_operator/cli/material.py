@@ -73,7 +73,8 @@ def keys() -> None:
 def rotate_keys(as_json: bool) -> None:
     """Create the keys the rotation schedule asks for now (run it at least daily), then delete
     the keys that expired longer ago than UID2_EXPIRED_KEY_RETENTION_S (default: the longest
-    token lifetime plus a day; give it, and the token lifetimes, as serve has them).
+    token lifetime plus a day), or than the longest token lifetime a serve recorded in the store
+    plus a day, whichever is longer. The retention used is shown (``retention_s``).
 
     A participant created since the last run gets its default keyset and first key in the same
     transaction. Refused before ``init``.
@@ -107,9 +108,10 @@ def rotate_keys(as_json: bool) -> None:
         else:
             click.echo("No key was due for rotation.")
         count = len(result.purged)
+        used = retention if result.retention_s is None else result.retention_s
         click.echo(
             f"Purged {count} key{'' if count == 1 else 's'} that expired at least "
-            f"{_duration(retention)} ago."
+            f"{_duration(used)} ago."
         )
 
     emit(wants_json(as_json), result.to_json(), human)

@@ -3,7 +3,8 @@
 Process layout (docs/operator.md has the operator's view):
 
 - the **serving process** (this command) checks the data directory (running ``init`` first with
-  ``--init-if-new``), makes sure the encryption material exists, serves the admin API on
+  ``--init-if-new``), makes sure the encryption material exists, records in the store the
+  longest lifetime it gives tokens (every key purge honours it), serves the admin API on
   ``--admin-port`` from a thread, and runs the material upkeep: the key rotation schedule every
   ``UID2_KEY_ROTATION_INTERVAL_S`` (which also purges keys expired longer than the retention),
   and, whenever the store changed, the creation of a default keyset for any participant that has
@@ -46,7 +47,11 @@ from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.errors import StoreUnavailable, UID2Error
-from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
+from uid2_operator.serve_settings import (
+    RUNTIME_DIR_VARIABLE,
+    ServeSettings,
+    longest_token_lifetime_s,
+)
 from uid2_operator.services import replay_table
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, Settings
@@ -250,6 +255,27 @@ class _Workers:
 # --------------------------------------------------------------------------------- upkeep
 
 
+def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services:
+    """The services of the serving process, with the material ready: what is missing created
+    (idempotently, keys included), and the longest lifetime this serve gives tokens recorded in
+    the store (raised, never lowered), so that every key purge, whichever process runs it,
+    keeps the keys those tokens need. Before any worker issues a token."""
+    services = open_services(
+        settings,
+        keyring=follow_keyring(settings),
+        expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
+    )
+    try:
+        services.material.initialise()
+        services.material.record_token_lifetime(
+            longest_token_lifetime_s(serve_settings.token_lifetimes(settings.environment))
+        )
+    except BaseException:
+        services.close()
+        raise
+    return services
+
+
 class _Upkeep:
     """Material upkeep in the serving process (see the module docstring)."""
 
@@ -416,7 +442,7 @@ def _export_settings(settings: Settings) -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.pass_context
-def serve(  # noqa: PLR0915, PLR0917 (start-up in order; click passes options positionally)
+def serve(  # noqa: PLR0917 (start-up in order; click passes options positionally)
     ctx: click.Context,
     host: str,
     port: int,
@@ -438,17 +464,8 @@ def serve(  # noqa: PLR0915, PLR0917 (start-up in order; click passes options po
         ctx.invoke(init, environment=None, as_json=False)
         initialised = True
         settings = load_settings()
-    services = open_services(
-        settings,
-        keyring=follow_keyring(settings),
-        expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
-    )
+    services = _open_serving(settings, serve_settings)
     material = services.material
-    try:
-        material.initialise()  # idempotent: creates what is missing, keys included
-    except BaseException:
-        services.close()
-        raise
     _export_settings(settings)
 
     reserve, operator_port = _reserve_operator_port(host, port)

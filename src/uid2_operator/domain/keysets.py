@@ -233,6 +233,20 @@ def plan_rotation(
 
 _K = TypeVar("_K", bound=KeyTimes)
 
+KEY_RETENTION_MARGIN_S: Final = DAY_S
+"""What the expired key retention adds to the longest token lifetime: a day for clocks that
+disagree and for caches (SDKs, workers) that see a key's expiry late."""
+
+
+def purge_retention_s(configured_s: int, recorded_lifetime_s: int | None) -> int:
+    """The retention a purge uses: the one configured, or the longest token lifetime the store
+    has recorded for any serve (``recorded_lifetime_s``, None when none was recorded) plus
+    ``KEY_RETENTION_MARGIN_S``, whichever is longer. A process whose own lifetime settings are
+    shorter than those a serve issued tokens with so never deletes a key those tokens need."""
+    if recorded_lifetime_s is None:
+        return configured_s
+    return max(configured_s, recorded_lifetime_s + KEY_RETENTION_MARGIN_S)
+
 
 def plan_purge(keys: Iterable[_K], now_ms: int, retention_s: int) -> list[_K]:
     """The keys nothing can still need at ``now_ms``, by key id: those whose expiry lies

@@ -31,6 +31,7 @@ from uid2_operator.domain.keysets import (
     open_key,
     plan_purge,
     plan_rotation,
+    purge_retention_s,
     reserved_keysets,
     seal_key,
     site_default_keyset,
@@ -84,7 +85,9 @@ class MaterialConfig:
 
     ``expired_key_retention_s``: how long past its expiry ``rotate_keys`` keeps a key before
     deleting it (``domain.keysets.plan_purge``); None keeps every key. The settings compute it
-    from the token lifetimes (``ServeSettings.key_retention_s``), which only they know.
+    from the token lifetimes (``ServeSettings.key_retention_s``), which only they know. A purge
+    keeps keys longer when the store has recorded a longer token lifetime
+    (``record_token_lifetime``; ``domain.keysets.purge_retention_s``).
     """
 
     bucket_count: int = PRODUCTION_BUCKET_COUNT
@@ -144,12 +147,15 @@ def _keyset_json(keyset: Keyset) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class KeyRotationResult:
     """What a rotation run did: keys created, keysets created, and keys purged (deleted long
-    past their expiry, see ``MaterialConfig.expired_key_retention_s``)."""
+    past their expiry, see ``MaterialConfig.expired_key_retention_s``). ``retention_s``: the
+    retention the purge used (the configured one, or longer when the store recorded a longer
+    token lifetime); None when the configuration purges nothing."""
 
     at_ms: int
     created: tuple[KeyInfo, ...]
     keysets_created: tuple[Keyset, ...] = ()
     purged: tuple[KeyInfo, ...] = ()
+    retention_s: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -157,6 +163,7 @@ class KeyRotationResult:
             "created": [k.to_json() for k in self.created],
             "keysets_created": [_keyset_json(k) for k in self.keysets_created],
             "purged": [k.to_json() for k in self.purged],
+            "retention_s": self.retention_s,
         }
 
 
@@ -361,7 +368,9 @@ class MaterialService:
 
     def rotate_keys(self, now_ms: int | None = None, actor: Actor = SYSTEM) -> KeyRotationResult:
         """Create the keys the schedule asks for at ``now_ms`` (default: the clock's now), then
-        delete the keys expired ``MaterialConfig.expired_key_retention_s`` or longer ago.
+        delete the keys expired ``MaterialConfig.expired_key_retention_s`` or longer ago, or
+        the longest token lifetime the store recorded plus a day when that is longer (read in
+        the same transaction; ``domain.keysets.purge_retention_s``).
 
         In the same transaction, a participant created since the last run gets its default
         keyset (and so its first key). Successors are created before anything is purged, and
@@ -375,24 +384,46 @@ class MaterialService:
                 raise NotFound(NOT_INITIALISED)
             keysets = self._missing_site_keysets(tx, actor, now)
             created = self._rotate(tx, keyring, now, actor)
-            purged = self._purge(tx, now, actor)
+            retention, purged = self._purge(tx, now, actor)
         logger.info(
-            "encryption keys rotated keysets=%d created=%d purged=%d actor=%s",
+            "encryption keys rotated keysets=%d created=%d purged=%d retention_s=%s actor=%s",
             len(keysets),
             len(created),
             len(purged),
+            retention,
             actor.id,
         )
-        return KeyRotationResult(now, tuple(created), tuple(keysets), tuple(purged))
+        return KeyRotationResult(now, tuple(created), tuple(keysets), tuple(purged), retention)
 
-    def _purge(self, tx: Tx, now: int, actor: Actor) -> list[KeyInfo]:
-        """Delete the keys nothing can still need (``plan_purge``), one audit event each."""
-        retention = self._config.expired_key_retention_s
-        if retention is None:
-            return []
+    def record_token_lifetime(self, longest_s: int) -> int:
+        """Record in the store that tokens may live ``longest_s`` seconds (the longest lifetime
+        ``serve`` issues them with), unless a longer one is recorded already; returns the value
+        recorded. One small transaction; nothing is written when the value does not rise.
+
+        Every purge, whichever process runs it, keeps keys at least that long (plus a day) past
+        their expiry. No audit event: like the store's other sequence rows, it is bookkeeping
+        that follows the settings of the processes, not a change anyone makes to a record.
+        """
+        if isinstance(longest_s, bool) or not isinstance(longest_s, int) or longest_s <= 0:
+            raise InvalidInput("The token lifetime must be a positive whole number of seconds")
+        with self._store.transaction() as tx:
+            before = tx.encryption_keys.longest_token_lifetime_s()
+            recorded = tx.encryption_keys.raise_longest_token_lifetime(longest_s)
+        if recorded != before:
+            logger.info("longest token lifetime recorded seconds=%d before=%s", recorded, before)
+        return recorded
+
+    def _purge(self, tx: Tx, now: int, actor: Actor) -> tuple[int | None, list[KeyInfo]]:
+        """Delete the keys nothing can still need (``plan_purge``), one audit event each; with
+        the retention used (None: this configuration purges nothing)."""
+        configured = self._config.expired_key_retention_s
+        if configured is None:
+            return None, []
+        recorded = tx.encryption_keys.longest_token_lifetime_s()
+        retention = purge_retention_s(configured, recorded)
         doomed = plan_purge(tx.encryption_keys.list_all(), now, retention)
         if not doomed:
-            return []
+            return retention, []
         site_of = {k.keyset_id: k.site_id for k in tx.keysets.list_all()}
         tx.encryption_keys.delete(key.id for key in doomed)
         purged: list[KeyInfo] = []
@@ -401,7 +432,7 @@ class MaterialService:
             info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
             _record_key_event(tx, actor, now, info, created=False)
             purged.append(info)
-        return purged
+        return retention, purged
 
     def _missing_site_keysets(self, tx: Tx, actor: Actor, now: int) -> list[Keyset]:
         """A default keyset for every participant that has none yet (their keys come after)."""

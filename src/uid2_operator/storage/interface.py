@@ -343,8 +343,22 @@ class EncryptionKeyReader(Protocol):
         key id."""
         ...
 
+    def longest_token_lifetime_s(self) -> int | None:
+        """The longest token lifetime (seconds) any serve recorded with
+        ``raise_longest_token_lifetime``; None when none was ever recorded."""
+        ...
+
 
 class EncryptionKeyRepository(EncryptionKeyReader, Protocol):
+    def raise_longest_token_lifetime(self, seconds: int) -> int:
+        """Records that tokens may live ``seconds`` (positive), unless a longer lifetime is
+        recorded already: the value only ever rises. Returns the value recorded after the call.
+
+        Not a control-plane change: it does not move the change sequence (no snapshot reads it),
+        and it writes nothing when the recorded value is already as long.
+        """
+        ...
+
     def allocate_ids(self, count: int) -> list[int]:
         """``count`` new key ids from the store's sequence, above every id handed out by a
         committed transaction and every id stored: increasing, never reused. (Ids of a unit of

@@ -155,6 +155,10 @@ key_usage = Table(
 KEY_ID_SEQ = "encryption_key_id"
 """The ``store_meta`` row holding the last encryption key id handed out (ids are never reused)."""
 
+LONGEST_LIFETIME = "token_lifetime_max_s"
+"""The ``store_meta`` row holding the longest token lifetime (seconds) any serve issued tokens
+with; it only rises, and every key purge keeps keys at least that long past their expiry."""
+
 # Site ids here include the service's own (-1, -2, 2), which are not participants: no foreign key.
 keysets = Table(
     "keysets",

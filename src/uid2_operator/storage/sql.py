@@ -784,6 +784,27 @@ class _EncryptionKeys:
         )
         return [_sealed_key(row) for row in rows]
 
+    def longest_token_lifetime_s(self) -> int | None:
+        m = t.store_meta.c
+        value = self._u.conn.execute(
+            select(m.value).where(m.name == t.LONGEST_LIFETIME)
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    def raise_longest_token_lifetime(self, seconds: int) -> int:
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise StoreError("A token lifetime must be a positive whole number of seconds")
+        conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
+        recorded = self.longest_token_lifetime_s()
+        m = t.store_meta.c
+        if recorded is None:  # the write lock is held: no other writer can insert it first
+            conn.execute(insert(t.store_meta).values(name=t.LONGEST_LIFETIME, value=seconds))
+            return seconds
+        if recorded >= seconds:
+            return recorded
+        conn.execute(update(t.store_meta).where(m.name == t.LONGEST_LIFETIME).values(value=seconds))
+        return seconds
+
     def reseal(self, key_id: int, secret: SealedMaterial) -> None:
         conn = self._u.writing()
         result = conn.execute(

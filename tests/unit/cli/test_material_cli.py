@@ -336,3 +336,66 @@ def test_keys_rotate_refuses_a_retention_below_the_minimum_and_changes_nothing(
     assert isinstance(error, dict)
     assert error["code"] == "settings_invalid"
     assert _stored_state(bare_dir) == before
+
+
+def _world_with_recorded_lifetime(
+    directory: Path, lifetime_s: int | None
+) -> tuple[set[int], set[int]]:
+    """Keys that expired 92 days ago and their successors, expired 40 days ago (made by
+    processes that purge nothing), and ``lifetime_s`` recorded as a serve would at start-up."""
+    settings = Settings.from_env({}, data_dir=str(directory))
+    clock = FixedClock(SystemClock().now_ms() - 122 * DAY_MS)
+    opened = open_services(settings, clock=clock)
+    try:
+        old = {k.key_id for k in opened.material.initialise().keys_created}
+        clock.advance(52 * DAY_MS)
+        recent = {k.key_id for k in opened.material.rotate_keys().created}
+        if lifetime_s is not None:
+            opened.material.record_token_lifetime(lifetime_s)
+    finally:
+        opened.close()
+    return old, recent
+
+
+def _key_ids(directory: Path) -> set[int]:
+    opened = open_services(Settings.from_env({}, data_dir=str(directory)))
+    try:
+        with opened.store.read() as tx:
+            return {k.id for k in tx.encryption_keys.list_all()}
+    finally:
+        opened.close()
+
+
+def test_keys_rotate_keeps_keys_a_serve_with_longer_lifetimes_may_still_need(
+    invoke: CliRunner, bare_dir: Path
+) -> None:
+    """A serve recorded a 90-day token lifetime; ``keys rotate`` runs with the default lifetimes
+    (a 31-day retention of its own) and still keeps every key expired less than 91 days ago."""
+    old, recent = _world_with_recorded_lifetime(bare_dir, 90 * 86_400)
+    result = run(invoke, bare_dir, keys, "rotate", "--json")
+    assert result.exit_code == 0, result.output
+    body = document(result)
+    assert body["retention_s"] == 91 * 86_400
+    purged = body["purged"]
+    assert isinstance(purged, list)
+    assert {k["key_id"] for k in purged} == old
+    assert set(body) == {"at_ms", "created", "keysets_created", "purged", "retention_s"}
+    stored = _key_ids(bare_dir)
+    assert recent <= stored
+    assert not old & stored
+    human = run(invoke, bare_dir, keys, "rotate")
+    assert human.exit_code == 0, human.output
+    assert "Purged 0 keys that expired at least 91 days ago." in human.stdout
+
+
+def test_keys_rotate_without_a_recorded_lifetime_uses_its_own_retention(
+    invoke: CliRunner, bare_dir: Path
+) -> None:
+    old, recent = _world_with_recorded_lifetime(bare_dir, None)
+    result = run(invoke, bare_dir, keys, "rotate", "--json")
+    assert result.exit_code == 0, result.output
+    body = document(result)
+    assert body["retention_s"] == 31 * 86_400
+    purged = body["purged"]
+    assert isinstance(purged, list)
+    assert {k["key_id"] for k in purged} == old | recent

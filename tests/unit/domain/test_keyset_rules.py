@@ -24,6 +24,7 @@ from uid2_operator.domain.keysets import (
     open_key,
     plan_purge,
     plan_rotation,
+    purge_retention_s,
     reserved_keysets,
     seal_key,
     site_default_keyset,
@@ -247,6 +248,17 @@ def test_a_key_is_purged_exactly_retention_after_its_expiry() -> None:
     assert plan_purge([expired], boundary_ms - 1, RETENTION) == []
     assert plan_purge([expired], boundary_ms, RETENTION) == [expired]
     assert plan_purge([expired], boundary_ms + 1, RETENTION) == [expired]
+
+
+def test_a_purge_keeps_keys_the_recorded_lifetime_plus_a_day_when_that_is_longer() -> None:
+    assert purge_retention_s(RETENTION, None) == RETENTION
+    assert purge_retention_s(RETENTION, 90 * DAY_S) == 91 * DAY_S
+    assert purge_retention_s(RETENTION, 30 * DAY_S) == RETENTION
+    assert purge_retention_s(RETENTION, 10 * DAY_S) == RETENTION
+    assert purge_retention_s(100 * DAY_S, 90 * DAY_S) == 100 * DAY_S
+    expired = key(1, 10, NOW_S - 70 * DAY_S, NOW_S - 40 * DAY_S)
+    assert plan_purge([expired], T0, purge_retention_s(RETENTION, 90 * DAY_S)) == []
+    assert plan_purge([expired], T0, purge_retention_s(RETENTION, None)) == [expired]
 
 
 def test_an_unexpired_key_is_never_purged_whatever_the_retention() -> None:

@@ -344,7 +344,8 @@ def test_successors_are_created_before_old_keys_go_in_one_commit(
     assert [info.key_id for info in result.purged] == sorted(old)
     body = result.to_json()
     assert [k["key_id"] for k in body["purged"]] == sorted(old)
-    assert set(body) == {"at_ms", "created", "keysets_created", "purged"}
+    assert set(body) == {"at_ms", "created", "keysets_created", "purged", "retention_s"}
+    assert body["retention_s"] == RETENTION_S
     with store.read() as rx:
         actions = [e.action for e in rx.audit.list_events()][-6:]
     assert actions == ["encryption_key.create"] * 3 + ["encryption_key.delete"] * 3
