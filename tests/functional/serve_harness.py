@@ -19,11 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,6 +38,21 @@ _AMBIENT_PREFIX = "UID2_"
 under test; only the tests' own (``UID2_TEST_*``) pass."""
 _TEST_PREFIX = "UID2_TEST_"
 _STARTUP_TIMEOUT_S = 60.0
+
+
+_T = TypeVar("_T")
+
+
+def poll(check: Callable[[], _T], timeout_s: float = 15.0) -> _T:
+    """``check()`` every 0.1 s until it returns something truthy (the serve catching up: its
+    poller, its schedule); its last value once ``timeout_s`` has passed, for the caller to
+    assert on."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_harness import Database, database_for
-from serve_harness import Credential, Prepared, Served, cli, create_key, prepare, served
+from serve_harness import Credential, Prepared, Served, cli, create_key, poll, prepare, served
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -38,17 +38,6 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prepared]:
 def server(prepared: Prepared) -> Iterator[Served]:
     with served(prepared.database, env={"UID2_FLUSH_INTERVAL_S": "0.3"}) as running:
         yield running
-
-
-def _eventually(check: object, timeout_s: float = 15.0) -> object:
-    """Poll ``check()`` until it returns something truthy (propagation through the poller)."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_sdk_generates_refreshes_and_decrypts_against_serve(
@@ -79,7 +68,7 @@ def test_first_run_prints_the_bootstrap_token_and_next_steps(tmp_path: Path) -> 
         env={"UID2_KEY_ROTATION_INTERVAL_S": "0.2"},
         extra_args=("--init-if-new", "--log-level", "info"),
     ) as running:
-        assert _eventually(lambda: any("scheduled key rotation" in x for x in running.lines))
+        assert poll(lambda: any("scheduled key rotation" in x for x in running.lines))
         output = "\n".join(running.lines)
     assert re.search(r"^UID2-A-L-\S+\.\S+$", output, re.MULTILINE), output
     assert "participant create" in output
@@ -91,7 +80,7 @@ def test_usage_is_flushed_to_the_store_and_shown_by_key_show(
     prepared: Prepared, server: Served
 ) -> None:
     key = create_key(prepared.database, prepared.site_id, "usage probe")
-    _eventually(lambda: server.call(GENERATE, {"email": OK_EMAIL}, key)[0].status_code == 200)
+    poll(lambda: server.call(GENERATE, {"email": OK_EMAIL}, key)[0].status_code == 200)
     before = cli(prepared.database, "key", "show", key.key_id)["usage"].get(GENERATE, 0)
     for _ in range(5):
         response, body = server.call(GENERATE, {"email": OK_EMAIL}, key)
@@ -103,7 +92,7 @@ def test_usage_is_flushed_to_the_store_and_shown_by_key_show(
         view = cli(prepared.database, "key", "show", key.key_id)
         return view if view["usage"].get(GENERATE, 0) >= before + 5 else None
 
-    view = _eventually(shown)
+    view = poll(shown)
     assert isinstance(view, dict), "usage never reached the store"
     assert view["last_used_at_ms"] is not None
     assert view["last_used_at_ms"] <= time.time() * 1000
@@ -148,7 +137,7 @@ def test_material_commands_reach_the_running_operator(prepared: Prepared, server
         _, answer = server.call(GENERATE, {"email": opted_out}, key)
         return answer is not None and answer["status"] == "optout"
 
-    assert _eventually(refused)
+    assert poll(refused)
     # the others still get tokens from the reloaded snapshot
     _, answer = server.call(GENERATE, {"email": OK_EMAIL}, key)
     assert answer is not None
@@ -166,7 +155,7 @@ def test_logout_records_the_optout_in_the_store(prepared: Prepared, server: Serv
         response, body = server.call(logout, {"email": email}, optout_key)
         return response.status_code == 200 and body is not None and body["status"] == "success"
 
-    assert _eventually(logged_out)
+    assert poll(logged_out)
     _, answer = server.call(GENERATE, {"email": email}, prepared.key)
     assert answer is not None
     assert answer["status"] == "optout"
@@ -178,6 +167,6 @@ def test_logout_records_the_optout_in_the_store(prepared: Prepared, server: Serv
                 events = tx.audit.list_events(action="optout.add")
                 return any(e.actor == "operator" for e in events)
 
-        assert _eventually(stored)
+        assert poll(stored)
     finally:
         store.close()

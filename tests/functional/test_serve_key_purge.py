@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_harness import Database
-from serve_harness import UID2_OPERATOR, clean_env, cli, create_key, served
+from serve_harness import UID2_OPERATOR, clean_env, cli, create_key, poll, served
 
 from uid2_operator.bootstrap import ensure_keyring, open_services, upgrade_database
 from uid2_operator.clock import FixedClock, SystemClock
@@ -37,16 +35,6 @@ def _material_made_days_ago(database: Database, days: int) -> set[int]:
         return {k.key_id for k in opened.material.initialise().keys_created}
     finally:
         opened.close()
-
-
-def _eventually(check: Callable[[], object], timeout_s: float = 30.0) -> object:
-    """Poll ``check()`` until it returns something truthy (the schedule and the poller)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def _stored_key_ids(database: Database) -> set[int]:
@@ -83,11 +71,11 @@ def test_serve_purges_old_keys_on_its_schedule_and_stops_publishing_them(tmp_pat
                     return line
             return None
 
-        line = _eventually(purged_line)
+        line = poll(purged_line, 30.0)
         assert isinstance(line, str), "\n".join(server.lines)
         assert line.endswith(f"purged {len(old)} expired keys")
         # Every worker reloads without them: the key endpoints stop publishing them.
-        assert _eventually(lambda: not published() & old)
+        assert poll(lambda: not published() & old, 30.0)
         assert published()  # the keys in use are still there
     assert not _stored_key_ids(database) & old
 
