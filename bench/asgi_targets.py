@@ -24,7 +24,7 @@ from uid2_operator.clock import SystemClock, system_random
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.write_behind import UsageMeter
-from uid2_operator.web.operator_api.app import create_operator_app
+from uid2_operator.web.operator_api.app import acknowledge_lifespan, create_operator_app
 from uid2_operator.web.operator_api.metrics import RequestMetrics
 from uid2_operator.web.operator_api.server import ROUTES
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
@@ -45,13 +45,8 @@ _BODY = {"type": "http.response.body", "body": b"OK"}
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     """A bare ASGI hello-world (lifespan acknowledged, every HTTP request answered ``OK``)."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await acknowledge_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     await send(dict(_START))

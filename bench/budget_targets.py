@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+from uid2_operator.web.operator_api.app import acknowledge_lifespan
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -35,13 +37,8 @@ _PREFIX: Final = "/spin/"
 async def spin(scope: Scope, receive: Receive, send: Send) -> None:
     """The application (see the module docstring)."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await acknowledge_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     path: str = scope["path"]

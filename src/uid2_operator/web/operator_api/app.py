@@ -121,6 +121,18 @@ class ClientGone(Exception):
     """The client disconnected before its body was read; nothing is answered."""
 
 
+async def acknowledge_lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan scope for an application with nothing to start or stop: every
+    startup and shutdown is acknowledged, and the scope ends with the shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorApiConfig:
     """Knobs of the request pipeline (the protocol's defaults).
@@ -293,13 +305,8 @@ class OperatorApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await acknowledge_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         await self._handle(scope, receive, send)
