@@ -5,7 +5,8 @@ rotation is three commands (docs/credentials.md, "KEK rotation"): ``add-version`
 ``drop-version`` of the old version. A running ``serve`` follows the keyring file, so nothing is
 restarted between them. ``status`` shows, before and after each step, what is sealed under which
 version. No command prints key bytes or the pepper: versions and counts only. Refusals end like
-every other command's errors (one line on stderr, exit status 2); ``drop-version`` is refused
+every other command's errors (one line on stderr; exit status 2 for a refused request, 1 for a
+keyring that cannot open what the store holds); ``drop-version`` is refused
 while anything is still sealed under the version, so the keyring never loses a key the store
 needs.
 """
@@ -60,12 +61,8 @@ def status(as_json: bool) -> None:
     """The keyring's versions and how many items are sealed under each, per kind."""
     with rotation_service() as service:
         found = service.status()
-    if found.unknown_versions:
-        missing = "; ".join(
-            f"version {use.version}: {use.sealed.describe()}"
-            for use in found.versions
-            if not use.in_keyring
-        )
+    missing = found.describe_unknown()
+    if missing is not None:
         click.echo(
             f"Warning: items are sealed under versions the keyring lacks ({missing}). They "
             "cannot be opened until those versions are back in the keyring.",

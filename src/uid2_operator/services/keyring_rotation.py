@@ -169,6 +169,16 @@ class KeyringStatus:
         """Versions items are sealed under that the keyring lacks: those items cannot open."""
         return tuple(use.version for use in self.versions if not use.in_keyring)
 
+    def describe_unknown(self) -> str | None:
+        """``"version 3: 2 items (client_secrets 2)"`` for each version items are sealed under
+        that the keyring lacks; None when there is none."""
+        missing = [
+            f"version {use.version}: {use.sealed.describe()}"
+            for use in self.versions
+            if not use.in_keyring
+        ]
+        return "; ".join(missing) or None
+
     @property
     def to_reseal(self) -> int:
         """Items not under the active version: what ``reseal`` would move."""
@@ -274,17 +284,6 @@ def keyring_status(
     )
 
 
-def _missing_versions(keyring: Keyring, inventory: dict[int, SealedCounts]) -> str | None:
-    """``"version 3: 2 items (client_secrets 2)"`` for each version the keyring lacks that items
-    are sealed under; None when there is none."""
-    missing = [
-        f"version {version}: {counts.describe()}"
-        for version, counts in inventory.items()
-        if version not in keyring.versions and counts.total
-    ]
-    return "; ".join(missing) or None
-
-
 # ------------------------------------------------------------------------------- service
 
 
@@ -320,19 +319,9 @@ class KeyringRotationService:
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
                 )
             updated = add_kek_version(keyring, self._random, version=version)
-            record_event(
-                tx,
-                actor,
-                at_ms=now,
-                action=ADD_VERSION_ACTION,
-                target_type=KEYRING_TARGET,
-                target_id=str(version),
-                after={"kek_version": version},
-            )
-            # Last, so a refusal of the write rolls the audit event back with everything else.
-            self._holder.save(updated)
+            change = self._save_change(tx, actor, now, updated, version, added=True)
         logger.info("keyring version added version=%d actor=%s", version, actor.id)
-        return VersionChange(now, version, version, updated.versions, self._holder.source)
+        return change
 
     def reseal(self, actor: Actor = SYSTEM) -> ResealResult:
         """Step 2: every item not under the active version, sealed again under it, all at once.
@@ -344,7 +333,7 @@ class KeyringRotationService:
         with self._store.transaction() as tx:
             keyring = self._holder.load()
             inventory = sealed_inventory(tx)
-            missing = _missing_versions(keyring, inventory)
+            missing = keyring_status(keyring, self._holder.source, inventory).describe_unknown()
             if missing is not None:
                 raise KeyringError(
                     f"Items are sealed under key-encryption key versions the keyring lacks "
@@ -481,17 +470,27 @@ class KeyringRotationService:
                     f"keyring JSON there without version {version}, then restart"
                 )
             updated = drop_kek_version(keyring, version)
-            record_event(
-                tx,
-                actor,
-                at_ms=now,
-                action=DROP_VERSION_ACTION,
-                target_type=KEYRING_TARGET,
-                target_id=str(version),
-                before={"kek_version": version},
-            )
-            self._holder.save(updated)
+            change = self._save_change(tx, actor, now, updated, version, added=False)
         logger.info("keyring version dropped version=%d actor=%s", version, actor.id)
+        return change
+
+    def _save_change(
+        self, tx: Tx, actor: Actor, now: int, updated: Keyring, version: int, *, added: bool
+    ) -> VersionChange:
+        """Record the audit event of adding or dropping ``version``, then write ``updated``:
+        last, so that a refused write rolls the event back with everything else."""
+        change = {"kek_version": version}
+        record_event(
+            tx,
+            actor,
+            at_ms=now,
+            action=ADD_VERSION_ACTION if added else DROP_VERSION_ACTION,
+            target_type=KEYRING_TARGET,
+            target_id=str(version),
+            before=None if added else change,
+            after=change if added else None,
+        )
+        self._holder.save(updated)
         return VersionChange(
             now, version, updated.active_version, updated.versions, self._holder.source
         )

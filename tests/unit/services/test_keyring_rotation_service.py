@@ -597,6 +597,31 @@ def test_drop_version_refuses_the_active_an_unknown_or_a_malformed_version(
     assert (_stored(store), holder.saves) == (stored, 0)
 
 
+class RefusingKeyring(MemoryKeyring):
+    """A keyring file that cannot be written (a full disk, a read-only mount)."""
+
+    def save(self, keyring: Keyring) -> None:
+        raise KeyringError("The keyring file /srv/keyring.json cannot be written: disk full")
+
+
+def test_a_refused_keyring_write_leaves_the_store_and_the_keyring_as_they_were(
+    store: SqlStore, clock: FixedClock, world: World
+) -> None:
+    holder = RefusingKeyring(V1)
+    rotation = KeyringRotationService(store, holder, clock, os.urandom)
+    stored = _stored(store)
+    with pytest.raises(KeyringError, match="disk full"):
+        rotation.add_version(ACTOR)
+    assert (_stored(store), holder.keyring) == (stored, V1)
+
+    holder.keyring = both = Keyring({1: KEK_1, 2: KEK_2}, 2, PEPPER)
+    rotation.reseal(ACTOR)
+    stored = _stored(store)
+    with pytest.raises(KeyringError, match="disk full"):
+        rotation.drop_version(1, ACTOR)
+    assert (_stored(store), holder.keyring) == (stored, both)
+
+
 # ------------------------------------------------------------------------------- environment
 
 
