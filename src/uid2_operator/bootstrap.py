@@ -279,11 +279,22 @@ def _replace_private(path: Path, content: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    # The new keyring is in place: from here a failure only leaves the rename less durable, and
+    # reporting the write as failed would be false (the caller's audit event would roll back
+    # while every serve took up the new file).
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        log.warning(
+            "the keyring file %s was replaced, but its directory could not be synced (%s): the "
+            "replacement may not survive a crash of the machine",
+            path,
+            exc.strerror or exc,
+        )
 
 
 @dataclass(frozen=True, slots=True)

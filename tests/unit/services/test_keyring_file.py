@@ -86,6 +86,26 @@ def test_a_failed_save_keeps_the_old_keyring_and_leaves_no_temporary_file(
     assert _leftovers(settings.data_dir) == []
 
 
+def test_a_directory_that_cannot_be_synced_after_the_rename_still_counts_as_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    second = add_kek_version(ensure_keyring(settings), os.urandom)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    save_keyring(settings, second)
+    monkeypatch.undo()
+    assert load_keyring(settings) == second
+    assert "could not be synced (Input/output error)" in caplog.text
+    assert _leftovers(settings.data_dir) == []
+
+
 def test_save_follows_a_symbolic_link_to_the_keyring(tmp_path: Path) -> None:
     vault = tmp_path / "vault"
     vault.mkdir()
