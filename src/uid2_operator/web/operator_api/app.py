@@ -135,17 +135,15 @@ async def acknowledge_lifespan(receive: Receive, send: Send) -> None:
 
 @dataclass(frozen=True, slots=True)
 class OperatorApiConfig:
-    """Knobs of the request pipeline (the protocol's defaults).
-
-    ``tcf_vendor_id``: the vendor whose TCF consent EUID token generation requires.
-    """
+    """Knobs of the request pipeline (the protocol's defaults)."""
 
     body_limit: int = BODY_LIMIT
     window: TimestampWindow = DEFAULT_TIMESTAMP_WINDOW
     replay_cache_entries: int = DEFAULT_MAX_ENTRIES
     cstg_window: TimestampWindow | None = DEFAULT_CSTG_TIMESTAMP_WINDOW
-    tcf_vendor_id: int = DEFAULT_VENDOR_ID
     """Client-side requests' timestamp window (None: unchecked, as the reference)."""
+    tcf_vendor_id: int = DEFAULT_VENDOR_ID
+    """The vendor whose TCF consent EUID token generation requires."""
 
 
 def _discard_optout(record: OptOutRecord) -> None:

@@ -11,8 +11,10 @@ Why files, and why this way:
 
 - The request path stays as it was: a request updates two plain dicts on the event loop.
   Figures are copied and written by ``MetricsPublisher``, an asyncio task, at most once per
-  ``PUBLISH_INTERVAL_S`` and only when they changed, so an idle serve writes nothing. Other
-  workers' figures in a scrape are therefore up to that interval old.
+  ``PUBLISH_INTERVAL_S`` and only when they changed. The snapshot's confirmed-age gauge moves
+  every second, so a worker that holds a snapshot rewrites its file about once a second even
+  when idle (one small file in memory). Other workers' figures in a scrape are therefore up to
+  that interval old.
 - A worker answering a scrape first publishes its own figures (when they changed), so the
   figures it reports are the ones its file then holds. Without that, a counter could seem to
   go backwards when two scrapes close together land on different workers: the first reporting
