@@ -74,6 +74,7 @@ def test_a_second_lock_on_one_data_directory_is_refused_naming_it_and_the_holder
     with ServeLock.take(data_dir) as held:
         assert held.path == data_dir / LOCK_FILE
         assert held.path.stat().st_mode & 0o777 == 0o600
+        assert not os.get_inheritable(held._fd)  # workers never hold the lock
         with pytest.raises(click.ClickException) as refused:
             ServeLock.take(data_dir)
         message = refused.value.message

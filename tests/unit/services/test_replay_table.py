@@ -73,6 +73,15 @@ def _small(path: Path, *, probe: int) -> ReplayTable:
     return ReplayTable.open(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate here")
+def test_creating_a_table_reserves_its_memory_up_front(path: Path) -> None:
+    """A full filesystem is an error at creation, not a SIGBUS in a worker later: the file's
+    blocks are allocated, not left as a hole."""
+    slots = 65_536
+    ReplayTable.create(path, max_past_ms=MAX_PAST_MS, slots=slots)
+    assert os.stat(path).st_blocks * 512 >= table_size(slots, PROBE)
+
+
 # ----------------------------------------------------------------------------------- the rule
 
 
