@@ -331,6 +331,8 @@ class OptOutIndex:
                 owners[flh] = ad_id
             elif old is not None:
                 owners[flh] = _GONE
+        if not times:  # nothing changed (a reload that read no opt-out): nothing to copy
+            return self
         return OptOutIndex(
             self.by_flh.updated(times, fold=fold),
             self.by_advertising_id.updated(ids, fold=fold),

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 from service_fixtures import ACTOR, KEYRING, load_local_snapshot
@@ -22,7 +24,7 @@ from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import write_optouts
-from uid2_operator.storage import SqlStore
+from uid2_operator.storage import SqlStore, open_store
 from uid2_operator.wire.scope import IdentityType
 
 
@@ -96,9 +98,7 @@ def test_a_reload_with_nothing_new_reads_no_opt_out(
     material.rotate_keys()
     second = load_local_snapshot(store, material, clock, first)
     assert second.material.optouts_read == 0
-    assert second.material.optouts.by_flh is first.material.optouts.by_flh or dict(
-        second.material.optouts.by_flh
-    ) == dict(first.material.optouts.by_flh)
+    assert second.material.optouts is first.material.optouts  # nothing read, nothing copied
     assert second.snapshot.optouts.opted_out(IdentityType.EMAIL, flh(7))
 
 
@@ -111,6 +111,35 @@ def test_a_store_behind_the_cursor_is_read_in_full(
     again = material.load_material(ahead)
     assert again.optouts_read == 1
     assert again.optout_cursor == first.optout_cursor
+
+
+def test_a_previous_load_of_another_first_level_salt_is_not_extended(
+    store: SqlStore,
+    material: MaterialService,
+    clock: FixedClock,
+    migrated_template: Path,
+    tmp_path: Path,
+) -> None:
+    """Every first-level hash depends on the salt: a previous load under another one (another
+    store, a re-created one) cannot be extended, even with a cursor the store is past."""
+    other_path = tmp_path / "other.db"
+    shutil.copyfile(migrated_template, other_path)
+    other = open_store(f"sqlite:///{other_path}")
+    try:
+        stranger = MaterialService(
+            other, KEYRING, MaterialConfig(bucket_count=64, chunk_size=64), clock, os.urandom
+        )
+        stranger.initialise(ACTOR)
+        foreign = stranger.load_material()
+    finally:
+        other.close()
+    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(5)], clock.now_ms())
+    first = material.load_material()
+    assert foreign.salts.first_level_salt != first.salts.first_level_salt
+    again = material.load_material(dataclasses.replace(first, salts=foreign.salts))
+    assert again.optouts_read == 5
+    assert again.optouts is not first.optouts
+    assert len(again.optouts) == 5
 
 
 def test_a_worker_s_own_opt_outs_apply_at_once_however_many_exist(
