@@ -11,14 +11,13 @@ and started again, ``serve`` loads everything with the one remaining version.
 from __future__ import annotations
 
 import threading
-import time
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_harness import database_for
-from serve_harness import Credential, Prepared, Served, cli, prepare, served
+from serve_harness import Credential, Prepared, Served, cli, poll, prepare, served
 from uid2_client import TokenGenerateInput, Uid2PublisherClient
 
 pytestmark = pytest.mark.functional
@@ -31,13 +30,8 @@ EMAIL = "keyring-follow@example.com"
 
 
 def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    in_a_row = 0
-    while in_a_row < IN_A_ROW:
-        in_a_row = in_a_row + 1 if check() else 0
-        if in_a_row == 0:
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
+    """Wait until ``check`` holds ``IN_A_ROW`` times in a row."""
+    assert poll(lambda: all(check() for _ in range(IN_A_ROW)), WAIT_S), f"timed out: {what}"
 
 
 def _generates(server: Served, cred: Credential) -> bool:

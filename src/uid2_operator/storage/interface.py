@@ -430,7 +430,8 @@ class OptOutReader(Protocol):
 
     def since(self, cursor: int) -> OptOutChanges:
         """The records (re)written by commits after change sequence ``cursor``, in the order
-        they were written, with the cursor to ask from next; ``since(0)`` reads every record.
+        they were written, with the cursor to ask from next; ``since(0)`` reads every record, in
+        no particular order (one record per first-level hash, so order cannot matter).
 
         Every ``put`` stamps its row with the change sequence its commit brings the store to;
         writes are serialised, so those stamps grow in commit order. Called in the same read
