@@ -217,9 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
     with running_server(
         kind, "asgi_targets:operator_app", factory=True, env=env, cpu=settings.server_cpu
     ) as server:
-        before = process_cpu(server.pid)
-        (health,) = measure_interleaved(settings, [server.target])
-        health_cpu = per_request(before, process_cpu(server.pid), health.ok)
+        measured: dict[str, CpuPerRequest] = {}
+        (health,) = measure_interleaved(
+            settings, [server.target], cpu=(0, server.pid, measured, "healthcheck")
+        )
+        health_cpu = measured.get("healthcheck")
         envelopes = Envelopes(world, server.target)
         why = probe(envelopes, GENERATE, generate_payload(0), binary=False)
         if why is not None:

@@ -239,19 +239,6 @@ class CpuPerRequest:
         return self.user_us + self.system_us
 
 
-@contextlib.contextmanager
-def cpu_of(
-    group: int, result: Callable[[], LoadResult | None], out: dict[str, CpuPerRequest], name: str
-) -> Iterator[None]:
-    """Record in ``out[name]`` the CPU the server spent per 2xx answer while the block ran."""
-    before = process_cpu(group)
-    yield
-    done = result()
-    used = per_request(before, process_cpu(group), 0 if done is None else done.ok)
-    if used is not None:
-        out[name] = used
-
-
 def per_request(before: ServerCpu | None, after: ServerCpu | None, ok: int) -> CpuPerRequest | None:
     if before is None or after is None or ok == 0:
         return None
@@ -421,13 +408,20 @@ def _combine(slices: Sequence[LoadResult]) -> LoadResult:
     )
 
 
-def measure_interleaved(settings: Settings, targets: Sequence[Target]) -> list[LoadResult]:
+def measure_interleaved(
+    settings: Settings,
+    targets: Sequence[Target],
+    cpu: tuple[int, int, dict[str, CpuPerRequest], str] | None = None,
+) -> list[LoadResult]:
     """Repeatable GETs on several servers, in alternating slices so drift hits all alike.
 
     Each target gets its warm-up, then ``settings.rounds`` slices of ``duration / rounds``
-    seconds, taken in turn (A B A B ...); each result sums its slices.
+    seconds, taken in turn (A B A B ...); each result sums its slices. ``cpu``: (index of a
+    target, its server's process group, where to record, under which name): that server's CPU
+    per 2xx answer over its measured slices only, its warm-up and the others' slices left out.
     """
     requests = [[http_request("GET", HEALTHCHECK, t)] for t in targets]
+    spent = ServerCpu(0.0, 0.0)
 
     def run(index: int, duration: float) -> LoadResult:
         return run_load(
@@ -444,8 +438,21 @@ def measure_interleaved(settings: Settings, targets: Sequence[Target]) -> list[L
     slices: list[list[LoadResult]] = [[] for _ in targets]
     for _ in range(settings.rounds):
         for index in range(len(targets)):
+            counted = cpu is not None and index == cpu[0]
+            before = process_cpu(cpu[1]) if cpu is not None and counted else None
             slices[index].append(run(index, settings.duration_s / settings.rounds))
-    return [_combine(s) for s in slices]
+            after = process_cpu(cpu[1]) if cpu is not None and counted else None
+            if before is not None and after is not None:
+                spent = ServerCpu(
+                    spent.user_s + after.user_s - before.user_s,
+                    spent.system_s + after.system_s - before.system_s,
+                )
+    results = [_combine(s) for s in slices]
+    if cpu is not None:
+        used = per_request(ServerCpu(0.0, 0.0), spent, results[cpu[0]].ok)
+        if used is not None:
+            cpu[2][cpu[3]] = used
+    return results
 
 
 def measure_enveloped(
@@ -515,11 +522,10 @@ def run_server(
     ):
         t = operator_server.target
         group = operator_server.pid
-        # Only the operator's process is accounted: during the hello-world's slices it idles.
-        with cpu_of(group, lambda: figures.healthcheck, figures.cpu, "healthcheck"):
-            figures.hello, figures.healthcheck = measure_interleaved(
-                settings, [hello_server.target, t]
-            )
+        # The operator's CPU is counted over its own measured slices only.
+        figures.hello, figures.healthcheck = measure_interleaved(
+            settings, [hello_server.target, t], cpu=(1, group, figures.cpu, "healthcheck")
+        )
         print(f"  (a) hello-world         {figures.hello.summary()}", flush=True)
         print(f"  (b) /ops/healthcheck    {figures.healthcheck.summary()}", flush=True)
         envelopes = Envelopes(world, t)
