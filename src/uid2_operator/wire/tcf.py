@@ -63,6 +63,25 @@ SEGMENT_SEPARATOR: Final = "."
 _PURPOSE_BITS: Final = 24
 _SPECIAL_FEATURE_BITS: Final = 12
 _RANGE_ENCODING: Final = 1
+_HEADER_FIELDS: Final = (
+    ("created", 36),
+    ("last updated", 36),
+    ("CMP id", 12),
+    ("CMP version", 12),
+    ("consent screen", 6),
+    ("consent language", 12),
+    ("vendor list version", 12),
+    ("policy version", 6),
+    ("is service specific", 1),
+    ("use non-standard texts", 1),
+    ("special feature opt-ins", _SPECIAL_FEATURE_BITS),
+    ("purposes consent", _PURPOSE_BITS),
+    ("purposes LI transparency", _PURPOSE_BITS),
+    ("purpose one treatment", 1),
+    ("publisher country code", 12),
+)
+"""The core segment's fields after the version, up to the vendor sections, in order."""
+_HEADER_WIDTH: Final = sum(width for _, width in _HEADER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +176,29 @@ class _Bits:
     def flag(self, field: str) -> bool:
         return self.read(1, field) == 1
 
+    def read_fields(self, fields: tuple[tuple[str, int], ...], width: int) -> list[int]:
+        """The next fields, ``(name, width)`` each and ``width`` bits together, read as one
+        integer when all of them are there; else field by field, so that the error names the
+        field the string cut."""
+        if self._position + width > self._size:
+            return [self.read(w, name) for name, w in fields]
+        together = self.read(width, "")
+        values: list[int] = []
+        for _, w in fields:
+            width -= w
+            values.append((together >> width) & ((1 << w) - 1))
+        return values
+
 
 def _numbered(bits: int, width: int) -> frozenset[int]:
-    """The numbers (from 1, most significant bit first) of the bits set in a ``width``-bit field."""
-    return frozenset(n for n in range(1, width + 1) if (bits >> (width - n)) & 1)
+    """The numbers (from 1, most significant bit first) of the bits set in a ``width``-bit field;
+    only the set bits are visited."""
+    numbers: list[int] = []
+    while bits:
+        lowest = bits & -bits
+        numbers.append(width - lowest.bit_length() + 1)
+        bits ^= lowest
+    return frozenset(numbers)
 
 
 def _vendor_set(bits: _Bits, section: str) -> VendorSet:
@@ -220,21 +258,23 @@ def parse_tc_string(text: str) -> TCString:
     version = bits.read(6, "version")
     if version != TCF_VERSION:
         raise InvalidConsentString(f"version {version} (only TCF version {TCF_VERSION} is read)")
-    created = bits.read(36, "created")
-    last_updated = bits.read(36, "last updated")
-    cmp_id = bits.read(12, "CMP id")
-    cmp_version = bits.read(12, "CMP version")
-    consent_screen = bits.read(6, "consent screen")
-    bits.read(12, "consent language")
-    vendor_list_version = bits.read(12, "vendor list version")
-    policy_version = bits.read(6, "policy version")
-    is_service_specific = bits.flag("is service specific")
-    use_non_standard_texts = bits.flag("use non-standard texts")
-    special_features = bits.read(_SPECIAL_FEATURE_BITS, "special feature opt-ins")
-    purposes_consent = bits.read(_PURPOSE_BITS, "purposes consent")
-    purposes_li = bits.read(_PURPOSE_BITS, "purposes LI transparency")
-    purpose_one_treatment = bits.flag("purpose one treatment")
-    bits.read(12, "publisher country code")
+    (
+        created,
+        last_updated,
+        cmp_id,
+        cmp_version,
+        consent_screen,
+        _consent_language,
+        vendor_list_version,
+        policy_version,
+        is_service_specific,
+        use_non_standard_texts,
+        special_features,
+        purposes_consent,
+        purposes_li,
+        purpose_one_treatment,
+        _publisher_country_code,
+    ) = bits.read_fields(_HEADER_FIELDS, _HEADER_WIDTH)
     vendor_consents = _vendor_set(bits, "vendor consent")
     vendor_legitimate_interests = _vendor_set(bits, "vendor legitimate interest")
     return TCString(
@@ -246,12 +286,12 @@ def parse_tc_string(text: str) -> TCString:
         consent_screen=consent_screen,
         vendor_list_version=vendor_list_version,
         policy_version=policy_version,
-        is_service_specific=is_service_specific,
-        use_non_standard_texts=use_non_standard_texts,
+        is_service_specific=is_service_specific == 1,
+        use_non_standard_texts=use_non_standard_texts == 1,
         special_feature_opt_ins=_numbered(special_features, _SPECIAL_FEATURE_BITS),
         purposes_consent=_numbered(purposes_consent, _PURPOSE_BITS),
         purposes_li_transparency=_numbered(purposes_li, _PURPOSE_BITS),
-        purpose_one_treatment=purpose_one_treatment,
+        purpose_one_treatment=purpose_one_treatment == 1,
         vendor_consents=vendor_consents,
         vendor_legitimate_interests=vendor_legitimate_interests,
     )
