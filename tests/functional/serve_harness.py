@@ -33,9 +33,10 @@ from uid2_operator.wire.envelope import open_response, seal_request, unframe_res
 
 UID2_OPERATOR = str(Path(sys.executable).with_name("uid2-operator"))
 ALL_ROLES = "GENERATOR,MAPPER,ID_READER,SHARER"
-_AMBIENT_PREFIX = "UID2_"
+_AMBIENT_PREFIXES = ("UID2_", "EUID_")
 """Settings of the machine running the tests (a developer's shell, say) never reach the processes
-under test; only the tests' own (``UID2_TEST_*``) pass."""
+under test (the operator's, and the SDK's own tests'); only the tests' own (``UID2_TEST_*``)
+pass."""
 _TEST_PREFIX = "UID2_TEST_"
 _STARTUP_TIMEOUT_S = 60.0
 
@@ -59,7 +60,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(_AMBIENT_PREFIX) or k.startswith(_TEST_PREFIX)
+        if not k.startswith(_AMBIENT_PREFIXES) or k.startswith(_TEST_PREFIX)
     }
     env.update(extra or {})
     return env

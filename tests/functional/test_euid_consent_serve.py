@@ -13,16 +13,14 @@ variables) runs unchanged against the EUID serve.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_harness import database_for
+from sdk_sdist import run_sdk_tests
 from serve_harness import Prepared, Served, clean_env, prepare, served
-from test_sdk_integration_suite import _sdist
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -141,13 +139,6 @@ def test_the_vendor_id_setting_reaches_the_workers(
             assert (reply.status_code, opened) == (200, NO_CONSENT)
 
 
-@pytest.fixture(scope="module")
-def sdk_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    base = cache.mkdir("uid2-client-sdist") if cache is not None else tmp_path_factory.mktemp("sdk")
-    return _sdist(base)
-
-
 def test_the_sdks_own_euid_integration_tests_pass(
     sdk_source: Path, euid: tuple[Prepared, Served]
 ) -> None:
@@ -159,27 +150,10 @@ def test_the_sdks_own_euid_integration_tests_pass(
             "EUID_SECRET_KEY": prepared.key.secret,
         }
     )
-    for name in ("UID2_BASE_URL", "UID2_API_KEY", "UID2_SECRET_KEY"):
-        env.pop(name, None)
-    result = subprocess.run(  # noqa: S603 (the venv's python, fixed arguments)
-        [
-            sys.executable,
-            "-m",
-            "unittest",
-            "-v",
-            "-k",
-            EUID_CLASS,
-            "tests/test_publisher_client.py",
-        ],
-        cwd=sdk_source,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    status, output = run_sdk_tests(
+        sdk_source, env, "-k", EUID_CLASS, "tests/test_publisher_client.py"
     )
-    output = result.stderr + result.stdout
-    assert result.returncode == 0, output[-4000:]
+    assert status == 0, output[-4000:]
     ran = re.search(r"^Ran (\d+) tests?", output, re.M)
     assert ran is not None, output[-3000:]
     assert int(ran.group(1)) == EUID_TESTS, output[-3000:]

@@ -15,22 +15,17 @@ must pass. The EUID class of the same file is skipped by the SDK itself (no ``EU
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_harness import database_for
+from sdk_sdist import run_sdk_tests
 from serve_harness import Prepared, Served, clean_env, prepare, served
 
 pytestmark = pytest.mark.functional
 
-SDK = "uid2-client==2.9.0"
-SDIST_DIR = "uid2_client-2.9.0"
 SUITES = (
     "tests/test_publisher_client.py",
     "tests/test_identity_map_client.py",
@@ -41,56 +36,6 @@ SUITES = (
 )
 EXPECTED_TESTS = 7 + 18 + 18 + 6 + 6 + 12
 NEEDS_INTERNET = "test_integration_bad_requests"
-
-
-def _sdist(cache: Path) -> Path:
-    """The SDK's source tree, downloaded with pip once per cache."""
-    root = cache / SDIST_DIR
-    if (root / "tests").is_dir():
-        return root
-    download = subprocess.run(  # noqa: S603 (pip, fixed arguments)
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "--disable-pip-version-check", "--quiet", SDK, "-d", str(cache)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
-    archives = sorted(cache.glob("uid2_client-2.9.0.tar.gz"))
-    if download.returncode != 0 or not archives:
-        message = f"cannot download the {SDK} sdist: {download.stderr.strip()[-500:]}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    _extract(archives[0], cache)
-    return root
-
-
-def _extract(archive_path: Path, into: Path) -> None:
-    """Unpack the sdist with tarfile's "data" filter where this Python has it (3.11.4 and
-    later); on an earlier 3.11, only plain files and directories with relative paths inside
-    ``into`` are accepted, and anything else stops the test."""
-    with tarfile.open(archive_path) as archive:
-        if hasattr(tarfile, "data_filter"):
-            archive.extractall(into, filter="data")
-            return
-        members = archive.getmembers()
-        for member in members:
-            parts = Path(member.name).parts
-            if (
-                not (member.isfile() or member.isdir())
-                or member.name.startswith("/")
-                or ".." in parts
-            ):
-                pytest.fail(f"unexpected entry in the {SDK} sdist: {member.name!r}")
-        archive.extractall(into, members=members)  # noqa: S202 (every member checked above)
-
-
-@pytest.fixture(scope="module")
-def sdk_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    base = cache.mkdir("uid2-client-sdist") if cache is not None else tmp_path_factory.mktemp("sdk")
-    return _sdist(base)
 
 
 @pytest.fixture(scope="module")
@@ -110,18 +55,7 @@ def test_the_sdk_integration_suites_pass(sdk_source: Path, server: tuple[Prepare
             "UID2_SECRET_KEY": prepared.key.secret,
         }
     )
-    for name in ("EUID_BASE_URL", "EUID_API_KEY", "EUID_SECRET_KEY"):
-        env.pop(name, None)
-    result = subprocess.run(  # noqa: S603 (the venv's python, fixed arguments)
-        [sys.executable, "-m", "unittest", "-v", *SUITES],
-        cwd=sdk_source,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    output = result.stderr + result.stdout
+    _, output = run_sdk_tests(sdk_source, env, *SUITES)
     failed = set(re.findall(r"^(?:FAIL|ERROR): (\w+) \(", output, re.M))
     assert failed <= {NEEDS_INTERNET}, output[-6000:]
     if failed:
