@@ -31,6 +31,7 @@ from uid2_operator.bootstrap import (
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.sealing import Keyring, add_kek_version, generate_keyring
+from uid2_operator.errors import KeyringMissing
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.snapshot import Lifetimes
@@ -78,25 +79,45 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @pytest.fixture
-def clock() -> Monotonic:
+def monotonic() -> Monotonic:
     return Monotonic()
 
 
 # ------------------------------------------------------------------------------ the file source
 
 
+def test_the_first_read_refuses_a_missing_keyring_as_load_keyring_does(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    with pytest.raises(KeyringMissing):
+        KeyringFile(settings)
+
+
+def test_an_edit_in_place_is_taken_up_too(tmp_path: Path, monotonic: Monotonic) -> None:
+    """The same inode, new content (an editor that writes in place): times and size moved."""
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=monotonic)
+    inode = settings.keyring_path.stat().st_ino
+    second = add_kek_version(first, os.urandom)
+    with settings.keyring_path.open("w", encoding="utf-8") as handle:
+        handle.write(second.to_json())
+    assert settings.keyring_path.stat().st_ino == inode
+    monotonic.pass_interval()
+    assert source.current() == second
+
+
 def test_the_new_keyring_is_used_once_the_file_is_replaced(
-    tmp_path: Path, clock: Monotonic
+    tmp_path: Path, monotonic: Monotonic
 ) -> None:
     settings = _settings(tmp_path)
     first = ensure_keyring(settings)
-    source = KeyringFile(settings, monotonic=clock)
+    source = KeyringFile(settings, monotonic=monotonic)
     assert source.current() == first
 
     second = add_kek_version(first, os.urandom)
     save_keyring(settings, second)
     assert source.current() == first  # looked at the file less than an interval ago
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == second
     assert (source.current().active_version, source.current().versions) == (2, (1, 2))
     shown = repr(source)
@@ -105,11 +126,11 @@ def test_the_new_keyring_is_used_once_the_file_is_replaced(
 
 
 def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
-    tmp_path: Path, clock: Monotonic, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monotonic: Monotonic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(tmp_path)
     first = ensure_keyring(settings)
-    source = KeyringFile(settings, monotonic=clock)
+    source = KeyringFile(settings, monotonic=monotonic)
     reads: list[Path] = []
     looks: list[str] = []
     real_read, real_stat = bootstrap._read_keyring_file, os.stat
@@ -131,28 +152,28 @@ def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
         assert source.current() is held
     assert looks == []
     for _ in range(3):
-        clock.pass_interval()
+        monotonic.pass_interval()
         assert source.current() is held
     assert (len(looks), reads) == (3, [])
 
     save_keyring(settings, add_kek_version(first, os.urandom))
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current().active_version == 2
     assert reads == [source.path]
 
 
 def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is_used(
-    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = _settings(tmp_path)
     first = ensure_keyring(settings)
-    source = KeyringFile(settings, monotonic=clock)
+    source = KeyringFile(settings, monotonic=monotonic)
     second = add_kek_version(first, os.urandom)
     # cut short: the keyring's JSON with its end missing, every key still in it
     _replace_file(settings.keyring_path, second.to_json()[:-40])
     for _ in range(3):
-        clock.pass_interval()
+        monotonic.pass_interval()
         assert source.current() == first
     errors = _errors(caplog)
     assert errors == [
@@ -161,13 +182,13 @@ def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is
     ]
 
     _replace_file(settings.keyring_path, "[]")  # another bad write is reported too
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == first
     assert len(_errors(caplog)) == 2
     assert "must be a JSON object" in _errors(caplog)[1]
 
     save_keyring(settings, second)
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == second
     assert any("keyring reloaded" in r.getMessage() for r in caplog.records)
     logged = caplog.text + "".join(repr(r.args) for r in caplog.records)
@@ -175,37 +196,37 @@ def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is
 
 
 def test_a_removed_file_keeps_the_previous_keyring_until_it_is_back(
-    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(tmp_path)
     first = ensure_keyring(settings)
-    source = KeyringFile(settings, monotonic=clock)
+    source = KeyringFile(settings, monotonic=monotonic)
     settings.keyring_path.unlink()
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == first
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == first
     assert len(_errors(caplog)) == 1
     assert "No keyring" in _errors(caplog)[0]
 
     second = add_kek_version(first, os.urandom)
     _replace_file(settings.keyring_path, second.to_json())
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == second
 
 
 def test_prod_keeps_its_keyring_when_the_file_becomes_a_development_keyring(
-    tmp_path: Path, clock: Monotonic, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(tmp_path, UID2_ENVIRONMENT="prod")
     settings.data_dir.mkdir(parents=True)
     provisioned = generate_keyring(os.urandom)
     save_keyring(settings, provisioned)
-    source = KeyringFile(settings, monotonic=clock)
+    source = KeyringFile(settings, monotonic=monotonic)
 
     development = add_kek_version(generate_keyring(os.urandom, development=True), os.urandom)
     _replace_file(settings.keyring_path, development.to_json())
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == provisioned
     errors = _errors(caplog)
     assert len(errors) == 1
@@ -214,20 +235,20 @@ def test_prod_keeps_its_keyring_when_the_file_becomes_a_development_keyring(
 
     rotated = add_kek_version(provisioned, os.urandom)
     save_keyring(settings, rotated)
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == rotated
 
 
-def test_a_keyring_from_the_environment_stays_fixed(tmp_path: Path, clock: Monotonic) -> None:
+def test_a_keyring_from_the_environment_stays_fixed(tmp_path: Path, monotonic: Monotonic) -> None:
     given = generate_keyring(os.urandom)
     settings = _settings(tmp_path, UID2_KEYRING=given.to_json())
     settings.data_dir.mkdir(parents=True)
     other = generate_keyring(os.urandom)
     settings.keyring_path.write_text(other.to_json(), encoding="utf-8")
-    source = follow_keyring(settings, monotonic=clock)
+    source = follow_keyring(settings, monotonic=monotonic)
     assert source.current() == given
     _replace_file(settings.keyring_path, add_kek_version(other, os.urandom).to_json())
-    clock.pass_interval()
+    monotonic.pass_interval()
     assert source.current() == given
     assert isinstance(source, Keyring)
 
@@ -262,20 +283,24 @@ def _sealed_versions(store: SqlStore, key_id: str) -> list[int]:
 
 
 def test_a_credential_service_seals_under_the_added_version_without_being_rebuilt(
-    served: tuple[Settings, Services], clock: Monotonic
+    served: tuple[Settings, Services], monotonic: Monotonic
 ) -> None:
     settings, services = served
     site = _site(services)
     store = services.store
     assert isinstance(store, SqlStore)
     follows = CredentialService(
-        store, KeyringFile(settings, monotonic=clock), Environment.LOCAL, FixedClock(), os.urandom
+        store,
+        KeyringFile(settings, monotonic=monotonic),
+        Environment.LOCAL,
+        FixedClock(),
+        os.urandom,
     )
     before = follows.create_key(ACTOR, site_id=site, name="before", roles=["GENERATOR"])
     assert _sealed_versions(store, before.key_id) == [1]
 
     save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
-    clock.pass_interval()
+    monotonic.pass_interval()
     after = follows.create_key(ACTOR, site_id=site, name="after", roles=["GENERATOR"])
     assert _sealed_versions(store, after.key_id) == [2]
     for issued in (before, after):
@@ -334,7 +359,7 @@ def test_a_snapshot_load_opens_everything_with_one_keyring(
 
 
 def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change(
-    served: tuple[Settings, Services], clock: Monotonic
+    served: tuple[Settings, Services], monotonic: Monotonic
 ) -> None:
     settings, services = served
     site = _site(services)
@@ -344,7 +369,7 @@ def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change
         settings,
         ServeSettings.from_env({}),
         store=store,
-        keyring=KeyringFile(settings, monotonic=clock),
+        keyring=KeyringFile(settings, monotonic=monotonic),
     )
     source = server.worker.source
     try:
@@ -369,7 +394,7 @@ def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change
         assert "no key-encryption key version 2" in source.problem
         seq = store.change_seq()
 
-        clock.pass_interval()
+        monotonic.pass_interval()
         assert source.refresh()
         assert store.change_seq() == seq  # nothing moved the store in between
         assert source.problem is None
