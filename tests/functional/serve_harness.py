@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 from cli_harness import Database
 
+from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 
 UID2_OPERATOR = str(Path(sys.executable).with_name("uid2-operator"))
@@ -54,6 +55,13 @@ def poll(check: Callable[[], _T], timeout_s: float = 15.0) -> _T:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
+
+
+def runtime_dir_of(pid: int | str) -> Path:
+    """The runtime directory serve named to worker ``pid`` (read from its environment)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (named,) = [v for v in environ if v.startswith(f"{RUNTIME_DIR_VARIABLE}=".encode())]
+    return Path(named.split(b"=", 1)[1].decode())
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

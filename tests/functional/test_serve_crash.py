@@ -36,6 +36,7 @@ from serve_harness import (
     clean_env,
     cli,
     prepare,
+    runtime_dir_of,
     served,
     worker_ids,
 )
@@ -78,13 +79,6 @@ def _workers(server: Served) -> set[int]:
         assert time.monotonic() < deadline, (seen, "\n".join(server.lines))
         seen = {pid for pid in seen | set(map(int, worker_ids(server.metrics()))) if _alive(pid)}
     return seen
-
-
-def _runtime_dir_of(pid: int) -> str:
-    """The runtime directory worker ``pid`` was started with."""
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    (named,) = [v for v in environ if v.startswith(b"UID2_RUNTIME_DIR=")]
-    return named.split(b"=", 1)[1].decode()
 
 
 @dataclass
@@ -158,7 +152,7 @@ def test_the_next_serve_listens_on_the_same_port_and_takes_over_the_runtime_dire
     (runtime_dir,) = record["runtime_dirs"]
     assert Path(runtime_dir) != crash.runtime_dir
     assert (Path(runtime_dir) / TABLE_FILE).is_file()
-    assert {_runtime_dir_of(pid) for pid in _workers(crash.again)} == {runtime_dir}
+    assert {runtime_dir_of(pid) for pid in _workers(crash.again)} == {Path(runtime_dir)}
     assert any("stopped without cleaning up: took over" in x for x in crash.again.lines)
 
 

@@ -14,14 +14,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cli_harness import database_for
 from prometheus_client.parser import text_string_to_metric_families
-from serve_harness import Prepared, Served, prepare, served
-
-from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE
+from serve_harness import Prepared, Served, prepare, runtime_dir_of, served
 
 pytestmark = pytest.mark.functional
 
@@ -133,15 +130,9 @@ def test_every_scrape_reports_every_workers_requests_exactly(traffic: Traffic) -
     assert all(s.requests == first.requests for s in traffic.settled)
 
 
-def _runtime_dir(pid: str) -> Path:
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    (value,) = [v for v in environ if v.startswith(f"{RUNTIME_DIR_VARIABLE}=".encode())]
-    return Path(value.split(b"=", 1)[1].decode())
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the runtime directory through /proc")
 def test_the_metrics_files_hold_no_credential_token_or_identity(traffic: Traffic) -> None:
-    runtime_dir = _runtime_dir(traffic.settled[0].answered_by)
+    runtime_dir = runtime_dir_of(traffic.settled[0].answered_by)
     files = sorted((runtime_dir / "metrics").glob("*.json"))
     assert {f.stem for f in files} == traffic.settled[0].workers
     key = traffic.prepared.key
