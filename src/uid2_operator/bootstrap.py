@@ -6,9 +6,9 @@ functions with a ``Settings`` and own the lifetime of what they get back. Only t
 and opens a storage backend (``open_configured_store``); everything else types against
 ``storage.interface``.
 
-A command reads the keyring once (``load_keyring``). A long-lived process (``serve`` and its
-workers) follows the keyring file instead (``follow_keyring``, ``KeyringFile``): KEK rotation
-rewrites the file, and every process uses the new keyring within about a second, no restart.
+Services follow the keyring file (``follow_keyring``, ``KeyringFile``): KEK rotation rewrites the
+file, and every process (``serve`` and its workers, a command) uses the new keyring within about
+a second, no restart; a use case that writes the store looks at the file inside its transaction.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ class KeyringFile:
     """The keyring file as it is now: the ``KeyringSource`` of a long-lived process.
 
     ``current()`` looks at the file (one ``stat``) at most every ``check_interval_s`` on the
-    ``monotonic`` clock, and reads it again only when the file changed (see ``_FileSignature``:
+    ``monotonic`` clock; ``latest()``, asked by a use case that writes the store, looks at once.
+    Either reads the file again only when it changed (see ``_FileSignature``:
     ``save_keyring`` replaces it). The new content must pass ``load_keyring``'s rules (in
     prod, no development or placeholder keyring). Content that does not (a file cut short,
     edited by hand into invalid JSON, removed, a development keyring in prod) is logged once as
@@ -162,6 +163,13 @@ class KeyringFile:
             if now >= self._next_check:
                 self._follow()
                 self._next_check = self._monotonic() + self._interval
+            return self._keyring
+
+    def latest(self) -> Keyring:
+        """Looks at the file now, whatever the interval (a writer asks inside its transaction)."""
+        with self._lock:
+            self._follow()
+            self._next_check = self._monotonic() + self._interval
             return self._keyring
 
     def _follow(self) -> None:
@@ -416,10 +424,11 @@ def open_services(
 ) -> Services:
     """Load the keyring, open the store (refusing an out-of-date schema) and wire the services.
 
-    ``keyring`` (default: the configured keyring, read once) may be a source that follows the
-    keyring file (``follow_keyring``), as ``serve`` passes; every service then asks it once per
-    use case. ``expired_key_retention_s``: see ``material_config``."""
-    ring: KeyringSource = load_keyring(settings) if keyring is None else keyring
+    ``keyring`` defaults to the configured keyring, followed (``follow_keyring``): every service
+    asks it once per use case, and a use case that writes asks inside its transaction for the
+    file as it is then, so a command that runs while the keyring rotates seals under a version
+    the keyring still holds. ``expired_key_retention_s``: see ``material_config``."""
+    ring: KeyringSource = follow_keyring(settings) if keyring is None else keyring
     require_keyring(ring.current(), settings.environment)
     store = open_configured_store(settings)
     now = SystemClock() if clock is None else clock

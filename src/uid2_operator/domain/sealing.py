@@ -19,8 +19,9 @@ Keyring JSON::
      "development": false}
 
 A long-lived process follows the keyring where it is kept (``bootstrap.KeyringFile``): its use
-cases take a ``KeyringSource`` and ask it for the ``current()`` keyring once, at their start, so
-one unit of work never mixes two keyrings. A ``Keyring`` is its own source, fixed.
+cases take a ``KeyringSource`` and ask it for the keyring once per unit of work, so one unit of
+work never mixes two keyrings: ``current()`` at the start of a read, ``latest()`` inside a write
+transaction (see ``KeyringSource``). A ``Keyring`` is its own source, fixed.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ class Keyring:
         """A keyring is a ``KeyringSource`` that never changes."""
         return self
 
+    def latest(self) -> Keyring:
+        return self
+
     def kek(self, version: int) -> bytes:
         try:
             return self._keks[version]
@@ -170,7 +174,17 @@ class KeyringSource(Protocol):
     """Where a use case gets its keyring: a fixed ``Keyring``, or one that follows a file."""
 
     def current(self) -> Keyring:
-        """The keyring to use for one unit of work, from its start to its end."""
+        """The keyring to use for one unit of work that only reads, from its start to its end.
+
+        A source that follows a file may answer with what it read up to a second ago."""
+        ...
+
+    def latest(self) -> Keyring:
+        """The keyring as it is at this moment, for a unit of work that writes the store.
+
+        Asked inside the write transaction, after the store's write lock is taken: KEK rotation
+        writes the keyring under that same lock, so what a writer seals under is in the keyring
+        when it commits, and a later ``drop-version`` counts it."""
         ...
 
 

@@ -3,7 +3,8 @@
 Admin tokens are minted, hashed and verified by the same machinery as API keys (kind letter ``A``,
 site 0), so the same guarantees hold: the token text is shown once, stored only as a keyed hash,
 looked up by its public id and compared in constant time, with the same work for an unknown id.
-The pepper comes from a ``KeyringSource``, asked once at the start of each use case.
+The pepper comes from a ``KeyringSource``, asked once per use case (inside the transaction of a
+write).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class AdminService:
         clean_name = inputs.text(name, "name")
         wanted = parse_admin_roles(inputs.names(roles, "roles"))
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             minted, token = self._issue(tx, actor, clean_name, wanted, now, keyring=keyring)
         logger.info("admin token created token_id=%s actor=%s", token.token_id, actor.id)
         return _issued(minted, token)
@@ -122,8 +123,8 @@ class AdminService:
         get one.
         """
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             if tx.admin_tokens.list_all():
                 return None
             minted, token = self._issue(

@@ -5,9 +5,9 @@ JSON body), then one ``store.transaction()`` (or ``store.read()`` for reads) run
 writes the change and its audit event, and commits them together. A refusal anywhere rolls back
 everything, so a failed call leaves no trace but its error.
 
-The keyring comes from a ``KeyringSource``, asked once at the start of each use case that needs
-it: a running service follows a keyring file that changes (KEK rotation) without mixing two
-keyrings inside one unit of work.
+The keyring comes from a ``KeyringSource``, asked once by each use case that needs it (a write
+asks inside its transaction: ``KeyringSource.latest``): a running service follows a keyring file
+that changes (KEK rotation) without mixing two keyrings inside one unit of work.
 
 Plaintext keys and secrets exist only in the ``Issued*`` results of create and rotate (recorded in
 the audit trail as disclosures) and in the raw secrets ``resolve_client`` hands the request path.
@@ -259,8 +259,8 @@ class CredentialService:
             expires_in_days, "expires_in_days", low=1, high=inputs.MAX_DAYS
         )
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             participant = self._participant(tx, site)
             minted = self._mint(tx, keyring, site)
             key = issue_api_key(
@@ -363,8 +363,8 @@ class CredentialService:
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             old = self._key(tx, kid)
             participant = self._participant(tx, old.site_id)
             if not participant.enabled:
@@ -421,8 +421,8 @@ class CredentialService:
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             key = self._key(tx, kid)
             retiring = lifecycle.rotate_secret(
                 key, tx.secrets.list_for_key(kid), now_ms=now, grace_ms=grace * lifecycle.DAY_MS

@@ -4,8 +4,8 @@ Like the credential use cases, each public method is one unit of work: the chang
 event commit together, and a refusal leaves nothing behind. Secrets (key secrets, salts, the
 first-level salt, the bucket-id secret) are sealed under the keyring before they reach the store
 and are opened only by ``load_material``, for the operator's in-memory snapshot. The keyring comes
-from a ``KeyringSource``, asked once at the start of each use case (or given by the use case that
-calls in, so that one unit of work seals and opens with one keyring).
+from a ``KeyringSource``, asked once per use case, inside the transaction of a write (or given
+by the use case that calls in, so that one unit of work seals and opens with one keyring).
 
 Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets (the ``UID2_SALT_BUCKETS``
 setting: 2^20 in integ and prod, as the reference operator, 2^16 in local, quick to create with
@@ -289,8 +289,8 @@ class MaterialService:
         table with its first-level salt and bucket-id secret, and an active key in every keyset.
         """
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             known = {k.keyset_id for k in tx.keysets.list_all()}
             created: list[Keyset] = []
             for keyset in reserved_keysets(now):
@@ -347,8 +347,8 @@ class MaterialService:
         if isinstance(site_id, bool) or not isinstance(site_id, int):
             raise InvalidInput("site_id must be an integer")
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)
 
     def ensure_site_keyset_in(
@@ -378,8 +378,8 @@ class MaterialService:
         nothing, before ``initialise``.
         """
         now = self._clock.now_ms() if now_ms is None else now_ms
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
             keysets = self._missing_site_keysets(tx, actor, now)
@@ -497,8 +497,8 @@ class MaterialService:
         if not 0 < share <= 1:
             raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             header = self._header(tx)
             table = self._read_table(tx, keyring, header)
             rotation = rotate(table, share, now, self._random)
@@ -592,8 +592,8 @@ class MaterialService:
         """
         input_kind = _input_kind(kind)
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             header = self._header(tx)
             first_level_salt, _ = open_header_secrets(keyring, header)
             try:

@@ -20,7 +20,7 @@ A keypair's private key is generated here, sealed at once, and opened only by
 ``read_client_side_state`` for the operator's in-memory snapshot. No view, audit row or log line
 carries it. Deleting a keypair removes its row, sealed private key included (the audit trail keeps
 its subscription id and public key); disabling is the reversible way to stop it. The keyring comes
-from a ``KeyringSource``, asked once at the start of each use case that seals.
+from a ``KeyringSource``, asked once, inside its transaction, by each use case that seals.
 """
 
 from __future__ import annotations
@@ -282,8 +282,8 @@ class SharingService:
             raise InvalidInput("rotate must be true or false")
         policy = parse_sharing(site, mode_name, site_list, type_names)
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
@@ -372,8 +372,8 @@ class SharingService:
         clean_name = inputs.text(name, "name", max_length=inputs.MAX_TEXT)
         clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
         now = self._clock.now_ms()
-        keyring = self._keyrings.current()
         with self._store.transaction() as tx:
+            keyring = self._keyrings.latest()
             _participant(tx, site)
             taken = _TakenIds(tx)
             created = generate_keypair(

@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.sealing import Keyring, add_kek_version, generate_keyring
 from uid2_operator.errors import KeyringMissing
 from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.sharing import SharingService
 from uid2_operator.services.snapshot import Lifetimes
 from uid2_operator.services.snapshot_loader import load_snapshot, operator_identity
 from uid2_operator.settings import Settings
@@ -162,6 +165,24 @@ def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
     assert reads == [source.path]
 
 
+def test_latest_looks_at_the_file_at_once_and_current_then_answers_the_same(
+    tmp_path: Path, monotonic: Monotonic
+) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, monotonic=monotonic)
+    second = add_kek_version(first, os.urandom)
+    save_keyring(settings, second)
+    assert source.current() == first  # inside the interval: what it read before
+    assert source.latest() == second  # no interval passed, yet the file is looked at
+    assert source.current() == second
+    third = add_kek_version(second, os.urandom)
+    save_keyring(settings, third)
+    assert source.latest() == third
+    fixed = load_keyring(settings)
+    assert fixed.latest() is fixed  # a keyring is a source that never changes
+
+
 def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is_used(
     tmp_path: Path, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -258,8 +279,8 @@ def test_a_keyring_from_the_environment_stays_fixed(tmp_path: Path, monotonic: M
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Settings, Services]]:
-    """A data directory as ``init`` leaves it, with one participant; services on a fixed
-    keyring (what a separate command would use)."""
+    """A data directory as ``init`` leaves it, with one participant; services as a separate
+    command opens them."""
     settings = _settings(tmp_path)
     ensure_keyring(settings)
     upgrade_database(settings)
@@ -318,6 +339,9 @@ class _Changing:
 
     def current(self) -> Keyring:
         return self._rings.pop() if self._rings else self._then
+
+    def latest(self) -> Keyring:
+        return self.current()
 
 
 def test_a_use_case_seals_and_hashes_with_one_keyring(
@@ -407,3 +431,129 @@ def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change
             assert record.accepted_secrets(now) == [base64.b64decode(issued.secret)]
     finally:
         source.close()
+
+
+# ------------------------------------------------------------------- writers during a rotation
+
+
+class _LockedStore:
+    """The store, telling whether a write transaction is open (so its write lock is held)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self.writing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._store.transaction() as tx:
+            self.writing = True
+            try:
+                yield tx
+            finally:
+                self.writing = False
+
+
+class _Watched:
+    """A keyring source noting, for each ask, which method and whether the lock was held."""
+
+    def __init__(self, ring: Keyring, store: _LockedStore) -> None:
+        self._ring = ring
+        self._store = store
+        self.asks: list[tuple[str, bool]] = []
+
+    def current(self) -> Keyring:
+        self.asks.append(("current", self._store.writing))
+        return self._ring
+
+    def latest(self) -> Keyring:
+        self.asks.append(("latest", self._store.writing))
+        return self._ring
+
+
+def test_every_use_case_that_writes_reads_the_keyring_fresh_under_the_write_lock(
+    served: tuple[Settings, Services],
+) -> None:
+    """The rotation commands write the keyring file under the store's write lock; a writer that
+    took its keyring before the lock could seal under a version a ``drop-version`` had removed
+    while it waited."""
+    settings, services = served
+    site = _site(services)
+    inner = services.store
+    assert isinstance(inner, SqlStore)
+    store = _LockedStore(inner)
+    watched = _Watched(load_keyring(settings), store)
+    env, clock = Environment.LOCAL, FixedClock()
+    material = bootstrap.material_service(settings, store, watched, clock, os.urandom)  # type: ignore[arg-type]
+    credentials = CredentialService(store, watched, env, clock, os.urandom)  # type: ignore[arg-type]
+    admin = AdminService(store, watched, env, clock, os.urandom)  # type: ignore[arg-type]
+    sharing = SharingService(store, watched, env, clock, os.urandom, material=material)  # type: ignore[arg-type]
+    issued = services.credentials.create_key(ACTOR, site_id=site, name="k", roles=["GENERATOR"])
+    bidder = credentials.create_participant(ACTOR, name="DSP", type="dsp", roles=["ID_READER"])
+
+    writes: dict[str, Callable[[], object]] = {
+        "create_key": lambda: credentials.create_key(
+            ACTOR, site_id=site, name="k2", roles=["GENERATOR"]
+        ),
+        "rotate_secret": lambda: credentials.rotate_secret(ACTOR, issued.key_id),
+        "rotate_key": lambda: credentials.rotate_key(ACTOR, issued.key_id, grace_days=0),
+        "create_admin_token": lambda: admin.create_admin_token(
+            ACTOR, name="ops", roles=["MAINTAINER"]
+        ),
+        "bootstrap_token": lambda: admin.bootstrap_token(ACTOR),
+        "set_sharing": lambda: sharing.set_sharing(
+            ACTOR, site, mode="list", sites=[bidder.site_id]
+        ),
+        "create_keypair": lambda: sharing.create_keypair(ACTOR, site_id=site),
+        "initialise": material.initialise,
+        "ensure_site_keyset": lambda: material.ensure_site_keyset(bidder.site_id),
+        "rotate_keys": material.rotate_keys,
+        "rotate_salts": lambda: material.rotate_salts(1.0),
+        "add_optout": lambda: material.add_optout("email", "someone@example.com"),
+    }
+    for name, write in writes.items():
+        watched.asks.clear()
+        write()
+        assert watched.asks == [("latest", True)], name
+
+
+def test_a_command_writing_during_a_kek_rotation_never_seals_under_the_dropped_version(
+    served: tuple[Settings, Services], monotonic: Monotonic
+) -> None:
+    """A command's services, opened before the rotation, and a serve process's, which looked at
+    the file just before it (``current()`` would still answer version 1), both create a key once
+    version 1 is gone: each seals under version 2, and nothing is left under a missing version."""
+    settings, services = served
+    site = _site(services)
+    store = services.store
+    assert isinstance(store, SqlStore)
+    command = open_services(settings)
+    follows = CredentialService(
+        store,
+        KeyringFile(settings, monotonic=monotonic),
+        Environment.LOCAL,
+        FixedClock(),
+        os.urandom,
+    )
+    try:
+        rotation = keyring_rotation_service(settings, store)
+        rotation.add_version(ACTOR)
+        rotation.reseal(ACTOR)
+        rotation.drop_version(1, ACTOR)
+        assert load_keyring(settings).versions == (2,)
+
+        made = [
+            command.credentials.create_key(ACTOR, site_id=site, name="cmd", roles=["GENERATOR"]),
+            follows.create_key(ACTOR, site_id=site, name="srv", roles=["GENERATOR"]),
+        ]
+        assert rotation.status().unknown_versions == ()
+        ring = load_keyring(settings)
+        later = CredentialService(store, ring, Environment.LOCAL, FixedClock(), os.urandom)
+        for issued in made:
+            assert _sealed_versions(store, issued.key_id) == [2]
+            resolved = later.resolve_client(issued.key)
+            assert resolved.secrets == (base64.b64decode(issued.secret),)
+    finally:
+        command.close()
