@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 import tempfile
 import threading
 import time
@@ -52,6 +54,9 @@ KEYRING_FROM_ENVIRONMENT: Final = "environment"
 """What ``keyring_source`` names a keyring given as UID2_KEYRING."""
 KEYRING_CHECK_INTERVAL_S: Final = 0.5
 """How often, at most, a ``KeyringFile`` looks at its file (one ``stat``)."""
+KEYRING_DEBRIS_AGE_S: Final = 60.0
+"""How old a keyring write's temporary file must be before ``sweep_keyring_debris`` removes it."""
+_TEMPORARY_SUFFIX: Final = ".tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +269,7 @@ def save_keyring(settings: Settings, keyring: Keyring) -> None:
         )
     require_keyring(keyring, settings.environment)
     path = settings.keyring_path.resolve()
+    sweep_keyring_debris(settings)
     try:
         _replace_private(path, keyring.to_json())
     except OSError as exc:
@@ -271,9 +277,54 @@ def save_keyring(settings: Settings, keyring: Keyring) -> None:
         raise KeyringError(f"The keyring file {path} cannot be written: {reason}") from None
 
 
+def _temporary_names(path: Path) -> re.Pattern[str]:
+    """The names ``_replace_private`` gives its temporary files beside ``path``."""
+    return re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(_TEMPORARY_SUFFIX))
+
+
+def sweep_keyring_debris(settings: Settings, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files a keyring write cut short by a crash left beside the file.
+
+    Such a file holds a whole keyring (every KEK, the pepper) under a name nothing reads: after
+    ``drop-version`` it may be the last copy of a retired key. A file is removed only when its
+    name is one ``save_keyring`` gives, it is a regular file (not a link) owned by this user, and
+    it was last written more than ``KEYRING_DEBRIS_AGE_S`` ago (a write takes milliseconds, so
+    one in progress elsewhere is left alone). Run by every keyring write and when ``serve``
+    starts; returns what it removed (each logged as a warning, by name). Nothing to do for a
+    keyring given as UID2_KEYRING; a directory that cannot be listed is left as it is.
+    """
+    if settings.keyring_json is not None:
+        return []
+    path = settings.keyring_path.resolve()
+    names = _temporary_names(path)
+    limit = (time.time() if now is None else now) - KEYRING_DEBRIS_AGE_S
+    removed: list[Path] = []
+    try:
+        entries = [entry for entry in os.scandir(path.parent) if names.fullmatch(entry.name)]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            status = entry.stat(follow_symlinks=False)
+            if (
+                stat.S_ISREG(status.st_mode)
+                and status.st_uid == os.geteuid()
+                and status.st_mtime < limit
+            ):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    for debris in removed:
+        log.warning("removed %s, left beside the keyring file by an interrupted write", debris)
+    return removed
+
+
 def _replace_private(path: Path, content: str) -> None:
     """Atomically replace ``path`` with ``content``, owner-only (see ``save_keyring``)."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX
+    )
     try:
         try:
             os.fchmod(fd, _PRIVATE_FILE)

@@ -42,7 +42,13 @@ from typing import Any, Final
 import click
 import uvicorn
 
-from uid2_operator.bootstrap import Services, follow_keyring, open_services, schema_is_current
+from uid2_operator.bootstrap import (
+    Services,
+    follow_keyring,
+    open_services,
+    schema_is_current,
+    sweep_keyring_debris,
+)
 from uid2_operator.cli.database import init
 from uid2_operator.cli.runtime import load_settings
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
@@ -259,7 +265,9 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
     """The services of the serving process, with the material ready: what is missing created
     (idempotently, keys included), and the longest lifetime this serve gives tokens recorded in
     the store (raised, never lowered), so that every key purge, whichever process runs it,
-    keeps the keys those tokens need. Before any worker issues a token."""
+    keeps the keys those tokens need. Before any worker issues a token. What a keyring write
+    cut short by a crash left beside the keyring file goes first (``sweep_keyring_debris``)."""
+    sweep_keyring_debris(settings)
     services = open_services(
         settings,
         keyring=follow_keyring(settings),

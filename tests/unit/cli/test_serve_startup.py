@@ -6,11 +6,18 @@ real data directory."""
 from __future__ import annotations
 
 import importlib
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from uid2_operator.bootstrap import ensure_keyring, open_services, upgrade_database
+from uid2_operator.bootstrap import (
+    KEYRING_DEBRIS_AGE_S,
+    ensure_keyring,
+    open_services,
+    upgrade_database,
+)
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.settings import Settings
 
@@ -60,3 +67,16 @@ def test_a_later_serve_with_shorter_lifetimes_does_not_lower_it(settings: Settin
     assert _recorded(settings)[0] == 90 * DAY_S
     _start(settings, {"UID2_MAX_SHARING_LIFETIME_S": str(120 * DAY_S)})
     assert _recorded(settings)[0] == 120 * DAY_S
+
+
+def test_serve_removes_what_a_crashed_keyring_write_left_before_it_starts(
+    settings: Settings,
+) -> None:
+    debris = settings.keyring_path.with_name(f".{settings.keyring_path.name}.k3y_t3mp.tmp")
+    debris.write_text(settings.keyring_path.read_text(encoding="utf-8"), encoding="utf-8")
+    debris.chmod(0o600)
+    then = time.time() - KEYRING_DEBRIS_AGE_S - 1
+    os.utime(debris, (then, then))
+    _start(settings, {})
+    assert not debris.exists()
+    assert settings.keyring_path.exists()

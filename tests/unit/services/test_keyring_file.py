@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from uid2_operator.bootstrap import (
+    KEYRING_DEBRIS_AGE_S,
     KEYRING_FROM_ENVIRONMENT,
     ConfiguredKeyring,
     ensure_keyring,
@@ -18,6 +24,7 @@ from uid2_operator.bootstrap import (
     load_keyring,
     open_configured_store,
     save_keyring,
+    sweep_keyring_debris,
     upgrade_database,
 )
 from uid2_operator.domain.sealing import add_kek_version, generate_keyring
@@ -175,3 +182,91 @@ def test_the_wired_service_writes_the_configured_keyring_file(tmp_path: Path) ->
     assert stored.kek(1) == first.kek(1)
     assert stored.pepper == first.pepper
     assert stored.development
+
+
+# ------------------------------------------------------------------ what a crashed save leaves
+
+_CRASHING_SAVE = """
+import os, signal, sys
+from uid2_operator.bootstrap import load_keyring, save_keyring
+from uid2_operator.domain.sealing import add_kek_version
+from uid2_operator.settings import Settings
+
+settings = Settings.from_env({"UID2_DATA_DIR": sys.argv[1]})
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # dies before the rename
+save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
+"""
+
+
+def _crash_a_save(settings: Settings) -> Path:
+    """Run a save in a process killed before its rename; the temporary file it left."""
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", _CRASHING_SAVE, str(settings.data_dir)], check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    (debris,) = [p for p in settings.data_dir.iterdir() if p.name.endswith(".tmp")]
+    return debris
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_the_next_save_removes_what_a_crashed_save_left_and_logs_no_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    debris = _crash_a_save(settings)
+    assert stat.S_IMODE(debris.stat().st_mode) == 0o600
+    assert "keks" in debris.read_text(encoding="utf-8")  # a whole keyring, under no used name
+    assert load_keyring(settings) == first
+    _age(debris, KEYRING_DEBRIS_AGE_S + 1)
+
+    second = add_kek_version(first, os.urandom)
+    save_keyring(settings, second)
+    assert load_keyring(settings) == second
+    assert not debris.exists()
+    assert not [p for p in settings.data_dir.iterdir() if p.name.endswith(".tmp")]
+    logged = caplog.text
+    assert debris.name in logged
+    for ring in (first, second):
+        for version in ring.versions:
+            assert base64.b64encode(ring.kek(version)).decode() not in logged
+
+
+def test_the_sweep_leaves_a_recent_write_links_and_other_names_alone(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    ensure_keyring(settings)
+    recent = _crash_a_save(settings)  # as a save still in progress elsewhere would look
+    folder = settings.data_dir
+    outside = tmp_path / "elsewhere.tmp"
+    outside.write_text("not ours", encoding="utf-8")
+    link = folder / ".keyring.json.abcd1234.tmp"
+    link.symlink_to(outside)
+    others = [
+        folder / ".keyring.json.backup",
+        folder / ".keyring.json.abc.tmp",  # not a name a save gives
+        folder / ".other.json.abcd1234.tmp",
+        folder / "keyring.json.abcd1234.tmp",
+    ]
+    for other in others:
+        other.write_text("{}", encoding="utf-8")
+    for path in [*others, link, outside]:
+        _age(path, KEYRING_DEBRIS_AGE_S + 1)
+
+    assert sweep_keyring_debris(settings) == []
+    assert all(p.exists() for p in [recent, *others, outside])
+    assert link.is_symlink()
+
+    _age(recent, KEYRING_DEBRIS_AGE_S + 1)
+    assert sweep_keyring_debris(settings) == [recent]
+    assert all(p.exists() for p in [*others, outside])
+    assert link.is_symlink()
+
+
+def test_a_keyring_from_the_environment_has_nothing_to_sweep(tmp_path: Path) -> None:
+    ring = generate_keyring(os.urandom, development=True)
+    settings = _settings(tmp_path, UID2_KEYRING=ring.to_json())
+    assert sweep_keyring_debris(settings) == []
