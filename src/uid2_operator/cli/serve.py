@@ -360,7 +360,7 @@ def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     kept = data_dir / replay_table.KEPT_FILE
     try:
         if _take_over(lock, table, parent, max_past_ms=max_past_ms, slots=slots):
-            kept.unlink(missing_ok=True)  # older than the table taken over
+            _discard_kept(kept)
         else:
             not_restored = replay_table.restore(kept, table, max_past_ms=max_past_ms, slots=slots)
             if not_restored is None:
@@ -378,6 +378,16 @@ def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     _record(lock, [runtime_dir])
     os.environ[RUNTIME_DIR_VARIABLE] = str(runtime_dir)
     return runtime_dir
+
+
+def _discard_kept(kept: Path) -> None:
+    """Remove the replay table a clean stop kept, once a newer one was taken over. A failure
+    only leaves that older table for a later restore (it holds older requests, no wrong ones):
+    logged, never a reason to give up the table just taken over."""
+    try:
+        kept.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s, older than the table taken over: %s", kept, exc.strerror)
 
 
 def _take_over(

@@ -120,7 +120,7 @@ class ServeLock:
         """Write the record: this process and ``runtime_dirs``, the runtime directories that are
         to be taken over should it die now."""
         document = {"pid": os.getpid(), "runtime_dirs": [str(d) for d in runtime_dirs]}
-        content = json.dumps(document).encode() + b"\n"
+        content = json.dumps(document).encode() + b"\n"  # one line: see ``_read_record``
         os.pwrite(self._fd, content, 0)
         os.ftruncate(self._fd, len(content))
 
@@ -143,8 +143,12 @@ class ServeLock:
 
 
 def _read_record(fd: int) -> dict[str, object]:
-    """The record in the lock file; empty when there is none or it cannot be read."""
-    raw = os.pread(fd, _RECORD_LIMIT, 0)
+    """The record in the lock file; empty when there is none or it cannot be read.
+
+    Only the first line counts: ``record`` writes one line over the old record, then cuts the
+    file to its length, and a serve that died between the two left the tail of a longer record
+    after it."""
+    raw = os.pread(fd, _RECORD_LIMIT, 0).split(b"\n", 1)[0]
     try:
         document = json.loads(raw) if raw.strip() else {}
     except ValueError:

@@ -114,6 +114,21 @@ def test_a_record_that_cannot_be_read_hands_nothing_over(tmp_path: Path, content
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
 
 
+def test_a_serve_that_died_between_writing_its_record_and_cutting_it_hands_that_record_over(
+    tmp_path: Path,
+) -> None:
+    longer = [str(tmp_path / "shm" / f"{RUNTIME_PREFIX}{n}") for n in ("a", "b", "c")]
+    with ServeLock.take(tmp_path) as first:
+        first.record([Path(d) for d in longer])
+    old = (tmp_path / LOCK_FILE).read_bytes()
+    # The next serve wrote its shorter record over the start of the file, and died before it
+    # cut the file to that length: the tail of the longer record is still there.
+    new = json.dumps({"pid": 4242, "runtime_dirs": longer[:1]}).encode() + b"\n"
+    (tmp_path / LOCK_FILE).write_bytes(new + old[len(new) :])
+    with ServeLock.take(tmp_path) as lock:
+        assert lock.left_behind == (longer[0],)
+
+
 def test_a_data_directory_that_cannot_hold_the_lock_is_a_clear_error(tmp_path: Path) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
@@ -291,6 +306,33 @@ def test_serve_after_a_crash_takes_the_crashed_table_over_rather_than_an_older_k
         assert json.loads(lock.path.read_text())["runtime_dirs"] == [str(runtime_dir)]
         serve._retire_runtime_dir(runtime_dir, tmp_path, lock)
         assert json.loads(lock.path.read_text())["runtime_dirs"] == []
+
+
+def test_a_kept_table_that_cannot_be_removed_does_not_cost_the_table_taken_over(
+    environ: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    earlier = serve._share_runtime_dir(tmp_path)
+    serve._retire_runtime_dir(earlier, tmp_path)  # a clean stop kept a table
+    kept = tmp_path / KEPT_FILE
+    with ServeLock.take(tmp_path) as lock:
+        crashed = serve._share_runtime_dir(tmp_path / "elsewhere", lock)
+        with ReplayTable.open(crashed / TABLE_FILE, max_past_ms=WINDOW_MS) as table:
+            assert table.first_use("k", (2).to_bytes(8, "big"), T0, T0)
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path == kept:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, missing_ok=missing_ok)
+
+    environ.setattr(Path, "unlink", unlink)
+    with ServeLock.take(tmp_path) as lock:
+        runtime_dir = serve._share_runtime_dir(tmp_path, lock)
+        assert _seen(runtime_dir / TABLE_FILE, 2)  # taken over, and serving
+        assert not crashed.exists()
+        assert kept.exists()
+        assert f"cannot remove {kept}" in caplog.text
+        serve._retire_runtime_dir(runtime_dir, tmp_path, lock)
 
 
 def test_a_worker_whose_serve_is_gone_is_told_to_exit() -> None:
