@@ -127,6 +127,15 @@ def test_the_new_keyring_is_used_once_the_file_is_replaced(
     assert "active_version=2, versions=[1, 2]" in shown
     assert [form for form in _secret_forms(second) if form in shown] == []
 
+    # A writer asks for the latest keyring: the file is looked at whatever the interval.
+    third = add_kek_version(second, os.urandom)
+    save_keyring(settings, third)
+    assert source.current() == second
+    assert source.latest() == third
+    assert source.current() == third
+    fixed = load_keyring(settings)
+    assert fixed.latest() is fixed  # a keyring is a source that never changes
+
 
 def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
     tmp_path: Path, monotonic: Monotonic, monkeypatch: pytest.MonkeyPatch
@@ -163,24 +172,6 @@ def test_an_unchanged_file_is_not_read_again_and_looked_at_once_an_interval(
     monotonic.pass_interval()
     assert source.current().active_version == 2
     assert reads == [source.path]
-
-
-def test_latest_looks_at_the_file_at_once_and_current_then_answers_the_same(
-    tmp_path: Path, monotonic: Monotonic
-) -> None:
-    settings = _settings(tmp_path)
-    first = ensure_keyring(settings)
-    source = KeyringFile(settings, monotonic=monotonic)
-    second = add_kek_version(first, os.urandom)
-    save_keyring(settings, second)
-    assert source.current() == first  # inside the interval: what it read before
-    assert source.latest() == second  # no interval passed, yet the file is looked at
-    assert source.current() == second
-    third = add_kek_version(second, os.urandom)
-    save_keyring(settings, third)
-    assert source.latest() == third
-    fixed = load_keyring(settings)
-    assert fixed.latest() is fixed  # a keyring is a source that never changes
 
 
 def test_garbage_keeps_the_previous_keyring_logs_once_and_the_next_good_write_is_used(
@@ -298,6 +289,17 @@ def _site(services: Services) -> int:
     ).site_id
 
 
+def _following(settings: Settings, store: SqlStore, monotonic: Monotonic) -> CredentialService:
+    """Credential use cases over the keyring file, followed as a serve process follows it."""
+    return CredentialService(
+        store,
+        KeyringFile(settings, monotonic=monotonic),
+        Environment.LOCAL,
+        FixedClock(),
+        os.urandom,
+    )
+
+
 def _sealed_versions(store: SqlStore, key_id: str) -> list[int]:
     with store.read() as tx:
         return [s.kek_version for s in tx.secrets.list_for_key(key_id)]
@@ -310,13 +312,7 @@ def test_a_credential_service_seals_under_the_added_version_without_being_rebuil
     site = _site(services)
     store = services.store
     assert isinstance(store, SqlStore)
-    follows = CredentialService(
-        store,
-        KeyringFile(settings, monotonic=monotonic),
-        Environment.LOCAL,
-        FixedClock(),
-        os.urandom,
-    )
+    follows = _following(settings, store, monotonic)
     before = follows.create_key(ACTOR, site_id=site, name="before", roles=["GENERATOR"])
     assert _sealed_versions(store, before.key_id) == [1]
 
@@ -530,13 +526,7 @@ def test_a_command_writing_during_a_kek_rotation_never_seals_under_the_dropped_v
     store = services.store
     assert isinstance(store, SqlStore)
     command = open_services(settings)
-    follows = CredentialService(
-        store,
-        KeyringFile(settings, monotonic=monotonic),
-        Environment.LOCAL,
-        FixedClock(),
-        os.urandom,
-    )
+    follows = _following(settings, store, monotonic)
     try:
         rotation = keyring_rotation_service(settings, store)
         rotation.add_version(ACTOR)
