@@ -240,6 +240,25 @@ class Served:
     def metrics(self) -> str:
         return self.request("GET", "/metrics").text
 
+    def workers(
+        self, count: int, *, timeout_s: float, excluding: frozenset[str] = frozenset()
+    ) -> set[str]:
+        """The ids (process ids) of ``count`` live workers, none of them in ``excluding``: waits,
+        the serve running all along, until fresh connections have reached that many."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process.poll() is None, "\n".join(self.lines)
+            assert time.monotonic() < deadline, (seen, "\n".join(self.lines))
+            try:
+                seen |= worker_ids(self.metrics())
+            except OSError:  # between a worker's death and its successor's start
+                time.sleep(0.05)
+                continue
+            seen = {w for w in seen if w not in excluding and alive(w)}
+            if len(seen) >= count:
+                return seen
+
 
 def _reader(process: subprocess.Popen[str], lines: list[str]) -> None:
     assert process.stdout is not None
@@ -306,6 +325,15 @@ def _wait_ready(server: Served, workers: int) -> None:
         except OSError:
             pass
         time.sleep(0.05)
+
+
+def alive(pid: int | str) -> bool:
+    """True while ``pid`` runs (a zombie has exited: nobody may be there to reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def worker_ids(metrics_text: str) -> set[str]:

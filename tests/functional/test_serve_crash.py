@@ -33,12 +33,12 @@ from serve_harness import (
     Prepared,
     SealedRequest,
     Served,
+    alive,
     clean_env,
     cli,
     prepare,
     runtime_dir_of,
     served,
-    worker_ids,
 )
 
 from uid2_operator.cli.serve_lock import LOCK_FILE
@@ -61,26 +61,6 @@ def _record(database: Database) -> dict[str, Any]:
     return document
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has exited: nobody may be there to reap an orphan)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _workers(server: Served) -> set[int]:
-    """The process ids of all ``WORKERS`` workers (fresh connections reach each in turn)."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + DEADLINE_S
-    while len(seen) < WORKERS:
-        assert server.process.poll() is None, "\n".join(server.lines)
-        assert time.monotonic() < deadline, (seen, "\n".join(server.lines))
-        seen = {pid for pid in seen | set(map(int, worker_ids(server.metrics()))) if _alive(pid)}
-    return seen
-
-
 @dataclass
 class Crash:
     prepared: Prepared
@@ -101,7 +81,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
         cred = prepared.key
         usage_before = cli(database, "key", "show", cred.key_id)["usage"].get(GENERATE, 0)
         with served(database, workers=WORKERS, env=ENV) as killed:
-            workers = _workers(killed)
+            workers = {int(w) for w in killed.workers(WORKERS, timeout_s=DEADLINE_S)}
             record = _record(database)
             assert record["pid"] == killed.process.pid
             (runtime_dir,) = map(Path, record["runtime_dirs"])
@@ -111,9 +91,9 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
             os.kill(killed.process.pid, signal.SIGKILL)
             killed.process.wait()
             deadline = time.monotonic() + DEADLINE_S
-            while any(map(_alive, workers)) and time.monotonic() < deadline:
+            while any(map(alive, workers)) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            survivors = set(filter(_alive, workers))
+            survivors = set(filter(alive, workers))
             for pid in survivors:  # a failure here must not leave them serving the port
                 os.kill(pid, signal.SIGKILL)
         port = urlsplit(killed.base_url).port
@@ -152,7 +132,8 @@ def test_the_next_serve_listens_on_the_same_port_and_takes_over_the_runtime_dire
     (runtime_dir,) = record["runtime_dirs"]
     assert Path(runtime_dir) != crash.runtime_dir
     assert (Path(runtime_dir) / TABLE_FILE).is_file()
-    assert {runtime_dir_of(pid) for pid in _workers(crash.again)} == {Path(runtime_dir)}
+    workers = crash.again.workers(WORKERS, timeout_s=DEADLINE_S)
+    assert {runtime_dir_of(pid) for pid in workers} == {Path(runtime_dir)}
     assert any("stopped without cleaning up: took over" in x for x in crash.again.lines)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from cli_harness import database_for
-from serve_harness import Prepared, SealedRequest, Served, prepare, served, worker_ids
+from serve_harness import Prepared, SealedRequest, Served, prepare, served
 
 pytestmark = pytest.mark.functional
 
@@ -44,24 +44,6 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared
             yield prepared, server
 
 
-def _workers(server: Served, *, excluding: frozenset[str] = frozenset()) -> set[str]:
-    """The ids (process ids) of all ``WORKERS`` serving workers, none of them in ``excluding``;
-    waits until fresh connections have reached that many."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        assert server.process.poll() is None, "\n".join(server.lines)
-        assert time.monotonic() < deadline, (seen, "\n".join(server.lines))
-        try:
-            seen = {w for w in seen | worker_ids(server.metrics()) if w not in excluding}
-        except OSError:  # between a worker's death and its successor's start
-            time.sleep(0.05)
-            continue
-        seen = {w for w in seen if Path(f"/proc/{w}").exists()}
-        if len(seen) == WORKERS:
-            return seen
-
-
 def _age_s(pid: str) -> float:
     """Seconds since process ``pid`` started (``/proc``: serve's ``SO_REUSEPORT`` layout is
     Linux's anyway)."""
@@ -73,7 +55,7 @@ def _age_s(pid: str) -> float:
 def test_a_replay_is_refused_by_every_worker(serving: tuple[Prepared, Served]) -> None:
     prepared, server = serving
     cred = prepared.key
-    _workers(server)
+    server.workers(WORKERS, timeout_s=DEADLINE_S)
     request = SealedRequest.of({"email": "replayed@example.com"}, cred)
     server.answered(GENERATE, request, cred)
     server.replayed(GENERATE, request, cred, REPLAYS)
@@ -92,7 +74,7 @@ def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(
 ) -> None:
     prepared, server = serving
     cred = prepared.key
-    old = _workers(server)
+    old = server.workers(WORKERS, timeout_s=DEADLINE_S)
     # Workers that die young count towards serve giving up; these have lived long enough.
     deadline = time.monotonic() + DEADLINE_S
     while min(_age_s(pid) for pid in old) < QUICK_EXIT_S + 1:
@@ -102,7 +84,7 @@ def test_workers_killed_and_restarted_still_refuse_an_earlier_envelope(
     server.answered(GENERATE, request, cred)
     for pid in old:
         os.kill(int(pid), signal.SIGKILL)
-    new = _workers(server, excluding=frozenset(old))
+    new = server.workers(WORKERS, timeout_s=DEADLINE_S, excluding=frozenset(old))
     assert not new & old
     server.replayed(GENERATE, request, cred, REPLAYS)
     assert any("restarting" in line for line in server.lines)
