@@ -181,6 +181,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminEnv]:
         )
         assert key.status_code == 201
         opened.app.state.test_key_id = key.json()["key_id"]
+        opened.app.state.test_credentials = (key.json()["key"], key.json()["secret"])
         yield opened
 
 
@@ -311,3 +312,37 @@ def test_the_whole_battery_left_the_store_as_it_was(env: AdminEnv) -> None:
     assert keys_["keys"][0]["state"] == "active"
     assert len(tokens_["admin_tokens"]) == 3
     assert events == 5  # three tokens, the participant, the key
+
+
+PASTED_INTO = [
+    ("POST", "/participants", {"name": "P", "type": "publisher", "roles": ["{}"]}),
+    ("PUT", f"/participants/{SITE}/roles", {"roles": ["GENERATOR", "{}"]}),
+    ("POST", "/keys", {"site_id": SITE, "name": "k", "roles": ["{}"]}),
+    ("PUT", "/keys/{key_id}/roles", {"roles": ["{}"]}),
+    ("POST", "/admin-tokens", {"name": "t", "roles": ["{}"]}),
+    ("PUT", f"/participants/{SITE}/sharing", {"mode": "{}"}),
+    ("PUT", f"/participants/{SITE}/sharing", {"mode": "list", "types": ["dsp", "{}"]}),
+    ("PUT", f"/participants/{SITE}/domain-names", {"domain_names": ["example.com", "{}"]}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PASTED_INTO, ids=str)
+def test_a_credential_pasted_into_a_checked_field_is_refused_without_being_repeated(
+    env: AdminEnv, method: str, path: str, body: dict[str, Any]
+) -> None:
+    """A key, its secret or an admin token pasted where a role, mode, type or domain name goes
+    is refused by naming the field, never by quoting it back (answers end up in logs)."""
+    key, secret = env.app.state.test_credentials
+    target = fill_path(path, _targets(env))
+    token = env.tokens[AdminRole.SUPER_USER]
+    # Whole, and a piece short enough to pass every field's length limit.
+    for credential in (key, secret, token, secret[:24]):
+        before = env.change_seq()
+        pasted = json.loads(json.dumps(body).replace("{}", credential))
+        response = env.call(method, target, json=pasted)
+        assert response.status_code == 422, response.text
+        _assert_clean_error(response.status_code, response.json())
+        for part in (credential, *credential.split(".")[1:]):
+            assert part not in response.text
+            assert part.lower() not in response.text.lower()
+        assert env.change_seq() == before

@@ -544,7 +544,9 @@ def test_the_installed_entry_point_fails_cleanly(tmp_path: Path) -> None:
                     "--roles", "ROOT")  # fmt: skip
     assert bad_role.returncode == 2
     assert bad_role.stdout == ""
-    assert bad_role.stderr == "Error: Unknown role(s): ROOT\n"
+    assert bad_role.stderr == (
+        "Error: Unknown role at roles[0]; use GENERATOR, MAPPER, ID_READER, SHARER, OPTOUT\n"
+    )
     unknown = _run(data_dir, "key", "show", UNKNOWN_KEY, "--json")
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout)["error"]["code"] == "not_found"

@@ -126,39 +126,49 @@ def check_origin_or_app(
 # -------------------------------------------------------------------------- set-domains
 
 
-def validate_domain_name(text: str, registrable_domain: RegistrableDomain) -> str:
+def validate_domain_name(
+    text: str, registrable_domain: RegistrableDomain, *, where: str = "The domain name"
+) -> str:
     """A domain name as stored: a bare registrable domain, lowercase ASCII (IDNA for non-ASCII).
 
     ``https://example.com``, ``example.com/path``, ``example.com:443`` and ``www.example.com``
-    (not registrable: ``example.com`` is) are refused with a message saying what to enter.
+    (not registrable: ``example.com`` is) are refused with a message saying what to enter. The
+    message names the value by ``where`` (``domain_names[2]``), never repeats it: what was
+    pasted there may be a credential.
     """
     cleaned = text.strip()
     if not cleaned or any(ch in cleaned for ch in "/:@?#\\") or any(ch.isspace() for ch in cleaned):
         raise InvalidInput(
-            f"{text!r} is not a bare domain name (like example.com: no scheme, path or port)"
+            f"{where} is not a bare domain name (like example.com: no scheme, path or port)"
         )
     try:
         ascii_name = cleaned.encode("idna").decode("ascii").lower()
     except UnicodeError:
-        raise InvalidInput(f"{text!r} is not a valid domain name") from None
+        raise InvalidInput(f"{where} is not a valid domain name") from None
     ascii_name = ascii_name.removesuffix(".")
     if ascii_name == LOCALHOST:
         return ascii_name
     if not _is_hostname(ascii_name):
-        raise InvalidInput(f"{text!r} is not a valid domain name")
+        raise InvalidInput(f"{where} is not a valid domain name")
     registrable = registrable_domain(ascii_name)
     if registrable is None:
-        raise InvalidInput(f"{text!r} is a public suffix or is not under any known public suffix")
+        raise InvalidInput(f"{where} is a public suffix or is not under any known public suffix")
     if registrable != ascii_name:
-        raise InvalidInput(f"{text!r} is not a registrable domain; use {registrable}")
+        raise InvalidInput(f"{where} is not a registrable domain; use {registrable}")
     return ascii_name
 
 
 def validate_domain_names(
     names: Iterable[str], registrable_domain: RegistrableDomain
 ) -> tuple[str, ...]:
-    """Each name validated, duplicates folded, sorted."""
-    cleaned = sorted({validate_domain_name(name, registrable_domain) for name in names})
+    """Each name validated (a refusal names its place: ``domain_names[i]``), duplicates folded,
+    sorted."""
+    cleaned = sorted(
+        {
+            validate_domain_name(name, registrable_domain, where=f"domain_names[{index}]")
+            for index, name in enumerate(names)
+        }
+    )
     if len(cleaned) > MAX_DOMAIN_NAMES:
         raise InvalidInput(f"At most {MAX_DOMAIN_NAMES} domain names")
     return tuple(cleaned)

@@ -52,8 +52,12 @@ def parse_admin_roles(names: Iterable[str]) -> frozenset[AdminRole]:
 
 
 def _parse(enum: type[_R], names: Iterable[str]) -> list[_R]:
+    """The roles named; an unknown one is refused by its place (``roles[1]``), never repeated:
+    what was pasted there may be a credential."""
     cleaned = [name.strip().upper() for name in names]
-    unknown = sorted({name for name in cleaned if name not in enum.__members__})
+    unknown = [f"roles[{i}]" for i, name in enumerate(cleaned) if name not in enum.__members__]
     if unknown:
-        raise InvalidInput(f"Unknown role(s): {', '.join(unknown)}")
+        raise InvalidInput(
+            f"Unknown role at {', '.join(unknown)}; use {', '.join(enum.__members__)}"
+        )
     return [enum[name] for name in cleaned]

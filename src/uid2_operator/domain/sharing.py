@@ -95,7 +95,7 @@ def parse_sharing(
         chosen = SharingMode(mode)
     except ValueError:
         modes = ", ".join(m.value for m in SharingMode)
-        raise InvalidInput(f"Unknown sharing mode {mode!r}; use one of {modes}") from None
+        raise InvalidInput(f"Unknown sharing mode; use one of {modes}") from None
     site_list = list(sites)
     type_names = list(types)
     if chosen is not SharingMode.LIST:
@@ -103,11 +103,14 @@ def parse_sharing(
             raise InvalidInput(f"Sharing mode {chosen.value} takes no sites or types")
         return OWNER_ONLY if chosen is SharingMode.OWNER_ONLY else ALL_BIDDERS
     parsed_types: list[ParticipantType] = []
-    for name in type_names:
+    for index, name in enumerate(type_names):
         try:
             parsed_types.append(ParticipantType(name.strip().lower()))
         except ValueError:
-            raise InvalidInput(f"Unknown participant type {name!r}") from None
+            known = ", ".join(t.value for t in ParticipantType)
+            raise InvalidInput(
+                f"Unknown participant type at types[{index}]; use one of {known}"
+            ) from None
     return allow_list(owner_site_id, site_list, parsed_types)
 
 

@@ -107,10 +107,13 @@ def test_parse_roles() -> None:
         ClientRole.ID_READER,
     }
     assert parse_admin_roles(["read_only"]) == {AdminRole.READ_ONLY}
-    with pytest.raises(InvalidInput, match="Unknown role\\(s\\): OPERATOR, SUPER_USER"):
+    with pytest.raises(InvalidInput, match=r"^Unknown role at roles\[0\], roles\[1\]; use ") as e:
         parse_client_roles(["SUPER_USER", "operator", "MAPPER"])
-    with pytest.raises(InvalidInput, match="GENERATOR"):
+    assert "SUPER_USER" not in e.value.detail
+    assert "OPERATOR" not in e.value.detail
+    with pytest.raises(InvalidInput, match=r"roles\[0\]") as e:
         parse_admin_roles(["GENERATOR"])
+    assert "GENERATOR" not in e.value.detail
 
 
 def test_role_labels() -> None:
