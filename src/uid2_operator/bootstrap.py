@@ -34,10 +34,16 @@ from uid2_operator.domain.sealing import (
     generate_keyring,
     require_keyring,
 )
-from uid2_operator.errors import InvalidInput, KeyringError, SchemaOutOfDate, UID2Error
+from uid2_operator.errors import (
+    InvalidInput,
+    KeyringError,
+    KeyringMissing,
+    SchemaOutOfDate,
+    UID2Error,
+)
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
-from uid2_operator.services.keyring_rotation import KeyringRotationService
+from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.settings import Settings
@@ -225,7 +231,8 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
     """For ``init``: the configured keyring, or a new development one written with mode 0600.
 
     Never creates one in prod (a generated production keyring is provisioned on purpose, kept
-    outside the data directory's backups), and never overwrites an existing file.
+    outside the data directory's backups), and never overwrites an existing file. ``init``
+    first checks that the database holds nothing sealed (``require_unsealed_store``).
     """
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return load_keyring(settings)
@@ -239,6 +246,26 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
         else:
             return keyring
     return load_keyring(settings)
+
+
+def require_unsealed_store(settings: Settings) -> None:
+    """Before a new keyring is made: refuse a database (at the current schema) that already
+    holds sealed items, as one does when a new data directory is pointed at a database another
+    one initialised. Those items were sealed under a keyring this directory lacks, and a new one
+    would seal more beside them that the other directory's processes could not open."""
+    store = open_configured_store(settings)
+    try:
+        with store.read() as tx:
+            sealed = sum(counts.total for counts in sealed_inventory(tx).values())
+    finally:
+        store.close()
+    if sealed:
+        raise KeyringMissing(
+            f"The database already holds {sealed} item{'' if sealed == 1 else 's'} sealed under "
+            f"a keyring, and {settings.keyring_path.absolute()} does not exist: copy that "
+            "keyring there (or give it as UID2_KEYRING or UID2_KEYRING_FILE), then run init "
+            "again. A new keyring would not open them"
+        )
 
 
 def keyring_source(settings: Settings) -> str:
@@ -389,17 +416,27 @@ def _write_private(path: Path, content: str) -> None:
         os.close(fd)
 
 
-def record_environment(settings: Settings) -> None:
-    """Remember which environment a data directory serves; refuse to change it afterwards."""
+def check_environment(settings: Settings) -> bool:
+    """Refuse a data directory recorded for another environment; True when one is recorded."""
     path = settings.environment_path
-    if path.exists():
-        recorded = path.read_text(encoding="utf-8").strip()
-        if recorded != settings.environment.value:
-            raise InvalidInput(
-                f"The data directory was initialised for the {recorded} environment, "
-                f"not {settings.environment.value}"
-            )
+    if not path.exists():
+        return False
+    recorded = path.read_text(encoding="utf-8").strip()
+    if recorded != settings.environment.value:
+        raise InvalidInput(
+            f"The data directory was initialised for the {recorded} environment, "
+            f"not {settings.environment.value}"
+        )
+    return True
+
+
+def record_environment(settings: Settings) -> None:
+    """Remember which environment a data directory serves; refuse to change it afterwards.
+    ``init`` records it last, once everything else succeeded: a refused first run leaves the
+    directory free to be initialised for another environment."""
+    if check_environment(settings):
         return
+    path = settings.environment_path
     path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
     path.write_text(settings.environment.value + "\n", encoding="utf-8")
 

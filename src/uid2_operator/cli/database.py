@@ -5,9 +5,12 @@ from __future__ import annotations
 import click
 
 from uid2_operator.bootstrap import (
+    check_environment,
     ensure_keyring,
+    load_keyring,
     open_services,
     record_environment,
+    require_unsealed_store,
     upgrade_database,
 )
 from uid2_operator.cli.output import emit, fields, show_once_warning
@@ -34,18 +37,25 @@ def init(environment: str | None, as_json: bool) -> None:
     ``serve`` would create it; a rerun creates only what is missing.
     """
     settings = load_settings(environment)
-    record_environment(settings)
+    check_environment(settings)
     keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
-    keyring = ensure_keyring(settings)
+    if keyring_present or settings.environment is Environment.PROD:
+        load_keyring(settings)  # a missing or unusable keyring stops init before any write
     revision = upgrade_database(settings)
+    if not keyring_present:
+        require_unsealed_store(settings)
+    keyring = ensure_keyring(settings)
     opened = open_services(settings, keyring=keyring)
     try:
         who = actor()
-        issued = opened.admin.bootstrap_token(who)
+        # The material first: it refuses a keyring that does not open the store's, and a run
+        # that stops there has not yet issued (and so cannot lose) the bootstrap token.
         material = opened.material.initialise(who)
+        issued = opened.admin.bootstrap_token(who)
         backend = opened.store.backend
     finally:
         opened.close()
+    record_environment(settings)
     document: dict[str, object] = {
         "data_dir": str(settings.data_dir),
         "database": backend,

@@ -240,6 +240,11 @@ def drop_kek_version(keyring: Keyring, version: int) -> Keyring:
 def require_keyring(keyring: Keyring | None, environment: Environment) -> Keyring:
     """The startup check: a keyring must exist, and prod refuses a placeholder one."""
     if keyring is None:
+        if environment is Environment.PROD:
+            raise KeyringMissing(
+                "No keyring: prod needs a provisioned one, given as UID2_KEYRING or "
+                "UID2_KEYRING_FILE (init never creates one in prod)"
+            )
         raise KeyringMissing(
             "No keyring: set UID2_KEYRING or UID2_KEYRING_FILE, or run init to create one"
         )

@@ -57,7 +57,7 @@ from uid2_operator.domain.salts import (
     seal_header,
 )
 from uid2_operator.domain.sealing import Keyring, KeyringSource
-from uid2_operator.errors import IdentityInputError, InvalidInput, NotFound
+from uid2_operator.errors import IdentityInputError, InvalidInput, KeyringError, NotFound
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
 from uid2_operator.storage.interface import ReadTx, Store, Tx
@@ -287,17 +287,23 @@ class MaterialService:
         """Create whatever is missing, idempotently: the master (-1), refresh (-2) and fallback
         publisher (2) keysets, a default keyset for every participant without one, the salt
         table with its first-level salt and bucket-id secret, and an active key in every keyset.
+
+        Refused (KeyringError), changing nothing, when the keyring does not open the store's salt
+        table: the store was initialised under another keyring, and whatever this run sealed
+        would not open for the processes that use that one.
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._keyrings.latest()
+            header = tx.salts.header()
+            if header is not None:
+                _require_opens(keyring, header)
             known = {k.keyset_id for k in tx.keysets.list_all()}
             created: list[Keyset] = []
             for keyset in reserved_keysets(now):
                 if keyset.keyset_id not in known:
                     created.append(self._add_keyset(tx, keyset, actor, now))
             created.extend(self._missing_site_keysets(tx, actor, now))
-            header = tx.salts.header()
             salts_created = header is None
             if header is None:
                 table = generate_salt_table(
@@ -692,6 +698,19 @@ class MaterialService:
             optout_cursor=changes.cursor,
             optouts_read=len(changes.records),
         )
+
+
+def _require_opens(keyring: Keyring, header: SaltHeader) -> None:
+    """Refuse a keyring that does not open the salt table's secrets: the store was initialised
+    under another keyring (a version of the same number with another key, or one it lacks)."""
+    try:
+        open_header_secrets(keyring, header)
+    except KeyringError as exc:
+        raise KeyringError(
+            "This keyring does not open the store's salt table: the store was initialised with "
+            f"another keyring ({exc.detail}). Use that keyring (its file, or UID2_KEYRING); "
+            "nothing was changed"
+        ) from None
 
 
 def _same_table(
