@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import click
 
 from uid2_operator.bootstrap import (
@@ -36,6 +39,24 @@ def init(environment: str | None, as_json: bool) -> None:
     keys, the salt table of UID2_SALT_BUCKETS buckets and the first-level salt) is created as
     ``serve`` would create it; a rerun creates only what is missing.
     """
+    done = initialise(environment)
+    emit(wants_json(as_json), done.document, done.human)
+    if done.token_issued:
+        show_once_warning()
+
+
+@dataclass(frozen=True, slots=True)
+class Initialised:
+    """What ``init`` did: its ``--json`` document, its readable form, and whether the document
+    carries the bootstrap admin token (shown once)."""
+
+    document: dict[str, object]
+    human: Callable[[], None]
+    token_issued: bool
+
+
+def initialise(environment: str | None) -> Initialised:
+    """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing."""
     settings = load_settings(environment)
     check_environment(settings)
     keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
@@ -90,9 +111,7 @@ def init(environment: str | None, as_json: bool) -> None:
         else:
             click.echo("already initialised; no new admin token")
 
-    emit(wants_json(as_json), document, human)
-    if issued is not None:
-        show_once_warning()
+    return Initialised(document, human, issued is not None)
 
 
 @click.group()

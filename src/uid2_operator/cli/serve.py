@@ -25,6 +25,8 @@ one left (its replay table serves on; the directory is removed).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import multiprocessing
 import os
@@ -49,8 +51,9 @@ from uid2_operator.bootstrap import (
     schema_is_current,
     sweep_keyring_debris,
 )
-from uid2_operator.cli.database import init
-from uid2_operator.cli.runtime import load_settings
+from uid2_operator.cli.database import Initialised, initialise
+from uid2_operator.cli.output import show_once_warning
+from uid2_operator.cli.runtime import json_option, load_settings, wants_json
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
@@ -442,8 +445,17 @@ def _export_settings(settings: Settings) -> None:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface the operator API listens on."
+)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--admin-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface the admin API listens on; whatever --host is, it stays on this machine "
+    "unless given here (plain HTTP with administrators' tokens: never a public interface).",
+)
 @click.option("--admin-port", default=8081, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--workers",
@@ -459,17 +471,25 @@ def _export_settings(settings: Settings) -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@json_option
 @click.pass_context
 def serve(  # noqa: PLR0917 (start-up in order; click passes options positionally)
     ctx: click.Context,
     host: str,
     port: int,
+    admin_host: str,
     admin_port: int,
     workers: int,
     init_if_new: bool,
     log_level: str,
+    as_json: bool,
 ) -> None:
-    """Serve the operator API (--port) and the admin API (--admin-port)."""
+    """Serve the operator API (--port) and the admin API (--admin-port).
+
+    With --json, once every port is bound, one line on standard output holds a JSON document:
+    operator_url, admin_url, workers, pid, data_dir, environment, and init (what --init-if-new
+    did, as ``init --json`` prints it, bootstrap admin token included; null when it did not
+    run). Nothing else is written to standard output."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
@@ -477,18 +497,21 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     serve_settings.key_retention_s(settings.environment)  # and a key retention below them
     # Before anything is bound or written: a second serve on this data directory stops here.
     lock = ctx.with_resource(ServeLock.take(settings.data_dir))
-    initialised = False
+    json_out = wants_json(as_json)
+    initialised: Initialised | None = None
     if init_if_new and _needs_init(settings):
-        ctx.invoke(init, environment=None, as_json=False)
-        initialised = True
+        initialised = initialise(None)
+        if not json_out:
+            initialised.human()
+        if initialised.token_issued:
+            show_once_warning()
         settings = load_settings()
     services = _open_serving(settings, serve_settings)
     material = services.material
     _export_settings(settings)
 
     reserve, operator_port = _reserve_operator_port(host, port)
-    admin_sock = _bind(host, admin_port, reuse_port=False, listen=True)
-    admin_url = f"http://{_url_host(host)}:{admin_sock.getsockname()[1]}/admin/api"
+    admin_sock, admin_url = _bind_admin(admin_host, admin_port)
     admin = _run_admin(services, admin_sock, log_level)
     pool = _Workers(host, operator_port, workers, None if _REUSE_PORT else reserve, log_level)
     stop = threading.Event()
@@ -502,13 +525,15 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     upkeep = _Upkeep(services, material, serve_settings)
     try:
         pool.start()
-        click.echo(
-            f"operator API: http://{_url_host(host)}:{operator_port} ({workers} worker"
-            f"{'s' if workers != 1 else ''}; health: /ops/healthcheck, metrics: /metrics)"
+        _await_accepting(host, operator_port, pool, stop)
+        _announce(
+            settings,
+            operator_url=f"http://{_url_host(host)}:{operator_port}",
+            admin_url=admin_url,
+            workers=workers,
+            initialised=initialised,
+            as_json=json_out,
         )
-        click.echo(f"admin API: {admin_url}")
-        if initialised:
-            click.echo(_next_steps(settings, admin_url))
         click.echo("press Ctrl-C to stop", err=True)
         while not stop.wait(0.2):
             pool.keep_alive()
@@ -523,6 +548,72 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
         services.close()
         _retire_runtime_dir(runtime_dir, settings.data_dir, lock)
     click.echo("stopped", err=True)
+
+
+def _bind_admin(host: str, port: int) -> tuple[socket.socket, str]:
+    """The admin API's listening socket and URL; a warning when others can reach it."""
+    sock = _bind(host, port, reuse_port=False, listen=True)
+    if not _loopback(host):
+        log.warning(
+            "the admin API listens on %s: reachable from other machines, over plain HTTP; keep "
+            "that interface private",
+            host,
+        )
+    return sock, f"http://{_url_host(host)}:{sock.getsockname()[1]}/admin/api"
+
+
+def _await_accepting(host: str, port: int, pool: _Workers, stop: threading.Event) -> None:
+    """Wait until a worker accepts connections on the operator port (or serve is told to
+    stop), restarting workers that exit meanwhile: what serve then announces answers."""
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    while not stop.is_set():
+        try:
+            with socket.create_connection((target, port), timeout=0.5):
+                return
+        except OSError:
+            pool.keep_alive()
+            stop.wait(0.05)
+
+
+def _announce(
+    settings: Settings,
+    *,
+    operator_url: str,
+    admin_url: str,
+    workers: int,
+    initialised: Initialised | None,
+    as_json: bool,
+) -> None:
+    """Say where serve listens, once every port is bound (``serve``'s docstring: --json)."""
+    if as_json:
+        document = {
+            "operator_url": operator_url,
+            "admin_url": admin_url,
+            "workers": workers,
+            "pid": os.getpid(),
+            "data_dir": str(settings.data_dir),
+            "environment": settings.environment.value,
+            "init": None if initialised is None else initialised.document,
+        }
+        click.echo(json.dumps(document, ensure_ascii=False))
+        return
+    click.echo(
+        f"operator API: {operator_url} ({workers} worker{'s' if workers != 1 else ''}; "
+        "health: /ops/healthcheck, metrics: /metrics)"
+    )
+    click.echo(f"admin API: {admin_url}")
+    if initialised is not None:
+        click.echo(_next_steps(settings, admin_url))
+
+
+def _loopback(host: str) -> bool:
+    """True for a name or address that only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _url_host(host: str) -> str:
