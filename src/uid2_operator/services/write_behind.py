@@ -9,9 +9,10 @@ shutdown.
 
 Everything here runs on the worker's event loop except the store calls, which ``run`` hands to a
 thread after swapping the pending batch out on the loop, so an increment can never land in a
-batch that is being written. A failed write puts its batch back (counts are added, times are
-maxed) and is retried on the next flush; the opt-out queue is bounded so an unreachable store
-cannot grow it without limit.
+batch that is being written. Opt-outs and usage are written in separate transactions, and a
+failed write puts back only its own batch (counts are added, times are maxed), to be retried on
+the next flush; the opt-out queue is bounded so an unreachable store cannot grow it without
+limit.
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -149,26 +150,50 @@ class WriteBehind:
         """Advance the coarse usage clock (cheap; called every poll interval)."""
         self.usage.now_ms = self._clock.now_ms()
 
-    def _write(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
+    def _write(
+        self, usage: list[UsageEntry], optouts: list[OptOutRecord]
+    ) -> tuple[list[UsageEntry], list[OptOutRecord]]:
+        """Write each batch in its own transaction; return the batches that could not be written.
+
+        The two writes are independent: when one fails, the other may already be committed, so
+        only the failed one may be put back (putting back committed opt-outs would record them,
+        and their audit events, a second time).
+        """
+        failed_optouts: list[OptOutRecord] = []
+        failed_usage: list[UsageEntry] = []
         if optouts:
-            write_optouts(self._store, optouts, self._clock.now_ms())
+            try:
+                write_optouts(self._store, optouts, self._clock.now_ms())
+            except Exception:
+                log.warning(
+                    "write-behind opt-out write failed; keeping %d opt-outs",
+                    len(optouts),
+                    exc_info=True,
+                )
+                failed_optouts = optouts
         if usage:
             try:
                 self._store.record_usage(usage)
             except NotFound as exc:  # keys are never deleted; a restored backup could do it
                 log.warning("usage batch dropped: %s", exc.detail)
+            except Exception:
+                log.warning(
+                    "write-behind usage write failed; keeping %d usage rows",
+                    len(usage),
+                    exc_info=True,
+                )
+                failed_usage = usage
+        return failed_usage, failed_optouts
 
     def flush(self) -> None:
         """Write everything pending now, synchronously (shutdown, tests)."""
-        usage, optouts = self.usage.take(), self.optouts.take()
-        try:
-            self._write(usage, optouts)
-        except Exception:
-            self._failed(usage, optouts)
+        self._put_back(*self._write(self.usage.take(), self.optouts.take()))
 
-    def _failed(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
+    def _put_back(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
+        """Keep what could not be written for the next flush."""
+        if not usage and not optouts:
+            return
         self.failures += 1
-        log.warning("write-behind flush failed; keeping %d usage rows", len(usage), exc_info=True)
         self.usage.restore(usage)
         self.optouts.restore(optouts)
 
@@ -189,9 +214,11 @@ class WriteBehind:
                 last_usage_flush = loop.time()
             optouts = self.optouts.take()
             try:
-                await loop.run_in_executor(self._executor, self._write, usage, optouts)
-            except Exception:
-                self._failed(usage, optouts)
+                failed = await loop.run_in_executor(self._executor, self._write, usage, optouts)
+            except Exception:  # the write never ran (``_write`` itself keeps store errors)
+                log.warning("write-behind flush could not run", exc_info=True)
+                failed = (usage, optouts)
+            self._put_back(*failed)
 
     def stop(self) -> None:
         self._stop.set()
