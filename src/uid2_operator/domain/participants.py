@@ -40,6 +40,17 @@ MAX_CONTACTS = 20
 MAX_CONTACT_LENGTH = 254
 # Deliberately loose: one '@', no whitespace, a dot in the domain. Delivery proves the rest.
 _CONTACT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Unpaired surrogates (Unicode category Cs): what Python makes of invalid UTF-8 bytes in a command
+# line, and what JSON "\ud800" escapes decode to. No database encoding can store them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def refuse_surrogates(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` (never the value) if it holds
+    surrogate code points, which are not text any database can store."""
+    if _SURROGATE.search(value) is not None:
+        raise InvalidInput(f"{what} must be valid UTF-8 text (it holds surrogate code points)")
+    return value
 
 
 def validate_site_id(site_id: int) -> int:
@@ -49,8 +60,9 @@ def validate_site_id(site_id: int) -> int:
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    """Trimmed, 1..200 characters, no control characters (names end up in logs and audit rows)."""
-    cleaned = name.strip()
+    """Trimmed, 1..200 characters, no control characters (names end up in logs and audit rows),
+    no surrogate code points."""
+    cleaned = refuse_surrogates(name, what).strip()
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH:
         raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
     if any(unicodedata.category(ch) == "Cc" for ch in cleaned):
@@ -63,7 +75,7 @@ def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:
     cleaned: list[str] = []
     seen: set[str] = set()
     for raw in contacts:
-        contact = raw.strip()
+        contact = refuse_surrogates(raw, "contacts").strip()
         if len(contact) > MAX_CONTACT_LENGTH or not _CONTACT.fullmatch(contact):
             raise InvalidInput("contacts must be e-mail addresses")
         if contact.casefold() not in seen:

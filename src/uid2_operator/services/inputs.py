@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from uid2_operator.domain.participants import ParticipantType
+from uid2_operator.domain.participants import ParticipantType, refuse_surrogates
 from uid2_operator.errors import InvalidInput
 
 # A key or token id: the public prefix of a credential, never the part after the '.'.
@@ -24,14 +24,15 @@ MAX_NAME_TEXT = 64
 
 
 def text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str:
-    """A string without NUL characters (PostgreSQL text cannot hold them), of bounded length."""
+    """A string of bounded length without NUL characters (PostgreSQL text cannot hold them) or
+    surrogate code points (no database encoding can: invalid UTF-8 on a command line gives them)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
     if len(value) > max_length:
         raise InvalidInput(f"{what} must be at most {max_length} characters")
     if "\x00" in value:
         raise InvalidInput(f"{what} must not contain NUL characters")
-    return value
+    return refuse_surrogates(value, what)
 
 
 def optional_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str | None:

@@ -49,6 +49,30 @@ def test_names() -> None:
         validate_name("evil\nline", "reason")
 
 
+@pytest.mark.parametrize("bad", ["bad\udcff", "\ud800", "a\udfffb", "  \udc80  "])
+def test_names_refuse_surrogate_code_points(bad: str) -> None:
+    for what in ("name", "reason"):
+        with pytest.raises(InvalidInput, match=f"^{what} must be valid UTF-8 text") as caught:
+            validate_name(bad, what)
+        assert bad.strip() not in caught.value.detail
+
+
+def test_names_keep_characters_outside_the_basic_plane() -> None:
+    assert validate_name(" Caf\u00e9 \U0001f600 ") == "Caf\u00e9 \U0001f600"
+    assert validate_contacts(["\U0001f600@example.com"]) == ("\U0001f600@example.com",)
+
+
+def test_contacts_refuse_surrogate_code_points() -> None:
+    with pytest.raises(InvalidInput, match=r"^contacts must be valid UTF-8 text") as caught:
+        validate_contacts(["ok@example.com", "a\udcff@example.com"])
+    assert "\udcff" not in caught.value.detail
+    with pytest.raises(InvalidInput, match=r"^contacts must be valid UTF-8 text"):
+        new_participant(
+            site_id=1001, name="Acme", type=ParticipantType.DSP, allowed_roles=[],
+            contacts=["\ud83d@example.com"], now_ms=T0,
+        )  # fmt: skip
+
+
 def test_contacts() -> None:
     assert validate_contacts([" a@b.co ", "A@B.co", "c@d.org"]) == ("a@b.co", "c@d.org")
     assert validate_contacts([]) == ()
