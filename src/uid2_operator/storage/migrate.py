@@ -2,7 +2,9 @@
 
 Nothing migrates on import or on ``open_store``: a deployment upgrades its schema on purpose
 (``init`` / ``db upgrade``), and a store opened against an older schema refuses to start
-(SchemaOutOfDate) rather than half-work.
+(SchemaOutOfDate) rather than half-work. A database at a revision this code does not ship was
+upgraded by a newer version: reading its revision refuses it (SchemaOutOfDate, saying so), since
+neither upgrading nor opening it can work.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from uid2_operator.errors import StoreError
+from uid2_operator.errors import SchemaOutOfDate, StoreError
 from uid2_operator.storage.engines import make_engine, unavailable_as_store_error
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -37,16 +39,48 @@ def head_revision() -> str:
     return head
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision this code ships."""
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()
+    )
+
+
+def _revision_in(conn: Connection) -> str | None:
+    """The revision recorded in the database on ``conn``; refuses one this code does not ship.
+
+    A single linear history is shipped, so a database recording several revisions, or one not
+    shipped, can only come from a newer version of uid2-operator.
+    """
+    found = MigrationContext.configure(conn).get_current_heads()
+    unknown = sorted(set(found) - known_revisions())
+    if unknown or len(found) > 1:
+        where = (
+            f"is at schema revision {unknown[0]}, which this version of uid2-operator does not know"
+            if len(found) == 1
+            else f"records schema revisions {', '.join(sorted(found))} at once, which this "
+            "version of uid2-operator never does"
+        )
+        raise SchemaOutOfDate(
+            f"The database {where} (its newest is {head_revision()}): the database was upgraded "
+            "by a newer version of uid2-operator, and this version cannot use it; run that "
+            "version (or a later one)"
+        )
+    return found[0] if found else None
+
+
 def upgrade(url: str | URL) -> str:
     """Brings the database at ``url`` to the head revision and returns it; a no-op when there.
 
     The whole upgrade runs in one transaction (both backends have transactional DDL), holding a
-    lock that makes a concurrent upgrade wait and then find nothing to do.
+    lock that makes a concurrent upgrade wait and then find nothing to do. A database already
+    upgraded by a newer version is refused (SchemaOutOfDate) and left untouched.
     """
     engine, flavour = make_engine(url)
     try:
         with unavailable_as_store_error(engine), engine.connect() as conn:
             flavour.begin_migration(conn)
+            _revision_in(conn)
             command.upgrade(_config(conn), "head")
             conn.commit()
     finally:
@@ -55,7 +89,8 @@ def upgrade(url: str | URL) -> str:
 
 
 def current_revision(url: str | URL) -> str | None:
-    """The revision the database at ``url`` is at, or None for a database never migrated."""
+    """The revision the database at ``url`` is at, or None for a database never migrated;
+    SchemaOutOfDate for a revision this code does not ship (see ``revision_of``)."""
     engine, _ = make_engine(url)
     try:
         return revision_of(engine)
@@ -64,5 +99,7 @@ def current_revision(url: str | URL) -> str | None:
 
 
 def revision_of(engine: Engine) -> str | None:
+    """The revision of the database behind ``engine`` (None: never migrated); SchemaOutOfDate
+    when it is one this code does not ship (the database was upgraded by a newer version)."""
     with unavailable_as_store_error(engine), engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _revision_in(conn)

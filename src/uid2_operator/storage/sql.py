@@ -1288,13 +1288,15 @@ def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
     """Opens the store at ``url`` (``sqlite:///<path>`` or ``postgresql[+psycopg]://...``).
 
     Refuses (SchemaOutOfDate) a database that is not at the head revision this code ships, so a
-    forgotten ``db upgrade`` fails at startup rather than on the first write; raises
-    StoreUnavailable when the database cannot be reached.
+    forgotten ``db upgrade`` fails at startup rather than on the first write, and a database at a
+    revision this code does not ship (upgraded by a newer version) is refused as such rather than
+    sent to an upgrade that cannot help; raises StoreUnavailable when the database cannot be
+    reached.
     """
     engine, flavour = make_engine(url)
     if check_schema:
         try:
-            found = revision_of(engine)
+            found = revision_of(engine)  # refuses a revision newer than this code
         except BaseException:
             engine.dispose()
             raise
