@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,6 +21,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
 from uid2_operator.cli import main
+from uid2_operator.settings import Settings
+from uid2_operator.storage import open_store
 
 POSTGRES_URL = os.environ.get("UID2_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # Settings the surrounding shell may carry; every run starts without them.
@@ -99,3 +102,18 @@ class Cli:
         result = self.runner.invoke(main, full, env=environment, catch_exceptions=False)
         self.results.append((full, result))
         return result
+
+
+def settings_of(db: Database) -> Settings:
+    return Settings.from_env({}, data_dir=str(db.data_dir), database_url=db.url)
+
+
+def state_of(db: Database) -> tuple[int, Any, int]:
+    """change_seq, the snapshot, and the number of audit events: what a failure must not move."""
+    store = open_store(settings_of(db).store_url)
+    try:
+        with store.read() as tx:
+            events = len(tx.audit.list_events())
+        return store.change_seq(), store.snapshot(0), events
+    finally:
+        store.close()

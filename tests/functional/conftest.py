@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_harness import BACKENDS, Database, database_for
 from sdk_sdist import sdk_sdist
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh store per test, on each backend in turn (``cli_harness.database_for``)."""
+    with database_for(request.param, tmp_path) as db:
+        yield db
 
 
 @pytest.fixture(scope="module")

@@ -12,29 +12,21 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_harness import BACKENDS, Cli, Database, database_for
+from cli_harness import Cli, Database, settings_of, state_of
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.cli import main
-from uid2_operator.settings import Settings
-from uid2_operator.storage import open_store
 from uid2_operator.wire.encoding import b64decode
 from uid2_operator.wire.envelope import TimestampWindow, parse_request, seal_request
 from uid2_operator.wire.scope import IdentityScope
 
 ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_for(request.param, tmp_path) as db:
-        yield db
 
 
 @pytest.fixture
@@ -52,21 +44,6 @@ def ok(cli: Cli, *args: str) -> Any:
     result = cli(*args, "--json")
     assert result.exit_code == 0, (args, result.stdout, result.stderr)
     return json.loads(result.stdout)
-
-
-def settings_of(db: Database) -> Settings:
-    return Settings.from_env({}, data_dir=str(db.data_dir), database_url=db.url)
-
-
-def state_of(db: Database) -> tuple[int, Any, int]:
-    """change_seq, the snapshot, and the number of audit events: what a failure must not move."""
-    store = open_store(settings_of(db).store_url)
-    try:
-        with store.read() as tx:
-            events = len(tx.audit.list_events())
-        return store.change_seq(), store.snapshot(0), events
-    finally:
-        store.close()
 
 
 def seeded(cli: Cli) -> dict[str, Any]:

@@ -13,13 +13,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cli_harness import BACKENDS, Cli, Database, database_for
-
-from uid2_operator.settings import Settings
-from uid2_operator.storage import open_store
+from cli_harness import BACKENDS, Cli, database_for, state_of
 
 ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
 BAD = "bad\udcff"  # what b"bad\xff" in argv becomes
@@ -59,17 +55,6 @@ def seeded(
         yield cli, {"site": str(site), "key": json.loads(issued.stdout)["key_id"]}
 
 
-def _state(db: Database) -> tuple[int, Any, int]:
-    settings = Settings.from_env({}, data_dir=str(db.data_dir), database_url=db.url)
-    store = open_store(settings.store_url)
-    try:
-        with store.read() as tx:
-            events = len(tx.audit.list_events())
-        return store.change_seq(), store.snapshot(0), events
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize(
     ("argv", "field"), COMMANDS, ids=[" ".join(a[:2]) + f" {f}" for a, f in COMMANDS]
 )
@@ -77,7 +62,7 @@ def test_invalid_utf8_is_invalid_input_and_writes_nothing(
     seeded: tuple[Cli, dict[str, str]], argv: list[str], field: str
 ) -> None:
     cli, values = seeded
-    before = _state(cli.database)
+    before = state_of(cli.database)
     result = cli(*[part.format(**values) for part in argv], "--json")
     assert result.exit_code == 2, (result.stdout, result.stderr)
     error = json.loads(result.stdout)["error"]
@@ -86,7 +71,7 @@ def test_invalid_utf8_is_invalid_input_and_writes_nothing(
     assert "UTF-8" in error["message"]
     assert "\udcff" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert _state(cli.database) == before
+    assert state_of(cli.database) == before
 
 
 def test_the_installed_entry_point_refuses_invalid_utf8_bytes(tmp_path: Path) -> None:

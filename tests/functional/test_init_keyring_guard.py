@@ -11,12 +11,11 @@ issued the one-time bootstrap admin token, so the next run still prints it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_harness import BACKENDS, Cli, Database, database_for
+from cli_harness import Cli, Database
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.domain.sealing import generate_keyring
@@ -26,12 +25,6 @@ from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import Settings
 
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_for(request.param, tmp_path) as db:
-        yield db
 
 
 def _settings(database: Database) -> Settings:

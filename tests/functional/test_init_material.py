@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_harness import BACKENDS, Cli, Database, database_for
+from cli_harness import Cli, Database
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.domain.keysets import site_default_keyset
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.functional
 
 REFRESH_KEYSET_ID = -2
 FALLBACK_SITE_ID = 2
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_for(request.param, tmp_path) as db:
-        yield db
 
 
 def _settings(database: Database) -> Settings:

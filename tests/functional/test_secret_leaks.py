@@ -15,25 +15,18 @@ import json
 import logging
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from cli_harness import BACKENDS, POSTGRES_URL, Cli, Database, database_for, libpq_dsn
+from cli_harness import POSTGRES_URL, Cli, Database, libpq_dsn
 from click.testing import Result
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.errors import CredentialError
 from uid2_operator.settings import Settings
 from uid2_operator.wire.encoding import b64decode
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_for(request.param, tmp_path) as db:
-        yield db
 
 
 class Secrets:
