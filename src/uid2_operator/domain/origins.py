@@ -37,6 +37,7 @@ MAX_DOMAIN_NAMES: Final = 1000
 MAX_APP_NAMES: Final = 1000
 MAX_APP_NAME_LENGTH: Final = 255
 MAX_PORT: Final = 65535
+MAX_PORT_DIGITS: Final = 5
 
 _ORIGIN: Final = re.compile(r"(?i:https?)://([^/?#]*)(?:[/?#].*)?", re.DOTALL)
 # A DNS label as the reference's domain parser accepts it: letters, digits, '-' and '_', not at
@@ -57,13 +58,25 @@ def _is_hostname(host: str) -> bool:
 
 def origin_host(origin: str) -> str | None:
     """The lowercase host of an ``http(s)://host[:port][/...]`` origin, or ``None`` if it has no
-    usable host name (user info, IPv6 literal, bad port, non-ASCII, malformed)."""
+    usable host name (user info, IPv6 literal, a port that is not 1 to 5 ASCII digits up to 65535,
+    non-ASCII, malformed)."""
     match = _ORIGIN.fullmatch(origin)
     if match is None:
         return None
     authority = match.group(1)
     host, colon, port = authority.partition(":")
-    if colon and port and (not port.isascii() or not port.isdigit() or int(port) > MAX_PORT):
+    # The length is checked before ``int``: a port of thousands of digits would otherwise make
+    # ``int`` raise (or spend quadratic time) instead of refusing the origin.
+    if (
+        colon
+        and port
+        and (
+            len(port) > MAX_PORT_DIGITS
+            or not port.isascii()
+            or not port.isdigit()
+            or int(port) > MAX_PORT
+        )
+    ):
         return None
     if host.endswith("."):
         host = host[:-1]

@@ -111,6 +111,10 @@ def test_origin_site(origin: str, site: str | None) -> None:
 def test_origin_host() -> None:
     assert origin_host("https://ABC.Example.com:443/x") == "abc.example.com"
     assert origin_host("https://") is None
+    assert origin_host("https://example.com:00443") == "example.com"
+    # Longer than five digits is refused before conversion: int() of thousands of digits raises.
+    assert origin_host("https://example.com:000443") is None
+    assert origin_host("https://example.com:" + "1" * 5000) is None
 
 
 def test_app_names_ignore_case() -> None:

@@ -161,6 +161,7 @@ def test_a_request_from_the_publisher_domain_or_app_gets_sealed_tokens() -> None
     [
         (lambda: _request().body, "https://evil.example", (403, "invalid_http_origin")),
         (lambda: _request().body, None, (403, "invalid_http_origin")),
+        (lambda: _request().body, f"{ORIGIN}:{'4' * 5000}", (403, "invalid_http_origin")),
         (lambda: _request(app_name="com.other").body, ORIGIN, (403, "invalid_app_name")),
         (lambda: _request(subscription_id=DISABLED).body, ORIGIN, (401, "unauthorized")),
         (
@@ -200,6 +201,20 @@ def test_refusals_have_the_reference_status(
     assert payload["message"]
 
 
+# Origins: absent, the site's own, arbitrary text, and the site's with a port of any length, up to
+# well past the 4,300 digits int() converts.
+ORIGINS = st.one_of(
+    st.none(),
+    st.just(ORIGIN),
+    st.text(max_size=30),
+    st.one_of(
+        st.text("0123456789", max_size=8),
+        st.integers(4301, 20_000).map(lambda n: "9" * n),
+    ).map(lambda port: f"{ORIGIN}:{port}"),
+)
+VALID_BODY = json.dumps(_request().body).encode()
+
+
 @settings(deadline=None, max_examples=60)
 @given(
     st.one_of(
@@ -211,10 +226,19 @@ def test_refusals_have_the_reference_status(
             st.one_of(st.none(), st.integers(), st.text(max_size=40), st.just(SUB)),
         ).map(lambda d: json.dumps(d).encode()),
     ),
-    st.one_of(st.none(), st.just(ORIGIN), st.text(max_size=30)),
+    ORIGINS,
 )
 def test_any_body_is_answered_or_refused_with_a_cstg_error(body: bytes, origin: str | None) -> None:
     assert _outcome(body, origin) in (200, 400, 401, 403)
+
+
+@settings(deadline=None, max_examples=60)
+@given(ORIGINS)
+def test_any_origin_on_a_valid_body_is_answered_or_refused_with_a_cstg_error(
+    origin: str | None,
+) -> None:
+    # The origin is looked at only once the body has passed, so this body is a valid one.
+    assert _outcome(VALID_BODY, origin) in (200, 403)
 
 
 def test_key_endpoints_apply_sites_and_types_and_carry_site_data() -> None:
