@@ -18,6 +18,12 @@ A reload that fails with the store reachable (a keyring that lacks a KEK version
 say) is reported the same way and retried at every poll: the store's sequence is still past the
 snapshot's, so the worker recovers as soon as the cause is gone (its keyring file holds the
 version), whether or not anything changes in the store meanwhile.
+
+``problem`` is what the unauthenticated health check answers, so it holds fixed phrases, times,
+ages and at most a key-encryption key version number: never an error's text, which for a store
+outage names the database's user, host, port and name (or the SQLite file's path).
+``problem_detail`` says the same with the error's text, and that text is logged whenever it
+changes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -49,6 +56,24 @@ def _when(ms: int) -> str:
 
 _STORE_DOWN: Final = "store unreachable"
 _RELOAD_FAILING: Final = "snapshot reload failing"
+# The keyring's refusals of a version it does not hold ("... has no key-encryption key version 3",
+# "... key-encryption key version 3 is absent"): the version number is all that is repeated.
+_MISSING_KEK: Final = re.compile(
+    r"\bno key-encryption key version (\d{1,9})\b|\bkey-encryption key version (\d{1,9}) is absent",
+    re.IGNORECASE,
+)
+
+
+def _public_cause(exc: BaseException, message: str) -> str | None:
+    """What may be said publicly of why a reload failed with the store reachable: the missing
+    key-encryption key version when the error names one, else the error's machine code or its
+    class name, never its text."""
+    if isinstance(exc, StoreUnavailable):
+        return None
+    missing = _MISSING_KEK.search(message)
+    if missing is not None:
+        return f"no key-encryption key version {int(missing.group(1) or missing.group(2))}"
+    return exc.code if isinstance(exc, UID2Error) else type(exc).__name__
 
 
 class SnapshotSource:
@@ -74,6 +99,7 @@ class SnapshotSource:
         self._confirmed_at_ms: int | None = None
         self._failing_since_ms: int | None = None
         self._failure: str | None = None
+        self._public_cause: str | None = None
         self._failing: str = _STORE_DOWN
         """What the failure was: the store out of reach, or the reload failing with the store up
         (a keyring that lacks a version the store names, say)."""
@@ -99,10 +125,22 @@ class SnapshotSource:
 
     @property
     def problem(self) -> str | None:
-        """Why this worker is not healthy (a plain-text line), or None when it is."""
+        """Why this worker is not healthy (a plain-text line the unauthenticated health check
+        answers, so without any error's text), or None when it is."""
+        cause = "" if self._public_cause is None else f" ({self._public_cause})"
+        return self._describe(cause)
+
+    @property
+    def problem_detail(self) -> str | None:
+        """``problem`` with the error's text (for logs and diagnostics, never for callers)."""
+        return self._describe("" if self._failure is None else f": {self._failure}")
+
+    def _describe(self, cause: str) -> str | None:
         if self._loaded is None:
-            reason = self._failure or "not loaded yet"
-            return f"No snapshot loaded: {reason}"
+            if self._failure is None:
+                return "No snapshot loaded: not loaded yet"
+            since = _when(self._failing_since_ms or 0)
+            return f"No snapshot loaded: {self._failing} since {since}{cause}"
         if self._failure is None:
             return None
         age_s = (self._clock.now_ms() - (self._confirmed_at_ms or 0)) // 1000
@@ -111,10 +149,10 @@ class SnapshotSource:
             return (
                 f"Snapshot is stale ({age_s} s since last confirmed; the bound is "
                 f"{self._max_age_ms // 1000} s): refusing API requests. "
-                f"{self._failing.capitalize()} since {since}: {self._failure}"
+                f"{self._failing.capitalize()} since {since}{cause}"
             )
         return (
-            f"Degraded: {self._failing} since {since}: {self._failure}; serving the last "
+            f"Degraded: {self._failing} since {since}{cause}; serving the last "
             f"snapshot, confirmed {age_s} s ago"
         )
 
@@ -150,6 +188,7 @@ class SnapshotSource:
         self._confirmed_at_ms = polled_at_ms
         if self._failure is not None:
             self._failure = None
+            self._public_cause = None
             self._failing_since_ms = None
             log.warning("store reachable again")
         if self.current is None and self._loaded is not None:
@@ -173,11 +212,15 @@ class SnapshotSource:
         else:
             log.warning("snapshot refresh raised", exc_info=exc)
             message = f"{type(exc).__name__}: {exc}"
+        failure = message.splitlines()[0][:300] if message else type(exc).__name__
         if self._failure is None:
-            log.warning("snapshot refresh failed: %s", message)
             self._failing_since_ms = now
+        if failure != self._failure:
+            # The health check does not show this text, so the log must (once per change).
+            log.warning("snapshot refresh failed: %s", message)
         self._failing = _STORE_DOWN if isinstance(exc, StoreUnavailable) else _RELOAD_FAILING
-        self._failure = message.splitlines()[0][:300] if message else type(exc).__name__
+        self._failure = failure
+        self._public_cause = _public_cause(exc, message)
         self.check_age(now)
 
     def check_age(self, now_ms: int) -> None:

@@ -16,7 +16,8 @@ process. It wires, per process:
 
 ``OperatorServer`` sits in front of the API and answers two paths itself: ``GET /metrics``
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
-reason as plain text, operator-api §6.13); a healthy health check goes to the API (200 ``OK``).
+reason as plain text, operator-api §6.13: ``SnapshotSource.problem``, fixed phrases that never
+carry an error's text, since anyone may ask); a healthy health check goes to the API (200 ``OK``).
 Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending, then
 removes this worker's metrics file.
 """
