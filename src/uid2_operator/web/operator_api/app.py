@@ -14,7 +14,9 @@ Every request goes through the same pipeline, in the reference operator's order 
    in the snapshot, a constant-time keyed-hash compare (a text that passed is remembered by the
    snapshot, ``Snapshot.remember_verified``), then the key's and its participant's state and the
    endpoint -> roles table, on every request: 401 ``{"status":"unauthorized"}`` for every failure
-   alike.
+   alike. When the presented key id is one the snapshot knows, the refusal is counted under it
+   and logged with its reason (``RefusalLog``); an unknown key id is neither a metrics label nor
+   logged, so made-up ids cannot grow either.
 5. Envelope: opened with each secret the key currently accepts (newest first, so a client may
    switch to a rotated secret during the overlap): 400 ``client_error``.
 6. Replay: the same key and nonce again while the envelope could still pass the timestamp check:
@@ -40,7 +42,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from uid2_operator.clock import Clock, SystemClock, system_random
-from uid2_operator.domain.authorization import OPERATOR_ENDPOINTS, Denied, authorize_endpoint
+from uid2_operator.domain.authorization import (
+    OPERATOR_ENDPOINTS,
+    Denied,
+    DenyReason,
+    authorize_endpoint,
+)
 from uid2_operator.domain.credentials import authenticate, verify_api_key
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import (
@@ -112,9 +119,59 @@ _FRAMED_TYPES: Final = {
 _HEALTH_BODY: Final = b"OK"
 _OCTET_BYTES: Final = OCTET_STREAM.encode()
 KEY_ID_SCOPE: Final = "uid2.key_id"
-"""Where a request's ASGI scope records the id of the API key that authenticated it."""
+"""Where a request's ASGI scope records the id of the API key that authenticated it (or, for a
+refused one, the snapshot's key its presented id names)."""
+REFUSAL_LOG_INTERVAL_MS: Final = 60_000
+REFUSAL_LOG_MAX_ENTRIES: Final = 10_000
+_NO_LIVE_SECRET: Final = "no_live_client_secret"  # noqa: S105 (a reason code, not a secret)
+_KEY_TEXT_MISMATCH: Final = "key_text_mismatch"
+_DENY_REASONS: Final = frozenset(reason.value for reason in DenyReason)
 
 log = logging.getLogger(__name__)
+
+
+class RefusalLog:
+    """One info line per refused known key id and reason per ``interval_ms``.
+
+    A client retrying with a disabled key, or a flood presenting a known key id, would otherwise
+    write a line per request. Lines carry the key id (public), the reason and the route, never the
+    presented text. Later refusals inside the interval are counted and reported on the next line.
+    At most ``max_entries`` (key id, reason) pairs are remembered; past that, expired ones are
+    dropped, and if none has expired, all.
+    """
+
+    __slots__ = ("_interval_ms", "_max_entries", "_seen")
+
+    def __init__(
+        self,
+        interval_ms: int = REFUSAL_LOG_INTERVAL_MS,
+        max_entries: int = REFUSAL_LOG_MAX_ENTRIES,
+    ) -> None:
+        self._interval_ms = interval_ms
+        self._max_entries = max_entries
+        # (key id, reason) -> [when last logged, refusals not logged since]
+        self._seen: dict[tuple[str, str], list[int]] = {}
+
+    def refused(self, key_id: str, reason: str, path: str, now_ms: int) -> None:
+        entry = self._seen.get((key_id, reason))
+        if entry is not None and now_ms - entry[0] < self._interval_ms:
+            entry[1] += 1
+            return
+        if entry is None and len(self._seen) >= self._max_entries:
+            self._prune(now_ms)
+        skipped = 0 if entry is None else entry[1]
+        self._seen[(key_id, reason)] = [now_ms, 0]
+        log.info(
+            "API key refused: key_id=%s reason=%s path=%s (%d more since the last line)",
+            key_id,
+            reason,
+            path,
+            skipped,
+        )
+
+    def _prune(self, now_ms: int) -> None:
+        live = {k: v for k, v in self._seen.items() if now_ms - v[0] < self._interval_ms}
+        self._seen = live if len(live) < self._max_entries else {}
 
 
 class ClientGone(Exception):
@@ -244,6 +301,25 @@ def _verify_key(snapshot: Snapshot, text: str | None) -> ClientRecord:
     return record
 
 
+def _presented_key_id(fields: Fields) -> str | None:
+    """The key id part (before the '.') of the bearer text, unchecked."""
+    text = _bearer(fields)
+    if text is None:
+        return None
+    dot = text.find(".")
+    return None if dot < 0 else text[:dot]
+
+
+def _refusal_reason(error: UID2Error) -> str:
+    """A stable code for why a known key was refused (never the presented text)."""
+    if isinstance(error, CredentialRejected):
+        if error.detail in _DENY_REASONS:
+            return error.detail
+        # ``verify_api_key`` after the lookup: a known key id, a text that does not hash to it.
+        return _KEY_TEXT_MISMATCH
+    return error.code
+
+
 def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> ClientRecord:
     """``verify_api_key``, then ``authorize_request`` (the key's and its participant's state
     at ``now_ms``, then the endpoint table with the record's effective roles)."""
@@ -300,6 +376,7 @@ class OperatorApi:
             raise AssertionError(f"routes without a roles entry: {sorted(unlisted)}")
         self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
         self._registrable_domain = registrable_domain_lookup()
+        self._refusals = RefusalLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -374,11 +451,19 @@ class OperatorApi:
         *,
         now_ms: int,
     ) -> tuple[int, bytes, Headers]:
-        record = _authorize(snapshot, fields, path, now_ms)
+        try:
+            record = _authorize(snapshot, fields, path, now_ms)
+        except UID2Error as error:  # free on success: nothing here runs unless refused
+            self._refused(snapshot, scope, fields, path=path, error=error, now_ms=now_ms)
+            raise
         caller = record.caller
         key_id = caller.key_id
         scope[KEY_ID_SCOPE] = key_id
-        envelope, secret = self._open(snapshot, record, body, _is_octet_stream(fields), now_ms)
+        try:
+            envelope, secret = self._open(snapshot, record, body, _is_octet_stream(fields), now_ms)
+        except CredentialRejected:  # the key has no client secret left to open it with
+            self._refusals.refused(key_id, _NO_LIVE_SECRET, path, now_ms)
+            raise
         if not self._replay.first_use(key_id, envelope.nonce, envelope.timestamp_ms, now_ms):
             raise ReplayedRequest
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
@@ -393,6 +478,24 @@ class OperatorApi:
         if trace is not None:
             response_headers.append((_TRACE_ID, trace))
         return 200, out, response_headers
+
+    def _refused(
+        self,
+        snapshot: Snapshot,
+        scope: Scope,
+        fields: Fields,
+        *,
+        path: str,
+        error: UID2Error,
+        now_ms: int,
+    ) -> None:
+        """A refused API key: counted under its key id and logged (rate-limited) when the
+        snapshot knows the presented id; otherwise left unlabelled and unlogged."""
+        key_id = _presented_key_id(fields)
+        if key_id is None or snapshot.client(key_id) is None:
+            return
+        scope[KEY_ID_SCOPE] = key_id
+        self._refusals.refused(key_id, _refusal_reason(error), path, now_ms)
 
     def _open(
         self, snapshot: Snapshot, record: ClientRecord, body: bytes, octet: bool, now_ms: int

@@ -9,7 +9,9 @@ so nothing is shared across threads and no lock is needed).
 Series: ``uid2_operator_requests_total{endpoint, key_id, status, worker}`` and the histogram
 ``uid2_operator_request_duration_seconds{endpoint, key_id, worker}``. ``endpoint`` is the route,
 or ``other`` for a path the operator does not serve (a scanner cannot create series); ``key_id``
-is the public id of the API key that authenticated the request, or empty; ``worker`` is the
+is the public id of the API key that authenticated the request, or of the snapshot's key a
+refused request presented (a disabled key, say), or empty (an unknown presented id never becomes
+a label, so made-up ids cannot create series); ``worker`` is the
 process id of the worker that counted it. Each worker keeps its own counters, and its gauges
 (snapshot generation, store reachable, ...) describe that worker alone.
 
