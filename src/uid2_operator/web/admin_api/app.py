@@ -131,6 +131,8 @@ def create_admin_app(
         middleware=[Middleware(RequestContext, new_request_id=request_id_source(random))],
         exception_handlers={HTTPException: _routing_error, Exception: _last_resort},
     )
+    # A trailing slash is an unknown route (404 ``not_found``), not a bare 307 to the other path.
+    app.router.redirect_slashes = False
     app.state.operations = operations
     return app
 
