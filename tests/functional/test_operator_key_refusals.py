@@ -1,7 +1,7 @@
 """A refused API key leaves a trace: counted under its key id and logged with its reason.
 
 Every refusal answers the same bare 401. When the presented key id is a key the snapshot knows,
-the metrics observer gets that key id and one INFO line names it and the reason, at most once a
+the metrics observer gets that key id and one WARNING line names it and the reason, at most once a
 minute per key id and reason. An unknown key id is neither a label nor logged, and no line ever
 carries the presented text.
 """
@@ -83,7 +83,7 @@ def test_a_disabled_key_is_counted_under_its_id_and_logged_once_a_minute(
 ) -> None:
     operator, creds = _world()
     x = creds["X"]  # a disabled key
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
             assert operator.generate(x.key, x.secret) == 401
         assert operator.observed == [(GENERATE, x.key_id, 401)] * 3
@@ -112,7 +112,7 @@ def test_each_reason_is_logged_under_the_key_id(
 ) -> None:
     operator, creds = _world()
     cred = creds[name]
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert operator.generate(cred.key, cred.secret) == 401
     assert operator.observed == [(GENERATE, cred.key_id, 401)]
     assert _lines(caplog) == [
@@ -128,7 +128,7 @@ def test_a_wrong_text_for_a_known_key_id_is_counted_without_the_text(
     a = creds["A"]
     body = f"{a.key_id}.{'Z' * 33}"
     forged = body + checksum(body)  # the right shape and checksum, the wrong secret tail
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert operator.generate(forged, a.secret) == 401
         assert operator.generate(f"{a.key_id}.mistyped", a.secret) == 401
     assert operator.observed == [(GENERATE, a.key_id, 401)] * 2
@@ -147,7 +147,7 @@ def test_an_unknown_key_id_is_neither_a_label_nor_logged(caplog: pytest.LogCaptu
     a = creds["A"]
     unknown_id = "UID2-C-L-1001-zzzzzz"
     body = f"{unknown_id}.{'Q' * 33}"
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert operator.generate(body + checksum(body), a.secret) == 401
         assert operator.generate("UID2-C-P-1001-abcdef.x", a.secret) == 401  # another env
         assert operator.generate("no-key-at-all", a.secret) == 401
@@ -158,7 +158,7 @@ def test_an_unknown_key_id_is_neither_a_label_nor_logged(caplog: pytest.LogCaptu
 def test_success_is_counted_under_the_key_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     operator, creds = _world()
     a = creds["A"]
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert operator.generate(a.key, a.secret) == 200
     assert operator.observed == [(GENERATE, a.key_id, 200)]
     assert _lines(caplog) == []
@@ -175,7 +175,7 @@ def test_a_key_with_no_client_secret_left_is_logged(caplog: pytest.LogCaptureFix
         a.key_id: ClientRecord(record.key, record.participant, (retired,)),
     }
     operator = _Operator(replace(snapshot, clients=clients), clock)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert operator.generate(a.key, a.secret) == 401
     assert operator.observed == [(GENERATE, a.key_id, 401)]
     assert _lines(caplog) == [
@@ -188,7 +188,7 @@ def test_the_refusal_log_remembers_a_bounded_number_of_keys(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     refusals = RefusalLog(interval_ms=1000, max_entries=2)
-    with caplog.at_level(logging.INFO, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         refusals.refused("k1", "key_disabled", GENERATE, 0)
         refusals.refused("k2", "key_disabled", GENERATE, 500)
         refusals.refused("k1", "key_disabled", GENERATE, 600)  # inside the interval: counted

@@ -131,7 +131,7 @@ log = logging.getLogger(__name__)
 
 
 class RefusalLog:
-    """One info line per refused known key id and reason per ``interval_ms``.
+    """One warning line per refused known key id and reason per ``interval_ms``.
 
     A client retrying with a disabled key, or a flood presenting a known key id, would otherwise
     write a line per request. Lines carry the key id (public), the reason and the route, never the
@@ -161,7 +161,7 @@ class RefusalLog:
             self._prune(now_ms)
         skipped = 0 if entry is None else entry[1]
         self._seen[(key_id, reason)] = [now_ms, 0]
-        log.info(
+        log.warning(
             "API key refused: key_id=%s reason=%s path=%s (%d more since the last line)",
             key_id,
             reason,
