@@ -19,8 +19,6 @@ from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPO
 from uid2_operator.services.data_plane import enveloped_endpoints
 from uid2_operator.web.operator_api import app as operator_app
 
-pytestmark = pytest.mark.functional
-
 
 def _app_routes() -> tuple[list[str], list[str]]:
     """The routes as the app defines them, not as listed here: the enveloped endpoints it
