@@ -18,6 +18,7 @@ import pytest
 from cli_harness import Cli, Database
 
 from uid2_operator.bootstrap import open_services
+from uid2_operator.cli import database as database_commands
 from uid2_operator.domain.sealing import generate_keyring
 from uid2_operator.errors import StoreError
 from uid2_operator.services.context import SYSTEM
@@ -139,3 +140,18 @@ def test_a_refused_prod_init_leaves_the_directory_free_for_another_environment(
     assert not (database.data_dir / "environment").exists()
     assert cli("init", "--environment", "local").exit_code == 0
     assert (database.data_dir / "environment").read_text(encoding="utf-8") == "local\n"
+
+
+def test_the_bootstrap_token_is_issued_last_so_a_late_failure_cannot_lose_it(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unwritable(settings: Settings) -> None:
+        raise PermissionError(13, "Permission denied", str(settings.environment_path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(database_commands, "record_environment", unwritable)
+        assert Cli(database)("init", "--json").exit_code != 0
+    assert _state(database)[1] == 0  # no token issued, so none lost
+    again = Cli(database)("init", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["admin_token"].startswith("UID2-A-")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,3 +131,38 @@ def test_admin_host_puts_the_admin_api_elsewhere_with_a_warning(tmp_path: Path) 
         assert admin_port is not None
         assert _listening(admin_port) == {ANY_V4}
     assert "reachable from other machines, over plain HTTP" in run.errors
+
+
+def test_a_serve_that_fails_after_init_still_hands_over_the_bootstrap_token(
+    tmp_path: Path,
+) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        done = subprocess.run(  # noqa: S603 (our own command)
+            [UID2_OPERATOR, "--data-dir", str(tmp_path / "data"), "serve", "--json",
+             "--init-if-new", "--port", str(port), "--admin-port", "0"],
+            capture_output=True,
+            text=True,
+            env=clean_env({"UID2_SALT_BUCKETS": "1024"}),
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+    finally:
+        busy.close()
+    assert done.returncode != 0
+    assert "Address already in use" in done.stdout + done.stderr
+    first = json.loads(done.stdout.splitlines()[0])
+    token = first["init"]["admin_token"]
+    listed = subprocess.run(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, "--data-dir", str(tmp_path / "data"), "admin-token", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=True,
+    )
+    assert first["init"]["admin_token_id"] in listed.stdout
+    assert token.startswith(first["init"]["admin_token_id"] + ".")

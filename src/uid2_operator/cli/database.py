@@ -69,14 +69,15 @@ def initialise(environment: str | None) -> Initialised:
     opened = open_services(settings, keyring=keyring)
     try:
         who = actor()
-        # The material first: it refuses a keyring that does not open the store's, and a run
-        # that stops there has not yet issued (and so cannot lose) the bootstrap token.
+        # The material first: it refuses a keyring that does not open the store's. The token
+        # last, once nothing else can fail: a run that stops before it has not issued (and so
+        # cannot lose) the token, which is shown only once.
         material = opened.material.initialise(who)
+        record_environment(settings)
         issued = opened.admin.bootstrap_token(who)
         backend = opened.store.backend
     finally:
         opened.close()
-    record_environment(settings)
     document: dict[str, object] = {
         "data_dir": str(settings.data_dir),
         "database": backend,

@@ -76,6 +76,13 @@ _STOP_TIMEOUT_S: Final = 10.0
 _QUICK_EXIT_S: Final = 10.0
 _QUICK_EXIT_LIMIT: Final = 3
 _PARENT_CHECK_S: Final = 0.25
+_ANNOUNCE_WARNING_S: Final = 30
+_PROBE_TARGETS: Final = {
+    "0.0.0.0": ("127.0.0.1",),  # noqa: S104 (what serve bound, not what it binds)
+    "": ("127.0.0.1",),
+    "::": ("::1", "127.0.0.1"),  # the IPv6 wildcard takes IPv4 too; ::1 may be switched off
+}
+"""Where serve looks for a worker accepting, per --host it cannot connect to as given."""
 
 
 def _needs_init(settings: Settings) -> bool:
@@ -486,10 +493,12 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
 ) -> None:
     """Serve the operator API (--port) and the admin API (--admin-port).
 
-    With --json, once every port is bound, one line on standard output holds a JSON document:
-    operator_url, admin_url, workers, pid, data_dir, environment, and init (what --init-if-new
-    did, as ``init --json`` prints it, bootstrap admin token included; null when it did not
-    run). Nothing else is written to standard output."""
+    With --json, once a worker accepts connections, one line on standard output holds a JSON
+    document: operator_url, admin_url, workers, pid, data_dir, environment, and init (what
+    --init-if-new did, as ``init --json`` prints it, bootstrap admin token included; null when
+    it did not run). Nothing else is written to standard output, except when serve fails after
+    --init-if-new issued the token and before that line: then one line ``{"init": ...}`` carries
+    it, before the error."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
@@ -497,23 +506,50 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     serve_settings.key_retention_s(settings.environment)  # and a key retention below them
     # Before anything is bound or written: a second serve on this data directory stops here.
     lock = ctx.with_resource(ServeLock.take(settings.data_dir))
-    json_out = wants_json(as_json)
-    initialised: Initialised | None = None
+    listen = _Listen(host, port, admin_host, admin_port, workers, log_level)
+    announcer = _Announcer(as_json=wants_json(as_json))
     if init_if_new and _needs_init(settings):
-        initialised = initialise(None)
-        if not json_out:
-            initialised.human()
-        if initialised.token_issued:
+        announcer.initialised = initialise(None)
+        if not announcer.as_json:
+            announcer.initialised.human()
+        if announcer.initialised.token_issued:
             show_once_warning()
         settings = load_settings()
-    services = _open_serving(settings, serve_settings)
-    material = services.material
-    _export_settings(settings)
+    try:
+        _run_serving(settings, serve_settings, lock, listen, announcer)
+    except BaseException:
+        announcer.failed()
+        raise
+    click.echo("stopped", err=True)
 
-    reserve, operator_port = _reserve_operator_port(host, port)
-    admin_sock, admin_url = _bind_admin(admin_host, admin_port)
-    admin = _run_admin(services, admin_sock, log_level)
-    pool = _Workers(host, operator_port, workers, None if _REUSE_PORT else reserve, log_level)
+
+@dataclass(frozen=True, slots=True)
+class _Listen:
+    """Where ``serve`` listens, and how many workers it runs (its options)."""
+
+    host: str
+    port: int
+    admin_host: str
+    admin_port: int
+    workers: int
+    log_level: str
+
+
+def _run_serving(
+    settings: Settings,
+    serve_settings: ServeSettings,
+    lock: ServeLock,
+    listen: _Listen,
+    announcer: _Announcer,
+) -> None:
+    """Open the services, bind, start the workers and serve until SIGINT or SIGTERM."""
+    services = _open_serving(settings, serve_settings)
+    _export_settings(settings)
+    reserve, operator_port = _reserve_operator_port(listen.host, listen.port)
+    admin_sock, admin_url = _bind_admin(listen.admin_host, listen.admin_port)
+    admin = _run_admin(services, admin_sock, listen.log_level)
+    shared = None if _REUSE_PORT else reserve
+    pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -522,20 +558,14 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
-    upkeep = _Upkeep(services, material, serve_settings)
+    upkeep = _Upkeep(services, services.material, serve_settings)
+    announcer.where(settings, listen, operator_port, admin_url)
     try:
         pool.start()
-        _await_accepting(host, operator_port, pool, stop)
-        _announce(
-            settings,
-            operator_url=f"http://{_url_host(host)}:{operator_port}",
-            admin_url=admin_url,
-            workers=workers,
-            initialised=initialised,
-            as_json=json_out,
-        )
-        click.echo("press Ctrl-C to stop", err=True)
-        while not stop.wait(0.2):
+        while True:
+            announcer.tick()
+            if stop.wait(0.2):
+                break
             pool.keep_alive()
             upkeep.tick()
     finally:
@@ -547,7 +577,72 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
         time.sleep(0.1)
         services.close()
         _retire_runtime_dir(runtime_dir, settings.data_dir, lock)
-    click.echo("stopped", err=True)
+
+
+class _Announcer:
+    """Says where serve listens, once a worker accepts connections on the operator port: the
+    two lines of text, or with --json the one JSON line (``serve``'s docstring). Looked at on
+    every turn of serve's loop, so waiting for the workers never holds up the upkeep; a warning
+    when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve fail after ``init`` issued the
+    bootstrap admin token but before the JSON line, the token still reaches standard output
+    (``failed``): it is shown only once."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        self.initialised: Initialised | None = None
+        self.done = False
+        self._settings: Settings | None = None
+        self._listen: _Listen | None = None
+        self._port = 0
+        self._admin_url = ""
+        self._since = 0.0
+        self._warned = False
+
+    def where(self, settings: Settings, listen: _Listen, port: int, admin_url: str) -> None:
+        self._settings, self._listen = settings, listen
+        self._port, self._admin_url = port, admin_url
+        self._since = time.monotonic()
+
+    def tick(self) -> None:
+        if self.done or self._settings is None or self._listen is None:
+            return
+        if not _accepting(self._listen.host, self._port):
+            if not self._warned and time.monotonic() - self._since > _ANNOUNCE_WARNING_S:
+                self._warned = True
+                log.warning(
+                    "no worker accepts connections on port %d yet after %d s",
+                    self._port,
+                    _ANNOUNCE_WARNING_S,
+                )
+            return
+        self.done = True
+        _announce(
+            self._settings,
+            operator_url=f"http://{_url_host(self._listen.host)}:{self._port}",
+            admin_url=self._admin_url,
+            workers=self._listen.workers,
+            initialised=self.initialised,
+            as_json=self.as_json,
+        )
+        click.echo("press Ctrl-C to stop", err=True)
+
+    def failed(self) -> None:
+        """Serve is stopping on an error: print what would otherwise be lost."""
+        done = self.initialised
+        if self.as_json and not self.done and done is not None and done.token_issued:
+            click.echo(json.dumps({"init": done.document}, ensure_ascii=False))
+
+
+def _accepting(host: str, port: int) -> bool:
+    """True once something accepts connections on ``port`` of the interface serve bound."""
+    targets = _PROBE_TARGETS.get(host, (host,))
+    for target in targets:
+        try:
+            with socket.create_connection((target, port), timeout=0.5):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _bind_admin(host: str, port: int) -> tuple[socket.socket, str]:
@@ -560,19 +655,6 @@ def _bind_admin(host: str, port: int) -> tuple[socket.socket, str]:
             host,
         )
     return sock, f"http://{_url_host(host)}:{sock.getsockname()[1]}/admin/api"
-
-
-def _await_accepting(host: str, port: int, pool: _Workers, stop: threading.Event) -> None:
-    """Wait until a worker accepts connections on the operator port (or serve is told to
-    stop), restarting workers that exit meanwhile: what serve then announces answers."""
-    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-    while not stop.is_set():
-        try:
-            with socket.create_connection((target, port), timeout=0.5):
-                return
-        except OSError:
-            pool.keep_alive()
-            stop.wait(0.05)
 
 
 def _announce(
