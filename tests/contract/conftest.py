@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from ci_mode import unavailable
 from uid2_operator.storage import SqlStore, open_store, upgrade
 
 POSTGRES_URL = os.environ.get("UID2_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -40,9 +41,7 @@ def postgres_url() -> str:
             conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL at {make_url(POSTGRES_URL)!r} is unreachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return POSTGRES_URL
 
 

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
+from ci_mode import unavailable
 from uid2_operator.cli import main
 from uid2_operator.settings import Settings
 from uid2_operator.storage import open_store
@@ -39,9 +40,7 @@ def postgres_url() -> str:
             conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL is unreachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return POSTGRES_URL
 
 

@@ -8,13 +8,14 @@ nothing of it is copied into the project.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+
+from ci_mode import unavailable
 
 SDK = "uid2-client==2.9.0"
 SDIST_DIR = "uid2_client-2.9.0"
@@ -36,9 +37,7 @@ def sdk_sdist(cache: Path) -> Path:
     archives = sorted(cache.glob("uid2_client-2.9.0.tar.gz"))
     if download.returncode != 0 or not archives:
         message = f"cannot download the {SDK} sdist: {download.stderr.strip()[-500:]}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     _extract(archives[0], cache)
     return root
 
