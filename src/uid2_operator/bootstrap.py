@@ -46,7 +46,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import Settings
+from uid2_operator.settings import DB_FILE, Settings
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.interface import Store
 from uid2_operator.wire.aead import RandomBytes
@@ -442,9 +442,20 @@ def record_environment(settings: Settings) -> None:
 
 
 def upgrade_database(settings: Settings) -> str:
-    """Apply the shipped migrations to the configured database; returns the schema revision."""
+    """Apply the shipped migrations to the configured database; returns the schema revision.
+
+    The embedded SQLite file is created owner-only (0600, whatever the umask; SQLite gives its
+    journal files the same mode), in a data directory made 0700: it holds hashes of every key
+    and everything sealed under the keyring."""
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+        try:
+            fd = os.open(settings.data_dir / DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.fchmod(fd, _PRIVATE_FILE)
+            os.close(fd)
     return upgrade(settings.store_url)
 
 

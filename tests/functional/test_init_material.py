@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,23 @@ def test_a_bad_salt_bucket_count_is_refused(tmp_path: Path, value: str) -> None:
     assert "UID2_SALT_BUCKETS" in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "data" / "uid2.db").exists()
+
+
+def test_init_keeps_the_data_directory_and_the_database_file_owner_only(tmp_path: Path) -> None:
+    """Whatever the umask: the directory 0700, the SQLite file and its journals 0600."""
+    database = Database("sqlite", tmp_path / "data", None)
+    old = os.umask(0)
+    try:
+        result = Cli(database)("init")
+        assert result.exit_code == 0, result.output
+        made = Cli(database)("participant", "create", "--name", "P", "--type", "publisher",
+                             "--roles", "GENERATOR")  # fmt: skip
+        assert made.exit_code == 0, made.output
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(database.data_dir.stat().st_mode) == 0o700
+    files = [p for p in database.data_dir.iterdir() if p.name.startswith("uid2.db")]
+    assert database.sqlite_path in files
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == dict.fromkeys(
+        (p.name for p in files), 0o600
+    )
