@@ -9,8 +9,11 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 from admin_api_harness import (
+    CLIENT_HOST,
     PREFIX,
     AdminEnv,
     fill_path,
@@ -105,6 +108,71 @@ def test_every_route_but_health_and_openapi_refuses_bad_credentials(env: AdminEn
     seq = env.change_seq()
     assert _unguarded(env, _bad_credentials(env)) == []
     assert env.change_seq() == seq + 2  # only the revoked token set-up wrote anything
+
+
+def _guarded_routes(env: AdminEnv) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in _route_methods(env) if p not in PUBLIC_FULL_PATHS]
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    ["query token", "query access_token", "cookie token", "cookie access_token"],
+)
+def test_a_valid_token_outside_the_authorization_header_is_not_accepted(
+    env: AdminEnv, carrier: str
+) -> None:
+    token = env.tokens[AdminRole.SUPER_USER]
+    where, name = carrier.split(" ")
+    params = {name: token} if where == "query" else None
+    headers = {"Cookie": f"{name}={token}"} if where == "cookie" else None
+    seq = env.change_seq()
+    problems: list[str] = []
+    for method, path in _guarded_routes(env):
+        response = env.client.request(
+            method, fill_path(path), headers=headers, params=params, json={}
+        )
+        code = response.json().get("error", {}).get("code")
+        if (response.status_code, code) != (401, "credential_missing"):
+            problems.append(f"{method} {path}: {response.status_code} {code}")
+        elif token in response.text:
+            problems.append(f"{method} {path}: the token is echoed")
+    assert problems == []
+    assert env.change_seq() == seq
+    # The same token in the header is accepted (so the refusals above are about where it was).
+    assert env.call("GET", "/keys").status_code == 200
+
+
+def _with_raw_headers(
+    env: AdminEnv, method: str, path: str, headers: list[tuple[str, str]]
+) -> httpx.Response:
+    """One request carrying ``headers`` exactly as listed (repeated names included)."""
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=env.app, client=(CLIENT_HOST, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as c:
+            response = await c.request(method, path, headers=headers, json={})
+            await response.aread()
+            return response
+
+    return anyio.run(send)
+
+
+def test_two_authorization_headers_are_refused_even_if_both_are_valid(env: AdminEnv) -> None:
+    super_user = f"Bearer {env.tokens[AdminRole.SUPER_USER]}"
+    reader = f"Bearer {env.tokens[AdminRole.READ_ONLY]}"
+    seq = env.change_seq()
+    for method, path in _guarded_routes(env):
+        for pair in ((super_user, super_user), (reader, super_user), (super_user, reader)):
+            headers = [("Authorization", pair[0]), ("Authorization", pair[1])]
+            response = _with_raw_headers(env, method, fill_path(path), headers)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["error"] == {
+                "code": "credential_malformed",
+                "message": "Send exactly one Authorization header",
+            }, (method, path)
+            assert response.headers["www-authenticate"].split(" ")[0] == "Bearer"
+            assert env.tokens[AdminRole.SUPER_USER] not in response.text
+    assert env.change_seq() == seq
 
 
 def test_every_route_refuses_a_token_without_the_role_for_its_action(env: AdminEnv) -> None:

@@ -26,13 +26,13 @@ def _url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-@settings(max_examples=400)
+@settings(deadline=None, max_examples=400)
 @given(st.text(max_size=200) | st.text(alphabet="ABCDEFGHIJQgw_-.=+/", max_size=120))
 def test_any_text_parses_or_is_invalid(text: str) -> None:
     _parse_or_none(text)
 
 
-@settings(max_examples=400)
+@settings(deadline=None, max_examples=400)
 @given(st.binary(max_size=600), st.lists(st.binary(min_size=1, max_size=8), max_size=3))
 def test_any_bytes_parse_or_are_invalid(data: bytes, extra: list[bytes]) -> None:
     # As sent, and with the first six bits made version 2 so that the rest gets read.
@@ -59,7 +59,7 @@ def _members(section: VendorSet, candidates: frozenset[int]) -> frozenset[int]:
     return frozenset(v for v in candidates if v in section)
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(
     consents=vendor_sections(),
     li=vendor_sections(),
@@ -115,7 +115,7 @@ entries = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(entries)
 def test_range_entries_in_any_order_name_their_union(given_entries: list[tuple[int, int]]) -> None:
     max_id = max((end for _, end in given_entries), default=0)
