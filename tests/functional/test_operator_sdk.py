@@ -13,6 +13,7 @@ import json
 import random
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -556,7 +557,7 @@ def test_expired_refresh_token_is_400(short_lived: SdkWorld) -> None:
 # ------------------------------------------------------------------------ 23 legacy client
 
 
-def test_legacy_uid2_client(world: World) -> None:
+def test_legacy_uid2_client(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     cred = world["A"]
     identity = generate(world, TokenGenerateInput.from_email(OK_EMAIL)).get_identity()
     client = Uid2ClientFactory.create(world.base_url, cred.key, cred.secret)
@@ -573,5 +574,23 @@ def test_legacy_uid2_client(world: World) -> None:
             time.sleep(0.05)
         assert refresher.current_result().ready
     bad = Uid2ClientFactory.create(world.base_url, "bad-api-key", cred.secret)
-    with pytest.raises(Exception):  # noqa: B017, PT011 (the SDK raises a bare Exception)
+    # The SDK turns any failure into a bare Exception of the caught error's args, which for an
+    # HTTP error status is "()" (urllib's HTTPError has none); so the HTTP error is watched on its
+    # way through urlopen, to check that it is the 401 and not, say, a 500.
+    refused: list[urllib.error.HTTPError] = []
+    urlopen = urllib.request.urlopen
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return urlopen(*args, **kwargs)
+        except urllib.error.HTTPError as error:
+            refused.append(error)
+            raise
+
+    monkeypatch.setattr(urllib.request, "urlopen", watched)
+    with pytest.raises(Exception, match=r"^\(\)$"):
         bad.refresh_keys()
+    assert len(refused) == 1
+    with refused[0] as error:
+        assert error.url == world.base_url + "/v2/key/sharing"
+        assert (error.code, json.loads(error.read())) == (401, {"status": "unauthorized"})

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from uid2_client import (
     Uid2PublisherClient,
 )
 
+from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
 from uid2_operator.storage import open_store
 
 pytestmark = pytest.mark.functional
@@ -121,6 +123,27 @@ def test_metrics_count_requests_per_endpoint_and_key(prepared: Prepared, server:
     assert 'endpoint="other"' in server.metrics()
 
 
+SALT_PROBES = 2000
+
+
+def _mapped(server: Served, key: Credential, emails: list[str]) -> list[dict[str, Any]]:
+    """The ``/v3/identity/map`` entries (``u``, ``p``, ``r``) of ``emails``, in order."""
+    response, body = server.call("/v3/identity/map", {"email": emails}, key)
+    assert body is not None, response.text
+    assert body["status"] == "success", body
+    entries: list[dict[str, Any]] = body["body"]["email"]
+    assert len(entries) == len(emails)
+    assert all(set(entry) == {"u", "p", "r"} for entry in entries), entries[:3]
+    return entries
+
+
+def _rotated_reached(
+    server: Served, key: Credential, emails: list[str], before: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    now = _mapped(server, key, emails)
+    return now if any(n["u"] != b["u"] for n, b in zip(now, before, strict=True)) else None
+
+
 def test_material_commands_reach_the_running_operator(prepared: Prepared, server: Served) -> None:
     key = prepared.key
     opted_out = "serve-optout@example.com"
@@ -129,8 +152,22 @@ def test_material_commands_reach_the_running_operator(prepared: Prepared, server
     assert body["status"] == "success", response.text
     rotated = cli(prepared.database, "keys", "rotate")
     assert "created" in rotated
+    probes = [f"salt-probe-{n}@example.com" for n in range(SALT_PROBES)]
+    before = _mapped(server, key, probes)
+    assert all(entry["p"] is None for entry in before)  # no bucket has rotated yet
     salts = cli(prepared.database, "salts", "rotate", "--fraction", "0.01")
-    assert salts["rotated"] >= 0
+    # A new table's buckets may all rotate at once: round(0.01 * 2^16) of them do.
+    assert salts["bucket_count"] == LOCAL_BUCKET_COUNT == 65536
+    assert salts["rotated"] == 655
+    # The running operator takes the rotation up: the probes in rotated buckets (about 1 %; that
+    # none of 2000 is has a chance of about 2e-9) get a new raw UID, the old one as previous.
+    after = poll(lambda: _rotated_reached(server, key, probes, before))
+    assert after, "the salt rotation never reached the running operator"
+    changed = [n for n, (old, new) in enumerate(zip(before, after, strict=True)) if old != new]
+    assert 0 < len(changed) <= SALT_PROBES // 10, len(changed)
+    for n in changed:
+        assert after[n]["u"] != before[n]["u"]
+        assert after[n]["p"] == before[n]["u"]
     cli(prepared.database, "optout", "add", "--email", opted_out)
 
     def refused() -> bool:
