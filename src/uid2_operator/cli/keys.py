@@ -211,6 +211,16 @@ def rotate(key_id: str, grace_days: int, as_json: bool) -> None:
     _emit_issued(as_json, issued)
 
 
+@key.command("retire-now")
+@click.argument("key_id")
+@json_option
+def retire_now(key_id: str, as_json: bool) -> None:
+    """End a rotated key's grace window now (its successor keeps working)."""
+    with services() as svc:
+        view = svc.credentials.retire_key_now(actor(), key_id)
+    _emit_key(as_json, view)
+
+
 @key.command("rotate-secret")
 @click.argument("key_id")
 @click.option(

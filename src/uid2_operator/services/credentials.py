@@ -414,6 +414,21 @@ class CredentialService:
         )
         return self._issued(minted, secret, rotation.successor, now)
 
+    def retire_key_now(self, actor: Actor, key_id: Any) -> KeyView:
+        """End a rotated key's grace window now: from this moment the old key, and its client
+        secrets with it, are refused; its successor keeps working. Refused (InvalidTransition)
+        for a key that was never rotated (revoke it instead), one already retired (a rotation
+        with 0 grace retires at once) and a revoked key."""
+        kid = inputs.credential_id(key_id, "key_id")
+
+        def change(key: ApiKey, now: int, tx: Tx) -> ApiKey:
+            retired = lifecycle.retire_now(key, now)
+            for secret in accepted_secrets(tx.secrets.list_for_key(key.key_id), now):
+                tx.secrets.update(_retired_at(secret, now))
+            return retired
+
+        return self._change_key(actor, kid, "key.retire_now", change)
+
     def rotate_secret(
         self, actor: Actor, key_id: Any, *, grace_days: Any = DEFAULT_GRACE_DAYS
     ) -> IssuedSecret:

@@ -1,4 +1,5 @@
-"""API keys: issue, list, show, rename, set roles, disable/enable, revoke, rotate, rotate secret.
+"""API keys: issue, list, show, rename, set roles, disable/enable, revoke, rotate, retire now,
+rotate secret.
 
 The key and its client secret travel only in the bodies of the POST responses that issue them
 (create, rotate, rotate-secret), marked ``discloses_secret`` so they go out with
@@ -147,6 +148,11 @@ def rotate_key(call: Call) -> Reply:
     return Reply(issued.to_json(), status=201)
 
 
+def retire_key_now(call: Call) -> Reply:
+    view = call.services.credentials.retire_key_now(call.actor, call.params["key_id"])
+    return Reply(view.to_json())
+
+
 def rotate_secret(call: Call) -> Reply:
     issued = call.services.credentials.rotate_secret(
         call.actor, call.params["key_id"], grace_days=_grace(call)
@@ -282,6 +288,15 @@ OPERATIONS = (
         response="IssuedKey",
         status=201,
         discloses_secret=True,
+    ),
+    _key_op(
+        "POST",
+        "/retire-now",
+        _A.KEY_RETIRE_NOW,
+        retire_key_now,
+        operation_id="retireKeyNow",
+        summary="End a rotated key's grace window now; its successor keeps working",
+        body=NO_BODY,
     ),
     _key_op(
         "POST",
