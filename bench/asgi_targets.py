@@ -77,7 +77,7 @@ def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Await
 
     def observe(path: str, key_id: str | None, status: int, seconds: float) -> None:
         metrics.observe(path, key_id, status, seconds)
-        if key_id is not None:
+        if key_id is not None and status != 401:  # a 401 is a refused key: not its usage
             usage.add(key_id, path)
 
     return create_operator_app(

@@ -53,7 +53,7 @@ from uid2_operator.web.operator_api.app import (
     Scope,
     Send,
 )
-from uid2_operator.web.operator_api.errors import TEXT
+from uid2_operator.web.operator_api.errors import TEXT, UNAUTHORIZED
 from uid2_operator.web.operator_api.metrics import (
     Gauge,
     MetricsCollector,
@@ -225,10 +225,14 @@ def build_worker(
     )
     metrics = RequestMetrics(ROUTES)
     usage = write_behind.usage
+    refused = UNAUTHORIZED.http_status
 
     def observe(path: str, key_id: str | None, status: int, seconds: float) -> None:
         metrics.observe(path, key_id, status, seconds)
-        if key_id is not None:
+        # A 401 is a refused credential: its key id labels the metrics, but only requests the
+        # key authenticated are its usage (a forged text naming a public key id must not move
+        # that key's counts or its last use).
+        if key_id is not None and status != refused:
             usage.add(key_id, path)
 
     registry, publisher = _registry(metrics, _gauges(source, write_behind, now), runtime_dir)
