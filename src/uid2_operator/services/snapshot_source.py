@@ -121,7 +121,9 @@ class SnapshotSource:
 
     @property
     def store_reachable(self) -> bool:
-        return self._failure is None
+        """False only while the last poll could not reach the store; a reload failing with the
+        store reachable (a keyring that lacks a KEK version, say) leaves it True."""
+        return self._failure is None or self._failing != _STORE_DOWN
 
     @property
     def problem(self) -> str | None:

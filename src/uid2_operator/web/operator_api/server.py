@@ -303,7 +303,8 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> 
         ),
         (
             "uid2_operator_store_reachable",
-            "1 when the last poll of the store succeeded.",
+            "0 while the store cannot be reached, else 1 (also while a reload fails with the "
+            "store reachable: the health check says why).",
             lambda: 1.0 if source.store_reachable else 0.0,
         ),
         (
