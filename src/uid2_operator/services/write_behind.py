@@ -12,7 +12,9 @@ thread after swapping the pending batch out on the loop, so an increment can nev
 batch that is being written. Opt-outs and usage are written in separate transactions, and a
 failed write puts back only its own batch (counts are added, times are maxed), to be retried on
 the next flush; the opt-out queue is bounded so an unreachable store cannot grow it without
-limit.
+limit. An opt-out dropped for want of room is lost once the next reload replaces the snapshot it
+was applied to, so drops are counted (``OptOutQueue.dropped``, exported as a metric) and logged
+at WARNING, at most once per ``DROP_WARNING_INTERVAL_MS`` (``WriteBehind.report_drops``).
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -38,6 +40,9 @@ from uid2_operator.wire.encoding import b64encode
 log = logging.getLogger(__name__)
 
 MAX_PENDING_OPTOUTS: Final = 100_000
+DROP_WARNING_INTERVAL_MS: Final = 60_000
+"""At most one warning about dropped opt-outs per this interval (each says how many since the
+last)."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
 
@@ -139,6 +144,8 @@ class WriteBehind:
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
         self.failures = 0
+        self._drops_reported = 0
+        self._drop_warned_at_ms: int | None = None
 
     def record_optout(self, record: OptOutRecord) -> None:
         """The logout endpoint's sink: queue it for the store and apply it locally at once."""
@@ -188,6 +195,28 @@ class WriteBehind:
     def flush(self) -> None:
         """Write everything pending now, synchronously (shutdown, tests)."""
         self._put_back(*self._write(self.usage.take(), self.optouts.take()))
+        self.report_drops()
+
+    def report_drops(self) -> None:
+        """Log a WARNING when opt-outs were dropped since the last one, at most once per
+        ``DROP_WARNING_INTERVAL_MS`` (the next line counts what was dropped meanwhile)."""
+        dropped = self.optouts.dropped
+        if dropped == self._drops_reported:
+            return
+        now_ms = self._clock.now_ms()
+        last = self._drop_warned_at_ms
+        if last is not None and now_ms - last < DROP_WARNING_INTERVAL_MS:
+            return
+        log.warning(
+            "%d logout opt-outs dropped (%d since this worker started): %d were already waiting "
+            "for the store; a dropped opt-out is never written and is lost at the next snapshot "
+            "reload",
+            dropped - self._drops_reported,
+            dropped,
+            MAX_PENDING_OPTOUTS,
+        )
+        self._drops_reported = dropped
+        self._drop_warned_at_ms = now_ms
 
     def _put_back(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> None:
         """Keep what could not be written for the next flush."""
@@ -206,6 +235,7 @@ class WriteBehind:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
             self.tick()
+            self.report_drops()
             usage_due = loop.time() - last_usage_flush >= self._interval_s
             if not usage_due and not len(self.optouts):
                 continue

@@ -27,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from uid2_operator.bootstrap import follow_keyring, material_service, open_configured_store
@@ -67,6 +69,9 @@ log = logging.getLogger(__name__)
 
 METRICS: Final = "/metrics"
 ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS, METRICS})
+OPTOUTS_DROPPED: Final = "uid2_operator_optouts_dropped"
+COUNTERS: Final = frozenset({OPTOUTS_DROPPED})
+"""Worker figures exported as counters (``_WorkerCollector``), the rest of them as gauges."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,13 +274,30 @@ def _registry(
     registry = CollectorRegistry(auto_describe=False)
     worker = str(os.getpid())
     files = None if runtime_dir is None else MetricsFiles(runtime_dir, worker)
-    collector = MetricsCollector(
+    collector = _WorkerCollector(
         metrics, gauges, worker=worker, peers=None if files is None else files.peers
     )
     registry.register(collector)
     ProcessCollector(registry=registry)
     publisher = None if files is None else MetricsPublisher(files, collector.figures)
     return registry, publisher
+
+
+class _WorkerCollector(MetricsCollector):
+    """A ``MetricsCollector`` that exports the worker figures named in ``COUNTERS`` as counters
+    (``<name>_total``). They travel with the gauges, read at scrape time and published to the
+    metrics files the same way, so every worker's value is in any scrape under its ``worker``
+    label; only their type differs: they never go down while their worker lives."""
+
+    def collect(self) -> Iterator[Metric]:
+        for family in super().collect():
+            if family.name not in COUNTERS:
+                yield family
+                continue
+            counter = CounterMetricFamily(family.name, family.documentation, labels=["worker"])
+            for sample in family.samples:
+                counter.add_metric([sample.labels["worker"]], sample.value)
+            yield counter
 
 
 def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> list[Gauge]:
@@ -326,6 +348,12 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> 
             "uid2_operator_snapshot_loads",
             "Snapshots loaded by this worker.",
             lambda: float(source.loads),
+        ),
+        (
+            OPTOUTS_DROPPED,
+            "Logout opt-outs this worker dropped, never to be written, because its queue for the "
+            "store was full (the store unreachable).",
+            lambda: float(write_behind.optouts.dropped),
         ),
     ]
 
