@@ -295,7 +295,16 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
 
 
 class _Upkeep:
-    """Material upkeep in the serving process (see the module docstring)."""
+    """Material upkeep in the serving process (see the module docstring).
+
+    Two steps, each on its own schedule and each failing on its own: the keysets of new
+    participants, whenever the store changed (retried at every poll until it succeeds), and the
+    key rotation schedule, every ``key_rotation_interval_s`` whatever the first step does. A
+    failing step is logged when it starts failing and again only when its message changes, and
+    once more when it recovers, not at every poll."""
+
+    _NEW_PARTICIPANTS: Final = "new-participant keysets"
+    _ROTATION: Final = "scheduled key rotation"
 
     def __init__(self, services: Services, material: MaterialService, serve: ServeSettings):
         self._services = services
@@ -304,29 +313,55 @@ class _Upkeep:
         self._seen_seq: int | None = None
         self._next_rotation = time.monotonic() + serve.key_rotation_interval_s
         self._next_poll = 0.0
+        self._failing: dict[str, str] = {}
+        """The message each failing step last logged, by step."""
 
     def tick(self) -> None:
         now = time.monotonic()
-        try:
-            if now >= self._next_poll:
-                self._next_poll = now + self._serve.poll_interval_s
-                seq = self._services.store.change_seq()
-                if seq != self._seen_seq:
-                    # New participants get their default keyset (and its first key) here.
-                    self._material.initialise()
-                    self._seen_seq = self._services.store.change_seq()
-            if now >= self._next_rotation:
-                self._next_rotation = now + self._serve.key_rotation_interval_s
+        if now >= self._next_poll:
+            self._next_poll = now + self._serve.poll_interval_s
+            try:
+                self._initialise()
+            except UID2Error as exc:
+                self._failed(self._NEW_PARTICIPANTS, exc)
+            else:
+                self._recovered(self._NEW_PARTICIPANTS)
+        if now >= self._next_rotation:
+            self._next_rotation = now + self._serve.key_rotation_interval_s
+            try:
                 result = self._material.rotate_keys()
+            except UID2Error as exc:
+                self._failed(self._ROTATION, exc)
+            else:
+                self._recovered(self._ROTATION)
                 log.info(
                     "scheduled key rotation created %d keys, purged %d expired keys",
                     len(result.created),
                     len(result.purged),
                 )
-        except StoreUnavailable as exc:
-            log.warning("material upkeep skipped: %s", exc.detail)
-        except UID2Error as exc:
-            log.error("material upkeep failed: %s", exc.detail)
+
+    def _initialise(self) -> None:
+        seq = self._services.store.change_seq()
+        if seq != self._seen_seq:
+            # New participants get their default keyset (and its first key) here.
+            self._material.initialise()
+            self._seen_seq = self._services.store.change_seq()
+
+    def _failed(self, step: str, exc: UID2Error) -> None:
+        """Log a step's failure when it starts or its message changes (a store out of reach
+        at WARNING, anything else at ERROR)."""
+        message = exc.detail
+        if self._failing.get(step) == message:
+            return
+        self._failing[step] = message
+        if isinstance(exc, StoreUnavailable):
+            log.warning("material upkeep (%s) skipped: %s", step, message)
+        else:
+            log.error("material upkeep (%s) failed: %s", step, message)
+
+    def _recovered(self, step: str) -> None:
+        if self._failing.pop(step, None) is not None:
+            log.warning("material upkeep (%s) works again", step)
 
 
 def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvicorn.Server:

@@ -1,0 +1,145 @@
+"""The serving process's material upkeep: its two steps fail apart, and a failure is not logged
+at every poll.
+
+``_Upkeep.tick`` runs once per turn of serve's loop (about five times a second). Its first step
+(``MaterialService.initialise`` when the store changed) is retried at every poll while it fails;
+its second (the key rotation schedule) runs every ``key_rotation_interval_s`` whatever the first
+does. A failing step is logged when it starts, when its message changes and when it recovers.
+Stand-ins for the store and the material service; the clock is the module's ``time.monotonic``,
+replaced.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from uid2_operator.errors import KeyringError, StoreUnavailable, UID2Error
+from uid2_operator.serve_settings import ServeSettings
+
+serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
+LOGGER = "uid2_operator.cli.serve"
+ROTATION_EVERY_S = 3.0
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.seq = 1
+        self.down = False
+
+    def change_seq(self) -> int:
+        if self.down:
+            raise StoreUnavailable("The store at sqlite:///test is unavailable: switched off")
+        return self.seq
+
+
+class _Material:
+    """What the upkeep calls of ``MaterialService``; each call fails while its error is set."""
+
+    def __init__(self) -> None:
+        self.initialise_error: UID2Error | None = None
+        self.rotate_error: UID2Error | None = None
+        self.initialised = 0
+        self.rotations = 0
+
+    def initialise(self) -> None:
+        if self.initialise_error is not None:
+            raise self.initialise_error
+        self.initialised += 1
+
+    def rotate_keys(self) -> Any:
+        if self.rotate_error is not None:
+            raise self.rotate_error
+        self.rotations += 1
+        return SimpleNamespace(created=(), purged=())
+
+
+class _World:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: self.now))
+        self.store = _Store()
+        self.material = _Material()
+        self.upkeep = serve._Upkeep(
+            SimpleNamespace(store=self.store),
+            self.material,
+            ServeSettings(poll_interval_s=1.0, key_rotation_interval_s=ROTATION_EVERY_S),
+        )
+
+    def run_for(self, seconds: int) -> None:
+        """Tick once a second, as serve's loop would (more often, in fact) for ``seconds``."""
+        for _ in range(seconds):
+            self.now += 1.0
+            self.upkeep.tick()
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def test_a_failing_initialise_is_logged_once_and_does_not_stop_the_key_rotation(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = _World(monkeypatch)
+    world.material.initialise_error = KeyringError("Key-encryption key version 3 is absent")
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        world.run_for(10)
+        # The rotation keeps its schedule (at 3, 6 and 9 s) although every poll's initialise fails.
+        assert world.material.rotations == 3
+        assert world.material.initialised == 0
+        failures = [line for line in _lines(caplog) if line[0] >= logging.WARNING]
+        assert failures == [
+            (
+                logging.ERROR,
+                "material upkeep (new-participant keysets) failed: "
+                "Key-encryption key version 3 is absent",
+            )
+        ]
+
+        # Another message is logged once more; then the store out of reach, at WARNING.
+        world.material.initialise_error = KeyringError("Key-encryption key version 4 is absent")
+        world.run_for(5)
+        world.store.down = True
+        world.run_for(5)
+        failures = [line for line in _lines(caplog) if line[0] >= logging.WARNING]
+        assert [message.split(": ", 1)[1] for _, message in failures[1:]] == [
+            "Key-encryption key version 4 is absent",
+            "The store at sqlite:///test is unavailable: switched off",
+        ]
+        assert failures[2][0] == logging.WARNING
+        assert "skipped" in failures[2][1]
+
+        # Recovery: one line, and the step runs again.
+        world.store.down = False
+        world.material.initialise_error = None
+        world.run_for(5)
+    failures = [line for line in _lines(caplog) if line[0] >= logging.WARNING]
+    assert failures[3:] == [
+        (logging.WARNING, "material upkeep (new-participant keysets) works again")
+    ]
+    assert world.material.initialised == 1  # once: the change sequence did not move since
+    assert world.material.rotations == 8
+
+
+def test_a_failing_rotation_is_logged_once_and_does_not_stop_new_participant_keysets(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = _World(monkeypatch)
+    world.material.rotate_error = KeyringError("Key-encryption key version 3 is absent")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        world.run_for(10)
+        for seq in (2, 3):
+            world.store.seq = seq
+            world.run_for(1)
+    assert world.material.initialised == 3  # the first poll, then each change
+    assert _lines(caplog) == [
+        (
+            logging.ERROR,
+            "material upkeep (scheduled key rotation) failed: "
+            "Key-encryption key version 3 is absent",
+        )
+    ]
