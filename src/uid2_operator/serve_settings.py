@@ -46,6 +46,8 @@ MAX_LIFETIME_S = 10 * 366 * 86_400
 MAX_REQUEST_WINDOW_MS = 3_600_000
 MAX_CSTG_WINDOW_MS = 86_400_000
 MIN_REPLAY_TABLE_ENTRIES: Final = 1_024
+_REQUEST_WINDOW_VARIABLES: Final = ("UID2_REQUEST_MAX_AGE_MS", "UID2_REQUEST_MAX_FUTURE_MS")
+_CSTG_WINDOW_VARIABLES: Final = ("UID2_CSTG_MAX_AGE_MS", "UID2_CSTG_MAX_FUTURE_MS")
 _LIFETIME_VARIABLES = (
     ("identity_token_s", "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S"),
     ("refresh_token_s", "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S"),
@@ -133,12 +135,15 @@ class LifetimeOverrides:
         bidstream = value["max_bidstream_lifetime_s"]
         if bidstream is not None and bidstream < value["identity_token_s"]:
             raise SettingsError(
-                "UID2_MAX_BIDSTREAM_LIFETIME_S must not be shorter than the identity token lifetime"
+                f"UID2_MAX_BIDSTREAM_LIFETIME_S ({bidstream}) must not be shorter than the "
+                "identity token lifetime, UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S "
+                f"({value['identity_token_s']})"
             )
         sharing = value["max_sharing_lifetime_s"]
         if sharing is not None and sharing < value["sharing_token_expiry_s"]:
             raise SettingsError(
-                "UID2_MAX_SHARING_LIFETIME_S must not be shorter than UID2_SHARING_TOKEN_EXPIRY_S"
+                f"UID2_MAX_SHARING_LIFETIME_S ({sharing}) must not be shorter than "
+                f"UID2_SHARING_TOKEN_EXPIRY_S ({value['sharing_token_expiry_s']})"
             )
         return replace(base, **value)
 
@@ -183,16 +188,25 @@ class ServeSettings:
     expired_key_retention_s: int | None = None
 
     def __post_init__(self) -> None:
+        """Refuse (SettingsError) inconsistent values, naming the variables that set them."""
         if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
-            raise SettingsError("Need 0 < poll interval < maximum snapshot age")
-        if self.flush_interval_s <= 0 or self.key_rotation_interval_s <= 0:
-            raise SettingsError("Flush and key rotation intervals must be positive")
-        for window, limit in (
-            (self.request_window, MAX_REQUEST_WINDOW_MS),
-            (self.cstg_window, MAX_CSTG_WINDOW_MS),
+            raise SettingsError(
+                f"UID2_POLL_INTERVAL_S ({self.poll_interval_s:g} s) must be above 0 and below "
+                f"UID2_MAX_SNAPSHOT_AGE_S ({self.max_snapshot_age_s:g} s)"
+            )
+        for variable, interval in (
+            ("UID2_FLUSH_INTERVAL_S", self.flush_interval_s),
+            ("UID2_KEY_ROTATION_INTERVAL_S", self.key_rotation_interval_s),
         ):
-            if max(window.max_past_ms, window.max_future_ms) > limit:
-                raise SettingsError(f"A timestamp window may reach at most {limit} ms either way")
+            if not interval > 0:
+                raise SettingsError(f"{variable} must be a positive number of seconds")
+        for window, (past, future), limit in (
+            (self.request_window, _REQUEST_WINDOW_VARIABLES, MAX_REQUEST_WINDOW_MS),
+            (self.cstg_window, _CSTG_WINDOW_VARIABLES, MAX_CSTG_WINDOW_MS),
+        ):
+            for variable, reach in ((past, window.max_past_ms), (future, window.max_future_ms)):
+                if reach > limit:
+                    raise SettingsError(f"{variable} ({reach}) may be at most {limit} ms")
         if not MIN_REPLAY_TABLE_ENTRIES <= self.replay_table_entries <= MAX_SLOTS:
             raise SettingsError(
                 f"UID2_REPLAY_TABLE_ENTRIES must be from {MIN_REPLAY_TABLE_ENTRIES} to {MAX_SLOTS}"
@@ -254,15 +268,17 @@ class ServeSettings:
         )
         request = DEFAULT_TIMESTAMP_WINDOW
         cstg = DEFAULT_CSTG_TIMESTAMP_WINDOW
+        request_past, request_future = _REQUEST_WINDOW_VARIABLES
+        cstg_past, cstg_future = _CSTG_WINDOW_VARIABLES
         return cls(
             lifetimes=lifetimes,
             request_window=TimestampWindow(
-                max_past_ms=_whole(env, "UID2_REQUEST_MAX_AGE_MS", request.max_past_ms),
-                max_future_ms=_whole(env, "UID2_REQUEST_MAX_FUTURE_MS", request.max_future_ms),
+                max_past_ms=_whole(env, request_past, request.max_past_ms),
+                max_future_ms=_whole(env, request_future, request.max_future_ms),
             ),
             cstg_window=TimestampWindow(
-                max_past_ms=_whole(env, "UID2_CSTG_MAX_AGE_MS", cstg.max_past_ms),
-                max_future_ms=_whole(env, "UID2_CSTG_MAX_FUTURE_MS", cstg.max_future_ms),
+                max_past_ms=_whole(env, cstg_past, cstg.max_past_ms),
+                max_future_ms=_whole(env, cstg_future, cstg.max_future_ms),
             ),
             poll_interval_s=_seconds(env, "UID2_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S),
             max_snapshot_age_s=_seconds(env, "UID2_MAX_SNAPSHOT_AGE_S", DEFAULT_MAX_SNAPSHOT_AGE_S),

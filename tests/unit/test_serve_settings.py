@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from uid2_operator.domain.environments import Environment
@@ -204,3 +206,115 @@ def test_a_key_retention_at_or_above_the_minimum_is_kept() -> None:
 def test_a_malformed_key_retention_is_refused_by_name(text: str) -> None:
     with pytest.raises(SettingsError, match="UID2_EXPIRED_KEY_RETENTION_S"):
         ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": text})
+
+
+# ------------------------------------------------------------------------- every refusal names
+
+
+def _from_env(**env: str) -> Callable[[], object]:
+    return lambda: ServeSettings.from_env(env)
+
+
+def _lifetimes(environment: Environment, **env: str) -> Callable[[], object]:
+    return lambda: ServeSettings.from_env(env).token_lifetimes(environment)
+
+
+@pytest.mark.parametrize(
+    ("refuse", "variables"),
+    [
+        pytest.param(
+            _from_env(UID2_POLL_INTERVAL_S="10", UID2_MAX_SNAPSHOT_AGE_S="5"),
+            ("UID2_POLL_INTERVAL_S", "UID2_MAX_SNAPSHOT_AGE_S"),
+            id="poll-interval-not-below-max-age",
+        ),
+        pytest.param(
+            lambda: ServeSettings(poll_interval_s=0),
+            ("UID2_POLL_INTERVAL_S", "UID2_MAX_SNAPSHOT_AGE_S"),
+            id="poll-interval-zero",
+        ),
+        pytest.param(_from_env(UID2_POLL_INTERVAL_S="soon"), ("UID2_POLL_INTERVAL_S",), id="poll"),
+        pytest.param(
+            _from_env(UID2_MAX_SNAPSHOT_AGE_S="0"), ("UID2_MAX_SNAPSHOT_AGE_S",), id="max-age"
+        ),
+        pytest.param(
+            _from_env(UID2_FLUSH_INTERVAL_S="nan"), ("UID2_FLUSH_INTERVAL_S",), id="flush-nan"
+        ),
+        pytest.param(
+            lambda: ServeSettings(flush_interval_s=0), ("UID2_FLUSH_INTERVAL_S",), id="flush-zero"
+        ),
+        pytest.param(
+            _from_env(UID2_KEY_ROTATION_INTERVAL_S="-1"),
+            ("UID2_KEY_ROTATION_INTERVAL_S",),
+            id="rotation-negative",
+        ),
+        pytest.param(
+            lambda: ServeSettings(key_rotation_interval_s=0),
+            ("UID2_KEY_ROTATION_INTERVAL_S",),
+            id="rotation-zero",
+        ),
+        pytest.param(
+            _from_env(UID2_CLIENT_SIDE_GENERATE="yes"),
+            ("UID2_CLIENT_SIDE_GENERATE",),
+            id="client-side-generate",
+        ),
+        *(
+            pytest.param(_from_env(**{variable: value}), (variable,), id=f"{variable}={value}")
+            for variable, value in (
+                ("UID2_REQUEST_MAX_AGE_MS", "3600001"),
+                ("UID2_REQUEST_MAX_FUTURE_MS", "3600001"),
+                ("UID2_CSTG_MAX_AGE_MS", "86400001"),
+                ("UID2_CSTG_MAX_FUTURE_MS", "86400001"),
+                ("UID2_REQUEST_MAX_AGE_MS", "-1"),
+                ("UID2_REPLAY_TABLE_ENTRIES", "1"),
+                ("UID2_REPLAY_TABLE_ENTRIES", "many"),
+                ("UID2_TCF_VENDOR_ID", "0"),
+                ("UID2_EXPIRED_KEY_RETENTION_S", "1.5"),
+                ("UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S", "-1"),
+            )
+        ),
+        *(
+            pytest.param(_lifetimes(Environment.PROD, **{variable: "0"}), (variable,), id=variable)
+            for variable in (
+                "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S",
+                "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S",
+                "UID2_REFRESH_IDENTITY_AFTER_S",
+                "UID2_SHARING_TOKEN_EXPIRY_S",
+                "UID2_MAX_BIDSTREAM_LIFETIME_S",
+                "UID2_MAX_SHARING_LIFETIME_S",
+            )
+        ),
+        pytest.param(
+            _lifetimes(Environment.PROD, UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S="1200"),
+            (
+                "UID2_REFRESH_IDENTITY_AFTER_S",
+                "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S",
+                "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S",
+            ),
+            id="lifetime-order",
+        ),
+        pytest.param(
+            _lifetimes(Environment.PROD, UID2_MAX_BIDSTREAM_LIFETIME_S="60"),
+            ("UID2_MAX_BIDSTREAM_LIFETIME_S", "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S"),
+            id="bidstream-below-identity",
+        ),
+        pytest.param(
+            _lifetimes(Environment.PROD, UID2_MAX_SHARING_LIFETIME_S="60"),
+            ("UID2_MAX_SHARING_LIFETIME_S", "UID2_SHARING_TOKEN_EXPIRY_S"),
+            id="sharing-below-expiry",
+        ),
+        pytest.param(
+            lambda: ServeSettings.from_env({"UID2_EXPIRED_KEY_RETENTION_S": "60"}).key_retention_s(
+                Environment.PROD
+            ),
+            ("UID2_EXPIRED_KEY_RETENTION_S",),
+            id="retention-below-minimum",
+        ),
+    ],
+)
+def test_every_refusal_names_its_variables(
+    refuse: Callable[[], object], variables: tuple[str, ...]
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        refuse()
+    for variable in variables:
+        assert variable in str(refused.value)
