@@ -1,7 +1,9 @@
 """How commands print: one JSON document with ``--json``, readable text otherwise, and errors.
 
 Errors are one line on stderr (and, with ``--json``, an ``{"error": ...}`` document on stdout),
-with exit status 2 for usage and input errors and 1 for everything else; never a traceback.
+with exit status 2 for usage and input errors and 1 for everything else (or the status a
+``click.ClickException`` carries); never a traceback. The document's ``code`` says what kind of
+error it was (``error_document``).
 Error text passes through ``safe_message`` first: it is one bounded line, and anything shaped like
 a credential or a base64/hex secret is masked, because the offending input may be a pasted key.
 """
@@ -21,6 +23,7 @@ from uid2_operator.errors import InvalidInput, MalformedCredential, UID2Error
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
 MAX_MESSAGE_LENGTH = 300
+COMMAND_FAILED = "command_failed"
 
 _CREDENTIAL = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.\S*")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")
@@ -56,10 +59,16 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def error_document(error: BaseException, message: str) -> dict[str, Any]:
+    """``{"error": {"code", "message"}}``: the code is the error's own (``UID2Error``), ``usage``
+    for a command line click refused, ``command_failed`` for a command that stopped with a
+    reason it states (``click.ClickException``: a data directory in use, a port taken, ...), and
+    ``internal_error`` only for what nothing anticipated."""
     if isinstance(error, UID2Error):
         code = error.code
     elif isinstance(error, click.UsageError):
         code = "usage"
+    elif isinstance(error, click.ClickException):
+        code = COMMAND_FAILED
     else:
         code = "internal_error"
     return {"error": {"code": code, "message": message}}

@@ -1,0 +1,48 @@
+"""With ``--json``, a command that stops with a stated reason (``click.ClickException``) reports it
+as ``command_failed``, not as an internal error; exit statuses stay what they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+
+from uid2_operator.cli import main
+from uid2_operator.cli.output import FAILURE_EXIT, USAGE_EXIT, error_document
+from uid2_operator.cli.serve_lock import ServeLock
+from uid2_operator.errors import InvalidInput
+
+
+def test_a_serve_on_a_data_directory_in_use_is_a_failed_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    with ServeLock.take(data_dir):  # another serve holds it
+        status = main.main(["--data-dir", str(data_dir), "--json", "serve"], standalone_mode=False)
+    out, err = capsys.readouterr()
+    assert status == FAILURE_EXIT
+    error = json.loads(out)["error"]
+    assert error["code"] == "command_failed"
+    assert "is in use by another uid2-operator serve" in error["message"]
+    assert err.startswith(f"Error: the data directory {data_dir} is in use")
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (click.ClickException("cannot listen on 127.0.0.1:8080: Address already in use"),
+         "command_failed"),
+        (click.UsageError("no such option"), "usage"),
+        (InvalidInput("bad value"), InvalidInput.code),
+        (RuntimeError("disk on fire"), "internal_error"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_error_has_its_code(error: BaseException, code: str) -> None:
+    assert error_document(error, "m") == {"error": {"code": code, "message": "m"}}
+
+
+def test_exit_statuses_are_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["--json", "no-such-command"], standalone_mode=False) == USAGE_EXIT
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "usage"
