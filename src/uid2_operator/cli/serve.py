@@ -322,7 +322,7 @@ class _Upkeep:
             self._next_poll = now + self._serve.poll_interval_s
             try:
                 self._initialise()
-            except UID2Error as exc:
+            except Exception as exc:
                 self._failed(self._NEW_PARTICIPANTS, exc)
             else:
                 self._recovered(self._NEW_PARTICIPANTS)
@@ -330,7 +330,7 @@ class _Upkeep:
             self._next_rotation = now + self._serve.key_rotation_interval_s
             try:
                 result = self._material.rotate_keys()
-            except UID2Error as exc:
+            except Exception as exc:
                 self._failed(self._ROTATION, exc)
             else:
                 self._recovered(self._ROTATION)
@@ -347,17 +347,25 @@ class _Upkeep:
             self._material.initialise()
             self._seen_seq = self._services.store.change_seq()
 
-    def _failed(self, step: str, exc: UID2Error) -> None:
+    def _failed(self, step: str, exc: Exception) -> None:
         """Log a step's failure when it starts or its message changes (a store out of reach
-        at WARNING, anything else at ERROR)."""
-        message = exc.detail
+        at WARNING, a refusal of the project's at ERROR, anything unexpected at ERROR with its
+        traceback). The workers serve on either way: only the upkeep waits for the cause to
+        go."""
+        unexpected = not isinstance(exc, UID2Error)
+        message = exc.detail if isinstance(exc, UID2Error) else f"{type(exc).__name__}: {exc}"
         if self._failing.get(step) == message:
             return
         self._failing[step] = message
         if isinstance(exc, StoreUnavailable):
             log.warning("material upkeep (%s) skipped: %s", step, message)
         else:
-            log.error("material upkeep (%s) failed: %s", step, message)
+            log.error(
+                "material upkeep (%s) failed: %s",
+                step,
+                message,
+                exc_info=exc if unexpected else None,
+            )
 
     def _recovered(self, step: str) -> None:
         if self._failing.pop(step, None) is not None:

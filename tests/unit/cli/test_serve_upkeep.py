@@ -143,3 +143,22 @@ def test_a_failing_rotation_is_logged_once_and_does_not_stop_new_participant_key
             "Key-encryption key version 3 is absent",
         )
     ]
+
+
+def test_an_unexpected_error_is_logged_with_its_trace_once_and_serve_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a refusal of the project's (a bug, a driver error no layer mapped): the upkeep logs it
+    with its traceback and carries on, so the serving process, and with it every worker, stays
+    up; the key rotation still runs."""
+    world = _World(monkeypatch)
+    world.material.initialise_error = ZeroDivisionError("division by zero")  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(10):
+            world.store.seq += 1  # a change at every poll: initialise is tried every time
+            world.run_for(1)
+    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "ZeroDivisionError: division by zero" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+    assert world.material.rotations == 3
