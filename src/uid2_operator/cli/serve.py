@@ -343,9 +343,12 @@ class _Upkeep:
     def _initialise(self) -> None:
         seq = self._services.store.change_seq()
         if seq != self._seen_seq:
-            # New participants get their default keyset (and its first key) here.
+            # New participants get their default keyset (and its first key) here. What counts
+            # as seen is the sequence read before: a change committed while initialise ran (a
+            # participant created elsewhere) moves it past that, so the next poll looks again;
+            # initialise's own commit costs one more pass that finds nothing to do.
             self._material.initialise()
-            self._seen_seq = self._services.store.change_seq()
+            self._seen_seq = seq
 
     def _failed(self, step: str, exc: Exception) -> None:
         """Log a step's failure when it starts or its message changes (a store out of reach

@@ -162,3 +162,25 @@ def test_an_unexpected_error_is_logged_with_its_trace_once_and_serve_goes_on(
     assert "ZeroDivisionError: division by zero" in errors[0].getMessage()
     assert errors[0].exc_info is not None
     assert world.material.rotations == 3
+
+
+def test_a_participant_created_while_initialise_runs_is_looked_at_on_the_next_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = _World(monkeypatch)
+    real = world.material.initialise
+    calls: list[int] = []
+
+    def initialise_then_someone_commits() -> None:
+        real()
+        calls.append(world.store.seq)
+        if len(calls) == 1:
+            world.store.seq += 1  # initialise's own commit
+            world.store.seq += 1  # a participant created elsewhere, right after
+
+    world.material.initialise = initialise_then_someone_commits  # type: ignore[method-assign]
+    world.run_for(3)
+    assert len(calls) >= 2  # the change committed during the first pass was looked at
+    seen = len(calls)
+    world.run_for(3)
+    assert len(calls) == seen  # and nothing more once the store is quiet
