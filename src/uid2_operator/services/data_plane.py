@@ -7,11 +7,14 @@ none) and ``now_ms``, and returns a ``Reply`` (what goes into the sealed 200 res
 the clock, the network or the database, so every outcome is reproducible in a test.
 
 Messages, statuses and field types follow the reference operator (operator-api §6, sdk-compat §2,
-§6); the deliberate differences are documented where they occur.
+§6); the deliberate differences are documented where they occur. The one other effect is a
+rate-limited WARNING when a client-side request's ``subscription_id`` is an API key
+(``ExposedKeyLog``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
 
+from uid2_operator.domain.credentials import ApiKey, verify_api_key
+from uid2_operator.domain.key_format import BRAND, CredentialKind
 from uid2_operator.domain.keysets import Keyset
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
@@ -101,6 +106,12 @@ _EUID: Final = IdentityScope.EUID
 _ISO_LOCAL = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?", re.ASCII
 )
+EXPOSED_KEY_LOG_INTERVAL_MS: Final = 60_000
+EXPOSED_KEY_LOG_MAX_ENTRIES: Final = 10_000
+_API_KEY_PREFIX: Final = f"{BRAND}-{CredentialKind.CLIENT.value}-"
+"""How every API key's text begins: a ``subscription_id`` that does not is not looked at."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +300,11 @@ def refresh(
     reference accepts any key id, which would let a holder of a shared site key forge refresh
     tokens. Failures of the inner token are ``invalid_token`` / ``expired_token`` for a caller
     that sent a valid API key and a bare ``error`` for anyone else, as in the reference.
+
+    A token whose site is a participant the snapshot holds as disabled is answered as an invalid
+    one (the reference refreshes it): disabling a participant stops its users' identities from
+    being refreshed as well as its keys. A site the snapshot does not know as a participant
+    (reserved ids among them) is refreshed as before.
     """
     lookup = snapshot.lookup_in(REFRESH_KEYSET_ID)
     invalid: UID2Error = InvalidTokenPresented() if authenticated else RefreshFailed()
@@ -305,6 +321,9 @@ def refresh(
     except TokenError:
         raise invalid from None
     if token.scope is not snapshot.identity.scope:
+        raise invalid
+    site = snapshot.sites.get(token.site_id)
+    if site is not None and not site.enabled:
         raise invalid
     if token.established_ms < OLDEST_REFRESHABLE_ESTABLISHED_MS:
         return RefreshReply(SUCCESS_OPTOUT, response_key)
@@ -668,6 +687,69 @@ def _add_site_data(
 # ----------------------------------------------------------------------------- client-side
 
 
+class ExposedKeyLog:
+    """One WARNING per API key per ``interval_ms`` sent as a client-side ``subscription_id``.
+
+    A client-side request comes from a web page or an app, so an API key found there is exposed
+    to anyone who views it, and its holder should rotate it. The line names the key id (public)
+    only, never the text. At most ``max_entries`` key ids are remembered; past that, expired ones
+    are dropped, and if none has expired, all.
+    """
+
+    __slots__ = ("_interval_ms", "_last", "_max_entries")
+
+    def __init__(
+        self,
+        interval_ms: int = EXPOSED_KEY_LOG_INTERVAL_MS,
+        max_entries: int = EXPOSED_KEY_LOG_MAX_ENTRIES,
+    ) -> None:
+        self._interval_ms = interval_ms
+        self._max_entries = max_entries
+        self._last: dict[str, int] = {}  # key id -> when last logged
+
+    def exposed(self, key_id: str, now_ms: int) -> None:
+        last = self._last.get(key_id)
+        if last is not None and now_ms - last < self._interval_ms:
+            return
+        if last is None and len(self._last) >= self._max_entries:
+            live = {k: v for k, v in self._last.items() if now_ms - v < self._interval_ms}
+            self._last = live if len(live) < self._max_entries else {}
+        self._last[key_id] = now_ms
+        log.warning(
+            "API key sent as a client-side subscription_id: key_id=%s. The key is exposed in a "
+            "web page or app; rotate it and stop publishing it.",
+            key_id,
+        )
+
+
+_EXPOSED_KEYS: Final = ExposedKeyLog()
+"""The process's log of exposed keys, for callers that bring none."""
+
+
+def _note_exposed_key(
+    snapshot: Snapshot, subscription_id: str, now_ms: int, exposed: ExposedKeyLog
+) -> None:
+    """Log ``subscription_id`` if it is one of this snapshot's API keys (its whole text verified,
+    so that made-up texts, which anyone can give a valid checksum, never reach the log)."""
+    if not subscription_id.startswith(_API_KEY_PREFIX):
+        return
+
+    def lookup(key_id: str) -> ApiKey | None:
+        record = snapshot.client(key_id)
+        return None if record is None else record.key
+
+    try:
+        key = verify_api_key(
+            subscription_id,
+            environment=snapshot.identity.environment,
+            pepper=snapshot.pepper,
+            lookup=lookup,
+        )
+    except UID2Error:
+        return
+    exposed.exposed(key.key_id, now_ms)
+
+
 def client_generate(
     snapshot: Snapshot,
     body: bytes,
@@ -677,6 +759,7 @@ def client_generate(
     random: RandomBytes,
     registrable_domain: RegistrableDomain,
     window: TimestampWindow | None = DEFAULT_CSTG_TIMESTAMP_WINDOW,
+    exposed_keys: ExposedKeyLog | None = None,
 ) -> str:
     """``/v2/token/client-generate`` (operator-api §8): the sealed response, base64 text.
 
@@ -684,12 +767,17 @@ def client_generate(
     the request's cryptography and identity); each failure is a ``CstgError`` whose class gives
     the status. A disabled participant counts as a disabled keypair (401). The timestamp must
     fall inside ``window`` (the reference does not check it; ``None`` turns the check off).
+
+    A ``subscription_id`` that is one of this environment's API keys is answered as any unknown
+    one, and its key id is logged with ``exposed_keys`` (default: the process's own log).
     """
     request = parse_cstg_request(body)
-    keypair = (
-        None if request.subscription_id is None else snapshot.keypairs.get(request.subscription_id)
-    )
+    subscription_id = request.subscription_id
+    keypair = None if subscription_id is None else snapshot.keypairs.get(subscription_id)
     if keypair is None:
+        if subscription_id is not None:
+            exposed = _EXPOSED_KEYS if exposed_keys is None else exposed_keys
+            _note_exposed_key(snapshot, subscription_id, now_ms, exposed)
         raise CstgBadSubscription
     site = snapshot.sites.get(keypair.site_id)
     if keypair.disabled or site is None or not site.enabled:

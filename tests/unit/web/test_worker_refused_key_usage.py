@@ -1,9 +1,10 @@
 """A refused API key is counted in the metrics under its key id, but it is not the key's usage.
 
 Through the observer a served worker is wired with (``build_worker``): the request metrics label
-a 401 with the key id the snapshot knows, while the usage meter, whose totals become the key's
-``usage`` and ``last_used_at``, counts only the requests the key authenticated. The worker serves
-the test world's snapshot; its store is never reached.
+a 401 with the key id of a key whose text verified (a disabled key, say), never with the id a
+forged text names, while the usage meter, whose totals become the key's ``usage`` and
+``last_used_at``, counts only the requests the key authenticated. The worker serves the test
+world's snapshot; its store is never reached.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def _generate(server: OperatorServer, clock: FixedClock, key: str, secret: str) 
     return anyio.run(send).status_code
 
 
+def _metrics(server: OperatorServer) -> str:
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=server)
+        async with httpx.AsyncClient(transport=transport, base_url="http://op.test") as client:
+            return await client.get("/metrics")
+
+    response = anyio.run(get)
+    assert response.status_code == 200
+    return response.text
+
+
 def test_refused_keys_are_counted_in_the_metrics_but_not_as_usage(
     world: tuple[OperatorServer, FixedClock, dict[str, Credential]],
 ) -> None:
@@ -77,8 +89,12 @@ def test_refused_keys_are_counted_in_the_metrics_but_not_as_usage(
     assert _generate(server, clock, forged, a.secret) == 401
     assert _generate(server, clock, x.key, x.secret) == 401
     counts = server.worker.metrics.counts()
-    assert counts[(GENERATE, a.key_id, 401)] == 1
+    assert counts[(GENERATE, "", 401)] == 1  # the forged text: no key id series
+    assert not any(key_id == a.key_id for _path, key_id, _status in counts)
     assert counts[(GENERATE, x.key_id, 401)] == 1
+    scraped = _metrics(server)  # what anyone who reaches the operator port can read
+    assert a.key_id not in scraped
+    assert f'key_id="{x.key_id}"' in scraped
     assert len(server.worker.write_behind.usage) == 0
     assert server.worker.write_behind.usage.take() == []
 

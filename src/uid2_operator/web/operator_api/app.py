@@ -14,9 +14,11 @@ Every request goes through the same pipeline, in the reference operator's order 
    in the snapshot, a constant-time keyed-hash compare (a text that passed is remembered by the
    snapshot, ``Snapshot.remember_verified``), then the key's and its participant's state and the
    endpoint -> roles table, on every request: 401 ``{"status":"unauthorized"}`` for every failure
-   alike. When the presented key id is one the snapshot knows, the refusal is counted under it
-   and logged with its reason (``RefusalLog``); an unknown key id is neither a metrics label nor
-   logged, so made-up ids cannot grow either.
+   alike. A key whose text verified but that is refused (its state, its participant's, a role it
+   lacks, no live secret) is counted under its key id and logged with its reason
+   (``RefusalLog``). A text that does not verify, whatever key id it names, is neither a metrics
+   label nor logged: ``/metrics`` and the log would otherwise tell anyone who can send a request
+   which key ids exist, and made-up ids could grow both.
 5. Envelope: opened with each secret the key currently accepts (newest first, so a client may
    switch to a rotated secret during the overlap): 400 ``client_error``.
 6. Replay: the same key and nonce again while the envelope could still pass the timestamp check:
@@ -26,7 +28,8 @@ Every request goes through the same pipeline, in the reference operator's order 
    request (raw bytes for ``application/octet-stream``, base64 text otherwise).
 
 ``/v2/token/refresh`` skips 4-6: the refresh token is the credential; a valid API key only makes
-error answers more specific.
+error answers more specific. The request is counted (metrics, usage) under the key id only when
+the key also passes the state checks.
 
 Every answer but a 204 carries ``Content-Length`` (so a server need not chunk it; for ``HEAD``
 the length of the body a ``GET`` would get, which the server does not send). The request's
@@ -45,7 +48,6 @@ from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import (
     OPERATOR_ENDPOINTS,
     Denied,
-    DenyReason,
     authorize_endpoint,
 )
 from uid2_operator.domain.credentials import authenticate, verify_api_key
@@ -128,23 +130,24 @@ _HEALTH_ANSWER: Final = {"type": "http.response.body", "body": _HEALTH_BODY}
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
 _OCTET_BYTES: Final = OCTET_STREAM.encode()
 KEY_ID_SCOPE: Final = "uid2.key_id"
-"""Where a request's ASGI scope records the id of the API key that authenticated it (or, for a
-refused one, the snapshot's key its presented id names)."""
+"""Where a request's ASGI scope records the id of the API key that authenticated it, or of the
+key whose text verified but was refused (never an id taken from a text that did not verify)."""
 REFUSAL_LOG_INTERVAL_MS: Final = 60_000
 REFUSAL_LOG_MAX_ENTRIES: Final = 10_000
 _NO_LIVE_SECRET: Final = "no_live_client_secret"  # noqa: S105 (a reason code, not a secret)
-_KEY_TEXT_MISMATCH: Final = "key_text_mismatch"
-_DENY_REASONS: Final = frozenset(reason.value for reason in DenyReason)
 
 log = logging.getLogger(__name__)
 
 
 class RefusalLog:
-    """One warning line per refused known key id and reason per ``interval_ms``.
+    """One warning line per refused key id and reason per ``interval_ms``.
 
-    A client retrying with a disabled key, or a flood presenting a known key id, would otherwise
-    write a line per request. Lines carry the key id (public), the reason and the route, never the
-    presented text. Later refusals inside the interval are counted and reported on the next line.
+    Only keys whose presented text verified are logged, so a reason is one of ``DenyReason``'s
+    values (the key's or its participant's state, a missing role) or ``no_live_client_secret``;
+    a text that does not verify is never logged, whatever key id it names. A client retrying with
+    a disabled key would otherwise write a line per request. Lines carry the key id (public), the
+    reason and the route, never the presented text. Later refusals inside the interval are
+    counted and reported on the next line.
     At most ``max_entries`` (key id, reason) pairs are remembered; past that, expired ones are
     dropped, and if none has expired, all.
     """
@@ -185,6 +188,15 @@ class RefusalLog:
 
 class ClientGone(Exception):
     """The client disconnected before its body was read; nothing is answered."""
+
+
+class _KeyDenied(CredentialRejected):
+    """A key whose presented text verified, refused for its (or its participant's) state or for
+    the endpoint's roles. Answered as every other 401; ``key_id`` is the verified key's."""
+
+    def __init__(self, key_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key_id = key_id
 
 
 async def acknowledge_lifespan(receive: Receive, send: Send) -> None:
@@ -310,28 +322,19 @@ def _verify_key(snapshot: Snapshot, text: str | None) -> ClientRecord:
     return record
 
 
-def _presented_key_id(fields: Fields) -> str | None:
-    """The key id part (before the '.') of the bearer text, unchecked."""
-    text = _bearer(fields)
-    if text is None:
-        return None
-    dot = text.find(".")
-    return None if dot < 0 else text[:dot]
-
-
-def _refusal_reason(error: UID2Error) -> str:
-    """A stable code for why a known key was refused (never the presented text)."""
-    if isinstance(error, CredentialRejected):
-        if error.detail in _DENY_REASONS:
-            return error.detail
-        # ``verify_api_key`` after the lookup: a known key id, a text that does not hash to it.
-        return _KEY_TEXT_MISMATCH
-    return error.code
+def _authenticates(record: ClientRecord, now_ms: int) -> bool:
+    """Whether the (verified) key and its participant allow use at ``now_ms`` (roles aside)."""
+    if now_ms < record.usable_before_ms:
+        return True  # what ``authenticate`` would allow (see ``ClientRecord``), precomputed
+    return not isinstance(authenticate(record.key, record.participant, now_ms), Denied)
 
 
 def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> ClientRecord:
     """``verify_api_key``, then ``authorize_request`` (the key's and its participant's state
-    at ``now_ms``, then the endpoint table with the record's effective roles)."""
+    at ``now_ms``, then the endpoint table with the record's effective roles).
+
+    A text that does not verify raises what ``verify_api_key`` raises; a verified key refused
+    afterwards raises ``_KeyDenied``, which alone names a key id."""
     record = _verify_key(snapshot, _bearer(fields))
     if now_ms < record.usable_before_ms and path in record.allowed_paths:
         return record  # what the checks below would allow (see ``ClientRecord``), precomputed
@@ -340,7 +343,7 @@ def _authorize(snapshot: Snapshot, fields: Fields, path: str, now_ms: int) -> Cl
         decision = authorize_endpoint(path, record.roles)
     if isinstance(decision, Denied):
         # The reason is for logs and metrics only; the caller sees the same 401 for all.
-        raise CredentialRejected(decision.reason.value)
+        raise _KeyDenied(record.key.key_id, decision.reason.value)
     return record
 
 
@@ -386,6 +389,7 @@ class OperatorApi:
         self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
         self._registrable_domain = registrable_domain_lookup()
         self._refusals = RefusalLog()
+        self._exposed_keys = data_plane.ExposedKeyLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -468,8 +472,11 @@ class OperatorApi:
     ) -> tuple[int, bytes, Headers]:
         try:
             record = _authorize(snapshot, fields, path, now_ms)
-        except UID2Error as error:  # free on success: nothing here runs unless refused
-            self._refused(snapshot, scope, fields, path=path, error=error, now_ms=now_ms)
+        except _KeyDenied as denied:  # free on success: nothing here runs unless refused
+            # Only a verified key is named: a text that did not verify leaves no key id behind,
+            # so neither /metrics nor the log tells whether the id it names exists.
+            scope[KEY_ID_SCOPE] = denied.key_id
+            self._refusals.refused(denied.key_id, denied.detail, path, now_ms)
             raise
         caller = record.caller
         key_id = caller.key_id
@@ -493,24 +500,6 @@ class OperatorApi:
         if trace is not None:
             response_headers.append((_TRACE_ID, trace))
         return 200, out, response_headers
-
-    def _refused(
-        self,
-        snapshot: Snapshot,
-        scope: Scope,
-        fields: Fields,
-        *,
-        path: str,
-        error: UID2Error,
-        now_ms: int,
-    ) -> None:
-        """A refused API key: counted under its key id and logged (rate-limited) when the
-        snapshot knows the presented id; otherwise left unlabelled and unlogged."""
-        key_id = _presented_key_id(fields)
-        if key_id is None or snapshot.client(key_id) is None:
-            return
-        scope[KEY_ID_SCOPE] = key_id
-        self._refusals.refused(key_id, _refusal_reason(error), path, now_ms)
 
     def _open(
         self, snapshot: Snapshot, record: ClientRecord, body: bytes, octet: bool, now_ms: int
@@ -562,17 +551,23 @@ class OperatorApi:
             random=self._random,
             registrable_domain=self._registrable_domain,
             window=self._settings.cstg_window,
+            exposed_keys=self._exposed_keys,
         )
         return 200, sealed.encode("ascii"), []
 
     def _refresh(
         self, snapshot: Snapshot, scope: Scope, fields: Fields, body: bytes, now_ms: int
     ) -> tuple[int, bytes, Headers]:
+        # A key whose text verifies makes error answers specific, as in the reference, whatever
+        # its state; the request is the key's (usage, metrics label) only if it authenticates.
         try:
-            scope[KEY_ID_SCOPE] = _verify_key(snapshot, _bearer(fields)).key.key_id
-            authenticated = True
+            record = _verify_key(snapshot, _bearer(fields))
         except UID2Error:
             authenticated = False
+        else:
+            authenticated = True
+            if _authenticates(record, now_ms):
+                scope[KEY_ID_SCOPE] = record.key.key_id
         outcome = data_plane.refresh(
             snapshot, body, authenticated=authenticated, now_ms=now_ms, random=self._random
         )
