@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +47,11 @@ from uid2_client import (
     Uid2PublisherClient,
     UnmappedIdentityReason,
 )
+
+from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.identity import hash_identity, validate_phone
+from uid2_operator.wire.raw_uid import current_raw_uid
+from uid2_operator.wire.scope import IdentityType as WireIdentityType
 
 pytestmark = pytest.mark.functional
 
@@ -189,6 +195,52 @@ def test_raw_uid_is_the_same_across_token_v2_map_v3_map_and_input_forms(
         uids.add(v2.mapped_identities[email].get_raw_uid())
     assert len(uids) == 1
     assert uids == {world.raw_uid_for_email(variants[0])}
+
+
+def _raw_uid_for_phone(world: World, phone: str) -> str:
+    """The current raw UID of a phone, derived here from the stored salt table."""
+    salts = world.salts
+    assert salts is not None
+    flh = salts.first_level_hash(hash_identity(validate_phone(phone)))
+    return b64encode(
+        current_raw_uid(
+            salts.bucket(salts.index_of(flh)),
+            flh,
+            scope=world.identity.scope,
+            kind=WireIdentityType.PHONE,
+            environment=world.identity.identity_environment,
+            identity_v3=world.identity.identity_v3,
+        )
+    )
+
+
+@pytest.mark.parametrize("phone", ["+12345678901", "+447700900123"])
+def test_phone_raw_uid_is_the_same_across_token_v2_map_and_v3_map(world: World, phone: str) -> None:
+    cred = world["A"]
+    hashed = _sha(phone)
+    tokens = {
+        "token (hashed by the SDK)": TokenGenerateInput.from_phone(phone),
+        "token (raw phone)": TokenGenerateInput.from_phone(phone).do_not_hash(),
+        "token (pre-hashed)": TokenGenerateInput.from_hashed_phone(hashed),
+    }
+    uids: dict[str, str] = {}
+    for label, tgi in tokens.items():
+        identity = generate(world, tgi).get_identity()
+        token = identity.get_advertising_token()
+        assert token.startswith("B4")
+        uids[label] = _decrypted_uid(world, token)
+    v3 = IdentityMapV3Client(world.base_url, cred.key, cred.secret)
+    v3_raw = v3.generate_identity_map(IdentityMapV3Input.from_phones([phone]))
+    uids["v3 map (raw phone)"] = v3_raw.mapped_identities[phone].current_raw_uid
+    v3_hashed = v3.generate_identity_map(IdentityMapV3Input.from_hashed_phones([hashed]))
+    uids["v3 map (pre-hashed)"] = v3_hashed.mapped_identities[hashed].current_raw_uid
+    v2 = IdentityMapClient(world.base_url, cred.key, cred.secret)
+    v2_raw = v2.generate_identity_map(IdentityMapInput.from_phones([phone]))
+    uids["v2 map (raw phone)"] = v2_raw.mapped_identities[phone].get_raw_uid()
+    v2_hashed = v2.generate_identity_map(IdentityMapInput.from_hashed_phones([hashed]))
+    uids["v2 map (pre-hashed)"] = v2_hashed.mapped_identities[hashed].get_raw_uid()
+    expected = _raw_uid_for_phone(world, phone)
+    assert uids == dict.fromkeys(uids, expected)
 
 
 # ------------------------------------------------------------------------ 6-7 opt-out
@@ -419,6 +471,63 @@ def _http_status(call: object) -> int:
     return _http_error(call)[0]
 
 
+UNAUTHORIZED = {"status": "unauthorized"}
+WRONG_SECRET_REFUSAL = {
+    "status": "client_error",
+    "message": "Invalid body: Check encryption key (ClientSecret). See "
+    "https://unifiedid.com/docs/getting-started/gs-encryption-decryption for details on the "
+    "request envelope format.",
+}
+
+
+@contextmanager
+def _refusals() -> Iterator[list[urllib.error.HTTPError]]:
+    """The HTTP errors ``urlopen`` raises meanwhile, recorded on their way through to the SDK.
+
+    The SDK reduces every failure to something that names no status: a key refresh answers
+    ``success`` False for a 401, a 500 or a refused connection alike, and the legacy client raises
+    a bare Exception of the caught error's args, which for urllib's HTTPError are "()". Watching
+    ``urlopen`` shows what the server answered.
+    """
+    refused: list[urllib.error.HTTPError] = []
+    urlopen = urllib.request.urlopen
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return urlopen(*args, **kwargs)
+        except urllib.error.HTTPError as error:
+            refused.append(error)
+            raise
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(urllib.request, "urlopen", watched)
+        yield refused
+
+
+def _the_refusal(world: World, refused: list[urllib.error.HTTPError]) -> tuple[str, int, Any]:
+    """Path, status and JSON body of the one HTTP error recorded (every one is closed)."""
+    answers = []
+    for error in refused:
+        with error:
+            answers.append((error.url.removeprefix(world.base_url), error.code, error.read()))
+    assert len(answers) == 1, answers
+    path, status, body = answers[0]
+    return path, status, json.loads(body)
+
+
+def _refused_key_refresh(
+    world: World, client: BidstreamClient | SharingClient
+) -> tuple[str, int, Any]:
+    """What the server answered to a key refresh the SDK reports as failed."""
+    with _refusals() as refused:
+        assert not client.refresh().success
+    return _the_refusal(world, refused)
+
+
+def _refused_bidstream_refresh(world: World, key: str, secret: str) -> tuple[str, int, Any]:
+    return _refused_key_refresh(world, BidstreamClient(world.base_url, key, secret))
+
+
 def _map_calls(world: World, key: str, secret: str) -> list[object]:
     v2 = IdentityMapClient(world.base_url, key, secret)
     v3 = IdentityMapV3Client(world.base_url, key, secret)
@@ -437,13 +546,20 @@ def test_unknown_api_key_is_401_everywhere(world: World) -> None:
     forged = world["A"].key[:-1] + ("x" if world["A"].key[-1] != "x" else "y")
     for call in _map_calls(world, forged, world["A"].secret):
         assert _http_status(call) == 401
-    assert not BidstreamClient(world.base_url, "bad-api-key", world["A"].secret).refresh().success
-    assert not SharingClient(world.base_url, "bad-api-key", world["A"].secret).refresh().success
+    for key in ("bad-api-key", forged):
+        assert _refused_bidstream_refresh(world, key, world["A"].secret) == (
+            "/v2/key/bidstream",
+            401,
+            UNAUTHORIZED,
+        )
+        sharing = SharingClient(world.base_url, key, world["A"].secret)
+        assert _refused_key_refresh(world, sharing) == ("/v2/key/sharing", 401, UNAUTHORIZED)
 
 
 def test_roles_are_enforced(world: World) -> None:
     g, m, s, d, x = (world[n] for n in ("G", "M", "S", "D", "X"))
-    assert not BidstreamClient(world.base_url, g.key, g.secret).refresh().success
+    refused = ("/v2/key/bidstream", 401, UNAUTHORIZED)
+    assert _refused_bidstream_refresh(world, g.key, g.secret) == refused
     assert (
         _http_status(
             lambda: IdentityMapV3Client(world.base_url, g.key, g.secret).generate_identity_map(
@@ -461,11 +577,14 @@ def test_roles_are_enforced(world: World) -> None:
             )
             == 401
         )
-    assert not BidstreamClient(world.base_url, s.key, s.secret).refresh().success
+    assert _refused_bidstream_refresh(world, s.key, s.secret) == refused
     assert SharingClient(world.base_url, s.key, s.secret).refresh().success
     for call in _map_calls(world, x.key, x.secret):
         assert _http_status(call) == 401
-    assert not BidstreamClient(world.base_url, x.key, x.secret).refresh().success
+    # X holds ID_READER and SHARER but is disabled: refused like an unknown key.
+    assert _refused_bidstream_refresh(world, x.key, x.secret) == refused
+    sharing_x = SharingClient(world.base_url, x.key, x.secret)
+    assert _refused_key_refresh(world, sharing_x) == ("/v2/key/sharing", 401, UNAUTHORIZED)
     off = world["OFF"]
     assert _http_status(_map_calls(world, off.key, off.secret)[0]) == 401
 
@@ -481,8 +600,15 @@ def test_refresh_needs_no_role(world: World, who: str | None) -> None:
 @pytest.mark.parametrize("secret", [WRONG_SECRET, "badSecretKeypB64Y3fV2dAed8t/mupw3sjN5jNRFzg="])
 def test_wrong_secret_is_400(world: World, secret: str) -> None:
     for call in _map_calls(world, world["A"].key, secret):
-        assert _http_status(call) == 400
-    assert not BidstreamClient(world.base_url, world["A"].key, secret).refresh().success
+        status, body = _http_error(call)
+        assert (status, json.loads(body)) == (400, WRONG_SECRET_REFUSAL)
+    assert _refused_bidstream_refresh(world, world["A"].key, secret) == (
+        "/v2/key/bidstream",
+        400,
+        WRONG_SECRET_REFUSAL,
+    )
+    sharing = SharingClient(world.base_url, world["A"].key, secret)
+    assert _refused_key_refresh(world, sharing) == ("/v2/key/sharing", 400, WRONG_SECRET_REFUSAL)
 
 
 def test_rotated_secret_is_accepted_during_the_overlap(world: World) -> None:
@@ -557,7 +683,7 @@ def test_expired_refresh_token_is_400(short_lived: SdkWorld) -> None:
 # ------------------------------------------------------------------------ 23 legacy client
 
 
-def test_legacy_uid2_client(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_legacy_uid2_client(world: World) -> None:
     cred = world["A"]
     identity = generate(world, TokenGenerateInput.from_email(OK_EMAIL)).get_identity()
     client = Uid2ClientFactory.create(world.base_url, cred.key, cred.secret)
@@ -574,23 +700,6 @@ def test_legacy_uid2_client(world: World, monkeypatch: pytest.MonkeyPatch) -> No
             time.sleep(0.05)
         assert refresher.current_result().ready
     bad = Uid2ClientFactory.create(world.base_url, "bad-api-key", cred.secret)
-    # The SDK turns any failure into a bare Exception of the caught error's args, which for an
-    # HTTP error status is "()" (urllib's HTTPError has none); so the HTTP error is watched on its
-    # way through urlopen, to check that it is the 401 and not, say, a 500.
-    refused: list[urllib.error.HTTPError] = []
-    urlopen = urllib.request.urlopen
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return urlopen(*args, **kwargs)
-        except urllib.error.HTTPError as error:
-            refused.append(error)
-            raise
-
-    monkeypatch.setattr(urllib.request, "urlopen", watched)
-    with pytest.raises(Exception, match=r"^\(\)$"):
+    with _refusals() as refused, pytest.raises(Exception, match=r"^\(\)$"):
         bad.refresh_keys()
-    assert len(refused) == 1
-    with refused[0] as error:
-        assert error.url == world.base_url + "/v2/key/sharing"
-        assert (error.code, json.loads(error.read())) == (401, {"status": "unauthorized"})
+    assert _the_refusal(world, refused) == ("/v2/key/sharing", 401, UNAUTHORIZED)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from cli_harness import database_for
-from serve_harness import Credential, Prepared, Served, prepare, served
+from serve_harness import Credential, Prepared, Served, cli, prepare, served
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -400,6 +400,40 @@ def test_a_permission_change_through_the_admin_api_reaches_the_next_key_refresh(
     audit = world.admin("GET", "/audit?action=keyset.sharing").json()["events"]
     assert audit[-1]["before"]["sites"] == [world.creds["B"].site_id]
     assert audit[-1]["after"]["sites"] == [c]
+
+
+# ---------------------------------------------------------------- a change through the CLI
+
+
+def test_a_sharing_change_with_the_cli_reaches_the_running_serve(world: World) -> None:
+    database = world.prepared.database
+    b, c = world.creds["B"].site_id, world.creds["C"].site_id
+    token = world.sharing("B").encrypt_raw_uid_into_token(RAW_UID).encrypted_data
+    assert _readable_by(world, "C", token) is False  # B shares with nobody so far
+    try:
+        widened = cli(database, "sharing", "set", "--site-id", str(b), "--allow", str(c))
+        assert (widened["mode"], widened["sites"], widened["changed"]) == ("list", [c], True)
+        assert widened["rotated_key_ids"] == []  # nobody lost access: no rotation
+        eventually(lambda: _readable_by(world, "C", token) or None, "C reading B's tokens")
+        assert world.sharing("C").decrypt_token_into_raw_uid(token).uid == RAW_UID
+        assert _readable_by(world, "A", token) is False  # A is not on B's list
+    finally:
+        narrowed = cli(database, "sharing", "set", "--site-id", str(b), "--owner-only")
+    assert (narrowed["mode"], narrowed["changed"]) == ("owner_only", True)
+    rotated = set(narrowed["rotated_key_ids"])
+    assert rotated  # C was removed: B's keys were rotated
+    # Once the serve has the change, C's next key refresh no longer holds B's keys at all.
+    eventually(lambda: _readable_by(world, "C", token) is False or None, "C losing B's keys")
+
+    def switched() -> SharingClient | None:
+        client = world.sharing("B")
+        return client if rotated & {k.key_id for k in client._keys.values()} else None
+
+    fresh = eventually(switched, "B's rotated keys").encrypt_raw_uid_into_token(RAW_UID)
+    assert fresh.status == EncryptionStatus.SUCCESS
+    refused = world.sharing("C").decrypt_token_into_raw_uid(fresh.encrypted_data)
+    assert refused.status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    assert world.sharing("B").decrypt_token_into_raw_uid(fresh.encrypted_data).uid == RAW_UID
 
 
 def test_the_private_key_is_in_no_response_log_or_database_file(world: World) -> None:
