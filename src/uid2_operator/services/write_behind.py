@@ -3,18 +3,22 @@
 Two things change because requests arrive: each API key's usage (per-endpoint counts and when
 it was last used) and the opt-outs recorded by ``/v2/token/logout``. Neither may make a request
 wait for the database, so the request path only touches plain dicts and lists (a few hundred
-nanoseconds), and ``WriteBehind.flush`` writes what accumulated in one short transaction each,
-off the request path: every ``flush_interval_s`` from a background task, and once more at
-shutdown.
+nanoseconds), and ``WriteBehind.flush`` writes what accumulated in short transactions, off the
+request path: every ``flush_interval_s`` from a background task, and once more at shutdown. Usage
+is one transaction per flush; opt-outs are written ``OPTOUT_WRITE_CHUNK`` at a time, each chunk
+its own transaction, so that a backlog (up to ``MAX_PENDING_OPTOUTS`` after the store was
+unreachable) never holds the store's write lock for longer than one chunk takes.
 
 Everything here runs on the worker's event loop except the store calls, which ``run`` hands to a
 thread after swapping the pending batch out on the loop, so an increment can never land in a
 batch that is being written. Opt-outs and usage are written in separate transactions, and a
-failed write puts back only its own batch (counts are added, times are maxed), to be retried on
-the next flush; the opt-out queue is bounded so an unreachable store cannot grow it without
-limit. An opt-out dropped for want of room is lost once the next reload replaces the snapshot it
-was applied to, so drops are counted (``OptOutQueue.dropped``, exported as a metric) and logged
-at WARNING, at most once per ``DROP_WARNING_INTERVAL_MS`` (``WriteBehind.report_drops``).
+failed write puts back only what it did not commit (counts are added, times are maxed), to be
+retried on the next flush: for opt-outs, the chunk that failed and every one after it, never the
+chunks already committed (their records and audit events would be written twice). The opt-out
+queue is bounded so an unreachable store cannot grow it without limit. An opt-out dropped for
+want of room is lost once the next reload replaces the snapshot it was applied to, so drops are
+counted (``OptOutQueue.dropped``, exported as a metric) and logged at WARNING, at most once per
+``DROP_WARNING_INTERVAL_MS`` (``WriteBehind.report_drops``).
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -40,6 +44,9 @@ from uid2_operator.wire.encoding import b64encode
 log = logging.getLogger(__name__)
 
 MAX_PENDING_OPTOUTS: Final = 100_000
+OPTOUT_WRITE_CHUNK: Final = 500
+"""The most opt-outs written in one transaction (each with its audit event): a flush of a long
+queue is many short transactions, between which other writers get the store."""
 DROP_WARNING_INTERVAL_MS: Final = 60_000
 """At most one warning about dropped opt-outs per this interval (each says how many since the
 last)."""
@@ -109,7 +116,16 @@ class OptOutQueue:
 
 
 def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
-    """Record opt-outs in one transaction, each with its audit event, keeping the latest time."""
+    """Record opt-outs, ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``), in
+    order. When a chunk fails, the exception propagates and the chunks before it stay committed;
+    ``WriteBehind`` writes chunk by chunk itself so that it knows which records to keep."""
+    for start in range(0, len(records), OPTOUT_WRITE_CHUNK):
+        write_optout_chunk(store, records[start : start + OPTOUT_WRITE_CHUNK], now_ms)
+
+
+def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
+    """Record opt-outs in one transaction, each with its audit event, keeping the latest time
+    (a record met again, in this chunk or an earlier one, keeps the later of the two)."""
     with store.transaction() as tx:
         for record in records:
             tx.optouts.put(latest(tx.optouts.get(record.first_level_hash), record))
@@ -160,24 +176,16 @@ class WriteBehind:
     def _write(
         self, usage: list[UsageEntry], optouts: list[OptOutRecord]
     ) -> tuple[list[UsageEntry], list[OptOutRecord]]:
-        """Write each batch in its own transaction; return the batches that could not be written.
+        """Write each batch in its own transactions; return what could not be written.
 
-        The two writes are independent: when one fails, the other may already be committed, so
-        only the failed one may be put back (putting back committed opt-outs would record them,
-        and their audit events, a second time).
+        The writes are independent: when one fails, another may already be committed, so only
+        what failed may be put back (putting back committed opt-outs would record them, and their
+        audit events, a second time). Opt-outs are written ``OPTOUT_WRITE_CHUNK`` per
+        transaction; the first chunk that fails stops them, and it and the chunks after it are
+        what is returned.
         """
-        failed_optouts: list[OptOutRecord] = []
+        failed_optouts = self._write_optouts(optouts) if optouts else []
         failed_usage: list[UsageEntry] = []
-        if optouts:
-            try:
-                write_optouts(self._store, optouts, self._clock.now_ms())
-            except Exception:
-                log.warning(
-                    "write-behind opt-out write failed; keeping %d opt-outs",
-                    len(optouts),
-                    exc_info=True,
-                )
-                failed_optouts = optouts
         if usage:
             try:
                 self._store.record_usage(usage)
@@ -191,6 +199,22 @@ class WriteBehind:
                 )
                 failed_usage = usage
         return failed_usage, failed_optouts
+
+    def _write_optouts(self, optouts: list[OptOutRecord]) -> list[OptOutRecord]:
+        """Write the opt-outs chunk by chunk; return those from the first failed chunk on."""
+        now_ms = self._clock.now_ms()
+        for start in range(0, len(optouts), OPTOUT_WRITE_CHUNK):
+            try:
+                write_optout_chunk(self._store, optouts[start : start + OPTOUT_WRITE_CHUNK], now_ms)
+            except Exception:
+                log.warning(
+                    "write-behind opt-out write failed; %d opt-outs committed, keeping %d",
+                    start,
+                    len(optouts) - start,
+                    exc_info=True,
+                )
+                return optouts[start:]
+        return []
 
     def flush(self) -> None:
         """Write everything pending now, synchronously (shutdown, tests)."""
