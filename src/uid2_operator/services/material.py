@@ -17,7 +17,7 @@ serving the stored one or re-deriving every identity.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from uid2_operator.clock import Clock
 from uid2_operator.domain.keysets import (
     KeyPolicy,
     Keyset,
+    SealedKey,
     mint_keys,
     new_site_keyset,
     next_keyset_id,
@@ -298,12 +299,12 @@ class MaterialService:
             header = tx.salts.header()
             if header is not None:
                 _require_opens(keyring, header)
-            known = {k.keyset_id for k in tx.keysets.list_all()}
+            keysets = _TxKeysets.read(tx)
             created: list[Keyset] = []
             for keyset in reserved_keysets(now):
-                if keyset.keyset_id not in known:
-                    created.append(self._add_keyset(tx, keyset, actor, now))
-            created.extend(self._missing_site_keysets(tx, actor, now))
+                if keysets.get(keyset.keyset_id) is None:
+                    created.append(self._add_keyset(tx, keysets, keyset, actor, now))
+            created.extend(self._missing_site_keysets(tx, keysets, actor, now))
             salts_created = header is None
             if header is None:
                 table = generate_salt_table(
@@ -337,7 +338,7 @@ class MaterialService:
                         f"count (UID2_SALT_BUCKETS) is {self._config.bucket_count}. The count is "
                         f"fixed once the table exists: set it back to {bucket_count}"
                     )
-            keys = self._rotate(tx, keyring, now, actor)
+            keys, _ = self._rotate(tx, keysets, keyring, now, actor)
         if created or keys or salts_created:
             logger.info(
                 "material initialised keysets=%d keys=%d salts_created=%s actor=%s",
@@ -365,9 +366,10 @@ class MaterialService:
         first key is sealed with the caller's ``keyring``)."""
         if tx.participants.get(site_id) is None:
             raise NotFound(f"No participant {site_id}")
-        keyset, is_new = self._site_keyset(tx, site_id, actor, now_ms)
+        keysets = _TxKeysets.read(tx)
+        keyset, is_new = self._site_keyset(tx, keysets, site_id, actor, now_ms)
         if is_new:
-            self._rotate(tx, keyring, now_ms, actor, only=keyset.keyset_id)
+            self._rotate(tx, keysets, keyring, now_ms, actor, only=keyset.keyset_id)
         return keyset
 
     # ------------------------------------------------------------------------ keys
@@ -388,18 +390,19 @@ class MaterialService:
             keyring = self._keyrings.latest()
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
-            keysets = self._missing_site_keysets(tx, actor, now)
-            created = self._rotate(tx, keyring, now, actor)
-            retention, purged = self._purge(tx, now, actor)
+            keysets = _TxKeysets.read(tx)
+            new_keysets = self._missing_site_keysets(tx, keysets, actor, now)
+            created, keys = self._rotate(tx, keysets, keyring, now, actor)
+            retention, purged = self._purge(tx, keysets, keys, now, actor)
         logger.info(
             "encryption keys rotated keysets=%d created=%d purged=%d retention_s=%s actor=%s",
-            len(keysets),
+            len(new_keysets),
             len(created),
             len(purged),
             retention,
             actor.id,
         )
-        return KeyRotationResult(now, tuple(created), tuple(keysets), tuple(purged), retention)
+        return KeyRotationResult(now, tuple(created), tuple(new_keysets), tuple(purged), retention)
 
     def record_token_lifetime(self, longest_s: int) -> int:
         """Record in the store that tokens may live ``longest_s`` seconds (the longest lifetime
@@ -419,57 +422,70 @@ class MaterialService:
             logger.info("longest token lifetime recorded seconds=%d before=%s", recorded, before)
         return recorded
 
-    def _purge(self, tx: Tx, now: int, actor: Actor) -> tuple[int | None, list[KeyInfo]]:
-        """Delete the keys nothing can still need (``plan_purge``), one audit event each; with
+    def _purge(
+        self, tx: Tx, keysets: _TxKeysets, keys: Sequence[SealedKey], now: int, actor: Actor
+    ) -> tuple[int | None, list[KeyInfo]]:
+        """Delete the keys nothing can still need (``plan_purge``) among ``keys`` (every key of
+        the store in this transaction, as ``_rotate`` returns them), one audit event each; with
         the retention used (None: this configuration purges nothing)."""
         configured = self._config.expired_key_retention_s
         if configured is None:
             return None, []
         recorded = tx.encryption_keys.longest_token_lifetime_s()
         retention = purge_retention_s(configured, recorded)
-        doomed = plan_purge(tx.encryption_keys.list_all(), now, retention)
+        doomed = plan_purge(keys, now, retention)
         if not doomed:
             return retention, []
-        site_of = {k.keyset_id: k.site_id for k in tx.keysets.list_all()}
         tx.encryption_keys.delete(key.id for key in doomed)
         purged: list[KeyInfo] = []
         for key in doomed:
-            site_id = site_of[key.keyset_id]
-            info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
+            info = _key_info(key, keysets.site_of(key.keyset_id))
             _record_key_event(tx, actor, now, info, created=False)
             purged.append(info)
         return retention, purged
 
-    def _missing_site_keysets(self, tx: Tx, actor: Actor, now: int) -> list[Keyset]:
+    def _missing_site_keysets(
+        self, tx: Tx, keysets: _TxKeysets, actor: Actor, now: int
+    ) -> list[Keyset]:
         """A default keyset for every participant that has none yet (their keys come after)."""
         created: list[Keyset] = []
         for participant in tx.participants.list_all():
-            keyset, is_new = self._site_keyset(tx, participant.site_id, actor, now)
+            keyset, is_new = self._site_keyset(tx, keysets, participant.site_id, actor, now)
             if is_new:
                 created.append(keyset)
         return created
 
     def _rotate(
-        self, tx: Tx, keyring: Keyring, now: int, actor: Actor, *, only: int | None = None
-    ) -> list[KeyInfo]:
-        keysets = {k.keyset_id: k for k in tx.keysets.list_all()}
-        if only is not None:
-            keysets = {only: keysets[only]}
-        plans = plan_rotation(
-            keysets.values(), tx.encryption_keys.list_all(), now, self._config.key_policy
-        )
+        self,
+        tx: Tx,
+        keysets: _TxKeysets,
+        keyring: Keyring,
+        now: int,
+        actor: Actor,
+        *,
+        only: int | None = None,
+    ) -> tuple[list[KeyInfo], list[SealedKey]]:
+        """Create the keys the schedule asks for (in the keyset ``only``, or in every keyset);
+        returns them, and every key the store holds now (those read, then those created)."""
+        scope = keysets.values() if only is None else [keysets.require(only)]
+        keys = list(tx.encryption_keys.list_all())
+        plans = plan_rotation(scope, keys, now, self._config.key_policy)
         ids = tx.encryption_keys.allocate_ids(len(plans))
         created: list[KeyInfo] = []
         for key in mint_keys(plans, ids, self._random):
-            tx.encryption_keys.add(seal_key(keyring, key, self._random))
-            site_id = keysets[key.keyset_id].site_id
-            info = KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
+            sealed = seal_key(keyring, key, self._random)
+            tx.encryption_keys.add(sealed)
+            keys.append(sealed)
+            info = _key_info(sealed, keysets.site_of(key.keyset_id))
             _record_key_event(tx, actor, now, info, created=True)
             created.append(info)
-        return created
+        return created, keys
 
-    def _add_keyset(self, tx: Tx, keyset: Keyset, actor: Actor, now: int) -> Keyset:
+    def _add_keyset(
+        self, tx: Tx, keysets: _TxKeysets, keyset: Keyset, actor: Actor, now: int
+    ) -> Keyset:
         tx.keysets.add(keyset)
+        keysets.add(keyset)
         record_event(
             tx,
             actor,
@@ -482,14 +498,15 @@ class MaterialService:
         )
         return keyset
 
-    def _site_keyset(self, tx: Tx, site_id: int, actor: Actor, now: int) -> tuple[Keyset, bool]:
+    def _site_keyset(
+        self, tx: Tx, keysets: _TxKeysets, site_id: int, actor: Actor, now: int
+    ) -> tuple[Keyset, bool]:
         """The site's default keyset, and whether it was created just now."""
-        keysets = tx.keysets.list_all()
-        existing = site_default_keyset(keysets, site_id)
+        existing = keysets.site_default(site_id)
         if existing is not None:
             return existing, False
-        keyset_id = next_keyset_id(k.keyset_id for k in keysets)
-        return self._add_keyset(tx, new_site_keyset(keyset_id, site_id, now), actor, now), True
+        keyset = new_site_keyset(keysets.next_id(), site_id, now)
+        return self._add_keyset(tx, keysets, keyset, actor, now), True
 
     # ------------------------------------------------------------------------ salts
 
@@ -698,6 +715,62 @@ class MaterialService:
             optout_cursor=changes.cursor,
             optouts_read=len(changes.records),
         )
+
+
+class _TxKeysets:
+    """The keysets of one write transaction, read once (``read``) and kept up to date with
+    the keysets the unit of work adds (``add``): a use case that looks at every participant's
+    keyset then costs one read of the table, not one per participant.
+
+    The rules stay those of ``domain.keysets``: a site's default keyset is
+    ``site_default_keyset`` over that site's keysets, and a new keyset id is ``next_keyset_id``
+    over the highest id in use, kept as a running maximum.
+    """
+
+    __slots__ = ("_by_id", "_by_site", "_top")
+
+    def __init__(self, keysets: Iterable[Keyset]) -> None:
+        self._by_id: dict[int, Keyset] = {}
+        self._by_site: dict[int, list[Keyset]] = {}
+        self._top: int | None = None
+        for keyset in keysets:
+            self.add(keyset)
+
+    @classmethod
+    def read(cls, tx: ReadTx) -> _TxKeysets:
+        return cls(tx.keysets.list_all())
+
+    def add(self, keyset: Keyset) -> None:
+        self._by_id[keyset.keyset_id] = keyset
+        self._by_site.setdefault(keyset.site_id, []).append(keyset)
+        if self._top is None or keyset.keyset_id > self._top:
+            self._top = keyset.keyset_id
+
+    def get(self, keyset_id: int) -> Keyset | None:
+        return self._by_id.get(keyset_id)
+
+    def require(self, keyset_id: int) -> Keyset:
+        keyset = self._by_id.get(keyset_id)
+        if keyset is None:
+            raise NotFound(f"No keyset {keyset_id}")
+        return keyset
+
+    def values(self) -> list[Keyset]:
+        return list(self._by_id.values())
+
+    def site_of(self, keyset_id: int) -> int:
+        return self.require(keyset_id).site_id
+
+    def site_default(self, site_id: int) -> Keyset | None:
+        return site_default_keyset(self._by_site.get(site_id, ()), site_id)
+
+    def next_id(self) -> int:
+        return next_keyset_id(() if self._top is None else (self._top,))
+
+
+def _key_info(key: SealedKey, site_id: int) -> KeyInfo:
+    """What a result and an audit event say of a key: its ids and times, never its secret."""
+    return KeyInfo(key.id, key.keyset_id, site_id, key.created, key.activates, key.expires)
 
 
 def _require_opens(keyring: Keyring, header: SaltHeader) -> None:
