@@ -7,7 +7,8 @@ revoked can never be brought back by mistake.
 Rotation issues a successor with the same site, roles and expiry policy and lets the old key work
 for a grace window, so a participant can deploy the new key before the old one stops. A grace of
 0 retires the old key at once (for a leak). Secret rotation does the same for the client secret
-alone: the previous secret keeps opening requests until its ``retires_at_ms``.
+alone: each previous secret keeps opening requests until its ``retires_at_ms``, which a new
+rotation brings forward to now + grace at the latest (so a grace of 0 stops them all).
 
 Every function returns new records; the caller stores them and writes the audit row in the same
 transaction.
@@ -156,23 +157,44 @@ def retire_now(key: ApiKey, now_ms: int) -> ApiKey:
     return replace(key, retires_at_ms=now_ms, updated_at_ms=now_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class SecretRotation:
+    """What a secret rotation changes before the new secret is added.
+
+    ``updates``: the key's secrets whose retirement moved (store them). ``previous_retires_at_ms``:
+    when the last of the previous secrets stops being accepted (None when none was accepted)."""
+
+    updates: list[SealedSecret]
+    previous_retires_at_ms: int | None
+
+
 def rotate_secret(
     key: ApiKey,
     secrets: Iterable[SealedSecret],
     *,
     now_ms: int,
     grace_ms: int = DEFAULT_GRACE_MS,
-) -> list[SealedSecret]:
-    """Start replacing the key's current secret: returns the secrets to update (the current one,
-    now retiring at now + grace). The caller adds the new sealed secret in the same transaction.
+) -> SecretRotation:
+    """Start replacing the key's secrets: every secret still accepted (the current one, and older
+    ones still inside an overlap) retires at ``now + grace`` at the latest. A shorter grace
+    therefore also shortens an earlier overlap: a grace of 0 stops every previous secret now. The
+    caller adds the new sealed secret in the same transaction.
     """
     _require_changeable(key, "rotate the secret of")
     _check_grace(grace_ms)
-    return [
-        replace(secret, retires_at_ms=now_ms + grace_ms)
-        for secret in secrets
-        if secret.key_id == key.key_id and secret.retires_at_ms is None
-    ]
+    limit = now_ms + grace_ms
+    updates: list[SealedSecret] = []
+    retirements: list[int] = []
+    for secret in secrets:
+        if secret.key_id != key.key_id:
+            continue
+        if secret.retires_at_ms is not None and secret.retires_at_ms <= now_ms:
+            continue  # no longer accepted: nothing to stop
+        retires_at = limit if secret.retires_at_ms is None else min(secret.retires_at_ms, limit)
+        retirements.append(retires_at)
+        if retires_at != secret.retires_at_ms:
+            updates.append(replace(secret, retires_at_ms=retires_at))
+    return SecretRotation(updates, max(retirements, default=None))
 
 
 def is_expired(key: ApiKey, now_ms: int) -> bool:

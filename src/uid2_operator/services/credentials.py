@@ -432,20 +432,22 @@ class CredentialService:
     def rotate_secret(
         self, actor: Actor, key_id: Any, *, grace_days: Any = DEFAULT_GRACE_DAYS
     ) -> IssuedSecret:
-        """A new client secret for the same key; the previous one is accepted for the grace."""
+        """A new client secret for the same key. Every previous secret still accepted stays so for
+        the grace at most (an older overlap is cut short, never extended; 0 stops them all now);
+        ``previous_secret_retires_at_ms`` is when the last of them stops."""
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._keyrings.latest()
             key = self._key(tx, kid)
-            retiring = lifecycle.rotate_secret(
+            rotation = lifecycle.rotate_secret(
                 key, tx.secrets.list_for_key(kid), now_ms=now, grace_ms=grace * lifecycle.DAY_MS
             )
-            for previous in retiring:
+            for previous in rotation.updates:
                 tx.secrets.update(previous)
             secret = self._add_secret(tx, keyring, kid, now)
-            retires_at = max((s.retires_at_ms or now for s in retiring), default=None)
+            retires_at = rotation.previous_retires_at_ms
             record_event(
                 tx,
                 actor,

@@ -217,18 +217,47 @@ def test_secret_rotation_overlap(make_key: MakeKey) -> None:
     current = SealedSecret(2, key.key_id, 1, b"b", T0)
     foreign = SealedSecret(3, "UID2-C-L-1001-otherK", 1, b"c", T0)
     now = T0 + 10
-    updated = rotate_secret(key, [older, current, foreign], now_ms=now, grace_ms=DAY_MS)
-    assert updated == [replace(current, retires_at_ms=now + DAY_MS)]
+    rotation = rotate_secret(key, [older, current, foreign], now_ms=now, grace_ms=DAY_MS)
+    assert rotation.updates == [replace(current, retires_at_ms=now + DAY_MS)]
+    assert rotation.previous_retires_at_ms == now + DAY_MS
+    updated = rotation.updates
     newest = SealedSecret(4, key.key_id, 1, b"d", now)
     after = [older, updated[0], newest]
     assert accepted_secrets(after, now + DAY_MS - 1) == [newest, updated[0]]
     assert accepted_secrets(after, now + DAY_MS) == [newest]
-    assert rotate_secret(key, [older], now_ms=now) == []
-    assert rotate_secret(disable_key(key, now), [current], now_ms=now, grace_ms=0) == [
+    # An overlap that ends before now + grace is left as it is.
+    assert rotate_secret(key, [older], now_ms=now).updates == []
+    assert rotate_secret(key, [older], now_ms=now).previous_retires_at_ms == T0 + 50
+    assert rotate_secret(disable_key(key, now), [current], now_ms=now, grace_ms=0).updates == [
         replace(current, retires_at_ms=now)
     ]
     with pytest.raises(InvalidInput):
         rotate_secret(key, [current], now_ms=now, grace_ms=-1)
+
+
+def test_a_shorter_grace_also_cuts_an_earlier_overlap(make_key: MakeKey) -> None:
+    """S1 rotated with 7 days (-> S2), then S1 leaks: a rotation with grace 0 stops S1 and S2."""
+    _, key = make_key()
+    s1 = SealedSecret(1, key.key_id, 1, b"a", T0)
+    first = rotate_secret(key, [s1], now_ms=T0, grace_ms=7 * DAY_MS)
+    s2 = SealedSecret(2, key.key_id, 1, b"b", T0)
+    now = T0 + DAY_MS
+    second = rotate_secret(key, [*first.updates, s2], now_ms=now, grace_ms=0)
+    assert second.updates == [replace(s1, retires_at_ms=now), replace(s2, retires_at_ms=now)]
+    assert second.previous_retires_at_ms == now
+    s3 = SealedSecret(3, key.key_id, 1, b"c", now)
+    assert accepted_secrets([*second.updates, s3], now) == [s3]
+
+
+def test_a_longer_grace_never_extends_an_earlier_overlap(make_key: MakeKey) -> None:
+    _, key = make_key()
+    s1 = SealedSecret(1, key.key_id, 1, b"a", T0, retires_at_ms=T0 + DAY_MS)
+    s2 = SealedSecret(2, key.key_id, 1, b"b", T0)
+    gone = SealedSecret(0, key.key_id, 1, b"z", T0, retires_at_ms=T0)
+    rotation = rotate_secret(key, [gone, s1, s2], now_ms=T0, grace_ms=7 * DAY_MS)
+    assert rotation.updates == [replace(s2, retires_at_ms=T0 + 7 * DAY_MS)]
+    assert rotation.previous_retires_at_ms == T0 + 7 * DAY_MS
+    assert rotate_secret(key, [gone], now_ms=T0).previous_retires_at_ms is None
 
 
 def test_expiry(make_key: MakeKey) -> None:
