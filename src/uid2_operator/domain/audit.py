@@ -49,8 +49,9 @@ SECRET_FIELD_NAMES = frozenset(
     }
 )  # fmt: skip
 SECRET_FIELD_SUFFIXES = ("_hash", "_secret", "_ciphertext", "_salt", "_pepper", "_token")
-# A full credential (key id, '.', tail) appearing inside any string value.
-_CREDENTIAL_TEXT = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.[A-Za-z0-9+/=]{20,}")
+# A full credential (key id, '.', tail) appearing inside any string value: an API key or an
+# admin token. Shared with the rules that refuse such text in free-text fields.
+CREDENTIAL_TEXT = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.[A-Za-z0-9+/=]{20,}")
 
 
 def _is_secret_name(name: str) -> bool:
@@ -61,7 +62,7 @@ def _is_secret_name(name: str) -> bool:
 def _is_secret_value(value: object) -> bool:
     if isinstance(value, bytes | bytearray | memoryview):
         return True
-    return isinstance(value, str) and _CREDENTIAL_TEXT.search(value) is not None
+    return isinstance(value, str) and CREDENTIAL_TEXT.search(value) is not None
 
 
 def redact(value: Any) -> Any:

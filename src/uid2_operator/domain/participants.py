@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from uid2_operator.domain.audit import CREDENTIAL_TEXT
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import InvalidInput, InvalidTransition
 
@@ -43,6 +44,10 @@ _CONTACT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # Unpaired surrogates (Unicode category Cs): what Python makes of invalid UTF-8 bytes in a command
 # line, and what JSON "\ud800" escapes decode to. No database encoding can store them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A client secret as it is handed out: 32 bytes in standard base64, 44 characters ending in '='
+# (the keyring's keys and pepper have the same shape). Not part of a longer base64 run, so longer
+# encoded values such as public keys do not count.
+CLIENT_SECRET_TEXT = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9+/=])")
 
 
 def refuse_surrogates(value: str, what: str) -> str:
@@ -50,6 +55,15 @@ def refuse_surrogates(value: str, what: str) -> str:
     surrogate code points, which are not text any database can store."""
     if _SURROGATE.search(value) is not None:
         raise InvalidInput(f"{what} must be valid UTF-8 text (it holds surrogate code points)")
+    return value
+
+
+def refuse_credential_text(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` (never echoing the value) if it holds
+    a full API key, admin token or client secret. Free text (names, reasons, contacts) is stored
+    and shown in plaintext, so a credential pasted there by mistake must not be kept."""
+    if CREDENTIAL_TEXT.search(value) is not None or CLIENT_SECRET_TEXT.search(value) is not None:
+        raise InvalidInput(f"{what} looks like a credential; never paste one here")
     return value
 
 
@@ -61,8 +75,8 @@ def validate_site_id(site_id: int) -> int:
 
 def validate_name(name: str, what: str = "name") -> str:
     """Trimmed, 1..200 characters, no control characters (names end up in logs and audit rows),
-    no surrogate code points."""
-    cleaned = refuse_surrogates(name, what).strip()
+    no surrogate code points, no credential text (see ``refuse_credential_text``)."""
+    cleaned = refuse_credential_text(refuse_surrogates(name, what), what).strip()
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH:
         raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
     if any(unicodedata.category(ch) == "Cc" for ch in cleaned):
@@ -71,11 +85,12 @@ def validate_name(name: str, what: str = "name") -> str:
 
 
 def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:
-    """Trimmed e-mail-like addresses, duplicates (ignoring case) dropped, order kept."""
+    """Trimmed e-mail-like addresses, duplicates (ignoring case) dropped, order kept; credential
+    text is refused before the address check, with its own message."""
     cleaned: list[str] = []
     seen: set[str] = set()
     for raw in contacts:
-        contact = refuse_surrogates(raw, "contacts").strip()
+        contact = refuse_credential_text(refuse_surrogates(raw, "contacts"), "contacts").strip()
         if len(contact) > MAX_CONTACT_LENGTH or not _CONTACT.fullmatch(contact):
             raise InvalidInput("contacts must be e-mail addresses")
         if contact.casefold() not in seen:

@@ -3,7 +3,8 @@
 The admin API hands use cases whatever a JSON body held, so a name may be a number and a role list
 may be a bare string (which would iterate as characters). These checks turn every wrong type into
 ``InvalidInput`` before a domain rule sees it. Messages name the argument, never echo its value: a
-caller may have pasted a credential into the wrong field.
+caller may have pasted a credential into the wrong field. Text holding a full API key, admin token
+or client secret is refused outright: free text is stored and shown in plaintext.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from uid2_operator.domain.participants import ParticipantType, refuse_surrogates
+from uid2_operator.domain.participants import (
+    ParticipantType,
+    refuse_credential_text,
+    refuse_surrogates,
+)
 from uid2_operator.errors import InvalidInput
 
 # A key or token id: the public prefix of a credential, never the part after the '.'.
@@ -24,8 +29,13 @@ MAX_NAME_TEXT = 64
 
 
 def text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str:
-    """A string of bounded length without NUL characters (PostgreSQL text cannot hold them) or
-    surrogate code points (no database encoding can: invalid UTF-8 on a command line gives them)."""
+    """A string of bounded length without NUL characters (PostgreSQL text cannot hold them),
+    surrogate code points (no database encoding can: invalid UTF-8 on a command line gives them)
+    or credential text (a full API key, admin token or client secret)."""
+    return refuse_credential_text(_plain_text(value, what, max_length=max_length), what)
+
+
+def _plain_text(value: Any, what: str, *, max_length: int) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
     if len(value) > max_length:
@@ -62,7 +72,8 @@ def names(value: Any, what: str, *, max_length: int = MAX_NAME_TEXT) -> list[str
     for item in items:
         if not isinstance(item, str):
             raise InvalidInput(f"{what} must be a list of strings")
-        text(item, f"each of {what}", max_length=max_length)
+        _plain_text(item, f"each of {what}", max_length=max_length)
+        refuse_credential_text(item, f"an entry of {what}")
     return items
 
 
@@ -79,7 +90,7 @@ def participant_type(value: Any) -> ParticipantType:
 
 def credential_id(value: Any, what: str) -> str:
     """A key or token id (the part before the '.'); full credential text is refused unechoed."""
-    raw = text(value, what).strip()
+    raw = _plain_text(value, what, max_length=MAX_TEXT).strip()
     if "." in raw:
         raise InvalidInput(
             f"{what} is the public part before the '.'; never pass the full credential"
