@@ -446,17 +446,36 @@ def upgrade_database(settings: Settings) -> str:
 
     The embedded SQLite file is created owner-only (0600, whatever the umask; SQLite gives its
     journal files the same mode), in a data directory made 0700: it holds hashes of every key
-    and everything sealed under the keyring."""
+    and everything sealed under the keyring. An existing file (and its -wal/-shm journals) owned
+    by this user is set to 0600 as well, so a file some earlier run left with the umask's mode is
+    made private by the next init or upgrade."""
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+        db_path = settings.data_dir / DB_FILE
         try:
-            fd = os.open(settings.data_dir / DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            pass
+            _make_sqlite_files_private(db_path)
         else:
             os.fchmod(fd, _PRIVATE_FILE)
             os.close(fd)
     return upgrade(settings.store_url)
+
+
+def _make_sqlite_files_private(db_path: Path) -> None:
+    """Set the SQLite file and its journals, where present and owned by this user, to 0600."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = db_path.with_name(db_path.name + suffix)
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if (
+            stat.S_ISREG(found.st_mode)
+            and found.st_uid == os.getuid()
+            and stat.S_IMODE(found.st_mode) != _PRIVATE_FILE
+        ):
+            os.chmod(path, _PRIVATE_FILE)
 
 
 def open_configured_store(settings: Settings, *, check_schema: bool = True) -> Store:

@@ -11,8 +11,11 @@ time. Control-plane writes are rare and short, so one lock costs nothing measura
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
@@ -155,10 +158,29 @@ class PostgresFlavour:
         return func.greatest(a, b)
 
 
-def make_engine(url: str | URL) -> tuple[Engine, Flavour]:
-    """An engine for ``url`` (normalised first) and the flavour that goes with it."""
+def sqlite_path(url: str | URL) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names (None for PostgreSQL)."""
+    parsed = normalise_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database is None:
+        return None
+    return Path(os.path.abspath(parsed.database))
+
+
+def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Flavour]:
+    """An engine for ``url`` (normalised first) and the flavour that goes with it.
+
+    ``must_exist``: a SQLite file is opened read-write but never created (SQLite's ``mode=rw``),
+    so a connection to a missing file fails (StoreUnavailable through
+    ``unavailable_as_store_error``) instead of leaving an empty file with the umask's mode. Only
+    the schema upgrade, which creates the file owner-only first, opens without it.
+    """
     parsed = normalise_url(url)
     if parsed.drivername.startswith("sqlite"):
+        path = sqlite_path(parsed)
+        if must_exist and path is not None:
+            # The driver opens "file:<path>?mode=rw" (a URI filename), other query options kept.
+            parsed = parsed.set(database=f"file:{urllib.parse.quote(str(path))}")
+            parsed = parsed.update_query_dict({"mode": "rw", "uri": "true"})
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         SqliteFlavour.configure(engine)
         return engine, SqliteFlavour()

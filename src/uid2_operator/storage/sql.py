@@ -32,7 +32,12 @@ from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
 from uid2_operator.domain.sharing import SharingPolicy
 from uid2_operator.errors import AlreadyExists, NotFound, SchemaOutOfDate, StoreError
 from uid2_operator.storage import schema as t
-from uid2_operator.storage.engines import Flavour, make_engine, unavailable_as_store_error
+from uid2_operator.storage.engines import (
+    Flavour,
+    make_engine,
+    sqlite_path,
+    unavailable_as_store_error,
+)
 from uid2_operator.storage.interface import (
     GENESIS_PREV_HASH,
     AuditFields,
@@ -1292,9 +1297,21 @@ def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
     revision this code does not ship (upgraded by a newer version) is refused as such rather than
     sent to an upgrade that cannot help; raises StoreUnavailable when the database cannot be
     reached.
+
+    A SQLite file is never created here (only the upgrade creates it, owner-only): a missing one
+    is refused as never initialised (SchemaOutOfDate), or, with ``check_schema`` off, makes each
+    use fail with StoreUnavailable.
     """
-    engine, flavour = make_engine(url)
+    engine, flavour = make_engine(url, must_exist=True)
     if check_schema:
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            engine.dispose()
+            raise SchemaOutOfDate(
+                f"The database is at schema revision none (the SQLite file {path} does not "
+                f"exist), this version needs {head_revision()}; run init (or the database "
+                "upgrade) first"
+            )
         try:
             found = revision_of(engine)  # refuses a revision newer than this code
         except BaseException:
