@@ -27,6 +27,7 @@ from starlette.types import Message
 from ci_mode import unavailable
 from uid2_operator.bootstrap import Services, open_services, upgrade_database
 from uid2_operator.clock import FixedClock, system_random
+from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.authorization import ADMIN_ACTIONS
 from uid2_operator.domain.roles import AdminRole
 from uid2_operator.domain.sealing import generate_keyring
@@ -108,6 +109,14 @@ class AdminClient:
         return response
 
 
+@dataclass(frozen=True)
+class StoreMark:
+    """Where the store stood: its change sequence and the seq of its last audit event."""
+
+    change_seq: int
+    audit_seq: int
+
+
 @dataclass
 class AdminEnv:
     services: Services
@@ -128,6 +137,22 @@ class AdminEnv:
 
     def change_seq(self) -> int:
         return self.services.store.change_seq()
+
+    def audit_events(self) -> list[AuditEvent]:
+        with self.services.store.read() as tx:
+            return tx.audit.list_events()
+
+    def mark(self) -> StoreMark:
+        events = self.audit_events()
+        return StoreMark(self.change_seq(), events[-1].seq if events else 0)
+
+    def refusals_since(self, mark: StoreMark) -> list[AuditEvent]:
+        """The audit events written since ``mark``, once checked to be all that changed: each
+        records a refused request (``denied`` or ``failed``) in a transaction of its own."""
+        events = [e for e in self.audit_events() if e.seq > mark.audit_seq]
+        assert [e for e in events if e.outcome is Outcome.SUCCESS] == []
+        assert self.change_seq() == mark.change_seq + len(events)
+        return events
 
     @property
     def operations(self) -> tuple[Operation, ...]:

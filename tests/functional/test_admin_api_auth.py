@@ -176,8 +176,9 @@ def test_two_authorization_headers_are_refused_even_if_both_are_valid(env: Admin
 
 
 def test_every_route_refuses_a_token_without_the_role_for_its_action(env: AdminEnv) -> None:
-    seq = env.change_seq()
+    mark = env.mark()
     refused: dict[AdminRole, set[tuple[str, str]]] = {role: set() for role in AdminRole}
+    attempts: list[tuple[str, str, str]] = []
     for op in env.operations:
         if op.public:
             continue
@@ -189,6 +190,7 @@ def test_every_route_refuses_a_token_without_the_role_for_its_action(env: AdminE
             assert error["code"] == "permission_denied"
             assert op.access.value in error["message"]
             refused[role].add((op.method, op.path))
+            attempts.append((f"admin:{env.token_ids[role]}", op.access.value, "denied"))
     # READ_ONLY is refused every write and the admin tokens; MAINTAINER the admin tokens and
     # audit verification; SUPER_USER nothing.
     writes = {(op.method, op.path) for op in env.operations if op.method != "GET"}
@@ -196,7 +198,9 @@ def test_every_route_refuses_a_token_without_the_role_for_its_action(env: AdminE
     assert refused[AdminRole.READ_ONLY] == writes | tokens
     assert refused[AdminRole.MAINTAINER] == tokens | {("POST", "/audit/verify")}
     assert refused[AdminRole.SUPER_USER] == set()
-    assert env.change_seq() == seq
+    # Nothing changed but one ``denied`` audit event per refusal, reads included.
+    events = env.refusals_since(mark)
+    assert [(e.actor, e.action, e.outcome.value) for e in events] == attempts
 
 
 def test_read_routes_admit_every_role(env: AdminEnv) -> None:

@@ -2,8 +2,9 @@
 
 Cases are generated from each route's own field declarations: malformed JSON, the wrong JSON
 shape, every field with every wrong type, unknown fields, oversized names and bodies, bad role
-names, text that cannot be stored, unknown targets. For each, the store's change sequence must not
-move, so not even a partial write happened.
+names, text that cannot be stored, unknown targets. For each, nothing may change but the audit
+trail: no partial write, and at most one event, recording the refusal (``failed``, with the
+error's code) when the service refused the request after the edge let it through.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import pytest
 from admin_api_harness import (
     PREFIX,
     AdminEnv,
+    StoreMark,
     fill_path,
     open_admin_env,
     raw_asgi_request,
     sqlite_settings,
 )
 
+from uid2_operator.domain.audit import AuditEvent
+from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.roles import AdminRole
 from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants
 from uid2_operator.web.admin_api.bodies import Field, Kind
@@ -198,7 +202,7 @@ def _snapshot(env: AdminEnv) -> list[Any]:
         env.call("GET", "/participants").json(),
         env.call("GET", "/keys").json(),
         env.call("GET", "/admin-tokens").json(),
-        len(env.call("GET", "/audit", params={"limit": 1000}).json()["events"]),
+        [e["outcome"] for e in env.call("GET", "/audit", params={"limit": 1000}).json()["events"]],
     ]
 
 
@@ -210,11 +214,28 @@ def _assert_clean_error(status: int, payload: Any) -> None:
     assert payload["error"]["message"]
 
 
+def _refusal_recorded(
+    env: AdminEnv, mark: StoreMark, op: Operation, status: int, code: str
+) -> AuditEvent | None:
+    """The one ``failed`` event a refused write may leave (none for a refusal at the edge)."""
+    events = env.refusals_since(mark)
+    assert len(events) <= 1, events
+    if not events:
+        return None
+    [event] = events
+    assert status in (404, 409, 422), status
+    assert isinstance(op.access, AdminAction)
+    assert (event.outcome.value, event.action, event.before) == ("failed", op.access.value, None)
+    assert event.after == {"code": code}
+    assert event.actor == f"admin:{env.token_ids[AdminRole.SUPER_USER]}"
+    return event
+
+
 @pytest.mark.parametrize(("op", "case"), PARAMS)
 def test_bad_input_is_a_clear_4xx_with_no_state_change(
     env: AdminEnv, op: Operation, case: Case
 ) -> None:
-    before = env.change_seq()
+    mark = env.mark()
     headers = {"Content-Type": case.content_type} if case.content_type else {}
     response = env.call(
         op.method, fill_path(op.path, _targets(env)), content=case.body, headers=headers
@@ -222,26 +243,34 @@ def test_bad_input_is_a_clear_4xx_with_no_state_change(
     assert response.status_code == case.status, response.text
     _assert_clean_error(response.status_code, response.json())
     assert "UID2-C-L-3-abcdef.tail" not in response.text
-    assert env.change_seq() == before
+    code = response.json()["error"]["code"]
+    event = _refusal_recorded(env, mark, op, response.status_code, code)
+    assert event is None or "UID2-C-L-3-abcdef.tail" not in repr(event)
 
 
 @pytest.mark.parametrize(
     "op", [op for op in WRITE_OPERATIONS if "{" in op.path], ids=lambda op: f"{op.method} {op.path}"
 )
 def test_unknown_targets_are_404_with_no_state_change(env: AdminEnv, op: Operation) -> None:
-    before = env.change_seq()
     unknown = {"site_id": "9999", "key_id": "UID2-C-L-500-zzzzzz", "token_id": "UID2-A-L-0-zzzzzz"}
+    mark = env.mark()
     response = env.call(
         op.method, fill_path(op.path, unknown), json=BASELINES.get(op.operation_id, {})
     )
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "not_found"
+    event = _refusal_recorded(env, mark, op, 404, "not_found")
+    assert event is not None
+    assert event.target_id in unknown.values()
     malformed = {"site_id": "x1", "key_id": "not-a-key-id", "token_id": "nope"}
+    mark = env.mark()
     response = env.call(
         op.method, fill_path(op.path, malformed), json=BASELINES.get(op.operation_id, {})
     )
     assert response.status_code == 422, response.text
-    assert env.change_seq() == before
+    event = _refusal_recorded(env, mark, op, 422, "invalid_input")
+    assert event is not None
+    assert event.target_id == ""  # not an id: not recorded as one
 
 
 @pytest.mark.parametrize(
@@ -269,7 +298,7 @@ def test_bad_query_strings_are_422(env: AdminEnv, path: str, params: Any) -> Non
 
 def test_a_chunked_body_over_the_limit_is_413(env: AdminEnv) -> None:
     """No Content-Length: the limit is enforced while the body streams in."""
-    before = env.change_seq()
+    mark = env.mark()
     status, _, body = raw_asgi_request(
         env.app,
         "POST",
@@ -282,12 +311,12 @@ def test_a_chunked_body_over_the_limit_is_413(env: AdminEnv) -> None:
     )
     assert status == 413
     assert json.loads(body)["error"]["code"] == "body_too_large"
-    assert env.change_seq() == before
+    assert env.refusals_since(mark) == []  # refused before the action: not audited
 
 
 @pytest.mark.parametrize("declared", ["abc", "-1", "9" * 30, "1e3", "\u00b2", " 12"])
 def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared: str) -> None:
-    before = env.change_seq()
+    mark = env.mark()
     status, _, body = raw_asgi_request(
         env.app,
         "POST",
@@ -301,7 +330,7 @@ def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared:
     )
     assert status == 413
     assert json.loads(body)["error"]["code"] == "body_too_large"
-    assert env.change_seq() == before
+    assert env.refusals_since(mark) == []
 
 
 def test_the_whole_battery_left_the_store_as_it_was(env: AdminEnv) -> None:
@@ -311,7 +340,9 @@ def test_the_whole_battery_left_the_store_as_it_was(env: AdminEnv) -> None:
     assert [k["name"] for k in keys_["keys"]] == ["k"]
     assert keys_["keys"][0]["state"] == "active"
     assert len(tokens_["admin_tokens"]) == 3
-    assert events == 5  # three tokens, the participant, the key
+    # Three tokens, the participant, the key; every other event records a refusal.
+    assert [e for e in events if e == "success"] == ["success"] * 5
+    assert set(events) == {"success", "failed"}
 
 
 PASTED_INTO = [
@@ -337,12 +368,13 @@ def test_a_credential_pasted_into_a_checked_field_is_refused_without_being_repea
     token = env.tokens[AdminRole.SUPER_USER]
     # Whole, and a piece short enough to pass every field's length limit.
     for credential in (key, secret, token, secret[:24]):
-        before = env.change_seq()
+        mark = env.mark()
         pasted = json.loads(json.dumps(body).replace("{}", credential))
         response = env.call(method, target, json=pasted)
         assert response.status_code == 422, response.text
         _assert_clean_error(response.status_code, response.json())
+        recorded = repr(env.refusals_since(mark))  # at most the refusal, with its code only
         for part in (credential, *credential.split(".")[1:]):
-            assert part not in response.text
-            assert part.lower() not in response.text.lower()
-        assert env.change_seq() == before
+            for text in (response.text, recorded):
+                assert part not in text
+                assert part.lower() not in text.lower()

@@ -2,7 +2,8 @@
 
 A MAINTAINER (or SUPER_USER) ends a rotated key's grace at once: the answer is the key, the old
 key stops resolving and its successor keeps working. READ_ONLY is refused; a key never rotated or
-already retired is a 409, an unknown key a 404; no refusal moves the change sequence.
+already retired is a 409, an unknown key a 404; a refusal changes nothing but the audit trail,
+which gains one ``denied`` or ``failed`` event.
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ def _rotated(env: AdminEnv, grace_days: int = 7) -> tuple[dict[str, Any], dict[s
 
 
 def _refused(env: AdminEnv, key_id: str, role: AdminRole, status: int, code: str) -> str:
-    seq = env.change_seq()
+    mark = env.mark()
     response = env.call("POST", f"/keys/{key_id}/retire-now", role)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
-    assert env.change_seq() == seq
+    [event] = env.refusals_since(mark)
+    assert (event.action, event.target_type) == ("key.retire_now", "api_key")
+    assert event.actor == f"admin:{env.token_ids[role]}"
+    assert event.target_id == ("" if "." in key_id else key_id)
+    if status == 403:
+        assert (event.outcome.value, event.after) == ("denied", None)
+    else:
+        assert (event.outcome.value, event.after) == ("failed", {"code": code})
     message: str = response.json()["error"]["message"]
     return message
 
@@ -71,8 +79,9 @@ def test_a_maintainer_retires_a_rotated_key_now(env: AdminEnv) -> None:
         credentials.resolve_client(old["key"])
     assert credentials.resolve_client(new["key"]).key.key_id == new["key_id"]
     events = env.call("GET", "/audit", READER, params={"action": "key.retire_now"}).json()
-    assert [(e["target_id"], e["actor"]) for e in events["events"]] == [
-        (old["key_id"], f"admin:{env.token_ids[MAINTAINER]}")
+    assert [(e["target_id"], e["actor"], e["outcome"]) for e in events["events"]] == [
+        (old["key_id"], f"admin:{env.token_ids[READER]}", "denied"),
+        (old["key_id"], f"admin:{env.token_ids[MAINTAINER]}", "success"),
     ]
 
     again = _refused(env, old["key_id"], SUPER, 409, "invalid_transition")

@@ -45,7 +45,7 @@ def test_sharing_routes(env: AdminEnv) -> None:
     assert (body["mode"], body["sites"], body["rotated_key_ids"]) == ("list", [b], [])
     shown = env.call("GET", path, AdminRole.READ_ONLY)
     assert _documented(env, shown, "Sharing")["sites"] == [b]
-    seq = env.change_seq()
+    mark = env.mark()
     for bad in (
         {"mode": "everyone"},
         {"mode": "list", "sites": ["1002"]},
@@ -61,9 +61,19 @@ def test_sharing_routes(env: AdminEnv) -> None:
         env.call("PUT", "/participants/4242/sharing", json={"mode": "owner_only"}).status_code
         == 404
     )
-    assert env.change_seq() == seq
+    # Refused by the service (not by the body's declared fields): a ``failed`` event each.
+    assert [(e.outcome.value, e.after) for e in env.refusals_since(mark)] == [
+        ("failed", {"code": "invalid_input"})
+    ] * 2 + [("failed", {"code": "not_found"})]
+    mark = env.mark()
     assert (
         env.call("PUT", path, AdminRole.READ_ONLY, json={"mode": "owner_only"}).status_code == 403
+    )
+    [denied] = env.refusals_since(mark)
+    assert (denied.outcome.value, denied.action, denied.target_id) == (
+        "denied",
+        "sharing.set",
+        str(a),
     )
 
 

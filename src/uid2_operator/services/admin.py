@@ -20,6 +20,7 @@ from uid2_operator.domain.admin_tokens import (
     revoke_admin_token,
     verify_admin_token,
 )
+from uid2_operator.domain.audit import AuditEvent, Outcome
 from uid2_operator.domain.authorization import Denied
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import MintedCredential, mint_admin_token
@@ -27,7 +28,7 @@ from uid2_operator.domain.roles import AdminRole, parse_admin_roles
 from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import AlreadyExists, CredentialRejected, MalformedCredential, NotFound
 from uid2_operator.services import inputs
-from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.audit_trail import record_event, record_refusal
 from uid2_operator.services.context import Actor
 from uid2_operator.services.views import AdminTokenView, IssuedAdminToken
 from uid2_operator.storage.interface import ReadTx, Store, Tx
@@ -115,6 +116,34 @@ class AdminService:
             )
             raise CredentialRejected("The admin token is not valid")
         return AdminTokenView.of(token)
+
+    def record_refusal(
+        self,
+        actor: Actor,
+        *,
+        outcome: Outcome,
+        action: str,
+        target_type: str,
+        target_id: str,
+        site_id: int | None = None,
+        error_code: str | None = None,
+    ) -> AuditEvent:
+        """Record an admin request that was refused: ``denied`` (the token's roles do not allow
+        ``action``) or ``failed`` (allowed, then refused by a rule; ``error_code`` says which).
+
+        One transaction of its own, since the refused request changed nothing.
+        """
+        return record_refusal(
+            self._store,
+            actor,
+            at_ms=self._clock.now_ms(),
+            outcome=outcome,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            site_id=site_id,
+            error_code=error_code,
+        )
 
     def bootstrap_token(self, actor: Actor) -> IssuedAdminToken | None:
         """The first SUPER_USER token, only while no admin token exists (``init`` shows it once).

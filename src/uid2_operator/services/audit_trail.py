@@ -1,10 +1,17 @@
-"""Writing one audit event inside the unit of work that makes the change it records."""
+"""Writing audit events: inside the unit of work that makes the change an event records, or, for
+an attempt that was refused, in a unit of work of its own."""
 
 from __future__ import annotations
 
+import re
+
 from uid2_operator.domain.audit import AuditEvent, Outcome, draft_event, event_hash
+from uid2_operator.errors import InvalidInput
 from uid2_operator.services.context import Actor
-from uid2_operator.storage.interface import Tx
+from uid2_operator.storage.interface import Store, Tx
+
+# Error codes are class constants (``UID2Error.code``): short snake_case names, never input.
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 
 
 def record_event(
@@ -39,3 +46,42 @@ def record_event(
         outcome=outcome,
     )
     return tx.audit.append(draft, event_hash)
+
+
+def record_refusal(
+    store: Store,
+    actor: Actor,
+    *,
+    at_ms: int,
+    outcome: Outcome,
+    action: str,
+    target_type: str,
+    target_id: str,
+    site_id: int | None = None,
+    error_code: str | None = None,
+) -> AuditEvent:
+    """Record an attempt that was refused, in a transaction of its own.
+
+    ``denied``: the actor's roles do not allow ``action``; ``failed``: the action was allowed but a
+    rule refused it (``error_code`` is the error's stable code). Either way the attempt changed
+    nothing (it was stopped before its unit of work, or its unit of work rolled back), so there
+    is no ``before``; ``after`` holds the error code only, never an error message, which could
+    repeat what was sent. The event joins the same hash chain as every other.
+    """
+    if outcome is Outcome.SUCCESS:
+        raise InvalidInput("a refusal is recorded as denied or failed, not success")
+    if error_code is not None and _ERROR_CODE.fullmatch(error_code) is None:
+        raise InvalidInput("an audit error code must be a short snake_case name")
+    after = None if error_code is None else {"code": error_code}
+    with store.transaction() as tx:
+        return record_event(
+            tx,
+            actor,
+            at_ms=at_ms,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            site_id=site_id,
+            after=after,
+            outcome=outcome,
+        )

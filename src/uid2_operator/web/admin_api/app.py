@@ -12,6 +12,9 @@ Each request goes through the same steps, in this order, so no route can skip on
    ``Actor`` named ``admin:<token_id>`` carrying the request id and the client address;
 5. the result as JSON, or the error through the one error table (``errors.py``).
 
+A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the audit trail as
+``denied`` and ``failed`` events (``outcomes.py``); a 401 and a refusal in step 3 are not.
+
 An unexpected exception becomes a bare 500 ``internal_error``. It is logged with its class and
 stack frames only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
 never logged or sent.
@@ -38,6 +41,7 @@ from uid2_operator.errors import (
     BodyTooLarge,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     StoreUnavailable,
     UnsupportedMediaType,
 )
@@ -47,6 +51,7 @@ from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, req
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
 from uid2_operator.web.admin_api.errors import error_body, render_error
 from uid2_operator.web.admin_api.openapi import build_document
+from uid2_operator.web.admin_api.outcomes import record_denied, record_failed
 from uid2_operator.web.admin_api.request_context import RequestContext, request_id_source
 from uid2_operator.web.admin_api.routing import (
     PUBLIC,
@@ -161,14 +166,19 @@ def _endpoint(
         started = clock.now_ms()
         request_id: str = request.state.request_id
         actor = Actor(ANONYMOUS, request_id, _source(request))
+        params = dict(request.path_params)
         try:
             actor = await _authorised_actor(op, services, request, actor)
             query = parse_query(request.query_params.multi_items(), op.query)
             body = EMPTY
             if op.body is not None:
                 body = op.body.parse(await _read_json(request, max_body_bytes))
-            call = Call(services, actor, dict(request.path_params), body, query)
-            reply = await run_in_threadpool(op.handler, call)
+            call = Call(services, actor, params, body, query)
+            try:
+                reply = await run_in_threadpool(op.handler, call)
+            except Exception as exc:
+                await record_failed(services, op, actor, params, exc)
+                raise
             response: Response = JSONResponse(reply.payload, status_code=reply.status)
         except Exception as exc:  # every failure leaves through the error table
             response = _error_response(exc, op, request_id)
@@ -193,8 +203,13 @@ async def _authorised_actor(
         return anonymous
     text = bearer_token(request.headers)
     token = await run_in_threadpool(services.admin.authenticate, text)
-    require(op.access, token_roles(token.roles))
-    return Actor(f"admin:{token.token_id}", anonymous.request_id, anonymous.source)
+    actor = Actor(f"admin:{token.token_id}", anonymous.request_id, anonymous.source)
+    try:
+        require(op.access, token_roles(token.roles))
+    except PermissionDenied:
+        await record_denied(services, op, actor, request.path_params)
+        raise
+    return actor
 
 
 def _source(request: Request) -> str | None:
