@@ -280,6 +280,10 @@ class AuditRepository(AuditReader, Protocol):
         recorded head rather than on the last row keeps a deleted tail visible after later appends
         (a gap) instead of papering over it; a store with no recorded head (made before heads were
         recorded) builds on its last row.
+
+        An event whose outcome is not ``success`` (a refused attempt) changes no configuration:
+        a unit of work that writes nothing else commits without moving ``change_seq``, so a
+        refused admin request makes no operator reload its snapshot.
         """
         ...
 

@@ -530,7 +530,8 @@ class _Audit:
         return ChainHead(last.seq, bytes(last.hash))
 
     def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
-        conn = self._u.writing()
+        # A refused attempt's event changes no configuration: alone, it moves no change_seq.
+        conn = self._u.writing(control_plane=event.outcome is Outcome.SUCCESS)
         end = self._chain_end(conn)
         before = None if event.before is None else _json_text(event.before)
         after = None if event.after is None else _json_text(event.after)

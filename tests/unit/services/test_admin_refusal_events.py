@@ -37,7 +37,7 @@ def test_denied_and_failed_events_join_the_chain(store: SqlStore, admin: AdminSe
     assert (denied.outcome, denied.before, denied.after) == (Outcome.DENIED, None, None)
     assert (failed.outcome, failed.after) == (Outcome.FAILED, {"code": "invalid_transition"})
     assert (failed.request_id, failed.source, failed.actor) == ("req-1", "cli", ACTOR.id)
-    assert store.change_seq() == before + 2  # one transaction each
+    assert store.change_seq() == before  # a refused attempt changes no configuration
     with store.read() as tx:
         verdict = verify_chain(tx.audit.list_events(), recorded_head=tx.audit.head() or EMPTY_HEAD)
     assert verdict.ok, verdict
