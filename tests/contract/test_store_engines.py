@@ -6,10 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from store_records import participant
 
 from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
-from uid2_operator.storage import engines, open_store, upgrade
+from uid2_operator.storage import SqlStore, engines, open_store, upgrade
 from uid2_operator.storage.engines import normalise_url
 
 
@@ -101,3 +102,45 @@ def test_an_unreachable_postgresql_is_reported_without_its_password() -> None:
     assert "hunter2" not in str(caught.value)
     with pytest.raises(StoreUnavailable):
         upgrade(url)
+
+
+def test_a_writer_waits_for_the_write_lock_only_so_long_on_either_backend(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that holds the store-wide lock (stalled, say) costs the others a refusal they can
+    retry, not a wait for as long as it holds it: PostgreSQL's lock_timeout, SQLite's busy
+    timeout."""
+    monkeypatch.setattr(engines, "WRITE_LOCK_WAIT_MS", 200)
+    monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    store.engine.dispose()  # SQLite reads its busy timeout when it connects
+    outcome: list[BaseException] = []
+
+    def second_writer() -> None:
+        try:
+            with store.transaction() as tx:
+                tx.participants.add(participant(2002))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with store.transaction() as tx:  # holds the write lock while another writer tries
+        tx.participants.add(participant(1001))
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], StoreUnavailable)
+    with store.read() as rx:
+        assert 2002 not in [p.site_id for p in rx.participants.list_all()]
+
+
+def test_a_pool_without_a_free_connection_is_reported_as_unavailable() -> None:
+    url = "postgresql://postgres:hunter2@127.0.0.1:1/uid2"
+    engine, _ = engines.make_engine(url)
+    try:
+        with pytest.raises(StoreUnavailable) as caught, engines.unavailable_as_store_error(engine):
+            raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+    finally:
+        engine.dispose()
+    assert "QueuePool limit" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -22,14 +22,18 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
 
 from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
 from uid2_operator.storage.schema import CHANGE_SEQ, store_meta
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-"""How long a SQLite writer waits for the write lock before giving up (StoreUnavailable)."""
+WRITE_LOCK_WAIT_MS = 10_000
+"""How long a writer waits for the store-wide write lock before giving up (StoreUnavailable),
+on either backend: a writer that stalls holding it (a paused machine, a lost connection) costs
+the others a refusal they can retry, not a wait without end."""
+SQLITE_BUSY_TIMEOUT_MS = WRITE_LOCK_WAIT_MS
 
 _BEGIN_OPTION = "uid2_sqlite_begin"
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
@@ -138,6 +142,9 @@ class PostgresFlavour:
 
     def begin_write(self, conn: Connection) -> None:
         conn.begin()
+        # For this transaction only: waiting longer for the lock than this fails (LockNotAvailable,
+        # an OperationalError, so StoreUnavailable) instead of queueing for as long as it is held.
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(WRITE_LOCK_WAIT_MS)}")
         conn.execute(
             select(store_meta.c.value).where(store_meta.c.name == CHANGE_SEQ).with_for_update()
         )
@@ -190,9 +197,11 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
 
 @contextmanager
 def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
-    """Maps "cannot reach, or cannot lock, the database" to StoreUnavailable (password hidden)."""
+    """Maps "cannot reach, or cannot lock, the database" to StoreUnavailable (password hidden),
+    a connection pool with no free connection for ``pool_timeout`` included."""
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
+    except (OperationalError, InterfaceError, PoolTimeout) as exc:
         shown = engine.url.render_as_string(hide_password=True)
-        raise StoreUnavailable(f"The store at {shown} is unavailable: {exc.orig}") from exc
+        reason = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
+        raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
