@@ -46,8 +46,9 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import DB_FILE, Settings
+from uid2_operator.settings import Settings
 from uid2_operator.storage import open_store, upgrade
+from uid2_operator.storage.engines import sqlite_path
 from uid2_operator.storage.interface import Store
 from uid2_operator.wire.aead import RandomBytes
 
@@ -444,18 +445,22 @@ def record_environment(settings: Settings) -> None:
 def upgrade_database(settings: Settings) -> str:
     """Apply the shipped migrations to the configured database; returns the schema revision.
 
-    The embedded SQLite file is created owner-only (0600, whatever the umask; SQLite gives its
-    journal files the same mode), in a data directory made 0700: it holds hashes of every key
+    A SQLite file (the embedded one, or one a database URL names) is created owner-only (0600,
+    whatever the umask; SQLite gives its journal files the same mode), the embedded one in a data
+    directory made 0700: it holds hashes of every key
     and everything sealed under the keyring. An existing file (and its -wal/-shm journals) owned
     by this user is set to 0600 as well, so a file some earlier run left with the umask's mode is
     made private by the next init or upgrade."""
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
-        db_path = settings.data_dir / DB_FILE
+    db_path = sqlite_path(settings.store_url)  # the file SQLite opens, a URL's one included
+    if db_path is not None:
         try:
             fd = os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             _make_sqlite_files_private(db_path)
+        except OSError:
+            pass  # no such directory, say: the upgrade reports it (StoreUnavailable)
         else:
             os.fchmod(fd, _PRIVATE_FILE)
             os.close(fd)

@@ -8,6 +8,7 @@ instance. Every relaxation of a security default is an explicit setting, never a
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,9 @@ class Settings:
         """The database URL: PostgreSQL when configured, else the embedded SQLite file."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / DB_FILE).resolve()}"
+        # Percent-encoded: a '?', '#' or '%' in the data directory's path would otherwise be read
+        # as the URL's query, fragment or an escape, and the database would live elsewhere.
+        return f"sqlite:///{urllib.parse.quote(str((self.data_dir / DB_FILE).resolve()))}"
 
     @property
     def keyring_path(self) -> Path:

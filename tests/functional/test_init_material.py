@@ -107,3 +107,27 @@ def test_init_keeps_the_data_directory_and_the_database_file_owner_only(tmp_path
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == dict.fromkeys(
         (p.name for p in files), 0o600
     )
+
+
+@pytest.mark.parametrize("name", ["a?b", "p%41x", "h#x", "sp ace", "ü"])
+def test_init_keeps_the_database_in_a_data_directory_of_any_name(tmp_path: Path, name: str) -> None:
+    """The path goes into a URL: a '?', '#' or '%' in it must not move the database elsewhere."""
+    database = Database("sqlite", tmp_path / name, None)
+    result = Cli(database)("init")
+    assert result.exit_code == 0, result.output
+    assert database.sqlite_path.stat().st_size > 0
+    assert stat.S_IMODE(database.sqlite_path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_sqlite_database_named_by_url_is_created_owner_only(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "uid2.db"
+    target.parent.mkdir()
+    database = Database("sqlite", tmp_path / "data", f"sqlite:///{target}")
+    old = os.umask(0o022)
+    try:
+        result = Cli(database)("init")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600

@@ -195,6 +195,15 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
     return engine, PostgresFlavour()
 
 
+def shown_url(url: URL) -> str:
+    """``url`` as messages show it: the password hidden, and a SQLite file opened read-write
+    only (``make_engine``'s ``must_exist``) shown as the plain path it names."""
+    database = url.database or ""
+    if url.drivername.startswith("sqlite") and database.startswith("file:"):
+        return f"sqlite:///{urllib.parse.unquote(database.removeprefix('file:'))}"
+    return url.render_as_string(hide_password=True)
+
+
 @contextmanager
 def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     """Maps "cannot reach, or cannot lock, the database" to StoreUnavailable (password hidden),
@@ -202,6 +211,6 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
-        shown = engine.url.render_as_string(hide_password=True)
+        shown = shown_url(engine.url)
         reason = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc

@@ -45,3 +45,18 @@ def test_an_upgraded_file_opens_and_keeps_working(tmp_path: Path) -> None:
         store.close()
     journals = [p for p in tmp_path.iterdir() if p.name.startswith("uid2.db")]
     assert {stat.S_IMODE(p.stat().st_mode) for p in journals} == {0o600}
+
+
+def test_an_unavailable_sqlite_store_is_named_by_its_plain_path(tmp_path: Path) -> None:
+    missing = tmp_path / "sp ace" / "uid2.db"
+    missing.parent.mkdir()
+    store = open_store(f"sqlite:///{missing}", check_schema=False)
+    try:
+        with pytest.raises(StoreUnavailable) as caught, store.read() as tx:
+            tx.participants.list_all()
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert str(missing) in message
+    assert "file%3A" not in message
+    assert "mode=rw" not in message
