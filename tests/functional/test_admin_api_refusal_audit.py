@@ -228,3 +228,130 @@ def test_an_audit_write_that_fails_does_not_change_the_answer(
     created = env.call("POST", "/participants", json={"name": "Q", "type": "dsp"})
     assert created.status_code == 201
     _verified(env)
+
+
+def _denied_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "repeated denials" in r.getMessage()]
+
+
+def test_repeated_denials_within_a_minute_leave_one_event(
+    env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    site, _ = _participant_and_key(env)
+    mark = env.mark()
+    attempt = {"site_id": site, "name": "escalate", "roles": ["GENERATOR"]}
+    answers = []
+    with caplog.at_level(logging.INFO):
+        for n in range(100):  # 100 requests over 49.5 seconds
+            env.clock.advance(0 if n == 0 else 500)
+            response = env.call(
+                "POST", "/keys", READER, json=attempt, headers={"X-Request-ID": f"req-{n}"}
+            )
+            answers.append((response.status_code, response.json()))
+        assert answers == [(403, answers[0][1])] * 100  # the same answer, recorded or not
+        [first] = env.refusals_since(mark)
+        assert (first.outcome.value, first.action, first.request_id) == (
+            "denied",
+            "key.create",
+            "req-0",
+        )
+        assert _denied_logs(caplog) == []
+
+        # The window ends a minute after the recorded one: the next denial is recorded again,
+        # with the 99 left out in ``after``.
+        env.clock.advance(60_000 - 49_500)
+        again = env.call("POST", "/keys", READER, json=attempt, headers={"X-Request-ID": "last"})
+    assert (again.status_code, again.json()["error"]) == (403, answers[0][1]["error"])
+    first_again, second = env.refusals_since(mark)
+    assert first_again == first
+    assert (second.outcome.value, second.action, second.actor, second.request_id) == (
+        "denied",
+        "key.create",
+        f"admin:{env.token_ids[READER]}",
+        "last",
+    )
+    assert second.at_ms == first.at_ms + 60_000
+    assert (first.after, second.after) == (None, {"repeated": 99})
+    [logged] = _denied_logs(caplog)
+    assert "99 repeated denials" in logged
+    assert "actor=admin:" + env.token_ids[READER] in logged
+    assert [k["name"] for k in env.call("GET", "/keys").json()["keys"]] == ["k"]
+    _verified(env)
+
+
+def test_different_attempts_are_limited_separately(env: AdminEnv) -> None:
+    _, key = _participant_and_key(env)
+    _, other = _participant_and_key(env)
+    mark = env.mark()
+    attempts = [
+        ("POST", "/keys", READER, {"site_id": 3, "name": "k", "roles": []}),
+        ("POST", "/participants", READER, {"name": "Q", "type": "dsp"}),
+        ("POST", f"/keys/{key['key_id']}/rename", READER, {"name": "x"}),
+        # Same action (key.update), another route; the same route on another key.
+        ("PUT", f"/keys/{key['key_id']}/roles", READER, {"roles": []}),
+        ("POST", f"/keys/{other['key_id']}/rename", READER, {"name": "x"}),
+        # Same route and action, another token.
+        ("GET", "/admin-tokens", MAINTAINER, None),
+        ("GET", "/admin-tokens", READER, None),
+    ]
+    for _ in range(3):
+        for method, path, role, body in attempts:
+            kwargs = {} if body is None else {"json": body}
+            assert env.call(method, path, role, **kwargs).status_code == 403
+    events = env.refusals_since(mark)
+    reader, maintainer = (f"admin:{env.token_ids[r]}" for r in (READER, MAINTAINER))
+    assert [(e.actor, e.action, e.target_id) for e in events] == [
+        (reader, "key.create", ""),
+        (reader, "participant.create", ""),
+        (reader, "key.update", key["key_id"]),
+        (reader, "key.update", key["key_id"]),
+        (reader, "key.update", other["key_id"]),
+        (maintainer, "admin_token.list", ""),
+        (reader, "admin_token.list", ""),
+    ]
+
+
+def test_failed_events_are_not_limited(env: AdminEnv) -> None:
+    _, key = _participant_and_key(env)
+    path = f"/keys/{key['key_id']}/revoke"
+    assert env.call("POST", path, MAINTAINER, json={"reason": "leaked"}).status_code == 200
+    mark = env.mark()
+    for _ in range(3):
+        assert env.call("POST", path, MAINTAINER, json={"reason": "again"}).status_code == 409
+    events = env.refusals_since(mark)
+    assert [(e.outcome.value, e.after) for e in events] == [
+        ("failed", {"code": "invalid_transition"})
+    ] * 3
+
+
+def test_a_denial_that_could_not_be_written_is_counted_with_the_next(
+    sqlite_env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = sqlite_env
+    db = env.services.settings.data_dir / DB_FILE
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER no_refusals BEFORE INSERT ON audit_events "
+            "WHEN NEW.outcome != 'success' BEGIN SELECT RAISE(ABORT, 'trigger-says-no'); END"
+        )
+    conn.close()
+    mark = env.mark()
+    body = {"site_id": 3, "name": "k", "roles": []}
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):  # the first is not written; the other two are repeats
+            assert env.call("POST", "/keys", READER, json=body).status_code == 403
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER no_refusals")
+        conn.close()
+        assert env.refusals_since(mark) == []
+        env.clock.advance(60_000)
+        assert env.call("POST", "/keys", READER, json=body).status_code == 403
+    [event] = env.refusals_since(mark)
+    assert (event.outcome.value, event.action, event.after) == (
+        "denied",
+        "key.create",
+        {"repeated": 3},
+    )
+    [logged] = _denied_logs(caplog)
+    assert "3 repeated denials" in logged
+    _verified(env)

@@ -127,9 +127,11 @@ class AdminService:
         target_id: str,
         site_id: int | None = None,
         error_code: str | None = None,
+        repeated: int = 0,
     ) -> AuditEvent:
         """Record an admin request that was refused: ``denied`` (the token's roles do not allow
         ``action``) or ``failed`` (allowed, then refused by a rule; ``error_code`` says which).
+        ``repeated``: the repeats of the same attempt left out since the last one recorded.
 
         One transaction of its own, since the refused request changed nothing.
         """
@@ -143,6 +145,7 @@ class AdminService:
             target_id=target_id,
             site_id=site_id,
             error_code=error_code,
+            repeated=repeated,
         )
 
     def bootstrap_token(self, actor: Actor) -> IssuedAdminToken | None:

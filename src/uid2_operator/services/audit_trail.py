@@ -59,6 +59,7 @@ def record_refusal(
     target_id: str,
     site_id: int | None = None,
     error_code: str | None = None,
+    repeated: int = 0,
 ) -> AuditEvent:
     """Record an attempt that was refused, in a transaction of its own.
 
@@ -66,13 +67,21 @@ def record_refusal(
     rule refused it (``error_code`` is the error's stable code). Either way the attempt changed
     nothing (it was stopped before its unit of work, or its unit of work rolled back), so there
     is no ``before``; ``after`` holds the error code only, never an error message, which could
-    repeat what was sent. The event joins the same hash chain as every other.
+    repeat what was sent, and ``repeated``, when not 0: how many repeats of the attempt since the
+    last one recorded were left out (the admin API records a repeated denial once a minute). The
+    event joins the same hash chain as every other.
     """
     if outcome is Outcome.SUCCESS:
         raise InvalidInput("a refusal is recorded as denied or failed, not success")
     if error_code is not None and _ERROR_CODE.fullmatch(error_code) is None:
         raise InvalidInput("an audit error code must be a short snake_case name")
-    after = None if error_code is None else {"code": error_code}
+    if isinstance(repeated, bool) or not isinstance(repeated, int) or repeated < 0:
+        raise InvalidInput("the number of repeats left out must be an integer of 0 or more")
+    after: dict[str, object] = {}
+    if error_code is not None:
+        after["code"] = error_code
+    if repeated:
+        after["repeated"] = repeated
     with store.transaction() as tx:
         return record_event(
             tx,
@@ -82,6 +91,6 @@ def record_refusal(
             target_type=target_type,
             target_id=target_id,
             site_id=site_id,
-            after=after,
+            after=after or None,
             outcome=outcome,
         )

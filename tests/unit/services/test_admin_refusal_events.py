@@ -68,3 +68,42 @@ def test_only_refusals_with_a_plain_code_are_recorded(
             error_code=code,
         )
     assert len(_events(store)) == count
+
+
+def test_the_repeats_left_out_are_recorded_in_after(store: SqlStore, admin: AdminService) -> None:
+    denied = admin.record_refusal(
+        ACTOR,
+        outcome=Outcome.DENIED,
+        action="key.create",
+        target_type="api_key",
+        target_id="",
+        repeated=99,
+    )
+    failed = admin.record_refusal(
+        ACTOR,
+        outcome=Outcome.FAILED,
+        action="key.revoke",
+        target_type="api_key",
+        target_id="UID2-C-L-3-abcDEF",
+        error_code="invalid_transition",
+        repeated=2,
+    )
+    assert denied.after == {"repeated": 99}
+    assert failed.after == {"code": "invalid_transition", "repeated": 2}
+
+
+@pytest.mark.parametrize("repeated", [-1, True, 1.5])
+def test_the_repeats_left_out_are_a_count(
+    store: SqlStore, admin: AdminService, repeated: object
+) -> None:
+    count = len(_events(store))
+    with pytest.raises(InvalidInput):
+        admin.record_refusal(
+            ACTOR,
+            outcome=Outcome.DENIED,
+            action="key.create",
+            target_type="api_key",
+            target_id="",
+            repeated=repeated,  # type: ignore[arg-type]
+        )
+    assert len(_events(store)) == count

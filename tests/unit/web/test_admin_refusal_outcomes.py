@@ -1,11 +1,15 @@
-"""Which refused admin requests become audit events, and what target they name."""
+"""Which refused admin requests become audit events, what they are named, and how repeated
+denials are limited."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from uid2_operator.clock import FixedClock
+from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.errors import (
     AlreadyExists,
     BodyTooLarge,
@@ -21,11 +25,16 @@ from uid2_operator.web.admin_api import create_admin_app
 from uid2_operator.web.admin_api.outcomes import (
     OTHER_TARGET,
     PARAM_TARGETS,
+    REFUSAL_WINDOW_MS,
+    Attempt,
+    RefusalLimiter,
     Target,
     failed_code,
     target_of,
 )
-from uid2_operator.web.admin_api.routing import Operation
+from uid2_operator.web.admin_api.routing import WRITE_METHODS, Operation
+
+CREDENTIALS_DOC = Path(__file__).resolve().parents[3] / "docs" / "credentials.md"
 
 
 def _operations() -> tuple[Operation, ...]:
@@ -113,3 +122,155 @@ def test_a_write_refused_by_a_rule_is_failed_with_its_code(
 
 def test_a_read_is_never_failed() -> None:
     assert failed_code(_op("GET", "/keys/{key_id}"), NotFound()) is None
+
+
+# ------------------------------------------------------------------ what refusal events are named
+
+# Every write route, with the action and target type of its refusal events (denied or failed).
+# Where this differs from the success event (see outcomes.py and docs/credentials.md), the success
+# event is noted: a refusal is found with ``audit list --action <the refusal action>``.
+REFUSAL_EVENTS_OF_WRITE_ROUTES = {
+    ("POST", "/participants"): ("participant.create", "participant"),
+    ("POST", "/participants/{site_id}/disable"): ("participant.disable", "participant"),
+    ("POST", "/participants/{site_id}/enable"): ("participant.enable", "participant"),
+    # success: participant.set_roles on participant
+    ("PUT", "/participants/{site_id}/roles"): ("participant.update", "participant"),
+    # success: participant.domains on participant
+    ("PUT", "/participants/{site_id}/domain-names"): ("participant.update", "participant"),
+    # success: participant.app_names on participant
+    ("PUT", "/participants/{site_id}/app-names"): ("participant.update", "participant"),
+    # success: keyset.sharing on the site's keyset
+    ("PUT", "/participants/{site_id}/sharing"): ("sharing.set", "participant"),
+    ("POST", "/keys"): ("key.create", "api_key"),
+    # success: key.rename on api_key
+    ("POST", "/keys/{key_id}/rename"): ("key.update", "api_key"),
+    # success: key.set_roles on api_key
+    ("PUT", "/keys/{key_id}/roles"): ("key.update", "api_key"),
+    ("POST", "/keys/{key_id}/disable"): ("key.disable", "api_key"),
+    ("POST", "/keys/{key_id}/enable"): ("key.enable", "api_key"),
+    ("POST", "/keys/{key_id}/revoke"): ("key.revoke", "api_key"),
+    ("POST", "/keys/{key_id}/rotate"): ("key.rotate", "api_key"),
+    ("POST", "/keys/{key_id}/retire-now"): ("key.retire_now", "api_key"),
+    ("POST", "/keys/{key_id}/rotate-secret"): ("key.rotate_secret", "api_key"),
+    # success: no event (a check, not a change)
+    ("POST", "/audit/verify"): ("audit.verify", "audit_trail"),
+    ("POST", "/admin-tokens"): ("admin_token.create", "admin_token"),
+    ("POST", "/admin-tokens/{token_id}/revoke"): ("admin_token.revoke", "admin_token"),
+    ("POST", "/keypairs"): ("keypair.create", "keypair"),
+    ("POST", "/keypairs/{subscription_id}/disable"): ("keypair.disable", "keypair"),
+    ("POST", "/keypairs/{subscription_id}/enable"): ("keypair.enable", "keypair"),
+    ("DELETE", "/keypairs/{subscription_id}"): ("keypair.delete", "keypair"),
+}
+
+
+def test_every_write_route_records_its_refusals_under_a_listed_action_and_target_type() -> None:
+    recorded = {}
+    for (method, path), op in OPERATIONS.items():
+        if op.public or method not in WRITE_METHODS:
+            continue
+        assert isinstance(op.access, AdminAction)
+        target = target_of(op, dict.fromkeys(PARAM_TARGETS, ""))
+        recorded[method, path] = (op.access.value, target.type)
+    assert recorded == REFUSAL_EVENTS_OF_WRITE_ROUTES
+
+
+@pytest.mark.parametrize("action", ["participant.update", "key.update", "sharing.set"])
+def test_the_docs_say_how_to_find_the_refusals_named_unlike_their_success(action: str) -> None:
+    assert f"--action {action}" in " ".join(CREDENTIALS_DOC.read_text(encoding="utf-8").split())
+
+
+# ------------------------------------------------------------------------ the refusal limiter
+
+WINDOW = REFUSAL_WINDOW_MS
+
+
+def _attempt(actor: str = "admin:A", path: str = "/keys", target_id: str = "") -> Attempt:
+    return Attempt(actor, "POST", path, "key.create", Target("api_key", target_id))
+
+
+def test_one_denial_per_window_is_admitted_and_the_others_are_counted() -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock)
+    attempt = _attempt()
+    assert limiter.admit(attempt) == 0
+    assert [limiter.admit(attempt) for _ in range(99)] == [None] * 99
+    clock.advance(WINDOW - 1)
+    assert limiter.admit(attempt) is None
+    clock.advance(1)
+    assert limiter.admit(attempt) == 100  # the window starts again here
+    clock.advance(WINDOW)
+    assert limiter.admit(attempt) == 0
+
+
+def test_attempts_are_limited_separately() -> None:
+    limiter = RefusalLimiter(FixedClock())
+    attempts = [
+        _attempt(),
+        _attempt(actor="admin:B"),
+        _attempt(path="/keys/{key_id}/rename", target_id="UID2-C-L-1-abcDEF"),
+        _attempt(path="/keys/{key_id}/rename", target_id="UID2-C-L-1-zzzzzz"),
+        _attempt(path="/keys/{key_id}/roles", target_id="UID2-C-L-1-abcDEF"),
+        Attempt("admin:A", "POST", "/keys", "key.update", Target("api_key", "")),
+    ]
+    assert [limiter.admit(a) for a in attempts] == [0] * len(attempts)
+    assert [limiter.admit(a) for a in attempts] == [None] * len(attempts)
+
+
+def test_a_denial_that_could_not_be_written_is_reported_with_the_next() -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock)
+    attempt = _attempt()
+    assert limiter.admit(attempt) == 0
+    assert limiter.admit(attempt) is None
+    clock.advance(WINDOW)
+    assert limiter.admit(attempt) == 1
+    limiter.not_recorded(attempt, 1 + 1)  # that one, and the repeat it carried
+    clock.advance(WINDOW)
+    assert limiter.admit(attempt) == 2
+
+
+def test_the_limiter_remembers_a_bounded_number_of_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock, max_attempts=3)
+    first, *others = [_attempt(target_id=f"UID2-C-L-1-abcde{n}") for n in range(5)]
+    limiter.admit(first)
+    limiter.admit(first)  # a repeat, counted
+    for attempt in others:
+        assert limiter.admit(attempt) == 0
+    assert len(limiter) == 3
+    # The first attempt was forgotten with its count (logged as lost): it is admitted afresh.
+    assert limiter.admit(first) == 0
+    assert any("1 repeated denials of key.create by admin:A" in r.message for r in caplog.records)
+    assert len(limiter) == 3
+
+
+def test_an_ended_window_without_repeats_is_forgotten() -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock)
+    quiet, repeated = _attempt(actor="admin:Q"), _attempt(actor="admin:R")
+    limiter.admit(quiet)
+    limiter.admit(repeated)
+    limiter.admit(repeated)
+    clock.advance(WINDOW)
+    limiter.admit(_attempt(actor="admin:S"))
+    # The quiet one is gone; the repeated one stays until its count is reported.
+    assert len(limiter) == 2
+    assert limiter.admit(repeated) == 1
+
+
+def test_a_clock_moved_back_starts_a_new_window() -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock)
+    attempt = _attempt()
+    assert limiter.admit(attempt) == 0
+    clock.advance(-1)
+    assert limiter.admit(attempt) == 0
+
+
+def test_the_limiter_refuses_a_senseless_configuration() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RefusalLimiter(FixedClock(), window_ms=0)
+    with pytest.raises(ValueError, match="positive"):
+        RefusalLimiter(FixedClock(), max_attempts=0)

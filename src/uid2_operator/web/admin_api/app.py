@@ -13,7 +13,9 @@ Each request goes through the same steps, in this order, so no route can skip on
 5. the result as JSON, or the error through the one error table (``errors.py``).
 
 A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the audit trail as
-``denied`` and ``failed`` events (``outcomes.py``); a 401 and a refusal in step 3 are not.
+``denied`` and ``failed`` events (``outcomes.py``); a 401 and a refusal in step 3 are not. The
+app's ``RefusalLimiter`` records the same denied attempt at most once a minute, by the app's
+clock.
 
 An unexpected exception becomes a bare 500 ``internal_error``. It is logged with its class and
 stack frames only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
@@ -51,7 +53,7 @@ from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, req
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
 from uid2_operator.web.admin_api.errors import error_body, render_error
 from uid2_operator.web.admin_api.openapi import build_document
-from uid2_operator.web.admin_api.outcomes import record_denied, record_failed
+from uid2_operator.web.admin_api.outcomes import RefusalLimiter, record_denied, record_failed
 from uid2_operator.web.admin_api.request_context import RequestContext, request_id_source
 from uid2_operator.web.admin_api.routing import (
     PUBLIC,
@@ -121,10 +123,11 @@ def create_admin_app(
         )
     )
     document.update(build_document(operations, version=__version__))
+    limiter = RefusalLimiter(timer)
     by_path: dict[str, dict[str, Endpoint]] = {}
     for op in operations:
         by_path.setdefault(op.full_path, {})[op.method] = _endpoint(
-            op, services, timer, max_body_bytes
+            op, services, timer, max_body_bytes, limiter
         )
     # One route per path, so a wrong method gets a 405 listing every method the path has.
     routes = [
@@ -160,7 +163,11 @@ def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
 
 
 def _endpoint(
-    op: Operation, services: AdminServices, clock: Clock, max_body_bytes: int
+    op: Operation,
+    services: AdminServices,
+    clock: Clock,
+    max_body_bytes: int,
+    limiter: RefusalLimiter,
 ) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         started = clock.now_ms()
@@ -168,7 +175,7 @@ def _endpoint(
         actor = Actor(ANONYMOUS, request_id, _source(request))
         params = dict(request.path_params)
         try:
-            actor = await _authorised_actor(op, services, request, actor)
+            actor = await _authorised_actor(op, services, request, actor, limiter)
             query = parse_query(request.query_params.multi_items(), op.query)
             body = EMPTY
             if op.body is not None:
@@ -197,7 +204,11 @@ def _endpoint(
 
 
 async def _authorised_actor(
-    op: Operation, services: AdminServices, request: Request, anonymous: Actor
+    op: Operation,
+    services: AdminServices,
+    request: Request,
+    anonymous: Actor,
+    limiter: RefusalLimiter,
 ) -> Actor:
     if isinstance(op.access, Public):
         return anonymous
@@ -207,7 +218,7 @@ async def _authorised_actor(
     try:
         require(op.access, token_roles(token.roles))
     except PermissionDenied:
-        await record_denied(services, op, actor, request.path_params)
+        await record_denied(services, op, actor, request.path_params, limiter)
         raise
     return actor
 

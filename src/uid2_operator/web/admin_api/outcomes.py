@@ -13,10 +13,38 @@ attempt in a transaction of its own (``AdminService.record_refusal``), on the sa
   Reads are not recorded, nor requests refused while the edge read them (400, 413, 415, and 422
   for a body or query that breaks the route's declared fields): those never reached the action.
 
-The action recorded is the route's ``AdminAction``. The target comes from the path: its type from
-the path parameter (or the resource, for a route without one), its id only when the path value has
-the exact shape of the public id it stands for, so a key or secret pasted into a URL never lands in
-the trail (the id is then left empty).
+``denied`` events are rate-limited (``RefusalLimiter``, one per app process). A denied request
+takes no write lock of its own, so without a limit its event would be the only write it causes,
+and any token, READ_ONLY included, could fill the table and queue on the store-wide write lock
+(which the workers' opt-out flushes, admin writes and serve's upkeep share) by asking again and
+again. The first denial of an attempt (same actor, route, action and target) is recorded; the
+repeats in the next ``REFUSAL_WINDOW_MS`` are only counted, and the next denial of that attempt
+after the window is recorded with the count in ``after`` (``{"repeated": n}``) and logged.
+``failed`` events are not limited: only a token allowed to make the change gets one, its request
+has already taken the write lock for the transaction that rolled back, and it could write a
+``success`` event with each request anyway.
+The answer is the same whether or not an event was written.
+
+The action recorded is the route's ``AdminAction`` and the target comes from the path. For most
+write routes these are the action and target type the service records when the same request
+succeeds, but not for these (the success events carry the services' own, narrower names):
+
+* ``PUT /participants/{site_id}/roles``, ``.../domain-names`` and ``.../app-names``: refused as
+  ``participant.update``; they succeed as ``participant.set_roles``, ``participant.domains`` and
+  ``participant.app_names`` (all three on ``participant:<site_id>``);
+* ``POST /keys/{key_id}/rename`` and ``PUT /keys/{key_id}/roles``: refused as ``key.update``;
+  they succeed as ``key.rename`` and ``key.set_roles`` (both on ``api_key:<key_id>``);
+* ``PUT /participants/{site_id}/sharing``: refused as ``sharing.set`` on
+  ``participant:<site_id>``; it succeeds as ``keyset.sharing`` on ``keyset:<keyset_id>``, the
+  site's keyset (with the site id in ``site_id``);
+* ``POST /audit/verify``: refused as ``audit.verify`` on ``audit_trail``; a check that succeeds
+  records nothing.
+
+So the refusals of these routes are found by the route's action (``audit list --action
+key.update``, ``--action participant.update``, ``--action sharing.set``), not by the success
+event's. The target type comes from the path parameter (or the resource, for a route without one),
+its id only when the path value has the exact shape of the public id it stands for, so a key or
+secret pasted into a URL never lands in the trail (the id is then left empty).
 
 Writing the event never changes the answer: if it fails (the store is down, say), the failure is
 logged by exception class only and the caller gets the status it would have got anyway.
@@ -26,11 +54,14 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
+from uid2_operator.clock import Clock
 from uid2_operator.domain.audit import Outcome
 from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.keypairs import is_subscription_id
@@ -52,7 +83,8 @@ PARAM_TARGETS: Mapping[str, str] = {
     "site_id": "participant",
     "subscription_id": "keypair",
 }
-"""Path parameter -> the audit target type it names (the same types the services record)."""
+"""Path parameter -> the audit target type it names (the type the service records on success,
+except for the sharing route: see the module docstring)."""
 
 RESOURCE_TARGETS: Mapping[str, str] = {
     "participants": "participant",
@@ -64,6 +96,10 @@ RESOURCE_TARGETS: Mapping[str, str] = {
 """First path segment -> target type, for a route whose path names no target."""
 
 OTHER_TARGET = "admin_api"
+REFUSAL_WINDOW_MS = 60_000
+"""After a denied event is recorded, its repeats within this time are counted, not recorded."""
+MAX_LIMITED_ATTEMPTS = 10_000
+"""The most attempts the limiter remembers; beyond, the one remembered first is dropped."""
 _SITE_ID_TEXT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
 
@@ -72,6 +108,93 @@ class Target:
     type: str
     id: str  # empty: the path names none, or not in a readable form
     site_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What makes two denied requests the same attempt (the key of ``RefusalLimiter``)."""
+
+    actor: str
+    method: str
+    path: str
+    action: str
+    target: Target
+
+
+@dataclass(slots=True)
+class _Window:
+    started_ms: int
+    repeats: int = 0  # denials of the attempt since the last recorded one, not recorded
+
+
+class RefusalLimiter:
+    """At most one recorded denial per attempt per window, with a count of the others.
+
+    ``admit`` says whether to record a denial now and, if so, how many repeats since the last
+    recorded one went unrecorded. Memory is bounded: at most ``max_attempts`` attempts are
+    remembered, and when a new one would exceed that the attempt whose window started first is
+    forgotten (its unreported repeats are logged as lost). An attempt whose window has ended with
+    no repeat is forgotten as soon as a new attempt is remembered.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        window_ms: int = REFUSAL_WINDOW_MS,
+        max_attempts: int = MAX_LIMITED_ATTEMPTS,
+    ) -> None:
+        if window_ms < 1 or max_attempts < 1:
+            raise ValueError("the refusal window and the number of attempts must be positive")
+        self._clock = clock
+        self._window_ms = window_ms
+        self._max_attempts = max_attempts
+        self._windows: OrderedDict[Attempt, _Window] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def admit(self, attempt: Attempt) -> int | None:
+        """None: a repeat inside ``attempt``'s window, counted and not to be recorded. Otherwise
+        the denial is to be recorded, and the value is the number of repeats not recorded since
+        the last recorded denial of ``attempt`` (0 for none)."""
+        now = self._clock.now_ms()
+        with self._lock:
+            window = self._windows.get(attempt)
+            if window is not None and 0 <= now - window.started_ms < self._window_ms:
+                window.repeats += 1
+                return None
+            repeats = 0 if window is None else window.repeats
+            self._windows.pop(attempt, None)
+            self._forget_ended(now)
+            self._windows[attempt] = _Window(now)
+            while len(self._windows) > self._max_attempts:
+                dropped, old = self._windows.popitem(last=False)
+                if old.repeats:
+                    logger.warning(
+                        "admin refusal limiter full: %d repeated denials of %s by %s were not "
+                        "recorded",
+                        old.repeats,
+                        dropped.action,
+                        dropped.actor,
+                    )
+            return repeats
+
+    def not_recorded(self, attempt: Attempt, count: int) -> None:
+        """``count`` admitted denials of ``attempt`` could not be written: report them with the
+        next recorded one."""
+        with self._lock:
+            window = self._windows.get(attempt)
+            if window is not None:
+                window.repeats += count
+
+    def _forget_ended(self, now: int) -> None:
+        while self._windows:
+            window = next(iter(self._windows.values()))
+            if window.repeats or 0 <= now - window.started_ms < self._window_ms:
+                return
+            self._windows.popitem(last=False)
 
 
 def target_of(op: Operation, params: Mapping[str, str]) -> Target:
@@ -109,9 +232,38 @@ def failed_code(op: Operation, error: BaseException) -> str | None:
 
 
 async def record_denied(
-    services: AdminServices, op: Operation, actor: Actor, params: Mapping[str, str]
+    services: AdminServices,
+    op: Operation,
+    actor: Actor,
+    params: Mapping[str, str],
+    limiter: RefusalLimiter,
 ) -> None:
-    await _record(services, op, actor, params, outcome=Outcome.DENIED, code=None)
+    """Record a 403, unless the same attempt was recorded less than a window ago."""
+    if not isinstance(op.access, AdminAction):
+        return  # a public route: nobody is denied it
+    action = op.access.value
+    target = _target(op, actor, params, Outcome.DENIED)
+    if target is None:
+        return
+    attempt = Attempt(actor.id, op.method, op.path, action, target)
+    repeats = limiter.admit(attempt)
+    if repeats is None:
+        return
+    if repeats:
+        logger.info(
+            "admin %s %s: %d repeated denials in the window were not recorded actor=%s "
+            "request_id=%s",
+            op.method,
+            op.full_path,
+            repeats,
+            actor.id,
+            actor.request_id,
+        )
+    written = await _record(
+        services, op, actor, action, target, outcome=Outcome.DENIED, code=None, repeated=repeats
+    )
+    if not written:
+        limiter.not_recorded(attempt, repeats + 1)
 
 
 async def record_failed(
@@ -122,39 +274,61 @@ async def record_failed(
     error: BaseException,
 ) -> None:
     code = failed_code(op, error)
-    if code is not None:
-        await _record(services, op, actor, params, outcome=Outcome.FAILED, code=code)
+    if code is None or not isinstance(op.access, AdminAction):
+        return
+    target = _target(op, actor, params, Outcome.FAILED)
+    if target is not None:
+        await _record(
+            services, op, actor, op.access.value, target, outcome=Outcome.FAILED, code=code
+        )
+
+
+def _target(
+    op: Operation, actor: Actor, params: Mapping[str, str], outcome: Outcome
+) -> Target | None:
+    try:
+        return target_of(op, params)
+    except Exception as exc:  # the caller still gets the answer it was due
+        _log_unwritten(op, actor, outcome, exc)
+        return None
 
 
 async def _record(
     services: AdminServices,
     op: Operation,
     actor: Actor,
-    params: Mapping[str, str],
+    action: str,
+    target: Target,
     *,
     outcome: Outcome,
     code: str | None,
-) -> None:
-    if not isinstance(op.access, AdminAction):
-        return  # a public route: nobody is denied it, and it changes nothing
+    repeated: int = 0,
+) -> bool:
+    """Write the event; False (and a log line) when that failed."""
     try:
-        target = target_of(op, params)
         await run_in_threadpool(
             services.admin.record_refusal,
             actor,
             outcome=outcome,
-            action=op.access.value,
+            action=action,
             target_type=target.type,
             target_id=target.id,
             site_id=target.site_id,
             error_code=code,
+            repeated=repeated,
         )
     except Exception as exc:  # the caller still gets the answer it was due
-        logger.error(
-            "admin %s %s: the %s audit event could not be written (%s) request_id=%s",
-            op.method,
-            op.full_path,
-            outcome.value,
-            type(exc).__qualname__,
-            actor.request_id,
-        )
+        _log_unwritten(op, actor, outcome, exc)
+        return False
+    return True
+
+
+def _log_unwritten(op: Operation, actor: Actor, outcome: Outcome, exc: Exception) -> None:
+    logger.error(
+        "admin %s %s: the %s audit event could not be written (%s) request_id=%s",
+        op.method,
+        op.full_path,
+        outcome.value,
+        type(exc).__qualname__,
+        actor.request_id,
+    )
