@@ -26,6 +26,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Final, TypeAlias
 
+import idna
+
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
 
 RegistrableDomain: TypeAlias = Callable[[str], str | None]
@@ -142,7 +144,12 @@ def check_origin_or_app(
 def validate_domain_name(
     text: str, registrable_domain: RegistrableDomain, *, where: str = "The domain name"
 ) -> str:
-    """A domain name as stored: a bare registrable domain, lowercase ASCII (IDNA for non-ASCII).
+    """A domain name as stored: a bare registrable domain, lowercase ASCII.
+
+    A name with non-ASCII letters is stored in the ASCII form a browser sends in ``Origin``:
+    IDNA 2008 with UTS #46 mapping, non-transitional (``straße.de`` is ``xn--strae-oqa.de``, as
+    browsers resolve it, never ``strasse.de``, someone else's domain, as the older IDNA 2003
+    rules of Python's ``idna`` codec would have it).
 
     ``https://example.com``, ``example.com/path``, ``example.com:443`` and ``www.example.com``
     (not registrable: ``example.com`` is) are refused with a message saying what to enter. The
@@ -155,8 +162,12 @@ def validate_domain_name(
             f"{where} is not a bare domain name (like example.com: no scheme, path or port)"
         )
     try:
-        ascii_name = cleaned.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        ascii_name = (
+            cleaned.lower()
+            if cleaned.isascii()
+            else idna.encode(cleaned, uts46=True, transitional=False).decode("ascii")
+        )
+    except (idna.IDNAError, UnicodeError):
         raise InvalidInput(f"{where} is not a valid domain name") from None
     ascii_name = ascii_name.removesuffix(".")
     if ascii_name == LOCALHOST:

@@ -21,7 +21,7 @@ from uid2_operator.domain.origins import (
 )
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
 
-SUFFIXES = {"com", "org", "co.uk", "uk", "id.au", "au", "github.io", "io", "example"}
+SUFFIXES = {"com", "org", "co.uk", "uk", "id.au", "au", "github.io", "io", "example", "de"}
 
 
 def registrable(host: str) -> str | None:
@@ -204,3 +204,21 @@ def test_app_name_validation() -> None:
             validate_app_name(bad)
     with pytest.raises(InvalidInput, match="At most"):
         validate_app_names([f"app{i}" for i in range(1001)])
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored", "not_this"),
+    [
+        ("straße.de", "xn--strae-oqa.de", "strasse.de"),
+        ("faß.de", "xn--fa-hia.de", "fass.de"),
+        ("βόλος.com", "xn--nxasmm1c.com", "xn--nxasmq6b.com"),
+    ],
+)
+def test_a_unicode_domain_name_is_stored_as_browsers_send_it(
+    typed: str, stored: str, not_this: str
+) -> None:
+    """Browsers put the IDNA 2008 (UTS #46, non-transitional) form in Origin; the older IDNA 2003
+    form of the same text is another domain, registered by someone else."""
+    assert validate_domain_name(typed, registrable) == stored
+    assert origin_allowed(f"https://{stored}", (stored,), registrable)
+    assert not origin_allowed(f"https://{not_this}", (stored,), registrable)
