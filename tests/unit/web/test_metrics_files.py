@@ -204,18 +204,27 @@ def test_the_answering_worker_reports_its_own_figures_live(tmp_path: Path) -> No
     assert _total(samples, "uid2_operator_requests_total", worker="100") == 1
 
 
-def test_process_metrics_stay_the_answering_workers_own(tmp_path: Path) -> None:
-    _peer(tmp_path, "200", [(GENERATE, KEY_A, 200, 0.01)], {})
+def test_process_figures_are_every_workers_each_under_its_label(tmp_path: Path) -> None:
+    _peer(tmp_path, "200", [(GENERATE, KEY_A, 200, 0.01)],
+          {"process_cpu_seconds": 4.5, "process_open_fds": 12.0})  # fmt: skip
     registry, publisher = _registry(RequestMetrics(ROUTES), [], tmp_path)
     assert publisher is not None
     text = generate_latest(registry).decode()
-    process = [family for family in text_string_to_metric_families(text)
-               if family.name.startswith("process_")]  # fmt: skip
-    assert process
-    for family in process:
-        assert all("worker" not in sample.labels for sample in family.samples)
-    assert b"process_" not in worker_file(tmp_path, 200).read_bytes()
-    assert 'worker="200"' in text
+    own = str(os.getpid())
+    process = {family.name: family for family in text_string_to_metric_families(text)
+               if family.name.startswith("process_")}  # fmt: skip
+    assert process["process_cpu_seconds"].type == "counter"
+    for family in process.values():
+        assert all("worker" in sample.labels for sample in family.samples), family
+    samples = _samples(text)
+    assert _value(samples, "process_cpu_seconds_total", worker="200") == 4.5
+    assert _value(samples, "process_open_fds", worker="200") == 12
+    assert _workers_of(samples, "process_cpu_seconds_total") == {own, "200"}
+    assert _workers_of(samples, "process_resident_memory_bytes") <= {own}
+    published = json.loads(worker_file(tmp_path, own).read_bytes())["gauges"]
+    assert published["process_cpu_seconds"] == _value(
+        samples, "process_cpu_seconds_total", worker=own
+    )
 
 
 # ------------------------------------------------------------------------------- unusable files
@@ -503,13 +512,14 @@ class _Store:
         pass
 
 
-def _server(runtime_dir: Path, worker: str) -> OperatorServer:
+def _server(runtime_dir: Path, worker: str, gauges: list[Gauge] | None = None) -> OperatorServer:
     metrics = RequestMetrics(ROUTES)
     registry = CollectorRegistry(auto_describe=False)
     files = MetricsFiles(runtime_dir, worker)
-    collector = MetricsCollector(metrics, [], worker=worker, peers=files.peers)
+    collector = MetricsCollector(metrics, gauges or [], worker=worker, peers=files.peers)
     registry.register(collector)
     publisher = MetricsPublisher(files, collector.figures, interval_s=0.01)
+    collector.publish_to(publisher.publish)
     parts = Worker(
         store=cast(Any, _Store()),
         source=cast(Any, _Source()),
@@ -547,6 +557,19 @@ def test_a_scrape_publishes_what_it_reports_before_answering(tmp_path: Path) -> 
     reported = _total(_samples(body.decode()), "uid2_operator_requests_total", worker="100")
     (published,) = MetricsFiles(tmp_path, "1").peers()
     assert reported == sum(published.counts.values()) == 1
+
+
+def test_a_scrape_reports_the_very_figures_it_published(tmp_path: Path) -> None:
+    """A figure that moves between two reads (CPU seconds do) is read once per answer: the
+    answer and the file agree, so another worker's next answer cannot show less."""
+    reads = iter(range(1, 1000))
+    server = _server(tmp_path, "100", [("ticks", "ticks help.", lambda: float(next(reads)))])
+    for _ in range(3):
+        status, body = _get_metrics(server)
+        assert status == 200
+        reported = _value(_samples(body.decode()), "ticks", worker="100")
+        (published,) = MetricsFiles(tmp_path, "1").peers()
+        assert published.gauges["ticks"] == reported
 
 
 def test_a_worker_publishes_while_it_runs_and_removes_its_file_when_it_stops(

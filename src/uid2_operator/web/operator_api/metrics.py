@@ -21,8 +21,14 @@ publishes its figures (``WorkerFigures``) to a file that the others read when th
 worker's own figures, live, beside every other worker's last published ones, each under its own
 ``worker`` label. It also reports ``uid2_operator_metrics_workers``: how many workers the answer
 covers, labelled with the worker that gave it. Without a ``peers`` source (a lone worker) the
-output is the answering worker's alone, as it always was. ``process_*`` metrics come from a
-separate collector and stay the answering worker's own.
+output is the answering worker's alone, as it always was.
+
+The process figures (``process_gauges``: CPU seconds, resident memory, start time, open file
+descriptors) are worker figures like the others, under the ``worker`` label and in the metrics
+files: an unlabelled ``process_cpu_seconds_total`` would be whichever worker answered, and would
+seem to go back whenever consecutive scrapes reached different workers. So that a worker's file
+never holds less than an answer already showed, the figures an answer renders as the worker's
+own are the very ones it publishes (``MetricsCollector.publish_to``), read once per answer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 
 from prometheus_client.core import (
@@ -84,6 +91,64 @@ class RequestMetrics:
 Gauge = tuple[str, str, Callable[[], float | None]]
 """``(name, help, read)``: a gauge of the worker, omitted while ``read`` returns None."""
 
+PROCESS_CPU: Final = "process_cpu_seconds"
+"""The process figure that is a counter (exported as ``process_cpu_seconds_total``)."""
+_PROC_SELF: Final = Path("/proc/self")
+
+
+def process_gauges(proc: Path = _PROC_SELF) -> list[Gauge]:
+    """The figures of this process, read when asked: CPU seconds (``os.times``), resident memory
+    and open file descriptors (``/proc/self``), and the start time (read once, here). Where there
+    is no ``/proc`` only the CPU seconds are reported."""
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    start = _start_time(proc)
+
+    def cpu() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def resident() -> float | None:
+        try:
+            with (proc / "statm").open("rb") as statm:
+                return float(int(statm.read().split()[1]) * page_size)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def open_fds() -> float | None:
+        try:
+            return float(len(os.listdir(proc / "fd")))
+        except OSError:
+            return None
+
+    return [
+        (PROCESS_CPU, "CPU seconds the worker has used (user and system).", cpu),
+        ("process_resident_memory_bytes", "Bytes of the worker's memory held in RAM.", resident),
+        (
+            "process_start_time_seconds",
+            "When the worker started, in seconds since the epoch.",
+            lambda: start,
+        ),
+        ("process_open_fds", "File descriptors the worker holds open.", open_fds),
+    ]
+
+
+def _start_time(proc: Path) -> float | None:
+    """When this process started, in seconds since the epoch: its start in clock ticks after
+    boot (``/proc/self/stat``, field 22) plus the boot time (``/proc/stat``, ``btime``)."""
+    try:
+        stat = (proc / "stat").read_bytes()
+        # the command name (field 2) is in parentheses and may hold spaces or parentheses
+        after_name = stat[stat.rindex(b")") + 2 :].split()
+        ticks = int(after_name[19])  # field 22; after_name[0] is field 3
+        boot = next(
+            int(line.split()[1])
+            for line in (proc.parent / "stat").read_bytes().splitlines()
+            if line.startswith(b"btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerFigures:
@@ -117,6 +182,14 @@ class MetricsCollector(Collector):
         self._gauges = tuple(gauges)
         self._worker = worker if worker is not None else str(os.getpid())
         self._peers = peers
+        self._publish: Callable[[WorkerFigures], object] | None = None
+
+    def publish_to(self, publish: Callable[[WorkerFigures], object]) -> None:
+        """Hand each answer's own figures to ``publish`` (``MetricsPublisher.publish``) before
+        rendering them, so that the worker's file holds what the answer shows: a later answer
+        from another worker, reading that file, then never shows a counter lower than this one
+        did (figures such as the CPU seconds move between two reads)."""
+        self._publish = publish
 
     def figures(self) -> WorkerFigures:
         """This worker's figures now (copies: the caller may keep them)."""
@@ -128,7 +201,10 @@ class MetricsCollector(Collector):
         return WorkerFigures(self._worker, self._metrics.counts(), self._metrics.latency(), gauges)
 
     def collect(self) -> Iterator[Metric]:
-        everyone = [self.figures()]
+        own = self.figures()
+        if self._publish is not None:
+            self._publish(own)
+        everyone = [own]
         if self._peers is not None:
             everyone.extend(peer for peer in self._peers() if peer.worker != self._worker)
         requests = CounterMetricFamily(

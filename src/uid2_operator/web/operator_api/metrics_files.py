@@ -3,9 +3,10 @@
 A Prometheus scrape of the operator port reaches one worker process (the kernel picks one
 ``SO_REUSEPORT`` socket per connection), and each worker counts only the requests it answered.
 So that any one scrape reports the whole serve, every worker writes its figures
-(``metrics.WorkerFigures``: request counts, latency buckets, gauges) to its own file in the
-serve's private runtime directory, and a worker answering a scrape reads the other workers'
-files and reports them beside its own live figures, each under its ``worker`` label.
+(``metrics.WorkerFigures``: request counts, latency buckets, gauges, process figures) to its
+own file in the serve's private runtime directory, and a worker answering a scrape reads the
+other workers' files and reports them beside its own live figures, each under its ``worker``
+label.
 
 Why files, and why this way:
 
@@ -15,11 +16,12 @@ Why files, and why this way:
   every second, so a worker that holds a snapshot rewrites its file about once a second even
   when idle (one small file in memory). Other workers' figures in a scrape are therefore up to
   that interval old.
-- A worker answering a scrape first publishes its own figures (when they changed), so the
-  figures it reports are the ones its file then holds. Without that, a counter could seem to
-  go backwards when two scrapes close together land on different workers: the first reporting
-  a worker's live count, the second that worker's older file; Prometheus reads a decrease as a
-  counter reset.
+- A worker answering a scrape first publishes its own figures (when they changed), and
+  reports exactly the figures it published (read once: its CPU seconds move between two
+  reads), so the figures it reports are the ones its file then holds. Without that, a counter
+  could seem to go backwards when two scrapes close together land on different workers: the
+  first reporting a worker's live count, the second that worker's older file; Prometheus reads
+  a decrease as a counter reset.
 - A file is written whole under a temporary name and renamed over the old one
   (``os.replace``), so a reader sees the previous file or the new one, never a mix. The runtime
   directory is in memory (``/dev/shm``) where the machine has one, so writing costs no disk I/O.
@@ -311,7 +313,8 @@ class MetricsFiles:
 
 class MetricsPublisher:
     """Writes this worker's figures to its file when they changed: from ``run`` (an asyncio
-    task, every ``interval_s``), when this worker is scraped (``publish``), and once more when it
+    task, every ``interval_s``), when this worker is scraped (the collector hands ``publish``
+    the figures it is about to report: ``MetricsCollector.publish_to``), and once more when it
     stops; ``close`` removes the file.
 
     ``read`` copies the figures (``MetricsCollector.figures``) on the event loop thread, where
@@ -338,9 +341,11 @@ class MetricsPublisher:
     def files(self) -> MetricsFiles:
         return self._files
 
-    def publish(self) -> bool:
-        """Write the figures if they changed since the last write; True when written."""
-        figures = self._read()
+    def publish(self, figures: WorkerFigures | None = None) -> bool:
+        """Write ``figures`` (default: read them now) if they changed since the last write; True
+        when written."""
+        if figures is None:
+            figures = self._read()
         if figures == self._last:
             return False
         try:

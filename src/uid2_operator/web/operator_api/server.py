@@ -34,7 +34,6 @@ from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
 
 from uid2_operator.bootstrap import follow_keyring, material_service, open_configured_store
 from uid2_operator.clock import Clock, SystemClock, system_random
@@ -57,10 +56,12 @@ from uid2_operator.web.operator_api.app import (
 )
 from uid2_operator.web.operator_api.errors import TEXT, UNAUTHORIZED
 from uid2_operator.web.operator_api.metrics import (
+    PROCESS_CPU,
     Gauge,
     MetricsCollector,
     ReplayTableCollector,
     RequestMetrics,
+    process_gauges,
 )
 from uid2_operator.web.operator_api.metrics_files import MetricsFiles, MetricsPublisher
 from uid2_operator.wire.aead import RandomBytes
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 METRICS: Final = "/metrics"
 ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS, METRICS})
 OPTOUTS_DROPPED: Final = "uid2_operator_optouts_dropped"
-COUNTERS: Final = frozenset({OPTOUTS_DROPPED})
+COUNTERS: Final = frozenset({OPTOUTS_DROPPED, PROCESS_CPU})
 """Worker figures exported as counters (``_WorkerCollector``), the rest of them as gauges."""
 
 
@@ -104,10 +105,8 @@ class OperatorServer:
                     await _answer(send, 503, problem.encode(), TEXT)
                     return
             elif path == METRICS and scope["method"] in ("GET", "HEAD"):
-                publisher = self.worker.publisher
-                if publisher is not None:
-                    # what this answer reports as ours is then in our file too (metrics_files)
-                    publisher.publish()
+                # The collector publishes the figures it reports as ours first, so that they are
+                # in our file too (MetricsCollector.publish_to, metrics_files).
                 body = generate_latest(self.worker.registry)
                 await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
                 return
@@ -270,24 +269,34 @@ def _registry(
     metrics: RequestMetrics, gauges: list[Gauge], runtime_dir: Path | None
 ) -> tuple[CollectorRegistry, MetricsPublisher | None]:
     """The worker's ``/metrics`` registry and, when it shares a runtime directory with other
-    workers, the publisher of its figures (its collector then reads theirs)."""
+    workers, the publisher of its figures (its collector then reads theirs, and publishes what
+    it reports as this worker's own before answering).
+
+    The process figures (``process_gauges``) are among the worker's figures, labelled and
+    published like the others, so every scrape shows every worker's; with no runtime directory
+    they are this worker's alone, still under its ``worker`` label."""
     registry = CollectorRegistry(auto_describe=False)
     worker = str(os.getpid())
     files = None if runtime_dir is None else MetricsFiles(runtime_dir, worker)
     collector = _WorkerCollector(
-        metrics, gauges, worker=worker, peers=None if files is None else files.peers
+        metrics,
+        [*gauges, *process_gauges()],
+        worker=worker,
+        peers=None if files is None else files.peers,
     )
     registry.register(collector)
-    ProcessCollector(registry=registry)
     publisher = None if files is None else MetricsPublisher(files, collector.figures)
+    if publisher is not None:
+        collector.publish_to(publisher.publish)
     return registry, publisher
 
 
 class _WorkerCollector(MetricsCollector):
     """A ``MetricsCollector`` that exports the worker figures named in ``COUNTERS`` as counters
-    (``<name>_total``). They travel with the gauges, read at scrape time and published to the
-    metrics files the same way, so every worker's value is in any scrape under its ``worker``
-    label; only their type differs: they never go down while their worker lives."""
+    (``<name>_total``: the opt-outs dropped, the process's CPU seconds). They travel with the
+    gauges, read at scrape time and published to the metrics files the same way, so every
+    worker's value is in any scrape under its ``worker`` label; only their type differs: they
+    never go down while their worker lives."""
 
     def collect(self) -> Iterator[Metric]:
         for family in super().collect():
