@@ -11,10 +11,14 @@ tokens until new tokens stop being sealed with them. So when ``revocation_requir
 says a reader may have been removed, ``set_sharing`` (unless ``rotate=False``) creates, in the
 same transaction, a key that is active at once, plus a twin of every key of the keyset that is
 not active yet (same activation and expiry, a higher id, so the twin is chosen over the key the
-former reader holds). Tokens minted from the next snapshot on are sealed with keys the former
-reader never saw. Tokens minted before stay readable by it until they expire; readers still
-allowed pick the new keys up on their next key refresh, and until then cannot read the newest
-tokens (the price of closing the gap at once rather than at the next scheduled rotation).
+former reader holds). Tokens the operator mints from the next snapshot on are sealed with keys
+the former reader never saw. Sharing tokens the owner encrypts itself (with its ``SharingClient``)
+are sealed with the keys it last fetched, which the former reader holds too, until the owner
+refreshes its keys: the owner should refresh them after narrowing its list. Tokens minted before
+stay readable by the former reader until they expire; readers still allowed pick the new keys up
+on their next key refresh, and until then cannot read the newest tokens (the price of closing
+the gap at once rather than at the next scheduled rotation). A keyset the change itself creates
+(a participant that had none) is not rotated: no reader can have fetched its keys.
 
 A keypair's private key is generated here, sealed at once, and opened only by
 ``read_client_side_state`` for the operator's in-memory snapshot. No view, audit row or log line
@@ -269,7 +273,8 @@ class SharingService:
 
         ``mode``: ``owner_only``, ``bidders`` or ``list`` (with ``sites`` and/or ``types``).
         Listed sites must be participants. ``rotate`` (default on): when the change may remove
-        a reader, rotate the keyset's keys in the same transaction (see the module docstring).
+        a reader, rotate the keyset's keys in the same transaction (see the module docstring),
+        unless this transaction created the keyset.
         A choice equal to the current one changes nothing and writes nothing.
         """
         site = _site_id(site_id)
@@ -288,6 +293,8 @@ class SharingService:
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
                 raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
+            # A keyset created in this transaction has keys no reader could have fetched yet.
+            fresh = site_default_keyset(tx.keysets.list_all(), site) is None
             if self._material is not None:
                 # A participant without a keyset yet gets one here, committed with the change.
                 self._material.ensure_site_keyset_in(tx, site, actor, now, keyring)
@@ -298,7 +305,7 @@ class SharingService:
             if before == policy:
                 return SharingView(site, keyset.keyset_id, policy)
             types_by_site = {p.site_id: p.type for p in tx.participants.list_all()}
-            needed = revocation_requires_rotation(before, policy, types_by_site.get)
+            needed = not fresh and revocation_requires_rotation(before, policy, types_by_site.get)
             tx.keyset_sharing.put(keyset.keyset_id, policy)
             created = (
                 self._rotate_keyset(tx, keyring, keyset, now, actor) if needed and rotate else []
