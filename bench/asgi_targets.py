@@ -4,10 +4,12 @@
 answer, like the operator's health check). ``operator_app`` is a factory that builds the real
 operator application over the deterministic benchmark world named by the environment (see
 ``operator_world``), so the server process holds its own snapshot. It is wired as
-``uid2-operator serve`` wires a worker's API: the request observer counts Prometheus metrics and
-per-key usage on every request, and replays are refused through a shared replay table (the
-default size) in a file mapped from a temporary directory (``serve_like_app``); only the store
-behind them is absent.
+``uid2-operator serve`` wires a worker: the API sits behind the worker's ``OperatorServer`` (which
+looks at the snapshot source's problem on every health check and answers ``/metrics`` itself),
+the request observer counts Prometheus metrics and per-key usage on every request, and replays
+are refused through a shared replay table (the default size) in a file mapped from a temporary
+directory (``serve_like_app``); only the store behind them, and the loops that poll and flush it,
+are absent.
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
 
 from operator_world import world_from_environment
 from uid2_operator.clock import SystemClock, system_random
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.write_behind import UsageMeter
-from uid2_operator.web.operator_api.app import acknowledge_lifespan, create_operator_app
-from uid2_operator.web.operator_api.metrics import RequestMetrics
-from uid2_operator.web.operator_api.server import ROUTES
+from uid2_operator.web.operator_api.app import OperatorApi, acknowledge_lifespan
+from uid2_operator.web.operator_api.metrics import (
+    MetricsCollector,
+    ReplayTableCollector,
+    RequestMetrics,
+)
+from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
 
 Scope = MutableMapping[str, Any]
@@ -68,10 +78,39 @@ def shared_replay_table(max_past_ms: int) -> ReplayTable:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The operator API over ``snapshot`` with the observer a served worker has (metrics and
-    usage counted per request) and its replay guard, a shared replay table, as
-    ``web.operator_api.server.build_worker`` wires them."""
+@dataclass(frozen=True)
+class _LoadedSource:
+    """The snapshot source of a worker whose snapshot never fails to load or goes stale."""
+
+    problem: None = None
+
+
+@dataclass(frozen=True)
+class _BenchWorker:
+    """What ``OperatorServer`` reads of its worker while it answers requests: the source's
+    problem (none), the ``/metrics`` registry, and the metrics publisher (none: one worker, no
+    runtime directory shared with others)."""
+
+    registry: CollectorRegistry
+    source: _LoadedSource = _LoadedSource()
+    publisher: None = None
+
+
+class BenchServer(OperatorServer):
+    """``OperatorServer`` over a world built once: its request path is the served worker's; its
+    lifespan starts and stops nothing (there is no store to poll, nor usage to flush to one)."""
+
+    async def start(self) -> None:
+        return
+
+    async def stop(self) -> None:
+        return
+
+
+def serve_like_app(snapshot: Snapshot) -> BenchServer:
+    """The operator API over ``snapshot`` as a served worker runs it: behind ``OperatorServer``,
+    with the observer a served worker has (metrics and usage counted per request) and its
+    replay guard, a shared replay table, as ``web.operator_api.server.build_worker`` wires them."""
     metrics = RequestMetrics(ROUTES)
     usage = UsageMeter()
 
@@ -80,13 +119,19 @@ def serve_like_app(snapshot: Snapshot) -> Callable[[Scope, Receive, Send], Await
         if key_id is not None and status != 401:  # a 401 is a refused key: not its usage
             usage.add(key_id, path)
 
-    return create_operator_app(
+    replay = shared_replay_table(DEFAULT_TIMESTAMP_WINDOW.max_past_ms)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(metrics))
+    ProcessCollector(registry=registry)
+    registry.register(ReplayTableCollector(replay))
+    api = OperatorApi(
         snapshot_provider=lambda: snapshot,
         clock=SystemClock(),
         random=system_random,
         observer=observe,
-        replay=shared_replay_table(DEFAULT_TIMESTAMP_WINDOW.max_past_ms),
+        replay=replay,
     )
+    return BenchServer(api, cast(Worker, _BenchWorker(registry)))
 
 
 def operator_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:

@@ -6,7 +6,9 @@ measures the *budget* that ratio leaves, on the same server software, load gener
 request and answer sizes: a calibrated application (``budget_targets.spin``) answers a POST of a
 generate request's size with an answer of a generate answer's size after burning exactly N µs of
 its own CPU, for several N, each measured in alternating slices against the same process's
-``GET`` (the health check's floor). Then the real operator's health check and generate, in the
+``GET`` (the health check's floor). Both sizes are measured at start-up from one real generate on
+the benchmark world (one envelope sealed as the load seals them, the operator app called
+in-process) and printed. Then the real operator's health check and generate, in the
 same run. It prints, for each N, requests/s, the ratio to the floor and the server process's CPU
 per request (user + system, from ``/proc``), the largest N that still reaches 0.5 (interpolated),
 and where the operator's generate falls on that curve.
@@ -21,6 +23,8 @@ Nothing here decides pass or fail: the figures depend on the machine and on what
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import itertools
 import json
 import os
@@ -29,9 +33,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from budget_targets import ANSWER_BYTES
+from asgi_targets import serve_like_app
+from budget_targets import ANSWER_BYTES_VARIABLE
 from http_load import (
     WRK_INSTALL_HINT,
     LoadResult,
@@ -58,11 +63,64 @@ from operator_throughput import (
     process_cpu,
     running_server,
 )
-from operator_world import build_world, world_environment
+from operator_world import BenchWorld, build_world, world_environment
+from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 
-GENERATE_REQUEST_BODY: Final = 540
-"""About the size of a base64 generate request body in the benchmark."""
 TARGET: Final = 0.5
+SAMPLE_INDEX: Final = 10_000
+"""The sample generate's email is ``generate_payload(SAMPLE_INDEX)``: the load's emails are
+numbered from 0 up, most of a measured run's with as many digits as this one."""
+
+
+@dataclass(frozen=True)
+class GenerateSizes:
+    """The body sizes of a real generate on the benchmark world, in bytes."""
+
+    request_body: int
+    answer_body: int
+
+
+def generate_sizes(world: BenchWorld) -> GenerateSizes:
+    """The sizes of one real generate on ``world``: a request sealed and base64-encoded as the
+    load sends them, handed to the operator application as a served worker wires it, called
+    in-process; its answer must be a 200 whose envelope opens to a success."""
+    nonce = os.urandom(8)
+    body = base64.b64encode(
+        seal_request(
+            generate_payload(SAMPLE_INDEX),
+            secret=world.secret,
+            now_ms=time.time_ns() // 1_000_000,
+            nonce=nonce,
+            random=os.urandom,
+        )
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": GENERATE,
+        "headers": [
+            (b"authorization", f"Bearer {world.api_key}".encode()),
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(body)),
+        ],
+    }
+    asyncio.run(serve_like_app(world.snapshot)(scope, receive, send))
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    if status != 200:
+        raise RuntimeError(f"the sample generate answered {status}: {answer[:200]!r}")
+    opened = open_response(unframe_response(answer, False), secret=world.secret, nonce=nonce)
+    if opened.get("status") != "success":
+        raise RuntimeError(f"the sample generate answered status {opened.get('status')!r}")
+    return GenerateSizes(request_body=len(body), answer_body=len(answer))
 
 
 @dataclass(frozen=True)
@@ -103,15 +161,18 @@ def _mean_cpu(parts: Sequence[tuple[LoadResult, CpuPerRequest | None]]) -> CpuPe
     return CpuPerRequest(user, system)
 
 
-def measure_point(settings: Settings, target: Target, group: int, spin_us: int) -> Point:
-    """The floor and ``POST /spin/<spin_us>`` in alternating slices (warm-up first)."""
+def measure_point(
+    settings: Settings, target: Target, group: int, spin_us: int, request_body: int
+) -> Point:
+    """The floor and ``POST /spin/<spin_us>`` with a body of ``request_body`` bytes, in
+    alternating slices (warm-up first)."""
     floor_request = http_request("GET", HEALTHCHECK, target)
     post_request = http_request(
         "POST",
         f"/spin/{spin_us}",
         target,
         headers=[("Content-Type", "text/plain")],
-        body=b"x" * GENERATE_REQUEST_BODY,
+        body=b"x" * request_body,
     )
     each = settings.duration_s / settings.rounds
     _slice(settings, floor_request, target, group, settings.warmup_s)
@@ -182,22 +243,34 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
     )
     for line in machine_description():
         print(line)
+    started = time.perf_counter()
+    seed = os.urandom(16)
+    now_ms = time.time_ns() // 1_000_000
+    world = build_world(seed, now_ms, args.buckets)
+    sizes = generate_sizes(world)
+    print(
+        f"generate on the benchmark world (one request, in-process): request body"
+        f" {sizes.request_body} bytes, answer body {sizes.answer_body} bytes"
+    )
     print(
         f"load: {settings.tool}, {settings.connections} connections, POST body"
-        f" {GENERATE_REQUEST_BODY} bytes, answer {ANSWER_BYTES} bytes; "
+        f" {sizes.request_body} bytes, answer {sizes.answer_body} bytes; "
         + (f"server on CPU {cpus[0]}, client on CPU {cpus[1]}" if pin else "not pinned")
     )
     kind = SERVERS["uvicorn"]
     if pin:
         os.sched_setaffinity(0, {cpus[1]})
-    started = time.perf_counter()
     points: list[Point] = []
     print("\n== calibrated POST against GET on the same process", flush=True)
     with running_server(
-        kind, "budget_targets:spin", factory=False, env={}, cpu=settings.server_cpu
+        kind,
+        "budget_targets:spin",
+        factory=True,
+        env={ANSWER_BYTES_VARIABLE: str(sizes.answer_body)},
+        cpu=settings.server_cpu,
     ) as server:
         for spin_us in spins:
-            point = measure_point(settings, server.target, server.pid, spin_us)
+            point = measure_point(settings, server.target, server.pid, spin_us, sizes.request_body)
             points.append(point)
             print(
                 f"  spin {spin_us:3d} µs: GET {point.floor.rps:9,.0f}/s"
@@ -209,11 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
     budget = largest_spin_reaching(points, TARGET)
 
     print("\n== the operator (one publisher key, generate over full envelopes)", flush=True)
-    seed = os.urandom(16)
-    now_ms = time.time_ns() // 1_000_000
-    world = build_world(seed, now_ms, args.buckets)
     env = world_environment(seed, now_ms, args.buckets)
-    operator: dict[str, float | None] = {}
+    operator: dict[str, Any] = {}
     with running_server(
         kind, "asgi_targets:operator_app", factory=True, env=env, cpu=settings.server_cpu
     ) as server:
@@ -253,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
             "ratio": generate.rps / health.rps,
             "healthcheck_cpu_us": health_cpu.total_us if health_cpu else None,
             "generate_cpu_us": generate_cpu.total_us if generate_cpu else None,
+            "healthcheck_counts": health.counts(),
+            "generate_counts": generate.counts(),
         }
 
     print("\n== summary")
@@ -274,11 +346,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
         args.json.write_text(
             json.dumps(
                 {
+                    "generate_request_body_bytes": sizes.request_body,
+                    "generate_answer_body_bytes": sizes.answer_body,
                     "points": [
                         {
                             "spin_us": p.spin_us,
                             "get_rps": p.floor.rps,
                             "post_rps": p.post.rps,
+                            "get_counts": p.floor.counts(),
+                            "post_counts": p.post.counts(),
                             "ratio": p.ratio,
                             "get_cpu_us": p.floor_cpu.total_us if p.floor_cpu else None,
                             "post_cpu_us": p.post_cpu.total_us if p.post_cpu else None,

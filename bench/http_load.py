@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 Tool = Literal["wrk", "asyncio"]
 WRK_INSTALL_HINT: Final = "wrk is not installed; install it with: apt-get install -y wrk"
@@ -124,7 +124,11 @@ class Target:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What one bounded run did. ``rps`` counts 2xx answers only."""
+    """What one bounded run did. ``ok`` (and so ``rps``) counts the answers the back end takes
+    for successes: with ``asyncio``, 2xx only; with ``wrk``, every status below 400 (wrk counts
+    only 4xx and 5xx as errors, and reports no status breakdown). The applications measured here
+    never answer 1xx or 3xx, so both count the same answers. ``statuses`` is filled by
+    ``asyncio`` only."""
 
     tool: str
     completed: int
@@ -140,6 +144,19 @@ class LoadResult:
     def rps(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def counts(self) -> dict[str, Any]:
+        """The run's counts and flags, for a JSON report."""
+        counts: dict[str, Any] = {
+            "completed": self.completed,
+            "ok": self.ok,
+            "not_ok": self.completed - self.ok,
+            "socket_errors": self.socket_errors,
+            "exhausted": self.exhausted,
+        }
+        if self.statuses:
+            counts["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
+        return counts
+
     def summary(self) -> str:
         latency = (
             f", p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms"
@@ -148,7 +165,7 @@ class LoadResult:
         )
         flags = []
         if self.completed != self.ok:
-            flags.append(f"{self.completed - self.ok} non-2xx")
+            flags.append(f"{self.completed - self.ok} not ok")
         if self.socket_errors:
             flags.append(f"{self.socket_errors} socket errors")
         if self.exhausted:

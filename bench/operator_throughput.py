@@ -75,6 +75,8 @@ MAP_V3: Final = "/v3/identity/map"
 HOST: Final = "127.0.0.1"
 # Upper bound on the bytes of pre-built requests held for one measurement.
 MAX_REQUEST_BYTES: Final = 512 << 20
+# How many times a measurement that ran out of requests is run again, with twice as many each time.
+EXHAUSTED_RETRIES: Final = 2
 TARGETS: Final = {
     "healthcheck/hello-world": 0.9,
     "generate/healthcheck": 0.5,
@@ -418,7 +420,8 @@ def measure_interleaved(
     Each target gets its warm-up, then ``settings.rounds`` slices of ``duration / rounds``
     seconds, taken in turn (A B A B ...); each result sums its slices. ``cpu``: (index of a
     target, its server's process group, where to record, under which name): that server's CPU
-    per 2xx answer over its measured slices only, its warm-up and the others' slices left out.
+    per answer counted ok (``LoadResult``) over its measured slices only, its warm-up and the
+    others' slices left out.
     """
     requests = [[http_request("GET", HEALTHCHECK, t)] for t in targets]
     spent = ServerCpu(0.0, 0.0)
@@ -468,14 +471,15 @@ def measure_enveloped(
     """Warm-up (which also estimates the rate), then a run with enough fresh envelopes.
 
     Requests are built right before each run so their timestamps are current; a run that uses
-    up its requests is repeated once with twice as many (bounded by ``MAX_REQUEST_BYTES``).
+    up its requests is repeated with twice as many, at most ``EXHAUSTED_RETRIES`` times (bounded
+    by ``MAX_REQUEST_BYTES``).
     """
     cap = max(connections * 4, MAX_REQUEST_BYTES // max(request_size, 1))
     rate = first_guess_rps
     result: LoadResult | None = None
     for duration, keep in ((settings.warmup_s, False), (settings.duration_s, True)):
         count = min(cap, int(rate * duration * 1.5) + connections * 4)
-        for _attempt in range(3):
+        for _attempt in range(1 + EXHAUSTED_RETRIES):
             requests = [build(i) for i in range(count)]
             before = process_cpu(cpu[0]) if cpu is not None else None
             result = run_load(
@@ -585,13 +589,20 @@ class InProcess:
     app_generate_us: float
 
 
+class AppRefused(RuntimeError):
+    """The application called directly did not answer a request with a 2xx: its time would be
+    that of a refusal, not of the work the measurement names."""
+
+
 def measure_app_direct(
     world: BenchWorld, budget_s: float, max_requests: int
 ) -> tuple[float, float]:
     """Microseconds per request of the operator's ASGI app called directly, with no server.
 
     Health check and generate (fresh envelopes, so replay protection and everything else on the
-    request path run): what is left of a request's cost over HTTP is the server's.
+    request path run): what is left of a request's cost over HTTP is the server's. Only 2xx
+    answers are counted, and any other answer stops the measurement (``AppRefused``): a refused
+    key or secret is answered far faster than a generate.
     """
     app = serve_like_app(world.snapshot)
     envelopes = [
@@ -607,9 +618,11 @@ def measure_app_direct(
         for i in range(max_requests)
     ]
     auth = (b"authorization", f"Bearer {world.api_key}".encode())
+    status: list[int] = []
 
     async def sink(message: Any) -> None:
-        del message
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
 
     async def drive(path: str, method: str, bodies: Sequence[bytes]) -> float:
         count = 0
@@ -627,7 +640,14 @@ def measure_app_direct(
                 (b"content-length", b"%d" % len(body)),
             ]
             scope = {"type": "http", "path": path, "method": method, "headers": headers}
+            status.clear()
             await app(scope, receive, sink)
+            if len(status) != 1 or not 200 <= status[0] < 300:
+                answered = status[0] if status else "no answer"
+                raise AppRefused(
+                    f"(f) {method} {path} called directly answered {answered} after {count} 2xx"
+                    " answers: refusing to report the time of a refusal as the endpoint's"
+                )
             count += 1
             if time.perf_counter() >= deadline:
                 break
@@ -836,6 +856,15 @@ def print_report(
             },
             "latency_ms": {
                 name: None if result is None else [result.p50_ms, result.p99_ms]
+                for name, result in (
+                    ("hello", figures.hello),
+                    ("healthcheck", figures.healthcheck),
+                    ("generate", figures.generate),
+                    ("map_v3", figures.map_v3),
+                )
+            },
+            "counts": {
+                name: None if result is None else result.counts()
                 for name, result in (
                     ("hello", figures.hello),
                     ("healthcheck", figures.healthcheck),

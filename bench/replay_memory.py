@@ -71,10 +71,12 @@ MAX_PAST_MS = DEFAULT_TIMESTAMP_WINDOW.max_past_ms
 MAX_FUTURE_MS = DEFAULT_TIMESTAMP_WINDOW.max_future_ms
 
 
-class Cache(Protocol):
-    def __len__(self) -> int: ...
-
+class Guard(Protocol):
     def first_use(self, key_id: str, nonce: bytes, timestamp_ms: int, now_ms: int) -> bool: ...
+
+
+class Cache(Guard, Protocol):
+    def __len__(self) -> int: ...
 
 
 class HeapReplayCache:
@@ -126,7 +128,7 @@ def make_stream(entries: int, rate: int, pattern: str, seed: int) -> Stream:
     return key_ids, nonces, stamps, now
 
 
-def feed(cache: Cache, stream: Stream, start: int = 0, stop: int | None = None) -> int:
+def feed(cache: Guard, stream: Stream, start: int = 0, stop: int | None = None) -> int:
     key_ids, nonces, stamps, now = stream
     accepted = 0
     first_use = cache.first_use
@@ -210,11 +212,40 @@ def _insert_until(
                 stop.wait(ahead)
 
 
+def beside_a_second_process(
+    table: ReplayTable, path: Path, timed: Stream, *, half: int, stale_ms: int, rate: int
+) -> tuple[int, int]:
+    """Time (ns) of the timed half of ``timed`` fed into ``table`` (the table at ``path``, its
+    first half already in) while a spawned process inserts ``rate`` envelopes a second stamped
+    ``stale_ms`` into the same file; and how many that process inserted."""
+    context = multiprocessing.get_context("spawn")
+    ready, stop, done = context.Event(), context.Event(), context.Value("q", 0)
+    other = context.Process(
+        target=_insert_until,
+        args=(path,),
+        kwargs={"ready": ready, "stop": stop, "stamp_ms": stale_ms, "rate": rate, "done": done},
+        daemon=True,
+    )
+    other.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the second process did not start")
+        started = time.perf_counter_ns()
+        feed(table, timed, half)
+        elapsed = time.perf_counter_ns() - started
+    finally:
+        stop.set()
+        other.join(60)
+    inserted: int = done.value
+    return elapsed, inserted
+
+
 def table_figures(
     stream: Stream, timed: Stream, slots: int, repeat: int, rate: int
 ) -> dict[str, Any]:
     """Entries held, file size, evictions and ns per request (alone and beside a second
-    process inserting) of the shared table over the same streams as the caches."""
+    process inserting) of the shared table over the same streams as the caches. Of the runs
+    beside a second process, the fastest is kept, with that same run's count of inserts."""
     with new_table(slots) as path, ReplayTable.open(path) as table:
         feed(table, stream)
         held = table.live_entries(stream[3][-1])
@@ -223,9 +254,8 @@ def table_figures(
     half = len(timed[3]) // 2
     # Seen from the timed half's clock, the second process's envelopes have expired.
     stale_ms = timed[3][half] - MAX_PAST_MS - 2_000
-    context = multiprocessing.get_context("spawn")
-    alone = beside = float("inf")
-    inserted = 0
+    alone = float("inf")
+    beside_runs: list[tuple[int, int]] = []
     for _ in range(repeat):
         with new_table(slots) as path, ReplayTable.open(path) as table:
             feed(table, timed, 0, half)
@@ -236,30 +266,10 @@ def table_figures(
         with new_table(slots) as path, ReplayTable.open(path) as table:
             feed(table, timed, 0, half)
             gc.collect()
-            ready, stop, done = context.Event(), context.Event(), context.Value("q", 0)
-            other = context.Process(
-                target=_insert_until,
-                args=(path,),
-                kwargs={
-                    "ready": ready,
-                    "stop": stop,
-                    "stamp_ms": stale_ms,
-                    "rate": rate,
-                    "done": done,
-                },
-                daemon=True,
+            beside_runs.append(
+                beside_a_second_process(table, path, timed, half=half, stale_ms=stale_ms, rate=rate)
             )
-            other.start()
-            try:
-                if not ready.wait(60):
-                    raise RuntimeError("the second process did not start")
-                started = time.perf_counter_ns()
-                feed(table, timed, half)
-                beside = min(beside, time.perf_counter_ns() - started)
-            finally:
-                stop.set()
-                other.join(60)
-            inserted = done.value
+    beside, inserted = min(beside_runs, key=lambda run: run[0])
     timed_requests = len(timed[3]) - half
     return {
         "entries_held": held,

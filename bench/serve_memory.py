@@ -12,6 +12,10 @@ parent (which runs the admin API and supervises), the resident set size (``VmRSS
 (``VmHWM``), and the proportional and unique set sizes (``Pss``, ``Private_*`` of
 ``/proc/PID/smaps_rollup``; the worker is spawned, so it shares little with the parent).
 
+The parent's children are reported by role, each with its pid and command line: ``workers``
+are the spawned processes that serve requests (multiprocessing's ``spawn_main``); every other
+child, such as multiprocessing's resource tracker, is a ``helper``.
+
 Nothing is asserted; the target is a worker under 200 MB.
 """
 
@@ -92,6 +96,35 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+WORKER: Final = "worker"
+HELPER: Final = "helper"
+_SPAWNED_CHILD: Final = "from multiprocessing.spawn import spawn_main"
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ("" once it has exited)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+
+
+def role(command: str) -> str:
+    """``WORKER`` for a process that multiprocessing spawned to run a target (how serve starts
+    its workers), ``HELPER`` for any other child (the resource tracker, for one)."""
+    return WORKER if _SPAWNED_CHILD in command else HELPER
+
+
+def children_by_role(pid: int) -> dict[str, list[dict[str, Any]]]:
+    """The children of ``pid`` as ``{role: [{"pid", "command"}, ...]}``, every role present."""
+    found: dict[str, list[dict[str, Any]]] = {WORKER: [], HELPER: []}
+    for child in _children(pid):
+        command = command_line(child)
+        found[role(command)].append({"pid": child, "command": command})
+    return found
+
+
 class Caller:
     """Sends enveloped requests with one API key over one keep-alive connection."""
 
@@ -158,6 +191,20 @@ def warm_up(port: int, issued: dict[str, Any], requests: int) -> float:
     return time.perf_counter() - started
 
 
+def print_figures(figures: dict[str, Any]) -> None:
+    """One line a figure; each worker and helper under its role, pid and command line."""
+    children = {f"{WORKER}s": WORKER, f"{HELPER}s": HELPER}
+    for name, value in figures.items():
+        if name not in children:
+            print(f"{name:24}{value}")
+    for name, group in children.items():
+        for child in figures[name]:
+            print(f"{group} {child['pid']}: {child['command']}")
+            for moment in ("at_start", "after_warm_up"):
+                if moment in child:
+                    print(f"  {moment:22}{child[moment]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--buckets", type=int, default=None)
@@ -186,11 +233,13 @@ def main() -> None:
                     raise RuntimeError("serve did not become healthy")
                 time.sleep(0.2)
             ready_s = time.perf_counter() - started
-            workers = _children(parent.pid)
-            at_start = {pid: _memory(pid) for pid in workers}
+            children = children_by_role(parent.pid)
+            if not children[WORKER]:
+                raise RuntimeError(f"serve has no worker among its children: {children}")
+            at_start = {c["pid"]: _memory(c["pid"]) for c in children[WORKER]}
 
             warm_s = warm_up(port, issued, args.requests)
-            after = {pid: _memory(pid) for pid in workers}
+
             figures: dict[str, Any] = {
                 "buckets": args.buckets or 1 << 20,
                 "prepare_s": round(prepared_s, 1),
@@ -198,8 +247,17 @@ def main() -> None:
                 "warm_up_requests": args.requests + -(-args.requests // 50),
                 "warm_up_s": round(warm_s, 1),
                 "parent": _memory(parent.pid),
-                "workers_at_start": list(at_start.values()),
-                "workers_after_warm_up": list(after.values()),
+                "workers": [
+                    {
+                        **child,
+                        "at_start": at_start[child["pid"]],
+                        "after_warm_up": _memory(child["pid"]),
+                    }
+                    for child in children[WORKER]
+                ],
+                "helpers": [
+                    {**child, "after_warm_up": _memory(child["pid"])} for child in children[HELPER]
+                ],
             }
         finally:
             parent.send_signal(signal.SIGTERM)
@@ -208,8 +266,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 parent.kill()
                 parent.wait()
-    for name, value in figures.items():
-        print(f"{name:24}{value}")
+    print_figures(figures)
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(figures, indent=2) + "\n")
 

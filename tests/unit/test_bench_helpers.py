@@ -1,0 +1,275 @@
+"""The benchmark harness's own helpers (``bench/``): what they measure is what they claim to.
+
+The benchmark scripts import each other as top-level modules from ``bench/``, so that folder is
+put on the import path here, as the scripts' own directory is when they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uid2_operator.web.operator_api.server import OperatorServer
+from uid2_operator.wire.envelope import seal_request
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import asgi_targets  # noqa: E402
+import budget_targets  # noqa: E402
+import generate_budget  # noqa: E402
+import operator_throughput  # noqa: E402
+import replay_memory  # noqa: E402
+import serve_memory  # noqa: E402
+from http_load import LoadResult  # noqa: E402
+from operator_world import BenchWorld, build_world  # noqa: E402
+
+BUCKETS = 1 << 10
+
+
+@pytest.fixture(scope="module")
+def world() -> BenchWorld:
+    return build_world(b"bench-helpers-seed", time.time_ns() // 1_000_000, BUCKETS)
+
+
+def _call(
+    app: Any, scope: dict[str, Any], body: bytes = b""
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), answer
+
+
+def _generate_scope(world: BenchWorld, body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": operator_throughput.GENERATE,
+        "headers": [
+            (b"authorization", f"Bearer {world.api_key}".encode()),
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(body)),
+        ],
+    }
+
+
+def _sealed_generate(world: BenchWorld, index: int) -> bytes:
+    return base64.b64encode(
+        seal_request(
+            operator_throughput.generate_payload(index),
+            secret=world.secret,
+            now_ms=time.time_ns() // 1_000_000,
+            nonce=os.urandom(8),
+            random=os.urandom,
+        )
+    )
+
+
+# ------------------------------------------------ the calibration sizes come from a real generate
+
+
+def test_the_budget_calibration_sizes_are_those_of_a_real_generate(world: BenchWorld) -> None:
+    sizes = generate_budget.generate_sizes(world)
+    request = _sealed_generate(world, generate_budget.SAMPLE_INDEX)
+    status, _, answer = _call(
+        asgi_targets.serve_like_app(world.snapshot), _generate_scope(world, request), request
+    )
+    assert status == 200
+    assert sizes.request_body == len(request)
+    assert sizes.answer_body == len(answer)
+    # a generate sends a short body and gets two tokens back
+    assert sizes.request_body < 200
+    assert sizes.answer_body > 1000
+
+
+def test_the_sample_generate_must_succeed(world: BenchWorld) -> None:
+    wrong = dataclasses.replace(world, secret=os.urandom(32))
+    with pytest.raises(RuntimeError, match="answered 400"):
+        generate_budget.generate_sizes(wrong)
+
+
+def test_the_calibrated_application_answers_the_size_it_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(budget_targets.ANSWER_BYTES_VARIABLE, "1181")
+    app = budget_targets.spin()
+    scope = {"type": "http", "method": "POST", "path": "/spin/0", "headers": []}
+    status, headers, answer = _call(app, scope, b"x" * 108)
+    assert status == 200
+    assert len(answer) == 1181
+    assert headers[b"content-length"] == b"1181"
+
+
+@pytest.mark.parametrize("value", [None, "", "lots"])
+def test_the_calibrated_application_needs_its_answer_size(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv(budget_targets.ANSWER_BYTES_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(budget_targets.ANSWER_BYTES_VARIABLE, value)
+    with pytest.raises(RuntimeError, match=budget_targets.ANSWER_BYTES_VARIABLE):
+        budget_targets.spin()
+
+
+# ------------------------------------------------- (f): the app called directly times only 2xx
+
+
+def test_the_app_called_directly_times_successes(world: BenchWorld) -> None:
+    health_us, generate_us = operator_throughput.measure_app_direct(world, 0.05, 20)
+    assert 0 < health_us < generate_us
+
+
+def _other_key(world: BenchWorld) -> BenchWorld:
+    other = build_world(b"another-seed", time.time_ns() // 1_000_000, BUCKETS)
+    return dataclasses.replace(world, api_key=other.api_key)
+
+
+def _other_secret(world: BenchWorld) -> BenchWorld:
+    return dataclasses.replace(world, secret=os.urandom(32))
+
+
+@pytest.mark.parametrize(("make", "status"), [(_other_key, 401), (_other_secret, 400)])
+def test_the_app_called_directly_refuses_to_time_refusals(
+    world: BenchWorld, make: Any, status: int
+) -> None:
+    with pytest.raises(operator_throughput.AppRefused, match=f"answered {status} after 0 2xx"):
+        operator_throughput.measure_app_direct(make(world), 0.05, 20)
+
+
+# --------------------------------------------- the benchmark's operator is a served worker's app
+
+
+def test_the_benchmark_operator_runs_behind_the_worker_server(world: BenchWorld) -> None:
+    app = asgi_targets.serve_like_app(world.snapshot)
+    assert isinstance(app, OperatorServer)
+    request = _sealed_generate(world, 1)
+    status, _, _ = _call(app, _generate_scope(world, request), request)
+    assert status == 200
+    health = {"type": "http", "method": "GET", "path": "/ops/healthcheck", "headers": []}
+    assert _call(app, health)[0] == 200
+    metrics = {"type": "http", "method": "GET", "path": "/metrics", "headers": []}
+    status, _, text = _call(app, metrics)
+    assert status == 200
+    # the observer saw the generate; the shared replay table is reported as a worker's is
+    assert b'uid2_operator_requests_total{endpoint="/v2/token/generate"' in text
+    assert b"uid2_operator_replay_table_slots" in text
+
+
+def test_the_benchmark_operator_lifespan_starts_and_stops(world: BenchWorld) -> None:
+    app = asgi_targets.serve_like_app(world.snapshot)
+    incoming = [{"type": "lifespan.shutdown"}, {"type": "lifespan.startup"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop()
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    asyncio.run(app({"type": "lifespan"}, receive, send))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+# ------------------------------------------ replay table: the kept time goes with its own count
+
+
+def test_the_second_process_rate_is_that_of_the_kept_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = iter([(3_000_000, 30), (1_000_000, 7), (2_000_000, 50)])
+
+    def scripted(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        del args, kwargs
+        return next(runs)
+
+    monkeypatch.setattr(replay_memory, "beside_a_second_process", scripted)
+    stream = replay_memory.make_stream(500, 1000, "steady", seed=1)
+    timed = replay_memory.make_stream(1000, 1000, "steady", seed=2)
+    figures = replay_memory.table_figures(stream, timed, slots=1024, repeat=3, rate=1000)
+    assert figures["ns_per_request_beside_a_second_process"] == round(1_000_000 / 500)
+    assert figures["second_process_inserts_per_s"] == round(7 / (1_000_000 / 1e9))
+
+
+# ------------------------------------------------------ the JSON report keeps counts and flags
+
+
+def test_the_json_report_keeps_the_counts_and_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    def result(completed: int, ok: int, *, exhausted: bool = False) -> LoadResult:
+        return LoadResult(
+            tool="wrk",
+            completed=completed,
+            ok=ok,
+            socket_errors=1,
+            elapsed_s=1.0,
+            p50_ms=1.0,
+            p99_ms=2.0,
+            exhausted=exhausted,
+        )
+
+    figures = operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"],
+        hello=result(100, 100),
+        healthcheck=result(90, 90),
+        generate=result(10, 8, exhausted=True),
+    )
+    settings = operator_throughput.Settings(
+        tool="wrk",
+        duration_s=1.0,
+        warmup_s=0.5,
+        connections=1,
+        map_connections=1,
+        map_batch=1000,
+        inprocess_s=0.0,
+        rounds=1,
+        server_cpu=None,
+        client_cpu=None,
+    )
+    report = operator_throughput.print_report([figures], None, settings, [])
+    capsys.readouterr()
+    counts = json.loads(json.dumps(report))["servers"]["uvicorn"]["counts"]
+    assert counts["generate"] == {
+        "completed": 10,
+        "ok": 8,
+        "not_ok": 2,
+        "socket_errors": 1,
+        "exhausted": True,
+    }
+    assert counts["hello"]["exhausted"] is False
+    assert counts["map_v3"] is None
+
+
+# ---------------------------------------------------- serve's children are labelled by role
+
+
+def test_children_are_labelled_worker_or_helper() -> None:
+    context = multiprocessing.get_context("spawn")  # as serve starts its workers
+    child = context.Process(target=time.sleep, args=(30,), daemon=True)
+    child.start()
+    try:
+        children = serve_memory.children_by_role(os.getpid())
+    finally:
+        child.terminate()
+        child.join(10)
+    workers = {c["pid"]: c["command"] for c in children[serve_memory.WORKER]}
+    assert "spawn_main" in workers[child.pid]
+    # starting a spawned process started multiprocessing's resource tracker: not a worker
+    helpers = children[serve_memory.HELPER]
+    assert any("resource_tracker" in h["command"] for h in helpers), helpers
