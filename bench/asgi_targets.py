@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.process_collector import ProcessCollector
 
 from operator_world import world_from_environment
 from uid2_operator.clock import SystemClock, system_random
@@ -32,11 +31,11 @@ from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.write_behind import UsageMeter
 from uid2_operator.web.operator_api.app import OperatorApi, acknowledge_lifespan
 from uid2_operator.web.operator_api.metrics import (
-    MetricsCollector,
     ReplayTableCollector,
     RequestMetrics,
 )
 from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker
+from uid2_operator.web.operator_api.server import _registry as server_registry
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
 
 Scope = MutableMapping[str, Any]
@@ -120,9 +119,7 @@ def serve_like_app(snapshot: Snapshot) -> BenchServer:
             usage.add(key_id, path)
 
     replay = shared_replay_table(DEFAULT_TIMESTAMP_WINDOW.max_past_ms)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MetricsCollector(metrics))
-    ProcessCollector(registry=registry)
+    registry, _ = server_registry(metrics, [], None)  # the worker's, process figures included
     registry.register(ReplayTableCollector(replay))
     api = OperatorApi(
         snapshot_provider=lambda: snapshot,
