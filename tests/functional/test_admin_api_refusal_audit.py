@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from admin_api_harness import (
     CLIENT_HOST,
@@ -281,15 +282,13 @@ def test_repeated_denials_within_a_minute_leave_one_event(
 
 def test_different_attempts_are_limited_separately(env: AdminEnv) -> None:
     _, key = _participant_and_key(env)
-    _, other = _participant_and_key(env)
     mark = env.mark()
     attempts = [
         ("POST", "/keys", READER, {"site_id": 3, "name": "k", "roles": []}),
         ("POST", "/participants", READER, {"name": "Q", "type": "dsp"}),
         ("POST", f"/keys/{key['key_id']}/rename", READER, {"name": "x"}),
-        # Same action (key.update), another route; the same route on another key.
+        # Same action (key.update), another route.
         ("PUT", f"/keys/{key['key_id']}/roles", READER, {"roles": []}),
-        ("POST", f"/keys/{other['key_id']}/rename", READER, {"name": "x"}),
         # Same route and action, another token.
         ("GET", "/admin-tokens", MAINTAINER, None),
         ("GET", "/admin-tokens", READER, None),
@@ -305,7 +304,6 @@ def test_different_attempts_are_limited_separately(env: AdminEnv) -> None:
         (reader, "participant.create", ""),
         (reader, "key.update", key["key_id"]),
         (reader, "key.update", key["key_id"]),
-        (reader, "key.update", other["key_id"]),
         (maintainer, "admin_token.list", ""),
         (reader, "admin_token.list", ""),
     ]
@@ -355,3 +353,88 @@ def test_a_denial_that_could_not_be_written_is_counted_with_the_next(
     [logged] = _denied_logs(caplog)
     assert "3 repeated denials" in logged
     _verified(env)
+
+
+def _unreported_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "repeated=" in r.getMessage()
+    ]
+
+
+def test_a_token_walking_through_ids_makes_one_attempt(
+    env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    mark = env.mark()
+    body = {"roles": ["GENERATOR"]}
+    with caplog.at_level(logging.INFO):
+        for n in range(200):  # 200 sites in 59.7 seconds
+            env.clock.advance(0 if n == 0 else 300)
+            response = env.call("PUT", f"/participants/{1000 + n}/roles", READER, json=body)
+            assert response.status_code == 403
+        [first] = env.refusals_since(mark)
+        # The recorded one names its own target.
+        assert (first.outcome.value, first.action, first.target_id, first.site_id) == (
+            "denied",
+            "participant.update",
+            "1000",
+            1000,
+        )
+        # After the window, the next denial of that route, on yet another site, carries the count.
+        env.clock.advance(60_000 - 59_700)
+        assert env.call("PUT", "/participants/5000/roles", READER, json=body).status_code == 403
+    _, second = env.refusals_since(mark)
+    assert (second.action, second.target_id, second.after) == (
+        "participant.update",
+        "5000",
+        {"repeated": 199},
+    )
+    assert _unreported_logs(caplog) == []
+    _verified(env)
+
+
+def test_a_burst_that_stops_is_logged_at_the_next_denial_of_anything(
+    env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    mark = env.mark()
+    reader = f"admin:{env.token_ids[READER]}"
+    body = {"site_id": 3, "name": "k", "roles": []}
+    with caplog.at_level(logging.INFO):
+        for _ in range(500):
+            assert env.call("POST", "/keys", READER, json=body).status_code == 403
+        env.clock.advance(60_000)
+        # Another token, another route: the burst's window has ended, so its count is logged now.
+        assert env.call("GET", "/admin-tokens", MAINTAINER).status_code == 403
+    [logged] = _unreported_logs(caplog)
+    assert f"actor={reader} action=key.create route=POST /keys repeated=499" in logged
+    # No audit event was written for the burst from the other request: one each.
+    events = env.refusals_since(mark)
+    assert [(e.actor, e.action, e.after) for e in events] == [
+        (reader, "key.create", None),
+        (f"admin:{env.token_ids[MAINTAINER]}", "admin_token.list", None),
+    ]
+    # Reported once: the burst's next denial starts afresh.
+    assert env.call("POST", "/keys", READER, json=body).status_code == 403
+    assert env.refusals_since(mark)[-1].after is None
+    assert len(_unreported_logs(caplog)) == 1
+
+
+def test_the_counts_pending_at_shutdown_are_logged(
+    sqlite_env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = sqlite_env
+    body = {"site_id": 3, "name": "k", "roles": []}
+    for _ in range(4):
+        assert env.call("POST", "/keys", READER, json=body).status_code == 403
+
+    async def run_and_stop() -> None:
+        async with env.app.router.lifespan_context(env.app):
+            pass
+
+    with caplog.at_level(logging.INFO):
+        anyio.run(run_and_stop)
+    [logged] = _unreported_logs(caplog)
+    assert "shutting down" in logged
+    assert f"actor=admin:{env.token_ids[READER]} action=key.create" in logged
+    assert logged.endswith("repeated=3")

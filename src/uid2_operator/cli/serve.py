@@ -378,7 +378,7 @@ class _Upkeep:
 def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(
         create_admin_app(services),
-        lifespan="off",
+        lifespan="on",  # the admin app logs what its refusal limiter still holds at shutdown
         log_level=log_level,
         access_log=False,
         server_header=False,

@@ -3,6 +3,8 @@ denials are limited."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -184,8 +186,16 @@ def test_the_docs_say_how_to_find_the_refusals_named_unlike_their_success(action
 WINDOW = REFUSAL_WINDOW_MS
 
 
-def _attempt(actor: str = "admin:A", path: str = "/keys", target_id: str = "") -> Attempt:
-    return Attempt(actor, "POST", path, "key.create", Target("api_key", target_id))
+def _attempt(actor: str = "admin:A", path: str = "/keys", action: str = "key.create") -> Attempt:
+    return Attempt(actor, "POST", path, action)
+
+
+def _unreported(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "repeated=" in r.getMessage()
+    ]
 
 
 def test_one_denial_per_window_is_admitted_and_the_others_are_counted() -> None:
@@ -207,13 +217,17 @@ def test_attempts_are_limited_separately() -> None:
     attempts = [
         _attempt(),
         _attempt(actor="admin:B"),
-        _attempt(path="/keys/{key_id}/rename", target_id="UID2-C-L-1-abcDEF"),
-        _attempt(path="/keys/{key_id}/rename", target_id="UID2-C-L-1-zzzzzz"),
-        _attempt(path="/keys/{key_id}/roles", target_id="UID2-C-L-1-abcDEF"),
-        Attempt("admin:A", "POST", "/keys", "key.update", Target("api_key", "")),
+        _attempt(path="/keys/{key_id}/rename", action="key.update"),
+        _attempt(path="/keys/{key_id}/roles", action="key.update"),
+        Attempt("admin:A", "PUT", "/keys/{key_id}/roles", "key.update"),
+        _attempt(action="key.update"),
     ]
     assert [limiter.admit(a) for a in attempts] == [0] * len(attempts)
     assert [limiter.admit(a) for a in attempts] == [None] * len(attempts)
+
+
+def test_the_attempt_leaves_the_target_out() -> None:
+    assert "target" not in {f.name for f in fields(Attempt)}
 
 
 def test_a_denial_that_could_not_be_written_is_reported_with_the_next() -> None:
@@ -234,7 +248,7 @@ def test_the_limiter_remembers_a_bounded_number_of_attempts(
 ) -> None:
     clock = FixedClock()
     limiter = RefusalLimiter(clock, max_attempts=3)
-    first, *others = [_attempt(target_id=f"UID2-C-L-1-abcde{n}") for n in range(5)]
+    first, *others = [_attempt(actor=f"admin:{n}") for n in range(5)]
     limiter.admit(first)
     limiter.admit(first)  # a repeat, counted
     for attempt in others:
@@ -242,22 +256,67 @@ def test_the_limiter_remembers_a_bounded_number_of_attempts(
     assert len(limiter) == 3
     # The first attempt was forgotten with its count (logged as lost): it is admitted afresh.
     assert limiter.admit(first) == 0
-    assert any("1 repeated denials of key.create by admin:A" in r.message for r in caplog.records)
+    [lost] = _unreported(caplog)
+    assert "the limiter is full actor=admin:0 action=key.create route=POST /keys" in lost
+    assert lost.endswith("repeated=1")
     assert len(limiter) == 3
 
 
-def test_an_ended_window_without_repeats_is_forgotten() -> None:
+def test_an_ended_window_is_forgotten_and_its_count_logged_at_the_next_denial(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FixedClock()
     limiter = RefusalLimiter(clock)
-    quiet, repeated = _attempt(actor="admin:Q"), _attempt(actor="admin:R")
+    quiet, burst = _attempt(actor="admin:Q"), _attempt(actor="admin:R")
     limiter.admit(quiet)
-    limiter.admit(repeated)
-    limiter.admit(repeated)
-    clock.advance(WINDOW)
+    limiter.admit(burst)
+    for _ in range(499):
+        limiter.admit(burst)
+    clock.advance(WINDOW - 1)
     limiter.admit(_attempt(actor="admin:S"))
-    # The quiet one is gone; the repeated one stays until its count is reported.
-    assert len(limiter) == 2
-    assert limiter.admit(repeated) == 1
+    assert (len(limiter), _unreported(caplog)) == (3, [])  # nothing has ended yet
+    clock.advance(1)
+    assert limiter.admit(_attempt(actor="admin:S")) is None  # a repeat checks too
+    # Both ended windows are gone; the burst's count was logged without waiting for it to recur.
+    assert len(limiter) == 1
+    [logged] = _unreported(caplog)
+    assert logged == (
+        "admin refusal limiter: repeated denials not recorded, their window ended "
+        "actor=admin:R action=key.create route=POST /keys repeated=499"
+    )
+    # Reported once: the attempt starts afresh.
+    assert limiter.admit(burst) == 0
+    assert len(_unreported(caplog)) == 1
+
+
+def test_the_next_denial_of_the_attempt_itself_carries_its_count_instead_of_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FixedClock()
+    limiter = RefusalLimiter(clock)
+    attempt, other = _attempt(), _attempt(actor="admin:B")
+    limiter.admit(attempt)
+    limiter.admit(other)
+    limiter.admit(attempt)
+    limiter.admit(other)
+    clock.advance(WINDOW)
+    assert limiter.admit(attempt) == 1  # its own count, in its event
+    [logged] = _unreported(caplog)  # the other's, logged
+    assert "actor=admin:B" in logged
+    assert logged.endswith("repeated=1")
+
+
+def test_flush_logs_every_pending_count(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RefusalLimiter(FixedClock())
+    quiet, burst = _attempt(actor="admin:Q"), _attempt(actor="admin:R")
+    limiter.admit(quiet)
+    for _ in range(4):
+        limiter.admit(burst)
+    limiter.flush()
+    [logged] = _unreported(caplog)
+    assert "the app is shutting down actor=admin:R" in logged
+    assert logged.endswith("repeated=3")
+    assert len(limiter) == 0
 
 
 def test_a_clock_moved_back_starts_a_new_window() -> None:

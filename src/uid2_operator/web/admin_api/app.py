@@ -15,7 +15,7 @@ Each request goes through the same steps, in this order, so no route can skip on
 A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the audit trail as
 ``denied`` and ``failed`` events (``outcomes.py``); a 401 and a refusal in step 3 are not. The
 app's ``RefusalLimiter`` records the same denied attempt at most once a minute, by the app's
-clock.
+clock; the app's lifespan, when the server runs it, logs the counts still unreported at shutdown.
 
 An unexpected exception becomes a bare 500 ``internal_error``. It is logged with its class and
 stack frames only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -134,8 +135,18 @@ def create_admin_app(
         Route(path, _by_method(endpoints), methods=sorted(endpoints))
         for path, endpoints in by_path.items()
     ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        del app
+        try:
+            yield
+        finally:
+            limiter.flush()  # the counts no later denial will report
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(RequestContext, new_request_id=request_id_source(random))],
         exception_handlers={HTTPException: _routing_error, Exception: _last_resort},
     )

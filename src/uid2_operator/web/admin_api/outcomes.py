@@ -17,9 +17,14 @@ attempt in a transaction of its own (``AdminService.record_refusal``), on the sa
 takes no write lock of its own, so without a limit its event would be the only write it causes,
 and any token, READ_ONLY included, could fill the table and queue on the store-wide write lock
 (which the workers' opt-out flushes, admin writes and serve's upkeep share) by asking again and
-again. The first denial of an attempt (same actor, route, action and target) is recorded; the
-repeats in the next ``REFUSAL_WINDOW_MS`` are only counted, and the next denial of that attempt
-after the window is recorded with the count in ``after`` (``{"repeated": n}``) and logged.
+again. An attempt is the actor, the method, the route template and the action, not the target: a
+token walking through ids (``/participants/3/roles``, ``/4/roles``, ...) makes one attempt. The
+first denial of an attempt is recorded, naming its target; the repeats in the next
+``REFUSAL_WINDOW_MS``, whatever their target, are only counted. The count appears once: in
+``after`` (``{"repeated": n}``) of the next recorded denial of that attempt, when that is the
+first denial the limiter sees after the window ended; otherwise in a WARNING log line (actor,
+action, route, ``repeated=n``) written as soon as the limiter next sees any denial after the
+window ended, or when the app shuts down (its lifespan), and then the window is forgotten.
 ``failed`` events are not limited: only a token allowed to make the change gets one, its request
 has already taken the write lock for the transaction that rolled back, and it could write a
 ``success`` event with each request anyway.
@@ -112,13 +117,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """What makes two denied requests the same attempt (the key of ``RefusalLimiter``)."""
+    """What makes two denied requests the same attempt (the key of ``RefusalLimiter``). The
+    target is left out: a token changing the id in the path on every request is one attempt."""
 
     actor: str
     method: str
-    path: str
+    path: str  # the route template, e.g. ``/participants/{site_id}/roles``
     action: str
-    target: Target
 
 
 @dataclass(slots=True)
@@ -131,10 +136,13 @@ class RefusalLimiter:
     """At most one recorded denial per attempt per window, with a count of the others.
 
     ``admit`` says whether to record a denial now and, if so, how many repeats since the last
-    recorded one went unrecorded. Memory is bounded: at most ``max_attempts`` attempts are
-    remembered, and when a new one would exceed that the attempt whose window started first is
-    forgotten (its unreported repeats are logged as lost). An attempt whose window has ended with
-    no repeat is forgotten as soon as a new attempt is remembered.
+    recorded one went unrecorded. The windows are kept in the order they started, so each call
+    ends the windows whose time is up by looking at the oldest ones only: a window that ended with
+    repeats is logged (WARNING, ``repeated=n``) and forgotten, unless the call is for that very
+    attempt, whose recorded denial then carries the count. ``flush`` logs every pending count (at
+    shutdown). Memory is bounded: at most ``max_attempts`` attempts are remembered, and when a
+    new one would exceed that the attempt whose window started first is forgotten (its unreported
+    repeats are logged as lost).
     """
 
     def __init__(
@@ -149,7 +157,7 @@ class RefusalLimiter:
         self._clock = clock
         self._window_ms = window_ms
         self._max_attempts = max_attempts
-        self._windows: OrderedDict[Attempt, _Window] = OrderedDict()
+        self._windows: OrderedDict[Attempt, _Window] = OrderedDict()  # in start order
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -160,41 +168,70 @@ class RefusalLimiter:
         the denial is to be recorded, and the value is the number of repeats not recorded since
         the last recorded denial of ``attempt`` (0 for none)."""
         now = self._clock.now_ms()
+        unreported: list[tuple[str, Attempt, int]] = []
         with self._lock:
             window = self._windows.get(attempt)
-            if window is not None and 0 <= now - window.started_ms < self._window_ms:
+            if window is not None and self._open(window, now):
                 window.repeats += 1
-                return None
-            repeats = 0 if window is None else window.repeats
-            self._windows.pop(attempt, None)
-            self._forget_ended(now)
-            self._windows[attempt] = _Window(now)
-            while len(self._windows) > self._max_attempts:
-                dropped, old = self._windows.popitem(last=False)
-                if old.repeats:
-                    logger.warning(
-                        "admin refusal limiter full: %d repeated denials of %s by %s were not "
-                        "recorded",
-                        old.repeats,
-                        dropped.action,
-                        dropped.actor,
-                    )
-            return repeats
+                repeats: int | None = None
+            else:
+                repeats = 0 if window is None else window.repeats
+                self._windows.pop(attempt, None)
+                self._windows[attempt] = _Window(now)
+                while len(self._windows) > self._max_attempts:
+                    dropped, old = self._windows.popitem(last=False)
+                    if old.repeats:
+                        unreported.append(("the limiter is full", dropped, old.repeats))
+            self._end_windows(now, unreported)
+        _log_unreported(unreported)
+        return repeats
 
     def not_recorded(self, attempt: Attempt, count: int) -> None:
         """``count`` admitted denials of ``attempt`` could not be written: report them with the
-        next recorded one."""
+        next recorded one (or the log line of its window)."""
         with self._lock:
             window = self._windows.get(attempt)
             if window is not None:
                 window.repeats += count
 
-    def _forget_ended(self, now: int) -> None:
+    def flush(self) -> None:
+        """Log the count of every window with unreported repeats and forget all windows (the app
+        is shutting down: those counts would otherwise never be reported)."""
+        with self._lock:
+            unreported = [
+                ("the app is shutting down", attempt, window.repeats)
+                for attempt, window in self._windows.items()
+                if window.repeats
+            ]
+            self._windows.clear()
+        _log_unreported(unreported)
+
+    def _open(self, window: _Window, now: int) -> bool:
+        return 0 <= now - window.started_ms < self._window_ms
+
+    def _end_windows(self, now: int, unreported: list[tuple[str, Attempt, int]]) -> None:
+        """Forget the windows that ended, oldest first; collect the counts they still held."""
         while self._windows:
-            window = next(iter(self._windows.values()))
-            if window.repeats or 0 <= now - window.started_ms < self._window_ms:
+            attempt, window = next(iter(self._windows.items()))
+            if self._open(window, now):
                 return
             self._windows.popitem(last=False)
+            if window.repeats:
+                unreported.append(("their window ended", attempt, window.repeats))
+
+
+def _log_unreported(unreported: list[tuple[str, Attempt, int]]) -> None:
+    for why, attempt, count in unreported:
+        logger.warning(
+            "admin refusal limiter: repeated denials not recorded, %s actor=%s action=%s "
+            "route=%s %s repeated=%d",
+            why,
+            attempt.actor,
+            attempt.action,
+            attempt.method,
+            attempt.path,
+            count,
+        )
 
 
 def target_of(op: Operation, params: Mapping[str, str]) -> Target:
@@ -238,14 +275,15 @@ async def record_denied(
     params: Mapping[str, str],
     limiter: RefusalLimiter,
 ) -> None:
-    """Record a 403, unless the same attempt was recorded less than a window ago."""
+    """Record a 403, unless the same attempt (whatever its target) was recorded less than a window
+    ago."""
     if not isinstance(op.access, AdminAction):
         return  # a public route: nobody is denied it
     action = op.access.value
     target = _target(op, actor, params, Outcome.DENIED)
     if target is None:
         return
-    attempt = Attempt(actor.id, op.method, op.path, action, target)
+    attempt = Attempt(actor.id, op.method, op.path, action)
     repeats = limiter.admit(attempt)
     if repeats is None:
         return
