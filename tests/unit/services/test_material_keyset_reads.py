@@ -9,13 +9,14 @@ is wrapped so that its transactions count ``keysets.list_all`` calls.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
 import pytest
 from service_fixtures import KEYRING
 
+from store_wrapper import StoreWrapper
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.keysets import DAY_S, Keyset, site_default_keyset
 from uid2_operator.domain.participants import ParticipantType, new_participant
@@ -24,10 +25,7 @@ from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.storage import SqlStore, open_store, upgrade
 from uid2_operator.storage.interface import (
     KeysetRepository,
-    ReadTx,
-    Snapshot,
     Tx,
-    UsageEntry,
 )
 
 CONFIG = MaterialConfig(bucket_count=256, chunk_size=64, expired_key_retention_s=DAY_S)
@@ -66,17 +64,13 @@ class CountingTx:
         return getattr(self._inner, name)
 
 
-class CountingStore:
+class CountingStore(StoreWrapper):
     """A real store whose write transactions count ``keysets.list_all`` calls."""
 
     def __init__(self, inner: SqlStore) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.keyset_list_calls = 0
         self.transactions = 0
-
-    @property
-    def backend(self) -> str:
-        return self._inner.backend
 
     @contextmanager
     def _counted(self) -> Iterator[Tx]:
@@ -86,18 +80,6 @@ class CountingStore:
 
     def transaction(self) -> AbstractContextManager[Tx]:
         return self._counted()
-
-    def read(self) -> AbstractContextManager[ReadTx]:
-        return self._inner.read()
-
-    def change_seq(self) -> int:
-        return self._inner.change_seq()
-
-    def snapshot(self, now_ms: int) -> Snapshot:
-        return self._inner.snapshot(now_ms)
-
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
-        self._inner.record_usage(batch)
 
     def close(self) -> None:
         self._inner.close()

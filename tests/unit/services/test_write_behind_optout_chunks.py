@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
+from store_wrapper import StoreWrapper
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.services.write_behind import OPTOUT_WRITE_CHUNK, WriteBehind
 from uid2_operator.storage import SqlStore
-from uid2_operator.storage.interface import ReadTx, Snapshot, Tx, UsageEntry
+from uid2_operator.storage.interface import Tx
 from uid2_operator.wire.encoding import b64encode
 
 QUEUED = 1_200
@@ -52,19 +53,15 @@ class FailingTx:
         return getattr(self._inner, name)
 
 
-class ChunkCountingStore:
+class ChunkCountingStore(StoreWrapper):
     """A real store that counts its committed write transactions; the ``fail_on``-th one
     (1-based) fails part-way through its opt-outs and rolls back."""
 
     def __init__(self, inner: SqlStore, *, fail_on: int | None = None) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._fail_on = fail_on
         self.started = 0
         self.committed = 0
-
-    @property
-    def backend(self) -> str:
-        return self._inner.backend
 
     @contextmanager
     def _unit(self) -> Iterator[Tx]:
@@ -76,18 +73,6 @@ class ChunkCountingStore:
 
     def transaction(self) -> AbstractContextManager[Tx]:
         return self._unit()
-
-    def read(self) -> AbstractContextManager[ReadTx]:
-        return self._inner.read()
-
-    def change_seq(self) -> int:
-        return self._inner.change_seq()
-
-    def snapshot(self, now_ms: int) -> Snapshot:
-        return self._inner.snapshot(now_ms)
-
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
-        self._inner.record_usage(batch)
 
     def close(self) -> None:
         self._inner.close()

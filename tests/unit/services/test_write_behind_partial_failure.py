@@ -14,43 +14,31 @@ from contextlib import AbstractContextManager
 
 from service_fixtures import ACTOR
 
+from store_wrapper import StoreWrapper
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.write_behind import WriteBehind
 from uid2_operator.storage import SqlStore
-from uid2_operator.storage.interface import ReadTx, Snapshot, Tx, UsageEntry
+from uid2_operator.storage.interface import Tx, UsageEntry
 
 ENDPOINT = "/v2/token/generate"
 
 
-class FlakyStore:
+class FlakyStore(StoreWrapper):
     """A real store whose usage writes or write transactions fail the first few times."""
 
     def __init__(self, inner: SqlStore, *, usage_failures: int = 0, tx_failures: int = 0) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.usage_failures = usage_failures
         self.tx_failures = tx_failures
-
-    @property
-    def backend(self) -> str:
-        return self._inner.backend
 
     def transaction(self) -> AbstractContextManager[Tx]:
         if self.tx_failures:
             self.tx_failures -= 1
             raise StoreUnavailable("database is unreachable")
         return self._inner.transaction()
-
-    def read(self) -> AbstractContextManager[ReadTx]:
-        return self._inner.read()
-
-    def change_seq(self) -> int:
-        return self._inner.change_seq()
-
-    def snapshot(self, now_ms: int) -> Snapshot:
-        return self._inner.snapshot(now_ms)
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> None:
         if self.usage_failures:
