@@ -87,6 +87,21 @@ def test_parse_sharing() -> None:
         parse_sharing(OWNER, "list")
 
 
+def test_a_refused_mode_or_type_is_named_by_its_place_never_repeated() -> None:
+    """What was pasted where a mode or type goes may be a credential: the refusal names the
+    field and what would be accepted, never the value."""
+    pasted = "UID2-C-L-3-abcDEF." + "x" * 24
+    with pytest.raises(InvalidInput) as mode:
+        parse_sharing(OWNER, pasted)
+    assert str(mode.value) == "Unknown sharing mode; use one of owner_only, bidders, list"
+    with pytest.raises(InvalidInput) as kind:
+        parse_sharing(OWNER, "list", [2001], ["dsp", pasted])
+    assert str(kind.value).startswith("Unknown participant type at types[1]; use one of ")
+    for refused in (mode.value, kind.value):
+        assert pasted not in str(refused)
+        assert "abcDEF" not in str(refused)
+
+
 def test_keyset_sharing_reads_the_stored_record() -> None:
     assert keyset_sharing(keyset()) is OWNER_ONLY
     assert keyset_sharing(keyset(SharingMode.BIDDERS)) is ALL_BIDDERS
