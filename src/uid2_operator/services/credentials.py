@@ -349,8 +349,7 @@ class CredentialService:
 
         def change(key: ApiKey, now: int, tx: Tx) -> ApiKey:
             revoked = lifecycle.revoke_key(key, now_ms=now, by=actor.id, reason=why)
-            for secret in accepted_secrets(tx.secrets.list_for_key(key.key_id), now):
-                tx.secrets.update(_retired_at(secret, now))
+            _stop_secrets(tx, key.key_id, now)
             return revoked
 
         return self._change_key(actor, kid, "key.revoke", change)
@@ -423,8 +422,7 @@ class CredentialService:
 
         def change(key: ApiKey, now: int, tx: Tx) -> ApiKey:
             retired = lifecycle.retire_now(key, now)
-            for secret in accepted_secrets(tx.secrets.list_for_key(key.key_id), now):
-                tx.secrets.update(_retired_at(secret, now))
+            _stop_secrets(tx, key.key_id, now)
             return retired
 
         return self._change_key(actor, kid, "key.retire_now", change)
@@ -661,6 +659,12 @@ def _disclosed(key: ApiKey) -> dict[str, Any]:
 
 def _retired_at(secret: SealedSecret, now_ms: int) -> SealedSecret:
     return replace(secret, retires_at_ms=now_ms)
+
+
+def _stop_secrets(tx: Tx, key_id: str, now_ms: int) -> None:
+    """Retire, at ``now_ms``, every client secret of the key still accepted."""
+    for secret in accepted_secrets(tx.secrets.list_for_key(key_id), now_ms):
+        tx.secrets.update(_retired_at(secret, now_ms))
 
 
 def _usage_by_key(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
