@@ -836,7 +836,7 @@ class _EncryptionKeys:
         wanted = sorted(set(key_ids))
         if not wanted:
             return
-        conn = self._u.writing(control_plane=False)  # refuses a read unit before anything else
+        conn = self._u.writing()  # refuses a read unit; a refusal below rolls the unit back
         c = t.encryption_keys.c
         batches = [wanted[i : i + _ID_BATCH] for i in range(0, len(wanted), _ID_BATCH)]
         found: set[int] = set()
@@ -846,7 +846,6 @@ class _EncryptionKeys:
         if missing:
             shown = ", ".join(str(key_id) for key_id in missing[:10])
             raise NotFound(f"No encryption key {shown}{' ...' if len(missing) > 10 else ''}")
-        self._u.writing()
         # The sequence keeps the highest id deleted, so it is never handed out again even when
         # the key was added with an id of its own rather than one from ``allocate_ids``.
         if self._last_id(conn) < wanted[-1]:
