@@ -46,7 +46,6 @@ import uvicorn
 
 from uid2_operator.bootstrap import (
     Services,
-    follow_keyring,
     open_services,
     schema_is_current,
     sweep_keyring_debris,
@@ -278,9 +277,8 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
     keeps the keys those tokens need. Before any worker issues a token. What a keyring write
     cut short by a crash left beside the keyring file goes first (``sweep_keyring_debris``)."""
     sweep_keyring_debris(settings)
-    services = open_services(
+    services = open_services(  # the keyring followed from its file, as open_services does
         settings,
-        keyring=follow_keyring(settings),
         expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
     )
     try:
