@@ -115,12 +115,24 @@ class OptOutQueue:
         return len(self._pending)
 
 
+class OptOutsNotWritten(Exception):
+    """A chunk of opt-outs failed (the cause is chained); the ``committed`` records before it
+    stay written."""
+
+    def __init__(self, committed: int) -> None:
+        super().__init__(f"{committed} opt-outs committed before a chunk failed")
+        self.committed = committed
+
+
 def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
     """Record opt-outs, ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``), in
-    order. When a chunk fails, the exception propagates and the chunks before it stay committed;
-    ``WriteBehind`` writes chunk by chunk itself so that it knows which records to keep."""
+    order. When a chunk fails, OptOutsNotWritten says how many records were committed before
+    it (they stay written)."""
     for start in range(0, len(records), OPTOUT_WRITE_CHUNK):
-        write_optout_chunk(store, records[start : start + OPTOUT_WRITE_CHUNK], now_ms)
+        try:
+            write_optout_chunk(store, records[start : start + OPTOUT_WRITE_CHUNK], now_ms)
+        except Exception as exc:
+            raise OptOutsNotWritten(start) from exc
 
 
 def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
@@ -202,18 +214,16 @@ class WriteBehind:
 
     def _write_optouts(self, optouts: list[OptOutRecord]) -> list[OptOutRecord]:
         """Write the opt-outs chunk by chunk; return those from the first failed chunk on."""
-        now_ms = self._clock.now_ms()
-        for start in range(0, len(optouts), OPTOUT_WRITE_CHUNK):
-            try:
-                write_optout_chunk(self._store, optouts[start : start + OPTOUT_WRITE_CHUNK], now_ms)
-            except Exception:
-                log.warning(
-                    "write-behind opt-out write failed; %d opt-outs committed, keeping %d",
-                    start,
-                    len(optouts) - start,
-                    exc_info=True,
-                )
-                return optouts[start:]
+        try:
+            write_optouts(self._store, optouts, self._clock.now_ms())
+        except OptOutsNotWritten as failed:
+            log.warning(
+                "write-behind opt-out write failed; %d opt-outs committed, keeping %d",
+                failed.committed,
+                len(optouts) - failed.committed,
+                exc_info=failed.__cause__,
+            )
+            return optouts[failed.committed :]
         return []
 
     def flush(self) -> None:
