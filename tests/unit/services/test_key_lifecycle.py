@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from service_fixtures import ACTOR, MakeService
+from service_fixtures import ACTOR, MakeService, opens
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
@@ -13,7 +11,6 @@ from uid2_operator.domain.lifecycle import DAY_MS
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import (
     CredentialRejected,
-    EnvelopeDecryptionFailed,
     InvalidInput,
     InvalidTransition,
     WrongEnvironment,
@@ -22,10 +19,6 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.views import IssuedKey
 from uid2_operator.storage import SqlStore
 from uid2_operator.wire.encoding import b64decode
-from uid2_operator.wire.envelope import TimestampWindow, parse_request, seal_request
-from uid2_operator.wire.scope import IdentityScope
-
-WINDOW = TimestampWindow(max_past_ms=60_000, max_future_ms=60_000)
 
 
 def _site(svc: CredentialService, roles: tuple[str, ...] = ("GENERATOR", "MAPPER")) -> int:
@@ -43,32 +36,6 @@ def _denied(svc: CredentialService, key_text: str) -> str:
     return caught.value.detail
 
 
-def _opens(svc: CredentialService, key_text: str, secret_text: str, now_ms: int) -> bool:
-    """Seal a request as an SDK would, then open it with whatever the lookup accepts."""
-    body = seal_request(
-        b'{"email":"a@example.com"}',
-        secret=b64decode(secret_text),
-        now_ms=now_ms,
-        nonce=os.urandom(8),
-        random=os.urandom,
-    )
-    client = svc.resolve_client(key_text)
-    for secret in client.secrets:
-        try:
-            parse_request(
-                body,
-                octet_stream=True,
-                secret=secret,
-                now_ms=now_ms,
-                window=WINDOW,
-                scope=IdentityScope.UID2,
-            )
-        except EnvelopeDecryptionFailed:
-            continue
-        return True
-    return False
-
-
 def test_a_new_key_and_secret_open_a_sealed_request(
     svc: CredentialService, clock: FixedClock
 ) -> None:
@@ -77,7 +44,7 @@ def test_a_new_key_and_secret_open_a_sealed_request(
     assert client.key.key_id == issued.key_id
     assert client.roles == {ClientRole.GENERATOR}
     assert client.secrets == (b64decode(issued.secret),)
-    assert _opens(svc, issued.key, issued.secret, clock.now_ms())
+    assert opens(svc, issued.key, issued.secret, clock.now_ms())
 
 
 def test_key_roles_must_be_a_subset_of_the_participants(
@@ -166,12 +133,12 @@ def test_rotation_overlaps_then_the_old_key_retires_by_itself(
     assert old_view.retires_at_ms == clock.now_ms() + 7 * DAY_MS
 
     clock.advance(7 * DAY_MS - 1)  # the last moment of the overlap: both work
-    assert _opens(svc, old.key, old.secret, clock.now_ms())
-    assert _opens(svc, new.key, new.secret, clock.now_ms())
+    assert opens(svc, old.key, old.secret, clock.now_ms())
+    assert opens(svc, new.key, new.secret, clock.now_ms())
 
     clock.advance(1)  # the grace has passed: the old key retired with nobody acting
     assert "key_retired" in _denied(svc, old.key)
-    assert _opens(svc, new.key, new.secret, clock.now_ms())
+    assert opens(svc, new.key, new.secret, clock.now_ms())
 
 
 def test_rotation_with_no_grace_retires_the_old_key_at_once(svc: CredentialService) -> None:
@@ -207,11 +174,11 @@ def test_secret_rotation_overlaps_then_the_old_secret_stops(
     assert client.secrets == (b64decode(rotated.secret), b64decode(issued.secret))
 
     clock.advance(2 * DAY_MS - 1)
-    assert _opens(svc, issued.key, issued.secret, clock.now_ms())
-    assert _opens(svc, issued.key, rotated.secret, clock.now_ms())
+    assert opens(svc, issued.key, issued.secret, clock.now_ms())
+    assert opens(svc, issued.key, rotated.secret, clock.now_ms())
     clock.advance(1)
-    assert not _opens(svc, issued.key, issued.secret, clock.now_ms())
-    assert _opens(svc, issued.key, rotated.secret, clock.now_ms())
+    assert not opens(svc, issued.key, issued.secret, clock.now_ms())
+    assert opens(svc, issued.key, rotated.secret, clock.now_ms())
 
 
 def test_secret_rotation_with_no_grace_stops_the_old_secret_at_once(
@@ -219,8 +186,8 @@ def test_secret_rotation_with_no_grace_stops_the_old_secret_at_once(
 ) -> None:
     issued = _key(svc, _site(svc))
     rotated = svc.rotate_secret(ACTOR, issued.key_id, grace_days=0)
-    assert not _opens(svc, issued.key, issued.secret, clock.now_ms())
-    assert _opens(svc, issued.key, rotated.secret, clock.now_ms())
+    assert not opens(svc, issued.key, issued.secret, clock.now_ms())
+    assert opens(svc, issued.key, rotated.secret, clock.now_ms())
 
 
 def test_an_expiring_key_stops_at_its_expiry(svc: CredentialService, clock: FixedClock) -> None:

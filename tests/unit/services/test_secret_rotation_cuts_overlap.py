@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-from service_fixtures import ACTOR
+from service_fixtures import ACTOR, opens
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.lifecycle import DAY_MS
-from uid2_operator.errors import EnvelopeDecryptionFailed
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.storage import SqlStore
 from uid2_operator.wire.encoding import b64decode
-from uid2_operator.wire.envelope import TimestampWindow, parse_request, seal_request
-from uid2_operator.wire.scope import IdentityScope
-
-WINDOW = TimestampWindow(max_past_ms=60_000, max_future_ms=60_000)
-
-
-def _opens(svc: CredentialService, key_text: str, secret_text: str, now_ms: int) -> bool:
-    """Seal a request with ``secret_text`` as an SDK would; can the lookup's secrets open it?"""
-    body = seal_request(
-        b'{"email":"a@example.com"}',
-        secret=b64decode(secret_text),
-        now_ms=now_ms,
-        nonce=os.urandom(8),
-        random=os.urandom,
-    )
-    for secret in svc.resolve_client(key_text).secrets:
-        try:
-            parse_request(
-                body,
-                octet_stream=True,
-                secret=secret,
-                now_ms=now_ms,
-                window=WINDOW,
-                scope=IdentityScope.UID2,
-            )
-        except EnvelopeDecryptionFailed:
-            continue
-        return True
-    return False
 
 
 def test_rotating_with_no_grace_stops_a_secret_still_in_an_earlier_overlap(
@@ -51,15 +19,15 @@ def test_rotating_with_no_grace_stops_a_secret_still_in_an_earlier_overlap(
     s1 = issued.secret
     s2 = svc.rotate_secret(ACTOR, issued.key_id, grace_days=7).secret
     clock.advance(DAY_MS)
-    assert _opens(svc, issued.key, s1, clock.now_ms())  # S1 is still in its 7-day overlap
+    assert opens(svc, issued.key, s1, clock.now_ms())  # S1 is still in its 7-day overlap
 
     leaked = svc.rotate_secret(ACTOR, issued.key_id, grace_days=0)
 
     now = clock.now_ms()
     assert leaked.previous_secret_retires_at_ms == now
-    assert not _opens(svc, issued.key, s1, now)
-    assert not _opens(svc, issued.key, s2, now)
-    assert _opens(svc, issued.key, leaked.secret, now)
+    assert not opens(svc, issued.key, s1, now)
+    assert not opens(svc, issued.key, s2, now)
+    assert opens(svc, issued.key, leaked.secret, now)
     assert svc.resolve_client(issued.key).secrets == (b64decode(leaked.secret),)
     with store.read() as tx:
         stored = tx.secrets.list_for_key(issued.key_id)
@@ -78,4 +46,4 @@ def test_a_longer_grace_reports_its_end_and_keeps_an_earlier_overlap(
     later = svc.rotate_secret(ACTOR, issued.key_id, grace_days=7)
     assert later.previous_secret_retires_at_ms == clock.now_ms() + 7 * DAY_MS
     clock.advance(DAY_MS)
-    assert not _opens(svc, issued.key, issued.secret, clock.now_ms())  # its own 1 day is over
+    assert not opens(svc, issued.key, issued.secret, clock.now_ms())  # its own 1 day is over
