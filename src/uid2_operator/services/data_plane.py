@@ -43,6 +43,7 @@ from uid2_operator.errors import (
     TokenError,
     UID2Error,
 )
+from uid2_operator.services.log_throttle import LogThrottle
 from uid2_operator.services.snapshot import (
     ALLOW_CLOCK_SKEW_SECONDS,
     OLDEST_REFRESHABLE_ESTABLISHED_MS,
@@ -696,25 +697,18 @@ class ExposedKeyLog:
     are dropped, and if none has expired, all.
     """
 
-    __slots__ = ("_interval_ms", "_last", "_max_entries")
+    __slots__ = ("_throttle",)
 
     def __init__(
         self,
         interval_ms: int = EXPOSED_KEY_LOG_INTERVAL_MS,
         max_entries: int = EXPOSED_KEY_LOG_MAX_ENTRIES,
     ) -> None:
-        self._interval_ms = interval_ms
-        self._max_entries = max_entries
-        self._last: dict[str, int] = {}  # key id -> when last logged
+        self._throttle: LogThrottle[str] = LogThrottle(interval_ms, max_entries)
 
     def exposed(self, key_id: str, now_ms: int) -> None:
-        last = self._last.get(key_id)
-        if last is not None and now_ms - last < self._interval_ms:
+        if self._throttle.due(key_id, now_ms) is None:
             return
-        if last is None and len(self._last) >= self._max_entries:
-            live = {k: v for k, v in self._last.items() if now_ms - v < self._interval_ms}
-            self._last = live if len(live) < self._max_entries else {}
-        self._last[key_id] = now_ms
         log.warning(
             "API key sent as a client-side subscription_id: key_id=%s. The key is exposed in a "
             "web page or app; rotate it and stop publishing it.",

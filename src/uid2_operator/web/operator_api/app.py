@@ -64,6 +64,7 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import OptOutSink
+from uid2_operator.services.log_throttle import LogThrottle
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.replay_table import ReplayGuard
@@ -152,27 +153,19 @@ class RefusalLog:
     dropped, and if none has expired, all.
     """
 
-    __slots__ = ("_interval_ms", "_max_entries", "_seen")
+    __slots__ = ("_throttle",)
 
     def __init__(
         self,
         interval_ms: int = REFUSAL_LOG_INTERVAL_MS,
         max_entries: int = REFUSAL_LOG_MAX_ENTRIES,
     ) -> None:
-        self._interval_ms = interval_ms
-        self._max_entries = max_entries
-        # (key id, reason) -> [when last logged, refusals not logged since]
-        self._seen: dict[tuple[str, str], list[int]] = {}
+        self._throttle: LogThrottle[tuple[str, str]] = LogThrottle(interval_ms, max_entries)
 
     def refused(self, key_id: str, reason: str, path: str, now_ms: int) -> None:
-        entry = self._seen.get((key_id, reason))
-        if entry is not None and now_ms - entry[0] < self._interval_ms:
-            entry[1] += 1
+        skipped = self._throttle.due((key_id, reason), now_ms)
+        if skipped is None:
             return
-        if entry is None and len(self._seen) >= self._max_entries:
-            self._prune(now_ms)
-        skipped = 0 if entry is None else entry[1]
-        self._seen[(key_id, reason)] = [now_ms, 0]
         log.warning(
             "API key refused: key_id=%s reason=%s path=%s (%d more since the last line)",
             key_id,
@@ -180,10 +173,6 @@ class RefusalLog:
             path,
             skipped,
         )
-
-    def _prune(self, now_ms: int) -> None:
-        live = {k: v for k, v in self._seen.items() if now_ms - v[0] < self._interval_ms}
-        self._seen = live if len(live) < self._max_entries else {}
 
 
 class ClientGone(Exception):
