@@ -356,21 +356,21 @@ class MaterialService:
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._keyrings.latest()
-            return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)
+            return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)[0]
 
     def ensure_site_keyset_in(
         self, tx: Tx, site_id: int, actor: Actor, now_ms: int, keyring: Keyring
-    ) -> Keyset:
+    ) -> tuple[Keyset, bool]:
         """``ensure_site_keyset`` inside the caller's transaction, for a use case that needs the
         keyset as part of its own unit of work (the keyset commits, or not, with its change; its
-        first key is sealed with the caller's ``keyring``)."""
+        first key is sealed with the caller's ``keyring``); and whether it was created here."""
         if tx.participants.get(site_id) is None:
             raise NotFound(f"No participant {site_id}")
         keysets = _TxKeysets.read(tx)
         keyset, is_new = self._site_keyset(tx, keysets, site_id, actor, now_ms)
         if is_new:
             self._rotate(tx, keysets, keyring, now_ms, actor, only=keyset.keyset_id)
-        return keyset
+        return keyset, is_new
 
     # ------------------------------------------------------------------------ keys
 

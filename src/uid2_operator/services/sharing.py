@@ -293,12 +293,12 @@ class SharingService:
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
                 raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
-            # A keyset created in this transaction has keys no reader could have fetched yet.
-            fresh = site_default_keyset(tx.keysets.list_all(), site) is None
             if self._material is not None:
-                # A participant without a keyset yet gets one here, committed with the change.
-                self._material.ensure_site_keyset_in(tx, site, actor, now, keyring)
-            keyset = _default_keyset(tx, site)
+                # A participant without a keyset yet gets one here, committed with the change;
+                # a keyset created in this transaction has keys no reader could have fetched.
+                keyset, fresh = self._material.ensure_site_keyset_in(tx, site, actor, now, keyring)
+            else:
+                keyset, fresh = _default_keyset(tx, site), False
             before = tx.keyset_sharing.get(keyset.keyset_id)
             if before is None:  # pragma: no cover - the keyset was just read
                 raise NotFound(f"No keyset {keyset.keyset_id}")
