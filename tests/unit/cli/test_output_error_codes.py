@@ -10,7 +10,7 @@ import click
 import pytest
 
 from uid2_operator.cli import main
-from uid2_operator.cli.output import FAILURE_EXIT, USAGE_EXIT, error_document
+from uid2_operator.cli.output import FAILURE_EXIT, USAGE_EXIT, error_document, safe_message
 from uid2_operator.cli.serve_lock import ServeLock
 from uid2_operator.errors import InvalidInput
 
@@ -46,3 +46,21 @@ def test_each_kind_of_error_has_its_code(error: BaseException, code: str) -> Non
 def test_exit_statuses_are_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
     assert main.main(["--json", "no-such-command"], standalone_mode=False) == USAGE_EXIT
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "usage"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIjKlMnOpQ=",  # no digit (random base64, at times)
+        "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopq=",  # one case only
+        "0123456789+/0123456789+/0123456789+/0123456=",  # no letter
+    ],
+)
+def test_a_client_secret_in_a_message_is_masked_whatever_its_characters(secret: str) -> None:
+    """click repeats a refused option value ("'...' is not a valid integer"): a client secret
+    pasted there must not come back, even when it happens not to mix letters and digits."""
+    assert len(secret) == 44
+    shown = safe_message(f"Invalid value for '--site-id': '{secret}' is not a valid integer.")
+    assert secret not in shown
+    assert secret[:-1] not in shown
+    assert "<redacted>" in shown
