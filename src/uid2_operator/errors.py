@@ -82,6 +82,7 @@ The tree::
         │   ├── CredentialRejected          unknown id or hash mismatch
         │   └── CredentialMissing           no credential presented at all
         └── KeyringError                    key-encryption keys and the hashing pepper
+            ├── KekVersionMissing           the keyring lacks a version (``.version``)
             ├── KeyringMissing
             ├── PlaceholderKeyring          a development keyring where prod needs a real one
             └── SealedSecretUnreadable      a sealed client secret that does not open
@@ -526,6 +527,19 @@ class CredentialMissing(CredentialError):
 class KeyringError(DomainError):
     code = "keyring_invalid"
     message = "The keyring is invalid"
+
+
+class KekVersionMissing(KeyringError):
+    """The keyring holds no key-encryption key of ``version`` (an item sealed under it, or the
+    version named active). The version number is the one part of the refusal that may be shown
+    publicly (the health check names it)."""
+
+    code = "kek_version_missing"
+    message = "The keyring lacks a key-encryption key version"
+
+    def __init__(self, version: int, message: str | None = None) -> None:
+        self.version = version
+        super().__init__(message or f"The keyring has no key-encryption key version {version}")
 
 
 class KeyringMissing(KeyringError):

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.optout import OptOutRecord
-from uid2_operator.errors import KeyringError, StoreUnavailable
+from uid2_operator.errors import KekVersionMissing, StoreUnavailable
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
@@ -134,7 +134,7 @@ def test_a_reload_failing_with_the_store_up_is_not_called_an_unreachable_store()
 
     def load(previous: Loaded | None, generation: int) -> Any:
         if broken:
-            raise KeyringError("Key-encryption key version 3 is absent from the keyring")
+            raise KekVersionMissing(3, "Key-encryption key version 3 is absent from the keyring")
         return store.load(previous, generation)
 
     source = SnapshotSource(load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=10)

@@ -53,7 +53,7 @@ def open_material(keyring: Keyring, label: str, ident: int | str, sealed: Sealed
     try:
         kek = keyring.kek(sealed.kek_version)
     except KeyringError as exc:
-        raise SealedSecretUnreadable(exc.detail) from None
+        raise SealedSecretUnreadable(exc.detail) from exc
     try:
         return aead.open_(kek, sealed.ciphertext, material_aad(label, ident))
     except aead.AeadFailure:

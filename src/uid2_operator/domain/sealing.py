@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from uid2_operator.domain.credentials import SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.errors import (
+    KekVersionMissing,
     KeyringError,
     KeyringMissing,
     PlaceholderKeyring,
@@ -71,8 +72,13 @@ class Keyring:
                 raise KeyringError("Key-encryption key versions are positive integers")
             if len(kek) != KEK_SIZE:
                 raise KeyringError(f"Key-encryption key version {version} is not {KEK_SIZE} bytes")
+        if isinstance(active_version, bool) or not isinstance(active_version, int):
+            raise KeyringError("The active key-encryption key version is not an integer")
         if active_version not in keks:
-            raise KeyringError(f"The active key-encryption key version {active_version} is absent")
+            raise KekVersionMissing(
+                active_version,
+                f"The active key-encryption key version {active_version} is absent",
+            )
         if len(pepper) != PEPPER_SIZE:
             raise KeyringError(f"The pepper is not {PEPPER_SIZE} bytes")
         self._keks: Mapping[int, bytes] = MappingProxyType({v: bytes(k) for v, k in keks.items()})
@@ -113,7 +119,7 @@ class Keyring:
         try:
             return self._keks[version]
         except KeyError:
-            raise KeyringError(f"The keyring has no key-encryption key version {version}") from None
+            raise KekVersionMissing(version) from None
 
     def __repr__(self) -> str:
         return (
@@ -312,7 +318,7 @@ def open_secret(keyring: Keyring, sealed: SealedSecret) -> ClientSecret:
     try:
         kek = keyring.kek(sealed.kek_version)
     except KeyringError as exc:
-        raise SealedSecretUnreadable(exc.detail) from None
+        raise SealedSecretUnreadable(exc.detail) from exc
     try:
         raw = aead.open_(kek, sealed.ciphertext, sealed.key_id.encode("utf-8"))
     except aead.AeadFailure:

@@ -58,7 +58,13 @@ from uid2_operator.domain.salts import (
     seal_header,
 )
 from uid2_operator.domain.sealing import Keyring, KeyringSource
-from uid2_operator.errors import IdentityInputError, InvalidInput, KeyringError, NotFound
+from uid2_operator.errors import (
+    IdentityInputError,
+    InvalidInput,
+    KekVersionMissing,
+    KeyringError,
+    NotFound,
+)
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
 from uid2_operator.storage.interface import ReadTx, Store, Tx
@@ -779,11 +785,14 @@ def _require_opens(keyring: Keyring, header: SaltHeader) -> None:
     try:
         open_header_secrets(keyring, header)
     except KeyringError as exc:
-        raise KeyringError(
+        message = (
             "This keyring does not open the store's salt table: the store was initialised with "
             f"another keyring ({exc.detail}). Use that keyring (its file, or UID2_KEYRING); "
             "nothing was changed"
-        ) from None
+        )
+        if isinstance(exc, KekVersionMissing):
+            raise KekVersionMissing(exc.version, message) from None
+        raise KeyringError(message) from None
 
 
 def _same_table(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -39,7 +38,7 @@ from typing import Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord
-from uid2_operator.errors import StoreUnavailable, UID2Error
+from uid2_operator.errors import KekVersionMissing, StoreUnavailable, UID2Error
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_loader import Loaded
 
@@ -56,23 +55,28 @@ def _when(ms: int) -> str:
 
 _STORE_DOWN: Final = "store unreachable"
 _RELOAD_FAILING: Final = "snapshot reload failing"
-# The keyring's refusals of a version it does not hold ("... has no key-encryption key version 3",
-# "... key-encryption key version 3 is absent"): the version number is all that is repeated.
-_MISSING_KEK: Final = re.compile(
-    r"\bno key-encryption key version (\d{1,9})\b|\bkey-encryption key version (\d{1,9}) is absent",
-    re.IGNORECASE,
-)
 
 
-def _public_cause(exc: BaseException, message: str) -> str | None:
+def _missing_kek(exc: BaseException) -> KekVersionMissing | None:
+    """The keyring's refusal of a version it lacks, raised or named as the cause (an item
+    sealed under that version does not open because of it)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, KekVersionMissing):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _public_cause(exc: BaseException) -> str | None:
     """What may be said publicly of why a reload failed with the store reachable: the missing
-    key-encryption key version when the error names one, else the error's machine code or its
+    key-encryption key version when the keyring lacks one, else the error's machine code or its
     class name, never its text."""
     if isinstance(exc, StoreUnavailable):
         return None
-    missing = _MISSING_KEK.search(message)
+    missing = _missing_kek(exc)
     if missing is not None:
-        return f"no key-encryption key version {int(missing.group(1) or missing.group(2))}"
+        return f"no key-encryption key version {missing.version:d}"
     return exc.code if isinstance(exc, UID2Error) else type(exc).__name__
 
 
@@ -222,7 +226,7 @@ class SnapshotSource:
             log.warning("snapshot refresh failed: %s", message)
         self._failing = _STORE_DOWN if isinstance(exc, StoreUnavailable) else _RELOAD_FAILING
         self._failure = failure
-        self._public_cause = _public_cause(exc, message)
+        self._public_cause = _public_cause(exc)
         self.check_age(now)
 
     def check_age(self, now_ms: int) -> None:

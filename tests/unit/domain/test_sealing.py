@@ -26,6 +26,7 @@ from uid2_operator.domain.sealing import (
     seal_secret,
 )
 from uid2_operator.errors import (
+    KekVersionMissing,
     KeyringError,
     KeyringMissing,
     PlaceholderKeyring,
@@ -95,8 +96,12 @@ def test_an_unknown_kek_version_does_not_open(
     keyring: Keyring, random: Callable[[int], bytes]
 ) -> None:
     sealed = seal_secret(keyring, KEY_ID, new_client_secret(random), random, T0)
-    with pytest.raises(SealedSecretUnreadable, match="version 9"):
+    with pytest.raises(SealedSecretUnreadable, match="version 9") as refused:
         open_secret(keyring, replace(sealed, kek_version=9))
+    # The missing version travels as the cause, typed, for whoever must name it.
+    cause = refused.value.__cause__
+    assert isinstance(cause, KekVersionMissing)
+    assert cause.version == 9
 
 
 def test_kek_rotation_keeps_old_seals_open_and_reseals(
@@ -221,6 +226,7 @@ def test_keyring_json_defects_raise_keyring_error(doc: str | bytes, message: str
         ({0: bytes(range(32))}, 0, bytes(range(32)), "positive integers"),
         ({True: bytes(range(32))}, 1, bytes(range(32)), "positive integers"),
         ({1: bytes(range(32))}, 2, bytes(range(32)), "version 2 is absent"),
+        ({1: bytes(range(32))}, "1", bytes(range(32)), "not an integer"),
         ({1: bytes(range(32))}, 1, bytes(16), "pepper"),
         ({1: bytes(range(16))}, 1, bytes(range(32)), "version 1 is not 32 bytes"),
     ],
@@ -230,6 +236,12 @@ def test_keyring_constructor_validates(
 ) -> None:
     with pytest.raises(KeyringError, match=message):
         Keyring(keks, active, pepper)
+
+
+def test_an_absent_active_version_is_refused_by_its_number() -> None:
+    with pytest.raises(KekVersionMissing) as refused:
+        Keyring({1: bytes(range(32))}, 2, bytes(range(32)))
+    assert refused.value.version == 2
 
 
 def test_a_missing_keyring_is_refused() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from uid2_operator.clock import FixedClock
-from uid2_operator.errors import KeyringError, StoreUnavailable
+from uid2_operator.errors import KekVersionMissing, StoreUnavailable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import WriteBehind
@@ -43,7 +43,7 @@ class _Store:
     def load(self, previous: Loaded | None, generation: int) -> Any:
         del previous
         if self.keyring_lacks_a_version:
-            raise KeyringError("Key-encryption key version 2 is absent from the keyring")
+            raise KekVersionMissing(2)
         return Loaded(_Snapshot(generation, self.seq), None)  # type: ignore[arg-type]
 
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from uid2_operator.clock import FixedClock
-from uid2_operator.errors import KeyringError
+from uid2_operator.errors import KekVersionMissing, KeyringError, SealedSecretUnreadable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.storage import open_store
@@ -139,23 +139,33 @@ def test_an_unopenable_sqlite_store_path_is_not_shown(tmp_path: Path) -> None:
         store.close()
 
 
+def _unreadable(cause: Exception | None) -> SealedSecretUnreadable:
+    try:
+        raise SealedSecretUnreadable("The sealed encryption_key 3 does not open") from cause
+    except SealedSecretUnreadable as exc:
+        return exc
+
+
 @pytest.mark.parametrize(
     ("error", "cause"),
     [
-        (
-            KeyringError("The keyring has no key-encryption key version 7"),
-            "(no key-encryption key version 7)",
-        ),
+        (KekVersionMissing(7), "(no key-encryption key version 7)"),
         (
             KeyringError("The keyring file /srv/secret-location/keyring.json is unreadable"),
             "(keyring_invalid)",
         ),
         (
-            KeyringError("Key-encryption key version 4 is absent from the keyring"),
+            KekVersionMissing(4, "The active key-encryption key version 4 is absent"),
             "(no key-encryption key version 4)",
         ),
-        # A version named for another reason is not called missing.
+        # A version named for another reason is not called missing, and the error's text does
+        # not decide: only the refusal of a missing version names one.
         (KeyringError("Key-encryption key version 5 is not 32 bytes"), "(keyring_invalid)"),
+        (KeyringError("The keyring has no key-encryption key version 9"), "(keyring_invalid)"),
+        # An item that does not open because its version is missing names the version; one
+        # that does not open for another reason (tampered, say) does not.
+        (_unreadable(KekVersionMissing(6)), "(no key-encryption key version 6)"),
+        (_unreadable(None), "(sealed_secret_unreadable)"),
         (RuntimeError("driver said: /srv/secret-location/db"), "(RuntimeError)"),
     ],
 )
@@ -193,7 +203,7 @@ def test_the_detail_the_health_check_leaves_out_is_logged_once_per_change(
         [
             KeyringError("The keyring file /srv/a is unreadable"),
             KeyringError("The keyring file /srv/a is unreadable"),
-            KeyringError("The keyring has no key-encryption key version 2"),
+            KekVersionMissing(2),
         ]
     )
     failing = False
