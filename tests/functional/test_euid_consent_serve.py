@@ -1,11 +1,14 @@
 """EUID user consent against a real ``uid2-operator serve`` in the EUID scope, with the SDK.
 
 The serve runs with ``UID2_IDENTITY_SCOPE=euid`` over a data directory prepared with the real
-CLI (one publisher, one key holding every client role). Through the SDK: a sufficient TC string
-yields a token that the SDK's bidstream and legacy EUID clients decrypt as EUID; an insufficient
-or missing one is the HTTP 200 ``insufficient_user_consent`` that the SDK turns into
-``ValueError``; an unparsable one is a 400. The same requests sealed by hand show the exact
-answers. A second serve with ``UID2_TCF_VENDOR_ID=22`` shows the setting reaching its workers.
+CLI (one publisher, one key holding every client role). As in the upstream operator, consent is
+checked only when the request carries ``tcf_consent_string``. Through the SDK: a sufficient TC
+string yields a token that the SDK's bidstream and legacy EUID clients decrypt as EUID, and so
+does a request without one, while the built-in opted-out test identity without one is
+``optout``; an insufficient string is the HTTP 200 ``insufficient_user_consent`` that the SDK
+turns into ``ValueError``; an unparsable one is a 400. The same requests sealed by hand show the
+exact answers, ``null`` and ``""`` being 400s too. A second serve with ``UID2_TCF_VENDOR_ID=22``
+shows the setting reaching its workers.
 Last, the SDK's own EUID integration class (skipped by the UID2 suite for want of ``EUID_*``
 variables) runs unchanged against the EUID serve.
 """
@@ -37,8 +40,19 @@ SUFFICIENT = "CPehNtWPehNtWABAMBFRACBoALAAAEJAAIYgAKwAQAKgArABAAqAAA"
 LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
 INVALID = "invalid_consent_string"
 EMAIL = "consenting.user@example.com"
+OPTED_OUT = "optout@example.com"
 NO_CONSENT = {"status": "insufficient_user_consent"}
 INVALID_ANSWER = b'{"status":"client_error","message":"User consent is invalid"}'
+TOKEN_FIELDS = sorted(
+    [
+        "advertising_token",
+        "refresh_token",
+        "identity_expires",
+        "refresh_expires",
+        "refresh_from",
+        "refresh_response_key",
+    ]
+)
 EUID_CLASS = "PublisherEuidIntegrationTests"
 EUID_TESTS = 3
 
@@ -55,16 +69,23 @@ def _publisher(prepared: Prepared, server: Served) -> Uid2PublisherClient:
     return Uid2PublisherClient(server.base_url, prepared.key.key, prepared.key.secret)
 
 
-def _with_consent(consent: str) -> TokenGenerateInput:
-    return TokenGenerateInput.from_email(EMAIL).with_transparency_and_consent_string(consent)
+def _with_consent(consent: str, email: str = EMAIL) -> TokenGenerateInput:
+    return TokenGenerateInput.from_email(email).with_transparency_and_consent_string(consent)
 
 
-def test_sufficient_consent_gives_a_token_the_sdk_decrypts_as_euid(
-    euid: tuple[Prepared, Served],
+@pytest.mark.parametrize(
+    "tgi",
+    [
+        pytest.param(_with_consent(SUFFICIENT), id="sufficient"),
+        pytest.param(TokenGenerateInput.from_email(EMAIL), id="no-string"),
+    ],
+)
+def test_a_token_the_sdk_decrypts_as_euid(
+    euid: tuple[Prepared, Served], tgi: TokenGenerateInput
 ) -> None:
     prepared, server = euid
     cred = prepared.key
-    response = _publisher(prepared, server).generate_token(_with_consent(SUFFICIENT))
+    response = _publisher(prepared, server).generate_token(tgi)
     assert response.is_success()
     token = response.get_identity().get_advertising_token()
     assert token.startswith("E4")
@@ -85,7 +106,7 @@ def test_sufficient_consent_gives_a_token_the_sdk_decrypts_as_euid(
     "tgi",
     [
         pytest.param(_with_consent(LACKS_PURPOSE_1), id="insufficient"),
-        pytest.param(TokenGenerateInput.from_email(EMAIL), id="missing"),
+        pytest.param(_with_consent(LACKS_PURPOSE_1, OPTED_OUT), id="insufficient-opted-out"),
     ],
 )
 def test_without_consent_the_sdk_raises_value_error(
@@ -94,6 +115,15 @@ def test_without_consent_the_sdk_raises_value_error(
     prepared, server = euid
     with pytest.raises(ValueError, match="insufficient_user_consent"):
         _publisher(prepared, server).generate_token(tgi)
+
+
+def test_an_opted_out_identity_without_a_string_is_optout(
+    euid: tuple[Prepared, Served],
+) -> None:
+    prepared, server = euid
+    response = _publisher(prepared, server).generate_token(TokenGenerateInput.from_email(OPTED_OUT))
+    assert response.is_optout()
+    assert response.get_identity() is None
 
 
 def test_an_unparsable_string_is_an_http_400_for_the_sdk(euid: tuple[Prepared, Served]) -> None:
@@ -108,14 +138,23 @@ def test_the_exact_answers_on_the_wire(euid: tuple[Prepared, Served]) -> None:
     prepared, server = euid
     cred = prepared.key
     reply, opened = server.call(GENERATE, {"email": EMAIL}, cred)
-    assert (reply.status_code, opened) == (200, NO_CONSENT)
-    reply, opened = server.call(GENERATE, {"email": EMAIL, "tcf_consent_string": None}, cred)
-    assert (reply.status_code, opened) == (200, NO_CONSENT)
+    assert reply.status_code == 200
+    assert opened is not None
+    assert (opened["status"], sorted(opened["body"])) == ("success", TOKEN_FIELDS)
+    assert opened["body"]["advertising_token"].startswith("E4")
+    reply, opened = server.call(GENERATE, {"email": OPTED_OUT}, cred)
+    assert (reply.status_code, opened) == (200, {"status": "optout"})
     payload = {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1}
     reply, opened = server.call(GENERATE, payload, cred)
     assert (reply.status_code, opened) == (200, NO_CONSENT)
-    for invalid in (INVALID, "", 7):
-        payload = {"email": EMAIL, "tcf_consent_string": invalid}
+    for email, invalid in [
+        (EMAIL, INVALID),
+        (EMAIL, None),
+        (EMAIL, ""),
+        (EMAIL, 7),
+        (OPTED_OUT, None),  # consent is checked before the opt-out
+    ]:
+        payload = {"email": email, "tcf_consent_string": invalid}
         reply, opened = server.call(GENERATE, payload, cred)
         assert opened is None
         assert (reply.status_code, reply.content) == (400, INVALID_ANSWER)

@@ -246,16 +246,22 @@ def generate(
 ) -> Reply:
     """``/v2/token/generate``. Legacy ``policy`` / ``optout_check`` fields are ignored.
 
-    In the EUID scope, the identity checks are followed by the user-consent check (operator-api
-    §6.1): without a ``tcf_consent_string`` granting ``tcf_vendor_id`` the EUID purposes, the
-    answer is ``insufficient_user_consent`` and nothing is looked up or issued. It comes before
-    the opt-out check, so that answer says nothing about whether the identity opted out. The
-    UID2 scope never reads the field, even a malformed one, and pays one comparison for it.
+    In the EUID scope, when the request carries the key ``tcf_consent_string`` (operator-api
+    §6.1), the identity checks are followed by the user-consent check: a TC string that does not
+    grant ``tcf_vendor_id`` the EUID purposes is answered ``insufficient_user_consent`` and
+    nothing is looked up or issued; a value that is not a readable TC string (``null``, ``""``,
+    a non-string) is ``InvalidConsentString``. It comes before the opt-out check, so neither
+    answer says whether the identity opted out. Without the key there is no consent check, as in
+    the upstream operator: the request goes on to the opt-out check and issue, the publisher
+    answering for consent. The UID2 scope never reads the field, even a malformed one, and pays
+    one comparison for it.
     """
     payload = payload or {}
     identity = identity_from_request(payload, phone_support=snapshot.identity.phone_support)
-    if snapshot.identity.scope is _EUID and not _user_consents(
-        payload.get(TCF_CONSENT_STRING), tcf_vendor_id
+    if (
+        snapshot.identity.scope is _EUID
+        and TCF_CONSENT_STRING in payload
+        and not _user_consents(payload[TCF_CONSENT_STRING], tcf_vendor_id)
     ):
         return NO_USER_CONSENT
     flh = _flh(snapshot, identity.digest)
@@ -275,13 +281,15 @@ def generate(
 
 
 def _user_consents(consent: object, vendor_id: int) -> bool:
-    """Whether an EUID generate request's ``tcf_consent_string`` lets ``vendor_id`` issue.
+    """Whether the ``tcf_consent_string`` value of an EUID generate request that carries one
+    lets ``vendor_id`` issue.
 
-    Absent (or ``null``): no consent. Present but not a parsable TC string, a non-string value
-    included: ``InvalidConsentString`` (400 ``User consent is invalid``).
+    Anything but a parsable TC string (``null``, ``""``, a non-string value, malformed text) is
+    ``InvalidConsentString`` (400 ``User consent is invalid``); for a value that is not a string
+    the detail names its type, never the value.
     """
     if consent is None:
-        return False
+        raise InvalidConsentString(f"{TCF_CONSENT_STRING} is null")
     if not isinstance(consent, str):
         raise InvalidConsentString(f"{TCF_CONSENT_STRING} is a {type(consent).__name__}")
     return parse_tc_string(consent).has_consent(vendor_id, EUID_REQUIRED_PURPOSES)

@@ -2,8 +2,9 @@
 
 An EUID ``/v2/token/generate`` request may carry ``tcf_consent_string`` (operator-api §6.1), the
 Transparency and Consent string a consent management platform (CMP) produced for the end user.
-Tokens are issued only when it grants the operator's vendor (``DEFAULT_VENDOR_ID``, 21, unless
-configured otherwise) every purpose in ``EUID_REQUIRED_PURPOSES``; the UID2 scope never reads it.
+When it does, tokens are issued only when it grants the operator's vendor (``DEFAULT_VENDOR_ID``,
+21, unless configured otherwise) every purpose in ``EUID_REQUIRED_PURPOSES``; a request without
+the key gets no consent check. The UID2 scope never reads it.
 
 The format is public (IAB Tech Lab, "Consent string and vendor list formats v2"). A TC string is
 one or more segments of URL-safe base64 without padding, joined by ``.``; the first is the core

@@ -1,10 +1,14 @@
 """``/v2/token/generate`` and user consent (operator-api §6.1), over hand-built snapshots.
 
-In the EUID scope a token is issued only for a ``tcf_consent_string`` that grants the configured
-vendor the EUID purposes; otherwise the sealed answer is ``insufficient_user_consent`` and nothing
-is drawn or issued (the random source of those calls fails the test if touched). A string that
-does not parse is a 400 with the protocol's fixed text. The UID2 scope never reads the field.
-The vendor id travels from ``OperatorApiConfig`` to the endpoint, checked through the ASGI app.
+In the EUID scope, as in the upstream operator, consent is checked only when the request carries
+the key ``tcf_consent_string``. Without it the request is served as in UID2: a token, or
+``optout`` for an opted-out identity. With it, a token is issued only for a TC string that grants
+the configured vendor the EUID purposes; otherwise the sealed answer is
+``insufficient_user_consent`` and nothing is drawn or issued (the random source of those calls
+fails the test if touched). A value that is not a readable TC string (``null``, ``""``, a
+non-string, malformed text) is a 400 with the protocol's fixed text. The UID2 scope never reads
+the field. The vendor id travels from ``OperatorApiConfig`` to the endpoint, checked through the
+ASGI app.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ PEPPER = bytes(range(32))
 SUFFICIENT = "CPehNtWPehNtWABAMBFRACBoALAAAEJAAIYgAKwAQAKgArABAAqAAA"
 LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
 INVALID = "invalid_consent_string"
+TCF_V1 = "BOEFEAyOEFEAyAHABDENAI4AAAB9vABAASA"  # a TCF v1.1 string, refused on purpose
 INVALID_BODY = {"status": "client_error", "message": "User consent is invalid"}
 EMAIL = "someone@example.com"
 OPTED_OUT = "gone@example.com"
@@ -140,17 +145,24 @@ def test_sufficient_consent_issues_an_euid_token() -> None:
     assert json.loads(reply.to_json())["status"] == "success"
 
 
+def test_without_the_key_there_is_no_consent_check() -> None:
+    reply = _generate(EUID, {"email": EMAIL})
+    assert reply.status == "success"
+    assert reply.body["advertising_token"].startswith("E4")
+    reply = _generate(EUID, {"email": OPTED_OUT}, random=_no_draws)
+    assert reply.status == "optout"
+    assert json.loads(reply.to_json()) == {"status": "optout"}
+
+
 @pytest.mark.parametrize(
     "payload",
     [
-        {"email": EMAIL},
-        {"email": EMAIL, "tcf_consent_string": None},
         {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1},
-        {"email": OPTED_OUT},  # consent is checked before the opt-out
+        # consent is checked before the opt-out
         {"email": OPTED_OUT, "tcf_consent_string": LACKS_PURPOSE_1},
     ],
 )
-def test_missing_or_insufficient_consent_issues_nothing(payload: dict[str, Any]) -> None:
+def test_insufficient_consent_issues_nothing(payload: dict[str, Any]) -> None:
     reply = _generate(EUID, payload, random=_no_draws)
     assert reply.status == "insufficient_user_consent"
     assert reply.body is None
@@ -166,6 +178,8 @@ def test_an_opted_out_identity_with_consent_is_still_opted_out() -> None:
     ("consent", "detail"),
     [
         (INVALID, "version 34 (only TCF version 2 is read)"),
+        (TCF_V1, "version 1 (only TCF version 2 is read)"),
+        (None, "tcf_consent_string is null"),
         ("", "empty TC string"),
         ("CPehNtWP", "truncated: "),
         (21, "tcf_consent_string is a int"),
@@ -179,6 +193,13 @@ def test_an_unreadable_consent_string_is_a_400_with_the_fixed_text(
     status, body, reason = _refused(EUID, {"email": EMAIL, "tcf_consent_string": consent})
     assert (status, body) == (400, INVALID_BODY)
     assert reason.startswith(detail)
+    assert SUFFICIENT not in reason
+
+
+@pytest.mark.parametrize("consent", [None, ""])
+def test_a_null_or_empty_value_is_refused_before_the_opt_out(consent: str | None) -> None:
+    status, body, _ = _refused(EUID, {"email": OPTED_OUT, "tcf_consent_string": consent})
+    assert (status, body) == (400, INVALID_BODY)
 
 
 def test_identity_input_is_checked_before_consent() -> None:
@@ -257,11 +278,14 @@ def test_the_app_answers_each_outcome_and_takes_the_vendor_id_from_its_config() 
     assert status == 200
     assert opened["status"] == "success"
     assert opened["body"]["advertising_token"].startswith("E4")
-    assert _post(EUID, {"email": EMAIL}, None) == (200, {"status": "insufficient_user_consent"})
-    assert _post(EUID, {"email": EMAIL, "tcf_consent_string": INVALID}, None) == (
-        400,
-        INVALID_BODY,
-    )
+    status, opened = _post(EUID, {"email": EMAIL}, None)
+    assert (status, opened["status"]) == (200, "success")
+    assert opened["body"]["advertising_token"].startswith("E4")
+    for invalid in (INVALID, None, ""):
+        payload = {"email": EMAIL, "tcf_consent_string": invalid}
+        assert _post(EUID, payload, None) == (400, INVALID_BODY)
+    lacking = {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1}
+    assert _post(EUID, lacking, None) == (200, {"status": "insufficient_user_consent"})
     other_vendor = OperatorApiConfig(tcf_vendor_id=22)
     assert _post(EUID, good, other_vendor) == (200, {"status": "insufficient_user_consent"})
     status, opened = _post(UID2, {"email": EMAIL, "tcf_consent_string": INVALID}, other_vendor)
