@@ -5,18 +5,22 @@ Process layout (docs/operator.md has the operator's view):
 - the **serving process** (this command) checks the data directory (running ``init`` first with
   ``--init-if-new``), makes sure the encryption material exists, records in the store the
   longest lifetime it gives tokens (every key purge honours it), serves the admin API on
-  ``--admin-port`` from a thread, and runs the material upkeep: the key rotation schedule every
-  ``UID2_KEY_ROTATION_INTERVAL_S`` (which also purges keys expired longer than the retention),
-  and, whenever the store changed, the creation of a default keyset for any participant that has
-  none yet;
+  ``--admin-port`` from a thread, and runs the material upkeep from another thread
+  (``_UpkeepThread``): the key rotation schedule every ``UID2_KEY_ROTATION_INTERVAL_S`` (which
+  also purges keys expired longer than the retention), and, whenever the store changed, the
+  creation of a default keyset for any participant that has none yet. Its own loop only says
+  where serve listens, restarts dead workers and waits for the stop signal, so a slow store (a
+  writer waits up to 10 s for the write lock) or a long rotation delays none of these;
 - **N worker processes** (``--workers``) each serve the operator API on ``--port`` from their own
   snapshot (``web.operator_api.server.create_worker_app``). On Linux every worker listens on its
   own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly across workers; elsewhere
   they share one listening socket. A worker that dies is restarted. A worker whose serving
   process is gone (killed without stopping it) stops by itself, as on SIGTERM.
 
-SIGINT or SIGTERM stops the workers (each flushes its pending usage and opt-outs) and then the
-admin API.
+SIGINT or SIGTERM tells the upkeep to stop after the step it is in, stops the workers (each
+flushes its pending usage and opt-outs) and then the admin API, and closes the store once the
+upkeep has stopped, or ``_UPKEEP_JOIN_S`` after the signal when a store call still holds it
+(a warning names the step; its thread is a daemon, so it never keeps the process alive).
 
 The data directory belongs to one serve at a time (``cli.serve_lock``): a second one on it stops
 before it binds a port, and the one after a crash takes over the runtime directory the crashed
@@ -76,6 +80,10 @@ _QUICK_EXIT_S: Final = 10.0
 _QUICK_EXIT_LIMIT: Final = 3
 _PARENT_CHECK_S: Final = 0.25
 _ANNOUNCE_WARNING_S: Final = 30
+_UPKEEP_EVERY_S: Final = 0.2
+_UPKEEP_JOIN_S: Final = 15.0
+"""How long serve, once stopping, waits for the upkeep to finish the step it is in before it
+closes the store anyway: above the 10 s a store write waits for its lock."""
 _PROBE_TARGETS: Final = {
     "0.0.0.0": ("127.0.0.1",),  # noqa: S104 (what serve bound, not what it binds)
     "": ("127.0.0.1",),
@@ -299,7 +307,9 @@ class _Upkeep:
     participants, whenever the store changed (retried at every poll until it succeeds), and the
     key rotation schedule, every ``key_rotation_interval_s`` whatever the first step does. A
     failing step is logged when it starts failing and again only when its message changes, and
-    once more when it recovers, not at every poll."""
+    once more when it recovers, not at every poll. Once ``stopping`` is set, ``tick`` starts no
+    further step (serve is about to close the store). ``step`` names the step running, for the
+    warning of a serve that stops while it still runs."""
 
     _NEW_PARTICIPANTS: Final = "new-participant keysets"
     _ROTATION: Final = "scheduled key rotation"
@@ -313,19 +323,25 @@ class _Upkeep:
         self._next_poll = 0.0
         self._failing: dict[str, str] = {}
         """The message each failing step last logged, by step."""
+        self.stopping = threading.Event()
+        self.step: str | None = None
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now >= self._next_poll:
+        if now >= self._next_poll and not self.stopping.is_set():
             self._next_poll = now + self._serve.poll_interval_s
+            self.step = self._NEW_PARTICIPANTS
             try:
                 self._initialise()
             except Exception as exc:
                 self._failed(self._NEW_PARTICIPANTS, exc)
             else:
                 self._recovered(self._NEW_PARTICIPANTS)
-        if now >= self._next_rotation:
+            finally:
+                self.step = None
+        if now >= self._next_rotation and not self.stopping.is_set():
             self._next_rotation = now + self._serve.key_rotation_interval_s
+            self.step = self._ROTATION
             try:
                 result = self._material.rotate_keys()
             except Exception as exc:
@@ -337,6 +353,8 @@ class _Upkeep:
                     len(result.created),
                     len(result.purged),
                 )
+            finally:
+                self.step = None
 
     def _initialise(self) -> None:
         seq = self._services.store.change_seq()
@@ -371,6 +389,64 @@ class _Upkeep:
     def _recovered(self, step: str) -> None:
         if self._failing.pop(step, None) is not None:
             log.warning("material upkeep (%s) works again", step)
+
+
+class _UpkeepThread:
+    """Runs ``upkeep.tick`` every ``_UPKEEP_EVERY_S`` on a thread of its own until stopped, so
+    that a store call that waits (for the write lock, for a connection) or a long rotation holds
+    up nothing in serve's loop.
+
+    The thread never ends on an error: ``_Upkeep`` logs its steps' failures itself, and what
+    escapes ``tick`` all the same (a bug) is logged with its traceback, again only when its
+    message changes, and the next turn runs as usual. ``stop`` sets ``upkeep.stopping`` (no
+    further step starts) and ``join`` waits for the thread until ``_UPKEEP_JOIN_S`` after that;
+    a step still running then is named in a warning and left to finish or fail on its own. The
+    thread is a daemon: a store call that never returns never keeps the process alive."""
+
+    def __init__(self, upkeep: _Upkeep) -> None:
+        self._upkeep = upkeep
+        self._escaped: str | None = None
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="material-upkeep", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._upkeep.stopping.wait(_UPKEEP_EVERY_S):
+            try:
+                self._upkeep.tick()
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                if message != self._escaped:
+                    self._escaped = message
+                    log.error("material upkeep failed: %s", message, exc_info=exc)
+            else:
+                self._escaped = None
+
+    def stop(self) -> float:
+        """Tell the upkeep to stop after the step it is in; the time (``time.monotonic``) until
+        which ``join`` waits for it, ``_UPKEEP_JOIN_S`` after the first call."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + _UPKEEP_JOIN_S
+        self._upkeep.stopping.set()
+        return self._deadline
+
+    def join(self) -> None:
+        """Wait for the thread until the time ``stop`` gives (calling it if nobody did); a
+        warning names the step it is still in then, and serve goes on stopping."""
+        deadline = self.stop()
+        if not self._thread.is_alive():
+            return  # ended, or never started
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            step = self._upkeep.step
+            log.warning(
+                "material upkeep%s still running %g s after serve began to stop; closing the "
+                "store without waiting for it",
+                f" ({step})" if step is not None else "",
+                _UPKEEP_JOIN_S,
+            )
 
 
 def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvicorn.Server:
@@ -602,23 +678,25 @@ def _run_serving(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
-    upkeep = _Upkeep(services, services.material, serve_settings)
+    upkeep = _UpkeepThread(_Upkeep(services, services.material, serve_settings))
     announcer.where(settings, listen, operator_port, admin_url)
     try:
         pool.start()
+        upkeep.start()
         while True:
             announcer.tick()
             if stop.wait(0.2):
                 break
             pool.keep_alive()
-            upkeep.tick()
     finally:
+        upkeep.stop()  # first: it finishes its step while the workers stop
         pool.stop()
         admin.should_exit = True
         reserve.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         time.sleep(0.1)
+        upkeep.join()
         services.close()
         _retire_runtime_dir(runtime_dir, settings.data_dir, lock)
 
@@ -626,10 +704,10 @@ def _run_serving(
 class _Announcer:
     """Says where serve listens, once a worker accepts connections on the operator port: the
     two lines of text, or with --json the one JSON line (``serve``'s docstring). Looked at on
-    every turn of serve's loop, so waiting for the workers never holds up the upkeep; a warning
-    when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve fail after ``init`` issued the
-    bootstrap admin token but before the JSON line, the token still reaches standard output
-    (``failed``): it is shown only once."""
+    every turn of serve's loop, so waiting for the workers never holds up restarting them; a
+    warning when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve fail after ``init``
+    issued the bootstrap admin token but before the JSON line, the token still reaches standard
+    output (``failed``): it is shown only once."""
 
     def __init__(self, *, as_json: bool) -> None:
         self.as_json = as_json
