@@ -36,7 +36,7 @@ from typing import Final
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord, latest
 from uid2_operator.errors import NotFound
-from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.audit_trail import EventDetails, record_events
 from uid2_operator.services.context import Actor
 from uid2_operator.storage.interface import Store, UsageEntry
 from uid2_operator.wire.encoding import b64encode
@@ -137,19 +137,32 @@ def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) ->
 
 def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
     """Record opt-outs in one transaction, each with its audit event, keeping the latest time
-    (a record met again, in this chunk or an earlier one, keeps the later of the two)."""
+    (a record met again, in this chunk or an earlier one, keeps the later of the two).
+
+    The store is asked in bulk: one read of the records already stored, one write of the
+    merged ones, one append of the events (in the order of ``records``). What it stores is what
+    a ``get``, ``put`` and ``record_event`` per record would store, in less time under the
+    write lock."""
     with store.transaction() as tx:
+        kept = tx.optouts.get_many(record.first_level_hash for record in records)
         for record in records:
-            tx.optouts.put(latest(tx.optouts.get(record.first_level_hash), record))
-            record_event(
-                tx,
-                OPERATOR_ACTOR,
-                at_ms=now_ms,
-                action="optout.add",
-                target_type="optout",
-                target_id=b64encode(record.first_level_hash),
-                after={"timestamp_ms": record.timestamp_ms, "via": "/v2/token/logout"},
-            )
+            flh = record.first_level_hash
+            kept[flh] = latest(kept.get(flh), record)
+        tx.optouts.put_many(list(kept.values()))
+        record_events(
+            tx,
+            OPERATOR_ACTOR,
+            (
+                EventDetails(
+                    at_ms=now_ms,
+                    action="optout.add",
+                    target_type="optout",
+                    target_id=b64encode(record.first_level_hash),
+                    after={"timestamp_ms": record.timestamp_ms, "via": "/v2/token/logout"},
+                )
+                for record in records
+            ),
+        )
 
 
 class WriteBehind:

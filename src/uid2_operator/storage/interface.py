@@ -287,6 +287,17 @@ class AuditRepository(AuditReader, Protocol):
         """
         ...
 
+    def append_many(self, events: Sequence[AuditFields], hasher: EventHasher) -> list[AuditEvent]:
+        """Places ``events`` at the end of the chain, in the order given, and returns them as
+        stored: exactly what ``append`` once per event would store (the same ``seq``,
+        ``prev_hash`` and ``hash`` for each, the last one recorded as the head), with one read of
+        the chain end, one insert of every row and one write of the head.
+
+        An empty sequence writes nothing and returns ``[]``. Events none of whose outcomes is
+        ``success`` move no ``change_seq`` on their own, as with ``append``.
+        """
+        ...
+
 
 class UsageReader(Protocol):
     def list_for_key(self, key_id: str) -> list[KeyUsage]:
@@ -426,6 +437,11 @@ class SaltRepository(SaltReader, Protocol):
 class OptOutReader(Protocol):
     def get(self, first_level_hash: bytes) -> OptOutRecord | None: ...
 
+    def get_many(self, first_level_hashes: Iterable[bytes]) -> dict[bytes, OptOutRecord]:
+        """The stored records of these first-level hashes, by hash; hashes with no record are
+        left out (a hash given twice is read once)."""
+        ...
+
     def list_all(self) -> list[OptOutRecord]:
         """Every record, by first-level hash."""
         ...
@@ -449,6 +465,13 @@ class OptOutRepository(OptOutReader, Protocol):
         """Creates or replaces the record of ``record.first_level_hash`` (the caller decides what
         to keep, see ``domain.optout.latest``), stamping it with this unit's change sequence so
         that ``since`` finds it again, whether it was new or made newer."""
+        ...
+
+    def put_many(self, records: Sequence[OptOutRecord]) -> None:
+        """``put`` of each record, in the order given, in one statement: when a first-level
+        hash comes more than once, the last of its records is what is stored (the caller merges
+        them first if it means to keep another, see ``domain.optout.latest``). Nothing for an
+        empty sequence."""
         ...
 
 

@@ -154,6 +154,49 @@ def _audit_event(row: Row[Any]) -> AuditEvent:
     )
 
 
+def _placed_event(
+    event: AuditFields, end: ChainHead, hasher: EventHasher
+) -> tuple[AuditEvent, dict[str, Any]]:
+    """``event`` placed right after ``end``: as it will read back, and as its table row."""
+    before = None if event.before is None else _json_text(event.before)
+    after = None if event.after is None else _json_text(event.after)
+    placed = AuditEvent(
+        seq=end.seq + 1,
+        at_ms=event.at_ms,
+        actor=event.actor,
+        action=event.action,
+        target_type=event.target_type,
+        target_id=event.target_id,
+        site_id=event.site_id,
+        # As they will read back, so the hash verifies against the stored row.
+        before=_json_or_none(before),
+        after=_json_or_none(after),
+        request_id=event.request_id,
+        source=event.source,
+        outcome=event.outcome,
+        prev_hash=end.hash,
+        hash=b"",
+    )
+    placed = replace(placed, hash=hasher(placed.prev_hash, placed.seq, placed))
+    row = {
+        "seq": placed.seq,
+        "at_ms": placed.at_ms,
+        "actor": placed.actor,
+        "action": placed.action,
+        "target_type": placed.target_type,
+        "target_id": placed.target_id,
+        "site_id": placed.site_id,
+        "before": before,
+        "after": after,
+        "request_id": placed.request_id,
+        "source": placed.source,
+        "outcome": placed.outcome.value,
+        "prev_hash": placed.prev_hash,
+        "hash": placed.hash,
+    }
+    return placed, row
+
+
 def _usage(row: Row[Any]) -> KeyUsage:
     values = row._mapping  # ``row.count`` would be the tuple method
     return KeyUsage(
@@ -530,48 +573,24 @@ class _Audit:
         return ChainHead(last.seq, bytes(last.hash))
 
     def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
-        # A refused attempt's event changes no configuration: alone, it moves no change_seq.
-        conn = self._u.writing(control_plane=event.outcome is Outcome.SUCCESS)
+        (placed,) = self.append_many([event], hasher)
+        return placed
+
+    def append_many(self, events: Sequence[AuditFields], hasher: EventHasher) -> list[AuditEvent]:
+        # Refused attempts' events change no configuration: alone, they move no change_seq.
+        conn = self._u.writing(control_plane=any(e.outcome is Outcome.SUCCESS for e in events))
+        if not events:
+            return []
         end = self._chain_end(conn)
-        before = None if event.before is None else _json_text(event.before)
-        after = None if event.after is None else _json_text(event.after)
-        placed = AuditEvent(
-            seq=end.seq + 1,
-            at_ms=event.at_ms,
-            actor=event.actor,
-            action=event.action,
-            target_type=event.target_type,
-            target_id=event.target_id,
-            site_id=event.site_id,
-            # As they will read back, so the hash verifies against the stored row.
-            before=_json_or_none(before),
-            after=_json_or_none(after),
-            request_id=event.request_id,
-            source=event.source,
-            outcome=event.outcome,
-            prev_hash=end.hash,
-            hash=b"",
-        )
-        placed = replace(placed, hash=hasher(placed.prev_hash, placed.seq, placed))
-        conn.execute(
-            insert(t.audit_events).values(
-                seq=placed.seq,
-                at_ms=placed.at_ms,
-                actor=placed.actor,
-                action=placed.action,
-                target_type=placed.target_type,
-                target_id=placed.target_id,
-                site_id=placed.site_id,
-                before=before,
-                after=after,
-                request_id=placed.request_id,
-                source=placed.source,
-                outcome=placed.outcome.value,
-                prev_hash=placed.prev_hash,
-                hash=placed.hash,
-            )
-        )
-        self._record_head(conn, ChainHead(placed.seq, placed.hash))
+        placed: list[AuditEvent] = []
+        rows: list[dict[str, Any]] = []
+        for event in events:
+            stored, row = _placed_event(event, end, hasher)
+            placed.append(stored)
+            rows.append(row)
+            end = ChainHead(stored.seq, stored.hash)
+        conn.execute(insert(t.audit_events), rows)
+        self._record_head(conn, end)
         return placed
 
 
@@ -967,6 +986,17 @@ class _OptOuts:
         ).first()
         return None if row is None else _optout(row)
 
+    def get_many(self, first_level_hashes: Iterable[bytes]) -> dict[bytes, OptOutRecord]:
+        c = t.optouts.c
+        wanted = sorted(set(first_level_hashes))
+        found: dict[bytes, OptOutRecord] = {}
+        for start in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[start : start + _ID_BATCH]
+            for row in self._u.conn.execute(select(t.optouts).where(c.first_level_hash.in_(batch))):
+                record = _optout(row)
+                found[record.first_level_hash] = record
+        return found
+
     def list_all(self) -> list[OptOutRecord]:
         rows = self._u.conn.execute(select(t.optouts).order_by(t.optouts.c.first_level_hash))
         return [_optout(row) for row in rows]
@@ -987,17 +1017,35 @@ class _OptOuts:
         return OptOutChanges(tuple(records), highest)
 
     def put(self, record: OptOutRecord) -> None:
-        conn = self._u.writing()
-        values = {
-            "advertising_id": record.advertising_id,
-            "timestamp_ms": record.timestamp_ms,
-            "change_seq": self._u.committing_seq(),
-        }
-        stmt = self._u.flavour.upsert_insert(t.optouts).values(
-            first_level_hash=record.first_level_hash, **values
+        self.put_many([record])
+
+    def put_many(self, records: Sequence[OptOutRecord]) -> None:
+        conn = self._u.writing(control_plane=bool(records))
+        # One row per hash, the last record given for it: what repeated puts would leave.
+        last = {record.first_level_hash: record for record in records}
+        if not last:
+            return
+        seq = self._u.committing_seq()
+        stmt = self._u.flavour.upsert_insert(t.optouts)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.optouts.c.first_level_hash],
+            set_={
+                "advertising_id": stmt.excluded.advertising_id,
+                "timestamp_ms": stmt.excluded.timestamp_ms,
+                "change_seq": stmt.excluded.change_seq,
+            },
         )
         conn.execute(
-            stmt.on_conflict_do_update(index_elements=[t.optouts.c.first_level_hash], set_=values)
+            stmt,
+            [
+                {
+                    "first_level_hash": record.first_level_hash,
+                    "advertising_id": record.advertising_id,
+                    "timestamp_ms": record.timestamp_ms,
+                    "change_seq": seq,
+                }
+                for record in last.values()
+            ],
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 
@@ -28,7 +28,8 @@ QUEUED = 1_200
 
 
 class FailingOptOuts:
-    """A transaction's opt-out repository whose ``put`` fails after ``puts_before_failure``."""
+    """A transaction's opt-out repository whose ``put`` (or ``put_many``) fails after
+    ``puts_before_failure`` records."""
 
     def __init__(self, inner: Any, puts_before_failure: int) -> None:
         self._inner = inner
@@ -39,6 +40,10 @@ class FailingOptOuts:
             raise StoreUnavailable("database is unreachable")
         self._left -= 1
         self._inner.put(record)
+
+    def put_many(self, records: Sequence[OptOutRecord]) -> None:
+        for record in records:
+            self.put(record)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
