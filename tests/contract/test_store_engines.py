@@ -41,6 +41,8 @@ def test_supported_urls_are_normalised(url: str, expected: str) -> None:
         "postgresql+psycopg2://u:hunter2@db/uid2",
         "mysql://u@db/uid2",
         "not a url",
+        "postgresql://u:hunter2@localhost:abc/uid2",
+        "postgresql://u:hunter2@[::1/uid2",
     ],
 )
 def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> None:

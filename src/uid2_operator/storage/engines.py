@@ -47,7 +47,7 @@ def normalise_url(url: str | URL) -> URL:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number, say
         raise UnsupportedDatabaseUrl("Unsupported database URL: cannot parse it") from exc
     shown = parsed.render_as_string(hide_password=True)
     backend, _, driver = parsed.drivername.partition("+")
