@@ -5,13 +5,18 @@ shape, every field with every wrong type, unknown fields, oversized names and bo
 names, text that cannot be stored, unknown targets. For each, nothing may change but the audit
 trail: no partial write, and at most one event, recording the refusal (``failed``, with the
 error's code) when the service refused the request after the edge let it through.
+
+The routes come from the app's own route table, so a write route added to the app joins the
+battery, and a test fails until the battery knows how to aim at it (a valid body to spoil, a
+target for each path parameter).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from admin_api_harness import (
@@ -26,22 +31,32 @@ from admin_api_harness import (
 
 from uid2_operator.domain.audit import AuditEvent
 from uid2_operator.domain.authorization import AdminAction
+from uid2_operator.domain.participants import MAX_SITE_ID
 from uid2_operator.domain.roles import AdminRole
-from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants
+from uid2_operator.web.admin_api import create_admin_app
 from uid2_operator.web.admin_api.bodies import Field, Kind
-from uid2_operator.web.admin_api.routing import Operation
+from uid2_operator.web.admin_api.routing import WRITE_METHODS, Operation
+from uid2_operator.web.admin_api.sharing import BooleanField, SiteIdListField
 
 SITE = 500
-WRITE_OPERATIONS = [
-    op
-    for op in (
-        *participants.OPERATIONS,
-        *keys.OPERATIONS,
-        *audit.OPERATIONS,
-        *admin_tokens.OPERATIONS,
-    )
-    if op.body is not None
-]
+OTHER_SITE = 501  # a second participant, for sharing lists
+
+
+class _NoServices:
+    """Building the app calls no service (only requests do)."""
+
+    store = None
+    credentials = None
+    admin = None
+
+
+def _served_operations() -> tuple[Operation, ...]:
+    operations: tuple[Operation, ...] = create_admin_app(cast(Any, _NoServices())).state.operations
+    return operations
+
+
+WRITE_OPERATIONS = [op for op in _served_operations() if op.method in WRITE_METHODS]
+TARGETED_OPERATIONS = [op for op in WRITE_OPERATIONS if "{" in op.path]
 BASELINES: dict[str, dict[str, Any]] = {
     "createParticipant": {
         "name": "New",
@@ -58,11 +73,44 @@ BASELINES: dict[str, dict[str, Any]] = {
     "rotateKey": {"grace_days": 1},
     "rotateKeySecret": {"grace_days": 1},
     "createAdminToken": {"name": "ops", "roles": ["READ_ONLY"]},
+    "setSharing": {"mode": "list", "sites": [OTHER_SITE], "types": ["dsp"], "rotate": False},
+    "setDomainNames": {"domain_names": ["example.com"]},
+    "setAppNames": {"app_names": ["com.example.app"]},
+    "createKeypair": {"site_id": SITE, "name": "kp2", "contact": "ops@example.com"},
 }
+"""A valid body for each write route that declares fields: every declared field, each valid.
+A case spoils one thing and keeps the rest."""
 WRONG_TYPES: dict[Kind, list[Any]] = {
     Kind.STRING: [123, True, ["x"], {"x": 1}, 1.5],
     Kind.INTEGER: ["5", 1.5, True, [1], {"n": 1}, 2**70, -(2**70)],
     Kind.STRING_LIST: ["GENERATOR", [1], [None], [["GENERATOR"]], {"GENERATOR": True}, 7],
+}
+WRONG_BOOLEANS: list[Any] = ["true", "false", 1, 0, ["x"], {"x": 1}, 1.5]
+WRONG_SITE_LISTS: list[Any] = [
+    str(OTHER_SITE),
+    OTHER_SITE,
+    [str(OTHER_SITE)],
+    [1.5],
+    [True],
+    [None],
+    [[OTHER_SITE]],
+    {str(OTHER_SITE): True},
+    [2**70],
+    [0],
+    [-1],
+    [MAX_SITE_ID + 1],
+]
+UNKNOWN_TARGETS = {
+    "site_id": "9999",
+    "key_id": "UID2-C-L-500-zzzzzz",
+    "token_id": "UID2-A-L-0-zzzzzz",
+    "subscription_id": "zzzzzzzzzz",
+}
+MALFORMED_TARGETS = {
+    "site_id": "x1",
+    "key_id": "not-a-key-id",
+    "token_id": "nope",
+    "subscription_id": "not-a-subscription-id",
 }
 
 
@@ -77,10 +125,22 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def _placeholders(path: str) -> list[str]:
+    return re.findall(r"{([a-z_]+)}", path)
+
+
+def _wrong_values(field: Field) -> list[Any]:
+    if isinstance(field, BooleanField):
+        return WRONG_BOOLEANS
+    if isinstance(field, SiteIdListField):
+        return WRONG_SITE_LISTS
+    return WRONG_TYPES[field.kind]
+
+
 def _field_cases(field: Field, base: dict[str, Any]) -> list[Case]:
     """Every wrong value of one field, the rest of the body valid."""
     cases: list[Case] = []
-    for index, wrong in enumerate(WRONG_TYPES[field.kind]):
+    for index, wrong in enumerate(_wrong_values(field)):
         cases.append(
             Case(f"{field.name} wrong type {index}", _dump({**base, field.name: wrong}), 422)
         )
@@ -103,7 +163,11 @@ def _field_cases(field: Field, base: dict[str, Any]) -> list[Case]:
             body = json.dumps({**base, field.name: text}).encode()
             cases.append(Case(f"{field.name} {label}", body, 422))
     if field.kind is Kind.STRING_LIST:
-        cases.append(Case(f"{field.name} too many", _dump({**base, field.name: ["A"] * 500}), 422))
+        # Items that are each valid, one more than the field takes (and never fewer than 500).
+        item = (base.get(field.name) or ["A"])[0]
+        many = [item] * max(500, field.max_items + 1)
+        cases.append(Case(f"{field.name} too many", _dump({**base, field.name: many}), 422))
+    if field.kind is Kind.STRING_LIST and not isinstance(field, SiteIdListField):
         cases.append(
             Case(f"{field.name} long item", _dump({**base, field.name: ["A" * 5000]}), 422)
         )
@@ -160,6 +224,47 @@ def _cases(op: Operation) -> list[Case]:
         cases.append(Case("bad contact", _dump({**base, "contacts": ["not-an-address"]}), 422))
     if op.operation_id == "rotateKey":
         cases.append(Case("grace beyond policy", _dump({"grace_days": 91}), 422))
+    return cases + _sharing_cases(op, base)
+
+
+def _sharing_cases(op: Operation, base: dict[str, Any]) -> list[Case]:
+    """What the sharing and keypair routes refuse beyond their fields' declared types."""
+    refused: list[tuple[str, dict[str, Any]]] = []
+    if op.operation_id == "setSharing":
+        refused += [
+            ("unknown mode", {"mode": "wizard"}),
+            ("mode in capitals", {**base, "mode": "LIST"}),
+            ("sites outside mode list", {"mode": "owner_only", "sites": [OTHER_SITE]}),
+            ("types outside mode list", {"mode": "bidders", "types": ["dsp"]}),
+            ("list naming nobody", {**base, "sites": [], "types": []}),
+            ("owner listed", {**base, "sites": [SITE]}),
+            ("unknown site listed", {**base, "sites": [OTHER_SITE, 9999]}),
+            ("reserved site listed", {**base, "sites": [2]}),
+            ("unknown type", {**base, "types": ["dsp", "wizard"]}),
+        ]
+    if op.operation_id == "setDomainNames":
+        for label, name in [
+            ("url", "https://example.com/"),
+            ("port", "example.com:8080"),
+            ("subdomain", "sub.example.com"),
+            ("public suffix", "co.uk"),
+            ("no known suffix", "example"),
+            ("wildcard", "*.example.com"),
+            ("ip address", "1.2.3.4"),
+            ("empty name", ""),
+            ("space", "not a domain"),
+        ]:
+            refused.append((f"domain name: {label}", {"domain_names": ["example.com", name]}))
+    if op.operation_id == "setAppNames":
+        for label, name in [("empty name", ""), ("blank", " "), ("space", "com.example app")]:
+            refused.append((f"app name: {label}", {"app_names": ["com.example.app", name]}))
+    if op.operation_id == "createKeypair":
+        refused.append(("reserved site id", {**base, "site_id": 2}))
+    cases = [Case(label, _dump(body), 422) for label, body in refused]
+    if op.operation_id == "createKeypair":
+        cases.append(Case("unknown site", _dump({**base, "site_id": 9999}), 404))
+    if op.operation_id == "enableKeypair":
+        cases.append(Case("already enabled", _dump({}), 409))
     return cases
 
 
@@ -173,19 +278,31 @@ PARAMS = [
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminEnv]:
     with open_admin_env(sqlite_settings(tmp_path_factory.mktemp("admin-input"))) as opened:
-        created = opened.call(
-            "POST",
-            "/participants",
-            json={"name": "Target", "type": "publisher", "site_id": SITE,
-                  "roles": ["GENERATOR", "MAPPER"]},
-        )  # fmt: skip
-        assert created.status_code == 201
+        for site, name in ((SITE, "Target"), (OTHER_SITE, "Other")):
+            created = opened.call(
+                "POST",
+                "/participants",
+                json={"name": name, "type": "publisher", "site_id": site,
+                      "roles": ["GENERATOR", "MAPPER"]},
+            )  # fmt: skip
+            assert created.status_code == 201
         key = opened.call(
             "POST", "/keys", json={"site_id": SITE, "name": "k", "roles": ["GENERATOR"]}
         )
         assert key.status_code == 201
         opened.app.state.test_key_id = key.json()["key_id"]
         opened.app.state.test_credentials = (key.json()["key"], key.json()["secret"])
+        keypair = opened.call("POST", "/keypairs", json={"site_id": SITE, "name": "kp"})
+        assert keypair.status_code == 201
+        opened.app.state.test_subscription_id = keypair.json()["subscription_id"]
+        # State no baseline matches, so a case wrongly let through would show as a change.
+        for path, body in [
+            (f"/participants/{SITE}/sharing", {"mode": "list", "types": ["advertiser"]}),
+            (f"/participants/{SITE}/domain-names", {"domain_names": ["example.org"]}),
+            (f"/participants/{SITE}/app-names", {"app_names": ["org.example.app"]}),
+        ]:
+            assert opened.call("PUT", path, json=body).status_code == 200
+        opened.app.state.test_initial = _snapshot(opened)
         yield opened
 
 
@@ -194,15 +311,21 @@ def _targets(env: AdminEnv) -> dict[str, str]:
         "site_id": str(SITE),
         "key_id": env.app.state.test_key_id,
         "token_id": env.token_ids[AdminRole.READ_ONLY],
+        "subscription_id": env.app.state.test_subscription_id,
     }
 
 
 def _snapshot(env: AdminEnv) -> list[Any]:
+    """What the admin API shows of every object the battery aims at, then every event's
+    outcome."""
     return [
         env.call("GET", "/participants").json(),
         env.call("GET", "/keys").json(),
         env.call("GET", "/admin-tokens").json(),
-        [e["outcome"] for e in env.call("GET", "/audit", params={"limit": 1000}).json()["events"]],
+        env.call("GET", "/keypairs").json(),
+        env.call("GET", f"/participants/{SITE}/sharing").json(),
+        env.call("GET", f"/participants/{SITE}/origins").json(),
+        [e.outcome.value for e in env.audit_events()],
     ]
 
 
@@ -248,11 +371,9 @@ def test_bad_input_is_a_clear_4xx_with_no_state_change(
     assert event is None or "UID2-C-L-3-abcdef.tail" not in repr(event)
 
 
-@pytest.mark.parametrize(
-    "op", [op for op in WRITE_OPERATIONS if "{" in op.path], ids=lambda op: f"{op.method} {op.path}"
-)
+@pytest.mark.parametrize("op", TARGETED_OPERATIONS, ids=lambda op: f"{op.method} {op.path}")
 def test_unknown_targets_are_404_with_no_state_change(env: AdminEnv, op: Operation) -> None:
-    unknown = {"site_id": "9999", "key_id": "UID2-C-L-500-zzzzzz", "token_id": "UID2-A-L-0-zzzzzz"}
+    unknown = UNKNOWN_TARGETS
     mark = env.mark()
     response = env.call(
         op.method, fill_path(op.path, unknown), json=BASELINES.get(op.operation_id, {})
@@ -262,13 +383,21 @@ def test_unknown_targets_are_404_with_no_state_change(env: AdminEnv, op: Operati
     event = _refusal_recorded(env, mark, op, 404, "not_found")
     assert event is not None
     assert event.target_id in unknown.values()
-    malformed = {"site_id": "x1", "key_id": "not-a-key-id", "token_id": "nope"}
+    malformed = MALFORMED_TARGETS
+    # A subscription id is looked up only when it has the shape of one; any other text is
+    # no keypair (404). Other ids that are not ids are refused as input (422).
+    status, code = (
+        (404, "not_found")
+        if "subscription_id" in _placeholders(op.path)
+        else (422, "invalid_input")
+    )
     mark = env.mark()
     response = env.call(
         op.method, fill_path(op.path, malformed), json=BASELINES.get(op.operation_id, {})
     )
-    assert response.status_code == 422, response.text
-    event = _refusal_recorded(env, mark, op, 422, "invalid_input")
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    event = _refusal_recorded(env, mark, op, status, code)
     assert event is not None
     assert event.target_id == ""  # not an id: not recorded as one
 
@@ -333,16 +462,47 @@ def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared:
     assert env.refusals_since(mark) == []
 
 
+def test_the_battery_covers_every_write_route_the_app_serves(env: AdminEnv) -> None:
+    """Each write route of the app under test gets the bad-input cases and the unknown-target
+    cases, with a valid body to spoil and a value for each of its path parameters."""
+    served = {(op.method, op.path) for op in env.operations if op.method in WRITE_METHODS}
+    assert {(p.values[0].method, p.values[0].path) for p in PARAMS} == served
+    targeted = {(op.method, op.path) for op in TARGETED_OPERATIONS}
+    assert targeted == {(method, path) for method, path in served if "{" in path}
+    for op in env.operations:
+        if op.method not in WRITE_METHODS:
+            continue
+        for values in (_targets(env), UNKNOWN_TARGETS, MALFORMED_TARGETS):
+            assert set(_placeholders(op.path)) <= set(values), op.path
+        assert op.body is not None
+        if op.body.fields:
+            assert op.operation_id in BASELINES, f"{op.operation_id} has no valid body"
+            base = BASELINES[op.operation_id]
+            assert set(base) == {f.name for f in op.body.fields}, op.operation_id
+            op.body.parse(_dump(base))  # passes the route's declared checks
+    assert set(BASELINES) <= {op.operation_id for op in env.operations}
+
+
 def test_the_whole_battery_left_the_store_as_it_was(env: AdminEnv) -> None:
-    """Runs last in this module: the visible state is what the fixture created."""
-    participants_, keys_, tokens_, events = _snapshot(env)
-    assert [p["site_id"] for p in participants_["participants"]] == [SITE]
+    """Runs after the battery: the visible state is what the fixture created."""
+    *state, events = _snapshot(env)
+    *initial, initial_events = env.app.state.test_initial
+    assert state == initial
+    participants_, keys_, tokens_, keypairs_, sharing_, origins_ = state
+    assert [p["site_id"] for p in participants_["participants"]] == [SITE, OTHER_SITE]
     assert [k["name"] for k in keys_["keys"]] == ["k"]
     assert keys_["keys"][0]["state"] == "active"
     assert len(tokens_["admin_tokens"]) == 3
-    # Three tokens, the participant, the key; every other event records a refusal.
-    assert [e for e in events if e == "success"] == ["success"] * 5
-    assert set(events) == {"success", "failed"}
+    assert [(k["name"], k["disabled"]) for k in keypairs_["keypairs"]] == [("kp", False)]
+    assert (sharing_["mode"], sharing_["sites"], sharing_["types"]) == ("list", [], ["advertiser"])
+    assert (origins_["domain_names"], origins_["app_names"]) == (
+        ["example.org"],
+        ["org.example.app"],
+    )
+    # The fixture's changes, then only refusals.
+    assert events[: len(initial_events)] == initial_events
+    assert set(initial_events) == {"success"}
+    assert set(events[len(initial_events) :]) == {"failed"}
 
 
 PASTED_INTO = [

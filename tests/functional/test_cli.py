@@ -225,8 +225,9 @@ def test_a_cli_made_key_opens_a_sealed_request(cli: Cli) -> None:
 HUGE = "n" * 5000
 UNKNOWN_KEY = "UID2-C-L-3-AAAAAA"
 
-# (argv with {site}, {key}, {keytext}, {token} placeholders, expected exit status)
-BAD_COMMANDS: list[tuple[list[str], int]] = [
+# (argv with {site}, {key}, {keytext}, {secret}, {token}, {subscription} placeholders, expected
+# exit status[, the start of the expected error message])
+BAD_COMMANDS: list[tuple[list[str], int] | tuple[list[str], int, str]] = [
     (["participant", "create", "--name", "X", "--type", "bank"], 2),
     (["participant", "create", "--name", "X", "--type", "dsp", "--roles", "ROOT"], 2),
     (["participant", "create", "--name", HUGE, "--type", "dsp"], 2),
@@ -328,6 +329,20 @@ BAD_COMMANDS: list[tuple[list[str], int]] = [
     (["keypair", "disable", ""], 1),
     (["keypair", "disable", HUGE], 2),
     (["keypair", "disable"], 2),
+    (["keypair", "show", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
+    (["keypair", "show", "nope"], 1, "No keypair with that subscription id"),
+    (["keypair", "show", HUGE], 2, "subscription_id must be at most 64 characters"),
+    (["keypair", "show"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
+    (["keypair", "enable", "{subscription}"], 1, "keypair {subscription} is already enabled"),
+    (["keypair", "enable", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
+    (["keypair", "enable", "nope"], 1, "No keypair with that subscription id"),
+    (["keypair", "enable", HUGE], 2, "subscription_id must be at most 64 characters"),
+    (["keypair", "enable"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
+    (["keypair", "delete", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
+    (["keypair", "delete", "nope"], 1, "No keypair with that subscription id"),
+    (["keypair", "delete", ""], 1, "No keypair with that subscription id"),
+    (["keypair", "delete", HUGE], 2, "subscription_id must be at most 64 characters"),
+    (["keypair", "delete"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
     # client-side origins
     (["participant", "set-domains", "--site-id", "999", "--domains", "example.com"], 1),
     (["participant", "set-domains", "--site-id", "{site}", "--domains", "not a domain"], 2),
@@ -339,6 +354,71 @@ BAD_COMMANDS: list[tuple[list[str], int]] = [
     (["participant", "set-app-names", "--site-id", "{site}", "--app-names", "an app"], 2),
     (["participant", "set-app-names", "--site-id", "{site}", "--app-names", HUGE], 2),
     (["participant", "set-app-names", "--site-id", "abc", "--app-names", "com.example"], 2),
+    (["participant", "show-origins", "--site-id", "999"], 1, "No participant 999"),
+    (
+        ["participant", "show-origins", "--site-id", "1"],
+        2,
+        "site_id must be between 3 and 2147483647",
+    ),
+    (
+        ["participant", "show-origins", "--site-id", "abc"],
+        2,
+        "Invalid value for '--site-id': 'abc' is not a valid integer.",
+    ),
+    (["participant", "show-origins"], 2, "Missing option '--site-id'."),
+    # set-up and serving
+    (
+        ["init", "--environment", "bogus"],
+        2,
+        "Invalid value for '--environment': 'bogus' is not one of 'local', 'integ', 'prod'.",
+    ),
+    (
+        ["--database-url", "mysql://ops:pw@db.example/uid2", "db", "upgrade"],
+        1,
+        "Unsupported database URL mysql://ops:***@db.example/uid2: use sqlite:///<path> or "
+        "postgresql+psycopg://...",
+    ),
+    (
+        ["--database-url", "not a url", "db", "upgrade"],
+        1,
+        "Unsupported database URL: cannot parse it",
+    ),
+    (
+        ["--database-url", "postgresql://ops:pw@127.0.0.1:abc/uid2", "db", "upgrade"],
+        1,
+        "Unsupported database URL: cannot parse it",
+    ),
+    (
+        ["--database-url", "sqlite://", "db", "upgrade"],
+        1,
+        "Unsupported database URL sqlite://: SQLite needs a file path, sqlite:///<path>",
+    ),
+    (
+        # Nothing listens on port 1: refused at once, no wait.
+        ["--database-url", "postgresql://ops:pw@127.0.0.1:1/uid2", "db", "upgrade"],
+        1,
+        "The store at postgresql+psycopg://ops:***@127.0.0.1:1/uid2 is unavailable:",
+    ),
+    (
+        ["serve", "--port", "-1"],
+        2,
+        "Invalid value for '--port': -1 is not in the range 0<=x<=65535.",
+    ),
+    (
+        ["serve", "--port", "65536"],
+        2,
+        "Invalid value for '--port': 65536 is not in the range 0<=x<=65535.",
+    ),
+    (
+        ["serve", "--admin-port", "-1"],
+        2,
+        "Invalid value for '--admin-port': -1 is not in the range 0<=x<=65535.",
+    ),
+    (
+        ["serve", "--workers", "0"],
+        2,
+        "Invalid value for '--workers': 0 is not in the range 1<=x<=256.",
+    ),
     # encryption keys and salts
     (["keys", "rotate", "now"], 2),
     (["keys", "rotate", "--fraction", "1"], 2),
@@ -368,23 +448,29 @@ def bad_input_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cli, dict[st
     state = seeded(cli)
     init = cli.results[0][1]
     token = json.loads(init.stdout)["admin_token"]
+    keypair = ok(cli, "keypair", "create", "--site-id", str(state["site"]))
     return cli, {
         "site": str(state["site"]),
         "key": state["key"]["key_id"],
         "keytext": state["key"]["key"],
         "secret": state["key"]["secret"],
         "token": token,
+        "subscription": keypair["subscription_id"],
     }
 
 
 @pytest.mark.parametrize(
-    ("argv", "status"),
-    BAD_COMMANDS,
-    ids=[" ".join(a)[:60] for a, _ in BAD_COMMANDS],
+    ("argv", "status", "message"),
+    [(case[0], case[1], case[2] if len(case) > 2 else None) for case in BAD_COMMANDS],
+    ids=[" ".join(case[0])[:60] for case in BAD_COMMANDS],
 )
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_bad_input_gives_a_clean_error_and_changes_nothing(
-    bad_input_db: tuple[Cli, dict[str, str]], argv: list[str], status: int, as_json: bool
+    bad_input_db: tuple[Cli, dict[str, str]],
+    argv: list[str],
+    status: int,
+    message: str | None,
+    as_json: bool,
 ) -> None:
     cli, values = bad_input_db
     args = [part.format(**values) for part in argv]
@@ -392,6 +478,8 @@ def test_bad_input_gives_a_clean_error_and_changes_nothing(
     result = cli(*args, *(["--json"] if as_json else []))
     assert result.exit_code == status, (result.stdout, result.stderr)
     assert result.stderr.startswith("Error: ")
+    if message is not None:
+        assert result.stderr.startswith(f"Error: {message.format(**values)}")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stdout + result.stderr
     for secret in (values["keytext"], values["secret"], values["token"]):
