@@ -1,4 +1,5 @@
-"""No input makes the operator answer 5xx: random bodies, headers and sealed JSON to every route."""
+"""No input makes the operator answer 5xx, and every 4xx has a shape the reference documents for
+its route: random bodies, headers and sealed JSON to every route."""
 
 from __future__ import annotations
 
@@ -47,7 +48,66 @@ def test_every_listed_route_is_served(world: World, route: str) -> None:
     method = "GET" if route == operator_app.HEALTHCHECK else "POST"
     response = httpx.request(method, world.base_url + route, content=b"{}")
     assert response.status_code != 404, route
-    assert httpx.post(world.base_url + route + "/nope", content=b"{}").status_code == 404
+    assert_documented_4xx(route, response)
+    wrong_method = httpx.request("PUT", world.base_url + route, content=b"{}")
+    assert wrong_method.status_code == 405, route
+    assert_documented_4xx(route, wrong_method)
+    unknown = httpx.post(world.base_url + route + "/nope", content=b"{}")
+    assert unknown.status_code == 404
+    assert_documented_4xx(route, unknown)
+
+
+PLAIN_REASONS = {404: "Not Found", 405: "Method Not Allowed", 413: "Request Entity Too Large"}
+"""Failures of the HTTP layer: the reason phrase as plain text (operator-api §1.2)."""
+
+ENVELOPED_ERRORS: dict[int, frozenset[str]] = {400: frozenset({"client_error"})}
+"""What an enveloped route's 4xx JSON with a message may say (§1.4, §2.3); a failed API key
+is the bare ``{"status":"unauthorized"}`` instead (§1.3)."""
+_KEY_ROUTE_ERRORS = {**ENVELOPED_ERRORS, 401: frozenset({"invalid_client"})}  # §1.4, §6.10
+ROUTE_ERRORS: dict[str, dict[int, frozenset[str]]] = {
+    "/v2/token/logout": {400: frozenset({"client_error", "invalid_token"})},  # §6.5
+    "/v2/identity/map": {**ENVELOPED_ERRORS, 401: frozenset({"unauthorized"})},  # §6.14
+    "/v2/key/latest": _KEY_ROUTE_ERRORS,
+    "/v2/key/sharing": _KEY_ROUTE_ERRORS,
+    "/v2/key/bidstream": _KEY_ROUTE_ERRORS,
+    operator_app.REFRESH: {  # §6.2
+        400: frozenset({"client_error", "invalid_token", "expired_token", "error"})
+    },
+    operator_app.CLIENT_GENERATE: {  # §8
+        400: frozenset({"client_error"}),
+        401: frozenset({"unauthorized"}),
+        403: frozenset({"invalid_http_origin", "invalid_app_name"}),
+    },
+    operator_app.HEALTHCHECK: {},  # §6.13: plain text only
+}
+"""Routes whose 4xx JSON (with a message) differs from ``ENVELOPED_ERRORS``, by HTTP status."""
+
+
+def assert_documented_4xx(route: str, response: httpx.Response) -> None:
+    """A 4xx answer of ``route`` has one of the shapes the reference documents for it: the
+    plain-text reason phrase of the HTTP layer, the bare ``unauthorized`` of an API-key route, or
+    JSON holding exactly ``status`` and ``message`` with a status the route may answer."""
+    status = response.status_code
+    if not 400 <= status < 500:
+        return
+    detail = (route, status, response.headers.get("content-type"), response.text)
+    if status in PLAIN_REASONS:
+        assert response.headers["content-type"].startswith("text/plain"), detail
+        assert response.text == PLAIN_REASONS[status], detail
+        return
+    assert response.headers["content-type"] == "application/json", detail
+    body = json.loads(response.content)
+    if route in ENVELOPED_ROUTES and status == 401 and body == {"status": "unauthorized"}:
+        return
+    assert isinstance(body, dict), detail
+    assert set(body) == {"status", "message"}, detail
+    assert isinstance(body["message"], str), detail
+    assert body["status"] in ROUTE_ERRORS.get(route, ENVELOPED_ERRORS).get(status, ()), detail
+
+
+def test_every_route_without_an_envelope_has_its_error_shapes_listed() -> None:
+    assert set(ROUTE_ERRORS) <= set(ROUTES)
+    assert set(OWN_ROUTES) - set(ENVELOPED_ROUTES) <= set(ROUTE_ERRORS)
 
 
 SETTINGS = settings(
@@ -98,6 +158,7 @@ def test_random_requests_never_get_a_5xx(  # noqa: PLR0917 (one argument per str
         headers["authorization"] = authorization
     response = httpx.request(method, world.base_url + route, content=body, headers=headers)
     assert response.status_code < 500, (route, response.status_code, response.text)
+    assert_documented_4xx(route, response)
 
 
 @SETTINGS
@@ -116,7 +177,8 @@ def test_random_sealed_payloads_never_get_a_5xx(
         assert opened is not None
         assert opened["status"] in {"success", "optout"}
     else:
-        assert response.json()["status"] in {"client_error", "invalid_token", "unauthorized"}
+        assert 400 <= response.status_code < 500, (route, response.status_code, response.text)
+        assert_documented_4xx(route, response)
 
 
 @SETTINGS
@@ -127,3 +189,4 @@ def test_random_refresh_bodies_get_4xx(world: World, text: str) -> None:
     response = world.post("/v2/token/refresh", text.encode("utf-8", "surrogatepass"))
     assert 400 <= response.status_code < 500
     assert json.loads(response.content)["status"] in {"client_error", "error"}
+    assert_documented_4xx(operator_app.REFRESH, response)
