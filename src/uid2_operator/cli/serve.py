@@ -161,7 +161,9 @@ def _worker_main(
     host: str, port: int, shared: socket.socket | None, log_level: str, parent: int
 ) -> None:
     """A worker process: one uvicorn server over the worker app, on its own socket, that stops
-    when its serving process (``parent``) is gone."""
+    when its serving process (``parent``) is gone. A spawned process starts with no logging
+    set up, so it sets up the serving process's own (the level of ``--log-level``)."""
+    _configure_logging(log_level)
     config = uvicorn.Config(
         WORKER_APP,
         factory=True,
@@ -183,6 +185,11 @@ def _worker_main(
     )
     watch.start()
     server.run(sockets=[sock])
+
+
+def _configure_logging(log_level: str) -> None:
+    """The log format and level of serve and of each of its workers (standard error)."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
 
 def _exit_with_parent(server: uvicorn.Server, parent: int) -> None:
@@ -619,7 +626,7 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     it did not run). Nothing else is written to standard output, except when serve fails after
     --init-if-new issued the token and before that line: then one line ``{"init": ...}`` carries
     it, before the error."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(log_level)
     settings = load_settings()
     serve_settings = ServeSettings.from_env()
     serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
