@@ -273,11 +273,15 @@ def served(
     workers: int = 1,
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    log_level: str | None = None,
 ) -> Iterator[Served]:
-    """Start ``serve`` on ephemeral ports and wait until every worker answers its health check."""
+    """Start ``serve`` on ephemeral ports and wait until every worker answers its health check.
+
+    ``log_level`` is passed as ``--log-level`` (serve's own default, ``warning``, when None)."""
+    levels = () if log_level is None else ("--log-level", log_level)
     process = subprocess.Popen(  # noqa: S603 (our own command)
         [UID2_OPERATOR, *database.cli_args(), "serve", "--port", "0", "--admin-port", "0",
-         "--workers", str(workers), *extra_args],
+         "--workers", str(workers), *levels, *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

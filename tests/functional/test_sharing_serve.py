@@ -6,7 +6,9 @@ A's sharing choice (site B and every DSP), a keypair and A's domain and app name
 admin API of the running server. The official ``uid2_client`` SDK then exercises sdk-compat §3
 scenarios 12-17, and raw requests built with ``cryptography`` (as a browser SDK would) exercise
 ``/v2/token/client-generate``. Changes reach the operator through its store poll, so every check
-that follows a change waits for it (within a few poll intervals).
+that follows a change waits for it, and the sharing changes must show in a key refresh within
+``CHANGE_WITHIN_S`` of being acknowledged. The serve logs at ``debug``, so the private-key check
+searches everything it can log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +28,18 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from cli_harness import database_for
-from serve_harness import Credential, Prepared, Served, cli, prepare, served
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from serve_harness import (
+    UID2_OPERATOR,
+    Credential,
+    Prepared,
+    Served,
+    clean_env,
+    cli,
+    prepare,
+    served,
+)
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -48,6 +63,13 @@ pytestmark = pytest.mark.functional
 
 POLL_S = "0.2"
 WAIT_S = 15.0
+CHANGE_ALLOWANCE_S = 1.0
+"""What ``test_serve_revocation.py`` allows beyond its poll interval (1 s of its 2 s): thread
+scheduling, the snapshot build and the checking requests themselves on a busy machine."""
+CHANGE_WITHIN_S = 2 * float(POLL_S) + CHANGE_ALLOWANCE_S
+"""From a sharing change being acknowledged (the CLI returned, the admin API answered) to the
+start of the first key refresh that shows it: the poll that notices the change and the one
+after it (a poll that began just before the commit), plus the allowance."""
 RAW_UID = base64.b64encode(bytes([0]) + bytes(range(32))).decode()
 EMAIL_HASH = base64.b64encode(os.urandom(32)).decode()
 ORIGIN = "https://www.publisher-a.com"
@@ -91,13 +113,14 @@ class World:
         self,
         *,
         subscription_id: str | None = None,
+        public_key: str | None = None,
         timestamp: int | None = None,
         app_name: str | None = None,
         origin: str | None = ORIGIN,
         change: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[httpx.Response, BuiltRequest]:
         built = build_request(
-            parse_public_key(self.public_key, Environment.LOCAL),
+            parse_public_key(public_key or self.public_key, Environment.LOCAL),
             {"email_hash": EMAIL_HASH},
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
             subscription_id=subscription_id or self.subscription_id,
@@ -127,6 +150,22 @@ def eventually(check: Callable[[], T | None], what: str) -> T:
         time.sleep(0.1)
 
 
+def promptly(check: Callable[[], T | None], what: str, committed: float) -> T:
+    """Poll ``check`` until it returns a value; the first check to return one must have begun
+    within ``CHANGE_WITHIN_S`` of ``committed`` (``time.monotonic()`` once the change was
+    acknowledged)."""
+    deadline = committed + WAIT_S
+    while True:
+        sent = time.monotonic()
+        found = check()
+        if found is not None:
+            delay = max(0.0, sent - committed)
+            assert delay <= CHANGE_WITHIN_S, f"{what}: {delay:.3f} s > {CHANGE_WITHIN_S} s"
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def _readable_by(world: World, reader: str, token: str) -> bool | None:
     status = world.sharing(reader).decrypt_token_into_raw_uid(token).status
     if status == DecryptionStatus.SUCCESS:
@@ -139,7 +178,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with database_for("sqlite", tmp_path_factory.mktemp("sharing-serve")) as database:
         prepared = prepare(database, name="Publisher A")
         env = {"UID2_POLL_INTERVAL_S": POLL_S}
-        with served(database, env=env) as running:
+        with served(database, env=env, log_level="debug") as running:
             texts: list[str] = []
             world = World(running, prepared, {"A": prepared.key}, "", "", "", texts)
             for name, kind, roles in (
@@ -378,6 +417,7 @@ def test_a_permission_change_through_the_admin_api_reaches_the_next_key_refresh(
     changed = world.admin(
         "PUT", f"/participants/{a}/sharing", {"mode": "list", "sites": [c], "types": ["dsp"]}
     ).json()
+    committed = time.monotonic()
     assert changed["changed"] is True
     assert changed["rotated_key_ids"]  # B was removed: A's keys were rotated
 
@@ -387,7 +427,7 @@ def test_a_permission_change_through_the_admin_api_reaches_the_next_key_refresh(
         client = world.sharing("A")
         return client if rotated & {k.key_id for k in client._keys.values()} else None
 
-    sender = eventually(switched, "the rotated keys in the operator's snapshot")
+    sender = promptly(switched, "the rotated keys in A's key refresh", committed)
     token = sender.encrypt_raw_uid_into_token(RAW_UID).encrypted_data
     assert _readable_by(world, "C", token) is True
     # B, refreshed or not, cannot read tokens sealed with the rotated key.
@@ -412,53 +452,151 @@ def test_a_sharing_change_with_the_cli_reaches_the_running_serve(world: World) -
     assert _readable_by(world, "C", token) is False  # B shares with nobody so far
     try:
         widened = cli(database, "sharing", "set", "--site-id", str(b), "--allow", str(c))
+        committed = time.monotonic()
         assert (widened["mode"], widened["sites"], widened["changed"]) == ("list", [c], True)
         assert widened["rotated_key_ids"] == []  # nobody lost access: no rotation
-        eventually(lambda: _readable_by(world, "C", token) or None, "C reading B's tokens")
+        promptly(lambda: _readable_by(world, "C", token) or None, "C reading B's tokens", committed)
         assert world.sharing("C").decrypt_token_into_raw_uid(token).uid == RAW_UID
         assert _readable_by(world, "A", token) is False  # A is not on B's list
     finally:
         narrowed = cli(database, "sharing", "set", "--site-id", str(b), "--owner-only")
+        committed = time.monotonic()
     assert (narrowed["mode"], narrowed["changed"]) == ("owner_only", True)
     rotated = set(narrowed["rotated_key_ids"])
     assert rotated  # C was removed: B's keys were rotated
     # Once the serve has the change, C's next key refresh no longer holds B's keys at all.
-    eventually(lambda: _readable_by(world, "C", token) is False or None, "C losing B's keys")
+    promptly(
+        lambda: _readable_by(world, "C", token) is False or None, "C losing B's keys", committed
+    )
 
     def switched() -> SharingClient | None:
         client = world.sharing("B")
         return client if rotated & {k.key_id for k in client._keys.values()} else None
 
-    fresh = eventually(switched, "B's rotated keys").encrypt_raw_uid_into_token(RAW_UID)
+    fresh = promptly(switched, "B's rotated keys", committed).encrypt_raw_uid_into_token(RAW_UID)
     assert fresh.status == EncryptionStatus.SUCCESS
     refused = world.sharing("C").decrypt_token_into_raw_uid(fresh.encrypted_data)
     assert refused.status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
     assert world.sharing("B").decrypt_token_into_raw_uid(fresh.encrypted_data).uid == RAW_UID
 
 
-def test_the_private_key_is_in_no_response_log_or_database_file(world: World) -> None:
-    database = world.prepared.database
-    settings = Settings(data_dir=database.data_dir)
+def _cli_run(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    """``uid2-operator <args>`` with its standard output and error kept (fails on non-zero)."""
+    result = subprocess.run(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, *world.prepared.database.cli_args(), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def _private_key_forms(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """Every text form the private key could be written in, named: its PKCS#8 DER (what the
+    store seals; ``UID2-Y-<env>-`` plus its base64 in the reference, its PEM body once line
+    breaks are removed), its SEC1 DER, and its 32-byte scalar, each as base64 (standard and
+    URL-safe, padding dropped), hex in either case and Python's ``repr`` of the bytes; and the
+    scalar as a decimal number."""
+    pkcs8 = private_key_der(key)
+    sec1 = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    value = key.private_numbers().private_value
+    forms = {"scalar (decimal)": str(value)}
+    for name, raw in (("PKCS#8", pkcs8), ("SEC1", sec1), ("scalar", value.to_bytes(32, "big"))):
+        forms |= {
+            f"{name} (base64)": base64.b64encode(raw).decode().rstrip("="),
+            f"{name} (url-safe base64)": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+            f"{name} (hex)": raw.hex(),
+            f"{name} (HEX)": raw.hex().upper(),
+            f"{name} (repr)": repr(raw)[2:-1],
+        }
+    return forms
+
+
+def _stored_private_keys(world: World) -> dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]]:
+    """Subscription id -> (its private key, its public key as stored) for every keypair."""
+    settings = Settings(data_dir=world.prepared.database.data_dir)
     store = open_store(settings.store_url)
     try:
         with store.read() as rx:
-            stored = rx.keypairs.get(world.subscription_id)
+            stored = rx.keypairs.list_all()
     finally:
         store.close()
-    assert stored is not None
-    key = open_private_key(load_keyring(settings), stored)
-    der = private_key_der(key)
-    scalar = key.private_numbers().private_value.to_bytes(32, "big")
-    forms = [
-        base64.b64encode(der).decode(),
-        der.hex(),
-        scalar.hex(),
-        base64.b64encode(scalar).decode(),
+    keyring = load_keyring(settings)
+    return {k.subscription_id: (open_private_key(keyring, k), k.public_key) for k in stored}
+
+
+def _cstg_status(world: World, subscription_id: str, public_key: str, texts: list[str]) -> int:
+    response, _ = world.cstg(subscription_id=subscription_id, public_key=public_key)
+    texts.append(response.text)
+    return response.status_code
+
+
+def test_the_private_key_is_in_no_response_log_or_database_file(world: World) -> None:
+    """Every keypair path runs against the serve logging at ``debug`` (creation through the CLI
+    and the admin API, client-side generation, disabling and enabling, each reaching the
+    serve's snapshot), then no private key is in any reply, any line the serve or the CLI
+    printed, or the database file."""
+    a = str(world.prepared.site_id)
+    texts: list[str] = []  # every reply and every CLI output, beside the serve's lines
+    admin_made = world.admin(
+        "POST", "/keypairs", {"site_id": world.prepared.site_id, "name": "admin"}
+    ).json()
+    created = _cli_run(world, "--json", "keypair", "create", "--site-id", a, "--name", "cli")
+    texts += [created.stdout, created.stderr]
+    cli_made = json.loads(created.stdout)
+    for pair in (admin_made, cli_made):
+        ident, public = pair["subscription_id"], pair["public_key"]
+        eventually(
+            lambda: _cstg_status(world, ident, public, texts) == 200 or None,  # noqa: B023
+            f"keypair {ident} in the snapshot",
+        )
+        for args in (("keypair", "show", ident), ("--json", "keypair", "show", ident)):
+            shown = _cli_run(world, *args)
+            texts += [shown.stdout, shown.stderr]
+        world.admin("GET", f"/keypairs/{ident}")
+    for args in (("keypair", "list"), ("--json", "keypair", "list", "--site-id", a)):
+        listed = _cli_run(world, *args)
+        texts += [listed.stdout, listed.stderr]
+    cli_id, cli_public = cli_made["subscription_id"], cli_made["public_key"]
+    disabled = _cli_run(world, "--json", "keypair", "disable", cli_id)
+    texts += [disabled.stdout, disabled.stderr]
+    eventually(
+        lambda: _cstg_status(world, cli_id, cli_public, texts) == 401 or None,
+        "the disabled keypair refused",
+    )
+    world.admin("POST", f"/keypairs/{cli_id}/enable", {})
+    eventually(
+        lambda: _cstg_status(world, cli_id, cli_public, texts) == 200 or None,
+        "the enabled keypair accepted again",
+    )
+    world.admin("GET", "/keypairs")
+    world.admin("GET", "/audit")
+
+    lines = list(world.running.lines)
+    # Below warning reaches the lines: the admin API's enabling of the keypair, logged at info.
+    assert any(line.startswith("INFO ") and cli_id in line for line in lines)
+    stored = _stored_private_keys(world)
+    assert {admin_made["subscription_id"], cli_id, world.subscription_id} <= stored.keys()
+    haystack = "\n".join([*world.admin_texts, *texts, *lines])
+    unbroken = re.sub(r"\s+|\\n", "", haystack)  # a PEM body, or text wrapped across lines
+    found = [
+        f"{name} of {ident}"
+        for ident, (key, _) in stored.items()
+        for name, form in _private_key_forms(key).items()
+        if form in haystack or form in unbroken
     ]
-    listed = world.admin("GET", "/keypairs").text + world.admin("GET", "/audit").text
-    texts = "\n".join([*world.admin_texts, listed, *world.running.lines])
-    assert not [form for form in forms if form in texts]
-    raw = b"".join(p.read_bytes() for p in Path(database.data_dir).glob("uid2.db*"))
-    assert der not in raw
-    assert scalar not in raw
-    assert stored.public_key in raw  # the search does find what is there
+    assert found == []
+    assert cli_public in haystack  # the search does find what is there
+    raw = b"".join(p.read_bytes() for p in Path(world.prepared.database.data_dir).glob("uid2.db*"))
+    for ident, (key, public_key) in stored.items():
+        scalar = key.private_numbers().private_value.to_bytes(32, "big")
+        assert private_key_der(key) not in raw, ident
+        assert scalar not in raw, ident
+        assert public_key in raw, ident  # the search does find what is there
