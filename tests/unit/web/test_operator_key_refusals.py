@@ -90,8 +90,7 @@ def test_a_disabled_key_is_counted_under_its_id_and_logged_once_a_minute(
             assert operator.generate(x.key, x.secret) == 401
         assert operator.observed == [(GENERATE, x.key_id, 401)] * 3
         assert _lines(caplog) == [
-            f"API key refused: key_id={x.key_id} reason=key_disabled path={GENERATE} "
-            "(0 more since the last line)"
+            f"API key refused: key_id={x.key_id} reason=key_disabled path={GENERATE}"
         ]
         operator.clock.advance(REFUSAL_LOG_INTERVAL_MS)
         assert operator.generate(x.key, x.secret) == 401
@@ -118,8 +117,7 @@ def test_each_reason_is_logged_under_the_key_id(
         assert operator.generate(cred.key, cred.secret) == 401
     assert operator.observed == [(GENERATE, cred.key_id, 401)]
     assert _lines(caplog) == [
-        f"API key refused: key_id={cred.key_id} reason={reason} path={GENERATE} "
-        "(0 more since the last line)"
+        f"API key refused: key_id={cred.key_id} reason={reason} path={GENERATE}"
     ]
 
 
@@ -178,8 +176,7 @@ def test_a_key_with_no_client_secret_left_is_logged(caplog: pytest.LogCaptureFix
         assert operator.generate(a.key, a.secret) == 401
     assert operator.observed == [(GENERATE, a.key_id, 401)]
     assert _lines(caplog) == [
-        f"API key refused: key_id={a.key_id} reason=no_live_client_secret path={GENERATE} "
-        "(0 more since the last line)"
+        f"API key refused: key_id={a.key_id} reason=no_live_client_secret path={GENERATE}"
     ]
 
 

@@ -167,11 +167,11 @@ class RefusalLog:
         if skipped is None:
             return
         log.warning(
-            "API key refused: key_id=%s reason=%s path=%s (%d more since the last line)",
+            "API key refused: key_id=%s reason=%s path=%s%s",
             key_id,
             reason,
             path,
-            skipped,
+            f" ({skipped} more since the last line)" if skipped else "",
         )
 
 
