@@ -74,9 +74,22 @@ def validate_key_roles(
         raise InvalidInput("An API key needs at least one role")
     not_allowed = wanted - participant.allowed_roles
     if not_allowed:
-        names = ", ".join(sorted(not_allowed))
-        raise InvalidInput(f"Role(s) not allowed for participant {participant.site_id}: {names}")
+        raise InvalidInput(_roles_not_allowed(not_allowed, participant))
     return wanted
+
+
+def _roles_not_allowed(not_allowed: frozenset[ClientRole], participant: Participant) -> str:
+    """The refusal, with what the participant may grant and how to widen that (role names and
+    the site id only)."""
+    site = participant.site_id
+    names = ", ".join(sorted(not_allowed))
+    may = ", ".join(sorted(participant.allowed_roles)) or "no roles"
+    widened = ",".join(sorted(participant.allowed_roles | not_allowed))
+    return (
+        f"Role(s) not allowed for participant {site}: {names} (it may grant {may}). "
+        f"To change its roles: uid2-operator participant set-roles {site} --roles {widened} "
+        f"(admin API: PUT /admin/api/participants/{site}/roles)"
+    )
 
 
 def effective_roles(key: ApiKey, participant: Participant) -> frozenset[ClientRole]:

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from uid2_operator.cli.output import safe_message
 from uid2_operator.domain.authorization import ALLOWED, Denied, DenyReason
 from uid2_operator.domain.credentials import (
     ApiKey,
@@ -22,7 +23,7 @@ from uid2_operator.domain.credentials import (
 )
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_admin_token, mint_api_key
-from uid2_operator.domain.participants import Participant
+from uid2_operator.domain.participants import MAX_SITE_ID, Participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import (
     CredentialRejected,
@@ -47,8 +48,42 @@ def test_key_roles_must_be_a_non_empty_subset_of_the_participants(
     assert validate_key_roles([G, M], participant) == {G, M}
     with pytest.raises(InvalidInput, match="at least one role"):
         validate_key_roles([], participant)
-    with pytest.raises(InvalidInput, match="not allowed for participant 1001: ID_READER, SHARER"):
+    with pytest.raises(InvalidInput, match="not allowed for participant 1001: ID_READER, SHARER "):
         validate_key_roles([G, S, B], participant)
+
+
+def test_a_role_refusal_names_what_the_participant_may_grant_and_how_to_widen_it(
+    make_participant: MakeParticipant,
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_key_roles([G, S, B], make_participant(roles=frozenset({G, M})))
+    assert str(refused.value) == (
+        "Role(s) not allowed for participant 1001: ID_READER, SHARER (it may grant GENERATOR, "
+        "MAPPER). To change its roles: uid2-operator participant set-roles 1001 "
+        "--roles GENERATOR,ID_READER,MAPPER,SHARER "
+        "(admin API: PUT /admin/api/participants/1001/roles)"
+    )
+
+
+def test_a_role_refusal_says_when_the_participant_may_grant_no_roles(
+    make_participant: MakeParticipant,
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_key_roles([B], make_participant(site_id=6, roles=frozenset()))
+    assert str(refused.value) == (
+        "Role(s) not allowed for participant 6: ID_READER (it may grant no roles). "
+        "To change its roles: uid2-operator participant set-roles 6 --roles ID_READER "
+        "(admin API: PUT /admin/api/participants/6/roles)"
+    )
+
+
+def test_the_longest_role_refusal_fits_a_command_line_error(
+    make_participant: MakeParticipant,
+) -> None:
+    participant = make_participant(site_id=MAX_SITE_ID, roles=frozenset())
+    with pytest.raises(InvalidInput) as refused:
+        validate_key_roles(ClientRole, participant)
+    assert safe_message(str(refused.value)) == str(refused.value)
 
 
 def test_effective_roles_follow_the_participant(
