@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import pytest
+from domain_randomness import PEPPER, T0, Drbg
 
 from uid2_operator.domain.credentials import ApiKey, issue_api_key
 from uid2_operator.domain.environments import Environment
@@ -13,24 +13,6 @@ from uid2_operator.domain.key_format import mint_api_key
 from uid2_operator.domain.participants import Participant, ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import Keyring
-
-PEPPER = bytes(range(1, 33))
-T0 = 1_700_000_000_000
-
-
-class Drbg:
-    """A reproducible byte stream (SHA-256 in counter mode) standing in for the OS entropy pool."""
-
-    def __init__(self, seed: bytes = b"seed") -> None:
-        self._seed = seed
-        self._counter = 0
-
-    def __call__(self, size: int) -> bytes:
-        out = b""
-        while len(out) < size:
-            out += hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
-            self._counter += 1
-        return out[:size]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import T0, Drbg
+from domain_randomness import T0, Drbg
 
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import (

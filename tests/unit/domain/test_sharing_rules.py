@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import T0
+from domain_randomness import T0
 
 from uid2_operator.domain.keysets import Keyset, SharingMode, reserved_keysets
 from uid2_operator.domain.participants import ParticipantType
