@@ -140,6 +140,36 @@ _NO_LIVE_SECRET: Final = "no_live_client_secret"  # noqa: S105 (a reason code, n
 log = logging.getLogger(__name__)
 
 
+class ServerErrorLog:
+    """One error line per route and error code per ``interval_ms`` for the project's own errors
+    that are answered 5xx (no active encryption key, a salt table that cannot serve): the
+    caller is told only ``unknown``, so without this line nothing would say why. Errors of any
+    other type are logged with their traceback on every request, as unexpected. Later repeats
+    inside the interval are counted and reported on the next line."""
+
+    __slots__ = ("_throttle",)
+
+    def __init__(
+        self,
+        interval_ms: int = REFUSAL_LOG_INTERVAL_MS,
+        max_entries: int = REFUSAL_LOG_MAX_ENTRIES,
+    ) -> None:
+        self._throttle: LogThrottle[tuple[str, str]] = LogThrottle(interval_ms, max_entries)
+
+    def failed(self, error: UID2Error, status: int, path: str, now_ms: int) -> None:
+        skipped = self._throttle.due((path, error.code), now_ms)
+        if skipped is None:
+            return
+        log.error(
+            "operator request answered %d: path=%s code=%s: %s%s",
+            status,
+            path,
+            error.code,
+            error.detail,
+            f" ({skipped} more since the last line)" if skipped else "",
+        )
+
+
 class RefusalLog:
     """One warning line per refused key id and reason per ``interval_ms``.
 
@@ -378,6 +408,7 @@ class OperatorApi:
         self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
         self._registrable_domain = registrable_domain_lookup()
         self._refusals = RefusalLog()
+        self._server_errors = ServerErrorLog()
         self._exposed_keys = data_plane.ExposedKeyLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -428,6 +459,8 @@ class OperatorApi:
             if not isinstance(exc, UID2Error):
                 log.exception("operator request failed", extra={"path": path})
             status, body, content_type = render(exc)
+            if status >= 500 and isinstance(exc, UID2Error):
+                self._server_errors.failed(exc, status, path, self._now())
             response_headers = [(_CONTENT_TYPE, content_type)]
         if origin is not None:
             response_headers += _cors(origin, path, False)
