@@ -3,6 +3,7 @@ source's state machine (load, unchanged, failure, staleness, recovery)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -154,6 +155,33 @@ def test_a_reload_failing_with_the_store_up_is_not_called_an_unreachable_store()
     store.down = True
     assert source.refresh() is False
     assert "Store unreachable since" in source.problem
+
+
+def test_the_recovery_line_names_what_had_failed(caplog: pytest.LogCaptureFixture) -> None:
+    store, clock = FakeStore(), FixedClock()
+    broken = False
+
+    def load(previous: Loaded | None, generation: int) -> Any:
+        if broken:
+            raise KekVersionMissing(3)
+        return store.load(previous, generation)
+
+    source = SnapshotSource(load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=10)
+    logger = "uid2_operator.services.snapshot_source"
+    with caplog.at_level(logging.WARNING, logger=logger):
+        assert source.refresh() is True
+        broken, store.seq = True, 2
+        assert source.refresh() is False
+        broken = False
+        assert source.refresh() is True
+        store.down, store.seq = True, 3
+        assert source.refresh() is False
+        store.down = False
+        assert source.refresh() is True
+    recovered = [
+        r.getMessage() for r in caplog.records if r.name == logger and "again" in r.getMessage()
+    ]
+    assert recovered == ["snapshot reload works again", "store reachable again"]
 
 
 def test_snapshot_source_reloads_only_on_change_and_goes_stale() -> None:

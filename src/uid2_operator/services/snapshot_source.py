@@ -196,7 +196,11 @@ class SnapshotSource:
             self._failure = None
             self._public_cause = None
             self._failing_since_ms = None
-            log.warning("store reachable again")
+            log.warning(
+                "store reachable again"
+                if self._failing == _STORE_DOWN
+                else "snapshot reload works again"
+            )
         if self.current is None and self._loaded is not None:
             self.current = self._loaded.snapshot
         return outcome is not None
