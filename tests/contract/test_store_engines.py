@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from store_records import participant
 
@@ -49,6 +50,39 @@ def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> No
     with pytest.raises(UnsupportedDatabaseUrl) as caught:
         normalise_url(url)
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_url_that_is_not_utf8_text_is_refused_as_such() -> None:
+    with pytest.raises(UnsupportedDatabaseUrl, match="must be valid UTF-8 text"):
+        normalise_url("postgresql://\udcff@127.0.0.1/uid2")
+
+
+@pytest.mark.parametrize("option", ["password", "sslpassword", "PassWord"])
+def test_a_password_given_as_a_query_option_is_hidden_too(option: str) -> None:
+    url = normalise_url(f"postgresql://u:hunter1@db/uid2?{option}=hunter2&sslmode=require")
+    shown = engines.shown_url(url)
+    assert "hunter1" not in shown
+    assert "hunter2" not in shown
+    assert f"{option}=***" in shown
+    assert "sslmode=require" in shown
+    with pytest.raises(UnsupportedDatabaseUrl) as refused:
+        normalise_url(f"mysql://u@db/uid2?{option}=hunter2")
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.postgres
+def test_an_option_the_driver_refuses_names_the_url_not_the_driver_error(
+    postgres_url: str,
+) -> None:
+    url = make_url(postgres_url).update_query_dict({"bogusparam": "1", "password": "hunter2"})
+    store = open_store(url, check_schema=False)
+    try:
+        with pytest.raises(UnsupportedDatabaseUrl, match="refuses its connection options") as e:
+            store.change_seq()
+        assert "hunter2" not in str(e.value)
+        assert "bogusparam=1" in str(e.value)
+    finally:
+        store.close()
 
 
 def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
@@ -45,11 +45,18 @@ def normalise_url(url: str | URL) -> URL:
     PostgreSQL is always driven by psycopg 3, whatever driver the URL names by default. An
     in-memory SQLite database is refused: each pooled connection would get its own empty one.
     """
+    if isinstance(url, str):
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnsupportedDatabaseUrl(
+                "Unsupported database URL: it must be valid UTF-8 text"
+            ) from None
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number, say
         raise UnsupportedDatabaseUrl("Unsupported database URL: cannot parse it") from exc
-    shown = parsed.render_as_string(hide_password=True)
+    shown = _hidden(parsed)
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
@@ -195,13 +202,25 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
     return engine, PostgresFlavour()
 
 
+# libpq options a URL may carry in its query that are secrets (``?password=...``).
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
+def _hidden(url: URL) -> str:
+    """``url`` rendered with its password hidden, in the authority and in the query."""
+    secret = {key: "***" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
+    shown = url.update_query_dict(secret).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***") if secret else shown
+
+
 def shown_url(url: URL) -> str:
-    """``url`` as messages show it: the password hidden, and a SQLite file opened read-write
-    only (``make_engine``'s ``must_exist``) shown as the plain path it names."""
+    """``url`` as messages show it: the password hidden (also as a ``password`` query
+    option), and a SQLite file opened read-write only (``make_engine``'s ``must_exist``) shown as
+    the plain path it names."""
     database = url.database or ""
     if url.drivername.startswith("sqlite") and database.startswith("file:"):
         return f"sqlite:///{urllib.parse.unquote(database.removeprefix('file:'))}"
-    return url.render_as_string(hide_password=True)
+    return _hidden(url)
 
 
 @contextmanager
@@ -210,6 +229,16 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     a connection pool with no free connection for ``pool_timeout`` included."""
     try:
         yield
+    except ProgrammingError as exc:
+        if exc.statement is not None:
+            raise  # a statement the database refused: not the URL's doing
+        # Refused before any statement: the driver does not accept the URL's options
+        # (``?bogus=1``). Its message may quote the connection string, so it is not repeated.
+        shown = shown_url(engine.url)
+        raise UnsupportedDatabaseUrl(
+            f"Unsupported database URL {shown}: the PostgreSQL driver refuses its connection "
+            "options (check the query parameters)"
+        ) from exc
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
         shown = shown_url(engine.url)
         reason = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
