@@ -55,6 +55,29 @@ def revoke_admin_token(token: AdminToken, *, now_ms: int, by: str) -> AdminToken
     return replace(token, revoked_at_ms=now_ms, revoked_by=by)
 
 
+def is_active_super_user(token: AdminToken) -> bool:
+    """A token that works now and carries SUPER_USER (admin tokens do not expire)."""
+    return token.revoked_at_ms is None and AdminRole.SUPER_USER in token.roles
+
+
+def keep_a_super_user(tokens: Iterable[AdminToken], changed: AdminToken) -> None:
+    """Refuse replacing one of ``tokens`` by ``changed`` when that leaves no active SUPER_USER.
+
+    Only SUPER_USER tokens may manage admin tokens, so without one the admin API can no longer
+    issue any (the command line still can). A change that does not take away the last one, for
+    instance revoking another token where no SUPER_USER token is left already, passes.
+    """
+    current = list(tokens)
+    if not any(is_active_super_user(t) for t in current):
+        return
+    after = [changed if t.token_id == changed.token_id else t for t in current]
+    if not any(is_active_super_user(t) for t in after):
+        raise InvalidTransition(
+            f"Admin token {changed.token_id} is the last active SUPER_USER token; "
+            "create another SUPER_USER token first"
+        )
+
+
 def verify_admin_token(
     text: str,
     *,

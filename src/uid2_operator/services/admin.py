@@ -17,6 +17,7 @@ from uid2_operator.domain.admin_tokens import (
     AdminToken,
     authenticate_admin_token,
     issue_admin_token,
+    keep_a_super_user,
     revoke_admin_token,
     verify_admin_token,
 )
@@ -72,12 +73,19 @@ class AdminService:
             return [AdminTokenView.of(t) for t in tx.admin_tokens.list_all()]
 
     def revoke_admin_token(self, actor: Actor, token_id: Any) -> AdminTokenView:
-        """Terminal. The token stops working with the next request that presents it."""
+        """Terminal. The token stops working with the next request that presents it.
+
+        Refused (``InvalidTransition``) when it would leave no active SUPER_USER token, from the
+        admin API and the command line alike: create another SUPER_USER token first.
+        """
         tid = inputs.credential_id(token_id, "token_id")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             before = _token(tx, tid)
             after = revoke_admin_token(before, now_ms=now, by=actor.id)
+            # Read and decided under the store-wide write lock: of two concurrent revokes of
+            # the last two SUPER_USER tokens, the second sees the first and is refused.
+            keep_a_super_user(tx.admin_tokens.list_all(), after)
             tx.admin_tokens.update(after)
             record_event(
                 tx,
