@@ -275,7 +275,8 @@ class SharingService:
         Listed sites must be participants. ``rotate`` (default on): when the change may remove
         a reader, rotate the keyset's keys in the same transaction (see the module docstring),
         unless this transaction created the keyset.
-        A choice equal to the current one changes nothing and writes nothing.
+        A choice equal to the current one changes nothing and writes nothing (``changed`` false),
+        except for the keyset and first key this call created, if any (``changed`` true).
         """
         site = _site_id(site_id)
         mode_name = inputs.text(mode, "mode", max_length=32).strip().lower()
@@ -303,7 +304,7 @@ class SharingService:
             if before is None:  # pragma: no cover - the keyset was just read
                 raise NotFound(f"No keyset {keyset.keyset_id}")
             if before == policy:
-                return SharingView(site, keyset.keyset_id, policy)
+                return SharingView(site, keyset.keyset_id, policy, changed=fresh)
             types_by_site = {p.site_id: p.type for p in tx.participants.list_all()}
             needed = not fresh and revocation_requires_rotation(before, policy, types_by_site.get)
             tx.keyset_sharing.put(keyset.keyset_id, policy)
