@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from uid2_operator.domain.participants import CLIENT_SECRET_TEXT
+from uid2_operator.domain.credential_text import mask_credential_text
 from uid2_operator.errors import InvalidInput, MalformedCredential, UID2Error
 
 USAGE_EXIT = 2
@@ -35,9 +35,10 @@ def safe_message(text: str) -> str:
     """One line, at most ``MAX_MESSAGE_LENGTH`` characters, credential-like runs masked."""
     line = " ".join(text.split())
     line = _CREDENTIAL.sub(_REDACTED, line)
-    # A client secret's exact shape, whatever its characters (a random one lacks a digit, say,
-    # about once in 1,500), then any long run that looks random.
-    line = CLIENT_SECRET_TEXT.sub(_REDACTED, line)
+    # Credential text by shape, whatever its characters (a random secret lacks a digit, say, about
+    # once in 1,500): a key tail, a client secret padded or not, standard or URL-safe; then any
+    # other long run that looks random.
+    line = mask_credential_text(line, _REDACTED)
     line = _LONG_TOKEN.sub(_mask_random_looking, line)
     if len(line) > MAX_MESSAGE_LENGTH:
         line = line[: MAX_MESSAGE_LENGTH - 3] + "..."

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
+from uid2_operator.domain.credential_text import CREDENTIAL_TEXT
 from uid2_operator.errors import InvalidInput
 
 
@@ -49,9 +49,6 @@ SECRET_FIELD_NAMES = frozenset(
     }
 )  # fmt: skip
 SECRET_FIELD_SUFFIXES = ("_hash", "_secret", "_ciphertext", "_salt", "_pepper", "_token")
-# A full credential (key id, '.', tail) appearing inside any string value: an API key or an
-# admin token. Shared with the rules that refuse such text in free-text fields.
-CREDENTIAL_TEXT = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.[A-Za-z0-9+/=]{20,}")
 
 
 def _is_secret_name(name: str) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from uid2_operator.domain.audit import CREDENTIAL_TEXT
+from uid2_operator.domain.credential_text import holds_credential_text
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import InvalidInput, InvalidTransition
 
@@ -44,10 +44,6 @@ _CONTACT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # Unpaired surrogates (Unicode category Cs): what Python makes of invalid UTF-8 bytes in a command
 # line, and what JSON "\ud800" escapes decode to. No database encoding can store them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A client secret as it is handed out: 32 bytes in standard base64, 44 characters ending in '='
-# (the keyring's keys and pepper have the same shape). Not part of a longer base64 run, so longer
-# encoded values such as public keys do not count.
-CLIENT_SECRET_TEXT = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9+/=])")
 
 
 def refuse_surrogates(value: str, what: str) -> str:
@@ -60,9 +56,10 @@ def refuse_surrogates(value: str, what: str) -> str:
 
 def refuse_credential_text(value: str, what: str) -> str:
     """``value`` unchanged, or InvalidInput naming ``what`` (never echoing the value) if it holds
-    a full API key, admin token or client secret. Free text (names, reasons, contacts) is stored
-    and shown in plaintext, so a credential pasted there by mistake must not be kept."""
-    if CREDENTIAL_TEXT.search(value) is not None or CLIENT_SECRET_TEXT.search(value) is not None:
+    credential text: a full API key or admin token, a key's tail alone, or a client secret in any
+    base64 form (see ``credential_text``). Free text (names, reasons, contacts) is stored and shown
+    in plaintext, so a credential pasted there by mistake must not be kept."""
+    if holds_credential_text(value):
         raise InvalidInput(f"{what} looks like a credential; never paste one here")
     return value
 

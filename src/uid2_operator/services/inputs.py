@@ -3,8 +3,9 @@
 The admin API hands use cases whatever a JSON body held, so a name may be a number and a role list
 may be a bare string (which would iterate as characters). These checks turn every wrong type into
 ``InvalidInput`` before a domain rule sees it. Messages name the argument, never echo its value: a
-caller may have pasted a credential into the wrong field. Text holding a full API key, admin token
-or client secret is refused outright: free text is stored and shown in plaintext.
+caller may have pasted a credential into the wrong field. Text holding a credential (a full API
+key or admin token, a key's tail alone, a client secret in any base64 form: see
+``domain.credential_text``) is refused outright: free text is stored and shown in plaintext.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ MAX_NAME_TEXT = 64
 def text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str:
     """A string of bounded length without NUL characters (PostgreSQL text cannot hold them),
     surrogate code points (no database encoding can: invalid UTF-8 on a command line gives them)
-    or credential text (a full API key, admin token or client secret)."""
+    or credential text (a full API key or admin token, a key's tail, a client secret)."""
     return refuse_credential_text(_plain_text(value, what, max_length=max_length), what)
 
 

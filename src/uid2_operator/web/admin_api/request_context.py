@@ -1,8 +1,10 @@
 """Per-request context: the request id, and the headers every admin API response carries.
 
-The caller's ``X-Request-ID`` is kept when it is a short token of safe characters (it is written to
-logs and audit rows, so anything that could forge a log line is replaced); otherwise a new id is
-drawn from the random source the app was built with. The id is echoed in the response.
+The caller's ``X-Request-ID`` is kept when it is a short token of safe characters that holds no
+credential text; otherwise a new id is drawn from the random source the app was built with. It is
+written to logs and to hash-chained audit rows (which cannot be scrubbed later), so anything that
+could forge a log line is replaced, and so is an API key, admin token, key tail or client secret
+sent there by mistake (``credential_text``). The id is echoed in the response.
 
 Every response also gets ``Cache-Control: no-store`` (any admin response may name credentials, and
 the ones that issue them carry a secret that must never sit in a cache) and
@@ -18,6 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from uid2_operator.clock import RandomBytes
+from uid2_operator.domain.credential_text import holds_credential_text
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
@@ -34,9 +37,13 @@ def request_id_source(random: RandomBytes) -> Callable[[], str]:
 
 
 def accepted_request_id(value: str | None) -> str | None:
-    if value is not None and _ACCEPTED_REQUEST_ID.fullmatch(value):
-        return value
-    return None
+    """The caller's request id, or ``None`` (draw a new one) if it is missing, too long, has
+    characters outside ``[A-Za-z0-9._:-]`` or holds credential text."""
+    if value is None or _ACCEPTED_REQUEST_ID.fullmatch(value) is None:
+        return None
+    if holds_credential_text(value):
+        return None
+    return value
 
 
 class RequestContext:
