@@ -1,14 +1,19 @@
-"""``keyring status|add-version|reseal|drop-version``: rotating the key-encryption keys.
+"""``keyring status|add-version|activate-version|reseal|drop-version``: rotating the
+key-encryption keys.
 
 Everything secret at rest is sealed under a key-encryption key (KEK) version of the keyring. The
 rotation is three commands (docs/credentials.md, "KEK rotation"): ``add-version``, ``reseal``,
-``drop-version`` of the old version. A running ``serve`` follows the keyring file, so nothing is
-restarted between them. ``status`` shows, before and after each step, what is sealed under which
-version. No command prints key bytes or the pepper: versions and counts only. Refusals end like
-every other command's errors (one line on stderr; exit status 2 for a refused request, 1 for a
-keyring that cannot open what the store holds); ``drop-version`` is refused
-while anything is still sealed under the version, so the keyring never loses a key the store
-needs.
+``drop-version`` of the old version. With several keyring files (several data directories, on
+one machine or several), the new version is added inactive (``add-version --inactive``), the
+file copied over every other keyring file, and only then made active (``activate-version``), so
+nothing is sealed under a version some process cannot open. A running ``serve`` follows the
+keyring file, so nothing is restarted between them. ``status`` shows, before and after each step,
+what is sealed under which version. No command prints key bytes or the pepper: versions and
+counts only. Refusals end like every other command's errors (one line on stderr; exit status 2
+for a refused request, 1 for a keyring that cannot open what the store holds); ``drop-version``
+is refused while anything is still sealed under the version, so the keyring never loses a key
+the store needs, and ``activate-version`` while the store holds items sealed under a version the
+keyring lacks (another keyring file is ahead of this one).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from uid2_operator.bootstrap import keyring_rotation_service, open_configured_st
 from uid2_operator.cli.output import emit, fields, table
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.services.keyring_rotation import (
+    ACTIVATE_COMMAND,
     RESEAL_COMMAND,
     SEALED_KINDS,
     KeyringRotationService,
@@ -43,16 +49,19 @@ def _versions(versions: tuple[int, ...]) -> str:
     return ", ".join(str(v) for v in versions)
 
 
+_EVERY_OTHER_FILE = "every other keyring file: each data directory, on this machine or another"
+
+
 def _serve_follows(what: str) -> None:
     click.echo(
         f"Running `uid2-operator serve` processes that read this keyring file {what} within "
-        "about a second (copy the file to any other machine serving this store)."
+        f"about a second (copy the file to {_EVERY_OTHER_FILE})."
     )
 
 
 @click.group("keyring")
 def keyring() -> None:
-    """Key-encryption key versions: status, add a version, re-seal, drop a version."""
+    """Key-encryption key versions: status, add, activate, re-seal, drop a version."""
 
 
 @keyring.command("status")
@@ -110,23 +119,85 @@ def _show_status(found: KeyringStatus) -> None:
 
 
 @keyring.command("add-version")
+@click.option(
+    "--inactive",
+    is_flag=True,
+    help="Add the version without making it active; `keyring activate-version` does that.",
+)
 @json_option
-def add_version(as_json: bool) -> None:
-    """Add a new random version and make it active (written to the keyring file).
+def add_version(inactive: bool, as_json: bool) -> None:
+    """Add a new random version to the keyring file, active at once unless --inactive.
 
     Older versions stay, so everything sealed under them still opens. A running serve seals new
     items under the new version within about a second; then run ``keyring reseal``.
+
+    With several keyring files (each data directory has its own, on this machine or another),
+    use ``--inactive``: nothing is sealed under the new version yet. Copy the file over every
+    other keyring file, then, a second later, run ``keyring activate-version`` on each.
     """
     with rotation_service() as service:
-        change = service.add_version(actor())
+        change = service.add_version(actor(), activate=not inactive)
 
     def human() -> None:
+        versions = _versions(change.keyring_versions)
+        if change.active:
+            click.echo(
+                f"Added key-encryption key version {change.version}; it is now active "
+                f"(versions {versions})."
+            )
+            _serve_follows(f"seal with version {change.version}")
+            click.echo(
+                "Until it reaches them, their processes cannot open what is sealed under version "
+                f"{change.version} (`keyring add-version --inactive` avoids that gap)."
+            )
+            click.echo(f"Then run `{RESEAL_COMMAND}`.")
+            return
         click.echo(
-            f"Added key-encryption key version {change.version}; it is now active "
-            f"(versions {_versions(change.keyring_versions)})."
+            f"Added key-encryption key version {change.version}, not active: new items are "
+            f"still sealed under version {change.active_version} (versions {versions})."
         )
-        _serve_follows(f"seal with version {change.version}")
-        click.echo(f"Then run `{RESEAL_COMMAND}`.")
+        click.echo(
+            f"Copy this file to {_EVERY_OTHER_FILE}. Running `uid2-operator serve` processes "
+            "take it up within about a second."
+        )
+        click.echo(
+            f"A second after the last copy, run `{ACTIVATE_COMMAND} {change.version}` on each "
+            f"keyring file, then `{RESEAL_COMMAND}`."
+        )
+
+    emit(wants_json(as_json), change.to_json(), human)
+
+
+@keyring.command("activate-version")
+@click.argument("version", type=int)
+@json_option
+def activate_version(version: int, as_json: bool) -> None:
+    """Make VERSION, which the keyring file holds, the active one: new items are sealed under it.
+
+    Refused for a version the file lacks, and while the store holds items sealed under a version
+    the file lacks (another keyring file is ahead of this one: copy it here). Nothing changes when
+    VERSION already is active. A running serve seals under it within about a second.
+    """
+    with rotation_service() as service:
+        change = service.activate_version(version, actor())
+
+    def human() -> None:
+        if not change.changed:
+            click.echo(
+                f"Key-encryption key version {change.version} is already active "
+                f"(versions {_versions(change.keyring_versions)}); nothing changed."
+            )
+            return
+        click.echo(
+            f"Key-encryption key version {change.version} is now active, instead of version "
+            f"{change.previous_version} (versions {_versions(change.keyring_versions)})."
+        )
+        click.echo(
+            "Running `uid2-operator serve` processes that read this keyring file seal with "
+            f"version {change.version} within about a second. Activate it in every other "
+            "keyring file too (each data directory, on this machine or another), or copy this "
+            f"file there; then run `{RESEAL_COMMAND}`."
+        )
 
     emit(wants_json(as_json), change.to_json(), human)
 

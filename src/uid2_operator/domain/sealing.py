@@ -215,15 +215,19 @@ def generate_keyring(random: RandomBytes, *, development: bool = False) -> Keyri
 
 
 def add_kek_version(
-    keyring: Keyring, random: RandomBytes, *, version: int | None = None
+    keyring: Keyring, random: RandomBytes, *, version: int | None = None, activate: bool = True
 ) -> Keyring:
-    """KEK rotation, step 1: a new version becomes active; older ones stay to open old seals.
+    """KEK rotation, step 1: a new version, active at once unless ``activate`` is False; older
+    ones stay to open old seals.
 
     ``version`` (default: one above the keyring's highest) must be above every version the
     keyring holds. A caller that knows the store should pick one above every version sealed
     items still name as well: a version that went missing from the keyring must never come back
     with another key, or the items sealed under it would stop showing as "sealed under a
     version the keyring lacks" and fail as if tampered with instead.
+
+    Added inactive, the version opens seals but nothing is sealed under it until
+    ``activate_kek_version``: the keyring can first reach every process that must open them.
     """
     highest = max(keyring.versions)
     if version is None:
@@ -231,6 +235,17 @@ def add_kek_version(
     elif isinstance(version, bool) or not isinstance(version, int) or version <= highest:
         raise KeyringError(f"A new key-encryption key version must be above {highest}")
     keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
+    active = version if activate else keyring.active_version
+    return Keyring(keks, active, keyring.pepper, development=keyring.development)
+
+
+def activate_kek_version(keyring: Keyring, version: int) -> Keyring:
+    """Make ``version``, which the keyring holds, the one new seals go under (the same keyring
+    when it already is). ``KekVersionMissing`` for a version the keyring lacks."""
+    keyring.kek(version)
+    if version == keyring.active_version:
+        return keyring
+    keks = {v: keyring.kek(v) for v in keyring.versions}
     return Keyring(keks, version, keyring.pepper, development=keyring.development)
 
 

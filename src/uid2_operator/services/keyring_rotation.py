@@ -1,5 +1,6 @@
 """KEK rotation as an administrator runs it: see what is sealed under which key-encryption key
-version, add a version, re-seal everything under the active one, drop a version nothing needs.
+version, add a version (active at once, or inactive then activated), re-seal everything under the
+active one, drop a version nothing needs.
 
 Everything secret at rest is sealed under a versioned key-encryption key (KEK) from the keyring:
 client secrets (``domain.sealing``), and the material of ``domain.material_sealing`` (encryption
@@ -21,6 +22,13 @@ version from then on. Whatever it sealed under the old one just before is still 
   keyring holds *and* every version the store still names, so a version lost from the keyring is
   never issued again with another key (its items would then fail to open as if tampered with,
   instead of showing as sealed under a missing version). Older versions stay, so old seals open.
+  With ``activate=False`` the version is added inactive: nothing is sealed under it yet, so the
+  keyring file can first be copied to every other keyring file (each data directory, on this
+  machine or another) whose processes must open what will be sealed under it.
+- ``activate_version``: a version the keyring holds becomes the active one (nothing to do when it
+  already is). Refused, as ``reseal`` is, while the store names a version this keyring lacks:
+  another keyring file is then ahead of this one, and it most likely lacks the version activated
+  here, so what this one sealed under it would stop that file's processes too.
 - ``reseal``: every item not under the active version is opened and sealed again under it, all
   in one unit of work: either every item moves or none does. The plaintexts do not change: API
   keys keep their secrets, issued tokens keep decrypting, raw UIDs stay the same. The store's
@@ -53,6 +61,7 @@ from uid2_operator.domain.material_sealing import (
 from uid2_operator.domain.salts import SaltHeader
 from uid2_operator.domain.sealing import (
     Keyring,
+    activate_kek_version,
     add_kek_version,
     drop_kek_version,
     reseal_secret,
@@ -68,9 +77,11 @@ logger = logging.getLogger(__name__)
 KEYRING_TARGET: Final = "keyring"
 """The audit target type of the keyring's events (the target id is a version number)."""
 ADD_VERSION_ACTION: Final = "keyring.version.add"
+ACTIVATE_VERSION_ACTION: Final = "keyring.version.activate"
 RESEAL_ACTION: Final = "keyring.reseal"
 DROP_VERSION_ACTION: Final = "keyring.version.drop"
 RESEAL_COMMAND: Final = "uid2-operator keyring reseal"
+ACTIVATE_COMMAND: Final = "uid2-operator keyring activate-version"
 
 
 class KeyringHolder(Protocol):
@@ -228,6 +239,12 @@ class VersionChange:
     keyring_versions: tuple[int, ...]
     source: str
 
+    @property
+    def active(self) -> bool:
+        """Whether the version is the active one after the change (a version added inactive,
+        or one dropped, is not)."""
+        return self.version == self.active_version
+
     def to_json(self) -> dict[str, Any]:
         return {
             "at_ms": self.at_ms,
@@ -235,6 +252,35 @@ class VersionChange:
             "active_version": self.active_version,
             "keyring_versions": list(self.keyring_versions),
             "source": self.source,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """A version made the active one: the version active before, and whether anything changed
+    (not when the version already was active)."""
+
+    at_ms: int
+    version: int
+    previous_version: int
+    keyring_versions: tuple[int, ...]
+    source: str
+
+    @property
+    def changed(self) -> bool:
+        return self.version != self.previous_version
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "version": self.version,
+            "active_version": self.version,
+            "keyring_versions": list(self.keyring_versions),
+            "source": self.source,
+            "active": True,
+            "previous_active_version": self.previous_version,
+            "changed": self.changed,
         }
 
 
@@ -288,7 +334,7 @@ def keyring_status(
 
 
 class KeyringRotationService:
-    """The three steps of KEK rotation and the status that guides them (see the module doc)."""
+    """The steps of KEK rotation and the status that guides them (see the module doc)."""
 
     def __init__(
         self, store: Store, keyring: KeyringHolder, clock: Clock, random: RandomBytes
@@ -305,23 +351,100 @@ class KeyringRotationService:
             inventory = sealed_inventory(rx)
         return keyring_status(keyring, self._holder.source, inventory)
 
-    def add_version(self, actor: Actor = SYSTEM) -> VersionChange:
-        """Step 1: a new random version, active at once, written to the keyring file."""
+    def add_version(self, actor: Actor = SYSTEM, *, activate: bool = True) -> VersionChange:
+        """Step 1: a new random version written to the keyring file, active at once unless
+        ``activate`` is False (then ``activate_version`` makes it active, once the file has
+        reached every other keyring file)."""
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
             inventory = sealed_inventory(tx)
             version = max((*keyring.versions, *inventory)) + 1
             if not self._holder.writable:
+                provision = (
+                    f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
+                    if activate
+                    else f"keeping active_kek_version {keyring.active_version}, then restart"
+                )
                 raise InvalidInput(
                     "The keyring comes from UID2_KEYRING and cannot be written here: provision "
                     f"keyring JSON there with version {version} added (32 random bytes, base64) "
-                    f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
+                    + provision
                 )
-            updated = add_kek_version(keyring, self._random, version=version)
-            change = self._save_change(tx, actor, now, updated, version, added=True)
-        logger.info("keyring version added version=%d actor=%s", version, actor.id)
+            updated = add_kek_version(keyring, self._random, version=version, activate=activate)
+            added = {"kek_version": version} | ({} if activate else {"active": False})
+            change = self._save_change(
+                tx,
+                actor,
+                now,
+                updated,
+                version,
+                action=ADD_VERSION_ACTION,
+                before=None,
+                after=added,
+            )
+        logger.info(
+            "keyring version added version=%d active=%s actor=%s",
+            version,
+            "yes" if activate else "no",
+            actor.id,
+        )
         return change
+
+    def activate_version(self, version: int, actor: Actor = SYSTEM) -> Activation:
+        """Make ``version``, which the keyring file holds, the active one: new items are sealed
+        under it from then on. Nothing changes (no write, no audit event) when it already is.
+
+        Refused, changing nothing: for a version the keyring does not hold (InvalidInput, naming
+        the versions it holds), while items are sealed under a version the keyring lacks
+        (KeyringError, as ``reseal``: another keyring file is ahead of this one), and for a
+        keyring from the environment (InvalidInput, with what to provision instead).
+        """
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InvalidInput("The version must be an integer")
+        now = self._clock.now_ms()
+        with self._store.transaction() as tx:
+            keyring = self._holder.load()
+            previous = keyring.active_version
+            if version not in keyring.versions:
+                held = ", ".join(str(v) for v in keyring.versions)
+                raise InvalidInput(
+                    f"The keyring has no key-encryption key version {version} (it holds {held}); "
+                    "copy the keyring file that holds it here, or add it with "
+                    "uid2-operator keyring add-version --inactive"
+                )
+            if version == previous:
+                return Activation(now, version, previous, keyring.versions, self._holder.source)
+            inventory = sealed_inventory(tx)
+            missing = keyring_status(keyring, self._holder.source, inventory).describe_unknown()
+            if missing is not None:
+                raise KeyringError(
+                    f"Items are sealed under key-encryption key versions the keyring lacks "
+                    f"({missing}), so another keyring file is ahead of this one; copy it over "
+                    "this one, then activate"
+                )
+            if not self._holder.writable:
+                raise InvalidInput(
+                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
+                    f"keyring JSON there with active_kek_version {version}, restart, then run "
+                    f"{RESEAL_COMMAND}"
+                )
+            updated = activate_kek_version(keyring, version)
+            record_event(
+                tx,
+                actor,
+                at_ms=now,
+                action=ACTIVATE_VERSION_ACTION,
+                target_type=KEYRING_TARGET,
+                target_id=str(version),
+                before={"active_kek_version": previous},
+                after={"active_kek_version": version},
+            )
+            self._holder.save(updated)  # last: a refused write rolls the event back
+        logger.info(
+            "keyring version activated version=%d previous=%d actor=%s", version, previous, actor.id
+        )
+        return Activation(now, version, previous, updated.versions, self._holder.source)
 
     def reseal(self, actor: Actor = SYSTEM) -> ResealResult:
         """Step 2: every item not under the active version, sealed again under it, all at once.
@@ -470,25 +593,43 @@ class KeyringRotationService:
                     f"keyring JSON there without version {version}, then restart"
                 )
             updated = drop_kek_version(keyring, version)
-            change = self._save_change(tx, actor, now, updated, version, added=False)
+            dropped = {"kek_version": version}
+            change = self._save_change(
+                tx,
+                actor,
+                now,
+                updated,
+                version,
+                action=DROP_VERSION_ACTION,
+                before=dropped,
+                after=None,
+            )
         logger.info("keyring version dropped version=%d actor=%s", version, actor.id)
         return change
 
     def _save_change(
-        self, tx: Tx, actor: Actor, now: int, updated: Keyring, version: int, *, added: bool
+        self,
+        tx: Tx,
+        actor: Actor,
+        now: int,
+        updated: Keyring,
+        version: int,
+        *,
+        action: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
     ) -> VersionChange:
         """Record the audit event of adding or dropping ``version``, then write ``updated``:
         last, so that a refused write rolls the event back with everything else."""
-        change = {"kek_version": version}
         record_event(
             tx,
             actor,
             at_ms=now,
-            action=ADD_VERSION_ACTION if added else DROP_VERSION_ACTION,
+            action=action,
             target_type=KEYRING_TARGET,
             target_id=str(version),
-            before=None if added else change,
-            after=change if added else None,
+            before=before,
+            after=after,
         )
         self._holder.save(updated)
         return VersionChange(

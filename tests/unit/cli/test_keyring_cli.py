@@ -89,9 +89,15 @@ def _encryption_keys(data_dir: Path) -> int:
         opened.close()
 
 
-def test_the_group_is_registered_with_its_four_commands() -> None:
+def test_the_group_is_registered_with_its_five_commands() -> None:
     assert main.commands["keyring"] is keyring
-    assert set(keyring.commands) == {"status", "add-version", "reseal", "drop-version"}
+    assert set(keyring.commands) == {
+        "status",
+        "add-version",
+        "activate-version",
+        "reseal",
+        "drop-version",
+    }
 
 
 def test_status_json_names_every_field(run: Run, data_dir: Path) -> None:
@@ -164,7 +170,10 @@ def test_the_three_steps_through_the_command_line(run: Run, data_dir: Path) -> N
     assert added.stdout.splitlines() == [
         "Added key-encryption key version 2; it is now active (versions 1, 2).",
         "Running `uid2-operator serve` processes that read this keyring file seal with version "
-        "2 within about a second (copy the file to any other machine serving this store).",
+        "2 within about a second (copy the file to every other keyring file: each data "
+        "directory, on this machine or another).",
+        "Until it reaches them, their processes cannot open what is sealed under version 2 "
+        "(`keyring add-version --inactive` avoids that gap).",
         "Then run `uid2-operator keyring reseal`.",
     ]
     keyring_file = data_dir / "keyring.json"
@@ -205,7 +214,15 @@ def test_the_three_steps_through_the_command_line(run: Run, data_dir: Path) -> N
     assert nothing.stdout == "Nothing to re-seal: every item is under the active version 2.\n"
 
     dropped = _json(run("keyring", "drop-version", "1", "--json"))
-    assert list(dropped) == ["at_ms", "version", "active_version", "keyring_versions", "source"]
+    assert list(dropped) == [
+        "at_ms",
+        "version",
+        "active_version",
+        "keyring_versions",
+        "source",
+        "active",
+    ]
+    assert dropped["active"] is False
     assert (dropped["version"], dropped["active_version"], dropped["keyring_versions"]) == (
         1,
         2,
@@ -219,8 +236,16 @@ def test_the_three_steps_through_the_command_line(run: Run, data_dir: Path) -> N
     assert status["versions"][0]["total"] == total
 
     third = _json(run("keyring", "add-version", "--json"))
-    assert list(third) == ["at_ms", "version", "active_version", "keyring_versions", "source"]
+    assert list(third) == [
+        "at_ms",
+        "version",
+        "active_version",
+        "keyring_versions",
+        "source",
+        "active",
+    ]
     assert third["keyring_versions"] == [2, 3]
+    assert third["active"] is True
 
 
 @pytest.mark.parametrize(

@@ -238,6 +238,7 @@ def test_add_version_makes_a_new_active_version_and_new_items_go_under_it(
         "active_version": 2,
         "keyring_versions": [1, 2],
         "source": SOURCE,
+        "active": True,
     }
     assert holder.saves == 1
     assert holder.keyring.versions == (1, 2)
