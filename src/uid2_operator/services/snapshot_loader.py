@@ -93,8 +93,12 @@ def load_snapshot(
     now_ms: int,
     previous: Loaded | None = None,
 ) -> Loaded:
-    """Read the store and build an immutable snapshot (see the module docstring)."""
-    ring = keyring.current()
+    """Read the store and build an immutable snapshot (see the module docstring).
+
+    The keyring is taken as the file holds it now (``latest``: one ``stat``), not as read up
+    to an interval ago: a reload follows a store change, and that change may hold items sealed
+    under a version that reached the file a moment before."""
+    ring = keyring.latest()
     credentials = store.snapshot(now_ms)
     loaded = read_material(material, None if previous is None else previous.material, ring)
     client_side = read_client_side_state(store, ring)

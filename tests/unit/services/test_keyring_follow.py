@@ -378,9 +378,33 @@ def test_a_snapshot_load_opens_everything_with_one_keyring(
     assert loaded.snapshot.pepper == ring.pepper
 
 
-def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change(
+def _add_version_reseal_and_issue(settings: Settings, store: SqlStore, site: int) -> Any:
+    """What another process does: add KEK version 2, re-seal under it, issue a key under it."""
+    save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
+    rotation = keyring_rotation_service(settings, store)
+    assert rotation.reseal(ACTOR).resealed.total > 0
+    others = open_services(settings)
+    try:
+        return others.credentials.create_key(ACTOR, site_id=site, name="v2", roles=["GENERATOR"])
+    finally:
+        others.close()
+
+
+def _opens_both(source: Any, *issued: Any) -> None:
+    snapshot = source.current
+    assert snapshot is not None
+    now = FixedClock().now_ms()
+    for key in issued:
+        record = snapshot.client(key.key_id)
+        assert record is not None
+        assert record.accepted_secrets(now) == [base64.b64decode(key.secret)]
+
+
+def test_a_snapshot_reload_reads_the_keyring_file_as_it_is_now(
     served: tuple[Settings, Services], monotonic: Monotonic
 ) -> None:
+    """A reload follows a store change, which may hold items sealed under a version that reached
+    the file a moment ago: it looks at the file then, not only once an interval."""
     settings, services = served
     site = _site(services)
     store = services.store
@@ -394,42 +418,51 @@ def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change
     source = server.worker.source
     try:
         assert source.refresh()
+        second = _add_version_reseal_and_issue(settings, store, site)
+        # The monotonic clock has not moved: the keyring's own interval has not passed.
+        assert source.refresh()
         assert source.problem is None
+        _opens_both(source, first, second)
+    finally:
+        source.close()
 
-        # Another process adds version 2, re-seals, and issues a key under it, all before this
-        # worker looks at its keyring file again.
-        save_keyring(settings, add_kek_version(load_keyring(settings), os.urandom))
-        rotation = keyring_rotation_service(settings, store)
-        assert rotation.reseal(ACTOR).resealed.total > 0
-        others = open_services(settings)
-        try:
-            second = others.credentials.create_key(
-                ACTOR, site_id=site, name="v2", roles=["GENERATOR"]
-            )
-        finally:
-            others.close()
+
+def test_a_worker_whose_keyring_lacked_a_version_recovers_without_a_store_change(
+    served: tuple[Settings, Services], monotonic: Monotonic, tmp_path: Path
+) -> None:
+    settings, services = served
+    site = _site(services)
+    store = services.store
+    first = services.credentials.create_key(ACTOR, site_id=site, name="v1", roles=["GENERATOR"])
+    # The worker reads a keyring file of its own (another data directory's copy, say).
+    own_file = tmp_path / "worker-keyring.json"
+    own_file.write_bytes(settings.keyring_path.read_bytes())
+    own_file.chmod(0o600)
+    worker_settings = _settings(tmp_path, UID2_KEYRING_FILE=str(own_file))
+    server = build_worker(
+        worker_settings,
+        ServeSettings.from_env({}),
+        store=store,
+        keyring=KeyringFile(worker_settings, monotonic=monotonic),
+    )
+    source = server.worker.source
+    try:
+        assert source.refresh()
+        assert source.problem is None
+        second = _add_version_reseal_and_issue(settings, store, site)
         assert not source.refresh()
         assert source.problem is not None
         assert "snapshot reload failing" in source.problem
         assert "no key-encryption key version 2" in source.problem
         seq = store.change_seq()
 
-        monotonic.pass_interval()
+        _replace_file(own_file, settings.keyring_path.read_text(encoding="utf-8"))
         assert source.refresh()
         assert store.change_seq() == seq  # nothing moved the store in between
         assert source.problem is None
-        snapshot = source.current
-        assert snapshot is not None
-        now = FixedClock().now_ms()
-        for issued in (first, second):
-            record = snapshot.client(issued.key_id)
-            assert record is not None
-            assert record.accepted_secrets(now) == [base64.b64decode(issued.secret)]
+        _opens_both(source, first, second)
     finally:
         source.close()
-
-
-# ------------------------------------------------------------------- writers during a rotation
 
 
 class _LockedStore:
