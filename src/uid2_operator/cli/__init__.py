@@ -17,7 +17,7 @@ import click
 from uid2_operator import __version__
 from uid2_operator.cli.admin_tokens import admin_token
 from uid2_operator.cli.audit import audit
-from uid2_operator.cli.database import db, init
+from uid2_operator.cli.database import InitInterrupted, db, init
 from uid2_operator.cli.keypairs import PARTICIPANT_COMMANDS, keypair
 from uid2_operator.cli.keyring import keyring
 from uid2_operator.cli.keys import key
@@ -57,8 +57,8 @@ class OperatorGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
             click.echo(error.format_message(), err=True)
             code = USAGE_EXIT
-        except click.exceptions.Abort:
-            click.echo("Error: aborted", err=True)
+        except click.exceptions.Abort as error:
+            click.echo(f"Error: {_aborted(error)}", err=True)
             code = FAILURE_EXIT
         except (click.ClickException, UID2Error) as error:
             code = _report(error, argv)
@@ -68,6 +68,18 @@ class OperatorGroup(click.Group):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _aborted(error: click.exceptions.Abort) -> str:
+    """What an interrupted command says; an interrupted ``init`` says how to finish it."""
+    cause = error.__cause__
+    if isinstance(cause, InitInterrupted):
+        return (
+            f"interrupted before init finished setting up the data directory {cause.data_dir}; "
+            "run `uid2-operator init` (or `serve --init-if-new`) again with the same options to "
+            "finish it"
+        )
+    return "aborted"
 
 
 def _report(error: BaseException, argv: list[str], text: str | None = None) -> int:

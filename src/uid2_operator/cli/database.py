@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -19,6 +20,7 @@ from uid2_operator.bootstrap import (
 from uid2_operator.cli.output import emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
+from uid2_operator.settings import Settings
 
 
 @click.command()
@@ -55,9 +57,29 @@ class Initialised:
     token_issued: bool
 
 
+class InitInterrupted(KeyboardInterrupt):
+    """``init`` (or the one ``serve --init-if-new`` runs) was interrupted (SIGINT) before it
+    finished: the data directory may hold a keyring and a database but not yet the environment
+    file and the bootstrap admin token. Running init again finishes it (it creates only what is
+    missing, and issues the token while none exists). A ``KeyboardInterrupt``, so it ends the
+    command as any interruption does; the command line names the directory and what to do."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(str(data_dir))
+        self.data_dir = data_dir
+
+
 def initialise(environment: str | None) -> Initialised:
-    """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing."""
-    settings = load_settings(environment)
+    """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing. Interrupted,
+    it raises ``InitInterrupted``."""
+    settings = load_settings(environment, check=False)
+    try:
+        return _initialise(settings)
+    except KeyboardInterrupt:
+        raise InitInterrupted(settings.data_dir.resolve()) from None
+
+
+def _initialise(settings: Settings) -> Initialised:
     check_environment(settings)
     keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
     if keyring_present or settings.environment is Environment.PROD:
@@ -78,8 +100,9 @@ def initialise(environment: str | None) -> Initialised:
         backend = opened.store.backend
     finally:
         opened.close()
+    data_dir = settings.data_dir.resolve()  # a relative one depends on where the command runs
     document: dict[str, object] = {
-        "data_dir": str(settings.data_dir),
+        "data_dir": str(data_dir),
         "database": backend,
         "environment": settings.environment.value,
         "schema_revision": revision,
@@ -94,7 +117,7 @@ def initialise(environment: str | None) -> Initialised:
     def human() -> None:
         fields(
             [
-                ("data directory", settings.data_dir),
+                ("data directory", data_dir),
                 ("database", backend),
                 ("environment", settings.environment.value),
                 ("schema revision", revision),
@@ -124,7 +147,7 @@ def db() -> None:
 @json_option
 def db_upgrade(as_json: bool) -> None:
     """Apply the shipped migrations (a no-op when the schema is current)."""
-    settings = load_settings()
+    settings = load_settings(check=False)  # no keyring needed, nor the environment
     revision = upgrade_database(settings)
     backend = "postgresql" if settings.database_url else "sqlite"
     emit(

@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 import click
 
-from uid2_operator.bootstrap import Services, open_services
+from uid2_operator.bootstrap import Services, check_environment, open_services
+from uid2_operator.domain.environments import Environment
+from uid2_operator.errors import KeyringMissing
 from uid2_operator.services.context import Actor
-from uid2_operator.settings import Settings
+from uid2_operator.settings import KEYRING_FILE, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,17 +45,64 @@ def wants_json(as_json: bool) -> bool:
     return as_json or global_options().json
 
 
-def load_settings(environment: str | None = None) -> Settings:
+def load_settings(environment: str | None = None, *, check: bool = True) -> Settings:
+    """The settings of this invocation.
+
+    With ``check`` (every command that works on an initialised data directory, so every one but
+    ``init``, ``db upgrade`` and ``serve``, which check what applies to them themselves), before
+    the command reads or writes anything: a data directory recorded for another environment is
+    refused (``check_environment``, as ``init`` refuses it), and a keyring missing from the data
+    directory is reported as ``require_data_directory`` says.
+    """
     options = global_options()
-    return Settings.from_env(
+    settings = Settings.from_env(
         data_dir=options.data_dir,
         database_url=options.database_url,
         environment=environment,
+    )
+    if check:
+        check_environment(settings)
+        require_data_directory(settings)
+    return settings
+
+
+def require_data_directory(settings: Settings) -> None:
+    """Refuse (``KeyringMissing``) a keyring that should be in the data directory and is not.
+
+    A relative ``--data-dir`` (``./data`` by default) is relative to where the command runs: run
+    from elsewhere than ``serve``, a command looks in a directory that is not serve's. The
+    message names the directory it looked in (its absolute path) and how to name the right one
+    before it suggests ``init``, which would set up a new, unrelated data directory there (it is
+    kept short: ``safe_message`` cuts a message at 300 characters). Nothing to say for a keyring
+    given as UID2_KEYRING or UID2_KEYRING_FILE: loading it says what is wrong.
+    """
+    if settings.keyring_json is not None or settings.keyring_file is not None:
+        return
+    if settings.keyring_path.exists():
+        return
+    data_dir = settings.data_dir.resolve()
+    elsewhere = (
+        "Name the one serve uses with --data-dir (or UID2_DATA_DIR), or run from the directory "
+        "serve runs in"
+    )
+    if not data_dir.is_dir():
+        raise KeyringMissing(
+            f"No keyring: there is no data directory {data_dir}. {elsewhere}; "
+            "`uid2-operator init` sets up a new one"
+        )
+    if settings.environment is Environment.PROD:  # init never creates a keyring in prod
+        otherwise = "prod needs a provisioned keyring (UID2_KEYRING or UID2_KEYRING_FILE)"
+    else:
+        otherwise = "else set UID2_KEYRING or UID2_KEYRING_FILE, or run init to create one"
+    raise KeyringMissing(
+        f"No keyring: the data directory {data_dir} has no {KEYRING_FILE}. {elsewhere}; {otherwise}"
     )
 
 
 @contextmanager
 def services(settings: Settings | None = None) -> Iterator[Services]:
+    """The services over the configured store; ``settings`` (default ``load_settings()``, which
+    checks the data directory) must be checked by the caller when given."""
     opened = open_services(settings or load_settings())
     try:
         yield opened

@@ -50,13 +50,19 @@ import uvicorn
 
 from uid2_operator.bootstrap import (
     Services,
+    check_environment,
     open_services,
     schema_is_current,
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
 from uid2_operator.cli.output import show_once_warning
-from uid2_operator.cli.runtime import json_option, load_settings, wants_json
+from uid2_operator.cli.runtime import (
+    json_option,
+    load_settings,
+    require_data_directory,
+    wants_json,
+)
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
@@ -93,8 +99,13 @@ _PROBE_TARGETS: Final = {
 
 
 def _needs_init(settings: Settings) -> bool:
-    """True for a data directory (or database) that was never initialised."""
+    """True for a data directory (or database) that was never initialised, or whose ``init`` did
+    not finish: ``init`` records the environment file just before it issues the bootstrap admin
+    token, so a directory without it may lack the token too (running init again creates only
+    what is missing, and issues the token while none exists)."""
     if settings.keyring_json is None and not settings.keyring_path.exists():
+        return True
+    if not settings.environment_path.exists():
         return True
     if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
         return True
@@ -623,31 +634,58 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     With --json, once a worker accepts connections, one line on standard output holds a JSON
     document: operator_url, admin_url, workers, pid, data_dir, environment, and init (what
     --init-if-new did, as ``init --json`` prints it, bootstrap admin token included; null when
-    it did not run). Nothing else is written to standard output, except when serve fails after
-    --init-if-new issued the token and before that line: then one line ``{"init": ...}`` carries
-    it, before the error."""
+    it did not run). Nothing else is written to standard output, except when serve stops (fails,
+    or is stopped by SIGINT or SIGTERM) after --init-if-new issued the token and before that
+    line: then one line ``{"init": ...}`` carries it, before any error.
+
+    Until serve runs its workers (and so handles SIGINT and SIGTERM as the stop signal), SIGTERM
+    interrupts it as SIGINT does, rather than ending the process at once."""
     _configure_logging(log_level)
-    settings = load_settings()
+    listen = _Listen(host, port, admin_host, admin_port, workers, log_level)
+    announcer = _Announcer(as_json=wants_json(as_json))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve(ctx, listen, init_if_new, announcer)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("stopped", err=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM while serve starts: interrupt it as SIGINT does (``KeyboardInterrupt``)."""
+    del signum, frame
+    raise KeyboardInterrupt
+
+
+def _serve(ctx: click.Context, listen: _Listen, init_if_new: bool, announcer: _Announcer) -> None:
+    """``serve`` from its settings to its stop. The data directory is checked first, before
+    anything is bound or written: one recorded for another environment is refused, as ``init``
+    and every other command refuse it (``check_environment``), and without --init-if-new one
+    without a keyring is reported as every other command reports it (``require_data_directory``;
+    one that does not exist before the lock would make it, one without a keyring once the lock
+    says no other serve is setting it up)."""
+    settings = load_settings(check=False)
+    check_environment(settings)
+    if not init_if_new and not settings.data_dir.is_dir():
+        require_data_directory(settings)
     serve_settings = ServeSettings.from_env()
     serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
     serve_settings.key_retention_s(settings.environment)  # and a key retention below them
     # Before anything is bound or written: a second serve on this data directory stops here.
     lock = ctx.with_resource(ServeLock.take(settings.data_dir))
-    listen = _Listen(host, port, admin_host, admin_port, workers, log_level)
-    announcer = _Announcer(as_json=wants_json(as_json))
-    if init_if_new and _needs_init(settings):
-        announcer.initialised = initialise(None)
-        if not announcer.as_json:
-            announcer.initialised.human()
-        if announcer.initialised.token_issued:
-            show_once_warning()
-        settings = load_settings()
+    if not init_if_new:
+        require_data_directory(settings)
     try:
+        if init_if_new and _needs_init(settings):
+            announcer.initialised = initialise(None)
+            if not announcer.as_json:
+                announcer.initialised.human()
+            if announcer.initialised.token_issued:
+                show_once_warning()
+            settings = load_settings()
         _run_serving(settings, serve_settings, lock, listen, announcer)
-    except BaseException:
-        announcer.failed()
-        raise
-    click.echo("stopped", err=True)
+    finally:
+        announcer.stopped()
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,9 +750,9 @@ class _Announcer:
     """Says where serve listens, once a worker accepts connections on the operator port: the
     two lines of text, or with --json the one JSON line (``serve``'s docstring). Looked at on
     every turn of serve's loop, so waiting for the workers never holds up restarting them; a
-    warning when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve fail after ``init``
-    issued the bootstrap admin token but before the JSON line, the token still reaches standard
-    output (``failed``): it is shown only once."""
+    warning when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve stop, however it stops,
+    after ``init`` issued the bootstrap admin token but before the JSON line, the token still
+    reaches standard output (``stopped``): it is shown only once."""
 
     def __init__(self, *, as_json: bool) -> None:
         self.as_json = as_json
@@ -755,10 +793,12 @@ class _Announcer:
         )
         click.echo("press Ctrl-C to stop", err=True)
 
-    def failed(self) -> None:
-        """Serve is stopping on an error: print what would otherwise be lost."""
+    def stopped(self) -> None:
+        """Serve is stopping (on an error, a signal, or once it served): print what would
+        otherwise be lost. In text mode the token was printed when init returned."""
         done = self.initialised
         if self.as_json and not self.done and done is not None and done.token_issued:
+            self.done = True
             click.echo(json.dumps({"init": done.document}, ensure_ascii=False))
 
 
@@ -802,7 +842,7 @@ def _announce(
             "admin_url": admin_url,
             "workers": workers,
             "pid": os.getpid(),
-            "data_dir": str(settings.data_dir),
+            "data_dir": str(settings.data_dir.resolve()),
             "environment": settings.environment.value,
             "init": None if initialised is None else initialised.document,
         }

@@ -84,13 +84,13 @@ def test_a_failure_before_the_announcement_prints_only_an_issued_token(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     quiet = serve._Announcer(as_json=True)
-    quiet.failed()  # nothing initialised
+    quiet.stopped()  # nothing initialised
     assert capsys.readouterr().out == ""
     issued = serve._Announcer(as_json=True)
     issued.initialised = serve.Initialised({"admin_token": "UID2-A-L-0-x.y"}, lambda: None, True)
-    issued.failed()
+    issued.stopped()
     assert capsys.readouterr().out == '{"init": {"admin_token": "UID2-A-L-0-x.y"}}\n'
     text = serve._Announcer(as_json=False)
     text.initialised = issued.initialised  # printed in full at init time already
-    text.failed()
+    text.stopped()
     assert capsys.readouterr().out == ""
