@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from uid2_operator.domain.authorization import AdminAction
-from uid2_operator.domain.participants import MAX_NAME_LENGTH
 from uid2_operator.domain.roles import AdminRole
-from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
+from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind, any_case_pattern
+from uid2_operator.web.admin_api.keys import KEY_ID
+from uid2_operator.web.admin_api.participants import NAME_FIELD, ROLE_NAME_LENGTH
 from uid2_operator.web.admin_api.routing import Call, Operation, Reply
 
 TAG = "admin-tokens"
+ADMIN_ROLE_NAMES = ", ".join(AdminRole.__members__)
+# Same shape as a key id: the services read both with ``inputs.credential_id``.
+TOKEN_ID = replace(
+    KEY_ID, name="token_id", description="The token's public id, the part before the '.'"
+)
 
 CREATE_BODY = BodySpec(
     (
-        Field("name", Kind.STRING, "Display name", required=True, max_length=MAX_NAME_LENGTH),
+        NAME_FIELD,
         Field(
             "roles",
             Kind.STRING_LIST,
-            "Admin roles: " + ", ".join(r.value for r in AdminRole),
+            f"Admin roles: {ADMIN_ROLE_NAMES} (trimmed, any case); at least one",
             required=True,
             max_items=8,
-            max_length=32,
+            max_length=ROLE_NAME_LENGTH,
+            min_items=1,
+            # The services trim role names and compare them in upper case.
+            pattern=any_case_pattern(AdminRole.__members__, str.upper),
+            pattern_rule=f"must be one of {ADMIN_ROLE_NAMES} (any case)",
         ),
     )
 )
@@ -78,6 +90,6 @@ OPERATIONS = (
         tag=TAG,
         body=BodySpec(),
         errors=(400, 404, 409, 413, 415, 422),
-        path_params=(("token_id", "The token's public id, the part before the '.'"),),
+        path_params=((TOKEN_ID.name, TOKEN_ID.description),),
     ),
 )

@@ -2,9 +2,14 @@
 
 Each route declares the fields it accepts (``BodySpec`` for a JSON body, a tuple of ``Field`` for
 its query string). Anything else is refused with a 4xx naming the problem: a body that is not a
-JSON object (400), a field of the wrong type, out of range, too long, unknown or missing (422).
-The same declarations produce the route's JSON Schema in the OpenAPI document, so the document and
-the checks cannot drift apart.
+JSON object (400), a field of the wrong type, out of range, too long or too short, of the wrong
+form, unknown or missing (422). The same declarations produce the route's JSON Schema in the
+OpenAPI document, so the document and the checks cannot drift apart: a ``pattern`` is a regular
+expression that both JSON Schema (ECMA-262) and Python's ``re`` read the same way, and it is
+checked here as written. What no JSON Schema can state is said in the field's description and
+left to the services: credential text pasted into a field, references to stored data (a site that
+must exist), and that an integer is written without a fraction (JSON Schema counts ``42.0`` as
+the integer 42; this API refuses it, like ``"42"``).
 
 Why so strict:
 
@@ -12,7 +17,8 @@ Why so strict:
 * values are never echoed in messages (a caller may paste a secret into the wrong field);
 * every string must encode as UTF-8 and carry no control characters (lone surrogates and NUL would
   otherwise fail deep inside a database driver, as a 500, or end up in logs);
-* integers are bounded here, before they reach a 64-bit database column.
+* integers are bounded here, before they reach a 64-bit database column;
+* an explicit ``null`` means "not given": optional fields are documented as nullable.
 """
 
 from __future__ import annotations
@@ -20,20 +26,74 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from uid2_operator.errors import InvalidInput, MalformedBody
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_LENGTH = 1000
 DEFAULT_MAX_ITEMS = 32
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+# Up to 19 digits: every bound a field declares (at most 2**62) can be written.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}", re.ASCII)
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
 
+# Character classes of the patterns below, written out with ``\uXXXX`` escapes: ECMA-262 and Python
+# disagree on what ``\s`` covers, and agree on these.
+CONTROL_CHARACTERS: Final = r"\u0000-\u001f\u007f-\u009f"
+"""Unicode category Cc: refused in every string (``check_clean_text``)."""
+TRIMMED_SPACE: Final = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""What ``str.strip()`` removes from text without control characters: the services trim names,
+role names, contacts, domain and app names before checking them."""
+TEXT_PATTERN: Final = f"^[^{CONTROL_CHARACTERS}]*$"
+"""Any text without control characters: what every string field accepts at least."""
+NON_BLANK_PATTERN: Final = (
+    f"^[{TRIMMED_SPACE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}][^{CONTROL_CHARACTERS}]*$"
+)
+"""Text that is not blank once trimmed."""
+NON_BLANK_RULE: Final = "must not be blank"
+# Characters other than ASCII letters whose upper or lower case is one ASCII letter: dotless i
+# (upper case 'I'), long s (upper case 'S') and the Kelvin sign (lower case 'k'). The services
+# compare names in one case, so these spell the same names.
+_ASCII_CASE_FELLOWS: Final = "\u0131\u017f\u212a"
+
 Value: TypeAlias = str | int | tuple[str, ...]
+
+
+def trimmed_pattern(inner: str) -> str:
+    """Text that matches ``inner`` (an unanchored pattern) once trimmed."""
+    return f"^[{TRIMMED_SPACE}]*(?:{inner})[{TRIMMED_SPACE}]*$"
+
+
+def any_case_pattern(words: Iterable[str], fold: Callable[[str], str]) -> str:
+    """Text that is one of ``words`` once trimmed and folded to their case by ``fold``
+    (``str.upper`` or ``str.lower``), as the services read role and participant type names."""
+
+    def letter(ch: str) -> str:
+        fellows = dict.fromkeys(c for c in (ch, ch.lower(), ch.upper(), *_ASCII_CASE_FELLOWS))
+        same = [c for c in fellows if fold(c) == fold(ch)]
+        return f"[{''.join(same)}]" if len(same) > 1 else re.escape(ch)
+
+    return trimmed_pattern("|".join("".join(letter(ch) for ch in word) for word in words))
+
+
+def integer_schema(minimum: int, maximum: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
+INTEGER_NOTE: Final = "an integer written without a fraction or exponent: 42, not 42.0 or 4.2e1"
+"""JSON Schema counts 42.0 as an integer and cannot say otherwise: the description does."""
+
+
+def nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` that also admits ``null`` (which means "not given")."""
+    widened = dict(schema)
+    widened["type"] = [schema["type"], "null"]
+    if "enum" in schema:
+        widened["enum"] = [*schema["enum"], None]
+    return widened
 
 
 class Kind(StrEnum):
@@ -44,7 +104,7 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One accepted field (of a body or a query string) and its limits."""
+    """One accepted field (of a body, a query string or a path) and its limits."""
 
     name: str
     kind: Kind
@@ -55,20 +115,40 @@ class Field:
     minimum: int = 0  # integers are always bounded: they end up in 32- and 64-bit columns
     maximum: int = 2**31 - 1
     choices: tuple[str, ...] = ()  # strings only
+    min_length: int = 0  # strings, and each item of a string list
+    min_items: int = 0
+    # Strings, and each item of a string list, must match ``pattern`` (``TEXT_PATTERN`` when
+    # empty); ``pattern_rule`` says what it asks, in words, for the refusal ("must not be blank").
+    pattern: str = ""
+    pattern_rule: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pattern and not self.pattern_rule:
+            raise ValueError(f"field {self.name}: a pattern needs its rule in words")
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any]
+        description = self.description
         if self.kind is Kind.STRING:
-            schema = {"type": "string", "maxLength": self.max_length}
-            if self.choices:
-                schema["enum"] = list(self.choices)
+            schema = self._text_schema()
         elif self.kind is Kind.INTEGER:
-            schema = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+            schema = integer_schema(self.minimum, self.maximum)
+            description = f"{description} ({INTEGER_NOTE})"
         else:
-            # Role names are matched by the domain (trimmed, any case), so no enum here.
-            item = {"type": "string", "maxLength": self.max_length}
-            schema = {"type": "array", "items": item, "maxItems": self.max_items}
-        schema["description"] = self.description
+            schema = {"type": "array", "items": self._text_schema(), "maxItems": self.max_items}
+            if self.min_items:
+                schema["minItems"] = self.min_items
+        schema["description"] = description
+        return schema
+
+    def _text_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        if self.choices:
+            schema["enum"] = list(self.choices)
+        else:
+            schema["pattern"] = self.pattern or TEXT_PATTERN
         return schema
 
     def check(self, value: object) -> Value:
@@ -83,8 +163,7 @@ class Field:
             return self._bounded(value)
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise InvalidInput(f"Field '{self.name}' must be a list of strings")
-        if len(value) > self.max_items:
-            raise InvalidInput(f"Field '{self.name}' takes at most {self.max_items} items")
+        self._counted(value)
         return tuple(self._text(item, f"Each item of '{self.name}'") for item in value)
 
     def check_text(self, text: str) -> Value:
@@ -97,6 +176,12 @@ class Field:
             return self._text(text, f"Query parameter '{self.name}'")
         raise AssertionError(f"query parameters are strings or integers, not {self.kind}")
 
+    def _counted(self, items: list[Any]) -> None:
+        if len(items) > self.max_items:
+            raise InvalidInput(f"Field '{self.name}' takes at most {self.max_items} items")
+        if len(items) < self.min_items:
+            raise InvalidInput(f"Field '{self.name}' takes at least {self.min_items} item(s)")
+
     def _bounded(self, value: int) -> int:
         if not self.minimum <= value <= self.maximum:
             raise InvalidInput(
@@ -107,9 +192,14 @@ class Field:
     def _text(self, value: str, what: str) -> str:
         if len(value) > self.max_length:
             raise InvalidInput(f"{what} must be at most {self.max_length} characters")
+        if len(value) < self.min_length:
+            raise InvalidInput(f"{what} must be at least {self.min_length} character(s)")
         check_clean_text(value, what)
         if self.choices and value not in self.choices:
             raise InvalidInput(f"{what} must be one of: {', '.join(self.choices)}")
+        # After check_clean_text: with no line break left, '$' means the same here as in ECMA-262.
+        if self.pattern and re.search(self.pattern, value) is None:
+            raise InvalidInput(f"{what} {self.pattern_rule}")
         return value
 
 
@@ -164,19 +254,30 @@ EMPTY = Values({})
 
 @dataclass(frozen=True, slots=True)
 class BodySpec:
-    """The JSON object a route accepts. An empty spec accepts only no body or ``{}``."""
+    """The JSON object a route accepts. An empty spec accepts only no body or ``{}``.
+
+    ``rules`` are JSON Schemas the whole object must also match (``allOf``): rules between fields
+    that the service checks (which fields a mode takes), stated in the document too.
+    """
 
     fields: tuple[Field, ...] = ()
+    rules: tuple[Mapping[str, Any], ...] = ()
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
-            "properties": {f.name: f.json_schema() for f in self.fields},
+            "properties": {
+                # An explicit null means "not given" (``check_fields``): optional fields take it.
+                f.name: f.json_schema() if f.required else nullable(f.json_schema())
+                for f in self.fields
+            },
         }
         required = [f.name for f in self.fields if f.required]
         if required:
             schema["required"] = required
+        if self.rules:
+            schema["allOf"] = [dict(rule) for rule in self.rules]
         return schema
 
     def parse(self, raw: bytes) -> Values:

@@ -8,27 +8,59 @@ The key and its client secret travel only in the bodies of the POST responses th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from uid2_operator.domain import key_format
 from uid2_operator.domain.authorization import AdminAction
-from uid2_operator.domain.participants import MAX_NAME_LENGTH, MAX_SITE_ID, MIN_SITE_ID
+from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID
 from uid2_operator.services import inputs
 from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS, MAX_GRACE_DAYS
 from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
-from uid2_operator.web.admin_api.participants import ROLE_NAME_LENGTH
+from uid2_operator.web.admin_api.participants import (
+    CLIENT_ROLE_NAMES,
+    CLIENT_ROLE_PATTERN,
+    CLIENT_ROLE_RULE,
+    NAME_FIELD,
+    ROLE_NAME_LENGTH,
+)
 from uid2_operator.web.admin_api.routing import Call, Handler, Operation, Reply
 
 TAG = "keys"
-KEY_ID_PARAM = (("key_id", "The key's public id, the part before the '.' (never the key)"),)
+# A key or token id as the services read it (``inputs.credential_id``): the public part of a
+# credential, before the '.', with a site id of at most as many digits as the largest one.
+CREDENTIAL_ID_PATTERN = (
+    f"^{key_format.BRAND}-[A-Z]-[A-Z]-"
+    f"(?:0|[1-9][0-9]{{0,{len(str(key_format.MAX_SITE_ID)) - 1}}})-"
+    f"[A-Za-z0-9]{{{key_format.PUBLIC_ID_LENGTH}}}$"
+)
+CREDENTIAL_ID_RULE = (
+    f"must be an id: {key_format.BRAND}-<kind>-<env>-<site id>-"
+    f"<{key_format.PUBLIC_ID_LENGTH} letters or digits>, the part before the '.'"
+)
+KEY_ID = Field(
+    "key_id",
+    Kind.STRING,
+    "The key's public id, the part before the '.' (never the key)",
+    required=True,
+    max_length=inputs.MAX_TEXT,
+    pattern=CREDENTIAL_ID_PATTERN,
+    pattern_rule=CREDENTIAL_ID_RULE,
+)
+KEY_ID_PARAM = ((KEY_ID.name, KEY_ID.description),)
 WRITE_ERRORS = (400, 404, 409, 413, 415, 422)
 
 ROLES_FIELD = Field(
     "roles",
     Kind.STRING_LIST,
-    "Client roles of the key; a non-empty subset of its participant's roles",
+    f"Client roles of the key: {CLIENT_ROLE_NAMES} (trimmed, any case); a non-empty subset of "
+    "its participant's roles",
     required=True,
     max_items=16,
     max_length=ROLE_NAME_LENGTH,
+    min_items=1,
+    pattern=CLIENT_ROLE_PATTERN,
+    pattern_rule=CLIENT_ROLE_RULE,
 )
-NAME_FIELD = Field("name", Kind.STRING, "Display name", required=True, max_length=MAX_NAME_LENGTH)
 GRACE_FIELD = Field(
     "grace_days",
     Kind.INTEGER,
@@ -62,12 +94,11 @@ RENAME_BODY = BodySpec((NAME_FIELD,))
 ROLES_BODY = BodySpec((ROLES_FIELD,))
 REVOKE_BODY = BodySpec(
     (
-        Field(
-            "reason",
-            Kind.STRING,
-            "Why the key is revoked (kept on the tombstone and in the audit trail)",
-            required=True,
-            max_length=MAX_NAME_LENGTH,
+        replace(
+            NAME_FIELD,
+            name="reason",
+            description="Why the key is revoked, kept on the tombstone and in the audit trail "
+            "(trimmed; not blank)",
         ),
     )
 )

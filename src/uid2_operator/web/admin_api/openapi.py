@@ -2,24 +2,32 @@
 
 Paths, methods, the admin action and roles of each route, its body and query (from the same
 ``Field`` declarations that check requests), its success body and the errors it can answer all come
-from ``Operation`` values, so a route cannot exist without being documented. Only the response
-schemas are written out here; they mirror the services' views, and the tests check real responses
-against them.
+from ``Operation`` values, so a route cannot exist without being documented. Path parameters are
+described by the ``Field`` their route module declares for them (``PATH_PARAMETERS``), restating
+the shape the services check them against; a path parameter without one stops the document from
+being built. Only the response schemas are written out here; they mirror the services' views, and
+the tests check real responses against them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from uid2_operator.domain.authorization import ADMIN_ACTIONS
 from uid2_operator.domain.participants import ParticipantType
-from uid2_operator.web.admin_api.routing import Operation
+from uid2_operator.web.admin_api import admin_tokens, keys, participants, sharing
+from uid2_operator.web.admin_api.bodies import Field
+from uid2_operator.web.admin_api.routing import Operation, RouteTableError
 
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "adminToken"
 AUTH_ERRORS = (401, 403)
+PATH_PARAMETERS: Final[Mapping[str, Field]] = {
+    field.name: field
+    for field in (participants.SITE_ID, keys.KEY_ID, admin_tokens.TOKEN_ID, sharing.SUBSCRIPTION_ID)
+}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -236,6 +244,13 @@ def _error_response(status: int) -> dict[str, Any]:
     return response
 
 
+def _path_schema(op: Operation, name: str) -> dict[str, Any]:
+    field = PATH_PARAMETERS.get(name)
+    if field is None:
+        raise RouteTableError(f"{op.method} {op.full_path}: path parameter {name} has no schema")
+    return field.json_schema()
+
+
 def _operation(op: Operation) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "operationId": op.operation_id,
@@ -250,7 +265,13 @@ def _operation(op: Operation) -> dict[str, Any]:
         doc["x-admin-action"] = action
         doc["x-admin-roles"] = sorted(ADMIN_ACTIONS[action])
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "description": text, "schema": _STR}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": text,
+            "schema": _path_schema(op, name),
+        }
         for name, text in op.path_params
     ]
     parameters += [
@@ -300,7 +321,12 @@ def build_document(operations: Iterable[Operation], *, version: str) -> dict[str
                 "Participants, API keys, client secrets, admin tokens and the audit trail. "
                 "Authenticate with 'Authorization: Bearer <admin token>'. Secrets are returned "
                 "once, by the POST that issues them, and never travel in a URL. Errors are "
-                '{"error": {"code": ..., "message": ...}}.'
+                '{"error": {"code": ..., "message": ...}}. Inputs: an explicit null means '
+                '"not given"; integers are written without a fraction or exponent (42, not 42.0 '
+                "or 4.2e1: JSON Schema cannot tell 42.0 from 42, and this API refuses 42.0); text "
+                "must be valid Unicode without control characters; text holding a credential (an "
+                "API key or admin token, a key's tail, a client secret) is refused wherever it is "
+                "pasted."
             ),
         },
         "paths": paths,

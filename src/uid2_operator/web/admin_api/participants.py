@@ -14,25 +14,64 @@ from uid2_operator.domain.participants import (
     ParticipantType,
 )
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
+from uid2_operator.web.admin_api.bodies import (
+    CONTROL_CHARACTERS,
+    NON_BLANK_PATTERN,
+    NON_BLANK_RULE,
+    TRIMMED_SPACE,
+    BodySpec,
+    Field,
+    Kind,
+    any_case_pattern,
+    trimmed_pattern,
+)
 from uid2_operator.web.admin_api.routing import Call, Operation, Reply
 
 TAG = "participants"
-SITE_ID_PARAM = (("site_id", "The participant's site id"),)
+SITE_ID = Field(
+    "site_id",
+    Kind.INTEGER,
+    "The participant's site id",
+    required=True,
+    minimum=MIN_SITE_ID,
+    maximum=MAX_SITE_ID,
+)
+SITE_ID_PARAM = ((SITE_ID.name, SITE_ID.description),)
 MAX_ROLE_NAMES = 2 * len(ClientRole)
 ROLE_NAME_LENGTH = 32
+CLIENT_ROLE_NAMES = ", ".join(ClientRole.__members__)
+# The services trim role names and compare them in upper case (``roles.parse_client_roles``).
+CLIENT_ROLE_PATTERN = any_case_pattern(ClientRole.__members__, str.upper)
+CLIENT_ROLE_RULE = f"must be one of {CLIENT_ROLE_NAMES} (any case)"
+# An e-mail-like address once trimmed: what ``participants.validate_contacts`` accepts.
+_ADDRESS_CHARACTER = f"[^@{TRIMMED_SPACE}{CONTROL_CHARACTERS}]"
+CONTACT_PATTERN = trimmed_pattern(
+    rf"{_ADDRESS_CHARACTER}+@{_ADDRESS_CHARACTER}+\.{_ADDRESS_CHARACTER}+"
+)
 
 ROLES_FIELD = Field(
     "roles",
     Kind.STRING_LIST,
-    "Client roles the participant may grant to its keys: " + ", ".join(r.value for r in ClientRole),
+    f"Client roles the participant may grant to its keys: {CLIENT_ROLE_NAMES} (trimmed, any case)",
     max_items=MAX_ROLE_NAMES,
     max_length=ROLE_NAME_LENGTH,
+    pattern=CLIENT_ROLE_PATTERN,
+    pattern_rule=CLIENT_ROLE_RULE,
+)
+NAME_FIELD = Field(
+    "name",
+    Kind.STRING,
+    "Display name (trimmed; not blank)",
+    required=True,
+    max_length=MAX_NAME_LENGTH,
+    min_length=1,
+    pattern=NON_BLANK_PATTERN,
+    pattern_rule=NON_BLANK_RULE,
 )
 
 CREATE_BODY = BodySpec(
     (
-        Field("name", Kind.STRING, "Display name", required=True, max_length=MAX_NAME_LENGTH),
+        NAME_FIELD,
         Field(
             "type",
             Kind.STRING,
@@ -52,9 +91,11 @@ CREATE_BODY = BodySpec(
         Field(
             "contacts",
             Kind.STRING_LIST,
-            "Contact e-mail addresses",
+            "Contact e-mail addresses (trimmed; duplicates ignoring case are dropped)",
             max_items=MAX_CONTACTS,
             max_length=MAX_CONTACT_LENGTH,
+            pattern=CONTACT_PATTERN,
+            pattern_rule="must be an e-mail address",
         ),
     )
 )

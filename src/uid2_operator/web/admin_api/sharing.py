@@ -10,22 +10,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from uid2_operator.domain import keypairs
 from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.keysets import SharingMode
 from uid2_operator.domain.origins import MAX_APP_NAME_LENGTH, MAX_APP_NAMES, MAX_DOMAIN_NAMES
 from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID, ParticipantType
 from uid2_operator.domain.sharing import MAX_LISTED_SITES
 from uid2_operator.errors import InvalidInput, NotFound
-from uid2_operator.services.sharing import SharingService
-from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind, Value
+from uid2_operator.services.sharing import MAX_SHARING_TYPES, SharingService
+from uid2_operator.web.admin_api.bodies import (
+    CONTROL_CHARACTERS,
+    INTEGER_NOTE,
+    TRIMMED_SPACE,
+    BodySpec,
+    Field,
+    Kind,
+    Value,
+    any_case_pattern,
+    integer_schema,
+    trimmed_pattern,
+)
+from uid2_operator.web.admin_api.participants import SITE_ID_PARAM
 from uid2_operator.web.admin_api.routing import Call, Operation, Reply
 
 SHARING_TAG = "sharing"
 KEYPAIR_TAG = "keypairs"
-SITE_ID_PARAM = (("site_id", "The participant's site id"),)
-SUBSCRIPTION_PARAM = (("subscription_id", "The keypair's subscription id"),)
+SUBSCRIPTION_ID = Field(
+    "subscription_id",
+    Kind.STRING,
+    "The keypair's subscription id",
+    required=True,
+    max_length=keypairs.SUBSCRIPTION_ID_LENGTH,
+    pattern=f"^[{keypairs.SUBSCRIPTION_ID_ALPHABET}]{{{keypairs.SUBSCRIPTION_ID_LENGTH}}}$",
+    pattern_rule=f"must be {keypairs.SUBSCRIPTION_ID_LENGTH} characters of "
+    f"{keypairs.SUBSCRIPTION_ID_ALPHABET}",
+)
+SUBSCRIPTION_PARAM = ((SUBSCRIPTION_ID.name, SUBSCRIPTION_ID.description),)
 WRITE_ERRORS = (400, 404, 409, 413, 415, 422)
 MAX_HOST_TEXT = 255
+# Once trimmed: no space, control character, scheme, path, port or user (what
+# ``origins.validate_domain_name`` refuses before it looks the name up in the suffix list).
+DOMAIN_NAME_PATTERN = trimmed_pattern(rf"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}/:@?#\\]+")
+# Once trimmed: no space or control character (``origins.validate_app_name``).
+APP_NAME_PATTERN = trimmed_pattern(f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +60,11 @@ class SiteIdListField(Field):
     """A JSON array of site ids (integers). Values travel as text to fit ``Values``."""
 
     def json_schema(self) -> dict[str, Any]:
-        item = {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
         return {
             "type": "array",
-            "items": item,
+            "items": integer_schema(self.minimum, self.maximum),
             "maxItems": self.max_items,
-            "description": self.description,
+            "description": f"{self.description} (each {INTEGER_NOTE})",
         }
 
     def check(self, value: object) -> Value:
@@ -80,7 +106,7 @@ SHARING_BODY = BodySpec(
         SiteIdListField(
             "sites",
             Kind.STRING_LIST,
-            "Site ids allowed (mode list only)",
+            "Site ids allowed (mode list only): participants other than this one",
             max_items=MAX_LISTED_SITES,
             minimum=MIN_SITE_ID,
             maximum=MAX_SITE_ID,
@@ -89,9 +115,13 @@ SHARING_BODY = BodySpec(
             "types",
             Kind.STRING_LIST,
             "Participant types allowed (mode list only): "
-            + ", ".join(t.value for t in ParticipantType),
-            max_items=2 * len(ParticipantType),
+            + ", ".join(t.value for t in ParticipantType)
+            + " (trimmed, any case)",
+            max_items=MAX_SHARING_TYPES,
             max_length=32,
+            # The service trims type names and compares them in lower case.
+            pattern=any_case_pattern((t.value for t in ParticipantType), str.lower),
+            pattern_rule="must be one of " + ", ".join(t.value for t in ParticipantType),
         ),
         BooleanField(
             "rotate",
@@ -99,7 +129,20 @@ SHARING_BODY = BodySpec(
             "true (default): when the change may remove a reader, rotate the keyset's keys so "
             "keys it already holds stop opening new tokens; false: do not",
         ),
-    )
+    ),
+    rules=(
+        {
+            "description": "Mode list names at least one site or type; the other modes none",
+            "if": {"properties": {"mode": {"const": SharingMode.LIST.value}}},
+            "then": {
+                "anyOf": [
+                    {"required": [name], "properties": {name: {"type": "array", "minItems": 1}}}
+                    for name in ("sites", "types")
+                ]
+            },
+            "else": {"properties": {"sites": {"maxItems": 0}, "types": {"maxItems": 0}}},
+        },
+    ),
 )
 KEYPAIR_BODY = BodySpec(
     (
@@ -111,8 +154,13 @@ KEYPAIR_BODY = BodySpec(
             minimum=MIN_SITE_ID,
             maximum=MAX_SITE_ID,
         ),
-        Field("name", Kind.STRING, "A label", max_length=200),
-        Field("contact", Kind.STRING, "Who to ask about it", max_length=254),
+        Field("name", Kind.STRING, "A label (trimmed)", max_length=keypairs.MAX_NAME_LENGTH),
+        Field(
+            "contact",
+            Kind.STRING,
+            "Who to ask about it (trimmed)",
+            max_length=keypairs.MAX_CONTACT_LENGTH,
+        ),
     )
 )
 DOMAINS_BODY = BodySpec(
@@ -120,10 +168,15 @@ DOMAINS_BODY = BodySpec(
         Field(
             "domain_names",
             Kind.STRING_LIST,
-            "Registrable domains (example.com) client-side requests may come from",
+            "Registrable domains (example.com) client-side requests may come from: "
+            "bare names (no scheme, path or port), each a registrable domain under the Public "
+            "Suffix List (trimmed; stored in lower case, IDNA-encoded)",
             required=True,
             max_items=MAX_DOMAIN_NAMES,
             max_length=MAX_HOST_TEXT,
+            min_length=1,
+            pattern=DOMAIN_NAME_PATTERN,
+            pattern_rule="must be a bare domain name (no scheme, path, port or spaces)",
         ),
     )
 )
@@ -132,10 +185,14 @@ APP_NAMES_BODY = BodySpec(
         Field(
             "app_names",
             Kind.STRING_LIST,
-            "App ids (package names, bundle ids, store ids) client-side requests may name",
+            "App ids (package names, bundle ids, store ids) client-side requests may name "
+            "(trimmed; no spaces inside)",
             required=True,
             max_items=MAX_APP_NAMES,
             max_length=MAX_APP_NAME_LENGTH,
+            min_length=1,
+            pattern=APP_NAME_PATTERN,
+            pattern_rule="must be one word (no spaces or control characters)",
         ),
     )
 )
@@ -325,7 +382,7 @@ OPERATIONS = (
         summary="Show a client-side keypair",
         response="Keypair",
         tag=KEYPAIR_TAG,
-        errors=(404,),
+        errors=(404, 422),
         path_params=SUBSCRIPTION_PARAM,
     ),
     Operation(
