@@ -514,7 +514,7 @@ class CredentialService:
         """Events after ``since_seq`` (oldest first) matching the filters; page with since_seq."""
         del actor
         since = inputs.optional_integer(since_seq, "since_seq", low=0, high=2**62)
-        target = inputs.optional_text(target_id, "target_id", max_length=200)
+        target = inputs.optional_search_text(target_id, "target_id", max_length=200)
         act = inputs.optional_text(action, "action", max_length=64)
         count = inputs.integer(limit, "limit", low=1, high=MAX_AUDIT_LIMIT)
         with self._store.read() as tx:

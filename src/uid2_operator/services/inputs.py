@@ -50,6 +50,13 @@ def optional_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str |
     return None if value is None else text(value, what, max_length=max_length)
 
 
+def optional_search_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str | None:
+    """``optional_text`` for a value that is only compared, never stored, logged or repeated (a
+    filter): credential text is not refused there, since what it is compared with may have that
+    shape (an opt-out's audit target id is the base64 of its hash: a client secret's shape)."""
+    return None if value is None else _plain_text(value, what, max_length=max_length)
+
+
 def integer(value: Any, what: str, *, low: int, high: int) -> int:
     """An int (not a bool) within ``low..high``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -14,11 +14,14 @@ from uid2_operator.clock import FixedClock
 from uid2_operator.domain.audit import event_hash
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import checksum, mint_api_key
+from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.errors import CredentialRejected, MalformedCredential
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.write_behind import write_optouts
 from uid2_operator.storage import SqlStore
+from uid2_operator.wire.encoding import b64encode
 
 
 def _actions(svc: CredentialService) -> list[str]:
@@ -93,6 +96,19 @@ def test_audit_filters_and_paging(svc: CredentialService) -> None:
     ]
     assert len(svc.list_audit(ACTOR, action="key.create")) == 2
     assert [e.seq for e in svc.list_audit(ACTOR, since_seq=2, limit=1)] == [3]
+
+
+def test_an_optout_event_can_be_found_by_its_target_id(
+    svc: CredentialService, store: SqlStore
+) -> None:
+    """An opt-out's target id is the base64 of its first-level hash, which has a client secret's
+    shape: a filter only compares it, so it is not refused as credential text."""
+    flh = bytes(range(32))
+    write_optouts(store, [OptOutRecord(flh, 1_700_000_000_000, b64encode(bytes(33)))], 1)
+    target = b64encode(flh)
+    assert len(target) == 44
+    assert target.endswith("=")
+    assert [e.action for e in svc.list_audit(ACTOR, target_id=target)] == ["optout.add"]
 
 
 def test_issued_results_hide_their_secrets(svc: CredentialService) -> None:
