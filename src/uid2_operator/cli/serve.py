@@ -34,6 +34,7 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -196,6 +197,12 @@ def _worker_main(
     )
     watch.start()
     server.run(sockets=[sock])
+
+
+def _no_core_dumps() -> None:
+    """Serve and its workers (which inherit the limit) hold the keyring's keys, the pepper and
+    every client secret in memory: a crash must not write them to a core file."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _configure_logging(log_level: str) -> None:
@@ -641,6 +648,7 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     Until serve runs its workers (and so handles SIGINT and SIGTERM as the stop signal), SIGTERM
     interrupts it as SIGINT does, rather than ending the process at once."""
     _configure_logging(log_level)
+    _no_core_dumps()
     listen = _Listen(host, port, admin_host, admin_port, workers, log_level)
     announcer = _Announcer(as_json=wants_json(as_json))
     previous = signal.signal(signal.SIGTERM, _interrupt)
