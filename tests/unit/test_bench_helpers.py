@@ -264,6 +264,12 @@ def test_children_are_labelled_worker_or_helper() -> None:
     child = context.Process(target=time.sleep, args=(30,), daemon=True)
     child.start()
     try:
+        # start() returns once the child is forked, not once it has run the new program: until
+        # then its command line is this process's own.
+        deadline = time.monotonic() + 30
+        while "spawn_main" not in serve_memory.command_line(child.pid or 0):
+            assert time.monotonic() < deadline, serve_memory.command_line(child.pid or 0)
+            time.sleep(0.01)
         children = serve_memory.children_by_role(os.getpid())
     finally:
         child.terminate()
