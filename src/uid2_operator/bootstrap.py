@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -46,7 +46,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import Settings
+from uid2_operator.settings import EnvironmentSource, Settings
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.engines import sqlite_path
 from uid2_operator.storage.interface import Store
@@ -442,6 +442,102 @@ def record_environment(settings: Settings) -> None:
     path.write_text(settings.environment.value + "\n", encoding="utf-8")
 
 
+def store_environment(settings: Settings) -> Environment | None:
+    """The environment the configured database records (``DeploymentReader``), read without
+    writing anything: None when it records none, or is not at this code's schema (a database
+    not yet created or upgraded: whatever opens it for use says so). Raises StoreUnavailable
+    for a database that cannot be reached."""
+    try:
+        store = open_configured_store(settings)
+    except SchemaOutOfDate:
+        return None
+    try:
+        with store.read() as tx:
+            return tx.deployment.environment()
+    finally:
+        store.close()
+
+
+def check_store_environment(settings: Settings, store: Store | None = None) -> None:
+    """Refuse (InvalidInput) a database initialised for another environment than ``settings``'
+    (``store``, else the configured one as ``store_environment`` reads it). Several data
+    directories share one database, each with its own ``environment`` file: a second one
+    whose file is missing or wrong would otherwise mint keys for another environment into the
+    database, and its serve would refuse the database's real keys. Nothing to compare with a
+    database that records none (one initialised by an earlier version: ``init`` and ``serve``
+    record it, ``record_store_environment``)."""
+    if store is None:
+        recorded = store_environment(settings)
+    else:
+        with store.read() as tx:
+            recorded = tx.deployment.environment()
+    if recorded is not None and recorded is not settings.environment:
+        raise _environment_mismatch(settings, recorded)
+
+
+def adopt_store_environment(settings: Settings) -> Settings:
+    """For ``init``: ``settings`` with the environment the database records, when theirs was
+    only defaulted (no ``--environment``, no UID2_ENVIRONMENT, no ``environment`` file: a new
+    data directory on a database another one initialised), marked ``EnvironmentSource.DATABASE``;
+    a mismatch with an environment given or recorded is refused (``check_store_environment``).
+    Reads only: nothing is written before the refusal."""
+    recorded = store_environment(settings)
+    if recorded is None:
+        return settings
+    if settings.environment_source is EnvironmentSource.DEFAULT:
+        return replace(
+            settings, environment=recorded, environment_source=EnvironmentSource.DATABASE
+        )
+    if recorded is not settings.environment:
+        raise _environment_mismatch(settings, recorded)
+    return settings
+
+
+def record_store_environment(settings: Settings, store: Store) -> None:
+    """Record ``settings.environment`` in the store when it records none yet (``init``, and
+    ``serve`` at start-up for a store an earlier version initialised), in one small write
+    transaction that moves no change sequence; refuse (InvalidInput) a store that records
+    another (another data directory's ``init`` got there first).
+
+    An environment only defaulted (``EnvironmentSource.DEFAULT``) is recorded only in a store
+    that holds nothing yet (change sequence 0): a store that holds something was initialised
+    by an earlier version, for an environment nothing here says, so that is refused too."""
+    with store.transaction() as tx:
+        recorded = tx.deployment.environment()
+        if recorded is None:
+            if settings.environment_source is EnvironmentSource.DEFAULT and tx.change_seq():
+                raise InvalidInput(
+                    "The database was initialised by an earlier version, which did not record "
+                    "its environment, and this data directory records none: run init with "
+                    "--environment (or UID2_ENVIRONMENT) naming the database's environment"
+                )
+            recorded = tx.deployment.record_environment(settings.environment)
+    if recorded is not settings.environment:
+        raise _environment_mismatch(settings, recorded)
+
+
+def _environment_mismatch(settings: Settings, recorded: Environment) -> InvalidInput:
+    """The refusal of a database recorded for ``recorded``: both environments, and the fix for
+    where this invocation's environment came from (kept short: ``safe_message`` cuts a message
+    at 300 characters, so a path goes last)."""
+    given = settings.environment.value
+    head = f"The database was initialised for the {recorded} environment, not {given}"
+    if settings.environment_source is EnvironmentSource.DEFAULT:
+        return InvalidInput(
+            f"{head} (the default: this data directory records no environment): set "
+            f"UID2_ENVIRONMENT={recorded}, or run init, which adopts the database's"
+        )
+    if settings.environment_source is EnvironmentSource.DATA_DIRECTORY:
+        return InvalidInput(
+            f"{head}, which this data directory records: give it its own database "
+            f"(--database-url), or write {recorded} into {settings.environment_path.absolute()}"
+        )
+    return InvalidInput(
+        f"{head}: set UID2_ENVIRONMENT (init: --environment) to {recorded}, or give the "
+        f"database of the {given} deployment (--database-url)"
+    )
+
+
 def upgrade_database(settings: Settings) -> str:
     """Apply the shipped migrations to the configured database; returns the schema revision.
 
@@ -545,7 +641,8 @@ def open_services(
     keyring: KeyringSource | None = None,
     expired_key_retention_s: int | None = None,
 ) -> Services:
-    """Load the keyring, open the store (refusing an out-of-date schema) and wire the services.
+    """Load the keyring, open the store (refusing an out-of-date schema, and one recorded for
+    another environment: ``check_store_environment``) and wire the services.
 
     ``keyring`` defaults to the configured keyring, followed (``follow_keyring``): every service
     asks it once per use case, and a use case that writes asks inside its transaction for the
@@ -554,6 +651,11 @@ def open_services(
     ring: KeyringSource = follow_keyring(settings) if keyring is None else keyring
     require_keyring(ring.current(), settings.environment)
     store = open_configured_store(settings)
+    try:
+        check_store_environment(settings, store)
+    except BaseException:
+        store.close()
+        raise
     now = SystemClock() if clock is None else clock
     rand = system_random if random is None else random
     material = material_service(
@@ -583,7 +685,9 @@ def keyring_rotation_service(
     clock: Clock | None = None,
     random: RandomBytes | None = None,
 ) -> KeyringRotationService:
-    """The KEK rotation use cases over ``store`` and the keyring ``settings`` name."""
+    """The KEK rotation use cases over ``store`` and the keyring ``settings`` name; a store
+    recorded for another environment is refused first (``check_store_environment``)."""
+    check_store_environment(settings, store)
     return KeyringRotationService(
         store,
         ConfiguredKeyring(settings),

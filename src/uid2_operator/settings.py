@@ -11,6 +11,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from uid2_operator.domain.environments import Environment
@@ -42,6 +43,18 @@ DEFAULT_SALT_BUCKETS = {
 }
 
 
+class EnvironmentSource(StrEnum):
+    """Where ``Settings.environment`` comes from. ``init`` on a data directory whose environment
+    was only defaulted adopts the one its database records; from anywhere else, a mismatch with
+    the database is refused."""
+
+    GIVEN = "given"  # an explicit argument: ``init --environment``, or settings built in code
+    VARIABLE = "variable"  # UID2_ENVIRONMENT
+    DATA_DIRECTORY = "data directory"  # the data directory's ``environment`` file
+    DEFAULT = "default"  # none of those: local
+    DATABASE = "database"  # adopted by ``init`` from the database (``bootstrap``), not read here
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """``database_url`` (it may carry a password) and ``keyring_json`` (every key-encryption key)
@@ -50,6 +63,7 @@ class Settings:
     data_dir: Path
     database_url: str | None = field(default=None, repr=False)
     environment: Environment = Environment.LOCAL
+    environment_source: EnvironmentSource = EnvironmentSource.GIVEN
     identity_scope: IdentityScope = IdentityScope.UID2
     # the keyring itself (UID2_KEYRING); wins over the file
     keyring_json: str | None = field(default=None, repr=False)
@@ -101,11 +115,11 @@ class Settings:
         UID2_KEY_ROTATION_AGE_DAYS (default 365), UID2_SALT_BUCKETS (a power of two up to 2^20;
         default 2^16 in local, 2^20 in integ and prod; fixed once the salt table exists).
         Without UID2_ENVIRONMENT, the environment the data directory was initialised for (its
-        ``environment`` file) applies, else ``local``.
+        ``environment`` file) applies, else ``local``; ``environment_source`` says which.
         """
         env = os.environ if environ is None else environ
         root = Path(data_dir or env.get("UID2_DATA_DIR", "./data"))
-        env_name = environment or env.get("UID2_ENVIRONMENT") or _recorded_environment(root)
+        source, env_name = _environment_name(environment, env, root)
         try:
             deployment = Environment(env_name.lower())
         except ValueError:
@@ -128,6 +142,7 @@ class Settings:
             data_dir=root,
             database_url=database_url or env.get("UID2_DATABASE_URL") or None,
             environment=deployment,
+            environment_source=source,
             identity_scope=IdentityScope[scope_name],
             keyring_json=env.get("UID2_KEYRING") or None,
             keyring_file=Path(keyring_file) if keyring_file else None,
@@ -143,10 +158,22 @@ def _check_salt_buckets(count: int) -> None:
         )
 
 
-def _recorded_environment(data_dir: Path) -> str:
+def _environment_name(
+    given: str | None, env: Mapping[str, str], data_dir: Path
+) -> tuple[EnvironmentSource, str]:
+    if given:
+        return EnvironmentSource.GIVEN, given
+    if variable := env.get("UID2_ENVIRONMENT"):
+        return EnvironmentSource.VARIABLE, variable
+    if recorded := _recorded_environment(data_dir):
+        return EnvironmentSource.DATA_DIRECTORY, recorded
+    return EnvironmentSource.DEFAULT, Environment.LOCAL.value
+
+
+def _recorded_environment(data_dir: Path) -> str | None:
     try:
-        return (data_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8").strip() or "local"
+        return (data_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
-        return "local"
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"Cannot read {data_dir / ENVIRONMENT_FILE}: {exc}") from None

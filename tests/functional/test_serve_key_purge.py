@@ -49,7 +49,9 @@ def _stored_key_ids(database: Database) -> set[int]:
 def test_serve_purges_old_keys_on_its_schedule_and_stops_publishing_them(tmp_path: Path) -> None:
     database = Database("sqlite", tmp_path / "data", None)
     old = _material_made_days_ago(database, 100)
-    cli(database, "init")  # successors for the expired keys, active now
+    # Successors for the expired keys, active now. The environment is named: the store holds
+    # material but records none, as one an earlier version initialised.
+    cli(database, "init", "--environment", "local")
     site_id = int(
         cli(database, "participant", "create", "--name", "P", "--type", "publisher",
             "--roles", "GENERATOR,ID_READER,SHARER")["site_id"]

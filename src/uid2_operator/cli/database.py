@@ -9,18 +9,20 @@ from pathlib import Path
 import click
 
 from uid2_operator.bootstrap import (
+    adopt_store_environment,
     check_environment,
     ensure_keyring,
     load_keyring,
     open_services,
     record_environment,
+    record_store_environment,
     require_unsealed_store,
     upgrade_database,
 )
 from uid2_operator.cli.output import emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
-from uid2_operator.settings import Settings
+from uid2_operator.settings import EnvironmentSource, Settings
 
 
 @click.command()
@@ -29,7 +31,7 @@ from uid2_operator.settings import Settings
     type=click.Choice([e.value for e in Environment]),
     default=None,
     help="The deployment environment this data directory serves (default: UID2_ENVIRONMENT, "
-    "else the one recorded at the first init, else local).",
+    "else the one recorded at the first init, else the one the database records, else local).",
 )
 @json_option
 def init(environment: str | None, as_json: bool) -> None:
@@ -40,6 +42,10 @@ def init(environment: str | None, as_json: bool) -> None:
     UID2_KEYRING_FILE). The encryption material (master, refresh and site keysets with their
     keys, the salt table of UID2_SALT_BUCKETS buckets and the first-level salt) is created as
     ``serve`` would create it; a rerun creates only what is missing.
+
+    The database records the environment too: a new data directory on a database another one
+    initialised adopts it (unless --environment or UID2_ENVIRONMENT names one, which must
+    match), and init refuses a database recorded for another environment.
     """
     done = initialise(environment)
     emit(wants_json(as_json), done.document, done.human)
@@ -81,6 +87,10 @@ def initialise(environment: str | None) -> Initialised:
 
 def _initialise(settings: Settings) -> Initialised:
     check_environment(settings)
+    # Before anything else, so every step runs for the database's environment: a new data
+    # directory adopts it, a mismatch is refused before any write.
+    settings = adopt_store_environment(settings)
+    adopted = settings.environment_source is EnvironmentSource.DATABASE
     keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
     if keyring_present or settings.environment is Environment.PROD:
         load_keyring(settings)  # a missing or unusable keyring stops init before any write
@@ -90,6 +100,8 @@ def _initialise(settings: Settings) -> Initialised:
     keyring = ensure_keyring(settings)
     opened = open_services(settings, keyring=keyring)
     try:
+        # The database's environment first (a new one: this one), before anything is sealed.
+        record_store_environment(settings, opened.store)
         who = actor()
         # The material first: it refuses a keyring that does not open the store's. The token
         # last, once nothing else can fail: a run that stops before it has not issued (and so
@@ -105,6 +117,7 @@ def _initialise(settings: Settings) -> Initialised:
         "data_dir": str(data_dir),
         "database": backend,
         "environment": settings.environment.value,
+        "environment_adopted": adopted,
         "schema_revision": revision,
         "keyring_created": not keyring_present,
         "material_created": material.changed,
@@ -119,7 +132,12 @@ def _initialise(settings: Settings) -> Initialised:
             [
                 ("data directory", data_dir),
                 ("database", backend),
-                ("environment", settings.environment.value),
+                (
+                    "environment",
+                    f"{settings.environment.value} (adopted from the database)"
+                    if adopted
+                    else settings.environment.value,
+                ),
                 ("schema revision", revision),
                 ("keyring", "created (development)" if not keyring_present else "present"),
                 (

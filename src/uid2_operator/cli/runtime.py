@@ -52,7 +52,9 @@ def load_settings(environment: str | None = None, *, check: bool = True) -> Sett
     ``init``, ``db upgrade`` and ``serve``, which check what applies to them themselves), before
     the command reads or writes anything: a data directory recorded for another environment is
     refused (``check_environment``, as ``init`` refuses it), and a keyring missing from the data
-    directory is reported as ``require_data_directory`` says.
+    directory is reported as ``require_data_directory`` says. A database recorded for another
+    environment is refused when the store opens (``open_services`` and
+    ``keyring_rotation_service`` call ``check_store_environment``), before any write.
     """
     options = global_options()
     settings = Settings.from_env(

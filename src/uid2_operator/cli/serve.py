@@ -52,7 +52,9 @@ import uvicorn
 from uid2_operator.bootstrap import (
     Services,
     check_environment,
+    check_store_environment,
     open_services,
+    record_store_environment,
     schema_is_current,
     sweep_keyring_debris,
 )
@@ -73,7 +75,7 @@ from uid2_operator.serve_settings import (
 )
 from uid2_operator.services import replay_table
 from uid2_operator.services.material import MaterialService
-from uid2_operator.settings import DB_FILE, Settings
+from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
 from uid2_operator.web.operator_api.metrics_files import remove_worker_files
 
@@ -308,13 +310,17 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
     (idempotently, keys included), and the longest lifetime this serve gives tokens recorded in
     the store (raised, never lowered), so that every key purge, whichever process runs it,
     keeps the keys those tokens need. Before any worker issues a token. What a keyring write
-    cut short by a crash left beside the keyring file goes first (``sweep_keyring_debris``)."""
+    cut short by a crash left beside the keyring file goes first (``sweep_keyring_debris``).
+    A store an earlier version initialised gets the environment recorded too (from the data
+    directory's ``environment`` file, or UID2_ENVIRONMENT; never one only defaulted)."""
     sweep_keyring_debris(settings)
     services = open_services(  # the keyring followed from its file, as open_services does
         settings,
         expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
     )
     try:
+        if settings.environment_source is not EnvironmentSource.DEFAULT:
+            record_store_environment(settings, services.store)
         services.material.initialise()
         services.material.record_token_lifetime(
             longest_token_lifetime_s(serve_settings.token_lifetimes(settings.environment))
@@ -668,14 +674,18 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _serve(ctx: click.Context, listen: _Listen, init_if_new: bool, announcer: _Announcer) -> None:
     """``serve`` from its settings to its stop. The data directory is checked first, before
     anything is bound or written: one recorded for another environment is refused, as ``init``
-    and every other command refuse it (``check_environment``), and without --init-if-new one
-    without a keyring is reported as every other command reports it (``require_data_directory``;
-    one that does not exist before the lock would make it, one without a keyring once the lock
-    says no other serve is setting it up)."""
+    and every other command refuse it (``check_environment``), so is a database recorded for
+    another environment (``check_store_environment``; with --init-if-new, a data directory that
+    records no environment is left to ``init``, which adopts the database's), and without
+    --init-if-new one without a keyring is reported as every other command reports it
+    (``require_data_directory``; one that does not exist before the lock would make it, one
+    without a keyring once the lock says no other serve is setting it up)."""
     settings = load_settings(check=False)
     check_environment(settings)
     if not init_if_new and not settings.data_dir.is_dir():
         require_data_directory(settings)
+    if not (init_if_new and settings.environment_source is EnvironmentSource.DEFAULT):
+        check_store_environment(settings)
     serve_settings = ServeSettings.from_env()
     serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
     serve_settings.key_retention_s(settings.environment)  # and a key retention below them

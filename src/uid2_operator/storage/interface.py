@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey
 from uid2_operator.domain.material_sealing import SealedMaterial
@@ -550,6 +551,24 @@ class KeypairRepository(KeypairReader, Protocol):
         ...
 
 
+class DeploymentReader(Protocol):
+    def environment(self) -> Environment | None:
+        """The environment the store was initialised for (``record_environment``); None when
+        none is recorded: a store never initialised, or initialised by an earlier version."""
+        ...
+
+
+class DeploymentRepository(DeploymentReader, Protocol):
+    def record_environment(self, environment: Environment) -> Environment:
+        """Records ``environment`` unless one is recorded already, and returns the one recorded
+        after the call: once recorded, it never changes (the caller compares and refuses).
+
+        Not a control-plane change: it does not move the change sequence (no snapshot reads
+        it), and it writes nothing when one is recorded already.
+        """
+        ...
+
+
 # ---------------------------------------------------------------------------- units of work
 
 
@@ -594,6 +613,9 @@ class ReadTx(Protocol):
 
     @property
     def keypairs(self) -> KeypairReader: ...
+
+    @property
+    def deployment(self) -> DeploymentReader: ...
 
     def change_seq(self) -> int:
         """The change sequence as this unit of work sees it (a read unit: the state it reads)."""
@@ -641,6 +663,9 @@ class Tx(ReadTx, Protocol):
 
     @property
     def keypairs(self) -> KeypairRepository: ...
+
+    @property
+    def deployment(self) -> DeploymentRepository: ...
 
 
 class Store(Protocol):

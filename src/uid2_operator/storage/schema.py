@@ -46,6 +46,15 @@ store_meta = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+ENVIRONMENT = "environment"
+"""The ``store_meta`` row naming the deployment environment the store was initialised for, as
+the code ``ENVIRONMENT_CODES`` gives it (``store_meta`` holds integers). Written once (by
+``init``, or by the first ``init`` or ``serve`` of this version on a store an earlier one
+initialised) and never changed: every data directory on the store must serve that environment."""
+
+ENVIRONMENT_CODES = {"local": 1, "integ": 2, "prod": 3}
+"""The ``ENVIRONMENT`` row's value for each environment name; stable, never reused."""
+
 participants = Table(
     "participants",
     metadata,

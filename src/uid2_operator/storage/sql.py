@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
+from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
 from uid2_operator.domain.material_sealing import SealedMaterial
@@ -1240,6 +1241,38 @@ class _Keypairs:
         _check_updated(result.rowcount, f"keypair {subscription_id}")
 
 
+_ENVIRONMENTS = {code: Environment(name) for name, code in t.ENVIRONMENT_CODES.items()}
+
+
+class _Deployment:
+    def __init__(self, unit: _Unit) -> None:
+        self._u = unit
+
+    def environment(self) -> Environment | None:
+        m = t.store_meta.c
+        code = self._u.conn.execute(
+            select(m.value).where(m.name == t.ENVIRONMENT)
+        ).scalar_one_or_none()
+        if code is None:
+            return None
+        found = _ENVIRONMENTS.get(int(code))
+        if found is None:  # only a newer version could have written it
+            raise StoreError(
+                f"The store records an environment this version does not know ({code})"
+            )
+        return found
+
+    def record_environment(self, environment: Environment) -> Environment:
+        conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
+        recorded = self.environment()
+        if recorded is not None:
+            return recorded
+        # The write lock is held: no other writer can insert it first.
+        code = t.ENVIRONMENT_CODES[environment.value]
+        conn.execute(insert(t.store_meta).values(name=t.ENVIRONMENT, value=code))
+        return environment
+
+
 class SqlTx:
     """One unit of work; satisfies both ``Tx`` and ``ReadTx`` (a read unit refuses writes)."""
 
@@ -1258,6 +1291,7 @@ class SqlTx:
         self.keyset_sharing = _KeysetSharing(unit)
         self.site_origins = _SiteOrigins(unit)
         self.keypairs = _Keypairs(unit)
+        self.deployment = _Deployment(unit)
 
     def change_seq(self) -> int:
         return _change_seq(self)
