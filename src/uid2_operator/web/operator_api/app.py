@@ -140,12 +140,9 @@ _NO_LIVE_SECRET: Final = "no_live_client_secret"  # noqa: S105 (a reason code, n
 log = logging.getLogger(__name__)
 
 
-class ServerErrorLog:
-    """One error line per route and error code per ``interval_ms`` for the project's own errors
-    that are answered 5xx (no active encryption key, a salt table that cannot serve): the
-    caller is told only ``unknown``, so without this line nothing would say why. Errors of any
-    other type are logged with their traceback on every request, as unexpected. Later repeats
-    inside the interval are counted and reported on the next line."""
+class _ThrottledLog:
+    """One line per key per ``interval_ms``, the repeats held back in between counted on the
+    next line (``LogThrottle``)."""
 
     __slots__ = ("_throttle",)
 
@@ -156,21 +153,39 @@ class ServerErrorLog:
     ) -> None:
         self._throttle: LogThrottle[tuple[str, str]] = LogThrottle(interval_ms, max_entries)
 
-    def failed(self, error: UID2Error, status: int, path: str, now_ms: int) -> None:
-        skipped = self._throttle.due((path, error.code), now_ms)
+    def _write(
+        self, level: int, key: tuple[str, str], now_ms: int, message: str, *args: object
+    ) -> None:
+        skipped = self._throttle.due(key, now_ms)
         if skipped is None:
             return
-        log.error(
-            "operator request answered %d: path=%s code=%s: %s%s",
+        held_back = f" ({skipped} more since the last line)" if skipped else ""
+        log.log(level, message + "%s", *args, held_back)
+
+
+class ServerErrorLog(_ThrottledLog):
+    """One error line per route and error code per ``interval_ms`` for the project's own errors
+    that are answered 5xx (no active encryption key, a salt table that cannot serve): the
+    caller is told only ``unknown``, so without this line nothing would say why. Errors of any
+    other type are logged with their traceback on every request, as unexpected. Later repeats
+    inside the interval are counted and reported on the next line."""
+
+    __slots__ = ()
+
+    def failed(self, error: UID2Error, status: int, path: str, now_ms: int) -> None:
+        self._write(
+            logging.ERROR,
+            (path, error.code),
+            now_ms,
+            "operator request answered %d: path=%s code=%s: %s",
             status,
             path,
             error.code,
             error.detail,
-            f" ({skipped} more since the last line)" if skipped else "",
         )
 
 
-class RefusalLog:
+class RefusalLog(_ThrottledLog):
     """One warning line per refused key id and reason per ``interval_ms``.
 
     Only keys whose presented text verified are logged, so a reason is one of ``DenyReason``'s
@@ -183,25 +198,17 @@ class RefusalLog:
     dropped, and if none has expired, all.
     """
 
-    __slots__ = ("_throttle",)
-
-    def __init__(
-        self,
-        interval_ms: int = REFUSAL_LOG_INTERVAL_MS,
-        max_entries: int = REFUSAL_LOG_MAX_ENTRIES,
-    ) -> None:
-        self._throttle: LogThrottle[tuple[str, str]] = LogThrottle(interval_ms, max_entries)
+    __slots__ = ()
 
     def refused(self, key_id: str, reason: str, path: str, now_ms: int) -> None:
-        skipped = self._throttle.due((key_id, reason), now_ms)
-        if skipped is None:
-            return
-        log.warning(
-            "API key refused: key_id=%s reason=%s path=%s%s",
+        self._write(
+            logging.WARNING,
+            (key_id, reason),
+            now_ms,
+            "API key refused: key_id=%s reason=%s path=%s",
             key_id,
             reason,
             path,
-            f" ({skipped} more since the last line)" if skipped else "",
         )
 
 
