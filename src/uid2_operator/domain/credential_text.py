@@ -8,7 +8,7 @@ anywhere in the text:
 * a client secret as it is handed out: 44 characters of standard base64 ending in '=', not part
   of a longer base64 run (``CLIENT_SECRET_TEXT``; the keyring's keys and pepper have the same
   shape);
-* a key tail on its own, whole or cut: a run of 33 or more base62 characters (the key id is
+* a key tail on its own, whole or cut to its random part: a run of 33 or more base62 characters (the key id is
   public, so the tail alone is the whole secret: 33 random characters and a 5-character
   checksum, see ``key_format``). A longer run counts too: no boundary is required;
 * a client secret re-encoded: 43 characters of standard or URL-safe base64, not part of a longer
@@ -19,8 +19,9 @@ as random base62 and base64 do: a 33-character random run lacks one of the two c
 30 million, and a 43-character one about once in 3 billion. Digits are not required (a random tail
 lacks one now and then). This keeps ordinary text of those lengths that sticks to one case: a hex
 digest or commit hash, a long lower-case e-mail local part or domain label, a slug, a run of one
-character used as filler. Ordinary names, addresses, domain names and app ids break their runs
-with '.', '-', '@' or spaces long before 33 characters anyway.
+character used as filler. Ordinary names, addresses, domain names and app ids mostly break their
+runs with '.', '-', '@' or spaces long before 33 characters; a long CamelCase word does not, and
+is refused with a message that says so.
 """
 
 from __future__ import annotations

@@ -60,7 +60,11 @@ def refuse_credential_text(value: str, what: str) -> str:
     base64 form (see ``credential_text``). Free text (names, reasons, contacts) is stored and shown
     in plaintext, so a credential pasted there by mistake must not be kept."""
     if holds_credential_text(value):
-        raise InvalidInput(f"{what} looks like a credential; never paste one here")
+        raise InvalidInput(
+            f"{what} looks like a credential; never paste one here (a run of 33 or more letters "
+            "and digits that mixes upper and lower case counts as one: if this is no credential, "
+            "break such a word with a space)"
+        )
     return value
 
 

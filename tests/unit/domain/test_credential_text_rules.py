@@ -179,3 +179,12 @@ def test_longer_base64_is_not_taken_for_a_secret() -> None:
 def test_the_audit_redacts_what_it_did_before(random: RandomBytes) -> None:
     key, token, secret = _credentials(random)
     assert redact({"a": key, "b": token, "c": secret, "d": "web"}) == {"c": secret, "d": "web"}
+
+
+def test_a_long_camel_case_word_is_refused_with_a_way_out() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        validate_name("InternationalBusinessMachinesCorp")
+    assert "break such a word with a space" in str(refused.value)
+    assert validate_name("International Business Machines Corp") == (
+        "International Business Machines Corp"
+    )
