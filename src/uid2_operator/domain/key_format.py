@@ -49,6 +49,11 @@ ADMIN_SITE_ID = 0
 MAX_SITE_ID = 2**31 - 1
 MIN_CLIENT_SITE_ID = 3
 HASH_SIZE = 32
+KEY_ID_PATTERN = (
+    f"{BRAND}-[A-Z]-[A-Z]-(?:0|[1-9][0-9]{{0,{len(str(MAX_SITE_ID)) - 1}}})-"
+    f"[A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}}"
+)
+"""A key's or admin token's id, the public part before the '.', as a regular expression."""
 # Longest possible credential: brand, kind, env, 10-digit site id, public id, tail and separators.
 MAX_TEXT_LENGTH = len(BRAND) + 1 + 1 + 1 + 1 + 1 + 10 + 1 + PUBLIC_ID_LENGTH + 1 + TAIL_LENGTH
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from uid2_operator.domain.key_format import KEY_ID_PATTERN
 from uid2_operator.domain.participants import (
     ParticipantType,
     refuse_credential_text,
@@ -22,7 +23,7 @@ from uid2_operator.domain.participants import (
 from uid2_operator.errors import InvalidInput
 
 # A key or token id: the public prefix of a credential, never the part after the '.'.
-_CREDENTIAL_ID = re.compile(r"UID2-[A-Z]-[A-Z]-(0|[1-9][0-9]{0,9})-[A-Za-z0-9]{6}")
+_CREDENTIAL_ID = re.compile(KEY_ID_PATTERN)
 MAX_ITEMS = 100
 MAX_DAYS = 3650
 MAX_TEXT = 1000

@@ -28,11 +28,7 @@ from uid2_operator.web.admin_api.routing import Call, Handler, Operation, Reply
 TAG = "keys"
 # A key or token id as the services read it (``inputs.credential_id``): the public part of a
 # credential, before the '.', with a site id of at most as many digits as the largest one.
-CREDENTIAL_ID_PATTERN = (
-    f"^{key_format.BRAND}-[A-Z]-[A-Z]-"
-    f"(?:0|[1-9][0-9]{{0,{len(str(key_format.MAX_SITE_ID)) - 1}}})-"
-    f"[A-Za-z0-9]{{{key_format.PUBLIC_ID_LENGTH}}}$"
-)
+CREDENTIAL_ID_PATTERN = f"^{key_format.KEY_ID_PATTERN}$"
 CREDENTIAL_ID_RULE = (
     f"must be an id: {key_format.BRAND}-<kind>-<env>-<site id>-"
     f"<{key_format.PUBLIC_ID_LENGTH} letters or digits>, the part before the '.'"
