@@ -326,7 +326,8 @@ def build_document(operations: Iterable[Operation], *, version: str) -> dict[str
                 "or 4.2e1: JSON Schema cannot tell 42.0 from 42, and this API refuses 42.0); text "
                 "must be valid Unicode without control characters; text holding a credential (an "
                 "API key or admin token, a key's tail, a client secret) is refused wherever it is "
-                "pasted."
+                "pasted, except in the audit filter target_id, which is only compared (an "
+                "opt-out's target id has a client secret's shape)."
             ),
         },
         "paths": paths,
