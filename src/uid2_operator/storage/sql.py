@@ -579,9 +579,9 @@ class _Audit:
 
     def append_many(self, events: Sequence[AuditFields], hasher: EventHasher) -> list[AuditEvent]:
         # Refused attempts' events change no configuration: alone, they move no change_seq.
-        conn = self._u.writing(control_plane=any(e.outcome is Outcome.SUCCESS for e in events))
         if not events:
             return []
+        conn = self._u.writing(control_plane=any(e.outcome is Outcome.SUCCESS for e in events))
         end = self._chain_end(conn)
         placed: list[AuditEvent] = []
         rows: list[dict[str, Any]] = []
