@@ -8,9 +8,10 @@ anywhere in the text:
 * a client secret as it is handed out: 44 characters of standard base64 ending in '=', not part
   of a longer base64 run (``CLIENT_SECRET_TEXT``; the keyring's keys and pepper have the same
   shape);
-* a key tail on its own, whole or cut to its random part: a run of 33 or more base62 characters (the key id is
-  public, so the tail alone is the whole secret: 33 random characters and a 5-character
-  checksum, see ``key_format``). A longer run counts too: no boundary is required;
+* a key tail on its own, whole or cut to its random part: a run of 33 or more base62
+  characters (the key id is public, so the tail alone is the whole secret: 33 random characters
+  and a 5-character checksum, see ``key_format``). A longer run counts too: no boundary is
+  required;
 * a client secret re-encoded: 43 characters of standard or URL-safe base64, not part of a longer
   run of that alphabet, with or without its '=' padding.
 
