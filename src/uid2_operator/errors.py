@@ -534,7 +534,8 @@ class KekVersionMissing(KeyringError):
     version named active). The version number is the one part of the refusal that may be shown
     publicly (the health check names it)."""
 
-    code = "kek_version_missing"
+    # The code stays ``keyring_invalid`` (inherited), as before this refusal had a class of its
+    # own: automation matches on it.
     message = "The keyring lacks a key-encryption key version"
 
     def __init__(self, version: int, message: str | None = None) -> None:
