@@ -134,6 +134,25 @@ def _admin_token_ids(data_dir: Path) -> str:
     return listed.stdout
 
 
+def test_an_interrupted_command_under_json_prints_an_error_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database("sqlite", tmp_path / "data", None)
+
+    def interrupted(settings: Settings) -> None:
+        del settings
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(database_commands, "record_environment", interrupted)
+    cut_short = Cli(database)("init", "--json", env={**SMALL_TABLE})
+    assert cut_short.exit_code == 1
+    document = json.loads(cut_short.stdout)
+    assert document["error"]["code"] == "interrupted"
+    assert document["error"]["message"].startswith(
+        "interrupted before init finished setting up the data directory "
+    )
+
+
 def test_serve_init_if_new_finishes_an_init_that_was_interrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,8 +219,10 @@ def test_a_serve_stopped_before_its_json_line_still_hands_over_the_bootstrap_tok
     with _serve(Path("data"), "--log-level", "info", cwd=tmp_path) as serving:
         serving.wait_for(after)
         stopped = serving.stop(signum)
+    # The init line first; what follows, if anything, is the interruption's error document.
     lines = stopped.stdout.splitlines()
-    assert len(lines) == 1, stopped
+    rest = "\n".join(lines[1:])
+    assert rest == "" or json.loads(rest)["error"]["code"] == "interrupted", stopped
     # {"init": ...}; or, should a worker have accepted first, the whole document
     init = json.loads(lines[0])["init"]
     assert init["data_dir"] == str((tmp_path / "data").resolve())

@@ -24,6 +24,7 @@ from uid2_operator.cli.keys import key
 from uid2_operator.cli.material import keys, optout, salts
 from uid2_operator.cli.output import (
     FAILURE_EXIT,
+    INTERRUPTED,
     USAGE_EXIT,
     error_document,
     exit_code_for,
@@ -58,7 +59,10 @@ class OperatorGroup(click.Group):
             click.echo(error.format_message(), err=True)
             code = USAGE_EXIT
         except click.exceptions.Abort as error:
-            click.echo(f"Error: {_aborted(error)}", err=True)
+            message = _aborted(error)
+            if "--json" in argv:
+                print_json({"error": {"code": INTERRUPTED, "message": message}})
+            click.echo(f"Error: {message}", err=True)
             code = FAILURE_EXIT
         except (click.ClickException, UID2Error) as error:
             code = _report(error, argv)

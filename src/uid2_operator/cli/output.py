@@ -25,6 +25,8 @@ USAGE_EXIT = 2
 FAILURE_EXIT = 1
 MAX_MESSAGE_LENGTH = 300
 COMMAND_FAILED = "command_failed"
+INTERRUPTED = "interrupted"
+"""The ``--json`` error code of a command stopped by SIGINT (or SIGTERM while serve starts)."""
 
 _CREDENTIAL = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.\S*")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")

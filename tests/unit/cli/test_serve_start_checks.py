@@ -101,6 +101,7 @@ def test_sigterm_interrupts_a_starting_serve_as_sigint_does(
     assert callable(handlers[0])
     assert status == FAILURE_EXIT
     assert err.endswith("Error: aborted\n")
-    (line,) = out.splitlines()
+    line, *rest = out.splitlines()
     assert json.loads(line)["init"]["admin_token"]
+    assert json.loads("\n".join(rest))["error"]["code"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before
