@@ -3,6 +3,7 @@ as ``command_failed``, not as an internal error; exit statuses stay what they we
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from uid2_operator.errors import InvalidInput
 
 
 def test_a_serve_on_a_data_directory_in_use_is_a_failed_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # serve runs in this process here: its core-size limit of 0 could not be raised again.
+    serve = importlib.import_module("uid2_operator.cli.serve")
+    monkeypatch.setattr(serve, "_no_core_dumps", lambda: None)
     data_dir = tmp_path / "data"
     with ServeLock.take(data_dir):  # another serve holds it
         status = main.main(["--data-dir", str(data_dir), "--json", "serve"], standalone_mode=False)

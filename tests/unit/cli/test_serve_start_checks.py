@@ -33,6 +33,8 @@ SMALL_TABLE = {"UID2_SALT_BUCKETS": "16"}
 
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve runs in this process here: its core-size limit of 0 could not be raised again.
+    monkeypatch.setattr(serve, "_no_core_dumps", lambda: None)
     for name in ("UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in SMALL_TABLE.items():
