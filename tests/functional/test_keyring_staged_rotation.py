@@ -204,8 +204,7 @@ def test_activate_version_of_a_version_the_file_lacks_is_refused(cli_run: Cli) -
     assert refused.stdout == ""
     assert refused.stderr == (
         "Error: The keyring has no key-encryption key version 5 (it holds 1, 2); copy the "
-        "keyring file that holds it here, or add it with uid2-operator keyring add-version "
-        "--inactive\n"
+        "keyring file that holds it here\n"
     )
     as_json = run(cli_run, "keyring", "activate-version", "5", "--json", status=2)
     assert json.loads(as_json.stdout)["error"]["code"] == "invalid_input"

@@ -19,12 +19,15 @@ version from then on. Whatever it sealed under the old one just before is still 
   version the keyring holds or the store names, how many items of each kind are sealed under it.
   A version the store names but the keyring lacks is shown as such: it is the error condition.
 - ``add_version``: a new random version becomes active. It is numbered above every version the
-  keyring holds *and* every version the store still names, so a version lost from the keyring is
-  never issued again with another key (its items would then fail to open as if tampered with,
-  instead of showing as sealed under a missing version). Older versions stay, so old seals open.
-  With ``activate=False`` the version is added inactive: nothing is sealed under it yet, so the
-  keyring file can first be copied to every other keyring file (each data directory, on this
-  machine or another) whose processes must open what will be sealed under it.
+  keyring holds, every version the store still names *and* every version any keyring file on
+  the store was ever given (the store records the highest, in the same unit of work), so a
+  version number never comes back with another key: not one lost from the keyring (its items
+  would then fail to open as if tampered with, instead of showing as sealed under a missing
+  version), nor one another keyring file added inactive, which seals nothing. Older versions
+  stay, so old seals open. With ``activate=False`` the version is added inactive: nothing is
+  sealed under it yet, so the keyring file can first be copied to every other keyring file
+  (each data directory, on this machine or another) whose processes must open what will be
+  sealed under it.
 - ``activate_version``: a version the keyring holds becomes the active one (nothing to do when it
   already is). Refused, as ``reseal`` is, while the store names a version this keyring lacks:
   another keyring file is then ahead of this one, and it most likely lacks the version activated
@@ -330,6 +333,14 @@ def keyring_status(
     )
 
 
+def _unwritable(provision: str) -> InvalidInput:
+    """The refusal to change a keyring given in UID2_KEYRING, with what to provision there."""
+    return InvalidInput(
+        "The keyring comes from UID2_KEYRING and cannot be written here: provision keyring JSON "
+        f"there {provision}"
+    )
+
+
 # ------------------------------------------------------------------------------- service
 
 
@@ -354,24 +365,28 @@ class KeyringRotationService:
     def add_version(self, actor: Actor = SYSTEM, *, activate: bool = True) -> VersionChange:
         """Step 1: a new random version written to the keyring file, active at once unless
         ``activate`` is False (then ``activate_version`` makes it active, once the file has
-        reached every other keyring file)."""
+        reached every other keyring file).
+
+        Numbered one above the highest of: the versions this keyring holds, those the store
+        names, and the highest the store records as given to any keyring file on it; the store
+        records the new number in the same unit of work."""
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
             inventory = sealed_inventory(tx)
-            version = max((*keyring.versions, *inventory)) + 1
+            reserved = tx.deployment.highest_kek_version()
+            version = max((*keyring.versions, *inventory, reserved)) + 1
             if not self._holder.writable:
-                provision = (
+                then = (
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
                     if activate
                     else f"keeping active_kek_version {keyring.active_version}, then restart"
                 )
-                raise InvalidInput(
-                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
-                    f"keyring JSON there with version {version} added (32 random bytes, base64) "
-                    + provision
-                )
+                raise _unwritable(f"with version {version} added (32 random bytes, base64) {then}")
             updated = add_kek_version(keyring, self._random, version=version, activate=activate)
+            # Taken for good, even if this version is dropped later: under the write lock, so
+            # another keyring file adding a version next is numbered above it.
+            tx.deployment.reserve_kek_version(version)
             added = {"kek_version": version} | ({} if activate else {"active": False})
             change = self._save_change(
                 tx,
@@ -410,24 +425,19 @@ class KeyringRotationService:
                 held = ", ".join(str(v) for v in keyring.versions)
                 raise InvalidInput(
                     f"The keyring has no key-encryption key version {version} (it holds {held}); "
-                    "copy the keyring file that holds it here, or add it with "
-                    "uid2-operator keyring add-version --inactive"
+                    "copy the keyring file that holds it here"
                 )
             if version == previous:
                 return Activation(now, version, previous, keyring.versions, self._holder.source)
-            inventory = sealed_inventory(tx)
-            missing = keyring_status(keyring, self._holder.source, inventory).describe_unknown()
-            if missing is not None:
-                raise KeyringError(
-                    f"Items are sealed under key-encryption key versions the keyring lacks "
-                    f"({missing}), so another keyring file is ahead of this one; copy it over "
-                    "this one, then activate"
-                )
+            self._refuse_unknown_versions(
+                keyring,
+                sealed_inventory(tx),
+                ", so another keyring file is ahead of this one; copy it over this one, then "
+                "activate",
+            )
             if not self._holder.writable:
-                raise InvalidInput(
-                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
-                    f"keyring JSON there with active_kek_version {version}, restart, then run "
-                    f"{RESEAL_COMMAND}"
+                raise _unwritable(
+                    f"with active_kek_version {version}, restart, then run {RESEAL_COMMAND}"
                 )
             updated = activate_kek_version(keyring, version)
             record_event(
@@ -456,12 +466,9 @@ class KeyringRotationService:
         with self._store.transaction() as tx:
             keyring = self._holder.load()
             inventory = sealed_inventory(tx)
-            missing = keyring_status(keyring, self._holder.source, inventory).describe_unknown()
-            if missing is not None:
-                raise KeyringError(
-                    f"Items are sealed under key-encryption key versions the keyring lacks "
-                    f"({missing}); put those versions back into the keyring, then re-seal"
-                )
+            self._refuse_unknown_versions(
+                keyring, inventory, "; put those versions back into the keyring, then re-seal"
+            )
             active = keyring.active_version
             from_versions = tuple(
                 version
@@ -504,6 +511,18 @@ class KeyringRotationService:
             actor.id,
         )
         return ResealResult(now, active, from_versions, resealed)
+
+    def _refuse_unknown_versions(
+        self, keyring: Keyring, inventory: dict[int, SealedCounts], advice: str
+    ) -> None:
+        """KeyringError while items are sealed under a version ``keyring`` lacks: the message
+        names those versions and what they seal, followed by ``advice``."""
+        missing = keyring_status(keyring, self._holder.source, inventory).describe_unknown()
+        if missing is not None:
+            raise KeyringError(
+                f"Items are sealed under key-encryption key versions the keyring lacks ({missing})"
+                + advice
+            )
 
     def _reseal_all(self, tx: Tx, keyring: Keyring) -> SealedCounts:
         active = keyring.active_version
@@ -588,10 +607,7 @@ class KeyringRotationService:
                     f"them unreadable. Run {RESEAL_COMMAND} first"
                 )
             if not self._holder.writable:
-                raise InvalidInput(
-                    "The keyring comes from UID2_KEYRING and cannot be written here: provision "
-                    f"keyring JSON there without version {version}, then restart"
-                )
+                raise _unwritable(f"without version {version}, then restart")
             updated = drop_kek_version(keyring, version)
             dropped = {"kek_version": version}
             change = self._save_change(

@@ -557,8 +557,22 @@ class DeploymentReader(Protocol):
         none is recorded: a store never initialised, or initialised by an earlier version."""
         ...
 
+    def highest_kek_version(self) -> int:
+        """The highest key-encryption key version ``reserve_kek_version`` recorded; 0 when none
+        was (no version added since the store was created, or only by an earlier version)."""
+        ...
+
 
 class DeploymentRepository(DeploymentReader, Protocol):
+    def reserve_kek_version(self, version: int) -> int:
+        """Records that key-encryption key version ``version`` (positive) was given to a keyring
+        file, unless a higher one is recorded already, and returns the highest recorded after
+        the call: it only rises, so a number once reserved is never handed out again.
+
+        Not a control-plane change: it does not move the change sequence (no snapshot reads it).
+        """
+        ...
+
     def record_environment(self, environment: Environment) -> Environment:
         """Records ``environment`` unless one is recorded already, and returns the one recorded
         after the call: once recorded, it never changes (the caller compares and refuses).

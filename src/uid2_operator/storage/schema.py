@@ -55,6 +55,12 @@ initialised) and never changed: every data directory on the store must serve tha
 ENVIRONMENT_CODES = {"local": 1, "integ": 2, "prod": 3}
 """The ``ENVIRONMENT`` row's value for each environment name; stable, never reused."""
 
+KEK_VERSION_MAX = "kek_version_max"
+"""The ``store_meta`` row holding the highest key-encryption key version any keyring file on
+this store was given (``keyring add-version``, active or not); it only rises. Several keyring
+files share one store, and a version added inactive seals nothing, so only this row tells the
+next file that the number is taken. A store from an earlier version has no row (read as 0)."""
+
 participants = Table(
     "participants",
     metadata,

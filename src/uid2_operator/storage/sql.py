@@ -1272,6 +1272,29 @@ class _Deployment:
         conn.execute(insert(t.store_meta).values(name=t.ENVIRONMENT, value=code))
         return environment
 
+    def highest_kek_version(self) -> int:
+        m = t.store_meta.c
+        value = self._u.conn.execute(
+            select(m.value).where(m.name == t.KEK_VERSION_MAX)
+        ).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def reserve_kek_version(self, version: int) -> int:
+        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+            raise StoreError("A key-encryption key version must be a positive whole number")
+        conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
+        m = t.store_meta.c
+        recorded = conn.execute(
+            select(m.value).where(m.name == t.KEK_VERSION_MAX)
+        ).scalar_one_or_none()
+        if recorded is None:  # the write lock is held: no other writer can insert it first
+            conn.execute(insert(t.store_meta).values(name=t.KEK_VERSION_MAX, value=version))
+            return version
+        if int(recorded) >= version:
+            return int(recorded)
+        conn.execute(update(t.store_meta).where(m.name == t.KEK_VERSION_MAX).values(value=version))
+        return version
+
 
 class SqlTx:
     """One unit of work; satisfies both ``Tx`` and ``ReadTx`` (a read unit refuses writes)."""
