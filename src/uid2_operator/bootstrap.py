@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.environments import Environment
@@ -49,10 +49,12 @@ from uid2_operator.services.sharing import SharingService
 from uid2_operator.settings import EnvironmentSource, Settings
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.engines import sqlite_path
-from uid2_operator.storage.interface import Store
+from uid2_operator.storage.interface import ReadTx, Store
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
@@ -447,90 +449,202 @@ def store_environment(settings: Settings) -> Environment | None:
     writing anything: None when it records none, or is not at this code's schema (a database
     not yet created or upgraded: whatever opens it for use says so). Raises StoreUnavailable
     for a database that cannot be reached."""
+    return _read_store(settings, None, lambda tx: tx.deployment.environment())
+
+
+def _read_store(settings: Settings, store: Store | None, read: Callable[[ReadTx], _T]) -> _T | None:
+    """``read`` in a read unit of ``store``, else of the configured database; None (nothing
+    read) for a configured database not at this code's schema (see ``store_environment``)."""
+    if store is not None:
+        with store.read() as tx:
+            return read(tx)
     try:
-        store = open_configured_store(settings)
+        configured = open_configured_store(settings)
     except SchemaOutOfDate:
         return None
     try:
-        with store.read() as tx:
-            return tx.deployment.environment()
+        with configured.read() as tx:
+            return read(tx)
     finally:
-        store.close()
+        configured.close()
 
 
 def check_store_environment(settings: Settings, store: Store | None = None) -> None:
-    """Refuse (InvalidInput) a database initialised for another environment than ``settings``'
-    (``store``, else the configured one as ``store_environment`` reads it). Several data
-    directories share one database, each with its own ``environment`` file: a second one
-    whose file is missing or wrong would otherwise mint keys for another environment into the
-    database, and its serve would refuse the database's real keys. Nothing to compare with a
-    database that records none (one initialised by an earlier version: ``init`` and ``serve``
-    record it, ``record_store_environment``)."""
-    if store is None:
-        recorded = store_environment(settings)
-    else:
-        with store.read() as tx:
-            recorded = tx.deployment.environment()
-    if recorded is not None and recorded is not settings.environment:
-        raise _environment_mismatch(settings, recorded)
+    """Refuse (InvalidInput) a database that is not for ``settings``' environment (``store``,
+    else the configured one, read without writing; nothing to check in one not yet created or
+    upgraded). Several data directories share one database, each with its own ``environment``
+    file: a second one whose file is missing or wrong would otherwise mint keys for another
+    environment into the database, and its serve would refuse the database's real keys.
+
+    A database records its environment (``record_store_environment``); one initialised by an
+    earlier version records none, and then the ids of its API keys and admin tokens say it when
+    they all carry one environment's letter (``UID2-C-I-...``: integ). Nothing to compare with
+    one that records none and holds no credential, or whose ids disagree (``init`` and
+    ``serve`` record nothing in that one: ``check_store_recordable``)."""
+    refusal = _read_store(settings, store, lambda tx: _refusal(settings, tx, recording=False))
+    if refusal is not None:
+        raise refusal
+
+
+def check_store_recordable(settings: Settings, store: Store) -> None:
+    """Before ``init`` or ``serve`` writes anything, refuse (InvalidInput) what
+    ``record_store_environment`` would refuse once it has: read only. Beyond
+    ``check_store_environment``, a database that records no environment and holds credentials
+    is refused to a data directory whose environment is only defaulted (nothing says the
+    database's), and so is one whose key and token ids disagree (nothing says it either)."""
+    refusal = _read_store(settings, store, lambda tx: _refusal(settings, tx, recording=True))
+    if refusal is not None:
+        raise refusal
 
 
 def adopt_store_environment(settings: Settings) -> Settings:
     """For ``init``: ``settings`` with the environment the database records, when theirs was
     only defaulted (no ``--environment``, no UID2_ENVIRONMENT, no ``environment`` file: a new
     data directory on a database another one initialised), marked ``EnvironmentSource.DATABASE``;
-    a mismatch with an environment given or recorded is refused (``check_store_environment``).
+    a mismatch with an environment given or recorded is refused (``check_store_recordable``).
     Reads only: nothing is written before the refusal."""
-    recorded = store_environment(settings)
-    if recorded is None:
+
+    def adopt(tx: ReadTx) -> Settings:
+        recorded = tx.deployment.environment()
+        if recorded is not None and settings.environment_source is EnvironmentSource.DEFAULT:
+            return replace(
+                settings, environment=recorded, environment_source=EnvironmentSource.DATABASE
+            )
+        refusal = _refusal(settings, tx, recording=True)
+        if refusal is not None:
+            raise refusal
         return settings
-    if settings.environment_source is EnvironmentSource.DEFAULT:
-        return replace(
-            settings, environment=recorded, environment_source=EnvironmentSource.DATABASE
-        )
-    if recorded is not settings.environment:
-        raise _environment_mismatch(settings, recorded)
-    return settings
+
+    adopted = _read_store(settings, None, adopt)
+    return settings if adopted is None else adopted
 
 
 def record_store_environment(settings: Settings, store: Store) -> None:
-    """Record ``settings.environment`` in the store when it records none yet (``init``, and
-    ``serve`` at start-up for a store an earlier version initialised), in one small write
-    transaction that moves no change sequence; refuse (InvalidInput) a store that records
-    another (another data directory's ``init`` got there first).
+    """Record ``settings.environment`` in the store when it records none yet, in one small
+    write transaction that moves no change sequence. Run last, once everything else the
+    command does has succeeded (``init`` once the material is in place, before the data
+    directory's ``environment`` file and the bootstrap token; ``serve`` at start-up, for a
+    store an earlier version initialised, once its material is ready): a refused command
+    records nothing, and a recorded environment never changes.
 
-    An environment only defaulted (``EnvironmentSource.DEFAULT``) is recorded only in a store
-    that holds nothing yet (change sequence 0): a store that holds something was initialised
-    by an earlier version, for an environment nothing here says, so that is refused too."""
+    Refused (InvalidInput), recording nothing, as ``check_store_recordable`` refuses (the
+    command checks that before its first write; this checks again, under the write lock): a
+    store that records another environment (another data directory's ``init`` got there
+    first), or that records none and holds credentials whose ids name another, or disagree,
+    or, for an environment only defaulted (``EnvironmentSource.DEFAULT``), any."""
     with store.transaction() as tx:
-        recorded = tx.deployment.environment()
-        if recorded is None:
-            if settings.environment_source is EnvironmentSource.DEFAULT and tx.change_seq():
-                raise InvalidInput(
-                    "The database was initialised by an earlier version, which did not record "
-                    "its environment, and this data directory records none: run init with "
-                    "--environment (or UID2_ENVIRONMENT) naming the database's environment"
-                )
-            recorded = tx.deployment.record_environment(settings.environment)
-    if recorded is not settings.environment:
-        raise _environment_mismatch(settings, recorded)
+        refusal = _refusal(settings, tx, recording=True)
+        if refusal is None:
+            tx.deployment.record_environment(settings.environment)
+    if refusal is not None:
+        raise refusal
 
 
-def _environment_mismatch(settings: Settings, recorded: Environment) -> InvalidInput:
-    """The refusal of a database recorded for ``recorded``: both environments, and the fix for
-    where this invocation's environment came from (kept short: ``safe_message`` cuts a message
-    at 300 characters, so a path goes last)."""
+def _refusal(settings: Settings, tx: ReadTx, *, recording: bool) -> InvalidInput | None:
+    """Why the store ``tx`` reads is not for ``settings``' environment, or None. ``recording``:
+    for a command about to record it (``check_store_recordable``)."""
+    recorded = tx.deployment.environment()
+    if recorded is settings.environment:
+        return None
+    letters = tx.deployment.credential_environment_letters()
+    if recorded is not None:
+        return _environment_mismatch(settings, recorded, _named_by(letters))
+    return _unrecorded_refusal(settings, letters, recording=recording)
+
+
+def _unrecorded_refusal(
+    settings: Settings, letters: frozenset[str], *, recording: bool
+) -> InvalidInput | None:
+    """``_refusal`` for a store that records no environment, whose credential ids carry
+    ``letters``."""
+    named = _named_by(letters)
+    if named is None and len(letters) > 1:
+        if not recording:
+            return None  # nothing says which environment the store serves
+        listed = ", ".join(sorted(letters))
+        return InvalidInput(
+            f"{_UNRECORDED}, and the ids of its API keys and admin tokens disagree: they carry "
+            f"the environment letters {listed}. Nothing says which environment it serves, so "
+            f"{settings.environment.value} is not recorded in it"
+        )
+    if named is None:
+        return None  # no credentials (or only ids naming no environment): nothing to go by
+    if recording and settings.environment_source is EnvironmentSource.DEFAULT:
+        return InvalidInput(
+            "The database was initialised by an earlier version, which did not record its "
+            "environment, and this data directory records none: run init with --environment "
+            "(or UID2_ENVIRONMENT) naming the database's environment"
+        )
+    if named is settings.environment:
+        return None
+    return _inferred_mismatch(settings, named)
+
+
+_UNRECORDED: Final = "The database records no environment (an earlier version initialised it)"
+
+
+def _named_by(letters: frozenset[str]) -> Environment | None:
+    """The environment every stored key and token id names, if they all name the same one."""
+    named = {Environment.from_letter(letter) for letter in letters}
+    return named.pop() if len(named) == 1 else None
+
+
+def _inferred_mismatch(settings: Settings, inferred: Environment) -> InvalidInput:
+    """The refusal of a database that records no environment, whose credential ids all name
+    ``inferred``: both environments, and the fix for where this one came from."""
+    given = settings.environment.value
+    head = (
+        f"{_UNRECORDED}, but its API key and admin token ids carry {inferred}'s letter "
+        f"({inferred.letter}), not {given}'s"
+    )
+    if settings.environment_source is EnvironmentSource.DEFAULT:
+        return InvalidInput(
+            f"{head} (the default: this data directory records no environment): set "
+            f"UID2_ENVIRONMENT={inferred}, or run init --environment {inferred}"
+        )
+    if settings.environment_source is EnvironmentSource.DATA_DIRECTORY:
+        return InvalidInput(
+            f"{head}, which this data directory records: give it the database of its own "
+            f"deployment (--database-url)"
+        )
+    return InvalidInput(
+        f"{head}: set UID2_ENVIRONMENT (init: --environment) to {inferred}, or give the "
+        f"database of the {given} deployment (--database-url)"
+    )
+
+
+def _environment_mismatch(
+    settings: Settings, recorded: Environment, named: Environment | None
+) -> InvalidInput:
+    """The refusal of a database recorded for ``recorded``, whose credential ids all name
+    ``named`` (None: they disagree, or it holds none): both environments, and the fix for where
+    this invocation's environment came from (kept short: ``safe_message`` cuts a message at 300
+    characters, so a path goes last). A data directory's ``environment`` file is only said to
+    be wrong when the database's credentials confirm its record."""
     given = settings.environment.value
     head = f"The database was initialised for the {recorded} environment, not {given}"
+    if named is not None and named is not recorded:
+        return InvalidInput(
+            f"{head}, but its API key and admin token ids carry {named}'s letter "
+            f"({named.letter}): its record and its credentials disagree (the record cannot "
+            f"change). Make sure which deployment the database is before setting any data "
+            f"directory to {recorded}"
+        )
     if settings.environment_source is EnvironmentSource.DEFAULT:
         return InvalidInput(
             f"{head} (the default: this data directory records no environment): set "
             f"UID2_ENVIRONMENT={recorded}, or run init, which adopts the database's"
         )
     if settings.environment_source is EnvironmentSource.DATA_DIRECTORY:
+        if named is recorded:
+            return InvalidInput(
+                f"{head}, which this data directory records: give it its own database "
+                f"(--database-url), or write {recorded} into "
+                f"{settings.environment_path.absolute()}"
+            )
         return InvalidInput(
-            f"{head}, which this data directory records: give it its own database "
-            f"(--database-url), or write {recorded} into {settings.environment_path.absolute()}"
+            f"{head}, which this data directory records: give it the database of its own "
+            f"deployment (--database-url)"
         )
     return InvalidInput(
         f"{head}: set UID2_ENVIRONMENT (init: --environment) to {recorded}, or give the "

@@ -11,6 +11,7 @@ import click
 from uid2_operator.bootstrap import (
     adopt_store_environment,
     check_environment,
+    check_store_recordable,
     ensure_keyring,
     load_keyring,
     open_services,
@@ -45,7 +46,9 @@ def init(environment: str | None, as_json: bool) -> None:
 
     The database records the environment too: a new data directory on a database another one
     initialised adopts it (unless --environment or UID2_ENVIRONMENT names one, which must
-    match), and init refuses a database recorded for another environment.
+    match), and init refuses a database recorded for another environment. A database an earlier
+    version initialised records none: init records this one, once the rest succeeded, unless
+    the ids of the database's API keys and admin tokens name another.
     """
     done = initialise(environment)
     emit(wants_json(as_json), done.document, done.human)
@@ -100,13 +103,16 @@ def _initialise(settings: Settings) -> Initialised:
     keyring = ensure_keyring(settings)
     opened = open_services(settings, keyring=keyring)
     try:
-        # The database's environment first (a new one: this one), before anything is sealed.
-        record_store_environment(settings, opened.store)
+        # Refused before anything is sealed (a database upgraded just now was not read above).
+        check_store_recordable(settings, opened.store)
         who = actor()
-        # The material first: it refuses a keyring that does not open the store's. The token
-        # last, once nothing else can fail: a run that stops before it has not issued (and so
-        # cannot lose) the token, which is shown only once.
+        # The material first: it refuses a keyring that does not open the store's, and a salt
+        # bucket count that is not the table's. Then the database's environment (a new one:
+        # this one), so a refused run records none, and the data directory's. The token last,
+        # once nothing else can fail: a run that stops before it has not issued (and so cannot
+        # lose) the token, which is shown only once.
         material = opened.material.initialise(who)
+        record_store_environment(settings, opened.store)
         record_environment(settings)
         issued = opened.admin.bootstrap_token(who)
         backend = opened.store.backend

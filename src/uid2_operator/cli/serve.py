@@ -53,6 +53,7 @@ from uid2_operator.bootstrap import (
     Services,
     check_environment,
     check_store_environment,
+    check_store_recordable,
     open_services,
     record_store_environment,
     schema_is_current,
@@ -312,19 +313,23 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
     keeps the keys those tokens need. Before any worker issues a token. What a keyring write
     cut short by a crash left beside the keyring file goes first (``sweep_keyring_debris``).
     A store an earlier version initialised gets the environment recorded too (from the data
-    directory's ``environment`` file, or UID2_ENVIRONMENT; never one only defaulted)."""
+    directory's ``environment`` file, or UID2_ENVIRONMENT; never one only defaulted), last, once
+    the rest succeeded: a serve refused at start records none."""
     sweep_keyring_debris(settings)
     services = open_services(  # the keyring followed from its file, as open_services does
         settings,
         expired_key_retention_s=serve_settings.key_retention_s(settings.environment),
     )
     try:
-        if settings.environment_source is not EnvironmentSource.DEFAULT:
-            record_store_environment(settings, services.store)
+        recording = settings.environment_source is not EnvironmentSource.DEFAULT
+        if recording:
+            check_store_recordable(settings, services.store)  # before any write
         services.material.initialise()
         services.material.record_token_lifetime(
             longest_token_lifetime_s(serve_settings.token_lifetimes(settings.environment))
         )
+        if recording:
+            record_store_environment(settings, services.store)
     except BaseException:
         services.close()
         raise

@@ -557,6 +557,12 @@ class DeploymentReader(Protocol):
         none is recorded: a store never initialised, or initialised by an earlier version."""
         ...
 
+    def credential_environment_letters(self) -> frozenset[str]:
+        """The distinct environment letters (``UID2-C-<letter>-...``, ``UID2-A-<letter>-...``)
+        of every stored API key id and admin token id, revoked ones included; empty when the
+        store holds none. What a store an earlier version initialised says of its environment."""
+        ...
+
     def highest_kek_version(self) -> int:
         """The highest key-encryption key version ``reserve_kek_version`` recorded; 0 when none
         was (no version added since the store was created, or only by an earlier version)."""

@@ -23,6 +23,7 @@ from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.key_format import BRAND
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
 from uid2_operator.domain.material_sealing import SealedMaterial
@@ -1242,6 +1243,9 @@ class _Keypairs:
 
 
 _ENVIRONMENTS = {code: Environment(name) for name, code in t.ENVIRONMENT_CODES.items()}
+_ID_LETTER_AT = len(f"{BRAND}-C-") + 1
+"""Where (1-based, as SQL's ``substr`` counts) a key's or admin token's id carries its
+environment letter (``domain.key_format``)."""
 
 
 class _Deployment:
@@ -1261,6 +1265,12 @@ class _Deployment:
                 f"The store records an environment this version does not know ({code})"
             )
         return found
+
+    def credential_environment_letters(self) -> frozenset[str]:
+        at = _ID_LETTER_AT
+        keys = select(func.substr(t.api_keys.c.key_id, at, 1))
+        tokens = select(func.substr(t.admin_tokens.c.token_id, at, 1))
+        return frozenset(self._u.conn.execute(keys.union(tokens)).scalars())
 
     def record_environment(self, environment: Environment) -> Environment:
         conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
