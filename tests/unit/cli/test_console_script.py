@@ -1,0 +1,45 @@
+"""The console script: a Ctrl-C while the command line is still being imported ends with one
+clean line, like any other interrupted command, not a traceback."""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+import pytest
+
+from uid2_operator import __version__, console_script
+
+
+class _InterruptedImport(importlib.abc.MetaPathFinder):
+    """Raises KeyboardInterrupt when the command line is imported, as a Ctrl-C would then."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> None:
+        del path, target
+        if fullname == "uid2_operator.cli":
+            raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_clean_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "uid2_operator.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stopped:
+        console_script.main()
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == "Error: aborted\n"
+
+
+def test_otherwise_it_runs_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["uid2-operator", "--version"])
+    with pytest.raises(SystemExit) as stopped:
+        console_script.main()
+    assert stopped.value.code == 0
+    assert __version__ in capsys.readouterr().out
