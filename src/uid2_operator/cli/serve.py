@@ -252,13 +252,23 @@ class _Workers:
         self._runtime_dir: Path | None = None
 
     def _start_one(self) -> SpawnProcess:
+        """Start a worker. It starts with SIGINT ignored, inherited from this process for the
+        moment of the start: a Ctrl-C reaches the whole terminal's process group, and a worker
+        still importing would end in a ``KeyboardInterrupt`` traceback; serve stops its workers
+        itself, and each one's server takes SIGINT up again once it runs."""
         process = self._context.Process(
             target=_worker_main,
             args=(self.host, self.port, self.shared, self.log_level, os.getpid()),
             name="uid2-operator-worker",
             daemon=False,
         )
-        process.start()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        try:
+            process.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self._started[id(process)] = time.monotonic()
         return process
 
