@@ -13,13 +13,18 @@ directory to take the database's environment when the database's credentials con
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 from cli_harness import Cli, Database, settings_of, state_of
 from serve_harness import UID2_OPERATOR, clean_env, served
-from sqlalchemy import delete, insert, inspect, select
+from shared_database import (
+    CODES,
+    database_environment,
+    forget_environment,
+    second_data_directory,
+)
+from sqlalchemy import insert
 
 from uid2_operator.cli import database as database_commands
 from uid2_operator.domain.admin_tokens import AdminToken
@@ -28,15 +33,12 @@ from uid2_operator.domain.roles import AdminRole
 from uid2_operator.settings import Settings
 from uid2_operator.storage import open_store
 from uid2_operator.storage import schema as t
-from uid2_operator.storage.engines import sqlite_path
 
 pytestmark = pytest.mark.functional
 
 SMALL: dict[str, str | None] = {"UID2_SALT_BUCKETS": "1024"}
 """The salt table the tests create (quick); a table's count is fixed once it exists."""
 OTHER_COUNT: dict[str, str | None] = {"UID2_SALT_BUCKETS": "2048"}
-_CODES = {1: Environment.LOCAL, 2: Environment.INTEG, 3: Environment.PROD}
-"""The ``store_meta`` row's codes (``storage.schema.ENVIRONMENT_CODES``), spelt out: stable."""
 _INFERRED = (
     "Error: The database records no environment (an earlier version initialised it), but its "
     "API key and admin token ids carry local's letter (L), not integ's"
@@ -61,55 +63,14 @@ def _earlier_database(database: Database, environment: str = "local") -> tuple[C
                    "--roles", "GENERATOR")["site_id"])  # fmt: skip
     key = _ok(cli, "key", "create", "--site-id", site, "--name", "k", "--roles", "GENERATOR")
     assert str(key["key_id"]).startswith(f"UID2-C-{Environment(environment).letter}-")
-    _forget_environment(database)
+    forget_environment(database)
     return cli, site
-
-
-def _second(database: Database, name: str = "second") -> Database:
-    """Another data directory on the same database, its keyring copied from the first."""
-    shared_url = database.url or f"sqlite:///{database.sqlite_path}"
-    other = Database(database.backend, database.data_dir.with_name(name), shared_url)
-    other.data_dir.mkdir(mode=0o700)
-    keyring = other.data_dir / "keyring.json"
-    shutil.copyfile(database.data_dir / "keyring.json", keyring)
-    keyring.chmod(0o600)
-    return other
-
-
-def _database_environment(database: Database) -> Environment | None:
-    """The environment the database records, read from its ``store_meta`` row."""
-    url = settings_of(database).store_url
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    store = open_store(url, check_schema=False)
-    try:
-        with store.engine.connect() as conn:
-            if not inspect(conn).has_table("store_meta"):
-                return None
-            code = conn.execute(
-                select(t.store_meta.c.value).where(t.store_meta.c.name == "environment")
-            ).scalar_one_or_none()
-    finally:
-        store.close()
-    return None if code is None else _CODES[int(code)]
-
-
-def _forget_environment(database: Database) -> None:
-    """What a database initialised by an earlier version looks like: no environment row."""
-    store = open_store(settings_of(database).store_url)
-    try:
-        with store.engine.begin() as conn:
-            conn.execute(delete(t.store_meta).where(t.store_meta.c.name == "environment"))
-    finally:
-        store.close()
-    assert _database_environment(database) is None
 
 
 def _set_environment_row(database: Database, environment: Environment) -> None:
     """A database whose record an earlier version's refused init made wrongly."""
-    _forget_environment(database)
-    code = {v: k for k, v in _CODES.items()}[environment]
+    forget_environment(database)
+    code = {v: k for k, v in CODES.items()}[environment]
     store = open_store(settings_of(database).store_url)
     try:
         with store.engine.begin() as conn:
@@ -159,11 +120,11 @@ def test_an_init_refused_by_the_salt_table_records_no_environment(database: Data
     refused = cli("init", env=OTHER_COUNT)
     assert refused.exit_code == 2, refused.output
     assert "The salt table was created with 1024 buckets" in refused.stderr
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     assert state_of(database) == before
 
     assert _ok(cli, "init")["environment"] == "local"
-    assert _database_environment(database) is Environment.LOCAL
+    assert database_environment(database) is Environment.LOCAL
 
 
 def test_a_wrong_init_on_an_earlier_versions_database_without_credentials_records_nothing(
@@ -181,20 +142,20 @@ def test_a_wrong_init_on_an_earlier_versions_database_without_credentials_record
     cli = Cli(database)
     assert cli("init", env=SMALL).exit_code == 1
     monkeypatch.undo()
-    _forget_environment(database)
+    forget_environment(database)
     before = state_of(database)
 
     refused = cli("init", "--environment", "integ", env=SMALL | {"UID2_SALT_BUCKETS": None})
     assert refused.exit_code == 2, refused.output
     assert "The salt table was created with 1024 buckets" in refused.stderr
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     assert state_of(database) == before
     assert not (database.data_dir / "environment").exists()
 
     done = _ok(cli, "init")  # the interrupted init finished, for the default: local
     assert (done["environment"], done["material_created"]) == ("local", False)
     assert "admin_token" in done
-    assert _database_environment(database) is Environment.LOCAL
+    assert database_environment(database) is Environment.LOCAL
 
 
 def test_an_init_interrupted_before_it_recorded_the_databases_environment_is_finished_by_the_next(
@@ -208,12 +169,12 @@ def test_an_init_interrupted_before_it_recorded_the_databases_environment_is_fin
     cli = Cli(database)
     assert cli("init", env=SMALL).exit_code == 1
     monkeypatch.undo()
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
     done = _ok(cli, "init")
     assert (done["environment"], done["material_created"]) == ("local", False)
     assert "admin_token" in done
-    assert _database_environment(database) is Environment.LOCAL
+    assert database_environment(database) is Environment.LOCAL
 
 
 def _file_given(other: Database) -> tuple[tuple[str, ...], dict[str, str | None]]:
@@ -247,7 +208,7 @@ def test_init_for_another_environment_than_the_ids_of_an_earlier_versions_databa
     """The salt table would not refuse it (the same count): only the ids say it is local's."""
     _earlier_database(database)
     before = state_of(database)
-    other = _second(database)
+    other = second_data_directory(database)
     args: tuple[str, ...] = ("init", "--environment", "integ")
     env: dict[str, str | None] = {}
     if how == "variable":
@@ -262,7 +223,7 @@ def test_init_for_another_environment_than_the_ids_of_an_earlier_versions_databa
     assert json.loads(refused.stdout)["error"]["code"] == "invalid_input"
     assert sorted(p.name for p in other.data_dir.iterdir()) == files
     assert state_of(database) == before
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
 
 def test_commands_for_another_environment_than_the_ids_of_an_earlier_versions_database_are_refused(
@@ -271,7 +232,7 @@ def test_commands_for_another_environment_than_the_ids_of_an_earlier_versions_da
     """Another data directory on it (its keyring copied) run with UID2_ENVIRONMENT=integ."""
     _, site = _earlier_database(database)
     before = state_of(database)
-    other = _second(database)
+    other = second_data_directory(database)
     second = Cli(other)
     expected = (
         f"{_INFERRED}: set UID2_ENVIRONMENT (init: --environment) to local, or give the "
@@ -293,7 +254,7 @@ def test_commands_for_another_environment_than_the_ids_of_an_earlier_versions_da
     assert served_refused.stderr.endswith(expected), served_refused.stderr
     assert sorted(p.name for p in other.data_dir.iterdir()) == ["keyring.json"]  # no serve.lock
     assert state_of(database) == before
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
 
 def test_a_data_directory_recording_none_on_an_earlier_versions_database_is_refused_by_its_ids(
@@ -302,7 +263,7 @@ def test_a_data_directory_recording_none_on_an_earlier_versions_database_is_refu
     """A keyring copied and init not run: local by default, in an integ database."""
     _, site = _earlier_database(database, "integ")
     before = state_of(database)
-    second = Cli(_second(database))
+    second = Cli(second_data_directory(database))
 
     refused = second("key", "create", "--site-id", site, "--name", "k2", "--roles", "GENERATOR",
                      env=SMALL)  # fmt: skip
@@ -314,7 +275,7 @@ def test_a_data_directory_recording_none_on_an_earlier_versions_database_is_refu
         "--environment integ\n"
     )
     assert state_of(database) == before
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
 
 def test_an_earlier_versions_database_gets_the_right_environment_at_the_next_serve_start(
@@ -323,13 +284,13 @@ def test_an_earlier_versions_database_gets_the_right_environment_at_the_next_ser
     """A wrong init from another data directory changes nothing; the database's own data
     directory's serve records local."""
     _earlier_database(database)
-    other = _second(database)
+    other = second_data_directory(database)
     refused = Cli(other)("init", "--environment", "integ", env=SMALL)
     assert refused.exit_code == 2, refused.output
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
     with served(database, env={"UID2_SALT_BUCKETS": "1024"}):
-        assert _database_environment(database) is Environment.LOCAL
+        assert database_environment(database) is Environment.LOCAL
 
 
 def test_a_serve_refused_at_start_records_no_environment(database: Database) -> None:
@@ -338,7 +299,7 @@ def test_a_serve_refused_at_start_records_no_environment(database: Database) -> 
 
     refused = _serve_refused(database, {"UID2_SALT_BUCKETS": "2048"})
     assert "The salt table was created with 1024 buckets" in refused.stderr, refused.stderr
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     assert state_of(database) == before
 
 
@@ -359,7 +320,7 @@ def test_an_earlier_versions_database_whose_ids_disagree_gets_no_environment_rec
     assert refused.stderr == f"Error: {expected}\n"
     served_refused = _serve_refused(database, {"UID2_SALT_BUCKETS": "1024"})
     assert f"Error: {expected}\n" in served_refused.stderr, served_refused.stderr
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     assert state_of(database) == before
     # nothing to hold a command to: it runs as before
     listed = cli("--json", "participant", "list", env=SMALL)
@@ -401,8 +362,8 @@ def test_a_data_directory_is_not_told_to_take_a_record_no_credential_confirms(
     monkeypatch.setattr(database_commands, "record_environment", interrupted)
     assert Cli(database)("init", "--environment", "integ", env=SMALL).exit_code == 1
     monkeypatch.undo()
-    assert _database_environment(database) is Environment.INTEG
-    other = _second(database)
+    assert database_environment(database) is Environment.INTEG
+    other = second_data_directory(database)
     (other.data_dir / "environment").write_text("local\n", encoding="utf-8")
 
     refused = Cli(other)("participant", "list", env=SMALL)

@@ -14,23 +14,17 @@ initialised records none: the next ``init`` or ``serve`` records it, from the da
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from cli_harness import Cli, Database, settings_of, state_of
+from cli_harness import Cli, Database, state_of
 from serve_harness import served
-from sqlalchemy import delete, inspect, select
+from shared_database import database_environment, forget_environment, second_data_directory
 
 from uid2_operator.domain.environments import Environment
-from uid2_operator.storage import open_store
-from uid2_operator.storage import schema as t
-from uid2_operator.storage.engines import sqlite_path
 
 pytestmark = pytest.mark.functional
 
 SERVE = ("serve", "--port", "0", "--admin-port", "0")
-_CODES = {1: Environment.LOCAL, 2: Environment.INTEG, 3: Environment.PROD}
-"""The ``store_meta`` row's codes (``storage.schema.ENVIRONMENT_CODES``), spelt out: stable."""
 
 
 def _ok(cli: Cli, *args: str, env: dict[str, str | None] | None = None) -> dict[str, object]:
@@ -50,68 +44,25 @@ def _first(database: Database, environment: str = "integ") -> tuple[Cli, str]:
     return cli, str(site)
 
 
-def _second(database: Database, name: str = "second") -> Database:
-    """Another data directory on the same database, its keyring copied from the first (what
-    docs/credentials.md says to do), and nothing else."""
-    shared_url = database.url or f"sqlite:///{database.sqlite_path}"
-    other = Database(database.backend, database.data_dir.with_name(name), shared_url)
-    other.data_dir.mkdir(mode=0o700)
-    keyring = other.data_dir / "keyring.json"
-    shutil.copyfile(database.data_dir / "keyring.json", keyring)
-    keyring.chmod(0o600)
-    return other
-
-
-def _database_environment(database: Database) -> Environment | None:
-    """The environment the database records, read from its ``store_meta`` row (None for a
-    database not created yet)."""
-    url = settings_of(database).store_url
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    store = open_store(url, check_schema=False)
-    try:
-        with store.engine.connect() as conn:
-            if not inspect(conn).has_table("store_meta"):
-                return None
-            code = conn.execute(
-                select(t.store_meta.c.value).where(t.store_meta.c.name == "environment")
-            ).scalar_one_or_none()
-    finally:
-        store.close()
-    return None if code is None else _CODES[int(code)]
-
-
-def _forget_environment(database: Database) -> None:
-    """What a database initialised by an earlier version looks like: no environment row."""
-    store = open_store(settings_of(database).store_url)
-    try:
-        with store.engine.begin() as conn:
-            conn.execute(delete(t.store_meta).where(t.store_meta.c.name == "environment"))
-    finally:
-        store.close()
-    assert _database_environment(database) is None
-
-
 def test_init_records_the_environment_in_the_database(database: Database) -> None:
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     _first(database, "integ")
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
 
 
 def test_a_refused_first_init_records_no_environment_in_the_database(database: Database) -> None:
     cli = Cli(database)
     assert cli("init", "--environment", "prod").exit_code != 0  # no provisioned keyring
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
     assert _ok(cli, "init", "--environment", "local")["environment"] == "local"
-    assert _database_environment(database) is Environment.LOCAL
+    assert database_environment(database) is Environment.LOCAL
 
 
 def test_a_second_data_directory_adopts_the_environment_of_the_database(
     database: Database,
 ) -> None:
     first, site = _first(database, "integ")
-    other = _second(database)
+    other = second_data_directory(database)
     second = Cli(other)
 
     done = _ok(second, "init")
@@ -127,7 +78,7 @@ def test_a_second_data_directory_adopts_the_environment_of_the_database(
     assert str(issued["key"]).startswith(f"UID2-C-I-{site}-")
     assert str(_ok(first, "key", "show", str(issued["key_id"]))["key_id"]) == issued["key_id"]
 
-    text = Cli(_second(database, "third"))("init")
+    text = Cli(second_data_directory(database, "third"))("init")
     assert text.exit_code == 0, text.output
     assert "environment          integ (adopted from the database)\n" in text.stdout
 
@@ -144,7 +95,7 @@ def test_init_given_another_environment_than_the_databases_is_refused_and_writes
 ) -> None:
     _first(database, "integ")
     before = state_of(database)
-    other = _second(database)
+    other = second_data_directory(database)
     args = ("init", "--environment", "local") if how == "option" else ("init",)
     given = "local" if how == "option" else "prod"
 
@@ -158,7 +109,7 @@ def test_init_given_another_environment_than_the_databases_is_refused_and_writes
     assert json.loads(refused.stdout)["error"]["code"] == "invalid_input"
     assert sorted(p.name for p in other.data_dir.iterdir()) == ["keyring.json"]
     assert state_of(database) == before
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
 
 
 _NO_FILE = (
@@ -189,7 +140,7 @@ def test_commands_on_a_data_directory_not_matching_the_database_are_refused_befo
     (a keyring copied, init not run), one an earlier version initialised as local on an integ
     database, or one run with UID2_ENVIRONMENT=local."""
     _, site = _first(database, "integ")
-    other = _second(database)
+    other = second_data_directory(database)
     env: dict[str, str | None] = {}
     expected = _NO_FILE
     if how == "environment file":
@@ -221,17 +172,17 @@ def test_commands_on_a_data_directory_not_matching_the_database_are_refused_befo
 
     assert state_of(database) == before
     assert sorted(p.name for p in other.data_dir.iterdir()) == files  # no serve.lock either
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
 
 
 def test_an_earlier_versions_database_gets_its_environment_at_the_next_init(
     database: Database,
 ) -> None:
     first, _ = _first(database, "integ")
-    _forget_environment(database)
+    forget_environment(database)
     done = _ok(first, "init")
     assert (done["environment"], done["environment_adopted"]) == ("integ", False)
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
 
 
 def test_a_new_data_directory_on_an_earlier_versions_database_must_name_its_environment(
@@ -240,9 +191,9 @@ def test_a_new_data_directory_on_an_earlier_versions_database_must_name_its_envi
     """Nothing says which environment such a database serves: a data directory that records
     none does not guess local."""
     _first(database, "integ")
-    _forget_environment(database)
+    forget_environment(database)
     before = state_of(database)
-    other = _second(database)
+    other = second_data_directory(database)
     second = Cli(other)
 
     refused = second("init")
@@ -254,29 +205,29 @@ def test_a_new_data_directory_on_an_earlier_versions_database_must_name_its_envi
     )
     assert sorted(p.name for p in other.data_dir.iterdir()) == ["keyring.json"]
     assert state_of(database) == before
-    assert _database_environment(database) is None
+    assert database_environment(database) is None
 
     done = _ok(second, "init", "--environment", "integ")
     assert (done["environment"], done["environment_adopted"]) == ("integ", False)
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
 
 
 def test_an_earlier_versions_database_gets_its_environment_at_the_next_serve_start(
     database: Database,
 ) -> None:
     _first(database, "integ")
-    _forget_environment(database)
+    forget_environment(database)
     with served(database):
-        assert _database_environment(database) is Environment.INTEG
+        assert database_environment(database) is Environment.INTEG
 
 
 def test_serve_init_if_new_on_a_second_data_directory_adopts_the_environment_of_the_database(
     database: Database,
 ) -> None:
     _first(database, "integ")
-    other = _second(database)
+    other = second_data_directory(database)
     with served(other, extra_args=("--init-if-new",)) as running:
         output = "\n".join(running.lines)
     assert "environment          integ (adopted from the database)" in output, output
     assert (other.data_dir / "environment").read_text(encoding="utf-8") == "integ\n"
-    assert _database_environment(database) is Environment.INTEG
+    assert database_environment(database) is Environment.INTEG
