@@ -603,14 +603,8 @@ def _inferred_mismatch(settings: Settings, inferred: Environment) -> InvalidInpu
             f"UID2_ENVIRONMENT={inferred}, or run init --environment {inferred}"
         )
     if settings.environment_source is EnvironmentSource.DATA_DIRECTORY:
-        return InvalidInput(
-            f"{head}, which this data directory records: give it the database of its own "
-            f"deployment (--database-url)"
-        )
-    return InvalidInput(
-        f"{head}: set UID2_ENVIRONMENT (init: --environment) to {inferred}, or give the "
-        f"database of the {given} deployment (--database-url)"
-    )
+        return _not_its_database(head)
+    return _set_or_not_its_database(head, inferred, given)
 
 
 def _environment_mismatch(
@@ -642,12 +636,23 @@ def _environment_mismatch(
                 f"(--database-url), or write {recorded} into "
                 f"{settings.environment_path.absolute()}"
             )
-        return InvalidInput(
-            f"{head}, which this data directory records: give it the database of its own "
-            f"deployment (--database-url)"
-        )
+        return _not_its_database(head)
+    return _set_or_not_its_database(head, recorded, given)
+
+
+def _not_its_database(head: str) -> InvalidInput:
+    """The fix for a data directory whose own record is right: another database."""
     return InvalidInput(
-        f"{head}: set UID2_ENVIRONMENT (init: --environment) to {recorded}, or give the "
+        f"{head}, which this data directory records: give it the database of its own "
+        f"deployment (--database-url)"
+    )
+
+
+def _set_or_not_its_database(head: str, database: Environment, given: str) -> InvalidInput:
+    """The fix for an environment given by option or variable: the database's, or another
+    database."""
+    return InvalidInput(
+        f"{head}: set UID2_ENVIRONMENT (init: --environment) to {database}, or give the "
         f"database of the {given} deployment (--database-url)"
     )
 
