@@ -70,7 +70,7 @@ def test_first_run_prints_the_bootstrap_token_and_next_steps(tmp_path: Path) -> 
         env={"UID2_KEY_ROTATION_INTERVAL_S": "0.2"},
         extra_args=("--init-if-new", "--log-level", "info"),
     ) as running:
-        assert poll(lambda: any("scheduled key rotation" in x for x in running.lines))
+        assert poll(lambda: any("encryption keys rotated" in x for x in running.lines))
         output = "\n".join(running.lines)
     assert re.search(r"^UID2-A-L-\S+\.\S+$", output, re.MULTILINE), output
     assert "participant create" in output

@@ -389,16 +389,12 @@ class _Upkeep:
             self._next_rotation = now + self._serve.key_rotation_interval_s
             self.step = self._ROTATION
             try:
-                result = self._material.rotate_keys()
+                # The rotation logs its own outcome at INFO (``encryption keys rotated ...``).
+                self._material.rotate_keys()
             except Exception as exc:
                 self._failed(self._ROTATION, exc)
             else:
                 self._recovered(self._ROTATION)
-                log.info(
-                    "scheduled key rotation created %d keys, purged %d expired keys",
-                    len(result.created),
-                    len(result.purged),
-                )
             finally:
                 self.step = None
 
