@@ -297,14 +297,19 @@ def raw_asgi_request(
     headers: list[tuple[str, str]],
     chunks: list[bytes],
     client: tuple[str, int] | None = (CLIENT_HOST, 1),
+    then_disconnect: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request straight over ASGI: exact headers (none added), the body in ``chunks``."""
+    """One request straight over ASGI: exact headers (none added), the body in ``chunks``; with
+    ``then_disconnect``, more body is announced after them and the client disconnects instead."""
     sent: list[Message] = []
     pending = list(chunks) or [b""]
 
     async def receive() -> Message:
+        if not pending:
+            return {"type": "http.disconnect"}
         chunk = pending.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        more = bool(pending) or then_disconnect
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
     async def send(message: Message) -> None:
         sent.append(message)

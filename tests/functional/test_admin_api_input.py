@@ -443,6 +443,32 @@ def test_a_chunked_body_over_the_limit_is_413(env: AdminEnv) -> None:
     assert env.refusals_since(mark) == []  # refused before the action: not audited
 
 
+def test_a_client_leaving_mid_body_is_not_an_internal_error(
+    env: AdminEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dropped connection is the client's doing: no error line, no audit event, no change."""
+    mark = env.mark()
+    before = _snapshot(env)
+    with caplog.at_level("INFO", logger="uid2_operator.web.admin_api.app"):
+        status, _, _ = raw_asgi_request(
+            env.app,
+            "POST",
+            f"{PREFIX}/participants",
+            headers=[
+                ("authorization", f"Bearer {env.tokens[AdminRole.SUPER_USER]}"),
+                ("content-type", "application/json"),
+                ("content-length", "1000"),
+            ],
+            chunks=[b'{"name": "half'],
+            then_disconnect=True,
+        )
+    assert status == 499
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert any(" -> 499 " in r.getMessage() for r in caplog.records)
+    assert env.refusals_since(mark) == []
+    assert _snapshot(env) == before
+
+
 @pytest.mark.parametrize("declared", ["abc", "-1", "9" * 30, "1e3", "\u00b2", " 12"])
 def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared: str) -> None:
     mark = env.mark()

@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -165,6 +165,11 @@ def health(call: Call) -> Reply:
     return Reply({"status": "ok"})
 
 
+CLIENT_CLOSED_REQUEST = 499
+"""What the log line gives as the status of a request whose client disconnected before its body
+was read (no answer is sent)."""
+
+
 def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
     async def dispatch(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
@@ -198,6 +203,10 @@ def _endpoint(
                 await record_failed(services, op, actor, params, exc)
                 raise
             response: Response = JSONResponse(reply.payload, status_code=reply.status)
+        except ClientDisconnect:
+            # The client left before its body was read: nothing was done and nobody is left to
+            # answer. Logged below like any request (499, as proxies name it), not as a failure.
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception as exc:  # every failure leaves through the error table
             response = _error_response(exc, op, request_id)
         logger.info(
