@@ -81,3 +81,26 @@ def test_a_healthy_health_check_goes_to_the_api() -> None:
 def test_metrics_name_every_served_route() -> None:
     assert {*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS, METRICS} <= ROUTES
     assert "/v2/token/client-generate" in ROUTES
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_metrics_with_another_method_is_405_like_the_api_paths(method: str) -> None:
+    server = _server(None)
+    assert _call(server, method, "/metrics")[::2] == (405, b"Method Not Allowed")
+    # the same answer the API gives on its own known paths
+    assert _call(server, method, "/ops/healthcheck")[::2] == (405, b"Method Not Allowed")
+
+
+def test_a_websocket_handshake_is_refused_not_dropped() -> None:
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "websocket.connect"}]
+
+    async def receive() -> MutableMapping[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "websocket", "path": "/ops/healthcheck", "headers": []}
+    asyncio.run(_server(None)(scope, receive, send))
+    assert [message["type"] for message in sent] == ["websocket.close"]

@@ -39,6 +39,7 @@ from uid2_operator.bootstrap import follow_keyring, material_service, open_confi
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
 from uid2_operator.domain.sealing import KeyringSource
+from uid2_operator.errors import MethodNotAllowed
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
@@ -54,7 +55,7 @@ from uid2_operator.web.operator_api.app import (
     Scope,
     Send,
 )
-from uid2_operator.web.operator_api.errors import TEXT, UNAUTHORIZED
+from uid2_operator.web.operator_api.errors import TEXT, UNAUTHORIZED, render
 from uid2_operator.web.operator_api.metrics import (
     PROCESS_CPU,
     Gauge,
@@ -104,7 +105,11 @@ class OperatorServer:
                 if problem is not None and scope["method"] in ("GET", "HEAD"):
                     await _answer(send, 503, problem.encode(), TEXT)
                     return
-            elif path == METRICS and scope["method"] in ("GET", "HEAD"):
+            elif path == METRICS:
+                if scope["method"] not in ("GET", "HEAD"):
+                    # A known path: the wrong method is a 405, as on the API's own paths.
+                    await _answer(send, *render(MethodNotAllowed()))
+                    return
                 # The collector publishes the figures it reports as ours first, so that they are
                 # in our file too (MetricsCollector.publish_to, metrics_files).
                 body = generate_latest(self.worker.registry)
@@ -113,6 +118,10 @@ class OperatorServer:
             await self._api(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # No websocket routes: closing before accepting makes the server refuse the
+            # handshake (403), where returning without a word would be its 500.
+            await send({"type": "websocket.close", "code": 1000})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
