@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.material_sealing import SealedMaterial, open_material, seal_material
-from uid2_operator.domain.participants import validate_site_id
+from uid2_operator.domain.participants import refuse_deceptive_text, validate_site_id
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import (
     CstgBadPublicKey,
@@ -155,7 +155,7 @@ def _clean_text(value: str, what: str, limit: int) -> str:
         raise InvalidInput(f"A keypair {what} is at most {limit} characters")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in cleaned):
         raise InvalidInput(f"A keypair {what} must not contain control characters")
-    return cleaned
+    return refuse_deceptive_text(cleaned, f"A keypair {what}")
 
 
 def generate_keypair(

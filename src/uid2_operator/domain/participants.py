@@ -82,7 +82,26 @@ def validate_name(name: str, what: str = "name") -> str:
         raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
     if any(unicodedata.category(ch) == "Cc" for ch in cleaned):
         raise InvalidInput(f"{what} must not contain control characters")
-    return cleaned
+    return refuse_deceptive_text(cleaned, what)
+
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""The embedding, override and isolate controls: they reorder how the text around them is shown,
+so a name listed in a terminal or a page could read as something else."""
+
+
+def refuse_deceptive_text(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` if it holds a bidirectional
+    embedding, override or isolate control, or, not empty, shows nothing: no letter, digit,
+    punctuation or symbol (only spaces, zero-width and other formatting characters, or marks)."""
+    if any(ch in _BIDI_CONTROLS for ch in value):
+        raise InvalidInput(
+            f"{what} must not contain bidirectional formatting characters (U+202A-U+202E, "
+            "U+2066-U+2069): they change how the text around them is displayed"
+        )
+    if value and not any(unicodedata.category(ch)[0] in "LNPS" for ch in value):
+        raise InvalidInput(f"{what} must contain at least one visible character")
+    return value
 
 
 def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
+from uid2_operator.domain.keypairs import validate_keypair_contact, validate_keypair_name
 from uid2_operator.domain.participants import (
     MAX_SITE_ID,
     Participant,
@@ -55,6 +56,36 @@ def test_names_refuse_surrogate_code_points(bad: str) -> None:
         with pytest.raises(InvalidInput, match=f"^{what} must be valid UTF-8 text") as caught:
             validate_name(bad, what)
         assert bad.strip() not in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "bad", ["Acme \u202egnp.exe", "\u2066Acme\u2069", "a\u202ab", "x\u202d", "\u2067y"]
+)
+def test_names_refuse_bidirectional_controls(bad: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^name must not contain bidirectional formatting"):
+        validate_name(bad)
+    with pytest.raises(InvalidInput, match=r"^A keypair name must not contain bidirectional"):
+        validate_keypair_name(bad)
+
+
+@pytest.mark.parametrize("bad", ["\u200b", " \u200b\u200d ", "\u3000\u200c", "\u0301", "\ufeff"])
+def test_names_must_show_something(bad: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^name must contain at least one visible character"):
+        validate_name(bad)
+    with pytest.raises(InvalidInput, match=r"^A keypair contact must contain at least one visible"):
+        validate_keypair_contact(bad)
+
+
+def test_names_keep_joiners_and_marks_beside_visible_text() -> None:
+    # ZWNJ in Persian, a combining accent, an emoji sequence joined by ZWJ; "-" alone is visible
+    for good in (
+        "\u0645\u06cc\u200c\u0631\u0648\u062f",
+        "Cafe\u0301",
+        "\U0001f469\u200d\U0001f4bb",
+        "-",
+    ):
+        assert validate_name(good) == good
+    assert validate_keypair_name("") == ""  # a keypair name may be left empty
 
 
 def test_names_keep_characters_outside_the_basic_plane() -> None:
