@@ -7,6 +7,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Final
 
 from uid2_operator.domain.credential_text import holds_credential_text
 from uid2_operator.domain.roles import ClientRole
@@ -85,21 +86,39 @@ def validate_name(name: str, what: str = "name") -> str:
     return refuse_deceptive_text(cleaned, what)
 
 
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+BIDI_CONTROL_RANGES: Final = ((0x202A, 0x202E), (0x2066, 0x2069))
 """The embedding, override and isolate controls: they reorder how the text around them is shown,
-so a name listed in a terminal or a page could read as something else."""
+so a name listed in a terminal or a page could read as something else. Refused anywhere."""
+INVISIBLE_RANGES: Final = (
+    (0x00AD, 0x00AD),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x2060, 0x2064),
+    (0xFEFF, 0xFEFF),
+)
+"""Format characters that show nothing (soft hyphen, zero-width spaces and joiners, marks of
+direction, word joiner, byte order mark): allowed beside visible text (Persian names need the
+zero-width non-joiner), but a name of only these and spaces shows nothing."""
+
+
+def _characters(ranges: tuple[tuple[int, int], ...]) -> frozenset[str]:
+    return frozenset(chr(c) for low, high in ranges for c in range(low, high + 1))
+
+
+_BIDI_CONTROLS = _characters(BIDI_CONTROL_RANGES)
+_INVISIBLE = _characters(INVISIBLE_RANGES)
 
 
 def refuse_deceptive_text(value: str, what: str) -> str:
     """``value`` unchanged, or InvalidInput naming ``what`` if it holds a bidirectional
-    embedding, override or isolate control, or, not empty, shows nothing: no letter, digit,
-    punctuation or symbol (only spaces, zero-width and other formatting characters, or marks)."""
+    embedding, override or isolate control, or, not empty, shows nothing (only white space and
+    ``INVISIBLE_RANGES`` characters)."""
     if any(ch in _BIDI_CONTROLS for ch in value):
         raise InvalidInput(
             f"{what} must not contain bidirectional formatting characters (U+202A-U+202E, "
             "U+2066-U+2069): they change how the text around them is displayed"
         )
-    if value and not any(unicodedata.category(ch)[0] in "LNPS" for ch in value):
+    if value and all(ch.isspace() or ch in _INVISIBLE for ch in value):
         raise InvalidInput(f"{what} must contain at least one visible character")
     return value
 

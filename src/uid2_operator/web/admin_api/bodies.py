@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
+from uid2_operator.domain.participants import BIDI_CONTROL_RANGES, INVISIBLE_RANGES
 from uid2_operator.errors import InvalidInput, MalformedBody
 
 MAX_BODY_BYTES = 64 * 1024
@@ -49,11 +50,28 @@ TRIMMED_SPACE: Final = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 role names, contacts, domain and app names before checking them."""
 TEXT_PATTERN: Final = f"^[^{CONTROL_CHARACTERS}]*$"
 """Any text without control characters: what every string field accepts at least."""
+
+
+def pattern_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    """``ranges`` as the inside of a regular expression character class, in ``\\uXXXX``
+    escapes, which read the same in Python and ECMA-262 (the OpenAPI document's patterns)."""
+    return "".join(
+        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges
+    )
+
+
+_INVISIBLE: Final = pattern_class(INVISIBLE_RANGES)
+_BIDI: Final = pattern_class(BIDI_CONTROL_RANGES)
 NON_BLANK_PATTERN: Final = (
-    f"^[{TRIMMED_SPACE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}][^{CONTROL_CHARACTERS}]*$"
+    f"^[{TRIMMED_SPACE}{_INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{_INVISIBLE}{_BIDI}]"
+    f"[^{CONTROL_CHARACTERS}{_BIDI}]*$"
 )
-"""Text that is not blank once trimmed."""
+"""Text that is not blank once trimmed and shows something, with no bidirectional controls
+(``domain.participants.refuse_deceptive_text``)."""
 NON_BLANK_RULE: Final = "must not be blank"
+LABEL_PATTERN: Final = f"^[{TRIMMED_SPACE}]*$|{NON_BLANK_PATTERN}"
+"""Text that is blank once trimmed, or else as ``NON_BLANK_PATTERN`` asks: an optional label."""
+LABEL_RULE: Final = "must be empty or show a visible character, with no bidirectional controls"
 # Characters other than ASCII letters whose upper or lower case is one ASCII letter: dotless i
 # (upper case 'I'), long s (upper case 'S') and the Kelvin sign (lower case 'k'). The services
 # compare names in one case, so these spell the same names.

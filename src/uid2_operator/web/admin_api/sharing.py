@@ -21,6 +21,8 @@ from uid2_operator.services.sharing import MAX_SHARING_TYPES, SharingService
 from uid2_operator.web.admin_api.bodies import (
     CONTROL_CHARACTERS,
     INTEGER_NOTE,
+    LABEL_PATTERN,
+    LABEL_RULE,
     TRIMMED_SPACE,
     BodySpec,
     Field,
@@ -154,12 +156,21 @@ KEYPAIR_BODY = BodySpec(
             minimum=MIN_SITE_ID,
             maximum=MAX_SITE_ID,
         ),
-        Field("name", Kind.STRING, "A label (trimmed)", max_length=keypairs.MAX_NAME_LENGTH),
+        Field(
+            "name",
+            Kind.STRING,
+            "A label (trimmed)",
+            max_length=keypairs.MAX_NAME_LENGTH,
+            pattern=LABEL_PATTERN,
+            pattern_rule=LABEL_RULE,
+        ),
         Field(
             "contact",
             Kind.STRING,
             "Who to ask about it (trimmed)",
             max_length=keypairs.MAX_CONTACT_LENGTH,
+            pattern=LABEL_PATTERN,
+            pattern_rule=LABEL_RULE,
         ),
     )
 )
