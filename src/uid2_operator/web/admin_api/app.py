@@ -49,6 +49,7 @@ from uid2_operator.errors import (
     UnsupportedMediaType,
 )
 from uid2_operator.services.context import MAX_SOURCE_LENGTH, Actor
+from uid2_operator.services.log_throttle import LogThrottle
 from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants, sharing
 from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
@@ -125,10 +126,11 @@ def create_admin_app(
     )
     document.update(build_document(operations, version=__version__))
     limiter = RefusalLimiter(timer)
+    outages = StoreOutageLog(timer)
     by_path: dict[str, dict[str, Endpoint]] = {}
     for op in operations:
         by_path.setdefault(op.full_path, {})[op.method] = _endpoint(
-            op, services, timer, max_body_bytes, limiter
+            op, services, timer, max_body_bytes, limiter, outages=outages
         )
     # One route per path, so a wrong method gets a 405 listing every method the path has.
     routes = [
@@ -159,10 +161,29 @@ def create_admin_app(
 def health(call: Call) -> Reply:
     try:
         call.services.store.change_seq()
-    except Exception as exc:
-        logger.warning("admin health check: the store did not answer (%s)", type(exc).__name__)
-        raise StoreUnavailable from None
+    except Exception:
+        raise StoreUnavailable from None  # logged by the endpoint, as every 503 is
     return Reply({"status": "ok"})
+
+
+OUTAGE_LOG_INTERVAL_MS = 60_000
+
+
+class StoreOutageLog:
+    """The admin API's answers while its store does not answer: one WARNING line when the first
+    request is refused, then at most one a minute, each saying how many were refused since the
+    last line, so an outage under steady traffic does not flood the log."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._throttle: LogThrottle[str] = LogThrottle(OUTAGE_LOG_INTERVAL_MS, 1)
+
+    def refused(self, where: str, error: StoreUnavailable) -> None:
+        held = self._throttle.due("store", self._clock.now_ms())
+        if held is None:
+            return
+        since = f" ({held} more answered 503 since the last line)" if held else ""
+        logger.warning("admin %s answered 503: %s%s", where, error.detail, since)
 
 
 CLIENT_CLOSED_REQUEST = 499
@@ -184,6 +205,8 @@ def _endpoint(
     clock: Clock,
     max_body_bytes: int,
     limiter: RefusalLimiter,
+    *,
+    outages: StoreOutageLog,
 ) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         started = clock.now_ms()
@@ -209,6 +232,8 @@ def _endpoint(
             response = Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception as exc:  # every failure leaves through the error table
             response = _error_response(exc, op, request_id)
+            if isinstance(exc, StoreUnavailable):
+                outages.refused(f"{op.method} {op.full_path}", exc)
         logger.info(
             "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
             op.method,

@@ -98,5 +98,9 @@ def render_error(error: BaseException) -> ErrorReply:
         return ErrorReply(500, error_body(INTERNAL_CODE, INTERNAL_MESSAGE), expected=False)
     message = error.detail if mapping.detail else type(error).message
     return ErrorReply(
-        mapping.status, error_body(error.code, message), expected=mapping.status < 500
+        mapping.status,
+        error_body(error.code, message),
+        # A store that does not answer is an outage, not a fault of this code: logged as such
+        # by the app (one WARNING a minute), with no stack.
+        expected=mapping.status < 500 or isinstance(error, StoreUnavailable),
     )
