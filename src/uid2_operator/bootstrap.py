@@ -31,6 +31,7 @@ from uid2_operator.domain.lifecycle import DAY_MS
 from uid2_operator.domain.sealing import (
     Keyring,
     KeyringSource,
+    compare_kek_check_values,
     generate_keyring,
     require_keyring,
 )
@@ -760,8 +761,9 @@ def open_services(
     keyring: KeyringSource | None = None,
     expired_key_retention_s: int | None = None,
 ) -> Services:
-    """Load the keyring, open the store (refusing an out-of-date schema, and one recorded for
-    another environment: ``check_store_environment``) and wire the services.
+    """Load the keyring, open the store (refusing an out-of-date schema, one recorded for
+    another environment: ``check_store_environment``, and a keyring holding another key under a
+    version number the store knows: ``check_store_keyring``) and wire the services.
 
     ``keyring`` defaults to the configured keyring, followed (``follow_keyring``): every service
     asks it once per use case, and a use case that writes asks inside its transaction for the
@@ -772,6 +774,7 @@ def open_services(
     store = open_configured_store(settings)
     try:
         check_store_environment(settings, store)
+        check_store_keyring(store, ring.current())
     except BaseException:
         store.close()
         raise
@@ -797,6 +800,29 @@ def open_services(
     )
 
 
+def check_store_keyring(store: Store, keyring: Keyring) -> None:
+    """Refuse (KeyringError) a keyring holding another key under a version number ``store``
+    records a check value for (``compare_kek_check_values``), and record the check values of
+    the versions it holds that the store has none for.
+
+    Run by ``open_services``, so by ``init``, by every other command that opens the services and
+    by ``serve`` at start-up, before their first write: ``init`` records its keyring this way
+    (``keyring add-version`` records each version it adds itself). A store an earlier version
+    wrote records none, so the first process of this version to open it records those of its
+    keyring: trust on first use. Only reads when the store records every held version already;
+    else one small write transaction that moves no change sequence, comparing again under the
+    write lock (of two processes recording one version, the first wins and the other is
+    refused)."""
+    with store.read() as rx:
+        unrecorded = compare_kek_check_values(keyring, rx.deployment.kek_check_values())
+    if not unrecorded:
+        return
+    with store.transaction() as tx:
+        unrecorded = compare_kek_check_values(keyring, tx.deployment.kek_check_values())
+        if unrecorded:
+            tx.deployment.record_kek_check_values(unrecorded)
+
+
 def keyring_rotation_service(
     settings: Settings,
     store: Store,
@@ -805,7 +831,8 @@ def keyring_rotation_service(
     random: RandomBytes | None = None,
 ) -> KeyringRotationService:
     """The KEK rotation use cases over ``store`` and the keyring ``settings`` name; a store
-    recorded for another environment is refused first (``check_store_environment``)."""
+    recorded for another environment is refused first (``check_store_environment``). Each use
+    case compares the keyring with the store's check values itself, in its unit of work."""
     check_store_environment(settings, store)
     return KeyringRotationService(
         store,

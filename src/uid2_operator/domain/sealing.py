@@ -18,6 +18,13 @@ Keyring JSON::
      "pepper": "<base64 of 32 bytes>",
      "development": false}
 
+Each KEK version has a check value (``kek_check_value``): a one-way digest of the key that the
+store records per version, so a keyring holding another key under a version number the store
+already knows is refused (``compare_kek_check_values``) before anything is sealed or opened
+under it. Several keyring files share one store, one per data directory, and a version copied
+wrongly (or added twice under one number) would otherwise surface only when an item sealed under
+it fails to open elsewhere. The check value is no secret, but it is never printed either.
+
 A long-lived process follows the keyring where it is kept (``bootstrap.KeyringFile``): its use
 cases take a ``KeyringSource`` and ask it for the keyring once per unit of work, so one unit of
 work never mixes two keyrings: ``current()`` at the start of a read, ``latest()`` inside a write
@@ -26,11 +33,13 @@ transaction (see ``KeyringSource``). A ``Keyring`` is its own source, fixed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from uid2_operator.domain.credentials import SealedSecret
 from uid2_operator.domain.environments import Environment
@@ -50,6 +59,18 @@ PEPPER_SIZE = 32
 SECRET_SIZE = 32
 # The store assigns secret ids; a freshly sealed secret carries this until it is added.
 UNASSIGNED_SECRET_ID = 0
+KEK_CHECK_LABEL: Final = b"uid2-operator kek check value"
+"""What a KEK authenticates to give its check value (``kek_check_value``); never changes."""
+KEK_CHECK_MAX: Final = (1 << 63) - 1
+"""The largest check value: 63 bits, so it fits a signed 64-bit integer (``store_meta``)."""
+
+
+def kek_check_value(kek: bytes) -> int:
+    """The check value of a KEK: the first 8 bytes of HMAC-SHA256(kek, ``KEK_CHECK_LABEL``),
+    big-endian, masked to 63 bits. Two keys under one version number differ in it (but for a
+    chance of one in 2**63), and it reveals nothing of the key."""
+    digest = hmac.new(kek, KEK_CHECK_LABEL, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") & KEK_CHECK_MAX
 
 
 class Keyring:
@@ -120,6 +141,10 @@ class Keyring:
             return self._keks[version]
         except KeyError:
             raise KekVersionMissing(version) from None
+
+    def kek_check_values(self) -> dict[int, int]:
+        """``{version: kek_check_value}`` for every version the keyring holds, ascending."""
+        return {version: kek_check_value(self._keks[version]) for version in self.versions}
 
     def __repr__(self) -> str:
         return (
@@ -256,6 +281,32 @@ def drop_kek_version(keyring: Keyring, version: int) -> Keyring:
     keyring.kek(version)
     keks = {v: keyring.kek(v) for v in keyring.versions if v != version}
     return Keyring(keks, keyring.active_version, keyring.pepper, development=keyring.development)
+
+
+def compare_kek_check_values(keyring: Keyring, recorded: Mapping[int, int]) -> dict[int, int]:
+    """Compare the keyring with the check values the store recorded (``{version: value}``).
+
+    Refuses (``KeyringError``) a keyring holding a version under another key than the one the
+    store recorded for that number, naming the versions (never a key byte or check value) and
+    what to do. Otherwise returns the check values of the held versions the store has none for,
+    ascending: what the caller records. A version the store records and the keyring lacks is not
+    this comparison's business (items sealed under it show as sealed under a missing version).
+    """
+    own = keyring.kek_check_values()
+    differ = [v for v, value in own.items() if v in recorded and recorded[v] != value]
+    if differ:
+        listed = ", ".join(str(v) for v in differ)
+        if len(differ) == 1:
+            which = f"version {listed} is another key than the database's version {listed}"
+            adder = f"the instance that added version {listed}"
+        else:
+            which = f"versions {listed} are other keys than the database's versions {listed}"
+            adder = "the instance that added them"
+        raise KeyringError(
+            f"This keyring's key-encryption key {which}: copy the keyring file of {adder} here "
+            "(over this one), then run the command again"
+        )
+    return {v: value for v, value in own.items() if v not in recorded}
 
 
 def require_keyring(keyring: Keyring | None, environment: Environment) -> Keyring:

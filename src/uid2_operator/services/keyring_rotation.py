@@ -39,6 +39,13 @@ version from then on. Whatever it sealed under the old one just before is still 
   secrets, salts and keys. A second run finds nothing to do and changes nothing.
 - ``drop_version``: refused while anything is sealed under the version, and for the active one.
 
+Every step, ``status`` included, first compares the keyring with the check values the store
+records per version (``domain.sealing.compare_kek_check_values``) and refuses, before any write,
+a keyring holding another key under a version number the store knows: another keyring file
+added that version, and this file's copy of it is not that key. ``add_version`` records the new
+version's check value in its unit of work (with those of any held version the store has none
+for), and numbers the new version above every version with a recorded check value too.
+
 Each change writes one audit event in its unit of work, with version numbers and counts only.
 Reading and writing the keyring belong to the composition root (``bootstrap``); the use cases see
 it through a ``KeyringHolder``. A keyring given in the environment cannot be written: adding or
@@ -66,6 +73,7 @@ from uid2_operator.domain.sealing import (
     Keyring,
     activate_kek_version,
     add_kek_version,
+    compare_kek_check_values,
     drop_kek_version,
     reseal_secret,
 )
@@ -359,6 +367,7 @@ class KeyringRotationService:
         """The keyring's versions and what is sealed under each, from one read unit of work."""
         keyring = self._holder.load()
         with self._store.read() as rx:
+            compare_kek_check_values(keyring, rx.deployment.kek_check_values())
             inventory = sealed_inventory(rx)
         return keyring_status(keyring, self._holder.source, inventory)
 
@@ -368,14 +377,18 @@ class KeyringRotationService:
         reached every other keyring file).
 
         Numbered one above the highest of: the versions this keyring holds, those the store
-        names, and the highest the store records as given to any keyring file on it; the store
-        records the new number in the same unit of work."""
+        names, the highest the store records as given to any keyring file on it, and those it
+        records a check value for; the store records the new number, and the new version's
+        check value, in the same unit of work. Refused (KeyringError), changing nothing, for a
+        keyring holding another key under a version the store records a check value for."""
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
+            recorded = tx.deployment.kek_check_values()
+            compare_kek_check_values(keyring, recorded)
             inventory = sealed_inventory(tx)
             reserved = tx.deployment.highest_kek_version()
-            version = max((*keyring.versions, *inventory, reserved)) + 1
+            version = max((*keyring.versions, *inventory, reserved, *recorded)) + 1
             if not self._holder.writable:
                 then = (
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
@@ -387,6 +400,7 @@ class KeyringRotationService:
             # Taken for good, even if this version is dropped later: under the write lock, so
             # another keyring file adding a version next is numbered above it.
             tx.deployment.reserve_kek_version(version)
+            tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
             added = {"kek_version": version} | ({} if activate else {"active": False})
             change = self._save_change(
                 tx,
@@ -410,16 +424,18 @@ class KeyringRotationService:
         """Make ``version``, which the keyring file holds, the active one: new items are sealed
         under it from then on. Nothing changes (no write, no audit event) when it already is.
 
-        Refused, changing nothing: for a version the keyring does not hold (InvalidInput, naming
-        the versions it holds), while items are sealed under a version the keyring lacks
-        (KeyringError, as ``reseal``: another keyring file is ahead of this one), and for a
-        keyring from the environment (InvalidInput, with what to provision instead).
+        Refused, changing nothing: for a keyring holding another key under a version the store
+        records a check value for (KeyringError), for a version the keyring does not hold
+        (InvalidInput, naming the versions it holds), while items are sealed under a version the
+        keyring lacks (KeyringError, as ``reseal``: another keyring file is ahead of this one),
+        and for a keyring from the environment (InvalidInput, with what to provision instead).
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
+            compare_kek_check_values(keyring, tx.deployment.kek_check_values())
             previous = keyring.active_version
             if version not in keyring.versions:
                 held = ", ".join(str(v) for v in keyring.versions)
@@ -459,12 +475,14 @@ class KeyringRotationService:
     def reseal(self, actor: Actor = SYSTEM) -> ResealResult:
         """Step 2: every item not under the active version, sealed again under it, all at once.
 
-        Refused, changing nothing, while items are sealed under a version the keyring lacks
+        Refused, changing nothing, for a keyring holding another key under a version the store
+        records a check value for, and while items are sealed under a version the keyring lacks
         (they cannot be opened; the message names the versions and what they seal).
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
+            compare_kek_check_values(keyring, tx.deployment.kek_check_values())
             inventory = sealed_inventory(tx)
             self._refuse_unknown_versions(
                 keyring, inventory, "; put those versions back into the keyring, then re-seal"
@@ -583,13 +601,15 @@ class KeyringRotationService:
 
         Refused (InvalidInput, changing nothing) for a version the keyring does not hold, for the
         active version, while anything in the store is sealed under it (the message names what,
-        and says to re-seal first), and for a keyring from the environment.
+        and says to re-seal first), and for a keyring from the environment; and (KeyringError)
+        for a keyring holding another key under a version the store records a check value for.
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
+            compare_kek_check_values(keyring, tx.deployment.kek_check_values())
             held = ", ".join(str(v) for v in keyring.versions)
             if version not in keyring.versions:
                 raise InvalidInput(

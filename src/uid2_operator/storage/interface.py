@@ -15,7 +15,7 @@ Storage adds, gets, lists, updates and appends; it does not decide whether a cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -568,12 +568,29 @@ class DeploymentReader(Protocol):
         was (no version added since the store was created, or only by an earlier version)."""
         ...
 
+    def kek_check_values(self) -> Mapping[int, int]:
+        """The check value recorded for each key-encryption key version
+        (``record_kek_check_values``), ascending by version; empty when none is (a store never
+        used by this version)."""
+        ...
+
 
 class DeploymentRepository(DeploymentReader, Protocol):
     def reserve_kek_version(self, version: int) -> int:
         """Records that key-encryption key version ``version`` (positive) was given to a keyring
         file, unless a higher one is recorded already, and returns the highest recorded after
         the call: it only rises, so a number once reserved is never handed out again.
+
+        Not a control-plane change: it does not move the change sequence (no snapshot reads it).
+        """
+        ...
+
+    def record_kek_check_values(self, values: Mapping[int, int]) -> Mapping[int, int]:
+        """Records the check value of each key-encryption key version in ``values`` that has
+        none recorded yet, never overwriting one, and returns every check value recorded after
+        the call (ascending by version): the caller compares and refuses. Raises StoreError,
+        recording nothing, for a version that is not a positive whole number or a value outside
+        0 to 2**63 - 1.
 
         Not a control-plane change: it does not move the change sequence (no snapshot reads it).
         """

@@ -61,6 +61,23 @@ this store was given (``keyring add-version``, active or not); it only rises. Se
 files share one store, and a version added inactive seals nothing, so only this row tells the
 next file that the number is taken. A store from an earlier version has no row (read as 0)."""
 
+KEK_CHECK_PREFIX = "kek_check_"
+"""The ``store_meta`` rows ``kek_check_<N>`` holding the check value of key-encryption key
+version N (``domain.sealing.kek_check_value``: 63 bits of HMAC-SHA256 under the key, so it fits
+the signed 64-bit value and reveals nothing of the key). Written once per version, by the first
+process that uses a keyring holding it (``init``, ``keyring add-version``, or any process that
+opens the services: on a store from an earlier version, which has no rows, trust on first use),
+and never changed: a keyring holding another key under a recorded version is refused. A row
+stays when its version is dropped, so the number cannot come back with another key.
+``kek_check_name`` spells a row's name; a name with this prefix not followed by a version as it
+spells one (``kek_check_07``, say) is not one of these rows."""
+
+
+def kek_check_name(version: int) -> str:
+    """The ``store_meta`` name of KEK version ``version``'s check value row."""
+    return f"{KEK_CHECK_PREFIX}{version}"
+
+
 participants = Table(
     "participants",
     metadata,

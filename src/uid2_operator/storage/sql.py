@@ -10,7 +10,7 @@ transaction when anything but usage counters changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1304,6 +1304,46 @@ class _Deployment:
             return int(recorded)
         conn.execute(update(t.store_meta).where(m.name == t.KEK_VERSION_MAX).values(value=version))
         return version
+
+    def kek_check_values(self) -> dict[int, int]:
+        m = t.store_meta.c
+        rows = self._u.conn.execute(
+            select(m.name, m.value).where(m.name.startswith(t.KEK_CHECK_PREFIX, autoescape=True))
+        )
+        found: dict[int, int] = {}
+        for name, value in rows:
+            suffix = name[len(t.KEK_CHECK_PREFIX) :]
+            if suffix.isascii() and suffix.isdigit() and not suffix.startswith("0"):
+                found[int(suffix)] = int(value)
+        return dict(sorted(found.items()))
+
+    def record_kek_check_values(self, values: Mapping[int, int]) -> dict[int, int]:
+        for version, value in values.items():
+            if not _is_whole(version) or not 0 < version <= _BIGINT_MAX:
+                raise StoreError("A key-encryption key version must be a positive whole number")
+            if not _is_whole(value) or not 0 <= value <= _BIGINT_MAX:
+                raise StoreError(
+                    f"The check value of key-encryption key version {version} must be a whole "
+                    "number from 0 to 2**63 - 1"
+                )
+        conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
+        recorded = self.kek_check_values()
+        # The write lock is held: no other writer can record a version first.
+        new = {version: value for version, value in values.items() if version not in recorded}
+        if new:
+            conn.execute(
+                insert(t.store_meta),
+                [{"name": t.kek_check_name(v), "value": value} for v, value in new.items()],
+            )
+        return dict(sorted((recorded | new).items()))
+
+
+_BIGINT_MAX = (1 << 63) - 1
+
+
+def _is_whole(value: object) -> bool:
+    """An ``int`` proper: not a ``bool``, a float or a string of digits."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class SqlTx:
