@@ -57,6 +57,7 @@ The tree::
     ├── StoreError                          the database failed or refused an operation
     │   ├── StoreUnavailable                unreachable, or locked for longer than the timeout
     │   ├── SchemaOutOfDate                 not migrated to this code's schema (run db upgrade)
+    │   ├── AuditChainAhead                 audit rows past the recorded head (an earlier version)
     │   └── UnsupportedDatabaseUrl          neither sqlite:/// nor postgresql(+psycopg)://
     ├── RequestError                        an HTTP request the admin API refuses as sent
     │   ├── MalformedBody                   not JSON, or not a JSON object
@@ -384,7 +385,22 @@ class StoreUnavailable(StoreError):
 
 class SchemaOutOfDate(StoreError):
     code = "store_schema_out_of_date"
-    message = "The database schema is not at this version's head; run the database upgrade"
+    message = (
+        "The database schema is not at this version's head; stop every process of the earlier "
+        "version on it, then run `uid2-operator db upgrade`"
+    )
+
+
+class AuditChainAhead(StoreError):
+    """The audit chain goes on past the head the store recorded: a process that appends without
+    moving the head (an earlier version of uid2-operator) writes to the same database. Appending
+    is refused rather than forking the chain; the message holds seqs only, no secret."""
+
+    code = "audit_chain_ahead"
+    message = (
+        "Audit rows exist past the recorded head; a process of an earlier version may be writing "
+        "to this database; stop it, then run `uid2-operator audit verify`"
+    )
 
 
 class UnsupportedDatabaseUrl(StoreError):

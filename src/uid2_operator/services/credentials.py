@@ -81,6 +81,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE_DAYS = lifecycle.DEFAULT_GRACE_MS // lifecycle.DAY_MS
 MAX_GRACE_DAYS = lifecycle.MAX_GRACE_MS // lifecycle.DAY_MS
 MAX_AUDIT_LIMIT = 1000
+NO_HEAD_REMEDY = (
+    "if an earlier version of uid2-operator wrote this database, run `uid2-operator db upgrade` "
+    "to record the head of its chain"
+)
+"""Said by ``verify_audit`` of an intact chain with no recorded head."""
 # One lifecycle step inside ``_change_key``: (key, now_ms, tx) -> the changed key.
 _KeyChange = Callable[[ApiKey, int, Tx], ApiKey]
 # A new key id is a fresh 6-character public id; a clash is rare, and retried a few times.
@@ -527,12 +532,17 @@ class CredentialService:
         """Walks the whole chain: an edited, inserted, reordered or deleted row breaks it, and so
         does a chain that does not end at the head the store recorded with its last append (a
         deleted or truncated tail, a rewritten last event). The verdict carries the head so that
-        operators can keep a copy outside the database, which also survives a rewrite of both."""
+        operators can keep a copy outside the database, which also survives a rewrite of both.
+        An intact chain with no recorded head (an earlier version's) is reported with the
+        remedy: ``db upgrade`` records its head."""
         del actor
         with self._store.read() as tx:
             events = tx.audit.list_events()
             recorded = tx.audit.head()
         verdict = verify_chain(events, recorded_head=EMPTY_HEAD if recorded is None else recorded)
+        if recorded is None and not verdict.ok and verdict.checked == len(events):
+            # Every link verifies and only the head is missing: how an earlier version left it.
+            verdict = replace(verdict, problem=f"{verdict.problem}; {NO_HEAD_REMEDY}")
         if not verdict.ok:
             logger.warning(
                 "audit chain broken first_bad_seq=%s problem=%s",

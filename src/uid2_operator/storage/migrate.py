@@ -75,13 +75,21 @@ def upgrade(url: str | URL) -> str:
     The whole upgrade runs in one transaction (both backends have transactional DDL), holding a
     lock that makes a concurrent upgrade wait and then find nothing to do. A database already
     upgraded by a newer version is refused (SchemaOutOfDate) and left untouched.
+
+    In the same transaction, an audit chain written by an earlier version (which recorded no chain
+    head) gets its last row recorded as the head when every link up to it verifies, so that
+    ``audit verify`` finds it intact; a broken chain gets none and stays reported.
     """
+    # sql.py imports this module (for the revision checks): imported here, not at the top.
+    from uid2_operator.storage.sql import record_audit_head_on_upgrade  # noqa: PLC0415
+
     engine, flavour = make_engine(url)
     try:
         with unavailable_as_store_error(engine), engine.connect() as conn:
             flavour.begin_migration(conn)
             _revision_in(conn)
             command.upgrade(_config(conn), "head")
+            record_audit_head_on_upgrade(conn, flavour)
             conn.commit()
     finally:
         engine.dispose()

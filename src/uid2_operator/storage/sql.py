@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.elements import ColumnElement
 
 from uid2_operator.domain.admin_tokens import AdminToken
-from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
+from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome, verify_chain
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import BRAND
@@ -32,7 +32,13 @@ from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import AdminRole, ClientRole
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
 from uid2_operator.domain.sharing import SharingPolicy
-from uid2_operator.errors import AlreadyExists, NotFound, SchemaOutOfDate, StoreError
+from uid2_operator.errors import (
+    AlreadyExists,
+    AuditChainAhead,
+    NotFound,
+    SchemaOutOfDate,
+    StoreError,
+)
 from uid2_operator.storage import schema as t
 from uid2_operator.storage.engines import (
     Flavour,
@@ -565,14 +571,40 @@ class _Audit:
                 conn.execute(insert(t.store_meta).values(name=name, value=value))
 
     def _chain_end(self, conn: Connection) -> ChainHead:
+        """Where the next event goes: after the recorded head, or after the last row when none is
+        recorded. AuditChainAhead when rows exist past the recorded head: a process that appends
+        without moving it (an earlier version) writes to this database, and the next seq is
+        taken."""
         recorded = self.head()
-        if recorded is not None:
-            return recorded
         c = t.audit_events.c
+        if recorded is not None:
+            last_seq = conn.execute(select(func.max(c.seq))).scalar_one()
+            if last_seq is not None and last_seq > recorded.seq:
+                raise AuditChainAhead(
+                    f"Audit rows exist past the recorded head (seq {last_seq} > {recorded.seq}); "
+                    "a process of an earlier version may be writing to this database; stop it, "
+                    "then run `uid2-operator audit verify`"
+                )
+            return recorded
         last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
         if last is None:
             return ChainHead(0, GENESIS_PREV_HASH)
         return ChainHead(last.seq, bytes(last.hash))
+
+    def record_head_of_intact_chain(self) -> ChainHead | None:
+        """Records the head of a chain written before heads were recorded: its last row, when
+        every link up to that row verifies. Returns the head recorded, or None when there was
+        nothing to do (a head is recorded already, or there are no rows) or the chain is broken
+        (recording a head would hide the break from verification)."""
+        conn = self._u.writing(control_plane=False)
+        if self.head() is not None:
+            return None
+        events = self.list_events()
+        if not events or not verify_chain(events).ok:
+            return None
+        head = ChainHead(events[-1].seq, events[-1].hash)
+        self._record_head(conn, head)
+        return head
 
     def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
         (placed,) = self.append_many([event], hasher)
@@ -1444,6 +1476,20 @@ def _change_seq(tx: SqlTx) -> int:
     return int(value)
 
 
+def record_audit_head_on_upgrade(conn: Connection, flavour: Flavour) -> ChainHead | None:
+    """The upgrade's data step, on its connection and in its transaction: a chain written by an
+    earlier version, which kept no head, gets its last row recorded as the head when every link up
+    to it verifies (``_Audit.record_head_of_intact_chain``). Without it, verification would report
+    such a chain as going past an empty head until the next append. A broken chain gets no head,
+    so verification keeps reporting the break; a chain with a head is left alone."""
+    # The store-wide write lock first (SQLite's BEGIN IMMEDIATE holds it already): no writer can
+    # append between the read of the rows and the record of the head.
+    conn.execute(
+        select(t.store_meta.c.value).where(t.store_meta.c.name == t.CHANGE_SEQ).with_for_update()
+    )
+    return _Audit(_Unit(conn, flavour, writable=True)).record_head_of_intact_chain()
+
+
 def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
     """Opens the store at ``url`` (``sqlite:///<path>`` or ``postgresql[+psycopg]://...``).
 
@@ -1474,9 +1520,15 @@ def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
             raise
         if found != head_revision():
             engine.dispose()
+            remedy = (
+                "run `uid2-operator init` (or `uid2-operator db upgrade`) first"
+                if found is None
+                else "stop every process of the earlier version on this database, then run "
+                "`uid2-operator db upgrade`"
+            )
             raise SchemaOutOfDate(
                 f"The database is at schema revision {found or 'none'}, this version needs "
-                f"{head_revision()}; run the database upgrade"
+                f"{head_revision()}; {remedy}"
             )
     return SqlStore(engine, flavour)
 

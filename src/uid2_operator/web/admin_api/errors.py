@@ -16,6 +16,7 @@ from typing import Any
 
 from uid2_operator.errors import (
     AlreadyExists,
+    AuditChainAhead,
     BodyTooLarge,
     CredentialError,
     DomainError,
@@ -68,6 +69,8 @@ ERROR_TABLE: Mapping[type[UID2Error], HttpMapping] = MappingProxyType(
         DomainError: HttpMapping(422),
         KeyringError: HttpMapping(500, detail=False),
         StoreUnavailable: HttpMapping(503, detail=False),
+        # Seqs and the remedy only: the operator must stop a process of an earlier version.
+        AuditChainAhead: HttpMapping(500),
         StoreError: HttpMapping(500, detail=False),
     }
 )

@@ -1,0 +1,179 @@
+"""Upgrading from an earlier version, through the command line, on SQLite and PostgreSQL.
+
+A database at an older schema revision is refused with the command that upgrades it; after
+``db upgrade`` an audit chain the earlier version wrote (with no recorded head) verifies intact;
+and an audited command against a chain an earlier version appended to behind the recorded head
+fails with ``audit_chain_ahead`` and its remedy, not an internal error (the admin API answers
+the same refusal).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from admin_api_harness import open_admin_env, sqlite_settings
+from alembic import command
+from cli_harness import Cli, Database, settings_of, state_of
+from sqlalchemy import delete, select, update
+
+from uid2_operator.storage import schema as t
+from uid2_operator.storage.engines import make_engine
+from uid2_operator.storage.migrate import _config
+
+HEAD_NAMES = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
+UPGRADE = "uid2-operator db upgrade"
+
+
+def _ok(cli: Cli, *args: str) -> Any:
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def _refused(cli: Cli, *args: str) -> dict[str, str]:
+    result = cli(*args, "--json")
+    assert result.exit_code == 1, (args, result.stdout, result.stderr)
+    assert "internal error" not in result.stderr
+    error: dict[str, str] = json.loads(result.stdout)["error"]
+    assert result.stderr == f"Error: {error['message']}\n"
+    return error
+
+
+def _create_participant(cli: Cli, name: str) -> None:
+    _ok(cli, "participant", "create", "--name", name, "--type", "publisher")
+
+
+def _head_rows(db: Database) -> dict[str, int]:
+    engine, _ = make_engine(settings_of(db).store_url)
+    m = t.store_meta.c
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(m.name, m.value).where(m.name.in_(HEAD_NAMES))).all()
+    finally:
+        engine.dispose()
+    return {row.name: int(row.value) for row in rows}
+
+
+def _set_head_rows(db: Database, rows: dict[str, int]) -> None:
+    engine, _ = make_engine(settings_of(db).store_url)
+    m = t.store_meta.c
+    try:
+        with engine.begin() as conn:
+            for name, value in rows.items():
+                conn.execute(update(t.store_meta).where(m.name == name).values(value=value))
+    finally:
+        engine.dispose()
+
+
+def _forget_head(db: Database) -> None:
+    engine, _ = make_engine(settings_of(db).store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(delete(t.store_meta).where(t.store_meta.c.name.in_(HEAD_NAMES)))
+    finally:
+        engine.dispose()
+
+
+def _as_an_earlier_version_left_it(db: Database) -> None:
+    """Schema revision 0003 and an audit chain with no recorded head."""
+    engine, flavour = make_engine(settings_of(db).store_url)
+    try:
+        with engine.connect() as conn:
+            flavour.begin_migration(conn)
+            conn.execute(delete(t.store_meta).where(t.store_meta.c.name.in_(HEAD_NAMES)))
+            command.downgrade(_config(conn), "0003")
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_store_an_earlier_version_wrote_is_intact_after_db_upgrade(database: Database) -> None:
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "Pub")
+    _as_an_earlier_version_left_it(database)
+
+    error = _refused(cli, "participant", "list")
+    assert error["code"] == "store_schema_out_of_date"
+    assert "schema revision 0003" in error["message"]
+    assert "stop every process of the earlier version" in error["message"]
+    assert f"`{UPGRADE}`" in error["message"]
+
+    _ok(cli, "db", "upgrade")
+    verdict = _ok(cli, "audit", "verify")
+    assert (verdict["ok"], verdict["reason"]) == (True, None)
+    assert verdict["head_seq"] >= 1
+    _create_participant(cli, "Next")  # the next audited change builds on the recorded head
+    assert _ok(cli, "audit", "verify")["ok"] is True
+
+
+def test_verify_of_a_chain_without_a_recorded_head_names_db_upgrade(database: Database) -> None:
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "Pub")
+    _forget_head(database)
+
+    result = cli("audit", "verify", "--json")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    verdict = json.loads(result.stdout)
+    assert verdict["ok"] is False
+    assert verdict["reason"].startswith("no chain head is recorded, yet the chain reaches seq ")
+    assert f"run `{UPGRADE}`" in verdict["reason"]
+
+    _ok(cli, "db", "upgrade")
+    assert _ok(cli, "audit", "verify")["ok"] is True
+
+
+def test_an_audited_command_refuses_a_chain_past_its_recorded_head(database: Database) -> None:
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "First")
+    kept = _head_rows(database)
+    _create_participant(cli, "Second")
+    _set_head_rows(database, kept)  # as an earlier version appends: the head stays behind
+    behind = kept[t.AUDIT_HEAD_SEQ]
+    before = state_of(database)
+    last_seq = before[2]  # seqs run from 1 without a gap
+    assert last_seq > behind
+
+    error = _refused(cli, "participant", "create", "--name", "Third", "--type", "publisher")
+    assert error["code"] == "audit_chain_ahead"
+    assert error["message"] == (
+        f"Audit rows exist past the recorded head (seq {last_seq} > {behind}); a process of an "
+        "earlier version may be writing to this database; stop it, then run "
+        "`uid2-operator audit verify`"
+    )
+    assert state_of(database) == before
+
+    plain = cli("participant", "create", "--name", "Third", "--type", "publisher")
+    assert plain.exit_code == 1
+    assert plain.stderr == f"Error: {error['message']}\n"
+    assert state_of(database) == before
+
+
+def test_the_admin_api_answers_the_refusal_with_its_code_and_message(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path / "data")
+    database = Database("sqlite", settings.data_dir, None)
+    with open_admin_env(settings) as env:
+        assert env.call("POST", "/participants", json={"name": "A", "type": "dsp"}).is_success
+        kept = _head_rows(database)
+        assert env.call("POST", "/participants", json={"name": "B", "type": "dsp"}).is_success
+        _set_head_rows(database, kept)
+        mark = env.mark()
+
+        response = env.call("POST", "/participants", json={"name": "C", "type": "dsp"})
+
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {
+                "code": "audit_chain_ahead",
+                "message": (
+                    f"Audit rows exist past the recorded head (seq {mark.audit_seq} > "
+                    f"{kept[t.AUDIT_HEAD_SEQ]}); a process of an earlier version may be writing "
+                    "to this database; stop it, then run `uid2-operator audit verify`"
+                ),
+            }
+        }
+        assert env.mark() == mark
