@@ -3,11 +3,11 @@
 Two things change because requests arrive: each API key's usage (per-endpoint counts and when
 it was last used) and the opt-outs recorded by ``/v2/token/logout``. Neither may make a request
 wait for the database, so the request path only touches plain dicts and lists (a few hundred
-nanoseconds), and ``WriteBehind.flush`` writes what accumulated in short transactions, off the
-request path: every ``flush_interval_s`` from a background task, and once more at shutdown. Usage
-is one transaction per flush; opt-outs are written ``OPTOUT_WRITE_CHUNK`` at a time, each chunk
-its own transaction, so that a backlog (up to ``MAX_PENDING_OPTOUTS`` after the store was
-unreachable) never holds the store's write lock for longer than one chunk takes.
+nanoseconds), and ``WriteBehind.run`` writes what accumulated in short transactions, off the
+request path: every ``flush_interval_s``, and once more when the worker stops. Usage is one
+transaction per flush; opt-outs are written ``OPTOUT_WRITE_CHUNK`` at a time, each chunk its own
+transaction, so that a backlog (up to ``MAX_PENDING_OPTOUTS`` after the store was unreachable)
+never holds the store's write lock for longer than one chunk takes.
 
 Everything here runs on the worker's event loop except the store calls, which ``run`` hands to a
 thread after swapping the pending batch out on the loop, so an increment can never land in a
@@ -20,6 +20,35 @@ want of room is lost once the next reload replaces the snapshot it was applied t
 counted (``OptOutQueue.dropped``, exported as a metric) and logged at WARNING, at most once per
 ``DROP_WARNING_INTERVAL_MS`` (``WriteBehind.report_drops``).
 
+Failing writes (the store unreachable, or its write lock held elsewhere) are logged at WARNING
+once when they start, at most once per ``FAILURE_REPORT_INTERVAL_MS`` while they go on (how many
+failed, how much is waiting), and once when writes work again. A line names the error by its
+class and, for the project's own errors, their message (``StoreUnavailable`` names the store and
+the driver's reason); any other error by its class and the file:line frames it came through.
+Never its text or a traceback: a database error's text holds the statement's parameters, the
+opted-out person's raw UID and first-level hash among them.
+
+A logout answered ``{"optout": "OK"}`` is a promise, so a stop never drops a pending opt-out
+silently. After ``stop``, ``run`` goes on writing what is pending, a failed write retried every
+``STOP_RETRY_PAUSE_S``, until ``STOP_BUDGET_S`` after ``stop`` (a write already waiting for the
+store is waited for within that bound, never beyond: a SQLite write waits up to 10 s for the lock).
+Then it closes the ``CommitGate`` of the write still under way, if any: every write transaction
+asks its batch's gate just before it commits and holds it through the commit, so that once the
+gate is closed, what the batch committed is known and the rest never commits. The opt-outs not
+committed are saved to ``<saved_dir>/<pid>-<ms>.json`` (``PENDING_OPTOUTS_DIR`` under the data
+directory; mode 0600 in a 0700 directory; written whole under a temporary name, then renamed),
+or logged at ERROR with their count and that path when even saving fails. Usage still pending is
+logged with its count and not kept (it is no compliance data).
+
+When ``run`` starts, and after every ``flush_interval_s`` while the store refuses them, it writes
+the saved opt-outs: it claims each file by renaming it to ``<name>.claimed-<pid>`` (one of two
+workers starting together gets it, the other skips it; a file claimed by a process that is gone
+is claimed again), writes its records with ``write_optouts`` (the same records and audit events
+as if they had been written in time; a record already stored keeps the later time, as when a
+chunk is retried), and removes it. A write that fails gives the file its name back (without the
+chunks that committed). A file that cannot be read is given its name back, left in place and
+logged at ERROR, once per worker.
+
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
 """
@@ -28,18 +57,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord, latest
-from uid2_operator.errors import NotFound
+from uid2_operator.errors import NotFound, UID2Error
 from uid2_operator.services.audit_trail import EventDetails, record_events
 from uid2_operator.services.context import Actor
 from uid2_operator.storage.interface import Store, UsageEntry
-from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.encoding import b64decode, b64encode
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +86,25 @@ queue is many short transactions, between which other writers get the store."""
 DROP_WARNING_INTERVAL_MS: Final = 60_000
 """At most one warning about dropped opt-outs per this interval (each says how many since the
 last)."""
+FAILURE_REPORT_INTERVAL_MS: Final = 60_000
+"""While writes keep failing, at most one line about it per this interval (after the first)."""
+STOP_BUDGET_S: Final = 6.0
+"""How long after ``stop`` the last flush may go on trying. ``serve`` gives a stopping worker
+10 s from its SIGTERM before it kills it (``_STOP_TIMEOUT_S`` in ``cli/serve.py``); the rest is
+for the connections to end before the flush and for saving what is left after it."""
+STOP_RETRY_PAUSE_S: Final = 0.5
+"""The pause between two attempts of the last flush when a write failed at once."""
+COMMIT_WAIT_S: Final = 1.0
+"""How long closing a ``CommitGate`` waits for a commit already under way to end."""
+PENDING_OPTOUTS_DIR: Final = "pending-optouts"
+"""The directory, in the data directory, of the opt-outs a stop could not write."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
+
+_SAVED_KIND: Final = "uid2-operator pending opt-outs"
+_SAVED_VERSION: Final = 1
+_CLAIMED: Final = ".claimed-"
+_DETAIL_CHARS: Final = 300
 
 
 class UsageMeter:
@@ -124,18 +177,79 @@ class OptOutsNotWritten(Exception):
         self.committed = committed
 
 
-def write_optouts(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
+class WritesClosed(Exception):
+    """A write transaction was refused its commit: its ``CommitGate`` is closed."""
+
+
+class CommitGate:
+    """Whether the write transactions of one batch may still commit, and how many opt-outs
+    they committed.
+
+    A transaction calls the ``admit`` that ``admitting`` gives it last thing before its commit,
+    and holds the gate until the commit has ended. ``close`` waits for a commit under way, so
+    once it returns ``committed`` is final: the rest of the batch is not in the store and never
+    will be from this batch (a later transaction's ``admit`` raises ``WritesClosed``, and the
+    transaction rolls back)."""
+
+    __slots__ = ("_closed", "_lock", "committed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self.committed = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.contextmanager
+    def admitting(self, count: int) -> Iterator[Callable[[], None]]:
+        """Around one write transaction of ``count`` opt-outs (entered before it, so left after
+        its commit): counts them once it committed."""
+        held = False
+
+        def admit() -> None:
+            nonlocal held
+            self._lock.acquire()
+            held = True
+            if self._closed:
+                raise WritesClosed
+
+        try:
+            yield admit
+            if held:
+                self.committed += count
+        finally:
+            if held:
+                self._lock.release()
+
+    def close(self, wait_s: float = COMMIT_WAIT_S) -> bool:
+        """Refuse every later commit. False when a commit under way did not end within
+        ``wait_s``: its opt-outs are then not counted, though they may be committed."""
+        acquired = self._lock.acquire(timeout=wait_s)
+        self._closed = True
+        if acquired:
+            self._lock.release()
+        return acquired
+
+
+def write_optouts(
+    store: Store, records: Sequence[OptOutRecord], now_ms: int, gate: CommitGate | None = None
+) -> None:
     """Record opt-outs, ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``), in
     order. When a chunk fails, OptOutsNotWritten says how many records were committed before
-    it (they stay written)."""
+    it (they stay written). ``gate``: the batch's, when the caller may have to stop its commits
+    (``CommitGate``)."""
     for start in range(0, len(records), OPTOUT_WRITE_CHUNK):
         try:
-            write_optout_chunk(store, records[start : start + OPTOUT_WRITE_CHUNK], now_ms)
+            write_optout_chunk(store, records[start : start + OPTOUT_WRITE_CHUNK], now_ms, gate)
         except Exception as exc:
             raise OptOutsNotWritten(start) from exc
 
 
-def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: int) -> None:
+def write_optout_chunk(
+    store: Store, records: Sequence[OptOutRecord], now_ms: int, gate: CommitGate | None = None
+) -> None:
     """Record opt-outs in one transaction, each with its audit event, keeping the latest time
     (a record met again, in this chunk or an earlier one, keeps the later of the two).
 
@@ -143,7 +257,8 @@ def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: in
     merged ones, one append of the events (in the order of ``records``). What it stores is what
     a ``get``, ``put`` and ``record_event`` per record would store, in less time under the
     write lock."""
-    with store.transaction() as tx:
+    admission = (gate or CommitGate()).admitting(len(records))
+    with admission as admit, store.transaction() as tx:
         kept = tx.optouts.get_many(record.first_level_hash for record in records)
         for record in records:
             flh = record.first_level_hash
@@ -163,10 +278,247 @@ def write_optout_chunk(store: Store, records: Sequence[OptOutRecord], now_ms: in
                 for record in records
             ),
         )
+        admit()
+
+
+# --------------------------------------------------------------------------- what is logged
+
+
+def described(error: BaseException) -> str:
+    """An error as a log line may name it: a project error by its class and its own message
+    (first line), any other by its class and the frames it came through, never its text (a
+    database driver's holds the statement's parameters)."""
+    if isinstance(error, UID2Error):
+        lines = error.detail.splitlines()
+        return f"{type(error).__name__}: {lines[0][:_DETAIL_CHARS] if lines else ''}"
+    return f"{type(error).__name__} at {where(error)}"
+
+
+def where(error: BaseException) -> str:
+    """The frames ``error`` came through, innermost first, as ``file:line function``: those of
+    this project and the one that raised it, without any value."""
+    frames = traceback.extract_tb(error.__traceback__)
+    shown = [
+        frame
+        for n, frame in enumerate(frames)
+        if n == len(frames) - 1 or f"{os.sep}uid2_operator{os.sep}" in frame.filename
+    ]
+    return " < ".join(
+        f"{Path(frame.filename).name}:{frame.lineno} {frame.name}" for frame in reversed(shown)
+    )
+
+
+class _FailureLog:
+    """The WARNINGs about failing writes: one when they start, at most one per
+    ``FAILURE_REPORT_INTERVAL_MS`` while they go on, one when writes work again."""
+
+    __slots__ = ("_failed", "_reported_ms", "_since_ms")
+
+    def __init__(self) -> None:
+        self._since_ms: int | None = None
+        self._reported_ms = 0
+        self._failed = 0
+
+    def failed(self, now_ms: int, error: BaseException, optouts: int, usage: int) -> None:
+        self._failed += 1
+        if self._since_ms is None:
+            self._since_ms = self._reported_ms = now_ms
+            log.warning(
+                "write-behind: store writes failing (%s); %d opt-outs and %d usage rows kept "
+                "for the next flush",
+                described(error),
+                optouts,
+                usage,
+            )
+        elif now_ms - self._reported_ms >= FAILURE_REPORT_INTERVAL_MS:
+            self._reported_ms = now_ms
+            log.warning(
+                "write-behind: store writes still failing after %d s (%d failed writes, the "
+                "last: %s); %d opt-outs and %d usage rows waiting",
+                (now_ms - self._since_ms) // 1000,
+                self._failed,
+                described(error),
+                optouts,
+                usage,
+            )
+
+    def succeeded(self, now_ms: int) -> None:
+        if self._since_ms is None:
+            return
+        log.warning(
+            "write-behind: store writes work again, after %d failed writes over %d s",
+            self._failed,
+            (now_ms - self._since_ms) // 1000,
+        )
+        self._since_ms = None
+        self._failed = 0
+
+
+# ----------------------------------------------------------------- opt-outs saved at a stop
+
+
+class Unreadable(Exception):
+    """A file of saved opt-outs that does not hold what ``save_optouts`` writes; ``reason`` is
+    a fixed phrase (never any of the file's text)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _document(records: Sequence[OptOutRecord]) -> bytes:
+    return json.dumps(
+        {
+            "kind": _SAVED_KIND,
+            "version": _SAVED_VERSION,
+            "optouts": [
+                {
+                    "flh": b64encode(record.first_level_hash),
+                    "at_ms": record.timestamp_ms,
+                    "advertising_id": record.advertising_id,
+                }
+                for record in records
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, mode 0600: written and synced under a temporary name, then renamed
+    over it, so that ``path`` holds either all of it or what it held before."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary.unlink(missing_ok=True)  # a leftover of this process id's: never anyone else's
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.replace(temporary, path)
+    finally:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the rename made durable, where the platform can
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def saved_path(directory: Path, now_ms: int) -> Path:
+    """A new file name for this process's opt-outs saved at ``now_ms``."""
+    stem = f"{os.getpid()}-{now_ms}"
+    path = directory / f"{stem}.json"
+    n = 0
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.json"
+    return path
+
+
+def save_optouts(path: Path, records: Sequence[OptOutRecord]) -> None:
+    """Save ``records`` to ``path`` (its directory made owner-only when missing)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_whole(path, _document(records))
+
+
+def read_saved(path: Path) -> list[OptOutRecord]:
+    """The records ``save_optouts`` saved at ``path``; Unreadable when it holds anything else."""
+    try:
+        document = json.loads(path.read_bytes())
+    except ValueError:  # not UTF-8, or not JSON
+        raise Unreadable("not JSON") from None
+    if not isinstance(document, dict) or document.get("kind") != _SAVED_KIND:
+        raise Unreadable("not a file of saved opt-outs")
+    if document.get("version") != _SAVED_VERSION:
+        raise Unreadable("a version this code does not read")
+    items = document.get("optouts")
+    if not isinstance(items, list):
+        raise Unreadable("no list of opt-outs")
+    records: list[OptOutRecord] = []
+    for n, item in enumerate(items):
+        try:
+            flh, at_ms, advertising_id = item["flh"], item["at_ms"], item["advertising_id"]
+            if not isinstance(flh, str) or type(at_ms) is not int:
+                raise TypeError
+            if advertising_id is not None and not isinstance(advertising_id, str):
+                raise TypeError
+            records.append(OptOutRecord(b64decode(flh), at_ms, advertising_id))
+        except (LookupError, TypeError, ValueError, UID2Error):
+            raise Unreadable(f"opt-out {n} is malformed") from None
+    return records
+
+
+def _gone(pid: int) -> bool:
+    """True when no process ``pid`` runs (the one that claimed a file died holding it)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's: running
+        return False
+    return False
+
+
+def _saved_files(directory: Path) -> list[tuple[Path, Path]]:
+    """``(its own name, where it is)`` of each saved file no running process holds: those not
+    claimed, and those claimed by a process that is gone."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found: list[tuple[Path, Path]] = []
+    for name in names:
+        own, claimed, owner = name.partition(_CLAIMED)
+        if name.startswith(".") or not own.endswith(".json"):
+            continue
+        if claimed and not (owner.isdigit() and _gone(int(owner))):
+            continue
+        found.append((directory / own, directory / name))
+    return found
+
+
+# ------------------------------------------------------------------------------ the writer
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What a write left: the usage and opt-outs not written, and the first error."""
+
+    usage: list[UsageEntry]
+    optouts: list[OptOutRecord]
+    error: BaseException | None
+    wrote: bool
+    """Whether the store was written to, or tried (a flush with nothing to write was not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A write handed to a thread: what it was given, its gate, and its outcome to come."""
+
+    usage: list[UsageEntry]
+    optouts: list[OptOutRecord]
+    gate: CommitGate
+    done: asyncio.Future[_Outcome]
+
+    def outcome(self) -> _Outcome:
+        """Once ``done``: the write's outcome, or, when it raised, all it did not commit."""
+        error = self.done.exception()
+        if error is None:
+            return self.done.result()
+        return _Outcome(self.usage, self.optouts[self.gate.committed :], error, wrote=True)
 
 
 class WriteBehind:
-    """The usage meter and the opt-out queue of one worker, and the loop that flushes them."""
+    """The usage meter and the opt-out queue of one worker, and the loop that flushes them.
+
+    ``saved_dir`` is where a stop saves the opt-outs it could not write, and where ``run``
+    looks for them when it starts (``PENDING_OPTOUTS_DIR`` in the data directory); None keeps
+    nothing (a stop then logs what it loses at ERROR)."""
 
     def __init__(
         self,
@@ -175,6 +527,8 @@ class WriteBehind:
         *,
         flush_interval_s: float,
         on_optouts: Callable[[list[OptOutRecord]], None] | None = None,
+        saved_dir: Path | None = None,
+        stop_budget_s: float = STOP_BUDGET_S,
     ) -> None:
         self.usage = UsageMeter(clock.now_ms())
         self.optouts = OptOutQueue()
@@ -182,8 +536,13 @@ class WriteBehind:
         self._clock = clock
         self._interval_s = flush_interval_s
         self._on_optouts = on_optouts
+        self._saved_dir = saved_dir
+        self._stop_budget_s = stop_budget_s
         self._stop = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._stop_at: float | None = None
+        self._flight: _Flight | None = None
+        self._failing = _FailureLog()
+        self._unreadable: set[Path] = set()
         self.failures = 0
         self._drops_reported = 0
         self._drop_warned_at_ms: int | None = None
@@ -198,51 +557,125 @@ class WriteBehind:
         """Advance the coarse usage clock (cheap; called every poll interval)."""
         self.usage.now_ms = self._clock.now_ms()
 
+    # ------------------------------------------------------------------ writes (any thread)
+
     def _write(
-        self, usage: list[UsageEntry], optouts: list[OptOutRecord]
-    ) -> tuple[list[UsageEntry], list[OptOutRecord]]:
+        self, usage: list[UsageEntry], optouts: list[OptOutRecord], gate: CommitGate
+    ) -> _Outcome:
         """Write each batch in its own transactions; return what could not be written.
 
         The writes are independent: when one fails, another may already be committed, so only
         what failed may be put back (putting back committed opt-outs would record them, and their
         audit events, a second time). Opt-outs are written ``OPTOUT_WRITE_CHUNK`` per
         transaction; the first chunk that fails stops them, and it and the chunks after it are
-        what is returned.
+        what is returned. Nothing is logged here but a usage batch dropped for a key that no
+        longer exists: the failures are the caller's (``_settle``).
         """
-        failed_optouts = self._write_optouts(optouts) if optouts else []
+        error: BaseException | None = None
+        failed_optouts: list[OptOutRecord] = []
+        if optouts:
+            try:
+                write_optouts(self._store, optouts, self._clock.now_ms(), gate)
+            except OptOutsNotWritten as failed:
+                failed_optouts = optouts[failed.committed :]
+                error = failed.__cause__ or failed
         failed_usage: list[UsageEntry] = []
-        if usage:
+        if usage and not gate.closed:
             try:
                 self._store.record_usage(usage)
             except NotFound as exc:  # keys are never deleted; a restored backup could do it
                 log.warning("usage batch dropped: %s", exc.detail)
-            except Exception:
-                log.warning(
-                    "write-behind usage write failed; keeping %d usage rows",
-                    len(usage),
-                    exc_info=True,
-                )
+            except Exception as exc:
                 failed_usage = usage
-        return failed_usage, failed_optouts
+                error = error or exc
+        else:
+            failed_usage = usage
+        return _Outcome(failed_usage, failed_optouts, error, wrote=bool(usage or optouts))
 
-    def _write_optouts(self, optouts: list[OptOutRecord]) -> list[OptOutRecord]:
-        """Write the opt-outs chunk by chunk; return those from the first failed chunk on."""
+    def _write_saved(self, gate: CommitGate) -> _Outcome:
+        """Write the opt-outs earlier stops saved (``read_saved``), file by file, each claimed
+        first; stop at the first that the store refuses (its error is the outcome's)."""
+        if self._saved_dir is None:
+            return _Outcome([], [], None, wrote=False)
+        wrote = False
+        for own, found in _saved_files(self._saved_dir):
+            if own in self._unreadable:
+                continue
+            claimed = own.with_name(f"{own.name}{_CLAIMED}{os.getpid()}")
+            try:
+                os.rename(found, claimed)
+            except FileNotFoundError:  # another worker claimed it first
+                continue
+            tried, error = self._write_saved_file(own, claimed, gate)
+            wrote = wrote or tried
+            if error is not None:
+                return _Outcome([], [], error, wrote=True)
+        return _Outcome([], [], None, wrote=wrote)
+
+    def _write_saved_file(
+        self, own: Path, claimed: Path, gate: CommitGate
+    ) -> tuple[bool, BaseException | None]:
+        """Write one claimed file's opt-outs and remove it; on failure give it its name back,
+        holding only what is still not written. Whether the store was tried, and its error."""
         try:
-            write_optouts(self._store, optouts, self._clock.now_ms())
-        except OptOutsNotWritten as failed:
-            log.warning(
-                "write-behind opt-out write failed; %d opt-outs committed, keeping %d",
-                failed.committed,
-                len(optouts) - failed.committed,
-                exc_info=failed.__cause__,
+            records = read_saved(claimed)
+        except (Unreadable, OSError) as exc:
+            reason = exc.reason if isinstance(exc, Unreadable) else exc.strerror or "unreadable"
+            self._unreadable.add(own)
+            with contextlib.suppress(OSError):
+                os.rename(claimed, own)
+            log.error(
+                "write-behind: the saved opt-outs in %s cannot be read (%s); the file is left "
+                "in place",
+                own,
+                reason,
             )
-            return optouts[failed.committed :]
-        return []
+            return False, None
+        try:
+            write_optouts(self._store, records, self._clock.now_ms(), gate)
+        except OptOutsNotWritten as failed:
+            try:
+                if failed.committed:
+                    save_optouts(claimed, records[failed.committed :])
+                os.rename(claimed, own)
+            except OSError as exc:  # still claimed: the next start claims it again
+                log.error(
+                    "write-behind: %s could not be given its name back (%s)", own, exc.strerror
+                )
+            return True, failed.__cause__ or failed
+        try:
+            claimed.unlink()
+        except OSError as exc:
+            log.error("write-behind: %s could not be removed (%s)", claimed, exc.strerror)
+        log.warning(
+            "write-behind: %d opt-outs saved at an earlier stop written to the store, from %s",
+            len(records),
+            own,
+        )
+        return True, None
+
+    # ------------------------------------------------------------------ on the caller's side
 
     def flush(self) -> None:
-        """Write everything pending now, synchronously (shutdown, tests)."""
-        self._put_back(*self._write(self.usage.take(), self.optouts.take()))
+        """Write everything pending now, once, synchronously (tests; a stop goes through
+        ``run``)."""
+        self._settle(self._write(self.usage.take(), self.optouts.take(), CommitGate()))
         self.report_drops()
+
+    def write_saved(self) -> None:
+        """Write the opt-outs earlier stops saved, synchronously (tests; ``run`` does it when it
+        starts)."""
+        self._settle(self._write_saved(CommitGate()))
+
+    def _settle(self, outcome: _Outcome) -> None:
+        """Keep what was not written for the next flush, and log a failure or the end of
+        failures (``_FailureLog``)."""
+        self._put_back(outcome.usage, outcome.optouts)
+        now_ms = self._clock.now_ms()
+        if outcome.error is not None:
+            self._failing.failed(now_ms, outcome.error, len(self.optouts), len(self.usage))
+        elif outcome.wrote:
+            self._failing.succeeded(now_ms)
 
     def report_drops(self) -> None:
         """Log a WARNING when opt-outs were dropped since the last one, at most once per
@@ -273,32 +706,190 @@ class WriteBehind:
         self.usage.restore(usage)
         self.optouts.restore(optouts)
 
+    # ------------------------------------------------------------------ the loop
+
+    def _launch(
+        self,
+        work: Callable[[CommitGate], _Outcome],
+        usage: list[UsageEntry],
+        optouts: list[OptOutRecord],
+    ) -> _Flight:
+        """Start ``work`` in a thread of its own; it becomes the write under way.
+
+        A daemon thread, so that a write a stop leaves behind (waiting for the store's lock, say)
+        never keeps the process from exiting; its gate is closed by then, so it commits
+        nothing."""
+        loop = asyncio.get_running_loop()
+        gate = CommitGate()
+        done: asyncio.Future[_Outcome] = loop.create_future()
+
+        def land(outcome: _Outcome | None, error: Exception | None) -> None:
+            if done.done():
+                return
+            if outcome is None:
+                done.set_exception(error or RuntimeError("no outcome"))
+            else:
+                done.set_result(outcome)
+
+        def write() -> None:
+            outcome: _Outcome | None = None
+            error: Exception | None = None
+            try:
+                outcome = work(gate)
+            except Exception as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: a stop left it behind
+                loop.call_soon_threadsafe(land, outcome, error)
+
+        threading.Thread(target=write, name="write-behind", daemon=True).start()
+        self._flight = _Flight(usage, optouts, gate, done)
+        return self._flight
+
+    def _launch_flush(self, usage: list[UsageEntry], optouts: list[OptOutRecord]) -> _Flight:
+        return self._launch(functools.partial(self._write, usage, optouts), usage, optouts)
+
+    def _land(self, flight: _Flight) -> _Outcome:
+        self._flight = None
+        outcome = flight.outcome()
+        self._settle(outcome)
+        return outcome
+
+    async def _until_landed_or_stopped(self, flight: _Flight) -> _Outcome | None:
+        """The outcome of ``flight``, or None when ``stop`` came first (the flight is left to
+        ``_finish``)."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        either: set[asyncio.Future[Any]] = {flight.done, stopping}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        return self._land(flight) if flight.done.done() else None
+
+    async def _landed_by(self, flight: _Flight, deadline: float) -> bool:
+        """Whether ``flight`` ended (and was settled) by ``deadline`` (``time.monotonic``)."""
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and not flight.done.done():
+            await asyncio.wait({flight.done}, timeout=remaining)
+        if not flight.done.done():
+            return False
+        self._land(flight)
+        return True
+
     async def run(self) -> None:
         """Flush every ``flush_interval_s`` until ``stop``; opt-outs are flushed on every
-        poll-sized tick (they change what other workers answer), usage on the interval."""
+        poll-sized tick (they change what other workers answer), usage on the interval. First,
+        and on the interval while the store refuses them, the opt-outs earlier stops saved are
+        written. After ``stop``: the last flush (``_finish``)."""
         loop = asyncio.get_running_loop()
         last_usage_flush = loop.time()
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
-            self.tick()
-            self.report_drops()
-            usage_due = loop.time() - last_usage_flush >= self._interval_s
-            if not usage_due and not len(self.optouts):
-                continue
-            usage = self.usage.take() if usage_due else []
-            if usage_due:
-                last_usage_flush = loop.time()
-            optouts = self.optouts.take()
-            try:
-                failed = await loop.run_in_executor(self._executor, self._write, usage, optouts)
-            except Exception:  # the write never ran (``_write`` itself keeps store errors)
-                log.warning("write-behind flush could not run", exc_info=True)
-                failed = (usage, optouts)
-            self._put_back(*failed)
+        saved_due = self._saved_dir is not None
+        saved_refused = False
+        try:
+            while not self._stop.is_set():
+                if saved_due:
+                    outcome = await self._until_landed_or_stopped(
+                        self._launch(self._write_saved, [], [])
+                    )
+                    saved_due = False
+                    saved_refused = outcome is not None and outcome.error is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
+                if self._stop.is_set():
+                    break
+                self.tick()
+                self.report_drops()
+                usage_due = loop.time() - last_usage_flush >= self._interval_s
+                if usage_due and saved_refused:
+                    saved_due = True
+                if not usage_due and not len(self.optouts):
+                    continue
+                usage = self.usage.take() if usage_due else []
+                if usage_due:
+                    last_usage_flush = loop.time()
+                optouts = self.optouts.take()
+                await self._until_landed_or_stopped(self._launch_flush(usage, optouts))
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """The last flush: wait for the write under way, then write what is pending, again after
+        ``STOP_RETRY_PAUSE_S`` while it fails, until ``STOP_BUDGET_S`` after ``stop``; then keep
+        what is still not written (``_give_up``)."""
+        self.tick()
+        deadline = (self._stop_at or time.monotonic()) + self._stop_budget_s
+        flight = self._flight
+        if flight is None or await self._landed_by(flight, deadline):
+            while len(self.optouts) or len(self.usage):
+                usage, optouts = self.usage.take(), self.optouts.take()
+                flight = self._launch_flush(usage, optouts)
+                if not await self._landed_by(flight, deadline):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if len(self.optouts) or len(self.usage):
+                    await asyncio.sleep(min(STOP_RETRY_PAUSE_S, remaining))
+        self._give_up()
+        self.report_drops()
+
+    def _give_up(self) -> None:
+        """Stop the write under way from committing anything more, then save the opt-outs not
+        written (confirmed to their callers: never dropped without a word) and log the usage
+        not written."""
+        flight, self._flight = self._flight, None
+        optouts: list[OptOutRecord] = []
+        usage: list[UsageEntry] = []
+        if flight is not None:
+            flight.gate.close()
+            optouts.extend(flight.optouts[flight.gate.committed :])
+            usage.extend(flight.usage)
+        optouts.extend(self.optouts.take())
+        usage.extend(self.usage.take())
+        if usage:
+            log.warning(
+                "write-behind: %d usage rows (%d requests) not written to the store before "
+                "stopping; usage is not kept across a stop",
+                len(usage),
+                sum(count for _key, _endpoint, count, _at in usage),
+            )
+        if optouts:
+            self._save(optouts)
+
+    def _save(self, optouts: list[OptOutRecord]) -> None:
+        if self._saved_dir is None:
+            log.error(
+                "write-behind: %d opt-outs confirmed to their callers were not written to the "
+                "store and are lost: there is no directory to save them to",
+                len(optouts),
+            )
+            return
+        path = saved_path(self._saved_dir, self._clock.now_ms())
+        try:
+            save_optouts(path, optouts)
+        except OSError as exc:
+            log.error(
+                "write-behind: %d opt-outs confirmed to their callers were not written to the "
+                "store, and saving them to %s failed (%s): they are lost",
+                len(optouts),
+                path,
+                exc.strerror or type(exc).__name__,
+            )
+            return
+        log.warning(
+            "write-behind: %d opt-outs not written to the store before stopping were saved to "
+            "%s; the next worker started on this data directory writes them",
+            len(optouts),
+            path,
+        )
 
     def stop(self) -> None:
+        """End ``run``: it makes its last flush, within ``STOP_BUDGET_S`` from now."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Let no write still under way commit anything more (``run`` has saved what it held)."""
+        flight = self._flight
+        if flight is not None:
+            flight.gate.close(0)

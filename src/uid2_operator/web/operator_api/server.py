@@ -7,7 +7,9 @@ process. It wires, per process:
   opening it with the keyring file as it is at each load (``bootstrap.follow_keyring``), so a KEK
   rotation reaches the worker without a restart;
 - the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
-- a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches;
+- a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches, and
+  keeps the opt-outs a stop could not write in the data directory (``PENDING_OPTOUTS_DIR``),
+  for the next worker to write;
 - ``RequestMetrics`` counted on the request path and exported at ``/metrics``; under ``serve``
   (a runtime directory) a ``MetricsPublisher`` that writes them to this worker's metrics file,
   and a collector that reads the other workers' files, so any scrape reports every worker
@@ -18,8 +20,9 @@ process. It wires, per process:
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
 reason as plain text, operator-api §6.13: ``SnapshotSource.problem``, fixed phrases that never
 carry an error's text, since anyone may ask); a healthy health check goes to the API (200 ``OK``).
-Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending, then
-removes this worker's metrics file.
+Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending
+(within ``write_behind.STOP_BUDGET_S``, saving the opt-outs it could not write), then removes
+this worker's metrics file.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import SnapshotSource
-from uid2_operator.services.write_behind import WriteBehind
+from uid2_operator.services.write_behind import PENDING_OPTOUTS_DIR, WriteBehind
 from uid2_operator.settings import Settings
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.operator_api.app import (
@@ -95,6 +98,7 @@ class OperatorServer:
         self._api = api
         self.worker = worker
         self._tasks: list[asyncio.Task[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -136,13 +140,12 @@ class OperatorServer:
 
     async def start(self) -> None:
         """Load the first snapshot (a failure is reported on the health check and retried by
-        the poller), then start the poller, the flusher and the metrics publisher."""
+        the poller), then start the poller, the flusher (which first writes the opt-outs earlier
+        stops saved) and the metrics publisher."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.worker.source.refresh)
-        self._tasks = [
-            asyncio.create_task(self.worker.source.run(), name="snapshot-poller"),
-            asyncio.create_task(self.worker.write_behind.run(), name="write-behind"),
-        ]
+        self._tasks = [asyncio.create_task(self.worker.source.run(), name="snapshot-poller")]
+        self._flusher = asyncio.create_task(self.worker.write_behind.run(), name="write-behind")
         if self.worker.publisher is not None:
             self._tasks.append(
                 asyncio.create_task(self.worker.publisher.run(), name="metrics-publisher")
@@ -150,7 +153,8 @@ class OperatorServer:
 
     async def stop(self) -> None:
         """Stop the loops, publish the final metrics (the other workers report them while this
-        one flushes), flush, close, and remove the metrics file."""
+        one flushes), let the flusher make its last flush (bounded in time: what it cannot
+        write is saved, ``write_behind``), close, and remove the metrics file."""
         publisher = self.worker.publisher
         self.worker.source.stop()
         self.worker.write_behind.stop()
@@ -159,8 +163,8 @@ class OperatorServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if publisher is not None:
             publisher.publish()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.worker.write_behind.flush)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         self.worker.write_behind.close()
         self.worker.source.close()
         self.worker.store.close()
@@ -234,7 +238,11 @@ def build_worker(
         max_snapshot_age_s=serve.max_snapshot_age_s,
     )
     write_behind = WriteBehind(
-        db, now, flush_interval_s=serve.flush_interval_s, on_optouts=source.add_optouts
+        db,
+        now,
+        flush_interval_s=serve.flush_interval_s,
+        on_optouts=source.add_optouts,
+        saved_dir=settings.data_dir / PENDING_OPTOUTS_DIR,
     )
     metrics = RequestMetrics(ROUTES)
     usage = write_behind.usage

@@ -1,0 +1,504 @@
+"""The write-behind through store outages and stops.
+
+While writes fail, the log says so once when they start, at most once a minute while they go on,
+and once when they work again, never with a traceback or a database error's text (which holds the
+statement's parameters: raw UIDs and first-level hashes). A stop that cannot write the opt-outs it
+holds (already confirmed to their callers) saves them to a file; the next start writes them once
+and removes the file; a file it cannot read is left in place.
+
+The store is a real migrated SQLite file. It is made to refuse writes the way a database does: a
+trigger on ``optouts`` that names a table that does not exist (every opt-out write fails, as an
+``OperationalError`` on the parameterised INSERT), or its write lock held by another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+from service_fixtures import ACTOR
+
+from store_wrapper import StoreWrapper
+from uid2_operator.clock import FixedClock
+from uid2_operator.domain.optout import OptOutRecord
+from uid2_operator.errors import StoreUnavailable
+from uid2_operator.services import write_behind
+from uid2_operator.services.credentials import CredentialService
+from uid2_operator.services.write_behind import (
+    FAILURE_REPORT_INTERVAL_MS,
+    OPTOUT_WRITE_CHUNK,
+    WriteBehind,
+    read_saved,
+    save_optouts,
+)
+from uid2_operator.storage import SqlStore
+from uid2_operator.storage.interface import Tx
+from uid2_operator.wire.encoding import b64encode
+
+LOGGER = "uid2_operator.services.write_behind"
+ENDPOINT = "/v2/token/generate"
+CREATE_REFUSING_TRIGGER = (
+    "CREATE TRIGGER refuse_optouts BEFORE INSERT ON optouts "
+    "BEGIN INSERT INTO nowhere VALUES (1); END"
+)
+
+
+def _records(count: int, tag: str = "person", at_ms: int = 1_700_000_000_000) -> list[OptOutRecord]:
+    return [
+        OptOutRecord(
+            hashlib.sha256(f"{tag}-{n}".encode()).digest(),
+            at_ms + n,
+            b64encode(hashlib.sha256(f"raw-uid-{tag}-{n}".encode()).digest()),
+        )
+        for n in range(count)
+    ]
+
+
+def _sqlite(db_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(db_path, timeout=30, isolation_level=None)
+
+
+def _refuse_optout_writes(db_path: Path) -> None:
+    """Every INSERT into ``optouts`` fails in the database (no such table), with its
+    parameters in the driver's error, as a broken or unreachable store's would be."""
+    conn = _sqlite(db_path)
+    try:
+        conn.execute(CREATE_REFUSING_TRIGGER)
+    finally:
+        conn.close()
+
+
+def _accept_optout_writes(db_path: Path) -> None:
+    conn = _sqlite(db_path)
+    try:
+        conn.execute("DROP TRIGGER refuse_optouts")
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _write_lock_held(db_path: Path) -> Iterator[None]:
+    """Another connection holds the store's write lock (``BEGIN EXCLUSIVE``) meanwhile."""
+    conn = _sqlite(db_path)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def _optout_events(store: SqlStore) -> list[str]:
+    """The first-level hash (base64) of every ``optout.add`` event, in order."""
+    with store.read() as tx:
+        return [e.target_id for e in tx.audit.list_events(action="optout.add")]
+
+
+def _stored(store: SqlStore) -> dict[bytes, OptOutRecord]:
+    with store.read() as tx:
+        return {r.first_level_hash: r for r in tx.optouts.list_all()}
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= level]
+
+
+def _assert_private(caplog: pytest.LogCaptureFixture, records: Sequence[OptOutRecord]) -> None:
+    """No captured record carries a traceback, and none names an identity, in any form."""
+    assert all(r.exc_info is None and r.exc_text is None for r in caplog.records)
+    text = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "Traceback" not in text
+    assert "INSERT" not in text
+    assert "parameters" not in text
+    for record in records:
+        assert record.advertising_id is not None
+        assert record.advertising_id not in text
+        assert b64encode(record.first_level_hash) not in text
+        assert record.first_level_hash.hex() not in text
+        assert repr(record.first_level_hash)[2:-1] not in text
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "write-behind" and t.is_alive()]
+
+
+def _wait_for_writer_threads(timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _writer_threads():
+        assert time.monotonic() < deadline, "a write-behind thread never ended"
+        time.sleep(0.02)
+
+
+def _saved_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json")) if directory.exists() else []
+
+
+def _key_id(svc: CredentialService) -> str:
+    site = svc.create_participant(ACTOR, name="Publisher", type="publisher", roles=("GENERATOR",))
+    return svc.create_key(ACTOR, site_id=site.site_id, name="web", roles=["GENERATOR"]).key_id
+
+
+# --------------------------------------------------------------------------------- logging
+
+
+def test_an_outage_is_logged_when_it_starts_once_a_minute_and_when_it_ends(
+    store: SqlStore,
+    db_path: Path,
+    svc: CredentialService,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key_id = _key_id(svc)
+    records = _records(3)
+    writer = WriteBehind(store, clock, flush_interval_s=60)
+    _refuse_optout_writes(db_path)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for record in records:
+            writer.record_optout(record)
+        for _ in range(20):  # 20 flushes within the minute: one line
+            writer.usage.add(key_id, ENDPOINT)
+            writer.flush()
+            clock.advance(1_000)
+        [started] = _lines(caplog)
+        assert started.startswith("write-behind: store writes failing (StoreUnavailable: ")
+        assert "no such table: main.nowhere" in started  # the project's own message says why
+        assert started.endswith("; 3 opt-outs and 0 usage rows kept for the next flush")
+
+        clock.advance(FAILURE_REPORT_INTERVAL_MS)
+        writer.flush()
+        writer.flush()
+        assert len(_lines(caplog)) == 2
+        still = _lines(caplog)[1]
+        assert still.startswith("write-behind: store writes still failing after 80 s (21 failed ")
+        assert still.endswith("; 3 opt-outs and 0 usage rows waiting")
+
+        _accept_optout_writes(db_path)
+        clock.advance(5_000)
+        writer.flush()
+        assert _lines(caplog)[2:] == [
+            "write-behind: store writes work again, after 22 failed writes over 85 s"
+        ]
+        writer.flush()
+        assert len(_lines(caplog)) == 3
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+    _assert_private(caplog, records)
+
+
+def test_an_unexpected_error_is_named_by_class_and_frames_not_its_text(
+    store: SqlStore, db_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = _sqlite(db_path)
+    try:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON optouts "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a secret rule'); END"
+        )
+    finally:
+        conn.close()
+    records = _records(2)
+    writer = WriteBehind(store, clock, flush_interval_s=60)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for record in records:
+            writer.record_optout(record)
+        writer.flush()
+    [line] = _lines(caplog)
+    assert line.startswith("write-behind: store writes failing (IntegrityError at ")
+    assert "write_behind.py:" in line
+    assert " write_optout_chunk" in line
+    assert "refused by a secret rule" not in line
+    assert len(writer.optouts) == 2
+    _assert_private(caplog, records)
+
+
+# --------------------------------------------------------------------------------- stopping
+
+
+def test_a_stop_saves_the_optouts_the_store_refuses(
+    store: SqlStore,
+    db_path: Path,
+    svc: CredentialService,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key_id = _key_id(svc)
+    saved_dir = db_path.parent / "data" / write_behind.PENDING_OPTOUTS_DIR
+    records = _records(3)
+    _refuse_optout_writes(db_path)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=0.6)
+
+    async def scenario() -> float:
+        task = asyncio.create_task(writer.run())
+        await asyncio.sleep(0.05)
+        for record in records:
+            writer.record_optout(record)
+        writer.usage.add(key_id, ENDPOINT)
+        await asyncio.sleep(0.7)  # the flusher tried, and failed
+        started = time.monotonic()
+        writer.stop()
+        await task
+        return time.monotonic() - started
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        took = asyncio.run(scenario())
+    writer.close()
+    assert took < 0.6 + 1.0  # retried for the budget, never longer
+    [saved] = _saved_files(saved_dir)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved_dir.stat().st_mode) == 0o700
+    assert saved.name.startswith(f"{os.getpid()}-")
+    assert read_saved(saved) == records
+    assert not [p for p in saved_dir.iterdir() if p.name.startswith(".")]
+    assert _optout_events(store) == []
+    with store.read() as tx:  # the usage, which the store takes, is written by the stop
+        assert [(u.endpoint, u.count) for u in tx.usage.list_for_key(key_id)] == [(ENDPOINT, 1)]
+    lines = _lines(caplog)
+    assert lines[0].startswith("write-behind: store writes failing (StoreUnavailable: ")
+    assert lines[1:] == [  # the retries of the stop add no line
+        f"write-behind: 3 opt-outs not written to the store before stopping were saved to "
+        f"{saved}; the next worker started on this data directory writes them"
+    ]
+    _assert_private(caplog, records)
+
+
+def test_a_stop_does_not_wait_out_a_write_lock_and_the_write_left_behind_commits_nothing(
+    store: SqlStore,
+    db_path: Path,
+    svc: CredentialService,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key_id = _key_id(svc)
+    saved_dir = db_path.parent / "saved"
+    records = _records(4)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=0.5)
+
+    async def scenario() -> float:
+        task = asyncio.create_task(writer.run())
+        await asyncio.sleep(0.05)
+        for record in records:
+            writer.record_optout(record)
+        writer.usage.add(key_id, ENDPOINT)
+        writer.usage.add(key_id, ENDPOINT)
+        await asyncio.sleep(0.7)  # the write waits for the lock (SQLite: up to 10 s)
+        assert _writer_threads()
+        started = time.monotonic()
+        writer.stop()
+        await task
+        return time.monotonic() - started
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER), _write_lock_held(db_path):
+        took = asyncio.run(scenario())
+        writer.close()
+        assert took < 0.5 + 1.5
+        [saved] = _saved_files(saved_dir)
+        assert read_saved(saved) == records
+    # The lock released, the write left behind gets it, and must not commit: its records are
+    # in the saved file.
+    _wait_for_writer_threads()
+    assert _optout_events(store) == []
+    assert _stored(store) == {}
+    assert _lines(caplog) == [
+        "write-behind: 1 usage rows (2 requests) not written to the store before stopping; "
+        "usage is not kept across a stop",
+        f"write-behind: 4 opt-outs not written to the store before stopping were saved to "
+        f"{saved}; the next worker started on this data directory writes them",
+    ]
+    _assert_private(caplog, records)
+
+
+def test_a_stop_retries_a_refused_write_within_its_budget(
+    store: SqlStore, db_path: Path, clock: FixedClock
+) -> None:
+    saved_dir = db_path.parent / "saved"
+    records = _records(2)
+    _refuse_optout_writes(db_path)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=10)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        for record in records:
+            writer.record_optout(record)
+        writer.stop()
+        await asyncio.sleep(0.8)  # the last flush fails and is retried meanwhile
+        _accept_optout_writes(db_path)
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    writer.close()
+    assert _saved_files(saved_dir) == []
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+
+
+def test_optouts_that_cannot_be_saved_either_are_logged_at_error_with_count_and_path(
+    store: SqlStore, db_path: Path, clock: FixedClock, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data directory should be")
+    saved_dir = blocker / write_behind.PENDING_OPTOUTS_DIR
+    records = _records(5)
+    _refuse_optout_writes(db_path)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=0.2)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        for record in records:
+            writer.record_optout(record)
+        writer.stop()
+        await task
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        asyncio.run(scenario())
+    writer.close()
+    [error] = _lines(caplog, logging.ERROR)
+    assert error.startswith(
+        f"write-behind: 5 opt-outs confirmed to their callers were not written to the store, "
+        f"and saving them to {saved_dir}{os.sep}{os.getpid()}-"
+    )
+    assert error.endswith("(Not a directory): they are lost")
+    _assert_private(caplog, records)
+
+
+# --------------------------------------------------------------------------------- starting
+
+
+def test_a_start_writes_the_saved_optouts_once_and_removes_the_file(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    records = _records(3)
+    already = records[0]
+    write_behind.write_optouts(store, [already], clock.now_ms())  # committed before the stop
+    save_optouts(saved_dir / "4242-1.json", records)
+    writer = WriteBehind(store, clock, flush_interval_s=0.05, saved_dir=saved_dir)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if not list(saved_dir.iterdir()):
+                break
+        writer.stop()
+        await task
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        asyncio.run(scenario())
+    writer.close()
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert events == [b64encode(r.first_level_hash) for r in [already, *records]]
+    assert _stored(store) == {r.first_level_hash: r for r in records}  # the same record kept
+    assert _lines(caplog) == [
+        f"write-behind: 3 opt-outs saved at an earlier stop written to the store, from "
+        f"{saved_dir / '4242-1.json'}"
+    ]
+    WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir).write_saved()
+    assert len(_optout_events(store)) == 4
+    _assert_private(caplog, records)
+
+
+def test_two_workers_starting_together_write_each_saved_file_once(
+    store: SqlStore, clock: FixedClock, tmp_path: Path
+) -> None:
+    saved_dir = tmp_path / "saved"
+    files = 12
+    for n in range(files):
+        save_optouts(saved_dir / f"{1000 + n}-1.json", _records(3, tag=f"file{n}"))
+    writers = [WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir) for _ in "ab"]
+    threads = [threading.Thread(target=w.write_saved) for w in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert len(events) == len(set(events)) == files * 3
+
+
+def test_a_file_claimed_by_a_process_that_died_is_claimed_again(
+    store: SqlStore, clock: FixedClock, tmp_path: Path
+) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    saved_dir = tmp_path / "saved"
+    records = _records(2)
+    save_optouts(saved_dir / f"7-1.json.claimed-{int(dead.stdout)}", records)
+    save_optouts(saved_dir / f"8-1.json.claimed-{os.getppid()}", _records(1, tag="alive"))
+    WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir).write_saved()
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+    # A file held by a running process is that process's.
+    assert [p.name for p in saved_dir.iterdir()] == [f"8-1.json.claimed-{os.getppid()}"]
+
+
+def test_a_file_the_store_refuses_keeps_only_what_was_not_written(
+    store: SqlStore, clock: FixedClock, tmp_path: Path
+) -> None:
+    saved_dir = tmp_path / "saved"
+    records = _records(OPTOUT_WRITE_CHUNK * 2 + 200)
+    save_optouts(saved_dir / "5-1.json", records)
+
+    class SecondChunkRefused(StoreWrapper):
+        def __init__(self, inner: SqlStore) -> None:
+            super().__init__(inner)
+            self.transactions = 0
+
+        def transaction(self) -> AbstractContextManager[Tx]:
+            self.transactions += 1
+            if self.transactions == 2:
+                raise StoreUnavailable("The store is unavailable: switched off")
+            return self._inner.transaction()
+
+    flaky = SecondChunkRefused(store)
+    writer = WriteBehind(flaky, clock, flush_interval_s=60, saved_dir=saved_dir)  # type: ignore[arg-type]
+    writer.write_saved()
+    [kept] = _saved_files(saved_dir)
+    assert kept.name == "5-1.json"
+    assert read_saved(kept) == records[OPTOUT_WRITE_CHUNK:]
+    assert len(_optout_events(store)) == OPTOUT_WRITE_CHUNK
+
+    writer.write_saved()
+    assert _saved_files(saved_dir) == []
+    events = _optout_events(store)
+    assert len(events) == len(set(events)) == len(records)  # each exactly once
+
+
+def test_a_file_that_cannot_be_read_is_left_in_place_and_logged(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    saved_dir.mkdir()
+    corrupt = saved_dir / "9-1.json"
+    corrupt.write_bytes(b'{"kind": "uid2-operator pending opt-outs", "version": 1, "optouts": [')
+    malformed = saved_dir / "9-2.json"
+    good = _records(1)
+    save_optouts(malformed, good)
+    document = json.loads(malformed.read_bytes())
+    document["optouts"].append({"flh": "AAAA", "at_ms": 1, "advertising_id": None})
+    malformed.write_text(json.dumps(document))
+    before = {p.name: p.read_bytes() for p in saved_dir.iterdir()}
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+        writer.write_saved()  # logged once per worker
+    assert {p.name: p.read_bytes() for p in saved_dir.iterdir()} == before
+    assert _lines(caplog, logging.ERROR) == [
+        f"write-behind: the saved opt-outs in {corrupt} cannot be read (not JSON); the file is "
+        "left in place",
+        f"write-behind: the saved opt-outs in {malformed} cannot be read (opt-out 1 is "
+        "malformed); the file is left in place",
+    ]
+    assert _optout_events(store) == []
+    _assert_private(caplog, good)
