@@ -7,11 +7,16 @@ consistent snapshot, and how a counter is upserted.
 Why the write lock is store-wide: the audit chain assigns ``seq`` and ``prev_hash`` from the last
 row, and use cases read-decide-write records; both are only race-free if writers run one at a
 time. Control-plane writes are rare and short, so one lock costs nothing measurable.
+
+A SQLite engine also keeps to the one file it first opened (``SqliteFile``): a file deleted or
+replaced under a running process makes that engine's store unavailable instead of letting it go
+on writing into a file nobody else sees.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +25,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
@@ -180,6 +185,83 @@ def sqlite_path(url: str | URL) -> Path | None:
     return Path(os.path.abspath(parsed.database))
 
 
+_FileIdentity = tuple[int, int]
+"""``(st_dev, st_ino)``: which file a path names."""
+
+
+class SqliteFile:
+    """The one SQLite file an engine uses, known by its identity, not by its path.
+
+    An open SQLite connection holds its file open: once the path names another file (a backup
+    moved over it) or none (the file deleted), the connection goes on reading and committing
+    into the old one, which nothing else will ever read, while every other process, and every
+    connection opened later, uses whatever the path names now. So the engine remembers the file
+    its first connection opened, and refuses (StoreUnavailable) both a new connection that would
+    open another file and, at every checkout from the pool (one ``os.stat``), a pooled
+    connection whose path no longer names that file; such a connection is discarded (closed)
+    before it is used. Nothing is written to the old file any more, and no new file is created
+    where it was (a missing file is only ever created by a first connection, which the schema
+    upgrade makes). A process refused this way stays refused until it is restarted: which of the
+    two files holds the truth is for the operator to decide, not for the first connection that
+    happens to open the new one.
+
+    A transaction that already holds a connection when the file goes finishes on it: the check
+    is made when a connection is taken from the pool, not at every statement.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._identity: _FileIdentity | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, engine: Engine) -> None:
+        """Checks every connection ``engine`` opens and every checkout from its pool."""
+        event.listen(engine, "do_connect", self._connect)
+        event.listen(engine, "checkout", self._checkout)
+
+    def _named(self) -> _FileIdentity | None:
+        """The identity of the file the path names now; None when it names none."""
+        try:
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"The store at sqlite:///{self._path} is unavailable: the SQLite file cannot be "
+                f"checked: {exc.strerror or type(exc).__name__}"
+            ) from None
+        return (status.st_dev, status.st_ino)
+
+    def _gone(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"The store at sqlite:///{self._path} is unavailable: the SQLite file {self._path} "
+            "was removed or replaced while in use; nothing more is written to the file this "
+            "process opened (stop it, put the right file in place, and start it again)"
+        )
+
+    def _connect(self, dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        before = self._named()
+        if self._identity is not None and before != self._identity:
+            raise self._gone()  # and no connection made, which could create an empty file
+        dbapi_conn = dialect.connect(*cargs, **cparams)
+        try:
+            opened = self._named()
+            with self._lock:
+                if self._identity is None and before in (None, opened):
+                    self._identity = opened  # the first file opened (or created) here
+                if opened is None or opened != self._identity:
+                    raise self._gone()
+        except BaseException:
+            dbapi_conn.close()
+            raise
+        return dbapi_conn
+
+    def _checkout(self, _dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # Raising here makes the pool close the connection rather than hand it out again.
+        if self._named() != self._identity:
+            raise self._gone()
+
+
 def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Flavour]:
     """An engine for ``url`` (normalised first) and the flavour that goes with it.
 
@@ -187,6 +269,9 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
     so a connection to a missing file fails (StoreUnavailable through
     ``unavailable_as_store_error``) instead of leaving an empty file with the umask's mode. Only
     the schema upgrade, which creates the file owner-only first, opens without it.
+
+    A SQLite engine keeps to the file its first connection opened (``SqliteFile``), whether or
+    not it may create it.
     """
     parsed = normalise_url(url)
     if parsed.drivername.startswith("sqlite"):
@@ -196,6 +281,8 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
             parsed = parsed.set(database=f"file:{urllib.parse.quote(str(path))}")
             parsed = parsed.update_query_dict({"mode": "rw", "uri": "true"})
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        if path is not None:
+            SqliteFile(path).watch(engine)
         SqliteFlavour.configure(engine)
         return engine, SqliteFlavour()
     engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
