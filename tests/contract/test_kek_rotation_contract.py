@@ -232,7 +232,7 @@ def _material(store: SqlStore, keyring: Keyring) -> tuple[object, ...]:
         sorted((k.id, k.secret) for k in loaded.keys),
         salts.first_level_salt,
         salts.id_secret,
-        [salts.salt(i) for i in range(CONFIG.bucket_count)],
+        [salts.chunk(n) for n in range(salts.chunk_count())],  # every salt column as stored
         [private_key_der(k.private_key) for k in read_client_side_state(store, keyring).keypairs],
     )
 

@@ -2,7 +2,9 @@
 
 Before the server starts, the installed ``uid2-operator`` command runs ``init`` (1024 salt
 buckets), records one opt-out (``optout add``) and rotates a share of the salt buckets (``salts
-rotate``) a little later, so that some buckets carry a previous salt and a later ``last_updated``.
+rotate``). A rotation takes effect at the next UTC midnight, so the world then moves every stored
+salt time two days back (``age_salts``): the table reads as one made and rotated two days ago,
+whose rotated buckets carry a previous salt and a later ``last_updated`` (that midnight).
 Then ``uid2-operator serve`` starts, and its admin API creates the participants and keys:
 
 - A: a publisher allowed every role; key ``A`` holds GENERATOR, MAPPER, ID_READER and SHARER, and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -36,14 +39,14 @@ from cli_harness import Database, database_for
 from serve_harness import UID2_OPERATOR, Credential, Served, clean_env, served
 
 from uid2_operator.bootstrap import open_services
-from uid2_operator.domain.salts import SaltTable
+from uid2_operator.domain.salts import SaltTable, int64_bytes, int64_column
 from uid2_operator.services.snapshot import OperatorIdentity
 from uid2_operator.services.snapshot_loader import operator_identity
 from uid2_operator.settings import DB_FILE, KEYRING_FILE, Settings
 from uid2_operator.storage import open_store
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.identity import hash_identity, normalize_email
-from uid2_operator.wire.raw_uid import current_raw_uid
+from uid2_operator.wire.raw_uid import DAY_MS, current_raw_uid
 from uid2_operator.wire.scope import IdentityType
 
 BUCKET_COUNT = 1024
@@ -51,6 +54,7 @@ ROTATED_FRACTION = "0.3"
 RECORDED_OPTOUT_EMAIL = "recorded.optout@example.com"
 WRONG_SECRET = "wJ0hP19QU4hmpB64Y3fV2dAed8t/mupw3sjN5jNRFzg="
 POLL_S = "0.2"
+SALTS_AGED_DAYS = 2
 WAIT_S = 20.0
 _ALL = ["GENERATOR", "MAPPER", "ID_READER", "SHARER", "OPTOUT"]
 T = TypeVar("T")
@@ -135,7 +139,7 @@ class SdkWorld:
         flh = self.salts.first_level_hash(hash_identity(normalize_email(email)))
         return b64encode(
             current_raw_uid(
-                self.salts.bucket(self.salts.index_of(flh)),
+                self.salts.bucket(self.salts.index_of(flh), time.time_ns() // 1_000_000),
                 flh,
                 scope=self.identity.scope,
                 kind=IdentityType.EMAIL,
@@ -167,6 +171,30 @@ def wait_for_snapshot(world: SdkWorld) -> None:
         lambda: True if (_snapshot_change_seq(world.running) or -1) >= target else None,
         f"the snapshot to reach change {target}",
     )
+
+
+def age_salts(database: Database, days: int) -> None:
+    """Move every stored salt time (``last_updated``, ``refresh_from``) ``days`` whole days back,
+    before anything serves the table: it then reads as made (and rotated) ``days`` days earlier,
+    a rotation scheduled for a midnight having taken effect at the midnight ``days`` days before.
+    The times are stored in the clear beside the sealed salts, which stay as they are."""
+    shift = days * DAY_MS
+
+    def shifted(column: bytes) -> bytes:
+        return int64_bytes(array("q", (ms - shift for ms in int64_column(column))))
+
+    store = open_store(_settings(database).store_url)
+    try:
+        with store.transaction() as tx:
+            chunks = list(tx.salts.iter_chunks())
+            tx.salts.put_chunks(
+                replace(
+                    c, last_updated=shifted(c.last_updated), refresh_from=shifted(c.refresh_from)
+                )
+                for c in chunks
+            )
+    finally:
+        store.close()
 
 
 def _populate(world: SdkWorld) -> None:
@@ -210,13 +238,14 @@ def sdk_world(tmp_path: Path, *, env: dict[str, str] | None = None) -> Iterator[
     common = _COMMON_ENV
     with database_for("sqlite", tmp_path) as database:
         initialised = run_cli(database, common, "init")
-        initialised_at = time.time()
         run_cli(database, common, "optout", "add", "--email", RECORDED_OPTOUT_EMAIL)
-        # Rotate a share of the buckets over a second after init wrote every bucket, so that a
-        # whole-second "since" between the two selects exactly the rotated buckets.
-        time.sleep(max(0.0, initialised_at + 1.5 - time.time()))
-        rotated_since = datetime.fromtimestamp(int(initialised_at) + 1, UTC)
-        run_cli(database, common, "salts", "rotate", "--fraction", ROTATED_FRACTION)
+        rotated = run_cli(database, common, "salts", "rotate", "--fraction", ROTATED_FRACTION)
+        # The rotation takes effect at the next UTC midnight: move the clock past it (the stored
+        # times back) so the served table has rotated buckets. Init wrote every bucket before
+        # that midnight, so "since" the aged midnight selects exactly the rotated buckets.
+        age_salts(database, SALTS_AGED_DAYS)
+        effective_ms = rotated["effective_at_ms"] - SALTS_AGED_DAYS * DAY_MS
+        rotated_since = datetime.fromtimestamp(effective_ms / 1000, UTC)
         serve_env = {**common, "UID2_POLL_INTERVAL_S": POLL_S, **(env or {})}
         with served(database, env=serve_env) as running:
             world = SdkWorld(running, database, initialised["admin_token"], {}, {}, rotated_since)

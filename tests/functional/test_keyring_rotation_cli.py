@@ -73,7 +73,7 @@ def _plaintexts(material: Material) -> tuple[object, ...]:
         sorted((k.id, k.keyset_id, k.secret) for k in material.keys),
         salts.first_level_salt,
         salts.id_secret,
-        [salts.salt(i) for i in range(BUCKETS)],
+        [salts.chunk(n) for n in range(salts.chunk_count())],  # every salt column as stored
     )
 
 
@@ -93,7 +93,7 @@ def _token(material: Material, site_id: int, now_ms: int) -> str:
         privacy_bits=1,
         established_ms=now_ms,
         refreshed_ms=now_ms,
-        raw_uid=_raw_uid(material),
+        raw_uid=_raw_uid(material, now_ms),
     )
     return encode_advertising_token(token, master_key=master, site_key=site, random=_random)
 
@@ -102,9 +102,9 @@ def _random(size: int) -> bytes:
     return bytes(range(size))
 
 
-def _raw_uid(material: Material) -> bytes:
+def _raw_uid(material: Material, now_ms: int) -> bytes:
     salts = material.salts
-    return raw_uid_v2(FIRST_LEVEL_HASH, salts.salt(salts.index_of(FIRST_LEVEL_HASH)))
+    return raw_uid_v2(FIRST_LEVEL_HASH, salts.salt(salts.index_of(FIRST_LEVEL_HASH), now_ms))
 
 
 def _stored_bytes(db: Database) -> bytes:
@@ -259,7 +259,7 @@ def test_a_kek_rotation_keeps_every_secret_and_leaks_none(
     assert _plaintexts(after) == _plaintexts(before)
     by_id = {k.id: k for k in after.keys}
     decoded = decode_advertising_token(token, master_key=by_id.get, site_key=by_id.get)
-    assert decoded.raw_uid == _raw_uid(before) == _raw_uid(after)
+    assert decoded.raw_uid == _raw_uid(before, now_ms) == _raw_uid(after, now_ms)
 
     # Nothing secret where it must not be.
     needles = _needles([v1, v2], [*keys, rotated])

@@ -204,7 +204,7 @@ def _raw_uid_for_phone(world: World, phone: str) -> str:
     flh = salts.first_level_hash(hash_identity(validate_phone(phone)))
     return b64encode(
         current_raw_uid(
-            salts.bucket(salts.index_of(flh)),
+            salts.bucket(salts.index_of(flh), time.time_ns() // 1_000_000),
             flh,
             scope=world.identity.scope,
             kind=WireIdentityType.PHONE,

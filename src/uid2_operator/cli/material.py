@@ -144,7 +144,11 @@ def salts() -> None:
 @json_option
 @reported
 def rotate_salts(fraction: float, as_json: bool) -> None:
-    """Give a random share of the buckets new salts, keeping the old ones as previous."""
+    """Give a random share of the buckets new salts, keeping the old ones as previous.
+
+    The new salts take effect at the next UTC midnight: until then every raw UID stays the one
+    mappers were given.
+    """
     with material_service() as service:
         result = service.rotate_salts(fraction, actor())
 
@@ -154,6 +158,7 @@ def rotate_salts(fraction: float, as_json: bool) -> None:
                 ("rotated", f"{result.rotated} of {result.bucket_count} buckets"),
                 ("version", result.version),
                 ("at", when(result.at_ms)),
+                ("takes effect", when(result.effective_at_ms)),
             ]
         )
 

@@ -18,8 +18,22 @@ loading it is a few large reads and a rotation rewrites only the chunks it touch
 chunk are sealed under the keyring (``domain.material_sealing``); the timestamps are not secret.
 
 Rotation keeps the promise that ``refresh_from`` makes to mappers (§4.5: "this bucket's salt
-stays until then"): only buckets whose ``refresh_from`` has passed may rotate, and a rotated
-bucket's ``refresh_from`` becomes the next UTC midnight, so a bucket changes at most once a day.
+stays until then"). A mapper that asked at any time of day was told "map again at the next UTC
+midnight" (the bucket's own ``refresh_from`` once that has passed), so a rotation never changes a
+salt at once: it schedules the change for the next UTC midnight ``E``, as a salt snapshot of the
+reference takes effect at its ``effective`` time. Only buckets whose ``refresh_from`` has passed
+may rotate; a rotated bucket stores the salt in effect as its previous, the new salt as its
+current, and ``last_updated`` = ``refresh_from`` = ``E`` (the time the change takes effect, as the
+reference's salt files give it). A bucket therefore changes at most once a day, and only at a
+midnight.
+
+So what a bucket holds depends on the time it is read at, and every read that derives a raw UID
+takes that time. Read at ``t < last_updated`` a rotated bucket is *pending*: the salt in effect is
+the stored previous one, it has no previous salt of its own (the rotation wrote over it), and its
+``refresh_from`` is ``E``. From ``last_updated`` on it reads as stored. No extra column holds any
+of this, and the stored format is the one rotations wrote when they took effect at once: those
+stamped ``last_updated`` with the time they ran, which has passed, so such a table reads exactly as
+it did and needs no migration.
 """
 
 from __future__ import annotations
@@ -179,38 +193,65 @@ class SaltTable:
         if not 0 <= index < self.bucket_count:
             raise SaltError("No such salt bucket")
 
-    def salt(self, index: int) -> str:
-        """The current salt of a bucket as the derivations use it (standard base64)."""
-        self._check(index)
-        return b64encode(bytes(self._salts[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
+    def _pending(self, index: int, now_ms: int) -> bool:
+        """Whether the bucket's stored salt has yet to take effect at ``now_ms``.
 
-    def previous_salt(self, index: int) -> str | None:
+        A bucket with nothing to fall back on (a table stamped by a clock ahead of this one's)
+        reads as stored.
+        """
+        return now_ms < self._last_updated[index] and _bit(self._present, index)
+
+    def salt(self, index: int, now_ms: int) -> str:
+        """The salt of a bucket in effect at ``now_ms``, as the derivations use it (standard
+        base64): the stored previous salt while a rotation is pending, else the current one.
+
+        Token issuance reads this for every token: ``_pending`` is written out, so that on
+        every read but those of a rotated bucket before its midnight one comparison is the
+        whole cost of the rule."""
         self._check(index)
-        if not _bit(self._present, index):
+        column = self._salts
+        if now_ms < self._last_updated[index] and _bit(self._present, index):
+            column = self._previous
+        return b64encode(bytes(column[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
+
+    def previous_salt(self, index: int, now_ms: int) -> str | None:
+        """The salt in effect before the one in effect at ``now_ms``. None if there was none, and
+        while a rotation is pending (the previous column then holds the salt in effect)."""
+        self._check(index)
+        if not _bit(self._present, index) or now_ms < self._last_updated[index]:
             return None
         return b64encode(bytes(self._previous[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
 
     def last_updated_ms(self, index: int) -> int:
+        """The stored column: when the bucket's current salt took (or, rotated, takes) effect."""
         self._check(index)
         return self._last_updated[index]
 
     def refresh_from_ms(self, index: int) -> int:
+        """The stored column: from when the bucket may rotate (a pending one: when it changes)."""
         self._check(index)
         return self._refresh_from[index]
 
-    def bucket(self, index: int) -> SaltBucket:
-        """The bucket at ``index`` as the wire layer's value, made on demand."""
-        return SaltBucket(
-            index=index,
-            last_updated_ms=self.last_updated_ms(index),
-            current_salt=self.salt(index),
+    def bucket(self, index: int, now_ms: int) -> SaltBucket:
+        """The bucket at ``index`` as the wire layer's value at ``now_ms``, made on demand."""
+        self._check(index)
+        return _bucket_at(
+            index,
+            now_ms,
+            salt=self._salts[index * SALT_SIZE : (index + 1) * SALT_SIZE],
+            previous=(
+                self._previous[index * SALT_SIZE : (index + 1) * SALT_SIZE]
+                if _bit(self._present, index)
+                else None
+            ),
+            last_updated_ms=self._last_updated[index],
             refresh_from_ms=self._refresh_from[index],
-            previous_salt=self.previous_salt(index),
         )
 
-    def updated_since(self, since_ms: int) -> list[tuple[int, int]]:
-        """``(index, last_updated_ms)`` of every bucket updated at or after ``since_ms``."""
-        return [(i, ts) for i, ts in enumerate(self._last_updated) if ts >= since_ms]
+    def updated_since(self, since_ms: int, now_ms: int) -> list[tuple[int, int]]:
+        """``(index, last_updated_ms)`` of every bucket whose salt took effect at or after
+        ``since_ms`` and by ``now_ms`` (a pending change is not reported before it happens)."""
+        return [(i, ts) for i, ts in enumerate(self._last_updated) if since_ms <= ts <= now_ms]
 
     # -------------------------------------------------------------------- chunks
 
@@ -269,22 +310,56 @@ class SaltChunk:
     def bucket_count(self) -> int:
         return len(self.salts) // SALT_SIZE
 
-    def bucket(self, index: int) -> SaltBucket:
-        """One bucket of this chunk, by its table-wide index (no need to load the table)."""
+    def bucket(self, index: int, now_ms: int) -> SaltBucket:
+        """One bucket of this chunk at ``now_ms``, by its table-wide index (no need to load the
+        table); the same value as ``SaltTable.bucket``."""
         offset = index - self.first_bucket
         if not 0 <= offset < self.bucket_count:
             raise SaltError("The bucket is not in this chunk")
         salt = slice(offset * SALT_SIZE, (offset + 1) * SALT_SIZE)
         times = slice(offset * _I64, (offset + 1) * _I64)
+        return _bucket_at(
+            index,
+            now_ms,
+            salt=self.salts[salt],
+            previous=self.previous[salt] if _bit(self.has_previous, offset) else None,
+            last_updated_ms=int.from_bytes(self.last_updated[times], "little", signed=True),
+            refresh_from_ms=int.from_bytes(self.refresh_from[times], "little", signed=True),
+        )
+
+
+def _bucket_at(
+    index: int,
+    now_ms: int,
+    *,
+    salt: bytes | bytearray,
+    previous: bytes | bytearray | None,
+    last_updated_ms: int,
+    refresh_from_ms: int,
+) -> SaltBucket:
+    """A bucket's stored columns as the wire value at ``now_ms``.
+
+    A pending bucket (``now_ms < last_updated_ms``, with a previous salt) has the previous salt
+    in effect and no previous of its own. The time that salt took effect is no longer stored (the
+    rotation wrote ``E`` over it); the bucket reports ``last_updated_ms`` 0, "long ago", so the
+    rules that read the field (a previous raw UID for 90 days after a change, the changes
+    ``/v2/identity/buckets`` lists) see no change before ``E``.
+    """
+    if previous is not None and now_ms < last_updated_ms:
         return SaltBucket(
             index=index,
-            last_updated_ms=int.from_bytes(self.last_updated[times], "little", signed=True),
-            current_salt=b64encode(self.salts[salt]),
-            refresh_from_ms=int.from_bytes(self.refresh_from[times], "little", signed=True),
-            previous_salt=(
-                b64encode(self.previous[salt]) if _bit(self.has_previous, offset) else None
-            ),
+            last_updated_ms=0,
+            current_salt=b64encode(bytes(previous)),
+            refresh_from_ms=refresh_from_ms,
+            previous_salt=None,
         )
+    return SaltBucket(
+        index=index,
+        last_updated_ms=last_updated_ms,
+        current_salt=b64encode(bytes(salt)),
+        refresh_from_ms=refresh_from_ms,
+        previous_salt=None if previous is None else b64encode(bytes(previous)),
+    )
 
 
 # ------------------------------------------------------------------------- generation
@@ -333,10 +408,12 @@ class _Below:
 
 @dataclass(frozen=True, slots=True)
 class SaltRotation:
-    """A rotated table and the bucket indices that changed (ascending)."""
+    """A rotated table, the bucket indices that changed (ascending) and when their new salts take
+    effect (epoch ms, a UTC midnight)."""
 
     table: SaltTable
     rotated: tuple[int, ...]
+    effective_at_ms: int
 
     def touched_chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[int]:
         _check_chunk_size(chunk_size)
@@ -347,9 +424,12 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     """Rotate ``round(fraction * bucket_count)`` buckets (at least one), picked uniformly among
     those whose ``refresh_from`` has passed; fewer if fewer are eligible.
 
-    A rotated bucket keeps its old salt as previous, gets a fresh random salt, ``last_updated``
-    = now and ``refresh_from`` = the next UTC midnight. The result is a new table one version on;
-    ``table`` is left as it was (requests may still be reading it).
+    A rotated bucket keeps the salt in effect at ``now_ms`` as previous and gets a fresh random
+    salt that takes effect at ``E`` = the next UTC midnight after ``now_ms``: ``last_updated`` =
+    ``refresh_from`` = ``E``. Until ``E`` every read gives the salt it had (see the module
+    docstring), so no raw UID changes before the time mappers were told to map again. The
+    result is a new table one version on; ``table`` is left as it was (requests may still be
+    reading it).
     """
     if not 0 < fraction <= 1:
         raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
@@ -368,14 +448,15 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     last_updated = array("q", table._last_updated)
     refresh_from = array("q", table._refresh_from)
     fresh = random(SALT_SIZE * wanted)
-    midnight = next_utc_midnight(now_ms)
+    effective = next_utc_midnight(now_ms)
     for n, index in enumerate(chosen):
         at = index * SALT_SIZE
-        previous[at : at + SALT_SIZE] = salts[at : at + SALT_SIZE]
+        if not table._pending(index, now_ms):  # else the salt in effect already is the previous
+            previous[at : at + SALT_SIZE] = salts[at : at + SALT_SIZE]
         salts[at : at + SALT_SIZE] = fresh[n * SALT_SIZE : (n + 1) * SALT_SIZE]
         present[index >> 3] |= 1 << (index & 7)
-        last_updated[index] = now_ms
-        refresh_from[index] = midnight
+        last_updated[index] = effective
+        refresh_from[index] = effective
     rotated = SaltTable(
         first_level_salt=table.first_level_salt,
         id_prefix=table.id_prefix,
@@ -387,7 +468,7 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
         refresh_from=refresh_from,
         version=table.version + 1,
     )
-    return SaltRotation(rotated, tuple(chosen))
+    return SaltRotation(rotated, tuple(chosen), effective)
 
 
 def assemble(

@@ -165,8 +165,9 @@ def _flh(snapshot: Snapshot, digest: bytes) -> bytes:
     return snapshot.salts.first_level_hash(digest)
 
 
-def _bucket(snapshot: Snapshot, flh: bytes) -> SaltBucket:
-    return snapshot.salts.bucket(snapshot.salts.index_of(flh))
+def _bucket(snapshot: Snapshot, flh: bytes, now_ms: int) -> SaltBucket:
+    """``flh``'s bucket as it is at ``now_ms`` (a rotation takes effect at its midnight)."""
+    return snapshot.salts.bucket(snapshot.salts.index_of(flh), now_ms)
 
 
 def _current_uid(snapshot: Snapshot, bucket: SaltBucket, flh: bytes, kind: IdentityType) -> bytes:
@@ -181,14 +182,14 @@ def _current_uid(snapshot: Snapshot, bucket: SaltBucket, flh: bytes, kind: Ident
     )
 
 
-def _current_uid_of(snapshot: Snapshot, flh: bytes, kind: IdentityType) -> bytes:
-    """``_current_uid`` of ``flh``'s bucket, reading only the bucket's current salt.
+def _current_uid_of(snapshot: Snapshot, flh: bytes, kind: IdentityType, now_ms: int) -> bytes:
+    """``_current_uid`` of ``flh``'s bucket at ``now_ms``, reading only the salt in effect then.
 
     Token issuance, validate and logout need nothing else of the bucket, so no ``SaltBucket``
     is made (and no previous salt decoded).
     """
     salts = snapshot.salts
-    salt = salts.salt(salts.index_of(flh))
+    salt = salts.salt(salts.index_of(flh), now_ms)
     ident = snapshot.identity
     if ident.identity_v3:
         return raw_uid_v3(flh, salt, ident.scope, kind)
@@ -210,7 +211,7 @@ def _issue(
     master = snapshot.master_key(now_ms)
     site = snapshot.site_key(site_id, now_ms)
     refresh = snapshot.refresh_key(now_ms)
-    raw_uid = _current_uid_of(snapshot, flh, kind)
+    raw_uid = _current_uid_of(snapshot, flh, kind, now_ms)
     life = snapshot.lifetimes
     return issue_identity(
         now_ms=now_ms,
@@ -377,7 +378,7 @@ def validate(snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now
     if keyset is None or keyset.site_id != caller.site_id:
         raise InvalidRequest("Unauthorised to validate token")
     flh = _flh(snapshot, identity.digest)
-    expected = _current_uid_of(snapshot, flh, identity.kind)
+    expected = _current_uid_of(snapshot, flh, identity.kind, now_ms)
     return Reply("success", expected == token.raw_uid)
 
 
@@ -400,7 +401,7 @@ def logout(
     except IdentityInputError:
         raise InvalidTokenPresented from None
     flh = _flh(snapshot, identity.digest)
-    raw_uid = _current_uid_of(snapshot, flh, identity.kind)
+    raw_uid = _current_uid_of(snapshot, flh, identity.kind, now_ms)
     record(OptOutRecord(flh, now_ms, b64encode(raw_uid)))
     return Reply("success", {"optout": "OK"})
 
@@ -431,7 +432,7 @@ def _map_one(
     identity_type = kind.identity_type
     if snapshot.optouts.opted_out(identity_type, flh):
         return OPTOUT
-    return flh, _bucket(snapshot, flh), identity_type
+    return flh, _bucket(snapshot, flh, now_ms), identity_type
 
 
 def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
@@ -557,7 +558,11 @@ def _format_ms(ms: int) -> str:
 
 
 def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
-    """``/v2/identity/buckets``: buckets whose salt changed at or after ``since_timestamp``."""
+    """``/v2/identity/buckets``: buckets whose salt changed at or after ``since_timestamp``.
+
+    A change is listed once it has taken effect (a rotation's midnight has come), with the time
+    it took effect, never before: until then the bucket's raw UIDs are the ones already mapped.
+    """
     raw = (payload or {}).get("since_timestamp")
     if raw is None:
         raise InvalidRequest("missing parameter since_timestamp")
@@ -573,7 +578,7 @@ def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Repl
                 "bucket_id": bucket_id(index, id_prefix=salts.id_prefix, id_secret=salts.id_secret),
                 "last_updated": _format_ms(updated),
             }
-            for index, updated in salts.updated_since(since)
+            for index, updated in salts.updated_since(since, now_ms)
         ],
     )
 

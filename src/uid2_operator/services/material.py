@@ -206,6 +206,9 @@ class SaltRotationResult:
     bucket_count: int
     version: int
     chunks_rewritten: int
+    effective_at_ms: int | None = None
+    """When the rotated buckets' new salts take effect (the next UTC midnight after ``at_ms``);
+    None when no bucket rotated."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,6 +218,7 @@ class SaltRotationResult:
             "bucket_count": self.bucket_count,
             "version": self.version,
             "chunks_rewritten": self.chunks_rewritten,
+            "effective_at_ms": self.effective_at_ms,
         }
 
 
@@ -519,7 +523,11 @@ class MaterialService:
     def rotate_salts(
         self, fraction: Any = DEFAULT_SALT_FRACTION, actor: Actor = SYSTEM
     ) -> SaltRotationResult:
-        """Rotate a random ``fraction`` of the buckets (those whose refresh time has come)."""
+        """Rotate a random ``fraction`` of the buckets (those whose refresh time has come).
+
+        The new salts take effect at the next UTC midnight (``effective_at_ms``); until then
+        every raw UID stays what mappers were last given.
+        """
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise InvalidInput("The fraction must be a number")
         share = float(fraction)
@@ -554,6 +562,7 @@ class MaterialService:
                         "bucket_count": table.bucket_count,
                         "version": rotation.table.version,
                         "fraction": repr(share),
+                        "effective_at_ms": rotation.effective_at_ms,
                     },
                 )
         logger.info("salts rotated buckets=%d actor=%s", len(rotation.rotated), actor.id)
@@ -564,6 +573,7 @@ class MaterialService:
             bucket_count=table.bucket_count,
             version=rotation.table.version if rotation.rotated else table.version,
             chunks_rewritten=len(touched),
+            effective_at_ms=rotation.effective_at_ms if rotation.rotated else None,
         )
 
     def _header(self, tx: ReadTx) -> SaltHeader:
@@ -616,8 +626,8 @@ class MaterialService:
         """Record an opt-out for an email, phone, or their hashes (as requests accept them).
 
         The stored record holds the first-level hash, the time, and the raw UID the identity
-        has now (read from the one salt chunk its bucket is in). Invalid input is refused without
-        echoing it: it is personal data.
+        has now (from the salt in effect now, read from the one salt chunk its bucket is in).
+        Invalid input is refused without echoing it: it is personal data.
         """
         input_kind = _input_kind(kind)
         now = self._clock.now_ms()
@@ -633,7 +643,7 @@ class MaterialService:
             sealed = tx.salts.get_chunk(index // header.chunk_size)
             if sealed is None:
                 raise NotFound(NOT_INITIALISED)
-            bucket = open_chunk(keyring, sealed).bucket(index)
+            bucket = open_chunk(keyring, sealed).bucket(index, now)
             raw_uid = current_raw_uid(
                 bucket,
                 flh,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -158,10 +159,22 @@ def test_salts_rotate(invoke: CliRunner, data_dir: Path) -> None:
     body = document(result)
     assert body["rotated"] == LOCAL_BUCKET_COUNT // 4
     assert body["version"] == 2
+    assert set(body) == {
+        "at_ms",
+        "fraction",
+        "rotated",
+        "bucket_count",
+        "version",
+        "chunks_rewritten",
+        "effective_at_ms",
+    }
+    # The new salts take effect at the next UTC midnight after the rotation.
+    assert body["effective_at_ms"] == (body["at_ms"] // 86_400_000 + 1) * 86_400_000
     text = run(invoke, data_dir, salts, "rotate")
     assert text.exit_code == 0, text.output
     assert f"of {LOCAL_BUCKET_COUNT} buckets" in text.stdout
     assert "version" in text.stdout
+    assert re.search(r"takes effect\s+\d{4}-\d\d-\d\dT00:00:00Z", text.stdout), text.stdout
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5", "abc"])

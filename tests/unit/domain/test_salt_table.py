@@ -36,16 +36,18 @@ from uid2_operator.errors import InvalidInput, SaltError, SealedSecretUnreadable
 from uid2_operator.wire.raw_uid import DAY_MS, PRODUCTION_BUCKET_COUNT, first_level_hash
 
 DAY = DAY_MS
+LATER = T0 + 400 * DAY
+"""A time by which every rotation these tests make has taken effect."""
 
 
 def table(count: int = 64, random: Drbg | None = None, **kwargs: str) -> SaltTable:
     return generate_salt_table(count, T0, random or Drbg(b"table"), **kwargs)
 
 
-def columns(t: SaltTable) -> list[tuple[object, ...]]:
+def columns(t: SaltTable, now: int = LATER) -> list[tuple[object, ...]]:
     return [
         (b.current_salt, b.previous_salt, b.last_updated_ms, b.refresh_from_ms)
-        for b in (t.bucket(i) for i in range(t.bucket_count))
+        for b in (t.bucket(i, now) for i in range(t.bucket_count))
     ]
 
 
@@ -70,7 +72,7 @@ def test_a_new_table_has_random_base64_salts_and_secrets() -> None:
     assert t.bucket_count == 100
     assert t.version == 1
     assert t.id_prefix == "L"
-    salts = {t.salt(i) for i in range(100)}
+    salts = {t.salt(i, T0) for i in range(100)}
     assert len(salts) == 100
     assert all(len(s) == 44 and len(base64.b64decode(s)) == SALT_SIZE for s in salts)
     assert len(base64.b64decode(t.first_level_salt)) == 32
@@ -80,12 +82,12 @@ def test_a_new_table_has_random_base64_salts_and_secrets() -> None:
 
 def test_a_new_table_is_updated_now_with_no_previous_salts() -> None:
     t = table(10)
-    bucket = t.bucket(3)
+    bucket = t.bucket(3, T0)
     assert bucket.index == 3
     assert bucket.previous_salt is None
     assert (bucket.last_updated_ms, bucket.refresh_from_ms) == (T0, T0)
-    assert t.updated_since(T0) == [(i, T0) for i in range(10)]
-    assert t.updated_since(T0 + 1) == []
+    assert t.updated_since(T0, T0) == [(i, T0) for i in range(10)]
+    assert t.updated_since(T0 + 1, T0 + 1) == []
 
 
 def test_the_same_random_source_gives_the_same_table() -> None:
@@ -116,9 +118,12 @@ def test_derivations_use_the_tables_first_level_salt() -> None:
 @pytest.mark.parametrize("index", [-1, 64])
 def test_buckets_outside_the_table_are_refused(index: int) -> None:
     t = table(64)
-    for read in (t.salt, t.previous_salt, t.last_updated_ms, t.refresh_from_ms, t.bucket):
+    for read in (t.salt, t.previous_salt, t.bucket):
         with pytest.raises(SaltError, match="No such salt bucket"):
-            read(index)
+            read(index, T0)
+    for stored in (t.last_updated_ms, t.refresh_from_ms):
+        with pytest.raises(SaltError, match="No such salt bucket"):
+            stored(index)
 
 
 def test_the_repr_shows_no_salt() -> None:
@@ -162,23 +167,30 @@ def test_inconsistent_columns_are_refused(change: dict[str, object], message: st
 
 
 def test_rotation_moves_the_old_salt_to_previous_and_stamps_the_bucket() -> None:
+    # The new salts take effect at the next UTC midnight (``effective``): read from then on, a
+    # rotated bucket has the new salt and the old one as previous, both stamped ``effective``.
     t = table(1000)
     now = T0 + 5 * DAY + 123
     result = rotate(t, 0.1, now, Drbg(b"rotate"))
     assert len(result.rotated) == 100
     assert list(result.rotated) == sorted(set(result.rotated))
+    effective = next_utc_midnight(now)
+    assert result.effective_at_ms == effective
     new = result.table
     assert new.version == t.version + 1
     for i in range(1000):
         if i in result.rotated:
-            assert new.previous_salt(i) == t.salt(i)
-            assert new.salt(i) != t.salt(i)
-            assert new.last_updated_ms(i) == now
-            assert new.refresh_from_ms(i) == next_utc_midnight(now)
+            assert new.previous_salt(i, effective) == t.salt(i, now)
+            assert new.salt(i, effective) != t.salt(i, now)
+            assert new.last_updated_ms(i) == effective
+            assert new.refresh_from_ms(i) == effective
         else:
-            assert (new.salt(i), new.previous_salt(i)) == (t.salt(i), None)
+            assert (new.salt(i, effective), new.previous_salt(i, effective)) == (
+                t.salt(i, now),
+                None,
+            )
             assert new.last_updated_ms(i) == T0
-    assert {i for i, _ in new.updated_since(now)} == set(result.rotated)
+    assert {i for i, _ in new.updated_since(now, effective)} == set(result.rotated)
     assert columns(rotate(t, 0.1, now, Drbg(b"rotate")).table) == columns(new)
 
 
@@ -197,10 +209,13 @@ def test_a_bucket_rotates_at_most_once_a_day() -> None:
     assert same_day.rotated == ()
     assert same_day.table.version == first.table.version + 1
     assert columns(same_day.table) == columns(first.table)
-    next_day = rotate(first.table, 0.5, next_utc_midnight(T0), Drbg(b"3"))
+    first_effective = next_utc_midnight(T0)
+    next_day = rotate(first.table, 0.5, first_effective, Drbg(b"3"))
     assert len(next_day.rotated) == 25
     for i in next_day.rotated:
-        assert next_day.table.previous_salt(i) == first.table.salt(i)
+        assert next_day.table.previous_salt(i, first_effective + DAY) == first.table.salt(
+            i, first_effective
+        )
 
 
 def test_rotation_picks_only_among_eligible_buckets() -> None:
@@ -286,10 +301,11 @@ def test_a_chunk_yields_a_bucket_without_loading_the_table() -> None:
     chunk = t.chunk(2, 16)
     assert (chunk.first_bucket, chunk.bucket_count) == (32, 8)
     for index in range(32, 40):
-        assert chunk.bucket(index) == t.bucket(index)
+        for now in (T0 + 9, LATER):  # before and after the rotation takes effect
+            assert chunk.bucket(index, now) == t.bucket(index, now)
     for index in (31, 40):
         with pytest.raises(SaltError, match="not in this chunk"):
-            chunk.bucket(index)
+            chunk.bucket(index, LATER)
 
 
 @pytest.mark.parametrize(("number", "size"), [(-1, 8), (8, 8), (0, 7), (0, 0)])

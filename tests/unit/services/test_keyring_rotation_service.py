@@ -284,8 +284,7 @@ def _material_plaintexts(material: Material) -> tuple[object, ...]:
         salts.first_level_salt,
         salts.id_secret,
         salts.version,
-        [salts.salt(i) for i in range(BUCKETS)],
-        [salts.previous_salt(i) for i in range(BUCKETS)],
+        [salts.chunk(n) for n in range(salts.chunk_count())],  # every salt column as stored
     )
 
 
@@ -293,7 +292,7 @@ def _issue_token(material: Material, site_id: int, now_ms: int) -> tuple[str, by
     keys = material.keys
     site_keyset = site_default_keyset(material.keysets, site_id)
     assert site_keyset is not None
-    raw_uid = raw_uid_v2(bytes(range(32)), material.salts.salt(7))
+    raw_uid = raw_uid_v2(bytes(range(32)), material.salts.salt(7, now_ms))
     token = AdvertisingToken(
         scope=IdentityScope.UID2,
         identity_type=IdentityType.EMAIL,
@@ -376,7 +375,7 @@ def test_reseal_moves_every_item_under_the_active_version_and_changes_no_plainte
         token, master_key=_lookup(after.keys), site_key=_lookup(after.keys)
     )
     assert decoded.raw_uid == raw_uid
-    assert raw_uid_v2(bytes(range(32)), after.salts.salt(7)) == raw_uid
+    assert raw_uid_v2(bytes(range(32)), after.salts.salt(7, clock.now_ms())) == raw_uid
     reopened = read_client_side_state(store, only_v2).keypairs
     assert [private_key_der(k.private_key) for k in reopened] == private_keys
 

@@ -25,7 +25,7 @@ from uid2_operator.domain.keysets import (
 )
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT, generate_salt_table
+from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT, generate_salt_table, next_utc_midnight
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, NotFound, SealedSecretUnreadable
 from uid2_operator.services.material import (
@@ -236,17 +236,25 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     material.initialise()
     before = material.load_material()
     clock.advance(1000)
+    now = clock.now_ms()
     result = material.rotate_salts(0.25, ACTOR)
     assert (result.rotated, result.bucket_count, result.version) == (64, BUCKETS, 2)
     assert result.chunks_rewritten <= 4
+    effective = next_utc_midnight(now)
+    assert result.effective_at_ms == effective
     assert result.to_json()["fraction"] == 0.25
+    assert result.to_json()["effective_at_ms"] == effective
     after = material.load_material(before)
     assert after.salts is not before.salts
-    changed = [i for i in range(BUCKETS) if after.salts.salt(i) != before.salts.salt(i)]
+    # The new salts take effect at the next UTC midnight, not when the rotation runs.
+    assert all(after.salts.salt(i, now) == before.salts.salt(i, now) for i in range(BUCKETS))
+    changed = [
+        i for i in range(BUCKETS) if after.salts.salt(i, effective) != before.salts.salt(i, now)
+    ]
     assert len(changed) == 64
     for i in changed:
-        assert after.salts.previous_salt(i) == before.salts.salt(i)
-        assert after.salts.last_updated_ms(i) == clock.now_ms()
+        assert after.salts.previous_salt(i, effective) == before.salts.salt(i, now)
+        assert after.salts.last_updated_ms(i) == effective
     assert after.salts.first_level_salt == before.salts.first_level_salt
     assert after.salts.id_secret == before.salts.id_secret
     assert actions(store)[-1] == "salts.rotate"
@@ -260,6 +268,7 @@ def test_a_second_rotation_the_same_day_changes_nothing(
     seq = store.change_seq()
     again = material.rotate_salts(1.0)
     assert (again.rotated, again.version, again.chunks_rewritten) == (0, 2, 0)
+    assert again.effective_at_ms is None
     assert store.change_seq() == seq
 
 
@@ -297,7 +306,7 @@ def test_add_optout_records_the_flh_time_and_current_raw_uid(
     flh = salts.first_level_hash(hash_identity("some.one@example.com"))
     [record] = loaded.optouts
     assert record.first_level_hash == flh
-    expected = raw_uid_v2(flh, salts.salt(salts.index_of(flh)))
+    expected = raw_uid_v2(flh, salts.salt(salts.index_of(flh), clock.now_ms()))
     assert result.advertising_id == record.advertising_id == base64.b64encode(expected).decode()
     assert result.to_json()["advertising_id"] == result.advertising_id
     assert actions(store)[-1] == "optout.add"
@@ -356,9 +365,29 @@ def test_optout_raw_uids_follow_the_identity_v3_setting(store: SqlStore, clock: 
     salts = service.load_material().salts
     flh = salts.first_level_hash(hash_identity("+12025550123"))
     expected = raw_uid_v3(
-        flh, salts.salt(salts.index_of(flh)), IdentityScope.EUID, IdentityType.PHONE
+        flh, salts.salt(salts.index_of(flh), clock.now_ms()), IdentityScope.EUID, IdentityType.PHONE
     )
     assert result.advertising_id == base64.b64encode(expected).decode()
+
+
+def test_an_optout_records_the_raw_uid_in_effect_while_a_rotation_is_pending(
+    store: SqlStore, clock: FixedClock
+) -> None:
+    service = MaterialService(store, KEYRING, MaterialConfig(bucket_count=16), clock, os.urandom)
+    service.initialise()
+    flh = service.load_material().salts.first_level_hash(hash_identity("someone@example.com"))
+    clock.advance(1000)
+    rotated_at = clock.now_ms()
+    before = service.add_optout("email", "someone@example.com").advertising_id
+    assert service.rotate_salts(1.0).rotated == 16
+    salts = service.load_material().salts
+    index = salts.index_of(flh)
+    clock.at_ms = next_utc_midnight(rotated_at) - 1
+    assert service.add_optout("email", "someone@example.com").advertising_id == before
+    clock.advance(1)  # the rotation's midnight: the new salt is in effect
+    after = service.add_optout("email", "someone@example.com").advertising_id
+    assert after != before
+    assert after == base64.b64encode(raw_uid_v2(flh, salts.salt(index, clock.now_ms()))).decode()
 
 
 # ------------------------------------------------------------------------------ loading
@@ -434,7 +463,7 @@ def test_no_secret_reaches_the_database_file_or_a_repr(
     loaded = material.load_material()
     data = db_path.read_bytes() + Path(f"{db_path}-wal").read_bytes()
     secrets = [k.secret for k in loaded.keys] + [
-        base64.b64decode(loaded.salts.salt(i)) for i in range(0, BUCKETS, 17)
+        base64.b64decode(loaded.salts.salt(i, FixedClock().now_ms())) for i in range(0, BUCKETS, 17)
     ]
     texts = [loaded.salts.first_level_salt, loaded.salts.id_secret]
     assert all(secret not in data for secret in secrets)

@@ -46,7 +46,7 @@ from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.wire.encoding import dumps
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 from uid2_operator.wire.keys import FALLBACK_PUBLISHER_SITE_ID, EncryptionKey, active_key
-from uid2_operator.wire.raw_uid import IdentityEnvironment, current_raw_uid
+from uid2_operator.wire.raw_uid import DAY_MS, IdentityEnvironment, current_raw_uid
 from uid2_operator.wire.scope import IdentityScope, IdentityType
 
 NOW = 1_700_000_000_000
@@ -73,7 +73,9 @@ def _salts(count: int = 16) -> SaltTable:
     def random(n: int) -> bytes:
         return hashlib.shake_256(b"salts %d" % next(counter)).digest(n)
 
-    return rotate(generate_salt_table(count, NOW - 1, random), 1.0, NOW - 1, random).table
+    # Rotated a day before NOW, so the new salts are in effect at NOW (from the next midnight).
+    created = NOW - DAY_MS
+    return rotate(generate_salt_table(count, created, random), 1.0, created, random).table
 
 
 def _snapshot(
@@ -205,8 +207,9 @@ def test_the_current_salt_alone_gives_the_bucket_raw_uid() -> None:
     for v3 in (False, True):
         snapshot = _snapshot([], v3=v3)
         flh = hashlib.sha256(b"someone").digest()
-        bucket = snapshot.salts.bucket(snapshot.salts.index_of(flh))
-        assert snapshot.salts.salt(bucket.index) == bucket.current_salt
+        bucket = snapshot.salts.bucket(snapshot.salts.index_of(flh), NOW)
+        assert bucket.previous_salt is not None
+        assert snapshot.salts.salt(bucket.index, NOW) == bucket.current_salt
         expected = current_raw_uid(
             bucket,
             flh,
@@ -215,10 +218,10 @@ def test_the_current_salt_alone_gives_the_bucket_raw_uid() -> None:
             environment=IdentityEnvironment.TEST,
             identity_v3=v3,
         )
-        assert data_plane._current_uid_of(snapshot, flh, IdentityType.EMAIL) == expected
+        assert data_plane._current_uid_of(snapshot, flh, IdentityType.EMAIL, NOW) == expected
     for outside in (-1, snapshot.salts.bucket_count):
         with pytest.raises(SaltError):
-            snapshot.salts.salt(outside)
+            snapshot.salts.salt(outside, NOW)
 
 
 def test_generate_and_refresh_answers_are_the_general_json_byte_for_byte() -> None:

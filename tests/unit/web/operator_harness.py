@@ -164,11 +164,13 @@ class World:
         blob = unframe_response(response.content, binary)
         return response, open_response(blob, secret=cred.secret_bytes, nonce=nonce)
 
-    def raw_uid_for_email(self, email: str) -> str:
-        """The current raw UID the fixture's salts give an email (independent derivation)."""
+    def raw_uid_for_email(self, email: str, now_ms: int | None = None) -> str:
+        """The raw UID the fixture's salts give an email at ``now_ms`` (default: now), derived
+        independently."""
         salts = self.snapshot.salts
         flh = salts.first_level_hash(hash_identity(normalize_email(email)))
-        bucket = salts.bucket(salts.index_of(flh))
+        at = int(time.time() * 1000) if now_ms is None else now_ms
+        bucket = salts.bucket(salts.index_of(flh), at)
         ident = self.snapshot.identity
         return b64encode(
             current_raw_uid(

@@ -1,0 +1,164 @@
+"""A salt rotation takes effect at the next UTC midnight, never before (operator-api §4.5).
+
+The v3 identity map tells a mapper when to map again (``r``): the bucket's ``refresh_from`` while
+it is ahead, else the next UTC midnight. A rotation at any time of day therefore keeps every salt
+until that midnight ``E`` and only then gives the rotated buckets their new salts, the old ones
+as previous, stamped ``E``. Every read takes the time it is made at.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from material_fixtures import Drbg
+
+from uid2_operator.domain.salts import (
+    SALT_SIZE,
+    SaltTable,
+    generate_salt_table,
+    next_utc_midnight,
+    rotate,
+)
+from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.raw_uid import DAY_MS, SaltBucket
+
+HOUR = 3_600_000
+DAY0 = 19_676 * DAY_MS  # 2023-11-15T00:00:00Z
+CREATED = DAY0 - 3 * DAY_MS
+ROTATED_AT = DAY0 + 10 * HOUR
+MIDNIGHT = DAY0 + DAY_MS  # the next UTC midnight after ROTATED_AT
+COUNT = 64
+
+
+def _rotated(fraction: float = 0.5, at: int = ROTATED_AT) -> tuple[SaltTable, SaltTable, list[int]]:
+    before = generate_salt_table(COUNT, CREATED, Drbg(b"table"))
+    rotation = rotate(before, fraction, at, Drbg(b"rotation"))
+    return before, rotation.table, list(rotation.rotated)
+
+
+def test_no_salt_changes_before_the_next_midnight() -> None:
+    before, after, rotated = _rotated()
+    assert rotated
+    for now in (ROTATED_AT, ROTATED_AT + HOUR, MIDNIGHT - 1):
+        for i in range(COUNT):
+            assert after.salt(i, now) == before.salt(i, now), (i, now)
+            assert after.previous_salt(i, now) is None
+
+
+def test_at_midnight_the_rotated_buckets_change_once_with_the_old_salt_as_previous() -> None:
+    before, after, rotated = _rotated()
+    for i in range(COUNT):
+        old = before.salt(i, ROTATED_AT)
+        for now in (MIDNIGHT, MIDNIGHT + HOUR, MIDNIGHT + DAY_MS + 5):
+            if i in rotated:
+                assert after.salt(i, now) != old
+                assert after.salt(i, now) == after.salt(i, MIDNIGHT)
+                assert after.previous_salt(i, now) == old
+            else:
+                assert (after.salt(i, now), after.previous_salt(i, now)) == (old, None)
+
+
+def test_a_pending_bucket_reads_as_the_bucket_it_was_until_midnight() -> None:
+    before, after, rotated = _rotated()
+    i = rotated[0]
+    old = before.salt(i, ROTATED_AT)
+    assert after.bucket(i, MIDNIGHT - 1) == SaltBucket(
+        index=i, last_updated_ms=0, current_salt=old, refresh_from_ms=MIDNIGHT, previous_salt=None
+    )
+    assert after.bucket(i, MIDNIGHT) == SaltBucket(
+        index=i,
+        last_updated_ms=MIDNIGHT,
+        current_salt=after.salt(i, MIDNIGHT),
+        refresh_from_ms=MIDNIGHT,
+        previous_salt=old,
+    )
+    # The stored columns say when the change takes effect, as the reference's salt files do.
+    assert (after.last_updated_ms(i), after.refresh_from_ms(i)) == (MIDNIGHT, MIDNIGHT)
+    chunk = after.chunk(i // 16, 16)
+    for now in (MIDNIGHT - 1, MIDNIGHT):
+        assert chunk.bucket(i, now) == after.bucket(i, now)
+
+
+def test_a_change_is_listed_as_updated_only_once_it_is_in_effect() -> None:
+    _, after, rotated = _rotated()
+    since = ROTATED_AT - HOUR
+    assert after.updated_since(since, ROTATED_AT) == []
+    assert after.updated_since(since, MIDNIGHT - 1) == []
+    listed = [(i, MIDNIGHT) for i in rotated]
+    assert after.updated_since(since, MIDNIGHT) == listed
+    assert after.updated_since(MIDNIGHT, MIDNIGHT + HOUR) == listed
+    assert after.updated_since(MIDNIGHT + 1, MIDNIGHT + HOUR) == []
+
+
+def test_a_rotation_a_millisecond_before_midnight_changes_the_salt_once_at_midnight() -> None:
+    last_ms = MIDNIGHT - 1  # 23:59:59.999
+    before, after, rotated = _rotated(1.0, last_ms)
+    assert rotate(before, 1.0, last_ms, Drbg(b"r")).effective_at_ms == MIDNIGHT
+    assert next_utc_midnight(last_ms) == MIDNIGHT
+    for i in rotated:
+        old = before.salt(i, last_ms)
+        new = after.salt(i, MIDNIGHT)
+        assert after.salt(i, last_ms) == old
+        assert new != old
+        assert [after.salt(i, t) for t in (MIDNIGHT + 1, MIDNIGHT + DAY_MS - 1)] == [new, new]
+    # Not rotated again before the change took effect, and not twice on the same day after it.
+    assert rotate(after, 1.0, last_ms, Drbg(b"again")).rotated == ()
+    assert rotate(after, 1.0, MIDNIGHT, Drbg(b"again")).effective_at_ms == MIDNIGHT + DAY_MS
+
+
+def test_a_rotated_bucket_is_eligible_again_from_its_midnight() -> None:
+    _, after, rotated = _rotated(0.25)
+    not_rotated = set(range(COUNT)) - set(rotated)
+    assert set(rotate(after, 1.0, MIDNIGHT - 1, Drbg(b"x")).rotated) == not_rotated
+    assert set(rotate(after, 1.0, MIDNIGHT, Drbg(b"x")).rotated) == set(range(COUNT))
+
+
+def _hand_built(*, salt: bytes, previous: bytes, last_updated: int, refresh_from: int) -> SaltTable:
+    """One bucket with a previous salt, as stored (the columns ``assemble`` reads back)."""
+    return SaltTable(
+        first_level_salt="f",
+        id_prefix="",
+        id_secret="s",
+        salts=salt,
+        previous=previous,
+        has_previous=b"\x01",
+        last_updated=array("q", [last_updated]),
+        refresh_from=array("q", [refresh_from]),
+    )
+
+
+def test_a_table_rotated_the_old_way_reads_as_it_did() -> None:
+    # A rotation that changed the salt at once stored last_updated = the time it ran (past) and
+    # refresh_from = the next midnight: such a bucket reads as stored, no migration needed.
+    old, new = b"o" * SALT_SIZE, b"n" * SALT_SIZE
+    stored = _hand_built(salt=new, previous=old, last_updated=ROTATED_AT, refresh_from=MIDNIGHT)
+    for now in (ROTATED_AT, MIDNIGHT - 1, MIDNIGHT + DAY_MS):
+        assert stored.bucket(0, now) == SaltBucket(
+            index=0,
+            last_updated_ms=ROTATED_AT,
+            current_salt=b64encode(new),
+            refresh_from_ms=MIDNIGHT,
+            previous_salt=b64encode(old),
+        )
+    assert stored.updated_since(ROTATED_AT, ROTATED_AT) == [(0, ROTATED_AT)]
+
+
+def test_a_table_stamped_by_a_clock_ahead_reads_as_stored() -> None:
+    # Created by a host whose clock runs ahead: no previous salt to fall back on, so the bucket
+    # reads as stored rather than failing.
+    t = generate_salt_table(4, ROTATED_AT, Drbg(b"ahead"))
+    bucket = t.bucket(1, ROTATED_AT - 5)
+    assert bucket.current_salt == t.salt(1, ROTATED_AT) == t.salt(1, ROTATED_AT - 5)
+    assert bucket.last_updated_ms == ROTATED_AT
+
+
+def test_rotating_a_pending_bucket_keeps_the_salt_in_effect_as_previous() -> None:
+    # Not made by ``rotate`` (a scheduled bucket is not eligible before its midnight), but the
+    # rule is that a rotation keeps the salt in effect when it runs, whatever the columns say.
+    in_effect, scheduled = b"e" * SALT_SIZE, b"s" * SALT_SIZE
+    t = _hand_built(salt=scheduled, previous=in_effect, last_updated=MIDNIGHT, refresh_from=0)
+    assert t.salt(0, ROTATED_AT) == b64encode(in_effect)
+    rotated = rotate(t, 1.0, ROTATED_AT, Drbg(b"p")).table
+    assert rotated.salt(0, MIDNIGHT - 1) == b64encode(in_effect)
+    assert rotated.previous_salt(0, MIDNIGHT) == b64encode(in_effect)
+    assert rotated.salt(0, MIDNIGHT) not in (b64encode(in_effect), b64encode(scheduled))
