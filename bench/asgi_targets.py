@@ -9,7 +9,9 @@ looks at the snapshot source's problem on every health check and answers ``/metr
 the request observer counts Prometheus metrics and per-key usage on every request, and replays
 are refused through a shared replay table (the default size) in a file mapped from a temporary
 directory (``serve_like_app``); only the store behind them, and the loops that poll and flush it,
-are absent.
+are absent. ``serve_http`` is the HTTP protocol a served worker's connections run on, for the
+server's ``--http`` option (uvicorn), so that both the hello-world floor and the operator are
+measured behind what ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from prometheus_client import CollectorRegistry
 
 from operator_world import world_from_environment
 from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.write_behind import UsageMeter
-from uid2_operator.web.operator_api.app import OperatorApi, acknowledge_lifespan
+from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
+from uid2_operator.web.operator_api.app import BODY_LIMIT, OperatorApi, acknowledge_lifespan
 from uid2_operator.web.operator_api.metrics import (
     ReplayTableCollector,
     RequestMetrics,
@@ -49,6 +53,12 @@ _START = {
     "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
 }
 _BODY = {"type": "http.response.body", "body": b"OK"}
+
+serve_http: type[HttpConnection] = http_protocol(
+    HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
+)
+"""The protocol class ``uid2-operator serve`` gives each worker (``cli.serve._worker_main``):
+uvicorn's httptools protocol with the limits and timeouts of the serve settings."""
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:

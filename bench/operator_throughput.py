@@ -115,8 +115,8 @@ def _uvicorn_args(port: int, app: str, factory: bool) -> list[str]:
         "1",
         "--loop",
         "uvloop",
-        "--http",
-        "httptools",
+        "--http",  # serve's workers' protocol: uvicorn's httptools one, guarded
+        "asgi_targets:serve_http",
         "--lifespan",
         "on",
         "--no-access-log",
@@ -162,7 +162,10 @@ def _granian_args(extra: Sequence[str]) -> Callable[[int, str, bool], list[str]]
 
 SERVERS: Final = {
     "uvicorn": ServerKind(
-        "uvicorn", "uvicorn", "uvicorn, uvloop + httptools, 1 worker", _uvicorn_args
+        "uvicorn",
+        "uvicorn",
+        "uvicorn, uvloop + httptools (as serve runs it), 1 worker",
+        _uvicorn_args,
     ),
     "granian": ServerKind(
         "granian",

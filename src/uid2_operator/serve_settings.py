@@ -26,6 +26,12 @@ DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_MAX_SNAPSHOT_AGE_S = 300.0
 DEFAULT_FLUSH_INTERVAL_S = 5.0
 DEFAULT_KEY_ROTATION_INTERVAL_S = 3600.0
+DEFAULT_HTTP_HEAD_TIMEOUT_S = 10.0
+DEFAULT_HTTP_BODY_TIMEOUT_S = 30.0
+DEFAULT_HTTP_MAX_HEAD_BYTES = 64 * 1024
+MIN_HTTP_MAX_HEAD_BYTES: Final = 1024
+MAX_HTTP_MAX_HEAD_BYTES: Final = 1 << 20
+MAX_HTTP_TIMEOUT_S: Final = 3600.0
 
 # Token lifetimes per deployment environment (operator-api §5.8): the reference's production
 # values in prod (identity 3 days, refresh 30 days, refresh after 1 hour, sharing tokens 30 days);
@@ -171,6 +177,10 @@ class ServeSettings:
     §6.1; ``wire.tcf``); the UID2 scope ignores it. ``expired_key_retention_s``: how long past
     its expiry an encryption key is kept before the key rotation schedule deletes it, as set
     (None: the minimum; ``key_retention_s`` checks it against the environment's lifetimes).
+    ``http_head_timeout_s``, ``http_body_timeout_s`` and ``http_max_head_bytes``: what an HTTP
+    connection to either API may take (``web.http_connection``): the time to send a request head
+    (from the connection, or from the head's first byte), the time to send the rest of a body
+    once its head is in, and the size of a head.
 
     Nothing here is secret, so the default repr is safe to log.
     """
@@ -186,6 +196,9 @@ class ServeSettings:
     replay_table_entries: int = DEFAULT_SLOTS
     tcf_vendor_id: int = DEFAULT_VENDOR_ID
     expired_key_retention_s: int | None = None
+    http_head_timeout_s: float = DEFAULT_HTTP_HEAD_TIMEOUT_S
+    http_body_timeout_s: float = DEFAULT_HTTP_BODY_TIMEOUT_S
+    http_max_head_bytes: int = DEFAULT_HTTP_MAX_HEAD_BYTES
 
     def __post_init__(self) -> None:
         """Refuse (SettingsError) inconsistent values, naming the variables that set them."""
@@ -213,6 +226,19 @@ class ServeSettings:
             )
         if not 1 <= self.tcf_vendor_id <= MAX_VENDOR_ID:
             raise SettingsError(f"UID2_TCF_VENDOR_ID must be from 1 to {MAX_VENDOR_ID}")
+        for variable, timeout in (
+            ("UID2_HTTP_HEAD_TIMEOUT_S", self.http_head_timeout_s),
+            ("UID2_HTTP_BODY_TIMEOUT_S", self.http_body_timeout_s),
+        ):
+            if not 0 < timeout <= MAX_HTTP_TIMEOUT_S:
+                raise SettingsError(
+                    f"{variable} must be above 0 and at most {MAX_HTTP_TIMEOUT_S:g} seconds"
+                )
+        if not MIN_HTTP_MAX_HEAD_BYTES <= self.http_max_head_bytes <= MAX_HTTP_MAX_HEAD_BYTES:
+            raise SettingsError(
+                f"UID2_HTTP_MAX_HEAD_BYTES must be from {MIN_HTTP_MAX_HEAD_BYTES} to "
+                f"{MAX_HTTP_MAX_HEAD_BYTES}"
+            )
 
     def token_lifetimes(self, environment: Environment) -> Lifetimes:
         """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
@@ -261,7 +287,11 @@ class ServeSettings:
 
         Key purge: UID2_EXPIRED_KEY_RETENTION_S, how long past its expiry an encryption key is
         kept (whole seconds; default and minimum: the longest token lifetime plus one day, see
-        ``key_retention_s``)."""
+        ``key_retention_s``).
+
+        HTTP connections to either API (``web.http_connection``): UID2_HTTP_HEAD_TIMEOUT_S
+        (seconds, default 10, at most 3600), UID2_HTTP_BODY_TIMEOUT_S (30, at most 3600),
+        UID2_HTTP_MAX_HEAD_BYTES (whole number, 1024 to 1048576; default 65536)."""
         env = os.environ if environ is None else environ
         lifetimes = LifetimeOverrides(
             **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
@@ -290,6 +320,15 @@ class ServeSettings:
             replay_table_entries=_whole(env, "UID2_REPLAY_TABLE_ENTRIES", DEFAULT_SLOTS),
             tcf_vendor_id=_whole(env, "UID2_TCF_VENDOR_ID", DEFAULT_VENDOR_ID),
             expired_key_retention_s=_optional_whole(env, KEY_RETENTION_VARIABLE),
+            http_head_timeout_s=_seconds(
+                env, "UID2_HTTP_HEAD_TIMEOUT_S", DEFAULT_HTTP_HEAD_TIMEOUT_S
+            ),
+            http_body_timeout_s=_seconds(
+                env, "UID2_HTTP_BODY_TIMEOUT_S", DEFAULT_HTTP_BODY_TIMEOUT_S
+            ),
+            http_max_head_bytes=_whole(
+                env, "UID2_HTTP_MAX_HEAD_BYTES", DEFAULT_HTTP_MAX_HEAD_BYTES
+            ),
         )
 
 

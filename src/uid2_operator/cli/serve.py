@@ -78,6 +78,9 @@ from uid2_operator.services import replay_table
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
+from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
+from uid2_operator.web.http_connection import HttpLimits, http_protocol
+from uid2_operator.web.operator_api.app import BODY_LIMIT
 from uid2_operator.web.operator_api.metrics_files import remove_worker_files
 
 log = logging.getLogger(__name__)
@@ -177,8 +180,11 @@ def _worker_main(
 ) -> None:
     """A worker process: one uvicorn server over the worker app, on its own socket, that stops
     when its serving process (``parent``) is gone. A spawned process starts with no logging
-    set up, so it sets up the serving process's own (the level of ``--log-level``)."""
+    set up, so it sets up the serving process's own (the level of ``--log-level``). Its
+    connections are guarded by the limits and timeouts of the serve settings
+    (``web.http_connection``)."""
     _configure_logging(log_level)
+    limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
         WORKER_APP,
         factory=True,
@@ -187,7 +193,7 @@ def _worker_main(
         # Named, not left to uvicorn's "auto": a missing uvloop or httptools must fail loudly
         # rather than quietly fall back to the slower pure-Python loop and parser.
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(limits),
         lifespan="on",
         log_level=log_level,
         access_log=False,
@@ -203,9 +209,16 @@ def _worker_main(
 
 
 def _no_core_dumps() -> None:
-    """Serve and its workers (which inherit the limit) hold the keyring's keys, the pepper and
-    every client secret in memory: a crash must not write them to a core file."""
+    """Serve and its workers (which inherit the limits) hold the keyring's keys, the pepper and
+    every client secret in memory: a crash must not write them to a core file. They also take
+    the most open files they may (the hard limit): each connection holds a descriptor until its
+    timeouts end it, and a soft limit of 1,024 would let one client lock everyone out."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # a hard limit the platform refuses as soft (macOS)
+        log.warning("open files limit left at %d: %s", soft, exc)
 
 
 def _configure_logging(log_level: str) -> None:
@@ -491,9 +504,12 @@ class _UpkeepThread:
             )
 
 
-def _run_admin(services: Services, sock: socket.socket, log_level: str) -> uvicorn.Server:
+def _run_admin(
+    services: Services, sock: socket.socket, log_level: str, limits: HttpLimits
+) -> uvicorn.Server:
     config = uvicorn.Config(
         create_admin_app(services),
+        http=http_protocol(limits),
         lifespan="on",  # the admin app logs what its refusal limiter still holds at shutdown
         log_level=log_level,
         access_log=False,
@@ -741,7 +757,8 @@ def _run_serving(
     _export_settings(settings)
     reserve, operator_port = _reserve_operator_port(listen.host, listen.port)
     admin_sock, admin_url = _bind_admin(listen.admin_host, listen.admin_port)
-    admin = _run_admin(services, admin_sock, listen.log_level)
+    admin_limits = HttpLimits.of(serve_settings, MAX_BODY_BYTES)
+    admin = _run_admin(services, admin_sock, listen.log_level, admin_limits)
     shared = None if _REUSE_PORT else reserve
     pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level)
     stop = threading.Event()

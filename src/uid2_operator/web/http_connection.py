@@ -1,0 +1,269 @@
+"""The HTTP/1.1 connections of ``uid2-operator serve``: uvicorn's httptools protocol, guarded
+against clients that hold a connection, or the server's memory, without sending a request.
+
+uvicorn's protocol bounds neither the size of a request head (httptools keeps a header value
+until it ends) nor the time a client takes to send one (its only timer is the keep-alive one,
+armed after a response and cancelled by any byte received); it reads and discards the rest of a
+body answered early for as long as the client sends it; it switches a request carrying
+``Upgrade: websocket`` to a websocket the applications do not serve; and it logs a warning for
+every malformed request. ``HttpConnection`` adds, per connection:
+
+- **a head limit**: a request head still incomplete once more than ``max_head_bytes`` of it
+  arrived is answered 431 with ``connection: close``, and the connection closed; a whole message
+  (head, body, chunk framing and trailers) still incomplete past ``max_head_bytes +
+  max_body_bytes`` is answered 413 the same way, and one whose trailers hold more fields than a
+  head at the limit could is answered 431. Bytes are counted per read; a read that ends
+  one message and begins the next is not counted, so a limit may be passed by one read (at most
+  256 KiB) before it applies;
+- **timeouts**: a new connection must complete its first request head within
+  ``head_timeout_s``, and so must any head begun later (between requests the keep-alive timeout
+  of the server applies until the first byte, as before); a body incomplete after its head must
+  arrive within ``body_timeout_s``. On expiry the request is answered 408 with
+  ``connection: close`` (only closed when a response is already under way) and the connection
+  closed;
+- **no reading after an early answer**: while a body is still arriving its request is marked to
+  close the connection, so an answer given before the body ended (a 413, a 401) carries
+  ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
+  alive as asked;
+- **no protocol switch**: an ``Upgrade`` header is ignored (RFC 9110 §7.8 lets a server do so):
+  the request goes to the application as a plain HTTP request; the parser stops at its head,
+  so the connection closes after the answer;
+- **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) are
+  written at most once a minute each, saying how many were held back. ERROR lines are not
+  throttled.
+
+A request whose head and body arrive in one read (the usual case) takes the same path as in
+uvicorn, with one check more after the parser, and arms no timer beyond uvicorn's keep-alive
+one; a new connection arms one (its first head's deadline). The limits are per class:
+``http_protocol`` makes one per server, with its own throttle, to pass as
+``uvicorn.Config(http=...)``.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from asyncio import TimerHandle, Transport
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.services.log_throttle import LogThrottle
+
+WARNING_INTERVAL_MS: Final = 60_000
+_WARNING_KEYS: Final = 16
+_INVALID_REQUEST: Final = "Invalid HTTP request received."
+_UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
+_MIN_FIELD_BYTES: Final = 4
+"""The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
+kept as headers, a Python object each: past as many as a head at the limit could hold, the
+request is refused (431) before its trailers grow to the message limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What a connection may take (see the module docstring); ``max_body_bytes`` is the
+    application's own body limit, which it enforces on the body it reads."""
+
+    max_head_bytes: int
+    max_body_bytes: int
+    head_timeout_s: float
+    body_timeout_s: float
+
+    @classmethod
+    def of(cls, settings: ServeSettings, max_body_bytes: int) -> HttpLimits:
+        """The limits ``settings`` set for an application whose body limit is
+        ``max_body_bytes``."""
+        return cls(
+            max_head_bytes=settings.http_max_head_bytes,
+            max_body_bytes=max_body_bytes,
+            head_timeout_s=settings.http_head_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
+        )
+
+
+def http_protocol(limits: HttpLimits) -> type[HttpConnection]:
+    """A protocol class for one uvicorn server (``uvicorn.Config(http=...)``): its connections
+    apply ``limits`` and share one warning throttle."""
+
+    class Connection(HttpConnection):
+        LIMITS = limits
+        WARNINGS = LogThrottle[str](WARNING_INTERVAL_MS, _WARNING_KEYS)
+
+    return Connection
+
+
+class HttpConnection(HttpToolsProtocol):
+    """One HTTP/1.1 connection (see the module docstring). Subclasses made by ``http_protocol``
+    set the limits and the throttle; uvicorn builds one instance per connection."""
+
+    LIMITS: ClassVar[HttpLimits]
+    WARNINGS: ClassVar[LogThrottle[str]]
+
+    # Per connection (class values until first set):
+    _deadline: TimerHandle | None = None
+    _awaited: object = None
+    """What the deadline waits for: a head (keyed by the request before it, or the connection
+    for the first) or a body (keyed by its request's scope)."""
+    _counted: object = None
+    """The message (its scope) whose bytes ``_received`` counts; None when the last read left
+    no message incomplete."""
+    _received = 0
+    _reopen: RequestResponseCycle | None = None
+    """A request marked to close the connection while its body arrives, to keep alive again if
+    the body ends before its answer starts."""
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._wait(self, self.LIMITS.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self._reopen = None  # a stopping server closes the connection after the answer
+        super().shutdown()
+
+    def _should_upgrade(self) -> bool:
+        return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, and the
+        limits checked once the parser has taken ``data``."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._warn(_INVALID_REQUEST)
+            self.send_400_response(_INVALID_REQUEST)
+            return
+        except httptools.HttpParserUpgrade:
+            self._warn(_UPGRADE_IGNORED)
+            self._upgrade_ignored()
+            return
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and not cycle.more_body
+            and not cycle.response_complete
+        ):  # every message received is whole, its answer up to the application
+            if self._deadline is not None:
+                self._settle()
+            return
+        self._incomplete(cycle, len(data))
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _incomplete(self, cycle: RequestResponseCycle | None, size: int) -> None:
+        """After a read that left a message incomplete, or that began none while the connection
+        waits for one (blank lines)."""
+        if self.transport.is_closing():
+            return
+        reopen = self._reopen
+        if reopen is not None and not reopen.more_body:  # its body ended: kept alive as asked
+            self._reopen = None
+            reopen.keep_alive = not reopen.response_started
+        limits = self.LIMITS
+        scope = self.scope
+        if cycle is not None and cycle.scope is scope and cycle.more_body:
+            if len(self.headers) > limits.max_head_bytes // _MIN_FIELD_BYTES:  # trailers
+                self._refuse(431)
+                return
+            if self._count(scope, size) > limits.max_head_bytes + limits.max_body_bytes:
+                self._refuse(413)
+                return
+            if cycle.keep_alive and not cycle.response_started:
+                cycle.keep_alive = False  # an answer before the body ends closes the connection
+                self._reopen = cycle
+            self._wait(scope, limits.body_timeout_s)
+            return
+        begun = scope is not None and (cycle is None or cycle.scope is not scope)
+        if begun and self._count(scope, size) > limits.max_head_bytes:
+            self._refuse(431)
+            return
+        self._wait(self if cycle is None else cycle, limits.head_timeout_s)
+
+    def _count(self, message: object, size: int) -> int:
+        """The bytes of ``message`` received so far, this read's ``size`` included unless the
+        read also ended the message before it."""
+        counted = self._counted
+        if counted is message:
+            self._received += size
+        else:
+            self._received = size if counted is None else 0
+            self._counted = message
+        return self._received
+
+    def _wait(self, awaited: object, timeout_s: float) -> None:
+        """Close the connection (``_expired``) unless ``awaited`` arrives within ``timeout_s``
+        of the first read that waited for it."""
+        if awaited is self._awaited:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._awaited = awaited
+        self._deadline = self.loop.call_later(timeout_s, self._expired)
+
+    def _settle(self) -> None:
+        """Nothing awaited any more: no deadline, and the connection kept alive as asked."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._awaited = self._counted = None
+        reopen = self._reopen
+        if reopen is not None:
+            self._reopen = None
+            reopen.keep_alive = not reopen.response_started
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        """End the connection with ``status`` (``connection: close``); only close it when an
+        answer is under way, or owed to an earlier request."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started or cycle.scope is not self.scope or self.pipeline:
+                self.transport.close()
+                return
+            cycle.disconnected = True  # the application reads a disconnect; its answer is dropped
+            cycle.message_event.set()
+        reason = http.HTTPStatus(status).phrase.encode()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(reason),
+                b"connection: close\r\n\r\n",
+                reason,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+    def _upgrade_ignored(self) -> None:
+        """The parser ends a request asking for an upgrade with its head (a body is left unread)
+        and would read what follows as another protocol: the request is answered as it is, as
+        plain HTTP, and the connection closed after the answer, nothing more read."""
+        self._settle()
+        self.cycle.keep_alive = False
+        self.transport.pause_reading()
+
+    def _warn(self, message: str) -> None:
+        held = self.WARNINGS.due(message, int(self.loop.time() * 1000))
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            self.logger.log(logging.WARNING, "%s%s", message, more)

@@ -1,0 +1,369 @@
+"""``web.http_connection``: uvicorn's HTTP protocol guarded against hostile clients, over real
+sockets to a real uvicorn server (uvloop, as serve runs it) in a thread.
+
+The application here records what it is given (a websocket scope would mean the protocol switched)
+and answers: ``GET`` anything ``OK``; ``POST /echo`` the length of the body it read; ``POST
+/early`` 413 without reading the body.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+
+from uid2_operator.web.http_connection import HttpLimits, http_protocol
+
+LIMITS = HttpLimits(
+    max_head_bytes=8192, max_body_bytes=16384, head_timeout_s=2.0, body_timeout_s=2.0
+)
+CLOSE_WITHIN_S = 10.0
+"""How long a test waits for a connection the server should close (timeouts included)."""
+
+
+@dataclass
+class Recorder:
+    """What the application saw, per request."""
+
+    scopes: list[str] = field(default_factory=list)
+    disconnects: int = 0
+
+
+def _app(recorder: Recorder) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        recorder.scopes.append(scope["type"])
+        if scope["type"] != "http":
+            return
+        body = b"OK"
+        if scope["path"] == "/early":
+            await _answer(send, 413, b"too large")
+            return
+        if scope["method"] == "POST":
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    recorder.disconnects += 1
+                    return
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"%d" % size
+        await _answer(send, 200, body)
+
+    return app
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Running:
+    port: int
+    recorder: Recorder
+
+    @contextmanager
+    def connect(self) -> Iterator[socket.socket]:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=CLOSE_WITHIN_S)
+        try:
+            yield sock
+        finally:
+            sock.close()
+
+
+@contextmanager
+def running(limits: HttpLimits = LIMITS) -> Iterator[Running]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    recorder = Recorder()
+    config = uvicorn.Config(
+        _app(recorder),
+        loop="uvloop",
+        http=http_protocol(limits),
+        lifespan="on",
+        log_config=None,  # the test attaches its own handler to uvicorn's logger
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield Running(sock.getsockname()[1], recorder)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module", name="server")
+def server_fixture() -> Iterator[Running]:
+    with running() as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_response(sock: socket.socket, buffered: bytearray | None = None) -> Response:
+    """One response (with a ``content-length``); what follows it stays in ``buffered``."""
+    data = buffered if buffered is not None else bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {bytes(data)!r}"
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a response body"
+        rest += chunk
+    data[:] = rest[length:]
+    return Response(status, headers, rest[:length])
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server still sends until it closes the connection (fails if it does not
+    within ``CLOSE_WITHIN_S``)."""
+    received = bytearray()
+    sock.settimeout(CLOSE_WITHIN_S)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(received)
+        except TimeoutError:
+            pytest.fail(f"still open after {CLOSE_WITHIN_S} s; received {bytes(received)!r}")
+        if not chunk:
+            return bytes(received)
+        received += chunk
+
+
+def send_slowly(sock: socket.socket, pieces: list[bytes]) -> None:
+    """Send ``pieces`` as separate reads, stopping once the server has closed the connection."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        time.sleep(0.02)
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def get(path: str = "/", extra: bytes = b"") -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nhost: test\r\n" + extra + b"\r\n"
+
+
+# ------------------------------------------------------------------------------- head limit
+
+
+def test_a_head_that_never_ends_is_answered_431_and_closed(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\nx-big: " + b"a" * 4 * LIMITS.max_head_bytes)
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 431
+    assert b"connection: close" in raw.lower()
+
+
+def test_many_small_headers_are_answered_431_and_closed(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\n")
+        send_slowly(sock, [b"a: b\r\n" * (LIMITS.max_head_bytes // 6)] * 8)
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 431
+
+
+@pytest.mark.parametrize(
+    ("trailer", "status"),
+    [
+        (b"t: v\r\n", 431),  # more trailer fields than a head at the limit could hold
+        (b"v" * 1000, 413),  # one trailer value, growing past head + body limit
+    ],
+)
+def test_trailers_that_never_end_are_refused(server: Running, trailer: bytes, status: int) -> None:
+    limit = LIMITS.max_head_bytes + LIMITS.max_body_bytes
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n")
+        sock.sendall(b"2\r\nhi\r\n0\r\nx-trailer: ")
+        send_slowly(sock, [trailer * (limit // len(trailer) // 4)] * 8)
+        raw = closed_by_server(sock)
+    assert status_of(raw) == status
+
+
+def test_a_head_just_under_the_limit_in_several_reads_is_served(server: Running) -> None:
+    with server.connect() as sock:
+        head = get(extra=b"x-fill: " + b"f" * (LIMITS.max_head_bytes - 200) + b"\r\n")
+        send_slowly(sock, [head[start : start + 1000] for start in range(0, len(head), 1000)])
+        assert read_response(sock).status == 200
+
+
+# --------------------------------------------------------------------------------- timeouts
+
+
+def test_an_idle_new_connection_is_closed_after_the_head_timeout(server: Running) -> None:
+    with server.connect() as sock:
+        started = time.monotonic()
+        raw = closed_by_server(sock)
+    assert time.monotonic() - started >= LIMITS.head_timeout_s * 0.9
+    assert status_of(raw) == 408
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_at_the_head_timeout(server: Running) -> None:
+    head = get(extra=b"x-slow: " + b"s" * 200 + b"\r\n")
+    with server.connect() as sock:
+        sock.settimeout(0.1)
+        for byte in head[:-2]:  # never ends; each byte would have cancelled a keep-alive timer
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            try:
+                raw = sock.recv(65536)
+            except TimeoutError:
+                continue
+            break
+        else:
+            pytest.fail("the server kept a head trickled over 20 s")
+    assert status_of(raw) == 408
+
+
+def test_a_partial_head_after_a_keep_alive_request_gets_the_head_deadline(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(get())
+        assert read_response(sock).status == 200
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: te")  # cancels uvicorn's keep-alive timer
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 408
+
+
+def test_a_stalled_body_is_answered_408_and_closed(server: Running) -> None:
+    disconnects = server.recorder.disconnects
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 1000\r\n\r\n")
+        sock.sendall(b"x" * 10)
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 408
+    assert b"connection: close" in raw.lower()
+    assert server.recorder.disconnects == disconnects + 1  # the application was told
+
+
+def test_a_body_in_pieces_within_the_timeout_keeps_the_connection(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 3000\r\n\r\n")
+        for _ in range(3):
+            time.sleep(0.05)
+            sock.sendall(b"x" * 1000)
+        first = read_response(sock)
+        assert (first.status, first.body) == (200, b"3000")
+        assert first.headers.get("connection") != "close"
+        sock.sendall(get())
+        assert read_response(sock).status == 200
+
+
+# ------------------------------------------------------------------------------ early answers
+
+
+def test_an_answer_before_the_body_ends_closes_the_connection(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 100000\r\n\r\n")
+        sock.sendall(b"x" * 1000)
+        raw = closed_by_server(sock)  # at once: neither read on nor left to the body timeout
+    assert status_of(raw) == 413
+    assert b"connection: close" in raw.lower()
+
+
+# ---------------------------------------------------------------------------------- upgrade
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(server: Running) -> None:
+    before = len(server.recorder.scopes)
+    upgrade = b"connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n"
+    key = b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    with server.connect() as sock:
+        sock.sendall(get("/ws", upgrade + key))
+        response = read_response(sock)
+        assert (response.status, response.body) == (200, b"OK")
+        assert closed_by_server(sock) == b""
+    assert server.recorder.scopes[before:] == ["http"]
+
+
+# --------------------------------------------------------------------------------- warnings
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_flood_of_invalid_requests_writes_one_warning() -> None:
+    lines = _Lines()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(lines)
+    try:
+        with running() as server:
+            for _ in range(200):
+                with server.connect() as sock:
+                    sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                    assert status_of(closed_by_server(sock)) == 400
+    finally:
+        logger.removeHandler(lines)
+    assert lines.lines == ["Invalid HTTP request received."]
+
+
+# --------------------------------------------------------------------------- normal traffic
+
+
+def test_pipelined_requests_are_all_answered(server: Running) -> None:
+    with server.connect() as sock:
+        post = b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello"
+        sock.sendall(get() + post + get("/last"))
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(3)]
+    assert [(a.status, a.body) for a in answers] == [(200, b"OK"), (200, b"5"), (200, b"OK")]
+
+
+def test_keep_alive_requests_share_a_connection(server: Running) -> None:
+    with server.connect() as sock:
+        for _ in range(5):
+            sock.sendall(get())
+            response = read_response(sock)
+            assert response.status == 200
+            assert response.headers.get("connection") != "close"
