@@ -51,6 +51,7 @@ from uid2_operator.settings import EnvironmentSource, Settings
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.engines import sqlite_path
 from uid2_operator.storage.interface import ReadTx, Store
+from uid2_operator.storage.migrate import current_revision
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
@@ -708,13 +709,10 @@ def open_configured_store(settings: Settings, *, check_schema: bool = True) -> S
     return open_store(settings.store_url, check_schema=check_schema)
 
 
-def schema_is_current(settings: Settings) -> bool:
-    """True when the configured database exists at this code's schema revision."""
-    try:
-        open_configured_store(settings).close()
-    except SchemaOutOfDate:
-        return False
-    return True
+def database_is_new(settings: Settings) -> bool:
+    """True when the configured database was never migrated (no schema revision at all);
+    SchemaOutOfDate for a revision this code does not ship (a newer version's)."""
+    return current_revision(settings.store_url) is None
 
 
 def material_config(

@@ -10,17 +10,19 @@ the same refusal).
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from admin_api_harness import open_admin_env, sqlite_settings
 from alembic import command
 from cli_harness import Cli, Database, settings_of, state_of
+from serve_harness import UID2_OPERATOR, clean_env
 from sqlalchemy import delete, select, update
 
 from uid2_operator.storage import schema as t
 from uid2_operator.storage.engines import make_engine
-from uid2_operator.storage.migrate import _config
+from uid2_operator.storage.migrate import _config, current_revision
 
 HEAD_NAMES = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
 UPGRADE = "uid2-operator db upgrade"
@@ -177,3 +179,28 @@ def test_the_admin_api_answers_the_refusal_with_its_code_and_message(tmp_path: P
             }
         }
         assert env.mark() == mark
+
+
+def test_serve_init_if_new_refuses_an_earlier_schema_instead_of_migrating_it(
+    database: Database,
+) -> None:
+    """``--init-if-new`` initialises what is new; a database an earlier version initialised is
+    not: migrating it there would pull the schema from under that version's running processes."""
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "Pub")
+    _as_an_earlier_version_left_it(database)
+
+    process = subprocess.run(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, *database.cli_args(), "serve", "--port", "0", "--admin-port", "0",
+         "--init-if-new"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert process.returncode == 1, (process.stdout, process.stderr)
+    assert f"`{UPGRADE}`" in process.stderr
+    assert "Next steps" not in process.stdout + process.stderr
+    assert current_revision(settings_of(database).store_url) == "0003"  # left as it was

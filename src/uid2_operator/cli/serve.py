@@ -54,9 +54,9 @@ from uid2_operator.bootstrap import (
     check_environment,
     check_store_environment,
     check_store_recordable,
+    database_is_new,
     open_services,
     record_store_environment,
-    schema_is_current,
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
@@ -109,14 +109,19 @@ def _needs_init(settings: Settings) -> bool:
     """True for a data directory (or database) that was never initialised, or whose ``init`` did
     not finish: ``init`` records the environment file just before it issues the bootstrap admin
     token, so a directory without it may lack the token too (running init again creates only
-    what is missing, and issues the token while none exists)."""
+    what is missing, and issues the token while none exists).
+
+    A database an earlier version initialised (an older schema revision) is not new: serve
+    then refuses it like every command, naming ``uid2-operator db upgrade``, rather than
+    migrating it under whatever processes of that version still use it (docs/storage.md,
+    upgrading)."""
     if settings.keyring_json is None and not settings.keyring_path.exists():
         return True
     if not settings.environment_path.exists():
         return True
     if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
         return True
-    return not schema_is_current(settings)
+    return database_is_new(settings)
 
 
 def _next_steps(settings: Settings, admin_url: str) -> str:
