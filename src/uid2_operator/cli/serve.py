@@ -88,7 +88,10 @@ log = logging.getLogger(__name__)
 WORKER_APP: Final = "uid2_operator.web.operator_api.server:create_worker_app"
 _REUSE_PORT: Final = hasattr(socket, "SO_REUSEPORT")
 _RESTART_PAUSE_S: Final = 1.0
-_STOP_TIMEOUT_S: Final = 10.0
+_STOP_TIMEOUT_S: Final = 15.0
+"""How long a worker has from its SIGTERM to stop before it is killed: its connections end, then
+its last flush takes up to ``write_behind.STOP_BUDGET_S`` (6 s) and saves what it could not
+write; the rest is headroom for a slow machine."""
 _QUICK_EXIT_S: Final = 10.0
 _QUICK_EXIT_LIMIT: Final = 3
 _PARENT_CHECK_S: Final = 0.25
@@ -326,6 +329,12 @@ class _Workers:
         for process in self.processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
+                log.warning(
+                    "worker %s still running %.0f s after SIGTERM; killed (what it had not "
+                    "written is lost)",
+                    process.pid,
+                    _STOP_TIMEOUT_S,
+                )
                 process.kill()
                 process.join()
             self._forget(process)

@@ -90,7 +90,7 @@ FAILURE_REPORT_INTERVAL_MS: Final = 60_000
 """While writes keep failing, at most one line about it per this interval (after the first)."""
 STOP_BUDGET_S: Final = 6.0
 """How long after ``stop`` the last flush may go on trying. ``serve`` gives a stopping worker
-10 s from its SIGTERM before it kills it (``_STOP_TIMEOUT_S`` in ``cli/serve.py``); the rest is
+15 s from its SIGTERM before it kills it (``_STOP_TIMEOUT_S`` in ``cli/serve.py``); the rest is
 for the connections to end before the flush and for saving what is left after it."""
 STOP_RETRY_PAUSE_S: Final = 0.5
 """The pause between two attempts of the last flush when a write failed at once."""
