@@ -26,6 +26,10 @@ DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_MAX_SNAPSHOT_AGE_S = 300.0
 DEFAULT_FLUSH_INTERVAL_S = 5.0
 DEFAULT_KEY_ROTATION_INTERVAL_S = 3600.0
+MAX_KEY_ROTATION_INTERVAL_S: Final = 86_400.0
+"""At most daily, as ``keys rotate`` asks of a scheduler: far inside the key policy's longest
+safe gap between two runs (``KeyPolicy.run_interval_s``, 6 days less the activation lead), so a
+keyset's newest key never expires before its successor is active."""
 DEFAULT_HTTP_HEAD_TIMEOUT_S = 10.0
 DEFAULT_HTTP_BODY_TIMEOUT_S = 30.0
 DEFAULT_HTTP_MAX_HEAD_BYTES = 64 * 1024
@@ -213,6 +217,12 @@ class ServeSettings:
         ):
             if not interval > 0:
                 raise SettingsError(f"{variable} must be a positive number of seconds")
+        if self.key_rotation_interval_s > MAX_KEY_ROTATION_INTERVAL_S:
+            raise SettingsError(
+                f"UID2_KEY_ROTATION_INTERVAL_S ({self.key_rotation_interval_s:g} s) may be at "
+                f"most {MAX_KEY_ROTATION_INTERVAL_S:g} s (a day): a longer interval can let a "
+                "keyset's newest key expire before its successor is made"
+            )
         for window, (past, future), limit in (
             (self.request_window, _REQUEST_WINDOW_VARIABLES, MAX_REQUEST_WINDOW_MS),
             (self.cstg_window, _CSTG_WINDOW_VARIABLES, MAX_CSTG_WINDOW_MS),

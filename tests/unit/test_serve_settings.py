@@ -253,6 +253,13 @@ def _lifetimes(environment: Environment, **env: str) -> Callable[[], object]:
             id="rotation-zero",
         ),
         pytest.param(
+            # Days between runs can leave a keyset without an active key (the policy renews 7
+            # days ahead); the bound is a day, as `keys rotate` asks of a scheduler.
+            _from_env(UID2_KEY_ROTATION_INTERVAL_S="86401"),
+            ("UID2_KEY_ROTATION_INTERVAL_S", "86400"),
+            id="rotation-over-a-day",
+        ),
+        pytest.param(
             _from_env(UID2_CLIENT_SIDE_GENERATE="yes"),
             ("UID2_CLIENT_SIDE_GENERATE",),
             id="client-side-generate",
