@@ -40,6 +40,7 @@ from uid2_operator.errors import (
     KeyringError,
     KeyringMissing,
     SchemaOutOfDate,
+    StoreUnavailable,
     UID2Error,
 )
 from uid2_operator.services.admin import AdminService
@@ -815,10 +816,20 @@ def check_store_keyring(store: Store, keyring: Keyring) -> None:
         unrecorded = compare_kek_check_values(keyring, rx.deployment.kek_check_values())
     if not unrecorded:
         return
-    with store.transaction() as tx:
-        unrecorded = compare_kek_check_values(keyring, tx.deployment.kek_check_values())
-        if unrecorded:
-            tx.deployment.record_kek_check_values(unrecorded)
+    try:
+        with store.transaction() as tx:
+            unrecorded = compare_kek_check_values(keyring, tx.deployment.kek_check_values())
+            if unrecorded:
+                tx.deployment.record_kek_check_values(unrecorded)
+    except StoreUnavailable as exc:
+        # A store that can be read but not written (a read-only copy, a lock held elsewhere):
+        # the keyring was compared with what is recorded, and a read-only command must still
+        # work; the values are recorded by the next process that can write.
+        log.warning(
+            "key-encryption key check values of version(s) %s not recorded: %s",
+            ", ".join(str(version) for version in sorted(unrecorded)),
+            exc.detail,
+        )
 
 
 def keyring_rotation_service(
