@@ -91,14 +91,23 @@ BIDI_CONTROL_RANGES: Final = ((0x202A, 0x202E), (0x2066, 0x2069))
 so a name listed in a terminal or a page could read as something else. Refused anywhere."""
 INVISIBLE_RANGES: Final = (
     (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
     (0x180E, 0x180E),
     (0x200B, 0x200F),
     (0x2060, 0x2064),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
     (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
 )
-"""Format characters that show nothing (soft hyphen, zero-width spaces and joiners, marks of
-direction, word joiner, byte order mark): allowed beside visible text (Persian names need the
-zero-width non-joiner), but a name of only these and spaces shows nothing."""
+"""Characters that show nothing: soft hyphen, combining grapheme joiner, Arabic letter mark,
+Hangul fillers, Khmer inherent vowels, Mongolian vowel separator, zero-width spaces and
+joiners, marks of direction, word joiner and invisible operators, Braille blank, byte order
+mark. Allowed beside visible text (Persian names need the zero-width non-joiner), but a name of
+only these and spaces shows nothing."""
 
 
 def _characters(ranges: tuple[tuple[int, int], ...]) -> frozenset[str]:

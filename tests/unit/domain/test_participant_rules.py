@@ -69,7 +69,17 @@ def test_names_refuse_bidirectional_controls(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["\u200b", " \u200b\u200d ", "\u3000\u200c", "\u00ad\u2060", "\ufeff"]
+    "bad",
+    [
+        "\u200b",
+        " \u200b\u200d ",
+        "\u3000\u200c",
+        "\u00ad\u2060",
+        "\ufeff",
+        "\u3164",
+        "\u2800\u034f",
+        "\u115f\u061c\uffa0\u17b4",
+    ],
 )
 def test_names_must_show_something(bad: str) -> None:
     with pytest.raises(InvalidInput, match=r"^name must contain at least one visible character"):
