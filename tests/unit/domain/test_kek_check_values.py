@@ -12,7 +12,7 @@ import hmac
 
 import pytest
 from domain_randomness import PEPPER, Drbg
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uid2_operator.domain.sealing import (
@@ -42,6 +42,7 @@ def test_the_check_value_is_pinned() -> None:
 
 
 @given(st.binary(min_size=32, max_size=32))
+@settings(deadline=None)
 def test_the_check_value_is_63_bits_of_hmac_sha256_under_the_key(kek: bytes) -> None:
     digest = hmac.new(kek, b"uid2-operator kek check value", hashlib.sha256).digest()
     value = kek_check_value(kek)
