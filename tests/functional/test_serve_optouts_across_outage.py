@@ -5,18 +5,39 @@ A real ``serve`` with two workers over SQLite: another connection holds the stor
 SIGTERM before the lock is released. Each worker's last flush gives up within its budget and
 saves the opt-outs it could not write to the data directory; the next serve writes them, each
 once, and removes the files. Nothing logged on the way carries a traceback or an identity.
+
+Slow clients do not make a stopping worker overrun the time serve gives it (it is killed 15 s
+after its SIGTERM, and what it had not saved would be lost): one still sending a request body
+when the stop comes (one byte a second) is answered 503 at once rather than waited for; one that
+never reads its answers is given up on after the server's graceful-shutdown bound, its request
+cancelled, and the last flush still has its whole budget.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import pytest
 from cli_harness import database_for
-from serve_harness import Credential, cli, create_key, poll, prepare, served
+from serve_harness import (
+    Credential,
+    Prepared,
+    SealedRequest,
+    Served,
+    cli,
+    create_key,
+    poll,
+    prepare,
+    served,
+)
 
 from uid2_operator.services.write_behind import PENDING_OPTOUTS_DIR, read_saved
 from uid2_operator.storage import open_store
@@ -27,11 +48,101 @@ LOGOUT = "/v2/token/logout"
 GENERATE = "/v2/token/generate"
 LOGOUTS = 30
 FLUSH_EVERY = {"UID2_FLUSH_INTERVAL_S": "0.3"}
+TRICKLED_BODY_BYTES = 100
+UNREAD_MAPS = 10
+MAPPED_EMAILS = 10_000
+"""Each map answer is about 1 MB: ten of them are more than the kernel buffers of a connection
+whose client reads nothing."""
 
 
-def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart(
+class SlowClient(Protocol):
+    def close(self) -> None: ...
+
+
+def _connect(base_url: str) -> socket.socket:
+    url = urlsplit(base_url)
+    return socket.create_connection((url.hostname or "", url.port or 0), timeout=30)
+
+
+def _post_head(path: str, cred: Credential, length: int) -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nhost: operator\r\n"
+        b"authorization: Bearer " + cred.key.encode() + b"\r\n"
+        b"content-type: text/plain\r\n"
+        b"content-length: %d\r\n\r\n" % length
+    )
+
+
+class TricklingClient:
+    """A logout whose body (``TRICKLED_BODY_BYTES`` declared) is sent one byte a second, never
+    whole: whatever the server answers is kept in ``answer``, until it closes the connection."""
+
+    def __init__(self, server: Served, prepared: Prepared, optout_key: Credential) -> None:
+        del prepared
+        self.sock = _connect(server.base_url)
+        self.sock.sendall(_post_head(LOGOUT, optout_key, TRICKLED_BODY_BYTES))
+        self.answer = bytearray()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, name="trickle", daemon=True)
+        self._thread.start()
+
+    def _trickle(self) -> None:
+        self.sock.settimeout(1.0)
+        sent = 0
+        while not self._done.is_set():
+            try:
+                if sent < TRICKLED_BODY_BYTES - 1 and not self.answer:
+                    self.sock.sendall(b"x")
+                    sent += 1
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.answer += chunk
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+class UnreadAnswers:
+    """Identity maps posted one after the other on one connection whose answers (about 1 MB
+    each) are never read: the worker's writes, then the answer it is about to start, wait for a
+    reader that never comes."""
+
+    def __init__(self, server: Served, prepared: Prepared, optout_key: Credential) -> None:
+        del optout_key
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        url = urlsplit(server.base_url)
+        self.sock.connect((url.hostname or "", url.port or 0))
+        self.sock.settimeout(3.0)
+        emails = [f"mapped-{n}@example.com" for n in range(MAPPED_EMAILS)]
+        for _ in range(UNREAD_MAPS):
+            request = SealedRequest.of({"email": emails}, prepared.key)
+            try:
+                self.sock.sendall(
+                    _post_head("/v3/identity/map", prepared.key, len(request.body)) + request.body
+                )
+            except TimeoutError:  # the worker reads no more: its answers are stuck
+                break
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _stopped_with_optouts_pending(
     tmp_path: Path,
-) -> None:
+    slow: Callable[[Served, Prepared, Credential], SlowClient] | None = None,
+) -> tuple[float, str, SlowClient | None]:
+    """Logouts confirmed while the store's write lock is held, then SIGTERM (with a ``slow``
+    client connected, if any); the opt-outs saved must all be written by the next serve, each
+    once. How long the stop took, what serve printed, and the slow client."""
     with database_for("sqlite", tmp_path) as database:
         prepared = prepare(database)
         site = cli(database, "participant", "create", "--name", "Opt-out service",
@@ -39,6 +150,7 @@ def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart
         optout_key: Credential = create_key(database, int(site), "logout", roles="OPTOUT")
         emails = [f"leaving-{n}@example.com" for n in range(LOGOUTS)]
         pending = database.data_dir / PENDING_OPTOUTS_DIR
+        client: SlowClient | None = None
 
         with served(database, workers=2, env=FLUSH_EVERY) as server:
             lock = sqlite3.connect(database.sqlite_path, timeout=30, isolation_level=None)
@@ -48,12 +160,13 @@ def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart
                     reply, body = server.call(LOGOUT, {"email": email}, optout_key)
                     assert reply.status_code == 200, reply.text
                     assert body == {"status": "success", "body": {"optout": "OK"}}
+                if slow is not None:
+                    client = slow(server, prepared, optout_key)
                 time.sleep(1.0)  # the workers' flushes now wait for the lock
-                stopping = time.monotonic()
-                server.process.send_signal(signal.SIGTERM)
-                server.process.wait(timeout=60)
-                took = time.monotonic() - stopping
+                took = _stop(server)
             finally:
+                if client is not None:
+                    client.close()
                 lock.execute("ROLLBACK")
                 lock.close()
         output = "\n".join(server.lines)
@@ -62,8 +175,9 @@ def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart
         assert saved, output
         assert sum(len(read_saved(path)) for path in saved) == LOGOUTS, output
         assert output.count("opt-outs not written to the store before stopping were saved to")
-        assert took < 10, output  # no worker waited to be killed
-        assert "Traceback" not in output
+        assert "after SIGTERM; killed" not in output
+        cancelled = output.count("CancelledError: Task cancelled, timeout graceful shutdown")
+        assert output.count("Traceback") == cancelled  # uvicorn's, naming the request it cancels
         assert not [email for email in emails if email in output]
 
         with served(database, workers=2, env=FLUSH_EVERY) as server:
@@ -85,3 +199,41 @@ def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart
     written = [e.target_id for e in events if e.actor == "operator"]
     assert len(written) == len(set(written)) == LOGOUTS  # each confirmed opt-out, once
     assert optouts >= LOGOUTS
+    return took, output, client
+
+
+def _stop(server: Served) -> float:
+    """SIGTERM to serve; how long it took to exit."""
+    stopping = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=60)
+    return time.monotonic() - stopping
+
+
+def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    took, output, _ = _stopped_with_optouts_pending(tmp_path)
+    assert took < 10, output  # no worker waited to be killed
+    assert "Traceback" not in output
+
+
+def test_a_client_trickling_a_body_neither_holds_up_the_stop_nor_loses_confirmed_optouts(
+    tmp_path: Path,
+) -> None:
+    took, output, client = _stopped_with_optouts_pending(tmp_path, TricklingClient)
+    assert took < 10, output  # well before a worker is killed (15 s after its SIGTERM)
+    assert "Traceback" not in output
+    assert isinstance(client, TricklingClient)
+    assert client.answer.startswith(b"HTTP/1.1 503 "), client.answer
+    assert b"connection: close" in client.answer.lower()
+
+
+def test_a_client_that_never_reads_its_answers_does_not_make_a_worker_lose_optouts(
+    tmp_path: Path,
+) -> None:
+    took, output, _ = _stopped_with_optouts_pending(tmp_path, UnreadAnswers)
+    # Its request is cancelled once the graceful-shutdown bound has passed; the last flush
+    # then has its budget, and the opt-outs it cannot write are saved, before the kill.
+    assert "timeout graceful shutdown exceeded" in output, output
+    assert took < 15, output

@@ -18,7 +18,8 @@ Process layout (docs/operator.md has the operator's view):
   process is gone (killed without stopping it) stops by itself, as on SIGTERM.
 
 SIGINT or SIGTERM tells the upkeep to stop after the step it is in, stops the workers (each
-flushes its pending usage and opt-outs) and then the admin API, and closes the store once the
+ends its requests, waiting at most ``_GRACEFUL_SHUTDOWN_S`` for them, then flushes its pending
+usage and opt-outs) and then the admin API, and closes the store once the
 upkeep has stopped, or ``_UPKEEP_JOIN_S`` after the signal when a store call still holds it
 (a warning names the step; its thread is a daemon, so it never keeps the process alive).
 
@@ -74,7 +75,7 @@ from uid2_operator.serve_settings import (
     ServeSettings,
     longest_token_lifetime_s,
 )
-from uid2_operator.services import replay_table
+from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
 from uid2_operator.web.admin_api.app import create_admin_app
@@ -89,9 +90,19 @@ WORKER_APP: Final = "uid2_operator.web.operator_api.server:create_worker_app"
 _REUSE_PORT: Final = hasattr(socket, "SO_REUSEPORT")
 _RESTART_PAUSE_S: Final = 1.0
 _STOP_TIMEOUT_S: Final = 15.0
-"""How long a worker has from its SIGTERM to stop before it is killed: its connections end, then
-its last flush takes up to ``write_behind.STOP_BUDGET_S`` (6 s) and saves what it could not
-write; the rest is headroom for a slow machine."""
+"""How long a worker has from its SIGTERM to stop before it is killed: its connections end (within
+``_GRACEFUL_SHUTDOWN_S``), then its last flush takes up to ``write_behind.STOP_BUDGET_S`` (6 s)
+and saves what it could not write; the rest (``_STOP_MARGIN_S``) is headroom for a slow
+machine."""
+_STOP_MARGIN_S: Final = 4.0
+"""What a stopping worker keeps for the end of its last flush (waiting for a commit under way,
+saving the opt-outs not written: ``write_behind.COMMIT_WAIT_S`` and a file) and for exiting."""
+_GRACEFUL_SHUTDOWN_S: Final = int(_STOP_TIMEOUT_S - write_behind.STOP_BUDGET_S - _STOP_MARGIN_S)
+"""How long (whole seconds, as uvicorn takes it) a stopping server waits for the requests under
+way before its application's shutdown begins (``uvicorn.Config(timeout_graceful_shutdown=...)``);
+the requests still running then are cancelled. Without a bound uvicorn waits for every open
+request, so one client slow to read its answer would hold a worker until it is killed, its last
+flush never started."""
 _QUICK_EXIT_S: Final = 10.0
 _QUICK_EXIT_LIMIT: Final = 3
 _PARENT_CHECK_S: Final = 0.25
@@ -206,6 +217,7 @@ def _worker_main(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     sock = shared if shared is not None else _bind(host, port, reuse_port=True, listen=True)
     server = uvicorn.Server(config)
@@ -528,6 +540,7 @@ def _run_admin(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

@@ -30,7 +30,12 @@ every malformed request. ``HttpConnection`` adds, per connection:
   so the connection closes after the answer;
 - **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) are
   written at most once a minute each, saying how many were held back. ERROR lines are not
-  throttled.
+  throttled;
+- **no waiting for a body at shutdown**: when the server stops, a request whose body is still
+  arriving and whose answer has not started is answered 503 with ``connection: close`` and the
+  connection closed, so that a client trickling a body cannot hold up the stop (uvicorn waits
+  for every open request before the application's shutdown). A request already answering, or a
+  whole one, keeps uvicorn's behaviour: its connection closes after the answer.
 
 A request whose head and body arrive in one read (the usual case) takes the same path as in
 uvicorn, with one check more after the parser, and arms no timer beyond uvicorn's keep-alive
@@ -129,7 +134,23 @@ class HttpConnection(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
+        """A stopping server: a request whose body is still arriving, not yet answered, is
+        answered 503 and its connection closed at once (the server would otherwise wait for the
+        rest of the body, up to the body timeout, before its application's shutdown); any other
+        connection closes after the answer under way, as uvicorn's does (a request queued
+        behind one still being answered among them: the server's graceful-shutdown bound ends
+        it)."""
         self._reopen = None  # a stopping server closes the connection after the answer
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_started
+            and not self.pipeline
+            and not self.transport.is_closing()
+        ):
+            self._refuse(503)
+            return
         super().shutdown()
 
     def _should_upgrade(self) -> bool:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -80,6 +80,8 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 class Running:
     port: int
     recorder: Recorder
+    server: uvicorn.Server
+    thread: threading.Thread
 
     @contextmanager
     def connect(self) -> Iterator[socket.socket]:
@@ -113,7 +115,7 @@ def running(limits: HttpLimits = LIMITS) -> Iterator[Running]:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)
     try:
-        yield Running(sock.getsockname()[1], recorder)
+        yield Running(sock.getsockname()[1], recorder, server, thread)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -304,6 +306,30 @@ def test_an_answer_before_the_body_ends_closes_the_connection(server: Running) -
         raw = closed_by_server(sock)  # at once: neither read on nor left to the body timeout
     assert status_of(raw) == 413
     assert b"connection: close" in raw.lower()
+
+
+# --------------------------------------------------------------------------------- shutdown
+
+
+def test_a_stopping_server_answers_a_body_still_arriving_503_and_stops_at_once() -> None:
+    limits = replace(LIMITS, body_timeout_s=60.0)  # far beyond the test's patience
+    with running(limits) as server, server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 100\r\n\r\n")
+        sock.sendall(b"x" * 10)  # the rest never comes
+        deadline = time.monotonic() + CLOSE_WITHIN_S
+        while server.recorder.scopes != ["http"]:  # the application is reading the body
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stopping = time.monotonic()
+        server.server.should_exit = True
+        raw = closed_by_server(sock)
+        server.thread.join(timeout=CLOSE_WITHIN_S)
+        took = time.monotonic() - stopping
+        assert not server.thread.is_alive()
+    assert status_of(raw) == 503
+    assert b"connection: close" in raw.lower()
+    assert took < 2.0  # neither the body timeout nor any other wait
+    assert server.recorder.disconnects == 1  # the application was told
 
 
 # ---------------------------------------------------------------------------------- upgrade
