@@ -42,12 +42,18 @@ logged with its count and not kept (it is no compliance data).
 
 When ``run`` starts, and after every ``flush_interval_s`` while the store refuses them, it writes
 the saved opt-outs: it claims each file by renaming it to ``<name>.claimed-<pid>`` (one of two
-workers starting together gets it, the other skips it; a file claimed by a process that is gone
-is claimed again), writes its records with ``write_optouts`` (the same records and audit events
-as if they had been written in time; a record already stored keeps the later time, as when a
-chunk is retried), and removes it. A write that fails gives the file its name back (without the
-chunks that committed). A file that cannot be read is given its name back, left in place and
-logged at ERROR, once per worker.
+workers starting together gets it, the other skips it) and holds an exclusive ``flock`` on it for
+as long as it works on it (``_claim``). The lock, not the process id in the name, says whether a
+claim is live: the kernel releases it when its holder exits, however it exits, whereas process ids
+repeat (after a restart in a container, a new worker may have the very pid of the one killed
+while it held a file). So a claimed file whose lock can be taken is abandoned, and is claimed
+again; one whose lock another process holds is skipped, with a WARNING naming it (once per
+worker). Claimed, it is checked under the lock to be still there, under that name. Its records
+are written with ``write_optouts`` (the same records and audit events as if they had been
+written in time; a record already stored keeps the later time, as when a chunk is retried), and
+it is removed. A write that fails gives the file its name back (without the chunks that
+committed). A file that cannot be read is given its name back, left in place and logged at
+ERROR, once per worker.
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -451,22 +458,9 @@ def read_saved(path: Path) -> list[OptOutRecord]:
     return records
 
 
-def _gone(pid: int) -> bool:
-    """True when no process ``pid`` runs (the one that claimed a file died holding it)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's: running
-        return False
-    return False
-
-
 def _saved_files(directory: Path) -> list[tuple[Path, Path]]:
-    """``(its own name, where it is)`` of each saved file no running process holds: those not
-    claimed, and those claimed by a process that is gone."""
+    """``(its own name, where it is)`` of each saved file, claimed (``<name>.claimed-<pid>``) or
+    not: whether a claim is still held is for ``_claim`` to find out."""
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -476,10 +470,58 @@ def _saved_files(directory: Path) -> list[tuple[Path, Path]]:
         own, claimed, owner = name.partition(_CLAIMED)
         if name.startswith(".") or not own.endswith(".json"):
             continue
-        if claimed and not (owner.isdigit() and _gone(int(owner))):
+        if claimed and not owner.isdigit():
             continue
         found.append((directory / own, directory / name))
     return found
+
+
+class _Held(Exception):
+    """A saved file another running process holds (its claim's lock)."""
+
+
+def _claim(own: Path, found: Path) -> tuple[Path, int] | None:
+    """Claim the saved file ``found`` for this process: its name then (``<own>.claimed-<pid>``)
+    and an open descriptor holding its exclusive ``flock``, which the caller closes once done
+    with the file (removed, or given its name back). None when it is gone (another worker
+    claimed it first, or wrote it); ``_Held`` when another process holds its lock.
+
+    An unclaimed file is first renamed, so that of two workers only one starts on it; then
+    locked. A claimed one is locked first, then renamed: its claimant is gone (the kernel
+    released its lock) or it is this very lock's. Under the lock, the name must still be that of
+    the locked file: a file written and removed, or renamed, by another worker in between is not
+    this claim's."""
+    claimed = own.with_name(f"{own.name}{_CLAIMED}{os.getpid()}")
+    if found == own:
+        try:
+            os.rename(own, claimed)
+        except FileNotFoundError:  # another worker claimed it first
+            return None
+        found = claimed
+    try:
+        fd = os.open(found, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Held from None
+        locked = os.fstat(fd)
+        try:
+            named = os.stat(found)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (locked.st_dev, locked.st_ino):
+            os.close(fd)
+            return None
+        if found != claimed:
+            os.rename(found, claimed)  # abandoned: this process's claim now
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    return claimed, fd
 
 
 # ------------------------------------------------------------------------------ the writer
@@ -543,6 +585,7 @@ class WriteBehind:
         self._flight: _Flight | None = None
         self._failing = _FailureLog()
         self._unreadable: set[Path] = set()
+        self._held_elsewhere: set[Path] = set()
         self.failures = 0
         self._drops_reported = 0
         self._drop_warned_at_ms: int | None = None
@@ -601,12 +644,27 @@ class WriteBehind:
         for own, found in _saved_files(self._saved_dir):
             if own in self._unreadable:
                 continue
-            claimed = own.with_name(f"{own.name}{_CLAIMED}{os.getpid()}")
             try:
-                os.rename(found, claimed)
-            except FileNotFoundError:  # another worker claimed it first
+                claim = _claim(own, found)
+            except _Held:
+                if found not in self._held_elsewhere:
+                    self._held_elsewhere.add(found)
+                    log.warning(
+                        "write-behind: the saved opt-outs in %s are skipped: another running "
+                        "worker holds the file and writes them",
+                        found,
+                    )
                 continue
-            tried, error = self._write_saved_file(own, claimed, gate)
+            except OSError as exc:
+                log.error("write-behind: %s could not be claimed (%s)", found, exc.strerror)
+                continue
+            if claim is None:
+                continue
+            claimed, fd = claim
+            try:
+                tried, error = self._write_saved_file(own, claimed, gate)
+            finally:
+                os.close(fd)  # the lock released: the file is removed, or has its name back
             wrote = wrote or tried
             if error is not None:
                 return _Outcome([], [], error, wrote=True)
@@ -638,7 +696,7 @@ class WriteBehind:
                 if failed.committed:
                     save_optouts(claimed, records[failed.committed :])
                 os.rename(claimed, own)
-            except OSError as exc:  # still claimed: the next start claims it again
+            except OSError as exc:  # still claimed: claimed again once its lock is released
                 log.error(
                     "write-behind: %s could not be given its name back (%s)", own, exc.strerror
                 )

@@ -428,19 +428,107 @@ def test_two_workers_starting_together_write_each_saved_file_once(
     assert len(events) == len(set(events)) == files * 3
 
 
-def test_a_file_claimed_by_a_process_that_died_is_claimed_again(
+HOLDER = """
+import fcntl, os, sys
+own = sys.argv[1]
+claimed = f"{own}.claimed-{os.getpid()}"
+os.rename(own, claimed)
+fd = os.open(claimed, os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print(claimed, flush=True)
+sys.stdin.readline()
+fcntl.flock(fd, fcntl.LOCK_UN)
+print("released", flush=True)
+sys.stdin.read()
+"""
+"""A worker writing a saved file: claims ``argv[1]`` as the write-behind does and holds its lock
+until told (a line on its standard input), then goes on running without it."""
+
+
+def test_a_claimed_file_whose_lock_no_one_holds_is_claimed_again_whatever_its_pid(
     store: SqlStore, clock: FixedClock, tmp_path: Path
 ) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     saved_dir = tmp_path / "saved"
-    records = _records(2)
-    save_optouts(saved_dir / f"7-1.json.claimed-{int(dead.stdout)}", records)
-    save_optouts(saved_dir / f"8-1.json.claimed-{os.getppid()}", _records(1, tag="alive"))
+    claimants = {
+        "gone": int(dead.stdout),
+        "this one": os.getpid(),  # a restarted worker given the pid of the one killed
+        "init": 1,  # a container's first process
+        "parent": os.getppid(),
+    }
+    records: list[OptOutRecord] = []
+    for n, (tag, pid) in enumerate(claimants.items()):
+        written = _records(2, tag=tag)
+        save_optouts(saved_dir / f"{7 + n}-1.json.claimed-{pid}", written)
+        records += written
     WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir).write_saved()
-    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
-    # A file held by a running process is that process's.
-    assert [p.name for p in saved_dir.iterdir()] == [f"8-1.json.claimed-{os.getppid()}"]
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert sorted(events) == sorted(b64encode(r.first_level_hash) for r in records)
+
+
+def test_a_file_another_worker_holds_is_skipped_then_written_once_released(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    records = _records(3)
+    save_optouts(saved_dir / "6-1.json", records)
+    holder = subprocess.Popen(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", HOLDER, str(saved_dir / "6-1.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        held = Path(holder.stdout.readline().strip())
+        assert held.name == f"6-1.json.claimed-{holder.pid}"
+        writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+        with caplog.at_level(logging.DEBUG, logger=LOGGER):
+            writer.write_saved()
+            writer.write_saved()  # logged once per worker
+        assert [p.name for p in saved_dir.iterdir()] == [held.name]
+        assert read_saved(held) == records
+        assert _optout_events(store) == []
+        assert _lines(caplog) == [
+            f"write-behind: the saved opt-outs in {held} are skipped: another running worker "
+            "holds the file and writes them"
+        ]
+
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        assert holder.poll() is None  # its process still runs: the lock alone decides
+        writer.write_saved()
+        assert list(saved_dir.iterdir()) == []
+        events = _optout_events(store)
+        assert sorted(events) == sorted(b64encode(r.first_level_hash) for r in records)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    _assert_private(caplog, records)
+
+
+def test_two_workers_reclaiming_abandoned_files_write_each_once(
+    store: SqlStore, clock: FixedClock, tmp_path: Path
+) -> None:
+    saved_dir = tmp_path / "saved"
+    files = 12
+    for n in range(files):
+        claimant = os.getpid() if n % 2 else 1
+        save_optouts(saved_dir / f"{2000 + n}-1.json.claimed-{claimant}", _records(3, tag=f"f{n}"))
+    writers = [WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir) for _ in "ab"]
+    threads = [threading.Thread(target=w.write_saved) for w in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert len(events) == len(set(events)) == files * 3
 
 
 def test_a_file_the_store_refuses_keeps_only_what_was_not_written(
