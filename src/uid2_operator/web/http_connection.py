@@ -12,9 +12,9 @@ every malformed request. ``HttpConnection`` adds, per connection:
   arrived is answered 431 with ``connection: close``, and the connection closed; a whole message
   (head, body, chunk framing and trailers) still incomplete past ``max_head_bytes +
   max_body_bytes`` is answered 413 the same way, and one whose trailers hold more fields than a
-  head at the limit could is answered 431. Bytes are counted per read; a read that ends
-  one message and begins the next is not counted, so a limit may be passed by one read (at most
-  256 KiB) before it applies;
+  head at the limit could is answered 431. Bytes are counted per read; a read that carries
+  anything before the message it begins (the end of another, whole pipelined requests) is not
+  counted, so a limit may be passed by one read (at most 256 KiB) before it applies;
 - **timeouts**: a new connection must complete its first request head within
   ``head_timeout_s``, and so must any head begun later (between requests the keep-alive timeout
   of the server applies until the first byte, as before); a body incomplete after its head must
@@ -121,6 +121,8 @@ class HttpConnection(HttpToolsProtocol):
     """The message (its scope) whose bytes ``_received`` counts; None when the last read left
     no message incomplete."""
     _received = 0
+    _begun = 0
+    """The messages the parser began during the current read."""
     _reopen: RequestResponseCycle | None = None
     """A request marked to close the connection while its body arrives, to keep alive again if
     the body ends before its answer starts."""
@@ -153,6 +155,10 @@ class HttpConnection(HttpToolsProtocol):
             return
         super().shutdown()
 
+    def on_message_begin(self) -> None:
+        self._begun += 1
+        super().on_message_begin()
+
     def _should_upgrade(self) -> bool:
         return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
 
@@ -160,6 +166,7 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, and the
         limits checked once the parser has taken ``data``."""
         self._unset_keepalive_if_required()
+        self._begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -215,12 +222,14 @@ class HttpConnection(HttpToolsProtocol):
 
     def _count(self, message: object, size: int) -> int:
         """The bytes of ``message`` received so far, this read's ``size`` included unless the
-        read also ended the message before it."""
+        read also ended a message before it (a read is not split by message)."""
         counted = self._counted
         if counted is message:
             self._received += size
         else:
-            self._received = size if counted is None else 0
+            # The read began the message: all of it counts only when nothing came before the
+            # message in it (no message left incomplete by the last read, none begun before).
+            self._received = size if counted is None and self._begun <= 1 else 0
             self._counted = message
         return self._received
 

@@ -386,6 +386,22 @@ def test_pipelined_requests_are_all_answered(server: Running) -> None:
     assert [(a.status, a.body) for a in answers] == [(200, b"OK"), (200, b"5"), (200, b"OK")]
 
 
+def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered(
+    server: Running,
+) -> None:
+    """Only the head still incomplete counts against the limit, not the whole requests that
+    came before it in the same read."""
+    count = LIMITS.max_head_bytes // len(get()) + 10
+    last = get("/last")
+    with server.connect() as sock:
+        sock.sendall(get() * count + last[:10])  # one write: whole requests, then a cut head
+        time.sleep(0.2)
+        sock.sendall(last[10:])
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(count + 1)]
+    assert {a.status for a in answers} == {200}
+
+
 def test_keep_alive_requests_share_a_connection(server: Running) -> None:
     with server.connect() as sock:
         for _ in range(5):
