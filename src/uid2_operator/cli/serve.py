@@ -530,9 +530,27 @@ class _UpkeepThread:
             )
 
 
+_ADMIN_STOP_MARGIN_S: Final = 2.0
+"""Beyond ``_GRACEFUL_SHUTDOWN_S``: for the admin API's own shutdown once its requests ended."""
+
+
+@dataclass(frozen=True)
+class _AdminApi:
+    """The admin API's server and the thread it runs on."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Stop accepting, let the requests under way end (at most ``_GRACEFUL_SHUTDOWN_S``)
+        and the app shut down, and wait for that: the store is closed only after."""
+        self.server.should_exit = True
+        self.thread.join(_GRACEFUL_SHUTDOWN_S + _ADMIN_STOP_MARGIN_S)
+
+
 def _run_admin(
     services: Services, sock: socket.socket, log_level: str, limits: HttpLimits
-) -> uvicorn.Server:
+) -> _AdminApi:
     config = uvicorn.Config(
         create_admin_app(services),
         http=http_protocol(limits),
@@ -547,7 +565,7 @@ def _run_admin(
         target=server.run, kwargs={"sockets": [sock]}, name="admin-api", daemon=True
     )
     thread.start()
-    return server
+    return _AdminApi(server, thread)
 
 
 def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
@@ -809,11 +827,10 @@ def _run_serving(
     finally:
         upkeep.stop()  # first: it finishes its step while the workers stop
         pool.stop()
-        admin.should_exit = True
+        admin.stop()
         reserve.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        time.sleep(0.1)
         upkeep.join()
         services.close()
         _retire_runtime_dir(runtime_dir, settings.data_dir, lock)

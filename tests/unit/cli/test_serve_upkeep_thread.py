@@ -117,7 +117,7 @@ def test_a_worker_killed_while_the_upkeep_waits_on_the_store_is_restarted_at_onc
     reserve = SimpleNamespace(close=lambda: None)
     monkeypatch.setattr(serve, "_reserve_operator_port", lambda host, port: (reserve, 1))
     monkeypatch.setattr(serve, "_bind_admin", lambda host, port: (None, "http://a/admin/api"))
-    monkeypatch.setattr(serve, "_run_admin", lambda *args: SimpleNamespace(should_exit=False))
+    monkeypatch.setattr(serve, "_run_admin", lambda *args: SimpleNamespace(stop=lambda: None))
     monkeypatch.setattr(serve, "_Workers", lambda *args: pool)
     monkeypatch.setattr(serve, "_share_runtime_dir", lambda data_dir, lock: tmp_path)
     monkeypatch.setattr(serve, "_retire_runtime_dir", lambda *args: None)
