@@ -4,7 +4,8 @@ A real ``serve`` with two workers over SQLite: another connection holds the stor
 (``BEGIN EXCLUSIVE``) while logouts are answered ``{"optout": "OK"}``, and serve is stopped with
 SIGTERM before the lock is released. Each worker's last flush gives up within its budget and
 saves the opt-outs it could not write to the data directory; the next serve writes them, each
-once, and removes the files. Nothing logged on the way carries a traceback or an identity.
+once, and removes the files. Nothing logged on the way carries an identity, nor a traceback but
+uvicorn's ("Exception in ASGI application") for a request cancelled by its graceful-shutdown bound.
 
 Slow clients do not make a stopping worker overrun the time serve gives it (it is killed 15 s
 after its SIGTERM, and what it had not saved would be lost): one still sending a request body

@@ -40,20 +40,24 @@ directory; mode 0600 in a 0700 directory; written whole under a temporary name, 
 or logged at ERROR with their count and that path when even saving fails. Usage still pending is
 logged with its count and not kept (it is no compliance data).
 
-When ``run`` starts, and after every ``flush_interval_s`` while the store refuses them, it writes
-the saved opt-outs: it claims each file by renaming it to ``<name>.claimed-<pid>`` (one of two
-workers starting together gets it, the other skips it) and holds an exclusive ``flock`` on it for
-as long as it works on it (``_claim``). The lock, not the process id in the name, says whether a
-claim is live: the kernel releases it when its holder exits, however it exits, whereas process ids
-repeat (after a restart in a container, a new worker may have the very pid of the one killed
-while it held a file). So a claimed file whose lock can be taken is abandoned, and is claimed
-again; one whose lock another process holds is skipped, with a WARNING naming it (once per
-worker). Claimed, it is checked under the lock to be still there, under that name. Its records
-are written with ``write_optouts`` (the same records and audit events as if they had been
-written in time; a record already stored keeps the later time, as when a chunk is retried), and
-it is removed. A write that fails gives the file its name back (without the chunks that
-committed). A file that cannot be read is given its name back, left in place and logged at
-ERROR, once per worker.
+When ``run`` starts, and after every ``flush_interval_s`` while the store refuses them or
+another process holds one, it writes the saved opt-outs: it claims each file by taking an
+exclusive ``flock`` on it, checking under the lock that the file still has the name it was
+opened by, and only then renaming it to ``<name>.claimed-<pid>`` (one of two workers starting
+together gets it, the other skips it); it holds the lock for as long as it works on the file
+(``_claim``). The lock, not the process id in the name, says whether a claim is live: the kernel
+releases it when its holder exits, however it exits, whereas process ids repeat (after a restart
+in a container, a new worker may have the very pid of the one killed while it held a file). So a
+claimed file whose lock can be taken is abandoned, and is claimed again; a file whose lock
+another process holds is skipped, with a WARNING naming it (once per worker), and tried again
+``flush_interval_s`` later. Its records are written ``OPTOUT_WRITE_CHUNK`` per transaction
+(``write_optout_chunk``: the same records and audit events as if they had been written in time;
+a record already stored keeps the later time, as when a chunk is retried); after each chunk
+committed, the file is rewritten whole to hold only the records still not written (the new file
+locked before it takes the claimed name), so that a worker killed meanwhile leaves at most one
+chunk to be written twice; then it is removed. A write that fails gives the file its name back
+(without the chunks that committed). A file that cannot be opened is left as it is, and one that
+cannot be read is given its name back; either is logged at ERROR, once per worker.
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -374,44 +378,60 @@ class Unreadable(Exception):
 
 
 def _document(records: Sequence[OptOutRecord]) -> bytes:
-    return json.dumps(
-        {
-            "kind": _SAVED_KIND,
-            "version": _SAVED_VERSION,
-            "optouts": [
-                {
-                    "flh": b64encode(record.first_level_hash),
-                    "at_ms": record.timestamp_ms,
-                    "advertising_id": record.advertising_id,
-                }
-                for record in records
-            ],
-        },
-        separators=(",", ":"),
-    ).encode()
+    return _framed(_items(records))
+
+
+def _items(records: Sequence[OptOutRecord]) -> list[bytes]:
+    """Each record as it is in a file of saved opt-outs (``_framed`` makes the file of them)."""
+    return [
+        json.dumps(
+            {
+                "flh": b64encode(record.first_level_hash),
+                "at_ms": record.timestamp_ms,
+                "advertising_id": record.advertising_id,
+            },
+            separators=(",", ":"),
+        ).encode()
+        for record in records
+    ]
+
+
+def _framed(items: Sequence[bytes]) -> bytes:
+    head = json.dumps({"kind": _SAVED_KIND, "version": _SAVED_VERSION}, separators=(",", ":"))
+    return b"".join((head[:-1].encode(), b',"optouts":[', b",".join(items), b"]}"))
 
 
 def _write_whole(path: Path, data: bytes) -> None:
     """``data`` at ``path``, mode 0600: written and synced under a temporary name, then renamed
     over it, so that ``path`` holds either all of it or what it held before."""
+    os.close(_replaced(path, data, lock=False))
+
+
+def _replaced(path: Path, data: bytes, *, lock: bool) -> int:
+    """``_write_whole``, returning the new file's open descriptor (the caller closes it); with
+    ``lock``, holding the file's exclusive ``flock``, taken before the file has ``path``."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
     temporary.unlink(missing_ok=True)  # a leftover of this process id's: never anyone else's
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else has it
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
         os.replace(temporary, path)
-    finally:
+    except BaseException:
         os.close(fd)
         temporary.unlink(missing_ok=True)
+        raise
     with contextlib.suppress(OSError):  # the rename made durable, where the platform can
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+    return fd
 
 
 def saved_path(directory: Path, now_ms: int) -> Path:
@@ -480,24 +500,50 @@ class _Held(Exception):
     """A saved file another running process holds (its claim's lock)."""
 
 
-def _claim(own: Path, found: Path) -> tuple[Path, int] | None:
-    """Claim the saved file ``found`` for this process: its name then (``<own>.claimed-<pid>``)
-    and an open descriptor holding its exclusive ``flock``, which the caller closes once done
-    with the file (removed, or given its name back). None when it is gone (another worker
-    claimed it first, or wrote it); ``_Held`` when another process holds its lock.
+class _Claim:
+    """A saved file this process claimed: its name (``<own>.claimed-<pid>``) and the open
+    descriptor holding its exclusive ``flock``."""
 
-    An unclaimed file is first renamed, so that of two workers only one starts on it; then
-    locked. A claimed one is locked first, then renamed: its claimant is gone (the kernel
-    released its lock) or it is this very lock's. Under the lock, the name must still be that of
-    the locked file: a file written and removed, or renamed, by another worker in between is not
-    this claim's."""
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def keep(self, items: Sequence[bytes]) -> None:
+        """Make the claimed file hold only the records ``items`` (``_items``), locked all
+        along: the new file is locked before it takes the name, the old one's lock released
+        after."""
+        fd = _replaced(self.path, _framed(items), lock=True)
+        os.close(self.fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Release the lock (once the file is removed, or has its name back)."""
+        os.close(self.fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the name of the file open at ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    locked = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (locked.st_dev, locked.st_ino)
+
+
+def _claim(own: Path, found: Path) -> _Claim | None:
+    """Claim the saved file ``found`` (``own``, or a claimed name of it) for this process. None
+    when it is gone (another worker claimed it first, or wrote it); ``_Held`` when another
+    process holds its lock, under that name still; OSError when it cannot be opened or renamed.
+
+    Whatever its name, the file is opened and locked first, and renamed only then, so that of
+    two workers only one starts on it, and a file is never renamed by a worker that cannot
+    work on it. Its lock taken, its claimant is gone (the kernel released the lock), or never
+    was, or is this very lock's. Under the lock, the name must still be that of the locked file:
+    a file written and removed, or renamed, by another worker in between is not this claim's."""
     claimed = own.with_name(f"{own.name}{_CLAIMED}{os.getpid()}")
-    if found == own:
-        try:
-            os.rename(own, claimed)
-        except FileNotFoundError:  # another worker claimed it first
-            return None
-        found = claimed
     try:
         fd = os.open(found, os.O_RDONLY)
     except FileNotFoundError:
@@ -506,22 +552,20 @@ def _claim(own: Path, found: Path) -> tuple[Path, int] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _Held from None
-        locked = os.fstat(fd)
-        try:
-            named = os.stat(found)
-        except FileNotFoundError:
-            named = None
-        if named is None or (named.st_dev, named.st_ino) != (locked.st_dev, locked.st_ino):
+            if _names(found, fd):
+                raise _Held from None
+            os.close(fd)  # claimed by another worker meanwhile, under another name
+            return None
+        if not _names(found, fd):
             os.close(fd)
             return None
         if found != claimed:
-            os.rename(found, claimed)  # abandoned: this process's claim now
+            os.rename(found, claimed)
     except BaseException:
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
-    return claimed, fd
+    return _Claim(claimed, fd)
 
 
 # ------------------------------------------------------------------------------ the writer
@@ -536,6 +580,8 @@ class _Outcome:
     error: BaseException | None
     wrote: bool
     """Whether the store was written to, or tried (a flush with nothing to write was not)."""
+    held: bool = False
+    """Whether a saved file was skipped, held by another process (to be tried again later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,13 +686,14 @@ class WriteBehind:
         first; stop at the first that the store refuses (its error is the outcome's)."""
         if self._saved_dir is None:
             return _Outcome([], [], None, wrote=False)
-        wrote = False
+        wrote = held = False
         for own, found in _saved_files(self._saved_dir):
             if own in self._unreadable:
                 continue
             try:
                 claim = _claim(own, found)
             except _Held:
+                held = True
                 if found not in self._held_elsewhere:
                     self._held_elsewhere.add(found)
                     log.warning(
@@ -656,32 +703,40 @@ class WriteBehind:
                     )
                 continue
             except OSError as exc:
-                log.error("write-behind: %s could not be claimed (%s)", found, exc.strerror)
+                self._unreadable.add(own)
+                log.error(
+                    "write-behind: the saved opt-outs in %s cannot be claimed (%s); the file is "
+                    "left in place",
+                    found,
+                    exc.strerror or type(exc).__name__,
+                )
                 continue
             if claim is None:
                 continue
-            claimed, fd = claim
             try:
-                tried, error = self._write_saved_file(own, claimed, gate)
+                tried, error = self._write_saved_file(own, claim, gate)
             finally:
-                os.close(fd)  # the lock released: the file is removed, or has its name back
+                claim.release()  # the file is removed, or has its name back
             wrote = wrote or tried
             if error is not None:
-                return _Outcome([], [], error, wrote=True)
-        return _Outcome([], [], None, wrote=wrote)
+                return _Outcome([], [], error, wrote=True, held=held)
+        return _Outcome([], [], None, wrote=wrote, held=held)
 
     def _write_saved_file(
-        self, own: Path, claimed: Path, gate: CommitGate
+        self, own: Path, claim: _Claim, gate: CommitGate
     ) -> tuple[bool, BaseException | None]:
-        """Write one claimed file's opt-outs and remove it; on failure give it its name back,
-        holding only what is still not written. Whether the store was tried, and its error."""
+        """Write one claimed file's opt-outs, chunk by chunk, and remove it. After each chunk
+        committed, the file is made to hold only what is still not written (``_Claim.keep``), so
+        that a worker killed meanwhile leaves at most the chunk it committed last to be written
+        again. On failure the file is given its name back. Whether the store was tried, and its
+        error."""
         try:
-            records = read_saved(claimed)
+            records = read_saved(claim.path)
         except (Unreadable, OSError) as exc:
             reason = exc.reason if isinstance(exc, Unreadable) else exc.strerror or "unreadable"
             self._unreadable.add(own)
             with contextlib.suppress(OSError):
-                os.rename(claimed, own)
+                os.rename(claim.path, own)
             log.error(
                 "write-behind: the saved opt-outs in %s cannot be read (%s); the file is left "
                 "in place",
@@ -689,25 +744,35 @@ class WriteBehind:
                 reason,
             )
             return False, None
+        now_ms = self._clock.now_ms()
+        items = _items(records)  # encoded once: the file is rewritten after each chunk
+        written = kept = 0  # the file holds records[kept:]
         try:
-            write_optouts(self._store, records, self._clock.now_ms(), gate)
-        except OptOutsNotWritten as failed:
+            while written < len(records):
+                chunk = records[written : written + OPTOUT_WRITE_CHUNK]
+                write_optout_chunk(self._store, chunk, now_ms, gate)
+                written += len(chunk)
+                if written < len(records):
+                    with contextlib.suppress(OSError):  # kept whole: written again after a crash
+                        claim.keep(items[written:])
+                        kept = written
+        except Exception as exc:
             try:
-                if failed.committed:
-                    save_optouts(claimed, records[failed.committed :])
-                os.rename(claimed, own)
-            except OSError as exc:  # still claimed: claimed again once its lock is released
+                if kept != written:
+                    claim.keep(items[written:])
+                os.rename(claim.path, own)
+            except OSError as error:  # still claimed: claimed again once its lock is released
                 log.error(
-                    "write-behind: %s could not be given its name back (%s)", own, exc.strerror
+                    "write-behind: %s could not be given its name back (%s)", own, error.strerror
                 )
-            return True, failed.__cause__ or failed
+            return True, exc
         try:
-            claimed.unlink()
+            claim.path.unlink()
         except OSError as exc:
-            log.error("write-behind: %s could not be removed (%s)", claimed, exc.strerror)
+            log.error("write-behind: %s could not be removed (%s)", claim.path, exc.strerror)
         log.warning(
             "write-behind: %d opt-outs saved at an earlier stop written to the store, from %s",
-            len(records),
+            written,
             own,
         )
         return True, None
@@ -841,7 +906,7 @@ class WriteBehind:
         loop = asyncio.get_running_loop()
         last_usage_flush = loop.time()
         saved_due = self._saved_dir is not None
-        saved_refused = False
+        saved_left = False
         try:
             while not self._stop.is_set():
                 if saved_due:
@@ -849,7 +914,7 @@ class WriteBehind:
                         self._launch(self._write_saved, [], [])
                     )
                     saved_due = False
-                    saved_refused = outcome is not None and outcome.error is not None
+                    saved_left = outcome is not None and (outcome.error is not None or outcome.held)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
                 if self._stop.is_set():
@@ -857,7 +922,7 @@ class WriteBehind:
                 self.tick()
                 self.report_drops()
                 usage_due = loop.time() - last_usage_flush >= self._interval_s
-                if usage_due and saved_refused:
+                if usage_due and saved_left:
                     saved_due = True
                 if not usage_due and not len(self.optouts):
                     continue

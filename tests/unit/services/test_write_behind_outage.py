@@ -590,3 +590,190 @@ def test_a_file_that_cannot_be_read_is_left_in_place_and_logged(
     ]
     assert _optout_events(store) == []
     _assert_private(caplog, good)
+
+
+GIVING_BACK = """
+import fcntl, os, sys
+own = sys.argv[1]
+claimed = f"{own}.claimed-{os.getpid()}"
+fd = os.open(own, os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.rename(own, claimed)
+os.rename(claimed, own)
+print("given back", flush=True)
+sys.stdin.readline()
+os.close(fd)
+print("released", flush=True)
+sys.stdin.read()
+"""
+"""A worker whose write of a saved file failed: it has given ``argv[1]`` its name back and not
+yet released its lock, until told (a line on its standard input)."""
+
+
+def test_a_file_given_its_name_back_under_a_lock_still_held_is_written_once_released(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    own = saved_dir / "6-1.json"
+    records = _records(3)
+    save_optouts(own, records)
+    holder = subprocess.Popen(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", GIVING_BACK, str(own)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    writer = WriteBehind(store, clock, flush_interval_s=0.1, saved_dir=saved_dir)
+    skipped = (
+        f"write-behind: the saved opt-outs in {own} are skipped: another running worker holds "
+        "the file and writes them"
+    )
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        for _ in range(250):
+            await asyncio.sleep(0.02)
+            if _lines(caplog):
+                break
+        assert _lines(caplog) == [skipped]
+        assert [p.name for p in saved_dir.iterdir()] == [own.name]  # left as it was
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        for _ in range(250):  # scanned again, the store accepting writes all along
+            await asyncio.sleep(0.02)
+            if not list(saved_dir.iterdir()):
+                break
+        writer.stop()
+        await task
+
+    try:
+        assert holder.stdout.readline() == "given back\n"
+        with caplog.at_level(logging.DEBUG, logger=LOGGER):
+            asyncio.run(scenario())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    writer.close()
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert sorted(events) == sorted(b64encode(r.first_level_hash) for r in records)
+    assert _lines(caplog) == [
+        skipped,
+        f"write-behind: 3 opt-outs saved at an earlier stop written to the store, from {own}",
+    ]
+    _assert_private(caplog, records)
+
+
+UNOPENED = """
+import json, logging
+from pathlib import Path
+from uid2_operator.clock import FixedClock
+from uid2_operator.services.write_behind import WriteBehind
+
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(f"{record.levelname} {record.getMessage()}")
+logging.getLogger("uid2_operator").addHandler(handler)
+writer = WriteBehind(None, FixedClock(), flush_interval_s=60, saved_dir=Path("."))
+writer.write_saved()
+writer.write_saved()
+print(json.dumps({"lines": lines, "files": sorted(p.name for p in Path(".").iterdir())}))
+"""
+"""A worker in the directory of saved files (its working directory), scanning it twice: what it
+logged and the files left. It never reaches the store (it has none)."""
+
+
+def test_a_file_that_cannot_be_opened_is_left_under_its_name_and_logged_once(
+    tmp_path: Path,
+) -> None:
+    saved_dir = tmp_path / "saved"
+    saved = saved_dir / "9-1.json"
+    save_optouts(saved, _records(1))
+    user: int | None = None
+    if os.geteuid() == 0:  # a file root left, mode 0600, in the service user's directory
+        user = 65534
+        os.chown(saved_dir, user, user)
+    else:
+        saved.chmod(0)
+    scanned = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", UNOPENED],
+        cwd=saved_dir,  # entered before the user changes: its parents may be closed to it
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(scanned.stdout) == {
+        "lines": [
+            "ERROR write-behind: the saved opt-outs in 9-1.json cannot be claimed (Permission "
+            "denied); the file is left in place"
+        ],
+        "files": ["9-1.json"],
+    }
+
+
+KILLED = """
+import os, sys
+from pathlib import Path
+from uid2_operator.clock import FixedClock
+from uid2_operator.services import write_behind
+from uid2_operator.storage import open_store
+
+store = open_store(f"sqlite:///{sys.argv[1]}")
+chunks = 0
+real = write_behind.write_optout_chunk
+
+def write_optout_chunk(*args, **kwargs):
+    global chunks
+    chunks += 1
+    if chunks == 2:
+        os._exit(9)  # killed while writing its second chunk, the first committed
+    real(*args, **kwargs)
+
+write_behind.write_optout_chunk = write_optout_chunk
+saved_dir = Path(sys.argv[2])
+writer = write_behind.WriteBehind(store, FixedClock(), flush_interval_s=60, saved_dir=saved_dir)
+writer.write_saved()
+"""
+"""A worker writing the saved files of ``argv[2]`` to the store at ``argv[1]``, killed once its
+first chunk committed."""
+
+
+def test_a_worker_killed_after_a_chunk_of_a_saved_file_committed_leaves_only_the_rest(
+    store: SqlStore,
+    db_path: Path,
+    clock: FixedClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saved_dir = tmp_path / "saved"
+    records = _records(OPTOUT_WRITE_CHUNK * 2 + 200)
+    save_optouts(saved_dir / "7-1.json", records)
+    killed = subprocess.run(  # noqa: S603 (this interpreter, a fixed script)
+        [sys.executable, "-c", KILLED, str(db_path), str(saved_dir)],
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == 9, killed.stderr
+    [left] = saved_dir.iterdir()
+    assert left.name.startswith("7-1.json.claimed-")
+    assert read_saved(left) == records[OPTOUT_WRITE_CHUNK:]
+    assert len(_optout_events(store)) == OPTOUT_WRITE_CHUNK
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir).write_saved()
+    assert list(saved_dir.iterdir()) == []
+    events = _optout_events(store)
+    assert len(events) == len(set(events)) == len(records)  # each exactly once
+    assert _lines(caplog) == [
+        f"write-behind: {len(records) - OPTOUT_WRITE_CHUNK} opt-outs saved at an earlier stop "
+        f"written to the store, from {saved_dir / '7-1.json'}"
+    ]
