@@ -37,3 +37,9 @@ class LogThrottle(Generic[K]):
             self._seen = live if len(live) < self._max_entries else {}
         self._seen[key] = [now_ms, 0]
         return 0 if entry is None else entry[1]
+
+
+def held_back(count: int) -> str:
+    """The tail of a throttled line: how many lines like it were held back since the last one
+    (``LogThrottle.due``'s count); nothing when none was."""
+    return f" ({count} more since the last line)" if count else ""

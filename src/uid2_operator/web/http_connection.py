@@ -60,7 +60,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.services.log_throttle import LogThrottle
+from uid2_operator.services.log_throttle import LogThrottle, held_back
 
 WARNING_INTERVAL_MS: Final = 60_000
 _WARNING_KEYS: Final = 16
@@ -295,5 +295,4 @@ class HttpConnection(HttpToolsProtocol):
     def _warn(self, message: str) -> None:
         held = self.WARNINGS.due(message, int(self.loop.time() * 1000))
         if held is not None:
-            more = f" ({held} more since the last line)" if held else ""
-            self.logger.log(logging.WARNING, "%s%s", message, more)
+            self.logger.log(logging.WARNING, "%s%s", message, held_back(held))

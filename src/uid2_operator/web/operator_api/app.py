@@ -64,7 +64,7 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import OptOutSink
-from uid2_operator.services.log_throttle import LogThrottle
+from uid2_operator.services.log_throttle import LogThrottle, held_back
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.replay_table import ReplayGuard
@@ -159,8 +159,7 @@ class _ThrottledLog:
         skipped = self._throttle.due(key, now_ms)
         if skipped is None:
             return
-        held_back = f" ({skipped} more since the last line)" if skipped else ""
-        log.log(level, message + "%s", *args, held_back)
+        log.log(level, message + "%s", *args, held_back(skipped))
 
 
 class ServerErrorLog(_ThrottledLog):
