@@ -1322,7 +1322,7 @@ class _Deployment:
         return 0 if value is None else int(value)
 
     def reserve_kek_version(self, version: int) -> int:
-        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        if not _is_whole(version) or version <= 0:
             raise StoreError("A key-encryption key version must be a positive whole number")
         conn = self._u.writing(control_plane=False)  # refuses a read unit; no snapshot reads it
         m = t.store_meta.c
