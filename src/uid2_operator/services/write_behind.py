@@ -74,7 +74,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +81,7 @@ from typing import Any, Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord, latest
+from uid2_operator.error_text import described
 from uid2_operator.errors import NotFound, UID2Error
 from uid2_operator.services.audit_trail import EventDetails, record_events
 from uid2_operator.services.context import Actor
@@ -115,7 +115,6 @@ OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 _SAVED_KIND: Final = "uid2-operator pending opt-outs"
 _SAVED_VERSION: Final = 1
 _CLAIMED: Final = ".claimed-"
-_DETAIL_CHARS: Final = 300
 
 
 class UsageMeter:
@@ -293,30 +292,6 @@ def write_optout_chunk(
 
 
 # --------------------------------------------------------------------------- what is logged
-
-
-def described(error: BaseException) -> str:
-    """An error as a log line may name it: a project error by its class and its own message
-    (first line), any other by its class and the frames it came through, never its text (a
-    database driver's holds the statement's parameters)."""
-    if isinstance(error, UID2Error):
-        lines = error.detail.splitlines()
-        return f"{type(error).__name__}: {lines[0][:_DETAIL_CHARS] if lines else ''}"
-    return f"{type(error).__name__} at {where(error)}"
-
-
-def where(error: BaseException) -> str:
-    """The frames ``error`` came through, innermost first, as ``file:line function``: those of
-    this project and the one that raised it, without any value."""
-    frames = traceback.extract_tb(error.__traceback__)
-    shown = [
-        frame
-        for n, frame in enumerate(frames)
-        if n == len(frames) - 1 or f"{os.sep}uid2_operator{os.sep}" in frame.filename
-    ]
-    return " < ".join(
-        f"{Path(frame.filename).name}:{frame.lineno} {frame.name}" for frame in reversed(shown)
-    )
 
 
 class _FailureLog:
