@@ -40,24 +40,31 @@ directory; mode 0600 in a 0700 directory; written whole under a temporary name, 
 or logged at ERROR with their count and that path when even saving fails. Usage still pending is
 logged with its count and not kept (it is no compliance data).
 
-When ``run`` starts, and after every ``flush_interval_s`` while the store refuses them or
-another process holds one, it writes the saved opt-outs: it claims each file by taking an
-exclusive ``flock`` on it, checking under the lock that the file still has the name it was
-opened by, and only then renaming it to ``<name>.claimed-<pid>`` (one of two workers starting
-together gets it, the other skips it); it holds the lock for as long as it works on the file
-(``_claim``). The lock, not the process id in the name, says whether a claim is live: the kernel
-releases it when its holder exits, however it exits, whereas process ids repeat (after a restart
-in a container, a new worker may have the very pid of the one killed while it held a file). So a
-claimed file whose lock can be taken is abandoned, and is claimed again; a file whose lock
-another process holds is skipped, with a WARNING naming it (once per worker), and tried again
-``flush_interval_s`` later. Its records are written ``OPTOUT_WRITE_CHUNK`` per transaction
-(``write_optout_chunk``: the same records and audit events as if they had been written in time;
-a record already stored keeps the later time, as when a chunk is retried); after each chunk
-committed, the file is rewritten whole to hold only the records still not written (the new file
-locked before it takes the claimed name), so that a worker killed meanwhile leaves at most one
-chunk to be written twice; then it is removed. A write that fails gives the file its name back
-(without the chunks that committed). A file that cannot be opened is left as it is, and one that
-cannot be read is given its name back; either is logged at ERROR, once per worker.
+A running worker writes the saved opt-outs, whichever worker saved them (another worker of the same
+serve, stopped while this one serves on, or one of an earlier serve): when ``run`` starts; every
+``SAVED_SCAN_INTERVAL_MS`` after (by the worker's clock), since a stop may have saved a file
+meanwhile, above all while the store refused writes; at once when writes work again after failing;
+and every ``flush_interval_s`` while the store refuses them or another process holds one
+(``_SavedScans``). A look is one listing of a directory that is usually missing or empty, made on
+the write-behind's thread like every write. It claims each file by taking an exclusive ``flock`` on
+it, checking under the lock that the file still has the name it was opened by, and only then
+renaming it to ``<name>.claimed-<pid>`` (one of two workers starting together gets it, the other
+skips it); it holds the lock for as long as it works on the file (``_claim``). The lock, not the
+process id in the name, says whether a claim is live: the kernel releases it when its holder exits,
+however it exits, whereas process ids repeat (after a restart in a container, a new worker may have
+the very pid of the one killed while it held a file). So a claimed file whose lock can be taken is
+abandoned, and is claimed again; a file whose lock another process holds is skipped, with a WARNING
+naming it (once per worker), and tried again ``flush_interval_s`` later. Its records are written
+``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``: the same records and audit events
+as if they had been written in time; a record already stored keeps the later time, as when a chunk
+is retried); after each chunk committed, the file is rewritten whole to hold only the records still
+not written (the new file locked before it takes the claimed name), so that a worker killed
+meanwhile leaves at most one chunk to be written twice; then it is removed. A write that fails
+gives the file its name back (without the chunks that committed). Once ``stop`` is called, no file
+is claimed any more (the one this stop may save among them) and the file under way is given its
+name back after the chunk under way, holding the rest: the stop's budget is for the worker's own
+opt-outs. A file that cannot be opened is left as it is, and one that cannot be read is given its
+name back; either is logged at ERROR, once per worker.
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -109,6 +116,10 @@ COMMIT_WAIT_S: Final = 1.0
 """How long closing a ``CommitGate`` waits for a commit already under way to end."""
 PENDING_OPTOUTS_DIR: Final = "pending-optouts"
 """The directory, in the data directory, of the opt-outs a stop could not write."""
+SAVED_SCAN_INTERVAL_MS: Final = 5_000
+"""How often a running worker looks for opt-outs saved by a stop (``_SavedScans``). Until they
+are written no worker's snapshot has them; a look costs one listing of a directory that is
+usually missing or empty, off the event loop."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
 
@@ -543,6 +554,18 @@ def _claim(own: Path, found: Path) -> _Claim | None:
     return _Claim(claimed, fd)
 
 
+def _give_back(own: Path, claim: _Claim, rest: Sequence[bytes] | None) -> None:
+    """Give a claimed file its name ``own`` back, made to hold only ``rest`` (``_items``) first
+    unless None (it holds them already). Still claimed when that fails: claimed again once its
+    lock is released."""
+    try:
+        if rest is not None:
+            claim.keep(rest)
+        os.rename(claim.path, own)
+    except OSError as error:
+        log.error("write-behind: %s could not be given its name back (%s)", own, error.strerror)
+
+
 # ------------------------------------------------------------------------------ the writer
 
 
@@ -576,12 +599,63 @@ class _Flight:
         return _Outcome(self.usage, self.optouts[self.gate.committed :], error, wrote=True)
 
 
+class _SavedScans:
+    """When a running ``WriteBehind`` looks for saved opt-outs (``_write_saved``): ``due``.
+
+    First when it starts; then every ``SAVED_SCAN_INTERVAL_MS`` after the last look, by the
+    worker's clock (a clock set back makes a look due at once rather than after the gap), since
+    a stopping worker may have saved a file meanwhile; at once when a write succeeds after one
+    failed (a stop during the failure is the likeliest to have saved one); and on every usage
+    flush (``flush_interval_s``) while the last look left a file behind, refused by the store or
+    held by another process. Nothing here reads anything but the clock it is given: the looks
+    themselves run on the write-behind's thread."""
+
+    __slots__ = ("_enabled", "_failing", "_left", "_looked_ms", "due")
+
+    def __init__(self, *, enabled: bool, now_ms: int) -> None:
+        self._enabled = enabled
+        self.due = enabled
+        self._looked_ms = now_ms
+        self._left = False
+        self._failing = False
+
+    def looked(self, now_ms: int, outcome: _Outcome | None) -> None:
+        """A look ended (None: a stop came first)."""
+        self.due = False
+        self._looked_ms = now_ms
+        self._left = outcome is not None and (outcome.error is not None or outcome.held)
+        if outcome is not None:
+            self._recovered(outcome)
+
+    def flushed(self, outcome: _Outcome | None) -> None:
+        """A flush ended (None: a stop came first)."""
+        if outcome is not None and self._recovered(outcome):
+            self.due = self._enabled
+
+    def tick(self, now_ms: int, *, usage_due: bool) -> None:
+        since = now_ms - self._looked_ms
+        if self._enabled and (
+            (usage_due and self._left) or not 0 <= since < SAVED_SCAN_INTERVAL_MS
+        ):
+            self.due = True
+
+    def _recovered(self, outcome: _Outcome) -> bool:
+        """Whether ``outcome`` is a write that worked after one failed."""
+        if outcome.error is not None:
+            self._failing = True
+            return False
+        recovered = outcome.wrote and self._failing
+        self._failing = self._failing and not outcome.wrote
+        return recovered
+
+
 class WriteBehind:
     """The usage meter and the opt-out queue of one worker, and the loop that flushes them.
 
     ``saved_dir`` is where a stop saves the opt-outs it could not write, and where ``run``
-    looks for them when it starts (``PENDING_OPTOUTS_DIR`` in the data directory); None keeps
-    nothing (a stop then logs what it loses at ERROR)."""
+    looks for them, those of any worker's stop, when it starts and on its schedule
+    (``PENDING_OPTOUTS_DIR`` in the data directory; ``_SavedScans``); None keeps nothing (a stop
+    then logs what it loses at ERROR)."""
 
     def __init__(
         self,
@@ -602,6 +676,8 @@ class WriteBehind:
         self._saved_dir = saved_dir
         self._stop_budget_s = stop_budget_s
         self._stop = asyncio.Event()
+        self._stopping = threading.Event()
+        """Set with ``stop`` (and by ``_finish``): read by the write-behind's thread."""
         self._stop_at: float | None = None
         self._flight: _Flight | None = None
         self._failing = _FailureLog()
@@ -663,6 +739,8 @@ class WriteBehind:
             return _Outcome([], [], None, wrote=False)
         wrote = held = False
         for own, found in _saved_files(self._saved_dir):
+            if self._stopping.is_set():  # the listing may hold the file this stop saves
+                break
             if own in self._unreadable:
                 continue
             try:
@@ -703,8 +781,8 @@ class WriteBehind:
         """Write one claimed file's opt-outs, chunk by chunk, and remove it. After each chunk
         committed, the file is made to hold only what is still not written (``_Claim.keep``), so
         that a worker killed meanwhile leaves at most the chunk it committed last to be written
-        again. On failure the file is given its name back. Whether the store was tried, and its
-        error."""
+        again. On failure, and when this worker is stopping, the file is given its name back,
+        holding what is not written. Whether the store was tried, and its error."""
         try:
             records = read_saved(claim.path)
         except (Unreadable, OSError) as exc:
@@ -723,7 +801,7 @@ class WriteBehind:
         items = _items(records)  # encoded once: the file is rewritten after each chunk
         written = kept = 0  # the file holds records[kept:]
         try:
-            while written < len(records):
+            while written < len(records) and not self._stopping.is_set():
                 chunk = records[written : written + OPTOUT_WRITE_CHUNK]
                 write_optout_chunk(self._store, chunk, now_ms, gate)
                 written += len(chunk)
@@ -732,15 +810,19 @@ class WriteBehind:
                         claim.keep(items[written:])
                         kept = written
         except Exception as exc:
-            try:
-                if kept != written:
-                    claim.keep(items[written:])
-                os.rename(claim.path, own)
-            except OSError as error:  # still claimed: claimed again once its lock is released
-                log.error(
-                    "write-behind: %s could not be given its name back (%s)", own, error.strerror
-                )
+            _give_back(own, claim, items[written:] if kept != written else None)
             return True, exc
+        if written < len(records):  # stopping: the rest is for a worker still running
+            _give_back(own, claim, items[written:] if kept != written else None)
+            if written:
+                log.warning(
+                    "write-behind: %d of the %d opt-outs saved in %s written to the store before "
+                    "stopping; the file keeps the rest",
+                    written,
+                    len(records),
+                    own,
+                )
+            return written > 0, None
         try:
             claim.path.unlink()
         except OSError as exc:
@@ -762,7 +844,7 @@ class WriteBehind:
 
     def write_saved(self) -> None:
         """Write the opt-outs earlier stops saved, synchronously (tests; ``run`` does it when it
-        starts)."""
+        starts, and then on its schedule: ``_SavedScans``)."""
         self._settle(self._write_saved(CommitGate()))
 
     def _settle(self, outcome: _Outcome) -> None:
@@ -876,20 +958,18 @@ class WriteBehind:
     async def run(self) -> None:
         """Flush every ``flush_interval_s`` until ``stop``; opt-outs are flushed on every
         poll-sized tick (they change what other workers answer), usage on the interval. First,
-        and on the interval while the store refuses them, the opt-outs earlier stops saved are
-        written. After ``stop``: the last flush (``_finish``)."""
+        and then on the schedule of ``_SavedScans``, the opt-outs stops saved are written. After
+        ``stop``: the last flush (``_finish``)."""
         loop = asyncio.get_running_loop()
         last_usage_flush = loop.time()
-        saved_due = self._saved_dir is not None
-        saved_left = False
+        saved = _SavedScans(enabled=self._saved_dir is not None, now_ms=self._clock.now_ms())
         try:
             while not self._stop.is_set():
-                if saved_due:
+                if saved.due:
                     outcome = await self._until_landed_or_stopped(
                         self._launch(self._write_saved, [], [])
                     )
-                    saved_due = False
-                    saved_left = outcome is not None and (outcome.error is not None or outcome.held)
+                    saved.looked(self._clock.now_ms(), outcome)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
                 if self._stop.is_set():
@@ -897,15 +977,16 @@ class WriteBehind:
                 self.tick()
                 self.report_drops()
                 usage_due = loop.time() - last_usage_flush >= self._interval_s
-                if usage_due and saved_left:
-                    saved_due = True
+                saved.tick(self.usage.now_ms, usage_due=usage_due)
                 if not usage_due and not len(self.optouts):
                     continue
                 usage = self.usage.take() if usage_due else []
                 if usage_due:
                     last_usage_flush = loop.time()
                 optouts = self.optouts.take()
-                await self._until_landed_or_stopped(self._launch_flush(usage, optouts))
+                saved.flushed(
+                    await self._until_landed_or_stopped(self._launch_flush(usage, optouts))
+                )
         finally:
             await self._finish()
 
@@ -913,6 +994,7 @@ class WriteBehind:
         """The last flush: wait for the write under way, then write what is pending, again after
         ``STOP_RETRY_PAUSE_S`` while it fails, until ``STOP_BUDGET_S`` after ``stop``; then keep
         what is still not written (``_give_up``)."""
+        self._stopping.set()  # ``run`` may end without ``stop`` (cancelled)
         self.tick()
         deadline = (self._stop_at or time.monotonic()) + self._stop_budget_s
         flight = self._flight
@@ -975,7 +1057,7 @@ class WriteBehind:
             return
         log.warning(
             "write-behind: %d opt-outs not written to the store before stopping were saved to "
-            "%s; the next worker started on this data directory writes them",
+            "%s; a worker running on this data directory, or the next one started, writes them",
             len(optouts),
             path,
         )
@@ -984,6 +1066,7 @@ class WriteBehind:
         """End ``run``: it makes its last flush, within ``STOP_BUDGET_S`` from now."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
+        self._stopping.set()
         self._stop.set()
 
     def close(self) -> None:

@@ -268,7 +268,7 @@ def test_a_stop_saves_the_optouts_the_store_refuses(
     assert lines[0].startswith("write-behind: store writes failing (StoreUnavailable: ")
     assert lines[1:] == [  # the retries of the stop add no line
         f"write-behind: 3 opt-outs not written to the store before stopping were saved to "
-        f"{saved}; the next worker started on this data directory writes them"
+        f"{saved}; a worker running on this data directory, or the next one started, writes them"
     ]
     _assert_private(caplog, records)
 
@@ -314,7 +314,7 @@ def test_a_stop_does_not_wait_out_a_write_lock_and_the_write_left_behind_commits
         "write-behind: 1 usage rows (2 requests) not written to the store before stopping; "
         "usage is not kept across a stop",
         f"write-behind: 4 opt-outs not written to the store before stopping were saved to "
-        f"{saved}; the next worker started on this data directory writes them",
+        f"{saved}; a worker running on this data directory, or the next one started, writes them",
     ]
     _assert_private(caplog, records)
 
