@@ -9,7 +9,7 @@ process. It wires, per process:
 - the operator API (``app.OperatorApi``) reading ``SnapshotSource.current`` once per request;
 - a ``WriteBehind`` that aggregates usage and logout opt-outs and writes them in batches, and
   keeps the opt-outs a stop could not write in the data directory (``PENDING_OPTOUTS_DIR``),
-  for the next worker to write;
+  for the workers still running, or the next one started, to write;
 - ``RequestMetrics`` counted on the request path and exported at ``/metrics``; under ``serve``
   (a runtime directory) a ``MetricsPublisher`` that writes them to this worker's metrics file,
   and a collector that reads the other workers' files, so any scrape reports every worker
@@ -140,8 +140,8 @@ class OperatorServer:
 
     async def start(self) -> None:
         """Load the first snapshot (a failure is reported on the health check and retried by
-        the poller), then start the poller, the flusher (which first writes the opt-outs earlier
-        stops saved) and the metrics publisher."""
+        the poller), then start the poller, the flusher (which writes the opt-outs stops saved, first
+        and then every few seconds) and the metrics publisher."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.worker.source.refresh)
         self._tasks = [asyncio.create_task(self.worker.source.run(), name="snapshot-poller")]
