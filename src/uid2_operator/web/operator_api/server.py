@@ -140,8 +140,8 @@ class OperatorServer:
 
     async def start(self) -> None:
         """Load the first snapshot (a failure is reported on the health check and retried by
-        the poller), then start the poller, the flusher (which writes the opt-outs stops saved, first
-        and then every few seconds) and the metrics publisher."""
+        the poller), then start the poller, the flusher (which writes the opt-outs stops saved,
+        first and then every few seconds) and the metrics publisher."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.worker.source.refresh)
         self._tasks = [asyncio.create_task(self.worker.source.run(), name="snapshot-poller")]
