@@ -9,6 +9,8 @@ and opens a storage backend (``open_configured_store``); everything else types a
 Services follow the keyring file (``follow_keyring``, ``KeyringFile``): KEK rotation rewrites the
 file, and every process (``serve`` and its workers, a command) uses the new keyring within about
 a second, no restart; a use case that writes the store looks at the file inside its transaction.
+A new file holding another key under a version number the store records a check value for is
+not taken up (see ``KeyringFile``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, TypeVar
@@ -69,6 +71,9 @@ KEYRING_CHECK_INTERVAL_S: Final = 0.5
 KEYRING_DEBRIS_AGE_S: Final = 60.0
 """How old a keyring write's temporary file must be before ``sweep_keyring_debris`` removes it."""
 _TEMPORARY_SUFFIX: Final = ".tmp"
+_TAKEN_UP: Final = "then this process takes it up within about a second"
+"""What a running process's refusal of a keyring file holding another key under a version the
+store knows says follows the fix (``compare_kek_check_values``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +142,27 @@ class KeyringFile:
     """The keyring file as it is now: the ``KeyringSource`` of a long-lived process.
 
     ``current()`` looks at the file (one ``stat``) at most every ``check_interval_s`` on the
-    ``monotonic`` clock; ``latest()``, asked by a use case that writes the store, looks at once.
-    Either reads the file again only when it changed (see ``_FileSignature``:
-    ``save_keyring`` replaces it). The new content must pass ``load_keyring``'s rules (in
-    prod, no development or placeholder keyring). Content that does not (a file cut short,
-    edited by hand into invalid JSON, removed, a development keyring in prod) is logged once as
-    an error naming the file and why, never a key byte, and the keyring read before stays in use
-    until the next good write. The first read, at construction, raises as ``load_keyring`` does.
+    ``monotonic`` clock; ``latest(recorded)``, asked by a use case that writes the store (or a
+    snapshot load), looks at once. Either reads the file again only when it changed (see
+    ``_FileSignature``: ``save_keyring`` replaces it). The new content must pass
+    ``load_keyring``'s rules (in prod, no development or placeholder keyring), and must not hold
+    another key under a version number the store records a check value for
+    (``compare_kek_check_values``: another instance's keyring copied over this one, an old
+    backup whose version N is another key). Content that does not (a file cut short, edited by
+    hand into invalid JSON, removed, a development keyring in prod, a contradicting key) is
+    logged once as an error naming the file and why, never a key byte or check value, and the
+    keyring read before stays in use until the next good write. A version the store does not
+    record yet is taken up (``keyring add-version`` records it, then writes the file). The first
+    read, at construction, raises as ``load_keyring`` does; its keyring is compared with the
+    store by whoever opens the store (``check_store_keyring``).
+
+    The check values come from the callers, never from the store directly: ``latest`` is asked
+    inside a write transaction, with the write lock held, and a second connection opened from
+    here could wait on that lock (or on a pool of one connection) for ever. Each ``latest``
+    passes what its transaction read; the source keeps them (a value once recorded never
+    changes) for ``current()`` as well. Until it is given any (a worker before its first
+    snapshot load), a new file is compared with nothing. ``open_services`` gives it the values
+    at once, once ``check_store_keyring`` has compared and recorded.
 
     Safe to share between threads: a use case takes one keyring from ``current()`` and uses it
     to its end, whatever the file does meanwhile.
@@ -163,6 +182,9 @@ class KeyringFile:
         self._lock = threading.Lock()
         self._keyring, self._loaded = _read_keyring_file(self._path, self._environment)
         self._refused: _FileSignature | None = None
+        self._recorded: dict[int, int] = {}
+        """Every KEK check value the callers of ``latest`` read from the store (a value once
+        recorded never changes, so what was read once stays true)."""
         self._next_check = monotonic() + check_interval_s
 
     @property
@@ -182,9 +204,13 @@ class KeyringFile:
                 self._next_check = self._monotonic() + self._interval
             return self._keyring
 
-    def latest(self) -> Keyring:
-        """Looks at the file now, whatever the interval (a writer asks inside its transaction)."""
+    def latest(self, recorded: Mapping[int, int]) -> Keyring:
+        """Looks at the file now, whatever the interval (a writer asks inside its transaction),
+        refusing new content that contradicts ``recorded``, the check values the caller's
+        transaction read (see the class doc). The keyring held may still contradict them (taken
+        up before the store recorded that version): ``checked_keyring`` compares it."""
         with self._lock:
+            self._recorded = {**self._recorded, **recorded}
             self._follow()
             self._next_check = self._monotonic() + self._interval
             return self._keyring
@@ -201,6 +227,7 @@ class KeyringFile:
             return
         try:
             keyring, signature = _read_keyring_file(self._path, self._environment)
+            compare_kek_check_values(keyring, self._recorded, then=_TAKEN_UP)
         except UID2Error as exc:
             log.error(
                 "the keyring file %s changed but cannot be used (%s); still using the keyring "
@@ -773,7 +800,11 @@ def open_services(
     store = open_configured_store(settings)
     try:
         check_store_environment(settings, store)
-        check_store_keyring(store, ring.current())
+        recorded = check_store_keyring(store, ring.current())
+        # A followed file now knows what the store records: from here on it refuses a new file
+        # that contradicts it, for ``current()`` too (an admin process may read for a long
+        # while before its first write).
+        ring.latest(recorded)
     except BaseException:
         store.close()
         raise
@@ -799,10 +830,12 @@ def open_services(
     )
 
 
-def check_store_keyring(store: Store, keyring: Keyring) -> None:
+def check_store_keyring(store: Store, keyring: Keyring) -> Mapping[int, int]:
     """Refuse (KeyringError) a keyring holding another key under a version number ``store``
     records a check value for (``compare_kek_check_values``), and record the check values of
-    the versions it holds that the store has none for.
+    the versions it holds that the store has none for. Returns the check values the store
+    records once that is done (those it could not record left out), for a keyring source that
+    follows a file (``KeyringFile``).
 
     Run by ``open_services``, so by ``init``, by every other command that opens the services and
     by ``serve`` at start-up, before their first write: ``init`` records its keyring this way
@@ -813,14 +846,16 @@ def check_store_keyring(store: Store, keyring: Keyring) -> None:
     write lock (of two processes recording one version, the first wins and the other is
     refused)."""
     with store.read() as rx:
-        unrecorded = compare_kek_check_values(keyring, rx.deployment.kek_check_values())
+        recorded = rx.deployment.kek_check_values()
+    unrecorded = compare_kek_check_values(keyring, recorded)
     if not unrecorded:
-        return
+        return recorded
     try:
         with store.transaction() as tx:
-            unrecorded = compare_kek_check_values(keyring, tx.deployment.kek_check_values())
+            written = tx.deployment.kek_check_values()
+            unrecorded = compare_kek_check_values(keyring, written)
             if unrecorded:
-                tx.deployment.record_kek_check_values(unrecorded)
+                written = tx.deployment.record_kek_check_values(unrecorded)
     except StoreUnavailable as exc:
         # A store that can be read but not written (a read-only copy, a lock held elsewhere):
         # the keyring was compared with what is recorded, and a read-only command must still
@@ -830,6 +865,8 @@ def check_store_keyring(store: Store, keyring: Keyring) -> None:
             ", ".join(str(version) for version in sorted(unrecorded)),
             exc.detail,
         )
+        return recorded
+    return written
 
 
 def keyring_rotation_service(

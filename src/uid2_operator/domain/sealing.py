@@ -27,8 +27,15 @@ it fails to open elsewhere. The check value is no secret, but it is never printe
 
 A long-lived process follows the keyring where it is kept (``bootstrap.KeyringFile``): its use
 cases take a ``KeyringSource`` and ask it for the keyring once per unit of work, so one unit of
-work never mixes two keyrings: ``current()`` at the start of a read, ``latest()`` inside a write
-transaction (see ``KeyringSource``). A ``Keyring`` is its own source, fixed.
+work never mixes two keyrings: ``current()`` at the start of a read, ``latest(recorded)`` inside
+a write transaction (see ``KeyringSource``). A ``Keyring`` is its own source, fixed.
+
+A keyring file can be replaced under a running process by one holding another key under a
+version number the store knows (another instance's file, an old backup). Two things keep that
+keyring from sealing anything: a unit of work that writes reads the store's check values in its
+own transaction and passes them to ``latest`` (a source that follows a file refuses new content
+that contradicts them, and keeps what it had), then compares the keyring it got with them itself
+(``checked_keyring``), so nothing sealed under a keyring the store contradicts ever commits.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ KEK_CHECK_LABEL: Final = b"uid2-operator kek check value"
 """What a KEK authenticates to give its check value (``kek_check_value``); never changes."""
 KEK_CHECK_MAX: Final = (1 << 63) - 1
 """The largest check value: 63 bits, so it fits a signed 64-bit integer (``store_meta``)."""
+RUN_AGAIN: Final = "then run the command again"
+"""What a refusal of ``compare_kek_check_values`` says to do once the right keyring is in place."""
 
 
 def kek_check_value(kek: bytes) -> int:
@@ -133,7 +142,9 @@ class Keyring:
         """A keyring is a ``KeyringSource`` that never changes."""
         return self
 
-    def latest(self) -> Keyring:
+    def latest(self, recorded: Mapping[int, int]) -> Keyring:
+        """Itself: a fixed keyring has nothing to take up (``checked_keyring`` compares it)."""
+        del recorded
         return self
 
     def kek(self, version: int) -> bytes:
@@ -210,12 +221,22 @@ class KeyringSource(Protocol):
         A source that follows a file may answer with what it read up to a second ago."""
         ...
 
-    def latest(self) -> Keyring:
-        """The keyring as it is at this moment, for a unit of work that writes the store.
+    def latest(self, recorded: Mapping[int, int]) -> Keyring:
+        """The keyring as it is at this moment, for a unit of work that writes the store (and for
+        a snapshot load).
 
         Asked inside the write transaction, after the store's write lock is taken: KEK rotation
         writes the keyring under that same lock, so what a writer seals under is in the keyring
-        when it commits, and a later ``drop-version`` counts it."""
+        when it commits, and a later ``drop-version`` counts it.
+
+        ``recorded``: the check values the store records (``{version: value}``), read by the
+        caller in its own unit of work. A source that follows a file never takes up new content
+        holding another key under one of those versions (``compare_kek_check_values``): it keeps
+        the keyring it had, as for any content it cannot use. The source never reads the store
+        itself: it is asked while the caller holds a transaction, and a second one could wait
+        for the first (a pool of one connection) or see another state. What it answers may still
+        contradict ``recorded`` (taken up before the store recorded that version): the caller
+        compares it (``checked_keyring``)."""
         ...
 
 
@@ -283,14 +304,18 @@ def drop_kek_version(keyring: Keyring, version: int) -> Keyring:
     return Keyring(keks, keyring.active_version, keyring.pepper, development=keyring.development)
 
 
-def compare_kek_check_values(keyring: Keyring, recorded: Mapping[int, int]) -> dict[int, int]:
+def compare_kek_check_values(
+    keyring: Keyring, recorded: Mapping[int, int], *, then: str = RUN_AGAIN
+) -> dict[int, int]:
     """Compare the keyring with the check values the store recorded (``{version: value}``).
 
     Refuses (``KeyringError``) a keyring holding a version under another key than the one the
     store recorded for that number, naming the versions (never a key byte or check value) and
-    what to do. Otherwise returns the check values of the held versions the store has none for,
-    ascending: what the caller records. A version the store records and the keyring lacks is not
-    this comparison's business (items sealed under it show as sealed under a missing version).
+    what to do: copy the right keyring file over this one, ``then`` (what follows: by default,
+    run the command again). Otherwise returns the check values of the held versions the store
+    has none for, ascending: what the caller records. A version the store records and the
+    keyring lacks is not this comparison's business (items sealed under it show as sealed under
+    a missing version).
     """
     own = keyring.kek_check_values()
     differ = [v for v, value in own.items() if v in recorded and recorded[v] != value]
@@ -304,9 +329,25 @@ def compare_kek_check_values(keyring: Keyring, recorded: Mapping[int, int]) -> d
             adder = "the instance that added them"
         raise KeyringError(
             f"This keyring's key-encryption key {which}: copy the keyring file of {adder} here "
-            "(over this one), then run the command again"
+            f"(over this one), {then}"
         )
     return {v: value for v, value in own.items() if v not in recorded}
+
+
+def checked_keyring(
+    source: KeyringSource, recorded: Mapping[int, int], *, then: str = RUN_AGAIN
+) -> Keyring:
+    """The keyring a unit of work that writes the store seals and opens with: ``source``'s
+    latest (``KeyringSource.latest``), refused (``KeyringError``, ``compare_kek_check_values``)
+    when it holds another key under a version the store records. ``recorded`` is read in the
+    caller's own write transaction (``DeploymentReader.kek_check_values``, one small read), so
+    the comparison and everything sealed after it commit, or not, together: nothing sealed under
+    a key the store's check value contradicts is ever written. A version the store does not
+    record yet is not refused (``keyring add-version`` records its version, then writes the
+    file). ``then``: what the refusal says follows the fix (``compare_kek_check_values``)."""
+    keyring = source.latest(recorded)
+    compare_kek_check_values(keyring, recorded, then=then)
+    return keyring
 
 
 def require_keyring(keyring: Keyring | None, environment: Environment) -> Keyring:

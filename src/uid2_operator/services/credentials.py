@@ -7,7 +7,10 @@ everything, so a failed call leaves no trace but its error.
 
 The keyring comes from a ``KeyringSource``, asked once by each use case that needs it (a write
 asks inside its transaction: ``KeyringSource.latest``): a running service follows a keyring file
-that changes (KEK rotation) without mixing two keyrings inside one unit of work.
+that changes (KEK rotation) without mixing two keyrings inside one unit of work. A write compares
+the keyring it got with the KEK check values its transaction reads (``checked_keyring``) before
+it mints or seals anything: a keyring holding another key under a version the store records is
+refused (``KeyringError``), and nothing is written.
 
 Plaintext keys and secrets exist only in the ``Issued*`` results of create and rotate (recorded in
 the audit trail as disclosures) and in the raw secrets ``resolve_client`` hands the request path.
@@ -50,6 +53,7 @@ from uid2_operator.domain.sealing import (
     ClientSecret,
     Keyring,
     KeyringSource,
+    checked_keyring,
     new_client_secret,
     open_secret,
     seal_secret,
@@ -265,7 +269,7 @@ class CredentialService:
         )
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             participant = self._participant(tx, site)
             minted = self._mint(tx, keyring, site)
             key = issue_api_key(
@@ -368,7 +372,7 @@ class CredentialService:
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             old = self._key(tx, kid)
             participant = self._participant(tx, old.site_id)
             if not participant.enabled:
@@ -442,7 +446,7 @@ class CredentialService:
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             key = self._key(tx, kid)
             rotation = lifecycle.rotate_secret(
                 key, tx.secrets.list_for_key(kid), now_ms=now, grace_ms=grace * lifecycle.DAY_MS

@@ -5,7 +5,10 @@ event commit together, and a refusal leaves nothing behind. Secrets (key secrets
 first-level salt, the bucket-id secret) are sealed under the keyring before they reach the store
 and are opened only by ``load_material``, for the operator's in-memory snapshot. The keyring comes
 from a ``KeyringSource``, asked once per use case, inside the transaction of a write (or given
-by the use case that calls in, so that one unit of work seals and opens with one keyring).
+by the use case that calls in, so that one unit of work seals and opens with one keyring). A
+write compares it with the KEK check values its transaction reads (``checked_keyring``) first: a
+keyring holding another key under a version the store records is refused (``KeyringError``) and
+nothing is written.
 
 Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets (the ``UID2_SALT_BUCKETS``
 setting: 2^20 in integ and prod, as the reference operator, 2^16 in local, quick to create with
@@ -57,7 +60,7 @@ from uid2_operator.domain.salts import (
     seal_chunk,
     seal_header,
 )
-from uid2_operator.domain.sealing import Keyring, KeyringSource
+from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring
 from uid2_operator.errors import (
     IdentityInputError,
     InvalidInput,
@@ -305,7 +308,7 @@ class MaterialService:
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             header = tx.salts.header()
             if header is not None:
                 _require_opens(keyring, header)
@@ -365,7 +368,7 @@ class MaterialService:
             raise InvalidInput("site_id must be an integer")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)[0]
 
     def ensure_site_keyset_in(
@@ -397,7 +400,7 @@ class MaterialService:
         """
         now = self._clock.now_ms() if now_ms is None else now_ms
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
             keysets = _TxKeysets.read(tx)
@@ -535,7 +538,7 @@ class MaterialService:
             raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             header = self._header(tx)
             table = self._read_table(tx, keyring, header)
             rotation = rotate(table, share, now, self._random)
@@ -632,7 +635,7 @@ class MaterialService:
         input_kind = _input_kind(kind)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             header = self._header(tx)
             first_level_salt, _ = open_header_secrets(keyring, header)
             try:

@@ -24,7 +24,9 @@ A keypair's private key is generated here, sealed at once, and opened only by
 ``read_client_side_state`` for the operator's in-memory snapshot. No view, audit row or log line
 carries it. Deleting a keypair removes its row, sealed private key included (the audit trail keeps
 its subscription id and public key); disabling is the reversible way to stop it. The keyring comes
-from a ``KeyringSource``, asked once, inside its transaction, by each use case that seals.
+from a ``KeyringSource``, asked once, inside its transaction, by each use case that seals, and
+compared with the KEK check values that transaction reads (``checked_keyring``): a keyring
+holding another key under a version the store records is refused, and nothing is written.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from uid2_operator.domain.participants import (
     Participant,
     ParticipantType,
 )
-from uid2_operator.domain.sealing import Keyring, KeyringSource
+from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring
 from uid2_operator.domain.sharing import (
     MAX_LISTED_SITES,
     SharingPolicy,
@@ -289,7 +291,7 @@ class SharingService:
         policy = parse_sharing(site, mode_name, site_list, type_names)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
@@ -381,7 +383,7 @@ class SharingService:
         clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._keyrings.latest()
+            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
             _participant(tx, site)
             taken = _TakenIds(tx)
             created = generate_keypair(

@@ -12,6 +12,11 @@ briefly be a mix of two adjacent states, never a stale one that the poller would
 Secrets are opened with the keyring here and exist in the clear only in the returned snapshot,
 in memory. The keyring source is asked once per load, and that one keyring opens all three reads:
 a worker that follows a keyring file (KEK rotation) never builds a snapshot from two keyrings.
+It is asked with the KEK check values the store records (one small read first), so a worker never
+takes up a keyring file that holds another key under a version the store knows (another
+instance's file copied over its own, say): it keeps the keyring it had and goes on loading. A
+keyring it already holds that contradicts them fails the load (``KeyringError``, naming the
+versions and what to do) before anything is opened, rather than as items that do not open.
 Nothing is converted on the way: the snapshot holds the material's own keysets, opt-outs and
 compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever made), with the
 stored sharing choices beside the keysets; a reload whose salt table has not changed reuses the
@@ -28,9 +33,10 @@ load would, and they return with the reload that reads them back from the store.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.sealing import Keyring, KeyringSource, open_secret
+from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring, open_secret
 from uid2_operator.services.material import Material, MaterialService
 from uid2_operator.services.sharing import read_client_side_state
 from uid2_operator.services.snapshot import (
@@ -45,6 +51,10 @@ from uid2_operator.storage.interface import Snapshot as StoredCredentials
 from uid2_operator.storage.interface import Store
 from uid2_operator.wire.raw_uid import IdentityEnvironment
 from uid2_operator.wire.scope import IdentityScope
+
+_RELOADED: Final = "then the next snapshot load uses it"
+"""What a load's refusal of a keyring the store's check values contradict says follows the fix:
+a failed load is retried at every poll (``SnapshotSource``)."""
 
 _IDENTITY_ENVIRONMENTS = {
     Environment.PROD: IdentityEnvironment.PROD,
@@ -97,8 +107,11 @@ def load_snapshot(
 
     The keyring is taken as the file holds it now (``latest``: one ``stat``), not as read up
     to an interval ago: a reload follows a store change, and that change may hold items sealed
-    under a version that reached the file a moment before."""
-    ring = keyring.latest()
+    under a version that reached the file a moment before. It is checked against the store's
+    KEK check values, read just before in a read unit of their own (``checked_keyring``)."""
+    with store.read() as rx:
+        recorded = rx.deployment.kek_check_values()
+    ring = checked_keyring(keyring, recorded, then=_RELOADED)
     credentials = store.snapshot(now_ms)
     loaded = read_material(material, None if previous is None else previous.material, ring)
     client_side = read_client_side_state(store, ring)

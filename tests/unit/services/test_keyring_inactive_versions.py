@@ -10,6 +10,7 @@ at their next unit of work. Two instances share the store, each with its own fil
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ class KeyringFile:
     def current(self) -> Keyring:
         return self.keyring
 
-    def latest(self) -> Keyring:
+    def latest(self, recorded: Mapping[int, int]) -> Keyring:
         return self.keyring
 
     def copy_to(self, other: KeyringFile) -> None:
