@@ -30,8 +30,19 @@ def described(error: BaseException) -> str:
 
 def where(error: BaseException) -> str:
     """The frames ``error`` came through, innermost first, as ``file:line function``: those of
-    this project and the one that raised it, without any value."""
-    frames = traceback.extract_tb(error.__traceback__)
+    this project and the one that raised it, without any value, each place once.
+
+    An error raised again (the same object: a stored failure, an item an iterator keeps
+    raising) keeps every earlier raise's frames in its traceback; named by them all, it would
+    read differently, and longer, at every raise, so a line logged only when its error's
+    description changes would be logged every time."""
+    frames: list[traceback.FrameSummary] = []
+    places: set[tuple[str, int | None, str]] = set()
+    for frame in traceback.extract_tb(error.__traceback__):
+        place = (frame.filename, frame.lineno, frame.name)
+        if place not in places:
+            places.add(place)
+            frames.append(frame)
     shown = [
         frame
         for n, frame in enumerate(frames)

@@ -69,6 +69,7 @@ from uid2_operator.cli.runtime import (
     wants_json,
 )
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
+from uid2_operator.error_text import described
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
     RUNTIME_DIR_VARIABLE,
@@ -449,23 +450,18 @@ class _Upkeep:
 
     def _failed(self, step: str, exc: Exception) -> None:
         """Log a step's failure when it starts or its message changes (a store out of reach
-        at WARNING, a refusal of the project's at ERROR, anything unexpected at ERROR with its
-        traceback). The workers serve on either way: only the upkeep waits for the cause to
-        go."""
-        unexpected = not isinstance(exc, UID2Error)
-        message = exc.detail if isinstance(exc, UID2Error) else f"{type(exc).__name__}: {exc}"
+        at WARNING, a refusal of the project's at ERROR with its message, anything unexpected at
+        ERROR by its class and the frames it came through: never its text nor a traceback, which
+        for a database driver's error repeat the statement's parameters). The workers serve on
+        either way: only the upkeep waits for the cause to go."""
+        message = exc.detail if isinstance(exc, UID2Error) else described(exc)
         if self._failing.get(step) == message:
             return
         self._failing[step] = message
         if isinstance(exc, StoreUnavailable):
             log.warning("material upkeep (%s) skipped: %s", step, message)
         else:
-            log.error(
-                "material upkeep (%s) failed: %s",
-                step,
-                message,
-                exc_info=exc if unexpected else None,
-            )
+            log.error("material upkeep (%s) failed: %s", step, message)
 
     def _recovered(self, step: str) -> None:
         if self._failing.pop(step, None) is not None:
@@ -478,11 +474,12 @@ class _UpkeepThread:
     up nothing in serve's loop.
 
     The thread never ends on an error: ``_Upkeep`` logs its steps' failures itself, and what
-    escapes ``tick`` all the same (a bug) is logged with its traceback, again only when its
-    message changes, and the next turn runs as usual. ``stop`` sets ``upkeep.stopping`` (no
-    further step starts) and ``join`` waits for the thread until ``_UPKEEP_JOIN_S`` after that;
-    a step still running then is named in a warning and left to finish or fail on its own. The
-    thread is a daemon: a store call that never returns never keeps the process alive."""
+    escapes ``tick`` all the same (a bug) is logged by its class and the frames it came through
+    (``error_text.described``, never its text), again only when that changes, and the next turn
+    runs as usual. ``stop`` sets ``upkeep.stopping`` (no further step starts) and ``join`` waits
+    for the thread until ``_UPKEEP_JOIN_S`` after that; a step still running then is named in a
+    warning and left to finish or fail on its own. The thread is a daemon: a store call that
+    never returns never keeps the process alive."""
 
     def __init__(self, upkeep: _Upkeep) -> None:
         self._upkeep = upkeep
@@ -498,10 +495,10 @@ class _UpkeepThread:
             try:
                 self._upkeep.tick()
             except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
+                message = described(exc)
                 if message != self._escaped:
                     self._escaped = message
-                    log.error("material upkeep failed: %s", message, exc_info=exc)
+                    log.error("material upkeep failed: %s", message)
             else:
                 self._escaped = None
 

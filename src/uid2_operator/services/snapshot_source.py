@@ -23,7 +23,9 @@ version), whether or not anything changes in the store meanwhile.
 ages and at most a key-encryption key version number: never an error's text, which for a store
 outage names the database's user, host, port and name (or the SQLite file's path).
 ``problem_detail`` says the same with the error's text, and that text is logged whenever it
-changes.
+changes: a project error's own message, any other error by its class and the frames it came
+through (``error_text.described``), never its text nor a traceback, which for a database
+driver's error repeat the statement's parameters.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord
+from uid2_operator.error_text import described
 from uid2_operator.errors import KekVersionMissing, StoreUnavailable, UID2Error
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_loader import Loaded
@@ -217,11 +220,7 @@ class SnapshotSource:
         )
 
     def _record_failure(self, now: int, exc: BaseException) -> None:
-        if isinstance(exc, UID2Error):
-            message = exc.detail
-        else:
-            log.warning("snapshot refresh raised", exc_info=exc)
-            message = f"{type(exc).__name__}: {exc}"
+        message = exc.detail if isinstance(exc, UID2Error) else described(exc)
         failure = message.splitlines()[0][:300] if message else type(exc).__name__
         if self._failure is None:
             self._failing_since_ms = now

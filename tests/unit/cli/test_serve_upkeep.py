@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from uid2_operator.errors import KeyringError, StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import ServeSettings
@@ -24,6 +26,17 @@ from uid2_operator.serve_settings import ServeSettings
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
 LOGGER = "uid2_operator.cli.serve"
 ROTATION_EVERY_S = 3.0
+MARKER = "raw-uid-marker"
+
+
+def _driver_error() -> OperationalError:
+    """What SQLAlchemy raises for a statement the database refused: its text holds the
+    statement's parameters, which no log line may repeat."""
+    error = OperationalError(
+        "INSERT INTO optouts VALUES (?)", (MARKER,), Exception("database is locked")
+    )
+    assert MARKER in str(error)
+    return error
 
 
 class _Store:
@@ -145,22 +158,28 @@ def test_a_failing_rotation_is_logged_once_and_does_not_stop_new_participant_key
     ]
 
 
-def test_an_unexpected_error_is_logged_with_its_trace_once_and_serve_goes_on(
+def test_an_unexpected_error_is_logged_by_class_and_frames_once_and_serve_goes_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not a refusal of the project's (a bug, a driver error no layer mapped): the upkeep logs it
-    with its traceback and carries on, so the serving process, and with it every worker, stays
-    up; the key rotation still runs."""
+    by its class and the frames it came through, never its text (a driver's holds the
+    statement's parameters) nor a traceback, and carries on, so the serving process, and with it
+    every worker, stays up; the key rotation still runs."""
     world = _World(monkeypatch)
-    world.material.initialise_error = ZeroDivisionError("division by zero")  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    world.material.initialise_error = _driver_error()  # type: ignore[assignment]
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
         for _ in range(10):
             world.store.seq += 1  # a change at every poll: initialise is tried every time
             world.run_for(1)
     errors = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert "ZeroDivisionError: division by zero" in errors[0].getMessage()
-    assert errors[0].exc_info is not None
+    assert re.fullmatch(
+        r"material upkeep \(new-participant keysets\) failed: OperationalError at "
+        r"test_serve_upkeep\.py:\d+ initialise < serve\.py:\d+ _initialise < serve\.py:\d+ tick",
+        errors[0].getMessage(),
+    ), errors[0].getMessage()
+    assert errors[0].exc_info is None
+    assert MARKER not in caplog.text
     assert world.material.rotations == 3
 
 

@@ -17,15 +17,15 @@ A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the au
 app's ``RefusalLimiter`` records the same denied attempt at most once a minute, by the app's
 clock; the app's lifespan, when the server runs it, logs the counts still unreported at shutdown.
 
-An unexpected exception becomes a bare 500 ``internal_error``. It is logged with its class and
-stack frames only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
+An unexpected exception becomes a bare 500 ``internal_error``. It is logged on one line with its
+class and the frames it came through (``error_text.where``: this project's, and the one that
+raised it) only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
 never logged or sent.
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from uid2_operator import __version__
 from uid2_operator.clock import Clock, RandomBytes, SystemClock, system_random
+from uid2_operator.error_text import where
 from uid2_operator.errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -302,24 +303,20 @@ def _error_response(
     error: Exception, op: Operation | None, request_id: str, headers: dict[str, str] | None = None
 ) -> Response:
     reply = render_error(error)
-    where = f"{op.method} {op.full_path}" if op is not None else "(no route)"
+    route = f"{op.method} {op.full_path}" if op is not None else "(no route)"
     if not reply.expected:
-        # Where it failed, not what it said: frames as file:line in function, no source text.
-        frames = "\n".join(
-            f"  {frame.filename}:{frame.lineno} in {frame.name}"
-            for frame in traceback.extract_tb(error.__traceback__)
-        )
+        # Where it failed, not what it said: the frames it came through, no value, no text.
         logger.error(
-            "admin %s failed with %s request_id=%s\n%s",
-            where,
+            "admin %s failed with %s request_id=%s at %s",
+            route,
             type(error).__qualname__,
             request_id,
-            frames,
+            where(error),
         )
     elif reply.status in (401, 403):
         logger.info(
             "admin %s refused %s request_id=%s",
-            where,
+            route,
             reply.body["error"]["code"],
             request_id,
         )

@@ -52,6 +52,7 @@ from uid2_operator.domain.authorization import (
 )
 from uid2_operator.domain.credentials import authenticate, verify_api_key
 from uid2_operator.domain.optout import OptOutRecord
+from uid2_operator.error_text import described
 from uid2_operator.errors import (
     BodyTooLarge,
     CredentialMissing,
@@ -165,9 +166,11 @@ class _ThrottledLog:
 class ServerErrorLog(_ThrottledLog):
     """One error line per route and error code per ``interval_ms`` for the project's own errors
     that are answered 5xx (no active encryption key, a salt table that cannot serve): the
-    caller is told only ``unknown``, so without this line nothing would say why. Errors of any
-    other type are logged with their traceback on every request, as unexpected. Later repeats
-    inside the interval are counted and reported on the next line."""
+    caller is told only ``unknown``, so without this line nothing would say why. Later repeats
+    inside the interval are counted and reported on the next line. Errors of any other type are
+    logged at ERROR on every request, as unexpected, by their class and the frames they came
+    through (``error_text.described``): never their text nor a traceback, which for a database
+    driver's error repeat the statement's parameters."""
 
     __slots__ = ()
 
@@ -463,7 +466,12 @@ class OperatorApi:
             return
         except Exception as exc:  # every failure leaves through the one error table
             if not isinstance(exc, UID2Error):
-                log.exception("operator request failed", extra={"path": path})
+                log.error(
+                    "operator request failed: path=%s %s",
+                    path,
+                    described(exc),
+                    extra={"path": path},
+                )
             status, body, content_type = render(exc)
             if status >= 500 and isinstance(exc, UID2Error):
                 self._server_errors.failed(exc, status, path, self._now())
