@@ -30,6 +30,7 @@ one left (its replay table serves on; the directory is removed).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -242,9 +243,51 @@ def _no_core_dumps() -> None:
         log.warning("open files limit left at %d: %s", soft, exc)
 
 
+_UVICORN_ERRORS: Final = "uvicorn.error"
+_ASGI_EXCEPTION: Final = "Exception in ASGI application"
+"""How uvicorn's protocol begins the line it logs for whatever a request's application raised
+(``RequestResponseCycle.run_asgi``, at ERROR with its traceback)."""
+
+
+class _CancelledAtStop(logging.Filter):
+    """One WARNING line, with no traceback, for each request cancelled because a stopping
+    server's grace period (``grace_s``, serve's ``_GRACEFUL_SHUTDOWN_S``) ran out before it
+    ended, instead of uvicorn's ``Exception in ASGI application`` at ERROR with the
+    ``CancelledError``'s traceback: the stop is doing what it should, and a traceback per request
+    would bury the lines that matter. Only the record changes: uvicorn has already caught the
+    cancellation (its request task ends there) and does with the connection what it always does.
+    Any other error a request's application raised keeps uvicorn's line."""
+
+    def __init__(self, grace_s: int) -> None:
+        super().__init__()
+        self._grace_s = grace_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not (
+            isinstance(error, asyncio.CancelledError)
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_ASGI_EXCEPTION)
+        ):
+            return True
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.msg = "request cancelled: still running when the stop's grace period (%d s) ran out"
+        record.args = (self._grace_s,)
+        record.exc_info = record.exc_text = record.stack_info = None
+        # The logger let the record through at ERROR; a WARNING it would not log is dropped.
+        return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
+
+
+_CANCELLED_AT_STOP: Final = _CancelledAtStop(_GRACEFUL_SHUTDOWN_S)
+
+
 def _configure_logging(log_level: str) -> None:
-    """The log format and level of serve and of each of its workers (standard error)."""
+    """The log format and level of serve and of each of its workers (standard error), and the
+    line a request cancelled at the stop gets (``_CancelledAtStop``). The filter stays on
+    ``uvicorn.error`` when uvicorn configures its own loggers (its ``dictConfig`` replaces
+    handlers, not filters)."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(_UVICORN_ERRORS).addFilter(_CANCELLED_AT_STOP)  # once: the same filter
 
 
 def _exit_with_parent(server: uvicorn.Server, parent: int) -> None:
