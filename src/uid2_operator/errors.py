@@ -83,6 +83,7 @@ The tree::
         │   ├── CredentialRejected          unknown id or hash mismatch
         │   └── CredentialMissing           no credential presented at all
         └── KeyringError                    key-encryption keys and the hashing pepper
+            ├── KekCheckMismatch            another key under a version the store records
             ├── KekVersionMissing           the keyring lacks a version (``.version``)
             ├── KeyringMissing
             ├── PlaceholderKeyring          a development keyring where prod needs a real one
@@ -543,6 +544,16 @@ class CredentialMissing(CredentialError):
 class KeyringError(DomainError):
     code = "keyring_invalid"
     message = "The keyring is invalid"
+
+
+class KekCheckMismatch(KeyringError):
+    """The keyring holds another key under a version number the store records a check value for
+    (``domain.sealing.compare_kek_check_values``): another instance's keyring file, or an old
+    backup, in place of this one. The message names version numbers and the remedy only, never a
+    key byte or check value, so the admin API sends it."""
+
+    # The code stays ``keyring_invalid`` (inherited), as before this refusal had a class of its
+    # own: automation matches on it.
 
 
 class KekVersionMissing(KeyringError):

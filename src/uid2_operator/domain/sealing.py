@@ -51,6 +51,7 @@ from typing import Any, Final, Protocol
 from uid2_operator.domain.credentials import SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.errors import (
+    KekCheckMismatch,
     KekVersionMissing,
     KeyringError,
     KeyringMissing,
@@ -309,7 +310,7 @@ def compare_kek_check_values(
 ) -> dict[int, int]:
     """Compare the keyring with the check values the store recorded (``{version: value}``).
 
-    Refuses (``KeyringError``) a keyring holding a version under another key than the one the
+    Refuses (``KekCheckMismatch``) a keyring holding a version under another key than the one the
     store recorded for that number, naming the versions (never a key byte or check value) and
     what to do: copy the right keyring file over this one, ``then`` (what follows: by default,
     run the command again). Otherwise returns the check values of the held versions the store
@@ -327,7 +328,7 @@ def compare_kek_check_values(
         else:
             which = f"versions {listed} are other keys than the database's versions {listed}"
             adder = "the instance that added them"
-        raise KeyringError(
+        raise KekCheckMismatch(
             f"This keyring's key-encryption key {which}: copy the keyring file of {adder} here "
             f"(over this one), {then}"
         )

@@ -22,6 +22,7 @@ from uid2_operator.errors import (
     DomainError,
     InvalidInput,
     InvalidTransition,
+    KekCheckMismatch,
     KeyringError,
     MalformedBody,
     MethodNotAllowed,
@@ -67,6 +68,8 @@ ERROR_TABLE: Mapping[type[UID2Error], HttpMapping] = MappingProxyType(
         UnsupportedMediaType: HttpMapping(415),
         InvalidInput: HttpMapping(422),
         DomainError: HttpMapping(422),
+        # Version numbers and the remedy only: the keyring file must be replaced by hand.
+        KekCheckMismatch: HttpMapping(500),
         KeyringError: HttpMapping(500, detail=False),
         StoreUnavailable: HttpMapping(503, detail=False),
         # Seqs and the remedy only: the operator must stop a process of an earlier version.
