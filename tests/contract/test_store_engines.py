@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from store_records import participant
 
@@ -180,3 +181,54 @@ def test_a_pool_without_a_free_connection_is_reported_as_unavailable() -> None:
         engine.dispose()
     assert "QueuePool limit" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_an_unreachable_postgresql_is_reported_by_the_first_line_of_the_driver_error() -> None:
+    """libpq's text for a refused connection goes on with a hint line: only the first line,
+    the one that says what happened, reaches the message (and the logs that repeat it)."""
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store("postgresql://postgres@127.0.0.1:1/uid2")
+    detail = caught.value.detail
+    assert detail.startswith("The store at postgresql+psycopg://postgres@127.0.0.1:1/uid2 is ")
+    assert detail.endswith("Connection refused")
+    assert "\n" not in detail
+
+
+def _raising(message: str) -> str:
+    """A statement the server refuses with ``message`` as an operational error (lock not
+    available), with DETAIL, HINT and CONTEXT lines as psycopg reports them."""
+    return (
+        f"DO $$ BEGIN RAISE EXCEPTION '{message}' USING ERRCODE = '55P03', "
+        "DETAIL = 'Key (first_level_hash)=(c2VjcmV0LXZhbHVl) is held', "
+        "HINT = 'Retry once (c2VjcmV0LXZhbHVl) is released'; END $$"
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("could not obtain lock on row", "could not obtain lock on row"),
+        ("x" * 300, "x" * (engines.DRIVER_REASON_CHARS - 3) + "..."),
+    ],
+    ids=["short", "long"],
+)
+def test_a_driver_error_keeps_only_its_first_line_cut_to_length(
+    postgres_url: str, message: str, reason: str
+) -> None:
+    engine, _ = engines.make_engine(postgres_url)
+    try:
+        with (
+            pytest.raises(StoreUnavailable) as caught,
+            engines.unavailable_as_store_error(engine),
+            engine.connect() as conn,
+        ):
+            conn.exec_driver_sql(_raising(message))
+    finally:
+        engine.dispose()
+    cause = caught.value.__cause__
+    assert isinstance(cause, OperationalError)
+    assert "\nDETAIL:" in str(cause.orig)  # the driver's text does go on
+    shown = engines.shown_url(engine.url)
+    assert caught.value.detail == f"The store at {shown} is unavailable: {reason}"
+    assert "c2VjcmV0LXZhbHVl" not in str(caught.value)

@@ -40,6 +40,9 @@ on either backend: a writer that stalls holding it (a paused machine, a lost con
 the others a refusal they can retry, not a wait without end."""
 SQLITE_BUSY_TIMEOUT_MS = WRITE_LOCK_WAIT_MS
 
+DRIVER_REASON_CHARS = 200
+"""How much of the first line of a driver's error text a StoreUnavailable message keeps."""
+
 _BEGIN_OPTION = "uid2_sqlite_begin"
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
 
@@ -328,5 +331,21 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         ) from exc
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
         shown = shown_url(engine.url)
-        reason = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
+        cause = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
+        reason = type(exc).__name__ if cause is None else _driver_reason(cause)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
+
+
+def _driver_reason(error: BaseException) -> str:
+    """The first line of a driver's error text, cut to ``DRIVER_REASON_CHARS``: what an operator
+    acts on ("Connection refused", "database is locked", "could not translate host name ...").
+
+    The lines after it never reach a message, nor the logs that repeat it (the snapshot poller,
+    the upkeep): psycopg adds a server error's DETAIL, HINT and CONTEXT lines, which may quote
+    the values of the statement (a key, a hash), and the connection hints of libpq. An error
+    with no text is named by its class."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if len(first) > DRIVER_REASON_CHARS:
+        first = first[: DRIVER_REASON_CHARS - 3] + "..."
+    return first or type(error).__name__
