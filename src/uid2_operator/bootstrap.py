@@ -208,7 +208,9 @@ class KeyringFile:
         """Looks at the file now, whatever the interval (a writer asks inside its transaction),
         refusing new content that contradicts ``recorded``, the check values the caller's
         transaction read (see the class doc). The keyring held may still contradict them (taken
-        up before the store recorded that version): ``checked_keyring`` compares it."""
+        up before the store recorded that version): the caller compares it
+        (``services.kek_check_values.recorded_keyring`` for a write, ``checked_keyring`` for a
+        snapshot load)."""
         with self._lock:
             self._recorded = {**self._recorded, **recorded}
             self._follow()

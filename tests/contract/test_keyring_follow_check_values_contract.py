@@ -7,6 +7,11 @@ one, an old backup) is refused like content that cannot be used: logged once, na
 and why, and the keyring read before stays in use, so later writes seal under the right key and
 every other process opens what they seal. And whatever keyring a use case that writes is given,
 it compares it with the check values its own transaction reads: refused, nothing written.
+
+A version the store records no check value for (a file copied from a staging instance that added
+a version 3 of its own) is not refused: a use case that writes records its check value in its
+own transaction, before sealing anything under it, so the seal and the record commit together or
+not at all, and another instance's different version 3 is refused from then on.
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ from uid2_operator.bootstrap import (
 )
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
-from uid2_operator.domain.sealing import Keyring, add_kek_version, generate_keyring
-from uid2_operator.errors import KeyringError
+from uid2_operator.domain.sealing import (
+    Keyring,
+    add_kek_version,
+    compare_kek_check_values,
+    generate_keyring,
+)
+from uid2_operator.errors import KekCheckMismatch, KeyringError, NotFound
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.context import Actor
@@ -275,7 +285,7 @@ def test_a_file_adding_a_version_the_store_does_not_record_is_taken_up(
         )
         with deployment.store.read() as rx:
             assert [s.kek_version for s in rx.secrets.list_for_key(issued.key_id)] == [2]
-            assert list(rx.deployment.kek_check_values()) == [1]
+            assert rx.deployment.kek_check_values() == added.kek_check_values()
         assert _opens(deployment.store, added, issued)
         assert _errors(caplog) == []
     finally:
@@ -439,3 +449,134 @@ def test_a_write_under_a_keyring_the_store_contradicts_is_refused_writing_nothin
 
     # The same use case under the right keyring goes through.
     _writes(deployment, deployment.right)[write]()
+
+
+# ------------------------------------------------------------------------- an unrecorded version
+
+
+def _recorded(store: Store) -> dict[int, int]:
+    with store.read() as rx:
+        return dict(rx.deployment.kek_check_values())
+
+
+def _staging(right: Keyring, *, activate: bool = True) -> Keyring:
+    """A staging instance's clone of this keyring, with a version 3 of its own (this store
+    records none: nothing here gave out that number)."""
+    return add_kek_version(right, os.urandom, version=3, activate=activate)
+
+
+def test_the_first_write_under_a_followed_unrecorded_version_records_it_with_its_seal(
+    deployment: Deployment, monotonic: Monotonic
+) -> None:
+    """The followed file is replaced by a staging instance's clone holding a version 3 of its own
+    (active): the next write seals under version 3 and records its check value in the same
+    commit. Another instance that then adds a different version 3 is refused, instead of sealing
+    what this one cannot open (or this one sealing what that one cannot open)."""
+    settings, right, store = deployment.settings, deployment.right, deployment.store
+    source = KeyringFile(settings, monotonic=monotonic)
+    serving = open_services(settings, keyring=source)
+    try:
+        staging = _staging(right)
+        _replace_file(settings.keyring_path, staging)
+        monotonic.pass_interval()
+        assert source.current() == staging
+        assert _recorded(store) == right.kek_check_values()
+        with store.read() as rx:
+            seq = rx.change_seq()
+
+        issued = serving.credentials.create_key(
+            ACTOR, site_id=deployment.site, name="v3", roles=["GENERATOR"]
+        )
+        with store.read() as rx:
+            assert rx.change_seq() == seq + 1  # one commit: the seal and the record
+            assert [s.kek_version for s in rx.secrets.list_for_key(issued.key_id)] == [3]
+        recorded = _recorded(store)
+        assert recorded == staging.kek_check_values()
+        assert _opens(store, staging, issued)
+
+        elsewhere = _staging(right)  # another instance's version 3: another key
+        with pytest.raises(KekCheckMismatch):
+            compare_kek_check_values(elsewhere, recorded)
+        before = _stored(store)
+        other = CredentialService(store, elsewhere, Environment.LOCAL, FixedClock(), os.urandom)
+        with pytest.raises(KeyringError):
+            other.create_key(ACTOR, site_id=deployment.site, name="other", roles=["GENERATOR"])
+        assert _stored(store) == before
+    finally:
+        serving.close()
+
+
+def test_a_write_refused_after_recording_leaves_nothing_recorded(
+    deployment: Deployment, monotonic: Monotonic
+) -> None:
+    """The record is part of the write's transaction: a write refused by a rule once it has
+    recorded (no such participant) rolls the record back with everything else; the next write
+    that commits records it."""
+    settings, right, store = deployment.settings, deployment.right, deployment.store
+    source = KeyringFile(settings, monotonic=monotonic)
+    serving = open_services(settings, keyring=source)
+    try:
+        staging = _staging(right)
+        _replace_file(settings.keyring_path, staging)
+        monotonic.pass_interval()
+        before = _stored(store)
+        with pytest.raises(NotFound):
+            serving.credentials.create_key(
+                ACTOR, site_id=deployment.site + 1000, name="nobody", roles=["GENERATOR"]
+            )
+        assert _stored(store) == before
+        assert _recorded(store) == right.kek_check_values()
+
+        serving.credentials.rotate_secret(ACTOR, deployment.issued.key_id)
+        assert _recorded(store) == staging.kek_check_values()
+    finally:
+        serving.close()
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_every_write_records_the_versions_the_store_does_not_record(
+    deployment: Deployment, write: str
+) -> None:
+    staging = _staging(deployment.right)
+    writes = _writes(deployment, staging)
+    assert _recorded(deployment.store) == deployment.right.kek_check_values()
+    writes[write]()
+    assert _recorded(deployment.store) == staging.kek_check_values()
+
+
+def test_a_write_that_changes_nothing_else_records_without_moving_the_change_sequence(
+    deployment: Deployment,
+) -> None:
+    store, env, clock = deployment.store, Environment.LOCAL, FixedClock()
+    assert AdminService(store, deployment.right, env, clock, os.urandom).bootstrap_token(ACTOR)
+    staging = _staging(deployment.right)
+    before = _stored(store)
+    assert AdminService(store, staging, env, clock, os.urandom).bootstrap_token(ACTOR) is None
+    after = _stored(store)
+    assert after[:-1] == before[:-1]  # the change sequence included
+    assert after[-1] == _recorded(store) == staging.kek_check_values()
+
+
+def test_reseal_under_an_unrecorded_active_version_records_it(deployment: Deployment) -> None:
+    """A staging clone copied over this keyring file, then ``keyring reseal``: everything moves
+    under version 3, and the store records version 3 in the same unit of work."""
+    settings, store = deployment.settings, deployment.store
+    staging = _staging(deployment.right)
+    save_keyring(settings, staging)
+    result = keyring_rotation_service(settings, store).reseal(ACTOR)
+    assert (result.active_version, result.from_versions) == (3, (1,))
+    assert _recorded(store) == staging.kek_check_values()
+    assert _opens(store, staging, deployment.issued)
+
+
+def test_activating_an_unrecorded_version_records_it(deployment: Deployment) -> None:
+    """``keyring activate-version`` records the version it makes active when the store has no
+    check value for it; an activation that changes nothing writes nothing."""
+    settings, store, right = deployment.settings, deployment.store, deployment.right
+    staging = _staging(right, activate=False)
+    save_keyring(settings, staging)
+    rotation = keyring_rotation_service(settings, store)
+    assert not rotation.activate_version(1, ACTOR).changed
+    assert _recorded(store) == right.kek_check_values()
+    assert rotation.activate_version(3, ACTOR).changed
+    assert _recorded(store) == staging.kek_check_values()

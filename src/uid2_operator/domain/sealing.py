@@ -35,7 +35,10 @@ version number the store knows (another instance's file, an old backup). Two thi
 keyring from sealing anything: a unit of work that writes reads the store's check values in its
 own transaction and passes them to ``latest`` (a source that follows a file refuses new content
 that contradicts them, and keeps what it had), then compares the keyring it got with them itself
-(``checked_keyring``), so nothing sealed under a keyring the store contradicts ever commits.
+(``compare_kek_check_values``), so nothing sealed under a keyring the store contradicts ever
+commits. A version the store records nothing for is recorded in that same transaction, before
+anything is sealed under it (``services.kek_check_values.recorded_keyring``): the store learns a
+version no later than the first seal under it.
 """
 
 from __future__ import annotations
@@ -237,7 +240,7 @@ class KeyringSource(Protocol):
         itself: it is asked while the caller holds a transaction, and a second one could wait
         for the first (a pool of one connection) or see another state. What it answers may still
         contradict ``recorded`` (taken up before the store recorded that version): the caller
-        compares it (``checked_keyring``)."""
+        compares it (``checked_keyring``, ``services.kek_check_values.recorded_keyring``)."""
         ...
 
 
@@ -338,14 +341,15 @@ def compare_kek_check_values(
 def checked_keyring(
     source: KeyringSource, recorded: Mapping[int, int], *, then: str = RUN_AGAIN
 ) -> Keyring:
-    """The keyring a unit of work that writes the store seals and opens with: ``source``'s
-    latest (``KeyringSource.latest``), refused (``KeyringError``, ``compare_kek_check_values``)
-    when it holds another key under a version the store records. ``recorded`` is read in the
-    caller's own write transaction (``DeploymentReader.kek_check_values``, one small read), so
-    the comparison and everything sealed after it commit, or not, together: nothing sealed under
-    a key the store's check value contradicts is ever written. A version the store does not
-    record yet is not refused (``keyring add-version`` records its version, then writes the
-    file). ``then``: what the refusal says follows the fix (``compare_kek_check_values``)."""
+    """The keyring a snapshot load opens with: ``source``'s latest (``KeyringSource.latest``),
+    refused (``KeyringError``, ``compare_kek_check_values``) when it holds another key under a
+    version the store records (``recorded``, read by the caller just before:
+    ``DeploymentReader.kek_check_values``, one small read). A version the store does not record
+    yet is not refused, nor recorded: a load writes nothing (a unit of work that writes records
+    it in its own transaction before it seals anything under it,
+    ``services.kek_check_values.recorded_keyring``; ``keyring add-version`` records its version,
+    then writes the file). ``then``: what the refusal says follows the fix
+    (``compare_kek_check_values``)."""
     keyring = source.latest(recorded)
     compare_kek_check_values(keyring, recorded, then=then)
     return keyring

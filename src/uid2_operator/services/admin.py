@@ -5,7 +5,7 @@ site 0), so the same guarantees hold: the token text is shown once, stored only 
 looked up by its public id and compared in constant time, with the same work for an unknown id.
 The pepper comes from a ``KeyringSource``, asked once per use case (inside the transaction of a
 write). A token is minted only under a keyring that agrees with the KEK check values the store
-records (``checked_keyring``): the check values name the keyring, and a keyring file copied
+records (``recorded_keyring``): the check values name the keyring, and a keyring file copied
 from another instance brings another pepper too, under which the token would not authenticate
 once the right file is back.
 """
@@ -29,11 +29,12 @@ from uid2_operator.domain.authorization import Denied
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import MintedCredential, mint_admin_token
 from uid2_operator.domain.roles import AdminRole, parse_admin_roles
-from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import AlreadyExists, CredentialRejected, MalformedCredential, NotFound
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event, record_refusal
 from uid2_operator.services.context import Actor
+from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.services.views import AdminTokenView, IssuedAdminToken
 from uid2_operator.storage.interface import ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
@@ -65,7 +66,7 @@ class AdminService:
         wanted = parse_admin_roles(inputs.names(roles, "roles"))
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             minted, token = self._issue(tx, actor, clean_name, wanted, now, keyring=keyring)
         logger.info("admin token created token_id=%s actor=%s", token.token_id, actor.id)
         return _issued(minted, token)
@@ -167,7 +168,7 @@ class AdminService:
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             if tx.admin_tokens.list_all():
                 return None
             minted, token = self._issue(

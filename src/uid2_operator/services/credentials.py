@@ -8,8 +8,9 @@ everything, so a failed call leaves no trace but its error.
 The keyring comes from a ``KeyringSource``, asked once by each use case that needs it (a write
 asks inside its transaction: ``KeyringSource.latest``): a running service follows a keyring file
 that changes (KEK rotation) without mixing two keyrings inside one unit of work. A write compares
-the keyring it got with the KEK check values its transaction reads (``checked_keyring``) before
-it mints or seals anything: a keyring holding another key under a version the store records is
+the keyring it got with the KEK check values its transaction reads before it mints or seals
+anything, and records those of held versions the store has none for in that transaction
+(``recorded_keyring``): a keyring holding another key under a version the store records is
 refused (``KeyringError``), and nothing is written.
 
 Plaintext keys and secrets exist only in the ``Issued*`` results of create and rotate (recorded in
@@ -53,7 +54,6 @@ from uid2_operator.domain.sealing import (
     ClientSecret,
     Keyring,
     KeyringSource,
-    checked_keyring,
     new_client_secret,
     open_secret,
     seal_secret,
@@ -69,6 +69,7 @@ from uid2_operator.errors import (
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import Actor
+from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.services.views import (
     AuditEventView,
     AuditVerdictView,
@@ -269,7 +270,7 @@ class CredentialService:
         )
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             participant = self._participant(tx, site)
             minted = self._mint(tx, keyring, site)
             key = issue_api_key(
@@ -372,7 +373,7 @@ class CredentialService:
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             old = self._key(tx, kid)
             participant = self._participant(tx, old.site_id)
             if not participant.enabled:
@@ -446,7 +447,7 @@ class CredentialService:
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             key = self._key(tx, kid)
             rotation = lifecycle.rotate_secret(
                 key, tx.secrets.list_for_key(kid), now_ms=now, grace_ms=grace * lifecycle.DAY_MS

@@ -45,6 +45,11 @@ a keyring holding another key under a version number the store knows: another ke
 added that version, and this file's copy of it is not that key. ``add_version`` records the new
 version's check value in its unit of work (with those of any held version the store has none
 for), and numbers the new version above every version with a recorded check value too.
+``activate_version`` (when it changes the active version) and ``reseal`` record those of the
+held versions the store has none for in theirs, as every use case that writes does
+(``services.kek_check_values``): what is sealed from then on goes under the active version, and
+a keyring file copied from another instance may hold it unrecorded here. ``drop_version`` and
+``status`` seal nothing and record nothing.
 
 Each change writes one audit event in its unit of work, with version numbers and counts only.
 Reading and writing the keyring belong to the composition root (``bootstrap``); the use cases see
@@ -80,6 +85,7 @@ from uid2_operator.domain.sealing import (
 from uid2_operator.errors import InvalidInput, KeyringError, StoreError
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
+from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.storage.interface import KekVersionCounts, ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
 
@@ -422,7 +428,8 @@ class KeyringRotationService:
 
     def activate_version(self, version: int, actor: Actor = SYSTEM) -> Activation:
         """Make ``version``, which the keyring file holds, the active one: new items are sealed
-        under it from then on. Nothing changes (no write, no audit event) when it already is.
+        under it from then on, so the store records the check values of the held versions it has
+        none for with the change. Nothing changes (no write, no audit event) when it already is.
 
         Refused, changing nothing: for a keyring holding another key under a version the store
         records a check value for (KeyringError), for a version the keyring does not hold
@@ -435,7 +442,8 @@ class KeyringRotationService:
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
-            compare_kek_check_values(keyring, tx.deployment.kek_check_values())
+            recorded = tx.deployment.kek_check_values()
+            compare_kek_check_values(keyring, recorded)
             previous = keyring.active_version
             if version not in keyring.versions:
                 held = ", ".join(str(v) for v in keyring.versions)
@@ -456,6 +464,8 @@ class KeyringRotationService:
                     f"with active_kek_version {version}, restart, then run {RESEAL_COMMAND}"
                 )
             updated = activate_kek_version(keyring, version)
+            # What is sealed from now on goes under ``version``: recorded with this change.
+            tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
             record_event(
                 tx,
                 actor,
@@ -474,6 +484,8 @@ class KeyringRotationService:
 
     def reseal(self, actor: Actor = SYSTEM) -> ResealResult:
         """Step 2: every item not under the active version, sealed again under it, all at once.
+        The store records the check values of the held versions it has none for first, in the
+        same unit of work (``recorded_keyring``).
 
         Refused, changing nothing, for a keyring holding another key under a version the store
         records a check value for, and while items are sealed under a version the keyring lacks
@@ -481,8 +493,7 @@ class KeyringRotationService:
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = self._holder.load()
-            compare_kek_check_values(keyring, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._holder.load())
             inventory = sealed_inventory(tx)
             self._refuse_unknown_versions(
                 keyring, inventory, "; put those versions back into the keyring, then re-seal"

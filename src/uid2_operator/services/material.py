@@ -6,9 +6,10 @@ first-level salt, the bucket-id secret) are sealed under the keyring before they
 and are opened only by ``load_material``, for the operator's in-memory snapshot. The keyring comes
 from a ``KeyringSource``, asked once per use case, inside the transaction of a write (or given
 by the use case that calls in, so that one unit of work seals and opens with one keyring). A
-write compares it with the KEK check values its transaction reads (``checked_keyring``) first: a
-keyring holding another key under a version the store records is refused (``KeyringError``) and
-nothing is written.
+write compares it with the KEK check values its transaction reads first, and records those of
+held versions the store has none for in that transaction (``recorded_keyring``): a keyring
+holding another key under a version the store records is refused (``KeyringError``) and nothing
+is written.
 
 Sizes: the salt table has ``MaterialConfig.bucket_count`` buckets (the ``UID2_SALT_BUCKETS``
 setting: 2^20 in integ and prod, as the reference operator, 2^16 in local, quick to create with
@@ -60,7 +61,7 @@ from uid2_operator.domain.salts import (
     seal_chunk,
     seal_header,
 )
-from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import (
     IdentityInputError,
     InvalidInput,
@@ -70,6 +71,7 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
+from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.storage.interface import ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
 from uid2_operator.wire.encoding import b64encode
@@ -308,7 +310,7 @@ class MaterialService:
         """
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             header = tx.salts.header()
             if header is not None:
                 _require_opens(keyring, header)
@@ -368,7 +370,7 @@ class MaterialService:
             raise InvalidInput("site_id must be an integer")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)[0]
 
     def ensure_site_keyset_in(
@@ -400,7 +402,7 @@ class MaterialService:
         """
         now = self._clock.now_ms() if now_ms is None else now_ms
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
             keysets = _TxKeysets.read(tx)
@@ -538,7 +540,7 @@ class MaterialService:
             raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             header = self._header(tx)
             table = self._read_table(tx, keyring, header)
             rotation = rotate(table, share, now, self._random)
@@ -635,7 +637,7 @@ class MaterialService:
         input_kind = _input_kind(kind)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             header = self._header(tx)
             first_level_salt, _ = open_header_secrets(keyring, header)
             try:

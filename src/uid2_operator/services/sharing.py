@@ -25,8 +25,9 @@ A keypair's private key is generated here, sealed at once, and opened only by
 carries it. Deleting a keypair removes its row, sealed private key included (the audit trail keeps
 its subscription id and public key); disabling is the reversible way to stop it. The keyring comes
 from a ``KeyringSource``, asked once, inside its transaction, by each use case that seals, and
-compared with the KEK check values that transaction reads (``checked_keyring``): a keyring
-holding another key under a version the store records is refused, and nothing is written.
+compared with the KEK check values that transaction reads, which records those of held versions
+the store has none for (``recorded_keyring``): a keyring holding another key under a version the
+store records is refused, and nothing is written.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from uid2_operator.domain.participants import (
     Participant,
     ParticipantType,
 )
-from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.domain.sharing import (
     MAX_LISTED_SITES,
     SharingPolicy,
@@ -80,6 +81,7 @@ from uid2_operator.errors import InvalidInput, NotFound
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import Actor
+from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.services.material import MaterialService
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.snapshot import CstgKeypair, SiteData
@@ -291,7 +293,7 @@ class SharingService:
         policy = parse_sharing(site, mode_name, site_list, type_names)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
@@ -383,7 +385,7 @@ class SharingService:
         clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
-            keyring = checked_keyring(self._keyrings, tx.deployment.kek_check_values())
+            keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
             taken = _TakenIds(tx)
             created = generate_keypair(
