@@ -60,11 +60,18 @@ as if they had been written in time; a record already stored keeps the later tim
 is retried); after each chunk committed, the file is rewritten whole to hold only the records still
 not written (the new file locked before it takes the claimed name), so that a worker killed
 meanwhile leaves at most one chunk to be written twice; then it is removed. A write that fails
-gives the file its name back (without the chunks that committed). Once ``stop`` is called, no file
-is claimed any more (the one this stop may save among them) and the file under way is given its
-name back after the chunk under way, holding the rest: the stop's budget is for the worker's own
-opt-outs. A file that cannot be opened is left as it is, and one that cannot be read is given its
-name back; either is logged at ERROR, once per worker.
+gives the file its name back (without the chunks that committed). The worker's own opt-outs wait
+while a look writes, so a look writes ``SAVED_CHUNKS_PER_LOOK`` chunks at most, whichever files
+they come from: then it gives the file under way its name back, holding the rest, ``run`` flushes
+the worker's own opt-outs and looks again at once, and so on until the saved files are written.
+Once ``stop`` is called, no file is claimed any more (the one this stop may save among them) and
+the file under way is given its name back after the chunk under way, holding the rest: the stop's
+budget is for the worker's own opt-outs. A file that cannot be claimed or read is left in place
+(given its name back when it was claimed). When the file itself is at fault (what it holds is not
+saved opt-outs, or it is a directory, a loop of symbolic links...), it is logged at ERROR and
+skipped for the rest of the worker's life; any other error may pass (the process out of file
+descriptors or memory, an I/O error once) or end when an operator acts (a permission), so the file
+is tried again at the next look, each cause logged once per file (``WriteBehind._skipped``).
 
 ``last_used_at`` is coarse by design: it is the time of the last tick of the flusher before the
 request (``UsageMeter.now_ms``), not a clock read per request.
@@ -74,6 +81,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -120,12 +128,30 @@ SAVED_SCAN_INTERVAL_MS: Final = 5_000
 """How often a running worker looks for opt-outs saved by a stop (``_SavedScans``). Until they
 are written no worker's snapshot has them; a look costs one listing of a directory that is
 usually missing or empty, off the event loop."""
+SAVED_CHUNKS_PER_LOOK: Final = 4
+"""The most chunks of saved opt-outs (``OPTOUT_WRITE_CHUNK`` records, one transaction each) one
+look writes. The worker's own opt-outs wait for a look under way (``run`` flushes them between
+two looks), so a directory of big files (several workers stopped during an outage, each saving
+up to ``MAX_PENDING_OPTOUTS``) delays them by this many transactions, never by all of those
+files; a look that reaches it makes the next one due at once."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
 
 _SAVED_KIND: Final = "uid2-operator pending opt-outs"
 _SAVED_VERSION: Final = 1
 _CLAIMED: Final = ".claimed-"
+_FILE_AT_FAULT: Final = frozenset(
+    {errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ENODEV}
+)
+"""The errors of claiming or reading a saved file that the file itself causes, by its kind (a
+directory, a loop of symbolic links, a socket or device) or its name (too long to be claimed):
+every later try gives the same error until someone replaces the file, so the file is skipped for
+the worker's life, like one whose content is not saved opt-outs (``Unreadable``)."""
+_NEEDS_OPERATOR: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+"""The errors of claiming or reading a saved file that last until an operator changes the file's
+owner or mode, or the file system it is on: tried again at each look like any error not in
+``_FILE_AT_FAULT`` (so the look after the change writes the file, with no restart), but logged
+at ERROR, where a passing error (EMFILE, ENFILE, ENOMEM, EINTR, EAGAIN, EIO...) is a WARNING."""
 
 
 class UsageMeter:
@@ -482,6 +508,11 @@ def _saved_files(directory: Path) -> list[tuple[Path, Path]]:
     return found
 
 
+def _os_reason(error: OSError) -> str:
+    """What an OS error says, without the file name: its ``strerror``, else its class."""
+    return error.strerror or type(error).__name__
+
+
 class _Held(Exception):
     """A saved file another running process holds (its claim's lock)."""
 
@@ -580,6 +611,24 @@ class _Outcome:
     """Whether the store was written to, or tried (a flush with nothing to write was not)."""
     held: bool = False
     """Whether a saved file was skipped, held by another process (to be tried again later)."""
+    more: bool = False
+    """Whether a look at the saved opt-outs stopped at ``SAVED_CHUNKS_PER_LOOK`` with some still
+    to write: the next look is due at once, after a flush of the worker's own."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FileWrite:
+    """What a look did with one claimed saved file."""
+
+    chunks: int
+    """How many chunks it committed."""
+    tried: bool
+    """Whether the store was tried."""
+    error: BaseException | None
+    """The store's error: the file has its name back, holding what is not written."""
+    left: bool = False
+    """Whether it stopped at the look's bound: the file has its name back, holding exactly what
+    is not written, for the next look."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,10 +654,12 @@ class _SavedScans:
     First when it starts; then every ``SAVED_SCAN_INTERVAL_MS`` after the last look, by the
     worker's clock (a clock set back makes a look due at once rather than after the gap), since
     a stopping worker may have saved a file meanwhile; at once when a write succeeds after one
-    failed (a stop during the failure is the likeliest to have saved one); and on every usage
-    flush (``flush_interval_s``) while the last look left a file behind, refused by the store or
-    held by another process. Nothing here reads anything but the clock it is given: the looks
-    themselves run on the write-behind's thread."""
+    failed (a stop during the failure is the likeliest to have saved one); on every usage flush
+    (``flush_interval_s``) while the last look left a file behind, refused by the store or held
+    by another process; and at once after a look that stopped at its bound
+    (``SAVED_CHUNKS_PER_LOOK``), ``run`` flushing the worker's own opt-outs in between. Nothing
+    here reads anything but the clock it is given: the looks themselves run on the
+    write-behind's thread."""
 
     __slots__ = ("_enabled", "_failing", "_left", "_looked_ms", "due")
 
@@ -621,7 +672,7 @@ class _SavedScans:
 
     def looked(self, now_ms: int, outcome: _Outcome | None) -> None:
         """A look ended (None: a stop came first)."""
-        self.due = False
+        self.due = outcome is not None and outcome.more
         self._looked_ms = now_ms
         self._left = outcome is not None and (outcome.error is not None or outcome.held)
         if outcome is not None:
@@ -682,6 +733,11 @@ class WriteBehind:
         self._flight: _Flight | None = None
         self._failing = _FailureLog()
         self._unreadable: set[Path] = set()
+        """Saved files skipped for the worker's life: their content or kind is at fault."""
+        self._retried: set[tuple[Path, int | None]] = set()
+        """(file, errno) of the passing errors logged: once per file per cause."""
+        self._written_before: dict[Path, int] = {}
+        """How many opt-outs of a saved file earlier looks wrote (stopped at their bound)."""
         self._held_elsewhere: set[Path] = set()
         self.failures = 0
         self._drops_reported = 0
@@ -733,16 +789,24 @@ class WriteBehind:
         return _Outcome(failed_usage, failed_optouts, error, wrote=bool(usage or optouts))
 
     def _write_saved(self, gate: CommitGate) -> _Outcome:
-        """Write the opt-outs earlier stops saved (``read_saved``), file by file, each claimed
-        first; stop at the first that the store refuses (its error is the outcome's)."""
+        """One look at the opt-outs earlier stops saved (``read_saved``): write them file by
+        file, each claimed first, ``SAVED_CHUNKS_PER_LOOK`` chunks at most (the file under way
+        given back holding the rest when they are written: the outcome's ``more``); stop at the
+        first that the store refuses (its error is the outcome's). A file that cannot be
+        claimed or read is skipped (``_skipped``)."""
         if self._saved_dir is None:
             return _Outcome([], [], None, wrote=False)
+        listed = _saved_files(self._saved_dir)
+        self._forget_gone({own for own, _found in listed})
         wrote = held = False
-        for own, found in _saved_files(self._saved_dir):
+        chunks = SAVED_CHUNKS_PER_LOOK  # still to be written by this look, at most
+        for own, found in listed:
             if self._stopping.is_set():  # the listing may hold the file this stop saves
                 break
             if own in self._unreadable:
                 continue
+            if chunks <= 0:
+                return _Outcome([], [], None, wrote=wrote, held=held, more=True)
             try:
                 claim = _claim(own, found)
             except _Held:
@@ -756,83 +820,132 @@ class WriteBehind:
                     )
                 continue
             except OSError as exc:
-                self._unreadable.add(own)
-                log.error(
-                    "write-behind: the saved opt-outs in %s cannot be claimed (%s); the file is "
-                    "left in place",
-                    found,
-                    exc.strerror or type(exc).__name__,
-                )
+                self._skipped(own, found, "cannot be claimed", exc)
                 continue
             if claim is None:
                 continue
             try:
-                tried, error = self._write_saved_file(own, claim, gate)
+                done = self._write_saved_file(own, claim, gate, chunks)
             finally:
                 claim.release()  # the file is removed, or has its name back
-            wrote = wrote or tried
-            if error is not None:
-                return _Outcome([], [], error, wrote=True, held=held)
+            wrote = wrote or done.tried
+            chunks -= done.chunks
+            if done.error is not None:
+                return _Outcome([], [], done.error, wrote=True, held=held)
+            if done.left:
+                return _Outcome([], [], None, wrote=True, held=held, more=True)
         return _Outcome([], [], None, wrote=wrote, held=held)
 
     def _write_saved_file(
-        self, own: Path, claim: _Claim, gate: CommitGate
-    ) -> tuple[bool, BaseException | None]:
-        """Write one claimed file's opt-outs, chunk by chunk, and remove it. After each chunk
-        committed, the file is made to hold only what is still not written (``_Claim.keep``), so
-        that a worker killed meanwhile leaves at most the chunk it committed last to be written
-        again. On failure, and when this worker is stopping, the file is given its name back,
-        holding what is not written. Whether the store was tried, and its error."""
+        self, own: Path, claim: _Claim, gate: CommitGate, chunks: int
+    ) -> _FileWrite:
+        """Write one claimed file's opt-outs, chunk by chunk, ``chunks`` at most, and remove it
+        once all are written. After each chunk committed, the file is made to hold only what is
+        still not written (``_Claim.keep``), so that a worker killed meanwhile leaves at most the
+        chunk it committed last to be written again. On failure, when this worker is stopping,
+        and once ``chunks`` are written, the file is given its name back, holding what is not
+        written. The bound is kept only where the file holds just that: after a ``keep`` that
+        failed, the file is written on, to the next ``keep`` that works or to its end, since a
+        file given back holding chunks already written would have every later look write them
+        again."""
         try:
             records = read_saved(claim.path)
         except (Unreadable, OSError) as exc:
-            reason = exc.reason if isinstance(exc, Unreadable) else exc.strerror or "unreadable"
-            self._unreadable.add(own)
             with contextlib.suppress(OSError):
                 os.rename(claim.path, own)
-            log.error(
-                "write-behind: the saved opt-outs in %s cannot be read (%s); the file is left "
-                "in place",
-                own,
-                reason,
-            )
-            return False, None
+            self._skipped(own, own, "cannot be read", exc)
+            return _FileWrite(0, tried=False, error=None)
+        before = self._written_before.pop(own, 0)  # by this worker's earlier looks
         now_ms = self._clock.now_ms()
         items = _items(records)  # encoded once: the file is rewritten after each chunk
-        written = kept = 0  # the file holds records[kept:]
+        written = kept = committed = 0  # the file holds records[kept:]
+        bounded = False
         try:
             while written < len(records) and not self._stopping.is_set():
+                if committed >= chunks and kept == written:
+                    bounded = True
+                    break
                 chunk = records[written : written + OPTOUT_WRITE_CHUNK]
                 write_optout_chunk(self._store, chunk, now_ms, gate)
                 written += len(chunk)
+                committed += 1
                 if written < len(records):
                     with contextlib.suppress(OSError):  # kept whole: written again after a crash
                         claim.keep(items[written:])
                         kept = written
         except Exception as exc:
             _give_back(own, claim, items[written:] if kept != written else None)
-            return True, exc
-        if written < len(records):  # stopping: the rest is for a worker still running
+            if before + written:
+                self._written_before[own] = before + written
+            return _FileWrite(committed, tried=True, error=exc)
+        if written < len(records):  # the rest is for a later look, or a worker still running
             _give_back(own, claim, items[written:] if kept != written else None)
-            if written:
+            self._written_before[own] = before + written
+            if not bounded and written:
                 log.warning(
                     "write-behind: %d of the %d opt-outs saved in %s written to the store before "
                     "stopping; the file keeps the rest",
-                    written,
-                    len(records),
+                    before + written,
+                    before + len(records),
                     own,
                 )
-            return written > 0, None
+            return _FileWrite(committed, tried=written > 0, error=None, left=bounded)
         try:
             claim.path.unlink()
         except OSError as exc:
             log.error("write-behind: %s could not be removed (%s)", claim.path, exc.strerror)
         log.warning(
             "write-behind: %d opt-outs saved at an earlier stop written to the store, from %s",
-            written,
+            before + written,
             own,
         )
-        return True, None
+        return _FileWrite(committed, tried=True, error=None)
+
+    def _skipped(self, own: Path, shown: Path, what: str, error: Unreadable | OSError) -> None:
+        """Note and log a saved file this look skips: ``shown`` ``what`` (cannot be claimed,
+        read), for ``error``.
+
+        A file whose content or kind is at fault (``Unreadable``; ``_FILE_AT_FAULT``: a
+        directory in its place, a loop of symbolic links, a name too long to claim) gives the
+        same error at every try: it is skipped for the worker's life, logged at ERROR once. Any
+        other error may pass (the process out of descriptors, EMFILE, or the system, ENFILE; out
+        of memory; EINTR, EAGAIN; an EIO once), or ends when an operator acts (a permission,
+        ``_NEEDS_OPERATOR``): the file, given its name back when it was claimed, is tried again
+        at the next look, and each cause is logged once per file (at ERROR when it needs an
+        operator, else at WARNING), so that no passing error keeps its opt-outs unwritten until
+        every worker restarts."""
+        if isinstance(error, Unreadable) or error.errno in _FILE_AT_FAULT:
+            reason = error.reason if isinstance(error, Unreadable) else _os_reason(error)
+            self._unreadable.add(own)
+            log.error(
+                "write-behind: the saved opt-outs in %s %s (%s); the file is left in place",
+                shown,
+                what,
+                reason,
+            )
+            return
+        cause = (own, error.errno)
+        if cause in self._retried:
+            return
+        self._retried.add(cause)
+        log.log(
+            logging.ERROR if error.errno in _NEEDS_OPERATOR else logging.WARNING,
+            "write-behind: the saved opt-outs in %s %s (%s); the file is tried again at the "
+            "next look",
+            shown,
+            what,
+            _os_reason(error),
+        )
+
+    def _forget_gone(self, listed: set[Path]) -> None:
+        """Forget what was noted about saved files no longer ``listed`` (written, by this worker
+        or another): the notes last no longer than the files."""
+        if self._retried:
+            self._retried = {cause for cause in self._retried if cause[0] in listed}
+        if self._written_before:
+            self._written_before = {
+                own: n for own, n in self._written_before.items() if own in listed
+            }
 
     # ------------------------------------------------------------------ on the caller's side
 
@@ -843,9 +956,14 @@ class WriteBehind:
         self.report_drops()
 
     def write_saved(self) -> None:
-        """Write the opt-outs earlier stops saved, synchronously (tests; ``run`` does it when it
-        starts, and then on its schedule: ``_SavedScans``)."""
-        self._settle(self._write_saved(CommitGate()))
+        """Write the opt-outs earlier stops saved, synchronously, look after look while one
+        stops at its bound (tests; ``run`` does it when it starts, and then on its schedule,
+        flushing between two looks: ``_SavedScans``)."""
+        while True:
+            outcome = self._write_saved(CommitGate())
+            self._settle(outcome)
+            if not outcome.more:
+                return
 
     def _settle(self, outcome: _Outcome) -> None:
         """Keep what was not written for the next flush, and log a failure or the end of
@@ -958,8 +1076,10 @@ class WriteBehind:
     async def run(self) -> None:
         """Flush every ``flush_interval_s`` until ``stop``; opt-outs are flushed on every
         poll-sized tick (they change what other workers answer), usage on the interval. First,
-        and then on the schedule of ``_SavedScans``, the opt-outs stops saved are written. After
-        ``stop``: the last flush (``_finish``)."""
+        and then on the schedule of ``_SavedScans``, the opt-outs stops saved are written, a
+        bounded look at a time (``SAVED_CHUNKS_PER_LOOK``): after a look that reached its bound,
+        the worker's own opt-outs are flushed at once, without the tick's wait, and the next
+        look follows. After ``stop``: the last flush (``_finish``)."""
         loop = asyncio.get_running_loop()
         last_usage_flush = loop.time()
         saved = _SavedScans(enabled=self._saved_dir is not None, now_ms=self._clock.now_ms())
@@ -970,8 +1090,11 @@ class WriteBehind:
                         self._launch(self._write_saved, [], [])
                     )
                     saved.looked(self._clock.now_ms(), outcome)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(self._interval_s, 0.5))
+                if not saved.due:  # due: the look reached its bound, the next one follows
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._stop.wait(), timeout=min(self._interval_s, 0.5)
+                        )
                 if self._stop.is_set():
                     break
                 self.tick()

@@ -4,7 +4,8 @@ While writes fail, the log says so once when they start, at most once a minute w
 and once when they work again, never with a traceback or a database error's text (which holds the
 statement's parameters: raw UIDs and first-level hashes). A stop that cannot write the opt-outs it
 holds (already confirmed to their callers) saves them to a file; the next start writes them once
-and removes the file; a file it cannot read is left in place.
+and removes the file; a file it cannot read is left in place: for the worker's life when the file
+is at fault, until the next look when the error may pass.
 
 The store is a real migrated SQLite file. It is made to refuse writes the way a database does: a
 trigger on ``optouts`` that names a table that does not exist (every opt-out write fails, as an
@@ -14,6 +15,7 @@ trigger on ``optouts`` that names a table that does not exist (every opt-out wri
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -40,6 +42,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.write_behind import (
     FAILURE_REPORT_INTERVAL_MS,
     OPTOUT_WRITE_CHUNK,
+    SAVED_CHUNKS_PER_LOOK,
     WriteBehind,
     read_saved,
     save_optouts,
@@ -563,6 +566,54 @@ def test_a_file_the_store_refuses_keeps_only_what_was_not_written(
     assert len(events) == len(set(events)) == len(records)  # each exactly once
 
 
+def test_a_file_that_cannot_be_cut_down_is_written_on_past_the_bound_and_never_twice(
+    store: SqlStore,
+    clock: FixedClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    saved_dir = tmp_path / "saved"
+    saved = saved_dir / "5-1.json"
+    records = _records(OPTOUT_WRITE_CHUNK * (SAVED_CHUNKS_PER_LOOK + 2))
+    save_optouts(saved, records)
+    real_open = os.open
+
+    def open_on_a_full_disk(path: str | Path, flags: int, *args: int, **kwargs: int) -> int:
+        if Path(path).name.endswith(".new"):  # the file rewritten after a chunk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    class Counted(StoreWrapper):
+        """Refuses writes once the file could have been written twice (a writer that would
+        give the file back holding what it wrote would write it again for ever)."""
+
+        def __init__(self, inner: SqlStore) -> None:
+            super().__init__(inner)
+            self.transactions = 0
+
+        def transaction(self) -> AbstractContextManager[Tx]:
+            self.transactions += 1
+            if self.transactions > 2 * (SAVED_CHUNKS_PER_LOOK + 2):
+                raise StoreUnavailable("The store is unavailable: written too often")
+            return self._inner.transaction()
+
+    counted = Counted(store)
+    writer = WriteBehind(counted, clock, flush_interval_s=60, saved_dir=saved_dir)  # type: ignore[arg-type]
+    monkeypatch.setattr(os, "open", open_on_a_full_disk)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+    monkeypatch.undo()
+    assert counted.transactions == SAVED_CHUNKS_PER_LOOK + 2
+    assert _saved_files(saved_dir) == []
+    events = _optout_events(store)
+    assert len(events) == len(set(events)) == len(records)  # each exactly once
+    assert _lines(caplog) == [
+        f"write-behind: {len(records)} opt-outs saved at an earlier stop written to the store, "
+        f"from {saved}"
+    ]
+
+
 def test_a_file_that_cannot_be_read_is_left_in_place_and_logged(
     store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -590,6 +641,134 @@ def test_a_file_that_cannot_be_read_is_left_in_place_and_logged(
     ]
     assert _optout_events(store) == []
     _assert_private(caplog, good)
+
+
+def test_a_directory_or_a_loop_of_links_in_a_files_place_is_skipped_and_logged_once(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    directory = saved_dir / "9-1.json"
+    directory.mkdir(parents=True)
+    loop = saved_dir / "9-2.json"
+    loop.symlink_to(loop.name)
+    good = saved_dir / "9-3.json"
+    records = _records(2)
+    save_optouts(good, records)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+        writer.write_saved()  # skipped for the worker's life: logged once
+    assert sorted(p.name for p in saved_dir.iterdir()) == [directory.name, loop.name]
+    assert directory.is_dir()
+    assert loop.is_symlink()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER] == [
+        (
+            logging.ERROR,
+            f"write-behind: the saved opt-outs in {directory} cannot be read (Is a directory); "
+            "the file is left in place",
+        ),
+        (
+            logging.ERROR,
+            f"write-behind: the saved opt-outs in {loop} cannot be claimed (Too many levels of "
+            "symbolic links); the file is left in place",
+        ),
+        (
+            logging.WARNING,
+            f"write-behind: 2 opt-outs saved at an earlier stop written to the store, from {good}",
+        ),
+    ]
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+
+
+@pytest.mark.parametrize(
+    ("step", "error", "level"),
+    [
+        pytest.param(step, error, level, id=f"{errno.errorcode[error]} when {step}")
+        for step, error, level in [
+            ("claimed", errno.EMFILE, logging.WARNING),  # out of file descriptors, a burst
+            ("claimed", errno.ENOMEM, logging.WARNING),
+            ("claimed", errno.EACCES, logging.ERROR),  # until its owner or mode is fixed
+            ("read", errno.EIO, logging.WARNING),
+            ("read", errno.ENFILE, logging.WARNING),
+        ]
+    ],
+)
+def test_a_file_a_passing_os_error_keeps_from_a_look_is_written_by_the_next(  # noqa: PLR0917 (fixtures)
+    store: SqlStore,
+    clock: FixedClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    error: int,
+    level: int,
+) -> None:
+    saved_dir = tmp_path / "saved"
+    saved = saved_dir / "9-1.json"
+    other = saved_dir / "9-2.json"
+    records, others = _records(3, tag="failing"), _records(2, tag="other")
+    save_optouts(saved, records)
+    save_optouts(other, others)
+    failures = 2  # the same error at two looks in a row: logged once
+    # claimed: opened under its own name; read: under the name it is claimed by
+    failing_name = saved.name if step == "claimed" else f"{saved.name}.claimed-{os.getpid()}"
+
+    def failing(path: str | Path) -> bool:
+        nonlocal failures
+        if failures and Path(path).name == failing_name:
+            failures -= 1
+            return True
+        return False
+
+    if step == "claimed":
+        real_open = os.open
+
+        def open_failing(path: str | Path, flags: int, *args: int, **kwargs: int) -> int:
+            if failing(path):
+                raise OSError(error, os.strerror(error), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", open_failing)
+    else:
+        real_read = Path.read_bytes
+
+        def read_failing(path: Path) -> bytes:
+            if failing(path):
+                raise OSError(error, os.strerror(error), str(path))
+            return real_read(path)
+
+        monkeypatch.setattr(Path, "read_bytes", read_failing)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for _ in range(2):
+            writer.write_saved()
+            assert [p.name for p in saved_dir.iterdir()] == [saved.name]  # under its own name
+            assert read_saved(saved) == records
+            assert sorted(_optout_events(store)) == sorted(
+                b64encode(r.first_level_hash) for r in others
+            )
+        writer.write_saved()
+    assert list(saved_dir.iterdir()) == []
+    assert failures == 0
+    assert sorted(_optout_events(store)) == sorted(
+        b64encode(r.first_level_hash) for r in [*records, *others]
+    )
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER] == [
+        (
+            level,
+            f"write-behind: the saved opt-outs in {saved} cannot be {step} "
+            f"({os.strerror(error)}); the file is tried again at the next look",
+        ),
+        (
+            logging.WARNING,
+            f"write-behind: 2 opt-outs saved at an earlier stop written to the store, from {other}",
+        ),
+        (
+            logging.WARNING,
+            f"write-behind: 3 opt-outs saved at an earlier stop written to the store, from {saved}",
+        ),
+    ]
+    _assert_private(caplog, [*records, *others])
 
 
 GIVING_BACK = """
@@ -689,7 +868,7 @@ print(json.dumps({"lines": lines, "files": sorted(p.name for p in Path(".").iter
 logged and the files left. It never reaches the store (it has none)."""
 
 
-def test_a_file_that_cannot_be_opened_is_left_under_its_name_and_logged_once(
+def test_a_file_the_worker_may_not_open_is_left_under_its_name_and_logged_once(
     tmp_path: Path,
 ) -> None:
     saved_dir = tmp_path / "saved"
@@ -714,7 +893,7 @@ def test_a_file_that_cannot_be_opened_is_left_under_its_name_and_logged_once(
     assert json.loads(scanned.stdout) == {
         "lines": [
             "ERROR write-behind: the saved opt-outs in 9-1.json cannot be claimed (Permission "
-            "denied); the file is left in place"
+            "denied); the file is tried again at the next look"
         ],
         "files": ["9-1.json"],
     }

@@ -6,6 +6,8 @@ file too. The running workers look for such files on their own schedule: every
 ``SAVED_SCAN_INTERVAL_MS`` by their clock, and at once when writes work again after failing. A
 look writes each file once, whoever else looks; a file another process holds is left to it; a
 stopping worker claims nothing, and gives back the file it is writing after the chunk under way.
+A look writes ``SAVED_CHUNKS_PER_LOOK`` chunks at most, so that the worker's own opt-outs reach
+the store between two looks, however much the stops saved.
 
 The store is a real migrated SQLite file and the clock a ``FixedClock`` the tests move. What a
 running writer did is read from the store: an opt-out recorded after the clock moved is written
@@ -34,6 +36,7 @@ from uid2_operator.clock import FixedClock
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.services.write_behind import (
     OPTOUT_WRITE_CHUNK,
+    SAVED_CHUNKS_PER_LOOK,
     SAVED_SCAN_INTERVAL_MS,
     WriteBehind,
     read_saved,
@@ -320,12 +323,96 @@ def test_two_running_writers_looking_at_once_write_each_file_once(
             save_optouts(saved_dir / name, records)
         clock.advance(SAVED_SCAN_INTERVAL_MS)  # both find a look due at their next turn
         await turns.through(*writers)
-        assert list(saved_dir.iterdir()) == []
+        # 15 chunks in all: a look writes some, and the next follows at once
+        await _until(lambda: not list(saved_dir.iterdir()), "every saved file written")
 
     _running(*writers)(scenario)
     everything = [record for records in files.values() for record in records]
     events = _events(store, everything)
     assert len(events) == len(set(events)) == len(everything)
+
+
+# ---------------------------------------------------------------------------- bounded looks
+
+
+class TransactionsWait(StoreWrapper):
+    """The write transactions numbered in ``waiting`` (the first is 1) start only once the test
+    lets them (``let_go``)."""
+
+    def __init__(self, inner: SqlStore, waiting: Sequence[int]) -> None:
+        super().__init__(inner)
+        self._loop = asyncio.get_running_loop()
+        self._entered = {n: asyncio.Event() for n in waiting}
+        self._go = {n: threading.Event() for n in waiting}
+        self._count = 0
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        self._count += 1
+        if self._count in self._go:
+            self._loop.call_soon_threadsafe(self._entered[self._count].set)
+            assert self._go[self._count].wait(timeout=30)
+        return self._inner.transaction()
+
+    async def let_go(self, n: int, meanwhile: Callable[[], None]) -> None:
+        """Once transaction ``n`` waits, do ``meanwhile``, then let it start."""
+        await asyncio.wait_for(self._entered[n].wait(), timeout=30)
+        meanwhile()
+        self._go[n].set()
+
+
+def test_a_look_writes_a_bounded_number_of_chunks_and_the_workers_own_optouts_go_between(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    files = {  # workers stopped during an outage; a look takes them in this order
+        "101-1.json": _records(OPTOUT_WRITE_CHUNK * 5 + 40, tag="a"),
+        "102-1.json": _records(7, tag="b"),
+        "103-1.json": _records(OPTOUT_WRITE_CHUNK * 2, tag="c"),
+        "104-1.json": _records(OPTOUT_WRITE_CHUNK * 2 + 1, tag="d"),
+    }
+    for name, records in files.items():
+        save_optouts(saved_dir / name, records)
+    chunks = [
+        len(records[start : start + OPTOUT_WRITE_CHUNK])
+        for records in files.values()
+        for start in range(0, len(records), OPTOUT_WRITE_CHUNK)
+    ]
+    assert len(chunks) > 2 * SAVED_CHUNKS_PER_LOOK  # three looks at least
+    assert chunks[0] == OPTOUT_WRITE_CHUNK  # the first look stops in the first file's middle
+    assert len(files["101-1.json"]) > SAVED_CHUNKS_PER_LOOK * OPTOUT_WRITE_CHUNK
+    first_look = sum(chunks[:SAVED_CHUNKS_PER_LOOK])
+    second_look = sum(chunks[SAVED_CHUNKS_PER_LOOK : 2 * SAVED_CHUNKS_PER_LOOK])
+    own = _records(2, tag="own")
+    saved = [record for records in files.values() for record in records]
+
+    async def scenario() -> None:
+        # Transactions 1 to SAVED_CHUNKS_PER_LOOK: the first look; then the flush of the first
+        # of its own, then the second look.
+        slow = TransactionsWait(store, waiting=(1, SAVED_CHUNKS_PER_LOOK + 2))
+        writer = WriteBehind(slow, clock, flush_interval_s=0.02, saved_dir=saved_dir)  # type: ignore[arg-type]
+        task = asyncio.create_task(writer.run())
+        try:  # a logout while each look writes its first chunk
+            await slow.let_go(1, functools.partial(writer.record_optout, own[0]))
+            await slow.let_go(
+                SAVED_CHUNKS_PER_LOOK + 2, functools.partial(writer.record_optout, own[1])
+            )
+            await _until(lambda: not list(saved_dir.iterdir()), "every saved file written")
+        finally:
+            writer.stop()
+            await task
+            writer.close()
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        asyncio.run(scenario())  # the clock never moved: each look made the next one due
+    events = _events(store, [*saved, *own])
+    assert events.index(b64encode(own[0].first_level_hash)) == first_look
+    assert events.index(b64encode(own[1].first_level_hash)) == first_look + 1 + second_look
+    assert _written_once(store, [*saved, *own])
+    assert _lines(caplog) == [  # a file written over several looks is counted whole
+        f"write-behind: {len(records)} opt-outs saved at an earlier stop written to the store, "
+        f"from {saved_dir / name}"
+        for name, records in files.items()
+    ]
 
 
 # -------------------------------------------------------------------------------- stopping
