@@ -247,6 +247,9 @@ _UVICORN_ERRORS: Final = "uvicorn.error"
 _ASGI_EXCEPTION: Final = "Exception in ASGI application"
 """How uvicorn's protocol begins the line it logs for whatever a request's application raised
 (``RequestResponseCycle.run_asgi``, at ERROR with its traceback)."""
+_GRACE_RAN_OUT: Final = "graceful shutdown exceeded"
+"""What the message uvicorn cancels a request's task with, once its stop's grace period has run
+out, says (``Server.shutdown``: ``task.cancel(msg=...)``)."""
 
 
 class _CancelledAtStop(logging.Filter):
@@ -256,7 +259,8 @@ class _CancelledAtStop(logging.Filter):
     ``CancelledError``'s traceback: the stop is doing what it should, and a traceback per request
     would bury the lines that matter. Only the record changes: uvicorn has already caught the
     cancellation (its request task ends there) and does with the connection what it always does.
-    Any other error a request's application raised keeps uvicorn's line."""
+    Any other error a request's application raised, another cancellation among them, keeps
+    uvicorn's line."""
 
     def __init__(self, grace_s: int) -> None:
         super().__init__()
@@ -266,6 +270,7 @@ class _CancelledAtStop(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if not (
             isinstance(error, asyncio.CancelledError)
+            and _GRACE_RAN_OUT in str(error)
             and isinstance(record.msg, str)
             and record.msg.startswith(_ASGI_EXCEPTION)
         ):

@@ -44,6 +44,8 @@ def _app(entered: threading.Event) -> Any:
         assert scope["type"] == "http"
         if scope["path"] == "/bug":
             raise RuntimeError(f"[parameters: ('{MARKER}',)]")
+        if scope["path"] == "/cancelled":
+            raise asyncio.CancelledError("cancelled by the application itself")
         entered.set()
         await asyncio.Event().wait()
 
@@ -142,3 +144,15 @@ def test_any_other_error_of_an_application_keeps_uvicorns_line(
     assert bug.levelno == logging.ERROR
     assert bug.exc_info is not None
     assert isinstance(bug.exc_info[1], RuntimeError)
+
+
+def test_a_cancellation_that_is_not_the_stops_keeps_uvicorns_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with _filtered(logging.INFO), caplog.at_level(logging.INFO, logger=UVICORN_ERRORS):
+        received = _stopped_under_a_request("/cancelled")
+    assert received.startswith(b"HTTP/1.1 500 "), received
+    records = [r for r in caplog.records if r.name == UVICORN_ERRORS]
+    assert not [r for r in records if r.getMessage() == CANCELLED]
+    kept = [r for r in records if "Exception in ASGI application" in r.getMessage()]
+    assert [r.levelno for r in kept] == [logging.ERROR]
