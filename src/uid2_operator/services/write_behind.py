@@ -736,6 +736,8 @@ class WriteBehind:
         """Saved files skipped for the worker's life: their content or kind is at fault."""
         self._retried: set[tuple[Path, int | None]] = set()
         """(file, errno) of the passing errors logged: once per file per cause."""
+        self._listing_failed: int | None = None
+        """The errno the last look could not list the directory for (None: it could)."""
         self._written_before: dict[Path, int] = {}
         """How many opt-outs of a saved file earlier looks wrote (stopped at their bound)."""
         self._held_elsewhere: set[Path] = set()
@@ -794,9 +796,9 @@ class WriteBehind:
         given back holding the rest when they are written: the outcome's ``more``); stop at the
         first that the store refuses (its error is the outcome's). A file that cannot be
         claimed or read is skipped (``_skipped``)."""
-        if self._saved_dir is None:
+        listed = self._listed()
+        if listed is None:  # none kept, or the directory's fault: no write of the store's to retry
             return _Outcome([], [], None, wrote=False)
-        listed = _saved_files(self._saved_dir)
         self._forget_gone({own for own, _found in listed})
         wrote = held = False
         chunks = SAVED_CHUNKS_PER_LOOK  # still to be written by this look, at most
@@ -936,6 +938,32 @@ class WriteBehind:
             what,
             _os_reason(error),
         )
+
+    def _listed(self) -> list[tuple[Path, Path]] | None:
+        """The saved files (``_saved_files``), or None when this writer keeps none or their
+        directory cannot be listed (a file in its place, a permission, the process out of
+        descriptors), logged once per cause: the look ends there, and the next one tries again.
+        Not a failure of the store's, so it is neither counted nor logged as one (the writes the
+        store takes go on)."""
+        directory = self._saved_dir
+        if directory is None:
+            return None
+        try:
+            listed = _saved_files(directory)
+        except OSError as error:
+            if self._listing_failed != error.errno:
+                self._listing_failed = error.errno
+                log.error(
+                    "write-behind: %s cannot be listed (%s); the saved opt-outs in it wait for a "
+                    "look that can list it",
+                    directory,
+                    _os_reason(error),
+                )
+            return None
+        if self._listing_failed is not None:
+            self._listing_failed = None
+            log.warning("write-behind: %s can be listed again", directory)
+        return listed
 
     def _forget_gone(self, listed: set[Path]) -> None:
         """Forget what was noted about saved files no longer ``listed`` (written, by this worker

@@ -643,6 +643,35 @@ def test_a_file_that_cannot_be_read_is_left_in_place_and_logged(
     _assert_private(caplog, good)
 
 
+def test_a_directory_that_cannot_be_listed_is_no_store_failure_and_is_looked_at_again(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file where the directory of saved opt-outs should be: the look logs it once, as the
+    directory's fault (the store is not said to fail, no failure is counted), and a look after
+    the directory is put right writes what it holds."""
+    saved_dir = tmp_path / "saved"
+    saved_dir.write_text("a file where the directory should be")
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    records = _records(3)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+        writer.write_saved()  # the same cause: logged once
+        assert writer.failures == 0
+        assert _lines(caplog) == [
+            f"write-behind: {saved_dir} cannot be listed (Not a directory); the saved opt-outs "
+            "in it wait for a look that can list it"
+        ]
+        saved_dir.unlink()
+        saved_dir.mkdir()
+        save_optouts(saved_dir / "5-1.json", records)
+        writer.write_saved()
+    assert writer.failures == 0
+    assert list(saved_dir.iterdir()) == []
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+    assert f"write-behind: {saved_dir} can be listed again" in _lines(caplog)
+    assert not [line for line in _lines(caplog) if "store writes failing" in line]
+
+
 def test_a_directory_or_a_loop_of_links_in_a_files_place_is_skipped_and_logged_once(
     store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
