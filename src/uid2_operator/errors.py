@@ -77,6 +77,7 @@ The tree::
         ├── InvalidInput
         ├── InvalidTransition               e.g. any change to a revoked key
         ├── PermissionDenied
+        ├── AuditChainBroken                rows to adopt past the recorded head do not link
         ├── CredentialError                 a presented API key or admin token
         │   ├── MalformedCredential         wrong shape or checksum (refused before any lookup)
         │   ├── WrongEnvironment            minted for another environment
@@ -400,7 +401,8 @@ class AuditChainAhead(StoreError):
     code = "audit_chain_ahead"
     message = (
         "Audit rows exist past the recorded head; a process of an earlier version may be writing "
-        "to this database; stop it, then run `uid2-operator audit verify`"
+        "to this database; stop it, then run `uid2-operator audit verify`, and `uid2-operator "
+        "audit adopt --through <seq>` to keep its rows"
     )
 
 
@@ -512,6 +514,15 @@ class InvalidTransition(DomainError):
 class PermissionDenied(DomainError):
     code = "permission_denied"
     message = "Permission denied"
+
+
+class AuditChainBroken(DomainError):
+    """Audit rows past the recorded head were to be adopted, and one of them does not link to the
+    one before it (edited, rewritten, missing or inserted): adopting them would record a head over
+    a break. The message names the first broken seq and why, never a row's content."""
+
+    code = "audit_chain_broken"
+    message = "The audit rows past the recorded head do not link; nothing was adopted"
 
 
 class CredentialError(DomainError):

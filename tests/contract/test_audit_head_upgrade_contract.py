@@ -180,7 +180,8 @@ def test_an_append_refuses_a_chain_that_goes_past_the_recorded_head(store: SqlSt
     assert caught.value.code == "audit_chain_ahead"
     assert caught.value.detail == (
         "Audit rows exist past the recorded head (seq 4 > 2); a process of an earlier version "
-        "may be writing to this database; stop it, then run `uid2-operator audit verify`"
+        "may be writing to this database; stop it, then run `uid2-operator audit verify`, and "
+        "`uid2-operator audit adopt --through 4` to keep its rows"
     )
     assert _store_state(store) == before
 

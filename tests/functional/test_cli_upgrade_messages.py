@@ -145,7 +145,8 @@ def test_an_audited_command_refuses_a_chain_past_its_recorded_head(database: Dat
     assert error["message"] == (
         f"Audit rows exist past the recorded head (seq {last_seq} > {behind}); a process of an "
         "earlier version may be writing to this database; stop it, then run "
-        "`uid2-operator audit verify`"
+        f"`uid2-operator audit verify`, and `uid2-operator audit adopt --through {last_seq}` to "
+        "keep its rows"
     )
     assert state_of(database) == before
 
@@ -174,7 +175,8 @@ def test_the_admin_api_answers_the_refusal_with_its_code_and_message(tmp_path: P
                 "message": (
                     f"Audit rows exist past the recorded head (seq {mark.audit_seq} > "
                     f"{kept[t.AUDIT_HEAD_SEQ]}); a process of an earlier version may be writing "
-                    "to this database; stop it, then run `uid2-operator audit verify`"
+                    "to this database; stop it, then run `uid2-operator audit verify`, and "
+                    f"`uid2-operator audit adopt --through {mark.audit_seq}` to keep its rows"
                 ),
             }
         }

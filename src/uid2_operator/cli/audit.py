@@ -1,11 +1,14 @@
-"""``audit ...``: reading and verifying the hash-chained audit trail."""
+"""``audit ...``: reading, verifying and adopting into the hash-chained audit trail."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
 from uid2_operator.cli.output import emit, fields, table, when
 from uid2_operator.cli.runtime import actor, json_option, services, wants_json
+from uid2_operator.services.audit_trail import adopt_rows_past_head
 from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
 
 
@@ -67,3 +70,39 @@ def verify(as_json: bool) -> None:
     if not verdict.ok:
         click.echo(f"Error: the audit chain is broken at seq {verdict.first_bad_seq}", err=True)
         raise click.exceptions.Exit(1)
+
+
+@audit.command("adopt")
+@click.option(
+    "--through",
+    "through_seq",
+    type=click.IntRange(1),
+    required=True,
+    help="The chain's last row (the head seq `audit verify` reports): every row past the "
+    "recorded head up to it is adopted.",
+)
+@json_option
+def adopt(through_seq: int, as_json: bool) -> None:
+    """Make audit rows an earlier version appended past the recorded head part of the chain.
+
+    Stop every process of the earlier version first, then review the rows: `audit verify` names
+    the recorded head's seq in its reason, and `audit list --since <that seq>` lists them.
+    Refused, changing nothing, when a row does not link to the one before it.
+    """
+    with services() as svc:
+        adopted = adopt_rows_past_head(
+            svc.store, actor(), through_seq=through_seq, at_ms=time.time_ns() // 1_000_000
+        )
+
+    def human() -> None:
+        fields(
+            [
+                ("adopted from seq", adopted.from_seq),
+                ("adopted through seq", adopted.through_seq),
+                ("rows adopted", adopted.count),
+                ("head seq", adopted.head.seq),
+                ("head hash", adopted.head.hash.hex()),
+            ]
+        )
+
+    emit(wants_json(as_json), adopted.to_json(), human)

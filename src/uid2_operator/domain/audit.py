@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
 from uid2_operator.domain.credential_text import CREDENTIAL_TEXT
-from uid2_operator.errors import InvalidInput
+from uid2_operator.errors import AuditChainBroken, InvalidInput, InvalidTransition
 
 
 class Outcome(StrEnum):
@@ -302,3 +302,56 @@ def _head_mismatch(last_seq: int, last_hash: bytes, recorded: ChainHead) -> tupl
     if not hmac.compare_digest(last_hash, recorded.hash):
         return last_seq, "the last event's hash does not match the recorded head"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """Rows past a recorded head that link to it and to each other, checked for adoption:
+    ``from_seq`` to ``head.seq`` (``count`` rows), with ``head`` the last one's seq and hash."""
+
+    previous_head: ChainHead
+    from_seq: int
+    head: ChainHead
+    count: int
+
+
+def check_adoption(
+    recorded: ChainHead, past_head: Sequence[AuditEvent], through_seq: int
+) -> Adoption:
+    """Whether the rows written past ``recorded`` (``past_head``: every row with a higher seq, in
+    seq order) may become the chain's own, through ``through_seq``.
+
+    A process that appends without moving the recorded head (an earlier version) leaves such rows;
+    adopting them records a new head over them, so only rows that ``verify_chain`` would accept
+    after ``recorded`` qualify: gap-free from ``recorded.seq + 1``, each row's hash its content's,
+    each ``prev_hash`` the previous row's hash (the recorded head's for the first). ``through_seq``
+    must be the last row: adopting part of them would leave the chain still past its head.
+
+    Refuses with InvalidTransition when there is nothing past the head, InvalidInput when
+    ``through_seq`` is not the last row (the message names the last one), and AuditChainBroken
+    naming the first seq whose link breaks. Messages hold seqs and the verifier's reason, never a
+    row's content.
+    """
+    if not past_head:
+        raise InvalidTransition(
+            f"Nothing to adopt: no audit rows exist past the recorded head (seq {recorded.seq})"
+        )
+    last_seq = past_head[-1].seq
+    if through_seq != last_seq:
+        raise InvalidInput(
+            f"Seq {through_seq} is not the audit chain's last row: rows run past the recorded "
+            f"head (seq {recorded.seq}) to seq {last_seq}; adopt through seq {last_seq}, once "
+            "every process of the earlier version is stopped"
+        )
+    verdict = verify_chain(past_head, start_seq=recorded.seq + 1, start_prev_hash=recorded.hash)
+    if not verdict.ok:
+        raise AuditChainBroken(
+            f"The audit rows past the recorded head (seq {recorded.seq}) do not link at seq "
+            f"{verdict.first_bad_seq}: {verdict.problem}; nothing was adopted"
+        )
+    return Adoption(
+        previous_head=recorded,
+        from_seq=recorded.seq + 1,
+        head=ChainHead(verdict.head_seq, verdict.head_hash),
+        count=verdict.checked,
+    )

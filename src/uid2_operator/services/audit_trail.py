@@ -3,14 +3,30 @@ an attempt that was refused, in a unit of work of its own."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from uid2_operator.domain.audit import AuditDraft, AuditEvent, Outcome, draft_event, event_hash
-from uid2_operator.errors import InvalidInput
+from uid2_operator.domain.audit import (
+    AuditDraft,
+    AuditEvent,
+    ChainHead,
+    Outcome,
+    check_adoption,
+    draft_event,
+    event_hash,
+)
+from uid2_operator.errors import InvalidInput, InvalidTransition
+from uid2_operator.services import inputs
 from uid2_operator.services.context import Actor
 from uid2_operator.storage.interface import Store, Tx
+
+logger = logging.getLogger(__name__)
+
+ADOPT_ACTION = "audit.adopt"
+AUDIT_TRAIL_TARGET = "audit_trail"
 
 # Error codes are class constants (``UID2Error.code``): short snake_case names, never input.
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
@@ -134,3 +150,79 @@ def record_refusal(
             after=after or None,
             outcome=outcome,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptedRows:
+    """What ``adopt_rows_past_head`` did: the rows it adopted (``from_seq`` to ``through_seq``,
+    ``count`` of them) and the chain's head after its own ``audit.adopt`` event, which operators
+    may keep outside the database as they keep the head ``audit verify`` prints."""
+
+    from_seq: int
+    through_seq: int
+    count: int
+    head: ChainHead
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "adopted_from_seq": self.from_seq,
+            "adopted_through_seq": self.through_seq,
+            "adopted": self.count,
+            "head_seq": self.head.seq,
+            "head_hash": self.head.hash.hex(),
+        }
+
+
+def adopt_rows_past_head(
+    store: Store, actor: Actor, *, through_seq: Any, at_ms: int
+) -> AdoptedRows:
+    """Make the audit rows an earlier version appended past the recorded head the chain's own.
+
+    Such a version appends without moving the head, after which every audited change of this one
+    is refused (``AuditChainAhead``). In one write unit, under the store's write lock (no append
+    can come between the check and the move): re-read the head and every row past it, check
+    those rows link to it and to each other (``check_adoption``: ``through_seq`` must be the last
+    of them, and a broken link is refused naming its seq), move the head to ``through_seq``, then
+    append an ``audit.adopt`` event, which builds on the moved head. Any refusal or failure rolls
+    back the whole unit: the head stays where it was and no event is written.
+
+    Rows up to the recorded head are not walked again: a break there stays for ``audit verify``
+    to report, before and after the adoption.
+    """
+    through = inputs.integer(through_seq, "through_seq", low=1, high=2**62)
+    with store.transaction() as tx:
+        recorded = tx.audit.head()
+        if recorded is None:
+            raise InvalidTransition(
+                "Nothing to adopt: no audit chain head is recorded; `uid2-operator db upgrade` "
+                "records the head of a chain an earlier version wrote"
+            )
+        adoption = check_adoption(recorded, tx.audit.list_events(since_seq=recorded.seq), through)
+        tx.audit.move_head(adoption.head)
+        event = record_event(
+            tx,
+            actor,
+            at_ms=at_ms,
+            action=ADOPT_ACTION,
+            target_type=AUDIT_TRAIL_TARGET,
+            target_id=str(adoption.head.seq),
+            before={"head_seq": adoption.previous_head.seq},
+            after={
+                "first_seq": adoption.from_seq,
+                "last_seq": adoption.head.seq,
+                "count": adoption.count,
+            },
+        )
+    logger.info(
+        "audit rows adopted first_seq=%d last_seq=%d count=%d actor=%s",
+        adoption.from_seq,
+        adoption.head.seq,
+        adoption.count,
+        actor.id,
+    )
+    return AdoptedRows(
+        from_seq=adoption.from_seq,
+        through_seq=adoption.head.seq,
+        count=adoption.count,
+        head=ChainHead(event.seq, event.hash),
+    )

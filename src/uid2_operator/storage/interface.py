@@ -288,6 +288,18 @@ class AuditRepository(AuditReader, Protocol):
         """
         ...
 
+    def move_head(self, head: ChainHead) -> None:
+        """Records ``head`` as the chain's head, over rows appended past the recorded one without
+        moving it (by an earlier version); the caller has checked their links
+        (``domain.audit.check_adoption``). The next append builds on ``head``.
+
+        Raises NotFound unless a row at ``head.seq`` carries ``head.hash``, and InvalidTransition
+        for a head behind the recorded one (that would hide the rows after it) or when no head is
+        recorded (``upgrade`` records one). Counts as a change of the audit trail: the unit moves
+        ``change_seq``.
+        """
+        ...
+
     def append_many(self, events: Sequence[AuditFields], hasher: EventHasher) -> list[AuditEvent]:
         """Places ``events`` at the end of the chain, in the order given, and returns them as
         stored: exactly what ``append`` once per event would store (the same ``seq``,

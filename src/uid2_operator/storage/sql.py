@@ -9,6 +9,7 @@ transaction when anything but usage counters changed.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from uid2_operator.domain.sharing import SharingPolicy
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    InvalidTransition,
     NotFound,
     SchemaOutOfDate,
     StoreError,
@@ -583,7 +585,8 @@ class _Audit:
                 raise AuditChainAhead(
                     f"Audit rows exist past the recorded head (seq {last_seq} > {recorded.seq}); "
                     "a process of an earlier version may be writing to this database; stop it, "
-                    "then run `uid2-operator audit verify`"
+                    "then run `uid2-operator audit verify`, and `uid2-operator audit adopt "
+                    f"--through {last_seq}` to keep its rows"
                 )
             return recorded
         last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
@@ -605,6 +608,23 @@ class _Audit:
         head = ChainHead(events[-1].seq, events[-1].hash)
         self._record_head(conn, head)
         return head
+
+    def move_head(self, head: ChainHead) -> None:
+        conn = self._u.writing()
+        recorded = self.head()
+        if recorded is None:
+            raise InvalidTransition(
+                "No audit chain head is recorded; `uid2-operator db upgrade` records it"
+            )
+        if head.seq < recorded.seq:
+            raise InvalidTransition(
+                f"The audit chain head cannot move back from seq {recorded.seq} to {head.seq}"
+            )
+        c = t.audit_events.c
+        stored = conn.execute(select(c.hash).where(c.seq == head.seq)).scalar_one_or_none()
+        if stored is None or not hmac.compare_digest(bytes(stored), head.hash):
+            raise NotFound(f"No audit row at seq {head.seq} with the given hash")
+        self._record_head(conn, head)
 
     def append(self, event: AuditFields, hasher: EventHasher) -> AuditEvent:
         (placed,) = self.append_many([event], hasher)
