@@ -54,21 +54,21 @@ process id in the name, says whether a claim is live: the kernel releases it whe
 however it exits, whereas process ids repeat (after a restart in a container, a new worker may have
 the very pid of the one killed while it held a file). So a claimed file whose lock can be taken is
 abandoned, and is claimed again; a file whose lock another process holds is skipped, with a WARNING
-naming it (once per worker), and tried again ``flush_interval_s`` later. Its records are written
-``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``: the same records and audit events
-as if they had been written in time; a record already stored keeps the later time, as when a chunk
-is retried); after each chunk committed, the file is rewritten whole to hold only the records still
-not written (the new file locked before it takes the claimed name), so that a worker killed
-meanwhile leaves at most one chunk to be written twice; then it is removed. A write that fails
-gives the file its name back (without the chunks that committed). The worker's own opt-outs wait
-while a look writes, so a look writes ``SAVED_CHUNKS_PER_LOOK`` chunks at most, whichever files
-they come from: then it gives the file under way its name back, holding the rest, ``run`` flushes
-the worker's own opt-outs and looks again at once, and so on until the saved files are written.
-Once ``stop`` is called, no file is claimed any more (the one this stop may save among them) and
-the file under way is given its name back after the chunk under way, holding the rest: the stop's
-budget is for the worker's own opt-outs. A file that cannot be claimed or read is left in place
-(given its name back when it was claimed). When the file itself is at fault (what it holds is not
-saved opt-outs, or it is a directory, a loop of symbolic links...), it is logged at ERROR and
+naming it (once per worker while the file is there), and tried again ``flush_interval_s`` later. Its
+records are written ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``: the same records
+and audit events as if they had been written in time; a record already stored keeps the later time,
+as when a chunk is retried); after each chunk committed, the file is rewritten whole to hold only
+the records still not written (the new file locked before it takes the claimed name), so that a
+worker killed meanwhile leaves at most one chunk to be written twice; then it is removed. A write
+that fails gives the file its name back (without the chunks that committed). The worker's own
+opt-outs wait while a look writes, so a look writes ``SAVED_CHUNKS_PER_LOOK`` chunks at most,
+whichever files they come from: then it gives the file under way its name back, holding the rest,
+``run`` flushes the worker's own opt-outs and looks again at once, and so on until the saved files
+are written. Once ``stop`` is called, no file is claimed any more (the one this stop may save among
+them) and the file under way is given its name back after the chunk under way, holding the rest: the
+stop's budget is for the worker's own opt-outs. A file that cannot be claimed or read is left in
+place (given its name back when it was claimed). When the file itself is at fault (what it holds is
+not saved opt-outs, or it is a directory, a loop of symbolic links...), it is logged at ERROR and
 skipped for the rest of the worker's life; any other error may pass (the process out of file
 descriptors or memory, an I/O error once) or end when an operator acts (a permission), so the file
 is tried again at the next look, each cause logged once per file (``WriteBehind._skipped``).
@@ -594,7 +594,7 @@ def _give_back(own: Path, claim: _Claim, rest: Sequence[bytes] | None) -> None:
             claim.keep(rest)
         os.rename(claim.path, own)
     except OSError as error:
-        log.error("write-behind: %s could not be given its name back (%s)", own, error.strerror)
+        log.error("write-behind: %s could not be given its name back (%s)", own, _os_reason(error))
 
 
 # ------------------------------------------------------------------------------ the writer
@@ -741,6 +741,7 @@ class WriteBehind:
         self._written_before: dict[Path, int] = {}
         """How many opt-outs of a saved file earlier looks wrote (stopped at their bound)."""
         self._held_elsewhere: set[Path] = set()
+        """Saved files (as found: claimed names too) logged as held by another process: once."""
         self.failures = 0
         self._drops_reported = 0
         self._drop_warned_at_ms: int | None = None
@@ -799,7 +800,7 @@ class WriteBehind:
         listed = self._listed()
         if listed is None:  # none kept, or the directory's fault: no write of the store's to retry
             return _Outcome([], [], None, wrote=False)
-        self._forget_gone({own for own, _found in listed})
+        self._forget_gone(listed)
         wrote = held = False
         chunks = SAVED_CHUNKS_PER_LOOK  # still to be written by this look, at most
         for own, found in listed:
@@ -853,8 +854,7 @@ class WriteBehind:
         try:
             records = read_saved(claim.path)
         except (Unreadable, OSError) as exc:
-            with contextlib.suppress(OSError):
-                os.rename(claim.path, own)
+            _give_back(own, claim, None)
             self._skipped(own, own, "cannot be read", exc)
             return _FileWrite(0, tried=False, error=None)
         before = self._written_before.pop(own, 0)  # by this worker's earlier looks
@@ -876,13 +876,14 @@ class WriteBehind:
                         claim.keep(items[written:])
                         kept = written
         except Exception as exc:
-            _give_back(own, claim, items[written:] if kept != written else None)
-            if before + written:
-                self._written_before[own] = before + written
+            self._give_back_rest(
+                own, claim, before + written, items[written:] if kept != written else None
+            )
             return _FileWrite(committed, tried=True, error=exc)
         if written < len(records):  # the rest is for a later look, or a worker still running
-            _give_back(own, claim, items[written:] if kept != written else None)
-            self._written_before[own] = before + written
+            self._give_back_rest(
+                own, claim, before + written, items[written:] if kept != written else None
+            )
             if not bounded and written:
                 log.warning(
                     "write-behind: %d of the %d opt-outs saved in %s written to the store before "
@@ -895,7 +896,7 @@ class WriteBehind:
         try:
             claim.path.unlink()
         except OSError as exc:
-            log.error("write-behind: %s could not be removed (%s)", claim.path, exc.strerror)
+            log.error("write-behind: %s could not be removed (%s)", claim.path, _os_reason(exc))
         log.warning(
             "write-behind: %d opt-outs saved at an earlier stop written to the store, from %s",
             before + written,
@@ -965,14 +966,26 @@ class WriteBehind:
             log.warning("write-behind: %s can be listed again", directory)
         return listed
 
-    def _forget_gone(self, listed: set[Path]) -> None:
+    def _give_back_rest(
+        self, own: Path, claim: _Claim, written: int, rest: Sequence[bytes] | None
+    ) -> None:
+        """Give a file not written to its end its name back (``_give_back``), noting how many of
+        its opt-outs this worker wrote (``written``) for the line that reports the whole file."""
+        _give_back(own, claim, rest)
+        if written:
+            self._written_before[own] = written
+
+    def _forget_gone(self, listed: Sequence[tuple[Path, Path]]) -> None:
         """Forget what was noted about saved files no longer ``listed`` (written, by this worker
         or another): the notes last no longer than the files."""
+        owns = {own for own, _found in listed}
+        if self._held_elsewhere:
+            self._held_elsewhere &= {found for _own, found in listed}
         if self._retried:
-            self._retried = {cause for cause in self._retried if cause[0] in listed}
+            self._retried = {cause for cause in self._retried if cause[0] in owns}
         if self._written_before:
             self._written_before = {
-                own: n for own, n in self._written_before.items() if own in listed
+                own: n for own, n in self._written_before.items() if own in owns
             }
 
     # ------------------------------------------------------------------ on the caller's side
@@ -1203,7 +1216,7 @@ class WriteBehind:
                 "store, and saving them to %s failed (%s): they are lost",
                 len(optouts),
                 path,
-                exc.strerror or type(exc).__name__,
+                _os_reason(exc),
             )
             return
         log.warning(
