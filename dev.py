@@ -54,6 +54,14 @@ def serve(args: list[str]) -> None:
     os.execv(cli, [str(cli), "serve", "--init-if-new", *args])  # noqa: S606
 
 
+def _test_processes() -> int:
+    """How many processes run the tests: one per CPU this process may use, at most four (each
+    functional test starts real ``serve`` processes of its own, and PostgreSQL's connections are
+    shared by all)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cpus or 1))
+
+
 def test(args: list[str]) -> None:
     ensure_venv("test")
     _run(BIN / "ruff", "check", "src", "tests", "bench", "dev.py")
@@ -63,7 +71,11 @@ def test(args: list[str]) -> None:
     env.setdefault("UID2_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     for stale in ROOT.glob(".coverage*"):
         stale.unlink()
-    _run(PY, "-m", "pytest", "--cov", "--cov-report=term", *args, env=env)
+    processes = str(_test_processes())
+    _run(
+        PY, "-m", "pytest", "--numprocesses", processes, "--dist", "worksteal",
+        "--cov", "--cov-report=term", *args, env=env,
+    )  # fmt: skip
     # The wire layer is the protocol itself: every branch of it is exercised.
     _run(
         PY, "-m", "coverage", "report", "--include=src/uid2_operator/wire/*",

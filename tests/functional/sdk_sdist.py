@@ -8,9 +8,11 @@ nothing of it is copied into the project.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,23 +24,39 @@ SDIST_DIR = "uid2_client-2.9.0"
 
 
 def sdk_sdist(cache: Path) -> Path:
-    """The SDK's source tree, downloaded with pip once per cache."""
+    """The SDK's source tree, downloaded with pip once per cache.
+
+    Several test processes may share one cache (``pytest -n``): each downloads and unpacks into
+    a directory of its own, and moves the tree into place with one rename, so none ever reads a
+    tree another is still writing; a process that finds the tree already in place keeps it and
+    drops its own copy."""
     root = cache / SDIST_DIR
     if (root / "tests").is_dir():
         return root
-    download = subprocess.run(  # noqa: S603 (pip, fixed arguments)
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "--disable-pip-version-check", "--quiet", SDK, "-d", str(cache)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
-    archives = sorted(cache.glob("uid2_client-2.9.0.tar.gz"))
-    if download.returncode != 0 or not archives:
-        message = f"cannot download the {SDK} sdist: {download.stderr.strip()[-500:]}"
-        unavailable(message)
-    _extract(archives[0], cache)
+    work = Path(tempfile.mkdtemp(prefix="download-", dir=cache))
+    try:
+        download = subprocess.run(  # noqa: S603 (pip, fixed arguments)
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--disable-pip-version-check", "--quiet", SDK, "-d", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+        archives = sorted(work.glob("uid2_client-2.9.0.tar.gz"))
+        if download.returncode != 0 or not archives:
+            message = f"cannot download the {SDK} sdist: {download.stderr.strip()[-500:]}"
+            unavailable(message)
+        _extract(archives[0], work)
+        if root.is_dir() and not (root / "tests").is_dir():
+            shutil.rmtree(root)  # a partial tree, left by a run stopped while unpacking in place
+        try:
+            (work / SDIST_DIR).rename(root)
+        except OSError:
+            if not (root / "tests").is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return root
 
 
