@@ -508,6 +508,24 @@ def _saved_files(directory: Path) -> list[tuple[Path, Path]]:
     return found
 
 
+_Identity = tuple[int, int, int, int]
+"""A file as found on disk: device, inode, size and modification time. Renaming keeps it;
+replacing the file under its name, or changing what it holds, does not."""
+
+
+def _identity(status: os.stat_result) -> _Identity:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _identity_at(path: Path) -> _Identity | None:
+    """The identity of what is at ``path`` itself (a link is not followed); None when nothing
+    can be found there."""
+    try:
+        return _identity(os.lstat(path))
+    except OSError:
+        return None
+
+
 def _os_reason(error: OSError) -> str:
     """What an OS error says, without the file name: its ``strerror``, else its class."""
     return error.strerror or type(error).__name__
@@ -732,8 +750,9 @@ class WriteBehind:
         self._stop_at: float | None = None
         self._flight: _Flight | None = None
         self._failing = _FailureLog()
-        self._unreadable: set[Path] = set()
-        """Saved files skipped for the worker's life: their content or kind is at fault."""
+        self._unreadable: dict[Path, _Identity | None] = {}
+        """Saved files skipped while they stay as they were (``_Identity``; None: however they
+        change, until they are gone): their content or kind is at fault."""
         self._retried: set[tuple[Path, int | None]] = set()
         """(file, errno) of the passing errors logged: once per file per cause."""
         self._listing_failed: int | None = None
@@ -806,7 +825,7 @@ class WriteBehind:
         for own, found in listed:
             if self._stopping.is_set():  # the listing may hold the file this stop saves
                 break
-            if own in self._unreadable:
+            if self._still_skipped(own, found):
                 continue
             if chunks <= 0:
                 return _Outcome([], [], None, wrote=wrote, held=held, more=True)
@@ -823,7 +842,7 @@ class WriteBehind:
                     )
                 continue
             except OSError as exc:
-                self._skipped(own, found, "cannot be claimed", exc)
+                self._skipped(own, found, "cannot be claimed", exc, _identity_at(found))
                 continue
             if claim is None:
                 continue
@@ -854,8 +873,12 @@ class WriteBehind:
         try:
             records = read_saved(claim.path)
         except (Unreadable, OSError) as exc:
+            try:
+                identity: _Identity | None = _identity(os.fstat(claim.fd))
+            except OSError:
+                identity = None
             _give_back(own, claim, None)
-            self._skipped(own, own, "cannot be read", exc)
+            self._skipped(own, own, "cannot be read", exc, identity)
             return _FileWrite(0, tried=False, error=None)
         before = self._written_before.pop(own, 0)  # by this worker's earlier looks
         now_ms = self._clock.now_ms()
@@ -904,13 +927,33 @@ class WriteBehind:
         )
         return _FileWrite(committed, tried=True, error=None)
 
-    def _skipped(self, own: Path, shown: Path, what: str, error: Unreadable | OSError) -> None:
+    def _still_skipped(self, own: Path, found: Path) -> bool:
+        """Whether the saved file ``own`` (at ``found``) is one skipped (``_skipped``) and still
+        as it was then; one replaced or changed since is forgotten, to be looked at afresh."""
+        if own not in self._unreadable:
+            return False
+        skipped = self._unreadable[own]
+        if skipped is None or skipped == _identity_at(found):
+            return True
+        del self._unreadable[own]
+        return False
+
+    def _skipped(
+        self,
+        own: Path,
+        shown: Path,
+        what: str,
+        error: Unreadable | OSError,
+        identity: _Identity | None,
+    ) -> None:
         """Note and log a saved file this look skips: ``shown`` ``what`` (cannot be claimed,
-        read), for ``error``.
+        read), for ``error``; ``identity``: the file's, as it was tried.
 
         A file whose content or kind is at fault (``Unreadable``; ``_FILE_AT_FAULT``: a
         directory in its place, a loop of symbolic links, a name too long to claim) gives the
-        same error at every try: it is skipped for the worker's life, logged at ERROR once. Any
+        same error at every try: it is skipped, logged at ERROR once, for as long as it stays
+        as it was tried (an operator who puts a mended file in its place, or mends it where it
+        is, has it written at the next look, with no restart). Any
         other error may pass (the process out of descriptors, EMFILE, or the system, ENFILE; out
         of memory; EINTR, EAGAIN; an EIO once), or ends when an operator acts (a permission,
         ``_NEEDS_OPERATOR``): the file, given its name back when it was claimed, is tried again
@@ -919,7 +962,7 @@ class WriteBehind:
         every worker restarts."""
         if isinstance(error, Unreadable) or error.errno in _FILE_AT_FAULT:
             reason = error.reason if isinstance(error, Unreadable) else _os_reason(error)
-            self._unreadable.add(own)
+            self._unreadable[own] = identity
             log.error(
                 "write-behind: the saved opt-outs in %s %s (%s); the file is left in place",
                 shown,
@@ -987,6 +1030,8 @@ class WriteBehind:
             self._written_before = {
                 own: n for own, n in self._written_before.items() if own in owns
             }
+        if self._unreadable:
+            self._unreadable = {own: i for own, i in self._unreadable.items() if own in owns}
 
     # ------------------------------------------------------------------ on the caller's side
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -707,6 +707,86 @@ def test_a_directory_or_a_loop_of_links_in_a_files_place_is_skipped_and_logged_o
         ),
     ]
     assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+
+
+def _mend_in_place(path: Path, good: bytes) -> None:
+    path.write_bytes(good)  # the same file (inode), holding something else
+
+
+def _replace(path: Path, good: bytes) -> None:
+    spare = path.with_name(".spare")
+    spare.write_bytes(good)
+    os.replace(spare, path)  # another file under the name
+
+
+def _directory_to_file(path: Path, good: bytes) -> None:
+    path.rmdir()
+    path.write_bytes(good)
+
+
+@pytest.mark.parametrize(
+    ("bad", "mend"),
+    [
+        pytest.param("corrupt", _mend_in_place, id="mended in place"),
+        pytest.param("corrupt", _replace, id="replaced by a good file"),
+        pytest.param("directory", _directory_to_file, id="a directory replaced by a file"),
+    ],
+)
+def test_a_file_at_fault_is_written_once_mended_with_no_restart(  # noqa: PLR0917 (fixtures)
+    store: SqlStore,
+    clock: FixedClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad: str,
+    mend: Callable[[Path, bytes], None],
+) -> None:
+    """A saved file skipped for its content or kind stays skipped, logged once, while it stays
+    as it was; once an operator mends it where it is, or puts a good file in its place, the next
+    look of the same running worker writes it."""
+    saved_dir = tmp_path / "saved"
+    saved_dir.mkdir()
+    path = saved_dir / "9-1.json"
+    if bad == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b'{"kind": "uid2-operator pending opt-outs", "version": 1, "optouts": [')
+    records = _records(3)
+    good_file = tmp_path / "good.json"
+    save_optouts(good_file, records)
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+        writer.write_saved()  # as it was: skipped without a word
+        assert len(_lines(caplog, logging.ERROR)) == 1
+        assert path.exists()
+        assert _optout_events(store) == []
+        mend(path, good_file.read_bytes())
+        writer.write_saved()
+    assert not path.exists()
+    assert sorted(_optout_events(store)) == sorted(b64encode(r.first_level_hash) for r in records)
+    assert _lines(caplog)[-1] == (
+        f"write-behind: 3 opt-outs saved at an earlier stop written to the store, from {path}"
+    )
+
+
+def test_a_file_at_fault_replaced_by_another_at_fault_is_logged_again_once(
+    store: SqlStore, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_dir = tmp_path / "saved"
+    saved_dir.mkdir()
+    path = saved_dir / "9-1.json"
+    path.write_bytes(b"not json")
+    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        writer.write_saved()
+        _replace(path, b'{"kind": "something else"}')
+        writer.write_saved()
+        writer.write_saved()
+    assert [line.split(" (")[1].split(")")[0] for line in _lines(caplog, logging.ERROR)] == [
+        "not JSON",
+        "not a file of saved opt-outs",
+    ]
+    assert path.exists()
 
 
 @pytest.mark.parametrize(
