@@ -70,7 +70,9 @@ def _reject_constant(name: str) -> NoReturn:
 # One shared decoder keeps ``decode`` as cheap as ``json.loads`` with default arguments.
 _JSON: Final = json.JSONDecoder(parse_constant=_reject_constant)
 # Its scanner alone decides a text that starts with ``{`` and ends with ``}`` (no whitespace to
-# skip around the value), about twice as fast as ``decode``.
+# skip around the value), about twice as fast as ``decode``. Where ``decode`` raises
+# ``JSONDecodeError`` for a value missing inside the object (``{"email":}``), the C scanner
+# raises ``StopIteration``: both mean "not JSON".
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = vars(_JSON)["scan_once"]
 _INNER_HEADER: Final = struct.Struct(">q8s")  # timestamp_ms, nonce
 
@@ -278,7 +280,7 @@ def _json_object(data: bytes, errors: str = "strict") -> JsonObject | None:
                 return None
         else:
             value = _JSON.decode(text)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, StopIteration):
         return None
     return value if isinstance(value, dict) else None
 

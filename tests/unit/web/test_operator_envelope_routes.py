@@ -187,6 +187,16 @@ JSON_SHORT = b'{"email":"a@b.com"}'
 JSON_LONG = b'{"email":"someone.with.a.long.address@example.com"}'
 assert len(JSON_SHORT) < 45 <= len(JSON_LONG)
 NOT_JSON_PAYLOADS = [b"not json", b"[1,2]", b'"text"', b"\xff\xfe", b"{", b"NaN"]
+MISSING_VALUES = [
+    b'{"email":}',
+    b'{"email": x}',
+    b'{"email":-}',
+    b'{"email":[1,]}',
+    b'{"a":{"b":}}',
+]
+"""Objects with a value missing inside: refused as not JSON, like any other."""
+MALFORMED_LONG = b'{"email": x, "padding": "' + b"p" * 48 + b'"}'
+assert len(MALFORMED_LONG) >= 61
 
 SEALED_CASES: list[tuple[str, Body, str]] = [
     ("wrong-secret", _sealed(secret=WRONG_SECRET), DECRYPTION),
@@ -200,6 +210,10 @@ SEALED_CASES: list[tuple[str, Body, str]] = [
     *(
         (f"payload-not-json-{i}", _sealed(raw=raw), NOT_JSON)
         for i, raw in enumerate(NOT_JSON_PAYLOADS)
+    ),
+    *(
+        (f"payload-missing-value-{i}", _sealed(raw=raw), NOT_JSON)
+        for i, raw in enumerate(MISSING_VALUES)
     ),
 ]
 """Envelopes that are well formed (sent raw or as base64 text, as the framing wants)."""
@@ -217,6 +231,8 @@ TEXT_CASES: list[tuple[str, Body, str]] = [
     ("version-2", _b64(b"\x02" + bytes(60)), _version(2)),
     ("version-255", _b64(b"\xff" + bytes(60)), _version(255)),
     ("version-json", _b64(JSON_LONG), UNENCRYPTED),
+    ("malformed-unencrypted-json", _fixed(MISSING_VALUES[0]), NOT_BASE64),
+    ("malformed-unencrypted-json-long", _fixed(MALFORMED_LONG), NOT_BASE64),
     ("sealed-under-no-key", _b64(b"\x01" + bytes(60)), DECRYPTION),
     *((name, _text(body), message) for name, body, message in SEALED_CASES),
 ]
@@ -231,6 +247,8 @@ OCTET_CASES: list[tuple[str, Body, str]] = [
     ("version-2", _fixed(b"\x02" + bytes(60)), _version(2)),
     ("version-255", _fixed(b"\xff" + bytes(60)), _version(255)),
     ("sealed-under-no-key", _fixed(b"\x01" + bytes(60)), DECRYPTION),
+    ("malformed-unencrypted-json", _fixed(MISSING_VALUES[0]), TOO_SHORT),
+    ("malformed-unencrypted-json-long", _fixed(MALFORMED_LONG), _version(ord("{"))),
     # Base64 text under octet-stream is read as text once the raw reading fails (§1.6); when
     # the text's envelope fails too, its failure is the answer.
     ("base64-text-too-old", _text(_sealed(offset_ms=-120_000)), TIMESTAMP),

@@ -349,11 +349,17 @@ BAD_PAYLOAD = "Invalid payload in body: Data is not valid json string."
         b'{"a":"\x01"}',
         b"[" * 100_000,
         b'{"a":' + b"1" * 5_000 + b"}",
+        b'{"email":}',
+        b'{"email": x}',
+        b'{"email":-}',
+        b'{"email":[1,]}',
+        b'{"a":{"b":}}',
     ],
     ids=[
         "array", "number", "string", "null", "true", "blank", "truncated", "trailing-junk",
         "two-objects", "nan", "infinity", "invalid-utf8", "bom", "utf16", "single-quotes",
-        "control-char", "deep-nesting", "huge-integer",
+        "control-char", "deep-nesting", "huge-integer", "missing-value", "bare-word",
+        "lone-minus", "trailing-comma", "nested-missing-value",
     ],
 )  # fmt: skip
 def test_payload_that_is_not_a_json_object_is_invalid(payload: bytes) -> None:
@@ -488,7 +494,9 @@ def test_open_response_rejects_a_plaintext_shorter_than_its_header() -> None:
         open_response(blob, secret=SECRET, nonce=NONCE)
 
 
-@pytest.mark.parametrize("json_bytes", [b"", b"[1]", b"nope", b"\xff"])
+@pytest.mark.parametrize(
+    "json_bytes", [b"", b"[1]", b"nope", b"\xff", b'{"status":}', b'{"body":[1,]}']
+)
 def test_open_response_rejects_a_payload_that_is_not_an_object(json_bytes: bytes) -> None:
     blob = seal_response(json_bytes, secret=SECRET, nonce=NONCE, now_ms=NOW, random=counter_iv())
     with pytest.raises(ResponseEnvelopeError, match="not a JSON object"):

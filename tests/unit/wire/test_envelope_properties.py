@@ -141,6 +141,30 @@ def test_authentic_envelopes_with_arbitrary_payload_bytes(
         assert isinstance(result, StaleTimestamp | InvalidPayload)
 
 
+object_shaped = st.text(max_size=40).map(lambda t: ("{" + t + "}").encode())
+"""Payloads that start with ``{`` and end with ``}``: read by the JSON scanner alone."""
+
+
+@settings(deadline=None, max_examples=300)
+@given(inner=object_shaped | json_objects.map(lambda v: json.dumps(v).encode()[:-1] + b",}"))
+def test_object_shaped_payloads_give_an_object_or_invalid_payload(inner: bytes) -> None:
+    raw = seal_request(inner, secret=SECRET, now_ms=NOW, nonce=bytes(8), random=draw_iv(bytes(12)))
+    result = parse_or_error(raw, True, IdentityScope.UID2)
+    expected = _as_object(inner)
+    if isinstance(result, RequestEnvelope):
+        assert result.payload == expected
+    else:
+        assert isinstance(result, InvalidPayload)
+        assert expected is None
+    blob = seal_response(
+        inner, secret=SECRET, nonce=bytes(8), now_ms=NOW, random=draw_iv(bytes(12))
+    )
+    try:
+        assert open_response(blob, secret=SECRET, nonce=bytes(8)) == expected
+    except ResponseEnvelopeError:
+        assert expected is None
+
+
 @settings(deadline=None, max_examples=200)
 @given(
     payload=json_objects,
