@@ -38,6 +38,8 @@ pytestmark = pytest.mark.functional
 GENERATE = "/v2/token/generate"
 SUFFICIENT = "CPehNtWPehNtWABAMBFRACBoALAAAEJAAIYgAKwAQAKgArABAAqAAA"
 LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
+LACKS_PRECISE_GEOLOCATION = "CPehNtWPehNtWABAMBFRACBgALAAAEJAAIYgAKwAQAKgArABAAqAAA"
+"""``SUFFICIENT`` without the opt-in to special feature 1 (precise geolocation)."""
 INVALID = "invalid_consent_string"
 EMAIL = "consenting.user@example.com"
 OPTED_OUT = "optout@example.com"
@@ -106,6 +108,7 @@ def test_a_token_the_sdk_decrypts_as_euid(
     "tgi",
     [
         pytest.param(_with_consent(LACKS_PURPOSE_1), id="insufficient"),
+        pytest.param(_with_consent(LACKS_PRECISE_GEOLOCATION), id="no-precise-geolocation"),
         pytest.param(_with_consent(LACKS_PURPOSE_1, OPTED_OUT), id="insufficient-opted-out"),
     ],
 )

@@ -86,7 +86,7 @@ from uid2_operator.wire.refresh import (
     unwrap_refresh_envelope,
 )
 from uid2_operator.wire.scope import IdentityScope, IdentityType
-from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID, EUID_REQUIRED_PURPOSES, parse_tc_string
+from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID, parse_tc_string
 from uid2_operator.wire.tokens import decode_advertising_token, decode_refresh_token
 
 JsonObject = dict[str, Any]
@@ -293,7 +293,7 @@ def _user_consents(consent: object, vendor_id: int) -> bool:
         raise InvalidConsentString(f"{TCF_CONSENT_STRING} is null")
     if not isinstance(consent, str):
         raise InvalidConsentString(f"{TCF_CONSENT_STRING} is a {type(consent).__name__}")
-    return parse_tc_string(consent).has_consent(vendor_id, EUID_REQUIRED_PURPOSES)
+    return parse_tc_string(consent).grants_euid(vendor_id)
 
 
 def refresh(

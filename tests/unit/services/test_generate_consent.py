@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -53,6 +54,7 @@ from uid2_operator.wire.envelope import open_response, seal_request, unframe_res
 from uid2_operator.wire.identity import hash_identity, normalize_email
 from uid2_operator.wire.keys import EncryptionKey
 from uid2_operator.wire.scope import IdentityScope
+from uid2_operator.wire.tcf import parse_tc_string
 
 NOW = 1_700_000_000_000
 SITE = 1001
@@ -61,6 +63,19 @@ SUFFICIENT = "CPehNtWPehNtWABAMBFRACBoALAAAEJAAIYgAKwAQAKgArABAAqAAA"
 LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
 INVALID = "invalid_consent_string"
 TCF_V1 = "BOEFEAyOEFEAyAHABDENAI4AAAB9vABAASA"  # a TCF v1.1 string, refused on purpose
+SPECIAL_FEATURES_AT = 140
+"""Bit offset of the twelve special-feature opt-ins in a core segment (after the header)."""
+
+
+def _without_precise_geolocation(tc: str) -> str:
+    """``tc`` with special feature 1 (precise geolocation) cleared and nothing else changed."""
+    core, *rest = tc.split(".")
+    data = bytearray(base64.urlsafe_b64decode(core + "=" * (-len(core) % 4)))
+    data[SPECIAL_FEATURES_AT // 8] &= ~(0x80 >> (SPECIAL_FEATURES_AT % 8)) & 0xFF
+    return ".".join([base64.urlsafe_b64encode(bytes(data)).decode().rstrip("="), *rest])
+
+
+LACKS_PRECISE_GEOLOCATION = _without_precise_geolocation(SUFFICIENT)
 INVALID_BODY = {"status": "client_error", "message": "User consent is invalid"}
 EMAIL = "someone@example.com"
 OPTED_OUT = "gone@example.com"
@@ -138,6 +153,18 @@ def _refused(snapshot: Snapshot, payload: dict[str, Any]) -> tuple[int, Any, str
 # ----------------------------------------------------------------------------------- EUID
 
 
+def test_the_string_without_precise_geolocation_differs_from_the_sufficient_one_in_that_alone() -> (
+    None
+):
+    sufficient = parse_tc_string(SUFFICIENT)
+    lacking = parse_tc_string(LACKS_PRECISE_GEOLOCATION)
+    assert sufficient.special_feature_opt_ins == {1}
+    assert lacking.special_feature_opt_ins == frozenset()
+    assert (
+        replace(lacking, special_feature_opt_ins=sufficient.special_feature_opt_ins) == sufficient
+    )
+
+
 def test_sufficient_consent_issues_an_euid_token() -> None:
     reply = _generate(EUID, {"email": EMAIL, "tcf_consent_string": SUFFICIENT})
     assert reply.status == "success"
@@ -158,6 +185,8 @@ def test_without_the_key_there_is_no_consent_check() -> None:
     "payload",
     [
         {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1},
+        # every purpose, but no opt-in to precise geolocation (special feature 1)
+        {"email": EMAIL, "tcf_consent_string": LACKS_PRECISE_GEOLOCATION},
         # consent is checked before the opt-out
         {"email": OPTED_OUT, "tcf_consent_string": LACKS_PURPOSE_1},
     ],

@@ -14,6 +14,7 @@ from uid2_operator.errors import InvalidConsentString, WireError
 from uid2_operator.wire.tcf import (
     DEFAULT_VENDOR_ID,
     EUID_REQUIRED_PURPOSES,
+    EUID_REQUIRED_SPECIAL_FEATURES,
     MAX_TC_STRING_LENGTH,
     TCString,
     VendorSet,
@@ -131,11 +132,30 @@ def test_each_required_purpose_is_required(missing: int) -> None:
     assert not parsed.has_consent(VENDOR, EUID_REQUIRED_PURPOSES)
 
 
-def test_special_features_and_other_purposes_are_not_required() -> None:
+def test_special_features_and_other_purposes_are_not_purposes() -> None:
     parsed = _tc(purposes_consent=REQUIRED, vendor_consents=BOTH, special_features=())
     assert parsed.special_feature_opt_ins == frozenset()
     assert parsed.has_consent(VENDOR, EUID_REQUIRED_PURPOSES)
     assert not parsed.has_consent(VENDOR, {*REQUIRED, 5})
+
+
+@pytest.mark.parametrize(
+    ("purposes", "special_features", "granted"),
+    [
+        (REQUIRED, (1,), True),
+        (REQUIRED, (1, 2), True),
+        (REQUIRED, (), False),  # every purpose, no opt-in to precise geolocation
+        (REQUIRED, (2,), False),  # device scanning is not precise geolocation
+        (REQUIRED[1:], (1,), False),  # precise geolocation does not make up for a purpose
+    ],
+)
+def test_an_euid_grant_needs_every_purpose_and_precise_geolocation(
+    purposes: list[int], special_features: tuple[int, ...], granted: bool
+) -> None:
+    parsed = _tc(purposes_consent=purposes, vendor_consents=BOTH, special_features=special_features)
+    assert {1} == EUID_REQUIRED_SPECIAL_FEATURES
+    assert parsed.grants_euid(VENDOR) is granted
+    assert not _tc(purposes_consent=REQUIRED, special_features=(1,)).grants_euid(VENDOR)
 
 
 def test_a_vendor_in_neither_section_has_no_purpose() -> None:
