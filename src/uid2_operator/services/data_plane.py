@@ -121,10 +121,11 @@ class Reply:
 
     ``rendered``, when set, is ``to_json()`` computed ahead (``Reply.identity``, and constant
     replies): the answers of generate and refresh are formatted without the JSON encoder.
+    ``body`` holds tokens, raw UIDs and the identities they answer for: the repr leaves it out.
     """
 
     status: str
-    body: Any = None
+    body: Any = field(default=None, repr=False)
     rendered: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod

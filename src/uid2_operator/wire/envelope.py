@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 from uid2_operator.errors import (
@@ -157,13 +157,14 @@ _MESSAGES: Final = {scope: _Messages.for_scope(scope) for scope in IdentityScope
 class RequestEnvelope:
     """An opened, authentic, fresh request.
 
-    ``payload`` is None when the plaintext ends after the nonce (the key endpoints send no JSON).
+    ``payload`` is None when the plaintext ends after the nonce (the key endpoints send no JSON);
+    it holds what the caller sent (emails, phone numbers, tokens), so the repr leaves it out.
     ``binary`` tells how the response must be framed: raw bytes when True, base64 text otherwise.
     """
 
     timestamp_ms: int
     nonce: bytes
-    payload: JsonObject | None
+    payload: JsonObject | None = field(repr=False)
     binary: bool
 
 

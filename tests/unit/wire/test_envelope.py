@@ -525,3 +525,12 @@ def test_request_and_response_round_trip_through_the_nonce() -> None:
     )
     opened = open_response(unframe_response(body, env.binary), secret=SECRET, nonce=NONCE)
     assert opened == {"status": "success", "body": {"x": 1}}
+
+
+def test_an_opened_envelope_keeps_what_the_caller_sent_out_of_its_repr() -> None:
+    opened = parse(as_text(sealed(b'{"email":"alice@example.com","phone":"+12345678901"}')))
+    assert opened.payload == {"email": "alice@example.com", "phone": "+12345678901"}
+    shown = repr(opened)
+    assert "alice" not in shown
+    assert "12345678901" not in shown
+    assert f"timestamp_ms={NOW}" in shown
