@@ -181,6 +181,37 @@ def test_random_sealed_payloads_never_get_a_5xx(
         assert_documented_4xx(route, response)
 
 
+def _cut(text: str, at: int, length: int) -> str:
+    at %= len(text) + 1
+    return text[:at] + text[at + length :]
+
+
+mangled_payloads = st.builds(
+    _cut, payloads.map(json.dumps), st.integers(min_value=0), st.integers(0, 4)
+).filter(lambda t: t[:1] == "{" and t[-1:] == "}") | st.text(max_size=60).map(
+    lambda t: "{" + t + "}"
+)
+"""Payloads shaped like a JSON object (``{`` ... ``}``) that mostly are not one: JSON payloads
+with a few characters cut out (a value, a quote, a bracket), and arbitrary text in braces."""
+
+
+@SETTINGS
+@given(route=st.sampled_from(ENVELOPED_ROUTES), text=mangled_payloads, binary=st.booleans())
+def test_sealed_payloads_that_are_almost_json_never_get_a_5xx(
+    world: World, route: str, text: str, binary: bool
+) -> None:
+    cred = world["O" if route == "/v2/token/logout" else "A"]
+    sealed = world.envelope(None, cred, raw=text.encode("utf-8", "surrogatepass"))
+    response = world.post(
+        route,
+        sealed if binary else base64.b64encode(sealed),
+        key=cred.key,
+        content_type="application/octet-stream" if binary else "text/plain",
+    )
+    assert response.status_code < 500, (route, text, response.status_code, response.text)
+    assert_documented_4xx(route, response)
+
+
 @SETTINGS
 @given(
     text=st.text(max_size=400) | st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode())
