@@ -21,23 +21,40 @@ class Clock(Protocol):
         """Milliseconds since the Unix epoch, UTC."""
         ...
 
+    def monotonic_ms(self) -> int:
+        """Milliseconds on a clock that never goes back and is not stepped with the time of day
+        (an NTP correction, an operator setting the date): for how long, never for when."""
+        ...
+
 
 class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    def monotonic_ms(self) -> int:
+        return time.monotonic_ns() // 1_000_000
+
 
 @dataclass
 class FixedClock:
-    """A clock that only moves when told to (tests, replays)."""
+    """A clock that only moves when told to (tests, replays).
+
+    ``advance`` moves the time of day and the monotonic clock together, as time passing does;
+    setting ``at_ms`` moves the time of day alone, as stepping the system's clock does."""
 
     at_ms: int = 1_700_000_000_000
+    elapsed_ms: int = 0
+    """The monotonic clock's reading."""
 
     def now_ms(self) -> int:
         return self.at_ms
 
+    def monotonic_ms(self) -> int:
+        return self.elapsed_ms
+
     def advance(self, ms: int) -> None:
         self.at_ms += ms
+        self.elapsed_ms += ms
 
 
 def system_random(n: int) -> bytes:

@@ -148,7 +148,7 @@ def test_a_reload_failing_with_the_store_up_is_not_called_an_unreachable_store()
     assert "is absent from the keyring" not in source.problem  # the error's text stays out
     assert "version 3 is absent" in (source.problem_detail or "")
     clock.advance(11_000)
-    source.check_age(clock.now_ms())
+    source.check_age()
     assert source.problem.startswith("Snapshot is stale")
     assert "Snapshot reload failing since" in source.problem
     # The store going down afterwards is reported as what it is.
@@ -210,7 +210,7 @@ def test_snapshot_source_reloads_only_on_change_and_goes_stale() -> None:
     assert source.problem is not None
     assert source.problem.startswith("Degraded: store unreachable")
     clock.advance(6_000)
-    source.check_age(clock.now_ms())
+    source.check_age()
     assert source.current is None
     assert source.problem.startswith("Snapshot is stale")
 

@@ -12,7 +12,11 @@ When the store cannot be reached the worker keeps serving the last snapshot and 
 database outage that has not changed any credential would turn it into a full outage. That
 holds for ``max_snapshot_age_s`` after the last poll that confirmed the snapshot: beyond that,
 a revoked key might still be accepted, so ``current`` becomes ``None`` and every API request is
-refused (503) until the store answers again.
+refused (503) until the store answers again. The bound holds whatever keeps polls from
+confirming the snapshot: a poll that fails, and as much a poll that never returns (a network
+that drops the database's packets leaves a read waiting for many minutes). Ages are measured on
+the monotonic clock (``Clock.monotonic_ms``), so stepping the time of day back or forward
+neither stretches nor cuts the bound; the times shown are the time of day.
 
 A reload that fails with the store reachable (a keyring that lacks a KEK version the store names,
 say) is reported the same way and retried at every poll: the store's sequence is still past the
@@ -104,6 +108,10 @@ class SnapshotSource:
         self._loaded: Loaded | None = None
         self._generation = 0
         self._confirmed_at_ms: int | None = None
+        self._confirmed_mono_ms: int | None = None
+        """``_confirmed_at_ms`` on the monotonic clock: what the age is measured from."""
+        self._polling_since_ms: int | None = None
+        """When the poll in flight started (time of day), None when none is."""
         self._failing_since_ms: int | None = None
         self._failure: str | None = None
         self._public_cause: str | None = None
@@ -144,22 +152,29 @@ class SnapshotSource:
         """``problem`` with the error's text (for logs and diagnostics, never for callers)."""
         return self._describe("" if self._failure is None else f": {self._failure}")
 
+    def _age_ms(self) -> int:
+        """How long ago a poll last confirmed the snapshot (monotonic)."""
+        return self._clock.monotonic_ms() - (self._confirmed_mono_ms or 0)
+
     def _describe(self, cause: str) -> str | None:
         if self._loaded is None:
             if self._failure is None:
                 return "No snapshot loaded: not loaded yet"
             since = _when(self._failing_since_ms or 0)
             return f"No snapshot loaded: {self._failing} since {since}{cause}"
+        age_s = self._age_ms() // 1000
+        stale = (
+            f"Snapshot is stale ({age_s} s since last confirmed; the bound is "
+            f"{self._max_age_ms // 1000} s): refusing API requests. "
+        )
         if self._failure is None:
+            if self.current is None:  # no poll failed: the one in flight has not returned
+                since = _when(self._polling_since_ms or self._confirmed_at_ms or 0)
+                return f"{stale}A poll of the store has not answered since {since}"
             return None
-        age_s = (self._clock.now_ms() - (self._confirmed_at_ms or 0)) // 1000
         since = _when(self._failing_since_ms or 0)
         if self.current is None:
-            return (
-                f"Snapshot is stale ({age_s} s since last confirmed; the bound is "
-                f"{self._max_age_ms // 1000} s): refusing API requests. "
-                f"{self._failing.capitalize()} since {since}{cause}"
-            )
+            return f"{stale}{self._failing.capitalize()} since {since}{cause}"
         return (
             f"Degraded: {self._failing} since {since}{cause}; serving the last "
             f"snapshot, confirmed {age_s} s ago"
@@ -172,12 +187,12 @@ class SnapshotSource:
 
         Returns True when a new snapshot was installed. Store failures are recorded, not raised.
         """
-        now = self._clock.now_ms()
+        now, mono = self._clock.now_ms(), self._clock.monotonic_ms()
         try:
             outcome: Loaded | BaseException | None = self._fetch()
         except Exception as exc:  # recorded and reported on the health check, never raised
             outcome = exc
-        return self._apply(now, outcome)
+        return self._apply(now, mono, outcome)
 
     def _fetch(self) -> Loaded | None:
         """The store's side of a poll (any thread): a new snapshot, or None if nothing moved."""
@@ -187,14 +202,19 @@ class SnapshotSource:
             return None
         return self._load(loaded, self._generation + 1)
 
-    def _apply(self, polled_at_ms: int, outcome: Loaded | BaseException | None) -> bool:
-        """The state side of a poll, on the thread that owns ``current``."""
+    def _apply(
+        self, polled_at_ms: int, polled_mono_ms: int, outcome: Loaded | BaseException | None
+    ) -> bool:
+        """The state side of a poll that started at ``polled_at_ms`` (``polled_mono_ms`` on the
+        monotonic clock), on the thread that owns ``current``."""
+        self._polling_since_ms = None
         if isinstance(outcome, BaseException):
             self._record_failure(polled_at_ms, outcome)
             return False
         if outcome is not None:
             self._install(outcome)
         self._confirmed_at_ms = polled_at_ms
+        self._confirmed_mono_ms = polled_mono_ms
         if self._failure is not None:
             self._failure = None
             self._public_cause = None
@@ -230,14 +250,14 @@ class SnapshotSource:
         self._failing = _STORE_DOWN if isinstance(exc, StoreUnavailable) else _RELOAD_FAILING
         self._failure = failure
         self._public_cause = _public_cause(exc)
-        self.check_age(now)
+        self.check_age()
 
-    def check_age(self, now_ms: int) -> None:
-        """Stop serving a snapshot no poll has confirmed for longer than the bound."""
-        if self.current is None or self._failure is None:
+    def check_age(self) -> None:
+        """Stop serving a snapshot no poll has confirmed for longer than the bound, whether the
+        polls since failed or have not returned."""
+        if self.current is None or self._confirmed_mono_ms is None:
             return
-        confirmed = self._confirmed_at_ms or 0
-        if now_ms - confirmed > self._max_age_ms:
+        if self._age_ms() > self._max_age_ms:
             log.error("snapshot older than %d ms; refusing API requests", self._max_age_ms)
             self.current = None
 
@@ -269,17 +289,18 @@ class SnapshotSource:
                 await asyncio.wait_for(self._stop.wait(), timeout=self._poll_interval_s)
             if self._stop.is_set():
                 return
-            started_at = self._clock.now_ms()
-            self.check_age(started_at)
+            started_at, started_mono = self._clock.now_ms(), self._clock.monotonic_ms()
+            self.check_age()
+            self._polling_since_ms = started_at
             pending = loop.run_in_executor(self._executor, self._fetch)
             while not pending.done():
                 await asyncio.wait({pending}, timeout=self._poll_interval_s)
-                self.check_age(self._clock.now_ms())
+                self.check_age()
                 if self._stop.is_set():
                     pending.cancel()
                     return
             error = pending.exception()
-            self._apply(started_at, error if error is not None else pending.result())
+            self._apply(started_at, started_mono, error if error is not None else pending.result())
 
     def stop(self) -> None:
         self._stop.set()

@@ -111,7 +111,7 @@ def test_an_unreachable_postgres_store_is_not_named_on_the_health_check(
         assert "hunter2" not in caplog.text
 
         clock.advance(11_000)
-        source.check_age(clock.now_ms())
+        source.check_age()
         status, body = _health(source)
         assert status == 503
         _assert_nothing_of([USER, HOST, DATABASE, ":1/"], body)
