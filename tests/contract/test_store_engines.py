@@ -232,3 +232,51 @@ def test_a_driver_error_keeps_only_its_first_line_cut_to_length(
     shown = engines.shown_url(engine.url)
     assert caught.value.detail == f"The store at {shown} is unavailable: {reason}"
     assert "c2VjcmV0LXZhbHVl" not in str(caught.value)
+
+
+CONNECTION_OPTIONS = [
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+]
+
+
+def _connection_options(url: str) -> dict[str, str | None]:
+    engine, _flavour = engines.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            given = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    return {name: given.get(name) for name in CONNECTION_OPTIONS}
+
+
+@pytest.mark.postgres
+def test_a_postgresql_connection_gives_up_on_a_database_the_network_no_longer_reaches(
+    postgres_url: str,
+) -> None:
+    """TCP keep-alive and a user timeout on every connection: without them a read over a
+    network that drops the database's packets waits for as long as the kernel's own timeouts
+    (a quarter of an hour or more)."""
+    assert _connection_options(postgres_url) == {
+        "connect_timeout": "5",
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "30000",
+    }
+
+
+@pytest.mark.postgres
+def test_connection_options_the_url_sets_are_kept(postgres_url: str) -> None:
+    url = make_url(postgres_url).update_query_dict(
+        {"tcp_user_timeout": "1000", "keepalives_idle": "7", "connect_timeout": "2"}
+    )
+    options = _connection_options(url.render_as_string(hide_password=False))
+    assert (options["tcp_user_timeout"], options["keepalives_idle"]) == ("1000", "7")
+    assert options["connect_timeout"] == "2"
+    assert options["keepalives_count"] == "3"

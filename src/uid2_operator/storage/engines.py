@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -265,6 +265,20 @@ class SqliteFile:
             raise self._gone()
 
 
+POSTGRES_CONNECT_DEFAULTS: Final[dict[str, int]] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq options every PostgreSQL connection gets unless its URL sets them: a connection to a
+database the network no longer reaches fails within about half a minute (TCP keep-alive probes
+on an idle connection, ``tcp_user_timeout`` in milliseconds on one waiting for an answer), where
+the kernel's defaults would leave a read waiting for a quarter of an hour or more."""
+
+
 def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Flavour]:
     """An engine for ``url`` (normalised first) and the flavour that goes with it.
 
@@ -288,7 +302,8 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
             SqliteFile(path).watch(engine)
         SqliteFlavour.configure(engine)
         return engine, SqliteFlavour()
-    engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    defaults = {k: v for k, v in POSTGRES_CONNECT_DEFAULTS.items() if k not in parsed.query}
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=defaults)
     return engine, PostgresFlavour()
 
 
