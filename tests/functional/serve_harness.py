@@ -2,9 +2,11 @@
 
 ``prepare`` runs ``init``, ``participant create`` and ``key create`` as subprocesses of the
 installed ``uid2-operator`` command; ``Served`` starts ``serve`` on ephemeral ports, reads the
-ports it prints, waits until every worker answers, and stops it with SIGTERM (the graceful path:
-workers flush usage and opt-outs). ``call`` seals an envelope and posts it on a fresh connection,
-so with several workers the kernel spreads the calls over all of them.
+URLs it prints (the operator API's, the admin API's, and where it answers ``/metrics``: the
+operator port, or the metrics port with ``--metrics-port``), waits until every worker answers,
+and stops it with SIGTERM (the graceful path: workers flush usage and opt-outs). ``call`` seals
+an envelope and posts it on a fresh connection, so with several workers the kernel spreads the
+calls over all of them.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ class Served:
     process: subprocess.Popen[str]
     base_url: str = ""
     admin_url: str = ""
+    metrics_url: str = ""
+    """Where serve answers ``/metrics`` (the whole URL, path included)."""
     lines: list[str] = field(default_factory=list)
 
     def request(
@@ -183,14 +187,17 @@ class Served:
     ) -> Reply:
         """One request on a new connection (``http.client``: a fresh ``httpx`` client per request
         costs tens of milliseconds; a new connection is what spreads requests over the workers)."""
-        url = urlsplit(self.base_url)
-        connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return Reply(response.status, response.read())
-        finally:
-            connection.close()
+        return _request(self.base_url, method, path, body, headers)
+
+    def metrics_port_request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """``request``, on the port ``metrics_url`` names."""
+        return _request(self.metrics_url, method, path, body, headers)
 
     def post(self, path: str, body: bytes, key: str | None, content_type: str) -> Reply:
         headers = {"content-type": content_type}
@@ -238,7 +245,8 @@ class Served:
         )
 
     def metrics(self) -> str:
-        return self.request("GET", "/metrics").text
+        """One scrape, where serve answers ``/metrics``."""
+        return self.metrics_port_request("GET", urlsplit(self.metrics_url).path).text
 
     def workers(
         self, count: int, *, timeout_s: float, excluding: frozenset[str] = frozenset()
@@ -258,6 +266,19 @@ class Served:
             seen = {w for w in seen if w not in excluding and alive(w)}
             if len(seen) >= count:
                 return seen
+
+
+def _request(
+    base_url: str, method: str, path: str, body: bytes | None, headers: dict[str, str] | None
+) -> Reply:
+    url = urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.read())
+    finally:
+        connection.close()
 
 
 def _reader(process: subprocess.Popen[str], lines: list[str]) -> None:
@@ -312,9 +333,12 @@ def _wait_ready(server: Served, workers: int) -> None:
         assert server.process.poll() is None, "\n".join(server.lines)
         assert time.monotonic() < deadline, "\n".join(server.lines)
         for line in list(server.lines):
-            found = re.match(r"operator API: (http://[^ ]+) ", line)
+            found = re.match(r"operator API: (http://[^ ]+) .*, metrics: (\S+)\)$", line)
             if found:
-                server.base_url = found.group(1)
+                base_url, metrics = found.groups()
+                # A path: on the operator port; else the metrics port's URL.
+                server.metrics_url = base_url + metrics if metrics.startswith("/") else metrics
+                server.base_url = base_url
             found = re.match(r"admin API: (http://\S+)", line)
             if found:
                 server.admin_url = found.group(1)

@@ -86,6 +86,7 @@ def test_serve_json_is_one_line_with_the_urls_and_the_first_runs_admin_token(
         assert set(document) == {
             "operator_url",
             "admin_url",
+            "metrics_url",
             "workers",
             "pid",
             "data_dir",
@@ -93,6 +94,7 @@ def test_serve_json_is_one_line_with_the_urls_and_the_first_runs_admin_token(
             "init",
         }
         assert document["workers"] == 1
+        assert document["metrics_url"] == document["operator_url"] + "/metrics"
         assert document["pid"] == run.process.pid
         assert document["environment"] == "local"
         token = document["init"]["admin_token"]

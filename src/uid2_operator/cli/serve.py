@@ -12,10 +12,12 @@ Process layout (docs/operator.md has the operator's view):
   where serve listens, restarts dead workers and waits for the stop signal, so a slow store (a
   writer waits up to 10 s for the write lock) or a long rotation delays none of these;
 - **N worker processes** (``--workers``) each serve the operator API on ``--port`` from their own
-  snapshot (``web.operator_api.server.create_worker_app``). On Linux every worker listens on its
-  own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly across workers; elsewhere
-  they share one listening socket. A worker that dies is restarted. A worker whose serving
-  process is gone (killed without stopping it) stops by itself, as on SIGTERM.
+  snapshot (``web.operator_api.server.create_worker_app``), and with ``--metrics-port`` the
+  Prometheus ``/metrics`` on that port instead of the operator port. On Linux every worker
+  listens on its own ``SO_REUSEPORT`` socket per port, so the kernel spreads connections evenly
+  across workers; elsewhere they share one listening socket per port. A worker that dies is
+  restarted. A worker whose serving process is gone (killed without stopping it) stops by
+  itself, as on SIGTERM.
 
 SIGINT or SIGTERM tells the upkeep to stop after the step it is in, stops the workers (each
 ends its requests, waiting at most ``_GRACEFUL_SHUTDOWN_S`` for them, then flushes its pending
@@ -31,6 +33,7 @@ one left (its replay table serves on; the directory is removed).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -50,6 +53,7 @@ from typing import Any, Final
 
 import click
 import uvicorn
+from click.core import ParameterSource
 
 from uid2_operator.bootstrap import (
     Services,
@@ -85,10 +89,10 @@ from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
 from uid2_operator.web.http_connection import HttpLimits, http_protocol
 from uid2_operator.web.operator_api.app import BODY_LIMIT
 from uid2_operator.web.operator_api.metrics_files import remove_worker_files
+from uid2_operator.web.operator_api.server import METRICS, create_worker_app
 
 log = logging.getLogger(__name__)
 
-WORKER_APP: Final = "uid2_operator.web.operator_api.server:create_worker_app"
 _REUSE_PORT: Final = hasattr(socket, "SO_REUSEPORT")
 _RESTART_PAUSE_S: Final = 1.0
 _STOP_TIMEOUT_S: Final = 15.0
@@ -183,7 +187,8 @@ def _reserve_operator_port(host: str, port: int) -> tuple[socket.socket, int]:
 
     A plain bind first proves the port is free (a second ``serve`` sharing it through
     ``SO_REUSEPORT`` would silently split the traffic); then, on Linux, a bound but not
-    listening ``SO_REUSEPORT`` socket keeps it while the workers bind their own.
+    listening ``SO_REUSEPORT`` socket keeps it while the workers bind their own. The metrics
+    port (``--metrics-port``) is held the same way (``_reserve_metrics_port``).
     """
     probe = _bind(host, port, reuse_port=False, listen=not _REUSE_PORT)
     if not _REUSE_PORT:
@@ -193,21 +198,54 @@ def _reserve_operator_port(host: str, port: int) -> tuple[socket.socket, int]:
     return _bind(host, chosen, reuse_port=True, listen=False), chosen
 
 
+def _reserve_metrics_port(host: str, port: int, operator_port: int) -> tuple[socket.socket, int]:
+    """``_reserve_operator_port`` for the metrics port, which never is the operator port: a
+    worker tells its two listeners apart by their port (``OperatorServer``). Equal ports given
+    are refused before (``_check_ports``); a free port the kernel picks (``0``) on another
+    interface than the operator port's may be that port's number, and is then picked again
+    while the first pick is held, so that it cannot come back."""
+    held, chosen = _reserve_operator_port(host, port)
+    if chosen != operator_port:
+        return held, chosen
+    try:
+        return _reserve_operator_port(host, 0)
+    finally:
+        held.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _MetricsListener:
+    """Where the workers answer ``/metrics`` (``--metrics-host``, the resolved
+    ``--metrics-port``), and the listening socket they share where the platform has no
+    ``SO_REUSEPORT`` (else each binds its own)."""
+
+    host: str
+    port: int
+    shared: socket.socket | None
+
+
 # --------------------------------------------------------------------------------- workers
 
 
-def _worker_main(
-    host: str, port: int, shared: socket.socket | None, log_level: str, parent: int
+def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments in order)
+    host: str,
+    port: int,
+    shared: socket.socket | None,
+    log_level: str,
+    parent: int,
+    metrics: _MetricsListener | None = None,
 ) -> None:
-    """A worker process: one uvicorn server over the worker app, on its own socket, that stops
-    when its serving process (``parent``) is gone. A spawned process starts with no logging
-    set up, so it sets up the serving process's own (the level of ``--log-level``). Its
-    connections are guarded by the limits and timeouts of the serve settings
-    (``web.http_connection``)."""
+    """A worker process: one uvicorn server over the worker app, on its own socket (and with
+    ``metrics``, on its own socket of the metrics port too), that stops when its serving process
+    (``parent``) is gone. A spawned process starts with no logging set up, so it sets up the
+    serving process's own (the level of ``--log-level``). Its connections, on either port, are
+    guarded by the limits and timeouts of the serve settings (``web.http_connection``)."""
     _configure_logging(log_level)
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
-        WORKER_APP,
+        functools.partial(
+            create_worker_app, metrics_port=None if metrics is None else metrics.port
+        ),
         factory=True,
         host=host,
         port=port,
@@ -221,13 +259,21 @@ def _worker_main(
         server_header=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
-    sock = shared if shared is not None else _bind(host, port, reuse_port=True, listen=True)
+    # The metrics socket first: once the operator port accepts (what serve waits for before it
+    # says where it listens), so does the metrics port.
+    extra = [] if metrics is None else [_listening(metrics.host, metrics.port, metrics.shared)]
+    sockets = [_listening(host, port, shared), *extra]
     server = uvicorn.Server(config)
     watch = threading.Thread(
         target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
     )
     watch.start()
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
+
+
+def _listening(host: str, port: int, shared: socket.socket | None) -> socket.socket:
+    """The worker's listening socket on ``port``: the one serve shares, else its own."""
+    return shared if shared is not None else _bind(host, port, reuse_port=True, listen=True)
 
 
 def _no_core_dumps() -> None:
@@ -325,6 +371,7 @@ class _Workers:
     count: int
     shared: socket.socket | None
     log_level: str
+    metrics: _MetricsListener | None = None
 
     def __post_init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
@@ -340,7 +387,7 @@ class _Workers:
         itself, and each one's server takes SIGINT up again once it runs."""
         process = self._context.Process(
             target=_worker_main,
-            args=(self.host, self.port, self.shared, self.log_level, os.getpid()),
+            args=(self.host, self.port, self.shared, self.log_level, os.getpid(), self.metrics),
             name="uid2-operator-worker",
             daemon=False,
         )
@@ -733,6 +780,20 @@ def _export_settings(settings: Settings) -> None:
 )
 @click.option("--admin-port", default=8081, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface /metrics listens on with --metrics-port; it stays on this machine unless "
+    "given here (give your monitoring network's, never a public interface).",
+)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Answer the Prometheus /metrics on this port (0: a free one), and on it nothing else; "
+    "the operator port then answers /metrics 404. Without it /metrics is on the operator port.",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -754,25 +815,32 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     port: int,
     admin_host: str,
     admin_port: int,
+    metrics_host: str,
+    metrics_port: int | None,
     workers: int,
     init_if_new: bool,
     log_level: str,
     as_json: bool,
 ) -> None:
-    """Serve the operator API (--port) and the admin API (--admin-port).
+    """Serve the operator API (--port) and the admin API (--admin-port); the Prometheus
+    /metrics on the operator port, or with --metrics-port on that port alone.
 
     With --json, once a worker accepts connections, one line on standard output holds a JSON
-    document: operator_url, admin_url, workers, pid, data_dir, environment, and init (what
-    --init-if-new did, as ``init --json`` prints it, bootstrap admin token included; null when
-    it did not run). Nothing else is written to standard output, except when serve stops (fails,
-    or is stopped by SIGINT or SIGTERM) after --init-if-new issued the token and before that
-    line: then one line ``{"init": ...}`` carries it, before any error.
+    document: operator_url, admin_url, metrics_url (the operator URL's /metrics, or the metrics
+    port's), workers, pid, data_dir, environment, and init (what --init-if-new did, as ``init
+    --json`` prints it, bootstrap admin token included; null when it did not run). Nothing else
+    is written to standard output, except when serve stops (fails, or is stopped by SIGINT or
+    SIGTERM) after --init-if-new issued the token and before that line: then one line
+    ``{"init": ...}`` carries it, before any error.
 
     Until serve runs its workers (and so handles SIGINT and SIGTERM as the stop signal), SIGTERM
     interrupts it as SIGINT does, rather than ending the process at once."""
+    _check_ports(ctx, port, admin_port, metrics_port)
     _configure_logging(log_level)
     _no_core_dumps()
-    listen = _Listen(host, port, admin_host, admin_port, workers, log_level)
+    listen = _Listen(
+        host, port, admin_host, admin_port, workers, log_level, metrics_host, metrics_port
+    )
     announcer = _Announcer(as_json=wants_json(as_json))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -780,6 +848,23 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo("stopped", err=True)
+
+
+def _check_ports(ctx: click.Context, port: int, admin_port: int, metrics_port: int | None) -> None:
+    """Refuse, as a usage error, a metrics port that is the operator or the admin port (``0``,
+    a free port, is never one of them), and --metrics-host without --metrics-port: /metrics
+    would stay on the operator port, where the operator meant to take it off."""
+    if metrics_port is None:
+        if ctx.get_parameter_source("metrics_host") is ParameterSource.COMMANDLINE:
+            raise click.UsageError("--metrics-host needs --metrics-port", ctx=ctx)
+        return
+    for option, taken in (("--port", port), ("--admin-port", admin_port)):
+        if metrics_port != 0 and metrics_port == taken:
+            raise click.BadParameter(
+                f"{metrics_port} is also {option}; the metrics port must be a port of its own",
+                ctx=ctx,
+                param_hint="'--metrics-port'",
+            )
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -825,7 +910,8 @@ def _serve(ctx: click.Context, listen: _Listen, init_if_new: bool, announcer: _A
 
 @dataclass(frozen=True, slots=True)
 class _Listen:
-    """Where ``serve`` listens, and how many workers it runs (its options)."""
+    """Where ``serve`` listens, and how many workers it runs (its options); ``metrics_port``
+    None: ``/metrics`` on the operator port."""
 
     host: str
     port: int
@@ -833,6 +919,8 @@ class _Listen:
     admin_port: int
     workers: int
     log_level: str
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
 
 def _run_serving(
@@ -846,11 +934,19 @@ def _run_serving(
     services = _open_serving(settings, serve_settings)
     _export_settings(settings)
     reserve, operator_port = _reserve_operator_port(listen.host, listen.port)
+    reserved = [reserve]
+    metrics = None
+    if listen.metrics_port is not None:
+        held, metrics_port = _reserve_metrics_port(
+            listen.metrics_host, listen.metrics_port, operator_port
+        )
+        reserved.append(held)
+        metrics = _MetricsListener(listen.metrics_host, metrics_port, None if _REUSE_PORT else held)
     admin_sock, admin_url = _bind_admin(listen.admin_host, listen.admin_port)
     admin_limits = HttpLimits.of(serve_settings, MAX_BODY_BYTES)
     admin = _run_admin(services, admin_sock, listen.log_level, admin_limits)
     shared = None if _REUSE_PORT else reserve
-    pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level)
+    pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level, metrics)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -860,7 +956,9 @@ def _run_serving(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
     upkeep = _UpkeepThread(_Upkeep(services, services.material, serve_settings))
-    announcer.where(settings, listen, operator_port, admin_url)
+    announcer.where(
+        settings, listen, operator_port, admin_url, None if metrics is None else metrics.port
+    )
     try:
         pool.start()
         upkeep.start()
@@ -873,7 +971,8 @@ def _run_serving(
         upkeep.stop()  # first: it finishes its step while the workers stop
         pool.stop()
         admin.stop()
-        reserve.close()
+        for held in reserved:
+            held.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         upkeep.join()
@@ -882,12 +981,13 @@ def _run_serving(
 
 
 class _Announcer:
-    """Says where serve listens, once a worker accepts connections on the operator port: the
-    two lines of text, or with --json the one JSON line (``serve``'s docstring). Looked at on
-    every turn of serve's loop, so waiting for the workers never holds up restarting them; a
-    warning when none accepts for ``_ANNOUNCE_WARNING_S``. Should serve stop, however it stops,
-    after ``init`` issued the bootstrap admin token but before the JSON line, the token still
-    reaches standard output (``stopped``): it is shown only once."""
+    """Says where serve listens, once a worker accepts connections on the operator port (and so
+    on the metrics port: ``_worker_main``): the two lines of text, or with --json the one JSON
+    line (``serve``'s docstring). Looked at on every turn of serve's loop, so waiting for the
+    workers never holds up restarting them; a warning when none accepts for
+    ``_ANNOUNCE_WARNING_S``. Should serve stop, however it stops, after ``init`` issued the
+    bootstrap admin token but before the JSON line, the token still reaches standard output
+    (``stopped``): it is shown only once."""
 
     def __init__(self, *, as_json: bool) -> None:
         self.as_json = as_json
@@ -897,12 +997,23 @@ class _Announcer:
         self._listen: _Listen | None = None
         self._port = 0
         self._admin_url = ""
+        self._metrics_port: int | None = None
         self._since = 0.0
         self._warned = False
 
-    def where(self, settings: Settings, listen: _Listen, port: int, admin_url: str) -> None:
+    def where(
+        self,
+        settings: Settings,
+        listen: _Listen,
+        port: int,
+        admin_url: str,
+        metrics_port: int | None = None,
+    ) -> None:
+        """Where serve listens: ``port`` (the operator port), ``metrics_port`` (None when
+        ``/metrics`` is on the operator port), resolved."""
         self._settings, self._listen = settings, listen
         self._port, self._admin_url = port, admin_url
+        self._metrics_port = metrics_port
         self._since = time.monotonic()
 
     def tick(self) -> None:
@@ -918,10 +1029,14 @@ class _Announcer:
                 )
             return
         self.done = True
+        metrics_host = _url_host(self._listen.metrics_host)
         _announce(
             self._settings,
             operator_url=f"http://{_url_host(self._listen.host)}:{self._port}",
             admin_url=self._admin_url,
+            metrics_url=None
+            if self._metrics_port is None
+            else f"http://{metrics_host}:{self._metrics_port}{METRICS}",
             workers=self._listen.workers,
             initialised=self.initialised,
             as_json=self.as_json,
@@ -966,15 +1081,19 @@ def _announce(
     *,
     operator_url: str,
     admin_url: str,
+    metrics_url: str | None,
     workers: int,
     initialised: Initialised | None,
     as_json: bool,
 ) -> None:
-    """Say where serve listens, once every port is bound (``serve``'s docstring: --json)."""
+    """Say where serve listens, once every port is bound (``serve``'s docstring: --json).
+    ``metrics_url`` is the metrics port's, None when ``/metrics`` is on the operator port: the
+    operator line then names it by its path, as it always did."""
     if as_json:
         document = {
             "operator_url": operator_url,
             "admin_url": admin_url,
+            "metrics_url": metrics_url or f"{operator_url}{METRICS}",
             "workers": workers,
             "pid": os.getpid(),
             "data_dir": str(settings.data_dir.resolve()),
@@ -985,7 +1104,7 @@ def _announce(
         return
     click.echo(
         f"operator API: {operator_url} ({workers} worker{'s' if workers != 1 else ''}; "
-        "health: /ops/healthcheck, metrics: /metrics)"
+        f"health: /ops/healthcheck, metrics: {metrics_url or METRICS})"
     )
     click.echo(f"admin API: {admin_url}")
     if initialised is not None:

@@ -1,7 +1,7 @@
 """One operator worker process: the API over a store-backed snapshot, with health and metrics.
 
-``create_worker_app`` is the import-string factory ``uid2-operator serve`` starts in every worker
-process. It wires, per process:
+``create_worker_app`` is the factory ``uid2-operator serve`` starts in every worker process. It
+wires, per process:
 
 - a ``SnapshotSource`` that loads the snapshot from the store at startup and polls for changes,
   opening it with the keyring file as it is at each load (``bootstrap.follow_keyring``), so a KEK
@@ -20,6 +20,8 @@ process. It wires, per process:
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
 reason as plain text, operator-api §6.13: ``SnapshotSource.problem``, fixed phrases that never
 carry an error's text, since anyone may ask); a healthy health check goes to the API (200 ``OK``).
+With a metrics listener of its own (``serve --metrics-port``), ``/metrics`` is answered there
+only, and that listener answers nothing else (``OperatorServer``).
 Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending
 (within ``write_behind.STOP_BUDGET_S``, saving the opt-outs it could not write), then removes
 this worker's metrics file.
@@ -42,7 +44,7 @@ from uid2_operator.bootstrap import follow_keyring, material_service, open_confi
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
 from uid2_operator.domain.sealing import KeyringSource
-from uid2_operator.errors import MethodNotAllowed
+from uid2_operator.errors import MethodNotAllowed, NotFound
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
@@ -73,7 +75,10 @@ from uid2_operator.wire.aead import RandomBytes
 log = logging.getLogger(__name__)
 
 METRICS: Final = "/metrics"
-ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS, METRICS})
+API_ROUTES: Final = frozenset({*OPERATOR_ENDPOINTS, *KEYLESS_ENDPOINTS})
+"""The paths counted under their own name when ``/metrics`` has a listener of its own: on the
+operator port it is then an unknown path like any other (counted as ``other``)."""
+ROUTES: Final = API_ROUTES | {METRICS}
 OPTOUTS_DROPPED: Final = "uid2_operator_optouts_dropped"
 COUNTERS: Final = frozenset({OPTOUTS_DROPPED, PROCESS_CPU})
 """Worker figures exported as counters (``_WorkerCollector``), the rest of them as gauges."""
@@ -92,11 +97,25 @@ class Worker:
 
 
 class OperatorServer:
-    """The ASGI application of one worker process (see the module docstring)."""
+    """The ASGI application of one worker process (see the module docstring).
 
-    def __init__(self, api: OperatorApi, worker: Worker) -> None:
+    With ``metrics_port`` (``serve --metrics-port``: the worker listens on that port too), a
+    connection to that port is the metrics listener's: ``GET``/``HEAD /metrics`` is answered
+    there, and any other request is answered 404 as the API answers an unknown path (without its
+    CORS headers), never reaching the API nor counted; every other connection is the operator
+    port's, where ``/metrics`` goes to the API like any unknown path (404, counted as ``other``:
+    ``API_ROUTES``). The listener is told by the local port of the connection, ``scope["server"]``:
+    the server takes it from the accepted socket's own address (``getsockname``), never from
+    anything the client sends (its ``Host`` header, a proxy's headers), and serve never gives the
+    two listeners the same port. A connection whose local port is unknown is the operator
+    port's, so ``/metrics`` is never answered there."""
+
+    def __init__(
+        self, api: OperatorApi, worker: Worker, *, metrics_port: int | None = None
+    ) -> None:
         self._api = api
         self.worker = worker
+        self._metrics_port = metrics_port
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -104,20 +123,23 @@ class OperatorServer:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
+            if self._metrics_port is not None and _local_port(scope) == self._metrics_port:
+                if path == METRICS and scope["method"] in ("GET", "HEAD"):
+                    await self._metrics(send)
+                else:
+                    await _answer(send, *render(NotFound()))
+                return
             if path == HEALTHCHECK:
                 problem = self.worker.source.problem
                 if problem is not None and scope["method"] in ("GET", "HEAD"):
                     await _answer(send, 503, problem.encode(), TEXT)
                     return
-            elif path == METRICS:
+            elif path == METRICS and self._metrics_port is None:
                 if scope["method"] not in ("GET", "HEAD"):
                     # A known path: the wrong method is a 405, as on the API's own paths.
                     await _answer(send, *render(MethodNotAllowed()))
                     return
-                # The collector publishes the figures it reports as ours first, so that they are
-                # in our file too (MetricsCollector.publish_to, metrics_files).
-                body = generate_latest(self.worker.registry)
-                await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
+                await self._metrics(send)
                 return
             await self._api(scope, receive, send)
         elif kind == "lifespan":
@@ -126,6 +148,12 @@ class OperatorServer:
             # No websocket routes: closing before accepting makes the server refuse the
             # handshake (403), where returning without a word would be its 500.
             await send({"type": "websocket.close", "code": 1000})
+
+    async def _metrics(self, send: Send) -> None:
+        # The collector publishes the figures it reports as ours first, so that they are in our
+        # file too (MetricsCollector.publish_to, metrics_files).
+        body = generate_latest(self.worker.registry)
+        await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -172,6 +200,12 @@ class OperatorServer:
             publisher.close()
 
 
+def _local_port(scope: Scope) -> int | None:
+    """The port of this server the request's connection came in on (None when unknown)."""
+    server = scope.get("server")
+    return None if server is None else server[1]
+
+
 async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
     """One whole answer with its ``Content-Length``, so the server need not chunk it (for ``HEAD``
     the length a ``GET`` gets; the server does not send the body)."""
@@ -194,8 +228,12 @@ def build_worker(
     clock: Clock | None = None,
     random: RandomBytes = system_random,
     runtime_dir: Path | None = None,
+    metrics_port: int | None = None,
 ) -> OperatorServer:
     """Wire one worker over ``store`` (default: the configured one, opened lazily).
+
+    ``metrics_port`` is the port of the worker's metrics listener (``serve --metrics-port``),
+    None when ``/metrics`` is answered on the operator port (``OperatorServer``).
 
     ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
     None for a worker on its own (tests, benchmarks). A worker with one refuses replays through
@@ -244,7 +282,7 @@ def build_worker(
         on_optouts=source.add_optouts,
         saved_dir=settings.data_dir / PENDING_OPTOUTS_DIR,
     )
-    metrics = RequestMetrics(ROUTES)
+    metrics = RequestMetrics(ROUTES if metrics_port is None else API_ROUTES)
     usage = write_behind.usage
     refused = UNAUTHORIZED.http_status
 
@@ -279,7 +317,8 @@ def build_worker(
         observer=observe,
         replay=replay,
     )
-    return OperatorServer(api, Worker(db, source, write_behind, metrics, registry, publisher))
+    worker = Worker(db, source, write_behind, metrics, registry, publisher)
+    return OperatorServer(api, worker, metrics_port=metrics_port)
 
 
 def _registry(
@@ -384,12 +423,14 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> 
     ]
 
 
-def create_worker_app() -> OperatorServer:
-    """The worker factory ``uid2-operator serve`` names by import string: settings come from
-    the environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...)."""
+def create_worker_app(metrics_port: int | None = None) -> OperatorServer:
+    """The worker factory ``uid2-operator serve`` runs in each worker: settings come from the
+    environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...), the port
+    of the worker's metrics listener (``--metrics-port``, resolved) from serve itself."""
     runtime_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
     return build_worker(
         Settings.from_env(),
         ServeSettings.from_env(),
         runtime_dir=Path(runtime_dir) if runtime_dir else None,
+        metrics_port=metrics_port,
     )
