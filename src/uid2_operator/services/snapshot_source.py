@@ -135,6 +135,12 @@ class SnapshotSource:
         return self._confirmed_at_ms
 
     @property
+    def confirmed_age_ms(self) -> int | None:
+        """How long ago a poll last confirmed the snapshot, on the monotonic clock (None before
+        any did)."""
+        return None if self._confirmed_mono_ms is None else self._age_ms()
+
+    @property
     def store_reachable(self) -> bool:
         """False only while the last poll could not reach the store; a reload failing with the
         store reachable (a keyring that lacks a KEK version, say) leaves it True."""

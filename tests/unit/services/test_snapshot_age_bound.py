@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
+from uid2_operator.services.write_behind import WriteBehind
+from uid2_operator.storage import open_store
+from uid2_operator.web.operator_api.server import _gauges
 
 BOUND_S = 10
 HOUR_MS = 3_600_000
@@ -131,3 +135,21 @@ def test_a_clock_stepped_forward_does_not_cut_the_bound_short() -> None:
     assert source.current is served
     assert source.problem is not None
     assert source.problem.endswith("serving the last snapshot, confirmed 1 s ago")
+
+
+def test_the_confirmed_age_gauge_counts_elapsed_time_not_the_time_of_day(tmp_path: Path) -> None:
+    store, clock = _Store(), FixedClock()
+    source = _source(store, clock)
+    assert source.confirmed_age_ms is None
+    assert source.refresh() is True
+    clock.at_ms -= HOUR_MS
+    clock.advance(2500)
+    assert source.confirmed_age_ms == 2500
+    db = open_store(f"sqlite:///{tmp_path / 'unused.db'}", check_schema=False)
+    writer = WriteBehind(db, clock, flush_interval_s=1)
+    try:
+        gauges = {name: read for name, _help, read in _gauges(source, writer)}
+        assert gauges["uid2_operator_snapshot_confirmed_age_seconds"]() == 2.5
+    finally:
+        writer.close()
+        db.close()

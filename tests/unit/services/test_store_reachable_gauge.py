@@ -52,7 +52,7 @@ def _gauge(source: SnapshotSource, tmp_path: Path) -> float | None:
     store = open_store(f"sqlite:///{tmp_path / 'unused.db'}", check_schema=False)
     writer = WriteBehind(store, clock, flush_interval_s=1)
     try:
-        (read,) = [read for name, _help, read in _gauges(source, writer, clock) if name == GAUGE]
+        (read,) = [read for name, _help, read in _gauges(source, writer) if name == GAUGE]
         return read()
     finally:
         writer.close()

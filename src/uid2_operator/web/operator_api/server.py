@@ -294,7 +294,7 @@ def build_worker(
         if key_id is not None and status != refused:
             usage.add(key_id, path)
 
-    registry, publisher = _registry(metrics, _gauges(source, write_behind, now), runtime_dir)
+    registry, publisher = _registry(metrics, _gauges(source, write_behind), runtime_dir)
     replay = (
         None
         if runtime_dir is None
@@ -365,7 +365,7 @@ class _WorkerCollector(MetricsCollector):
             yield counter
 
 
-def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> list[Gauge]:
+def _gauges(source: SnapshotSource, write_behind: WriteBehind) -> list[Gauge]:
     def generation() -> float | None:
         snapshot = source.snapshot
         return None if snapshot is None else float(snapshot.generation)
@@ -377,8 +377,8 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind, clock: Clock) -> 
         )
 
     def confirmed_age() -> float | None:
-        at = source.confirmed_at_ms
-        return None if at is None else (clock.now_ms() - at) / 1000
+        age_ms = source.confirmed_age_ms
+        return None if age_ms is None else age_ms / 1000
 
     return [
         ("uid2_operator_snapshot_generation", "Generation of the loaded snapshot.", generation),
