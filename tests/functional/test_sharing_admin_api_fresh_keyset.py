@@ -1,8 +1,10 @@
-"""``PUT /participants/{site_id}/sharing`` sent before the upkeep made the participant's keyset.
+"""``GET`` and ``PUT /participants/{site_id}/sharing`` sent before the upkeep made the
+participant's keyset.
 
-That request creates the keyset and its first key (audited as the admin's doing), so its answer
-says ``"changed": true`` even when the choice sent is the default one; the same request again
-changes nothing and says so.
+The read answers 200 in the route's usual shape: no keyset id, and the choice the keyset will be
+created with; it creates nothing. The write creates the keyset and its first key (audited as the
+admin's doing), so its answer says ``"changed": true`` even when the choice sent is the default
+one; the same request again changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from admin_api_harness import AdminEnv, open_admin_env, sqlite_settings
+from admin_api_harness import (
+    PREFIX,
+    AdminEnv,
+    open_admin_env,
+    postgres_settings,
+    schema_errors,
+    sqlite_settings,
+)
 
 from uid2_operator.domain.roles import AdminRole
 
@@ -21,6 +30,21 @@ pytestmark = pytest.mark.functional
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[AdminEnv]:
     with open_admin_env(sqlite_settings(tmp_path)) as opened:
+        yield opened
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
+    if request.param == "sqlite":
+        with open_admin_env(sqlite_settings(tmp_path)) as opened:
+            yield opened
+        return
+    with postgres_settings(tmp_path) as settings, open_admin_env(settings) as opened:
         yield opened
 
 
@@ -59,3 +83,36 @@ def test_the_default_choice_sent_first_answers_changed(env: AdminEnv) -> None:
     assert again.status_code == 200, again.text
     assert again.json()["changed"] is False
     assert env.change_seq() == seq
+
+
+def test_the_read_answers_the_choice_the_keyset_will_be_created_with(any_env: AdminEnv) -> None:
+    env = any_env
+    site = _site_without_keyset(env)
+    path = f"/participants/{site}/sharing"
+    mark = env.mark()
+
+    shown = env.call("GET", path, AdminRole.READ_ONLY)
+
+    assert shown.status_code == 200, shown.text
+    assert shown.json() == {
+        "site_id": site,
+        "keyset_id": None,
+        "mode": "bidders",
+        "sites": [],
+        "types": [],
+        "changed": False,
+        "rotated_key_ids": [],
+    }
+    document = env.client.request("GET", PREFIX + "/openapi.json").json()
+    ref = {"$ref": "#/components/schemas/Sharing"}
+    assert schema_errors(document, ref, shown.json(), "Sharing") == []
+    assert env.refusals_since(mark) == []  # a read: nothing written, nothing audited
+    with env.services.store.read() as rx:
+        assert all(k.site_id != site for k in rx.keysets.list_all())
+
+    env.services.material.initialise()  # as the upkeep does: the keyset, with the choice shown
+    after = env.call("GET", path, AdminRole.READ_ONLY).json()
+    assert isinstance(after["keyset_id"], int)
+    assert {**after, "keyset_id": None} == shown.json()
+    unknown = env.call("GET", "/participants/4242/sharing", AdminRole.READ_ONLY)
+    assert unknown.status_code == 404

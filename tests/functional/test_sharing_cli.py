@@ -164,3 +164,66 @@ def _postgres_rows(db: Database) -> str:
                     )
                 )
     return "\n".join(rows)
+
+
+@pytest.mark.parametrize(
+    "allow",
+    ["\u00b2", "--5", "5,--5", "\u0663", "5,\uff15", "+5", "1_000", "5.0", "9" * 13],
+)
+def test_allow_refuses_every_value_that_is_not_a_site_id_as_input(cli: Cli, allow: str) -> None:
+    """Text ``int()`` would refuse or read differently (superscript, Arabic-Indic or full-width
+    digits, a second minus sign) is bad input (exit 2), named as such, never an internal
+    error; and nothing changes."""
+    ok(cli, "init")
+    a = _participant(cli, "A", "publisher", "SHARER")
+    before = ok(cli, "sharing", "set", "--site-id", str(a), "--owner-only")
+    error = fails(cli, "sharing", "set", "--site-id", str(a), f"--allow={allow}")
+    assert error["code"] == "invalid_input"
+    assert "--allow takes site ids" in error["message"]
+    assert ok(cli, "sharing", "show", "--site-id", str(a))["mode"] == before["mode"]
+
+
+def test_show_answers_for_a_participant_added_since_the_upkeep(cli: Cli) -> None:
+    """No keyset yet: the choice its keyset will be created with, and no keyset id; asking
+    creates nothing."""
+    ok(cli, "init")
+    fresh = _participant(cli, "Fresh", "publisher", "SHARER")
+    store = open_store(_settings(cli.database).store_url)
+    try:
+        seq = store.change_seq()
+        shown = ok(cli, "sharing", "show", "--site-id", str(fresh))
+        assert store.change_seq() == seq
+        with store.read() as rx:
+            assert all(k.site_id != fresh for k in rx.keysets.list_all())
+    finally:
+        store.close()
+    assert shown == {
+        "site_id": fresh,
+        "keyset_id": None,
+        "mode": "bidders",
+        "sites": [],
+        "types": [],
+        "changed": False,
+        "rotated_key_ids": [],
+    }
+    human = cli("sharing", "show", "--site-id", str(fresh))
+    assert human.exit_code == 0, human.output
+    assert [line.split() for line in human.stdout.splitlines()][:3] == [
+        ["site", "id", str(fresh)],
+        ["keyset", "id", "-"],
+        ["sharing", "bidders"],
+    ]
+    ok(cli, "keys", "rotate")  # the upkeep gives it its keyset, with that choice
+    after = ok(cli, "sharing", "show", "--site-id", str(fresh))
+    assert isinstance(after["keyset_id"], int)
+    assert {k: v for k, v in after.items() if k != "keyset_id"} == {
+        k: v for k, v in shown.items() if k != "keyset_id"
+    }
+    assert "No participant" in fails_with(cli, 1, "sharing", "show", "--site-id", "4242")
+
+
+def fails_with(cli: Cli, status: int, *args: str) -> str:
+    result = cli(*args, "--json")
+    assert result.exit_code == status, (args, result.stdout, result.stderr)
+    message: str = json.loads(result.stdout)["error"]["message"]
+    return message

@@ -14,12 +14,22 @@ from uid2_operator.clock import FixedClock
 from uid2_operator.domain.audit import verify_chain
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import parse_public_key
-from uid2_operator.domain.keysets import DAY_S, SharingMode
+from uid2_operator.domain.keysets import (
+    DAY_S,
+    LAST_RESERVED_KEYSET_ID,
+    SharingMode,
+    new_site_keyset,
+)
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.sharing import keyset_sharing
 from uid2_operator.errors import InvalidInput, InvalidTransition, NotFound
 from uid2_operator.services.material import MaterialConfig, MaterialService
-from uid2_operator.services.sharing import SharingService, read_client_side_state
+from uid2_operator.services.sharing import (
+    NEW_KEYSET_SHARING,
+    SharingService,
+    read_client_side_state,
+)
 from uid2_operator.storage import SqlStore
 from uid2_operator.wire.cstg import private_key_der, public_key_der
 
@@ -164,13 +174,23 @@ def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
             )
         )
     bare = SharingService(store, KEYRING, Environment.LOCAL, clock, os.urandom)
-    with pytest.raises(NotFound, match="no keyset"):
-        bare.show_sharing(ACTOR, 1009)
+    seq = store.change_seq()
+    for service in (bare, sharing):  # a read needs no keyset, and creates none
+        shown = service.show_sharing(ACTOR, 1009)
+        assert (shown.site_id, shown.keyset_id, shown.policy) == (1009, None, NEW_KEYSET_SHARING)
+        assert (shown.changed, shown.rotated_key_ids) == (False, ())
+    assert store.change_seq() == seq
     with pytest.raises(NotFound, match="no keyset"):
         bare.set_sharing(ACTOR, 1009, mode="owner_only")
     assert sharing.set_sharing(ACTOR, 1009, mode="owner_only").changed
+    assert sharing.show_sharing(ACTOR, 1009).keyset_id is not None
     with pytest.raises(NotFound):
         sharing.show_sharing(ACTOR, 4242)
+
+
+def test_the_choice_shown_without_a_keyset_is_the_one_a_keyset_is_created_with() -> None:
+    created = new_site_keyset(LAST_RESERVED_KEYSET_ID + 1, 1009, now_ms=1)
+    assert keyset_sharing(created) == NEW_KEYSET_SHARING
 
 
 def test_a_missing_keyset_is_created_in_the_sharing_change_s_own_transaction(

@@ -155,7 +155,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Sharing": _record(
         {
             "site_id": _INT,
-            "keyset_id": _INT,
+            "keyset_id": {
+                **_nullable("integer"),
+                "description": "null for a participant added since the last upkeep, which has "
+                "no keyset yet (mode is then bidders, the choice its keyset is created with)",
+            },
             "mode": {"type": "string", "enum": ["owner_only", "bidders", "list"]},
             "sites": {"type": "array", "items": _INT},
             "types": {"type": "array", "items": _STR},
