@@ -70,7 +70,7 @@ BASELINES: dict[str, dict[str, Any]] = {
     "renameKey": {"name": "renamed"},
     "setKeyRoles": {"roles": ["MAPPER"]},
     "revokeKey": {"reason": "leaked"},
-    "rotateKey": {"grace_days": 1},
+    "rotateKey": {"grace_days": 1, "name": "successor"},
     "rotateKeySecret": {"grace_days": 1},
     "createAdminToken": {"name": "ops", "roles": ["READ_ONLY"]},
     "setSharing": {"mode": "list", "sites": [OTHER_SITE], "types": ["dsp"], "rotate": False},

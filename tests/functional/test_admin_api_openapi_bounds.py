@@ -387,7 +387,7 @@ BASELINES: dict[str, list[dict[str, Any]]] = {
     "renameKey": [{"name": "renamed"}],
     "setKeyRoles": [{"roles": ["MAPPER"]}],
     "revokeKey": [{"reason": "leaked"}],
-    "rotateKey": [{"grace_days": 1}],
+    "rotateKey": [{"grace_days": 1, "name": "successor"}],
     "rotateKeySecret": [{"grace_days": 1}],
     "createAdminToken": [{"name": "ops", "roles": ["READ_ONLY"]}],
     "setSharing": [

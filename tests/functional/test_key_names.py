@@ -1,4 +1,5 @@
-"""What ``key create --name`` and ``key rename --name`` say about names is what they enforce."""
+"""What ``key create --name``, ``key rename --name`` and ``key rotate --name`` say about names is
+what they enforce."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _site(cli: Cli) -> str:
     return str(json.loads(created.stdout)["site_id"])
 
 
-@pytest.mark.parametrize("command", [["key", "create"], ["key", "rename"]])
+@pytest.mark.parametrize("command", [["key", "create"], ["key", "rename"], ["key", "rotate"]])
 def test_the_help_states_the_enforced_limit(cli: Cli, command: list[str]) -> None:
     shown = cli(*command, "--help")
     assert shown.exit_code == 0
@@ -50,3 +51,9 @@ def test_key_names_are_limited_as_the_help_says(cli: Cli) -> None:
     renamed = cli("--json", "key", "rename", key_id, "--name", "r" * (MAX_NAME_LENGTH + 1))
     assert renamed.exit_code == 2
     assert cli("--json", "key", "rename", key_id, "--name", "r" * MAX_NAME_LENGTH).exit_code == 0
+    rotated = cli("--json", "key", "rotate", key_id, "--name", "s" * (MAX_NAME_LENGTH + 1))
+    assert rotated.exit_code == 2
+    assert f"1 to {MAX_NAME_LENGTH} characters" in json.loads(rotated.stdout)["error"]["message"]
+    rotated = cli("--json", "key", "rotate", key_id, "--name", "s" * MAX_NAME_LENGTH)
+    assert rotated.exit_code == 0, rotated.stdout
+    assert json.loads(rotated.stdout)["name"] == "s" * MAX_NAME_LENGTH

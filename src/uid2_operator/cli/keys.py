@@ -203,11 +203,16 @@ def revoke(key_id: str, reason: str, as_json: bool) -> None:
     show_default=True,
     help="How long the old key keeps working; 0 retires it now.",
 )
+@click.option(
+    "--name",
+    default=None,
+    help=f"The successor's name, 1 to {MAX_NAME_LENGTH} characters (default: the old key's).",
+)
 @json_option
-def rotate(key_id: str, grace_days: int, as_json: bool) -> None:
+def rotate(key_id: str, grace_days: int, name: str | None, as_json: bool) -> None:
     """Issue a successor key (same roles, new secret); prints the successor once."""
     with services() as svc:
-        issued = svc.credentials.rotate_key(actor(), key_id, grace_days=grace_days)
+        issued = svc.credentials.rotate_key(actor(), key_id, grace_days=grace_days, name=name)
     _emit_issued(as_json, issued)
 
 

@@ -365,12 +365,19 @@ class CredentialService:
         return self._change_key(actor, kid, "key.revoke", change)
 
     def rotate_key(
-        self, actor: Actor, key_id: Any, *, grace_days: Any = DEFAULT_GRACE_DAYS
+        self,
+        actor: Actor,
+        key_id: Any,
+        *,
+        grace_days: Any = DEFAULT_GRACE_DAYS,
+        name: Any = None,
     ) -> IssuedKey:
-        """Issue the successor (same site, name, roles and expiry policy, a new secret). The old
-        key keeps working for ``grace_days`` (0: stops now), then retires by itself."""
+        """Issue the successor (same site, roles and expiry policy, a new secret; the old key's
+        name unless ``name`` is given, checked as a created key's is). The old key keeps working
+        for ``grace_days`` (0: stops now), then retires by itself."""
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
+        clean_name = inputs.optional_text(name, "name")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = recorded_keyring(tx, self._keyrings)
@@ -388,6 +395,7 @@ class CredentialService:
                 now_ms=now,
                 by=actor.id,
                 grace_ms=grace * lifecycle.DAY_MS,
+                name=clean_name,
             )
             # The successor first: the old row's ``rotated_to`` refers to it.
             tx.api_keys.add(rotation.successor)

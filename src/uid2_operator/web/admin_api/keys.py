@@ -98,7 +98,18 @@ REVOKE_BODY = BodySpec(
         ),
     )
 )
-ROTATE_BODY = BodySpec((GRACE_FIELD,))
+ROTATE_BODY = BodySpec(
+    (
+        GRACE_FIELD,
+        replace(
+            NAME_FIELD,
+            description="The successor's display name (trimmed; not blank); the old key's name "
+            "when absent",
+            required=False,
+        ),
+    )
+)
+ROTATE_SECRET_BODY = BodySpec((GRACE_FIELD,))
 NO_BODY = BodySpec()
 LIST_QUERY = (
     Field(
@@ -170,7 +181,10 @@ def _grace(call: Call) -> int:
 
 def rotate_key(call: Call) -> Reply:
     issued = call.services.credentials.rotate_key(
-        call.actor, call.params["key_id"], grace_days=_grace(call)
+        call.actor,
+        call.params["key_id"],
+        grace_days=_grace(call),
+        name=call.body.optional_text("name"),
     )
     return Reply(issued.to_json(), status=201)
 
@@ -332,7 +346,7 @@ OPERATIONS = (
         rotate_secret,
         operation_id="rotateKeySecret",
         summary="Issue a new client secret; the previous one is accepted for the grace",
-        body=ROTATE_BODY,
+        body=ROTATE_SECRET_BODY,
         response="IssuedSecret",
         discloses_secret=True,
     ),
