@@ -44,6 +44,7 @@ PLACEHOLDER_VALUES = {
     "site_id": "1001",
     "key_id": "UID2-C-L-1001-abcDEF",
     "token_id": "UID2-A-L-0-abcDEF",
+    "subscription_id": "23456789ab",
 }
 
 

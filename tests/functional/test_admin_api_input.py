@@ -4,7 +4,9 @@ Cases are generated from each route's own field declarations: malformed JSON, th
 shape, every field with every wrong type, unknown fields, oversized names and bodies, bad role
 names, text that cannot be stored, unknown targets. For each, nothing may change but the audit
 trail: no partial write, and at most one event, recording the refusal (``failed``, with the
-error's code) when the service refused the request after the edge let it through.
+error's code) when the service refused the request after the edge let it through. A path value
+that breaks its parameter's declaration is refused at the edge (422) on every route that has
+one, reads included, and leaves no event at all.
 
 The routes come from the app's own route table, so a write route added to the app joins the
 battery, and a test fails until the battery knows how to aim at it (a valid body to spoil, a
@@ -17,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any, cast
+from urllib.parse import quote
 
 import pytest
 from admin_api_harness import (
@@ -106,12 +109,26 @@ UNKNOWN_TARGETS = {
     "token_id": "UID2-A-L-0-zzzzzz",
     "subscription_id": "zzzzzzzzzz",
 }
-MALFORMED_TARGETS = {
-    "site_id": "x1",
-    "key_id": "not-a-key-id",
-    "token_id": "nope",
-    "subscription_id": "not-a-subscription-id",
+MALFORMED_PATH_VALUES: dict[str, list[str]] = {
+    "site_id": [
+        *("x1", "2", "0", "-500", str(MAX_SITE_ID + 1), "9" * 30, "5e2", "500.0", "+500"),
+        *("\u00b2", "\u0665\u0660\u0660", "\uff15\uff10\uff10", " 9999", "9999 "),
+    ],
+    "key_id": [
+        *("not-a-key-id", "UID2-C-L-500-zzzzz", "UID2-C-L-500-zzzzzzz", "UID2-c-L-500-zzzzzz"),
+        *("UID2-C-L-0500-zzzzzz", "UID2-C-L-500-zzzzzz.tail", " UID2-C-L-500-zzzzzz"),
+        "UID2-C-L-500-zzzzzz ",
+    ],
+    "token_id": [
+        *("nope", "UID2-A-L-0-zzzzz", "UID2-A-L-0-zzzzzz.tail", " UID2-A-L-0-zzzzzz"),
+    ],
+    "subscription_id": [
+        *("not-a-subscription-id", "zzzzzzzzz", "zzzzzzzzzzz", "zzzzzzzzz0", "zzzzzzzzzl"),
+        *(" zzzzzzzzzz", "zzzzzzzzzz ", "z" * 65),
+    ],
 }
+"""Path values each parameter's declaration refuses, each naming no stored object even once
+stripped or read leniently (a request let through would answer 404, not change the fixture)."""
 
 
 class Case:
@@ -273,6 +290,13 @@ PARAMS = [
     for op in WRITE_OPERATIONS
     for case in _cases(op)
 ]
+MALFORMED_PATH_CASES = [
+    pytest.param(op, name, value, id=f"{op.method} {op.path}: {name}={value!r}")
+    for op in _served_operations()
+    if "{" in op.path
+    for name in _placeholders(op.path)
+    for value in MALFORMED_PATH_VALUES[name]
+]
 
 
 @pytest.fixture(scope="module")
@@ -383,23 +407,40 @@ def test_unknown_targets_are_404_with_no_state_change(env: AdminEnv, op: Operati
     event = _refusal_recorded(env, mark, op, 404, "not_found")
     assert event is not None
     assert event.target_id in unknown.values()
-    malformed = MALFORMED_TARGETS
-    # A subscription id is looked up only when it has the shape of one; any other text is
-    # no keypair (404). Other ids that are not ids are refused as input (422).
-    status, code = (
-        (404, "not_found")
-        if "subscription_id" in _placeholders(op.path)
-        else (422, "invalid_input")
-    )
-    mark = env.mark()
-    response = env.call(
-        op.method, fill_path(op.path, malformed), json=BASELINES.get(op.operation_id, {})
-    )
-    assert response.status_code == status, response.text
-    assert response.json()["error"]["code"] == code
-    event = _refusal_recorded(env, mark, op, status, code)
-    assert event is not None
-    assert event.target_id == ""  # not an id: not recorded as one
+
+
+@pytest.mark.parametrize(("op", "name", "value"), MALFORMED_PATH_CASES)
+def test_a_path_value_that_breaks_its_declaration_is_422_and_not_audited(
+    env: AdminEnv, op: Operation, name: str, value: str
+) -> None:
+    """Refused at the edge like a body field that breaks the route's declaration: the same error
+    shape, before the route runs, and no audit row (a refused write of a well-formed id that
+    names nothing is the service's 404, recorded: see the test above)."""
+    rows = len(env.audit_events())
+    seq = env.change_seq()
+    path = fill_path(op.path, {**_targets(env), name: quote(value, safe="")})
+    kwargs: dict[str, Any] = {}
+    if op.method in WRITE_METHODS:
+        kwargs["json"] = BASELINES.get(op.operation_id, {})
+
+    response = env.call(op.method, path, **kwargs)
+
+    assert response.status_code == 422, response.text
+    _assert_clean_error(response.status_code, response.json())
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert f"'{name}'" in error["message"]
+    assert "tail" not in response.text
+    assert len(env.audit_events()) == rows
+    assert env.change_seq() == seq
+
+
+def test_a_malformed_path_value_without_a_token_is_still_401(env: AdminEnv) -> None:
+    """The token is checked before anything the request carries is read."""
+    rows = len(env.audit_events())
+    response = env.client.request("POST", PREFIX + "/participants/x1/disable", json={})
+    assert response.status_code == 401
+    assert len(env.audit_events()) == rows
 
 
 @pytest.mark.parametrize(
@@ -498,7 +539,7 @@ def test_the_battery_covers_every_write_route_the_app_serves(env: AdminEnv) -> N
     for op in env.operations:
         if op.method not in WRITE_METHODS:
             continue
-        for values in (_targets(env), UNKNOWN_TARGETS, MALFORMED_TARGETS):
+        for values in (_targets(env), UNKNOWN_TARGETS, MALFORMED_PATH_VALUES):
             assert set(_placeholders(op.path)) <= set(values), op.path
         assert op.body is not None
         if op.body.fields:

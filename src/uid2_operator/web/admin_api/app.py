@@ -7,7 +7,8 @@ Each request goes through the same steps, in this order, so no route can skip on
    route's declared ``AdminAction`` checked against the token's roles (403 otherwise). This happens
    before the body is read: an unauthenticated caller cannot make the server buffer or parse
    anything;
-3. the query string and the JSON body, checked against the route's declarations (4xx);
+3. the path values, the query string and the JSON body, checked against the route's
+   declarations (4xx);
 4. the service call, in a worker thread (the services and the store are synchronous), as an
    ``Actor`` named ``admin:<token_id>`` carrying the request id and the client address;
 5. the result as JSON, or the error through the one error table (``errors.py``).
@@ -53,9 +54,9 @@ from uid2_operator.services.context import MAX_SOURCE_LENGTH, Actor
 from uid2_operator.services.log_throttle import LogThrottle
 from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants, sharing
 from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
-from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, parse_query
+from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, check_path, parse_query
 from uid2_operator.web.admin_api.errors import error_body, render_error
-from uid2_operator.web.admin_api.openapi import build_document
+from uid2_operator.web.admin_api.openapi import build_document, path_fields
 from uid2_operator.web.admin_api.outcomes import RefusalLimiter, record_denied, record_failed
 from uid2_operator.web.admin_api.request_context import RequestContext, request_id_source
 from uid2_operator.web.admin_api.routing import (
@@ -211,6 +212,8 @@ def _endpoint(
     *,
     outages: StoreOutageLog,
 ) -> Endpoint:
+    path = path_fields(op)
+
     async def endpoint(request: Request) -> Response:
         started = clock.now_ms()
         request_id: str = request.state.request_id
@@ -218,6 +221,7 @@ def _endpoint(
         params = dict(request.path_params)
         try:
             actor = await _authorised_actor(op, services, request, actor, limiter)
+            check_path(params, path)
             query = parse_query(request.query_params.multi_items(), op.query)
             body = EMPTY
             if op.body is not None:

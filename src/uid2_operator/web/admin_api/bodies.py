@@ -1,15 +1,16 @@
-"""Request bodies and query strings: declared field by field, checked before any service runs.
+"""Request bodies, query strings and path values: declared field by field, checked before any
+service runs.
 
 Each route declares the fields it accepts (``BodySpec`` for a JSON body, a tuple of ``Field`` for
-its query string). Anything else is refused with a 4xx naming the problem: a body that is not a
-JSON object (400), a field of the wrong type, out of range, too long or too short, of the wrong
-form, unknown or missing (422). The same declarations produce the route's JSON Schema in the
-OpenAPI document, so the document and the checks cannot drift apart: a ``pattern`` is a regular
-expression that both JSON Schema (ECMA-262) and Python's ``re`` read the same way, and it is
-checked here as written. What no JSON Schema can state is said in the field's description and
-left to the services: credential text pasted into a field, references to stored data (a site that
-must exist), and that an integer is written without a fraction (JSON Schema counts ``42.0`` as
-the integer 42; this API refuses it, like ``"42"``).
+its query string, one ``Field`` per path parameter). Anything else is refused with a 4xx naming
+the problem: a body that is not a JSON object (400), a field of the wrong type, out of range, too
+long or too short, of the wrong form, unknown or missing (422). The same declarations produce the
+route's JSON Schema in the OpenAPI document, so the document and the checks cannot drift apart: a
+``pattern`` is a regular expression that both JSON Schema (ECMA-262) and Python's ``re`` read the
+same way, and it is checked here as written. What no JSON Schema can state is said in the field's
+description and left to the services: credential text pasted into a field, references to stored
+data (a site that must exist), and that an integer is written without a fraction (JSON Schema
+counts ``42.0`` as the integer 42; this API refuses it, like ``"42"``).
 
 Why so strict:
 
@@ -184,15 +185,15 @@ class Field:
         self._counted(value)
         return tuple(self._text(item, f"Each item of '{self.name}'") for item in value)
 
-    def check_text(self, text: str) -> Value:
-        """A query-string value (always text), converted to this field's kind."""
+    def check_text(self, text: str, where: str = "Query parameter") -> Value:
+        """A query-string or path value (always text), converted to this field's kind."""
         if self.kind is Kind.INTEGER:
             if not _INTEGER_TEXT.fullmatch(text):
-                raise InvalidInput(f"Query parameter '{self.name}' must be an integer")
+                raise InvalidInput(f"{where} '{self.name}' must be an integer")
             return self._bounded(int(text))
         if self.kind is Kind.STRING:
-            return self._text(text, f"Query parameter '{self.name}'")
-        raise AssertionError(f"query parameters are strings or integers, not {self.kind}")
+            return self._text(text, f"{where} '{self.name}'")
+        raise AssertionError(f"query and path parameters are strings or integers, not {self.kind}")
 
     def _counted(self, items: list[Any]) -> None:
         if len(items) > self.max_items:
@@ -353,6 +354,13 @@ def check_fields(document: Mapping[str, Any], fields: Iterable[Field]) -> Values
             if value is not None  # an explicit null means "not given" for optional fields
         }
     )
+
+
+def check_path(params: Mapping[str, str], fields: Iterable[Field]) -> None:
+    """Refuse a path value that breaks its parameter's declaration (the shape the OpenAPI
+    document gives it), as a body field or query parameter is refused: before the route runs."""
+    for field in fields:
+        field.check_text(params[field.name], "Path parameter")
 
 
 def parse_query(items: Iterable[tuple[str, str]], fields: Iterable[Field]) -> Values:

@@ -3,10 +3,10 @@
 Paths, methods, the admin action and roles of each route, its body and query (from the same
 ``Field`` declarations that check requests), its success body and the errors it can answer all come
 from ``Operation`` values, so a route cannot exist without being documented. Path parameters are
-described by the ``Field`` their route module declares for them (``PATH_PARAMETERS``), restating
-the shape the services check them against; a path parameter without one stops the document from
-being built. Only the response schemas are written out here; they mirror the services' views, and
-the tests check real responses against them.
+described by the ``Field`` their route module declares for them (``PATH_PARAMETERS``), the same
+one the app checks each request's path values against (``path_fields``); a path parameter without
+one stops the document, and so the app, from being built. Only the response schemas are written
+out here; they mirror the services' views, and the tests check real responses against them.
 """
 
 from __future__ import annotations
@@ -248,11 +248,18 @@ def _error_response(status: int) -> dict[str, Any]:
     return response
 
 
-def _path_schema(op: Operation, name: str) -> dict[str, Any]:
-    field = PATH_PARAMETERS.get(name)
-    if field is None:
-        raise RouteTableError(f"{op.method} {op.full_path}: path parameter {name} has no schema")
-    return field.json_schema()
+def path_fields(op: Operation) -> tuple[Field, ...]:
+    """The declared ``Field`` of each of ``op``'s path parameters, in order: the schema the
+    document gives it, and what the app checks the request's value against."""
+    fields: list[Field] = []
+    for name, _ in op.path_params:
+        field = PATH_PARAMETERS.get(name)
+        if field is None:
+            raise RouteTableError(
+                f"{op.method} {op.full_path}: path parameter {name} has no schema"
+            )
+        fields.append(field)
+    return tuple(fields)
 
 
 def _operation(op: Operation) -> dict[str, Any]:
@@ -274,9 +281,9 @@ def _operation(op: Operation) -> dict[str, Any]:
             "in": "path",
             "required": True,
             "description": text,
-            "schema": _path_schema(op, name),
+            "schema": field.json_schema(),
         }
-        for name, text in op.path_params
+        for (name, text), field in zip(op.path_params, path_fields(op), strict=True)
     ]
     parameters += [
         {

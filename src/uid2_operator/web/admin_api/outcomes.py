@@ -11,7 +11,8 @@ attempt in a transaction of its own (``AdminService.record_refusal``), on the sa
   target (404), an invalid transition or a taken id (409), input the service refused (422).
   ``after`` holds the error's stable code, never its message (which may repeat what was sent).
   Reads are not recorded, nor requests refused while the edge read them (400, 413, 415, and 422
-  for a body or query that breaks the route's declared fields): those never reached the action.
+  for a path value, body or query that breaks the route's declarations): those never reached
+  the action.
 
 ``denied`` events are rate-limited (``RefusalLimiter``, one per app process). A denied request
 takes no write lock of its own, so without a limit its event would be the only write it causes,
@@ -49,7 +50,9 @@ So the refusals of these routes are found by the route's action (``audit list --
 key.update``, ``--action participant.update``, ``--action sharing.set``), not by the success
 event's. The target type comes from the path parameter (or the resource, for a route without one),
 its id only when the path value has the exact shape of the public id it stands for, so a key or
-secret pasted into a URL never lands in the trail (the id is then left empty).
+secret pasted into a URL never lands in the trail (the id is then left empty). A write whose path
+value breaks the route's declaration is refused at the edge and not recorded at all; a denied
+request's path value is not checked first (the token's roles are), so its event may have no id.
 
 Writing the event never changes the answer: if it fails (the store is down, say), the failure is
 logged by exception class only and the caller gets the status it would have got anyway.
