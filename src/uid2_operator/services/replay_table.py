@@ -455,27 +455,31 @@ def restore(kept_path: Path, table_path: Path, *, max_past_ms: int, slots: int) 
 
     Returns None when it was restored, else why not (no table kept, or one of another geometry
     or window, or a file that is not a table: the caller then creates a fresh one). The kept
-    file is removed either way: its entries matter for minutes, and a copy restored once must
-    not come back after a later crash. The table is copied (the data directory and the runtime
-    directory are usually on different file systems), under a temporary name, then linked into
-    place, like ``ReplayTable.create``."""
+    file is removed once restored, or once found unusable: its entries matter for minutes, and a
+    copy restored once must not come back after a later crash. An ``OSError`` while restoring (a
+    full ``/dev/shm``, the process out of descriptors) is raised with the kept file left in
+    place, so that the start it fails does not cost the next one the envelopes it holds. The
+    table is copied (the data directory and the runtime directory are usually on different file
+    systems), under a temporary name, then linked into place, like ``ReplayTable.create``."""
     if not kept_path.exists():
         return "no table kept"
-    try:
-        reason = _unusable(kept_path, max_past_ms=max_past_ms, slots=slots)
-        if reason is not None:
-            return reason
-        temporary = table_path.with_name(f".{table_path.name}.{os.getpid()}.new")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with kept_path.open("rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-            os.link(temporary, table_path)
-        finally:
-            os.close(fd)
-            temporary.unlink(missing_ok=True)
-    finally:
+    # Opened as ReplayTable.open opens it: an error here (no descriptor left, a permission) is
+    # this start's trouble, not the file's, so it is raised with the file kept.
+    os.close(os.open(kept_path, os.O_RDWR))
+    reason = _unusable(kept_path, max_past_ms=max_past_ms, slots=slots)
+    if reason is not None:
         kept_path.unlink(missing_ok=True)
+        return reason
+    temporary = table_path.with_name(f".{table_path.name}.{os.getpid()}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with kept_path.open("rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        os.link(temporary, table_path)
+    finally:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+    kept_path.unlink(missing_ok=True)
     return None
 
 

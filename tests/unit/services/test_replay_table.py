@@ -5,6 +5,7 @@ process)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from uid2_operator.services import replay_table
 from uid2_operator.services.replay import ReplayCache
 from uid2_operator.services.replay_table import (
     HEADER_SIZE,
@@ -445,6 +447,45 @@ def test_a_kept_table_is_the_same_bytes_and_restores_the_same_answers(
     with ReplayTable.open(restored_path, max_past_ms=MAX_PAST_MS) as table:
         for nonce in nonces:
             assert not table.first_use("k", nonce.to_bytes(8, "big"), T0, T0 + 1)
+
+
+@pytest.mark.parametrize("failing", ["copy", "open"])
+def test_a_restore_that_fails_keeps_the_kept_table_for_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A start that cannot restore the kept table (a full /dev/shm, no descriptor left) fails,
+    and must not take the table with it: the next start still refuses what it holds."""
+    table_path, kept_path = tmp_path / "table", tmp_path / "kept"
+    ReplayTable.create(table_path, max_past_ms=MAX_PAST_MS, slots=20_000)
+    with ReplayTable.open(table_path, max_past_ms=MAX_PAST_MS) as table:
+        assert table.first_use("k", _nonce(7), T0, T0)
+    keep(table_path, kept_path)
+    restored_path = tmp_path / "restored"
+
+    def no_space(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_open = os.open
+
+    def no_descriptor_for_the_kept_table(file: object, flags: int, *args: object) -> int:
+        if Path(str(file)) == kept_path:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(file, flags, *args)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        if failing == "copy":
+            patched.setattr(replay_table.shutil, "copyfileobj", no_space)
+        else:
+            patched.setattr(replay_table.os, "open", no_descriptor_for_the_kept_table)
+        with pytest.raises(OSError, match=r"No space left|Too many open files"):
+            restore(kept_path, restored_path, max_past_ms=MAX_PAST_MS, slots=20_000)
+    assert kept_path.exists()
+    assert not restored_path.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert restore(kept_path, restored_path, max_past_ms=MAX_PAST_MS, slots=20_000) is None
+    assert not kept_path.exists()
+    with ReplayTable.open(restored_path, max_past_ms=MAX_PAST_MS) as table:
+        assert not table.first_use("k", _nonce(7), T0, T0 + 1)
 
 
 def test_an_empty_table_is_kept_whole_though_its_zeros_are_skipped(tmp_path: Path) -> None:
