@@ -32,6 +32,7 @@ safe gap between two runs (``KeyPolicy.run_interval_s``, 6 days less the activat
 keyset's newest key never expires before its successor is active."""
 DEFAULT_HTTP_HEAD_TIMEOUT_S = 10.0
 DEFAULT_HTTP_BODY_TIMEOUT_S = 30.0
+DEFAULT_HTTP_SEND_TIMEOUT_S = 30.0
 DEFAULT_HTTP_MAX_HEAD_BYTES = 64 * 1024
 MIN_HTTP_MAX_HEAD_BYTES: Final = 1024
 MAX_HTTP_MAX_HEAD_BYTES: Final = 1 << 20
@@ -181,10 +182,12 @@ class ServeSettings:
     §6.1; ``wire.tcf``); the UID2 scope ignores it. ``expired_key_retention_s``: how long past
     its expiry an encryption key is kept before the key rotation schedule deletes it, as set
     (None: the minimum; ``key_retention_s`` checks it against the environment's lifetimes).
-    ``http_head_timeout_s``, ``http_body_timeout_s`` and ``http_max_head_bytes``: what an HTTP
-    connection to either API may take (``web.http_connection``): the time to send a request head
-    (from the connection, or from the head's first byte), the time to send the rest of a body
-    once its head is in, and the size of a head.
+    ``http_head_timeout_s``, ``http_body_timeout_s``, ``http_send_timeout_s`` and
+    ``http_max_head_bytes``: what an HTTP connection to either API may take
+    (``web.http_connection``): the time to send a request head (from the connection, or from the
+    head's first byte), the time to send the rest of a body once its head is in, the time to take
+    what the server has buffered for it (once the buffer is full, or once the connection is closed
+    with data unsent), and the size of a head.
 
     Nothing here is secret, so the default repr is safe to log.
     """
@@ -202,6 +205,7 @@ class ServeSettings:
     expired_key_retention_s: int | None = None
     http_head_timeout_s: float = DEFAULT_HTTP_HEAD_TIMEOUT_S
     http_body_timeout_s: float = DEFAULT_HTTP_BODY_TIMEOUT_S
+    http_send_timeout_s: float = DEFAULT_HTTP_SEND_TIMEOUT_S
     http_max_head_bytes: int = DEFAULT_HTTP_MAX_HEAD_BYTES
 
     def __post_init__(self) -> None:
@@ -239,6 +243,7 @@ class ServeSettings:
         for variable, timeout in (
             ("UID2_HTTP_HEAD_TIMEOUT_S", self.http_head_timeout_s),
             ("UID2_HTTP_BODY_TIMEOUT_S", self.http_body_timeout_s),
+            ("UID2_HTTP_SEND_TIMEOUT_S", self.http_send_timeout_s),
         ):
             if not 0 < timeout <= MAX_HTTP_TIMEOUT_S:
                 raise SettingsError(
@@ -301,7 +306,8 @@ class ServeSettings:
 
         HTTP connections to either API (``web.http_connection``): UID2_HTTP_HEAD_TIMEOUT_S
         (seconds, default 10, at most 3600), UID2_HTTP_BODY_TIMEOUT_S (30, at most 3600),
-        UID2_HTTP_MAX_HEAD_BYTES (whole number, 1024 to 1048576; default 65536)."""
+        UID2_HTTP_SEND_TIMEOUT_S (30, at most 3600), UID2_HTTP_MAX_HEAD_BYTES (whole number,
+        1024 to 1048576; default 65536)."""
         env = os.environ if environ is None else environ
         lifetimes = LifetimeOverrides(
             **{name: _optional_whole(env, variable) for name, variable in _LIFETIME_VARIABLES}
@@ -335,6 +341,9 @@ class ServeSettings:
             ),
             http_body_timeout_s=_seconds(
                 env, "UID2_HTTP_BODY_TIMEOUT_S", DEFAULT_HTTP_BODY_TIMEOUT_S
+            ),
+            http_send_timeout_s=_seconds(
+                env, "UID2_HTTP_SEND_TIMEOUT_S", DEFAULT_HTTP_SEND_TIMEOUT_S
             ),
             http_max_head_bytes=_whole(
                 env, "UID2_HTTP_MAX_HEAD_BYTES", DEFAULT_HTTP_MAX_HEAD_BYTES

@@ -333,15 +333,18 @@ def test_every_refusal_names_its_variables(
 def test_http_connection_limits_default_and_can_be_set() -> None:
     default = ServeSettings.from_env({})
     assert (default.http_head_timeout_s, default.http_body_timeout_s) == (10.0, 30.0)
+    assert default.http_send_timeout_s == 30.0
     assert default.http_max_head_bytes == 65_536
     tuned = ServeSettings.from_env(
         {
             "UID2_HTTP_HEAD_TIMEOUT_S": "0.5",
             "UID2_HTTP_BODY_TIMEOUT_S": " 120 ",
+            "UID2_HTTP_SEND_TIMEOUT_S": "2.5",
             "UID2_HTTP_MAX_HEAD_BYTES": "16384",
         }
     )
     assert (tuned.http_head_timeout_s, tuned.http_body_timeout_s) == (0.5, 120.0)
+    assert tuned.http_send_timeout_s == 2.5
     assert tuned.http_max_head_bytes == 16_384
 
 
@@ -355,6 +358,10 @@ def test_http_connection_limits_default_and_can_be_set() -> None:
         ("UID2_HTTP_BODY_TIMEOUT_S", "nan"),
         ("UID2_HTTP_BODY_TIMEOUT_S", "a minute"),
         ("UID2_HTTP_BODY_TIMEOUT_S", "7200"),
+        ("UID2_HTTP_SEND_TIMEOUT_S", "0"),
+        ("UID2_HTTP_SEND_TIMEOUT_S", "inf"),
+        ("UID2_HTTP_SEND_TIMEOUT_S", "soon"),
+        ("UID2_HTTP_SEND_TIMEOUT_S", "3600.5"),
         ("UID2_HTTP_MAX_HEAD_BYTES", "1023"),
         ("UID2_HTTP_MAX_HEAD_BYTES", "1048577"),
         ("UID2_HTTP_MAX_HEAD_BYTES", "64k"),

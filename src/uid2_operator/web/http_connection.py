@@ -1,12 +1,15 @@
 """The HTTP/1.1 connections of ``uid2-operator serve``: uvicorn's httptools protocol, guarded
-against clients that hold a connection, or the server's memory, without sending a request.
+against clients that hold a connection, or the server's memory, without sending a request or
+without reading its answer.
 
 uvicorn's protocol bounds neither the size of a request head (httptools keeps a header value
 until it ends) nor the time a client takes to send one (its only timer is the keep-alive one,
 armed after a response and cancelled by any byte received); it reads and discards the rest of a
 body answered early for as long as the client sends it; it switches a request carrying
-``Upgrade: websocket`` to a websocket the applications do not serve; and it logs a warning for
-every malformed request. ``HttpConnection`` adds, per connection:
+``Upgrade: websocket`` to a websocket the applications do not serve; it logs a warning for
+every malformed request; and it waits for a client to take its answer for ever (a send waits
+for a full write buffer to drain, and a closed transport keeps its socket until what it still
+holds is sent). ``HttpConnection`` adds, per connection:
 
 - **a head limit**: a request head still incomplete once more than ``max_head_bytes`` of it
   arrived is answered 431 with ``connection: close``, and the connection closed; a whole message
@@ -21,6 +24,17 @@ every malformed request. ``HttpConnection`` adds, per connection:
   arrive within ``body_timeout_s``. On expiry the request is answered 408 with
   ``connection: close`` (only closed when a response is already under way) and the connection
   closed;
+- **a send deadline**: a client must take what it is sent. Once the transport's write buffer
+  passes its high-water mark (the protocol's ``pause_writing``), it must drain below the
+  low-water mark (``resume_writing``) within ``send_timeout_s``; a connection closed with data
+  still unsent (by the keep-alive timeout, a ``connection: close`` answer, a refusal, the
+  server's stop) gets the same deadline for what it holds (the one under way, if writing was
+  paused at the close; a new one from a resume that leaves data unsent). Otherwise the
+  connection is reset (``SO_LINGER`` 0, then ``transport.abort()``: what is still
+  buffered, in the process and in the kernel, is dropped and the socket closed at once); the
+  request's send waiting for the buffer returns, as after any disconnect, so that its task
+  ends. A client that reads steadily but slowly keeps its connection as long as each full
+  buffer drains within the deadline;
 - **no reading after an early answer**: while a body is still arriving its request is marked to
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
@@ -28,9 +42,9 @@ every malformed request. ``HttpConnection`` adds, per connection:
 - **no protocol switch**: an ``Upgrade`` header is ignored (RFC 9110 §7.8 lets a server do so):
   the request goes to the application as a plain HTTP request; the parser stops at its head,
   so the connection closes after the answer;
-- **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) are
-  written at most once a minute each, saying how many were held back. ERROR lines are not
-  throttled;
+- **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) and
+  the send deadline's (a client that stopped reading) are written at most once a minute each,
+  saying how many were held back. ERROR lines are not throttled;
 - **no waiting for a body at shutdown**: when the server stops, a request whose body is still
   arriving and whose answer has not started is answered 503 with ``connection: close`` and the
   connection closed, so that a client trickling a body cannot hold up the stop (uvicorn waits
@@ -39,15 +53,20 @@ every malformed request. ``HttpConnection`` adds, per connection:
 
 A request whose head and body arrive in one read (the usual case) takes the same path as in
 uvicorn, with one check more after the parser, and arms no timer beyond uvicorn's keep-alive
-one; a new connection arms one (its first head's deadline). The limits are per class:
+one; a new connection arms one (its first head's deadline); an answer taken as fast as it is
+written arms none (the send deadline is armed only when writing pauses, or when a connection
+closes with data unsent). The limits are per class:
 ``http_protocol`` makes one per server, with its own throttle, to pass as
 ``uvicorn.Config(http=...)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
+import socket
+import struct
 from asyncio import TimerHandle, Transport
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -59,13 +78,17 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.serve_settings import DEFAULT_HTTP_SEND_TIMEOUT_S, ServeSettings
 from uid2_operator.services.log_throttle import LogThrottle, held_back
 
 WARNING_INTERVAL_MS: Final = 60_000
 _WARNING_KEYS: Final = 16
 _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
+_STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
+_RESET: Final = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, for 0 s: closing the socket resets the connection and drops what the kernel
+still holds for it, rather than leave the kernel sending it to a client that reads nothing."""
 _MIN_FIELD_BYTES: Final = 4
 """The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
 kept as headers, a Python object each: past as many as a head at the limit could hold, the
@@ -75,12 +98,14 @@ request is refused (431) before its trailers grow to the message limit."""
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     """What a connection may take (see the module docstring); ``max_body_bytes`` is the
-    application's own body limit, which it enforces on the body it reads."""
+    application's own body limit, which it enforces on the body it reads. ``send_timeout_s``
+    defaults to the serve setting's default."""
 
     max_head_bytes: int
     max_body_bytes: int
     head_timeout_s: float
     body_timeout_s: float
+    send_timeout_s: float = DEFAULT_HTTP_SEND_TIMEOUT_S
 
     @classmethod
     def of(cls, settings: ServeSettings, max_body_bytes: int) -> HttpLimits:
@@ -91,6 +116,7 @@ class HttpLimits:
             max_body_bytes=max_body_bytes,
             head_timeout_s=settings.http_head_timeout_s,
             body_timeout_s=settings.http_body_timeout_s,
+            send_timeout_s=settings.http_send_timeout_s,
         )
 
 
@@ -126,6 +152,9 @@ class HttpConnection(HttpToolsProtocol):
     _reopen: RequestResponseCycle | None = None
     """A request marked to close the connection while its body arrives, to keep alive again if
     the body ends before its answer starts."""
+    _sending: TimerHandle | None = None
+    """The send deadline: armed while writing is paused, or while the connection closes with
+    data unsent."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -133,7 +162,41 @@ class HttpConnection(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settle()
+        if self._sending is not None:
+            self._sending.cancel()
+            self._sending = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The write buffer is full: it must drain within the send timeout."""
+        super().pause_writing()
+        if self._sending is None:
+            self._sending = self.loop.call_later(self.LIMITS.send_timeout_s, self._not_taken)
+
+    def resume_writing(self) -> None:
+        """The write buffer drained: no deadline while the connection stays open; a closing one
+        gets a new one for what it still holds."""
+        super().resume_writing()
+        if self._sending is not None:
+            self._sending.cancel()
+            self._sending = None
+        if self.transport.is_closing():
+            self._closing()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's (the next pipelined request started, or the keep-alive timer armed), with
+        a connection its answer closed (``connection: close``) given the send deadline."""
+        super().on_response_complete()
+        if self.transport.is_closing():
+            self._closing()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._closing()
+
+    def send_400_response(self, msg: str) -> None:
+        super().send_400_response(msg)
+        self._closing()
 
     def shutdown(self) -> None:
         """A stopping server: a request whose body is still arriving, not yet answered, is
@@ -154,6 +217,8 @@ class HttpConnection(HttpToolsProtocol):
             self._refuse(503)
             return
         super().shutdown()
+        if self.transport.is_closing():
+            self._closing()
 
     def on_message_begin(self) -> None:
         self._begun += 1
@@ -266,6 +331,7 @@ class HttpConnection(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started or cycle.scope is not self.scope or self.pipeline:
                 self.transport.close()
+                self._closing()
                 return
             cycle.disconnected = True  # the application reads a disconnect; its answer is dropped
             cycle.message_event.set()
@@ -283,6 +349,26 @@ class HttpConnection(HttpToolsProtocol):
         )
         self.transport.write(b"".join(content))
         self.transport.close()
+        self._closing()
+
+    def _closing(self) -> None:
+        """The connection was closed: what it still holds to send must go within the send
+        timeout (a deadline already armed, by a pause, stays)."""
+        if self._sending is None and self.transport.get_write_buffer_size():
+            self._sending = self.loop.call_later(self.LIMITS.send_timeout_s, self._not_taken)
+
+    def _not_taken(self) -> None:
+        """The send deadline passed: the client stopped reading. The connection is reset; its
+        loss wakes the request's send waiting for the buffer (uvicorn's ``connection_lost``)."""
+        self._sending = None
+        self._warn(_STOPPED_READING)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # Should it fail, the abort still closes the socket; the kernel then sends what it
+            # holds, and closes when it gives up.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.transport.abort()
 
     def _upgrade_ignored(self) -> None:
         """The parser ends a request asking for an upgrade with its head (a body is left unread)
