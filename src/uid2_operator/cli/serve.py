@@ -117,9 +117,9 @@ _UPKEEP_EVERY_S: Final = 0.2
 _UPKEEP_JOIN_S: Final = 15.0
 """How long serve, once stopping, waits for the upkeep to finish the step it is in before it
 closes the store anyway: above the 10 s a store write waits for its lock."""
+_ANY_V4: Final = "0.0.0.0"  # noqa: S104 (what an empty host means: every interface)
 _PROBE_TARGETS: Final = {
     "0.0.0.0": ("127.0.0.1",),  # noqa: S104 (what serve bound, not what it binds)
-    "": ("127.0.0.1",),
     "::": ("::1", "127.0.0.1"),  # the IPv6 wildcard takes IPv4 too; ::1 may be switched off
 }
 """Where serve looks for a worker accepting, per --host it cannot connect to as given."""
@@ -165,10 +165,13 @@ def _next_steps(settings: Settings, admin_url: str) -> str:
 # --------------------------------------------------------------------------------- sockets
 
 
-def _bind(host: str, port: int, *, reuse_port: bool, listen: bool) -> socket.socket:
+def _bind(
+    host: str, port: int, *, reuse_port: bool, listen: bool, reuse_address: bool = True
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -185,17 +188,36 @@ def _bind(host: str, port: int, *, reuse_port: bool, listen: bool) -> socket.soc
 def _reserve_operator_port(host: str, port: int) -> tuple[socket.socket, int]:
     """A socket holding the operator port for this process tree, and the port (for ``0``).
 
-    A plain bind first proves the port is free (a second ``serve`` sharing it through
-    ``SO_REUSEPORT`` would silently split the traffic); then, on Linux, a bound but not
-    listening ``SO_REUSEPORT`` socket keeps it while the workers bind their own. The metrics
-    port (``--metrics-port``) is held the same way (``_reserve_metrics_port``).
+    A bind with ``SO_REUSEADDR`` alone first proves the port is free (a second ``serve``
+    sharing it through ``SO_REUSEPORT`` would silently split the traffic): it fails on a socket
+    listening there and on one another serve holds the port with, and succeeds over the
+    connections a serve stopped just before left in TIME_WAIT. Then, on Linux, a bound but not
+    listening socket with ``SO_REUSEPORT`` and without ``SO_REUSEADDR`` keeps the port while
+    the workers bind their own: the kernel lets the workers' ``SO_REUSEPORT`` sockets (of the
+    same user) join it, and refuses it to any bind without ``SO_REUSEPORT`` (another serve's
+    probe among them) even while no worker listens, at start and while one is restarted. With
+    ``SO_REUSEADDR`` it would not: two sockets with it may share a port while neither listens.
+    The metrics port (``--metrics-port``) is held the same way (``_reserve_metrics_port``).
+
+    Connections another program (listening without ``SO_REUSEPORT``) left in TIME_WAIT on the
+    port keep that socket from binding for up to a minute; the port is then held with
+    ``SO_REUSEADDR`` too, with a warning: firmly only while a worker listens.
     """
     probe = _bind(host, port, reuse_port=False, listen=not _REUSE_PORT)
     if not _REUSE_PORT:
         return probe, probe.getsockname()[1]
     chosen = int(probe.getsockname()[1])
     probe.close()
-    return _bind(host, chosen, reuse_port=True, listen=False), chosen
+    try:
+        held = _bind(host, chosen, reuse_port=True, listen=False, reuse_address=False)
+    except click.ClickException:
+        log.warning(
+            "port %d held less firmly: connections another program left on it are still in "
+            "TIME_WAIT, so while no worker listens another serve may join it",
+            chosen,
+        )
+        held = _bind(host, chosen, reuse_port=True, listen=False)
+    return held, chosen
 
 
 def _reserve_metrics_port(host: str, port: int, operator_port: int) -> tuple[socket.socket, int]:
@@ -239,7 +261,9 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     ``metrics``, on its own socket of the metrics port too), that stops when its serving process
     (``parent``) is gone. A spawned process starts with no logging set up, so it sets up the
     serving process's own (the level of ``--log-level``). Its connections, on either port, are
-    guarded by the limits and timeouts of the serve settings (``web.http_connection``)."""
+    guarded by the limits and timeouts of the serve settings (``web.http_connection``). A port
+    it cannot bind (another program took it while serve held it less firmly:
+    ``_reserve_operator_port``) is one ERROR line and exit status 1."""
     _configure_logging(log_level)
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
@@ -261,8 +285,14 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     )
     # The metrics socket first: once the operator port accepts (what serve waits for before it
     # says where it listens), so does the metrics port.
-    extra = [] if metrics is None else [_listening(metrics.host, metrics.port, metrics.shared)]
-    sockets = [_listening(host, port, shared), *extra]
+    try:
+        extra = [] if metrics is None else [_listening(metrics.host, metrics.port, metrics.shared)]
+        sockets = [_listening(host, port, shared), *extra]
+    except click.ClickException as exc:
+        # One line, no traceback; serve restarts the worker, and gives up when that keeps
+        # failing (``_Workers.keep_alive``).
+        log.error("worker %d: %s", os.getpid(), exc.message)
+        raise SystemExit(1) from None
     server = uvicorn.Server(config)
     watch = threading.Thread(
         target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
@@ -766,15 +796,27 @@ def _export_settings(settings: Settings) -> None:
         os.environ["UID2_DATABASE_URL"] = settings.database_url
 
 
+def _any_if_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An empty host (the socket API's every interface, as ``0.0.0.0``) named ``0.0.0.0``: the
+    URLs serve prints and the warnings it logs name an address."""
+    del ctx, param
+    return value or _ANY_V4
+
+
 @click.command()
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Interface the operator API listens on."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_any_if_empty,
+    help="Interface the operator API listens on.",
 )
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--admin-host",
     default="127.0.0.1",
     show_default=True,
+    callback=_any_if_empty,
     help="Interface the admin API listens on; whatever --host is, it stays on this machine "
     "unless given here (plain HTTP with administrators' tokens: never a public interface).",
 )
@@ -783,6 +825,7 @@ def _export_settings(settings: Settings) -> None:
     "--metrics-host",
     default="127.0.0.1",
     show_default=True,
+    callback=_any_if_empty,
     help="Interface /metrics listens on with --metrics-port; it stays on this machine unless "
     "given here (give your monitoring network's, never a public interface).",
 )
@@ -832,6 +875,10 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     is written to standard output, except when serve stops (fails, or is stopped by SIGINT or
     SIGTERM) after --init-if-new issued the token and before that line: then one line
     ``{"init": ...}`` carries it, before any error.
+
+    An empty --host, --admin-host or --metrics-host is every interface, as 0.0.0.0. An
+    --admin-host other machines can reach is logged as a warning at start; a --metrics-host is
+    not (a monitoring network is seldom loopback), but keep it off public interfaces all the same.
 
     Until serve runs its workers (and so handles SIGINT and SIGTERM as the stop signal), SIGTERM
     interrupts it as SIGINT does, rather than ending the process at once."""
