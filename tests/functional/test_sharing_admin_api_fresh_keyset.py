@@ -2,9 +2,10 @@
 participant's keyset.
 
 The read answers 200 in the route's usual shape: no keyset id, and the choice the keyset will be
-created with; it creates nothing. The write creates the keyset and its first key (audited as the
-admin's doing), so its answer says ``"changed": true`` even when the choice sent is the default
-one; the same request again changes nothing and says so.
+created with (``bidders`` for a participant holding GENERATOR, ``owner_only`` for any other); it
+creates nothing. The write creates the keyset and its first key (audited as the admin's doing), so
+its answer says ``"changed": true`` even when the choice sent is the default one; the same request
+again changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv
         yield opened
 
 
-def _site_without_keyset(env: AdminEnv) -> int:
-    body = {"name": "Fresh", "type": "publisher", "roles": ["SHARER"]}
+def _site_without_keyset(
+    env: AdminEnv, kind: str = "publisher", roles: tuple[str, ...] = ("GENERATOR", "SHARER")
+) -> int:
+    body = {"name": "Fresh", "type": kind, "roles": list(roles)}
     response = env.call("POST", "/participants", json=body)
     assert response.status_code == 201, response.text
     site: int = response.json()["site_id"]
@@ -87,32 +90,39 @@ def test_the_default_choice_sent_first_answers_changed(env: AdminEnv) -> None:
 
 def test_the_read_answers_the_choice_the_keyset_will_be_created_with(any_env: AdminEnv) -> None:
     env = any_env
-    site = _site_without_keyset(env)
-    path = f"/participants/{site}/sharing"
+    sites = {
+        _site_without_keyset(env): "bidders",
+        _site_without_keyset(env, "advertiser", ("SHARER",)): "owner_only",
+    }
     mark = env.mark()
 
-    shown = env.call("GET", path, AdminRole.READ_ONLY)
-
-    assert shown.status_code == 200, shown.text
-    assert shown.json() == {
-        "site_id": site,
-        "keyset_id": None,
-        "mode": "bidders",
-        "sites": [],
-        "types": [],
-        "changed": False,
-        "rotated_key_ids": [],
+    shown = {
+        site: env.call("GET", f"/participants/{site}/sharing", AdminRole.READ_ONLY)
+        for site in sites
     }
+
     document = env.client.request("GET", PREFIX + "/openapi.json").json()
     ref = {"$ref": "#/components/schemas/Sharing"}
-    assert schema_errors(document, ref, shown.json(), "Sharing") == []
+    for site, mode in sites.items():
+        assert shown[site].status_code == 200, shown[site].text
+        assert shown[site].json() == {
+            "site_id": site,
+            "keyset_id": None,
+            "mode": mode,
+            "sites": [],
+            "types": [],
+            "changed": False,
+            "rotated_key_ids": [],
+        }
+        assert schema_errors(document, ref, shown[site].json(), "Sharing") == []
     assert env.refusals_since(mark) == []  # a read: nothing written, nothing audited
     with env.services.store.read() as rx:
-        assert all(k.site_id != site for k in rx.keysets.list_all())
+        assert all(k.site_id not in sites for k in rx.keysets.list_all())
 
-    env.services.material.initialise()  # as the upkeep does: the keyset, with the choice shown
-    after = env.call("GET", path, AdminRole.READ_ONLY).json()
-    assert isinstance(after["keyset_id"], int)
-    assert {**after, "keyset_id": None} == shown.json()
+    env.services.material.initialise()  # as the upkeep does: the keysets, with the choices shown
+    for site in sites:
+        after = env.call("GET", f"/participants/{site}/sharing", AdminRole.READ_ONLY).json()
+        assert isinstance(after["keyset_id"], int)
+        assert {**after, "keyset_id": None} == shown[site].json()
     unknown = env.call("GET", "/participants/4242/sharing", AdminRole.READ_ONLY)
     assert unknown.status_code == 404

@@ -55,7 +55,7 @@ def _settings(db: Database) -> Settings:
 
 def test_the_sharing_and_keypair_commands(cli: Cli) -> None:
     ok(cli, "init")
-    a = _participant(cli, "A", "publisher", "SHARER")
+    a = _participant(cli, "A", "publisher", "GENERATOR,SHARER")
     b = _participant(cli, "B", "publisher", "SHARER")
     ok(cli, "keys", "rotate")  # gives the new participants their keysets
     shown = ok(cli, "sharing", "show", "--site-id", str(a))
@@ -187,7 +187,7 @@ def test_show_answers_for_a_participant_added_since_the_upkeep(cli: Cli) -> None
     """No keyset yet: the choice its keyset will be created with, and no keyset id; asking
     creates nothing."""
     ok(cli, "init")
-    fresh = _participant(cli, "Fresh", "publisher", "SHARER")
+    fresh = _participant(cli, "Fresh", "publisher", "GENERATOR,SHARER")
     store = open_store(_settings(cli.database).store_url)
     try:
         seq = store.change_seq()

@@ -276,6 +276,24 @@ def test_sharing_negatives(world: World) -> None:
     assert fresh.encrypt_raw_uid_into_token(RAW_UID).status == EncryptionStatus.NOT_INITIALIZED
 
 
+def test_a_sharer_without_generator_starts_shared_with_no_dsp(world: World) -> None:
+    """C holds SHARER only and nobody changed its choice: its keyset was created owner-only, so
+    D, a DSP granted nothing, cannot read the raw UIDs C shares (A, a GENERATOR publisher,
+    started shared with bidders)."""
+    c = world.creds["C"].site_id
+    shown = world.admin("GET", f"/participants/{c}/sharing").json()
+    assert (shown["mode"], shown["sites"], shown["types"]) == ("owner_only", [], [])
+    sent = eventually(
+        lambda: world.sharing("C").encrypt_raw_uid_into_token(RAW_UID).encrypted_data or None,
+        "C's keyset in the snapshot",
+    )
+    assert world.sharing("C").decrypt_token_into_raw_uid(sent).uid == RAW_UID
+    refused = world.sharing("D").decrypt_token_into_raw_uid(sent)
+    assert refused.status == DecryptionStatus.NOT_AUTHORIZED_FOR_KEY
+    assert refused.uid is None
+    assert _readable_by(world, "B", sent) is False
+
+
 # ---------------------------------------------------------------- 16-17 expiry, payloads
 # (15, sharing token expiry, is in test_sharing_expiry_sdk.py: a 30-day sharing token outlives
 # the 30-day keys this server makes, and past the last key's expiry the SDK answers

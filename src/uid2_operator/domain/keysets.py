@@ -24,6 +24,7 @@ from uid2_operator.domain.material_sealing import (
     open_material,
     seal_material,
 )
+from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, SealedSecretUnreadable
 from uid2_operator.wire.aead import KEY_SIZE, RandomBytes
@@ -115,11 +116,33 @@ def next_keyset_id(existing: Iterable[int]) -> int:
     return candidate
 
 
-def new_site_keyset(keyset_id: int, site_id: int, now_ms: int, name: str | None = None) -> Keyset:
-    """A participant's default keyset.
+def new_keyset_sharing(roles: Iterable[ClientRole]) -> SharingMode:
+    """The sharing a participant's default keyset is created with, from the roles the
+    participant may grant its keys (``Participant.allowed_roles``).
 
-    Shared with bidders, as the reference creates it (``allowed_sites: null``): DSPs must be able
-    to open the publisher's tokens in the bid stream. Narrowing it is a sharing decision made later.
+    ``BIDDERS`` for a participant holding GENERATOR: its tokens go into the bid stream, where
+    every DSP must open them (the reference's ``allowed_sites: null``). ``OWNER_ONLY`` for any
+    other (an advertiser or data provider that shares raw UIDs, a DSP): nobody else reads its
+    keys until a sharing change names them (the reference's ``allowed_sites: []``).
+
+    Only the creation follows the roles: a keyset keeps its sharing when its participant's
+    roles change later (an administrator changes it).
+    """
+    return SharingMode.BIDDERS if ClientRole.GENERATOR in set(roles) else SharingMode.OWNER_ONLY
+
+
+def new_site_keyset(
+    keyset_id: int,
+    site_id: int,
+    now_ms: int,
+    name: str | None = None,
+    *,
+    sharing: SharingMode = SharingMode.BIDDERS,
+) -> Keyset:
+    """A participant's default keyset, shared as ``sharing`` says.
+
+    The service creates it with ``new_keyset_sharing`` of the participant's roles; the default
+    is that of a participant holding GENERATOR. Changing it is a sharing decision made later.
     """
     if site_id <= MAX_RESERVED_SITE_ID:
         raise InvalidInput(f"Site id {site_id} is reserved and cannot own a keyset")
@@ -132,7 +155,7 @@ def new_site_keyset(keyset_id: int, site_id: int, now_ms: int, name: str | None 
         enabled=True,
         is_default=True,
         created_at_ms=now_ms,
-        sharing=SharingMode.BIDDERS,
+        sharing=sharing,
     )
 
 

@@ -31,6 +31,7 @@ from uid2_operator.domain.keysets import (
     Keyset,
     SealedKey,
     mint_keys,
+    new_keyset_sharing,
     new_site_keyset,
     next_keyset_id,
     open_key,
@@ -49,6 +50,7 @@ from uid2_operator.domain.optout import (
     identity_first_level_hash,
     latest,
 )
+from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.salts import (
     DEFAULT_CHUNK_SIZE,
     SaltHeader,
@@ -379,10 +381,11 @@ class MaterialService:
         """``ensure_site_keyset`` inside the caller's transaction, for a use case that needs the
         keyset as part of its own unit of work (the keyset commits, or not, with its change; its
         first key is sealed with the caller's ``keyring``); and whether it was created here."""
-        if tx.participants.get(site_id) is None:
+        participant = tx.participants.get(site_id)
+        if participant is None:
             raise NotFound(f"No participant {site_id}")
         keysets = _TxKeysets.read(tx)
-        keyset, is_new = self._site_keyset(tx, keysets, site_id, actor, now_ms)
+        keyset, is_new = self._site_keyset(tx, keysets, participant, actor, now_ms)
         if is_new:
             self._rotate(tx, keysets, keyring, now_ms, actor, only=keyset.keyset_id)
         return keyset, is_new
@@ -465,7 +468,7 @@ class MaterialService:
         """A default keyset for every participant that has none yet (their keys come after)."""
         created: list[Keyset] = []
         for participant in tx.participants.list_all():
-            keyset, is_new = self._site_keyset(tx, keysets, participant.site_id, actor, now)
+            keyset, is_new = self._site_keyset(tx, keysets, participant, actor, now)
             if is_new:
                 created.append(keyset)
         return created
@@ -514,13 +517,16 @@ class MaterialService:
         return keyset
 
     def _site_keyset(
-        self, tx: Tx, keysets: _TxKeysets, site_id: int, actor: Actor, now: int
+        self, tx: Tx, keysets: _TxKeysets, participant: Participant, actor: Actor, now: int
     ) -> tuple[Keyset, bool]:
-        """The site's default keyset, and whether it was created just now."""
-        existing = keysets.site_default(site_id)
+        """The participant's default keyset, and whether it was created just now: a new one is
+        shared as ``new_keyset_sharing`` says for the participant's roles; an existing one keeps
+        its sharing, whatever the roles are now."""
+        existing = keysets.site_default(participant.site_id)
         if existing is not None:
             return existing, False
-        keyset = new_site_keyset(keysets.next_id(), site_id, now)
+        sharing = new_keyset_sharing(participant.allowed_roles)
+        keyset = new_site_keyset(keysets.next_id(), participant.site_id, now, sharing=sharing)
         return self._add_keyset(tx, keysets, keyset, actor, now), True
 
     # ------------------------------------------------------------------------ salts

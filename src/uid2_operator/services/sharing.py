@@ -52,6 +52,7 @@ from uid2_operator.domain.keysets import (
     Keyset,
     PlannedKey,
     mint_keys,
+    new_keyset_sharing,
     seal_key,
     site_default_keyset,
 )
@@ -72,7 +73,6 @@ from uid2_operator.domain.participants import (
 )
 from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.domain.sharing import (
-    ALL_BIDDERS,
     MAX_LISTED_SITES,
     SharingPolicy,
     parse_sharing,
@@ -92,9 +92,6 @@ from uid2_operator.wire.aead import RandomBytes
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROTATE_ON_REVOKE: Final = True
-NEW_KEYSET_SHARING: Final = ALL_BIDDERS
-"""The choice a participant's default keyset is created with (``keysets.new_site_keyset``):
-what ``show_sharing`` answers for a participant that has no keyset yet."""
 MAX_SHARING_TYPES: Final = 2 * len(ParticipantType)
 
 
@@ -106,7 +103,8 @@ class SharingView:
     """A participant's sharing choice; ``rotated_key_ids`` lists keys a change created.
 
     ``keyset_id`` is None for a participant added since the last upkeep, which has no keyset
-    yet; its choice is then ``NEW_KEYSET_SHARING``, the one its keyset will be created with.
+    yet; its choice is then the one its keyset will be created with (``new_keyset_sharing`` of
+    its roles: bidders when it holds GENERATOR, else owner only).
     """
 
     site_id: int
@@ -263,14 +261,16 @@ class SharingService:
     def show_sharing(self, actor: Actor, site_id: Any) -> SharingView:
         """The participant's sharing choice. A participant added since the last upkeep has no
         keyset yet: its answer has no keyset id, and the choice its keyset will be created with
-        (the upkeep or the first ``set_sharing`` creates it; this read creates nothing)."""
+        (``keysets.new_keyset_sharing`` of its roles, as read now; the upkeep or the first
+        ``set_sharing`` creates it; this read creates nothing)."""
         del actor  # reads are not audited
         site = _site_id(site_id)
         with self._store.read() as tx:
-            _participant(tx, site)
+            participant = _participant(tx, site)
             keyset = site_default_keyset(tx.keysets.list_all(), site)
             if keyset is None:
-                return SharingView(site, None, NEW_KEYSET_SHARING)
+                created = SharingPolicy(new_keyset_sharing(participant.allowed_roles))
+                return SharingView(site, None, created)
             policy = tx.keyset_sharing.get(keyset.keyset_id)
             if policy is None:  # pragma: no cover - the keyset was just read
                 raise NotFound(f"No keyset {keyset.keyset_id}")

@@ -19,6 +19,7 @@ from uid2_operator.domain.keysets import (
     SealedKey,
     SharingMode,
     mint_keys,
+    new_keyset_sharing,
     new_site_keyset,
     next_keyset_id,
     open_key,
@@ -37,6 +38,7 @@ from uid2_operator.domain.material_sealing import (
     open_material,
     seal_material,
 )
+from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, NoActiveKey, SealedSecretUnreadable
 from uid2_operator.wire.keys import (
@@ -110,6 +112,37 @@ def test_a_site_keyset_is_the_default_and_shared_with_bidders() -> None:
     record = new_site_keyset(4, 1001, T0)
     assert record == Keyset(4, 1001, "Site 1001", True, True, T0, SharingMode.BIDDERS)
     assert new_site_keyset(5, 1001, T0, name="web").name == "web"
+    owned = new_site_keyset(6, 1002, T0, sharing=SharingMode.OWNER_ONLY)
+    assert owned == Keyset(6, 1002, "Site 1002", True, True, T0, SharingMode.OWNER_ONLY)
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        {ClientRole.GENERATOR},
+        {ClientRole.GENERATOR, ClientRole.SHARER},
+        set(ClientRole),
+    ],
+)
+def test_a_participant_holding_generator_starts_shared_with_bidders(
+    roles: set[ClientRole],
+) -> None:
+    assert new_keyset_sharing(roles) is SharingMode.BIDDERS
+    assert new_keyset_sharing(iter(roles)) is SharingMode.BIDDERS
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        set(),
+        {ClientRole.SHARER},
+        {ClientRole.SHARER, ClientRole.MAPPER},
+        {ClientRole.ID_READER},
+        set(ClientRole) - {ClientRole.GENERATOR},
+    ],
+)
+def test_a_participant_without_generator_starts_owner_only(roles: set[ClientRole]) -> None:
+    assert new_keyset_sharing(roles) is SharingMode.OWNER_ONLY
 
 
 @pytest.mark.parametrize("site_id", [2, 0, -1])

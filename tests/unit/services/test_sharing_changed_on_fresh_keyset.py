@@ -2,7 +2,8 @@
 
 A participant added since the last upkeep has no keyset; the first sharing request creates it,
 with its first key, in its own transaction (both audited). Even when the requested choice is the
-default one, that request changed the store, and its answer says so.
+default one (bidders, for a publisher holding GENERATOR), that request changed the store, and its
+answer says so.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _service(store: SqlStore, clock: FixedClock) -> SharingService:
                 site_id=OWNER,
                 name="Owner",
                 type=ParticipantType.PUBLISHER,
-                allowed_roles=frozenset({ClientRole.SHARER}),
+                allowed_roles=frozenset({ClientRole.GENERATOR, ClientRole.SHARER}),
                 contacts=[],
                 now_ms=clock.now_ms(),
             )

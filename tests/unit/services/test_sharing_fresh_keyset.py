@@ -1,8 +1,9 @@
 """A sharing change that creates the participant's keyset does not rotate it.
 
 The keyset and its first key are created in the change's own transaction, so no reader can have
-fetched that key: narrowing the (default, bidders) choice removes nobody who saw it, and a second
-key would only be a key nobody needed, with an audit event that claims a revocation.
+fetched that key: narrowing the default choice (bidders, for a publisher holding GENERATOR)
+removes nobody who saw it, and a second key would only be a key nobody needed, with an audit
+event that claims a revocation.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _participant(store: SqlStore, site_id: int, now_ms: int) -> None:
                 site_id=site_id,
                 name=f"Site {site_id}",
                 type=ParticipantType.PUBLISHER,
-                allowed_roles=frozenset({ClientRole.SHARER}),
+                allowed_roles=frozenset({ClientRole.GENERATOR, ClientRole.SHARER}),
                 contacts=[],
                 now_ms=now_ms,
             )

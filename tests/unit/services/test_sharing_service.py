@@ -14,22 +14,13 @@ from uid2_operator.clock import FixedClock
 from uid2_operator.domain.audit import verify_chain
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import parse_public_key
-from uid2_operator.domain.keysets import (
-    DAY_S,
-    LAST_RESERVED_KEYSET_ID,
-    SharingMode,
-    new_site_keyset,
-)
+from uid2_operator.domain.keysets import DAY_S, SharingMode
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.domain.sharing import keyset_sharing
+from uid2_operator.domain.sharing import OWNER_ONLY
 from uid2_operator.errors import InvalidInput, InvalidTransition, NotFound
 from uid2_operator.services.material import MaterialConfig, MaterialService
-from uid2_operator.services.sharing import (
-    NEW_KEYSET_SHARING,
-    SharingService,
-    read_client_side_state,
-)
+from uid2_operator.services.sharing import SharingService, read_client_side_state
 from uid2_operator.storage import SqlStore
 from uid2_operator.wire.cstg import private_key_der, public_key_der
 
@@ -46,12 +37,18 @@ def material(store: SqlStore, clock: FixedClock) -> MaterialService:
 def sharing(store: SqlStore, clock: FixedClock, material: MaterialService) -> SharingService:
     with store.transaction() as tx:
         for site, kind in ((A, "publisher"), (B, "publisher"), (C, "publisher"), (D, "dsp")):
+            # The publishers generate tokens, so their keysets start shared with bidders.
+            roles = (
+                {ClientRole.SHARER, ClientRole.GENERATOR}
+                if kind == "publisher"
+                else {ClientRole.SHARER}
+            )
             tx.participants.add(
                 new_participant(
                     site_id=site,
                     name=f"Site {site}",
                     type=ParticipantType(kind),
-                    allowed_roles=frozenset({ClientRole.SHARER}),
+                    allowed_roles=frozenset(roles),
                     contacts=[],
                     now_ms=clock.now_ms(),
                 )
@@ -177,7 +174,7 @@ def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
     seq = store.change_seq()
     for service in (bare, sharing):  # a read needs no keyset, and creates none
         shown = service.show_sharing(ACTOR, 1009)
-        assert (shown.site_id, shown.keyset_id, shown.policy) == (1009, None, NEW_KEYSET_SHARING)
+        assert (shown.site_id, shown.keyset_id, shown.policy) == (1009, None, OWNER_ONLY)
         assert (shown.changed, shown.rotated_key_ids) == (False, ())
     assert store.change_seq() == seq
     with pytest.raises(NotFound, match="no keyset"):
@@ -186,11 +183,6 @@ def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
     assert sharing.show_sharing(ACTOR, 1009).keyset_id is not None
     with pytest.raises(NotFound):
         sharing.show_sharing(ACTOR, 4242)
-
-
-def test_the_choice_shown_without_a_keyset_is_the_one_a_keyset_is_created_with() -> None:
-    created = new_site_keyset(LAST_RESERVED_KEYSET_ID + 1, 1009, now_ms=1)
-    assert keyset_sharing(created) == NEW_KEYSET_SHARING
 
 
 def test_a_missing_keyset_is_created_in_the_sharing_change_s_own_transaction(
