@@ -368,3 +368,58 @@ def worker_ids(metrics_text: str) -> set[str]:
     """The worker that answered a scrape. A scrape lists every worker's series, each under its
     own ``worker`` label; only the answering worker labels ``uid2_operator_metrics_workers``."""
     return set(re.findall(r'uid2_operator_metrics_workers\{worker="(\d+)"\}', metrics_text))
+
+
+# ------------------------------------------------------------- serve --json, and its sockets
+
+
+@dataclass
+class JsonRun:
+    """A ``serve --json`` run: its JSON line, its process, and (once stopped) the rest of its
+    standard output and all its standard error."""
+
+    document: dict[str, Any]
+    process: subprocess.Popen[str]
+    rest: str = ""
+    errors: str = ""
+
+
+@contextmanager
+def serving_json(data_dir: Path, *args: str) -> Iterator[JsonRun]:
+    """``serve --json --init-if-new`` on ephemeral ports, stopped (SIGTERM) afterwards."""
+    process = subprocess.Popen(  # noqa: S603 (our own command)
+        [UID2_OPERATOR, "--data-dir", str(data_dir), "serve", "--json", "--init-if-new",
+         "--port", "0", "--admin-port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env({"UID2_SALT_BUCKETS": "1024"}),
+    )  # fmt: skip
+    run: JsonRun | None = None
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        run = JsonRun(json.loads(line) if line else {}, process)
+        assert line, "serve printed no JSON line"
+        yield run
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, errors = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, errors = process.communicate()
+        if run is not None:
+            run.rest, run.errors = rest, errors
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local IPv4 addresses a socket listens on at ``port`` (``/proc/net/tcp``)."""
+    found: set[str] = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            octets = bytes.fromhex(address)[::-1]  # little-endian on the machines this runs on
+            found.add(".".join(str(o) for o in octets))
+    return found

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from serve_harness import UID2_OPERATOR, clean_env
+from serve_harness import UID2_OPERATOR, clean_env, listening_addresses
 
 pytestmark = [
     pytest.mark.functional,
@@ -22,18 +22,6 @@ pytestmark = [
 ]
 
 ANY_V4 = "0.0.0.0"  # noqa: S104 (the point of the test: every interface)
-
-
-def _listening(port: int) -> set[str]:
-    """The local IPv4 addresses a socket listens on at ``port`` (``/proc/net/tcp``)."""
-    found: set[str] = set()
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
-        address, hex_port = local.split(":")
-        if state == "0A" and int(hex_port, 16) == port:
-            octets = bytes.fromhex(address)[::-1]  # little-endian on the machines this runs on
-            found.add(".".join(str(o) for o in octets))
-    return found
 
 
 def test_an_empty_host_is_every_interface_and_named_so(tmp_path: Path) -> None:
@@ -53,7 +41,7 @@ def test_an_empty_host_is_every_interface_and_named_so(tmp_path: Path) -> None:
         for url in (*urls.values(), urlsplit(document["metrics_url"])):
             assert url.hostname == ANY_V4, document
             assert url.port is not None
-            assert _listening(url.port) == {ANY_V4}
+            assert listening_addresses(url.port) == {ANY_V4}
         health = httpx.get(f"http://127.0.0.1:{urls['operator_url'].port}/ops/healthcheck")
         assert health.status_code == 200
     finally:

@@ -9,24 +9,30 @@ each scrape lands on one worker, which reports the others from their metrics fil
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from cli_harness import database_for
 from prometheus_client.parser import text_string_to_metric_families
-from serve_harness import UID2_OPERATOR, Prepared, SealedRequest, Served, clean_env, prepare, served
+from serve_harness import (
+    UID2_OPERATOR,
+    Prepared,
+    SealedRequest,
+    Served,
+    clean_env,
+    listening_addresses,
+    prepare,
+    served,
+    serving_json,
+)
 
 pytestmark = pytest.mark.functional
 
@@ -39,6 +45,7 @@ EMAIL = "metrics-port@example.com"
 REQUESTS_TOTAL = "uid2_operator_requests_total"
 NOT_FOUND = (404, b"Not Found")
 ANY_V4 = "0.0.0.0"  # noqa: S104 (the point of the test: every interface)
+EXISTING_FIELDS = {"operator_url", "admin_url", "workers", "pid", "data_dir", "environment", "init"}
 
 
 def _requests(server: Served) -> dict[tuple[str, str], dict[str, float]]:
@@ -149,48 +156,8 @@ def test_the_metrics_port_answers_nothing_but_metrics(traffic: Traffic) -> None:
 # ------------------------------------------------------------------------------- --json, usage
 
 
-@dataclass
-class Run:
-    """A ``serve --json`` run: its JSON line, then (once stopped) its standard error."""
-
-    document: dict[str, Any]
-    errors: str = ""
-
-
-@contextmanager
-def _serving(data_dir: Path, *args: str) -> Iterator[Run]:
-    """``serve --json --init-if-new`` on ephemeral ports, stopped (SIGTERM) afterwards."""
-    process = subprocess.Popen(  # noqa: S603 (our own command)
-        [UID2_OPERATOR, "--data-dir", str(data_dir), "serve", "--json", "--init-if-new",
-         "--port", "0", "--admin-port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env({"UID2_SALT_BUCKETS": "1024"}),
-    )  # fmt: skip
-    run: Run | None = None
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        run = Run(json.loads(line) if line else {})
-        assert line, "serve printed no JSON line"
-        yield run
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, errors = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, errors = process.communicate()
-        if run is not None:
-            run.errors = errors
-
-
-EXISTING_FIELDS = {"operator_url", "admin_url", "workers", "pid", "data_dir", "environment", "init"}
-
-
 def test_serve_json_names_metrics_on_the_operator_port_by_default(tmp_path: Path) -> None:
-    with _serving(tmp_path / "data") as run:
+    with serving_json(tmp_path / "data") as run:
         document = run.document
         assert set(document) == {*EXISTING_FIELDS, "metrics_url"}
         assert document["metrics_url"] == document["operator_url"] + "/metrics"
@@ -200,7 +167,7 @@ def test_serve_json_names_metrics_on_the_operator_port_by_default(tmp_path: Path
 
 
 def test_serve_json_names_the_metrics_port(tmp_path: Path) -> None:
-    with _serving(tmp_path / "data", "--metrics-port", "0") as run:
+    with serving_json(tmp_path / "data", "--metrics-port", "0") as run:
         document = run.document
         assert set(document) == {*EXISTING_FIELDS, "metrics_url"}
         metrics = urlsplit(document["metrics_url"])
@@ -214,29 +181,17 @@ def test_serve_json_names_the_metrics_port(tmp_path: Path) -> None:
         assert (elsewhere.status_code, elsewhere.content) == NOT_FOUND
 
 
-def _listening(port: int) -> set[str]:
-    """The local IPv4 addresses a socket listens on at ``port`` (``/proc/net/tcp``)."""
-    found: set[str] = set()
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
-        address, hex_port = local.split(":")
-        if state == "0A" and int(hex_port, 16) == port:
-            octets = bytes.fromhex(address)[::-1]  # little-endian on the machines this runs on
-            found.add(".".join(str(o) for o in octets))
-    return found
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the kernel's socket table")
 def test_the_metrics_port_stays_on_loopback_when_the_operator_api_listens_everywhere(
     tmp_path: Path,
 ) -> None:
-    with _serving(tmp_path / "data", "--host", ANY_V4, "--metrics-port", "0") as run:
+    with serving_json(tmp_path / "data", "--host", ANY_V4, "--metrics-port", "0") as run:
         metrics_port = urlsplit(run.document["metrics_url"]).port
         operator_port = urlsplit(run.document["operator_url"]).port
         assert metrics_port is not None
         assert operator_port is not None
-        assert _listening(operator_port) == {ANY_V4}
-        assert _listening(metrics_port) == {"127.0.0.1"}
+        assert listening_addresses(operator_port) == {ANY_V4}
+        assert listening_addresses(metrics_port) == {"127.0.0.1"}
 
 
 def _serve_once(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
