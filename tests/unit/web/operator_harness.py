@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
 from array import array
 from collections.abc import Iterator
@@ -51,6 +50,7 @@ from uid2_operator.wire.identity import hash_identity, normalize_email
 from uid2_operator.wire.keys import EncryptionKey
 from uid2_operator.wire.raw_uid import current_raw_uid
 from uid2_operator.wire.scope import IdentityType
+from uvicorn_thread import server_in_thread
 
 PEPPER = bytes(range(1, 33))
 DAY_S = 86_400
@@ -362,21 +362,8 @@ def world_fixture() -> Iterator[World]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    state = World(f"http://127.0.0.1:{port}", credentials, holder, logged_out)
-    try:
-        yield state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with server_in_thread(config, sock):
+        yield World(f"http://127.0.0.1:{port}", credentials, holder, logged_out)
 
 
 @pytest.fixture(name="swap_snapshot")

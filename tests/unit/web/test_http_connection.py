@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from uid2_operator.web.http_connection import HttpLimits, http_protocol
+from uvicorn_thread import server_in_thread
 
 LIMITS = HttpLimits(
     max_head_bytes=8192, max_body_bytes=16384, head_timeout_s=2.0, body_timeout_s=2.0
@@ -107,19 +108,8 @@ def running(limits: HttpLimits = LIMITS) -> Iterator[Running]:
         log_level="warning",
         access_log=False,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
+    with server_in_thread(config, sock) as (server, thread):
         yield Running(sock.getsockname()[1], recorder, server, thread)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module", name="server")

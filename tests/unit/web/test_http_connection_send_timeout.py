@@ -28,6 +28,7 @@ from uvicorn.server import ServerState
 
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
+from uvicorn_thread import server_in_thread
 
 SEND_TIMEOUT_S = 0.5
 LIMITS = HttpLimits(
@@ -145,19 +146,8 @@ def running(keep_alive_s: float = 60.0) -> Iterator[Running]:
         access_log=False,
         timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]  # a timer's delay
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
+    with server_in_thread(config, sock) as (server, thread):
         yield Running(sock.getsockname()[1], recorder, server, thread)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def get(path: str) -> bytes:

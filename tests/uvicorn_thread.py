@@ -1,0 +1,35 @@
+"""A uvicorn server run in a thread of the test process, on a socket the test bound."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+START_WITHIN_S = 10.0
+
+
+@contextmanager
+def server_in_thread(
+    config: uvicorn.Config, sock: socket.socket
+) -> Iterator[tuple[uvicorn.Server, threading.Thread]]:
+    """Serve ``config`` on ``sock`` in a daemon thread: the server and its thread once it has
+    started; on leaving, the server is told to exit, its thread joined and ``sock`` closed."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_WITHIN_S
+    try:
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield server, thread
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
