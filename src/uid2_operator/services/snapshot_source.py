@@ -130,11 +130,6 @@ class SnapshotSource:
         return None if self._loaded is None else self._loaded.snapshot
 
     @property
-    def confirmed_at_ms(self) -> int | None:
-        """When a poll last confirmed the snapshot matches the store."""
-        return self._confirmed_at_ms
-
-    @property
     def confirmed_age_ms(self) -> int | None:
         """How long ago a poll last confirmed the snapshot, on the monotonic clock (None before
         any did)."""
