@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -33,3 +34,14 @@ def server_in_thread(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+async def run_lifespan(receive: Any, send: Any) -> None:
+    """A test application's side of the ASGI lifespan: start-up and shut-down acknowledged."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from uid2_operator.web.http_connection import HttpLimits, http_protocol
-from uvicorn_thread import server_in_thread
+from uvicorn_thread import run_lifespan, server_in_thread
 
 LIMITS = HttpLimits(
     max_head_bytes=8192, max_body_bytes=16384, head_timeout_s=2.0, body_timeout_s=2.0
@@ -41,13 +41,8 @@ class Recorder:
 def _app(recorder: Recorder) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await run_lifespan(receive, send)
+            return
         recorder.scopes.append(scope["type"])
         if scope["type"] != "http":
             return

@@ -28,7 +28,7 @@ from uvicorn.server import ServerState
 
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
-from uvicorn_thread import server_in_thread
+from uvicorn_thread import run_lifespan, server_in_thread
 
 SEND_TIMEOUT_S = 0.5
 LIMITS = HttpLimits(
@@ -59,13 +59,8 @@ class Recorder:
 def _app(recorder: Recorder) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await run_lifespan(receive, send)
+            return
         path = scope["path"]
         try:
             size = CHUNK * CHUNKS if path == "/chunks" else WHOLE
