@@ -1,7 +1,8 @@
 """A real admin API over real services and a real store, driven in-process over ASGI.
 
 ``open_admin_env`` migrates a database (a SQLite file, or a fresh PostgreSQL schema), opens the
-services on it with a fixed clock, issues one admin token per admin role and builds the app.
+services on it with a fixed clock, issues one admin token per admin role and builds the app;
+``admin_env_fixture`` makes a test module's fixture giving each test one on every backend.
 ``AdminClient`` sends requests through httpx's ASGI transport and keeps every exchange, so tests
 can search every URL, header and body that went over the wire.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import psycopg
+import pytest
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.types import Message
@@ -46,6 +48,11 @@ PLACEHOLDER_VALUES = {
     "token_id": "UID2-A-L-0-abcDEF",
     "subscription_id": "23456789ab",
 }
+# Each backend a test can run on; the PostgreSQL one carries the ``postgres`` mark.
+ADMIN_BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,33 @@ def postgres_settings(directory: Path) -> Iterator[Settings]:
     finally:
         with psycopg.connect(_libpq_dsn(POSTGRES_URL), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextmanager
+def admin_env_on(backend: str, directory: Path) -> Iterator[AdminEnv]:
+    """An ``AdminEnv`` on ``backend``: ``"sqlite"`` (a file under ``directory``) or
+    ``"postgresql"`` (a fresh schema, as ``postgres_settings`` makes it)."""
+    if backend == "sqlite":
+        with open_admin_env(sqlite_settings(directory)) as opened:
+            yield opened
+        return
+    with postgres_settings(directory) as settings, open_admin_env(settings) as opened:
+        yield opened
+
+
+def admin_env_fixture(
+    backends: Sequence[Any] = ADMIN_BACKENDS,
+) -> Callable[..., Iterator[AdminEnv]]:
+    """A fixture giving each test a fresh ``AdminEnv`` under its ``tmp_path``, once per entry
+    of ``backends``. Assign it in a test module; the name it is assigned to is the fixture's
+    name (``env = admin_env_fixture()``)."""
+
+    @pytest.fixture(params=backends)
+    def admin_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
+        with admin_env_on(request.param, tmp_path) as opened:
+            yield opened
+
+    return admin_env
 
 
 def fill_path(path: str, values: dict[str, str] | None = None) -> str:

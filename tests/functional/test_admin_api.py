@@ -17,8 +17,8 @@ from admin_api_harness import (
     CLIENT_HOST,
     PREFIX,
     AdminEnv,
+    admin_env_fixture,
     open_admin_env,
-    postgres_settings,
     raw_asgi_request,
     schema_errors,
     secret_forms,
@@ -56,19 +56,7 @@ def env(tmp_path: Path) -> Iterator[AdminEnv]:
         yield opened
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
-    if request.param == "sqlite":
-        with open_admin_env(sqlite_settings(tmp_path)) as opened:
-            yield opened
-        return
-    with postgres_settings(tmp_path) as settings, open_admin_env(settings) as opened:
-        yield opened
+any_env = admin_env_fixture()
 
 
 def _document(env: AdminEnv) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from admin_api_harness import (
     CLIENT_HOST,
     PREFIX,
     AdminEnv,
+    admin_env_fixture,
     open_admin_env,
-    postgres_settings,
     sqlite_settings,
 )
 
@@ -36,14 +36,7 @@ SUPER, MAINTAINER, READER = AdminRole.SUPER_USER, AdminRole.MAINTAINER, AdminRol
 REQUEST_ID = "req-refusal-1"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
-    if request.param == "sqlite":
-        with open_admin_env(sqlite_settings(tmp_path)) as opened:
-            yield opened
-    else:
-        with postgres_settings(tmp_path) as settings, open_admin_env(settings) as opened:
-            yield opened
+env = admin_env_fixture()
 
 
 @pytest.fixture

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from admin_api_harness import PREFIX, AdminEnv, open_admin_env, postgres_settings, sqlite_settings
+from admin_api_harness import PREFIX, AdminEnv, admin_env_fixture
 
 from uid2_operator.domain.roles import AdminRole
 
@@ -23,19 +21,7 @@ MAINTAINER, READER = AdminRole.MAINTAINER, AdminRole.READ_ONLY
 ORDINARY_ID = "trace-42:a.b_c"
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
-    if request.param == "sqlite":
-        with open_admin_env(sqlite_settings(tmp_path)) as opened:
-            yield opened
-        return
-    with postgres_settings(tmp_path) as settings, open_admin_env(settings) as opened:
-        yield opened
+env = admin_env_fixture()
 
 
 def _issue_key(env: AdminEnv) -> tuple[str, dict[str, Any]]:

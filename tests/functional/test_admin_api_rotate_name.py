@@ -8,18 +8,14 @@ with ``null``) the successor keeps the old key's; the old key keeps its own eith
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from admin_api_harness import (
     PREFIX,
     AdminEnv,
-    open_admin_env,
-    postgres_settings,
+    admin_env_fixture,
     schema_errors,
-    sqlite_settings,
 )
 
 from uid2_operator.domain.participants import MAX_NAME_LENGTH
@@ -30,19 +26,7 @@ pytestmark = pytest.mark.functional
 MAINTAINER, READER = AdminRole.MAINTAINER, AdminRole.READ_ONLY
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdminEnv]:
-    if request.param == "sqlite":
-        with open_admin_env(sqlite_settings(tmp_path)) as opened:
-            yield opened
-        return
-    with postgres_settings(tmp_path) as settings, open_admin_env(settings) as opened:
-        yield opened
+env = admin_env_fixture()
 
 
 def _site(env: AdminEnv) -> int:
