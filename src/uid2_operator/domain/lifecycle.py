@@ -10,6 +10,10 @@ for a grace window, so a participant can deploy the new key before the old one s
 alone: each previous secret keeps opening requests until its ``retires_at_ms``, which a new
 rotation brings forward to now + grace at the latest (so a grace of 0 stops them all).
 
+An expired key cannot be rotated: its expiry ends access, and a successor would start a new
+lifetime. Its secret can still be rotated, and a rotated one still retired now: neither makes the
+key work again.
+
 Every function returns new records; the caller stores them and writes the audit row in the same
 transaction.
 """
@@ -117,6 +121,11 @@ def rotate_key(
         raise InvalidTransition(f"Cannot rotate API key {old.key_id}: it is {old.state.value}")
     if old.rotated_to is not None:
         raise InvalidTransition(f"API key {old.key_id} was already rotated to {old.rotated_to}")
+    if is_expired(old, now_ms):
+        # A successor would get a fresh lifetime: rotation must not revive an expired key.
+        raise InvalidTransition(
+            f"Cannot rotate API key {old.key_id}: it has expired; create a new key instead"
+        )
     _check_grace(grace_ms)
     if (
         successor.kind is not CredentialKind.CLIENT
