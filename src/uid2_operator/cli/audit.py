@@ -7,6 +7,7 @@ import time
 import click
 
 from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import actor, json_option, services, wants_json
 from uid2_operator.services.audit_trail import adopt_rows_past_head
 from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
@@ -18,11 +19,11 @@ def audit() -> None:
 
 
 @audit.command("list")
-@click.option("--limit", type=click.IntRange(1, MAX_AUDIT_LIMIT), default=100, show_default=True)
+@click.option("--limit", type=AsciiIntRange(1, MAX_AUDIT_LIMIT), default=100, show_default=True)
 @click.option(
     "--since",
     "since_seq",
-    type=click.IntRange(0),
+    type=AsciiIntRange(0),
     default=None,
     help="Only events after this sequence number (to page).",
 )
@@ -76,7 +77,7 @@ def verify(as_json: bool) -> None:
 @click.option(
     "--through",
     "through_seq",
-    type=click.IntRange(1),
+    type=AsciiIntRange(1),
     required=True,
     help="The chain's last row (the head seq `audit verify` reports): every row past the "
     "recorded head up to it is adopted.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, wants_json
 from uid2_operator.cli.sharing import sharing_service
 from uid2_operator.services.sharing import KeypairView, SiteOriginsView
@@ -44,7 +45,7 @@ def keypair() -> None:
 
 
 @keypair.command("create")
-@click.option("--site-id", type=int, required=True, help="The participant it belongs to.")
+@click.option("--site-id", type=ASCII_INT, required=True, help="The participant it belongs to.")
 @click.option("--name", default="", help="A label, at most 200 characters.")
 @click.option("--contact", default="", help="Who to ask about it.")
 @json_option
@@ -56,7 +57,7 @@ def create(site_id: int, name: str, contact: str, as_json: bool) -> None:
 
 
 @keypair.command("list")
-@click.option("--site-id", type=int, default=None, help="Only this participant's keypairs.")
+@click.option("--site-id", type=ASCII_INT, default=None, help="Only this participant's keypairs.")
 @json_option
 def list_(site_id: int | None, as_json: bool) -> None:
     """List keypairs (never their private keys)."""
@@ -132,7 +133,7 @@ def _emit_origins(as_json: bool, view: SiteOriginsView) -> None:
 
 
 @click.command("set-domains")
-@click.option("--site-id", type=int, required=True, help="The participant.")
+@click.option("--site-id", type=ASCII_INT, required=True, help="The participant.")
 @click.option(
     "--domains", required=True, help="Registrable domains, comma-separated (empty: none)."
 )
@@ -145,7 +146,7 @@ def set_domains(site_id: int, domains: str, as_json: bool) -> None:
 
 
 @click.command("set-app-names")
-@click.option("--site-id", type=int, required=True, help="The participant.")
+@click.option("--site-id", type=ASCII_INT, required=True, help="The participant.")
 @click.option("--app-names", required=True, help="App ids, comma-separated (empty: none).")
 @json_option
 def set_app_names(site_id: int, app_names: str, as_json: bool) -> None:
@@ -156,7 +157,7 @@ def set_app_names(site_id: int, app_names: str, as_json: bool) -> None:
 
 
 @click.command("show-origins")
-@click.option("--site-id", type=int, required=True, help="The participant.")
+@click.option("--site-id", type=ASCII_INT, required=True, help="The participant.")
 @json_option
 def show_origins(site_id: int, as_json: bool) -> None:
     """Show the domain and app names client-side requests may come from."""

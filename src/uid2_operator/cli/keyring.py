@@ -25,6 +25,7 @@ import click
 
 from uid2_operator.bootstrap import keyring_rotation_service, open_configured_store
 from uid2_operator.cli.output import emit, fields, table
+from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.services.keyring_rotation import (
     ACTIVATE_COMMAND,
@@ -169,7 +170,7 @@ def add_version(inactive: bool, as_json: bool) -> None:
 
 
 @keyring.command("activate-version")
-@click.argument("version", type=int)
+@click.argument("version", type=ASCII_INT)
 @json_option
 def activate_version(version: int, as_json: bool) -> None:
     """Make VERSION, which the keyring file holds, the active one: new items are sealed under it.
@@ -233,7 +234,7 @@ def reseal(as_json: bool) -> None:
 
 
 @keyring.command("drop-version")
-@click.argument("version", type=int)
+@click.argument("version", type=ASCII_INT)
 @json_option
 def drop_version(version: int, as_json: bool) -> None:
     """Remove VERSION from the keyring file.

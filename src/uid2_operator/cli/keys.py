@@ -7,6 +7,7 @@ import time
 import click
 
 from uid2_operator.cli.output import emit, fields, show_once_warning, table, when
+from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH
 from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS
@@ -85,10 +86,10 @@ def key() -> None:
 
 
 @key.command("create")
-@click.option("--site-id", type=int, required=True)
+@click.option("--site-id", type=ASCII_INT, required=True)
 @click.option("--name", required=True, help=f"Display name, 1 to {MAX_NAME_LENGTH} characters.")
 @click.option("--roles", required=True, help="Comma-separated subset of the participant's roles.")
-@click.option("--expires-in-days", type=int, default=None, help="Optional hard expiry.")
+@click.option("--expires-in-days", type=ASCII_INT, default=None, help="Optional hard expiry.")
 @json_option
 def create(site_id: int, name: str, roles: str, expires_in_days: int | None, as_json: bool) -> None:
     """Create an API key and its client secret (both shown once)."""
@@ -104,7 +105,7 @@ def create(site_id: int, name: str, roles: str, expires_in_days: int | None, as_
 
 
 @key.command("list")
-@click.option("--site-id", type=int, default=None, help="Only this participant's keys.")
+@click.option("--site-id", type=ASCII_INT, default=None, help="Only this participant's keys.")
 @json_option
 def list_(site_id: int | None, as_json: bool) -> None:
     """List API keys (never their text or secrets)."""
@@ -198,7 +199,7 @@ def revoke(key_id: str, reason: str, as_json: bool) -> None:
 @click.argument("key_id")
 @click.option(
     "--grace-days",
-    type=int,
+    type=ASCII_INT,
     default=DEFAULT_GRACE_DAYS,
     show_default=True,
     help="How long the old key keeps working; 0 retires it now.",
@@ -230,7 +231,7 @@ def retire_now(key_id: str, as_json: bool) -> None:
 @click.argument("key_id")
 @click.option(
     "--grace-days",
-    type=int,
+    type=ASCII_INT,
     default=DEFAULT_GRACE_DAYS,
     show_default=True,
     help="How long the previous secret keeps working; 0 stops it now.",

@@ -26,6 +26,7 @@ from uid2_operator.cli.output import (
     table,
     when,
 )
+from uid2_operator.cli.params import AsciiFloatRange
 from uid2_operator.cli.runtime import actor, json_option, load_settings, services, wants_json
 from uid2_operator.domain.keysets import DAY_S
 from uid2_operator.errors import UID2Error
@@ -136,7 +137,7 @@ def salts() -> None:
 @salts.command("rotate")
 @click.option(
     "--fraction",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=AsciiFloatRange(0, 1, min_open=True),
     default=DEFAULT_SALT_FRACTION,
     show_default=True,
     help="Share of the buckets to rotate (only buckets whose refresh time has come rotate).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH, ParticipantType
 from uid2_operator.services.views import ParticipantView
@@ -39,7 +40,7 @@ def participant() -> None:
 @participant.command("create")
 @click.option("--name", required=True, help=f"Display name, 1 to {MAX_NAME_LENGTH} characters.")
 @click.option("--type", "type_", required=True, help=f"One of: {_TYPES}.")
-@click.option("--site-id", type=int, default=None, help="Default: the next free id above 2.")
+@click.option("--site-id", type=ASCII_INT, default=None, help="Default: the next free id above 2.")
 @click.option("--roles", default=None, help="Roles its keys may hold, comma-separated.")
 @click.option("--contact", "contacts", multiple=True, help="Contact e-mail (repeatable).")
 @json_option
@@ -84,7 +85,7 @@ def list_(as_json: bool) -> None:
 
 
 @participant.command("show")
-@click.argument("site_id", type=int)
+@click.argument("site_id", type=ASCII_INT)
 @json_option
 def show(site_id: int, as_json: bool) -> None:
     """Show one participant."""
@@ -94,7 +95,7 @@ def show(site_id: int, as_json: bool) -> None:
 
 
 @participant.command("disable")
-@click.argument("site_id", type=int)
+@click.argument("site_id", type=ASCII_INT)
 @json_option
 def disable(site_id: int, as_json: bool) -> None:
     """Disable a participant: every one of its keys stops working at once."""
@@ -104,7 +105,7 @@ def disable(site_id: int, as_json: bool) -> None:
 
 
 @participant.command("enable")
-@click.argument("site_id", type=int)
+@click.argument("site_id", type=ASCII_INT)
 @json_option
 def enable(site_id: int, as_json: bool) -> None:
     """Enable a participant again."""
@@ -114,7 +115,7 @@ def enable(site_id: int, as_json: bool) -> None:
 
 
 @participant.command("set-roles")
-@click.argument("site_id", type=int)
+@click.argument("site_id", type=ASCII_INT)
 @click.option("--roles", required=True, help="Roles its keys may hold, comma-separated.")
 @json_option
 def set_roles(site_id: int, roles: str, as_json: bool) -> None:

@@ -67,6 +67,7 @@ from uid2_operator.bootstrap import (
 )
 from uid2_operator.cli.database import Initialised, initialise
 from uid2_operator.cli.output import show_once_warning
+from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import (
     json_option,
     load_settings,
@@ -811,7 +812,7 @@ def _any_if_empty(ctx: click.Context, param: click.Parameter, value: str) -> str
     callback=_any_if_empty,
     help="Interface the operator API listens on.",
 )
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8080, show_default=True, type=AsciiIntRange(0, 65535))
 @click.option(
     "--admin-host",
     default="127.0.0.1",
@@ -820,7 +821,7 @@ def _any_if_empty(ctx: click.Context, param: click.Parameter, value: str) -> str
     help="Interface the admin API listens on; whatever --host is, it stays on this machine "
     "unless given here (plain HTTP with administrators' tokens: never a public interface).",
 )
-@click.option("--admin-port", default=8081, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--admin-port", default=8081, show_default=True, type=AsciiIntRange(0, 65535))
 @click.option(
     "--metrics-host",
     default="127.0.0.1",
@@ -832,7 +833,7 @@ def _any_if_empty(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option(
     "--metrics-port",
     default=None,
-    type=click.IntRange(0, 65535),
+    type=AsciiIntRange(0, 65535),
     help="Answer the Prometheus /metrics on this port (0: a free one), and on it nothing else; "
     "the operator port then answers /metrics 404. Without it /metrics is on the operator port.",
 )
@@ -840,7 +841,7 @@ def _any_if_empty(ctx: click.Context, param: click.Parameter, value: str) -> str
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 256),
+    type=AsciiIntRange(1, 256),
     help="Operator API processes; each holds its own snapshot.",
 )
 @click.option("--init-if-new", is_flag=True, help="Run init first when the data directory is new.")

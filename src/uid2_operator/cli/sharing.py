@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import click
 
 from uid2_operator.cli.output import emit, fields
+from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.keysets import SharingMode
 from uid2_operator.errors import InvalidInput
@@ -66,7 +67,9 @@ def sharing() -> None:
 
 
 @sharing.command("set")
-@click.option("--site-id", type=int, required=True, help="The participant whose keyset to share.")
+@click.option(
+    "--site-id", type=ASCII_INT, required=True, help="The participant whose keyset to share."
+)
 @click.option("--owner-only", is_flag=True, help="Nobody but the participant itself.")
 @click.option("--all-bidders", is_flag=True, help="Every caller holding ID_READER (every DSP).")
 @click.option("--allow", default=None, help="Site ids allowed, comma-separated.")
@@ -111,7 +114,7 @@ def set_(  # noqa: PLR0917 (click passes every option positionally)
 
 
 @sharing.command("show")
-@click.option("--site-id", type=int, required=True, help="The participant.")
+@click.option("--site-id", type=ASCII_INT, required=True, help="The participant.")
 @json_option
 def show(site_id: int, as_json: bool) -> None:
     """Show the participant's sharing choice."""
