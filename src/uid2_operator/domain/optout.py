@@ -7,9 +7,11 @@ holds an e-mail address or phone number: the input is hashed before a record is 
 
 Decisions, in order (operator-api §7.2-§7.3):
 
-1. the all-0xFF FLH and the "never opted out" test identities are never opted out;
-2. a recorded FLH, the all-zero FLH and the "always opted out" test identities are opted out;
-3. at refresh only, the "refresh opt-out" test identities are opted out too.
+1. the "refresh opt-out" test identities are opted out at refresh and never anywhere else,
+   whatever the records hold (a logout of one must not break the generate that the
+   refresh scenario starts with);
+2. the all-0xFF FLH and the "never opted out" test identities are never opted out;
+3. a recorded FLH, the all-zero FLH and the "always opted out" test identities are opted out.
 
 The records are indexed by ``OptOutIndex`` for the request path. Opt-outs only grow (the
 reference service holds hundreds of millions) and arrive a few thousand at a time, so the index
@@ -136,11 +138,11 @@ def is_opted_out(
     no longer compared with the token's).
     """
     identity = (kind, flh)
+    if identity in builtins.at_refresh:
+        return at_refresh
     if flh == NEVER_OPTED_OUT_FLH or identity in builtins.never:
         return False
-    if flh in records or flh == ALWAYS_OPTED_OUT_FLH or identity in builtins.always:
-        return True
-    return at_refresh and identity in builtins.at_refresh
+    return flh in records or flh == ALWAYS_OPTED_OUT_FLH or identity in builtins.always
 
 
 # ------------------------------------------------------------------------------ the index

@@ -177,3 +177,15 @@ def test_the_all_zero_flh_is_always_and_the_all_ff_flh_never_opted_out() -> None
 def test_never_identities_win_over_a_record() -> None:
     flh = flh_of("validate@example.com")
     assert not is_opted_out(EMAIL, flh, {flh: T0}, BUILTINS, at_refresh=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"), [(EMAIL, "refresh-optout@example.com"), (PHONE, "+00000000002")]
+)
+def test_refresh_optout_identities_are_opted_out_only_at_refresh_even_when_recorded(
+    kind: IdentityType, text: str
+) -> None:
+    flh = flh_of(text)
+    records = {flh: T0}  # a logout or `optout add` of the test identity
+    assert not is_opted_out(kind, flh, records, BUILTINS)
+    assert is_opted_out(kind, flh, records, BUILTINS, at_refresh=True)
