@@ -1,11 +1,30 @@
-"""What every command shares: the global options, the settings, the services and the actor."""
+"""What every command shares: the global options, the settings, the services and the actor.
+
+The CLI acts as ``cli:<account>``. The account is the operating-system account of the process's
+real uid, looked up in the passwd database (``uid<N>`` when the uid has none). ``$LOGNAME``,
+``$USER`` and the like are not consulted: anyone can set them to anything, so they name whoever
+the caller wants blamed, and the name lands in hash-chained audit rows that cannot be scrubbed.
+Login and ``su`` set them to the account anyway, so an ordinary session records the same name as
+before. One exception, for the human behind ``sudo``: run as root, the account named by
+``$SUDO_USER`` is recorded instead of ``root`` when it is a safe name with a passwd entry (only
+root or sudo can set it for a root process, and root could write any row it liked anyway). A
+process of another uid ignores ``$SUDO_USER`` (``sudo -u <account>`` records that account), as
+that account could set it itself to name someone else.
+
+Whatever its source, the recorded name is at most 64 characters of ``[A-Za-z0-9._@-]`` that hold
+no credential text (``credential_text``), as the admin API accepts a caller's request id: nothing
+that could forge a line of ``audit list`` output, no non-UTF-8 text the store could not encode, no
+API key or admin token put there by mistake. An unsafe account name is recorded as ``uid<N>``;
+the command still runs.
+"""
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
+import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,6 +32,7 @@ from typing import Any, TypeVar
 import click
 
 from uid2_operator.bootstrap import Services, check_environment, open_services
+from uid2_operator.domain.credential_text import holds_credential_text
 from uid2_operator.domain.environments import Environment
 from uid2_operator.errors import KeyringMissing
 from uid2_operator.services.context import Actor
@@ -112,16 +132,50 @@ def services(settings: Settings | None = None) -> Iterator[Services]:
         opened.close()
 
 
-def os_user() -> str:
+_SAFE_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}", re.ASCII)
+
+
+def safe_account_name(name: str | None) -> str | None:
+    """``name`` if it may be recorded in the audit trail, else ``None``: 1 to 64 characters of
+    ``[A-Za-z0-9._@-]`` holding no credential text."""
+    if name is None or _SAFE_ACCOUNT_NAME.fullmatch(name) is None:
+        return None
+    if holds_credential_text(name):
+        return None
+    return name
+
+
+def _sudo_user(environ: Mapping[str, str]) -> str | None:
+    """The account ``sudo`` was run from, if ``$SUDO_USER`` is a safe name with a passwd entry."""
+    name = safe_account_name(environ.get("SUDO_USER"))
+    if name is None:
+        return None
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return f"uid{os.getuid()}"
+        pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return name
+
+
+def os_user(uid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The account recorded for a CLI command (see the module's description): by default that of
+    this process's real uid and environment."""
+    uid = os.getuid() if uid is None else uid
+    environ = os.environ if environ is None else environ
+    if uid == 0:
+        sudo_user = _sudo_user(environ)
+        if sudo_user is not None:
+            return sudo_user
+    try:
+        name: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (some containers run under an arbitrary uid)
+        name = None
+    return safe_account_name(name) or f"uid{uid}"
 
 
 def actor() -> Actor:
-    """The CLI acts as ``cli:<os user>``, one request id per invocation."""
-    return Actor(id=f"cli:{os_user()}"[:200], request_id=uuid.uuid4().hex, source="cli")
+    """The CLI acts as ``cli:<account>``, one request id per invocation."""
+    return Actor(id=f"cli:{os_user()}", request_id=uuid.uuid4().hex, source="cli")
 
 
 def parse_list(value: str | None) -> list[str]:
