@@ -16,7 +16,7 @@ MAX_SOURCE_LENGTH = 200
 class Actor:
     """The principal behind a use case, and where the request came from.
 
-    ``id`` looks like ``"admin:<token_id>"``, ``"cli:<os user>"`` or ``"system"``. It is public
+    ``id`` looks like ``"admin:<token_id>"``, ``"cli:<account>"`` or ``"system"``. It is public
     (token ids are prefixes, never token text) and lands in audit rows and ``created_by`` fields,
     so its length is bounded here, where a bad value is refused before any work starts.
     """
