@@ -151,22 +151,37 @@ class SqliteFlavour:
 
 class PostgresFlavour:
     """PostgreSQL: writers lock the ``change_seq`` row FOR UPDATE first thing; readers use a
-    REPEATABLE READ, READ ONLY transaction so that several SELECTs see one snapshot."""
+    REPEATABLE READ, READ ONLY transaction so that several SELECTs see one snapshot.
+
+    Write and upgrade transactions run at READ COMMITTED whatever the database's default
+    (``default_transaction_isolation``): once the lock is theirs, each statement must see what
+    the writer before them committed while they waited. Under REPEATABLE READ or SERIALIZABLE
+    the snapshot is taken before the wait, and the locked row, changed since, fails them with
+    "could not serialize access" instead.
+    """
 
     name = "postgresql"
 
     def begin_write(self, conn: Connection) -> None:
-        conn.begin()
-        # For this transaction only: waiting longer for the lock than this fails (LockNotAvailable,
-        # an OperationalError, so StoreUnavailable) instead of queueing for as long as it is held.
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(WRITE_LOCK_WAIT_MS)}")
+        self._begin_read_committed(conn)
         conn.execute(
             select(store_meta.c.value).where(store_meta.c.name == CHANGE_SEQ).with_for_update()
         )
 
     def begin_migration(self, conn: Connection) -> None:
-        conn.begin()
+        # The same bounded wait as a writer's, both for this lock and for the write lock the
+        # upgrade's data step takes later in this transaction.
+        self._begin_read_committed(conn)
         conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+
+    @staticmethod
+    def _begin_read_committed(conn: Connection) -> None:
+        conn.execution_options(isolation_level="READ COMMITTED")  # reset when back in the pool
+        conn.begin()
+        # For this transaction only: waiting longer for a lock (a row, a table, an advisory
+        # lock) than this fails (LockNotAvailable, an OperationalError, so StoreUnavailable)
+        # instead of queueing for as long as it is held.
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(WRITE_LOCK_WAIT_MS)}")
 
     def begin_read(self, conn: Connection) -> Connection:
         conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
