@@ -39,6 +39,7 @@ from uid2_operator.domain.sealing import (
 )
 from uid2_operator.errors import (
     InvalidInput,
+    KekVersionMissing,
     KeyringError,
     KeyringMissing,
     SchemaOutOfDate,
@@ -50,7 +51,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import EnvironmentSource, Settings
+from uid2_operator.settings import EnvironmentSource, Settings, SettingsError
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.engines import sqlite_path
 from uid2_operator.storage.interface import ReadTx, Store
@@ -98,7 +99,9 @@ def load_keyring(settings: Settings) -> Keyring:
     """
     if settings.keyring_json is not None:
         return require_keyring(Keyring.from_json(settings.keyring_json), settings.environment)
-    keyring, _ = _read_keyring_file(settings.keyring_path, settings.environment)
+    keyring, _ = _read_keyring_file(
+        settings.keyring_path.absolute(), settings.environment, name_file=True
+    )
     return keyring
 
 
@@ -119,9 +122,15 @@ def _signature(status: os.stat_result) -> _FileSignature:
     )
 
 
-def _read_keyring_file(path: Path, environment: Environment) -> tuple[Keyring, _FileSignature]:
+def _read_keyring_file(
+    path: Path, environment: Environment, *, name_file: bool = False
+) -> tuple[Keyring, _FileSignature]:
     """The keyring in ``path`` under ``load_keyring``'s rules, and the signature of the file it
-    was read from (taken from the open file, so the two always match)."""
+    was read from (taken from the open file, so the two always match).
+
+    A file that does not hold a keyring (empty, not JSON, a key missing) raises ``KeyringError``
+    with the bare defect (a followed file's log line names the file), or with ``name_file`` (a
+    refusal: ``load_keyring``, a ``KeyringFile``'s first read) naming the file."""
     keyring: Keyring | None
     signature = _NO_FILE
     try:
@@ -134,7 +143,16 @@ def _read_keyring_file(path: Path, environment: Environment) -> tuple[Keyring, _
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise KeyringError(f"The keyring file {path} cannot be read: {reason}") from None
     else:
-        keyring = Keyring.from_json(text)
+        try:
+            keyring = Keyring.from_json(text)
+        except KeyringError as exc:
+            if not name_file:
+                raise
+            defect = "it is empty" if not text.strip() else exc.detail
+            message = f"The keyring file {path} cannot be used: {defect}"
+            if isinstance(exc, KekVersionMissing):
+                raise KekVersionMissing(exc.version, message) from None
+            raise KeyringError(message) from None
     return require_keyring(keyring, environment), signature
 
 
@@ -180,7 +198,9 @@ class KeyringFile:
         self._monotonic = monotonic
         self._interval = check_interval_s
         self._lock = threading.Lock()
-        self._keyring, self._loaded = _read_keyring_file(self._path, self._environment)
+        self._keyring, self._loaded = _read_keyring_file(
+            self._path, self._environment, name_file=True
+        )
         self._refused: _FileSignature | None = None
         self._recorded: dict[int, int] = {}
         """Every KEK check value the callers of ``latest`` read from the store (a value once
@@ -267,20 +287,82 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
 
     Never creates one in prod (a generated production keyring is provisioned on purpose, kept
     outside the data directory's backups), and never overwrites an existing file. ``init``
-    first checks that the database holds nothing sealed (``require_unsealed_store``).
+    first checks that the database holds nothing sealed (``require_unsealed_store``). The new
+    file appears whole or not at all (``_create_private``): an init interrupted while it writes
+    leaves no keyring file, and the next init creates one. A file that cannot be written raises
+    ``KeyringError`` naming it.
     """
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return load_keyring(settings)
     path = settings.keyring_path
     if not path.exists():
         keyring = generate_keyring(random, development=True)
+        sweep_keyring_debris(settings)
         try:
-            _write_private(path, keyring.to_json())
-        except FileExistsError:  # another init won the race; use its keyring
-            pass
-        else:
+            created = _create_private(path, keyring.to_json())
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise KeyringError(
+                f"The keyring file {path.absolute()} cannot be written: {reason}"
+            ) from None
+        if created:
             return keyring
+        # another init won the race; use its keyring
     return load_keyring(settings)
+
+
+def discard_interrupted_keyring(settings: Settings) -> bool:
+    """For ``init``, before it looks at the keyring: remove an empty keyring file (0 bytes, a
+    regular file, not a link), as an earlier version's ``init`` left it when it was stopped
+    between creating the file and writing it, provided the database holds nothing sealed yet
+    (it never does after such a stop, since the keyring comes before the material); ``init``
+    then creates a new one. True when it removed the file.
+
+    Nothing to do in prod (``init`` never creates a keyring there), for a keyring given as
+    UID2_KEYRING, for a file that holds anything, or for a database that holds sealed items or
+    is at an earlier schema revision: loading the keyring then refuses the file, naming it.
+    """
+    path = settings.keyring_path
+    if not _empty_keyring_file(settings) or not _holds_nothing_sealed(settings):
+        return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise KeyringError(
+            f"The keyring file {path.absolute()} is empty and cannot be removed: {reason}"
+        ) from None
+    log.warning(
+        "removed the empty keyring file %s, left by an interrupted init; a new one is created",
+        path.absolute(),
+    )
+    return True
+
+
+def _empty_keyring_file(settings: Settings) -> bool:
+    """True when ``init`` would create a keyring and its file is empty (a regular file)."""
+    if settings.environment is Environment.PROD or settings.keyring_json is not None:
+        return False
+    try:
+        found = os.lstat(settings.keyring_path)
+    except OSError:
+        return False
+    return stat.S_ISREG(found.st_mode) and found.st_size == 0
+
+
+def _holds_nothing_sealed(settings: Settings) -> bool:
+    """True for a configured database never migrated, or at this code's schema and holding
+    nothing sealed; False for one at an earlier revision (it may hold sealed items)."""
+    sealed = _read_store(settings, None, _sealed_count)
+    if sealed is None:
+        return database_is_new(settings)
+    return sealed == 0
+
+
+def _sealed_count(tx: ReadTx) -> int:
+    return sum(counts.total for counts in sealed_inventory(tx).values())
 
 
 def require_unsealed_store(settings: Settings) -> None:
@@ -291,7 +373,7 @@ def require_unsealed_store(settings: Settings) -> None:
     store = open_configured_store(settings)
     try:
         with store.read() as tx:
-            sealed = sum(counts.total for counts in sealed_inventory(tx).values())
+            sealed = _sealed_count(tx)
     finally:
         store.close()
     if sealed:
@@ -340,7 +422,7 @@ def save_keyring(settings: Settings, keyring: Keyring) -> None:
 
 
 def _temporary_names(path: Path) -> re.Pattern[str]:
-    """The names ``_replace_private`` gives its temporary files beside ``path``."""
+    """The names ``_write_temporary`` gives its temporary files beside ``path``."""
     return re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(_TEMPORARY_SUFFIX))
 
 
@@ -384,9 +466,42 @@ def sweep_keyring_debris(settings: Settings, *, now: float | None = None) -> lis
 
 def _replace_private(path: Path, content: str) -> None:
     """Atomically replace ``path`` with ``content``, owner-only (see ``save_keyring``)."""
-    fd, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX
-    )
+    temporary = _write_temporary(path, content)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    # The new content is in place: from here a failure only leaves the rename less durable, and
+    # reporting the write as failed would be false (for a keyring, the caller's audit event would
+    # roll back while every serve took up the new file).
+    _sync_directory(path, "replaced")
+
+
+def _create_private(path: Path, content: str) -> bool:
+    """Create ``path`` holding ``content``, owner-only, whole or not at all; False (nothing
+    written) when ``path`` exists already. The content goes to a temporary file beside it
+    (``_write_temporary``), which is then linked to ``path`` (a link never replaces an existing
+    file) and removed; then the directory is synced. Stopped at any point, ``path`` is absent
+    or complete: at worst a temporary file is left, which ``sweep_keyring_debris`` removes."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+    temporary = _write_temporary(path, content)
+    try:
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+    finally:
+        temporary.unlink(missing_ok=True)
+    _sync_directory(path, "created")
+    return True
+
+
+def _write_temporary(path: Path, content: str) -> Path:
+    """A new file beside ``path`` (named as ``_temporary_names`` says), mode 0600 whatever the
+    umask, holding ``content``, synced. Removed again when that fails."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX)
+    temporary = Path(name)
     try:
         try:
             os.fchmod(fd, _PRIVATE_FILE)
@@ -396,13 +511,15 @@ def _replace_private(path: Path, content: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    # The new keyring is in place: from here a failure only leaves the rename less durable, and
-    # reporting the write as failed would be false (the caller's audit event would roll back
-    # while every serve took up the new file).
+    return temporary
+
+
+def _sync_directory(path: Path, done: str) -> None:
+    """Sync ``path``'s directory, so that the file just ``done`` there survives a crash of the
+    machine; a failure is only logged (the file is in place)."""
     try:
         directory = os.open(path.parent, os.O_RDONLY)
         try:
@@ -411,9 +528,10 @@ def _replace_private(path: Path, content: str) -> None:
             os.close(directory)
     except OSError as exc:
         log.warning(
-            "the keyring file %s was replaced, but its directory could not be synced (%s): the "
-            "replacement may not survive a crash of the machine",
+            "the file %s was %s, but its directory could not be synced (%s): this may not "
+            "survive a crash of the machine",
             path,
+            done,
             exc.strerror or exc,
         )
 
@@ -439,24 +557,17 @@ class ConfiguredKeyring:
         save_keyring(self.settings, keyring)
 
 
-def _write_private(path: Path, content: str) -> None:
-    """Create ``path`` exclusively with owner-only permissions, then write and sync it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
-    try:
-        os.fchmod(fd, _PRIVATE_FILE)  # whatever the umask
-        os.write(fd, content.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_environment(settings: Settings) -> bool:
-    """Refuse a data directory recorded for another environment; True when one is recorded."""
+    """Refuse a data directory recorded for another environment; True when one is recorded.
+
+    An empty ``environment`` file (an earlier version's ``init`` stopped while writing it)
+    records none, as ``Settings.from_env`` reads it: ``init`` then writes it."""
     path = settings.environment_path
     if not path.exists():
         return False
     recorded = path.read_text(encoding="utf-8").strip()
+    if not recorded:
+        return False
     if recorded != settings.environment.value:
         raise InvalidInput(
             f"The data directory was initialised for the {recorded} environment, "
@@ -468,12 +579,14 @@ def check_environment(settings: Settings) -> bool:
 def record_environment(settings: Settings) -> None:
     """Remember which environment a data directory serves; refuse to change it afterwards.
     ``init`` records it last, once everything else succeeded: a refused first run leaves the
-    directory free to be initialised for another environment."""
+    directory free to be initialised for another environment. The file (mode 0600) is replaced
+    whole (``_replace_private``): a run stopped while writing it leaves the one before (none, or
+    an empty one), never a part."""
     if check_environment(settings):
         return
     path = settings.environment_path
     path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
-    path.write_text(settings.environment.value + "\n", encoding="utf-8")
+    _replace_private(path, settings.environment.value + "\n")
 
 
 def store_environment(settings: Settings) -> Environment | None:
@@ -699,7 +812,13 @@ def upgrade_database(settings: Settings) -> str:
     by this user is set to 0600 as well, so a file some earlier run left with the umask's mode is
     made private by the next init or upgrade."""
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise SettingsError(
+                f"The data directory {settings.data_dir.absolute()} cannot be created: {reason}"
+            ) from None
     db_path = sqlite_path(settings.store_url)  # the file SQLite opens, a URL's one included
     if db_path is not None:
         try:

@@ -12,6 +12,7 @@ from uid2_operator.bootstrap import (
     adopt_store_environment,
     check_environment,
     check_store_recordable,
+    discard_interrupted_keyring,
     ensure_keyring,
     load_keyring,
     open_services,
@@ -94,6 +95,7 @@ def _initialise(settings: Settings) -> Initialised:
     # directory adopts it, a mismatch is refused before any write.
     settings = adopt_store_environment(settings)
     adopted = settings.environment_source is EnvironmentSource.DATABASE
+    discard_interrupted_keyring(settings)  # an empty file an interrupted init left: made anew
     keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
     if keyring_present or settings.environment is Environment.PROD:
         load_keyring(settings)  # a missing or unusable keyring stops init before any write

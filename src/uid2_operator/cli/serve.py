@@ -136,13 +136,22 @@ def _needs_init(settings: Settings) -> bool:
     then refuses it like every command, naming ``uid2-operator db upgrade``, rather than
     migrating it under whatever processes of that version still use it (docs/storage.md,
     upgrading)."""
-    if settings.keyring_json is None and not settings.keyring_path.exists():
+    if settings.keyring_json is None and _missing_or_empty(settings.keyring_path):
         return True
-    if not settings.environment_path.exists():
+    if _missing_or_empty(settings.environment_path):  # empty: an init stopped while writing it
         return True
     if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
         return True
     return database_is_new(settings)
+
+
+def _missing_or_empty(path: Path) -> bool:
+    """True when ``path`` does not exist or is an empty file (as an interrupted ``init`` of an
+    earlier version could leave the keyring or environment file)."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def _next_steps(settings: Settings, admin_url: str) -> str:
