@@ -222,15 +222,15 @@ def test_activate_version_is_refused_while_another_keyring_file_is_ahead(
     other.parent.mkdir(mode=0o700)
     shutil.copyfile(own, other)
     elsewhere = {"UID2_KEYRING_FILE": str(other)}
-    # The other file's version 2 made active at once, and a key sealed under it there.
-    ok(cli_run, "keyring", "add-version", env=elsewhere)
+    assert ok(cli_run, "keyring", "add-version", "--inactive")["version"] == 2
+    # Then the other file's version 3 made active at once, and a key sealed under it there.
+    assert ok(cli_run, "keyring", "add-version", env=elsewhere)["version"] == 3
     _create_key(cli_run, site, "sealed elsewhere", elsewhere)
 
-    assert ok(cli_run, "keyring", "add-version", "--inactive")["version"] == 3
     content = own.read_bytes()
-    refused = run(cli_run, "keyring", "activate-version", "3", status=1)
+    refused = run(cli_run, "keyring", "activate-version", "2", status=1)
     assert refused.stderr == (
-        "Error: Items are sealed under key-encryption key versions the keyring lacks (version 2: "
+        "Error: Items are sealed under key-encryption key versions the keyring lacks (version 3: "
         "1 item (client_secrets 1)), so another keyring file is ahead of this one; copy it over "
         "this one, then activate\n"
     )

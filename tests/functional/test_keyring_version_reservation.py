@@ -147,7 +147,13 @@ def test_a_database_without_the_reservation_numbers_from_the_file_and_the_store(
     ok(first, "keyring", "add-version")  # version 2, active at once
     _create_key(first, site, "sealed under 2")
     _forget_reservation(first)
-    # The second file holds only version 1; the store names 2.
-    assert ok(second, "keyring", "add-version", "--inactive")["version"] == 3
-    # Recorded again from then on: the first file, which holds 1 and 2, is numbered above 3.
-    assert ok(first, "keyring", "add-version", "--inactive")["version"] == 4
+    # The second file holds only version 1 while items are sealed under 2: it is behind, and
+    # adding to it is refused, changing nothing.
+    before = _keyring(second)
+    run(second, "keyring", "add-version", "--inactive", status=1)
+    assert _keyring(second) == before
+    # The first file, which holds 1 and 2, is numbered from the file and the store: 3; then
+    # recorded again, so the second file, once it holds what the first does, gets 4.
+    assert ok(first, "keyring", "add-version", "--inactive")["version"] == 3
+    shutil.copyfile(_settings(first.database).keyring_path, _settings(second.database).keyring_path)
+    assert ok(second, "keyring", "add-version", "--inactive")["version"] == 4

@@ -76,6 +76,11 @@ KEK_CHECK_MAX: Final = (1 << 63) - 1
 """The largest check value: 63 bits, so it fits a signed 64-bit integer (``store_meta``)."""
 RUN_AGAIN: Final = "then run the command again"
 """What a refusal of ``compare_kek_check_values`` says to do once the right keyring is in place."""
+MAX_KEK_VERSION: Final = 999_999_999
+"""The highest key-encryption key version number: nine digits. A keyring file holds nothing
+above it (``Keyring``, ``from_json``) and no version above it is ever added (``next_kek_version``),
+so every keyring written can be read back; it also fits the store's 32-bit integer columns."""
+_VERSIONS_ARE: Final = f"Key-encryption key versions are positive integers up to {MAX_KEK_VERSION}"
 
 
 def kek_check_value(kek: bytes) -> int:
@@ -102,8 +107,12 @@ class Keyring:
         if not keks:
             raise KeyringError("The keyring holds no key-encryption key")
         for version, kek in keks.items():
-            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                raise KeyringError("Key-encryption key versions are positive integers")
+            if (
+                isinstance(version, bool)
+                or not isinstance(version, int)
+                or not 1 <= version <= MAX_KEK_VERSION
+            ):
+                raise KeyringError(_VERSIONS_ARE)
             if len(kek) != KEK_SIZE:
                 raise KeyringError(f"Key-encryption key version {version} is not {KEK_SIZE} bytes")
         if isinstance(active_version, bool) or not isinstance(active_version, int):
@@ -245,8 +254,14 @@ class KeyringSource(Protocol):
 
 
 def _parse_version(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or text.startswith("0") or len(text) > 9:
-        raise KeyringError("Key-encryption key versions are positive integers")
+    # The length first: never convert an arbitrarily long run of digits.
+    if (
+        not (text.isascii() and text.isdigit())
+        or text.startswith("0")
+        or len(text) > len(str(MAX_KEK_VERSION))
+        or int(text) > MAX_KEK_VERSION
+    ):
+        raise KeyringError(_VERSIONS_ARE)
     return int(text)
 
 
@@ -264,6 +279,21 @@ def generate_keyring(random: RandomBytes, *, development: bool = False) -> Keyri
     return Keyring({1: random(KEK_SIZE)}, 1, random(PEPPER_SIZE), development=development)
 
 
+def next_kek_version(highest: int) -> int:
+    """The version number one above ``highest``: ``KeyringError`` when that is above
+    ``MAX_KEK_VERSION``, since no keyring holding it could be read back."""
+    if highest >= MAX_KEK_VERSION:
+        raise KeyringError(_no_version_left(highest + 1))
+    return highest + 1
+
+
+def _no_version_left(version: int) -> str:
+    return (
+        f"No key-encryption key version can be added: the next would be {version}, above "
+        f"the highest a keyring can hold ({MAX_KEK_VERSION})"
+    )
+
+
 def add_kek_version(
     keyring: Keyring, random: RandomBytes, *, version: int | None = None, activate: bool = True
 ) -> Keyring:
@@ -278,12 +308,17 @@ def add_kek_version(
 
     Added inactive, the version opens seals but nothing is sealed under it until
     ``activate_kek_version``: the keyring can first reach every process that must open them.
+
+    ``KeyringError`` for a version above ``MAX_KEK_VERSION`` (``next_kek_version``), before any
+    key is drawn.
     """
     highest = max(keyring.versions)
     if version is None:
-        version = highest + 1
+        version = next_kek_version(highest)
     elif isinstance(version, bool) or not isinstance(version, int) or version <= highest:
         raise KeyringError(f"A new key-encryption key version must be above {highest}")
+    elif version > MAX_KEK_VERSION:
+        raise KeyringError(_no_version_left(version))
     keks = {v: keyring.kek(v) for v in keyring.versions} | {version: random(KEK_SIZE)}
     active = version if activate else keyring.active_version
     return Keyring(keks, active, keyring.pepper, development=keyring.development)

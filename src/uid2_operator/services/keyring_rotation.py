@@ -28,6 +28,9 @@ version from then on. Whatever it sealed under the old one just before is still 
   sealed under it yet, so the keyring file can first be copied to every other keyring file
   (each data directory, on this machine or another) whose processes must open what will be
   sealed under it.
+  Refused, as ``activate_version`` is, while the store names a version this keyring lacks, and
+  when the new number would be above the highest a keyring can hold
+  (``domain.sealing.MAX_KEK_VERSION``).
 - ``activate_version``: a version the keyring holds becomes the active one (nothing to do when it
   already is). Refused, as ``reseal`` is, while the store names a version this keyring lacks:
   another keyring file is then ahead of this one, and it most likely lacks the version activated
@@ -80,6 +83,7 @@ from uid2_operator.domain.sealing import (
     add_kek_version,
     compare_kek_check_values,
     drop_kek_version,
+    next_kek_version,
     reseal_secret,
 )
 from uid2_operator.errors import InvalidInput, KeyringError, StoreError
@@ -385,16 +389,25 @@ class KeyringRotationService:
         Numbered one above the highest of: the versions this keyring holds, those the store
         names, the highest the store records as given to any keyring file on it, and those it
         records a check value for; the store records the new number, and the new version's
-        check value, in the same unit of work. Refused (KeyringError), changing nothing, for a
-        keyring holding another key under a version the store records a check value for."""
+        check value, in the same unit of work. Refused (KeyringError), changing nothing: for a
+        keyring holding another key under a version the store records a check value for; while
+        items are sealed under a version the keyring lacks (as ``activate_version``: another
+        keyring file is ahead of this one, and a version added to this one, active or not, only
+        widens the drift); and when the new number would be above ``MAX_KEK_VERSION``."""
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
             compare_kek_check_values(keyring, recorded)
             inventory = sealed_inventory(tx)
+            self._refuse_unknown_versions(
+                keyring,
+                inventory,
+                ", so another keyring file is ahead of this one; copy it over this one, then "
+                "add the version",
+            )
             reserved = tx.deployment.highest_kek_version()
-            version = max((*keyring.versions, *inventory, reserved, *recorded)) + 1
+            version = next_kek_version(max((*keyring.versions, *inventory, reserved, *recorded)))
             if not self._holder.writable:
                 then = (
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"

@@ -211,14 +211,15 @@ def test_add_version_inactive_holds_the_version_but_seals_under_the_old_one(
     assert status.to_reseal == 0
 
 
-def test_an_inactive_version_is_numbered_above_versions_only_the_store_names(
+def test_an_inactive_version_is_refused_while_the_store_names_versions_the_file_lacks(
     a: Instance, site: int
 ) -> None:
     a.file.keyring = Keyring({1: KEK_1, 2: KEK_2}, 2, PEPPER)
     a.rotation.reseal(ACTOR)
     a.file.keyring = V1  # version 2 lost from the file by a hand edit
-    change = a.rotation.add_version(ACTOR, activate=False)
-    assert (change.version, change.active_version) == (3, 1)
+    with pytest.raises(KeyringError, match=r"versions the keyring lacks \(version 2: "):
+        a.rotation.add_version(ACTOR, activate=False)
+    assert a.file.keyring.versions == (1,)
 
 
 # ------------------------------------------------------------------------------- activate

@@ -259,7 +259,7 @@ def test_add_version_makes_a_new_active_version_and_new_items_go_under_it(
     assert status.to_reseal == world.counts.total
 
 
-def test_add_version_numbers_above_versions_only_the_store_still_names(
+def test_add_version_is_refused_while_the_store_names_versions_the_keyring_lacks(
     rotation: KeyringRotationService, world: World, holder: MemoryKeyring, store: SqlStore
 ) -> None:
     holder.keyring = Keyring({1: KEK_1, 2: KEK_2}, 2, PEPPER)
@@ -268,9 +268,11 @@ def test_add_version_numbers_above_versions_only_the_store_still_names(
     status = rotation.status()
     assert status.unknown_versions == (2,)
     assert status.use_of(2) == VersionUse(2, False, False, world.counts)
-    change = rotation.add_version(ACTOR)
-    assert change.version == 3  # never a new key under the lost number 2
-    assert holder.keyring.versions == (1, 3)
+    seq = store.change_seq()
+    with pytest.raises(KeyringError, match=r"versions the keyring lacks \(version 2: "):
+        rotation.add_version(ACTOR)  # adding to a file that is behind only deepens the drift
+    assert holder.keyring.versions == (1,)
+    assert store.change_seq() == seq
     assert rotation.status().unknown_versions == (2,)
 
 
