@@ -31,8 +31,10 @@ Opt-outs follow the same rule: a reload reads only the records written since the
 load's cursor and builds the new index from the previous one (``MaterialService.load_material``,
 ``domain.optout.OptOutIndex``). The previous index is the *material's*, the store's records
 alone: opt-outs a worker applied to its snapshot before writing them
-(``SnapshotSource.add_optouts``) are not carried over, so a reload gives exactly what a full
-load would, and they return with the reload that reads them back from the store.
+(``SnapshotSource.add_optouts``) are not part of it, so a load gives exactly what a full load
+would. The snapshot source applies them again to each snapshot it installs, on top of what the
+load built, until the write-behind reports them written (a load after that reads them back from
+the store) or given up (``services.snapshot_source``).
 """
 
 from __future__ import annotations

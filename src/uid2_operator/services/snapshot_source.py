@@ -30,12 +30,29 @@ outage names the database's user, host, port and name (or the SQLite file's path
 changes: a project error's own message, any other error by its class and the frames it came
 through (``error_text.described``), never its text nor a traceback, which for a database
 driver's error repeat the statement's parameters.
+
+The opt-outs this worker recorded (``add_optouts``: the logouts it answered ``{"optout":"OK"}``)
+are applied to ``current`` at once and written to the store later (``services.write_behind``).
+A snapshot loaded meanwhile holds the store's opt-outs, not those, so the source keeps them
+while they wait for their write and applies them again to every snapshot it installs, until the
+write-behind reports them written (``optouts_written``) or given up (``optouts_dropped``).
+Written is where a snapshot stops needing them: a poll that starts after the report reads the
+store after their commit, so what it loads holds them; a poll that started before had them
+among those waiting when it started, applied to what it loaded in its own thread, or among those
+recorded while it ran, applied when it is installed. So from the logout on, every snapshot this
+worker serves answers ``optout`` for that identity. An opt-out given up is applied by no poll
+that starts after the report, so the first reload such a poll makes forgets it, as no other
+worker ever knew it. Nothing of this is done per request: a logout costs a dict entry more, a
+poll a copy of what is waiting. ``MAX_LOCAL_OPTOUTS`` bounds what is kept, should nothing
+report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +76,12 @@ ChangeSeq = Callable[[], int]
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
+MAX_LOCAL_OPTOUTS: Final = 250_000
+"""Bound on this worker's opt-outs kept while they wait for their write (see the module doc):
+more than a write-behind ever holds (its queue and the batch under way, ``MAX_PENDING_OPTOUTS``
+each, every one reported written or given up), so it only bounds a source nothing reports to.
+Beyond it, the oldest tenth are forgotten."""
 
 _STORE_DOWN: Final = "store unreachable"
 _RELOAD_FAILING: Final = "snapshot reload failing"
@@ -118,6 +141,12 @@ class SnapshotSource:
         self._failing: str = _STORE_DOWN
         """What the failure was: the store out of reach, or the reload failing with the store up
         (a keyring that lacks a version the store names, say)."""
+        self._waiting: dict[int, OptOutRecord] = {}
+        """This worker's opt-outs not yet reported written or given up, by ``id`` (the very
+        records the write-behind reports), oldest first."""
+        self._recorded_while_polling: dict[int, OptOutRecord] | None = None
+        """The opt-outs recorded since the poll in flight started, less those given up since
+        (None: no poll in flight)."""
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
         self.loads = 0
@@ -128,6 +157,12 @@ class SnapshotSource:
     def snapshot(self) -> Snapshot | None:
         """The last snapshot loaded, served or not."""
         return None if self._loaded is None else self._loaded.snapshot
+
+    @property
+    def optouts_waiting(self) -> int:
+        """How many of this worker's opt-outs are applied to every snapshot it installs, waiting
+        for the write-behind to report them written or given up."""
+        return len(self._waiting)
 
     @property
     def confirmed_age_ms(self) -> int | None:
@@ -189,19 +224,31 @@ class SnapshotSource:
         Returns True when a new snapshot was installed. Store failures are recorded, not raised.
         """
         now, mono = self._clock.now_ms(), self._clock.monotonic_ms()
+        waiting = self._start_poll()
         try:
-            outcome: Loaded | BaseException | None = self._fetch()
+            outcome: Loaded | BaseException | None = self._fetch(waiting)
         except Exception as exc:  # recorded and reported on the health check, never raised
             outcome = exc
         return self._apply(now, mono, outcome)
 
-    def _fetch(self) -> Loaded | None:
-        """The store's side of a poll (any thread): a new snapshot, or None if nothing moved."""
+    def _start_poll(self) -> tuple[OptOutRecord, ...]:
+        """A poll starts (on the thread that owns ``current``): the opt-outs waiting for their
+        write now, which the poll applies to what it loads; those recorded from now on are
+        collected for its install."""
+        self._recorded_while_polling = {}
+        return tuple(self._waiting.values())
+
+    def _fetch(self, waiting: tuple[OptOutRecord, ...] = ()) -> Loaded | None:
+        """The store's side of a poll (any thread): a new snapshot with this worker's opt-outs
+        ``waiting`` applied, or None if nothing moved. The material stays the store's."""
         seq = self._change_seq()
         loaded = self._loaded
         if loaded is not None and loaded.snapshot.change_seq == seq:
             return None
-        return self._load(loaded, self._generation + 1)
+        fresh = self._load(loaded, self._generation + 1)
+        if not waiting:
+            return fresh
+        return Loaded(fresh.snapshot.with_optouts(waiting), fresh.material)
 
     def _apply(
         self, polled_at_ms: int, polled_mono_ms: int, outcome: Loaded | BaseException | None
@@ -209,10 +256,14 @@ class SnapshotSource:
         """The state side of a poll that started at ``polled_at_ms`` (``polled_mono_ms`` on the
         monotonic clock), on the thread that owns ``current``."""
         self._polling_since_ms = None
+        recorded, self._recorded_while_polling = self._recorded_while_polling, None
         if isinstance(outcome, BaseException):
             self._record_failure(polled_at_ms, outcome)
             return False
         if outcome is not None:
+            if recorded:  # logouts answered while it loaded: few, applied here
+                updated = outcome.snapshot.with_optouts(recorded.values())
+                outcome = Loaded(updated, outcome.material)
             self._install(outcome)
         self._confirmed_at_ms = polled_at_ms
         self._confirmed_mono_ms = polled_mono_ms
@@ -263,20 +314,60 @@ class SnapshotSource:
             self.current = None
 
     def add_optouts(self, records: list[OptOutRecord]) -> None:
-        """Apply opt-outs this worker just recorded, so its next answers already reflect them.
+        """Apply opt-outs this worker just recorded, so its next answers already reflect them,
+        and keep them, applied to every snapshot installed, until they are reported written or
+        given up (see the module doc).
 
         Applying copies only the small overlay of the opt-out index, never its base, and never
         folds it (``Snapshot.with_optouts``): it costs what is applied, whatever the number of
         opt-outs, so it is always done. The material (the store's records) is left as it was:
         the next reload builds on it and reads these records back once they are written.
         """
+        if not records:
+            return
+        waiting, recorded = self._waiting, self._recorded_while_polling
+        for record in records:
+            waiting[id(record)] = record
+            if recorded is not None:
+                recorded[id(record)] = record
+        if len(waiting) > MAX_LOCAL_OPTOUTS:
+            self._forget_oldest()
         snapshot = self.current
-        if snapshot is not None and records:
+        if snapshot is not None:
             updated = snapshot.with_optouts(records)
             self._generation = updated.generation
             if self._loaded is not None:
                 self._loaded = Loaded(updated, self._loaded.material)
             self.current = updated
+
+    def optouts_written(self, records: list[OptOutRecord]) -> None:
+        """The write-behind committed these (records ``add_optouts`` was given): a poll that
+        starts from now on loads them from the store, so none applies them any more."""
+        waiting = self._waiting
+        for record in records:
+            waiting.pop(id(record), None)
+
+    def optouts_dropped(self, records: list[OptOutRecord]) -> None:
+        """The write-behind gave these up (they will never be written): no install applies them
+        any more but that of a poll already in flight that had them waiting when it started; the
+        snapshot serving them keeps them until the next reload replaces it."""
+        waiting, recorded = self._waiting, self._recorded_while_polling
+        for record in records:
+            waiting.pop(id(record), None)
+            if recorded is not None:
+                recorded.pop(id(record), None)
+
+    def _forget_oldest(self) -> None:
+        """Past ``MAX_LOCAL_OPTOUTS``, forget the oldest tenth (at once: one copy of what is
+        kept per tenth of the bound recorded, not one per record)."""
+        forgotten = len(self._waiting) - MAX_LOCAL_OPTOUTS + MAX_LOCAL_OPTOUTS // 10
+        self._waiting = dict(itertools.islice(self._waiting.items(), forgotten, None))
+        log.warning(
+            "more than %d opt-outs recorded by this worker were neither reported written nor "
+            "given up; the oldest %d are no longer applied again at snapshot reloads",
+            MAX_LOCAL_OPTOUTS,
+            forgotten,
+        )
 
     # ------------------------------------------------------------------------ the loop
 
@@ -293,7 +384,8 @@ class SnapshotSource:
             started_at, started_mono = self._clock.now_ms(), self._clock.monotonic_ms()
             self.check_age()
             self._polling_since_ms = started_at
-            pending = loop.run_in_executor(self._executor, self._fetch)
+            fetch = functools.partial(self._fetch, self._start_poll())
+            pending = loop.run_in_executor(self._executor, fetch)
             while not pending.done():
                 await asyncio.wait({pending}, timeout=self._poll_interval_s)
                 self.check_age()

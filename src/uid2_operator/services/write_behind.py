@@ -16,9 +16,15 @@ failed write puts back only what it did not commit (counts are added, times are 
 retried on the next flush: for opt-outs, the chunk that failed and every one after it, never the
 chunks already committed (their records and audit events would be written twice). The opt-out
 queue is bounded so an unreachable store cannot grow it without limit. An opt-out dropped for
-want of room is lost once the next reload replaces the snapshot it was applied to, so drops are
+want of room is never written and is lost at the worker's next snapshot reload, so drops are
 counted (``OptOutQueue.dropped``, exported as a metric) and logged at WARNING, at most once per
 ``DROP_WARNING_INTERVAL_MS`` (``WriteBehind.report_drops``).
+
+The worker's snapshot source applies each opt-out again to every snapshot it loads until the
+store holds it (``services.snapshot_source``): so each one recorded (``on_optouts``) is reported
+once committed (``on_written``, on the event loop, after the commit) or once given up
+(``on_dropped``: dropped for want of room, or lost at a stop that could not save it). Reports
+give the very record objects ``record_optout`` was given.
 
 Failing writes (the store unreachable, or its write lock held elsewhere) are logged at WARNING
 once when they start, at most once per ``FAILURE_REPORT_INTERVAL_MS`` while they go on (how many
@@ -196,20 +202,25 @@ class OptOutQueue:
         self._pending: list[OptOutRecord] = []
         self.dropped = 0
 
-    def add(self, record: OptOutRecord) -> None:
+    def add(self, record: OptOutRecord) -> bool:
+        """Queue ``record``; False when it was dropped for want of room."""
         if len(self._pending) >= MAX_PENDING_OPTOUTS:
             self.dropped += 1
-            return
+            return False
         self._pending.append(record)
+        return True
 
     def take(self) -> list[OptOutRecord]:
         pending, self._pending = self._pending, []
         return pending
 
-    def restore(self, records: Sequence[OptOutRecord]) -> None:
-        room = MAX_PENDING_OPTOUTS - len(self._pending)
+    def restore(self, records: Sequence[OptOutRecord]) -> list[OptOutRecord]:
+        """Put back records a write did not commit, ahead of those queued since; returns those
+        dropped for want of room."""
+        room = max(MAX_PENDING_OPTOUTS - len(self._pending), 0)
         self.dropped += max(0, len(records) - room)
-        self._pending[:0] = records[: max(room, 0)]
+        self._pending[:0] = records[:room]
+        return list(records[room:])
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -733,6 +744,8 @@ class WriteBehind:
         *,
         flush_interval_s: float,
         on_optouts: Callable[[list[OptOutRecord]], None] | None = None,
+        on_written: Callable[[list[OptOutRecord]], None] | None = None,
+        on_dropped: Callable[[list[OptOutRecord]], None] | None = None,
         saved_dir: Path | None = None,
         stop_budget_s: float = STOP_BUDGET_S,
     ) -> None:
@@ -742,6 +755,8 @@ class WriteBehind:
         self._clock = clock
         self._interval_s = flush_interval_s
         self._on_optouts = on_optouts
+        self._on_written = on_written
+        self._on_dropped = on_dropped
         self._saved_dir = saved_dir
         self._stop_budget_s = stop_budget_s
         self._stop = asyncio.Event()
@@ -766,10 +781,21 @@ class WriteBehind:
         self._drop_warned_at_ms: int | None = None
 
     def record_optout(self, record: OptOutRecord) -> None:
-        """The logout endpoint's sink: queue it for the store and apply it locally at once."""
-        self.optouts.add(record)
+        """The logout endpoint's sink: queue it for the store and apply it locally at once (a
+        record dropped for want of room is reported dropped at once)."""
+        queued = self.optouts.add(record)
         if self._on_optouts is not None:
             self._on_optouts([record])
+        if not queued:
+            self._report_dropped([record])
+
+    def _report_written(self, records: list[OptOutRecord]) -> None:
+        if records and self._on_written is not None:
+            self._on_written(records)
+
+    def _report_dropped(self, records: list[OptOutRecord]) -> None:
+        if records and self._on_dropped is not None:
+            self._on_dropped(records)
 
     def tick(self) -> None:
         """Advance the coarse usage clock (cheap; called every poll interval)."""
@@ -1038,7 +1064,8 @@ class WriteBehind:
     def flush(self) -> None:
         """Write everything pending now, once, synchronously (tests; a stop goes through
         ``run``)."""
-        self._settle(self._write(self.usage.take(), self.optouts.take(), CommitGate()))
+        optouts = self.optouts.take()
+        self._settle(self._write(self.usage.take(), optouts, CommitGate()), optouts)
         self.report_drops()
 
     def write_saved(self) -> None:
@@ -1051,9 +1078,11 @@ class WriteBehind:
             if not outcome.more:
                 return
 
-    def _settle(self, outcome: _Outcome) -> None:
-        """Keep what was not written for the next flush, and log a failure or the end of
-        failures (``_FailureLog``)."""
+    def _settle(self, outcome: _Outcome, sent: Sequence[OptOutRecord] = ()) -> None:
+        """Report the worker's own opt-outs ``sent`` to the write that the store committed (all
+        but what it did not write, always their tail), keep what was not written for the next
+        flush, and log a failure or the end of failures (``_FailureLog``)."""
+        self._report_written(list(sent[: max(len(sent) - len(outcome.optouts), 0)]))
         self._put_back(outcome.usage, outcome.optouts)
         now_ms = self._clock.now_ms()
         if outcome.error is not None:
@@ -1088,7 +1117,7 @@ class WriteBehind:
             return
         self.failures += 1
         self.usage.restore(usage)
-        self.optouts.restore(optouts)
+        self._report_dropped(self.optouts.restore(optouts))
 
     # ------------------------------------------------------------------ the loop
 
@@ -1135,7 +1164,7 @@ class WriteBehind:
     def _land(self, flight: _Flight) -> _Outcome:
         self._flight = None
         outcome = flight.outcome()
-        self._settle(outcome)
+        self._settle(outcome, flight.optouts)
         return outcome
 
     async def _until_landed_or_stopped(self, flight: _Flight) -> _Outcome | None:
@@ -1251,6 +1280,7 @@ class WriteBehind:
                 "store and are lost: there is no directory to save them to",
                 len(optouts),
             )
+            self._report_dropped(optouts)
             return
         path = saved_path(self._saved_dir, self._clock.now_ms())
         try:
@@ -1263,6 +1293,7 @@ class WriteBehind:
                 path,
                 _os_reason(exc),
             )
+            self._report_dropped(optouts)
             return
         log.warning(
             "write-behind: %d opt-outs not written to the store before stopping were saved to "

@@ -171,14 +171,17 @@ def test_a_worker_s_own_opt_outs_apply_at_once_however_many_exist(
     assert current.optouts.index.by_flh.layer_sizes[1] == 1  # applied on the overlay
     assert not base.optouts.opted_out(IdentityType.PHONE, flh(-1))
 
-    # Another change moves the store before the worker's record is written: the reload is
-    # exactly the store's state; the record comes back with the reload that reads it.
+    # Another change moves the store before the worker's record is written: the reload's
+    # material is exactly the store's state, and the source applies the waiting record again.
     material.add_optout("email", "someone.else@example.com", ACTOR)
     assert source.refresh() is True
     moved = source.current
     assert moved is not None
-    assert not moved.optouts.opted_out(IdentityType.PHONE, flh(-1))
+    assert moved.optouts.opted_out(IdentityType.PHONE, flh(-1))
+    assert source.optouts_waiting == 1
     write_optouts(store, [mine], clock.now_ms())
+    source.optouts_written([mine])
+    assert source.optouts_waiting == 0
     assert source.refresh() is True
     written = source.current
     assert written is not None

@@ -280,6 +280,8 @@ def build_worker(
         now,
         flush_interval_s=serve.flush_interval_s,
         on_optouts=source.add_optouts,
+        on_written=source.optouts_written,
+        on_dropped=source.optouts_dropped,
         saved_dir=settings.data_dir / PENDING_OPTOUTS_DIR,
     )
     metrics = RequestMetrics(ROUTES if metrics_port is None else API_ROUTES)
