@@ -13,6 +13,7 @@ once the right file is back.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from uid2_operator.clock import Clock
@@ -32,7 +33,7 @@ from uid2_operator.domain.roles import AdminRole, parse_admin_roles
 from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import AlreadyExists, CredentialRejected, MalformedCredential, NotFound
 from uid2_operator.services import inputs
-from uid2_operator.services.audit_trail import record_event, record_refusal
+from uid2_operator.services.audit_trail import record_event, record_refusal, require_active_token
 from uid2_operator.services.context import Actor
 from uid2_operator.services.kek_check_values import recorded_keyring
 from uid2_operator.services.views import AdminTokenView, IssuedAdminToken
@@ -85,6 +86,9 @@ class AdminService:
         tid = inputs.credential_id(token_id, "token_id")
         now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            # The acting admin token is checked before the change rather than when its event is
+            # recorded, since the change may be that token's own revocation.
+            require_active_token(tx, actor)
             before = _token(tx, tid)
             after = revoke_admin_token(before, now_ms=now, by=actor.id)
             # Read and decided under the store-wide write lock: of two concurrent revokes of
@@ -93,7 +97,7 @@ class AdminService:
             tx.admin_tokens.update(after)
             record_event(
                 tx,
-                actor,
+                replace(actor, admin_token_id=None),  # checked above
                 at_ms=now,
                 action="admin_token.revoke",
                 target_type="admin_token",
@@ -128,6 +132,14 @@ class AdminService:
             )
             raise CredentialRejected("The admin token is not valid")
         return AdminTokenView.of(token)
+
+    def require_active(self, actor: Actor) -> None:
+        """Refuse (``CredentialRejected``) an actor whose admin token is no longer active, as
+        read now; nothing for an actor without a token. A change made with the token checks this
+        itself, in its own transaction; this is for the admin API to answer a write its service
+        refused, which changed nothing, as a request sent after the revocation would be."""
+        with self._store.read() as tx:
+            require_active_token(tx, actor)
 
     def record_refusal(
         self,

@@ -1,5 +1,11 @@
 """Writing audit events: inside the unit of work that makes the change an event records, or, for
-an attempt that was refused, in a unit of work of its own."""
+an attempt that was refused, in a unit of work of its own.
+
+Every audited change is recorded here, inside its own transaction, so this is also where a change
+made with an admin token checks that the token is still active (``require_active_token``):
+whichever service makes the change, a token revoked after its request was authenticated changes
+nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from uid2_operator.domain.admin_tokens import authenticate_admin_token
 from uid2_operator.domain.audit import (
     AuditDraft,
     AuditEvent,
@@ -18,10 +25,11 @@ from uid2_operator.domain.audit import (
     draft_event,
     event_hash,
 )
-from uid2_operator.errors import InvalidInput, InvalidTransition
+from uid2_operator.domain.authorization import Denied
+from uid2_operator.errors import CredentialRejected, InvalidInput, InvalidTransition
 from uid2_operator.services import inputs
 from uid2_operator.services.context import Actor
-from uid2_operator.storage.interface import Store, Tx
+from uid2_operator.storage.interface import ReadTx, Store, Tx
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,35 @@ def _draft(actor: Actor, details: EventDetails) -> AuditDraft:
     )
 
 
+def require_active_token(tx: ReadTx, actor: Actor) -> None:
+    """Refuse (``CredentialRejected``, 401 at the admin API, as authentication refuses it) an
+    actor whose admin token is no longer active: revoked since its request was authenticated, or
+    gone. Nothing to check for an actor without a token (the command line, the system).
+
+    ``record_event`` and ``record_events`` call it in the transaction of the change they record.
+    A write transaction holds the store-wide write lock from its start, so of a revocation and a
+    change made with the revoked token, the one that takes the lock second sees the other: the
+    change either commits before the revocation or is refused and rolls back with its whole unit
+    of work. A use case whose change may end the acting token itself (revoking an admin token)
+    calls it before that change instead. An admin token's roles never change (it is issued with
+    them, and revocation is its only change), so the roles its request was authorised with still
+    hold.
+    """
+    token_id = actor.admin_token_id
+    if token_id is None:
+        return
+    token = tx.admin_tokens.get(token_id)
+    if token is None:
+        reason = "unknown"
+    else:
+        decision = authenticate_admin_token(token)
+        if not isinstance(decision, Denied):
+            return
+        reason = str(decision.reason)
+    logger.info("admin token refused at its change token_id=%s reason=%s", token_id, reason)
+    raise CredentialRejected("The admin token is not valid")
+
+
 def record_event(
     tx: Tx,
     actor: Actor,
@@ -78,8 +115,11 @@ def record_event(
     """Redacts ``before``/``after`` (records or dicts) and appends the event to the chain.
 
     The store assigns ``seq`` and ``prev_hash`` under its write lock, so the chain stays linear
-    however many writers there are; the event commits or rolls back with the change itself.
+    however many writers there are; the event commits or rolls back with the change itself. An
+    actor with an admin token is refused first if that token is no longer active
+    (``require_active_token``), which rolls the change back.
     """
+    require_active_token(tx, actor)
     details = EventDetails(
         at_ms=at_ms,
         action=action,
@@ -90,6 +130,10 @@ def record_event(
         after=after,
         outcome=outcome,
     )
+    return _append(tx, actor, details)
+
+
+def _append(tx: Tx, actor: Actor, details: EventDetails) -> AuditEvent:
     return tx.audit.append(_draft(actor, details), event_hash)
 
 
@@ -99,8 +143,10 @@ def record_events(tx: Tx, actor: Actor, events: Iterable[EventDetails]) -> list[
     The events are stored exactly as that many ``record_event`` calls would store them (the
     same seq, prev_hash and hash for each); the store reads the chain end and records the new
     head once, and inserts the rows together. For a use case that records many events at once
-    (a chunk of opt-outs); a use case that records one event uses ``record_event``.
+    (a chunk of opt-outs); a use case that records one event uses ``record_event``. The actor's
+    admin token, if any, is checked as ``record_event`` checks it.
     """
+    require_active_token(tx, actor)
     return tx.audit.append_many([_draft(actor, details) for details in events], event_hash)
 
 
@@ -125,7 +171,8 @@ def record_refusal(
     is no ``before``; ``after`` holds the error code only, never an error message, which could
     repeat what was sent, and ``repeated``, when not 0: how many repeats of the attempt since the
     last one recorded were left out (the admin API records a repeated denial once a minute). The
-    event joins the same hash chain as every other.
+    event joins the same hash chain as every other. The actor's admin token is not checked again:
+    the attempt is recorded even if the token was revoked meanwhile.
     """
     if outcome is Outcome.SUCCESS:
         raise InvalidInput("a refusal is recorded as denied or failed, not success")
@@ -138,18 +185,17 @@ def record_refusal(
         after["code"] = error_code
     if repeated:
         after["repeated"] = repeated
+    details = EventDetails(
+        at_ms=at_ms,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        site_id=site_id,
+        after=after or None,
+        outcome=outcome,
+    )
     with store.transaction() as tx:
-        return record_event(
-            tx,
-            actor,
-            at_ms=at_ms,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            site_id=site_id,
-            after=after or None,
-            outcome=outcome,
-        )
+        return _append(tx, actor, details)
 
 
 @dataclass(frozen=True, slots=True)

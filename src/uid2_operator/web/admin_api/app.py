@@ -10,7 +10,11 @@ Each request goes through the same steps, in this order, so no route can skip on
 3. the path values, the query string and the JSON body, checked against the route's
    declarations (4xx);
 4. the service call, in a worker thread (the services and the store are synchronous), as an
-   ``Actor`` named ``admin:<token_id>`` carrying the request id and the client address;
+   ``Actor`` named ``admin:<token_id>`` carrying the token id, the request id and the client
+   address. A change checks, in its own write transaction, that the token is still active
+   (``audit_trail.require_active_token``): a token revoked after step 2 changes nothing and gets
+   401, as if it had been revoked before. A write its service refused by a rule (404, 409, 422) is
+   answered 401 as well when its token has been revoked by then;
 5. the result as JSON, or the error through the one error table (``errors.py``).
 
 A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the audit trail as
@@ -50,14 +54,19 @@ from uid2_operator.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
-from uid2_operator.services.context import MAX_SOURCE_LENGTH, Actor
+from uid2_operator.services.context import ADMIN_ACTOR_PREFIX, MAX_SOURCE_LENGTH, Actor
 from uid2_operator.services.log_throttle import LogThrottle
 from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants, sharing
 from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, check_path, parse_query
 from uid2_operator.web.admin_api.errors import error_body, render_error
 from uid2_operator.web.admin_api.openapi import build_document, path_fields
-from uid2_operator.web.admin_api.outcomes import RefusalLimiter, record_denied, record_failed
+from uid2_operator.web.admin_api.outcomes import (
+    RefusalLimiter,
+    failed_code,
+    record_denied,
+    record_failed,
+)
 from uid2_operator.web.admin_api.request_context import RequestContext, request_id_source
 from uid2_operator.web.admin_api.routing import (
     PUBLIC,
@@ -230,6 +239,10 @@ def _endpoint(
             try:
                 reply = await run_in_threadpool(op.handler, call)
             except Exception as exc:
+                if failed_code(op, exc) is not None:
+                    # Nothing changed: a token revoked meanwhile gets the answer of a request
+                    # sent after its revocation (401, not recorded), not the rule's.
+                    await run_in_threadpool(services.admin.require_active, actor)
                 await record_failed(services, op, actor, params, exc)
                 raise
             response: Response = JSONResponse(reply.payload, status_code=reply.status)
@@ -266,7 +279,12 @@ async def _authorised_actor(
         return anonymous
     text = bearer_token(request.headers)
     token = await run_in_threadpool(services.admin.authenticate, text)
-    actor = Actor(f"admin:{token.token_id}", anonymous.request_id, anonymous.source)
+    actor = Actor(
+        ADMIN_ACTOR_PREFIX + token.token_id,
+        anonymous.request_id,
+        anonymous.source,
+        admin_token_id=token.token_id,
+    )
     try:
         require(op.access, token_roles(token.roles))
     except PermissionDenied:
