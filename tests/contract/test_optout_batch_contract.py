@@ -31,8 +31,10 @@ def flh(n: int) -> bytes:
     return hashlib.sha256(f"person-{n}".encode()).digest()
 
 
-def record(n: int, at: int = T0, ad_id: str | None = None) -> OptOutRecord:
-    return OptOutRecord(flh(n), at, ad_id)
+def record(
+    n: int, at: int = T0, ad_id: str | None = None, *earlier: tuple[str, int]
+) -> OptOutRecord:
+    return OptOutRecord(flh(n), at, ad_id, earlier)
 
 
 def _stored(store: SqlStore) -> tuple[list[OptOutRecord], list[AuditEvent], ChainHead | None]:
@@ -179,12 +181,14 @@ def test_a_record_met_again_keeps_its_later_time(store: SqlStore) -> None:
     write_optouts(store, _records(), NOW)
     with store.read() as rx:
         kept = rx.optouts.get_many(flh(n) for n in range(7))
+    # Each raw UID keeps the time of its first opt-out (among the earlier ones when it is not
+    # the newest, or first opted out before the latest time).
     assert kept == {
-        flh(0): record(0, T0 + 40, "E" * 44),  # later across chunks; the raw UID kept
+        flh(0): record(0, T0 + 40, "E" * 44, ("E" * 44, T0 - 100)),  # later across chunks
         flh(1): record(1, T0 + 100),  # the stored one was later
         flh(2): record(2, T0, "S" * 44),  # the same time: the newer raw UID
-        flh(3): record(3, T0 + 20, "L" * 44),  # later first within the chunk
+        flh(3): record(3, T0 + 20, "L" * 44, ("X" * 44, T0 + 10)),  # later first in the chunk
         flh(4): record(4, T0 + 30),  # later last within the chunk
         flh(5): record(5, T0 + 7, "F" * 44),
-        flh(6): record(6, T0 + 50, "G" * 44),  # the earlier one in a later chunk loses
+        flh(6): record(6, T0 + 50, "G" * 44, ("Y" * 44, T0 + 5)),  # earlier, in a later chunk
     }

@@ -5,6 +5,12 @@ and map request derives first), with the time of the opt-out and, when it is kno
 they had then (``advertising_id``, standard base64, for ``/v2/optout/status``). Nothing here
 holds an e-mail address or phone number: the input is hashed before a record is made.
 
+A person who opts out again keeps one record, with the latest time (what lookups by hash
+answer), the newest raw UID, and every raw UID of their earlier opt-outs, each with the time it
+was first opted out: DSPs and advertisers still hold a raw UID from before a salt rotation (no
+token or mapping is issued after an opt-out), so ``/v2/optout/status`` must go on answering for
+it, and answers every raw UID with its earliest opt-out time, as the reference does.
+
 Decisions, in order (operator-api §7.2-§7.3):
 
 1. the "refresh opt-out" test identities are opted out at refresh and never anywhere else,
@@ -21,7 +27,7 @@ frozen base shared from one index to the next plus a small overlay of later chan
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Generic, TypeVar, overload
@@ -44,38 +50,118 @@ NEVER_OPTED_OUT_EMAIL: Final = "validate@example.com"
 NEVER_OPTED_OUT_PHONE: Final = "+12345678901"
 
 
+MAX_EARLIER_ADVERTISING_IDS: Final = 32
+"""How many raw UIDs besides the newest one a record keeps. A person's raw UID changes when their
+salt bucket rotates (about once a year, at most once a day), and only an opt-out after that
+records the new one; past this many, the raw UIDs first opted out longest ago are dropped. It
+keeps what a stored record holds of them under 3 KB."""
+
+AdvertisingIdTimes = tuple[tuple[str, int], ...]
+"""(raw UID, time of its first opt-out in epoch ms) pairs, sorted by raw UID."""
+
+
+def _is_advertising_id(value: object) -> bool:
+    return (
+        isinstance(value, str) and 0 < len(value) <= MAX_ADVERTISING_ID_LENGTH and value.isascii()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class OptOutRecord:
-    """One opt-out: the first-level hash, when (epoch ms), and the raw UID then, if known."""
+    """One opt-out: the first-level hash, when (epoch ms), and the raw UID then, if known.
+
+    A record merged from several opt-outs (``latest``) has the time of the latest one and the
+    newest known raw UID; ``earlier_advertising_ids`` holds what these two leave out: each other
+    raw UID the hash was opted out with, and the newest one when it was first opted out before
+    ``timestamp_ms``, with the time of its first opt-out (at most ``timestamp_ms``), sorted by raw
+    UID, at most ``MAX_EARLIER_ADVERTISING_IDS`` besides the newest. ``advertising_id_times``
+    gives every raw UID with its earliest time.
+    """
 
     first_level_hash: bytes = field(repr=False)
     timestamp_ms: int
     advertising_id: str | None = field(default=None, repr=False)
+    earlier_advertising_ids: AdvertisingIdTimes = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if len(self.first_level_hash) != FLH_SIZE:
             raise InvalidInput(f"A first-level hash is {FLH_SIZE} bytes")
         if self.timestamp_ms < 0:
             raise InvalidInput("An opt-out time cannot be before 1970")
-        if self.advertising_id is not None and not (
-            0 < len(self.advertising_id) <= MAX_ADVERTISING_ID_LENGTH
-            and self.advertising_id.isascii()
-        ):
+        if self.advertising_id is not None and not _is_advertising_id(self.advertising_id):
             raise InvalidInput("An advertising id is base64 text of a raw UID")
+        if self.earlier_advertising_ids:
+            self._check_earlier()
+
+    def _check_earlier(self) -> None:
+        earlier = self.earlier_advertising_ids
+        newest = self.advertising_id
+        if newest is None:
+            raise InvalidInput("Earlier advertising ids come with the newest one")
+        if not all(
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and _is_advertising_id(pair[0])
+            and type(pair[1]) is int
+            and 0 <= pair[1] <= self.timestamp_ms
+            for pair in earlier
+        ):
+            raise InvalidInput(
+                "An earlier advertising id is a raw UID and a time before the latest"
+            )
+        ids = [ad_id for ad_id, _ in earlier]
+        if ids != sorted(set(ids)):
+            raise InvalidInput("Earlier advertising ids are sorted and given once")
+        if len(ids) - (newest in ids) > MAX_EARLIER_ADVERTISING_IDS:
+            raise InvalidInput(
+                f"A record keeps at most {MAX_EARLIER_ADVERTISING_IDS} earlier advertising ids"
+            )
+        if dict(earlier).get(newest) == self.timestamp_ms:
+            raise InvalidInput("The newest advertising id is earlier only if opted out before")
+
+    def advertising_id_times(self) -> dict[str, int]:
+        """Every raw UID this hash was opted out with, with the time of its first opt-out."""
+        times = dict(self.earlier_advertising_ids)
+        if self.advertising_id is not None:
+            times.setdefault(self.advertising_id, self.timestamp_ms)
+        return times
+
+
+def merged_record(
+    first_level_hash: bytes,
+    timestamp_ms: int,
+    advertising_id: str | None,
+    times: Mapping[str, int],
+) -> OptOutRecord:
+    """The record of an FLH opted out last at ``timestamp_ms`` with ``advertising_id``, and with
+    the raw UIDs of ``times`` (each with its first opt-out time, none after ``timestamp_ms``):
+    past ``MAX_EARLIER_ADVERTISING_IDS`` besides the newest, those first opted out longest ago
+    are dropped."""
+    others = sorted((at, ad_id) for ad_id, at in times.items() if ad_id != advertising_id)
+    kept = {ad_id: at for at, ad_id in others[max(0, len(others) - MAX_EARLIER_ADVERTISING_IDS) :]}
+    if advertising_id is not None:
+        first = times.get(advertising_id, timestamp_ms)
+        if first < timestamp_ms:
+            kept[advertising_id] = first
+    return OptOutRecord(first_level_hash, timestamp_ms, advertising_id, tuple(sorted(kept.items())))
 
 
 def latest(existing: OptOutRecord | None, new: OptOutRecord) -> OptOutRecord:
     """What a store keeps when an FLH opts out again: the later time (§7.2: lookups answer the
-    latest), and the newest known raw UID."""
+    latest), the newest known raw UID, and every raw UID of both with its earliest time."""
     if existing is None:
         return new
-    if new.timestamp_ms >= existing.timestamp_ms:
-        ad_id = new.advertising_id or existing.advertising_id
-        return OptOutRecord(new.first_level_hash, new.timestamp_ms, ad_id)
-    return OptOutRecord(
-        existing.first_level_hash,
-        existing.timestamp_ms,
-        existing.advertising_id or new.advertising_id,
+    later, earlier = (
+        (new, existing) if new.timestamp_ms >= existing.timestamp_ms else (existing, new)
+    )
+    times = earlier.advertising_id_times()
+    for ad_id, at in later.advertising_id_times().items():
+        times[ad_id] = min(at, times.get(ad_id, at))
+    return merged_record(
+        later.first_level_hash,
+        later.timestamp_ms,
+        later.advertising_id or earlier.advertising_id,
+        times,
     )
 
 
@@ -148,7 +234,7 @@ def is_opted_out(
 # ------------------------------------------------------------------------------ the index
 
 K = TypeVar("K", bytes, str)
-V = TypeVar("V", int, str)
+V = TypeVar("V", int, str, AdvertisingIdTimes)
 _T = TypeVar("_T")
 
 
@@ -272,17 +358,25 @@ def _folded(base: dict[K, V], overlay: dict[K, V | _Gone]) -> dict[K, V]:
     return merged
 
 
+_NO_RAW_UID: Final[Mapping[bytes, str]] = {}
+_NO_PAIRS: Final[Mapping[bytes, AdvertisingIdTimes]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class OptOutIndex:
     """Every opt-out record, indexed for the request path, and changed by the records that
     changed: iterating it gives the records back (rebuilt, by no particular order).
 
-    - ``by_flh``: first-level hash -> opt-out time (token generate, refresh, identity map);
-    - ``by_advertising_id``: raw UID -> opt-out time (``/v2/optout/status``);
-    - ``advertising_ids``: first-level hash -> its current raw UID, so that a record whose raw
-      UID changed (the same person opting out again after their salt bucket rotated) takes the
-      old raw UID out of ``by_advertising_id``, as a full rebuild from the records would.
+    - ``by_flh``: first-level hash -> its latest opt-out time (token generate, refresh, map);
+    - ``by_advertising_id``: raw UID -> its earliest opt-out time (``/v2/optout/status``), for
+      every raw UID of every record: the newest one and the earlier ones alike;
+    - ``advertising_ids``: first-level hash -> its newest raw UID;
+    - ``earlier_advertising_ids``: first-level hash -> its record's ``earlier_advertising_ids``,
+      for the records that have some.
 
+    A record that replaces another adds its raw UIDs; the raw UIDs of the record it replaces
+    stay, since a record keeps them (``latest``), unless it no longer holds one (one dropped
+    past ``MAX_EARLIER_ADVERTISING_IDS``), which is then taken out, as a full rebuild would.
     A raw UID is derived from its first-level hash, so two records never share one; were they
     to, the raw UID would answer with the time of the record written last.
     """
@@ -290,10 +384,11 @@ class OptOutIndex:
     by_flh: LayeredMap[bytes, int]
     by_advertising_id: LayeredMap[str, int]
     advertising_ids: LayeredMap[bytes, str]
+    earlier_advertising_ids: LayeredMap[bytes, AdvertisingIdTimes]
 
     @classmethod
     def empty(cls) -> OptOutIndex:
-        return cls(LayeredMap(), LayeredMap(), LayeredMap())
+        return cls(LayeredMap(), LayeredMap(), LayeredMap(), LayeredMap())
 
     @classmethod
     def of(cls, records: Iterable[OptOutRecord]) -> OptOutIndex:
@@ -304,15 +399,16 @@ class OptOutIndex:
         return len(self.by_flh)
 
     def __iter__(self) -> Iterator[OptOutRecord]:
-        ads = self.advertising_ids
+        ads, earlier = self.advertising_ids, self.earlier_advertising_ids
         for flh, timestamp_ms in self.by_flh.items():
-            yield OptOutRecord(flh, timestamp_ms, ads.get(flh))
+            yield OptOutRecord(flh, timestamp_ms, ads.get(flh), earlier.get(flh, ()))
 
     def record(self, flh: bytes) -> OptOutRecord | None:
         timestamp_ms = self.by_flh.get(flh)
         if timestamp_ms is None:
             return None
-        return OptOutRecord(flh, timestamp_ms, self.advertising_ids.get(flh))
+        earlier = self.earlier_advertising_ids.get(flh, ())
+        return OptOutRecord(flh, timestamp_ms, self.advertising_ids.get(flh), earlier)
 
     def replaced(self, records: Iterable[OptOutRecord], *, fold: bool = True) -> OptOutIndex:
         """A new index where each record replaces the one of its first-level hash, as the store
@@ -320,25 +416,51 @@ class OptOutIndex:
         changes came in, which is what lets a reload read only what changed."""
         times: dict[bytes, int | _Gone] = {}
         ids: dict[str, int | _Gone] = {}
-        owners: dict[bytes, str | _Gone] = {}
-        current = self.advertising_ids
+        newest: dict[bytes, str | _Gone] = {}
+        earlier: dict[bytes, AdvertisingIdTimes | _Gone] = {}
+        # A first build holds nothing yet: a plain dict's lookup is cheaper than a layered one's.
+        current_newest: Callable[[bytes], str | None] = (
+            self.advertising_ids.get if self.advertising_ids else _NO_RAW_UID.get
+        )
+        current_earlier: Callable[[bytes], AdvertisingIdTimes | None] = (
+            self.earlier_advertising_ids.get if self.earlier_advertising_ids else _NO_PAIRS.get
+        )
         for record in records:
-            flh, ad_id = record.first_level_hash, record.advertising_id
+            flh, ad_id, pairs = (
+                record.first_level_hash,
+                record.advertising_id,
+                record.earlier_advertising_ids,
+            )
             times[flh] = record.timestamp_ms
-            old = owners[flh] if flh in owners else current.get(flh)
+            old = newest[flh] if flh in newest else current_newest(flh)
+            old_pairs = earlier[flh] if flh in earlier else current_earlier(flh)
+            held = [i for i, _ in old_pairs] if isinstance(old_pairs, tuple) else []
             if isinstance(old, str) and old != ad_id:
-                ids[old] = _GONE
-            if ad_id is not None:
+                held.append(old)
+            if held:  # raw UIDs of the record it replaces: those it no longer holds go
+                kept = record.advertising_id_times()
+                for old_id in held:
+                    if old_id not in kept:
+                        ids[old_id] = _GONE
+            if pairs:
+                ids.update(record.advertising_id_times())
+            elif ad_id is not None:  # most records: one raw UID, first opted out at their time
                 ids[ad_id] = record.timestamp_ms
-                owners[flh] = ad_id
-            elif old is not None:
-                owners[flh] = _GONE
+            if ad_id is not None:
+                newest[flh] = ad_id
+            elif isinstance(old, str):
+                newest[flh] = _GONE
+            if pairs:
+                earlier[flh] = pairs
+            elif isinstance(old_pairs, tuple):
+                earlier[flh] = _GONE
         if not times:  # nothing changed (a reload that read no opt-out): nothing to copy
             return self
         return OptOutIndex(
             self.by_flh.updated(times, fold=fold),
             self.by_advertising_id.updated(ids, fold=fold),
-            self.advertising_ids.updated(owners, fold=fold),
+            self.advertising_ids.updated(newest, fold=fold),
+            self.earlier_advertising_ids.updated(earlier, fold=fold),
         )
 
     def merged(self, records: Iterable[OptOutRecord], *, fold: bool = True) -> OptOutIndex:

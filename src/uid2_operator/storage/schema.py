@@ -254,6 +254,9 @@ salt_chunks = Table(
 # ``change_seq``: the store's change sequence as the commit that last wrote the row left it.
 # Writes are serialised and bump the sequence as they commit, so a reader that has seen every
 # row up to sequence N finds everything written since by ``change_seq > N`` (``optouts.since``).
+# ``earlier_advertising_ids``: the record's earlier raw UIDs with their first opt-out times
+# (``OptOutRecord.earlier_advertising_ids``), as JSON ``[["<raw UID>", <ms>], ...]`` sorted by raw
+# UID; NULL when there are none (most rows). At most ``MAX_EARLIER_ADVERTISING_IDS`` + 1 pairs.
 optouts = Table(
     "optouts",
     metadata,
@@ -261,6 +264,7 @@ optouts = Table(
     Column("advertising_id", String(64)),
     Column("timestamp_ms", BigInteger, nullable=False),
     Column("change_seq", BigInteger, nullable=False),
+    Column("earlier_advertising_ids", Text),
     Index(None, "change_seq"),
 )
 

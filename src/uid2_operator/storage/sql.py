@@ -28,7 +28,7 @@ from uid2_operator.domain.key_format import BRAND
 from uid2_operator.domain.keypairs import ClientKeypair
 from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
 from uid2_operator.domain.material_sealing import SealedMaterial
-from uid2_operator.domain.optout import OptOutRecord
+from uid2_operator.domain.optout import AdvertisingIdTimes, OptOutRecord
 from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import AdminRole, ClientRole
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
@@ -793,7 +793,21 @@ def _optout(row: Row[Any]) -> OptOutRecord:
         first_level_hash=bytes(row.first_level_hash),
         timestamp_ms=row.timestamp_ms,
         advertising_id=row.advertising_id,
+        earlier_advertising_ids=_earlier_ids(row.earlier_advertising_ids),
     )
+
+
+def _earlier_ids(text: str | None) -> AdvertisingIdTimes:
+    """``optouts.earlier_advertising_ids`` as the record holds it (the record checks it)."""
+    if text is None:
+        return ()
+    return tuple((ad_id, at) for ad_id, at in json.loads(text))
+
+
+def _earlier_ids_text(record: OptOutRecord) -> str | None:
+    if not record.earlier_advertising_ids:
+        return None
+    return json.dumps(record.earlier_advertising_ids, separators=(",", ":"))
 
 
 class _Keysets:
@@ -1060,13 +1074,19 @@ class _OptOuts:
 
     def since(self, cursor: int) -> OptOutChanges:
         c = t.optouts.c
-        query = select(c.first_level_hash, c.advertising_id, c.timestamp_ms, c.change_seq)
+        query = select(
+            c.first_level_hash,
+            c.advertising_id,
+            c.timestamp_ms,
+            c.change_seq,
+            c.earlier_advertising_ids,
+        )
         if cursor > 0:  # from nothing: a plain scan, not a walk of the whole index
             query = query.where(c.change_seq > cursor).order_by(c.change_seq)
         records: list[OptOutRecord] = []
         highest = cursor
-        for flh, ad_id, timestamp_ms, seq in self._u.conn.execute(query):
-            records.append(OptOutRecord(bytes(flh), timestamp_ms, ad_id))
+        for flh, ad_id, timestamp_ms, seq, earlier in self._u.conn.execute(query):
+            records.append(OptOutRecord(bytes(flh), timestamp_ms, ad_id, _earlier_ids(earlier)))
             highest = max(highest, seq)
         return OptOutChanges(tuple(records), highest)
 
@@ -1087,6 +1107,7 @@ class _OptOuts:
                 "advertising_id": stmt.excluded.advertising_id,
                 "timestamp_ms": stmt.excluded.timestamp_ms,
                 "change_seq": stmt.excluded.change_seq,
+                "earlier_advertising_ids": stmt.excluded.earlier_advertising_ids,
             },
         )
         conn.execute(
@@ -1097,6 +1118,7 @@ class _OptOuts:
                     "advertising_id": record.advertising_id,
                     "timestamp_ms": record.timestamp_ms,
                     "change_seq": seq,
+                    "earlier_advertising_ids": _earlier_ids_text(record),
                 }
                 for record in last.values()
             ],

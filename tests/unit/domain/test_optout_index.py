@@ -98,7 +98,7 @@ def test_the_overlay_is_folded_past_its_share_of_the_base_and_only_then() -> Non
 # ------------------------------------------------------------------------ the index
 
 
-def test_a_record_whose_raw_uid_changed_takes_the_old_one_out() -> None:
+def test_a_record_that_no_longer_holds_a_raw_uid_takes_it_out() -> None:
     index = OptOutIndex.of([OptOutRecord(flh(1), 10, raw_uid(1, 0))])
     later = index.replaced([OptOutRecord(flh(1), 20, raw_uid(1, 1))])
     assert dict(later.by_advertising_id) == {raw_uid(1, 1): 20}
@@ -115,9 +115,9 @@ def test_merged_keeps_what_the_store_keeps() -> None:
     merged = merged.merged([OptOutRecord(flh(1), 60, raw_uid(1, 1))])
     assert sorted(merged, key=lambda r: r.timestamp_ms) == [
         OptOutRecord(flh(2), 5),
-        OptOutRecord(flh(1), 60, raw_uid(1, 1)),
+        OptOutRecord(flh(1), 60, raw_uid(1, 1), ((raw_uid(1, 0), 50),)),
     ]
-    assert dict(merged.by_advertising_id) == {raw_uid(1, 1): 60}
+    assert dict(merged.by_advertising_id) == {raw_uid(1, 0): 50, raw_uid(1, 1): 60}
 
 
 # One opt-out written: (identity number, time, salt version or None for no raw UID).

@@ -65,14 +65,20 @@ def test_malformed_records_are_refused(
         OptOutRecord(flh, ts, ad_id)
 
 
-def test_latest_keeps_the_later_time_and_the_newest_known_raw_uid() -> None:
+def test_latest_keeps_the_later_time_the_newest_known_raw_uid_and_the_earlier_ones() -> None:
     first = OptOutRecord(FLH_A, T0, "old")
     assert latest(None, first) == first
-    assert latest(first, OptOutRecord(FLH_A, T0 + 5, "new")) == OptOutRecord(FLH_A, T0 + 5, "new")
-    assert latest(first, OptOutRecord(FLH_A, T0 + 5)) == OptOutRecord(FLH_A, T0 + 5, "old")
-    assert latest(first, OptOutRecord(FLH_A, T0 - 5, "new")) == first
+    assert latest(first, OptOutRecord(FLH_A, T0 + 5, "new")) == OptOutRecord(
+        FLH_A, T0 + 5, "new", (("old", T0),)
+    )
+    assert latest(first, OptOutRecord(FLH_A, T0 + 5)) == OptOutRecord(
+        FLH_A, T0 + 5, "old", (("old", T0),)
+    )
+    assert latest(first, OptOutRecord(FLH_A, T0 - 5, "new")) == OptOutRecord(
+        FLH_A, T0, "old", (("new", T0 - 5),)
+    )
     assert latest(OptOutRecord(FLH_A, T0), OptOutRecord(FLH_A, T0 - 5, "new")) == OptOutRecord(
-        FLH_A, T0, "new"
+        FLH_A, T0, "new", (("new", T0 - 5),)
     )
 
 
