@@ -65,8 +65,8 @@ class AdminService:
         """A new admin token, shown once (audited as a disclosure)."""
         clean_name = inputs.text(name, "name")
         wanted = parse_admin_roles(inputs.names(roles, "roles"))
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             minted, token = self._issue(tx, actor, clean_name, wanted, now, keyring=keyring)
         logger.info("admin token created token_id=%s actor=%s", token.token_id, actor.id)
@@ -84,8 +84,8 @@ class AdminService:
         admin API and the command line alike: create another SUPER_USER token first.
         """
         tid = inputs.credential_id(token_id, "token_id")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             # The acting admin token is checked before the change rather than when its event is
             # recorded, since the change may be that token's own revocation.
             require_active_token(tx, actor)
@@ -162,7 +162,7 @@ class AdminService:
         return record_refusal(
             self._store,
             actor,
-            at_ms=self._clock.now_ms(),
+            now_ms=self._clock.now_ms,
             outcome=outcome,
             action=action,
             target_type=target_type,
@@ -178,8 +178,8 @@ class AdminService:
         Checked and created in one write transaction, so two concurrent first runs cannot both
         get one.
         """
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             if tx.admin_tokens.list_all():
                 return None

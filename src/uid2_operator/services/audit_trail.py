@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,7 @@ def record_refusal(
     store: Store,
     actor: Actor,
     *,
-    at_ms: int,
+    now_ms: Callable[[], int],
     outcome: Outcome,
     action: str,
     target_type: str,
@@ -163,7 +163,8 @@ def record_refusal(
     error_code: str | None = None,
     repeated: int = 0,
 ) -> AuditEvent:
-    """Record an attempt that was refused, in a transaction of its own.
+    """Record an attempt that was refused, in a transaction of its own, stamped with
+    ``now_ms()`` read once that transaction holds the write lock (as every change is stamped).
 
     ``denied``: the actor's roles do not allow ``action``; ``failed``: the action was allowed but a
     rule refused it (``error_code`` is the error's stable code). Either way the attempt changed
@@ -185,16 +186,16 @@ def record_refusal(
         after["code"] = error_code
     if repeated:
         after["repeated"] = repeated
-    details = EventDetails(
-        at_ms=at_ms,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        site_id=site_id,
-        after=after or None,
-        outcome=outcome,
-    )
     with store.transaction() as tx:
+        details = EventDetails(
+            at_ms=now_ms(),
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            site_id=site_id,
+            after=after or None,
+            outcome=outcome,
+        )
         return _append(tx, actor, details)
 
 

@@ -153,8 +153,8 @@ class CredentialService:
         wanted_site = inputs.optional_integer(site_id, "site_id", low=MIN_SITE_ID, high=MAX_SITE_ID)
         allowed = parse_client_roles(inputs.names(roles, "roles"))
         contact_list = inputs.names(contacts, "contacts", max_length=inputs.MAX_TEXT)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             site = self._next_site_id(tx) if wanted_site is None else wanted_site
             if tx.participants.get(site) is not None:
                 raise AlreadyExists(f"Participant {site} already exists")
@@ -196,8 +196,8 @@ class CredentialService:
         site = self._site_id(site_id)
         if not isinstance(enabled, bool):
             raise InvalidInput("enabled must be true or false")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = self._participant(tx, site)
             after = set_participant_enabled(before, enabled, now)
             tx.participants.update(after)
@@ -221,8 +221,8 @@ class CredentialService:
         key silently loses a permission its holder relies on."""
         site = self._site_id(site_id)
         allowed = parse_client_roles(inputs.names(roles, "roles"))
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = self._participant(tx, site)
             blocking = [
                 key.key_id
@@ -268,8 +268,8 @@ class CredentialService:
         days = inputs.optional_integer(
             expires_in_days, "expires_in_days", low=1, high=inputs.MAX_DAYS
         )
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             participant = self._participant(tx, site)
             minted = self._mint(tx, keyring, site)
@@ -378,8 +378,8 @@ class CredentialService:
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
         clean_name = inputs.optional_text(name, "name")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             old = self._key(tx, kid)
             participant = self._participant(tx, old.site_id)
@@ -453,8 +453,8 @@ class CredentialService:
         ``previous_secret_retires_at_ms`` is when the last of them stops."""
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             key = self._key(tx, kid)
             rotation = lifecycle.rotate_secret(
@@ -573,8 +573,8 @@ class CredentialService:
         action: str,
         change: _KeyChange,
     ) -> KeyView:
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = self._key(tx, key_id)
             after = change(before, now, tx)
             tx.api_keys.update(after)

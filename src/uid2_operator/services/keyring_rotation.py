@@ -394,8 +394,8 @@ class KeyringRotationService:
         items are sealed under a version the keyring lacks (as ``activate_version``: another
         keyring file is ahead of this one, and a version added to this one, active or not, only
         widens the drift); and when the new number would be above ``MAX_KEK_VERSION``."""
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
             compare_kek_check_values(keyring, recorded)
@@ -452,8 +452,8 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
             compare_kek_check_values(keyring, recorded)
@@ -504,8 +504,8 @@ class KeyringRotationService:
         records a check value for, and while items are sealed under a version the keyring lacks
         (they cannot be opened; the message names the versions and what they seal).
         """
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._holder.load())
             inventory = sealed_inventory(tx)
             self._refuse_unknown_versions(
@@ -630,8 +630,8 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = self._holder.load()
             compare_kek_check_values(keyring, tx.deployment.kek_check_values())
             held = ", ".join(str(v) for v in keyring.versions)

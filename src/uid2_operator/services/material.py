@@ -310,8 +310,8 @@ class MaterialService:
         table: the store was initialised under another keyring, and whatever this run sealed
         would not open for the processes that use that one.
         """
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             header = tx.salts.header()
             if header is not None:
@@ -370,8 +370,8 @@ class MaterialService:
         """The participant's default keyset, created (with an active key) if it has none."""
         if isinstance(site_id, bool) or not isinstance(site_id, int):
             raise InvalidInput("site_id must be an integer")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             return self.ensure_site_keyset_in(tx, site_id, actor, now, keyring)[0]
 
@@ -403,8 +403,8 @@ class MaterialService:
         each purged key gets its own ``encryption_key.delete`` audit event. Refused, changing
         nothing, before ``initialise``.
         """
-        now = self._clock.now_ms() if now_ms is None else now_ms
         with self._store.transaction() as tx:
+            now = self._clock.now_ms() if now_ms is None else now_ms
             keyring = recorded_keyring(tx, self._keyrings)
             if tx.keysets.get(MASTER_KEYSET_ID) is None:
                 raise NotFound(NOT_INITIALISED)
@@ -544,8 +544,8 @@ class MaterialService:
         share = float(fraction)
         if not 0 < share <= 1:
             raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             header = self._header(tx)
             table = self._read_table(tx, keyring, header)
@@ -641,8 +641,8 @@ class MaterialService:
         Invalid input is refused without echoing it: it is personal data.
         """
         input_kind = _input_kind(kind)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             header = self._header(tx)
             first_level_salt, _ = open_header_secrets(keyring, header)

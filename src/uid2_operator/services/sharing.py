@@ -304,8 +304,8 @@ class SharingService:
         if not isinstance(rotate, bool):
             raise InvalidInput("rotate must be true or false")
         policy = parse_sharing(site, mode_name, site_list, type_names)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
@@ -396,8 +396,8 @@ class SharingService:
         site = _site_id(site_id)
         clean_name = inputs.text(name, "name", max_length=inputs.MAX_TEXT)
         clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
             taken = _TakenIds(tx)
@@ -456,8 +456,8 @@ class SharingService:
         ident = _subscription_id(subscription_id)
         if not isinstance(disabled, bool):
             raise InvalidInput("disabled must be true or false")
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = _keypair(tx, ident)
             after = set_keypair_disabled(before, disabled)
             tx.keypairs.update(after)
@@ -479,8 +479,8 @@ class SharingService:
     def delete_keypair(self, actor: Actor, subscription_id: Any) -> KeypairView:
         """Remove the keypair and its sealed private key for good; returns what it was."""
         ident = _subscription_id(subscription_id)
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = _keypair(tx, ident)
             tx.keypairs.delete(ident)
             view = KeypairView.of(before, self._environment)
@@ -531,8 +531,8 @@ class SharingService:
         domain_names: tuple[str, ...] | None = None,
         app_names: tuple[str, ...] | None = None,
     ) -> SiteOriginsView:
-        now = self._clock.now_ms()
         with self._store.transaction() as tx:
+            now = self._clock.now_ms()
             before = tx.site_origins.get(site)
             if before is None:
                 raise NotFound(f"No participant {site}")

@@ -140,6 +140,8 @@ look writes. The worker's own opt-outs wait for a look under way (``run`` flushe
 two looks), so a directory of big files (several workers stopped during an outage, each saving
 up to ``MAX_PENDING_OPTOUTS``) delays them by this many transactions, never by all of those
 files; a look that reaches it makes the next one due at once."""
+EventTime = int | Callable[[], int]
+"""The time of a write's audit events: milliseconds, or a clock's ``now_ms`` to read it from."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
 
@@ -292,7 +294,7 @@ class CommitGate:
 
 
 def write_optouts(
-    store: Store, records: Sequence[OptOutRecord], now_ms: int, gate: CommitGate | None = None
+    store: Store, records: Sequence[OptOutRecord], now_ms: EventTime, gate: CommitGate | None = None
 ) -> None:
     """Record opt-outs, ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``), in
     order. When a chunk fails, OptOutsNotWritten says how many records were committed before
@@ -306,10 +308,14 @@ def write_optouts(
 
 
 def write_optout_chunk(
-    store: Store, records: Sequence[OptOutRecord], now_ms: int, gate: CommitGate | None = None
+    store: Store, records: Sequence[OptOutRecord], now_ms: EventTime, gate: CommitGate | None = None
 ) -> None:
     """Record opt-outs in one transaction, each with its audit event, keeping the latest time
     (a record met again, in this chunk or an earlier one, keeps the later of the two).
+
+    ``now_ms``: the events' time, or a clock's ``now_ms``, read once the transaction holds the
+    write lock (as the write-behind passes it): a chunk that waited for the lock is stamped
+    with the time it took it, so the audit trail's times follow its order.
 
     The store is asked in bulk: one read of the records already stored, one write of the
     merged ones, one append of the events (in the order of ``records``). What it stores is what
@@ -317,6 +323,7 @@ def write_optout_chunk(
     write lock."""
     admission = (gate or CommitGate()).admitting(len(records))
     with admission as admit, store.transaction() as tx:
+        at_ms = now_ms() if callable(now_ms) else now_ms
         kept = tx.optouts.get_many(record.first_level_hash for record in records)
         for record in records:
             flh = record.first_level_hash
@@ -327,7 +334,7 @@ def write_optout_chunk(
             OPERATOR_ACTOR,
             (
                 EventDetails(
-                    at_ms=now_ms,
+                    at_ms=at_ms,
                     action="optout.add",
                     target_type="optout",
                     target_id=b64encode(record.first_level_hash),
@@ -819,7 +826,7 @@ class WriteBehind:
         failed_optouts: list[OptOutRecord] = []
         if optouts:
             try:
-                write_optouts(self._store, optouts, self._clock.now_ms(), gate)
+                write_optouts(self._store, optouts, self._clock.now_ms, gate)
             except OptOutsNotWritten as failed:
                 failed_optouts = optouts[failed.committed :]
                 error = failed.__cause__ or failed
@@ -907,7 +914,6 @@ class WriteBehind:
             self._skipped(own, own, "cannot be read", exc, identity)
             return _FileWrite(0, tried=False, error=None)
         before = self._written_before.pop(own, 0)  # by this worker's earlier looks
-        now_ms = self._clock.now_ms()
         items = _items(records)  # encoded once: the file is rewritten after each chunk
         written = kept = committed = 0  # the file holds records[kept:]
         bounded = False
@@ -917,7 +923,7 @@ class WriteBehind:
                     bounded = True
                     break
                 chunk = records[written : written + OPTOUT_WRITE_CHUNK]
-                write_optout_chunk(self._store, chunk, now_ms, gate)
+                write_optout_chunk(self._store, chunk, self._clock.now_ms, gate)
                 written += len(chunk)
                 committed += 1
                 if written < len(records):
