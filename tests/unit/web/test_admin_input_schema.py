@@ -23,9 +23,11 @@ from uid2_operator.web.admin_api.bodies import (
     NON_BLANK_PATTERN,
     TEXT_PATTERN,
     TRIMMED_SPACE,
+    BodyRule,
     BodySpec,
     Field,
     Kind,
+    Values,
     parse_query,
 )
 from uid2_operator.web.admin_api.openapi import build_document
@@ -157,7 +159,15 @@ def test_the_body_schema_states_lengths_patterns_nulls_and_rules() -> None:
     kind = Field("kind", Kind.STRING, "Kind", choices=("a", "b"))
     count = Field("count", Kind.INTEGER, "Count", minimum=1, maximum=9)
     rule = {"if": {"properties": {"kind": {"const": "a"}}}, "then": {"required": ["count"]}}
-    schema = BodySpec((NAME, TAGS, kind, count), rules=(rule,)).json_schema()
+
+    def count_for_a(values: Values) -> None:
+        if values.optional_text("kind") == "a" and values.optional_integer("count") is None:
+            raise InvalidInput("Kind a takes a count")
+
+    spec = BodySpec(
+        (NAME, TAGS, kind, count), rules=(BodyRule("A takes a count", rule, count_for_a),)
+    )
+    schema = spec.json_schema()
     properties = schema["properties"]
     assert properties["name"] == {
         "type": "string",
@@ -178,7 +188,11 @@ def test_the_body_schema_states_lengths_patterns_nulls_and_rules() -> None:
     assert properties["count"]["type"] == ["integer", "null"]
     assert "42.0" in properties["count"]["description"]
     assert schema["required"] == ["name"]
-    assert schema["allOf"] == [rule]
+    assert schema["allOf"] == [{"description": "A takes a count", **rule}]
+    # The rule is checked with the fields, while the body is read.
+    assert spec.parse(b'{"name": "n", "kind": "a", "count": 1}').integer("count") == 1
+    with pytest.raises(InvalidInput, match="Kind a takes a count"):
+        spec.parse(b'{"name": "n", "kind": "a"}')
 
 
 def _no_reply(call: Call) -> Reply:

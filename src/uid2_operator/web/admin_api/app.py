@@ -8,7 +8,8 @@ Each request goes through the same steps, in this order, so no route can skip on
    before the body is read: an unauthenticated caller cannot make the server buffer or parse
    anything;
 3. the path values, the query string and the JSON body, checked against the route's
-   declarations (4xx);
+   declarations (4xx); ``/health`` does not read its query string, as the operator's
+   ``/ops/healthcheck`` does not (a load balancer may add a cache-busting parameter);
 4. the service call, in a worker thread (the services and the store are synchronous), as an
    ``Actor`` named ``admin:<token_id>`` carrying the token id, the request id and the client
    address. A change checks, in its own write transaction, that the token is still active
@@ -121,6 +122,7 @@ def create_admin_app(
                 summary="Liveness, and whether the store answers",
                 response="Health",
                 tag="service",
+                query_ignored=True,  # as the operator's /ops/healthcheck: probes may add one
                 errors=(503,),
             ),
             Operation(
@@ -231,7 +233,9 @@ def _endpoint(
         try:
             actor = await _authorised_actor(op, services, request, actor, limiter)
             check_path(params, path)
-            query = parse_query(request.query_params.multi_items(), op.query)
+            query = EMPTY
+            if not op.query_ignored:
+                query = parse_query(request.query_params.multi_items(), op.query)
             body = EMPTY
             if op.body is not None:
                 body = op.body.parse(await _read_json(request, max_body_bytes))

@@ -4,13 +4,14 @@ service runs.
 Each route declares the fields it accepts (``BodySpec`` for a JSON body, a tuple of ``Field`` for
 its query string, one ``Field`` per path parameter). Anything else is refused with a 4xx naming
 the problem: a body that is not a JSON object (400), a field of the wrong type, out of range, too
-long or too short, of the wrong form, unknown or missing (422). The same declarations produce the
-route's JSON Schema in the OpenAPI document, so the document and the checks cannot drift apart: a
-``pattern`` is a regular expression that both JSON Schema (ECMA-262) and Python's ``re`` read the
-same way, and it is checked here as written. What no JSON Schema can state is said in the field's
-description and left to the services: credential text pasted into a field, references to stored
-data (a site that must exist), and that an integer is written without a fraction (JSON Schema
-counts ``42.0`` as the integer 42; this API refuses it, like ``"42"``).
+long or too short, of the wrong form, unknown or missing, or fields a body's rule forbids together
+(``BodyRule``: sites given with a sharing mode that takes none) (422). The same declarations
+produce the route's JSON Schema in the OpenAPI document, so the document and the checks cannot
+drift apart: a ``pattern`` is a regular expression that both JSON Schema (ECMA-262) and Python's
+``re`` read the same way, and it is checked here as written. What no JSON Schema can state is said
+in the field's description and left to the services: credential text pasted into a field,
+references to stored data (a site that must exist), and that an integer is written without a
+fraction (JSON Schema counts ``42.0`` as the integer 42; this API refuses it, like ``"42"``).
 
 Why so strict:
 
@@ -272,15 +273,31 @@ EMPTY = Values({})
 
 
 @dataclass(frozen=True, slots=True)
+class BodyRule:
+    """A rule between fields of one body (which fields a mode takes): ``schema`` states it in the
+    document (a JSON Schema the whole object must match), ``check`` enforces it on the checked
+    values, raising ``InvalidInput``. A body that breaks it is refused while the body is read, as
+    a field that breaks its declaration is, before any service runs; the service may check the
+    same rule again for its other callers."""
+
+    description: str
+    schema: Mapping[str, Any]
+    check: Callable[[Values], None]
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"description": self.description, **self.schema}
+
+
+@dataclass(frozen=True, slots=True)
 class BodySpec:
     """The JSON object a route accepts. An empty spec accepts only no body or ``{}``.
 
-    ``rules`` are JSON Schemas the whole object must also match (``allOf``): rules between fields
-    that the service checks (which fields a mode takes), stated in the document too.
+    ``rules`` are rules between fields, checked once every field is (``BodyRule``) and stated in
+    the document as schemas the whole object must also match (``allOf``).
     """
 
     fields: tuple[Field, ...] = ()
-    rules: tuple[Mapping[str, Any], ...] = ()
+    rules: tuple[BodyRule, ...] = ()
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
@@ -296,11 +313,14 @@ class BodySpec:
         if required:
             schema["required"] = required
         if self.rules:
-            schema["allOf"] = [dict(rule) for rule in self.rules]
+            schema["allOf"] = [rule.json_schema() for rule in self.rules]
         return schema
 
     def parse(self, raw: bytes) -> Values:
-        return check_fields(decode_object(raw), self.fields)
+        values = check_fields(decode_object(raw), self.fields)
+        for rule in self.rules:
+            rule.check(values)
+        return values
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

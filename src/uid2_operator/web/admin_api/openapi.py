@@ -2,7 +2,9 @@
 
 Paths, methods, the admin action and roles of each route, its body and query (from the same
 ``Field`` declarations that check requests), its success body and the errors it can answer all come
-from ``Operation`` values, so a route cannot exist without being documented. Path parameters are
+from ``Operation`` values, so a route cannot exist without being documented. Besides the errors a
+route declares, every route may answer 500; one that takes a token 401, 403 and 503 (the token is
+looked up in the store); one whose query string is checked 422. Path parameters are
 described by the ``Field`` their route module declares for them (``PATH_PARAMETERS``), the same
 one the app checks each request's path values against (``path_fields``); a path parameter without
 one stops the document, and so the app, from being built. Only the response schemas are written
@@ -24,6 +26,14 @@ from uid2_operator.web.admin_api.routing import Operation, RouteTableError
 OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "adminToken"
 AUTH_ERRORS = (401, 403)
+STORE_ERRORS = (503,)
+"""What a route that authenticates its caller can answer besides: authenticating reads the store."""
+QUERY_ERRORS = (422,)
+"""What a route that checks its query string answers for an unknown or malformed parameter."""
+IGNORED_QUERY_NOTE = (
+    "Any query string is ignored, as the operator's /ops/healthcheck ignores it (a load "
+    "balancer's cache-busting parameter, say)"
+)
 PATH_PARAMETERS: Final[Mapping[str, Field]] = {
     field.name: field
     for field in (participants.SITE_ID, keys.KEY_ID, admin_tokens.TOKEN_ID, sharing.SUBSCRIPTION_ID)
@@ -158,7 +168,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "keyset_id": {
                 **_nullable("integer"),
                 "description": "null for a participant added since the last upkeep, which has "
-                "no keyset yet (mode is then bidders, the choice its keyset is created with)",
+                "no keyset yet; mode is then the choice its keyset will be created with, from "
+                "the participant's roles: bidders when it holds GENERATOR, owner_only otherwise",
             },
             "mode": {"type": "string", "enum": ["owner_only", "bidders", "list"]},
             "sites": {"type": "array", "items": _INT},
@@ -268,6 +279,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         "summary": op.summary,
         "tags": [op.tag],
     }
+    if op.query_ignored:
+        doc["description"] = IGNORED_QUERY_NOTE
     if op.public:
         doc["security"] = []
     else:
@@ -312,7 +325,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         success["description"] += "; carries a secret shown only this once"
     statuses = set(op.errors) | {500}
     if not op.public:
-        statuses |= set(AUTH_ERRORS)
+        statuses |= {*AUTH_ERRORS, *STORE_ERRORS}
+    if not op.query_ignored:
+        statuses |= set(QUERY_ERRORS)
     doc["responses"] = {str(op.status): success} | {
         str(status): _error_response(status) for status in sorted(statuses)
     }

@@ -89,6 +89,9 @@ class Operation:
     status: int = 200
     body: BodySpec | None = None  # None: the route takes no body (GET)
     query: tuple[Field, ...] = ()
+    # The query string is not read at all, rather than checked against ``query`` (a health probe
+    # may add a cache-busting parameter). Such a route declares no query fields.
+    query_ignored: bool = False
     discloses_secret: bool = False  # sent once, with Cache-Control: no-store
     errors: tuple[int, ...] = ()  # statuses the route can answer besides auth and 5xx
     path_params: tuple[tuple[str, str], ...] = field(default=())  # (name, description)
@@ -126,6 +129,8 @@ def check_operations(operations: Iterable[Operation]) -> tuple[Operation, ...]:
             raise RouteTableError(f"{where}: action {op.access.value} has no roles")
         if (op.method in WRITE_METHODS) != (op.body is not None):
             raise RouteTableError(f"{where}: write methods take a body spec, GET does not")
+        if op.query_ignored and op.query:
+            raise RouteTableError(f"{where}: a route that ignores its query string declares none")
         if op.discloses_secret and op.method != "POST":
             raise RouteTableError(f"{where}: secrets are only returned by POST")
         placeholders = set(re.findall(r"{([a-z_]+)}", op.path))

@@ -24,10 +24,12 @@ from uid2_operator.web.admin_api.bodies import (
     LABEL_PATTERN,
     LABEL_RULE,
     TRIMMED_SPACE,
+    BodyRule,
     BodySpec,
     Field,
     Kind,
     Value,
+    Values,
     any_case_pattern,
     integer_schema,
     trimmed_pattern,
@@ -94,6 +96,18 @@ class BooleanField(Field):
         return "true" if value else "false"
 
 
+def check_mode_takes(body: Values) -> None:
+    """Mode list names at least one site or type; the other modes none (an empty list names
+    nothing). The refusals read as ``domain.sharing.parse_sharing``'s, which makes the same
+    check for the command line."""
+    mode = body.text("mode")
+    names = bool(body.optional_texts("sites")) or bool(body.optional_texts("types"))
+    if mode == SharingMode.LIST.value and not names:
+        raise InvalidInput("A sharing list names at least one site or participant type")
+    if mode != SharingMode.LIST.value and names:
+        raise InvalidInput(f"Sharing mode {mode} takes no sites or types")
+
+
 SHARING_BODY = BodySpec(
     (
         Field(
@@ -133,17 +147,20 @@ SHARING_BODY = BodySpec(
         ),
     ),
     rules=(
-        {
-            "description": "Mode list names at least one site or type; the other modes none",
-            "if": {"properties": {"mode": {"const": SharingMode.LIST.value}}},
-            "then": {
-                "anyOf": [
-                    {"required": [name], "properties": {name: {"type": "array", "minItems": 1}}}
-                    for name in ("sites", "types")
-                ]
+        BodyRule(
+            "Mode list names at least one site or type; the other modes none",
+            {
+                "if": {"properties": {"mode": {"const": SharingMode.LIST.value}}},
+                "then": {
+                    "anyOf": [
+                        {"required": [name], "properties": {name: {"type": "array", "minItems": 1}}}
+                        for name in ("sites", "types")
+                    ]
+                },
+                "else": {"properties": {"sites": {"maxItems": 0}, "types": {"maxItems": 0}}},
             },
-            "else": {"properties": {"sites": {"maxItems": 0}, "types": {"maxItems": 0}}},
-        },
+            check_mode_takes,
+        ),
     ),
 )
 KEYPAIR_BODY = BodySpec(
