@@ -32,10 +32,12 @@ KEYRING_FILE = "keyring.json"
 # directory initialised for integ cannot mint local keys by accident.
 ENVIRONMENT_FILE = "environment"
 DEFAULT_ROTATION_AGE_DAYS = 365
+MAX_ROTATION_AGE_DAYS = 36500  # a hundred years: "never due", in effect
 # Salt buckets: the reference's 2^20 in integ and prod; 2^16 in local (quick to create, the same
 # code paths). A power of two, so the 20 bits a bucket index is taken from spread evenly over the
 # buckets; at most 2^20, the bits there are. Fixed once the salt table exists.
 MAX_SALT_BUCKETS = PRODUCTION_BUCKET_COUNT
+MAX_SALT_BUCKETS_DIGITS = 8  # the longest UID2_SALT_BUCKETS text read (leading zeros included)
 DEFAULT_SALT_BUCKETS = {
     Environment.LOCAL: LOCAL_BUCKET_COUNT,
     Environment.INTEG: MAX_SALT_BUCKETS,
@@ -131,13 +133,24 @@ class Settings:
             raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_name!r})")
         keyring_file = env.get("UID2_KEYRING_FILE")
         age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
-        if not (age_text.isascii() and age_text.isdigit()) or not 1 <= int(age_text) <= 36500:
-            raise SettingsError("UID2_KEY_ROTATION_AGE_DAYS must be a whole number of days >= 1")
-        buckets_text = env.get("UID2_SALT_BUCKETS", "").strip()
-        if buckets_text and not (
-            buckets_text.isascii() and buckets_text.isdigit() and len(buckets_text) <= 8
+        if (
+            not (age_text.isascii() and age_text.isdigit())
+            # int() refuses a text of over 4300 digits; leading zeros are read as before
+            or len(age_text.lstrip("0")) > len(str(MAX_ROTATION_AGE_DAYS))
+            or not 1 <= int(age_text) <= MAX_ROTATION_AGE_DAYS
         ):
+            raise SettingsError(
+                "UID2_KEY_ROTATION_AGE_DAYS must be a whole number of days from 1 to "
+                f"{MAX_ROTATION_AGE_DAYS}"
+            )
+        buckets_text = env.get("UID2_SALT_BUCKETS", "").strip()
+        if buckets_text and not (buckets_text.isascii() and buckets_text.isdigit()):
             raise SettingsError(f"UID2_SALT_BUCKETS must be a whole number (got {buckets_text!r})")
+        if len(buckets_text) > MAX_SALT_BUCKETS_DIGITS:
+            raise SettingsError(
+                f"UID2_SALT_BUCKETS must be a power of two from 1 to {MAX_SALT_BUCKETS}, in at "
+                f"most {MAX_SALT_BUCKETS_DIGITS} digits (got {buckets_text!r})"
+            )
         return cls(
             data_dir=root,
             database_url=database_url or env.get("UID2_DATABASE_URL") or None,

@@ -66,7 +66,7 @@ def test_init_is_idempotent_and_shows_the_admin_token_once(cli: Cli) -> None:
     keyring = cli.database.data_dir / "keyring.json"
     assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
     second = ok(cli, "init")
-    assert "admin_token" not in second
+    assert (second["admin_token_id"], second["admin_token"]) == (None, None)
     assert second["keyring_created"] is False
     services = open_services(settings_of(cli.database))
     try:
@@ -99,6 +99,7 @@ def test_a_data_directory_keeps_its_environment(sqlite_cli: Cli) -> None:
 
 
 def test_db_upgrade(cli: Cli) -> None:
+    ok(cli, "init")  # db upgrade upgrades only a database init set up
     first = ok(cli, "db", "upgrade")
     assert ok(cli, "db", "upgrade") == first
     assert first["database"] == cli.database.backend
@@ -224,6 +225,7 @@ def test_a_cli_made_key_opens_a_sealed_request(cli: Cli) -> None:
 
 HUGE = "n" * 5000
 UNKNOWN_KEY = "UID2-C-L-3-AAAAAA"
+MALFORMED_SUBSCRIPTION = "subscription_id must be 10 characters of "
 
 # (argv with {site}, {key}, {keytext}, {secret}, {token}, {subscription} placeholders, expected
 # exit status[, the start of the expected error message])
@@ -325,22 +327,22 @@ BAD_COMMANDS: list[tuple[list[str], int] | tuple[list[str], int, str]] = [
     (["keypair", "create", "--site-id", "{site}", "--contact", HUGE], 2),
     (["keypair", "list", "--site-id", "999"], 1),
     (["keypair", "list", "--site-id", "abc"], 2),
-    (["keypair", "disable", "nope"], 1),
-    (["keypair", "disable", ""], 1),
+    (["keypair", "disable", "nope"], 2),
+    (["keypair", "disable", ""], 2),
     (["keypair", "disable", HUGE], 2),
     (["keypair", "disable"], 2),
     (["keypair", "show", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
-    (["keypair", "show", "nope"], 1, "No keypair with that subscription id"),
+    (["keypair", "show", "nope"], 2, MALFORMED_SUBSCRIPTION),
     (["keypair", "show", HUGE], 2, "subscription_id must be at most 64 characters"),
     (["keypair", "show"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
     (["keypair", "enable", "{subscription}"], 1, "keypair {subscription} is already enabled"),
     (["keypair", "enable", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
-    (["keypair", "enable", "nope"], 1, "No keypair with that subscription id"),
+    (["keypair", "enable", "nope"], 2, MALFORMED_SUBSCRIPTION),
     (["keypair", "enable", HUGE], 2, "subscription_id must be at most 64 characters"),
     (["keypair", "enable"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
     (["keypair", "delete", "zzzzzzzzzz"], 1, "No keypair zzzzzzzzzz"),
-    (["keypair", "delete", "nope"], 1, "No keypair with that subscription id"),
-    (["keypair", "delete", ""], 1, "No keypair with that subscription id"),
+    (["keypair", "delete", "nope"], 2, MALFORMED_SUBSCRIPTION),
+    (["keypair", "delete", ""], 2, MALFORMED_SUBSCRIPTION),
     (["keypair", "delete", HUGE], 2, "subscription_id must be at most 64 characters"),
     (["keypair", "delete"], 2, "Missing argument 'SUBSCRIPTION_ID'."),
     # client-side origins

@@ -69,7 +69,8 @@ def test_a_second_data_directory_adopts_the_environment_of_the_database(
     assert done["environment"] == "integ"
     assert done["environment_adopted"] is True
     assert done["salt_buckets"] == 1 << 20  # integ's, the table's: nothing to refuse
-    assert "admin_token" not in done  # the database's bootstrap token was issued already
+    # the database's bootstrap token was issued already
+    assert (done["admin_token_id"], done["admin_token"]) == (None, None)
     assert (other.data_dir / "environment").read_text(encoding="utf-8") == "integ\n"
     again = _ok(second, "init")
     assert (again["environment"], again["environment_adopted"]) == ("integ", False)

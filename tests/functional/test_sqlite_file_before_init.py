@@ -1,4 +1,4 @@
-"""The embedded SQLite file is created only by init (or db upgrade), and always owner-only.
+"""The embedded SQLite file is created only by init, and always owner-only.
 
 A command run on a data directory before init must not leave an empty database file with the
 umask's mode behind; and a file some earlier run did leave that way is made 0600 by init.
@@ -49,7 +49,7 @@ def test_a_command_before_init_creates_no_database_file(tmp_path: Path) -> None:
     for command in (["participant", "list"], ["key", "list"], ["keyring", "status"]):
         result = cli("--json", *command, env={"UID2_KEYRING": keyring})
         assert result.exit_code != 0, (command, result.output)
-        assert "run init" in result.output, (command, result.output)
+        assert "run `uid2-operator init` first" in result.output, (command, result.output)
         assert _modes(database.data_dir) == {}, command
 
     assert cli("init", env={"UID2_KEYRING": keyring}).exit_code == 0

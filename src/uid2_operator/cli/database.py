@@ -24,7 +24,10 @@ from uid2_operator.bootstrap import (
 from uid2_operator.cli.output import emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
-from uid2_operator.settings import EnvironmentSource, Settings
+from uid2_operator.errors import SchemaOutOfDate
+from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
+from uid2_operator.storage.engines import make_engine, shown_url, sqlite_path
+from uid2_operator.storage.migrate import revision_of
 
 
 @click.command()
@@ -130,10 +133,11 @@ def _initialise(settings: Settings) -> Initialised:
         "keyring_created": not keyring_present,
         "material_created": material.changed,
         "salt_buckets": material.bucket_count,
+        # Always present: null when this run issued none (a rerun, or a database whose bootstrap
+        # token an earlier init issued).
+        "admin_token_id": None if issued is None else issued.token_id,
+        "admin_token": None if issued is None else issued.token,
     }
-    if issued is not None:
-        document["admin_token_id"] = issued.token_id
-        document["admin_token"] = issued.token
 
     def human() -> None:
         fields(
@@ -172,8 +176,14 @@ def db() -> None:
 @db.command("upgrade")
 @json_option
 def db_upgrade(as_json: bool) -> None:
-    """Apply the shipped migrations (a no-op when the schema is current)."""
+    """Apply the shipped migrations (a no-op when the schema is current).
+
+    Only to a database ``init`` set up: a data directory or database that does not exist, or a
+    database with no schema at all, is refused and nothing is created (``init`` sets up a new
+    one).
+    """
     settings = load_settings(check=False)  # no keyring needed, nor the environment
+    require_initialised_database(settings)
     revision = upgrade_database(settings)
     backend = "postgresql" if settings.database_url else "sqlite"
     emit(
@@ -181,3 +191,49 @@ def db_upgrade(as_json: bool) -> None:
         {"schema_revision": revision, "database": backend},
         lambda: click.echo(f"{backend} schema at revision {revision}"),
     )
+
+
+_ELSEWHERE = "Name the one serve uses with --data-dir (or UID2_DATA_DIR)"
+_INIT_NEW = "`uid2-operator init` sets up a new one"
+
+
+def require_initialised_database(settings: Settings) -> None:
+    """Refuse (``SchemaOutOfDate``, exit status 1), before anything is created, a database
+    ``init`` never set up: with the embedded SQLite default, a data directory that does not exist
+    or holds no database file (named by its absolute path, as the other commands name a missing
+    data directory); a SQLite file a database URL names that does not exist; a database with no
+    schema revision at all (an empty PostgreSQL schema, an empty file). A database URL's data
+    directory plays no part: the upgrade neither reads nor writes it."""
+    if settings.database_url is None:
+        data_dir = settings.data_dir.resolve()
+        if not data_dir.is_dir():
+            raise SchemaOutOfDate(
+                f"No database: there is no data directory {data_dir}. {_ELSEWHERE}, or run from "
+                f"the directory serve runs in; {_INIT_NEW}"
+            )
+        if not (data_dir / DB_FILE).exists():
+            raise SchemaOutOfDate(
+                f"No database: the data directory {data_dir} has no {DB_FILE}. {_ELSEWHERE}, or "
+                f"its database with --database-url (or UID2_DATABASE_URL); {_INIT_NEW}"
+            )
+    path = sqlite_path(settings.store_url)
+    if path is not None and not path.exists():
+        raise SchemaOutOfDate(
+            f"No database: the SQLite file {path} does not exist. Check --database-url (or "
+            f"UID2_DATABASE_URL); {_INIT_NEW}"
+        )
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        revision = None  # an empty file (an interrupted init's): nothing to read, nor to write
+        shown = f"sqlite:///{path}"
+    else:
+        engine, _ = make_engine(settings.store_url, must_exist=True)  # never creates the file
+        try:
+            revision = revision_of(engine)  # refuses a newer version's revision as such
+            shown = shown_url(engine.url)
+        finally:
+            engine.dispose()
+    if revision is None:
+        raise SchemaOutOfDate(
+            f"The database at {shown} was never initialised (it has no schema revision): "
+            "`uid2-operator init` sets it up; db upgrade upgrades only a database init set up"
+        )

@@ -1552,8 +1552,7 @@ def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
             engine.dispose()
             raise SchemaOutOfDate(
                 f"The database is at schema revision none (the SQLite file {path} does not "
-                f"exist), this version needs {head_revision()}; run init (or the database "
-                "upgrade) first"
+                f"exist), this version needs {head_revision()}; run `uid2-operator init` first"
             )
         try:
             found = revision_of(engine)  # refuses a revision newer than this code
@@ -1563,7 +1562,7 @@ def open_store(url: str | URL, *, check_schema: bool = True) -> SqlStore:
         if found != head_revision():
             engine.dispose()
             remedy = (
-                "run `uid2-operator init` (or `uid2-operator db upgrade`) first"
+                "run `uid2-operator init` first"
                 if found is None
                 else "stop every process of the earlier version on this database, then run "
                 "`uid2-operator db upgrade`"

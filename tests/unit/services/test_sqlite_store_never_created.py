@@ -15,7 +15,7 @@ def test_a_missing_file_is_refused_as_never_initialised(tmp_path: Path) -> None:
     path = tmp_path / "uid2.db"
     with pytest.raises(SchemaOutOfDate, match="revision none") as caught:
         open_store(f"sqlite:///{path}")
-    assert "run init" in str(caught.value)
+    assert "run `uid2-operator init` first" in str(caught.value)
     assert not path.exists()
 
 
