@@ -51,11 +51,11 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import EnvironmentSource, Settings, SettingsError
+from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings, SettingsError
 from uid2_operator.storage import open_store, upgrade
-from uid2_operator.storage.engines import sqlite_path
+from uid2_operator.storage.engines import make_engine, shown_url, sqlite_path
 from uid2_operator.storage.interface import ReadTx, Store
-from uid2_operator.storage.migrate import current_revision
+from uid2_operator.storage.migrate import current_revision, revision_of
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
@@ -1007,3 +1007,49 @@ def keyring_rotation_service(
         SystemClock() if clock is None else clock,
         system_random if random is None else random,
     )
+
+
+_ELSEWHERE = "Name the one serve uses with --data-dir (or UID2_DATA_DIR)"
+_INIT_NEW = "`uid2-operator init` sets up a new one"
+
+
+def require_initialised_database(settings: Settings) -> None:
+    """Refuse (``SchemaOutOfDate``, exit status 1), before anything is created, a database
+    ``init`` never set up: with the embedded SQLite default, a data directory that does not exist
+    or holds no database file (named by its absolute path, as the other commands name a missing
+    data directory); a SQLite file a database URL names that does not exist; a database with no
+    schema revision at all (an empty PostgreSQL schema, an empty file). A database URL's data
+    directory plays no part: the upgrade neither reads nor writes it."""
+    if settings.database_url is None:
+        data_dir = settings.data_dir.resolve()
+        if not data_dir.is_dir():
+            raise SchemaOutOfDate(
+                f"No database: there is no data directory {data_dir}. {_ELSEWHERE}, or run from "
+                f"the directory serve runs in; {_INIT_NEW}"
+            )
+        if not (data_dir / DB_FILE).exists():
+            raise SchemaOutOfDate(
+                f"No database: the data directory {data_dir} has no {DB_FILE}. {_ELSEWHERE}, or "
+                f"its database with --database-url (or UID2_DATABASE_URL); {_INIT_NEW}"
+            )
+    path = sqlite_path(settings.store_url)
+    if path is not None and not path.exists():
+        raise SchemaOutOfDate(
+            f"No database: the SQLite file {path} does not exist. Check --database-url (or "
+            f"UID2_DATABASE_URL); {_INIT_NEW}"
+        )
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        revision = None  # an empty file (an interrupted init's): nothing to read, nor to write
+        shown = f"sqlite:///{path}"
+    else:
+        engine, _ = make_engine(settings.store_url, must_exist=True)  # never creates the file
+        try:
+            revision = revision_of(engine)  # refuses a newer version's revision as such
+            shown = shown_url(engine.url)
+        finally:
+            engine.dispose()
+    if revision is None:
+        raise SchemaOutOfDate(
+            f"The database at {shown} was never initialised (it has no schema revision): "
+            "`uid2-operator init` sets it up; db upgrade upgrades only a database init set up"
+        )
