@@ -6,7 +6,8 @@ operator application over the deterministic benchmark world named by the environ
 ``operator_world``), so the server process holds its own snapshot. It is wired as
 ``uid2-operator serve`` wires a worker: the API sits behind the worker's ``OperatorServer`` (which
 looks at the snapshot source's problem on every health check and answers ``/metrics`` itself),
-the request observer counts Prometheus metrics and per-key usage on every request, and replays
+the request observer counts Prometheus metrics and per-key usage on every request, the health
+check looks for a keyset token issuance needs without an active key, and replays
 are refused through a shared replay table (the default size) in a file mapped from a temporary
 directory (``serve_like_app``); only the store behind them, and the loops that poll and flush it,
 are absent. ``serve_http`` is the HTTP protocol a served worker's connections run on, for the
@@ -31,6 +32,7 @@ from uid2_operator.clock import SystemClock, system_random
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
 from uid2_operator.services.snapshot import Snapshot
+from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import UsageMeter
 from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
 from uid2_operator.web.operator_api.app import BODY_LIMIT, OperatorApi, acknowledge_lifespan
@@ -38,7 +40,7 @@ from uid2_operator.web.operator_api.metrics import (
     ReplayTableCollector,
     RequestMetrics,
 )
-from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker
+from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker, key_problem
 from uid2_operator.web.operator_api.server import _registry as server_registry
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW
 
@@ -91,6 +93,7 @@ def shared_replay_table(max_past_ms: int) -> ReplayTable:
 class _LoadedSource:
     """The snapshot source of a worker whose snapshot never fails to load or goes stale."""
 
+    current: Snapshot | None = None
     problem: None = None
 
 
@@ -131,14 +134,20 @@ def serve_like_app(snapshot: Snapshot) -> BenchServer:
     replay = shared_replay_table(DEFAULT_TIMESTAMP_WINDOW.max_past_ms)
     registry, _ = server_registry(metrics, [], None)  # the worker's, process figures included
     registry.register(ReplayTableCollector(replay))
+    clock = SystemClock()
     api = OperatorApi(
         snapshot_provider=lambda: snapshot,
-        clock=SystemClock(),
+        clock=clock,
         random=system_random,
         observer=observe,
         replay=replay,
     )
-    return BenchServer(api, cast(Worker, _BenchWorker(registry)))
+    source = _LoadedSource(snapshot)
+    return BenchServer(
+        api,
+        cast(Worker, _BenchWorker(registry, source)),
+        key_problem=lambda: key_problem(cast(SnapshotSource, source), clock),
+    )
 
 
 def operator_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:

@@ -30,6 +30,13 @@ MAX_KEY_ROTATION_INTERVAL_S: Final = 86_400.0
 """At most daily, as ``keys rotate`` asks of a scheduler: far inside the key policy's longest
 safe gap between two runs (``KeyPolicy.run_interval_s``, 6 days less the activation lead), so a
 keyset's newest key never expires before its successor is active."""
+MAX_POLL_INTERVAL_S: Final = 3600.0
+"""An hour: the longest a worker may take to see a change (a revoked key) while the store is up."""
+MAX_SNAPSHOT_AGE_S: Final = 86_400.0
+"""A day: the longest a worker may answer from a snapshot it cannot confirm (a revoked key is
+accepted meanwhile)."""
+MAX_FLUSH_INTERVAL_S: Final = 3600.0
+"""An hour: the longest usage counters and logout opt-outs may wait for their write."""
 DEFAULT_HTTP_HEAD_TIMEOUT_S = 10.0
 DEFAULT_HTTP_BODY_TIMEOUT_S = 30.0
 DEFAULT_HTTP_SEND_TIMEOUT_S = 30.0
@@ -70,6 +77,9 @@ _LIFETIME_VARIABLES = (
 
 
 KEY_RETENTION_VARIABLE: Final = "UID2_EXPIRED_KEY_RETENTION_S"
+MAX_KEY_RETENTION_S: Final = 2 * MAX_LIFETIME_S
+"""Twenty years (and a few days): above any minimum retention (the longest lifetime, at most
+``MAX_LIFETIME_S``, plus a day)."""
 
 
 def longest_token_lifetime_s(lifetimes: Lifetimes) -> int:
@@ -210,23 +220,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         """Refuse (SettingsError) inconsistent values, naming the variables that set them."""
-        if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
-            raise SettingsError(
-                f"UID2_POLL_INTERVAL_S ({self.poll_interval_s:g} s) must be above 0 and below "
-                f"UID2_MAX_SNAPSHOT_AGE_S ({self.max_snapshot_age_s:g} s)"
-            )
-        for variable, interval in (
-            ("UID2_FLUSH_INTERVAL_S", self.flush_interval_s),
-            ("UID2_KEY_ROTATION_INTERVAL_S", self.key_rotation_interval_s),
-        ):
-            if not interval > 0:
-                raise SettingsError(f"{variable} must be a positive number of seconds")
-        if self.key_rotation_interval_s > MAX_KEY_ROTATION_INTERVAL_S:
-            raise SettingsError(
-                f"UID2_KEY_ROTATION_INTERVAL_S ({self.key_rotation_interval_s:g} s) may be at "
-                f"most {MAX_KEY_ROTATION_INTERVAL_S:g} s (a day): a longer interval can let a "
-                "keyset's newest key expire before its successor is made"
-            )
+        self._check_seconds()
         for window, (past, future), limit in (
             (self.request_window, _REQUEST_WINDOW_VARIABLES, MAX_REQUEST_WINDOW_MS),
             (self.cstg_window, _CSTG_WINDOW_VARIABLES, MAX_CSTG_WINDOW_MS),
@@ -255,6 +249,39 @@ class ServeSettings:
                 f"{MAX_HTTP_MAX_HEAD_BYTES}"
             )
 
+    def _check_seconds(self) -> None:
+        """The intervals, the snapshot age and the key retention: each above 0 and at most its
+        bound (``MAX_*``), so that no later arithmetic on it can overflow."""
+        if not 0 < self.poll_interval_s < self.max_snapshot_age_s:
+            raise SettingsError(
+                f"UID2_POLL_INTERVAL_S ({self.poll_interval_s:g} s) must be above 0 and below "
+                f"UID2_MAX_SNAPSHOT_AGE_S ({self.max_snapshot_age_s:g} s)"
+            )
+        for variable, interval in (
+            ("UID2_FLUSH_INTERVAL_S", self.flush_interval_s),
+            ("UID2_KEY_ROTATION_INTERVAL_S", self.key_rotation_interval_s),
+        ):
+            if not interval > 0:
+                raise SettingsError(f"{variable} must be a positive number of seconds")
+        for variable, seconds, limit in (
+            ("UID2_POLL_INTERVAL_S", self.poll_interval_s, MAX_POLL_INTERVAL_S),
+            ("UID2_MAX_SNAPSHOT_AGE_S", self.max_snapshot_age_s, MAX_SNAPSHOT_AGE_S),
+            ("UID2_FLUSH_INTERVAL_S", self.flush_interval_s, MAX_FLUSH_INTERVAL_S),
+        ):
+            if not seconds <= limit:
+                raise SettingsError(f"{variable} ({seconds:g} s) may be at most {limit:g} s")
+        if self.key_rotation_interval_s > MAX_KEY_ROTATION_INTERVAL_S:
+            raise SettingsError(
+                f"UID2_KEY_ROTATION_INTERVAL_S ({self.key_rotation_interval_s:g} s) may be at "
+                f"most {MAX_KEY_ROTATION_INTERVAL_S:g} s (a day): a longer interval can let a "
+                "keyset's newest key expire before its successor is made"
+            )
+        retention = self.expired_key_retention_s
+        if retention is not None and retention > MAX_KEY_RETENTION_S:
+            raise SettingsError(
+                f"{KEY_RETENTION_VARIABLE} ({retention}) may be at most {MAX_KEY_RETENTION_S} s"
+            )
+
     def token_lifetimes(self, environment: Environment) -> Lifetimes:
         """The lifetimes tokens get in ``environment`` (see ``LifetimeOverrides.apply``)."""
         return self.lifetimes.apply(environment)
@@ -278,9 +305,10 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
-        """Variables (seconds, decimals allowed): UID2_POLL_INTERVAL_S (default 1),
-        UID2_MAX_SNAPSHOT_AGE_S (300), UID2_FLUSH_INTERVAL_S (5), UID2_KEY_ROTATION_INTERVAL_S
-        (3600); UID2_CLIENT_SIDE_GENERATE ("true" or "false", default true).
+        """Variables (seconds, decimals allowed): UID2_POLL_INTERVAL_S (default 1, at most
+        3600), UID2_MAX_SNAPSHOT_AGE_S (300, at most 86400), UID2_FLUSH_INTERVAL_S (5, at most
+        3600), UID2_KEY_ROTATION_INTERVAL_S (3600, at most 86400); UID2_CLIENT_SIDE_GENERATE
+        ("true" or "false", default true).
 
         Token lifetimes (whole seconds; default per environment, see ``DEFAULT_LIFETIMES``):
         UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S, UID2_REFRESH_TOKEN_EXPIRES_AFTER_S,
@@ -302,7 +330,7 @@ class ServeSettings:
 
         Key purge: UID2_EXPIRED_KEY_RETENTION_S, how long past its expiry an encryption key is
         kept (whole seconds; default and minimum: the longest token lifetime plus one day, see
-        ``key_retention_s``).
+        ``key_retention_s``; at most 632448000, twenty years).
 
         HTTP connections to either API (``web.http_connection``): UID2_HTTP_HEAD_TIMEOUT_S
         (seconds, default 10, at most 3600), UID2_HTTP_BODY_TIMEOUT_S (30, at most 3600),

@@ -7,7 +7,8 @@ Process layout (docs/operator.md has the operator's view):
   longest lifetime it gives tokens (every key purge honours it), serves the admin API on
   ``--admin-port`` from a thread, and runs the material upkeep from another thread
   (``_UpkeepThread``): the key rotation schedule every ``UID2_KEY_ROTATION_INTERVAL_S`` (which
-  also purges keys expired longer than the retention), and, whenever the store changed, the
+  also purges keys expired longer than the retention; run at once when an enabled keyset has no
+  active key at the time of day, or the time of day jumped), and, whenever the store changed, the
   creation of a default keyset for any participant that has none yet. Its own loop only says
   where serve listens, restarts dead workers and waits for the stop signal, so a slow store (a
   writer waits up to 10 s for the write lock) or a long rotation delays none of these;
@@ -46,7 +47,9 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, Final
@@ -75,6 +78,8 @@ from uid2_operator.cli.runtime import (
     wants_json,
 )
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
+from uid2_operator.clock import SystemClock
+from uid2_operator.domain.keysets import Coverage, key_coverage_ms
 from uid2_operator.error_text import described
 from uid2_operator.errors import StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
@@ -85,6 +90,7 @@ from uid2_operator.serve_settings import (
 from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
+from uid2_operator.storage.interface import Store
 from uid2_operator.web.admin_api.app import create_admin_app
 from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
 from uid2_operator.web.http_connection import HttpLimits, http_protocol
@@ -118,6 +124,10 @@ _UPKEEP_EVERY_S: Final = 0.2
 _UPKEEP_JOIN_S: Final = 15.0
 """How long serve, once stopping, waits for the upkeep to finish the step it is in before it
 closes the store anyway: above the 10 s a store write waits for its lock."""
+_CLOCK_JUMP_S: Final = 60.0
+"""How much further (or less far) the time of day may move than the monotonic clock between two
+turns of the upkeep before the key rotation runs at once (``_Upkeep``)."""
+
 _ANY_V4: Final = "0.0.0.0"  # noqa: S104 (what an empty host means: every interface)
 _PROBE_TARGETS: Final = {
     "0.0.0.0": ("127.0.0.1",),  # noqa: S104 (what serve bound, not what it binds)
@@ -521,27 +531,70 @@ def _open_serving(settings: Settings, serve_settings: ServeSettings) -> Services
     return services
 
 
+def read_key_coverage(store: Store, now_ms: int) -> Coverage:
+    """``domain.keysets.key_coverage_ms`` over the store's keysets and keys at ``now_ms``: one
+    read, the keys' times only (no secret is opened)."""
+    with store.read() as tx:
+        keysets = tx.keysets.list_all()
+        keys = tx.encryption_keys.list_all()
+    return key_coverage_ms(keysets, keys, now_ms)
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class _Upkeep:
     """Material upkeep in the serving process (see the module docstring).
 
-    Two steps, each on its own schedule and each failing on its own: the keysets of new
-    participants, whenever the store changed (retried at every poll until it succeeds), and the
-    key rotation schedule, every ``key_rotation_interval_s`` whatever the first step does. A
-    failing step is logged when it starts failing and again only when its message changes, and
-    once more when it recovers, not at every poll. Once ``stopping`` is set, ``tick`` starts no
-    further step (serve is about to close the store). ``step`` names the step running, for the
-    warning of a serve that stops while it still runs."""
+    Three steps, each failing on its own: the keysets of new participants, whenever the store
+    changed (retried at every poll until it succeeds); with ``key_coverage``, a look at when
+    every enabled keyset has an active key (``domain.keysets.Coverage``), whenever the store
+    changed and after every rotation; and the key rotation schedule, every
+    ``key_rotation_interval_s`` whatever the other steps do. The schedule counts on the
+    monotonic clock, which a host suspended or a VM paused stops while the time of day goes on
+    (and which an NTP step or a date set by hand does not move), so the rotation also runs at
+    once, at most once per poll interval, when the time of day lies outside the coverage last
+    read (a keyset has no active key: every token request would fail until the next scheduled
+    run), or when between two turns the time of day moved more than ``_CLOCK_JUMP_S`` further
+    (or less far) than the monotonic clock. ``wall_ms`` reads the time of day (epoch ms; the
+    system's by default).
+
+    A failing step is logged when it starts failing and again only when its message changes,
+    and once more when it recovers, not at every poll. Once ``stopping`` is set, ``tick``
+    starts no further step (serve is about to close the store). ``step`` names the step
+    running, for the warning of a serve that stops while it still runs."""
 
     _NEW_PARTICIPANTS: Final = "new-participant keysets"
+    _COVERAGE: Final = "key coverage check"
     _ROTATION: Final = "scheduled key rotation"
 
-    def __init__(self, services: Services, material: MaterialService, serve: ServeSettings):
+    def __init__(
+        self,
+        services: Services,
+        material: MaterialService,
+        serve: ServeSettings,
+        *,
+        key_coverage: Callable[[int], Coverage] | None = None,
+        wall_ms: Callable[[], int] | None = None,
+    ):
         self._services = services
         self._material = material
         self._serve = serve
+        self._key_coverage = key_coverage
+        self._wall_ms = SystemClock().now_ms if wall_ms is None else wall_ms
         self._seen_seq: int | None = None
         self._next_rotation = time.monotonic() + serve.key_rotation_interval_s
         self._next_poll = 0.0
+        self._coverage: Coverage | None = None
+        """When every enabled keyset has an active key, as last read (None: not known)."""
+        self._coverage_seq: int | None = None
+        """The change sequence ``_coverage`` was read at (None: read it at the next poll)."""
+        self._last_turn: tuple[float, int] | None = None
+        """The monotonic clock (s) and the time of day (ms) at the last turn."""
+        self._rotate_now: str | None = None
+        """Why the rotation must run at once (None: it need not)."""
+        self._next_urgent = 0.0
         self._failing: dict[str, str] = {}
         """The message each failing step last logged, by step."""
         self.stopping = threading.Event()
@@ -549,6 +602,8 @@ class _Upkeep:
 
     def tick(self) -> None:
         now = time.monotonic()
+        wall = self._wall_ms()
+        self._watch_clocks(now, wall)
         if now >= self._next_poll and not self.stopping.is_set():
             self._next_poll = now + self._serve.poll_interval_s
             self.step = self._NEW_PARTICIPANTS
@@ -560,18 +615,64 @@ class _Upkeep:
                 self._recovered(self._NEW_PARTICIPANTS)
             finally:
                 self.step = None
-        if now >= self._next_rotation and not self.stopping.is_set():
-            self._next_rotation = now + self._serve.key_rotation_interval_s
-            self.step = self._ROTATION
-            try:
-                # The rotation logs its own outcome at INFO (``encryption keys rotated ...``).
-                self._material.rotate_keys()
-            except Exception as exc:
-                self._failed(self._ROTATION, exc)
-            else:
-                self._recovered(self._ROTATION)
-            finally:
-                self.step = None
+            if self._key_coverage is not None and not self.stopping.is_set():
+                self._coverage_step(self._key_coverage)
+        coverage = self._coverage
+        if self._rotate_now is None and coverage is not None and not coverage.covers(wall):
+            self._rotate_now = f"an enabled keyset has no active encryption key at {_utc(wall)}"
+        urgent = self._rotate_now is not None and now >= self._next_urgent
+        if (now >= self._next_rotation or urgent) and not self.stopping.is_set():
+            self._rotation_step(now)
+
+    def _coverage_step(self, reader: Callable[[int], Coverage]) -> None:
+        """Read the coverage again when the store changed since it was read (or it is due)."""
+        self.step = self._COVERAGE
+        try:
+            seq = self._services.store.change_seq()
+            if seq != self._coverage_seq:
+                self._coverage = reader(self._wall_ms())
+                self._coverage_seq = seq
+        except Exception as exc:
+            self._failed(self._COVERAGE, exc)
+        else:
+            self._recovered(self._COVERAGE)
+        finally:
+            self.step = None
+
+    def _rotation_step(self, now: float) -> None:
+        self._next_rotation = now + self._serve.key_rotation_interval_s
+        if self._rotate_now is not None:
+            self._next_urgent = now + self._serve.poll_interval_s
+            if self._ROTATION not in self._failing:
+                log.warning("key rotation run at once: %s", self._rotate_now)
+        self.step = self._ROTATION
+        try:
+            # The rotation logs its own outcome at INFO (``encryption keys rotated ...``).
+            self._material.rotate_keys()
+        except Exception as exc:
+            self._failed(self._ROTATION, exc)
+        else:
+            self._recovered(self._ROTATION)
+            self._rotate_now = None
+            # The coverage read before is stale now, whether the run changed anything or not:
+            # the next poll reads it again, and until then it asks for no run.
+            self._coverage, self._coverage_seq = None, None
+        finally:
+            self.step = None
+
+    def _watch_clocks(self, now: float, wall: int) -> None:
+        """Ask for a rotation at once when the time of day moved more than ``_CLOCK_JUMP_S``
+        further, or less far, than the monotonic clock since the last turn."""
+        last, self._last_turn = self._last_turn, (now, wall)
+        if last is None:
+            return
+        drift_s = (wall - last[1]) / 1000 - (now - last[0])
+        if abs(drift_s) > _CLOCK_JUMP_S:
+            self._rotate_now = (
+                f"the time of day moved {drift_s:+.0f} s against the monotonic clock since "
+                "the last look (a host suspended, a VM paused, the date set)"
+            )
+            self._coverage_seq = None  # read it again at the next poll, at the new time
 
     def _initialise(self) -> None:
         seq = self._services.store.change_seq()
@@ -1012,7 +1113,14 @@ def _run_serving(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
-    upkeep = _UpkeepThread(_Upkeep(services, services.material, serve_settings))
+    upkeep = _UpkeepThread(
+        _Upkeep(
+            services,
+            services.material,
+            serve_settings,
+            key_coverage=functools.partial(read_key_coverage, services.store),
+        )
+    )
     announcer.where(
         settings, listen, operator_port, admin_url, None if metrics is None else metrics.port
     )

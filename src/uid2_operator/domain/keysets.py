@@ -175,10 +175,11 @@ def site_default_keyset(keysets: Iterable[Keyset], site_id: int) -> Keyset | Non
 class KeyPolicy:
     """How long keys live and how early successors are made (seconds).
 
-    ``renew_before_s``: once the newest key of a keyset has this little life left, a successor is
-    created; it activates ``activation_lead_s`` later, so caches that poll the key endpoints have
-    fetched it before tokens are minted with it, and it is active before the old key expires as
-    long as rotation runs at least every ``renew_before_s - activation_lead_s``.
+    ``renew_before_s``: once a keyset's unbroken coverage by active keys (``coverage_span``) ends
+    this soon, a successor is created; it activates ``activation_lead_s`` later, so caches that
+    poll the key endpoints have fetched it before tokens are minted with it, and it is active
+    before the old key expires as long as rotation runs at least every
+    ``renew_before_s - activation_lead_s``.
     """
 
     lifetime_s: int = 30 * DAY_S
@@ -206,7 +207,13 @@ class KeyTimes(Protocol):
     def keyset_id(self) -> int: ...
 
     @property
+    def activates(self) -> int: ...
+
+    @property
     def expires(self) -> int: ...
+
+
+_K = TypeVar("_K", bound=KeyTimes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +226,39 @@ class PlannedKey:
     expires: int
 
 
+def coverage_span(keys: Iterable[KeyTimes], at_s: int) -> tuple[int, int] | None:
+    """The unbroken stretch of time around ``at_s`` (epoch seconds) during which some key of
+    ``keys`` is active, as ``[start, end)``; None when none is active at ``at_s``.
+
+    A key is active from ``activates`` (included) to ``expires`` (excluded), as ``active_key``
+    decides, so two keys where one activates the second the other expires leave no gap. The
+    keys are walked by activation from ``at_s`` on for the end, and by expiry back from it for
+    the start: a key that activates only after a gap never extends the stretch, however late
+    it expires.
+    """
+    ordered = sorted(keys, key=lambda k: k.activates)
+    end = at_s
+    for key in ordered:
+        if key.activates > end:
+            break
+        end = max(end, key.expires)
+    if end == at_s:
+        return None
+    start = at_s
+    for key in sorted(ordered, key=lambda k: k.expires, reverse=True):
+        if key.expires < start:
+            break
+        start = min(start, key.activates)
+    return start, end
+
+
+def _keys_by_keyset(keys: Iterable[_K]) -> dict[int, list[_K]]:
+    by_keyset: dict[int, list[_K]] = {}
+    for key in keys:
+        by_keyset.setdefault(key.keyset_id, []).append(key)
+    return by_keyset
+
+
 def plan_rotation(
     keysets: Iterable[Keyset],
     keys: Iterable[KeyTimes],
@@ -227,34 +267,82 @@ def plan_rotation(
 ) -> list[PlannedKey]:
     """The keys to create now, at most one per enabled keyset, in keyset id order.
 
-    A keyset without any unexpired key gets one active immediately (nothing else could serve
-    it). Otherwise the keyset's horizon is the latest expiry among its unexpired keys; when that
-    is ``renew_before_s`` or less away, a successor activates ``activation_lead_s`` from now, or
-    at the horizon if that comes first, so coverage never has a gap.
+    What counts is a keyset's coverage from now on (``coverage_span``): how long some key of
+    it stays active without a break. A keyset with no key active now gets one active
+    immediately (nothing else could serve it), whatever keys it has that activate later (a
+    run on a clock that was ahead makes such keys). Otherwise, when its coverage ends
+    ``renew_before_s`` or less from now, a successor activates ``activation_lead_s`` from
+    now, or when the coverage ends if that comes first, so coverage never has a gap. A key
+    that only activates after a gap in the coverage does not put off the renewal.
     """
     now_s = now_ms // 1000
-    by_keyset: dict[int, list[KeyTimes]] = {}
-    for key in keys:
-        by_keyset.setdefault(key.keyset_id, []).append(key)
+    by_keyset = _keys_by_keyset(keys)
     planned: list[PlannedKey] = []
     for keyset in sorted(keysets, key=lambda k: k.keyset_id):
         if not keyset.enabled:
             continue
-        live = [k for k in by_keyset.get(keyset.keyset_id, ()) if k.expires * 1000 > now_ms]
-        if not live:
+        span = coverage_span(by_keyset.get(keyset.keyset_id, ()), now_s)
+        if span is None:
             activates = now_s
         else:
-            horizon = max(k.expires for k in live)
-            if horizon - now_s > policy.renew_before_s:
+            coverage_end = span[1]
+            if coverage_end - now_s > policy.renew_before_s:
                 continue
-            activates = min(now_s + policy.activation_lead_s, horizon)
+            activates = min(now_s + policy.activation_lead_s, coverage_end)
         planned.append(
             PlannedKey(keyset.keyset_id, now_s, activates, activates + policy.lifetime_s)
         )
     return planned
 
 
-_K = TypeVar("_K", bound=KeyTimes)
+def keysets_without_active_key(
+    keysets: Iterable[Keyset], keys: Iterable[KeyTimes], now_ms: int
+) -> list[int]:
+    """The ids of the enabled keysets none of whose keys is active at ``now_ms``, in order:
+    those for which a rotation run now would create a key active at once."""
+    by_keyset = _keys_by_keyset(keys)
+    now_s = now_ms // 1000
+    return sorted(
+        keyset.keyset_id
+        for keyset in keysets
+        if keyset.enabled and coverage_span(by_keyset.get(keyset.keyset_id, ()), now_s) is None
+    )
+
+
+_EARLIEST_MS: Final = -(1 << 63)
+_LATEST_MS: Final = 1 << 63
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """``[start_ms, end_ms)``: while the clock reads a time in there, every enabled keyset has
+    an active key (``key_coverage_ms``)."""
+
+    start_ms: int
+    end_ms: int
+
+    def covers(self, now_ms: int) -> bool:
+        return self.start_ms <= now_ms < self.end_ms
+
+
+def key_coverage_ms(keysets: Iterable[Keyset], keys: Iterable[KeyTimes], now_ms: int) -> Coverage:
+    """The stretch of time around ``now_ms`` during which every enabled keyset has an active
+    key, in epoch milliseconds (``Coverage``): the intersection of each keyset's
+    ``coverage_span``. Empty (``start_ms == end_ms == now_ms``) when some enabled keyset has
+    no key active at ``now_ms``; unbounded when there is no enabled keyset."""
+    by_keyset = _keys_by_keyset(keys)
+    now_s = now_ms // 1000
+    start_ms, end_ms = _EARLIEST_MS, _LATEST_MS
+    for keyset in keysets:
+        if not keyset.enabled:
+            continue
+        span = coverage_span(by_keyset.get(keyset.keyset_id, ()), now_s)
+        if span is None:
+            return Coverage(now_ms, now_ms)
+        start_ms = max(start_ms, span[0] * 1000)
+        end_ms = min(end_ms, span[1] * 1000)
+    return Coverage(start_ms, end_ms)
+
 
 KEY_RETENTION_MARGIN_S: Final = DAY_S
 """What the expired key retention adds to the longest token lifetime: a day for clocks that

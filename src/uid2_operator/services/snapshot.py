@@ -58,6 +58,7 @@ from uid2_operator.domain.sealing import ClientSecret
 from uid2_operator.domain.sharing import KeyReader, SharingPolicy, keyset_sharing, may_read
 from uid2_operator.errors import NoActiveKey
 from uid2_operator.wire.keys import (
+    FALLBACK_PUBLISHER_KEYSET_ID,
     FALLBACK_PUBLISHER_SITE_ID,
     MASTER_KEYSET_ID,
     REFRESH_KEYSET_ID,
@@ -457,6 +458,22 @@ class Snapshot:
         if key is None:
             raise NoActiveKey
         return key
+
+    def keysets_without_active_key(self, now_ms: int) -> tuple[str, ...]:
+        """The service's own keysets token issuance draws on that have no key active at
+        ``now_ms``, named for a health check: the master (-1) and refresh (-2) keysets, and the
+        fallback publisher's (site 2's default keyset, what every publisher without an active
+        key of its own gets). Empty when each has one. Answered from the same cached selection
+        as ``master_key``, ``refresh_key`` and ``site_key``."""
+        active = self.active_keys.at(now_ms)
+        missing: list[str] = []
+        if active.master is None:
+            missing.append(f"master keyset ({MASTER_KEYSET_ID})")
+        if active.refresh is None:
+            missing.append(f"refresh keyset ({REFRESH_KEYSET_ID})")
+        if self.active_keys.site(FALLBACK_PUBLISHER_SITE_ID, now_ms) is None:
+            missing.append(f"fallback publisher keyset ({FALLBACK_PUBLISHER_KEYSET_ID})")
+        return tuple(missing)
 
     def lookup_in(self, *keyset_ids: int) -> Callable[[int], EncryptionKey | None]:
         """A key lookup that only finds keys of the given keysets (token layers are scoped)."""

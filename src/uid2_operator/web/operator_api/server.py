@@ -19,7 +19,8 @@ wires, per process:
 ``OperatorServer`` sits in front of the API and answers two paths itself: ``GET /metrics``
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
 reason as plain text, operator-api §6.13: ``SnapshotSource.problem``, fixed phrases that never
-carry an error's text, since anyone may ask); a healthy health check goes to the API (200 ``OK``).
+carry an error's text, since anyone may ask, or else ``key_problem``: a keyset token issuance
+needs has no active key); a healthy health check goes to the API (200 ``OK``).
 With a metrics listener of its own (``serve --metrics-port``), ``/metrics`` is answered there
 only, and that listener answers nothing else (``OperatorServer``).
 Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -111,11 +112,17 @@ class OperatorServer:
     port's, so ``/metrics`` is never answered there."""
 
     def __init__(
-        self, api: OperatorApi, worker: Worker, *, metrics_port: int | None = None
+        self,
+        api: OperatorApi,
+        worker: Worker,
+        *,
+        metrics_port: int | None = None,
+        key_problem: Callable[[], str | None] | None = None,
     ) -> None:
         self._api = api
         self.worker = worker
         self._metrics_port = metrics_port
+        self._key_problem = key_problem
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -131,6 +138,8 @@ class OperatorServer:
                 return
             if path == HEALTHCHECK:
                 problem = self.worker.source.problem
+                if problem is None and self._key_problem is not None:
+                    problem = self._key_problem()
                 if problem is not None and scope["method"] in ("GET", "HEAD"):
                     await _answer(send, 503, problem.encode(), TEXT)
                     return
@@ -320,7 +329,27 @@ def build_worker(
         replay=replay,
     )
     worker = Worker(db, source, write_behind, metrics, registry, publisher)
-    return OperatorServer(api, worker, metrics_port=metrics_port)
+    return OperatorServer(
+        api, worker, metrics_port=metrics_port, key_problem=lambda: key_problem(source, now)
+    )
+
+
+def key_problem(source: SnapshotSource, clock: Clock) -> str | None:
+    """What the health check answers while the snapshot served has no active key in a keyset
+    token issuance needs (``Snapshot.keysets_without_active_key`` at the clock's time of day),
+    else None. Every request that needs such a key is answered 500 meanwhile; the serving
+    process's key rotation makes one as soon as it sees the gap, and the worker's next reload
+    brings it."""
+    snapshot = source.current
+    if snapshot is None:
+        return None
+    missing = snapshot.keysets_without_active_key(clock.now_ms())
+    if not missing:
+        return None
+    return (
+        f"Degraded: no active encryption key in the {', '.join(missing)}; token requests "
+        "that need one fail until the key rotation makes one"
+    )
 
 
 def _registry(
