@@ -15,6 +15,7 @@ not taken up (see ``KeyringFile``).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -439,7 +440,12 @@ def sweep_keyring_debris(settings: Settings, *, now: float | None = None) -> lis
     """
     if settings.keyring_json is not None:
         return []
-    path = settings.keyring_path.resolve()
+    return _sweep_temporaries(settings.keyring_path.resolve(), "the keyring file", now)
+
+
+def _sweep_temporaries(path: Path, beside: str, now: float | None) -> list[Path]:
+    """Remove the temporary files an interrupted write of ``path`` left beside it, as
+    ``sweep_keyring_debris`` says; each one removed is logged, as left beside ``beside``."""
     names = _temporary_names(path)
     limit = (time.time() if now is None else now) - KEYRING_DEBRIS_AGE_S
     removed: list[Path] = []
@@ -460,7 +466,7 @@ def sweep_keyring_debris(settings: Settings, *, now: float | None = None) -> lis
         except OSError:
             continue
     for debris in removed:
-        log.warning("removed %s, left beside the keyring file by an interrupted write", debris)
+        log.warning("removed %s, left beside %s by an interrupted write", debris, beside)
     return removed
 
 
@@ -491,8 +497,35 @@ def _create_private(path: Path, content: str) -> bool:
             os.link(temporary, path)
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # A filesystem without hard links (vfat, exFAT, some network shares): created
+            # exclusively and then written, as before; an init stopped in between leaves an
+            # empty file, which the next init replaces (``discard_interrupted_keyring``).
+            return _create_exclusive(path, content)
     finally:
         temporary.unlink(missing_ok=True)
+    _sync_directory(path, "created")
+    return True
+
+
+_NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+"""What ``link`` fails with where the filesystem has no hard links."""
+
+
+def _create_exclusive(path: Path, content: str) -> bool:
+    """Create ``path`` exclusively, owner-only, then write and sync it; False when it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, _PRIVATE_FILE)  # whatever the umask
+        os.write(fd, content.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     _sync_directory(path, "created")
     return True
 
@@ -582,9 +615,11 @@ def record_environment(settings: Settings) -> None:
     directory free to be initialised for another environment. The file (mode 0600) is replaced
     whole (``_replace_private``): a run stopped while writing it leaves the one before (none, or
     an empty one), never a part."""
+    path = settings.environment_path
+    if path.parent.is_dir():  # what a write stopped before its rename left
+        _sweep_temporaries(path.resolve(), "the environment file", None)
     if check_environment(settings):
         return
-    path = settings.environment_path
     path.parent.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
     _replace_private(path, settings.environment.value + "\n")
 

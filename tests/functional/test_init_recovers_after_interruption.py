@@ -181,3 +181,17 @@ def test_serve_init_if_new_counts_an_empty_keyring_or_environment_file_as_unfini
     assert _needs_init(settings) is True
     environment.write_text(recorded, encoding="utf-8")
     assert _needs_init(settings) is False
+
+
+def test_serve_init_if_new_leaves_a_keyring_path_that_cannot_be_a_file_to_init(
+    tmp_path: Path,
+) -> None:
+    not_a_directory = tmp_path / "afile"
+    not_a_directory.write_text("", encoding="utf-8")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for keyring_file in (not_a_directory / "keyring.json", loop):
+        settings = Settings.from_env(
+            {"UID2_KEYRING_FILE": str(keyring_file)}, data_dir=str(tmp_path / "data")
+        )
+        assert _needs_init(settings) is True  # init then names the file and why

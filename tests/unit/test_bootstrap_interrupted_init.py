@@ -6,15 +6,18 @@ written, or a keyring file that holds no keyring, is refused with a message nami
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from uid2_operator.bootstrap import (
+    KEYRING_DEBRIS_AGE_S,
     check_environment,
     discard_interrupted_keyring,
     ensure_keyring,
@@ -249,3 +252,38 @@ def test_a_data_directory_in_a_directory_that_cannot_be_written_is_named_with_th
     assert refused.value.detail == (
         f"The data directory {read_only_parent / 'data'} cannot be created: Permission denied"
     )
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_filesystem_without_hard_links_still_gets_its_keyring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    settings = _settings(tmp_path / "data")
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    keyring = ensure_keyring(settings)
+    assert load_keyring(settings) == keyring
+    assert stat.S_IMODE(settings.keyring_path.stat().st_mode) == 0o600
+    assert os.listdir(settings.data_dir) == ["keyring.json"]  # no temporary file left
+    assert ensure_keyring(settings) == keyring  # and never replaced
+
+
+def test_init_removes_what_an_environment_write_stopped_before_its_rename_left(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path / "data")
+    settings.data_dir.mkdir(mode=0o700)
+    debris = settings.data_dir / ".environment.abcd1234.tmp"
+    debris.write_text("local\n", encoding="utf-8")
+    old = time.time() - KEYRING_DEBRIS_AGE_S - 10
+    os.utime(debris, (old, old))
+    fresh = settings.data_dir / ".environment.efgh5678.tmp"  # a write in progress elsewhere
+    fresh.write_text("local\n", encoding="utf-8")
+
+    record_environment(settings)
+    assert not debris.exists()
+    assert fresh.exists()
+    assert settings.environment_path.read_text(encoding="utf-8") == "local\n"

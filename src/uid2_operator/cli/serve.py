@@ -160,7 +160,7 @@ def _missing_or_empty(path: Path) -> bool:
     earlier version could leave the keyring or environment file)."""
     try:
         return path.stat().st_size == 0
-    except FileNotFoundError:
+    except OSError:  # absent, or a path that cannot be one (init names the problem)
         return True
 
 

@@ -73,7 +73,8 @@ def upgrade(url: str | URL) -> str:
     """Brings the database at ``url`` to the head revision and returns it; a no-op when there.
 
     The whole upgrade runs in one transaction (both backends have transactional DDL), holding a
-    lock that makes a concurrent upgrade wait and then find nothing to do. A database already
+    lock that makes a concurrent upgrade wait and then find nothing to do (at most as long as a
+    writer waits for the write lock; past that it fails with StoreUnavailable). A database already
     upgraded by a newer version is refused (SchemaOutOfDate) and left untouched.
 
     In the same transaction, an audit chain written by an earlier version (which recorded no chain
