@@ -9,14 +9,15 @@ stopped while writing it left it.
 from __future__ import annotations
 
 import json
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_harness import Cli, Database
 
+from interrupted_writes import (
+    interrupt_first_write_in,
+    read_only_parent_fixture,  # noqa: F401 (fixture)
+)
 from uid2_operator.bootstrap import load_keyring
 from uid2_operator.cli import database as database_commands
 from uid2_operator.cli.serve import _needs_init
@@ -29,27 +30,6 @@ def _settings(database: Database) -> Settings:
     return Settings.from_env({}, data_dir=str(database.data_dir), database_url=database.url)
 
 
-def _interrupt_first_write_in(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the first ``os.write`` to a file in ``directory`` raise ``KeyboardInterrupt``."""
-    real_write = os.write
-
-    def interrupted(fd: int, data: bytes | memoryview) -> int:
-        status = os.fstat(fd)
-        if (
-            stat.S_ISREG(status.st_mode)
-            and directory.is_dir()
-            and any(
-                os.path.samestat(os.lstat(directory / name), status)
-                for name in os.listdir(directory)
-            )
-        ):
-            monkeypatch.setattr(os, "write", real_write)
-            raise KeyboardInterrupt
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", interrupted)
-
-
 def _finished(cli: Cli) -> dict[str, object]:
     again = cli("init", "--json")
     assert again.exit_code == 0, again.output
@@ -58,34 +38,13 @@ def _finished(cli: Cli) -> dict[str, object]:
     return document
 
 
-@pytest.fixture
-def read_only_parent(tmp_path: Path) -> Iterator[Path]:
-    """A directory mode 0500; skipped where that does not stop writes (root)."""
-    parent = tmp_path / "read-only"
-    parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        probe = parent / "probe"
-        try:
-            probe.touch()
-        except PermissionError:
-            pass
-        else:
-            probe.unlink()
-            if os.geteuid() == 0:
-                pytest.skip("mode 0500 does not stop this user (root) from writing")
-        yield parent
-    finally:
-        parent.chmod(0o700)
-
-
 def test_init_interrupted_while_writing_the_keyring_is_finished_by_the_next_init(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cli = Cli(database)
     database.data_dir.mkdir(mode=0o700)
     with monkeypatch.context() as patched:
-        _interrupt_first_write_in(database.data_dir, patched)
+        interrupt_first_write_in(database.data_dir, patched)
         stopped = cli("init")
     assert stopped.exit_code == 1
     assert "run `uid2-operator init`" in stopped.output

@@ -11,11 +11,14 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from interrupted_writes import (
+    interrupt_first_write_in,
+    read_only_parent_fixture,  # noqa: F401 (fixture)
+)
 from uid2_operator.bootstrap import (
     KEYRING_DEBRIS_AGE_S,
     check_environment,
@@ -36,56 +39,13 @@ def _settings(data_dir: Path, **env: str) -> Settings:
     return Settings.from_env(env, data_dir=str(data_dir))
 
 
-def _interrupt_first_write_in(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the first ``os.write`` to a file in ``directory`` raise ``KeyboardInterrupt`` (Ctrl-C
-    arriving once the file is open, before any byte of it is written)."""
-    real_write = os.write
-
-    def in_directory(fd: int) -> bool:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode) or not directory.is_dir():
-            return False
-        return any(
-            os.path.samestat(os.lstat(directory / name), status) for name in os.listdir(directory)
-        )
-
-    def interrupted(fd: int, data: bytes | memoryview) -> int:
-        if in_directory(fd):
-            monkeypatch.setattr(os, "write", real_write)
-            raise KeyboardInterrupt
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", interrupted)
-
-
-@pytest.fixture
-def read_only_parent(tmp_path: Path) -> Iterator[Path]:
-    """A directory mode 0500; skipped where that does not stop writes (root)."""
-    parent = tmp_path / "read-only"
-    parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        probe = parent / "probe"
-        try:
-            probe.touch()
-        except PermissionError:
-            pass
-        else:
-            probe.unlink()
-            if os.geteuid() == 0:
-                pytest.skip("mode 0500 does not stop this user (root) from writing")
-        yield parent
-    finally:
-        parent.chmod(0o700)
-
-
 def test_a_keyring_write_interrupted_after_the_open_leaves_no_keyring_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(tmp_path / "data")
     settings.data_dir.mkdir(mode=0o700)
     with monkeypatch.context() as patched:
-        _interrupt_first_write_in(settings.data_dir, patched)
+        interrupt_first_write_in(settings.data_dir, patched)
         with pytest.raises(KeyboardInterrupt):
             ensure_keyring(settings)
     assert os.listdir(settings.data_dir) == []  # no keyring, empty or not; no temporary file
@@ -201,7 +161,7 @@ def test_an_environment_write_interrupted_after_the_open_leaves_no_file(
 ) -> None:
     settings = _settings(tmp_path)
     with monkeypatch.context() as patched:
-        _interrupt_first_write_in(tmp_path, patched)
+        interrupt_first_write_in(tmp_path, patched)
         with pytest.raises(KeyboardInterrupt):
             record_environment(settings)
     assert os.listdir(tmp_path) == []

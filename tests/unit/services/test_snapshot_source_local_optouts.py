@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ from uid2_operator.services.write_behind import (
     WriteBehind,
     write_optouts,
 )
-from uid2_operator.storage import SqlStore, open_store, upgrade
+from uid2_operator.storage import SqlStore
 from uid2_operator.wire.scope import IdentityType
 
 ACTOR = Actor("cli:tester", request_id="req-1", source="cli")
@@ -46,34 +45,6 @@ EMAIL = IdentityType.EMAIL
 
 def flh(n: int) -> bytes:
     return hashlib.sha256(b"local person %d" % n).digest()
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("local-optouts") / "uid2.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def db_path(tmp_path: Path, template: Path) -> Path:
-    path = tmp_path / "uid2.db"
-    shutil.copyfile(template, path)
-    return path
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(f"sqlite:///{db_path}")
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock()
 
 
 @pytest.fixture
