@@ -258,8 +258,7 @@ def _parse_version(text: str) -> int:
     if (
         not (text.isascii() and text.isdigit())
         or text.startswith("0")
-        or len(text) > len(str(MAX_KEK_VERSION))
-        or int(text) > MAX_KEK_VERSION
+        or len(text) > len(str(MAX_KEK_VERSION))  # MAX_KEK_VERSION is all nines: the bound
     ):
         raise KeyringError(_VERSIONS_ARE)
     return int(text)
