@@ -74,13 +74,13 @@ def test_an_upsert_replaces_the_earlier_raw_uids(store: SqlStore) -> None:
 
 def test_an_opt_out_after_a_rotation_keeps_the_raw_uid_of_the_first(store: SqlStore) -> None:
     first = OptOutRecord(flh(1), T0, raw_uid(1, 0))
-    write_optouts(store, [first, OptOutRecord(flh(2), T0, raw_uid(2, 0))], NOW)
+    write_optouts(store, [first, OptOutRecord(flh(2), T0, raw_uid(2, 0))], lambda: NOW)
     with store.read() as rx:
         loaded = rx.optouts.since(0)
     index = OptOutIndex.of(loaded.records)
 
     again = OptOutRecord(flh(1), T0 + 500, raw_uid(1, 1))
-    write_optouts(store, [again, OptOutRecord(flh(1), T0 + 700, raw_uid(1, 1))], NOW)
+    write_optouts(store, [again, OptOutRecord(flh(1), T0 + 700, raw_uid(1, 1))], lambda: NOW)
     with store.read() as rx:
         stored = rx.optouts.get(flh(1))
         changes = rx.optouts.since(loaded.cursor)
@@ -131,7 +131,7 @@ def test_the_upgrade_keeps_the_records_stored_before_it(empty_url: str) -> None:
     try:
         with store.read() as rx:
             assert rx.optouts.list_all() == [OptOutRecord(flh(1), T0, raw_uid(1, 0))]
-        write_optouts(store, [OptOutRecord(flh(1), T0 + 500, raw_uid(1, 1))], NOW)
+        write_optouts(store, [OptOutRecord(flh(1), T0 + 500, raw_uid(1, 1))], lambda: NOW)
         with store.read() as rx:
             stored = rx.optouts.get(flh(1))
         assert stored is not None

@@ -82,7 +82,7 @@ def test_put_many_of_nothing_moves_no_change_seq(store: SqlStore) -> None:
 
 
 def test_a_chunk_that_fails_part_way_leaves_nothing_of_it(store: SqlStore) -> None:
-    write_optout_chunk(store, [record(1)], NOW)
+    write_optout_chunk(store, [record(1)], lambda: NOW)
     before = _stored(store)
     seq = store.change_seq()
 
@@ -168,7 +168,7 @@ def test_write_optouts_stores_what_a_put_and_an_event_per_record_store(store: Sq
     assert len(records) > OPTOUT_WRITE_CHUNK  # duplicates both within and across chunks
     expected = _written_each(store, records)
 
-    write_optouts(store, records, NOW)
+    write_optouts(store, records, lambda: NOW)
 
     assert _stored(store) == expected
     _, events, head = expected
@@ -178,7 +178,7 @@ def test_write_optouts_stores_what_a_put_and_an_event_per_record_store(store: Sq
 def test_a_record_met_again_keeps_its_later_time(store: SqlStore) -> None:
     with store.transaction() as tx:
         tx.optouts.put_many(EXISTING)
-    write_optouts(store, _records(), NOW)
+    write_optouts(store, _records(), lambda: NOW)
     with store.read() as rx:
         kept = rx.optouts.get_many(flh(n) for n in range(7))
     # Each raw UID keeps the time of its first opt-out (among the earlier ones when it is not

@@ -27,7 +27,7 @@ def env(tmp_path: Path) -> Iterator[AdminEnv]:
 
 def test_an_optout_event_is_found_by_its_target_id(env: AdminEnv) -> None:
     flh = bytes(range(100, 132))
-    write_optouts(env.services.store, [OptOutRecord(flh, 1_700_000_000_000, "AA==")], 1)
+    write_optouts(env.services.store, [OptOutRecord(flh, 1_700_000_000_000, "AA==")], lambda: 1)
     target = b64encode(flh)
     found = env.call("GET", "/audit", params={"target_id": target})
     assert found.status_code == 200, found.text

@@ -140,8 +140,6 @@ look writes. The worker's own opt-outs wait for a look under way (``run`` flushe
 two looks), so a directory of big files (several workers stopped during an outage, each saving
 up to ``MAX_PENDING_OPTOUTS``) delays them by this many transactions, never by all of those
 files; a look that reaches it makes the next one due at once."""
-EventTime = int | Callable[[], int]
-"""The time of a write's audit events: milliseconds, or a clock's ``now_ms`` to read it from."""
 OPERATOR_ACTOR: Final = Actor("operator", source="operator-api")
 """Who the audit trail names for an opt-out received through ``/v2/token/logout``."""
 
@@ -294,7 +292,10 @@ class CommitGate:
 
 
 def write_optouts(
-    store: Store, records: Sequence[OptOutRecord], now_ms: EventTime, gate: CommitGate | None = None
+    store: Store,
+    records: Sequence[OptOutRecord],
+    now_ms: Callable[[], int],
+    gate: CommitGate | None = None,
 ) -> None:
     """Record opt-outs, ``OPTOUT_WRITE_CHUNK`` per transaction (``write_optout_chunk``), in
     order. When a chunk fails, OptOutsNotWritten says how many records were committed before
@@ -308,14 +309,17 @@ def write_optouts(
 
 
 def write_optout_chunk(
-    store: Store, records: Sequence[OptOutRecord], now_ms: EventTime, gate: CommitGate | None = None
+    store: Store,
+    records: Sequence[OptOutRecord],
+    now_ms: Callable[[], int],
+    gate: CommitGate | None = None,
 ) -> None:
     """Record opt-outs in one transaction, each with its audit event, keeping the latest time
     (a record met again, in this chunk or an earlier one, keeps the later of the two).
 
-    ``now_ms``: the events' time, or a clock's ``now_ms``, read once the transaction holds the
-    write lock (as the write-behind passes it): a chunk that waited for the lock is stamped
-    with the time it took it, so the audit trail's times follow its order.
+    ``now_ms``: a clock's ``now_ms``, read once the transaction holds the write lock: a chunk
+    that waited for the lock is stamped with the time it took it, so the audit trail's times
+    follow its order.
 
     The store is asked in bulk: one read of the records already stored, one write of the
     merged ones, one append of the events (in the order of ``records``). What it stores is what
@@ -323,7 +327,7 @@ def write_optout_chunk(
     write lock."""
     admission = (gate or CommitGate()).admitting(len(records))
     with admission as admit, store.transaction() as tx:
-        at_ms = now_ms() if callable(now_ms) else now_ms
+        at_ms = now_ms()
         kept = tx.optouts.get_many(record.first_level_hash for record in records)
         for record in records:
             flh = record.first_level_hash

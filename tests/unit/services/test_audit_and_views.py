@@ -104,7 +104,7 @@ def test_an_optout_event_can_be_found_by_its_target_id(
     """An opt-out's target id is the base64 of its first-level hash, which has a client secret's
     shape: a filter only compares it, so it is not refused as credential text."""
     flh = bytes(range(32))
-    write_optouts(store, [OptOutRecord(flh, 1_700_000_000_000, b64encode(bytes(33)))], 1)
+    write_optouts(store, [OptOutRecord(flh, 1_700_000_000_000, b64encode(bytes(33)))], lambda: 1)
     target = b64encode(flh)
     assert len(target) == 44
     assert target.endswith("=")

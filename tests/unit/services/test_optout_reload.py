@@ -73,7 +73,7 @@ def test_a_reload_reads_what_changed_and_answers_as_a_full_load(
             ad_id = raw_uid(n, rng.randrange(3)) if rng.random() < 0.8 else None
             batch.append(OptOutRecord(flh(n), clock.now_ms() - rng.randrange(5000), ad_id))
             ids.update([ad_id] if ad_id else [])
-        write_optouts(store, batch, clock.now_ms())
+        write_optouts(store, batch, clock.now_ms)
         if rng.random() < 0.3:
             material.add_optout("email", f"person{rng.randrange(people)}@example.com", ACTOR)
         clock.advance(1000)
@@ -92,7 +92,7 @@ def test_a_reload_reads_what_changed_and_answers_as_a_full_load(
 def test_a_reload_with_nothing_new_reads_no_opt_out(
     store: SqlStore, material: MaterialService, clock: FixedClock
 ) -> None:
-    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(50)], clock.now_ms())
+    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(50)], clock.now_ms)
     first = load_local_snapshot(store, material, clock)
     assert first.material.optouts_read == 50
     material.rotate_keys()
@@ -105,7 +105,7 @@ def test_a_reload_with_nothing_new_reads_no_opt_out(
 def test_a_store_behind_the_cursor_is_read_in_full(
     store: SqlStore, material: MaterialService, clock: FixedClock
 ) -> None:
-    write_optouts(store, [OptOutRecord(flh(1), clock.now_ms())], clock.now_ms())
+    write_optouts(store, [OptOutRecord(flh(1), clock.now_ms())], clock.now_ms)
     first = material.load_material()
     ahead = dataclasses.replace(first, optout_cursor=first.change_seq + 100)
     again = material.load_material(ahead)
@@ -133,7 +133,7 @@ def test_a_previous_load_of_another_first_level_salt_is_not_extended(
         foreign = stranger.load_material()
     finally:
         other.close()
-    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(5)], clock.now_ms())
+    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms()) for n in range(5)], clock.now_ms)
     first = material.load_material()
     assert foreign.salts.first_level_salt != first.salts.first_level_salt
     again = material.load_material(dataclasses.replace(first, salts=foreign.salts))
@@ -179,7 +179,7 @@ def test_a_worker_s_own_opt_outs_apply_at_once_however_many_exist(
     assert moved is not None
     assert moved.optouts.opted_out(IdentityType.PHONE, flh(-1))
     assert source.optouts_waiting == 1
-    write_optouts(store, [mine], clock.now_ms())
+    write_optouts(store, [mine], clock.now_ms)
     source.optouts_written([mine])
     assert source.optouts_waiting == 0
     assert source.refresh() is True

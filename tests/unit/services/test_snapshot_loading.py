@@ -148,6 +148,6 @@ def test_opt_outs_are_the_stored_records_both_ways(
     digest = hash_identity("another@example.com")
     flh = loaded.snapshot.salts.first_level_hash(digest)
     made = OptOutRecord(flh, clock.now_ms(), "A" * 44)
-    write_optouts(store, [made], clock.now_ms())
+    write_optouts(store, [made], clock.now_ms)
     with store.read() as rx:
         assert rx.optouts.get(flh) == made

@@ -109,7 +109,7 @@ def stored(store: SqlStore, n: int) -> bool:
 
 def another_commit(store: SqlStore, clock: FixedClock, n: int) -> None:
     """A change that moves the store's sequence: another worker's opt-out written."""
-    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms())], clock.now_ms())
+    write_optouts(store, [OptOutRecord(flh(n), clock.now_ms())], clock.now_ms)
 
 
 def refuse_optout_writes(db_path: Path, n: int | None = None) -> None:

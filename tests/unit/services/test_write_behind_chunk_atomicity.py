@@ -94,7 +94,7 @@ def test_a_chunk_failing_part_way_leaves_nothing_of_it(
     seq_before = store.change_seq()
 
     with pytest.raises(OptOutsNotWritten) as failed:
-        write_optouts(failing, records, clock.now_ms())
+        write_optouts(failing, records, clock.now_ms)
 
     assert failed.value.committed == OPTOUT_WRITE_CHUNK
     assert failed.value.__cause__ is FAILURE

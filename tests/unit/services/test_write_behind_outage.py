@@ -384,7 +384,7 @@ def test_a_start_writes_the_saved_optouts_once_and_removes_the_file(
     saved_dir = tmp_path / "saved"
     records = _records(3)
     already = records[0]
-    write_behind.write_optouts(store, [already], clock.now_ms())  # committed before the stop
+    write_behind.write_optouts(store, [already], clock.now_ms)  # committed before the stop
     save_optouts(saved_dir / "4242-1.json", records)
     writer = WriteBehind(store, clock, flush_interval_s=0.05, saved_dir=saved_dir)
 
