@@ -13,7 +13,6 @@ once the right file is back.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from uid2_operator.clock import Clock
@@ -97,13 +96,14 @@ class AdminService:
             tx.admin_tokens.update(after)
             record_event(
                 tx,
-                replace(actor, admin_token_id=None),  # checked above
+                actor,
                 at_ms=now,
                 action="admin_token.revoke",
                 target_type="admin_token",
                 target_id=tid,
                 before=before,
                 after=after,
+                check_token=False,  # checked before the change, which may end that token
             )
         logger.info("admin token revoked token_id=%s actor=%s", tid, actor.id)
         return AdminTokenView.of(after)

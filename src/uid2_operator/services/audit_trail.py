@@ -111,15 +111,19 @@ def record_event(
     before: object = None,
     after: object = None,
     outcome: Outcome = Outcome.SUCCESS,
+    check_token: bool = True,
 ) -> AuditEvent:
     """Redacts ``before``/``after`` (records or dicts) and appends the event to the chain.
 
     The store assigns ``seq`` and ``prev_hash`` under its write lock, so the chain stays linear
     however many writers there are; the event commits or rolls back with the change itself. An
     actor with an admin token is refused first if that token is no longer active
-    (``require_active_token``), which rolls the change back.
+    (``require_active_token``), which rolls the change back; ``check_token=False`` skips that,
+    for a caller that checked it itself before its change (one that may end the token) or that
+    records a refusal.
     """
-    require_active_token(tx, actor)
+    if check_token:
+        require_active_token(tx, actor)
     details = EventDetails(
         at_ms=at_ms,
         action=action,
@@ -130,10 +134,6 @@ def record_event(
         after=after,
         outcome=outcome,
     )
-    return _append(tx, actor, details)
-
-
-def _append(tx: Tx, actor: Actor, details: EventDetails) -> AuditEvent:
     return tx.audit.append(_draft(actor, details), event_hash)
 
 
@@ -187,7 +187,9 @@ def record_refusal(
     if repeated:
         after["repeated"] = repeated
     with store.transaction() as tx:
-        details = EventDetails(
+        return record_event(
+            tx,
+            actor,
             at_ms=now_ms(),
             action=action,
             target_type=target_type,
@@ -195,8 +197,8 @@ def record_refusal(
             site_id=site_id,
             after=after or None,
             outcome=outcome,
+            check_token=False,
         )
-        return _append(tx, actor, details)
 
 
 @dataclass(frozen=True, slots=True)
