@@ -25,7 +25,7 @@ from admin_api_harness import PREFIX, AdminEnv, StoreMark, admin_env_fixture
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import Outcome
 from uid2_operator.domain.roles import AdminRole
-from uid2_operator.errors import CredentialRejected, InvalidInput
+from uid2_operator.errors import CredentialRejected, InvalidInput, StoreUnavailable
 from uid2_operator.services.audit_trail import EventDetails, record_event, record_events
 from uid2_operator.services.context import SYSTEM, Actor
 from uid2_operator.web.admin_api.routing import WRITE_METHODS
@@ -337,6 +337,23 @@ def test_a_write_refused_by_a_rule_answers_as_revoked_when_its_token_was(
 
     _assert_refused_as_revoked(response)
     assert env.mark() == revocation.mark  # no ``failed`` event for the revoked token
+
+
+def test_a_rule_refusal_keeps_its_answer_when_the_token_cannot_be_read_again(
+    env: AdminEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(actor: Actor) -> None:
+        raise StoreUnavailable("the store is unavailable")
+
+    monkeypatch.setattr(env.services.admin, "require_active", unavailable)
+    response = _send(
+        env,
+        "POST",
+        "/keys/UID2-C-L-3-AAAAAA/rename",
+        {"name": "x"},
+        env.tokens[AdminRole.SUPER_USER],
+    )
+    assert response.status_code == 404  # the rule's answer, not a 503
 
 
 def test_a_denial_is_still_recorded_for_a_token_revoked_after_authentication(

@@ -31,6 +31,7 @@ never logged or sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -245,8 +246,10 @@ def _endpoint(
             except Exception as exc:
                 if failed_code(op, exc) is not None:
                     # Nothing changed: a token revoked meanwhile gets the answer of a request
-                    # sent after its revocation (401, not recorded), not the rule's.
-                    await run_in_threadpool(services.admin.require_active, actor)
+                    # sent after its revocation (401, not recorded), not the rule's. A store
+                    # that cannot be read for it leaves the rule's answer as it is.
+                    with contextlib.suppress(StoreUnavailable):
+                        await run_in_threadpool(services.admin.require_active, actor)
                 await record_failed(services, op, actor, params, exc)
                 raise
             response: Response = JSONResponse(reply.payload, status_code=reply.status)
