@@ -295,20 +295,6 @@ def plan_rotation(
     return planned
 
 
-def keysets_without_active_key(
-    keysets: Iterable[Keyset], keys: Iterable[KeyTimes], now_ms: int
-) -> list[int]:
-    """The ids of the enabled keysets none of whose keys is active at ``now_ms``, in order:
-    those for which a rotation run now would create a key active at once."""
-    by_keyset = _keys_by_keyset(keys)
-    now_s = now_ms // 1000
-    return sorted(
-        keyset.keyset_id
-        for keyset in keysets
-        if keyset.enabled and coverage_span(by_keyset.get(keyset.keyset_id, ()), now_s) is None
-    )
-
-
 _EARLIEST_MS: Final = -(1 << 63)
 _LATEST_MS: Final = 1 << 63
 

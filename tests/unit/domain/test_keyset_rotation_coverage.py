@@ -21,7 +21,6 @@ from uid2_operator.domain.keysets import (
     PlannedKey,
     coverage_span,
     key_coverage_ms,
-    keysets_without_active_key,
     mint_keys,
     plan_rotation,
     reserved_keysets,
@@ -103,11 +102,21 @@ def test_key_coverage_is_where_every_enabled_keyset_has_an_active_key() -> None:
     assert coverage == Coverage((NOW_S - DAY_S) * 1000, (NOW_S + 9 * DAY_S) * 1000)
     assert coverage.covers(T0)
     assert not coverage.covers(coverage.end_ms)
-    assert keysets_without_active_key(KEYSETS, keys, T0) == []
+    assert _uncovered(keys) == []
 
     without_site_key = keys[:3]
     assert not key_coverage_ms(KEYSETS, without_site_key, T0).covers(T0)
-    assert keysets_without_active_key(KEYSETS, without_site_key, T0) == [10]
+    assert _uncovered(without_site_key) == [10]
+
+
+def _uncovered(keys: list[EncryptionKey]) -> list[int]:
+    """The enabled keysets of ``KEYSETS`` with no key active at ``T0``, by ``coverage_span``."""
+    return [
+        keyset.keyset_id
+        for keyset in KEYSETS
+        if keyset.enabled
+        and coverage_span([k for k in keys if k.keyset_id == keyset.keyset_id], NOW_S) is None
+    ]
 
 
 # ------------------------------------------------------------------------------ planning
