@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
-_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+INTEGER_TEXT = re.compile(r"-?[0-9]+")
+"""An integer in ASCII digits, with an optional ``-``: what every integer parameter takes."""
 _DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
@@ -34,7 +35,7 @@ def _require_integer_text(
     """Refuse ``value`` unless it is ASCII integer text or an ``int`` (a default in the code)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return
-    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value) is not None:
+    if isinstance(value, str) and INTEGER_TEXT.fullmatch(value) is not None:
         return
     _refuse(kind, value, param, ctx)
 

@@ -8,22 +8,18 @@ so keys a removed reader already downloaded stop opening new tokens.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
 
 from uid2_operator.cli.output import emit, fields
-from uid2_operator.cli.params import ASCII_INT
+from uid2_operator.cli.params import ASCII_INT, INTEGER_TEXT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.keysets import SharingMode
 from uid2_operator.errors import InvalidInput
 from uid2_operator.services.sharing import SharingService, SharingView
 
-# An integer written in ASCII digits: ``str.isdigit`` also admits digits ``int`` refuses
-# (superscripts) or reads from another script (Arabic-Indic, full-width).
-_INTEGER_TEXT = re.compile(r"-?[0-9]+", re.ASCII)
 MAX_SITE_ID_TEXT = 12
 
 
@@ -37,7 +33,7 @@ def sharing_service() -> Iterator[SharingService]:
 def _site_ids(text: str | None) -> list[int]:
     ids: list[int] = []
     for part in parse_list(text):
-        if len(part) > MAX_SITE_ID_TEXT or _INTEGER_TEXT.fullmatch(part) is None:
+        if len(part) > MAX_SITE_ID_TEXT or INTEGER_TEXT.fullmatch(part) is None:
             raise InvalidInput("--allow takes site ids (integers) separated by commas")
         ids.append(int(part))
     return ids
