@@ -52,7 +52,13 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
-from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings, SettingsError
+from uid2_operator.settings import (
+    DB_FILE,
+    EnvironmentSource,
+    Settings,
+    SettingsError,
+    recorded_environment,
+)
 from uid2_operator.storage import open_store, upgrade
 from uid2_operator.storage.engines import make_engine, shown_url, sqlite_path
 from uid2_operator.storage.interface import ReadTx, Store
@@ -595,11 +601,8 @@ def check_environment(settings: Settings) -> bool:
 
     An empty ``environment`` file (an earlier version's ``init`` stopped while writing it)
     records none, as ``Settings.from_env`` reads it: ``init`` then writes it."""
-    path = settings.environment_path
-    if not path.exists():
-        return False
-    recorded = path.read_text(encoding="utf-8").strip()
-    if not recorded:
+    recorded = recorded_environment(settings.data_dir)
+    if recorded is None:
         return False
     if recorded != settings.environment.value:
         raise InvalidInput(

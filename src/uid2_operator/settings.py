@@ -178,12 +178,14 @@ def _environment_name(
         return EnvironmentSource.GIVEN, given
     if variable := env.get("UID2_ENVIRONMENT"):
         return EnvironmentSource.VARIABLE, variable
-    if recorded := _recorded_environment(data_dir):
+    if recorded := recorded_environment(data_dir):
         return EnvironmentSource.DATA_DIRECTORY, recorded
     return EnvironmentSource.DEFAULT, Environment.LOCAL.value
 
 
-def _recorded_environment(data_dir: Path) -> str | None:
+def recorded_environment(data_dir: Path) -> str | None:
+    """What the data directory's ``environment`` file records; None for no file, or an empty
+    one (as an interrupted write of an earlier version left it)."""
     try:
         return (data_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
