@@ -14,18 +14,7 @@ from uid2_operator.cli.output import emit, fields, table, when
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, wants_json
 from uid2_operator.cli.sharing import sharing_service
-from uid2_operator.domain.keypairs import (
-    SUBSCRIPTION_ID_ALPHABET,
-    SUBSCRIPTION_ID_LENGTH,
-    is_subscription_id,
-)
-from uid2_operator.errors import InvalidInput
-from uid2_operator.services import inputs
 from uid2_operator.services.sharing import KeypairView, SiteOriginsView
-
-# The longest text read as a subscription id before its shape is checked (as the service reads
-# it: a longer one is refused as too long, NUL characters and credential text as such).
-MAX_SUBSCRIPTION_ID_TEXT = 64
 
 
 def _show(view: KeypairView) -> None:
@@ -44,19 +33,6 @@ def _show(view: KeypairView) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _subscription_id(text: str) -> str:
-    """A subscription id given on the command line; one that cannot be one is refused as invalid
-    input (exit status 2, as a malformed key id is and as the admin API refuses it), before any
-    lookup and without repeating it."""
-    stripped = inputs.text(text, "subscription_id", max_length=MAX_SUBSCRIPTION_ID_TEXT).strip()
-    if not is_subscription_id(stripped):
-        raise InvalidInput(
-            f"subscription_id must be {SUBSCRIPTION_ID_LENGTH} characters of "
-            f"{SUBSCRIPTION_ID_ALPHABET}"
-        )
-    return stripped
 
 
 def _emit(as_json: bool, view: KeypairView) -> None:
@@ -105,9 +81,8 @@ def list_(site_id: int | None, as_json: bool) -> None:
 @json_option
 def show(subscription_id: str, as_json: bool) -> None:
     """Show one keypair."""
-    checked = _subscription_id(subscription_id)
     with sharing_service() as service:
-        view = service.get_keypair(actor(), checked)
+        view = service.get_keypair(actor(), subscription_id)
     _emit(as_json, view)
 
 
@@ -116,9 +91,8 @@ def show(subscription_id: str, as_json: bool) -> None:
 @json_option
 def disable(subscription_id: str, as_json: bool) -> None:
     """Disable a keypair: its requests get 401 from the operator's next snapshot."""
-    checked = _subscription_id(subscription_id)
     with sharing_service() as service:
-        view = service.set_keypair_disabled(actor(), checked, True)
+        view = service.set_keypair_disabled(actor(), subscription_id, True)
     _emit(as_json, view)
 
 
@@ -127,9 +101,8 @@ def disable(subscription_id: str, as_json: bool) -> None:
 @json_option
 def enable(subscription_id: str, as_json: bool) -> None:
     """Enable a disabled keypair again."""
-    checked = _subscription_id(subscription_id)
     with sharing_service() as service:
-        view = service.set_keypair_disabled(actor(), checked, False)
+        view = service.set_keypair_disabled(actor(), subscription_id, False)
     _emit(as_json, view)
 
 
@@ -138,9 +111,8 @@ def enable(subscription_id: str, as_json: bool) -> None:
 @json_option
 def delete(subscription_id: str, as_json: bool) -> None:
     """Delete a keypair and its private key for good (disable it to stop it reversibly)."""
-    checked = _subscription_id(subscription_id)
     with sharing_service() as service:
-        view = service.delete_keypair(actor(), checked)
+        view = service.delete_keypair(actor(), subscription_id)
     _emit(as_json, view)
 
 

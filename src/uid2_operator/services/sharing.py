@@ -40,6 +40,8 @@ from typing import Any, Final
 from uid2_operator.clock import Clock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import (
+    SUBSCRIPTION_ID_ALPHABET,
+    SUBSCRIPTION_ID_LENGTH,
     ClientKeypair,
     generate_keypair,
     is_subscription_id,
@@ -597,9 +599,14 @@ def _name_list(value: Any, what: str, max_items: int, max_length: int) -> list[s
 
 
 def _subscription_id(value: Any) -> str:
+    """A subscription id as given; one that cannot be one is invalid input (the admin API
+    refuses it by its declared shape first), refused before any lookup and never echoed."""
     text = inputs.text(value, "subscription_id", max_length=64).strip()
-    if not is_subscription_id(text):  # refused before any lookup, and never echoed
-        raise NotFound("No keypair with that subscription id")
+    if not is_subscription_id(text):
+        raise InvalidInput(
+            f"subscription_id must be {SUBSCRIPTION_ID_LENGTH} characters of "
+            f"{SUBSCRIPTION_ID_ALPHABET}"
+        )
     return text
 
 

@@ -255,7 +255,7 @@ def test_keypairs_are_created_sealed_listed_disabled_and_deleted(
 def test_keypair_arguments_are_checked(sharing: SharingService) -> None:
     with pytest.raises(NotFound):
         sharing.create_keypair(ACTOR, site_id=4242)
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidInput, match="subscription_id must be"):  # never echoed
         sharing.get_keypair(ACTOR, "not an id!")
     with pytest.raises(NotFound):
         sharing.get_keypair(ACTOR, "AbCdEfGh12")
