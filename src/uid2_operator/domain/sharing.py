@@ -60,6 +60,16 @@ OWNER_ONLY: Final = SharingPolicy(SharingMode.OWNER_ONLY)
 ALL_BIDDERS: Final = SharingPolicy(SharingMode.BIDDERS)
 
 
+def check_mode_names(mode: str, names: bool) -> None:
+    """Mode ``list`` names at least one site or participant type (``names``); the other modes
+    none (an empty list names nothing). The rule the API declares for a sharing body and the
+    command line's choices follow alike."""
+    if mode == SharingMode.LIST.value and not names:
+        raise InvalidInput("A sharing list names at least one site or participant type")
+    if mode != SharingMode.LIST.value and names:
+        raise InvalidInput(f"Sharing mode {mode} takes no sites or types")
+
+
 def allow_list(
     owner_site_id: int,
     sites: Iterable[int] = (),
@@ -70,8 +80,7 @@ def allow_list(
     folded."""
     site_set = frozenset(sites)
     type_set = frozenset(types)
-    if not site_set and not type_set:
-        raise InvalidInput("A sharing list names at least one site or participant type")
+    check_mode_names(SharingMode.LIST.value, bool(site_set or type_set))
     for site_id in site_set:
         if isinstance(site_id, bool) or not isinstance(site_id, int):
             raise InvalidInput("Site ids are integers")
@@ -99,8 +108,7 @@ def parse_sharing(
     site_list = list(sites)
     type_names = list(types)
     if chosen is not SharingMode.LIST:
-        if site_list or type_names:
-            raise InvalidInput(f"Sharing mode {chosen.value} takes no sites or types")
+        check_mode_names(chosen.value, bool(site_list or type_names))
         return OWNER_ONLY if chosen is SharingMode.OWNER_ONLY else ALL_BIDDERS
     parsed_types: list[ParticipantType] = []
     for index, name in enumerate(type_names):

@@ -15,7 +15,7 @@ from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.keysets import SharingMode
 from uid2_operator.domain.origins import MAX_APP_NAME_LENGTH, MAX_APP_NAMES, MAX_DOMAIN_NAMES
 from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID, ParticipantType
-from uid2_operator.domain.sharing import MAX_LISTED_SITES
+from uid2_operator.domain.sharing import MAX_LISTED_SITES, check_mode_names
 from uid2_operator.errors import InvalidInput, NotFound
 from uid2_operator.services.sharing import MAX_SHARING_TYPES, SharingService
 from uid2_operator.web.admin_api.bodies import (
@@ -97,15 +97,9 @@ class BooleanField(Field):
 
 
 def check_mode_takes(body: Values) -> None:
-    """Mode list names at least one site or type; the other modes none (an empty list names
-    nothing). The refusals read as ``domain.sharing.parse_sharing``'s, which makes the same
-    check for the command line."""
-    mode = body.text("mode")
+    """``domain.sharing.check_mode_names`` of a body's mode, sites and types."""
     names = bool(body.optional_texts("sites")) or bool(body.optional_texts("types"))
-    if mode == SharingMode.LIST.value and not names:
-        raise InvalidInput("A sharing list names at least one site or participant type")
-    if mode != SharingMode.LIST.value and names:
-        raise InvalidInput(f"Sharing mode {mode} takes no sites or types")
+    check_mode_names(body.text("mode"), names)
 
 
 SHARING_BODY = BodySpec(
