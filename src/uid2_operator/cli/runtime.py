@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import click
 
 from uid2_operator.bootstrap import Services, check_environment, open_services
-from uid2_operator.domain.credential_text import holds_credential_text
+from uid2_operator.domain.credential_text import recordable
 from uid2_operator.domain.environments import Environment
 from uid2_operator.errors import KeyringMissing
 from uid2_operator.services.context import Actor
@@ -138,11 +138,7 @@ _SAFE_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}", re.ASCII)
 def safe_account_name(name: str | None) -> str | None:
     """``name`` if it may be recorded in the audit trail, else ``None``: 1 to 64 characters of
     ``[A-Za-z0-9._@-]`` holding no credential text."""
-    if name is None or _SAFE_ACCOUNT_NAME.fullmatch(name) is None:
-        return None
-    if holds_credential_text(name):
-        return None
-    return name
+    return recordable(name, _SAFE_ACCOUNT_NAME)
 
 
 def _sudo_user(environ: Mapping[str, str]) -> str | None:

@@ -89,3 +89,11 @@ def mask_credential_text(value: str, mask: str) -> str:
     for pattern in _RANDOM_LOOKING:
         value = pattern.sub(masked, value)
     return value
+
+
+def recordable(value: str | None, shape: re.Pattern[str]) -> str | None:
+    """``value`` if it matches ``shape`` whole and holds no credential text, else None: for a
+    caller-given name that is written where anyone reading logs or the audit trail sees it."""
+    if value is None or shape.fullmatch(value) is None or holds_credential_text(value):
+        return None
+    return value

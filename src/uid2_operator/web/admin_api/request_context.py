@@ -20,7 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from uid2_operator.clock import RandomBytes
-from uid2_operator.domain.credential_text import holds_credential_text
+from uid2_operator.domain.credential_text import recordable
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
@@ -39,11 +39,7 @@ def request_id_source(random: RandomBytes) -> Callable[[], str]:
 def accepted_request_id(value: str | None) -> str | None:
     """The caller's request id, or ``None`` (draw a new one) if it is missing, too long, has
     characters outside ``[A-Za-z0-9._:-]`` or holds credential text."""
-    if value is None or _ACCEPTED_REQUEST_ID.fullmatch(value) is None:
-        return None
-    if holds_credential_text(value):
-        return None
-    return value
+    return recordable(value, _ACCEPTED_REQUEST_ID)
 
 
 class RequestContext:
