@@ -36,6 +36,32 @@ def server_in_thread(
         sock.close()
 
 
+def loopback_socket(*, send_buffer: int | None = None) -> socket.socket:
+    """A TCP socket bound to a free loopback port (``SO_SNDBUF`` set first when given, so that
+    the connections it accepts inherit it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def protocol_config(app: Any, http: Any, **options: Any) -> uvicorn.Config:
+    """uvicorn on uvloop with the HTTP protocol class ``http``, the test's own log handling (no
+    log configuration, warnings only, no access log) and ``options``."""
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=http,
+        lifespan="on",
+        log_config=None,  # the test attaches its own handler to uvicorn's logger
+        log_level="warning",
+        access_log=False,
+        **options,
+    )
+
+
 async def run_lifespan(receive: Any, send: Any) -> None:
     """A test application's side of the ASGI lifespan: start-up and shut-down acknowledged."""
     while True:

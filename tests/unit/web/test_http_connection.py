@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from uid2_operator.web.http_connection import HttpLimits, http_protocol
-from uvicorn_thread import run_lifespan, server_in_thread
+from uvicorn_thread import loopback_socket, protocol_config, run_lifespan, server_in_thread
 
 LIMITS = HttpLimits(
     max_head_bytes=8192, max_body_bytes=16384, head_timeout_s=2.0, body_timeout_s=2.0
@@ -90,19 +90,9 @@ class Running:
 
 @contextmanager
 def running(limits: HttpLimits = LIMITS) -> Iterator[Running]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = loopback_socket()
     recorder = Recorder()
-    config = uvicorn.Config(
-        _app(recorder),
-        loop="uvloop",
-        http=http_protocol(limits),
-        lifespan="on",
-        log_config=None,  # the test attaches its own handler to uvicorn's logger
-        log_level="warning",
-        access_log=False,
-    )
+    config = protocol_config(_app(recorder), http_protocol(limits))
     with server_in_thread(config, sock) as (server, thread):
         yield Running(sock.getsockname()[1], recorder, server, thread)
 

@@ -28,7 +28,7 @@ from uvicorn.server import ServerState
 
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
-from uvicorn_thread import run_lifespan, server_in_thread
+from uvicorn_thread import loopback_socket, protocol_config, run_lifespan, server_in_thread
 
 SEND_TIMEOUT_S = 0.5
 LIMITS = HttpLimits(
@@ -126,21 +126,9 @@ class Running:
 
 @contextmanager
 def running(keep_alive_s: float = 60.0) -> Iterator[Running]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SERVER_SNDBUF)  # accepted ones inherit
-    sock.bind(("127.0.0.1", 0))
+    sock = loopback_socket(send_buffer=SERVER_SNDBUF)
     recorder = Recorder()
-    config = uvicorn.Config(
-        _app(recorder),
-        loop="uvloop",
-        http=http_protocol(LIMITS),
-        lifespan="on",
-        log_config=None,  # the test attaches its own handler to uvicorn's logger
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]  # a timer's delay
-    )
+    config = protocol_config(_app(recorder), http_protocol(LIMITS), timeout_keep_alive=keep_alive_s)
     with server_in_thread(config, sock) as (server, thread):
         yield Running(sock.getsockname()[1], recorder, server, thread)
 
