@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from cli_harness import Cli, Database, state_of
 
+from uid2_operator.domain.keypairs import SUBSCRIPTION_ID_RULE
+
 pytestmark = pytest.mark.functional
 
 COMMANDS = ("show", "enable", "disable", "delete")
@@ -46,6 +48,8 @@ def test_a_malformed_subscription_id_is_invalid_input(cli: Cli, command: str) ->
         error = json.loads(result.stdout)["error"]
         assert error["code"] == "invalid_input", text
         assert error["message"].startswith("subscription_id must be 10 characters of "), text
+        # The rule is stated in full: nothing in it is masked as credential text.
+        assert error["message"] == f"subscription_id {SUBSCRIPTION_ID_RULE}", text
         assert result.stderr == f"Error: {error['message']}\n"
         if text.strip():
             assert text not in error["message"]

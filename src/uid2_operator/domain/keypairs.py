@@ -44,6 +44,12 @@ from uid2_operator.wire.encoding import Base64Error, b64decode, b64encode
 SUBSCRIPTION_ID_ALPHABET: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 """58 characters without the look-alikes 0, O, I and l, as the reference draws them."""
 SUBSCRIPTION_ID_LENGTH: Final = 10
+SUBSCRIPTION_ID_RULE: Final = (
+    f"must be {SUBSCRIPTION_ID_LENGTH} characters of the digits 1-9 and the ASCII letters"
+    " other than I, O and l"
+)
+"""The rule in words: the alphabet itself, written out, reads as a random run of text and is
+masked wherever credential-like text is (the CLI's error messages)."""
 MAX_SUBSCRIPTION_ID_ATTEMPTS: Final = 32
 BRAND: Final = "UID2"
 PUBLIC_KEY_KIND: Final = "X"

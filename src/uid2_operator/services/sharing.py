@@ -40,8 +40,7 @@ from typing import Any, Final
 from uid2_operator.clock import Clock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import (
-    SUBSCRIPTION_ID_ALPHABET,
-    SUBSCRIPTION_ID_LENGTH,
+    SUBSCRIPTION_ID_RULE,
     ClientKeypair,
     generate_keypair,
     is_subscription_id,
@@ -603,10 +602,7 @@ def _subscription_id(value: Any) -> str:
     refuses it by its declared shape first), refused before any lookup and never echoed."""
     text = inputs.text(value, "subscription_id", max_length=64).strip()
     if not is_subscription_id(text):
-        raise InvalidInput(
-            f"subscription_id must be {SUBSCRIPTION_ID_LENGTH} characters of "
-            f"{SUBSCRIPTION_ID_ALPHABET}"
-        )
+        raise InvalidInput(f"subscription_id {SUBSCRIPTION_ID_RULE}")
     return text
 
 

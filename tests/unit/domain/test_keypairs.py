@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import (
     PRIVATE_KEY_LABEL,
     SUBSCRIPTION_ID_ALPHABET,
+    SUBSCRIPTION_ID_RULE,
     ClientKeypair,
     format_public_key,
     generate_keypair,
@@ -70,6 +72,16 @@ def test_subscription_id_shape() -> None:
     assert is_subscription_id("4WvryDGbR5")
     for bad in ("4WvryDGbR", "4WvryDGbR50", "0WvryDGbR5", "lWvryDGbR5", "4Wvry-GbR5", ""):
         assert not is_subscription_id(bad)
+
+
+def test_the_rule_in_words_names_exactly_the_alphabet() -> None:
+    excluded = {"I", "O", "l"}
+    assert SUBSCRIPTION_ID_RULE.endswith(
+        "the digits 1-9 and the ASCII letters other than I, O and l"
+    )
+    described = set("123456789") | (set(string.ascii_letters) - excluded)
+    assert described == set(SUBSCRIPTION_ID_ALPHABET)
+    assert SUBSCRIPTION_ID_ALPHABET not in SUBSCRIPTION_ID_RULE
 
 
 def test_new_subscription_id_skips_taken_and_gives_up() -> None:

@@ -46,8 +46,7 @@ SUBSCRIPTION_ID = Field(
     required=True,
     max_length=keypairs.SUBSCRIPTION_ID_LENGTH,
     pattern=f"^[{keypairs.SUBSCRIPTION_ID_ALPHABET}]{{{keypairs.SUBSCRIPTION_ID_LENGTH}}}$",
-    pattern_rule=f"must be {keypairs.SUBSCRIPTION_ID_LENGTH} characters of "
-    f"{keypairs.SUBSCRIPTION_ID_ALPHABET}",
+    pattern_rule=keypairs.SUBSCRIPTION_ID_RULE,
 )
 SUBSCRIPTION_PARAM = ((SUBSCRIPTION_ID.name, SUBSCRIPTION_ID.description),)
 WRITE_ERRORS = (400, 404, 409, 413, 415, 422)
