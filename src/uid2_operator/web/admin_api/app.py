@@ -58,6 +58,7 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services.context import ADMIN_ACTOR_PREFIX, MAX_SOURCE_LENGTH, Actor
 from uid2_operator.services.log_throttle import LogThrottle
+from uid2_operator.services.views import AdminTokenView
 from uid2_operator.web.admin_api import admin_tokens, audit, keys, participants, sharing
 from uid2_operator.web.admin_api.auth import WWW_AUTHENTICATE, bearer_token, require, token_roles
 from uid2_operator.web.admin_api.bodies import EMPTY, MAX_BODY_BYTES, check_path, parse_query
@@ -232,7 +233,11 @@ def _endpoint(
         actor = Actor(ANONYMOUS, request_id, _source(request))
         params = dict(request.path_params)
         try:
-            actor = await _authorised_actor(op, services, request, actor, limiter)
+            # Named before the roles are checked: a 403's log line names the token refused (the
+            # audit trail's denied event does too); only a request with no valid token is
+            # logged as anonymous.
+            actor, token = await _authenticate(op, services, request, actor)
+            await _authorise(op, services, request, actor, token=token, limiter=limiter)
             check_path(params, path)
             query = EMPTY
             if not op.query_ignored:
@@ -275,15 +280,13 @@ def _endpoint(
     return endpoint
 
 
-async def _authorised_actor(
-    op: Operation,
-    services: AdminServices,
-    request: Request,
-    anonymous: Actor,
-    limiter: RefusalLimiter,
-) -> Actor:
+async def _authenticate(
+    op: Operation, services: AdminServices, request: Request, anonymous: Actor
+) -> tuple[Actor, AdminTokenView | None]:
+    """The actor of the request's bearer token and the token (401 without a valid one);
+    ``anonymous`` and no token on a public route."""
     if isinstance(op.access, Public):
-        return anonymous
+        return anonymous, None
     text = bearer_token(request.headers)
     token = await run_in_threadpool(services.admin.authenticate, text)
     actor = Actor(
@@ -292,12 +295,29 @@ async def _authorised_actor(
         anonymous.source,
         admin_token_id=token.token_id,
     )
+    return actor, token
+
+
+async def _authorise(
+    op: Operation,
+    services: AdminServices,
+    request: Request,
+    actor: Actor,
+    *,
+    token: AdminTokenView | None,
+    limiter: RefusalLimiter,
+) -> None:
+    """Raise ``PermissionDenied`` (403, recorded as denied) unless the authenticated token's
+    roles allow the route's action; nothing on a public route."""
+    if isinstance(op.access, Public):
+        return
+    # No token holds no role: a guarded route is never let through without one.
+    roles = token_roles(token.roles) if token is not None else frozenset()
     try:
-        require(op.access, token_roles(token.roles))
+        require(op.access, roles)
     except PermissionDenied:
         await record_denied(services, op, actor, request.path_params, limiter)
         raise
-    return actor
 
 
 def _source(request: Request) -> str | None:
