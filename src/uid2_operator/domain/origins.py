@@ -38,6 +38,8 @@ MAX_LABELS: Final = 127
 MAX_DOMAIN_NAMES: Final = 1000
 MAX_APP_NAMES: Final = 1000
 MAX_APP_NAME_LENGTH: Final = 255
+APP_NAME_SEPARATOR: Final = ","
+"""Never in an app name: the command line separates app names with it."""
 MAX_PORT: Final = 65535
 MAX_PORT_DIGITS: Final = 5
 
@@ -199,12 +201,21 @@ def validate_domain_names(
 
 
 def validate_app_name(text: str) -> str:
-    """A mobile app id (package name, bundle id or store id): 1-255 visible characters."""
+    """A mobile app id (package name, bundle id or store id): 1-255 visible characters, none a
+    comma.
+
+    No app id holds a comma (``com.example.app``, ``123456789``), so a name with one could never
+    match a request's ``app_name``: it is two ids run together, and the command line reads
+    ``--app-names com.a,com.b`` as those two names. It is refused here, where every way of
+    setting app names checks them, so the admin API cannot store one the command line would split.
+    """
     cleaned = text.strip()
     if not 1 <= len(cleaned) <= MAX_APP_NAME_LENGTH:
         raise InvalidInput(f"An app name is 1 to {MAX_APP_NAME_LENGTH} characters")
     if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs") for ch in cleaned):
         raise InvalidInput("An app name has no spaces or control characters")
+    if APP_NAME_SEPARATOR in cleaned:
+        raise InvalidInput("An app name has no commas: give each app id as a name of its own")
     return cleaned
 
 

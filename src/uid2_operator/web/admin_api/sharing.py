@@ -13,7 +13,12 @@ from typing import Any
 from uid2_operator.domain import keypairs
 from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.keysets import SharingMode
-from uid2_operator.domain.origins import MAX_APP_NAME_LENGTH, MAX_APP_NAMES, MAX_DOMAIN_NAMES
+from uid2_operator.domain.origins import (
+    APP_NAME_SEPARATOR,
+    MAX_APP_NAME_LENGTH,
+    MAX_APP_NAMES,
+    MAX_DOMAIN_NAMES,
+)
 from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID, ParticipantType
 from uid2_operator.domain.sharing import MAX_LISTED_SITES, check_mode_names
 from uid2_operator.errors import InvalidInput, NotFound
@@ -54,8 +59,8 @@ MAX_HOST_TEXT = 255
 # Once trimmed: no space, control character, scheme, path, port or user (what
 # ``origins.validate_domain_name`` refuses before it looks the name up in the suffix list).
 DOMAIN_NAME_PATTERN = trimmed_pattern(rf"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}/:@?#\\]+")
-# Once trimmed: no space or control character (``origins.validate_app_name``).
-APP_NAME_PATTERN = trimmed_pattern(f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}]+")
+# Once trimmed: no space, control character or comma (``origins.validate_app_name``).
+APP_NAME_PATTERN = trimmed_pattern(f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}{APP_NAME_SEPARATOR}]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +212,13 @@ APP_NAMES_BODY = BodySpec(
             "app_names",
             Kind.STRING_LIST,
             "App ids (package names, bundle ids, store ids) client-side requests may name "
-            "(trimmed; no spaces inside)",
+            "(trimmed; no spaces or commas inside: each app id is a name of its own)",
             required=True,
             max_items=MAX_APP_NAMES,
             max_length=MAX_APP_NAME_LENGTH,
             min_length=1,
             pattern=APP_NAME_PATTERN,
-            pattern_rule="must be one word (no spaces or control characters)",
+            pattern_rule="must be one app id (no spaces, commas or control characters)",
         ),
     )
 )
