@@ -13,7 +13,6 @@ from enum import IntEnum
 from functools import lru_cache
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hashids import Hashids  # type: ignore[import-untyped]
 
 from uid2_operator.errors import SaltError, WireError
 from uid2_operator.wire.encoding import b64encode_ascii
@@ -286,9 +285,118 @@ def refresh_from_seconds(bucket: SaltBucket, now_ms: int) -> int:
     return refresh_from_ms(bucket, now_ms) // 1000
 
 
+# Bucket ids use the hashids scheme (the library Core uses) with its default alphabet, the bucket id
+# secret as salt, a minimum length of 9 and exactly one number per id. Its generic encoder
+# re-derives the whole alphabet on every call; for one number everything but the base conversion,
+# one guard pick and the final slicing depends only on the secret and ``n % 100``, so it is derived
+# once per secret below and every id afterwards is a few string operations.
+
+_HASHIDS_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ1234567890"
+_HASHIDS_SEPARATORS = "cfhistuCFHISTU"
+# The alphabet without its separators (48 characters). The scheme wants at least one separator per
+# 3.5 alphabet characters (ceil(48 / 3.5) = 14, exactly the 14 there are), so none is borrowed from
+# the alphabet, and one guard per 12 (ceil(48 / 12) = 4), taken from the front of the shuffled
+# alphabet. Separators only ever sit between two numbers, so a one-number id never shows one.
+_HASHIDS_LETTERS = "".join(c for c in _HASHIDS_ALPHABET if c not in _HASHIDS_SEPARATORS)
+_HASHIDS_GUARD_COUNT = 4
+# ``n % 100`` picks the lottery character (the first character of the id), which keys the
+# per-id alphabet, and, with that character, the guard in front of short ids.
+_HASHIDS_LOTTERY_CLASSES = 100
+
+
+def _consistent_shuffle(chars: str, key: str) -> str:
+    """The scheme's deterministic shuffle of ``chars`` driven by the code points of ``key``."""
+    if not key:
+        return chars
+    out = list(chars)
+    index = 0
+    key_sum = 0
+    for i in range(len(out) - 1, 0, -1):
+        code = ord(key[index])
+        key_sum += code
+        j = (code + index + key_sum) % i
+        out[i], out[j] = out[j], out[i]
+        index = (index + 1) % len(key)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _LotteryClass:
+    """What one ``n % 100`` class of bucket ids shares under one secret.
+
+    ``digits`` is the base-44 digit alphabet, ``front_guard`` the guard put in front of ids of
+    under eight characters, ``guards`` and ``remainder`` pick the guard put behind ids of under
+    seven, and ``pad_before`` / ``pad_after`` surround ids still shorter than nine before the
+    middle nine characters are kept.
+    """
+
+    lottery: str
+    digits: str
+    remainder: int
+    front_guard: str
+    guards: str
+    pad_before: str
+    pad_after: str
+
+
+class _BucketIdEncoder:
+    """``Hashids(salt=id_secret, min_length=9).encode(n)`` for one non-negative ``n``."""
+
+    __slots__ = ("_classes",)
+
+    def __init__(self, id_secret: str) -> None:
+        shuffled = _consistent_shuffle(_HASHIDS_LETTERS, id_secret)
+        guards = shuffled[:_HASHIDS_GUARD_COUNT]
+        alphabet = shuffled[_HASHIDS_GUARD_COUNT:]
+        size = len(alphabet)
+        half = size // 2
+        classes: list[_LotteryClass] = []
+        for remainder in range(_HASHIDS_LOTTERY_CLASSES):
+            lottery = alphabet[remainder % size]
+            digits = _consistent_shuffle(alphabet, (lottery + id_secret + alphabet)[:size])
+            padding = _consistent_shuffle(digits, digits)
+            classes.append(
+                _LotteryClass(
+                    lottery=lottery,
+                    digits=digits,
+                    remainder=remainder,
+                    front_guard=guards[(remainder + ord(lottery)) % _HASHIDS_GUARD_COUNT],
+                    guards=guards,
+                    pad_before=padding[half:],
+                    pad_after=padding[:half],
+                )
+            )
+        self._classes = tuple(classes)
+
+    def encode(self, number: int) -> str:
+        kind = self._classes[number % _HASHIDS_LOTTERY_CLASSES]
+        digits = kind.digits
+        base = len(digits)
+        text = ""
+        while True:
+            number, digit = divmod(number, base)
+            text = digits[digit] + text
+            if not number:
+                break
+        encoded = kind.lottery + text
+        if len(encoded) >= BUCKET_ID_MIN_LENGTH:
+            return encoded
+        encoded = kind.front_guard + encoded
+        if len(encoded) >= BUCKET_ID_MIN_LENGTH:
+            return encoded
+        encoded += kind.guards[(kind.remainder + ord(text[0])) % _HASHIDS_GUARD_COUNT]
+        if len(encoded) >= BUCKET_ID_MIN_LENGTH:
+            return encoded
+        # One round of padding always reaches the minimum (44 characters are added); the scheme
+        # then keeps the middle nine, leaning left when the excess is odd.
+        padded = kind.pad_before + encoded + kind.pad_after
+        start = (len(padded) - BUCKET_ID_MIN_LENGTH) // 2
+        return padded[start : start + BUCKET_ID_MIN_LENGTH]
+
+
 @lru_cache(maxsize=8)
-def _bucket_hasher(id_secret: str) -> Hashids:
-    return Hashids(salt=id_secret, min_length=BUCKET_ID_MIN_LENGTH)
+def _bucket_encoder(id_secret: str) -> _BucketIdEncoder:
+    return _BucketIdEncoder(id_secret)
 
 
 def bucket_id(index_or_id: int, *, id_prefix: str, id_secret: str) -> str:
@@ -299,5 +407,4 @@ def bucket_id(index_or_id: int, *, id_prefix: str, id_secret: str) -> str:
     """
     if not 0 <= index_or_id <= BUCKET_ID_MAX_NUMBER:
         raise SaltError("Bucket id out of range")
-    encoded: str = _bucket_hasher(id_secret).encode(index_or_id)
-    return id_prefix + encoded
+    return id_prefix + _bucket_encoder(id_secret).encode(index_or_id)
