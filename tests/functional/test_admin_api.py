@@ -207,8 +207,12 @@ def test_full_key_flow_on_every_backend(
     assert only_key
     assert {e["target_id"] for e in only_key} == {key_id}
 
+    # A reader sees every event but those about admin tokens, which only SUPER_USER may list.
+    every = env.call("GET", "/audit", SUPER, params={"limit": 1000}).json()["events"]
+    assert events == [e for e in every if e["target_type"] != "admin_token"]
+    assert events[-1] == every[-1]
     verdict = env.call("POST", "/audit/verify", SUPER)
-    assert verdict.json() == {"ok": True, "checked": len(events), "first_bad_seq": None,
+    assert verdict.json() == {"ok": True, "checked": len(every), "first_bad_seq": None,
                               "reason": None, "head_seq": events[-1]["seq"],
                               "head_hash": events[-1]["hash"]}  # fmt: skip
 

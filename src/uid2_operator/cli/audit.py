@@ -9,8 +9,13 @@ import click
 from uid2_operator.cli.output import emit, fields, table, when
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import actor, json_option, services, wants_json
+from uid2_operator.domain.authorization import AUDIT_TARGET_TYPES
 from uid2_operator.services.audit_trail import adopt_rows_past_head
-from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
+from uid2_operator.services.credentials import (
+    MAX_AUDIT_LIMIT,
+    MAX_AUDIT_SITE_ID,
+    MIN_AUDIT_SITE_ID,
+)
 
 
 @click.group()
@@ -27,16 +32,49 @@ def audit() -> None:
     default=None,
     help="Only events after this sequence number (to page).",
 )
-@click.option("--target", "target_id", default=None, help="Only events about this id.")
+@click.option(
+    "--target",
+    "target_id",
+    default=None,
+    help="Only events whose target id is this, whatever the target's type (a key id, a token "
+    "id, a subscription id, a site id, a keyset id, ...; keyset ids and site ids overlap: add "
+    "--target-type, or use --site-id for everything about a participant).",
+)
+@click.option(
+    "--target-type",
+    "target_type",
+    type=click.Choice(AUDIT_TARGET_TYPES),
+    default=None,
+    help="Only events whose target is of this type.",
+)
+@click.option(
+    "--site-id",
+    "site_id",
+    type=AsciiIntRange(MIN_AUDIT_SITE_ID, MAX_AUDIT_SITE_ID),
+    default=None,
+    help="Only events about this participant: itself, its keys, keyset and keypairs.",
+)
 @click.option("--action", default=None, help="Only this action, e.g. key.rotate.")
 @json_option
-def list_(
-    limit: int, since_seq: int | None, target_id: str | None, action: str | None, as_json: bool
+def list_(  # noqa: PLR0917 (click passes every option positionally)
+    limit: int,
+    since_seq: int | None,
+    target_id: str | None,
+    target_type: str | None,
+    site_id: int | None,
+    action: str | None,
+    as_json: bool,
 ) -> None:
     """List audit events, oldest first."""
     with services() as svc:
         events = svc.credentials.list_audit(
-            actor(), since_seq=since_seq, target_id=target_id, action=action, limit=limit
+            actor(),
+            since_seq=since_seq,
+            target_id=target_id,
+            action=action,
+            limit=limit,
+            target_type=target_type,
+            site_id=site_id,
         )
     emit(
         wants_json(as_json),

@@ -40,7 +40,13 @@ def participant() -> None:
 @participant.command("create")
 @click.option("--name", required=True, help=f"Display name, 1 to {MAX_NAME_LENGTH} characters.")
 @click.option("--type", "type_", required=True, help=f"One of: {_TYPES}.")
-@click.option("--site-id", type=ASCII_INT, default=None, help="Default: the next free id above 2.")
+@click.option(
+    "--site-id",
+    type=ASCII_INT,
+    default=None,
+    help="Default: one above the highest site id, or the lowest free id above 2 once the "
+    "highest allowed is taken.",
+)
 @click.option("--roles", default=None, help="Roles its keys may hold, comma-separated.")
 @click.option("--contact", "contacts", multiple=True, help="Contact e-mail (repeatable).")
 @json_option

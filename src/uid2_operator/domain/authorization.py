@@ -7,6 +7,10 @@
 * ``ADMIN_ACTIONS``: admin API action -> the admin roles allowed to perform it. READ_ONLY reads;
   MAINTAINER also changes participants and keys; SUPER_USER also manages admin tokens and verifies
   the audit chain. No action reveals a stored secret: secrets are shown once, when issued.
+* ``AUDIT_TARGET_READS``: audit target type -> the admin action a token must be allowed to list
+  the audit events about such a target. An event carries its target's record (``before`` and
+  ``after``), so listing it is reading that record: events about admin tokens are listed only to
+  the roles that may list admin tokens. Its keys are every target type an event is recorded on.
 
 Decisions are values (``Allowed`` or ``Denied(reason)``) so callers can log and count the reason.
 """
@@ -157,6 +161,35 @@ ADMIN_ACTIONS: Mapping[str, frozenset[AdminRole]] = MappingProxyType(
         _A.AUDIT_VERIFY: _SUPER,
     }
 )
+
+
+AUDIT_TARGET_READS: Mapping[str, AdminAction] = MappingProxyType(
+    {
+        "participant": _A.PARTICIPANT_GET,
+        "api_key": _A.KEY_GET,
+        "admin_token": _A.ADMIN_TOKEN_LIST,
+        "keypair": _A.KEYPAIR_GET,
+        "keyset": _A.AUDIT_LIST,
+        "keyring": _A.AUDIT_LIST,
+        "salt_table": _A.AUDIT_LIST,
+        "optout": _A.AUDIT_LIST,
+        "audit_trail": _A.AUDIT_LIST,
+        "admin_api": _A.AUDIT_LIST,
+    }
+)
+AUDIT_TARGET_TYPES: tuple[str, ...] = tuple(sorted(AUDIT_TARGET_READS))
+"""Every target type an audit event is recorded on, sorted."""
+
+
+def audit_targets_hidden_from(roles: Iterable[AdminRole]) -> frozenset[str]:
+    """The audit target types whose events an admin token holding ``roles`` may not list: those
+    whose ``AUDIT_TARGET_READS`` action the roles are not allowed."""
+    held = frozenset(roles)
+    return frozenset(
+        target
+        for target, action in AUDIT_TARGET_READS.items()
+        if not authorize_admin(action, held).allowed
+    )
 
 
 def authorize_endpoint(path: str, roles: Iterable[ClientRole]) -> Decision:

@@ -28,7 +28,11 @@ from typing import Any
 from uid2_operator.clock import Clock
 from uid2_operator.domain import lifecycle
 from uid2_operator.domain.audit import EMPTY_HEAD, verify_chain
-from uid2_operator.domain.authorization import Denied
+from uid2_operator.domain.authorization import (
+    AUDIT_TARGET_TYPES,
+    Denied,
+    audit_targets_hidden_from,
+)
 from uid2_operator.domain.credentials import (
     ApiKey,
     KeyState,
@@ -86,6 +90,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE_DAYS = lifecycle.DEFAULT_GRACE_MS // lifecycle.DAY_MS
 MAX_GRACE_DAYS = lifecycle.MAX_GRACE_MS // lifecycle.DAY_MS
 MAX_AUDIT_LIMIT = 1000
+# An audit event's site id: a participant's, or a reserved site's (the master keyset's is -1).
+MIN_AUDIT_SITE_ID = -(2**31)
+MAX_AUDIT_SITE_ID = 2**31 - 1
 NO_HEAD_REMEDY = (
     "if an earlier version of uid2-operator wrote this database, run `uid2-operator db upgrade` "
     "to record the head of its chain"
@@ -528,16 +535,37 @@ class CredentialService:
         target_id: Any = None,
         action: Any = None,
         limit: Any = 100,
+        target_type: Any = None,
+        site_id: Any = None,
     ) -> list[AuditEventView]:
-        """Events after ``since_seq`` (oldest first) matching the filters; page with since_seq."""
-        del actor
+        """Events after ``since_seq`` (oldest first) matching the filters; page with since_seq.
+
+        ``target_id`` is compared with the event's target id alone, whatever its type (a keyset
+        id may equal a site id): ``target_type`` narrows it, and ``site_id`` finds every event
+        about a participant (its keys, keysets, keypairs and itself).
+
+        An actor with an admin token sees only the events whose target its roles may read
+        (``authorization.AUDIT_TARGET_READS``: events about admin tokens only when it may list
+        admin tokens); the events it may not see are left out by the store's query, so pages stay
+        full. An actor without one (the command line, which holds the database) sees every event.
+        """
         since = inputs.optional_integer(since_seq, "since_seq", low=0, high=2**62)
         target = inputs.optional_search_text(target_id, "target_id", max_length=200)
         act = inputs.optional_text(action, "action", max_length=64)
         count = inputs.integer(limit, "limit", low=1, high=MAX_AUDIT_LIMIT)
+        kind = _audit_target_type(target_type)
+        site = inputs.optional_integer(
+            site_id, "site_id", low=MIN_AUDIT_SITE_ID, high=MAX_AUDIT_SITE_ID
+        )
         with self._store.read() as tx:
             events = tx.audit.list_events(
-                since_seq=since, target_id=target, action=act, limit=count
+                since_seq=since,
+                target_type=kind,
+                target_id=target,
+                action=act,
+                site_id=site,
+                limit=count,
+                exclude_target_types=_audit_targets_hidden(tx, actor),
             )
         return [AuditEventView.of(e) for e in events]
 
@@ -612,10 +640,18 @@ class CredentialService:
 
     @staticmethod
     def _next_site_id(tx: Tx) -> int:
-        highest = max((p.site_id for p in tx.participants.list_all()), default=MIN_SITE_ID - 1)
-        if highest >= MAX_SITE_ID:
-            raise InvalidInput("No free site id is left above the highest one; give one")
-        return max(highest + 1, MIN_SITE_ID)
+        """One above the highest site id, when that is allowed; otherwise (a participant holds
+        the highest allowed id) the lowest free id above the reserved ones. Read under the write
+        lock of the transaction that adds the participant, so concurrent creates differ."""
+        highest = tx.participants.highest_site_id()
+        if highest is None or highest < MIN_SITE_ID:
+            return MIN_SITE_ID
+        if highest < MAX_SITE_ID:
+            return highest + 1
+        free = tx.participants.lowest_free_site_id(MIN_SITE_ID, MAX_SITE_ID)
+        if free is None:
+            raise InvalidInput(f"Every site id from {MIN_SITE_ID} to {MAX_SITE_ID} is taken")
+        return free
 
     def _mint(self, tx: Tx, keyring: Keyring, site_id: int) -> MintedCredential:
         for _ in range(_MINT_ATTEMPTS):
@@ -656,6 +692,23 @@ class CredentialService:
             expires_at_ms=key.expires_at_ms,
             key_view=view,
         )
+
+
+def _audit_target_type(value: Any) -> str | None:
+    kind = inputs.optional_text(value, "target_type", max_length=64)
+    if kind is not None and kind not in AUDIT_TARGET_TYPES:
+        raise InvalidInput(f"target_type must be one of: {', '.join(AUDIT_TARGET_TYPES)}")
+    return kind
+
+
+def _audit_targets_hidden(tx: ReadTx, actor: Actor) -> frozenset[str]:
+    """The target types whose events ``actor`` may not list: none for an actor without an admin
+    token; for one with a token, decided from its roles (which never change) by the
+    authorisation table; a token no longer stored holds no role."""
+    if actor.admin_token_id is None:
+        return frozenset()
+    token = tx.admin_tokens.get(actor.admin_token_id)
+    return audit_targets_hidden_from(() if token is None else token.roles)
 
 
 def _is_live(key: ApiKey, now_ms: int) -> bool:

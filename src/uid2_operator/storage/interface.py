@@ -15,7 +15,7 @@ Storage adds, gets, lists, updates and appends; it does not decide whether a cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -137,6 +137,15 @@ class ParticipantReader(Protocol):
 
     def list_all(self) -> list[Participant]:
         """Every participant, by site id."""
+        ...
+
+    def highest_site_id(self) -> int | None:
+        """The highest site id of any participant; None when there is none."""
+        ...
+
+    def lowest_free_site_id(self, low: int, high: int) -> int | None:
+        """The lowest id in ``low..high`` no participant has, found in one query; None when
+        every id in that range is taken."""
         ...
 
 
@@ -266,8 +275,13 @@ class AuditReader(Protocol):
         action: str | None = None,
         site_id: int | None = None,
         limit: int | None = None,
+        exclude_target_types: Collection[str] = (),
     ) -> list[AuditEvent]:
-        """Events with ``seq > since_seq`` matching every filter given, in seq order."""
+        """Events with ``seq > since_seq`` matching every filter given, in seq order.
+
+        Events whose target type is one of ``exclude_target_types`` are left out before ``limit``
+        counts, so a page holds ``limit`` events the caller may see whenever that many follow.
+        """
         ...
 
 

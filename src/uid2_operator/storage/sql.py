@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -312,6 +327,32 @@ class _Participants:
         rows = self._u.conn.execute(select(t.participants).order_by(t.participants.c.site_id))
         return [_participant(row) for row in rows]
 
+    def highest_site_id(self) -> int | None:
+        highest = self._u.conn.execute(select(func.max(t.participants.c.site_id))).scalar_one()
+        return None if highest is None else int(highest)
+
+    def lowest_free_site_id(self, low: int, high: int) -> int | None:
+        # ``low`` when it is free; otherwise one above the lowest taken id in low..high-1 whose
+        # successor is free (the id just below the lowest free one is such an id). The successor
+        # is computed as a 64-bit integer: ``site_id + 1`` of the highest 32-bit id is no error.
+        taken = t.participants.alias("taken")
+        after = t.participants.alias("after")
+        successor = cast(taken.c.site_id, BigInteger) + 1
+        lowest_gap = (
+            select(func.min(successor))
+            .where(
+                taken.c.site_id >= low,
+                taken.c.site_id < high,
+                ~exists().where(after.c.site_id == successor),
+            )
+            .scalar_subquery()
+        )
+        low_taken = exists().where(t.participants.c.site_id == low)
+        found = self._u.conn.execute(
+            select(case((low_taken, lowest_gap), else_=cast(literal(low), BigInteger)))
+        ).scalar_one()
+        return None if found is None else int(found)
+
     def add(self, participant: Participant) -> None:
         conn = self._u.writing()
         if self._u.exists(t.participants.c.site_id, participant.site_id):
@@ -529,6 +570,7 @@ class _Audit:
         action: str | None = None,
         site_id: int | None = None,
         limit: int | None = None,
+        exclude_target_types: Collection[str] = (),
     ) -> list[AuditEvent]:
         c = t.audit_events.c
         filters = [
@@ -543,6 +585,8 @@ class _Audit:
         ]
         if since_seq is not None:
             filters.append(c.seq > since_seq)
+        if exclude_target_types:
+            filters.append(c.target_type.not_in(sorted(set(exclude_target_types))))
         query = select(t.audit_events).where(and_(True, *filters)).order_by(c.seq).limit(limit)
         return [_audit_event(row) for row in self._u.conn.execute(query)]
 

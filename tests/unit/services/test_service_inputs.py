@@ -247,10 +247,13 @@ def test_the_next_site_id_skips_the_reserved_ones(svc: CredentialService) -> Non
     assert [p.site_id for p in svc.list_participants(ACTOR)] == [3, 100, 101]
 
 
-def test_no_site_id_is_left_above_the_highest(svc: CredentialService) -> None:
+def test_the_highest_allowed_site_id_taken_the_lowest_free_one_comes_next(
+    svc: CredentialService,
+) -> None:
     svc.create_participant(ACTOR, name="top", type="dsp", site_id=2**31 - 1)
-    with pytest.raises(InvalidInput, match="No free site id"):
-        svc.create_participant(ACTOR, name="next", type="dsp")
+    svc.create_participant(ACTOR, name="four", type="dsp", site_id=4)
+    assert svc.create_participant(ACTOR, name="next", type="dsp").site_id == 3
+    assert svc.create_participant(ACTOR, name="then", type="dsp").site_id == 5
 
 
 def test_participant_fields_are_cleaned(svc: CredentialService) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from uid2_operator.domain.authorization import AdminAction
-from uid2_operator.services.credentials import MAX_AUDIT_LIMIT
+from uid2_operator.domain.authorization import AUDIT_TARGET_TYPES, AdminAction
+from uid2_operator.services.credentials import (
+    MAX_AUDIT_LIMIT,
+    MAX_AUDIT_SITE_ID,
+    MIN_AUDIT_SITE_ID,
+)
 from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
 from uid2_operator.web.admin_api.routing import Call, Operation, Reply
 
@@ -18,7 +22,31 @@ LIST_QUERY = (
         minimum=0,
         maximum=2**62,
     ),
-    Field("target_id", Kind.STRING, "Only events about this key, token or site", max_length=200),
+    Field(
+        "target_id",
+        Kind.STRING,
+        "Only events whose target id is this, whatever the target's type: a key id (api_key), "
+        "an admin token id (admin_token), a keypair's subscription id (keypair), a participant's "
+        "site id (participant), a keyset id (keyset), an opt-out's hash (optout), ... Keyset ids "
+        "and site ids overlap: add target_type to say which is meant, and use site_id for "
+        "everything about a participant",
+        max_length=200,
+    ),
+    Field(
+        "target_type",
+        Kind.STRING,
+        "Only events whose target is of this type",
+        max_length=64,
+        choices=AUDIT_TARGET_TYPES,
+    ),
+    Field(
+        "site_id",
+        Kind.INTEGER,
+        "Only events about this participant (site): the participant itself, its keys, keyset "
+        "and keypairs, and refusals naming it",
+        minimum=MIN_AUDIT_SITE_ID,
+        maximum=MAX_AUDIT_SITE_ID,
+    ),
     Field("action", Kind.STRING, "Only events of this action, e.g. key.rotate", max_length=64),
     Field(
         "limit",
@@ -39,6 +67,8 @@ def list_audit(call: Call) -> Reply:
         target_id=query.optional_text("target_id"),
         action=query.optional_text("action"),
         limit=DEFAULT_LIMIT if limit is None else limit,
+        target_type=query.optional_text("target_type"),
+        site_id=query.optional_integer("site_id"),
     )
     return Reply({"events": [event.to_json() for event in events]})
 
@@ -54,7 +84,8 @@ OPERATIONS = (
         AdminAction.AUDIT_LIST,
         list_audit,
         operation_id="listAuditEvents",
-        summary="List audit events, oldest first",
+        summary="List audit events, oldest first (events about admin tokens only to the roles "
+        "that may list admin tokens)",
         response="AuditEventList",
         tag=TAG,
         query=LIST_QUERY,

@@ -83,7 +83,8 @@ CREATE_BODY = BodySpec(
         Field(
             "site_id",
             Kind.INTEGER,
-            "Site id to use; the next free one when absent",
+            "Site id to use. When absent: one above the highest site id, or, once a "
+            f"participant holds {MAX_SITE_ID}, the lowest free id from {MIN_SITE_ID} up",
             minimum=MIN_SITE_ID,
             maximum=MAX_SITE_ID,
         ),
