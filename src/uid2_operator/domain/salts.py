@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -248,10 +248,12 @@ class SaltTable:
             refresh_from_ms=self._refresh_from[index],
         )
 
-    def updated_since(self, since_ms: int, now_ms: int) -> list[tuple[int, int]]:
+    def updated_since(self, since_ms: int, now_ms: int) -> Iterator[tuple[int, int]]:
         """``(index, last_updated_ms)`` of every bucket whose salt took effect at or after
-        ``since_ms`` and by ``now_ms`` (a pending change is not reported before it happens)."""
-        return [(i, ts) for i, ts in enumerate(self._last_updated) if since_ms <= ts <= now_ms]
+        ``since_ms`` and by ``now_ms`` (a pending change is not reported before it happens),
+        by index, one at a time: a listing of every bucket of a production table is a million
+        pairs, which a caller writing them out need never hold at once."""
+        return ((i, ts) for i, ts in enumerate(self._last_updated) if since_ms <= ts <= now_ms)
 
     # -------------------------------------------------------------------- chunks
 

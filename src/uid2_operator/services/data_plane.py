@@ -2,9 +2,10 @@
 
 Each function takes the ``Snapshot`` the request started with, the caller (already authenticated
 and authorised for the endpoint), the decrypted JSON payload (``None`` when the envelope carried
-none) and ``now_ms``, and returns a ``Reply`` (what goes into the sealed 200 response) or raises a
-``UID2Error`` that the web edge's one error table turns into a status and body. Nothing here reads
-the clock, the network or the database, so every outcome is reproducible in a test.
+none) and ``now_ms``, and returns a ``Reply`` (what goes into the sealed 200 response; a
+``StreamedReply`` for an answer written in pieces) or raises a ``UID2Error`` that the web edge's
+one error table turns into a status and body. Nothing here reads the clock, the network or the
+database, so every outcome is reproducible in a test.
 
 Messages, statuses and field types follow the reference operator (operator-api §6, sdk-compat §2,
 §6); the deliberate differences are documented where they occur. The one other effect is a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +29,7 @@ from uid2_operator.domain.keysets import Keyset
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.domain.salts import SaltTable
 from uid2_operator.errors import (
     CstgBadSubscription,
     CstgKeypairDisabled,
@@ -57,7 +59,7 @@ from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
 from uid2_operator.wire.cstg import open_request as open_cstg_request
 from uid2_operator.wire.cstg import parse_request as parse_cstg_request
 from uid2_operator.wire.cstg import seal_response as seal_cstg_response
-from uid2_operator.wire.encoding import b64encode, dumps
+from uid2_operator.wire.encoding import b64encode, dumps, json_string, json_utf8
 from uid2_operator.wire.envelope import TimestampWindow
 from uid2_operator.wire.identity import InputKind, identity_from_request, input_kinds
 from uid2_operator.wire.keys import (
@@ -112,6 +114,13 @@ EXPOSED_KEY_LOG_MAX_ENTRIES: Final = 10_000
 _API_KEY_PREFIX: Final = f"{BRAND}-{CredentialKind.CLIENT.value}-"
 """How every API key's text begins: a ``subscription_id`` that does not is not looked at."""
 
+BUCKETS_PER_PIECE: Final = 4096
+"""Buckets per piece of a ``buckets`` answer: about 290 KB of JSON, a few milliseconds of work."""
+_BUCKETS_HEAD: Final = '{"status":"success","body":['
+_STAMPS_KEPT: Final = 1024
+"""Distinct ``last_updated`` texts a ``buckets`` answer remembers (a table holds one for its
+creation and one per rotation's midnight)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -143,6 +152,23 @@ class Reply:
         if rendered is not None:
             return rendered
         return dumps(self.to_mapping())
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedReply:
+    """A 200 success whose JSON is written in pieces, for an answer too large to hold at once.
+
+    ``pieces()`` makes the pieces afresh on each call, at least one, reading the snapshot as it
+    goes; joined they are the JSON the equivalent ``Reply("success", body).to_json()`` gives.
+    The web edge seals and sends them as they come (as one answer when there is one piece).
+    Everything that can refuse the request is checked before the reply is made.
+    """
+
+    pieces: Callable[[], Iterator[bytes]] = field(repr=False)
+
+    def to_json(self) -> bytes:
+        """The whole JSON at once."""
+        return b"".join(self.pieces())
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,11 +584,16 @@ def _format_ms(ms: int) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}"
 
 
-def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
+def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> StreamedReply:
     """``/v2/identity/buckets``: buckets whose salt changed at or after ``since_timestamp``.
 
     A change is listed once it has taken effect (a rotation's midnight has come), with the time
     it took effect, never before: until then the bucket's raw UIDs are the ones already mapped.
+
+    The request is checked here; the answer, ``{"status":"success","body":[{"bucket_id":...,
+    "last_updated":...}, ...]}``, is written in pieces of ``BUCKETS_PER_PIECE`` buckets as they
+    are read. A first sync lists every bucket (2^20 in production), an answer of tens of
+    megabytes that is never held whole.
     """
     raw = (payload or {}).get("since_timestamp")
     if raw is None:
@@ -571,17 +602,39 @@ def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Repl
     since = None if text is None else _parse_local_datetime_ms(text)
     if since is None:
         raise InvalidRequest("invalid date, must conform to ISO 8601")
-    salts = snapshot.salts
-    return Reply(
-        "success",
-        [
-            {
-                "bucket_id": bucket_id(index, id_prefix=salts.id_prefix, id_secret=salts.id_secret),
-                "last_updated": _format_ms(updated),
-            }
-            for index, updated in salts.updated_since(since, now_ms)
-        ],
-    )
+    return StreamedReply(partial(_bucket_pieces, snapshot.salts, since, now_ms))
+
+
+def _bucket_pieces(salts: SaltTable, since_ms: int, now_ms: int) -> Iterator[bytes]:
+    """The JSON of the ``buckets`` answer for ``salts.updated_since(since_ms, now_ms)``, in
+    pieces of ``BUCKETS_PER_PIECE`` buckets (one piece when there are none): the bytes
+    ``Reply("success", [{"bucket_id": ..., "last_updated": ...}, ...]).to_json()`` gives, split.
+
+    Each distinct ``last_updated`` is formatted once (most buckets share the one of their
+    table's creation or of a rotation's midnight); the remembered texts are dropped past
+    ``_STAMPS_KEPT``, so a table of all-different times costs a format per bucket, not memory.
+    """
+    id_prefix, id_secret = salts.id_prefix, salts.id_secret
+    stamps: dict[int, str] = {}
+    parts = [_BUCKETS_HEAD]
+    held = 0
+    separator = ""
+    for index, updated in salts.updated_since(since_ms, now_ms):
+        if held == BUCKETS_PER_PIECE:
+            yield json_utf8("".join(parts))
+            parts = []
+            held = 0
+        stamp = stamps.get(updated)
+        if stamp is None:
+            if len(stamps) >= _STAMPS_KEPT:
+                stamps.clear()
+            stamp = stamps[updated] = json_string(_format_ms(updated))
+        name = json_string(bucket_id(index, id_prefix=id_prefix, id_secret=id_secret))
+        parts.append(f'{separator}{{"bucket_id":{name},"last_updated":{stamp}}}')
+        separator = ","
+        held += 1
+    parts.append("]}")
+    yield json_utf8("".join(parts))
 
 
 def optout_status(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
@@ -823,15 +876,17 @@ def client_generate(
     return seal_cstg_response(opened.secret, reply.to_mapping(), random)
 
 
-EndpointHandler = Callable[[Snapshot, Caller, "JsonObject | None", int, RandomBytes], Reply]
+EndpointHandler = Callable[
+    [Snapshot, Caller, "JsonObject | None", int, RandomBytes], "Reply | StreamedReply"
+]
 
 
 def _ignore_random(
-    fn: Callable[[Snapshot, JsonObject | None, int], Reply],
+    fn: Callable[[Snapshot, JsonObject | None, int], Reply | StreamedReply],
 ) -> EndpointHandler:
     def handler(
         snapshot: Snapshot, caller: Caller, payload: JsonObject | None, now: int, _: RandomBytes
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         return fn(snapshot, payload, now)
 
     return handler

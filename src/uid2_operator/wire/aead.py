@@ -1,7 +1,9 @@
 """AES-256-GCM as the UID2 protocol lays it out: ``IV(12) || ciphertext || tag(16)``.
 
-This is the only module that touches the AEAD primitive. ``open_`` raises ``AeadFailure`` (a
-plain exception local to the wire layer) so each caller can turn it into its own typed error.
+This is the only module that touches the AEAD primitive. ``seal_in_parts`` gives the same layout
+for a plaintext that arrives in parts (a response too large to hold at once). ``open_`` raises
+``AeadFailure`` (a plain exception local to the wire layer) so each caller can turn it into its
+own typed error.
 
 Cipher objects are cached per key (``cipher``): building one runs the AES key schedule and costs
 about as much as sealing a token layer, and every request seals or opens several layers under the
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 RandomBytes = Callable[[int], bytes]
@@ -61,6 +64,46 @@ def seal_with_iv(key: bytes, iv: bytes, plaintext: bytes, aad: bytes | None = No
     if len(iv) != IV_SIZE:
         raise ValueError(f"IV must be {IV_SIZE} bytes")
     return iv + cipher(key).encrypt(iv, plaintext, aad)
+
+
+class PartSealer(Protocol):
+    """Seals one plaintext given in parts: ``update`` per part, then ``finish`` once."""
+
+    def update(self, plaintext: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class _GcmParts:
+    __slots__ = ("_encryptor", "_head")
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._encryptor = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
+        self._head = iv
+
+    def update(self, plaintext: bytes) -> bytes:
+        sealed = self._encryptor.update(plaintext)
+        head = self._head
+        if head:
+            self._head = b""
+            return head + sealed
+        return sealed
+
+    def finish(self) -> bytes:
+        encryptor = self._encryptor
+        head, self._head = self._head, b""
+        return head + encryptor.finalize() + encryptor.tag
+
+
+def seal_in_parts(key: bytes, iv: bytes) -> PartSealer:
+    """``seal_with_iv`` (no AAD) for a plaintext given in parts, each encrypted as it comes.
+
+    The first output (of ``update``, or of ``finish`` when there was none) begins with the IV;
+    ``finish`` gives the tag. Joined, the outputs are ``seal_with_iv(key, iv, parts joined)``.
+    """
+    if len(iv) != IV_SIZE:
+        raise ValueError(f"IV must be {IV_SIZE} bytes")
+    return _GcmParts(key, iv)
 
 
 def open_(key: bytes, blob: bytes, aad: bytes | None = None) -> bytes:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import binascii
 import json
+import json.encoder
 import re
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 _I32 = struct.Struct(">i")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -19,6 +21,8 @@ _TO_URL = bytes.maketrans(b"+/", b"-_")
 _FROM_URL = bytes.maketrans(b"-_", b"+/")
 # One encoder for every call: ``json.dumps`` with non-default arguments builds a new one each time.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# What ``_ENCODER`` writes every string with (``ensure_ascii=False``): quotes and escapes.
+_ESCAPE: Final[Callable[[str], str]] = json.encoder.encode_basestring
 
 
 class Base64Error(ValueError):
@@ -87,7 +91,51 @@ def dumps(value: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+        return _without_lone_surrogates(text)
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string literal, quoted and escaped exactly as ``dumps`` writes a string
+    anywhere in a value (the encoder's own function), for JSON written out piece by piece."""
+    return _ESCAPE(text)
+
+
+def json_utf8(text: str) -> bytes:
+    """JSON text built from ``json_string`` pieces as the bytes ``dumps`` would give for it (a
+    lone surrogate written as U+FFFD)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _without_lone_surrogates(text)
+
+
+def _without_lone_surrogates(text: str) -> bytes:
+    return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+class Base64Stream:
+    """Standard, padded base64 of bytes that arrive in parts, written as they come.
+
+    ``update`` returns the text of every whole 3-byte group received so far and holds back the
+    rest (at most two bytes); ``finish`` returns the text of what is held, padded, and starts
+    over. Joined, the outputs are ``b64encode_ascii`` of the parts joined, so a body can be
+    framed without ever holding all of it.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def update(self, data: bytes) -> bytes:
+        held = self._held + data if self._held else data
+        whole = len(held) - len(held) % 3
+        self._held = held[whole:]
+        return binascii.b2a_base64(memoryview(held)[:whole], newline=False)
+
+    def finish(self) -> bytes:
+        held, self._held = self._held, b""
+        return binascii.b2a_base64(held, newline=False)
 
 
 def pack_i32(value: int) -> bytes:

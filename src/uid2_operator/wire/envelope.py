@@ -12,6 +12,9 @@ Response (HTTP 200 only), framed the way the request was (raw bytes or base64 te
 Both directions are sealed under the caller's 32-byte client secret with no AAD. Responses carry no
 version byte. The nonce is only echoed here; whether a nonce was seen before is decided elsewhere.
 
+A response too large to hold at once is sealed and framed as it is written (``stream_response``):
+the same bytes, encrypted part by part (``aead.seal_in_parts``).
+
 ``parse_request`` is the operator's hot path: every API-key request passes through it once. It
 decodes base64 once, decrypts once, and parses the JSON payload once.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -40,6 +43,7 @@ from uid2_operator.wire import aead
 from uid2_operator.wire.aead import AeadFailure, RandomBytes
 from uid2_operator.wire.encoding import (
     Base64Error,
+    Base64Stream,
     b64decode,
     b64encode_ascii,
     dumps,
@@ -319,6 +323,79 @@ def seal_response(
     """Seal a response's JSON for the client that sent ``nonce``: ``IV || GCM(...) || tag``."""
     _check_nonce(nonce)
     return aead.seal_with_iv(secret, random(aead.IV_SIZE), pack_i64(now_ms) + nonce + body_json)
+
+
+class ResponseSealer:
+    """``seal_response`` for a JSON body that comes in parts, each encrypted as it comes.
+
+    The IV is drawn from ``random`` and the arguments checked when the sealer is made. The first
+    output (of ``update``, or of ``finish`` when there was none) begins with the IV and the
+    encrypted header; each ``update`` then gives the ciphertext of its part, and ``finish`` the
+    tag. Joined, the outputs are exactly what ``seal_response`` gives for the parts joined under
+    the same IV. A sealer seals one response: nothing may follow ``finish``.
+    """
+
+    __slots__ = ("_head", "_parts")
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        nonce: bytes,
+        now_ms: int,
+        random: RandomBytes,
+    ) -> None:
+        _check_nonce(nonce)
+        self._parts = aead.seal_in_parts(secret, random(aead.IV_SIZE))
+        self._head = self._parts.update(pack_i64(now_ms) + nonce)
+
+    def update(self, body_json: bytes) -> bytes:
+        sealed = self._parts.update(body_json)
+        head = self._head
+        if head:
+            self._head = b""
+            return head + sealed
+        return sealed
+
+    def finish(self) -> bytes:
+        head, self._head = self._head, b""
+        return head + self._parts.finish()
+
+
+def stream_response(
+    pieces: Iterable[bytes],
+    *,
+    secret: bytes,
+    nonce: bytes,
+    now_ms: int,
+    random: RandomBytes,
+    binary: bool,
+) -> tuple[Iterator[bytes], str]:
+    """``frame_response(seal_response(b"".join(pieces), ...), binary)`` one piece at a time.
+
+    The body comes out as one part per piece of JSON, the last also carrying the tag and, in
+    base64 framing, the end of the text; joined, the parts are the one-shot body for the same
+    IV. So a large answer is sealed and framed without ever being held whole. The IV is drawn and
+    the arguments checked at the call; ``pieces`` is read as the parts are.
+    """
+    sealer = ResponseSealer(secret=secret, nonce=nonce, now_ms=now_ms, random=random)
+    if binary:
+        return _parts(sealer, None, iter(pieces)), OCTET_STREAM
+    return _parts(sealer, Base64Stream(), iter(pieces)), TEXT_PLAIN
+
+
+def _parts(
+    sealer: ResponseSealer, text: Base64Stream | None, pieces: Iterator[bytes]
+) -> Iterator[bytes]:
+    """One part per piece (at least one), sealed, then framed as base64 ``text`` unless None:
+    a part is given once the next piece is read, the last with the tag and the end of the
+    text."""
+    sealed = sealer.update(next(pieces, b""))
+    for piece in pieces:
+        yield sealed if text is None else text.update(sealed)
+        sealed = sealer.update(piece)
+    sealed += sealer.finish()
+    yield sealed if text is None else text.update(sealed) + text.finish()
 
 
 def frame_response(sealed: bytes, binary: bool) -> tuple[bytes, str]:

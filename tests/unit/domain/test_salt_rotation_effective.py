@@ -82,12 +82,12 @@ def test_a_pending_bucket_reads_as_the_bucket_it_was_until_midnight() -> None:
 def test_a_change_is_listed_as_updated_only_once_it_is_in_effect() -> None:
     _, after, rotated = _rotated()
     since = ROTATED_AT - HOUR
-    assert after.updated_since(since, ROTATED_AT) == []
-    assert after.updated_since(since, MIDNIGHT - 1) == []
+    assert list(after.updated_since(since, ROTATED_AT)) == []
+    assert list(after.updated_since(since, MIDNIGHT - 1)) == []
     listed = [(i, MIDNIGHT) for i in rotated]
-    assert after.updated_since(since, MIDNIGHT) == listed
-    assert after.updated_since(MIDNIGHT, MIDNIGHT + HOUR) == listed
-    assert after.updated_since(MIDNIGHT + 1, MIDNIGHT + HOUR) == []
+    assert list(after.updated_since(since, MIDNIGHT)) == listed
+    assert list(after.updated_since(MIDNIGHT, MIDNIGHT + HOUR)) == listed
+    assert list(after.updated_since(MIDNIGHT + 1, MIDNIGHT + HOUR)) == []
 
 
 def test_a_rotation_a_millisecond_before_midnight_changes_the_salt_once_at_midnight() -> None:
@@ -140,7 +140,7 @@ def test_a_table_rotated_the_old_way_reads_as_it_did() -> None:
             refresh_from_ms=MIDNIGHT,
             previous_salt=b64encode(old),
         )
-    assert stored.updated_since(ROTATED_AT, ROTATED_AT) == [(0, ROTATED_AT)]
+    assert list(stored.updated_since(ROTATED_AT, ROTATED_AT)) == [(0, ROTATED_AT)]
 
 
 def test_a_table_stamped_by_a_clock_ahead_reads_as_stored() -> None:

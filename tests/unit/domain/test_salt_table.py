@@ -86,8 +86,8 @@ def test_a_new_table_is_updated_now_with_no_previous_salts() -> None:
     assert bucket.index == 3
     assert bucket.previous_salt is None
     assert (bucket.last_updated_ms, bucket.refresh_from_ms) == (T0, T0)
-    assert t.updated_since(T0, T0) == [(i, T0) for i in range(10)]
-    assert t.updated_since(T0 + 1, T0 + 1) == []
+    assert list(t.updated_since(T0, T0)) == [(i, T0) for i in range(10)]
+    assert list(t.updated_since(T0 + 1, T0 + 1)) == []
 
 
 def test_the_same_random_source_gives_the_same_table() -> None:

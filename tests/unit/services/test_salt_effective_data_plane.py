@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -130,9 +131,9 @@ def _logged_out_uid(snapshot: Snapshot, now_ms: int) -> str | None:
 
 
 def _buckets(snapshot: Snapshot, since: str, now_ms: int) -> list[dict[str, str]]:
-    listed: list[dict[str, str]] = data_plane.buckets(
-        snapshot, {"since_timestamp": since}, now_ms
-    ).body
+    answer = json.loads(data_plane.buckets(snapshot, {"since_timestamp": since}, now_ms).to_json())
+    assert answer["status"] == "success"
+    listed: list[dict[str, str]] = answer["body"]
     return listed
 
 

@@ -32,16 +32,24 @@ error answers more specific. The request is counted (metrics, usage) under the k
 the key also passes the state checks.
 
 Every answer but a 204 carries ``Content-Length`` (so a server need not chunk it; for ``HEAD``
-the length of the body a ``GET`` would get, which the server does not send). The request's
+the length of the body a ``GET`` would get, which the server does not send), except an answer
+written in pieces (``data_plane.StreamedReply`` with more than one piece: ``/v2/identity/buckets``
+listing many buckets). That one starts once every check above has passed and its first two pieces
+are made; each piece is then sealed, framed and sent as its own body message, the event loop
+given to other connections between pieces, with no ``Content-Length`` (the server uses chunked
+transfer encoding). A piece that cannot be made after the start is logged as any failed request
+and the response ends without its last message, so the client sees it cut off. The request's
 headers are read in one pass into a map, the first occurrence of a name winning, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final
 
 from uid2_operator.clock import Clock, SystemClock, system_random
@@ -64,7 +72,7 @@ from uid2_operator.errors import (
     UID2Error,
 )
 from uid2_operator.services import data_plane
-from uid2_operator.services.data_plane import OptOutSink
+from uid2_operator.services.data_plane import OptOutSink, StreamedReply
 from uid2_operator.services.log_throttle import LogThrottle, held_back
 from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
@@ -83,6 +91,7 @@ from uid2_operator.wire.envelope import (
     frame_response,
     parse_request,
     seal_response,
+    stream_response,
 )
 from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID
 
@@ -94,6 +103,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 Fields = dict[bytes, bytes]
 """A request's headers by (lower-case) name, the first occurrence of each."""
+Body = bytes | Iterator[bytes]
+"""An answer's body: whole, or (a streamed answer) its parts in order."""
 RequestObserver = Callable[[str, "str | None", int, float], None]
 """Told of every answered request: ``(path, key id or None, HTTP status, seconds)``."""
 
@@ -478,13 +489,16 @@ class OperatorApi:
             response_headers = [(_CONTENT_TYPE, content_type)]
         if origin is not None:
             response_headers += _cors(origin, path, False)
-        await _respond(send, status, body, response_headers)
+        if isinstance(body, bytes):
+            await _respond(send, status, body, response_headers)
+        else:
+            status = await self._stream(send, body, response_headers, path)
         if observer is not None:
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
     def _route(
         self, scope: Scope, fields: Fields, body: bytes, path: str
-    ) -> tuple[int, bytes, Headers]:
+    ) -> tuple[int, Body, Headers]:
         """A POST to one of the API routes, its body read."""
         snapshot = self._provider()
         if snapshot is None:
@@ -505,7 +519,7 @@ class OperatorApi:
         body: bytes,
         *,
         now_ms: int,
-    ) -> tuple[int, bytes, Headers]:
+    ) -> tuple[int, Body, Headers]:
         try:
             record = _authorize(snapshot, fields, path, now_ms)
         except _KeyDenied as denied:  # free on success: nothing here runs unless refused
@@ -525,10 +539,18 @@ class OperatorApi:
         if not self._replay.first_use(key_id, envelope.nonce, envelope.timestamp_ms, now_ms):
             raise ReplayedRequest
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
-        sealed = seal_response(
-            reply.to_json(), secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
-        )
-        out, content_type = frame_response(sealed, envelope.binary)
+        out: Body
+        if type(reply) is StreamedReply:
+            out, content_type = self._pieces(reply, envelope, secret, now_ms)
+        else:
+            sealed = seal_response(
+                reply.to_json(),
+                secret=secret,
+                nonce=envelope.nonce,
+                now_ms=now_ms,
+                random=self._random,
+            )
+            out, content_type = frame_response(sealed, envelope.binary)
         response_headers = [
             _FRAMED_TYPES.get(content_type) or (_CONTENT_TYPE, content_type.encode())
         ]
@@ -536,6 +558,53 @@ class OperatorApi:
         if trace is not None:
             response_headers.append((_TRACE_ID, trace))
         return 200, out, response_headers
+
+    def _pieces(
+        self, reply: StreamedReply, envelope: RequestEnvelope, secret: bytes, now_ms: int
+    ) -> tuple[Body, str]:
+        """The framed body of an answer written in pieces: whole when there is one piece (sent
+        as any other answer); else its parts, to stream. The first two pieces are made here,
+        before the response starts, so a failure to make them is answered as any error."""
+        pieces = reply.pieces()
+        first = next(pieces)
+        second = next(pieces, None)
+        if second is None:
+            sealed = seal_response(
+                first, secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
+            )
+            return frame_response(sealed, envelope.binary)
+        return stream_response(
+            chain((first, second), pieces),
+            secret=secret,
+            nonce=envelope.nonce,
+            now_ms=now_ms,
+            random=self._random,
+            binary=envelope.binary,
+        )
+
+    async def _stream(self, send: Send, parts: Iterator[bytes], headers: Headers, path: str) -> int:
+        """Send a 200 whose body comes in ``parts``: no Content-Length, each part its own body
+        message, other connections served between parts. The status for the observer: 200, or
+        500 when a part could not be made (logged as any failed request; the response then ends
+        without its last message)."""
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            for part in parts:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                await asyncio.sleep(0)
+        except Exception as exc:
+            if isinstance(exc, UID2Error):
+                self._server_errors.failed(exc, 500, path, self._now())
+            else:
+                log.error(
+                    "operator request failed: path=%s %s",
+                    path,
+                    described(exc),
+                    extra={"path": path},
+                )
+            return 500
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
 
     def _open(
         self, snapshot: Snapshot, record: ClientRecord, body: bytes, octet: bool, now_ms: int
