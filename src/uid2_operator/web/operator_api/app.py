@@ -17,8 +17,10 @@ Every request goes through the same pipeline, in the reference operator's order 
    alike. A key whose text verified but that is refused (its state, its participant's, a role it
    lacks, no live secret) is counted under its key id and logged with its reason
    (``RefusalLog``). A text that does not verify, whatever key id it names, is neither a metrics
-   label nor logged: ``/metrics`` and the log would otherwise tell anyone who can send a request
-   which key ids exist, and made-up ids could grow both.
+   label nor logged under a key id: ``/metrics`` and the log would otherwise tell anyone who can
+   send a request which key ids exist, and made-up ids could grow both. One such text is logged,
+   with no key id: a key of another environment (``WrongEnvironment``), whose line names both
+   environments, since the caller is told only the protocol's bare 401.
 5. Envelope: opened with each secret the key currently accepts (newest first, so a client may
    switch to a rotated secret during the overlap): 400 ``client_error``.
 6. Replay: the same key and nonce again while the envelope could still pass the timestamp check:
@@ -70,6 +72,7 @@ from uid2_operator.errors import (
     NotFound,
     ReplayedRequest,
     UID2Error,
+    WrongEnvironment,
 )
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import OptOutSink, StreamedReply
@@ -201,10 +204,13 @@ class ServerErrorLog(_ThrottledLog):
 class RefusalLog(_ThrottledLog):
     """One warning line per refused key id and reason per ``interval_ms``.
 
-    Only keys whose presented text verified are logged, so a reason is one of ``DenyReason``'s
-    values (the key's or its participant's state, a missing role) or ``no_live_client_secret``;
-    a text that does not verify is never logged, whatever key id it names. A client retrying with
-    a disabled key would otherwise write a line per request. Lines carry the key id (public), the
+    Keys whose presented text verified are logged under their key id (``refused``), so a reason
+    is one of ``DenyReason``'s values (the key's or its participant's state, a missing role) or
+    ``no_live_client_secret``. A text that does not verify is never logged under a key id,
+    whatever key id it names; of those, only a key of another environment is logged
+    (``wrong_environment``), with no key id, its line naming both environments, one line per
+    pair of environments per ``interval_ms``. A client retrying with a disabled key would
+    otherwise write a line per request. Lines carry the key id (public) when there is one, the
     reason and the route, never the presented text. Later refusals inside the interval are
     counted and reported on the next line.
     At most ``max_entries`` (key id, reason) pairs are remembered; past that, expired ones are
@@ -222,6 +228,19 @@ class RefusalLog(_ThrottledLog):
             key_id,
             reason,
             path,
+        )
+
+    def wrong_environment(self, error: WrongEnvironment, path: str, now_ms: int) -> None:
+        """A key of another environment: its text did not verify, so no key id is named. The
+        error's message names both environments and nothing else of the presented text."""
+        self._write(
+            logging.WARNING,
+            ("", error.detail),  # a key id is never empty: no clash with ``refused``'s pairs
+            now_ms,
+            "API key refused: reason=%s path=%s: %s",
+            error.code,
+            path,
+            error.detail,
         )
 
 
@@ -527,6 +546,9 @@ class OperatorApi:
             # so neither /metrics nor the log tells whether the id it names exists.
             scope[KEY_ID_SCOPE] = denied.key_id
             self._refusals.refused(denied.key_id, denied.detail, path, now_ms)
+            raise
+        except WrongEnvironment as wrong:  # no key id: the text did not verify
+            self._refusals.wrong_environment(wrong, path, now_ms)
             raise
         caller = record.caller
         key_id = caller.key_id
