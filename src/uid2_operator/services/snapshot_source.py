@@ -18,6 +18,15 @@ that drops the database's packets leaves a read waiting for many minutes). Ages 
 the monotonic clock (``Clock.monotonic_ms``), so stepping the time of day back or forward
 neither stretches nor cuts the bound; the times shown are the time of day.
 
+A poll that has not returned is not a failure yet, but it is not confirming anything either:
+once it has been in flight for longer than ``stalled_poll_s`` (``STALLED_POLL_MIN_S``, or
+``STALLED_POLL_INTERVALS`` poll intervals if longer), the worker reports ``problem`` (Degraded)
+and ``store_reachable`` is False, still serving the last snapshot until the age bound, as for a
+poll that failed. A stalled database, a hung connection pooler or a reload blocked behind a
+table lock (``VACUUM FULL``, ``ALTER TABLE``) makes a read wait without failing, possibly for
+as long as the lock is held; without this, the health check would answer OK for the whole age
+bound and then refuse at once. When the poll returns, its outcome decides as usual.
+
 A reload that fails with the store reachable (a keyring that lacks a KEK version the store names,
 say) is reported the same way and retried at every poll: the store's sequence is still past the
 snapshot's, so the worker recovers as soon as the cause is gone (its keyring file holds the
@@ -83,6 +92,20 @@ more than a write-behind ever holds (its queue and the batch under way, ``MAX_PE
 each, every one reported written or given up), so it only bounds a source nothing reports to.
 Beyond it, the oldest tenth are forgotten."""
 
+STALLED_POLL_MIN_S: Final = 30.0
+"""Shortest time a poll may stay unanswered before the worker reports Degraded (see the module
+doc). A poll is one small query, plus a reload when the store moved: an incremental reload costs
+milliseconds, but a full one (the first-level salt changed, a restored backup) reads every
+opt-out, 6.5 s at a million on the benchmark machine (``docs/benchmarks.md``), longer with every
+worker reloading at once on shared CPUs. Every worker reloads together, so a bound that such a
+reload passed would make all of them answer 503 to the load balancer at once over a store that
+works: 30 s leaves that reload several times its cost, and is what PostgreSQL connections allow
+a network that drops packets (``tcp_user_timeout``) before the read fails on its own."""
+STALLED_POLL_INTERVALS: Final = 5
+"""With a long poll interval, the bound is this many intervals instead (if longer than
+``STALLED_POLL_MIN_S``): a clean failure is reported one interval after it starts, a stalled poll
+within a few."""
+
 _STORE_DOWN: Final = "store unreachable"
 _RELOAD_FAILING: Final = "snapshot reload failing"
 
@@ -128,6 +151,9 @@ class SnapshotSource:
         self._clock = clock
         self._poll_interval_s = poll_interval_s
         self._max_age_ms = int(max_snapshot_age_s * 1000)
+        self._stalled_poll_ms = int(
+            max(STALLED_POLL_MIN_S, STALLED_POLL_INTERVALS * poll_interval_s) * 1000
+        )
         self._loaded: Loaded | None = None
         self._generation = 0
         self._confirmed_at_ms: int | None = None
@@ -135,6 +161,10 @@ class SnapshotSource:
         """``_confirmed_at_ms`` on the monotonic clock: what the age is measured from."""
         self._polling_since_ms: int | None = None
         """When the poll in flight started (time of day), None when none is."""
+        self._polling_mono_ms: int | None = None
+        """``_polling_since_ms`` on the monotonic clock: how long the poll has been in flight."""
+        self._stall_logged = False
+        """Whether the poll in flight was logged as not answering."""
         self._failing_since_ms: int | None = None
         self._failure: str | None = None
         self._public_cause: str | None = None
@@ -171,9 +201,17 @@ class SnapshotSource:
         return None if self._confirmed_mono_ms is None else self._age_ms()
 
     @property
+    def stalled_poll_s(self) -> float:
+        """How long a poll may stay unanswered before the worker reports Degraded."""
+        return self._stalled_poll_ms / 1000
+
+    @property
     def store_reachable(self) -> bool:
-        """False only while the last poll could not reach the store; a reload failing with the
-        store reachable (a keyring that lacks a KEK version, say) leaves it True."""
+        """False while the last poll could not reach the store or the poll in flight has not
+        answered for longer than ``stalled_poll_s``; a reload failing with the store reachable (a
+        keyring that lacks a KEK version, say) leaves it True."""
+        if self._poll_stalled():
+            return False
         return self._failure is None or self._failing != _STORE_DOWN
 
     @property
@@ -192,6 +230,11 @@ class SnapshotSource:
         """How long ago a poll last confirmed the snapshot (monotonic)."""
         return self._clock.monotonic_ms() - (self._confirmed_mono_ms or 0)
 
+    def _poll_stalled(self) -> bool:
+        """Whether the poll in flight has gone unanswered for longer than ``stalled_poll_s``."""
+        started = self._polling_mono_ms
+        return started is not None and self._clock.monotonic_ms() - started > self._stalled_poll_ms
+
     def _describe(self, cause: str) -> str | None:
         if self._loaded is None:
             if self._failure is None:
@@ -204,16 +247,19 @@ class SnapshotSource:
             f"{self._max_age_ms // 1000} s): refusing API requests. "
         )
         if self._failure is None:
-            if self.current is None:  # no poll failed: the one in flight has not returned
-                since = _when(self._polling_since_ms or self._confirmed_at_ms or 0)
-                return f"{stale}A poll of the store has not answered since {since}"
-            return None
-        since = _when(self._failing_since_ms or 0)
+            if self.current is not None and not self._poll_stalled():
+                return None
+            # No poll failed: the one in flight has gone unanswered past the stall or age bound.
+            what = "a poll of the store has not answered"
+            since = _when(self._polling_since_ms or self._confirmed_at_ms or 0)
+        else:
+            what = self._failing
+            since = _when(self._failing_since_ms or 0)
         if self.current is None:
-            return f"{stale}{self._failing.capitalize()} since {since}{cause}"
+            return f"{stale}{what.capitalize()} since {since}{cause}"
         return (
-            f"Degraded: {self._failing} since {since}{cause}; serving the last "
-            f"snapshot, confirmed {age_s} s ago"
+            f"Degraded: {what} since {since}{cause}; serving the last snapshot, "
+            f"confirmed {age_s} s ago"
         )
 
     # ------------------------------------------------------------------------ loading
@@ -224,17 +270,19 @@ class SnapshotSource:
         Returns True when a new snapshot was installed. Store failures are recorded, not raised.
         """
         now, mono = self._clock.now_ms(), self._clock.monotonic_ms()
-        waiting = self._start_poll()
+        waiting = self._start_poll(now, mono)
         try:
             outcome: Loaded | BaseException | None = self._fetch(waiting)
         except Exception as exc:  # recorded and reported on the health check, never raised
             outcome = exc
         return self._apply(now, mono, outcome)
 
-    def _start_poll(self) -> tuple[OptOutRecord, ...]:
-        """A poll starts (on the thread that owns ``current``): the opt-outs waiting for their
-        write now, which the poll applies to what it loads; those recorded from now on are
-        collected for its install."""
+    def _start_poll(self, now_ms: int, mono_ms: int) -> tuple[OptOutRecord, ...]:
+        """A poll starts at ``now_ms`` (``mono_ms`` on the monotonic clock), on the thread that
+        owns ``current``: the opt-outs waiting for their write now, which the poll applies to
+        what it loads; those recorded from now on are collected for its install."""
+        self._polling_since_ms, self._polling_mono_ms = now_ms, mono_ms
+        self._stall_logged = False
         self._recorded_while_polling = {}
         return tuple(self._waiting.values())
 
@@ -255,7 +303,10 @@ class SnapshotSource:
     ) -> bool:
         """The state side of a poll that started at ``polled_at_ms`` (``polled_mono_ms`` on the
         monotonic clock), on the thread that owns ``current``."""
-        self._polling_since_ms = None
+        self._polling_since_ms = self._polling_mono_ms = None
+        if self._stall_logged:
+            self._stall_logged = False
+            log.warning("the poll of the store that had not answered returned")
         recorded, self._recorded_while_polling = self._recorded_while_polling, None
         if isinstance(outcome, BaseException):
             self._record_failure(polled_at_ms, outcome)
@@ -303,6 +354,20 @@ class SnapshotSource:
         self._failure = failure
         self._public_cause = _public_cause(exc)
         self.check_age()
+
+    def _log_stall(self) -> None:
+        """Log, once per poll, that the poll in flight has passed ``stalled_poll_s``: the
+        health check says Degraded from then on, and the log says why."""
+        if self._stall_logged or not self._poll_stalled():
+            return
+        self._stall_logged = True
+        log.warning(
+            "a poll of the store has not answered for more than %g s (since %s); serving the "
+            "last snapshot until it is %d s old",
+            self.stalled_poll_s,
+            _when(self._polling_since_ms or 0),
+            self._max_age_ms // 1000,
+        )
 
     def check_age(self) -> None:
         """Stop serving a snapshot no poll has confirmed for longer than the bound, whether the
@@ -383,12 +448,12 @@ class SnapshotSource:
                 return
             started_at, started_mono = self._clock.now_ms(), self._clock.monotonic_ms()
             self.check_age()
-            self._polling_since_ms = started_at
-            fetch = functools.partial(self._fetch, self._start_poll())
+            fetch = functools.partial(self._fetch, self._start_poll(started_at, started_mono))
             pending = loop.run_in_executor(self._executor, fetch)
             while not pending.done():
                 await asyncio.wait({pending}, timeout=self._poll_interval_s)
                 self.check_age()
+                self._log_stall()
                 if self._stop.is_set():
                     pending.cancel()
                     return
