@@ -11,6 +11,10 @@ time. Control-plane writes are rare and short, so one lock costs nothing measura
 A SQLite engine also keeps to the one file it first opened (``SqliteFile``): a file deleted or
 replaced under a running process makes that engine's store unavailable instead of letting it go
 on writing into a file nobody else sees.
+
+A PostgreSQL engine gives every round trip of its connections a deadline
+(``POSTGRES_ROUND_TRIP_DEADLINE_S``, ``round_trip_deadline``): a server that stops answering
+fails a use with StoreUnavailable instead of leaving it waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
 
 from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
+from uid2_operator.storage.round_trip_deadline import DEADLINE_OPTION, enforce_round_trip_deadline
 from uid2_operator.storage.schema import CHANGE_SEQ, store_meta
 
 WRITE_LOCK_WAIT_MS = 10_000
@@ -171,6 +176,7 @@ class PostgresFlavour:
     def begin_migration(self, conn: Connection) -> None:
         # The same bounded wait as a writer's, both for this lock and for the write lock the
         # upgrade's data step takes later in this transaction.
+        conn.execution_options(**{DEADLINE_OPTION: MIGRATION_ROUND_TRIP_DEADLINE_S})
         self._begin_read_committed(conn)
         conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
 
@@ -293,6 +299,18 @@ database the network no longer reaches fails within about half a minute (TCP kee
 on an idle connection, ``tcp_user_timeout`` in milliseconds on one waiting for an answer), where
 the kernel's defaults would leave a read waiting for a quarter of an hour or more."""
 
+POSTGRES_ROUND_TRIP_DEADLINE_S = 30.0
+"""How long one round trip of an established PostgreSQL connection may wait for its answer (a
+statement, a commit or rollback, a fetch of a streamed result, the ping on checkout from the
+pool) before its connection is shut down and the use fails with StoreUnavailable: a server or
+connection pooler that acknowledges packets but never answers, which neither keep-alives nor
+``tcp_user_timeout`` detect, fails a use as fast as a lost network does. See
+``round_trip_deadline``. Read when an engine is made."""
+
+MIGRATION_ROUND_TRIP_DEADLINE_S = 1800.0
+"""The same for each statement of the schema upgrade (``begin_migration``): a revision may rewrite
+a whole table (r0004 stamps every opt-out), which takes minutes on a large store."""
+
 
 def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Flavour]:
     """An engine for ``url`` (normalised first) and the flavour that goes with it.
@@ -318,7 +336,10 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
         SqliteFlavour.configure(engine)
         return engine, SqliteFlavour()
     defaults = {k: v for k, v in POSTGRES_CONNECT_DEFAULTS.items() if k not in parsed.query}
-    engine = create_engine(parsed, pool_pre_ping=True, connect_args=defaults)
+    # No pool_pre_ping: the deadline's own ping on checkout replaces it (the pre-ping's could
+    # wait for ever on a server that never answers).
+    engine = create_engine(parsed, connect_args=defaults)
+    enforce_round_trip_deadline(engine, POSTGRES_ROUND_TRIP_DEADLINE_S)
     return engine, PostgresFlavour()
 
 
