@@ -2,9 +2,10 @@
 
 Before the server starts, the installed ``uid2-operator`` command runs ``init`` (1024 salt
 buckets), records one opt-out (``optout add``) and rotates a share of the salt buckets (``salts
-rotate``). A rotation takes effect at the next UTC midnight, so the world then moves every stored
-salt time two days back (``age_salts``): the table reads as one made and rotated two days ago,
-whose rotated buckets carry a previous salt and a later ``last_updated`` (that midnight).
+rotate``). A rotation takes effect at a UTC midnight at most a day and an hour away, so the
+world then moves every stored salt time two days back (``age_salts``): the table reads as one made
+and rotated two days ago, whose rotated buckets carry a previous salt and a later
+``last_updated`` (that midnight).
 Then ``uid2-operator serve`` starts, and its admin API creates the participants and keys:
 
 - A: a publisher allowed every role; key ``A`` holds GENERATOR, MAPPER, ID_READER and SHARER, and
@@ -240,9 +241,10 @@ def sdk_world(tmp_path: Path, *, env: dict[str, str] | None = None) -> Iterator[
         initialised = run_cli(database, common, "init")
         run_cli(database, common, "optout", "add", "--email", RECORDED_OPTOUT_EMAIL)
         rotated = run_cli(database, common, "salts", "rotate", "--fraction", ROTATED_FRACTION)
-        # The rotation takes effect at the next UTC midnight: move the clock past it (the stored
-        # times back) so the served table has rotated buckets. Init wrote every bucket before
-        # that midnight, so "since" the aged midnight selects exactly the rotated buckets.
+        # The rotation takes effect at a UTC midnight within a day and an hour: move the clock
+        # past it (the stored times back) so the served table has rotated buckets. Init wrote
+        # every bucket before that midnight, so "since" the aged midnight selects exactly the
+        # rotated buckets.
         age_salts(database, SALTS_AGED_DAYS)
         effective_ms = rotated["effective_at_ms"] - SALTS_AGED_DAYS * DAY_MS
         rotated_since = datetime.fromtimestamp(effective_ms / 1000, UTC)

@@ -147,8 +147,8 @@ def salts() -> None:
 def rotate_salts(fraction: float, as_json: bool) -> None:
     """Give a random share of the buckets new salts, keeping the old ones as previous.
 
-    The new salts take effect at the next UTC midnight: until then every raw UID stays the one
-    mappers were given.
+    The new salts take effect at the first UTC midnight at least an hour away: until then every
+    raw UID stays the one mappers were given.
     """
     with material_service() as service:
         result = service.rotate_salts(fraction, actor())

@@ -20,8 +20,9 @@ chunk are sealed under the keyring (``domain.material_sealing``); the timestamps
 Rotation keeps the promise that ``refresh_from`` makes to mappers (§4.5: "this bucket's salt
 stays until then"). A mapper that asked at any time of day was told "map again at the next UTC
 midnight" (the bucket's own ``refresh_from`` once that has passed), so a rotation never changes a
-salt at once: it schedules the change for the next UTC midnight ``E``, as a salt snapshot of the
-reference takes effect at its ``effective`` time. Only buckets whose ``refresh_from`` has passed
+salt at once: it schedules the change for ``E``, the first UTC midnight at least
+``SALT_ROTATION_LEAD_MS`` away (``rotation_effective_at``), as a salt snapshot of the reference is
+published ahead of its ``effective`` time. Only buckets whose ``refresh_from`` has passed
 may rotate; a rotated bucket stores the salt in effect as its previous, the new salt as its
 current, and ``last_updated`` = ``refresh_from`` = ``E`` (the time the change takes effect, as the
 reference's salt files give it). A bucket therefore changes at most once a day, and only at a
@@ -392,6 +393,24 @@ def next_utc_midnight(now_ms: int) -> int:
     return (now_ms // DAY_MS + 1) * DAY_MS
 
 
+SALT_ROTATION_LEAD_MS: Final = 3_600_000
+"""The least time between a rotation and the midnight it takes effect at: one hour.
+
+Writing a rotated production table (2^20 buckets) takes seconds, and each worker then has to
+poll the store and load the table before it serves it. A rotation taking effect at a midnight
+seconds away would reach the workers after that midnight: in between they would answer the old
+raw UIDs with an ``r`` a day on, and once loaded list the change as made at a time before syncs
+that never saw it. An hour covers the write and the reload many times over. Waiting longer costs
+mappers nothing: their ``r`` told them to map again at the next midnight, and doing so then gives
+the same raw UIDs with the later midnight as ``r``."""
+
+
+def rotation_effective_at(now_ms: int) -> int:
+    """When a rotation made at ``now_ms`` takes effect: the first UTC midnight after
+    ``now_ms + SALT_ROTATION_LEAD_MS``."""
+    return next_utc_midnight(now_ms + SALT_ROTATION_LEAD_MS)
+
+
 class _Below:
     """Unbiased integers below a bound from a random byte source (rejection sampling)."""
 
@@ -427,9 +446,10 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     those whose ``refresh_from`` has passed; fewer if fewer are eligible.
 
     A rotated bucket keeps the salt in effect at ``now_ms`` as previous and gets a fresh random
-    salt that takes effect at ``E`` = the next UTC midnight after ``now_ms``: ``last_updated`` =
-    ``refresh_from`` = ``E``. Until ``E`` every read gives the salt it had (see the module
-    docstring), so no raw UID changes before the time mappers were told to map again. The
+    salt that takes effect at ``E`` = ``rotation_effective_at(now_ms)``, the first UTC midnight
+    at least ``SALT_ROTATION_LEAD_MS`` away: ``last_updated`` = ``refresh_from`` = ``E``. Until
+    ``E`` every read gives the salt it had (see the module docstring), so no raw UID changes
+    before the time mappers were told to map again, nor before every worker has the table. The
     result is a new table one version on; ``table`` is left as it was (requests may still be
     reading it).
     """
@@ -450,7 +470,7 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     last_updated = array("q", table._last_updated)
     refresh_from = array("q", table._refresh_from)
     fresh = random(SALT_SIZE * wanted)
-    effective = next_utc_midnight(now_ms)
+    effective = rotation_effective_at(now_ms)
     for n, index in enumerate(chosen):
         at = index * SALT_SIZE
         if not table._pending(index, now_ms):  # else the salt in effect already is the previous

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,7 +15,7 @@ from uid2_operator.bootstrap import ensure_keyring, open_services, upgrade_datab
 from uid2_operator.cli.material import COMMANDS, keys, optout, salts
 from uid2_operator.cli.runtime import GlobalOptions
 from uid2_operator.clock import FixedClock, SystemClock
-from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
+from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT, rotation_effective_at
 from uid2_operator.settings import Settings
 
 
@@ -168,13 +169,30 @@ def test_salts_rotate(invoke: CliRunner, data_dir: Path) -> None:
         "chunks_rewritten",
         "effective_at_ms",
     }
-    # The new salts take effect at the next UTC midnight after the rotation.
-    assert body["effective_at_ms"] == (body["at_ms"] // 86_400_000 + 1) * 86_400_000
+    # The new salts take effect at the first UTC midnight at least an hour after the rotation.
+    at_ms, effective_at_ms = body["at_ms"], body["effective_at_ms"]
+    assert isinstance(at_ms, int)
+    assert effective_at_ms == rotation_effective_at(at_ms)
     text = run(invoke, data_dir, salts, "rotate")
     assert text.exit_code == 0, text.output
     assert f"of {LOCAL_BUCKET_COUNT} buckets" in text.stdout
     assert "version" in text.stdout
     assert re.search(r"takes effect\s+\d{4}-\d\d-\d\dT00:00:00Z", text.stdout), text.stdout
+
+
+def test_salts_rotate_in_the_last_hour_of_a_day_takes_effect_at_the_midnight_after(
+    invoke: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    midnight = (SystemClock().now_ms() // 86_400_000 + 2) * 86_400_000
+    monkeypatch.setattr(SystemClock, "now_ms", lambda _self: midnight - 2000)
+    result = run(invoke, data_dir, salts, "rotate", "--fraction", "0.25", "--json")
+    assert result.exit_code == 0, result.output
+    body = document(result)
+    assert (body["at_ms"], body["effective_at_ms"]) == (midnight - 2000, midnight + 86_400_000)
+    text = run(invoke, data_dir, salts, "rotate")
+    assert text.exit_code == 0, text.output
+    day_after = datetime.fromtimestamp(midnight / 1000 + 86_400, UTC).date().isoformat()
+    assert re.search(rf"takes effect\s+{day_after}T00:00:00Z", text.stdout), text.stdout
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5", "abc"])

@@ -1,23 +1,27 @@
-"""A salt rotation takes effect at the next UTC midnight, never before (operator-api §4.5).
+"""A salt rotation takes effect at the first UTC midnight at least an hour away (operator-api §4.5).
 
 The v3 identity map tells a mapper when to map again (``r``): the bucket's ``refresh_from`` while
 it is ahead, else the next UTC midnight. A rotation at any time of day therefore keeps every salt
-until that midnight ``E`` and only then gives the rotated buckets their new salts, the old ones
-as previous, stamped ``E``. Every read takes the time it is made at.
+until a midnight ``E``, the first one at least ``SALT_ROTATION_LEAD_MS`` away (time to write the
+table and for every worker to load it), and only then gives the rotated buckets their new salts,
+the old ones as previous, stamped ``E``. Every read takes the time it is made at.
 """
 
 from __future__ import annotations
 
 from array import array
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from material_fixtures import Drbg
 
 from uid2_operator.domain.salts import (
+    SALT_ROTATION_LEAD_MS,
     SALT_SIZE,
     SaltTable,
     generate_salt_table,
-    next_utc_midnight,
     rotate,
+    rotation_effective_at,
 )
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.raw_uid import DAY_MS, SaltBucket
@@ -26,7 +30,7 @@ HOUR = 3_600_000
 DAY0 = 19_676 * DAY_MS  # 2023-11-15T00:00:00Z
 CREATED = DAY0 - 3 * DAY_MS
 ROTATED_AT = DAY0 + 10 * HOUR
-MIDNIGHT = DAY0 + DAY_MS  # the next UTC midnight after ROTATED_AT
+MIDNIGHT = DAY0 + DAY_MS  # when a rotation at ROTATED_AT takes effect
 COUNT = 64
 
 
@@ -90,20 +94,63 @@ def test_a_change_is_listed_as_updated_only_once_it_is_in_effect() -> None:
     assert list(after.updated_since(MIDNIGHT + 1, MIDNIGHT + HOUR)) == []
 
 
-def test_a_rotation_a_millisecond_before_midnight_changes_the_salt_once_at_midnight() -> None:
+def test_a_rotation_a_millisecond_before_midnight_changes_the_salt_once_at_the_midnight_after() -> (
+    None
+):
     last_ms = MIDNIGHT - 1  # 23:59:59.999
+    effective = MIDNIGHT + DAY_MS  # that midnight is too close: the one after it
     before, after, rotated = _rotated(1.0, last_ms)
-    assert rotate(before, 1.0, last_ms, Drbg(b"r")).effective_at_ms == MIDNIGHT
-    assert next_utc_midnight(last_ms) == MIDNIGHT
+    assert rotate(before, 1.0, last_ms, Drbg(b"r")).effective_at_ms == effective
+    assert rotation_effective_at(last_ms) == effective
+    assert rotated
     for i in rotated:
         old = before.salt(i, last_ms)
-        new = after.salt(i, MIDNIGHT)
-        assert after.salt(i, last_ms) == old
+        new = after.salt(i, effective)
+        kept = [after.salt(i, t) for t in (last_ms, MIDNIGHT, MIDNIGHT + HOUR, effective - 1)]
+        assert kept == [old] * 4
+        assert after.previous_salt(i, MIDNIGHT) is None
         assert new != old
-        assert [after.salt(i, t) for t in (MIDNIGHT + 1, MIDNIGHT + DAY_MS - 1)] == [new, new]
-    # Not rotated again before the change took effect, and not twice on the same day after it.
+        assert after.previous_salt(i, effective) == old
+        assert [after.salt(i, t) for t in (effective + 1, effective + DAY_MS - 1)] == [new, new]
+    # Not rotated again before the change took effect (not even past the midnight it skipped),
+    # and not twice on the same day after it.
     assert rotate(after, 1.0, last_ms, Drbg(b"again")).rotated == ()
-    assert rotate(after, 1.0, MIDNIGHT, Drbg(b"again")).effective_at_ms == MIDNIGHT + DAY_MS
+    assert rotate(after, 1.0, MIDNIGHT, Drbg(b"again")).rotated == ()
+    assert rotate(after, 1.0, effective, Drbg(b"again")).effective_at_ms == effective + DAY_MS
+
+
+def test_a_rotation_takes_effect_at_a_midnight_only_if_made_more_than_the_lead_before_it() -> None:
+    assert SALT_ROTATION_LEAD_MS == HOUR
+    table = generate_salt_table(COUNT, CREATED, Drbg(b"table"))
+
+    def effective(at: int) -> int:
+        return rotate(table, 1.0, at, Drbg(b"rotation")).effective_at_ms
+
+    assert effective(ROTATED_AT) == MIDNIGHT
+    assert effective(MIDNIGHT - SALT_ROTATION_LEAD_MS - 1) == MIDNIGHT  # 22:59:59.999
+    assert effective(MIDNIGHT - SALT_ROTATION_LEAD_MS) == MIDNIGHT + DAY_MS  # 23:00:00.000
+    assert effective(MIDNIGHT - 2000) == MIDNIGHT + DAY_MS
+    assert effective(MIDNIGHT) == MIDNIGHT + DAY_MS
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    day=st.integers(min_value=0, max_value=20_000),
+    into_day=st.one_of(
+        st.integers(min_value=0, max_value=DAY_MS - 1),
+        st.integers(min_value=DAY_MS - 2 * HOUR, max_value=DAY_MS - 1),
+    ),
+)
+def test_a_rotation_takes_effect_at_the_first_midnight_at_least_the_lead_away(
+    day: int, into_day: int
+) -> None:
+    now = day * DAY_MS + into_day
+    effective = rotate(
+        generate_salt_table(8, now, Drbg(b"t")), 1.0, now, Drbg(b"r")
+    ).effective_at_ms
+    assert effective == rotation_effective_at(now)
+    assert effective % DAY_MS == 0
+    assert now + SALT_ROTATION_LEAD_MS < effective <= now + SALT_ROTATION_LEAD_MS + DAY_MS
 
 
 def test_a_rotated_bucket_is_eligible_again_from_its_midnight() -> None:

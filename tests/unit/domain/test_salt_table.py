@@ -24,10 +24,10 @@ from uid2_operator.domain.salts import (
     generate_salt_table,
     int64_bytes,
     int64_column,
-    next_utc_midnight,
     open_chunk,
     open_header_secrets,
     rotate,
+    rotation_effective_at,
     seal_chunk,
     seal_header,
 )
@@ -167,14 +167,14 @@ def test_inconsistent_columns_are_refused(change: dict[str, object], message: st
 
 
 def test_rotation_moves_the_old_salt_to_previous_and_stamps_the_bucket() -> None:
-    # The new salts take effect at the next UTC midnight (``effective``): read from then on, a
-    # rotated bucket has the new salt and the old one as previous, both stamped ``effective``.
+    # The new salts take effect at ``effective``, a UTC midnight at least an hour on: read from
+    # then on, a rotated bucket has the new salt and the old one as previous, both stamped so.
     t = table(1000)
     now = T0 + 5 * DAY + 123
     result = rotate(t, 0.1, now, Drbg(b"rotate"))
     assert len(result.rotated) == 100
     assert list(result.rotated) == sorted(set(result.rotated))
-    effective = next_utc_midnight(now)
+    effective = rotation_effective_at(now)
     assert result.effective_at_ms == effective
     new = result.table
     assert new.version == t.version + 1
@@ -209,7 +209,7 @@ def test_a_bucket_rotates_at_most_once_a_day() -> None:
     assert same_day.rotated == ()
     assert same_day.table.version == first.table.version + 1
     assert columns(same_day.table) == columns(first.table)
-    first_effective = next_utc_midnight(T0)
+    first_effective = rotation_effective_at(T0)
     next_day = rotate(first.table, 0.5, first_effective, Drbg(b"3"))
     assert len(next_day.rotated) == 25
     for i in next_day.rotated:

@@ -25,7 +25,11 @@ from uid2_operator.domain.keysets import (
 )
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT, generate_salt_table, next_utc_midnight
+from uid2_operator.domain.salts import (
+    LOCAL_BUCKET_COUNT,
+    generate_salt_table,
+    rotation_effective_at,
+)
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, NotFound, SealedSecretUnreadable
 from uid2_operator.services.material import (
@@ -42,7 +46,7 @@ from uid2_operator.wire.keys import (
     REFRESH_KEYSET_ID,
     active_key,
 )
-from uid2_operator.wire.raw_uid import PRODUCTION_BUCKET_COUNT, raw_uid_v2, raw_uid_v3
+from uid2_operator.wire.raw_uid import DAY_MS, PRODUCTION_BUCKET_COUNT, raw_uid_v2, raw_uid_v3
 from uid2_operator.wire.scope import IdentityScope, IdentityType
 
 BUCKETS = 256
@@ -240,13 +244,13 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     result = material.rotate_salts(0.25, ACTOR)
     assert (result.rotated, result.bucket_count, result.version) == (64, BUCKETS, 2)
     assert result.chunks_rewritten <= 4
-    effective = next_utc_midnight(now)
+    effective = rotation_effective_at(now)
     assert result.effective_at_ms == effective
     assert result.to_json()["fraction"] == 0.25
     assert result.to_json()["effective_at_ms"] == effective
     after = material.load_material(before)
     assert after.salts is not before.salts
-    # The new salts take effect at the next UTC midnight, not when the rotation runs.
+    # The new salts take effect at a midnight at least an hour away, not when the rotation runs.
     assert all(after.salts.salt(i, now) == before.salts.salt(i, now) for i in range(BUCKETS))
     changed = [
         i for i in range(BUCKETS) if after.salts.salt(i, effective) != before.salts.salt(i, now)
@@ -258,6 +262,27 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     assert after.salts.first_level_salt == before.salts.first_level_salt
     assert after.salts.id_secret == before.salts.id_secret
     assert actions(store)[-1] == "salts.rotate"
+
+
+def test_rotate_salts_just_before_midnight_takes_effect_at_the_midnight_after(
+    material: MaterialService, clock: FixedClock
+) -> None:
+    material.initialise()
+    before = material.load_material()
+    midnight = (clock.now_ms() // DAY_MS + 1) * DAY_MS
+    clock.at_ms = midnight - 2000  # 23:59:58: the table could reach workers after midnight
+    result = material.rotate_salts(1.0)
+    assert result.rotated == BUCKETS
+    assert result.effective_at_ms == result.to_json()["effective_at_ms"] == midnight + DAY_MS
+    after = material.load_material(before).salts
+    old = before.salts
+    for now in (midnight - 2000, midnight, midnight + 60_000, midnight + DAY_MS - 1):
+        assert all(after.salt(i, now) == old.salt(i, now) for i in range(BUCKETS)), now
+        assert all(after.previous_salt(i, now) is None for i in range(BUCKETS)), now
+        assert list(after.updated_since(midnight - 2000, now)) == [], now
+    effective = midnight + DAY_MS
+    assert all(after.salt(i, effective) != old.salt(i, effective) for i in range(BUCKETS))
+    assert {i for i, _ in after.updated_since(midnight - 2000, effective)} == set(range(BUCKETS))
 
 
 def test_a_second_rotation_the_same_day_changes_nothing(
@@ -382,7 +407,7 @@ def test_an_optout_records_the_raw_uid_in_effect_while_a_rotation_is_pending(
     assert service.rotate_salts(1.0).rotated == 16
     salts = service.load_material().salts
     index = salts.index_of(flh)
-    clock.at_ms = next_utc_midnight(rotated_at) - 1
+    clock.at_ms = rotation_effective_at(rotated_at) - 1
     assert service.add_optout("email", "someone@example.com").advertising_id == before
     clock.advance(1)  # the rotation's midnight: the new salt is in effect
     after = service.add_optout("email", "someone@example.com").advertising_id

@@ -10,7 +10,7 @@ import pytest
 from uid2_operator.domain.keysets import Keyset, SharingMode
 from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.domain.salts import SaltTable, generate_salt_table, next_utc_midnight, rotate
+from uid2_operator.domain.salts import SaltTable, generate_salt_table, rotate, rotation_effective_at
 from uid2_operator.domain.sharing import SharingPolicy, allow_list
 from uid2_operator.errors import (
     BodyTooLarge,
@@ -54,7 +54,7 @@ def test_the_snapshot_salts_cost_about_80_bytes_a_bucket() -> None:
         sys.getsizeof(getattr(table, name))
         for name in ("_salts", "_previous", "_present", "_last_updated", "_refresh_from")
     )
-    effective = next_utc_midnight(T0)  # when the rotation takes effect
+    effective = rotation_effective_at(T0)  # when the rotation takes effect
     assert all(table.previous_salt(i, effective) is not None for i in range(table.bucket_count))
     assert columns < 4096 * 96
 

@@ -192,16 +192,60 @@ def test_buckets_list_a_change_only_once_it_is_in_effect() -> None:
     assert _buckets(after, "2023-11-16T00:00:00.001", MIDNIGHT + HOUR) == []
 
 
-def test_a_rotation_just_before_midnight_changes_the_raw_uid_once_at_midnight() -> None:
+def test_a_rotation_just_before_midnight_changes_the_raw_uid_once_at_the_midnight_after() -> None:
     random = _Random(b"late")
     table = generate_salt_table(16, CREATED, random)
     last_ms = MIDNIGHT - 1  # 23:59:59.999
+    effective = MIDNIGHT + DAY_MS  # that midnight is too close: the one after it
     before = _snapshot(table, 1)
     after = _snapshot(rotate(table, 1.0, last_ms, random).table, 2)
     uid = _map_v3(before, last_ms - 1)["u"]
-    assert _map_v3(after, last_ms) == {"u": uid, "p": None, "r": MIDNIGHT // 1000}
-    new = _map_v3(after, MIDNIGHT)
-    assert (new["p"], new["r"]) == (uid, MIDNIGHT // 1000)
+    for now in (last_ms, MIDNIGHT, MIDNIGHT + HOUR, effective - 1):
+        assert _map_v3(after, now) == {"u": uid, "p": None, "r": effective // 1000}, now
+    new = _map_v3(after, effective)
+    assert (new["p"], new["r"]) == (uid, effective // 1000)
     assert new["u"] != uid
-    for now in (MIDNIGHT + 1, MIDNIGHT + DAY_MS - 1):
-        assert _map_v3(after, now) == {"u": new["u"], "p": uid, "r": (MIDNIGHT + DAY_MS) // 1000}
+    for now in (effective + 1, effective + DAY_MS - 1):
+        assert _map_v3(after, now) == {"u": new["u"], "p": uid, "r": (effective + DAY_MS) // 1000}
+
+
+MAPPED = [f"mapped-{n}@example.com" for n in range(64)]
+
+
+def _map_all(snapshot: Snapshot, now_ms: int) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = data_plane.map_v3(snapshot, {"email": MAPPED}, now_ms).body[
+        "email"
+    ]
+    assert len(entries) == len(MAPPED)
+    return entries
+
+
+def test_a_rotation_two_seconds_before_midnight_changes_nothing_at_that_midnight() -> None:
+    """Rotated at 23:59:58, the table reaches the workers after midnight (writing it and their
+    reload take seconds), so for a while workers serve the old table past midnight. Whichever
+    table answers, from then through the next hour every raw UID and ``r`` of the v3 map is the
+    same, and the buckets list no change: the rotation takes effect at the midnight after."""
+    random = _Random(b"two seconds")
+    table = generate_salt_table(16, CREATED, random)
+    rotated_at = MIDNIGHT - 2000
+    rotation = rotate(table, 1.0, rotated_at, random)
+    effective = MIDNIGHT + DAY_MS
+    assert rotation.effective_at_ms == effective
+    before, after = _snapshot(table, 1), _snapshot(rotation.table, 2)
+    mapped = _map_all(before, rotated_at - 1)
+    assert {entry["r"] for entry in mapped} == {MIDNIGHT // 1000}
+    kept = [{"u": entry["u"], "p": None, "r": effective // 1000} for entry in mapped]
+    assert _map_all(after, rotated_at) == kept
+    for now in (MIDNIGHT, MIDNIGHT + 1, MIDNIGHT + 8000, MIDNIGHT + HOUR):
+        assert _map_all(before, now) == kept, now  # a worker still on the old table
+        assert _map_all(after, now) == kept, now  # one that has loaded the rotated table
+    # A client that synced the buckets in the window hears of the change when it takes effect.
+    for since in ("2023-11-15T23:00:00", "2023-11-16T00:00:05"):
+        for now in (MIDNIGHT, MIDNIGHT + HOUR, effective - 1):
+            assert _buckets(after, since, now) == [], (since, now)
+        listed = _buckets(after, since, effective)
+        assert len(listed) == 16
+        assert {bucket["last_updated"] for bucket in listed} == {"2023-11-17T00:00:00.000"}
+    changed = _map_all(after, effective)
+    pairs = zip(mapped, changed, strict=True)
+    assert all(new["u"] != old["u"] and new["p"] == old["u"] for old, new in pairs)
