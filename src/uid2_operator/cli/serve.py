@@ -313,12 +313,29 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
         # failing (``_Workers.keep_alive``).
         log.error("worker %d: %s", os.getpid(), exc.message)
         raise SystemExit(1) from None
-    server = uvicorn.Server(config)
+    server = WorkerServer(config)
     watch = threading.Thread(
         target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
     )
     watch.start()
     server.run(sockets=sockets)
+
+
+class WorkerServer(uvicorn.Server):
+    """A worker's uvicorn server, which always finishes the stop it has begun.
+
+    uvicorn treats a second SIGINT during a stop as "force exit": it stops waiting for the
+    requests under way and skips the application's shutdown, where a worker writes its last
+    usage and logout opt-outs, or saves to the data directory those it cannot write. A Ctrl-C
+    pressed twice (the terminal signals every process of the group) or after a SIGTERM would
+    then lose opt-outs already answered ``{"optout":"OK"}``, silently. Here every further signal
+    only asks for the stop already under way; serve bounds how long it waits for its workers
+    (``_STOP_TIMEOUT_S``) and says so when it has to kill one."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        del frame
+        self._captured_signals.append(sig)
+        self.should_exit = True
 
 
 def _listening(host: str, port: int, shared: socket.socket | None) -> socket.socket:
