@@ -104,7 +104,9 @@ class _App:
         await self.app(scope, receive, send)
 
 
-def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes, bytes]:
+def _request(
+    cred: Credential, *, binary: bool, http_version: str = "1.1"
+) -> tuple[dict[str, Any], bytes, bytes]:
     nonce = b"nonce-01"
     sealed = seal_request(
         json.dumps(EVERYTHING).encode(),
@@ -119,6 +121,7 @@ def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes, 
         "type": "http",
         "method": "POST",
         "path": BUCKETS,
+        "http_version": http_version,
         "headers": [
             (b"content-type", content_type),
             (b"authorization", f"Bearer {cred.key}".encode()),
@@ -128,8 +131,10 @@ def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes, 
     return scope, body, nonce
 
 
-def _answer(app: _App, cred: Credential, *, binary: bool = False) -> tuple[list[Message], bytes]:
-    scope, body, nonce = _request(cred, binary=binary)
+def _answer(
+    app: _App, cred: Credential, *, binary: bool = False, http_version: str = "1.1"
+) -> tuple[list[Message], bytes]:
+    scope, body, nonce = _request(cred, binary=binary, http_version=http_version)
     log: list[tuple[str, Message]] = []
     asyncio.run(app.exchange(scope, body, log, "buckets"))
     return [message for _, message in log], nonce
@@ -186,6 +191,30 @@ def test_a_small_answer_is_sent_whole_with_content_length(binary: bool) -> None:
         _expected_json(snapshot), secret=cred.secret_bytes, nonce=nonce, now_ms=NOW, random=_random
     )
     assert body["body"] == frame_response(sealed, binary)[0]
+    assert app.observed == [(BUCKETS, cred.key_id, 200)]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_large_answer_to_an_http_1_0_request_is_sent_whole_with_content_length(
+    binary: bool,
+) -> None:
+    # HTTP/1.0 has no chunked transfer encoding: without a length the server would chunk the
+    # answer anyway, and the client would read the chunk framing as part of the body.
+    snapshot, cred = _world(_table(LISTED))
+    app = _App(snapshot)
+    messages, nonce = _answer(app, cred, binary=binary, http_version="1.0")
+    start, body = messages
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"content-length"] == b"%d" % len(body["body"])
+    assert body.get("more_body", False) is False
+    sealed = seal_response(
+        _expected_json(snapshot), secret=cred.secret_bytes, nonce=nonce, now_ms=NOW, random=_random
+    )
+    assert body["body"] == frame_response(sealed, binary)[0]
+    opened = open_response(
+        unframe_response(body["body"], binary), secret=cred.secret_bytes, nonce=nonce
+    )
+    assert len(opened["body"]) == LISTED
     assert app.observed == [(BUCKETS, cred.key_id, 200)]
 
 

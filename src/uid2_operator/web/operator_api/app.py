@@ -563,7 +563,9 @@ class OperatorApi:
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
         out: Body
         if type(reply) is StreamedReply:
-            out, content_type = self._pieces(reply, envelope, secret, now_ms)
+            # HTTP/1.0 has no chunked transfer encoding: its clients get the answer whole.
+            whole = scope.get("http_version") == "1.0"
+            out, content_type = self._pieces(reply, envelope, secret, now_ms, whole=whole)
         else:
             sealed = seal_response(
                 reply.to_json(),
@@ -582,17 +584,25 @@ class OperatorApi:
         return 200, out, response_headers
 
     def _pieces(
-        self, reply: StreamedReply, envelope: RequestEnvelope, secret: bytes, now_ms: int
+        self,
+        reply: StreamedReply,
+        envelope: RequestEnvelope,
+        secret: bytes,
+        now_ms: int,
+        *,
+        whole: bool,
     ) -> tuple[Body, str]:
-        """The framed body of an answer written in pieces: whole when there is one piece (sent
-        as any other answer); else its parts, to stream. The first two pieces are made here,
-        before the response starts, so a failure to make them is answered as any error."""
+        """The framed body of an answer written in pieces: whole when there is one piece or
+        ``whole`` is asked (sent as any other answer, with Content-Length: an HTTP/1.0 client
+        cannot read a chunked answer); else its parts, to stream. The first two pieces are made
+        here, before the response starts, so a failure to make them is answered as any error."""
         pieces = reply.pieces()
         first = next(pieces)
         second = next(pieces, None)
-        if second is None:
+        if second is None or whole:
+            body_json = first if second is None else b"".join(chain((first, second), pieces))
             sealed = seal_response(
-                first, secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
+                body_json, secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
             )
             return frame_response(sealed, envelope.binary)
         return stream_response(
