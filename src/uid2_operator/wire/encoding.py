@@ -87,11 +87,7 @@ def dumps(value: Any) -> bytes:
     A lone surrogate (legal as a JSON escape in a request, not encodable as UTF-8) is written as
     U+FFFD, as a Java encoder would, rather than failing the response.
     """
-    text = _ENCODER.encode(value)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _without_lone_surrogates(text)
+    return json_utf8(_ENCODER.encode(value))
 
 
 def json_string(text: str) -> str:
@@ -106,11 +102,7 @@ def json_utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _without_lone_surrogates(text)
-
-
-def _without_lone_surrogates(text: str) -> bytes:
-    return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 class Base64Stream:

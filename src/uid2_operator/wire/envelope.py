@@ -325,43 +325,6 @@ def seal_response(
     return aead.seal_with_iv(secret, random(aead.IV_SIZE), pack_i64(now_ms) + nonce + body_json)
 
 
-class ResponseSealer:
-    """``seal_response`` for a JSON body that comes in parts, each encrypted as it comes.
-
-    The IV is drawn from ``random`` and the arguments checked when the sealer is made. The first
-    output (of ``update``, or of ``finish`` when there was none) begins with the IV and the
-    encrypted header; each ``update`` then gives the ciphertext of its part, and ``finish`` the
-    tag. Joined, the outputs are exactly what ``seal_response`` gives for the parts joined under
-    the same IV. A sealer seals one response: nothing may follow ``finish``.
-    """
-
-    __slots__ = ("_head", "_parts")
-
-    def __init__(
-        self,
-        *,
-        secret: bytes,
-        nonce: bytes,
-        now_ms: int,
-        random: RandomBytes,
-    ) -> None:
-        _check_nonce(nonce)
-        self._parts = aead.seal_in_parts(secret, random(aead.IV_SIZE))
-        self._head = self._parts.update(pack_i64(now_ms) + nonce)
-
-    def update(self, body_json: bytes) -> bytes:
-        sealed = self._parts.update(body_json)
-        head = self._head
-        if head:
-            self._head = b""
-            return head + sealed
-        return sealed
-
-    def finish(self) -> bytes:
-        head, self._head = self._head, b""
-        return head + self._parts.finish()
-
-
 def stream_response(
     pieces: Iterable[bytes],
     *,
@@ -378,19 +341,21 @@ def stream_response(
     IV. So a large answer is sealed and framed without ever being held whole. The IV is drawn and
     the arguments checked at the call; ``pieces`` is read as the parts are.
     """
-    sealer = ResponseSealer(secret=secret, nonce=nonce, now_ms=now_ms, random=random)
+    _check_nonce(nonce)
+    sealer = aead.seal_in_parts(secret, random(aead.IV_SIZE))
+    header = pack_i64(now_ms) + nonce
     if binary:
-        return _parts(sealer, None, iter(pieces)), OCTET_STREAM
-    return _parts(sealer, Base64Stream(), iter(pieces)), TEXT_PLAIN
+        return _parts(sealer, header, None, iter(pieces)), OCTET_STREAM
+    return _parts(sealer, header, Base64Stream(), iter(pieces)), TEXT_PLAIN
 
 
 def _parts(
-    sealer: ResponseSealer, text: Base64Stream | None, pieces: Iterator[bytes]
+    sealer: aead.PartSealer, header: bytes, text: Base64Stream | None, pieces: Iterator[bytes]
 ) -> Iterator[bytes]:
-    """One part per piece (at least one), sealed, then framed as base64 ``text`` unless None:
-    a part is given once the next piece is read, the last with the tag and the end of the
-    text."""
-    sealed = sealer.update(next(pieces, b""))
+    """One part per piece (at least one; the first sealed with the envelope's ``header``
+    before it, as ``seal_response`` seals it), framed as base64 ``text`` unless None: a part is
+    given once the next piece is read, the last with the tag and the end of the text."""
+    sealed = sealer.update(header + next(pieces, b""))
     for piece in pieces:
         yield sealed if text is None else text.update(sealed)
         sealed = sealer.update(piece)

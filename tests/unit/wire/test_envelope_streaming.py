@@ -1,6 +1,6 @@
 """A response sealed and framed as it is written equals the one sealed and framed whole.
 
-``ResponseSealer``, ``stream_response`` and ``Base64Stream`` take their input in parts; for any
+``aead.seal_in_parts``, ``stream_response`` and ``Base64Stream`` take their input in parts; for any
 split of the same bytes, under the same IV, the parts they give join into exactly what
 ``seal_response`` / ``frame_response`` / ``b64encode_ascii`` give for the whole, and what a
 client opens.
@@ -24,11 +24,11 @@ from uid2_operator.wire.encoding import (
     dumps,
     json_string,
     json_utf8,
+    pack_i64,
 )
 from uid2_operator.wire.envelope import (
     OCTET_STREAM,
     TEXT_PLAIN,
-    ResponseSealer,
     frame_response,
     open_response,
     seal_response,
@@ -117,20 +117,32 @@ def test_a_response_sealed_in_parts_equals_the_one_sealed_whole(
     case: tuple[bytes, list[bytes]], iv: bytes, secret: bytes, nonce: bytes, now_ms: int
 ) -> None:
     body, parts = case
-    sealer = ResponseSealer(secret=secret, nonce=nonce, now_ms=now_ms, random=draw_iv(iv))
-    out = [sealer.update(part) for part in parts]
+    header = pack_i64(now_ms) + nonce
+    sealer = aead.seal_in_parts(secret, iv)
+    out = [sealer.update(header + part if i == 0 else part) for i, part in enumerate(parts)]
+    if not parts:
+        out.append(sealer.update(header))
     out.append(sealer.finish())
     whole = seal_response(body, secret=secret, nonce=nonce, now_ms=now_ms, random=draw_iv(iv))
     assert b"".join(out) == whole
     # Bytes come out as they go in: the tag alone waits for the end.
-    assert len(out[-1]) == aead.TAG_SIZE + (0 if parts else aead.IV_SIZE + 16)
+    assert len(out[-1]) == aead.TAG_SIZE
+    assert out[0][: aead.IV_SIZE] == iv
 
 
 def test_a_sealer_made_with_a_bad_nonce_or_iv_refuses() -> None:
     with pytest.raises(ValueError, match="nonce"):
-        ResponseSealer(secret=SECRET, nonce=b"short", now_ms=NOW, random=draw_iv(bytes(12)))
+        stream_response(
+            [b"{}"], secret=SECRET, nonce=b"short", now_ms=NOW, random=draw_iv(bytes(12)),
+            binary=False,
+        )  # fmt: skip
     with pytest.raises(ValueError, match="IV"):
-        ResponseSealer(secret=SECRET, nonce=NONCE, now_ms=NOW, random=lambda n: bytes(n - 1))
+        stream_response(
+            [b"{}"], secret=SECRET, nonce=NONCE, now_ms=NOW, random=lambda n: bytes(n - 1),
+            binary=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="IV"):
+        aead.seal_in_parts(SECRET, bytes(11))
 
 
 # ------------------------------------------------------------------------------ stream_response
