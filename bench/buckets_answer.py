@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import http.client
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Final
 
-from serve_memory import CLI, HOST, WORKER, _cli, _free_port, _memory, _status, children_by_role
+from serve_memory import (
+    HOST,
+    WORKER,
+    _cli,
+    _memory,
+    children_by_role,
+    serving_one_worker,
+)
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 
 HEALTH: Final = "/ops/healthcheck"
@@ -207,28 +211,6 @@ def measure(port: int, issued: dict[str, Any], worker: int, seconds: float) -> d
     }
 
 
-def stop(parent: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """SIGTERM to serve (it stops its workers); once it has exited, or after ``timeout_s``,
-    SIGKILL to whatever is left of its process group. serve is reaped only after that, so its
-    pid, which names the group, cannot have been reused by then."""
-    with contextlib.suppress(ProcessLookupError):
-        parent.send_signal(signal.SIGTERM)
-    ends = time.perf_counter() + timeout_s
-    while time.perf_counter() < ends and _running(parent.pid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(parent.pid, signal.SIGKILL)
-    parent.wait()
-
-
-def _running(pid: int) -> bool:
-    """Whether the child ``pid`` has not exited yet (it is left unreaped either way)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-    except ChildProcessError:
-        return False
-
-
 def print_figures(figures: dict[str, Any]) -> None:
     """One line a figure; the health check's latencies one line per moment."""
     for name, value in figures.items():
@@ -252,29 +234,11 @@ def main() -> None:
         issued = prepare(env)
         prepared_s = time.perf_counter() - started
 
-        port, admin_port = _free_port(), _free_port()
-        command = [CLI, "serve", "--workers", "1", "--port", str(port)]
-        command += ["--admin-port", str(admin_port)]
-        parent = subprocess.Popen(  # noqa: S603 (fixed argument list)
-            command,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            started = time.perf_counter()
-            while _status(port, HEALTH) != 200:
-                if parent.poll() is not None or time.perf_counter() - started > 120:
-                    raise RuntimeError("serve did not become healthy")
-                time.sleep(0.2)
-            ready_s = time.perf_counter() - started
+        with serving_one_worker(env) as (parent, port, ready_s):
             workers = children_by_role(parent.pid)[WORKER]
             if len(workers) != 1:
                 raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
             measured = measure(port, issued, workers[0]["pid"], args.seconds)
-        finally:
-            stop(parent)
 
     figures: dict[str, Any] = {
         "buckets": count,

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -191,6 +192,54 @@ def warm_up(port: int, issued: dict[str, Any], requests: int) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def serving_one_worker(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int, float]]:
+    """``uid2-operator serve --workers 1`` on free loopback ports, in a process group of its own:
+    yields serve's process, its operator port and how long it took to answer its health check;
+    stopped on the way out (``stop``), however the block ends."""
+    port, admin_port = _free_port(), _free_port()
+    command = [CLI, "serve", "--workers", "1", "--port", str(port)]
+    command += ["--admin-port", str(admin_port)]
+    parent = subprocess.Popen(  # noqa: S603 (fixed argument list)
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        started = time.perf_counter()
+        while _status(port, "/ops/healthcheck") != 200:
+            if parent.poll() is not None or time.perf_counter() - started > 120:
+                raise RuntimeError("serve did not become healthy")
+            time.sleep(0.2)
+        yield parent, port, time.perf_counter() - started
+    finally:
+        stop(parent)
+
+
+def stop(parent: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM to serve (it stops its workers); once it has exited, or after ``timeout_s``,
+    SIGKILL to whatever is left of its process group. serve is reaped only after that, so its
+    pid, which names the group, cannot have been reused by then."""
+    with contextlib.suppress(ProcessLookupError):
+        parent.send_signal(signal.SIGTERM)
+    ends = time.perf_counter() + timeout_s
+    while time.perf_counter() < ends and _running(parent.pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+
+def _running(pid: int) -> bool:
+    """Whether the child ``pid`` has not exited yet (it is left unreaped either way)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
 def print_figures(figures: dict[str, Any]) -> None:
     """One line a figure; each worker and helper under its role, pid and command line."""
     children = {f"{WORKER}s": WORKER, f"{HELPER}s": HELPER}
@@ -220,19 +269,7 @@ def main() -> None:
         issued = prepare(env)
         prepared_s = time.perf_counter() - started
 
-        port, admin_port = _free_port(), _free_port()
-        command = [CLI, "serve", "--workers", "1", "--port", str(port)]
-        command += ["--admin-port", str(admin_port)]
-        parent = subprocess.Popen(  # noqa: S603 (fixed argument list)
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            started = time.perf_counter()
-            while _status(port, "/ops/healthcheck") != 200:
-                if parent.poll() is not None or time.perf_counter() - started > 120:
-                    raise RuntimeError("serve did not become healthy")
-                time.sleep(0.2)
-            ready_s = time.perf_counter() - started
+        with serving_one_worker(env) as (parent, port, ready_s):
             children = children_by_role(parent.pid)
             if not children[WORKER]:
                 raise RuntimeError(f"serve has no worker among its children: {children}")
@@ -259,13 +296,6 @@ def main() -> None:
                     {**child, "after_warm_up": _memory(child["pid"])} for child in children[HELPER]
                 ],
             }
-        finally:
-            parent.send_signal(signal.SIGTERM)
-            try:
-                parent.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                parent.kill()
-                parent.wait()
     print_figures(figures)
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(figures, indent=2) + "\n")
