@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
 
-from uid2_operator.clock import SystemClock, system_random
+from uid2_operator.clock import FixedClock, SystemClock, system_random
 from uid2_operator.domain.credentials import ApiKey, KeyState, issue_api_key
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_api_key
@@ -376,3 +377,38 @@ def swap_snapshot_fixture(world: World) -> Iterator[Any]:
 
     yield install
     install(original)
+
+
+class GenerateCaller:
+    """The operator app over ``snapshot`` on ``clock``, called in-process through httpx with
+    sealed ``/v2/token/generate`` requests; ``observed`` collects what the metrics observer is
+    told, ``(path, key id, status)``."""
+
+    def __init__(self, snapshot: Snapshot, clock: FixedClock) -> None:
+        self.clock = clock
+        self.observed: list[tuple[str, str | None, int]] = []
+        self.app = create_operator_app(
+            snapshot_provider=lambda: snapshot,
+            clock=clock,
+            observer=lambda path, key_id, status, _s: self.observed.append((path, key_id, status)),
+        )
+
+    def generate(self, key: str, secret: str) -> httpx.Response:
+        sealed = seal_request(
+            b'{"email":"someone@example.com","optout_check":1}',
+            secret=base64.b64decode(secret),
+            now_ms=self.clock.now_ms(),
+            nonce=os.urandom(8),
+            random=os.urandom,
+        )
+
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://op.test") as client:
+                return await client.post(
+                    "/v2/token/generate",
+                    content=base64.b64encode(sealed),
+                    headers={"authorization": f"Bearer {key}", "content-type": "text/plain"},
+                )
+
+        return anyio.run(send)

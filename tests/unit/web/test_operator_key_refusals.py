@@ -12,59 +12,27 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from dataclasses import replace
 
-import anyio
-import httpx
 import pytest
-from operator_harness import Credential, build_world_snapshot
+from operator_harness import Credential, GenerateCaller, build_world_snapshot
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.key_format import checksum
 from uid2_operator.domain.sealing import ClientSecret
-from uid2_operator.services.snapshot import ClientRecord, LiveSecret, Snapshot
+from uid2_operator.services.snapshot import ClientRecord, LiveSecret
 from uid2_operator.web.operator_api.app import (
     REFUSAL_LOG_INTERVAL_MS,
     RefusalLog,
-    create_operator_app,
 )
-from uid2_operator.wire.envelope import seal_request
 
 GENERATE = "/v2/token/generate"
 LOGGER = "uid2_operator.web.operator_api.app"
-Observed = list[tuple[str, str | None, int]]
 
 
-class _Operator:
-    def __init__(self, snapshot: Snapshot, clock: FixedClock) -> None:
-        self.clock = clock
-        self.observed: Observed = []
-        self.app = create_operator_app(
-            snapshot_provider=lambda: snapshot,
-            clock=clock,
-            observer=lambda path, key_id, status, _s: self.observed.append((path, key_id, status)),
-        )
-
-    def generate(self, key: str, secret: str) -> int:
-        sealed = seal_request(
-            b'{"email":"someone@example.com","optout_check":1}',
-            secret=base64.b64decode(secret),
-            now_ms=self.clock.now_ms(),
-            nonce=os.urandom(8),
-            random=os.urandom,
-        )
-
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://op.test") as client:
-                return await client.post(
-                    GENERATE,
-                    content=base64.b64encode(sealed),
-                    headers={"authorization": f"Bearer {key}", "content-type": "text/plain"},
-                )
-
-        response = anyio.run(send)
+class _Operator(GenerateCaller):
+    def generate_status(self, key: str, secret: str) -> int:
+        response = self.generate(key, secret)
         if response.status_code == 401:
             assert response.content == b'{"status":"unauthorized"}'
         return response.status_code
@@ -87,13 +55,13 @@ def test_a_disabled_key_is_counted_under_its_id_and_logged_once_a_minute(
     x = creds["X"]  # a disabled key
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
-            assert operator.generate(x.key, x.secret) == 401
+            assert operator.generate_status(x.key, x.secret) == 401
         assert operator.observed == [(GENERATE, x.key_id, 401)] * 3
         assert _lines(caplog) == [
             f"API key refused: key_id={x.key_id} reason=key_disabled path={GENERATE}"
         ]
         operator.clock.advance(REFUSAL_LOG_INTERVAL_MS)
-        assert operator.generate(x.key, x.secret) == 401
+        assert operator.generate_status(x.key, x.secret) == 401
     lines = _lines(caplog)
     assert len(lines) == 2
     assert lines[1].endswith(
@@ -114,7 +82,7 @@ def test_each_reason_is_logged_under_the_key_id(
     operator, creds = _world()
     cred = creds[name]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert operator.generate(cred.key, cred.secret) == 401
+        assert operator.generate_status(cred.key, cred.secret) == 401
     assert operator.observed == [(GENERATE, cred.key_id, 401)]
     assert _lines(caplog) == [
         f"API key refused: key_id={cred.key_id} reason={reason} path={GENERATE}"
@@ -132,8 +100,8 @@ def test_a_forged_text_naming_a_known_key_id_is_neither_a_label_nor_logged(
     body = f"{cred.key_id}.{'Z' * 33}"
     forged = body + checksum(body)  # the right shape and checksum, the wrong secret tail
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert operator.generate(forged, cred.secret) == 401
-        assert operator.generate(f"{cred.key_id}.mistyped", cred.secret) == 401
+        assert operator.generate_status(forged, cred.secret) == 401
+        assert operator.generate_status(f"{cred.key_id}.mistyped", cred.secret) == 401
     assert operator.observed == [(GENERATE, None, 401)] * 2
     assert _lines(caplog) == []
     assert cred.key_id not in caplog.text
@@ -145,9 +113,9 @@ def test_an_unknown_key_id_is_neither_a_label_nor_logged(caplog: pytest.LogCaptu
     unknown_id = "UID2-C-L-1001-zzzzzz"
     body = f"{unknown_id}.{'Q' * 33}"
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert operator.generate(body + checksum(body), a.secret) == 401
-        assert operator.generate("UID2-C-P-1001-abcdef.x", a.secret) == 401  # another env
-        assert operator.generate("no-key-at-all", a.secret) == 401
+        assert operator.generate_status(body + checksum(body), a.secret) == 401
+        assert operator.generate_status("UID2-C-P-1001-abcdef.x", a.secret) == 401  # another env
+        assert operator.generate_status("no-key-at-all", a.secret) == 401
     assert [key_id for _, key_id, _ in operator.observed] == [None, None, None]
     assert _lines(caplog) == []
 
@@ -156,7 +124,7 @@ def test_success_is_counted_under_the_key_and_not_logged(caplog: pytest.LogCaptu
     operator, creds = _world()
     a = creds["A"]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert operator.generate(a.key, a.secret) == 200
+        assert operator.generate_status(a.key, a.secret) == 200
     assert operator.observed == [(GENERATE, a.key_id, 200)]
     assert _lines(caplog) == []
 
@@ -173,7 +141,7 @@ def test_a_key_with_no_client_secret_left_is_logged(caplog: pytest.LogCaptureFix
     }
     operator = _Operator(replace(snapshot, clients=clients), clock)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert operator.generate(a.key, a.secret) == 401
+        assert operator.generate_status(a.key, a.secret) == 401
     assert operator.observed == [(GENERATE, a.key_id, 401)]
     assert _lines(caplog) == [
         f"API key refused: key_id={a.key_id} reason=no_live_client_secret path={GENERATE}"

@@ -8,59 +8,29 @@ and nothing of the presented text, throttled like every other refusal line.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 
-import anyio
-import httpx
 import pytest
-from operator_harness import PEPPER, SITE_A, Credential, build_world_snapshot
+from operator_harness import PEPPER, SITE_A, Credential, GenerateCaller, build_world_snapshot
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import MintedCredential, checksum, mint_api_key
 from uid2_operator.services.snapshot import Snapshot
-from uid2_operator.web.operator_api.app import REFUSAL_LOG_INTERVAL_MS, create_operator_app
-from uid2_operator.wire.envelope import seal_request
+from uid2_operator.web.operator_api.app import REFUSAL_LOG_INTERVAL_MS
 
 GENERATE = "/v2/token/generate"
 LOGGER = "uid2_operator.web.operator_api.app"
 UNAUTHORIZED = b'{"status":"unauthorized"}'
 
 
-class _LocalOperator:
+class _LocalOperator(GenerateCaller):
     """The operator app over the test world, whose environment is ``local``."""
 
     def __init__(self, snapshot: Snapshot, clock: FixedClock) -> None:
         assert snapshot.identity.environment is Environment.LOCAL
-        self.clock = clock
-        self.observed: list[tuple[str, str | None, int]] = []
-        self.app = create_operator_app(
-            snapshot_provider=lambda: snapshot,
-            clock=clock,
-            observer=lambda path, key_id, status, _s: self.observed.append((path, key_id, status)),
-        )
-
-    def generate(self, key: str, secret: str) -> httpx.Response:
-        sealed = seal_request(
-            b'{"email":"someone@example.com","optout_check":1}',
-            secret=base64.b64decode(secret),
-            now_ms=self.clock.now_ms(),
-            nonce=os.urandom(8),
-            random=os.urandom,
-        )
-
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://op.test") as client:
-                return await client.post(
-                    GENERATE,
-                    content=base64.b64encode(sealed),
-                    headers={"authorization": f"Bearer {key}", "content-type": "text/plain"},
-                )
-
-        return anyio.run(send)
+        super().__init__(snapshot, clock)
 
 
 def _world() -> tuple[_LocalOperator, Credential]:
