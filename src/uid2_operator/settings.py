@@ -133,11 +133,13 @@ class Settings:
             raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_name!r})")
         keyring_file = env.get("UID2_KEYRING_FILE")
         age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
+        # int() refuses a text of over 4300 digits: what is measured is what is read, without
+        # its leading zeros (read as before)
+        significant = age_text.lstrip("0") or "0"
         if (
             not (age_text.isascii() and age_text.isdigit())
-            # int() refuses a text of over 4300 digits; leading zeros are read as before
-            or len(age_text.lstrip("0")) > len(str(MAX_ROTATION_AGE_DAYS))
-            or not 1 <= int(age_text) <= MAX_ROTATION_AGE_DAYS
+            or len(significant) > len(str(MAX_ROTATION_AGE_DAYS))
+            or not 1 <= int(significant) <= MAX_ROTATION_AGE_DAYS
         ):
             raise SettingsError(
                 "UID2_KEY_ROTATION_AGE_DAYS must be a whole number of days from 1 to "
