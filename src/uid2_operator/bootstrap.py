@@ -527,13 +527,21 @@ def _create_exclusive(path: Path, content: str) -> bool:
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, _PRIVATE_FILE)  # whatever the umask
-        os.write(fd, content.encode("utf-8"))
-        os.fsync(fd)
+        _write_private(fd, content)
     finally:
         os.close(fd)
     _sync_directory(path, "created")
     return True
+
+
+def _write_private(fd: int, content: str) -> None:
+    """Make ``fd`` owner-only whatever the umask, write all of ``content`` (a write may take
+    only part of it), and sync it."""
+    os.fchmod(fd, _PRIVATE_FILE)
+    data = memoryview(content.encode("utf-8"))
+    while data:
+        data = data[os.write(fd, data) :]
+    os.fsync(fd)
 
 
 def _write_temporary(path: Path, content: str) -> Path:
@@ -543,11 +551,7 @@ def _write_temporary(path: Path, content: str) -> Path:
     temporary = Path(name)
     try:
         try:
-            os.fchmod(fd, _PRIVATE_FILE)
-            data = memoryview(content.encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
+            _write_private(fd, content)
         finally:
             os.close(fd)
     except BaseException:

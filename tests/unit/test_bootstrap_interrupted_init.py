@@ -231,6 +231,28 @@ def test_a_filesystem_without_hard_links_still_gets_its_keyring(
     assert ensure_keyring(settings) == keyring  # and never replaced
 
 
+def test_a_keyring_written_in_short_writes_is_written_whole_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write may take only part of what it is given (more likely on the network and vfat
+    # filesystems that lack hard links): the file must still hold all of it.
+    settings = _settings(tmp_path / "data")
+    write = os.write
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:
+        return write(fd, bytes(data[:64]))
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "write", short_write)
+    keyring = ensure_keyring(settings)
+    monkeypatch.undo()
+    assert settings.keyring_path.stat().st_size > 64
+    assert load_keyring(settings) == keyring
+
+
 def test_init_removes_what_an_environment_write_stopped_before_its_rename_left(
     tmp_path: Path,
 ) -> None:
