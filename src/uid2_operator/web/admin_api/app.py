@@ -47,6 +47,7 @@ from starlette.routing import Route
 
 from uid2_operator import __version__
 from uid2_operator.clock import Clock, RandomBytes, SystemClock, system_random
+from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.error_text import where
 from uid2_operator.errors import (
     BodyTooLarge,
@@ -236,8 +237,10 @@ def _endpoint(
             # Named before the roles are checked: a 403's log line names the token refused (the
             # audit trail's denied event does too); only a request with no valid token is
             # logged as anonymous.
-            actor, token = await _authenticate(op, services, request, actor)
-            await _authorise(op, services, request, actor, token=token, limiter=limiter)
+            access = op.access
+            if not isinstance(access, Public):
+                actor, token = await _authenticate(services, request, actor)
+                await _authorise(access, op, services, request, actor, token, limiter)
             check_path(params, path)
             query = EMPTY
             if not op.query_ignored:
@@ -281,12 +284,9 @@ def _endpoint(
 
 
 async def _authenticate(
-    op: Operation, services: AdminServices, request: Request, anonymous: Actor
-) -> tuple[Actor, AdminTokenView | None]:
-    """The actor of the request's bearer token and the token (401 without a valid one);
-    ``anonymous`` and no token on a public route."""
-    if isinstance(op.access, Public):
-        return anonymous, None
+    services: AdminServices, request: Request, anonymous: Actor
+) -> tuple[Actor, AdminTokenView]:
+    """The actor of the request's bearer token and the token (401 without a valid one)."""
     text = bearer_token(request.headers)
     token = await run_in_threadpool(services.admin.authenticate, text)
     actor = Actor(
@@ -298,23 +298,19 @@ async def _authenticate(
     return actor, token
 
 
-async def _authorise(
+async def _authorise(  # noqa: PLR0917 (one call site, in order)
+    action: AdminAction,
     op: Operation,
     services: AdminServices,
     request: Request,
     actor: Actor,
-    *,
-    token: AdminTokenView | None,
+    token: AdminTokenView,
     limiter: RefusalLimiter,
 ) -> None:
     """Raise ``PermissionDenied`` (403, recorded as denied) unless the authenticated token's
-    roles allow the route's action; nothing on a public route."""
-    if isinstance(op.access, Public):
-        return
-    # No token holds no role: a guarded route is never let through without one.
-    roles = token_roles(token.roles) if token is not None else frozenset()
+    roles allow ``action``, the route's."""
     try:
-        require(op.access, roles)
+        require(action, token_roles(token.roles))
     except PermissionDenied:
         await record_denied(services, op, actor, request.path_params, limiter)
         raise
