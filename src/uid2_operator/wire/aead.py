@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Final, Protocol
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -66,15 +66,9 @@ def seal_with_iv(key: bytes, iv: bytes, plaintext: bytes, aad: bytes | None = No
     return iv + cipher(key).encrypt(iv, plaintext, aad)
 
 
-class PartSealer(Protocol):
+class PartSealer:
     """Seals one plaintext given in parts: ``update`` per part, then ``finish`` once."""
 
-    def update(self, plaintext: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
-
-
-class _GcmParts:
     __slots__ = ("_encryptor", "_head")
 
     def __init__(self, key: bytes, iv: bytes) -> None:
@@ -103,7 +97,7 @@ def seal_in_parts(key: bytes, iv: bytes) -> PartSealer:
     """
     if len(iv) != IV_SIZE:
         raise ValueError(f"IV must be {IV_SIZE} bytes")
-    return _GcmParts(key, iv)
+    return PartSealer(key, iv)
 
 
 def open_(key: bytes, blob: bytes, aad: bytes | None = None) -> bytes:

@@ -325,16 +325,14 @@ class _LotteryClass:
     """What one ``n % 100`` class of bucket ids shares under one secret.
 
     ``digits`` is the base-44 digit alphabet, ``front_guard`` the guard put in front of ids of
-    under eight characters, ``guards`` and ``remainder`` pick the guard put behind ids of under
-    seven, and ``pad_before`` / ``pad_after`` surround ids still shorter than nine before the
-    middle nine characters are kept.
+    under eight characters (the one behind ids of under seven depends on their first digit too),
+    and ``pad_before`` / ``pad_after`` surround ids still shorter than nine before the middle
+    nine characters are kept.
     """
 
     lottery: str
     digits: str
-    remainder: int
     front_guard: str
-    guards: str
     pad_before: str
     pad_after: str
 
@@ -342,7 +340,7 @@ class _LotteryClass:
 class _BucketIdEncoder:
     """``Hashids(salt=id_secret, min_length=9).encode(n)`` for one non-negative ``n``."""
 
-    __slots__ = ("_classes",)
+    __slots__ = ("_classes", "_guards")
 
     def __init__(self, id_secret: str) -> None:
         shuffled = _consistent_shuffle(_HASHIDS_LETTERS, id_secret)
@@ -359,17 +357,17 @@ class _BucketIdEncoder:
                 _LotteryClass(
                     lottery=lottery,
                     digits=digits,
-                    remainder=remainder,
                     front_guard=guards[(remainder + ord(lottery)) % _HASHIDS_GUARD_COUNT],
-                    guards=guards,
                     pad_before=padding[half:],
                     pad_after=padding[:half],
                 )
             )
         self._classes = tuple(classes)
+        self._guards = guards
 
     def encode(self, number: int) -> str:
-        kind = self._classes[number % _HASHIDS_LOTTERY_CLASSES]
+        remainder = number % _HASHIDS_LOTTERY_CLASSES
+        kind = self._classes[remainder]
         digits = kind.digits
         base = len(digits)
         text = ""
@@ -384,7 +382,7 @@ class _BucketIdEncoder:
         encoded = kind.front_guard + encoded
         if len(encoded) >= BUCKET_ID_MIN_LENGTH:
             return encoded
-        encoded += kind.guards[(kind.remainder + ord(text[0])) % _HASHIDS_GUARD_COUNT]
+        encoded += self._guards[(remainder + ord(text[0])) % _HASHIDS_GUARD_COUNT]
         if len(encoded) >= BUCKET_ID_MIN_LENGTH:
             return encoded
         # One round of padding always reaches the minimum (44 characters are added); the scheme
