@@ -40,8 +40,10 @@ listing many buckets). That one starts once every check above has passed and its
 are made; each piece is then sealed, framed and sent as its own body message, the event loop
 given to other connections between pieces, with no ``Content-Length`` (the server uses chunked
 transfer encoding). A piece that cannot be made after the start is logged as any failed request
-and the response ends without its last message, so the client sees it cut off. The request's
-headers are read in one pass into a map, the first occurrence of a name winning, as before.
+and the response ends without its last message, so the client sees it cut off. A client that
+disconnects meanwhile is noticed before the next piece is made: no more are made, and the
+observer is told 499. The request's headers are read in one pass into a map, the first
+occurrence of a name winning, as before.
 """
 
 from __future__ import annotations
@@ -148,6 +150,9 @@ _OCTET_BYTES: Final = OCTET_STREAM.encode()
 KEY_ID_SCOPE: Final = "uid2.key_id"
 """Where a request's ASGI scope records the id of the API key that authenticated it, or of the
 key whose text verified but was refused (never an id taken from a text that did not verify)."""
+CLIENT_CLOSED_REQUEST: Final = 499
+"""The status the observer is given for an answer cut short by its client leaving (as proxies
+name it; the admin API logs the same)."""
 REFUSAL_LOG_INTERVAL_MS: Final = 60_000
 REFUSAL_LOG_MAX_ENTRIES: Final = 10_000
 _NO_LIVE_SECRET: Final = "no_live_client_secret"  # noqa: S105 (a reason code, not a secret)
@@ -495,23 +500,15 @@ class OperatorApi:
         except ClientGone:
             return
         except Exception as exc:  # every failure leaves through the one error table
-            if not isinstance(exc, UID2Error):
-                log.error(
-                    "operator request failed: path=%s %s",
-                    path,
-                    described(exc),
-                    extra={"path": path},
-                )
             status, body, content_type = render(exc)
-            if status >= 500 and isinstance(exc, UID2Error):
-                self._server_errors.failed(exc, status, path, self._now())
+            self._failed(exc, status, path)
             response_headers = [(_CONTENT_TYPE, content_type)]
         if origin is not None:
             response_headers += _cors(origin, path, False)
         if isinstance(body, bytes):
             await _respond(send, status, body, response_headers)
         else:
-            status = await self._stream(send, body, response_headers, path)
+            status = await self._stream(receive, send, body, response_headers, path)
         if observer is not None:
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
@@ -614,27 +611,47 @@ class OperatorApi:
             binary=envelope.binary,
         )
 
-    async def _stream(self, send: Send, parts: Iterator[bytes], headers: Headers, path: str) -> int:
+    def _failed(self, exc: Exception, status: int, path: str) -> None:
+        """Log a request that failed with ``exc``, answered (or cut off) with ``status``: an
+        unexpected exception always, with where it was raised; a ``UID2Error`` only when it is
+        the server's fault (5xx), its lines held back when they repeat."""
+        if not isinstance(exc, UID2Error):
+            log.error(
+                "operator request failed: path=%s %s",
+                path,
+                described(exc),
+                extra={"path": path},
+            )
+        elif status >= 500:
+            self._server_errors.failed(exc, status, path, self._now())
+
+    async def _stream(
+        self, receive: Receive, send: Send, parts: Iterator[bytes], headers: Headers, path: str
+    ) -> int:
         """Send a 200 whose body comes in ``parts``: no Content-Length, each part its own body
-        message, other connections served between parts. The status for the observer: 200, or
+        message, other connections served between parts. The status for the observer: 200;
         500 when a part could not be made (logged as any failed request; the response then ends
-        without its last message)."""
+        without its last message); 499 when the client disconnected before the last part, no
+        further part then being made (the server drops what is sent to a client gone)."""
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # The body has been read: the next message can only be the client's disconnect.
+        gone = asyncio.ensure_future(receive())
         try:
-            for part in parts:
+            while not gone.done():
+                part = next(parts, None)
+                if part is None:
+                    break
                 await send({"type": "http.response.body", "body": part, "more_body": True})
                 await asyncio.sleep(0)
+            else:  # the client left: the parts not yet made are not made
+                return CLIENT_CLOSED_REQUEST
         except Exception as exc:
-            if isinstance(exc, UID2Error):
-                self._server_errors.failed(exc, 500, path, self._now())
-            else:
-                log.error(
-                    "operator request failed: path=%s %s",
-                    path,
-                    described(exc),
-                    extra={"path": path},
-                )
+            self._failed(exc, 500, path)
             return 500
+        finally:
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # retrieved, so that a failed receive is not reported as lost
+            gone.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 200
 

@@ -1,0 +1,164 @@
+"""A large ``/v2/identity/buckets`` answer stops being made once its client has gone.
+
+The application is called directly (ASGI messages in and out). The server drops what is sent to
+a client that disconnected, so the application notices the disconnect itself (the only message
+left to receive once the body has been read) and makes no further piece; the observer is told
+499. An answer whose client stays is sent whole, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from array import array
+from collections.abc import Iterator, MutableMapping
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from operator_harness import Credential, build_world_snapshot
+
+from uid2_operator.clock import FixedClock
+from uid2_operator.domain.salts import SaltTable
+from uid2_operator.services.data_plane import BUCKETS_PER_PIECE
+from uid2_operator.services.snapshot import Snapshot
+from uid2_operator.web.operator_api.app import create_operator_app
+from uid2_operator.wire.envelope import seal_request
+
+Message = MutableMapping[str, Any]
+NOW = 1_750_000_000_000
+HOUR = 3_600_000
+BUCKETS = "/v2/identity/buckets"
+EVERYTHING = {"since_timestamp": "1970-01-01T00:00"}
+PIECES = 8
+LISTED = PIECES * BUCKETS_PER_PIECE
+IV = bytes(range(12))
+
+
+def _random(n: int) -> bytes:
+    return (IV * (n // len(IV) + 1))[:n]
+
+
+class _CountingTable(SaltTable):
+    """A table that counts the buckets read from it."""
+
+    listed = 0
+
+    def updated_since(self, since_ms: int, now_ms: int) -> Iterator[tuple[int, int]]:
+        for entry in super().updated_since(since_ms, now_ms):
+            type(self).listed += 1
+            yield entry
+
+
+def _table() -> type[_CountingTable]:
+    """A fresh counting table class; its ``listed`` starts at 0."""
+    return type("Counting", (_CountingTable,), {"listed": 0})
+
+
+def _world(kind: type[SaltTable]) -> tuple[Snapshot, Credential]:
+    salts = kind(
+        first_level_salt="first-level-salt",
+        id_prefix="b",
+        id_secret="bucket-id-secret",
+        salts=hashlib.shake_256(b"salts").digest(32 * LISTED),
+        previous=b"",
+        has_previous=bytes((LISTED + 7) // 8),
+        last_updated=array("q", [NOW - HOUR]) * LISTED,
+        refresh_from=array("q", [NOW - HOUR]) * LISTED,
+    )
+    snapshot, credentials = build_world_snapshot(NOW)
+    return replace(snapshot, salts=salts), credentials["A"]
+
+
+def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes]:
+    sealed = seal_request(
+        json.dumps(EVERYTHING).encode(),
+        secret=cred.secret_bytes,
+        now_ms=NOW,
+        nonce=b"nonce-01",
+        random=bytes,
+    )
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": BUCKETS,
+        "http_version": "1.1",
+        "headers": [
+            (b"content-type", b"application/octet-stream" if binary else b"text/plain"),
+            (b"authorization", f"Bearer {cred.key}".encode()),
+        ],
+    }
+    return scope, sealed if binary else base64.b64encode(sealed)
+
+
+def _exchange(
+    snapshot: Snapshot, scope: dict[str, Any], body: bytes, *, leaves: bool
+) -> tuple[list[Message], list[int]]:
+    """The messages sent and the statuses observed; the client disconnects once the first body
+    message has been sent when it ``leaves``, and otherwise waits for the whole answer."""
+    observed: list[int] = []
+    app = create_operator_app(
+        snapshot_provider=lambda: snapshot,
+        clock=FixedClock(NOW),
+        random=_random,
+        observer=lambda _path, _key_id, status, _elapsed: observed.append(status),
+    )
+    sent: list[Message] = []
+
+    async def run() -> None:
+        first_body_sent = asyncio.Event()
+        delivered = False
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if not leaves:
+                await asyncio.Event().wait()
+            await first_body_sent.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            # As the server does: what is sent after the disconnect is silently dropped.
+            sent.append(dict(message))
+            if message["type"] == "http.response.body":
+                first_body_sent.set()
+
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    return sent, observed
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_no_more_pieces_are_made_once_the_client_of_a_large_answer_has_gone(
+    binary: bool,
+) -> None:
+    kind = _table()
+    snapshot, cred = _world(kind)
+    scope, body = _request(cred, binary=binary)
+    sent, observed = _exchange(snapshot, scope, body, leaves=True)
+    start, *bodies = sent
+    assert start["type"] == "http.response.start"
+    assert start["status"] == 200
+    assert 1 <= len(bodies) <= 2
+    assert all(m["more_body"] is True for m in bodies)
+    # The two pieces made before the start, and at most one more.
+    assert kind.listed <= 3 * BUCKETS_PER_PIECE + 1 < LISTED
+    assert observed == [499]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_large_answer_whose_client_stays_is_sent_whole(binary: bool) -> None:
+    kind = _table()
+    snapshot, cred = _world(kind)
+    scope, body = _request(cred, binary=binary)
+    sent, observed = _exchange(snapshot, scope, body, leaves=False)
+    _, *bodies = sent
+    assert len(bodies) == PIECES + 1
+    assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert kind.listed == LISTED
+    assert observed == [200]
