@@ -166,10 +166,6 @@ class StreamedReply:
 
     pieces: Callable[[], Iterator[bytes]] = field(repr=False)
 
-    def to_json(self) -> bytes:
-        """The whole JSON at once."""
-        return b"".join(self.pieces())
-
 
 @dataclass(frozen=True, slots=True)
 class RefreshReply:

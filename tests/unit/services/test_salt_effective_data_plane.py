@@ -131,7 +131,8 @@ def _logged_out_uid(snapshot: Snapshot, now_ms: int) -> str | None:
 
 
 def _buckets(snapshot: Snapshot, since: str, now_ms: int) -> list[dict[str, str]]:
-    answer = json.loads(data_plane.buckets(snapshot, {"since_timestamp": since}, now_ms).to_json())
+    reply = data_plane.buckets(snapshot, {"since_timestamp": since}, now_ms)
+    answer = json.loads(b"".join(reply.pieces()))
     assert answer["status"] == "success"
     listed: list[dict[str, str]] = answer["body"]
     return listed

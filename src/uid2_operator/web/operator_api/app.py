@@ -559,7 +559,7 @@ class OperatorApi:
             raise ReplayedRequest
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
         out: Body
-        if type(reply) is StreamedReply:
+        if isinstance(reply, StreamedReply):
             # HTTP/1.0 has no chunked transfer encoding: its clients get the answer whole.
             whole = scope.get("http_version") == "1.0"
             out, content_type = self._pieces(reply, envelope, secret, now_ms, whole=whole)
