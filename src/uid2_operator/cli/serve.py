@@ -623,15 +623,7 @@ class _Upkeep:
         self._watch_clocks(now, wall)
         if now >= self._next_poll and not self.stopping.is_set():
             self._next_poll = now + self._serve.poll_interval_s
-            self.step = self._NEW_PARTICIPANTS
-            try:
-                self._initialise()
-            except Exception as exc:
-                self._failed(self._NEW_PARTICIPANTS, exc)
-            else:
-                self._recovered(self._NEW_PARTICIPANTS)
-            finally:
-                self.step = None
+            self._run_step(self._NEW_PARTICIPANTS, self._initialise)
             if self._key_coverage is not None and not self.stopping.is_set():
                 self._coverage_step(self._key_coverage)
         coverage = self._coverage
@@ -641,20 +633,31 @@ class _Upkeep:
         if (now >= self._next_rotation or urgent) and not self.stopping.is_set():
             self._rotation_step(now)
 
+    def _run_step(self, name: str, step: Callable[[], object]) -> bool:
+        """Run one upkeep step under ``name`` (what a stop cut short names): its failure is
+        logged as that step's, its success after failures as its recovery. Whether it succeeded."""
+        self.step = name
+        try:
+            step()
+        except Exception as exc:
+            self._failed(name, exc)
+            return False
+        else:
+            self._recovered(name)
+            return True
+        finally:
+            self.step = None
+
     def _coverage_step(self, reader: Callable[[int], Coverage]) -> None:
         """Read the coverage again when the store changed since it was read (or it is due)."""
-        self.step = self._COVERAGE
-        try:
+
+        def read() -> None:
             seq = self._services.store.change_seq()
             if seq != self._coverage_seq:
                 self._coverage = reader(self._wall_ms())
                 self._coverage_seq = seq
-        except Exception as exc:
-            self._failed(self._COVERAGE, exc)
-        else:
-            self._recovered(self._COVERAGE)
-        finally:
-            self.step = None
+
+        self._run_step(self._COVERAGE, read)
 
     def _rotation_step(self, now: float) -> None:
         self._next_rotation = now + self._serve.key_rotation_interval_s
@@ -662,20 +665,12 @@ class _Upkeep:
             self._next_urgent = now + self._serve.poll_interval_s
             if self._ROTATION not in self._failing:
                 log.warning("key rotation run at once: %s", self._rotate_now)
-        self.step = self._ROTATION
-        try:
-            # The rotation logs its own outcome at INFO (``encryption keys rotated ...``).
-            self._material.rotate_keys()
-        except Exception as exc:
-            self._failed(self._ROTATION, exc)
-        else:
-            self._recovered(self._ROTATION)
+        # The rotation logs its own outcome at INFO (``encryption keys rotated ...``).
+        if self._run_step(self._ROTATION, self._material.rotate_keys):
             self._rotate_now = None
             # The coverage read before is stale now, whether the run changed anything or not:
             # the next poll reads it again, and until then it asks for no run.
             self._coverage, self._coverage_seq = None, None
-        finally:
-            self.step = None
 
     def _watch_clocks(self, now: float, wall: int) -> None:
         """Ask for a rotation at once when the time of day moved more than ``_CLOCK_JUMP_S``

@@ -175,7 +175,8 @@ def test_an_unexpected_error_is_logged_by_class_and_frames_once_and_serve_goes_o
     assert len(errors) == 1
     assert re.fullmatch(
         r"material upkeep \(new-participant keysets\) failed: OperationalError at "
-        r"test_serve_upkeep\.py:\d+ initialise < serve\.py:\d+ _initialise < serve\.py:\d+ tick",
+        r"test_serve_upkeep\.py:\d+ initialise < serve\.py:\d+ _initialise < "
+        r"serve\.py:\d+ _run_step",
         errors[0].getMessage(),
     ), errors[0].getMessage()
     assert errors[0].exc_info is None
