@@ -24,17 +24,25 @@ salt at once: it schedules the change for ``E``, the first UTC midnight at least
 ``SALT_ROTATION_LEAD_MS`` away (``rotation_effective_at``), as a salt snapshot of the reference is
 published ahead of its ``effective`` time. Only buckets whose ``refresh_from`` has passed
 may rotate; a rotated bucket stores the salt in effect as its previous, the new salt as its
-current, and ``last_updated`` = ``refresh_from`` = ``E`` (the time the change takes effect, as the
-reference's salt files give it). A bucket therefore changes at most once a day, and only at a
-midnight.
+current, ``refresh_from`` = ``E`` (the time the change takes effect, as the reference's salt files
+give it as ``last_updated``) and ``last_updated`` = when the salt in effect took effect. A bucket
+therefore changes at most once a day, and only at a midnight.
 
 So what a bucket holds depends on the time it is read at, and every read that derives a raw UID
-takes that time. Read at ``t < last_updated`` a rotated bucket is *pending*: the salt in effect is
-the stored previous one, it has no previous salt of its own (the rotation wrote over it), and its
-``refresh_from`` is ``E``. From ``last_updated`` on it reads as stored. No extra column holds any
-of this, and the stored format is the one rotations wrote when they took effect at once: those
-stamped ``last_updated`` with the time they ran, which has passed, so such a table reads exactly as
-it did and needs no migration.
+takes that time. Read at ``t < refresh_from`` a bucket with a previous salt is *pending*: the
+salt in effect is the stored previous one, took effect at ``last_updated``, and has no previous
+salt of its own (the rotation wrote over it); its ``refresh_from`` is ``E``. From ``E`` on it
+reads as stored, with ``E`` as its ``last_updated``. So the time the salt in effect took effect
+is known while the next change waits: ``/v2/identity/buckets`` lists that earlier change until
+the new one replaces it, however soon the bucket is rotated again.
+
+Stored ``last_updated`` never exceeds ``refresh_from``; the two are equal in a bucket that never
+rotated (both its creation time), and in one rotated by an earlier version, which stored the
+change's time in both (a rotation made before midnight: pending until then, reported as updated
+"long ago", 0, since the time its salt in effect took effect was not kept). Earlier still,
+rotations took effect at once and stored the time they ran as ``last_updated`` with the next
+midnight as ``refresh_from``; schema revision 0006 rewrites those buckets' ``refresh_from`` to
+their ``last_updated`` (``legacy_refresh_from``), so they read as they did.
 """
 
 from __future__ import annotations
@@ -98,6 +106,29 @@ def int64_bytes(column: array[int], *, swap: bool = _BIG_ENDIAN) -> bytes:
     copy = array("q", column)
     copy.byteswap()
     return copy.tobytes()
+
+
+def legacy_refresh_from(
+    has_previous: bytes, last_updated: bytes, refresh_from: bytes
+) -> bytes | None:
+    """A stored chunk's ``refresh_from`` column with every bucket that an at-once rotation of an
+    earlier version left (a previous salt, ``last_updated`` before ``refresh_from``) given its
+    ``last_updated`` as ``refresh_from``; None when the chunk holds none.
+
+    Those buckets took their new salt when the rotation ran and read so under every later rule;
+    the layout this version writes reads a previous salt with ``last_updated < refresh_from`` as
+    a change still to come. Moved to their ``last_updated``, they read as before: that salt, with
+    that time, and the old one as previous."""
+    updated = int64_column(last_updated)
+    moved = int64_column(refresh_from)
+    if len(updated) != len(moved) or len(has_previous) != _bitmap_size(len(updated)):
+        raise SaltError("A salt chunk's columns disagree in length")
+    changed = False
+    for index, (at, refresh) in enumerate(zip(updated, moved, strict=True)):
+        if at < refresh and _bit(has_previous, index):
+            moved[index] = at
+            changed = True
+    return int64_bytes(moved) if changed else None
 
 
 def _bit(bitmap: bytes | bytearray, index: int) -> bool:
@@ -200,7 +231,7 @@ class SaltTable:
         A bucket with nothing to fall back on (a table stamped by a clock ahead of this one's)
         reads as stored.
         """
-        return now_ms < self._last_updated[index] and _bit(self._present, index)
+        return now_ms < self._refresh_from[index] and _bit(self._present, index)
 
     def salt(self, index: int, now_ms: int) -> str:
         """The salt of a bucket in effect at ``now_ms``, as the derivations use it (standard
@@ -211,7 +242,7 @@ class SaltTable:
         whole cost of the rule."""
         self._check(index)
         column = self._salts
-        if now_ms < self._last_updated[index] and _bit(self._present, index):
+        if now_ms < self._refresh_from[index] and _bit(self._present, index):
             column = self._previous
         return b64encode(bytes(column[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
 
@@ -219,12 +250,12 @@ class SaltTable:
         """The salt in effect before the one in effect at ``now_ms``. None if there was none, and
         while a rotation is pending (the previous column then holds the salt in effect)."""
         self._check(index)
-        if not _bit(self._present, index) or now_ms < self._last_updated[index]:
+        if not _bit(self._present, index) or now_ms < self._refresh_from[index]:
             return None
         return b64encode(bytes(self._previous[index * SALT_SIZE : (index + 1) * SALT_SIZE]))
 
     def last_updated_ms(self, index: int) -> int:
-        """The stored column: when the bucket's current salt took (or, rotated, takes) effect."""
+        """The stored column: when the salt in effect before ``refresh_from`` took effect."""
         self._check(index)
         return self._last_updated[index]
 
@@ -250,11 +281,23 @@ class SaltTable:
         )
 
     def updated_since(self, since_ms: int, now_ms: int) -> Iterator[tuple[int, int]]:
-        """``(index, last_updated_ms)`` of every bucket whose salt took effect at or after
-        ``since_ms`` and by ``now_ms`` (a pending change is not reported before it happens),
-        by index, one at a time: a listing of every bucket of a production table is a million
-        pairs, which a caller writing them out need never hold at once."""
-        return ((i, ts) for i, ts in enumerate(self._last_updated) if since_ms <= ts <= now_ms)
+        """``(index, last_updated_ms)`` of every bucket whose salt in effect at ``now_ms`` took
+        effect at or after ``since_ms`` (a pending change is not reported before it happens; the
+        change before it is), by index, one at a time: a listing of every bucket of a production
+        table is a million pairs, which a caller writing them out need never hold at once.
+
+        The time is ``_bucket_at``'s: ``refresh_from`` once it has passed, else ``last_updated``
+        (which is at most ``refresh_from``, and in the future only where both are)."""
+        pairs = enumerate(zip(self._last_updated, self._refresh_from, strict=True))
+        for index, (updated, refresh_from) in pairs:
+            if updated < since_ms and refresh_from < since_ms:  # most buckets of a sync
+                continue
+            if refresh_from > now_ms:
+                at = updated
+            else:
+                at = refresh_from if refresh_from >= updated else updated
+            if since_ms <= at <= now_ms:
+                yield index, at
 
     # -------------------------------------------------------------------- chunks
 
@@ -342,23 +385,25 @@ def _bucket_at(
 ) -> SaltBucket:
     """A bucket's stored columns as the wire value at ``now_ms``.
 
-    A pending bucket (``now_ms < last_updated_ms``, with a previous salt) has the previous salt
-    in effect and no previous of its own. The time that salt took effect is no longer stored (the
-    rotation wrote ``E`` over it); the bucket reports ``last_updated_ms`` 0, "long ago", so the
-    rules that read the field (a previous raw UID for 90 days after a change, the changes
-    ``/v2/identity/buckets`` lists) see no change before ``E``.
+    A pending bucket (``now_ms < refresh_from_ms``, with a previous salt) has the previous salt in
+    effect, since ``last_updated_ms``, and no previous of its own. A bucket rotated by an earlier
+    version stored the change's time in both columns and not the time its salt in effect took
+    effect: while pending it reports ``last_updated_ms`` 0, "long ago", so the rules that read the
+    field (a previous raw UID for 90 days after a change, the changes ``/v2/identity/buckets``
+    lists) see no change before ``E``. Past ``refresh_from_ms`` the bucket reads as stored, updated
+    at the later of its two times.
     """
-    if previous is not None and now_ms < last_updated_ms:
+    if previous is not None and now_ms < refresh_from_ms:
         return SaltBucket(
             index=index,
-            last_updated_ms=0,
+            last_updated_ms=last_updated_ms if last_updated_ms < refresh_from_ms else 0,
             current_salt=b64encode(bytes(previous)),
             refresh_from_ms=refresh_from_ms,
             previous_salt=None,
         )
     return SaltBucket(
         index=index,
-        last_updated_ms=last_updated_ms,
+        last_updated_ms=max(last_updated_ms, refresh_from_ms),
         current_salt=b64encode(bytes(salt)),
         refresh_from_ms=refresh_from_ms,
         previous_salt=None if previous is None else b64encode(bytes(previous)),
@@ -445,13 +490,13 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     """Rotate ``round(fraction * bucket_count)`` buckets (at least one), picked uniformly among
     those whose ``refresh_from`` has passed; fewer if fewer are eligible.
 
-    A rotated bucket keeps the salt in effect at ``now_ms`` as previous and gets a fresh random
-    salt that takes effect at ``E`` = ``rotation_effective_at(now_ms)``, the first UTC midnight
-    at least ``SALT_ROTATION_LEAD_MS`` away: ``last_updated`` = ``refresh_from`` = ``E``. Until
-    ``E`` every read gives the salt it had (see the module docstring), so no raw UID changes
-    before the time mappers were told to map again, nor before every worker has the table. The
-    result is a new table one version on; ``table`` is left as it was (requests may still be
-    reading it).
+    A rotated bucket keeps the salt in effect at ``now_ms`` as previous, with the time it took
+    effect as ``last_updated``, and gets a fresh random salt that takes effect at ``E`` =
+    ``rotation_effective_at(now_ms)``, the first UTC midnight at least ``SALT_ROTATION_LEAD_MS``
+    away, its ``refresh_from``. Until ``E`` every read gives the salt it had (see the module
+    docstring), so no raw UID changes before the time mappers were told to map again, nor before
+    every worker has the table. The result is a new table one version on; ``table`` is left as it
+    was (requests may still be reading it).
     """
     if not 0 < fraction <= 1:
         raise InvalidInput("The fraction of buckets to rotate must be in (0, 1]")
@@ -472,12 +517,16 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
     fresh = random(SALT_SIZE * wanted)
     effective = rotation_effective_at(now_ms)
     for n, index in enumerate(chosen):
+        # Eligible, so not pending: the stored salt is in effect, since the later of the two
+        # times (``_bucket_at``). A time at or past ``E`` (a table stamped by a clock ahead)
+        # cannot be kept below ``refresh_from``; stored as ``E``, it reads as "long ago" until
+        # then, as an earlier version's rotation does.
+        in_effect_since = max(table._last_updated[index], table._refresh_from[index])
         at = index * SALT_SIZE
-        if not table._pending(index, now_ms):  # else the salt in effect already is the previous
-            previous[at : at + SALT_SIZE] = salts[at : at + SALT_SIZE]
+        previous[at : at + SALT_SIZE] = salts[at : at + SALT_SIZE]
         salts[at : at + SALT_SIZE] = fresh[n * SALT_SIZE : (n + 1) * SALT_SIZE]
         present[index >> 3] |= 1 << (index & 7)
-        last_updated[index] = effective
+        last_updated[index] = min(in_effect_since, effective)
         refresh_from[index] = effective
     rotated = SaltTable(
         first_level_salt=table.first_level_salt,

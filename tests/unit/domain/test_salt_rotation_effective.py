@@ -20,6 +20,9 @@ from uid2_operator.domain.salts import (
     SALT_SIZE,
     SaltTable,
     generate_salt_table,
+    int64_bytes,
+    int64_column,
+    legacy_refresh_from,
     rotate,
     rotation_effective_at,
 )
@@ -67,7 +70,11 @@ def test_a_pending_bucket_reads_as_the_bucket_it_was_until_midnight() -> None:
     i = rotated[0]
     old = before.salt(i, ROTATED_AT)
     assert after.bucket(i, MIDNIGHT - 1) == SaltBucket(
-        index=i, last_updated_ms=0, current_salt=old, refresh_from_ms=MIDNIGHT, previous_salt=None
+        index=i,
+        last_updated_ms=CREATED,
+        current_salt=old,
+        refresh_from_ms=MIDNIGHT,
+        previous_salt=None,
     )
     assert after.bucket(i, MIDNIGHT) == SaltBucket(
         index=i,
@@ -76,8 +83,8 @@ def test_a_pending_bucket_reads_as_the_bucket_it_was_until_midnight() -> None:
         refresh_from_ms=MIDNIGHT,
         previous_salt=old,
     )
-    # The stored columns say when the change takes effect, as the reference's salt files do.
-    assert (after.last_updated_ms(i), after.refresh_from_ms(i)) == (MIDNIGHT, MIDNIGHT)
+    # The stored columns say when the salt in effect took effect and when the change takes effect.
+    assert (after.last_updated_ms(i), after.refresh_from_ms(i)) == (CREATED, MIDNIGHT)
     chunk = after.chunk(i // 16, 16)
     for now in (MIDNIGHT - 1, MIDNIGHT):
         assert chunk.bucket(i, now) == after.bucket(i, now)
@@ -174,20 +181,87 @@ def _hand_built(*, salt: bytes, previous: bytes, last_updated: int, refresh_from
     )
 
 
-def test_a_table_rotated_the_old_way_reads_as_it_did() -> None:
-    # A rotation that changed the salt at once stored last_updated = the time it ran (past) and
-    # refresh_from = the next midnight: such a bucket reads as stored, no migration needed.
+def test_a_table_rotated_at_once_by_an_earlier_version_reads_as_it_did_once_upgraded() -> None:
+    # Rotations that changed the salt at once stored last_updated = the time they ran (past) and
+    # refresh_from = the next midnight. Schema revision 0006 moves refresh_from to last_updated
+    # (``legacy_refresh_from``): the bucket then reads as it always did, new salt since then.
     old, new = b"o" * SALT_SIZE, b"n" * SALT_SIZE
-    stored = _hand_built(salt=new, previous=old, last_updated=ROTATED_AT, refresh_from=MIDNIGHT)
+    refresh_from = legacy_refresh_from(
+        b"\x01", int64_bytes(array("q", [ROTATED_AT])), int64_bytes(array("q", [MIDNIGHT]))
+    )
+    assert refresh_from is not None
+    assert list(int64_column(refresh_from)) == [ROTATED_AT]
+    stored = _hand_built(salt=new, previous=old, last_updated=ROTATED_AT, refresh_from=ROTATED_AT)
     for now in (ROTATED_AT, MIDNIGHT - 1, MIDNIGHT + DAY_MS):
         assert stored.bucket(0, now) == SaltBucket(
             index=0,
             last_updated_ms=ROTATED_AT,
             current_salt=b64encode(new),
-            refresh_from_ms=MIDNIGHT,
+            refresh_from_ms=ROTATED_AT,
             previous_salt=b64encode(old),
         )
     assert list(stored.updated_since(ROTATED_AT, ROTATED_AT)) == [(0, ROTATED_AT)]
+
+
+def test_the_upgrade_moves_only_buckets_rotated_at_once() -> None:
+    times = array("q", [CREATED, MIDNIGHT, ROTATED_AT, ROTATED_AT])
+    refresh = array("q", [CREATED, MIDNIGHT, MIDNIGHT, MIDNIGHT])
+    # Never rotated; rotated for a midnight by the version before; rotated at once; the same
+    # times without a previous salt (not a rotation: left alone).
+    moved = legacy_refresh_from(b"\x07", int64_bytes(times), int64_bytes(refresh))
+    assert moved is not None
+    assert list(int64_column(moved)) == [CREATED, MIDNIGHT, ROTATED_AT, MIDNIGHT]
+    unchanged = array("q", [CREATED, MIDNIGHT, ROTATED_AT, MIDNIGHT])
+    assert legacy_refresh_from(b"\x07", int64_bytes(times), int64_bytes(unchanged)) is None
+
+
+def test_a_bucket_rotated_for_a_midnight_by_the_version_before_reads_as_it_did() -> None:
+    # That version stored the change's time in both columns, and not when the salt in effect
+    # took effect: pending, the bucket reports it as "long ago" (0), as it did.
+    in_effect, scheduled = b"e" * SALT_SIZE, b"s" * SALT_SIZE
+    t = _hand_built(
+        salt=scheduled, previous=in_effect, last_updated=MIDNIGHT, refresh_from=MIDNIGHT
+    )
+    assert t.bucket(0, MIDNIGHT - 1) == SaltBucket(
+        index=0,
+        last_updated_ms=0,
+        current_salt=b64encode(in_effect),
+        refresh_from_ms=MIDNIGHT,
+        previous_salt=None,
+    )
+    assert list(t.updated_since(0, MIDNIGHT - 1)) == []
+    assert t.bucket(0, MIDNIGHT).last_updated_ms == MIDNIGHT
+    assert list(t.updated_since(MIDNIGHT, MIDNIGHT)) == [(0, MIDNIGHT)]
+    assert rotate(t, 1.0, MIDNIGHT - 1, Drbg(b"p")).rotated == ()
+    again = rotate(t, 1.0, MIDNIGHT + HOUR, Drbg(b"p")).table
+    assert again.bucket(0, MIDNIGHT + 2 * HOUR).last_updated_ms == MIDNIGHT
+    assert again.previous_salt(0, MIDNIGHT + DAY_MS) == b64encode(scheduled)
+
+
+def test_a_bucket_rotated_again_is_listed_with_its_earlier_change_until_the_next() -> None:
+    # Rotated at ROTATED_AT for MIDNIGHT, then again the next morning for the midnight after:
+    # a sync between the second rotation and its midnight still learns of the first change.
+    before, first, rotated = _rotated(1.0)
+    next_midnight = MIDNIGHT + DAY_MS
+    second = rotate(first, 1.0, MIDNIGHT + 10 * HOUR, Drbg(b"again"))
+    assert second.effective_at_ms == next_midnight
+    assert set(second.rotated) == set(rotated) == set(range(COUNT))
+    after = second.table
+    since = ROTATED_AT + HOUR  # a client's last sync, before the first change took effect
+    listed = list(after.updated_since(since, MIDNIGHT + 12 * HOUR))
+    assert listed == [(i, MIDNIGHT) for i in range(COUNT)]
+    for i in range(COUNT):
+        pending = after.bucket(i, next_midnight - 1)
+        assert pending.last_updated_ms == MIDNIGHT
+        assert pending.current_salt == first.salt(i, MIDNIGHT) != before.salt(i, ROTATED_AT)
+        assert pending.previous_salt is None
+        changed = after.bucket(i, next_midnight)
+        assert changed.last_updated_ms == next_midnight
+        assert changed.previous_salt == first.salt(i, MIDNIGHT)
+        assert changed.current_salt not in (first.salt(i, MIDNIGHT), before.salt(i, ROTATED_AT))
+    assert list(after.updated_since(MIDNIGHT + 1, next_midnight)) == [
+        (i, next_midnight) for i in range(COUNT)
+    ]
 
 
 def test_a_table_stamped_by_a_clock_ahead_reads_as_stored() -> None:
@@ -197,15 +271,3 @@ def test_a_table_stamped_by_a_clock_ahead_reads_as_stored() -> None:
     bucket = t.bucket(1, ROTATED_AT - 5)
     assert bucket.current_salt == t.salt(1, ROTATED_AT) == t.salt(1, ROTATED_AT - 5)
     assert bucket.last_updated_ms == ROTATED_AT
-
-
-def test_rotating_a_pending_bucket_keeps_the_salt_in_effect_as_previous() -> None:
-    # Not made by ``rotate`` (a scheduled bucket is not eligible before its midnight), but the
-    # rule is that a rotation keeps the salt in effect when it runs, whatever the columns say.
-    in_effect, scheduled = b"e" * SALT_SIZE, b"s" * SALT_SIZE
-    t = _hand_built(salt=scheduled, previous=in_effect, last_updated=MIDNIGHT, refresh_from=0)
-    assert t.salt(0, ROTATED_AT) == b64encode(in_effect)
-    rotated = rotate(t, 1.0, ROTATED_AT, Drbg(b"p")).table
-    assert rotated.salt(0, MIDNIGHT - 1) == b64encode(in_effect)
-    assert rotated.previous_salt(0, MIDNIGHT) == b64encode(in_effect)
-    assert rotated.salt(0, MIDNIGHT) not in (b64encode(in_effect), b64encode(scheduled))

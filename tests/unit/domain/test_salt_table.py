@@ -182,8 +182,9 @@ def test_rotation_moves_the_old_salt_to_previous_and_stamps_the_bucket() -> None
         if i in result.rotated:
             assert new.previous_salt(i, effective) == t.salt(i, now)
             assert new.salt(i, effective) != t.salt(i, now)
-            assert new.last_updated_ms(i) == effective
-            assert new.refresh_from_ms(i) == effective
+            assert new.bucket(i, effective).last_updated_ms == effective
+            # Stored: when the salt in effect until then took effect, and when the change comes.
+            assert (new.last_updated_ms(i), new.refresh_from_ms(i)) == (T0, effective)
         else:
             assert (new.salt(i, effective), new.previous_salt(i, effective)) == (
                 t.salt(i, now),

@@ -70,10 +70,10 @@ def _whole_answer(salts: SaltTable, since_ms: int, now_ms: int) -> bytes:
     body = [
         {
             "bucket_id": bucket_id(i, id_prefix=salts.id_prefix, id_secret=salts.id_secret),
-            "last_updated": _iso(salts.last_updated_ms(i)),
+            "last_updated": _iso(salts.bucket(i, now_ms).last_updated_ms),
         }
         for i in range(salts.bucket_count)
-        if since_ms <= salts.last_updated_ms(i) <= now_ms
+        if since_ms <= salts.bucket(i, now_ms).last_updated_ms <= now_ms
     ]
     return Reply("success", body).to_json()
 

@@ -258,7 +258,7 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     assert len(changed) == 64
     for i in changed:
         assert after.salts.previous_salt(i, effective) == before.salts.salt(i, now)
-        assert after.salts.last_updated_ms(i) == effective
+        assert after.salts.bucket(i, effective).last_updated_ms == effective
     assert after.salts.first_level_salt == before.salts.first_level_salt
     assert after.salts.id_secret == before.salts.id_secret
     assert actions(store)[-1] == "salts.rotate"

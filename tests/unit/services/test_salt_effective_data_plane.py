@@ -193,6 +193,32 @@ def test_buckets_list_a_change_only_once_it_is_in_effect() -> None:
     assert _buckets(after, "2023-11-16T00:00:00.001", MIDNIGHT + HOUR) == []
 
 
+def test_a_sync_while_a_second_rotation_waits_still_lists_the_first_change() -> None:
+    # Rotated at 10:00 for MIDNIGHT, rotated again the next morning for the midnight after. A
+    # client whose last sync came before MIDNIGHT syncs at noon: it must learn of the change
+    # made at MIDNIGHT (its raw UIDs are stale since then), while the second change waits.
+    _, after = _world()
+    second = rotate(after.salts, 1.0, MIDNIGHT + 10 * HOUR, _Random(b"second"))
+    again = _snapshot(second.table, 3)
+    noon = MIDNIGHT + 12 * HOUR
+    salts = second.table
+    expected = [
+        {
+            "bucket_id": bucket_id(i, id_prefix=salts.id_prefix, id_secret=salts.id_secret),
+            "last_updated": "2023-11-16T00:00:00.000",
+        }
+        for i in range(salts.bucket_count)
+    ]
+    assert _buckets(again, "2023-11-15T11:00:00", noon) == expected
+    # What it maps then is what it was told at MIDNIGHT, to be mapped again at the next one.
+    at_midnight = _map_v3(after, MIDNIGHT)
+    assert _map_v3(again, noon) == {
+        "u": at_midnight["u"],
+        "p": None,
+        "r": (MIDNIGHT + DAY_MS) // 1000,
+    }
+
+
 def test_a_rotation_just_before_midnight_changes_the_raw_uid_once_at_the_midnight_after() -> None:
     random = _Random(b"late")
     table = generate_salt_table(16, CREATED, random)
