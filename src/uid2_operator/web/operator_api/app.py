@@ -487,6 +487,8 @@ class OperatorApi:
         origin = _text(fields, _ORIGIN)
         if method == "OPTIONS":
             await _respond(send, 204, b"", [] if origin is None else _cors(origin, path, True))
+            if observer is not None:  # counted under the pre-flighted route (or ``other``)
+                observer(path, None, 204, time.perf_counter() - started)
             return
         try:
             if method == "POST" and path in self._post_routes:  # every API call: no extra await

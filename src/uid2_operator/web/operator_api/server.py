@@ -20,7 +20,9 @@ wires, per process:
 (Prometheus text) and ``GET /ops/healthcheck`` while the worker has a problem (503 with the
 reason as plain text, operator-api §6.13: ``SnapshotSource.problem``, fixed phrases that never
 carry an error's text, since anyone may ask, or else ``key_problem``: a keyset token issuance
-needs has no active key); a healthy health check goes to the API (200 ``OK``).
+needs has no active key); a healthy health check goes to the API (200 ``OK``). Its own answers
+on the operator port are told to the same observer as the API's, under their route and timed
+the same way, so the request metrics count every answer of that port.
 With a metrics listener of its own (``serve --metrics-port``), ``/metrics`` is answered there
 only, and that listener answers nothing else (``OperatorServer``).
 Its ASGI lifespan starts and stops the background loops; shutdown flushes what is pending
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +61,7 @@ from uid2_operator.web.operator_api.app import (
     OperatorApi,
     OperatorApiConfig,
     Receive,
+    RequestObserver,
     Scope,
     Send,
 )
@@ -109,7 +113,12 @@ class OperatorServer:
     the server takes it from the accepted socket's own address (``getsockname``), never from
     anything the client sends (its ``Host`` header, a proxy's headers), and serve never gives the
     two listeners the same port. A connection whose local port is unknown is the operator
-    port's, so ``/metrics`` is never answered there."""
+    port's, so ``/metrics`` is never answered there.
+
+    ``observer`` is the API's (``build_worker``): the answers given here on the operator port
+    (the degraded health check's 503, ``/metrics``' 200 and 405) are told to it as the API's
+    are, under ``HEALTHCHECK`` and ``METRICS``, with no key id, timed from the moment the path
+    is known to be answered here. The metrics listener's answers are not counted."""
 
     def __init__(
         self,
@@ -118,11 +127,13 @@ class OperatorServer:
         *,
         metrics_port: int | None = None,
         key_problem: Callable[[], str | None] | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._api = api
         self.worker = worker
         self._metrics_port = metrics_port
         self._key_problem = key_problem
+        self._observer = observer
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -136,19 +147,21 @@ class OperatorServer:
                 else:
                     await _answer(send, *render(NotFound()))
                 return
+            # Only these two paths are timed here; the API times and counts what it answers (a
+            # healthy health check included), and its routes reach it with no work added here.
             if path == HEALTHCHECK:
+                observer = self._observer
+                started = time.perf_counter() if observer is not None else 0.0
                 problem = self.worker.source.problem
                 if problem is None and self._key_problem is not None:
                     problem = self._key_problem()
                 if problem is not None and scope["method"] in ("GET", "HEAD"):
                     await _answer(send, 503, problem.encode(), TEXT)
+                    if observer is not None:
+                        observer(HEALTHCHECK, None, 503, time.perf_counter() - started)
                     return
             elif path == METRICS and self._metrics_port is None:
-                if scope["method"] not in ("GET", "HEAD"):
-                    # A known path: the wrong method is a 405, as on the API's own paths.
-                    await _answer(send, *render(MethodNotAllowed()))
-                    return
-                await self._metrics(send)
+                await self._operator_port_metrics(scope["method"], send)
                 return
             await self._api(scope, receive, send)
         elif kind == "lifespan":
@@ -157,6 +170,20 @@ class OperatorServer:
             # No websocket routes: closing before accepting makes the server refuse the
             # handshake (403), where returning without a word would be its 500.
             await send({"type": "websocket.close", "code": 1000})
+
+    async def _operator_port_metrics(self, method: str, send: Send) -> None:
+        """``/metrics`` on the operator port, counted under ``METRICS``."""
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
+        if method in ("GET", "HEAD"):
+            await self._metrics(send)
+            status = 200
+        else:
+            # A known path: the wrong method is a 405, as on the API's own paths.
+            await _answer(send, *render(MethodNotAllowed()))
+            status = 405
+        if observer is not None:
+            observer(METRICS, None, status, time.perf_counter() - started)
 
     async def _metrics(self, send: Send) -> None:
         # The collector publishes the figures it reports as ours first, so that they are in our
@@ -330,7 +357,11 @@ def build_worker(
     )
     worker = Worker(db, source, write_behind, metrics, registry, publisher)
     return OperatorServer(
-        api, worker, metrics_port=metrics_port, key_problem=lambda: key_problem(source, now)
+        api,
+        worker,
+        metrics_port=metrics_port,
+        key_problem=lambda: key_problem(source, now),
+        observer=observe,
     )
 
 
