@@ -23,6 +23,12 @@ A 403 in step 2 and a rule's refusal of a write in step 4 are recorded in the au
 app's ``RefusalLimiter`` records the same denied attempt at most once a minute, by the app's
 clock; the app's lifespan, when the server runs it, logs the counts still unreported at shutdown.
 
+Every request gets one INFO line (``admin <method> <route> -> <status> actor=... request_id=...
+duration_ms=...``), a request the router refuses (404 for an unknown path, 405 for a wrong method)
+included: as route it gives the path as declared, or ``<unmatched>`` when none matched, never the
+path as sent (an administrator may paste a key's text into a URL); such a request is not
+authenticated, so its actor is ``anonymous``.
+
 An unexpected exception becomes a bare 500 ``internal_error``. It is logged on one line with its
 class and the frames it came through (``error_text.where``: this project's, and the one that
 raised it) only: exception messages can hold SQL parameters (key hashes, sealed secrets) and are
@@ -44,6 +50,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from uid2_operator import __version__
 from uid2_operator.clock import Clock, RandomBytes, SystemClock, system_random
@@ -85,6 +92,11 @@ from uid2_operator.web.admin_api.routing import (
 logger = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+UNMATCHED_ROUTE = "<unmatched>"
+"""The route a request's log line gives when the router matched no route and method to it."""
+LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+"""The methods a log line names as sent; any other is written ``<other>``: the method is the
+caller's text, and only a route's declared path and these names reach the log."""
 Endpoint = Callable[[Request], Awaitable[Response]]
 JSON_MEDIA_TYPE = "application/json"
 
@@ -165,8 +177,11 @@ def create_admin_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestContext, new_request_id=request_id_source(random))],
-        exception_handlers={HTTPException: _routing_error, Exception: _last_resort},
+        middleware=[
+            Middleware(RequestContext, new_request_id=request_id_source(random)),
+            Middleware(Arrival, clock=timer),
+        ],
+        exception_handlers={HTTPException: _routing_errors(timer), Exception: _last_resort},
     )
     # A trailing slash is an unknown route (404 ``not_found``), not a bare 307 to the other path.
     app.router.redirect_slashes = False
@@ -204,6 +219,38 @@ class StoreOutageLog:
         logger.warning("admin %s answered 503: %s%s", where, error.detail, since)
 
 
+class Arrival:
+    """ASGI middleware: notes when each request arrived, by the app's clock
+    (``scope["state"]["started_ms"]``), so a request the router refuses is timed on its log line
+    from the same point as one a route answers."""
+
+    def __init__(self, app: ASGIApp, *, clock: Clock) -> None:
+        self._app = app
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["started_ms"] = self._clock.now_ms()
+        await self._app(scope, receive, send)
+
+
+def _log_request(  # noqa: PLR0917 (the fields of the one access line)
+    clock: Clock, request: Request, method: str, route: str, status: int, actor: str
+) -> None:
+    """The request's INFO line; ``route`` is a declared path or ``UNMATCHED_ROUTE``, never the
+    path as sent."""
+    started: int = request.state.started_ms  # set by ``Arrival``
+    logger.info(
+        "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
+        method if method in LOGGED_METHODS else "<other>",
+        route,
+        status,
+        actor,
+        _request_id(request),
+        clock.now_ms() - started,
+    )
+
+
 CLIENT_CLOSED_REQUEST = 499
 """What the log line gives as the status of a request whose client disconnected before its body
 was read (no answer is sent)."""
@@ -229,7 +276,6 @@ def _endpoint(
     path = path_fields(op)
 
     async def endpoint(request: Request) -> Response:
-        started = clock.now_ms()
         request_id: str = request.state.request_id
         actor = Actor(ANONYMOUS, request_id, _source(request))
         params = dict(request.path_params)
@@ -269,15 +315,7 @@ def _endpoint(
             response = _error_response(exc, op, request_id)
             if isinstance(exc, StoreUnavailable):
                 outages.refused(f"{op.method} {op.full_path}", exc)
-        logger.info(
-            "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
-            op.method,
-            op.full_path,
-            response.status_code,
-            actor.id,
-            request_id,
-            clock.now_ms() - started,
-        )
+        _log_request(clock, request, op.method, op.full_path, response.status_code, actor.id)
         return response
 
     return endpoint
@@ -376,7 +414,22 @@ def _request_id(request: Request) -> str:
     return value if isinstance(value, str) else "-"
 
 
-async def _routing_error(request: Request, exc: Exception) -> Response:
+def _routing_errors(clock: Clock) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The handler of the router's refusals: the answer (``_routing_error``), and the request's
+    log line, which names no route (``UNMATCHED_ROUTE``) and, as nothing was authenticated, the
+    actor ``anonymous``."""
+
+    async def routing_error(request: Request, exc: Exception) -> Response:
+        response = _routing_error(request, exc)
+        _log_request(
+            clock, request, request.method, UNMATCHED_ROUTE, response.status_code, ANONYMOUS
+        )
+        return response
+
+    return routing_error
+
+
+def _routing_error(request: Request, exc: Exception) -> Response:
     """404 and 405 from the router, in the API's error format."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status == 404:
