@@ -1,6 +1,7 @@
 """The largest ``/v2/identity/buckets`` answer on a real ``uid2-operator serve --workers 1``.
 
-    .venv/bin/python bench/buckets_answer.py [--buckets 1048576] [--seconds 5] [--json out.json]
+    .venv/bin/python bench/buckets_answer.py [--buckets 1048576] [--seconds 5] [--http10]
+        [--json out.json]
 
 In a temporary data directory (``UID2_ENVIRONMENT=integ``, whose default is the reference's 2^20
 buckets; ``--buckets`` sets ``UID2_SALT_BUCKETS``): ``init`` (every bucket is updated then), a
@@ -10,9 +11,11 @@ process group of its own. Once the health check answers:
 1. baseline: for ``--seconds``, sequential ``GET /ops/healthcheck`` on one keep-alive connection
    while the worker is idle, each timed;
 2. one sealed ``POST /v2/identity/buckets`` with ``since_timestamp`` 1970-01-01T00:00 (every
-   bucket), sent from a thread; the whole answer is read, then opened and its buckets counted
-   (a count other than the table's ends the run with an error, after the figures). Meanwhile,
-   on another connection, sequential health checks are sent and timed until the answer is read.
+   bucket), sent from a thread (as HTTP/1.0 with ``--http10``: that answer cannot be chunked,
+   so it comes with its length, counted first); the whole answer is read, then opened and its
+   buckets counted (a count other than the table's ends the run with an error, after the
+   figures). Meanwhile, on another connection, sequential health checks are sent and timed
+   until the answer is read.
 
 The worker's ``VmRSS`` is read before the buckets request, its ``VmHWM`` (peak) after it.
 
@@ -100,12 +103,20 @@ def latencies_ms(values: list[float]) -> dict[str, Any]:
     }
 
 
+class HTTP10Connection(http.client.HTTPConnection):
+    """A client connection that sends its requests as HTTP/1.0."""
+
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
 class BucketsCall:
     """One sealed buckets request on its own connection, in a thread; ``read`` is set once the
     whole answer has been read, and the answer is opened only after that."""
 
-    def __init__(self, port: int, key: str, secret: str) -> None:
-        self._conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
+    def __init__(self, port: int, key: str, secret: str, *, http10: bool = False) -> None:
+        kind = HTTP10Connection if http10 else http.client.HTTPConnection
+        self._conn = kind(HOST, port, timeout=TIMEOUT_S)
         self._key = key
         self._secret = base64.b64decode(secret)
         self.read = threading.Event()
@@ -161,7 +172,9 @@ class BucketsCall:
         self.buckets = opened["body"]
 
 
-def measure(port: int, issued: dict[str, Any], worker: int, seconds: float) -> dict[str, Any]:
+def measure(
+    port: int, issued: dict[str, Any], worker: int, seconds: float, *, http10: bool = False
+) -> dict[str, Any]:
     """Health checks idle for ``seconds``, then during one buckets answer; the worker's memory."""
     idle: list[float] = []
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
@@ -175,7 +188,7 @@ def measure(port: int, issued: dict[str, Any], worker: int, seconds: float) -> d
 
     before = _memory(worker)
     during: list[float] = []
-    call = BucketsCall(port, issued["key"], issued["secret"])
+    call = BucketsCall(port, issued["key"], issued["secret"], http10=http10)
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
     try:
         _health(conn)  # the connection opened before the answer starts, not timed
@@ -222,6 +235,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--buckets", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--http10", action="store_true", help="send the buckets request as HTTP/1.0"
+    )
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
     args = parser.parse_args()
     count = args.buckets or 1 << 20
@@ -238,10 +254,11 @@ def main() -> None:
             workers = children_by_role(parent.pid)[WORKER]
             if len(workers) != 1:
                 raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
-            measured = measure(port, issued, workers[0]["pid"], args.seconds)
+            measured = measure(port, issued, workers[0]["pid"], args.seconds, http10=args.http10)
 
     figures: dict[str, Any] = {
         "buckets": count,
+        "http_version": "1.0" if args.http10 else "1.1",
         "prepare_s": round(prepared_s, 1),
         "ready_s": round(ready_s, 1),
         **measured,

@@ -363,6 +363,14 @@ def _parts(
     yield sealed if text is None else text.update(sealed) + text.finish()
 
 
+def framed_response_size(json_size: int, binary: bool) -> int:
+    """The length of ``frame_response(seal_response(body_json, ...), binary)[0]`` for a
+    ``body_json`` of ``json_size`` bytes: the same for every IV, secret, nonce and time, so an
+    answer sent in pieces can be announced with its Content-Length before it is made."""
+    sealed = aead.OVERHEAD + INNER_HEADER_SIZE + json_size
+    return sealed if binary else 4 * -(-sealed // 3)
+
+
 def frame_response(sealed: bytes, binary: bool) -> tuple[bytes, str]:
     """The HTTP body and Content-Type for a sealed response, mirroring the request's framing.
 

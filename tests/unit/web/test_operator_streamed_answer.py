@@ -195,27 +195,50 @@ def test_a_small_answer_is_sent_whole_with_content_length(binary: bool) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_a_large_answer_to_an_http_1_0_request_is_sent_whole_with_content_length(
+def test_a_large_answer_to_an_http_1_0_request_announces_its_length_and_comes_in_parts(
     binary: bool,
 ) -> None:
     # HTTP/1.0 has no chunked transfer encoding: without a length the server would chunk the
-    # answer anyway, and the client would read the chunk framing as part of the body.
+    # answer anyway, and the client would read the chunk framing as part of the body. The length
+    # is counted first, so the answer is still never held whole.
     snapshot, cred = _world(_table(LISTED))
     app = _App(snapshot)
     messages, nonce = _answer(app, cred, binary=binary, http_version="1.0")
-    start, body = messages
+    start, *bodies = messages
     assert start["status"] == 200
-    assert dict(start["headers"])[b"content-length"] == b"%d" % len(body["body"])
-    assert body.get("more_body", False) is False
+    assert len(bodies) == 4 + 1  # one per piece, then the empty last one
+    assert all(m["more_body"] is True and m["body"] for m in bodies[:-1])
+    assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    received = b"".join(m["body"] for m in bodies)
+    assert dict(start["headers"])[b"content-length"] == b"%d" % len(received)
     sealed = seal_response(
         _expected_json(snapshot), secret=cred.secret_bytes, nonce=nonce, now_ms=NOW, random=_random
     )
-    assert body["body"] == frame_response(sealed, binary)[0]
+    assert received == frame_response(sealed, binary)[0]
     opened = open_response(
-        unframe_response(body["body"], binary), secret=cred.secret_bytes, nonce=nonce
+        unframe_response(received, binary), secret=cred.secret_bytes, nonce=nonce
     )
     assert len(opened["body"]) == LISTED
     assert app.observed == [(BUCKETS, cred.key_id, 200)]
+
+
+def test_the_worker_answers_a_health_check_while_an_http_1_0_answer_is_counted() -> None:
+    snapshot, cred = _world(_table(LISTED))
+    app = _App(snapshot)
+    scope, body, _ = _request(cred, binary=False, http_version="1.0")
+    health = {"type": "http", "method": "GET", "path": "/ops/healthcheck", "headers": []}
+    log: list[tuple[str, Message]] = []
+
+    async def both() -> None:
+        buckets = asyncio.create_task(app.exchange(scope, body, log, "buckets"))
+        await asyncio.sleep(0)  # the request is read and the counting under way
+        await asyncio.gather(buckets, app.exchange(health, b"", log, "health"))
+
+    asyncio.run(both())
+    order = [(name, m["type"]) for name, m in log]
+    assert order.index(("health", "http.response.body")) < order.index(
+        ("buckets", "http.response.start")
+    )
 
 
 def test_the_worker_answers_a_health_check_while_a_large_answer_is_sent() -> None:
@@ -304,5 +327,26 @@ def test_a_piece_that_fails_before_the_start_is_answered_as_any_error(
     assert start["status"] == 500
     assert dict(start["headers"])[b"content-length"] == b"%d" % len(body["body"])
     assert json.loads(body["body"]) == {"status": "unknown", "message": "Unknown error"}
+    assert MARKER not in caplog.text
+    assert app.observed == [(BUCKETS, cred.key_id, 500)]
+
+
+def test_a_piece_that_fails_while_an_http_1_0_answer_is_counted_is_answered_as_any_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The two pieces made before the count are fine; counting reaches the third, which fails.
+    snapshot, cred = _world(
+        _table(LISTED, _failing(2 * BUCKETS_PER_PIECE + 1, RuntimeError(MARKER)))
+    )
+    app = _App(snapshot)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        messages, _ = _answer(app, cred, http_version="1.0")
+    start, body = messages
+    assert start["status"] == 500
+    assert dict(start["headers"])[b"content-length"] == b"%d" % len(body["body"])
+    assert json.loads(body["body"]) == {"status": "unknown", "message": "Unknown error"}
+    records = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert len(records) == 1
+    assert records[0].startswith(f"operator request failed: path={BUCKETS} RuntimeError at ")
     assert MARKER not in caplog.text
     assert app.observed == [(BUCKETS, cred.key_id, 500)]

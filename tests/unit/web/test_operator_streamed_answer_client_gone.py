@@ -72,7 +72,9 @@ def _world(kind: type[SaltTable]) -> tuple[Snapshot, Credential]:
     return replace(snapshot, salts=salts), credentials["A"]
 
 
-def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes]:
+def _request(
+    cred: Credential, *, binary: bool, http_version: str = "1.1"
+) -> tuple[dict[str, Any], bytes]:
     sealed = seal_request(
         json.dumps(EVERYTHING).encode(),
         secret=cred.secret_bytes,
@@ -84,7 +86,7 @@ def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes]:
         "type": "http",
         "method": "POST",
         "path": BUCKETS,
-        "http_version": "1.1",
+        "http_version": http_version,
         "headers": [
             (b"content-type", b"application/octet-stream" if binary else b"text/plain"),
             (b"authorization", f"Bearer {cred.key}".encode()),
@@ -94,10 +96,11 @@ def _request(cred: Credential, *, binary: bool) -> tuple[dict[str, Any], bytes]:
 
 
 def _exchange(
-    snapshot: Snapshot, scope: dict[str, Any], body: bytes, *, leaves: bool
+    snapshot: Snapshot, scope: dict[str, Any], body: bytes, *, leaves: bool, at_once: bool = False
 ) -> tuple[list[Message], list[int]]:
     """The messages sent and the statuses observed; the client disconnects once the first body
-    message has been sent when it ``leaves``, and otherwise waits for the whole answer."""
+    message has been sent when it ``leaves`` (``at_once``: as soon as its request is read), and
+    otherwise waits for the whole answer."""
     observed: list[int] = []
     app = create_operator_app(
         snapshot_provider=lambda: snapshot,
@@ -118,7 +121,8 @@ def _exchange(
                 return {"type": "http.request", "body": body, "more_body": False}
             if not leaves:
                 await asyncio.Event().wait()
-            await first_body_sent.wait()
+            if not at_once:
+                await first_body_sent.wait()
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
@@ -161,4 +165,32 @@ def test_a_large_answer_whose_client_stays_is_sent_whole(binary: bool) -> None:
     assert len(bodies) == PIECES + 1
     assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert kind.listed == LISTED
+    assert observed == [200]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_http_1_0_client_gone_while_its_answer_is_counted_gets_nothing_more_made(
+    binary: bool,
+) -> None:
+    kind = _table()
+    snapshot, cred = _world(kind)
+    scope, body = _request(cred, binary=binary, http_version="1.0")
+    sent, observed = _exchange(snapshot, scope, body, leaves=True, at_once=True)
+    assert sent == []  # gone before the length was known: the answer never started
+    # The two pieces made before the count, and at most two counted.
+    assert kind.listed <= 4 * BUCKETS_PER_PIECE + 2 < LISTED
+    assert observed == [499]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_http_1_0_answer_whose_client_stays_is_counted_then_sent(binary: bool) -> None:
+    kind = _table()
+    snapshot, cred = _world(kind)
+    scope, body = _request(cred, binary=binary, http_version="1.0")
+    sent, observed = _exchange(snapshot, scope, body, leaves=False)
+    start, *bodies = sent
+    length = int(dict(start["headers"])[b"content-length"])
+    assert length == sum(len(m["body"]) for m in bodies)
+    assert len(bodies) == PIECES + 1
+    assert kind.listed == 2 * LISTED  # made once to count, once to send; never held whole
     assert observed == [200]

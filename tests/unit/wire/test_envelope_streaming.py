@@ -30,6 +30,7 @@ from uid2_operator.wire.envelope import (
     OCTET_STREAM,
     TEXT_PLAIN,
     frame_response,
+    framed_response_size,
     open_response,
     seal_response,
     stream_response,
@@ -208,3 +209,15 @@ def test_pieces_are_read_only_as_parts_are_taken(binary: bool) -> None:
     assert read == [0, 1]  # the first part is sent once it is known not to be the last
     assert len(list(parts)) == 2
     assert read == [0, 1, 2]
+
+
+@settings(deadline=None)
+@given(body=st.binary(max_size=300), binary=st.booleans(), now_ms=st.integers(0, 2**62))
+def test_the_framed_size_is_known_from_the_json_size_alone(
+    body: bytes, binary: bool, now_ms: int
+) -> None:
+    sealed = seal_response(
+        body, secret=SECRET, nonce=NONCE, now_ms=now_ms, random=lambda n: b"\x07" * n
+    )
+    framed, _ = frame_response(sealed, binary)
+    assert framed_response_size(len(body), binary) == len(framed)

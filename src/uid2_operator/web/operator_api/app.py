@@ -39,7 +39,11 @@ written in pieces (``data_plane.StreamedReply`` with more than one piece: ``/v2/
 listing many buckets). That one starts once every check above has passed and its first two pieces
 are made; each piece is then sealed, framed and sent as its own body message, the event loop
 given to other connections between pieces, with no ``Content-Length`` (the server uses chunked
-transfer encoding). A piece that cannot be made after the start is logged as any failed request
+transfer encoding). An HTTP/1.0 client cannot read chunked transfer encoding: its answer is
+announced with its ``Content-Length``, known before the answer is made from the length of its
+JSON (``framed_response_size``), which the pieces are made once more to count, the event loop
+given to other connections between pieces there too; then it is sent in parts as above, so it is
+never held whole either. A piece that cannot be made after the start is logged as any failed request
 and the response ends without its last message, so the client sees it cut off. A client that
 disconnects meanwhile is noticed before the next piece is made: no more are made, and the
 observer is told 499. The request's headers are read in one pass into a map, the first
@@ -94,6 +98,7 @@ from uid2_operator.wire.envelope import (
     RequestEnvelope,
     TimestampWindow,
     frame_response,
+    framed_response_size,
     parse_request,
     seal_response,
     stream_response,
@@ -108,8 +113,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 Fields = dict[bytes, bytes]
 """A request's headers by (lower-case) name, the first occurrence of each."""
-Body = bytes | Iterator[bytes]
-"""An answer's body: whole, or (a streamed answer) its parts in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizedParts:
+    """A streamed answer whose length is announced first (for an HTTP/1.0 client): its
+    ``parts``, and the JSON pieces made afresh (``measured``) to count, whose total length gives
+    the body's (``framed_response_size`` with ``binary``)."""
+
+    parts: Iterator[bytes]
+    measured: Iterator[bytes]
+    binary: bool
+
+
+Body = bytes | Iterator[bytes] | SizedParts
+"""An answer's body: whole, or (a streamed answer) its parts in order, with or without its
+length announced."""
 RequestObserver = Callable[[str, "str | None", int, float], None]
 """Told of every answered request: ``(path, key id or None, HTTP status, seconds)``."""
 
@@ -562,9 +581,9 @@ class OperatorApi:
         reply = self._endpoints[path](snapshot, caller, envelope.payload, now_ms, self._random)
         out: Body
         if isinstance(reply, StreamedReply):
-            # HTTP/1.0 has no chunked transfer encoding: its clients get the answer whole.
-            whole = scope.get("http_version") == "1.0"
-            out, content_type = self._pieces(reply, envelope, secret, now_ms, whole=whole)
+            # HTTP/1.0 has no chunked transfer encoding: its clients are told the length first.
+            sized = scope.get("http_version") == "1.0"
+            out, content_type = self._pieces(reply, envelope, secret, now_ms, sized=sized)
         else:
             sealed = seal_response(
                 reply.to_json(),
@@ -589,22 +608,22 @@ class OperatorApi:
         secret: bytes,
         now_ms: int,
         *,
-        whole: bool,
+        sized: bool,
     ) -> tuple[Body, str]:
-        """The framed body of an answer written in pieces: whole when there is one piece or
-        ``whole`` is asked (sent as any other answer, with Content-Length: an HTTP/1.0 client
-        cannot read a chunked answer); else its parts, to stream. The first two pieces are made
-        here, before the response starts, so a failure to make them is answered as any error."""
+        """The framed body of an answer written in pieces: whole when there is one piece (sent
+        as any other answer); else its parts, to stream, with what gives their length first when
+        ``sized`` is asked (an HTTP/1.0 client cannot read a chunked answer). The first two
+        pieces are made here, before the response starts, so a failure to make them is answered
+        as any error."""
         pieces = reply.pieces()
         first = next(pieces)
         second = next(pieces, None)
-        if second is None or whole:
-            body_json = first if second is None else b"".join(chain((first, second), pieces))
+        if second is None:
             sealed = seal_response(
-                body_json, secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
+                first, secret=secret, nonce=envelope.nonce, now_ms=now_ms, random=self._random
             )
             return frame_response(sealed, envelope.binary)
-        return stream_response(
+        parts, content_type = stream_response(
             chain((first, second), pieces),
             secret=secret,
             nonce=envelope.nonce,
@@ -612,6 +631,9 @@ class OperatorApi:
             random=self._random,
             binary=envelope.binary,
         )
+        if sized:
+            return SizedParts(parts, reply.pieces(), envelope.binary), content_type
+        return parts, content_type
 
     def _failed(self, exc: Exception, status: int, path: str) -> None:
         """Log a request that failed with ``exc``, answered (or cut off) with ``status``: an
@@ -628,17 +650,37 @@ class OperatorApi:
             self._server_errors.failed(exc, status, path, self._now())
 
     async def _stream(
-        self, receive: Receive, send: Send, parts: Iterator[bytes], headers: Headers, path: str
+        self,
+        receive: Receive,
+        send: Send,
+        body: Iterator[bytes] | SizedParts,
+        headers: Headers,
+        path: str,
     ) -> int:
-        """Send a 200 whose body comes in ``parts``: no Content-Length, each part its own body
-        message, other connections served between parts. The status for the observer: 200;
-        500 when a part could not be made (logged as any failed request; the response then ends
-        without its last message); 499 when the client disconnected before the last part, no
-        further part then being made (the server drops what is sent to a client gone)."""
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        """Send a 200 whose body comes in parts: each part its own body message, other
+        connections served between parts; with no Content-Length, or (``SizedParts``) with the
+        one its pieces add up to, counted before the response starts, other connections served
+        between pieces. The status for the observer: 200; 500 when a piece or part could not be
+        made (logged as any failed request; an error answer when the response had not started,
+        else the response ends without its last message); 499 when the client disconnected
+        before the last part, no further piece then being made (the server drops what is sent to
+        a client gone)."""
         # The body has been read: the next message can only be the client's disconnect.
         gone = asyncio.ensure_future(receive())
+        started = False
         try:
+            parts = body.parts if isinstance(body, SizedParts) else body
+            if isinstance(body, SizedParts):
+                size = 0
+                for piece in body.measured:
+                    size += len(piece)
+                    await asyncio.sleep(0)
+                    if gone.done():
+                        return CLIENT_CLOSED_REQUEST
+                length = framed_response_size(size, body.binary)
+                headers = [*headers, (_CONTENT_LENGTH, b"%d" % length)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            started = True
             while not gone.done():
                 part = next(parts, None)
                 if part is None:
@@ -649,6 +691,10 @@ class OperatorApi:
                 return CLIENT_CLOSED_REQUEST
         except Exception as exc:
             self._failed(exc, 500, path)
+            if not started:
+                status, answer, content_type = render(exc)
+                await _respond(send, status, answer, [(_CONTENT_TYPE, content_type)])
+                return status
             return 500
         finally:
             if gone.done() and not gone.cancelled():
