@@ -35,6 +35,14 @@ holds is sent). ``HttpConnection`` adds, per connection:
   request's send waiting for the buffer returns, as after any disconnect, so that its task
   ends. A client that reads steadily but slowly keeps its connection as long as each full
   buffer drains within the deadline;
+- **a bound on queued requests**: the parser reads every whole request a read carries, and
+  each one pipelined behind the request being answered is queued (its scope, headers and body)
+  until its turn, so a read of tiny requests (up to 256 KiB of them) would queue thousands. A
+  connection holds at most ``MAX_QUEUED_REQUESTS`` behind the one being answered: a read that
+  carries more stops being parsed there, the queued requests are answered, the last of them with
+  ``connection: close``, and the connection is closed, nothing more read (RFC 9112 §9.3.2: a
+  client retries the pipelined requests a closed connection left unanswered). A WARNING says so,
+  throttled as below;
 - **no reading after an early answer**: while a body is still arriving its request is marked to
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
@@ -86,6 +94,13 @@ _WARNING_KEYS: Final = 16
 _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
+_QUEUE_FULL: Final = (
+    "Too many pipelined requests on one connection (the rest dropped, the connection closed "
+    "after the queued answers)."
+)
+MAX_QUEUED_REQUESTS: Final = 64
+"""The most requests a connection queues behind the one being answered (see the module
+docstring)."""
 _RESET: Final = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, for 0 s: closing the socket resets the connection and drops what the kernel
 still holds for it, rather than leave the kernel sending it to a client that reads nothing."""
@@ -93,6 +108,10 @@ _MIN_FIELD_BYTES: Final = 4
 """The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
 kept as headers, a Python object each: past as many as a head at the limit could hold, the
 request is refused (431) before its trailers grow to the message limit."""
+
+
+class _QueueFull(Exception):
+    """Raised in the parser's callback to stop parsing at ``MAX_QUEUED_REQUESTS``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,8 @@ class HttpConnection(HttpToolsProtocol):
     _sending: TimerHandle | None = None
     """The send deadline: armed while writing is paused, or while the connection closes with
     data unsent."""
+    _queue_full = False
+    """Parsing stopped at ``MAX_QUEUED_REQUESTS``: nothing more is read."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -221,6 +242,8 @@ class HttpConnection(HttpToolsProtocol):
             self._closing()
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
+            raise _QueueFull
         self._begun += 1
         super().on_message_begin()
 
@@ -230,11 +253,16 @@ class HttpConnection(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, and the
         limits checked once the parser has taken ``data``."""
+        if self._queue_full:  # the parser stopped there: what follows is never read
+            return
         self._unset_keepalive_if_required()
         self._begun = 0
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _QueueFull):
+                self._stop_queueing()
+                return
             self._warn(_INVALID_REQUEST)
             self.send_400_response(_INVALID_REQUEST)
             return
@@ -369,6 +397,16 @@ class HttpConnection(HttpToolsProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         self.transport.abort()
+
+    def _stop_queueing(self) -> None:
+        """``MAX_QUEUED_REQUESTS`` are queued and another began: the queued ones are answered,
+        the last (whole: the next one began) closing the connection; nothing more is read, so
+        no deadline waits on the client."""
+        self._queue_full = True
+        self._warn(_QUEUE_FULL)
+        self._settle()
+        self.cycle.keep_alive = False
+        self.flow.pause_reading()
 
     def _upgrade_ignored(self) -> None:
         """The parser ends a request asking for an upgrade with its head (a body is left unread)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from uid2_operator.web.http_connection import HttpLimits, http_protocol
+from uid2_operator.web.http_connection import MAX_QUEUED_REQUESTS, HttpLimits, http_protocol
 from uvicorn_thread import loopback_socket, protocol_config, run_lifespan, server_in_thread
 
 LIMITS = HttpLimits(
@@ -366,15 +366,54 @@ def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered(
 ) -> None:
     """Only the head still incomplete counts against the limit, not the whole requests that
     came before it in the same read."""
-    count = LIMITS.max_head_bytes // len(get()) + 10
+    body = b"x" * 1024
+    post = b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    count = LIMITS.max_head_bytes // len(post) + 10
+    assert count < MAX_QUEUED_REQUESTS
     last = get("/last")
     with server.connect() as sock:
-        sock.sendall(get() * count + last[:10])  # one write: whole requests, then a cut head
+        sock.sendall(post * count + last[:10])  # one write: whole requests, then a cut head
         time.sleep(0.2)
         sock.sendall(last[10:])
         buffered = bytearray()
         answers = [read_response(sock, buffered) for _ in range(count + 1)]
     assert {a.status for a in answers} == {200}
+
+
+def test_a_read_of_more_pipelined_requests_than_a_connection_queues_is_cut_there() -> None:
+    # Each request queued behind the one being answered is held until its turn: a read of tiny
+    # requests would otherwise queue thousands. The queued ones are answered, the last closing
+    # the connection; the rest are never read (the client retries them elsewhere).
+    lines = _Lines()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(lines)
+    try:
+        with running() as server, server.connect() as sock:
+            sock.sendall(get() * (MAX_QUEUED_REQUESTS + 200))  # one write, one read
+            buffered = bytearray()
+            answers = [read_response(sock, buffered) for _ in range(MAX_QUEUED_REQUESTS + 1)]
+            rest = bytes(buffered) + closed_by_server(sock)
+            seen = len(server.recorder.scopes)
+    finally:
+        logger.removeHandler(lines)
+    assert [a.status for a in answers] == [200] * (MAX_QUEUED_REQUESTS + 1)
+    assert [a.headers.get("connection") for a in answers[-2:]] == [None, "close"]
+    assert rest == b""
+    assert seen == MAX_QUEUED_REQUESTS + 1
+    assert lines.lines == [
+        "Too many pipelined requests on one connection (the rest dropped, the connection "
+        "closed after the queued answers)."
+    ]
+
+
+def test_as_many_pipelined_requests_as_a_connection_queues_keep_it_alive(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(get() * (MAX_QUEUED_REQUESTS + 1))
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(MAX_QUEUED_REQUESTS + 1)]
+        assert {a.headers.get("connection") for a in answers} == {None}
+        sock.sendall(get("/after"))
+        assert read_response(sock, buffered).status == 200
 
 
 def test_keep_alive_requests_share_a_connection(server: Running) -> None:
