@@ -89,7 +89,7 @@ def test_a_reader_creating_a_key_is_denied_and_leaves_one_denied_event(env: Admi
 
 
 def test_a_denied_event_names_the_target_from_the_path(env: AdminEnv) -> None:
-    _, key = _participant_and_key(env)
+    site, key = _participant_and_key(env)
     mark = env.mark()
     path = f"/keys/{key['key_id']}/revoke"
     assert env.call("POST", path, READER, json={"reason": "x"}).status_code == 403
@@ -103,13 +103,15 @@ def test_a_denied_event_names_the_target_from_the_path(env: AdminEnv) -> None:
         ("denied", "admin_token.list", "admin_token", ""),
         ("denied", "key.disable", "api_key", ""),
     ]
+    # The site of the key's id; none for a token, nor for a path that is not a key id.
+    assert [e.site_id for e in events] == [site, None, None]
     assert events[1].actor == f"admin:{env.token_ids[MAINTAINER]}"
     assert key["key"].split(".")[1] not in repr(events)
     _verified(env)
 
 
 def test_revoking_a_revoked_key_fails_and_leaves_one_failed_event(env: AdminEnv) -> None:
-    _, key = _participant_and_key(env)
+    site, key = _participant_and_key(env)
     path = f"/keys/{key['key_id']}/revoke"
     assert env.call("POST", path, MAINTAINER, json={"reason": "leaked"}).status_code == 200
     mark = env.mark()
@@ -127,6 +129,10 @@ def test_revoking_a_revoked_key_fails_and_leaves_one_failed_event(env: AdminEnv)
         "api_key",
         key["key_id"],
     )
+    # The site the key was issued to, as on the key's success events: found by site id too.
+    assert event.site_id == site
+    found = env.call("GET", "/audit", SUPER, params={"site_id": str(site), "action": "key.revoke"})
+    assert [e["outcome"] for e in found.json()["events"]] == ["success", "failed"]
     assert (event.request_id, event.source) == (REQUEST_ID, CLIENT_HOST)
     # The error's code only: no message, nothing of the body.
     assert (event.before, event.after) == (None, {"code": "invalid_transition"})

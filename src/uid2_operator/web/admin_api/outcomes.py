@@ -50,7 +50,10 @@ So the refusals of these routes are found by the route's action (``audit list --
 key.update``, ``--action participant.update``, ``--action sharing.set``), not by the success
 event's. The target type comes from the path parameter (or the resource, for a route without one),
 its id only when the path value has the exact shape of the public id it stands for, so a key or
-secret pasted into a URL never lands in the trail (the id is then left empty). A write whose path
+secret pasted into a URL never lands in the trail (the id is then left empty). The site id comes
+from the path too: a participant route's ``site_id``, or the site an API key's id names
+(``UID2-C-<env>-<site id>-...``, the participant it was issued to), so ``audit list --site-id``
+finds the refusals about a site's keys as it finds their successes. A write whose path
 value breaks the route's declaration is refused at the edge and not recorded at all; a denied
 request's path value is not checked first (the token's roles are), so its event may have no id.
 
@@ -255,9 +258,15 @@ def _param_target(name: str, value: str) -> Target:
     if name == "subscription_id":
         return Target(kind, value if is_subscription_id(value) else "")
     try:
-        return Target(kind, inputs.credential_id(value, name))
+        credential_id = inputs.credential_id(value, name)
     except InvalidInput:
         return Target(kind, "")
+    if kind != "api_key":
+        return Target(kind, credential_id)
+    # An API key's id names its participant's site (``UID2-C-<env>-<site id>-<public id>``),
+    # the site its success events carry: the refusal is found by ``site_id`` too.
+    site = int(credential_id.split("-")[3])
+    return Target(kind, credential_id, site if MIN_SITE_ID <= site <= MAX_SITE_ID else None)
 
 
 def failed_code(op: Operation, error: BaseException) -> str | None:
