@@ -79,3 +79,46 @@ def test_the_upgrade_moves_the_at_once_rotations_and_nothing_else(empty_url: str
             assert moved == [CREATED, RAN_AT, MIDNIGHT, RAN_AT + 1] + [CREATED] * 4
         else:
             assert moved == refresh
+
+
+def test_the_downgrade_gives_buckets_rotated_since_their_change_time_in_both_columns(
+    empty_url: str,
+) -> None:
+    # As revision 0006's code stores them: never rotated; rotated for MIDNIGHT (the salt in
+    # effect since CREATED); rotated for a midnight by the version before; at once, upgraded.
+    present = b"\x0e"
+    updated = [CREATED, CREATED, MIDNIGHT, RAN_AT] + [CREATED] * 4
+    refresh = [CREATED, MIDNIGHT, MIDNIGHT, RAN_AT] + [CREATED] * 4
+    assert upgrade(empty_url) == head_revision()
+    engine, flavour = make_engine(empty_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(
+                insert(CHUNKS).values(
+                    chunk=0,
+                    first_bucket=0,
+                    bucket_count=8,
+                    kek_version=1,
+                    salts=b"s" * 16,
+                    has_previous=present,
+                    last_updated=int64_bytes(array("q", updated)),
+                    refresh_from=int64_bytes(array("q", refresh)),
+                )
+            )
+            conn.commit()
+        with engine.connect() as conn:
+            flavour.begin_migration(conn)
+            command.downgrade(_config(conn), "0005")
+            conn.commit()
+        assert current_revision(empty_url) == "0005"
+        with engine.connect() as conn:
+            row = conn.execute(select(CHUNKS)).one()
+    finally:
+        engine.dispose()
+    # Revision 0005's code reads the second bucket as pending until MIDNIGHT, then changed then.
+    assert (
+        list(int64_column(bytes(row.last_updated)))
+        == [CREATED, MIDNIGHT, MIDNIGHT, RAN_AT] + [CREATED] * 4
+    )
+    assert list(int64_column(bytes(row.refresh_from))) == refresh
+    assert (bytes(row.salts), bytes(row.has_previous)) == (b"s" * 16, present)

@@ -119,16 +119,38 @@ def legacy_refresh_from(
     the layout this version writes reads a previous salt with ``last_updated < refresh_from`` as
     a change still to come. Moved to their ``last_updated``, they read as before: that salt, with
     that time, and the old one as previous."""
+    return _aligned(has_previous, last_updated, refresh_from, to_refresh_from=False)
+
+
+def scheduled_last_updated(
+    has_previous: bytes, last_updated: bytes, refresh_from: bytes
+) -> bytes | None:
+    """A stored chunk's ``last_updated`` column as the version before schema revision 0006
+    stored a rotation for a midnight: every bucket with a previous salt and ``last_updated``
+    before ``refresh_from`` given ``refresh_from`` as ``last_updated``; None when the chunk holds
+    none. That version reads such a bucket as pending until then, as this one does, and as
+    changed then; what it cannot keep is when the salt in effect until then took effect."""
+    return _aligned(has_previous, last_updated, refresh_from, to_refresh_from=True)
+
+
+def _aligned(
+    has_previous: bytes, last_updated: bytes, refresh_from: bytes, *, to_refresh_from: bool
+) -> bytes | None:
+    """One of a chunk's time columns with the two times of every bucket that has a previous
+    salt and ``last_updated < refresh_from`` made equal: ``last_updated`` raised to
+    ``refresh_from`` when ``to_refresh_from``, else ``refresh_from`` lowered to ``last_updated``;
+    None when no bucket is such."""
     updated = int64_column(last_updated)
-    moved = int64_column(refresh_from)
-    if len(updated) != len(moved) or len(has_previous) != _bitmap_size(len(updated)):
+    refresh = int64_column(refresh_from)
+    if len(updated) != len(refresh) or len(has_previous) != _bitmap_size(len(updated)):
         raise SaltError("A salt chunk's columns disagree in length")
+    column = updated if to_refresh_from else refresh
     changed = False
-    for index, (at, refresh) in enumerate(zip(updated, moved, strict=True)):
-        if at < refresh and _bit(has_previous, index):
-            moved[index] = at
+    for index, (at, until) in enumerate(zip(updated, refresh, strict=True)):
+        if at < until and _bit(has_previous, index):
+            column[index] = until if to_refresh_from else at
             changed = True
-    return int64_bytes(moved) if changed else None
+    return int64_bytes(column) if changed else None
 
 
 def _bit(bitmap: bytes | bytearray, index: int) -> bool:

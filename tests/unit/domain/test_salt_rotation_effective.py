@@ -25,6 +25,7 @@ from uid2_operator.domain.salts import (
     legacy_refresh_from,
     rotate,
     rotation_effective_at,
+    scheduled_last_updated,
 )
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.raw_uid import DAY_MS, SaltBucket
@@ -213,6 +214,29 @@ def test_the_upgrade_moves_only_buckets_rotated_at_once() -> None:
     assert list(int64_column(moved)) == [CREATED, MIDNIGHT, ROTATED_AT, MIDNIGHT]
     unchanged = array("q", [CREATED, MIDNIGHT, ROTATED_AT, MIDNIGHT])
     assert legacy_refresh_from(b"\x07", int64_bytes(times), int64_bytes(unchanged)) is None
+
+
+def test_a_downgrade_stores_a_rotation_as_the_version_before_did() -> None:
+    _, after, rotated = _rotated()
+    i = rotated[0]
+    chunk = after.chunk(0, COUNT)
+    column = scheduled_last_updated(chunk.has_previous, chunk.last_updated, chunk.refresh_from)
+    assert column is not None
+    times = list(int64_column(column))
+    assert times[i] == MIDNIGHT
+    assert [times[j] for j in range(COUNT) if j not in rotated] == [CREATED] * (
+        COUNT - len(rotated)
+    )
+    # Read back, the bucket is pending until MIDNIGHT as before, its earlier change untold.
+    downgraded = _hand_built(
+        salt=b"n" * SALT_SIZE,
+        previous=b"o" * SALT_SIZE,
+        last_updated=MIDNIGHT,
+        refresh_from=MIDNIGHT,
+    )
+    assert downgraded.bucket(0, MIDNIGHT - 1).last_updated_ms == 0
+    assert downgraded.bucket(0, MIDNIGHT).last_updated_ms == MIDNIGHT
+    assert scheduled_last_updated(chunk.has_previous, column, chunk.refresh_from) is None
 
 
 def test_a_bucket_rotated_for_a_midnight_by_the_version_before_reads_as_it_did() -> None:
