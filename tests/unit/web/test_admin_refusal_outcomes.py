@@ -73,7 +73,9 @@ TOKEN_ID = "UID2-A-L-0-abcDEF"
         (("POST", "/keys"), {}, Target("api_key", "")),
         (("POST", "/audit/verify"), {}, Target("audit_trail", "")),
         (("GET", "/admin-tokens"), {}, Target("admin_token", "")),
-        (KEY_REVOKE, {"key_id": KEY_ID}, Target("api_key", KEY_ID)),
+        # An API key's id names its participant's site; an id naming no valid site gives none.
+        (KEY_REVOKE, {"key_id": KEY_ID}, Target("api_key", KEY_ID, 1001)),
+        (KEY_REVOKE, {"key_id": "UID2-C-L-1-abcDEF"}, Target("api_key", "UID2-C-L-1-abcDEF")),
         # A whole key, a secret-like string or garbage in the path is not recorded.
         (KEY_REVOKE, {"key_id": KEY_ID + ".tail"}, Target("api_key", "")),
         (KEY_REVOKE, {"key_id": "QUJDREVGR0hJSktMTU5PUA"}, Target("api_key", "")),
