@@ -38,11 +38,11 @@ holds is sent). ``HttpConnection`` adds, per connection:
 - **a bound on queued requests**: the parser reads every whole request a read carries, and
   each one pipelined behind the request being answered is queued (its scope, headers and body)
   until its turn, so a read of tiny requests (up to 256 KiB of them) would queue thousands. A
-  connection holds at most ``MAX_QUEUED_REQUESTS`` behind the one being answered: a read that
-  carries more stops being parsed there, the queued requests are answered, the last of them with
-  ``connection: close``, and the connection is closed, nothing more read (RFC 9112 §9.3.2: a
-  client retries the pipelined requests a closed connection left unanswered). A WARNING says so,
-  throttled as below;
+  read longer than ``PARSE_SLICE_BYTES`` is parsed a slice at a time; once
+  ``MAX_QUEUED_REQUESTS`` are queued, the rest of the read is held unparsed and reading paused
+  until answers make room, so a connection queues at most that many requests and one slice's
+  worth more (``PARSE_SLICE_BYTES`` of the smallest requests), and holds at most one read
+  besides. Nothing is refused or dropped: the client only waits, as for any answer;
 - **no reading after an early answer**: while a body is still arriving its request is marked to
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
@@ -94,13 +94,14 @@ _WARNING_KEYS: Final = 16
 _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
-_QUEUE_FULL: Final = (
-    "Too many pipelined requests on one connection (the rest dropped, the connection closed "
-    "after the queued answers)."
-)
 MAX_QUEUED_REQUESTS: Final = 64
-"""The most requests a connection queues behind the one being answered (see the module
-docstring)."""
+"""Past this many requests queued behind the one being answered, a connection parses no further
+(see the module docstring)."""
+PARSE_SLICE_BYTES: Final = 8192
+"""A read longer than this is parsed a slice of this size at a time, the queue checked between
+slices. Small enough that a slice of the smallest requests (18 bytes each) queues a few hundred
+at most; large enough that a body arriving in reads of up to 256 KiB is handed on in few pieces
+(each piece is appended to the body received so far)."""
 _RESET: Final = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, for 0 s: closing the socket resets the connection and drops what the kernel
 still holds for it, rather than leave the kernel sending it to a client that reads nothing."""
@@ -108,10 +109,6 @@ _MIN_FIELD_BYTES: Final = 4
 """The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
 kept as headers, a Python object each: past as many as a head at the limit could hold, the
 request is refused (431) before its trailers grow to the message limit."""
-
-
-class _QueueFull(Exception):
-    """Raised in the parser's callback to stop parsing at ``MAX_QUEUED_REQUESTS``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +171,9 @@ class HttpConnection(HttpToolsProtocol):
     _sending: TimerHandle | None = None
     """The send deadline: armed while writing is paused, or while the connection closes with
     data unsent."""
-    _queue_full = False
-    """Parsing stopped at ``MAX_QUEUED_REQUESTS``: nothing more is read."""
+    _held = b""
+    """What was received but not yet parsed, since ``MAX_QUEUED_REQUESTS`` were queued; reading
+    is paused while it is not empty."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -206,10 +204,14 @@ class HttpConnection(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """uvicorn's (the next pipelined request started, or the keep-alive timer armed), with
-        a connection its answer closed (``connection: close``) given the send deadline."""
+        a connection its answer closed (``connection: close``) given the send deadline, and what
+        was held unparsed parsed once the queue has room."""
         super().on_response_complete()
         if self.transport.is_closing():
             self._closing()
+        elif self._held and len(self.pipeline) < MAX_QUEUED_REQUESTS:
+            held, self._held = self._held, b""
+            self._receive(held)
 
     def timeout_keep_alive_handler(self) -> None:
         super().timeout_keep_alive_handler()
@@ -242,8 +244,6 @@ class HttpConnection(HttpToolsProtocol):
             self._closing()
 
     def on_message_begin(self) -> None:
-        if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
-            raise _QueueFull
         self._begun += 1
         super().on_message_begin()
 
@@ -251,24 +251,34 @@ class HttpConnection(HttpToolsProtocol):
         return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
 
     def data_received(self, data: bytes) -> None:
-        """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, and the
-        limits checked once the parser has taken ``data``."""
-        if self._queue_full:  # the parser stopped there: what follows is never read
+        """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, at most
+        ``MAX_QUEUED_REQUESTS`` queued (the rest held unparsed), and the limits checked once the
+        parser has taken ``data``."""
+        if self._held:
+            # Read while the queue is full (an answer that waits for a disconnect resumes
+            # reading): held after the rest, reading paused again.
+            self._held += data
+            self.flow.pause_reading()
             return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
         self._begun = 0
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _QueueFull):
-                self._stop_queueing()
-                return
+            rest = self._parse(data)
+        except httptools.HttpParserError:
             self._warn(_INVALID_REQUEST)
             self.send_400_response(_INVALID_REQUEST)
             return
         except httptools.HttpParserUpgrade:
             self._warn(_UPGRADE_IGNORED)
             self._upgrade_ignored()
+            return
+        if rest:  # the queue is full: the client waits for answers, not the other way round
+            self._held = bytes(rest)
+            self.flow.pause_reading()
+            self._settle()
             return
         cycle = self.cycle
         if (
@@ -283,6 +293,19 @@ class HttpConnection(HttpToolsProtocol):
         self._incomplete(cycle, len(data))
 
     # ------------------------------------------------------------------------------ internals
+
+    def _parse(self, data: bytes) -> memoryview | bytes:
+        """Feed ``data`` to the parser, a slice at a time when it is long; what is left once
+        ``MAX_QUEUED_REQUESTS`` are queued (empty when all of it was parsed)."""
+        if len(data) <= PARSE_SLICE_BYTES:
+            self.parser.feed_data(data)
+            return b""
+        view = memoryview(data)
+        for start in range(0, len(data), PARSE_SLICE_BYTES):
+            if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
+                return view[start:]
+            self.parser.feed_data(view[start : start + PARSE_SLICE_BYTES])
+        return b""
 
     def _incomplete(self, cycle: RequestResponseCycle | None, size: int) -> None:
         """After a read that left a message incomplete, or that began none while the connection
@@ -397,16 +420,6 @@ class HttpConnection(HttpToolsProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         self.transport.abort()
-
-    def _stop_queueing(self) -> None:
-        """``MAX_QUEUED_REQUESTS`` are queued and another began: the queued ones are answered,
-        the last (whole: the next one began) closing the connection; nothing more is read, so
-        no deadline waits on the client."""
-        self._queue_full = True
-        self._warn(_QUEUE_FULL)
-        self._settle()
-        self.cycle.keep_alive = False
-        self.flow.pause_reading()
 
     def _upgrade_ignored(self) -> None:
         """The parser ends a request asking for an upgrade with its head (a body is left unread)
