@@ -194,3 +194,34 @@ def test_an_http_1_0_answer_whose_client_stays_is_counted_then_sent(binary: bool
     assert len(bodies) == PIECES + 1
     assert kind.listed == 2 * LISTED  # made once to count, once to send; never held whole
     assert observed == [200]
+
+
+@pytest.mark.parametrize("first", [None, b"part of a body"])
+def test_a_client_gone_while_its_body_arrives_is_counted_499_with_no_key(
+    first: bytes | None,
+) -> None:
+    # Nothing is answered (there is no one to answer), but the request still shows in the
+    # metrics, as a proxy counts it; no key was checked, so none is named.
+    snapshot, cred = _world(_table())
+    scope, _ = _request(cred, binary=False)
+    observed: list[tuple[str, str | None, int]] = []
+    app = create_operator_app(
+        snapshot_provider=lambda: snapshot,
+        clock=FixedClock(NOW),
+        random=_random,
+        observer=lambda path, key_id, status, _elapsed: observed.append((path, key_id, status)),
+    )
+    sent: list[Message] = []
+    messages = [{"type": "http.disconnect"}]
+    if first is not None:
+        messages.insert(0, {"type": "http.request", "body": first, "more_body": True})
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
+
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    assert observed == [(BUCKETS, None, 499)]

@@ -269,7 +269,8 @@ class RefusalLog(_ThrottledLog):
 
 
 class ClientGone(Exception):
-    """The client disconnected before its body was read; nothing is answered."""
+    """The client disconnected before its body was read; nothing is answered (the observer is
+    told 499, with no key id: none was checked)."""
 
 
 class _KeyDenied(CredentialRejected):
@@ -518,7 +519,9 @@ class OperatorApi:
                 raise MethodNotAllowed
             else:
                 raise NotFound
-        except ClientGone:
+        except ClientGone:  # nothing to answer; counted as proxies count it, with no key id
+            if observer is not None:
+                observer(path, None, CLIENT_CLOSED_REQUEST, time.perf_counter() - started)
             return
         except Exception as exc:  # every failure leaves through the one error table
             status, body, content_type = render(exc)
