@@ -38,11 +38,14 @@ holds is sent). ``HttpConnection`` adds, per connection:
 - **a bound on queued requests**: the parser reads every whole request a read carries, and
   each one pipelined behind the request being answered is queued (its scope, headers and body)
   until its turn, so a read of tiny requests (up to 256 KiB of them) would queue thousands. A
-  read longer than ``PARSE_SLICE_BYTES`` is parsed a slice at a time; once
-  ``MAX_QUEUED_REQUESTS`` are queued, the rest of the read is held unparsed and reading paused
-  until answers make room, so a connection queues at most that many requests and one slice's
-  worth more (``PARSE_SLICE_BYTES`` of the smallest requests), and holds at most one read
-  besides. Nothing is refused or dropped: the client only waits, as for any answer;
+  read longer than ``PARSE_SLICE_BYTES`` is parsed a slice at a time, the queue checked before
+  each; once ``MAX_QUEUED_REQUESTS`` are queued, the rest of the read is held unparsed and
+  reading paused until answers make room, so a connection queues at most that many requests
+  and one slice's worth more (``PARSE_SLICE_BYTES`` of the smallest requests). Reading stays
+  paused while anything is held; only an answer that waits on the client (for its disconnect)
+  resumes it, for one read, which is held too. Nothing is refused or dropped: the client only
+  waits, as for any answer. Held bytes are parsed as one read, so the size limits below may be
+  passed by what the held reads carry;
 - **no reading after an early answer**: while a body is still arriving its request is marked to
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
@@ -171,7 +174,7 @@ class HttpConnection(HttpToolsProtocol):
     _sending: TimerHandle | None = None
     """The send deadline: armed while writing is paused, or while the connection closes with
     data unsent."""
-    _held = b""
+    _held: bytes | bytearray = b""
     """What was received but not yet parsed, since ``MAX_QUEUED_REQUESTS`` were queued; reading
     is paused while it is not empty."""
 
@@ -206,12 +209,15 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's (the next pipelined request started, or the keep-alive timer armed), with
         a connection its answer closed (``connection: close``) given the send deadline, and what
         was held unparsed parsed once the queue has room."""
-        super().on_response_complete()
+        super().on_response_complete()  # resumes reading
         if self.transport.is_closing():
             self._closing()
-        elif self._held and len(self.pipeline) < MAX_QUEUED_REQUESTS:
-            held, self._held = self._held, b""
-            self._receive(held)
+        elif self._held:
+            if len(self.pipeline) < MAX_QUEUED_REQUESTS:
+                held, self._held = self._held, b""
+                self._receive(bytes(held))  # holds what still does not fit, reading paused
+            else:
+                self.flow.pause_reading()
 
     def timeout_keep_alive_handler(self) -> None:
         super().timeout_keep_alive_handler()
@@ -257,6 +263,8 @@ class HttpConnection(HttpToolsProtocol):
         if self._held:
             # Read while the queue is full (an answer that waits for a disconnect resumes
             # reading): held after the rest, reading paused again.
+            if not isinstance(self._held, bytearray):
+                self._held = bytearray(self._held)
             self._held += data
             self.flow.pause_reading()
             return
@@ -297,6 +305,8 @@ class HttpConnection(HttpToolsProtocol):
     def _parse(self, data: bytes) -> memoryview | bytes:
         """Feed ``data`` to the parser, a slice at a time when it is long; what is left once
         ``MAX_QUEUED_REQUESTS`` are queued (empty when all of it was parsed)."""
+        if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
+            return data
         if len(data) <= PARSE_SLICE_BYTES:
             self.parser.feed_data(data)
             return b""

@@ -9,6 +9,7 @@ and answers: ``GET`` anything ``OK``; ``POST /echo`` the length of the body it r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -401,8 +402,7 @@ def test_a_connection_queues_a_bounded_number_of_pipelined_requests_and_answers_
         sock.sendall(get("/slow") + get() * count)  # far more than one read
         time.sleep(SLOW_S / 2)  # the first is still being answered
         sock.sendall(get("/late"))  # sent before reading, as a pipelining client does
-        [connection] = list(server.server.server_state.connections)
-        assert isinstance(connection, HttpConnection)
+        connection = _connection_of(server)
         assert 0 < len(connection.pipeline) <= bound
         buffered = bytearray()
         answers = [read_response(sock, buffered) for _ in range(count + 2)]
@@ -410,6 +410,62 @@ def test_a_connection_queues_a_bounded_number_of_pipelined_requests_and_answers_
         assert {a.headers.get("connection") for a in answers} == {None}
         sock.sendall(get("/after"))  # still open, still served
         assert read_response(sock, buffered).status == 200
+
+
+def _connection_of(server: Running) -> HttpConnection:
+    [connection] = list(server.server.server_state.connections)
+    assert isinstance(connection, HttpConnection)
+    return connection
+
+
+def test_small_reads_behind_a_slow_answer_queue_no_more_than_the_bound() -> None:
+    # Each read short enough to be parsed whole: the bound is checked before every read all the
+    # same, so reads arriving while answers are slow are held, not queued.
+    per_read = PARSE_SLICE_BYTES // len(get("/slow"))
+    bound = MAX_QUEUED_REQUESTS + per_read
+    with running() as server, server.connect() as sock:
+        sock.sendall(get("/slow"))
+        time.sleep(SLOW_S / 2)
+        sock.sendall(get("/slow") * per_read)  # one read: queued
+        time.sleep(SLOW_S)  # the first is answered (reading resumes) before the next comes
+        sock.sendall(get("/slow") * per_read)  # one read again: the queue is full
+        time.sleep(SLOW_S / 5)
+        connection = _connection_of(server)
+        assert len(connection.pipeline) <= bound
+        assert len(connection._held) == len(get("/slow")) * per_read  # waits, unparsed
+
+
+def test_a_client_that_keeps_sending_while_the_queue_is_full_is_held_to_its_reads() -> None:
+    # Reading stays paused while anything is held, answers completing included: the client's
+    # writes back up in its own socket, not in the server's memory.
+    read_limit = 256 * 1024
+    chunk = get() * (PARSE_SLICE_BYTES // len(get()))
+    with running() as server, server.connect() as sock:
+        sock.settimeout(0.2)
+        stop = threading.Event()
+
+        def drain() -> None:  # the client reads every answer, as fast as they come
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    if not sock.recv(1 << 20):
+                        return
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        sent = position = 0
+        ends = time.monotonic() + 1.0
+        while time.monotonic() < ends:  # whole requests, however the socket takes them
+            with contextlib.suppress(TimeoutError):
+                taken = sock.send(chunk[position:])
+                sent += taken
+                position = (position + taken) % len(chunk)
+        connection = _connection_of(server)
+        held, queued = len(connection._held), len(connection.pipeline)
+        stop.set()
+        reader.join()
+    assert sent > 4 * read_limit  # far more than the server may hold
+    assert queued <= MAX_QUEUED_REQUESTS + len(chunk) // len(get())
+    assert held <= 2 * read_limit
 
 
 def test_as_many_pipelined_requests_as_a_connection_queues_keep_it_alive(server: Running) -> None:
