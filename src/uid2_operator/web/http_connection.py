@@ -42,10 +42,14 @@ holds is sent). ``HttpConnection`` adds, per connection:
   each; once ``MAX_QUEUED_REQUESTS`` are queued, the rest of the read is held unparsed and
   reading paused until answers make room, so a connection queues at most that many requests
   and one slice's worth more (``PARSE_SLICE_BYTES`` of the smallest requests). Reading stays
-  paused while anything is held; only an answer that waits on the client (for its disconnect)
-  resumes it, for one read, which is held too. Nothing is refused or dropped: the client only
-  waits, as for any answer. Held bytes are parsed as one read, so the size limits below may be
-  passed by what the held reads carry;
+  paused while anything is held, whatever asks to resume it (an answer, or an application
+  waiting for its client's disconnect): what is held is at most one read, and the rest waits
+  in the kernel. Nothing is refused or dropped: the client only waits, as for any answer. Held
+  bytes are parsed as one read, so the size limits below may be passed by one read there too;
+- **every request told of a disconnect**: uvicorn tells only the newest request of a connection
+  that the client has gone; the request being answered, when others are queued behind it, is
+  told as well, so an answer that waits for a disconnect, or streams, ends as for any client
+  gone rather than writing to a closed connection;
 - **no reading after an early answer**: while a body is still arriving its request is marked to
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
@@ -79,10 +83,13 @@ import logging
 import socket
 import struct
 from asyncio import TimerHandle, Transport
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
 import httptools
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -150,6 +157,19 @@ def http_protocol(limits: HttpLimits) -> type[HttpConnection]:
     return Connection
 
 
+class _HoldingFlow(FlowControl):
+    """uvicorn's flow control for one connection, reading never resumed while it holds bytes
+    unparsed (``holding``)."""
+
+    def __init__(self, transport: Transport, holding: Callable[[], bool]) -> None:
+        super().__init__(transport)
+        self._holding = holding
+
+    def resume_reading(self) -> None:
+        if not self._holding():
+            super().resume_reading()
+
+
 class HttpConnection(HttpToolsProtocol):
     """One HTTP/1.1 connection (see the module docstring). Subclasses made by ``http_protocol``
     set the limits and the throttle; uvicorn builds one instance per connection."""
@@ -177,12 +197,19 @@ class HttpConnection(HttpToolsProtocol):
     _held: bytes | bytearray = b""
     """What was received but not yet parsed, since ``MAX_QUEUED_REQUESTS`` were queued; reading
     is paused while it is not empty."""
+    _running: RequestResponseCycle | None = None
+    """The request whose application was started last (the one being answered)."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _HoldingFlow(transport, self._holding)
         self._wait(self, self.LIMITS.head_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        running = self._running  # uvicorn tells only the newest request (``self.cycle``)
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         self._settle()
         if self._sending is not None:
             self._sending.cancel()
@@ -209,15 +236,13 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's (the next pipelined request started, or the keep-alive timer armed), with
         a connection its answer closed (``connection: close``) given the send deadline, and what
         was held unparsed parsed once the queue has room."""
-        super().on_response_complete()  # resumes reading
+        super().on_response_complete()  # resumes reading, unless bytes are held
         if self.transport.is_closing():
             self._closing()
-        elif self._held:
-            if len(self.pipeline) < MAX_QUEUED_REQUESTS:
-                held, self._held = self._held, b""
-                self._receive(bytes(held))  # holds what still does not fit, reading paused
-            else:
-                self.flow.pause_reading()
+        elif self._held and len(self.pipeline) < MAX_QUEUED_REQUESTS:
+            held, self._held = self._held, b""
+            self._receive(bytes(held))  # holds what still does not fit, reading paused
+            self.flow.resume_reading()  # a no-op if it did
 
     def timeout_keep_alive_handler(self) -> None:
         super().timeout_keep_alive_handler()
@@ -249,6 +274,13 @@ class HttpConnection(HttpToolsProtocol):
         if self.transport.is_closing():
             self._closing()
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def _holding(self) -> bool:
+        return bool(self._held)
+
     def on_message_begin(self) -> None:
         self._begun += 1
         super().on_message_begin()
@@ -260,13 +292,10 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, at most
         ``MAX_QUEUED_REQUESTS`` queued (the rest held unparsed), and the limits checked once the
         parser has taken ``data``."""
-        if self._held:
-            # Read while the queue is full (an answer that waits for a disconnect resumes
-            # reading): held after the rest, reading paused again.
+        if self._held:  # a read already under way when reading was paused: held after the rest
             if not isinstance(self._held, bytearray):
                 self._held = bytearray(self._held)
             self._held += data
-            self.flow.pause_reading()
             return
         self._receive(data)
 

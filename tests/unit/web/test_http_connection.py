@@ -36,6 +36,8 @@ LIMITS = HttpLimits(
 )
 SLOW_S = 0.5
 """How long the application takes to answer ``GET /slow``."""
+WATCH_PARTS = 4
+"""The parts of a ``GET /watch`` answer whose client stays."""
 CLOSE_WITHIN_S = 10.0
 """How long a test waits for a connection the server should close (timeouts included)."""
 
@@ -59,6 +61,9 @@ def _app(recorder: Recorder) -> Any:
         body = b"OK"
         if scope["path"] == "/slow":
             await asyncio.sleep(SLOW_S)
+        if scope["path"] == "/watch":
+            await _watch(receive, send, recorder)
+            return
         if scope["path"] == "/early":
             await _answer(send, 413, b"too large")
             return
@@ -76,6 +81,25 @@ def _app(recorder: Recorder) -> Any:
         await _answer(send, 200, body)
 
     return app
+
+
+async def _watch(receive: Any, send: Any, recorder: Recorder) -> None:
+    """A streamed answer that watches for its client's disconnect meanwhile, as the operator's
+    large answers do: up to ``WATCH_PARTS`` parts, a few ms apart."""
+    await receive()  # the (empty) request
+    gone = asyncio.ensure_future(receive())  # uvicorn resumes reading for it
+    headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    try:
+        for _ in range(WATCH_PARTS):
+            if gone.done():
+                recorder.disconnects += 1
+                return
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            await asyncio.sleep(0.005)
+    finally:
+        gone.cancel()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _answer(send: Any, status: int, body: bytes) -> None:
@@ -435,11 +459,15 @@ def test_small_reads_behind_a_slow_answer_queue_no_more_than_the_bound() -> None
         assert len(connection._held) == len(get("/slow")) * per_read  # waits, unparsed
 
 
-def test_a_client_that_keeps_sending_while_the_queue_is_full_is_held_to_its_reads() -> None:
-    # Reading stays paused while anything is held, answers completing included: the client's
+@pytest.mark.parametrize("path", ["/", "/watch"])
+def test_a_client_that_keeps_sending_while_the_queue_is_full_is_held_to_one_read(
+    path: str,
+) -> None:
+    # Reading stays paused while anything is held, whatever asks to resume it: an answer that
+    # completes, or one that waits for its client's disconnect (``/watch``). The client's
     # writes back up in its own socket, not in the server's memory.
     read_limit = 256 * 1024
-    chunk = get() * (PARSE_SLICE_BYTES // len(get()))
+    chunk = get(path) * (PARSE_SLICE_BYTES // len(get(path)))
     with running() as server, server.connect() as sock:
         sock.settimeout(0.2)
         stop = threading.Event()
@@ -464,8 +492,20 @@ def test_a_client_that_keeps_sending_while_the_queue_is_full_is_held_to_its_read
         stop.set()
         reader.join()
     assert sent > 4 * read_limit  # far more than the server may hold
-    assert queued <= MAX_QUEUED_REQUESTS + len(chunk) // len(get())
-    assert held <= 2 * read_limit
+    assert queued <= MAX_QUEUED_REQUESTS + len(chunk) // len(get(path))
+    assert held <= read_limit
+
+
+def test_the_request_being_answered_is_told_its_client_has_gone() -> None:
+    # uvicorn tells only the newest request of the connection (the one queued here).
+    with running() as server:
+        with server.connect() as sock:
+            sock.sendall(get("/watch?long") + get("/watch"))
+            sock.recv(64)  # the first answer has started
+        deadline = time.monotonic() + CLOSE_WITHIN_S
+        while server.recorder.disconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.recorder.disconnects == 1
 
 
 def test_as_many_pipelined_requests_as_a_connection_queues_keep_it_alive(server: Running) -> None:
