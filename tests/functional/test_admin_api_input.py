@@ -131,6 +131,11 @@ MALFORMED_PATH_VALUES: dict[str, list[str]] = {
 stripped or read leniently (a request let through would answer 404, not change the fixture)."""
 
 
+BLANK_BODIES = {"tab": b"\t", "space": b" ", "spaces and newline": b"  \n", "crlf": b"\r\n"}
+"""Bodies of whitespace only: not JSON, so refused like any other body that is not (only a
+zero-length body means no body)."""
+
+
 class Case:
     def __init__(
         self, label: str, body: bytes, status: int, content_type: str = "application/json"
@@ -215,6 +220,10 @@ def _cases(op: Operation) -> list[Case]:
         Case("100 kB name", _dump({**base, "name": "n" * 100_000}), 413),
         Case("form content type", _dump(base), 415, "application/x-www-form-urlencoded"),
         Case("no content type", _dump(base), 415, ""),
+        *(Case(f"blank body {label}", body, 400) for label, body in BLANK_BODIES.items()),
+        Case("blank body as text", b" ", 415, "text/plain"),
+        Case("blank body as xml", b"\t", 415, "application/xml"),
+        Case("blank body with no content type", b"\r\n", 415, ""),
     ]
     for field in op.body.fields:
         cases += _field_cases(field, base)

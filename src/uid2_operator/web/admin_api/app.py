@@ -362,7 +362,8 @@ def _source(request: Request) -> str | None:
 
 
 async def _read_json(request: Request, limit: int) -> bytes:
-    """The body, at most ``limit`` bytes (413 beyond), sent as application/json (415 otherwise)."""
+    """The body, at most ``limit`` bytes (413 beyond); unless it is zero-length (no body), sent
+    as application/json (415 otherwise), whitespace only included."""
     declared = request.headers.get("content-length")
     if declared is not None and (
         not (declared.isascii() and declared.isdigit()) or len(declared) > 12
@@ -375,7 +376,7 @@ async def _read_json(request: Request, limit: int) -> bytes:
         raw += chunk
         if len(raw) > limit:
             raise BodyTooLarge(f"The request body must be at most {limit} bytes")
-    if raw.strip():
+    if raw:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != JSON_MEDIA_TYPE:
             raise UnsupportedMediaType

@@ -337,8 +337,9 @@ def _refuse_constant(name: str) -> Any:
 
 
 def decode_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object. An empty body is ``{}`` (routes whose fields are optional)."""
-    if not raw.strip():
+    """The body as a JSON object. A zero-length body is ``{}`` (routes whose fields are
+    optional); any other body must be JSON, so one of whitespace only is malformed."""
+    if not raw:
         return {}
     try:
         document = json.loads(
