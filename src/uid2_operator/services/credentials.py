@@ -225,12 +225,14 @@ class CredentialService:
     def set_participant_roles(self, actor: Actor, site_id: Any, roles: Any) -> ParticipantView:
         """Change the roles a participant may grant. Refused while a live key (not revoked,
         retired or expired) holds a role being taken away: narrow those keys first, so that no
-        key silently loses a permission its holder relies on."""
+        key silently loses a permission its holder relies on. A site that names no participant
+        is refused as such (``NotFound``) before the role names are checked."""
         site = self._site_id(site_id)
-        allowed = parse_client_roles(inputs.names(roles, "roles"))
+        names = inputs.names(roles, "roles")
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             before = self._participant(tx, site)
+            allowed = parse_client_roles(names)
             blocking = [
                 key.key_id
                 for key in tx.api_keys.list_for_site(site)

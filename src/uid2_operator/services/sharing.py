@@ -33,9 +33,9 @@ store records is refused, and nothing is written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.environments import Environment
@@ -295,6 +295,8 @@ class SharingService:
         unless this transaction created the keyset.
         A choice equal to the current one changes nothing and writes nothing (``changed`` false),
         except for the keyset and first key this call created, if any (``changed`` true).
+        A site that names no participant is refused as such (``NotFound``) before the choice is
+        checked: a site that does not exist owns no keyset, whatever the choice says.
         """
         site = _site_id(site_id)
         mode_name = inputs.text(mode, "mode", max_length=32).strip().lower()
@@ -304,11 +306,11 @@ class SharingService:
             raise InvalidInput(f"types may hold at most {MAX_SHARING_TYPES} entries")
         if not isinstance(rotate, bool):
             raise InvalidInput("rotate must be true or false")
-        policy = parse_sharing(site, mode_name, site_list, type_names)
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
+            policy = parse_sharing(site, mode_name, site_list, type_names)
             unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
             if unknown:
                 raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
@@ -510,37 +512,50 @@ class SharingService:
         return SiteOriginsView(site, origins.domain_names, origins.app_names)
 
     def set_domain_names(self, actor: Actor, site_id: Any, domain_names: Any) -> SiteOriginsView:
-        """Replace the site's domain names: bare registrable domains (``example.com``)."""
+        """Replace the site's domain names: bare registrable domains (``example.com``).
+
+        A site that names no participant is refused as such (``NotFound``) before the names are
+        checked against the rules (``domain.origins``)."""
         site = _site_id(site_id)
         raw = _name_list(domain_names, "domain_names", MAX_DOMAIN_NAMES, MAX_HOST_LENGTH + 2)
         if self._registrable_domain is None:  # the suffix list is parsed on first use only
             self._registrable_domain = registrable_domain_lookup()
-        cleaned = validate_domain_names(raw, self._registrable_domain)
-        return self._set_origins(actor, site, domain_names=cleaned)
+        registrable_domain = self._registrable_domain
+        return self._set_origins(
+            actor,
+            site,
+            "domain_names",
+            lambda: validate_domain_names(raw, registrable_domain),
+        )
 
     def set_app_names(self, actor: Actor, site_id: Any, app_names: Any) -> SiteOriginsView:
-        """Replace the site's app names (package names, bundle ids, store ids)."""
+        """Replace the site's app names (package names, bundle ids, store ids).
+
+        A site that names no participant is refused as such (``NotFound``) before the names are
+        checked against the rules (``domain.origins``)."""
         site = _site_id(site_id)
         raw = _name_list(app_names, "app_names", MAX_APP_NAMES, MAX_APP_NAME_LENGTH + 2)
-        return self._set_origins(actor, site, app_names=validate_app_names(raw))
+        return self._set_origins(actor, site, "app_names", lambda: validate_app_names(raw))
 
     def _set_origins(
         self,
         actor: Actor,
         site: int,
-        *,
-        domain_names: tuple[str, ...] | None = None,
-        app_names: tuple[str, ...] | None = None,
+        which: Literal["domain_names", "app_names"],
+        validated: Callable[[], tuple[str, ...]],
     ) -> SiteOriginsView:
+        """Replace one of the site's name lists with ``validated()``, run once the site is
+        known to name a participant, in the transaction that writes the change."""
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             before = tx.site_origins.get(site)
             if before is None:
                 raise NotFound(f"No participant {site}")
+            names = validated()
             after = SiteOrigins(
                 site,
-                before.domain_names if domain_names is None else domain_names,
-                before.app_names if app_names is None else app_names,
+                names if which == "domain_names" else before.domain_names,
+                names if which == "app_names" else before.app_names,
             )
             view = SiteOriginsView(site, after.domain_names, after.app_names)
             if after != before:
@@ -549,7 +564,11 @@ class SharingService:
                     tx,
                     actor,
                     at_ms=now,
-                    action="participant.domains" if app_names is None else "participant.app_names",
+                    action=(
+                        "participant.domains"
+                        if which == "domain_names"
+                        else "participant.app_names"
+                    ),
                     target_type="participant",
                     target_id=str(site),
                     site_id=site,

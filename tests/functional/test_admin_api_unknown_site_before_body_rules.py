@@ -1,0 +1,85 @@
+"""A participant route whose site names no participant answers 404 ``not_found`` whatever its
+body: the body's rules (public suffixes, listing the owner itself, ...) are checked only for a
+participant that exists, and the refusal's ``failed`` event records ``not_found``. Real services
+on a real store (SQLite, and PostgreSQL when reachable), driven over ASGI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from admin_api_harness import AdminEnv, admin_env_fixture
+
+pytestmark = pytest.mark.functional
+
+UNKNOWN = 888888
+
+env = admin_env_fixture()
+
+# Bodies the edge's declarations accept but the rules refuse for a participant that exists.
+RULE_BREAKING = [
+    pytest.param(
+        "sharing",
+        "sharing.set",
+        lambda site: {"mode": "list", "sites": [site]},
+        "owns the keyset; do not list it",
+        id="sharing-lists-its-owner",
+    ),
+    pytest.param(
+        "domain-names",
+        "participant.update",
+        lambda site: {"domain_names": ["co.uk"]},
+        "is a public suffix",
+        id="domain-names-public-suffix",
+    ),
+]
+
+
+def _participant(env: AdminEnv) -> int:
+    body = {"name": "P", "type": "publisher", "roles": ["GENERATOR", "SHARER"]}
+    response = env.call("POST", "/participants", json=body)
+    assert response.status_code == 201, response.text
+    site: int = response.json()["site_id"]
+    return site
+
+
+@pytest.mark.parametrize(("route", "action", "body", "rule"), RULE_BREAKING)
+def test_an_unknown_site_is_not_found_whatever_the_body(
+    env: AdminEnv, route: str, action: str, body: Any, rule: str
+) -> None:
+    mark = env.mark()
+    response = env.call("PUT", f"/participants/{UNKNOWN}/{route}", json=body(UNKNOWN))
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["code"] == "not_found"
+    assert rule not in error["message"]
+    [event] = env.refusals_since(mark)
+    assert (event.outcome.value, event.action, event.after) == (
+        "failed",
+        action,
+        {"code": "not_found"},
+    )
+    assert (event.target_type, event.target_id, event.site_id) == (
+        "participant",
+        str(UNKNOWN),
+        UNKNOWN,
+    )
+
+
+@pytest.mark.parametrize(("route", "action", "body", "rule"), RULE_BREAKING)
+def test_a_known_site_still_gets_the_rule_that_refuses_its_body(
+    env: AdminEnv, route: str, action: str, body: Any, rule: str
+) -> None:
+    site = _participant(env)
+    mark = env.mark()
+    response = env.call("PUT", f"/participants/{site}/{route}", json=body(site))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert rule in error["message"]
+    [event] = env.refusals_since(mark)
+    assert (event.outcome.value, event.action, event.after) == (
+        "failed",
+        action,
+        {"code": "invalid_input"},
+    )
