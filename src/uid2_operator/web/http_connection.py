@@ -39,13 +39,19 @@ holds is sent). ``HttpConnection`` adds, per connection:
   each one pipelined behind the request being answered is queued (its scope, headers and body)
   until its turn, so a read of tiny requests (up to 256 KiB of them) would queue thousands. A
   read longer than ``PARSE_SLICE_BYTES`` is parsed a slice at a time, the queue checked before
-  each; once ``MAX_QUEUED_REQUESTS`` are queued, the rest of the read is held unparsed and
-  reading paused until answers make room, so a connection queues at most that many requests
-  and one slice's worth more (``PARSE_SLICE_BYTES`` of the smallest requests). Reading stays
-  paused while anything is held, whatever asks to resume it (an answer, or an application
-  waiting for its client's disconnect): what is held is at most one read, and the rest waits
-  in the kernel. Nothing is refused or dropped: the client only waits, as for any answer. Held
-  bytes are parsed as one read, so the size limits below may be passed by one read there too;
+  each; once it is full (``MAX_QUEUED_REQUESTS`` requests, or as many header fields as one head
+  at the limit can hold, or one body at the limit), the rest of the read is held unparsed and
+  reading paused until answers make room, so a connection queues at most that and one slice's
+  worth more (``PARSE_SLICE_BYTES`` of the smallest requests, or of header fields or body).
+  Reading stays paused while anything is held, whatever asks to resume it (an answer, or an
+  application waiting for its client's disconnect): what is held is at most one read, and the
+  rest waits in the kernel. Nothing is refused or dropped: the client only waits, as for any
+  answer. Held bytes are parsed as one read, so the size limits below may be passed by one read
+  there too;
+- **answers in order**: a malformed request behind requests still to be answered is not
+  answered 400 at once (the client would take that for the answer to the first of them): the
+  requests before it are answered, the last with ``connection: close``, and it and anything
+  after it are dropped unread. With nothing owed it is answered 400 at once, as before;
 - **every request told of a disconnect**: uvicorn tells only the newest request of a connection
   that the client has gone; the request being answered, when others are queued behind it, is
   told as well, so an answer that waits for a disconnect, or streams, ends as for any client
@@ -197,6 +203,8 @@ class HttpConnection(HttpToolsProtocol):
     _held: bytes | bytearray = b""
     """What was received but not yet parsed, since ``MAX_QUEUED_REQUESTS`` were queued; reading
     is paused while it is not empty."""
+    _broken = False
+    """A malformed request came behind requests still to be answered: nothing more is read."""
     _running: RequestResponseCycle | None = None
     """The request whose application was started last (the one being answered)."""
 
@@ -279,7 +287,7 @@ class HttpConnection(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def _holding(self) -> bool:
-        return bool(self._held)
+        return self._broken or bool(self._held)
 
     def on_message_begin(self) -> None:
         self._begun += 1
@@ -292,6 +300,8 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, at most
         ``MAX_QUEUED_REQUESTS`` queued (the rest held unparsed), and the limits checked once the
         parser has taken ``data``."""
+        if self._broken:
+            return
         if self._held:  # a read already under way when reading was paused: held after the rest
             if not isinstance(self._held, bytearray):
                 self._held = bytearray(self._held)
@@ -306,7 +316,8 @@ class HttpConnection(HttpToolsProtocol):
             rest = self._parse(data)
         except httptools.HttpParserError:
             self._warn(_INVALID_REQUEST)
-            self.send_400_response(_INVALID_REQUEST)
+            if not self._end_after_owed():
+                self.send_400_response(_INVALID_REQUEST)
             return
         except httptools.HttpParserUpgrade:
             self._warn(_UPGRADE_IGNORED)
@@ -332,19 +343,61 @@ class HttpConnection(HttpToolsProtocol):
     # ------------------------------------------------------------------------------ internals
 
     def _parse(self, data: bytes) -> memoryview | bytes:
-        """Feed ``data`` to the parser, a slice at a time when it is long; what is left once
-        ``MAX_QUEUED_REQUESTS`` are queued (empty when all of it was parsed)."""
-        if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
+        """Feed ``data`` to the parser, a slice at a time when it is long; what is left once the
+        queue is full (empty when all of it was parsed)."""
+        if self._queue_full():
             return data
         if len(data) <= PARSE_SLICE_BYTES:
             self.parser.feed_data(data)
             return b""
         view = memoryview(data)
         for start in range(0, len(data), PARSE_SLICE_BYTES):
-            if len(self.pipeline) >= MAX_QUEUED_REQUESTS:
+            if self._queue_full():
                 return view[start:]
             self.parser.feed_data(view[start : start + PARSE_SLICE_BYTES])
         return b""
+
+    def _queue_full(self) -> bool:
+        """Whether the requests queued behind the one being answered fill the queue: by number,
+        by header fields (a Python object each) or by body bytes."""
+        pipeline = self.pipeline
+        if not pipeline:
+            return False
+        if len(pipeline) >= MAX_QUEUED_REQUESTS:
+            return True
+        limits = self.LIMITS
+        fields = body = 0
+        for queued, _ in pipeline:
+            fields += len(queued.scope["headers"])  # type: ignore[arg-type]  # uvicorn's list
+            body += len(queued.body)
+        return fields > limits.max_head_bytes // _MIN_FIELD_BYTES or body > limits.max_body_bytes
+
+    def _end_after_owed(self) -> bool:
+        """After a malformed request: when requests before it are still to be answered, end
+        the connection after the last of them (``connection: close``), the malformed one (if
+        queued, incomplete) and everything after it dropped, nothing more read; True then.
+        False when nothing is owed (the 400 is the next answer)."""
+        pipeline = self.pipeline
+        cycle = self.cycle
+        if pipeline and pipeline[0][0] is cycle and cycle.more_body:
+            pipeline.popleft()  # the malformed one, never started: dropped
+        running = self._running
+        if pipeline:
+            last = pipeline[0][0]
+        elif (
+            running is not None
+            and not running.response_complete
+            and not (running is cycle and cycle.more_body)  # the malformed one itself
+        ):
+            last = running
+        else:
+            return False
+        last.keep_alive = False
+        self._broken = True
+        self._held = b""
+        self.flow.pause_reading()
+        self._settle()
+        return True
 
     def _incomplete(self, cycle: RequestResponseCycle | None, size: int) -> None:
         """After a read that left a message incomplete, or that began none while the connection

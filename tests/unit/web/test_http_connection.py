@@ -508,6 +508,40 @@ def test_the_request_being_answered_is_told_its_client_has_gone() -> None:
         assert server.recorder.disconnects == 1
 
 
+def test_queued_requests_are_bounded_by_their_header_fields_too() -> None:
+    # 64 heads at the limit, each field a Python object, would cost far more than one request:
+    # the queue is full once it holds a head's worth of fields.
+    fields = LIMITS.max_head_bytes // 4 * 3 // 4  # three quarters of a head at the limit
+    heavy = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * fields + b"\r\n"
+    with running() as server, server.connect() as sock:
+        sock.sendall(get("/slow") + heavy * 20)
+        time.sleep(SLOW_S / 2)
+        connection = _connection_of(server)
+        queued = [len(cycle.scope["headers"]) for cycle, _ in connection.pipeline]
+        assert sum(queued) <= LIMITS.max_head_bytes // 4 + PARSE_SLICE_BYTES // 4 + fields
+        assert len(queued) < 20
+        assert connection._held
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(21)]
+    assert {a.status for a in answers} == {200}
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_malformed_request_behind_others_ends_the_connection_after_their_answers(
+    slow: bool,
+) -> None:
+    # A 400 written at once would be read as the answer to the first request owed.
+    first = get("/slow") if slow else get("/first")
+    with running() as server, server.connect() as sock:
+        sock.sendall(first + get("/second") + b"NOT HTTP AT ALL\r\n\r\n" + get("/never"))
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(2)]
+        rest = bytes(buffered) + closed_by_server(sock)
+    assert [(a.status, a.body) for a in answers] == [(200, b"OK"), (200, b"OK")]
+    assert [a.headers.get("connection") for a in answers] == [None, "close"]
+    assert rest == b""
+
+
 def test_as_many_pipelined_requests_as_a_connection_queues_keep_it_alive(server: Running) -> None:
     with server.connect() as sock:
         sock.sendall(get() * (MAX_QUEUED_REQUESTS + 1))
