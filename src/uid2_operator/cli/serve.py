@@ -90,6 +90,7 @@ from uid2_operator.serve_settings import (
 from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
+from uid2_operator.stop_signals import leave_to_main_thread
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.admin_api.app import create_admin_app
 from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
@@ -451,7 +452,13 @@ class _Workers:
         """Start a worker. It starts with SIGINT ignored, inherited from this process for the
         moment of the start: a Ctrl-C reaches the whole terminal's process group, and a worker
         still importing would end in a ``KeyboardInterrupt`` traceback; serve stops its workers
-        itself, and each one's server takes SIGINT up again once it runs."""
+        itself, and each one's server takes SIGINT up again once it runs.
+
+        SIGINT is blocked in this (main) thread meanwhile, and every helper thread blocks it
+        (``stop_signals``): one that reaches serve during the start then waits, blocked signals
+        being kept whatever their disposition, and reaches serve's handler once it is back,
+        rather than being dropped as ignored. One already waiting keeps the handler (the worker
+        then starts without SIGINT ignored: serve is stopping)."""
         process = self._context.Process(
             target=_worker_main,
             args=(self.host, self.port, self.shared, self.log_level, os.getpid(), self.metrics),
@@ -459,12 +466,18 @@ class _Workers:
             daemon=False,
         )
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        mask = previous = None
+        if in_main_thread:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            if signal.SIGINT not in signal.sigpending():  # ignoring it would drop one waiting
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             process.start()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._started[id(process)] = time.monotonic()
         return process
 
@@ -739,6 +752,7 @@ class _UpkeepThread:
         self._thread.start()
 
     def _run(self) -> None:
+        leave_to_main_thread()
         while not self._upkeep.stopping.wait(_UPKEEP_EVERY_S):
             try:
                 self._upkeep.tick()
@@ -806,9 +820,12 @@ def _run_admin(
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="admin-api", daemon=True
-    )
+
+    def run() -> None:  # its thread pool's threads inherit the blocked stop signals
+        leave_to_main_thread()
+        server.run(sockets=[sock])
+
+    thread = threading.Thread(target=run, name="admin-api", daemon=True)
     thread.start()
     return _AdminApi(server, thread)
 

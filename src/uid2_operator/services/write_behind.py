@@ -106,6 +106,7 @@ from uid2_operator.error_text import described
 from uid2_operator.errors import NotFound, UID2Error
 from uid2_operator.services.audit_trail import EventDetails, record_events
 from uid2_operator.services.context import Actor
+from uid2_operator.stop_signals import leave_to_main_thread
 from uid2_operator.storage.interface import Store, UsageEntry
 from uid2_operator.wire.encoding import b64decode, b64encode
 
@@ -1155,6 +1156,7 @@ class WriteBehind:
                 done.set_result(outcome)
 
         def write() -> None:
+            leave_to_main_thread()
             outcome: _Outcome | None = None
             error: Exception | None = None
             try:

@@ -43,6 +43,8 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 
+from uid2_operator.stop_signals import leave_to_main_thread
+
 DEADLINE_OPTION: Final = "uid2_round_trip_deadline_s"
 """Execution option of a ``Connection``: the deadline, in seconds, of each of its statements, in
 place of the engine's (the schema upgrade runs statements that may take longer than any use
@@ -130,6 +132,7 @@ class _Watchdog:
             heapq.heapify(heap)
 
     def _run(self) -> None:
+        leave_to_main_thread()
         while True:
             with self._lock:
                 reached = self._next_reached()
