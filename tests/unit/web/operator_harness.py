@@ -412,3 +412,20 @@ class GenerateCaller:
                 )
 
         return anyio.run(send)
+
+
+def salt_table_updated_at(
+    count: int, updated_ms: int, kind: type[SaltTable] = SaltTable
+) -> SaltTable:
+    """``count`` buckets (of class ``kind``), each last updated at ``updated_ms``, with fixed
+    salts and bucket-id parameters: a table whose buckets answer lists by the time given."""
+    return kind(
+        first_level_salt="first-level-salt",
+        id_prefix="b",
+        id_secret="bucket-id-secret",
+        salts=hashlib.shake_256(b"salts").digest(SALT_SIZE * count),
+        previous=b"",
+        has_previous=bytes((count + 7) // 8),
+        last_updated=array("q", [updated_ms]) * count,
+        refresh_from=array("q", [updated_ms]) * count,
+    )

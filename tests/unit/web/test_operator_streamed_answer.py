@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import re
-from array import array
 from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from operator_harness import Credential, build_world_snapshot
+from operator_harness import Credential, build_world_snapshot, salt_table_updated_at
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.salts import SaltTable
@@ -55,16 +53,7 @@ def _random(n: int) -> bytes:
 
 def _table(count: int, kind: type[SaltTable] = SaltTable) -> SaltTable:
     """``count`` buckets, every one updated an hour ago."""
-    return kind(
-        first_level_salt="first-level-salt",
-        id_prefix="b",
-        id_secret="bucket-id-secret",
-        salts=hashlib.shake_256(b"salts").digest(32 * count),
-        previous=b"",
-        has_previous=bytes((count + 7) // 8),
-        last_updated=array("q", [NOW - HOUR]) * count,
-        refresh_from=array("q", [NOW - HOUR]) * count,
-    )
+    return salt_table_updated_at(count, NOW - HOUR, kind)
 
 
 def _world(salts: SaltTable | None = None) -> tuple[Snapshot, Credential]:

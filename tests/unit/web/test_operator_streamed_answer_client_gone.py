@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-from array import array
 from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from operator_harness import Credential, build_world_snapshot
+from operator_harness import Credential, build_world_snapshot, salt_table_updated_at
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.salts import SaltTable
@@ -58,16 +56,7 @@ def _table() -> type[_CountingTable]:
 
 
 def _world(kind: type[SaltTable]) -> tuple[Snapshot, Credential]:
-    salts = kind(
-        first_level_salt="first-level-salt",
-        id_prefix="b",
-        id_secret="bucket-id-secret",
-        salts=hashlib.shake_256(b"salts").digest(32 * LISTED),
-        previous=b"",
-        has_previous=bytes((LISTED + 7) // 8),
-        last_updated=array("q", [NOW - HOUR]) * LISTED,
-        refresh_from=array("q", [NOW - HOUR]) * LISTED,
-    )
+    salts = salt_table_updated_at(LISTED, NOW - HOUR, kind)
     snapshot, credentials = build_world_snapshot(NOW)
     return replace(snapshot, salts=salts), credentials["A"]
 
