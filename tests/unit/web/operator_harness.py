@@ -19,7 +19,8 @@ import time
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -36,6 +37,7 @@ from uid2_operator.domain.participants import Participant, ParticipantType, new_
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SALT_SIZE, SaltTable
 from uid2_operator.domain.sealing import ClientSecret
+from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.snapshot import (
     ClientRecord,
     Lifetimes,
@@ -44,7 +46,9 @@ from uid2_operator.services.snapshot import (
     Snapshot,
     build_snapshot,
 )
+from uid2_operator.settings import Settings
 from uid2_operator.web.operator_api.app import create_operator_app
+from uid2_operator.web.operator_api.server import OperatorServer, build_worker
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
 from uid2_operator.wire.identity import hash_identity, normalize_email
@@ -428,4 +432,27 @@ def salt_table_updated_at(
         has_previous=bytes((count + 7) // 8),
         last_updated=array("q", [updated_ms]) * count,
         refresh_from=array("q", [updated_ms]) * count,
+    )
+
+
+class NoSnapshotStore:
+    """Enough of a store for a worker that never loads a snapshot."""
+
+    def change_seq(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def worker_without_snapshot(tmp_path: Path, metrics_port: int | None = None) -> OperatorServer:
+    """The worker ``build_worker`` wires, over a store and a keyring that are never reached: no
+    snapshot is loaded, so its health check answers 503."""
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"))
+    return build_worker(
+        settings,
+        ServeSettings.from_env({}),
+        store=cast(Any, NoSnapshotStore()),
+        keyring=cast(Any, object()),
+        metrics_port=metrics_port,
     )

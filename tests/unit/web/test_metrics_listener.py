@@ -11,40 +11,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
+from operator_harness import worker_without_snapshot
 from prometheus_client.parser import text_string_to_metric_families
 
-from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.settings import Settings
-from uid2_operator.web.operator_api.server import OperatorServer, build_worker
+from uid2_operator.web.operator_api.server import OperatorServer
 
 OPERATOR_PORT = 8080
 METRICS_PORT = 9100
 REQUESTS_TOTAL = "uid2_operator_requests_total"
 PROMETHEUS_TEXT = b"# TYPE uid2_operator_requests_total counter"
-
-
-class _Store:
-    """Enough of a store for a worker that never loads a snapshot."""
-
-    def change_seq(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
-def _worker(tmp_path: Path, metrics_port: int | None) -> OperatorServer:
-    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"))
-    return build_worker(
-        settings,
-        ServeSettings.from_env({}),
-        store=cast(Any, _Store()),
-        keyring=cast(Any, object()),
-        metrics_port=metrics_port,
-    )
 
 
 def _call(
@@ -96,7 +74,7 @@ def _requests(server: OperatorServer) -> dict[tuple[str, str], float]:
 def test_without_a_metrics_listener_metrics_are_answered_on_the_operator_port(
     tmp_path: Path, port: int | None
 ) -> None:
-    server = _worker(tmp_path, None)
+    server = worker_without_snapshot(tmp_path, None)
     status, headers, body = _call(server, "GET", "/metrics", port=port)
     assert status == 200
     assert PROMETHEUS_TEXT in body
@@ -109,7 +87,7 @@ def test_without_a_metrics_listener_metrics_are_answered_on_the_operator_port(
 def test_with_a_metrics_listener_the_operator_port_answers_metrics_as_an_unknown_path(
     tmp_path: Path, method: str, origin: bytes | None
 ) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     headers = [] if origin is None else [(b"origin", origin)]
     metrics = _call(server, method, "/metrics", port=OPERATOR_PORT, headers=headers)
     unknown = _call(server, method, "/no-such-path", port=OPERATOR_PORT, headers=headers)
@@ -121,7 +99,7 @@ def test_with_a_metrics_listener_the_operator_port_answers_metrics_as_an_unknown
 def test_with_a_metrics_listener_metrics_on_the_operator_port_count_as_other(
     tmp_path: Path,
 ) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     for _ in range(3):
         assert _call(server, "GET", "/metrics", port=OPERATOR_PORT)[0] == 404
     assert _call(server, "GET", "/no-such-path", port=OPERATOR_PORT)[0] == 404
@@ -131,7 +109,7 @@ def test_with_a_metrics_listener_metrics_on_the_operator_port_count_as_other(
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_the_metrics_listener_answers_metrics(tmp_path: Path, method: str) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     status, headers, body = _call(server, method, "/metrics", port=METRICS_PORT)
     assert status == 200
     assert headers[b"content-type"].startswith(b"text/plain")
@@ -157,7 +135,7 @@ def test_the_metrics_listener_answers_metrics(tmp_path: Path, method: str) -> No
 def test_the_metrics_listener_answers_nothing_else_and_counts_none_of_it(
     tmp_path: Path, method: str, path: str
 ) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     unknown = _call(server, "GET", "/no-such-path", port=OPERATOR_PORT)
     assert unknown[0] == 404
     origin = [(b"origin", b"https://publisher.example")]
@@ -166,12 +144,12 @@ def test_the_metrics_listener_answers_nothing_else_and_counts_none_of_it(
 
 
 def test_a_degraded_health_check_is_not_answered_on_the_metrics_listener(tmp_path: Path) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     assert server.worker.source.problem is not None  # no snapshot loaded
     assert _call(server, "GET", "/ops/healthcheck", port=OPERATOR_PORT)[0] == 503
     assert _call(server, "GET", "/ops/healthcheck", port=METRICS_PORT)[::2] == (404, b"Not Found")
 
 
 def test_a_connection_of_unknown_local_port_is_never_answered_metrics(tmp_path: Path) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     assert _call(server, "GET", "/metrics", port=None)[0] == 404

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from operator_harness import worker_without_snapshot
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.settings import Settings
 from uid2_operator.web.operator_api.app import OperatorApi
 from uid2_operator.web.operator_api.metrics import MetricsCollector, RequestMetrics
-from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker, build_worker
+from uid2_operator.web.operator_api.server import ROUTES, OperatorServer, Worker
 
 HEALTH = "/ops/healthcheck"
 METRICS = "/metrics"
@@ -30,27 +29,6 @@ GENERATE = "/v2/token/generate"
 OPERATOR_PORT = 8080
 METRICS_PORT = 9100
 SLOW_SEND_S = 0.02
-
-
-class _Store:
-    """Enough of a store for a worker that never loads a snapshot."""
-
-    def change_seq(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
-def _worker(tmp_path: Path, metrics_port: int | None = None) -> OperatorServer:
-    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"))
-    return build_worker(
-        settings,
-        ServeSettings.from_env({}),
-        store=cast(Any, _Store()),
-        keyring=cast(Any, object()),
-        metrics_port=metrics_port,
-    )
 
 
 def _call(
@@ -97,7 +75,7 @@ def _observations(server: OperatorServer, endpoint: str) -> tuple[float, float]:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_a_degraded_health_check_is_counted_under_its_route(tmp_path: Path, method: str) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     assert _call(server, method, HEALTH)[0] == 503
     assert _counts(server) == {(HEALTH, "", 503): 1}
     assert _observations(server, HEALTH)[0] == 1
@@ -106,7 +84,7 @@ def test_a_degraded_health_check_is_counted_under_its_route(tmp_path: Path, meth
 def test_a_degraded_health_check_is_visible_to_an_alert_on_non_200_answers(
     tmp_path: Path,
 ) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     for _ in range(3):
         assert _call(server, "GET", HEALTH)[0] == 503
     status, body = _call(server, "GET", METRICS)
@@ -124,7 +102,7 @@ def test_a_degraded_health_check_is_visible_to_an_alert_on_non_200_answers(
 def test_metrics_on_the_operator_port_are_counted_under_their_route(
     tmp_path: Path, method: str
 ) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     assert _call(server, method, METRICS)[0] == 200
     assert _counts(server) == {(METRICS, "", 200): 1}
     # counted once answered: the next scrape reports the previous one
@@ -136,7 +114,7 @@ def test_metrics_on_the_operator_port_are_counted_under_their_route(
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_metrics_with_another_method_are_counted_as_405(tmp_path: Path, method: str) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     assert _call(server, method, METRICS)[0] == 405
     assert _counts(server) == {(METRICS, "", 405): 1}
 
@@ -149,7 +127,7 @@ def test_metrics_with_another_method_are_counted_as_405(tmp_path: Path, method: 
 def test_a_cors_preflight_is_counted_under_the_route_preflighted(
     tmp_path: Path, path: str, endpoint: str, origin: bytes | None
 ) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     headers = [] if origin is None else [(b"origin", origin)]
     assert _call(server, "OPTIONS", path, headers=headers)[0] == 204
     assert _counts(server) == {(endpoint, "", 204): 1}
@@ -157,7 +135,7 @@ def test_a_cors_preflight_is_counted_under_the_route_preflighted(
 
 
 def test_unknown_paths_stay_other(tmp_path: Path) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     for index in range(5):
         _call(server, "OPTIONS", f"/probe-{index}")
         _call(server, "GET", f"/probe-{index}")
@@ -165,7 +143,7 @@ def test_unknown_paths_stay_other(tmp_path: Path) -> None:
 
 
 def test_with_a_metrics_listener_only_the_operator_port_is_counted(tmp_path: Path) -> None:
-    server = _worker(tmp_path, METRICS_PORT)
+    server = worker_without_snapshot(tmp_path, METRICS_PORT)
     assert _call(server, "GET", HEALTH)[0] == 503
     assert _call(server, "OPTIONS", GENERATE)[0] == 204
     assert _call(server, "GET", METRICS)[0] == 404  # an unknown path on the operator port
@@ -190,7 +168,7 @@ def test_with_a_metrics_listener_only_the_operator_port_is_counted(tmp_path: Pat
 def test_the_time_taken_includes_sending_the_answer(
     tmp_path: Path, method: str, path: str, status: int
 ) -> None:
-    server = _worker(tmp_path)
+    server = worker_without_snapshot(tmp_path)
     assert _call(server, method, path, send_delay_s=SLOW_SEND_S)[0] == status
     count, seconds = _observations(server, path)
     assert count == 1
