@@ -201,8 +201,8 @@ class HttpConnection(HttpToolsProtocol):
     """The send deadline: armed while writing is paused, or while the connection closes with
     data unsent."""
     _held: bytes | bytearray = b""
-    """What was received but not yet parsed, since ``MAX_QUEUED_REQUESTS`` were queued; reading
-    is paused while it is not empty."""
+    """What was received but not yet parsed, since the queue was full (a ``bytearray`` once
+    anything is held); reading is paused while it is not empty."""
     _broken = False
     """A malformed request came behind requests still to be answered: nothing more is read."""
     _running: RequestResponseCycle | None = None
@@ -247,7 +247,7 @@ class HttpConnection(HttpToolsProtocol):
         super().on_response_complete()  # resumes reading, unless bytes are held
         if self.transport.is_closing():
             self._closing()
-        elif self._held and len(self.pipeline) < MAX_QUEUED_REQUESTS:
+        elif self._held and not self._queue_full():
             held, self._held = self._held, b""
             self._receive(bytes(held))  # holds what still does not fit, reading paused
             self.flow.resume_reading()  # a no-op if it did
@@ -303,8 +303,6 @@ class HttpConnection(HttpToolsProtocol):
         if self._broken:
             return
         if self._held:  # a read already under way when reading was paused: held after the rest
-            if not isinstance(self._held, bytearray):
-                self._held = bytearray(self._held)
             self._held += data
             return
         self._receive(data)
@@ -324,7 +322,7 @@ class HttpConnection(HttpToolsProtocol):
             self._upgrade_ignored()
             return
         if rest:  # the queue is full: the client waits for answers, not the other way round
-            self._held = bytes(rest)
+            self._held = bytearray(rest)
             self.flow.pause_reading()
             self._settle()
             return
