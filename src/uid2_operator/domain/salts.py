@@ -247,21 +247,13 @@ class SaltTable:
         if not 0 <= index < self.bucket_count:
             raise SaltError("No such salt bucket")
 
-    def _pending(self, index: int, now_ms: int) -> bool:
-        """Whether the bucket's stored salt has yet to take effect at ``now_ms``.
-
-        A bucket with nothing to fall back on (a table stamped by a clock ahead of this one's)
-        reads as stored.
-        """
-        return now_ms < self._refresh_from[index] and _bit(self._present, index)
-
     def salt(self, index: int, now_ms: int) -> str:
         """The salt of a bucket in effect at ``now_ms``, as the derivations use it (standard
-        base64): the stored previous salt while a rotation is pending, else the current one.
+        base64): the stored previous salt while a rotation is pending (``now_ms`` before
+        ``refresh_from``, with a previous salt to fall back on), else the current one.
 
-        Token issuance reads this for every token: ``_pending`` is written out, so that on
-        every read but those of a rotated bucket before its midnight one comparison is the
-        whole cost of the rule."""
+        Token issuance reads this for every token: on every read but those of a rotated bucket
+        before its midnight one comparison is the whole cost of the rule."""
         self._check(index)
         column = self._salts
         if now_ms < self._refresh_from[index] and _bit(self._present, index):
