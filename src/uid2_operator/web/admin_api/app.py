@@ -50,7 +50,6 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from uid2_operator import __version__
 from uid2_operator.clock import Clock, RandomBytes, SystemClock, system_random
@@ -178,8 +177,7 @@ def create_admin_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(RequestContext, new_request_id=request_id_source(random)),
-            Middleware(Arrival, clock=timer),
+            Middleware(RequestContext, new_request_id=request_id_source(random), clock=timer),
         ],
         exception_handlers={HTTPException: _routing_errors(timer), Exception: _last_resort},
     )
@@ -219,27 +217,12 @@ class StoreOutageLog:
         logger.warning("admin %s answered 503: %s%s", where, error.detail, since)
 
 
-class Arrival:
-    """ASGI middleware: notes when each request arrived, by the app's clock
-    (``scope["state"]["started_ms"]``), so a request the router refuses is timed on its log line
-    from the same point as one a route answers."""
-
-    def __init__(self, app: ASGIApp, *, clock: Clock) -> None:
-        self._app = app
-        self._clock = clock
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["started_ms"] = self._clock.now_ms()
-        await self._app(scope, receive, send)
-
-
 def _log_request(  # noqa: PLR0917 (the fields of the one access line)
     clock: Clock, request: Request, method: str, route: str, status: int, actor: str
 ) -> None:
     """The request's INFO line; ``route`` is a declared path or ``UNMATCHED_ROUTE``, never the
     path as sent."""
-    started: int = request.state.started_ms  # set by ``Arrival``
+    started: int = request.state.started_ms  # set by ``RequestContext``
     logger.info(
         "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
         method if method in LOGGED_METHODS else "<other>",

@@ -1,4 +1,5 @@
-"""Per-request context: the request id, and the headers every admin API response carries.
+"""Per-request context: the request id, when the request arrived, and the headers every admin
+API response carries.
 
 The caller's ``X-Request-ID`` is kept when it is a short token of safe characters that holds no
 credential text; otherwise a new id is drawn from the random source the app was built with. It is
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from uid2_operator.clock import RandomBytes
+from uid2_operator.clock import Clock, RandomBytes
 from uid2_operator.domain.credential_text import recordable
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -43,11 +44,14 @@ def accepted_request_id(value: str | None) -> str | None:
 
 
 class RequestContext:
-    """ASGI middleware: assigns ``scope["state"]["request_id"]`` and sets the common headers."""
+    """ASGI middleware: assigns ``scope["state"]["request_id"]`` and ``["started_ms"]`` (when the
+    request arrived, by ``clock``: a request the router refuses is timed on its log line from the
+    same point as one a route answers), and sets the common headers."""
 
-    def __init__(self, app: ASGIApp, *, new_request_id: Callable[[], str]) -> None:
+    def __init__(self, app: ASGIApp, *, new_request_id: Callable[[], str], clock: Clock) -> None:
         self._app = app
         self._new_request_id = new_request_id
+        self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +59,9 @@ class RequestContext:
             return
         presented = Headers(scope=scope).get(REQUEST_ID_HEADER)
         request_id = accepted_request_id(presented) or self._new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started_ms"] = self._clock.now_ms()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
