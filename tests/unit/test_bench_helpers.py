@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from uid2_operator.web.operator_api.server import OperatorServer
-from uid2_operator.wire.envelope import seal_request
+from uid2_operator.wire.envelope import open_response, seal_request
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -28,6 +28,7 @@ sys.path.insert(0, str(BENCH))
 import asgi_targets  # noqa: E402
 import budget_targets  # noqa: E402
 import generate_budget  # noqa: E402
+import generate_cost  # noqa: E402
 import operator_throughput  # noqa: E402
 import replay_memory  # noqa: E402
 import serve_memory  # noqa: E402
@@ -279,3 +280,23 @@ def test_children_are_labelled_worker_or_helper() -> None:
     # starting a spawned process started multiprocessing's resource tracker: not a worker
     helpers = children[serve_memory.HELPER]
     assert any("resource_tracker" in h["command"] for h in helpers), helpers
+
+
+def test_the_inlined_generate_makes_an_answer_of_the_real_size() -> None:
+    """Case (d) of ``generate_cost`` claims the library calls of (b) and (c) on inputs of the
+    same sizes: its answer opens under the client's secret with the request's nonce, to the
+    success JSON with the same fields, and is exactly as long as the real framed answer."""
+    keys = (generate_cost._key(4, 11), generate_cost._key(1, -1), generate_cost._key(2, -2))
+    salt = base64.b64encode(os.urandom(33)).decode()
+    secret = os.urandom(32)
+    generate = generate_cost.generate_case(keys, salt)
+    envelope, _ = generate_cost.envelope_cases(secret, generate())
+    real, _ = envelope()
+    inlined = generate_cost.inlined_case(keys, salt, secret)()
+    assert len(inlined) == len(real)
+    answer = open_response(base64.b64decode(inlined), secret=secret, nonce=(7).to_bytes(8, "big"))
+    expected = json.loads(generate())
+    assert answer["status"] == "success"
+    assert sorted(answer["body"]) == sorted(expected["body"])
+    for name in ("advertising_token", "refresh_token", "refresh_response_key"):
+        assert len(answer["body"][name]) == len(expected["body"][name])
