@@ -61,7 +61,12 @@ from uid2_operator.wire.cstg import parse_request as parse_cstg_request
 from uid2_operator.wire.cstg import seal_response as seal_cstg_response
 from uid2_operator.wire.encoding import b64encode, dumps, json_string, json_utf8
 from uid2_operator.wire.envelope import TimestampWindow
-from uid2_operator.wire.identity import InputKind, identity_from_request, input_kinds
+from uid2_operator.wire.identity import (
+    InputKind,
+    identity_from_request,
+    input_kinds,
+    scalar_text,
+)
 from uid2_operator.wire.keys import (
     CLIENT_GENERATED_PRIVACY_BITS,
     MASTER_KEYSET_ID,
@@ -432,17 +437,6 @@ def logout(
 # ----------------------------------------------------------------------------------- maps
 
 
-def _scalar_text(value: object) -> str | None:
-    """A JSON scalar as the reference's lenient string read gives it; None for null/containers."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return None
-
-
 def _map_one(
     snapshot: Snapshot, kind: InputKind, value: str, now_ms: int
 ) -> tuple[bytes, SaltBucket, IdentityType] | str:
@@ -481,7 +475,7 @@ def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply
     unmapped: list[JsonObject] = []
     for kind, values in non_empty:
         for value in values:
-            text = _scalar_text(value)
+            text = scalar_text(value)
             if text is None:
                 raise InvalidRequest
             outcome = _map_one(snapshot, kind, text, now_ms)
@@ -525,7 +519,7 @@ def map_v3(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply
             values = []
         if not isinstance(values, list):
             raise InvalidRequest(INCORRECT_FORMAT)
-        texts = [_scalar_text(v) for v in values]
+        texts = [scalar_text(v) for v in values]
         if any(t is None for t in texts):
             raise InvalidRequest(INCORRECT_FORMAT)
         usable = phone_support or kind.identity_type is IdentityType.EMAIL
@@ -594,7 +588,7 @@ def buckets(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Stre
     raw = (payload or {}).get("since_timestamp")
     if raw is None:
         raise InvalidRequest("missing parameter since_timestamp")
-    text = _scalar_text(raw)
+    text = scalar_text(raw)
     since = None if text is None else _parse_local_datetime_ms(text)
     if since is None:
         raise InvalidRequest("invalid date, must conform to ISO 8601")

@@ -162,12 +162,26 @@ def input_kinds(*, phone_support: bool) -> tuple[InputKind, ...]:
     return ALL_KINDS if phone_support else EMAIL_KINDS
 
 
+def scalar_text(value: object) -> str | None:
+    """A JSON scalar read as text, as the reference operator reads every identity field: a
+    string as it is, ``true``/``false``, a number's digits; None for ``null``, arrays and
+    objects. A number or boolean is then valid only where its text is (a hash of 64 digits)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
 def identity_from_request(payload: Mapping[str, object], *, phone_support: bool) -> HashedIdentity:
     """The single identity of a token generate/validate request (§3.4).
 
     Presence is decided before validity, as the reference operator does: a field counts as given
     when it is present and not ``null``, whatever its type, so two given fields are a
-    ``MissingIdentity`` even when one of them would have been invalid.
+    ``MissingIdentity`` even when one of them would have been invalid. The given value is read
+    as text (``scalar_text``), as the identity maps read theirs; an array or object is invalid.
     """
     given = [
         (kind, value)
@@ -178,4 +192,7 @@ def identity_from_request(payload: Mapping[str, object], *, phone_support: bool)
         message = MISSING_IDENTITY_WITH_PHONE if phone_support else MISSING_IDENTITY_EMAIL_ONLY
         raise MissingIdentity(message)
     kind, value = given[0]
-    return HashedIdentity(_IDENTITY_TYPES[kind], kind.digest(value))
+    text = scalar_text(value)
+    if text is None:
+        raise InvalidIdentifier
+    return HashedIdentity(_IDENTITY_TYPES[kind], kind.digest(text))

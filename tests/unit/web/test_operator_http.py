@@ -227,6 +227,32 @@ def test_generate_ignores_legacy_policy_fields(world: World) -> None:
     assert optout == {"status": "optout"}
 
 
+def test_a_hash_sent_as_a_json_number_is_read_as_its_digits(world: World) -> None:
+    """The reference reads identity fields as text: 64 decimal digits are 64 hex digits. The
+    identity maps read numbers so too; generate and validate agree with them."""
+    digits = "1" * 64
+    _, by_text = world.call("/v2/token/generate", {"email_hash": digits}, world["A"])
+    _, by_number = world.call("/v2/token/generate", {"email_hash": int(digits)}, world["A"])
+    assert by_text is not None
+    assert by_number is not None
+    assert by_number["status"] == "success"
+    token = by_number["body"]["advertising_token"]
+    _, same = world.call(
+        "/v2/token/validate", {"email_hash": int(digits), "token": token}, world["A"]
+    )
+    assert same == {"body": True, "status": "success"}
+    _, mapped = world.call("/v2/identity/map", {"email_hash": [int(digits)]}, world["A"])
+    assert mapped is not None
+    _, mapped_text = world.call("/v2/identity/map", {"email_hash": [digits]}, world["A"])
+    assert mapped_text is not None
+    assert mapped["body"] == mapped_text["body"]
+    assert mapped["body"]["mapped"][0]["identifier"] == digits
+    for value in (True, {"email_hash": digits}, [digits]):
+        refused, _ = world.call("/v2/token/generate", {"email_hash": value}, world["A"])
+        assert refused.status_code == 400
+        assert refused.json() == client_error("Invalid Identifier")
+
+
 def _token_for(world: World, identity: dict[str, str], name: str = "A") -> str:
     _, opened = world.call("/v2/token/generate", identity, world[name])
     assert opened is not None

@@ -22,6 +22,7 @@ from uid2_operator.wire.identity import (
     java_utf8,
     normalize_email,
     parse_identity_hash,
+    scalar_text,
     validate_phone,
 )
 from uid2_operator.wire.scope import IdentityType
@@ -295,3 +296,26 @@ def test_one_invalid_identity_is_invalid_identifier(payload: dict[str, object]) 
         identity_from_request(payload, phone_support=True)
     assert caught.value.detail == "Invalid Identifier"
     assert isinstance(caught.value, IdentityInputError)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("a@b.c", "a@b.c"), (True, "true"), (False, "false"), (12, "12"), (1.5, "1.5")],
+)
+def test_scalars_are_read_as_text(value: object, text: str) -> None:
+    assert scalar_text(value) == text
+
+
+@pytest.mark.parametrize("value", [None, [], ["a@b.c"], {}, b"a@b.c"])
+def test_null_and_containers_have_no_text(value: object) -> None:
+    assert scalar_text(value) is None
+
+
+def test_a_request_hash_given_as_a_number_is_its_digits() -> None:
+    digits = "1234567890" * 6 + "1234"
+    by_number = identity_from_request({"phone_hash": int(digits)}, phone_support=True)
+    assert by_number == identity_from_request({"phone_hash": digits}, phone_support=True)
+    assert by_number.kind is IdentityType.PHONE
+    for value in (1.5, True, [digits], {"a": digits}):
+        with pytest.raises(InvalidIdentifier):
+            identity_from_request({"email_hash": value}, phone_support=False)
