@@ -455,28 +455,37 @@ def _map_one(
 def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply:
     """``/v2/identity/map`` (deprecated): exactly one non-empty array of one input kind.
 
-    A ``null`` element is refused with 400 (the reference fails with 500).
+    The fields are read in the reference operator's order (email, email_hash, phone, phone_hash),
+    and reading stops at a second non-empty array, so what is refused, and with which message,
+    is what the reference refuses. A ``null`` element of ``phone`` is unmapped as an invalid
+    identifier, as the reference answers it; in the other arrays (where the reference fails
+    with 500) a ``null`` element, like an array or object element, is refused with 400.
     """
     payload = payload or {}
-    present: list[tuple[InputKind, list[Any]]] = []
+    given = False
+    chosen: list[tuple[InputKind, list[Any]]] = []
     for kind in input_kinds(phone_support=snapshot.identity.phone_support):
         value = payload.get(kind.value)
         if value is None:
             continue
         if not isinstance(value, list):
             raise InvalidRequest(f"{kind.value} must be an array")
-        present.append((kind, value))
-    if not present:
-        raise MissingIdentity
-    non_empty = [(kind, values) for kind, values in present if values]
-    if len(non_empty) > 1:
+        given = True
+        if value:
+            if chosen:
+                raise MissingIdentity
+            chosen.append((kind, value))
+    if not given:
         raise MissingIdentity
     mapped: list[JsonObject] = []
     unmapped: list[JsonObject] = []
-    for kind, values in non_empty:
+    for kind, values in chosen:
         for value in values:
             text = scalar_text(value)
             if text is None:
+                if value is None and kind is InputKind.PHONE:
+                    unmapped.append({"identifier": None, "reason": INVALID_IDENTIFIER})
+                    continue
                 raise InvalidRequest
             outcome = _map_one(snapshot, kind, text, now_ms)
             if isinstance(outcome, str):

@@ -478,6 +478,16 @@ def test_v3_map_alignment_coercion_and_nulls(world: World) -> None:
         ({"email": ["a@example.com"], "phone": ["+12345678901"]}, MISSING_ONE),
         ({"email": "a@example.com"}, "email must be an array"),
         ({"email": [None]}, "request body contains invalid argument(s)"),
+        ({"email_hash": ["x", None]}, "request body contains invalid argument(s)"),
+        (
+            {"phone": ["+12345678901", ["+12345678901"]]},
+            "request body contains invalid argument(s)",
+        ),
+        # Read in the reference's order: a second non-empty array ends the reading, so a field
+        # after it is never looked at.
+        ({"email": ["a@example.com"], "email_hash": ["x"], "phone": "y"}, MISSING_ONE),
+        ({"email": "a@example.com", "email_hash": ["x"], "phone": ["y"]}, "email must be an array"),
+        ({"email": [], "email_hash": "x"}, "email_hash must be an array"),
     ],
 )
 def test_v2_map_errors(world: World, payload: Any, message: str) -> None:
@@ -497,6 +507,15 @@ def test_v2_map_tolerates_legacy_fields_and_empty_arrays(world: World) -> None:
     assert opened["body"]["mapped"][0]["identifier"] == "user2@example.com"
     _, empty = world.call("/v2/identity/map", {"email": []}, world["A"])
     assert empty == {"body": {"mapped": []}, "status": "success"}
+
+
+def test_v2_map_answers_a_null_phone_as_an_invalid_identifier(world: World) -> None:
+    """As the reference answers it; the rest of the batch is mapped."""
+    _, opened = world.call("/v2/identity/map", {"phone": ["+12345678901", None]}, world["A"])
+    assert opened is not None
+    assert opened["status"] == "success"
+    assert [m["identifier"] for m in opened["body"]["mapped"]] == ["+12345678901"]
+    assert opened["body"]["unmapped"] == [{"identifier": None, "reason": "invalid identifier"}]
 
 
 @pytest.mark.parametrize(
