@@ -62,7 +62,11 @@ holds is sent). ``HttpConnection`` adds, per connection:
   alive as asked;
 - **no protocol switch**: an ``Upgrade`` header is ignored (RFC 9110 §7.8 lets a server do so):
   the request goes to the application as a plain HTTP request; the parser stops at its head,
-  so the connection closes after the answer;
+  so the connection closes after the answer. A request asking for an upgrade that declares a
+  body (``Content-Length`` above 0, or ``Transfer-Encoding``) is answered 400 instead: the
+  parser leaves that body unread, and the request would run as if it had none (a rotation
+  asked with no grace would get the default grace). The application reads a disconnect in
+  place of the body, and its own answer is dropped, as with any request refused here;
 - **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) and
   the send deadline's (a client that stopped reading) are written at most once a minute each,
   saying how many were held back. ERROR lines are not throttled;
@@ -109,6 +113,7 @@ WARNING_INTERVAL_MS: Final = 60_000
 _WARNING_KEYS: Final = 16
 _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
+_UPGRADE_WITH_BODY: Final = "Unsupported upgrade request with a body (refused)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
 MAX_QUEUED_REQUESTS: Final = 64
 """Past this many requests queued behind the one being answered, a connection parses no further
@@ -318,7 +323,6 @@ class HttpConnection(HttpToolsProtocol):
                 self.send_400_response(_INVALID_REQUEST)
             return
         except httptools.HttpParserUpgrade:
-            self._warn(_UPGRADE_IGNORED)
             self._upgrade_ignored()
             return
         if rest:  # the queue is full: the client waits for answers, not the other way round
@@ -514,12 +518,39 @@ class HttpConnection(HttpToolsProtocol):
     def _upgrade_ignored(self) -> None:
         """The parser ends a request asking for an upgrade with its head (a body is left unread)
         and would read what follows as another protocol: the request is answered as it is, as
-        plain HTTP, and the connection closed after the answer, nothing more read."""
+        plain HTTP, and the connection closed after the answer, nothing more read.
+
+        A request that declares a body is refused instead (400, ``_refuse``): without the body
+        it is not the request the client sent. When requests before it are still to be
+        answered, it is dropped, never started, and the connection ends after them
+        (``_end_after_owed``)."""
+        cycle = self.cycle
+        if _declares_body(cycle.scope["headers"]):  # type: ignore[arg-type]  # uvicorn's list
+            self._warn(_UPGRADE_WITH_BODY)
+            pipeline = self.pipeline
+            if pipeline and pipeline[0][0] is cycle:
+                pipeline.popleft()  # queued behind others, never started: dropped
+                if self._end_after_owed():
+                    return
+            self._refuse(400)
+            return
+        self._warn(_UPGRADE_IGNORED)
         self._settle()
-        self.cycle.keep_alive = False
+        cycle.keep_alive = False
         self.transport.pause_reading()
 
     def _warn(self, message: str) -> None:
         held = self.WARNINGS.due(message, int(self.loop.time() * 1000))
         if held is not None:
             self.logger.log(logging.WARNING, "%s%s", message, held_back(held))
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head announces a body: ``Transfer-Encoding``, or a ``Content-Length``
+    other than 0 (the parser has already refused one that is not a number)."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip().lstrip(b"0"):
+            return True
+    return False

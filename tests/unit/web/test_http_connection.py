@@ -358,6 +358,55 @@ def test_a_websocket_upgrade_is_answered_as_plain_http(server: Running) -> None:
     assert server.recorder.scopes[before:] == ["http"]
 
 
+UPGRADE = b"connection: Upgrade\r\nupgrade: websocket\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"content-length: 5\r\n", b"content-length: 005\r\n", b"transfer-encoding: chunked\r\n"],
+)
+def test_an_upgrade_that_declares_a_body_is_refused_not_run_without_it(
+    server: Running, framing: bytes
+) -> None:
+    """The parser stops at the head of an upgrade request: run, it would read no body."""
+    before = server.recorder.disconnects
+    request = b"POST /echo HTTP/1.1\r\nhost: test\r\n" + UPGRADE + framing + b"\r\n"
+    with server.connect() as sock:
+        sock.sendall(request + b"hello")
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 400
+    assert b"connection: close" in raw.lower()
+    assert raw.count(b"HTTP/1.1") == 1  # no answer from the application, of "0" or otherwise
+    deadline = time.monotonic() + CLOSE_WITHIN_S
+    while server.recorder.disconnects == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.recorder.disconnects == before + 1  # it read a disconnect, not an empty body
+
+
+def test_an_upgrade_with_an_empty_body_is_answered_as_plain_http(server: Running) -> None:
+    request = b"POST /echo HTTP/1.1\r\nhost: test\r\n" + UPGRADE + b"content-length: 0\r\n\r\n"
+    with server.connect() as sock:
+        sock.sendall(request)
+        response = read_response(sock)
+        assert (response.status, response.body) == (200, b"0")
+        assert closed_by_server(sock) == b""
+
+
+def test_an_upgrade_with_a_body_behind_owed_answers_ends_the_connection_after_them(
+    server: Running,
+) -> None:
+    before = len(server.recorder.scopes)
+    upgrade = b"POST /echo HTTP/1.1\r\nhost: test\r\n" + UPGRADE + b"content-length: 5\r\n\r\n"
+    with server.connect() as sock:
+        sock.sendall(get("/slow") + upgrade + b"hello")
+        buffered = bytearray()
+        first = read_response(sock, buffered)
+        assert (first.status, first.body) == (200, b"OK")
+        assert first.headers.get("connection") == "close"
+        assert bytes(buffered) + closed_by_server(sock) == b""
+    assert server.recorder.scopes[before:] == ["http"]  # the upgrade request never started
+
+
 # --------------------------------------------------------------------------------- warnings
 
 
