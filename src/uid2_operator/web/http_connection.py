@@ -67,6 +67,8 @@ holds is sent). ``HttpConnection`` adds, per connection:
   parser leaves that body unread, and the request would run as if it had none (a rotation
   asked with no grace would get the default grace). The application reads a disconnect in
   place of the body, and its own answer is dropped, as with any request refused here;
+- **no 100 Continue to HTTP/1.0**: such a client's ``Expect: 100-continue`` is ignored (RFC
+  9110 §10.1.1): a 1xx answer is not sent to it, since it would read it as the final one;
 - **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) and
   the send deadline's (a client that stopped reading) are written at most once a minute each,
   saying how many were held back. ERROR lines are not throttled;
@@ -300,6 +302,11 @@ class HttpConnection(HttpToolsProtocol):
 
     def _should_upgrade(self) -> bool:
         return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
+
+    def on_headers_complete(self) -> None:
+        if self.expect_100_continue and self.parser.get_http_version() == "1.0":
+            self.expect_100_continue = False  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
+        super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, at most

@@ -407,6 +407,31 @@ def test_an_upgrade_with_a_body_behind_owed_answers_ends_the_connection_after_th
     assert server.recorder.scopes[before:] == ["http"]  # the upgrade request never started
 
 
+def test_an_http10_client_gets_no_100_continue(server: Running) -> None:
+    head = b"POST /echo HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    with server.connect() as sock:
+        sock.sendall(head)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # no interim answer: the client is to send its body unasked
+        sock.settimeout(CLOSE_WITHIN_S)
+        sock.sendall(b"hello")
+        raw = closed_by_server(sock)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"\r\n\r\n5")
+
+
+def test_an_http11_client_still_gets_100_continue(server: Running) -> None:
+    head = b"POST /echo HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    with server.connect() as sock:
+        sock.sendall(head)
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        response = read_response(sock, bytearray(interim.partition(b"\r\n\r\n")[2]))
+    assert (response.status, response.body) == (200, b"5")
+
+
 # --------------------------------------------------------------------------------- warnings
 
 
