@@ -69,6 +69,8 @@ holds is sent). ``HttpConnection`` adds, per connection:
   place of the body, and its own answer is dropped, as with any request refused here;
 - **no 100 Continue to HTTP/1.0**: such a client's ``Expect: 100-continue`` is ignored (RFC
   9110 §10.1.1): a 1xx answer is not sent to it, since it would read it as the final one;
+- **one Host**: an HTTP/1.1 request without a ``Host`` field, or with more than one, is
+  malformed (RFC 9112 §3.2) and answered as one is (400);
 - **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) and
   the send deadline's (a client that stopped reading) are written at most once a minute each,
   saying how many were held back. ERROR lines are not throttled;
@@ -304,8 +306,16 @@ class HttpConnection(HttpToolsProtocol):
         return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
 
     def on_headers_complete(self) -> None:
-        if self.expect_100_continue and self.parser.get_http_version() == "1.0":
+        version = self.parser.get_http_version()
+        if version == "1.0":
             self.expect_100_continue = False  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
+        else:
+            hosts = 0
+            for name, _ in self.headers:
+                if name == b"host":
+                    hosts += 1
+            if hosts != 1:  # answered as any malformed request (``_receive``)
+                raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:

@@ -432,6 +432,42 @@ def test_an_http11_client_still_gets_100_continue(server: Running) -> None:
     assert (response.status, response.body) == (200, b"5")
 
 
+@pytest.mark.parametrize(
+    "hosts", [b"", b"host: a.test\r\nhost: b.test\r\n", b"host: a.test\r\nHost: a.test\r\n"]
+)
+def test_an_http11_request_without_exactly_one_host_is_malformed(
+    server: Running, hosts: bytes
+) -> None:
+    before = len(server.recorder.scopes)
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n" + hosts + b"\r\n")
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 400
+    assert server.recorder.scopes[before:] == []  # never run
+
+
+def test_a_hostless_request_behind_owed_answers_ends_the_connection_after_them(
+    server: Running,
+) -> None:
+    before = len(server.recorder.scopes)
+    with server.connect() as sock:
+        sock.sendall(get("/slow") + b"GET / HTTP/1.1\r\n\r\n" + get())
+        buffered = bytearray()
+        first = read_response(sock, buffered)
+        assert (first.status, first.body) == (200, b"OK")
+        assert first.headers.get("connection") == "close"
+        assert bytes(buffered) + closed_by_server(sock) == b""
+    assert server.recorder.scopes[before:] == ["http"]
+
+
+def test_an_http10_request_needs_no_host(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        raw = closed_by_server(sock)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"\r\n\r\nOK")
+
+
 # --------------------------------------------------------------------------------- warnings
 
 
@@ -586,7 +622,7 @@ def test_queued_requests_are_bounded_by_their_header_fields_too() -> None:
     # 64 heads at the limit, each field a Python object, would cost far more than one request:
     # the queue is full once it holds a head's worth of fields.
     fields = LIMITS.max_head_bytes // 4 * 3 // 4  # three quarters of a head at the limit
-    heavy = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * fields + b"\r\n"
+    heavy = b"GET / HTTP/1.1\r\nhost: test\r\n" + b"a:\r\n" * (fields - 1) + b"\r\n"
     with running() as server, server.connect() as sock:
         sock.sendall(get("/slow") + heavy * 20)
         time.sleep(SLOW_S / 2)
