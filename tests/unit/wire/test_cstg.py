@@ -376,6 +376,8 @@ def test_inner_json_invalid(inner: bytes) -> None:
         ),
         ({"email_hash": "abc"}, True, errors.CstgInvalidIdentifier, "Invalid Identifier"),
         ({"email_hash": 5}, True, errors.CstgInvalidIdentifier, "Invalid Identifier"),
+        ({"email_hash": [EMAIL_HASH]}, True, errors.CstgInvalidIdentifier, "Invalid Identifier"),
+        ({"phone_hash": {"a": 1}}, True, errors.CstgInvalidIdentifier, "Invalid Identifier"),
         ({"phone_hash": "!" * 44}, True, errors.CstgInvalidIdentifier, "Invalid Identifier"),
     ],
 )
@@ -396,6 +398,14 @@ def test_phone_hash_opens_with_phone_support() -> None:
     opened = open_(sealed(json.dumps({"email_hash": hex_hash}).encode()))
     assert opened.identity.digest == bytes.fromhex(hex_hash)
     assert "secret" not in repr(opened)
+
+
+def test_a_hash_given_as_a_json_number_is_read_as_its_digits() -> None:
+    digits = "1" * 64
+    by_number = open_(sealed(b'{"email_hash": ' + digits.encode() + b"}"))
+    by_text = open_(sealed(json.dumps({"email_hash": digits}).encode()))
+    assert by_number.identity == by_text.identity
+    assert by_number.identity.digest == bytes.fromhex(digits)
 
 
 # ------------------------------------------------------------------------------ client side
