@@ -63,10 +63,9 @@ holds is sent). ``HttpConnection`` adds, per connection:
 - **no protocol switch**: an ``Upgrade`` header is ignored (RFC 9110 §7.8 lets a server do so):
   the request goes to the application as a plain HTTP request; the parser stops at its head,
   so the connection closes after the answer. A request asking for an upgrade that declares a
-  body (``Content-Length`` above 0, or ``Transfer-Encoding``) is answered 400 instead: the
-  parser leaves that body unread, and the request would run as if it had none (a rotation
-  asked with no grace would get the default grace). The application reads a disconnect in
-  place of the body, and its own answer is dropped, as with any request refused here;
+  body (``Content-Length`` above 0, or ``Transfer-Encoding``) is malformed instead, answered
+  as one is (400) and never run: the parser leaves that body unread, and the request would
+  run as if it had none (a rotation asked with no grace would get the default grace);
 - **no 100 Continue to HTTP/1.0**: such a client's ``Expect: 100-continue`` is ignored (RFC
   9110 §10.1.1): a 1xx answer is not sent to it, since it would read it as the final one;
 - **one Host**: an HTTP/1.1 request without a ``Host`` field, or with more than one, is
@@ -216,6 +215,8 @@ class HttpConnection(HttpToolsProtocol):
     """A malformed request came behind requests still to be answered: nothing more is read."""
     _running: RequestResponseCycle | None = None
     """The request whose application was started last (the one being answered)."""
+    _malformed: str = _INVALID_REQUEST
+    """The warning for a request the parser refuses (set when a check of ours refused it)."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -316,6 +317,11 @@ class HttpConnection(HttpToolsProtocol):
                     hosts += 1
             if hosts != 1:  # answered as any malformed request (``_receive``)
                 raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
+        if self.parser.should_upgrade() and _declares_body(self.headers):
+            # The parser stops at this head and would leave the body unread: run, the request
+            # would not be the one sent. Refused as a malformed request, before any task starts.
+            self._malformed = _UPGRADE_WITH_BODY
+            raise httptools.HttpParserError("an upgrade request that declares a body")
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
@@ -335,7 +341,7 @@ class HttpConnection(HttpToolsProtocol):
         try:
             rest = self._parse(data)
         except httptools.HttpParserError:
-            self._warn(_INVALID_REQUEST)
+            self._warn(self._malformed)
             if not self._end_after_owed():
                 self.send_400_response(_INVALID_REQUEST)
             return
@@ -533,27 +539,13 @@ class HttpConnection(HttpToolsProtocol):
         self.transport.abort()
 
     def _upgrade_ignored(self) -> None:
-        """The parser ends a request asking for an upgrade with its head (a body is left unread)
-        and would read what follows as another protocol: the request is answered as it is, as
-        plain HTTP, and the connection closed after the answer, nothing more read.
-
-        A request that declares a body is refused instead (400, ``_refuse``): without the body
-        it is not the request the client sent. When requests before it are still to be
-        answered, it is dropped, never started, and the connection ends after them
-        (``_end_after_owed``)."""
-        cycle = self.cycle
-        if _declares_body(cycle.scope["headers"]):  # type: ignore[arg-type]  # uvicorn's list
-            self._warn(_UPGRADE_WITH_BODY)
-            pipeline = self.pipeline
-            if pipeline and pipeline[0][0] is cycle:
-                pipeline.popleft()  # queued behind others, never started: dropped
-                if self._end_after_owed():
-                    return
-            self._refuse(400)
-            return
+        """The parser ends a request asking for an upgrade with its head and would read what
+        follows as another protocol: the request (one with no body: ``on_headers_complete``
+        refuses the others) is answered as it is, as plain HTTP, and the connection closed
+        after the answer, nothing more read."""
         self._warn(_UPGRADE_IGNORED)
         self._settle()
-        cycle.keep_alive = False
+        self.cycle.keep_alive = False
         self.transport.pause_reading()
 
     def _warn(self, message: str) -> None:

@@ -368,19 +368,17 @@ UPGRADE = b"connection: Upgrade\r\nupgrade: websocket\r\n"
 def test_an_upgrade_that_declares_a_body_is_refused_not_run_without_it(
     server: Running, framing: bytes
 ) -> None:
-    """The parser stops at the head of an upgrade request: run, it would read no body."""
-    before = server.recorder.disconnects
+    """The parser stops at the head of an upgrade request: run, it would read no body. It is
+    not run at all, so nothing (metrics, logs, audit) records an answer the client never got."""
+    before = len(server.recorder.scopes)
     request = b"POST /echo HTTP/1.1\r\nhost: test\r\n" + UPGRADE + framing + b"\r\n"
     with server.connect() as sock:
         sock.sendall(request + b"hello")
         raw = closed_by_server(sock)
     assert status_of(raw) == 400
-    assert b"connection: close" in raw.lower()
     assert raw.count(b"HTTP/1.1") == 1  # no answer from the application, of "0" or otherwise
-    deadline = time.monotonic() + CLOSE_WITHIN_S
-    while server.recorder.disconnects == before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.recorder.disconnects == before + 1  # it read a disconnect, not an empty body
+    time.sleep(0.2)  # time for a task, had one been started, to run
+    assert server.recorder.scopes[before:] == []
 
 
 def test_an_upgrade_with_an_empty_body_is_answered_as_plain_http(server: Running) -> None:
