@@ -25,6 +25,9 @@ class StoreWrapper:
     def read(self) -> AbstractContextManager[ReadTx]:
         return self._inner.read()
 
+    def one_read(self) -> AbstractContextManager[None]:
+        return self._inner.one_read()
+
     def change_seq(self) -> int:
         return self._inner.change_seq()
 

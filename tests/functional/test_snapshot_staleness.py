@@ -60,6 +60,10 @@ class SwitchableStore:
         self._check()
         return self.store.read()
 
+    def one_read(self) -> AbstractContextManager[None]:
+        self._check()
+        return self.store.one_read()
+
     def transaction(self) -> AbstractContextManager[Any]:
         self._check()
         return self.store.transaction()

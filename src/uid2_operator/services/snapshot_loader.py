@@ -4,15 +4,14 @@ Three reads make a snapshot: the credentials (participants, API keys and the cli
 that are still live, ``Store.snapshot``), the service-held material (keysets, encryption keys,
 the salt table and opt-outs, ``MaterialService.load_material``) and the client-side state
 (sharing choices, participants' domain and app names, keypairs with their private keys opened,
-``sharing.read_client_side_state``), each one consistent read transaction. When anything
-committed between the reads (their change sequences differ), they are read again, the material
-from what was just read (so the salt table and the opt-outs are not read twice), up to
-``CONSISTENT_READS`` times: a snapshot never mixes two states then, such as a sharing change's
-narrower list of readers with the keys from before it, whose tokens a removed reader could still
-open. A store written faster than that leaves the last reads, tagged with the *lowest* of their
-change sequences: the store's sequence is already past the tag, so the next poll loads again,
-and a mix of two adjacent states lasts one poll interval at most, never a stale state the
-poller would keep.
+``sharing.read_client_side_state``). All three share one read transaction
+(``Store.one_read``), so a snapshot is one state of the store whatever commits meanwhile: it
+never mixes two, such as a sharing change's narrower list of readers with the keys from before
+it, whose tokens a removed reader could still open. A change that commits during the load is
+simply not in it: the store's sequence is past the snapshot's, and the next poll loads again.
+Each part is read once, however often the store is written during the load (a load that read
+them again when they disagreed could, on a large store written every second, read them again
+and again).
 
 Secrets are opened with the keyring here and exist in the clear only in the returned snapshot,
 in memory. The keyring source is asked once per load, and that one keyring opens all three reads:
@@ -92,11 +91,6 @@ class Loaded:
         return f"Loaded(generation={self.snapshot.generation}, {self.material!r})"
 
 
-CONSISTENT_READS: Final = 3
-"""How many times a load reads the store's three parts before it settles for a mix (see the
-module docstring)."""
-
-
 def read_material(
     service: MaterialService, previous: Material | None, keyring: Keyring
 ) -> Material:
@@ -125,13 +119,10 @@ def load_snapshot(
         recorded = rx.deployment.kek_check_values()
     ring = checked_keyring(keyring, recorded, then=_RELOADED)
     prior = None if previous is None else previous.material
-    for _ in range(CONSISTENT_READS):
+    with store.one_read():
         credentials = store.snapshot(now_ms)
         loaded = read_material(material, prior, ring)
         client_side = read_client_side_state(store, ring)
-        if credentials.change_seq == loaded.change_seq == client_side.change_seq:
-            break
-        prior = loaded  # something committed between the reads: read them again
     snapshot = build_snapshot(
         generation=generation,
         built_at_ms=now_ms,

@@ -750,6 +750,12 @@ class Store(Protocol):
         """A read-only unit of work over one consistent snapshot; never bumps ``change_seq``."""
         ...
 
+    def one_read(self) -> AbstractContextManager[None]:
+        """Inside the block, every ``read`` (``snapshot`` and ``change_seq`` too) that this
+        thread makes shares one read unit of work: reads made by different services see one
+        state of the store, the one the block began with, whatever commits meanwhile."""
+        ...
+
     def change_seq(self) -> int:
         """The current change sequence: one cheap read, meant for frequent polling."""
         ...

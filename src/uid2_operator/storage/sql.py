@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -1491,12 +1492,19 @@ class SqlTx:
 # ---------------------------------------------------------------------------------- the store
 
 
+class _SharedRead(threading.local):
+    """The read unit of work a thread's ``SqlStore.one_read`` block shares, if any."""
+
+    tx: SqlTx | None = None
+
+
 class SqlStore:
     """A Store on SQLite or PostgreSQL; build it with ``open_store``."""
 
     def __init__(self, engine: Engine, flavour: Flavour) -> None:
         self._engine = engine
         self._flavour = flavour
+        self._shared = _SharedRead()
 
     @property
     def backend(self) -> str:
@@ -1526,12 +1534,29 @@ class SqlStore:
 
     @contextmanager
     def read(self) -> Iterator[SqlTx]:
+        shared = self._shared.tx
+        if shared is not None:  # inside ``one_read``: its unit, closed when that block ends
+            yield shared
+            return
         with unavailable_as_store_error(self._engine), self._engine.connect() as conn:
             unit = _Unit(self._flavour.begin_read(conn), self._flavour, writable=False)
             try:
                 yield SqlTx(unit)
             finally:
                 conn.rollback()
+
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        if self._shared.tx is not None:  # already inside one: the outer block's unit
+            yield
+            return
+        with self.read() as tx:
+            _change_seq(tx)  # the first statement fixes the state every read in it sees
+            self._shared.tx = tx
+            try:
+                yield
+            finally:
+                self._shared.tx = None
 
     def change_seq(self) -> int:
         with self.read() as tx:

@@ -3,8 +3,8 @@
 A snapshot takes three reads (credentials, material, client-side state). A sharing change that
 removes a reader writes the narrower list and the keyset's new keys in one transaction; a
 snapshot that took the keys from before it and the list from after it would keep sealing tokens
-with a key the removed reader already holds. The load reads again when the three reads saw
-different store states.
+with a key the removed reader already holds. The three reads share one read transaction: a
+change that commits during the load is wholly out of it, and in the next load.
 """
 
 from __future__ import annotations
@@ -70,10 +70,45 @@ def test_a_sharing_change_between_the_reads_is_not_half_taken(
         return reads(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshot_loader, "read_client_side_state", with_a_change_committing_first)
-    after = load_local_snapshot(store, material, clock).snapshot
+    during = load_local_snapshot(store, material, clock)
     assert len(changes) == 1
     assert changes[0]  # the change removed a reader, so it rotated the keyset
+    # Wholly the state before the change: its list of readers with its keys, and a sequence
+    # behind the store's, so the next poll loads again.
+    assert during.snapshot.change_seq == before.change_seq < store.change_seq()
+    assert during.snapshot.site_key(OWNER, clock.now_ms()).id in held_by_reader
+    assert during.snapshot.sharing == before.sharing
+    after = load_local_snapshot(store, material, clock, previous=during).snapshot
     assert after.change_seq == store.change_seq()
     minting = after.site_key(OWNER, clock.now_ms())
     assert minting.id in changes[0]
     assert minting.id not in held_by_reader
+
+
+def test_a_store_written_throughout_a_load_is_read_once(
+    store: SqlStore,
+    clock: FixedClock,
+    world: tuple[MaterialService, SharingService],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each part is read once, however often the store changes meanwhile: on a large store
+    written every second, reading again until the parts agree never ends."""
+    material, sharing = world
+    before = load_local_snapshot(store, material, clock).snapshot
+    reads = snapshot_loader.read_client_side_state
+    calls: list[int] = []
+
+    def with_a_change_committing_each_time(*args: object) -> ClientSideState:
+        calls.append(1)
+        if len(calls) % 2:
+            sharing.set_sharing(ACTOR, OWNER, mode="owner_only")
+        else:
+            sharing.set_sharing(ACTOR, OWNER, mode="list", sites=[READER])
+        return reads(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(
+        snapshot_loader, "read_client_side_state", with_a_change_committing_each_time
+    )
+    loaded = load_local_snapshot(store, material, clock).snapshot
+    assert calls == [1]
+    assert loaded.change_seq == before.change_seq < store.change_seq()
