@@ -156,11 +156,11 @@ def validate_keypair_contact(contact: str) -> str:
 
 
 def _clean_text(value: str, what: str, limit: int) -> str:
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):  # trimmed or not
+        raise InvalidInput(f"A keypair {what} must not contain control characters")
     cleaned = value.strip()
     if len(cleaned) > limit:
         raise InvalidInput(f"A keypair {what} is at most {limit} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in cleaned):
-        raise InvalidInput(f"A keypair {what} must not contain control characters")
     return refuse_deceptive_text(cleaned, f"A keypair {what}")
 
 

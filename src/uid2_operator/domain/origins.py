@@ -28,6 +28,7 @@ from typing import Final, TypeAlias
 
 import idna
 
+from uid2_operator.domain.participants import refuse_deceptive_text
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
 
 RegistrableDomain: TypeAlias = Callable[[str], str | None]
@@ -209,11 +210,14 @@ def validate_app_name(text: str) -> str:
     ``--app-names com.a,com.b`` as those two names. It is refused here, where every way of
     setting app names checks them, so the admin API cannot store one the command line would split.
     """
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):  # trimmed or not
+        raise InvalidInput("An app name has no spaces or control characters")
     cleaned = text.strip()
     if not 1 <= len(cleaned) <= MAX_APP_NAME_LENGTH:
         raise InvalidInput(f"An app name is 1 to {MAX_APP_NAME_LENGTH} characters")
-    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs") for ch in cleaned):
+    if any(ch.isspace() for ch in cleaned):
         raise InvalidInput("An app name has no spaces or control characters")
+    refuse_deceptive_text(cleaned, "An app name")
     if APP_NAME_SEPARATOR in cleaned:
         raise InvalidInput("An app name has no commas: give each app id as a name of its own")
     return cleaned

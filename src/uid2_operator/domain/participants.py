@@ -75,14 +75,23 @@ def validate_site_id(site_id: int) -> int:
     return site_id
 
 
+def refuse_control_characters(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` if it holds a control character
+    (category Cc: tabs and line breaks too). Checked before any trimming, so that text with a
+    control character is refused whatever way it came in, not trimmed clean by one way and
+    refused by another; stored text reaches logs, audit rows and terminals as it is."""
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidInput(f"{what} must not contain control characters")
+    return value
+
+
 def validate_name(name: str, what: str = "name") -> str:
     """Trimmed, 1..200 characters, no control characters (names end up in logs and audit rows),
     no surrogate code points, no credential text (see ``refuse_credential_text``)."""
-    cleaned = refuse_credential_text(refuse_surrogates(name, what), what).strip()
+    checked = refuse_credential_text(refuse_surrogates(name, what), what)
+    cleaned = refuse_control_characters(checked, what).strip()
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH:
         raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in cleaned):
-        raise InvalidInput(f"{what} must not contain control characters")
     return refuse_deceptive_text(cleaned, what)
 
 
@@ -134,11 +143,14 @@ def refuse_deceptive_text(value: str, what: str) -> str:
 
 def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:
     """Trimmed e-mail-like addresses, duplicates (ignoring case) dropped, order kept; credential
-    text is refused before the address check, with its own message."""
+    text is refused before the address check, with its own message, and so are control
+    characters and bidirectional controls, which the address pattern would let through."""
     cleaned: list[str] = []
     seen: set[str] = set()
     for raw in contacts:
-        contact = refuse_credential_text(refuse_surrogates(raw, "contacts"), "contacts").strip()
+        checked = refuse_credential_text(refuse_surrogates(raw, "contacts"), "contacts")
+        contact = refuse_control_characters(checked, "contacts").strip()
+        refuse_deceptive_text(contact, "contacts")
         if len(contact) > MAX_CONTACT_LENGTH or not _CONTACT.fullmatch(contact):
             raise InvalidInput("contacts must be e-mail addresses")
         if contact.casefold() not in seen:
