@@ -28,7 +28,7 @@ from typing import Final, TypeAlias
 
 import idna
 
-from uid2_operator.domain.participants import refuse_deceptive_text
+from uid2_operator.domain.participants import refuse_bidi_controls
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
 
 RegistrableDomain: TypeAlias = Callable[[str], str | None]
@@ -217,7 +217,7 @@ def validate_app_name(text: str) -> str:
         raise InvalidInput(f"An app name is 1 to {MAX_APP_NAME_LENGTH} characters")
     if any(ch.isspace() for ch in cleaned):
         raise InvalidInput("An app name has no spaces or control characters")
-    refuse_deceptive_text(cleaned, "An app name")
+    refuse_bidi_controls(cleaned, "An app name")
     if APP_NAME_SEPARATOR in cleaned:
         raise InvalidInput("An app name has no commas: give each app id as a name of its own")
     return cleaned

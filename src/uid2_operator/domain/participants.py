@@ -127,15 +127,22 @@ _BIDI_CONTROLS = _characters(BIDI_CONTROL_RANGES)
 _INVISIBLE = _characters(INVISIBLE_RANGES)
 
 
-def refuse_deceptive_text(value: str, what: str) -> str:
+def refuse_bidi_controls(value: str, what: str) -> str:
     """``value`` unchanged, or InvalidInput naming ``what`` if it holds a bidirectional
-    embedding, override or isolate control, or, not empty, shows nothing (only white space and
-    ``INVISIBLE_RANGES`` characters)."""
+    embedding, override or isolate control."""
     if any(ch in _BIDI_CONTROLS for ch in value):
         raise InvalidInput(
             f"{what} must not contain bidirectional formatting characters (U+202A-U+202E, "
             "U+2066-U+2069): they change how the text around them is displayed"
         )
+    return value
+
+
+def refuse_deceptive_text(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` if it holds a bidirectional
+    embedding, override or isolate control, or, not empty, shows nothing (only white space and
+    ``INVISIBLE_RANGES`` characters)."""
+    refuse_bidi_controls(value, what)
     if value and all(ch.isspace() or ch in _INVISIBLE for ch in value):
         raise InvalidInput(f"{what} must contain at least one visible character")
     return value
@@ -150,7 +157,7 @@ def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:
     for raw in contacts:
         checked = refuse_credential_text(refuse_surrogates(raw, "contacts"), "contacts")
         contact = refuse_control_characters(checked, "contacts").strip()
-        refuse_deceptive_text(contact, "contacts")
+        refuse_bidi_controls(contact, "contacts")
         if len(contact) > MAX_CONTACT_LENGTH or not _CONTACT.fullmatch(contact):
             raise InvalidInput("contacts must be e-mail addresses")
         if contact.casefold() not in seen:

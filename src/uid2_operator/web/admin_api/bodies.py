@@ -63,7 +63,9 @@ def pattern_class(ranges: tuple[tuple[int, int], ...]) -> str:
 
 
 _INVISIBLE: Final = pattern_class(INVISIBLE_RANGES)
-_BIDI: Final = pattern_class(BIDI_CONTROL_RANGES)
+BIDI_CONTROLS: Final = pattern_class(BIDI_CONTROL_RANGES)
+"""The bidirectional controls, inside a character class (``domain.participants``)."""
+_BIDI: Final = BIDI_CONTROLS
 NON_BLANK_PATTERN: Final = (
     f"^[{TRIMMED_SPACE}{_INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{_INVISIBLE}{_BIDI}]"
     f"[^{CONTROL_CHARACTERS}{_BIDI}]*$"

@@ -15,6 +15,7 @@ from uid2_operator.domain.participants import (
 )
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.web.admin_api.bodies import (
+    BIDI_CONTROLS,
     CONTROL_CHARACTERS,
     NON_BLANK_PATTERN,
     NON_BLANK_RULE,
@@ -43,8 +44,9 @@ CLIENT_ROLE_NAMES = ", ".join(ClientRole.__members__)
 # The services trim role names and compare them in upper case (``roles.parse_client_roles``).
 CLIENT_ROLE_PATTERN = any_case_pattern(ClientRole.__members__, str.upper)
 CLIENT_ROLE_RULE = f"must be one of {CLIENT_ROLE_NAMES} (any case)"
-# An e-mail-like address once trimmed: what ``participants.validate_contacts`` accepts.
-_ADDRESS_CHARACTER = f"[^@{TRIMMED_SPACE}{CONTROL_CHARACTERS}]"
+# An e-mail-like address once trimmed, with no bidirectional control: what
+# ``participants.validate_contacts`` accepts.
+_ADDRESS_CHARACTER = f"[^@{TRIMMED_SPACE}{CONTROL_CHARACTERS}{BIDI_CONTROLS}]"
 CONTACT_PATTERN = trimmed_pattern(
     rf"{_ADDRESS_CHARACTER}+@{_ADDRESS_CHARACTER}+\.{_ADDRESS_CHARACTER}+"
 )

@@ -24,6 +24,7 @@ from uid2_operator.domain.sharing import MAX_LISTED_SITES, check_mode_names
 from uid2_operator.errors import InvalidInput, NotFound
 from uid2_operator.services.sharing import MAX_SHARING_TYPES, SharingService
 from uid2_operator.web.admin_api.bodies import (
+    BIDI_CONTROLS,
     CONTROL_CHARACTERS,
     INTEGER_NOTE,
     LABEL_PATTERN,
@@ -59,8 +60,11 @@ MAX_HOST_TEXT = 255
 # Once trimmed: no space, control character, scheme, path, port or user (what
 # ``origins.validate_domain_name`` refuses before it looks the name up in the suffix list).
 DOMAIN_NAME_PATTERN = trimmed_pattern(rf"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}/:@?#\\]+")
-# Once trimmed: no space, control character or comma (``origins.validate_app_name``).
-APP_NAME_PATTERN = trimmed_pattern(f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}{APP_NAME_SEPARATOR}]+")
+# Once trimmed: no space, control character, bidirectional control or comma
+# (``origins.validate_app_name``).
+APP_NAME_PATTERN = trimmed_pattern(
+    f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}{BIDI_CONTROLS}{APP_NAME_SEPARATOR}]+"
+)
 
 
 @dataclass(frozen=True, slots=True)
