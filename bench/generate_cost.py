@@ -15,8 +15,9 @@ In one run, on the same objects, best of several repeats (``timeit``):
 (d) the least that Python can do for (b) and (c) together: the same library calls, on inputs of
     the same sizes, written out in one function over ready ciphers, with no check, no branch and
     no call into the project (only the cost counts: its tokens are of the real sizes, not
-    checked against a reader). What (b)+(c) costs above (d) is the project's structure; what (d) costs above
-    (a) plus the envelope's floor is the interpreter's, and no arrangement of Python removes it.
+    checked against a reader). What (b)+(c) costs above (d) is the project's structure; what
+    (d) costs above (a) plus the envelope's floor is the interpreter's, and no arrangement of
+    Python removes it.
 
 It prints microseconds per call and the ratios (b)/(a), ((b)+(c))/(a), ((b)+(c))/(d) and
 (d) over the floor. The envelope's own cryptographic floor (one GCM open, one seal, one 12-byte
