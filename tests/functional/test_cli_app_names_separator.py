@@ -44,3 +44,32 @@ def test_set_app_names_splits_on_commas(cli: Cli) -> None:
     assert shown["app_names"] == ["com.c", "com.d"]
     cleared = _ok(cli, "participant", "set-app-names", "--site-id", site, "--app-names", "")
     assert cleared["app_names"] == []
+
+
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        ("--app-names", "com.tab\t"),
+        ("--app-names", "com.a,\ncom.nl"),
+        ("--app-names", "com.x\r"),
+        ("--domains", "example.com\t"),
+        ("--domains", "example.com,\nexample.org"),
+        ("--domains", "example.org\r"),
+    ],
+)
+def test_a_control_character_in_a_list_is_refused_not_trimmed(
+    cli: Cli, option: str, text: str
+) -> None:
+    """As the admin API refuses it: only spaces are trimmed around the items of a list."""
+    _ok(cli, "init")
+    created = _ok(
+        cli, "participant", "create", "--name", "P", "--type", "publisher", "--roles", "GENERATOR"
+    )
+    site = str(created["site_id"])
+    command = "set-app-names" if option == "--app-names" else "set-domains"
+    refused = cli("participant", command, "--site-id", site, option, text, "--json")
+    assert refused.exit_code != 0
+    assert "control characters" in refused.stdout + refused.stderr
+    shown = _ok(cli, "participant", "show-origins", "--site-id", site)
+    assert shown["app_names"] == []
+    assert shown["domain_names"] == []

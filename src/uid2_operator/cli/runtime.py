@@ -175,7 +175,8 @@ def actor() -> Actor:
 
 
 def parse_list(value: str | None) -> list[str]:
-    """``"A, B,,C"`` -> ``["A", "B", "C"]``; None -> []."""
+    """``"A, B,,C"`` -> ``["A", "B", "C"]``; None -> []. Only spaces are trimmed here: a tab or
+    a line break is left for the service to refuse, as the admin API refuses it."""
     if value is None:
         return []
-    return [part.strip() for part in value.split(",") if part.strip()]
+    return [part.strip(" ") for part in value.split(",") if part.strip(" ")]

@@ -159,6 +159,8 @@ def validate_domain_name(
     message names the value by ``where`` (``domain_names[2]``), never repeats it: what was
     pasted there may be a credential.
     """
+    if any(unicodedata.category(ch) == "Cc" for ch in text):  # trimmed or not
+        raise InvalidInput(f"{where} must not contain control characters")
     cleaned = text.strip()
     if not cleaned or any(ch in cleaned for ch in "/:@?#\\") or any(ch.isspace() for ch in cleaned):
         raise InvalidInput(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from uid2_operator.domain.keypairs import validate_keypair_contact, validate_keypair_name
-from uid2_operator.domain.origins import validate_app_name
+from uid2_operator.domain.origins import validate_app_name, validate_domain_name
 from uid2_operator.domain.participants import validate_contacts, validate_name
 from uid2_operator.errors import InvalidInput
 
@@ -54,3 +54,9 @@ def test_app_names_with_control_characters_are_refused(name: str) -> None:
 
 def test_app_names_are_still_trimmed_of_spaces() -> None:
     assert validate_app_name(" com.example.app ") == "com.example.app"
+
+
+@pytest.mark.parametrize("name", ["\texample.com", "example.com\n", "exa\x7fmple.com"])
+def test_domain_names_with_control_characters_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="must not contain control characters"):
+        validate_domain_name(name, lambda host: host)
