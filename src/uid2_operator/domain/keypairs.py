@@ -14,7 +14,6 @@ The key material of a keypair cannot change: a compromised pair is disabled and 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Container
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -23,7 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.material_sealing import SealedMaterial, open_material, seal_material
-from uid2_operator.domain.participants import refuse_deceptive_text, validate_site_id
+from uid2_operator.domain.participants import (
+    refuse_control_characters,
+    refuse_deceptive_text,
+    refuse_surrogates,
+    validate_site_id,
+)
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import (
     CstgBadPublicKey,
@@ -156,12 +160,11 @@ def validate_keypair_contact(contact: str) -> str:
 
 
 def _clean_text(value: str, what: str, limit: int) -> str:
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):  # trimmed or not
-        raise InvalidInput(f"A keypair {what} must not contain control characters")
-    cleaned = value.strip()
+    label = f"A keypair {what}"
+    cleaned = refuse_control_characters(refuse_surrogates(value, label), label).strip()
     if len(cleaned) > limit:
         raise InvalidInput(f"A keypair {what} is at most {limit} characters")
-    return refuse_deceptive_text(cleaned, f"A keypair {what}")
+    return refuse_deceptive_text(cleaned, label)
 
 
 def generate_keypair(

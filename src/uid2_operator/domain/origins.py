@@ -22,13 +22,16 @@ failing requests later.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Final, TypeAlias
 
 import idna
 
-from uid2_operator.domain.participants import refuse_bidi_controls
+from uid2_operator.domain.participants import (
+    refuse_bidi_controls,
+    refuse_control_characters,
+    refuse_surrogates,
+)
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
 
 RegistrableDomain: TypeAlias = Callable[[str], str | None]
@@ -159,9 +162,7 @@ def validate_domain_name(
     message names the value by ``where`` (``domain_names[2]``), never repeats it: what was
     pasted there may be a credential.
     """
-    if any(unicodedata.category(ch) == "Cc" for ch in text):  # trimmed or not
-        raise InvalidInput(f"{where} must not contain control characters")
-    cleaned = text.strip()
+    cleaned = refuse_control_characters(text, where).strip()  # checked as given, not trimmed
     if not cleaned or any(ch in cleaned for ch in "/:@?#\\") or any(ch.isspace() for ch in cleaned):
         raise InvalidInput(
             f"{where} is not a bare domain name (like example.com: no scheme, path or port)"
@@ -212,14 +213,13 @@ def validate_app_name(text: str) -> str:
     ``--app-names com.a,com.b`` as those two names. It is refused here, where every way of
     setting app names checks them, so the admin API cannot store one the command line would split.
     """
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):  # trimmed or not
-        raise InvalidInput("An app name has no spaces or control characters")
-    cleaned = text.strip()
+    label = "An app name"
+    cleaned = refuse_control_characters(refuse_surrogates(text, label), label).strip()
     if not 1 <= len(cleaned) <= MAX_APP_NAME_LENGTH:
         raise InvalidInput(f"An app name is 1 to {MAX_APP_NAME_LENGTH} characters")
     if any(ch.isspace() for ch in cleaned):
-        raise InvalidInput("An app name has no spaces or control characters")
-    refuse_bidi_controls(cleaned, "An app name")
+        raise InvalidInput("An app name has no spaces")
+    refuse_bidi_controls(cleaned, label)
     if APP_NAME_SEPARATOR in cleaned:
         raise InvalidInput("An app name has no commas: give each app id as a name of its own")
     return cleaned
