@@ -65,10 +65,9 @@ def pattern_class(ranges: tuple[tuple[int, int], ...]) -> str:
 _INVISIBLE: Final = pattern_class(INVISIBLE_RANGES)
 BIDI_CONTROLS: Final = pattern_class(BIDI_CONTROL_RANGES)
 """The bidirectional controls, inside a character class (``domain.participants``)."""
-_BIDI: Final = BIDI_CONTROLS
 NON_BLANK_PATTERN: Final = (
-    f"^[{TRIMMED_SPACE}{_INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{_INVISIBLE}{_BIDI}]"
-    f"[^{CONTROL_CHARACTERS}{_BIDI}]*$"
+    f"^[{TRIMMED_SPACE}{_INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{_INVISIBLE}{BIDI_CONTROLS}]"
+    f"[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*$"
 )
 """Text that is not blank once trimmed and shows something, with no bidirectional controls
 (``domain.participants.refuse_deceptive_text``)."""
