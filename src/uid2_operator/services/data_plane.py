@@ -462,8 +462,8 @@ def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply
     with 500) a ``null`` element, like an array or object element, is refused with 400.
     """
     payload = payload or {}
-    given = False
-    chosen: list[tuple[InputKind, list[Any]]] = []
+    given = False  # an array was sent, empty or not
+    chosen: tuple[InputKind, list[Any]] | None = None  # the non-empty one
     for kind in input_kinds(phone_support=snapshot.identity.phone_support):
         value = payload.get(kind.value)
         if value is None:
@@ -472,14 +472,15 @@ def map_v2(snapshot: Snapshot, payload: JsonObject | None, now_ms: int) -> Reply
             raise InvalidRequest(f"{kind.value} must be an array")
         given = True
         if value:
-            if chosen:
+            if chosen is not None:
                 raise MissingIdentity
-            chosen.append((kind, value))
+            chosen = (kind, value)
     if not given:
         raise MissingIdentity
     mapped: list[JsonObject] = []
     unmapped: list[JsonObject] = []
-    for kind, values in chosen:
+    if chosen is not None:
+        kind, values = chosen
         for value in values:
             text = scalar_text(value)
             if text is None:
