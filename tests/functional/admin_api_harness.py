@@ -143,6 +143,14 @@ class AdminEnv:
         headers = {**self.auth(role), **kwargs.pop("headers", {})}
         return self.client.request(method, PREFIX + path, headers=headers, **kwargs)
 
+    def create_participant(self, roles: tuple[str, ...], name: str = "P") -> int:
+        """A new publisher with ``roles``, through the API; its site id."""
+        body = {"name": name, "type": "publisher", "roles": list(roles)}
+        created = self.call("POST", "/participants", json=body)
+        assert created.status_code == 201, created.text
+        site: int = created.json()["site_id"]
+        return site
+
     def change_seq(self) -> int:
         return self.services.store.change_seq()
 

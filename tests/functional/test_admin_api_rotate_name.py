@@ -29,14 +29,6 @@ MAINTAINER, READER = AdminRole.MAINTAINER, AdminRole.READ_ONLY
 env = admin_env_fixture()
 
 
-def _site(env: AdminEnv) -> int:
-    body = {"name": "Pub", "type": "publisher", "roles": ["GENERATOR", "MAPPER"]}
-    created = env.call("POST", "/participants", json=body)
-    assert created.status_code == 201, created.text
-    site: int = created.json()["site_id"]
-    return site
-
-
 def _create(env: AdminEnv, site: int, name: Any) -> Any:
     return env.call(
         "POST", "/keys", MAINTAINER, json={"site_id": site, "name": name, "roles": ["GENERATOR"]}
@@ -60,7 +52,7 @@ def _created_event(env: AdminEnv, key_id: str) -> dict[str, Any]:
 
 
 def test_the_successor_takes_the_name_given(env: AdminEnv) -> None:
-    old_id = _key(env, _site(env))
+    old_id = _key(env, env.create_participant(("GENERATOR", "MAPPER"), name="Pub"))
 
     rotated = env.call(
         "POST", f"/keys/{old_id}/rotate", MAINTAINER, json={"grace_days": 1, "name": " web-2 "}
@@ -83,7 +75,7 @@ def test_the_successor_takes_the_name_given(env: AdminEnv) -> None:
 def test_without_a_name_the_successor_keeps_the_old_one(
     env: AdminEnv, body: dict[str, Any]
 ) -> None:
-    old_id = _key(env, _site(env))
+    old_id = _key(env, env.create_participant(("GENERATOR", "MAPPER"), name="Pub"))
     rotated = env.call("POST", f"/keys/{old_id}/rotate", MAINTAINER, json=body)
     assert rotated.status_code == 201, rotated.text
     assert rotated.json()["name"] == "web"
@@ -105,7 +97,7 @@ BAD_NAMES: list[Any] = [
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
 def test_a_bad_name_is_refused_as_on_create_and_changes_nothing(env: AdminEnv, name: Any) -> None:
-    site = _site(env)
+    site = env.create_participant(("GENERATOR", "MAPPER"), name="Pub")
     old_id = _key(env, site)
     on_create = _create(env, site, name)
     assert on_create.status_code == 422, on_create.text
@@ -121,7 +113,7 @@ def test_a_bad_name_is_refused_as_on_create_and_changes_nothing(env: AdminEnv, n
 def test_credential_text_as_the_name_is_refused_as_on_create(env: AdminEnv) -> None:
     """Caught by the services rather than the declared field: the refusal is audited, as a
     refused write is, without the text."""
-    site = _site(env)
+    site = env.create_participant(("GENERATOR", "MAPPER"), name="Pub")
     created = _create(env, site, "web")
     old_id, pasted = created.json()["key_id"], created.json()["key"]
     on_create = _create(env, site, pasted)

@@ -35,14 +35,6 @@ RULE_BREAKING = [
 ]
 
 
-def _participant(env: AdminEnv) -> int:
-    body = {"name": "P", "type": "publisher", "roles": ["GENERATOR", "SHARER"]}
-    response = env.call("POST", "/participants", json=body)
-    assert response.status_code == 201, response.text
-    site: int = response.json()["site_id"]
-    return site
-
-
 @pytest.mark.parametrize(("route", "action", "body", "rule"), RULE_BREAKING)
 def test_an_unknown_site_is_not_found_whatever_the_body(
     env: AdminEnv, route: str, action: str, body: Any, rule: str
@@ -70,7 +62,7 @@ def test_an_unknown_site_is_not_found_whatever_the_body(
 def test_a_known_site_still_gets_the_rule_that_refuses_its_body(
     env: AdminEnv, route: str, action: str, body: Any, rule: str
 ) -> None:
-    site = _participant(env)
+    site = env.create_participant(("GENERATOR", "SHARER"))
     mark = env.mark()
     response = env.call("PUT", f"/participants/{site}/{route}", json=body(site))
     assert response.status_code == 422, response.text
