@@ -65,7 +65,7 @@ from uid2_operator.errors import (
 from uid2_operator.wire.aead import IV_SIZE, AeadFailure, RandomBytes, open_, seal
 from uid2_operator.wire.encoding import Base64Error, b64decode, b64encode, dumps
 from uid2_operator.wire.envelope import TimestampWindow
-from uid2_operator.wire.identity import HashedIdentity, InputKind, java_utf8, scalar_text
+from uid2_operator.wire.identity import HashedIdentity, InputKind, identity_text, java_utf8
 
 CURVE: Final = ec.SECP256R1()
 CURVE_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -310,11 +310,8 @@ def _read_identity(plaintext: bytes, *, phone_support: bool) -> tuple[InputKind,
     if (email is None) == (phone is None):
         raise CstgIdentityMissing(None if phone_support else PHONE_DISABLED_IDENTITY_MESSAGE)
     kind, value = (InputKind.EMAIL_HASH, email) if phone is None else (InputKind.PHONE_HASH, phone)
-    text = scalar_text(value)  # a number is read as its digits, as on generate
-    try:
-        if text is None:
-            raise InvalidIdentifier
-        return kind, kind.hashed(text)
+    try:  # a number is read as its digits, as on generate
+        return kind, kind.hashed(identity_text(value))
     except InvalidIdentifier as exc:
         raise CstgInvalidIdentifier from exc
 

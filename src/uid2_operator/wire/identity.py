@@ -175,13 +175,22 @@ def scalar_text(value: object) -> str | None:
     return None
 
 
+def identity_text(value: object) -> str:
+    """A given identity field's value as text (``scalar_text``); an array or object is an
+    ``InvalidIdentifier``."""
+    text = scalar_text(value)
+    if text is None:
+        raise InvalidIdentifier
+    return text
+
+
 def identity_from_request(payload: Mapping[str, object], *, phone_support: bool) -> HashedIdentity:
     """The single identity of a token generate/validate request (§3.4).
 
     Presence is decided before validity, as the reference operator does: a field counts as given
     when it is present and not ``null``, whatever its type, so two given fields are a
     ``MissingIdentity`` even when one of them would have been invalid. The given value is read
-    as text (``scalar_text``), as the identity maps read theirs; an array or object is invalid.
+    as text (``identity_text``), as the identity maps read theirs; an array or object is invalid.
     """
     given = [
         (kind, value)
@@ -192,7 +201,4 @@ def identity_from_request(payload: Mapping[str, object], *, phone_support: bool)
         message = MISSING_IDENTITY_WITH_PHONE if phone_support else MISSING_IDENTITY_EMAIL_ONLY
         raise MissingIdentity(message)
     kind, value = given[0]
-    text = scalar_text(value)
-    if text is None:
-        raise InvalidIdentifier
-    return HashedIdentity(_IDENTITY_TYPES[kind], kind.digest(text))
+    return HashedIdentity(_IDENTITY_TYPES[kind], kind.digest(identity_text(value)))
