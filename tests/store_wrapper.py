@@ -31,8 +31,8 @@ class StoreWrapper:
     def change_seq(self) -> int:
         return self._inner.change_seq()
 
-    def snapshot(self, now_ms: int) -> Snapshot:
-        return self._inner.snapshot(now_ms)
+    def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
+        return self._inner.snapshot(now_ms, since)
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> None:
         self._inner.record_usage(batch)

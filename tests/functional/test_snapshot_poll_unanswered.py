@@ -84,9 +84,9 @@ class HeldStore(StoreWrapper):
         self._wait()
         return super().read()
 
-    def snapshot(self, now_ms: int) -> Snapshot:
+    def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         self._wait()
-        return super().snapshot(now_ms)
+        return super().snapshot(now_ms, since)
 
 
 def _world(database: Database) -> tuple[Cli, dict[str, Any]]:

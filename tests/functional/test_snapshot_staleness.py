@@ -52,9 +52,9 @@ class SwitchableStore:
         self._check()
         return self.store.change_seq()
 
-    def snapshot(self, now_ms: int) -> Any:
+    def snapshot(self, now_ms: int, since: int = 0) -> Any:
         self._check()
-        return self.store.snapshot(now_ms)
+        return self.store.snapshot(now_ms, since)
 
     def read(self) -> AbstractContextManager[Any]:
         self._check()

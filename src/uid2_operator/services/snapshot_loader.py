@@ -26,6 +26,13 @@ compact salt table (``domain.salts.SaltTable``, no per-bucket object is ever mad
 stored sharing choices beside the keysets; a reload whose salt table has not changed reuses the
 previous table object instead of reading it again.
 
+Credentials are read the same way: a reload reads only the participants, keys and secrets
+written since the change sequence the previous load read at (``Store.snapshot`` with ``since``),
+opens only the secrets among them, and builds new client records only for the keys they touch
+(and for keys whose secret's retirement time has passed), keeping every other record object of
+the previous load (``Credentials``). A reload's cost then follows what changed, not how many keys
+the store holds: a revocation reaches the workers at the next poll however large the store.
+
 Opt-outs follow the same rule: a reload reads only the records written since the previous
 load's cursor and builds the new index from the previous one (``MaterialService.load_material``,
 ``domain.optout.OptOutIndex``). The previous index is the *material's*, the store's records
@@ -38,10 +45,13 @@ the store) or given up (``services.snapshot_source``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Final
 
+from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring, open_secret
 from uid2_operator.services.material import Material, MaterialService
 from uid2_operator.services.sharing import read_client_side_state
@@ -80,15 +90,140 @@ def operator_identity(
     )
 
 
+_NO_RETIREMENT: Final = 1 << 63
+"""Later than any epoch millisecond: no live secret has a retirement time."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Credentials:
+    """The credentials one load read, as the next reload starts from: every participant and key
+    as stored, every live secret opened, and the client record built from them for each key.
+
+    ``cursor`` is the change sequence they were read at. ``next_retirement_ms`` is the earliest
+    ``retires_at_ms`` among the live secrets: until then, no record loses a secret by time.
+    Never changed once made (a reload makes a new one from copies), so a load that fails leaves
+    the previous one as it was.
+    """
+
+    cursor: int
+    participants: Mapping[int, Participant]
+    keys: Mapping[str, ApiKey]
+    secrets: Mapping[str, tuple[LiveSecret, ...]]
+    records: Mapping[str, ClientRecord]
+    next_retirement_ms: int
+
+    def __repr__(self) -> str:  # the records hold opened secrets
+        return f"Credentials(cursor={self.cursor}, keys={len(self.keys)})"
+
+    @classmethod
+    def read(cls, stored: StoredCredentials, keyring: Keyring) -> Credentials:
+        """Everything, from a full read (``Store.snapshot`` without ``since``)."""
+        secrets: dict[str, tuple[LiveSecret, ...]] = {}
+        for sealed in stored.secrets:  # by secret id: each key's secrets end up in that order
+            secrets[sealed.key_id] = (*secrets.get(sealed.key_id, ()), _opened(sealed, keyring))
+        participants = {p.site_id: p for p in stored.participants}
+        keys = {k.key_id: k for k in stored.keys}
+        records = {
+            key_id: record
+            for key_id in keys
+            if (record := _record(key_id, keys, participants, secrets)) is not None
+        }
+        return cls(
+            stored.change_seq, participants, keys, secrets, records, _next_retirement(secrets)
+        )
+
+    def updated(self, changed: StoredCredentials, keyring: Keyring, now_ms: int) -> Credentials:
+        """These credentials with the rows written since ``cursor`` (``changed``, read with
+        ``since=cursor``) applied, and the secrets retired by ``now_ms`` dropped."""
+        participants = {**self.participants, **{p.site_id: p for p in changed.participants}}
+        keys = {**self.keys, **{k.key_id: k for k in changed.keys}}
+        touched = {k.key_id for k in changed.keys}
+        if changed.participants:  # a participant's change reaches every one of its keys
+            sites = {p.site_id for p in changed.participants}
+            touched.update(key_id for key_id, key in keys.items() if key.site_id in sites)
+        secrets = dict(self.secrets)
+        for sealed in changed.secrets:
+            held = [s for s in secrets.get(sealed.key_id, ()) if s.secret_id != sealed.secret_id]
+            if _live(sealed.retires_at_ms, now_ms):
+                held = sorted([*held, _opened(sealed, keyring)], key=lambda s: s.secret_id)
+            secrets[sealed.key_id] = tuple(held)
+            touched.add(sealed.key_id)
+        if now_ms >= self.next_retirement_ms:
+            touched.update(
+                key_id
+                for key_id, held_secrets in self.secrets.items()
+                if not all(_live(s.retires_at_ms, now_ms) for s in held_secrets)
+            )
+        records = dict(self.records)
+        for key_id in touched:
+            live = tuple(s for s in secrets.pop(key_id, ()) if _live(s.retires_at_ms, now_ms))
+            if live:
+                secrets[key_id] = live
+            record = _record(key_id, keys, participants, secrets)
+            if record is None:
+                records.pop(key_id, None)
+            else:
+                records[key_id] = record
+        return Credentials(
+            changed.change_seq, participants, keys, secrets, records, _next_retirement(secrets)
+        )
+
+
+def _opened(sealed: SealedSecret, keyring: Keyring) -> LiveSecret:
+    return LiveSecret(sealed.secret_id, open_secret(keyring, sealed), sealed.retires_at_ms)
+
+
+def _live(retires_at_ms: int | None, now_ms: int) -> bool:
+    return retires_at_ms is None or retires_at_ms > now_ms
+
+
+def _next_retirement(secrets: Mapping[str, Iterable[LiveSecret]]) -> int:
+    return min(
+        (s.retires_at_ms for held in secrets.values() for s in held if s.retires_at_ms is not None),
+        default=_NO_RETIREMENT,
+    )
+
+
+def _record(
+    key_id: str,
+    keys: Mapping[str, ApiKey],
+    participants: Mapping[int, Participant],
+    secrets: Mapping[str, tuple[LiveSecret, ...]],
+) -> ClientRecord | None:
+    key = keys.get(key_id)
+    participant = None if key is None else participants.get(key.site_id)
+    if key is None or participant is None:  # the store's foreign key makes this impossible
+        return None
+    return ClientRecord(key, participant, secrets.get(key_id, ()))
+
+
+def read_credentials(
+    store: Store, keyring: Keyring, now_ms: int, previous: Credentials | None
+) -> Credentials:
+    """The credentials as the store holds them now: what changed since ``previous`` applied to
+    it, or a full read when there is none (or the store is behind it: not the store it read)."""
+    if previous is not None:
+        changed = store.snapshot(now_ms, since=previous.cursor)
+        if changed.change_seq >= previous.cursor:
+            return previous.updated(changed, keyring, now_ms)
+    return Credentials.read(store.snapshot(now_ms), keyring)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Loaded:
-    """A snapshot and the material it was built from (kept to make the next reload cheaper)."""
+    """A snapshot and what it was built from (kept to make the next reload cheaper): the
+    material, and the credentials (None only for a snapshot not built by ``load_snapshot``)."""
 
     snapshot: Snapshot
     material: Material
+    credentials: Credentials | None = None
 
     def __repr__(self) -> str:
         return f"Loaded(generation={self.snapshot.generation}, {self.material!r})"
+
+    def with_snapshot(self, snapshot: Snapshot) -> Loaded:
+        """The same, serving ``snapshot`` (the snapshot with a worker's own opt-outs applied)."""
+        return replace(self, snapshot=snapshot)
 
 
 def read_material(
@@ -119,8 +254,9 @@ def load_snapshot(
         recorded = rx.deployment.kek_check_values()
     ring = checked_keyring(keyring, recorded, then=_RELOADED)
     prior = None if previous is None else previous.material
+    prior_credentials = None if previous is None else previous.credentials
     with store.one_read():
-        credentials = store.snapshot(now_ms)
+        credentials = read_credentials(store, ring, now_ms, prior_credentials)
         loaded = read_material(material, prior, ring)
         client_side = read_client_side_state(store, ring)
     snapshot = build_snapshot(
@@ -129,36 +265,15 @@ def load_snapshot(
         identity=identity,
         lifetimes=lifetimes,
         pepper=ring.pepper,
-        clients=client_records(credentials, ring),
+        clients=credentials.records.values(),
         keysets=loaded.keysets,
         sharing=client_side.sharing,
         keys=loaded.keys,
         salts=loaded.salts,
         optouts=loaded.optouts,
         builtins=loaded.builtins,
-        change_seq=min(credentials.change_seq, loaded.change_seq, client_side.change_seq),
+        change_seq=min(credentials.cursor, loaded.change_seq, client_side.change_seq),
         sites=client_side.snapshot_sites(),
         keypairs=client_side.keypairs,
     )
-    return Loaded(snapshot, loaded)
-
-
-def client_records(credentials: StoredCredentials, keyring: Keyring) -> list[ClientRecord]:
-    """Every API key with its participant and its live secrets opened.
-
-    Revoked, disabled and expired keys are kept: the request path refuses them by their state
-    with the same 401 as an unknown key, and keeping them costs a few hundred bytes each.
-    """
-    participants = {p.site_id: p for p in credentials.participants}
-    secrets: dict[str, list[LiveSecret]] = {}
-    for sealed in credentials.secrets:
-        secrets.setdefault(sealed.key_id, []).append(
-            LiveSecret(sealed.secret_id, open_secret(keyring, sealed), sealed.retires_at_ms)
-        )
-    records: list[ClientRecord] = []
-    for key in credentials.keys:
-        participant = participants.get(key.site_id)
-        if participant is None:  # the store's foreign key makes this impossible; be safe
-            continue
-        records.append(ClientRecord(key, participant, tuple(secrets.get(key.key_id, ()))))
-    return records
+    return Loaded(snapshot, loaded, credentials)

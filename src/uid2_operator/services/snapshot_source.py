@@ -296,7 +296,7 @@ class SnapshotSource:
         fresh = self._load(loaded, self._generation + 1)
         if not waiting:
             return fresh
-        return Loaded(fresh.snapshot.with_optouts(waiting), fresh.material)
+        return fresh.with_snapshot(fresh.snapshot.with_optouts(waiting))
 
     def _apply(
         self, polled_at_ms: int, polled_mono_ms: int, outcome: Loaded | BaseException | None
@@ -314,7 +314,7 @@ class SnapshotSource:
         if outcome is not None:
             if recorded:  # logouts answered while it loaded: few, applied here
                 updated = outcome.snapshot.with_optouts(recorded.values())
-                outcome = Loaded(updated, outcome.material)
+                outcome = outcome.with_snapshot(updated)
             self._install(outcome)
         self._confirmed_at_ms = polled_at_ms
         self._confirmed_mono_ms = polled_mono_ms
@@ -402,7 +402,7 @@ class SnapshotSource:
             updated = snapshot.with_optouts(records)
             self._generation = updated.generation
             if self._loaded is not None:
-                self._loaded = Loaded(updated, self._loaded.material)
+                self._loaded = self._loaded.with_snapshot(updated)
             self.current = updated
 
     def optouts_written(self, records: list[OptOutRecord]) -> None:

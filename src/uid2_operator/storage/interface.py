@@ -117,16 +117,25 @@ class OptOutChanges:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything the operator serves from, read in one consistent read transaction.
+    """The credentials the operator serves from, read in one consistent read transaction.
 
-    ``keys`` holds every key, revoked tombstones included; ``secrets`` holds the sealed secrets
-    that are still live at the time asked for (no ``retires_at_ms``, or one in the future).
+    Read in full (``since`` 0): ``keys`` holds every key, revoked tombstones included;
+    ``secrets`` holds the sealed secrets that are still live at the time asked for (no
+    ``retires_at_ms``, or one in the future).
+
+    Read from a change sequence (``since`` above 0): only the rows written by commits after it,
+    each as it is now: the participants and keys changed since, and the secrets added or changed
+    since whether live or not, so that a reader holding the earlier state learns of a secret
+    retired early. A row is never deleted but for a secret past its ``retires_at_ms`` (``purge``),
+    which a reader drops by its time. ``change_seq`` below ``since`` means the store is not the
+    one the reader read before (restored from an earlier backup, say): read it in full.
     """
 
     change_seq: int
     participants: tuple[Participant, ...]
     keys: tuple[ApiKey, ...]
     secrets: tuple[SealedSecret, ...]
+    since: int = 0
 
 
 # ----------------------------------------------------------------------------- repositories
@@ -760,8 +769,9 @@ class Store(Protocol):
         """The current change sequence: one cheap read, meant for frequent polling."""
         ...
 
-    def snapshot(self, now_ms: int) -> Snapshot:
-        """Participants, keys and live secrets with the change sequence they correspond to."""
+    def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
+        """Participants, keys and live secrets with the change sequence they correspond to; with
+        ``since`` above 0, only those written after that change sequence (``Snapshot``)."""
         ...
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> None:

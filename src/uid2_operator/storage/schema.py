@@ -78,6 +78,11 @@ def kek_check_name(version: int) -> str:
     return f"{KEK_CHECK_PREFIX}{version}"
 
 
+# ``change_seq`` on ``participants``, ``api_keys`` and ``client_secrets``: the change sequence of
+# the commit that last wrote the row (every write but a usage flush's ``last_used_at_ms``), so
+# that a snapshot reload reads only the rows written since the sequence it last read at. The
+# server default 0 is only for the upgrade that added it: every insert and update sets it.
+
 participants = Table(
     "participants",
     metadata,
@@ -92,6 +97,9 @@ participants = Table(
     # Where client-side token requests may come from: JSON lists, sorted (domain.origins rules).
     Column("domain_names", Text, nullable=False, server_default="[]"),
     Column("app_names", Text, nullable=False, server_default="[]"),
+    # The change sequence of the commit that last wrote the row (see above).
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    Index(None, "change_seq"),
 )
 
 api_keys = Table(
@@ -114,7 +122,9 @@ api_keys = Table(
     Column("revoked_by", String(200)),
     Column("revoked_reason", Text),
     Column("last_used_at_ms", BigInteger),
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
     Index(None, "site_id", "created_at_ms"),
+    Index(None, "change_seq"),
 )
 
 client_secrets = Table(
@@ -127,6 +137,8 @@ client_secrets = Table(
     Column("ciphertext", LargeBinary, nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("retires_at_ms", BigInteger),
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    Index(None, "change_seq"),
     sqlite_autoincrement=True,
 )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Table,
     and_,
     case,
     cast,
@@ -81,6 +82,7 @@ from uid2_operator.storage.interface import (
 from uid2_operator.storage.migrate import head_revision, revision_of
 
 _R = TypeVar("_R", ClientRole, AdminRole)
+_T = TypeVar("_T")
 
 
 # -------------------------------------------------------------------------- column encodings
@@ -362,6 +364,7 @@ class _Participants:
             insert(t.participants).values(
                 site_id=participant.site_id,
                 created_at_ms=participant.created_at_ms,
+                change_seq=self._u.committing_seq(),
                 **_participant_values(participant),
             )
         )
@@ -371,7 +374,7 @@ class _Participants:
         result = conn.execute(
             update(t.participants)
             .where(t.participants.c.site_id == participant.site_id)
-            .values(**_participant_values(participant))
+            .values(change_seq=self._u.committing_seq(), **_participant_values(participant))
         )
         _check_updated(result.rowcount, f"participant {participant.site_id}")
 
@@ -412,6 +415,7 @@ class _ApiKeys:
                 created_at_ms=key.created_at_ms,
                 created_by=key.created_by,
                 last_used_at_ms=key.last_used_at_ms,
+                change_seq=self._u.committing_seq(),
                 **_key_values(key),
             )
         )
@@ -419,7 +423,9 @@ class _ApiKeys:
     def update(self, key: ApiKey) -> None:
         conn = self._u.writing()
         result = conn.execute(
-            update(t.api_keys).where(t.api_keys.c.key_id == key.key_id).values(**_key_values(key))
+            update(t.api_keys)
+            .where(t.api_keys.c.key_id == key.key_id)
+            .values(change_seq=self._u.committing_seq(), **_key_values(key))
         )
         _check_updated(result.rowcount, f"API key {key.key_id}")
 
@@ -479,6 +485,7 @@ class _Secrets:
                 ciphertext=ciphertext,
                 created_at_ms=created_at_ms,
                 retires_at_ms=retires_at_ms,
+                change_seq=self._u.committing_seq(),
             )
             .returning(t.client_secrets.c.secret_id)
         ).scalar_one()
@@ -500,6 +507,7 @@ class _Secrets:
                 kek_version=secret.kek_version,
                 ciphertext=secret.ciphertext,
                 retires_at_ms=secret.retires_at_ms,
+                change_seq=self._u.committing_seq(),
             )
         )
         _check_updated(result.rowcount, f"secret {secret.secret_id}")
@@ -1265,6 +1273,7 @@ class _SiteOrigins:
             .values(
                 domain_names=_json_text(sorted(origins.domain_names)),
                 app_names=_json_text(sorted(origins.app_names)),
+                change_seq=self._u.committing_seq(),
             )
         )
         _check_updated(result.rowcount, f"participant {origins.site_id}")
@@ -1562,13 +1571,23 @@ class SqlStore:
         with self.read() as tx:
             return _change_seq(tx)
 
-    def snapshot(self, now_ms: int) -> Snapshot:
+    def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         with self.read() as tx:
+            seq = _change_seq(tx)
+            if since <= 0:
+                return Snapshot(
+                    change_seq=seq,
+                    participants=tuple(tx.participants.list_all()),
+                    keys=tuple(tx.api_keys.list_all()),
+                    secrets=tuple(tx.secrets.list_live(now_ms)),
+                )
+            conn = tx._unit.conn
             return Snapshot(
-                change_seq=_change_seq(tx),
-                participants=tuple(tx.participants.list_all()),
-                keys=tuple(tx.api_keys.list_all()),
-                secrets=tuple(tx.secrets.list_live(now_ms)),
+                change_seq=seq,
+                participants=tuple(_written_after(conn, t.participants, since, _participant)),
+                keys=tuple(_written_after(conn, t.api_keys, since, _api_key)),
+                secrets=tuple(_written_after(conn, t.client_secrets, since, _secret)),
+                since=since,
             )
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> None:
@@ -1577,6 +1596,16 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _written_after(
+    conn: Connection, table: Table, since: int, convert: Callable[[Row[Any]], _T]
+) -> list[_T]:
+    """The rows of a credentials table written by commits after change sequence ``since``, in the
+    order of the commits that wrote them, then of their key."""
+    c = table.c
+    query = select(table).where(c.change_seq > since).order_by(c.change_seq, *table.primary_key)
+    return [convert(row) for row in conn.execute(query)]
 
 
 def _change_seq(tx: SqlTx) -> int:
