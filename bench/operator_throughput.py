@@ -120,6 +120,7 @@ def _uvicorn_args(port: int, app: str, factory: bool) -> list[str]:
         "--lifespan",
         "on",
         "--no-access-log",
+        "--no-proxy-headers",  # as serve runs it
         "--log-level",
         "warning",
         *(["--factory"] if factory else []),

@@ -510,6 +510,20 @@ def test_raw_asgi_edges(env: AdminEnv) -> None:
     assert status == 201
     event = env.call("GET", "/audit", params={"action": "participant.create"}).json()["events"]
     assert event[-1]["source"] is None
+    # A server that hands over something other than an address (a forwarded-for value applied
+    # by a server not configured as serve configures uvicorn): not recorded as the address.
+    for host in ("<script>x</script>", "UID2-C-L-3-abcDEF.secret-looking-text", "::1"):
+        status, _, _ = raw_asgi_request(
+            env.app,
+            "POST",
+            PREFIX + "/participants",
+            headers=[auth, ("content-type", "application/json")],
+            chunks=[b'{"name": "S", "type": "dsp"}'],
+            client=(host, 1),
+        )
+        assert status == 201
+        event = env.call("GET", "/audit", params={"action": "participant.create"}).json()
+        assert event["events"][-1]["source"] == (host if host == "::1" else None)
 
 
 def test_lifespan_passes_through_the_request_context() -> None:

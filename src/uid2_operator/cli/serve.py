@@ -302,6 +302,9 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
         log_level=log_level,
         access_log=False,
         server_header=False,
+        # The peer is the socket's: X-Forwarded-For and X-Forwarded-Proto are a client's own
+        # words (uvicorn would otherwise apply them from any loopback peer).
+        proxy_headers=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     # The metrics socket first: once the operator port accepts (what serve waits for before it
@@ -817,6 +820,9 @@ def _run_admin(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        # The peer is the socket's: X-Forwarded-For and X-Forwarded-Proto are a client's own
+        # words (uvicorn would otherwise apply them from any loopback peer).
+        proxy_headers=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)

@@ -38,6 +38,7 @@ never logged or sent.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -338,10 +339,18 @@ async def _authorise(  # noqa: PLR0917 (one call site, in order)
 
 
 def _source(request: Request) -> str | None:
-    """The peer address. Forwarded-for headers are not trusted: no proxy is configured."""
+    """The peer address, as the socket gives it. Forwarded-for headers are not trusted: serve
+    tells its server not to apply them (``proxy_headers=False``), and what a server hands over
+    is recorded only when it is an IP address, so no text a client chose reaches the audit
+    trail as its address."""
     if request.client is None or not request.client.host:
         return None
-    return request.client.host[:MAX_SOURCE_LENGTH]
+    host = request.client.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host[:MAX_SOURCE_LENGTH]
 
 
 async def _read_json(request: Request, limit: int) -> bytes:
