@@ -27,6 +27,7 @@ sys.path.insert(0, str(BENCH))
 
 import asgi_targets  # noqa: E402
 import budget_targets  # noqa: E402
+import credentials_reload  # noqa: E402
 import generate_budget  # noqa: E402
 import generate_cost  # noqa: E402
 import operator_throughput  # noqa: E402
@@ -300,3 +301,11 @@ def test_the_inlined_generate_makes_an_answer_of_the_real_size() -> None:
     assert sorted(answer["body"]) == sorted(expected["body"])
     for name in ("advertising_token", "refresh_token", "refresh_response_key"):
         assert len(answer["body"][name]) == len(expected["body"][name])
+
+
+def test_the_reload_benchmark_times_loads_that_refuse_the_revoked_key() -> None:
+    """Both loads it times hold every key it wrote and refuse the one it revoked (checked inside
+    ``run``): the incremental figure is that of a load that saw the revocation."""
+    result = credentials_reload.run(120, 10, 1)
+    assert result["keys"] == 120
+    assert set(result) == {"keys", "full_cpu_s", "incremental_cpu_s", "ratio"}

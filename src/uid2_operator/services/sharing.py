@@ -33,7 +33,7 @@ store records is refused, and nothing is written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -200,8 +200,13 @@ class ClientSideState:
         ]
 
 
-def read_client_side_state(store: Store, keyring: Keyring) -> ClientSideState:
+def read_client_side_state(
+    store: Store, keyring: Keyring, participants: Collection[Participant] | None = None
+) -> ClientSideState:
     """What the operator snapshot needs beyond credentials and material (see module docstring).
+
+    ``participants``: every participant as the caller already holds them from the same read
+    unit (``Store.one_read``; the snapshot loader's credentials); None reads them here.
 
     A private key that does not open raises ``SealedSecretUnreadable``: the snapshot is not built
     rather than served without a keypair the store says exists.
@@ -209,7 +214,8 @@ def read_client_side_state(store: Store, keyring: Keyring) -> ClientSideState:
     with store.read() as tx:
         change_seq = tx.change_seq()
         sharing = tx.keyset_sharing.list_all()
-        participants = tx.participants.list_all()
+        if participants is None:
+            participants = tx.participants.list_all()
         site_types = {p.site_id: p.type for p in participants}
         site_enabled = {p.site_id: p.enabled for p in participants}
         origins = tuple(tx.site_origins.list_all())

@@ -258,7 +258,7 @@ def load_snapshot(
     with store.one_read():
         credentials = read_credentials(store, ring, now_ms, prior_credentials)
         loaded = read_material(material, prior, ring)
-        client_side = read_client_side_state(store, ring)
+        client_side = read_client_side_state(store, ring, credentials.participants.values())
     snapshot = build_snapshot(
         generation=generation,
         built_at_ms=now_ms,
