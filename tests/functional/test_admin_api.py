@@ -381,7 +381,7 @@ def test_an_unexpected_exception_is_a_bare_500_logged_without_its_message(
     def explode(*args: object, **kwargs: object) -> object:
         raise RuntimeError("UID2-C-L-3-abcdef.sensitive-tail-text")
 
-    monkeypatch.setattr(env.services.credentials, "list_participants", explode)
+    monkeypatch.setattr(env.services.credentials, "participant_page", explode)
     with caplog.at_level(logging.INFO):
         response = env.call("GET", "/participants")
     assert response.status_code == 500

@@ -39,7 +39,7 @@ def test_a_driver_error_is_logged_by_class_and_frames_on_one_line_never_with_its
     def explode(*args: object, **kwargs: object) -> object:
         raise error
 
-    monkeypatch.setattr(env.services.credentials, "list_participants", explode)
+    monkeypatch.setattr(env.services.credentials, "participant_page", explode)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         response = env.call("GET", "/participants")
     assert response.status_code == 500
@@ -64,7 +64,7 @@ def test_a_store_outage_is_still_logged_with_its_message(
     def unreachable(*args: object, **kwargs: object) -> object:
         raise StoreUnavailable("The store at sqlite:///uid2.db is unavailable: switched off")
 
-    monkeypatch.setattr(env.services.credentials, "list_participants", unreachable)
+    monkeypatch.setattr(env.services.credentials, "participant_page", unreachable)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         response = env.call("GET", "/participants")
     assert response.status_code == 503

@@ -10,7 +10,7 @@ from uid2_operator.cli.output import emit, fields, show_once_warning, table, whe
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH
-from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS
+from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS, MAX_LIST_LIMIT
 from uid2_operator.services.views import IssuedKey, IssuedSecret, KeyView
 
 DEFAULT_REVOKE_REASON = "revoked from the command line"
@@ -106,11 +106,29 @@ def create(site_id: int, name: str, roles: str, expires_in_days: int | None, as_
 
 @key.command("list")
 @click.option("--site-id", type=ASCII_INT, default=None, help="Only this participant's keys.")
+@click.option(
+    "--limit",
+    type=ASCII_INT,
+    default=None,
+    help=f"At most this many keys (1-{MAX_LIST_LIMIT}; default: every one).",
+)
+@click.option(
+    "--after",
+    default=None,
+    metavar="KEY_ID",
+    help="Start after this key, in the listing's order (by site, then age): the last key id "
+    "of the previous page.",
+)
 @json_option
-def list_(site_id: int | None, as_json: bool) -> None:
-    """List API keys (never their text or secrets)."""
+def list_(site_id: int | None, limit: int | None, after: str | None, as_json: bool) -> None:
+    """List API keys (never their text or secrets).
+
+    With --limit, a page at a time: fewer than --limit keys (none, too) means the last page;
+    in text, a line on standard error names the --after of the next one.
+    """
     with services() as svc:
-        views = svc.credentials.list_keys(actor(), site_id=site_id)
+        page = svc.credentials.key_page(actor(), site_id=site_id, limit=limit, after=after)
+    views = page.items
     now = _now_ms()
     emit(
         wants_json(as_json),
@@ -130,6 +148,8 @@ def list_(site_id: int | None, as_json: bool) -> None:
             ],
         ),
     )
+    if page.more and not wants_json(as_json):
+        click.echo(f"More keys follow: --after {views[-1].key_id}", err=True)
 
 
 @key.command("show")

@@ -8,6 +8,7 @@ from uid2_operator.cli.output import emit, fields, table, when
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH, ParticipantType
+from uid2_operator.services.credentials import MAX_LIST_LIMIT
 from uid2_operator.services.views import ParticipantView
 
 _TYPES = ", ".join(t.value for t in ParticipantType)
@@ -72,11 +73,29 @@ def create(  # noqa: PLR0917 (click passes every option positionally)
 
 
 @participant.command("list")
+@click.option(
+    "--limit",
+    type=ASCII_INT,
+    default=None,
+    help=f"At most this many participants (1-{MAX_LIST_LIMIT}; default: every one).",
+)
+@click.option(
+    "--after",
+    type=ASCII_INT,
+    default=None,
+    metavar="SITE_ID",
+    help="Start after this site id: the last site id of the previous page.",
+)
 @json_option
-def list_(as_json: bool) -> None:
-    """List participants."""
+def list_(limit: int | None, after: int | None, as_json: bool) -> None:
+    """List participants, by site id.
+
+    With --limit, a page at a time: fewer than --limit participants (none, too) means the last
+    page; in text, a line on standard error names the --after of the next one.
+    """
     with services() as svc:
-        views = svc.credentials.list_participants(actor())
+        page = svc.credentials.participant_page(actor(), limit=limit, after=after)
+    views = page.items
     emit(
         wants_json(as_json),
         [v.to_json() for v in views],
@@ -88,6 +107,8 @@ def list_(as_json: bool) -> None:
             ],
         ),
     )
+    if page.more and not wants_json(as_json):
+        click.echo(f"More participants follow: --after {views[-1].site_id}", err=True)
 
 
 @participant.command("show")

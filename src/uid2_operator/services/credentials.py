@@ -80,6 +80,7 @@ from uid2_operator.services.views import (
     IssuedKey,
     IssuedSecret,
     KeyView,
+    Page,
     ParticipantView,
 )
 from uid2_operator.storage.interface import ReadTx, Store, Tx
@@ -90,6 +91,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE_DAYS = lifecycle.DEFAULT_GRACE_MS // lifecycle.DAY_MS
 MAX_GRACE_DAYS = lifecycle.MAX_GRACE_MS // lifecycle.DAY_MS
 MAX_AUDIT_LIMIT = 1000
+MAX_LIST_LIMIT = 1000
+"""The most participants or keys one page of a listing holds."""
 # An audit event's site id: a participant's, or a reserved site's (the master keyset's is -1).
 MIN_AUDIT_SITE_ID = -(2**31)
 MAX_AUDIT_SITE_ID = 2**31 - 1
@@ -188,9 +191,23 @@ class CredentialService:
         return ParticipantView.of(participant)
 
     def list_participants(self, actor: Actor) -> list[ParticipantView]:
+        """Every participant, by site id."""
+        return self.participant_page(actor).items
+
+    def participant_page(
+        self, actor: Actor, *, limit: Any = None, after: Any = None
+    ) -> Page[ParticipantView]:
+        """At most ``limit`` participants (every one, when None) with a site id above ``after``
+        (any, when None), by site id; ``more`` when others follow."""
         del actor  # reads are not audited
+        count = inputs.optional_integer(limit, "limit", low=1, high=MAX_LIST_LIMIT)
+        start = inputs.optional_integer(after, "after", low=0, high=MAX_SITE_ID)
         with self._store.read() as tx:
-            return [ParticipantView.of(p) for p in tx.participants.list_all()]
+            found = tx.participants.list_page(
+                after=start, limit=None if count is None else count + 1
+            )
+        more = count is not None and len(found) > count
+        return Page([ParticipantView.of(p) for p in found[:count]], more)
 
     def get_participant(self, actor: Actor, site_id: Any) -> ParticipantView:
         del actor
@@ -307,18 +324,36 @@ class CredentialService:
         return self._issued(minted, secret, key, now)
 
     def list_keys(self, actor: Actor, *, site_id: Any = None) -> list[KeyView]:
+        """Every key (only ``site_id``'s when given), by site, then age."""
+        return self.key_page(actor, site_id=site_id).items
+
+    def key_page(
+        self, actor: Actor, *, site_id: Any = None, limit: Any = None, after: Any = None
+    ) -> Page[KeyView]:
+        """At most ``limit`` keys (every one, when None) in ``list_keys``' order (site, age,
+        then key id) after the key ``after`` names (from the first, when None; an unknown key
+        is NotFound); only ``site_id``'s when given. ``more`` when others follow."""
         del actor
         site = None if site_id is None else self._site_id(site_id)
+        count = inputs.optional_integer(limit, "limit", low=1, high=MAX_LIST_LIMIT)
+        start = None if after is None else inputs.credential_id(after, "after")
         now = self._clock.now_ms()
         with self._store.read() as tx:
-            if site is None:
-                keys = tx.api_keys.list_all()
-                usage = _usage_by_key((u.key_id, u.endpoint, u.count) for u in tx.usage.list_all())
-            else:
+            if site is not None:
                 self._participant(tx, site)
-                keys = tx.api_keys.list_for_site(site)
-                usage = {k.key_id: self._usage(tx, k.key_id) for k in keys}
-            return [self._view(k, now, usage.get(k.key_id)) for k in keys]
+            position = None if start is None else self._key(tx, start)
+            found = tx.api_keys.list_page(
+                site_id=site, after=position, limit=None if count is None else count + 1
+            )
+            keys = found[:count]
+            counters = (
+                tx.usage.list_all()  # every key listed: one read, not one per batch of keys
+                if site is None and count is None and start is None
+                else tx.usage.list_for_keys([k.key_id for k in keys])
+            )
+            usage = _usage_by_key((u.key_id, u.endpoint, u.count) for u in counters)
+        more = count is not None and len(found) > count
+        return Page([self._view(k, now, usage.get(k.key_id)) for k in keys], more)
 
     def get_key(self, actor: Actor, key_id: Any) -> KeyView:
         del actor

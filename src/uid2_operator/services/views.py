@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, ChainVerdict
@@ -24,6 +24,18 @@ JsonDict = dict[str, Any]
 
 def _sorted_roles(roles: Iterable[ClientRole | AdminRole]) -> list[str]:
     return sorted(role.value for role in roles)
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_T]):
+    """One page of a listing: its items, in the listing's order, and whether more follow (the
+    next page starts after the last item)."""
+
+    items: list[_T]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,11 @@ class ParticipantReader(Protocol):
         """Every participant, by site id."""
         ...
 
+    def list_page(self, *, after: int | None, limit: int | None) -> list[Participant]:
+        """At most ``limit`` (every one, when None) participants with a site id above ``after``
+        (any, when None), by site id."""
+        ...
+
     def highest_site_id(self) -> int | None:
         """The highest site id of any participant; None when there is none."""
         ...
@@ -179,6 +184,14 @@ class ApiKeyReader(Protocol):
 
     def list_all(self) -> list[ApiKey]:
         """Every key of every participant, by site then age."""
+        ...
+
+    def list_page(
+        self, *, site_id: int | None, after: ApiKey | None, limit: int | None
+    ) -> list[ApiKey]:
+        """At most ``limit`` (every one, when None) keys in ``list_all``'s order (site, age,
+        then key id) that come after ``after`` in it (from the first, when None); only
+        ``site_id``'s when given."""
         ...
 
 
@@ -342,6 +355,10 @@ class UsageReader(Protocol):
 
     def list_all(self) -> list[KeyUsage]:
         """Every counter, by key id then endpoint."""
+        ...
+
+    def list_for_keys(self, key_ids: Collection[str]) -> list[KeyUsage]:
+        """The counters of the keys named, by key id then endpoint."""
         ...
 
 

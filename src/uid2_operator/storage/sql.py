@@ -32,6 +32,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import URL
@@ -330,6 +331,13 @@ class _Participants:
         rows = self._u.conn.execute(select(t.participants).order_by(t.participants.c.site_id))
         return [_participant(row) for row in rows]
 
+    def list_page(self, *, after: int | None, limit: int | None) -> list[Participant]:
+        c = t.participants.c
+        query = select(t.participants).order_by(c.site_id).limit(limit)
+        if after is not None:
+            query = query.where(c.site_id > after)
+        return [_participant(row) for row in self._u.conn.execute(query)]
+
     def highest_site_id(self) -> int | None:
         highest = self._u.conn.execute(select(func.max(t.participants.c.site_id))).scalar_one()
         return None if highest is None else int(highest)
@@ -400,6 +408,18 @@ class _ApiKeys:
             select(t.api_keys).order_by(c.site_id, c.created_at_ms, c.key_id)
         )
         return [_api_key(row) for row in rows]
+
+    def list_page(
+        self, *, site_id: int | None, after: ApiKey | None, limit: int | None
+    ) -> list[ApiKey]:
+        c = t.api_keys.c
+        query = select(t.api_keys).order_by(c.site_id, c.created_at_ms, c.key_id).limit(limit)
+        if site_id is not None:
+            query = query.where(c.site_id == site_id)
+        if after is not None:
+            position = (after.site_id, after.created_at_ms, after.key_id)
+            query = query.where(tuple_(c.site_id, c.created_at_ms, c.key_id) > tuple_(*position))
+        return [_api_key(row) for row in self._u.conn.execute(query)]
 
     def add(self, key: ApiKey) -> None:
         conn = self._u.writing()
@@ -716,6 +736,16 @@ class _Usage:
         c = t.key_usage.c
         rows = self._u.conn.execute(select(t.key_usage).order_by(c.key_id, c.endpoint))
         return [_usage(row) for row in rows]
+
+    def list_for_keys(self, key_ids: Collection[str]) -> list[KeyUsage]:
+        c = t.key_usage.c
+        wanted = sorted(set(key_ids))
+        found: list[KeyUsage] = []
+        for start in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[start : start + _ID_BATCH]
+            query = select(t.key_usage).where(c.key_id.in_(batch))
+            found.extend(_usage(row) for row in self._u.conn.execute(query))
+        return sorted(found, key=lambda u: (u.key_id, u.endpoint))
 
     def record(self, batch: Sequence[UsageEntry]) -> None:
         conn = self._u.writing(control_plane=False)

@@ -14,7 +14,7 @@ from uid2_operator.domain import key_format
 from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID
 from uid2_operator.services import inputs
-from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS, MAX_GRACE_DAYS
+from uid2_operator.services.credentials import DEFAULT_GRACE_DAYS, MAX_GRACE_DAYS, MAX_LIST_LIMIT
 from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
 from uid2_operator.web.admin_api.participants import (
     CLIENT_ROLE_NAMES,
@@ -119,14 +119,35 @@ LIST_QUERY = (
         minimum=MIN_SITE_ID,
         maximum=MAX_SITE_ID,
     ),
+    Field(
+        "limit",
+        Kind.INTEGER,
+        "At most this many keys (default: every one); `next` is set when more follow",
+        minimum=1,
+        maximum=MAX_LIST_LIMIT,
+    ),
+    Field(
+        "after",
+        Kind.STRING,
+        "Start after this key (a key id; the `next` of the previous page), in the listing's "
+        "order: by site, then age",
+        max_length=inputs.MAX_TEXT,
+        pattern=CREDENTIAL_ID_PATTERN,
+        pattern_rule=CREDENTIAL_ID_RULE,
+    ),
 )
 
 
 def list_keys(call: Call) -> Reply:
-    views = call.services.credentials.list_keys(
-        call.actor, site_id=call.query.optional_integer("site_id")
+    query = call.query
+    page = call.services.credentials.key_page(
+        call.actor,
+        site_id=query.optional_integer("site_id"),
+        limit=query.optional_integer("limit"),
+        after=query.optional_text("after"),
     )
-    return Reply({"keys": [view.to_json() for view in views]})
+    following = page.items[-1].key_id if page.more else None
+    return Reply({"keys": [view.to_json() for view in page.items], "next": following})
 
 
 def get_key(call: Call) -> Reply:

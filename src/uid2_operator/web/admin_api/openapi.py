@@ -65,6 +65,12 @@ def _list_of(field: str, item: str) -> dict[str, Any]:
     return _record({field: {"type": "array", "items": _ref(item)}})
 
 
+def _page_of(field: str, item: str, cursor: str) -> dict[str, Any]:
+    """A listing that may be one page of several: ``next`` is what to pass as ``after`` for the
+    following page, null on the last one (and when no ``limit`` was asked)."""
+    return _record({field: {"type": "array", "items": _ref(item)}, "next": _nullable(cursor)})
+
+
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
@@ -115,9 +121,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "updated_at_ms": _INT,
         }
     ),
-    "ParticipantList": _list_of("participants", "Participant"),
+    "ParticipantList": _page_of("participants", "Participant", "integer"),
     "Key": _record(_KEY, "An API key as stored: never its key text, hash or secret"),
-    "KeyList": _list_of("keys", "Key"),
+    "KeyList": _page_of("keys", "Key", "string"),
     "IssuedKey": _record(
         {
             "key_id": _STR,

@@ -14,6 +14,7 @@ from uid2_operator.domain.participants import (
     ParticipantType,
 )
 from uid2_operator.domain.roles import ClientRole
+from uid2_operator.services.credentials import MAX_LIST_LIMIT
 from uid2_operator.web.admin_api.bodies import (
     BIDI_CONTROLS,
     CONTROL_CHARACTERS,
@@ -106,9 +107,31 @@ ROLES_BODY = BodySpec((replace(ROLES_FIELD, required=True),))
 NO_BODY = BodySpec()
 
 
+LIST_QUERY = (
+    Field(
+        "limit",
+        Kind.INTEGER,
+        "At most this many participants (default: every one); `next` is set when more follow",
+        minimum=1,
+        maximum=MAX_LIST_LIMIT,
+    ),
+    Field(
+        "after",
+        Kind.INTEGER,
+        "Start after this site id (the `next` of the previous page)",
+        minimum=0,
+        maximum=MAX_SITE_ID,
+    ),
+)
+
+
 def list_participants(call: Call) -> Reply:
-    views = call.services.credentials.list_participants(call.actor)
-    return Reply({"participants": [view.to_json() for view in views]})
+    query = call.query
+    page = call.services.credentials.participant_page(
+        call.actor, limit=query.optional_integer("limit"), after=query.optional_integer("after")
+    )
+    following = page.items[-1].site_id if page.more else None
+    return Reply({"participants": [view.to_json() for view in page.items], "next": following})
 
 
 def get_participant(call: Call) -> Reply:
@@ -155,6 +178,8 @@ OPERATIONS = (
         summary="List participants",
         response="ParticipantList",
         tag=TAG,
+        query=LIST_QUERY,
+        errors=(422,),
     ),
     Operation(
         "POST",
