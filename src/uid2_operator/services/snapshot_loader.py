@@ -49,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
+from uid2_operator.domain.audit import ChainHead
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.participants import Participant
@@ -63,8 +64,8 @@ from uid2_operator.services.snapshot import (
     Snapshot,
     build_snapshot,
 )
+from uid2_operator.storage.interface import ReadTx, Store
 from uid2_operator.storage.interface import Snapshot as StoredCredentials
-from uid2_operator.storage.interface import Store
 from uid2_operator.wire.raw_uid import IdentityEnvironment
 from uid2_operator.wire.scope import IdentityScope
 
@@ -99,7 +100,11 @@ class Credentials:
     """The credentials one load read, as the next reload starts from: every participant and key
     as stored, every live secret opened, and the client record built from them for each key.
 
-    ``cursor`` is the change sequence they were read at. ``next_retirement_ms`` is the earliest
+    ``cursor`` is the change sequence they were read at, and ``anchor`` the audit trail's last
+    event then (None when it had none): every credential change is audited in its own
+    transaction, so a store that still holds that very event at that position is the one they
+    were read from, gone on; one restored from an earlier backup has lost it, or holds another
+    event there once written again (``read_credentials``). ``next_retirement_ms`` is the earliest
     ``retires_at_ms`` among the live secrets: until then, no record loses a secret by time.
     Never changed once made (a reload makes a new one from copies), so a load that fails leaves
     the previous one as it was.
@@ -111,12 +116,15 @@ class Credentials:
     secrets: Mapping[str, tuple[LiveSecret, ...]]
     records: Mapping[str, ClientRecord]
     next_retirement_ms: int
+    anchor: ChainHead | None = None
 
     def __repr__(self) -> str:  # the records hold opened secrets
         return f"Credentials(cursor={self.cursor}, keys={len(self.keys)})"
 
     @classmethod
-    def read(cls, stored: StoredCredentials, keyring: Keyring) -> Credentials:
+    def read(
+        cls, stored: StoredCredentials, keyring: Keyring, anchor: ChainHead | None = None
+    ) -> Credentials:
         """Everything, from a full read (``Store.snapshot`` without ``since``)."""
         secrets: dict[str, tuple[LiveSecret, ...]] = {}
         for sealed in stored.secrets:  # by secret id: each key's secrets end up in that order
@@ -129,12 +137,25 @@ class Credentials:
             if (record := _record(key_id, keys, participants, secrets)) is not None
         }
         return cls(
-            stored.change_seq, participants, keys, secrets, records, _next_retirement(secrets)
+            stored.change_seq,
+            participants,
+            keys,
+            secrets,
+            records,
+            _next_retirement(secrets),
+            anchor,
         )
 
-    def updated(self, changed: StoredCredentials, keyring: Keyring, now_ms: int) -> Credentials:
+    def updated(
+        self,
+        changed: StoredCredentials,
+        keyring: Keyring,
+        now_ms: int,
+        anchor: ChainHead | None = None,
+    ) -> Credentials:
         """These credentials with the rows written since ``cursor`` (``changed``, read with
-        ``since=cursor``) applied, and the secrets retired by ``now_ms`` dropped."""
+        ``since=cursor``) applied, and the secrets retired by ``now_ms`` dropped; ``anchor`` is
+        the audit trail's last event as the read saw it."""
         participants = {**self.participants, **{p.site_id: p for p in changed.participants}}
         keys = {**self.keys, **{k.key_id: k for k in changed.keys}}
         touched = {k.key_id for k in changed.keys}
@@ -165,7 +186,13 @@ class Credentials:
             else:
                 records[key_id] = record
         return Credentials(
-            changed.change_seq, participants, keys, secrets, records, _next_retirement(secrets)
+            changed.change_seq,
+            participants,
+            keys,
+            secrets,
+            records,
+            _next_retirement(secrets),
+            anchor,
         )
 
 
@@ -201,12 +228,29 @@ def read_credentials(
     store: Store, keyring: Keyring, now_ms: int, previous: Credentials | None
 ) -> Credentials:
     """The credentials as the store holds them now: what changed since ``previous`` applied to
-    it, or a full read when there is none (or the store is behind it: not the store it read)."""
-    if previous is not None:
+    it, or a full read when there is none, or when the store is not the one ``previous`` was
+    read from, gone on: its sequence is behind the cursor, or it no longer holds the audit event
+    that was the last one then (``Credentials.anchor``; restored from an earlier backup and
+    written since, say, which moves the sequence past the cursor again). Meant to run inside
+    ``Store.one_read``, so that the check and the reads see one state."""
+    with store.read() as rx:
+        last = rx.audit.last()
+        continued = previous is not None and _holds(rx, previous.anchor)
+    anchor = None if last is None else ChainHead(last.seq, last.hash)
+    if previous is not None and continued:
         changed = store.snapshot(now_ms, since=previous.cursor)
         if changed.change_seq >= previous.cursor:
-            return previous.updated(changed, keyring, now_ms)
-    return Credentials.read(store.snapshot(now_ms), keyring)
+            return previous.updated(changed, keyring, now_ms, anchor)
+    return Credentials.read(store.snapshot(now_ms), keyring, anchor)
+
+
+def _holds(rx: ReadTx, anchor: ChainHead | None) -> bool:
+    """Whether the store holds the audit event ``anchor`` names, at its position (never, for
+    none: a store with no audit event yet is read in full, which costs nothing)."""
+    if anchor is None:
+        return False
+    found = rx.audit.list_events(since_seq=anchor.seq - 1, limit=1)
+    return bool(found) and found[0].seq == anchor.seq and found[0].hash == anchor.hash
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -6,14 +6,17 @@ disabled, given domain names; keys created, renamed, narrowed, disabled, revoked
 and without grace, retired at once; secrets rotated), a reload from the previous load and a load
 from nothing give the same records, and the records of keys the change did not touch are the
 previous load's objects themselves: nothing untouched is read, opened or built again. A secret
-whose grace runs out leaves its record at the next reload; a store behind the previous load's
-cursor (not the store it read) is read in full.
+whose grace runs out leaves its record at the next reload; a store that is not the one the
+previous load read, gone on, is read in full: behind its cursor, or restored from an earlier
+backup and written past the cursor again.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import replace
 from typing import Any
 
@@ -175,3 +178,35 @@ def test_a_store_behind_the_previous_load_is_read_in_full(
     previous, loaded = world.reload()
     assert loaded.snapshot.clients[key_id] is not previous.snapshot.clients[key_id]
     assert loaded.snapshot.clients[key_id].usable_before_ms == 0
+
+
+def _copy(source: Path, target: Path) -> None:
+    """The whole database file, as a backup or a restore makes it (SQLite's online backup)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def test_a_store_restored_and_written_past_the_cursor_is_read_in_full(
+    svc: CredentialService,
+    store: SqlStore,
+    material: MaterialService,
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    world = World(svc, store, material)
+    site = _site(svc, "A")
+    kept = _key(svc, site, "kept")
+    backup = tmp_path / "backup.db"
+    _copy(db_path, backup)
+    lost = _key(svc, site, "lost")  # not in the backup
+    world.reload()
+    cursor = world.loaded.credentials.cursor  # type: ignore[union-attr]
+    _copy(backup, db_path)  # restored: the sequence goes back below the worker's cursor
+    svc.revoke_key(ACTOR, kept, reason="revoked after the restore")
+    while store.change_seq() <= cursor:  # written on past the cursor before the next poll
+        _site(svc, "later")
+    _, loaded = world.reload()  # checked against a load from nothing inside
+    assert lost not in loaded.snapshot.clients
+    assert loaded.snapshot.clients[kept].usable_before_ms == 0
