@@ -79,6 +79,7 @@ def _with_consent(consent: str, email: str = EMAIL) -> TokenGenerateInput:
     "tgi",
     [
         pytest.param(_with_consent(SUFFICIENT), id="sufficient"),
+        pytest.param(_with_consent(LACKS_PRECISE_GEOLOCATION), id="no-precise-geolocation"),
         pytest.param(TokenGenerateInput.from_email(EMAIL), id="no-string"),
     ],
 )
@@ -108,7 +109,6 @@ def test_a_token_the_sdk_decrypts_as_euid(
     "tgi",
     [
         pytest.param(_with_consent(LACKS_PURPOSE_1), id="insufficient"),
-        pytest.param(_with_consent(LACKS_PRECISE_GEOLOCATION), id="no-precise-geolocation"),
         pytest.param(_with_consent(LACKS_PURPOSE_1, OPTED_OUT), id="insufficient-opted-out"),
     ],
 )

@@ -3,9 +3,10 @@
 An EUID ``/v2/token/generate`` request may carry ``tcf_consent_string`` (operator-api §6.1), the
 Transparency and Consent string a consent management platform (CMP) produced for the end user.
 When it does, tokens are issued only when it grants the operator's vendor (``DEFAULT_VENDOR_ID``,
-21, unless configured otherwise) every purpose in ``EUID_REQUIRED_PURPOSES`` and the user opted in
-to every special feature in ``EUID_REQUIRED_SPECIAL_FEATURES`` (``TCString.grants_euid``); a
-request without the key gets no consent check. The UID2 scope never reads it.
+21, unless configured otherwise) every purpose in ``EUID_REQUIRED_PURPOSES``
+(``TCString.grants_euid``); no special feature is required (precise geolocation, special feature
+1, no longer is upstream either). A request without the key gets no consent check. The UID2
+scope never reads it.
 
 The format is public (IAB Tech Lab, "Consent string and vendor list formats v2"). A TC string is
 one or more segments of URL-safe base64 without padding, joined by ``.``; the first is the core
@@ -56,9 +57,6 @@ EUID_REQUIRED_PURPOSES: Final = frozenset({1, 2, 3, 4, 7, 10})
 """Purposes the vendor must hold, by consent or legitimate interest, for a token to be issued:
 store/access information on a device (1), basic ads (2), create and use a personalised ads
 profile (3, 4), measure ad performance (7), develop and improve products (10)."""
-EUID_REQUIRED_SPECIAL_FEATURES: Final = frozenset({1})
-"""Special features the user must have opted in to, as the upstream operator requires: use
-precise geolocation data (1)."""
 MAX_TC_STRING_LENGTH: Final = 64 * 1024
 """Characters. Two full 65 535-bit vendor bit fields are about 22 000 characters of base64."""
 MAX_VENDOR_ID: Final = (1 << 16) - 1
@@ -155,11 +153,8 @@ class TCString:
 
     def grants_euid(self, vendor_id: int) -> bool:
         """Whether an EUID token may be issued for ``vendor_id``: every purpose in
-        ``EUID_REQUIRED_PURPOSES`` (``has_consent``), and an opt-in to every special feature in
-        ``EUID_REQUIRED_SPECIAL_FEATURES``."""
-        return self.has_consent(
-            vendor_id, EUID_REQUIRED_PURPOSES
-        ) and EUID_REQUIRED_SPECIAL_FEATURES.issubset(self.special_feature_opt_ins)
+        ``EUID_REQUIRED_PURPOSES`` (``has_consent``), whatever the special-feature opt-ins."""
+        return self.has_consent(vendor_id, EUID_REQUIRED_PURPOSES)
 
 
 class _Bits:

@@ -165,8 +165,11 @@ def test_the_string_without_precise_geolocation_differs_from_the_sufficient_one_
     )
 
 
-def test_sufficient_consent_issues_an_euid_token() -> None:
-    reply = _generate(EUID, {"email": EMAIL, "tcf_consent_string": SUFFICIENT})
+@pytest.mark.parametrize("consent", [SUFFICIENT, LACKS_PRECISE_GEOLOCATION])
+def test_sufficient_consent_issues_an_euid_token(consent: str) -> None:
+    """Every required purpose is enough: no special feature is required (a user who declined
+    precise geolocation, special feature 1, gets a token)."""
+    reply = _generate(EUID, {"email": EMAIL, "tcf_consent_string": consent})
     assert reply.status == "success"
     assert reply.body["advertising_token"].startswith("E4")
     assert json.loads(reply.to_json())["status"] == "success"
@@ -185,8 +188,6 @@ def test_without_the_key_there_is_no_consent_check() -> None:
     "payload",
     [
         {"email": EMAIL, "tcf_consent_string": LACKS_PURPOSE_1},
-        # every purpose, but no opt-in to precise geolocation (special feature 1)
-        {"email": EMAIL, "tcf_consent_string": LACKS_PRECISE_GEOLOCATION},
         # consent is checked before the opt-out
         {"email": OPTED_OUT, "tcf_consent_string": LACKS_PURPOSE_1},
     ],

@@ -14,7 +14,6 @@ from uid2_operator.errors import InvalidConsentString, WireError
 from uid2_operator.wire.tcf import (
     DEFAULT_VENDOR_ID,
     EUID_REQUIRED_PURPOSES,
-    EUID_REQUIRED_SPECIAL_FEATURES,
     MAX_TC_STRING_LENGTH,
     TCString,
     VendorSet,
@@ -144,16 +143,16 @@ def test_special_features_and_other_purposes_are_not_purposes() -> None:
     [
         (REQUIRED, (1,), True),
         (REQUIRED, (1, 2), True),
-        (REQUIRED, (), False),  # every purpose, no opt-in to precise geolocation
-        (REQUIRED, (2,), False),  # device scanning is not precise geolocation
-        (REQUIRED[1:], (1,), False),  # precise geolocation does not make up for a purpose
+        (REQUIRED, (), True),  # every purpose, no opt-in to precise geolocation: enough
+        (REQUIRED, (2,), True),
+        (REQUIRED[1:], (1,), False),  # a special feature does not make up for a purpose
+        (REQUIRED[1:], (), False),
     ],
 )
-def test_an_euid_grant_needs_every_purpose_and_precise_geolocation(
+def test_an_euid_grant_needs_every_purpose_and_no_special_feature(
     purposes: list[int], special_features: tuple[int, ...], granted: bool
 ) -> None:
     parsed = _tc(purposes_consent=purposes, vendor_consents=BOTH, special_features=special_features)
-    assert {1} == EUID_REQUIRED_SPECIAL_FEATURES
     assert parsed.grants_euid(VENDOR) is granted
     assert not _tc(purposes_consent=REQUIRED, special_features=(1,)).grants_euid(VENDOR)
 
