@@ -31,6 +31,7 @@ from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SaltTable
 from uid2_operator.errors import (
+    CstgBadPublicKey,
     CstgBadSubscription,
     CstgKeypairDisabled,
     ExpiredTokenPresented,
@@ -756,7 +757,8 @@ def _add_site_data(
 
 
 class ExposedKeyLog:
-    """One WARNING per API key per ``interval_ms`` sent as a client-side ``subscription_id``.
+    """One WARNING per API key per ``interval_ms`` sent in a client-side request's
+    ``subscription_id`` or ``public_key``.
 
     A client-side request comes from a web page or an app, so an API key found there is exposed
     to anyone who views it, and its holder should rotate it. The line names the key id (public)
@@ -773,12 +775,13 @@ class ExposedKeyLog:
     ) -> None:
         self._throttle: LogThrottle[str] = LogThrottle(interval_ms, max_entries)
 
-    def exposed(self, key_id: str, now_ms: int) -> None:
+    def exposed(self, key_id: str, now_ms: int, field: str = "subscription_id") -> None:
         if self._throttle.due(key_id, now_ms) is None:
             return
         log.warning(
-            "API key sent as a client-side subscription_id: key_id=%s. The key is exposed in a "
+            "API key sent as a client-side %s: key_id=%s. The key is exposed in a "
             "web page or app; rotate it and stop publishing it.",
+            field,
             key_id,
         )
 
@@ -788,11 +791,12 @@ _EXPOSED_KEYS: Final = ExposedKeyLog()
 
 
 def _note_exposed_key(
-    snapshot: Snapshot, subscription_id: str, now_ms: int, exposed: ExposedKeyLog
+    snapshot: Snapshot, text: str, now_ms: int, exposed: ExposedKeyLog, field: str
 ) -> None:
-    """Log ``subscription_id`` if it is one of this snapshot's API keys (its whole text verified,
-    so that made-up texts, which anyone can give a valid checksum, never reach the log)."""
-    if not subscription_id.startswith(_API_KEY_PREFIX):
+    """Log ``text``, sent as ``field``, if it is one of this snapshot's API keys (its whole text
+    verified, so that made-up texts, which anyone can give a valid checksum, never reach the
+    log)."""
+    if not text.startswith(_API_KEY_PREFIX):
         return
 
     def lookup(key_id: str) -> ApiKey | None:
@@ -801,14 +805,14 @@ def _note_exposed_key(
 
     try:
         key = verify_api_key(
-            subscription_id,
+            text,
             environment=snapshot.identity.environment,
             pepper=snapshot.pepper,
             lookup=lookup,
         )
     except UID2Error:
         return
-    exposed.exposed(key.key_id, now_ms)
+    exposed.exposed(key.key_id, now_ms, field)
 
 
 def client_generate(
@@ -829,16 +833,17 @@ def client_generate(
     the status. A disabled participant counts as a disabled keypair (401). The timestamp must
     fall inside ``window`` (the reference does not check it; ``None`` turns the check off).
 
-    A ``subscription_id`` that is one of this environment's API keys is answered as any unknown
-    one, and its key id is logged with ``exposed_keys`` (default: the process's own log).
+    A ``subscription_id`` or ``public_key`` that is one of this environment's API keys is
+    answered as any unknown subscription or unreadable public key, and its key id is logged with
+    ``exposed_keys`` (default: the process's own log).
     """
+    exposed = _EXPOSED_KEYS if exposed_keys is None else exposed_keys
     request = parse_cstg_request(body)
     subscription_id = request.subscription_id
     keypair = None if subscription_id is None else snapshot.keypairs.get(subscription_id)
     if keypair is None:
         if subscription_id is not None:
-            exposed = _EXPOSED_KEYS if exposed_keys is None else exposed_keys
-            _note_exposed_key(snapshot, subscription_id, now_ms, exposed)
+            _note_exposed_key(snapshot, subscription_id, now_ms, exposed, "subscription_id")
         raise CstgBadSubscription
     site = snapshot.sites.get(keypair.site_id)
     if keypair.disabled or site is None or not site.enabled:
@@ -850,13 +855,18 @@ def client_generate(
         app_names=site.app_names,
         registrable_domain=registrable_domain,
     )
-    opened = open_cstg_request(
-        request,
-        keypair.private_key,
-        now_ms=now_ms,
-        phone_support=snapshot.identity.phone_support,
-        window=window,
-    )
+    try:
+        opened = open_cstg_request(
+            request,
+            keypair.private_key,
+            now_ms=now_ms,
+            phone_support=snapshot.identity.phone_support,
+            window=window,
+        )
+    except CstgBadPublicKey:
+        if request.public_key is not None:
+            _note_exposed_key(snapshot, request.public_key, now_ms, exposed, "public_key")
+        raise
     kind = opened.identity.kind
     flh = _flh(snapshot, opened.identity.digest)
     if snapshot.optouts.opted_out(kind, flh):

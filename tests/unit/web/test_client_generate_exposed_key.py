@@ -1,4 +1,5 @@
-"""An API key sent as a client-side ``subscription_id`` is logged: it sits in a web page or app.
+"""An API key sent as a client-side ``subscription_id`` or ``public_key`` is logged: it sits in a
+web page or app.
 
 The answer is the one any unknown subscription gets (400 ``bad subscription_id``). One WARNING
 line names the key id, never the text, at most once a minute per key id; a text that does not
@@ -11,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -20,11 +23,12 @@ from operator_harness import build_world_snapshot
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.key_format import checksum
-from uid2_operator.errors import CstgBadSubscription
+from uid2_operator.domain.participants import ParticipantType
+from uid2_operator.errors import CstgBadPublicKey, CstgBadSubscription
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import EXPOSED_KEY_LOG_INTERVAL_MS, ExposedKeyLog
 from uid2_operator.services.public_suffix import registrable_domain_lookup
-from uid2_operator.services.snapshot import Snapshot
+from uid2_operator.services.snapshot import CstgKeypair, SiteData, Snapshot
 from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.web.operator_api.errors import render
 from uid2_operator.wire.cstg import build_request, private_key_from_random, public_key_der
@@ -133,4 +137,48 @@ def test_the_operator_answers_an_exposed_key_as_any_unknown_subscription(
     assert (exposed.status_code, exposed.content) == (unknown.status_code, unknown.content)
     assert exposed.status_code == 400
     assert [line.count(a.key_id) for line in _lines(caplog)] == [1]
+    assert a.key not in caplog.text
+
+
+def test_an_api_key_as_public_key_is_logged_and_answered_as_a_bad_public_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past a known subscription, the public key is read: an API key there is no public key
+    (400 ``bad public key``, as any unreadable one), and it is exposed all the same."""
+    clock = FixedClock()
+    world, creds = build_world_snapshot(clock.now_ms())
+    a = creds["A"]
+    subscription = "Qq1Qq1Qq1Q"
+    keypair = CstgKeypair(subscription, 999, False, SERVER_KEY)
+    snapshot = replace(
+        world,
+        keypairs=MappingProxyType({subscription: keypair}),
+        sites=MappingProxyType(
+            {999: SiteData(999, ParticipantType.PUBLISHER, True, ("example.com",))}
+        ),
+    )
+
+    def answer(public_key: str) -> Any:
+        body = json.loads(_body(subscription, clock.now_ms()))
+        body["public_key"] = public_key
+        with pytest.raises(CstgBadPublicKey) as caught:
+            data_plane.client_generate(
+                snapshot,
+                json.dumps(body).encode(),
+                origin="https://pub.example.com",
+                now_ms=clock.now_ms(),
+                random=os.urandom,
+                registrable_domain=LOOKUP,
+                exposed_keys=log,
+            )
+        return render(caught.value)
+
+    log = ExposedKeyLog()
+    garbage = answer("not base64 at all!")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert answer(a.key) == garbage
+        assert answer(f"{a.key_id}.{'Z' * 33}") == garbage  # not a key of this store
+    lines = _lines(caplog)
+    assert len(lines) == 1
+    assert f"client-side public_key: key_id={a.key_id}" in lines[0]
     assert a.key not in caplog.text
