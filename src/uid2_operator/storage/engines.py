@@ -30,7 +30,13 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
@@ -384,6 +390,14 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         shown = shown_url(engine.url)
         cause = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
         reason = type(exc).__name__ if cause is None else _driver_reason(cause)
+        raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
+    except DatabaseError as exc:
+        if type(exc) is not DatabaseError:
+            raise  # a refused statement (integrity, data): the caller's to answer
+        # The driver's plain DatabaseError: SQLite's "file is not a database" and "database
+        # disk image is malformed" (a damaged or foreign file where the database should be).
+        shown = shown_url(engine.url)
+        reason = type(exc).__name__ if exc.orig is None else _driver_reason(exc.orig)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
 
 
