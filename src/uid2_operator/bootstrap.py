@@ -985,11 +985,20 @@ def open_services(
             now,
             rand,
             rotation_age_ms=settings.rotation_age_days * DAY_MS,
+            scope=settings.identity_scope,
         ),
         admin=AdminService(store, ring, settings.environment, now, rand),
         settings=settings,
         material=material,
-        sharing=SharingService(store, ring, settings.environment, now, rand, material=material),
+        sharing=SharingService(
+            store,
+            ring,
+            settings.environment,
+            now,
+            rand,
+            material=material,
+            scope=settings.identity_scope,
+        ),
     )
 
 

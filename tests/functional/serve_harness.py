@@ -76,13 +76,13 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def cli(database: Database, *args: str) -> Any:
+def cli(database: Database, *args: str, env: dict[str, str] | None = None) -> Any:
     """Run ``uid2-operator --json <args>`` and return its JSON document (fails on non-zero)."""
     result = subprocess.run(  # noqa: S603 (our own command)
         [UID2_OPERATOR, *database.cli_args(), "--json", *args],
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=clean_env(env),
         timeout=120,
         check=False,
     )
@@ -102,9 +102,15 @@ class Credential:
         return base64.b64decode(self.secret)
 
 
-def create_key(database: Database, site_id: int, name: str, roles: str = ALL_ROLES) -> Credential:
+def create_key(
+    database: Database,
+    site_id: int,
+    name: str,
+    roles: str = ALL_ROLES,
+    env: dict[str, str] | None = None,
+) -> Credential:
     issued = cli(database, "key", "create", "--site-id", str(site_id), "--name", name,
-                 "--roles", roles)  # fmt: skip
+                 "--roles", roles, env=env)  # fmt: skip
     return Credential(issued["key_id"], issued["key"], issued["secret"], site_id)
 
 
@@ -116,13 +122,16 @@ class Prepared:
     key: Credential
 
 
-def prepare(database: Database, *, name: str = "Example publisher") -> Prepared:
-    """``init``, one publisher participant holding every client role, and one all-roles key."""
-    initialised = cli(database, "init")
+def prepare(
+    database: Database, *, name: str = "Example publisher", env: dict[str, str] | None = None
+) -> Prepared:
+    """``init``, one publisher participant holding every client role, and one all-roles key
+    (the CLI run with ``env`` added to its environment)."""
+    initialised = cli(database, "init", env=env)
     participant = cli(database, "participant", "create", "--name", name, "--type", "publisher",
-                      "--roles", ALL_ROLES)  # fmt: skip
+                      "--roles", ALL_ROLES, env=env)  # fmt: skip
     site_id = int(participant["site_id"])
-    key = create_key(database, site_id, "all roles")
+    key = create_key(database, site_id, "all roles", env=env)
     return Prepared(database, initialised["admin_token"], site_id, key)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cli_harness import database_for
 from sdk_sdist import run_sdk_tests
-from serve_harness import Prepared, Served, clean_env, prepare, served
+from serve_harness import Prepared, Served, clean_env, cli, create_key, prepare, served
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -41,6 +41,7 @@ LACKS_PURPOSE_1 = "CPehXK9PehXK9ABAMBFRACBoADAAAEJAAIYgAKwAQAKgArABAAqAAA"
 LACKS_PRECISE_GEOLOCATION = "CPehNtWPehNtWABAMBFRACBgALAAAEJAAIYgAKwAQAKgArABAAqAAA"
 """``SUFFICIENT`` without the opt-in to special feature 1 (precise geolocation)."""
 INVALID = "invalid_consent_string"
+EUID_SCOPE = {"UID2_IDENTITY_SCOPE": "euid"}
 EMAIL = "consenting.user@example.com"
 OPTED_OUT = "optout@example.com"
 NO_CONSENT = {"status": "insufficient_user_consent"}
@@ -62,9 +63,25 @@ EUID_TESTS = 3
 @pytest.fixture(scope="module")
 def euid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prepared, Served]]:
     with database_for("sqlite", tmp_path_factory.mktemp("euid")) as database:
-        prepared = prepare(database)
-        with served(database, env={"UID2_IDENTITY_SCOPE": "euid"}) as server:
+        prepared = prepare(database, env=EUID_SCOPE)
+        with served(database, env=EUID_SCOPE) as server:
             yield prepared, server
+
+
+def test_an_euid_deployment_issues_euid_credentials(euid: tuple[Prepared, Served]) -> None:
+    """Its API keys and client-side public keys carry the scope's brand, as the reference's EUID
+    deployments issue them; a key issued by the same store in the UID2 scope keeps working."""
+    prepared, server = euid
+    assert prepared.key.key_id.startswith("EUID-C-L-")
+    assert prepared.key.key.startswith("EUID-C-L-")
+    keypair = cli(prepared.database, "keypair", "create", "--site-id", str(prepared.site_id),
+                  env=EUID_SCOPE)  # fmt: skip
+    assert keypair["public_key"].startswith("EUID-X-L-")
+    uid2_branded = create_key(prepared.database, prepared.site_id, "made in the uid2 scope")
+    assert uid2_branded.key_id.startswith("UID2-C-L-")
+    for cred in (prepared.key, uid2_branded):
+        client = Uid2PublisherClient(server.base_url, cred.key, cred.secret)
+        assert client.generate_token(TokenGenerateInput.from_email(EMAIL)).is_success()
 
 
 def _publisher(prepared: Prepared, server: Served) -> Uid2PublisherClient:

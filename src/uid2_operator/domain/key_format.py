@@ -5,6 +5,9 @@ Layout (kind ``C`` for a participant's API key, ``A`` for an administrator's tok
     UID2-<kind>-<env letter>-<site id>-<public id>.<random><checksum>
     UID2-C-L-1001-fCXrMM.<33 base62 random chars><5 base62 checksum chars>
 
+A deployment of the EUID identity scope issues its API keys as ``EUID-...`` (``BRANDS``); either
+brand parses everywhere, and a key is found by its whole key id, brand included.
+
 * ``key_id`` (everything before the '.') is public: it is the lookup id and safe in logs, URLs and
   audit rows. The public id is drawn independently of the secret tail, so the key id reveals
   nothing of it.
@@ -41,6 +44,10 @@ from uid2_operator.wire.aead import RandomBytes
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BRAND = "UID2"
+"""The brand of the UID2 identity scope's credentials, and the default."""
+BRANDS = ("UID2", "EUID")
+"""The brands a credential may carry: its deployment's identity scope (``wire.scope``) by name.
+Both have four letters, so every position in a credential is the same whichever it carries."""
 PUBLIC_ID_LENGTH = 6
 RANDOM_LENGTH = 33
 CHECKSUM_LENGTH = 5
@@ -50,14 +57,16 @@ MAX_SITE_ID = 2**31 - 1
 MIN_CLIENT_SITE_ID = 3
 HASH_SIZE = 32
 KEY_ID_PATTERN = (
-    f"{BRAND}-[A-Z]-[A-Z]-(?:0|[1-9][0-9]{{0,{len(str(MAX_SITE_ID)) - 1}}})-"
+    f"(?:{'|'.join(BRANDS)})-[A-Z]-[A-Z]-(?:0|[1-9][0-9]{{0,{len(str(MAX_SITE_ID)) - 1}}})-"
     f"[A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}}"
 )
 """A key's or admin token's id, the public part before the '.', as a regular expression."""
 # Longest possible credential: brand, kind, env, 10-digit site id, public id, tail and separators.
 MAX_TEXT_LENGTH = len(BRAND) + 1 + 1 + 1 + 1 + 1 + 10 + 1 + PUBLIC_ID_LENGTH + 1 + TAIL_LENGTH
 
-_SHAPE = re.compile(r"UID2-([A-Z])-([A-Z])-(0|[1-9][0-9]{0,9})-([A-Za-z0-9]{6})\.([A-Za-z0-9]{38})")
+_SHAPE = re.compile(
+    r"(?:UID2|EUID)-([A-Z])-([A-Z])-(0|[1-9][0-9]{0,9})-([A-Za-z0-9]{6})\.([A-Za-z0-9]{38})"
+)
 # Highest byte value below which ``byte % 62`` is uniform (4 * 62 = 248).
 _UNBIASED_LIMIT = 256 - 256 % len(BASE62)
 # Compared against when a key id is unknown, so that a miss costs the same HMAC and compare.
@@ -138,10 +147,15 @@ def mint(
     site_id: int,
     pepper: bytes,
     random: RandomBytes,
+    *,
+    brand: str = BRAND,
 ) -> MintedCredential:
-    """A new credential for ``site_id`` (0 for admin tokens) in ``environment``."""
+    """A new credential for ``site_id`` (0 for admin tokens) in ``environment``, carrying
+    ``brand`` (one of ``BRANDS``: the deployment's identity scope)."""
     _check_site_id(kind, site_id, InvalidInput)
-    key_id = f"{BRAND}-{kind.value}-{environment.letter}-{site_id}-"
+    if brand not in BRANDS:
+        raise InvalidInput(f"A credential's brand is one of {', '.join(BRANDS)}")
+    key_id = f"{brand}-{kind.value}-{environment.letter}-{site_id}-"
     key_id += random_base62(PUBLIC_ID_LENGTH, random)
     body = f"{key_id}.{random_base62(RANDOM_LENGTH, random)}"
     text = body + checksum(body)
@@ -156,9 +170,14 @@ def mint(
 
 
 def mint_api_key(
-    environment: Environment, site_id: int, pepper: bytes, random: RandomBytes
+    environment: Environment,
+    site_id: int,
+    pepper: bytes,
+    random: RandomBytes,
+    *,
+    brand: str = BRAND,
 ) -> MintedCredential:
-    return mint(CredentialKind.CLIENT, environment, site_id, pepper, random)
+    return mint(CredentialKind.CLIENT, environment, site_id, pepper, random, brand=brand)
 
 
 def mint_admin_token(

@@ -21,6 +21,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.key_format import BRAND, BRANDS
 from uid2_operator.domain.material_sealing import SealedMaterial, open_material, seal_material
 from uid2_operator.domain.participants import (
     refuse_control_characters,
@@ -55,7 +56,6 @@ SUBSCRIPTION_ID_RULE: Final = (
 """The rule in words: the alphabet itself, written out, reads as a random run of text and is
 masked wherever credential-like text is (the CLI's error messages)."""
 MAX_SUBSCRIPTION_ID_ATTEMPTS: Final = 32
-BRAND: Final = "UID2"
 PUBLIC_KEY_KIND: Final = "X"
 KEY_PREFIX_LENGTH: Final = 9
 PRIVATE_KEY_LABEL: Final = "cstg_private_key"
@@ -63,7 +63,7 @@ MAX_NAME_LENGTH: Final = 200
 MAX_CONTACT_LENGTH: Final = 254
 
 _SUBSCRIPTION_ID: Final = re.compile(f"[{SUBSCRIPTION_ID_ALPHABET}]{{{SUBSCRIPTION_ID_LENGTH}}}")
-_PUBLIC_KEY_PREFIX: Final = re.compile(f"{BRAND}-{PUBLIC_KEY_KIND}-([A-Z])-")
+_PUBLIC_KEY_PREFIX: Final = re.compile(f"(?:{'|'.join(BRANDS)})-{PUBLIC_KEY_KIND}-([A-Z])-")
 # Highest byte value below which ``byte % 58`` is uniform (4 * 58 = 232).
 _UNBIASED_LIMIT: Final = 256 - 256 % len(SUBSCRIPTION_ID_ALPHABET)
 
@@ -112,20 +112,23 @@ def is_subscription_id(text: str) -> bool:
 # ------------------------------------------------------------------------- public key text
 
 
-def format_public_key(environment: Environment, der: bytes) -> str:
-    """``UID2-X-<env letter>-`` + standard base64 of the SPKI DER: what publishers configure."""
-    return f"{BRAND}-{PUBLIC_KEY_KIND}-{environment.letter}-{b64encode(der)}"
+def format_public_key(environment: Environment, der: bytes, brand: str = BRAND) -> str:
+    """``UID2-X-<env letter>-`` (``EUID-X-...`` in the EUID scope: ``brand``) + standard base64
+    of the SPKI DER: what publishers configure."""
+    return f"{brand}-{PUBLIC_KEY_KIND}-{environment.letter}-{b64encode(der)}"
 
 
 def parse_public_key(text: str, environment: Environment | None = None) -> bytes:
     """The SPKI DER of a public key string, checked to be a P-256 point.
 
-    The prefix is exactly 9 characters (``UID2-X-L-``); its environment letter must be known and,
-    when ``environment`` is given, must be that environment's.
+    The prefix is exactly 9 characters (``UID2-X-L-``, or ``EUID-X-L-``); its environment letter
+    must be known and, when ``environment`` is given, must be that environment's.
     """
     match = _PUBLIC_KEY_PREFIX.fullmatch(text[:KEY_PREFIX_LENGTH])
     if match is None:
-        raise InvalidInput("A public key starts with UID2-X-<environment letter>-")
+        raise InvalidInput(
+            "A public key starts with UID2-X- or EUID-X-, then its environment letter"
+        )
     presented = Environment.from_letter(match.group(1))
     if presented is None:
         raise InvalidInput("The public key names an unknown environment")
@@ -178,6 +181,7 @@ def generate_keypair(
     name: str = "",
     contact: str = "",
     disabled: bool = False,
+    brand: str = BRAND,
 ) -> NewKeypair:
     """A new subscription id and P-256 pair for ``site_id``, the private key sealed at once.
 
@@ -200,7 +204,7 @@ def generate_keypair(
         disabled=disabled,
         created_at_ms=now_ms,
     )
-    return NewKeypair(keypair, format_public_key(environment, der))
+    return NewKeypair(keypair, format_public_key(environment, der, brand))
 
 
 def open_private_key(keyring: Keyring, keypair: ClientKeypair) -> ec.EllipticCurvePrivateKey:
@@ -249,12 +253,14 @@ def set_keypair_disabled(keypair: ClientKeypair, disabled: bool) -> ClientKeypai
 # ---------------------------------------------------------------------------------- views
 
 
-def keypair_view(keypair: ClientKeypair, environment: Environment) -> dict[str, Any]:
+def keypair_view(
+    keypair: ClientKeypair, environment: Environment, brand: str = BRAND
+) -> dict[str, Any]:
     """What every read (API, CLI, audit) shows of a keypair: never the private key."""
     return {
         "subscription_id": keypair.subscription_id,
         "site_id": keypair.site_id,
-        "public_key": format_public_key(environment, keypair.public_key),
+        "public_key": format_public_key(environment, keypair.public_key, brand),
         "name": keypair.name,
         "contact": keypair.contact,
         "disabled": keypair.disabled,

@@ -85,6 +85,7 @@ from uid2_operator.services.views import (
 )
 from uid2_operator.storage.interface import ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.scope import IdentityScope
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,14 @@ class CredentialService:
         random: RandomBytes,
         *,
         rotation_age_ms: int = lifecycle.DEFAULT_ROTATION_AGE_MS,
+        scope: IdentityScope = IdentityScope.UID2,
     ) -> None:
+        """``scope``: the deployment's identity scope, whose name its API keys carry
+        (``EUID-C-...`` in the EUID scope; ``domain.key_format.BRANDS``)."""
         self._store = store
         self._keyrings = keyring
         self._environment = environment
+        self._brand = scope.name
         self._clock = clock
         self._random = random
         self._rotation_age_ms = rotation_age_ms
@@ -692,7 +697,9 @@ class CredentialService:
 
     def _mint(self, tx: Tx, keyring: Keyring, site_id: int) -> MintedCredential:
         for _ in range(_MINT_ATTEMPTS):
-            minted = mint_api_key(self._environment, site_id, keyring.pepper, self._random)
+            minted = mint_api_key(
+                self._environment, site_id, keyring.pepper, self._random, brand=self._brand
+            )
             if tx.api_keys.get(minted.key_id) is None:
                 return minted
         raise AlreadyExists("Could not draw an unused key id; try again")

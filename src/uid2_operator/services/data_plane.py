@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, Final
 
 from uid2_operator.domain.credentials import ApiKey, verify_api_key
-from uid2_operator.domain.key_format import BRAND, CredentialKind
+from uid2_operator.domain.key_format import BRANDS, CredentialKind
 from uid2_operator.domain.keysets import Keyset
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
@@ -117,7 +117,7 @@ _ISO_LOCAL = re.compile(
 )
 EXPOSED_KEY_LOG_INTERVAL_MS: Final = 60_000
 EXPOSED_KEY_LOG_MAX_ENTRIES: Final = 10_000
-_API_KEY_PREFIX: Final = f"{BRAND}-{CredentialKind.CLIENT.value}-"
+_API_KEY_PREFIXES: Final = tuple(f"{brand}-{CredentialKind.CLIENT.value}-" for brand in BRANDS)
 """How every API key's text begins: a ``subscription_id`` that does not is not looked at."""
 
 BUCKETS_PER_PIECE: Final = 4096
@@ -796,7 +796,7 @@ def _note_exposed_key(
     """Log ``text``, sent as ``field``, if it is one of this snapshot's API keys (its whole text
     verified, so that made-up texts, which anyone can give a valid checksum, never reach the
     log)."""
-    if not text.startswith(_API_KEY_PREFIX):
+    if not text.startswith(_API_KEY_PREFIXES):
         return
 
     def lookup(key_id: str) -> ApiKey | None:

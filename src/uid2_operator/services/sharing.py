@@ -89,6 +89,7 @@ from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.snapshot import CstgKeypair, SiteData
 from uid2_operator.storage.interface import ReadTx, SiteOrigins, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
+from uid2_operator.wire.scope import IdentityScope
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,8 @@ class KeypairView:
     created_at_ms: int
 
     @classmethod
-    def of(cls, keypair: ClientKeypair, environment: Environment) -> KeypairView:
-        return cls(**keypair_view(keypair, environment))
+    def of(cls, keypair: ClientKeypair, environment: Environment, brand: str) -> KeypairView:
+        return cls(**keypair_view(keypair, environment, brand))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -242,13 +243,16 @@ class SharingService:
         registrable_domain: RegistrableDomain | None = None,
         material: MaterialService | None = None,
         key_policy: KeyPolicy | None = None,
+        scope: IdentityScope = IdentityScope.UID2,
     ) -> None:
         """``material``, when given, creates a participant's default keyset (in the sharing
         change's own transaction) when a sharing change finds none; ``registrable_domain``
-        defaults to the bundled Public Suffix List."""
+        defaults to the bundled Public Suffix List. ``scope`` (the deployment's identity scope)
+        names the brand of the public keys shown (``EUID-X-...`` in the EUID scope)."""
         self._store = store
         self._keyrings = keyring
         self._environment = environment
+        self._brand = scope.name
         self._clock = clock
         self._random = random
         self._registrable_domain = registrable_domain
@@ -419,9 +423,10 @@ class SharingService:
                 taken=taken,
                 name=clean_name,
                 contact=clean_contact,
+                brand=self._brand,
             )
             tx.keypairs.add(created.keypair)
-            view = KeypairView.of(created.keypair, self._environment)
+            view = KeypairView.of(created.keypair, self._environment, self._brand)
             record_event(
                 tx,
                 actor,
@@ -449,13 +454,13 @@ class SharingService:
             else:
                 _participant(tx, site)
                 stored = tx.keypairs.list_for_site(site)
-        return [KeypairView.of(k, self._environment) for k in stored]
+        return [KeypairView.of(k, self._environment, self._brand) for k in stored]
 
     def get_keypair(self, actor: Actor, subscription_id: Any) -> KeypairView:
         del actor
         ident = _subscription_id(subscription_id)
         with self._store.read() as tx:
-            return KeypairView.of(_keypair(tx, ident), self._environment)
+            return KeypairView.of(_keypair(tx, ident), self._environment, self._brand)
 
     def set_keypair_disabled(
         self, actor: Actor, subscription_id: Any, disabled: Any
@@ -470,7 +475,7 @@ class SharingService:
             before = _keypair(tx, ident)
             after = set_keypair_disabled(before, disabled)
             tx.keypairs.update(after)
-            view = KeypairView.of(after, self._environment)
+            view = KeypairView.of(after, self._environment, self._brand)
             record_event(
                 tx,
                 actor,
@@ -479,7 +484,7 @@ class SharingService:
                 target_type="keypair",
                 target_id=ident,
                 site_id=after.site_id,
-                before=KeypairView.of(before, self._environment).to_json(),
+                before=KeypairView.of(before, self._environment, self._brand).to_json(),
                 after=view.to_json(),
             )
         logger.info("keypair %s disabled=%s actor=%s", ident, disabled, actor.id)
@@ -492,7 +497,7 @@ class SharingService:
             now = self._clock.now_ms()
             before = _keypair(tx, ident)
             tx.keypairs.delete(ident)
-            view = KeypairView.of(before, self._environment)
+            view = KeypairView.of(before, self._environment, self._brand)
             record_event(
                 tx,
                 actor,

@@ -110,7 +110,8 @@ def test_mint_refuses_bool_site_id(random: Callable[[int], bytes]) -> None:
         "",
         "UID2-C-L-1001-fCXrMM",
         "UID2-C-L-1001-fCXrMM.short",
-        "EUID-C-L-1001-fCXrMM." + "a" * 38,
+        "EUIX-C-L-1001-fCXrMM." + "a" * 38,  # neither brand
+        "uid2-C-L-1001-fCXrMM." + "a" * 38,
         "UID2-C-L-01001-fCXrMM." + "a" * 38,  # non-canonical site id
         "UID2-C-L-1001-fCX+MM." + "a" * 38,
         " UID2-C-L-1001-fCXrMM." + "a" * 38,
@@ -356,3 +357,32 @@ def test_mint_parse_round_trip(site_id: int, env: Environment, seed: bytes) -> N
     for other in others:
         with pytest.raises(WrongEnvironment):
             parse(minted.text, C, other)
+
+
+@pytest.mark.parametrize("brand", ["UID2", "EUID"])
+def test_an_api_key_carries_its_scopes_brand_and_verifies(
+    random: Callable[[int], bytes], brand: str
+) -> None:
+    """An EUID deployment's keys read ``EUID-C-...`` (still the reference's pattern), parse and
+    verify as the UID2 scope's do; the brand is part of the key id a key is found by."""
+    minted = mint_api_key(LOCAL, 1001, PEPPER, random, brand=brand)
+    assert minted.key_id.startswith(f"{brand}-C-L-1001-")
+    assert REFERENCE_PATTERN.fullmatch(minted.text) is not None
+    assert parse(minted.text, C, LOCAL).key_id == minted.key_id
+    found = verify(
+        minted.text,
+        kind=C,
+        environment=LOCAL,
+        pepper=PEPPER,
+        lookup={minted.key_id: minted.key_hash}.get,
+        stored_hash=lambda stored: stored,
+    )
+    assert found == minted.key_hash
+    other = ("EUID" if brand == "UID2" else "UID2") + minted.text[4:]
+    with pytest.raises(MalformedCredential):  # the other brand: the checksum covers it
+        parse(other, C, LOCAL)
+
+
+def test_mint_refuses_an_unknown_brand(random: Callable[[int], bytes]) -> None:
+    with pytest.raises(InvalidInput):
+        mint_api_key(LOCAL, 1001, PEPPER, random, brand="XUID")

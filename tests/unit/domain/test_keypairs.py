@@ -170,12 +170,15 @@ def test_public_key_text_round_trip_and_refusals() -> None:
     der = parse_public_key(VECTOR_PUBLIC)
     assert format_public_key(Environment.LOCAL, der) == VECTOR_PUBLIC
     assert format_public_key(Environment.PROD, der).startswith("UID2-X-P-")
+    euid = format_public_key(Environment.LOCAL, der, "EUID")  # an EUID deployment's
+    assert euid == "EUID-X-L-" + VECTOR_PUBLIC[9:]
+    assert parse_public_key(euid, Environment.LOCAL) == der
     with pytest.raises(InvalidInput, match="local environment"):
         parse_public_key(VECTOR_PUBLIC, Environment.PROD)
     for bad in (
         "",
         "UID2-Y-L-" + VECTOR_PUBLIC[9:],
-        "EUID-X-L-" + VECTOR_PUBLIC[9:],
+        "EUIX-X-L-" + VECTOR_PUBLIC[9:],
         "UID2-X-LL" + VECTOR_PUBLIC[9:],
         VECTOR_PUBLIC[9:],
     ):
