@@ -31,7 +31,6 @@ from uid2_operator.domain.origins import RegistrableDomain, check_origin_or_app
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SaltTable
 from uid2_operator.errors import (
-    CstgBadPublicKey,
     CstgBadSubscription,
     CstgKeypairDisabled,
     ExpiredTokenPresented,
@@ -834,12 +833,15 @@ def client_generate(
     fall inside ``window`` (the reference does not check it; ``None`` turns the check off).
 
     A ``subscription_id`` or ``public_key`` that is one of this environment's API keys is
-    answered as any unknown subscription or unreadable public key, and its key id is logged with
-    ``exposed_keys`` (default: the process's own log).
+    answered as any unknown subscription or unreadable public key (or as whatever else the
+    request gets wrong first), and its key id is logged with ``exposed_keys`` (default: the
+    process's own log), whatever the rest of the request.
     """
     exposed = _EXPOSED_KEYS if exposed_keys is None else exposed_keys
     request = parse_cstg_request(body)
     subscription_id = request.subscription_id
+    if request.public_key is not None:
+        _note_exposed_key(snapshot, request.public_key, now_ms, exposed, "public_key")
     keypair = None if subscription_id is None else snapshot.keypairs.get(subscription_id)
     if keypair is None:
         if subscription_id is not None:
@@ -855,18 +857,13 @@ def client_generate(
         app_names=site.app_names,
         registrable_domain=registrable_domain,
     )
-    try:
-        opened = open_cstg_request(
-            request,
-            keypair.private_key,
-            now_ms=now_ms,
-            phone_support=snapshot.identity.phone_support,
-            window=window,
-        )
-    except CstgBadPublicKey:
-        if request.public_key is not None:
-            _note_exposed_key(snapshot, request.public_key, now_ms, exposed, "public_key")
-        raise
+    opened = open_cstg_request(
+        request,
+        keypair.private_key,
+        now_ms=now_ms,
+        phone_support=snapshot.identity.phone_support,
+        window=window,
+    )
     kind = opened.identity.kind
     flh = _flh(snapshot, opened.identity.digest)
     if snapshot.optouts.opted_out(kind, flh):

@@ -24,7 +24,7 @@ from operator_harness import build_world_snapshot
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.key_format import checksum
 from uid2_operator.domain.participants import ParticipantType
-from uid2_operator.errors import CstgBadPublicKey, CstgBadSubscription
+from uid2_operator.errors import CstgBadPublicKey, CstgBadSubscription, UID2Error
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import EXPOSED_KEY_LOG_INTERVAL_MS, ExposedKeyLog
 from uid2_operator.services.public_suffix import registrable_domain_lookup
@@ -181,4 +181,30 @@ def test_an_api_key_as_public_key_is_logged_and_answered_as_a_bad_public_key(
     lines = _lines(caplog)
     assert len(lines) == 1
     assert f"client-side public_key: key_id={a.key_id}" in lines[0]
+    assert a.key not in caplog.text
+
+
+@pytest.mark.parametrize("missing", ["payload", "iv", "subscription_id"])
+def test_an_api_key_as_public_key_is_logged_whatever_else_is_wrong(
+    caplog: pytest.LogCaptureFixture, missing: str
+) -> None:
+    """Whatever the request gets wrong first (a missing field, an unknown subscription), the key
+    sits in the page all the same."""
+    clock = FixedClock()
+    snapshot, creds = build_world_snapshot(clock.now_ms())
+    a = creds["A"]
+    body = json.loads(_body("Qq1Qq1Qq1Q", clock.now_ms()))
+    body["public_key"] = a.key
+    del body[missing]
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(UID2Error):
+        data_plane.client_generate(
+            snapshot,
+            json.dumps(body).encode(),
+            origin="https://pub.example.com",
+            now_ms=clock.now_ms(),
+            random=os.urandom,
+            registrable_domain=LOOKUP,
+            exposed_keys=ExposedKeyLog(),
+        )
+    assert [line.count(f"public_key: key_id={a.key_id}") for line in _lines(caplog)] == [1]
     assert a.key not in caplog.text
