@@ -77,6 +77,18 @@ def test_a_page_goes_on_after_a_revoked_key_and_keeps_usage(env: AdminEnv) -> No
     assert paged["usage"] == {"/v2/token/generate": 4}
 
 
+def test_a_key_of_another_participant_is_no_place_in_a_sites_listing(env: AdminEnv) -> None:
+    sites = _world(env)
+    keys = env.call("GET", "/keys").json()["keys"]
+    middle = next(k for k in keys if k["site_id"] == sites[1])
+    for site in (sites[0], sites[2]):  # before and after its site in the whole listing
+        answer = env.call("GET", "/keys", params={"site_id": site, "after": middle["key_id"]})
+        assert answer.status_code == 422, answer.text
+        assert f"participant {sites[1]}" in answer.json()["error"]["message"]
+    same = env.call("GET", "/keys", params={"site_id": sites[1], "after": middle["key_id"]})
+    assert same.status_code == 200
+
+
 def test_participant_pages_give_the_whole_listing_once_in_order(env: AdminEnv) -> None:
     _world(env)
     whole = env.call("GET", "/participants").json()
@@ -105,6 +117,7 @@ def test_participant_pages_give_the_whole_listing_once_in_order(env: AdminEnv) -
 def test_page_bounds_are_checked(
     env: AdminEnv, path: str, params: dict[str, Any], status: int
 ) -> None:
+    """Out of bounds, or no place in the listing asked for: refused, never an empty page."""
     _world(env)
     answer = env.call("GET", path, params=params)
     assert answer.status_code == status, answer.text

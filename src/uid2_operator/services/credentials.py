@@ -337,7 +337,8 @@ class CredentialService:
     ) -> Page[KeyView]:
         """At most ``limit`` keys (every one, when None) in ``list_keys``' order (site, age,
         then key id) after the key ``after`` names (from the first, when None; an unknown key
-        is NotFound); only ``site_id``'s when given. ``more`` when others follow."""
+        is NotFound, and with ``site_id`` a key of another participant is InvalidInput: it is no
+        place in that listing); only ``site_id``'s when given. ``more`` when others follow."""
         del actor
         site = None if site_id is None else self._site_id(site_id)
         count = inputs.optional_integer(limit, "limit", low=1, high=MAX_LIST_LIMIT)
@@ -347,6 +348,10 @@ class CredentialService:
             if site is not None:
                 self._participant(tx, site)
             position = None if start is None else self._key(tx, start)
+            if position is not None and site is not None and position.site_id != site:
+                raise InvalidInput(
+                    f"after names a key of participant {position.site_id}, not of {site}"
+                )
             found = tx.api_keys.list_page(
                 site_id=site, after=position, limit=None if count is None else count + 1
             )
