@@ -69,7 +69,7 @@ def test_concurrent_rotations_make_one_successor(settings: Settings) -> None:
     assert len(refusals) == WORKERS - 1
     check = open_services(settings)
     try:
-        keys = check.credentials.list_keys(ACTOR)
+        keys = check.credentials.key_page(ACTOR).items
         rotations = check.credentials.list_audit(ACTOR, action="key.rotate")
         assert check.credentials.verify_audit(ACTOR).ok
     finally:

@@ -195,10 +195,6 @@ class CredentialService:
         logger.info("participant created site_id=%s actor=%s", site, actor.id)
         return ParticipantView.of(participant)
 
-    def list_participants(self, actor: Actor) -> list[ParticipantView]:
-        """Every participant, by site id."""
-        return self.participant_page(actor).items
-
     def participant_page(
         self, actor: Actor, *, limit: Any = None, after: Any = None
     ) -> Page[ParticipantView]:
@@ -327,10 +323,6 @@ class CredentialService:
             )
         logger.info("api key created key_id=%s site_id=%s actor=%s", key.key_id, site, actor.id)
         return self._issued(minted, secret, key, now)
-
-    def list_keys(self, actor: Actor, *, site_id: Any = None) -> list[KeyView]:
-        """Every key (only ``site_id``'s when given), by site, then age."""
-        return self.key_page(actor, site_id=site_id).items
 
     def key_page(
         self, actor: Actor, *, site_id: Any = None, limit: Any = None, after: Any = None

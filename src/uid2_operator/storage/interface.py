@@ -119,9 +119,9 @@ class OptOutChanges:
 class Snapshot:
     """The credentials the operator serves from, read in one consistent read transaction.
 
-    Read in full (``since`` 0): ``keys`` holds every key, revoked tombstones included;
-    ``secrets`` holds the sealed secrets that are still live at the time asked for (no
-    ``retires_at_ms``, or one in the future).
+    Read in full (``Store.snapshot`` with ``since`` 0): ``keys`` holds every key, revoked
+    tombstones included; ``secrets`` holds the sealed secrets that are still live at the time
+    asked for (no ``retires_at_ms``, or one in the future).
 
     Read from a change sequence (``since`` above 0): only the rows written by commits after it,
     each as it is now: the participants and keys changed since, and the secrets added or changed
@@ -135,7 +135,6 @@ class Snapshot:
     participants: tuple[Participant, ...]
     keys: tuple[ApiKey, ...]
     secrets: tuple[SealedSecret, ...]
-    since: int = 0
 
 
 # ----------------------------------------------------------------------------- repositories

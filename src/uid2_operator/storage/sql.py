@@ -1617,7 +1617,6 @@ class SqlStore:
                 participants=tuple(_written_after(conn, t.participants, since, _participant)),
                 keys=tuple(_written_after(conn, t.api_keys, since, _api_key)),
                 secrets=tuple(_written_after(conn, t.client_secrets, since, _secret)),
-                since=since,
             )
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> None:

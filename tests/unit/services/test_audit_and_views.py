@@ -133,8 +133,8 @@ def test_usage_shows_in_key_views(
     store.record_usage([(issued.key_id, "/v2/token/generate", 3, clock.now_ms() + 5)])
     view = svc.get_key(ACTOR, issued.key_id)
     assert (view.usage, view.last_used_at_ms) == ({"/v2/token/generate": 3}, clock.now_ms() + 5)
-    assert svc.list_keys(ACTOR)[0].usage == {"/v2/token/generate": 3}
-    assert svc.list_keys(ACTOR, site_id=site)[0].usage == {"/v2/token/generate": 3}
+    assert svc.key_page(ACTOR).items[0].usage == {"/v2/token/generate": 3}
+    assert svc.key_page(ACTOR, site_id=site).items[0].usage == {"/v2/token/generate": 3}
 
 
 def test_the_lookup_refuses_wrong_tails_unknown_ids_and_bad_shapes(
@@ -158,7 +158,7 @@ def test_key_ids_are_redrawn_on_a_clash(store: SqlStore, clock: FixedClock) -> N
     svc.create_key(ACTOR, site_id=site, name="k", roles=["GENERATOR"])
     with pytest.raises(Exception, match="unused key id"):
         svc.create_key(ACTOR, site_id=site, name="k", roles=["GENERATOR"])
-    assert len(svc.list_keys(ACTOR)) == 1
+    assert len(svc.key_page(ACTOR).items) == 1
 
 
 def test_a_key_without_a_live_secret_is_refused(

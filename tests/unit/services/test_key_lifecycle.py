@@ -55,7 +55,7 @@ def test_key_roles_must_be_a_subset_of_the_participants(
     with pytest.raises(InvalidInput, match="MAPPER"):
         _key(svc, site, roles=["GENERATOR", "MAPPER"])
     assert store.change_seq() == seq
-    assert svc.list_keys(ACTOR, site_id=site) == []
+    assert svc.key_page(ACTOR, site_id=site).items == []
     issued = _key(svc, site)
     with pytest.raises(InvalidInput, match="SHARER"):
         svc.set_key_roles(ACTOR, issued.key_id, roles=["SHARER"])
@@ -153,7 +153,7 @@ def test_a_key_is_rotated_once(svc: CredentialService) -> None:
     new = svc.rotate_key(ACTOR, old.key_id)
     with pytest.raises(InvalidTransition, match="already rotated"):
         svc.rotate_key(ACTOR, old.key_id)
-    assert sorted(k.key_id for k in svc.list_keys(ACTOR)) == sorted([old.key_id, new.key_id])
+    assert sorted(k.key_id for k in svc.key_page(ACTOR).items) == sorted([old.key_id, new.key_id])
 
 
 def test_a_disabled_key_cannot_be_rotated(svc: CredentialService) -> None:
@@ -215,7 +215,7 @@ def test_keys_older_than_the_policy_age_are_due_for_rotation(
     assert svc.get_key(ACTOR, issued.key_id).rotation_due is False
     clock.advance(1)
     assert svc.get_key(ACTOR, issued.key_id).rotation_due is True
-    assert [k.rotation_due for k in svc.list_keys(ACTOR)] == [True]
+    assert [k.rotation_due for k in svc.key_page(ACTOR).items] == [True]
     new = svc.rotate_key(ACTOR, issued.key_id)
     assert svc.get_key(ACTOR, issued.key_id).rotation_due is False  # already rotated
     assert new.key_view.rotation_due is False

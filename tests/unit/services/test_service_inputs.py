@@ -148,7 +148,7 @@ BAD_CALLS: dict[str, tuple[Call, type[DomainError]]] = {
         InvalidInput,
     ),
     "list keys of unknown site": (
-        lambda s, _site, _k, _t: s.list_keys(ACTOR, site_id=999),
+        lambda s, _site, _k, _t: s.key_page(ACTOR, site_id=999).items,
         NotFound,
     ),
     "show unknown key": (
@@ -244,7 +244,7 @@ def test_the_next_site_id_skips_the_reserved_ones(svc: CredentialService) -> Non
     explicit = svc.create_participant(ACTOR, name="b", type="dsp", site_id=100)
     after = svc.create_participant(ACTOR, name="c", type="data_provider")
     assert (first.site_id, explicit.site_id, after.site_id) == (3, 100, 101)
-    assert [p.site_id for p in svc.list_participants(ACTOR)] == [3, 100, 101]
+    assert [p.site_id for p in svc.participant_page(ACTOR).items] == [3, 100, 101]
 
 
 def test_the_highest_allowed_site_id_taken_the_lowest_free_one_comes_next(
