@@ -77,7 +77,14 @@ holds is sent). ``HttpConnection`` adds, per connection:
   arriving and whose answer has not started is answered 503 with ``connection: close`` and the
   connection closed, so that a client trickling a body cannot hold up the stop (uvicorn waits
   for every open request before the application's shutdown). A request already answering, or a
-  whole one, keeps uvicorn's behaviour: its connection closes after the answer.
+  whole one, keeps uvicorn's behaviour: its connection closes after the answer;
+- **its own answers told**: an answer the connection gives itself (400 to a malformed request,
+  408, 413, 431, the 503 at shutdown) is told to the application, so that the request metrics
+  count every answer of the port. A request whose application was already reading its body gets
+  ``REFUSED_SCOPE`` set in its scope to the status before the application is told of the
+  disconnect (it counts that status, not a client gone); any other is told to the application's
+  ``connection_answered(path, status, seconds)``, when it has one (the path as far as it was
+  read, "" when none was; the seconds since the message, or the connection, began).
 
 A request whose head and body arrive in one read (the usual case) takes the same path as in
 uvicorn, with one check more after the parser, and arms no timer beyond uvicorn's keep-alive
@@ -129,6 +136,9 @@ at most; large enough that a body arriving in reads of up to 256 KiB is handed o
 _RESET: Final = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, for 0 s: closing the socket resets the connection and drops what the kernel
 still holds for it, rather than leave the kernel sending it to a client that reads nothing."""
+REFUSED_SCOPE: Final = "uid2.connection_refused"
+"""The scope key a connection sets to the status it answered a request with, itself, while the
+request's application was reading the body (see the module docstring)."""
 _MIN_FIELD_BYTES: Final = 4
 """The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
 kept as headers, a Python object each: past as many as a head at the limit could hold, the
@@ -217,9 +227,12 @@ class HttpConnection(HttpToolsProtocol):
     """The request whose application was started last (the one being answered)."""
     _malformed: str = _INVALID_REQUEST
     """The warning for a request the parser refuses (set when a check of ours refused it)."""
+    _began_at = 0.0
+    """When the current message began (the connection, before the first): loop time."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._began_at = self.loop.time()
         self.flow = _HoldingFlow(transport, self._holding)
         self._wait(self, self.LIMITS.head_timeout_s)
 
@@ -269,6 +282,7 @@ class HttpConnection(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         super().send_400_response(msg)
         self._closing()
+        self._tell(400)
 
     def shutdown(self) -> None:
         """A stopping server: a request whose body is still arriving, not yet answered, is
@@ -301,6 +315,7 @@ class HttpConnection(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._begun += 1
+        self._began_at = self.loop.time()
         super().on_message_begin()
 
     def _should_upgrade(self) -> bool:
@@ -502,7 +517,10 @@ class HttpConnection(HttpToolsProtocol):
                 self._closing()
                 return
             cycle.disconnected = True  # the application reads a disconnect; its answer is dropped
+            cycle.scope[REFUSED_SCOPE] = status  # type: ignore[typeddict-unknown-key]
             cycle.message_event.set()
+        else:
+            self._tell(status)
         reason = http.HTTPStatus(status).phrase.encode()
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -518,6 +536,16 @@ class HttpConnection(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self.transport.close()
         self._closing()
+
+    def _tell(self, status: int) -> None:
+        """An answer of the connection's own, to a request no application is reading (see the
+        module docstring)."""
+        told = getattr(self.app, "connection_answered", None)
+        if told is None:
+            return
+        scope = self.scope
+        path = "" if scope is None else scope.get("path", "")
+        told(path, status, self.loop.time() - self._began_at)
 
     def _closing(self) -> None:
         """The connection was closed: what it still holds to send must go within the send

@@ -87,6 +87,7 @@ from uid2_operator.services.public_suffix import registrable_domain_lookup
 from uid2_operator.services.replay import DEFAULT_MAX_ENTRIES, ReplayCache
 from uid2_operator.services.replay_table import ReplayGuard
 from uid2_operator.services.snapshot import ClientRecord, Snapshot
+from uid2_operator.web.http_connection import REFUSED_SCOPE
 from uid2_operator.web.operator_api.errors import JSON, TEXT, render
 from uid2_operator.wire.aead import IV_SIZE, RandomBytes, seal_with_iv
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
@@ -520,8 +521,9 @@ class OperatorApi:
             else:
                 raise NotFound
         except ClientGone:  # nothing to answer; counted as proxies count it, with no key id
-            if observer is not None:
-                observer(path, None, CLIENT_CLOSED_REQUEST, time.perf_counter() - started)
+            if observer is not None:  # unless the connection answered it itself (413, 408, 503)
+                status = scope.get(REFUSED_SCOPE, CLIENT_CLOSED_REQUEST)
+                observer(path, None, status, time.perf_counter() - started)
             return
         except Exception as exc:  # every failure leaves through the one error table
             status, body, content_type = render(exc)

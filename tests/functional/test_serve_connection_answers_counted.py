@@ -1,0 +1,116 @@
+"""Answers the connection gives itself are counted in the request metrics, as every answer of
+the operator port is: a malformed request's 400 (a made-up method, no Host), a head past its
+limit (431) or its deadline (408), and, for a request whose body was being read, a body past
+the limit (413) or its deadline (408), counted under the route with that status, not as a
+client gone (499). Each with no key id, and in the latency histogram too."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from cli_harness import database_for
+from prometheus_client.parser import text_string_to_metric_families
+from serve_harness import Served, poll, prepare, served
+
+pytestmark = pytest.mark.functional
+
+ENV = {"UID2_HTTP_HEAD_TIMEOUT_S": "1", "UID2_HTTP_BODY_TIMEOUT_S": "1"}
+GENERATE = "/v2/token/generate"
+REQUESTS = "uid2_operator_requests_total"
+DURATION = "uid2_operator_request_duration_seconds"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with database_for("sqlite", tmp_path_factory.mktemp("answers")) as database:
+        prepare(database)
+        with served(database, env=ENV) as running:
+            yield running
+
+
+def _answer(server: Served, *pieces: bytes) -> int:
+    """Send ``pieces`` (stopping early if the server closes), then the status it answered."""
+    parts = urlsplit(server.base_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=15) as sock:
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        received = bytearray()
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:  # the answer came, then the reset for what went unread
+            pass
+    assert received.startswith(b"HTTP/1.1 "), bytes(received[:100])
+    return int(bytes(received).split(b" ", 2)[1])
+
+
+def _counted(server: Served) -> dict[tuple[str, str, str], float]:
+    """``(endpoint, key_id, status)``: requests counted, over every worker."""
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(server.metrics()):
+        for sample in family.samples:
+            if sample.name == REQUESTS:
+                label = (
+                    sample.labels["endpoint"],
+                    sample.labels["key_id"],
+                    sample.labels["status"],
+                )
+                counts[label] = counts.get(label, 0.0) + sample.value
+    return counts
+
+
+def _timed(server: Served, endpoint: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(server.metrics()):
+        for sample in family.samples:
+            if sample.name == f"{DURATION}_count" and sample.labels["endpoint"] == endpoint:
+                total += sample.value
+    return total
+
+
+POST_HEAD = b"POST /v2/token/generate HTTP/1.1\r\nhost: test\r\ncontent-type: text/plain\r\n"
+
+
+HEALTH = b"GET /ops/healthcheck HTTP/1.1\r\n"
+CHUNK = b"40000\r\n" + b"A" * 0x40000 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "status", "endpoint"),
+    [
+        # Refused before the head was whole: no route read yet, counted as ``other``.
+        pytest.param((b"FOOX / HTTP/1.1\r\nhost: a\r\n\r\n",), 400, "other", id="method"),
+        pytest.param((HEALTH + b"\r\n",), 400, "other", id="no-host"),
+        pytest.param((HEALTH + b"host: t\r\nx: " + b"a" * 300_000,), 431, "other", id="head-431"),
+        pytest.param((HEALTH + b"host: t\r\n",), 408, "other", id="head-408"),
+        # Refused while the application read the body: under its route.
+        pytest.param(
+            (POST_HEAD + b"content-length: 1000\r\n\r\n" + b"A" * 10,), 408, GENERATE, id="body-408"
+        ),
+        pytest.param(
+            (POST_HEAD + b"transfer-encoding: chunked\r\n\r\n", *[CHUNK] * 8),
+            413,
+            GENERATE,
+            id="body-413",
+        ),
+    ],
+)
+def test_the_connections_own_answers_are_counted(
+    server: Served, pieces: tuple[bytes, ...], status: int, endpoint: str
+) -> None:
+    label = (endpoint, "", str(status))
+    before = _counted(server).get(label, 0.0)
+    timed = _timed(server, endpoint)
+    gone = _counted(server).get((endpoint, "", "499"), 0.0)
+    assert _answer(server, *pieces) == status
+    poll(lambda: _counted(server).get(label, 0.0) == before + 1 or None, timeout_s=10)
+    assert _timed(server, endpoint) == timed + 1
+    assert _counted(server).get((endpoint, "", "499"), 0.0) == gone  # not a client gone
