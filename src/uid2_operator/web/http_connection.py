@@ -83,8 +83,10 @@ holds is sent). ``HttpConnection`` adds, per connection:
   count every answer of the port. A request whose application was already reading its body gets
   ``REFUSED_SCOPE`` set in its scope to the status before the application is told of the
   disconnect (it counts that status, not a client gone); any other is told to the application's
-  ``connection_answered(path, status, seconds)``, when it has one (the path as far as it was
-  read, "" when none was; the seconds since the message, or the connection, began).
+  ``connection_answered(path, status, seconds, server)``, when it has one: the path as far as it
+  was read ("" when none was, and for a message not begun after an answered one), the seconds
+  since the message began (or since the connection opened, or its last answer ended, when none
+  had), and the local address the connection came in on.
 
 A request whose head and body arrive in one read (the usual case) takes the same path as in
 uvicorn, with one check more after the parser, and arms no timer beyond uvicorn's keep-alive
@@ -267,6 +269,7 @@ class HttpConnection(HttpToolsProtocol):
         """uvicorn's (the next pipelined request started, or the keep-alive timer armed), with
         a connection its answer closed (``connection: close``) given the send deadline, and what
         was held unparsed parsed once the queue has room."""
+        self._began_at = self.loop.time()  # what is refused next waited from here
         super().on_response_complete()  # resumes reading, unless bytes are held
         if self.transport.is_closing():
             self._closing()
@@ -282,6 +285,12 @@ class HttpConnection(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         super().send_400_response(msg)
         self._closing()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
+            # Its body was being read (a malformed chunk): the application counts the status.
+            if not cycle.response_started:
+                cycle.scope[REFUSED_SCOPE] = 400  # type: ignore[typeddict-unknown-key]
+            return
         self._tell(400)
 
     def shutdown(self) -> None:
@@ -543,9 +552,10 @@ class HttpConnection(HttpToolsProtocol):
         told = getattr(self.app, "connection_answered", None)
         if told is None:
             return
-        scope = self.scope
-        path = "" if scope is None else scope.get("path", "")
-        told(path, status, self.loop.time() - self._began_at)
+        scope, cycle = self.scope, self.cycle
+        answered = cycle is not None and cycle.scope is scope and cycle.response_complete
+        path = "" if scope is None or answered else scope.get("path", "")
+        told(path, status, self.loop.time() - self._began_at, self.server)
 
     def _closing(self) -> None:
         """The connection was closed: what it still holds to send must go within the send

@@ -172,12 +172,20 @@ class OperatorServer:
             # handshake (403), where returning without a word would be its 500.
             await send({"type": "websocket.close", "code": 1000})
 
-    def connection_answered(self, path: str, status: int, seconds: float) -> None:
+    def connection_answered(
+        self, path: str, status: int, seconds: float, server: tuple[str, int | None] | None
+    ) -> None:
         """An answer the connection gave itself (``web.http_connection``: a malformed request's
         400, 408, 413, 431, the 503 at shutdown), counted as every answer of the operator port
-        is, with no key id (none was checked); the admin port's server has no such method."""
-        if self._observer is not None:
-            self._observer(path, None, status, seconds)
+        is, with no key id (none was checked). ``server`` is the local address the connection
+        came in on: the metrics port's answers are not counted. The admin port's server has no
+        such method."""
+        if self._observer is None:
+            return
+        port = self._metrics_port
+        if port is not None and server is not None and server[1] == port:
+            return
+        self._observer(path, None, status, seconds)
 
     async def _operator_port_metrics(self, method: str, send: Send) -> None:
         """``/metrics`` on the operator port, counted under ``METRICS``."""
