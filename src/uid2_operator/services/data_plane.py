@@ -15,6 +15,7 @@ rate-limited WARNING when a client-side request's ``subscription_id`` is an API 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,7 @@ from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.salts import SaltTable
 from uid2_operator.errors import (
     CstgBadSubscription,
+    CstgJsonInvalid,
     CstgKeypairDisabled,
     ExpiredTokenPresented,
     IdentityInputError,
@@ -814,6 +816,24 @@ def _note_exposed_key(
     exposed.exposed(key.key_id, now_ms, field)
 
 
+def _note_exposed_texts(
+    snapshot: Snapshot, body: bytes, now_ms: int, exposed: ExposedKeyLog
+) -> None:
+    """``_note_exposed_key`` for the ``public_key`` and ``subscription_id`` texts of a body the
+    request parser refused (another field of the wrong type), read leniently: anything that is
+    not a JSON object holding them as text is passed over."""
+    try:
+        fields = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(fields, dict):
+        return
+    for name in ("public_key", "subscription_id"):
+        text = fields.get(name)
+        if isinstance(text, str):
+            _note_exposed_key(snapshot, text, now_ms, exposed, name)
+
+
 def client_generate(
     snapshot: Snapshot,
     body: bytes,
@@ -838,7 +858,11 @@ def client_generate(
     process's own log), whatever the rest of the request.
     """
     exposed = _EXPOSED_KEYS if exposed_keys is None else exposed_keys
-    request = parse_cstg_request(body)
+    try:
+        request = parse_cstg_request(body)
+    except CstgJsonInvalid:  # a field of the wrong type: the texts may still hold a key
+        _note_exposed_texts(snapshot, body, now_ms, exposed)
+        raise
     subscription_id = request.subscription_id
     if request.public_key is not None:
         _note_exposed_key(snapshot, request.public_key, now_ms, exposed, "public_key")

@@ -184,18 +184,31 @@ def test_an_api_key_as_public_key_is_logged_and_answered_as_a_bad_public_key(
     assert a.key not in caplog.text
 
 
-@pytest.mark.parametrize("missing", ["payload", "iv", "subscription_id"])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"payload": None},
+        {"iv": None},
+        {"subscription_id": None},
+        {"timestamp": "now"},  # refused by the request parser, before any field is read
+        {"subscription_id": 12345},
+    ],
+)
 def test_an_api_key_as_public_key_is_logged_whatever_else_is_wrong(
-    caplog: pytest.LogCaptureFixture, missing: str
+    caplog: pytest.LogCaptureFixture, wrong: dict[str, Any]
 ) -> None:
-    """Whatever the request gets wrong first (a missing field, an unknown subscription), the key
-    sits in the page all the same."""
+    """Whatever the request gets wrong first (a missing field, a field of the wrong type, an
+    unknown subscription), the key sits in the page all the same."""
     clock = FixedClock()
     snapshot, creds = build_world_snapshot(clock.now_ms())
     a = creds["A"]
     body = json.loads(_body("Qq1Qq1Qq1Q", clock.now_ms()))
     body["public_key"] = a.key
-    del body[missing]
+    for name, value in wrong.items():
+        if value is None:
+            del body[name]
+        else:
+            body[name] = value
     with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(UID2Error):
         data_plane.client_generate(
             snapshot,

@@ -189,7 +189,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "subscription_id": _STR,
             "site_id": _INT,
-            "public_key": {"type": "string", "description": "UID2-X-<env>-<base64 SPKI DER>"},
+            "public_key": {
+                "type": "string",
+                "description": "UID2-X-<env>-<base64 SPKI DER> (EUID-X-... in the EUID scope)",
+            },
             "name": _STR,
             "contact": _STR,
             "disabled": _BOOL,
