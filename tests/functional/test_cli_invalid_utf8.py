@@ -37,6 +37,11 @@ COMMANDS: list[tuple[list[str], str]] = [
     (["keypair", "create", "--site-id", "{site}", "--name", BAD], "name"),
     (["keypair", "create", "--site-id", "{site}", "--contact", BAD], "contact"),
     (["audit", "list", "--action", BAD], "action"),
+    # Hashed, it would opt out another identity (the surrogate read as "?"): refused.
+    (["optout", "add", "--email", f"{BAD}@example.com"], "email"),
+    (["optout", "add", "--phone", f"+1{BAD}"], "phone"),
+    (["optout", "add", "--email-hash", BAD], "email"),
+    (["optout", "add", "--phone-hash", BAD], "phone"),
 ]  # fmt: skip
 
 

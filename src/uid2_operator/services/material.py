@@ -50,7 +50,7 @@ from uid2_operator.domain.optout import (
     identity_first_level_hash,
     latest,
 )
-from uid2_operator.domain.participants import Participant
+from uid2_operator.domain.participants import Participant, refuse_surrogates
 from uid2_operator.domain.salts import (
     DEFAULT_CHUNK_SIZE,
     SaltHeader,
@@ -638,9 +638,14 @@ class MaterialService:
 
         The stored record holds the first-level hash, the time, and the raw UID the identity
         has now (from the salt in effect now, read from the one salt chunk its bucket is in).
-        Invalid input is refused without echoing it: it is personal data.
+        Invalid input is refused without echoing it: it is personal data. Text that is not
+        valid UTF-8 (a command line's bytes in another encoding, as lone surrogates) is refused
+        too: hashed, it would opt out another identity (each surrogate reads as ``?``, as a
+        request's JSON escapes do).
         """
         input_kind = _input_kind(kind)
+        if isinstance(value, str):
+            refuse_surrogates(value, input_kind.value)
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
