@@ -28,15 +28,6 @@ from uid2_operator.storage import SqlStore, open_store
 from uid2_operator.wire.scope import IdentityType
 
 
-@pytest.fixture
-def material(store: SqlStore, clock: FixedClock) -> MaterialService:
-    service = MaterialService(
-        store, KEYRING, MaterialConfig(bucket_count=64, chunk_size=64), clock, os.urandom
-    )
-    service.initialise(ACTOR)
-    return service
-
-
 def flh(n: int) -> bytes:
     return hashlib.sha256(b"person%d" % n).digest()
 

@@ -20,27 +20,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from service_fixtures import ACTOR, KEYRING, load_local_snapshot
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.services.credentials import CredentialService
-from uid2_operator.services.material import MaterialConfig, MaterialService
+from uid2_operator.services.material import MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.storage import SqlStore
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-def material(store: SqlStore, clock: FixedClock) -> MaterialService:
-    service = MaterialService(
-        store, KEYRING, MaterialConfig(bucket_count=64, chunk_size=64), clock, os.urandom
-    )
-    service.initialise(ACTOR)
-    return service
 
 
 def _records(loaded: Loaded) -> dict[str, Any]:

@@ -12,7 +12,6 @@ SQLite trigger.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.services import snapshot_source, write_behind
 from uid2_operator.services.context import Actor
-from uid2_operator.services.material import MaterialConfig, MaterialService
+from uid2_operator.services.material import MaterialService
 from uid2_operator.services.snapshot import Lifetimes, Snapshot
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import MAX_LOCAL_OPTOUTS, SnapshotSource
@@ -45,15 +44,6 @@ EMAIL = IdentityType.EMAIL
 
 def flh(n: int) -> bytes:
     return hashlib.sha256(b"local person %d" % n).digest()
-
-
-@pytest.fixture
-def material(store: SqlStore, clock: FixedClock) -> MaterialService:
-    service = MaterialService(
-        store, KEYRING, MaterialConfig(bucket_count=64, chunk_size=64), clock, os.urandom
-    )
-    service.initialise(ACTOR)
-    return service
 
 
 Load = Callable[[Loaded | None, int], Loaded]

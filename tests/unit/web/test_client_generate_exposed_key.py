@@ -49,11 +49,14 @@ def _body(subscription_id: str, now_ms: int) -> bytes:
     return json.dumps(built.body).encode()
 
 
-def _answer(snapshot: Snapshot, subscription_id: str, now_ms: int, log: ExposedKeyLog) -> Any:
-    with pytest.raises(CstgBadSubscription) as caught:
+def _refused(
+    error: type[UID2Error], snapshot: Snapshot, body: bytes, now_ms: int, log: ExposedKeyLog
+) -> Any:
+    """The rendered refusal (``error``) of a client-side generate of ``body``."""
+    with pytest.raises(error) as caught:
         data_plane.client_generate(
             snapshot,
-            _body(subscription_id, now_ms),
+            body,
             origin="https://pub.example.com",
             now_ms=now_ms,
             random=os.urandom,
@@ -61,6 +64,10 @@ def _answer(snapshot: Snapshot, subscription_id: str, now_ms: int, log: ExposedK
             exposed_keys=log,
         )
     return render(caught.value)
+
+
+def _answer(snapshot: Snapshot, subscription_id: str, now_ms: int, log: ExposedKeyLog) -> Any:
+    return _refused(CstgBadSubscription, snapshot, _body(subscription_id, now_ms), now_ms, log)
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -161,17 +168,7 @@ def test_an_api_key_as_public_key_is_logged_and_answered_as_a_bad_public_key(
     def answer(public_key: str) -> Any:
         body = json.loads(_body(subscription, clock.now_ms()))
         body["public_key"] = public_key
-        with pytest.raises(CstgBadPublicKey) as caught:
-            data_plane.client_generate(
-                snapshot,
-                json.dumps(body).encode(),
-                origin="https://pub.example.com",
-                now_ms=clock.now_ms(),
-                random=os.urandom,
-                registrable_domain=LOOKUP,
-                exposed_keys=log,
-            )
-        return render(caught.value)
+        return _refused(CstgBadPublicKey, snapshot, json.dumps(body).encode(), clock.now_ms(), log)
 
     log = ExposedKeyLog()
     garbage = answer("not base64 at all!")
@@ -209,15 +206,7 @@ def test_an_api_key_as_public_key_is_logged_whatever_else_is_wrong(
             del body[name]
         else:
             body[name] = value
-    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(UID2Error):
-        data_plane.client_generate(
-            snapshot,
-            json.dumps(body).encode(),
-            origin="https://pub.example.com",
-            now_ms=clock.now_ms(),
-            random=os.urandom,
-            registrable_domain=LOOKUP,
-            exposed_keys=ExposedKeyLog(),
-        )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _refused(UID2Error, snapshot, json.dumps(body).encode(), clock.now_ms(), ExposedKeyLog())
     assert [line.count(f"public_key: key_id={a.key_id}") for line in _lines(caplog)] == [1]
     assert a.key not in caplog.text
