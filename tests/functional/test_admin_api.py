@@ -498,32 +498,27 @@ def test_raw_asgi_edges(env: AdminEnv) -> None:
         env.app, "GET", PREFIX + "/keys", headers=[auth, auth], chunks=[]
     )
     assert (status, headers["www-authenticate"]) == (401, 'Bearer realm="uid2-admin"')
-    # No peer address (a Unix socket): the audit row has no source.
-    status, _, _ = raw_asgi_request(
-        env.app,
-        "POST",
-        PREFIX + "/participants",
-        headers=[auth, ("content-type", "application/json")],
-        chunks=[b'{"name": "S", "type": "dsp"}'],
-        client=None,
-    )
-    assert status == 201
-    event = env.call("GET", "/audit", params={"action": "participant.create"}).json()["events"]
-    assert event[-1]["source"] is None
-    # A server that hands over something other than an address (a forwarded-for value applied
-    # by a server not configured as serve configures uvicorn): not recorded as the address.
-    for host in ("<script>x</script>", "UID2-C-L-3-abcDEF.secret-looking-text", "::1"):
+    # No peer address (a Unix socket): the audit row has no source. A server that hands over
+    # something other than an address (a forwarded-for value applied by a server not configured
+    # as serve configures uvicorn): not recorded as the address either.
+    peers: list[tuple[tuple[str, int] | None, str | None]] = [
+        (None, None),
+        (("<script>x</script>", 1), None),
+        (("UID2-C-L-3-abcDEF.secret-looking-text", 1), None),
+        (("::1", 1), "::1"),
+    ]
+    for client, source in peers:
         status, _, _ = raw_asgi_request(
             env.app,
             "POST",
             PREFIX + "/participants",
             headers=[auth, ("content-type", "application/json")],
             chunks=[b'{"name": "S", "type": "dsp"}'],
-            client=(host, 1),
+            client=client,
         )
         assert status == 201
         event = env.call("GET", "/audit", params={"action": "participant.create"}).json()
-        assert event["events"][-1]["source"] == (host if host == "::1" else None)
+        assert event["events"][-1]["source"] == source, client
 
 
 def test_lifespan_passes_through_the_request_context() -> None:
