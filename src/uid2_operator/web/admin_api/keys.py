@@ -30,8 +30,9 @@ TAG = "keys"
 # credential, before the '.', with a site id of at most as many digits as the largest one.
 CREDENTIAL_ID_PATTERN = f"^{key_format.KEY_ID_PATTERN}$"
 CREDENTIAL_ID_RULE = (
-    f"must be an id: {' or '.join(key_format.BRANDS)}, -<kind>-<env>-<site id>-"
-    f"<{key_format.PUBLIC_ID_LENGTH} letters or digits>, the part before the '.'"
+    f"must be an id: {key_format.BRAND}-<kind>-<env>-<site id>-"
+    f"<{key_format.PUBLIC_ID_LENGTH} letters or digits> ({'- or '.join(key_format.BRANDS)}-), "
+    "the part before the '.'"
 )
 KEY_ID = Field(
     "key_id",
