@@ -82,7 +82,8 @@ holds is sent). ``HttpConnection`` adds, per connection:
   408, 413, 431, the 503 at shutdown) is told to the application, so that the request metrics
   count every answer of the port. A request whose application was already reading its body gets
   ``REFUSED_SCOPE`` set in its scope to the status before the application is told of the
-  disconnect (it counts that status, not a client gone); any other is told to the application's
+  disconnect (it counts that status in place of whatever it answers, or of a client gone);
+  any other is told to the application's
   ``connection_answered(path, status, seconds, server)``, when it has one: the path as far as it
   was read ("" when none was, and for a message not begun after an answered one), the seconds
   since the message began (or since the connection opened, or its last answer ended, when none
@@ -287,7 +288,8 @@ class HttpConnection(HttpToolsProtocol):
         self._closing()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
-            # Its body was being read (a malformed chunk): the application counts the status.
+            # Its application runs (a malformed chunk in its body): the application counts the
+            # request, with this status in place of the answer it gives, which goes nowhere.
             if not cycle.response_started:
                 cycle.scope[REFUSED_SCOPE] = 400  # type: ignore[typeddict-unknown-key]
             return

@@ -210,3 +210,17 @@ def test_an_api_key_as_public_key_is_logged_whatever_else_is_wrong(
         _refused(UID2Error, snapshot, json.dumps(body).encode(), clock.now_ms(), ExposedKeyLog())
     assert [line.count(f"public_key: key_id={a.key_id}") for line in _lines(caplog)] == [1]
     assert a.key not in caplog.text
+
+
+def test_an_api_key_as_subscription_id_in_a_body_of_the_wrong_shape_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FixedClock()
+    snapshot, creds = build_world_snapshot(clock.now_ms())
+    a = creds["A"]
+    body = json.loads(_body(a.key, clock.now_ms()))
+    body["timestamp"] = "now"  # refused by the request parser, before any field is read
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _refused(UID2Error, snapshot, json.dumps(body).encode(), clock.now_ms(), ExposedKeyLog())
+    assert [line.count(f"subscription_id: key_id={a.key_id}") for line in _lines(caplog)] == [1]
+    assert a.key not in caplog.text

@@ -492,7 +492,9 @@ class OperatorApi:
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send(dict(_HEALTH_ANSWER))
                 if observer is not None:
-                    observer(HEALTHCHECK, None, 200, time.perf_counter() - started)
+                    # 200, unless its connection answered a malformed body itself (400)
+                    status = scope.get(REFUSED_SCOPE, 200)
+                    observer(HEALTHCHECK, None, status, time.perf_counter() - started)
                 return
             await self._handle(scope, receive, send)
         elif kind == "lifespan":
@@ -509,7 +511,8 @@ class OperatorApi:
         if method == "OPTIONS":
             await _respond(send, 204, b"", [] if origin is None else _cors(origin, path, True))
             if observer is not None:  # counted under the pre-flighted route (or ``other``)
-                observer(path, None, 204, time.perf_counter() - started)
+                status = scope.get(REFUSED_SCOPE, 204)
+                observer(path, None, status, time.perf_counter() - started)
             return
         try:
             if method == "POST" and path in self._post_routes:  # every API call: no extra await
@@ -536,6 +539,7 @@ class OperatorApi:
         else:
             status = await self._stream(receive, send, body, response_headers, path)
         if observer is not None:
+            status = scope.get(REFUSED_SCOPE, status)  # the connection's own answer, if it gave one
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
     def _route(

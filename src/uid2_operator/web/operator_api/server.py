@@ -56,6 +56,7 @@ from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import PENDING_OPTOUTS_DIR, WriteBehind
 from uid2_operator.settings import Settings
 from uid2_operator.storage.interface import Store
+from uid2_operator.web.http_connection import REFUSED_SCOPE
 from uid2_operator.web.operator_api.app import (
     HEALTHCHECK,
     OperatorApi,
@@ -159,10 +160,11 @@ class OperatorServer:
                     started = time.perf_counter()
                     await _answer(send, 503, problem.encode(), TEXT)
                     if self._observer is not None:
-                        self._observer(HEALTHCHECK, None, 503, time.perf_counter() - started)
+                        status = scope.get(REFUSED_SCOPE, 503)
+                        self._observer(HEALTHCHECK, None, status, time.perf_counter() - started)
                     return
             elif path == METRICS and self._metrics_port is None:
-                await self._operator_port_metrics(scope["method"], send)
+                await self._operator_port_metrics(scope, send)
                 return
             await self._api(scope, receive, send)
         elif kind == "lifespan":
@@ -187,11 +189,11 @@ class OperatorServer:
             return
         self._observer(path, None, status, seconds)
 
-    async def _operator_port_metrics(self, method: str, send: Send) -> None:
+    async def _operator_port_metrics(self, scope: Scope, send: Send) -> None:
         """``/metrics`` on the operator port, counted under ``METRICS``."""
         observer = self._observer
         started = time.perf_counter() if observer is not None else 0.0
-        if method in ("GET", "HEAD"):
+        if scope["method"] in ("GET", "HEAD"):
             await self._metrics(send)
             status = 200
         else:
@@ -199,6 +201,7 @@ class OperatorServer:
             await _answer(send, *render(MethodNotAllowed()))
             status = 405
         if observer is not None:
+            status = scope.get(REFUSED_SCOPE, status)
             observer(METRICS, None, status, time.perf_counter() - started)
 
     async def _metrics(self, send: Send) -> None:
