@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cli_harness import database_for
 from sdk_sdist import run_sdk_tests
-from serve_harness import Prepared, Served, clean_env, cli, create_key, prepare, served
+from serve_harness import Prepared, Served, clean_env, cli, create_key, poll, prepare, served
 from uid2_client import (
     BidstreamClient,
     DecryptionStatus,
@@ -81,7 +81,16 @@ def test_an_euid_deployment_issues_euid_credentials(euid: tuple[Prepared, Served
     assert uid2_branded.key_id.startswith("UID2-C-L-")
     for cred in (prepared.key, uid2_branded):
         client = Uid2PublisherClient(server.base_url, cred.key, cred.secret)
-        assert client.generate_token(TokenGenerateInput.from_email(EMAIL)).is_success()
+
+        def issued(client: Uid2PublisherClient = client) -> bool | None:
+            try:  # the new key reaches the worker at its next snapshot reload
+                return client.generate_token(TokenGenerateInput.from_email(EMAIL)).is_success()
+            except urllib.error.HTTPError as refused:
+                if refused.code != 401:
+                    raise
+                return None
+
+        assert poll(issued)
 
 
 def _publisher(prepared: Prepared, server: Served) -> Uid2PublisherClient:
