@@ -184,13 +184,19 @@ def current_secret(secrets: Iterable[SealedSecret]) -> SealedSecret | None:
     return max(live, key=lambda s: s.secret_id, default=None)
 
 
+def still_accepted(retires_at_ms: int | None, now_ms: int) -> bool:
+    """Whether a secret that retires at ``retires_at_ms`` (None: not replaced) is accepted at
+    ``now_ms``: the rule of ``accepted_secrets``, for a secret in any form (sealed or opened)."""
+    return retires_at_ms is None or retires_at_ms > now_ms
+
+
 def accepted_secrets(secrets: Iterable[SealedSecret], now_ms: int) -> list[SealedSecret]:
     """Secrets a request may be sealed with at ``now_ms``, newest first: the current one and
     replaced ones still inside their overlap window (``retires_at_ms`` in the future)."""
-    live = [s for s in secrets if s.retires_at_ms is None or s.retires_at_ms > now_ms]
+    live = [s for s in secrets if still_accepted(s.retires_at_ms, now_ms)]
     return sorted(live, key=lambda s: s.secret_id, reverse=True)
 
 
 def purgeable_secrets(secrets: Iterable[SealedSecret], now_ms: int) -> list[SealedSecret]:
     """Secrets past their overlap window: never accepted again, safe to delete."""
-    return [s for s in secrets if s.retires_at_ms is not None and s.retires_at_ms <= now_ms]
+    return [s for s in secrets if not still_accepted(s.retires_at_ms, now_ms)]

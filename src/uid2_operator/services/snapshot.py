@@ -152,6 +152,7 @@ class ClientRecord:
         cipher cache (``wire.aead``, keyed by those bytes) finds it by its cached hash.
         """
         secrets = self.secrets
+        # ``domain.credentials.still_accepted``, written out: this runs on every request
         if len(secrets) == 1:  # the usual case: no rotation under way, nothing to order
             only = secrets[0]
             retires = only.retires_at_ms

@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from uid2_operator.domain.audit import ChainHead
-from uid2_operator.domain.credentials import ApiKey, SealedSecret
+from uid2_operator.domain.credentials import ApiKey, SealedSecret, still_accepted
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.sealing import Keyring, KeyringSource, checked_keyring, open_secret
@@ -165,7 +165,7 @@ class Credentials:
         secrets = dict(self.secrets)
         for sealed in changed.secrets:
             held = [s for s in secrets.get(sealed.key_id, ()) if s.secret_id != sealed.secret_id]
-            if _live(sealed.retires_at_ms, now_ms):
+            if still_accepted(sealed.retires_at_ms, now_ms):
                 held = sorted([*held, _opened(sealed, keyring)], key=lambda s: s.secret_id)
             secrets[sealed.key_id] = tuple(held)
             touched.add(sealed.key_id)
@@ -173,11 +173,12 @@ class Credentials:
             touched.update(
                 key_id
                 for key_id, held_secrets in self.secrets.items()
-                if not all(_live(s.retires_at_ms, now_ms) for s in held_secrets)
+                if not all(still_accepted(s.retires_at_ms, now_ms) for s in held_secrets)
             )
         records = dict(self.records)
         for key_id in touched:
-            live = tuple(s for s in secrets.pop(key_id, ()) if _live(s.retires_at_ms, now_ms))
+            kept = secrets.pop(key_id, ())
+            live = tuple(s for s in kept if still_accepted(s.retires_at_ms, now_ms))
             if live:
                 secrets[key_id] = live
             record = _record(key_id, keys, participants, secrets)
@@ -198,10 +199,6 @@ class Credentials:
 
 def _opened(sealed: SealedSecret, keyring: Keyring) -> LiveSecret:
     return LiveSecret(sealed.secret_id, open_secret(keyring, sealed), sealed.retires_at_ms)
-
-
-def _live(retires_at_ms: int | None, now_ms: int) -> bool:
-    return retires_at_ms is None or retires_at_ms > now_ms
 
 
 def _next_retirement(secrets: Mapping[str, Iterable[LiveSecret]]) -> int:
