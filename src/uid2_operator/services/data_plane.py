@@ -114,8 +114,14 @@ TCF_CONSENT_STRING: Final = "tcf_consent_string"
 _EUID: Final = IdentityScope.EUID
 """Held here: reading an enum member through its class costs more than the comparison itself."""
 _ISO_LOCAL = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?", re.ASCII
+    r"(?:([+-])(\d{4,10})|(\d{4}))-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{0,9}))?)?",
+    re.ASCII,
 )
+"""Java's ``ISO_LOCAL_DATE_TIME``, which the reference parses ``since_timestamp`` with: a year of
+four digits, or signed (``+`` for five digits or more, ``-`` for four or more); ``T`` in either
+case; seconds optional, and after them a fraction of up to nine digits, the point alone allowed."""
+_MAX_YEAR: Final = 999_999_999
+_DAY_MS: Final = 86_400_000
 EXPOSED_KEY_LOG_INTERVAL_MS: Final = 60_000
 EXPOSED_KEY_LOG_MAX_ENTRIES: Final = 10_000
 _API_KEY_PREFIXES: Final = tuple(f"{brand}-{CredentialKind.CLIENT.value}-" for brand in BRANDS)
@@ -566,19 +572,47 @@ def _map_v3_entry(snapshot: Snapshot, kind: InputKind, value: str, now_ms: int) 
 
 
 def _parse_local_datetime_ms(text: str) -> int | None:
-    """An ISO-8601 local date-time (``YYYY-MM-DDThh:mm[:ss[.f…]]``) read as UTC, in epoch ms."""
+    """An ISO-8601 local date-time read as UTC, in epoch ms (floored), as the reference reads it
+    (``_ISO_LOCAL``; the proleptic Gregorian calendar, years -999,999,999 to 999,999,999), or
+    None where the reference refuses it (an impossible date or time, ``-0000``)."""
     match = _ISO_LOCAL.fullmatch(text)
     if match is None:
         return None
-    year, month, day, hour, minute, second, fraction = match.groups()
-    try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC
-        )
-    except ValueError:
+    sign, signed_year, plain_year, month, day, hour, minute, second, fraction = match.groups()
+    if sign is None:
+        year = int(plain_year)
+    else:
+        year = int(signed_year)
+        if (sign == "+" and len(signed_year) == 4) or (sign == "-" and year == 0):
+            return None
+        year = -year if sign == "-" else year
+    if year > _MAX_YEAR or year < -_MAX_YEAR:
         return None
-    millis = int((fraction or "0").ljust(3, "0")[:3])
-    return int(moment.timestamp()) * 1000 + millis
+    month_n, day_n = int(month), int(day)
+    if not 1 <= month_n <= 12 or not 1 <= day_n <= _days_in_month(year, month_n):
+        return None
+    hour_n, minute_n, second_n = int(hour), int(minute), int(second or 0)
+    if hour_n > 23 or minute_n > 59 or second_n > 59:
+        return None
+    millis = int((fraction or "").ljust(3, "0")[:3])
+    seconds = hour_n * 3600 + minute_n * 60 + second_n
+    return _days_from_epoch(year, month_n, day_n) * _DAY_MS + seconds * 1000 + millis
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _days_from_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a proleptic Gregorian date, for any year (``datetime`` stops at
+    1 and 9999): the day count of the shifted year that starts in March, by whole 400-year eras."""
+    shifted = year - 1 if month <= 2 else year
+    era, year_of_era = divmod(shifted, 400)
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
 
 
 def _format_ms(ms: int) -> str:
