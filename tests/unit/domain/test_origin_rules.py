@@ -87,6 +87,11 @@ def test_allowed_origins(origin: str) -> None:
         "https://" + "a." * 127 + "examplewebsite.com",
         "https://unknown.tld",
         "https://localhost",
+        # The registrable domain must be an allowed name, not merely end with one.
+        "https://notexamplewebsite.com",
+        "https://evil-examplewebsite.com",
+        "https://xcstg.co.uk",
+        "https://examplewebsite.com.evil.com",
     ],
 )
 def test_refused_origins(origin: str | None) -> None:

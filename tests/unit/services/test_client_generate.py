@@ -64,7 +64,7 @@ def _key(key_id: int, keyset_id: int) -> EncryptionKey:
     return EncryptionKey(key_id, keyset_id, s - 100, s - 100, s + 86_400, secret)
 
 
-def _snapshot(*, cstg: bool = True, phone: bool = True) -> Snapshot:
+def _snapshot(*, cstg: bool = True, phone: bool = True, reader_keyset: bool = False) -> Snapshot:
     draws = iter(range(100))
     salts = generate_salt_table(
         16, NOW - 1, lambda n: hashlib.shake_256(b"salts %d" % next(draws)).digest(n)
@@ -75,6 +75,8 @@ def _snapshot(*, cstg: bool = True, phone: bool = True) -> Snapshot:
     keyset = replace(
         new_site_keyset(11, PUB, NOW), sharing=SharingMode.LIST, allowed_sites=shared.sites
     )
+    # READER's own keyset, when asked for: a site without domain names owning a published key.
+    own = [new_site_keyset(12, READER, NOW)] if reader_keyset else []
     return build_snapshot(
         generation=1,
         built_at_ms=NOW,
@@ -82,9 +84,9 @@ def _snapshot(*, cstg: bool = True, phone: bool = True) -> Snapshot:
         lifetimes=Lifetimes(),
         pepper=bytes(32),
         clients=[],
-        keysets=[*reserved_keysets(NOW), keyset],
+        keysets=[*reserved_keysets(NOW), keyset, *own],
         sharing={keyset.keyset_id: shared},
-        keys=[_key(1, -1), _key(2, -2), _key(3, 11)],
+        keys=[_key(1, -1), _key(2, -2), _key(3, 11), *(_key(4, 12) for _ in own)],
         salts=salts,
         sites=[
             SiteData(
@@ -257,6 +259,17 @@ def test_key_endpoints_apply_sites_and_types_and_carry_site_data() -> None:
     off = _snapshot(cstg=False)
     assert "site_data" not in data_plane.key_bidstream(off, Caller("k", DSP, frozenset())).body
     assert "site_data" not in data_plane.key_sharing(off, Caller("k", DSP, frozenset())).body
+
+
+def test_site_data_leaves_out_the_sites_without_domain_names() -> None:
+    # READER reads its own key (keyset 12) and PUB's: both sites own a published key, but only
+    # PUB has domain names to check a client-side token's claim against.
+    snapshot = _snapshot(reader_keyset=True)
+    body = data_plane.key_sharing(
+        snapshot, Caller("k", READER, frozenset({ClientRole.SHARER}))
+    ).body
+    assert {k["id"] for k in body["keys"]} == {1, 3, 4}
+    assert body["site_data"] == [{"id": PUB, "domain_names": ["pub-example.co.uk"]}]
 
 
 def _post(snapshot: Snapshot, body: bytes, headers: dict[str, str]) -> httpx.Response:
