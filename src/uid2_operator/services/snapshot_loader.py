@@ -46,10 +46,9 @@ the store) or given up (``services.snapshot_source``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
-from uid2_operator.domain.audit import ChainHead
 from uid2_operator.domain.credentials import ApiKey, SealedSecret, still_accepted
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.participants import Participant
@@ -100,11 +99,7 @@ class Credentials:
     """The credentials one load read, as the next reload starts from: every participant and key
     as stored, every live secret opened, and the client record built from them for each key.
 
-    ``cursor`` is the change sequence they were read at, and ``anchor`` the audit trail's last
-    event then (None when it had none): every credential change is audited in its own
-    transaction, so a store that still holds that very event at that position is the one they
-    were read from, gone on; one restored from an earlier backup has lost it, or holds another
-    event there once written again (``read_credentials``). ``next_retirement_ms`` is the earliest
+    ``cursor`` is the change sequence they were read at. ``next_retirement_ms`` is the earliest
     ``retires_at_ms`` among the live secrets: until then, no record loses a secret by time.
     Never changed once made (a reload makes a new one from copies), so a load that fails leaves
     the previous one as it was.
@@ -116,15 +111,12 @@ class Credentials:
     secrets: Mapping[str, tuple[LiveSecret, ...]]
     records: Mapping[str, ClientRecord]
     next_retirement_ms: int
-    anchor: ChainHead | None = None
 
     def __repr__(self) -> str:  # the records hold opened secrets
         return f"Credentials(cursor={self.cursor}, keys={len(self.keys)})"
 
     @classmethod
-    def read(
-        cls, stored: StoredCredentials, keyring: Keyring, anchor: ChainHead | None = None
-    ) -> Credentials:
+    def read(cls, stored: StoredCredentials, keyring: Keyring) -> Credentials:
         """Everything, from a full read (``Store.snapshot`` without ``since``)."""
         secrets: dict[str, tuple[LiveSecret, ...]] = {}
         for sealed in stored.secrets:  # by secret id: each key's secrets end up in that order
@@ -143,7 +135,6 @@ class Credentials:
             secrets,
             records,
             _next_retirement(secrets),
-            anchor,
         )
 
     def updated(
@@ -151,11 +142,9 @@ class Credentials:
         changed: StoredCredentials,
         keyring: Keyring,
         now_ms: int,
-        anchor: ChainHead | None = None,
     ) -> Credentials:
         """These credentials with the rows written since ``cursor`` (``changed``, read with
-        ``since=cursor``) applied, and the secrets retired by ``now_ms`` dropped; ``anchor`` is
-        the audit trail's last event as the read saw it."""
+        ``since=cursor``) applied, and the secrets retired by ``now_ms`` dropped."""
         participants = {**self.participants, **{p.site_id: p for p in changed.participants}}
         keys = {**self.keys, **{k.key_id: k for k in changed.keys}}
         touched = {k.key_id for k in changed.keys}
@@ -193,7 +182,6 @@ class Credentials:
             secrets,
             records,
             _next_retirement(secrets),
-            anchor,
         )
 
 
@@ -225,29 +213,14 @@ def read_credentials(
     store: Store, keyring: Keyring, now_ms: int, previous: Credentials | None
 ) -> Credentials:
     """The credentials as the store holds them now: what changed since ``previous`` applied to
-    it, or a full read when there is none, or when the store is not the one ``previous`` was
-    read from, gone on: its sequence is behind the cursor, or it no longer holds the audit event
-    that was the last one then (``Credentials.anchor``; restored from an earlier backup and
-    written since, say, which moves the sequence past the cursor again). Meant to run inside
-    ``Store.one_read``, so that the check and the reads see one state."""
-    with store.read() as rx:
-        last = rx.audit.last()
-        continued = previous is not None and _holds(rx, previous.anchor)
-    anchor = None if last is None else ChainHead(last.seq, last.hash)
-    if previous is not None and continued:
+    it, or a full read when there is none or the store's sequence is behind its cursor.
+    ``previous`` must have been read from this store, gone on (``load_snapshot`` checks it).
+    Meant to run inside ``Store.one_read``, so that the reads see one state."""
+    if previous is not None:
         changed = store.snapshot(now_ms, since=previous.cursor)
         if changed.change_seq >= previous.cursor:
-            return previous.updated(changed, keyring, now_ms, anchor)
-    return Credentials.read(store.snapshot(now_ms), keyring, anchor)
-
-
-def _holds(rx: ReadTx, anchor: ChainHead | None) -> bool:
-    """Whether the store holds the audit event ``anchor`` names, at its position (never, for
-    none: a store with no audit event yet is read in full, which costs nothing)."""
-    if anchor is None:
-        return False
-    found = rx.audit.list_events(since_seq=anchor.seq - 1, limit=1)
-    return bool(found) and found[0].seq == anchor.seq and found[0].hash == anchor.hash
+            return previous.updated(changed, keyring, now_ms)
+    return Credentials.read(store.snapshot(now_ms), keyring)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -258,9 +231,17 @@ class Loaded:
     snapshot: Snapshot
     material: Material
     credentials: Credentials | None = None
+    mark: bytes | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"Loaded(generation={self.snapshot.generation}, {self.material!r})"
+
+    @property
+    def state(self) -> object:
+        """What a poll compares with the store's own (``store_state``): the change sequence it
+        was read at, with that sequence's mark when it has one."""
+        seq = self.snapshot.change_seq
+        return seq if self.mark is None else (seq, self.mark)
 
     def with_snapshot(self, snapshot: Snapshot) -> Loaded:
         """The same, serving ``snapshot`` (the snapshot with a worker's own opt-outs applied)."""
@@ -294,9 +275,12 @@ def load_snapshot(
     with store.read() as rx:
         recorded = rx.deployment.kek_check_values()
     ring = checked_keyring(keyring, recorded, then=_RELOADED)
-    prior = None if previous is None else previous.material
-    prior_credentials = None if previous is None else previous.credentials
     with store.one_read():
+        with store.read() as rx:
+            mark = rx.mark_of(rx.change_seq())
+            continued = previous is not None and _continues(rx, previous)
+        prior = previous.material if previous is not None and continued else None
+        prior_credentials = previous.credentials if previous is not None and continued else None
         credentials = read_credentials(store, ring, now_ms, prior_credentials)
         loaded = read_material(material, prior, ring)
         client_side = read_client_side_state(store, ring, credentials.participants.values())
@@ -317,4 +301,23 @@ def load_snapshot(
         sites=client_side.snapshot_sites(),
         keypairs=client_side.keypairs,
     )
-    return Loaded(snapshot, loaded, credentials)
+    return Loaded(snapshot, loaded, credentials, mark)
+
+
+def _continues(rx: ReadTx, previous: Loaded) -> bool:
+    """Whether the store is the one ``previous`` was read from, gone on: it still holds, for the
+    sequence ``previous`` was read at, the mark it recorded. A store restored from an earlier
+    backup has lost that commit, whatever its sequence is now (behind, equal, or past after more
+    writes): the marks are random, so no other commit writes the same one."""
+    if previous.mark is None or previous.credentials is None:
+        return False
+    return rx.mark_of(previous.credentials.cursor) == previous.mark
+
+
+def store_state(store: Store) -> object:
+    """The store's change sequence with its mark, in one read: what a poll compares with
+    ``Loaded.state`` (a different value means a reload is due)."""
+    with store.read() as rx:
+        seq = rx.change_seq()
+        mark = rx.mark_of(seq)
+    return seq if mark is None else (seq, mark)

@@ -79,7 +79,9 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[Loaded | None, int], Loaded]
 """``(previous, generation) -> Loaded``: reads the store and builds a snapshot."""
-ChangeSeq = Callable[[], int]
+ChangeSeq = Callable[[], object]
+"""The store's state as one cheap read gives it (``snapshot_loader.store_state``): when it
+differs from the loaded snapshot's (``Loaded.state``), a reload is due."""
 
 
 def _when(ms: int) -> str:
@@ -289,9 +291,9 @@ class SnapshotSource:
     def _fetch(self, waiting: tuple[OptOutRecord, ...] = ()) -> Loaded | None:
         """The store's side of a poll (any thread): a new snapshot with this worker's opt-outs
         ``waiting`` applied, or None if nothing moved. The material stays the store's."""
-        seq = self._change_seq()
+        state = self._change_seq()
         loaded = self._loaded
-        if loaded is not None and loaded.snapshot.change_seq == seq:
+        if loaded is not None and loaded.state == state:
             return None
         fresh = self._load(loaded, self._generation + 1)
         if not waiting:

@@ -709,6 +709,13 @@ class ReadTx(Protocol):
         """The change sequence as this unit of work sees it (a read unit: the state it reads)."""
         ...
 
+    def mark_of(self, seq: int) -> bytes | None:
+        """The random mark the commit that moved the sequence to ``seq`` wrote, as this unit of
+        work sees it; None when the store keeps none for it (further back than ``MARKS_KEPT``,
+        or never reached). Two stores holding the same mark for a sequence hold the same
+        commit: a reader that recorded it knows a restored store from the one it read."""
+        ...
+
 
 class Tx(ReadTx, Protocol):
     """A write unit of work, holding the store's write lock from its start to its end."""

@@ -46,6 +46,21 @@ store_meta = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+change_marks = Table(
+    "change_marks",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("mark", LargeBinary, nullable=False),
+)
+"""A random mark for each of the last ``MARKS_KEPT`` committed change sequences (revision
+0008), written by the commit that moves the sequence: a reader that recorded the mark of the
+sequence it read at knows whether the store still holds that very commit (``Store.mark_of``)."""
+
+MARKS_KEPT = 100_000
+"""How many change sequences keep their mark: a reader behind by more reads everything again."""
+
+MARK_BYTES = 16
+
 ENVIRONMENT = "environment"
 """The ``store_meta`` row naming the deployment environment the store was initialised for, as
 the code ``ENVIRONMENT_CODES`` gives it (``store_meta`` holds integers). Written once (by

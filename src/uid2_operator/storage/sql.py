@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -1527,6 +1528,9 @@ class SqlTx:
     def change_seq(self) -> int:
         return _change_seq(self)
 
+    def mark_of(self, seq: int) -> bytes | None:
+        return _mark_of(self, seq)
+
 
 # ---------------------------------------------------------------------------------- the store
 
@@ -1561,11 +1565,7 @@ class SqlStore:
             try:
                 yield SqlTx(unit)
                 if unit.dirty:
-                    conn.execute(
-                        update(t.store_meta)
-                        .where(t.store_meta.c.name == t.CHANGE_SEQ)
-                        .values(value=t.store_meta.c.value + 1)
-                    )
+                    _advance_change_seq(conn)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -1635,6 +1635,30 @@ def _written_after(
     c = table.c
     query = select(table).where(c.change_seq > since).order_by(c.change_seq, *table.primary_key)
     return [convert(row) for row in conn.execute(query)]
+
+
+def _advance_change_seq(conn: Connection) -> None:
+    """Moves the change sequence on by one as a write unit commits, with a fresh mark for the
+    new value; the mark of the sequence ``MARKS_KEPT`` back goes (one row, by its key)."""
+    seq = int(
+        conn.execute(
+            update(t.store_meta)
+            .where(t.store_meta.c.name == t.CHANGE_SEQ)
+            .values(value=t.store_meta.c.value + 1)
+            .returning(t.store_meta.c.value)
+        ).scalar_one()
+    )
+    marks = t.change_marks
+    conn.execute(insert(marks).values(seq=seq, mark=os.urandom(t.MARK_BYTES)))
+    conn.execute(delete(marks).where(marks.c.seq <= seq - t.MARKS_KEPT))
+
+
+def _mark_of(tx: SqlTx, seq: int) -> bytes | None:
+    conn = tx._unit.conn
+    mark = conn.execute(
+        select(t.change_marks.c.mark).where(t.change_marks.c.seq == seq)
+    ).scalar_one_or_none()
+    return None if mark is None else bytes(mark)
 
 
 def _change_seq(tx: SqlTx) -> int:
