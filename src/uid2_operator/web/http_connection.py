@@ -15,7 +15,8 @@ holds is sent). ``HttpConnection`` adds, per connection:
   arrived is answered 431 with ``connection: close``, and the connection closed; a whole message
   (head, body, chunk framing and trailers) still incomplete past ``max_head_bytes +
   max_body_bytes`` is answered 413 the same way, and one whose trailers hold more fields than a
-  head at the limit could is answered 431. Bytes are counted per read; a read that carries
+  head at the limit could is answered 431 (trailer fields are counted, never added to the
+  request's headers). Bytes are counted per read; a read that carries
   anything before the message it begins (the end of another, whole pipelined requests) is not
   counted, so a limit may be passed by one read (at most 256 KiB) before it applies;
 - **timeouts**: a new connection must complete its first request head within
@@ -349,6 +350,12 @@ class HttpConnection(HttpToolsProtocol):
             self._malformed = _UPGRADE_WITH_BODY
             raise httptools.HttpParserError("an upgrade request that declares a body")
         super().on_headers_complete()
+        # The parser reports a chunked body's trailer fields as it did the head's: from here on
+        # they go to a list of their own, counted against the limits (``_incomplete``) and never
+        # read. Merged into the request's headers, an ``Authorization`` sent as a trailer would
+        # authenticate, and only when the trailers came in the same read as the head (RFC 9110
+        # §6.5.1: trailers are not header fields; authentication may not be sent in one).
+        self.headers = []
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with its warnings throttled, an upgrade answered as plain HTTP, at most
@@ -462,7 +469,9 @@ class HttpConnection(HttpToolsProtocol):
         limits = self.LIMITS
         scope = self.scope
         if cycle is not None and cycle.scope is scope and cycle.more_body:
-            if len(self.headers) > limits.max_head_bytes // _MIN_FIELD_BYTES:  # trailers
+            head = len(scope["headers"])  # type: ignore[arg-type]  # uvicorn's list
+            fields = head + len(self.headers)  # the head's and the trailers'
+            if fields > limits.max_head_bytes // _MIN_FIELD_BYTES:
                 self._refuse(431)
                 return
             if self._count(scope, size) > limits.max_head_bytes + limits.max_body_bytes:

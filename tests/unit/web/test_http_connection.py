@@ -78,6 +78,8 @@ def _app(recorder: Recorder) -> Any:
                 if not message.get("more_body", False):
                     break
             body = b"%d" % size
+            if scope["path"] == "/headers":  # the request's header names, once its body ended
+                body = b",".join(name for name, _ in scope["headers"])
         await _answer(send, 200, body)
 
     return app
@@ -235,6 +237,23 @@ def test_trailers_that_never_end_are_refused(server: Running, trailer: bytes, st
         send_slowly(sock, [trailer * (limit // len(trailer) // 4)] * 8)
         raw = closed_by_server(sock)
     assert status_of(raw) == status
+
+
+@pytest.mark.parametrize("reads", [1, 2])
+def test_trailer_fields_never_join_the_request_headers(server: Running, reads: int) -> None:
+    # An Authorization sent as a trailer must not authenticate, whether it comes in the same
+    # read as the head or later (RFC 9110 §6.5.1).
+    head = b"POST /headers HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
+    body = b"2\r\nhi\r\n0\r\nauthorization: Bearer t\r\nx-trailer: 1\r\n\r\n"
+    with server.connect() as sock:
+        send_slowly(sock, [head + body] if reads == 1 else [head, body])
+        sock.sendall(get())  # the connection is kept: the next request is served as ever
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(2)]
+    assert [(a.status, a.body) for a in answers] == [
+        (200, b"host,transfer-encoding"),
+        (200, b"OK"),
+    ]
 
 
 def test_a_head_just_under_the_limit_in_several_reads_is_served(server: Running) -> None:
