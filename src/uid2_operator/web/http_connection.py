@@ -53,6 +53,9 @@ holds is sent). ``HttpConnection`` adds, per connection:
   answered 400 at once (the client would take that for the answer to the first of them): the
   requests before it are answered, the last with ``connection: close``, and it and anything
   after it are dropped unread. With nothing owed it is answered 400 at once, as before;
+- **the path as named**: uvicorn decodes every percent-escape of the path, so ``%2F`` became a
+  separator; only escapes of unreserved characters are decoded (``_unreserved_decoded``), as
+  the reference's web framework does, so an escaped slash routes nowhere;
 - **every request told of a disconnect**: uvicorn tells only the newest request of a connection
   that the client has gone; the request being answered, when others are queued behind it, is
   told as well, so an answer that waits for a disconnect, or streams, ends as for any client
@@ -104,6 +107,7 @@ from __future__ import annotations
 import contextlib
 import http
 import logging
+import re
 import socket
 import struct
 from asyncio import TimerHandle, Transport
@@ -143,6 +147,11 @@ still holds for it, rather than leave the kernel sending it to a client that rea
 REFUSED_SCOPE: Final = "uid2.connection_refused"
 """The scope key a connection sets to the status it answered a request with, itself, while the
 request's application was reading the body (see the module docstring)."""
+_PERCENT_ESCAPE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+"""RFC 3986's unreserved characters: the only ones an escape in the path is read as."""
 _MIN_FIELD_BYTES: Final = 4
 """The fewest bytes a header (or trailer) line takes: ``a:`` and its line end. Trailers are
 kept as headers, a Python object each: past as many as a head at the limit could hold, the
@@ -350,6 +359,9 @@ class HttpConnection(HttpToolsProtocol):
             self._malformed = _UPGRADE_WITH_BODY
             raise httptools.HttpParserError("an upgrade request that declares a body")
         super().on_headers_complete()
+        raw_path = self.scope["raw_path"]
+        if b"%" in raw_path:
+            self.scope["path"] = _unreserved_decoded(raw_path)
         # The parser reports a chunked body's trailer fields as it did the head's: from here on
         # they go to a list of their own, counted against the limits (``_incomplete``) and never
         # read. Merged into the request's headers, an ``Authorization`` sent as a trailer would
@@ -601,6 +613,19 @@ class HttpConnection(HttpToolsProtocol):
         held = self.WARNINGS.due(message, int(self.loop.time() * 1000))
         if held is not None:
             self.logger.log(logging.WARNING, "%s%s", message, held_back(held))
+
+
+def _unreserved_decoded(raw_path: bytes) -> str:
+    """The path a request names, its escapes of unreserved characters decoded and every other
+    escape kept as sent (RFC 3986 §6.2.2.2): ``%2F`` is not a path separator, so
+    ``/v2%2Ftoken%2Flogout`` names no route instead of the one a proxy's rule on
+    ``/v2/token/logout`` would have stopped (uvicorn decodes every escape)."""
+
+    def decoded(escape: re.Match[bytes]) -> bytes:
+        byte = int(escape[1], 16)
+        return bytes((byte,)) if byte in _UNRESERVED else escape[0]
+
+    return _PERCENT_ESCAPE.sub(decoded, raw_path).decode("ascii")
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:

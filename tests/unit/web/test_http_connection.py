@@ -59,6 +59,8 @@ def _app(recorder: Recorder) -> Any:
         if scope["type"] != "http":
             return
         body = b"OK"
+        if scope["path"].startswith("/p/"):  # the path as the application is given it
+            body = scope["path"].encode()
         if scope["path"] == "/slow":
             await asyncio.sleep(SLOW_S)
         if scope["path"] == "/watch":
@@ -237,6 +239,25 @@ def test_trailers_that_never_end_are_refused(server: Running, trailer: bytes, st
         send_slowly(sock, [trailer * (limit // len(trailer) // 4)] * 8)
         raw = closed_by_server(sock)
     assert status_of(raw) == status
+
+
+@pytest.mark.parametrize(
+    ("sent", "seen"),
+    [
+        (b"/p/plain", b"/p/plain"),
+        (b"/p/a%2Fb%2fc", b"/p/a%2Fb%2fc"),  # an escaped slash separates nothing
+        (b"/p/%61%2D%2e%5F%7e%41%39", b"/p/a-._~A9"),  # unreserved: read as the character
+        (b"/p/%20%25%3F%23%00%FF", b"/p/%20%25%3F%23%00%FF"),  # any other escape: as sent
+        (b"/p/%zz%4", b"/p/%zz%4"),
+    ],
+)
+def test_only_escapes_of_unreserved_characters_are_decoded_in_the_path(
+    server: Running, sent: bytes, seen: bytes
+) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET " + sent + b" HTTP/1.1\r\nhost: test\r\n\r\n")
+        answer = read_response(sock)
+    assert (answer.status, answer.body) == (200, seen)
 
 
 @pytest.mark.parametrize("reads", [1, 2])
