@@ -28,7 +28,7 @@ from uid2_operator.cli.output import (
     USAGE_EXIT,
     error_document,
     exit_code_for,
-    print_json,
+    print_json_error,
     safe_message,
 )
 from uid2_operator.cli.participants import participant
@@ -61,7 +61,7 @@ class OperatorGroup(click.Group):
         except click.exceptions.Abort as error:
             message = _aborted(error)
             if "--json" in argv:
-                print_json({"error": {"code": INTERRUPTED, "message": message}})
+                print_json_error({"error": {"code": INTERRUPTED, "message": message}})
             click.echo(f"Error: {message}", err=True)
             code = FAILURE_EXIT
         except (click.ClickException, UID2Error) as error:
@@ -94,7 +94,7 @@ def _report(error: BaseException, argv: list[str], text: str | None = None) -> i
     if isinstance(error, click.ClickException) and not isinstance(error, click.UsageError):
         code = error.exit_code
     if "--json" in argv:
-        print_json(error_document(error, message))
+        print_json_error(error_document(error, message))
     click.echo(f"Error: {message}", err=True)
     return code
 

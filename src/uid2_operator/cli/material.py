@@ -21,7 +21,7 @@ from uid2_operator.cli.output import (
     error_document,
     exit_code_for,
     fields,
-    print_json,
+    print_json_error,
     safe_message,
     table,
     when,
@@ -53,7 +53,7 @@ def reported(command: F) -> F:
         except UID2Error as error:
             message = safe_message(str(error))
             if wants_json(bool(kwargs.get("as_json"))):
-                print_json(error_document(error, message))
+                print_json_error(error_document(error, message))
             click.echo(f"Error: {message}", err=True)
             raise click.exceptions.Exit(exit_code_for(error)) from None
 

@@ -1,6 +1,8 @@
 """How commands print: one JSON document with ``--json``, readable text otherwise, and errors.
 
-Errors are one line on stderr (and, with ``--json``, an ``{"error": ...}`` document on stdout),
+Errors are one line on stderr (and, with ``--json``, an ``{"error": ...}`` document on stdout,
+on one line: after what ``serve --json`` printed before it failed, stdout is still one JSON
+document per line),
 with exit status 2 for usage and input errors and 1 for everything else (or the status a
 ``click.ClickException`` carries); never a traceback. The document's ``code`` says what kind of
 error it was (``error_document``).
@@ -83,6 +85,11 @@ def error_document(error: BaseException, message: str) -> dict[str, Any]:
 
 def print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def print_json_error(document: Any) -> None:
+    """An error document (``error_document``), on one line."""
+    click.echo(json.dumps(document, ensure_ascii=False))
 
 
 def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:

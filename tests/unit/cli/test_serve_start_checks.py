@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from uid2_operator.bootstrap import (
@@ -103,7 +104,29 @@ def test_sigterm_interrupts_a_starting_serve_as_sigint_does(
     assert callable(handlers[0])
     assert status == FAILURE_EXIT
     assert err.endswith("Error: aborted\n")
-    line, *rest = out.splitlines()
+    line, error = out.splitlines()  # one JSON document per line
     assert json.loads(line)["init"]["admin_token"]
-    assert json.loads("\n".join(rest))["error"]["code"] == "interrupted"
+    assert json.loads(error)["error"]["code"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_serve_that_fails_after_init_prints_one_json_document_per_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def port_taken(*args: Any) -> None:
+        del args
+        raise click.ClickException("cannot listen on 127.0.0.1:8080: Address already in use")
+
+    monkeypatch.setattr(serve, "_run_serving", port_taken)
+    status = _serve(tmp_path)
+    out, err = capsys.readouterr()
+    assert status == FAILURE_EXIT
+    assert err.endswith("Error: cannot listen on 127.0.0.1:8080: Address already in use\n")
+    line, error = out.splitlines()
+    assert json.loads(line)["init"]["admin_token"]
+    assert json.loads(error) == {
+        "error": {
+            "code": "command_failed",
+            "message": "cannot listen on 127.0.0.1:8080: Address already in use",
+        }
+    }
