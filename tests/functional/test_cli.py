@@ -629,6 +629,11 @@ def test_a_bare_group_shows_its_help(sqlite_cli: Cli) -> None:
     result = sqlite_cli("key")
     assert result.exit_code == 2
     assert "rotate-secret" in result.stderr
+    assert result.stdout == ""
+    as_json = sqlite_cli("--json", "key")  # the help on stderr, still one document on stdout
+    assert as_json.exit_code == 2
+    assert "rotate-secret" in as_json.stderr
+    assert json.loads(as_json.stdout) == {"error": {"code": "usage", "message": "Missing command."}}
 
 
 def test_an_unexpected_failure_is_one_line_without_a_traceback(

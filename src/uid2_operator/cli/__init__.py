@@ -57,6 +57,8 @@ class OperatorGroup(click.Group):
             code = result if isinstance(result, int) else 0
         except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
             click.echo(error.format_message(), err=True)
+            if "--json" in argv:  # still one document to read
+                print_json_error({"error": {"code": "usage", "message": "Missing command."}})
             code = USAGE_EXIT
         except click.exceptions.Abort as error:
             message = _aborted(error)
