@@ -282,6 +282,13 @@ class HttpConnection(HttpToolsProtocol):
         was held unparsed parsed once the queue has room."""
         self._began_at = self.loop.time()  # what is refused next waited from here
         super().on_response_complete()  # resumes reading, unless bytes are held
+        keep_alive = self.timeout_keep_alive_task
+        if keep_alive is not None and self._deadline is not None:
+            # A message is under way (the start of a head came in the read that completed the
+            # last one): its own deadline applies, not the keep-alive timeout, which would
+            # close the connection with no answer before the head deadline.
+            keep_alive.cancel()
+            self.timeout_keep_alive_task = None
         if self.transport.is_closing():
             self._closing()
         elif self._held and not self._queue_full():

@@ -129,10 +129,10 @@ class Running:
 
 
 @contextmanager
-def running(limits: HttpLimits = LIMITS) -> Iterator[Running]:
+def running(limits: HttpLimits = LIMITS, **options: Any) -> Iterator[Running]:
     sock = loopback_socket()
     recorder = Recorder()
-    config = protocol_config(_app(recorder), http_protocol(limits))
+    config = protocol_config(_app(recorder), http_protocol(limits), **options)
     with server_in_thread(config, sock) as (server, thread):
         yield Running(sock.getsockname()[1], recorder, server, thread)
 
@@ -321,6 +321,21 @@ def test_a_partial_head_after_a_keep_alive_request_gets_the_head_deadline(server
         sock.sendall(b"GET / HTTP/1.1\r\nhost: te")  # cancels uvicorn's keep-alive timer
         raw = closed_by_server(sock)
     assert status_of(raw) == 408
+
+
+def test_a_pipelined_head_begun_in_the_same_read_gets_the_head_deadline_not_keep_alive() -> None:
+    # The read carries a whole request and the start of the next head: once the first answer
+    # is sent, the head under way has its head deadline, as one begun in a later read has;
+    # the keep-alive timeout (shorter here) is for a connection with nothing begun.
+    limits = replace(LIMITS, head_timeout_s=5.0)
+    with running(limits, timeout_keep_alive=0.3) as server, server.connect() as sock:
+        sock.sendall(get() + b"POST /echo HTTP/1.1\r\nhost: te")
+        buffered = bytearray()
+        first = read_response(sock, buffered)
+        time.sleep(1.0)  # past the keep-alive timeout, well within the head deadline
+        sock.sendall(b"st\r\ncontent-length: 2\r\n\r\nhi")
+        second = read_response(sock, buffered)
+    assert [(a.status, a.body) for a in (first, second)] == [(200, b"OK"), (200, b"2")]
 
 
 def test_a_stalled_body_is_answered_408_and_closed(server: Running) -> None:
