@@ -10,9 +10,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy import inspect, text
-from store_records import participant
+from store_records import api_key, participant
 
+from uid2_operator.domain.keysets import Keyset, SealedKey, SharingMode
+from uid2_operator.domain.material_sealing import SealedMaterial
 from uid2_operator.errors import SchemaOutOfDate
 from uid2_operator.storage import current_revision, head_revision, open_store, upgrade
 from uid2_operator.storage.engines import make_engine
@@ -110,6 +113,39 @@ def test_the_first_revision_downgrades_to_an_empty_database(store_url: str) -> N
         engine.dispose()
     assert current_revision(store_url) is None
     assert upgrade(store_url) == head_revision()
+
+
+def test_each_revision_downgrades_a_store_that_holds_credentials_and_keys(
+    store_url: str,
+) -> None:
+    # Rows that other tables refer to: a downgrade that copied a table and dropped the
+    # original (a batch operation on SQLite) would break those references and fail.
+    store = open_store(store_url)
+    try:
+        with store.transaction() as tx:
+            tx.participants.add(participant(1001))
+            tx.api_keys.add(api_key("UID2-C-L-1001-abcDE1", 1001))
+            tx.secrets.add("UID2-C-L-1001-abcDE1", kek_version=1, ciphertext=b"s", created_at_ms=1)
+            tx.keysets.add(Keyset(4, 1001, "Site 1001", True, True, 1, SharingMode.BIDDERS))
+            tx.encryption_keys.add(SealedKey(1, 4, 1, 1, 2, SealedMaterial(1, bytes(60))))
+    finally:
+        store.close()
+    revisions = [script.revision for script in _scripts()]  # head first
+    engine, flavour = make_engine(store_url)
+    try:
+        for below in [*revisions[1:], "base"]:
+            with engine.connect() as conn:
+                flavour.begin_migration(conn)
+                command.downgrade(_config(conn), below)
+                conn.commit()
+            assert current_revision(store_url) == (None if below == "base" else below)
+    finally:
+        engine.dispose()
+    assert upgrade(store_url) == head_revision()
+
+
+def _scripts() -> list[Script]:
+    return list(ScriptDirectory.from_config(_config(None)).walk_revisions())
 
 
 def test_a_store_refuses_a_database_that_is_not_at_head(empty_url: str) -> None:

@@ -50,8 +50,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("client_side_keypairs")
-    with op.batch_alter_table("participants") as batch:
-        batch.drop_column("app_names")
-        batch.drop_column("domain_names")
-    with op.batch_alter_table("keysets") as batch:
-        batch.drop_column("allowed_types")
+    # In place on SQLite too (ALTER TABLE DROP COLUMN, SQLite 3.35 and later): a batch
+    # operation copies the table and drops the original, which the keys and secrets of a
+    # store holding any (and a keyset's encryption keys) refer to.
+    op.drop_column("participants", "app_names")
+    op.drop_column("participants", "domain_names")
+    op.drop_column("keysets", "allowed_types")
