@@ -221,6 +221,37 @@ def test_keys_older_than_the_policy_age_are_due_for_rotation(
     assert new.key_view.rotation_due is False
 
 
+def test_a_view_says_whether_the_key_itself_authenticates_now(
+    svc: CredentialService, clock: FixedClock
+) -> None:
+    site = _site(svc)
+    expiring = _key(svc, site, expires_in_days=1)
+    rotated = _key(svc, site)
+    disabled = _key(svc, site)
+    revoked = _key(svc, site)
+    assert expiring.key_view.usable is True
+    successor = svc.rotate_key(ACTOR, rotated.key_id, grace_days=1)
+    svc.disable_key(ACTOR, disabled.key_id)
+    svc.revoke_key(ACTOR, revoked.key_id, reason="leaked")
+
+    def usable() -> dict[str, tuple[str, bool]]:
+        return {k.key_id: (k.state, k.usable) for k in svc.key_page(ACTOR).items}
+
+    assert usable() == {
+        expiring.key_id: ("active", True),
+        rotated.key_id: ("active", True),  # within its grace
+        successor.key_id: ("active", True),
+        disabled.key_id: ("disabled", False),
+        revoked.key_id: ("revoked", False),
+    }
+    clock.advance(DAY_MS)  # the expiry and the grace both end: the state stays active
+    after = usable()
+    assert after[expiring.key_id] == ("active", False)
+    assert after[rotated.key_id] == ("active", False)
+    assert after[successor.key_id] == ("active", True)
+    assert svc.get_key(ACTOR, expiring.key_id).to_json()["usable"] is False
+
+
 def test_the_policy_age_is_a_setting(make_service: MakeService, clock: FixedClock) -> None:
     svc = make_service(rotation_age_ms=30 * DAY_MS)
     issued = _key(svc, _site(svc))

@@ -94,6 +94,12 @@ _KEY = {
     "last_used_at_ms": _nullable("integer"),
     "rotation_due": _BOOL,
     "usage": {"type": "object", "additionalProperties": _INT},
+    "usable": {
+        "type": "boolean",
+        "description": "Whether the key itself authenticates now: active, and neither expired "
+        "nor retired ('state' stays 'active' past either); a disabled participant refuses it "
+        "all the same",
+    },
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
