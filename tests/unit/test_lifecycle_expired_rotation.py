@@ -2,8 +2,9 @@
 
 A key created with ``expires_at_ms`` stops at that instant, and rotation must not bring it back
 under another id. Up to the last millisecond before expiry it still rotates; from expiry on it is
-refused with a message naming the key id (never its text), changing nothing. Secret rotation and
-retire-now of an expired key stay allowed: neither makes the key work again.
+refused with a message naming the key id (never its text), changing nothing. Retire-now of an
+expired key stays allowed (it does not make the key work again); secret rotation is refused, as
+a new secret for a key that no longer authenticates would be shown once and never work.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ def test_state_refusals_keep_their_own_message_for_an_expired_key() -> None:
         rotate_key(rotated, successor, participant, now_ms=later, by="admin:b")
 
 
-def test_secret_rotation_and_retire_now_of_an_expired_key_stay_allowed() -> None:
-    """Neither brings the key back: its expiry still refuses it afterwards."""
+def test_retire_now_of_an_expired_key_stays_allowed_and_secret_rotation_is_refused() -> None:
+    """Retiring does not bring the key back: its expiry still refuses it afterwards."""
     participant, _, key, successor = _world()
     assert key.expires_at_ms is not None
     rotation = rotate_key(key, successor, participant, now_ms=T0 + 1, by="admin:b")
@@ -181,8 +182,8 @@ def test_secret_rotation_and_retire_now_of_an_expired_key_stay_allowed() -> None
     later = key.expires_at_ms + DAY_MS
 
     secrets = [SealedSecret(1, old.key_id, 1, b"ct", T0)]
-    secret_rotation = rotate_secret(old, secrets, now_ms=later, grace_ms=0)
-    assert [s.retires_at_ms for s in secret_rotation.updates] == [later]
+    with pytest.raises(InvalidTransition, match=f"secret of API key {old.key_id}: it has expired"):
+        rotate_secret(replace(old, retires_at_ms=None), secrets, now_ms=later, grace_ms=0)
 
     retired = retire_now(replace(old, retires_at_ms=later + DAY_MS), later)
     assert retired.retires_at_ms == later

@@ -190,6 +190,17 @@ def rotate_secret(
     caller adds the new sealed secret in the same transaction.
     """
     _require_changeable(key, "rotate the secret of")
+    # A new secret for a key that no longer authenticates would be shown once and never work.
+    if is_expired(key, now_ms):
+        raise InvalidTransition(
+            f"Cannot rotate the secret of API key {key.key_id}: it has expired; create a new key "
+            "instead"
+        )
+    if is_retired(key, now_ms):
+        raise InvalidTransition(
+            f"Cannot rotate the secret of API key {key.key_id}: it was retired in favour of "
+            f"{key.rotated_to}; rotate that key's secret instead"
+        )
     _check_grace(grace_ms)
     limit = now_ms + grace_ms
     updates: list[SealedSecret] = []

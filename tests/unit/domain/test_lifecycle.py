@@ -235,6 +235,19 @@ def test_secret_rotation_overlap(make_key: MakeKey) -> None:
         rotate_secret(key, [current], now_ms=now, grace_ms=-1)
 
 
+def test_no_new_secret_for_a_key_that_no_longer_authenticates(make_key: MakeKey) -> None:
+    _, key = make_key(expires_at_ms=T0 + 10)
+    current = SealedSecret(1, key.key_id, 1, b"a", T0)
+    assert rotate_secret(key, [current], now_ms=T0 + 9).previous_retires_at_ms is not None
+    with pytest.raises(InvalidTransition, match="it has expired"):
+        rotate_secret(key, [current], now_ms=T0 + 10)
+    rotated = replace(key, expires_at_ms=None, rotated_to="UID2-C-L-1001-next00")
+    within_grace = replace(rotated, retires_at_ms=T0 + 10)
+    assert rotate_secret(within_grace, [current], now_ms=T0 + 9).updates
+    with pytest.raises(InvalidTransition, match="retired in favour of UID2-C-L-1001-next00"):
+        rotate_secret(within_grace, [current], now_ms=T0 + 10)
+
+
 def test_a_shorter_grace_also_cuts_an_earlier_overlap(make_key: MakeKey) -> None:
     """S1 rotated with 7 days (-> S2), then S1 leaks: a rotation with grace 0 stops S1 and S2."""
     _, key = make_key()
