@@ -32,6 +32,7 @@ from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.lifecycle import DAY_MS
 from uid2_operator.domain.sealing import (
+    PEPPER_CHECK,
     Keyring,
     KeyringSource,
     compare_kek_check_values,
@@ -1032,11 +1033,11 @@ def check_store_keyring(store: Store, keyring: Keyring) -> Mapping[int, int]:
         # A store that can be read but not written (a read-only copy, a lock held elsewhere):
         # the keyring was compared with what is recorded, and a read-only command must still
         # work; the values are recorded by the next process that can write.
-        log.warning(
-            "key-encryption key check values of version(s) %s not recorded: %s",
-            ", ".join(str(version) for version in sorted(unrecorded)),
-            exc.detail,
-        )
+        versions = [str(version) for version in sorted(unrecorded) if version != PEPPER_CHECK]
+        named = [] if PEPPER_CHECK not in unrecorded else ["the pepper"]
+        if versions:
+            named.append(f"key-encryption key version(s) {', '.join(versions)}")
+        log.warning("check values of %s not recorded: %s", " and ".join(named), exc.detail)
         return recorded
     return written
 

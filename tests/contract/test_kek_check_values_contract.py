@@ -29,10 +29,14 @@ def _recorded(store: SqlStore) -> dict[int, int]:
 
 
 def _rows(store: SqlStore) -> dict[str, int]:
-    """Every ``kek_check_*`` row, read from the table itself."""
+    """Every ``kek_check_*`` row and the pepper's, read from the table itself."""
     m = t.store_meta.c
     with store.engine.connect() as conn:
-        rows = conn.execute(select(m.name, m.value).where(m.name.like("kek\\_check\\_%", "\\")))
+        rows = conn.execute(
+            select(m.name, m.value).where(
+                m.name.like("kek\\_check\\_%", "\\") | (m.name == "pepper_check")
+            )
+        )
         return {name: int(value) for name, value in rows}
 
 
@@ -93,13 +97,21 @@ def test_a_read_unit_refuses_to_record(store: SqlStore) -> None:
     assert _rows(store) == {}
 
 
-@pytest.mark.parametrize("version", [0, -1, True, 2.0, "2", 1 << 63])
-def test_a_version_that_is_not_a_positive_whole_number_is_refused(
+@pytest.mark.parametrize("version", [-1, True, 2.0, "2", 1 << 63])
+def test_a_version_that_is_not_a_whole_number_from_0_is_refused(
     store: SqlStore, version: Any
 ) -> None:
-    with pytest.raises(StoreError, match="positive whole number"), store.transaction() as tx:
+    with pytest.raises(StoreError, match="whole number from 0"), store.transaction() as tx:
         tx.deployment.record_kek_check_values({3: 33, version: 22})
     assert _rows(store) == {}
+
+
+def test_the_pepper_check_value_is_recorded_under_0_in_a_row_of_its_own(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        assert tx.deployment.record_kek_check_values({0: 7, 1: 11}) == {0: 7, 1: 11}
+        assert tx.deployment.record_kek_check_values({0: 8}) == {0: 7, 1: 11}  # never overwritten
+    assert _recorded(store) == {0: 7, 1: 11}
+    assert _rows(store) == {"pepper_check": 7, "kek_check_1": 11}
 
 
 @pytest.mark.parametrize("value", [-1, 1 << 63, True, 1.0, "1", None])

@@ -164,4 +164,4 @@ def test_a_keyring_sharing_no_version_with_the_store_is_refused_recording_nothin
         assert "; version 2: 1 item (client_secrets 1)), so another keyring file" in refused.stderr
     assert behind.keyring_path.read_bytes() == content
     assert _stored(pair.url) == stored
-    assert sorted(_check_values(pair.url)) == [1, 2]
+    assert sorted(_check_values(pair.url)) == [0, 1, 2]  # the pepper, versions 1 and 2

@@ -216,6 +216,40 @@ def test_a_file_replaced_by_another_key_under_the_recorded_version_is_refused(
     assert [form for form in _secret_forms(right, wrong) if form in logged] == []
 
 
+def test_a_file_with_the_stores_keys_but_another_pepper_is_refused(
+    deployment: Deployment, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken up, it would refuse every API key and admin token, and hash the keys created
+    meanwhile so that they never work with the right file back: followed or written with, it is
+    refused as a file with another key under a recorded version is."""
+    settings, right = deployment.settings, deployment.right
+    source = KeyringFile(settings, monotonic=monotonic)
+    serving = open_services(settings, keyring=source)
+    try:
+        versions = {v: right.kek(v) for v in right.versions}
+        wrong = Keyring(versions, right.active_version, bytes(range(32)), development=True)
+        _replace_file(settings.keyring_path, wrong)
+        monotonic.pass_interval()
+        assert source.current() == right
+        assert _errors(caplog) == [
+            f"the keyring file {source.path} changed but cannot be used (This keyring's pepper "
+            "is not the one the database's API keys and admin tokens are hashed with: copy the "
+            "keyring file of another instance of this database here (over this one), then this "
+            "process takes it up within about a second); still using the keyring read before "
+            "(active version 1)"
+        ]
+        issued = serving.credentials.create_key(
+            ACTOR, site_id=deployment.site, name="after", roles=["GENERATOR"]
+        )
+        assert _opens(deployment.store, right, issued)
+    finally:
+        serving.close()
+    with pytest.raises(KeyringError, match="pepper is not the one"):
+        open_services(settings, keyring=wrong)  # a process started with it: refused at once
+    logged = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert [form for form in _secret_forms(right, wrong) if form in logged] == []
+
+
 def test_a_writer_refuses_the_file_inside_its_transaction_before_anything_else_told_it(
     deployment: Deployment, monotonic: Monotonic, caplog: pytest.LogCaptureFixture
 ) -> None:

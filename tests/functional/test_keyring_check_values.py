@@ -69,9 +69,13 @@ def _store_meta(database: Database) -> dict[str, int]:
 
 
 def _check_values(database: Database) -> dict[int, int]:
+    """The check values as rows: each version's, and the pepper's under 0."""
     meta = _store_meta(database)
     prefix = "kek_check_"
-    return {int(n[len(prefix) :]): v for n, v in meta.items() if n.startswith(prefix)}
+    found = {int(n[len(prefix) :]): v for n, v in meta.items() if n.startswith(prefix)}
+    if "pepper_check" in meta:
+        found[0] = meta["pepper_check"]
+    return dict(sorted(found.items()))
 
 
 def _forget_check_values(database: Database) -> None:
@@ -80,7 +84,10 @@ def _forget_check_values(database: Database) -> None:
     try:
         with store.engine.begin() as conn:
             conn.execute(
-                delete(t.store_meta).where(t.store_meta.c.name.like("kek\\_check\\_%", "\\"))
+                delete(t.store_meta).where(
+                    t.store_meta.c.name.like("kek\\_check\\_%", "\\")
+                    | (t.store_meta.c.name == "pepper_check")
+                )
             )
     finally:
         store.close()
@@ -229,7 +236,7 @@ def test_a_command_records_the_versions_the_database_has_no_value_for(
             conn.execute(delete(t.store_meta).where(t.store_meta.c.name == "kek_check_2"))
     finally:
         store.close()
-    assert list(_check_values(database)) == [1]
+    assert list(_check_values(database)) == [0, 1]  # the pepper (0) and version 1
     before = state_of(database)
 
     _ok(first, "participant", "list")
@@ -247,13 +254,14 @@ def test_add_version_numbers_above_a_version_only_recorded_by_a_process_start(
     other = second_data_directory(database)
     _own_version_2(other)  # the hand-provisioned version 2, not active
     assert _ok(Cli(other), "participant", "list") is not None
-    assert list(_check_values(database)) == [1, 2]
+    assert list(_check_values(database)) == [0, 1, 2]
     assert "kek_version_max" not in _store_meta(database)
 
     added = _ok(first, "keyring", "add-version", "--inactive")
     assert added["version"] == 3
     ring = load_keyring(settings_of(database))
     assert _check_values(database) == {
+        0: ring.kek_check_values()[0],
         1: ring.kek_check_values()[1],
         2: load_keyring(settings_of(other)).kek_check_values()[2],
         3: ring.kek_check_values()[3],

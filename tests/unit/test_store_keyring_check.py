@@ -35,7 +35,8 @@ def test_a_store_that_cannot_be_written_is_still_compared_and_used(
         with caplog.at_level(logging.WARNING, logger="uid2_operator.bootstrap"):
             check_store_keyring(_ReadOnly(store), keyring)  # does not raise
         assert [r.getMessage() for r in caplog.records] == [
-            "key-encryption key check values of version(s) 1 not recorded: The store is read-only"
+            "check values of the pepper and key-encryption key version(s) 1 not recorded: The "
+            "store is read-only"
         ]
         with store.read() as tx:
             assert dict(tx.deployment.kek_check_values()) == {}

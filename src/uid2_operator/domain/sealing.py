@@ -74,6 +74,11 @@ KEK_CHECK_LABEL: Final = b"uid2-operator kek check value"
 """What a KEK authenticates to give its check value (``kek_check_value``); never changes."""
 KEK_CHECK_MAX: Final = (1 << 63) - 1
 """The largest check value: 63 bits, so it fits a signed 64-bit integer (``store_meta``)."""
+PEPPER_CHECK_LABEL: Final = b"uid2-operator pepper check value"
+"""What the pepper authenticates to give its check value (``pepper_check_value``)."""
+PEPPER_CHECK: Final = 0
+"""The pepper's key in a mapping of check values (``compare_kek_check_values``): no key-encryption
+key version is 0, so the store records it beside theirs and it is compared as they are."""
 RUN_AGAIN: Final = "then run the command again"
 """What a refusal of ``compare_kek_check_values`` says to do once the right keyring is in place."""
 MAX_KEK_VERSION: Final = 999_999_999
@@ -88,6 +93,13 @@ def kek_check_value(kek: bytes) -> int:
     big-endian, masked to 63 bits. Two keys under one version number differ in it (but for a
     chance of one in 2**63), and it reveals nothing of the key."""
     digest = hmac.new(kek, KEK_CHECK_LABEL, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") & KEK_CHECK_MAX
+
+
+def pepper_check_value(pepper: bytes) -> int:
+    """The check value of the pepper, as ``kek_check_value`` is a KEK's (another label): a
+    keyring holding another pepper would hash every API key and admin token differently."""
+    digest = hmac.new(pepper, PEPPER_CHECK_LABEL, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") & KEK_CHECK_MAX
 
 
@@ -167,8 +179,11 @@ class Keyring:
             raise KekVersionMissing(version) from None
 
     def kek_check_values(self) -> dict[int, int]:
-        """``{version: kek_check_value}`` for every version the keyring holds, ascending."""
-        return {version: kek_check_value(self._keks[version]) for version in self.versions}
+        """What the store records of this keyring: ``{version: kek_check_value}`` for every
+        version it holds, ascending, after the pepper's check value under ``PEPPER_CHECK`` (0)."""
+        values = {PEPPER_CHECK: pepper_check_value(self._pepper)}
+        values.update((v, kek_check_value(self._keks[v])) for v in self.versions)
+        return values
 
     def __repr__(self) -> str:
         return (
@@ -353,10 +368,22 @@ def compare_kek_check_values(
     run the command again). Otherwise returns the check values of the held versions the store
     has none for, ascending: what the caller records. A version the store records and the
     keyring lacks is not this comparison's business (items sealed under it show as sealed under
-    a missing version).
+    a missing version). The pepper is compared the same way, under ``PEPPER_CHECK``: a keyring
+    with the store's keys but another pepper would refuse every API key and admin token, and
+    hash new ones so that they never work with the right keyring back.
     """
     own = keyring.kek_check_values()
-    differ = [v for v, value in own.items() if v in recorded and recorded[v] != value]
+    differ = [
+        v
+        for v, value in own.items()
+        if v != PEPPER_CHECK and v in recorded and recorded[v] != value
+    ]
+    if not differ and recorded.get(PEPPER_CHECK, own[PEPPER_CHECK]) != own[PEPPER_CHECK]:
+        raise KekCheckMismatch(
+            "This keyring's pepper is not the one the database's API keys and admin tokens are "
+            "hashed with: copy the keyring file of another instance of this database here (over "
+            f"this one), {then}"
+        )
     if differ:
         listed = ", ".join(str(v) for v in differ)
         if len(differ) == 1:

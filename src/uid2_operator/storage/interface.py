@@ -621,8 +621,9 @@ class DeploymentReader(Protocol):
 
     def kek_check_values(self) -> Mapping[int, int]:
         """The check value recorded for each key-encryption key version
-        (``record_kek_check_values``), ascending by version; empty when none is (a store never
-        used by this version)."""
+        (``record_kek_check_values``), ascending by version, with the pepper's under 0
+        (``domain.sealing.PEPPER_CHECK``) once recorded; empty when none is (a store never used
+        by this version)."""
         ...
 
 
@@ -639,9 +640,9 @@ class DeploymentRepository(DeploymentReader, Protocol):
     def record_kek_check_values(self, values: Mapping[int, int]) -> Mapping[int, int]:
         """Records the check value of each key-encryption key version in ``values`` that has
         none recorded yet, never overwriting one, and returns every check value recorded after
-        the call (ascending by version): the caller compares and refuses. Raises StoreError,
-        recording nothing, for a version that is not a positive whole number or a value outside
-        0 to 2**63 - 1.
+        the call (ascending by version): the caller compares and refuses. Version 0 is the
+        pepper's check value. Raises StoreError, recording nothing, for a version that is not a
+        whole number from 0 or a value outside 0 to 2**63 - 1.
 
         Not a control-plane change: it does not move the change sequence (no snapshot reads it).
         """

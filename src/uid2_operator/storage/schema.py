@@ -88,9 +88,16 @@ stays when its version is dropped, so the number cannot come back with another k
 spells one (``kek_check_07``, say) is not one of these rows."""
 
 
+PEPPER_CHECK_NAME = "pepper_check"
+"""The ``store_meta`` row holding the check value of the keyring's pepper
+(``domain.sealing.pepper_check_value``), recorded and compared as the KEK versions' are: read
+and written as check value ``PEPPER_CHECK`` (0) beside theirs."""
+
+
 def kek_check_name(version: int) -> str:
-    """The ``store_meta`` name of KEK version ``version``'s check value row."""
-    return f"{KEK_CHECK_PREFIX}{version}"
+    """The ``store_meta`` name of KEK version ``version``'s check value row (the pepper's for
+    0, ``domain.sealing.PEPPER_CHECK``)."""
+    return PEPPER_CHECK_NAME if version == 0 else f"{KEK_CHECK_PREFIX}{version}"
 
 
 # ``change_seq`` on ``participants``, ``api_keys`` and ``client_secrets``: the change sequence of

@@ -1467,10 +1467,16 @@ class _Deployment:
     def kek_check_values(self) -> dict[int, int]:
         m = t.store_meta.c
         rows = self._u.conn.execute(
-            select(m.name, m.value).where(m.name.startswith(t.KEK_CHECK_PREFIX, autoescape=True))
+            select(m.name, m.value).where(
+                m.name.startswith(t.KEK_CHECK_PREFIX, autoescape=True)
+                | (m.name == t.PEPPER_CHECK_NAME)
+            )
         )
         found: dict[int, int] = {}
         for name, value in rows:
+            if name == t.PEPPER_CHECK_NAME:
+                found[0] = int(value)
+                continue
             suffix = name[len(t.KEK_CHECK_PREFIX) :]
             if suffix.isascii() and suffix.isdigit() and not suffix.startswith("0"):
                 found[int(suffix)] = int(value)
@@ -1478,8 +1484,8 @@ class _Deployment:
 
     def record_kek_check_values(self, values: Mapping[int, int]) -> dict[int, int]:
         for version, value in values.items():
-            if not _is_whole(version) or not 0 < version <= _BIGINT_MAX:
-                raise StoreError("A key-encryption key version must be a positive whole number")
+            if not _is_whole(version) or not 0 <= version <= _BIGINT_MAX:  # 0: the pepper's
+                raise StoreError("A key-encryption key version must be a whole number from 0")
             if not _is_whole(value) or not 0 <= value <= _BIGINT_MAX:
                 raise StoreError(
                     f"The check value of key-encryption key version {version} must be a whole "

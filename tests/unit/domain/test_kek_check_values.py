@@ -17,15 +17,22 @@ from hypothesis import strategies as st
 
 from uid2_operator.domain.sealing import (
     KEK_CHECK_LABEL,
+    PEPPER_CHECK,
+    PEPPER_CHECK_LABEL,
     Keyring,
     add_kek_version,
     compare_kek_check_values,
     kek_check_value,
+    pepper_check_value,
 )
 from uid2_operator.errors import KeyringError
 
 KEY_A = bytes(range(32))
 KEY_B = b"\xff" * 32
+
+
+PINNED_PEPPER_CHECK = 0x7546A0CB2CF6CED3
+"""The check value of a pepper of zero bytes: recorded values outlive this code."""
 
 
 def _ring(keks: dict[int, bytes], active: int | None = None) -> Keyring:
@@ -50,10 +57,34 @@ def test_the_check_value_is_63_bits_of_hmac_sha256_under_the_key(kek: bytes) -> 
     assert value == int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
-def test_a_keyring_gives_the_check_value_of_every_version_it_holds() -> None:
+def test_a_keyring_gives_the_check_value_of_its_pepper_and_every_version_it_holds() -> None:
     ring = _ring({3: KEY_B, 1: KEY_A}, active=1)
-    assert ring.kek_check_values() == {1: kek_check_value(KEY_A), 3: kek_check_value(KEY_B)}
-    assert list(ring.kek_check_values()) == [1, 3]
+    assert ring.kek_check_values() == {
+        PEPPER_CHECK: pepper_check_value(PEPPER),
+        1: kek_check_value(KEY_A),
+        3: kek_check_value(KEY_B),
+    }
+    assert list(ring.kek_check_values()) == [PEPPER_CHECK, 1, 3]
+
+
+def test_the_pepper_check_value_is_pinned_and_differs_from_a_kek_s() -> None:
+    assert PEPPER_CHECK == 0
+    assert PEPPER_CHECK_LABEL == b"uid2-operator pepper check value"
+    assert pepper_check_value(bytes(32)) == PINNED_PEPPER_CHECK
+    assert pepper_check_value(bytes(32)) != kek_check_value(bytes(32))
+
+
+def test_another_pepper_is_refused_naming_no_secret() -> None:
+    ring = _ring({1: KEY_A})
+    recorded = {**ring.kek_check_values(), PEPPER_CHECK: pepper_check_value(bytes(32))}
+    with pytest.raises(KeyringError) as refused:
+        compare_kek_check_values(ring, recorded)
+    assert refused.value.code == "keyring_invalid"
+    assert refused.value.detail == (
+        "This keyring's pepper is not the one the database's API keys and admin tokens are "
+        "hashed with: copy the keyring file of another instance of this database here (over "
+        "this one), then run the command again"
+    )
 
 
 def test_a_version_added_gets_its_own_check_value() -> None:
@@ -64,15 +95,20 @@ def test_a_version_added_gets_its_own_check_value() -> None:
     assert values[2] != values[1]
 
 
-def test_nothing_recorded_means_every_held_version_is_to_record() -> None:
+def test_nothing_recorded_means_the_pepper_and_every_held_version_are_to_record() -> None:
     ring = _ring({1: KEY_A, 2: KEY_B})
     assert compare_kek_check_values(ring, {}) == ring.kek_check_values()
 
 
 def test_matching_values_leave_only_the_unrecorded_versions() -> None:
     ring = _ring({1: KEY_A, 2: KEY_B})
-    assert compare_kek_check_values(ring, {1: kek_check_value(KEY_A)}) == {
+    pepper = pepper_check_value(PEPPER)
+    assert compare_kek_check_values(ring, {PEPPER_CHECK: pepper, 1: kek_check_value(KEY_A)}) == {
         2: kek_check_value(KEY_B)
+    }
+    assert compare_kek_check_values(ring, {1: kek_check_value(KEY_A)}) == {
+        PEPPER_CHECK: pepper,  # a store of an earlier version: recorded on first use
+        2: kek_check_value(KEY_B),
     }
     assert compare_kek_check_values(ring, ring.kek_check_values()) == {}
 
@@ -80,7 +116,12 @@ def test_matching_values_leave_only_the_unrecorded_versions() -> None:
 def test_versions_the_keyring_lacks_are_not_this_comparisons_business() -> None:
     """Items sealed under them show as sealed under a missing version; that is checked elsewhere."""
     ring = _ring({2: KEY_B})
-    recorded = {1: kek_check_value(KEY_A), 2: kek_check_value(KEY_B), 7: 12345}
+    recorded = {
+        PEPPER_CHECK: pepper_check_value(PEPPER),
+        1: kek_check_value(KEY_A),
+        2: kek_check_value(KEY_B),
+        7: 12345,
+    }
     assert compare_kek_check_values(ring, recorded) == {}
 
 
