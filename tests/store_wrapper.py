@@ -31,6 +31,9 @@ class StoreWrapper:
     def change_seq(self) -> int:
         return self._inner.change_seq()
 
+    def change_state(self) -> object:
+        return self._inner.change_state()
+
     def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         return self._inner.snapshot(now_ms, since)
 

@@ -80,6 +80,11 @@ class HeldStore(StoreWrapper):
             self._wait()
         return super().change_seq()
 
+    def change_state(self) -> object:
+        if self.whole or self.down:
+            self._wait()
+        return super().change_state()
+
     def read(self) -> AbstractContextManager[ReadTx]:
         self._wait()
         return super().read()

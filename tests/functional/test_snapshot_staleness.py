@@ -52,6 +52,10 @@ class SwitchableStore:
         self._check()
         return self.store.change_seq()
 
+    def change_state(self) -> object:
+        self._check()
+        return self.store.change_state()
+
     def snapshot(self, now_ms: int, since: int = 0) -> Any:
         self._check()
         return self.store.snapshot(now_ms, since)

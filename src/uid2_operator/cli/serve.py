@@ -616,13 +616,17 @@ class _Upkeep:
         self._serve = serve
         self._key_coverage = key_coverage
         self._wall_ms = SystemClock().now_ms if wall_ms is None else wall_ms
-        self._seen_seq: int | None = None
+        self._seen_state: object = None
+        """The store's state (``Store.change_state``) when ``initialise`` last ran (None:
+        never)."""
         self._next_rotation = time.monotonic() + serve.key_rotation_interval_s
         self._next_poll = 0.0
         self._coverage: Coverage | None = None
         """When every enabled keyset has an active key, as last read (None: not known)."""
-        self._coverage_seq: int | None = None
-        """The change sequence ``_coverage`` was read at (None: read it at the next poll)."""
+        self._coverage_state: object = None
+        """The store's state (``Store.change_state``: its change sequence and that sequence's mark)
+        ``_coverage`` was read at (None: read it at the next poll). The mark tells a store
+        restored and written back to the same sequence from the one read."""
         self._last_turn: tuple[float, int] | None = None
         """The monotonic clock (s) and the time of day (ms) at the last turn."""
         self._rotate_now: str | None = None
@@ -668,10 +672,10 @@ class _Upkeep:
         """Read the coverage again when the store changed since it was read (or it is due)."""
 
         def read() -> None:
-            seq = self._services.store.change_seq()
-            if seq != self._coverage_seq:
+            state = self._services.store.change_state()
+            if state != self._coverage_state:
                 self._coverage = reader(self._wall_ms())
-                self._coverage_seq = seq
+                self._coverage_state = state
 
         self._run_step(self._COVERAGE, read)
 
@@ -686,7 +690,7 @@ class _Upkeep:
             self._rotate_now = None
             # The coverage read before is stale now, whether the run changed anything or not:
             # the next poll reads it again, and until then it asks for no run.
-            self._coverage, self._coverage_seq = None, None
+            self._coverage, self._coverage_state = None, None
 
     def _watch_clocks(self, now: float, wall: int) -> None:
         """Ask for a rotation at once when the time of day moved more than ``_CLOCK_JUMP_S``
@@ -700,17 +704,17 @@ class _Upkeep:
                 f"the time of day moved {drift_s:+.0f} s against the monotonic clock since "
                 "the last look (a host suspended, a VM paused, the date set)"
             )
-            self._coverage_seq = None  # read it again at the next poll, at the new time
+            self._coverage_state = None  # read it again at the next poll, at the new time
 
     def _initialise(self) -> None:
-        seq = self._services.store.change_seq()
-        if seq != self._seen_seq:
+        state = self._services.store.change_state()
+        if state != self._seen_state:
             # New participants get their default keyset (and its first key) here. What counts
-            # as seen is the sequence read before: a change committed while initialise ran (a
+            # as seen is the state read before: a change committed while initialise ran (a
             # participant created elsewhere) moves it past that, so the next poll looks again;
             # initialise's own commit costs one more pass that finds nothing to do.
             self._material.initialise()
-            self._seen_seq = seq
+            self._seen_state = state
 
     def _failed(self, step: str, exc: Exception) -> None:
         """Log a step's failure when it starts or its message changes (a store out of reach

@@ -238,8 +238,9 @@ class Loaded:
 
     @property
     def state(self) -> object:
-        """What a poll compares with the store's own (``store_state``): the change sequence it
-        was read at, with that sequence's mark when it has one."""
+        """What a poll compares with the store's own (``Store.change_state``): the change
+        sequence it was read at with that sequence's mark (the sequence alone for a snapshot not
+        built by ``load_snapshot``)."""
         seq = self.snapshot.change_seq
         return seq if self.mark is None else (seq, self.mark)
 
@@ -312,12 +313,3 @@ def _continues(rx: ReadTx, previous: Loaded) -> bool:
     if previous.mark is None or previous.credentials is None:
         return False
     return rx.mark_of(previous.credentials.cursor) == previous.mark
-
-
-def store_state(store: Store) -> object:
-    """The store's change sequence with its mark, in one read: what a poll compares with
-    ``Loaded.state`` (a different value means a reload is due)."""
-    with store.read() as rx:
-        seq = rx.change_seq()
-        mark = rx.mark_of(seq)
-    return seq if mark is None else (seq, mark)

@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Loaded | None, int], Loaded]
 """``(previous, generation) -> Loaded``: reads the store and builds a snapshot."""
 ChangeSeq = Callable[[], object]
-"""The store's state as one cheap read gives it (``snapshot_loader.store_state``): when it
+"""The store's state as one cheap read gives it (``Store.change_state``): when it
 differs from the loaded snapshot's (``Loaded.state``), a reload is due."""
 
 

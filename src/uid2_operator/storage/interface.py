@@ -793,6 +793,13 @@ class Store(Protocol):
         """The current change sequence: one cheap read, meant for frequent polling."""
         ...
 
+    def change_state(self) -> object:
+        """The current change sequence with its mark (``ReadTx.mark_of``), in one read, as a
+        value to compare with one read earlier: unequal when the store moved on, and when it
+        is another store at the same sequence (restored from a backup and written back to it).
+        One cheap read, meant for frequent polling."""
+        ...
+
     def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         """Participants, keys and live secrets with the change sequence they correspond to; with
         ``since`` above 0, only those written after that change sequence (``Snapshot``)."""

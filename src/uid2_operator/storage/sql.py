@@ -1607,6 +1607,12 @@ class SqlStore:
         with self.read() as tx:
             return _change_seq(tx)
 
+    def change_state(self) -> object:
+        with self.read() as tx:
+            seq = _change_seq(tx)
+            mark = _mark_of(tx, seq)
+        return seq if mark is None else (seq, mark)  # as ``Loaded.state`` gives it
+
     def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         with self.read() as tx:
             seq = _change_seq(tx)

@@ -42,12 +42,16 @@ def _driver_error() -> OperationalError:
 class _Store:
     def __init__(self) -> None:
         self.seq = 1
+        self.mark = b"first"
         self.down = False
 
     def change_seq(self) -> int:
         if self.down:
             raise StoreUnavailable("The store at sqlite:///test is unavailable: switched off")
         return self.seq
+
+    def change_state(self) -> object:
+        return (self.change_seq(), self.mark)
 
 
 class _Material:
@@ -72,16 +76,22 @@ class _Material:
 
 
 class _World:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, coverage: bool = False) -> None:
         self.now = 1000.0
         monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: self.now))
         self.store = _Store()
         self.material = _Material()
+        self.coverage_reads = 0
         self.upkeep = serve._Upkeep(
             SimpleNamespace(store=self.store),
             self.material,
             ServeSettings(poll_interval_s=1.0, key_rotation_interval_s=ROTATION_EVERY_S),
+            key_coverage=self._coverage if coverage else None,
         )
+
+    def _coverage(self, wall_ms: int) -> Any:
+        self.coverage_reads += 1
+        return SimpleNamespace(covers=lambda wall: True)
 
     def run_for(self, seconds: int) -> None:
         """Tick once a second, as serve's loop would (more often, in fact) for ``seconds``."""
@@ -136,6 +146,21 @@ def test_a_failing_initialise_is_logged_once_and_does_not_stop_the_key_rotation(
     ]
     assert world.material.initialised == 1  # once: the change sequence did not move since
     assert world.material.rotations == 8
+
+
+def test_a_store_restored_and_written_back_to_the_same_sequence_is_looked_at_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The participants written after the restore need their keysets, though the sequence is
+    # the one the upkeep saw: the commit behind it (its mark) is another.
+    world = _World(monkeypatch, coverage=True)
+    world.run_for(1)
+    assert (world.material.initialised, world.coverage_reads) == (1, 1)
+    world.run_for(1)
+    assert (world.material.initialised, world.coverage_reads) == (1, 1)  # nothing moved
+    world.store.mark = b"written after a restore"
+    world.run_for(1)  # before the rotation (every 3 s), which reads the coverage again anyway
+    assert (world.material.initialised, world.coverage_reads) == (2, 2)
 
 
 def test_a_failing_rotation_is_logged_once_and_does_not_stop_new_participant_keysets(

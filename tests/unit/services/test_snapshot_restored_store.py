@@ -21,7 +21,7 @@ from service_fixtures import ACTOR, load_local_snapshot
 from uid2_operator.clock import FixedClock
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.material import MaterialService
-from uid2_operator.services.snapshot_loader import Loaded, store_state
+from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.storage import SqlStore
 
 
@@ -49,7 +49,7 @@ class Worker:
     def poll(self) -> bool:
         """What a worker's poll does: reload when the store's state is not the loaded one's,
         then check the result against a load from nothing."""
-        if store_state(self.store) == self.loaded.state:
+        if self.store.change_state() == self.loaded.state:
             return False
         self.loaded = load_local_snapshot(self.store, self.material, self.clock, self.loaded)
         fresh = load_local_snapshot(self.store, self.material, self.clock)

@@ -69,7 +69,9 @@ def store_loader(store: SqlStore, material: MaterialService, clock: FixedClock) 
 
 def wired(store: SqlStore, clock: FixedClock, load: Load) -> tuple[SnapshotSource, WriteBehind]:
     """A source and a write-behind wired as ``serve`` wires them, the first snapshot loaded."""
-    source = SnapshotSource(load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=60)
+    source = SnapshotSource(
+        load, store.change_state, clock, poll_interval_s=1, max_snapshot_age_s=60
+    )
     writer = WriteBehind(
         store,
         clock,

@@ -441,6 +441,9 @@ class NoSnapshotStore:
     def change_seq(self) -> int:
         return 0
 
+    def change_state(self) -> object:
+        return 0
+
     def close(self) -> None:
         pass
 

@@ -38,7 +38,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -52,12 +51,7 @@ from uid2_operator.domain.sealing import KeyringSource
 from uid2_operator.errors import MethodNotAllowed, NotFound
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
-from uid2_operator.services.snapshot_loader import (
-    Loaded,
-    load_snapshot,
-    operator_identity,
-    store_state,
-)
+from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import PENDING_OPTOUTS_DIR, WriteBehind
 from uid2_operator.settings import Settings
@@ -331,7 +325,7 @@ def build_worker(
 
     source = SnapshotSource(
         load,
-        partial(store_state, db),
+        db.change_state,
         now,
         poll_interval_s=serve.poll_interval_s,
         max_snapshot_age_s=serve.max_snapshot_age_s,
