@@ -136,7 +136,7 @@ def test_a_refused_prod_init_leaves_the_directory_free_for_another_environment(
 ) -> None:
     cli = Cli(database)
     refused = cli("init", "--environment", "prod")
-    _refused(refused, "prod needs a provisioned one")
+    _refused(refused, "prod needs a provisioned one, in the data directory's keyring.json")
     assert "run init to create one" not in refused.output
     assert not (database.data_dir / "environment").exists()
     assert cli("init", "--environment", "local").exit_code == 0

@@ -41,10 +41,11 @@ def init(environment: str | None, as_json: bool) -> None:
     """Prepare the data directory, keyring, database and encryption material; safe to run again.
 
     The first run prints a bootstrap admin token (SUPER_USER) once. Outside prod it also creates a
-    development keyring (mode 0600); prod needs a provisioned keyring (UID2_KEYRING or
-    UID2_KEYRING_FILE). The encryption material (master, refresh and site keysets with their
-    keys, the salt table of UID2_SALT_BUCKETS buckets and the first-level salt) is created as
-    ``serve`` would create it; a rerun creates only what is missing.
+    development keyring (mode 0600); prod needs a provisioned keyring (keyring.json in the data
+    directory, UID2_KEYRING or UID2_KEYRING_FILE). The encryption material (master, refresh and
+    site keysets with their keys, the salt table of UID2_SALT_BUCKETS buckets and the
+    first-level salt) is created as ``serve`` would create it; a rerun creates only what is
+    missing.
 
     The database records the environment too: a new data directory on a database another one
     initialised adopts it (unless --environment or UID2_ENVIRONMENT names one, which must

@@ -421,8 +421,9 @@ def require_keyring(keyring: Keyring | None, environment: Environment) -> Keyrin
     if keyring is None:
         if environment is Environment.PROD:
             raise KeyringMissing(
-                "No keyring: prod needs a provisioned one, given as UID2_KEYRING or "
-                "UID2_KEYRING_FILE (init never creates one in prod)"
+                "No keyring: prod needs a provisioned one, in the data directory's keyring.json "
+                "(mode 0600) or given as UID2_KEYRING or UID2_KEYRING_FILE; init never creates "
+                "one in prod (its format: docs/credentials.md, The keyring)"
             )
         raise KeyringMissing(
             "No keyring: set UID2_KEYRING or UID2_KEYRING_FILE, or run init to create one"
