@@ -85,7 +85,7 @@ from uid2_operator.wire.raw_uid import (
     bucket_index,
     current_raw_uid,
 )
-from uid2_operator.wire.scope import IdentityScope
+from uid2_operator.wire.scope import IdentityScope, IdentityType
 
 logger = logging.getLogger(__name__)
 
@@ -655,6 +655,7 @@ class MaterialService:
                 flh = identity_first_level_hash(input_kind, value, first_level_salt)
             except IdentityInputError:
                 raise InvalidInput(f"Invalid {input_kind.value}") from None
+            _refuse_builtin(input_kind.identity_type, flh, first_level_salt, input_kind.value)
             index = bucket_index(flh, header.bucket_count)
             sealed = tx.salts.get_chunk(index // header.chunk_size)
             if sealed is None:
@@ -747,6 +748,24 @@ class MaterialService:
             optout_cursor=changes.cursor,
             optouts_read=len(changes.records),
         )
+
+
+def _refuse_builtin(kind: IdentityType, flh: bytes, first_level_salt: str, field: str) -> None:
+    """Refuse an opt-out for one of the built-in test identities (operator-api §7.3), whose
+    opt-out state is fixed: recorded, it would change nothing the operator answers, though the
+    command would report it done."""
+    builtins = builtin_identities(first_level_salt)
+    identity = (kind, flh)
+    for fixed, state in (
+        (builtins.always, "always opted out"),
+        (builtins.at_refresh, "opted out at refresh only"),
+        (builtins.never, "never opted out"),
+    ):
+        if identity in fixed:
+            raise InvalidInput(
+                f"This {field} is a built-in test identity, {state} whatever is recorded: an "
+                "opt-out for it would change nothing"
+            )
 
 
 class _TxKeysets:

@@ -353,6 +353,33 @@ def test_a_repeated_optout_moves_its_time_forward(
     assert [r.timestamp_ms for r in material.load_material().optouts] == [clock.now_ms()]
 
 
+@pytest.mark.parametrize(
+    ("kind", "value", "state"),
+    [
+        ("email", "validate@example.com", "never opted out"),
+        ("phone", "+12345678901", "never opted out"),
+        ("email", " OptOut@Example.com", "always opted out"),  # normalised as requests are
+        ("phone", "+00000000000", "always opted out"),
+        ("email", "refresh-optout@example.com", "opted out at refresh only"),
+        ("phone_hash", hash_identity("+00000000002").hex(), "opted out at refresh only"),
+    ],
+)
+def test_an_optout_for_a_built_in_test_identity_is_refused_recording_nothing(
+    material: MaterialService, store: SqlStore, kind: str, value: str, state: str
+) -> None:
+    material.initialise()
+    before = actions(store)
+    with pytest.raises(InvalidInput) as refused:
+        material.add_optout(kind, value)
+    assert refused.value.detail == (
+        f"This {kind} is a built-in test identity, {state} whatever is recorded: an opt-out for "
+        "it would change nothing"
+    )
+    assert value not in refused.value.detail
+    assert len(material.load_material().optouts) == 0
+    assert actions(store) == before
+
+
 def test_optouts_by_hash_match_optouts_by_value(material: MaterialService) -> None:
     material.initialise()
     digest = hash_identity("+12025550123")
