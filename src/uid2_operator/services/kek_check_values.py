@@ -9,7 +9,9 @@ of its own (one copied from another instance, say) makes it known with its first
 not at the next start of some process. The seal and the record commit together or not at all, so
 another instance that later adds a different key under that number is refused
 (``compare_kek_check_values``) instead of sealing what this one cannot open, and this one never
-seals under a number the store could still give to another key.
+seals under a number the store could still give to another key. Nor under a version another
+instance dropped (``refuse_dropped_active_version``): a keyring file not yet replaced by the
+dropping instance's would seal what no up-to-date instance can open.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from uid2_operator.domain.sealing import (
     KeyringSource,
     compare_kek_check_values,
 )
+from uid2_operator.errors import KeyringError
 from uid2_operator.storage.interface import Tx
 
 
@@ -37,7 +40,23 @@ def recorded_keyring(tx: Tx, source: KeyringSource, *, then: str = RUN_AGAIN) ->
     recorded = tx.deployment.kek_check_values()
     keyring = source.latest(recorded)
     unrecorded = compare_kek_check_values(keyring, recorded, then=then)
+    refuse_dropped_active_version(keyring, tx.deployment.dropped_kek_versions(), then=then)
     if unrecorded:
         # The write lock is held since the read above: no other writer recorded these since.
         tx.deployment.record_kek_check_values(unrecorded)
     return keyring
+
+
+def refuse_dropped_active_version(
+    keyring: Keyring, dropped: frozenset[int], *, then: str = RUN_AGAIN
+) -> None:
+    """Refuse (``KeyringError``) a keyring whose active version another instance dropped
+    (``keyring drop-version``, recorded in the store): this file was not replaced by the
+    dropping instance's, and what it sealed now no up-to-date instance could open."""
+    if keyring.active_version in dropped:
+        version = keyring.active_version
+        raise KeyringError(
+            f"This keyring's active key-encryption key version {version} was dropped from the "
+            "keyring of another instance of this database: copy that instance's keyring file "
+            f"here (over this one), {then}"
+        )

@@ -89,7 +89,10 @@ from uid2_operator.domain.sealing import (
 from uid2_operator.errors import InvalidInput, KeyringError, StoreError
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
-from uid2_operator.services.kek_check_values import recorded_keyring
+from uid2_operator.services.kek_check_values import (
+    recorded_keyring,
+    refuse_dropped_active_version,
+)
 from uid2_operator.storage.interface import KekVersionCounts, ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
 
@@ -477,6 +480,7 @@ class KeyringRotationService:
                     f"with active_kek_version {version}, restart, then run {RESEAL_COMMAND}"
                 )
             updated = activate_kek_version(keyring, version)
+            refuse_dropped_active_version(updated, tx.deployment.dropped_kek_versions())
             # What is sealed from now on goes under ``version``: recorded with this change.
             tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
             record_event(
@@ -653,6 +657,7 @@ class KeyringRotationService:
             if not self._holder.writable:
                 raise _unwritable(f"without version {version}, then restart")
             updated = drop_kek_version(keyring, version)
+            tx.deployment.record_dropped_kek_version(version, now)
             dropped = {"kek_version": version}
             change = self._save_change(
                 tx,

@@ -626,6 +626,11 @@ class DeploymentReader(Protocol):
         by this version)."""
         ...
 
+    def dropped_kek_versions(self) -> frozenset[int]:
+        """The key-encryption key versions ``keyring drop-version`` dropped
+        (``record_dropped_kek_version``)."""
+        ...
+
 
 class DeploymentRepository(DeploymentReader, Protocol):
     def reserve_kek_version(self, version: int) -> int:
@@ -635,6 +640,11 @@ class DeploymentRepository(DeploymentReader, Protocol):
 
         Not a control-plane change: it does not move the change sequence (no snapshot reads it).
         """
+        ...
+
+    def record_dropped_kek_version(self, version: int, at_ms: int) -> None:
+        """Records that ``version`` was dropped from a keyring at ``at_ms`` (once; again is a
+        no-op). Not a control-plane change: it moves no change sequence."""
         ...
 
     def record_kek_check_values(self, values: Mapping[int, int]) -> Mapping[int, int]:

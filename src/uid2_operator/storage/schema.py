@@ -88,6 +88,12 @@ stays when its version is dropped, so the number cannot come back with another k
 spells one (``kek_check_07``, say) is not one of these rows."""
 
 
+KEK_DROPPED_PREFIX = "kek_dropped_"
+"""The ``store_meta`` rows ``kek_dropped_<N>`` (value: when, epoch ms) for each key-encryption
+key version ``keyring drop-version`` dropped: a keyring file still holding it as its active
+version (one not yet replaced by the dropping instance's) must seal nothing under it, which
+no up-to-date instance could open."""
+
 PEPPER_CHECK_NAME = "pepper_check"
 """The ``store_meta`` row holding the check value of the keyring's pepper
 (``domain.sealing.pepper_check_value``), recorded and compared as the KEK versions' are: read

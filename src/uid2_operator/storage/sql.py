@@ -1464,6 +1464,22 @@ class _Deployment:
         conn.execute(update(t.store_meta).where(m.name == t.KEK_VERSION_MAX).values(value=version))
         return version
 
+    def dropped_kek_versions(self) -> frozenset[int]:
+        m = t.store_meta.c
+        rows = self._u.conn.execute(
+            select(m.name).where(m.name.startswith(t.KEK_DROPPED_PREFIX, autoescape=True))
+        )
+        suffixes = (name[len(t.KEK_DROPPED_PREFIX) :] for (name,) in rows)
+        return frozenset(int(s) for s in suffixes if s.isascii() and s.isdigit())
+
+    def record_dropped_kek_version(self, version: int, at_ms: int) -> None:
+        if not _is_whole(version) or not 0 < version <= _BIGINT_MAX:
+            raise StoreError("A key-encryption key version must be a positive whole number")
+        conn = self._u.writing(control_plane=False)
+        if version not in self.dropped_kek_versions():
+            name = f"{t.KEK_DROPPED_PREFIX}{version}"
+            conn.execute(insert(t.store_meta).values(name=name, value=at_ms))
+
     def kek_check_values(self) -> dict[int, int]:
         m = t.store_meta.c
         rows = self._u.conn.execute(
