@@ -396,7 +396,11 @@ class KeyringRotationService:
         keyring holding another key under a version the store records a check value for; while
         items are sealed under a version the keyring lacks (as ``activate_version``: another
         keyring file is ahead of this one, and a version added to this one, active or not, only
-        widens the drift); and when the new number would be above ``MAX_KEK_VERSION``."""
+        widens the drift); and when the new number would be above ``MAX_KEK_VERSION``. A
+        keyring from the environment cannot be written (InvalidInput, saying what to provision
+        there): the number it names is reserved all the same, so that another keyring file's
+        ``add_version`` never gives it out again with another key."""
+        unwritable: InvalidInput | None = None
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
@@ -411,29 +415,34 @@ class KeyringRotationService:
             )
             reserved = tx.deployment.highest_kek_version()
             version = next_kek_version(max((*keyring.versions, *inventory, reserved, *recorded)))
+            # Taken for good, even if this version is dropped later or never provisioned: under
+            # the write lock, so another keyring file adding a version next is numbered above it.
+            tx.deployment.reserve_kek_version(version)
             if not self._holder.writable:
                 then = (
                     f"as active_kek_version, restart, then run {RESEAL_COMMAND}"
                     if activate
                     else f"keeping active_kek_version {keyring.active_version}, then restart"
                 )
-                raise _unwritable(f"with version {version} added (32 random bytes, base64) {then}")
-            updated = add_kek_version(keyring, self._random, version=version, activate=activate)
-            # Taken for good, even if this version is dropped later: under the write lock, so
-            # another keyring file adding a version next is numbered above it.
-            tx.deployment.reserve_kek_version(version)
-            tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
-            added = {"kek_version": version} | ({} if activate else {"active": False})
-            change = self._save_change(
-                tx,
-                actor,
-                now,
-                updated,
-                version,
-                action=ADD_VERSION_ACTION,
-                before=None,
-                after=added,
-            )
+                unwritable = _unwritable(
+                    f"with version {version} added (32 random bytes, base64) {then}"
+                )
+            else:
+                updated = add_kek_version(keyring, self._random, version=version, activate=activate)
+                tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
+                added = {"kek_version": version} | ({} if activate else {"active": False})
+                change = self._save_change(
+                    tx,
+                    actor,
+                    now,
+                    updated,
+                    version,
+                    action=ADD_VERSION_ACTION,
+                    before=None,
+                    after=added,
+                )
+        if unwritable is not None:  # raised once the reservation has committed
+            raise unwritable
         logger.info(
             "keyring version added version=%d active=%s actor=%s",
             version,

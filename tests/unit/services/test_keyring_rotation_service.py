@@ -641,6 +641,12 @@ def test_a_keyring_from_the_environment_is_never_written(
         "then run uid2-operator keyring reseal"
     )
     assert _stored(store) == stored
+    # The number it names is reserved: no other keyring file's add-version gives it out again
+    # with another key before the one provisioned by hand is first used.
+    with store.read() as rx:
+        assert rx.deployment.highest_kek_version() == 2
+    with pytest.raises(InvalidInput, match="with version 3 added"):
+        rotation.add_version(ACTOR)
 
     # Provisioned by hand: re-sealing writes only the store, so it works; dropping does not.
     holder.keyring = Keyring({1: KEK_1, 2: KEK_2}, 2, PEPPER)
