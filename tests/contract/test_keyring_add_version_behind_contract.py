@@ -17,50 +17,18 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_data_dir import DataDir
 
-from uid2_operator.cli import main
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.storage import open_store
 
-ENV: dict[str, str | None] = {
-    "UID2_SALT_BUCKETS": "1024",
-    # Settings the surrounding shell may carry; every run starts without them.
-    "UID2_ENVIRONMENT": None,
-    "UID2_KEYRING": None,
-    "UID2_KEYRING_FILE": None,
-    "UID2_DATABASE_URL": None,
-}
 BEHIND = (
     "Error: Items are sealed under key-encryption key versions the keyring lacks (version 2: "
     "1 item (client_secrets 1)), so another keyring file is ahead of this one; copy it over "
     "this one, then add the version\n"
 )
-
-
-@dataclass(frozen=True)
-class DataDir:
-    """One data directory over the shared database, driven through the command line."""
-
-    path: Path
-    url: str
-
-    @property
-    def keyring_path(self) -> Path:
-        return self.path / "keyring.json"
-
-    def run(self, *args: str, status: int = 0) -> Result:
-        full = ["--data-dir", str(self.path), "--database-url", self.url, *args]
-        result = CliRunner().invoke(main, full, env=ENV, catch_exceptions=False)
-        assert result.exit_code == status, (args, result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def ok(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
 
 
 @dataclass(frozen=True)

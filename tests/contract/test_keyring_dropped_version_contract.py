@@ -12,48 +12,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_data_dir import DataDir
 
-from uid2_operator.cli import main
 from uid2_operator.storage import open_store
 
-ENV: dict[str, str | None] = {
-    "UID2_SALT_BUCKETS": "1024",
-    "UID2_ENVIRONMENT": None,
-    "UID2_KEYRING": None,
-    "UID2_KEYRING_FILE": None,
-    "UID2_DATABASE_URL": None,
-}
 DROPPED = (
     "This keyring's active key-encryption key version 1 was dropped from the keyring of another "
     "instance of this database: copy that instance's keyring file here (over this one), then "
     "run the command again"
 )
-
-
-@dataclass(frozen=True)
-class DataDir:
-    path: Path
-    url: str
-
-    @property
-    def keyring_path(self) -> Path:
-        return self.path / "keyring.json"
-
-    def run(self, *args: str, status: int = 0) -> Result:
-        full = ["--data-dir", str(self.path), "--database-url", self.url, *args]
-        result = CliRunner().invoke(main, full, env=ENV, catch_exceptions=False)
-        assert result.exit_code == status, (args, result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def ok(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
 
 
 def _state(url: str) -> tuple[object, ...]:
