@@ -272,12 +272,13 @@ def test_a_keyring_from_the_environment_is_refused_with_what_to_provision(
     env = {"UID2_KEYRING": ring}
     status = _json(run("keyring", "status", "--json", env=env))
     assert status["source"] == "environment"
-    for args in (["add-version"], ["add-version", "--json"]):
+    # Each refusal reserves the number it names, so that no keyring file is given it again.
+    for version, args in ((2, ["add-version"]), (3, ["add-version", "--json"])):
         result = run("keyring", *args, env=env)
         assert result.exit_code == 2
         assert result.stderr == (
             "Error: The keyring comes from UID2_KEYRING and cannot be written here: provision "
-            "keyring JSON there with version 2 added (32 random bytes, base64) as "
+            f"keyring JSON there with version {version} added (32 random bytes, base64) as "
             "active_kek_version, restart, then run uid2-operator keyring reseal\n"
         )
     assert json.loads(result.stdout)["error"]["code"] == "invalid_input"
