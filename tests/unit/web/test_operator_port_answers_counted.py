@@ -119,25 +119,42 @@ def test_metrics_with_another_method_are_counted_as_405(tmp_path: Path, method: 
     assert _counts(server) == {(METRICS, "", 405): 1}
 
 
+PREFLIGHT = [(b"origin", b"https://publisher.example"), (b"access-control-request-method", b"POST")]
+"""What makes an OPTIONS a CORS pre-flight: an Origin and the method it asks for."""
+
+
 @pytest.mark.parametrize(
     ("path", "endpoint"),
     [(GENERATE, GENERATE), (HEALTH, HEALTH), (METRICS + "/", "other"), ("/wp-login.php", "other")],
 )
-@pytest.mark.parametrize("origin", [None, b"https://publisher.example"])
 def test_a_cors_preflight_is_counted_under_the_route_preflighted(
-    tmp_path: Path, path: str, endpoint: str, origin: bytes | None
+    tmp_path: Path, path: str, endpoint: str
 ) -> None:
     server = worker_without_snapshot(tmp_path)
-    headers = [] if origin is None else [(b"origin", origin)]
-    assert _call(server, "OPTIONS", path, headers=headers)[0] == 204
+    assert _call(server, "OPTIONS", path, headers=PREFLIGHT)[0] == 204
     assert _counts(server) == {(endpoint, "", 204): 1}
     assert _observations(server, endpoint)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "endpoint"),
+    [(GENERATE, 405, GENERATE), (HEALTH, 405, HEALTH), ("/wp-login.php", 404, "other")],
+)
+@pytest.mark.parametrize(
+    "headers", [[], [(b"origin", b"https://publisher.example")], PREFLIGHT[1:]]
+)
+def test_an_options_that_is_no_preflight_is_routed_as_any_request(
+    tmp_path: Path, path: str, status: int, endpoint: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    server = worker_without_snapshot(tmp_path)
+    assert _call(server, "OPTIONS", path, headers=headers)[0] == status
+    assert _counts(server) == {(endpoint, "", status): 1}
 
 
 def test_unknown_paths_stay_other(tmp_path: Path) -> None:
     server = worker_without_snapshot(tmp_path)
     for index in range(5):
-        _call(server, "OPTIONS", f"/probe-{index}")
+        _call(server, "OPTIONS", f"/probe-{index}", headers=PREFLIGHT)
         _call(server, "GET", f"/probe-{index}")
     assert _counts(server) == {("other", "", 204): 5, ("other", "", 404): 5}
 
@@ -145,7 +162,7 @@ def test_unknown_paths_stay_other(tmp_path: Path) -> None:
 def test_with_a_metrics_listener_only_the_operator_port_is_counted(tmp_path: Path) -> None:
     server = worker_without_snapshot(tmp_path, METRICS_PORT)
     assert _call(server, "GET", HEALTH)[0] == 503
-    assert _call(server, "OPTIONS", GENERATE)[0] == 204
+    assert _call(server, "OPTIONS", GENERATE, headers=PREFLIGHT)[0] == 204
     assert _call(server, "GET", METRICS)[0] == 404  # an unknown path on the operator port
     assert _call(server, "GET", METRICS, port=METRICS_PORT)[0] == 200
     assert _call(server, "OPTIONS", GENERATE, port=METRICS_PORT)[0] == 404
@@ -169,7 +186,8 @@ def test_the_time_taken_includes_sending_the_answer(
     tmp_path: Path, method: str, path: str, status: int
 ) -> None:
     server = worker_without_snapshot(tmp_path)
-    assert _call(server, method, path, send_delay_s=SLOW_SEND_S)[0] == status
+    headers = PREFLIGHT if method == "OPTIONS" else []
+    assert _call(server, method, path, headers=headers, send_delay_s=SLOW_SEND_S)[0] == status
     count, seconds = _observations(server, path)
     assert count == 1
     assert seconds >= 2 * SLOW_SEND_S  # the start of the answer and its body

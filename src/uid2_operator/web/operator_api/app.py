@@ -149,6 +149,7 @@ _CONTENT_LENGTH: Final = b"content-length"
 _AUTHORIZATION: Final = b"authorization"
 _ORIGIN: Final = b"origin"
 _TRACE_ID: Final = b"x-amzn-trace-id"
+_PREFLIGHT_METHOD: Final = b"access-control-request-method"
 _TEXT_TYPE: Final = (_CONTENT_TYPE, TEXT)
 _JSON_TYPE: Final = (_CONTENT_TYPE, JSON)
 _OCTET_TYPE: Final = (_CONTENT_TYPE, OCTET_STREAM.encode())
@@ -508,8 +509,10 @@ class OperatorApi:
         headers: Headers = scope["headers"]
         fields = _fields(headers)
         origin = _text(fields, _ORIGIN)
-        if method == "OPTIONS":
-            await _respond(send, 204, b"", [] if origin is None else _cors(origin, path, True))
+        if method == "OPTIONS" and origin is not None and _PREFLIGHT_METHOD in fields:
+            # A CORS pre-flight, on any path. Another OPTIONS is routed as any request is (405
+            # on a route, 404 elsewhere), as the reference's CORS handler passes it on.
+            await _respond(send, 204, b"", _cors(origin, path, True))
             if observer is not None:  # counted under the pre-flighted route (or ``other``)
                 status = scope.get(REFUSED_SCOPE, 204)
                 observer(path, None, status, time.perf_counter() - started)
