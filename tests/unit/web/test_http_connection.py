@@ -683,7 +683,9 @@ def test_queued_requests_are_bounded_by_their_header_fields_too() -> None:
         queued = [len(cycle.scope["headers"]) for cycle, _ in connection.pipeline]
         assert sum(queued) <= LIMITS.max_head_bytes // 4 + PARSE_SLICE_BYTES // 4 + fields
         assert len(queued) < 20
-        assert connection._held
+        # The rest waits: held unparsed when a read went past the full queue, else in the
+        # kernel, reading paused (a read that ended on a request's end before the queue filled).
+        assert connection._held or connection.flow.read_paused
         buffered = bytearray()
         answers = [read_response(sock, buffered) for _ in range(21)]
     assert {a.status for a in answers} == {200}
