@@ -22,14 +22,14 @@ from uid2_operator.domain.credentials import (
     KeyState,
     SealedSecret,
     authenticate,
+    is_expired,
+    is_retired,
     issue_api_key,
 )
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import MintedCredential, mint_api_key
 from uid2_operator.domain.lifecycle import (
     DAY_MS,
-    is_expired,
-    is_retired,
     retire_now,
     rotate_key,
     rotate_secret,

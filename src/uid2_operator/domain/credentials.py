@@ -154,6 +154,22 @@ def _key_hash(key: ApiKey) -> bytes:
     return key.key_hash
 
 
+def is_expired(key: ApiKey, now_ms: int) -> bool:
+    return key.expires_at_ms is not None and key.expires_at_ms <= now_ms
+
+
+def is_retired(key: ApiKey, now_ms: int) -> bool:
+    return key.retires_at_ms is not None and key.retires_at_ms <= now_ms
+
+
+def key_usable(key: ApiKey, now_ms: int) -> bool:
+    """Whether the key itself passes ``authenticate`` at ``now_ms``: active, neither expired
+    nor retired (its participant is checked there too)."""
+    return (
+        key.state is KeyState.ACTIVE and not is_expired(key, now_ms) and not is_retired(key, now_ms)
+    )
+
+
 def authenticate(key: ApiKey, participant: Participant, now_ms: int) -> Decision:
     """May this (hash-verified) key be used at ``now_ms``? Checks the participant too."""
     checks = (
@@ -161,8 +177,8 @@ def authenticate(key: ApiKey, participant: Participant, now_ms: int) -> Decision
         (key.state is KeyState.REVOKED, DenyReason.KEY_REVOKED),
         (key.state is KeyState.DISABLED, DenyReason.KEY_DISABLED),
         (not participant.enabled, DenyReason.PARTICIPANT_DISABLED),
-        (key.expires_at_ms is not None and key.expires_at_ms <= now_ms, DenyReason.KEY_EXPIRED),
-        (key.retires_at_ms is not None and key.retires_at_ms <= now_ms, DenyReason.KEY_RETIRED),
+        (is_expired(key, now_ms), DenyReason.KEY_EXPIRED),
+        (is_retired(key, now_ms), DenyReason.KEY_RETIRED),
     )
     for failed, reason in checks:
         if failed:

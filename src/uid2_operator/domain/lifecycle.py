@@ -27,6 +27,8 @@ from uid2_operator.domain.credentials import (
     ApiKey,
     KeyState,
     SealedSecret,
+    is_expired,
+    is_retired,
     validate_key_roles,
 )
 from uid2_operator.domain.key_format import CredentialKind, MintedCredential
@@ -215,14 +217,6 @@ def rotate_secret(
         if retires_at != secret.retires_at_ms:
             updates.append(replace(secret, retires_at_ms=retires_at))
     return SecretRotation(updates, max(retirements, default=None))
-
-
-def is_expired(key: ApiKey, now_ms: int) -> bool:
-    return key.expires_at_ms is not None and key.expires_at_ms <= now_ms
-
-
-def is_retired(key: ApiKey, now_ms: int) -> bool:
-    return key.retires_at_ms is not None and key.retires_at_ms <= now_ms
 
 
 def rotation_due(key: ApiKey, now_ms: int, policy_age_ms: int = DEFAULT_ROTATION_AGE_MS) -> bool:

@@ -40,6 +40,8 @@ from uid2_operator.domain.credentials import (
     accepted_secrets,
     authenticate,
     effective_roles,
+    is_expired,
+    is_retired,
     issue_api_key,
     verify_api_key,
 )
@@ -755,8 +757,8 @@ def _audit_targets_hidden(tx: ReadTx, actor: Actor) -> frozenset[str]:
 def _is_live(key: ApiKey, now_ms: int) -> bool:
     return (
         key.state is not KeyState.REVOKED
-        and not lifecycle.is_retired(key, now_ms)
-        and not lifecycle.is_expired(key, now_ms)
+        and not is_retired(key, now_ms)
+        and not is_expired(key, now_ms)
     )
 
 

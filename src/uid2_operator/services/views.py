@@ -14,13 +14,8 @@ from typing import Any, Generic, TypeVar
 
 from uid2_operator.domain.admin_tokens import AdminToken
 from uid2_operator.domain.audit import AuditEvent, ChainVerdict
-from uid2_operator.domain.credentials import ApiKey, KeyState
-from uid2_operator.domain.lifecycle import (
-    DEFAULT_ROTATION_AGE_MS,
-    is_expired,
-    is_retired,
-    rotation_due,
-)
+from uid2_operator.domain.credentials import ApiKey, key_usable
+from uid2_operator.domain.lifecycle import DEFAULT_ROTATION_AGE_MS, rotation_due
 from uid2_operator.domain.participants import Participant
 from uid2_operator.domain.roles import AdminRole, ClientRole
 
@@ -130,11 +125,7 @@ class KeyView:
             last_used_at_ms=key.last_used_at_ms,
             rotation_due=rotation_due(key, now_ms, rotation_age_ms),
             usage=dict(sorted((usage or {}).items())),
-            usable=(
-                key.state is KeyState.ACTIVE
-                and not is_expired(key, now_ms)
-                and not is_retired(key, now_ms)
-            ),
+            usable=key_usable(key, now_ms),
         )
 
     def to_json(self) -> JsonDict:

@@ -12,6 +12,9 @@ from uid2_operator.domain.credentials import (
     SealedSecret,
     accepted_secrets,
     authenticate,
+    is_expired,
+    is_retired,
+    key_usable,
 )
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import mint_admin_token, mint_api_key
@@ -23,8 +26,6 @@ from uid2_operator.domain.lifecycle import (
     TRANSITIONS,
     disable_key,
     enable_key,
-    is_expired,
-    is_retired,
     rename_key,
     retire_now,
     revoke_key,
@@ -292,3 +293,24 @@ def test_rotation_due_at_the_policy_age(make_key: MakeKey) -> None:
     assert not rotation_due(replace(key, state=KeyState.REVOKED), late)
     assert not rotation_due(replace(key, rotated_to="UID2-C-L-1001-next00"), late)
     assert rotation_due(replace(key, state=KeyState.DISABLED), late)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"state": KeyState.DISABLED},
+        {"state": KeyState.REVOKED},
+        {"expires_at_ms": T0 + 10},
+        {"expires_at_ms": T0 + 11},
+        {"retires_at_ms": T0 + 10},
+        {"retires_at_ms": T0 + 11},
+    ],
+)
+def test_a_key_is_usable_exactly_when_authenticate_allows_it_for_an_enabled_participant(
+    make_key: MakeKey, make_participant: Callable[..., Participant], change: dict[str, object]
+) -> None:
+    participant = make_participant()
+    _, key = make_key(participant=participant)
+    key = replace(key, **change)  # type: ignore[arg-type]
+    assert key_usable(key, T0 + 10) is (authenticate(key, participant, T0 + 10) == ALLOWED)
