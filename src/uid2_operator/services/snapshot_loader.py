@@ -63,7 +63,7 @@ from uid2_operator.services.snapshot import (
     Snapshot,
     build_snapshot,
 )
-from uid2_operator.storage.interface import ReadTx, Store
+from uid2_operator.storage.interface import ReadTx, Store, change_state
 from uid2_operator.storage.interface import Snapshot as StoredCredentials
 from uid2_operator.wire.raw_uid import IdentityEnvironment
 from uid2_operator.wire.scope import IdentityScope
@@ -241,8 +241,7 @@ class Loaded:
         """What a poll compares with the store's own (``Store.change_state``): the change
         sequence it was read at with that sequence's mark (the sequence alone for a snapshot not
         built by ``load_snapshot``)."""
-        seq = self.snapshot.change_seq
-        return seq if self.mark is None else (seq, self.mark)
+        return change_state(self.snapshot.change_seq, self.mark)
 
     def with_snapshot(self, snapshot: Snapshot) -> Loaded:
         """The same, serving ``snapshot`` (the snapshot with a worker's own opt-outs applied)."""
@@ -279,11 +278,10 @@ def load_snapshot(
     with store.one_read():
         with store.read() as rx:
             mark = rx.mark_of(rx.change_seq())
-            continued = previous is not None and _continues(rx, previous)
-        prior = previous.material if previous is not None and continued else None
-        prior_credentials = previous.credentials if previous is not None and continued else None
+            kept = previous if previous is not None and _continues(rx, previous) else None
+        prior_credentials = None if kept is None else kept.credentials
         credentials = read_credentials(store, ring, now_ms, prior_credentials)
-        loaded = read_material(material, prior, ring)
+        loaded = read_material(material, None if kept is None else kept.material, ring)
         client_side = read_client_side_state(store, ring, credentials.participants.values())
     snapshot = build_snapshot(
         generation=generation,

@@ -137,6 +137,12 @@ class Snapshot:
     secrets: tuple[SealedSecret, ...]
 
 
+def change_state(seq: int | None, mark: bytes | None) -> object:
+    """The value ``Store.change_state`` gives for a change sequence and its mark, and a loaded
+    snapshot is compared with: the pair, or the sequence alone when there is no mark."""
+    return seq if mark is None else (seq, mark)
+
+
 # ----------------------------------------------------------------------------- repositories
 
 

@@ -80,6 +80,7 @@ from uid2_operator.storage.interface import (
     Store,
     Tx,
     UsageEntry,
+    change_state,
 )
 from uid2_operator.storage.migrate import head_revision, revision_of
 
@@ -1627,7 +1628,7 @@ class SqlStore:
         with self.read() as tx:
             seq = _change_seq(tx)
             mark = _mark_of(tx, seq)
-        return seq if mark is None else (seq, mark)  # as ``Loaded.state`` gives it
+        return change_state(seq, mark)
 
     def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         with self.read() as tx:
