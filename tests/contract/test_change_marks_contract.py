@@ -7,13 +7,11 @@ has one to record."""
 from __future__ import annotations
 
 import pytest
-from alembic import command
+from migration_steps import downgrade_to
 from store_records import participant
 
-from uid2_operator.storage import SqlStore, current_revision, head_revision, open_store, upgrade
+from uid2_operator.storage import SqlStore, head_revision, open_store, upgrade
 from uid2_operator.storage import schema as t
-from uid2_operator.storage.engines import make_engine
-from uid2_operator.storage.migrate import _config
 
 T0 = 1_700_000_000_000
 
@@ -79,15 +77,7 @@ def test_the_upgrade_marks_the_sequence_the_store_is_at(store_url: str) -> None:
         seq = _add_site(store, 1001)
     finally:
         store.close()
-    engine, flavour = make_engine(store_url)
-    try:
-        with engine.connect() as conn:
-            flavour.begin_migration(conn)
-            command.downgrade(_config(conn), "0007")
-            conn.commit()
-    finally:
-        engine.dispose()
-    assert current_revision(store_url) == "0007"
+    downgrade_to(store_url, "0007")
     assert upgrade(store_url) == head_revision()
     store = open_store(store_url)
     try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from alembic import command
+from migration_steps import downgrade_to
 from store_records import api_key, participant
 
 from uid2_operator.domain.credentials import KeyState
-from uid2_operator.storage import SqlStore, current_revision, head_revision, open_store, upgrade
-from uid2_operator.storage.engines import make_engine
+from uid2_operator.storage import SqlStore, head_revision, open_store, upgrade
 from uid2_operator.storage.interface import SiteOrigins
-from uid2_operator.storage.migrate import _config
 
 T0 = 1_700_000_000_000
 KEY_A = "UID2-C-L-1001-abcDE1"
@@ -113,15 +111,7 @@ def test_the_upgrade_stamps_the_rows_stored_before_it(store_url: str) -> None:
         seq, _ = _seed(store)
     finally:
         store.close()
-    engine, flavour = make_engine(store_url)
-    try:
-        with engine.connect() as conn:
-            flavour.begin_migration(conn)
-            command.downgrade(_config(conn), "0006")  # the rows stay, without the column
-            conn.commit()
-    finally:
-        engine.dispose()
-    assert current_revision(store_url) == "0006"
+    downgrade_to(store_url, "0006")  # the rows stay, without the column
     assert upgrade(store_url) == head_revision()
     store = open_store(store_url)
     try:

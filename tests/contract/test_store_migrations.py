@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
+from migration_steps import downgrade_to
 from sqlalchemy import inspect, text
 from store_records import api_key, participant
 
@@ -131,16 +132,8 @@ def test_each_revision_downgrades_a_store_that_holds_credentials_and_keys(
     finally:
         store.close()
     revisions = [script.revision for script in _scripts()]  # head first
-    engine, flavour = make_engine(store_url)
-    try:
-        for below in [*revisions[1:], "base"]:
-            with engine.connect() as conn:
-                flavour.begin_migration(conn)
-                command.downgrade(_config(conn), below)
-                conn.commit()
-            assert current_revision(store_url) == (None if below == "base" else below)
-    finally:
-        engine.dispose()
+    for below in [*revisions[1:], "base"]:
+        downgrade_to(store_url, below)
     assert upgrade(store_url) == head_revision()
 
 
