@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cli_data_dir import DataDir
 
+from uid2_operator.errors import StoreError
 from uid2_operator.storage import open_store
 
 DROPPED = (
@@ -93,3 +94,21 @@ def test_a_dropped_version_is_not_activated_again(
     assert refused.stderr == f"Error: {DROPPED}\n"
     assert json.loads(behind.keyring_path.read_text(encoding="utf-8")) == both
     assert _state(store_url) == before
+
+
+def test_the_store_records_a_dropped_version_once_and_refuses_a_non_version(
+    store_url: str,
+) -> None:
+    store = open_store(store_url)
+    try:
+        with store.transaction() as tx:
+            tx.deployment.record_dropped_kek_version(3, 1_000)
+            tx.deployment.record_dropped_kek_version(3, 2_000)  # again: a no-op
+        for bad in (0, -1, True):
+            refused = pytest.raises(StoreError, match="positive whole number")
+            with refused, store.transaction() as tx:
+                tx.deployment.record_dropped_kek_version(bad, 1_000)
+        with store.read() as rx:
+            assert rx.deployment.dropped_kek_versions() == frozenset({3})
+    finally:
+        store.close()
