@@ -43,6 +43,7 @@ from uid2_operator.errors import (
     InvalidRequest,
     InvalidTokenPresented,
     MissingIdentity,
+    NoActiveKey,
     RefreshFailed,
     TokenError,
     UID2Error,
@@ -345,7 +346,8 @@ def refresh(
     Both the envelope and the inner token must be sealed with a refresh key (keyset -2); the
     reference accepts any key id, which would let a holder of a shared site key forge refresh
     tokens. Failures of the inner token are ``invalid_token`` / ``expired_token`` for a caller
-    that sent a valid API key and a bare ``error`` for anyone else, as in the reference.
+    that sent a valid API key and a bare ``error`` for anyone else, as in the reference; so is a
+    refresh that finds no active key to issue with (the server's 500 only for the former).
 
     A token whose site is a participant the snapshot holds as disabled is answered as an invalid
     one (the reference refreshes it): disabling a participant stops its users' identities from
@@ -378,16 +380,21 @@ def refresh(
     flh = token.first_level_hash
     if snapshot.optouts.opted_out_at_refresh(token.identity_type, flh):
         return RefreshReply(SUCCESS_OPTOUT, response_key)
-    issued = _issue(
-        snapshot,
-        now_ms=now_ms,
-        kind=token.identity_type,
-        flh=flh,
-        site_id=token.site_id,
-        privacy_bits=token.privacy_bits,
-        established_ms=token.established_ms,
-        random=random,
-    )
+    try:
+        issued = _issue(
+            snapshot,
+            now_ms=now_ms,
+            kind=token.identity_type,
+            flh=flh,
+            site_id=token.site_id,
+            privacy_bits=token.privacy_bits,
+            established_ms=token.established_ms,
+            random=random,
+        )
+    except NoActiveKey:
+        if authenticated:
+            raise
+        raise RefreshFailed() from None  # as every other failure is answered to this caller
     return RefreshReply(Reply.identity(issued), response_key)
 
 
