@@ -62,6 +62,14 @@ def test_a_degraded_health_check_is_answered_whole(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_degraded_health_check_with_a_final_slash_is_the_degraded_one(method: str) -> None:
+    status, _headers, body = _call(_server("store unreachable"), method, "/ops/healthcheck/")
+    assert (status, body) == (503, b"store unreachable")
+    status, _headers, body = _call(_server(None), method, "/ops/healthcheck/")
+    assert status == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_metrics_are_answered_whole(method: str) -> None:
     server = _server(None)
     server.worker.metrics.observe("/v2/token/generate", "key-1", 200, 0.01)

@@ -7,7 +7,8 @@ Every request goes through the same pipeline, in the reference operator's order 
 §1.2), so the same error wins as there:
 
 1. CORS: any origin, pre-flight ``OPTIONS`` answered 204 (§1.7).
-2. Routing: unknown path 404, wrong method 405 (plain-text reason phrases).
+2. Routing: unknown path 404, wrong method 405 (plain-text reason phrases); a final ``/`` after
+   a route's path is not significant, as in the reference (``OperatorApi.route_path``).
 3. Body, at most 1 MiB, checked against ``Content-Length`` and again while reading, before
    anything else is looked at: 413.
 4. API key: bearer header, the key format's shape/checksum/environment check, one lookup by key id
@@ -497,9 +498,22 @@ class OperatorApi:
                     status = scope.get(REFUSED_SCOPE, 200)
                     observer(HEALTHCHECK, None, status, time.perf_counter() - started)
                 return
+            path: str = scope["path"]
+            if path[-1:] == "/" and (routed := self.route_path(path)) != path:
+                scope["path"] = routed  # in place: what the connection records stays visible
+                await self(scope, receive, send)
+                return
             await self._handle(scope, receive, send)
         elif kind == "lifespan":
             await acknowledge_lifespan(receive, send)
+
+    def route_path(self, path: str) -> str:
+        """``path`` as routed: a final ``/`` after one of this API's paths is not significant
+        (``/v2/token/generate/`` is ``/v2/token/generate``), as the reference's router matches
+        it; every other path is itself."""
+        if path[-1:] == "/" and (path[:-1] in self._post_routes or path[:-1] == HEALTHCHECK):
+            return path[:-1]
+        return path
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         observer = self._observer

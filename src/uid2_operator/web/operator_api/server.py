@@ -142,6 +142,8 @@ class OperatorServer:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
+            if path[-1:] == "/":  # the API's paths with a final ``/`` are its paths, here too
+                path = scope["path"] = self._api.route_path(path)
             if self._metrics_port is not None and _local_port(scope) == self._metrics_port:
                 if path == METRICS and scope["method"] in ("GET", "HEAD"):
                     await self._metrics(send)
