@@ -50,7 +50,11 @@ from uid2_operator.errors import (
 )
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
-from uid2_operator.services.keyring_rotation import KeyringRotationService, sealed_inventory
+from uid2_operator.services.keyring_rotation import (
+    KeyringRotationService,
+    StagedKeyring,
+    sealed_inventory,
+)
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.settings import (
@@ -414,6 +418,15 @@ def save_keyring(settings: Settings, keyring: Keyring) -> None:
     written too: in prod, never a development or placeholder keyring. A file that cannot be
     written raises ``KeyringError`` naming it, with the keyring left as it was.
     """
+    stage_keyring(settings, keyring).publish()
+
+
+def stage_keyring(settings: Settings, keyring: Keyring) -> StagedKeyring:
+    """``save_keyring`` in two steps, for a change the store records too (KEK rotation): the
+    new keyring is written, synced, to a temporary file beside the keyring now, under the same
+    rules and refusals; ``publish`` replaces the keyring with it (``os.replace``, then the
+    directory is synced), ``discard`` removes it. A process stopped in between leaves the
+    keyring as it was and a temporary file that ``sweep_keyring_debris`` removes."""
     if settings.keyring_json is not None:
         raise InvalidInput(
             "The keyring comes from the UID2_KEYRING environment variable and cannot be written; "
@@ -423,10 +436,30 @@ def save_keyring(settings: Settings, keyring: Keyring) -> None:
     path = settings.keyring_path.resolve()
     sweep_keyring_debris(settings)
     try:
-        _replace_private(path, keyring.to_json())
+        temporary = _write_temporary(path, keyring.to_json())
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise KeyringError(f"The keyring file {path} cannot be written: {reason}") from None
+        raise KeyringError(f"The keyring file {path} cannot be written: {_reason(exc)}") from None
+
+    def publish() -> None:
+        try:
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise KeyringError(
+                f"The keyring file {path} cannot be replaced: {_reason(exc)}; the keyring is "
+                "unchanged"
+            ) from None
+        # In place: from here a failure only leaves the rename less durable (_replace_private).
+        _sync_directory(path, "replaced")
+
+    def discard() -> None:
+        temporary.unlink(missing_ok=True)
+
+    return StagedKeyring(publish, discard)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _temporary_names(path: Path) -> re.Pattern[str]:
@@ -597,8 +630,8 @@ class ConfiguredKeyring:
     def load(self) -> Keyring:
         return load_keyring(self.settings)
 
-    def save(self, keyring: Keyring) -> None:
-        save_keyring(self.settings, keyring)
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        return stage_keyring(self.settings, keyring)
 
 
 def check_environment(settings: Settings) -> bool:

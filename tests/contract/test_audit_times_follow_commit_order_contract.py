@@ -30,7 +30,7 @@ from uid2_operator.services.admin import AdminService
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM
 from uid2_operator.services.credentials import CredentialService
-from uid2_operator.services.keyring_rotation import KeyringRotationService
+from uid2_operator.services.keyring_rotation import KeyringRotationService, StagedKeyring
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.services.write_behind import WriteBehind, save_optouts, saved_path
@@ -69,6 +69,10 @@ class MemoryKeyring:
 
     def load(self) -> Keyring:
         return self.keyring
+
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Staged, put in place by ``publish`` (once the change committed)."""
+        return StagedKeyring(lambda: self.save(keyring), lambda: None)
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

@@ -23,6 +23,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import (
     KeyringRotationService,
     SealedCounts,
+    StagedKeyring,
     VersionUse,
 )
 from uid2_operator.services.material import MaterialConfig, MaterialService
@@ -220,6 +221,10 @@ class MemoryKeyring:
 
     def load(self) -> Keyring:
         return self.keyring
+
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Staged, put in place by ``publish`` (once the change committed)."""
+        return StagedKeyring(lambda: self.save(keyring), lambda: None)
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

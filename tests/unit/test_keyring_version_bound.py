@@ -29,7 +29,7 @@ from uid2_operator.domain.sealing import (
 )
 from uid2_operator.errors import KeyringError
 from uid2_operator.services.context import Actor
-from uid2_operator.services.keyring_rotation import KeyringRotationService
+from uid2_operator.services.keyring_rotation import KeyringRotationService, StagedKeyring
 from uid2_operator.storage import SqlStore, open_store, upgrade
 
 ACTOR = Actor("cli:tester", request_id="req-1", source="cli")
@@ -159,6 +159,10 @@ class MemoryKeyring:
 
     def load(self) -> Keyring:
         return self.keyring
+
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Staged, put in place by ``publish`` (once the change committed)."""
+        return StagedKeyring(lambda: self.save(keyring), lambda: None)
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

@@ -9,8 +9,10 @@ keys). The keyring lives outside the store, in a file or in the UID2_KEYRING var
 can drift apart, and one drift loses data for good: a version removed from the keyring while
 items are still sealed under it. Nothing opens those items again, and every snapshot load fails
 on them. So the use cases here count the store before they change the keyring, and do both in one
-write unit of work: the store's write lock is held from the count to the keyring write, and no
-other writer can seal anything in between. (A running ``serve`` follows the keyring file: each of
+write unit of work: the store's write lock is held from the count until the new keyring is
+written beside the file, and no other writer can seal anything in between; the new keyring
+replaces the file only once the unit of work has committed, so the file never holds a change the
+store did not record (``_KeyringWrite``). (A running ``serve`` follows the keyring file: each of
 its processes takes up the new keyring within about a second and seals under the new active
 version from then on. Whatever it sealed under the old one just before is still counted, so
 ``drop_version`` refuses until ``reseal`` has moved that too.)
@@ -64,6 +66,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
@@ -125,9 +128,48 @@ class KeyringHolder(Protocol):
         """The keyring as it is now, under the same rules as every other command."""
         ...
 
-    def save(self, keyring: Keyring) -> None:
-        """Replace the keyring, atomically."""
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Write ``keyring`` where nothing reads it yet (beside the file), ready to replace the
+        keyring atomically; raises, with nothing left behind, when it cannot be written."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StagedKeyring:
+    """A keyring written where nothing reads it yet: ``publish`` puts it in place of the keyring
+    (atomically), ``discard`` removes it."""
+
+    publish: Callable[[], None]
+    discard: Callable[[], None]
+
+
+class _KeyringWrite:
+    """A keyring change's file write, split around its unit of work. Entered before the write
+    transaction (so it is left after it): ``stage`` writes the new keyring beside the file
+    within the unit of work, so a file that cannot be written refuses the change before
+    anything commits; leaving the block puts it in place once the unit of work has committed,
+    and removes it when anything failed, the commit included. So the keyring file never holds
+    a change the store did not record: no version number the store has not reserved, no drop
+    without the store's record of it (``refuse_dropped_active_version``)."""
+
+    def __init__(self, holder: KeyringHolder) -> None:
+        self._holder = holder
+        self._staged: StagedKeyring | None = None
+
+    def stage(self, keyring: Keyring) -> None:
+        self._staged = self._holder.stage(keyring)
+
+    def __enter__(self) -> _KeyringWrite:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        staged, self._staged = self._staged, None
+        if staged is None:
+            return
+        if kind is None:
+            staged.publish()
+        else:
+            staged.discard()
 
 
 # ------------------------------------------------------------------------------- results
@@ -401,7 +443,7 @@ class KeyringRotationService:
         there): the number it names is reserved all the same, so that another keyring file's
         ``add_version`` never gives it out again with another key."""
         unwritable: InvalidInput | None = None
-        with self._store.transaction() as tx:
+        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
@@ -433,10 +475,11 @@ class KeyringRotationService:
                 added = {"kek_version": version} | ({} if activate else {"active": False})
                 change = self._save_change(
                     tx,
-                    actor,
-                    now,
-                    updated,
-                    version,
+                    write,
+                    actor=actor,
+                    now=now,
+                    updated=updated,
+                    version=version,
                     action=ADD_VERSION_ACTION,
                     before=None,
                     after=added,
@@ -464,7 +507,7 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        with self._store.transaction() as tx:
+        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
@@ -502,7 +545,7 @@ class KeyringRotationService:
                 before={"active_kek_version": previous},
                 after={"active_kek_version": version},
             )
-            self._holder.save(updated)  # last: a refused write rolls the event back
+            write.stage(updated)  # last: a refused write rolls the event back
         logger.info(
             "keyring version activated version=%d previous=%d actor=%s", version, previous, actor.id
         )
@@ -643,7 +686,7 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        with self._store.transaction() as tx:
+        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             compare_kek_check_values(keyring, tx.deployment.kek_check_values())
@@ -670,10 +713,11 @@ class KeyringRotationService:
             dropped = {"kek_version": version}
             change = self._save_change(
                 tx,
-                actor,
-                now,
-                updated,
-                version,
+                write,
+                actor=actor,
+                now=now,
+                updated=updated,
+                version=version,
                 action=DROP_VERSION_ACTION,
                 before=dropped,
                 after=None,
@@ -684,16 +728,17 @@ class KeyringRotationService:
     def _save_change(
         self,
         tx: Tx,
+        write: _KeyringWrite,
+        *,
         actor: Actor,
         now: int,
         updated: Keyring,
         version: int,
-        *,
         action: str,
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
     ) -> VersionChange:
-        """Record the audit event of adding or dropping ``version``, then write ``updated``:
+        """Record the audit event of adding or dropping ``version``, then stage ``updated``:
         last, so that a refused write rolls the event back with everything else."""
         record_event(
             tx,
@@ -705,7 +750,7 @@ class KeyringRotationService:
             before=before,
             after=after,
         )
-        self._holder.save(updated)
+        write.stage(updated)
         return VersionChange(
             now, version, updated.active_version, updated.versions, self._holder.source
         )

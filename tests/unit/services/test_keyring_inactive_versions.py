@@ -25,6 +25,7 @@ from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.keyring_rotation import (
     KeyringRotationService,
     SealedCounts,
+    StagedKeyring,
     VersionUse,
 )
 from uid2_operator.services.material import MaterialConfig, MaterialService
@@ -56,6 +57,10 @@ class KeyringFile:
     def load(self) -> Keyring:
         return self.keyring
 
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Staged, put in place by ``publish`` (once the change committed)."""
+        return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
     def save(self, keyring: Keyring) -> None:
         assert self.writable
         self.keyring = keyring
@@ -75,7 +80,7 @@ class KeyringFile:
 class RefusingFile(KeyringFile):
     """A keyring file that cannot be written (a full disk, a read-only mount)."""
 
-    def save(self, keyring: Keyring) -> None:
+    def stage(self, keyring: Keyring) -> StagedKeyring:
         raise KeyringError("The keyring file /srv/keyring.json cannot be written: disk full")
 
 

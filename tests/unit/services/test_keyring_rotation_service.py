@@ -28,6 +28,7 @@ from uid2_operator.services.keyring_rotation import (
     SEALED_KINDS,
     KeyringRotationService,
     SealedCounts,
+    StagedKeyring,
     VersionUse,
 )
 from uid2_operator.services.material import Material, MaterialConfig, MaterialService
@@ -64,6 +65,10 @@ class MemoryKeyring:
 
     def load(self) -> Keyring:
         return self.keyring
+
+    def stage(self, keyring: Keyring) -> StagedKeyring:
+        """Staged, put in place by ``publish`` (once the change committed)."""
+        return StagedKeyring(lambda: self.save(keyring), lambda: None)
 
     def save(self, keyring: Keyring) -> None:
         assert self.writable
@@ -602,7 +607,7 @@ def test_drop_version_refuses_the_active_an_unknown_or_a_malformed_version(
 class RefusingKeyring(MemoryKeyring):
     """A keyring file that cannot be written (a full disk, a read-only mount)."""
 
-    def save(self, keyring: Keyring) -> None:
+    def stage(self, keyring: Keyring) -> StagedKeyring:
         raise KeyringError("The keyring file /srv/keyring.json cannot be written: disk full")
 
 

@@ -1,0 +1,149 @@
+"""A keyring change replaces the keyring file only once the store has recorded it.
+
+``add_version``, ``activate_version`` and ``drop_version`` write the new keyring beside the file
+within their unit of work (a file that cannot be written refuses the change before anything
+commits) and put it in place after the commit. A unit of work that fails at its commit (the
+connection lost, the database restarted) therefore leaves the keyring file as it was and no
+temporary file: otherwise the file would hold a version number the store never reserved (the
+next ``add-version`` of another data directory hands it out again with another key) or lack a
+version the store never recorded as dropped (another keyring file could still seal under it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+
+from store_wrapper import StoreWrapper
+from uid2_operator.bootstrap import (
+    ConfiguredKeyring,
+    ensure_keyring,
+    load_keyring,
+    open_configured_store,
+    upgrade_database,
+)
+from uid2_operator.clock import FixedClock
+from uid2_operator.errors import KeyringError, StoreError
+from uid2_operator.services.context import SYSTEM
+from uid2_operator.services.keyring_rotation import KeyringRotationService
+from uid2_operator.settings import Settings
+from uid2_operator.storage.interface import Store, Tx
+
+
+class CommitFails(StoreWrapper):
+    """The store, whose write transactions fail at their commit while ``failing`` is set."""
+
+    failing = False
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        return self._failing_at_commit() if self.failing else self._inner.transaction()
+
+    @contextmanager
+    def _failing_at_commit(self) -> Iterator[Tx]:
+        with self._inner.transaction() as tx:
+            yield tx
+            raise StoreError("The store is unavailable: server closed the connection")
+
+
+def _recorded(store: Store) -> tuple[object, ...]:
+    with store.read() as rx:
+        return (
+            rx.deployment.highest_kek_version(),
+            rx.deployment.kek_check_values(),
+            rx.deployment.dropped_kek_versions(),
+            [e.action for e in rx.audit.list_events()],
+            rx.change_seq(),
+        )
+
+
+@pytest.fixture(name="world")
+def world_fixture(tmp_path: Path) -> Iterator[tuple[Settings, CommitFails, KeyringRotationService]]:
+    settings = Settings.from_env({"UID2_DATA_DIR": str(tmp_path / "data")})
+    ensure_keyring(settings)
+    upgrade_database(settings)
+    store = CommitFails(open_configured_store(settings))
+    rotation = KeyringRotationService(store, ConfiguredKeyring(settings), FixedClock(), os.urandom)
+    try:
+        yield settings, store, rotation
+    finally:
+        store.close()
+
+
+def _files(settings: Settings) -> tuple[bytes, list[str]]:
+    return settings.keyring_path.read_bytes(), sorted(p.name for p in settings.data_dir.iterdir())
+
+
+@pytest.mark.parametrize("activate", [True, False])
+def test_add_version_failing_at_commit_leaves_the_keyring_file(
+    world: tuple[Settings, CommitFails, KeyringRotationService], activate: bool
+) -> None:
+    settings, store, rotation = world
+    files, recorded = _files(settings), _recorded(store)
+    store.failing = True
+    with pytest.raises(StoreError, match="server closed the connection"):
+        rotation.add_version(SYSTEM, activate=activate)
+    assert _files(settings) == files  # no version 2 in the file, no temporary file beside it
+    assert _recorded(store) == recorded
+    store.failing = False
+    change = rotation.add_version(SYSTEM, activate=activate)
+    assert change.version == 2
+    assert load_keyring(settings).versions == (1, 2)
+
+
+def test_activate_version_failing_at_commit_leaves_the_keyring_file(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+) -> None:
+    settings, store, rotation = world
+    rotation.add_version(SYSTEM, activate=False)
+    files, recorded = _files(settings), _recorded(store)
+    store.failing = True
+    with pytest.raises(StoreError, match="server closed the connection"):
+        rotation.activate_version(2, SYSTEM)
+    assert _files(settings) == files
+    assert load_keyring(settings).active_version == 1
+    assert _recorded(store) == recorded
+    store.failing = False
+    rotation.activate_version(2, SYSTEM)
+    assert load_keyring(settings).active_version == 2
+
+
+def test_drop_version_failing_at_commit_leaves_the_keyring_file(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+) -> None:
+    settings, store, rotation = world
+    rotation.add_version(SYSTEM)
+    rotation.reseal(SYSTEM)
+    files, recorded = _files(settings), _recorded(store)
+    store.failing = True
+    with pytest.raises(StoreError, match="server closed the connection"):
+        rotation.drop_version(1, SYSTEM)
+    assert _files(settings) == files  # version 1 still there: the store did not record its drop
+    assert load_keyring(settings).versions == (1, 2)
+    assert _recorded(store) == recorded
+    store.failing = False
+    rotation.drop_version(1, SYSTEM)
+    assert load_keyring(settings).versions == (2,)
+    with store.read() as rx:
+        assert 1 in rx.deployment.dropped_kek_versions()
+
+
+def test_a_file_that_cannot_be_written_refuses_before_the_commit(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, store, rotation = world
+    files, recorded = _files(settings), _recorded(store)
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(KeyringError, match="cannot be written: No space left on device"):
+        rotation.add_version(SYSTEM)
+    monkeypatch.undo()
+    assert _files(settings) == files
+    assert _recorded(store) == recorded
