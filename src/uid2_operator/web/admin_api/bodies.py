@@ -339,15 +339,22 @@ def _refuse_constant(name: str) -> Any:
 
 def decode_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object. A zero-length body is ``{}`` (routes whose fields are
-    optional); any other body must be JSON, so one of whitespace only is malformed."""
+    optional); any other body must be JSON, so one of whitespace only is malformed. JSON between
+    systems is UTF-8 (RFC 8259 §8.1), with no byte-order mark: the bytes are decoded as that
+    and nothing else (``json.loads`` given bytes would also take UTF-16 and UTF-32, which a
+    proxy reading the body as UTF-8 would see otherwise), as the operator API decodes them."""
     if not raw:
         return {}
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBody("The request body is not valid JSON (it must be UTF-8)") from None
+    try:
         document = json.loads(
-            raw, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
         )
     except (ValueError, RecursionError):
-        # Also covers invalid UTF-8 and integers longer than Python's conversion limit.
+        # Also a byte-order mark, and integers longer than Python's conversion limit.
         raise MalformedBody("The request body is not valid JSON") from None
     if not isinstance(document, dict):
         kind = "an array" if isinstance(document, list) else "a JSON scalar"
