@@ -10,7 +10,8 @@ Then ``uid2-operator serve`` starts, and its admin API creates the participants 
 
 - A: a publisher allowed every role; key ``A`` holds GENERATOR, MAPPER, ID_READER and SHARER, and
   its keyset is shared with B and with every DSP; a disabled key ``X`` (every role but OPTOUT);
-- B and C: publishers with a SHARER key each; B's keyset is owner-only, C is not allowed by A;
+- B: a publisher with a SHARER key, its keyset made owner-only; C: an advertiser with a SHARER
+  key (its keyset owner-only from the start), not allowed by A;
 - D: a DSP with an ID_READER key;
 - E: a publisher allowed every role, with single-role keys ``G``, ``M`` and ``S``, and ``R``
   (GENERATOR and MAPPER) whose secret was rotated (``R-old`` is the previous secret, still valid);
@@ -64,7 +65,7 @@ T = TypeVar("T")
 PARTICIPANTS: list[tuple[str, str, list[str]]] = [
     ("A", "publisher", _ALL),
     ("B", "publisher", ["SHARER"]),
-    ("C", "publisher", ["SHARER"]),
+    ("C", "advertiser", ["SHARER"]),
     ("D", "dsp", ["ID_READER"]),
     ("E", "publisher", _ALL),
     ("OFF", "publisher", ["GENERATOR"]),

@@ -120,20 +120,26 @@ def test_health_ignores_its_query_string_as_the_operators_healthcheck_does(
 
 
 @pytest.mark.parametrize(
-    ("roles", "mode"), [(["GENERATOR", "SHARER"], "bidders"), (["ID_READER"], "owner_only")]
+    ("kind", "roles", "mode"),
+    [
+        ("dsp", ["GENERATOR", "SHARER"], "bidders"),
+        ("dsp", ["ID_READER"], "owner_only"),
+        ("publisher", [], "bidders"),
+    ],
 )
 def test_keyset_id_description_gives_the_mode_a_participant_without_a_keyset_shows(
-    any_env: AdminEnv, roles: list[str], mode: str
+    any_env: AdminEnv, kind: str, roles: list[str], mode: str
 ) -> None:
     env = any_env
-    body = {"name": "New", "type": "dsp", "roles": roles}
+    body = {"name": "New", "type": kind, "roles": roles}
     created = env.call("POST", "/participants", json=body)
     assert created.status_code == 201, created.text
     shown = env.call("GET", f"/participants/{created.json()['site_id']}/sharing").json()
     assert (shown["keyset_id"], shown["mode"]) == (None, mode)
     sharing = _document(env)["components"]["schemas"]["Sharing"]
     description = sharing["properties"]["keyset_id"]["description"]
-    assert "bidders when it holds GENERATOR, owner_only otherwise" in description, description
+    expected = "bidders for a publisher or when it holds GENERATOR, owner_only otherwise"
+    assert expected in description, description
     assert "mode is then bidders" not in description
 
 

@@ -1,14 +1,14 @@
 """Sharing permissions and client-side token generation against a real ``uid2-operator serve``.
 
 Everything is set up the way an administrator would: ``init`` and a publisher A (every client
-role) with the CLI, then participants B and C (SHARER) and D (a DSP, ID_READER), their keys,
-A's sharing choice (site B and every DSP), a keypair and A's domain and app names through the
-admin API of the running server. The official ``uid2_client`` SDK then exercises sdk-compat §3
-scenarios 12-17, and raw requests built with ``cryptography`` (as a browser SDK would) exercise
-``/v2/token/client-generate``. Changes reach the operator through its store poll, so every check
-that follows a change waits for it, and the sharing changes must show in a key refresh within
-``CHANGE_WITHIN_S`` of being acknowledged. The serve logs at ``debug``, so the private-key check
-searches everything it can log.
+role) with the CLI, then participants B (a publisher) and C (an advertiser), each with SHARER,
+and D (a DSP, ID_READER), their keys, A's sharing choice (site B and every DSP), a keypair and
+A's domain and app names through the admin API of the running server. The official
+``uid2_client`` SDK then exercises sdk-compat §3 scenarios 12-17, and raw requests built with
+``cryptography`` (as a browser SDK would) exercise ``/v2/token/client-generate``. Changes reach
+the operator through its store poll, so every check that follows a change waits for it, and the
+sharing changes must show in a key refresh within ``CHANGE_WITHIN_S`` of being acknowledged.
+The serve logs at ``debug``, so the private-key check searches everything it can log.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             world = World(running, prepared, {"A": prepared.key}, "", "", "", texts)
             for name, kind, roles in (
                 ("B", "publisher", ["SHARER"]),
-                ("C", "publisher", ["SHARER"]),
+                ("C", "advertiser", ["SHARER"]),
                 ("D", "dsp", ["ID_READER"]),
             ):
                 site = world.admin(
@@ -277,8 +277,8 @@ def test_sharing_negatives(world: World) -> None:
 
 
 def test_a_sharer_without_generator_starts_shared_with_no_dsp(world: World) -> None:
-    """C holds SHARER only and nobody changed its choice: its keyset was created owner-only, so
-    D, a DSP granted nothing, cannot read the raw UIDs C shares (A, a GENERATOR publisher,
+    """C, an advertiser, holds SHARER only and nobody changed its choice: its keyset was created
+    owner-only, so D, a DSP granted nothing, cannot read the raw UIDs C shares (A, a publisher,
     started shared with bidders)."""
     c = world.creds["C"].site_id
     shown = world.admin("GET", f"/participants/{c}/sharing").json()
@@ -379,6 +379,39 @@ def test_a_client_side_request_yields_a_token_a_dsp_decrypts(world: World) -> No
     by_app, built_app = world.cstg(app_name=APP.upper(), origin=None)
     assert by_app.status_code == 200
     assert open_response(built_app.secret, by_app.content)["status"] == "success"
+
+
+def test_a_publisher_generating_only_on_the_client_side_is_read_by_every_dsp(
+    world: World,
+) -> None:
+    """A publisher with no role and no API key, only a keypair: its keyset starts shared with
+    bidders as any publisher's does, so a DSP decrypts its client-side tokens."""
+    site = world.admin(
+        "POST", "/participants", {"name": "Client side only", "type": "publisher", "roles": []}
+    ).json()["site_id"]
+    world.admin("PUT", f"/participants/{site}/domain-names", {"domain_names": ["cstg-only.com"]})
+    pair = world.admin("POST", "/keypairs", {"site_id": site, "name": "web"}).json()
+    shown = world.admin("GET", f"/participants/{site}/sharing").json()
+    assert shown["mode"] == "bidders"
+
+    def generated() -> tuple[httpx.Response, BuiltRequest] | None:
+        response, built = world.cstg(
+            subscription_id=pair["subscription_id"],
+            public_key=pair["public_key"],
+            origin="https://www.cstg-only.com",
+        )
+        return (response, built) if response.status_code == 200 else None
+
+    response, built = eventually(generated, "the keypair in the snapshot")
+    token = open_response(built.secret, response.content)["body"]["advertising_token"]
+
+    def decrypted_by_dsp() -> Any:
+        outcome = world.bidstream("D").decrypt_token_into_raw_uid(token, "cstg-only.com")
+        return outcome if outcome.status == DecryptionStatus.SUCCESS else None
+
+    decrypted = eventually(decrypted_by_dsp, "the DSP reading the publisher's keys")
+    assert decrypted.site_id == site
+    assert decrypted.uid is not None
 
 
 def _refusal(response: httpx.Response) -> tuple[int, str, str]:

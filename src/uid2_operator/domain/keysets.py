@@ -24,6 +24,7 @@ from uid2_operator.domain.material_sealing import (
     open_material,
     seal_material,
 )
+from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, SealedSecretUnreadable
@@ -116,19 +117,26 @@ def next_keyset_id(existing: Iterable[int]) -> int:
     return candidate
 
 
-def new_keyset_sharing(roles: Iterable[ClientRole]) -> SharingMode:
-    """The sharing a participant's default keyset is created with, from the roles the
-    participant may grant its keys (``Participant.allowed_roles``).
+def new_keyset_sharing(
+    participant_type: ParticipantType, roles: Iterable[ClientRole]
+) -> SharingMode:
+    """The sharing a participant's default keyset is created with, from the participant's type
+    and the roles it may grant its keys (``Participant.allowed_roles``).
 
-    ``BIDDERS`` for a participant holding GENERATOR: its tokens go into the bid stream, where
-    every DSP must open them (the reference's ``allowed_sites: null``). ``OWNER_ONLY`` for any
-    other (an advertiser or data provider that shares raw UIDs, a DSP): nobody else reads its
-    keys until a sharing change names them (the reference's ``allowed_sites: []``).
+    ``BIDDERS`` for a publisher and for any participant holding GENERATOR: its tokens go into the
+    bid stream, where every DSP must open them (the reference's ``allowed_sites: null``). A
+    publisher's tokens do whether it holds GENERATOR or not: client-side token generation needs
+    no role, only a keypair, and the reference creates the keyset of a participant's first
+    keypair with that sharing. ``OWNER_ONLY`` for any other (an advertiser or data provider that
+    shares raw UIDs, a DSP): nobody else reads its keys until a sharing change names them (the
+    reference's ``allowed_sites: []``).
 
-    Only the creation follows the roles: a keyset keeps its sharing when its participant's
-    roles change later (an administrator changes it).
+    Only the creation follows the type and roles: a keyset keeps its sharing when they change
+    later (an administrator changes it).
     """
-    return SharingMode.BIDDERS if ClientRole.GENERATOR in set(roles) else SharingMode.OWNER_ONLY
+    if participant_type is ParticipantType.PUBLISHER or ClientRole.GENERATOR in set(roles):
+        return SharingMode.BIDDERS
+    return SharingMode.OWNER_ONLY
 
 
 def new_site_keyset(
@@ -141,8 +149,8 @@ def new_site_keyset(
 ) -> Keyset:
     """A participant's default keyset, shared as ``sharing`` says.
 
-    The service creates it with ``new_keyset_sharing`` of the participant's roles; the default
-    is that of a participant holding GENERATOR. Changing it is a sharing decision made later.
+    The service creates it with ``new_keyset_sharing`` of the participant's type and roles; the
+    default is that of a publisher. Changing it is a sharing decision made later.
     """
     if site_id <= MAX_RESERVED_SITE_ID:
         raise InvalidInput(f"Site id {site_id} is reserved and cannot own a keyset")

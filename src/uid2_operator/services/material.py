@@ -520,12 +520,12 @@ class MaterialService:
         self, tx: Tx, keysets: _TxKeysets, participant: Participant, actor: Actor, now: int
     ) -> tuple[Keyset, bool]:
         """The participant's default keyset, and whether it was created just now: a new one is
-        shared as ``new_keyset_sharing`` says for the participant's roles; an existing one keeps
-        its sharing, whatever the roles are now."""
+        shared as ``new_keyset_sharing`` says for the participant's type and roles; an existing
+        one keeps its sharing, whatever they are now."""
         existing = keysets.site_default(participant.site_id)
         if existing is not None:
             return existing, False
-        sharing = new_keyset_sharing(participant.allowed_roles)
+        sharing = new_keyset_sharing(participant.type, participant.allowed_roles)
         keyset = new_site_keyset(keysets.next_id(), participant.site_id, now, sharing=sharing)
         return self._add_keyset(tx, keysets, keyset, actor, now), True
 

@@ -106,7 +106,7 @@ class SharingView:
 
     ``keyset_id`` is None for a participant added since the last upkeep, which has no keyset
     yet; its choice is then the one its keyset will be created with (``new_keyset_sharing`` of
-    its roles: bidders when it holds GENERATOR, else owner only).
+    its type and roles: bidders for a publisher or when it holds GENERATOR, else owner only).
     """
 
     site_id: int
@@ -272,7 +272,7 @@ class SharingService:
     def show_sharing(self, actor: Actor, site_id: Any) -> SharingView:
         """The participant's sharing choice. A participant added since the last upkeep has no
         keyset yet: its answer has no keyset id, and the choice its keyset will be created with
-        (``keysets.new_keyset_sharing`` of its roles, as read now; the upkeep or the first
+        (``keysets.new_keyset_sharing`` of its type and roles, as read now; the upkeep or the first
         ``set_sharing`` creates it; this read creates nothing)."""
         del actor  # reads are not audited
         site = _site_id(site_id)
@@ -280,7 +280,9 @@ class SharingService:
             participant = _participant(tx, site)
             keyset = site_default_keyset(tx.keysets.list_all(), site)
             if keyset is None:
-                created = SharingPolicy(new_keyset_sharing(participant.allowed_roles))
+                created = SharingPolicy(
+                    new_keyset_sharing(participant.type, participant.allowed_roles)
+                )
                 return SharingView(site, None, created)
             policy = tx.keyset_sharing.get(keyset.keyset_id)
             if policy is None:  # pragma: no cover - the keyset was just read

@@ -38,6 +38,7 @@ from uid2_operator.domain.material_sealing import (
     open_material,
     seal_material,
 )
+from uid2_operator.domain.participants import ParticipantType
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sealing import Keyring
 from uid2_operator.errors import InvalidInput, NoActiveKey, SealedSecretUnreadable
@@ -116,6 +117,7 @@ def test_a_site_keyset_is_the_default_and_shared_with_bidders() -> None:
     assert owned == Keyset(6, 1002, "Site 1002", True, True, T0, SharingMode.OWNER_ONLY)
 
 
+@pytest.mark.parametrize("kind", list(ParticipantType))
 @pytest.mark.parametrize(
     "roles",
     [
@@ -125,24 +127,35 @@ def test_a_site_keyset_is_the_default_and_shared_with_bidders() -> None:
     ],
 )
 def test_a_participant_holding_generator_starts_shared_with_bidders(
-    roles: set[ClientRole],
+    kind: ParticipantType, roles: set[ClientRole]
 ) -> None:
-    assert new_keyset_sharing(roles) is SharingMode.BIDDERS
-    assert new_keyset_sharing(iter(roles)) is SharingMode.BIDDERS
+    assert new_keyset_sharing(kind, roles) is SharingMode.BIDDERS
+    assert new_keyset_sharing(kind, iter(roles)) is SharingMode.BIDDERS
+
+
+NO_GENERATOR = [
+    set(),
+    {ClientRole.SHARER},
+    {ClientRole.SHARER, ClientRole.MAPPER},
+    {ClientRole.ID_READER},
+    set(ClientRole) - {ClientRole.GENERATOR},
+]
+
+
+@pytest.mark.parametrize("roles", NO_GENERATOR)
+def test_a_publisher_starts_shared_with_bidders_whatever_its_roles(roles: set[ClientRole]) -> None:
+    # client-side token generation needs a keypair, not a role: its tokens go to the bid stream
+    assert new_keyset_sharing(ParticipantType.PUBLISHER, roles) is SharingMode.BIDDERS
 
 
 @pytest.mark.parametrize(
-    "roles",
-    [
-        set(),
-        {ClientRole.SHARER},
-        {ClientRole.SHARER, ClientRole.MAPPER},
-        {ClientRole.ID_READER},
-        set(ClientRole) - {ClientRole.GENERATOR},
-    ],
+    "kind", [ParticipantType.ADVERTISER, ParticipantType.DATA_PROVIDER, ParticipantType.DSP]
 )
-def test_a_participant_without_generator_starts_owner_only(roles: set[ClientRole]) -> None:
-    assert new_keyset_sharing(roles) is SharingMode.OWNER_ONLY
+@pytest.mark.parametrize("roles", NO_GENERATOR)
+def test_another_participant_without_generator_starts_owner_only(
+    kind: ParticipantType, roles: set[ClientRole]
+) -> None:
+    assert new_keyset_sharing(kind, roles) is SharingMode.OWNER_ONLY
 
 
 @pytest.mark.parametrize("site_id", [2, 0, -1])

@@ -1,9 +1,11 @@
-"""The sharing a participant's default keyset is created with follows the participant's roles.
+"""The sharing a participant's default keyset is created with follows its type and roles.
 
-A participant holding GENERATOR puts its tokens in the bid stream, so its keyset starts shared
-with bidders; any other (an advertiser or a data provider that shares raw UIDs, a DSP) starts with
-a keyset only it reads. Every use case that creates a default keyset follows the same rule, and
-the choice ``show_sharing`` answers before the keyset exists is the one it is then created with.
+A publisher, and any participant holding GENERATOR, puts its tokens in the bid stream, so its
+keyset starts shared with bidders (a publisher that generates tokens only on the client side
+holds no role at all); any other (an advertiser or a data provider that shares raw UIDs, a DSP)
+starts with a keyset only it reads. Every use case that creates a default keyset follows the
+same rule, and the choice ``show_sharing`` answers before the keyset exists is the one it is then
+created with.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService
 from uid2_operator.storage import SqlStore
 
-PUBLISHER, ADVERTISER, DATA_PROVIDER, DSP = 1001, 1002, 1003, 1004
+PUBLISHER, ADVERTISER, DATA_PROVIDER, DSP, CLIENT_SIDE = 1001, 1002, 1003, 1004, 1005
 EXPECTED = {
     PUBLISHER: ALL_BIDDERS,
+    CLIENT_SIDE: ALL_BIDDERS,
     ADVERTISER: OWNER_ONLY,
     DATA_PROVIDER: OWNER_ONLY,
     DSP: OWNER_ONLY,
@@ -67,6 +70,8 @@ def key_ids(svc: CredentialService) -> dict[int, str]:
     for site, (kind, roles) in kinds.items():
         svc.create_participant(ACTOR, name=f"Site {site}", type=kind, site_id=site, roles=roles)
         ids[site] = svc.create_key(ACTOR, site_id=site, name=f"k{site}", roles=roles).key_id
+    # A publisher generating tokens only on the client side: a keypair later, no role, no key.
+    svc.create_participant(ACTOR, name="Client side", type="publisher", site_id=CLIENT_SIDE)
     return ids
 
 
@@ -78,7 +83,7 @@ def _keyset(store: SqlStore, site_id: int) -> tuple[Keyset, SharingPolicy | None
 
 
 @pytest.mark.parametrize("create", sorted(CREATORS))
-def test_a_default_keyset_is_shared_with_bidders_only_for_a_participant_holding_generator(
+def test_a_default_keyset_is_shared_with_bidders_for_a_publisher_or_a_generator(
     create: str, store: SqlStore, material: MaterialService, key_ids: dict[int, str]
 ) -> None:
     del key_ids  # the participants
@@ -126,12 +131,13 @@ def test_a_dsp_downloads_a_publisher_s_keys_but_not_an_advertiser_s(
         with store.read() as rx:
             return {key.id for key in rx.encryption_keys.list_for_keyset(keyset.keyset_id)}
 
-    advertiser, data_provider, publisher = (
-        keys_of(s) for s in (ADVERTISER, DATA_PROVIDER, PUBLISHER)
+    advertiser, data_provider, publisher, client_side = (
+        keys_of(s) for s in (ADVERTISER, DATA_PROVIDER, PUBLISHER, CLIENT_SIDE)
     )
-    assert all((advertiser, data_provider, publisher))
+    assert all((advertiser, data_provider, publisher, client_side))
     dsp = downloaded(DSP)
     assert publisher <= dsp
+    assert client_side <= dsp
     assert not dsp & (advertiser | data_provider)
     assert advertiser <= downloaded(ADVERTISER)
     assert not downloaded(DATA_PROVIDER) & advertiser

@@ -17,7 +17,7 @@ from uid2_operator.domain.keypairs import parse_public_key
 from uid2_operator.domain.keysets import DAY_S, SharingMode
 from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.domain.sharing import OWNER_ONLY
+from uid2_operator.domain.sharing import ALL_BIDDERS
 from uid2_operator.errors import InvalidInput, InvalidTransition, NotFound
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService, read_client_side_state
@@ -174,7 +174,8 @@ def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
     seq = store.change_seq()
     for service in (bare, sharing):  # a read needs no keyset, and creates none
         shown = service.show_sharing(ACTOR, 1009)
-        assert (shown.site_id, shown.keyset_id, shown.policy) == (1009, None, OWNER_ONLY)
+        # a publisher: its keyset will be shared with bidders, whatever its roles
+        assert (shown.site_id, shown.keyset_id, shown.policy) == (1009, None, ALL_BIDDERS)
         assert (shown.changed, shown.rotated_key_ids) == (False, ())
     assert store.change_seq() == seq
     with pytest.raises(NotFound, match="no keyset"):

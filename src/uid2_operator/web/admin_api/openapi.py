@@ -181,7 +181,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 **_nullable("integer"),
                 "description": "null for a participant added since the last upkeep, which has "
                 "no keyset yet; mode is then the choice its keyset will be created with, from "
-                "the participant's roles: bidders when it holds GENERATOR, owner_only otherwise",
+                "the participant's type and roles: bidders for a publisher or when it holds "
+                "GENERATOR, owner_only otherwise",
             },
             "mode": {"type": "string", "enum": ["owner_only", "bidders", "list"]},
             "sites": {"type": "array", "items": _INT},
