@@ -1,20 +1,83 @@
-"""The thread that takes the process's stop signals (SIGINT, SIGTERM): the main one only.
+"""The process's stop signals (SIGINT, SIGTERM, SIGHUP): who takes them, and how a stop they ask
+for is noted.
 
 CPython runs signal handlers in the main thread whichever thread the kernel delivers a signal
 to, but the kernel picks any thread that does not block it. A helper thread started by this
 package blocks the stop signals first thing (``leave_to_main_thread``), so that when the main
 thread blocks one for a moment (``serve`` starting a worker, which must inherit SIGINT ignored)
 the signal waits for it instead of reaching a helper thread that would drop it.
+
+SIGHUP is a stop signal too: the terminal ``serve`` runs in was closed, or the ssh session
+dropped, and the kernel sends it to every process of the terminal's group at once. Its default
+action would end them all on the spot, dropping the usage and the opt-outs the workers have not
+written yet; ``serve`` stops on it as on SIGTERM, and its workers ignore it (``serve`` stops
+them).
 """
 
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
-STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def leave_to_main_thread() -> None:
     """Block the stop signals in the calling thread (a helper thread, at its start)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals for the block, in the calling thread (the main one; helper threads
+    hold them for good): one that arrives meanwhile waits, and its handler runs once the block
+    ends. For a step that must finish once begun (``init`` showing the admin token it issued)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StopRequest:
+    """A stop asked for by a signal: noted by a handler, looked at by the main thread.
+
+    A plain attribute, not a ``threading.Event``: a handler runs in the main thread between any
+    two bytecodes, and ``Event.set`` takes the lock the main thread holds inside
+    ``Event.wait``, so a signal landing there would leave the thread waiting on itself for good,
+    deaf to every further signal."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def note(self, signum: int, frame: object) -> None:
+        """A signal handler: note the stop, for the main loop to act on (``sleep``)."""
+        del frame
+        self.signum = signum
+
+    def interrupt(self, signum: int, frame: object) -> None:
+        """A signal handler while starting: note the stop and interrupt as SIGINT does
+        (``KeyboardInterrupt``). The note stays should the exception be lost (raised inside a
+        garbage collector's callback, which Python reports as "Exception ignored" and goes on
+        from), so the next ``check`` raises it again."""
+        self.note(signum, frame)
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """``KeyboardInterrupt`` if a stop was asked for."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless a stop was asked for (a handler that runs meanwhile notes
+        its stop, and the sleep goes on for the rest of its time); whether one was."""
+        if self.signum is None:
+            time.sleep(seconds)
+        return self.signum is not None

@@ -304,10 +304,13 @@ def served(
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
     log_level: str | None = None,
+    own_group: bool = False,
 ) -> Iterator[Served]:
     """Start ``serve`` on ephemeral ports and wait until every worker answers its health check.
 
-    ``log_level`` is passed as ``--log-level`` (serve's own default, ``warning``, when None)."""
+    ``log_level`` is passed as ``--log-level`` (serve's own default, ``warning``, when None).
+    ``own_group``: serve and its workers in a process group (a session) of their own, as a
+    terminal's are, so that a signal can be sent to the whole group."""
     levels = () if log_level is None else ("--log-level", log_level)
     process = subprocess.Popen(  # noqa: S603 (our own command)
         [UID2_OPERATOR, *database.cli_args(), "serve", "--port", "0", "--admin-port", "0",
@@ -316,6 +319,7 @@ def served(
         stderr=subprocess.STDOUT,
         text=True,
         env=clean_env(env),
+        start_new_session=own_group,
     )  # fmt: skip
     server = Served(process)
     reader = threading.Thread(target=_reader, args=(process, server.lines), daemon=True)

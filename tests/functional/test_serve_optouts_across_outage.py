@@ -22,6 +22,7 @@ cancelled, and the last flush still has its whole budget.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import socket
 import sqlite3
@@ -152,10 +153,13 @@ class UnreadAnswers:
 def _stopped_with_optouts_pending(
     tmp_path: Path,
     slow: Callable[[Served, Prepared, Credential], SlowClient] | None = None,
+    *,
+    hang_up: bool = False,
 ) -> tuple[float, str, SlowClient | None]:
     """Logouts confirmed while the store's write lock is held, then SIGTERM (with a ``slow``
-    client connected, if any); the opt-outs saved must all be written by the next serve, each
-    once. How long the stop took, what serve printed, and the slow client."""
+    client connected, if any), or with ``hang_up`` SIGHUP to serve's whole process group (its
+    terminal closed); the opt-outs saved must all be written by the next serve, each once. How
+    long the stop took, what serve printed, and the slow client."""
     with database_for("sqlite", tmp_path) as database:
         prepared = prepare(database)
         site = cli(database, "participant", "create", "--name", "Opt-out service",
@@ -165,7 +169,7 @@ def _stopped_with_optouts_pending(
         pending = database.data_dir / PENDING_OPTOUTS_DIR
         client: SlowClient | None = None
 
-        with served(database, workers=2, env=FLUSH_EVERY) as server:
+        with served(database, workers=2, env=FLUSH_EVERY, own_group=hang_up) as server:
             lock = sqlite3.connect(database.sqlite_path, timeout=30, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")
             try:
@@ -176,7 +180,7 @@ def _stopped_with_optouts_pending(
                 if slow is not None:
                     client = slow(server, prepared, optout_key)
                 time.sleep(1.0)  # the workers' flushes now wait for the lock
-                took = _stop(server)
+                took = _hang_up(server) if hang_up else _stop(server)
             finally:
                 if client is not None:
                     client.close()
@@ -223,12 +227,27 @@ def _stop(server: Served) -> float:
     return time.monotonic() - stopping
 
 
+def _hang_up(server: Served) -> float:
+    """SIGHUP to serve and its workers at once, as a closed terminal sends it; how long serve
+    took to exit, which it must do as on SIGTERM (exit status 0)."""
+    stopping = time.monotonic()
+    os.killpg(os.getpgid(server.process.pid), signal.SIGHUP)
+    assert server.process.wait(timeout=60) == 0
+    return time.monotonic() - stopping
+
+
 def test_logouts_confirmed_while_the_store_is_locked_are_written_after_a_restart(
     tmp_path: Path,
 ) -> None:
     took, output, _ = _stopped_with_optouts_pending(tmp_path)
     assert took < 10, output  # no worker waited to be killed
     assert "Traceback" not in output
+
+
+def test_a_closed_terminal_stops_serve_without_losing_confirmed_optouts(tmp_path: Path) -> None:
+    took, output, _ = _stopped_with_optouts_pending(tmp_path, hang_up=True)
+    assert took < 10, output
+    assert output.rstrip().endswith("stopped")
 
 
 def test_a_client_trickling_a_body_neither_holds_up_the_stop_nor_loses_confirmed_optouts(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from uid2_operator.cli.output import emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
 from uid2_operator.settings import EnvironmentSource, Settings
+from uid2_operator.stop_signals import stop_signals_held
 
 
 @click.command()
@@ -53,10 +55,22 @@ def init(environment: str | None, as_json: bool) -> None:
     version initialised records none: init records this one, once the rest succeeded, unless
     the ids of the database's API keys and admin tokens name another.
     """
-    done = initialise(environment)
-    emit(wants_json(as_json), done.document, done.human)
-    if done.token_issued:
-        show_once_warning()
+    shown = False
+
+    def deliver(done: Initialised) -> None:
+        nonlocal shown
+        emit(wants_json(as_json), done.document, done.human)
+        if done.token_issued:
+            show_once_warning()
+        shown = True
+
+    try:
+        initialise(environment, deliver)
+    except KeyboardInterrupt:
+        if not shown:
+            raise
+        # A stop signal held while the token was issued and shown: init had finished, and says
+        # so (exit status 0) rather than that it was interrupted.
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +95,31 @@ class InitInterrupted(KeyboardInterrupt):
         self.data_dir = data_dir
 
 
-def initialise(environment: str | None) -> Initialised:
-    """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing. Interrupted,
-    it raises ``InitInterrupted``."""
+def initialise(environment: str | None, deliver: Callable[[Initialised], None]) -> None:
+    """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing itself: what
+    it did goes to ``deliver``, which shows it or keeps it for showing.
+
+    Interrupted, it raises ``InitInterrupted``, except once it has issued the bootstrap admin
+    token: the token exists only in this process until it is shown, so from the moment it is
+    issued until ``deliver`` returns the stop signals are held (``stop_signals_held``), and one
+    that came meanwhile takes effect then, as a plain ``KeyboardInterrupt``."""
     settings = load_settings(environment, check=False)
+    delivered = False
+
+    def delivering(done: Initialised) -> None:
+        nonlocal delivered
+        deliver(done)
+        delivered = True
+
     try:
-        return _initialise(settings)
+        _initialise(settings, delivering)
     except KeyboardInterrupt:
+        if delivered:
+            raise
         raise InitInterrupted(settings.data_dir.resolve()) from None
 
 
-def _initialise(settings: Settings) -> Initialised:
+def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> None:
     check_environment(settings)
     # Before anything else, so every step runs for the database's environment: a new data
     # directory adopts it, a mismatch is refused before any write.
@@ -105,66 +133,69 @@ def _initialise(settings: Settings) -> Initialised:
     if not keyring_present:
         require_unsealed_store(settings)
     keyring = ensure_keyring(settings)
-    opened = open_services(settings, keyring=keyring)
-    try:
-        # Refused before anything is sealed (a database upgraded just now was not read above).
-        check_store_recordable(settings, opened.store)
-        who = actor()
-        # The material first: it refuses a keyring that does not open the store's, and a salt
-        # bucket count that is not the table's. Then the database's environment (a new one:
-        # this one), so a refused run records none, and the data directory's. The token last,
-        # once nothing else can fail: a run that stops before it has not issued (and so cannot
-        # lose) the token, which is shown only once.
-        material = opened.material.initialise(who)
-        record_store_environment(settings, opened.store)
-        record_environment(settings)
-        issued = opened.admin.bootstrap_token(who)
-        backend = opened.store.backend
-    finally:
-        opened.close()
-    data_dir = settings.data_dir.resolve()  # a relative one depends on where the command runs
-    document: dict[str, object] = {
-        "data_dir": str(data_dir),
-        "database": backend,
-        "environment": settings.environment.value,
-        "environment_adopted": adopted,
-        "schema_revision": revision,
-        "keyring_created": not keyring_present,
-        "material_created": material.changed,
-        "salt_buckets": material.bucket_count,
-        # Always present: null when this run issued none (a rerun, or a database whose bootstrap
-        # token an earlier init issued).
-        "admin_token_id": None if issued is None else issued.token_id,
-        "admin_token": None if issued is None else issued.token,
-    }
+    with ExitStack() as held:
+        opened = open_services(settings, keyring=keyring)
+        try:
+            # Refused before anything is sealed (a database upgraded just now was not read above).
+            check_store_recordable(settings, opened.store)
+            who = actor()
+            # The material first: it refuses a keyring that does not open the store's, and a salt
+            # bucket count that is not the table's. Then the database's environment (a new one:
+            # this one), so a refused run records none, and the data directory's. The token last,
+            # once nothing else can fail: a run that stops before it has not issued (and so cannot
+            # lose) the token, which is shown only once.
+            material = opened.material.initialise(who)
+            record_store_environment(settings, opened.store)
+            record_environment(settings)
+            # From here the run finishes: the token, once issued, is held here alone until shown.
+            held.enter_context(stop_signals_held())
+            issued = opened.admin.bootstrap_token(who)
+            backend = opened.store.backend
+        finally:
+            opened.close()
+        data_dir = settings.data_dir.resolve()  # a relative one depends on where the command runs
+        document: dict[str, object] = {
+            "data_dir": str(data_dir),
+            "database": backend,
+            "environment": settings.environment.value,
+            "environment_adopted": adopted,
+            "schema_revision": revision,
+            "keyring_created": not keyring_present,
+            "material_created": material.changed,
+            "salt_buckets": material.bucket_count,
+            # Always present: null when this run issued none (a rerun, or a database whose bootstrap
+            # token an earlier init issued).
+            "admin_token_id": None if issued is None else issued.token_id,
+            "admin_token": None if issued is None else issued.token,
+        }
 
-    def human() -> None:
-        fields(
-            [
-                ("data directory", data_dir),
-                ("database", backend),
-                (
-                    "environment",
-                    f"{settings.environment.value} (adopted from the database)"
-                    if adopted
-                    else settings.environment.value,
-                ),
-                ("schema revision", revision),
-                ("keyring", "created (development)" if not keyring_present else "present"),
-                (
-                    "encryption material",
-                    f"{'created' if material.salts_created else 'present'} "
-                    f"({material.bucket_count} salt buckets)",
-                ),
-            ]
-        )
-        if issued is not None:
-            click.echo(f"bootstrap admin token ({issued.token_id}, SUPER_USER):")
-            click.echo(issued.token)
-        else:
-            click.echo("already initialised; no new admin token")
+        def human() -> None:
+            fields(
+                [
+                    ("data directory", data_dir),
+                    ("database", backend),
+                    (
+                        "environment",
+                        f"{settings.environment.value} (adopted from the database)"
+                        if adopted
+                        else settings.environment.value,
+                    ),
+                    ("schema revision", revision),
+                    ("keyring", "created (development)" if not keyring_present else "present"),
+                    (
+                        "encryption material",
+                        f"{'created' if material.salts_created else 'present'} "
+                        f"({material.bucket_count} salt buckets)",
+                    ),
+                ]
+            )
+            if issued is not None:
+                click.echo(f"bootstrap admin token ({issued.token_id}, SUPER_USER):")
+                click.echo(issued.token)
+            else:
+                click.echo("already initialised; no new admin token")
 
-    return Initialised(document, human, issued is not None)
+        deliver(Initialised(document, human, issued is not None))
 
 
 @click.group()

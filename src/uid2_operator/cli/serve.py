@@ -90,7 +90,7 @@ from uid2_operator.serve_settings import (
 from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
-from uid2_operator.stop_signals import leave_to_main_thread
+from uid2_operator.stop_signals import STOP_SIGNALS, StopRequest, leave_to_main_thread
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.admin_api.app import create_admin_app
 from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
@@ -427,6 +427,10 @@ def _exit_with_parent(server: uvicorn.Server, parent: int) -> None:
     log.warning("worker %d: serve (pid %d) is gone; stopping", os.getpid(), parent)
 
 
+_IGNORED_AT_START: Final = frozenset({signal.SIGINT, signal.SIGHUP})
+"""The signals a worker starts with ignored (``_Workers._start_one``)."""
+
+
 @dataclass
 class _Workers:
     """The worker processes: started, restarted when they exit, stopped.
@@ -452,16 +456,18 @@ class _Workers:
         self._runtime_dir: Path | None = None
 
     def _start_one(self) -> SpawnProcess:
-        """Start a worker. It starts with SIGINT ignored, inherited from this process for the
-        moment of the start: a Ctrl-C reaches the whole terminal's process group, and a worker
-        still importing would end in a ``KeyboardInterrupt`` traceback; serve stops its workers
-        itself, and each one's server takes SIGINT up again once it runs.
+        """Start a worker. It starts with SIGINT and SIGHUP ignored, inherited from this process
+        for the moment of the start: a Ctrl-C, or the hang-up of a closed terminal, reaches the
+        whole terminal's process group, and a worker still importing would end in a
+        ``KeyboardInterrupt`` traceback, or at once; serve stops its workers itself. Each one's
+        server takes SIGINT up again once it runs; SIGHUP stays ignored (serve stops on it, and
+        stops its workers with SIGTERM, so they write what they hold).
 
-        SIGINT is blocked in this (main) thread meanwhile, and every helper thread blocks it
+        Both are blocked in this (main) thread meanwhile, and every helper thread blocks them
         (``stop_signals``): one that reaches serve during the start then waits, blocked signals
         being kept whatever their disposition, and reaches serve's handler once it is back,
         rather than being dropped as ignored. One already waiting keeps the handler (the worker
-        then starts without SIGINT ignored: serve is stopping)."""
+        then starts without it ignored: serve is stopping)."""
         process = self._context.Process(
             target=_worker_main,
             args=(self.host, self.port, self.shared, self.log_level, os.getpid(), self.metrics),
@@ -469,16 +475,21 @@ class _Workers:
             daemon=False,
         )
         in_main_thread = threading.current_thread() is threading.main_thread()
-        mask = previous = None
+        mask = None
+        previous: dict[signal.Signals, Any] = {}
         if in_main_thread:
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            if signal.SIGINT not in signal.sigpending():  # ignoring it would drop one waiting
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED_AT_START)
+            waiting = signal.sigpending()  # ignoring one would drop it
+            previous = {
+                signum: signal.signal(signum, signal.SIG_IGN)
+                for signum in _IGNORED_AT_START
+                if signum not in waiting
+            }
         try:
             process.start()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._started[id(process)] = time.monotonic()
@@ -1030,8 +1041,8 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     --admin-host other machines can reach is logged as a warning at start; a --metrics-host is
     not (a monitoring network is seldom loopback), but keep it off public interfaces all the same.
 
-    Until serve runs its workers (and so handles SIGINT and SIGTERM as the stop signal), SIGTERM
-    interrupts it as SIGINT does, rather than ending the process at once."""
+    Until serve runs its workers (and so handles SIGINT, SIGTERM and SIGHUP as the stop signal),
+    SIGTERM and SIGHUP interrupt it as SIGINT does, rather than ending the process at once."""
     _check_ports(ctx, port, admin_port, metrics_port)
     _configure_logging(log_level)
     _no_core_dumps()
@@ -1039,11 +1050,13 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
         host, port, admin_host, admin_port, workers, log_level, metrics_host, metrics_port
     )
     announcer = _Announcer(as_json=wants_json(as_json))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    stop = StopRequest()
+    previous = {signum: signal.signal(signum, stop.interrupt) for signum in STOP_SIGNALS}
     try:
-        _serve(ctx, listen, init_if_new, announcer)
+        _serve(ctx, listen, init_if_new, announcer, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     click.echo("stopped", err=True)
 
 
@@ -1064,21 +1077,22 @@ def _check_ports(ctx: click.Context, port: int, admin_port: int, metrics_port: i
             )
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM while serve starts: interrupt it as SIGINT does (``KeyboardInterrupt``)."""
-    del signum, frame
-    raise KeyboardInterrupt
-
-
-def _serve(ctx: click.Context, listen: _Listen, init_if_new: bool, announcer: _Announcer) -> None:
-    """``serve`` from its settings to its stop. The data directory is checked first, before
-    anything is bound or written: one recorded for another environment is refused, as ``init``
-    and every other command refuse it (``check_environment``), so is a database recorded for
-    another environment (``check_store_environment``; with --init-if-new, a data directory that
-    records no environment is left to ``init``, which adopts the database's), and without
-    --init-if-new one without a keyring is reported as every other command reports it
-    (``require_data_directory``; one that does not exist before the lock would make it, one
-    without a keyring once the lock says no other serve is setting it up)."""
+def _serve(
+    ctx: click.Context,
+    listen: _Listen,
+    init_if_new: bool,
+    announcer: _Announcer,
+    stop: StopRequest,
+) -> None:
+    """``serve`` from its settings to its stop (``stop``: what its signal handlers noted; a stop
+    signal interrupts the start, and stops the serving once it runs). The data directory is
+    checked first, before anything is bound or written: one recorded for another environment is
+    refused, as ``init`` and every other command refuse it (``check_environment``), so is a
+    database recorded for another environment (``check_store_environment``; with --init-if-new,
+    a data directory that records no environment is left to ``init``, which adopts the
+    database's), and without --init-if-new one without a keyring is reported as every other
+    command reports it (``require_data_directory``; one that does not exist before the lock
+    would make it, one without a keyring once the lock says no other serve is setting it up)."""
     settings = load_settings(check=False)
     check_environment(settings)
     if not init_if_new and not settings.data_dir.is_dir():
@@ -1094,13 +1108,10 @@ def _serve(ctx: click.Context, listen: _Listen, init_if_new: bool, announcer: _A
         require_data_directory(settings)
     try:
         if init_if_new and _needs_init(settings):
-            announcer.initialised = initialise(None)
-            if not announcer.as_json:
-                announcer.initialised.human()
-            if announcer.initialised.token_issued:
-                show_once_warning()
+            initialise(None, announcer.initialise_done)
             settings = load_settings()
-        _run_serving(settings, serve_settings, lock, listen, announcer)
+        stop.check()  # an interruption lost on the way (``StopRequest.interrupt``)
+        _run_serving(settings, serve_settings, lock, listen, announcer, stop=stop)
     finally:
         announcer.stopped()
 
@@ -1126,8 +1137,11 @@ def _run_serving(
     lock: ServeLock,
     listen: _Listen,
     announcer: _Announcer,
+    *,
+    stop: StopRequest,
 ) -> None:
-    """Open the services, bind, start the workers and serve until SIGINT or SIGTERM."""
+    """Open the services, bind, start the workers and serve until a stop signal (SIGINT, SIGTERM,
+    SIGHUP); one that came while starting (its interruption lost) stops it at once."""
     services = _open_serving(settings, serve_settings)
     _export_settings(settings)
     reserve, operator_port = _reserve_operator_port(listen.host, listen.port)
@@ -1144,13 +1158,7 @@ def _run_serving(
     admin = _run_admin(services, admin_sock, listen.log_level, admin_limits)
     shared = None if _REUSE_PORT else reserve
     pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level, metrics)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        del signum, frame
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop.note) for signum in STOP_SIGNALS}
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
     upkeep = _UpkeepThread(
         _Upkeep(
@@ -1168,7 +1176,7 @@ def _run_serving(
         upkeep.start()
         while True:
             announcer.tick()
-            if stop.wait(0.2):
+            if stop.sleep(0.2):
                 break
             pool.keep_alive()
     finally:
@@ -1204,6 +1212,15 @@ class _Announcer:
         self._metrics_port: int | None = None
         self._since = 0.0
         self._warned = False
+
+    def initialise_done(self, done: Initialised) -> None:
+        """What ``--init-if-new`` did (``initialise``'s ``deliver``): kept for the JSON line, or
+        printed at once in text mode."""
+        self.initialised = done
+        if not self.as_json:
+            done.human()
+        if done.token_issued:
+            show_once_warning()
 
     def where(
         self,

@@ -8,9 +8,12 @@ stand-in that stops the way a signal would, so nothing is bound.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import signal
+import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from uid2_operator.bootstrap import (
 )
 from uid2_operator.cli import main
 from uid2_operator.cli.output import FAILURE_EXIT
+from uid2_operator.services.admin import AdminService
 from uid2_operator.settings import Settings
 
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
@@ -71,8 +75,8 @@ def _serve(tmp_path: Path) -> int:
 def test_a_serve_stopped_before_its_json_line_prints_the_bootstrap_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def stopped_by_a_signal(*args: Any) -> None:  # before any worker accepted
-        del args
+    def stopped_by_a_signal(*args: Any, **kwargs: Any) -> None:  # before any worker accepted
+        del args, kwargs
 
     monkeypatch.setattr(serve, "_run_serving", stopped_by_a_signal)
     status = _serve(tmp_path)
@@ -85,18 +89,22 @@ def test_a_serve_stopped_before_its_json_line_prints_the_bootstrap_token(
     assert init["data_dir"] == str((tmp_path / "data").resolve())
 
 
-def test_sigterm_interrupts_a_starting_serve_as_sigint_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stop_signal_interrupts_a_starting_serve_as_sigint_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: signal.Signals,
 ) -> None:
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     handlers: list[Any] = []
 
-    def terminated(*args: Any) -> None:  # SIGTERM before serving installs its stop handler
-        del args
-        handler = signal.getsignal(signal.SIGTERM)
+    def terminated(*args: Any, **kwargs: Any) -> None:  # before serving installs its handler
+        del args, kwargs
+        handler = signal.getsignal(signum)
         handlers.append(handler)
         if callable(handler):
-            handler(signal.SIGTERM, None)
+            handler(signum, None)
 
     monkeypatch.setattr(serve, "_run_serving", terminated)
     status = _serve(tmp_path)
@@ -107,14 +115,14 @@ def test_sigterm_interrupts_a_starting_serve_as_sigint_does(
     line, error = out.splitlines()  # one JSON document per line
     assert json.loads(line)["init"]["admin_token"]
     assert json.loads(error)["error"]["code"] == "interrupted"
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signum) == before
 
 
 def test_a_serve_that_fails_after_init_prints_one_json_document_per_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def port_taken(*args: Any) -> None:
-        del args
+    def port_taken(*args: Any, **kwargs: Any) -> None:
+        del args, kwargs
         raise click.ClickException("cannot listen on 127.0.0.1:8080: Address already in use")
 
     monkeypatch.setattr(serve, "_run_serving", port_taken)
@@ -130,3 +138,86 @@ def test_a_serve_that_fails_after_init_prints_one_json_document_per_line(
             "message": "cannot listen on 127.0.0.1:8080: Address already in use",
         }
     }
+
+
+def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The interruption a stop signal raises can be lost (raised inside a garbage collector's
+    callback, Python only reports it); the stop it noted still ends the start before serving."""
+    real_initialise = serve.initialise
+    served: list[object] = []
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def initialise_then_lose_a_sigterm(*args: Any) -> None:
+        real_initialise(*args)
+        watched = type("Watched", (), {})()
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        watch = weakref.ref(watched, lambda _ref: handler(signal.SIGTERM, None))
+        del watched
+        gc.collect()
+        assert watch() is None
+
+    monkeypatch.setattr(serve, "initialise", initialise_then_lose_a_sigterm)
+    monkeypatch.setattr(serve, "_run_serving", lambda *a, **k: served.append(a))
+    status = _serve(tmp_path)
+    out, err = capsys.readouterr()
+    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert served == []  # never started serving
+    assert status == FAILURE_EXIT
+    assert err.endswith("Error: aborted\n")
+    line, error = out.splitlines()
+    assert json.loads(line)["init"]["admin_token"]  # the token issued is still shown
+    assert json.loads(error)["error"]["code"] == "interrupted"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_init_issues_the_token_waits_until_the_token_is_shown(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: signal.Signals,
+) -> None:
+    """A signal that lands once the bootstrap token is committed, and before it is printed,
+    takes effect once it is: the token is never issued and lost."""
+    real_bootstrap = AdminService.bootstrap_token
+
+    def bootstrap_then_signal(self: AdminService, *args: Any, **kwargs: Any) -> Any:
+        issued = real_bootstrap(self, *args, **kwargs)
+        signal.raise_signal(signum)
+        return issued
+
+    monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_signal)
+    served: list[object] = []
+    monkeypatch.setattr(serve, "_run_serving", lambda *a, **k: served.append(a))
+    status = _serve(tmp_path)
+    out, err = capsys.readouterr()
+    assert served == []
+    assert status == FAILURE_EXIT
+    assert err.endswith("Error: aborted\n")
+    line, error = out.splitlines()
+    init = json.loads(line)["init"]
+    assert init["admin_token"].startswith(init["admin_token_id"] + ".")
+    assert json.loads(error)["error"]["code"] == "interrupted"
+
+
+def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_bootstrap = AdminService.bootstrap_token
+
+    def bootstrap_then_ctrl_c(self: AdminService, *args: Any, **kwargs: Any) -> Any:
+        issued = real_bootstrap(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return issued
+
+    monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_ctrl_c)
+    status = main.main(
+        ["--data-dir", str(tmp_path / "data"), "init", "--json"], standalone_mode=False
+    )
+    out, err = capsys.readouterr()
+    assert status in (None, 0), err
+    document = json.loads(out)  # the whole document, and nothing after it
+    assert document["admin_token"].startswith(document["admin_token_id"] + ".")

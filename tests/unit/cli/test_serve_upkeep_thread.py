@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from uid2_operator.serve_settings import ServeSettings
+from uid2_operator.stop_signals import StopRequest
 
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
 LOGGER = "uid2_operator.cli.serve"
@@ -143,7 +144,12 @@ def test_a_worker_killed_while_the_upkeep_waits_on_the_store_is_restarted_at_onc
     driver.start()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         serve._run_serving(
-            SimpleNamespace(data_dir=tmp_path), ServeSettings(), None, listen, announcer
+            SimpleNamespace(data_dir=tmp_path),
+            ServeSettings(),
+            None,
+            listen,
+            announcer,
+            stop=StopRequest(),
         )
         driver.join(BOUND_S)
         for thread in _upkeep_threads():

@@ -1,7 +1,8 @@
-"""A worker starts with SIGINT ignored (a Ctrl-C in the terminal reaches every process of the
-group, and a worker still importing would print a ``KeyboardInterrupt`` traceback); serve's own
-SIGINT handler is back as soon as the worker is started, and a SIGINT that came meanwhile
-reaches it."""
+"""A worker starts with SIGINT and SIGHUP ignored (a Ctrl-C in the terminal, or its hang-up,
+reaches every process of the group, and a worker still importing would print a
+``KeyboardInterrupt`` traceback, or die on the spot; a running one keeps SIGHUP ignored: serve
+stops it with SIGTERM, so it writes what it holds); serve's own handlers are back as soon as the
+worker is started, and a SIGINT that came meanwhile reaches it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from uid2_operator.stop_signals import leave_to_main_thread
 serve = importlib.import_module("uid2_operator.cli.serve")
 
 _SIGINT_BIT = 1 << (signal.SIGINT - 1)
+_SIGHUP_BIT = 1 << (signal.SIGHUP - 1)
 
 
 def _ignored_signals(pid: int) -> int:
@@ -29,24 +31,28 @@ def _ignored_signals(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc/<pid>/status")
-def test_a_worker_starts_with_sigint_ignored_and_serve_keeps_its_handler() -> None:
+def test_a_worker_starts_with_sigint_and_sighup_ignored_and_serve_keeps_its_handlers() -> None:
     def handler(signum: int, frame: object) -> None:
         del signum, frame
 
-    before = signal.signal(signal.SIGINT, handler)
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGHUP)}
     workers = serve._Workers("127.0.0.1", 0, 1, None, "warning")
     try:
         process = workers._start_one()
         try:
             assert process.pid is not None
             # Read at once: the worker is still starting (its server takes SIGINT up later).
-            assert _ignored_signals(process.pid) & _SIGINT_BIT
+            ignored = _ignored_signals(process.pid)
+            assert ignored & _SIGINT_BIT
+            assert ignored & _SIGHUP_BIT
             assert signal.getsignal(signal.SIGINT) is handler
+            assert signal.getsignal(signal.SIGHUP) is handler
         finally:
             process.kill()
             process.join(10)
     finally:
-        signal.signal(signal.SIGINT, before)
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
 
 
 _LANDING = """
@@ -97,5 +103,7 @@ def test_a_helper_thread_leaves_the_stop_signals_to_the_main_thread() -> None:
     thread.start()
     thread.join()
     [helper_mask] = blocked
-    assert {signal.SIGINT, signal.SIGTERM} <= helper_mask
-    assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= helper_mask
+    assert not {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} & signal.pthread_sigmask(
+        signal.SIG_BLOCK, set()
+    )
