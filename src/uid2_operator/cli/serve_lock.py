@@ -79,13 +79,14 @@ class ServeLock:
         message when another serve holds it. The record then names this process and, until
         this serve records its own (``record``), still the directories left behind."""
         path = data_dir / LOCK_FILE
+        shown = data_dir.resolve()  # named as every other message names it, whatever the cwd
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
             flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(path, flags, _PRIVATE_FILE)
         except OSError as exc:
             raise click.ClickException(
-                f"cannot lock the data directory {data_dir}: {exc.strerror or exc}"
+                f"cannot lock the data directory {shown}: {exc.strerror or exc}"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,13 +95,13 @@ class ServeLock:
             os.close(fd)
             pid = f"pid {holder}" if isinstance(holder, int) else "pid unknown"
             raise click.ClickException(
-                f"the data directory {data_dir} is in use by another uid2-operator serve "
+                f"the data directory {shown} is in use by another uid2-operator serve "
                 f"({pid}); stop that one first, or give this one another --data-dir"
             ) from None
         except OSError as exc:
             os.close(fd)
             raise click.ClickException(
-                f"cannot lock the data directory {data_dir}: {exc.strerror or exc}"
+                f"cannot lock the data directory {shown}: {exc.strerror or exc}"
             ) from None
         try:
             os.fchmod(fd, _PRIVATE_FILE)

@@ -85,6 +85,17 @@ def test_a_second_lock_on_one_data_directory_is_refused_naming_it_and_the_holder
         pass
 
 
+def test_a_relative_data_directory_is_named_whole_in_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with ServeLock.take(Path("./data")), pytest.raises(click.ClickException) as refused:
+        ServeLock.take(Path("./data"))
+    assert refused.value.message.startswith(
+        f"the data directory {(tmp_path / 'data').resolve()} is in use"
+    )
+
+
 def test_the_record_names_the_holder_and_hands_its_runtime_directories_to_the_next(
     tmp_path: Path,
 ) -> None:
