@@ -62,9 +62,10 @@ def refuse_credential_text(value: str, what: str) -> str:
     in plaintext, so a credential pasted there by mistake must not be kept."""
     if holds_credential_text(value):
         raise InvalidInput(
-            f"{what} looks like a credential; never paste one here (a run of 33 or more letters "
-            "and digits that mixes upper and lower case counts as one: if this is no credential, "
-            "break such a word with a space)"
+            f"{what} looks like a credential; never paste one here (API keys, admin tokens and "
+            "client secrets are refused, and so is any run of 33 or more letters and digits "
+            "that mixes upper and lower case: if this is no credential, break such a word with "
+            "a space, or where the field takes none, with another character it takes)"
         )
     return value
 
