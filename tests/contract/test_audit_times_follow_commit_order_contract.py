@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,9 @@ class MemoryKeyring:
     def stage(self, keyring: Keyring) -> StagedKeyring:
         """Staged, put in place by ``publish`` (once the change committed)."""
         return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

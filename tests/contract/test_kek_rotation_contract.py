@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 import pytest
@@ -225,6 +226,9 @@ class MemoryKeyring:
     def stage(self, keyring: Keyring) -> StagedKeyring:
         """Staged, put in place by ``publish`` (once the change committed)."""
         return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

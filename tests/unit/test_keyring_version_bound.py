@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,9 @@ class MemoryKeyring:
     def stage(self, keyring: Keyring) -> StagedKeyring:
         """Staged, put in place by ``publish`` (once the change committed)."""
         return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, keyring: Keyring) -> None:
         self.keyring = keyring

@@ -67,6 +67,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
@@ -133,6 +134,11 @@ class KeyringHolder(Protocol):
         keyring atomically; raises, with nothing left behind, when it cannot be written."""
         ...
 
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the keyring for one change, from before it is read until the new one is in
+        place: another change (in this process or another, through the same file) waits."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StagedKeyring:
@@ -150,26 +156,40 @@ class _KeyringWrite:
     anything commits; leaving the block puts it in place once the unit of work has committed,
     and removes it when anything failed, the commit included. So the keyring file never holds
     a change the store did not record: no version number the store has not reserved, no drop
-    without the store's record of it (``refuse_dropped_active_version``)."""
+    without the store's record of it (``refuse_dropped_active_version``).
+
+    The keyring is held (``KeyringHolder.locked``) for the whole block, taken before the store's
+    write lock: the store's lock is released at the commit, before the rename, and another
+    change that read the file in between would put back what this one changed (a version added
+    and perhaps already sealed under, lost for good). Changes of the keyring take the two locks
+    in that order; nothing else takes the keyring's."""
 
     def __init__(self, holder: KeyringHolder) -> None:
         self._holder = holder
+        self._held: AbstractContextManager[None] | None = None
         self._staged: StagedKeyring | None = None
 
     def stage(self, keyring: Keyring) -> None:
         self._staged = self._holder.stage(keyring)
 
     def __enter__(self) -> _KeyringWrite:
+        held = self._holder.locked()
+        held.__enter__()
+        self._held = held
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
         staged, self._staged = self._staged, None
-        if staged is None:
-            return
-        if kind is None:
-            staged.publish()
-        else:
-            staged.discard()
+        held, self._held = self._held, None
+        try:
+            if staged is not None:
+                if kind is None:
+                    staged.publish()
+                else:
+                    staged.discard()
+        finally:
+            if held is not None:
+                held.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------- results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class KeyringFile:
     def stage(self, keyring: Keyring) -> StagedKeyring:
         """Staged, put in place by ``publish`` (once the change committed)."""
         return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, keyring: Keyring) -> None:
         assert self.writable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,9 @@ class MemoryKeyring:
     def stage(self, keyring: Keyring) -> StagedKeyring:
         """Staged, put in place by ``publish`` (once the change committed)."""
         return StagedKeyring(lambda: self.save(keyring), lambda: None)
+
+    def locked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, keyring: Keyring) -> None:
         assert self.writable

@@ -7,11 +7,17 @@ connection lost, the database restarted) therefore leaves the keyring file as it
 temporary file: otherwise the file would hold a version number the store never reserved (the
 next ``add-version`` of another data directory hands it out again with another key) or lack a
 version the store never recorded as dropped (another keyring file could still seal under it).
+
+The rename after the commit comes after the store's write lock is released, so the keyring file
+has a lock of its own, held from before a change reads the keyring until its new one is in
+place: two changes at once (two commands on one data directory) run one after the other, and
+neither puts back what the other changed.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -74,7 +80,12 @@ def world_fixture(tmp_path: Path) -> Iterator[tuple[Settings, CommitFails, Keyri
 
 
 def _files(settings: Settings) -> tuple[bytes, list[str]]:
-    return settings.keyring_path.read_bytes(), sorted(p.name for p in settings.data_dir.iterdir())
+    """The keyring's bytes and what else the data directory holds (its lock file aside)."""
+    names = sorted(p.name for p in settings.data_dir.iterdir() if p.name != LOCK)
+    return settings.keyring_path.read_bytes(), names
+
+
+LOCK = ".keyring.json.lock"
 
 
 @pytest.mark.parametrize("activate", [True, False])
@@ -147,3 +158,45 @@ def test_a_file_that_cannot_be_written_refuses_before_the_commit(
     monkeypatch.undo()
     assert _files(settings) == files
     assert _recorded(store) == recorded
+
+
+ROUNDS = 12
+
+
+def test_two_changes_at_once_keep_every_version_either_added(tmp_path: Path) -> None:
+    settings = Settings.from_env({"UID2_DATA_DIR": str(tmp_path / "data")})
+    ensure_keyring(settings)
+    upgrade_database(settings)
+    failures: list[BaseException] = []
+
+    def adder() -> None:
+        store = open_configured_store(settings)
+        rotation = KeyringRotationService(
+            store, ConfiguredKeyring(settings), FixedClock(), os.urandom
+        )
+        try:
+            for _ in range(ROUNDS):
+                rotation.add_version(SYSTEM, activate=False)
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=adder) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    store = open_configured_store(settings)
+    try:
+        with store.read() as rx:
+            reserved = rx.deployment.highest_kek_version()
+            recorded = set(rx.deployment.kek_check_values())
+    finally:
+        store.close()
+    held = load_keyring(settings).versions
+    assert reserved == 1 + 2 * ROUNDS
+    assert held == tuple(range(1, reserved + 1))  # none added by one and dropped by the other
+    assert recorded - {0} == set(held)  # (0: the pepper's check value)
+    assert (tmp_path / "data" / LOCK).exists()
