@@ -18,11 +18,31 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+Handler = Callable[[int, Any], None]
+
+
+def handle_stop_signals(handler: Handler) -> dict[int, Any]:
+    """Make ``handler`` the handler of every stop signal the process does not ignore; the
+    handlers it replaced, for ``restore_handlers``. A signal ignored when the process started
+    stays ignored, as Python keeps an ignored SIGINT: SIGHUP under ``nohup``, SIGINT for a job a
+    script started in the background."""
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    """Put back the handlers ``handle_stop_signals`` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def leave_to_main_thread() -> None:
@@ -64,11 +84,16 @@ class StopRequest:
 
     def interrupt(self, signum: int, frame: object) -> None:
         """A signal handler while starting: note the stop and interrupt as SIGINT does
-        (``KeyboardInterrupt``). The note stays should the exception be lost (raised inside a
-        garbage collector's callback, which Python reports as "Exception ignored" and goes on
-        from), so the next ``check`` raises it again."""
+        (``KeyboardInterrupt``), for the first stop only: a further signal (a second one held
+        with it, say, delivered as the first unwinds) would cut short what the interruption
+        does on its way out, such as printing the admin token ``init`` issued. The note stays
+        should the exception be lost (raised inside a garbage collector's callback, which
+        Python reports as "Exception ignored" and goes on from), so the next ``check`` raises
+        it again."""
+        first = self.signum is None
         self.note(signum, frame)
-        raise KeyboardInterrupt
+        if first:
+            raise KeyboardInterrupt
 
     def check(self) -> None:
         """``KeyboardInterrupt`` if a stop was asked for."""

@@ -21,7 +21,13 @@ from typing import Any
 
 import pytest
 
-from uid2_operator.stop_signals import STOP_SIGNALS, StopRequest, stop_signals_held
+from uid2_operator.stop_signals import (
+    STOP_SIGNALS,
+    StopRequest,
+    handle_stop_signals,
+    restore_handlers,
+    stop_signals_held,
+)
 
 _WAITER = """
 import os, signal, sys
@@ -107,3 +113,32 @@ def test_a_signal_held_for_a_step_reaches_its_handler_when_the_step_ends() -> No
         assert not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, set())
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_only_the_first_stop_interrupts() -> None:
+    """A second signal (held with the first, delivered while the first's interruption unwinds)
+    must not cut short what runs on the way out."""
+    stop = StopRequest()
+    with pytest.raises(KeyboardInterrupt):
+        stop.interrupt(signal.SIGTERM, None)
+    stop.interrupt(signal.SIGHUP, None)  # noted, not raised
+    assert stop.requested
+
+
+def test_a_stop_signal_ignored_at_start_stays_ignored() -> None:
+    def handler(signum: int, frame: object) -> None:
+        del signum, frame
+
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        previous = handle_stop_signals(handler)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGINT) is handler
+        assert set(previous) == {signal.SIGTERM, signal.SIGINT}
+        restore_handlers(previous)
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for signum, handler_before in before.items():
+            signal.signal(signum, handler_before)

@@ -27,7 +27,12 @@ from uid2_operator.cli.output import emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
 from uid2_operator.settings import EnvironmentSource, Settings
-from uid2_operator.stop_signals import stop_signals_held
+from uid2_operator.stop_signals import (
+    StopRequest,
+    handle_stop_signals,
+    restore_handlers,
+    stop_signals_held,
+)
 
 
 @click.command()
@@ -64,6 +69,8 @@ def init(environment: str | None, as_json: bool) -> None:
             show_once_warning()
         shown = True
 
+    # SIGTERM and SIGHUP interrupt init as SIGINT does: it then says what to do to finish.
+    previous = handle_stop_signals(StopRequest().interrupt)
     try:
         initialise(environment, deliver)
     except KeyboardInterrupt:
@@ -71,6 +78,8 @@ def init(environment: str | None, as_json: bool) -> None:
             raise
         # A stop signal held while the token was issued and shown: init had finished, and says
         # so (exit status 0) rather than that it was interrupted.
+    finally:
+        restore_handlers(previous)
 
 
 @dataclass(frozen=True, slots=True)

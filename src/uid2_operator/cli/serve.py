@@ -90,7 +90,12 @@ from uid2_operator.serve_settings import (
 from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
-from uid2_operator.stop_signals import STOP_SIGNALS, StopRequest, leave_to_main_thread
+from uid2_operator.stop_signals import (
+    StopRequest,
+    handle_stop_signals,
+    leave_to_main_thread,
+    restore_handlers,
+)
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.admin_api.app import create_admin_app
 from uid2_operator.web.admin_api.bodies import MAX_BODY_BYTES
@@ -1051,12 +1056,11 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     )
     announcer = _Announcer(as_json=wants_json(as_json))
     stop = StopRequest()
-    previous = {signum: signal.signal(signum, stop.interrupt) for signum in STOP_SIGNALS}
+    previous = handle_stop_signals(stop.interrupt)
     try:
         _serve(ctx, listen, init_if_new, announcer, stop)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)
     click.echo("stopped", err=True)
 
 
@@ -1158,7 +1162,7 @@ def _run_serving(
     admin = _run_admin(services, admin_sock, listen.log_level, admin_limits)
     shared = None if _REUSE_PORT else reserve
     pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level, metrics)
-    previous = {signum: signal.signal(signum, stop.note) for signum in STOP_SIGNALS}
+    previous = handle_stop_signals(stop.note)
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
     upkeep = _UpkeepThread(
         _Upkeep(
@@ -1185,8 +1189,7 @@ def _run_serving(
         admin.stop()
         for held in reserved:
             held.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)
         upkeep.join()
         services.close()
         _retire_runtime_dir(runtime_dir, settings.data_dir, lock)

@@ -26,9 +26,11 @@ from uid2_operator.bootstrap import (
     record_environment,
     upgrade_database,
 )
+from uid2_operator.cli import database as database_commands
 from uid2_operator.cli import main
 from uid2_operator.cli.output import FAILURE_EXIT
 from uid2_operator.services.admin import AdminService
+from uid2_operator.services.context import SYSTEM
 from uid2_operator.settings import Settings
 
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
@@ -173,20 +175,30 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
     assert json.loads(error)["error"]["code"] == "interrupted"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signals",
+    [
+        [signal.SIGTERM],
+        [signal.SIGINT],
+        [signal.SIGHUP],
+        [signal.SIGTERM, signal.SIGHUP],  # as systemd sends them with SendSIGHUP=yes
+        [signal.SIGINT, signal.SIGTERM],
+    ],
+)
 def test_a_stop_signal_while_init_issues_the_token_waits_until_the_token_is_shown(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    signum: signal.Signals,
+    signals: list[signal.Signals],
 ) -> None:
-    """A signal that lands once the bootstrap token is committed, and before it is printed,
-    takes effect once it is: the token is never issued and lost."""
+    """Signals that land once the bootstrap token is committed, and before it is printed, take
+    effect once it is, however many: the token is never issued and lost."""
     real_bootstrap = AdminService.bootstrap_token
 
     def bootstrap_then_signal(self: AdminService, *args: Any, **kwargs: Any) -> Any:
         issued = real_bootstrap(self, *args, **kwargs)
-        signal.raise_signal(signum)
+        for signum in signals:
+            signal.raise_signal(signum)
         return issued
 
     monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_signal)
@@ -203,14 +215,19 @@ def test_a_stop_signal_while_init_issues_the_token_waits_until_the_token_is_show
     assert json.loads(error)["error"]["code"] == "interrupted"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: signal.Signals,
 ) -> None:
     real_bootstrap = AdminService.bootstrap_token
+    before = signal.getsignal(signum)
 
     def bootstrap_then_ctrl_c(self: AdminService, *args: Any, **kwargs: Any) -> Any:
         issued = real_bootstrap(self, *args, **kwargs)
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signum)  # SIGTERM's default action would end the process here
         return issued
 
     monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_ctrl_c)
@@ -221,3 +238,46 @@ def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
     assert status in (None, 0), err
     document = json.loads(out)  # the whole document, and nothing after it
     assert document["admin_token"].startswith(document["admin_token_id"] + ".")
+    assert signal.getsignal(signum) == before
+
+
+def test_sigterm_interrupts_init_as_sigint_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def terminated(*args: Any, **kwargs: Any) -> None:  # before the token is issued
+        del args, kwargs
+        signal.raise_signal(signal.SIGTERM)  # its default action would end the process here
+
+    monkeypatch.setattr(database_commands, "record_environment", terminated)
+    status = main.main(["--data-dir", str(tmp_path / "data"), "init"], standalone_mode=False)
+    assert status == FAILURE_EXIT
+    assert "Error: interrupted before init finished" in capsys.readouterr().err
+    opened = open_services(Settings.from_env(SMALL_TABLE, data_dir=str(tmp_path / "data")))
+    try:
+        assert opened.admin.list_admin_tokens(SYSTEM) == []  # nothing issued, nothing lost
+    finally:
+        opened.close()
+
+
+def test_a_stop_signal_ignored_at_start_stays_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under ``nohup`` SIGHUP is ignored: serve must not take it up and stop when the terminal
+    closes."""
+    seen: list[Any] = []
+
+    def serving(*args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+        seen.extend(signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM))
+
+    monkeypatch.setattr(serve, "_run_serving", serving)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert _serve(tmp_path) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    hup, term = seen
+    assert hup is signal.SIG_IGN
+    assert callable(term)
+    capsys.readouterr()
