@@ -64,8 +64,8 @@ def refuse_credential_text(value: str, what: str) -> str:
         raise InvalidInput(
             f"{what} looks like a credential; never paste one here (API keys, admin tokens and "
             "client secrets are refused, and so is any run of 33 or more letters and digits "
-            "that mixes upper and lower case: if this is no credential, break such a word with "
-            "a space, or where the field takes none, with another character it takes)"
+            "that mixes upper and lower case: if this is no credential, write such a word in "
+            "one case, or break it with a space or another character the field takes)"
         )
     return value
 
