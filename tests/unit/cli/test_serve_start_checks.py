@@ -175,6 +175,21 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
     assert json.loads(error)["error"]["code"] == "interrupted"
 
 
+def _signal_once_the_token_is_issued(
+    monkeypatch: pytest.MonkeyPatch, signals: list[signal.Signals]
+) -> None:
+    """Send ``signals`` to this process right after init commits the bootstrap admin token."""
+    real_bootstrap = AdminService.bootstrap_token
+
+    def bootstrap_then_signal(self: AdminService, *args: Any, **kwargs: Any) -> Any:
+        issued = real_bootstrap(self, *args, **kwargs)
+        for signum in signals:
+            signal.raise_signal(signum)
+        return issued
+
+    monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_signal)
+
+
 @pytest.mark.parametrize(
     "signals",
     [
@@ -193,15 +208,7 @@ def test_a_stop_signal_while_init_issues_the_token_waits_until_the_token_is_show
 ) -> None:
     """Signals that land once the bootstrap token is committed, and before it is printed, take
     effect once it is, however many: the token is never issued and lost."""
-    real_bootstrap = AdminService.bootstrap_token
-
-    def bootstrap_then_signal(self: AdminService, *args: Any, **kwargs: Any) -> Any:
-        issued = real_bootstrap(self, *args, **kwargs)
-        for signum in signals:
-            signal.raise_signal(signum)
-        return issued
-
-    monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_signal)
+    _signal_once_the_token_is_issued(monkeypatch, signals)
     served: list[object] = []
     monkeypatch.setattr(serve, "_run_serving", lambda *a, **k: served.append(a))
     status = _serve(tmp_path)
@@ -222,15 +229,9 @@ def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
     capsys: pytest.CaptureFixture[str],
     signum: signal.Signals,
 ) -> None:
-    real_bootstrap = AdminService.bootstrap_token
     before = signal.getsignal(signum)
-
-    def bootstrap_then_ctrl_c(self: AdminService, *args: Any, **kwargs: Any) -> Any:
-        issued = real_bootstrap(self, *args, **kwargs)
-        signal.raise_signal(signum)  # SIGTERM's default action would end the process here
-        return issued
-
-    monkeypatch.setattr(AdminService, "bootstrap_token", bootstrap_then_ctrl_c)
+    # (SIGTERM's default action would end the process there)
+    _signal_once_the_token_is_issued(monkeypatch, [signum])
     status = main.main(
         ["--data-dir", str(tmp_path / "data"), "init", "--json"], standalone_mode=False
     )
