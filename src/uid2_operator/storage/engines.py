@@ -389,7 +389,7 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
         shown = shown_url(engine.url)
         cause = exc.orig if isinstance(exc, OperationalError | InterfaceError) else exc
-        reason = type(exc).__name__ if cause is None else _driver_reason(cause)
+        reason = type(exc).__name__ if cause is None else driver_reason(cause)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
     except DatabaseError as exc:
         if type(exc) is not DatabaseError:
@@ -397,11 +397,11 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         # The driver's plain DatabaseError: SQLite's "file is not a database" and "database
         # disk image is malformed" (a damaged or foreign file where the database should be).
         shown = shown_url(engine.url)
-        reason = type(exc).__name__ if exc.orig is None else _driver_reason(exc.orig)
+        reason = type(exc).__name__ if exc.orig is None else driver_reason(exc.orig)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
 
 
-def _driver_reason(error: BaseException) -> str:
+def driver_reason(error: BaseException) -> str:
     """The first line of a driver's error text, cut to ``DRIVER_REASON_CHARS``: what an operator
     acts on ("Connection refused", "database is locked", "could not translate host name ...").
 

@@ -17,9 +17,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import InternalError, ProgrammingError
 
 from uid2_operator.errors import SchemaOutOfDate, StoreError
-from uid2_operator.storage.engines import make_engine, unavailable_as_store_error
+from uid2_operator.storage.engines import driver_reason, make_engine, unavailable_as_store_error
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -92,6 +93,12 @@ def upgrade(url: str | URL) -> str:
             command.upgrade(_config(conn), "head")
             record_audit_head_on_upgrade(conn, flavour)
             conn.commit()
+    except (ProgrammingError, InternalError) as exc:
+        # A statement the database refused: a role without the privilege to create tables, a
+        # read-only server or transaction. Its first line says which (driver_reason), rather
+        # than an internal error naming only the class.
+        reason = type(exc).__name__ if exc.orig is None else driver_reason(exc.orig)
+        raise StoreError(f"The database refused the schema upgrade: {reason}") from exc
     finally:
         engine.dispose()
     return head_revision()
