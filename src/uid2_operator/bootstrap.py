@@ -641,7 +641,7 @@ class ConfiguredKeyring:
         0600; beside the file a symbolic link points at, so every data directory sharing one
         keyring file shares its lock), held for the block: two keyring changes through the
         same file, from any processes, run one after the other. Nothing to hold for a keyring
-        given as UID2_KEYRING, which no change writes."""
+        given as UID2_KEYRING, which no change writes, nor where no lock file can be made."""
         if self.settings.keyring_json is not None:
             yield
             return
@@ -649,10 +649,12 @@ class ConfiguredKeyring:
         lock = path.parent / f".{path.name}.lock"
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise KeyringError(
-                f"The keyring file {path} cannot be locked: {_reason(exc)}"
-            ) from None
+        except OSError:
+            # A directory nothing can be created in (a read-only mount of a provisioned keyring):
+            # no change can write the keyring there either (its new file goes beside it), so
+            # none can race; one that changes nothing, or is refused, runs as before.
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

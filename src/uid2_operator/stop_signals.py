@@ -39,10 +39,14 @@ def handle_stop_signals(handler: Handler) -> dict[int, Any]:
     }
 
 
-def restore_handlers(previous: dict[int, Any]) -> None:
-    """Put back the handlers ``handle_stop_signals`` replaced."""
+def restore_handlers(previous: dict[int, Any], stop: StopRequest | None = None) -> None:
+    """Put back the handlers ``handle_stop_signals`` replaced; once ``stop`` was asked for, leave
+    those signals ignored instead. A command that ends after a stop signal has then done its
+    stop: another signal in the moment left before the process exits (interpreter shutdown
+    takes a few hundred milliseconds) would otherwise end it by its default action and change
+    the exit status the command decided."""
     for signum, handler in previous.items():
-        signal.signal(signum, handler)
+        signal.signal(signum, signal.SIG_IGN if stop is not None and stop.requested else handler)
 
 
 def leave_to_main_thread() -> None:

@@ -142,3 +142,25 @@ def test_a_stop_signal_ignored_at_start_stays_ignored() -> None:
     finally:
         for signum, handler_before in before.items():
             signal.signal(signum, handler_before)
+
+
+def test_once_stopped_the_stop_signals_are_left_ignored_not_restored() -> None:
+    """After a stop, another signal in the moment before the process exits must not end it by
+    its default action (changing the exit status the command decided)."""
+
+    def handler(signum: int, frame: object) -> None:
+        del signum, frame
+
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        quiet = StopRequest()
+        restore_handlers(handle_stop_signals(handler), quiet)  # no stop: handlers put back
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+        stopped = StopRequest()
+        previous = handle_stop_signals(stopped.note)
+        stopped.note(signal.SIGTERM, None)
+        restore_handlers(previous, stopped)
+        assert {signal.getsignal(s) for s in STOP_SIGNALS} == {signal.SIG_IGN}
+    finally:
+        for signum, handler_before in before.items():
+            signal.signal(signum, handler_before)

@@ -70,7 +70,8 @@ def init(environment: str | None, as_json: bool) -> None:
         shown = True
 
     # SIGTERM and SIGHUP interrupt init as SIGINT does: it then says what to do to finish.
-    previous = handle_stop_signals(StopRequest().interrupt)
+    stop = StopRequest()
+    previous = handle_stop_signals(stop.interrupt)
     try:
         initialise(environment, deliver)
     except KeyboardInterrupt:
@@ -79,7 +80,7 @@ def init(environment: str | None, as_json: bool) -> None:
         # A stop signal held while the token was issued and shown: init had finished, and says
         # so (exit status 0) rather than that it was interrupted.
     finally:
-        restore_handlers(previous)
+        restore_handlers(previous, stop)
 
 
 @dataclass(frozen=True, slots=True)

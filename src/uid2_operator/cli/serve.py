@@ -34,6 +34,7 @@ one left (its replay table serves on; the directory is removed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -47,9 +48,10 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing import resource_tracker
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, Final
@@ -91,6 +93,7 @@ from uid2_operator.services import replay_table, write_behind
 from uid2_operator.services.material import MaterialService
 from uid2_operator.settings import DB_FILE, EnvironmentSource, Settings
 from uid2_operator.stop_signals import (
+    STOP_SIGNALS,
     StopRequest,
     handle_stop_signals,
     leave_to_main_thread,
@@ -282,6 +285,7 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     log_level: str,
     parent: int,
     metrics: _MetricsListener | None = None,
+    sigint_ignored: bool = False,
 ) -> None:
     """A worker process: one uvicorn server over the worker app, on its own socket (and with
     ``metrics``, on its own socket of the metrics port too), that stops when its serving process
@@ -289,7 +293,13 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     serving process's own (the level of ``--log-level``). Its connections, on either port, are
     guarded by the limits and timeouts of the serve settings (``web.http_connection``). A port
     it cannot bind (another program took it while serve held it less firmly:
-    ``_reserve_operator_port``) is one ERROR line and exit status 1."""
+    ``_reserve_operator_port``) is one ERROR line and exit status 1.
+
+    It starts with the stop signals blocked, as serve's thread that started it had them
+    (``_Workers._start_one``), and lets them through at once; SIGINT stays ignored for its whole
+    life when ``sigint_ignored`` (serve itself started with it ignored, as a script's background
+    job does: a Ctrl-C in that script's terminal must not stop it)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _configure_logging(log_level)
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
@@ -322,7 +332,7 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
         # failing (``_Workers.keep_alive``).
         log.error("worker %d: %s", os.getpid(), exc.message)
         raise SystemExit(1) from None
-    server = WorkerServer(config)
+    server = WorkerServer(config, sigint_ignored=sigint_ignored)
     watch = threading.Thread(
         target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
     )
@@ -340,6 +350,18 @@ class WorkerServer(uvicorn.Server):
     then lose opt-outs already answered ``{"optout":"OK"}``, silently. Here every further signal
     only asks for the stop already under way; serve bounds how long it waits for its workers
     (``_STOP_TIMEOUT_S``) and says so when it has to kill one."""
+
+    def __init__(self, config: uvicorn.Config, *, sigint_ignored: bool = False) -> None:
+        super().__init__(config)
+        self._sigint_ignored = sigint_ignored
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, leaving SIGINT ignored when serve started with it ignored."""
+        with super().capture_signals():
+            if self._sigint_ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            yield
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         del frame
@@ -459,6 +481,7 @@ class _Workers:
         self._started: dict[int, float] = {}
         self._quick_exits = 0
         self._runtime_dir: Path | None = None
+        self._sigint_ignored = False
 
     def _start_one(self) -> SpawnProcess:
         """Start a worker. It starts with SIGINT and SIGHUP ignored, inherited from this process
@@ -475,7 +498,15 @@ class _Workers:
         then starts without it ignored: serve is stopping)."""
         process = self._context.Process(
             target=_worker_main,
-            args=(self.host, self.port, self.shared, self.log_level, os.getpid(), self.metrics),
+            args=(
+                self.host,
+                self.port,
+                self.shared,
+                self.log_level,
+                os.getpid(),
+                self.metrics,
+                self._sigint_ignored,
+            ),
             name="uid2-operator-worker",
             daemon=False,
         )
@@ -503,6 +534,12 @@ class _Workers:
     def start(self) -> None:
         shared_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
         self._runtime_dir = Path(shared_dir) if shared_dir else None
+        # Ignored by serve itself (started so): its workers keep it ignored (``_worker_main``).
+        self._sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        # multiprocessing starts its resource tracker with the first worker, and unblocks SIGINT
+        # and SIGTERM as it does, in the middle of ``_start_one``'s window where SIGINT is
+        # ignored: a Ctrl-C then would be dropped. Started here, before any such window.
+        resource_tracker.ensure_running()
         self.processes = [self._start_one() for _ in range(self.count)]
 
     def _forget(self, process: SpawnProcess) -> None:
@@ -1060,7 +1097,7 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     try:
         _serve(ctx, listen, init_if_new, announcer, stop)
     finally:
-        restore_handlers(previous)
+        restore_handlers(previous, stop)
     click.echo("stopped", err=True)
 
 

@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,21 @@ from uid2_operator.cli.output import FAILURE_EXIT
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.context import SYSTEM
 from uid2_operator.settings import Settings
+from uid2_operator.stop_signals import STOP_SIGNALS
 
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
 
 SMALL_TABLE = {"UID2_SALT_BUCKETS": "16"}
+
+
+@pytest.fixture(autouse=True)
+def _stop_signal_handlers() -> Iterator[None]:
+    """Serve and init leave the stop signals ignored once one stopped them (the process is about
+    to exit); this process goes on, with its own handlers back."""
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +110,6 @@ def test_a_stop_signal_interrupts_a_starting_serve_as_sigint_does(
     capsys: pytest.CaptureFixture[str],
     signum: signal.Signals,
 ) -> None:
-    before = signal.getsignal(signum)
     handlers: list[Any] = []
 
     def terminated(*args: Any, **kwargs: Any) -> None:  # before serving installs its handler
@@ -117,7 +128,8 @@ def test_a_stop_signal_interrupts_a_starting_serve_as_sigint_does(
     line, error = out.splitlines()  # one JSON document per line
     assert json.loads(line)["init"]["admin_token"]
     assert json.loads(error)["error"]["code"] == "interrupted"
-    assert signal.getsignal(signum) == before
+    # Stopped: a further stop signal before the process exits changes nothing.
+    assert signal.getsignal(signum) is signal.SIG_IGN
 
 
 def test_a_serve_that_fails_after_init_prints_one_json_document_per_line(
@@ -229,7 +241,6 @@ def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
     capsys: pytest.CaptureFixture[str],
     signum: signal.Signals,
 ) -> None:
-    before = signal.getsignal(signum)
     # (SIGTERM's default action would end the process there)
     _signal_once_the_token_is_issued(monkeypatch, [signum])
     status = main.main(
@@ -239,7 +250,7 @@ def test_init_interrupted_once_its_token_is_issued_shows_it_and_succeeds(
     assert status in (None, 0), err
     document = json.loads(out)  # the whole document, and nothing after it
     assert document["admin_token"].startswith(document["admin_token_id"] + ".")
-    assert signal.getsignal(signum) == before
+    assert signal.getsignal(signum) is signal.SIG_IGN  # a late one cannot change the status
 
 
 def test_sigterm_interrupts_init_as_sigint_does(

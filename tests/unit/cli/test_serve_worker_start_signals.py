@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pytest
+import uvicorn
 
 from uid2_operator.stop_signals import leave_to_main_thread
 
@@ -107,3 +110,95 @@ def test_a_helper_thread_leaves_the_stop_signals_to_the_main_thread() -> None:
     assert not {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} & signal.pthread_sigmask(
         signal.SIG_BLOCK, set()
     )
+
+
+class _Recorded:
+    """A stand-in worker process: records its arguments and what ran before its start."""
+
+    started: ClassVar[list[tuple[object, ...]]] = []
+    events: ClassVar[list[str]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.pid = 4242
+        self._args = kwargs["args"]
+
+    def start(self) -> None:
+        _Recorded.events.append("worker started")
+        _Recorded.started.append(self._args)
+
+
+def _start_recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    _Recorded.started, _Recorded.events = [], []
+    monkeypatch.setattr(
+        serve.resource_tracker,
+        "ensure_running",
+        lambda: _Recorded.events.append("resource tracker running"),
+    )
+    workers = serve._Workers("127.0.0.1", 0, 2, None, "warning")
+    workers._context = SimpleNamespace(Process=_Recorded)
+    workers.start()
+    return _Recorded.started
+
+
+def test_the_resource_tracker_runs_before_the_first_worker_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """multiprocessing starts it with the first worker and unblocks SIGINT while doing so, in
+    the window where serve has SIGINT ignored: a Ctrl-C then would be dropped."""
+    _start_recorded(monkeypatch)
+    assert _Recorded.events == ["resource tracker running", "worker started", "worker started"]
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_workers_keep_sigint_ignored_when_serve_started_with_it_ignored(
+    monkeypatch: pytest.MonkeyPatch, ignored: bool
+) -> None:
+    previous = signal.signal(
+        signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler
+    )
+    try:
+        started = _start_recorded(monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [args[-1] for args in started] == [ignored, ignored]  # ``sigint_ignored``
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_workers_server_takes_sigint_up_only_unless_told_to_keep_it_ignored(
+    ignored: bool,
+) -> None:
+    server = serve.WorkerServer(uvicorn.Config(app=None), sigint_ignored=ignored)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with server.capture_signals():
+            taken = signal.getsignal(signal.SIGINT)
+            assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+        assert (taken is signal.SIG_IGN) is ignored
+        if not ignored:
+            assert taken == server.handle_exit
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+_WORKER_MASK = """
+import importlib, signal, sys
+serve = importlib.import_module("uid2_operator.cli.serve")
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})  # as spawned by serve
+
+def stop_here(level):
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    print(sorted(int(s) for s in blocked & {signal.SIGINT, signal.SIGHUP, signal.SIGTERM}))
+    sys.exit(0)
+
+serve._configure_logging = stop_here
+serve._worker_main("127.0.0.1", 0, None, "warning", 1)
+"""
+
+
+def test_a_worker_lets_the_stop_signals_through_as_it_starts() -> None:
+    """Spawned from serve's main thread while it blocks SIGINT and SIGHUP, a worker inherits
+    the mask; left so, a Ctrl-C would never reach some workers and reach others."""
+    done = subprocess.run(  # noqa: S603 (fixed arguments)
+        [sys.executable, "-c", _WORKER_MASK], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stderr

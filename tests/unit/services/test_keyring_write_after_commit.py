@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ from uid2_operator.bootstrap import (
     upgrade_database,
 )
 from uid2_operator.clock import FixedClock
-from uid2_operator.errors import KeyringError, StoreError
+from uid2_operator.errors import InvalidInput, KeyringError, StoreError
 from uid2_operator.services.context import SYSTEM
 from uid2_operator.services.keyring_rotation import KeyringRotationService
 from uid2_operator.settings import Settings
@@ -200,3 +201,24 @@ def test_two_changes_at_once_keep_every_version_either_added(tmp_path: Path) -> 
     assert held == tuple(range(1, reserved + 1))  # none added by one and dropped by the other
     assert recorded - {0} == set(held)  # (0: the pepper's check value)
     assert (tmp_path / "data" / LOCK).exists()
+
+
+def test_a_keyring_directory_without_room_for_the_lock_still_serves_changes_that_write_nothing(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A provisioned keyring on a read-only mount: no lock file can be made beside it, and no
+    change could write the keyring there either; one that changes nothing still answers."""
+    settings, _store, rotation = world
+    real_open = os.open
+
+    def read_only(path: object, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(LOCK):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert rotation.activate_version(1, SYSTEM).changed is False  # already active
+    with pytest.raises(InvalidInput, match="active key-encryption key version"):
+        rotation.drop_version(1, SYSTEM)
+    assert not (settings.data_dir / LOCK).exists()
