@@ -615,6 +615,11 @@ def _sync_directory(path: Path, done: str) -> None:
         )
 
 
+_CANNOT_CREATE: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""How creating a file fails in a directory no file can be created in (read-only, not writable,
+immutable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConfiguredKeyring:
     """The keyring ``settings`` name, as the KEK rotation use cases read and write it."""
@@ -649,12 +654,18 @@ class ConfiguredKeyring:
         lock = path.parent / f".{path.name}.lock"
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
-            # A directory nothing can be created in (a read-only mount of a provisioned keyring):
-            # no change can write the keyring there either (its new file goes beside it), so
-            # none can race; one that changes nothing, or is refused, runs as before.
-            yield
-            return
+        except OSError as exc:
+            if exc.errno in _CANNOT_CREATE and not os.path.lexists(lock):
+                # A directory nothing can be created in (a read-only mount of a provisioned
+                # keyring): no change can write the keyring there either (its new file goes
+                # beside it), so none can race; one that changes nothing, or is refused, runs.
+                yield
+                return
+            # One that exists and cannot be opened (another user's, a link, no descriptor left)
+            # would let changes run unlocked where they can write.
+            raise KeyringError(
+                f"The keyring file {path} cannot be locked: {_reason(exc)}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

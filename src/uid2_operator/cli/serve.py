@@ -458,6 +458,27 @@ _IGNORED_AT_START: Final = frozenset({signal.SIGINT, signal.SIGHUP})
 """The signals a worker starts with ignored (``_Workers._start_one``)."""
 
 
+@contextlib.contextmanager
+def _ignored_while_starting(signals: frozenset[signal.Signals]) -> Iterator[None]:
+    """``signals`` ignored for the block, for a process started in it to inherit them ignored;
+    blocked meanwhile in this thread (every helper thread blocks them: ``stop_signals``), so
+    that one arriving waits and reaches serve's handler afterwards rather than being dropped.
+    One already waiting keeps its handler (the process then starts without it ignored: serve
+    is stopping). Only in the main thread, whose handlers they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    waiting = signal.sigpending()  # ignoring one would drop it
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals if s not in waiting}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 @dataclass
 class _Workers:
     """The worker processes: started, restarted when they exit, stopped.
@@ -510,24 +531,8 @@ class _Workers:
             name="uid2-operator-worker",
             daemon=False,
         )
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        mask = None
-        previous: dict[signal.Signals, Any] = {}
-        if in_main_thread:
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _IGNORED_AT_START)
-            waiting = signal.sigpending()  # ignoring one would drop it
-            previous = {
-                signum: signal.signal(signum, signal.SIG_IGN)
-                for signum in _IGNORED_AT_START
-                if signum not in waiting
-            }
-        try:
+        with _ignored_while_starting(_IGNORED_AT_START):
             process.start()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._started[id(process)] = time.monotonic()
         return process
 
@@ -538,8 +543,11 @@ class _Workers:
         self._sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         # multiprocessing starts its resource tracker with the first worker, and unblocks SIGINT
         # and SIGTERM as it does, in the middle of ``_start_one``'s window where SIGINT is
-        # ignored: a Ctrl-C then would be dropped. Started here, before any such window.
-        resource_tracker.ensure_running()
+        # ignored: a Ctrl-C then would be dropped. Started here, before any such window, with
+        # SIGHUP ignored as the workers have it (the tracker ignores SIGINT and SIGTERM itself):
+        # a closed terminal must not end it while serve stops.
+        with _ignored_while_starting(frozenset({signal.SIGHUP})):
+            resource_tracker.ensure_running()
         self.processes = [self._start_one() for _ in range(self.count)]
 
     def _forget(self, process: SpawnProcess) -> None:
@@ -547,10 +555,14 @@ class _Workers:
         if self._runtime_dir is not None and process.pid is not None:
             remove_worker_files(self._runtime_dir, process.pid)
 
-    def keep_alive(self) -> None:
+    def keep_alive(self, stop: StopRequest | None = None) -> None:
         """Restart workers that exited; give up when they keep dying right after starting (a
-        configuration problem, such as an unreadable keyring, that restarts cannot fix)."""
+        configuration problem, such as an unreadable keyring, that restarts cannot fix). Nothing
+        once ``stop`` was asked for: a stop signal sent to the whole group (a Ctrl-C in the
+        terminal) stops the workers too, and they are not to be restarted, nor counted."""
         for index, process in enumerate(self.processes):
+            if stop is not None and stop.requested:
+                return
             if process.is_alive():
                 continue
             lived = time.monotonic() - self._started.pop(id(process), 0.0)
@@ -563,6 +575,8 @@ class _Workers:
             log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
             self._forget(process)
             time.sleep(_RESTART_PAUSE_S)
+            if stop is not None and stop.requested:
+                return
             self.processes[index] = self._start_one()
 
     def stop(self) -> None:
@@ -1219,7 +1233,7 @@ def _run_serving(
             announcer.tick()
             if stop.sleep(0.2):
                 break
-            pool.keep_alive()
+            pool.keep_alive(stop)
     finally:
         upkeep.stop()  # first: it finishes its step while the workers stop
         pool.stop()

@@ -89,7 +89,8 @@ class _Pool:
     def start(self) -> None:
         self.events.append("workers started")
 
-    def keep_alive(self) -> None:
+    def keep_alive(self, stop: object = None) -> None:
+        del stop
         if self.killed.is_set() and not self.restarted.is_set():
             self.events.append("worker restarted")
             self.restarted.set()

@@ -129,11 +129,12 @@ class _Recorded:
 
 def _start_recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
     _Recorded.started, _Recorded.events = [], []
-    monkeypatch.setattr(
-        serve.resource_tracker,
-        "ensure_running",
-        lambda: _Recorded.events.append("resource tracker running"),
-    )
+
+    def tracker() -> None:
+        ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        _Recorded.events.append(f"resource tracker running (SIGHUP ignored: {ignored})")
+
+    monkeypatch.setattr(serve.resource_tracker, "ensure_running", tracker)
     workers = serve._Workers("127.0.0.1", 0, 2, None, "warning")
     workers._context = SimpleNamespace(Process=_Recorded)
     workers.start()
@@ -144,9 +145,17 @@ def test_the_resource_tracker_runs_before_the_first_worker_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """multiprocessing starts it with the first worker and unblocks SIGINT while doing so, in
-    the window where serve has SIGINT ignored: a Ctrl-C then would be dropped."""
+    the window where serve has SIGINT ignored: a Ctrl-C then would be dropped. Started first,
+    with SIGHUP ignored for it to inherit, as the workers do: a closed terminal must not end
+    it (serve would start another, with a warning, in the middle of its stop)."""
+    before = signal.getsignal(signal.SIGHUP)
     _start_recorded(monkeypatch)
-    assert _Recorded.events == ["resource tracker running", "worker started", "worker started"]
+    assert _Recorded.events == [
+        "resource tracker running (SIGHUP ignored: True)",
+        "worker started",
+        "worker started",
+    ]
+    assert signal.getsignal(signal.SIGHUP) == before
 
 
 @pytest.mark.parametrize("ignored", [False, True])

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE
+from uid2_operator.stop_signals import StopRequest
 from uid2_operator.web.operator_api.metrics import MetricsCollector, RequestMetrics
 from uid2_operator.web.operator_api.metrics_files import MetricsFiles, worker_file
 
@@ -50,6 +52,7 @@ def workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     monkeypatch.setattr(serve, "_RESTART_PAUSE_S", 0.0)
     monkeypatch.setattr(serve._Workers, "_start_one", lambda self: _Process())
     monkeypatch.setattr(serve.os, "kill", lambda pid, signum: None)
+    monkeypatch.setattr(serve.resource_tracker, "ensure_running", lambda: None)
     pool = serve._Workers("127.0.0.1", 0, 3, None, "warning")
     pool.start()
     return pool
@@ -64,6 +67,21 @@ def test_a_restarted_workers_file_is_removed(workers: Any, tmp_path: Path) -> No
     assert files[alive.pid].exists()
     assert files[other.pid].exists()
     assert workers.processes[0] is not dead
+
+
+def test_no_worker_is_restarted_once_a_stop_was_asked_for(workers: Any) -> None:
+    """A Ctrl-C reaches the workers too, and they stop by themselves: not restarted, and not
+    counted as workers exiting at startup (which would fail serve's stop)."""
+    stop = StopRequest()
+    stop.note(signal.SIGINT, None)
+    first = workers.processes[0]
+    for process in workers.processes:
+        process.alive, process.exitcode = False, 0
+    for _ in range(5):
+        workers.keep_alive(stop)  # never "workers keep exiting at startup"
+    assert workers.processes[0] is first
+    workers.keep_alive()  # without a stop: restarted
+    assert workers.processes[0] is not first
 
 
 def test_stopped_workers_files_are_removed(workers: Any, tmp_path: Path) -> None:

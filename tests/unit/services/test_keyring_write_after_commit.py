@@ -222,3 +222,16 @@ def test_a_keyring_directory_without_room_for_the_lock_still_serves_changes_that
     with pytest.raises(InvalidInput, match="active key-encryption key version"):
         rotation.drop_version(1, SYSTEM)
     assert not (settings.data_dir / LOCK).exists()
+
+
+def test_a_lock_file_that_exists_and_cannot_be_opened_refuses_the_change(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+) -> None:
+    """Another user's lock file, or a link where it should be: the directory can be written,
+    so a change let through unlocked could race another one. Refused, changing nothing."""
+    settings, store, rotation = world
+    (settings.data_dir / LOCK).symlink_to(settings.data_dir / "elsewhere")
+    files, recorded = _files(settings), _recorded(store)
+    with pytest.raises(KeyringError, match="cannot be locked"):
+        rotation.add_version(SYSTEM)
+    assert (_files(settings), _recorded(store)) == (files, recorded)
