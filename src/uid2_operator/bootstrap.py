@@ -651,26 +651,36 @@ class ConfiguredKeyring:
             yield
             return
         path = self.settings.keyring_path.resolve()
-        lock = path.parent / f".{path.name}.lock"
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if exc.errno in _CANNOT_CREATE and not os.path.lexists(lock):
-                # A directory nothing can be created in (a read-only mount of a provisioned
-                # keyring): no change can write the keyring there either (its new file goes
-                # beside it), so none can race; one that changes nothing, or is refused, runs.
-                yield
-                return
-            # One that exists and cannot be opened (another user's, a link, no descriptor left)
-            # would let changes run unlocked where they can write.
-            raise KeyringError(
-                f"The keyring file {path} cannot be locked: {_reason(exc)}"
-            ) from None
+        fd = _open_lock(path, path.parent / f".{path.name}.lock")
+        if fd is None:
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # and with it the lock
+
+
+def _open_lock(path: Path, lock: Path) -> int | None:
+    """The keyring's lock file, opened (made when missing); None where no keyring change can
+    write at all, so that none can race: a directory no file can be created in (a read-only
+    mount of a provisioned keyring, one not writable or immutable), the lock file missing or
+    not. One this process may only read (another user's, on a read-only mount) is locked read
+    only: ``flock`` needs no more. Any other failure (a link where the lock should be, no
+    descriptor left, a lock it may not even read in a directory it can write) refuses the
+    change: it would run unlocked where it can write."""
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        failed = exc
+    try:
+        return os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        pass
+    if failed.errno in _CANNOT_CREATE and not os.access(lock.parent, os.W_OK):
+        return None
+    raise KeyringError(f"The keyring file {path} cannot be locked: {_reason(failed)}") from None
 
 
 def check_environment(settings: Settings) -> bool:

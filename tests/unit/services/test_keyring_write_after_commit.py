@@ -217,7 +217,15 @@ def test_a_keyring_directory_without_room_for_the_lock_still_serves_changes_that
             raise OSError(30, "Read-only file system")
         return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
 
+    real_access = os.access
+
+    def not_writable(path: object, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if mode & os.W_OK and str(path) == str(settings.data_dir.resolve()):
+            return False
+        return real_access(path, mode, *args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(os, "access", not_writable)
     assert rotation.activate_version(1, SYSTEM).changed is False  # already active
     with pytest.raises(InvalidInput, match="active key-encryption key version"):
         rotation.drop_version(1, SYSTEM)
@@ -235,3 +243,29 @@ def test_a_lock_file_that_exists_and_cannot_be_opened_refuses_the_change(
     with pytest.raises(KeyringError, match="cannot be locked"):
         rotation.add_version(SYSTEM)
     assert (_files(settings), _recorded(store)) == (files, recorded)
+
+
+def test_a_lock_file_left_on_a_mount_made_read_only_since_is_locked_read_only(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock file stays once made; a keyring directory mounted read-only afterwards opens it
+    only for reading, which is all ``flock`` needs: changes that write nothing still answer."""
+    settings, _store, rotation = world
+    rotation.add_version(SYSTEM, activate=False)  # leaves the lock file
+    assert (settings.data_dir / LOCK).exists()
+    real_open = os.open
+    opened_read_only: list[str] = []
+
+    def read_only_mount(path: object, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(LOCK):
+            if flags & (os.O_RDWR | os.O_WRONLY):
+                raise OSError(30, "Read-only file system")
+            opened_read_only.append(str(path))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", read_only_mount)
+    assert rotation.activate_version(1, SYSTEM).changed is False
+    with pytest.raises(InvalidInput, match="active key-encryption key version"):
+        rotation.drop_version(1, SYSTEM)
+    assert len(opened_read_only) == 2  # locked, read only, each time
