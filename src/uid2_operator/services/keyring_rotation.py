@@ -12,7 +12,7 @@ on them. So the use cases here count the store before they change the keyring, a
 write unit of work: the store's write lock is held from the count until the new keyring is
 written beside the file, and no other writer can seal anything in between; the new keyring
 replaces the file only once the unit of work has committed, so the file never holds a change the
-store did not record (``_KeyringWrite``). (A running ``serve`` follows the keyring file: each of
+store did not record (``_keyring_write``). (A running ``serve`` follows the keyring file: each of
 its processes takes up the new keyring within about a second and seals under the new active
 version from then on. Whatever it sealed under the old one just before is still counted, so
 ``drop_version`` refuses until ``reseal`` has moved that too.)
@@ -66,8 +66,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol
 
@@ -149,7 +149,19 @@ class StagedKeyring:
     discard: Callable[[], None]
 
 
-class _KeyringWrite:
+class _Staging:
+    """Where a keyring change puts its new keyring (``_keyring_write``)."""
+
+    def __init__(self, holder: KeyringHolder) -> None:
+        self._holder = holder
+        self.staged: StagedKeyring | None = None
+
+    def stage(self, keyring: Keyring) -> None:
+        self.staged = self._holder.stage(keyring)
+
+
+@contextmanager
+def _keyring_write(holder: KeyringHolder) -> Iterator[_Staging]:
     """A keyring change's file write, split around its unit of work. Entered before the write
     transaction (so it is left after it): ``stage`` writes the new keyring beside the file
     within the unit of work, so a file that cannot be written refuses the change before
@@ -163,33 +175,16 @@ class _KeyringWrite:
     change that read the file in between would put back what this one changed (a version added
     and perhaps already sealed under, lost for good). Changes of the keyring take the two locks
     in that order; nothing else takes the keyring's."""
-
-    def __init__(self, holder: KeyringHolder) -> None:
-        self._holder = holder
-        self._held: AbstractContextManager[None] | None = None
-        self._staged: StagedKeyring | None = None
-
-    def stage(self, keyring: Keyring) -> None:
-        self._staged = self._holder.stage(keyring)
-
-    def __enter__(self) -> _KeyringWrite:
-        held = self._holder.locked()
-        held.__enter__()
-        self._held = held
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
-        staged, self._staged = self._staged, None
-        held, self._held = self._held, None
+    with holder.locked():
+        write = _Staging(holder)
         try:
-            if staged is not None:
-                if kind is None:
-                    staged.publish()
-                else:
-                    staged.discard()
-        finally:
-            if held is not None:
-                held.__exit__(None, None, None)
+            yield write
+        except BaseException:
+            if write.staged is not None:
+                write.staged.discard()
+            raise
+        if write.staged is not None:
+            write.staged.publish()
 
 
 # ------------------------------------------------------------------------------- results
@@ -463,7 +458,7 @@ class KeyringRotationService:
         there): the number it names is reserved all the same, so that another keyring file's
         ``add_version`` never gives it out again with another key."""
         unwritable: InvalidInput | None = None
-        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
+        with _keyring_write(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
@@ -527,7 +522,7 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
+        with _keyring_write(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             recorded = tx.deployment.kek_check_values()
@@ -706,7 +701,7 @@ class KeyringRotationService:
         """
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput("The version must be an integer")
-        with _KeyringWrite(self._holder) as write, self._store.transaction() as tx:
+        with _keyring_write(self._holder) as write, self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = self._holder.load()
             compare_kek_check_values(keyring, tx.deployment.kek_check_values())
@@ -748,7 +743,7 @@ class KeyringRotationService:
     def _save_change(
         self,
         tx: Tx,
-        write: _KeyringWrite,
+        write: _Staging,
         *,
         actor: Actor,
         now: int,
