@@ -60,25 +60,23 @@ def init(environment: str | None, as_json: bool) -> None:
     version initialised records none: init records this one, once the rest succeeded, unless
     the ids of the database's API keys and admin tokens name another.
     """
-    shown = False
 
     def deliver(done: Initialised) -> None:
-        nonlocal shown
         emit(wants_json(as_json), done.document, done.human)
         if done.token_issued:
             show_once_warning()
-        shown = True
 
     # SIGTERM and SIGHUP interrupt init as SIGINT does: it then says what to do to finish.
     stop = StopRequest()
     previous = handle_stop_signals(stop.interrupt)
     try:
         initialise(environment, deliver)
+    except InitInterrupted:
+        raise
     except KeyboardInterrupt:
-        if not shown:
-            raise
-        # A stop signal held while the token was issued and shown: init had finished, and says
-        # so (exit status 0) rather than that it was interrupted.
+        # Not an InitInterrupted: a stop signal held while the token was issued and shown
+        # (``initialise``). Init had finished, and says so (exit status 0).
+        pass
     finally:
         restore_handlers(previous, stop)
 
