@@ -315,9 +315,8 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
         try:
             created = _create_private(path, keyring.to_json())
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
             raise KeyringError(
-                f"The keyring file {path.absolute()} cannot be written: {reason}"
+                f"The keyring file {path.absolute()} cannot be written: {_reason(exc)}"
             ) from None
         if created:
             return keyring
@@ -344,9 +343,8 @@ def discard_interrupted_keyring(settings: Settings) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
         raise KeyringError(
-            f"The keyring file {path.absolute()} is empty and cannot be removed: {reason}"
+            f"The keyring file {path.absolute()} is empty and cannot be removed: {_reason(exc)}"
         ) from None
     log.warning(
         "removed the empty keyring file %s, left by an interrupted init; a new one is created",
@@ -461,6 +459,7 @@ def stage_keyring(settings: Settings, keyring: Keyring) -> StagedKeyring:
 
 
 def _reason(exc: OSError) -> str:
+    """What an operating-system error says, for a message (its class when it says nothing)."""
     return exc.strerror or type(exc).__name__
 
 
@@ -940,9 +939,9 @@ def upgrade_database(settings: Settings) -> str:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_DIR)
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
             raise SettingsError(
-                f"The data directory {settings.data_dir.absolute()} cannot be created: {reason}"
+                f"The data directory {settings.data_dir.absolute()} cannot be created: "
+                f"{_reason(exc)}"
             ) from None
     db_path = sqlite_path(settings.store_url)  # the file SQLite opens, a URL's one included
     if db_path is not None:
