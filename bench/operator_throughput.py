@@ -56,6 +56,7 @@ from http_load import (
 from operator_world import DEFAULT_BUCKETS, BenchWorld, build_world, world_environment
 from uid2_operator.domain.credentials import effective_roles
 from uid2_operator.services import data_plane
+from uid2_operator.services.data_plane import StreamedReply
 from uid2_operator.services.snapshot import Caller
 from uid2_operator.wire.envelope import (
     DEFAULT_TIMESTAMP_WINDOW,
@@ -693,8 +694,8 @@ def measure_in_process(world: BenchWorld, settings: Settings) -> InProcess:
     scope = snapshot.identity.scope
     budget = settings.inprocess_s
 
-    def derive() -> object:
-        return data_plane.map_v3(snapshot, map_payload, now_ms)
+    def derive() -> object:  # the answer's JSON is made as the identities are derived
+        return b"".join(data_plane.map_v3(snapshot, map_payload, now_ms).pieces())
 
     def pipeline(
         body: bytes, binary: bool, handler: Callable[[dict[str, Any] | None], Any]
@@ -708,8 +709,9 @@ def measure_in_process(world: BenchWorld, settings: Settings) -> InProcess:
             scope=scope,
         )
         reply = handler(envelope.payload)
+        answer = b"".join(reply.pieces()) if isinstance(reply, StreamedReply) else reply.to_json()
         sealed = seal_response(
-            reply.to_json(),
+            answer,
             secret=world.secret,
             nonce=envelope.nonce,
             now_ms=now_ms,

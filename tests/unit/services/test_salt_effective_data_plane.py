@@ -81,15 +81,19 @@ def _world(*, v3: bool = False) -> tuple[Snapshot, Snapshot]:
     return _snapshot(table, 1, v3=v3), _snapshot(rotation.table, 2, v3=v3)
 
 
+def _body(reply: data_plane.StreamedReply) -> Any:
+    return json.loads(b"".join(reply.pieces()))["body"]
+
+
 def _map_v3(snapshot: Snapshot, now_ms: int) -> dict[str, Any]:
-    body = data_plane.map_v3(snapshot, {"email": [EMAIL]}, now_ms).body
+    body = _body(data_plane.map_v3(snapshot, {"email": [EMAIL]}, now_ms))
     [entry] = body["email"]
     assert isinstance(entry, dict)
     return entry
 
 
 def _map_v2(snapshot: Snapshot, now_ms: int) -> str:
-    body = data_plane.map_v2(snapshot, {"email": [EMAIL]}, now_ms).body
+    body = _body(data_plane.map_v2(snapshot, {"email": [EMAIL]}, now_ms))
     [entry] = body["mapped"]
     uid: str = entry["advertising_id"]
     return uid
@@ -240,7 +244,7 @@ MAPPED = [f"mapped-{n}@example.com" for n in range(64)]
 
 
 def _map_all(snapshot: Snapshot, now_ms: int) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = data_plane.map_v3(snapshot, {"email": MAPPED}, now_ms).body[
+    entries: list[dict[str, Any]] = _body(data_plane.map_v3(snapshot, {"email": MAPPED}, now_ms))[
         "email"
     ]
     assert len(entries) == len(MAPPED)
