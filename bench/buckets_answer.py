@@ -110,22 +110,26 @@ class HTTP10Connection(http.client.HTTPConnection):
     _http_vsn_str = "HTTP/1.0"
 
 
-class BucketsCall:
-    """One sealed buckets request on its own connection, in a thread; ``read`` is set once the
-    whole answer has been read, and the answer is opened only after that."""
+class SealedCall:
+    """One sealed request on its own connection, in a thread; ``read`` is set once the whole
+    answer has been read, and the answer is opened (into ``opened``) only after that."""
 
-    def __init__(self, port: int, key: str, secret: str, *, http10: bool = False) -> None:
+    def __init__(
+        self, port: int, key: str, secret: str, path: str, payload: Any, *, http10: bool = False
+    ) -> None:
         kind = HTTP10Connection if http10 else http.client.HTTPConnection
         self._conn = kind(HOST, port, timeout=TIMEOUT_S)
         self._key = key
         self._secret = base64.b64decode(secret)
+        self.path = path
+        self._payload = json.dumps(payload).encode()
         self.read = threading.Event()
         self.answer_s = 0.0
         self.wire_bytes = 0
         self.plain_bytes = 0
-        self.buckets: list[Any] = []
+        self.opened: dict[str, Any] = {}
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="buckets", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sealed call", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -134,7 +138,7 @@ class BucketsCall:
         self._thread.join()
         self._conn.close()
         if self.error is not None:
-            raise RuntimeError(f"{BUCKETS} failed: {self.error!r}") from self.error
+            raise RuntimeError(f"{self.path} failed: {self.error!r}") from self.error
 
     def _run(self) -> None:
         try:
@@ -146,9 +150,8 @@ class BucketsCall:
 
     def _call(self) -> None:
         nonce = os.urandom(8)
-        payload = json.dumps({"since_timestamp": SINCE}).encode()
         sealed = seal_request(
-            payload,
+            self._payload,
             secret=self._secret,
             now_ms=time.time_ns() // 1_000_000,
             nonce=nonce,
@@ -157,7 +160,7 @@ class BucketsCall:
         body = base64.b64encode(sealed)
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "text/plain"}
         started = time.perf_counter()
-        self._conn.request("POST", BUCKETS, body=body, headers=headers)
+        self._conn.request("POST", self.path, body=body, headers=headers)
         response = self._conn.getresponse()
         answer = response.read()
         self.answer_s = time.perf_counter() - started
@@ -166,16 +169,14 @@ class BucketsCall:
         if response.status != 200:
             raise RuntimeError(f"answered {response.status}: {answer[:200]!r}")
         opened = open_response(unframe_response(answer, False), secret=self._secret, nonce=nonce)
-        if opened.get("status") != "success" or not isinstance(opened.get("body"), list):
+        if opened.get("status") != "success" or "body" not in opened:
             raise RuntimeError(f"answered {str(opened)[:200]}")
         self.plain_bytes = len(json.dumps(opened, separators=(",", ":")))
-        self.buckets = opened["body"]
+        self.opened = opened
 
 
-def measure(
-    port: int, issued: dict[str, Any], worker: int, seconds: float, *, http10: bool = False
-) -> dict[str, Any]:
-    """Health checks idle for ``seconds``, then during one buckets answer; the worker's memory."""
+def measure(port: int, call: SealedCall, worker: int, seconds: float) -> dict[str, Any]:
+    """Health checks idle for ``seconds``, then during ``call``'s answer; the worker's memory."""
     idle: list[float] = []
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
     try:
@@ -188,7 +189,6 @@ def measure(
 
     before = _memory(worker)
     during: list[float] = []
-    call = BucketsCall(port, issued["key"], issued["secret"], http10=http10)
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
     try:
         _health(conn)  # the connection opened before the answer starts, not timed
@@ -200,7 +200,6 @@ def measure(
     call.join()  # not on an error above: stopping serve then ends the answer's thread too
     after = _memory(worker)
 
-    answered = len(call.buckets)
     idle_ms, during_ms = latencies_ms(idle), latencies_ms(during)
     ratio = (
         None
@@ -208,9 +207,7 @@ def measure(
         else round(during_ms["p99_ms"] / idle_ms["p99_ms"], 1)
     )
     return {
-        "buckets_answered": answered,
         "answer_s": round(call.answer_s, 2),
-        "answer_us_per_bucket": round(call.answer_s * 1e6 / answered, 2) if answered else None,
         "answer_wire_bytes": call.wire_bytes,
         "answer_wire_mb": round(call.wire_bytes / (1024 * 1024), 1),
         "answer_json_mb": round(call.plain_bytes / (1024 * 1024), 1),
@@ -254,14 +251,27 @@ def main() -> None:
             workers = children_by_role(parent.pid)[WORKER]
             if len(workers) != 1:
                 raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
-            measured = measure(port, issued, workers[0]["pid"], args.seconds, http10=args.http10)
+            call = SealedCall(
+                port,
+                issued["key"],
+                issued["secret"],
+                BUCKETS,
+                {"since_timestamp": SINCE},
+                http10=args.http10,
+            )
+            measured = measure(port, call, workers[0]["pid"], args.seconds)
+    answered = len(call.opened.get("body") or [])
 
     figures: dict[str, Any] = {
         "buckets": count,
         "http_version": "1.0" if args.http10 else "1.1",
         "prepare_s": round(prepared_s, 1),
         "ready_s": round(ready_s, 1),
+        "buckets_answered": answered,
         **measured,
+        "answer_us_per_bucket": round(measured["answer_s"] * 1e6 / answered, 2)
+        if answered
+        else None,
     }
     print_figures(figures)
     if args.json_path is not None:
