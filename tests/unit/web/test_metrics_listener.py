@@ -79,7 +79,9 @@ def test_without_a_metrics_listener_metrics_are_answered_on_the_operator_port(
     assert status == 200
     assert PROMETHEUS_TEXT in body
     assert headers[b"content-type"].startswith(b"text/plain")
-    assert _call(server, "POST", "/metrics", port=port)[::2] == (405, b"Method Not Allowed")
+    status, headers, body = _call(server, "POST", "/metrics", port=port)
+    assert (status, body) == (405, b"Method Not Allowed")
+    assert headers[b"allow"] == b"GET, HEAD"
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "OPTIONS"])

@@ -126,9 +126,13 @@ def test_body_of_exactly_the_limit_is_read(world: World) -> None:
 def test_healthcheck_unknown_path_and_wrong_method(world: World) -> None:
     health = httpx.get(world.base_url + "/ops/healthcheck")
     assert (health.status_code, health.text) == (200, "OK")
-    assert httpx.post(world.base_url + "/ops/healthcheck").status_code == 405
+    wrong = httpx.post(world.base_url + "/ops/healthcheck")
+    assert (wrong.status_code, wrong.headers.get("allow")) == (405, "GET, HEAD")
     assert httpx.post(world.base_url + "/v1/token/generate").status_code == 404
-    assert httpx.get(world.base_url + "/v2/token/generate").status_code == 405
+    for method in ("GET", "PUT", "DELETE", "HEAD"):
+        # A 405 names the methods the path takes (RFC 9110 §15.5.6), as the reference's does.
+        wrong = httpx.request(method, world.base_url + "/v2/token/generate")
+        assert (wrong.status_code, wrong.headers.get("allow")) == (405, "POST"), method
 
 
 def test_cors_preflight_and_simple_requests(world: World) -> None:

@@ -168,6 +168,9 @@ _HEALTH_START: Final = {
 """The health check's answer without CORS headers; each request sends a copy."""
 _HEALTH_ANSWER: Final = {"type": "http.response.body", "body": _HEALTH_BODY}
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
+ALLOW_READ: Final = (b"allow", b"GET, HEAD")
+"""What a 405 on a path answered to ``GET`` and ``HEAD`` says it takes (RFC 9110 §15.5.6)."""
+_ALLOW_POST: Final = (b"allow", b"POST")
 _OCTET_BYTES: Final = OCTET_STREAM.encode()
 KEY_ID_SCOPE: Final = "uid2.key_id"
 """Where a request's ASGI scope records the id of the API key that authenticated it, or of the
@@ -546,9 +549,7 @@ class OperatorApi:
                 observer(path, None, status, time.perf_counter() - started)
             return
         except Exception as exc:  # every failure leaves through the one error table
-            status, body, content_type = render(exc)
-            self._failed(exc, status, path)
-            response_headers = [(_CONTENT_TYPE, content_type)]
+            status, body, response_headers = self._refusal(exc, path)
         if origin is not None:
             response_headers += _cors(origin, path, False)
         if isinstance(body, bytes):
@@ -558,6 +559,15 @@ class OperatorApi:
         if observer is not None:
             status = scope.get(REFUSED_SCOPE, status)  # the connection's own answer, if it gave one
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
+
+    def _refusal(self, exc: Exception, path: str) -> tuple[int, bytes, Headers]:
+        """The answer to a request that failed with ``exc``, logged as ``_failed`` logs it."""
+        status, body, content_type = render(exc)
+        self._failed(exc, status, path)
+        headers = [(_CONTENT_TYPE, content_type)]
+        if isinstance(exc, MethodNotAllowed):
+            headers.append(ALLOW_READ if path == HEALTHCHECK else _ALLOW_POST)
+        return status, body, headers
 
     def _route(
         self, scope: Scope, fields: Fields, body: bytes, path: str

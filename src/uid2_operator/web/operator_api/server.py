@@ -58,6 +58,7 @@ from uid2_operator.settings import Settings
 from uid2_operator.storage.interface import Store
 from uid2_operator.web.http_connection import REFUSED_SCOPE
 from uid2_operator.web.operator_api.app import (
+    ALLOW_READ,
     HEALTHCHECK,
     OperatorApi,
     OperatorApiConfig,
@@ -200,7 +201,7 @@ class OperatorServer:
             status = 200
         else:
             # A known path: the wrong method is a 405, as on the API's own paths.
-            await _answer(send, *render(MethodNotAllowed()))
+            await _answer(send, *render(MethodNotAllowed()), ALLOW_READ)
             status = 405
         if observer is not None:
             status = scope.get(REFUSED_SCOPE, status)
@@ -263,14 +264,20 @@ def _local_port(scope: Scope) -> int | None:
     return None if server is None else server[1]
 
 
-async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def _answer(
+    send: Send, status: int, body: bytes, content_type: bytes, *more: tuple[bytes, bytes]
+) -> None:
     """One whole answer with its ``Content-Length``, so the server need not chunk it (for ``HEAD``
-    the length a ``GET`` gets; the server does not send the body)."""
+    the length a ``GET`` gets; the server does not send the body), and ``more`` header fields."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", b"%d" % len(body)),
+                *more,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
