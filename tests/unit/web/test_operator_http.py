@@ -193,6 +193,34 @@ def test_amzn_trace_id_is_echoed_on_authenticated_routes(world: World) -> None:
     assert response.headers["x-amzn-trace-id"] == "Root=1-abc"
 
 
+def test_amzn_trace_id_is_echoed_on_every_answer_behind_the_key_check(world: World) -> None:
+    # As the reference's key check, which copies it before it looks at the key: refusals keep
+    # the caller's trace id too, and refresh (whose key is optional) echoes it.
+    trace = {"x-amzn-trace-id": "Root=1-def"}
+    cred = world["A"]
+    _, generated = world.call("/v2/token/generate", {"email": "t@example.com"}, cred)
+    assert generated is not None
+    refresh_token = generated["body"]["refresh_token"]
+    sealed = base64.b64encode(world.envelope({"email": "t@example.com"}, cred))
+    answers = {
+        "generate 200": world.post("/v2/token/generate", sealed, key=cred.key, headers=trace),
+        "bad key 401": world.post("/v2/token/generate", sealed, key="bad", headers=trace),
+        "wrong role 401": world.post(
+            "/v2/token/generate", sealed, key=world["M"].key, headers=trace
+        ),
+        "bad envelope 400": world.post("/v2/token/generate", b"xx", key=cred.key, headers=trace),
+        "refresh 200": world.post("/v2/token/refresh", refresh_token, headers=trace),
+        "refresh garbage 400": world.post("/v2/token/refresh", b"xx", headers=trace),
+    }
+    for name, response in answers.items():
+        assert response.headers.get("x-amzn-trace-id") == "Root=1-def", name
+    assert [r.status_code for r in answers.values()] == [200, 401, 401, 400, 200, 400]
+    # Refused before any route runs: nothing echoed.
+    wrong_method = httpx.get(world.base_url + "/v2/token/generate", headers=trace)
+    assert wrong_method.status_code == 405
+    assert "x-amzn-trace-id" not in wrong_method.headers
+
+
 # ------------------------------------------------------------------------ generate / validate
 
 

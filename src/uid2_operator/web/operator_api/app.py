@@ -476,6 +476,9 @@ class OperatorApi:
         if unlisted:
             raise AssertionError(f"routes without a roles entry: {sorted(unlisted)}")
         self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
+        self._traced_routes = self._post_routes - {CLIENT_GENERATE}
+        """The routes behind the key check: their answers echo ``X-Amzn-Trace-Id``, refusals
+        included, as the reference's key check does before it looks at the key."""
         self._registrable_domain = registrable_domain_lookup()
         self._refusals = RefusalLog()
         self._server_errors = ServerErrorLog()
@@ -549,7 +552,7 @@ class OperatorApi:
                 observer(path, None, status, time.perf_counter() - started)
             return
         except Exception as exc:  # every failure leaves through the one error table
-            status, body, response_headers = self._refusal(exc, path)
+            status, body, response_headers = self._refusal(exc, method, path, fields)
         if origin is not None:
             response_headers += _cors(origin, path, False)
         if isinstance(body, bytes):
@@ -560,13 +563,19 @@ class OperatorApi:
             status = scope.get(REFUSED_SCOPE, status)  # the connection's own answer, if it gave one
             observer(path, scope.get(KEY_ID_SCOPE), status, time.perf_counter() - started)
 
-    def _refusal(self, exc: Exception, path: str) -> tuple[int, bytes, Headers]:
+    def _refusal(
+        self, exc: Exception, method: str, path: str, fields: Fields
+    ) -> tuple[int, bytes, Headers]:
         """The answer to a request that failed with ``exc``, logged as ``_failed`` logs it."""
         status, body, content_type = render(exc)
         self._failed(exc, status, path)
         headers = [(_CONTENT_TYPE, content_type)]
         if isinstance(exc, MethodNotAllowed):
             headers.append(ALLOW_READ if path == HEALTHCHECK else _ALLOW_POST)
+        elif method == "POST" and path in self._traced_routes:
+            trace = fields.get(_TRACE_ID)
+            if trace is not None:
+                headers.append((_TRACE_ID, trace))
         return status, body, headers
 
     def _route(
@@ -574,14 +583,21 @@ class OperatorApi:
     ) -> tuple[int, Body, Headers]:
         """A POST to one of the API routes, its body read."""
         snapshot = self._provider()
+        out: Body
         if snapshot is None:
-            return 503, b"Service Unavailable", [_TEXT_TYPE]
-        now_ms = self._now()
-        if path == CLIENT_GENERATE:
-            return self._client_generate(snapshot, fields, body, now_ms)
-        if path == REFRESH:
-            return self._refresh(snapshot, scope, fields, body, now_ms)
-        return self._enveloped(snapshot, path, scope, fields, body, now_ms=now_ms)
+            status, out, headers = 503, b"Service Unavailable", [_TEXT_TYPE]
+        elif path == CLIENT_GENERATE:  # not behind the key check: no trace id echoed
+            return self._client_generate(snapshot, fields, body, self._now())
+        elif path == REFRESH:
+            status, out, headers = self._refresh(snapshot, scope, fields, body, self._now())
+        else:
+            status, out, headers = self._enveloped(
+                snapshot, path, scope, fields, body, now_ms=self._now()
+            )
+        trace = fields.get(_TRACE_ID)
+        if trace is not None:
+            headers.append((_TRACE_ID, trace))
+        return status, out, headers
 
     def _enveloped(
         self,
@@ -629,13 +645,7 @@ class OperatorApi:
                 random=self._random,
             )
             out, content_type = frame_response(sealed, envelope.binary)
-        response_headers = [
-            _FRAMED_TYPES.get(content_type) or (_CONTENT_TYPE, content_type.encode())
-        ]
-        trace = fields.get(_TRACE_ID)
-        if trace is not None:
-            response_headers.append((_TRACE_ID, trace))
-        return 200, out, response_headers
+        return 200, out, [_FRAMED_TYPES.get(content_type) or (_CONTENT_TYPE, content_type.encode())]
 
     def _pieces(
         self,
