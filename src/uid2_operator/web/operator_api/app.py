@@ -336,8 +336,10 @@ def _text(fields: Fields, name: bytes) -> str | None:
 
 
 def _is_octet_stream(fields: Fields) -> bool:
+    """Whether the request's media type is ``application/octet-stream``, in any case, without
+    the whitespace around a field's value (RFC 9110 §5.5), which a server may leave on it."""
     value = fields.get(_CONTENT_TYPE)
-    return value is not None and value.lower() == _OCTET_BYTES
+    return value is not None and value.strip(b" \t").lower() == _OCTET_BYTES
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
