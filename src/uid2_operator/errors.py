@@ -406,6 +406,23 @@ class AuditChainAhead(StoreError):
     )
 
 
+class AuditRowUnreadable(StoreError):
+    """An audit row that does not read back as an event (its ``before`` or ``after`` not JSON,
+    an outcome no version writes): it was changed outside uid2-operator. The message names the
+    seq and the field, never the row's content; ``audit verify`` reports the break."""
+
+    code = "audit_row_unreadable"
+    message = "An audit row cannot be read"
+
+    def __init__(self, seq: int, problem: str) -> None:
+        super().__init__(
+            f"Audit event seq {seq} cannot be read ({problem}): it was changed outside "
+            "uid2-operator; `uid2-operator audit verify` reports where the chain breaks"
+        )
+        self.seq = seq
+        self.problem = problem
+
+
 class UnsupportedDatabaseUrl(StoreError):
     code = "store_url_unsupported"
     message = "Unsupported database URL"

@@ -158,7 +158,9 @@ def _snapshot(value: object) -> dict[str, Any] | None:
 
 
 def canonical_event_bytes(seq: int, event: AuditDraft | AuditEvent) -> bytes:
-    """The canonical JSON of every field except ``prev_hash`` and ``hash``."""
+    """The canonical JSON of every field except ``prev_hash`` and ``hash``, as they are: a draft
+    is redacted when it is made, and a stored row is hashed as stored, so that whatever is added
+    to a row later (a field redaction would have dropped, a float) changes its hash."""
     return _canonical_json(
         {
             "seq": seq,
@@ -168,8 +170,8 @@ def canonical_event_bytes(seq: int, event: AuditDraft | AuditEvent) -> bytes:
             "target_type": event.target_type,
             "target_id": event.target_id,
             "site_id": event.site_id,
-            "before": redact(event.before),
-            "after": redact(event.after),
+            "before": event.before,
+            "after": event.after,
             "request_id": event.request_id,
             "source": event.source,
             "outcome": event.outcome.value,
@@ -200,6 +202,15 @@ def link_event(draft: AuditDraft, *, seq: int, prev_hash: bytes) -> AuditEvent:
         prev_hash=prev_hash,
         hash=event_hash(prev_hash, seq, draft),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableEvent:
+    """An audit row that does not read back as an event (``problem`` says which field, never
+    its content): it was changed outside the application, so the chain breaks there."""
+
+    seq: int
+    problem: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +247,7 @@ class ChainVerdict:
 
 
 def verify_chain(
-    events: Iterable[AuditEvent],
+    events: Iterable[AuditEvent | UnreadableEvent],
     *,
     start_seq: int = 1,
     start_prev_hash: bytes = GENESIS_HASH,
@@ -244,7 +255,8 @@ def verify_chain(
 ) -> ChainVerdict:
     """Walk events in the order given (ascending seq). Detects a modified row (its hash no longer
     matches), a deleted or inserted row (seq not gap-free, or a broken ``prev_hash`` link), a
-    reordered row and a forged hash. To check from the middle, pass the seq and hash of a trusted
+    reordered row, a forged hash and a row that does not read back as an event
+    (``UnreadableEvent``). To check from the middle, pass the seq and hash of a trusted
     earlier event as ``start_seq - 1`` / ``start_prev_hash``.
 
     With ``recorded_head`` (the head the store recorded, or one kept elsewhere; ``EMPTY_HEAD`` when
@@ -265,6 +277,8 @@ def verify_chain(
     for event in events:
         if event.seq != expected_seq:
             return broken(expected_seq, f"expected seq {expected_seq}, found {event.seq}")
+        if isinstance(event, UnreadableEvent):
+            return broken(event.seq, f"the row cannot be read: {event.problem}")
         if not hmac.compare_digest(event.prev_hash, prev_hash):
             return broken(event.seq, "prev_hash does not match the previous event's hash")
         if not hmac.compare_digest(event.hash, event_hash(prev_hash, event.seq, event)):
@@ -316,7 +330,7 @@ class Adoption:
 
 
 def check_adoption(
-    recorded: ChainHead, past_head: Sequence[AuditEvent], through_seq: int
+    recorded: ChainHead, past_head: Sequence[AuditEvent | UnreadableEvent], through_seq: int
 ) -> Adoption:
     """Whether the rows written past ``recorded`` (``past_head``: every row with a higher seq, in
     seq order) may become the chain's own, through ``through_seq``.

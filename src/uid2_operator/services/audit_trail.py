@@ -246,7 +246,7 @@ def adopt_rows_past_head(
                 "Nothing to adopt: no audit chain head is recorded; `uid2-operator db upgrade` "
                 "records the head of a chain an earlier version wrote"
             )
-        adoption = check_adoption(recorded, tx.audit.list_events(since_seq=recorded.seq), through)
+        adoption = check_adoption(recorded, tx.audit.chain_events(since_seq=recorded.seq), through)
         tx.audit.move_head(adoption.head)
         event = record_event(
             tx,

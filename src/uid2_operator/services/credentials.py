@@ -619,7 +619,7 @@ class CredentialService:
         remedy: ``db upgrade`` records its head."""
         del actor
         with self._store.read() as tx:
-            events = tx.audit.list_events()
+            events = tx.audit.chain_events()
             recorded = tx.audit.head()
         verdict = verify_chain(events, recorded_head=EMPTY_HEAD if recorded is None else recorded)
         if recorded is None and not verdict.ok and verdict.checked == len(events):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from uid2_operator.domain.admin_tokens import AdminToken
-from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome
+from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome, UnreadableEvent
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import ClientKeypair
@@ -308,7 +308,13 @@ class AuditReader(Protocol):
 
         Events whose target type is one of ``exclude_target_types`` are left out before ``limit``
         counts, so a page holds ``limit`` events the caller may see whenever that many follow.
+        AuditRowUnreadable for a row that does not read back as an event.
         """
+        ...
+
+    def chain_events(self, *, since_seq: int | None = None) -> list[AuditEvent | UnreadableEvent]:
+        """Every event with ``seq > since_seq``, in seq order, for verifying the chain: a row that
+        does not read back as an event is an ``UnreadableEvent`` in its place."""
         ...
 
 

@@ -40,7 +40,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.elements import ColumnElement
 
 from uid2_operator.domain.admin_tokens import AdminToken
-from uid2_operator.domain.audit import AuditEvent, ChainHead, Outcome, verify_chain
+from uid2_operator.domain.audit import (
+    AuditEvent,
+    ChainHead,
+    Outcome,
+    UnreadableEvent,
+    verify_chain,
+)
 from uid2_operator.domain.credentials import ApiKey, KeyState, SealedSecret
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import BRAND
@@ -55,6 +61,7 @@ from uid2_operator.domain.sharing import SharingPolicy
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditRowUnreadable,
     InvalidTransition,
     NotFound,
     SchemaOutOfDate,
@@ -167,6 +174,12 @@ def _admin_token(row: Row[Any]) -> AdminToken:
 
 
 def _audit_event(row: Row[Any]) -> AuditEvent:
+    """The event a row holds; AuditRowUnreadable for a row no version writes (changed outside
+    the application), naming the field, never its content."""
+    try:
+        outcome = Outcome(row.outcome)
+    except ValueError:
+        raise AuditRowUnreadable(row.seq, "its outcome is not one uid2-operator writes") from None
     return AuditEvent(
         seq=row.seq,
         at_ms=row.at_ms,
@@ -175,14 +188,28 @@ def _audit_event(row: Row[Any]) -> AuditEvent:
         target_type=row.target_type,
         target_id=row.target_id,
         site_id=row.site_id,
-        before=_json_or_none(row.before),
-        after=_json_or_none(row.after),
+        before=_audit_json(row, "before"),
+        after=_audit_json(row, "after"),
         request_id=row.request_id,
         source=row.source,
-        outcome=Outcome(row.outcome),
+        outcome=outcome,
         prev_hash=bytes(row.prev_hash),
         hash=bytes(row.hash),
     )
+
+
+def _audit_json(row: Row[Any], name: str) -> Any:
+    try:
+        return _json_or_none(getattr(row, name))
+    except (ValueError, RecursionError):
+        raise AuditRowUnreadable(row.seq, f"its {name} is not JSON") from None
+
+
+def _chain_event(row: Row[Any]) -> AuditEvent | UnreadableEvent:
+    try:
+        return _audit_event(row)
+    except AuditRowUnreadable as unreadable:
+        return UnreadableEvent(unreadable.seq, unreadable.problem)
 
 
 def _placed_event(
@@ -621,6 +648,13 @@ class _Audit:
         query = select(t.audit_events).where(and_(True, *filters)).order_by(c.seq).limit(limit)
         return [_audit_event(row) for row in self._u.conn.execute(query)]
 
+    def chain_events(self, *, since_seq: int | None = None) -> list[AuditEvent | UnreadableEvent]:
+        c = t.audit_events.c
+        query = select(t.audit_events).order_by(c.seq)
+        if since_seq is not None:
+            query = query.where(c.seq > since_seq)
+        return [_chain_event(row) for row in self._u.conn.execute(query)]
+
     def head(self) -> ChainHead | None:
         m = t.store_meta.c
         names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
@@ -677,10 +711,12 @@ class _Audit:
         conn = self._u.writing(control_plane=False)
         if self.head() is not None:
             return None
-        events = self.list_events()
+        events = self.chain_events()
         if not events or not verify_chain(events).ok:
             return None
-        head = ChainHead(events[-1].seq, events[-1].hash)
+        last = events[-1]
+        assert isinstance(last, AuditEvent)  # noqa: S101 (the chain verified: every row was read)
+        head = ChainHead(last.seq, last.hash)
         self._record_head(conn, head)
         return head
 

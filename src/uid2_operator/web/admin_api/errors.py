@@ -17,6 +17,7 @@ from typing import Any
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditRowUnreadable,
     BodyTooLarge,
     CredentialError,
     DomainError,
@@ -74,6 +75,8 @@ ERROR_TABLE: Mapping[type[UID2Error], HttpMapping] = MappingProxyType(
         StoreUnavailable: HttpMapping(503, detail=False),
         # Seqs and the remedy only: the operator must stop a process of an earlier version.
         AuditChainAhead: HttpMapping(500),
+        # The seq and the field only, never the row's content.
+        AuditRowUnreadable: HttpMapping(500),
         StoreError: HttpMapping(500, detail=False),
     }
 )

@@ -1,0 +1,138 @@
+"""A changed audit row is a verdict, on every backend, whatever was changed.
+
+Verification hashes a row as it is stored. It used to redact the stored values again before
+hashing, so a field that redaction drops (one named like a secret, a value shaped like a full
+API key) could be added to an event without changing its hash; and a row that no longer read back
+as an event (a float, text that is not JSON, an outcome no version writes) made verification fail
+with an error instead of naming the row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select, update
+
+from uid2_operator.domain.audit import draft_event, event_hash, verify_chain
+from uid2_operator.errors import AuditRowUnreadable
+from uid2_operator.storage import SqlStore
+from uid2_operator.storage import schema as t
+
+T0 = 1_760_000_000_000
+FULL_KEY = "UID2-C-L-3-Gc9126.AAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def _chain(store: SqlStore) -> None:
+    """Three events, as the application drafts them (redacted), the middle one about a key."""
+    for seq, after in enumerate(
+        [
+            {"name": "first", "site_id": 3},
+            {"key_id": "UID2-C-L-3-Gc9126", "roles": ["GENERATOR"], "state": "active"},
+            {"name": "third", "site_id": 3},
+        ],
+        start=1,
+    ):
+        draft = draft_event(
+            at_ms=T0 + seq,
+            actor="cli:test",
+            action="key.create",
+            target_type="api_key",
+            target_id=f"target-{seq}",
+            site_id=3,
+            after=after,
+        )
+        with store.transaction() as tx:
+            tx.audit.append(draft, event_hash)
+
+
+def _edit_after(store: SqlStore, seq: int, change: Callable[[str], str]) -> None:
+    c = t.audit_events.c
+    with store.engine.begin() as conn:
+        text = conn.execute(select(c.after).where(c.seq == seq)).scalar_one()
+        conn.execute(update(t.audit_events).where(c.seq == seq).values(after=change(text)))
+
+
+def _with(**added: object) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        value = json.loads(text)
+        value.update(added)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return change
+
+
+def _roles_plus(item: str) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        value = json.loads(text)
+        value["roles"].append(item)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return change
+
+
+def test_an_untouched_chain_verifies(store: SqlStore) -> None:
+    _chain(store)
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.checked) == (True, 3)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _with(approved_by_token="ticket SEC-1 approved"),  # a name redaction drops
+        _with(Secret="none", Text="also granted MAPPER"),  # in any case
+        _roles_plus(f"MAPPER ({FULL_KEY})"),  # a list item shaped like a full API key
+        _with(approved_by=FULL_KEY),  # a value shaped like one
+    ],
+    ids=["secret-like name", "secret-like names in capitals", "credential in a list", "credential"],
+)
+def test_a_field_that_redaction_would_drop_still_breaks_the_chain(
+    store: SqlStore, change: Callable[[str], str]
+) -> None:
+    _chain(store)
+    _edit_after(store, 2, change)
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 2)
+    assert verdict.problem == "hash does not match the event's content"
+
+
+def test_a_float_breaks_the_chain(store: SqlStore) -> None:
+    _chain(store)
+    _edit_after(store, 1, lambda text: text.replace('"site_id":3', '"site_id":3.0'))
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 1)
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"after": "not json"}, "its after is not JSON"),
+        ({"before": "{"}, "its before is not JSON"),
+        ({"outcome": "weird"}, "its outcome is not one uid2-operator writes"),
+    ],
+)
+def test_a_row_that_does_not_read_back_is_named_by_the_verdict(
+    store: SqlStore, values: dict[str, str], problem: str
+) -> None:
+    _chain(store)
+    c = t.audit_events.c
+    with store.engine.begin() as conn:
+        conn.execute(update(t.audit_events).where(c.seq == 2).values(**values))
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        # Listing the events names the row and the field, never its content.
+        with pytest.raises(AuditRowUnreadable) as unreadable:
+            rx.audit.list_events()
+    assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 2, 1)
+    assert verdict.problem == f"the row cannot be read: {problem}"
+    assert unreadable.value.detail == (
+        f"Audit event seq 2 cannot be read ({problem}): it was changed outside uid2-operator; "
+        "`uid2-operator audit verify` reports where the chain breaks"
+    )
+    assert "weird" not in unreadable.value.detail
+    assert "not json" not in unreadable.value.detail
