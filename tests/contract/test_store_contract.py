@@ -447,6 +447,21 @@ def test_usage_for_an_unknown_key_records_nothing(store: SqlStore) -> None:
         assert rx.usage.list_all() == []
 
 
+def test_usage_naming_more_keys_than_a_statement_takes_parameters_is_checked_in_batches(
+    store: SqlStore,
+) -> None:
+    # PostgreSQL takes at most 65,535 parameters a statement: one IN list of every key id of a
+    # large batch (a backlog after an outage) failed there as "store unavailable", forever.
+    _seed(store)
+    gone = [f"UID2-C-L-1001-g{n:05d}" for n in range(70_000)]
+    batch = [(KEY_A, "/v2/token/generate", 1, T0)] + [(k, "/x", 1, T0) for k in gone]
+    with pytest.raises(NotFound) as refused:
+        store.record_usage(batch)
+    assert refused.value.detail == f"No API key {', '.join(gone[:5])} and 69995 more"
+    with store.read() as rx:
+        assert rx.usage.list_all() == []
+
+
 def test_usage_is_telemetry_and_does_not_move_change_seq(store: SqlStore) -> None:
     _seed(store)
     seq = store.change_seq()

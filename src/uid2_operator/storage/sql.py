@@ -795,14 +795,19 @@ class _Usage:
         if not totals:
             return
         key_ids = sorted({key_id for key_id, _ in totals})
-        known = set(
-            conn.execute(select(t.api_keys.c.key_id).where(t.api_keys.c.key_id.in_(key_ids)))
-            .scalars()
-            .all()
-        )
+        known: set[str] = set()
+        for start in range(0, len(key_ids), _ID_BATCH):
+            ids = key_ids[start : start + _ID_BATCH]
+            known.update(
+                conn.execute(select(t.api_keys.c.key_id).where(t.api_keys.c.key_id.in_(ids)))
+                .scalars()
+                .all()
+            )
         missing = [key_id for key_id in key_ids if key_id not in known]
         if missing:
-            raise NotFound(f"No API key {', '.join(missing)}")
+            more = len(missing) - _NAMED_MISSING
+            named = ", ".join(missing[:_NAMED_MISSING]) + (f" and {more} more" if more > 0 else "")
+            raise NotFound(f"No API key {named}")
 
         u = t.key_usage.c
         stmt = self._u.flavour.upsert_insert(t.key_usage)
@@ -845,6 +850,7 @@ class _Usage:
 
 _SALT_TABLE_NAME = "current"
 _ID_BATCH = 500  # ids per IN list: far below SQLite's and PostgreSQL's bound on parameters
+_NAMED_MISSING = 5  # unknown key ids a usage batch's refusal names; the rest are counted
 _CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
 
 
