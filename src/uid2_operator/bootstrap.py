@@ -926,6 +926,12 @@ def _set_or_not_its_database(head: str, database: Environment, given: str) -> In
     )
 
 
+def database_backend(settings: Settings) -> str:
+    """``sqlite`` or ``postgresql``: the backend of the configured database (the embedded file,
+    or what a database URL names, a ``sqlite:///`` one included), as the opened store names it."""
+    return "postgresql" if sqlite_path(settings.store_url) is None else "sqlite"
+
+
 def upgrade_database(settings: Settings) -> str:
     """Apply the shipped migrations to the configured database; returns the schema revision.
 

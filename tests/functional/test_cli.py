@@ -105,6 +105,20 @@ def test_db_upgrade(cli: Cli) -> None:
     assert first["database"] == cli.database.backend
 
 
+def test_db_upgrade_names_a_sqlite_database_given_by_url_as_sqlite(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    # A sqlite:/// database URL is taken as well as the embedded default; both are SQLite.
+    url = {"UID2_DATABASE_URL": f"sqlite:///{tmp_path / 'by-url.db'}"}
+    for command in (["init"], ["db", "upgrade"]):
+        result = sqlite_cli(*command, "--json", env=url)
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["database"] == "sqlite", command
+    assert (tmp_path / "by-url.db").is_file()
+    human = sqlite_cli("db", "upgrade", env=url)
+    assert human.stdout.startswith("sqlite schema at revision ")
+
+
 def test_commands_before_init_fail_cleanly(sqlite_cli: Cli) -> None:
     result = sqlite_cli("key", "list")
     assert result.exit_code == 1

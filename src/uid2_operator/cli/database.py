@@ -13,6 +13,7 @@ from uid2_operator.bootstrap import (
     adopt_store_environment,
     check_environment,
     check_store_recordable,
+    database_backend,
     discard_interrupted_keyring,
     ensure_keyring,
     load_keyring,
@@ -223,7 +224,7 @@ def db_upgrade(as_json: bool) -> None:
     settings = load_settings(check=False)  # no keyring needed, nor the environment
     require_initialised_database(settings)
     revision = upgrade_database(settings)
-    backend = "postgresql" if settings.database_url else "sqlite"
+    backend = database_backend(settings)
     emit(
         wants_json(as_json),
         {"schema_revision": revision, "database": backend},
