@@ -53,6 +53,21 @@ def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> No
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_sqlite_file_is_shown_alike_however_its_engine_opens_it(tmp_path: Path) -> None:
+    # Messages name one store one way: the schema upgrade opens the file with the driver's name,
+    # other commands read-write only (a ``file:`` URI).
+    path = tmp_path / "a b%.db"
+    plain = f"sqlite:///{path}"
+    shown = set()
+    for must_exist in (False, True):
+        path.touch()
+        engine, _ = engines.make_engine(plain, must_exist=must_exist)
+        shown.add(engines.shown_url(engine.url))
+        engine.dispose()
+    shown.add(engines.shown_url(normalise_url(plain)))
+    assert shown == {plain}
+
+
 def test_a_url_that_is_not_utf8_text_is_refused_as_such() -> None:
     with pytest.raises(UnsupportedDatabaseUrl, match="must be valid UTF-8 text"):
         normalise_url("postgresql://\udcff@127.0.0.1/uid2")

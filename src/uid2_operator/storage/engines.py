@@ -362,11 +362,13 @@ def _hidden(url: URL) -> str:
 
 def shown_url(url: URL) -> str:
     """``url`` as messages show it: the password hidden (also as a ``password`` query
-    option), and a SQLite file opened read-write only (``make_engine``'s ``must_exist``) shown as
-    the plain path it names."""
-    database = url.database or ""
-    if url.drivername.startswith("sqlite") and database.startswith("file:"):
-        return f"sqlite:///{urllib.parse.unquote(database.removeprefix('file:'))}"
+    option), and a SQLite file as ``sqlite:///`` and the path it names, however the engine
+    opens it (with the driver's name, or read-write only: ``make_engine``'s ``must_exist``)."""
+    if url.drivername.startswith("sqlite"):
+        database = url.database or ""
+        if database.startswith("file:"):
+            database = urllib.parse.unquote(database.removeprefix("file:"))
+        return f"sqlite:///{database}"
     return _hidden(url)
 
 
