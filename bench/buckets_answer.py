@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -221,6 +223,24 @@ def measure(port: int, call: SealedCall, worker: int, seconds: float) -> dict[st
     }
 
 
+@contextlib.contextmanager
+def serving_prepared(extra_env: dict[str, str]) -> Iterator[tuple[int, dict[str, Any], int]]:
+    """A temporary integ data directory (``prepare``d, with ``extra_env``) served by
+    ``serve --workers 1``: its port, the issued key (with ``prepare_s`` and ``ready_s`` added,
+    the seconds set-up and start-up took) and the worker's pid; removed however the run ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "UID2_DATA_DIR": tmp, "UID2_ENVIRONMENT": "integ", **extra_env}
+        started = time.perf_counter()
+        issued = prepare(env)
+        issued["prepare_s"] = round(time.perf_counter() - started, 1)
+        with serving_one_worker(env) as (parent, port, ready_s):
+            issued["ready_s"] = round(ready_s, 1)
+            workers = children_by_role(parent.pid)[WORKER]
+            if len(workers) != 1:
+                raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
+            yield port, issued, workers[0]["pid"]
+
+
 def print_figures(figures: dict[str, Any]) -> None:
     """One line a figure; the health check's latencies one line per moment."""
     for name, value in figures.items():
@@ -239,34 +259,24 @@ def main() -> None:
     args = parser.parse_args()
     count = args.buckets or 1 << 20
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "UID2_DATA_DIR": tmp, "UID2_ENVIRONMENT": "integ"}
-        if args.buckets is not None:
-            env["UID2_SALT_BUCKETS"] = str(args.buckets)
-        started = time.perf_counter()
-        issued = prepare(env)
-        prepared_s = time.perf_counter() - started
-
-        with serving_one_worker(env) as (parent, port, ready_s):
-            workers = children_by_role(parent.pid)[WORKER]
-            if len(workers) != 1:
-                raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
-            call = SealedCall(
-                port,
-                issued["key"],
-                issued["secret"],
-                BUCKETS,
-                {"since_timestamp": SINCE},
-                http10=args.http10,
-            )
-            measured = measure(port, call, workers[0]["pid"], args.seconds)
+    extra = {} if args.buckets is None else {"UID2_SALT_BUCKETS": str(args.buckets)}
+    with serving_prepared(extra) as (port, issued, worker):
+        call = SealedCall(
+            port,
+            issued["key"],
+            issued["secret"],
+            BUCKETS,
+            {"since_timestamp": SINCE},
+            http10=args.http10,
+        )
+        measured = measure(port, call, worker, args.seconds)
     answered = len(call.opened.get("body") or [])
 
     figures: dict[str, Any] = {
         "buckets": count,
         "http_version": "1.0" if args.http10 else "1.1",
-        "prepare_s": round(prepared_s, 1),
-        "ready_s": round(ready_s, 1),
+        "prepare_s": issued["prepare_s"],
+        "ready_s": issued["ready_s"],
         "buckets_answered": answered,
         **measured,
         "answer_us_per_bucket": round(measured["answer_s"] * 1e6 / answered, 2)

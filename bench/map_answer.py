@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Final
 
-from buckets_answer import SealedCall, measure, prepare, print_figures
-from serve_memory import WORKER, children_by_role, serving_one_worker
+from buckets_answer import SealedCall, measure, print_figures, serving_prepared
 
 PATHS: Final = {"v3": "/v3/identity/map", "v2": "/v2/identity/map"}
 
@@ -51,29 +47,21 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "UID2_DATA_DIR": tmp, "UID2_ENVIRONMENT": "integ"}
-        started = time.perf_counter()
-        issued = prepare(env)
-        prepared_s = time.perf_counter() - started
-        with serving_one_worker(env) as (parent, port, ready_s):
-            workers = children_by_role(parent.pid)[WORKER]
-            if len(workers) != 1:
-                raise RuntimeError(f"serve has {len(workers)} workers, not 1: {workers}")
-            call = SealedCall(
-                port,
-                issued["key"],
-                issued["secret"],
-                PATHS[args.version],
-                {"email": emails(args.emails)},
-            )
-            measured = measure(port, call, workers[0]["pid"], args.seconds)
+    with serving_prepared({}) as (port, issued, worker):
+        call = SealedCall(
+            port,
+            issued["key"],
+            issued["secret"],
+            PATHS[args.version],
+            {"email": emails(args.emails)},
+        )
+        measured = measure(port, call, worker, args.seconds)
     answered = entries(args.version, call.opened["body"])
     figures: dict[str, Any] = {
         "path": PATHS[args.version],
         "emails": args.emails,
-        "prepare_s": round(prepared_s, 1),
-        "ready_s": round(ready_s, 1),
+        "prepare_s": issued["prepare_s"],
+        "ready_s": issued["ready_s"],
         "identities_answered": answered,
         **measured,
         "answer_us_per_identity": round(measured["answer_s"] * 1e6 / answered, 2)

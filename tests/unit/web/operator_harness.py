@@ -10,6 +10,7 @@ a few recorded opt-outs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -17,7 +18,7 @@ import os
 import socket
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -345,6 +346,66 @@ def build_world_snapshot(now_ms: int) -> tuple[Snapshot, dict[str, Credential]]:
         optouts=[OptOutRecord(flh, now_ms - 5 * DAY_S * 1000, "recorded-raw-uid")],
     )
     return snapshot, credentials
+
+
+# ------------------------------------------------------------------- the app called directly
+
+
+AsgiLog = list[tuple[str, MutableMapping[str, Any]]]
+
+
+def sealed_post(
+    cred: Credential,
+    path: str,
+    payload: object,
+    *,
+    now_ms: int,
+    binary: bool = False,
+    http_version: str = "1.1",
+    nonce: bytes = b"nonce-01",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[dict[str, Any], bytes]:
+    """The ASGI scope and body of a POST of ``payload`` sealed by ``cred`` (base64 text, or raw
+    bytes under ``application/octet-stream`` when ``binary``)."""
+    sealed = seal_request(
+        json.dumps(payload).encode(),
+        secret=cred.secret_bytes,
+        now_ms=now_ms,
+        nonce=nonce,
+        random=bytes,
+    )
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "http_version": http_version,
+        "headers": [
+            (b"content-type", b"application/octet-stream" if binary else b"text/plain"),
+            (b"authorization", f"Bearer {cred.key}".encode()),
+            *headers,
+        ],
+    }
+    return scope, sealed if binary else base64.b64encode(sealed)
+
+
+async def asgi_exchange(
+    app: Any, scope: dict[str, Any], body: bytes, log: AsgiLog, name: str
+) -> None:
+    """Call ``app`` once: ``body`` arrives whole, then the client stays (nothing more comes);
+    every message ``app`` sends is appended to ``log`` as ``(name, message)``."""
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if delivered:
+            await asyncio.Event().wait()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        log.append((name, dict(message)))
+
+    await app(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------- the server

@@ -11,23 +11,28 @@ identities get one at a time; up to one piece's worth, the answer is sent whole,
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-from operator_harness import RECORDED_OPTOUT_EMAIL, Credential, build_world_snapshot
+from operator_harness import (
+    RECORDED_OPTOUT_EMAIL,
+    AsgiLog,
+    Credential,
+    asgi_exchange,
+    build_world_snapshot,
+    sealed_post,
+)
 
 from uid2_operator.clock import FixedClock
+from uid2_operator.errors import InvalidRequest
 from uid2_operator.services import data_plane
 from uid2_operator.services.data_plane import MAP_ITEMS_PER_PIECE, StreamedReply
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.wire.encoding import dumps
-from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
+from uid2_operator.wire.envelope import open_response, unframe_response
 
-Message = MutableMapping[str, Any]
 NOW = 1_750_000_000_000
 V2 = "/v2/identity/map"
 V3 = "/v3/identity/map"
@@ -165,7 +170,7 @@ def test_a_v2_null_phone_is_unmapped_wherever_it_stands(snapshot: Snapshot) -> N
 def test_a_v3_request_bad_past_its_first_piece_is_refused_before_any_piece(
     snapshot: Snapshot, payload: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(data_plane.InvalidRequest) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         data_plane.map_v3(snapshot, payload, NOW)
     assert refused.value.detail == message
 
@@ -173,56 +178,21 @@ def test_a_v3_request_bad_past_its_first_piece_is_refused_before_any_piece(
 def test_a_v2_request_bad_past_its_first_piece_is_refused_before_any_piece(
     snapshot: Snapshot,
 ) -> None:
-    with pytest.raises(data_plane.InvalidRequest):
+    with pytest.raises(InvalidRequest):
         data_plane.map_v2(snapshot, {"email": [*_emails(MANY), {"an": "object"}]}, NOW)
 
 
 # ----------------------------------------------------------------------------- over ASGI
 
 
-class _App:
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.app = create_operator_app(
-            snapshot_provider=lambda: snapshot, clock=FixedClock(NOW), random=bytes
-        )
-
-    async def exchange(
-        self, scope: dict[str, Any], body: bytes, log: list[tuple[str, Message]], name: str
-    ) -> None:
-        delivered = False
-
-        async def receive() -> Message:
-            nonlocal delivered
-            if delivered:  # the client stays: nothing more comes
-                await asyncio.Event().wait()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: Message) -> None:
-            log.append((name, dict(message)))
-
-        await self.app(scope, receive, send)
+def _app(snapshot: Snapshot) -> Any:
+    return create_operator_app(
+        snapshot_provider=lambda: snapshot, clock=FixedClock(NOW), random=bytes
+    )
 
 
 def _request(cred: Credential, path: str, payload: object) -> tuple[dict[str, Any], bytes]:
-    sealed = seal_request(
-        json.dumps(payload).encode(),
-        secret=cred.secret_bytes,
-        now_ms=NOW,
-        nonce=b"nonce-01",
-        random=bytes,
-    )
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": path,
-        "http_version": "1.1",
-        "headers": [
-            (b"content-type", b"text/plain"),
-            (b"authorization", f"Bearer {cred.key}".encode()),
-        ],
-    }
-    return scope, base64.b64encode(sealed)
+    return sealed_post(cred, path, payload, now_ms=NOW)
 
 
 def _world() -> tuple[Snapshot, Credential]:
@@ -233,18 +203,18 @@ def _world() -> tuple[Snapshot, Credential]:
 @pytest.mark.parametrize("path", [V2, V3])
 def test_the_worker_answers_a_health_check_while_a_large_map_is_answered(path: str) -> None:
     snapshot, cred = _world()
-    app = _App(snapshot)
+    app = _app(snapshot)
     scope, body = _request(cred, path, {"email": _emails(MANY)})
     health = {"type": "http", "method": "GET", "path": "/ops/healthcheck", "headers": []}
-    log: list[tuple[str, Message]] = []
+    log: AsgiLog = []
 
     async def both() -> None:
-        mapping = asyncio.create_task(app.exchange(scope, body, log, "map"))
+        mapping = asyncio.create_task(asgi_exchange(app, scope, body, log, "map"))
         while not mapping.done() and not any(
             name == "map" and m["type"] == "http.response.body" for name, m in log
         ):
             await asyncio.sleep(0)
-        await asyncio.gather(mapping, app.exchange(health, b"", log, "health"))
+        await asyncio.gather(mapping, asgi_exchange(app, health, b"", log, "health"))
 
     asyncio.run(both())
     order = [(name, m["type"], m.get("more_body", False)) for name, m in log]
@@ -267,10 +237,10 @@ def test_the_worker_answers_a_health_check_while_a_large_map_is_answered(path: s
 @pytest.mark.parametrize("path", [V2, V3])
 def test_a_map_of_one_piece_is_sent_whole_with_its_length(path: str) -> None:
     snapshot, cred = _world()
-    app = _App(snapshot)
+    app = _app(snapshot)
     scope, body = _request(cred, path, {"email": _emails(MAP_ITEMS_PER_PIECE)})
-    log: list[tuple[str, Message]] = []
-    asyncio.run(app.exchange(scope, body, log, "map"))
+    log: AsgiLog = []
+    asyncio.run(asgi_exchange(app, scope, body, log, "map"))
     (_, start), (_, answer) = log
     assert start["status"] == 200
     assert dict(start["headers"])[b"content-length"] == b"%d" % len(answer["body"])
@@ -280,10 +250,10 @@ def test_a_map_of_one_piece_is_sent_whole_with_its_length(path: str) -> None:
 @pytest.mark.parametrize("path", [V2, V3])
 def test_a_large_map_bad_at_its_end_is_a_whole_400(path: str) -> None:
     snapshot, cred = _world()
-    app = _App(snapshot)
+    app = _app(snapshot)
     scope, body = _request(cred, path, {"email": [*_emails(MANY), {"an": "object"}]})
-    log: list[tuple[str, Message]] = []
-    asyncio.run(app.exchange(scope, body, log, "map"))
+    log: AsgiLog = []
+    asyncio.run(asgi_exchange(app, scope, body, log, "map"))
     (_, start), (_, answer) = log
     assert start["status"] == 400
     assert json.loads(answer["body"])["status"] == "client_error"

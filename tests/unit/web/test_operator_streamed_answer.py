@@ -10,7 +10,6 @@ piece that cannot be made after the start ends the answer without its last messa
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -19,7 +18,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from operator_harness import Credential, build_world_snapshot, salt_table_updated_at
+from operator_harness import (
+    Credential,
+    asgi_exchange,
+    build_world_snapshot,
+    salt_table_updated_at,
+    sealed_post,
+)
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.salts import SaltTable
@@ -31,7 +36,6 @@ from uid2_operator.web.operator_api.app import create_operator_app
 from uid2_operator.wire.envelope import (
     frame_response,
     open_response,
-    seal_request,
     seal_response,
     unframe_response,
 )
@@ -78,45 +82,23 @@ class _App:
     async def exchange(
         self, scope: dict[str, Any], body: bytes, log: list[tuple[str, Message]], name: str
     ) -> None:
-        delivered = False
-
-        async def receive() -> Message:
-            nonlocal delivered
-            if delivered:  # the client stays: nothing more comes
-                await asyncio.Event().wait()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: Message) -> None:
-            log.append((name, dict(message)))
-
-        await self.app(scope, receive, send)
+        await asgi_exchange(self.app, scope, body, log, name)
 
 
 def _request(
     cred: Credential, *, binary: bool, http_version: str = "1.1"
 ) -> tuple[dict[str, Any], bytes, bytes]:
     nonce = b"nonce-01"
-    sealed = seal_request(
-        json.dumps(EVERYTHING).encode(),
-        secret=cred.secret_bytes,
+    scope, body = sealed_post(
+        cred,
+        BUCKETS,
+        EVERYTHING,
         now_ms=NOW,
+        binary=binary,
+        http_version=http_version,
         nonce=nonce,
-        random=bytes,
+        headers=((b"x-amzn-trace-id", b"Root=1-trace"),),
     )
-    body = sealed if binary else base64.b64encode(sealed)
-    content_type = b"application/octet-stream" if binary else b"text/plain"
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": BUCKETS,
-        "http_version": http_version,
-        "headers": [
-            (b"content-type", content_type),
-            (b"authorization", f"Bearer {cred.key}".encode()),
-            (b"x-amzn-trace-id", b"Root=1-trace"),
-        ],
-    }
     return scope, body, nonce
 
 

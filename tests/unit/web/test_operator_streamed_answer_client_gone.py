@@ -9,21 +9,18 @@ left to receive once the body has been read) and makes no further piece; the obs
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import Iterator, MutableMapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from operator_harness import Credential, build_world_snapshot, salt_table_updated_at
+from operator_harness import Credential, build_world_snapshot, salt_table_updated_at, sealed_post
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.salts import SaltTable
 from uid2_operator.services.data_plane import BUCKETS_PER_PIECE
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.web.operator_api.app import create_operator_app
-from uid2_operator.wire.envelope import seal_request
 
 Message = MutableMapping[str, Any]
 NOW = 1_750_000_000_000
@@ -64,24 +61,9 @@ def _world(kind: type[SaltTable]) -> tuple[Snapshot, Credential]:
 def _request(
     cred: Credential, *, binary: bool, http_version: str = "1.1"
 ) -> tuple[dict[str, Any], bytes]:
-    sealed = seal_request(
-        json.dumps(EVERYTHING).encode(),
-        secret=cred.secret_bytes,
-        now_ms=NOW,
-        nonce=b"nonce-01",
-        random=bytes,
+    return sealed_post(
+        cred, BUCKETS, EVERYTHING, now_ms=NOW, binary=binary, http_version=http_version
     )
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": BUCKETS,
-        "http_version": http_version,
-        "headers": [
-            (b"content-type", b"application/octet-stream" if binary else b"text/plain"),
-            (b"authorization", f"Bearer {cred.key}".encode()),
-        ],
-    }
-    return scope, sealed if binary else base64.b64encode(sealed)
 
 
 def _exchange(
