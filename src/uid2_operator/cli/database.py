@@ -62,22 +62,26 @@ def init(environment: str | None, as_json: bool) -> None:
     the ids of the database's API keys and admin tokens name another.
     """
 
+    shown = False
+
     def deliver(done: Initialised) -> None:
+        nonlocal shown
         emit(wants_json(as_json), done.document, done.human)
         if done.token_issued:
             show_once_warning()
+        shown = True
 
     # SIGTERM and SIGHUP interrupt init as SIGINT does: it then says what to do to finish.
     stop = StopRequest()
     previous = handle_stop_signals(stop.interrupt)
     try:
         initialise(environment, deliver)
-    except InitInterrupted:
-        raise
     except KeyboardInterrupt:
-        # Not an InitInterrupted: a stop signal held while the token was issued and shown
-        # (``initialise``). Init had finished, and says so (exit status 0).
-        pass
+        # Once init has shown what it did, a stop signal held meanwhile (``initialise``) comes
+        # too late to change it: init finished, and says so (exit status 0). Any earlier one,
+        # reading the settings included, interrupts it.
+        if not shown:
+            raise
     finally:
         restore_handlers(previous, stop)
 

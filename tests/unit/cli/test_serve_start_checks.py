@@ -271,6 +271,36 @@ def test_sigterm_interrupts_init_as_sigint_does(
         opened.close()
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_init_interrupted_while_it_reads_its_settings_fails(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    json_flag: list[str],
+) -> None:
+    # A signal before init could say what it did: the command must not report success (a
+    # provisioning script would go on with no data directory).
+    real_load = database_commands.load_settings
+
+    def load_then_terminated(*args: Any, **kwargs: Any) -> Any:
+        loaded = real_load(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)  # its default action would end the process here
+        return loaded
+
+    monkeypatch.setattr(database_commands, "load_settings", load_then_terminated)
+    status = main.main(
+        ["--data-dir", str(tmp_path / "data"), "init", *json_flag], standalone_mode=False
+    )
+    out, err = capsys.readouterr()
+    assert status == FAILURE_EXIT
+    assert err.endswith("Error: aborted\n")
+    if json_flag:
+        assert json.loads(out)["error"]["code"] == "interrupted"
+    else:
+        assert out == ""
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_stop_signal_ignored_at_start_stays_ignored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
