@@ -301,6 +301,8 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     job does: a Ctrl-C in that script's terminal must not stop it)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _configure_logging(log_level)
+    if _serve_gone(parent):  # killed while this worker started: it must not take the port
+        raise SystemExit(0)
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
         functools.partial(
@@ -332,6 +334,10 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
         # failing (``_Workers.keep_alive``).
         log.error("worker %d: %s", os.getpid(), exc.message)
         raise SystemExit(1) from None
+    if _serve_gone(parent):  # killed while this worker bound its sockets
+        for sock in sockets:
+            sock.close()
+        raise SystemExit(0)
     server = WorkerServer(config, sigint_ignored=sigint_ignored)
     watch = threading.Thread(
         target=_exit_with_parent, args=(server, parent), name="parent-watch", daemon=True
@@ -439,19 +445,28 @@ def _configure_logging(log_level: str) -> None:
     logging.getLogger(_UVICORN_ERRORS).addFilter(_CANCELLED_AT_STOP)  # once: the same filter
 
 
+def _serve_gone(parent: int) -> bool:
+    """Whether the serving process ``parent`` is gone (said in a WARNING line). The kernel gives
+    an orphan another parent, so the worker's parent pid no longer being serve's means serve is
+    gone. A worker checks before it binds its sockets and once they are bound: a worker of a
+    serve killed while it started stops there, before it takes the port from the next serve."""
+    if os.getppid() == parent:
+        return False
+    log.warning("worker %d: serve (pid %d) is gone; stopping", os.getpid(), parent)
+    return True
+
+
 def _exit_with_parent(server: uvicorn.Server, parent: int) -> None:
     """Stop ``server`` gracefully once the serving process ``parent`` is gone.
 
     A serve killed without stopping (SIGKILL, the OOM killer) cannot stop its workers; left
-    alone they would keep serving the port, so that a new serve could not bind it. The kernel
-    gives an orphan another parent, so the worker's parent pid no longer being serve's means
-    serve is gone (checked every ``_PARENT_CHECK_S``; a worker whose serve died before it
-    started stops at once). ``should_exit`` is what uvicorn's SIGTERM handler sets: the worker
+    alone they would keep serving the port, so that a new serve could not bind it (checked
+    every ``_PARENT_CHECK_S``; a worker whose serve died before it bound its sockets stopped
+    there: ``_serve_gone``). ``should_exit`` is what uvicorn's SIGTERM handler sets: the worker
     stops as on SIGTERM, writes what is pending and removes its metrics file."""
-    while os.getppid() == parent:
+    while not _serve_gone(parent):
         time.sleep(_PARENT_CHECK_S)
     server.should_exit = True
-    log.warning("worker %d: serve (pid %d) is gone; stopping", os.getpid(), parent)
 
 
 _IGNORED_AT_START: Final = frozenset({signal.SIGINT, signal.SIGHUP})

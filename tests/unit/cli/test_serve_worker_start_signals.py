@@ -211,3 +211,42 @@ def test_a_worker_lets_the_stop_signals_through_as_it_starts() -> None:
         [sys.executable, "-c", _WORKER_MASK], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+_ORPHAN = """
+import importlib, sys
+serve = importlib.import_module("uid2_operator.cli.serve")
+real_gone, real_listening = serve._serve_gone, serve._listening
+checks = []
+
+def gone(parent):
+    checks.append(parent)
+    # "after-bind": serve is still there at the first check and gone by the second.
+    return real_gone(parent) if (sys.argv[1] == "before-bind" or len(checks) > 1) else False
+
+def listening(*args):
+    print("bound", flush=True)
+    return real_listening(*args)
+
+serve._serve_gone, serve._listening = gone, listening
+serve._worker_main("127.0.0.1", 0, None, "info", 1)  # pid 1: never this process's parent
+"""
+
+
+@pytest.mark.parametrize(("moment", "bound"), [("before-bind", False), ("after-bind", True)])
+def test_a_worker_whose_serve_died_while_it_started_stops_before_it_serves(
+    moment: str, bound: bool
+) -> None:
+    """A serve killed just after it spawned its workers: a worker that then took the port
+    would keep the next serve from binding it until its own start-up was over."""
+    done = subprocess.run(  # noqa: S603 (fixed arguments)
+        [sys.executable, "-c", _ORPHAN, moment],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("bound" in done.stdout) is bound
+    assert "serve (pid 1) is gone; stopping" in done.stderr
+    assert "Started server process" not in done.stderr
