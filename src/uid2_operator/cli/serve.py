@@ -1242,6 +1242,10 @@ def _run_serving(
         settings, listen, operator_port, admin_url, None if metrics is None else metrics.port
     )
     try:
+        # A stop before the workers start interrupts the start, as the docstring of ``serve``
+        # says: one noted since the handler above took over, or one whose interruption was lost
+        # while the services opened and the ports were bound (``StopRequest.interrupt``).
+        stop.check()
         pool.start()
         upkeep.start()
         while True:

@@ -187,6 +187,54 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
     assert json.loads(error)["error"]["code"] == "interrupted"
 
 
+def _lose_a_sigterm() -> None:
+    """A SIGTERM whose interruption is lost: raised inside a garbage collector's callback."""
+    watched = type("Watched", (), {})()
+    handler = signal.getsignal(signal.SIGTERM)
+    assert callable(handler)
+    watch = weakref.ref(watched, lambda _ref: handler(signal.SIGTERM, None))
+    del watched
+    gc.collect()
+    assert watch() is None
+
+
+@pytest.mark.parametrize("moment", ["lost while the ports are bound", "noted before workers"])
+def test_a_stop_before_the_workers_start_interrupts_serve_and_starts_none(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    moment: str,
+) -> None:
+    started: list[object] = []
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setattr(serve._Workers, "start", lambda self: started.append(self))  # noqa: PLW0108
+    if moment.startswith("lost"):
+        real_bind = serve._bind_admin
+
+        def bind_then_lose_a_sigterm(*args: Any) -> Any:
+            bound = real_bind(*args)
+            _lose_a_sigterm()
+            return bound
+
+        monkeypatch.setattr(serve, "_bind_admin", bind_then_lose_a_sigterm)
+    else:
+        real_share = serve._share_runtime_dir
+
+        def share_then_terminated(*args: Any) -> Any:
+            shared = real_share(*args)
+            signal.raise_signal(signal.SIGTERM)  # serve's handler only notes it by now
+            return shared
+
+        monkeypatch.setattr(serve, "_share_runtime_dir", share_then_terminated)
+    status = _serve(tmp_path)
+    _, err = capsys.readouterr()
+    assert started == []
+    assert status == FAILURE_EXIT
+    assert err.endswith("Error: aborted\n")
+    assert len(unraisable) == (1 if moment.startswith("lost") else 0)
+
+
 def _signal_once_the_token_is_issued(
     monkeypatch: pytest.MonkeyPatch, signals: list[signal.Signals]
 ) -> None:
