@@ -945,6 +945,8 @@ def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     max_past_ms = serve_settings.request_window.max_past_ms
     slots = serve_settings.replay_table_entries
     kept = data_dir / replay_table.KEPT_FILE
+    for unfinished in replay_table.sweep_unfinished_keeps(kept):
+        log.warning("removed %s, a replay table a killed serve did not finish keeping", unfinished)
     try:
         if _take_over(lock, table, parent, max_past_ms=max_past_ms, slots=slots):
             _discard_kept(kept)

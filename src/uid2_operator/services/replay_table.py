@@ -89,7 +89,7 @@ import stat
 import struct
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
@@ -416,7 +416,9 @@ def keep(table_path: Path, kept_path: Path) -> None:
     mode 0600, whole under a temporary name and then renamed: a reader never sees half of it.
 
     ``serve`` does this when it stops cleanly, into its data directory, so that the next
-    ``serve`` still refuses the envelopes seen in the last minutes (``restore``)."""
+    ``serve`` still refuses the envelopes seen in the last minutes (``restore``). A copy cut
+    short (serve killed while it kept its table) is left under its temporary name, which
+    ``sweep_unfinished_keeps`` removes."""
     temporary = kept_path.with_name(f".{kept_path.name}.{os.getpid()}.new")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -434,6 +436,19 @@ def keep(table_path: Path, kept_path: Path) -> None:
     finally:
         os.close(fd)
         temporary.unlink(missing_ok=True)
+
+
+def sweep_unfinished_keeps(kept_path: Path) -> list[Path]:
+    """Remove the copies of ``keep`` into ``kept_path`` that a killed process left under their
+    temporary names (each named for its process: every such kill adds one, as large as the
+    table); only while no ``keep`` into it can be under way (``serve`` holds its lock). The
+    paths removed; one that cannot be is left for the next sweep."""
+    removed = []
+    for temporary in kept_path.parent.glob(f".{kept_path.name}.*.new"):
+        with suppress(OSError):
+            temporary.unlink()
+            removed.append(temporary)
+    return removed
 
 
 def _unusable(path: Path, *, max_past_ms: int, slots: int) -> str | None:

@@ -319,6 +319,26 @@ def test_serve_after_a_crash_takes_the_crashed_table_over_rather_than_an_older_k
         assert json.loads(lock.path.read_text())["runtime_dirs"] == []
 
 
+def test_a_table_a_killed_serve_did_not_finish_keeping_is_removed_at_the_next_start(
+    environ: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Killed while it copied its table into the data directory, under a name of its own: each
+    # such kill left another file, as large as the table, for good.
+    unfinished = [tmp_path / f".{KEPT_FILE}.{pid}.new" for pid in (4242, 4343)]
+    for path in unfinished:
+        path.write_bytes(b"\x01" * 4096)
+    other = tmp_path / f".{KEPT_FILE}.new"  # not a name keep() writes: left alone
+    other.write_bytes(b"")
+    with ServeLock.take(tmp_path) as lock:
+        runtime_dir = serve._share_runtime_dir(tmp_path, lock)
+        assert not any(path.exists() for path in unfinished)
+        assert other.exists()
+        serve._retire_runtime_dir(runtime_dir, tmp_path, lock)
+    assert (tmp_path / KEPT_FILE).exists()
+    assert not list(tmp_path.glob(f".{KEPT_FILE}.*.new"))  # the clean stop left none behind
+    assert caplog.text.count("a killed serve did not finish keeping") == 2
+
+
 def test_a_kept_table_that_cannot_be_removed_does_not_cost_the_table_taken_over(
     environ: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
