@@ -42,6 +42,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -174,7 +175,9 @@ def _missing_or_empty(path: Path) -> bool:
 
 
 def _next_steps(settings: Settings, admin_url: str) -> str:
-    data = f" --data-dir {settings.data_dir}" if str(settings.data_dir) != "data" else ""
+    """The commands to run next. Another terminal may be in another directory: a data directory
+    other than the default (``data``, where the README's commands run) is named whole."""
+    data = "" if str(settings.data_dir) == "data" else f" --data-dir {_shown_path(settings)}"
     cli = f"uid2-operator{data}"
     return "\n".join(
         [
@@ -189,6 +192,11 @@ def _next_steps(settings: Settings, admin_url: str) -> str:
             f"  The admin API ({admin_url}) does the same with the admin token above.",
         ]
     )
+
+
+def _shown_path(settings: Settings) -> str:
+    """The data directory, absolute, quoted for a shell when it needs to be."""
+    return shlex.quote(str(settings.data_dir.resolve()))
 
 
 # --------------------------------------------------------------------------------- sockets

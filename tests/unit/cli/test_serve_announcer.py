@@ -94,3 +94,26 @@ def test_a_failure_before_the_announcement_prints_only_an_issued_token(
     text.initialised = issued.initialised  # printed in full at init time already
     text.stopped()
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("data", None),  # the default, where the README's commands run
+        ("mydata", "{cwd}/mydata"),
+        ("with space", "'{cwd}/with space'"),
+        ("{cwd}/elsewhere", "{cwd}/elsewhere"),
+    ],
+)
+def test_next_steps_name_the_data_directory_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, shown: str | None
+) -> None:
+    """They are to be run in another terminal, which may be in another directory."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({}, data_dir=given.format(cwd=tmp_path))
+    steps = serve._next_steps(settings, "http://127.0.0.1:8081")
+    commands = [line.strip() for line in steps.splitlines() if "uid2-operator" in line]
+    assert len(commands) == 2
+    prefix = "uid2-operator" if shown is None else f"uid2-operator --data-dir {shown}"
+    for command in commands:
+        assert command.startswith(prefix.format(cwd=tmp_path) + " "), command
