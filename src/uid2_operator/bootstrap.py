@@ -1007,6 +1007,7 @@ def material_config(
     return MaterialConfig(
         bucket_count=settings.salt_bucket_count,
         identity_scope=settings.identity_scope,
+        identity_v3=settings.identity_v3,
         expired_key_retention_s=expired_key_retention_s,
     )
 

@@ -67,6 +67,7 @@ class Settings:
     environment: Environment = Environment.LOCAL
     environment_source: EnvironmentSource = EnvironmentSource.GIVEN
     identity_scope: IdentityScope = IdentityScope.UID2
+    identity_v3: bool = False  # UID2_IDENTITY_V3: raw UIDs of 33 bytes (v3) instead of 32 (v2)
     # the keyring itself (UID2_KEYRING); wins over the file
     keyring_json: str | None = field(default=None, repr=False)
     keyring_file: Path | None = None  # UID2_KEYRING_FILE; default <data_dir>/keyring.json
@@ -113,7 +114,8 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``); explicit arguments win.
 
         Variables: UID2_DATA_DIR, UID2_DATABASE_URL, UID2_ENVIRONMENT (local|integ|prod),
-        UID2_IDENTITY_SCOPE (uid2|euid), UID2_KEYRING, UID2_KEYRING_FILE,
+        UID2_IDENTITY_SCOPE (uid2|euid), UID2_IDENTITY_V3 (true|false, default false: v2 raw
+        UIDs), UID2_KEYRING, UID2_KEYRING_FILE,
         UID2_KEY_ROTATION_AGE_DAYS (default 365), UID2_SALT_BUCKETS (a power of two up to 2^20;
         default 2^16 in local, 2^20 in integ and prod; fixed once the salt table exists).
         Without UID2_ENVIRONMENT, the environment the data directory was initialised for (its
@@ -131,6 +133,9 @@ class Settings:
         scope_name = env.get("UID2_IDENTITY_SCOPE", "uid2").upper()
         if scope_name not in IdentityScope.__members__:
             raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_name!r})")
+        identity_v3 = env.get("UID2_IDENTITY_V3", "false").strip().lower()
+        if identity_v3 not in ("true", "false"):
+            raise SettingsError(f"UID2_IDENTITY_V3 must be true or false (got {identity_v3!r})")
         keyring_file = env.get("UID2_KEYRING_FILE")
         age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
         # int() refuses a text of over 4300 digits: what is measured is what is read, without
@@ -159,6 +164,7 @@ class Settings:
             environment=deployment,
             environment_source=source,
             identity_scope=IdentityScope[scope_name],
+            identity_v3=identity_v3 == "true",
             keyring_json=env.get("UID2_KEYRING") or None,
             keyring_file=Path(keyring_file) if keyring_file else None,
             rotation_age_days=int(age_text),

@@ -50,11 +50,19 @@ def test_explicit_arguments_win_over_the_environment() -> None:
     [
         ({"UID2_ENVIRONMENT": "staging"}, "UID2_ENVIRONMENT"),
         ({"UID2_IDENTITY_SCOPE": "other"}, "UID2_IDENTITY_SCOPE"),
+        ({"UID2_IDENTITY_V3": "yes"}, "UID2_IDENTITY_V3 must be true or false"),
+        ({"UID2_IDENTITY_V3": "1"}, "UID2_IDENTITY_V3 must be true or false"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(environ)
+
+
+def test_identity_v3_is_off_unless_set() -> None:
+    assert Settings.from_env({}).identity_v3 is False
+    assert Settings.from_env({"UID2_IDENTITY_V3": "false"}).identity_v3 is False
+    assert Settings.from_env({"UID2_IDENTITY_V3": "True"}).identity_v3 is True
 
 
 def test_clocks_and_random() -> None:

@@ -80,12 +80,16 @@ _IDENTITY_ENVIRONMENTS = {
 
 
 def operator_identity(
-    environment: Environment, scope: IdentityScope = IdentityScope.UID2
+    environment: Environment,
+    scope: IdentityScope = IdentityScope.UID2,
+    *,
+    identity_v3: bool = False,
 ) -> OperatorIdentity:
     return OperatorIdentity(
         environment=environment,
         scope=scope,
         identity_environment=_IDENTITY_ENVIRONMENTS[environment],
+        identity_v3=identity_v3,
         phone_support=True,
     )
 

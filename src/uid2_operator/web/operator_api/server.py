@@ -316,7 +316,9 @@ def build_worker(
     db = store or open_configured_store(settings, check_schema=False)
     material = material_service(settings, db, ring, now, random)
     identity = replace(
-        operator_identity(settings.environment, settings.identity_scope),
+        operator_identity(
+            settings.environment, settings.identity_scope, identity_v3=settings.identity_v3
+        ),
         client_side_generate=serve.client_side_generate,
     )
 
