@@ -296,6 +296,18 @@ def test_the_route_answers_base64_without_content_type_or_404_when_switched_off(
     assert _post(_snapshot(cstg=False), body, {"origin": ORIGIN}).status_code == 404
 
 
+@pytest.mark.parametrize("spaces", [("", "  "), ("", "\t"), (" \t", " ")])
+def test_the_origin_is_read_without_the_whitespace_around_it(spaces: tuple[str, str]) -> None:
+    # RFC 9110 §5.5: a field's value does not include the whitespace around it (the reference's
+    # server trims it); the HTTP parser here drops only what comes before it.
+    built = _request()
+    origin = spaces[0] + ORIGIN + spaces[1]
+    response = _post(SNAPSHOT, json.dumps(built.body).encode(), {"origin": origin})
+    assert response.status_code == 200, response.text
+    assert open_response(built.secret, response.text)["status"] == "success"
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+
+
 def test_client_side_generation_is_a_serve_setting_on_by_default() -> None:
     assert ServeSettings.from_env({}).client_side_generate is True
     assert (

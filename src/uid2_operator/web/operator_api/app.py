@@ -331,8 +331,10 @@ def _fields(headers: Headers) -> Fields:
 
 
 def _text(fields: Fields, name: bytes) -> str | None:
+    """A header's value as text, without the whitespace around it (RFC 9110 §5.5: not part of
+    the value; the HTTP parser drops only what comes before it)."""
     value = fields.get(name)
-    return None if value is None else value.decode("latin-1")
+    return None if value is None else value.strip(b" \t").decode("latin-1")
 
 
 def _is_octet_stream(fields: Fields) -> bool:
