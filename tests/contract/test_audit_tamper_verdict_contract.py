@@ -109,6 +109,40 @@ def test_a_float_breaks_the_chain(store: SqlStore) -> None:
 
 
 @pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("prev_hash", "SECRETTEXT"),
+        ("hash", "SECRETTEXT"),
+        ("prev_hash", 1 << 40),  # read as bytes(n), it would be a TiB of zeros
+        ("actor", b"\x00\xff"),
+        ("target_id", b"7"),
+        ("at_ms", "yesterday"),
+        ("site_id", "three"),
+        ("request_id", b"\x01"),
+        ("after", b"{}"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL enforces its column types
+def test_a_column_of_another_type_is_named_by_the_verdict(
+    store: SqlStore, column: str, value: object
+) -> None:
+    # SQLite keeps whatever type a column is given: an edit outside the application can store
+    # text where a hash goes, or bytes where text goes.
+    _chain(store)
+    with store.engine.begin() as conn:  # below the column types, as an outside edit writes
+        statement = f"UPDATE audit_events SET {column} = ? WHERE seq = 2"  # noqa: S608 (ours)
+        conn.exec_driver_sql(statement, (value,))
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        with pytest.raises(AuditRowUnreadable):
+            rx.audit.list_events()
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 2)
+    assert verdict.problem == (
+        f"the row cannot be read: its {column} is not of the type uid2-operator writes"
+    )
+
+
+@pytest.mark.parametrize(
     ("values", "problem"),
     [
         ({"after": "not json"}, "its after is not JSON"),

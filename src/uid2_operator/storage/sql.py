@@ -175,32 +175,45 @@ def _admin_token(row: Row[Any]) -> AdminToken:
 
 def _audit_event(row: Row[Any]) -> AuditEvent:
     """The event a row holds; AuditRowUnreadable for a row no version writes (changed outside
-    the application), naming the field, never its content."""
+    the application: SQLite keeps whatever type a column is given), naming the field, never its
+    content."""
     try:
         outcome = Outcome(row.outcome)
-    except ValueError:
+    except (ValueError, TypeError):
         raise AuditRowUnreadable(row.seq, "its outcome is not one uid2-operator writes") from None
     return AuditEvent(
         seq=row.seq,
-        at_ms=row.at_ms,
-        actor=row.actor,
-        action=row.action,
-        target_type=row.target_type,
-        target_id=row.target_id,
-        site_id=row.site_id,
+        at_ms=_audit_value(row, "at_ms", int),
+        actor=_audit_value(row, "actor", str),
+        action=_audit_value(row, "action", str),
+        target_type=_audit_value(row, "target_type", str),
+        target_id=_audit_value(row, "target_id", str),
+        site_id=_audit_value(row, "site_id", int, optional=True),
         before=_audit_json(row, "before"),
         after=_audit_json(row, "after"),
-        request_id=row.request_id,
-        source=row.source,
+        request_id=_audit_value(row, "request_id", str, optional=True),
+        source=_audit_value(row, "source", str, optional=True),
         outcome=outcome,
-        prev_hash=bytes(row.prev_hash),
-        hash=bytes(row.hash),
+        prev_hash=bytes(_audit_value(row, "prev_hash", (bytes, memoryview))),
+        hash=bytes(_audit_value(row, "hash", (bytes, memoryview))),
     )
 
 
+def _audit_value(
+    row: Row[Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False
+) -> Any:
+    value = getattr(row, name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise AuditRowUnreadable(row.seq, f"its {name} is not of the type uid2-operator writes")
+    return value
+
+
 def _audit_json(row: Row[Any], name: str) -> Any:
+    text = _audit_value(row, name, str, optional=True)
     try:
-        return _json_or_none(getattr(row, name))
+        return _json_or_none(text)
     except (ValueError, RecursionError):
         raise AuditRowUnreadable(row.seq, f"its {name} is not JSON") from None
 
