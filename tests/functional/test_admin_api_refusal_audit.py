@@ -437,3 +437,16 @@ def test_the_counts_pending_at_shutdown_are_logged(
     assert "shutting down" in logged
     assert f"actor=admin:{env.token_ids[READER]} action=key.create" in logged
     assert logged.endswith("repeated=3")
+
+
+def test_a_broken_chain_verified_over_the_admin_api_is_a_warning_in_the_log(
+    sqlite_env: AdminEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _participant_and_key(sqlite_env)
+    with sqlite3.connect(tmp_path / DB_FILE) as conn:
+        conn.execute("UPDATE audit_events SET actor = 'evil' WHERE seq = 2")
+    with caplog.at_level(logging.WARNING, logger="uid2_operator.web.admin_api.audit"):
+        verdict = sqlite_env.call("POST", "/audit/verify", SUPER)
+    assert verdict.status_code == 200
+    assert verdict.json()["first_bad_seq"] == 2
+    assert "audit chain broken first_bad_seq=2 problem=hash does not match" in caplog.text

@@ -569,6 +569,18 @@ def test_audit_verify_detects_tampering(
     assert verdict["head_hash"] in human.stdout
 
 
+def test_a_broken_chain_is_one_error_line_from_the_installed_command(sqlite_cli: Cli) -> None:
+    # Run as a process of its own: no test logging handler stands in for Python's last-resort
+    # one, which printed the service's WARNING as a bare line before the error line.
+    seeded(sqlite_cli)
+    with closing(sqlite3.connect(sqlite_cli.database.sqlite_path)) as conn, conn:
+        conn.execute("UPDATE audit_events SET actor = 'evil' WHERE seq = 2")
+    result = _run(sqlite_cli.database.data_dir, "audit", "verify", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["first_bad_seq"] == 2
+    assert result.stderr.splitlines() == ["Error: the audit chain is broken at seq 2"]
+
+
 def test_a_deleted_tail_stays_reported_after_later_changes(sqlite_cli: Cli) -> None:
     key_id = seeded(sqlite_cli)["key"]["key_id"]
     ok(sqlite_cli, "key", "disable", key_id)

@@ -625,12 +625,6 @@ class CredentialService:
         if recorded is None and not verdict.ok and verdict.checked == len(events):
             # Every link verifies and only the head is missing: how an earlier version left it.
             verdict = replace(verdict, problem=f"{verdict.problem}; {NO_HEAD_REMEDY}")
-        if not verdict.ok:
-            logger.warning(
-                "audit chain broken first_bad_seq=%s problem=%s",
-                verdict.first_bad_seq,
-                verdict.problem,
-            )
         return AuditVerdictView.of(verdict)
 
     # -------------------------------------------------------------------------------- helpers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from uid2_operator.domain.authorization import AUDIT_TARGET_TYPES, AdminAction
 from uid2_operator.services.credentials import (
     MAX_AUDIT_LIMIT,
@@ -10,6 +12,8 @@ from uid2_operator.services.credentials import (
 )
 from uid2_operator.web.admin_api.bodies import BodySpec, Field, Kind
 from uid2_operator.web.admin_api.routing import Call, Operation, Reply
+
+log = logging.getLogger(__name__)
 
 TAG = "audit"
 DEFAULT_LIMIT = 100
@@ -74,7 +78,14 @@ def list_audit(call: Call) -> Reply:
 
 
 def verify_audit(call: Call) -> Reply:
-    return Reply(call.services.credentials.verify_audit(call.actor).to_json())
+    """The verdict; a broken chain is also a WARNING in the server's log (the command line
+    prints its verdict and error line itself)."""
+    verdict = call.services.credentials.verify_audit(call.actor)
+    if not verdict.ok:
+        log.warning(
+            "audit chain broken first_bad_seq=%s problem=%s", verdict.first_bad_seq, verdict.reason
+        )
+    return Reply(verdict.to_json())
 
 
 OPERATIONS = (
