@@ -67,7 +67,7 @@ from uid2_operator.settings import (
     recorded_environment,
 )
 from uid2_operator.storage import open_store, upgrade
-from uid2_operator.storage.engines import make_engine, shown_url, sqlite_path
+from uid2_operator.storage.engines import make_engine, normalise_url, shown_url, sqlite_path
 from uid2_operator.storage.interface import ReadTx, Store
 from uid2_operator.storage.migrate import current_revision, revision_of
 from uid2_operator.wire.aead import RandomBytes
@@ -924,6 +924,14 @@ def _set_or_not_its_database(head: str, database: Environment, given: str) -> In
         f"{head}: set UID2_ENVIRONMENT (init: --environment) to {database}, or give the "
         f"database of the {given} deployment (--database-url)"
     )
+
+
+def shown_database_url(settings: Settings) -> str | None:
+    """The database URL given (``--database-url``, UID2_DATABASE_URL) as messages show it, its
+    password hidden; None when the data directory's own SQLite file is the database."""
+    if settings.database_url is None:
+        return None
+    return shown_url(normalise_url(settings.database_url))
 
 
 def database_backend(settings: Settings) -> str:

@@ -69,6 +69,7 @@ from uid2_operator.bootstrap import (
     database_is_new,
     open_services,
     record_store_environment,
+    shown_database_url,
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
@@ -176,13 +177,27 @@ def _missing_or_empty(path: Path) -> bool:
 
 def _next_steps(settings: Settings, admin_url: str) -> str:
     """The commands to run next. Another terminal may be in another directory: a data directory
-    other than the default (``data``, where the README's commands run) is named whole."""
+    other than the default (``data``, where the README's commands run) is named whole, and a
+    database given by URL is named too (its password hidden), else they would set up a store of
+    their own."""
     data = "" if str(settings.data_dir) == "data" else f" --data-dir {_shown_path(settings)}"
+    database = shown_database_url(settings)
+    if database is not None:
+        data += f" --database-url {shlex.quote(database)}"
     cli = f"uid2-operator{data}"
+    same_database = (
+        []
+        if database is None
+        else [
+            "  (on this serve's database: a password in its URL is shown as ***; put it back,",
+            "  or set UID2_DATABASE_URL instead, as for serve)",
+        ]
+    )
     return "\n".join(
         [
             "Next steps (in another terminal; with `.venv/bin/` in front if the venv is not on",
             "your PATH):",
+            *same_database,
             "  1. create a participant (prints its site id):",
             f'       {cli} participant create --name "Example publisher" --type publisher \\',
             "           --roles GENERATOR,MAPPER,ID_READER,SHARER",

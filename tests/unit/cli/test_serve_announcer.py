@@ -117,3 +117,28 @@ def test_next_steps_name_the_data_directory_whole(
     prefix = "uid2-operator" if shown is None else f"uid2-operator --data-dir {shown}"
     for command in commands:
         assert command.startswith(prefix.format(cwd=tmp_path) + " "), command
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:hunter2@db.example/uid2", "'postgresql+psycopg://u:***@db.example/uid2'"),
+        ("postgresql://db.example/uid2", "postgresql+psycopg://db.example/uid2"),
+        ("sqlite:////srv/uid2/other.db", "sqlite:////srv/uid2/other.db"),
+    ],
+)
+def test_next_steps_name_a_database_given_by_url_without_its_password(
+    tmp_path: Path, url: str, shown: str
+) -> None:
+    """Without it they would find no database in the data directory, and `init` (what the error
+    then advises) would set up a second store whose keys this serve refuses."""
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "d"), database_url=url)
+    steps = serve._next_steps(settings, "http://127.0.0.1:8081")
+    commands = [line.strip() for line in steps.splitlines() if "uid2-operator " in line]
+    assert len(commands) == 2
+    for command in commands:
+        assert command.startswith(
+            f"uid2-operator --data-dir {tmp_path / 'd'} --database-url {shown} "
+        ), command
+    assert "hunter2" not in steps
+    assert "UID2_DATABASE_URL" in steps
