@@ -148,6 +148,8 @@ def test_a_column_of_another_type_is_named_by_the_verdict(
         ({"after": "not json"}, "its after is not JSON"),
         ({"before": "{"}, "its before is not JSON"),
         ({"outcome": "weird"}, "its outcome is not one uid2-operator writes"),
+        ({"after": '{"a":NaN}'}, "its after is not JSON"),  # Python's reader takes them
+        ({"before": '{"a":-Infinity}'}, "its before is not JSON"),
     ],
 )
 def test_a_row_that_does_not_read_back_is_named_by_the_verdict(
@@ -170,3 +172,23 @@ def test_a_row_that_does_not_read_back_is_named_by_the_verdict(
     )
     assert "weird" not in unreadable.value.detail
     assert "not json" not in unreadable.value.detail
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL enforces its column types
+def test_a_write_after_an_unreadable_last_row_and_no_recorded_head_names_the_row(
+    store: SqlStore,
+) -> None:
+    # With no head recorded (a chain an earlier version wrote, which db upgrade leaves so when
+    # it is broken), the next event builds on the last row: its hash must be one.
+    _chain(store)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM store_meta WHERE name LIKE 'audit_head%'")
+        conn.exec_driver_sql("UPDATE audit_events SET hash = 'x' WHERE seq = 3")
+    draft = draft_event(
+        at_ms=T0 + 9, actor="cli:test", action="key.create", target_type="api_key", target_id="t"
+    )
+    with pytest.raises(AuditRowUnreadable) as refused, store.transaction() as tx:
+        tx.audit.append(draft, event_hash)
+    assert refused.value.seq == 3
+    with store.read() as rx:
+        assert len(rx.audit.chain_events()) == 3  # nothing appended

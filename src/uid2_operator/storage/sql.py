@@ -200,8 +200,9 @@ def _audit_event(row: Row[Any]) -> AuditEvent:
 
 
 def _audit_value(
-    row: Row[Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False
+    row: Any, name: str, kind: type | tuple[type, ...], *, optional: bool = False
 ) -> Any:
+    """``row``'s (an audit row's, or some of its columns') ``name``, checked for its type."""
     value = getattr(row, name)
     if value is None and optional:
         return None
@@ -213,9 +214,14 @@ def _audit_value(
 def _audit_json(row: Row[Any], name: str) -> Any:
     text = _audit_value(row, name, str, optional=True)
     try:
-        return _json_or_none(text)
+        return None if text is None else json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise AuditRowUnreadable(row.seq, f"its {name} is not JSON") from None
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN`` and ``Infinity``, which Python's reader takes and JSON (RFC 8259) does not."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _chain_event(row: Row[Any]) -> AuditEvent | UnreadableEvent:
@@ -714,7 +720,7 @@ class _Audit:
         last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
         if last is None:
             return ChainHead(0, GENESIS_PREV_HASH)
-        return ChainHead(last.seq, bytes(last.hash))
+        return ChainHead(last.seq, bytes(_audit_value(last, "hash", (bytes, memoryview))))
 
     def record_head_of_intact_chain(self) -> ChainHead | None:
         """Records the head of a chain written before heads were recorded: its last row, when
