@@ -24,6 +24,7 @@ import stat
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -927,10 +928,15 @@ def _set_or_not_its_database(head: str, database: Environment, given: str) -> In
 
 
 def shown_database_url(settings: Settings) -> str | None:
-    """The database URL given (``--database-url``, UID2_DATABASE_URL) as messages show it, its
-    password hidden; None when the data directory's own SQLite file is the database."""
+    """The database URL given (``--database-url``, UID2_DATABASE_URL) as a command run from
+    anywhere can use it: its password hidden, a SQLite file as the absolute path it opens
+    (percent-encoded, as a URL reads it back); None when the data directory's own SQLite file is
+    the database."""
     if settings.database_url is None:
         return None
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        return f"sqlite:///{urllib.parse.quote(str(path))}"
     return shown_url(normalise_url(settings.database_url))
 
 

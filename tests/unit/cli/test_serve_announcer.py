@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from uid2_operator.settings import Settings
+from uid2_operator.storage.engines import sqlite_path
 
 serve = importlib.import_module("uid2_operator.cli.serve")  # the package names its command so
 
@@ -125,20 +126,28 @@ def test_next_steps_name_the_data_directory_whole(
         ("postgresql://u:hunter2@db.example/uid2", "'postgresql+psycopg://u:***@db.example/uid2'"),
         ("postgresql://db.example/uid2", "postgresql+psycopg://db.example/uid2"),
         ("sqlite:////srv/uid2/other.db", "sqlite:////srv/uid2/other.db"),
+        # A relative file is the one serve opened, from where it ran; a decoded character is
+        # encoded again, as a URL reads it.
+        ("sqlite:///rel/store.db", "sqlite:///{cwd}/rel/store.db"),
+        ("sqlite:////srv/uid2/q%3Fx%25.db", "sqlite:////srv/uid2/q%3Fx%25.db"),
     ],
 )
 def test_next_steps_name_a_database_given_by_url_without_its_password(
-    tmp_path: Path, url: str, shown: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, shown: str
 ) -> None:
     """Without it they would find no database in the data directory, and `init` (what the error
     then advises) would set up a second store whose keys this serve refuses."""
+    monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({}, data_dir=str(tmp_path / "d"), database_url=url)
     steps = serve._next_steps(settings, "http://127.0.0.1:8081")
     commands = [line.strip() for line in steps.splitlines() if "uid2-operator " in line]
     assert len(commands) == 2
+    shown = shown.format(cwd=tmp_path)
     for command in commands:
         assert command.startswith(
             f"uid2-operator --data-dir {tmp_path / 'd'} --database-url {shown} "
         ), command
+    if url.startswith("sqlite"):  # the URL shown names the file serve opened
+        assert sqlite_path(shown) == sqlite_path(url)
     assert "hunter2" not in steps
     assert "UID2_DATABASE_URL" in steps
