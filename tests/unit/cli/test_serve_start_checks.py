@@ -166,13 +166,7 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
 
     def initialise_then_lose_a_sigterm(*args: Any) -> None:
         real_initialise(*args)
-        watched = type("Watched", (), {})()
-        handler = signal.getsignal(signal.SIGTERM)
-        assert callable(handler)
-        watch = weakref.ref(watched, lambda _ref: handler(signal.SIGTERM, None))
-        del watched
-        gc.collect()
-        assert watch() is None
+        _lose_a_sigterm()
 
     monkeypatch.setattr(serve, "initialise", initialise_then_lose_a_sigterm)
     monkeypatch.setattr(serve, "_run_serving", lambda *a, **k: served.append(a))
