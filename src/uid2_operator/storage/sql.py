@@ -798,8 +798,7 @@ class _Usage:
         c = t.key_usage.c
         wanted = sorted(set(key_ids))
         found: list[KeyUsage] = []
-        for start in range(0, len(wanted), _ID_BATCH):
-            batch = wanted[start : start + _ID_BATCH]
+        for batch in _batches(wanted):
             query = select(t.key_usage).where(c.key_id.in_(batch))
             found.extend(_usage(row) for row in self._u.conn.execute(query))
         return sorted(found, key=lambda u: (u.key_id, u.endpoint))
@@ -815,8 +814,7 @@ class _Usage:
             return
         key_ids = sorted({key_id for key_id, _ in totals})
         known: set[str] = set()
-        for start in range(0, len(key_ids), _ID_BATCH):
-            ids = key_ids[start : start + _ID_BATCH]
+        for ids in _batches(key_ids):
             known.update(
                 conn.execute(select(t.api_keys.c.key_id).where(t.api_keys.c.key_id.in_(ids)))
                 .scalars()
@@ -824,9 +822,7 @@ class _Usage:
             )
         missing = [key_id for key_id in key_ids if key_id not in known]
         if missing:
-            more = len(missing) - _NAMED_MISSING
-            named = ", ".join(missing[:_NAMED_MISSING]) + (f" and {more} more" if more > 0 else "")
-            raise NotFound(f"No API key {named}")
+            raise NotFound(f"No API key {_some_of(missing, 5)}")
 
         u = t.key_usage.c
         stmt = self._u.flavour.upsert_insert(t.key_usage)
@@ -869,7 +865,20 @@ class _Usage:
 
 _SALT_TABLE_NAME = "current"
 _ID_BATCH = 500  # ids per IN list: far below SQLite's and PostgreSQL's bound on parameters
-_NAMED_MISSING = 5  # unknown key ids a usage batch's refusal names; the rest are counted
+
+
+def _batches(ids: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``ids`` in runs of ``_ID_BATCH``, one IN list each."""
+    for start in range(0, len(ids), _ID_BATCH):
+        yield ids[start : start + _ID_BATCH]
+
+
+def _some_of(ids: Sequence[object], shown: int) -> str:
+    """``ids`` for a message: the first ``shown`` of them, the rest counted."""
+    more = len(ids) - shown
+    return ", ".join(str(i) for i in ids[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 _CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
 
 
@@ -1071,19 +1080,17 @@ class _EncryptionKeys:
             return
         conn = self._u.writing()  # refuses a read unit; a refusal below rolls the unit back
         c = t.encryption_keys.c
-        batches = [wanted[i : i + _ID_BATCH] for i in range(0, len(wanted), _ID_BATCH)]
         found: set[int] = set()
-        for batch in batches:
+        for batch in _batches(wanted):
             found.update(conn.execute(select(c.key_id).where(c.key_id.in_(batch))).scalars())
         missing = [key_id for key_id in wanted if key_id not in found]
         if missing:
-            shown = ", ".join(str(key_id) for key_id in missing[:10])
-            raise NotFound(f"No encryption key {shown}{' ...' if len(missing) > 10 else ''}")
+            raise NotFound(f"No encryption key {_some_of(missing, 10)}")
         # The sequence keeps the highest id deleted, so it is never handed out again even when
         # the key was added with an id of its own rather than one from ``allocate_ids``.
         if self._last_id(conn) < wanted[-1]:
             self._set_last_id(conn, wanted[-1])
-        for batch in batches:
+        for batch in _batches(wanted):
             conn.execute(delete(t.encryption_keys).where(c.key_id.in_(batch)))
 
     def _last_id(self, conn: Connection) -> int:
@@ -1204,8 +1211,7 @@ class _OptOuts:
         c = t.optouts.c
         wanted = sorted(set(first_level_hashes))
         found: dict[bytes, OptOutRecord] = {}
-        for start in range(0, len(wanted), _ID_BATCH):
-            batch = wanted[start : start + _ID_BATCH]
+        for batch in _batches(wanted):
             for row in self._u.conn.execute(select(t.optouts).where(c.first_level_hash.in_(batch))):
                 record = _optout(row)
                 found[record.first_level_hash] = record
