@@ -241,6 +241,18 @@ def serving_prepared(extra_env: dict[str, str]) -> Iterator[tuple[int, dict[str,
             yield port, issued, workers[0]["pid"]
 
 
+def us_per(measured: dict[str, Any], answered: int) -> float | None:
+    """The answer's time per item answered, in µs (None when none was)."""
+    return round(measured["answer_s"] * 1e6 / answered, 2) if answered else None
+
+
+def report(figures: dict[str, Any], json_path: Path | None) -> None:
+    """``figures`` printed, and written to ``json_path`` when given."""
+    print_figures(figures)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def print_figures(figures: dict[str, Any]) -> None:
     """One line a figure; the health check's latencies one line per moment."""
     for name, value in figures.items():
@@ -279,13 +291,9 @@ def main() -> None:
         "ready_s": issued["ready_s"],
         "buckets_answered": answered,
         **measured,
-        "answer_us_per_bucket": round(measured["answer_s"] * 1e6 / answered, 2)
-        if answered
-        else None,
+        "answer_us_per_bucket": us_per(measured, answered),
     }
-    print_figures(figures)
-    if args.json_path is not None:
-        args.json_path.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json_path)
     if figures["buckets_answered"] != count:
         raise SystemExit(f"{figures['buckets_answered']} buckets answered, not {count}")
 

@@ -18,11 +18,10 @@ asserted.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Final
 
-from buckets_answer import SealedCall, measure, print_figures, serving_prepared
+from buckets_answer import SealedCall, measure, report, serving_prepared, us_per
 
 PATHS: Final = {"v3": "/v3/identity/map", "v2": "/v2/identity/map"}
 
@@ -64,13 +63,9 @@ def main() -> None:
         "ready_s": issued["ready_s"],
         "identities_answered": answered,
         **measured,
-        "answer_us_per_identity": round(measured["answer_s"] * 1e6 / answered, 2)
-        if answered
-        else None,
+        "answer_us_per_identity": us_per(measured, answered),
     }
-    print_figures(figures)
-    if args.json_path is not None:
-        args.json_path.write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json_path)
     if answered != args.emails:
         raise SystemExit(f"{answered} identities answered, not {args.emails}")
 
