@@ -55,6 +55,8 @@ DRIVER_REASON_CHARS = 200
 """How much of the first line of a driver's error text a StoreUnavailable message keeps."""
 
 _BEGIN_OPTION = "uid2_sqlite_begin"
+_READ_ONLY_SQL_TRANSACTION: Final = "25006"
+"""PostgreSQL's SQLSTATE for a write refused by a read-only transaction."""
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
 
 
@@ -346,7 +348,20 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
     # wait for ever on a server that never answers).
     engine = create_engine(parsed, connect_args=defaults)
     enforce_round_trip_deadline(engine, POSTGRES_ROUND_TRIP_DEADLINE_S)
+    event.listen(engine, "checkout", _server_default_access)
     return engine, PostgresFlavour()
+
+
+def _server_default_access(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection's transactions begin with the server's default access mode.
+
+    A read unit makes its transaction read-only (``postgresql_readonly``); when its connection
+    goes back to the pool, SQLAlchemy undoes that by setting psycopg's ``read_only`` to False,
+    and psycopg then begins every later transaction of the connection ``READ WRITE`` explicitly,
+    overriding a server or session that defaults to read-only (``default_transaction_read_only``,
+    a hot standby): a write would then be refused or not depending on which connection it got.
+    None leaves the access mode to the server again."""
+    dbapi_conn.read_only = None
 
 
 # libpq options a URL may carry in its query that are secrets (``?password=...``).
@@ -394,6 +409,14 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         reason = type(exc).__name__ if cause is None else driver_reason(cause)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
     except DatabaseError as exc:
+        refused = exc.orig
+        if refused is not None and getattr(refused, "sqlstate", None) == _READ_ONLY_SQL_TRANSACTION:
+            # A write in a read-only transaction: a hot standby (after a fail-over), or a
+            # database whose sessions default to read-only; unavailable for writes until then.
+            shown = shown_url(engine.url)
+            raise StoreUnavailable(
+                f"The store at {shown} refuses writes: {driver_reason(refused)}"
+            ) from exc
         if type(exc) is not DatabaseError:
             raise  # a refused statement (integrity, data): the caller's to answer
         # The driver's plain DatabaseError: SQLite's "file is not a database" and "database
