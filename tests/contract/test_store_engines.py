@@ -53,6 +53,21 @@ def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> No
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "query", ["uri=true&cache=shared", "mode=memory&uri=true", "uri=true", "timeout=5"]
+)
+def test_a_sqlite_url_with_options_is_refused_and_nothing_is_created(
+    tmp_path: Path, query: str
+) -> None:
+    # pysqlite would read "uri=true" as making the path, query included, a URI of its own:
+    # the file one engine opens would not be the file another opens (or not a file at all).
+    url = f"sqlite:///{tmp_path / 'uid2.db'}?{query}"
+    with pytest.raises(UnsupportedDatabaseUrl) as caught:
+        upgrade(url)
+    assert "SQLite takes no options in its URL" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_sqlite_file_is_shown_alike_however_its_engine_opens_it(tmp_path: Path) -> None:
     # Messages name one store one way: the schema upgrade opens the file with the driver's name,
     # other commands read-write only (a ``file:`` URI).

@@ -64,7 +64,8 @@ def normalise_url(url: str | URL) -> URL:
     """Accepts ``sqlite:///<path>`` and ``postgresql[+psycopg]://...`` (``postgres://`` too).
 
     PostgreSQL is always driven by psycopg 3, whatever driver the URL names by default. An
-    in-memory SQLite database is refused: each pooled connection would get its own empty one.
+    in-memory SQLite database is refused: each pooled connection would get its own empty one;
+    so is a SQLite URL with a query (the driver's options), which the engines set themselves.
     """
     if isinstance(url, str):
         try:
@@ -83,6 +84,13 @@ def normalise_url(url: str | URL) -> URL:
         if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
             raise UnsupportedDatabaseUrl(
                 f"Unsupported database URL {shown}: SQLite needs a file path, sqlite:///<path>"
+            )
+        if parsed.query:
+            # pysqlite reads ``uri=true`` as making the path, query included, a URI of its
+            # own: one engine would open another file than the next (or memory, not a file).
+            raise UnsupportedDatabaseUrl(
+                f"Unsupported database URL {shown}: SQLite takes no options in its URL, "
+                "sqlite:///<path>"
             )
         return parsed.set(drivername="sqlite+pysqlite")
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
