@@ -298,6 +298,19 @@ def follow_keyring(
 
 
 def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> Keyring:
+    """``keyring_for_init``'s keyring."""
+    return keyring_for_init(settings, random).keyring
+
+
+@dataclass(frozen=True)
+class InitKeyring:
+    """The keyring ``init`` goes on with, and whether this run created its file."""
+
+    keyring: Keyring
+    created: bool
+
+
+def keyring_for_init(settings: Settings, random: RandomBytes = system_random) -> InitKeyring:
     """For ``init``: the configured keyring, or a new development one written with mode 0600.
 
     Never creates one in prod (a generated production keyring is provisioned on purpose, kept
@@ -308,7 +321,7 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
     ``KeyringError`` naming it.
     """
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
-        return load_keyring(settings)
+        return InitKeyring(load_keyring(settings), created=False)
     path = settings.keyring_path
     if not path.exists():
         keyring = generate_keyring(random, development=True)
@@ -320,9 +333,9 @@ def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> K
                 f"The keyring file {path.absolute()} cannot be written: {_reason(exc)}"
             ) from None
         if created:
-            return keyring
-        # another init won the race; use its keyring
-    return load_keyring(settings)
+            return InitKeyring(keyring, created=True)
+        # another init won the race: its keyring, which this run did not create
+    return InitKeyring(load_keyring(settings), created=False)
 
 
 def discard_interrupted_keyring(settings: Settings) -> bool:

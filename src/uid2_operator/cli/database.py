@@ -15,7 +15,7 @@ from uid2_operator.bootstrap import (
     check_store_recordable,
     database_backend,
     discard_interrupted_keyring,
-    ensure_keyring,
+    keyring_for_init,
     load_keyring,
     open_services,
     record_environment,
@@ -145,7 +145,8 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     revision = upgrade_database(settings)
     if not keyring_present:
         require_unsealed_store(settings)
-    keyring = ensure_keyring(settings)
+    init_keyring = keyring_for_init(settings)
+    keyring = init_keyring.keyring
     with ExitStack() as held:
         opened = open_services(settings, keyring=keyring)
         try:
@@ -173,7 +174,7 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
             "environment": settings.environment.value,
             "environment_adopted": adopted,
             "schema_revision": revision,
-            "keyring_created": not keyring_present,
+            "keyring_created": init_keyring.created,
             "material_created": material.changed,
             "salt_buckets": material.bucket_count,
             # Always present: null when this run issued none (a rerun, or a database whose bootstrap
@@ -194,7 +195,7 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
                         else settings.environment.value,
                     ),
                     ("schema revision", revision),
-                    ("keyring", "created (development)" if not keyring_present else "present"),
+                    ("keyring", "created (development)" if init_keyring.created else "present"),
                     (
                         "encryption material",
                         f"{'created' if material.salts_created else 'present'} "

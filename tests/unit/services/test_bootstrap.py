@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from uid2_operator.bootstrap import (
+    InitKeyring,
     ensure_keyring,
+    keyring_for_init,
     load_keyring,
     open_services,
     record_environment,
@@ -45,6 +47,26 @@ def test_init_creates_a_private_development_keyring_once(tmp_path: Path) -> None
     assert mode == 0o600
     assert ensure_keyring(settings) == created
     assert load_keyring(settings) == created
+
+
+def test_an_init_that_loses_the_race_for_the_keyring_file_did_not_create_it(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    winners: list[InitKeyring] = []
+
+    def another_init_first(n: int) -> bytes:
+        # Another init creates the file after this one found none, before this one writes it.
+        if not winners:
+            winners.append(keyring_for_init(settings))
+        return os.urandom(n)
+
+    lost = keyring_for_init(settings, another_init_first)
+    assert [winner.created for winner in winners] == [True]
+    assert lost == InitKeyring(winners[0].keyring, created=False)
+    assert load_keyring(settings) == winners[0].keyring
+    assert keyring_for_init(settings).created is False
 
 
 def test_prod_never_gets_a_development_keyring(tmp_path: Path) -> None:
