@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
+from uid2_operator.domain.credential_text import holds_credential_text
 from uid2_operator.domain.participants import BIDI_CONTROL_RANGES, INVISIBLE_RANGES
 from uid2_operator.errors import InvalidInput, MalformedBody
 
@@ -363,8 +364,11 @@ def decode_object(raw: bytes) -> dict[str, Any]:
 
 
 def describe_name(name: str) -> str:
-    """A field name fit to repeat in a message: a plain identifier, never pasted text."""
-    return f"'{name}'" if _PLAIN_NAME.fullmatch(name) else "(a field with an unexpected name)"
+    """A field name fit to repeat in a message: a plain identifier, never pasted text (a key's
+    tail, or a secret in URL-safe base64 without padding, can be a plain identifier too)."""
+    if _PLAIN_NAME.fullmatch(name) and not holds_credential_text(name):
+        return f"'{name}'"
+    return "(a field with an unexpected name)"
 
 
 def check_fields(document: Mapping[str, Any], fields: Iterable[Field]) -> Values:
