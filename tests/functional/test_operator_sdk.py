@@ -353,6 +353,25 @@ def test_v3_map_ten_thousand_inputs_in_one_call(world: World) -> None:
     assert all(len(m.current_raw_uid) == 44 for m in response.mapped_identities.values())
 
 
+def test_a_map_over_the_body_limit_is_refused_413_to_the_sdk(world: World) -> None:
+    # The SDK sends its whole request before it reads the answer: the 413 given as soon as the
+    # declared length is read must still reach it, not a reset (a broken pipe to the SDK). The
+    # request (about 40 MB) is more than the kernel's buffers take in without the server reading.
+    cred = world["A"]
+    rng = random.Random(11)  # noqa: S311 (reproducible test data, not secrets)
+    hashes = [base64.b64encode(rng.randbytes(32)).decode() for _ in range(800_000)]
+    v3 = IdentityMapV3Client(world.base_url, cred.key, cred.secret)
+    v2 = IdentityMapClient(world.base_url, cred.key, cred.secret)
+    status, body = _http_error(
+        lambda: v3.generate_identity_map(IdentityMapV3Input.from_hashed_emails(hashes))
+    )
+    assert (status, body) == (413, b"Request Entity Too Large")
+    status, body = _http_error(
+        lambda: v2.generate_identity_map(IdentityMapInput.from_hashed_emails(hashes))
+    )
+    assert (status, body) == (413, b"Request Entity Too Large")
+
+
 # ------------------------------------------------------------------------ 10-11 v2 map, buckets
 
 

@@ -64,6 +64,11 @@ holds is sent). ``HttpConnection`` adds, per connection:
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
   alive as asked;
+- **closing in stages**: that answer's close, and the one after an answer the connection gives
+  itself (413, 431, 408), sends the answer and then the end of what the server sends, and reads
+  and drops what the client still sends until it closes, goes quiet for ``LINGER_IDLE_S`` or
+  has had the body timeout (RFC 9112 §9.6): closed with unread bytes, the socket would send a
+  reset that destroys the answer before a client sending its whole request first reads it;
 - **no protocol switch**: an ``Upgrade`` header is ignored (RFC 9110 §7.8 lets a server do so):
   the request goes to the application as a plain HTTP request; the parser stops at its head,
   so the connection closes after the answer. A request asking for an upgrade that declares a
@@ -141,6 +146,9 @@ PARSE_SLICE_BYTES: Final = 8192
 slices. Small enough that a slice of the smallest requests (18 bytes each) queues a few hundred
 at most; large enough that a body arriving in reads of up to 256 KiB is handed on in few pieces
 (each piece is appended to the body received so far)."""
+LINGER_IDLE_S: Final = 2.0
+"""How long a connection closing in stages (``_linger``) waits for the client's next bytes, or
+its close, before it closes too."""
 _RESET: Final = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, for 0 s: closing the socket resets the connection and drops what the kernel
 still holds for it, rather than leave the kernel sending it to a client that reads nothing."""
@@ -207,6 +215,25 @@ class _HoldingFlow(FlowControl):
             super().resume_reading()
 
 
+class _StagedClose:
+    """The transport as a request whose body was still arriving when it began sees it: its
+    answer's close, if it closes the connection, is in stages (``HttpConnection._linger``)."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: HttpConnection) -> None:
+        self._connection = connection
+
+    def write(self, data: bytes) -> None:
+        self._connection.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._connection.transport.is_closing()
+
+    def close(self) -> None:
+        self._connection._linger()
+
+
 class HttpConnection(HttpToolsProtocol):
     """One HTTP/1.1 connection (see the module docstring). Subclasses made by ``http_protocol``
     set the limits and the throttle; uvicorn builds one instance per connection."""
@@ -242,6 +269,12 @@ class HttpConnection(HttpToolsProtocol):
     """The warning for a request the parser refuses (set when a check of ours refused it)."""
     _began_at = 0.0
     """When the current message began (the connection, before the first): loop time."""
+    _lingering: TimerHandle | None = None
+    """Armed while the connection closes in stages (``_linger``)."""
+    _linger_ends = 0.0
+    _last_read = 0.0
+    _stopping = False
+    """The server stops: a connection closes at once, never in stages."""
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -258,6 +291,9 @@ class HttpConnection(HttpToolsProtocol):
         if self._sending is not None:
             self._sending.cancel()
             self._sending = None
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -282,6 +318,9 @@ class HttpConnection(HttpToolsProtocol):
         was held unparsed parsed once the queue has room."""
         self._began_at = self.loop.time()  # what is refused next waited from here
         super().on_response_complete()  # resumes reading, unless bytes are held
+        if self._lingering is not None:
+            self._unset_keepalive_if_required()  # the linger's own bounds apply
+            return
         keep_alive = self.timeout_keep_alive_task
         if keep_alive is not None and self._deadline is not None:
             # A message is under way (the start of a head came in the read that completed the
@@ -320,6 +359,10 @@ class HttpConnection(HttpToolsProtocol):
         behind one still being answered among them: the server's graceful-shutdown bound ends
         it)."""
         self._reopen = None  # a stopping server closes the connection after the answer
+        self._stopping = True
+        if self._lingering is not None:
+            self._lingered()
+            return
         cycle = self.cycle
         if (
             cycle is not None
@@ -381,6 +424,8 @@ class HttpConnection(HttpToolsProtocol):
         ``MAX_QUEUED_REQUESTS`` queued (the rest held unparsed), and the limits checked once the
         parser has taken ``data``."""
         if self._broken:
+            if self._lingering is not None:
+                self._last_read = self.loop.time()  # read and dropped: the client still sends
             return
         if self._held:  # a read already under way when reading was paused: held after the rest
             self._held += data
@@ -499,6 +544,9 @@ class HttpConnection(HttpToolsProtocol):
             if cycle.keep_alive and not cycle.response_started:
                 cycle.keep_alive = False  # an answer before the body ends closes the connection
                 self._reopen = cycle
+            if cycle.transport is self.transport:
+                # ... in stages, not with the rest of the body unread (``_linger``).
+                cycle.transport = _StagedClose(self)  # type: ignore[assignment]
             self._wait(scope, limits.body_timeout_s)
             return
         begun = scope is not None and (cycle is None or cycle.scope is not scope)
@@ -573,6 +621,44 @@ class HttpConnection(HttpToolsProtocol):
             ]
         )
         self.transport.write(b"".join(content))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close in stages (RFC 9112 §9.6): a client still sending its request when its answer
+        came (a 413 to a body it sends whole before it reads) would otherwise have the answer
+        destroyed by the reset a socket closed with unread bytes sends, and see a broken pipe.
+        The answer goes, then the end of what the server sends; what the client still sends is
+        read and dropped until it closes, sends nothing for ``LINGER_IDLE_S``, or has had the
+        body timeout in all; then the connection closes. A stopping server closes at once."""
+        transport = self.transport
+        if transport.is_closing() or self._lingering is not None:
+            return
+        if self._stopping or not transport.can_write_eof():
+            transport.close()
+            self._closing()
+            return
+        self._settle()  # no head or body deadline: nothing more is parsed
+        self._broken = True  # everything read from here on is dropped (``data_received``)
+        self._held = b""
+        transport.write_eof()
+        transport.resume_reading()
+        now = self.loop.time()
+        self._last_read = now
+        self._linger_ends = now + self.LIMITS.body_timeout_s
+        self._lingering = self.loop.call_later(LINGER_IDLE_S, self._linger_check)
+
+    def _linger_check(self) -> None:
+        now = self.loop.time()
+        idle_ends = self._last_read + LINGER_IDLE_S
+        if now >= idle_ends or now >= self._linger_ends:
+            self._lingered()
+            return
+        self._lingering = self.loop.call_at(min(idle_ends, self._linger_ends), self._linger_check)
+
+    def _lingered(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         self.transport.close()
         self._closing()
 

@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 
 from uid2_operator.web.http_connection import (
+    LINGER_IDLE_S,
     MAX_QUEUED_REQUESTS,
     PARSE_SLICE_BYTES,
     HttpConnection,
@@ -346,7 +347,11 @@ def test_a_stalled_body_is_answered_408_and_closed(server: Running) -> None:
         raw = closed_by_server(sock)
     assert status_of(raw) == 408
     assert b"connection: close" in raw.lower()
-    assert server.recorder.disconnects == disconnects + 1  # the application was told
+    # The application is told (it reads a disconnect), in its own task: soon, if not yet.
+    deadline = time.monotonic() + CLOSE_WITHIN_S
+    while server.recorder.disconnects == disconnects and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.recorder.disconnects == disconnects + 1
 
 
 def test_a_body_in_pieces_within_the_timeout_keeps_the_connection(server: Running) -> None:
@@ -372,6 +377,101 @@ def test_an_answer_before_the_body_ends_closes_the_connection(server: Running) -
         raw = closed_by_server(sock)  # at once: neither read on nor left to the body timeout
     assert status_of(raw) == 413
     assert b"connection: close" in raw.lower()
+
+
+WHOLE_BODY = 32 * 1024 * 1024
+"""More than the kernel's buffers on both sides hold: a client sending it all before it reads
+has most of it still to send when the early answer comes."""
+
+
+def _send_whole_then_read(sock: socket.socket, path: str) -> Response:
+    """As a client that sends its whole request before it reads (``urllib``, the SDKs)."""
+    head = b"POST %s HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n" % (
+        path.encode(),
+        WHOLE_BODY,
+    )
+    sock.sendall(head)
+    piece = b"x" * (1024 * 1024)
+    for _ in range(WHOLE_BODY // len(piece)):
+        sock.sendall(piece)  # a reset here is the broken pipe such a client reports
+    return read_response(sock)
+
+
+@pytest.mark.parametrize(("path", "answered_by"), [("/early", "app"), ("/echo", "connection")])
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(
+    server: Running, path: str, answered_by: str
+) -> None:
+    # /early: the application answers 413 without reading the body; /echo: the connection
+    # answers 413 itself once the message passes its limit.
+    with server.connect() as sock:
+        answer = _send_whole_then_read(sock, path)
+        assert answer.status == 413
+        assert answer.headers["connection"] == "close"
+        assert closed_by_server(sock) == b""
+
+
+def _open_connections(server: Running) -> int:
+    return len(server.server.server_state.connections)
+
+
+def _wait_for_connections(server: Running, count: int, within_s: float) -> float:
+    """Seconds until the server holds ``count`` connections (fails after ``within_s``)."""
+    started = time.monotonic()
+    while _open_connections(server) != count:
+        assert time.monotonic() - started < within_s, f"{_open_connections(server)} open"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_after_an_early_answer_the_connection_closes_once_the_client_stops_sending() -> None:
+    with running() as server, server.connect() as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 100000\r\n\r\n")
+        sock.sendall(b"x" * 1000)
+        assert read_response(sock).status == 413
+        assert sock.recv(1) == b""  # the end of what the server sends, at once
+        assert _open_connections(server) == 1  # still reading what the client sends
+        sock.sendall(b"x" * 1000)  # taken and dropped, no reset
+        took = _wait_for_connections(server, 0, CLOSE_WITHIN_S)
+        assert took > LINGER_IDLE_S / 2  # the idle bound, not at once
+        assert took < LINGER_IDLE_S + 1.0
+
+
+def test_after_an_early_answer_the_connection_closes_when_the_client_does() -> None:
+    with running() as server:
+        with server.connect() as sock:
+            sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 9000\r\n\r\n")
+            assert read_response(sock).status == 413
+        assert _wait_for_connections(server, 0, CLOSE_WITHIN_S) < LINGER_IDLE_S / 2
+
+
+def test_a_client_that_keeps_sending_after_an_early_answer_is_cut_at_the_body_timeout() -> None:
+    with running() as server, server.connect() as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 999999\r\n\r\n")
+        assert read_response(sock).status == 413
+        started = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while _open_connections(server) and time.monotonic() - started < CLOSE_WITHIN_S:
+                sock.sendall(b"x" * 10)  # always within the idle bound
+                time.sleep(LINGER_IDLE_S / 10)
+        took = _wait_for_connections(server, 0, CLOSE_WITHIN_S)
+        assert time.monotonic() - started < LIMITS.body_timeout_s + LINGER_IDLE_S
+        assert took < 1.0
+
+
+def test_a_stopping_server_does_not_wait_for_a_connection_closing_in_stages() -> None:
+    limits = replace(LIMITS, body_timeout_s=60.0)  # far beyond the test's patience
+    with running(limits) as server, server.connect() as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 999999\r\n\r\n")
+        assert read_response(sock).status == 413
+        stopping = time.monotonic()
+        server.server.should_exit = True
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while server.thread.is_alive() and time.monotonic() - stopping < CLOSE_WITHIN_S:
+                sock.sendall(b"x" * 10)
+                time.sleep(0.05)
+        server.thread.join(timeout=CLOSE_WITHIN_S)
+        assert not server.thread.is_alive()
+        assert time.monotonic() - stopping < LINGER_IDLE_S
 
 
 # --------------------------------------------------------------------------------- shutdown

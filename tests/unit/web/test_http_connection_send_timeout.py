@@ -27,7 +27,12 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from uid2_operator.serve_settings import ServeSettings
-from uid2_operator.web.http_connection import HttpConnection, HttpLimits, http_protocol
+from uid2_operator.web.http_connection import (
+    LINGER_IDLE_S,
+    HttpConnection,
+    HttpLimits,
+    http_protocol,
+)
 from uvicorn_thread import loopback_socket, protocol_config, run_lifespan, server_in_thread
 
 SEND_TIMEOUT_S = 0.5
@@ -294,6 +299,7 @@ class _Transport(asyncio.Transport):
         self.buffered = 0
         self.closing = False
         self.aborted = False
+        self.ended = False  # ``write_eof``: the end of what the server sends
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -309,6 +315,12 @@ class _Transport(asyncio.Transport):
 
     def write(self, data: Any) -> None:
         pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.ended = True
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -380,7 +392,10 @@ def test_a_408_answer_closing_with_data_unsent_is_cut_off() -> None:
         stand_in(replace(LIMITS, head_timeout_s=0.1)) as (_, transport, run_for),
     ):
         transport.buffered = 10
-        run_for(0.2)  # no request head: answered 408, closed
+        run_for(0.2)  # no request head: answered 408, the end of the answer sent
+        assert transport.ended
+        assert not transport.closing
+        run_for(LINGER_IDLE_S + 0.2)  # the client sends nothing more: closed
         assert transport.closing
         assert not transport.aborted
         run_for(SEND_TIMEOUT_S * 2)
