@@ -64,8 +64,10 @@ holds is sent). ``HttpConnection`` adds, per connection:
   close the connection, so an answer given before the body ended (a 413, a 401) carries
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
   alive as asked;
-- **closing in stages**: that answer's close, and the one after an answer the connection gives
-  itself (413, 431, 408), sends the answer and then the end of what the server sends, and reads
+- **closing in stages**: that answer's close, the one after an answer the connection gives
+  itself (400, 413, 431, 408), and the one after the last answer owed before a malformed
+  request or after an ignored upgrade, sends the answer and then the end of what the server
+  sends (nothing after it: not even a 100 Continue to a request told of the end), and reads
   and drops what the client still sends until it closes, goes quiet for ``LINGER_IDLE_S`` or
   has had the body timeout (RFC 9112 §9.6): closed with unread bytes, the socket would send a
   reset that destroys the answer before a client sending its whole request first reads it;
@@ -340,9 +342,22 @@ class HttpConnection(HttpToolsProtocol):
         self._closing()
 
     def send_400_response(self, msg: str) -> None:
-        super().send_400_response(msg)
-        self._closing()
+        """uvicorn's answer to a malformed request, its connection closed in stages."""
+        content = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        text = msg.encode("ascii")
+        content.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(text),
+                b"connection: close\r\n\r\n",
+                text,
+            ]
+        )
+        self.transport.write(b"".join(content))
         cycle = self.cycle
+        self._linger()
         if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
             # Its application runs (a malformed chunk in its body): the application counts the
             # request, with this status in place of the answer it gives, which goes nowhere.
@@ -515,6 +530,7 @@ class HttpConnection(HttpToolsProtocol):
         else:
             return False
         last.keep_alive = False
+        self._stage_close(last)
         self._broken = True
         self._held = b""
         self.flow.pause_reading()
@@ -544,9 +560,7 @@ class HttpConnection(HttpToolsProtocol):
             if cycle.keep_alive and not cycle.response_started:
                 cycle.keep_alive = False  # an answer before the body ends closes the connection
                 self._reopen = cycle
-            if cycle.transport is self.transport:
-                # ... in stages, not with the rest of the body unread (``_linger``).
-                cycle.transport = _StagedClose(self)  # type: ignore[assignment]
+            self._stage_close(cycle)  # ... in stages, not with the rest of the body unread
             self._wait(scope, limits.body_timeout_s)
             return
         begun = scope is not None and (cycle is None or cycle.scope is not scope)
@@ -623,6 +637,11 @@ class HttpConnection(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self._linger()
 
+    def _stage_close(self, cycle: RequestResponseCycle) -> None:
+        """Whatever closes the connection after ``cycle``'s answer closes it in stages."""
+        if cycle.transport is self.transport:
+            cycle.transport = _StagedClose(self)  # type: ignore[assignment]
+
     def _linger(self) -> None:
         """Close in stages (RFC 9112 §9.6): a client still sending its request when its answer
         came (a 413 to a body it sends whole before it reads) would otherwise have the answer
@@ -640,6 +659,14 @@ class HttpConnection(HttpToolsProtocol):
         self._settle()  # no head or body deadline: nothing more is parsed
         self._broken = True  # everything read from here on is dropped (``data_received``)
         self._held = b""
+        self.pipeline.clear()  # nothing queued is answered on a connection that ends
+        for cycle in (self.cycle, self._running):
+            if cycle is not None and not cycle.response_complete:
+                # Its application reads a disconnect, and writes nothing (not even a 100
+                # Continue: nothing may follow the end of what the server sends).
+                cycle.waiting_for_100_continue = False
+                cycle.disconnected = True
+                cycle.message_event.set()
         transport.write_eof()
         transport.resume_reading()
         now = self.loop.time()
@@ -700,6 +727,7 @@ class HttpConnection(HttpToolsProtocol):
         self._warn(_UPGRADE_IGNORED)
         self._settle()
         self.cycle.keep_alive = False
+        self._stage_close(self.cycle)
         self.transport.pause_reading()
 
     def _warn(self, message: str) -> None:

@@ -458,6 +458,77 @@ def test_a_client_that_keeps_sending_after_an_early_answer_is_cut_at_the_body_ti
         assert took < 1.0
 
 
+def _send_then_read_all(sock: socket.socket, request: bytes) -> bytes:
+    """As a client that sends everything before it reads: what it then reads to the end."""
+    sock.sendall(request)
+    piece = b"x" * (1024 * 1024)
+    for _ in range(WHOLE_BODY // len(piece)):
+        sock.sendall(piece)  # a reset here is the broken pipe such a client reports
+    return closed_by_server(sock)
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        # HTTP/1.1 without Host: malformed at its head, answered 400.
+        b"POST /echo HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % WHOLE_BODY,
+        # An upgrade that declares a body: refused at its head, answered 400.
+        b"POST /echo HTTP/1.1\r\nhost: test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        b"content-length: %d\r\n\r\n" % WHOLE_BODY,
+        # Not HTTP at all.
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ],
+    ids=["no-host", "upgrade-with-body", "not-http"],
+)
+def test_a_client_that_sends_first_gets_the_400_to_a_malformed_request(
+    server: Running, request_head: bytes
+) -> None:
+    with server.connect() as sock:
+        assert status_of(_send_then_read_all(sock, request_head)) == 400
+
+
+def test_a_client_that_sends_first_gets_the_answers_owed_before_a_malformed_request(
+    server: Running,
+) -> None:
+    with server.connect() as sock:
+        received = _send_then_read_all(sock, get("/slow") + b"NOT HTTP AT ALL\r\n\r\n")
+        buffered = bytearray(received)
+        with socket.socket() as unused:  # all of it was read already
+            first = read_response(unused, buffered)
+    assert (first.status, first.body) == (200, b"OK")
+    assert first.headers.get("connection") == "close"
+    assert bytes(buffered) == b""
+
+
+def test_a_client_that_sends_first_gets_the_answer_to_an_ignored_upgrade(server: Running) -> None:
+    with server.connect() as sock:
+        received = _send_then_read_all(sock, get("/slow", UPGRADE))
+    assert status_of(received) == 200
+
+
+def test_a_refusal_in_the_read_of_a_100_continue_head_is_no_application_error() -> None:
+    # The body comes with the head (a client need not wait for 100 Continue), its trailers past
+    # the limit in that read: the connection answers 431 before the application first reads.
+    lines = _Lines()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(lines)
+    try:
+        with running() as server, server.connect() as sock:
+            head = b"POST /echo HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\n"
+            trailers = b"a:\r\n" * (LIMITS.max_head_bytes // 4 + 1)  # never ended
+            sock.sendall(head + b"transfer-encoding: chunked\r\n\r\n0\r\n" + trailers)
+            raw = closed_by_server(sock)
+            deadline = time.monotonic() + CLOSE_WITHIN_S
+            while server.recorder.disconnects == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the application reads a disconnect, in its own task
+            assert server.recorder.disconnects == 1
+    finally:
+        logger.removeHandler(lines)
+    assert status_of(raw) == 431
+    assert b"100 Continue" not in raw
+    assert lines.lines == []
+
+
 def test_a_stopping_server_does_not_wait_for_a_connection_closing_in_stages() -> None:
     limits = replace(LIMITS, body_timeout_s=60.0)  # far beyond the test's patience
     with running(limits) as server, server.connect() as sock:

@@ -380,7 +380,10 @@ def test_a_400_answer_closing_with_data_unsent_is_cut_off() -> None:
     with warning_lines() as lines, stand_in() as (connection, transport, run_for):
         transport.buffered = 10  # earlier answers, not taken
         connection.data_received(b"NOT HTTP AT ALL\r\n\r\n")
+        assert transport.ended  # the answer, then the end of what the server sends
+        run_for(LINGER_IDLE_S + 0.2)  # the client sends nothing more: closed
         assert transport.closing
+        assert not transport.aborted
         run_for(SEND_TIMEOUT_S * 2)
         assert transport.aborted
     assert lines == ["Invalid HTTP request received.", STOPPED_READING]
