@@ -37,6 +37,7 @@ from uid2_operator.services.context import SYSTEM
 from uid2_operator.settings import Settings
 from uid2_operator.web.admin_api import create_admin_app
 from uid2_operator.web.admin_api.routing import Operation
+from uid2_operator.web.http_connection import REFUSED_SCOPE
 
 PREFIX = "/admin/api"
 CLIENT_HOST = "192.0.2.10"
@@ -341,14 +342,19 @@ def raw_asgi_request(
     chunks: list[bytes],
     client: tuple[str, int] | None = (CLIENT_HOST, 1),
     then_disconnect: bool = False,
+    connection_answered: int | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request straight over ASGI: exact headers (none added), the body in ``chunks``; with
-    ``then_disconnect``, more body is announced after them and the client disconnects instead."""
+    ``then_disconnect``, more body is announced after them and the client disconnects instead.
+    ``connection_answered``: the disconnect is the connection's, which answered the request
+    itself with that status (a 408, say), as ``web.http_connection`` tells an application."""
     sent: list[Message] = []
     pending = list(chunks) or [b""]
 
     async def receive() -> Message:
         if not pending:
+            if connection_answered is not None:
+                scope[REFUSED_SCOPE] = connection_answered
             return {"type": "http.disconnect"}
         chunk = pending.pop(0)
         more = bool(pending) or then_disconnect

@@ -519,6 +519,31 @@ def test_a_client_leaving_mid_body_is_not_an_internal_error(
     assert _snapshot(env) == before
 
 
+@pytest.mark.parametrize("answered", [408, 413, 503])
+def test_a_request_the_connection_answered_itself_is_logged_with_that_answer(
+    env: AdminEnv, caplog: pytest.LogCaptureFixture, answered: int
+) -> None:
+    """The client got the connection's own answer (a body too slow, too large, or a stop): the
+    line gives that status, not the 499 of a client that left without one."""
+    with caplog.at_level("INFO", logger="uid2_operator.web.admin_api.app"):
+        raw_asgi_request(
+            env.app,
+            "POST",
+            f"{PREFIX}/participants",
+            headers=[
+                ("authorization", f"Bearer {env.tokens[AdminRole.SUPER_USER]}"),
+                ("content-type", "application/json"),
+                ("content-length", "1000"),
+            ],
+            chunks=[b'{"name": "half'],
+            then_disconnect=True,
+            connection_answered=answered,
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("admin POST")]
+    assert len(lines) == 1
+    assert f" -> {answered} " in lines[0]
+
+
 @pytest.mark.parametrize("declared", ["abc", "-1", "9" * 30, "1e3", "\u00b2", " 12"])
 def test_a_content_length_that_is_not_a_size_is_refused(env: AdminEnv, declared: str) -> None:
     mark = env.mark()

@@ -88,6 +88,7 @@ from uid2_operator.web.admin_api.routing import (
     Reply,
     check_operations,
 )
+from uid2_operator.web.http_connection import REFUSED_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +223,10 @@ def _log_request(  # noqa: PLR0917 (the fields of the one access line)
     clock: Clock, request: Request, method: str, route: str, status: int, actor: str
 ) -> None:
     """The request's INFO line; ``route`` is a declared path or ``UNMATCHED_ROUTE``, never the
-    path as sent."""
+    path as sent. A request the connection answered itself (a body too slow or too large, a
+    stop) is logged with that answer's status, which is what the client got."""
     started: int = request.state.started_ms  # set by ``RequestContext``
+    status = request.scope.get(REFUSED_SCOPE, status)
     logger.info(
         "admin %s %s -> %d actor=%s request_id=%s duration_ms=%d",
         method if method in LOGGED_METHODS else "<other>",
