@@ -58,6 +58,8 @@ The tree::
     │   ├── StoreUnavailable                unreachable, or locked for longer than the timeout
     │   ├── SchemaOutOfDate                 not migrated to this code's schema (run db upgrade)
     │   ├── AuditChainAhead                 audit rows past the recorded head (an earlier version)
+    │   ├── AuditRowUnreadable              an audit row changed outside uid2-operator
+    │   ├── AuditHeadUnreadable             the recorded chain head changed outside uid2-operator
     │   └── UnsupportedDatabaseUrl          neither sqlite:/// nor postgresql(+psycopg)://
     ├── RequestError                        an HTTP request the admin API refuses as sent
     │   ├── MalformedBody                   not JSON, or not a JSON object
@@ -421,6 +423,19 @@ class AuditRowUnreadable(StoreError):
         )
         self.seq = seq
         self.problem = problem
+
+
+class AuditHeadUnreadable(StoreError):
+    """The audit chain head the store recorded is not what uid2-operator writes (text, a
+    fraction, a number past 64 bits, where SQLite's untyped column takes them): it was changed
+    outside uid2-operator. Audited writes are refused, since the next event would build on it;
+    ``audit verify`` reports it. The message never repeats the value."""
+
+    code = "audit_head_unreadable"
+    message = (
+        "The recorded audit chain head cannot be read: it was changed outside uid2-operator; "
+        "`uid2-operator audit verify` reports it"
+    )
 
 
 class UnsupportedDatabaseUrl(StoreError):

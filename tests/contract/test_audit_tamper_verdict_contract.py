@@ -192,3 +192,17 @@ def test_a_write_after_an_unreadable_last_row_and_no_recorded_head_names_the_row
     assert refused.value.seq == 3
     with store.read() as rx:
         assert len(rx.audit.chain_events()) == 3  # nothing appended
+
+
+def test_a_field_repeated_in_a_row_breaks_the_chain(store: SqlStore) -> None:
+    # JSON readers keep the last of a repeated name: text added before it in the stored row (a
+    # credential, say) would read back as the same event, with the same hash, and never show.
+    _chain(store)
+    _edit_after(store, 2, lambda text: '{"state":' + json.dumps(FULL_KEY) + "," + text[1:])
+    with store.read() as rx:
+        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        with pytest.raises(AuditRowUnreadable) as unreadable:
+            rx.audit.list_events()
+    assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 2, 1)
+    assert verdict.problem == "the row cannot be read: its after repeats a field"
+    assert FULL_KEY not in unreadable.value.detail

@@ -66,6 +66,7 @@ from uid2_operator.domain.sealing import (
 )
 from uid2_operator.errors import (
     AlreadyExists,
+    AuditHeadUnreadable,
     CredentialRejected,
     InvalidInput,
     InvalidTransition,
@@ -99,6 +100,7 @@ MAX_LIST_LIMIT = 1000
 # An audit event's site id: a participant's, or a reserved site's (the master keyset's is -1).
 MIN_AUDIT_SITE_ID = -(2**31)
 MAX_AUDIT_SITE_ID = 2**31 - 1
+HEAD_UNREADABLE = "the recorded head cannot be read: it is not what uid2-operator writes"
 NO_HEAD_REMEDY = (
     "if an earlier version of uid2-operator wrote this database, run `uid2-operator db upgrade` "
     "to record the head of its chain"
@@ -620,7 +622,18 @@ class CredentialService:
         del actor
         with self._store.read() as tx:
             events = tx.audit.chain_events()
-            recorded = tx.audit.head()
+            try:
+                recorded = tx.audit.head()
+            except AuditHeadUnreadable:
+                verdict = verify_chain(events)  # the rows, with no head to end at
+                if verdict.ok:  # the head names the last event: that is where it breaks
+                    verdict = replace(
+                        verdict,
+                        ok=False,
+                        first_bad_seq=verdict.head_seq,
+                        problem=HEAD_UNREADABLE,
+                    )
+                return AuditVerdictView.of(verdict)
         verdict = verify_chain(events, recorded_head=EMPTY_HEAD if recorded is None else recorded)
         if recorded is None and not verdict.ok and verdict.checked == len(events):
             # Every link verifies and only the head is missing: how an earlier version left it.

@@ -61,6 +61,7 @@ from uid2_operator.domain.sharing import SharingPolicy
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditHeadUnreadable,
     AuditRowUnreadable,
     InvalidTransition,
     NotFound,
@@ -214,9 +215,26 @@ def _audit_value(
 def _audit_json(row: Row[Any], name: str) -> Any:
     text = _audit_value(row, name, str, optional=True)
     try:
-        return None if text is None else json.loads(text, parse_constant=_not_json)
+        if text is None:
+            return None
+        return json.loads(text, parse_constant=_not_json, object_pairs_hook=_unrepeated)
+    except _RepeatedName:
+        raise AuditRowUnreadable(row.seq, f"its {name} repeats a field") from None
     except (ValueError, RecursionError):
         raise AuditRowUnreadable(row.seq, f"its {name} is not JSON") from None
+
+
+class _RepeatedName(ValueError):
+    """A JSON object naming a field twice, which uid2-operator never writes."""
+
+
+def _unrepeated(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of ``pairs``; refused when a name repeats: a reader keeps the last, so text
+    added before it would read back (and hash) as the event it was, and never show."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _RepeatedName
+    return value
 
 
 def _not_json(constant: str) -> Any:
@@ -678,7 +696,15 @@ class _Audit:
         m = t.store_meta.c
         names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
         rows = self._u.conn.execute(select(m.name, m.value).where(m.name.in_(names))).all()
-        values = {row.name: int(row.value) for row in rows}
+        values: dict[str, int] = {}
+        for row in rows:
+            value = row.value  # SQLite's column keeps whatever an outside edit gives it
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise AuditHeadUnreadable
+            low = 0 if row.name == t.AUDIT_HEAD_SEQ else -(2**63)
+            if not low <= value < 2**63:
+                raise AuditHeadUnreadable
+            values[row.name] = value
         if t.AUDIT_HEAD_SEQ not in values:
             return None
         # A missing hash word reads as zero: the comparison then fails, as it should.

@@ -17,6 +17,7 @@ from typing import Any
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditHeadUnreadable,
     AuditRowUnreadable,
     BodyTooLarge,
     CredentialError,
@@ -77,6 +78,7 @@ ERROR_TABLE: Mapping[type[UID2Error], HttpMapping] = MappingProxyType(
         AuditChainAhead: HttpMapping(500),
         # The seq and the field only, never the row's content.
         AuditRowUnreadable: HttpMapping(500),
+        AuditHeadUnreadable: HttpMapping(500),
         StoreError: HttpMapping(500, detail=False),
     }
 )
