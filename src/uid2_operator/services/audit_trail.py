@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 ADOPT_ACTION = "audit.adopt"
 AUDIT_TRAIL_TARGET = "audit_trail"
+KEYPAIR_TARGET = "keypair"
 
 # Error codes are class constants (``UID2Error.code``): short snake_case names, never input.
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
@@ -187,6 +188,10 @@ def record_refusal(
     if repeated:
         after["repeated"] = repeated
     with store.transaction() as tx:
+        if site_id is None and target_type == KEYPAIR_TARGET and target_id:
+            # Its path names the keypair alone: the site its successes carry is its owner's.
+            keypair = tx.keypairs.get(target_id)
+            site_id = None if keypair is None else keypair.site_id
         return record_event(
             tx,
             actor,

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from service_fixtures import ACTOR, KEYRING
 
 from uid2_operator.clock import FixedClock
-from uid2_operator.domain.audit import verify_chain
+from uid2_operator.domain.audit import Outcome, verify_chain
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keypairs import parse_public_key
 from uid2_operator.domain.keysets import DAY_S, SharingMode
@@ -19,6 +19,7 @@ from uid2_operator.domain.participants import ParticipantType, new_participant
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.domain.sharing import ALL_BIDDERS
 from uid2_operator.errors import InvalidInput, InvalidTransition, NotFound
+from uid2_operator.services.admin import AdminService
 from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.sharing import SharingService, read_client_side_state
 from uid2_operator.storage import SqlStore
@@ -309,4 +310,28 @@ def _forms(key: ec.EllipticCurvePrivateKey) -> list[str]:
         der.hex(),
         base64.b64encode(scalar).decode().rstrip("="),
         scalar.hex(),
+    ]
+
+
+def test_a_refusal_about_a_keypair_carries_its_participant_s_site(
+    sharing: SharingService, store: SqlStore, admin: AdminService
+) -> None:
+    # Its path names the keypair only; the trail's site filter finds its refusals as it finds
+    # its successes.
+    keypair = sharing.create_keypair(ACTOR, site_id=A, name="web")
+    for target_id, site in ((keypair.subscription_id, A), ("NoSuchPair", None), ("", None)):
+        refused = admin.record_refusal(
+            ACTOR,
+            outcome=Outcome.FAILED,
+            action="keypair.enable",
+            target_type="keypair",
+            target_id=target_id,
+            error_code="invalid_transition",
+        )
+        assert refused.site_id == site
+    with store.read() as rx:
+        found = rx.audit.list_events(site_id=A, target_type="keypair")
+    assert [(e.action, e.outcome) for e in found] == [
+        ("keypair.create", Outcome.SUCCESS),
+        ("keypair.enable", Outcome.FAILED),
     ]

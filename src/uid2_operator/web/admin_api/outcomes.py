@@ -52,8 +52,9 @@ event's. The target type comes from the path parameter (or the resource, for a r
 its id only when the path value has the exact shape of the public id it stands for, so a key or
 secret pasted into a URL never lands in the trail (the id is then left empty). The site id comes
 from the path too: a participant route's ``site_id``, or the site an API key's id names
-(``UID2-C-<env>-<site id>-...``, the participant it was issued to), so ``audit list --site-id``
-finds the refusals about a site's keys as it finds their successes. A write whose path
+(``UID2-C-<env>-<site id>-...``, the participant it was issued to); a keypair's, whose path
+names no site, is its owner's, looked up as the refusal is recorded. So ``audit list --site-id``
+finds the refusals about a site's keys and keypairs as it finds their successes. A write whose path
 value breaks the route's declaration is refused at the edge and not recorded at all; a denied
 request's path value is not checked first (the token's roles are), so its event may have no id.
 
