@@ -639,3 +639,29 @@ def test_a_credential_pasted_into_a_checked_field_is_refused_without_being_repea
             for text in (response.text, recorded):
                 assert part not in text
                 assert part.lower() not in text.lower()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/participants", {"name": "a\u202eb", "type": "dsp"}, "name"),
+        ("/admin-tokens", {"name": "Ad\u2066min", "roles": ["READ_ONLY"]}, "name"),
+    ],
+)
+def test_a_bidirectional_control_is_refused_for_what_it_is(
+    env: AdminEnv, path: str, body: dict[str, object], field: str
+) -> None:
+    # The text is not blank: the refusal says what it holds that the field refuses.
+    refused = env.call("POST", path, json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["message"] == (
+        f"Field '{field}' must show a visible character, with no bidirectional controls"
+    )
+
+
+def test_a_blank_name_is_refused_in_the_same_words(env: AdminEnv) -> None:
+    refused = env.call("POST", "/participants", json={"name": " \u3000 ", "type": "dsp"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["message"] == (
+        "Field 'name' must show a visible character, with no bidirectional controls"
+    )

@@ -72,7 +72,7 @@ NON_BLANK_PATTERN: Final = (
 )
 """Text that is not blank once trimmed and shows something, with no bidirectional controls
 (``domain.participants.refuse_deceptive_text``)."""
-NON_BLANK_RULE: Final = "must not be blank"
+NON_BLANK_RULE: Final = "must show a visible character, with no bidirectional controls"
 LABEL_PATTERN: Final = f"^[{TRIMMED_SPACE}]*$|{NON_BLANK_PATTERN}"
 """Text that is blank once trimmed, or else as ``NON_BLANK_PATTERN`` asks: an optional label."""
 LABEL_RULE: Final = "must be empty or show a visible character, with no bidirectional controls"
