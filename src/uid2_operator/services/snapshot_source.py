@@ -444,8 +444,7 @@ class SnapshotSource:
         store keeps one poll in flight (never a queue of them) while the age is still checked."""
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self._poll_interval_s)
+            await self._sleep(self._poll_interval_s)
             if self._stop.is_set():
                 return
             started_at, started_mono = self._clock.now_ms(), self._clock.monotonic_ms()
@@ -453,7 +452,7 @@ class SnapshotSource:
             fetch = functools.partial(self._fetch, self._start_poll(started_at, started_mono))
             pending = loop.run_in_executor(self._executor, fetch)
             while not pending.done():
-                await asyncio.wait({pending}, timeout=self._poll_interval_s)
+                await asyncio.wait({pending}, timeout=self._until_check_s(self._poll_interval_s))
                 self.check_age()
                 self._log_stall()
                 if self._stop.is_set():
@@ -461,6 +460,26 @@ class SnapshotSource:
                     return
             error = pending.exception()
             self._apply(started_at, started_mono, error if error is not None else pending.result())
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or until ``stop``; the serving stops meanwhile at the moment the
+        snapshot passes the age bound, not at the next poll (which may be minutes away)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while not self._stop.is_set():
+            left = until - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self._until_check_s(left))
+            self.check_age()
+
+    def _until_check_s(self, seconds: float) -> float:
+        """``seconds``, or less: until just past the moment the snapshot served passes the age
+        bound, when ``check_age`` must run."""
+        if self.current is None or self._confirmed_mono_ms is None:
+            return seconds
+        return min(seconds, max(0.0, (self._max_age_ms - self._age_ms() + 1) / 1000))
 
     def stop(self) -> None:
         self._stop.set()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from uid2_operator.clock import FixedClock
+from uid2_operator.clock import FixedClock, SystemClock
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
@@ -153,3 +154,32 @@ def test_the_confirmed_age_gauge_counts_elapsed_time_not_the_time_of_day(tmp_pat
     finally:
         writer.close()
         db.close()
+
+
+def test_failing_polls_stop_the_serving_when_the_bound_passes_not_at_the_next_poll() -> None:
+    # A poll that fails at once, just before the bound, must not leave the snapshot served until
+    # the next poll: with polls a minute apart, that is up to a minute past the bound.
+    store = _Store()
+    source = SnapshotSource(
+        store.load, store.change_seq, SystemClock(), poll_interval_s=2.0, max_snapshot_age_s=2.4
+    )
+    assert source.refresh() is True
+    confirmed = time.monotonic()
+    store.down = True  # every poll from now on fails at once
+
+    async def scenario() -> float:
+        running = asyncio.create_task(source.run())
+        try:
+            while source.current is not None and time.monotonic() - confirmed < 10:
+                await asyncio.sleep(0.01)
+            return time.monotonic() - confirmed
+        finally:
+            source.stop()
+            await running
+
+    try:
+        served_for = asyncio.run(scenario())
+    finally:
+        source.close()
+    assert source.current is None
+    assert 2.4 <= served_for < 3.4  # the bound, not the next poll at 4 s
