@@ -87,18 +87,22 @@ def upgrade(url: str | URL) -> str:
 
     engine, flavour = make_engine(url)
     try:
-        with unavailable_as_store_error(engine), engine.connect() as conn:
-            flavour.begin_migration(conn)
-            _revision_in(conn)
-            command.upgrade(_config(conn), "head")
-            record_audit_head_on_upgrade(conn, flavour)
-            conn.commit()
-    except (ProgrammingError, InternalError) as exc:
-        # A statement the database refused: a role without the privilege to create tables, a
-        # read-only server or transaction. Its first line says which (driver_reason), rather
-        # than an internal error naming only the class.
-        reason = type(exc).__name__ if exc.orig is None else driver_reason(exc.orig)
-        raise StoreError(f"The database refused the schema upgrade: {reason}") from exc
+        with unavailable_as_store_error(engine):
+            try:
+                with engine.connect() as conn:
+                    flavour.begin_migration(conn)
+                    _revision_in(conn)
+                    command.upgrade(_config(conn), "head")
+                    record_audit_head_on_upgrade(conn, flavour)
+                    conn.commit()
+            except (ProgrammingError, InternalError) as exc:
+                if exc.statement is None:
+                    raise  # refused before any statement: the URL's (``unavailable_as_...``)
+                # A statement the database refused: a role without the privilege to create
+                # tables, a read-only server or transaction. Its first line says which
+                # (driver_reason), rather than an internal error naming only the class.
+                reason = type(exc).__name__ if exc.orig is None else driver_reason(exc.orig)
+                raise StoreError(f"The database refused the schema upgrade: {reason}") from exc
     finally:
         engine.dispose()
     return head_revision()
