@@ -752,8 +752,8 @@ class MaterialService:
 
 def _refuse_builtin(kind: IdentityType, flh: bytes, first_level_salt: str, field: str) -> None:
     """Refuse an opt-out for one of the built-in test identities (operator-api §7.3), whose
-    opt-out state is fixed: recorded, it would change nothing the operator answers, though the
-    command would report it done."""
+    opt-out state is fixed: recorded, it would change nothing generate, refresh or the maps
+    answer, though the command would report it done."""
     builtins = builtin_identities(first_level_salt)
     identity = (kind, flh)
     for fixed, state in (
