@@ -1070,6 +1070,21 @@ class WriteBehind:
         if self._unreadable:
             self._unreadable = {own: i for own, i in self._unreadable.items() if own in owns}
 
+    @property
+    def pending_optouts(self) -> int:
+        """This worker's opt-outs not yet in the store: queued, and those the write under way
+        took and has not committed (it takes the queue's records when it starts)."""
+        flight = self._flight
+        writing = 0 if flight is None else max(len(flight.optouts) - flight.gate.committed, 0)
+        return len(self.optouts) + writing
+
+    @property
+    def pending_usage_rows(self) -> int:
+        """Usage rows not yet in the store: counted since the last take, and those the write
+        under way took."""
+        flight = self._flight
+        return len(self.usage) + (0 if flight is None else len(flight.usage))
+
     # ------------------------------------------------------------------ on the caller's side
 
     def flush(self) -> None:

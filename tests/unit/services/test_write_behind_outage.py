@@ -322,6 +322,37 @@ def test_a_stop_does_not_wait_out_a_write_lock_and_the_write_left_behind_commits
     _assert_private(caplog, records)
 
 
+def test_what_a_write_waiting_for_the_store_holds_is_still_counted_pending(
+    store: SqlStore, db_path: Path, svc: CredentialService, clock: FixedClock
+) -> None:
+    # The write under way took the queue's records: until it lands they are neither queued nor
+    # in the store, and the pending gauges must still count them.
+    key_id = _key_id(svc)
+    writer = WriteBehind(
+        store, clock, flush_interval_s=0.1, saved_dir=db_path.parent / "saved", stop_budget_s=0.5
+    )
+
+    async def scenario() -> tuple[int, int, int, int]:
+        task = asyncio.create_task(writer.run())
+        for record in _records(5):
+            writer.record_optout(record)
+        writer.usage.add(key_id, ENDPOINT)
+        await asyncio.sleep(0.7)  # the write waits for the lock (SQLite: up to 10 s)
+        assert _writer_threads()
+        seen = (len(writer.optouts), len(writer.usage))
+        pending = (writer.pending_optouts, writer.pending_usage_rows)
+        writer.stop()
+        await task
+        return (*seen, *pending)
+
+    with _write_lock_held(db_path):
+        queued_optouts, queued_usage, pending_optouts, pending_usage = asyncio.run(scenario())
+        writer.close()
+    _wait_for_writer_threads()
+    assert (queued_optouts, queued_usage) == (0, 0)  # all of it in the write under way
+    assert (pending_optouts, pending_usage) == (5, 1)
+
+
 def test_a_stop_retries_a_refused_write_within_its_budget(
     store: SqlStore, db_path: Path, clock: FixedClock
 ) -> None:

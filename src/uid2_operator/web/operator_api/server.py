@@ -494,12 +494,12 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind) -> list[Gauge]:
         (
             "uid2_operator_pending_usage_rows",
             "Usage counters not yet written to the store.",
-            lambda: float(len(write_behind.usage)),
+            lambda: float(write_behind.pending_usage_rows),
         ),
         (
             "uid2_operator_pending_optouts",
             "Logout opt-outs not yet written to the store.",
-            lambda: float(len(write_behind.optouts)),
+            lambda: float(write_behind.pending_optouts),
         ),
         (
             "uid2_operator_snapshot_loads",
