@@ -449,6 +449,7 @@ def stage_keyring(settings: Settings, keyring: Keyring) -> StagedKeyring:
     require_keyring(keyring, settings.environment)
     path = settings.keyring_path.resolve()
     sweep_keyring_debris(settings)
+    _prove_replaceable(path)
     try:
         temporary = _write_temporary(path, keyring.to_json())
     except OSError as exc:
@@ -470,6 +471,31 @@ def stage_keyring(settings: Settings, keyring: Keyring) -> StagedKeyring:
         temporary.unlink(missing_ok=True)
 
     return StagedKeyring(publish, discard)
+
+
+def _prove_replaceable(path: Path) -> None:
+    """Replace the keyring file at ``path`` with a copy of itself, so that a file which can be
+    read, and written beside, but not replaced (mounted in place, as a container's secret is:
+    EBUSY; immutable: EPERM) refuses a change before the store records it, rather than after the
+    commit, when the store and the audit trail would hold a change the file never took. The copy
+    holds the same bytes, synced before it takes the file's place: whoever reads the file
+    meanwhile, or after a crash, reads the same keyring. A file not there yet, or unreadable, is
+    left to the change, which refuses it as it reads the keyring."""
+    try:
+        current = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    try:
+        copy = _write_temporary(path, current)
+    except OSError as exc:
+        raise KeyringError(f"The keyring file {path} cannot be written: {_reason(exc)}") from None
+    try:
+        os.replace(copy, path)
+    except OSError as exc:
+        copy.unlink(missing_ok=True)
+        raise KeyringError(
+            f"The keyring file {path} cannot be replaced: {_reason(exc)}; the keyring is unchanged"
+        ) from None
 
 
 def _reason(exc: OSError) -> str:

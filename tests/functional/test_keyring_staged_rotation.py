@@ -245,9 +245,10 @@ def test_both_commands_write_the_file_as_the_other_keyring_commands_do(cli_run: 
         debris = path.parent / f".{path.name}.abcd1234.tmp"  # left by a crashed write
         debris.write_text("{}")
         os.utime(debris, (time.time() - KEYRING_DEBRIS_AGE_S - 10,) * 2)
-        inode = path.stat().st_ino
-        run(cli_run, "keyring", *args)
-        assert path.stat().st_ino != inode  # replaced by a rename, not written in place
+        with path.open("rb") as before:  # held open: its inode cannot be reused meanwhile
+            run(cli_run, "keyring", *args)
+            # Replaced by a rename, not written in place.
+            assert path.stat().st_ino != os.fstat(before.fileno()).st_ino
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert not debris.exists()
         assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]

@@ -269,3 +269,46 @@ def test_a_lock_file_left_on_a_mount_made_read_only_since_is_locked_read_only(
     with pytest.raises(InvalidInput, match="active key-encryption key version"):
         rotation.drop_version(1, SYSTEM)
     assert len(opened_read_only) == 2  # locked, read only, each time
+
+
+@pytest.mark.parametrize(
+    ("errno_", "reason"),
+    [(16, "Device or resource busy"), (1, "Operation not permitted")],
+    ids=["mounted-in-place", "immutable"],
+)
+@pytest.mark.parametrize("change", ["add", "activate", "drop"])
+def test_a_file_that_cannot_be_replaced_refuses_before_the_commit(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+    monkeypatch: pytest.MonkeyPatch,
+    errno_: int,
+    reason: str,
+    change: str,
+) -> None:
+    # A keyring file mounted in place (a container's secret: EBUSY) or immutable (EPERM) can be
+    # read and written beside, but not replaced: found only after the commit, the store would
+    # record a change the file never took, and the audit trail a success.
+    settings, store, rotation = world
+    if change != "add":
+        rotation.add_version(SYSTEM, activate=change == "drop")
+        if change == "drop":
+            rotation.reseal(SYSTEM)
+    files, recorded = _files(settings), _recorded(store)
+    keyring_path = settings.keyring_path.resolve()
+    replace = os.replace
+
+    def pinned(source: Any, target: Any, **kwargs: Any) -> None:
+        if Path(target) == keyring_path:
+            raise OSError(errno_, reason)
+        replace(source, target, **kwargs)
+
+    attempts = {
+        "add": lambda: rotation.add_version(SYSTEM),
+        "activate": lambda: rotation.activate_version(2, SYSTEM),
+        "drop": lambda: rotation.drop_version(1, SYSTEM),
+    }
+    monkeypatch.setattr(os, "replace", pinned)
+    with pytest.raises(KeyringError, match=f"cannot be replaced: {reason}; the keyring is"):
+        attempts[change]()
+    monkeypatch.undo()
+    assert _files(settings) == files  # the keyring as it was, nothing left beside it
+    assert _recorded(store) == recorded  # nothing recorded, no success in the audit trail
