@@ -1047,6 +1047,19 @@ def database_is_new(settings: Settings) -> bool:
     return current_revision(settings.store_url) is None
 
 
+def bootstrap_token_missing(settings: Settings) -> bool:
+    """True when the configured store (at this code's schema) holds no admin token at all: the
+    bootstrap token ``init`` issues last was never issued (its ``init`` failed at that step),
+    and no one can administer the store until ``init`` runs again. A revoked token still counts:
+    the bootstrap token is issued only while none exists. SchemaOutOfDate as ``open_store``."""
+    store = open_store(settings.store_url)
+    try:
+        with store.read() as rx:
+            return not rx.admin_tokens.list_all()
+    finally:
+        store.close()
+
+
 def material_config(
     settings: Settings, *, expired_key_retention_s: int | None = None
 ) -> MaterialConfig:

@@ -26,6 +26,8 @@ from serve_harness import UID2_OPERATOR, clean_env
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.cli import database as database_commands
+from uid2_operator.errors import StoreUnavailable
+from uid2_operator.services.admin import AdminService
 from uid2_operator.settings import Settings
 
 pytestmark = pytest.mark.functional
@@ -199,6 +201,37 @@ def test_serve_init_if_new_finishes_an_init_that_was_interrupted(
         assert again.stop(signal.SIGTERM).returncode == 0
     assert announced["init"] is None
     assert announced["data_dir"] == str(database.data_dir.resolve())
+    assert _material(database.data_dir) == (keysets, keys, version, buckets, 1)
+
+
+def test_serve_init_if_new_issues_the_token_an_init_failed_to_issue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Init records the environment file just before it issues the token: a store locked or full
+    # at that moment fails it with the file written. The directory then looks initialised, but
+    # has no admin token for anyone to administer it with.
+    database = Database("sqlite", tmp_path / "data", None)
+
+    def locked(self: object, actor: object) -> None:
+        del self, actor
+        raise StoreUnavailable("The store at sqlite:///uid2.db is unavailable: database is locked")
+
+    monkeypatch.setattr(AdminService, "bootstrap_token", locked)
+    failed = Cli(database)("init", env={**SMALL_TABLE})
+    monkeypatch.undo()
+    assert failed.exit_code == 1
+    assert "database is locked" in failed.stderr
+    assert (database.data_dir / "environment").read_text(encoding="utf-8") == "local\n"
+    keysets, keys, version, buckets, tokens = _material(database.data_dir)
+    assert tokens == 0
+
+    with _serve(database.data_dir) as serving:
+        serving.wait_for("press Ctrl-C to stop")
+        document = json.loads(serving.first_line())
+        assert serving.stop(signal.SIGTERM).returncode == 0
+    init = document["init"]
+    assert init is not None
+    assert init["admin_token"].startswith(init["admin_token_id"] + ".")
     assert _material(database.data_dir) == (keysets, keys, version, buckets, 1)
 
 

@@ -63,6 +63,7 @@ from click.core import ParameterSource
 
 from uid2_operator.bootstrap import (
     Services,
+    bootstrap_token_missing,
     check_environment,
     check_store_environment,
     check_store_recordable,
@@ -85,7 +86,7 @@ from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_pare
 from uid2_operator.clock import SystemClock
 from uid2_operator.domain.keysets import Coverage, key_coverage_ms
 from uid2_operator.error_text import described
-from uid2_operator.errors import StoreUnavailable, UID2Error
+from uid2_operator.errors import SchemaOutOfDate, StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
     RUNTIME_DIR_VARIABLE,
     ServeSettings,
@@ -150,8 +151,9 @@ _PROBE_TARGETS: Final = {
 def _needs_init(settings: Settings) -> bool:
     """True for a data directory (or database) that was never initialised, or whose ``init`` did
     not finish: ``init`` records the environment file just before it issues the bootstrap admin
-    token, so a directory without it may lack the token too (running init again creates only
-    what is missing, and issues the token while none exists).
+    token, so a directory without it may lack the token too, and one with it lacks the token
+    when issuing it failed (a store locked or full at that moment): no admin token at all
+    (running init again creates only what is missing, and issues the token while none exists).
 
     A database an earlier version initialised (an older schema revision) is not new: serve
     then refuses it like every command, naming ``uid2-operator db upgrade``, rather than
@@ -163,7 +165,12 @@ def _needs_init(settings: Settings) -> bool:
         return True
     if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
         return True
-    return database_is_new(settings)
+    if database_is_new(settings):
+        return True
+    try:
+        return bootstrap_token_missing(settings)
+    except SchemaOutOfDate:
+        return False  # an earlier version's database: serve refuses it, as every command does
 
 
 def _missing_or_empty(path: Path) -> bool:

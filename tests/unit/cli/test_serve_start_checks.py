@@ -73,6 +73,12 @@ def test_a_data_directory_without_its_environment_file_needs_init(tmp_path: Path
         opened.close()
     assert serve._needs_init(settings)
     record_environment(settings)
+    assert serve._needs_init(settings)  # as an init that failed issuing the token leaves it
+    opened = open_services(settings)
+    try:
+        assert opened.admin.bootstrap_token(SYSTEM) is not None
+    finally:
+        opened.close()
     assert not serve._needs_init(settings)
 
 
