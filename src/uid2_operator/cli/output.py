@@ -33,10 +33,12 @@ INTERRUPTED = "interrupted"
 _CREDENTIAL = re.compile(r"(UID2|EUID)-[A-Z]-[A-Z]-[0-9]+-[A-Za-z0-9]{6}\.\S*")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}")
 _REDACTED = "<redacted>"
+_CUT = " ... "
 
 
 def safe_message(text: str) -> str:
-    """One line, at most ``MAX_MESSAGE_LENGTH`` characters, credential-like runs masked."""
+    """One line, at most ``MAX_MESSAGE_LENGTH`` characters (a longer one keeps its start and its
+    end), credential-like runs masked."""
     line = " ".join(text.split())
     line = _CREDENTIAL.sub(_REDACTED, line)
     # Credential text by shape, whatever its characters (a random secret lacks a digit, say, about
@@ -45,7 +47,10 @@ def safe_message(text: str) -> str:
     line = mask_credential_text(line, _REDACTED)
     line = _LONG_TOKEN.sub(_mask_random_looking, line)
     if len(line) > MAX_MESSAGE_LENGTH:
-        line = line[: MAX_MESSAGE_LENGTH - 3] + "..."
+        # Cut in the middle: a message ends with its reason ("...: database or disk is full"),
+        # and what makes one long is mostly a path or a value in between.
+        head = (MAX_MESSAGE_LENGTH - len(_CUT)) // 2
+        line = line[:head] + _CUT + line[-(MAX_MESSAGE_LENGTH - len(_CUT) - head) :]
     return line
 
 

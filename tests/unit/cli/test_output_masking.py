@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from uid2_operator.cli.output import safe_message
+from uid2_operator.cli.output import MAX_MESSAGE_LENGTH, safe_message
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import RANDOM_LENGTH, mint_api_key
 from uid2_operator.domain.sealing import ClientSecret, new_client_secret
@@ -78,3 +78,15 @@ def test_credential_text_without_a_digit_is_masked(form: str) -> None:
 )
 def test_ordinary_messages_are_unchanged(message: str) -> None:
     assert safe_message(message) == message
+
+
+def test_a_long_message_keeps_its_end_where_the_reason_is() -> None:
+    # A long data directory fills the start of a store error: the reason comes last.
+    path = "/srv/" + "/".join(f"customer-{n:03d}" for n in range(30)) + "/data/uid2.db"
+    message = f"The store at sqlite:///{path} is unavailable: database or disk is full"
+    shown = safe_message(message)
+    assert len(message) > MAX_MESSAGE_LENGTH
+    assert len(shown) == MAX_MESSAGE_LENGTH
+    assert shown.startswith("The store at sqlite:////srv/customer-000/")
+    assert shown.endswith("/data/uid2.db is unavailable: database or disk is full")
+    assert " ... " in shown
