@@ -323,6 +323,12 @@ def keyring_for_init(settings: Settings, random: RandomBytes = system_random) ->
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return InitKeyring(load_keyring(settings), created=False)
     path = settings.keyring_path
+    if path.is_symlink() and not path.exists():
+        # Not "no keyring": creating one would fail on the link, and the next init likewise.
+        raise KeyringError(
+            f"The keyring file {path.absolute()} is a link to {os.readlink(path)}, which does "
+            "not exist: put the keyring there, or remove the link for init to create one"
+        )
     if not path.exists():
         keyring = generate_keyring(random, development=True)
         sweep_keyring_debris(settings)

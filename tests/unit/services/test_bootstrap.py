@@ -131,3 +131,19 @@ def test_a_handed_in_keyring_is_still_checked_for_prod(tmp_path: Path) -> None:
     settings = _settings(tmp_path, UID2_ENVIRONMENT="prod")
     with pytest.raises(PlaceholderKeyring):
         open_services(settings, keyring=generate_keyring(os.urandom, development=True))
+
+
+def test_a_keyring_link_to_nothing_is_named_not_taken_for_a_missing_keyring(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    target = tmp_path / "secrets" / "keyring.json"
+    settings.keyring_path.symlink_to(target)
+    with pytest.raises(KeyringError) as refused:
+        keyring_for_init(settings)
+    assert str(refused.value) == (
+        f"The keyring file {settings.keyring_path.absolute()} is a link to {target}, which does "
+        "not exist: put the keyring there, or remove the link for init to create one"
+    )
+    assert not target.exists()
