@@ -6,8 +6,10 @@ runs of the installed entry point check the real process boundary (exit status, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import sqlite3
 import stat
 import subprocess
@@ -674,6 +676,25 @@ def test_an_unexpected_failure_is_one_line_without_a_traceback(
     result = sqlite_cli("key", "list", "--json")
     assert result.exit_code == 1
     assert result.stderr == "Error: internal error (RuntimeError)\n"
+    assert json.loads(result.stdout)["error"]["code"] == "internal_error"
+
+
+def test_an_operating_system_error_is_named_by_what_the_system_says_not_its_text(
+    sqlite_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded(sqlite_cli)
+
+    def out_of_descriptors(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files", "/data/UID2-C-L-3-abcDEF.secret")
+
+    monkeypatch.setattr("uid2_operator.cli.runtime.open_services", out_of_descriptors)
+    result = sqlite_cli("key", "list", "--json")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: internal error (OSError: Too many open files; the open-files limit (ulimit -n) "
+        f"is {soft})\n"
+    )
     assert json.loads(result.stdout)["error"]["code"] == "internal_error"
 
 

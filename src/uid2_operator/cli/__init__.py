@@ -28,6 +28,7 @@ from uid2_operator.cli.output import (
     USAGE_EXIT,
     error_document,
     exit_code_for,
+    os_reason,
     print_json_error,
     safe_message,
 )
@@ -70,7 +71,7 @@ class OperatorGroup(click.Group):
             code = _report(error, argv)
         except Exception as error:  # never a traceback; the type is enough to triage
             logger.debug("unexpected error", exc_info=True)
-            code = _report(error, argv, f"internal error ({type(error).__name__})")
+            code = _report(error, argv, f"internal error ({os_reason(error)})")
         if standalone_mode:
             sys.exit(code)
         return code

@@ -12,8 +12,10 @@ a credential or a base64/hex secret is masked, because the offending input may b
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import resource
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +54,19 @@ def safe_message(text: str) -> str:
         head = (MAX_MESSAGE_LENGTH - len(_CUT)) // 2
         line = line[:head] + _CUT + line[-(MAX_MESSAGE_LENGTH - len(_CUT) - head) :]
     return line
+
+
+def os_reason(error: BaseException) -> str:
+    """An unexpected error as a message names it: its class, and for an operating-system error
+    what the system says (never its file name or any other text, which may quote input), with
+    the open-files limit when that is what ran out."""
+    name = type(error).__name__
+    if not isinstance(error, OSError) or not error.strerror:
+        return name
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return f"{name}: {error.strerror}; the open-files limit (ulimit -n) is {soft}"
+    return f"{name}: {error.strerror}"
 
 
 def _mask_random_looking(match: re.Match[str]) -> str:

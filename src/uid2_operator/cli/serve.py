@@ -74,7 +74,7 @@ from uid2_operator.bootstrap import (
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
-from uid2_operator.cli.output import show_once_warning
+from uid2_operator.cli.output import os_reason, show_once_warning
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import (
     json_option,
@@ -914,10 +914,17 @@ _ADMIN_STOP_MARGIN_S: Final = 2.0
 
 @dataclass(frozen=True)
 class _AdminApi:
-    """The admin API's server and the thread it runs on."""
+    """The admin API's server, the thread it runs on, and what ended that thread early."""
 
     server: uvicorn.Server
     thread: threading.Thread
+    failed: list[BaseException]
+
+    def check(self) -> None:
+        """Stop serve (ClickException) once the admin API has stopped by itself: its server
+        failed (no file descriptor left for its event loop, say)."""
+        if self.failed:
+            raise click.ClickException(f"the admin API stopped: {os_reason(self.failed[0])}")
 
     def stop(self) -> None:
         """Stop accepting, let the requests under way end (at most ``_GRACEFUL_SHUTDOWN_S``)
@@ -942,14 +949,19 @@ def _run_admin(
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)
+    failed: list[BaseException] = []
 
     def run() -> None:  # its thread pool's threads inherit the blocked stop signals
         leave_to_main_thread()
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except Exception as exc:  # reported by serve (``_AdminApi.check``), not as a traceback
+            sock.close()
+            failed.append(exc)
 
     thread = threading.Thread(target=run, name="admin-api", daemon=True)
     thread.start()
-    return _AdminApi(server, thread)
+    return _AdminApi(server, thread, failed)
 
 
 def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
@@ -1278,12 +1290,14 @@ def _run_serving(
         # says: one noted since the handler above took over, or one whose interruption was lost
         # while the services opened and the ports were bound (``StopRequest.interrupt``).
         stop.check()
+        admin.check()
         pool.start()
         upkeep.start()
         while True:
             announcer.tick()
             if stop.sleep(0.2):
                 break
+            admin.check()
             pool.keep_alive(stop)
     finally:
         upkeep.stop()  # first: it finishes its step while the workers stop

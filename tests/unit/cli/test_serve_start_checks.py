@@ -8,9 +8,11 @@ stand-in that stops the way a signal would, so nothing is bound.
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib
 import json
+import resource
 import signal
 import sys
 import weakref
@@ -20,6 +22,7 @@ from typing import Any
 
 import click
 import pytest
+import uvicorn
 
 from uid2_operator.bootstrap import (
     ensure_keyring,
@@ -371,3 +374,27 @@ def test_a_stop_signal_ignored_at_start_stays_ignored(
     assert hup is signal.SIG_IGN
     assert callable(term)
     capsys.readouterr()
+
+
+def test_an_admin_api_that_cannot_run_stops_serve_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its server fails in its thread (no file descriptor left for its event loop): serve stops
+    # and says why, rather than serve on without it or print the thread's traceback.
+    def out_of_descriptors(self: uvicorn.Server, *args: Any, **kwargs: Any) -> None:
+        del self, args, kwargs
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(uvicorn.Server, "run", out_of_descriptors)
+    status = _serve(tmp_path)
+    out, err = capsys.readouterr()
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert status == 1
+    assert "Traceback" not in err
+    assert err.endswith(
+        "Error: the admin API stopped: OSError: Too many open files; the open-files limit "
+        f"(ulimit -n) is {soft}\n"
+    )
+    assert json.loads(out.splitlines()[-1])["error"]["message"].startswith(
+        "the admin API stopped: OSError: Too many open files"
+    )
