@@ -200,6 +200,51 @@ def test_an_outage_is_logged_when_it_starts_once_a_minute_and_when_it_ends(
     _assert_private(caplog, records)
 
 
+def test_a_store_that_fails_and_recovers_over_and_over_is_logged_twice_a_minute_at_most(
+    store: SqlStore,
+    db_path: Path,
+    svc: CredentialService,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Out of connections, say: every other write fails. One line when it starts and one when it
+    # works again, then nothing for the rest of the minute; the next minute's first failure says
+    # how many came and went unlogged meanwhile.
+    key_id = _key_id(svc)
+    writer = WriteBehind(store, clock, flush_interval_s=60)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        for _ in range(10):  # ten failures and ten recoveries within the minute
+            _refuse_optout_writes(db_path)
+            writer.record_optout(_records(1, tag=f"t{clock.now_ms()}")[0])
+            writer.usage.add(key_id, ENDPOINT)
+            writer.flush()
+            clock.advance(1_000)
+            _accept_optout_writes(db_path)
+            writer.flush()
+            clock.advance(1_000)
+        first = _lines(caplog)
+        assert len(first) == 2
+        assert first[0].startswith("write-behind: store writes failing (StoreUnavailable: ")
+        assert first[1] == "write-behind: store writes work again, after 1 failed writes over 1 s"
+
+        clock.advance(FAILURE_REPORT_INTERVAL_MS)
+        _refuse_optout_writes(db_path)
+        writer.record_optout(_records(1, tag="late")[0])
+        writer.flush()
+        _accept_optout_writes(db_path)
+        clock.advance(1_000)
+        writer.flush()
+        later = _lines(caplog)[2:]
+        assert len(later) == 2
+        assert later[0].startswith("write-behind: store writes failing (StoreUnavailable: ")
+        assert later[0].endswith(
+            "; 1 opt-outs and 0 usage rows kept for the next flush (9 more failures came and "
+            "went since the last line)"
+        )
+        assert later[1] == "write-behind: store writes work again, after 1 failed writes over 1 s"
+    assert len(_optout_events(store)) == 11
+
+
 def test_an_unexpected_error_is_named_by_class_and_frames_not_its_text(
     store: SqlStore, db_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
