@@ -1,6 +1,8 @@
 """Reading and writing many opt-outs at once (``get_many``, ``put_many``), on every backend, and the
-write-behind's chunks built on them: what they store is what a ``get``, ``put`` and audit event
-per record stores, and a record met again keeps its later time, within a chunk or across chunks."""
+write-behind's chunks built on them: what they store is what a ``get``, and a ``put`` and audit
+event per record that changes what is stored, store; a record met again keeps its later time,
+within a chunk or across chunks; and a chunk written again once it landed (its commit never
+answered) records nothing more."""
 
 from __future__ import annotations
 
@@ -103,9 +105,14 @@ def test_a_chunk_that_fails_part_way_leaves_nothing_of_it(store: SqlStore) -> No
 
 
 def _write_each(tx: Tx, records: Sequence[OptOutRecord], now_ms: int) -> None:
-    """One ``get``, ``put`` and audit event per record: what a chunk write must store."""
+    """One ``get``, and a ``put`` and an audit event per record that changes what is stored:
+    what a chunk write must store."""
     for r in records:
-        tx.optouts.put(latest(tx.optouts.get(r.first_level_hash), r))
+        before = tx.optouts.get(r.first_level_hash)
+        after = latest(before, r)
+        if after == before:
+            continue
+        tx.optouts.put(after)
         record_event(
             tx,
             OPERATOR_ACTOR,
@@ -160,7 +167,7 @@ def _records() -> list[OptOutRecord]:
     return [*FIRST_CHUNK, *filler, *LATER]
 
 
-def test_write_optouts_stores_what_a_put_and_an_event_per_record_store(store: SqlStore) -> None:
+def test_write_optouts_stores_what_a_put_and_an_event_per_change_store(store: SqlStore) -> None:
     with store.transaction() as tx:
         tx.optouts.put_many(EXISTING)
         record_event(tx, OPERATOR_ACTOR, at_ms=T0, action="x", target_type="t", target_id="i")
@@ -192,3 +199,13 @@ def test_a_record_met_again_keeps_its_later_time(store: SqlStore) -> None:
         flh(5): record(5, T0 + 7, "F" * 44),
         flh(6): record(6, T0 + 50, "G" * 44, ("Y" * 44, T0 + 5)),  # earlier, in a later chunk
     }
+
+
+def test_a_chunk_written_again_after_it_landed_records_nothing_more(store: SqlStore) -> None:
+    # Its commit reached the database but the answer never came back (the round-trip deadline
+    # passed): the write-behind keeps the records and writes them again.
+    records = _records()
+    write_optouts(store, records, lambda: NOW)
+    before = _stored(store)
+    write_optouts(store, records, lambda: NOW + 1)
+    assert _stored(store) == before

@@ -315,8 +315,11 @@ def write_optout_chunk(
     now_ms: Callable[[], int],
     gate: CommitGate | None = None,
 ) -> None:
-    """Record opt-outs in one transaction, each with its audit event, keeping the latest time
-    (a record met again, in this chunk or an earlier one, keeps the later of the two).
+    """Record opt-outs in one transaction, each that changes what is stored with its audit
+    event, keeping the latest time (a record met again, in this chunk or an earlier one, keeps
+    the later of the two). One already stored as it is changes nothing and gets no event: a
+    chunk written again because its commit was never answered, though it landed, is recorded
+    once.
 
     ``now_ms``: a clock's ``now_ms``, read once the transaction holds the write lock: a chunk
     that waited for the lock is stamped with the time it took it, so the audit trail's times
@@ -330,10 +333,23 @@ def write_optout_chunk(
     with admission as admit, store.transaction() as tx:
         at_ms = now_ms()
         kept = tx.optouts.get_many(record.first_level_hash for record in records)
+        changed: dict[bytes, None] = {}
+        recorded: list[OptOutRecord] = []
         for record in records:
             flh = record.first_level_hash
-            kept[flh] = latest(kept.get(flh), record)
-        tx.optouts.put_many(list(kept.values()))
+            before = kept.get(flh)
+            after = latest(before, record)
+            if after == before:
+                # Already stored as it is: written again after a commit whose answer never
+                # came (or a chunk a killed worker committed, saved again): no second event.
+                continue
+            kept[flh] = after
+            changed[flh] = None
+            recorded.append(record)
+        if not recorded:
+            admit()
+            return
+        tx.optouts.put_many([kept[flh] for flh in changed])
         record_events(
             tx,
             OPERATOR_ACTOR,
@@ -345,7 +361,7 @@ def write_optout_chunk(
                     target_id=b64encode(record.first_level_hash),
                     after={"timestamp_ms": record.timestamp_ms, "via": "/v2/token/logout"},
                 )
-                for record in records
+                for record in recorded
             ),
         )
         admit()
