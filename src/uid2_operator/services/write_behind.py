@@ -374,18 +374,18 @@ class _FailureLog:
     """The WARNINGs about failing writes: one when they start, at most one per
     ``FAILURE_REPORT_INTERVAL_MS`` while they go on, one when writes work again. A store that
     fails and recovers over and over (out of connections, say) gets those two lines at most
-    once per interval: a failure starting less than an interval after the last start line is
-    not logged, nor its recovery, unless it lasts an interval; the next start line counts
+    once per interval: a failure starting less than an interval after the last of these lines
+    is not logged, nor its recovery, unless it lasts an interval; the next start line counts
     them."""
 
-    __slots__ = ("_failed", "_quiet", "_reported_ms", "_since_ms", "_started_ms", "_unlogged")
+    __slots__ = ("_failed", "_last_line_ms", "_quiet", "_reported_ms", "_since_ms", "_unlogged")
 
     def __init__(self) -> None:
         self._since_ms: int | None = None
         self._reported_ms = 0
         self._failed = 0
-        self._started_ms: int | None = None
-        """When the last start line was logged."""
+        self._last_line_ms: int | None = None
+        """When the last of these lines was logged."""
         self._quiet = False
         """The failure under way was not logged when it started."""
         self._unlogged = 0
@@ -395,11 +395,11 @@ class _FailureLog:
         self._failed += 1
         if self._since_ms is None:
             self._since_ms = self._reported_ms = now_ms
-            started = self._started_ms
-            if started is not None and now_ms - started < FAILURE_REPORT_INTERVAL_MS:
+            last = self._last_line_ms
+            if last is not None and now_ms - last < FAILURE_REPORT_INTERVAL_MS:
                 self._quiet = True
                 return
-            self._started_ms = now_ms
+            self._last_line_ms = now_ms
             unlogged, self._unlogged = self._unlogged, 0
             log.warning(
                 "write-behind: store writes failing (%s); %d opt-outs and %d usage rows kept "
@@ -412,7 +412,7 @@ class _FailureLog:
                 else "",
             )
         elif now_ms - self._reported_ms >= FAILURE_REPORT_INTERVAL_MS:
-            self._reported_ms = now_ms
+            self._reported_ms = self._last_line_ms = now_ms
             self._quiet = False  # it went on: its end is logged too
             log.warning(
                 "write-behind: store writes still failing after %d s (%d failed writes, the "
@@ -430,6 +430,7 @@ class _FailureLog:
         if self._quiet:
             self._unlogged += 1
         else:
+            self._last_line_ms = now_ms
             log.warning(
                 "write-behind: store writes work again, after %d failed writes over %d s",
                 self._failed,

@@ -245,6 +245,44 @@ def test_a_store_that_fails_and_recovers_over_and_over_is_logged_twice_a_minute_
     assert len(_optout_events(store)) == 11
 
 
+def test_a_failure_right_after_a_logged_recovery_is_not_logged_at_once(
+    store: SqlStore,
+    db_path: Path,
+    svc: CredentialService,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The interval counts from the last of these lines, whichever: a long failure's recovery
+    # line is not followed a second later by a new pair.
+    writer = WriteBehind(store, clock, flush_interval_s=60)
+
+    def flush_at(second: int, failing: bool) -> None:
+        clock.advance(second * 1000 - (clock.now_ms() - start))
+        if failing:
+            _refuse_optout_writes(db_path)
+        writer.record_optout(_records(1, tag=f"at-{second}")[0])
+        writer.flush()
+        if failing:
+            _accept_optout_writes(db_path)
+
+    start = clock.now_ms()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        flush_at(0, failing=True)  # logged: it starts
+        flush_at(1, failing=False)  # logged: it works again
+        for second in (30, 60, 90):  # quiet at first, logged once it has lasted a minute
+            flush_at(second, failing=True)
+        flush_at(95, failing=False)  # logged: the long one ended
+        flush_at(96, failing=True)  # a second after that line: not logged
+        flush_at(97, failing=False)
+    lines = _lines(caplog)
+    assert [line.split(" (")[0].split(",")[0] for line in lines] == [
+        "write-behind: store writes failing",
+        "write-behind: store writes work again",
+        "write-behind: store writes still failing after 60 s",
+        "write-behind: store writes work again",
+    ]
+
+
 def test_an_unexpected_error_is_named_by_class_and_frames_not_its_text(
     store: SqlStore, db_path: Path, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
