@@ -456,27 +456,39 @@ def stage_keyring(settings: Settings, keyring: Keyring) -> StagedKeyring:
     path = settings.keyring_path.resolve()
     sweep_keyring_debris(settings)
     _prove_replaceable(path)
-    try:
-        temporary = _write_temporary(path, keyring.to_json())
-    except OSError as exc:
-        raise KeyringError(f"The keyring file {path} cannot be written: {_reason(exc)}") from None
+    temporary = _keyring_beside(path, keyring.to_json())
 
     def publish() -> None:
-        try:
-            os.replace(temporary, path)
-        except OSError as exc:
-            temporary.unlink(missing_ok=True)
-            raise KeyringError(
-                f"The keyring file {path} cannot be replaced: {_reason(exc)}; the keyring is "
-                "unchanged"
-            ) from None
-        # In place: from here a failure only leaves the rename less durable (_replace_private).
-        _sync_directory(path, "replaced")
+        _put_in_place(temporary, path)
 
     def discard() -> None:
         temporary.unlink(missing_ok=True)
 
     return StagedKeyring(publish, discard)
+
+
+def _keyring_beside(path: Path, content: str) -> Path:
+    """``content`` in a new temporary file beside the keyring file ``path`` (``_write_temporary``);
+    KeyringError naming the file when that cannot be written."""
+    try:
+        return _write_temporary(path, content)
+    except OSError as exc:
+        raise KeyringError(f"The keyring file {path} cannot be written: {_reason(exc)}") from None
+
+
+def _put_in_place(temporary: Path, path: Path) -> None:
+    """Replace the keyring file ``path`` with ``temporary`` (``os.replace``), then sync the
+    directory; KeyringError, ``temporary`` removed and the keyring as it was, when the file
+    cannot be replaced."""
+    try:
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KeyringError(
+            f"The keyring file {path} cannot be replaced: {_reason(exc)}; the keyring is unchanged"
+        ) from None
+    # In place: from here a failure only leaves the rename less durable (_replace_private).
+    _sync_directory(path, "replaced")
 
 
 def _prove_replaceable(path: Path) -> None:
@@ -488,20 +500,10 @@ def _prove_replaceable(path: Path) -> None:
     meanwhile, or after a crash, reads the same keyring. A file not there yet, or unreadable, is
     left to the change, which refuses it as it reads the keyring."""
     try:
-        current = path.read_text(encoding="utf-8")
+        current = path.read_bytes().decode("utf-8")  # as it is, line ends included
     except (OSError, UnicodeDecodeError):
         return
-    try:
-        copy = _write_temporary(path, current)
-    except OSError as exc:
-        raise KeyringError(f"The keyring file {path} cannot be written: {_reason(exc)}") from None
-    try:
-        os.replace(copy, path)
-    except OSError as exc:
-        copy.unlink(missing_ok=True)
-        raise KeyringError(
-            f"The keyring file {path} cannot be replaced: {_reason(exc)}; the keyring is unchanged"
-        ) from None
+    _put_in_place(_keyring_beside(path, current), path)
 
 
 def _reason(exc: OSError) -> str:

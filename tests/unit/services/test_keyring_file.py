@@ -71,8 +71,9 @@ def test_save_syncs_the_new_file_and_its_directory(
 
     monkeypatch.setattr(os, "fsync", fsync)
     save_keyring(settings, add_kek_version(first, os.urandom))
-    # The copy that proves the file can be replaced, then the new keyring and its directory.
-    assert synced == ["file", "file", "dir"]
+    # The copy that proves the file can be replaced, then the new keyring, each with the
+    # directory once in place.
+    assert synced == ["file", "dir", "file", "dir"]
 
 
 @pytest.mark.parametrize("failing", ["write", "fsync", "replace"])

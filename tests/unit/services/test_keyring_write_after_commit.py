@@ -312,3 +312,17 @@ def test_a_file_that_cannot_be_replaced_refuses_before_the_commit(
     monkeypatch.undo()
     assert _files(settings) == files  # the keyring as it was, nothing left beside it
     assert _recorded(store) == recorded  # nothing recorded, no success in the audit trail
+
+
+def test_the_proof_that_the_file_can_be_replaced_keeps_its_bytes(
+    world: tuple[Settings, CommitFails, KeyringRotationService],
+) -> None:
+    # Written by hand with CRLF line ends, say: the copy put in its place is the same bytes.
+    settings, store, rotation = world
+    path = settings.keyring_path
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    files = _files(settings)
+    store.failing = True
+    with pytest.raises(StoreError, match="server closed the connection"):
+        rotation.add_version(SYSTEM)
+    assert _files(settings) == files
