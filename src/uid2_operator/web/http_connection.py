@@ -343,21 +343,8 @@ class HttpConnection(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a malformed request, its connection closed in stages."""
-        content = [STATUS_LINE[400]]
-        for name, value in self.server_state.default_headers:
-            content.extend([name, b": ", value, b"\r\n"])
-        text = msg.encode("ascii")
-        content.extend(
-            [
-                b"content-type: text/plain; charset=utf-8\r\n",
-                b"content-length: %d\r\n" % len(text),
-                b"connection: close\r\n\r\n",
-                text,
-            ]
-        )
-        self.transport.write(b"".join(content))
+        self._answer_and_end(400, msg.encode("ascii"))
         cycle = self.cycle
-        self._linger()
         if cycle is not None and not cycle.response_complete and cycle.scope is self.scope:
             # Its application runs (a malformed chunk in its body): the application counts the
             # request, with this status in place of the answer it gives, which goes nowhere.
@@ -622,16 +609,20 @@ class HttpConnection(HttpToolsProtocol):
             cycle.message_event.set()
         else:
             self._tell(status)
-        reason = http.HTTPStatus(status).phrase.encode()
+        self._answer_and_end(status, http.HTTPStatus(status).phrase.encode())
+
+    def _answer_and_end(self, status: int, text: bytes) -> None:
+        """An answer of the connection's own (``text``, plain, with ``connection: close``),
+        then the connection closed in stages (``_linger``)."""
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
             [
                 b"content-type: text/plain; charset=utf-8\r\n",
-                b"content-length: %d\r\n" % len(reason),
+                b"content-length: %d\r\n" % len(text),
                 b"connection: close\r\n\r\n",
-                reason,
+                text,
             ]
         )
         self.transport.write(b"".join(content))
