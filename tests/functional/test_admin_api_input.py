@@ -493,6 +493,25 @@ def test_a_chunked_body_over_the_limit_is_413(env: AdminEnv) -> None:
     assert env.refusals_since(mark) == []  # refused before the action: not audited
 
 
+def _half_a_body_then_gone(env: AdminEnv, connection_answered: int | None = None) -> int:
+    """A participant created with half its body sent, then a disconnect (the client's, or with
+    ``connection_answered`` the connection's, which answered that itself): the status sent."""
+    status, _, _ = raw_asgi_request(
+        env.app,
+        "POST",
+        f"{PREFIX}/participants",
+        headers=[
+            ("authorization", f"Bearer {env.tokens[AdminRole.SUPER_USER]}"),
+            ("content-type", "application/json"),
+            ("content-length", "1000"),
+        ],
+        chunks=[b'{"name": "half'],
+        then_disconnect=True,
+        connection_answered=connection_answered,
+    )
+    return status
+
+
 def test_a_client_leaving_mid_body_is_not_an_internal_error(
     env: AdminEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -500,18 +519,7 @@ def test_a_client_leaving_mid_body_is_not_an_internal_error(
     mark = env.mark()
     before = _snapshot(env)
     with caplog.at_level("INFO", logger="uid2_operator.web.admin_api.app"):
-        status, _, _ = raw_asgi_request(
-            env.app,
-            "POST",
-            f"{PREFIX}/participants",
-            headers=[
-                ("authorization", f"Bearer {env.tokens[AdminRole.SUPER_USER]}"),
-                ("content-type", "application/json"),
-                ("content-length", "1000"),
-            ],
-            chunks=[b'{"name": "half'],
-            then_disconnect=True,
-        )
+        status = _half_a_body_then_gone(env)
     assert status == 499
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert any(" -> 499 " in r.getMessage() for r in caplog.records)
@@ -526,19 +534,7 @@ def test_a_request_the_connection_answered_itself_is_logged_with_that_answer(
     """The client got the connection's own answer (a body too slow, too large, or a stop): the
     line gives that status, not the 499 of a client that left without one."""
     with caplog.at_level("INFO", logger="uid2_operator.web.admin_api.app"):
-        raw_asgi_request(
-            env.app,
-            "POST",
-            f"{PREFIX}/participants",
-            headers=[
-                ("authorization", f"Bearer {env.tokens[AdminRole.SUPER_USER]}"),
-                ("content-type", "application/json"),
-                ("content-length", "1000"),
-            ],
-            chunks=[b'{"name": "half'],
-            then_disconnect=True,
-            connection_answered=answered,
-        )
+        _half_a_body_then_gone(env, connection_answered=answered)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("admin POST")]
     assert len(lines) == 1
     assert f" -> {answered} " in lines[0]

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_harness import Cli, Database
@@ -136,6 +137,15 @@ def _admin_token_ids(data_dir: Path) -> str:
     return listed.stdout
 
 
+def _served_once(data_dir: Path, cwd: Path | None = None) -> dict[str, Any]:
+    """What ``serve --init-if-new --json`` announces once it serves, stopped by SIGTERM."""
+    with _serve(data_dir, cwd=cwd) as serving:
+        serving.wait_for("press Ctrl-C to stop")
+        document: dict[str, Any] = json.loads(serving.first_line())
+        assert serving.stop(signal.SIGTERM).returncode == 0
+    return document
+
+
 def test_an_interrupted_command_under_json_prints_an_error_document(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -181,11 +191,7 @@ def test_serve_init_if_new_finishes_an_init_that_was_interrupted(
     assert keys
     assert tokens == 0
 
-    with _serve(database.data_dir) as serving:
-        serving.wait_for("press Ctrl-C to stop")
-        document = json.loads(serving.first_line())
-        assert serving.stop(signal.SIGTERM).returncode == 0
-    init = document["init"]
+    init = _served_once(database.data_dir)["init"]
     assert init is not None
     assert init["keyring_created"] is False
     assert init["material_created"] is False
@@ -195,10 +201,7 @@ def test_serve_init_if_new_finishes_an_init_that_was_interrupted(
     assert init["admin_token_id"] in _admin_token_ids(database.data_dir)
 
     # Initialised now: nothing more to do. (Named relative to where serve runs, printed absolute.)
-    with _serve(Path("data"), cwd=tmp_path) as again:
-        again.wait_for("press Ctrl-C to stop")
-        announced = json.loads(again.first_line())
-        assert again.stop(signal.SIGTERM).returncode == 0
+    announced = _served_once(Path("data"), cwd=tmp_path)
     assert announced["init"] is None
     assert announced["data_dir"] == str(database.data_dir.resolve())
     assert _material(database.data_dir) == (keysets, keys, version, buckets, 1)
@@ -225,11 +228,7 @@ def test_serve_init_if_new_issues_the_token_an_init_failed_to_issue(
     keysets, keys, version, buckets, tokens = _material(database.data_dir)
     assert tokens == 0
 
-    with _serve(database.data_dir) as serving:
-        serving.wait_for("press Ctrl-C to stop")
-        document = json.loads(serving.first_line())
-        assert serving.stop(signal.SIGTERM).returncode == 0
-    init = document["init"]
+    init = _served_once(database.data_dir)["init"]
     assert init is not None
     assert init["admin_token"].startswith(init["admin_token_id"] + ".")
     assert _material(database.data_dir) == (keysets, keys, version, buckets, 1)
