@@ -448,6 +448,22 @@ def test_the_files_directory_is_private(tmp_path: Path) -> None:
     assert worker_file(tmp_path, 100).parent.stat().st_mode & 0o777 == 0o700
 
 
+def test_the_files_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    old_umask = os.umask(0)  # a permissive umask must not widen them
+    try:
+        files = MetricsFiles(tmp_path, "100")
+        files.write(MetricsCollector(RequestMetrics(ROUTES), []).figures())
+        assert worker_file(tmp_path, 100).stat().st_mode & 0o777 == 0o600
+        # a temporary left by a killed worker, world-readable, is made private again
+        left = worker_file(tmp_path, 100).with_name(".100.json.tmp")
+        left.write_bytes(b"")
+        left.chmod(0o666)
+        files.write(MetricsCollector(RequestMetrics(ROUTES), []).figures())
+        assert worker_file(tmp_path, 100).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
+
+
 def test_a_worker_is_named_by_its_process_id(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="process id"):
         MetricsFiles(tmp_path, "../100")

@@ -61,6 +61,7 @@ FORMAT_VERSION: Final = 1
 PUBLISH_INTERVAL_S: Final = 1.0
 METRICS_DIR: Final = "metrics"
 _SUFFIX: Final = ".json"
+_PRIVATE_FILE: Final = 0o600
 _NAME: Final = re.compile(r"([1-9][0-9]*)\.json")
 _FIELDS: Final = frozenset({"format", "worker", "buckets", "requests", "latency", "gauges"})
 _SERIES_LENGTH: Final = len(LATENCY_BUCKETS) + 1  # per-bucket counts and the +Inf count
@@ -245,7 +246,11 @@ class MetricsFiles:
         data = encode(figures)
         self._dir.mkdir(mode=0o700, exist_ok=True)
         temporary = _temporary(self._path)
-        with temporary.open("wb") as out:
+        # readable by this user alone, like everything else in the runtime directory (a
+        # temporary left by a killed worker may have another mode: set it again)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE_FILE)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, _PRIVATE_FILE)
             out.write(data)
         os.replace(temporary, self._path)
 
