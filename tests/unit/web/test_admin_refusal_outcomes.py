@@ -87,7 +87,9 @@ TOKEN_ID = "UID2-A-L-0-abcDEF"
         (SITE_DISABLE, {"site_id": "1001"}, Target("participant", "1001", 1001)),
         (SITE_DISABLE, {"site_id": "1"}, Target("participant", "")),
         (SITE_DISABLE, {"site_id": "9" * 12}, Target("participant", "")),
-        (SITE_DISABLE, {"site_id": "0012"}, Target("participant", "")),
+        # the path check reads ``0012`` as site 12, and so does the request: so does its event
+        (SITE_DISABLE, {"site_id": "0012"}, Target("participant", "12", 12)),
+        (SITE_DISABLE, {"site_id": "0" * 19}, Target("participant", "")),
         (
             ("PUT", "/participants/{site_id}/sharing"),
             {"site_id": "77"},

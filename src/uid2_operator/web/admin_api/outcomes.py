@@ -112,7 +112,8 @@ REFUSAL_WINDOW_MS = 60_000
 """After a denied event is recorded, its repeats within this time are counted, not recorded."""
 MAX_LIMITED_ATTEMPTS = 10_000
 """The most attempts the limiter remembers; beyond, the one remembered first is dropped."""
-_SITE_ID_TEXT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
+# as the path check reads a site id (leading zeros allowed: ``03`` is site 3)
+_SITE_ID_TEXT = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +255,7 @@ def _param_target(name: str, value: str) -> Target:
     kind = PARAM_TARGETS[name]
     if name == "site_id":
         if _SITE_ID_TEXT.fullmatch(value) and MIN_SITE_ID <= int(value) <= MAX_SITE_ID:
-            return Target(kind, value, int(value))
+            return Target(kind, str(int(value)), int(value))
         return Target(kind, "")
     if name == "subscription_id":
         return Target(kind, value if is_subscription_id(value) else "")
