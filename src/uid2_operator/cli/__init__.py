@@ -25,6 +25,7 @@ from uid2_operator.cli.material import keys, optout, salts
 from uid2_operator.cli.output import (
     FAILURE_EXIT,
     INTERRUPTED,
+    STDOUT_CLOSED,
     USAGE_EXIT,
     error_document,
     exit_code_for,
@@ -53,6 +54,17 @@ class OperatorGroup(click.Group):
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        if sys.stdout is None:
+            # File descriptor 1 is closed: what a command prints (perhaps a key or a secret shown
+            # only once) would vanish without a word, so nothing runs.
+            click.echo(
+                f"Error: {STDOUT_CLOSED}: nothing this command prints could be read; "
+                "redirect it to a file, or to /dev/null to discard it",
+                err=True,
+            )
+            if standalone_mode:
+                sys.exit(FAILURE_EXIT)
+            return FAILURE_EXIT
         try:
             result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0

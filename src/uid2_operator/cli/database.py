@@ -24,7 +24,7 @@ from uid2_operator.bootstrap import (
     require_unsealed_store,
     upgrade_database,
 )
-from uid2_operator.cli.output import emit, fields, show_once_warning
+from uid2_operator.cli.output import echo, emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
 from uid2_operator.settings import EnvironmentSource, Settings
@@ -204,10 +204,10 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
                 ]
             )
             if issued is not None:
-                click.echo(f"bootstrap admin token ({issued.token_id}, SUPER_USER):")
-                click.echo(issued.token)
+                echo(f"bootstrap admin token ({issued.token_id}, SUPER_USER):")
+                echo(issued.token)
             else:
-                click.echo("already initialised; no new admin token")
+                echo("already initialised; no new admin token")
 
         deliver(Initialised(document, human, issued is not None))
 
@@ -233,5 +233,5 @@ def db_upgrade(as_json: bool) -> None:
     emit(
         wants_json(as_json),
         {"schema_revision": revision, "database": backend},
-        lambda: click.echo(f"{backend} schema at revision {revision}"),
+        lambda: echo(f"{backend} schema at revision {revision}"),
     )

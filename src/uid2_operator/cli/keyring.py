@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import click
 
 from uid2_operator.bootstrap import keyring_rotation_service, open_configured_store
-from uid2_operator.cli.output import emit, fields, table
+from uid2_operator.cli.output import echo, emit, fields, table
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.services.keyring_rotation import (
@@ -54,7 +54,7 @@ _EVERY_OTHER_FILE = "every other keyring file: each data directory, on this mach
 
 
 def _serve_follows(what: str) -> None:
-    click.echo(
+    echo(
         f"Running `uid2-operator serve` processes that read this keyring file {what} within "
         f"about a second (copy the file to {_EVERY_OTHER_FILE})."
     )
@@ -90,7 +90,7 @@ def _show_status(found: KeyringStatus) -> None:
             ("versions", _versions(found.keyring_versions)),
         ]
     )
-    click.echo()
+    echo()
     table(
         ("version", "in keyring", *SEALED_KINDS, "total"),
         [
@@ -103,20 +103,20 @@ def _show_status(found: KeyringStatus) -> None:
             for use in found.versions
         ],
     )
-    click.echo()
+    echo()
     if found.unknown_versions:
-        click.echo(
+        echo(
             f"{found.to_reseal} items are not under the active version {found.active_version}; "
             f"put versions {_versions(found.unknown_versions)} back into the keyring, then run "
             f"`{RESEAL_COMMAND}`."
         )
     elif found.to_reseal:
-        click.echo(
+        echo(
             f"{found.to_reseal} items are not under the active version {found.active_version}: "
             f"run `{RESEAL_COMMAND}`."
         )
     else:
-        click.echo(f"Every item is sealed under the active version {found.active_version}.")
+        echo(f"Every item is sealed under the active version {found.active_version}.")
 
 
 @keyring.command("add-version")
@@ -142,26 +142,26 @@ def add_version(inactive: bool, as_json: bool) -> None:
     def human() -> None:
         versions = _versions(change.keyring_versions)
         if change.active:
-            click.echo(
+            echo(
                 f"Added key-encryption key version {change.version}; it is now active "
                 f"(versions {versions})."
             )
             _serve_follows(f"seal with version {change.version}")
-            click.echo(
+            echo(
                 "Until it reaches them, their processes cannot open what is sealed under version "
                 f"{change.version} (`keyring add-version --inactive` avoids that gap)."
             )
-            click.echo(f"Then run `{RESEAL_COMMAND}`.")
+            echo(f"Then run `{RESEAL_COMMAND}`.")
             return
-        click.echo(
+        echo(
             f"Added key-encryption key version {change.version}, not active: new items are "
             f"still sealed under version {change.active_version} (versions {versions})."
         )
-        click.echo(
+        echo(
             f"Copy this file to {_EVERY_OTHER_FILE}. Running `uid2-operator serve` processes "
             "take it up within about a second."
         )
-        click.echo(
+        echo(
             f"A second after the last copy, run `{ACTIVATE_COMMAND} {change.version}` on each "
             f"keyring file, then `{RESEAL_COMMAND}`."
         )
@@ -184,16 +184,16 @@ def activate_version(version: int, as_json: bool) -> None:
 
     def human() -> None:
         if not change.changed:
-            click.echo(
+            echo(
                 f"Key-encryption key version {change.version} is already active "
                 f"(versions {_versions(change.keyring_versions)}); nothing changed."
             )
             return
-        click.echo(
+        echo(
             f"Key-encryption key version {change.version} is now active, instead of version "
             f"{change.previous_version} (versions {_versions(change.keyring_versions)})."
         )
-        click.echo(
+        echo(
             "Running `uid2-operator serve` processes that read this keyring file seal with "
             f"version {change.version} within about a second. Activate it in every other "
             "keyring file too (each data directory, on this machine or another), or copy this "
@@ -216,16 +216,16 @@ def reseal(as_json: bool) -> None:
 
     def human() -> None:
         if not result.resealed.total:
-            click.echo(
+            echo(
                 f"Nothing to re-seal: every item is under the active version "
                 f"{result.active_version}."
             )
             return
-        click.echo(
+        echo(
             f"Re-sealed {result.resealed.describe()} under version {result.active_version}, "
             f"from versions {_versions(result.from_versions)}."
         )
-        click.echo(
+        echo(
             "Nothing is sealed under the older versions now; drop each with "
             "`uid2-operator keyring drop-version VERSION`."
         )
@@ -246,7 +246,7 @@ def drop_version(version: int, as_json: bool) -> None:
         change = service.drop_version(version, actor())
 
     def human() -> None:
-        click.echo(
+        echo(
             f"Dropped key-encryption key version {change.version} "
             f"(versions now {_versions(change.keyring_versions)})."
         )

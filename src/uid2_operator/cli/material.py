@@ -17,6 +17,7 @@ import click
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.cli.output import (
+    echo,
     emit,
     error_document,
     exit_code_for,
@@ -91,7 +92,7 @@ def rotate_keys(as_json: bool) -> None:
 
     def human() -> None:
         for keyset in result.keysets_created:
-            click.echo(f"created keyset {keyset.keyset_id} for site {keyset.site_id}")
+            echo(f"created keyset {keyset.keyset_id} for site {keyset.site_id}")
         if created:
             table(
                 ("key id", "keyset", "site", "activates", "expires"),
@@ -107,10 +108,10 @@ def rotate_keys(as_json: bool) -> None:
                 ],
             )
         else:
-            click.echo("No key was due for rotation.")
+            echo("No key was due for rotation.")
         count = len(result.purged)
         used = retention if result.retention_s is None else result.retention_s
-        click.echo(
+        echo(
             f"Purged {count} key{'' if count == 1 else 's'} that expired at least "
             f"{_duration(used)} ago."
         )

@@ -12,10 +12,13 @@ a credential or a base64/hex secret is masked, because the offending input may b
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
 import re
 import resource
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -103,13 +106,55 @@ def error_document(error: BaseException, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+class OutputLost(click.ClickException):
+    """Standard output could not be written: full, broken or closed. Whatever the command changed
+    stays changed, so the message says that what it meant to show (perhaps a key, a secret or a
+    token shown only this once) may be lost."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"could not write to standard output ({reason}); whatever the command changed is "
+            "done, but what it printed may be lost, including anything shown only once (a key, "
+            "a client secret, an admin token): rotate or reissue it"
+        )
+
+
+STDOUT_CLOSED = "standard output is closed"
+
+
+def echo(text: str = "") -> None:
+    """Print a line on standard output, or raise ``OutputLost`` (never an ``OSError``, and never
+    silently nothing, as ``click.echo`` does when there is no standard output)."""
+    if sys.stdout is None:
+        raise OutputLost(STDOUT_CLOSED)
+    try:
+        click.echo(text)
+    except (OSError, ValueError) as error:
+        _discard_stdout()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "closed"
+        raise OutputLost(reason) from None
+
+
+def _discard_stdout() -> None:
+    """Point the broken standard output at /dev/null, so that the interpreter's own flush at exit
+    does not fail a second time (and print a traceback of its own)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
 def print_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 def print_json_error(document: Any) -> None:
-    """An error document (``error_document``), on one line."""
-    click.echo(json.dumps(document, ensure_ascii=False))
+    """An error document (``error_document``), on one line; best effort: standard output may be
+    what failed, and the error's line on stderr follows anyway."""
+    with contextlib.suppress(OutputLost):
+        echo(json.dumps(document, ensure_ascii=False))
 
 
 def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
@@ -133,12 +178,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """A plain left-aligned table; an empty one prints only '(none)'."""
     cells = [[str(c) for c in row] for row in rows]
     if not cells:
-        click.echo("(none)")
+        echo("(none)")
         return
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def fields(pairs: Iterable[tuple[str, object]]) -> None:
@@ -146,7 +191,7 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
     items = [(label, "-" if value is None else str(value)) for label, value in pairs]
     width = max((len(label) for label, _ in items), default=0)
     for label, value in items:
-        click.echo(f"{label.ljust(width)}  {value}")
+        echo(f"{label.ljust(width)}  {value}")
 
 
 def show_once_warning() -> None:

@@ -74,7 +74,7 @@ from uid2_operator.bootstrap import (
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
-from uid2_operator.cli.output import os_reason, show_once_warning
+from uid2_operator.cli.output import echo, os_reason, show_once_warning
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import (
     json_option,
@@ -1389,7 +1389,7 @@ class _Announcer:
         done = self.initialised
         if self.as_json and not self.done and done is not None and done.token_issued:
             self.done = True
-            click.echo(json.dumps({"init": done.document}, ensure_ascii=False))
+            echo(json.dumps({"init": done.document}, ensure_ascii=False))
 
 
 def _accepting(host: str, port: int) -> bool:
@@ -1440,15 +1440,15 @@ def _announce(
             "environment": settings.environment.value,
             "init": None if initialised is None else initialised.document,
         }
-        click.echo(json.dumps(document, ensure_ascii=False))
+        echo(json.dumps(document, ensure_ascii=False))
         return
-    click.echo(
+    echo(
         f"operator API: {operator_url} ({workers} worker{'s' if workers != 1 else ''}; "
         f"health: /ops/healthcheck, metrics: {metrics_url or METRICS})"
     )
-    click.echo(f"admin API: {admin_url}")
+    echo(f"admin API: {admin_url}")
     if initialised is not None:
-        click.echo(_next_steps(settings, admin_url))
+        echo(_next_steps(settings, admin_url))
 
 
 def _loopback(host: str) -> bool:

@@ -1,0 +1,122 @@
+"""Standard output that cannot be written: full, closed by its reader, or not open at all.
+
+A command whose output is lost says so on stderr in one line and exits 1, never with a
+traceback; the line says that what the command changed is done, since a key or a secret shown
+only once may be what was lost. With standard output closed (file descriptor 1 not open) no
+command runs at all: what it printed would vanish without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
+DEV_FULL = Path("/dev/full")
+
+pytestmark = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UID2_")}
+    env["UID2_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def _run(
+    data_dir: Path, *args: str, stdout: int | None = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
+        [str(ENTRY_POINT), *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=_env(data_dir),
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _full(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    with DEV_FULL.open("w") as full:
+        return _run(data_dir, *args, stdout=full.fileno())
+
+
+def _keys(data_dir: Path) -> list[str]:
+    listed = _run(data_dir, "key", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [key["name"] for key in json.loads(listed.stdout)]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> str:
+    assert _run(tmp_path, "init").returncode == 0
+    created = _run(tmp_path, "participant", "create", "--name", "Pub", "--type", "publisher",
+                   "--roles", "GENERATOR", "--json")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["site_id"])
+
+
+def _says_output_lost(result: subprocess.CompletedProcess[str], reason: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(f"Error: could not write to standard output ({reason})"), lines
+    assert "shown only once" in lines[-1]
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_a_full_standard_output_is_one_error_line_and_the_change_stands(
+    tmp_path: Path, site: str, as_json: bool
+) -> None:
+    args = ["key", "create", "--site-id", site, "--name", "lost", "--roles", "GENERATOR"]
+    result = _full(tmp_path, *args, *(["--json"] if as_json else []))
+    _says_output_lost(result, "No space left on device")
+    assert _keys(tmp_path) == ["lost"]  # done, as the line says
+
+
+def test_a_full_standard_output_fails_a_read_too(tmp_path: Path, site: str) -> None:
+    _says_output_lost(_full(tmp_path, "participant", "list", "--json"), "No space left on device")
+    _says_output_lost(_full(tmp_path, "participant", "show", site), "No space left on device")
+
+
+def test_init_says_its_admin_token_may_be_lost(tmp_path: Path) -> None:
+    result = _full(tmp_path, "init", "--json")
+    _says_output_lost(result, "No space left on device")
+    assert "admin token" in result.stderr
+
+
+@pytest.mark.usefixtures("site")
+def test_a_reader_that_goes_away_is_one_error_line(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        result = _run(tmp_path, "participant", "list", stdout=write)
+    finally:
+        os.close(write)
+    _says_output_lost(result, "Broken pipe")
+
+
+def test_with_standard_output_closed_nothing_runs(tmp_path: Path, site: str) -> None:
+    args = ["key", "create", "--site-id", site, "--name", "unseen", "--roles", "GENERATOR"]
+    result = subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
+        [sys.executable, "-c", "import os, sys; os.close(1); os.execv(sys.argv[1], sys.argv[1:])",
+         str(ENTRY_POINT), *args, "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(tmp_path),
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: standard output is closed: nothing this command prints could be read; "
+        "redirect it to a file, or to /dev/null to discard it\n"
+    )
+    assert _keys(tmp_path) == []
