@@ -115,7 +115,10 @@ def load_keyring(settings: Settings) -> Keyring:
     if settings.keyring_json is not None:
         return require_keyring(Keyring.from_json(settings.keyring_json), settings.environment)
     keyring, _ = _read_keyring_file(
-        settings.keyring_path.absolute(), settings.environment, name_file=True
+        settings.keyring_path.absolute(),
+        settings.environment,
+        name_file=True,
+        given_file=settings.keyring_file is not None,
     )
     return keyring
 
@@ -138,14 +141,16 @@ def _signature(status: os.stat_result) -> _FileSignature:
 
 
 def _read_keyring_file(
-    path: Path, environment: Environment, *, name_file: bool = False
+    path: Path, environment: Environment, *, name_file: bool = False, given_file: bool = False
 ) -> tuple[Keyring, _FileSignature]:
     """The keyring in ``path`` under ``load_keyring``'s rules, and the signature of the file it
     was read from (taken from the open file, so the two always match).
 
     A file that does not hold a keyring (empty, not JSON, a key missing) raises ``KeyringError``
     with the bare defect (a followed file's log line names the file), or with ``name_file`` (a
-    refusal: ``load_keyring``, a ``KeyringFile``'s first read) naming the file."""
+    refusal: ``load_keyring``, a ``KeyringFile``'s first read) naming the file. A file that is
+    not there refuses with ``KeyringMissing``: naming the file when it was given
+    (``given_file``: UID2_KEYRING_FILE), else saying where a keyring may come from."""
     keyring: Keyring | None
     signature = _NO_FILE
     try:
@@ -153,6 +158,8 @@ def _read_keyring_file(
             signature = _signature(os.fstat(handle.fileno()))
             text = handle.read().decode("utf-8")
     except FileNotFoundError:
+        if given_file:
+            raise _no_keyring_file(path, environment) from None
         keyring = None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
@@ -169,6 +176,16 @@ def _read_keyring_file(
                 raise KekVersionMissing(exc.version, message) from None
             raise KeyringError(message) from None
     return require_keyring(keyring, environment), signature
+
+
+def _no_keyring_file(path: Path, environment: Environment) -> KeyringMissing:
+    """A refusal naming the keyring file UID2_KEYRING_FILE gives, which is not there, rather than
+    only the ways to give one (the variable is set already)."""
+    if environment is Environment.PROD:  # init never creates a keyring in prod
+        remedy = "prod needs a provisioned one there (its format: docs/credentials.md, The keyring)"
+    else:
+        remedy = "name the right file with UID2_KEYRING_FILE, or run init to create one"
+    return KeyringMissing(f"No keyring: the keyring file {path} does not exist; {remedy}")
 
 
 class KeyringFile:
@@ -214,7 +231,10 @@ class KeyringFile:
         self._interval = check_interval_s
         self._lock = threading.Lock()
         self._keyring, self._loaded = _read_keyring_file(
-            self._path, self._environment, name_file=True
+            self._path,
+            self._environment,
+            name_file=True,
+            given_file=settings.keyring_file is not None,
         )
         self._refused: _FileSignature | None = None
         self._recorded: dict[int, int] = {}

@@ -86,3 +86,19 @@ def test_a_command_run_away_from_the_data_directory_names_it_and_creates_nothing
     text = cli("init")
     assert text.exit_code == 0, text.output
     assert f"data directory       {served_from / 'data'}\n" in text.stdout
+
+
+def test_a_keyring_file_that_is_not_there_is_named(tmp_path: Path) -> None:
+    cli = Cli(Database("sqlite", tmp_path / "data", None))
+    _ok(cli, "init")
+    missing = tmp_path / "elsewhere" / "keyring.json"
+    env: dict[str, str | None] = {"UID2_KEYRING_FILE": str(missing)}
+    for command in (["participant", "list"], ["serve", "--port", "0", "--admin-port", "0"]):
+        refused = cli("--json", *command, env=env)
+        assert refused.exit_code == 1, (command, refused.output)
+        error = json.loads(refused.stdout.splitlines()[-1])["error"]
+        assert error["code"] == "keyring_missing", command
+        assert error["message"].startswith(
+            f"No keyring: the keyring file {missing} does not exist; "
+        ), command
+    assert not missing.parent.exists()

@@ -95,6 +95,24 @@ def test_the_first_read_refuses_a_missing_keyring_as_load_keyring_does(tmp_path:
         KeyringFile(settings)
 
 
+@pytest.mark.parametrize(
+    ("environment", "remedy"),
+    [
+        ("local", "name the right file with UID2_KEYRING_FILE, or run init to create one"),
+        ("prod", "prod needs a provisioned one there"),
+    ],
+)
+def test_a_missing_keyring_file_is_named(tmp_path: Path, environment: str, remedy: str) -> None:
+    missing = tmp_path / "nowhere" / "keyring.json"
+    settings = _settings(tmp_path, UID2_KEYRING_FILE=str(missing), UID2_ENVIRONMENT=environment)
+    for read in (load_keyring, KeyringFile):
+        with pytest.raises(KeyringMissing) as refused:
+            read(settings)
+        assert str(refused.value).startswith(
+            f"No keyring: the keyring file {missing} does not exist; {remedy}"
+        )
+
+
 def test_an_edit_in_place_is_taken_up_too(tmp_path: Path, monotonic: Monotonic) -> None:
     """The same inode, new content (an editor that writes in place): times and size moved."""
     settings = _settings(tmp_path)
