@@ -62,7 +62,7 @@ class AdminService:
 
     def create_admin_token(self, actor: Actor, *, name: Any, roles: Any) -> IssuedAdminToken:
         """A new admin token, shown once (audited as a disclosure)."""
-        clean_name = inputs.text(name, "name")
+        clean_name = inputs.name_text(name)
         wanted = parse_admin_roles(inputs.names(roles, "roles"))
         with self._store.transaction() as tx:
             now = self._clock.now_ms()

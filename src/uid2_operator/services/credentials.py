@@ -167,7 +167,7 @@ class CredentialService:
         contacts: Any = (),
     ) -> ParticipantView:
         """A new participant; ``site_id`` None takes the next free id above the reserved ones."""
-        clean_name = inputs.text(name, "name")
+        clean_name = inputs.name_text(name)
         ptype = inputs.participant_type(type)
         wanted_site = inputs.optional_integer(site_id, "site_id", low=MIN_SITE_ID, high=MAX_SITE_ID)
         allowed = parse_client_roles(inputs.names(roles, "roles"))
@@ -294,7 +294,7 @@ class CredentialService:
     ) -> IssuedKey:
         """A new API key with its first client secret, both shown once (audited as disclosed)."""
         site = self._site_id(site_id)
-        clean_name = inputs.text(name, "name")
+        clean_name = inputs.name_text(name)
         wanted = parse_client_roles(inputs.names(roles, "roles"))
         days = inputs.optional_integer(
             expires_in_days, "expires_in_days", low=1, high=inputs.MAX_DAYS
@@ -371,7 +371,7 @@ class CredentialService:
 
     def rename_key(self, actor: Actor, key_id: Any, *, name: Any) -> KeyView:
         kid = inputs.credential_id(key_id, "key_id")
-        clean_name = inputs.text(name, "name")
+        clean_name = inputs.name_text(name)
         return self._change_key(
             actor,
             kid,
@@ -405,7 +405,7 @@ class CredentialService:
     def revoke_key(self, actor: Actor, key_id: Any, *, reason: Any) -> KeyView:
         """Terminal. The key's secrets stop being accepted at once as well."""
         kid = inputs.credential_id(key_id, "key_id")
-        why = inputs.text(reason, "reason")
+        why = inputs.name_text(reason, "reason")
 
         def change(key: ApiKey, now: int, tx: Tx) -> ApiKey:
             revoked = lifecycle.revoke_key(key, now_ms=now, by=actor.id, reason=why)
@@ -427,7 +427,7 @@ class CredentialService:
         for ``grace_days`` (0: stops now), then retires by itself."""
         kid = inputs.credential_id(key_id, "key_id")
         grace = inputs.integer(grace_days, "grace_days", low=0, high=MAX_GRACE_DAYS)
-        clean_name = inputs.optional_text(name, "name")
+        clean_name = inputs.optional_name_text(name)
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)

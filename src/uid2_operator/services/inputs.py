@@ -16,6 +16,7 @@ from typing import Any
 
 from uid2_operator.domain.key_format import KEY_ID_PATTERN
 from uid2_operator.domain.participants import (
+    MAX_NAME_LENGTH,
     ParticipantType,
     refuse_credential_text,
     refuse_surrogates,
@@ -49,6 +50,19 @@ def _plain_text(value: Any, what: str, *, max_length: int) -> str:
 
 def optional_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str | None:
     return None if value is None else text(value, what, max_length=max_length)
+
+
+def name_text(value: Any, what: str = "name") -> str:
+    """``text`` for a display name or a reason, which ``validate_name`` judges once trimmed: a
+    value too long to read at all is refused with that rule's bounds (the ones the caller was
+    told: 1 to 200 characters), not with the bound on raw text."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
+    return text(value, what)
+
+
+def optional_name_text(value: Any, what: str = "name") -> str | None:
+    return None if value is None else name_text(value, what)
 
 
 def optional_search_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str | None:

@@ -274,3 +274,28 @@ def test_participant_fields_are_cleaned(svc: CredentialService) -> None:
         "created_at_ms": view.created_at_ms,
         "updated_at_ms": view.created_at_ms,
     }
+
+
+NAMED_CALLS: dict[str, Callable[[CredentialService, int, str, str], Any]] = {
+    "participant create": lambda s, _site, _k, name: s.create_participant(
+        ACTOR, name=name, type="publisher"
+    ),
+    "key rotate": lambda s, _site, kid, name: s.rotate_key(ACTOR, kid, name=name),
+    "key create": lambda s, site, _k, name: s.create_key(
+        ACTOR, site_id=site, name=name, roles=["GENERATOR"]
+    ),
+    "key rename": lambda s, _site, kid, name: s.rename_key(ACTOR, kid, name=name),
+    "key revoke": lambda s, _site, kid, reason: s.revoke_key(ACTOR, kid, reason=reason),
+}
+
+
+@pytest.mark.parametrize("length", [201, 1_001, 100_000])
+@pytest.mark.parametrize("case", list(NAMED_CALLS), ids=list(NAMED_CALLS))
+def test_a_name_too_long_is_refused_with_the_bounds_of_a_name(
+    case: str, length: int, svc: CredentialService, seeded: tuple[int, str, str]
+) -> None:
+    site, key_id, _key_text = seeded
+    what = "reason" if case == "key revoke" else "name"
+    with pytest.raises(InvalidInput) as caught:
+        NAMED_CALLS[case](svc, site, key_id, "n" * length)
+    assert caught.value.detail == f"{what} must be 1 to 200 characters"
