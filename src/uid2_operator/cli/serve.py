@@ -1159,6 +1159,7 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     Until serve runs its workers (and so handles SIGINT, SIGTERM and SIGHUP as the stop signal),
     SIGTERM and SIGHUP interrupt it as SIGINT does, rather than ending the process at once."""
     _check_ports(ctx, port, admin_port, metrics_port)
+    _check_admin_port(ctx, host, port, admin_host, admin_port)
     _configure_logging(log_level)
     _no_core_dumps()
     listen = _Listen(
@@ -1189,6 +1190,25 @@ def _check_ports(ctx: click.Context, port: int, admin_port: int, metrics_port: i
                 ctx=ctx,
                 param_hint="'--metrics-port'",
             )
+
+
+_EVERY_INTERFACE: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 (names, not binds)
+
+
+def _check_admin_port(
+    ctx: click.Context, host: str, port: int, admin_host: str, admin_port: int
+) -> None:
+    """Refuse, as a usage error, an admin port that is the operator port on the same interface
+    (the same host, or either one every interface): one of the two could never listen. ``0``, a
+    free port, is never the other's; the same number on two distinct addresses is allowed."""
+    if admin_port == 0 or admin_port != port:
+        return
+    if host == admin_host or host in _EVERY_INTERFACE or admin_host in _EVERY_INTERFACE:
+        raise click.BadParameter(
+            f"{admin_port} is also --port; the admin API must listen on a port of its own",
+            ctx=ctx,
+            param_hint="'--admin-port'",
+        )
 
 
 def _serve(

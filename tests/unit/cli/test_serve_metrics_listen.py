@@ -9,6 +9,7 @@ import json
 import socket
 from pathlib import Path
 
+import click
 import pytest
 
 from uid2_operator.cli import main
@@ -28,6 +29,12 @@ serve = importlib.import_module("uid2_operator.cli.serve")  # the package names 
         (("--metrics-port", "8080"),  # --port's default
          "Invalid value for '--metrics-port': 8080 is also --port"),
         (("--metrics-host", "10.0.0.5"), "--metrics-host needs --metrics-port"),
+        (("--admin-port", "8080"),  # --port's default, on the same default host
+         "Invalid value for '--admin-port': 8080 is also --port"),
+        (("--port", "9000", "--admin-port", "9000", "--admin-host", ""),
+         "Invalid value for '--admin-port': 9000 is also --port"),
+        (("--host", "0.0.0.0", "--port", "9000", "--admin-port", "9000"),  # noqa: S104
+         "Invalid value for '--admin-port': 9000 is also --port"),
     ],
 )  # fmt: skip
 def test_a_metrics_port_of_another_listener_is_a_usage_error(
@@ -148,3 +155,14 @@ def test_the_announcer_names_the_metrics_port_on_its_interface(
     document = json.loads(capsys.readouterr().out)
     assert document["metrics_url"] == "http://[::1]:9100/metrics"
     assert document["operator_url"] == f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("host", "admin_host", "port", "admin_port"),
+    [("127.0.0.1", "127.0.0.2", 9000, 9000), ("127.0.0.1", "127.0.0.1", 0, 0)],
+)
+def test_the_same_admin_port_number_elsewhere_or_free_is_not_refused(
+    host: str, admin_host: str, port: int, admin_port: int
+) -> None:
+    ctx = click.Context(main)
+    assert serve._check_admin_port(ctx, host, port, admin_host, admin_port) is None
