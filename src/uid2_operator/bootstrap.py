@@ -759,9 +759,15 @@ def check_environment(settings: Settings) -> bool:
     if recorded is None:
         return False
     if recorded != settings.environment.value:
+        given = settings.environment.value
+        if settings.environment_source is EnvironmentSource.VARIABLE:
+            fix = f"set UID2_ENVIRONMENT to {recorded} or unset it"
+        else:
+            fix = f"use the {recorded} environment"
         raise InvalidInput(
-            f"The data directory was initialised for the {recorded} environment, "
-            f"not {settings.environment.value}"
+            f"The data directory was initialised for the {recorded} environment, not {given}: "
+            f"{fix}, or give the {given} data directory (--data-dir); the recorded environment "
+            "cannot change"
         )
     return True
 

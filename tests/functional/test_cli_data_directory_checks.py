@@ -20,7 +20,11 @@ from cli_harness import Cli, Database, state_of
 pytestmark = pytest.mark.functional
 
 INTEG: dict[str, str | None] = {"UID2_ENVIRONMENT": "integ"}
-MISMATCH = "The data directory was initialised for the local environment, not integ"
+MISMATCH = (
+    "The data directory was initialised for the local environment, not integ: set "
+    "UID2_ENVIRONMENT to local or unset it, or give the integ data directory (--data-dir); the "
+    "recorded environment cannot change"
+)
 
 
 def _ok(cli: Cli, *args: str) -> dict[str, object]:
