@@ -28,8 +28,8 @@ DEFAULT_FLUSH_INTERVAL_S = 5.0
 DEFAULT_KEY_ROTATION_INTERVAL_S = 3600.0
 MAX_KEY_ROTATION_INTERVAL_S: Final = 86_400.0
 """At most daily, as ``keys rotate`` asks of a scheduler: far inside the key policy's longest
-safe gap between two runs (``KeyPolicy.run_interval_s``, 6 days less the activation lead), so a
-keyset's newest key never expires before its successor is active."""
+safe gap between two runs (``KeyPolicy.run_interval_s``, by default 7 days less the activation
+lead), so a keyset's newest key never expires before its successor is active."""
 MAX_POLL_INTERVAL_S: Final = 3600.0
 """An hour: the longest a worker may take to see a change (a revoked key) while the store is up."""
 MAX_SNAPSHOT_AGE_S: Final = 86_400.0
