@@ -113,6 +113,9 @@ from uid2_operator.wire.encoding import b64decode, b64encode
 log = logging.getLogger(__name__)
 
 MAX_PENDING_OPTOUTS: Final = 100_000
+USAGE_TICK_S: Final = 0.5
+"""How coarse the time of a key's last use is: the usage clock moves at least this often, also
+while a write waits on the store."""
 OPTOUT_WRITE_CHUNK: Final = 500
 """The most opt-outs written in one transaction (each with its audit event): a flush of a long
 queue is many short transactions, between which other writers get the store."""
@@ -851,7 +854,8 @@ class WriteBehind:
             self._on_dropped(records)
 
     def tick(self) -> None:
-        """Advance the coarse usage clock (cheap; called every poll interval)."""
+        """Advance the coarse usage clock (cheap; called every ``USAGE_TICK_S`` at most, by
+        ``run``, while it waits and while a write waits on the store)."""
         self.usage.now_ms = self._clock.now_ms()
 
     # ------------------------------------------------------------------ writes (any thread)
@@ -1241,7 +1245,15 @@ class WriteBehind:
         stopping = asyncio.ensure_future(self._stop.wait())
         either: set[asyncio.Future[Any]] = {flight.done, stopping}
         try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(
+                    either, timeout=USAGE_TICK_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    break
+                # A write may wait on the store for long (a lock, a database that stopped
+                # answering): the requests answered meanwhile are still stamped with their time.
+                self.tick()
         finally:
             stopping.cancel()
         return self._land(flight) if flight.done.done() else None
@@ -1276,7 +1288,7 @@ class WriteBehind:
                 if not saved.due:  # due: the look reached its bound, the next one follows
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
-                            self._stop.wait(), timeout=min(self._interval_s, 0.5)
+                            self._stop.wait(), timeout=min(self._interval_s, USAGE_TICK_S)
                         )
                 if self._stop.is_set():
                     break

@@ -48,7 +48,7 @@ from uid2_operator.services.write_behind import (
     save_optouts,
 )
 from uid2_operator.storage import SqlStore
-from uid2_operator.storage.interface import Tx
+from uid2_operator.storage.interface import Tx, UsageEntry
 from uid2_operator.wire.encoding import b64encode
 
 LOGGER = "uid2_operator.services.write_behind"
@@ -434,6 +434,53 @@ def test_what_a_write_waiting_for_the_store_holds_is_still_counted_pending(
     _wait_for_writer_threads()
     assert (queued_optouts, queued_usage) == (0, 0)  # all of it in the write under way
     assert (pending_optouts, pending_usage) == (5, 1)
+
+
+class _UsageWriteHeld(StoreWrapper):
+    """Its first usage write waits until ``release`` is set (a store that holds a lock)."""
+
+    def __init__(self, inner: SqlStore) -> None:
+        super().__init__(inner)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(timeout=30)
+        super().record_usage(batch)
+
+
+def test_requests_answered_while_a_write_waits_are_stamped_with_their_time(
+    store: SqlStore, svc: CredentialService, clock: FixedClock
+) -> None:
+    key_id = _key_id(svc)
+    held = _UsageWriteHeld(store)
+    writer = WriteBehind(held, clock, flush_interval_s=0.05, stop_budget_s=5)
+
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.create_task(writer.run())
+        writer.usage.add(key_id, ENDPOINT)
+        while not held.entered.is_set():  # the first usage write is under way, and waits
+            await asyncio.sleep(0.01)
+        clock.advance(12_000)  # the store keeps it waiting for seconds
+        for _ in range(500):  # until the usage clock catches up (never, if it stays frozen)
+            if writer.usage.now_ms == clock.now_ms():
+                break
+            await asyncio.sleep(0.01)
+        writer.usage.add(key_id, ENDPOINT)  # a request answered meanwhile
+        stamped = writer.usage.take()[0][3]
+        writer.usage.restore([(key_id, ENDPOINT, 1, stamped)])
+        held.release.set()
+        writer.stop()
+        await asyncio.wait_for(task, timeout=10)
+        return stamped, clock.now_ms()
+
+    stamped, now = asyncio.run(scenario())
+    writer.close()
+    assert stamped == now
+    assert svc.get_key(ACTOR, key_id).last_used_at_ms == now
+    assert svc.get_key(ACTOR, key_id).usage == {ENDPOINT: 2}
 
 
 def test_a_stop_retries_a_refused_write_within_its_budget(
