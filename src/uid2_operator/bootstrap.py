@@ -718,6 +718,10 @@ class ConfiguredKeyring:
             yield
             return
         path = self.settings.keyring_path.resolve()
+        if not path.exists():
+            # A change needs the keyring it changes: refused as a missing keyring (naming the
+            # file when it was given), before a lock file is made beside nothing.
+            load_keyring(self.settings)
         fd = _open_lock(path, path.parent / f".{path.name}.lock")
         if fd is None:
             yield

@@ -322,6 +322,31 @@ def test_a_missing_keyring_is_an_error_not_a_new_keyring(run: Run, data_dir: Pat
     assert not (data_dir / "keyring.json").exists()
 
 
+@pytest.mark.parametrize("parent", ["exists", "missing"])
+def test_a_keyring_file_given_and_missing_is_named_by_every_command(
+    run: Run, tmp_path: Path, parent: str
+) -> None:
+    missing = tmp_path / ("elsewhere" if parent == "exists" else "no-such-dir") / "k.json"
+    if parent == "exists":
+        missing.parent.mkdir()
+    env = {"UID2_KEYRING_FILE": str(missing)}
+    for command in (
+        ["status"],
+        ["add-version"],
+        ["reseal"],
+        ["activate-version", "2"],
+        ["drop-version", "1"],
+    ):
+        result = run("--json", "keyring", *command, env=env)
+        assert result.exit_code == 1, (command, result.output)
+        error = json.loads(result.stdout)["error"]
+        assert error["code"] == "keyring_missing", command
+        assert error["message"].startswith(
+            f"No keyring: the keyring file {missing} does not exist"
+        ), command
+    assert not missing.parent.exists() or list(missing.parent.iterdir()) == []  # no lock left
+
+
 def test_commands_need_an_initialised_database(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "fresh")
     ensure_keyring(settings)
