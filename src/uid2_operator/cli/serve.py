@@ -1192,23 +1192,56 @@ def _check_ports(ctx: click.Context, port: int, admin_port: int, metrics_port: i
             )
 
 
-_EVERY_INTERFACE: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 (names, not binds)
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _check_admin_port(
     ctx: click.Context, host: str, port: int, admin_host: str, admin_port: int
 ) -> None:
     """Refuse, as a usage error, an admin port that is the operator port on the same interface
-    (the same host, or either one every interface): one of the two could never listen. ``0``, a
-    free port, is never the other's; the same number on two distinct addresses is allowed."""
+    (the same address however written, or either one every interface): one of the two could
+    never listen. ``0``, a free port, is never the other's; the same number on two distinct
+    addresses is allowed, and a host that does not resolve is left for its bind to refuse."""
     if admin_port == 0 or admin_port != port:
         return
-    if host == admin_host or host in _EVERY_INTERFACE or admin_host in _EVERY_INTERFACE:
+    operator, admin = _bound_address(host), _bound_address(admin_host)
+    if operator is not None and admin is not None and _same_interface(operator, admin):
         raise click.BadParameter(
             f"{admin_port} is also --port; the admin API must listen on a port of its own",
             ctx=ctx,
             param_hint="'--admin-port'",
         )
+
+
+def _bound_address(host: str) -> _Address | None:
+    """The address ``_bind`` listens on for ``host`` (its family, the first address the name
+    resolves to); None when it does not resolve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(
+            host or None, 0, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        return ipaddress.ip_address(str(found[0][4][0]).split("%", 1)[0])
+    except (OSError, UnicodeError, ValueError, IndexError):
+        return None
+
+
+def _same_interface(one: _Address, other: _Address) -> bool:
+    """Whether sockets on ``one`` and ``other`` (same port) would collide."""
+    if one == other:
+        return True
+    if one.version == other.version:
+        return one.is_unspecified or other.is_unspecified
+    # an IPv6 socket on every interface takes IPv4 too, unless the system says otherwise
+    wildcard = one if one.version == 6 else other
+    return wildcard.is_unspecified and _dual_stack()
+
+
+def _dual_stack() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv6/bindv6only").read_text().strip() == "0"
+    except OSError:
+        return True
 
 
 def _serve(

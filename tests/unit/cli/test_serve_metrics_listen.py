@@ -158,8 +158,30 @@ def test_the_announcer_names_the_metrics_port_on_its_interface(
 
 
 @pytest.mark.parametrize(
+    ("host", "admin_host"),
+    [
+        ("localhost", "127.0.0.1"),
+        ("127.0.0.1", "127.1"),
+        ("LOCALHOST", "localhost"),
+        ("::1", "0:0:0:0:0:0:0:1"),
+        ("0:0:0:0:0:0:0:0", "::1"),
+        ("127.0.0.1", ""),
+    ],
+)
+def test_the_same_interface_written_two_ways_is_refused(host: str, admin_host: str) -> None:
+    ctx = click.Context(main)
+    with pytest.raises(click.BadParameter, match="9000 is also --port"):
+        serve._check_admin_port(ctx, host, 9000, admin_host, 9000)
+
+
+@pytest.mark.parametrize(
     ("host", "admin_host", "port", "admin_port"),
-    [("127.0.0.1", "127.0.0.2", 9000, 9000), ("127.0.0.1", "127.0.0.1", 0, 0)],
+    [
+        ("127.0.0.1", "127.0.0.2", 9000, 9000),
+        ("127.0.0.1", "::1", 9000, 9000),
+        ("127.0.0.1", "no-such-host.invalid", 9000, 9000),  # left for its bind to refuse
+        ("127.0.0.1", "127.0.0.1", 0, 0),
+    ],
 )
 def test_the_same_admin_port_number_elsewhere_or_free_is_not_refused(
     host: str, admin_host: str, port: int, admin_port: int
