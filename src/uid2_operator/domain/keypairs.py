@@ -162,11 +162,19 @@ def validate_keypair_contact(contact: str) -> str:
     return _clean_text(contact, "contact", MAX_CONTACT_LENGTH)
 
 
+KEYPAIR_TEXT_LIMITS: Final = {"name": MAX_NAME_LENGTH, "contact": MAX_CONTACT_LENGTH}
+
+
+def keypair_text_too_long(what: str) -> InvalidInput:
+    """The refusal of a keypair's ``name`` or ``contact`` that is too long."""
+    return InvalidInput(f"A keypair {what} is at most {KEYPAIR_TEXT_LIMITS[what]} characters")
+
+
 def _clean_text(value: str, what: str, limit: int) -> str:
     label = f"A keypair {what}"
     cleaned = refuse_control_characters(refuse_surrogates(value, label), label).strip()
     if len(cleaned) > limit:
-        raise InvalidInput(f"A keypair {what} is at most {limit} characters")
+        raise keypair_text_too_long(what)
     return refuse_deceptive_text(cleaned, label)
 
 

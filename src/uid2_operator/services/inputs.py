@@ -52,13 +52,20 @@ def optional_text(value: Any, what: str, *, max_length: int = MAX_TEXT) -> str |
     return None if value is None else text(value, what, max_length=max_length)
 
 
-def name_text(value: Any, what: str = "name") -> str:
-    """``text`` for a display name or a reason, which ``validate_name`` judges once trimmed: a
-    value too long to read at all is refused with that rule's bounds (the ones the caller was
-    told: 1 to 200 characters), not with the bound on raw text."""
+def bounded_text(value: Any, what: str, too_long: InvalidInput) -> str:
+    """``text`` for free text that a domain rule bounds once trimmed: a value too long to read
+    at all is refused with that rule's own refusal (``too_long``: the bounds the caller was
+    told), not with the bound on raw text."""
     if isinstance(value, str) and len(value) > MAX_TEXT:
-        raise InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
+        raise too_long
     return text(value, what)
+
+
+def name_text(value: Any, what: str = "name") -> str:
+    """``bounded_text`` for a display name or a reason, which ``validate_name`` judges."""
+    return bounded_text(
+        value, what, InvalidInput(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
+    )
 
 
 def optional_name_text(value: Any, what: str = "name") -> str | None:

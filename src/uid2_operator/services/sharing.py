@@ -44,6 +44,7 @@ from uid2_operator.domain.keypairs import (
     ClientKeypair,
     generate_keypair,
     is_subscription_id,
+    keypair_text_too_long,
     keypair_view,
     open_private_key,
     set_keypair_disabled,
@@ -409,8 +410,8 @@ class SharingService:
     ) -> KeypairView:
         """A new subscription id and P-256 key pair; the view carries the public key string."""
         site = _site_id(site_id)
-        clean_name = inputs.text(name, "name", max_length=inputs.MAX_TEXT)
-        clean_contact = inputs.text(contact, "contact", max_length=inputs.MAX_TEXT)
+        clean_name = inputs.bounded_text(name, "name", keypair_text_too_long("name"))
+        clean_contact = inputs.bounded_text(contact, "contact", keypair_text_too_long("contact"))
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)

@@ -254,6 +254,18 @@ def test_keypairs_are_created_sealed_listed_disabled_and_deleted(
     assert actions == ["keypair.create", "keypair.disable", "keypair.enable", "keypair.delete"]
 
 
+@pytest.mark.parametrize("length", [1, 1_001, 100_000], ids=["over", "long", "huge"])
+@pytest.mark.parametrize(("what", "limit"), [("name", 200), ("contact", 254)])
+def test_a_keypair_text_too_long_is_refused_with_its_own_bound(
+    sharing: SharingService, what: str, limit: int, length: int
+) -> None:
+    text = "n" * (limit + length if length == 1 else length)
+    with pytest.raises(InvalidInput) as refused:
+        sharing.create_keypair(ACTOR, site_id=A, **{what: text})
+    assert refused.value.detail == f"A keypair {what} is at most {limit} characters"
+    assert sharing.list_keypairs(ACTOR) == []
+
+
 def test_keypair_arguments_are_checked(sharing: SharingService) -> None:
     with pytest.raises(NotFound):
         sharing.create_keypair(ACTOR, site_id=4242)
