@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,22 @@ def test_with_standard_output_closed_nothing_runs(tmp_path: Path, site: str) -> 
         "redirect it to a file, or to /dev/null to discard it\n"
     )
     assert _keys(tmp_path) == []
+
+
+def test_serve_that_stops_says_why_as_well_as_what_it_could_not_print(tmp_path: Path) -> None:
+    # --init-if-new issues the token, then the operator port is found taken: the token's line
+    # cannot be written on the way out, and the reason serve stopped is still the last line.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    try:
+        result = _full(tmp_path / "data", "serve", "--json", "--init-if-new", "--port",
+                       str(port), "--admin-port", "0")  # fmt: skip
+    finally:
+        held.close()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert lines[-2].startswith("Error: could not write to standard output (No space left")

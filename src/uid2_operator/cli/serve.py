@@ -74,7 +74,7 @@ from uid2_operator.bootstrap import (
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
-from uid2_operator.cli.output import echo, os_reason, show_once_warning
+from uid2_operator.cli.output import OutputLost, echo, os_reason, show_once_warning
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import (
     json_option,
@@ -1279,8 +1279,15 @@ def _serve(
             settings = load_settings()
         stop.check()  # an interruption lost on the way (``StopRequest.interrupt``)
         _run_serving(settings, serve_settings, lock, listen, announcer, stop=stop)
-    finally:
-        announcer.stopped()
+    except BaseException:
+        # What stops serve is the error to report: a token that could not be printed on the
+        # way out is said too, but in a line of its own, not instead of it.
+        try:
+            announcer.stopped()
+        except OutputLost as lost:
+            click.echo(f"Error: {lost.format_message()}", err=True)
+        raise
+    announcer.stopped()
 
 
 @dataclass(frozen=True, slots=True)
