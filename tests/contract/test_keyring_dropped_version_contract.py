@@ -79,21 +79,48 @@ def test_a_write_through_a_file_whose_active_version_was_dropped_is_refused(
     assert current.ok("key", "show", created["key_id"])["state"] == "active"
 
 
+NOT_AGAIN = (
+    "Key-encryption key version 1 was dropped from the keyring of another instance of this "
+    "database: copy that instance's keyring file here (over this one); the version it has "
+    "active is the one to use"
+)
+
+
 def test_a_dropped_version_is_not_activated_again(
     stale: tuple[DataDir, DataDir, int], store_url: str
 ) -> None:
     current, behind, _ = stale
     behind_ring = json.loads(behind.keyring_path.read_text(encoding="utf-8"))
     assert behind_ring["active_kek_version"] == 1
+    before = _state(store_url)
+    # The stale file, 1 active: not "already active, nothing changed".
+    refused = behind.run("keyring", "activate-version", "1", status=1)
+    assert refused.stderr == f"Error: {NOT_AGAIN}\n"
+    assert json.loads(behind.keyring_path.read_text(encoding="utf-8")) == behind_ring
     # A file holding both, 2 active (the first's before its drop): 1 may not come back.
     both = json.loads(current.keyring_path.read_text(encoding="utf-8"))
     both["keks"] = {**behind_ring["keks"], **both["keks"]}
     behind.keyring_path.write_text(json.dumps(both), encoding="utf-8")
-    before = _state(store_url)
     refused = behind.run("keyring", "activate-version", "1", status=1)
-    assert refused.stderr == f"Error: {DROPPED}\n"
+    assert refused.stderr == f"Error: {NOT_AGAIN}\n"
     assert json.loads(behind.keyring_path.read_text(encoding="utf-8")) == both
     assert _state(store_url) == before
+
+
+def test_status_says_the_active_version_was_dropped(stale: tuple[DataDir, DataDir, int]) -> None:
+    current, behind, _ = stale
+    assert behind.ok("keyring", "status")["active_version_dropped"] is True
+    assert current.ok("keyring", "status")["active_version_dropped"] is False
+    shown = behind.run("keyring", "status", status=0)
+    assert (
+        "Warning: the active version 1 was dropped from the keyring of another instance"
+        in shown.stderr
+    )
+    assert shown.stdout.rstrip().endswith(
+        "The active version 1 was dropped by another instance: copy its keyring file here (over "
+        "this one) before anything else."
+    )
+    assert "keyring reseal" not in shown.stdout
 
 
 def test_the_store_records_a_dropped_version_once_and_refuses_a_non_version(

@@ -78,6 +78,13 @@ def status(as_json: bool) -> None:
             "cannot be opened until those versions are back in the keyring.",
             err=True,
         )
+    if found.active_version_dropped:
+        click.echo(
+            f"Warning: the active version {found.active_version} was dropped from the keyring "
+            "of another instance of this database: nothing can be sealed through this file. "
+            "Copy that instance's keyring file here (over this one).",
+            err=True,
+        )
     emit(wants_json(as_json), found.to_json(), lambda: _show_status(found))
 
 
@@ -104,7 +111,12 @@ def _show_status(found: KeyringStatus) -> None:
         ],
     )
     echo()
-    if found.unknown_versions:
+    if found.active_version_dropped:
+        echo(
+            f"The active version {found.active_version} was dropped by another instance: copy "
+            "its keyring file here (over this one) before anything else."
+        )
+    elif found.unknown_versions:
         echo(
             f"{found.to_reseal} items are not under the active version {found.active_version}; "
             f"put versions {_versions(found.unknown_versions)} back into the keyring, then run "

@@ -95,7 +95,6 @@ from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import SYSTEM, Actor
 from uid2_operator.services.kek_check_values import (
     recorded_keyring,
-    refuse_dropped_active_version,
 )
 from uid2_operator.storage.interface import KekVersionCounts, ReadTx, Store, Tx
 from uid2_operator.wire.aead import RandomBytes
@@ -255,6 +254,9 @@ class KeyringStatus:
     active_version: int
     keyring_versions: tuple[int, ...]
     versions: tuple[VersionUse, ...]
+    active_version_dropped: bool = False
+    """Another instance of the database dropped the active version: this file was not replaced
+    by that instance's, and nothing may be sealed through it (every write is refused)."""
 
     @property
     def unknown_versions(self) -> tuple[int, ...]:
@@ -288,6 +290,7 @@ class KeyringStatus:
             "versions": [use.to_json() for use in self.versions],
             "unknown_versions": list(self.unknown_versions),
             "to_reseal": self.to_reseal,
+            "active_version_dropped": self.active_version_dropped,
         }
 
 
@@ -391,10 +394,14 @@ def sealed_inventory(tx: ReadTx) -> dict[int, SealedCounts]:
 
 
 def keyring_status(
-    keyring: Keyring, source: str, inventory: dict[int, SealedCounts]
+    keyring: Keyring,
+    source: str,
+    inventory: dict[int, SealedCounts],
+    dropped: frozenset[int] = frozenset(),
 ) -> KeyringStatus:
     versions = sorted(set(keyring.versions) | set(inventory))
     return KeyringStatus(
+        active_version_dropped=keyring.active_version in dropped,
         source=source,
         development=keyring.development,
         active_version=keyring.active_version,
@@ -439,7 +446,8 @@ class KeyringRotationService:
         with self._store.read() as rx:
             compare_kek_check_values(keyring, rx.deployment.kek_check_values())
             inventory = sealed_inventory(rx)
-        return keyring_status(keyring, self._holder.source, inventory)
+            dropped = rx.deployment.dropped_kek_versions()
+        return keyring_status(keyring, self._holder.source, inventory, dropped)
 
     def add_version(self, actor: Actor = SYSTEM, *, activate: bool = True) -> VersionChange:
         """Step 1: a new random version written to the keyring file, active at once unless
@@ -534,6 +542,14 @@ class KeyringRotationService:
                     f"The keyring has no key-encryption key version {version} (it holds {held}); "
                     "copy the keyring file that holds it here"
                 )
+            if version in tx.deployment.dropped_kek_versions():
+                # Whether or not this file has it active already: what it sealed, no
+                # up-to-date instance could open.
+                raise KeyringError(
+                    f"Key-encryption key version {version} was dropped from the keyring of "
+                    "another instance of this database: copy that instance's keyring file here "
+                    "(over this one); the version it has active is the one to use"
+                )
             if version == previous:
                 return Activation(now, version, previous, keyring.versions, self._holder.source)
             self._refuse_unknown_versions(
@@ -547,7 +563,6 @@ class KeyringRotationService:
                     f"with active_kek_version {version}, restart, then run {RESEAL_COMMAND}"
                 )
             updated = activate_kek_version(keyring, version)
-            refuse_dropped_active_version(updated, tx.deployment.dropped_kek_versions())
             # What is sealed from now on goes under ``version``: recorded with this change.
             tx.deployment.record_kek_check_values(compare_kek_check_values(updated, recorded))
             record_event(

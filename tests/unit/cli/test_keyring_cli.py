@@ -125,6 +125,7 @@ def test_status_json_names_every_field(run: Run, data_dir: Path) -> None:
         ],
         "unknown_versions": [],
         "to_reseal": 0,
+        "active_version_dropped": False,
     }
     assert _json(run("--json", "keyring", "status")) == document  # the global flag counts too
 

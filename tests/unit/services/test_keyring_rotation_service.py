@@ -196,7 +196,9 @@ def test_status_json_field_names_are_stable(
         "versions",
         "unknown_versions",
         "to_reseal",
+        "active_version_dropped",
     ]
+    assert document["active_version_dropped"] is False
     assert document["development"] is True
     assert document["keyring_versions"] == [1, 2]
     assert document["to_reseal"] == world.counts.total
