@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Final
 
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.salts import LOCAL_BUCKET_COUNT
@@ -127,8 +128,9 @@ class Settings:
         try:
             deployment = Environment(env_name.lower())
         except ValueError:
+            what = "--environment" if source is EnvironmentSource.GIVEN else "UID2_ENVIRONMENT"
             raise SettingsError(
-                f"UID2_ENVIRONMENT must be one of local, integ, prod (got {env_name!r})"
+                f"{what} must be one of local, integ, prod (got {env_name!r})"
             ) from None
         scope_name = env.get("UID2_IDENTITY_SCOPE", "uid2").upper()
         if scope_name not in IdentityScope.__members__:
@@ -179,6 +181,10 @@ def _check_salt_buckets(count: int) -> None:
         )
 
 
+_ENVIRONMENT_NAMES: Final = frozenset(e.value for e in Environment)
+_SHOWN_RECORD: Final = 20
+
+
 def _environment_name(
     given: str | None, env: Mapping[str, str], data_dir: Path
 ) -> tuple[EnvironmentSource, str]:
@@ -192,11 +198,23 @@ def _environment_name(
 
 
 def recorded_environment(data_dir: Path) -> str | None:
-    """What the data directory's ``environment`` file records; None for no file, or an empty
-    one (as an interrupted write of an earlier version left it)."""
+    """What the data directory's ``environment`` file records, read as ``UID2_ENVIRONMENT`` is
+    (in any case); None for no file, or an empty one (as an interrupted write of an earlier
+    version left it). A file naming no environment is refused naming the file: it may have been
+    edited by hand, as a refusal's advice says to."""
+    path = data_dir / ENVIRONMENT_FILE
     try:
-        return (data_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8").strip() or None
+        text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"Cannot read {data_dir / ENVIRONMENT_FILE}: {exc}") from None
+        raise SettingsError(f"Cannot read {path}: {exc}") from None
+    if not text:
+        return None
+    if text.lower() not in _ENVIRONMENT_NAMES:
+        shown = text if len(text) <= _SHOWN_RECORD else text[:_SHOWN_RECORD] + "..."
+        raise SettingsError(
+            f"{path.absolute()} records {shown!r}, which is no environment: it must hold one of "
+            "local, integ, prod"
+        )
+    return text.lower()

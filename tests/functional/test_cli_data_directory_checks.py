@@ -106,3 +106,24 @@ def test_a_keyring_file_that_is_not_there_is_named(tmp_path: Path) -> None:
             f"No keyring: the keyring file {missing} does not exist; "
         ), command
     assert not missing.parent.exists()
+
+
+def test_the_environment_file_is_read_in_any_case_and_a_wrong_one_is_named(
+    tmp_path: Path,
+) -> None:
+    cli = Cli(Database("sqlite", tmp_path / "data", None))
+    assert cli("init", "--environment", "integ").exit_code == 0
+    recorded = tmp_path / "data" / "environment"
+    recorded.write_text("Integ\n", encoding="utf-8")  # edited by hand
+    listed = cli("--json", "participant", "list")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == []
+
+    recorded.write_text("staging\n", encoding="utf-8")
+    refused = cli("--json", "participant", "list")
+    assert refused.exit_code == 1, refused.output
+    error = json.loads(refused.stdout)["error"]
+    assert error["message"] == (
+        f"{recorded} records 'staging', which is no environment: it must hold one of local, "
+        "integ, prod"
+    )
