@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from uid2_operator.bootstrap import (
+    InitKeyring,
     adopt_store_environment,
     check_environment,
     check_store_recordable,
     database_backend,
+    discard_created_keyring,
     discard_interrupted_keyring,
     keyring_for_init,
     load_keyring,
@@ -27,6 +29,7 @@ from uid2_operator.bootstrap import (
 from uid2_operator.cli.output import echo, emit, fields, show_once_warning
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.domain.environments import Environment
+from uid2_operator.errors import KekCheckMismatch
 from uid2_operator.settings import EnvironmentSource, Settings
 from uid2_operator.stop_signals import (
     StopRequest,
@@ -146,6 +149,34 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     if not keyring_present:
         require_unsealed_store(settings)
     init_keyring = keyring_for_init(settings)
+    with _created_keyring_refused(settings, init_keyring):
+        _set_up(settings, init_keyring, revision, adopted, deliver)
+
+
+@contextmanager
+def _created_keyring_refused(settings: Settings, init_keyring: InitKeyring) -> Iterator[None]:
+    """A keyring this run created that the store refuses (``KekCheckMismatch``: another init set
+    the empty database up meanwhile, with a keyring of its own) sealed nothing: it goes, and
+    the refusal says what happened."""
+    try:
+        yield
+    except KekCheckMismatch:
+        if not init_keyring.created:
+            raise
+        discard_created_keyring(settings, init_keyring)
+        raise KekCheckMismatch(
+            "Another init set up this database at the same time, with a keyring of its own: "
+            "copy that data directory's keyring file here, then run init again"
+        ) from None
+
+
+def _set_up(
+    settings: Settings,
+    init_keyring: InitKeyring,
+    revision: str,
+    adopted: bool,
+    deliver: Callable[[Initialised], None],
+) -> None:
     keyring = init_keyring.keyring
     with ExitStack() as held:
         opened = open_services(settings, keyring=keyring)
