@@ -732,9 +732,9 @@ class ConfiguredKeyring:
             yield
             return
         path = self.settings.keyring_path.resolve()
-        if not path.exists():
-            # A change needs the keyring it changes: refused as a missing keyring (naming the
-            # file when it was given), before a lock file is made beside nothing.
+        if not os.path.exists(path):  # False too for a path that cannot be looked at
+            # A change needs the keyring it changes: refused as a missing or unreadable one
+            # (naming the file), before a lock file is made beside nothing.
             load_keyring(self.settings)
         fd = _open_lock(path, path.parent / f".{path.name}.lock")
         if fd is None:

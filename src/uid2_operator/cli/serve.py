@@ -1221,9 +1221,12 @@ def _bound_address(host: str) -> _Address | None:
         found = socket.getaddrinfo(
             host or None, 0, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
         )
-        return ipaddress.ip_address(str(found[0][4][0]).split("%", 1)[0])
+        address = ipaddress.ip_address(str(found[0][4][0]).split("%", 1)[0])
     except (OSError, UnicodeError, ValueError, IndexError):
         return None
+    # ``::ffff:127.0.0.1`` is 127.0.0.1 to the kernel: the two collide
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return address if mapped is None else mapped
 
 
 def _same_interface(one: _Address, other: _Address) -> bool:

@@ -348,6 +348,26 @@ def test_a_keyring_file_given_and_missing_is_named_by_every_command(
     assert not missing.parent.exists() or list(missing.parent.iterdir()) == []  # no lock left
 
 
+def test_a_keyring_file_that_cannot_be_looked_at_is_named_by_every_command(
+    run: Run, tmp_path: Path
+) -> None:
+    unreadable = tmp_path / f"{'x' * 300}.json"  # longer than a file name may be
+    env = {"UID2_KEYRING_FILE": str(unreadable)}
+    for command in (
+        ["status"],
+        ["add-version"],
+        ["reseal"],
+        ["activate-version", "2"],
+        ["drop-version", "1"],
+    ):
+        result = run("--json", "keyring", *command, env=env)
+        assert result.exit_code == 1, (command, result.output)
+        error = json.loads(result.stdout)["error"]
+        assert error["code"] == "keyring_invalid", (command, error)
+        assert error["message"].startswith("The keyring file "), command
+        assert error["message"].endswith("cannot be read: File name too long"), command
+
+
 def test_commands_need_an_initialised_database(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "fresh")
     ensure_keyring(settings)

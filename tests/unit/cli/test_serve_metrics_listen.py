@@ -166,6 +166,8 @@ def test_the_announcer_names_the_metrics_port_on_its_interface(
         ("::1", "0:0:0:0:0:0:0:1"),
         ("0:0:0:0:0:0:0:0", "::1"),
         ("127.0.0.1", ""),
+        ("127.0.0.1", "::ffff:127.0.0.1"),
+        ("::ffff:0.0.0.0", "127.0.0.1"),
     ],
 )
 def test_the_same_interface_written_two_ways_is_refused(host: str, admin_host: str) -> None:
