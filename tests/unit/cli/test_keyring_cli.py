@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,23 @@ def test_a_missing_keyring_is_an_error_not_a_new_keyring(run: Run, data_dir: Pat
     assert not (data_dir / "keyring.json").exists()
 
 
+EVERY_COMMAND = (
+    ["status"],
+    ["add-version"],
+    ["reseal"],
+    ["activate-version", "2"],
+    ["drop-version", "1"],
+)
+
+
+def _refusals(run: Run, env: dict[str, str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Each keyring command's ``--json`` error document (each must exit 1)."""
+    for command in EVERY_COMMAND:
+        result = run("--json", "keyring", *command, env=env)
+        assert result.exit_code == 1, (command, result.output)
+        yield command, json.loads(result.stdout)["error"]
+
+
 @pytest.mark.parametrize("parent", ["exists", "missing"])
 def test_a_keyring_file_given_and_missing_is_named_by_every_command(
     run: Run, tmp_path: Path, parent: str
@@ -331,16 +349,7 @@ def test_a_keyring_file_given_and_missing_is_named_by_every_command(
     if parent == "exists":
         missing.parent.mkdir()
     env = {"UID2_KEYRING_FILE": str(missing)}
-    for command in (
-        ["status"],
-        ["add-version"],
-        ["reseal"],
-        ["activate-version", "2"],
-        ["drop-version", "1"],
-    ):
-        result = run("--json", "keyring", *command, env=env)
-        assert result.exit_code == 1, (command, result.output)
-        error = json.loads(result.stdout)["error"]
+    for command, error in _refusals(run, env):
         assert error["code"] == "keyring_missing", command
         assert error["message"].startswith(
             f"No keyring: the keyring file {missing} does not exist"
@@ -353,16 +362,7 @@ def test_a_keyring_file_that_cannot_be_looked_at_is_named_by_every_command(
 ) -> None:
     unreadable = tmp_path / f"{'x' * 300}.json"  # longer than a file name may be
     env = {"UID2_KEYRING_FILE": str(unreadable)}
-    for command in (
-        ["status"],
-        ["add-version"],
-        ["reseal"],
-        ["activate-version", "2"],
-        ["drop-version", "1"],
-    ):
-        result = run("--json", "keyring", *command, env=env)
-        assert result.exit_code == 1, (command, result.output)
-        error = json.loads(result.stdout)["error"]
+    for command, error in _refusals(run, env):
         assert error["code"] == "keyring_invalid", (command, error)
         assert error["message"].startswith("The keyring file "), command
         assert error["message"].endswith("cannot be read: File name too long"), command
