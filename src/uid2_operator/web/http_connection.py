@@ -81,6 +81,9 @@ holds is sent). ``HttpConnection`` adds, per connection:
   9110 §10.1.1): a 1xx answer is not sent to it, since it would read it as the final one;
 - **one Host**: an HTTP/1.1 request without a ``Host`` field, or with more than one, is
   malformed (RFC 9112 §3.2) and answered as one is (400);
+- **chunked alone**: a request whose ``Transfer-Encoding`` names a coding besides ``chunked``
+  (``gzip, chunked``) is malformed and answered as one is (400): the server decodes no other,
+  and would hand the application a body still encoded;
 - **throttled warnings**: the protocol's WARNING lines (an invalid request, an upgrade) and
   the send deadline's (a client that stopped reading) are written at most once a minute each,
   saying how many were held back. ERROR lines are not throttled;
@@ -395,16 +398,19 @@ class HttpConnection(HttpToolsProtocol):
         return False  # the applications serve no websocket: plain HTTP, Upgrade ignored
 
     def on_headers_complete(self) -> None:
-        version = self.parser.get_http_version()
-        if version == "1.0":
+        hosts = 0
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding" and not _only_chunked(value):
+                # The parser reads a body framed ``chunked`` and would hand the application what
+                # the other codings (gzip, say) left encoded: refused as a malformed request, as
+                # the parser refuses those codings when ``chunked`` is not the last.
+                raise httptools.HttpParserError("a transfer coding other than chunked")
+        if self.parser.get_http_version() == "1.0":
             self.expect_100_continue = False  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
-        else:
-            hosts = 0
-            for name, _ in self.headers:
-                if name == b"host":
-                    hosts += 1
-            if hosts != 1:  # answered as any malformed request (``_receive``)
-                raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
+        elif hosts != 1:  # answered as any malformed request (``_receive``)
+            raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
         if self.parser.should_upgrade() and _declares_body(self.headers):
             # The parser stops at this head and would leave the body unread: run, the request
             # would not be the one sent. Refused as a malformed request, before any task starts.
@@ -738,6 +744,12 @@ def _unreserved_decoded(raw_path: bytes) -> str:
         return bytes((byte,)) if byte in _UNRESERVED else escape[0]
 
     return _PERCENT_ESCAPE.sub(decoded, raw_path).decode("ascii")
+
+
+def _only_chunked(transfer_encoding: bytes) -> bool:
+    """Whether every coding a ``Transfer-Encoding`` value names is ``chunked``, the only one the
+    server decodes."""
+    return all(coding.strip().lower() == b"chunked" for coding in transfer_encoding.split(b","))
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:

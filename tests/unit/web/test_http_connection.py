@@ -670,6 +670,37 @@ def test_an_http11_request_without_exactly_one_host_is_malformed(
     assert server.recorder.scopes[before:] == []  # never run
 
 
+@pytest.mark.parametrize(
+    "coding",
+    [
+        b"gzip, chunked",
+        b"deflate,chunked",
+        b"identity, chunked",
+        b"chunked\r\ntransfer-encoding: gzip",
+    ],
+)
+def test_a_transfer_coding_other_than_chunked_is_malformed(server: Running, coding: bytes) -> None:
+    before = len(server.recorder.scopes)
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: " + coding + b"\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 400
+    assert server.recorder.scopes[before:] == []  # never run
+
+
+def test_chunked_in_any_case_is_read(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: Chunked \r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        response = read_response(sock, bytearray())
+    assert response.status == 200
+
+
 def test_a_hostless_request_behind_owed_answers_ends_the_connection_after_them(
     server: Running,
 ) -> None:
