@@ -748,8 +748,9 @@ def _unreserved_decoded(raw_path: bytes) -> str:
 
 def _only_chunked(transfer_encoding: bytes) -> bool:
     """Whether every coding a ``Transfer-Encoding`` value names is ``chunked``, the only one the
-    server decodes."""
-    return all(coding.strip().lower() == b"chunked" for coding in transfer_encoding.split(b","))
+    server decodes (empty list elements are ignored, as RFC 9110 §5.6.1.2 asks)."""
+    codings = (coding.strip().lower() for coding in transfer_encoding.split(b","))
+    return all(coding == b"chunked" for coding in codings if coding)
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -691,14 +691,17 @@ def test_a_transfer_coding_other_than_chunked_is_malformed(server: Running, codi
     assert server.recorder.scopes[before:] == []  # never run
 
 
-def test_chunked_in_any_case_is_read(server: Running) -> None:
+@pytest.mark.parametrize("coding", [b"Chunked ", b",chunked", b", chunked"])
+def test_chunked_in_any_case_or_after_empty_elements_is_read(
+    server: Running, coding: bytes
+) -> None:
     with server.connect() as sock:
         sock.sendall(
-            b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: Chunked \r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: " + coding + b"\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n"
         )
         response = read_response(sock, bytearray())
-    assert response.status == 200
+    assert (response.status, response.body) == (200, b"5")
 
 
 def test_a_hostless_request_behind_owed_answers_ends_the_connection_after_them(
