@@ -15,7 +15,6 @@ not taken up (see ``KeyringFile``).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -363,19 +362,6 @@ def keyring_for_init(settings: Settings, random: RandomBytes = system_random) ->
             return InitKeyring(keyring, created=True)
         # another init won the race: its keyring, which this run did not create
     return InitKeyring(load_keyring(settings), created=False)
-
-
-def discard_created_keyring(settings: Settings, created: InitKeyring) -> None:
-    """For ``init`` refused by the store's check values (another init, at the same time, set
-    the database up with a keyring of its own): remove the keyring file this run created, which
-    the store never accepted and so nothing was sealed under, provided it still holds exactly
-    what this run wrote. A refused init leaves no keyring behind."""
-    if not created.created:
-        return
-    path = settings.keyring_path
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        if path.read_text(encoding="utf-8") == created.keyring.to_json():
-            path.unlink()
 
 
 def discard_interrupted_keyring(settings: Settings) -> bool:

@@ -1,6 +1,7 @@
 """Two inits at once on one new database, each creating a keyring of its own: the one that loses
-the race is refused and leaves no keyring behind (nothing was sealed under it), and what the
-refusal says to do works."""
+the race is refused saying so, naming the keyring file it made (nothing in this database is
+sealed under it; it is left, since another init, of another database sharing the file, may
+have sealed under it meanwhile), and what the refusal says to do works."""
 
 from __future__ import annotations
 
@@ -48,9 +49,11 @@ def test_the_init_that_loses_the_race_leaves_no_keyring(
     assert json.loads(refused.stdout)["error"] == {
         "code": "keyring_invalid",
         "message": "Another init set up this database at the same time, with a keyring of its "
-        "own: copy that data directory's keyring file here, then run init again",
+        f"own: copy that data directory's keyring file over {second_dir / 'keyring.json'} "
+        "(made by this run, never used by this database), then run init again",
     }
-    assert not (second_dir / "keyring.json").exists()
+    assert (second_dir / "keyring.json").read_bytes() != (first_dir / "keyring.json").read_bytes()
+    assert not (second_dir / "environment").exists()
 
     shutil.copy2(first_dir / "keyring.json", second_dir / "keyring.json")
     again = second("--json", "init")

@@ -15,7 +15,6 @@ from uid2_operator.bootstrap import (
     check_environment,
     check_store_recordable,
     database_backend,
-    discard_created_keyring,
     discard_interrupted_keyring,
     keyring_for_init,
     load_keyring,
@@ -156,17 +155,19 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
 @contextmanager
 def _created_keyring_refused(settings: Settings, init_keyring: InitKeyring) -> Iterator[None]:
     """A keyring this run created that the store refuses (``KekCheckMismatch``: another init set
-    the empty database up meanwhile, with a keyring of its own) sealed nothing: it goes, and
-    the refusal says what happened."""
+    the empty database up meanwhile, with a keyring of its own) sealed nothing in this database;
+    the refusal says what happened and what to copy over it. The file stays: once it existed,
+    another init (of another database, through a shared keyring file) may have sealed under it,
+    and nothing here can prove otherwise."""
     try:
         yield
     except KekCheckMismatch:
         if not init_keyring.created:
             raise
-        discard_created_keyring(settings, init_keyring)
         raise KekCheckMismatch(
             "Another init set up this database at the same time, with a keyring of its own: "
-            "copy that data directory's keyring file here, then run init again"
+            f"copy that data directory's keyring file over {settings.keyring_path.absolute()} "
+            "(made by this run, never used by this database), then run init again"
         ) from None
 
 
