@@ -150,6 +150,7 @@ def test_a_column_of_another_type_is_named_by_the_verdict(
         ({"outcome": "weird"}, "its outcome is not one uid2-operator writes"),
         ({"after": '{"a":NaN}'}, "its after is not JSON"),  # Python's reader takes them
         ({"before": '{"a":-Infinity}'}, "its before is not JSON"),
+        ({"after": '{"a":1e400}'}, "its after is not JSON"),  # read back as infinity
     ],
 )
 def test_a_row_that_does_not_read_back_is_named_by_the_verdict(

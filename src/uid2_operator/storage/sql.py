@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -217,7 +218,12 @@ def _audit_json(row: Row[Any], name: str) -> Any:
     try:
         if text is None:
             return None
-        return json.loads(text, parse_constant=_not_json, object_pairs_hook=_unrepeated)
+        return json.loads(
+            text,
+            parse_constant=_not_json,
+            parse_float=_finite,
+            object_pairs_hook=_unrepeated,
+        )
     except _RepeatedName:
         raise AuditRowUnreadable(row.seq, f"its {name} repeats a field") from None
     except (ValueError, RecursionError):
@@ -234,6 +240,15 @@ def _unrepeated(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
         raise _RepeatedName
+    return value
+
+
+def _finite(text: str) -> float:
+    """A JSON number as Python reads it, refused when out of a float's range (``1e400``):
+    it would read back as infinity, which no JSON answer can carry."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of range")
     return value
 
 
@@ -683,14 +698,18 @@ class _Audit:
         if exclude_target_types:
             filters.append(c.target_type.not_in(sorted(set(exclude_target_types))))
         query = select(t.audit_events).where(and_(True, *filters)).order_by(c.seq).limit(limit)
-        return [_audit_event(row) for row in self._u.conn.execute(query)]
+        # Every row fetched before any is read as an event: a row that cannot be must not leave
+        # the statement open (on SQLite, it would hold the connection's read transaction, and
+        # the pool would hand out a view from before the row was repaired).
+        rows = self._u.conn.execute(query).all()
+        return [_audit_event(row) for row in rows]
 
     def chain_events(self, *, since_seq: int | None = None) -> list[AuditEvent | UnreadableEvent]:
         c = t.audit_events.c
         query = select(t.audit_events).order_by(c.seq)
         if since_seq is not None:
             query = query.where(c.seq > since_seq)
-        return [_chain_event(row) for row in self._u.conn.execute(query)]
+        return [_chain_event(row) for row in self._u.conn.execute(query).all()]
 
     def head(self) -> ChainHead | None:
         m = t.store_meta.c
