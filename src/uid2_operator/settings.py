@@ -181,7 +181,6 @@ def _check_salt_buckets(count: int) -> None:
         )
 
 
-_ENVIRONMENT_NAMES: Final = frozenset(e.value for e in Environment)
 _SHOWN_RECORD: Final = 20
 
 
@@ -211,10 +210,11 @@ def recorded_environment(data_dir: Path) -> str | None:
         raise SettingsError(f"Cannot read {path}: {exc}") from None
     if not text:
         return None
-    if text.lower() not in _ENVIRONMENT_NAMES:
+    try:
+        return Environment(text.lower()).value
+    except ValueError:
         shown = text if len(text) <= _SHOWN_RECORD else text[:_SHOWN_RECORD] + "..."
         raise SettingsError(
             f"{path.absolute()} records {shown!r}, which is no environment: it must hold one of "
             "local, integ, prod"
-        )
-    return text.lower()
+        ) from None

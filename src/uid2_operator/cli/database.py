@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,22 +148,14 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     if not keyring_present:
         require_unsealed_store(settings)
     init_keyring = keyring_for_init(settings)
-    with _created_keyring_refused(settings, init_keyring):
-        _set_up(settings, init_keyring, revision, adopted, deliver)
-
-
-@contextmanager
-def _created_keyring_refused(settings: Settings, init_keyring: InitKeyring) -> Iterator[None]:
-    """A keyring this run created that the store refuses (``KekCheckMismatch``: another init set
-    the empty database up meanwhile, with a keyring of its own) sealed nothing in this database;
-    the refusal says what happened and what to copy over it. The file stays: once it existed,
-    another init (of another database, through a shared keyring file) may have sealed under it,
-    and nothing here can prove otherwise."""
     try:
-        yield
+        _set_up(settings, init_keyring, revision, adopted, deliver)
     except KekCheckMismatch:
         if not init_keyring.created:
             raise
+        # Another init set the empty database up meanwhile, with a keyring of its own: the one
+        # this run made sealed nothing here. It stays: once it existed, another init (of another
+        # database, through a shared keyring file) may have sealed under it.
         raise KekCheckMismatch(
             "Another init set up this database at the same time, with a keyring of its own: "
             f"copy that data directory's keyring file over {settings.keyring_path.absolute()} "

@@ -155,11 +155,11 @@ class NewKeypair:
 
 def validate_keypair_name(name: str) -> str:
     """Trimmed, at most 200 characters, no control characters; may be empty (the default)."""
-    return _clean_text(name, "name", MAX_NAME_LENGTH)
+    return _clean_text(name, "name")
 
 
 def validate_keypair_contact(contact: str) -> str:
-    return _clean_text(contact, "contact", MAX_CONTACT_LENGTH)
+    return _clean_text(contact, "contact")
 
 
 KEYPAIR_TEXT_LIMITS: Final = {"name": MAX_NAME_LENGTH, "contact": MAX_CONTACT_LENGTH}
@@ -170,10 +170,10 @@ def keypair_text_too_long(what: str) -> InvalidInput:
     return InvalidInput(f"A keypair {what} is at most {KEYPAIR_TEXT_LIMITS[what]} characters")
 
 
-def _clean_text(value: str, what: str, limit: int) -> str:
+def _clean_text(value: str, what: str) -> str:
     label = f"A keypair {what}"
     cleaned = refuse_control_characters(refuse_surrogates(value, label), label).strip()
-    if len(cleaned) > limit:
+    if len(cleaned) > KEYPAIR_TEXT_LIMITS[what]:
         raise keypair_text_too_long(what)
     return refuse_deceptive_text(cleaned, label)
 
