@@ -343,13 +343,13 @@ def keyring_for_init(settings: Settings, random: RandomBytes = system_random) ->
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return InitKeyring(load_keyring(settings), created=False)
     path = settings.keyring_path
-    if path.is_symlink() and not path.exists():
+    if os.path.islink(path) and not os.path.exists(path):  # neither raises, as Path's may
         # Not "no keyring": creating one would fail on the link, and the next init likewise.
         raise KeyringError(
             f"The keyring file {path.absolute()} is a link to {os.readlink(path)}, which does "
             "not exist: put the keyring there, or remove the link for init to create one"
         )
-    if not path.exists():
+    if not os.path.exists(path):
         keyring = generate_keyring(random, development=True)
         sweep_keyring_debris(settings)
         try:

@@ -89,6 +89,19 @@ def test_init_names_a_keyring_file_it_cannot_create_and_why(
     assert f"Error: The keyring file {keyring} cannot be written: Not a directory" in result.output
 
 
+def test_init_names_a_keyring_file_whose_name_is_too_long(
+    database: Database, tmp_path: Path
+) -> None:
+    # Path.exists raises for such a name (it is not "not there"): never an internal error.
+    keyring = tmp_path / f"{'k' * 300}.json"
+    result = Cli(database)("init", "--json", env={"UID2_KEYRING_FILE": str(keyring)})
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "keyring_invalid"
+    assert error["message"].startswith(f"The keyring file {tmp_path}/kkk")
+    assert error["message"].endswith(".json cannot be written: File name too long")
+
+
 def test_init_names_a_keyring_file_in_a_directory_it_cannot_write(
     database: Database, read_only_parent: Path
 ) -> None:

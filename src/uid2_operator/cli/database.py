@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     settings = adopt_store_environment(settings)
     adopted = settings.environment_source is EnvironmentSource.DATABASE
     discard_interrupted_keyring(settings)  # an empty file an interrupted init left: made anew
-    keyring_present = settings.keyring_json is not None or settings.keyring_path.exists()
+    # os.path: False too for a path that cannot be looked at (too long, no permission), which
+    # the steps below then refuse naming the file, where Path.exists would raise
+    keyring_present = settings.keyring_json is not None or os.path.exists(settings.keyring_path)
     if keyring_present or settings.environment is Environment.PROD:
         load_keyring(settings)  # a missing or unusable keyring stops init before any write
     revision = upgrade_database(settings)
