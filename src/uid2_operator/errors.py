@@ -416,9 +416,11 @@ class AuditRowUnreadable(StoreError):
     code = "audit_row_unreadable"
     message = "An audit row cannot be read"
 
-    def __init__(self, seq: int, problem: str) -> None:
+    def __init__(self, seq: int | None, problem: str) -> None:
+        # None: the seq itself is what does not read back (SQLite keeps any type it is given).
+        event = "An audit event" if seq is None else f"Audit event seq {seq}"
         super().__init__(
-            f"Audit event seq {seq} cannot be read ({problem}): it was changed outside "
+            f"{event} cannot be read ({problem}): it was changed outside "
             "uid2-operator; `uid2-operator audit verify` reports where the chain breaks"
         )
         self.seq = seq

@@ -207,3 +207,41 @@ def test_a_field_repeated_in_a_row_breaks_the_chain(store: SqlStore) -> None:
     assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 2, 1)
     assert verdict.problem == "the row cannot be read: its after repeats a field"
     assert FULL_KEY not in unreadable.value.detail
+
+
+@pytest.mark.parametrize("value", ["x", b"\x07", 2.5])
+@pytest.mark.parametrize("edited", [2, 3])
+@pytest.mark.parametrize("head_recorded", [True, False])
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL enforces its column types
+def test_a_row_whose_seq_is_not_a_number_leaves_writes_working_and_the_verdict_naming_it(
+    store: SqlStore, value: object, edited: int, head_recorded: bool
+) -> None:
+    # SQLite sorts text and bytes after every number, and a fraction between two: no version
+    # writes such a seq, so the chain neither ends at the row nor runs past its head through it.
+    _chain(store)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_events SET seq = ? WHERE seq = ?", (value, edited))
+        if not head_recorded:
+            conn.exec_driver_sql("DELETE FROM store_meta WHERE name LIKE 'audit_head%'")
+    draft = draft_event(
+        at_ms=T0 + 9, actor="cli:test", action="key.create", target_type="api_key", target_id="t"
+    )
+    with store.transaction() as tx:
+        appended = tx.audit.append(draft, event_hash)
+    # After the recorded head; with none, after the last numbered row.
+    assert appended.seq == (4 if head_recorded or edited == 2 else 3)
+    with store.read() as rx:
+        events = rx.audit.chain_events()
+        verdict = verify_chain(events, recorded_head=rx.audit.head())
+        with pytest.raises(AuditRowUnreadable) as unreadable:
+            rx.audit.list_events()
+    assert appended in events
+    # The last row edited with no head recorded: the new seq 3 links to seq 2, so the break is
+    # the edited row itself, after 3 when it sorts last.
+    rebuilt = not head_recorded and edited == 3 and not isinstance(value, float)
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 4 if rebuilt else edited)
+    assert unreadable.value.detail == (
+        "An audit event cannot be read (its seq is not a number uid2-operator writes): it was "
+        "changed outside uid2-operator; `uid2-operator audit verify` reports where the chain "
+        "breaks"
+    )

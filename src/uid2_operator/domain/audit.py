@@ -209,7 +209,7 @@ class UnreadableEvent:
     """An audit row that does not read back as an event (``problem`` says which field, never
     its content): it was changed outside the application, so the chain breaks there."""
 
-    seq: int
+    seq: int | None  # None when the seq is what cannot be read
     problem: str
 
 
@@ -275,10 +275,12 @@ def verify_chain(
         )
 
     for event in events:
-        if event.seq != expected_seq:
+        # A row whose seq does not read back (None) sorts after every numbered one: the chain
+        # breaks where it would go on.
+        if event.seq is not None and event.seq != expected_seq:
             return broken(expected_seq, f"expected seq {expected_seq}, found {event.seq}")
         if isinstance(event, UnreadableEvent):
-            return broken(event.seq, f"the row cannot be read: {event.problem}")
+            return broken(expected_seq, f"the row cannot be read: {event.problem}")
         if not hmac.compare_digest(event.prev_hash, prev_hash):
             return broken(event.seq, "prev_hash does not match the previous event's hash")
         if not hmac.compare_digest(event.hash, event_hash(prev_hash, event.seq, event)):
@@ -350,7 +352,13 @@ def check_adoption(
         raise InvalidTransition(
             f"Nothing to adopt: no audit rows exist past the recorded head (seq {recorded.seq})"
         )
-    last_seq = past_head[-1].seq
+    last = past_head[-1]
+    if isinstance(last, UnreadableEvent) and last.seq is None:  # sorted last; no version's row
+        raise AuditChainBroken(
+            f"An audit row past the recorded head (seq {recorded.seq}) cannot be read: "
+            f"{last.problem}; nothing was adopted"
+        )
+    last_seq = last.seq
     if through_seq != last_seq:
         raise InvalidInput(
             f"Seq {through_seq} is not the audit chain's last row: rows run past the recorded "

@@ -179,6 +179,8 @@ def _audit_event(row: Row[Any]) -> AuditEvent:
     """The event a row holds; AuditRowUnreadable for a row no version writes (changed outside
     the application: SQLite keeps whatever type a column is given), naming the field, never its
     content."""
+    if not _numbered(row):
+        raise AuditRowUnreadable(None, "its seq is not a number uid2-operator writes")
     try:
         outcome = Outcome(row.outcome)
     except (ValueError, TypeError):
@@ -199,6 +201,12 @@ def _audit_event(row: Row[Any]) -> AuditEvent:
         prev_hash=bytes(_audit_value(row, "prev_hash", (bytes, memoryview))),
         hash=bytes(_audit_value(row, "hash", (bytes, memoryview))),
     )
+
+
+def _numbered(row: Any) -> bool:
+    """Whether an audit row's seq is a whole number, as every version writes it. SQLite keeps
+    whatever an outside edit gives the column, and sorts text and bytes after every number."""
+    return isinstance(row.seq, int) and not isinstance(row.seq, bool)
 
 
 def _audit_value(
@@ -262,6 +270,18 @@ def _chain_event(row: Row[Any]) -> AuditEvent | UnreadableEvent:
         return _audit_event(row)
     except AuditRowUnreadable as unreadable:
         return UnreadableEvent(unreadable.seq, unreadable.problem)
+
+
+def _last_numbered_row(conn: Connection, *, after_seq: int | None) -> Row[Any, Any] | None:
+    """The seq and hash of the audit row with the highest whole-number seq (above ``after_seq``).
+    A row whose seq an outside edit made text, bytes or a fraction is no version's: the chain
+    neither ends at it nor runs past the head through it (``audit verify`` reports it)."""
+    c = t.audit_events.c
+    query = select(c.seq, c.hash).order_by(c.seq.desc())
+    if after_seq is not None:
+        query = query.where(c.seq > after_seq)
+    with conn.execute(query) as rows:  # closed when the first numbered row is found
+        return next((row for row in rows if _numbered(row)), None)
 
 
 def _placed_event(
@@ -751,18 +771,17 @@ class _Audit:
         without moving it (an earlier version) writes to this database, and the next seq is
         taken."""
         recorded = self.head()
-        c = t.audit_events.c
         if recorded is not None:
-            last_seq = conn.execute(select(func.max(c.seq))).scalar_one()
-            if last_seq is not None and last_seq > recorded.seq:
+            ahead = _last_numbered_row(conn, after_seq=recorded.seq)
+            if ahead is not None:
                 raise AuditChainAhead(
-                    f"Audit rows exist past the recorded head (seq {last_seq} > {recorded.seq}); "
+                    f"Audit rows exist past the recorded head (seq {ahead.seq} > {recorded.seq}); "
                     "a process of an earlier version may be writing to this database; stop it, "
                     "then run `uid2-operator audit verify`, and `uid2-operator audit adopt "
-                    f"--through {last_seq}` to keep its rows"
+                    f"--through {ahead.seq}` to keep its rows"
                 )
             return recorded
-        last = conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1)).first()
+        last = _last_numbered_row(conn, after_seq=None)
         if last is None:
             return ChainHead(0, GENESIS_PREV_HASH)
         return ChainHead(last.seq, bytes(_audit_value(last, "hash", (bytes, memoryview))))

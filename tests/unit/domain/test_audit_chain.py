@@ -14,7 +14,9 @@ from uid2_operator.domain.audit import (
     AuditEvent,
     ChainHead,
     Outcome,
+    UnreadableEvent,
     canonical_event_bytes,
+    check_adoption,
     draft_event,
     event_hash,
     link_event,
@@ -23,7 +25,7 @@ from uid2_operator.domain.audit import (
 )
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.errors import InvalidInput
+from uid2_operator.errors import AuditChainBroken, InvalidInput
 
 MakeKey = Callable[..., tuple[str, ApiKey]]
 T0 = 1_700_000_000_000
@@ -278,3 +280,27 @@ def test_events_past_the_recorded_head_are_detected() -> None:
 def test_a_recorded_head_with_a_wrong_hash_and_no_events_is_detected() -> None:
     verdict = verify_chain([], recorded_head=ChainHead(0, b"\x01" * 32))
     assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 0, 0)
+
+
+NO_SEQ = UnreadableEvent(None, "its seq is not a number uid2-operator writes")
+
+
+def test_a_row_whose_seq_cannot_be_read_breaks_the_chain_where_it_would_go_on() -> None:
+    # Such a row sorts after every numbered one.
+    events = _chain(3)
+    verdict = verify_chain([*events, NO_SEQ], recorded_head=_head_of(events[-1]))
+    assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 4, 3)
+    assert verdict.problem == "the row cannot be read: its seq is not a number uid2-operator writes"
+    # In place of a numbered row that is gone, the gap is reported where it is.
+    gap = verify_chain([events[0], events[2], NO_SEQ])
+    assert (gap.first_bad_seq, gap.problem) == (2, "expected seq 2, found 3")
+
+
+def test_rows_past_the_head_ending_in_one_whose_seq_cannot_be_read_are_not_adopted() -> None:
+    events = _chain(4)
+    with pytest.raises(AuditChainBroken) as refused:
+        check_adoption(_head_of(events[1]), [*events[2:], NO_SEQ], 4)
+    assert refused.value.detail == (
+        "An audit row past the recorded head (seq 2) cannot be read: its seq is not a number "
+        "uid2-operator writes; nothing was adopted"
+    )
