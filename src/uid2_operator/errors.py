@@ -63,6 +63,7 @@ The tree::
     │   └── UnsupportedDatabaseUrl          neither sqlite:/// nor postgresql(+psycopg)://
     ├── RequestError                        an HTTP request the admin API refuses as sent
     │   ├── MalformedBody                   not JSON, or not a JSON object
+    │   ├── InvalidContentLength            a Content-Length that is not a size
     │   ├── BodyTooLarge
     │   ├── UnsupportedMediaType            a body that is not application/json
     │   └── MethodNotAllowed
@@ -458,6 +459,11 @@ class RequestError(UID2Error):
 class MalformedBody(RequestError):
     code = "malformed_body"
     message = "The request body must be a JSON object"
+
+
+class InvalidContentLength(RequestError):
+    code = "invalid_content_length"
+    message = "The Content-Length header is not a valid size"
 
 
 class BodyTooLarge(RequestError):

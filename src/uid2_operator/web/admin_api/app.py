@@ -58,6 +58,7 @@ from uid2_operator.domain.authorization import AdminAction
 from uid2_operator.error_text import where
 from uid2_operator.errors import (
     BodyTooLarge,
+    InvalidContentLength,
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
@@ -360,10 +361,12 @@ async def _read_json(request: Request, limit: int) -> bytes:
     """The body, at most ``limit`` bytes (413 beyond); unless it is zero-length (no body), sent
     as application/json (415 otherwise), whitespace only included."""
     declared = request.headers.get("content-length")
-    if declared is not None and (
-        not (declared.isascii() and declared.isdigit()) or len(declared) > 12
-    ):
-        raise BodyTooLarge("The Content-Length header is not a valid size")
+    if declared is not None:
+        # Whitespace around a field value is not part of it (RFC 9112 §5), and servers pass
+        # what follows the digits on.
+        declared = declared.strip(" \t")
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 12:
+            raise InvalidContentLength
     if declared is not None and int(declared) > limit:
         raise BodyTooLarge(f"The request body must be at most {limit} bytes")
     raw = bytearray()
