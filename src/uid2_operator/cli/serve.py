@@ -968,8 +968,9 @@ def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     """Create a directory private to this serve (mode 0700) and name it to the workers it will
     start: state that must be the same on every worker, or outlive one worker, lives there. It
     is in memory (``/dev/shm``) where the machine has it, and removed when serve stops. ``lock``
-    (the data directory's, None in tests) records it before anything is put in it, so that the
-    next serve takes it over should this one die (``serve_lock``).
+    (the data directory's, None in tests) holds it while serve runs and records it before
+    anything is put in it, so that the next serve takes it over should this one die, and no
+    other serve while this one runs (``serve_lock``).
 
     It starts with the replay table (``services.replay_table``), sized by
     ``UID2_REPLAY_TABLE_ENTRIES`` and made for the request window, so that every worker, the
@@ -981,6 +982,14 @@ def _share_runtime_dir(data_dir: Path, lock: ServeLock | None = None) -> Path:
     stops serve here, with the directory removed."""
     parent = runtime_parent()
     runtime_dir = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX, dir=parent))
+    if lock is not None:
+        try:
+            lock.hold(runtime_dir)
+        except OSError as exc:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise click.ClickException(
+                f"cannot lock the runtime directory {runtime_dir}: {exc.strerror or exc}"
+            ) from None
     _record(lock, [*lock.left_behind, runtime_dir] if lock is not None else [])
     serve_settings = ServeSettings.from_env()
     table = runtime_dir / replay_table.TABLE_FILE

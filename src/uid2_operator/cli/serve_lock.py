@@ -17,10 +17,13 @@ it takes the lock (``ServeLock.left_behind``) and takes the directories over (``
 the replay table in the newest one goes on serving (``replay_table.adopt``), and every one of
 them is removed, metrics files of dead workers included.
 
-The record is only a hint: it may have been edited. A recorded path is removed only when it is
-exactly a directory under the parent serve makes runtime directories in (``runtime_parent``),
-named with the serve prefix, owned by this user, and not a symlink; anything else is left alone
-and logged. The removal itself does not follow symlinks either.
+The record is only a hint: it may have been edited, or copied with the data directory while
+its serve still runs. A recorded path is removed only when it is exactly a directory under the
+parent serve makes runtime directories in (``runtime_parent``), named with the serve prefix,
+owned by this user, not a symlink, and in use by no serve: every serve holds an exclusive
+``flock`` on its own runtime directory for as long as it runs (``ServeLock.hold``), which the
+kernel drops when it dies, and the takeover holds it while it works. Anything else is left
+alone and logged. The removal itself does not follow symlinks either.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class ServeLock:
         """Use ``take``."""
         self.path = path
         self._fd = fd
+        self._held: list[int] = []
         self.left_behind = left_behind
         """The runtime directories the previous holder recorded and did not remove (it died),
         oldest first, as recorded: check each before use (``take_over`` does)."""
@@ -125,8 +129,20 @@ class ServeLock:
         os.pwrite(self._fd, content, 0)
         os.ftruncate(self._fd, len(content))
 
+    def hold(self, runtime_dir: Path) -> None:
+        """Mark ``runtime_dir``, just made by this serve, as in use until ``release``: a serve
+        whose record names it (one on a copy of this data directory) then leaves it alone."""
+        claim = _claim(runtime_dir)
+        if claim is None:  # only a serve holding the directory's lock could hold it
+            raise OSError(f"{runtime_dir} is in use by another process")
+        self._held.append(claim)
+
     def release(self) -> None:
-        """Close the file, which drops the lock (the file itself stays: module docstring)."""
+        """Close the file, which drops the lock (the file itself stays: module docstring), and
+        let go of the runtime directories held."""
+        for claim in self._held:
+            os.close(claim)
+        self._held.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -182,7 +198,8 @@ def take_over(
     first): the replay table of the newest one that has a usable one (``replay_table.adopt``:
     same window and size) is put in place at ``table``, in this serve's own runtime directory,
     and every recorded directory is removed, whole. Only directories checked by
-    ``_runtime_dir`` are touched (``parent``: where this serve makes its own)."""
+    ``_runtime_dir`` are touched (``parent``: where this serve makes its own), and only while
+    no running serve holds them (a copy of a running serve's data directory names its own)."""
     adopted: Path | None = None
     removed: list[Path] = []
     left_alone: list[str] = []
@@ -193,24 +210,63 @@ def take_over(
             continue
         if found is None or found == table.parent:
             continue
-        if adopted is None:
-            try:
-                reason = replay_table.adopt(
-                    found / replay_table.TABLE_FILE, table, max_past_ms=max_past_ms, slots=slots
-                )
-            except OSError as exc:
-                reason = f"cannot link it: {exc.strerror or exc}"
-            if reason is None:
-                adopted = found
-            else:
-                log.info("replay table in %s not taken over: %s", found, reason)
         try:
-            shutil.rmtree(found)
+            claim = _claim(found)
+        except FileNotFoundError:
+            continue
         except OSError as exc:
-            left_alone.append(f"{found} could not be removed: {exc.strerror or exc}")
+            left_alone.append(f"{found} cannot be examined ({exc.strerror or exc}); left alone")
+            continue
+        if claim is None:
+            left_alone.append(f"{found} is in use by a running serve; left alone")
+            continue
+        try:
+            adopted, gone = _take_over_one(found, table, adopted, max_past_ms, slots)
+        finally:
+            os.close(claim)
+        if isinstance(gone, str):
+            left_alone.append(gone)
         else:
-            removed.append(found)
+            removed.append(gone)
     return TakeOver(adopted, tuple(removed), tuple(left_alone))
+
+
+def _take_over_one(
+    found: Path, table: Path, adopted: Path | None, max_past_ms: int, slots: int
+) -> tuple[Path | None, Path | str]:
+    """``found``'s replay table put at ``table`` unless one was already (``adopted``), then
+    ``found`` removed: the directory adopted so far, and ``found`` or why it stays."""
+    if adopted is None:
+        try:
+            reason = replay_table.adopt(
+                found / replay_table.TABLE_FILE, table, max_past_ms=max_past_ms, slots=slots
+            )
+        except OSError as exc:
+            reason = f"cannot link it: {exc.strerror or exc}"
+        if reason is None:
+            adopted = found
+        else:
+            log.info("replay table in %s not taken over: %s", found, reason)
+    try:
+        shutil.rmtree(found)
+    except OSError as exc:
+        return adopted, f"{found} could not be removed: {exc.strerror or exc}"
+    return adopted, found
+
+
+def _claim(path: Path) -> int | None:
+    """An open descriptor of the directory ``path`` with its exclusive ``flock`` held, or None
+    when a running serve holds it. Not inherited by the workers serve starts."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _runtime_dir(entry: str, parent: Path) -> Path | str | None:

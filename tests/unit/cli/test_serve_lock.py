@@ -211,6 +211,29 @@ def test_a_table_that_is_a_symlink_is_not_taken(tmp_path: Path, parent: Path, ou
     assert not (ours / TABLE_FILE).exists()
 
 
+def test_a_directory_a_running_serve_holds_is_left_alone_until_it_stops(
+    tmp_path: Path, parent: Path, ours: Path
+) -> None:
+    # Its record names it in a copy of its data directory too: a serve there must not take
+    # away the table and metrics of one still running.
+    running = _crashed_dir(parent, RUNTIME_PREFIX + "running")
+    with ServeLock.take(tmp_path / "data") as holder:
+        holder.hold(running)
+        done = take_over(
+            [str(running)], ours / TABLE_FILE, parent=parent, max_past_ms=WINDOW_MS, slots=SLOTS
+        )
+        assert done == type(done)(
+            left_alone=(f"{running} is in use by a running serve; left alone",)
+        )
+        assert _untouched(running)
+        assert not (ours / TABLE_FILE).exists()
+    # Stopped without cleaning up (the kernel drops the hold of a serve that dies).
+    done = take_over(
+        [str(running)], ours / TABLE_FILE, parent=parent, max_past_ms=WINDOW_MS, slots=SLOTS
+    )
+    assert (done.adopted, done.removed) == (running, (running,))
+
+
 def _untouched(path: Path) -> bool:
     """``path`` still holds what ``_crashed_dir`` put there (through a symlink too)."""
     return (path / TABLE_FILE).is_file() and (path / "metrics" / "4242.json").is_file()
@@ -317,6 +340,26 @@ def test_serve_after_a_crash_takes_the_crashed_table_over_rather_than_an_older_k
         assert json.loads(lock.path.read_text())["runtime_dirs"] == [str(runtime_dir)]
         serve._retire_runtime_dir(runtime_dir, tmp_path, lock)
         assert json.loads(lock.path.read_text())["runtime_dirs"] == []
+
+
+def test_a_serve_on_a_copy_of_a_running_serves_data_directory_leaves_its_runtime_alone(
+    environ: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    with ServeLock.take(first) as running:
+        theirs = serve._share_runtime_dir(first, running)
+        with ReplayTable.open(theirs / TABLE_FILE, max_past_ms=WINDOW_MS) as table:
+            assert table.first_use("k", (1).to_bytes(8, "big"), T0, T0)
+        shutil.copytree(first, tmp_path / "copy")  # its serve.lock record with it
+        with ServeLock.take(tmp_path / "copy") as lock:
+            assert lock.left_behind == (str(theirs),)
+            ours = serve._share_runtime_dir(tmp_path / "copy", lock)
+            assert _seen(theirs / TABLE_FILE, 1)  # still there, still theirs
+            assert not _seen(ours / TABLE_FILE, 1)  # not shared with the copy's serve
+            assert json.loads(lock.path.read_text())["runtime_dirs"] == [str(ours)]
+            serve._retire_runtime_dir(ours, tmp_path / "copy", lock)
+        serve._retire_runtime_dir(theirs, first, running)
+    assert not theirs.exists()
 
 
 def test_a_table_a_killed_serve_did_not_finish_keeping_is_removed_at_the_next_start(
