@@ -20,11 +20,14 @@ from cli_harness import Cli, Database, state_of
 from serve_harness import served
 from shared_database import database_environment, forget_environment, second_data_directory
 
+from uid2_operator.clock import system_random
 from uid2_operator.domain.environments import Environment
+from uid2_operator.domain.sealing import generate_keyring
 
 pytestmark = pytest.mark.functional
 
 SERVE = ("serve", "--port", "0", "--admin-port", "0")
+LIFETIME = "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S"
 
 
 def _ok(cli: Cli, *args: str, env: dict[str, str | None] | None = None) -> dict[str, object]:
@@ -232,3 +235,24 @@ def test_serve_init_if_new_on_a_second_data_directory_adopts_the_environment_of_
     assert "environment          integ (adopted from the database)" in output, output
     assert (other.data_dir / "environment").read_text(encoding="utf-8") == "integ\n"
     assert database_environment(database) is Environment.INTEG
+
+
+def test_serve_init_if_new_checks_the_lifetimes_of_the_environment_it_will_adopt(
+    database: Database,
+) -> None:
+    # 100000 s is a valid identity lifetime in prod (3600 to 2592000 with its defaults), not in
+    # local (900 to 86400), the default of a data directory that records no environment yet;
+    # and 1800 the other way round, which must be refused before init writes anything.
+    keyring = database.data_dir / "keyring.json"
+    database.data_dir.mkdir(mode=0o700, exist_ok=True)
+    keyring.write_text(generate_keyring(system_random, development=False).to_json())
+    keyring.chmod(0o600)
+    _first(database, "prod")
+    other = second_data_directory(database)
+    refused = Cli(other)(*SERVE, "--init-if-new", env={LIFETIME: "1800"})
+    assert refused.exit_code == 1
+    assert "(3600) <= UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S (1800)" in refused.stderr
+    assert not (other.data_dir / "environment").exists()  # nothing written
+    with served(other, extra_args=("--init-if-new",), env={LIFETIME: "100000"}) as running:
+        output = "\n".join(running.lines)
+    assert "environment          prod (adopted from the database)" in output, output

@@ -71,6 +71,7 @@ from uid2_operator.bootstrap import (
     open_services,
     record_store_environment,
     shown_database_url,
+    store_environment,
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
@@ -1276,11 +1277,14 @@ def _serve(
     check_environment(settings)
     if not init_if_new and not settings.data_dir.is_dir():
         require_data_directory(settings)
+    environment = settings.environment
     if not (init_if_new and settings.environment_source is EnvironmentSource.DEFAULT):
         check_store_environment(settings)
+    else:  # the environment init will adopt: the database's, when it records one
+        environment = store_environment(settings) or environment
     serve_settings = ServeSettings.from_env()
-    serve_settings.token_lifetimes(settings.environment)  # refuse bad lifetimes before starting
-    serve_settings.key_retention_s(settings.environment)  # and a key retention below them
+    serve_settings.token_lifetimes(environment)  # refuse bad lifetimes before starting
+    serve_settings.key_retention_s(environment)  # and a key retention below them
     # Before anything is bound or written: a second serve on this data directory stops here.
     lock = ctx.with_resource(ServeLock.take(settings.data_dir))
     if not init_if_new:
