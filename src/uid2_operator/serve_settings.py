@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
@@ -388,14 +389,18 @@ def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     return text == "true"
 
 
+_SECONDS_TEXT: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+"""A number of seconds as the settings take it: ASCII digits, a point, an exponent."""
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     text = env.get(name)
     if text is None or not text.strip():
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds (got {text!r})") from None
+    if _SECONDS_TEXT.fullmatch(text.strip()) is None:
+        # float() also reads other scripts' digits and underscores ("1_0" as 10)
+        raise SettingsError(f"{name} must be a number of seconds (got {text!r})")
+    value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number of seconds")
     return value

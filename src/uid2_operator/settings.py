@@ -69,7 +69,7 @@ class Settings:
     environment_source: EnvironmentSource = EnvironmentSource.GIVEN
     identity_scope: IdentityScope = IdentityScope.UID2
     identity_v3: bool = False  # UID2_IDENTITY_V3: raw UIDs of 33 bytes (v3) instead of 32 (v2)
-    # the keyring itself (UID2_KEYRING); wins over the file
+    # the keyring itself (UID2_KEYRING); never given with UID2_KEYRING_FILE
     keyring_json: str | None = field(default=None, repr=False)
     keyring_file: Path | None = None  # UID2_KEYRING_FILE; default <data_dir>/keyring.json
     rotation_age_days: int = DEFAULT_ROTATION_AGE_DAYS  # keys older than this are due for rotation
@@ -132,13 +132,21 @@ class Settings:
             raise SettingsError(
                 f"{what} must be one of local, integ, prod (got {env_name!r})"
             ) from None
-        scope_name = env.get("UID2_IDENTITY_SCOPE", "uid2").upper()
+        scope_text = env.get("UID2_IDENTITY_SCOPE", "uid2")
+        scope_name = scope_text.upper()
         if scope_name not in IdentityScope.__members__:
-            raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_name!r})")
+            raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_text!r})")
         identity_v3 = env.get("UID2_IDENTITY_V3", "false").strip().lower()
         if identity_v3 not in ("true", "false"):
             raise SettingsError(f"UID2_IDENTITY_V3 must be true or false (got {identity_v3!r})")
         keyring_file = env.get("UID2_KEYRING_FILE")
+        if keyring_file and env.get("UID2_KEYRING"):
+            # One would be ignored: a stale UID2_KEYRING left in a unit file would keep serve
+            # from following the file through a key-encryption key rotation, unsaid.
+            raise SettingsError(
+                "UID2_KEYRING and UID2_KEYRING_FILE are both set: give the keyring one way, "
+                "unset the other"
+            )
         age_text = env.get("UID2_KEY_ROTATION_AGE_DAYS", str(DEFAULT_ROTATION_AGE_DAYS))
         # int() refuses a text of over 4300 digits: what is measured is what is read, without
         # its leading zeros (read as before)
@@ -206,8 +214,10 @@ def recorded_environment(data_dir: Path) -> str | None:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"Cannot read {path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"Cannot read {path}: it is not UTF-8 text") from None
+    except OSError as exc:  # the reason alone: a long path repeated after it would be cut
+        raise SettingsError(f"Cannot read {path}: {exc.strerror or exc}") from None
     if not text:
         return None
     try:

@@ -330,6 +330,22 @@ def test_every_refusal_names_its_variables(
 # ---------------------------------------------------------------------------- HTTP connections
 
 
+@pytest.mark.parametrize("text", ["1_0", "\u0663\u0660\u0660", "\uff15", "0x10", "10s"])
+@pytest.mark.parametrize(
+    "name", ["UID2_POLL_INTERVAL_S", "UID2_MAX_SNAPSHOT_AGE_S", "UID2_FLUSH_INTERVAL_S"]
+)
+def test_seconds_are_ascii_decimal_text(name: str, text: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be a number of seconds"):
+        ServeSettings.from_env({name: text})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2", 2.0), (" 2.5 ", 2.5), (".5", 0.5), ("1e1", 10.0)]
+)
+def test_seconds_take_decimals_and_exponents(text: str, seconds: float) -> None:
+    assert ServeSettings.from_env({"UID2_FLUSH_INTERVAL_S": text}).flush_interval_s == seconds
+
+
 def test_http_connection_limits_default_and_can_be_set() -> None:
     default = ServeSettings.from_env({})
     assert (default.http_head_timeout_s, default.http_body_timeout_s) == (10.0, 30.0)
@@ -362,6 +378,9 @@ def test_http_connection_limits_default_and_can_be_set() -> None:
         ("UID2_HTTP_SEND_TIMEOUT_S", "inf"),
         ("UID2_HTTP_SEND_TIMEOUT_S", "soon"),
         ("UID2_HTTP_SEND_TIMEOUT_S", "3600.5"),
+        ("UID2_HTTP_HEAD_TIMEOUT_S", "\uff11_\uff10"),  # float() reads it as 10
+        ("UID2_HTTP_BODY_TIMEOUT_S", "1_0"),
+        ("UID2_HTTP_BODY_TIMEOUT_S", "\u0663\u0660"),  # Arabic-Indic 30
         ("UID2_HTTP_MAX_HEAD_BYTES", "1023"),
         ("UID2_HTTP_MAX_HEAD_BYTES", "1048577"),
         ("UID2_HTTP_MAX_HEAD_BYTES", "64k"),

@@ -50,6 +50,11 @@ def test_explicit_arguments_win_over_the_environment() -> None:
     [
         ({"UID2_ENVIRONMENT": "staging"}, "UID2_ENVIRONMENT"),
         ({"UID2_IDENTITY_SCOPE": "other"}, "UID2_IDENTITY_SCOPE"),
+        ({"UID2_IDENTITY_SCOPE": "x"}, r"uid2 or euid \(got 'x'\)$"),  # as given, not upper-cased
+        (
+            {"UID2_KEYRING": "{}", "UID2_KEYRING_FILE": "/etc/uid2/keyring.json"},
+            "^UID2_KEYRING and UID2_KEYRING_FILE are both set",
+        ),
         ({"UID2_IDENTITY_V3": "yes"}, "UID2_IDENTITY_V3 must be true or false"),
         ({"UID2_IDENTITY_V3": "1"}, "UID2_IDENTITY_V3 must be true or false"),
     ],
@@ -119,3 +124,23 @@ def test_salt_buckets_refuse_anything_else(value: str) -> None:
 def test_salt_buckets_are_checked_when_built_directly() -> None:
     with pytest.raises(SettingsError, match="power of two"):
         Settings(data_dir=Path("/d"), salt_buckets=3)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "Is a directory"), (b"\xff\xfe", "it is not UTF-8 text")],
+)
+def test_an_unreadable_environment_file_is_refused_with_its_reason_last(
+    tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    # The reason ends the message (a long message is cut in its middle when shown), the path
+    # said once before it.
+    data_dir = tmp_path / ("d" * 120)
+    data_dir.mkdir()
+    if content is None:
+        (data_dir / "environment").mkdir()  # an OSError whoever runs it (root reads anything)
+    else:
+        (data_dir / "environment").write_bytes(content)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({}, data_dir=str(data_dir))
+    assert refused.value.detail == f"Cannot read {data_dir / 'environment'}: {reason}"
