@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -34,7 +34,7 @@ from uid2_operator.cli.output import (
     safe_message,
 )
 from uid2_operator.cli.participants import participant
-from uid2_operator.cli.runtime import GlobalOptions
+from uid2_operator.cli.runtime import GlobalOptions, json_choice
 from uid2_operator.cli.serve import serve
 from uid2_operator.cli.sharing import sharing
 from uid2_operator.errors import UID2Error
@@ -65,28 +65,39 @@ class OperatorGroup(click.Group):
             if standalone_mode:
                 sys.exit(FAILURE_EXIT)
             return FAILURE_EXIT
-        try:
-            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-            code = result if isinstance(result, int) else 0
-        except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
-            click.echo(error.format_message(), err=True)
-            if "--json" in argv:  # still one document to read
-                print_json_error({"error": {"code": "usage", "message": "Missing command."}})
-            code = USAGE_EXIT
-        except click.exceptions.Abort as error:
-            message = _aborted(error)
-            if "--json" in argv:
-                print_json_error({"error": {"code": INTERRUPTED, "message": message}})
-            click.echo(f"Error: {message}", err=True)
-            code = FAILURE_EXIT
-        except (click.ClickException, UID2Error) as error:
-            code = _report(error, argv)
-        except Exception as error:  # never a traceback; the type is enough to triage
-            logger.debug("unexpected error", exc_info=True)
-            code = _report(error, argv, f"internal error ({os_reason(error)})")
+        with json_choice(argv) as as_json:
+            code = self._run(argv, prog_name, complete_var, as_json, **extra)
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def _run(
+        self,
+        argv: list[str],
+        prog_name: str | None,
+        complete_var: str | None,
+        as_json: Callable[[], bool],
+        **extra: Any,
+    ) -> int:
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            return result if isinstance(result, int) else 0
+        except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
+            click.echo(error.format_message(), err=True)
+            if as_json():  # still one document to read
+                print_json_error({"error": {"code": "usage", "message": "Missing command."}})
+            return USAGE_EXIT
+        except click.exceptions.Abort as error:
+            message = _aborted(error)
+            if as_json():
+                print_json_error({"error": {"code": INTERRUPTED, "message": message}})
+            click.echo(f"Error: {message}", err=True)
+            return FAILURE_EXIT
+        except (click.ClickException, UID2Error) as error:
+            return _report(error, as_json())
+        except Exception as error:  # never a traceback; the type is enough to triage
+            logger.debug("unexpected error", exc_info=True)
+            return _report(error, as_json(), f"internal error ({os_reason(error)})")
 
 
 def _aborted(error: click.exceptions.Abort) -> str:
@@ -101,14 +112,14 @@ def _aborted(error: click.exceptions.Abort) -> str:
     return "aborted"
 
 
-def _report(error: BaseException, argv: list[str], text: str | None = None) -> int:
+def _report(error: BaseException, as_json: bool, text: str | None = None) -> int:
     if text is None:
         text = error.format_message() if isinstance(error, click.ClickException) else str(error)
     message = safe_message(text)
     code = exit_code_for(error)
     if isinstance(error, click.ClickException) and not isinstance(error, click.UsageError):
         code = error.exit_code
-    if "--json" in argv:
+    if as_json:
         print_json_error(error_document(error, message))
     click.echo(f"Error: {message}", err=True)
     return code

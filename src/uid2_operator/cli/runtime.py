@@ -24,8 +24,9 @@ import os
 import pwd
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,11 +55,43 @@ def global_options() -> GlobalOptions:
     return obj if obj is not None else GlobalOptions(data_dir="./data", database_url=None)
 
 
+_JSON_CHOSEN: ContextVar[bool | None] = ContextVar("uid2_operator_json_chosen", default=None)
+"""Whether this invocation prints JSON, once its command's options are parsed; None before."""
+
+
 def json_option(command: F) -> F:
     """``--json`` on a command; the same flag before the subcommand counts too."""
     return click.option(
-        "--json", "as_json", is_flag=True, help="Print one JSON document instead of text."
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_note_json_choice,
+        help="Print one JSON document instead of text.",
     )(command)
+
+
+def _note_json_choice(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    given = ctx.find_object(GlobalOptions)  # the group's options are in place by now
+    _JSON_CHOSEN.set(value or (given is not None and given.json))
+    return value
+
+
+@contextmanager
+def json_choice(argv: Sequence[str]) -> Iterator[Callable[[], bool]]:
+    """For one invocation of the CLI with ``argv``: a function saying whether its errors are
+    to be printed as JSON too. The flags as parsed, once the command's were (``--json`` may
+    be another option's value: ``--name --json``); before that, whether ``--json`` is among
+    the arguments at all (the parse failed: no flag is known yet)."""
+    token = _JSON_CHOSEN.set(None)
+    try:
+        yield lambda: _chosen_or("--json" in argv)
+    finally:
+        _JSON_CHOSEN.reset(token)
+
+
+def _chosen_or(fallback: bool) -> bool:
+    chosen = _JSON_CHOSEN.get()
+    return fallback if chosen is None else chosen
 
 
 def wants_json(as_json: bool) -> bool:

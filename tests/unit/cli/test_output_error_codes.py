@@ -68,3 +68,26 @@ def test_a_client_secret_in_a_message_is_masked_whatever_its_characters(secret: 
     assert secret not in shown
     assert secret[:-1] not in shown
     assert "<redacted>" in shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "as_json"),
+    [
+        (["participant", "create", "--name", "--json", "--type", "dsp"], False),  # a value
+        (["participant", "create", "--name", "x", "--type", "dsp", "--json"], True),
+        (["--json", "participant", "create", "--name", "x", "--type", "dsp"], True),
+        (["participant", "create", "--json", "--no-such-option"], True),  # no flag known yet
+    ],
+)
+def test_errors_are_json_exactly_when_the_flag_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], as_json: bool
+) -> None:
+    # Each fails: the data directory was never initialised, or the option does not exist.
+    status = main.main(["--data-dir", str(tmp_path / "data"), *argv], standalone_mode=False)
+    out, err = capsys.readouterr()
+    assert status in (FAILURE_EXIT, USAGE_EXIT)
+    assert err.startswith("Error: ")
+    if as_json:
+        assert json.loads(out)["error"]["message"] in err
+    else:
+        assert out == ""
