@@ -348,17 +348,15 @@ def check_adoption(
     naming the first seq whose link breaks. Messages hold seqs and the verifier's reason, never a
     row's content.
     """
+    # A row whose seq does not read back sorts past every head (SQLite orders text after any
+    # number) whatever its place: no version wrote it, so it is not one to adopt, nor one that
+    # keeps the rest from being adopted (verification reports it).
+    past_head = [event for event in past_head if event.seq is not None]
     if not past_head:
         raise InvalidTransition(
             f"Nothing to adopt: no audit rows exist past the recorded head (seq {recorded.seq})"
         )
-    last = past_head[-1]
-    if isinstance(last, UnreadableEvent) and last.seq is None:  # sorted last; no version's row
-        raise AuditChainBroken(
-            f"An audit row past the recorded head (seq {recorded.seq}) cannot be read: "
-            f"{last.problem}; nothing was adopted"
-        )
-    last_seq = last.seq
+    last_seq = past_head[-1].seq
     if through_seq != last_seq:
         raise InvalidInput(
             f"Seq {through_seq} is not the audit chain's last row: rows run past the recorded "

@@ -25,7 +25,7 @@ from uid2_operator.domain.audit import (
 )
 from uid2_operator.domain.credentials import ApiKey, SealedSecret
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.errors import AuditChainBroken, InvalidInput
+from uid2_operator.errors import InvalidInput, InvalidTransition
 
 MakeKey = Callable[..., tuple[str, ApiKey]]
 T0 = 1_700_000_000_000
@@ -296,11 +296,10 @@ def test_a_row_whose_seq_cannot_be_read_breaks_the_chain_where_it_would_go_on() 
     assert (gap.first_bad_seq, gap.problem) == (2, "expected seq 2, found 3")
 
 
-def test_rows_past_the_head_ending_in_one_whose_seq_cannot_be_read_are_not_adopted() -> None:
+def test_a_row_whose_seq_cannot_be_read_is_not_adopted_nor_keeps_the_rest_from_being() -> None:
+    # It sorts past any head wherever it was: adoption takes the numbered rows past the head.
     events = _chain(4)
-    with pytest.raises(AuditChainBroken) as refused:
-        check_adoption(_head_of(events[1]), [*events[2:], NO_SEQ], 4)
-    assert refused.value.detail == (
-        "An audit row past the recorded head (seq 2) cannot be read: its seq is not a number "
-        "uid2-operator writes; nothing was adopted"
-    )
+    adopted = check_adoption(_head_of(events[1]), [*events[2:], NO_SEQ], 4)
+    assert (adopted.from_seq, adopted.head, adopted.count) == (3, _head_of(events[3]), 2)
+    with pytest.raises(InvalidTransition, match=r"^Nothing to adopt"):
+        check_adoption(_head_of(events[3]), [NO_SEQ], 5)
