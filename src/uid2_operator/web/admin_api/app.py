@@ -365,10 +365,13 @@ async def _read_json(request: Request, limit: int) -> bytes:
         # Whitespace around a field value is not part of it (RFC 9112 §5), and servers pass
         # what follows the digits on.
         declared = declared.strip(" \t")
-        if not (declared.isascii() and declared.isdigit()) or len(declared) > 12:
+        if not (declared.isascii() and declared.isdigit()):
             raise InvalidContentLength
-    if declared is not None and int(declared) > limit:
-        raise BodyTooLarge(f"The request body must be at most {limit} bytes")
+        # 1*DIGIT (RFC 9110 §8.6): leading zeros are allowed, and any length (int() refuses
+        # over 4300 digits: a size of more than 12 is over the limit whatever it is)
+        significant = declared.lstrip("0")
+        if len(significant) > 12 or int(significant or "0") > limit:
+            raise BodyTooLarge(f"The request body must be at most {limit} bytes")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
