@@ -1,3 +1,3 @@
-from uid2_operator.cli import main
+from uid2_operator.console_script import main
 
 main()

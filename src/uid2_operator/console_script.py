@@ -2,8 +2,9 @@
 
 Importing the command line (``uid2_operator.cli``) loads the web, storage and crypto stacks and
 takes a second or so; a Ctrl-C in that time would end the process with a ``KeyboardInterrupt``
-traceback, where every other stop of a command is one clean line. This module is the script's
-entry point and imports nothing heavy itself.
+traceback, where every other stop of a command is one clean line (and, under ``--json``, one
+JSON document). This module is the entry point of the script and of ``python -m uid2_operator``,
+and imports nothing heavy itself.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from __future__ import annotations
 import sys
 
 _INTERRUPTED_EXIT = 1  # as an interrupted command exits (``cli.output.FAILURE_EXIT``)
+_INTERRUPTED_DOCUMENT = '{"error": {"code": "interrupted", "message": "aborted"}}\n'
+"""What an interrupted command prints under ``--json`` (``cli.output.INTERRUPTED``)."""
 
 
 def main() -> None:
     try:
         from uid2_operator.cli import main as command_line  # noqa: PLC0415 (interruptible)
     except KeyboardInterrupt:
+        if "--json" in sys.argv[1:]:  # nothing is parsed yet: the text is all there is to go by
+            sys.stdout.write(_INTERRUPTED_DOCUMENT)
+            sys.stdout.flush()
         sys.stderr.write("Error: aborted\n")
         sys.exit(_INTERRUPTED_EXIT)
     command_line()

@@ -4,6 +4,7 @@ clean line, like any other interrupted command, not a traceback."""
 from __future__ import annotations
 
 import importlib.abc
+import json
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -11,6 +12,7 @@ from types import ModuleType
 import pytest
 
 from uid2_operator import __version__, console_script
+from uid2_operator.cli.output import INTERRUPTED
 
 
 class _InterruptedImport(importlib.abc.MetaPathFinder):
@@ -24,15 +26,22 @@ class _InterruptedImport(importlib.abc.MetaPathFinder):
             raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("as_json", [False, True])
 def test_a_ctrl_c_while_the_command_line_loads_is_one_clean_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], as_json: bool
 ) -> None:
     monkeypatch.delitem(sys.modules, "uid2_operator.cli", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(), *sys.meta_path])
+    flags = ["--json"] if as_json else []
+    monkeypatch.setattr(sys, "argv", ["uid2-operator", *flags, "participant", "list"])
     with pytest.raises(SystemExit) as stopped:
         console_script.main()
     assert stopped.value.code == 1
-    assert capsys.readouterr().err == "Error: aborted\n"
+    out, err = capsys.readouterr()
+    assert err == "Error: aborted\n"
+    # Under --json, the document any interrupted command prints.
+    expected = {"error": {"code": INTERRUPTED, "message": "aborted"}}
+    assert (json.loads(out) if as_json else out) == (expected if as_json else "")
 
 
 def test_otherwise_it_runs_the_command_line(
