@@ -226,11 +226,17 @@ def validate_app_name(text: str) -> str:
 
 
 def validate_app_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Each name validated; names equal ignoring case folded (the first kept); sorted."""
-    kept: dict[str, str] = {}
+    """Each name validated; names equal ignoring case as a request's is compared with them
+    (``app_name_allowed``) folded, the first kept; sorted. ``str.lower`` only groups the
+    candidates: it equates names that comparison tells apart (``İ`` and ``i̇``), and folding
+    those would drop a name a request may use."""
+    alike: dict[str, list[str]] = {}
     for name in names:
         cleaned = validate_app_name(name)
-        kept.setdefault(cleaned.lower(), cleaned)
+        group = alike.setdefault(cleaned.lower(), [])
+        if not any(_same_ignoring_case(cleaned, kept) for kept in group):
+            group.append(cleaned)
+    kept = [name for group in alike.values() for name in group]
     if len(kept) > MAX_APP_NAMES:
         raise InvalidInput(f"At most {MAX_APP_NAMES} app names")
-    return tuple(kept[key] for key in sorted(kept))
+    return tuple(sorted(kept, key=lambda name: (name.lower(), name)))

@@ -212,6 +212,23 @@ def test_app_name_validation() -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (["\u0130", "i\u0307"], ("i\u0307", "\u0130")),  # one lower-cases to the other
+        (["\u212a.app", "k.app", "K.APP"], ("\u212a.app",)),  # Kelvin sign: k ignoring case
+        (["x.app", "X.App", "x.app"], ("x.app",)),
+    ],
+)
+def test_only_names_a_request_could_not_tell_apart_are_folded(
+    given: list[str], kept: tuple[str, ...]
+) -> None:
+    folded = validate_app_names(given)
+    assert folded == kept
+    # every name given is still allowed to a request that uses it
+    assert all(app_name_allowed(name, folded) for name in given)
+
+
+@pytest.mark.parametrize(
     ("typed", "stored", "not_this"),
     [
         ("straße.de", "xn--strae-oqa.de", "strasse.de"),
