@@ -522,12 +522,14 @@ class HttpConnection(HttpToolsProtocol):
             last = running
         else:
             return False
+        # Settled first: it gives a request whose body was still arriving back the keep-alive
+        # it asked for, and ``last`` may be that request.
+        self._settle()
         last.keep_alive = False
         self._stage_close(last)
         self._broken = True
         self._held = b""
         self.flow.pause_reading()
-        self._settle()
         return True
 
     def _incomplete(self, cycle: RequestResponseCycle | None, size: int) -> None:

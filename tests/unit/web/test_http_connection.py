@@ -912,6 +912,32 @@ def test_a_malformed_request_behind_others_ends_the_connection_after_their_answe
     assert rest == b""
 
 
+@pytest.mark.parametrize(
+    ("head", "rest"),
+    [
+        (b"content-length: 5\r\n\r\nhe", b"llo"),
+        (b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n", b"0\r\n\r\n"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_malformed_request_in_the_read_that_ends_a_body_ends_the_connection_after_it(
+    head: bytes, rest: bytes
+) -> None:
+    # The body's request had been answered with keep-alive off while its body arrived, then
+    # given keep-alive back as its body ended: its answer said nothing of the close, and the
+    # connection waited for the keep-alive timeout with the malformed request unanswered.
+    with running(timeout_keep_alive=60) as server, server.connect() as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\n" + head)
+        time.sleep(0.3)  # the application is reading the body
+        sock.sendall(rest + b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n")
+        buffered = bytearray()
+        answer = read_response(sock, buffered)
+        after = bytes(buffered) + closed_by_server(sock)
+    assert (answer.status, answer.body) == (200, b"5")
+    assert answer.headers.get("connection") == "close"
+    assert after == b""
+
+
 def test_as_many_pipelined_requests_as_a_connection_queues_keep_it_alive(server: Running) -> None:
     with server.connect() as sock:
         sock.sendall(get() * (MAX_QUEUED_REQUESTS + 1))
