@@ -65,7 +65,7 @@ holds is sent). ``HttpConnection`` adds, per connection:
   ``connection: close`` and ends the connection; a request whose body arrives whole keeps it
   alive as asked;
 - **closing in stages**: that answer's close, the one after an answer the connection gives
-  itself (400, 413, 431, 408), and the one after the last answer owed before a malformed
+  itself (400, 413, 414, 431, 408), and the one after the last answer owed before a malformed
   request or after an ignored upgrade, sends the answer and then the end of what the server
   sends (nothing after it: not even a 100 Continue to a request told of the end), and reads
   and drops what the client still sends until it closes, goes quiet for ``LINGER_IDLE_S`` or
@@ -143,6 +143,9 @@ _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
 _UPGRADE_WITH_BODY: Final = "Unsupported upgrade request with a body (refused)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
+MAX_TARGET_BYTES: Final = 0xFFFF
+"""The longest request-target the parser's URL reader takes (``httptools.parse_url``): a longer
+one is answered 414 (RFC 9112 §3), not taken for a malformed request, whatever the head limit."""
 MAX_QUEUED_REQUESTS: Final = 64
 """Past this many requests queued behind the one being answered, a connection parses no further
 (see the module docstring)."""
@@ -272,6 +275,8 @@ class HttpConnection(HttpToolsProtocol):
     """The request whose application was started last (the one being answered)."""
     _malformed: str = _INVALID_REQUEST
     """The warning for a request the parser refuses (set when a check of ours refused it)."""
+    _target_too_long = False
+    """The request the parser stopped at names a target longer than ``MAX_TARGET_BYTES``."""
     _began_at = 0.0
     """When the current message began (the connection, before the first): loop time."""
     _lingering: TimerHandle | None = None
@@ -411,6 +416,9 @@ class HttpConnection(HttpToolsProtocol):
             self.expect_100_continue = False  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
         elif hosts != 1:  # answered as any malformed request (``_receive``)
             raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
+        if len(self.url) > MAX_TARGET_BYTES:  # answered 414 (``_receive``), not read
+            self._target_too_long = True
+            raise httptools.HttpParserError("a request-target longer than the parser reads")
         if self.parser.should_upgrade() and _declares_body(self.headers):
             # The parser stops at this head and would leave the body unread: run, the request
             # would not be the one sent. Refused as a malformed request, before any task starts.
@@ -446,6 +454,10 @@ class HttpConnection(HttpToolsProtocol):
         try:
             rest = self._parse(data)
         except httptools.HttpParserError:
+            if self._target_too_long:
+                if not self._end_after_owed():
+                    self._refuse(414)
+                return
             self._warn(self._malformed)
             if not self._end_after_owed():
                 self.send_400_response(_INVALID_REQUEST)

@@ -25,6 +25,7 @@ import uvicorn
 from uid2_operator.web.http_connection import (
     LINGER_IDLE_S,
     MAX_QUEUED_REQUESTS,
+    MAX_TARGET_BYTES,
     PARSE_SLICE_BYTES,
     HttpConnection,
     HttpLimits,
@@ -276,6 +277,22 @@ def test_trailer_fields_never_join_the_request_headers(server: Running, reads: i
         (200, b"host,transfer-encoding"),
         (200, b"OK"),
     ]
+
+
+@pytest.mark.parametrize("extra", [1, 10_000])
+def test_a_request_target_longer_than_the_parser_reads_is_answered_414(extra: int) -> None:
+    # Within a head limit raised to take it: not a malformed request (400), nor one past the
+    # limit (431), but a target too long to read (RFC 9112 §3).
+    target = b"/p/" + b"a" * (MAX_TARGET_BYTES - 3 + extra)
+    roomy = replace(LIMITS, max_head_bytes=4 * MAX_TARGET_BYTES)
+    with running(roomy) as server, server.connect() as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nhost: test\r\n\r\n")
+        raw = closed_by_server(sock)
+        with server.connect() as again:  # at the limit itself, served
+            again.sendall(get("/p/" + "a" * (MAX_TARGET_BYTES - 3)))
+            assert read_response(again).status == 200
+    assert status_of(raw) == 414
+    assert b"connection: close" in raw.lower()
 
 
 def test_a_head_just_under_the_limit_in_several_reads_is_served(server: Running) -> None:
