@@ -143,6 +143,11 @@ _INVALID_REQUEST: Final = "Invalid HTTP request received."
 _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP)."
 _UPGRADE_WITH_BODY: Final = "Unsupported upgrade request with a body (refused)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
+_HOST_VALUE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+"""A ``Host`` field's value as RFC 9112 §3.2 takes it: ``uri-host [ ":" port ]`` (an IP literal
+or a registered name, possibly empty)."""
 MAX_TARGET_BYTES: Final = 0xFFFF
 """The longest request-target the parser's URL reader takes (``httptools.parse_url``): a longer
 one is answered 414 (RFC 9112 §3), not taken for a malformed request, whatever the head limit."""
@@ -407,6 +412,8 @@ class HttpConnection(HttpToolsProtocol):
         for name, value in self.headers:
             if name == b"host":
                 hosts += 1
+                if _HOST_VALUE.fullmatch(value.strip(b" \t")) is None:
+                    raise httptools.HttpParserError("a Host field that names no host")
             elif name == b"transfer-encoding" and not _only_chunked(value):
                 # The parser reads a body framed ``chunked`` and would hand the application what
                 # the other codings (gzip, say) left encoded: refused as a malformed request, as

@@ -687,6 +687,32 @@ def test_an_http11_request_without_exactly_one_host_is_malformed(
     assert server.recorder.scopes[before:] == []  # never run
 
 
+@pytest.mark.parametrize("host", [b"a b", b"@@@", b"x/y", b"[::1", b"x\tz", b"a.test:80x", b"%zz"])
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_a_host_field_that_names_no_host_is_malformed(
+    server: Running, host: bytes, version: bytes
+) -> None:
+    # RFC 9112 §3.2: 400 to a Host field with an invalid value (HTTP/1.0 needs none, but one
+    # sent must be valid too).
+    before = len(server.recorder.scopes)
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/" + version + b"\r\nhost: " + host + b"\r\n\r\n")
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 400
+    assert server.recorder.scopes[before:] == []  # never run
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"a.test", b"127.0.0.1:8080", b"[::1]:80", b"[::ffff:1.2.3.4]", b"a.test:", b"",
+     b"xn--fa-hia.de", b"a%41.test", b"a.test "],
+)  # fmt: skip
+def test_a_host_field_naming_a_host_is_served(server: Running, host: bytes) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: " + host + b"\r\n\r\n")
+        assert read_response(sock).status == 200
+
+
 @pytest.mark.parametrize(
     "coding",
     [
