@@ -20,9 +20,12 @@ def main() -> None:
     try:
         from uid2_operator.cli import main as command_line  # noqa: PLC0415 (interruptible)
     except KeyboardInterrupt:
-        if "--json" in sys.argv[1:]:  # nothing is parsed yet: the text is all there is to go by
-            sys.stdout.write(_INTERRUPTED_DOCUMENT)
-            sys.stdout.flush()
+        if "--json" in sys.argv[1:] and sys.stdout is not None:  # nothing is parsed yet
+            try:  # best effort: a stdout that is gone must not turn this into a traceback
+                sys.stdout.write(_INTERRUPTED_DOCUMENT)
+                sys.stdout.flush()
+            except OSError:
+                pass
         sys.stderr.write("Error: aborted\n")
         sys.exit(_INTERRUPTED_EXIT)
     command_line()

@@ -133,8 +133,8 @@ class Settings:
                 f"{what} must be one of local, integ, prod (got {env_name!r})"
             ) from None
         scope_text = env.get("UID2_IDENTITY_SCOPE", "uid2")
-        scope_name = scope_text.upper()
-        if scope_name not in IdentityScope.__members__:
+        scope_name = scope_text.upper()  # ASCII only: a dotless i upper-cases to I
+        if not scope_text.isascii() or scope_name not in IdentityScope.__members__:
             raise SettingsError(f"UID2_IDENTITY_SCOPE must be uid2 or euid (got {scope_text!r})")
         identity_v3 = env.get("UID2_IDENTITY_V3", "false").strip().lower()
         if identity_v3 not in ("true", "false"):

@@ -51,6 +51,7 @@ def test_explicit_arguments_win_over_the_environment() -> None:
         ({"UID2_ENVIRONMENT": "staging"}, "UID2_ENVIRONMENT"),
         ({"UID2_IDENTITY_SCOPE": "other"}, "UID2_IDENTITY_SCOPE"),
         ({"UID2_IDENTITY_SCOPE": "x"}, r"uid2 or euid \(got 'x'\)$"),  # as given, not upper-cased
+        ({"UID2_IDENTITY_SCOPE": "eu\u0131d"}, "UID2_IDENTITY_SCOPE"),  # dotless i: upper() is I
         (
             {"UID2_KEYRING": "{}", "UID2_KEYRING_FILE": "/etc/uid2/keyring.json"},
             "^UID2_KEYRING and UID2_KEYRING_FILE are both set",

@@ -65,6 +65,7 @@ def json_option(command: F) -> F:
         "--json",
         "as_json",
         is_flag=True,
+        is_eager=True,  # noted before another option's value can fail to convert
         callback=_note_json_choice,
         help="Print one JSON document instead of text.",
     )(command)

@@ -4,6 +4,7 @@ clean line, like any other interrupted command, not a traceback."""
 from __future__ import annotations
 
 import importlib.abc
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -52,3 +53,21 @@ def test_otherwise_it_runs_the_command_line(
         console_script.main()
     assert stopped.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stdout", ["closed", "broken"])
+def test_a_ctrl_c_while_loading_with_stdout_gone_is_still_one_clean_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdout: str
+) -> None:
+    class _Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.delitem(sys.modules, "uid2_operator.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["uid2-operator", "--json", "participant", "list"])
+    monkeypatch.setattr(sys, "stdout", None if stdout == "closed" else _Broken())
+    with pytest.raises(SystemExit) as stopped:
+        console_script.main()
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == "Error: aborted\n"

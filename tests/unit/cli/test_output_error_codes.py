@@ -77,6 +77,10 @@ def test_a_client_secret_in_a_message_is_masked_whatever_its_characters(secret: 
         (["participant", "create", "--name", "x", "--type", "dsp", "--json"], True),
         (["--json", "participant", "create", "--name", "x", "--type", "dsp"], True),
         (["participant", "create", "--json", "--no-such-option"], True),  # no flag known yet
+        (["participant", "list", "--limit", "--json"], False),  # a value that fails to convert
+        (["participant", "list", "--limit", "abc", "--json"], True),
+        (["participant", "show", "--", "--json"], False),  # an argument
+        (["participant", "create", "--name", "--json"], False),  # then an option missing
     ],
 )
 def test_errors_are_json_exactly_when_the_flag_was_given(
