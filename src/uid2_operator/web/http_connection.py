@@ -280,6 +280,8 @@ class HttpConnection(HttpToolsProtocol):
     """The request whose application was started last (the one being answered)."""
     _malformed: str = _INVALID_REQUEST
     """The warning for a request the parser refuses (set when a check of ours refused it)."""
+    _host_checked = b"\x00"  # no Host value holds a NUL: none checked yet
+    """The last ``Host`` value found valid on this connection."""
     _target_too_long = False
     """The request the parser stopped at names a target longer than ``MAX_TARGET_BYTES``."""
     _began_at = 0.0
@@ -412,8 +414,10 @@ class HttpConnection(HttpToolsProtocol):
         for name, value in self.headers:
             if name == b"host":
                 hosts += 1
-                if _HOST_VALUE.fullmatch(value.strip(b" \t")) is None:
-                    raise httptools.HttpParserError("a Host field that names no host")
+                if value != self._host_checked:  # a kept-alive connection sends the same one
+                    if _HOST_VALUE.fullmatch(value.strip(b" \t")) is None:
+                        raise httptools.HttpParserError("a Host field that names no host")
+                    self._host_checked = value
             elif name == b"transfer-encoding" and not _only_chunked(value):
                 # The parser reads a body framed ``chunked`` and would hand the application what
                 # the other codings (gzip, say) left encoded: refused as a malformed request, as

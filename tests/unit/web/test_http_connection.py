@@ -702,6 +702,14 @@ def test_a_host_field_that_names_no_host_is_malformed(
     assert server.recorder.scopes[before:] == []  # never run
 
 
+def test_a_host_is_checked_on_every_request_of_a_connection(server: Running) -> None:
+    with server.connect() as sock:
+        sock.sendall(get("/first"))  # host: test, found valid
+        assert read_response(sock).status == 200
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x/y\r\n\r\n")
+        assert status_of(closed_by_server(sock)) == 400
+
+
 @pytest.mark.parametrize(
     "host",
     [b"a.test", b"127.0.0.1:8080", b"[::1]:80", b"[::ffff:1.2.3.4]", b"a.test:", b"",
