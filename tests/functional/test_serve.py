@@ -158,7 +158,7 @@ def test_material_commands_reach_the_running_operator(prepared: Prepared, server
     assert salts["bucket_count"] == LOCAL_BUCKET_COUNT == 65536
     assert salts["rotated"] == 655
     effective = salts["effective_at_ms"]
-    assert effective % 86_400_000 == 0  # a UTC midnight, at least an hour after the rotation
+    assert effective % 86_400_000 == 0  # a UTC midnight, more than an hour after the rotation
     assert effective == rotation_effective_at(salts["at_ms"])
     cli(prepared.database, "optout", "add", "--email", opted_out)
 
@@ -168,7 +168,7 @@ def test_material_commands_reach_the_running_operator(prepared: Prepared, server
 
     assert poll(refused)
     # The operator now serves the rotated table (the opt-out came after the rotation), and the
-    # rotation takes effect at a UTC midnight at least an hour away, never before the time each
+    # rotation takes effect at a UTC midnight more than an hour away, never before the time each
     # probe was given as "r": no raw UID changes before it. (Run across the probes' midnight,
     # they keep their raw UIDs with a later "r"; so do the rotated buckets' probes when the
     # rotation ran within the hour before the probes' midnight: their "r" is the next one, when

@@ -148,7 +148,7 @@ def salts() -> None:
 def rotate_salts(fraction: float, as_json: bool) -> None:
     """Give a random share of the buckets new salts, keeping the old ones as previous.
 
-    The new salts take effect at the first UTC midnight at least an hour away: until then every
+    The new salts take effect at the first UTC midnight more than an hour away: until then every
     raw UID stays the one mappers were given.
     """
     with material_service() as service:

@@ -506,7 +506,7 @@ def rotate(table: SaltTable, fraction: float, now_ms: int, random: RandomBytes) 
 
     A rotated bucket keeps the salt in effect at ``now_ms`` as previous, with the time it took
     effect as ``last_updated``, and gets a fresh random salt that takes effect at ``E`` =
-    ``rotation_effective_at(now_ms)``, the first UTC midnight at least ``SALT_ROTATION_LEAD_MS``
+    ``rotation_effective_at(now_ms)``, the first UTC midnight more than ``SALT_ROTATION_LEAD_MS``
     away, its ``refresh_from``. Until ``E`` every read gives the salt it had (see the module
     docstring), so no raw UID changes before the time mappers were told to map again, nor before
     every worker has the table. The result is a new table one version on; ``table`` is left as it

@@ -214,7 +214,7 @@ class SaltRotationResult:
     version: int
     chunks_rewritten: int
     effective_at_ms: int | None = None
-    """When the rotated buckets' new salts take effect (the first UTC midnight at least an hour
+    """When the rotated buckets' new salts take effect (the first UTC midnight more than an hour
     after ``at_ms``: ``domain.salts.rotation_effective_at``); None when no bucket rotated."""
 
     def to_json(self) -> dict[str, Any]:
@@ -536,7 +536,7 @@ class MaterialService:
     ) -> SaltRotationResult:
         """Rotate a random ``fraction`` of the buckets (those whose refresh time has come).
 
-        The new salts take effect at the first UTC midnight at least an hour away
+        The new salts take effect at the first UTC midnight more than an hour away
         (``effective_at_ms``); until then every raw UID stays what mappers were last given.
         """
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):

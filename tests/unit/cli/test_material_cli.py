@@ -169,7 +169,7 @@ def test_salts_rotate(invoke: CliRunner, data_dir: Path) -> None:
         "chunks_rewritten",
         "effective_at_ms",
     }
-    # The new salts take effect at the first UTC midnight at least an hour after the rotation.
+    # The new salts take effect at the first UTC midnight more than an hour after the rotation.
     at_ms, effective_at_ms = body["at_ms"], body["effective_at_ms"]
     assert isinstance(at_ms, int)
     assert effective_at_ms == rotation_effective_at(at_ms)

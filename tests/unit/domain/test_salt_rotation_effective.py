@@ -1,8 +1,8 @@
-"""A salt rotation takes effect at the first UTC midnight at least an hour away (operator-api §4.5).
+"""A salt rotation takes effect at the first UTC midnight more than an hour away.
 
 The v3 identity map tells a mapper when to map again (``r``): the bucket's ``refresh_from`` while
 it is ahead, else the next UTC midnight. A rotation at any time of day therefore keeps every salt
-until a midnight ``E``, the first one at least ``SALT_ROTATION_LEAD_MS`` away (time to write the
+until a midnight ``E``, the first one more than ``SALT_ROTATION_LEAD_MS`` away (time to write the
 table and for every worker to load it), and only then gives the rotated buckets their new salts,
 the old ones as previous, stamped ``E``. Every read takes the time it is made at.
 """
@@ -149,7 +149,7 @@ def test_a_rotation_takes_effect_at_a_midnight_only_if_made_more_than_the_lead_b
         st.integers(min_value=DAY_MS - 2 * HOUR, max_value=DAY_MS - 1),
     ),
 )
-def test_a_rotation_takes_effect_at_the_first_midnight_at_least_the_lead_away(
+def test_a_rotation_takes_effect_at_the_first_midnight_more_than_the_lead_away(
     day: int, into_day: int
 ) -> None:
     now = day * DAY_MS + into_day

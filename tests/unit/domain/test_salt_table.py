@@ -167,7 +167,7 @@ def test_inconsistent_columns_are_refused(change: dict[str, object], message: st
 
 
 def test_rotation_moves_the_old_salt_to_previous_and_stamps_the_bucket() -> None:
-    # The new salts take effect at ``effective``, a UTC midnight at least an hour on: read from
+    # The new salts take effect at ``effective``, a UTC midnight more than an hour on: read from
     # then on, a rotated bucket has the new salt and the old one as previous, both stamped so.
     t = table(1000)
     now = T0 + 5 * DAY + 123

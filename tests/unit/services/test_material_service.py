@@ -250,7 +250,7 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     assert result.to_json()["effective_at_ms"] == effective
     after = material.load_material(before)
     assert after.salts is not before.salts
-    # The new salts take effect at a midnight at least an hour away, not when the rotation runs.
+    # The new salts take effect at a midnight more than an hour away, not when the rotation runs.
     assert all(after.salts.salt(i, now) == before.salts.salt(i, now) for i in range(BUCKETS))
     changed = [
         i for i in range(BUCKETS) if after.salts.salt(i, effective) != before.salts.salt(i, now)
