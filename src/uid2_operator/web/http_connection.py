@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import contextlib
 import http
+import ipaddress
 import logging
 import re
 import socket
@@ -144,10 +145,11 @@ _UPGRADE_IGNORED: Final = "Unsupported upgrade request (answered as plain HTTP).
 _UPGRADE_WITH_BODY: Final = "Unsupported upgrade request with a body (refused)."
 _STOPPED_READING: Final = "Client stopped reading (connection reset at the send timeout)."
 _HOST_VALUE: Final = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+    rb"(?:\[(?P<literal>[^\]]*)\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
 )
-"""A ``Host`` field's value as RFC 9112 §3.2 takes it: ``uri-host [ ":" port ]`` (an IP literal
-or a registered name, possibly empty)."""
+"""A ``Host`` field's value as RFC 9112 §3.2 takes it, ``uri-host [ ":" port ]``: a registered
+name (possibly empty), or an IP literal in brackets, checked by ``_names_a_host``."""
+_IP_FUTURE: Final = re.compile(rb"v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
 MAX_TARGET_BYTES: Final = 0xFFFF
 """The longest request-target the parser's URL reader takes (``httptools.parse_url``): a longer
 one is answered 414 (RFC 9112 §3), not taken for a malformed request, whatever the head limit."""
@@ -284,6 +286,8 @@ class HttpConnection(HttpToolsProtocol):
     """The last ``Host`` value found valid on this connection."""
     _target_too_long = False
     """The request the parser stopped at names a target longer than ``MAX_TARGET_BYTES``."""
+    _head_request = False
+    """That request is a ``HEAD``: its 414 has no content (RFC 9110 §9.3.2)."""
     _began_at = 0.0
     """When the current message began (the connection, before the first): loop time."""
     _lingering: TimerHandle | None = None
@@ -415,7 +419,7 @@ class HttpConnection(HttpToolsProtocol):
             if name == b"host":
                 hosts += 1
                 if value != self._host_checked:  # a kept-alive connection sends the same one
-                    if _HOST_VALUE.fullmatch(value.strip(b" \t")) is None:
+                    if not _names_a_host(value.strip(b" \t")):
                         raise httptools.HttpParserError("a Host field that names no host")
                     self._host_checked = value
             elif name == b"transfer-encoding" and not _only_chunked(value):
@@ -425,10 +429,13 @@ class HttpConnection(HttpToolsProtocol):
                 raise httptools.HttpParserError("a transfer coding other than chunked")
         if self.parser.get_http_version() == "1.0":
             self.expect_100_continue = False  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
+            if hosts > 1:  # one is optional in HTTP/1.0; two are malformed in any version
+                raise httptools.HttpParserError("a request with more than one Host field")
         elif hosts != 1:  # answered as any malformed request (``_receive``)
             raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
         if len(self.url) > MAX_TARGET_BYTES:  # answered 414 (``_receive``), not read
             self._target_too_long = True
+            self._head_request = self.parser.get_method() == b"HEAD"
             raise httptools.HttpParserError("a request-target longer than the parser reads")
         if self.parser.should_upgrade() and _declares_body(self.headers):
             # The parser stops at this head and would leave the body unread: run, the request
@@ -467,7 +474,7 @@ class HttpConnection(HttpToolsProtocol):
         except httptools.HttpParserError:
             if self._target_too_long:
                 if not self._end_after_owed():
-                    self._refuse(414)
+                    self._refuse(414, content=not self._head_request)
                 return
             self._warn(self._malformed)
             if not self._end_after_owed():
@@ -626,9 +633,10 @@ class HttpConnection(HttpToolsProtocol):
         if not self.transport.is_closing():
             self._refuse(408)
 
-    def _refuse(self, status: int) -> None:
-        """End the connection with ``status`` (``connection: close``); only close it when an
-        answer is under way, or owed to an earlier request."""
+    def _refuse(self, status: int, *, content: bool = True) -> None:
+        """End the connection with ``status`` (``connection: close``; without ``content``, no
+        body, as to a ``HEAD``); only close it when an answer is under way, or owed to an
+        earlier request."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started or cycle.scope is not self.scope or self.pipeline:
@@ -640,23 +648,24 @@ class HttpConnection(HttpToolsProtocol):
             cycle.message_event.set()
         else:
             self._tell(status)
-        self._answer_and_end(status, http.HTTPStatus(status).phrase.encode())
+        self._answer_and_end(status, http.HTTPStatus(status).phrase.encode(), content=content)
 
-    def _answer_and_end(self, status: int, text: bytes) -> None:
-        """An answer of the connection's own (``text``, plain, with ``connection: close``),
-        then the connection closed in stages (``_linger``)."""
-        content = [STATUS_LINE[status]]
+    def _answer_and_end(self, status: int, text: bytes, *, content: bool = True) -> None:
+        """An answer of the connection's own (``text``, plain, with ``connection: close``;
+        its length only, without ``content``), then the connection closed in stages
+        (``_linger``)."""
+        answer = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
-            content.extend([name, b": ", value, b"\r\n"])
-        content.extend(
+            answer.extend([name, b": ", value, b"\r\n"])
+        answer.extend(
             [
                 b"content-type: text/plain; charset=utf-8\r\n",
                 b"content-length: %d\r\n" % len(text),
                 b"connection: close\r\n\r\n",
-                text,
+                text if content else b"",
             ]
         )
-        self.transport.write(b"".join(content))
+        self.transport.write(b"".join(answer))
         self._linger()
 
     def _stage_close(self, cycle: RequestResponseCycle) -> None:
@@ -756,6 +765,25 @@ class HttpConnection(HttpToolsProtocol):
         held = self.WARNINGS.due(message, int(self.loop.time() * 1000))
         if held is not None:
             self.logger.log(logging.WARNING, "%s%s", message, held_back(held))
+
+
+def _names_a_host(value: bytes) -> bool:
+    """Whether a ``Host`` value is ``uri-host [ ":" port ]`` (RFC 9112 §3.2, RFC 3986 §3.2.2):
+    a registered name, possibly empty, or in brackets an IPv6 address (no zone id: a client
+    removes it, RFC 6874 §4) or an IPvFuture literal."""
+    match = _HOST_VALUE.fullmatch(value)
+    if match is None:
+        return False
+    literal = match["literal"]
+    if literal is None or _IP_FUTURE.fullmatch(literal) is not None:
+        return True
+    if not literal.isascii() or b"%" in literal:
+        return False
+    try:
+        ipaddress.IPv6Address(literal.decode("ascii"))
+    except ValueError:
+        return False
+    return True
 
 
 def _unreserved_decoded(raw_path: bytes) -> str:

@@ -295,6 +295,17 @@ def test_a_request_target_longer_than_the_parser_reads_is_answered_414(extra: in
     assert b"connection: close" in raw.lower()
 
 
+def test_a_414_to_a_head_request_has_no_content() -> None:
+    target = b"/p/" + b"a" * MAX_TARGET_BYTES
+    roomy = replace(LIMITS, max_head_bytes=4 * MAX_TARGET_BYTES)
+    with running(roomy) as server, server.connect() as sock:
+        sock.sendall(b"HEAD " + target + b" HTTP/1.1\r\nhost: test\r\n\r\n")
+        raw = closed_by_server(sock)
+    head, _, content = raw.partition(b"\r\n\r\n")
+    assert status_of(head) == 414
+    assert content == b""  # RFC 9110 §9.3.2
+
+
 def test_a_head_just_under_the_limit_in_several_reads_is_served(server: Running) -> None:
     with server.connect() as sock:
         head = get(extra=b"x-fill: " + b"f" * (LIMITS.max_head_bytes - 200) + b"\r\n")
@@ -687,7 +698,11 @@ def test_an_http11_request_without_exactly_one_host_is_malformed(
     assert server.recorder.scopes[before:] == []  # never run
 
 
-@pytest.mark.parametrize("host", [b"a b", b"@@@", b"x/y", b"[::1", b"x\tz", b"a.test:80x", b"%zz"])
+@pytest.mark.parametrize(
+    "host",
+    [b"a b", b"@@@", b"x/y", b"[::1", b"x\tz", b"a.test:80x", b"%zz", b"[.]", b"[:]",
+     b"[1.2.3.4]", b"[::1::2]", b"[1:2:3:4:5:6:7:8:9]", b"[12345::]", b"[fe80::1%25eth0]"],
+)  # fmt: skip
 @pytest.mark.parametrize("version", [b"1.1", b"1.0"])
 def test_a_host_field_that_names_no_host_is_malformed(
     server: Running, host: bytes, version: bytes
@@ -702,6 +717,14 @@ def test_a_host_field_that_names_no_host_is_malformed(
     assert server.recorder.scopes[before:] == []  # never run
 
 
+def test_two_host_fields_are_malformed_in_http10_too(server: Running) -> None:
+    # RFC 9112 §3.2: more than one Host field is a 400 whatever the version (one is optional
+    # in HTTP/1.0).
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nhost: a\r\nhost: b\r\n\r\n")
+        assert status_of(closed_by_server(sock)) == 400
+
+
 def test_a_host_is_checked_on_every_request_of_a_connection(server: Running) -> None:
     with server.connect() as sock:
         sock.sendall(get("/first"))  # host: test, found valid
@@ -713,7 +736,7 @@ def test_a_host_is_checked_on_every_request_of_a_connection(server: Running) -> 
 @pytest.mark.parametrize(
     "host",
     [b"a.test", b"127.0.0.1:8080", b"[::1]:80", b"[::ffff:1.2.3.4]", b"a.test:", b"",
-     b"xn--fa-hia.de", b"a%41.test", b"a.test "],
+     b"xn--fa-hia.de", b"a%41.test", b"a.test ", b"[v1.x]", b"[v1.fe80::a+en1]:8080"],
 )  # fmt: skip
 def test_a_host_field_naming_a_host_is_served(server: Running, host: bytes) -> None:
     with server.connect() as sock:
