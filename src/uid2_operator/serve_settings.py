@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
@@ -18,7 +17,7 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.keysets import KEY_RETENTION_MARGIN_S
 from uid2_operator.services.replay_table import DEFAULT_SLOTS, MAX_SLOTS
 from uid2_operator.services.snapshot import Lifetimes
-from uid2_operator.settings import SettingsError
+from uid2_operator.settings import DECIMAL_TEXT, SettingsError
 from uid2_operator.wire.cstg import DEFAULT_CSTG_TIMESTAMP_WINDOW
 from uid2_operator.wire.envelope import DEFAULT_TIMESTAMP_WINDOW, TimestampWindow
 from uid2_operator.wire.tcf import DEFAULT_VENDOR_ID, MAX_VENDOR_ID
@@ -389,16 +388,11 @@ def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     return text == "true"
 
 
-_SECONDS_TEXT: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-"""A number of seconds as the settings take it: ASCII digits, a point, an exponent."""
-
-
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     text = env.get(name)
     if text is None or not text.strip():
         return default
-    if _SECONDS_TEXT.fullmatch(text.strip()) is None:
-        # float() also reads other scripts' digits and underscores ("1_0" as 10)
+    if DECIMAL_TEXT.fullmatch(text.strip()) is None:
         raise SettingsError(f"{name} must be a number of seconds (got {text!r})")
     value = float(text)
     if not math.isfinite(value) or value <= 0:

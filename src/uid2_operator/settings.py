@@ -8,6 +8,7 @@ instance. Every relaxation of a security default is an explicit setting, never a
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ def _check_salt_buckets(count: int) -> None:
 
 
 _SHOWN_RECORD: Final = 20
+DECIMAL_TEXT: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+"""A number as settings and command-line options take it: ASCII digits, a point, an exponent
+(``float()`` also reads other scripts' digits and underscores: ``1_0`` as 10)."""
 
 
 def _environment_name(

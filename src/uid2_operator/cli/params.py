@@ -16,9 +16,10 @@ from typing import Any, NoReturn
 
 import click
 
+from uid2_operator.settings import DECIMAL_TEXT
+
 INTEGER_TEXT = re.compile(r"-?[0-9]+")
 """An integer in ASCII digits, with an optional ``-``: what every integer parameter takes."""
-_DECIMAL_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 def _refuse(
@@ -46,7 +47,7 @@ def _require_decimal_text(
     """Refuse ``value`` unless it is ASCII decimal text or a number (a default in the code)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return
-    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value) is not None:
+    if isinstance(value, str) and DECIMAL_TEXT.fullmatch(value) is not None:
         return
     _refuse(kind, value, param, ctx)
 
