@@ -79,8 +79,11 @@ holds is sent). ``HttpConnection`` adds, per connection:
   run as if it had none (a rotation asked with no grace would get the default grace);
 - **no 100 Continue to HTTP/1.0**: such a client's ``Expect: 100-continue`` is ignored (RFC
   9110 §10.1.1): a 1xx answer is not sent to it, since it would read it as the final one;
-- **one Host**: an HTTP/1.1 request without a ``Host`` field, or with more than one, is
+- **one Host, naming a host**: an HTTP/1.1 request without a ``Host`` field, a request of any
+  version with more than one, and one whose ``Host`` is not ``uri-host [ ":" port ]``, are
   malformed (RFC 9112 §3.2) and answered as one is (400);
+- **targets the parser reads**: a request-target longer than ``MAX_TARGET_BYTES`` is answered
+  414 (RFC 9112 §3), whatever the head limit;
 - **chunked alone**: a request whose ``Transfer-Encoding`` names a coding besides ``chunked``
   (``gzip, chunked``) is malformed and answered as one is (400): the server decodes no other,
   and would hand the application a body still encoded;
@@ -286,8 +289,6 @@ class HttpConnection(HttpToolsProtocol):
     """The last ``Host`` value found valid on this connection."""
     _target_too_long = False
     """The request the parser stopped at names a target longer than ``MAX_TARGET_BYTES``."""
-    _head_request = False
-    """That request is a ``HEAD``: its 414 has no content (RFC 9110 §9.3.2)."""
     _began_at = 0.0
     """When the current message began (the connection, before the first): loop time."""
     _lingering: TimerHandle | None = None
@@ -435,7 +436,6 @@ class HttpConnection(HttpToolsProtocol):
             raise httptools.HttpParserError("an HTTP/1.1 request needs one Host field")
         if len(self.url) > MAX_TARGET_BYTES:  # answered 414 (``_receive``), not read
             self._target_too_long = True
-            self._head_request = self.parser.get_method() == b"HEAD"
             raise httptools.HttpParserError("a request-target longer than the parser reads")
         if self.parser.should_upgrade() and _declares_body(self.headers):
             # The parser stops at this head and would leave the body unread: run, the request
@@ -473,8 +473,8 @@ class HttpConnection(HttpToolsProtocol):
             rest = self._parse(data)
         except httptools.HttpParserError:
             if self._target_too_long:
-                if not self._end_after_owed():
-                    self._refuse(414, content=not self._head_request)
+                if not self._end_after_owed():  # no content to a HEAD (RFC 9110 §9.3.2)
+                    self._refuse(414, content=self.parser.get_method() != b"HEAD")
                 return
             self._warn(self._malformed)
             if not self._end_after_owed():
@@ -777,11 +777,11 @@ def _names_a_host(value: bytes) -> bool:
     literal = match["literal"]
     if literal is None or _IP_FUTURE.fullmatch(literal) is not None:
         return True
-    if not literal.isascii() or b"%" in literal:
+    if b"%" in literal:  # a zone id, which IPv6Address would take
         return False
     try:
         ipaddress.IPv6Address(literal.decode("ascii"))
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError included
         return False
     return True
 

@@ -701,7 +701,8 @@ def test_an_http11_request_without_exactly_one_host_is_malformed(
 @pytest.mark.parametrize(
     "host",
     [b"a b", b"@@@", b"x/y", b"[::1", b"x\tz", b"a.test:80x", b"%zz", b"[.]", b"[:]",
-     b"[1.2.3.4]", b"[::1::2]", b"[1:2:3:4:5:6:7:8:9]", b"[12345::]", b"[fe80::1%25eth0]"],
+     b"[1.2.3.4]", b"[::1::2]", b"[1:2:3:4:5:6:7:8:9]", b"[12345::]", b"[fe80::1%25eth0]",
+     b"[\xc3\xa9::1]"],
 )  # fmt: skip
 @pytest.mark.parametrize("version", [b"1.1", b"1.0"])
 def test_a_host_field_that_names_no_host_is_malformed(
