@@ -197,7 +197,7 @@ class RefreshReply:
     """A refresh outcome and the key to encrypt it with (``None``: a legacy, plain answer)."""
 
     reply: Reply
-    response_key: bytes | None
+    response_key: bytes | None = field(repr=False)
 
 
 SUCCESS_OPTOUT: Final = Reply(OPTOUT, rendered=dumps({"status": OPTOUT}))

@@ -79,10 +79,16 @@ class RefreshEnvelopeHeader(NamedTuple):
 
 
 class OpenedRefreshEnvelope(NamedTuple):
-    """What an envelope carries: the key for the response, and the inner refresh token text."""
+    """What an envelope carries: the key for the response, and the inner refresh token text.
+
+    The repr leaves both out: the key seals the answer, and the token is a credential.
+    """
 
     response_key: bytes
     refresh_token: str
+
+    def __repr__(self) -> str:
+        return "OpenedRefreshEnvelope(response_key=<hidden>, refresh_token=<hidden>)"
 
 
 class IdentityResponseBody(TypedDict):

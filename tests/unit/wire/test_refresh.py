@@ -194,6 +194,17 @@ def test_wrap_draws_its_iv_from_random_and_round_trips() -> None:
     assert decode_refresh_token(opened.refresh_token, key_lookup=only(REFRESH)).site_id == 99
 
 
+def test_an_opened_envelopes_repr_shows_neither_its_key_nor_its_token() -> None:
+    inner = inner_token()
+    text = wrap_refresh_token(inner, RESPONSE_KEY, REFRESH, IdentityScope.UID2, Seq("repr"))
+    opened = unwrap_refresh_envelope(text, only(REFRESH))
+    shown = repr(opened)
+    assert shown.startswith("OpenedRefreshEnvelope(")
+    assert repr(RESPONSE_KEY)[2:-1] not in shown
+    assert inner not in shown
+    assert opened == (RESPONSE_KEY, inner)
+
+
 @pytest.mark.parametrize(
     ("inner", "response_key", "message"),
     [
