@@ -11,8 +11,9 @@ alone: each previous secret keeps opening requests until its ``retires_at_ms``, 
 rotation brings forward to now + grace at the latest (so a grace of 0 stops them all).
 
 An expired key cannot be rotated: its expiry ends access, and a successor would start a new
-lifetime. Its secret can still be rotated, and a rotated one still retired now: neither makes the
-key work again.
+lifetime. Nor can its secret (a new secret for a key that no longer authenticates would be shown
+once and never work), but a rotated one can still be retired now. A disabled key's secret can be
+rotated: the key may be enabled again, and a leaked secret should be replaced before it is.
 
 Every function returns new records; the caller stores them and writes the audit row in the same
 transaction.

@@ -75,6 +75,24 @@ def test_a_disabled_participant_stops_its_keys(svc: CredentialService) -> None:
     assert svc.resolve_client(issued.key).key.key_id == issued.key_id
 
 
+def test_a_disabled_key_or_participant_can_have_its_secret_replaced(
+    svc: CredentialService, clock: FixedClock
+) -> None:
+    # A leaked secret is replaced while the key is stopped, before it is enabled again.
+    site = _site(svc)
+    issued = _key(svc, site)
+    svc.disable_key(ACTOR, issued.key_id)
+    while_key_disabled = svc.rotate_secret(ACTOR, issued.key_id, grace_days=0)
+    svc.enable_key(ACTOR, issued.key_id)
+    svc.set_participant_enabled(ACTOR, site, False)
+    while_site_disabled = svc.rotate_secret(ACTOR, issued.key_id, grace_days=0)
+    svc.set_participant_enabled(ACTOR, site, True)
+    now = clock.now_ms()
+    assert not opens(svc, issued.key, issued.secret, now)
+    assert not opens(svc, issued.key, while_key_disabled.secret, now)
+    assert opens(svc, issued.key, while_site_disabled.secret, now)
+
+
 def test_a_key_of_another_environment_is_refused_naming_it(make_service: MakeService) -> None:
     integ = make_service(Environment.INTEG)
     issued = _key(integ, _site(integ))
