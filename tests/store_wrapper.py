@@ -37,8 +37,8 @@ class StoreWrapper:
     def snapshot(self, now_ms: int, since: int = 0) -> Snapshot:
         return self._inner.snapshot(now_ms, since)
 
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
-        self._inner.record_usage(batch)
+    def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
+        return self._inner.record_usage(batch)
 
     def close(self) -> None:
         self._inner.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -51,3 +52,9 @@ def where(error: BaseException) -> str:
     return " < ".join(
         f"{Path(frame.filename).name}:{frame.lineno} {frame.name}" for frame in reversed(shown)
     )
+
+
+def some_of(ids: Sequence[object], shown: int) -> str:
+    """``ids`` for a message or a log line: the first ``shown`` of them, the rest counted."""
+    more = len(ids) - shown
+    return ", ".join(str(i) for i in ids[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -72,9 +72,9 @@ class SwitchableStore:
         self._check()
         return self.store.transaction()
 
-    def record_usage(self, batch: Any) -> None:
+    def record_usage(self, batch: Any) -> list[str]:
         self._check()
-        self.store.record_usage(batch)
+        return self.store.record_usage(batch)
 
     @property
     def backend(self) -> str:

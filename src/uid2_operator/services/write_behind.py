@@ -102,8 +102,8 @@ from typing import Any, Final
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord, latest
-from uid2_operator.error_text import described
-from uid2_operator.errors import NotFound, UID2Error
+from uid2_operator.error_text import described, some_of
+from uid2_operator.errors import UID2Error
 from uid2_operator.services.audit_trail import EventDetails, record_events
 from uid2_operator.services.context import Actor
 from uid2_operator.stop_signals import leave_to_main_thread
@@ -869,8 +869,8 @@ class WriteBehind:
         what failed may be put back (putting back committed opt-outs would record them, and their
         audit events, a second time). Opt-outs are written ``OPTOUT_WRITE_CHUNK`` per
         transaction; the first chunk that fails stops them, and it and the chunks after it are
-        what is returned. Nothing is logged here but a usage batch dropped for a key that no
-        longer exists: the failures are the caller's (``_settle``).
+        what is returned. Nothing is logged here but usage dropped for keys that no longer
+        exist: the failures are the caller's (``_settle``).
         """
         error: BaseException | None = None
         failed_optouts: list[OptOutRecord] = []
@@ -883,12 +883,16 @@ class WriteBehind:
         failed_usage: list[UsageEntry] = []
         if usage and not gate.closed:
             try:
-                self._store.record_usage(usage)
-            except NotFound as exc:  # keys are never deleted; a restored backup could do it
-                log.warning("usage batch dropped: %s", exc.detail)
+                unknown = self._store.record_usage(usage)
             except Exception as exc:
                 failed_usage = usage
                 error = error or exc
+            else:
+                if unknown:  # keys are never deleted; a store restored from a backup could do it
+                    log.warning(
+                        "usage of API keys the store does not hold dropped, the rest written: %s",
+                        some_of(unknown, 5),
+                    )
         else:
             failed_usage = usage
         return _Outcome(failed_usage, failed_optouts, error, wrote=bool(usage or optouts))

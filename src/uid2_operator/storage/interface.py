@@ -374,12 +374,13 @@ class UsageReader(Protocol):
 
 
 class UsageRepository(UsageReader, Protocol):
-    def record(self, batch: Sequence[UsageEntry]) -> None:
+    def record(self, batch: Sequence[UsageEntry]) -> list[str]:
         """Adds each entry's count to its (key, endpoint) counter and raises the counter's and the
         key's ``last_used_at_ms`` to the entry's value when that is later.
 
-        Duplicate (key, endpoint) pairs in one batch are summed. Raises NotFound (recording
-        nothing) if a key id is unknown.
+        Duplicate (key, endpoint) pairs in one batch are summed. Entries naming a key id the
+        store does not hold (keys are never deleted: a store restored from an earlier backup)
+        are left out, and their key ids returned, sorted; the others are recorded all the same.
         """
         ...
 
@@ -827,8 +828,8 @@ class Store(Protocol):
         ``since`` above 0, only those written after that change sequence (``Snapshot``)."""
         ...
 
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
-        """``usage.record(batch)`` in a transaction of its own."""
+    def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
+        """``usage.record(batch)`` in a transaction of its own; the key ids it left out."""
         ...
 
     def close(self) -> None:

@@ -59,6 +59,7 @@ from uid2_operator.domain.participants import Participant, ParticipantType
 from uid2_operator.domain.roles import AdminRole, ClientRole
 from uid2_operator.domain.salts import SaltHeader, SealedSaltChunk
 from uid2_operator.domain.sharing import SharingPolicy
+from uid2_operator.error_text import some_of
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
@@ -867,7 +868,7 @@ class _Usage:
             found.extend(_usage(row) for row in self._u.conn.execute(query))
         return sorted(found, key=lambda u: (u.key_id, u.endpoint))
 
-    def record(self, batch: Sequence[UsageEntry]) -> None:
+    def record(self, batch: Sequence[UsageEntry]) -> list[str]:
         conn = self._u.writing(control_plane=False)
         totals: dict[tuple[str, str], list[int]] = {}
         for key_id, endpoint, count, last_used_at_ms in batch:
@@ -875,7 +876,7 @@ class _Usage:
             seen[0] += count
             seen[1] = max(seen[1], last_used_at_ms)
         if not totals:
-            return
+            return []
         key_ids = sorted({key_id for key_id, _ in totals})
         known: set[str] = set()
         for ids in _batches(key_ids):
@@ -886,7 +887,9 @@ class _Usage:
             )
         missing = [key_id for key_id in key_ids if key_id not in known]
         if missing:
-            raise NotFound(f"No API key {_some_of(missing, 5)}")
+            totals = {pair: seen for pair, seen in totals.items() if pair[0] in known}
+            if not totals:
+                return missing
 
         u = t.key_usage.c
         stmt = self._u.flavour.upsert_insert(t.key_usage)
@@ -923,6 +926,7 @@ class _Usage:
                     )
                 )
             )
+        return missing
 
 
 # ------------------------------------------------------------ encryption keys, salts, opt-outs
@@ -935,12 +939,6 @@ def _batches(ids: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """``ids`` in runs of ``_ID_BATCH``, one IN list each."""
     for start in range(0, len(ids), _ID_BATCH):
         yield ids[start : start + _ID_BATCH]
-
-
-def _some_of(ids: Sequence[object], shown: int) -> str:
-    """``ids`` for a message: the first ``shown`` of them, the rest counted."""
-    more = len(ids) - shown
-    return ", ".join(str(i) for i in ids[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 _CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
@@ -1149,7 +1147,7 @@ class _EncryptionKeys:
             found.update(conn.execute(select(c.key_id).where(c.key_id.in_(batch))).scalars())
         missing = [key_id for key_id in wanted if key_id not in found]
         if missing:
-            raise NotFound(f"No encryption key {_some_of(missing, 10)}")
+            raise NotFound(f"No encryption key {some_of(missing, 10)}")
         # The sequence keeps the highest id deleted, so it is never handed out again even when
         # the key was added with an id of its own rather than one from ``allocate_ids``.
         if self._last_id(conn) < wanted[-1]:
@@ -1779,9 +1777,9 @@ class SqlStore:
                 secrets=tuple(_written_after(conn, t.client_secrets, since, _secret)),
             )
 
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+    def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
         with self.transaction() as tx:
-            tx.usage.record(batch)
+            return tx.usage.record(batch)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -444,11 +444,11 @@ class _UsageWriteHeld(StoreWrapper):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+    def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
         if not self.entered.is_set():
             self.entered.set()
             self.release.wait(timeout=30)
-        super().record_usage(batch)
+        return super().record_usage(batch)
 
 
 def test_requests_answered_while_a_write_waits_are_stamped_with_their_time(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
+import pytest
 from service_fixtures import ACTOR
 
 from store_wrapper import StoreWrapper
@@ -40,11 +42,11 @@ class FlakyStore(StoreWrapper):
             raise StoreUnavailable("database is unreachable")
         return self._inner.transaction()
 
-    def record_usage(self, batch: Sequence[UsageEntry]) -> None:
+    def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
         if self.usage_failures:
             self.usage_failures -= 1
             raise StoreUnavailable("database is unreachable")
-        self._inner.record_usage(batch)
+        return self._inner.record_usage(batch)
 
     def close(self) -> None:
         self._inner.close()
@@ -143,3 +145,29 @@ def test_the_background_flush_puts_back_only_the_failed_batch(
     assert writer.failures == 1
     assert _optout_events(store) == 1
     assert _usage(store, key_id) == {ENDPOINT: 1}
+
+
+def test_usage_of_a_key_the_store_lost_does_not_cost_the_other_keys_theirs(
+    store: SqlStore, svc: CredentialService, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Keys are never deleted, but a store restored from an earlier backup can lack one the
+    # serving snapshot still holds: only that key's counts go, with a warning naming it.
+    key_id = _key_id(svc)
+    lost = key_id[:-6] + "lost00"
+    writer = WriteBehind(store, clock, flush_interval_s=60)
+    try:
+        writer.tick()
+        writer.usage.add(key_id, ENDPOINT)
+        writer.usage.add(lost, ENDPOINT)
+        writer.usage.add(key_id, ENDPOINT)
+        with caplog.at_level(logging.WARNING, logger="uid2_operator.services.write_behind"):
+            writer.flush()
+        assert writer.failures == 0
+        assert len(writer.usage) == 0
+        assert _usage(store, key_id) == {ENDPOINT: 2}
+        assert _usage(store, lost) == {}
+        assert [r.getMessage() for r in caplog.records] == [
+            f"usage of API keys the store does not hold dropped, the rest written: {lost}"
+        ]
+    finally:
+        writer.close()
