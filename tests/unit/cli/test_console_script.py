@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.abc
 import io
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -71,3 +73,48 @@ def test_a_ctrl_c_while_loading_with_stdout_gone_is_still_one_clean_line(
         console_script.main()
     assert stopped.value.code == 1
     assert capsys.readouterr().err == "Error: aborted\n"
+
+
+class _SignalledImport(importlib.abc.MetaPathFinder):
+    """Sends the process ``signum`` when the command line is imported, as ``kill`` would then;
+    refuses to when the signal's default action would end the test run instead."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> None:
+        del path, target
+        if fullname == "uid2_operator.cli":
+            if signal.getsignal(self.signum) in (signal.SIG_DFL, signal.SIG_IGN):
+                raise AssertionError(f"signal {self.signum} is not handled while loading")
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_the_command_line_loads_is_one_clean_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], signum: int
+) -> None:
+    before = signal.getsignal(signum)
+    monkeypatch.delitem(sys.modules, "uid2_operator.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_SignalledImport(signum), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["uid2-operator", "--json", "serve"])
+    with pytest.raises(SystemExit) as stopped:
+        console_script.main()
+    assert stopped.value.code == 1
+    out, err = capsys.readouterr()
+    assert err == "Error: aborted\n"
+    assert json.loads(out) == {"error": {"code": INTERRUPTED, "message": "aborted"}}
+    assert signal.getsignal(signum) == before
+
+
+def test_once_loaded_the_handlers_before_are_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(sys, "argv", ["uid2-operator", "--version"])
+    with pytest.raises(SystemExit):
+        console_script.main()
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert __version__ in capsys.readouterr().out
