@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,57 @@ def test_serve_that_stops_says_why_as_well_as_what_it_could_not_print(tmp_path: 
     lines = result.stderr.splitlines()
     assert lines[-1] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert lines[-2].startswith("Error: could not write to standard output (No space left")
+
+
+def _full_stderr(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    with DEV_FULL.open("w") as full:
+        return subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
+            [str(ENTRY_POINT), *args],
+            stdout=subprocess.PIPE,
+            stderr=full.fileno(),
+            env=_env(data_dir),
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def test_a_full_standard_error_fails_no_command_whose_work_is_done(tmp_path: Path) -> None:
+    # The reminder that a key is shown only once cannot be written: the key was created and
+    # printed, so the command succeeded (a retry would make a second key).
+    assert _run(tmp_path, "init").returncode == 0
+    created = _full_stderr(tmp_path, "participant", "create", "--name", "Pub", "--type", "dsp",
+                           "--roles", "ID_READER", "--json")  # fmt: skip
+    assert created.returncode == 0
+    site = str(json.loads(created.stdout)["site_id"])
+    issued = _full_stderr(tmp_path, "key", "create", "--site-id", site, "--name", "bidder",
+                          "--roles", "ID_READER", "--json")  # fmt: skip
+    assert issued.returncode == 0
+    assert json.loads(issued.stdout)["key"].startswith(f"UID2-C-L-{site}-")
+    assert _keys(tmp_path) == ["bidder"]
+
+
+def test_serve_with_a_full_standard_error_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    # "press Ctrl-C to stop" and "stopped" are hints: failing to write them neither stops a
+    # serving process nor turns a clean stop into exit status 1.
+    argv = [str(ENTRY_POINT), "serve", "--json", "--init-if-new", "--port", "0"]
+    argv += ["--admin-port", "0"]
+    with DEV_FULL.open("w") as full:
+        served = subprocess.Popen(  # noqa: S603 (our own entry point, fixed arguments)
+            argv, stdout=subprocess.PIPE, stderr=full.fileno(), env=_env(tmp_path / "data")
+        )
+    assert served.stdout is not None
+    with served.stdout:
+        try:
+            announced = json.loads(served.stdout.readline())
+            url = f"{announced['operator_url']}/ops/healthcheck"
+            with urllib.request.urlopen(url, timeout=30) as health:  # noqa: S310 (loopback)
+                assert health.status == 200
+            time.sleep(1)  # past the announcement's hint, which a full stderr refused
+            assert served.poll() is None
+            served.send_signal(signal.SIGTERM)
+            assert served.wait(timeout=60) == 0
+        finally:
+            if served.poll() is None:
+                served.kill()
+                served.wait()

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from uid2_operator.cli.output import emit, fields, show_once_warning, table, when
+from uid2_operator.cli.output import emit, fields, note, show_once_warning, table, when
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH
@@ -149,7 +149,7 @@ def list_(site_id: int | None, limit: int | None, after: str | None, as_json: bo
         ),
     )
     if page.more and not wants_json(as_json):
-        click.echo(f"More keys follow: --after {views[-1].key_id}", err=True)
+        note(f"More keys follow: --after {views[-1].key_id}")
 
 
 @key.command("show")

@@ -146,6 +146,14 @@ def _discard_stdout() -> None:
             os.close(devnull)
 
 
+def note(text: str) -> None:
+    """A line on standard error that a command does without when it cannot be written (a hint,
+    a reminder, serve's ``stopped``): a full or broken standard error must not turn a command
+    whose work is done, or a serve that stopped cleanly, into a failure."""
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(text, err=True)
+
+
 def print_json(document: Any) -> None:
     echo(json.dumps(document, indent=2, ensure_ascii=False))
 
@@ -195,7 +203,4 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
 
 
 def show_once_warning() -> None:
-    click.echo(
-        "Store these now: they are shown only this once and cannot be retrieved later.",
-        err=True,
-    )
+    note("Store these now: they are shown only this once and cannot be retrieved later.")

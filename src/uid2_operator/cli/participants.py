@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.output import emit, fields, note, table, when
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, parse_list, services, wants_json
 from uid2_operator.domain.participants import MAX_NAME_LENGTH, ParticipantType
@@ -108,7 +108,7 @@ def list_(limit: int | None, after: int | None, as_json: bool) -> None:
         ),
     )
     if page.more and not wants_json(as_json):
-        click.echo(f"More participants follow: --after {views[-1].site_id}", err=True)
+        note(f"More participants follow: --after {views[-1].site_id}")
 
 
 @participant.command("show")

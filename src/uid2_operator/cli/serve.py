@@ -75,7 +75,7 @@ from uid2_operator.bootstrap import (
     sweep_keyring_debris,
 )
 from uid2_operator.cli.database import Initialised, initialise
-from uid2_operator.cli.output import OutputLost, echo, os_reason, show_once_warning
+from uid2_operator.cli.output import OutputLost, echo, note, os_reason, show_once_warning
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import (
     json_option,
@@ -1182,7 +1182,7 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
         _serve(ctx, listen, init_if_new, announcer, stop)
     finally:
         restore_handlers(previous, stop)
-    click.echo("stopped", err=True)
+    note("stopped")
 
 
 def _check_ports(ctx: click.Context, port: int, admin_port: int, metrics_port: int | None) -> None:
@@ -1457,7 +1457,7 @@ class _Announcer:
             initialised=self.initialised,
             as_json=self.as_json,
         )
-        click.echo("press Ctrl-C to stop", err=True)
+        note("press Ctrl-C to stop")
 
     def stopped(self) -> None:
         """Serve is stopping (on an error, a signal, or once it served): print what would
