@@ -313,6 +313,7 @@ class SnapshotSource:
         if isinstance(outcome, BaseException):
             self._record_failure(polled_at_ms, outcome)
             return False
+        refusing = self.current is None and self._loaded is not None
         if outcome is not None:
             if recorded:  # logouts answered while it loaded: few, applied here
                 updated = outcome.snapshot.with_optouts(recorded.values())
@@ -329,8 +330,15 @@ class SnapshotSource:
                 if self._failing == _STORE_DOWN
                 else "snapshot reload works again"
             )
-        if self.current is None and self._loaded is not None:
+        if self._age_ms() > self._max_age_ms:
+            # A poll that had not answered since before the bound confirms the store as it was
+            # then: still too old to serve. The next poll, a moment later, confirms it now.
+            self.current = None
+            if not refusing:
+                log.error("snapshot older than %d ms; refusing API requests", self._max_age_ms)
+        elif refusing and self._loaded is not None:
             self.current = self._loaded.snapshot
+            log.warning("snapshot confirmed again; serving API requests")
         return outcome is not None
 
     def _install(self, loaded: Loaded) -> None:
@@ -364,11 +372,13 @@ class SnapshotSource:
             return
         self._stall_logged = True
         log.warning(
-            "a poll of the store has not answered for more than %g s (since %s); serving the "
-            "last snapshot until it is %d s old",
+            "a poll of the store has not answered for more than %g s (since %s); %s",
             self.stalled_poll_s,
             _when(self._polling_since_ms or 0),
-            self._max_age_ms // 1000,
+            f"serving the last snapshot until it is {self._max_age_ms // 1000} s old"
+            if self.current is not None
+            else "refusing API requests: the last snapshot is older than "
+            f"{self._max_age_ms // 1000} s",
         )
 
     def check_age(self) -> None:
