@@ -80,6 +80,7 @@ from uid2_operator.domain.sharing import (
     parse_sharing,
     revocation_requires_rotation,
 )
+from uid2_operator.error_text import some_of
 from uid2_operator.errors import InvalidInput, NotFound
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event
@@ -324,9 +325,12 @@ class SharingService:
             keyring = recorded_keyring(tx, self._keyrings)
             _participant(tx, site)
             policy = parse_sharing(site, mode_name, site_list, type_names)
-            unknown = sorted(s for s in policy.sites if tx.participants.get(s) is None)
+            # One read for every listed site: a list may name 10,000, and this transaction
+            # holds the store's write lock.
+            types_by_site = {p.site_id: p.type for p in tx.participants.list_all()}
+            unknown = sorted(s for s in policy.sites if s not in types_by_site)
             if unknown:
-                raise InvalidInput(f"No participant with site id {', '.join(map(str, unknown))}")
+                raise InvalidInput(f"No participant with site id {some_of(unknown, 10)}")
             if self._material is not None:
                 # A participant without a keyset yet gets one here, committed with the change;
                 # a keyset created in this transaction has keys no reader could have fetched.
@@ -338,7 +342,6 @@ class SharingService:
                 raise NotFound(f"No keyset {keyset.keyset_id}")
             if before == policy:
                 return SharingView(site, keyset.keyset_id, policy, changed=fresh)
-            types_by_site = {p.site_id: p.type for p in tx.participants.list_all()}
             needed = not fresh and revocation_requires_rotation(before, policy, types_by_site.get)
             tx.keyset_sharing.put(keyset.keyset_id, policy)
             created = (

@@ -9,6 +9,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from service_fixtures import ACTOR, KEYRING
+from sqlalchemy import event
 
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.audit import Outcome, verify_chain
@@ -155,6 +156,29 @@ def test_bad_sharing_choices_are_refused_and_change_nothing(
     with pytest.raises(InvalidInput, match=message):
         sharing.set_sharing(ACTOR, A, **kwargs)
     assert store.change_seq() == seq
+
+
+def test_a_long_list_of_unknown_sites_is_checked_in_one_read_and_named_briefly(
+    sharing: SharingService, store: SqlStore
+) -> None:
+    # The change holds the store's write lock: one statement per listed site (10,000 allowed)
+    # kept every other writer out for seconds before the refusal.
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    listed = list(range(10_000, 20_000))
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        with pytest.raises(InvalidInput) as refused:
+            sharing.set_sharing(ACTOR, A, mode="list", sites=listed)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert refused.value.detail == (
+        f"No participant with site id {', '.join(map(str, listed[:10]))} and 9990 more"
+    )
+    assert len(statements) < 20, statements
 
 
 def test_a_participant_without_a_keyset_gets_one_or_a_clear_refusal(
