@@ -21,7 +21,7 @@ from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
 from uid2_operator.services.write_behind import write_optouts
 from uid2_operator.storage import SqlStore
-from uid2_operator.wire.encoding import b64encode
+from uid2_operator.wire.encoding import b64decode, b64encode
 
 
 def _actions(svc: CredentialService) -> list[str]:
@@ -116,10 +116,14 @@ def test_issued_results_hide_their_secrets(svc: CredentialService) -> None:
     issued = svc.create_key(ACTOR, site_id=site, name="k", roles=["GENERATOR"])
     secret = svc.rotate_secret(ACTOR, issued.key_id)
     client = svc.resolve_client(issued.key)
+    # The client holds the secrets as bytes: their repr and hex are what a leak would show.
+    raw = [b64decode(issued.secret), b64decode(secret.secret)]
+    assert set(client.secrets) == set(raw)
     for text in (repr(issued), str(issued), repr(secret), str(secret), repr(client), str(client)):
         assert issued.key not in text
         assert issued.secret not in text
         assert secret.secret not in text
+        assert not any(repr(r)[2:-1] in text or r.hex() in text for r in raw)
     assert issued.to_json()["key"] == issued.key
     assert secret.to_json()["secret"] == secret.secret
     assert "secret" not in issued.key_view.to_json()

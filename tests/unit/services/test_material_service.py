@@ -524,6 +524,7 @@ def test_no_secret_reaches_the_database_file_or_a_repr(
     assert shown == str(loaded)
     assert "keys=3" in shown
     assert all(text not in shown for text in texts)
+    assert all(repr(s)[2:-1] not in shown and s.hex() not in shown for s in secrets)
 
 
 def test_environment_sizes(tmp_path: Path) -> None:
