@@ -17,6 +17,7 @@ not at all, and another instance's different version 3 is refused from then on.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -417,6 +418,9 @@ def test_a_worker_whose_keyring_the_store_came_to_contradict_stops_loading_until
 # ------------------------------------------------------------------------- every writer
 
 
+_BIDDER_NUMBERS = itertools.count(1)  # participant names are unique; _writes runs more than once
+
+
 def _writes(deployment: Deployment, keyring: Keyring) -> dict[str, Callable[[], object]]:
     """Every use case that asks its keyring source for the latest keyring, over ``keyring``."""
     store, site, key_id = deployment.store, deployment.site, deployment.issued.key_id
@@ -426,7 +430,7 @@ def _writes(deployment: Deployment, keyring: Keyring) -> dict[str, Callable[[], 
     admin = AdminService(store, keyring, env, clock, os.urandom)
     sharing = SharingService(store, keyring, env, clock, os.urandom, material=material)
     bidder = deployment.services.credentials.create_participant(
-        ACTOR, name="DSP", type="dsp", roles=["ID_READER"]
+        ACTOR, name=f"DSP {next(_BIDDER_NUMBERS)}", type="dsp", roles=["ID_READER"]
     ).site_id
     return {
         "create_key": lambda: credentials.create_key(

@@ -405,6 +405,11 @@ def test_domain_errors_map_to_404_409_and_422(env: AdminEnv) -> None:
         "POST", "/participants", json={"name": "B", "type": "publisher", "site_id": 50}
     )
     assert (taken.status_code, taken.json()["error"]["code"]) == (409, "already_exists")
+    named = env.call("POST", "/participants", json={"name": " a ", "type": "dsp", "site_id": 51})
+    assert (named.status_code, named.json()["error"]) == (
+        409,
+        {"code": "already_exists", "message": "Participant 50 already has this name"},
+    )
     assert env.call("GET", "/participants/51").status_code == 404
     assert env.call("GET", "/participants/abc").status_code == 422
     assert env.call("GET", "/keys/UID2-C-L-50-zzzzzz").json()["error"]["code"] == "not_found"
@@ -507,13 +512,13 @@ def test_raw_asgi_edges(env: AdminEnv) -> None:
         (("UID2-C-L-3-abcDEF.secret-looking-text", 1), None),
         (("::1", 1), "::1"),
     ]
-    for client, source in peers:
+    for number, (client, source) in enumerate(peers):
         status, _, _ = raw_asgi_request(
             env.app,
             "POST",
             PREFIX + "/participants",
             headers=[auth, ("content-type", "application/json")],
-            chunks=[b'{"name": "S", "type": "dsp"}'],
+            chunks=[b'{"name": "S%d", "type": "dsp"}' % number],
             client=client,
         )
         assert status == 201

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -36,8 +37,12 @@ def _events(env: AdminEnv, role: AdminRole, **params: Any) -> list[dict[str, Any
     return events
 
 
+_UNNUMBERED = itertools.count(1)  # names for participants created without a site id
+
+
 def _participant(env: AdminEnv, site_id: int | None = None) -> int:
-    body: dict[str, Any] = {"name": f"site {site_id}", "type": "publisher"}
+    name = f"site {site_id}" if site_id is not None else f"next site {next(_UNNUMBERED)}"
+    body: dict[str, Any] = {"name": name, "type": "publisher"}
     body["roles"] = ["GENERATOR", "SHARER"]
     if site_id is not None:
         body["site_id"] = site_id

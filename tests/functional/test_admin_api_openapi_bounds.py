@@ -304,11 +304,12 @@ Factory = Callable[[AdminEnv], str]
 
 def _participant(env: AdminEnv, *, enabled: bool = True) -> str:
     credentials = env.services.credentials
+    site = next(_unused_sites)
     view = credentials.create_participant(
         SYSTEM,
-        name="target",
+        name=f"target {site}",
         type="publisher",
-        site_id=next(_unused_sites),
+        site_id=site,
         roles=ALL_CLIENT_ROLES,
     )
     if not enabled:

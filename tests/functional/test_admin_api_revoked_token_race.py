@@ -13,6 +13,7 @@ and actors without a token (the command line) are not affected.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,8 +105,11 @@ def _assert_refused_as_revoked(response: httpx.Response) -> None:
 # ------------------------------------------------------------------- what each write route needs
 
 
+_NUMBERS = itertools.count(1)  # participant names are unique
+
+
 def _site(env: AdminEnv, roles: tuple[str, ...] = ("GENERATOR", "SHARER")) -> int:
-    body = {"name": "P", "type": "publisher", "roles": list(roles)}
+    body = {"name": f"P {next(_NUMBERS)}", "type": "publisher", "roles": list(roles)}
     response = env.call("POST", "/participants", json=body)
     assert response.status_code == 201, response.text
     site: int = response.json()["site_id"]
@@ -170,7 +174,7 @@ def _sharing(env: AdminEnv) -> Request:
 WRITES: dict[tuple[str, str], RequestMaker] = {
     ("POST", "/participants"): lambda env: (
         "/participants",
-        {"name": "New", "type": "publisher", "roles": ["GENERATOR"]},
+        {"name": f"New {next(_NUMBERS)}", "type": "publisher", "roles": ["GENERATOR"]},
     ),
     ("POST", "/participants/{site_id}/disable"): lambda env: (
         f"/participants/{_site(env)}/disable",

@@ -4,6 +4,7 @@ backend."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +42,11 @@ def refused(cli: Cli, *args: str) -> str:
     return message
 
 
+_NUMBERS = itertools.count(1)  # participant names are unique
+
+
 def _participant(cli: Cli, *site_id: str) -> int:
-    args = ["participant", "create", "--name", "P", "--type", "publisher"]
+    args = ["participant", "create", "--name", f"P {next(_NUMBERS)}", "--type", "publisher"]
     created = ok(
         cli, *args, "--roles", "GENERATOR,SHARER", *(("--site-id", *site_id) if site_id else ())
     )

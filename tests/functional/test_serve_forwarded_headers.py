@@ -19,10 +19,10 @@ def test_a_forwarded_for_header_does_not_reach_the_audit_trail(tmp_path: Path) -
         prepared = prepare(database)
         auth = {"authorization": f"Bearer {prepared.admin_token}"}
         with served(database, workers=1) as server:
-            for forged in FORGED:
+            for number, forged in enumerate(FORGED):
                 created = httpx.post(
                     server.admin_url + "/participants",
-                    json={"name": "Forwarded", "type": "dsp"},
+                    json={"name": f"Forwarded {number}", "type": "dsp"},
                     headers={**auth, "x-forwarded-for": forged, "x-forwarded-proto": "https"},
                     timeout=30,
                 )

@@ -10,6 +10,7 @@ again changes nothing and says so.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +38,13 @@ def env(tmp_path: Path) -> Iterator[AdminEnv]:
 any_env = admin_env_fixture()
 
 
+_NUMBERS = itertools.count(1)  # participant names are unique
+
+
 def _site_without_keyset(
     env: AdminEnv, kind: str = "publisher", roles: tuple[str, ...] = ("GENERATOR", "SHARER")
 ) -> int:
-    body = {"name": "Fresh", "type": kind, "roles": list(roles)}
+    body = {"name": f"Fresh {next(_NUMBERS)}", "type": kind, "roles": list(roles)}
     response = env.call("POST", "/participants", json=body)
     assert response.status_code == 201, response.text
     site: int = response.json()["site_id"]

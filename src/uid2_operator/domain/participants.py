@@ -11,7 +11,7 @@ from typing import Final
 
 from uid2_operator.domain.credential_text import holds_credential_text
 from uid2_operator.domain.roles import ClientRole
-from uid2_operator.errors import InvalidInput, InvalidTransition
+from uid2_operator.errors import AlreadyExists, InvalidInput, InvalidTransition
 
 
 class ParticipantType(StrEnum):
@@ -147,6 +147,24 @@ def refuse_deceptive_text(value: str, what: str) -> str:
     if value and all(ch.isspace() or ch in _INVISIBLE for ch in value):
         raise InvalidInput(f"{what} must contain at least one visible character")
     return value
+
+
+def name_key(name: str) -> str:
+    """What two participants' names are compared by: NFKC compatibility forms, case folded,
+    white space runs as one space. ``Acme Inc``, ``ACME  Inc`` and the same in full-width
+    letters are one name: listed side by side, an administrator could not tell which
+    participant is which."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def refuse_taken_name(name: str, participants: Iterable[Participant]) -> None:
+    """AlreadyExists naming the participant whose name compares equal to ``name``
+    (``name_key``), if there is one. A retried create is refused instead of making a second
+    participant."""
+    key = name_key(name)
+    for other in participants:
+        if name_key(other.name) == key:
+            raise AlreadyExists(f"Participant {other.site_id} already has this name")
 
 
 def validate_contacts(contacts: Iterable[str]) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ from uid2_operator.domain.participants import (
     MIN_SITE_ID,
     Participant,
     new_participant,
+    refuse_taken_name,
     set_participant_enabled,
     update_participant,
 )
@@ -185,6 +186,7 @@ class CredentialService:
                 contacts=contact_list,
                 now_ms=now,
             )
+            refuse_taken_name(participant.name, tx.participants.list_all())
             tx.participants.add(participant)
             record_event(
                 tx,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -9,7 +10,9 @@ from uid2_operator.domain.participants import (
     MAX_SITE_ID,
     Participant,
     ParticipantType,
+    name_key,
     new_participant,
+    refuse_taken_name,
     set_participant_enabled,
     update_participant,
     validate_contacts,
@@ -23,7 +26,7 @@ from uid2_operator.domain.roles import (
     parse_admin_roles,
     parse_client_roles,
 )
-from uid2_operator.errors import InvalidInput, InvalidTransition
+from uid2_operator.errors import AlreadyExists, InvalidInput, InvalidTransition
 
 MakeParticipant = Callable[..., Participant]
 T0 = 1_700_000_000_000
@@ -103,6 +106,30 @@ def test_names_keep_joiners_and_marks_beside_visible_text() -> None:
 def test_names_keep_characters_outside_the_basic_plane() -> None:
     assert validate_name(" Caf\u00e9 \U0001f600 ") == "Caf\u00e9 \U0001f600"
     assert validate_contacts(["\U0001f600@example.com"]) == ("\U0001f600@example.com",)
+
+
+@pytest.mark.parametrize(
+    "same",
+    ["Acme Inc", "acme inc", "ACME  INC", " Acme\tInc ", "\uff21cme Inc", "Acme\u00a0Inc"],
+)
+def test_names_that_read_alike_are_one_name(same: str) -> None:
+    assert name_key(same) == name_key("Acme Inc") == "acme inc"
+
+
+@pytest.mark.parametrize("other", ["Acme Incorporated", "AcmeInc", "Acme Inc 2", "Acne Inc"])
+def test_names_that_read_differently_are_distinct(other: str) -> None:
+    assert name_key(other) != name_key("Acme Inc")
+
+
+def test_a_taken_name_is_refused_naming_its_holder(make_participant: MakeParticipant) -> None:
+    holders = [
+        replace(make_participant(site_id=7), name="Other"),
+        replace(make_participant(site_id=9), name="Acme"),
+    ]
+    with pytest.raises(AlreadyExists, match=r"^Participant 9 already has this name$"):
+        refuse_taken_name("ACME", holders)
+    refuse_taken_name("Acme Two", holders)
+    refuse_taken_name("Acme", [])
 
 
 def test_contacts_refuse_surrogate_code_points() -> None:

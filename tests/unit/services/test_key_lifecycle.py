@@ -10,6 +10,7 @@ from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.lifecycle import DAY_MS
 from uid2_operator.domain.roles import ClientRole
 from uid2_operator.errors import (
+    AlreadyExists,
     CredentialRejected,
     InvalidInput,
     InvalidTransition,
@@ -91,6 +92,18 @@ def test_a_disabled_key_or_participant_can_have_its_secret_replaced(
     assert not opens(svc, issued.key, issued.secret, now)
     assert not opens(svc, issued.key, while_key_disabled.secret, now)
     assert opens(svc, issued.key, while_site_disabled.secret, now)
+
+
+def test_a_second_participant_with_a_name_already_taken_is_refused(svc: CredentialService) -> None:
+    first = svc.create_participant(ACTOR, name="Acme Inc", type="publisher", roles=["GENERATOR"])
+    events = len(svc.list_audit(ACTOR))
+    for retried in ("Acme Inc", "  ACME   inc "):
+        with pytest.raises(AlreadyExists, match=f"Participant {first.site_id} already has"):
+            svc.create_participant(ACTOR, name=retried, type="advertiser", site_id=900)
+    assert [p.site_id for p in svc.participant_page(ACTOR).items] == [first.site_id]
+    assert len(svc.list_audit(ACTOR)) == events
+    other = svc.create_participant(ACTOR, name="Acme Inc (EU)", type="publisher")
+    assert other.site_id != first.site_id
 
 
 def test_a_key_of_another_environment_is_refused_naming_it(make_service: MakeService) -> None:
