@@ -22,6 +22,7 @@ from admin_api_harness import AdminEnv, admin_env_fixture
 from uid2_operator.domain.authorization import AUDIT_TARGET_TYPES
 from uid2_operator.domain.participants import MAX_SITE_ID
 from uid2_operator.domain.roles import AdminRole
+from uid2_operator.errors import AlreadyExists
 from uid2_operator.services.context import Actor
 
 pytestmark = pytest.mark.functional
@@ -218,3 +219,39 @@ def test_concurrent_creates_after_the_highest_allowed_one_get_distinct_ids(env: 
         thread.join()
     assert failures == []
     assert sorted(made) == [3, 5, 6, 7, 8, 9]
+
+
+def test_concurrent_creates_of_one_name_make_one_participant(env: AdminEnv) -> None:
+    # The name check and the insert share the create's write transaction, which holds the
+    # store-wide write lock: of creates racing with one name, exactly one gets through.
+    workers = 6
+    barrier = threading.Barrier(workers)
+    made: list[int] = []
+    refused: list[AlreadyExists] = []
+    failures: list[BaseException] = []
+    actor = Actor("cli:racer", source="cli")
+
+    def create(index: int) -> None:
+        try:
+            barrier.wait()
+            name = "Same Name" if index % 2 else "  same  NAME "
+            made.append(
+                env.services.credentials.create_participant(actor, name=name, type="dsp").site_id
+            )
+        except AlreadyExists as exc:
+            refused.append(exc)
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(made) == 1
+    assert [str(exc.detail) for exc in refused] == [
+        f"Participant {made[0]} already has this name"
+    ] * (workers - 1)
+    listed = env.call("GET", "/participants", MAINTAINER).json()["participants"]
+    assert [p["site_id"] for p in listed if p["name"].lower().split() == ["same", "name"]] == made
