@@ -193,65 +193,44 @@ def test_the_usual_next_site_id_is_one_above_the_highest(env: AdminEnv) -> None:
     assert _participant(env) == 101
 
 
-def test_concurrent_creates_after_the_highest_allowed_one_get_distinct_ids(env: AdminEnv) -> None:
-    _participant(env, MAX_SITE_ID)
-    _participant(env, 4)
-    workers = 6
-    barrier = threading.Barrier(workers)
-    made: list[int] = []
-    failures: list[BaseException] = []
+def _race(env: AdminEnv, names: list[str]) -> list[int | BaseException]:
+    """Create a participant of each name, all at once (a barrier releases the threads
+    together); each outcome, in the order of ``names``: the new site id, or what was raised."""
+    barrier = threading.Barrier(len(names))
+    outcomes: list[int | BaseException] = [RuntimeError("not run")] * len(names)
     actor = Actor("cli:racer", source="cli")
 
     def create(index: int) -> None:
         try:
             barrier.wait()
-            view = env.services.credentials.create_participant(
-                actor, name=f"racer {index}", type="dsp"
-            )
-            made.append(view.site_id)
-        except BaseException as exc:  # reported by the assertion below
-            failures.append(exc)
+            view = env.services.credentials.create_participant(actor, name=names[index], type="dsp")
+            outcomes[index] = view.site_id
+        except BaseException as exc:  # returned, for the caller's assertions
+            outcomes[index] = exc
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(workers)]
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(names))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert failures == []
-    assert sorted(made) == [3, 5, 6, 7, 8, 9]
+    return outcomes
+
+
+def test_concurrent_creates_after_the_highest_allowed_one_get_distinct_ids(env: AdminEnv) -> None:
+    _participant(env, MAX_SITE_ID)
+    _participant(env, 4)
+    outcomes = _race(env, [f"racer {index}" for index in range(6)])
+    made = [site for site in outcomes if isinstance(site, int)]
+    assert sorted(made) == [3, 5, 6, 7, 8, 9], outcomes
 
 
 def test_concurrent_creates_of_one_name_make_one_participant(env: AdminEnv) -> None:
     # The name check and the insert share the create's write transaction, which holds the
     # store-wide write lock: of creates racing with one name, exactly one gets through.
-    workers = 6
-    barrier = threading.Barrier(workers)
-    made: list[int] = []
-    refused: list[AlreadyExists] = []
-    failures: list[BaseException] = []
-    actor = Actor("cli:racer", source="cli")
-
-    def create(index: int) -> None:
-        try:
-            barrier.wait()
-            name = "Same Name" if index % 2 else "  same  NAME "
-            made.append(
-                env.services.credentials.create_participant(actor, name=name, type="dsp").site_id
-            )
-        except AlreadyExists as exc:
-            refused.append(exc)
-        except BaseException as exc:  # reported by the assertion below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
-    assert len(made) == 1
-    assert [str(exc.detail) for exc in refused] == [
-        f"Participant {made[0]} already has this name"
-    ] * (workers - 1)
+    outcomes = _race(env, ["Same Name" if index % 2 else "  same  NAME " for index in range(6)])
+    made = [site for site in outcomes if isinstance(site, int)]
+    refused = [str(exc) for exc in outcomes if isinstance(exc, AlreadyExists)]
+    assert len(made) == 1, outcomes
+    assert refused == [f"Participant {made[0]} already has this name"] * 5, outcomes
     listed = env.call("GET", "/participants", MAINTAINER).json()["participants"]
     assert [p["site_id"] for p in listed if p["name"].lower().split() == ["same", "name"]] == made
