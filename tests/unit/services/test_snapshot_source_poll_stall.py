@@ -113,47 +113,41 @@ def test_a_reload_failing_then_a_poll_unanswered_reads_the_store_unreachable() -
     assert source.store_reachable is True
 
 
-def test_a_poll_unanswered_past_the_age_bound_logs_what_the_worker_does(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # A bound (20 s) shorter than the time a poll may stall (30 s): by the time the stall is
-    # logged the worker refuses, and the line says so. The poll that returns then confirms the
-    # store as it was when it started, too long ago to serve; the next one brings it back.
-    store, clock = _Store(), FixedClock()
-    source = SnapshotSource(
-        store.load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=20
-    )
-    assert source.refresh() is True
-    caplog.set_level(logging.INFO, logger="uid2_operator.services.snapshot_source")
-    caplog.clear()
-    poll = _held_poll(source, store)
-    try:
-        clock.advance(20_001)
-        source.check_age()
-        assert source.current is None
-        clock.advance(10_000)
-        source._log_stall()
-    finally:
-        store.released.set()
-        poll.join()
-    assert source.current is None
-    source.refresh()
-    assert source.current is not None
-    assert [r.getMessage() for r in caplog.records] == [
-        "snapshot older than 20000 ms; refusing API requests",
-        "a poll of the store has not answered for more than 30 s (since 2023-11-14T22:13:20Z); "
-        "refusing API requests: the last snapshot is older than 20 s",
-        "the poll of the store that had not answered returned",
-        "snapshot confirmed again; serving API requests",
-    ]
+STALL_LOGGED = (
+    "a poll of the store has not answered for more than 30 s (since 2023-11-14T22:13:20Z); "
+)
 
 
-def test_a_stall_inside_the_age_bound_says_the_last_snapshot_is_served(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    ("bound_s", "logged"),
+    [
+        # A bound shorter than the time a poll may stall: by the time the stall is logged the
+        # worker refuses, and the line says so. The poll that returns then confirms the store
+        # as it was when it started, too long ago to serve; the next one brings it back.
+        (
+            20,
+            [
+                "snapshot older than 20000 ms; refusing API requests",
+                STALL_LOGGED + "refusing API requests: the last snapshot is older than 20 s",
+                "the poll of the store that had not answered returned",
+                "snapshot confirmed again; serving API requests",
+            ],
+        ),
+        (
+            60,
+            [
+                STALL_LOGGED + "serving the last snapshot until it is 60 s old",
+                "the poll of the store that had not answered returned",
+            ],
+        ),
+    ],
+)
+def test_a_stalled_poll_logs_what_the_worker_does(
+    caplog: pytest.LogCaptureFixture, bound_s: int, logged: list[str]
 ) -> None:
     store, clock = _Store(), FixedClock()
     source = SnapshotSource(
-        store.load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=60
+        store.load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=bound_s
     )
     assert source.refresh() is True
     caplog.set_level(logging.INFO, logger="uid2_operator.services.snapshot_source")
@@ -166,9 +160,7 @@ def test_a_stall_inside_the_age_bound_says_the_last_snapshot_is_served(
     finally:
         store.released.set()
         poll.join()
+    assert (source.current is None) is (bound_s < 30)
+    source.refresh()
     assert source.current is not None
-    assert [r.getMessage() for r in caplog.records] == [
-        "a poll of the store has not answered for more than 30 s (since 2023-11-14T22:13:20Z); "
-        "serving the last snapshot until it is 60 s old",
-        "the poll of the store that had not answered returned",
-    ]
+    assert [r.getMessage() for r in caplog.records] == logged
