@@ -251,9 +251,13 @@ class SnapshotSource:
         if self._failure is None:
             if self.current is not None and not self._poll_stalled():
                 return None
+            if self._polling_since_ms is None:
+                # The last poll answered, but had started before the bound: the next confirms.
+                started = _when(self._confirmed_at_ms or 0)
+                return f"{stale}The last poll to answer had started at {started}"
             # No poll failed: the one in flight has gone unanswered past the stall or age bound.
             what = "a poll of the store has not answered"
-            since = _when(self._polling_since_ms or self._confirmed_at_ms or 0)
+            since = _when(self._polling_since_ms)
         else:
             what = self._failing
             since = _when(self._failing_since_ms or 0)
@@ -377,6 +381,8 @@ class SnapshotSource:
             _when(self._polling_since_ms or 0),
             f"serving the last snapshot until it is {self._max_age_ms // 1000} s old"
             if self.current is not None
+            else "refusing API requests: no snapshot loaded yet"
+            if self._loaded is None
             else "refusing API requests: the last snapshot is older than "
             f"{self._max_age_ms // 1000} s",
         )

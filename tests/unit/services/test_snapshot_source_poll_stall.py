@@ -161,6 +161,38 @@ def test_a_stalled_poll_logs_what_the_worker_does(
         store.released.set()
         poll.join()
     assert (source.current is None) is (bound_s < 30)
+    if bound_s < 30:  # the poll answered, but too late to confirm what it read
+        assert source.problem == (
+            "Snapshot is stale (30 s since last confirmed; the bound is 20 s): refusing API "
+            "requests. The last poll to answer had started at 2023-11-14T22:13:20Z"
+        )
     source.refresh()
     assert source.current is not None
     assert [r.getMessage() for r in caplog.records] == logged
+
+
+def test_a_first_poll_that_stalls_says_no_snapshot_is_loaded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, clock = _Store(), FixedClock()
+    source = SnapshotSource(
+        store.load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=20
+    )
+    caplog.set_level(logging.INFO, logger="uid2_operator.services.snapshot_source")
+    poll = _held_poll(source, store)
+    try:
+        clock.advance(30_001)
+        source._log_stall()
+        assert source.current is None
+    finally:
+        store.released.set()
+        poll.join()
+    assert source.current is None  # what it loaded is the store of 30 s ago
+    source.refresh()
+    assert source.current is not None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        STALL_LOGGED + "refusing API requests: no snapshot loaded yet",
+        "the poll of the store that had not answered returned",
+        "snapshot older than 20000 ms; refusing API requests",
+        "snapshot confirmed again; serving API requests",
+    ]
