@@ -126,6 +126,9 @@ def _characters(ranges: tuple[tuple[int, int], ...]) -> frozenset[str]:
 
 _BIDI_CONTROLS = _characters(BIDI_CONTROL_RANGES)
 _INVISIBLE = _characters(INVISIBLE_RANGES)
+_BLANK = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+"""Of ``INVISIBLE_RANGES``, those shown as a blank the width of a letter (Hangul fillers,
+Braille blank), not as nothing."""
 
 
 def refuse_bidi_controls(value: str, what: str) -> str:
@@ -150,11 +153,15 @@ def refuse_deceptive_text(value: str, what: str) -> str:
 
 
 def name_key(name: str) -> str:
-    """What two participants' names are compared by: NFKC compatibility forms, case folded,
-    white space runs as one space. ``Acme Inc``, ``ACME  Inc`` and the same in full-width
-    letters are one name: listed side by side, an administrator could not tell which
-    participant is which."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    """What two participants' names are compared by: characters that show nothing left out
+    and those that show as a blank taken as a space (``INVISIBLE_RANGES``), NFKC compatibility
+    forms, case folded (and normalised again, as folding can undo NFKC's composition), white
+    space runs as one space. ``Acme Inc``, ``ACME  Inc``, ``Acme Inc`` with a zero-width space
+    after it and the same in full-width letters are one name: listed side by side, an
+    administrator could not tell which participant is which."""
+    shown = "".join(" " if ch in _BLANK else "" if ch in _INVISIBLE else ch for ch in name)
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", shown).casefold())
+    return " ".join(folded.split())
 
 
 def refuse_taken_name(name: str, participants: Iterable[Participant]) -> None:

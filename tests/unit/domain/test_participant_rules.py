@@ -110,10 +110,26 @@ def test_names_keep_characters_outside_the_basic_plane() -> None:
 
 @pytest.mark.parametrize(
     "same",
-    ["Acme Inc", "acme inc", "ACME  INC", " Acme\tInc ", "\uff21cme Inc", "Acme\u00a0Inc"],
+    [
+        "Acme Inc",
+        "acme inc",
+        "ACME  INC",
+        " Acme\tInc ",
+        "\uff21cme Inc",
+        "Acme\u00a0Inc",
+        "Acme Inc\u200b",  # a zero-width space: shows nothing
+        "A\u00adcme Inc",  # a soft hyphen: shows nothing inside a line
+        "Acme\u2800Inc",  # a Braille blank: shows as a space
+        "Acme\u3164Inc",  # a Hangul filler: shows as a space
+    ],
 )
 def test_names_that_read_alike_are_one_name(same: str) -> None:
     assert name_key(same) == name_key("Acme Inc") == "acme inc"
+
+
+def test_case_folding_that_undoes_composition_still_compares_alike() -> None:
+    # Case folding one of these leaves a decomposed form that only a second NFKC composes.
+    assert name_key("\u03b0 Media") == name_key("\u03ab\u0301 MEDIA")
 
 
 @pytest.mark.parametrize("other", ["Acme Incorporated", "AcmeInc", "Acme Inc 2", "Acne Inc"])
