@@ -151,6 +151,10 @@ def test_a_column_of_another_type_is_named_by_the_verdict(
         ({"after": '{"a":NaN}'}, "its after is not JSON"),  # Python's reader takes them
         ({"before": '{"a":-Infinity}'}, "its before is not JSON"),
         ({"after": '{"a":1e400}'}, "its after is not JSON"),  # read back as infinity
+        # An escaped lone surrogate reads as JSON, but no answer or output can carry it.
+        ({"after": '{"a":"\\ud800"}'}, "its after holds text that is not Unicode"),
+        ({"before": '{"\\udfff":1}'}, "its before holds text that is not Unicode"),
+        ({"after": '{"a":[{"b":"x\\uDBFF"}]}'}, "its after holds text that is not Unicode"),
     ],
 )
 def test_a_row_that_does_not_read_back_is_named_by_the_verdict(
@@ -245,3 +249,13 @@ def test_a_row_whose_seq_is_not_a_number_leaves_writes_working_and_the_verdict_n
         "changed outside uid2-operator; `uid2-operator audit verify` reports where the chain "
         "breaks"
     )
+
+
+def test_text_outside_the_basic_plane_reads_back_whether_escaped_or_not(store: SqlStore) -> None:
+    # A surrogate pair escaped in the stored JSON is one character once read: not a lone one.
+    _chain(store)
+    _edit_after(store, 2, lambda text: text.replace('"active"', '"\\ud83d\\ude00 \U0001f600"'))
+    with store.read() as rx:
+        [event] = [e for e in rx.audit.list_events() if e.seq == 2]
+    assert event.after is not None
+    assert event.after["state"] == "\U0001f600 \U0001f600"
