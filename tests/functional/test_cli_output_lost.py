@@ -197,3 +197,22 @@ def test_serve_with_a_full_standard_error_serves_and_stops_cleanly(tmp_path: Pat
             if served.poll() is None:
                 served.kill()
                 served.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "status"),
+    [
+        (["participant", "show", "abc"], "usage", 2),
+        (["optout", "add", "--email", "optout@example.com"], "invalid_input", 2),
+        (["participant", "show", "99"], "not_found", 1),
+    ],
+)
+def test_a_full_standard_error_leaves_a_refusal_its_document_and_status(
+    tmp_path: Path, args: list[str], code: str, status: int
+) -> None:
+    # The Error: line cannot be written: the command's one JSON document and its exit status
+    # are what automation reads, and stay as documented.
+    assert _run(tmp_path, "init").returncode == 0
+    refused = _full_stderr(tmp_path, *args, "--json")
+    assert refused.returncode == status
+    assert json.loads(refused.stdout)["error"]["code"] == code  # one document, nothing after

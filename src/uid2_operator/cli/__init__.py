@@ -29,6 +29,7 @@ from uid2_operator.cli.output import (
     USAGE_EXIT,
     error_document,
     exit_code_for,
+    note,
     os_reason,
     print_json_error,
     safe_message,
@@ -57,10 +58,9 @@ class OperatorGroup(click.Group):
         if sys.stdout is None:
             # File descriptor 1 is closed: what a command prints (perhaps a key or a secret shown
             # only once) would vanish without a word, so nothing runs.
-            click.echo(
+            note(
                 f"Error: {STDOUT_CLOSED}: nothing this command prints could be read; "
-                "redirect it to a file, or to /dev/null to discard it",
-                err=True,
+                "redirect it to a file, or to /dev/null to discard it"
             )
             if standalone_mode:
                 sys.exit(FAILURE_EXIT)
@@ -83,7 +83,7 @@ class OperatorGroup(click.Group):
             result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             return result if isinstance(result, int) else 0
         except click.exceptions.NoArgsIsHelpError as error:  # a bare group: show its help
-            click.echo(error.format_message(), err=True)
+            note(error.format_message())
             if as_json():  # still one document to read
                 print_json_error({"error": {"code": "usage", "message": "Missing command."}})
             return USAGE_EXIT
@@ -91,7 +91,7 @@ class OperatorGroup(click.Group):
             message = _aborted(error)
             if as_json():
                 print_json_error({"error": {"code": INTERRUPTED, "message": message}})
-            click.echo(f"Error: {message}", err=True)
+            note(f"Error: {message}")
             return FAILURE_EXIT
         except (click.ClickException, UID2Error) as error:
             return _report(error, as_json())
@@ -121,7 +121,7 @@ def _report(error: BaseException, as_json: bool, text: str | None = None) -> int
         code = error.exit_code
     if as_json:
         print_json_error(error_document(error, message))
-    click.echo(f"Error: {message}", err=True)
+    note(f"Error: {message}")
     return code
 
 

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from uid2_operator.cli.output import emit, fields, table, when
+from uid2_operator.cli.output import emit, fields, note, table, when
 from uid2_operator.cli.params import AsciiIntRange
 from uid2_operator.cli.runtime import actor, json_option, services, wants_json
 from uid2_operator.domain.authorization import AUDIT_TARGET_TYPES
@@ -107,7 +107,7 @@ def verify(as_json: bool) -> None:
 
     emit(wants_json(as_json), verdict.to_json(), human)
     if not verdict.ok:
-        click.echo(f"Error: the audit chain is broken at seq {verdict.first_bad_seq}", err=True)
+        note(f"Error: the audit chain is broken at seq {verdict.first_bad_seq}")
         raise click.exceptions.Exit(1)
 
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import click
 
 from uid2_operator.bootstrap import keyring_rotation_service, open_configured_store
-from uid2_operator.cli.output import echo, emit, fields, table
+from uid2_operator.cli.output import echo, emit, fields, note, table
 from uid2_operator.cli.params import ASCII_INT
 from uid2_operator.cli.runtime import actor, json_option, load_settings, wants_json
 from uid2_operator.services.keyring_rotation import (
@@ -73,17 +73,15 @@ def status(as_json: bool) -> None:
         found = service.status()
     missing = found.describe_unknown()
     if missing is not None:
-        click.echo(
+        note(
             f"Warning: items are sealed under versions the keyring lacks ({missing}). They "
-            "cannot be opened until those versions are back in the keyring.",
-            err=True,
+            "cannot be opened until those versions are back in the keyring."
         )
     if found.active_version_dropped:
-        click.echo(
+        note(
             f"Warning: the active version {found.active_version} was dropped from the keyring "
             "of another instance of this database: nothing can be sealed through this file. "
-            "Copy that instance's keyring file here (over this one).",
-            err=True,
+            "Copy that instance's keyring file here (over this one)."
         )
     emit(wants_json(as_json), found.to_json(), lambda: _show_status(found))
 

@@ -22,6 +22,7 @@ from uid2_operator.cli.output import (
     error_document,
     exit_code_for,
     fields,
+    note,
     print_json_error,
     safe_message,
     table,
@@ -55,7 +56,7 @@ def reported(command: F) -> F:
             message = safe_message(str(error))
             if wants_json(bool(kwargs.get("as_json"))):
                 print_json_error(error_document(error, message))
-            click.echo(f"Error: {message}", err=True)
+            note(f"Error: {message}")
             raise click.exceptions.Exit(exit_code_for(error)) from None
 
     return run  # type: ignore[return-value]

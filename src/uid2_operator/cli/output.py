@@ -147,9 +147,11 @@ def _discard_stdout() -> None:
 
 
 def note(text: str) -> None:
-    """A line on standard error that a command does without when it cannot be written (a hint,
-    a reminder, serve's ``stopped``): a full or broken standard error must not turn a command
-    whose work is done, or a serve that stopped cleanly, into a failure."""
+    """A line on standard error, written best effort (every line a command writes there: a
+    hint, a warning, serve's ``stopped``, the ``Error:`` line): a full or broken standard error
+    must not turn a command whose work is done, or a serve that stopped cleanly, into a
+    failure, nor change a failing command's exit status or add a second JSON document to its
+    standard output."""
     with contextlib.suppress(OSError, ValueError):
         click.echo(text, err=True)
 

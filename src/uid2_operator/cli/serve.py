@@ -1301,7 +1301,7 @@ def _serve(
         try:
             announcer.stopped()
         except OutputLost as lost:
-            click.echo(f"Error: {lost.format_message()}", err=True)
+            note(f"Error: {lost.format_message()}")
         raise
     announcer.stopped()
 
