@@ -274,10 +274,15 @@ def verify_chain(
             False, checked, seq, problem, expected_seq - 1, prev_hash, recorded_head
         )
 
+    unnumbered: UnreadableEvent | None = None
     for event in events:
-        # A row whose seq does not read back (None) sorts after every numbered one: the chain
-        # breaks where it would go on.
-        if event.seq is not None and event.seq != expected_seq:
+        if isinstance(event, UnreadableEvent) and event.seq is None:
+            # A row whose seq does not read back (text, bytes, a fraction) is none of the
+            # numbered ones, wherever it sorts: the chain breaks where those stop being
+            # gap-free, or, when they are, where it would go on.
+            unnumbered = unnumbered or event
+            continue
+        if event.seq != expected_seq:
             return broken(expected_seq, f"expected seq {expected_seq}, found {event.seq}")
         if isinstance(event, UnreadableEvent):
             return broken(expected_seq, f"the row cannot be read: {event.problem}")
@@ -290,15 +295,18 @@ def verify_chain(
         expected_seq += 1
         checked += 1
     last_seq = expected_seq - 1
-    mismatch = None if recorded_head is None else _head_mismatch(last_seq, prev_hash, recorded_head)
-    if recorded_head is not None and mismatch is not None:
-        bad_seq, problem = mismatch
-        if last_seq == recorded_head.seq and checked:
+    mismatch: tuple[int, str] | None = None
+    if unnumbered is not None:
+        mismatch = (expected_seq, f"the row cannot be read: {unnumbered.problem}")
+    elif recorded_head is not None:
+        mismatch = _head_mismatch(last_seq, prev_hash, recorded_head)
+        if mismatch is not None and last_seq == recorded_head.seq and checked:
             # The last event itself is in doubt: the good chain ends one link earlier.
             checked -= 1
             expected_seq -= 1
             prev_hash = link_before_last
-        return broken(bad_seq, problem)
+    if mismatch is not None:
+        return broken(*mismatch)
     return ChainVerdict(True, checked, None, None, last_seq, prev_hash, recorded_head)
 
 

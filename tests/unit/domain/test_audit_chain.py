@@ -294,6 +294,11 @@ def test_a_row_whose_seq_cannot_be_read_breaks_the_chain_where_it_would_go_on() 
     # In place of a numbered row that is gone, the gap is reported where it is.
     gap = verify_chain([events[0], events[2], NO_SEQ])
     assert (gap.first_bad_seq, gap.problem) == (2, "expected seq 2, found 3")
+    # Wherever it sorts (a fraction sorts among the numbers), the break is the same.
+    among = verify_chain([events[0], NO_SEQ, events[2]])
+    assert (among.first_bad_seq, among.problem, among.head_seq) == (2, "expected seq 2, found 3", 1)
+    intact = verify_chain([events[0], NO_SEQ, events[1], events[2]])
+    assert (intact.first_bad_seq, intact.checked, intact.head_seq) == (4, 3, 3)
 
 
 def test_a_row_whose_seq_cannot_be_read_is_not_adopted_nor_keeps_the_rest_from_being() -> None:
