@@ -57,6 +57,9 @@ DRIVER_REASON_CHARS = 200
 _BEGIN_OPTION = "uid2_sqlite_begin"
 _READ_ONLY_SQL_TRANSACTION: Final = "25006"
 """PostgreSQL's SQLSTATE for a write refused by a read-only transaction."""
+_SESSION_ENDED: Final = frozenset({"25P03", "25P04"})
+"""PostgreSQL's SQLSTATEs for a session the server ended on a timeout its settings set
+(idle in transaction, transaction), which psycopg raises as an InternalError."""
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
 
 
@@ -424,6 +427,13 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
             shown = shown_url(engine.url)
             raise StoreUnavailable(
                 f"The store at {shown} refuses writes: {driver_reason(refused)}"
+            ) from exc
+        if refused is not None and getattr(refused, "sqlstate", None) in _SESSION_ENDED:
+            # The server ended the session (idle_in_transaction_session_timeout,
+            # transaction_timeout): as a terminated connection, the next one works.
+            shown = shown_url(engine.url)
+            raise StoreUnavailable(
+                f"The store at {shown} is unavailable: {driver_reason(refused)}"
             ) from exc
         if type(exc) is not DatabaseError:
             raise  # a refused statement (integrity, data): the caller's to answer
