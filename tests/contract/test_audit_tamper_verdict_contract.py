@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from uid2_operator.domain.audit import draft_event, event_hash, verify_chain
-from uid2_operator.errors import AuditRowUnreadable
+from uid2_operator.errors import AuditRowUnreadable, StoreError
 from uid2_operator.storage import SqlStore
 from uid2_operator.storage import schema as t
 
@@ -259,3 +259,19 @@ def test_text_outside_the_basic_plane_reads_back_whether_escaped_or_not(store: S
         [event] = [e for e in rx.audit.list_events() if e.seq == 2]
     assert event.after is not None
     assert event.after["state"] == "\U0001f600 \U0001f600"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL stores only UTF-8 text
+def test_a_stored_text_that_is_not_utf8_is_named_by_its_column_never_quoted(
+    store: SqlStore,
+) -> None:
+    _chain(store)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE audit_events SET actor = CAST(X'ff4f7574736964657221' AS TEXT) WHERE seq = 2"
+        )
+    with pytest.raises(StoreError) as unreadable, store.read() as rx:
+        rx.audit.chain_events()
+    assert "Could not decode to UTF-8 column 'actor'" in unreadable.value.detail
+    assert "written outside uid2-operator" in unreadable.value.detail
+    assert "Outsider" not in unreadable.value.detail

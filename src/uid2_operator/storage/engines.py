@@ -20,6 +20,7 @@ fails a use with StoreUnavailable instead of leaving it waiting.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ DRIVER_REASON_CHARS = 200
 _BEGIN_OPTION = "uid2_sqlite_begin"
 _READ_ONLY_SQL_TRANSACTION: Final = "25006"
 """PostgreSQL's SQLSTATE for a write refused by a read-only transaction."""
+_UNDECODABLE_TEXT: Final = re.compile(r"(Could not decode to UTF-8 column '[^']*') with text ")
+"""Python's SQLite reader on a stored text that is not UTF-8: its message goes on to quote it."""
 _SESSION_ENDED: Final = frozenset({"25P03", "25P04"})
 """PostgreSQL's SQLSTATEs for a session the server ended on a timeout its settings set
 (idle in transaction, transaction), which psycopg raises as an InternalError."""
@@ -454,6 +457,10 @@ def driver_reason(error: BaseException) -> str:
     with no text is named by its class."""
     lines = str(error).strip().splitlines()
     first = lines[0].strip() if lines else ""
+    undecodable = _UNDECODABLE_TEXT.match(first)
+    if undecodable is not None:
+        # SQLite's reader quotes the stored value, which no message or log line may carry.
+        first = f"{undecodable.group(1)} (a value not UTF-8, written outside uid2-operator)"
     if len(first) > DRIVER_REASON_CHARS:
         first = first[: DRIVER_REASON_CHARS - 3] + "..."
     return first or type(error).__name__
