@@ -130,18 +130,19 @@ def echo(text: str = "") -> None:
     try:
         click.echo(text)
     except (OSError, ValueError) as error:
-        _discard_stdout()
+        _discard(sys.stdout)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "closed"
         raise OutputLost(reason) from None
 
 
-def _discard_stdout() -> None:
-    """Point the broken standard output at /dev/null, so that the interpreter's own flush at exit
-    does not fail a second time (and print a traceback of its own)."""
+def _discard(stream: Any) -> None:
+    """Point a broken standard stream at /dev/null: what is left in its buffer then goes there,
+    so that neither the next write nor the interpreter's own flush at exit fails a second time
+    (which would print a traceback of its own, or end the process with exit status 120)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, stream.fileno())
         finally:
             os.close(devnull)
 
@@ -152,8 +153,10 @@ def note(text: str) -> None:
     must not turn a command whose work is done, or a serve that stopped cleanly, into a
     failure, nor change a failing command's exit status or add a second JSON document to its
     standard output."""
-    with contextlib.suppress(OSError, ValueError):
+    try:
         click.echo(text, err=True)
+    except (OSError, ValueError):
+        _discard(sys.stderr)
 
 
 def print_json(document: Any) -> None:
