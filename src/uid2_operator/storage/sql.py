@@ -13,7 +13,6 @@ import hmac
 import json
 import math
 import os
-import re
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -238,25 +237,14 @@ def _audit_json(row: Row[Any], name: str) -> Any:
         raise AuditRowUnreadable(row.seq, f"its {name} repeats a field") from None
     except (ValueError, RecursionError):
         raise AuditRowUnreadable(row.seq, f"its {name} is not JSON") from None
-    if "\\u" in text and _holds_surrogates(value):
-        # An escaped lone surrogate (\ud800) reads as JSON but is no Unicode text: no answer
-        # or output could carry it. uid2-operator never writes one.
-        raise AuditRowUnreadable(row.seq, f"its {name} holds text that is not Unicode")
+    if "\\u" in text:
+        try:  # an escaped lone surrogate (\ud800) reads as JSON but is no Unicode text
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # no answer or output could carry it; no version writes one
+            raise AuditRowUnreadable(
+                row.seq, f"its {name} holds text that is not Unicode"
+            ) from None
     return value
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _holds_surrogates(value: Any) -> bool:
-    """Whether any string in a parsed JSON value (a name or a value) holds a surrogate."""
-    if isinstance(value, str):
-        return _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_holds_surrogates(k) or _holds_surrogates(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_surrogates(item) for item in value)
-    return False
 
 
 class _RepeatedName(ValueError):
