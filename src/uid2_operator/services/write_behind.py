@@ -804,6 +804,7 @@ class WriteBehind:
         on_dropped: Callable[[list[OptOutRecord]], None] | None = None,
         saved_dir: Path | None = None,
         stop_budget_s: float = STOP_BUDGET_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.usage = UsageMeter(clock.now_ms())
         self.optouts = OptOutQueue()
@@ -815,6 +816,8 @@ class WriteBehind:
         self._on_dropped = on_dropped
         self._saved_dir = saved_dir
         self._stop_budget_s = stop_budget_s
+        self._monotonic = monotonic
+        """What the stop budget is measured on, in seconds (``time.monotonic``)."""
         self._stop = asyncio.Event()
         self._stopping = threading.Event()
         """Set with ``stop`` (and by ``_finish``): read by the write-behind's thread."""
@@ -1263,8 +1266,8 @@ class WriteBehind:
         return self._land(flight) if flight.done.done() else None
 
     async def _landed_by(self, flight: _Flight, deadline: float) -> bool:
-        """Whether ``flight`` ended (and was settled) by ``deadline`` (``time.monotonic``)."""
-        remaining = deadline - time.monotonic()
+        """Whether ``flight`` ended (and was settled) by ``deadline`` (``_monotonic``)."""
+        remaining = deadline - self._monotonic()
         if remaining > 0 and not flight.done.done():
             await asyncio.wait({flight.done}, timeout=remaining)
         if not flight.done.done():
@@ -1318,7 +1321,7 @@ class WriteBehind:
         what is still not written (``_give_up``)."""
         self._stopping.set()  # ``run`` may end without ``stop`` (cancelled)
         self.tick()
-        deadline = (self._stop_at or time.monotonic()) + self._stop_budget_s
+        deadline = (self._stop_at or self._monotonic()) + self._stop_budget_s
         flight = self._flight
         if flight is None or await self._landed_by(flight, deadline):
             while len(self.optouts) or len(self.usage):
@@ -1326,7 +1329,7 @@ class WriteBehind:
                 flight = self._launch_flush(usage, optouts)
                 if not await self._landed_by(flight, deadline):
                     break
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._monotonic()
                 if remaining <= 0:
                     break
                 if len(self.optouts) or len(self.usage):
@@ -1389,7 +1392,7 @@ class WriteBehind:
     def stop(self) -> None:
         """End ``run``: it makes its last flush, within ``STOP_BUDGET_S`` from now."""
         if self._stop_at is None:
-            self._stop_at = time.monotonic()
+            self._stop_at = self._monotonic()
         self._stopping.set()
         self._stop.set()
 

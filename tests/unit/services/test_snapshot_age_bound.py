@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from uid2_operator.clock import FixedClock, SystemClock
+from uid2_operator.clock import FixedClock
 from uid2_operator.errors import StoreUnavailable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
@@ -158,28 +157,37 @@ def test_the_confirmed_age_gauge_counts_elapsed_time_not_the_time_of_day(tmp_pat
 
 def test_failing_polls_stop_the_serving_when_the_bound_passes_not_at_the_next_poll() -> None:
     # A poll that fails at once, just before the bound, must not leave the snapshot served until
-    # the next poll: with polls a minute apart, that is up to a minute past the bound.
-    store = _Store()
-    source = SnapshotSource(
-        store.load, store.change_seq, SystemClock(), poll_interval_s=2.0, max_snapshot_age_s=2.4
-    )
+    # the next poll: with polls ten minutes apart, that is up to ten minutes past the bound.
+    store, clock = _Store(), FixedClock()
+    source = _source(store, clock, poll_interval_s=600)
     assert source.refresh() is True
-    confirmed = time.monotonic()
+    served = source.current
     store.down = True  # every poll from now on fails at once
+    clock.advance(BOUND_S * 1000 - 1)
+    assert source.refresh() is False  # a poll fails a millisecond before the bound
 
-    async def scenario() -> float:
-        running = asyncio.create_task(source.run())
+    async def scenario() -> tuple[list[object], object]:
+        running = asyncio.create_task(source.run())  # its next poll: in ten minutes
         try:
-            while source.current is not None and time.monotonic() - confirmed < 10:
+            seen = []
+            for _ in range(3):  # the clock has not passed the bound: still served
+                await asyncio.sleep(0.02)
+                seen.append(source.current)
+            clock.advance(2)  # past it
+            for _ in range(1000):  # no poll comes meanwhile; ten seconds at most
+                if source.current is None:
+                    break
                 await asyncio.sleep(0.01)
-            return time.monotonic() - confirmed
+            return seen, source.current
         finally:
             source.stop()
             await running
 
     try:
-        served_for = asyncio.run(scenario())
+        seen, after = asyncio.run(scenario())
     finally:
         source.close()
-    assert source.current is None
-    assert 2.4 <= served_for < 3.4  # the bound, not the next poll at 4 s
+    assert seen == [served] * 3
+    assert after is None
+    assert source.problem is not None
+    assert source.problem.startswith(f"Snapshot is stale ({BOUND_S} s since last confirmed")

@@ -43,6 +43,7 @@ from uid2_operator.services.write_behind import (
     FAILURE_REPORT_INTERVAL_MS,
     OPTOUT_WRITE_CHUNK,
     SAVED_CHUNKS_PER_LOOK,
+    STOP_RETRY_PAUSE_S,
     WriteBehind,
     read_saved,
     save_optouts,
@@ -132,6 +133,19 @@ def _assert_private(caplog: pytest.LogCaptureFixture, records: Sequence[OptOutRe
         assert b64encode(record.first_level_hash) not in text
         assert record.first_level_hash.hex() not in text
         assert repr(record.first_level_hash)[2:-1] not in text
+
+
+class _SteppedMonotonic:
+    """The monotonic clock, stepped forward when a test says so."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self._offset
+
+    def step(self, seconds: float) -> None:
+        self._offset += seconds
 
 
 def _writer_threads() -> list[threading.Thread]:
@@ -323,24 +337,34 @@ def test_a_stop_saves_the_optouts_the_store_refuses(
     saved_dir = db_path.parent / "data" / write_behind.PENDING_OPTOUTS_DIR
     records = _records(3)
     _refuse_optout_writes(db_path)
-    writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=0.6)
+    monotonic = _SteppedMonotonic()
+    writer = WriteBehind(
+        store,
+        clock,
+        flush_interval_s=60,
+        saved_dir=saved_dir,
+        stop_budget_s=60,
+        monotonic=monotonic,
+    )
 
-    async def scenario() -> float:
+    async def scenario() -> bool:
         task = asyncio.create_task(writer.run())
         await asyncio.sleep(0.05)
         for record in records:
             writer.record_optout(record)
         writer.usage.add(key_id, ENDPOINT)
         await asyncio.sleep(0.7)  # the flusher tried, and failed
-        started = time.monotonic()
         writer.stop()
-        await task
-        return time.monotonic() - started
+        await asyncio.sleep(STOP_RETRY_PAUSE_S * 2)  # retrying, the budget far from spent
+        retrying = not task.done()
+        monotonic.step(60)  # the budget spent: the stop ends after its next try, not later
+        await asyncio.wait_for(task, timeout=STOP_RETRY_PAUSE_S + 10)
+        return retrying
 
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        took = asyncio.run(scenario())
+        retrying = asyncio.run(scenario())
     writer.close()
-    assert took < 0.6 + 1.0  # retried for the budget, never longer
+    assert retrying
     [saved] = _saved_files(saved_dir)
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert stat.S_IMODE(saved_dir.stat().st_mode) == 0o700
@@ -371,7 +395,7 @@ def test_a_stop_does_not_wait_out_a_write_lock_and_the_write_left_behind_commits
     records = _records(4)
     writer = WriteBehind(store, clock, flush_interval_s=60, saved_dir=saved_dir, stop_budget_s=0.5)
 
-    async def scenario() -> float:
+    async def scenario() -> bool:
         task = asyncio.create_task(writer.run())
         await asyncio.sleep(0.05)
         for record in records:
@@ -380,15 +404,14 @@ def test_a_stop_does_not_wait_out_a_write_lock_and_the_write_left_behind_commits
         writer.usage.add(key_id, ENDPOINT)
         await asyncio.sleep(0.7)  # the write waits for the lock (SQLite: up to 10 s)
         assert _writer_threads()
-        started = time.monotonic()
         writer.stop()
         await task
-        return time.monotonic() - started
+        return bool(_writer_threads())
 
     with caplog.at_level(logging.DEBUG, logger=LOGGER), _write_lock_held(db_path):
-        took = asyncio.run(scenario())
+        # The stop ended with the write still waiting for the lock: it did not wait it out.
+        assert asyncio.run(scenario()) is True
         writer.close()
-        assert took < 0.5 + 1.5
         [saved] = _saved_files(saved_dir)
         assert read_saved(saved) == records
     # The lock released, the write left behind gets it, and must not commit: its records are
