@@ -48,3 +48,34 @@ def test_a_read_only_database_refuses_the_upgrade_saying_why(read_only_url: str)
         "transaction"
     )
     assert current_revision(read_only_url) is None  # nothing was created
+
+
+@pytest.fixture
+def no_create_url(postgres_url: str) -> Iterator[str]:
+    """An empty schema, reached by a role that may use it but not create tables in it."""
+    name = f"no_create_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_libpq_dsn(postgres_url), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{name}" TO "{name}"')
+    url = make_url(postgres_url).set(username=name)
+    url = url.update_query_dict({"options": f"-csearch_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq_dsn(postgres_url), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+            conn.execute(f'DROP ROLE "{name}"')
+
+
+def test_a_role_that_may_not_create_tables_has_the_upgrade_refused_saying_why(
+    no_create_url: str,
+) -> None:
+    with pytest.raises(StoreError) as refused:
+        upgrade(no_create_url)
+    assert not isinstance(refused.value, StoreUnavailable)
+    schema = make_url(no_create_url).username
+    assert str(refused.value) == (
+        f"The database refused the schema upgrade: permission denied for schema {schema}"
+    )
+    assert current_revision(no_create_url) is None  # nothing was created

@@ -63,6 +63,8 @@ _UNDECODABLE_TEXT: Final = re.compile(r"(Could not decode to UTF-8 column '[^']*
 _SESSION_ENDED: Final = frozenset({"25P03", "25P04"})
 """PostgreSQL's SQLSTATEs for a session the server ended on a timeout its settings set
 (idle in transaction, transaction), which psycopg raises as an InternalError."""
+_NO_PRIVILEGE: Final = "42501"
+"""PostgreSQL's SQLSTATE for a statement on an object the role holds no privilege for."""
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
 
 
@@ -408,6 +410,15 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     try:
         yield
     except ProgrammingError as exc:
+        refused = exc.orig
+        if refused is not None and getattr(refused, "sqlstate", None) == _NO_PRIVILEGE:
+            # The database role may not touch a table (a revoked grant, a role set up for
+            # another schema): nothing a retry or the caller's input changes.
+            shown = shown_url(engine.url)
+            raise StoreUnavailable(
+                f"The store at {shown} refuses access: {driver_reason(refused)} (check the "
+                "database role's privileges)"
+            ) from exc
         if exc.statement is not None:
             raise  # a statement the database refused: not the URL's doing
         # Refused before any statement: the driver does not accept the URL's options
