@@ -1023,8 +1023,10 @@ def database_backend(settings: Settings) -> str:
     return "postgresql" if sqlite_path(settings.store_url) is None else "sqlite"
 
 
-def upgrade_database(settings: Settings) -> str:
+def upgrade_database(settings: Settings, *, earlier: bool = True) -> str:
     """Apply the shipped migrations to the configured database; returns the schema revision.
+    With ``earlier`` off (``init``), a database an earlier version set up is refused, untouched
+    (``upgrade``).
 
     A SQLite file (the embedded one, or one a database URL names) is created owner-only (0600,
     whatever the umask; SQLite gives its journal files the same mode), the embedded one in a data
@@ -1051,7 +1053,7 @@ def upgrade_database(settings: Settings) -> str:
         else:
             os.fchmod(fd, _PRIVATE_FILE)
             os.close(fd)
-    return upgrade(settings.store_url)
+    return upgrade(settings.store_url, earlier=earlier)
 
 
 def _make_sqlite_files_private(db_path: Path) -> None:

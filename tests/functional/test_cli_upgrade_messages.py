@@ -18,7 +18,7 @@ from admin_api_harness import open_admin_env, sqlite_settings
 from alembic import command
 from cli_harness import Cli, Database, settings_of, state_of
 from serve_harness import UID2_OPERATOR, clean_env
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 
 from uid2_operator.storage import schema as t
 from uid2_operator.storage.engines import make_engine
@@ -109,6 +109,57 @@ def test_a_store_an_earlier_version_wrote_is_intact_after_db_upgrade(database: D
     assert verdict["head_seq"] >= 1
     _create_participant(cli, "Next")  # the next audited change builds on the recorded head
     assert _ok(cli, "audit", "verify")["ok"] is True
+
+
+def test_init_refuses_a_database_an_earlier_version_set_up_and_leaves_it_as_it_was(
+    database: Database,
+) -> None:
+    """``init`` checks the database's environment and keyring before it writes, which it cannot
+    read at an earlier schema: upgrading it there would pull the schema from under that
+    version's running processes even when the checks then refuse the run."""
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "Pub")
+    _as_an_earlier_version_left_it(database)
+
+    error = _refused(cli, "init")
+    assert error["code"] == "store_schema_out_of_date"
+    assert error["message"] == (
+        "The database is at schema revision 0003, set up by an earlier version of "
+        "uid2-operator, and init does not upgrade it: stop every process of the earlier "
+        f"version on this database, then run `{UPGRADE}`"
+    )
+    assert current_revision(settings_of(database).store_url) == "0003"  # left as it was
+
+    _ok(cli, "db", "upgrade")
+    _ok(cli, "init")  # at this version's schema: a rerun creates only what is missing
+    assert [p["name"] for p in _ok(cli, "participant", "list")] == ["Pub"]
+
+
+def test_an_upgrade_statement_the_database_refuses_is_a_store_error_and_changes_nothing(
+    database: Database,
+) -> None:
+    """A table in the way of a revision (made by hand, say): the database refuses the statement
+    that creates it, on SQLite as on PostgreSQL; not an unavailable store, and nothing moves."""
+    cli = Cli(database)
+    _ok(cli, "init")
+    _create_participant(cli, "Pub")
+    _as_an_earlier_version_left_it(database)
+    engine, _flavour = make_engine(settings_of(database).store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE change_marks (id INTEGER)"))  # made by revision 0008
+    finally:
+        engine.dispose()
+
+    error = _refused(cli, "db", "upgrade")
+    assert error["code"] == "store_error"
+    already = {
+        "sqlite": "table change_marks already exists",
+        "postgresql": 'relation "change_marks" already exists',
+    }[database.backend]
+    assert error["message"] == f"The database refused the schema upgrade: {already}"
+    assert current_revision(settings_of(database).store_url) == "0003"
 
 
 def test_verify_of_a_chain_without_a_recorded_head_names_db_upgrade(database: Database) -> None:

@@ -147,7 +147,9 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     keyring_present = settings.keyring_json is not None or os.path.exists(settings.keyring_path)
     if keyring_present or settings.environment is Environment.PROD:
         load_keyring(settings)  # a missing or unusable keyring stops init before any write
-    revision = upgrade_database(settings)
+    # A database an earlier version set up is refused, untouched: the checks above could not
+    # read it, and upgrading it is `db upgrade`'s alone, once that version's processes stopped.
+    revision = upgrade_database(settings, earlier=False)
     if not keyring_present:
         require_unsealed_store(settings)
     init_keyring = keyring_for_init(settings)

@@ -9,6 +9,7 @@ neither upgrading nor opening it can work.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import InternalError, ProgrammingError
+from sqlalchemy.exc import InternalError, OperationalError, ProgrammingError
 
 from uid2_operator.errors import SchemaOutOfDate, StoreError
 from uid2_operator.storage.engines import driver_reason, make_engine, unavailable_as_store_error
@@ -70,8 +71,10 @@ def _revision_in(conn: Connection) -> str | None:
     return found[0] if found else None
 
 
-def upgrade(url: str | URL) -> str:
+def upgrade(url: str | URL, *, earlier: bool = True) -> str:
     """Brings the database at ``url`` to the head revision and returns it; a no-op when there.
+    With ``earlier`` off, only a database with no schema yet is brought there: one an earlier
+    version set up is refused (SchemaOutOfDate) and left untouched, as ``init`` needs.
 
     The whole upgrade runs in one transaction (both backends have transactional DDL), holding a
     lock that makes a concurrent upgrade wait and then find nothing to do (at most as long as a
@@ -91,13 +94,24 @@ def upgrade(url: str | URL) -> str:
             try:
                 with engine.connect() as conn:
                     flavour.begin_migration(conn)
-                    _revision_in(conn)
+                    found = _revision_in(conn)
+                    if not earlier and found not in (None, head_revision()):
+                        raise SchemaOutOfDate(
+                            f"The database is at schema revision {found}, set up by an earlier "
+                            "version of uid2-operator, and init does not upgrade it: stop every "
+                            "process of the earlier version on this database, then run "
+                            "`uid2-operator db upgrade`"
+                        )
                     command.upgrade(_config(conn), "head")
                     record_audit_head_on_upgrade(conn, flavour)
                     conn.commit()
-            except (ProgrammingError, InternalError) as exc:
-                if exc.statement is None:
-                    raise  # refused before any statement: the URL's (``unavailable_as_...``)
+            except (ProgrammingError, InternalError, OperationalError) as exc:
+                if exc.statement is None or (
+                    isinstance(exc, OperationalError) and not _refused_by_sqlite(exc.orig)
+                ):
+                    # Refused before any statement (the URL's), or a database that cannot be
+                    # reached or locked: ``unavailable_as_store_error`` says so.
+                    raise
                 # A statement the database refused: a role without the privilege to create
                 # tables, a read-only server or transaction. Its first line says which
                 # (driver_reason), rather than an internal error naming only the class.
@@ -106,6 +120,12 @@ def upgrade(url: str | URL) -> str:
     finally:
         engine.dispose()
     return head_revision()
+
+
+def _refused_by_sqlite(error: BaseException | None) -> bool:
+    """Whether SQLite refused a statement itself (``SQLITE_ERROR``: a table that already exists,
+    say), rather than failing to run it (busy, locked, read-only, input/output, full)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR
 
 
 def current_revision(url: str | URL) -> str | None:
