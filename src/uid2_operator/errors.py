@@ -74,6 +74,7 @@ The tree::
     │   ├── ExpiredTokenPresented           400 expired_token (refresh)
     │   ├── RefreshFailed                   400 error: any refresh failure of an anonymous caller
     │   └── InvalidClientSite               401 invalid_client: a reserved caller site id
+    ├── NotServing                          503: no snapshot, or one past the age bound
     └── DomainError                         a control-plane rule refused the request
         ├── NotFound
         ├── AlreadyExists
@@ -519,6 +520,14 @@ class RefreshFailed(OperatorError):
 class InvalidClientSite(OperatorError):
     code = "invalid_client_site"
     message = "Unexpected client site id"
+
+
+class NotServing(UID2Error):
+    """An operator worker refusing API requests: it has loaded no snapshot yet, or the one it
+    holds is older than the age bound (its health check says which)."""
+
+    code = "not_serving"
+    message = "This worker serves no snapshot"
 
 
 # ------------------------------------------------------------------------------------- domain

@@ -634,6 +634,9 @@ def test_no_snapshot_means_503_for_every_api_call(world: World, swap_snapshot: A
     """The API refuses while there is no snapshot (a served worker's health check says why:
     tests/functional/test_snapshot_staleness.py)."""
     world.holder.snapshot = None  # type: ignore[assignment]
-    assert world.post("/v2/token/refresh", "abc").status_code == 503
+    refresh = world.post("/v2/token/refresh", "abc")
     response, _ = world.call("/v2/token/generate", {"email": "a@example.com"}, world["G"])
-    assert response.status_code == 503
+    for answer in (refresh, response):
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+        assert answer.content == b"Service Unavailable"

@@ -77,6 +77,7 @@ from uid2_operator.errors import (
     EnvelopeDecryptionFailed,
     MethodNotAllowed,
     NotFound,
+    NotServing,
     ReplayedRequest,
     UID2Error,
     WrongEnvironment,
@@ -589,7 +590,8 @@ class OperatorApi:
         snapshot = self._provider()
         out: Body
         if snapshot is None:
-            status, out, headers = 503, b"Service Unavailable", [_TEXT_TYPE]
+            status, out, content_type = render(NotServing())
+            headers = [(_CONTENT_TYPE, content_type)]
         elif path == CLIENT_GENERATE:  # not behind the key check: no trace id echoed
             return self._client_generate(snapshot, fields, body, self._now())
         elif path == REFRESH:

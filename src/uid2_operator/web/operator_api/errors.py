@@ -33,6 +33,7 @@ from uid2_operator.errors import (
     KeySelectionError,
     MethodNotAllowed,
     NotFound,
+    NotServing,
     OperatorError,
     RefreshEnvelopeError,
     RefreshFailed,
@@ -91,6 +92,7 @@ OPERATOR_ERROR_TABLE: Mapping[type[UID2Error], OperatorErrorMapping] = MappingPr
         BodyTooLarge: OperatorErrorMapping(413, None, message="Request Entity Too Large"),
         NotFound: OperatorErrorMapping(404, None, message="Not Found"),
         MethodNotAllowed: OperatorErrorMapping(405, None, message="Method Not Allowed"),
+        NotServing: OperatorErrorMapping(503, None, message="Service Unavailable"),
     }
 )
 
