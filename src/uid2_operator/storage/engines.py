@@ -43,7 +43,6 @@ from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
 
 from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
-from uid2_operator.storage.round_trip_deadline import DEADLINE_OPTION, enforce_round_trip_deadline
 from uid2_operator.storage.schema import CHANGE_SEQ, store_meta
 
 WRITE_LOCK_WAIT_MS = 10_000
@@ -65,6 +64,10 @@ _SESSION_ENDED: Final = frozenset({"25P03", "25P04"})
 (idle in transaction, transaction), which psycopg raises as an InternalError."""
 _NO_PRIVILEGE: Final = "42501"
 """PostgreSQL's SQLSTATE for a statement on an object the role holds no privilege for."""
+DEADLINE_OPTION: Final = "uid2_round_trip_deadline_s"
+"""Execution option of a PostgreSQL ``Connection``: the deadline, in seconds, of each of its
+statements, in place of the engine's (the schema upgrade runs statements that may take longer
+than any use case's; ``round_trip_deadline``)."""
 _MIGRATION_LOCK_ID = 0x75696432  # any constant shared by every upgrader of one database
 
 
@@ -363,6 +366,9 @@ def make_engine(url: str | URL, *, must_exist: bool = False) -> tuple[Engine, Fl
     # No pool_pre_ping: the deadline's own ping on checkout replaces it (the pre-ping's could
     # wait for ever on a server that never answers).
     engine = create_engine(parsed, connect_args=defaults)
+    # Imported here: it imports psycopg, about 25 MB of every process that serves SQLite.
+    from uid2_operator.storage.round_trip_deadline import enforce_round_trip_deadline  # noqa: PLC0415
+
     enforce_round_trip_deadline(engine, POSTGRES_ROUND_TRIP_DEADLINE_S)
     event.listen(engine, "checkout", _server_default_access)
     return engine, PostgresFlavour()

@@ -44,11 +44,7 @@ from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 
 from uid2_operator.stop_signals import leave_to_main_thread
-
-DEADLINE_OPTION: Final = "uid2_round_trip_deadline_s"
-"""Execution option of a ``Connection``: the deadline, in seconds, of each of its statements, in
-place of the engine's (the schema upgrade runs statements that may take longer than any use
-case's)."""
+from uid2_operator.storage.engines import DEADLINE_OPTION
 
 _ARMED: Final = 0
 _ENDED: Final = 1
