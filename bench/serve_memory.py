@@ -159,10 +159,11 @@ class Caller:
         self._conn.close()
 
 
-def prepare(env: dict[str, str]) -> dict[str, Any]:
-    """A new data directory with a rotated salt table and one publisher key (as issued)."""
+def prepare(env: dict[str, str]) -> tuple[dict[str, Any], int]:
+    """A new data directory with a rotated salt table and one publisher key: the key as issued,
+    and the number of buckets the table holds (what the rotation reports)."""
     _cli(env, "init")
-    _cli(env, "salts", "rotate", "--fraction", "1")
+    bucket_count = int(_cli(env, "salts", "rotate", "--fraction", "1")["bucket_count"])
     site = _cli(
         env,
         "participant", "create", "--name", "bench publisher", "--type", "publisher",
@@ -172,7 +173,7 @@ def prepare(env: dict[str, str]) -> dict[str, Any]:
         env, "key", "create", "--site-id", str(site), "--name", "bench key",
         "--roles", "GENERATOR,MAPPER",
     )  # fmt: skip
-    return issued
+    return issued, bucket_count
 
 
 def warm_up(port: int, issued: dict[str, Any], requests: int) -> float:
@@ -256,18 +257,21 @@ def print_figures(figures: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--buckets", type=int, default=None)
+    parser.add_argument("--buckets", type=int, default=1 << 20)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
+        # The bucket count is always set: one inherited from the environment would be measured
+        # under another name.
         env = {**os.environ, "UID2_DATA_DIR": tmp, "UID2_ENVIRONMENT": "integ"}
-        if args.buckets is not None:
-            env["UID2_SALT_BUCKETS"] = str(args.buckets)
+        env["UID2_SALT_BUCKETS"] = str(args.buckets)
         started = time.perf_counter()
-        issued = prepare(env)
+        issued, bucket_count = prepare(env)
         prepared_s = time.perf_counter() - started
+        if bucket_count != args.buckets:
+            raise RuntimeError(f"the salt table holds {bucket_count} buckets, not {args.buckets}")
 
         with serving_one_worker(env) as (parent, port, ready_s):
             children = children_by_role(parent.pid)
@@ -278,7 +282,7 @@ def main() -> None:
             warm_s = warm_up(port, issued, args.requests)
 
             figures: dict[str, Any] = {
-                "buckets": args.buckets or 1 << 20,
+                "buckets": bucket_count,
                 "prepare_s": round(prepared_s, 1),
                 "ready_s": round(ready_s, 1),
                 "warm_up_requests": args.requests + -(-args.requests // 50),
