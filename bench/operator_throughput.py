@@ -83,6 +83,15 @@ TARGETS: Final = {
     "generate/healthcheck": 0.5,
     "map HTTP/in-process": 0.5,
 }
+RATIO_SIDES: Final = {
+    "healthcheck/hello-world": ("healthcheck", "hello"),
+    "generate/healthcheck": ("generate", "healthcheck"),
+}
+"""The HTTP measurements each server-against-server ratio divides."""
+SATURATED: Final = 0.9
+"""The share of a measurement's time the server must spend on the CPU for its rate to be the
+server's: below it, the load generator (or other work on the machine) set the rate, and a ratio
+with that rate on one side says nothing of the server."""
 
 
 # ----------------------------------------------------------------------------------- servers
@@ -418,18 +427,19 @@ def _combine(slices: Sequence[LoadResult]) -> LoadResult:
 def measure_interleaved(
     settings: Settings,
     targets: Sequence[Target],
-    cpu: tuple[int, int, dict[str, CpuPerRequest], str] | None = None,
+    cpu: tuple[dict[str, CpuPerRequest], Sequence[tuple[int, int, str]]] | None = None,
 ) -> list[LoadResult]:
     """Repeatable GETs on several servers, in alternating slices so drift hits all alike.
 
     Each target gets its warm-up, then ``settings.rounds`` slices of ``duration / rounds``
-    seconds, taken in turn (A B A B ...); each result sums its slices. ``cpu``: (index of a
-    target, its server's process group, where to record, under which name): that server's CPU
-    per answer counted ok (``LoadResult``) over its measured slices only, its warm-up and the
-    others' slices left out.
+    seconds, taken in turn (A B A B ...); each result sums its slices. ``cpu``: where to record,
+    and for each server to count (index of its target, its process group, under which name):
+    that server's CPU per answer counted ok (``LoadResult``) over its measured slices only, its
+    warm-up and the others' slices left out.
     """
     requests = [[http_request("GET", HEALTHCHECK, t)] for t in targets]
-    spent = ServerCpu(0.0, 0.0)
+    counted = {index: (group, name) for index, group, name in (cpu[1] if cpu else ())}
+    spent = {index: ServerCpu(0.0, 0.0) for index in counted}
 
     def run(index: int, duration: float) -> LoadResult:
         return run_load(
@@ -446,20 +456,21 @@ def measure_interleaved(
     slices: list[list[LoadResult]] = [[] for _ in targets]
     for _ in range(settings.rounds):
         for index in range(len(targets)):
-            counted = cpu is not None and index == cpu[0]
-            before = process_cpu(cpu[1]) if cpu is not None and counted else None
+            group = counted[index][0] if index in counted else None
+            before = process_cpu(group) if group is not None else None
             slices[index].append(run(index, settings.duration_s / settings.rounds))
-            after = process_cpu(cpu[1]) if cpu is not None and counted else None
+            after = process_cpu(group) if group is not None else None
             if before is not None and after is not None:
-                spent = ServerCpu(
-                    spent.user_s + after.user_s - before.user_s,
-                    spent.system_s + after.system_s - before.system_s,
+                spent[index] = ServerCpu(
+                    spent[index].user_s + after.user_s - before.user_s,
+                    spent[index].system_s + after.system_s - before.system_s,
                 )
     results = [_combine(s) for s in slices]
     if cpu is not None:
-        used = per_request(ServerCpu(0.0, 0.0), spent, results[cpu[0]].ok)
-        if used is not None:
-            cpu[2][cpu[3]] = used
+        for index, (_group, name) in counted.items():
+            used = per_request(ServerCpu(0.0, 0.0), spent[index], results[index].ok)
+            if used is not None:
+                cpu[0][name] = used
     return results
 
 
@@ -514,6 +525,10 @@ class ServerFigures:
     skipped: list[str] = field(default_factory=list)
     cpu: dict[str, CpuPerRequest] = field(default_factory=dict)
     """The operator process's CPU per answered request, by measurement."""
+    map_in_process: list[float] = field(default_factory=list)
+    """In-process v3 map derivations, identities/s, measured right before and right after the
+    HTTP map (``map_in_process_beside``): the map ratio's baseline, taken beside what it
+    divides, not after every server has stopped."""
 
 
 def run_server(
@@ -533,7 +548,9 @@ def run_server(
         group = operator_server.pid
         # The operator's CPU is counted over its own measured slices only.
         figures.hello, figures.healthcheck = measure_interleaved(
-            settings, [hello_server.target, t], cpu=(1, group, figures.cpu, "healthcheck")
+            settings,
+            [hello_server.target, t],
+            cpu=(figures.cpu, [(0, hello_server.pid, "hello"), (1, group, "healthcheck")]),
         )
         print(f"  (a) hello-world         {figures.hello.summary()}", flush=True)
         print(f"  (b) /ops/healthcheck    {figures.healthcheck.summary()}", flush=True)
@@ -561,6 +578,7 @@ def run_server(
         why = probe(envelopes, MAP_V3, map_payload, binary=True)
         if why is None:
             sample = envelopes.request(MAP_V3, map_payload, binary=True)
+            figures.map_in_process.append(map_in_process_beside(world, settings))
             figures.map_v3 = measure_enveloped(
                 settings,
                 lambda _i: envelopes.request(MAP_V3, map_payload, binary=True),
@@ -570,9 +588,16 @@ def run_server(
                 request_size=len(sample),
                 cpu=(group, figures.cpu, "map_v3"),
             )
+            figures.map_in_process.append(map_in_process_beside(world, settings))
             print(
                 f"  (d) /v3/identity/map    {figures.map_v3.summary()}"
                 f" = {figures.map_v3.rps * settings.map_batch:,.0f} identities/s",
+                flush=True,
+            )
+            before, after = figures.map_in_process
+            print(
+                f"      in-process, pinned like the server, just before and after (d):"
+                f" {before:,.0f} and {after:,.0f} identities/s",
                 flush=True,
             )
         else:
@@ -678,6 +703,30 @@ def _timed(fn: Callable[[], object], budget_s: float, max_iterations: int) -> fl
     return (time.perf_counter() - start) / count
 
 
+def _map_derivation(world: BenchWorld, settings: Settings) -> Callable[[], object]:
+    """One in-process v3 map of ``settings.map_batch`` emails, its answer's JSON made as the
+    identities are derived (what the HTTP map does between opening and sealing)."""
+    snapshot = world.snapshot
+    now_ms = time.time_ns() // 1_000_000
+    map_payload = {"email": map_emails(settings.map_batch)}
+
+    def derive() -> object:
+        return b"".join(data_plane.map_v3(snapshot, map_payload, now_ms).pieces())
+
+    return derive
+
+
+def map_in_process_beside(world: BenchWorld, settings: Settings) -> float:
+    """Identities/s of the in-process map derivation, pinned to the server's CPU (the server is
+    idle meanwhile) for half of ``settings.inprocess_s``; then back on the client's CPU."""
+    _pin(settings.server_cpu)
+    try:
+        per_map = _timed(_map_derivation(world, settings), settings.inprocess_s / 2, 100_000)
+    finally:
+        _pin(settings.client_cpu)
+    return settings.map_batch / per_map
+
+
 def measure_in_process(world: BenchWorld, settings: Settings) -> InProcess:
     """The endpoints' work without HTTP: the derivation alone, and with envelope open/seal."""
     snapshot = world.snapshot
@@ -693,9 +742,7 @@ def measure_in_process(world: BenchWorld, settings: Settings) -> InProcess:
     map_body = json.dumps(map_payload).encode()
     scope = snapshot.identity.scope
     budget = settings.inprocess_s
-
-    def derive() -> object:  # the answer's JSON is made as the identities are derived
-        return b"".join(data_plane.map_v3(snapshot, map_payload, now_ms).pieces())
+    derive = _map_derivation(world, settings)
 
     def pipeline(
         body: bytes, binary: bool, handler: Callable[[dict[str, Any] | None], Any]
@@ -788,13 +835,31 @@ def ratios(figures: ServerFigures, inproc: InProcess | None, batch: int) -> dict
         return None if result is None else result.rps
 
     http_identities = None if figures.map_v3 is None else figures.map_v3.rps * batch
+    baseline = None if inproc is None else inproc.map_identities_per_s
+    if figures.map_in_process:  # measured beside the HTTP map: the like-for-like baseline
+        baseline = sum(figures.map_in_process) / len(figures.map_in_process)
     return {
         "healthcheck/hello-world": _ratio(rps(figures.healthcheck), rps(figures.hello)),
         "generate/healthcheck": _ratio(rps(figures.generate), rps(figures.healthcheck)),
-        "map HTTP/in-process": _ratio(
-            http_identities, None if inproc is None else inproc.map_identities_per_s
-        ),
+        "map HTTP/in-process": _ratio(http_identities, baseline),
     }
+
+
+def busy_shares(figures: ServerFigures) -> dict[str, float]:
+    """For each measurement whose server CPU was counted: the share of its time the server spent
+    on the CPU (its CPU per answer times the answers per second)."""
+    results = {
+        "hello": figures.hello,
+        "healthcheck": figures.healthcheck,
+        "generate": figures.generate,
+        "map_v3": figures.map_v3,
+    }
+    shares = {}
+    for name, used in figures.cpu.items():
+        result = results.get(name)
+        if result is not None and result.rps > 0:
+            shares[name] = used.total_us * result.rps / 1e6
+    return shares
 
 
 def print_report(
@@ -831,15 +896,30 @@ def print_report(
             f"{cell(figures.generate, 10)}{cell(figures.map_v3, 8)}{ids:>10}"
         )
         server_ratios = ratios(figures, inproc, settings.map_batch)
+        busy = busy_shares(figures)
         for name, value in server_ratios.items():
             target = TARGETS[name]
+            idle = [
+                f"{side} {busy[side]:.0%}"
+                for side in RATIO_SIDES.get(name, ())
+                if side in busy and busy[side] < SATURATED
+            ]
             if value is None:
                 verdict = "not measured"
                 shown = "-"
+            elif idle:
+                verdict = (
+                    f"not judged: server on the CPU only {', '.join(idle)} of the time; the"
+                    " load generator or other work on the machine set that rate"
+                )
+                shown = f"{value:.2f}"
             else:
                 verdict = "meets" if value >= target else "below"
                 shown = f"{value:.2f}"
             print(f"      {name:<26} {shown:>6}  (target >= {target}: {verdict})")
+        if busy:
+            shown = ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+            print(f"      server busy (CPU time / measured time): {shown}")
         if figures.cpu:
             shown = ", ".join(
                 f"{name} {c.total_us:.1f} ({c.user_us:.1f} user + {c.system_us:.1f} sys)"
@@ -878,6 +958,8 @@ def print_report(
                     ("map_v3", figures.map_v3),
                 )
             },
+            "map_in_process_beside": figures.map_in_process,
+            "server_busy": busy,
             "ratios": server_ratios,
             "server_cpu_us_per_request": {
                 name: {"user": c.user_us, "system": c.system_us} for name, c in figures.cpu.items()

@@ -258,6 +258,97 @@ def test_the_json_report_keeps_the_counts_and_flags(capsys: pytest.CaptureFixtur
     assert counts["map_v3"] is None
 
 
+def _rate(rps: float) -> LoadResult:
+    return LoadResult(
+        tool="wrk",
+        completed=int(rps),
+        ok=int(rps),
+        socket_errors=0,
+        elapsed_s=1.0,
+        p50_ms=1.0,
+        p99_ms=2.0,
+        exhausted=False,
+    )
+
+
+def _settings() -> Any:
+    return operator_throughput.Settings(
+        tool="wrk",
+        duration_s=1.0,
+        warmup_s=0.5,
+        connections=1,
+        map_connections=1,
+        map_batch=1000,
+        inprocess_s=0.0,
+        rounds=1,
+        server_cpu=None,
+        client_cpu=None,
+    )
+
+
+def test_a_ratio_is_not_judged_when_a_side_left_the_server_idle(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 20,000 health checks a second at 25 us each: the server was on the CPU half the time, so
+    # the load generator (or other work) set that rate, and generate/healthcheck is inflated.
+    cpu = operator_throughput.CpuPerRequest
+    figures = operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"],
+        hello=_rate(40_000),
+        healthcheck=_rate(20_000),
+        generate=_rate(12_000),
+        cpu={"hello": cpu(20.0, 4.0), "healthcheck": cpu(20.0, 5.0), "generate": cpu(60.0, 15.0)},
+    )
+    report = operator_throughput.print_report([figures], None, _settings(), [])
+    out = capsys.readouterr().out
+    busy = report["servers"]["uvicorn"]["server_busy"]
+    assert busy == pytest.approx({"hello": 0.96, "healthcheck": 0.5, "generate": 0.9})
+    assert (
+        "generate/healthcheck         0.60  (target >= 0.5: not judged: server on the CPU " in out
+    )
+    assert "only healthcheck 50% of the time" in out
+    assert "meets" not in out.split("generate/healthcheck")[1].splitlines()[0]
+
+
+def test_saturated_sides_are_judged(capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = operator_throughput.CpuPerRequest
+    figures = operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"],
+        hello=_rate(40_000),
+        healthcheck=_rate(38_000),
+        generate=_rate(12_000),
+        cpu={"hello": cpu(20.0, 4.0), "healthcheck": cpu(20.0, 5.0), "generate": cpu(60.0, 20.0)},
+    )
+    operator_throughput.print_report([figures], None, _settings(), [])
+    out = capsys.readouterr().out
+    assert "healthcheck/hello-world      0.95  (target >= 0.9: meets)" in out
+    assert "generate/healthcheck         0.32  (target >= 0.5: below)" in out
+
+
+def test_the_map_ratio_divides_by_the_derivation_measured_beside_it() -> None:
+    figures = operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"], map_v3=_rate(100), map_in_process=[90_000, 110_000]
+    )
+    late = dataclasses.replace(_in_process(), map_identities_per_s=50_000.0)
+    ratios = operator_throughput.ratios(figures, late, 1000)
+    assert ratios["map HTTP/in-process"] == pytest.approx(1.0)  # 100,000 / mean(90k, 110k)
+    alone = operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"], map_v3=_rate(100)
+    )
+    assert operator_throughput.ratios(alone, late, 1000)["map HTTP/in-process"] == 2.0
+
+
+def _in_process() -> Any:
+    return operator_throughput.InProcess(
+        map_identities_per_s=1.0,
+        map_with_envelope_identities_per_s=1.0,
+        generate_us=1.0,
+        generate_with_envelope_us=1.0,
+        app_healthcheck_us=1.0,
+        app_generate_us=1.0,
+    )
+
+
 # ---------------------------------------------------- serve's children are labelled by role
 
 
