@@ -4,11 +4,13 @@ Importing the command line (``uid2_operator.cli``) loads the web, storage and cr
 takes a second or so; a Ctrl-C in that time would end the process with a ``KeyboardInterrupt``
 traceback, and a SIGTERM or SIGHUP by the signal's default action with no word, where every
 other stop of a command is one clean line (and, under ``--json``, one JSON document). So a
-Ctrl-C while it loads ends it that way, and so does a SIGTERM or SIGHUP the process does not
-ignore: such a signal is noted while it loads (raising from its handler could land in a
-garbage-collector callback, where the exception is dropped and the command would run) and acted
-on once it has loaded, before the command starts; the handlers in place before are put back
-first, and the command takes the signals it handles itself (``serve`` and ``init`` all three).
+Ctrl-C, SIGTERM or SIGHUP the process does not ignore ends it that way: such a signal is noted
+while it loads and acted on once it has loaded, before the command starts. Nothing is raised
+from the handler: the exception could land in a garbage-collector callback, where it is dropped
+and the command would run, and a ``KeyboardInterrupt`` leaving code that an ``exec`` runs (as
+``dataclasses`` does at import) makes CPython end the process by SIGINT at exit, whatever exit
+status it was given. The handlers in place before are put back first, and the command takes the
+signals it handles itself (``serve`` and ``init`` all three).
 This module is the entry point of the script and of ``python -m uid2_operator``, and imports
 nothing heavy itself.
 """
@@ -22,7 +24,7 @@ from typing import Any, NoReturn
 _INTERRUPTED_EXIT = 1  # as an interrupted command exits (``cli.output.FAILURE_EXIT``)
 _INTERRUPTED_DOCUMENT = '{"error": {"code": "interrupted", "message": "aborted"}}\n'
 """What an interrupted command prints under ``--json`` (``cli.output.INTERRUPTED``)."""
-_NOTED_WHILE_LOADING = (signal.SIGTERM, signal.SIGHUP)
+_NOTED_WHILE_LOADING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -92,7 +94,7 @@ class _SignalledImport(importlib.abc.MetaPathFinder):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_while_the_command_line_loads_is_one_clean_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], signum: int
 ) -> None:
@@ -118,3 +120,45 @@ def test_once_loaded_the_handlers_before_are_back(
         console_script.main()
     assert {s: signal.getsignal(s) for s in before} == before
     assert __version__ in capsys.readouterr().out
+
+
+_CTRL_C_IN_EXEC = """
+import importlib.abc, os, signal, sys
+
+CTRL_C_THEN_WORK = (
+    "os.kill(os.getpid(), signal.SIGINT)\\n"
+    "n = 0\\n"
+    "while n < 10_000_000:\\n"
+    "    n += 1\\n"
+)
+
+class CtrlCInExec(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "uid2_operator.cli":
+            # As a Ctrl-C landing in code dataclasses runs with exec while the command loads.
+            exec(CTRL_C_THEN_WORK)
+        return None
+
+sys.meta_path.insert(0, CtrlCInExec())
+sys.argv = ["uid2-operator", "participant", "list"]
+from uid2_operator.console_script import main
+main()
+"""
+
+
+def test_a_ctrl_c_while_loading_code_run_by_exec_still_exits_with_status_1(
+    tmp_path: Path,
+) -> None:
+    # CPython ends a process run with -m (as `python -m uid2_operator`) by SIGINT at exit once a
+    # KeyboardInterrupt has left code an exec of a string ran, whatever status sys.exit gave:
+    # the Ctrl-C must be noted, not raised, while loading.
+    (tmp_path / "ctrl_c_in_exec.py").write_text(_CTRL_C_IN_EXEC)
+    done = subprocess.run(
+        [sys.executable, "-m", "ctrl_c_in_exec"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", "Error: aborted\n")
