@@ -16,7 +16,9 @@ them).
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +78,10 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.interrupted = False
+        """Whether ``interrupt`` raised: what was under way then may fail another way on its
+        way out (a library whose invariant the exception broke), which is the interruption's
+        doing, not an error of its own."""
 
     @property
     def requested(self) -> bool:
@@ -97,6 +103,7 @@ class StopRequest:
         first = self.signum is None
         self.note(signum, frame)
         if first:
+            self.interrupted = True
             raise KeyboardInterrupt
 
     def check(self) -> None:
@@ -110,3 +117,37 @@ class StopRequest:
         if self.signum is None:
             time.sleep(seconds)
         return self.signum is not None
+
+
+def _not_an_interruption(record: logging.LogRecord) -> bool:
+    """A logging filter: drop a record whose exception is a ``KeyboardInterrupt``."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+@contextmanager
+def interruptions_quiet() -> Iterator[None]:
+    """For a command that a stop signal interrupts (``StopRequest.interrupt``), which says so in
+    one line: the ``KeyboardInterrupt`` is not reported on the way by whatever it landed in. A
+    library that catches it to log it (SQLAlchemy's pool, closing a connection, logs an ERROR
+    with the traceback, then raises it again) has that record dropped by every handler the
+    records reach (the root logger's, and Python's last resort when there are none); one raised
+    in a garbage collector's callback, which Python reports as "Exception ignored" and goes on
+    from, is not printed (the stop stays noted: ``StopRequest.check``)."""
+    handlers = [*logging.getLogger().handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        handler.addFilter(_not_an_interruption)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            previous_hook(report)
+
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for handler in handlers:
+            handler.removeFilter(_not_an_interruption)

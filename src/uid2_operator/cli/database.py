@@ -34,6 +34,7 @@ from uid2_operator.settings import EnvironmentSource, Settings
 from uid2_operator.stop_signals import (
     StopRequest,
     handle_stop_signals,
+    interruptions_quiet,
     restore_handlers,
     stop_signals_held,
 )
@@ -78,7 +79,8 @@ def init(environment: str | None, as_json: bool) -> None:
     stop = StopRequest()
     previous = handle_stop_signals(stop.interrupt)
     try:
-        initialise(environment, deliver)
+        with interruptions_quiet():
+            initialise(environment, deliver, stop)
     except KeyboardInterrupt:
         # Once init has shown what it did, a stop signal held meanwhile (``initialise``) comes
         # too late to change it: init finished, and says so (exit status 0). Any earlier one,
@@ -111,14 +113,20 @@ class InitInterrupted(KeyboardInterrupt):
         self.data_dir = data_dir
 
 
-def initialise(environment: str | None, deliver: Callable[[Initialised], None]) -> None:
+def initialise(
+    environment: str | None,
+    deliver: Callable[[Initialised], None],
+    stop: StopRequest | None = None,
+) -> None:
     """The work of ``init`` (``serve --init-if-new`` runs it too), printing nothing itself: what
     it did goes to ``deliver``, which shows it or keeps it for showing.
 
     Interrupted, it raises ``InitInterrupted``, except once it has issued the bootstrap admin
     token: the token exists only in this process until it is shown, so from the moment it is
     issued until ``deliver`` returns the stop signals are held (``stop_signals_held``), and one
-    that came meanwhile takes effect then, as a plain ``KeyboardInterrupt``."""
+    that came meanwhile takes effect then, as a plain ``KeyboardInterrupt``. Another error
+    raised once ``stop`` interrupted it is the interruption's doing (``StopRequest.interrupted``)
+    and ends it the same way."""
     settings = load_settings(environment, check=False)
     delivered = False
 
@@ -131,6 +139,10 @@ def initialise(environment: str | None, deliver: Callable[[Initialised], None]) 
         _initialise(settings, delivering)
     except KeyboardInterrupt:
         if delivered:
+            raise
+        raise InitInterrupted(settings.data_dir.resolve()) from None
+    except Exception:
+        if delivered or stop is None or not stop.interrupted:
             raise
         raise InitInterrupted(settings.data_dir.resolve()) from None
 

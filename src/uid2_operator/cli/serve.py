@@ -100,6 +100,7 @@ from uid2_operator.stop_signals import (
     STOP_SIGNALS,
     StopRequest,
     handle_stop_signals,
+    interruptions_quiet,
     leave_to_main_thread,
     restore_handlers,
 )
@@ -1179,7 +1180,13 @@ def serve(  # noqa: PLR0917 (start-up in order; click passes options positionall
     stop = StopRequest()
     previous = handle_stop_signals(stop.interrupt)
     try:
-        _serve(ctx, listen, init_if_new, announcer, stop)
+        with interruptions_quiet():
+            _serve(ctx, listen, init_if_new, announcer, stop)
+    except Exception as exc:
+        if not stop.interrupted:
+            raise
+        # What the interruption landed in failed another way on its way out: still the stop.
+        raise KeyboardInterrupt from exc
     finally:
         restore_handlers(previous, stop)
     note("stopped")
@@ -1291,7 +1298,7 @@ def _serve(
         require_data_directory(settings)
     try:
         if init_if_new and _needs_init(settings):
-            initialise(None, announcer.initialise_done)
+            initialise(None, announcer.initialise_done, stop)
             settings = load_settings()
         stop.check()  # an interruption lost on the way (``StopRequest.interrupt``)
         _run_serving(settings, serve_settings, lock, listen, announcer, stop=stop)

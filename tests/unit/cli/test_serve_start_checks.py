@@ -167,7 +167,8 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The interruption a stop signal raises can be lost (raised inside a garbage collector's
-    callback, Python only reports it); the stop it noted still ends the start before serving."""
+    callback, which Python would only report); the stop it noted still ends the start before
+    serving, and the lost exception is not printed on the way."""
     real_initialise = serve.initialise
     served: list[object] = []
     unraisable: list[Any] = []
@@ -181,7 +182,7 @@ def test_a_stop_whose_interruption_was_lost_still_stops_a_starting_serve(
     monkeypatch.setattr(serve, "_run_serving", lambda *a, **k: served.append(a))
     status = _serve(tmp_path)
     out, err = capsys.readouterr()
-    assert [type(u.exc_value) for u in unraisable] == [KeyboardInterrupt]
+    assert unraisable == []  # lost, and not reported either: "aborted" says it
     assert served == []  # never started serving
     assert status == FAILURE_EXIT
     assert err.endswith("Error: aborted\n")
@@ -235,7 +236,7 @@ def test_a_stop_before_the_workers_start_interrupts_serve_and_starts_none(
     assert started == []
     assert status == FAILURE_EXIT
     assert err.endswith("Error: aborted\n")
-    assert len(unraisable) == (1 if moment.startswith("lost") else 0)
+    assert unraisable == []  # a lost interruption is not reported either: "aborted" says it
 
 
 def _signal_once_the_token_is_issued(
