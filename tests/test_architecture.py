@@ -1,7 +1,9 @@
 """The layering rules of docs/architecture.md, enforced.
 
 ``wire/`` and ``domain/`` are pure: no web framework, no database driver, no storage, services or
-web code, and no clock or entropy of their own (``now`` and a random source are passed in).
+web code, no clock or entropy of their own (``now`` and a random source are passed in), and no
+I/O (files, the environment, logging, threads, processes, the event loop; nor ``open`` or
+``print``).
 Import aliases are followed (``import os as o`` makes ``o.urandom`` count as ``os.urandom``), and
 ``getattr`` on an owner of a forbidden call is refused when it names that call or a computed name.
 
@@ -27,7 +29,14 @@ FORBIDDEN_MODULES = (
     "uid2_operator.storage", "uid2_operator.services", "uid2_operator.web", "uid2_operator.cli",
     "uid2_operator.bootstrap", "uid2_operator.settings", "uid2_operator.clock",
     "socket", "random", "secrets", "time", "subprocess", "urllib", "http",
+    # No I/O of any kind: files, the environment, logging, threads, processes, the event loop.
+    "os", "pathlib", "io", "shutil", "tempfile", "glob", "mmap", "fcntl", "select", "selectors",
+    "signal", "ssl", "logging", "threading", "multiprocessing", "concurrent", "asyncio",
+    "sqlite3", "dbm", "shelve", "pickle",
 )  # fmt: skip
+
+# Built-in functions that read or write files or the terminal.
+FORBIDDEN_BUILTINS = frozenset({"open", "print", "input", "breakpoint"})
 
 # Attribute reads that consult the clock or the OS entropy pool.
 FORBIDDEN_CALLS = {
@@ -132,6 +141,12 @@ def _violations(
                 found.append(f"imports {name}")
     tree = ast.parse(source)
     aliases = _aliases(tree)
+    shadowed = {  # a function or name of the module's own that happens to be called ``open``
+        node.name if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        or (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store))
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             left = _owner_name(node.value, aliases)
@@ -151,6 +166,14 @@ def _violations(
                 not isinstance(named, str) or (left, named) in FORBIDDEN_CALLS
             ):
                 found.append(f"uses getattr({left}, {named!r})")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in FORBIDDEN_BUILTINS
+            and node.func.id not in aliases
+            and node.func.id not in shadowed
+        ):
+            found.append(f"calls {node.func.id}()")
         if isinstance(node, ast.ImportFrom) and node.module in ("os", "datetime", "uuid"):
             for alias in node.names:
                 if (node.module, alias.name) in FORBIDDEN_CALLS:
@@ -194,6 +217,14 @@ def test_only_bootstrap_opens_storage_backends(path: Path) -> None:
         'import os\ngetattr(os, "urandom")(8)',
         'import os as o\ngetattr(o, "getrandom")',
         "import uuid\ngetattr(uuid, name)()",
+        "import os\nos.environ['UID2_X']",
+        "from os import getenv",
+        "import logging\nlogging.getLogger(__name__).warning('x')",
+        "from pathlib import Path\nPath('k').read_bytes()",
+        "import threading",
+        "import asyncio",
+        "open('keyring.json').read()",
+        "print(secret)",
     ],
 )
 def test_the_checker_catches_each_rule(source: str) -> None:
@@ -203,9 +234,9 @@ def test_the_checker_catches_each_rule(source: str) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "import os as o\no.path.join('a', 'b')",
+        "import sys\nsys.byteorder",
         "from datetime import datetime as D\nD.fromtimestamp(0)",
-        'import os\ngetattr(os, "sep")',
+        "def open(x): return x\nopen(1)",
         "getattr(record, name)",
         'import uuid as u\nu.UUID(bytes=b"0" * 16)',
     ],
