@@ -5,17 +5,18 @@ Nothing migrates on import or on ``open_store``: a deployment upgrades its schem
 (SchemaOutOfDate) rather than half-work. A database at a revision this code does not ship was
 upgraded by a newer version: reading its revision refuses it (SchemaOutOfDate, saying so), since
 neither upgrading nor opening it can work.
+
+Alembic (with the template and highlighting libraries it brings, about 11 MB of resident
+memory) is imported by the functions that use it, not by this module: a serve worker, which
+opens its store without the schema check, never loads it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import InternalError, OperationalError, ProgrammingError
@@ -23,10 +24,15 @@ from sqlalchemy.exc import InternalError, OperationalError, ProgrammingError
 from uid2_operator.errors import SchemaOutOfDate, StoreError
 from uid2_operator.storage.engines import driver_reason, make_engine, unavailable_as_store_error
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config  # noqa: PLC0415 (see the module's docstring)
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -35,6 +41,8 @@ def _config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The newest revision this code ships."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 (see the module's docstring)
+
     head = ScriptDirectory.from_config(_config()).get_current_head()
     if head is None:  # pragma: no cover - only a broken package ships no revision
         raise StoreError("No schema revision is shipped")
@@ -43,6 +51,8 @@ def head_revision() -> str:
 
 def known_revisions() -> frozenset[str]:
     """Every revision this code ships."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 (see the module's docstring)
+
     return frozenset(
         script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()
     )
@@ -54,6 +64,8 @@ def _revision_in(conn: Connection) -> str | None:
     A single linear history is shipped, so a database recording several revisions, or one not
     shipped, can only come from a newer version of uid2-operator.
     """
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415 (module docstring)
+
     found = MigrationContext.configure(conn).get_current_heads()
     unknown = sorted(set(found) - known_revisions())
     if unknown or len(found) > 1:
@@ -86,6 +98,8 @@ def upgrade(url: str | URL, *, earlier: bool = True) -> str:
     ``audit verify`` finds it intact; a broken chain gets none and stays reported.
     """
     # sql.py imports this module (for the revision checks): imported here, not at the top.
+    from alembic import command  # noqa: PLC0415 (see the module's docstring)
+
     from uid2_operator.storage.sql import record_audit_head_on_upgrade  # noqa: PLC0415
 
     engine, flavour = make_engine(url)
