@@ -56,6 +56,7 @@ The tree::
     ├── SaltError                           salt material that cannot serve a derivation
     ├── StoreError                          the database failed or refused an operation
     │   ├── StoreUnavailable                unreachable, or locked for longer than the timeout
+    │   │   └── StoreAccessRefused          reachable, but the role lacks a privilege it needs
     │   ├── SchemaOutOfDate                 not migrated to this code's schema (run db upgrade)
     │   ├── AuditChainAhead                 audit rows past the recorded head (an earlier version)
     │   ├── AuditRowUnreadable              an audit row changed outside uid2-operator
@@ -387,6 +388,14 @@ class StoreError(UID2Error):
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
     message = "The store is unavailable"
+
+
+class StoreAccessRefused(StoreUnavailable):
+    """The database answers but refuses the role a table it needs (a revoked grant, a role set
+    up for another schema): unavailable to every use as an outage is, with the same code, but
+    the store is reachable (the health check says the reload fails, not that it is down)."""
+
+    public_cause = "database access refused"
 
 
 class SchemaOutOfDate(StoreError):

@@ -13,7 +13,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 from store_records import participant
 
-from uid2_operator.errors import StoreUnavailable
+from uid2_operator.errors import StoreAccessRefused, StoreUnavailable
 from uid2_operator.storage import open_store, upgrade
 
 pytestmark = pytest.mark.postgres
@@ -57,6 +57,8 @@ def test_a_write_the_role_may_not_make_is_refused_as_an_unavailable_store(
             assert rx.participants.list_all() == []
         with pytest.raises(StoreUnavailable) as refused, store.transaction() as tx:
             tx.participants.add(participant(1001))
+        assert isinstance(refused.value, StoreAccessRefused)  # reachable: the grants are at fault
+        assert refused.value.code == "store_unavailable"  # to callers, as any outage
         message = str(refused.value)
         assert "refuses access: permission denied for table" in message
         assert message.endswith("(check the database role's privileges)")

@@ -71,7 +71,12 @@ from typing import Final
 from uid2_operator.clock import Clock
 from uid2_operator.domain.optout import OptOutRecord
 from uid2_operator.error_text import described
-from uid2_operator.errors import KekVersionMissing, StoreUnavailable, UID2Error
+from uid2_operator.errors import (
+    KekVersionMissing,
+    StoreAccessRefused,
+    StoreUnavailable,
+    UID2Error,
+)
 from uid2_operator.services.snapshot import Snapshot
 from uid2_operator.services.snapshot_loader import Loaded
 
@@ -127,12 +132,20 @@ def _public_cause(exc: BaseException) -> str | None:
     """What may be said publicly of why a reload failed with the store reachable: the missing
     key-encryption key version when the keyring lacks one, else the error's machine code or its
     class name, never its text."""
+    if isinstance(exc, StoreAccessRefused):
+        return StoreAccessRefused.public_cause
     if isinstance(exc, StoreUnavailable):
         return None
     missing = _missing_kek(exc)
     if missing is not None:
         return f"no key-encryption key version {missing.version:d}"
     return exc.code if isinstance(exc, UID2Error) else type(exc).__name__
+
+
+def _store_down(exc: BaseException) -> bool:
+    """Whether a poll failed because the store could not be reached (or locked), not because it
+    refused the reload (a role without a privilege, a keyring lacking a version)."""
+    return isinstance(exc, StoreUnavailable) and not isinstance(exc, StoreAccessRefused)
 
 
 class SnapshotSource:
@@ -364,7 +377,7 @@ class SnapshotSource:
         if failure != self._failure:
             # The health check does not show this text, so the log must (once per change).
             log.warning("snapshot refresh failed: %s", message)
-        self._failing = _STORE_DOWN if isinstance(exc, StoreUnavailable) else _RELOAD_FAILING
+        self._failing = _STORE_DOWN if _store_down(exc) else _RELOAD_FAILING
         self._failure = failure
         self._public_cause = _public_cause(exc)
         self.check_age()

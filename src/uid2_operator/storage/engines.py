@@ -42,7 +42,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.schema import Table
 
-from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
+from uid2_operator.errors import StoreAccessRefused, StoreUnavailable, UnsupportedDatabaseUrl
 from uid2_operator.storage.schema import CHANGE_SEQ, store_meta
 
 WRITE_LOCK_WAIT_MS = 10_000
@@ -421,7 +421,7 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
             # The database role may not touch a table (a revoked grant, a role set up for
             # another schema): nothing a retry or the caller's input changes.
             shown = shown_url(engine.url)
-            raise StoreUnavailable(
+            raise StoreAccessRefused(
                 f"The store at {shown} refuses access: {driver_reason(refused)} (check the "
                 "database role's privileges)"
             ) from exc

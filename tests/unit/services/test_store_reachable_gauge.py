@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from uid2_operator.clock import FixedClock
-from uid2_operator.errors import KekVersionMissing, StoreUnavailable
+from uid2_operator.errors import KekVersionMissing, StoreAccessRefused, StoreUnavailable
 from uid2_operator.services.snapshot_loader import Loaded
 from uid2_operator.services.snapshot_source import SnapshotSource
 from uid2_operator.services.write_behind import WriteBehind
@@ -34,8 +34,14 @@ class _Store:
         self.seq = 1
         self.down = False
         self.keyring_lacks_a_version = False
+        self.access_refused = False
 
     def change_seq(self) -> int:
+        if self.access_refused:
+            raise StoreAccessRefused(
+                "The store at postgresql+psycopg://uid2@db/uid2 refuses access: permission denied "
+                "for table participants (check the database role's privileges)"
+            )
         if self.down:
             raise StoreUnavailable("The store at sqlite:///test is unavailable: switched off")
         return self.seq
@@ -97,3 +103,23 @@ def test_an_unreachable_store_reads_zero_before_any_snapshot(tmp_path: Path) -> 
     )
     assert source.refresh() is False
     assert (source.store_reachable, _gauge(source, tmp_path)) == (False, 0.0)
+
+
+def test_a_role_refused_a_table_is_a_failing_reload_not_an_unreachable_store(
+    tmp_path: Path,
+) -> None:
+    # The database answers, and refuses the role a table: the health check must point at the
+    # grants, not at the network, and must not carry the database's text (names, host).
+    store = _Store()
+    source = SnapshotSource(
+        store.load, store.change_seq, FixedClock(), poll_interval_s=1, max_snapshot_age_s=10
+    )
+    assert source.refresh() is True
+    store.access_refused = True
+    assert source.refresh() is False
+    assert source.problem is not None
+    assert source.problem.startswith("Degraded: snapshot reload failing since")
+    assert "(database access refused)" in source.problem
+    assert "participants" not in source.problem
+    assert "uid2@db" not in source.problem
+    assert (source.store_reachable, _gauge(source, tmp_path)) == (True, 1.0)
