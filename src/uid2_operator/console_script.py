@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing itself takes milliseconds to import, before the handlers are in
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 _INTERRUPTED_EXIT = 1  # as an interrupted command exits (``cli.output.FAILURE_EXIT``)
 _INTERRUPTED_DOCUMENT = '{"error": {"code": "interrupted", "message": "aborted"}}\n'
