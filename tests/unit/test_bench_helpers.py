@@ -232,19 +232,7 @@ def test_the_json_report_keeps_the_counts_and_flags(capsys: pytest.CaptureFixtur
         healthcheck=result(90, 90),
         generate=result(10, 8, exhausted=True),
     )
-    settings = operator_throughput.Settings(
-        tool="wrk",
-        duration_s=1.0,
-        warmup_s=0.5,
-        connections=1,
-        map_connections=1,
-        map_batch=1000,
-        inprocess_s=0.0,
-        rounds=1,
-        server_cpu=None,
-        client_cpu=None,
-    )
-    report = operator_throughput.print_report([figures], None, settings, [])
+    report = operator_throughput.print_report([figures], None, _settings(), [])
     capsys.readouterr()
     counts = json.loads(json.dumps(report))["servers"]["uvicorn"]["counts"]
     assert counts["generate"] == {
@@ -286,19 +274,28 @@ def _settings() -> Any:
     )
 
 
+def _measured(*, healthcheck_rps: int, generate_system_us: float) -> Any:
+    """40,000 hello-worlds and 12,000 generates a second; the health check's rate as given."""
+    cpu = operator_throughput.CpuPerRequest
+    return operator_throughput.ServerFigures(
+        operator_throughput.SERVERS["uvicorn"],
+        hello=_rate(40_000),
+        healthcheck=_rate(healthcheck_rps),
+        generate=_rate(12_000),
+        cpu={
+            "hello": cpu(20.0, 4.0),
+            "healthcheck": cpu(20.0, 5.0),
+            "generate": cpu(60.0, generate_system_us),
+        },
+    )
+
+
 def test_a_ratio_is_not_judged_when_a_side_left_the_server_idle(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # 20,000 health checks a second at 25 us each: the server was on the CPU half the time, so
     # the load generator (or other work) set that rate, and generate/healthcheck is inflated.
-    cpu = operator_throughput.CpuPerRequest
-    figures = operator_throughput.ServerFigures(
-        operator_throughput.SERVERS["uvicorn"],
-        hello=_rate(40_000),
-        healthcheck=_rate(20_000),
-        generate=_rate(12_000),
-        cpu={"hello": cpu(20.0, 4.0), "healthcheck": cpu(20.0, 5.0), "generate": cpu(60.0, 15.0)},
-    )
+    figures = _measured(healthcheck_rps=20_000, generate_system_us=15.0)
     report = operator_throughput.print_report([figures], None, _settings(), [])
     out = capsys.readouterr().out
     busy = report["servers"]["uvicorn"]["server_busy"]
@@ -311,14 +308,7 @@ def test_a_ratio_is_not_judged_when_a_side_left_the_server_idle(
 
 
 def test_saturated_sides_are_judged(capsys: pytest.CaptureFixture[str]) -> None:
-    cpu = operator_throughput.CpuPerRequest
-    figures = operator_throughput.ServerFigures(
-        operator_throughput.SERVERS["uvicorn"],
-        hello=_rate(40_000),
-        healthcheck=_rate(38_000),
-        generate=_rate(12_000),
-        cpu={"hello": cpu(20.0, 4.0), "healthcheck": cpu(20.0, 5.0), "generate": cpu(60.0, 20.0)},
-    )
+    figures = _measured(healthcheck_rps=38_000, generate_system_us=20.0)
     operator_throughput.print_report([figures], None, _settings(), [])
     out = capsys.readouterr().out
     assert "healthcheck/hello-world      0.95  (target >= 0.9: meets)" in out

@@ -26,16 +26,21 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("psycopg", "
 """
 
 
-def test_a_sqlite_store_and_the_worker_import_no_postgresql_driver(tmp_path: Path) -> None:
+def _imported_by(probe: str, db_file: Path) -> str:
+    """What ``probe`` prints, run in a fresh interpreter with the SQLite file's path."""
     done = subprocess.run(  # noqa: S603 (this interpreter, a fixed program)
-        [sys.executable, "-c", _PROBE, str(tmp_path / "uid2.db")],
+        [sys.executable, "-c", probe, str(db_file)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "[]\n"
+    return done.stdout
+
+
+def test_a_sqlite_store_and_the_worker_import_no_postgresql_driver(tmp_path: Path) -> None:
+    assert _imported_by(_PROBE, tmp_path / "uid2.db") == "[]\n"
 
 
 _WORKER_PROBE = """
@@ -53,14 +58,5 @@ print(sorted({name.split(".")[0] for name in sys.modules} & {"alembic", "mako", 
 
 
 def test_a_worker_opening_its_store_imports_no_migration_tool(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'uid2.db'}"
-    upgrade(url)  # here, not in the probe
-    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed program)
-        [sys.executable, "-c", _WORKER_PROBE, str(tmp_path / "uid2.db")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "[]\n"
+    upgrade(f"sqlite:///{tmp_path / 'uid2.db'}")  # here, not in the probe
+    assert _imported_by(_WORKER_PROBE, tmp_path / "uid2.db") == "[]\n"

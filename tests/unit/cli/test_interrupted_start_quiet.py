@@ -102,15 +102,21 @@ def _interrupted_then(error: BaseException) -> Any:
     return step
 
 
-def test_a_start_that_fails_once_interrupted_is_aborted_not_an_internal_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    monkeypatch.setattr(serve, "_serve", _interrupted_then(AssertionError()))
+def _serve_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: Any) -> int:
+    """``serve``'s exit status with ``step`` in place of its start and serving."""
+    monkeypatch.setattr(serve, "_serve", step)
     code = command_line.main(
         ["--data-dir", str(tmp_path / "data"), "serve", "--port", "0", "--admin-port", "0"],
         standalone_mode=False,
     )
-    assert code == 1
+    assert isinstance(code, int)
+    return code
+
+
+def test_a_start_that_fails_once_interrupted_is_aborted_not_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert _serve_with(monkeypatch, tmp_path, _interrupted_then(AssertionError())) == 1
     assert capsys.readouterr().err.endswith("Error: aborted\n")
 
 
@@ -120,12 +126,7 @@ def test_a_start_that_fails_without_an_interruption_is_reported_as_it_is(
     def step(*args: Any) -> None:
         raise AssertionError
 
-    monkeypatch.setattr(serve, "_serve", step)
-    code = command_line.main(
-        ["--data-dir", str(tmp_path / "data"), "serve", "--port", "0", "--admin-port", "0"],
-        standalone_mode=False,
-    )
-    assert code == 1
+    assert _serve_with(monkeypatch, tmp_path, step) == 1
     assert capsys.readouterr().err.endswith("Error: internal error (AssertionError)\n")
 
 
