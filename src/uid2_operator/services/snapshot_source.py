@@ -130,8 +130,9 @@ def _missing_kek(exc: BaseException) -> KekVersionMissing | None:
 
 def _public_cause(exc: BaseException) -> str | None:
     """What may be said publicly of why a reload failed with the store reachable: the missing
-    key-encryption key version when the keyring lacks one, else the error's machine code or its
-    class name, never its text."""
+    key-encryption key version when the keyring lacks one, that the database refuses access (a
+    role without a privilege), else the error's machine code or its class name, never its
+    text."""
     if isinstance(exc, StoreAccessRefused):
         return StoreAccessRefused.public_cause
     if isinstance(exc, StoreUnavailable):

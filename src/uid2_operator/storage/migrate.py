@@ -97,9 +97,9 @@ def upgrade(url: str | URL, *, earlier: bool = True) -> str:
     head) gets its last row recorded as the head when every link up to it verifies, so that
     ``audit verify`` finds it intact; a broken chain gets none and stays reported.
     """
-    # sql.py imports this module (for the revision checks): imported here, not at the top.
     from alembic import command  # noqa: PLC0415 (see the module's docstring)
 
+    # sql.py imports this module (for the revision checks): imported here, not at the top.
     from uid2_operator.storage.sql import record_audit_head_on_upgrade  # noqa: PLC0415
 
     engine, flavour = make_engine(url)
