@@ -55,15 +55,23 @@ DRIVER_REASON_CHARS = 200
 """How much of the first line of a driver's error text a StoreUnavailable message keeps."""
 
 _BEGIN_OPTION = "uid2_sqlite_begin"
-_READ_ONLY_SQL_TRANSACTION: Final = "25006"
-"""PostgreSQL's SQLSTATE for a write refused by a read-only transaction."""
 _UNDECODABLE_TEXT: Final = re.compile(r"(Could not decode to UTF-8 column '[^']*') with text ")
 """Python's SQLite reader on a stored text that is not UTF-8: its message goes on to quote it."""
-_SESSION_ENDED: Final = frozenset({"25P03", "25P04"})
-"""PostgreSQL's SQLSTATEs for a session the server ended on a timeout its settings set
-(idle in transaction, transaction), which psycopg raises as an InternalError."""
-_NO_PRIVILEGE: Final = "42501"
-"""PostgreSQL's SQLSTATE for a statement on an object the role holds no privilege for."""
+_REFUSED_BY_STATE: Final[dict[str, tuple[type[StoreUnavailable], str]]] = {
+    # A write in a read-only transaction: a hot standby (after a fail-over), or a database whose
+    # sessions default to read-only; unavailable for writes until then.
+    "25006": (StoreUnavailable, "refuses writes: {}"),
+    # The server ended the session on a timeout its settings set (idle in transaction,
+    # transaction), which psycopg raises as an InternalError: as a terminated connection, the
+    # next one works.
+    "25P03": (StoreUnavailable, "is unavailable: {}"),
+    "25P04": (StoreUnavailable, "is unavailable: {}"),
+    # The role may not touch a table (a revoked grant, a role set up for another schema):
+    # nothing a retry or the caller's input changes.
+    "42501": (StoreAccessRefused, "refuses access: {} (check the database role's privileges)"),
+}
+"""PostgreSQL SQLSTATEs that make the store unavailable to a use, whatever the statement, and
+how the error says so (the driver's reason in place of ``{}``)."""
 DEADLINE_OPTION: Final = "uid2_round_trip_deadline_s"
 """Execution option of a PostgreSQL ``Connection``: the deadline, in seconds, of each of its
 statements, in place of the engine's (the schema upgrade runs statements that may take longer
@@ -416,15 +424,7 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
     try:
         yield
     except ProgrammingError as exc:
-        refused = exc.orig
-        if refused is not None and getattr(refused, "sqlstate", None) == _NO_PRIVILEGE:
-            # The database role may not touch a table (a revoked grant, a role set up for
-            # another schema): nothing a retry or the caller's input changes.
-            shown = shown_url(engine.url)
-            raise StoreAccessRefused(
-                f"The store at {shown} refuses access: {driver_reason(refused)} (check the "
-                "database role's privileges)"
-            ) from exc
+        _raise_refusal_by_state(engine, exc)
         if exc.statement is not None:
             raise  # a statement the database refused: not the URL's doing
         # Refused before any statement: the driver does not accept the URL's options
@@ -440,21 +440,7 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         reason = type(exc).__name__ if cause is None else driver_reason(cause)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
     except DatabaseError as exc:
-        refused = exc.orig
-        if refused is not None and getattr(refused, "sqlstate", None) == _READ_ONLY_SQL_TRANSACTION:
-            # A write in a read-only transaction: a hot standby (after a fail-over), or a
-            # database whose sessions default to read-only; unavailable for writes until then.
-            shown = shown_url(engine.url)
-            raise StoreUnavailable(
-                f"The store at {shown} refuses writes: {driver_reason(refused)}"
-            ) from exc
-        if refused is not None and getattr(refused, "sqlstate", None) in _SESSION_ENDED:
-            # The server ended the session (idle_in_transaction_session_timeout,
-            # transaction_timeout): as a terminated connection, the next one works.
-            shown = shown_url(engine.url)
-            raise StoreUnavailable(
-                f"The store at {shown} is unavailable: {driver_reason(refused)}"
-            ) from exc
+        _raise_refusal_by_state(engine, exc)
         if type(exc) is not DatabaseError:
             raise  # a refused statement (integrity, data): the caller's to answer
         # The driver's plain DatabaseError: SQLite's "file is not a database" and "database
@@ -462,6 +448,19 @@ def unavailable_as_store_error(engine: Engine) -> Iterator[None]:
         shown = shown_url(engine.url)
         reason = type(exc).__name__ if exc.orig is None else driver_reason(exc.orig)
         raise StoreUnavailable(f"The store at {shown} is unavailable: {reason}") from exc
+
+
+def _raise_refusal_by_state(engine: Engine, exc: DatabaseError) -> None:
+    """Raise the store error of ``_REFUSED_BY_STATE`` for the SQLSTATE of ``exc``, if it has one
+    there; else return."""
+    refused = exc.orig
+    found = _REFUSED_BY_STATE.get(getattr(refused, "sqlstate", None) or "")
+    if refused is None or found is None:
+        return
+    error, says = found
+    raise error(
+        f"The store at {shown_url(engine.url)} " + says.format(driver_reason(refused))
+    ) from exc
 
 
 def driver_reason(error: BaseException) -> str:
