@@ -137,12 +137,9 @@ def initialise(
 
     try:
         _initialise(settings, delivering)
-    except KeyboardInterrupt:
-        if delivered:
-            raise
-        raise InitInterrupted(settings.data_dir.resolve()) from None
-    except Exception:
-        if delivered or stop is None or not stop.interrupted:
+    except (KeyboardInterrupt, Exception) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or (stop is not None and stop.interrupted)
+        if delivered or not interrupted:
             raise
         raise InitInterrupted(settings.data_dir.resolve()) from None
 
