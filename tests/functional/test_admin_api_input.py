@@ -683,3 +683,21 @@ def test_a_blank_name_is_refused_in_the_same_words(env: AdminEnv) -> None:
     assert refused.json()["error"]["message"] == (
         "Field 'name' must show a visible character, with no bidirectional controls"
     )
+
+
+@pytest.mark.parametrize("name", ["\u206b", "\U000e0041\U000e0042", " \U0001d173\ufe0f "])
+def test_a_name_of_format_characters_alone_is_refused(env: AdminEnv, name: str) -> None:
+    # Deprecated format controls, tag characters, a musical beam mark beside a variation
+    # selector: nothing to see, whether or not the schema's pattern can name them.
+    refused = env.call("POST", "/participants", json={"name": name, "type": "dsp"})
+    assert refused.status_code == 422, refused.text
+    assert "visible character" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("suffix", ["\u206a", "\U000e0020", "\ufe0f", "\u180b"])
+def test_a_name_differing_by_a_character_that_shows_nothing_is_taken(
+    env: AdminEnv, suffix: str
+) -> None:
+    refused = env.call("POST", "/participants", json={"name": f"Target{suffix}", "type": "dsp"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["message"] == f"Participant {SITE} already has this name"

@@ -105,19 +105,34 @@ INVISIBLE_RANGES: Final = (
     (0x061C, 0x061C),
     (0x115F, 0x1160),
     (0x17B4, 0x17B5),
-    (0x180E, 0x180E),
+    (0x180B, 0x180F),
     (0x200B, 0x200F),
-    (0x2060, 0x2064),
+    (0x2060, 0x2065),
+    (0x206A, 0x206F),
     (0x2800, 0x2800),
     (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
     (0xFEFF, 0xFEFF),
     (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 )
-"""Characters that show nothing: soft hyphen, combining grapheme joiner, Arabic letter mark,
-Hangul fillers, Khmer inherent vowels, Mongolian vowel separator, zero-width spaces and
-joiners, marks of direction, word joiner and invisible operators, Braille blank, byte order
-mark. Allowed beside visible text (Persian names need the zero-width non-joiner), but a name of
+"""Characters that show nothing: Unicode's default-ignorable code points (soft hyphen,
+combining grapheme joiner, Arabic letter mark, Hangul fillers, Khmer inherent vowels, Mongolian
+variation selectors and vowel separator, zero-width spaces and joiners, marks of direction,
+word joiner, invisible operators and deprecated format controls, variation selectors, byte
+order mark, tag characters, shorthand and musical format controls) less the bidirectional
+controls, refused on their own (``BIDI_CONTROL_RANGES``), plus the Braille blank, the
+interlinear annotation controls and the Egyptian hieroglyph format controls. Every other
+format character (category Cf) is a sign shown in front of digits. Allowed beside visible text
+(Persian names need the zero-width non-joiner, emoji their variation selectors), but a name of
 only these and spaces shows nothing."""
+INVISIBLE_BASIC_PLANE_RANGES: Final = tuple(r for r in INVISIBLE_RANGES if r[1] <= 0xFFFF)
+"""Of ``INVISIBLE_RANGES``, those a ``\\uXXXX`` escape can name: what a pattern written for
+both Python and ECMA-262 can hold (the others are refused by ``refuse_deceptive_text``)."""
 
 
 def _characters(ranges: tuple[tuple[int, int], ...]) -> frozenset[str]:

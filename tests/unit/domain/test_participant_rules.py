@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -7,6 +9,8 @@ import pytest
 
 from uid2_operator.domain.keypairs import validate_keypair_contact, validate_keypair_name
 from uid2_operator.domain.participants import (
+    BIDI_CONTROL_RANGES,
+    INVISIBLE_RANGES,
     MAX_SITE_ID,
     Participant,
     ParticipantType,
@@ -82,6 +86,11 @@ def test_names_refuse_bidirectional_controls(bad: str) -> None:
         "\u3164",
         "\u2800\u034f",
         "\u115f\u061c\uffa0\u17b4",
+        "\u206a\u206f",  # deprecated format controls
+        "\U000e0041\U000e0001",  # tag characters
+        "\ufe0f \u180b",  # variation selectors
+        "\U0001d173\U0001bca0",  # musical and shorthand format controls
+        "\ufff9\U00013430",  # annotation and hieroglyph format controls
     ],
 )
 def test_names_must_show_something(bad: str) -> None:
@@ -121,6 +130,9 @@ def test_names_keep_characters_outside_the_basic_plane() -> None:
         "A\u00adcme Inc",  # a soft hyphen: shows nothing inside a line
         "Acme\u2800Inc",  # a Braille blank: shows as a space
         "Acme\u3164Inc",  # a Hangul filler: shows as a space
+        "Acme Inc\u206a",  # a deprecated format control: shows nothing
+        "Acme Inc\U000e0041",  # a tag character: shows nothing
+        "Acme\ufe0f Inc",  # a variation selector with nothing to select
     ],
 )
 def test_names_that_read_alike_are_one_name(same: str) -> None:
@@ -229,3 +241,24 @@ def test_parse_roles() -> None:
 def test_role_labels() -> None:
     assert set(CLIENT_ROLE_LABELS) == set(ClientRole)
     assert CLIENT_ROLE_LABELS[ClientRole.ID_READER] == "Bidder"
+
+
+def test_every_format_character_shows_nothing_or_is_a_sign_before_digits() -> None:
+    # Category Cf: invisible (INVISIBLE_RANGES), a bidirectional control (refused on its own),
+    # or one of the signs written in front of a number, which show.
+    signs_before_digits = {
+        *range(0x0600, 0x0606),
+        0x06DD,
+        0x070F,
+        0x0890,
+        0x0891,
+        0x08E2,
+        0x110BD,
+        0x110CD,
+    }
+    ranges = INVISIBLE_RANGES + BIDI_CONTROL_RANGES
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)) != "Cf" or code in signs_before_digits:
+            continue
+        assert any(low <= code <= high for low, high in ranges), hex(code)
+    assert validate_name("\u0600\u0661") == "\u0600\u0661"  # an Arabic number sign and 1

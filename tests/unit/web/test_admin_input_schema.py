@@ -29,6 +29,7 @@ from uid2_operator.web.admin_api.bodies import (
     Kind,
     Values,
     parse_query,
+    pattern_class,
 )
 from uid2_operator.web.admin_api.openapi import build_document
 from uid2_operator.web.admin_api.participants import CLIENT_ROLE_PATTERN, CONTACT_PATTERN
@@ -141,6 +142,13 @@ def test_a_field_refuses_text_its_pattern_or_minimum_length_excludes() -> None:
     assert _refusal(TAGS, []) == "Field 'tags' takes at least 1 item(s)"
     assert _refusal(TAGS, ["a", " "]) == "Each item of 'tags' must not be blank"
     assert TAGS.check(["a", "b"]) == ("a", "b")
+
+
+def test_a_pattern_class_names_only_what_a_basic_plane_escape_can() -> None:
+    assert pattern_class(((0x200B, 0x200F), (0xFEFF, 0xFEFF))) == "\\u200b-\\u200f\\ufeff"
+    # "\\u1bca0" would read as U+1BCA and a "0" in both Python and ECMA-262.
+    with pytest.raises(ValueError, match="up to U\\+FFFF"):
+        pattern_class(((0x1BCA0, 0x1BCA3),))
 
 
 def test_a_pattern_needs_its_rule_in_words() -> None:

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
 from uid2_operator.domain.credential_text import holds_credential_text
-from uid2_operator.domain.participants import BIDI_CONTROL_RANGES, INVISIBLE_RANGES
+from uid2_operator.domain.participants import BIDI_CONTROL_RANGES, INVISIBLE_BASIC_PLANE_RANGES
 from uid2_operator.errors import InvalidInput, MalformedBody
 
 MAX_BODY_BYTES = 64 * 1024
@@ -57,13 +57,16 @@ TEXT_PATTERN: Final = f"^[^{CONTROL_CHARACTERS}]*$"
 
 def pattern_class(ranges: tuple[tuple[int, int], ...]) -> str:
     """``ranges`` as the inside of a regular expression character class, in ``\\uXXXX``
-    escapes, which read the same in Python and ECMA-262 (the OpenAPI document's patterns)."""
+    escapes, which read the same in Python and ECMA-262 (the OpenAPI document's patterns).
+    ValueError for a range past U+FFFF, which no such escape names."""
+    if any(high > 0xFFFF for _, high in ranges):
+        raise ValueError("a \\uXXXX pattern class names characters up to U+FFFF only")
     return "".join(
         f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges
     )
 
 
-_INVISIBLE: Final = pattern_class(INVISIBLE_RANGES)
+_INVISIBLE: Final = pattern_class(INVISIBLE_BASIC_PLANE_RANGES)
 BIDI_CONTROLS: Final = pattern_class(BIDI_CONTROL_RANGES)
 """The bidirectional controls, inside a character class (``domain.participants``)."""
 NON_BLANK_PATTERN: Final = (
