@@ -147,6 +147,16 @@ def check_origin_or_app(
 # -------------------------------------------------------------------------- set-domains
 
 
+def _refuse_invalid_a_labels(ascii_name: str) -> None:
+    """IDNAError unless each ``xn--`` label of ``ascii_name`` (lowercase) is the A-label of a
+    name IDNA 2008 permits, written as IDNA writes it: ``xn--zz`` decodes to nothing and
+    ``xn--ab`` to control characters, so no browser sends either in ``Origin``. Other labels
+    are left as they are (an underscore, which browsers accept in a host, stays allowed)."""
+    for label in ascii_name.split("."):
+        if label.startswith("xn--") and idna.alabel(idna.ulabel(label)).decode("ascii") != label:
+            raise idna.IDNAError("not the A-label IDNA writes")
+
+
 def validate_domain_name(
     text: str, registrable_domain: RegistrableDomain, *, where: str = "The domain name"
 ) -> str:
@@ -168,11 +178,11 @@ def validate_domain_name(
             f"{where} is not a bare domain name (like example.com: no scheme, path or port)"
         )
     try:
-        ascii_name = (
-            cleaned.lower()
-            if cleaned.isascii()
-            else idna.encode(cleaned, uts46=True, transitional=False).decode("ascii")
-        )
+        if cleaned.isascii():
+            ascii_name = cleaned.lower()
+            _refuse_invalid_a_labels(ascii_name)
+        else:
+            ascii_name = idna.encode(cleaned, uts46=True, transitional=False).decode("ascii")
     except (idna.IDNAError, UnicodeError):
         raise InvalidInput(f"{where} is not a valid domain name") from None
     ascii_name = ascii_name.removesuffix(".")

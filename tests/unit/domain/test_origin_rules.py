@@ -166,6 +166,8 @@ def test_check_origin_or_app() -> None:
         ("b.github.io", "b.github.io"),
         ("localhost", "localhost"),
         ("bücher.example", "xn--bcher-kva.example"),
+        ("XN--Bcher-KVA.example", "xn--bcher-kva.example"),  # an A-label, as browsers send it
+        ("x_y.example", "x_y.example"),  # browsers accept an underscore in a host
     ],
 )
 def test_valid_domain_names(text: str, stored: str) -> None:
@@ -187,6 +189,10 @@ def test_valid_domain_names(text: str, stored: str) -> None:
         ("co.uk", "public suffix"),
         ("unknown.tld", "public suffix"),
         ("www.example.com", "use example.com"),
+        ("xn--zz.com", "not a valid"),  # not punycode
+        ("xn--ab.com", "not a valid"),  # punycode of control characters
+        ("xn--ls8h.com", "not a valid"),  # an emoji, which IDNA 2008 does not permit
+        ("xn--abc-.com", "not a valid"),  # the A-label of ASCII "abc"
     ],
 )
 def test_invalid_domain_names(text: str, message: str) -> None:
