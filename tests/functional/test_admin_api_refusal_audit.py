@@ -153,6 +153,31 @@ def test_an_unknown_participant_fails_with_the_site_as_target(env: AdminEnv) -> 
     assert (event.target_type, event.target_id, event.site_id) == ("participant", "4242", 4242)
 
 
+def test_a_create_refused_by_a_rule_names_the_site_its_body_asked_for(env: AdminEnv) -> None:
+    site, _ = _participant_and_key(env)
+    assert env.call("POST", f"/participants/{site}/disable", MAINTAINER, json={}).status_code == 200
+    mark = env.mark()
+    key = {"site_id": site, "name": "z", "roles": ["GENERATOR"]}
+    assert env.call("POST", "/keys", MAINTAINER, json=key).status_code == 409
+    assert env.call("POST", "/keypairs", MAINTAINER, json={"site_id": 4343}).status_code == 404
+    taken = {"name": "Q", "type": "dsp", "site_id": site}
+    assert env.call("POST", "/participants", MAINTAINER, json=taken).status_code == 409
+    events = env.refusals_since(mark)
+    assert [(e.action, e.target_type, e.target_id, e.site_id) for e in events] == [
+        ("key.create", "api_key", "", site),
+        ("keypair.create", "keypair", "", 4343),
+        ("participant.create", "participant", str(site), site),
+    ]
+    # So the participant's refusals are found by its site id, as docs/admin-api.md says.
+    found = env.call(
+        "GET", "/audit", SUPER, params={"site_id": str(site), "since_seq": mark.audit_seq}
+    )
+    assert [(e["action"], e["outcome"]) for e in found.json()["events"]] == [
+        ("key.create", "failed"),
+        ("participant.create", "failed"),
+    ]
+
+
 def test_requests_without_a_valid_token_leave_no_event(env: AdminEnv) -> None:
     revoked = env.services.admin.create_admin_token(SYSTEM, name="old", roles=["SUPER_USER"])
     env.services.admin.revoke_admin_token(SYSTEM, revoked.token_id)

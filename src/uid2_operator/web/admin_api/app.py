@@ -292,7 +292,7 @@ def _endpoint(
                     # that cannot be read for it leaves the rule's answer as it is.
                     with contextlib.suppress(StoreUnavailable):
                         await run_in_threadpool(services.admin.require_active, actor)
-                await record_failed(services, op, actor, params, exc)
+                await record_failed(services, op, actor, params, body, error=exc)
                 raise
             response: Response = JSONResponse(reply.payload, status_code=reply.status)
         except ClientDisconnect:

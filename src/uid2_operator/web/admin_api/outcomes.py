@@ -53,10 +53,14 @@ its id only when the path value has the exact shape of the public id it stands f
 secret pasted into a URL never lands in the trail (the id is then left empty). The site id comes
 from the path too: a participant route's ``site_id``, or the site an API key's id names
 (``UID2-C-<env>-<site id>-...``, the participant it was issued to); a keypair's, whose path
-names no site, is its owner's, looked up as the refusal is recorded. So ``audit list --site-id``
-finds the refusals about a site's keys and keypairs as it finds their successes. A write whose path
-value breaks the route's declaration is refused at the edge and not recorded at all; a denied
-request's path value is not checked first (the token's roles are), so its event may have no id.
+names no site, is its owner's, looked up as the refusal is recorded. A create, whose path names
+no target, takes the site its body names (``POST /keys`` and ``POST /keypairs``: the participant
+the credential was asked for; ``POST /participants``: the site id asked for, also as the
+target's id): a ``failed`` event comes after the body passed the route's declarations. So
+``audit list --site-id`` finds the refusals about a site's keys and keypairs as it finds their
+successes. A write whose path value breaks the route's declaration is refused at the edge and
+not recorded at all; a denied request's path value is not checked first (the token's roles
+are), so its event may have no id.
 
 Writing the event never changes the answer: if it fails (the store is down, say), the failure is
 logged by exception class only and the caller gets the status it would have got anyway.
@@ -81,6 +85,7 @@ from uid2_operator.domain.participants import MAX_SITE_ID, MIN_SITE_ID
 from uid2_operator.errors import InvalidInput
 from uid2_operator.services import inputs
 from uid2_operator.services.context import Actor
+from uid2_operator.web.admin_api.bodies import EMPTY, Values
 from uid2_operator.web.admin_api.errors import render_error
 from uid2_operator.web.admin_api.routing import WRITE_METHODS, AdminServices, Operation
 
@@ -242,13 +247,26 @@ def _log_unreported(unreported: list[tuple[str, Attempt, int]]) -> None:
         )
 
 
-def target_of(op: Operation, params: Mapping[str, str]) -> Target:
-    """What ``op`` was aimed at, from its path (the last parameter that names a target)."""
+def target_of(op: Operation, params: Mapping[str, str], body: Values = EMPTY) -> Target:
+    """What ``op`` was aimed at, from its path (the last parameter that names a target); for a
+    route whose path names none, the site its checked ``body`` names, if it has a ``site_id``
+    (the participant a key or keypair was asked for, or the id a new participant was to take)."""
     for name in reversed(re.findall(r"{([a-z_]+)}", op.path)):
         if name in PARAM_TARGETS:
             return _param_target(name, params.get(name, ""))
     resource = op.path.strip("/").split("/", 1)[0]
-    return Target(RESOURCE_TARGETS.get(resource, OTHER_TARGET), "")
+    kind = RESOURCE_TARGETS.get(resource, OTHER_TARGET)
+    site = _body_site_id(op, body)
+    if site is None:
+        return Target(kind, "")
+    return Target(kind, str(site) if kind == "participant" else "", site)
+
+
+def _body_site_id(op: Operation, body: Values) -> int | None:
+    if op.body is None or all(field.name != "site_id" for field in op.body.fields):
+        return None
+    site = body.optional_integer("site_id")
+    return site if site is not None and MIN_SITE_ID <= site <= MAX_SITE_ID else None
 
 
 def _param_target(name: str, value: str) -> Target:
@@ -323,12 +341,14 @@ async def record_failed(
     op: Operation,
     actor: Actor,
     params: Mapping[str, str],
+    body: Values,
+    *,
     error: BaseException,
 ) -> None:
     code = failed_code(op, error)
     if code is None or not isinstance(op.access, AdminAction):
         return
-    target = _target(op, actor, params, Outcome.FAILED)
+    target = _target(op, actor, params, Outcome.FAILED, body)
     if target is not None:
         await _record(
             services, op, actor, op.access.value, target, outcome=Outcome.FAILED, code=code
@@ -336,10 +356,10 @@ async def record_failed(
 
 
 def _target(
-    op: Operation, actor: Actor, params: Mapping[str, str], outcome: Outcome
+    op: Operation, actor: Actor, params: Mapping[str, str], outcome: Outcome, body: Values = EMPTY
 ) -> Target | None:
     try:
-        return target_of(op, params)
+        return target_of(op, params, body)
     except Exception as exc:  # the caller still gets the answer it was due
         _log_unwritten(op, actor, outcome, exc)
         return None
