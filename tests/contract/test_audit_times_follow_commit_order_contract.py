@@ -160,14 +160,17 @@ def disable_key(w: World) -> tuple[Callable[[], Any], Callable[[Any], None]]:
 def rotate_secret(w: World) -> tuple[Callable[[], Any], Callable[[Any], None]]:
     kid = w.key()
 
+    day_ms = 86_400_000
+
     def check(issued: Any) -> None:
-        assert issued.previous_secret_retires_at_ms == T_LOCKED
+        # The grace counts from when the lock was taken (a grace of 0 would delete the old one).
+        assert issued.previous_secret_retires_at_ms == T_LOCKED + day_ms
         with w.store.read() as rx:
             secrets = rx.secrets.list_for_key(kid)
         times = sorted((s.created_at_ms, s.retires_at_ms or 0) for s in secrets)
-        assert times == [(T_SETUP, T_LOCKED), (T_LOCKED, 0)]
+        assert times == [(T_SETUP, T_LOCKED + day_ms), (T_LOCKED, 0)]
 
-    return lambda: w.credentials.rotate_secret(SYSTEM, kid, grace_days=0), check
+    return lambda: w.credentials.rotate_secret(SYSTEM, kid, grace_days=1), check
 
 
 def create_admin_token(w: World) -> tuple[Callable[[], Any], Callable[[Any], None]]:

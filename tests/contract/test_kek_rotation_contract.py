@@ -286,6 +286,35 @@ def test_a_whole_rotation_keeps_every_secret(store: SqlStore) -> None:
         ]
 
 
+def test_a_reseal_deletes_the_secrets_no_request_can_use_instead_of_moving_them(
+    store: SqlStore,
+) -> None:
+    """After a suspected leak of the old key-encryption key, a secret past its overlap (or
+    one of a key rotated away) must not come out readable under the new one."""
+    clock = FixedClock()
+    credentials = CredentialService(store, V1, Environment.LOCAL, clock, os.urandom)
+    site = credentials.create_participant(
+        SYSTEM, name="Pub", type="publisher", roles=["GENERATOR"]
+    ).site_id
+    kept = credentials.create_key(SYSTEM, site_id=site, name="kept", roles=["GENERATOR"])
+    credentials.rotate_secret(SYSTEM, kept.key_id, grace_days=1)
+    rotated = credentials.create_key(SYSTEM, site_id=site, name="old", roles=["GENERATOR"])
+    successor = credentials.rotate_key(SYSTEM, rotated.key_id, grace_days=1)
+    clock.advance(86_400_000)  # both overlaps over; no upkeep ran since
+
+    holder = MemoryKeyring(V1)
+    rotation = KeyringRotationService(store, holder, clock, os.urandom)
+    rotation.add_version(SYSTEM)
+    assert rotation.reseal(SYSTEM).resealed.client_secrets == 2  # kept's new one, successor's
+    rotation.drop_version(1, SYSTEM)
+    with store.read() as rx:
+        remaining = {
+            key_id: [s.kek_version for s in rx.secrets.list_for_key(key_id)]
+            for key_id in (kept.key_id, rotated.key_id, successor.key_id)
+        }
+    assert remaining == {kept.key_id: [2], rotated.key_id: [], successor.key_id: [2]}
+
+
 def test_salt_headers_are_counted_by_the_service_from_both_secrets(store: SqlStore) -> None:
     header = SaltHeader(
         bucket_count=8,

@@ -274,6 +274,29 @@ def test_purge_removes_retired_secrets_and_ids_are_never_reused(store: SqlStore)
         ]
 
 
+def test_purge_removes_every_secret_of_a_key_retired_expired_or_revoked(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        tx.participants.add(participant(1001))
+        tx.api_keys.add(api_key(KEY_A, 1001, retires_at_ms=T0 + 10))  # rotated, in its grace
+        tx.api_keys.add(api_key(KEY_B, 1001, expires_at_ms=T0 + 20))
+        tx.api_keys.add(api_key(KEY_C, 1001))
+        for key_id in (KEY_A, KEY_B, KEY_C):
+            tx.secrets.add(key_id, kek_version=1, ciphertext=b"s", created_at_ms=T0)
+    with store.transaction() as tx:
+        assert tx.secrets.purge_retired(T0 + 9) == 0
+    with store.transaction() as tx:
+        assert tx.secrets.purge_retired(T0 + 10) == 1
+    with store.transaction() as tx:
+        assert tx.secrets.purge_retired(T0 + 20) == 1
+    with store.transaction() as tx:
+        key_c = tx.api_keys.get(KEY_C)
+        assert key_c is not None
+        tx.api_keys.update(replace(key_c, state=KeyState.REVOKED, revoked_at_ms=T0 + 21))
+        assert tx.secrets.purge_retired(T0 + 21) == 1
+    with store.read() as rx:
+        assert [rx.secrets.list_for_key(k) for k in (KEY_A, KEY_B, KEY_C)] == [[], [], []]
+
+
 # ------------------------------------------------------------------------------- admin tokens
 
 

@@ -54,7 +54,8 @@ def test_each_write_is_read_once_from_the_sequence_before_it(store: SqlStore) ->
         key_b = tx.api_keys.get(KEY_B)
         assert key_b is not None
         tx.api_keys.update(replace(key_b, state=KeyState.REVOKED, revoked_at_ms=T0 + 1))
-    assert _changed(store, seq) == ([], [KEY_B], [])
+    # A key written since comes with every live secret it has, written since or not.
+    assert _changed(store, seq) == ([], [KEY_B], [first_secret + 1])
     seq = store.change_seq()
 
     with store.transaction() as tx:
@@ -81,6 +82,35 @@ def test_each_write_is_read_once_from_the_sequence_before_it(store: SqlStore) ->
         tx.participants.add(participant(3003))
         tx.api_keys.add(api_key("UID2-C-L-3003-klmNO3", 3003))
     assert _changed(store, seq) == ([3003], ["UID2-C-L-3003-klmNO3"], [])
+
+
+def test_a_purge_hands_over_what_the_key_has_left(store: SqlStore) -> None:
+    """A secret deleted in the commit that retires it leaves no row to read: the purge writes
+    its key, which comes with the secrets it still has, so a reader replaces what it held."""
+    seq, first_secret = _seed(store)
+    with store.transaction() as tx:
+        added = tx.secrets.add(KEY_A, kek_version=1, ciphertext=b"a2", created_at_ms=T0)
+        old = tx.secrets.get(first_secret)
+        assert old is not None
+        tx.secrets.update(replace(old, retires_at_ms=T0))
+        assert tx.secrets.purge_retired(T0) == 1
+    assert _changed(store, seq) == ([], [KEY_A], [added.secret_id])
+    seq = store.change_seq()
+    with store.transaction() as tx:  # a revoked key's secrets go, its row with them
+        key_b = tx.api_keys.get(KEY_B)
+        assert key_b is not None
+        tx.api_keys.update(replace(key_b, state=KeyState.REVOKED, revoked_at_ms=T0))
+    seq = store.change_seq()
+    with store.transaction() as tx:
+        assert tx.secrets.purge_retired(T0) == 1
+    assert _changed(store, seq) == ([], [KEY_B], [])
+    with store.read() as rx:
+        assert rx.secrets.list_for_key(KEY_B) == []
+        assert [s.secret_id for s in rx.secrets.list_for_key(KEY_A)] == [added.secret_id]
+    seq = store.change_seq()
+    with store.transaction() as tx:  # nothing left to delete: nothing written
+        assert tx.secrets.purge_retired(T0 + 1) == 0
+    assert (store.change_seq(), _changed(store, seq)) == (seq, ([], [], []))
 
 
 def test_a_usage_flush_makes_no_key_read_again(store: SqlStore) -> None:

@@ -8,7 +8,9 @@ Process layout (docs/operator.md has the operator's view):
   ``--admin-port`` from a thread, and runs the material upkeep from another thread
   (``_UpkeepThread``): the key rotation schedule every ``UID2_KEY_ROTATION_INTERVAL_S`` (which
   also purges keys expired longer than the retention; run at once when an enabled keyset has no
-  active key at the time of day, or the time of day jumped), and, whenever the store changed, the
+  active key at the time of day, or the time of day jumped) followed by the deletion of the
+  client secrets no request can use again (their overlap window over, or their key revoked,
+  retired or expired), and, whenever the store changed, the
   creation of a default keyset for any participant that has none yet. Its own loop only says
   where serve listens, restarts dead workers and waits for the stop signal, so a slow store (a
   writer waits up to 10 s for the write lock) or a long rotation delays none of these;
@@ -715,6 +717,7 @@ class _Upkeep:
     _NEW_PARTICIPANTS: Final = "new-participant keysets"
     _COVERAGE: Final = "key coverage check"
     _ROTATION: Final = "scheduled key rotation"
+    _PURGE: Final = "retired client secret deletion"
 
     def __init__(
         self,
@@ -805,6 +808,9 @@ class _Upkeep:
             # The coverage read before is stale now, whether the run changed anything or not:
             # the next poll reads it again, and until then it asks for no run.
             self._coverage, self._coverage_state = None, None
+        if not self.stopping.is_set():
+            # Logs its own count at INFO when it deleted any.
+            self._run_step(self._PURGE, self._services.credentials.purge_retired_secrets)
 
     def _watch_clocks(self, now: float, wall: int) -> None:
         """Ask for a rotation at once when the time of day moved more than ``_CLOCK_JUMP_S``

@@ -452,6 +452,7 @@ class CredentialService:
             # The successor first: the old row's ``rotated_to`` refers to it.
             tx.api_keys.add(rotation.successor)
             tx.api_keys.update(rotation.old)
+            tx.secrets.purge_retired(now)  # the old key's secrets, when it retires at once
             secret = self._add_secret(tx, keyring, rotation.successor.key_id, now)
             record_event(
                 tx,
@@ -514,6 +515,7 @@ class CredentialService:
             )
             for previous in rotation.updates:
                 tx.secrets.update(previous)
+            tx.secrets.purge_retired(now)  # those stopped now (a grace of 0) are deleted now
             secret = self._add_secret(tx, keyring, kid, now)
             retires_at = rotation.previous_retires_at_ms
             record_event(
@@ -534,6 +536,17 @@ class CredentialService:
         return IssuedSecret(
             key_id=kid, secret=secret.text, previous_secret_retires_at_ms=retires_at
         )
+
+    def purge_retired_secrets(self) -> int:
+        """Delete every client secret no request can be sealed with again (past its overlap
+        window, or its key revoked, retired or expired); how many. A change that stops secrets
+        at once deletes them itself; this takes those whose time passed since (serve's upkeep
+        runs it with the key rotation schedule)."""
+        with self._store.transaction() as tx:
+            purged = tx.secrets.purge_retired(self._clock.now_ms())
+        if purged:
+            logger.info("retired client secrets deleted count=%d", purged)
+        return purged
 
     # ----------------------------------------------------------------------------- the lookup
 
@@ -790,9 +803,11 @@ def _retired_at(secret: SealedSecret, now_ms: int) -> SealedSecret:
 
 
 def _stop_secrets(tx: Tx, key_id: str, now_ms: int) -> None:
-    """Retire, at ``now_ms``, every client secret of the key still accepted."""
+    """Retire, at ``now_ms``, every client secret of the key still accepted, and delete them
+    with every other secret no request can be sealed with again (``purge_retired``)."""
     for secret in accepted_secrets(tx.secrets.list_for_key(key_id), now_ms):
         tx.secrets.update(_retired_at(secret, now_ms))
+    tx.secrets.purge_retired(now_ms)
 
 
 def _usage_by_key(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:

@@ -593,6 +593,9 @@ class KeyringRotationService:
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._holder.load())
+            # Client secrets no request can be sealed with again are deleted, not carried over
+            # to the new version: re-sealing often follows a suspected leak of the old one.
+            tx.secrets.purge_retired(now)
             inventory = sealed_inventory(tx)
             self._refuse_unknown_versions(
                 keyring, inventory, "; put those versions back into the keyring, then re-seal"

@@ -156,6 +156,10 @@ class Credentials:
             sites = {p.site_id for p in changed.participants}
             touched.update(key_id for key_id, key in keys.items() if key.site_id in sites)
         secrets = dict(self.secrets)
+        for key in changed.keys:
+            # ``changed.secrets`` holds every live secret of a key changed since: what is held
+            # for it goes, so that a secret deleted since (``purge_retired``) goes too.
+            secrets.pop(key.key_id, None)
         for sealed in changed.secrets:
             held = [s for s in secrets.get(sealed.key_id, ()) if s.secret_id != sealed.secret_id]
             if still_accepted(sealed.retires_at_ms, now_ms):

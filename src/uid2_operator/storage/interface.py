@@ -126,9 +126,13 @@ class Snapshot:
     Read from a change sequence (``since`` above 0): only the rows written by commits after it,
     each as it is now: the participants and keys changed since, and the secrets added or changed
     since whether live or not, so that a reader holding the earlier state learns of a secret
-    retired early. A row is never deleted but for a secret past its ``retires_at_ms`` (``purge``),
-    which a reader drops by its time. ``change_seq`` below ``since`` means the store is not the
-    one the reader read before (restored from an earlier backup, say): read it in full.
+    retired early; and, for each key changed since, every one of its secrets live at the time
+    asked for, so that a reader replaces what it held for that key with what it is given. The
+    one row ever deleted is a secret no request can use any more (``purge_retired``), which may
+    go in the commit that retires it: that commit writes its key's row too, so a reader that
+    never saw the retirement still loses the secret. ``change_seq`` below ``since`` means the
+    store is not the one the reader read before (restored from an earlier backup, say): read it
+    in full.
     """
 
     change_seq: int
@@ -256,7 +260,11 @@ class SecretRepository(SecretReader, Protocol):
         ...
 
     def purge_retired(self, now_ms: int) -> int:
-        """Deletes secrets whose ``retires_at_ms`` is at or before ``now_ms``; returns how many."""
+        """Deletes the secrets no request can be sealed with after ``now_ms``: those whose
+        ``retires_at_ms`` is at or before it, and every secret of a key revoked, retired
+        (``retires_at_ms``) or expired by then (none of which comes back); returns how many.
+        Writes the row of each key that loses a secret (its change sequence), so that an
+        incremental ``Store.snapshot`` hands over that key's remaining secrets."""
         ...
 
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     tuple_,
     update,
@@ -643,11 +644,26 @@ class _Secrets:
         _check_updated(result.rowcount, f"secret {secret.secret_id}")
 
     def purge_retired(self, now_ms: int) -> int:
-        c = t.client_secrets.c
-        self._u.writing(control_plane=False)
-        result = self._u.conn.execute(
-            delete(t.client_secrets).where(c.retires_at_ms.is_not(None), c.retires_at_ms <= now_ms)
+        c, k = t.client_secrets.c, t.api_keys.c
+        conn = self._u.writing(control_plane=False)
+        dead_keys = select(k.key_id).where(
+            or_(
+                k.state == KeyState.REVOKED.value,
+                and_(k.retires_at_ms.is_not(None), k.retires_at_ms <= now_ms),
+                and_(k.expires_at_ms.is_not(None), k.expires_at_ms <= now_ms),
+            )
         )
+        unusable = or_(
+            and_(c.retires_at_ms.is_not(None), c.retires_at_ms <= now_ms),
+            c.key_id.in_(dead_keys),
+        )
+        # The keys first, while their doomed secrets still name them.
+        conn.execute(
+            update(t.api_keys)
+            .where(k.key_id.in_(select(c.key_id).where(unusable)))
+            .values(change_seq=self._u.committing_seq())
+        )
+        result = conn.execute(delete(t.client_secrets).where(unusable))
         if result.rowcount:
             self._u.dirty = True
         return result.rowcount
@@ -1782,7 +1798,10 @@ class SqlStore:
                 change_seq=seq,
                 participants=tuple(_written_after(conn, t.participants, since, _participant)),
                 keys=tuple(_written_after(conn, t.api_keys, since, _api_key)),
-                secrets=tuple(_written_after(conn, t.client_secrets, since, _secret)),
+                secrets=(
+                    *_live_secrets_of_keys_written_after(conn, since, now_ms),
+                    *_written_after(conn, t.client_secrets, since, _secret),
+                ),
             )
 
     def record_usage(self, batch: Sequence[UsageEntry]) -> list[str]:
@@ -1801,6 +1820,24 @@ def _written_after(
     c = table.c
     query = select(table).where(c.change_seq > since).order_by(c.change_seq, *table.primary_key)
     return [convert(row) for row in conn.execute(query)]
+
+
+def _live_secrets_of_keys_written_after(
+    conn: Connection, since: int, now_ms: int
+) -> list[SealedSecret]:
+    """The secrets live at ``now_ms``, not written since ``since``, of the keys written since:
+    with those written since, all a key changed since has (``Snapshot``)."""
+    c, k = t.client_secrets.c, t.api_keys.c
+    query = (
+        select(t.client_secrets)
+        .where(
+            c.key_id.in_(select(k.key_id).where(k.change_seq > since)),
+            c.change_seq <= since,
+            or_(c.retires_at_ms.is_(None), c.retires_at_ms > now_ms),
+        )
+        .order_by(c.change_seq, c.secret_id)
+    )
+    return [_secret(row) for row in conn.execute(query)]
 
 
 def _advance_change_seq(conn: Connection) -> None:

@@ -75,15 +75,30 @@ class _Material:
         return SimpleNamespace(created=(), purged=())
 
 
+class _Credentials:
+    """What the upkeep calls of ``CredentialService``; fails while its error is set."""
+
+    def __init__(self) -> None:
+        self.purge_error: UID2Error | None = None
+        self.purges = 0
+
+    def purge_retired_secrets(self) -> int:
+        if self.purge_error is not None:
+            raise self.purge_error
+        self.purges += 1
+        return 0
+
+
 class _World:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, coverage: bool = False) -> None:
         self.now = 1000.0
         monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: self.now))
         self.store = _Store()
         self.material = _Material()
+        self.credentials = _Credentials()
         self.coverage_reads = 0
         self.upkeep = serve._Upkeep(
-            SimpleNamespace(store=self.store),
+            SimpleNamespace(store=self.store, credentials=self.credentials),
             self.material,
             ServeSettings(poll_interval_s=1.0, key_rotation_interval_s=ROTATION_EVERY_S),
             key_coverage=self._coverage if coverage else None,
@@ -146,6 +161,30 @@ def test_a_failing_initialise_is_logged_once_and_does_not_stop_the_key_rotation(
     ]
     assert world.material.initialised == 1  # once: the change sequence did not move since
     assert world.material.rotations == 8
+
+
+def test_the_retired_secrets_are_deleted_at_every_rotation_turn_whatever_it_did(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = _World(monkeypatch)
+    world.run_for(10)
+    assert (world.material.rotations, world.credentials.purges) == (3, 3)
+    world.material.rotate_error = KeyringError("Key-encryption key version 3 is absent")
+    world.credentials.purge_error = StoreUnavailable("The store is unavailable: switched off")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        world.run_for(6)
+        world.material.rotate_error = None
+        world.run_for(3)
+    assert (world.material.rotations, world.credentials.purges) == (4, 3)
+    assert [message for _, message in _lines(caplog)] == [
+        "material upkeep (scheduled key rotation) failed: Key-encryption key version 3 is absent",
+        "material upkeep (retired client secret deletion) skipped: The store is unavailable: "
+        "switched off",
+        "material upkeep (scheduled key rotation) works again",
+    ]
+    world.credentials.purge_error = None
+    world.run_for(3)
+    assert world.credentials.purges == 4
 
 
 def test_a_store_restored_and_written_back_to_the_same_sequence_is_looked_at_again(

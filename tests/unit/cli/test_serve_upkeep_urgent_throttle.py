@@ -70,7 +70,7 @@ def test_a_failing_rotation_for_a_missing_key_is_tried_once_per_poll_interval(
     monkeypatch.setattr(serve, "time", SimpleNamespace(monotonic=lambda: clock.now))
     material = _Material(clock)
     upkeep = serve._Upkeep(
-        SimpleNamespace(store=_Store()),
+        SimpleNamespace(store=_Store(), credentials=SimpleNamespace(purge_retired_secrets=int)),
         material,
         ServeSettings(poll_interval_s=POLL_S, key_rotation_interval_s=ROTATION_EVERY_S),
         key_coverage=_never_covered,

@@ -96,6 +96,12 @@ def test_every_change_reloads_to_what_a_load_from_nothing_gives(
         ("enable key", lambda: svc.enable_key(ACTOR, keys_a[2]), {keys_a[2]}),
         ("revoke", lambda: svc.revoke_key(ACTOR, key_b, reason="leaked"), {key_b}),
         ("rotate secret", lambda: svc.rotate_secret(ACTOR, keys_a[0], grace_days=1), {keys_a[0]}),
+        # Stopped and deleted in one commit: no row tells of the secret that went.
+        (
+            "rotate secret now",
+            lambda: svc.rotate_secret(ACTOR, keys_a[0], grace_days=0),
+            {keys_a[0]},
+        ),
         ("disable site", lambda: svc.set_participant_enabled(ACTOR, site_a, False), set(keys_a)),
         ("enable site", lambda: svc.set_participant_enabled(ACTOR, site_a, True), set(keys_a)),
         (
@@ -136,6 +142,24 @@ def test_a_secret_whose_grace_ran_out_leaves_its_record_at_the_next_reload(
     _key(svc, site, "unrelated")  # any change: the reload it causes drops the retired secret
     _, loaded = world.reload()
     assert len(loaded.snapshot.clients[key_id].secrets) == 1
+
+
+def test_secrets_deleted_by_the_upkeep_leave_the_records_as_a_load_from_nothing_has_them(
+    svc: CredentialService, store: SqlStore, material: MaterialService
+) -> None:
+    world = World(svc, store, material)
+    site = _site(svc, "A")
+    overlapping, rotated = _key(svc, site, "o"), _key(svc, site, "r")
+    svc.rotate_secret(ACTOR, overlapping, grace_days=1)
+    successor = svc.rotate_key(ACTOR, rotated, grace_days=1).key_id
+    world.reload()
+    world.clock.advance(DAY_MS)
+    assert svc.purge_retired_secrets() == 2  # the replaced secret and the rotated key's
+    previous, loaded = world.reload()
+    assert len(loaded.snapshot.clients[overlapping].secrets) == 1
+    assert loaded.snapshot.clients[rotated].secrets == ()
+    assert loaded.snapshot.clients[successor] is previous.snapshot.clients[successor]
+    assert svc.purge_retired_secrets() == 0
 
 
 def test_a_participants_origins_reach_its_keys_and_no_other(
