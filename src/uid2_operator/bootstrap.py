@@ -155,7 +155,8 @@ def _read_keyring_file(
     signature = _NO_FILE
     try:
         with path.open("rb") as handle:
-            signature = _signature(os.fstat(handle.fileno()))
+            status = os.fstat(handle.fileno())
+            signature = _signature(status)
             text = handle.read().decode("utf-8")
     except FileNotFoundError:
         if given_file:
@@ -175,7 +176,21 @@ def _read_keyring_file(
             if isinstance(exc, KekVersionMissing):
                 raise KekVersionMissing(exc.version, message) from None
             raise KeyringError(message) from None
+        _warn_if_others_may_read(path, status)
     return require_keyring(keyring, environment), signature
+
+
+def _warn_if_others_may_read(path: Path, status: os.stat_result) -> None:
+    """A WARNING when users other than the owner and the file's group may read or change the
+    keyring file (a group may be how a deployment hands it to the service)."""
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o006:
+        log.warning(
+            "The keyring file %s can be read or changed by any user (mode %04o); it holds every "
+            "key-encryption key and the pepper: chmod 600 it (init does so for a file it owns)",
+            path,
+            mode,
+        )
 
 
 def _no_keyring_file(path: Path, environment: Environment) -> KeyringMissing:
@@ -340,6 +355,10 @@ def keyring_for_init(settings: Settings, random: RandomBytes = system_random) ->
     leaves no keyring file, and the next init creates one. A file that cannot be written raises
     ``KeyringError`` naming it.
     """
+    if settings.keyring_json is None:
+        # A keyring file given to init (provisioned by hand, say) is made as private as the
+        # one init writes, as the SQLite file beside it is (``upgrade_database``).
+        _make_file_private(settings.keyring_path)
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return InitKeyring(load_keyring(settings), created=False)
     path = settings.keyring_path
@@ -1059,17 +1078,21 @@ def upgrade_database(settings: Settings, *, earlier: bool = True) -> str:
 def _make_sqlite_files_private(db_path: Path) -> None:
     """Set the SQLite file and its journals, where present and owned by this user, to 0600."""
     for suffix in ("", "-wal", "-shm", "-journal"):
-        path = db_path.with_name(db_path.name + suffix)
-        try:
-            found = os.stat(path)
-        except FileNotFoundError:
-            continue
-        if (
-            stat.S_ISREG(found.st_mode)
-            and found.st_uid == os.getuid()
-            and stat.S_IMODE(found.st_mode) != _PRIVATE_FILE
-        ):
-            os.chmod(path, _PRIVATE_FILE)
+        _make_file_private(db_path.with_name(db_path.name + suffix))
+
+
+def _make_file_private(path: Path) -> None:
+    """Set ``path`` (a link's target) to 0600 when it is a regular file this user owns."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return
+    if (
+        stat.S_ISREG(found.st_mode)
+        and found.st_uid == os.getuid()
+        and stat.S_IMODE(found.st_mode) != _PRIVATE_FILE
+    ):
+        os.chmod(path, _PRIVATE_FILE)
 
 
 def open_configured_store(settings: Settings, *, check_schema: bool = True) -> Store:

@@ -1,7 +1,9 @@
 """The embedded SQLite file is created only by init, and always owner-only.
 
 A command run on a data directory before init must not leave an empty database file with the
-umask's mode behind; and a file some earlier run did leave that way is made 0600 by init.
+umask's mode behind; and a file some earlier run did leave that way is made 0600 by init, as is
+a keyring file provisioned with the umask's mode. A keyring file any user may read is warned
+about by every command that reads it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -84,3 +88,52 @@ def test_init_makes_a_world_readable_database_file_and_its_journals_owner_only(
             "uid2.db-shm": 0o600,
         }
     assert set(_modes(database.data_dir).values()) <= {0o600}
+
+
+@pytest.mark.usefixtures("umask_022")
+@pytest.mark.parametrize("environment", ["local", "prod"])
+def test_init_makes_a_keyring_file_it_was_given_private(tmp_path: Path, environment: str) -> None:
+    # Provisioned by hand with the umask's mode: it holds every key-encryption key and the
+    # pepper, the keys to everything the database beside it seals.
+    database = Database("sqlite", tmp_path / "data", None)
+    database.data_dir.mkdir(mode=0o700)
+    keyring_file = database.data_dir / "keyring.json"
+    development = environment != "prod"
+    keyring_file.write_text(generate_keyring(system_random, development=development).to_json())
+    assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o644
+
+    result = Cli(database)("init", "--environment", environment)
+
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o600
+
+
+ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
+WARNING = "can be read or changed by any user"
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_keyring_file_any_user_may_read_is_warned_about(tmp_path: Path) -> None:
+    database = Database("sqlite", tmp_path / "data", None)
+    assert Cli(database)("init").exit_code == 0
+    keyring_file = database.data_dir / "keyring.json"
+    assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o600
+
+    def stderr_with(mode: int) -> str:
+        keyring_file.chmod(mode)
+        done = subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
+            [str(ENTRY_POINT), "--data-dir", str(database.data_dir), "participant", "list"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert WARNING not in stderr_with(0o600)
+    assert WARNING not in stderr_with(0o640)  # a group may be how the service is given it
+    warned = stderr_with(0o644)
+    assert f"{keyring_file} {WARNING} (mode 0644)" in warned
+    assert "chmod 600" in warned
+    assert keyring_file.read_text() not in warned
