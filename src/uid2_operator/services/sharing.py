@@ -81,7 +81,7 @@ from uid2_operator.domain.sharing import (
     revocation_requires_rotation,
 )
 from uid2_operator.error_text import some_of
-from uid2_operator.errors import InvalidInput, NotFound
+from uid2_operator.errors import InvalidInput, InvalidTransition, NotFound
 from uid2_operator.services import inputs
 from uid2_operator.services.audit_trail import record_event
 from uid2_operator.services.context import Actor
@@ -418,7 +418,8 @@ class SharingService:
         with self._store.transaction() as tx:
             now = self._clock.now_ms()
             keyring = recorded_keyring(tx, self._keyrings)
-            _participant(tx, site)
+            if not _participant(tx, site).enabled:  # as no API key is issued to one
+                raise InvalidTransition(f"Participant {site} is disabled")
             taken = _TakenIds(tx)
             created = generate_keypair(
                 site_id=site,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -301,6 +302,20 @@ def test_keypair_arguments_are_checked(sharing: SharingService) -> None:
         sharing.set_keypair_disabled(ACTOR, "AbCdEfGh12", "yes")
     with pytest.raises(NotFound):
         sharing.list_keypairs(ACTOR, site_id=4242)
+
+
+def test_no_keypair_is_issued_to_a_disabled_participant(
+    sharing: SharingService, store: SqlStore
+) -> None:
+    # As no API key is: what it could authenticate is refused until it is enabled anyway.
+    with store.transaction() as tx:
+        site = tx.participants.get(B)
+        assert site is not None
+        tx.participants.update(replace(site, enabled=False))
+    seq = store.change_seq()
+    with pytest.raises(InvalidTransition, match=f"^Participant {B} is disabled$"):
+        sharing.create_keypair(ACTOR, site_id=B)
+    assert (sharing.list_keypairs(ACTOR), store.change_seq()) == ([], seq)
 
 
 def test_domain_and_app_names_are_validated_sorted_and_audited(
