@@ -61,6 +61,7 @@ The tree::
     │   ├── AuditChainAhead                 audit rows past the recorded head (an earlier version)
     │   ├── AuditRowUnreadable              an audit row changed outside uid2-operator
     │   ├── AuditHeadUnreadable             the recorded chain head changed outside uid2-operator
+    │   ├── AuditHeadMissing                the recorded chain head removed outside uid2-operator
     │   └── UnsupportedDatabaseUrl          neither sqlite:/// nor postgresql(+psycopg)://
     ├── RequestError                        an HTTP request the admin API refuses as sent
     │   ├── MalformedBody                   not JSON, or not a JSON object
@@ -448,6 +449,19 @@ class AuditHeadUnreadable(StoreError):
     message = (
         "The recorded audit chain head cannot be read: it was changed outside uid2-operator; "
         "`uid2-operator audit verify` reports it"
+    )
+
+
+class AuditHeadMissing(StoreError):
+    """No audit chain head is recorded, yet the chain's rows verify: the head was removed outside
+    uid2-operator (every append records it, and ``db upgrade`` records that of an intact chain an
+    earlier version wrote). Audited writes are refused: the next event would record a new head
+    over the cut, and ``audit verify`` would no longer see it. The message holds seqs only."""
+
+    code = "audit_head_missing"
+    message = (
+        "No audit chain head is recorded, yet the chain verifies: it was removed outside "
+        "uid2-operator; run `uid2-operator audit verify`, then `uid2-operator db upgrade`"
     )
 
 

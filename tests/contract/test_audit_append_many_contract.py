@@ -56,11 +56,13 @@ def _deleted_tail(store: SqlStore) -> None:
 
 
 def _no_recorded_head(store: SqlStore) -> None:
-    """A chain written before heads were recorded: the next events build on its last row."""
-    _appended(store, 2)
+    """A broken chain written before heads were recorded (the upgrade records none for it): the
+    next events build on its last row."""
+    _appended(store, 3)
     names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
     with store.engine.begin() as conn:
         conn.execute(delete(t.store_meta).where(t.store_meta.c.name.in_(names)))
+        conn.execute(delete(t.audit_events).where(t.audit_events.c.seq == 2))
 
 
 CHAIN_STATES = [

@@ -8,9 +8,9 @@ from sqlalchemy import delete, func, select
 from store_records import Draft, simple_hash
 
 from uid2_operator.domain.audit import ChainHead, event_hash, verify_chain
-from uid2_operator.storage import SqlStore
+from uid2_operator.errors import AuditHeadMissing
+from uid2_operator.storage import SqlStore, upgrade
 from uid2_operator.storage import schema as t
-from uid2_operator.storage.interface import GENESIS_PREV_HASH
 
 
 def _append(store: SqlStore, target_id: str) -> ChainHead:
@@ -93,23 +93,60 @@ def test_a_deleted_tail_stays_detectable_after_later_appends(store: SqlStore) ->
     )
 
 
-def test_a_store_without_a_recorded_head_builds_on_its_last_row(store: SqlStore) -> None:
-    """A chain written before heads were recorded: the first append records one."""
-    heads = [_append(store, f"t{i}") for i in range(2)]
+def _forget_head(store: SqlStore) -> tuple[str, ...]:
     names = (t.AUDIT_HEAD_SEQ, *t.AUDIT_HEAD_HASH)
     with store.engine.begin() as conn:
         conn.execute(delete(t.store_meta).where(t.store_meta.c.name.in_(names)))
+    return names
+
+
+def _state(store: SqlStore) -> tuple[int, list[int], ChainHead | None]:
     with store.read() as rx:
-        assert rx.audit.head() is None
-        events = rx.audit.list_events()
-    assert not verify_chain(events, recorded_head=ChainHead(0, GENESIS_PREV_HASH)).ok
+        return store.change_seq(), [e.seq for e in rx.audit.list_events()], rx.audit.head()
+
+
+def test_a_chain_that_verifies_without_its_head_refuses_to_grow(
+    store: SqlStore, store_url: str
+) -> None:
+    """Every append records the head and ``db upgrade`` records that of an intact chain an
+    earlier version wrote, so an intact chain without one lost it outside uid2-operator, perhaps
+    with its newest rows: an append would record a head over the cut and hide it."""
+    kept = [_append(store, f"t{i}") for i in range(4)][1]
+    _delete_events_from(store, 3)
+    _forget_head(store)
+    before = _state(store)
+
+    with pytest.raises(AuditHeadMissing) as caught:
+        _append(store, "next")
+
+    assert caught.value.code == "audit_head_missing"
+    assert caught.value.detail.startswith(
+        "No audit chain head is recorded, yet the chain verifies through seq 2: the head was "
+        "removed outside uid2-operator"
+    )
+    assert _state(store) == before
+
+    upgrade(store_url)  # what the refusal says to run, once the chain was looked at
+    with store.read() as rx:
+        assert rx.audit.head() == kept
+    assert _append(store, "next").seq == 3
+
+
+def test_a_broken_chain_without_a_head_builds_on_its_last_row(store: SqlStore) -> None:
+    """A chain an earlier version wrote and broke gets no head from the upgrade (one would not
+    mend it): appends go on after its last row, recording a head, and the break stays visible."""
+    heads = [_append(store, f"t{i}") for i in range(3)]
+    names = _forget_head(store)
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.audit_events).where(t.audit_events.c.seq == 2))
     placed = _append(store, "next")
-    assert placed.seq == 3
+    assert placed.seq == 4
     with store.read() as rx:
         assert rx.audit.head() == placed
         events = rx.audit.list_events()
         assert events[-1].prev_hash == heads[-1].hash
-        assert verify_chain(events, recorded_head=rx.audit.head()).ok
+        verdict = verify_chain(events, recorded_head=rx.audit.head())
+    assert (verdict.ok, verdict.first_bad_seq) == (False, 2)
     with store.engine.connect() as conn:
         count = conn.execute(
             select(func.count()).select_from(t.store_meta).where(t.store_meta.c.name.in_(names))

@@ -64,6 +64,7 @@ from uid2_operator.error_text import some_of
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditHeadMissing,
     AuditHeadUnreadable,
     AuditRowUnreadable,
     InvalidTransition,
@@ -791,10 +792,11 @@ class _Audit:
                 conn.execute(insert(t.store_meta).values(name=name, value=value))
 
     def _chain_end(self, conn: Connection) -> ChainHead:
-        """Where the next event goes: after the recorded head, or after the last row when none is
-        recorded. AuditChainAhead when rows exist past the recorded head: a process that appends
-        without moving it (an earlier version) writes to this database, and the next seq is
-        taken."""
+        """Where the next event goes: after the recorded head, or, when none is recorded, at the
+        start or after the last row of a broken chain. AuditChainAhead when rows exist past the
+        recorded head: a process that appends without moving it (an earlier version) writes to
+        this database, and the next seq is taken. AuditHeadMissing when rows that verify exist
+        and no head is recorded."""
         recorded = self.head()
         if recorded is not None:
             ahead = _last_numbered_row(conn, after_seq=recorded.seq)
@@ -809,6 +811,17 @@ class _Audit:
         last = _last_numbered_row(conn, after_seq=None)
         if last is None:
             return ChainHead(0, GENESIS_PREV_HASH)
+        if verify_chain(self.chain_events()).ok:
+            # ``db upgrade`` records the head of an intact chain that has none: its head was
+            # removed since, perhaps with the newest rows. Appending would record a head over
+            # the cut; a broken chain (an earlier version's, left headless by the upgrade) goes
+            # on from its last row, and verification keeps reporting its break.
+            raise AuditHeadMissing(
+                f"No audit chain head is recorded, yet the chain verifies through seq {last.seq}: "
+                "the head was removed outside uid2-operator, perhaps with the newest events; run "
+                "`uid2-operator audit verify`, then `uid2-operator db upgrade` to record the head "
+                "of the chain as it stands"
+            )
         return ChainHead(last.seq, bytes(_audit_value(last, "hash", (bytes, memoryview))))
 
     def record_head_of_intact_chain(self) -> ChainHead | None:

@@ -17,6 +17,7 @@ from typing import Any
 from uid2_operator.errors import (
     AlreadyExists,
     AuditChainAhead,
+    AuditHeadMissing,
     AuditHeadUnreadable,
     AuditRowUnreadable,
     BodyTooLarge,
@@ -79,6 +80,7 @@ ERROR_TABLE: Mapping[type[UID2Error], HttpMapping] = MappingProxyType(
         # The seq and the field only, never the row's content.
         AuditRowUnreadable: HttpMapping(500),
         AuditHeadUnreadable: HttpMapping(500),
+        AuditHeadMissing: HttpMapping(500),
         StoreError: HttpMapping(500, detail=False),
     }
 )
