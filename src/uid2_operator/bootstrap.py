@@ -15,6 +15,7 @@ not taken up (see ``KeyringFile``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -355,10 +356,6 @@ def keyring_for_init(settings: Settings, random: RandomBytes = system_random) ->
     leaves no keyring file, and the next init creates one. A file that cannot be written raises
     ``KeyringError`` naming it.
     """
-    if settings.keyring_json is None:
-        # A keyring file given to init (provisioned by hand, say) is made as private as the
-        # one init writes, as the SQLite file beside it is (``upgrade_database``).
-        _make_file_private(settings.keyring_path)
     if settings.environment is Environment.PROD or settings.keyring_json is not None:
         return InitKeyring(load_keyring(settings), created=False)
     path = settings.keyring_path
@@ -1079,6 +1076,16 @@ def _make_sqlite_files_private(db_path: Path) -> None:
     """Set the SQLite file and its journals, where present and owned by this user, to 0600."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         _make_file_private(db_path.with_name(db_path.name + suffix))
+
+
+def make_keyring_file_private(settings: Settings) -> None:
+    """For ``init``: a keyring file it is given (provisioned by hand, say) made as private as
+    the one it writes, as the SQLite file beside it is (``upgrade_database``), when this user
+    owns it. A file whose mode cannot be changed (a read-only mount, a deployment's secret
+    volume) is left as it is: reading it warns when any user may read it."""
+    if settings.keyring_json is None:
+        with contextlib.suppress(OSError):
+            _make_file_private(settings.keyring_path)
 
 
 def _make_file_private(path: Path) -> None:

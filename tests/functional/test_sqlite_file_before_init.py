@@ -8,6 +8,7 @@ about by every command that reads it.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -24,6 +25,9 @@ from uid2_operator.clock import system_random
 from uid2_operator.domain.sealing import generate_keyring
 
 pytestmark = pytest.mark.functional
+
+ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
+WARNING = "can be read or changed by any user"
 
 
 @pytest.fixture
@@ -92,7 +96,9 @@ def test_init_makes_a_world_readable_database_file_and_its_journals_owner_only(
 
 @pytest.mark.usefixtures("umask_022")
 @pytest.mark.parametrize("environment", ["local", "prod"])
-def test_init_makes_a_keyring_file_it_was_given_private(tmp_path: Path, environment: str) -> None:
+def test_init_makes_a_keyring_file_it_was_given_private(
+    tmp_path: Path, environment: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Provisioned by hand with the umask's mode: it holds every key-encryption key and the
     # pepper, the keys to everything the database beside it seals.
     database = Database("sqlite", tmp_path / "data", None)
@@ -106,10 +112,33 @@ def test_init_makes_a_keyring_file_it_was_given_private(tmp_path: Path, environm
 
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o600
+    # Made private before it was read: nothing to warn about.
+    assert [r.getMessage() for r in caplog.records if WARNING in r.getMessage()] == []
 
 
-ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
-WARNING = "can be read or changed by any user"
+@pytest.mark.usefixtures("umask_022")
+def test_init_goes_on_with_a_keyring_file_whose_mode_cannot_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only mount (a deployment's secret volume): the file stays as it is, with a warning.
+    database = Database("sqlite", tmp_path / "data", None)
+    database.data_dir.mkdir(mode=0o700)
+    keyring_file = database.data_dir / "keyring.json"
+    keyring_file.write_text(generate_keyring(system_random, development=True).to_json())
+    chmod = os.chmod
+
+    def read_only(path: str | os.PathLike[str], mode: int, **kwargs: object) -> None:
+        if Path(path) == keyring_file:
+            raise OSError(errno.EROFS, "Read-only file system")
+        chmod(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "chmod", read_only)
+
+    result = Cli(database)("init")
+
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o644
+    assert any(f"{WARNING} (mode 0644)" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.usefixtures("umask_022")

@@ -19,6 +19,7 @@ from uid2_operator.bootstrap import (
     discard_interrupted_keyring,
     keyring_for_init,
     load_keyring,
+    make_keyring_file_private,
     open_services,
     record_environment,
     record_store_environment,
@@ -151,6 +152,7 @@ def _initialise(settings: Settings, deliver: Callable[[Initialised], None]) -> N
     settings = adopt_store_environment(settings)
     adopted = settings.environment_source is EnvironmentSource.DATABASE
     discard_interrupted_keyring(settings)  # an empty file an interrupted init left: made anew
+    make_keyring_file_private(settings)  # before it is read, so only what init cannot fix warns
     # os.path: False too for a path that cannot be looked at (too long, no permission), which
     # the steps below then refuse naming the file, where Path.exists would raise
     keyring_present = settings.keyring_json is not None or os.path.exists(settings.keyring_path)
