@@ -167,6 +167,7 @@ client_secrets = Table(
     Column("retires_at_ms", BigInteger),
     Column("change_seq", BigInteger, nullable=False, server_default="0"),
     Index(None, "change_seq"),
+    Index(None, "retires_at_ms"),  # revision 0009: the deletion of retired secrets
     sqlite_autoincrement=True,
 )
 
