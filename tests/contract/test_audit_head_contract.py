@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select
 from store_records import Draft, simple_hash
 
 from uid2_operator.domain.audit import ChainHead, event_hash, verify_chain
-from uid2_operator.errors import AuditHeadMissing
+from uid2_operator.errors import AuditHeadMissing, AuditHeadUnreadable
 from uid2_operator.storage import SqlStore, upgrade
 from uid2_operator.storage import schema as t
 
@@ -152,3 +152,32 @@ def test_a_broken_chain_without_a_head_builds_on_its_last_row(store: SqlStore) -
             select(func.count()).select_from(t.store_meta).where(t.store_meta.c.name.in_(names))
         ).scalar_one()
     assert count == len(names)
+
+
+@pytest.mark.parametrize("removed", [t.AUDIT_HEAD_HASH[3], t.AUDIT_HEAD_SEQ])
+def test_a_head_missing_a_part_refuses_appends_and_is_left_by_the_upgrade(
+    store: SqlStore, store_url: str, removed: str
+) -> None:
+    """Read with the missing word as zero, the head would let the next event link to a wrong
+    hash and then be rewritten whole: the break would move into the chain for good."""
+    for i in range(2):
+        _append(store, f"t{i}")
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.store_meta).where(t.store_meta.c.name == removed))
+    before = _state_without_head(store)
+
+    with pytest.raises(AuditHeadUnreadable):
+        _append(store, "next")
+    upgrade(store_url)  # records no head over it: verification goes on reporting it
+
+    assert _state_without_head(store) == before
+    with store.engine.connect() as conn:
+        names = conn.execute(
+            select(t.store_meta.c.name).where(t.store_meta.c.name.like("audit_head%"))
+        ).scalars()
+        assert removed not in set(names)
+
+
+def _state_without_head(store: SqlStore) -> tuple[int, list[int]]:
+    with store.read() as rx:
+        return store.change_seq(), [e.seq for e in rx.audit.list_events()]
