@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _PRIVATE_FILE = 0o600
+_OTHERS_MAY_ACCESS: Final = 0o006
+"""Mode bits that let any user read or change a file (what reading a keyring file warns of)."""
 _PRIVATE_DIR = 0o700
 
 KEYRING_FROM_ENVIRONMENT: Final = "environment"
@@ -185,10 +187,10 @@ def _warn_if_others_may_read(path: Path, status: os.stat_result) -> None:
     """A WARNING when users other than the owner and the file's group may read or change the
     keyring file (a group may be how a deployment hands it to the service)."""
     mode = stat.S_IMODE(status.st_mode)
-    if mode & 0o006:
+    if mode & _OTHERS_MAY_ACCESS:
         log.warning(
             "The keyring file %s can be read or changed by any user (mode %04o); it holds every "
-            "key-encryption key and the pepper: chmod 600 it (init does so for a file it owns)",
+            "key-encryption key and the pepper: chmod 600 it",
             path,
             mode,
         )
@@ -1079,25 +1081,29 @@ def _make_sqlite_files_private(db_path: Path) -> None:
 
 
 def make_keyring_file_private(settings: Settings) -> None:
-    """For ``init``: a keyring file it is given (provisioned by hand, say) made as private as
-    the one it writes, as the SQLite file beside it is (``upgrade_database``), when this user
-    owns it. A file whose mode cannot be changed (a read-only mount, a deployment's secret
-    volume) is left as it is: reading it warns when any user may read it."""
+    """For ``init``: a keyring file it is given (provisioned by hand, say) that any user may read
+    or change made as private as the one it writes (0600), as the SQLite file beside it is
+    (``upgrade_database``), when this user owns it. A file only its group may also read is left
+    as it is (a group may be how a deployment hands it to the service), as is one whose mode
+    cannot be changed (a read-only mount): reading that one warns."""
     if settings.keyring_json is None:
         with contextlib.suppress(OSError):
-            _make_file_private(settings.keyring_path)
+            _make_file_private(settings.keyring_path, only_if=_OTHERS_MAY_ACCESS)
 
 
-def _make_file_private(path: Path) -> None:
-    """Set ``path`` (a link's target) to 0600 when it is a regular file this user owns."""
+def _make_file_private(path: Path, *, only_if: int = 0o777) -> None:
+    """Set ``path`` (a link's target) to 0600 when it is a regular file this user owns whose
+    mode is not 0600 and has one of the ``only_if`` bits."""
     try:
         found = os.stat(path)
     except FileNotFoundError:
         return
+    mode = stat.S_IMODE(found.st_mode)
     if (
         stat.S_ISREG(found.st_mode)
         and found.st_uid == os.getuid()
-        and stat.S_IMODE(found.st_mode) != _PRIVATE_FILE
+        and mode != _PRIVATE_FILE
+        and mode & only_if
     ):
         os.chmod(path, _PRIVATE_FILE)
 

@@ -166,3 +166,17 @@ def test_a_keyring_file_any_user_may_read_is_warned_about(tmp_path: Path) -> Non
     assert f"{keyring_file} {WARNING} (mode 0644)" in warned
     assert "chmod 600" in warned
     assert keyring_file.read_text() not in warned
+
+
+def test_init_leaves_a_keyring_file_its_group_may_read(tmp_path: Path) -> None:
+    # A group may be how a deployment hands the file to the service: not init's to take away.
+    database = Database("sqlite", tmp_path / "data", None)
+    database.data_dir.mkdir(mode=0o700)
+    keyring_file = database.data_dir / "keyring.json"
+    keyring_file.write_text(generate_keyring(system_random, development=True).to_json())
+    keyring_file.chmod(0o640)
+
+    result = Cli(database)("init")
+
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(keyring_file.stat().st_mode) == 0o640
