@@ -128,11 +128,11 @@ class Snapshot:
     since whether live or not, so that a reader holding the earlier state learns of a secret
     retired early; and, for each key changed since, every one of its secrets live at the time
     asked for, so that a reader replaces what it held for that key with what it is given. The
-    one row ever deleted is a secret no request can use any more (``purge_retired``), which may
-    go in the commit that retires it: that commit writes its key's row too, so a reader that
-    never saw the retirement still loses the secret. ``change_seq`` below ``since`` means the
-    store is not the one the reader read before (restored from an earlier backup, say): read it
-    in full.
+    one row of these tables ever deleted is a secret no request can use any more
+    (``purge_retired``), which may go in the commit that retires it: that commit writes its
+    key's row too, so a reader that never saw the retirement still loses the secret.
+    ``change_seq`` below ``since`` means the store is not the one the reader read before
+    (restored from an earlier backup, say): read it in full.
     """
 
     change_seq: int
