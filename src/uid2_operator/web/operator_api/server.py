@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from uid2_operator.bootstrap import follow_keyring, material_service, open_configured_store
@@ -77,6 +77,7 @@ from uid2_operator.web.operator_api.metrics import (
     process_gauges,
 )
 from uid2_operator.web.operator_api.metrics_files import MetricsFiles, MetricsPublisher
+from uid2_operator.web.operator_api.metrics_page import RENDER_SHARE, MetricsPage
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class OperatorServer:
         metrics_port: int | None = None,
         key_problem: Callable[[], str | None] | None = None,
         observer: RequestObserver | None = None,
+        metrics_render_share: float = RENDER_SHARE,
     ) -> None:
         self._api = api
         self.worker = worker
@@ -138,6 +140,7 @@ class OperatorServer:
         self._observer = observer
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._metrics_page = MetricsPage(worker.registry, share=metrics_render_share)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -209,8 +212,9 @@ class OperatorServer:
 
     async def _metrics(self, send: Send) -> None:
         # The collector publishes the figures it reports as ours first, so that they are in our
-        # file too (MetricsCollector.publish_to, metrics_files).
-        body = generate_latest(self.worker.registry)
+        # file too (MetricsCollector.publish_to, metrics_files). A fresh rendering is reused:
+        # rendering takes at most a tenth of the worker's time however often this is asked.
+        body = self._metrics_page.body()
         await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -293,11 +297,14 @@ def build_worker(
     random: RandomBytes = system_random,
     runtime_dir: Path | None = None,
     metrics_port: int | None = None,
+    metrics_render_share: float = RENDER_SHARE,
 ) -> OperatorServer:
     """Wire one worker over ``store`` (default: the configured one, opened lazily).
 
     ``metrics_port`` is the port of the worker's metrics listener (``serve --metrics-port``),
     None when ``/metrics`` is answered on the operator port (``OperatorServer``).
+    ``metrics_render_share`` bounds the time rendering ``/metrics`` takes (``MetricsPage``; 1:
+    rendered afresh for every request, which tests reading a figure right after a change use).
 
     ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
     None for a worker on its own (tests, benchmarks). A worker with one refuses replays through
@@ -392,6 +399,7 @@ def build_worker(
         metrics_port=metrics_port,
         key_problem=lambda: key_problem(source, now),
         observer=observe,
+        metrics_render_share=metrics_render_share,
     )
 
 
