@@ -1091,9 +1091,9 @@ def make_keyring_file_private(settings: Settings) -> None:
             _make_file_private(settings.keyring_path, only_if=_OTHERS_MAY_ACCESS)
 
 
-def _make_file_private(path: Path, *, only_if: int = 0o777) -> None:
+def _make_file_private(path: Path, *, only_if: int | None = None) -> None:
     """Set ``path`` (a link's target) to 0600 when it is a regular file this user owns whose
-    mode is not 0600 and has one of the ``only_if`` bits."""
+    mode is not 0600 (and, with ``only_if``, has one of those bits)."""
     try:
         found = os.stat(path)
     except FileNotFoundError:
@@ -1103,7 +1103,7 @@ def _make_file_private(path: Path, *, only_if: int = 0o777) -> None:
         stat.S_ISREG(found.st_mode)
         and found.st_uid == os.getuid()
         and mode != _PRIVATE_FILE
-        and mode & only_if
+        and (only_if is None or mode & only_if)
     ):
         os.chmod(path, _PRIVATE_FILE)
 

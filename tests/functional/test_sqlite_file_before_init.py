@@ -94,6 +94,19 @@ def test_init_makes_a_world_readable_database_file_and_its_journals_owner_only(
     assert set(_modes(database.data_dir).values()) <= {0o600}
 
 
+def test_init_sets_an_existing_database_file_of_any_other_mode_to_0600(tmp_path: Path) -> None:
+    # 0000 included: no bit to take away, but the service's own user must read and write it.
+    database = Database("sqlite", tmp_path / "data", None)
+    database.data_dir.mkdir(mode=0o700)
+    with closing(sqlite3.connect(database.sqlite_path)) as made:
+        made.execute("CREATE TABLE probe (x)")
+    database.sqlite_path.chmod(0o000)
+
+    Cli(database)("init")  # refused or not (a table in the way), the file's mode is set first
+
+    assert _modes(database.data_dir) == {"uid2.db": 0o600}
+
+
 @pytest.mark.usefixtures("umask_022")
 @pytest.mark.parametrize("environment", ["local", "prod"])
 def test_init_makes_a_keyring_file_it_was_given_private(
