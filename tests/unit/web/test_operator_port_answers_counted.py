@@ -112,13 +112,24 @@ def test_metrics_on_the_operator_port_are_counted_under_their_route(
     assert _counts(server) == {(METRICS, "", 200): 2}
 
 
-def test_a_fresh_rendering_of_metrics_is_answered_again(tmp_path: Path) -> None:
-    # Anyone who can reach the port may ask: rendering is bounded to a share of the worker.
+def test_metrics_asked_again_at_once_waits_for_a_rendering_of_its_own(tmp_path: Path) -> None:
+    # Anyone who can reach the port may ask: rendering is bounded to a share of the worker, by
+    # waiting, never by answering an earlier rendering (another worker may have answered with
+    # newer figures meanwhile: counters would seem to go back).
     server = worker_without_snapshot(tmp_path)
     ticks = iter(range(1000))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
     server._metrics_page._clock = lambda: float(next(ticks))  # each rendering takes 1 s
+    server._metrics_page._sleep = sleep
     first = _call(server, "GET", METRICS)[1]
-    assert _call(server, "GET", METRICS)[1] == first  # without the count of the first
+    assert b'uid2_operator_requests_total{endpoint="/metrics"' not in first
+    second = _call(server, "GET", METRICS)[1]
+    assert b'uid2_operator_requests_total{endpoint="/metrics",key_id="",status="200"' in second
+    assert slept == [8.0]  # rendered from 0 to 1: the next not before 10, asked at 2
     assert _counts(server) == {(METRICS, "", 200): 2}
 
 

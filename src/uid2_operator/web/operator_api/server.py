@@ -212,9 +212,9 @@ class OperatorServer:
 
     async def _metrics(self, send: Send) -> None:
         # The collector publishes the figures it reports as ours first, so that they are in our
-        # file too (MetricsCollector.publish_to, metrics_files). A fresh rendering is reused:
-        # rendering takes at most a tenth of the worker's time however often this is asked.
-        body = self._metrics_page.body()
+        # file too (MetricsCollector.publish_to, metrics_files). Rendered after this request
+        # came in, at most once in a span bounded by the last rendering's cost (MetricsPage).
+        body = await self._metrics_page.body()
         await _answer(send, 200, body, CONTENT_TYPE_LATEST.encode())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
