@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 (a linear r
     ) as server:
         measured: dict[str, CpuPerRequest] = {}
         (health,) = measure_interleaved(
-            settings, [server.target], cpu=(0, server.pid, measured, "healthcheck")
+            settings, [server.target], cpu=(measured, [(0, server.pid, "healthcheck")])
         )
         health_cpu = measured.get("healthcheck")
         envelopes = Envelopes(world, server.target)

@@ -44,7 +44,7 @@ from uid2_operator.wire.encoding import b64encode
 
 NOW_MS = 1_700_000_000_000
 
-Writer = Callable[[SqlStore, Sequence[OptOutRecord], int], None]
+Writer = Callable[[SqlStore, Sequence[OptOutRecord], Callable[[], int]], None]
 Stored = tuple[list[OptOutRecord], list[AuditEvent], ChainHead | None]
 
 
@@ -59,16 +59,17 @@ def records(count: int) -> list[OptOutRecord]:
     ]
 
 
-def write_each(store: SqlStore, batch: Sequence[OptOutRecord], now_ms: int) -> None:
+def write_each(store: SqlStore, batch: Sequence[OptOutRecord], now_ms: Callable[[], int]) -> None:
     """The baseline: a get, a put and an audit event per record, a chunk per unit of work."""
     for start in range(0, len(batch), OPTOUT_WRITE_CHUNK):
         with store.transaction() as tx:
+            at_ms = now_ms()
             for record in batch[start : start + OPTOUT_WRITE_CHUNK]:
                 tx.optouts.put(latest(tx.optouts.get(record.first_level_hash), record))
                 record_event(
                     tx,
                     OPERATOR_ACTOR,
-                    at_ms=now_ms,
+                    at_ms=at_ms,
                     action="optout.add",
                     target_type="optout",
                     target_id=b64encode(record.first_level_hash),
@@ -83,7 +84,7 @@ def timed(template: Path, path: Path, write: Writer, batch: Sequence[OptOutRecor
     try:
         gc.collect()
         started = time.perf_counter()
-        write(store, batch, NOW_MS)
+        write(store, batch, lambda: NOW_MS)
         return time.perf_counter() - started
     finally:
         store.close()
