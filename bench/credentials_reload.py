@@ -46,6 +46,7 @@ from uid2_operator.services.material import MaterialConfig, MaterialService
 from uid2_operator.services.snapshot_loader import Loaded, load_snapshot, operator_identity
 from uid2_operator.settings import Settings
 from uid2_operator.storage import schema as t
+from uid2_operator.storage.sql import SqlStore
 
 ACTOR = Actor(id="cli:bench", request_id="bench", source="cli")
 BATCH = 5_000
@@ -116,6 +117,9 @@ def fill(engine: Any, keyring: Any, count: int, per_site: int, now_ms: int) -> l
                 .where(t.store_meta.c.name == t.CHANGE_SEQ)
                 .values(value=seq + 1)
             )
+            # As every commit does: a reload goes on from a load only while the store still
+            # holds the mark that load read (a store restored from a backup does not).
+            conn.execute(insert(t.change_marks).values(seq=seq + 1, mark=os.urandom(t.MARK_BYTES)))
             conn.commit()
     return key_ids
 
@@ -143,6 +147,7 @@ def run(count: int, per_site: int, repeat: int) -> dict[str, Any]:
         services = open_services(settings)
         try:
             store = services.store
+            assert isinstance(store, SqlStore)
             keyring = follow_keyring(settings)
             material = MaterialService(
                 store, keyring, MaterialConfig(bucket_count=1 << 16), clock, os.urandom
@@ -165,6 +170,8 @@ def run(count: int, per_site: int, repeat: int) -> dict[str, Any]:
                 )
 
             held = load(None)
+            # without a mark the load "from the previous one" would quietly read everything
+            assert held.mark is not None, "the store holds no mark for its change sequence"
             revoked = key_ids[len(key_ids) // 2]
             services.credentials.revoke_key(ACTOR, revoked, reason="bench")
             full_s, full = cpu_seconds(lambda: load(None), repeat)
