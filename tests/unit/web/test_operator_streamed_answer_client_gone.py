@@ -68,16 +68,16 @@ def _request(
 
 def _exchange(
     snapshot: Snapshot, scope: dict[str, Any], body: bytes, *, leaves: bool, at_once: bool = False
-) -> tuple[list[Message], list[int]]:
-    """The messages sent and the statuses observed; the client disconnects once the first body
-    message has been sent when it ``leaves`` (``at_once``: as soon as its request is read), and
-    otherwise waits for the whole answer."""
-    observed: list[int] = []
+) -> tuple[list[Message], list[tuple[str | None, int]]]:
+    """The messages sent and the (key id, status) pairs observed; the client disconnects once the
+    first body message has been sent when it ``leaves`` (``at_once``: as soon as its request is
+    read), and otherwise waits for the whole answer."""
+    observed: list[tuple[str | None, int]] = []
     app = create_operator_app(
         snapshot_provider=lambda: snapshot,
         clock=FixedClock(NOW),
         random=_random,
-        observer=lambda _path, _key_id, status, _elapsed: observed.append(status),
+        observer=lambda _path, key_id, status, _elapsed: observed.append((key_id, status)),
     )
     sent: list[Message] = []
 
@@ -123,7 +123,7 @@ def test_no_more_pieces_are_made_once_the_client_of_a_large_answer_has_gone(
     assert all(m["more_body"] is True for m in bodies)
     # The two pieces made before the start, and at most one more.
     assert kind.listed <= 3 * BUCKETS_PER_PIECE + 1 < LISTED
-    assert observed == [499]
+    assert observed == [(cred.key_id, 499)]  # under the key checked before the answer began
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -136,7 +136,7 @@ def test_a_large_answer_whose_client_stays_is_sent_whole(binary: bool) -> None:
     assert len(bodies) == PIECES + 1
     assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert kind.listed == LISTED
-    assert observed == [200]
+    assert observed == [(cred.key_id, 200)]
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -150,7 +150,7 @@ def test_an_http_1_0_client_gone_while_its_answer_is_counted_gets_nothing_more_m
     assert sent == []  # gone before the length was known: the answer never started
     # The two pieces made before the count, and at most two counted.
     assert kind.listed <= 4 * BUCKETS_PER_PIECE + 2 < LISTED
-    assert observed == [499]
+    assert observed == [(cred.key_id, 499)]
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -164,7 +164,7 @@ def test_an_http_1_0_answer_whose_client_stays_is_counted_then_sent(binary: bool
     assert length == sum(len(m["body"]) for m in bodies)
     assert len(bodies) == PIECES + 1
     assert kind.listed == 2 * LISTED  # made once to count, once to send; never held whole
-    assert observed == [200]
+    assert observed == [(cred.key_id, 200)]
 
 
 @pytest.mark.parametrize("first", [None, b"part of a body"])
