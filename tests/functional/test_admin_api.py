@@ -38,6 +38,7 @@ from uid2_operator.errors import (
     KeyringError,
     PermissionDenied,
     SchemaOutOfDate,
+    StoreAccessRefused,
     StoreUnavailable,
     UID2Error,
     WrongEnvironment,
@@ -486,7 +487,15 @@ def test_the_error_table_is_looked_up_along_the_mro() -> None:
     hidden = render_error(SchemaOutOfDate("postgresql://admin:pw@db/prod is at r0001"))
     assert hidden.status == 500
     assert "pw@db" not in str(hidden.body)
-    assert render_error(StoreUnavailable("x")).status == 503
+    unavailable = render_error(
+        StoreUnavailable("The store at postgresql://db-internal:5432 is down")
+    )
+    assert (unavailable.status, unavailable.body["error"]) == (
+        503,
+        {"code": "store_unavailable", "message": StoreUnavailable.message},
+    )
+    refused = render_error(StoreAccessRefused("permission denied for table api_keys at /srv/db"))
+    assert (refused.status, refused.body["error"]["message"]) == (503, StoreAccessRefused.message)
     assert render_error(KeyringError("kek bytes 00ff")).body["error"]["message"] == (
         KeyringError.message
     )
