@@ -36,7 +36,8 @@ def test_issue_verify_revoke(random: Callable[[int], bytes]) -> None:
         minted.key_id, "ops", frozenset({AdminRole.MAINTAINER}), minted.key_hash, T0, "cli:root"
     )
     assert minted.text.split(".")[1] not in repr(token)
-    assert minted.key_hash.hex() not in repr(token)
+    for shown in (minted.key_hash.hex(), repr(minted.key_hash)[2:-1]):
+        assert shown not in repr(token)
     found = {token.token_id: token}
     assert (
         verify_admin_token(minted.text, environment=LOCAL, pepper=PEPPER, lookup=found.get) is token

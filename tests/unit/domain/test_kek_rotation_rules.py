@@ -65,6 +65,15 @@ def test_reseal_material_moves_a_blob_to_the_active_version_with_the_same_plaint
     assert open_material(only_new, ENCRYPTION_KEY_LABEL, 7, moved) == PLAINTEXT
 
 
+def test_a_sealed_blob_keeps_its_bytes_out_of_its_repr(
+    keyring: Keyring, random: Callable[[int], bytes]
+) -> None:
+    sealed = seal_material(keyring, ENCRYPTION_KEY_LABEL, 7, PLAINTEXT, random)
+    for shown in (sealed.ciphertext.hex(), repr(sealed.ciphertext)[2:-1]):
+        assert shown not in repr(sealed)
+    assert "kek_version=1" in repr(sealed)
+
+
 def test_a_resealed_blob_stays_bound_to_its_label_and_id(
     keyring: Keyring, random: Callable[[int], bytes]
 ) -> None:
