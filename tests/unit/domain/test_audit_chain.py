@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import uid2_operator.domain.audit as audit_module
 from uid2_operator.domain.audit import (
     EMPTY_HEAD,
     GENESIS_HASH,
@@ -308,3 +309,40 @@ def test_a_row_whose_seq_cannot_be_read_is_not_adopted_nor_keeps_the_rest_from_b
     assert (adopted.from_seq, adopted.head, adopted.count) == (3, _head_of(events[3]), 2)
     with pytest.raises(InvalidTransition, match=r"^Nothing to adopt"):
         check_adoption(_head_of(events[3]), [NO_SEQ], 5)
+
+
+# Spelled out, not read from SECRET_FIELD_NAMES: dropping a name from the rule must fail here.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "key", "api_key", "key_text", "plaintext_key", "text", "secret", "client_secret",
+        "secret_text", "hash", "key_hash", "token_hash", "salt", "key_salt", "ciphertext",
+        "pepper", "kek", "keks", "token", "password", "authorization",
+        "refresh_hash", "admin_secret", "material_ciphertext", "first_level_salt",
+        "old_pepper", "access_token", "KEK", "Authorization",
+    ],
+)  # fmt: skip
+def test_every_secret_bearing_name_is_dropped_at_any_depth(name: str) -> None:
+    assert redact({name: "v", "kept": 1}) == {"kept": 1}
+    assert redact({"outer": [{"inner": {name: "v"}}]}) == {"outer": [{"inner": {}}]}
+
+
+@pytest.mark.parametrize("brand", ["UID2", "EUID"])
+def test_a_value_holding_a_full_key_of_either_brand_is_dropped(brand: str) -> None:
+    text = f"{brand}-C-L-1001-fCXrMM." + "a" * 38
+    assert redact({"note": f"pasted {text} here", "kept": "plain"}) == {"kept": "plain"}
+
+
+def test_hashes_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _chain(3)
+    compared: list[tuple[bytes, bytes]] = []
+    real = audit_module.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((bytes(a), bytes(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(audit_module.hmac, "compare_digest", spy)
+    assert verify_chain(events, recorded_head=_head_of(events[-1])).ok
+    # each hash twice: against itself recomputed, then as the next link (the last: the head)
+    assert [compared.count((event.hash, event.hash)) for event in events] == [2, 2, 2]

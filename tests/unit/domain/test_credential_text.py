@@ -227,6 +227,22 @@ def test_a_run_in_one_letter_case_is_not_a_tail_or_a_secret(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "secret",
+    [
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFG=",
+        "abcdefghijklmnopqrstuvwxyz0123456789+/abcde=",
+        "0123456789012345678901234567890123456789012=",
+    ],
+)
+def test_a_client_secret_as_handed_out_is_caught_in_one_letter_case_too(secret: str) -> None:
+    """A client secret's own form (43 base64 characters and ``=``) is recognised by its shape
+    alone, unlike a mere run of base64 characters, which must mix cases."""
+    assert len(base64.b64decode(secret)) == 32
+    assert holds_credential_text(f"note: {secret} end")
+    assert mask_credential_text(f"note: {secret} end", MASK) == f"note: {MASK} end"
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "Example Publisher 2024",
