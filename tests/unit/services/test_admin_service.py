@@ -19,6 +19,8 @@ from uid2_operator.errors import (
     WrongEnvironment,
 )
 from uid2_operator.services.admin import AdminService
+from uid2_operator.services.audit_trail import record_event
+from uid2_operator.services.context import Actor
 from uid2_operator.storage import SqlStore
 
 
@@ -48,6 +50,32 @@ def test_a_wrong_tail_and_an_unknown_id_are_rejected_alike(admin: AdminService) 
             admin.authenticate(text)
         messages.add(caught.value.detail)
     assert messages == {"The admin token is not valid"}
+
+
+def _head(store: SqlStore) -> object:
+    with store.read() as rx:
+        return rx.audit.head()
+
+
+def _record_change(store: SqlStore, token_id: str) -> None:
+    actor = Actor(f"admin:{token_id}", admin_token_id=token_id)
+    with store.transaction() as tx:
+        record_event(
+            tx, actor, at_ms=1, action="participant.update", target_type="participant",
+            target_id="1001",
+        )  # fmt: skip
+
+
+def test_a_change_by_an_actor_whose_token_is_gone_is_refused_and_rolled_back(
+    admin: AdminService, store: SqlStore
+) -> None:
+    issued = admin.create_admin_token(ACTOR, name="ops", roles=["SUPER_USER"])
+    _record_change(store, issued.token_id)  # a token still stored: recorded
+    head = _head(store)
+    gone = mint_admin_token(Environment.LOCAL, KEYRING.pepper, os.urandom).key_id
+    with pytest.raises(CredentialRejected):
+        _record_change(store, gone)  # as a token deleted from the store would be
+    assert _head(store) == head
 
 
 def test_tokens_of_another_environment_or_shape_are_refused(
