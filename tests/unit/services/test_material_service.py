@@ -264,6 +264,25 @@ def test_rotate_salts_rotates_a_share_and_keeps_previous_salts(
     assert actions(store)[-1] == "salts.rotate"
 
 
+def test_a_small_rotation_rewrites_only_the_chunks_it_touched(
+    material: MaterialService, store: SqlStore, clock: FixedClock
+) -> None:
+    material.initialise()
+
+    def chunks() -> dict[int, bytes]:
+        with store.read() as rx:
+            return {chunk.number: chunk.salts.ciphertext for chunk in rx.salts.iter_chunks()}
+
+    before = chunks()
+    assert len(before) == BUCKETS // CONFIG.chunk_size > 1
+    clock.advance(1000)
+    result = material.rotate_salts(1 / BUCKETS, ACTOR)
+    assert result.rotated == 1
+    after = chunks()
+    rewritten = [number for number in before if after[number] != before[number]]
+    assert len(rewritten) == result.chunks_rewritten == 1
+
+
 def test_rotate_salts_just_before_midnight_takes_effect_at_the_midnight_after(
     material: MaterialService, clock: FixedClock
 ) -> None:
@@ -440,6 +459,11 @@ def test_an_optout_records_the_raw_uid_in_effect_while_a_rotation_is_pending(
     after = service.add_optout("email", "someone@example.com").advertising_id
     assert after != before
     assert after == base64.b64encode(raw_uid_v2(flh, salts.salt(index, clock.now_ms()))).decode()
+    # one record, answering for both raw UIDs (/v2/optout/status), each from its first opt-out
+    with store.read() as rx:
+        record = rx.optouts.get(flh)
+    assert record is not None
+    assert record.advertising_id_times() == {before: rotated_at, after: clock.now_ms()}
 
 
 # ------------------------------------------------------------------------------ loading
