@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -218,3 +219,19 @@ def test_snapshot_source_reloads_only_on_change_and_goes_stale() -> None:
     assert source.refresh() is False  # same change seq: the kept snapshot is served again
     assert source.current is not None
     assert source.problem is None
+
+
+def test_an_outage_is_reported_since_its_first_failed_poll() -> None:
+    store, clock = FakeStore(), FixedClock()
+    source = SnapshotSource(
+        store.load, store.change_seq, clock, poll_interval_s=1, max_snapshot_age_s=600
+    )
+    assert source.refresh() is True
+    clock.advance(5_000)
+    store.down = True
+    began = datetime.fromtimestamp(clock.now_ms() / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for _ in range(3):
+        assert source.refresh() is False
+        assert source.problem is not None
+        assert source.problem.startswith(f"Degraded: store unreachable since {began};")
+        clock.advance(60_000)
