@@ -9,12 +9,13 @@ catch-all mask.
 from __future__ import annotations
 
 import base64
+import json
 import random as stdlib_random
 from collections.abc import Callable
 
 import pytest
 
-from uid2_operator.cli.output import MAX_MESSAGE_LENGTH, safe_message
+from uid2_operator.cli.output import MAX_MESSAGE_LENGTH, print_json_error, safe_message
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.key_format import RANDOM_LENGTH, mint_api_key
 from uid2_operator.domain.sealing import ClientSecret, new_client_secret
@@ -90,3 +91,25 @@ def test_a_long_message_keeps_its_end_where_the_reason_is() -> None:
     assert shown.startswith("The store at sqlite:////srv/customer-000/")
     assert shown.endswith("/data/uid2.db is unavailable: database or disk is full")
     assert " ... " in shown
+
+
+@pytest.mark.parametrize("brand", ["UID2", "EUID"])
+def test_a_credential_with_a_short_tail_is_masked_whole(brand: str) -> None:
+    # Too short a tail for the shape masks: the credential pattern takes the key id and all after.
+    assert safe_message(f"bad key {brand}-C-L-123-abCD12.xyz/kj here") == "bad key <redacted> here"
+
+
+def test_a_long_random_looking_run_is_masked() -> None:
+    assert safe_message("secret 9fA3kLm2Qx7Rt5Vw8Yz1Bc4De6Fg0Hj2 end") == "secret <redacted> end"
+
+
+def test_a_message_is_one_line() -> None:
+    assert safe_message("first\nsecond\r\n\tthird  fourth") == "first second third fourth"
+
+
+def test_a_json_error_document_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    document = {"error": {"code": "invalid_input", "message": "key_id is not a valid id"}}
+    print_json_error(document)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert json.loads(out) == document
