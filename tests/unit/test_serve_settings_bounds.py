@@ -113,3 +113,37 @@ def test_the_operator_guide_states_each_bound(
     ]
     assert len(rows) == 1, rows
     assert re.search(rf"at most {int(bound)}\b", rows[0]), rows[0]
+
+
+# Every variable read as a whole number, spelled out so that one read another way fails here.
+WHOLE_NUMBER_VARIABLES = [
+    "UID2_IDENTITY_TOKEN_EXPIRES_AFTER_S",
+    "UID2_REFRESH_TOKEN_EXPIRES_AFTER_S",
+    "UID2_REFRESH_IDENTITY_AFTER_S",
+    "UID2_SHARING_TOKEN_EXPIRY_S",
+    "UID2_MAX_BIDSTREAM_LIFETIME_S",
+    "UID2_MAX_SHARING_LIFETIME_S",
+    "UID2_REQUEST_MAX_AGE_MS",
+    "UID2_REQUEST_MAX_FUTURE_MS",
+    "UID2_CSTG_MAX_AGE_MS",
+    "UID2_CSTG_MAX_FUTURE_MS",
+    "UID2_REPLAY_TABLE_ENTRIES",
+    "UID2_TCF_VENDOR_ID",
+    "UID2_EXPIRED_KEY_RETENTION_S",
+    "UID2_HTTP_MAX_HEAD_BYTES",
+]
+
+
+@pytest.mark.parametrize("variable", WHOLE_NUMBER_VARIABLES)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u0662\u0661",  # Arabic-Indic digits, which str.isdigit() and int() take
+        "\uff12\uff11",  # fullwidth digits
+        "1" * 5000,  # past the longest int() converts: a refusal, not an internal error
+        "1" * 13,
+    ],
+)
+def test_a_whole_number_is_ascii_digits_of_a_bounded_length(variable: str, text: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable} must be a whole number"):
+        ServeSettings.from_env({variable: text})
