@@ -162,9 +162,7 @@ def _worker(database: Database, *, whole: bool) -> tuple[OperatorServer, HeldSto
     serve = ServeSettings(
         poll_interval_s=POLL_S, max_snapshot_age_s=MAX_AGE_S, flush_interval_s=POLL_S
     )
-    # The gauge is read right after each change: rendered afresh every time.
-    server = build_worker(settings, serve, store=store, clock=clock, metrics_render_share=1.0)
-    return server, store, clock
+    return build_worker(settings, serve, store=store, clock=clock), store, clock
 
 
 async def _unanswered(

@@ -49,7 +49,6 @@ from uid2_operator.services.snapshot import (
 )
 from uid2_operator.settings import Settings
 from uid2_operator.web.operator_api.app import create_operator_app
-from uid2_operator.web.operator_api.metrics_page import RENDER_SHARE
 from uid2_operator.web.operator_api.server import OperatorServer, build_worker
 from uid2_operator.wire.encoding import b64encode
 from uid2_operator.wire.envelope import open_response, seal_request, unframe_response
@@ -510,9 +509,7 @@ class NoSnapshotStore:
         pass
 
 
-def worker_without_snapshot(
-    tmp_path: Path, metrics_port: int | None = None, *, metrics_render_share: float = RENDER_SHARE
-) -> OperatorServer:
+def worker_without_snapshot(tmp_path: Path, metrics_port: int | None = None) -> OperatorServer:
     """The worker ``build_worker`` wires, over a store and a keyring that are never reached: no
     snapshot is loaded, so its health check answers 503."""
     settings = Settings.from_env({}, data_dir=str(tmp_path / "data"))
@@ -522,5 +519,4 @@ def worker_without_snapshot(
         store=cast(Any, NoSnapshotStore()),
         keyring=cast(Any, object()),
         metrics_port=metrics_port,
-        metrics_render_share=metrics_render_share,
     )

@@ -102,10 +102,10 @@ def test_a_degraded_health_check_is_visible_to_an_alert_on_non_200_answers(
 def test_metrics_on_the_operator_port_are_counted_under_their_route(
     tmp_path: Path, method: str
 ) -> None:
-    server = worker_without_snapshot(tmp_path, metrics_render_share=1.0)
+    server = worker_without_snapshot(tmp_path)
     assert _call(server, method, METRICS)[0] == 200
     assert _counts(server) == {(METRICS, "", 200): 1}
-    # counted once answered: the next scrape (rendered afresh) reports the previous one
+    # counted once answered: the next scrape (rendered after it came in) reports the previous one
     status, body = _call(server, "GET", METRICS)
     assert status == 200
     assert b'uid2_operator_requests_total{endpoint="/metrics",key_id="",status="200"' in body
@@ -236,7 +236,6 @@ def test_an_answer_the_api_gives_is_counted_once() -> None:
         OperatorApi(observer=metrics.observe),
         worker,
         observer=metrics.observe,
-        metrics_render_share=1.0,  # each count read right after the request that made it
     )
     assert _call(server, "GET", HEALTH)[0] == 200
     assert _call(server, "POST", GENERATE)[0] == 503  # no snapshot

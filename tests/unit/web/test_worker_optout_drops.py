@@ -66,7 +66,6 @@ def world(
         store=_Unwritable(open_configured_store(settings, check_schema=False)),  # type: ignore[arg-type]
         keyring=generate_keyring(os.urandom, development=True),
         clock=clock,
-        metrics_render_share=1.0,  # each count read right after the change that made it
     )
     server.worker.source.current = snapshot  # what the API reads, as a poll would install it
     yield server, clock, credentials["O"]  # O holds the OPTOUT role

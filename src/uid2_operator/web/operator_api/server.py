@@ -77,7 +77,7 @@ from uid2_operator.web.operator_api.metrics import (
     process_gauges,
 )
 from uid2_operator.web.operator_api.metrics_files import MetricsFiles, MetricsPublisher
-from uid2_operator.web.operator_api.metrics_page import RENDER_SHARE, MetricsPage
+from uid2_operator.web.operator_api.metrics_page import MetricsPage
 from uid2_operator.wire.aead import RandomBytes
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,6 @@ class OperatorServer:
         metrics_port: int | None = None,
         key_problem: Callable[[], str | None] | None = None,
         observer: RequestObserver | None = None,
-        metrics_render_share: float = RENDER_SHARE,
     ) -> None:
         self._api = api
         self.worker = worker
@@ -140,7 +139,7 @@ class OperatorServer:
         self._observer = observer
         self._tasks: list[asyncio.Task[None]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._metrics_page = MetricsPage(worker.registry, share=metrics_render_share)
+        self._metrics_page = MetricsPage(worker.registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -297,14 +296,11 @@ def build_worker(
     random: RandomBytes = system_random,
     runtime_dir: Path | None = None,
     metrics_port: int | None = None,
-    metrics_render_share: float = RENDER_SHARE,
 ) -> OperatorServer:
     """Wire one worker over ``store`` (default: the configured one, opened lazily).
 
     ``metrics_port`` is the port of the worker's metrics listener (``serve --metrics-port``),
     None when ``/metrics`` is answered on the operator port (``OperatorServer``).
-    ``metrics_render_share`` bounds the time rendering ``/metrics`` takes (``MetricsPage``; 1:
-    rendered afresh for every request, which tests reading a figure right after a change use).
 
     ``runtime_dir`` is the directory the workers of one serve share (``RUNTIME_DIR_VARIABLE``);
     None for a worker on its own (tests, benchmarks). A worker with one refuses replays through
@@ -399,7 +395,6 @@ def build_worker(
         metrics_port=metrics_port,
         key_problem=lambda: key_problem(source, now),
         observer=observe,
-        metrics_render_share=metrics_render_share,
     )
 
 
