@@ -142,6 +142,21 @@ def test_private_key_from_random_is_reproducible_and_in_range() -> None:
     )
 
 
+def test_private_key_takes_forty_random_bytes_reduced_into_the_group() -> None:
+    # 320 bits of seed reduced modulo n - 1 leave a bias under 2^-64 (32 bytes would leave 2^-32).
+    asked: list[int] = []
+
+    def all_ones(size: int) -> bytes:
+        asked.append(size)
+        return b"\xff" * size
+
+    key = private_key_from_random(all_ones)
+    assert asked == [40]
+    expected = 1 + (2**320 - 1) % (CURVE_ORDER - 1)
+    assert expected == 0xFFFFFFFE00000001431905529C0166CD22159165B6FAAE71F756A572FC632550
+    assert key.private_numbers().private_value == expected
+
+
 def _other_keys() -> list[bytes]:
     p384 = ec.derive_private_key(5, ec.SECP384R1()).public_key()
     edkey = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
@@ -180,6 +195,7 @@ def test_private_keys_other_than_p256_are_refused() -> None:
         (1, 'a"b\\c/\u00e9', '[1,"a\\"b\\\\c/\u00e9"]'.encode()),
         (1, "\b\t\n\f\r\x00\x1f\x7f", b'[1,"\\b\\t\\n\\f\\r\\u0000\\u001F\x7f"]'),
         (1, "\ud800x", b'[1,"?x"]'),
+        (1, "My App 2", b'[1,"My App 2"]'),
     ],
 )
 def test_request_aad(timestamp: int, app: str | None, expected: bytes) -> None:
