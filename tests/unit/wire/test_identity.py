@@ -151,6 +151,11 @@ def test_unpaired_surrogates_hash_as_question_marks() -> None:
 def test_split_surrogate_pair_hashes_like_the_joined_character() -> None:
     assert java_utf8("\ud83d\ude00") == "\U0001f600".encode()
     assert java_utf8("\ud83d\ud83d\ude00") == b"?" + "\U0001f600".encode()
+    # A JSON body may carry the two halves apart; normalisation drops the space between them,
+    # and the hash is then the joined character's, as the reference's String.getBytes gives.
+    joined = hashlib.sha256("\U0001f600@x.com".encode()).digest()
+    assert hash_identity("\ud83d\ude00@x.com") == joined
+    assert InputKind.EMAIL.digest("\ud83d \ude00@x.com") == joined
 
 
 def test_hex_and_base64_forms_give_the_same_hash() -> None:
