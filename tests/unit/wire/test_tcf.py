@@ -296,6 +296,25 @@ def test_every_truncation_of_the_fields_read_is_refused() -> None:
     assert refused > needed - 16
 
 
+def test_a_field_that_ends_on_the_segments_last_bit_is_read() -> None:
+    # Without the publisher restrictions count, the LI bit field (bits 268 to 288) is the last
+    # field and ends exactly where 36 bytes end: nothing is missing, so nothing is truncated.
+    bits = core_bits(
+        purposes_consent=[1, 2, 3, 4, 7, 10],
+        vendor_consents=Vendors(frozenset({21})),
+        vendor_li=Vendors(frozenset({20})),
+    )[:-12]
+    assert len(bits) == 288
+    parsed = parse_tc_string(segment(bits))
+    assert 21 in parsed.vendor_consents
+    assert 20 in parsed.vendor_legitimate_interests
+    assert 21 not in parsed.vendor_legitimate_interests
+    # One bit fewer, and the same field is cut.
+    assert _reason(segment(bits[:280])).startswith(
+        "truncated: vendor legitimate interest bit field needs bits 268 to 288"
+    )
+
+
 @pytest.mark.parametrize(
     ("cut_bytes", "field"),
     [
