@@ -41,6 +41,20 @@ def test_since_nothing_reads_every_record_and_a_cursor_covering_them(store: SqlS
     assert changes.cursor == seq  # the sequence the writing commit brought the store to
 
 
+def test_the_cursor_of_a_full_read_is_the_highest_sequence_whatever_the_row_order(
+    store: SqlStore,
+) -> None:
+    # Rewriting the first record gives the row written first the highest sequence; a full read
+    # returns rows in no promised order, and its cursor must still cover all of them.
+    put(store, record(1))
+    put(store, record(2))
+    seq = put(store, record(1, T0 + 5))
+    with store.read() as rx:
+        changes = rx.optouts.since(0)
+    assert len(changes.records) == 2
+    assert changes.cursor == seq
+
+
 def test_since_a_cursor_reads_only_what_later_commits_wrote(store: SqlStore) -> None:
     first = put(store, record(1), record(2))
     second = put(store, record(3))

@@ -428,8 +428,9 @@ def test_usage_adds_counts_and_raises_last_used(store: SqlStore) -> None:
     _seed(store)
     store.record_usage(
         [
-            (KEY_A, "/v2/token/generate", 3, T0 + 10),
-            (KEY_A, "/v2/token/generate", 2, T0 + 30),  # same pair in one batch: summed
+            (KEY_A, "/v2/token/generate", 3, T0 + 30),
+            (KEY_A, "/v2/token/generate", 2, T0 + 10),  # same pair in one batch: summed, the
+            # later time kept whichever entry comes last
             (KEY_A, "/v2/identity/map", 1, T0 + 20),
             (KEY_C, "/v2/token/generate", 7, T0 + 5),
         ]
