@@ -32,6 +32,9 @@ def test_urlsafe_refuses_the_standard_alphabet() -> None:
     assert encoding.b64url_encode(bytes.fromhex("ffe088ffee9999")) == "_-CI_-6ZmQ"
     with pytest.raises(encoding.Base64Error):
         encoding.b64url_decode("/+CI/+6ZmQ")
+    for text in ("ab/d", "ab+d", "_-CI/-6ZmQ", "_-CI_+6ZmQ"):  # either character alone
+        with pytest.raises(encoding.Base64Error, match="standard alphabet"):
+            encoding.b64url_decode(text)
 
 
 def test_bytes_input_is_accepted() -> None:
@@ -52,6 +55,9 @@ def test_json_is_compact_and_unescaped() -> None:
 def test_lone_surrogates_become_replacement_characters() -> None:
     written = encoding.dumps({"identifier": json.loads('"a\\ud800b"')})
     assert json.loads(written) == {"identifier": "a\ufffdb"}
+    # A low half alone as well (U+DC00-U+DFFF), and one of each in the wrong order.
+    written = encoding.dumps({"a": json.loads('"x\\udc00y\\udfff"'), "b": "\udc00\ud800"})
+    assert written == '{"a":"x\ufffdy\ufffd","b":"\ufffd\ufffd"}'.encode()
 
 
 def test_integers_are_big_endian_signed() -> None:
