@@ -31,6 +31,12 @@ def test_associated_data_is_bound() -> None:
         aead.open_(KEY, blob, b"other")
 
 
+def test_an_empty_plaintext_seals_and_opens() -> None:
+    blob = aead.seal_with_iv(KEY, IV, b"")
+    assert len(blob) == aead.OVERHEAD
+    assert aead.open_(KEY, blob) == b""
+
+
 @pytest.mark.parametrize("iv", [b"", bytes(11), bytes(13)])
 def test_a_wrong_iv_size_is_a_programming_error(iv: bytes) -> None:
     with pytest.raises(ValueError, match="IV must be 12 bytes"):

@@ -412,6 +412,15 @@ def test_the_version_byte_is_outside_the_ciphertext() -> None:
 def test_v3_requires_standard_base64_for_the_whole_token() -> None:
     with pytest.raises(errors.MalformedToken):
         decode("A3AA-_AA")
+    data = bytearray(b64url_decode(sealed_v4()))
+    data[1] = 0x70
+    text = b64encode(bytes(data))
+    assert decode(text).version is TokenVersion.V3
+    body = text[4:]
+    assert "+" in body or "/" in body
+    # The same bytes in the URL-safe alphabet after an unchanged header: not a v3 token.
+    with pytest.raises(errors.MalformedToken):
+        decode(text[:4] + body.translate(str.maketrans("+/", "-_")))
 
 
 @pytest.mark.parametrize("second", [0x00, 0x71, 0x7F, 0x81, 0xFF])
@@ -493,6 +502,16 @@ def test_v2_round_trip_of_a_32_byte_uid() -> None:
     assert token.created_ms == token.refreshed_ms == token.established_ms == NOW - 1000
     assert token.expires_ms == NOW + 1000
     assert (token.master_key_id, token.site_key_id) == (MASTER.id, SITE.id)
+
+
+@pytest.mark.parametrize("high", [0x70, 0x80])
+def test_v2_is_told_by_its_first_byte_whatever_the_second(high: int) -> None:
+    # A v2 token's second byte is its master key id's first: 112 or 128 there is still v2.
+    master = replace(MASTER, id=int.from_bytes(bytes([high, 0, 3, 0xE9]), "big", signed=True))
+    text = v2_ad(legacy_identity(UID32), master_key_id=master.id)
+    token = decode_advertising_token(text, master_key=only(master), site_key=only(SITE))
+    assert token.version is TokenVersion.V2
+    assert (token.master_key_id, token.raw_uid) == (master.id, UID32)
 
 
 def test_v2_with_a_33_byte_uid_takes_scope_and_type_from_it() -> None:
