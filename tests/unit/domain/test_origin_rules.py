@@ -122,6 +122,25 @@ def test_origin_host() -> None:
     assert origin_host("https://example.com:" + "1" * 5000) is None
 
 
+def test_origin_host_bounds_are_inclusive() -> None:
+    assert origin_host("https://example.com:65535") == "example.com"
+    assert origin_host("https://example.com:65536") is None
+    longest = ("a" * 63 + ".") * 3 + "a" * 57 + ".com"
+    assert len(longest) == 253
+    assert origin_host("https://" + longest) == longest
+    assert origin_host("https://a" + longest) is None
+    # A label may start (and end) with an underscore, as a browser's host may.
+    assert origin_host("https://_sub_.example.com") == "_sub_.example.com"
+    assert origin_site("https://_sub.cstg.co.uk", registrable) == "cstg.co.uk"
+
+
+def test_a_non_ascii_host_is_refused_before_lowercasing() -> None:
+    # The Kelvin sign lowercases to an ASCII "k": lowercased first, it would pass as another host.
+    assert "\u212a".lower() == "k"
+    assert origin_host("https://\u212aexample.com") is None
+    assert origin_site("https://\u212acstg.co.uk", registrable) is None
+
+
 def test_app_names_ignore_case() -> None:
     names = ["com.example.App", "123456789"]
     assert app_name_allowed("COM.EXAMPLE.app", names)
@@ -168,6 +187,7 @@ def test_check_origin_or_app() -> None:
         ("bücher.example", "xn--bcher-kva.example"),
         ("XN--Bcher-KVA.example", "xn--bcher-kva.example"),  # an A-label, as browsers send it
         ("x_y.example", "x_y.example"),  # browsers accept an underscore in a host
+        ("_a.com", "_a.com"),
     ],
 )
 def test_valid_domain_names(text: str, stored: str) -> None:
@@ -205,6 +225,7 @@ def test_domain_name_lists() -> None:
     assert names == ("a.com", "b.com")
     with pytest.raises(InvalidInput, match="At most"):
         validate_domain_names([f"d{i}.com" for i in range(1001)], registrable)
+    assert len(validate_domain_names([f"d{i}.com" for i in range(1000)], registrable)) == 1000
 
 
 def test_app_name_validation() -> None:
@@ -213,8 +234,10 @@ def test_app_name_validation() -> None:
     for bad in ("", " ", "a b", "a\x00", "x" * 256):
         with pytest.raises(InvalidInput):
             validate_app_name(bad)
+    assert validate_app_name("x" * 255) == "x" * 255
     with pytest.raises(InvalidInput, match="At most"):
         validate_app_names([f"app{i}" for i in range(1001)])
+    assert len(validate_app_names([f"app{i}" for i in range(1000)])) == 1000
 
 
 @pytest.mark.parametrize(
