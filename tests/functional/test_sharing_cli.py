@@ -68,6 +68,9 @@ def test_the_sharing_and_keypair_commands(cli: Cli) -> None:
     kept = ok(cli, "sharing", "set", "--site-id", str(a), "--owner-only", "--no-rotate")
     assert (kept["mode"], kept["rotated_key_ids"]) == ("owner_only", [])
     assert ok(cli, "sharing", "set", "--site-id", str(a), "--all-bidders")["mode"] == "bidders"
+    types_only = ok(cli, "sharing", "set", "--site-id", str(a), "--allow-types", "dsp")
+    assert (types_only["mode"], types_only["sites"], types_only["types"]) == ("list", [], ["dsp"])
+    assert ok(cli, "sharing", "set", "--site-id", str(a), "--all-bidders")["mode"] == "bidders"
     assert fails(cli, "sharing", "set", "--site-id", str(a))["code"] == "usage"
     assert fails(cli, "sharing", "set", "--site-id", str(a), "--owner-only", "--all-bidders")
     assert (
@@ -82,6 +85,10 @@ def test_the_sharing_and_keypair_commands(cli: Cli) -> None:
     assert [k["subscription_id"] for k in ok(cli, "keypair", "list", "--site-id", str(a))] == [
         pair["subscription_id"]
     ]
+    second = ok(cli, "keypair", "create", "--site-id", str(a), "--name", "app")
+    assert sorted(
+        k["subscription_id"] for k in ok(cli, "keypair", "list", "--site-id", str(a))
+    ) == (sorted([pair["subscription_id"], second["subscription_id"]]))
     disabled = ok(cli, "keypair", "disable", pair["subscription_id"])
     assert disabled["disabled"] is True
     assert ok(cli, "keypair", "show", pair["subscription_id"])["disabled"] is True
@@ -92,6 +99,11 @@ def test_the_sharing_and_keypair_commands(cli: Cli) -> None:
     apps = ok(cli, "participant", "set-app-names", "--site-id", str(a), "--app-names",
               "com.example.app,123456")  # fmt: skip
     assert apps["app_names"] == ["123456", "com.example.app"]
+    again = ok(cli, "participant", "set-domains", "--site-id", str(a), "--domains", "b-example.com")
+    assert (again["domain_names"], again["app_names"]) == (
+        ["b-example.com"],
+        ["123456", "com.example.app"],
+    )
     assert (
         "registrable"
         in fails(

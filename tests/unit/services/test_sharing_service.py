@@ -347,6 +347,74 @@ def test_domain_and_app_names_are_validated_sorted_and_audited(
     assert {o.site_id: o.domain_names for o in state.origins}[A] == view.domain_names
 
 
+def test_setting_one_kind_of_origin_keeps_the_other(
+    sharing: SharingService, store: SqlStore
+) -> None:
+    sharing.set_app_names(ACTOR, A, ["com.example.app"])
+    view = sharing.set_domain_names(ACTOR, A, ["example.com"])
+    assert (view.domain_names, view.app_names) == (("example.com",), ("com.example.app",))
+    assert sharing.get_origins(ACTOR, A) == view
+    state = read_client_side_state(store, KEYRING)
+    [origins] = [o for o in state.origins if o.site_id == A]
+    assert (origins.domain_names, origins.app_names) == (("example.com",), ("com.example.app",))
+
+
+def test_origin_lists_are_bounded_before_duplicates_fold(
+    sharing: SharingService, store: SqlStore
+) -> None:
+    seq = store.change_seq()
+    with pytest.raises(InvalidInput, match="domain_names may hold at most 1000 entries"):
+        sharing.set_domain_names(ACTOR, A, ["example.com"] * 1001)
+    with pytest.raises(InvalidInput, match="app_names may hold at most 1000 entries"):
+        sharing.set_app_names(ACTOR, A, ["com.example.app"] * 1001)
+    assert store.change_seq() == seq
+    assert sharing.set_domain_names(ACTOR, A, ["example.com"] * 1000).domain_names == (
+        "example.com",
+    )
+
+
+def test_a_type_list_holds_up_to_twice_the_participant_types(sharing: SharingService) -> None:
+    view = sharing.set_sharing(ACTOR, A, mode="list", types=["dsp"] * 8)
+    assert view.changed
+    with pytest.raises(InvalidInput, match="types may hold at most 8 entries"):
+        sharing.set_sharing(ACTOR, A, mode="list", types=["dsp"] * 9)
+
+
+def test_a_subscription_id_already_taken_is_drawn_again(
+    store: SqlStore, clock: FixedClock, material: MaterialService
+) -> None:
+    # The id draw asks for its 10 characters plus 4 spare bytes; the first two such draws give
+    # the same id, so the second keypair's first candidate is taken and it must draw again.
+    id_draws = 0
+
+    def random(size: int) -> bytes:
+        nonlocal id_draws
+        if size == 14:
+            id_draws += 1
+            if id_draws <= 2:
+                return bytes(size)
+        return os.urandom(size)
+
+    with store.transaction() as tx:
+        tx.participants.add(
+            new_participant(
+                site_id=A,
+                name="Site A",
+                type=ParticipantType.PUBLISHER,
+                allowed_roles=frozenset({ClientRole.SHARER, ClientRole.GENERATOR}),
+                contacts=[],
+                now_ms=clock.now_ms(),
+            )
+        )
+    material.initialise(ACTOR)
+    sharing = SharingService(store, KEYRING, Environment.LOCAL, clock, random, material=material)
+    first = sharing.create_keypair(ACTOR, site_id=A)
+    second = sharing.create_keypair(ACTOR, site_id=A)
+    assert id_draws == 3
+    assert first.subscription_id == "1" * 10
+    assert second.subscription_id != first.subscription_id
+
+
 def _events(store: SqlStore) -> list:  # type: ignore[type-arg]
     with store.read() as rx:
         return rx.audit.list_events()
