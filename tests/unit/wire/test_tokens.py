@@ -35,6 +35,7 @@ from uid2_operator.wire.tokens import (
     encode_advertising_token_with_ivs,
     encode_refresh_token,
     encode_refresh_token_with_iv,
+    seal_refresh_token,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
@@ -602,8 +603,9 @@ def test_refresh_round_trip_and_size() -> None:
 
 
 def test_refresh_encoder_rejects_v2_and_foreign_keys() -> None:
-    with pytest.raises(ValueError, match="v3"):
-        encode_refresh_token(refresh_token(version=TokenVersion.V2), key=REFRESH, random=fixed)
+    for version in (TokenVersion.V2, TokenVersion.V4):
+        with pytest.raises(ValueError, match="v3"):
+            encode_refresh_token(refresh_token(version=version), key=REFRESH, random=fixed)
     with pytest.raises(ValueError, match="key id"):
         encode_refresh_token(refresh_token(), key=MASTER, random=fixed)
 
@@ -617,6 +619,33 @@ def test_first_level_hash_size(size: int) -> None:
 def test_refresh_field_widths() -> None:
     with pytest.raises(ValueError, match="key_id"):
         refresh_token(key_id=2**31)
+
+
+I32_FIELDS = ["site_id", "privacy_bits", "operator_site_id", "operator_version",
+              "operator_key_id", "client_key_id"]  # fmt: skip
+I64_FIELDS = ["publisher_id", "expires_ms", "created_ms", "established_ms"]
+
+
+@pytest.mark.parametrize(
+    ("build", "field", "bits"),
+    [
+        *[(refresh_token, name, 32) for name in [*I32_FIELDS, "key_id"]],
+        *[(refresh_token, name, 64) for name in I64_FIELDS],
+        *[(ad_token, name, 32) for name in [*I32_FIELDS, "master_key_id", "site_key_id"]],
+        *[(ad_token, name, 64) for name in [*I64_FIELDS, "refreshed_ms"]],
+        (refresh_token, "operator_type", 0),
+        (ad_token, "operator_type", 0),
+    ],
+)
+def test_a_token_is_built_only_with_values_its_fields_carry(
+    build: Callable[..., object], field: str, bits: int
+) -> None:
+    low, high = (0, 256) if bits == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1))
+    build(**{field: low})
+    build(**{field: high - 1})
+    for value in (low - 1, high):
+        with pytest.raises(ValueError, match=f"^{field} does not fit its field$"):
+            build(**{field: value})
 
 
 def sealed_refresh(payload: bytes, b0: int = 0x03, key_id: int = REFRESH.id) -> str:
@@ -637,6 +666,9 @@ def test_refresh_payload_identity_must_match_the_header() -> None:
         decode_rt(sealed_refresh(refresh_payload(0x07)))
     with pytest.raises(errors.IdentityMismatch):
         decode_rt(sealed_refresh(refresh_payload(0x13)))
+    # Bits outside scope and type may differ between the header and the payload, as upstream.
+    token = decode_rt(sealed_refresh(refresh_payload(0x03), b0=0x00))
+    assert (token.scope, token.identity_type) == (IdentityScope.UID2, IdentityType.EMAIL)
 
 
 def test_refresh_header_identity_bits() -> None:
@@ -660,11 +692,25 @@ def test_refresh_unknown_key_and_wrong_key() -> None:
         "not base64!",
         b64encode(bytes([0x03, 0x70]) + bytes(121)),  # v3 of the wrong size
         b64encode(b"\x02" + bytes(20)),  # v2 too short for its prefix
+        b64encode(b"\x02" + bytes(27)),  # v2 one byte short of its prefix
+        sealed_refresh(refresh_payload() + b"\x00"),  # v3 of 125 bytes, sealed properly
     ],
 )
 def test_malformed_refresh_tokens(text: str) -> None:
     with pytest.raises(errors.MalformedToken):
         decode_rt(text)
+
+
+def test_a_refresh_token_is_v3_by_its_second_byte_before_v2_by_its_first() -> None:
+    # Identity byte 0x02 (UID2 email without the alignment bits) then the v3 version byte.
+    data = seal_refresh_token(
+        identity_byte=0x02, key=REFRESH, iv=bytes(12), expires_ms=NOW + 1000, created_ms=NOW,
+        site_id=1234, privacy_bits=1, established_ms=NOW - 1000, first_level_hash=FLH,
+    )  # fmt: skip
+    assert data[:2] == b"\x02\x70"
+    token = decode_rt(b64encode(data))
+    assert token.version is TokenVersion.V3
+    assert (token.site_id, token.first_level_hash) == (1234, FLH)
 
 
 @pytest.mark.parametrize("data", [bytes([0x03, 0x80]) + bytes(122), bytes(124), b"\x01\x02"])
@@ -680,6 +726,29 @@ def test_refresh_v2_decodes_as_uid2_email_with_valid_till_as_expiry() -> None:
     assert (token.created_ms, token.expires_ms) == (NOW, NOW + 65000)
     assert (token.first_level_hash, token.privacy_bits, token.site_id) == (FLH, 3, 1234)
     assert token.key_id == REFRESH.id
+
+
+def test_refresh_v2_expiry_is_its_valid_till_whatever_its_expires() -> None:
+    prefix = b"\x02" + pack_i64(NOW) + pack_i64(NOW + 5000) + pack_i64(NOW + 10000)
+    text = b64encode(prefix + pack_i32(REFRESH.id) + cbc(REFRESH, legacy_identity(FLH)))
+    assert decode_rt(text).expires_ms == NOW + 10000
+
+
+@pytest.mark.parametrize("length", [-1, -10, -11])
+def test_a_legacy_identity_of_negative_length_is_malformed(length: int) -> None:
+    # -11 and -10 would make the total length add up without the sign check.
+    plain = pack_i32(1) + pack_i32(length) + bytes(12 + length)  # 8 + length + 12 in all
+    with pytest.raises(errors.MalformedToken):
+        decode_rt(v2_refresh(plain))
+    with pytest.raises(errors.MalformedToken):
+        decode(v2_ad(plain))
+
+
+def test_a_legacy_identity_with_trailing_bytes_is_malformed() -> None:
+    with pytest.raises(errors.MalformedToken):
+        decode(v2_ad(legacy_identity(UID32) + b"\x00"))
+    with pytest.raises(errors.MalformedToken):
+        decode_rt(v2_refresh(legacy_identity(FLH) + b"\x00"))
 
 
 def test_refresh_v2_failures() -> None:
