@@ -313,6 +313,43 @@ def test_a_head_just_under_the_limit_in_several_reads_is_served(server: Running)
         assert read_response(sock).status == 200
 
 
+def test_a_head_is_refused_once_its_unfinished_part_passes_the_limit(server: Running) -> None:
+    # Sent in reads of 1,000 bytes and never finished: refused as soon as a read takes it past
+    # the limit (a quarter past it here), not left to the head timeout.
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\nx-big: ")
+        send_slowly(sock, [b"a" * 1000] * (LIMITS.max_head_bytes * 5 // 4 // 1000))
+        raw = closed_by_server(sock)
+    assert status_of(raw) == 431
+
+
+def test_a_head_whose_unfinished_part_is_exactly_the_limit_is_read_on(server: Running) -> None:
+    # Refused only once its unfinished part passes the limit: at the limit, the next read may
+    # still end it (here its last two bytes, the blank line's end).
+    fill = LIMITS.max_head_bytes + 2 - len(get(extra=b"x-fill: \r\n"))
+    head = get(extra=b"x-fill: " + b"f" * fill + b"\r\n")
+    assert len(head) == LIMITS.max_head_bytes + 2
+    with server.connect() as sock:
+        sock.sendall(head[: LIMITS.max_head_bytes])
+        time.sleep(0.2)
+        sock.sendall(head[LIMITS.max_head_bytes :])
+        assert read_response(sock).status == 200
+
+
+def test_a_body_is_refused_once_the_message_passes_head_and_body_limits(server: Running) -> None:
+    # The connection's own bound on a message is its head limit plus its body limit; the
+    # application (here one without a limit) may enforce a lower one on what it reads.
+    message = LIMITS.max_head_bytes + LIMITS.max_body_bytes
+    for size, status in ((message - 1000, 200), (message + 5000, 413)):
+        with server.connect() as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n" % size)
+            send_slowly(sock, [b"x" * 2000] * (size // 2000) + [b"x" * (size % 2000)])
+            answer = read_response(sock)
+        assert answer.status == status, size
+        if status == 200:
+            assert answer.body == b"%d" % size
+
+
 # --------------------------------------------------------------------------------- timeouts
 
 
@@ -473,7 +510,10 @@ def test_after_an_early_answer_the_connection_closes_when_the_client_does() -> N
 
 
 def test_a_client_that_keeps_sending_after_an_early_answer_is_cut_at_the_body_timeout() -> None:
-    with running() as server, server.connect() as sock:
+    # A body timeout well past the idle bound: each read keeps the connection open (an
+    # uploader still sending would otherwise be reset, its answer lost) until the body timeout.
+    limits = replace(LIMITS, body_timeout_s=LINGER_IDLE_S + 2.0)
+    with running(limits) as server, server.connect() as sock:
         sock.sendall(b"POST /early HTTP/1.1\r\nhost: test\r\ncontent-length: 999999\r\n\r\n")
         assert read_response(sock).status == 413
         started = time.monotonic()
@@ -482,7 +522,8 @@ def test_a_client_that_keeps_sending_after_an_early_answer_is_cut_at_the_body_ti
                 sock.sendall(b"x" * 10)  # always within the idle bound
                 time.sleep(LINGER_IDLE_S / 10)
         took = _wait_for_connections(server, 0, CLOSE_WITHIN_S)
-        assert time.monotonic() - started < LIMITS.body_timeout_s + LINGER_IDLE_S
+        lasted = time.monotonic() - started
+        assert LINGER_IDLE_S + 1.0 < lasted < limits.body_timeout_s + LINGER_IDLE_S
         assert took < 1.0
 
 
@@ -951,6 +992,23 @@ def test_the_request_being_answered_is_told_its_client_has_gone() -> None:
         while server.recorder.disconnects < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.recorder.disconnects == 1
+
+
+def test_queued_requests_are_bounded_by_their_bodies_too() -> None:
+    # Twenty bodies of 3,000 bytes behind a slow answer: the queue is full once it holds a body
+    # limit's worth (and one more read), not 60,000 bytes.
+    size = 3000
+    post = b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n" % size
+    post += b"x" * size
+    with running() as server, server.connect() as sock:
+        sock.sendall(get("/slow") + post * 20)
+        time.sleep(SLOW_S / 2)
+        connection = _connection_of(server)
+        queued = sum(len(cycle.body) for cycle, _ in connection.pipeline)
+        assert 0 < queued <= LIMITS.max_body_bytes + PARSE_SLICE_BYTES + size
+        buffered = bytearray()
+        answers = [read_response(sock, buffered) for _ in range(21)]
+    assert [a.body for a in answers] == [b"OK"] + [b"%d" % size] * 20
 
 
 def test_queued_requests_are_bounded_by_their_header_fields_too() -> None:

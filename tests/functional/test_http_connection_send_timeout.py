@@ -413,6 +413,19 @@ def test_a_connection_closing_with_nothing_unsent_gets_no_deadline() -> None:
         assert not transport.aborted
 
 
-def test_the_send_timeout_is_the_serve_setting() -> None:
-    settings = ServeSettings.from_env({"UID2_HTTP_SEND_TIMEOUT_S": "7"})
-    assert HttpLimits.of(settings, 1024).send_timeout_s == 7.0
+def test_every_connection_limit_is_its_serve_setting() -> None:
+    settings = ServeSettings.from_env(
+        {
+            "UID2_HTTP_SEND_TIMEOUT_S": "7",
+            "UID2_HTTP_HEAD_TIMEOUT_S": "3",
+            "UID2_HTTP_BODY_TIMEOUT_S": "120",
+            "UID2_HTTP_MAX_HEAD_BYTES": "16384",
+        }
+    )
+    assert HttpLimits.of(settings, 1024) == HttpLimits(
+        max_head_bytes=16384,
+        max_body_bytes=1024,
+        head_timeout_s=3.0,
+        body_timeout_s=120.0,
+        send_timeout_s=7.0,
+    )
