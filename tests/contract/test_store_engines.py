@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from store_records import participant
 
-from uid2_operator.errors import StoreUnavailable, UnsupportedDatabaseUrl
+from uid2_operator.errors import StoreError, StoreUnavailable, UnsupportedDatabaseUrl
 from uid2_operator.storage import SqlStore, engines, open_store, upgrade
 from uid2_operator.storage.engines import normalise_url
 
@@ -40,6 +40,9 @@ def test_supported_urls_are_normalised(url: str, expected: str) -> None:
         "sqlite://",
         "sqlite:///:memory:",
         "sqlite:///file:uid2?mode=memory",
+        "sqlite:///file::memory:",  # a URI without options: not a file path either
+        "sqlite+aiosqlite:///uid2.db",  # another SQLite driver: not rewritten to this one
+        "sqlite+pysqlcipher:///uid2.db",
         "postgresql+psycopg2://u:hunter2@db/uid2",
         "mysql://u@db/uid2",
         "not a url",
@@ -66,6 +69,71 @@ def test_a_sqlite_url_with_options_is_refused_and_nothing_is_created(
         upgrade(url)
     assert "SQLite takes no options in its URL" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("directory", ["d#1", "d #2"])
+def test_a_sqlite_path_with_uri_characters_opens_that_file_and_creates_nothing_else(
+    tmp_path: Path, directory: str
+) -> None:
+    # Commands other than the upgrade open the file read-write only, as a ``file:`` URI; a
+    # '#' or '?' left unquoted there would cut the path (and the read-write mode) short.
+    (tmp_path / directory).mkdir()
+    url = f"sqlite:///{tmp_path / directory / 'uid2.db'}"
+    upgrade(url)
+    store = open_store(url)
+    try:
+        assert store.change_seq() == 0
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path / directory / 'other.db'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
+
+
+def test_concurrent_upgrades_of_a_new_sqlite_file_wait_for_each_other(tmp_path: Path) -> None:
+    # As the schema upgrade promises: a second upgrade waits for the first (the write lock is
+    # taken as the migration begins), then finds nothing to do.
+    url = f"sqlite:///{tmp_path / 'uid2.db'}"
+    start = threading.Barrier(3)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            upgrade(url)
+        except BaseException as exc:  # every failure is the finding
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    store = open_store(url)
+    try:
+        assert store.change_seq() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_an_option_the_driver_refuses_is_named_by_the_schema_upgrade_too(
+    postgres_url: str,
+) -> None:
+    url = make_url(postgres_url).update_query_dict({"bogusparam": "1", "password": "hunter2"})
+    with pytest.raises(UnsupportedDatabaseUrl, match="refuses its connection options") as e:
+        upgrade(url.render_as_string(hide_password=False))
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_driver_reason_is_cut_just_past_its_length_and_names_a_silent_error() -> None:
+    limit = engines.DRIVER_REASON_CHARS
+    assert engines.driver_reason(OSError("x" * limit)) == "x" * limit
+    assert engines.driver_reason(OSError("x" * (limit + 1))) == "x" * (limit - 3) + "..."
+    assert engines.driver_reason(OSError()) == "OSError"
+    assert engines.driver_reason(OSError("\n  \n")) == "OSError"
 
 
 def test_a_sqlite_file_is_shown_alike_however_its_engine_opens_it(tmp_path: Path) -> None:
@@ -126,6 +194,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(tmp_path: Pa
             assert pragma("PRAGMA journal_mode").scalar() == "wal"
             assert pragma("PRAGMA foreign_keys").scalar() == 1
             assert pragma("PRAGMA busy_timeout").scalar() == engines.SQLITE_BUSY_TIMEOUT_MS
+            assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL: durable in WAL mode
     finally:
         store.close()
 
