@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from store_records import participant
 
@@ -180,6 +180,18 @@ def test_an_option_the_driver_refuses_names_the_url_not_the_driver_error(
             store.change_seq()
         assert "hunter2" not in str(e.value)
         assert "bogusparam=1" in str(e.value)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_statement_the_database_refuses_is_not_blamed_on_the_url(postgres_url: str) -> None:
+    # A schema path where no table is: the statement is refused, not the connection options.
+    url = make_url(postgres_url).update_query_dict({"options": "-csearch_path=uid2_nowhere"})
+    store = open_store(url, check_schema=False)
+    try:
+        with pytest.raises(ProgrammingError, match="does not exist"):
+            store.change_seq()
     finally:
         store.close()
 
