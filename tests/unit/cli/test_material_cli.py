@@ -178,6 +178,9 @@ def test_salts_rotate(invoke: CliRunner, data_dir: Path) -> None:
     assert f"of {LOCAL_BUCKET_COUNT} buckets" in text.stdout
     assert "version" in text.stdout
     assert re.search(r"takes effect\s+\d{4}-\d\d-\d\dT00:00:00Z", text.stdout), text.stdout
+    default = run(invoke, data_dir, salts, "rotate", "--json")
+    assert default.exit_code == 0, default.output
+    assert document(default)["fraction"] == 0.05  # the documented default: a twentieth
 
 
 def test_salts_rotate_in_the_last_hour_of_a_day_takes_effect_at_the_midnight_after(

@@ -140,6 +140,52 @@ def test_a_serve_that_died_between_writing_its_record_and_cutting_it_hands_that_
         assert lock.left_behind == (longer[0],)
 
 
+def test_a_record_cut_short_of_its_cut_still_hands_the_newer_record_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each record ends its line: a shorter record written over a longer one, with the file not
+    # cut after it (the serve died between), is read up to that line's end.
+    longer = [str(tmp_path / "shm" / f"{RUNTIME_PREFIX}{'a' * 40}{n}") for n in range(2)]
+    newest = str(tmp_path / "shm" / (RUNTIME_PREFIX + "c"))
+    with ServeLock.take(tmp_path) as first:
+        first.record([Path(d) for d in longer])
+        monkeypatch.setattr(os, "ftruncate", lambda _fd, _length: None)
+        first.record([Path(newest)])
+        monkeypatch.undo()
+    with ServeLock.take(tmp_path) as lock:
+        assert lock.left_behind == (newest,)
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "precious"
+    target.write_text("precious")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / LOCK_FILE).symlink_to(target)
+    with pytest.raises(click.ClickException, match="cannot lock the data directory"):
+        ServeLock.take(data_dir)
+    assert target.read_text() == "precious"
+
+
+def test_the_lock_file_and_a_new_data_directory_are_private_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / LOCK_FILE).write_text("")
+    (existing / LOCK_FILE).chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        with ServeLock.take(existing):
+            assert (existing / LOCK_FILE).stat().st_mode & 0o777 == 0o600
+        with ServeLock.take(tmp_path / "new" / "data"):
+            assert (tmp_path / "new" / "data").stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)
+
+
 def test_a_data_directory_that_cannot_hold_the_lock_is_a_clear_error(tmp_path: Path) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
