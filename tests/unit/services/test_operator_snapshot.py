@@ -16,6 +16,7 @@ from uid2_operator.errors import (
     BodyTooLarge,
     CredentialRejected,
     ExpiredTokenPresented,
+    InvalidClientSite,
     InvalidIdentifier,
     NoActiveKey,
     RefreshFailed,
@@ -175,6 +176,11 @@ def test_replay_cache_is_bounded() -> None:
         ),
         (ValueError("secret detail"), 500, b'{"status":"unknown","message":"Unknown error"}'),
         (BodyTooLarge(), 413, b"Request Entity Too Large"),
+        (
+            InvalidClientSite("Unexpected client site id 2"),
+            401,
+            b'{"status":"invalid_client","message":"Unexpected client site id 2"}',
+        ),
     ],
 )
 def test_error_table(error: Exception, status: int, body: bytes) -> None:

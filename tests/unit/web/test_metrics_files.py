@@ -227,6 +227,28 @@ def test_process_figures_are_every_workers_each_under_its_label(tmp_path: Path) 
     )
 
 
+def test_latency_buckets_are_the_documented_bounds_and_a_value_on_a_bound_is_in_it() -> None:
+    bounds = ["0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025",
+              "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "+Inf"]  # fmt: skip
+    collector = MetricsCollector(
+        _counted((GENERATE, KEY_A, 200, 0.001), (GENERATE, KEY_A, 200, 2.0)), [], worker="100"
+    )
+    samples = _scrape(collector)
+    duration = "uid2_operator_request_duration_seconds_bucket"
+    series = {"endpoint": GENERATE, "key_id": KEY_A, "worker": "100"}
+    seen = sorted(
+        (float(dict(labels)["le"]), dict(labels)["le"], value)
+        for (name, labels), value in samples.items()
+        if name == duration
+    )
+    assert [le for _, le, _ in seen] == bounds
+    # Prometheus buckets are "less than or equal": 0.001 counts in le="0.001".
+    assert _value(samples, duration, **series, le="0.0005") == 0
+    assert _value(samples, duration, **series, le="0.001") == 1
+    assert _value(samples, duration, **series, le="1.0") == 1
+    assert _value(samples, duration, **series, le="2.5") == 2
+
+
 # ------------------------------------------------------------------------------- unusable files
 
 
@@ -254,11 +276,16 @@ UNUSABLE: dict[str, bytes] = {
     "a negative count": _edited(lambda d: d["requests"][0].__setitem__(3, -1)),
     "a boolean count": _edited(lambda d: d["requests"][0].__setitem__(3, True)),
     "a text status": _edited(lambda d: d["requests"][0].__setitem__(2, "200")),
+    "a numeric endpoint": _edited(lambda d: d["requests"][0].__setitem__(0, 5)),
     "a series twice": _edited(lambda d: d["requests"].append(d["requests"][0])),
+    "a latency series twice": _edited(lambda d: d["latency"].append(d["latency"][0])),
     "a short latency series": _edited(lambda d: d["latency"][0][2].pop()),
     "a negative sum": _edited(lambda d: d["latency"][0].__setitem__(3, -0.5)),
     "a text gauge": _edited(lambda d: d["gauges"].update(uid2_operator_serving="1")),
     "NaN": _valid("400").replace(b'"gauges":{}', b'"gauges":{"uid2_operator_serving":NaN}'),
+    "a number too large": _valid("400").replace(
+        b'"gauges":{}', b'"gauges":{"uid2_operator_serving":1e999}'
+    ),
     "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
 }
 
