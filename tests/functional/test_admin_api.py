@@ -250,6 +250,28 @@ def _assert_no_secret_leaked(
         assert needle not in logged
 
 
+def test_a_rotation_without_grace_days_keeps_the_old_credential_for_the_default_grace(
+    env: AdminEnv,
+) -> None:
+    # Cutting the old key or secret off at once would be an outage for a routine rotation.
+    site_id = env.call(
+        "POST", "/participants", MAINTAINER,
+        json={"name": "P", "type": "publisher", "roles": ["GENERATOR"]},
+    ).json()["site_id"]  # fmt: skip
+    key_id = env.call(
+        "POST", "/keys", MAINTAINER, json={"site_id": site_id, "name": "k", "roles": ["GENERATOR"]}
+    ).json()["key_id"]
+    grace_ms = 7 * DAY_MS  # the documented default
+    successor = env.call("POST", f"/keys/{key_id}/rotate", MAINTAINER, json={})
+    assert successor.status_code == 201, successor.text
+    old = env.call("GET", f"/keys/{key_id}", READER).json()
+    assert old["retires_at_ms"] == env.clock.at_ms + grace_ms
+    new_id = successor.json()["key_id"]
+    secret = env.call("POST", f"/keys/{new_id}/rotate-secret", MAINTAINER, json={})
+    assert secret.status_code == 200, secret.text
+    assert secret.json()["previous_secret_retires_at_ms"] == env.clock.at_ms + grace_ms
+
+
 def test_each_issued_credential_is_disclosed_once_and_only_by_post(env: AdminEnv) -> None:
     site = env.call(
         "POST", "/participants", json={"name": "P", "type": "dsp", "roles": ["ID_READER"]}
