@@ -381,7 +381,7 @@ def test_a_type_list_holds_up_to_twice_the_participant_types(sharing: SharingSer
 
 
 def test_a_subscription_id_already_taken_is_drawn_again(
-    store: SqlStore, clock: FixedClock, material: MaterialService
+    sharing: SharingService, store: SqlStore, clock: FixedClock, material: MaterialService
 ) -> None:
     # The id draw asks for its 10 characters plus 4 spare bytes; the first two such draws give
     # the same id, so the second keypair's first candidate is taken and it must draw again.
@@ -395,21 +395,10 @@ def test_a_subscription_id_already_taken_is_drawn_again(
                 return bytes(size)
         return os.urandom(size)
 
-    with store.transaction() as tx:
-        tx.participants.add(
-            new_participant(
-                site_id=A,
-                name="Site A",
-                type=ParticipantType.PUBLISHER,
-                allowed_roles=frozenset({ClientRole.SHARER, ClientRole.GENERATOR}),
-                contacts=[],
-                now_ms=clock.now_ms(),
-            )
-        )
-    material.initialise(ACTOR)
-    sharing = SharingService(store, KEYRING, Environment.LOCAL, clock, random, material=material)
-    first = sharing.create_keypair(ACTOR, site_id=A)
-    second = sharing.create_keypair(ACTOR, site_id=A)
+    del sharing  # the participants it set up are this test's; its service draws from urandom
+    drawing = SharingService(store, KEYRING, Environment.LOCAL, clock, random, material=material)
+    first = drawing.create_keypair(ACTOR, site_id=A)
+    second = drawing.create_keypair(ACTOR, site_id=A)
     assert id_draws == 3
     assert first.subscription_id == "1" * 10
     assert second.subscription_id != first.subscription_id
