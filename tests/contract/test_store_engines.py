@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -116,6 +117,84 @@ def test_concurrent_upgrades_of_a_new_sqlite_file_wait_for_each_other(tmp_path: 
         assert store.change_seq() == 0
     finally:
         store.close()
+
+
+def test_opening_a_file_another_connection_is_writing_waits_to_switch_it_to_wal(
+    tmp_path: Path,
+) -> None:
+    # Switching a file to WAL takes a lock SQLite does not wait for, busy_timeout or not: an
+    # opener that meets another's write (as concurrent first openers of a new file do) got
+    # "database is locked" at once; it now waits for that write to end.
+    path = tmp_path / "uid2.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")  # a rollback-journal file, as a new one starts
+    writer.execute("BEGIN IMMEDIATE")
+    done = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    done.start()
+    engine, _ = engines.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == (
+                engines.SQLITE_BUSY_TIMEOUT_MS
+            )
+    finally:
+        engine.dispose()
+        done.join()
+        writer.close()
+
+
+class _BusyCursor:
+    """Refuses ``PRAGMA journal_mode=WAL`` with ``error`` the first ``times`` times."""
+
+    def __init__(self, times: int, error: sqlite3.OperationalError) -> None:
+        self.left = times
+        self.error = error
+        self.calls = 0
+
+    def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode=WAL"
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise self.error
+
+
+def _sqlite_error(code: int) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return error
+
+
+def test_the_switch_to_wal_is_retried_with_growing_pauses_until_the_lock_wait_ends() -> None:
+    now = [0.0]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    cursor = _BusyCursor(3, _sqlite_error(sqlite3.SQLITE_BUSY))
+    engines.enter_wal_mode(cursor, wait_ms=1_000, clock=lambda: now[0], sleep=sleep)
+    assert cursor.calls == 4
+    assert pauses == [0.002, 0.004, 0.008]
+
+    # Never more than 50 ms apart, and given up once the wait is over: the lock's error then.
+    now[0], pauses[:] = 0.0, []
+    cursor = _BusyCursor(1_000, _sqlite_error(sqlite3.SQLITE_BUSY))
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        engines.enter_wal_mode(cursor, wait_ms=1_000, clock=lambda: now[0], sleep=sleep)
+    assert caught.value is cursor.error
+    assert max(pauses) == 0.05
+    assert 1.0 <= now[0] < 1.05
+    assert cursor.calls == len(pauses) + 1
+
+
+def test_an_error_other_than_busy_is_not_retried() -> None:
+    cursor = _BusyCursor(1, _sqlite_error(sqlite3.SQLITE_IOERR))
+    with pytest.raises(sqlite3.OperationalError):
+        engines.enter_wal_mode(cursor, clock=lambda: 0.0, sleep=lambda _s: None)
+    assert cursor.calls == 1
 
 
 @pytest.mark.postgres

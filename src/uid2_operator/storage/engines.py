@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -176,9 +178,9 @@ class SqliteFlavour:
             dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
             try:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                enter_wal_mode(cursor)
+                cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL mode
             finally:
                 cursor.close()
@@ -187,6 +189,39 @@ class SqliteFlavour:
         def _on_begin(conn: Connection) -> None:
             mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+_WAL_RETRY_FIRST_PAUSE_S = 0.002
+_WAL_RETRY_LAST_PAUSE_S = 0.05
+
+
+def enter_wal_mode(
+    cursor: Any,
+    *,
+    wait_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Puts the SQLite file behind ``cursor`` in WAL mode, waiting for a concurrent opener.
+
+    Switching a file to WAL (the first openers of a new file do) needs a lock SQLite does not
+    wait for while another connection writes the file: ``busy_timeout`` notwithstanding, a
+    process opening a new file as another switches it gets "database is locked" at once. The
+    switch is retried here, a few milliseconds apart, for as long as a writer waits for the
+    write lock; once one opener has switched the file, the others find it in WAL mode already.
+    """
+    deadline = clock() + wait_ms / 1000
+    pause = _WAL_RETRY_FIRST_PAUSE_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or clock() >= deadline:
+                raise
+            sleep(pause)
+            pause = min(pause * 2, _WAL_RETRY_LAST_PAUSE_S)
+        else:
+            return
 
 
 class PostgresFlavour:
