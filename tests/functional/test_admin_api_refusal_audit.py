@@ -110,6 +110,36 @@ def test_a_denied_event_names_the_target_from_the_path(env: AdminEnv) -> None:
     _verified(env)
 
 
+def test_a_denied_event_records_no_id_for_a_path_value_not_in_the_exact_shape(
+    env: AdminEnv,
+) -> None:
+    # The edge refuses these paths (422) for a token allowed to act; for one that is not, the
+    # event is written before any check of the path, and may record an id only when the value is
+    # exactly one: an id surrounded by whitespace is not (nor is its site).
+    site, key = _participant_and_key(env)
+    token_id = env.token_ids[READER]
+    mark = env.mark()
+    for path in (
+        f"/keys/%20{key['key_id']}%09/rename",
+        f"/admin-tokens/{token_id}%0A/revoke",
+        f"/participants/%20{site}/disable",
+    ):
+        assert env.call("POST", path, READER, json={}).status_code == 403, path
+    events = env.refusals_since(mark)
+    assert [(e.action, e.target_type, e.target_id, e.site_id) for e in events] == [
+        ("key.update", "api_key", "", None),
+        ("admin_token.revoke", "admin_token", "", None),
+        ("participant.disable", "participant", "", None),
+    ]
+    # In its exact shape the key's id is recorded, with its site (an attempt of another action:
+    # repeated denials of one action are limited to one event a minute).
+    mark = env.mark()
+    assert env.call("POST", f"/keys/{key['key_id']}/disable", READER, json={}).status_code == 403
+    [event] = env.refusals_since(mark)
+    assert (event.action, event.target_id, event.site_id) == ("key.disable", key["key_id"], site)
+    _verified(env)
+
+
 def test_revoking_a_revoked_key_fails_and_leaves_one_failed_event(env: AdminEnv) -> None:
     site, key = _participant_and_key(env)
     path = f"/keys/{key['key_id']}/revoke"

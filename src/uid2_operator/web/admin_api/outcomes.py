@@ -277,9 +277,12 @@ def _param_target(name: str, value: str) -> Target:
         return Target(kind, "")
     if name == "subscription_id":
         return Target(kind, value if is_subscription_id(value) else "")
+    credential_id: str | None
     try:
         credential_id = inputs.credential_id(value, name)
     except InvalidInput:
+        credential_id = None
+    if credential_id != value:  # not an id, or one with whitespace around it: not its exact shape
         return Target(kind, "")
     if kind != "api_key":
         return Target(kind, credential_id)
