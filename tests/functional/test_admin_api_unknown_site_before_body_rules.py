@@ -13,6 +13,7 @@ from admin_api_harness import AdminEnv, admin_env_fixture
 pytestmark = pytest.mark.functional
 
 UNKNOWN = 888888
+CREDENTIAL_LIKE = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
 env = admin_env_fixture()
 
@@ -31,6 +32,21 @@ RULE_BREAKING = [
         lambda site: {"domain_names": ["co.uk"]},
         "is a public suffix",
         id="domain-names-public-suffix",
+    ),
+    # A run of 33 or more mixed-case letters and digits is refused as possible credential text.
+    pytest.param(
+        "domain-names",
+        "participant.update",
+        lambda site: {"domain_names": [f"{CREDENTIAL_LIKE}.com"]},
+        "looks like a credential",
+        id="domain-names-credential-text",
+    ),
+    pytest.param(
+        "app-names",
+        "participant.update",
+        lambda site: {"app_names": [f"com.{CREDENTIAL_LIKE}"]},
+        "looks like a credential",
+        id="app-names-credential-text",
     ),
 ]
 

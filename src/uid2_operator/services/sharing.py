@@ -533,9 +533,8 @@ class SharingService:
         """Replace the site's domain names: bare registrable domains (``example.com``).
 
         A site that names no participant is refused as such (``NotFound``) before the names are
-        checked against the rules (``domain.origins``)."""
+        read: their shape, the credential-text check and the rules (``domain.origins``)."""
         site = _site_id(site_id)
-        raw = _name_list(domain_names, "domain_names", MAX_DOMAIN_NAMES, MAX_HOST_LENGTH + 2)
         if self._registrable_domain is None:  # the suffix list is parsed on first use only
             self._registrable_domain = registrable_domain_lookup()
         registrable_domain = self._registrable_domain
@@ -543,17 +542,26 @@ class SharingService:
             actor,
             site,
             "domain_names",
-            lambda: validate_domain_names(raw, registrable_domain),
+            lambda: validate_domain_names(
+                _name_list(domain_names, "domain_names", MAX_DOMAIN_NAMES, MAX_HOST_LENGTH + 2),
+                registrable_domain,
+            ),
         )
 
     def set_app_names(self, actor: Actor, site_id: Any, app_names: Any) -> SiteOriginsView:
         """Replace the site's app names (package names, bundle ids, store ids).
 
         A site that names no participant is refused as such (``NotFound``) before the names are
-        checked against the rules (``domain.origins``)."""
+        read: their shape, the credential-text check and the rules (``domain.origins``)."""
         site = _site_id(site_id)
-        raw = _name_list(app_names, "app_names", MAX_APP_NAMES, MAX_APP_NAME_LENGTH + 2)
-        return self._set_origins(actor, site, "app_names", lambda: validate_app_names(raw))
+        return self._set_origins(
+            actor,
+            site,
+            "app_names",
+            lambda: validate_app_names(
+                _name_list(app_names, "app_names", MAX_APP_NAMES, MAX_APP_NAME_LENGTH + 2)
+            ),
+        )
 
     def _set_origins(
         self,
