@@ -450,6 +450,14 @@ BAD_COMMANDS: list[tuple[list[str], int] | tuple[list[str], int, str]] = [
     # opt-outs
     (["optout", "add"], 2),
     (["optout", "add", "--email", "a@example.com", "--phone", "+12345678901"], 2),
+    # One identity a command: a repeated option is refused, not read as its last value.
+    (
+        ["optout", "add", "--email", "a@example.com", "--email", "b@example.com"],
+        2,
+        "Give exactly one of --email, --phone, --email-hash, --phone-hash, once",
+    ),
+    (["optout", "add", "--phone", "+12345678901", "--phone", "+12345678902"], 2),
+    (["optout", "add", "--email-hash", "A" * 43 + "=", "--email-hash", "B" * 43 + "="], 2),
     (["optout", "add", "--email", "not-an-email"], 2),
     (["optout", "add", "--email", HUGE], 2),
     (["optout", "add", "--phone", "12345678901"], 2),

@@ -183,25 +183,30 @@ def optout() -> None:
     """Opt-out records."""
 
 
+# Each option is repeatable only so that a second value is refused rather than silently kept in
+# place of the first (click's way with a single-value option): the command opts out one identity.
 @optout.command("add")
-@click.option("--email", default=None, help="An email address.")
-@click.option("--phone", default=None, help="A phone number in E.164 form (+ and digits).")
-@click.option("--email-hash", default=None, help="SHA-256 of a normalised email (base64 or hex).")
-@click.option("--phone-hash", default=None, help="SHA-256 of a phone number (base64 or hex).")
+@click.option("--email", multiple=True, help="An email address.")
+@click.option("--phone", multiple=True, help="A phone number in E.164 form (+ and digits).")
+@click.option("--email-hash", multiple=True, help="SHA-256 of a normalised email (base64 or hex).")
+@click.option("--phone-hash", multiple=True, help="SHA-256 of a phone number (base64 or hex).")
 @json_option
 @reported
 def add_optout(
-    email: str | None,
-    phone: str | None,
-    email_hash: str | None,
-    phone_hash: str | None,
+    email: tuple[str, ...],
+    phone: tuple[str, ...],
+    email_hash: tuple[str, ...],
+    phone_hash: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Opt an identity out: tokens and mappings for it stop at the next snapshot."""
     given = {"email": email, "phone": phone, "email_hash": email_hash, "phone_hash": phone_hash}
-    chosen = [(kind, given[name]) for name, kind in _KIND_OPTIONS if given[name] is not None]
+    chosen = [(kind, value) for name, kind in _KIND_OPTIONS for value in given[name]]
     if len(chosen) != 1:
-        raise click.UsageError("Give exactly one of --email, --phone, --email-hash, --phone-hash")
+        raise click.UsageError(
+            "Give exactly one of --email, --phone, --email-hash, --phone-hash, once: "
+            "the command opts out one identity"
+        )
     kind, value = chosen[0]
     with material_service() as service:
         result = service.add_optout(kind, value, actor())
