@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -595,15 +596,18 @@ class MaterialService:
 
     def _read_table(self, tx: ReadTx, keyring: Keyring, header: SaltHeader) -> SaltTable:
         first_level_salt, id_secret = open_header_secrets(keyring, header)
-        return assemble(
-            bucket_count=header.bucket_count,
-            chunk_size=header.chunk_size,
-            chunks=(open_chunk(keyring, c) for c in tx.salts.iter_chunks()),
-            first_level_salt=first_level_salt,
-            id_prefix=header.id_prefix,
-            id_secret=id_secret,
-            version=header.version,
-        )
+        # Closed here, whether or not every chunk opened: a stream left suspended by a chunk that
+        # fails would close its cursor only when collected, after the transaction's connection.
+        with closing(tx.salts.iter_chunks()) as sealed:
+            return assemble(
+                bucket_count=header.bucket_count,
+                chunk_size=header.chunk_size,
+                chunks=(open_chunk(keyring, c) for c in sealed),
+                first_level_salt=first_level_salt,
+                id_prefix=header.id_prefix,
+                id_secret=id_secret,
+                version=header.version,
+            )
 
     def _write_table(
         self,

@@ -15,7 +15,14 @@ Storage adds, gets, lists, updates and appends; it does not decide whether a cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -482,9 +489,9 @@ class SaltReader(Protocol):
 
     def get_chunk(self, number: int) -> SealedSaltChunk | None: ...
 
-    def iter_chunks(self) -> Iterator[SealedSaltChunk]:
+    def iter_chunks(self) -> Generator[SealedSaltChunk, None, None]:
         """Every chunk by number, fetched a few rows at a time (a production table is ~80 MB);
-        consume it inside the unit of work."""
+        consume or close it inside the unit of work (closing releases its cursor)."""
         ...
 
     def count_chunks_by_kek_version(self) -> KekVersionCounts:

@@ -14,7 +14,15 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1243,7 +1251,7 @@ class _Salts:
         row = self._u.conn.execute(select(t.salt_chunks).where(c.chunk == number)).first()
         return None if row is None else _salt_chunk(row)
 
-    def iter_chunks(self) -> Iterator[SealedSaltChunk]:
+    def iter_chunks(self) -> Generator[SealedSaltChunk, None, None]:
         query = (
             select(t.salt_chunks)
             .order_by(t.salt_chunks.c.chunk)
