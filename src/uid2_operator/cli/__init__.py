@@ -71,6 +71,14 @@ class OperatorGroup(click.Group):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # click turns an interruption into ``Abort`` too, but writes an empty line to stderr
+        # first; the interruption's one line (``_run``) is all it prints.
+        try:
+            return super().invoke(ctx)
+        except (EOFError, KeyboardInterrupt) as interruption:
+            raise click.exceptions.Abort from interruption
+
     def _run(
         self,
         argv: list[str],
