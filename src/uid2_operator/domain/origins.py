@@ -30,6 +30,7 @@ import idna
 from uid2_operator.domain.participants import (
     refuse_bidi_controls,
     refuse_control_characters,
+    refuse_invisible_characters,
     refuse_surrogates,
 )
 from uid2_operator.errors import CstgInvalidAppName, CstgInvalidOrigin, InvalidInput
@@ -216,7 +217,8 @@ def validate_domain_names(
 
 def validate_app_name(text: str) -> str:
     """A mobile app id (package name, bundle id or store id): 1-255 visible characters, none a
-    comma.
+    comma, a space or a character that shows nothing (``participants.INVISIBLE_RANGES``: an id
+    holding a zero-width space would list exactly as the id without it, and match no request).
 
     No app id holds a comma (``com.example.app``, ``123456789``), so a name with one could never
     match a request's ``app_name``: it is two ids run together, and the command line reads
@@ -230,6 +232,7 @@ def validate_app_name(text: str) -> str:
     if any(ch.isspace() for ch in cleaned):
         raise InvalidInput("An app name has no spaces")
     refuse_bidi_controls(cleaned, label)
+    refuse_invisible_characters(cleaned, label)
     if APP_NAME_SEPARATOR in cleaned:
         raise InvalidInput("An app name has no commas: give each app id as a name of its own")
     return cleaned

@@ -157,6 +157,18 @@ def refuse_bidi_controls(value: str, what: str) -> str:
     return value
 
 
+def refuse_invisible_characters(value: str, what: str) -> str:
+    """``value`` unchanged, or InvalidInput naming ``what`` if it holds a character that shows
+    nothing or only a blank (``INVISIBLE_RANGES``) anywhere: for identifiers (app ids), which
+    need none, and where one would make two different values look alike."""
+    if any(ch in _INVISIBLE for ch in value):
+        raise InvalidInput(
+            f"{what} must not contain invisible characters (zero-width spaces and joiners, soft "
+            "hyphens, variation selectors, tag characters, fillers): it would look like another"
+        )
+    return value
+
+
 def refuse_deceptive_text(value: str, what: str) -> str:
     """``value`` unchanged, or InvalidInput naming ``what`` if it holds a bidirectional
     embedding, override or isolate control, or, not empty, shows nothing (only white space and

@@ -19,8 +19,9 @@ from uid2_operator.domain.origins import (
 from uid2_operator.errors import InvalidInput
 from uid2_operator.web.admin_api.sharing import APP_NAME_PATTERN
 
-# Letters, digits, the punctuation of app ids, the separator and white space around it.
-APP_NAME_ALPHABET = "abcXYZ019._-,: \u00a0\u3000"
+# Letters, digits, the punctuation of app ids, the separator, white space around it and characters
+# that show nothing (a zero-width space, a soft hyphen, a Hangul filler).
+APP_NAME_ALPHABET = "abcXYZ019._-,: \u00a0\u3000\u200b\u00ad\u3164"
 
 
 @pytest.mark.parametrize(
@@ -43,10 +44,29 @@ def test_app_ids_without_a_comma_still_pass() -> None:
     assert validate_app_names(names) == tuple(sorted(names, key=str.lower))
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u200b",  # shows nothing at all
+        "com.exa\u200bmple.app",  # lists exactly as com.example.app
+        "com.example\u00ad.app",
+        "com.example.app\ufe0f",
+        "com.example.app\U000e0041",  # a tag character, past what the declared pattern names
+        "com.\u3164",  # a Hangul filler, shown as a blank
+    ],
+)
+def test_an_app_name_with_an_invisible_character_is_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="must not contain invisible characters"):
+        validate_app_name(name)
+    with pytest.raises(InvalidInput, match="must not contain invisible characters"):
+        validate_app_names(["com.example.app", name])
+
+
 @settings(deadline=None)
 @given(st.text(alphabet=APP_NAME_ALPHABET, max_size=12))
 @example("com.a,com.b")
 @example(" com.a ")
+@example("com.\u200ba")
 def test_the_declared_pattern_admits_exactly_what_the_rule_accepts(text: str) -> None:
     declared = re.search(APP_NAME_PATTERN, text) is not None
     try:

@@ -66,11 +66,12 @@ def pattern_class(ranges: tuple[tuple[int, int], ...]) -> str:
     )
 
 
-_INVISIBLE: Final = pattern_class(INVISIBLE_BASIC_PLANE_RANGES)
+INVISIBLE: Final = pattern_class(INVISIBLE_BASIC_PLANE_RANGES)
+"""The characters that show nothing a pattern can name, inside a character class."""
 BIDI_CONTROLS: Final = pattern_class(BIDI_CONTROL_RANGES)
 """The bidirectional controls, inside a character class (``domain.participants``)."""
 NON_BLANK_PATTERN: Final = (
-    f"^[{TRIMMED_SPACE}{_INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{_INVISIBLE}{BIDI_CONTROLS}]"
+    f"^[{TRIMMED_SPACE}{INVISIBLE}]*[^{CONTROL_CHARACTERS}{TRIMMED_SPACE}{INVISIBLE}{BIDI_CONTROLS}]"
     f"[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*$"
 )
 """Text that is not blank once trimmed and shows something, with no bidirectional controls

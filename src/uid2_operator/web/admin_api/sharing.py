@@ -27,6 +27,7 @@ from uid2_operator.web.admin_api.bodies import (
     BIDI_CONTROLS,
     CONTROL_CHARACTERS,
     INTEGER_NOTE,
+    INVISIBLE,
     LABEL_PATTERN,
     LABEL_RULE,
     TRIMMED_SPACE,
@@ -60,10 +61,11 @@ MAX_HOST_TEXT = 255
 # Once trimmed: no space, control character, scheme, path, port or user (what
 # ``origins.validate_domain_name`` refuses before it looks the name up in the suffix list).
 DOMAIN_NAME_PATTERN = trimmed_pattern(rf"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}/:@?#\\]+")
-# Once trimmed: no space, control character, bidirectional control or comma
-# (``origins.validate_app_name``).
+# Once trimmed: no space, control character, bidirectional control, comma or character that shows
+# nothing (``origins.validate_app_name``; those past U+FFFF, which the pattern cannot name, are
+# refused by the rule).
 APP_NAME_PATTERN = trimmed_pattern(
-    f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}{BIDI_CONTROLS}{APP_NAME_SEPARATOR}]+"
+    f"[^{TRIMMED_SPACE}{CONTROL_CHARACTERS}{BIDI_CONTROLS}{INVISIBLE}{APP_NAME_SEPARATOR}]+"
 )
 
 
