@@ -142,6 +142,28 @@ def test_bidstream_client_decrypts_a_generated_token(world: World, dsp: str) -> 
     assert decrypted.uid == world.raw_uid_for_email(OK_EMAIL)
 
 
+def test_a_base_url_ending_in_a_slash_works_as_it_does_with_the_reference(world: World) -> None:
+    # The SDK appends "/v2/..." to its base URL: with a final "/" every path starts "//", which
+    # the reference's router reads as "/".
+    base_url = world.base_url + "/"
+    cred = world["A"]
+    client = Uid2PublisherClient(base_url, cred.key, cred.secret)
+    identity = client.generate_token(TokenGenerateInput.from_email(OK_EMAIL)).get_identity()
+    assert identity is not None
+    assert client.refresh_token(identity).is_success()
+    v3 = IdentityMapV3Client(base_url, cred.key, cred.secret).generate_identity_map(
+        IdentityMapV3Input.from_emails([OK_EMAIL])
+    )
+    assert v3.mapped_identities[OK_EMAIL].current_raw_uid == world.raw_uid_for_email(OK_EMAIL)
+    bidstream = BidstreamClient(base_url, world["D"].key, world["D"].secret)
+    assert bidstream.refresh().success
+    decrypted = bidstream.decrypt_token_into_raw_uid(
+        identity.get_advertising_token(), "example.com"
+    )
+    assert decrypted.status == DecryptionStatus.SUCCESS
+    assert decrypted.uid == world.raw_uid_for_email(OK_EMAIL)
+
+
 def test_phone_tokens_generate_refresh_and_decrypt(world: World) -> None:
     client = publisher(world)
     identity = client.generate_token(TokenGenerateInput.from_phone("+12345678901")).get_identity()

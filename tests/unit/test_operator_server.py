@@ -62,10 +62,13 @@ def test_a_degraded_health_check_is_answered_whole(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-def test_a_degraded_health_check_with_a_final_slash_is_the_degraded_one(method: str) -> None:
-    status, _headers, body = _call(_server("store unreachable"), method, "/ops/healthcheck/")
+@pytest.mark.parametrize("path", ["/ops/healthcheck/", "//ops/healthcheck", "/ops/./healthcheck"])
+def test_a_degraded_health_check_on_another_form_of_its_path_is_the_degraded_one(
+    method: str, path: str
+) -> None:
+    status, _headers, body = _call(_server("store unreachable"), method, path)
     assert (status, body) == (503, b"store unreachable")
-    status, _headers, body = _call(_server(None), method, "/ops/healthcheck/")
+    status, _headers, body = _call(_server(None), method, path)
     assert status == 200
 
 

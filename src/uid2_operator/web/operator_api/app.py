@@ -7,8 +7,9 @@ Every request goes through the same pipeline, in the reference operator's order 
 §1.2), so the same error wins as there:
 
 1. CORS: any origin, pre-flight ``OPTIONS`` answered 204 (§1.7).
-2. Routing: unknown path 404, wrong method 405 (plain-text reason phrases); a final ``/`` after
-   a route's path is not significant, as in the reference (``OperatorApi.route_path``).
+2. Routing: unknown path 404, wrong method 405 (plain-text reason phrases); a path is matched
+   as the reference's router matches it, runs of ``/`` as one, ``.`` and ``..`` segments
+   resolved and a final ``/`` not significant (``OperatorApi.route_path``).
 3. Body, at most 1 MiB, checked against ``Content-Length`` and again while reading, before
    anything else is looked at: 413.
 4. API key: bearer header, the key format's shape/checksum/environment check, one lookup by key id
@@ -481,6 +482,7 @@ class OperatorApi:
         if unlisted:
             raise AssertionError(f"routes without a roles entry: {sorted(unlisted)}")
         self._post_routes = frozenset({*self._endpoints, REFRESH, CLIENT_GENERATE})
+        self._dispatch: ASGIApp = self
         self._traced_routes = self._post_routes - {CLIENT_GENERATE}
         """The routes behind the key check: their answers echo ``X-Amzn-Trace-Id``, refusals
         included, as the reference's key check does before it looks at the key."""
@@ -509,22 +511,32 @@ class OperatorApi:
                     status = scope.get(REFUSED_SCOPE, 200)
                     observer(HEALTHCHECK, None, status, time.perf_counter() - started)
                 return
-            path: str = scope["path"]
-            if path[-1:] == "/" and (routed := self.route_path(path)) != path:
-                scope["path"] = routed  # in place: what the connection records stays visible
-                await self(scope, receive, send)
-                return
             await self._handle(scope, receive, send)
         elif kind == "lifespan":
             await acknowledge_lifespan(receive, send)
 
     def route_path(self, path: str) -> str:
-        """``path`` as routed: a final ``/`` after one of this API's paths is not significant
-        (``/v2/token/generate/`` is ``/v2/token/generate``), as the reference's router matches
-        it; every other path is itself."""
-        if path[-1:] == "/" and (path[:-1] in self._post_routes or path[:-1] == HEALTHCHECK):
-            return path[:-1]
-        return path
+        """``path`` as routed, where it names one of this API's paths as the reference's router
+        reads it: runs of ``/`` as one, ``.`` and ``..`` segments resolved (RFC 3986 §5.2.4) and
+        a final ``/`` not significant. ``//v2/token/generate``, what an SDK given a base URL that
+        ends in ``/`` sends, and ``/v2/token/generate/`` are ``/v2/token/generate``. Every other
+        path is itself (404, and counted as ``other``)."""
+        routed = _without_empty_and_dot_segments(path)
+        return routed if routed in self._post_routes or routed == HEALTHCHECK else path
+
+    def dispatch_through(self, app: ASGIApp) -> None:
+        """Send a request whose path ``route_path`` changes through ``app``, the worker in front
+        of this API (``OperatorServer``), so that it too sees the request under its route."""
+        self._dispatch = app
+
+    async def _reroute(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A path that is none of this API's as it stands: sent on under its route
+        (``route_path``), or refused ``NotFound``."""
+        routed = self.route_path(path)
+        if routed == path:
+            raise NotFound
+        scope["path"] = routed  # in place: what the connection records stays visible
+        await self._dispatch(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         observer = self._observer
@@ -537,10 +549,11 @@ class OperatorApi:
         if method == "OPTIONS" and origin is not None and _PREFLIGHT_METHOD in fields:
             # A CORS pre-flight, on any path. Another OPTIONS is routed as any request is (405
             # on a route, 404 elsewhere), as the reference's CORS handler passes it on.
-            await _respond(send, 204, b"", _cors(origin, path, True))
+            routed = self.route_path(path)
+            await _respond(send, 204, b"", _cors(origin, routed, True))
             if observer is not None:  # counted under the pre-flighted route (or ``other``)
                 status = scope.get(REFUSED_SCOPE, 204)
-                observer(path, None, status, time.perf_counter() - started)
+                observer(routed, None, status, time.perf_counter() - started)
             return
         try:
             if method == "POST" and path in self._post_routes:  # every API call: no extra await
@@ -549,8 +562,9 @@ class OperatorApi:
                 )
             elif path == HEALTHCHECK or path in self._post_routes:  # GET/HEAD answered before
                 raise MethodNotAllowed
-            else:
-                raise NotFound
+            else:  # a miss: routed elsewhere, or NotFound
+                await self._reroute(scope, receive, send, path)
+                return
         except ClientGone:  # nothing to answer; counted as proxies count it, with no key id
             if observer is not None:  # unless the connection answered it itself (413, 408, 503)
                 status = scope.get(REFUSED_SCOPE, CLIENT_CLOSED_REQUEST)
@@ -837,6 +851,20 @@ class OperatorApi:
 
 def _no_snapshot() -> Snapshot | None:
     return None
+
+
+def _without_empty_and_dot_segments(path: str) -> str:
+    """``path`` with its empty and ``.`` segments left out and each ``..`` taking the segment
+    before it away, and no final ``/``: ``/v2//x/../token/./generate/`` is
+    ``/v2/token/generate``."""
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 def _cors(origin: str, path: str, preflight: bool) -> Headers:

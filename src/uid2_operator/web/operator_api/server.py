@@ -133,6 +133,7 @@ class OperatorServer:
         observer: RequestObserver | None = None,
     ) -> None:
         self._api = api
+        api.dispatch_through(self)
         self.worker = worker
         self._metrics_port = metrics_port
         self._key_problem = key_problem
@@ -144,9 +145,7 @@ class OperatorServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            if path[-1:] == "/":  # the API's paths with a final ``/`` are its paths, here too
-                path = scope["path"] = self._api.route_path(path)
+            path = scope["path"]  # the API sends one it routes elsewhere back here, routed
             if self._metrics_port is not None and _local_port(scope) == self._metrics_port:
                 if path == METRICS and scope["method"] in ("GET", "HEAD"):
                     await self._metrics(send)

@@ -1,10 +1,12 @@
-"""A final ``/`` after one of the operator's paths is not significant, as in the reference.
+"""A path is matched as the reference's router matches it.
 
-The reference's router matches ``/v2/token/generate/`` to ``/v2/token/generate``; so does the
-API (``OperatorApi.route_path``), and so does the worker in front of it (tested with the
-worker's own answers in ``test_operator_server``), so that the health check with a final ``/``
-is the degraded one when the worker has a problem, not the API's 200. Any other path keeps its
-final ``/`` (404), and only one ``/`` is dropped. Metrics count such a request under its route.
+The reference's router reads runs of ``/`` as one, resolves ``.`` and ``..`` segments and does not
+tell ``/v2/token/generate/`` from ``/v2/token/generate``: an official SDK given a base URL that
+ends in ``/`` sends ``//v2/token/generate`` and works there. So does the API
+(``OperatorApi.route_path``), and so does the worker in front of it (tested with the worker's own
+answers in ``test_operator_server``), so that the health check under another form of its path is
+the degraded one when the worker has a problem, not the API's 200. Any other path is itself (404).
+Metrics count such a request under its route.
 """
 
 from __future__ import annotations
@@ -43,9 +45,43 @@ def test_the_health_check_answers_with_a_final_slash(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v2/token/generate//", "/v2/token/generat/", "/nothing/", "/", "/ops/healthcheck//"]
+    "path",
+    [
+        "//v2/token/generate",  # an SDK's base URL with a final "/"
+        "/v2//token/generate",
+        "/v2/token/generate//",
+        "/v2/./token/generate",
+        "/v2/x/../token/generate",
+        "/../v2/token/generate",
+        "/v2/token/generate/.",
+    ],
 )
-def test_other_paths_keep_their_final_slash(world: World, path: str) -> None:
+def test_other_forms_of_a_route_path_reach_the_route(world: World, path: str) -> None:
+    response, body = world.call(path, {"email": "slash@example.com"}, world["A"])
+    assert response.status_code == 200, (path, response.text)
+    assert body is not None
+    assert body["status"] == "success"
+
+
+def test_other_forms_of_the_health_check_path_reach_it(world: World) -> None:
+    for path in ("//ops/healthcheck", "/ops//healthcheck/", "/x/../ops/healthcheck"):
+        assert world_get(world, path) == (200, "OK"), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/token/generat/",
+        "/nothing/",
+        "/",
+        "//",
+        "/v2/token/generate/..",
+        "/v2/token/generate/x",
+        "/v2/token/generate.",
+        "/ops/healthcheck/x",
+    ],
+)
+def test_other_paths_are_not_found(world: World, path: str) -> None:
     sealed = base64.b64encode(world.envelope({"email": "a@example.com"}, world["A"]))
     response = world.post(path, sealed, key=world["A"].key)
     assert response.status_code == 404
@@ -61,9 +97,14 @@ def test_route_path_names_only_the_apis_own_paths() -> None:
     for route in [*OPERATOR_ENDPOINTS, "/v2/token/refresh", "/ops/healthcheck"]:
         assert api.route_path(route + "/") == route
         assert api.route_path(route) == route
+        assert api.route_path("/" + route) == route
+        assert api.route_path(route.replace("/", "//") + "//") == route
+        assert api.route_path("/./x/.." + route + "/.") == route
     assert api.route_path("/metrics/") == "/metrics/"
+    assert api.route_path("//metrics") == "//metrics"
     assert api.route_path("/") == "/"
     assert api.route_path("") == ""
+    assert api.route_path("/v2/token/generate/..") == "/v2/token/generate/.."
 
 
 def test_a_request_with_a_final_slash_is_counted_under_its_route() -> None:
@@ -83,6 +124,11 @@ def test_a_request_with_a_final_slash_is_counted_under_its_route() -> None:
             await client.post("/v2/token/generate/", content=b"")  # no key: 401
             await client.get("/v2/token/generate/")
             await client.get("/elsewhere/")
+            await client.post("http://op.test//v2/token/generate", content=b"")
+            await client.options(
+                "/v2/token/validate/",
+                headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"},
+            )
 
     anyio.run(send)
     assert observed == [
@@ -90,6 +136,8 @@ def test_a_request_with_a_final_slash_is_counted_under_its_route() -> None:
         ("/v2/token/generate", 401),
         ("/v2/token/generate", 405),
         ("/elsewhere/", 404),
+        ("/v2/token/generate", 401),
+        ("/v2/token/validate", 204),
     ]
 
 
