@@ -75,7 +75,7 @@ def _roles_plus(item: str) -> Callable[[str], str]:
 def test_an_untouched_chain_verifies(store: SqlStore) -> None:
     _chain(store)
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
     assert (verdict.ok, verdict.checked) == (True, 3)
 
 
@@ -95,7 +95,7 @@ def test_a_field_that_redaction_would_drop_still_breaks_the_chain(
     _chain(store)
     _edit_after(store, 2, change)
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
     assert (verdict.ok, verdict.first_bad_seq) == (False, 2)
     assert verdict.problem == "hash does not match the event's content"
 
@@ -104,7 +104,7 @@ def test_a_float_breaks_the_chain(store: SqlStore) -> None:
     _chain(store)
     _edit_after(store, 1, lambda text: text.replace('"site_id":3', '"site_id":3.0'))
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
     assert (verdict.ok, verdict.first_bad_seq) == (False, 1)
 
 
@@ -133,7 +133,7 @@ def test_a_column_of_another_type_is_named_by_the_verdict(
         statement = f"UPDATE audit_events SET {column} = ? WHERE seq = 2"  # noqa: S608 (ours)
         conn.exec_driver_sql(statement, (value,))
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
         with pytest.raises(AuditRowUnreadable):
             rx.audit.list_events()
     assert (verdict.ok, verdict.first_bad_seq) == (False, 2)
@@ -165,7 +165,7 @@ def test_a_row_that_does_not_read_back_is_named_by_the_verdict(
     with store.engine.begin() as conn:
         conn.execute(update(t.audit_events).where(c.seq == 2).values(**values))
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
         # Listing the events names the row and the field, never its content.
         with pytest.raises(AuditRowUnreadable) as unreadable:
             rx.audit.list_events()
@@ -196,7 +196,7 @@ def test_a_write_after_an_unreadable_last_row_and_no_recorded_head_names_the_row
         tx.audit.append(draft, event_hash)
     assert refused.value.seq == 3
     with store.read() as rx:
-        assert len(rx.audit.chain_events()) == 3  # nothing appended
+        assert len(list(rx.audit.chain_events())) == 3  # nothing appended
 
 
 def test_a_field_repeated_in_a_row_breaks_the_chain(store: SqlStore) -> None:
@@ -205,7 +205,7 @@ def test_a_field_repeated_in_a_row_breaks_the_chain(store: SqlStore) -> None:
     _chain(store)
     _edit_after(store, 2, lambda text: '{"state":' + json.dumps(FULL_KEY) + "," + text[1:])
     with store.read() as rx:
-        verdict = verify_chain(rx.audit.chain_events(), recorded_head=rx.audit.head())
+        verdict = verify_chain(list(rx.audit.chain_events()), recorded_head=rx.audit.head())
         with pytest.raises(AuditRowUnreadable) as unreadable:
             rx.audit.list_events()
     assert (verdict.ok, verdict.first_bad_seq, verdict.checked) == (False, 2, 1)
@@ -235,7 +235,7 @@ def test_a_row_whose_seq_is_not_a_number_leaves_writes_working_and_the_verdict_n
     # After the recorded head; with none, after the last numbered row.
     assert appended.seq == (4 if head_recorded or edited == 2 else 3)
     with store.read() as rx:
-        events = rx.audit.chain_events()
+        events = list(rx.audit.chain_events())
         verdict = verify_chain(events, recorded_head=rx.audit.head())
         with pytest.raises(AuditRowUnreadable) as unreadable:
             rx.audit.list_events()
@@ -271,7 +271,7 @@ def test_a_stored_text_that_is_not_utf8_is_named_by_its_column_never_quoted(
             "UPDATE audit_events SET actor = CAST(X'ff4f7574736964657221' AS TEXT) WHERE seq = 2"
         )
     with pytest.raises(StoreError) as unreadable, store.read() as rx:
-        rx.audit.chain_events()
+        list(rx.audit.chain_events())
     assert "Could not decode to UTF-8 column 'actor'" in unreadable.value.detail
     assert "written outside uid2-operator" in unreadable.value.detail
     assert "Outsider" not in unreadable.value.detail

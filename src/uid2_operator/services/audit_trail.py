@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +252,9 @@ def adopt_rows_past_head(
                 "Nothing to adopt: no audit chain head is recorded; `uid2-operator db upgrade` "
                 "records the head of a chain an earlier version wrote"
             )
-        adoption = check_adoption(recorded, tx.audit.chain_events(since_seq=recorded.seq), through)
+        with closing(tx.audit.chain_events(since_seq=recorded.seq)) as rows:
+            past_head = list(rows)  # only what an earlier version wrote past the head
+        adoption = check_adoption(recorded, past_head, through)
         tx.audit.move_head(adoption.head)
         event = record_event(
             tx,

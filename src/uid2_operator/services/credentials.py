@@ -21,9 +21,10 @@ Logs name keys by ``key_id`` only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from uid2_operator.clock import Clock
 from uid2_operator.domain import lifecycle
@@ -92,6 +93,7 @@ from uid2_operator.wire.aead import RandomBytes
 from uid2_operator.wire.scope import IdentityScope
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_GRACE_DAYS = lifecycle.DEFAULT_GRACE_MS // lifecycle.DAY_MS
 MAX_GRACE_DAYS = lifecycle.MAX_GRACE_MS // lifecycle.DAY_MS
@@ -636,11 +638,11 @@ class CredentialService:
         remedy: ``db upgrade`` records its head."""
         del actor
         with self._store.read() as tx:
-            events = tx.audit.chain_events()
             try:
                 recorded = tx.audit.head()
             except AuditHeadUnreadable:
-                verdict = verify_chain(events)  # the rows, with no head to end at
+                with closing(tx.audit.chain_events()) as rows:
+                    verdict = verify_chain(rows)  # the rows, with no head to end at
                 if verdict.ok:  # the head names the last event: that is where it breaks
                     verdict = replace(
                         verdict,
@@ -649,8 +651,13 @@ class CredentialService:
                         problem=HEAD_UNREADABLE,
                     )
                 return AuditVerdictView.of(verdict)
-        verdict = verify_chain(events, recorded_head=EMPTY_HEAD if recorded is None else recorded)
-        if recorded is None and not verdict.ok and verdict.checked == len(events):
+            # Streamed: the trail grows with every opt-out, so it is never held whole.
+            with closing(tx.audit.chain_events()) as rows:
+                events = _Counted(rows)
+                verdict = verify_chain(
+                    events, recorded_head=EMPTY_HEAD if recorded is None else recorded
+                )
+        if recorded is None and not verdict.ok and verdict.checked == events.count:
             # Every link verifies and only the head is missing: how an earlier version left it.
             verdict = replace(verdict, problem=f"{verdict.problem}; {NO_HEAD_REMEDY}")
         return AuditVerdictView.of(verdict)
@@ -818,3 +825,16 @@ def _usage_by_key(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, i
 
 
 __all__: Sequence[str] = ("CredentialService", "ResolvedClient")
+
+
+class _Counted(Iterator[T]):
+    """``items``, counting those taken (a walk that stops early takes fewer than there are)."""
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self.count = 0
+
+    def __next__(self) -> T:
+        item = next(self._items)
+        self.count += 1
+        return item

@@ -327,9 +327,13 @@ class AuditReader(Protocol):
         """
         ...
 
-    def chain_events(self, *, since_seq: int | None = None) -> list[AuditEvent | UnreadableEvent]:
+    def chain_events(
+        self, *, since_seq: int | None = None
+    ) -> Generator[AuditEvent | UnreadableEvent, None, None]:
         """Every event with ``seq > since_seq``, in seq order, for verifying the chain: a row that
-        does not read back as an event is an ``UnreadableEvent`` in its place."""
+        does not read back as an event is an ``UnreadableEvent`` in its place. Fetched a
+        thousand rows at a time (the trail grows with every opt-out, without bound): consume or
+        close it inside the unit of work (closing releases its cursor)."""
         ...
 
 

@@ -23,7 +23,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -758,12 +758,23 @@ class _Audit:
         rows = self._u.conn.execute(query).all()
         return [_audit_event(row) for row in rows]
 
-    def chain_events(self, *, since_seq: int | None = None) -> list[AuditEvent | UnreadableEvent]:
+    def chain_events(
+        self, *, since_seq: int | None = None
+    ) -> Generator[AuditEvent | UnreadableEvent, None, None]:
         c = t.audit_events.c
-        query = select(t.audit_events).order_by(c.seq)
+        query = (
+            select(t.audit_events)
+            .order_by(c.seq)
+            .execution_options(stream_results=True, yield_per=_AUDIT_ROWS_PER_FETCH)
+        )
         if since_seq is not None:
             query = query.where(c.seq > since_seq)
-        return [_chain_event(row) for row in self._u.conn.execute(query).all()]
+        result = self._u.conn.execute(query)
+        try:
+            for row in result:
+                yield _chain_event(row)  # an unreadable row is an event too: nothing raises here
+        finally:
+            result.close()
 
     def head(self) -> ChainHead | None:
         m = t.store_meta.c
@@ -821,7 +832,9 @@ class _Audit:
         last = _last_numbered_row(conn, after_seq=None)
         if last is None:
             return ChainHead(0, GENESIS_PREV_HASH)
-        if verify_chain(self.chain_events()).ok:
+        with closing(self.chain_events()) as events:
+            intact = verify_chain(events).ok
+        if intact:
             # ``db upgrade`` records the head of an intact chain that has none: its head was
             # removed since, perhaps with the newest rows. Appending would record a head over
             # the cut; a broken chain (an earlier version's, left headless by the upgrade) goes
@@ -845,12 +858,11 @@ class _Audit:
                 return None
         except AuditHeadUnreadable:
             return None  # left for verification to report, and for a person to repair
-        events = self.chain_events()
-        if not events or not verify_chain(events).ok:
+        with closing(self.chain_events()) as events:
+            verdict = verify_chain(events)
+        if not verdict.ok or verdict.checked == 0:
             return None
-        last = events[-1]
-        assert isinstance(last, AuditEvent)  # noqa: S101 (the chain verified: every row was read)
-        head = ChainHead(last.seq, last.hash)
+        head = ChainHead(verdict.head_seq, verdict.head_hash)  # the last row's: every link held
         self._record_head(conn, head)
         return head
 
@@ -992,6 +1004,7 @@ def _batches(ids: Sequence[_T]) -> Iterator[Sequence[_T]]:
 
 
 _CHUNK_ROWS_PER_FETCH = 4  # ~1.3 MB each for production-sized chunks
+_AUDIT_ROWS_PER_FETCH = 1000  # the chain is walked in pieces: it grows with every opt-out
 
 
 def _keyset(row: Row[Any]) -> Keyset:
