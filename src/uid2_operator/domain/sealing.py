@@ -222,7 +222,7 @@ class Keyring:
     def from_json(cls, text: str | bytes) -> Keyring:
         """Parse the keyring JSON; any defect raises ``KeyringError`` (never key bytes in it)."""
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_once_each)
         except (ValueError, RecursionError):
             raise KeyringError("The keyring is not valid JSON") from None
         if not isinstance(doc, dict):
@@ -266,6 +266,26 @@ class KeyringSource(Protocol):
         contradict ``recorded`` (taken up before the store recorded that version): the caller
         compares it (``checked_keyring``, ``services.kek_check_values.recorded_keyring``)."""
         ...
+
+
+_KEYRING_FIELDS: Final = frozenset({"active_kek_version", "keks", "pepper", "development"})
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are all different: a name given twice would otherwise keep its
+    last value without a word (a second key under one version, a pasted pepper). The name is
+    shown only when it is a field or a version number, never text that could be key bytes."""
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            version = name.isascii() and name.isdigit() and len(name) < 12
+            shown = f'"{name}"' if version or name in _KEYRING_FIELDS else "a name"
+            raise KeyringError(
+                f"The keyring gives {shown} twice: each field and each key-encryption key "
+                "version appears once"
+            )
+        doc[name] = value
+    return doc
 
 
 def _parse_version(text: str) -> int:

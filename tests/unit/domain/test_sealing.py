@@ -219,6 +219,25 @@ def test_keyring_json_defects_raise_keyring_error(doc: str | bytes, message: str
         Keyring.from_json(doc)
 
 
+def test_a_name_given_twice_in_keyring_json_is_refused(random: Callable[[int], bytes]) -> None:
+    # json keeps a repeated name's last value without a word: a second key pasted under version
+    # 1 would silently replace the first, or be dropped in its favour.
+    first, second, pepper = (base64.b64encode(random(32)).decode() for _ in range(3))
+    valid = f'"keks": {{"1": "{first}"}}, "active_kek_version": 1, "pepper": "{pepper}"'
+    assert Keyring.from_json("{" + valid + "}").kek(1) == base64.b64decode(first)
+    for doc, named in [
+        (f'{{"keks": {{"1": "{first}", "1": "{second}"}}, "active_kek_version": 1, '
+         f'"pepper": "{pepper}"}}', '"1"'),
+        ("{" + valid + f', "pepper": "{second}"}}', '"pepper"'),
+        ("{" + valid + ', "active_kek_version": 2}', '"active_kek_version"'),
+        ("{" + valid + f', "{first}": 1, "{first}": 2}}', "a name"),
+    ]:  # fmt: skip
+        with pytest.raises(KeyringError, match=f"gives {named} twice") as refused:
+            Keyring.from_json(doc)
+        for key in (first, second, pepper):
+            assert key not in refused.value.detail
+
+
 @pytest.mark.parametrize(
     ("keks", "active", "pepper", "message"),
     [
