@@ -179,12 +179,16 @@ def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
 
 
 def when(ms: int | None) -> str:
-    """Epoch milliseconds as an ISO-8601 UTC time, or '-'."""
+    """Epoch milliseconds as an ISO-8601 UTC time, or '-'. A time no calendar date holds (years
+    1-9999; a row changed outside uid2-operator can carry any 64-bit number) is shown as its
+    number, so that a listing still shows every row rather than failing on one."""
     if ms is None:
         return "-"
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    try:
+        shown = datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms since the epoch"
+    return shown.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
