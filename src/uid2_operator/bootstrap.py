@@ -105,6 +105,8 @@ class Services:
     settings: Settings
     material: MaterialService
     sharing: SharingService
+    keyring: KeyringSource
+    """Where every use case takes its keyring (a followed file: ``KeyringFile``)."""
 
     def close(self) -> None:
         self.store.close()
@@ -131,6 +133,8 @@ _FileSignature = tuple[int, int, int, int, int]
 ``save_keyring`` replaces the file (a new inode), so every rotation step changes it; an edit in
 place changes the times, a ``chmod`` the ctime."""
 _NO_FILE: Final[_FileSignature] = (-1, -1, -1, -1, -1)
+_NOT_READ: Final[_FileSignature] = (-3, -3, -3, -3, -3)
+"""The signature of no file: what a ``KeyringFile`` that started with its fallback has read."""
 
 
 def _signature(status: os.stat_result) -> _FileSignature:
@@ -206,6 +210,17 @@ def _no_keyring_file(path: Path, environment: Environment) -> KeyringMissing:
     return KeyringMissing(f"No keyring: the keyring file {path} does not exist; {remedy}")
 
 
+def _seen_signature(path: Path) -> _FileSignature:
+    """What ``stat`` says of the keyring file now: its signature, ``_NO_FILE``, or one naming
+    the error (the directory cannot be searched, say: reading says why)."""
+    try:
+        return _signature(os.stat(path))
+    except FileNotFoundError:
+        return _NO_FILE
+    except OSError as exc:
+        return (-2, exc.errno or 0, -2, -2, -2)
+
+
 class KeyringFile:
     """The keyring file as it is now: the ``KeyringSource`` of a long-lived process.
 
@@ -242,19 +257,38 @@ class KeyringFile:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         check_interval_s: float = KEYRING_CHECK_INTERVAL_S,
+        fallback: Keyring | None = None,
     ) -> None:
+        """``fallback``: the keyring to start with when the file cannot be used now, as a
+        process that read it before keeps its keyring (a worker that serve restarts while the
+        file is being replaced, given the keyring serve holds); logged once, as a change that
+        cannot be used is, and the file is followed from there. Without one, such a file
+        raises as ``load_keyring`` does."""
         self._path = settings.keyring_path.absolute()
         self._environment = settings.environment
         self._monotonic = monotonic
         self._interval = check_interval_s
         self._lock = threading.Lock()
-        self._keyring, self._loaded = _read_keyring_file(
-            self._path,
-            self._environment,
-            name_file=True,
-            given_file=settings.keyring_file is not None,
-        )
         self._refused: _FileSignature | None = None
+        seen = _seen_signature(self._path)  # before the read: a change after it is seen later
+        try:
+            self._keyring, self._loaded = _read_keyring_file(
+                self._path,
+                self._environment,
+                name_file=True,
+                given_file=settings.keyring_file is not None,
+            )
+        except UID2Error as exc:
+            if fallback is None:
+                raise
+            log.error(
+                "%s; using the keyring the serving process holds (active version %d) until the "
+                "file can be used",
+                exc.detail,
+                fallback.active_version,
+            )
+            self._keyring = require_keyring(fallback, self._environment)
+            self._loaded, self._refused = _NOT_READ, seen
         self._recorded: dict[int, int] = {}
         """Every KEK check value the callers of ``latest`` read from the store (a value once
         recorded never changes, so what was read once stays true)."""
@@ -292,12 +326,7 @@ class KeyringFile:
 
     def _follow(self) -> None:
         """Take up the file's new content, if it changed and can be used (see the class doc)."""
-        try:
-            seen = _signature(os.stat(self._path))
-        except FileNotFoundError:
-            seen = _NO_FILE
-        except OSError as exc:  # the directory cannot be searched, say: reading says why
-            seen = (-2, exc.errno or 0, -2, -2, -2)
+        seen = _seen_signature(self._path)
         if seen in (self._loaded, self._refused):
             return
         try:
@@ -325,14 +354,18 @@ class KeyringFile:
 
 
 def follow_keyring(
-    settings: Settings, *, monotonic: Callable[[], float] = time.monotonic
+    settings: Settings,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    fallback: Keyring | None = None,
 ) -> KeyringSource:
-    """The keyring a long-lived process uses: it follows the keyring file (``KeyringFile``); a
-    keyring given as UID2_KEYRING is fixed (the environment of a running process cannot change:
-    a new one there takes a restart)."""
+    """The keyring a long-lived process uses: it follows the keyring file (``KeyringFile``,
+    starting with ``fallback`` while the file cannot be used); a keyring given as UID2_KEYRING
+    is fixed (the environment of a running process cannot change: a new one there takes a
+    restart)."""
     if settings.keyring_json is not None:
         return load_keyring(settings)
-    return KeyringFile(settings, monotonic=monotonic)
+    return KeyringFile(settings, monotonic=monotonic, fallback=fallback)
 
 
 def ensure_keyring(settings: Settings, random: RandomBytes = system_random) -> Keyring:
@@ -1220,6 +1253,7 @@ def open_services(
         ),
         admin=AdminService(store, ring, settings.environment, now, rand),
         settings=settings,
+        keyring=ring,
         material=material,
         sharing=SharingService(
             store,

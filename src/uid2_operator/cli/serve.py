@@ -64,6 +64,7 @@ import uvicorn
 from click.core import ParameterSource
 
 from uid2_operator.bootstrap import (
+    KeyringFile,
     Services,
     bootstrap_token_missing,
     check_environment,
@@ -88,6 +89,7 @@ from uid2_operator.cli.runtime import (
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.clock import SystemClock
 from uid2_operator.domain.keysets import Coverage, key_coverage_ms
+from uid2_operator.domain.sealing import KeyringSource
 from uid2_operator.error_text import described
 from uid2_operator.errors import SchemaOutOfDate, StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
@@ -320,6 +322,7 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     parent: int,
     metrics: _MetricsListener | None = None,
     sigint_ignored: bool = False,
+    keyring_fallback: str | None = None,
 ) -> None:
     """A worker process: one uvicorn server over the worker app, on its own socket (and with
     ``metrics``, on its own socket of the metrics port too), that stops when its serving process
@@ -332,7 +335,9 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     It starts with the stop signals blocked, as serve's thread that started it had them
     (``_Workers._start_one``), and lets them through at once; SIGINT stays ignored for its whole
     life when ``sigint_ignored`` (serve itself started with it ignored, as a script's background
-    job does: a Ctrl-C in that script's terminal must not stop it)."""
+    job does: a Ctrl-C in that script's terminal must not stop it). ``keyring_fallback``: the
+    keyring serve holds, to start with while the keyring file cannot be used
+    (``create_worker_app``)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _configure_logging(log_level)
     if _serve_gone(parent):  # killed while this worker started: it must not take the port
@@ -340,7 +345,9 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
     config = uvicorn.Config(
         functools.partial(
-            create_worker_app, metrics_port=None if metrics is None else metrics.port
+            create_worker_app,
+            metrics_port=None if metrics is None else metrics.port,
+            keyring_fallback=keyring_fallback,
         ),
         factory=True,
         host=host,
@@ -544,6 +551,9 @@ class _Workers:
     shared: socket.socket | None
     log_level: str
     metrics: _MetricsListener | None = None
+    keyring: KeyringSource | None = None
+    """Serve's own keyring: a worker starts with the keyring it holds at that moment when the
+    keyring file cannot be used then (a worker restarted while the file is being replaced)."""
 
     def __post_init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
@@ -576,6 +586,7 @@ class _Workers:
                 os.getpid(),
                 self.metrics,
                 self._sigint_ignored,
+                self._keyring_fallback(),
             ),
             name="uid2-operator-worker",
             daemon=False,
@@ -598,6 +609,14 @@ class _Workers:
         with _ignored_while_starting(frozenset({signal.SIGHUP})):
             resource_tracker.ensure_running()
         self.processes = [self._start_one() for _ in range(self.count)]
+
+    def _keyring_fallback(self) -> str | None:
+        """The keyring serve follows from its file, as JSON for the worker (passed over the pipe
+        the worker starts from, never written anywhere); None for a keyring every worker reads
+        from the environment it inherits (UID2_KEYRING)."""
+        if not isinstance(self.keyring, KeyringFile):
+            return None
+        return self.keyring.current().to_json()
 
     def _forget(self, process: SpawnProcess) -> None:
         """Remove what an exited worker published for the others (its metrics file)."""
@@ -1360,7 +1379,15 @@ def _run_serving(
     admin_limits = HttpLimits.of(serve_settings, MAX_BODY_BYTES)
     admin = _run_admin(services, admin_sock, listen.log_level, admin_limits)
     shared = None if _REUSE_PORT else reserve
-    pool = _Workers(listen.host, operator_port, listen.workers, shared, listen.log_level, metrics)
+    pool = _Workers(
+        listen.host,
+        operator_port,
+        listen.workers,
+        shared,
+        listen.log_level,
+        metrics,
+        keyring=services.keyring,
+    )
     previous = handle_stop_signals(stop.note)
     runtime_dir = _share_runtime_dir(settings.data_dir, lock)
     upkeep = _UpkeepThread(

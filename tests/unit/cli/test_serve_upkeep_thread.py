@@ -118,7 +118,7 @@ def test_a_worker_killed_while_the_upkeep_waits_on_the_store_is_restarted_at_onc
         events.extend([*(f"warned: {message}" for message in warned), "services closed"])
         store.release.set()
 
-    services = SimpleNamespace(store=store, material=_Material(), close=close)
+    services = SimpleNamespace(store=store, material=_Material(), close=close, keyring=None)
     pool = _Pool(events)
     monkeypatch.setattr(serve, "_UPKEEP_JOIN_S", 0.2, raising=False)
     monkeypatch.setattr(serve, "_open_serving", lambda settings, serve_settings: services)
@@ -128,7 +128,7 @@ def test_a_worker_killed_while_the_upkeep_waits_on_the_store_is_restarted_at_onc
     monkeypatch.setattr(serve, "_bind_admin", lambda host, port: (None, "http://a/admin/api"))
     admin = SimpleNamespace(stop=lambda: None, check=lambda: None)
     monkeypatch.setattr(serve, "_run_admin", lambda *args: admin)
-    monkeypatch.setattr(serve, "_Workers", lambda *args: pool)
+    monkeypatch.setattr(serve, "_Workers", lambda *args, **kwargs: pool)
     monkeypatch.setattr(serve, "_share_runtime_dir", lambda data_dir, lock: tmp_path)
     monkeypatch.setattr(serve, "_retire_runtime_dir", lambda *args: None)
     announcer = SimpleNamespace(where=lambda *args: None, tick=lambda: None)

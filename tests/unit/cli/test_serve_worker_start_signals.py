@@ -169,7 +169,7 @@ def test_workers_keep_sigint_ignored_when_serve_started_with_it_ignored(
         started = _start_recorded(monkeypatch)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert [args[-1] for args in started] == [ignored, ignored]  # ``sigint_ignored``
+    assert [args[6] for args in started] == [ignored, ignored]  # ``sigint_ignored``
 
 
 @pytest.mark.parametrize("ignored", [False, True])

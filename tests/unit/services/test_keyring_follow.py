@@ -32,7 +32,7 @@ from uid2_operator.bootstrap import (
 from uid2_operator.clock import FixedClock
 from uid2_operator.domain.environments import Environment
 from uid2_operator.domain.sealing import Keyring, add_kek_version, generate_keyring
-from uid2_operator.errors import KeyringMissing
+from uid2_operator.errors import KeyringError, KeyringMissing
 from uid2_operator.serve_settings import ServeSettings
 from uid2_operator.services.admin import AdminService
 from uid2_operator.services.credentials import CredentialService
@@ -243,6 +243,60 @@ def test_a_removed_file_keeps_the_previous_keyring_until_it_is_back(
     _replace_file(settings.keyring_path, second.to_json())
     monotonic.pass_interval()
     assert source.current() == second
+
+
+@pytest.mark.parametrize(
+    ("unusable", "logged"),
+    [
+        (lambda path: path.write_text('{"active_kek_version": 1,', encoding="utf-8"), "not valid"),
+        (lambda path: path.unlink(), "No keyring"),
+    ],
+    ids=["cut-short", "removed"],
+)
+def test_a_process_started_while_the_file_cannot_be_used_starts_with_its_fallback(
+    tmp_path: Path,
+    monotonic: Monotonic,
+    caplog: pytest.LogCaptureFixture,
+    unusable: Callable[[Path], object],
+    logged: str,
+) -> None:
+    # A worker that serve restarts while the file is being replaced: it serves on with the
+    # keyring serve holds, logs the file once, and follows the file from there.
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    unusable(settings.keyring_path)
+    with pytest.raises(KeyringError if logged == "not valid" else KeyringMissing):
+        KeyringFile(settings, monotonic=monotonic)  # with no fallback: refused, as ever
+    source = KeyringFile(settings, monotonic=monotonic, fallback=first)
+    for _ in range(3):
+        assert source.current() == first
+        monotonic.pass_interval()
+    errors = _errors(caplog)
+    assert len(errors) == 1
+    assert logged in errors[0]
+    assert errors[0].endswith(
+        "using the keyring the serving process holds (active version 1) until the file can be used"
+    )
+    assert [form for form in _secret_forms(first) if form in caplog.text] == []
+
+    second = add_kek_version(first, os.urandom)
+    save_keyring(settings, second)
+    monotonic.pass_interval()
+    assert source.current() == second
+
+
+def test_a_fallback_is_held_to_the_environment_rules(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, UID2_ENVIRONMENT="prod")
+    development = generate_keyring(os.urandom, development=True)
+    with pytest.raises(KeyringError, match="development or placeholder keyring"):
+        KeyringFile(settings, fallback=development)  # no file in prod: the fallback is checked
+
+
+def test_a_usable_file_is_read_whatever_the_fallback(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    first = ensure_keyring(settings)
+    source = KeyringFile(settings, fallback=add_kek_version(first, os.urandom))
+    assert source.current() == first
 
 
 def test_prod_keeps_its_keyring_when_the_file_becomes_a_development_keyring(

@@ -47,7 +47,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from uid2_operator.bootstrap import follow_keyring, material_service, open_configured_store
 from uid2_operator.clock import Clock, SystemClock, system_random
 from uid2_operator.domain.authorization import KEYLESS_ENDPOINTS, OPERATOR_ENDPOINTS
-from uid2_operator.domain.sealing import KeyringSource
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.errors import MethodNotAllowed, NotFound
 from uid2_operator.serve_settings import RUNTIME_DIR_VARIABLE, ServeSettings
 from uid2_operator.services.replay_table import TABLE_FILE, ReplayTable
@@ -517,14 +517,22 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind) -> list[Gauge]:
     ]
 
 
-def create_worker_app(metrics_port: int | None = None) -> OperatorServer:
+def create_worker_app(
+    metrics_port: int | None = None, keyring_fallback: str | None = None
+) -> OperatorServer:
     """The worker factory ``uid2-operator serve`` runs in each worker: settings come from the
     environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...), the port
-    of the worker's metrics listener (``--metrics-port``, resolved) from serve itself."""
+    of the worker's metrics listener (``--metrics-port``, resolved) from serve itself, and so
+    does ``keyring_fallback``, the keyring serve holds (its JSON), which the worker starts with
+    if the keyring file cannot be used as it starts (``bootstrap.KeyringFile``): a worker
+    restarted while the file is being replaced serves on, as the others do."""
     runtime_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
+    settings = Settings.from_env()
+    fallback = None if keyring_fallback is None else Keyring.from_json(keyring_fallback)
     return build_worker(
-        Settings.from_env(),
+        settings,
         ServeSettings.from_env(),
         runtime_dir=Path(runtime_dir) if runtime_dir else None,
         metrics_port=metrics_port,
+        keyring=follow_keyring(settings, fallback=fallback),
     )
