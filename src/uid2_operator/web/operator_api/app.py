@@ -529,14 +529,14 @@ class OperatorApi:
         of this API (``OperatorServer``), so that it too sees the request under its route."""
         self._dispatch = app
 
-    async def _reroute(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """A path that is none of this API's as it stands: sent on under its route
-        (``route_path``), or refused ``NotFound``."""
+    async def _preflight(
+        self, scope: Scope, send: Send, origin: str, path: str, started: float
+    ) -> None:
         routed = self.route_path(path)
-        if routed == path:
-            raise NotFound
-        scope["path"] = routed  # in place: what the connection records stays visible
-        await self._dispatch(scope, receive, send)
+        await _respond(send, 204, b"", _cors(origin, routed, True))
+        if self._observer is not None:  # counted under the pre-flighted route (or ``other``)
+            status = scope.get(REFUSED_SCOPE, 204)
+            self._observer(routed, None, status, time.perf_counter() - started)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         observer = self._observer
@@ -549,11 +549,7 @@ class OperatorApi:
         if method == "OPTIONS" and origin is not None and _PREFLIGHT_METHOD in fields:
             # A CORS pre-flight, on any path. Another OPTIONS is routed as any request is (405
             # on a route, 404 elsewhere), as the reference's CORS handler passes it on.
-            routed = self.route_path(path)
-            await _respond(send, 204, b"", _cors(origin, routed, True))
-            if observer is not None:  # counted under the pre-flighted route (or ``other``)
-                status = scope.get(REFUSED_SCOPE, 204)
-                observer(routed, None, status, time.perf_counter() - started)
+            await self._preflight(scope, send, origin, path, started)
             return
         try:
             if method == "POST" and path in self._post_routes:  # every API call: no extra await
@@ -562,9 +558,13 @@ class OperatorApi:
                 )
             elif path == HEALTHCHECK or path in self._post_routes:  # GET/HEAD answered before
                 raise MethodNotAllowed
-            else:  # a miss: routed elsewhere, or NotFound
-                await self._reroute(scope, receive, send, path)
-                return
+            else:  # a miss: another form of a route's path (``route_path``), or none
+                routed = self.route_path(path)
+                raise NotFound if routed == path else _Elsewhere(routed)
+        except _Elsewhere as elsewhere:  # sent on from here: the handlers below never answer it
+            scope["path"] = elsewhere.path  # in place: what the connection records stays visible
+            await self._dispatch(scope, receive, send)
+            return
         except ClientGone:  # nothing to answer; counted as proxies count it, with no key id
             if observer is not None:  # unless the connection answered it itself (413, 408, 503)
                 status = scope.get(REFUSED_SCOPE, CLIENT_CLOSED_REQUEST)
@@ -851,6 +851,14 @@ class OperatorApi:
 
 def _no_snapshot() -> Snapshot | None:
     return None
+
+
+class _Elsewhere(Exception):
+    """The request's path is another form of ``path``, one of the API's own (``route_path``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def _without_empty_and_dot_segments(path: str) -> str:
