@@ -168,7 +168,7 @@ def _read_record(fd: int) -> dict[str, object]:
     raw = os.pread(fd, _RECORD_LIMIT, 0).split(b"\n", 1)[0]
     try:
         document = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # an edited record, nested past the parser's depth
         return {}
     return document if isinstance(document, dict) else {}
 

@@ -116,7 +116,14 @@ def test_the_record_names_the_holder_and_hands_its_runtime_directories_to_the_ne
 
 
 @pytest.mark.parametrize(
-    "content", ['{"runtime_dirs": "uid2-operator-a"}', '{"runtime_dirs": [1]}', "[1]", "{"]
+    "content",
+    [
+        '{"runtime_dirs": "uid2-operator-a"}',
+        '{"runtime_dirs": [1]}',
+        "[1]",
+        "{",
+        "[" * 3000,  # nested past the JSON parser's depth: RecursionError, not ValueError
+    ],
 )
 def test_a_record_that_cannot_be_read_hands_nothing_over(tmp_path: Path, content: str) -> None:
     (tmp_path / LOCK_FILE).write_text(content)
