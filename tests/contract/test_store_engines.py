@@ -57,6 +57,20 @@ def test_unsupported_urls_are_refused_without_showing_a_password(url: str) -> No
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_password_holding_an_unencoded_at_sign_is_refused_showing_none_of_it() -> None:
+    # Parsed, the password ends at its first '@' and the rest of it becomes the host: the URL
+    # shown with its password hidden, and the driver's "cannot resolve host" error, showed it.
+    url = "postgresql://ops:Xy7@Ab9cD3eF@127.0.0.1:5432/uid2"
+    with pytest.raises(UnsupportedDatabaseUrl) as caught:
+        normalise_url(url)
+    message = str(caught.value)
+    assert "write an '@' in the user name or password as %40" in message
+    assert "Xy7" not in message
+    assert "Ab9cD3eF" not in message
+    encoded = normalise_url("postgresql://ops:Xy7%40Ab9cD3eF@127.0.0.1:5432/uid2")
+    assert (encoded.password, encoded.host) == ("Xy7@Ab9cD3eF", "127.0.0.1")
+
+
 @pytest.mark.parametrize(
     "query", ["uri=true&cache=shared", "mode=memory&uri=true", "uri=true", "timeout=5"]
 )

@@ -99,6 +99,13 @@ def normalise_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number, say
         raise UnsupportedDatabaseUrl("Unsupported database URL: cannot parse it") from exc
+    if parsed.host is not None and "@" in parsed.host:
+        # The password ended at its first '@' as parsed, and the rest of it became the host,
+        # which the URL shown (password hidden) and the driver's own errors would then print.
+        raise UnsupportedDatabaseUrl(
+            "Unsupported database URL: what follows its last '@' is not the host alone; write an "
+            "'@' in the user name or password as %40"
+        )
     shown = _hidden(parsed)
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
