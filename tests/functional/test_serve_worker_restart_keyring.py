@@ -9,6 +9,7 @@ traceback, three times, and serve stopped altogether, its healthy worker with it
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from cli_harness import database_for
 from serve_harness import SealedRequest, prepare, served
+
+from uid2_operator.domain.sealing import Keyring
 
 pytestmark = pytest.mark.functional
 
@@ -30,6 +33,7 @@ def test_workers_restarted_while_the_keyring_file_cannot_be_used_serve_on(tmp_pa
         keyring_path = database.data_dir / "keyring.json"
         with served(database, workers=2) as server:
             first = server.workers(2, timeout_s=DEADLINE_S)
+            keyring = Keyring.from_json(keyring_path.read_text(encoding="utf-8"))
             keyring_path.write_text('{"active_kek_version": 1,', encoding="utf-8")  # cut short
             for pid in sorted(first):  # every worker that had read the file
                 os.kill(int(pid), signal.SIGKILL)
@@ -43,3 +47,6 @@ def test_workers_restarted_while_the_keyring_file_cannot_be_used_serve_on(tmp_pa
             fell_back = [x for x in server.lines if "using the keyring the serving process" in x]
             assert len(fell_back) == len(fresh) == 2, output
             assert all(f"The keyring file {keyring_path}" in x for x in fell_back), fell_back
+            raw = [keyring.kek(v) for v in keyring.versions] + [keyring.pepper]
+            forms = [base64.b64encode(b).decode() for b in raw] + [b.hex() for b in raw]
+            assert [form for form in forms if form in output] == []

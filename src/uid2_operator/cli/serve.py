@@ -89,7 +89,7 @@ from uid2_operator.cli.runtime import (
 from uid2_operator.cli.serve_lock import RUNTIME_PREFIX, ServeLock, runtime_parent, take_over
 from uid2_operator.clock import SystemClock
 from uid2_operator.domain.keysets import Coverage, key_coverage_ms
-from uid2_operator.domain.sealing import KeyringSource
+from uid2_operator.domain.sealing import Keyring, KeyringSource
 from uid2_operator.error_text import described
 from uid2_operator.errors import SchemaOutOfDate, StoreUnavailable, UID2Error
 from uid2_operator.serve_settings import (
@@ -343,11 +343,14 @@ def _worker_main(  # noqa: PLR0917 (a process target: called with its arguments 
     if _serve_gone(parent):  # killed while this worker started: it must not take the port
         raise SystemExit(0)
     limits = HttpLimits.of(ServeSettings.from_env(), BODY_LIMIT)
+    # Read into a ``Keyring`` at once: the factory below is a ``partial``, whose repr shows its
+    # arguments, and a keyring's repr names its versions only, never a key byte.
+    fallback = None if keyring_fallback is None else Keyring.from_json(keyring_fallback)
     config = uvicorn.Config(
         functools.partial(
             create_worker_app,
             metrics_port=None if metrics is None else metrics.port,
-            keyring_fallback=keyring_fallback,
+            keyring_fallback=fallback,
         ),
         factory=True,
         host=host,

@@ -518,21 +518,20 @@ def _gauges(source: SnapshotSource, write_behind: WriteBehind) -> list[Gauge]:
 
 
 def create_worker_app(
-    metrics_port: int | None = None, keyring_fallback: str | None = None
+    metrics_port: int | None = None, keyring_fallback: Keyring | None = None
 ) -> OperatorServer:
     """The worker factory ``uid2-operator serve`` runs in each worker: settings come from the
     environment the serving process prepared (UID2_DATA_DIR, UID2_DATABASE_URL, ...), the port
     of the worker's metrics listener (``--metrics-port``, resolved) from serve itself, and so
-    does ``keyring_fallback``, the keyring serve holds (its JSON), which the worker starts with
+    does ``keyring_fallback``, the keyring serve holds, which the worker starts with
     if the keyring file cannot be used as it starts (``bootstrap.KeyringFile``): a worker
     restarted while the file is being replaced serves on, as the others do."""
     runtime_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
     settings = Settings.from_env()
-    fallback = None if keyring_fallback is None else Keyring.from_json(keyring_fallback)
     return build_worker(
         settings,
         ServeSettings.from_env(),
         runtime_dir=Path(runtime_dir) if runtime_dir else None,
         metrics_port=metrics_port,
-        keyring=follow_keyring(settings, fallback=fallback),
+        keyring=follow_keyring(settings, fallback=keyring_fallback),
     )
