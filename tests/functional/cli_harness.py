@@ -8,6 +8,8 @@ Test modules build their fixtures from ``database_for`` and ``Cli``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +26,11 @@ from ci_mode import unavailable
 from uid2_operator.cli import main
 from uid2_operator.settings import Settings
 from uid2_operator.storage import open_store
+from uid2_operator.storage.engines import make_engine
 
 POSTGRES_URL = os.environ.get("UID2_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
+"""The installed program, as a newcomer runs it."""
 # Settings the surrounding shell may carry; every run starts without them.
 _AMBIENT = ("UID2_ENVIRONMENT", "UID2_KEYRING", "UID2_KEYRING_FILE", "UID2_DATABASE_URL")
 
@@ -101,6 +106,35 @@ class Cli:
         result = self.runner.invoke(main, full, env=environment, catch_exceptions=False)
         self.results.append((full, result))
         return result
+
+
+def run_installed(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed program in a process of its own on ``data_dir`` (UID2_DATA_DIR), with no
+    other UID2_ setting of the surrounding shell, ``env`` added."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("UID2_")}
+    environment["UID2_DATA_DIR"] = str(data_dir)
+    environment.update(env or {})
+    return subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
+        [str(ENTRY_POINT), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+
+def edit_outside(db: Database, statement: str, parameters: tuple[Any, ...]) -> None:
+    """Run ``statement`` on the SQLite file below the column types, as an edit made outside
+    uid2-operator writes it."""
+    engine, _ = make_engine(f"sqlite:///{db.sqlite_path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(statement, parameters)
+    finally:
+        engine.dispose()
 
 
 def settings_of(db: Database) -> Settings:

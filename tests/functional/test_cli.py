@@ -12,23 +12,19 @@ import os
 import resource
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_harness import Cli, Database, settings_of, state_of
+from cli_harness import Cli, Database, run_installed, settings_of, state_of
 
 from uid2_operator.bootstrap import open_services
 from uid2_operator.cli import main
 from uid2_operator.wire.encoding import b64decode
 from uid2_operator.wire.envelope import TimestampWindow, parse_request, seal_request
 from uid2_operator.wire.scope import IdentityScope
-
-ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
 
 
 @pytest.fixture
@@ -585,7 +581,7 @@ def test_a_broken_chain_is_one_error_line_from_the_installed_command(sqlite_cli:
     seeded(sqlite_cli)
     with closing(sqlite3.connect(sqlite_cli.database.sqlite_path)) as conn, conn:
         conn.execute("UPDATE audit_events SET actor = 'evil' WHERE seq = 2")
-    result = _run(sqlite_cli.database.data_dir, "audit", "verify", "--json")
+    result = run_installed(sqlite_cli.database.data_dir, "audit", "verify", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["first_bad_seq"] == 2
     assert result.stderr.splitlines() == ["Error: the audit chain is broken at seq 2"]
@@ -608,33 +604,20 @@ def test_a_deleted_tail_stays_reported_after_later_changes(sqlite_cli: Cli) -> N
 # ------------------------------------------------------------------ the installed program
 
 
-def _run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UID2_")}
-    env["UID2_DATA_DIR"] = str(data_dir)
-    return subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
-        [str(ENTRY_POINT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_the_installed_entry_point(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    init = _run(data_dir, "init", "--json")
+    init = run_installed(data_dir, "init", "--json")
     assert init.returncode == 0, init.stderr
     assert json.loads(init.stdout)["admin_token"].startswith("UID2-A-L-0-")
-    created = _run(data_dir, "participant", "create", "--name", "P", "--type", "publisher",
+    created = run_installed(data_dir, "participant", "create", "--name", "P", "--type", "publisher",
                    "--roles", "GENERATOR", "--json")  # fmt: skip
     site = json.loads(created.stdout)["site_id"]
-    key = _run(data_dir, "key", "create", "--site-id", str(site), "--name", "k",
+    key = run_installed(data_dir, "key", "create", "--site-id", str(site), "--name", "k",
                "--roles", "GENERATOR", "--json")  # fmt: skip
     issued = json.loads(key.stdout)
     assert issued["site_id"] == site
     assert issued["roles"] == ["GENERATOR"]
-    listed = _run(data_dir, "key", "list", "--json")
+    listed = run_installed(data_dir, "key", "list", "--json")
     assert issued["key"] not in listed.stdout
     assert issued["secret"] not in listed.stdout
     assert json.loads(listed.stdout)[0]["key_id"] == issued["key_id"]
@@ -642,21 +625,23 @@ def test_the_installed_entry_point(tmp_path: Path) -> None:
 
 def test_the_installed_entry_point_fails_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    assert _run(data_dir, "init").returncode == 0
-    bad_role = _run(data_dir, "participant", "create", "--name", "P", "--type", "dsp",
+    assert run_installed(data_dir, "init").returncode == 0
+    bad_role = run_installed(data_dir, "participant", "create", "--name", "P", "--type", "dsp",
                     "--roles", "ROOT")  # fmt: skip
     assert bad_role.returncode == 2
     assert bad_role.stdout == ""
     assert bad_role.stderr == (
         "Error: Unknown role at roles[0]; use GENERATOR, MAPPER, ID_READER, SHARER, OPTOUT\n"
     )
-    unknown = _run(data_dir, "key", "show", UNKNOWN_KEY, "--json")
+    unknown = run_installed(data_dir, "key", "show", UNKNOWN_KEY, "--json")
     assert unknown.returncode == 1
     assert json.loads(unknown.stdout)["error"]["code"] == "not_found"
-    usage = _run(data_dir, "key", "rotate")
+    usage = run_installed(data_dir, "key", "rotate")
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
-    broken_db = _run(tmp_path / "elsewhere", "--database-url", "mysql://x/y", "key", "list")
+    broken_db = run_installed(
+        tmp_path / "elsewhere", "--database-url", "mysql://x/y", "key", "list"
+    )
     assert broken_db.returncode == 1
     assert "Traceback" not in broken_db.stderr
 

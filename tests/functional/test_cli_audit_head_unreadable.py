@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_harness import Cli, database_for, state_of
+from cli_harness import Cli, database_for, edit_outside, state_of
 
 from uid2_operator.storage import schema as t
-from uid2_operator.storage.engines import make_engine
 
 
 @pytest.mark.parametrize(
@@ -34,14 +33,7 @@ def test_an_unreadable_head_is_a_verdict_and_refuses_audited_writes(
         assert cli("init", "--json").exit_code == 0
         created = cli("participant", "create", "--name", "First", "--type", "publisher")
         assert created.exit_code == 0
-        engine, _ = make_engine(f"sqlite:///{database.data_dir / 'uid2.db'}")
-        try:
-            with engine.begin() as conn:  # below the column types, as an outside edit writes
-                conn.exec_driver_sql(
-                    "UPDATE store_meta SET value = ? WHERE name = ?", (value, name)
-                )
-        finally:
-            engine.dispose()
+        edit_outside(database, "UPDATE store_meta SET value = ? WHERE name = ?", (value, name))
         before = state_of(database)
 
         verdict = cli("audit", "verify", "--json")

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_harness import Cli, database_for
+from cli_harness import Cli, database_for, edit_outside
 
 from uid2_operator.cli.output import when
-from uid2_operator.storage.engines import make_engine
 
 PAST_YEAR_9999 = 253_402_300_800_000  # 10000-01-01T00:00:00Z
 
@@ -50,16 +49,12 @@ def test_a_listing_shows_every_row_when_one_holds_a_time_past_the_calendar(
         assert cli("init", "--json").exit_code == 0
         created = cli("participant", "create", "--name", "First", "--type", "publisher")
         assert created.exit_code == 0
-        engine, _ = make_engine(f"sqlite:///{database.data_dir / 'uid2.db'}")
-        try:
-            with engine.begin() as conn:  # as an outside edit writes it
-                first = f"(SELECT min(rowid) FROM {table})"  # noqa: S608 (fixed names)
-                conn.exec_driver_sql(
-                    f"UPDATE {table} SET {column} = ? WHERE rowid = {first}",  # noqa: S608 (fixed names)
-                    (PAST_YEAR_9999,),
-                )
-        finally:
-            engine.dispose()
+        first = f"(SELECT min(rowid) FROM {table})"  # noqa: S608 (fixed names)
+        edit_outside(
+            database,
+            f"UPDATE {table} SET {column} = ? WHERE rowid = {first}",  # noqa: S608 (fixed names)
+            (PAST_YEAR_9999,),
+        )
 
         text = cli(*listing)
         assert text.exit_code == 0, (text.stdout, text.stderr)

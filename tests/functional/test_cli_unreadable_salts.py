@@ -9,36 +9,21 @@ closed connection (SQLite then logged "Error closing cursor" with a traceback af
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from cli_harness import run_installed
 
 from uid2_operator.settings import DB_FILE
 
 pytestmark = pytest.mark.functional
 
-ENTRY_POINT = Path(sys.executable).with_name("uid2-operator")
-
 
 def _run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(data_dir.parent),
-        "UID2_SALT_BUCKETS": "1024",
-    }
-    return subprocess.run(  # noqa: S603 (our own entry point, fixed arguments)
-        [str(ENTRY_POINT), "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_installed(data_dir, *args, env={"UID2_SALT_BUCKETS": "1024"})
 
 
 def _damage_first_chunk(data_dir: Path) -> None:
